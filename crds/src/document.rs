@@ -1,0 +1,378 @@
+//! One Kubernetes-style document (YAML or JSON) into a typed [`Object`].
+//!
+//! Reads the kinds the control plane consumes: `v1` `Namespace` and
+//! `Service`, `discovery.k8s.io/v1` `EndpointSlice`, and the four Istio
+//! networking kinds. Errors name the kind, the object and the field path
+//! (`spec.http[0].route[1].weight`), so one bad document can be reported and
+//! skipped while the rest of the mesh applies.
+
+use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::{
+    DestinationRule, Gateway, NETWORKING_GROUP, NETWORKING_VERSIONS, ServiceEntry, VirtualService,
+};
+
+/// A parsed, typed object of a kind the control plane reads.
+#[derive(Clone, Debug)]
+#[allow(missing_docs)]
+pub enum Object {
+    Namespace(Box<Namespace>),
+    Service(Box<Service>),
+    EndpointSlice(Box<EndpointSlice>),
+    VirtualService(Box<VirtualService>),
+    DestinationRule(Box<DestinationRule>),
+    ServiceEntry(Box<ServiceEntry>),
+    Gateway(Box<Gateway>),
+}
+
+impl Object {
+    /// The object's kind, as in its `kind:` field.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Object::Namespace(_) => "Namespace",
+            Object::Service(_) => "Service",
+            Object::EndpointSlice(_) => "EndpointSlice",
+            Object::VirtualService(_) => "VirtualService",
+            Object::DestinationRule(_) => "DestinationRule",
+            Object::ServiceEntry(_) => "ServiceEntry",
+            Object::Gateway(_) => "Gateway",
+        }
+    }
+
+    /// The object's metadata.
+    pub fn metadata(&self) -> &ObjectMeta {
+        match self {
+            Object::Namespace(o) => &o.metadata,
+            Object::Service(o) => &o.metadata,
+            Object::EndpointSlice(o) => &o.metadata,
+            Object::VirtualService(o) => &o.metadata,
+            Object::DestinationRule(o) => &o.metadata,
+            Object::ServiceEntry(o) => &o.metadata,
+            Object::Gateway(o) => &o.metadata,
+        }
+    }
+
+    /// Mutable metadata (e.g. to default the namespace).
+    pub fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        match self {
+            Object::Namespace(o) => &mut o.metadata,
+            Object::Service(o) => &mut o.metadata,
+            Object::EndpointSlice(o) => &mut o.metadata,
+            Object::VirtualService(o) => &mut o.metadata,
+            Object::DestinationRule(o) => &mut o.metadata,
+            Object::ServiceEntry(o) => &mut o.metadata,
+            Object::Gateway(o) => &mut o.metadata,
+        }
+    }
+}
+
+/// Why a document could not be read. `Display` gives a one-line message
+/// naming kind, object, field and reason.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ParseError {
+    /// Not valid YAML/JSON at all.
+    #[error("invalid YAML: {0}")]
+    Syntax(String),
+    /// `apiVersion`/`kind` missing or not strings.
+    #[error("missing or invalid field `{field}`")]
+    MissingTypeMeta {
+        /// `apiVersion` or `kind`.
+        field: &'static str,
+    },
+    /// A kind this control plane does not read (reported, not fatal).
+    #[error("{api_version} {kind} {name:?} is not a kind this control plane reads")]
+    UnsupportedKind {
+        /// `apiVersion` as written.
+        api_version: String,
+        /// `kind` as written.
+        kind: String,
+        /// `metadata.name`.
+        name: String,
+    },
+    /// The object does not fit its kind's schema.
+    #[error("{kind} {name:?}: field `{field}`: {reason}")]
+    InvalidField {
+        /// The object's kind.
+        kind: String,
+        /// `namespace/name` (or just `name`).
+        name: String,
+        /// Path of the offending field, e.g. `spec.http[0].route[0].weight`.
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl ParseError {
+    /// True for kinds that are merely not read (e.g. `Deployment` in Bookinfo's
+    /// manifest), as opposed to broken documents.
+    pub fn is_unsupported_kind(&self) -> bool {
+        matches!(self, ParseError::UnsupportedKind { .. })
+    }
+}
+
+/// Splits a multi-document YAML (or a JSON) text into documents as
+/// `serde_json::Value`s, skipping empty ones. Each entry is the document's
+/// 0-based index and its value or a syntax error.
+pub fn split_documents(text: &str) -> Vec<(usize, Result<serde_json::Value, ParseError>)> {
+    let mut out = Vec::new();
+    for (index, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        match serde_json::Value::deserialize(doc) {
+            Ok(serde_json::Value::Null) => {}
+            Ok(value) => out.push((index, Ok(value))),
+            Err(e) => {
+                out.push((index, Err(ParseError::Syntax(e.to_string()))));
+                // After a syntax error the YAML stream cannot be resynchronised.
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// Parses one document value into typed objects. A `kind: List` yields its
+/// items; every other kind yields one object.
+///
+/// # Errors
+/// [`ParseError`] naming the kind, object and field for anything that does
+/// not fit the schema, including unknown fields.
+pub fn parse_value(value: serde_json::Value) -> Vec<Result<Object, ParseError>> {
+    let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+    if kind == "List" {
+        return match value.get("items").and_then(|i| i.as_array()) {
+            Some(items) => items.iter().cloned().flat_map(parse_value).collect(),
+            None => vec![Err(ParseError::InvalidField {
+                kind: "List".into(),
+                name: String::new(),
+                field: "items".into(),
+                reason: "expected a list of objects".into(),
+            })],
+        };
+    }
+    vec![parse_object(value)]
+}
+
+fn parse_object(value: serde_json::Value) -> Result<Object, ParseError> {
+    let api_version = value
+        .get("apiVersion")
+        .and_then(|v| v.as_str())
+        .ok_or(ParseError::MissingTypeMeta {
+            field: "apiVersion",
+        })?
+        .to_owned();
+    let kind = value
+        .get("kind")
+        .and_then(|v| v.as_str())
+        .ok_or(ParseError::MissingTypeMeta { field: "kind" })?
+        .to_owned();
+    let meta = value.get("metadata");
+    let name = meta
+        .and_then(|m| m.get("name"))
+        .and_then(|n| n.as_str())
+        .unwrap_or("")
+        .to_owned();
+    let display_name = match meta
+        .and_then(|m| m.get("namespace"))
+        .and_then(|n| n.as_str())
+    {
+        Some(ns) => format!("{ns}/{name}"),
+        None => name.clone(),
+    };
+    let (group, version) = match api_version.split_once('/') {
+        Some((g, v)) => (g, v),
+        None => ("", api_version.as_str()),
+    };
+    let ctx = Ctx {
+        kind: &kind,
+        name: &display_name,
+    };
+    let object = match (group, version, kind.as_str()) {
+        ("", "v1", "Namespace") => Object::Namespace(ctx.parse(value)?),
+        ("", "v1", "Service") => Object::Service(ctx.parse(value)?),
+        ("discovery.k8s.io", "v1", "EndpointSlice") => Object::EndpointSlice(ctx.parse(value)?),
+        (NETWORKING_GROUP, v, k) if NETWORKING_VERSIONS.contains(&v) => match k {
+            "VirtualService" => Object::VirtualService(ctx.parse_istio(value)?),
+            "DestinationRule" => Object::DestinationRule(ctx.parse_istio(value)?),
+            "ServiceEntry" => Object::ServiceEntry(ctx.parse_istio(value)?),
+            "Gateway" => Object::Gateway(ctx.parse_istio(value)?),
+            _ => return Err(unsupported(api_version, kind, display_name)),
+        },
+        _ => return Err(unsupported(api_version, kind, display_name)),
+    };
+    if object.metadata().name.as_deref().unwrap_or("").is_empty() {
+        return Err(ParseError::InvalidField {
+            kind,
+            name: display_name,
+            field: "metadata.name".into(),
+            reason: "required".into(),
+        });
+    }
+    Ok(object)
+}
+
+fn unsupported(api_version: String, kind: String, name: String) -> ParseError {
+    ParseError::UnsupportedKind {
+        api_version,
+        kind,
+        name,
+    }
+}
+
+struct Ctx<'a> {
+    kind: &'a str,
+    name: &'a str,
+}
+
+impl Ctx<'_> {
+    fn parse<T: DeserializeOwned>(&self, value: serde_json::Value) -> Result<Box<T>, ParseError> {
+        serde_path_to_error::deserialize(value)
+            .map(Box::new)
+            .map_err(|e| self.field_error(e))
+    }
+
+    /// Istio kinds: the envelope itself denies unknown top-level fields,
+    /// and `status` (written by the control plane) is accepted and dropped.
+    fn parse_istio<S, T>(&self, value: serde_json::Value) -> Result<Box<T>, ParseError>
+    where
+        S: DeserializeOwned,
+        T: IstioKind<Spec = S>,
+    {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase", deny_unknown_fields)]
+        struct Envelope<S> {
+            #[allow(dead_code)]
+            api_version: String,
+            #[allow(dead_code)]
+            kind: String,
+            #[serde(default)]
+            metadata: ObjectMeta,
+            spec: S,
+            #[serde(default)]
+            #[allow(dead_code)]
+            status: Option<serde_json::Value>,
+        }
+        let env: Envelope<S> =
+            serde_path_to_error::deserialize(value).map_err(|e| self.field_error(e))?;
+        Ok(Box::new(T::from_parts(env.metadata, env.spec)))
+    }
+
+    fn field_error(&self, e: serde_path_to_error::Error<serde_json::Error>) -> ParseError {
+        let field = e.path().to_string();
+        ParseError::InvalidField {
+            kind: self.kind.to_owned(),
+            name: self.name.to_owned(),
+            field: if field == "." {
+                "(top level)".into()
+            } else {
+                field
+            },
+            reason: e.into_inner().to_string(),
+        }
+    }
+}
+
+/// The Istio kinds, built from metadata and spec.
+trait IstioKind {
+    type Spec;
+    fn from_parts(metadata: ObjectMeta, spec: Self::Spec) -> Self;
+}
+
+macro_rules! istio_kind {
+    ($($kind:ident => $spec:ident),*) => {$(
+        impl IstioKind for $kind {
+            type Spec = crate::$spec;
+            fn from_parts(metadata: ObjectMeta, spec: Self::Spec) -> Self {
+                $kind { metadata, spec }
+            }
+        }
+    )*};
+}
+istio_kind!(
+    VirtualService => VirtualServiceSpec,
+    DestinationRule => DestinationRuleSpec,
+    ServiceEntry => ServiceEntrySpec,
+    Gateway => GatewaySpec
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(yaml: &str) -> Result<Object, ParseError> {
+        let mut docs = split_documents(yaml);
+        assert_eq!(docs.len(), 1);
+        let (_, value) = docs.remove(0);
+        parse_value(value?).remove(0)
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let err = one(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r, namespace: default}\n\
+             spec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination: {host: reviews}\n      wieght: 3\n",
+        )
+        .unwrap_err();
+        let ParseError::InvalidField {
+            field,
+            reason,
+            name,
+            ..
+        } = &err
+        else {
+            panic!("{err}")
+        };
+        assert_eq!(field, "spec.http[0].route[0].wieght");
+        assert!(reason.contains("unknown field `wieght`"), "{reason}");
+        assert_eq!(name, "default/r");
+    }
+
+    #[test]
+    fn weight_as_word_is_named() {
+        let err = one(
+            "apiVersion: networking.istio.io/v1beta1\nkind: VirtualService\nmetadata: {name: r}\n\
+             spec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination: {host: reviews}\n      weight: eighty\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("spec.http[0].route[0].weight"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn all_networking_versions_accepted() {
+        for v in NETWORKING_VERSIONS {
+            let obj = one(&format!(
+                "apiVersion: networking.istio.io/{v}\nkind: DestinationRule\nmetadata: {{name: d}}\nspec: {{host: reviews}}\n"
+            ))
+            .unwrap();
+            assert_eq!(obj.kind(), "DestinationRule");
+        }
+    }
+
+    #[test]
+    fn durations_and_percentages() {
+        let Object::VirtualService(vs) = one(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r}\n\
+             spec:\n  hosts: [ratings]\n  http:\n  - fault:\n      delay: {fixedDelay: 7s, percentage: {value: 10.5}}\n    timeout: 100ms\n    route:\n    - destination: {host: ratings, subset: v1}\n",
+        )
+        .unwrap() else {
+            panic!()
+        };
+        let http = &vs.spec.http[0];
+        assert_eq!(http.timeout.unwrap().as_std().as_millis(), 100);
+        let delay = http.fault.as_ref().unwrap().delay.as_ref().unwrap();
+        assert_eq!(delay.fixed_delay.unwrap().as_std().as_secs(), 7);
+        assert_eq!(delay.percentage.unwrap().value, 10.5);
+    }
+
+    #[test]
+    fn unsupported_kind_is_distinguished() {
+        let err = one("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\n").unwrap_err();
+        assert!(err.is_unsupported_kind());
+    }
+}
