@@ -1,12 +1,12 @@
 //! One Kubernetes-style document (YAML or JSON) into a typed [`Object`].
 //!
-//! Reads the kinds the control plane consumes: `v1` `Namespace` and
+//! Reads the kinds the control plane consumes: `v1` `Namespace`, `Pod` and
 //! `Service`, `discovery.k8s.io/v1` `EndpointSlice`, and the four Istio
 //! networking kinds. Errors name the kind, the object and the field path
 //! (`spec.http[0].route[1].weight`), so one bad document can be reported and
 //! skipped while the rest of the mesh applies.
 
-use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
@@ -21,6 +21,7 @@ use crate::{
 #[allow(missing_docs)]
 pub enum Object {
     Namespace(Box<Namespace>),
+    Pod(Box<Pod>),
     Service(Box<Service>),
     EndpointSlice(Box<EndpointSlice>),
     VirtualService(Box<VirtualService>),
@@ -34,6 +35,7 @@ impl Object {
     pub fn kind(&self) -> &'static str {
         match self {
             Object::Namespace(_) => "Namespace",
+            Object::Pod(_) => "Pod",
             Object::Service(_) => "Service",
             Object::EndpointSlice(_) => "EndpointSlice",
             Object::VirtualService(_) => "VirtualService",
@@ -47,6 +49,7 @@ impl Object {
     pub fn metadata(&self) -> &ObjectMeta {
         match self {
             Object::Namespace(o) => &o.metadata,
+            Object::Pod(o) => &o.metadata,
             Object::Service(o) => &o.metadata,
             Object::EndpointSlice(o) => &o.metadata,
             Object::VirtualService(o) => &o.metadata,
@@ -60,6 +63,7 @@ impl Object {
     pub fn metadata_mut(&mut self) -> &mut ObjectMeta {
         match self {
             Object::Namespace(o) => &mut o.metadata,
+            Object::Pod(o) => &mut o.metadata,
             Object::Service(o) => &mut o.metadata,
             Object::EndpointSlice(o) => &mut o.metadata,
             Object::VirtualService(o) => &mut o.metadata,
@@ -192,6 +196,7 @@ fn parse_object(value: serde_json::Value) -> Result<Object, ParseError> {
     };
     let object = match (group, version, kind.as_str()) {
         ("", "v1", "Namespace") => Object::Namespace(ctx.parse(value)?),
+        ("", "v1", "Pod") => Object::Pod(ctx.parse(value)?),
         ("", "v1", "Service") => Object::Service(ctx.parse(value)?),
         ("discovery.k8s.io", "v1", "EndpointSlice") => Object::EndpointSlice(ctx.parse(value)?),
         (NETWORKING_GROUP, v, k) if NETWORKING_VERSIONS.contains(&v) => match k {

@@ -1,0 +1,245 @@
+//! CDS and EDS: `outbound|port|subset|host` clusters and their
+//! `ClusterLoadAssignment`s, `PassthroughCluster` and `BlackHoleCluster`.
+
+use std::collections::BTreeMap;
+
+use crds::destination_rule::{ClientTlsMode, SimpleLb, TrafficPolicy};
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+    ClusterDiscoveryType, DiscoveryType, DnsLookupFamily, EdsClusterConfig, LbPolicy,
+};
+use envoy_types::pb::envoy::config::core::v3::{Locality, TransportSocket, transport_socket};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
+};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
+use envoy_types::pb::google::protobuf::UInt32Value;
+use envoy_types::util::pack_any;
+
+use crate::model::{Config, Endpoint, Service, ServicePort, ServiceResolution, Snapshot};
+use crate::{ads_config_source, duration, socket_address};
+
+/// Istio's name of the cluster forwarding to the original destination.
+pub const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";
+/// Istio's name of the cluster that drops everything.
+pub const BLACKHOLE_CLUSTER: &str = "BlackHoleCluster";
+/// Istio's default upstream connect timeout (MeshConfig `connectTimeout`), seconds.
+const CONNECT_TIMEOUT_SECS: u64 = 10;
+
+/// Istio's cluster name: `outbound|9080|v1|reviews.default.svc.cluster.local`
+/// (`subset` empty for the whole service).
+pub fn cluster_name(port: u32, subset: &str, hostname: &str) -> String {
+    format!("outbound|{port}|{subset}|{hostname}")
+}
+
+/// Clusters and endpoint assignments for every service port and every
+/// DestinationRule subset, seen from a proxy in namespace `ns`.
+pub(crate) fn build(snap: &Snapshot, ns: &str) -> (Vec<Cluster>, Vec<ClusterLoadAssignment>) {
+    let mut clusters = vec![passthrough_cluster(), blackhole_cluster()];
+    let mut assignments = Vec::new();
+    for svc in snap.services.values() {
+        let dr = snap.destination_rule(&svc.hostname, ns);
+        for port in &svc.ports {
+            let mut variants: Vec<(&str, Option<&TrafficPolicy>, BTreeMap<String, String>)> =
+                vec![(
+                    "",
+                    dr.and_then(|d| d.spec.traffic_policy.as_ref()),
+                    BTreeMap::new(),
+                )];
+            if let Some(dr) = dr {
+                for subset in &dr.spec.subsets {
+                    variants.push((
+                        subset.name.as_str(),
+                        subset.traffic_policy.as_ref(),
+                        subset.labels.clone(),
+                    ));
+                }
+            }
+            for (subset, subset_policy, labels) in variants {
+                let name = cluster_name(port.port, subset, &svc.hostname);
+                let policy = Policy::resolve(dr, subset_policy, port.port);
+                let (cluster, cla) = service_cluster(&name, svc, port, &policy, &labels);
+                clusters.push(cluster);
+                assignments.extend(cla);
+            }
+        }
+    }
+    (clusters, assignments)
+}
+
+/// The DestinationRule settings that apply to one cluster, after Istio's
+/// merge: subset policy over port-level over top-level, field by field.
+#[derive(Default)]
+struct Policy {
+    simple: Option<SimpleLb>,
+    tls_mode: Option<ClientTlsMode>,
+    sni: Option<String>,
+}
+
+impl Policy {
+    fn resolve(
+        dr: Option<&Config<crds::DestinationRuleSpec>>,
+        subset_policy: Option<&TrafficPolicy>,
+        port: u32,
+    ) -> Policy {
+        let mut out = Policy::default();
+        let mut apply = |tp: &TrafficPolicy| {
+            if let Some(lb) = tp.load_balancer.as_ref().and_then(|lb| lb.simple) {
+                out.simple = Some(lb);
+            }
+            if let Some(tls) = &tp.tls {
+                out.tls_mode = tls.mode;
+                out.sni = tls.sni.clone();
+            }
+            for pls in &tp.port_level_settings {
+                if pls.port.map(|p| p.number) == Some(port) {
+                    if let Some(lb) = pls.load_balancer.as_ref().and_then(|lb| lb.simple) {
+                        out.simple = Some(lb);
+                    }
+                    if let Some(tls) = &pls.tls {
+                        out.tls_mode = tls.mode;
+                        out.sni = tls.sni.clone();
+                    }
+                }
+            }
+        };
+        if let Some(tp) = dr.and_then(|d| d.spec.traffic_policy.as_ref()) {
+            apply(tp);
+        }
+        if let Some(tp) = subset_policy {
+            apply(tp);
+        }
+        out
+    }
+}
+
+fn service_cluster(
+    name: &str,
+    svc: &Service,
+    port: &ServicePort,
+    policy: &Policy,
+    subset_labels: &BTreeMap<String, String>,
+) -> (Cluster, Option<ClusterLoadAssignment>) {
+    let mut cluster = Cluster {
+        name: name.to_owned(),
+        connect_timeout: Some(duration(std::time::Duration::from_secs(
+            CONNECT_TIMEOUT_SECS,
+        ))),
+        // Istio's default since 1.14 is LEAST_REQUEST.
+        lb_policy: match policy.simple {
+            Some(SimpleLb::RoundRobin) => LbPolicy::RoundRobin,
+            Some(SimpleLb::Random) => LbPolicy::Random,
+            _ => LbPolicy::LeastRequest,
+        } as i32,
+        ..Default::default()
+    };
+    let passthrough = svc.resolution == ServiceResolution::Passthrough
+        || policy.simple == Some(SimpleLb::Passthrough);
+    let mut cla = None;
+    if passthrough {
+        cluster.cluster_discovery_type = Some(ClusterDiscoveryType::Type(
+            DiscoveryType::OriginalDst as i32,
+        ));
+        cluster.lb_policy = LbPolicy::ClusterProvided as i32;
+    } else if svc.resolution == ServiceResolution::Dns {
+        cluster.cluster_discovery_type =
+            Some(ClusterDiscoveryType::Type(DiscoveryType::StrictDns as i32));
+        cluster.dns_lookup_family = DnsLookupFamily::V4Only as i32;
+        cluster.load_assignment = Some(assignment(name, svc, port, subset_labels));
+    } else {
+        cluster.cluster_discovery_type =
+            Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32));
+        cluster.eds_cluster_config = Some(EdsClusterConfig {
+            eds_config: Some(ads_config_source()),
+            service_name: name.to_owned(),
+        });
+        cla = Some(assignment(name, svc, port, subset_labels));
+    }
+    if policy.tls_mode == Some(ClientTlsMode::Simple) {
+        let tls = UpstreamTlsContext {
+            sni: policy.sni.clone().unwrap_or_else(|| svc.hostname.clone()),
+            ..Default::default()
+        };
+        cluster.transport_socket = Some(TransportSocket {
+            name: "envoy.transport_sockets.tls".into(),
+            config_type: Some(transport_socket::ConfigType::TypedConfig(pack_any(tls))),
+        });
+    }
+    (cluster, cla)
+}
+
+/// Ready endpoints of `svc` on `port` whose labels include `subset_labels`.
+fn assignment(
+    name: &str,
+    svc: &Service,
+    port: &ServicePort,
+    subset_labels: &BTreeMap<String, String>,
+) -> ClusterLoadAssignment {
+    let lb_endpoints: Vec<LbEndpoint> = svc
+        .endpoints
+        .iter()
+        .filter(|ep| ep.ready && selects(subset_labels, ep))
+        .filter_map(|ep| {
+            let target = ep.ports.get(&port.name).copied().or_else(|| {
+                (ep.ports.len() == 1)
+                    .then(|| ep.ports.values().copied().next())
+                    .flatten()
+            })?;
+            Some(LbEndpoint {
+                host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(EnvoyEndpoint {
+                    address: Some(socket_address(&ep.address, target)),
+                    ..Default::default()
+                })),
+                load_balancing_weight: Some(UInt32Value { value: 1 }),
+                ..Default::default()
+            })
+        })
+        .collect();
+    let endpoints = if lb_endpoints.is_empty() {
+        Vec::new()
+    } else {
+        vec![LocalityLbEndpoints {
+            // Always a locality and a weight: proxyless gRPC drops localities without one.
+            locality: Some(Locality::default()),
+            load_balancing_weight: Some(UInt32Value {
+                value: u32::try_from(lb_endpoints.len()).unwrap_or(u32::MAX),
+            }),
+            lb_endpoints,
+            ..Default::default()
+        }]
+    };
+    ClusterLoadAssignment {
+        cluster_name: name.to_owned(),
+        endpoints,
+        ..Default::default()
+    }
+}
+
+fn selects(labels: &BTreeMap<String, String>, ep: &Endpoint) -> bool {
+    labels.iter().all(|(k, v)| ep.labels.get(k) == Some(v))
+}
+
+fn passthrough_cluster() -> Cluster {
+    Cluster {
+        name: PASSTHROUGH_CLUSTER.into(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(
+            DiscoveryType::OriginalDst as i32,
+        )),
+        lb_policy: LbPolicy::ClusterProvided as i32,
+        connect_timeout: Some(duration(std::time::Duration::from_secs(
+            CONNECT_TIMEOUT_SECS,
+        ))),
+        ..Default::default()
+    }
+}
+
+fn blackhole_cluster() -> Cluster {
+    Cluster {
+        name: BLACKHOLE_CLUSTER.into(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
+        connect_timeout: Some(duration(std::time::Duration::from_secs(
+            CONNECT_TIMEOUT_SECS,
+        ))),
+        ..Default::default()
+    }
+}

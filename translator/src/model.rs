@@ -1,0 +1,507 @@
+//! The mesh model the translator reads: an immutable [`Snapshot`] of
+//! services (with ports, VIPs, endpoints and the endpoints' pod labels) and
+//! Istio configs, and the [`Proxy`] being configured.
+//!
+//! [`Snapshot::build`] joins Kubernetes objects the way istiod does:
+//! a `Service` gives hostname `name.ns.svc.cluster.local`, ports and VIP;
+//! `EndpointSlice`s labelled `kubernetes.io/service-name` give its endpoints;
+//! each endpoint's `targetRef` Pod (or the Pod with that IP) gives the labels
+//! DestinationRule subsets select on. A `ServiceEntry` adds one service per host.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use crds::document::Object;
+use crds::service_entry::{Location, Resolution};
+use crds::{DestinationRuleSpec, GatewaySpec, VirtualServiceSpec};
+use k8s_openapi::api::core::v1::Pod;
+
+/// Kubernetes' default cluster DNS domain.
+pub const DEFAULT_DOMAIN: &str = "cluster.local";
+
+/// An Istio config object with its identity.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config<S> {
+    /// `metadata.name`.
+    pub name: String,
+    /// `metadata.namespace` (defaulted to `default`).
+    pub namespace: String,
+    /// The spec.
+    pub spec: S,
+}
+
+impl<S> Config<S> {
+    /// `namespace/name`, for messages.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Application protocol of a port, as Istio selects it (port name prefix
+/// `http-`, `grpc-`, ..., or `appProtocol`, or a ServiceEntry's `protocol`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// HTTP/1.1 (routed by RDS).
+    Http,
+    /// HTTP/2 (routed by RDS).
+    Http2,
+    /// gRPC (HTTP/2, routed by RDS).
+    Grpc,
+    /// TLS or HTTPS: opaque to the sidecar, routed by SNI.
+    Tls,
+    /// Opaque TCP.
+    Tcp,
+}
+
+impl Protocol {
+    /// Istio's protocol selection from a port name (`http`, `http-web`,
+    /// `grpc-x`, `tcp-db`, ...) or an explicit protocol string; unknown ->
+    /// TCP. (Istio sniffs unnamed ports; this daemon treats them as TCP.)
+    pub fn from_name(name: &str) -> Protocol {
+        let lower = name.to_ascii_lowercase();
+        let prefix = lower.split('-').next().unwrap_or("");
+        match prefix {
+            "http" => Protocol::Http,
+            "http2" => Protocol::Http2,
+            "grpc" => Protocol::Grpc,
+            "https" | "tls" => Protocol::Tls,
+            _ => Protocol::Tcp,
+        }
+    }
+
+    /// Whether requests on this port are HTTP and go through route configs.
+    pub fn is_http(self) -> bool {
+        matches!(self, Protocol::Http | Protocol::Http2 | Protocol::Grpc)
+    }
+}
+
+/// A port of a service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePort {
+    /// Port name (`http`).
+    pub name: String,
+    /// Service port (what clients dial).
+    pub port: u32,
+    /// Protocol selected for it.
+    pub protocol: Protocol,
+}
+
+/// One endpoint (pod or ServiceEntry endpoint) of a service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// IP address (or DNS name for DNS ServiceEntries).
+    pub address: String,
+    /// Service port name -> endpoint (target) port.
+    pub ports: BTreeMap<String, u32>,
+    /// Labels of the workload (pod labels), for subsets.
+    pub labels: BTreeMap<String, String>,
+    /// `EndpointSlice` `conditions.ready` (default true).
+    pub ready: bool,
+}
+
+/// How a service's endpoints are resolved (ServiceEntry `resolution`;
+/// Kubernetes services are `Static` with EDS).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServiceResolution {
+    /// Endpoints known to the control plane, served over EDS.
+    Static,
+    /// Envoy resolves the hostnames itself (STRICT_DNS).
+    Dns,
+    /// Forward to the original destination.
+    Passthrough,
+}
+
+/// A service in the registry.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Service {
+    /// Fully qualified hostname: `reviews.default.svc.cluster.local`, or a ServiceEntry host.
+    pub hostname: String,
+    /// Short name (`reviews`); the host itself for ServiceEntries.
+    pub name: String,
+    /// Namespace of the Service / ServiceEntry.
+    pub namespace: String,
+    /// Cluster IPs (empty for headless services).
+    pub vips: Vec<String>,
+    /// Ports.
+    pub ports: Vec<ServicePort>,
+    /// Endpoints.
+    pub endpoints: Vec<Endpoint>,
+    /// Endpoint resolution.
+    pub resolution: ServiceResolution,
+    /// True for Kubernetes services (short-name domains apply).
+    pub kubernetes: bool,
+    /// ServiceEntry `MESH_EXTERNAL`.
+    pub external: bool,
+}
+
+impl Service {
+    /// The port with this number.
+    pub fn port(&self, number: u32) -> Option<&ServicePort> {
+        self.ports.iter().find(|p| p.port == number)
+    }
+}
+
+/// Mesh-wide settings (Istio `MeshConfig`, the parts used so far).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MeshConfig {
+    /// `outboundTrafficPolicy.mode`: `ALLOW_ANY` (true) or `REGISTRY_ONLY`.
+    pub allow_any: bool,
+    /// DNS domain, `cluster.local`.
+    pub domain: String,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        MeshConfig {
+            allow_any: true,
+            domain: DEFAULT_DOMAIN.to_owned(),
+        }
+    }
+}
+
+/// An immutable view of the whole mesh, shared by every push.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// Monotonic version, bumped per change.
+    pub version: u64,
+    /// Services by hostname.
+    pub services: BTreeMap<String, Arc<Service>>,
+    /// VirtualServices, in a stable order (namespace, name).
+    pub virtual_services: Vec<Config<VirtualServiceSpec>>,
+    /// DestinationRules, in a stable order.
+    pub destination_rules: Vec<Config<DestinationRuleSpec>>,
+    /// Gateways, in a stable order.
+    pub gateways: Vec<Config<GatewaySpec>>,
+    /// Namespace names known.
+    pub namespaces: Vec<String>,
+    /// Mesh settings.
+    pub mesh: MeshConfig,
+}
+
+impl Snapshot {
+    /// Builds a snapshot from parsed objects. Objects without a namespace
+    /// are put in `default`, as `kubectl apply` does.
+    pub fn build<'a>(
+        version: u64,
+        objects: impl IntoIterator<Item = &'a Object>,
+        mesh: MeshConfig,
+    ) -> Snapshot {
+        let mut snap = Snapshot {
+            version,
+            mesh,
+            ..Default::default()
+        };
+        let mut pods_by_name: HashMap<(String, String), &Pod> = HashMap::new();
+        let mut pods_by_ip: HashMap<String, &Pod> = HashMap::new();
+        let mut slices = Vec::new();
+        let mut services = Vec::new();
+        for obj in objects {
+            let ns = obj
+                .metadata()
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into());
+            let name = obj.metadata().name.clone().unwrap_or_default();
+            match obj {
+                Object::Namespace(_) => snap.namespaces.push(name),
+                Object::Pod(pod) => {
+                    if let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone()) {
+                        pods_by_ip.insert(ip, pod);
+                    }
+                    pods_by_name.insert((ns, name), pod);
+                }
+                Object::Service(svc) => services.push((ns, name, svc)),
+                Object::EndpointSlice(slice) => slices.push((ns, slice)),
+                Object::VirtualService(vs) => snap.virtual_services.push(Config {
+                    name,
+                    namespace: ns,
+                    spec: vs.spec.clone(),
+                }),
+                Object::DestinationRule(dr) => snap.destination_rules.push(Config {
+                    name,
+                    namespace: ns,
+                    spec: dr.spec.clone(),
+                }),
+                Object::Gateway(gw) => snap.gateways.push(Config {
+                    name,
+                    namespace: ns,
+                    spec: gw.spec.clone(),
+                }),
+                Object::ServiceEntry(se) => {
+                    for svc in service_entry_services(&ns, &se.spec) {
+                        snap.services
+                            .entry(svc.hostname.clone())
+                            .or_insert_with(|| Arc::new(svc));
+                    }
+                }
+            }
+        }
+        for (ns, name, svc) in services {
+            let spec = svc.spec.clone().unwrap_or_default();
+            let ports = spec
+                .ports
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|p| {
+                    let port = u32::try_from(p.port).ok()?;
+                    let pname = p.name.unwrap_or_default();
+                    let protocol = match p.app_protocol.as_deref() {
+                        Some(ap) => Protocol::from_name(ap),
+                        None => Protocol::from_name(&pname),
+                    };
+                    Some(ServicePort {
+                        name: pname,
+                        port,
+                        protocol,
+                    })
+                })
+                .collect();
+            let vips = spec
+                .cluster_ips
+                .or_else(|| spec.cluster_ip.map(|ip| vec![ip]))
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|ip| !ip.is_empty() && ip != "None")
+                .collect();
+            let hostname = format!("{name}.{ns}.svc.{}", snap.mesh.domain);
+            let mut endpoints = Vec::new();
+            for (slice_ns, slice) in &slices {
+                let owner = slice
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("kubernetes.io/service-name"));
+                if *slice_ns != ns || owner != Some(&name) {
+                    continue;
+                }
+                let slice_ports: BTreeMap<String, u32> = slice
+                    .ports
+                    .iter()
+                    .flatten()
+                    .filter_map(|p| {
+                        Some((
+                            p.name.clone().unwrap_or_default(),
+                            u32::try_from(p.port?).ok()?,
+                        ))
+                    })
+                    .collect();
+                for ep in slice.endpoints.iter().flatten() {
+                    let pod = ep
+                        .target_ref
+                        .as_ref()
+                        .filter(|r| r.kind.as_deref() == Some("Pod"))
+                        .and_then(|r| {
+                            let pns = r.namespace.clone().unwrap_or_else(|| ns.clone());
+                            pods_by_name.get(&(pns, r.name.clone().unwrap_or_default()))
+                        })
+                        .or_else(|| ep.addresses.first().and_then(|a| pods_by_ip.get(a)));
+                    let labels = pod
+                        .and_then(|p| p.metadata.labels.clone())
+                        .unwrap_or_default()
+                        .into_iter()
+                        .collect();
+                    let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+                    for address in &ep.addresses {
+                        endpoints.push(Endpoint {
+                            address: address.clone(),
+                            ports: slice_ports.clone(),
+                            labels: BTreeMap::clone(&labels),
+                            ready,
+                        });
+                    }
+                }
+            }
+            snap.services.insert(
+                hostname.clone(),
+                Arc::new(Service {
+                    hostname,
+                    name,
+                    namespace: ns,
+                    vips,
+                    ports,
+                    endpoints,
+                    resolution: ServiceResolution::Static,
+                    kubernetes: true,
+                    external: false,
+                }),
+            );
+        }
+        let order = |a: &String, b: &String, c: &String, d: &String| (a, b).cmp(&(c, d));
+        snap.virtual_services
+            .sort_by(|a, b| order(&a.namespace, &a.name, &b.namespace, &b.name));
+        snap.destination_rules
+            .sort_by(|a, b| order(&a.namespace, &a.name, &b.namespace, &b.name));
+        snap.gateways
+            .sort_by(|a, b| order(&a.namespace, &a.name, &b.namespace, &b.name));
+        snap.namespaces.sort();
+        snap
+    }
+
+    /// Resolves a host as written in a rule of namespace `ns` to a hostname:
+    /// a short name `reviews` becomes `reviews.<ns>.svc.cluster.local`, names
+    /// with dots are taken as they are (Istio's `ResolveShortnameToFQDN`).
+    pub fn resolve_host(&self, host: &str, ns: &str) -> String {
+        if host.contains('.') || host.contains('*') {
+            host.to_owned()
+        } else {
+            format!("{host}.{ns}.svc.{}", self.mesh.domain)
+        }
+    }
+
+    /// The DestinationRule for a hostname seen from namespace `ns`: one in
+    /// `ns` first, then any other (Istio's lookup order, without exportTo yet).
+    pub fn destination_rule(
+        &self,
+        hostname: &str,
+        ns: &str,
+    ) -> Option<&Config<DestinationRuleSpec>> {
+        let matching = |dr: &&Config<DestinationRuleSpec>| {
+            self.resolve_host(&dr.spec.host, &dr.namespace) == hostname
+        };
+        self.destination_rules
+            .iter()
+            .filter(matching)
+            .find(|dr| dr.namespace == ns)
+            .or_else(|| self.destination_rules.iter().find(matching))
+    }
+}
+
+fn service_entry_services(ns: &str, spec: &crds::ServiceEntrySpec) -> Vec<Service> {
+    let resolution = match spec.resolution {
+        Some(Resolution::Dns | Resolution::DnsRoundRobin | Resolution::DynamicDns) => {
+            ServiceResolution::Dns
+        }
+        Some(Resolution::Static) => ServiceResolution::Static,
+        Some(Resolution::None) | None => ServiceResolution::Passthrough,
+    };
+    let ports: Vec<ServicePort> = spec
+        .ports
+        .iter()
+        .map(|p| {
+            let name = p.name.clone().unwrap_or_default();
+            ServicePort {
+                protocol: Protocol::from_name(p.protocol.as_deref().unwrap_or(&name)),
+                name,
+                port: p.number,
+            }
+        })
+        .collect();
+    spec.hosts
+        .iter()
+        .map(|host| {
+            let endpoints = if spec.endpoints.is_empty() && resolution == ServiceResolution::Dns {
+                // DNS entries without endpoints resolve the host itself.
+                vec![Endpoint {
+                    address: host.clone(),
+                    ports: ports.iter().map(|p| (p.name.clone(), p.port)).collect(),
+                    labels: BTreeMap::new(),
+                    ready: true,
+                }]
+            } else {
+                spec.endpoints
+                    .iter()
+                    .filter_map(|we| {
+                        Some(Endpoint {
+                            address: we.address.clone()?,
+                            ports: ports
+                                .iter()
+                                .map(|p| {
+                                    (
+                                        p.name.clone(),
+                                        we.ports.get(&p.name).copied().unwrap_or(p.port),
+                                    )
+                                })
+                                .collect(),
+                            labels: we.labels.clone(),
+                            ready: true,
+                        })
+                    })
+                    .collect()
+            };
+            Service {
+                hostname: host.clone(),
+                name: host.clone(),
+                namespace: ns.to_owned(),
+                vips: spec.addresses.clone(),
+                ports: ports.clone(),
+                endpoints,
+                resolution,
+                kubernetes: false,
+                external: spec.location != Some(Location::MeshInternal),
+            }
+        })
+        .collect()
+}
+
+/// The kind of proxy (first field of the node ID).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProxyKind {
+    /// `sidecar~...`: an application's sidecar.
+    Sidecar,
+    /// `router~...`: an ingress or egress gateway.
+    Router,
+}
+
+/// The proxy being configured, from its xDS node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Proxy {
+    /// Sidecar or router.
+    pub kind: ProxyKind,
+    /// The proxy's IP (second field of the node ID).
+    pub ip: String,
+    /// `pod.namespace` (third field of the node ID).
+    pub id: String,
+    /// Namespace: node metadata `NAMESPACE`, else from `id`.
+    pub namespace: String,
+    /// Workload labels: node metadata `LABELS`.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Why a node ID was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid node id {id:?}: {reason} (expected TYPE~IP~POD.NAMESPACE~NAMESPACE.svc.DOMAIN)")]
+pub struct InvalidNodeId {
+    /// The ID as received.
+    pub id: String,
+    /// What is wrong with it.
+    pub reason: &'static str,
+}
+
+impl Proxy {
+    /// Parses Istio's node ID `sidecar~10.1.2.3~pod.ns~ns.svc.cluster.local`;
+    /// `namespace` (node metadata `NAMESPACE`) overrides the one in the ID.
+    ///
+    /// # Errors
+    /// [`InvalidNodeId`] when the ID does not have four `~`-separated parts
+    /// or an unknown type.
+    pub fn from_node_id(
+        id: &str,
+        namespace: Option<String>,
+        labels: BTreeMap<String, String>,
+    ) -> Result<Proxy, InvalidNodeId> {
+        let err = |reason| InvalidNodeId {
+            id: id.to_owned(),
+            reason,
+        };
+        let parts: Vec<&str> = id.split('~').collect();
+        let [kind, ip, pod_id, _domain] = parts.as_slice() else {
+            return Err(err("needs four parts separated by '~'"));
+        };
+        let kind = match *kind {
+            "sidecar" => ProxyKind::Sidecar,
+            "router" => ProxyKind::Router,
+            _ => return Err(err("type must be sidecar or router")),
+        };
+        let namespace = namespace
+            .filter(|n| !n.is_empty())
+            .or_else(|| pod_id.split_once('.').map(|(_, ns)| ns.to_owned()))
+            .ok_or_else(|| err("no namespace (pod.namespace or NAMESPACE metadata)"))?;
+        Ok(Proxy {
+            kind,
+            ip: (*ip).to_owned(),
+            id: (*pod_id).to_owned(),
+            namespace,
+            labels,
+        })
+    }
+}

@@ -1,0 +1,573 @@
+//! RDS: VirtualService HTTP routes as Envoy `Route`s, and the default
+//! route of a service without one.
+
+use crds::virtual_service::{
+    HeaderOperations, HttpBody, HttpMatchRequest, HttpRoute, RedirectPortSelection,
+};
+use crds::{Percent, StringMatch, VirtualServiceSpec};
+use envoy_types::pb::envoy::config::core::v3::{
+    DataSource, HeaderValue, HeaderValueOption, RuntimeFractionalPercent, data_source,
+    header_value_option::HeaderAppendAction,
+};
+use envoy_types::pb::envoy::config::route::v3::{
+    DirectResponseAction, HeaderMatcher, QueryParameterMatcher, RedirectAction, RetryPolicy, Route,
+    RouteAction, RouteMatch, WeightedCluster, header_matcher, query_parameter_matcher,
+    redirect_action, retry_policy, route, route_action, route_match, weighted_cluster,
+};
+use envoy_types::pb::envoy::extensions::filters::common::fault::v3::{FaultDelay, fault_delay};
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{
+    FaultAbort, HttpFault, fault_abort,
+};
+use envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
+use envoy_types::pb::envoy::r#type::matcher::v3::{
+    RegexMatchAndSubstitute, RegexMatcher, StringMatcher, string_matcher,
+};
+use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, fractional_percent};
+use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
+use envoy_types::util::pack_any;
+
+use crate::cluster::cluster_name;
+use crate::model::{Config, Proxy, Snapshot};
+use crate::{ConfigWarning, FAULT_FILTER, duration};
+
+/// Istio's default `retryOn` when a route sets no retry policy.
+pub const DEFAULT_RETRY_ON: &str =
+    "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes";
+/// Istio's default number of retries.
+const DEFAULT_RETRY_ATTEMPTS: u32 = 2;
+
+/// What the routes are generated for.
+pub(crate) struct RouteCtx<'a> {
+    pub snap: &'a Snapshot,
+    pub proxy: &'a Proxy,
+    /// The listener port (`match.port` is compared with it).
+    pub port: u32,
+    /// Gateway names (`ns/name`) the listener belongs to; empty for sidecars (`mesh`).
+    pub gateways: &'a [String],
+}
+
+impl RouteCtx<'_> {
+    fn gateway_applies(&self, vs: &Config<VirtualServiceSpec>, listed: &[String]) -> bool {
+        if self.gateways.is_empty() {
+            listed.is_empty() || listed.iter().any(|g| g == "mesh")
+        } else {
+            listed.iter().any(|g| {
+                let full = if g.contains('/') {
+                    g.clone()
+                } else {
+                    format!("{}/{g}", vs.namespace)
+                };
+                self.gateways.contains(&full)
+            })
+        }
+    }
+}
+
+/// The routes of one VirtualService for one listener port, in order.
+/// Routes with problems are skipped and reported in `warnings`.
+pub(crate) fn virtual_service_routes(
+    ctx: &RouteCtx<'_>,
+    vs: &Config<VirtualServiceSpec>,
+    warnings: &mut Vec<ConfigWarning>,
+) -> Vec<Route> {
+    let mut routes = Vec::new();
+    for (i, http) in vs.spec.http.iter().enumerate() {
+        let field = format!("spec.http[{i}]");
+        let action = match route_action(ctx, vs, http, &field) {
+            Ok(a) => a,
+            Err(reason) => {
+                warnings.push(ConfigWarning::new(
+                    "VirtualService",
+                    vs.key(),
+                    reason.0,
+                    reason.1,
+                ));
+                continue;
+            }
+        };
+        let name = http.name.clone().unwrap_or_default();
+        let mut per_filter = std::collections::HashMap::new();
+        if let Some(fault) = &http.fault {
+            per_filter.insert(FAULT_FILTER.to_owned(), pack_any(http_fault(fault)));
+        }
+        let (req_add, req_remove, resp_add, resp_remove) = header_ops(http.headers.as_ref());
+        let mk = |m: RouteMatch, match_name: Option<&str>| Route {
+            name: match match_name {
+                Some(mn) if !name.is_empty() => format!("{name}.{mn}"),
+                Some(mn) => mn.to_owned(),
+                None => name.clone(),
+            },
+            r#match: Some(m),
+            action: Some(action.clone()),
+            typed_per_filter_config: per_filter.clone(),
+            request_headers_to_add: req_add.clone(),
+            request_headers_to_remove: req_remove.clone(),
+            response_headers_to_add: resp_add.clone(),
+            response_headers_to_remove: resp_remove.clone(),
+            ..Default::default()
+        };
+        if http.matches.is_empty() {
+            if ctx.gateway_applies(vs, &vs.spec.gateways) {
+                routes.push(mk(prefix_match("/"), None));
+            }
+            continue;
+        }
+        for m in &http.matches {
+            let gateways = if m.gateways.is_empty() {
+                &vs.spec.gateways
+            } else {
+                &m.gateways
+            };
+            if !ctx.gateway_applies(vs, gateways) || !source_applies(ctx, vs, m) {
+                continue;
+            }
+            if m.port.is_some_and(|p| p != ctx.port) {
+                continue;
+            }
+            routes.push(mk(route_match(m), m.name.as_deref()));
+        }
+    }
+    routes
+}
+
+fn source_applies(
+    ctx: &RouteCtx<'_>,
+    _vs: &Config<VirtualServiceSpec>,
+    m: &HttpMatchRequest,
+) -> bool {
+    let labels_ok = m
+        .source_labels
+        .iter()
+        .all(|(k, v)| ctx.proxy.labels.get(k) == Some(v));
+    let ns_ok = m
+        .source_namespace
+        .as_ref()
+        .is_none_or(|ns| *ns == ctx.proxy.namespace);
+    labels_ok && ns_ok
+}
+
+/// The route of a service with no VirtualService: everything to its cluster.
+pub(crate) fn default_route(cluster: String) -> Route {
+    Route {
+        name: "default".into(),
+        r#match: Some(prefix_match("/")),
+        action: Some(route::Action::Route(RouteAction {
+            cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster)),
+            timeout: Some(duration(std::time::Duration::ZERO)),
+            retry_policy: Some(retry_policy_default()),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+/// A route sending everything to one cluster (e.g. `PassthroughCluster`).
+pub(crate) fn catch_all_route(name: &str, cluster: &str) -> Route {
+    Route {
+        name: name.into(),
+        r#match: Some(prefix_match("/")),
+        action: Some(route::Action::Route(RouteAction {
+            cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster.into())),
+            timeout: Some(duration(std::time::Duration::ZERO)),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+fn prefix_match(prefix: &str) -> RouteMatch {
+    RouteMatch {
+        path_specifier: Some(route_match::PathSpecifier::Prefix(prefix.into())),
+        ..Default::default()
+    }
+}
+
+fn route_match(m: &HttpMatchRequest) -> RouteMatch {
+    let path_specifier = Some(match &m.uri {
+        None => route_match::PathSpecifier::Prefix("/".into()),
+        Some(StringMatch::Exact(p)) => route_match::PathSpecifier::Path(p.clone()),
+        Some(StringMatch::Prefix(p)) => route_match::PathSpecifier::Prefix(p.clone()),
+        Some(StringMatch::Regex(r)) => route_match::PathSpecifier::SafeRegex(regex(r)),
+    });
+    let mut headers: Vec<HeaderMatcher> = m
+        .headers
+        .iter()
+        .map(|(k, v)| header_matcher(k, v, false))
+        .collect();
+    headers.extend(
+        m.without_headers
+            .iter()
+            .map(|(k, v)| header_matcher(k, v, true)),
+    );
+    for (pseudo, sm) in [
+        (":method", &m.method),
+        (":authority", &m.authority),
+        (":scheme", &m.scheme),
+    ] {
+        if let Some(sm) = sm {
+            headers.push(header_matcher(pseudo, sm, false));
+        }
+    }
+    RouteMatch {
+        path_specifier,
+        case_sensitive: m
+            .ignore_uri_case
+            .filter(|i| *i)
+            .map(|_| BoolValue { value: false }),
+        headers,
+        query_parameters: m
+            .query_params
+            .iter()
+            .map(|(k, v)| QueryParameterMatcher {
+                name: k.clone(),
+                query_parameter_match_specifier: Some(
+                    query_parameter_matcher::QueryParameterMatchSpecifier::StringMatch(
+                        string_matcher(v),
+                    ),
+                ),
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn header_matcher(name: &str, m: &StringMatch, invert: bool) -> HeaderMatcher {
+    HeaderMatcher {
+        name: name.to_owned(),
+        invert_match: invert,
+        header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(
+            string_matcher(m),
+        )),
+        ..Default::default()
+    }
+}
+
+fn string_matcher(m: &StringMatch) -> StringMatcher {
+    StringMatcher {
+        match_pattern: Some(match m {
+            StringMatch::Exact(s) => string_matcher::MatchPattern::Exact(s.clone()),
+            StringMatch::Prefix(s) => string_matcher::MatchPattern::Prefix(s.clone()),
+            StringMatch::Regex(s) => string_matcher::MatchPattern::SafeRegex(regex(s)),
+        }),
+        ..Default::default()
+    }
+}
+
+fn regex(r: &str) -> RegexMatcher {
+    RegexMatcher {
+        regex: r.to_owned(),
+        ..Default::default()
+    }
+}
+
+type RouteError = (String, String);
+
+fn route_action(
+    ctx: &RouteCtx<'_>,
+    vs: &Config<VirtualServiceSpec>,
+    http: &HttpRoute,
+    field: &str,
+) -> Result<route::Action, RouteError> {
+    if let Some(r) = &http.redirect {
+        let code = match r.redirect_code.unwrap_or(301) {
+            301 => redirect_action::RedirectResponseCode::MovedPermanently,
+            302 => redirect_action::RedirectResponseCode::Found,
+            303 => redirect_action::RedirectResponseCode::SeeOther,
+            307 => redirect_action::RedirectResponseCode::TemporaryRedirect,
+            308 => redirect_action::RedirectResponseCode::PermanentRedirect,
+            other => {
+                return Err((
+                    format!("{field}.redirect.redirectCode"),
+                    format!("unsupported redirect code {other}"),
+                ));
+            }
+        };
+        return Ok(route::Action::Redirect(RedirectAction {
+            host_redirect: r.authority.clone().unwrap_or_default(),
+            port_redirect: match r.derive_port {
+                Some(RedirectPortSelection::FromRequestPort) => ctx.port,
+                _ => r.port.unwrap_or(0),
+            },
+            response_code: code as i32,
+            scheme_rewrite_specifier: r
+                .scheme
+                .clone()
+                .map(redirect_action::SchemeRewriteSpecifier::SchemeRedirect),
+            path_rewrite_specifier: r
+                .uri
+                .clone()
+                .map(redirect_action::PathRewriteSpecifier::PathRedirect)
+                .or_else(|| {
+                    r.prefix_rewrite
+                        .clone()
+                        .map(redirect_action::PathRewriteSpecifier::PrefixRewrite)
+                }),
+            ..Default::default()
+        }));
+    }
+    if let Some(d) = &http.direct_response {
+        return Ok(route::Action::DirectResponse(DirectResponseAction {
+            status: d.status,
+            body: d.body.as_ref().map(|b| DataSource {
+                specifier: Some(match b {
+                    HttpBody::String(s) => data_source::Specifier::InlineString(s.clone()),
+                    HttpBody::Bytes(s) => data_source::Specifier::InlineString(s.clone()),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }));
+    }
+    if http.route.is_empty() {
+        return Err((
+            format!("{field}.route"),
+            "no destination, redirect or directResponse".into(),
+        ));
+    }
+    let mut clusters = Vec::new();
+    for (j, dest) in http.route.iter().enumerate() {
+        let weight = dest
+            .weight
+            .unwrap_or(if http.route.len() == 1 { 100 } else { 0 });
+        let Ok(weight) = u32::try_from(weight) else {
+            return Err((
+                format!("{field}.route[{j}].weight"),
+                format!("weight {weight} is negative"),
+            ));
+        };
+        let (req_add, req_remove, resp_add, resp_remove) = header_ops(dest.headers.as_ref());
+        clusters.push(weighted_cluster::ClusterWeight {
+            name: destination_cluster(ctx, vs, &dest.destination),
+            weight: Some(UInt32Value { value: weight }),
+            request_headers_to_add: req_add,
+            request_headers_to_remove: req_remove,
+            response_headers_to_add: resp_add,
+            response_headers_to_remove: resp_remove,
+            ..Default::default()
+        });
+    }
+    if clusters
+        .iter()
+        .all(|c| c.weight.is_some_and(|w| w.value == 0))
+    {
+        return Err((format!("{field}.route"), "all weights are zero".into()));
+    }
+    let single_plain = clusters.len() == 1 && http.route[0].headers.is_none();
+    let cluster_specifier = if single_plain {
+        route_action::ClusterSpecifier::Cluster(clusters.remove(0).name)
+    } else {
+        route_action::ClusterSpecifier::WeightedClusters(WeightedCluster {
+            clusters,
+            ..Default::default()
+        })
+    };
+    let mut action = RouteAction {
+        cluster_specifier: Some(cluster_specifier),
+        timeout: Some(duration(
+            http.timeout.map(|t| t.as_std()).unwrap_or_default(),
+        )),
+        retry_policy: retry_policy(http),
+        ..Default::default()
+    };
+    if let Some(rw) = &http.rewrite {
+        if let Some(uri) = &rw.uri {
+            action.prefix_rewrite = uri.clone();
+        }
+        if let Some(auth) = &rw.authority {
+            action.host_rewrite_specifier = Some(
+                route_action::HostRewriteSpecifier::HostRewriteLiteral(auth.clone()),
+            );
+        }
+        if let Some(rr) = &rw.uri_regex_rewrite {
+            action.regex_rewrite = Some(RegexMatchAndSubstitute {
+                pattern: Some(regex(&rr.pattern)),
+                substitution: rr.rewrite.clone(),
+            });
+        }
+    }
+    let mirrors = http
+        .mirror
+        .iter()
+        .map(|d| {
+            (
+                d,
+                http.mirror_percentage
+                    .or(http.mirror_percent.map(|p| Percent { value: p as f64 })),
+            )
+        })
+        .chain(http.mirrors.iter().map(|m| (&m.destination, m.percentage)));
+    for (dest, pct) in mirrors {
+        action
+            .request_mirror_policies
+            .push(route_action::RequestMirrorPolicy {
+                cluster: destination_cluster(ctx, vs, dest),
+                runtime_fraction: Some(RuntimeFractionalPercent {
+                    default_value: Some(fraction(pct.map_or(100.0, |p| p.value))),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+    }
+    Ok(route::Action::Route(action))
+}
+
+/// The cluster a destination names, resolving short hosts against the
+/// VirtualService's namespace and defaulting the port to the service's only
+/// port, else the listener's.
+fn destination_cluster(
+    ctx: &RouteCtx<'_>,
+    vs: &Config<VirtualServiceSpec>,
+    d: &crds::Destination,
+) -> String {
+    let host = ctx.snap.resolve_host(&d.host, &vs.namespace);
+    let port = d.port.map(|p| p.number).unwrap_or_else(|| {
+        match ctx.snap.services.get(&host).map(|s| s.ports.as_slice()) {
+            Some([only]) => only.port,
+            _ => ctx.port,
+        }
+    });
+    cluster_name(port, d.subset.as_deref().unwrap_or(""), &host)
+}
+
+fn retry_policy(http: &HttpRoute) -> Option<RetryPolicy> {
+    let Some(r) = &http.retries else {
+        return Some(retry_policy_default());
+    };
+    if r.attempts <= 0 {
+        return None;
+    }
+    let mut p = retry_policy_default();
+    p.num_retries = Some(UInt32Value {
+        value: u32::try_from(r.attempts).unwrap_or(0),
+    });
+    if let Some(on) = &r.retry_on {
+        p.retry_on = on.clone();
+    }
+    p.per_try_timeout = r.per_try_timeout.map(|d| duration(d.as_std()));
+    Some(p)
+}
+
+fn retry_policy_default() -> RetryPolicy {
+    RetryPolicy {
+        retry_on: DEFAULT_RETRY_ON.into(),
+        num_retries: Some(UInt32Value {
+            value: DEFAULT_RETRY_ATTEMPTS,
+        }),
+        retry_host_predicate: vec![retry_policy::RetryHostPredicate {
+            name: "envoy.retry_host_predicates.previous_hosts".into(),
+            config_type: Some(retry_policy::retry_host_predicate::ConfigType::TypedConfig(
+                pack_any(PreviousHostsPredicate {}),
+            )),
+        }],
+        host_selection_retry_max_attempts: 5,
+        ..Default::default()
+    }
+}
+
+/// Istio's percentage as Envoy's `FractionalPercent` over a million.
+fn fraction(percent: f64) -> FractionalPercent {
+    FractionalPercent {
+        numerator: (percent.clamp(0.0, 100.0) * 10_000.0).round() as u32,
+        denominator: fractional_percent::DenominatorType::Million as i32,
+    }
+}
+
+fn http_fault(f: &crds::virtual_service::HttpFaultInjection) -> HttpFault {
+    HttpFault {
+        delay: f.delay.as_ref().and_then(|d| {
+            let fixed = d.fixed_delay.or(d.exponential_delay)?;
+            Some(FaultDelay {
+                fault_delay_secifier: Some(fault_delay::FaultDelaySecifier::FixedDelay(duration(
+                    fixed.as_std(),
+                ))),
+                percentage: Some(fraction(
+                    d.percentage
+                        .map(|p| p.value)
+                        .or(d.percent.map(f64::from))
+                        .unwrap_or(100.0),
+                )),
+                ..Default::default()
+            })
+        }),
+        abort: f.abort.as_ref().and_then(|a| {
+            let error_type = if let Some(status) = a.http_status {
+                fault_abort::ErrorType::HttpStatus(u32::try_from(status).ok()?)
+            } else {
+                fault_abort::ErrorType::GrpcStatus(grpc_code(a.grpc_status.as_deref()?)?)
+            };
+            Some(FaultAbort {
+                error_type: Some(error_type),
+                percentage: Some(fraction(a.percentage.map_or(100.0, |p| p.value))),
+                ..Default::default()
+            })
+        }),
+        ..Default::default()
+    }
+}
+
+/// gRPC status code by name (`UNAVAILABLE`) or number.
+fn grpc_code(s: &str) -> Option<u32> {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    s.parse().ok().or_else(|| {
+        NAMES
+            .iter()
+            .position(|n| *n == s)
+            .and_then(|i| u32::try_from(i).ok())
+    })
+}
+
+type HeaderOps = (
+    Vec<HeaderValueOption>,
+    Vec<String>,
+    Vec<HeaderValueOption>,
+    Vec<String>,
+);
+
+fn header_ops(h: Option<&crds::virtual_service::Headers>) -> HeaderOps {
+    fn ops(o: Option<&HeaderOperations>) -> (Vec<HeaderValueOption>, Vec<String>) {
+        let Some(o) = o else {
+            return Default::default();
+        };
+        let mk = |(k, v): (&String, &String), action: HeaderAppendAction| HeaderValueOption {
+            header: Some(HeaderValue {
+                key: k.clone(),
+                value: v.clone(),
+                ..Default::default()
+            }),
+            append_action: action as i32,
+            ..Default::default()
+        };
+        let mut add: Vec<_> = o
+            .set
+            .iter()
+            .map(|kv| mk(kv, HeaderAppendAction::OverwriteIfExistsOrAdd))
+            .collect();
+        add.extend(
+            o.add
+                .iter()
+                .map(|kv| mk(kv, HeaderAppendAction::AppendIfExistsOrAdd)),
+        );
+        (add, o.remove.clone())
+    }
+    let (a, b) = ops(h.and_then(|h| h.request.as_ref()));
+    let (c, d) = ops(h.and_then(|h| h.response.as_ref()));
+    (a, b, c, d)
+}
