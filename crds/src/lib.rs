@@ -14,6 +14,7 @@ pub mod document;
 mod duration;
 pub mod gateway;
 pub mod service_entry;
+pub mod validate;
 pub mod virtual_service;
 
 pub use common::{

@@ -1,1 +1,208 @@
-//! placeholder
+//! A Rust istiod: Istio config in, Envoy xDS out.
+//!
+//! Data flows one way: a source ([`sources`]: the `--config-dir` folder,
+//! watched, or the embedded example mesh) yields typed objects; the push
+//! queue ([`push`]) debounces changes; each settled change builds a new
+//! immutable [`Snapshot`] (published on a `watch` channel); the xDS server
+//! ([`xds`]) regenerates every connected proxy's config from it with the
+//! pure [`translator`] and sends what changed.
+
+pub mod bootstrap;
+pub mod push;
+pub mod sources;
+pub mod xds;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tracing::{error, info};
+use translator::model::{MeshConfig, Snapshot};
+
+use push::{DebounceConfig, Debouncer};
+use sources::{Loaded, SourceError};
+
+/// How the daemon runs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Folder of config to read and watch; `None` serves the embedded example mesh.
+    pub config_dir: Option<PathBuf>,
+    /// Where ADS is served (Istio's plaintext port is 15010; port 0 picks one).
+    pub xds_addr: SocketAddr,
+    /// Push debounce.
+    pub debounce: DebounceConfig,
+}
+
+/// A running daemon. Dropping it does not stop it: call [`Daemon::shutdown`].
+#[derive(Debug)]
+pub struct Daemon {
+    /// The address ADS is served on.
+    pub xds_addr: SocketAddr,
+    /// The current snapshot, replaced on every change.
+    pub snapshots: watch::Receiver<Arc<Snapshot>>,
+    /// Documents skipped at the last load, each naming file, object and field.
+    pub errors: watch::Receiver<Arc<Vec<SourceError>>>,
+    shutdown: tokio_util::sync::CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    // Held so the snapshot channel stays open even when no watcher publishes.
+    _publisher: Arc<watch::Sender<Arc<Snapshot>>>,
+}
+
+impl Daemon {
+    /// Loads the config, binds the xDS port and starts serving.
+    ///
+    /// # Errors
+    /// An unreadable config folder, a folder that cannot be watched, or an
+    /// xDS address that cannot be bound.
+    pub async fn start(opts: Options) -> anyhow::Result<Daemon> {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let loaded = load(opts.config_dir.as_deref())?;
+        let (snap, errs) = build(1, loaded);
+        let (snap_tx, snapshots) = watch::channel(Arc::new(snap));
+        let snap_tx = Arc::new(snap_tx);
+        let publisher = snap_tx.clone();
+        let (err_tx, errors) = watch::channel(Arc::new(errs));
+        let mut tasks = Vec::new();
+
+        if let Some(dir) = opts.config_dir.clone() {
+            let (ev_tx, ev_rx) = mpsc::channel(1);
+            let watcher = sources::file::watch(&dir, ev_tx)
+                .with_context(|| format!("cannot watch config folder {}", dir.display()))?;
+            let token = shutdown.clone();
+            tasks.push(tokio::spawn(async move {
+                let _watcher = watcher;
+                let mut debouncer = Debouncer::new(ev_rx, opts.debounce);
+                let mut version = 1;
+                loop {
+                    let merged = tokio::select! {
+                        m = debouncer.next() => m,
+                        _ = token.cancelled() => None,
+                    };
+                    let Some(merged) = merged else { break };
+                    version += 1;
+                    let dir = dir.clone();
+                    let loaded = match tokio::task::spawn_blocking(move || load(Some(&dir))).await {
+                        Ok(Ok(l)) => l,
+                        Ok(Err(e)) => {
+                            error!(error = %e, "config folder unreadable; keeping the last snapshot");
+                            continue;
+                        }
+                        Err(e) => {
+                            error!(error = %e, "config load task failed");
+                            continue;
+                        }
+                    };
+                    let (snap, errs) = build(version, loaded);
+                    info!(version, events = merged, services = snap.services.len(), "config changed; pushing");
+                    snap_tx.send_replace(Arc::new(snap));
+                    err_tx.send_replace(Arc::new(errs));
+                }
+            }));
+        }
+
+        let listener = tokio::net::TcpListener::bind(opts.xds_addr)
+            .await
+            .with_context(|| format!("cannot bind xDS address {}", opts.xds_addr))?;
+        let xds_addr = listener.local_addr()?;
+        let ads = xds::AdsServer::new(snapshots.clone());
+        let token = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .add_service(ads.into_service())
+                .serve_with_incoming_shutdown(
+                    TcpListenerStream::new(listener),
+                    token.cancelled_owned(),
+                )
+                .await;
+            if let Err(e) = served {
+                error!(error = %e, "xDS server failed");
+            }
+        }));
+        info!(%xds_addr, "serving ADS (SotW: CDS, EDS, LDS, RDS)");
+        Ok(Daemon {
+            xds_addr,
+            snapshots,
+            errors,
+            shutdown,
+            tasks,
+            _publisher: publisher,
+        })
+    }
+
+    /// Stops watching and serving, and waits for the tasks to end.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+fn load(dir: Option<&std::path::Path>) -> anyhow::Result<Loaded> {
+    match dir {
+        Some(dir) => sources::file::load_dir(dir)
+            .with_context(|| format!("cannot read config folder {}", dir.display())),
+        None => Ok(sources::embedded::load()),
+    }
+}
+
+/// Builds a snapshot, logging (and returning) every skipped document.
+fn build(version: u64, mut loaded: Loaded) -> (Snapshot, Vec<SourceError>) {
+    orphan_delegates(&mut loaded);
+    for e in &loaded.errors {
+        error!(file = %e.file.display(), document = e.document, error = %e.error, "invalid config skipped");
+    }
+    let snap = Snapshot::build(version, &loaded.objects, MeshConfig::default());
+    (snap, loaded.errors)
+}
+
+/// A VirtualService without hosts is a delegate; one that no other
+/// VirtualService delegates to can never apply, and is reported and dropped.
+fn orphan_delegates(loaded: &mut Loaded) {
+    use crds::Object;
+    let mut delegated = std::collections::BTreeSet::new();
+    for o in &loaded.objects {
+        if let Object::VirtualService(vs) = o {
+            let ns = vs.metadata.namespace.clone().unwrap_or_default();
+            for d in vs.spec.http.iter().filter_map(|h| h.delegate.as_ref()) {
+                delegated.insert((
+                    d.namespace.clone().unwrap_or_else(|| ns.clone()),
+                    d.name.clone(),
+                ));
+            }
+        }
+    }
+    let mut errors = Vec::new();
+    loaded.objects.retain(|o| {
+        let Object::VirtualService(vs) = o else {
+            return true;
+        };
+        let key = (
+            vs.metadata.namespace.clone().unwrap_or_default(),
+            vs.metadata.name.clone().unwrap_or_default(),
+        );
+        if !vs.spec.hosts.is_empty() || delegated.contains(&key) {
+            return true;
+        }
+        errors.push(crds::ParseError::InvalidField {
+            kind: "VirtualService".into(),
+            name: format!("{}/{}", key.0, key.1),
+            field: "spec.hosts".into(),
+            reason: "at least one host is required (no VirtualService delegates to this one)"
+                .into(),
+        });
+        false
+    });
+    // The file is not known here any more; name the object instead.
+    loaded
+        .errors
+        .extend(errors.into_iter().map(|error| SourceError {
+            file: PathBuf::from("(config)"),
+            document: 0,
+            error,
+        }));
+}

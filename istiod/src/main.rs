@@ -1,1 +1,133 @@
-fn main() {}
+//! `istiod`: the daemon, and `istiod bootstrap` for proxies.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use istiod::bootstrap::{BootstrapOptions, bootstrap};
+use istiod::push::DebounceConfig;
+use istiod::{Daemon, Options};
+
+/// A Rust istiod: Istio config in, Envoy xDS out.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// Folder of Kubernetes/Istio YAML to serve and watch (default: the embedded Bookinfo example).
+    #[arg(long, env = "ISTIOD_CONFIG_DIR")]
+    config_dir: Option<PathBuf>,
+    /// ADS (xDS) listen address; Istio's plaintext port is 15010.
+    #[arg(long, default_value = "127.0.0.1:15010")]
+    xds_addr: SocketAddr,
+    /// Quiet period before a change is pushed, milliseconds (Istio `PILOT_DEBOUNCE_AFTER`).
+    #[arg(long, env = "PILOT_DEBOUNCE_AFTER_MS", default_value_t = 100)]
+    debounce_after_ms: u64,
+    /// Longest delay of a push after the first change, milliseconds (Istio `PILOT_DEBOUNCE_MAX`).
+    #[arg(long, env = "PILOT_DEBOUNCE_MAX_MS", default_value_t = 10_000)]
+    debounce_max_ms: u64,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print an Envoy bootstrap (JSON) that connects a proxy to this daemon.
+    Bootstrap {
+        /// Istio node ID, e.g. `sidecar~10.96.1.5~productpage-v1.default~default.svc.cluster.local`.
+        #[arg(long)]
+        node_id: String,
+        /// The daemon's xDS address, HOST:PORT.
+        #[arg(long, default_value = "127.0.0.1:15010")]
+        xds_addr: String,
+        /// Envoy admin port on 127.0.0.1.
+        #[arg(long, default_value_t = 15000)]
+        admin_port: u16,
+        /// Workload label KEY=VALUE (repeatable), e.g. `istio=ingressgateway`.
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+    },
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+}
+
+/// EX_USAGE: a bad flag or config.
+const EX_USAGE: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EX_USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Some(Command::Bootstrap {
+            node_id,
+            xds_addr,
+            admin_port,
+            labels,
+        }) => {
+            let opts = BootstrapOptions {
+                node_id,
+                xds_addr,
+                admin_port,
+                labels: labels.into_iter().collect::<BTreeMap<_, _>>(),
+            };
+            match bootstrap(&opts) {
+                Ok(json) => {
+                    println!("{json:#}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("istiod bootstrap: {e}");
+                    ExitCode::from(EX_USAGE)
+                }
+            }
+        }
+        None => {
+            let opts = Options {
+                config_dir: cli.config_dir,
+                xds_addr: cli.xds_addr,
+                debounce: DebounceConfig {
+                    quiet: std::time::Duration::from_millis(cli.debounce_after_ms),
+                    max: std::time::Duration::from_millis(cli.debounce_max_ms),
+                },
+            };
+            match run(opts) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("istiod: {e:#}");
+                    ExitCode::from(EX_USAGE)
+                }
+            }
+        }
+    }
+}
+
+fn run(opts: Options) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let daemon = Daemon::start(opts).await?;
+        tokio::signal::ctrl_c().await?;
+        tracing::info!("shutting down");
+        tokio::time::timeout(std::time::Duration::from_secs(5), daemon.shutdown())
+            .await
+            .ok();
+        Ok(())
+    })
+}

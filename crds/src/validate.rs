@@ -1,0 +1,177 @@
+//! Semantic checks on single objects, beyond the schema: what istiod's
+//! validation rejects because the mesh could not use it. Used by the folder
+//! source now and by the `/validate` webhook later.
+//!
+//! Only the rules implemented so far are listed; each error names the field.
+
+use crate::document::{Object, ParseError};
+
+/// Checks one parsed object.
+///
+/// # Errors
+/// The first problem found, as [`ParseError::InvalidField`].
+pub fn validate(object: &Object) -> Result<(), ParseError> {
+    let problems = match object {
+        Object::VirtualService(vs) => virtual_service(&vs.spec),
+        Object::DestinationRule(dr) => destination_rule(&dr.spec),
+        Object::Gateway(gw) => gateway(&gw.spec),
+        Object::ServiceEntry(se) => service_entry(&se.spec),
+        _ => Vec::new(),
+    };
+    match problems.into_iter().next() {
+        None => Ok(()),
+        Some((field, reason)) => {
+            let meta = object.metadata();
+            Err(ParseError::InvalidField {
+                kind: object.kind().to_owned(),
+                name: format!(
+                    "{}/{}",
+                    meta.namespace.as_deref().unwrap_or("default"),
+                    meta.name.as_deref().unwrap_or("")
+                ),
+                field,
+                reason,
+            })
+        }
+    }
+}
+
+type Problems = Vec<(String, String)>;
+
+fn dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn virtual_service(spec: &crate::VirtualServiceSpec) -> Problems {
+    let mut p = Problems::new();
+    // Without hosts a VirtualService can only be a delegate, and a delegate
+    // may not be bound to gateways (Istio's rule).
+    if spec.hosts.is_empty() && !spec.gateways.is_empty() {
+        p.push(("spec.hosts".into(), "at least one host is required".into()));
+    }
+    for (i, h) in spec.hosts.iter().enumerate() {
+        if h.is_empty() {
+            p.push((format!("spec.hosts[{i}]"), "empty host".into()));
+        }
+    }
+    for (i, http) in spec.http.iter().enumerate() {
+        let f = format!("spec.http[{i}]");
+        let actions = [
+            !http.route.is_empty(),
+            http.redirect.is_some(),
+            http.direct_response.is_some(),
+            http.delegate.is_some(),
+        ];
+        match actions.iter().filter(|a| **a).count() {
+            0 => p.push((
+                format!("{f}.route"),
+                "one of route, redirect, directResponse or delegate is required".into(),
+            )),
+            1 => {}
+            _ => p.push((
+                f.clone(),
+                "route, redirect, directResponse and delegate are mutually exclusive".into(),
+            )),
+        }
+        for (j, d) in http.route.iter().enumerate() {
+            if d.destination.host.is_empty() {
+                p.push((
+                    format!("{f}.route[{j}].destination.host"),
+                    "required".into(),
+                ));
+            }
+            if let Some(w) = d.weight
+                && !(0..=100).contains(&w)
+            {
+                p.push((
+                    format!("{f}.route[{j}].weight"),
+                    format!("weight {w} is not in 0..=100"),
+                ));
+            }
+            if let Some(s) = &d.destination.subset
+                && !dns_label(s)
+            {
+                p.push((
+                    format!("{f}.route[{j}].destination.subset"),
+                    format!("{s:?} is not a DNS-1123 label"),
+                ));
+            }
+        }
+        if let Some(t) = http.timeout
+            && t.as_std() < std::time::Duration::from_millis(1)
+            && !t.as_std().is_zero()
+        {
+            p.push((format!("{f}.timeout"), "must be at least 1ms".into()));
+        }
+    }
+    p
+}
+
+fn destination_rule(spec: &crate::DestinationRuleSpec) -> Problems {
+    let mut p = Problems::new();
+    if spec.host.is_empty() {
+        p.push(("spec.host".into(), "required".into()));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, s) in spec.subsets.iter().enumerate() {
+        if !dns_label(&s.name) {
+            p.push((
+                format!("spec.subsets[{i}].name"),
+                format!("{:?} is not a DNS-1123 label", s.name),
+            ));
+        }
+        if !seen.insert(&s.name) {
+            p.push((
+                format!("spec.subsets[{i}].name"),
+                format!("duplicate subset {:?}", s.name),
+            ));
+        }
+    }
+    p
+}
+
+fn gateway(spec: &crate::GatewaySpec) -> Problems {
+    let mut p = Problems::new();
+    if spec.servers.is_empty() {
+        p.push((
+            "spec.servers".into(),
+            "at least one server is required".into(),
+        ));
+    }
+    for (i, s) in spec.servers.iter().enumerate() {
+        if !(1..=65535).contains(&s.port.number) {
+            p.push((
+                format!("spec.servers[{i}].port.number"),
+                format!("{} is not a port", s.port.number),
+            ));
+        }
+        if s.hosts.is_empty() {
+            p.push((
+                format!("spec.servers[{i}].hosts"),
+                "at least one host is required".into(),
+            ));
+        }
+    }
+    p
+}
+
+fn service_entry(spec: &crate::ServiceEntrySpec) -> Problems {
+    let mut p = Problems::new();
+    if spec.hosts.is_empty() {
+        p.push(("spec.hosts".into(), "at least one host is required".into()));
+    }
+    for (i, port) in spec.ports.iter().enumerate() {
+        if !(1..=65535).contains(&port.number) {
+            p.push((
+                format!("spec.ports[{i}].number"),
+                format!("{} is not a port", port.number),
+            ));
+        }
+    }
+    p
+}

@@ -1,0 +1,132 @@
+//! `istiod bootstrap`: the Envoy bootstrap a proxy needs to reach this
+//! daemon over ADS with the right node identity, as Istio's agent writes it
+//! (node ID `sidecar~IP~pod.ns~ns.svc.cluster.local`, metadata `NAMESPACE`
+//! and `LABELS`, the `xds-grpc` cluster over HTTP/2).
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+/// What the bootstrap is made from.
+#[derive(Clone, Debug)]
+pub struct BootstrapOptions {
+    /// Istio node ID, `TYPE~IP~POD.NS~NS.svc.cluster.local`.
+    pub node_id: String,
+    /// The daemon's xDS address, `HOST:PORT` (an IP or a DNS name).
+    pub xds_addr: String,
+    /// Envoy admin port, on 127.0.0.1 (Istio's is 15000).
+    pub admin_port: u16,
+    /// Workload labels (node metadata `LABELS`), e.g. `istio=ingressgateway` for a gateway.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Why the bootstrap could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    /// The node ID is not Istio's form.
+    #[error(transparent)]
+    NodeId(#[from] translator::model::InvalidNodeId),
+    /// `--xds-addr` is not `HOST:PORT`.
+    #[error("invalid --xds-addr {0:?}: expected HOST:PORT")]
+    XdsAddr(String),
+}
+
+/// The bootstrap as JSON (which Envoy also reads as YAML).
+///
+/// # Errors
+/// [`BootstrapError`] for a malformed node ID or xDS address.
+pub fn bootstrap(opts: &BootstrapOptions) -> Result<Value, BootstrapError> {
+    let proxy = translator::model::Proxy::from_node_id(&opts.node_id, None, opts.labels.clone())?;
+    let (host, port) = opts
+        .xds_addr
+        .rsplit_once(':')
+        .and_then(|(h, p)| {
+            Some((
+                h.trim_start_matches('[').trim_end_matches(']'),
+                p.parse::<u16>().ok()?,
+            ))
+        })
+        .filter(|(h, _)| !h.is_empty())
+        .ok_or_else(|| BootstrapError::XdsAddr(opts.xds_addr.clone()))?;
+    let is_ip = host.parse::<std::net::IpAddr>().is_ok();
+    let ads = json!({ "ads": {}, "resource_api_version": "V3" });
+    Ok(json!({
+        "node": {
+            "id": opts.node_id,
+            "cluster": format!("{}.{}", proxy.labels.get("app").cloned().unwrap_or_else(|| "istio-proxy".into()), proxy.namespace),
+            "metadata": {
+                "NAMESPACE": proxy.namespace,
+                "LABELS": opts.labels,
+                "NAME": proxy.id.split('.').next().unwrap_or_default(),
+                "GENERATOR": "envoy",
+            }
+        },
+        "admin": {
+            "address": { "socket_address": { "address": "127.0.0.1", "port_value": opts.admin_port } }
+        },
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": "GRPC",
+                "transport_api_version": "V3",
+                "set_node_on_first_message_only": true,
+                "grpc_services": [ { "envoy_grpc": { "cluster_name": "xds-grpc" } } ]
+            },
+            "cds_config": ads,
+            "lds_config": ads,
+        },
+        "static_resources": {
+            "clusters": [ {
+                "name": "xds-grpc",
+                "type": if is_ip { "STATIC" } else { "STRICT_DNS" },
+                "connect_timeout": "1s",
+                "typed_extension_protocol_options": {
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "explicit_http_config": { "http2_protocol_options": {} }
+                    }
+                },
+                "load_assignment": {
+                    "cluster_name": "xds-grpc",
+                    "endpoints": [ { "lb_endpoints": [ { "endpoint": { "address": {
+                        "socket_address": { "address": host, "port_value": port }
+                    } } } ] } ]
+                }
+            } ]
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_bootstrap_carries_identity_and_labels() {
+        let b = bootstrap(&BootstrapOptions {
+            node_id: "router~10.0.0.9~ingress.istio-system~istio-system.svc.cluster.local".into(),
+            xds_addr: "127.0.0.1:15010".into(),
+            admin_port: 15000,
+            labels: [("istio".to_string(), "ingressgateway".to_string())].into(),
+        })
+        .unwrap();
+        assert_eq!(b["node"]["metadata"]["NAMESPACE"], "istio-system");
+        assert_eq!(b["node"]["metadata"]["LABELS"]["istio"], "ingressgateway");
+        let addr = &b["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"]
+            [0]["endpoint"]["address"]["socket_address"];
+        assert_eq!(addr["port_value"], 15010);
+    }
+
+    #[test]
+    fn bad_inputs_are_errors() {
+        let mut o = BootstrapOptions {
+            node_id: "nonsense".into(),
+            xds_addr: "127.0.0.1:15010".into(),
+            admin_port: 15000,
+            labels: BTreeMap::new(),
+        };
+        assert!(matches!(bootstrap(&o), Err(BootstrapError::NodeId(_))));
+        o.node_id = "sidecar~1.2.3.4~a.b~b.svc.cluster.local".into();
+        o.xds_addr = "no-port".into();
+        assert!(matches!(bootstrap(&o), Err(BootstrapError::XdsAddr(_))));
+    }
+}

@@ -1,0 +1,72 @@
+//! The folder source (`--config-dir`): every `*.yaml`, `*.yml` and `*.json`
+//! below a directory, multi-document as `kubectl apply -f` takes them,
+//! re-read whole on every change the watcher reports.
+
+use std::path::{Path, PathBuf};
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+
+use super::Loaded;
+
+/// Reads every config file below `dir`, in path order.
+///
+/// # Errors
+/// Only an unreadable `dir` itself; unreadable files and bad documents are
+/// reported in [`Loaded::errors`] and skipped.
+pub fn load_dir(dir: &Path) -> std::io::Result<Loaded> {
+    let mut files = Vec::new();
+    collect(dir, &mut files)?;
+    files.sort();
+    let mut loaded = Loaded::default();
+    for file in files {
+        match std::fs::read_to_string(&file) {
+            Ok(text) => loaded.add_text(file, &text),
+            Err(e) => loaded.errors.push(super::SourceError {
+                file: file.clone(),
+                document: 0,
+                error: crds::ParseError::Syntax(format!("cannot read file: {e}")),
+            }),
+        }
+    }
+    Ok(loaded)
+}
+
+fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let hidden = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.'));
+        if hidden {
+            continue;
+        }
+        if path.is_dir() {
+            collect(&path, out)?;
+        } else if path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
+        {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Watches `dir` recursively; every change sends a unit on `tx` (a full
+/// channel means a rescan is already pending, so extra events are dropped).
+/// Keep the returned watcher alive for as long as events are wanted.
+///
+/// # Errors
+/// When inotify cannot watch the directory.
+pub fn watch(dir: &Path, tx: mpsc::Sender<()>) -> notify::Result<notify::RecommendedWatcher> {
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|e| !e.kind.is_access()) {
+            let _ = tx.try_send(());
+        }
+    })?;
+    watcher.watch(dir, RecursiveMode::Recursive)?;
+    Ok(watcher)
+}
