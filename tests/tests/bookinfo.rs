@@ -1,0 +1,335 @@
+//! Bookinfo end to end: Istio's own Bookinfo samples, served by the daemon
+//! from a config folder, configure real Envoys that route real HTTP between
+//! real backends, each test inside its own network namespace.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use e2e::{
+    ConfigDir, Envoy, bookinfo_sample, capture_outbound, http_get, isolate, istio_testdata,
+    runtime, start_backends, start_daemon, wait_synced,
+};
+
+const SIDECAR: &str = "sidecar~127.0.0.1~productpage-v1.default~default.svc.cluster.local";
+const SIDECAR_LABELS: [(&str, &str); 2] = [("app", "productpage"), ("version", "v1")];
+const GATEWAY: &str =
+    "router~127.0.0.1~istio-ingressgateway.istio-system~istio-system.svc.cluster.local";
+const GATEWAY_LABELS: [(&str, &str); 1] = [("istio", "ingressgateway")];
+/// ClusterIPs from `examples/bookinfo/platform.yaml`.
+const REVIEWS: &str = "http://10.96.0.13:9080/reviews/0";
+const RATINGS: &str = "http://10.96.0.12:9080/ratings/0";
+const SYNC: Duration = Duration::from_secs(10);
+
+/// `n` requests through the sidecar; answers counted by body (or status).
+fn tally(url: &str, host: &str, headers: &[(&str, &str)], n: usize) -> BTreeMap<String, usize> {
+    let mut all = vec![("host", host)];
+    all.extend_from_slice(headers);
+    let mut counts = BTreeMap::new();
+    for _ in 0..n {
+        let key = match http_get(url, &all) {
+            Ok((200, body)) => body,
+            Ok((status, _)) => format!("status {status}"),
+            Err(e) => format!("error {e}"),
+        };
+        *counts.entry(key).or_default() += 1;
+    }
+    counts
+}
+
+/// Applies a change to the folder and waits until every Envoy has ACKed the
+/// snapshot that includes it.
+fn apply(daemon: &istiod::Daemon, envoys: &[&Envoy], change: impl FnOnce()) {
+    let before = daemon.snapshots.borrow().version;
+    change();
+    let start = Instant::now();
+    while daemon.snapshots.borrow().version == before {
+        assert!(
+            start.elapsed() < SYNC,
+            "the daemon did not pick up the change"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    wait_synced(daemon, envoys, SYNC);
+}
+
+#[test]
+fn gateway_routes_productpage_and_404s_the_rest() {
+    isolate();
+    let rt = runtime();
+    let cfg = ConfigDir::bookinfo_platform();
+    cfg.add_sample("bookinfo-gateway.yaml", "gateway.yaml");
+    let daemon = rt.block_on(async {
+        start_backends().await;
+        start_daemon(cfg.path()).await
+    });
+    let gw = Envoy::start(GATEWAY, &GATEWAY_LABELS, daemon.xds_addr, 15000);
+    wait_synced(&daemon, &[&gw], SYNC);
+    gw.wait_for(SYNC, "the 8080 listener", |e| {
+        e.stats()
+            .get("listener_manager.total_listeners_active")
+            .map(String::as_str)
+            == Some("1")
+    });
+
+    assert_eq!(
+        http_get("http://127.0.0.1:8080/productpage", &[]),
+        Ok((200, "productpage v1".into()))
+    );
+    assert_eq!(
+        http_get("http://127.0.0.1:8080/api/v1/products/1", &[]),
+        Ok((200, "productpage v1".into()))
+    );
+    let (status, _) = http_get("http://127.0.0.1:8080/not-in-the-virtualservice", &[]).unwrap();
+    assert_eq!(status, 404);
+    assert_eq!(gw.rejected(), 0);
+}
+
+#[test]
+fn sidecar_routes_as_the_bookinfo_samples_say() {
+    isolate();
+    capture_outbound();
+    let rt = runtime();
+    let cfg = ConfigDir::bookinfo_platform();
+    cfg.add_sample("destination-rule-all.yaml", "destination-rules.yaml");
+    cfg.add_sample("virtual-service-all-v1.yaml", "vs.yaml");
+    let daemon = rt.block_on(async {
+        start_backends().await;
+        start_daemon(cfg.path()).await
+    });
+    let envoy = Envoy::start(SIDECAR, &SIDECAR_LABELS, daemon.xds_addr, 15000);
+    wait_synced(&daemon, &[&envoy], SYNC);
+
+    // virtual-service-all-v1.yaml: only v1.
+    let counts = tally(REVIEWS, "reviews:9080", &[], 50);
+    assert_eq!(counts, BTreeMap::from([("reviews v1".to_string(), 50)]));
+
+    // virtual-service-reviews-80-20.yaml: 80/20 between v1 and v2.
+    apply(&daemon, &[&envoy], || {
+        cfg.add_sample("virtual-service-reviews-80-20.yaml", "vs.yaml")
+    });
+    let n = 500;
+    let counts = tally(REVIEWS, "reviews", &[], n);
+    let v1 = counts.get("reviews v1").copied().unwrap_or(0);
+    let v2 = counts.get("reviews v2").copied().unwrap_or(0);
+    assert_eq!(v1 + v2, n, "only v1 and v2 may answer: {counts:?}");
+    // Binomial(500, 0.8): mean 400, sd 8.94; 5 sd either side.
+    let sd = (n as f64 * 0.8 * 0.2).sqrt();
+    assert!(
+        (v1 as f64 - 400.0).abs() <= 5.0 * sd,
+        "v1 got {v1} of {n}, expected 400 +- {:.0}",
+        5.0 * sd
+    );
+
+    // virtual-service-reviews-jason-v2-v3.yaml: jason -> v2, everyone else -> v3.
+    apply(&daemon, &[&envoy], || {
+        cfg.add_sample("virtual-service-reviews-jason-v2-v3.yaml", "vs.yaml")
+    });
+    let jason = tally(
+        REVIEWS,
+        "reviews.default.svc.cluster.local:9080",
+        &[("end-user", "jason")],
+        30,
+    );
+    assert_eq!(jason, BTreeMap::from([("reviews v2".to_string(), 30)]));
+    let others = tally(REVIEWS, "reviews.default", &[("end-user", "someone")], 30);
+    assert_eq!(others, BTreeMap::from([("reviews v3".to_string(), 30)]));
+
+    // virtual-service-ratings-test-abort.yaml: jason gets the injected 500.
+    apply(&daemon, &[&envoy], || {
+        cfg.add_sample("virtual-service-ratings-test-abort.yaml", "vs.yaml")
+    });
+    let jason = tally(RATINGS, "ratings:9080", &[("end-user", "jason")], 20);
+    assert_eq!(jason, BTreeMap::from([("status 500".to_string(), 20)]));
+    let others = tally(RATINGS, "ratings:9080", &[], 20);
+    assert_eq!(others, BTreeMap::from([("ratings v1".to_string(), 20)]));
+
+    // virtual-service-ratings-test-delay.yaml, with 2s instead of 7s. Envoy's
+    // timers fire up to a few milliseconds early, hence the 1.9s floor.
+    let delay = bookinfo_sample("virtual-service-ratings-test-delay.yaml");
+    assert!(
+        delay.contains("fixedDelay: 7s"),
+        "the sample changed upstream"
+    );
+    apply(&daemon, &[&envoy], || {
+        cfg.write(
+            "vs.yaml",
+            &delay.replace("fixedDelay: 7s", "fixedDelay: 2s"),
+        )
+    });
+    for _ in 0..3 {
+        let start = Instant::now();
+        let answer = http_get(RATINGS, &[("host", "ratings"), ("end-user", "jason")]);
+        let took = start.elapsed();
+        assert_eq!(answer, Ok((200, "ratings v1".into())));
+        assert!(
+            took >= Duration::from_millis(1900),
+            "jason's request took {took:?}, expected the 2s delay"
+        );
+        let start = Instant::now();
+        assert_eq!(
+            http_get(RATINGS, &[("host", "ratings")]),
+            Ok((200, "ratings v1".into()))
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "other users must not be delayed"
+        );
+    }
+    assert_eq!(envoy.rejected(), 0);
+}
+
+#[test]
+fn editing_a_file_changes_routing_within_two_seconds() {
+    isolate();
+    capture_outbound();
+    let rt = runtime();
+    let cfg = ConfigDir::bookinfo_platform();
+    cfg.add_sample("destination-rule-reviews.yaml", "destination-rules.yaml");
+    cfg.add_sample("virtual-service-reviews-test-v2.yaml", "vs.yaml");
+    let daemon = rt.block_on(async {
+        start_backends().await;
+        start_daemon(cfg.path()).await
+    });
+    let envoy = Envoy::start(SIDECAR, &SIDECAR_LABELS, daemon.xds_addr, 15000);
+    wait_synced(&daemon, &[&envoy], SYNC);
+    // virtual-service-reviews-test-v2.yaml: jason -> v2, others -> v1.
+    assert_eq!(
+        tally(REVIEWS, "reviews", &[], 10),
+        BTreeMap::from([("reviews v1".to_string(), 10)])
+    );
+
+    // Edit in place: send everyone to v3. Nothing is restarted.
+    let edited = std::time::Instant::now();
+    cfg.add_sample("virtual-service-reviews-v3.yaml", "vs.yaml");
+    loop {
+        if tally(REVIEWS, "reviews", &[], 1).contains_key("reviews v3") {
+            break;
+        }
+        assert!(
+            edited.elapsed() < Duration::from_secs(2),
+            "the edit did not reach Envoy within 2s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let took = edited.elapsed();
+    assert_eq!(
+        tally(REVIEWS, "reviews", &[], 20),
+        BTreeMap::from([("reviews v3".to_string(), 20)])
+    );
+    println!("edit -> Envoy routing changed in {took:?}");
+
+    // Deleting the VirtualService falls back to the default route over all versions.
+    apply(&daemon, &[&envoy], || cfg.remove("vs.yaml"));
+    let counts = tally(REVIEWS, "reviews", &[], 60);
+    assert_eq!(
+        counts.len(),
+        3,
+        "all three versions answer without a VirtualService: {counts:?}"
+    );
+}
+
+#[test]
+fn bad_documents_are_reported_and_the_rest_still_serves() {
+    isolate();
+    capture_outbound();
+    let rt = runtime();
+    let cfg = ConfigDir::bookinfo_platform();
+    cfg.add_sample("destination-rule-all.yaml", "destination-rules.yaml");
+    cfg.add_sample("virtual-service-all-v1.yaml", "vs.yaml");
+    cfg.write(
+        "bad-weight.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: weight-as-word\nspec:\n  hosts: [details]\n  http:\n  - route:\n    - destination: {host: details, subset: v1}\n      weight: eighty\n",
+    );
+    cfg.write(
+        "bad-field.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: unknown-field\nspec:\n  hosts: [details]\n  http:\n  - route:\n    - destination: {host: details, subset: v1}\n    retrys: {attempts: 3}\n",
+    );
+    cfg.write(
+        "no-hosts.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: no-hosts\nspec:\n  http:\n  - route:\n    - destination: {host: reviews, subset: v3}\n",
+    );
+    let daemon = rt.block_on(async {
+        start_backends().await;
+        start_daemon(cfg.path()).await
+    });
+    let errors: Vec<String> = daemon
+        .errors
+        .borrow()
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+    assert_eq!(errors.len(), 3, "{errors:#?}");
+    let find = |needle: &str| {
+        errors
+            .iter()
+            .find(|e| e.contains(needle))
+            .unwrap_or_else(|| panic!("no error mentions {needle}: {errors:#?}"))
+            .clone()
+    };
+    let weight = find("weight-as-word");
+    assert!(
+        weight.contains("bad-weight.yaml") && weight.contains("spec.http[0].route[0].weight"),
+        "{weight}"
+    );
+    let field = find("unknown-field");
+    assert!(
+        field.contains("bad-field.yaml") && field.contains("retrys"),
+        "{field}"
+    );
+    let hosts = find("no-hosts");
+    assert!(hosts.contains("spec.hosts"), "{hosts}");
+
+    let envoy = Envoy::start(SIDECAR, &SIDECAR_LABELS, daemon.xds_addr, 15000);
+    wait_synced(&daemon, &[&envoy], SYNC);
+    // The valid rest applies: reviews -> v1 as virtual-service-all-v1.yaml says.
+    assert_eq!(
+        tally(REVIEWS, "reviews", &[], 20),
+        BTreeMap::from([("reviews v1".to_string(), 20)])
+    );
+    assert_eq!(envoy.rejected(), 0);
+}
+
+#[test]
+fn every_bookinfo_networking_sample_is_acked_by_envoy() {
+    isolate();
+    capture_outbound();
+    let rt = runtime();
+    let cfg = ConfigDir::bookinfo_platform();
+    let daemon = rt.block_on(start_daemon(cfg.path()));
+    let sidecar = Envoy::start(SIDECAR, &SIDECAR_LABELS, daemon.xds_addr, 15000);
+    let gateway = Envoy::start(GATEWAY, &GATEWAY_LABELS, daemon.xds_addr, 15100);
+    wait_synced(&daemon, &[&sidecar, &gateway], SYNC);
+
+    let dir = istio_testdata().join("samples/bookinfo/networking");
+    let mut samples: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".yaml"))
+        .collect();
+    samples.sort();
+    assert!(
+        samples.len() >= 20,
+        "expected Istio's Bookinfo samples in {}",
+        dir.display()
+    );
+    for sample in &samples {
+        apply(&daemon, &[&sidecar, &gateway], || {
+            cfg.add_sample(sample, "sample.yaml")
+        });
+        let errors = daemon.errors.borrow().clone();
+        assert!(errors.is_empty(), "{sample}: {errors:?}");
+        assert_eq!(
+            sidecar.rejected() + gateway.rejected(),
+            0,
+            "{sample} was rejected by Envoy"
+        );
+    }
+    // All at once, too.
+    apply(&daemon, &[&sidecar, &gateway], || {
+        cfg.remove("sample.yaml");
+        let all: Vec<String> = samples.iter().map(|s| bookinfo_sample(s)).collect();
+        cfg.write("all.yaml", &all.join("\n---\n"));
+    });
+    assert_eq!(sidecar.rejected() + gateway.rejected(), 0);
+    println!("{} samples ACKed by a sidecar and a gateway", samples.len());
+}
