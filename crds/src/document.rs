@@ -88,7 +88,7 @@ pub enum ParseError {
         field: &'static str,
     },
     /// A kind this control plane does not read (reported, not fatal).
-    #[error("{api_version} {kind} {name:?} is not a kind this control plane reads")]
+    #[error("{api_version} {kind} {name} is not a kind this control plane reads")]
     UnsupportedKind {
         /// `apiVersion` as written.
         api_version: String,
@@ -98,7 +98,7 @@ pub enum ParseError {
         name: String,
     },
     /// The object does not fit its kind's schema.
-    #[error("{kind} {name:?}: field `{field}`: {reason}")]
+    #[error("{kind} {name}: field `{field}`: {reason}")]
     InvalidField {
         /// The object's kind.
         kind: String,
@@ -139,16 +139,25 @@ pub fn split_documents(text: &str) -> Vec<(usize, Result<serde_json::Value, Pars
 }
 
 /// Parses one document value into typed objects. A `kind: List` yields its
-/// items; every other kind yields one object.
+/// items; every other kind yields one object. Namespaced objects without
+/// `metadata.namespace` are put in `default_namespace`, as `kubectl apply`
+/// does.
 ///
 /// # Errors
-/// [`ParseError`] naming the kind, object and field for anything that does
-/// not fit the schema, including unknown fields.
-pub fn parse_value(value: serde_json::Value) -> Vec<Result<Object, ParseError>> {
+/// [`ParseError`] naming the kind, object (`namespace/name`) and field for
+/// anything that does not fit the schema, including unknown fields.
+pub fn parse_value(
+    value: serde_json::Value,
+    default_namespace: &str,
+) -> Vec<Result<Object, ParseError>> {
     let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("");
     if kind == "List" {
         return match value.get("items").and_then(|i| i.as_array()) {
-            Some(items) => items.iter().cloned().flat_map(parse_value).collect(),
+            Some(items) => items
+                .iter()
+                .cloned()
+                .flat_map(|item| parse_value(item, default_namespace))
+                .collect(),
             None => vec![Err(ParseError::InvalidField {
                 kind: "List".into(),
                 name: String::new(),
@@ -157,10 +166,10 @@ pub fn parse_value(value: serde_json::Value) -> Vec<Result<Object, ParseError>> 
             })],
         };
     }
-    vec![parse_object(value)]
+    vec![parse_object(value, default_namespace)]
 }
 
-fn parse_object(value: serde_json::Value) -> Result<Object, ParseError> {
+fn parse_object(value: serde_json::Value, default_namespace: &str) -> Result<Object, ParseError> {
     let api_version = value
         .get("apiVersion")
         .and_then(|v| v.as_str())
@@ -179,12 +188,15 @@ fn parse_object(value: serde_json::Value) -> Result<Object, ParseError> {
         .and_then(|n| n.as_str())
         .unwrap_or("")
         .to_owned();
-    let display_name = match meta
+    let namespace = meta
         .and_then(|m| m.get("namespace"))
         .and_then(|n| n.as_str())
-    {
-        Some(ns) => format!("{ns}/{name}"),
-        None => name.clone(),
+        .unwrap_or(default_namespace)
+        .to_owned();
+    let display_name = if kind == "Namespace" {
+        name.clone()
+    } else {
+        format!("{namespace}/{name}")
     };
     let (group, version) = match api_version.split_once('/') {
         Some((g, v)) => (g, v),
@@ -194,7 +206,7 @@ fn parse_object(value: serde_json::Value) -> Result<Object, ParseError> {
         kind: &kind,
         name: &display_name,
     };
-    let object = match (group, version, kind.as_str()) {
+    let mut object = match (group, version, kind.as_str()) {
         ("", "v1", "Namespace") => Object::Namespace(ctx.parse(value)?),
         ("", "v1", "Pod") => Object::Pod(ctx.parse(value)?),
         ("", "v1", "Service") => Object::Service(ctx.parse(value)?),
@@ -208,6 +220,9 @@ fn parse_object(value: serde_json::Value) -> Result<Object, ParseError> {
         },
         _ => return Err(unsupported(api_version, kind, display_name)),
     };
+    if !matches!(object, Object::Namespace(_)) && object.metadata().namespace.is_none() {
+        object.metadata_mut().namespace = Some(namespace);
+    }
     if object.metadata().name.as_deref().unwrap_or("").is_empty() {
         return Err(ParseError::InvalidField {
             kind,
@@ -311,7 +326,7 @@ mod tests {
         let mut docs = split_documents(yaml);
         assert_eq!(docs.len(), 1);
         let (_, value) = docs.remove(0);
-        parse_value(value?).remove(0)
+        parse_value(value?, "default").remove(0)
     }
 
     #[test]

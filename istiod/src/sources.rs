@@ -38,17 +38,11 @@ impl Loaded {
     pub fn add_text(&mut self, file: PathBuf, text: &str) {
         for (document, value) in split_documents(text) {
             let results = match value {
-                Ok(v) => parse_value(v),
+                Ok(v) => parse_value(v, "default"),
                 Err(e) => vec![Err(e)],
             };
             for result in results {
-                match result.and_then(|mut o| {
-                    if o.kind() != "Namespace" && o.metadata().namespace.is_none() {
-                        o.metadata_mut().namespace = Some("default".into());
-                    }
-                    crds::validate::validate(&o)?;
-                    Ok(o)
-                }) {
+                match result.and_then(|o| crds::validate::validate(&o).map(|()| o)) {
                     Ok(o) => self.objects.push(o),
                     Err(e) if e.is_unsupported_kind() => {}
                     Err(error) => self.errors.push(SourceError {

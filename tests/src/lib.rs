@@ -8,6 +8,9 @@
 //! child processes, the HTTP client — lives there. Nothing a test sends can
 //! leave the machine, and parallel tests cannot collide on ports.
 
+// Test-only code: a failed setup step should stop the test with its reason.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;

@@ -2,6 +2,8 @@
 //! from a config folder, configure real Envoys that route real HTTP between
 //! real backends, each test inside its own network namespace.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 

@@ -486,7 +486,6 @@ fn http_fault(f: &crds::virtual_service::HttpFaultInjection) -> HttpFault {
                         .or(d.percent.map(f64::from))
                         .unwrap_or(100.0),
                 )),
-                ..Default::default()
             })
         }),
         abort: f.abort.as_ref().and_then(|a| {

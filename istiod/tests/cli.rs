@@ -1,0 +1,122 @@
+//! The `istiod` binary: what an operator sees on its command line and stderr.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const ISTIOD: &str = env!("CARGO_BIN_EXE_istiod");
+
+#[test]
+fn bad_documents_are_logged_with_file_object_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("reviews.yaml"),
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: reviews\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination: {host: reviews}\n      weight: eighty\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("ok.yaml"),
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: ok\nspec:\n  host: reviews\n",
+    )
+    .unwrap();
+    let mut child = Command::new(ISTIOD)
+        .args(["--xds-addr", "127.0.0.1:0", "--config-dir"])
+        .arg(dir.path())
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let start = Instant::now();
+    let mut seen = Vec::new();
+    let mut error_line = None;
+    let mut serving = false;
+    while start.elapsed() < Duration::from_secs(10) && !(error_line.is_some() && serving) {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+            if line.contains("invalid config skipped") {
+                error_line = Some(line.clone());
+            }
+            serving |= line.contains("serving ADS");
+            seen.push(line);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let line =
+        error_line.unwrap_or_else(|| panic!("no error logged; stderr was:\n{}", seen.join("\n")));
+    for part in [
+        "ERROR",
+        "reviews.yaml",
+        "document=0",
+        "VirtualService",
+        "default/reviews",
+        "spec.http[0].route[0].weight",
+    ] {
+        assert!(line.contains(part), "{part:?} missing from: {line}");
+    }
+    assert!(
+        serving,
+        "the daemon must keep serving the valid rest:\n{}",
+        seen.join("\n")
+    );
+}
+
+#[test]
+fn bad_flags_exit_with_ex_usage() {
+    let out = Command::new(ISTIOD).arg("--no-such-flag").output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let out = Command::new(ISTIOD)
+        .args(["bootstrap", "--node-id", "not-an-istio-node-id"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid node id"));
+    let out = Command::new(ISTIOD)
+        .args([
+            "--xds-addr",
+            "127.0.0.1:0",
+            "--config-dir",
+            "/nonexistent/istiod-config",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/istiod-config"));
+}
+
+#[test]
+fn bootstrap_prints_json_envoy_reads() {
+    let out = Command::new(ISTIOD)
+        .args([
+            "bootstrap",
+            "--node-id",
+            "sidecar~10.1.2.3~reviews-v1.default~default.svc.cluster.local",
+            "--xds-addr",
+            "istiod.istio-system.svc:15010",
+            "--label",
+            "app=reviews",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        json["node"]["id"],
+        "sidecar~10.1.2.3~reviews-v1.default~default.svc.cluster.local"
+    );
+    assert_eq!(json["node"]["metadata"]["LABELS"]["app"], "reviews");
+    assert_eq!(
+        json["static_resources"]["clusters"][0]["type"],
+        "STRICT_DNS"
+    );
+}
