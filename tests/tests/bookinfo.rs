@@ -22,6 +22,50 @@ const REVIEWS: &str = "http://10.96.0.13:9080/reviews/0";
 const RATINGS: &str = "http://10.96.0.12:9080/ratings/0";
 const SYNC: Duration = Duration::from_secs(10);
 
+/// A test's mesh: its own network namespace (with `istio-init`'s capture
+/// when `capture`), the Bookinfo backends, and the daemon serving the
+/// example platform plus the given Istio samples `(sample, file name)`.
+struct Mesh {
+    cfg: ConfigDir,
+    daemon: istiod::Daemon,
+    // Dropped last: stops the daemon's and backends' tasks.
+    _rt: tokio::runtime::Runtime,
+}
+
+impl Mesh {
+    fn start(capture: bool, samples: &[(&str, &str)]) -> Mesh {
+        isolate();
+        if capture {
+            capture_outbound();
+        }
+        let rt = runtime();
+        let cfg = ConfigDir::bookinfo_platform();
+        for (sample, file) in samples {
+            cfg.add_sample(sample, file);
+        }
+        let daemon = rt.block_on(async {
+            start_backends().await;
+            start_daemon(cfg.path()).await
+        });
+        Mesh {
+            cfg,
+            daemon,
+            _rt: rt,
+        }
+    }
+
+    /// productpage's sidecar, connected and in sync.
+    fn sidecar(&self) -> Envoy {
+        self.proxy(SIDECAR, &SIDECAR_LABELS, 15000)
+    }
+
+    fn proxy(&self, node_id: &str, labels: &[(&str, &str)], admin_port: u16) -> Envoy {
+        let envoy = Envoy::start(node_id, labels, self.daemon.xds_addr, admin_port);
+        wait_synced(&self.daemon, &[&envoy], SYNC);
+        envoy
+    }
+}
+
 /// `n` requests through the sidecar; answers counted by body (or status).
 fn tally(url: &str, host: &str, headers: &[(&str, &str)], n: usize) -> BTreeMap<String, usize> {
     let mut all = vec![("host", host)];
@@ -56,16 +100,8 @@ fn apply(daemon: &istiod::Daemon, envoys: &[&Envoy], change: impl FnOnce()) {
 
 #[test]
 fn gateway_routes_productpage_and_404s_the_rest() {
-    isolate();
-    let rt = runtime();
-    let cfg = ConfigDir::bookinfo_platform();
-    cfg.add_sample("bookinfo-gateway.yaml", "gateway.yaml");
-    let daemon = rt.block_on(async {
-        start_backends().await;
-        start_daemon(cfg.path()).await
-    });
-    let gw = Envoy::start(GATEWAY, &GATEWAY_LABELS, daemon.xds_addr, 15000);
-    wait_synced(&daemon, &[&gw], SYNC);
+    let mesh = Mesh::start(false, &[("bookinfo-gateway.yaml", "gateway.yaml")]);
+    let gw = mesh.proxy(GATEWAY, &GATEWAY_LABELS, 15000);
     gw.wait_for(SYNC, "the 8080 listener", |e| {
         e.stats()
             .get("listener_manager.total_listeners_active")
@@ -88,25 +124,22 @@ fn gateway_routes_productpage_and_404s_the_rest() {
 
 #[test]
 fn sidecar_routes_as_the_bookinfo_samples_say() {
-    isolate();
-    capture_outbound();
-    let rt = runtime();
-    let cfg = ConfigDir::bookinfo_platform();
-    cfg.add_sample("destination-rule-all.yaml", "destination-rules.yaml");
-    cfg.add_sample("virtual-service-all-v1.yaml", "vs.yaml");
-    let daemon = rt.block_on(async {
-        start_backends().await;
-        start_daemon(cfg.path()).await
-    });
-    let envoy = Envoy::start(SIDECAR, &SIDECAR_LABELS, daemon.xds_addr, 15000);
-    wait_synced(&daemon, &[&envoy], SYNC);
+    let mesh = Mesh::start(
+        true,
+        &[
+            ("destination-rule-all.yaml", "destination-rules.yaml"),
+            ("virtual-service-all-v1.yaml", "vs.yaml"),
+        ],
+    );
+    let (cfg, daemon) = (&mesh.cfg, &mesh.daemon);
+    let envoy = mesh.sidecar();
 
     // virtual-service-all-v1.yaml: only v1.
     let counts = tally(REVIEWS, "reviews:9080", &[], 50);
     assert_eq!(counts, BTreeMap::from([("reviews v1".to_string(), 50)]));
 
     // virtual-service-reviews-80-20.yaml: 80/20 between v1 and v2.
-    apply(&daemon, &[&envoy], || {
+    apply(daemon, &[&envoy], || {
         cfg.add_sample("virtual-service-reviews-80-20.yaml", "vs.yaml")
     });
     let n = 500;
@@ -123,7 +156,7 @@ fn sidecar_routes_as_the_bookinfo_samples_say() {
     );
 
     // virtual-service-reviews-jason-v2-v3.yaml: jason -> v2, everyone else -> v3.
-    apply(&daemon, &[&envoy], || {
+    apply(daemon, &[&envoy], || {
         cfg.add_sample("virtual-service-reviews-jason-v2-v3.yaml", "vs.yaml")
     });
     let jason = tally(
@@ -137,7 +170,7 @@ fn sidecar_routes_as_the_bookinfo_samples_say() {
     assert_eq!(others, BTreeMap::from([("reviews v3".to_string(), 30)]));
 
     // virtual-service-ratings-test-abort.yaml: jason gets the injected 500.
-    apply(&daemon, &[&envoy], || {
+    apply(daemon, &[&envoy], || {
         cfg.add_sample("virtual-service-ratings-test-abort.yaml", "vs.yaml")
     });
     let jason = tally(RATINGS, "ratings:9080", &[("end-user", "jason")], 20);
@@ -152,7 +185,7 @@ fn sidecar_routes_as_the_bookinfo_samples_say() {
         delay.contains("fixedDelay: 7s"),
         "the sample changed upstream"
     );
-    apply(&daemon, &[&envoy], || {
+    apply(daemon, &[&envoy], || {
         cfg.write(
             "vs.yaml",
             &delay.replace("fixedDelay: 7s", "fixedDelay: 2s"),
@@ -182,18 +215,15 @@ fn sidecar_routes_as_the_bookinfo_samples_say() {
 
 #[test]
 fn editing_a_file_changes_routing_within_two_seconds() {
-    isolate();
-    capture_outbound();
-    let rt = runtime();
-    let cfg = ConfigDir::bookinfo_platform();
-    cfg.add_sample("destination-rule-reviews.yaml", "destination-rules.yaml");
-    cfg.add_sample("virtual-service-reviews-test-v2.yaml", "vs.yaml");
-    let daemon = rt.block_on(async {
-        start_backends().await;
-        start_daemon(cfg.path()).await
-    });
-    let envoy = Envoy::start(SIDECAR, &SIDECAR_LABELS, daemon.xds_addr, 15000);
-    wait_synced(&daemon, &[&envoy], SYNC);
+    let mesh = Mesh::start(
+        true,
+        &[
+            ("destination-rule-reviews.yaml", "destination-rules.yaml"),
+            ("virtual-service-reviews-test-v2.yaml", "vs.yaml"),
+        ],
+    );
+    let (cfg, daemon) = (&mesh.cfg, &mesh.daemon);
+    let envoy = mesh.sidecar();
     // virtual-service-reviews-test-v2.yaml: jason -> v2, others -> v1.
     assert_eq!(
         tally(REVIEWS, "reviews", &[], 10),
@@ -221,7 +251,7 @@ fn editing_a_file_changes_routing_within_two_seconds() {
     println!("edit -> Envoy routing changed in {took:?}");
 
     // Deleting the VirtualService falls back to the default route over all versions.
-    apply(&daemon, &[&envoy], || cfg.remove("vs.yaml"));
+    apply(daemon, &[&envoy], || cfg.remove("vs.yaml"));
     let counts = tally(REVIEWS, "reviews", &[], 60);
     assert_eq!(
         counts.len(),
@@ -230,30 +260,44 @@ fn editing_a_file_changes_routing_within_two_seconds() {
     );
 }
 
-#[test]
-fn bad_documents_are_reported_and_the_rest_still_serves() {
-    isolate();
-    capture_outbound();
-    let rt = runtime();
-    let cfg = ConfigDir::bookinfo_platform();
-    cfg.add_sample("destination-rule-all.yaml", "destination-rules.yaml");
-    cfg.add_sample("virtual-service-all-v1.yaml", "vs.yaml");
-    cfg.write(
+/// A weight written as a word, an unknown field, and no hosts.
+const BAD_DOCUMENTS: [(&str, &str); 3] = [
+    (
         "bad-weight.yaml",
         "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: weight-as-word\nspec:\n  hosts: [details]\n  http:\n  - route:\n    - destination: {host: details, subset: v1}\n      weight: eighty\n",
-    );
-    cfg.write(
+    ),
+    (
         "bad-field.yaml",
         "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: unknown-field\nspec:\n  hosts: [details]\n  http:\n  - route:\n    - destination: {host: details, subset: v1}\n    retrys: {attempts: 3}\n",
-    );
-    cfg.write(
+    ),
+    (
         "no-hosts.yaml",
         "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: no-hosts\nspec:\n  http:\n  - route:\n    - destination: {host: reviews, subset: v3}\n",
+    ),
+];
+
+#[test]
+fn bad_documents_are_reported_and_the_rest_still_serves() {
+    let mesh = Mesh::start(
+        true,
+        &[
+            ("destination-rule-all.yaml", "destination-rules.yaml"),
+            ("virtual-service-all-v1.yaml", "vs.yaml"),
+        ],
     );
-    let daemon = rt.block_on(async {
-        start_backends().await;
-        start_daemon(cfg.path()).await
+    let daemon = &mesh.daemon;
+    let envoy = mesh.sidecar();
+    // Bad documents arrive beside the valid ones while the mesh runs.
+    apply(daemon, &[&envoy], || {
+        for (file, text) in BAD_DOCUMENTS {
+            mesh.cfg.write(file, text);
+        }
     });
+    let start = Instant::now();
+    while daemon.errors.borrow().len() < BAD_DOCUMENTS.len() && start.elapsed() < SYNC {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    wait_synced(daemon, &[&envoy], SYNC);
     let errors: Vec<String> = daemon
         .errors
         .borrow()
@@ -281,8 +325,6 @@ fn bad_documents_are_reported_and_the_rest_still_serves() {
     let hosts = find("no-hosts");
     assert!(hosts.contains("spec.hosts"), "{hosts}");
 
-    let envoy = Envoy::start(SIDECAR, &SIDECAR_LABELS, daemon.xds_addr, 15000);
-    wait_synced(&daemon, &[&envoy], SYNC);
     // The valid rest applies: reviews -> v1 as virtual-service-all-v1.yaml says.
     assert_eq!(
         tally(REVIEWS, "reviews", &[], 20),
@@ -293,14 +335,10 @@ fn bad_documents_are_reported_and_the_rest_still_serves() {
 
 #[test]
 fn every_bookinfo_networking_sample_is_acked_by_envoy() {
-    isolate();
-    capture_outbound();
-    let rt = runtime();
-    let cfg = ConfigDir::bookinfo_platform();
-    let daemon = rt.block_on(start_daemon(cfg.path()));
-    let sidecar = Envoy::start(SIDECAR, &SIDECAR_LABELS, daemon.xds_addr, 15000);
-    let gateway = Envoy::start(GATEWAY, &GATEWAY_LABELS, daemon.xds_addr, 15100);
-    wait_synced(&daemon, &[&sidecar, &gateway], SYNC);
+    let mesh = Mesh::start(true, &[]);
+    let (cfg, daemon) = (&mesh.cfg, &mesh.daemon);
+    let sidecar = mesh.sidecar();
+    let gateway = mesh.proxy(GATEWAY, &GATEWAY_LABELS, 15100);
 
     let dir = istio_testdata().join("samples/bookinfo/networking");
     let mut samples: Vec<_> = std::fs::read_dir(&dir)
@@ -315,7 +353,7 @@ fn every_bookinfo_networking_sample_is_acked_by_envoy() {
         dir.display()
     );
     for sample in &samples {
-        apply(&daemon, &[&sidecar, &gateway], || {
+        apply(daemon, &[&sidecar, &gateway], || {
             cfg.add_sample(sample, "sample.yaml")
         });
         let errors = daemon.errors.borrow().clone();
@@ -327,7 +365,7 @@ fn every_bookinfo_networking_sample_is_acked_by_envoy() {
         );
     }
     // All at once, too.
-    apply(&daemon, &[&sidecar, &gateway], || {
+    apply(daemon, &[&sidecar, &gateway], || {
         cfg.remove("sample.yaml");
         let all: Vec<String> = samples.iter().map(|s| bookinfo_sample(s)).collect();
         cfg.write("all.yaml", &all.join("\n---\n"));
