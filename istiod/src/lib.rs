@@ -156,57 +156,10 @@ fn load(dir: Option<&std::path::Path>) -> anyhow::Result<Loaded> {
 
 /// Builds a snapshot, logging (and returning) every skipped document.
 fn build(version: u64, mut loaded: Loaded) -> (Snapshot, Vec<SourceError>) {
-    orphan_delegates(&mut loaded);
+    loaded.drop_orphan_delegates();
     for e in &loaded.errors {
         error!(file = %e.file.display(), document = e.document, error = %e.error, "invalid config skipped");
     }
-    let snap = Snapshot::build(version, &loaded.objects, MeshConfig::default());
+    let snap = Snapshot::build(version, loaded.objects(), MeshConfig::default());
     (snap, loaded.errors)
-}
-
-/// A VirtualService without hosts is a delegate; one that no other
-/// VirtualService delegates to can never apply, and is reported and dropped.
-fn orphan_delegates(loaded: &mut Loaded) {
-    use crds::Object;
-    let mut delegated = std::collections::BTreeSet::new();
-    for o in &loaded.objects {
-        if let Object::VirtualService(vs) = o {
-            let ns = vs.metadata.namespace.clone().unwrap_or_default();
-            for d in vs.spec.http.iter().filter_map(|h| h.delegate.as_ref()) {
-                delegated.insert((
-                    d.namespace.clone().unwrap_or_else(|| ns.clone()),
-                    d.name.clone(),
-                ));
-            }
-        }
-    }
-    let mut errors = Vec::new();
-    loaded.objects.retain(|o| {
-        let Object::VirtualService(vs) = o else {
-            return true;
-        };
-        let key = (
-            vs.metadata.namespace.clone().unwrap_or_default(),
-            vs.metadata.name.clone().unwrap_or_default(),
-        );
-        if !vs.spec.hosts.is_empty() || delegated.contains(&key) {
-            return true;
-        }
-        errors.push(crds::ParseError::InvalidField {
-            kind: "VirtualService".into(),
-            name: format!("{}/{}", key.0, key.1),
-            field: "spec.hosts".into(),
-            reason: "at least one host is required (no VirtualService delegates to this one)"
-                .into(),
-        });
-        false
-    });
-    // The file is not known here any more; name the object instead.
-    loaded
-        .errors
-        .extend(errors.into_iter().map(|error| SourceError {
-            file: PathBuf::from("(config)"),
-            document: 0,
-            error,
-        }));
 }

@@ -8,6 +8,8 @@ pub mod file;
 use std::path::PathBuf;
 
 use crds::Object;
+use std::collections::{HashMap, HashSet};
+
 use crds::document::{ParseError, parse_value, split_documents};
 
 /// A document that was reported and skipped.
@@ -23,18 +25,37 @@ pub struct SourceError {
     pub error: ParseError,
 }
 
+/// An object and the document it came from.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// The file.
+    pub file: PathBuf,
+    /// 0-based document index in the file.
+    pub document: usize,
+    /// The parsed object, namespace defaulted to `default`.
+    pub object: Object,
+}
+
 /// What a source read: the objects that parsed, and the documents that did
 /// not (unsupported kinds are left out of both: they are not errors).
 #[derive(Clone, Debug, Default)]
 pub struct Loaded {
-    /// Objects, namespaces defaulted to `default`.
-    pub objects: Vec<Object>,
-    /// Broken documents, each skipped.
+    /// Objects in read order, at most one per kind, namespace and name.
+    pub entries: Vec<Entry>,
+    /// Broken or duplicate documents, each skipped.
     pub errors: Vec<SourceError>,
+    index: HashMap<(&'static str, String, String), usize>,
 }
 
 impl Loaded {
-    /// Parses one file's text (multi-document YAML or JSON) into `self`.
+    /// The objects, in read order.
+    pub fn objects(&self) -> impl Iterator<Item = &Object> {
+        self.entries.iter().map(|e| &e.object)
+    }
+
+    /// Parses one file's text (multi-document YAML or JSON) into `self`. A
+    /// second object with the same kind, namespace and name is reported and
+    /// ignored, as a cluster could only hold one of them.
     pub fn add_text(&mut self, file: PathBuf, text: &str) {
         for (document, value) in split_documents(text) {
             let results = match value {
@@ -42,14 +63,179 @@ impl Loaded {
                 Err(e) => vec![Err(e)],
             };
             for result in results {
-                match result.and_then(|o| crds::validate::validate(&o).map(|()| o)) {
-                    Ok(o) => self.objects.push(o),
+                let result = result
+                    .and_then(|o| crds::validate::validate(&o).map(|()| o))
+                    .and_then(|o| self.unique(o));
+                match result {
+                    Ok(object) => {
+                        let key = key(&object);
+                        self.index.insert(key, self.entries.len());
+                        self.entries.push(Entry {
+                            file: file.clone(),
+                            document,
+                            object,
+                        });
+                    }
                     Err(e) if e.is_unsupported_kind() => {}
                     Err(error) => self.errors.push(SourceError {
                         file: file.clone(),
                         document,
                         error,
                     }),
+                }
+            }
+        }
+    }
+
+    fn unique(&self, object: Object) -> Result<Object, ParseError> {
+        let k = key(&object);
+        match self.index.get(&k).and_then(|i| self.entries.get(*i)) {
+            None => Ok(object),
+            Some(first) => Err(ParseError::InvalidField {
+                kind: k.0.to_owned(),
+                name: format!("{}/{}", k.1, k.2),
+                field: "metadata.name".into(),
+                reason: format!(
+                    "already defined in {} document {}; this one is ignored",
+                    first.file.display(),
+                    first.document
+                ),
+            }),
+        }
+    }
+
+    /// Drops VirtualServices without hosts that no VirtualService delegates
+    /// to: without hosts a VirtualService can only be a delegate, and one
+    /// nobody delegates to can never apply. Each is reported.
+    pub fn drop_orphan_delegates(&mut self) {
+        let mut delegated = HashSet::new();
+        for object in self.objects() {
+            if let Object::VirtualService(vs) = object {
+                let ns = vs.metadata.namespace.clone().unwrap_or_default();
+                for d in vs.spec.http.iter().filter_map(|h| h.delegate.as_ref()) {
+                    delegated.insert((
+                        d.namespace.clone().unwrap_or_else(|| ns.clone()),
+                        d.name.clone(),
+                    ));
+                }
+            }
+        }
+        let mut errors = Vec::new();
+        self.entries.retain(|e| {
+            let Object::VirtualService(vs) = &e.object else {
+                return true;
+            };
+            let (_, ns, name) = key(&e.object);
+            if !vs.spec.hosts.is_empty() || delegated.contains(&(ns.clone(), name.clone())) {
+                return true;
+            }
+            errors.push(SourceError {
+                file: e.file.clone(),
+                document: e.document,
+                error: ParseError::InvalidField {
+                    kind: "VirtualService".into(),
+                    name: format!("{ns}/{name}"),
+                    field: "spec.hosts".into(),
+                    reason:
+                        "at least one host is required (no VirtualService delegates to this one)"
+                            .into(),
+                },
+            });
+            false
+        });
+        self.errors.extend(errors);
+        self.reindex();
+    }
+
+    fn reindex(&mut self) {
+        self.index = self
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (key(&e.object), i))
+            .collect();
+    }
+}
+
+fn key(o: &Object) -> (&'static str, String, String) {
+    let m = o.metadata();
+    (
+        o.kind(),
+        m.namespace.clone().unwrap_or_default(),
+        m.name.clone().unwrap_or_default(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VS: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews}\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination: {host: reviews}\n";
+
+    #[test]
+    fn a_duplicate_is_reported_with_both_places() {
+        let mut l = Loaded::default();
+        l.add_text("a.yaml".into(), VS);
+        l.add_text("b.yaml".into(), &format!("---\n{VS}---\n{VS}"));
+        assert_eq!(l.entries.len(), 1);
+        assert_eq!(l.errors.len(), 2);
+        let msg = l.errors[0].to_string();
+        assert!(msg.starts_with("b.yaml: document 0:"), "{msg}");
+        assert!(
+            msg.contains("already defined in a.yaml document 0"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn orphan_delegates_are_reported_with_their_file() {
+        let mut l = Loaded::default();
+        let delegate = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: part}\nspec:\n  http:\n  - route:\n    - destination: {host: reviews}\n";
+        l.add_text("d.yaml".into(), delegate);
+        l.drop_orphan_delegates();
+        assert!(l.entries.is_empty());
+        assert!(l.errors[0].to_string().starts_with("d.yaml: document 0:"));
+        // Once something delegates to it, it stays.
+        let mut l = Loaded::default();
+        l.add_text("d.yaml".into(), delegate);
+        l.add_text(
+            "root.yaml".into(),
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: root}\nspec:\n  hosts: [reviews]\n  http:\n  - delegate: {name: part}\n",
+        );
+        l.drop_orphan_delegates();
+        assert_eq!(l.entries.len(), 2, "{:?}", l.errors);
+    }
+
+    #[test]
+    fn no_prefix_of_any_istio_sample_panics() {
+        // Every truncation of every sample: malformed YAML, missing fields,
+        // half-written values. Each must be a value (objects or errors).
+        // The translator then turns whatever parsed into Envoy resources.
+        let platform = include_str!("../../examples/bookinfo/platform.yaml");
+        let proxies = [
+            "sidecar~127.0.1.1~productpage-v1.default~default.svc.cluster.local",
+            "router~127.0.0.1~gw.istio-system~istio-system.svc.cluster.local",
+        ]
+        .map(|id| {
+            translator::model::Proxy::from_node_id(
+                id,
+                None,
+                [("istio".into(), "ingressgateway".into())].into(),
+            )
+            .unwrap()
+        });
+        let dir = crds::istio_testdata().join("samples/bookinfo/networking");
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            for cut in (0..text.len()).filter(|i| text.is_char_boundary(*i)) {
+                let mut l = Loaded::default();
+                l.add_text("platform.yaml".into(), platform);
+                l.add_text(path.clone(), &text[..cut]);
+                l.drop_orphan_delegates();
+                let snap = translator::model::Snapshot::build(1, l.objects(), Default::default());
+                for proxy in &proxies {
+                    let _ = translator::generate(&snap, proxy);
                 }
             }
         }

@@ -299,8 +299,16 @@ impl Connection {
     fn regenerate(&mut self) {
         if let Some(proxy) = &self.proxy {
             let output = translator::generate(&self.snapshot, proxy);
-            for w in &output.warnings {
-                debug!(node = %self.node_id, warning = %w, "config skipped");
+            // Logged when they change, not on every push.
+            let previous = self
+                .output
+                .as_ref()
+                .map(|o| o.warnings.as_slice())
+                .unwrap_or_default();
+            if output.warnings.as_slice() != previous {
+                for w in &output.warnings {
+                    warn!(node = %self.node_id, warning = %w, "config not applied to this proxy");
+                }
             }
             self.output = Some(output);
             let version = self.snapshot.version;

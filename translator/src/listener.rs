@@ -181,8 +181,10 @@ pub(crate) fn gateway(
                 warnings.push(ConfigWarning::new(
                     "Gateway",
                     gw.key(),
-                    format!("spec.servers[{i}].port.protocol"),
-                    format!("protocol {proto} with tls is not served yet; server skipped"),
+                    format!("spec.servers[{i}]"),
+                    format!(
+                        "{proto} servers and servers with `tls` are not served yet; server skipped"
+                    ),
                 ));
                 continue;
             }
