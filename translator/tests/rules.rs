@@ -1,0 +1,310 @@
+//! Translation rules, one behaviour each, on small hand-written meshes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
+
+use crds::document::{parse_value, split_documents};
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
+use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, route, route_action};
+use translator::model::{MeshConfig, Proxy, Snapshot};
+use translator::{Output, generate};
+
+const PLATFORM: &str = "
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: default}
+spec:
+  clusterIP: 10.96.0.13
+  ports: [{name: http, port: 9080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: mongodb, namespace: default}
+spec:
+  clusterIP: 10.96.0.20
+  ports: [{name: tcp-mongo, port: 27017}]
+";
+
+fn mesh(extra: &str, mesh: MeshConfig) -> Snapshot {
+    let text = format!("{PLATFORM}\n---\n{extra}");
+    let objects: Vec<_> = split_documents(&text)
+        .into_iter()
+        .flat_map(|(_, v)| parse_value(v.unwrap(), "default"))
+        .map(|o| o.unwrap())
+        .collect();
+    Snapshot::build(1, &objects, mesh)
+}
+
+fn sidecar(labels: &[(&str, &str)]) -> Proxy {
+    Proxy::from_node_id(
+        "sidecar~127.0.0.1~client.default~default.svc.cluster.local",
+        None,
+        labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    )
+    .unwrap()
+}
+
+fn route_config<'a>(out: &'a Output, name: &str) -> &'a RouteConfiguration {
+    out.routes.iter().find(|r| r.name == name).unwrap()
+}
+
+fn reviews_routes(out: &Output) -> Vec<route::Action> {
+    route_config(out, "9080")
+        .virtual_hosts
+        .iter()
+        .find(|v| v.name == "reviews.default.svc.cluster.local:9080")
+        .unwrap()
+        .routes
+        .iter()
+        .map(|r| r.action.clone().unwrap())
+        .collect()
+}
+
+#[test]
+fn default_route_and_istio_domains() {
+    let out = generate(&mesh("", MeshConfig::default()), &sidecar(&[]));
+    let vh = route_config(&out, "9080")
+        .virtual_hosts
+        .iter()
+        .find(|v| v.name == "reviews.default.svc.cluster.local:9080")
+        .unwrap();
+    for d in [
+        "reviews",
+        "reviews:9080",
+        "reviews.default",
+        "reviews.default.svc",
+        "10.96.0.13",
+        "10.96.0.13:9080",
+    ] {
+        assert!(
+            vh.domains.contains(&d.to_string()),
+            "{d} missing from {:?}",
+            vh.domains
+        );
+    }
+    let Some(route::Action::Route(a)) = &vh.routes[0].action else {
+        panic!()
+    };
+    assert_eq!(
+        a.cluster_specifier,
+        Some(route_action::ClusterSpecifier::Cluster(
+            "outbound|9080||reviews.default.svc.cluster.local".into()
+        ))
+    );
+}
+
+#[test]
+fn short_names_only_in_the_same_namespace() {
+    let other = Proxy::from_node_id(
+        "sidecar~127.0.0.1~c.other~other.svc.cluster.local",
+        None,
+        Default::default(),
+    )
+    .unwrap();
+    let out = generate(&mesh("", MeshConfig::default()), &other);
+    let vh = &route_config(&out, "9080").virtual_hosts[0];
+    assert!(!vh.domains.contains(&"reviews".to_string()));
+    assert!(vh.domains.contains(&"reviews.default".to_string()));
+}
+
+#[test]
+fn redirect_and_direct_response() {
+    let vs = "
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{uri: {prefix: /old}}]
+    redirect: {uri: /new, authority: example.com, redirectCode: 302}
+  - directResponse: {status: 418, body: {string: teapot}}
+";
+    let out = generate(&mesh(vs, MeshConfig::default()), &sidecar(&[]));
+    let actions = reviews_routes(&out);
+    let route::Action::Redirect(r) = &actions[0] else {
+        panic!("{:?}", actions[0])
+    };
+    assert_eq!(r.host_redirect, "example.com");
+    assert_eq!(r.response_code, 1, "302 is Envoy's FOUND");
+    let route::Action::DirectResponse(d) = &actions[1] else {
+        panic!("{:?}", actions[1])
+    };
+    assert_eq!(d.status, 418);
+}
+
+#[test]
+fn source_labels_select_routes_per_proxy() {
+    let vs = "
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{sourceLabels: {app: productpage}}]
+    route: [{destination: {host: reviews, subset: v2}}]
+  - route: [{destination: {host: reviews, subset: v1}}]
+";
+    let snap = mesh(vs, MeshConfig::default());
+    assert_eq!(
+        reviews_routes(&generate(&snap, &sidecar(&[("app", "productpage")]))).len(),
+        2
+    );
+    assert_eq!(
+        reviews_routes(&generate(&snap, &sidecar(&[("app", "other")]))).len(),
+        1
+    );
+}
+
+#[test]
+fn weights_zero_everywhere_are_refused_with_the_field() {
+    let vs = "
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - {destination: {host: reviews, subset: v1}, weight: 0}
+    - {destination: {host: reviews, subset: v2}, weight: 0}
+";
+    let out = generate(&mesh(vs, MeshConfig::default()), &sidecar(&[]));
+    assert!(reviews_routes(&out).is_empty());
+    assert_eq!(out.warnings.len(), 1);
+    assert_eq!(out.warnings[0].field, "spec.http[0].route");
+    assert_eq!(out.warnings[0].object, "default/reviews");
+}
+
+#[test]
+fn registry_only_sends_unknown_traffic_to_the_blackhole() {
+    let snap = mesh(
+        "",
+        MeshConfig {
+            allow_any: false,
+            ..Default::default()
+        },
+    );
+    let out = generate(&snap, &sidecar(&[]));
+    let vh = route_config(&out, "9080")
+        .virtual_hosts
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(vh.name, "block_all");
+    let Some(route::Action::Route(a)) = &vh.routes[0].action else {
+        panic!()
+    };
+    assert_eq!(
+        a.cluster_specifier,
+        Some(route_action::ClusterSpecifier::Cluster(
+            "BlackHoleCluster".into()
+        ))
+    );
+}
+
+#[test]
+fn tcp_services_get_a_listener_on_their_vip() {
+    let out = generate(&mesh("", MeshConfig::default()), &sidecar(&[]));
+    let l = out
+        .listeners
+        .iter()
+        .find(|l| l.name == "10.96.0.20_27017")
+        .unwrap();
+    assert_eq!(l.bind_to_port.map(|b| b.value), Some(false));
+    assert!(out.routes.iter().all(|r| r.name != "27017"));
+}
+
+#[test]
+fn dns_service_entries_are_strict_dns_clusters() {
+    let se = "
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: httpbin-ext}
+spec:
+  hosts: [httpbin.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: DNS
+";
+    let out = generate(&mesh(se, MeshConfig::default()), &sidecar(&[]));
+    let c = out
+        .clusters
+        .iter()
+        .find(|c| c.name == "outbound|80||httpbin.example.com")
+        .unwrap();
+    assert_eq!(
+        c.cluster_discovery_type,
+        Some(ClusterDiscoveryType::Type(DiscoveryType::StrictDns as i32))
+    );
+    assert!(
+        out.endpoints.iter().all(|e| e.cluster_name != c.name),
+        "DNS clusters carry their own endpoints"
+    );
+    let vh = route_config(&out, "80")
+        .virtual_hosts
+        .iter()
+        .find(|v| v.domains.contains(&"httpbin.example.com".to_string()));
+    assert!(vh.is_some());
+}
+
+#[test]
+fn gateway_server_hosts_scope_virtual_services_by_namespace() {
+    let cfg = "
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 8080, name: http, protocol: HTTP}
+    hosts: [\"default/*\"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: in-default, namespace: default}
+spec:
+  hosts: [a.example.com]
+  gateways: [istio-system/gw]
+  http: [{route: [{destination: {host: reviews}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: in-other, namespace: other}
+spec:
+  hosts: [b.example.com]
+  gateways: [istio-system/gw]
+  http: [{route: [{destination: {host: reviews.default.svc.cluster.local}}]}]
+";
+    let gw = Proxy::from_node_id(
+        "router~127.0.0.1~gw.istio-system~istio-system.svc.cluster.local",
+        None,
+        [("istio".to_string(), "ingressgateway".to_string())].into(),
+    )
+    .unwrap();
+    let out = generate(&mesh(cfg, MeshConfig::default()), &gw);
+    let rc = route_config(&out, "http.8080");
+    let names: Vec<_> = rc.virtual_hosts.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(names, ["a.example.com:8080"]);
+    assert_eq!(out.listeners.len(), 1);
+    assert_eq!(out.listeners[0].name, "0.0.0.0_8080");
+}
+
+#[test]
+fn unselected_gateways_configure_nothing() {
+    let out = generate(
+        &mesh(
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw}\nspec:\n  selector: {istio: egressgateway}\n  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ['*']}]\n",
+            MeshConfig::default(),
+        ),
+        &Proxy::from_node_id(
+            "router~127.0.0.1~gw.istio-system~istio-system.svc.cluster.local",
+            None,
+            [("istio".to_string(), "ingressgateway".to_string())].into(),
+        )
+        .unwrap(),
+    );
+    assert!(out.listeners.is_empty() && out.routes.is_empty());
+}
