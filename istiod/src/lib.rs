@@ -110,7 +110,7 @@ impl Daemon {
             .await
             .with_context(|| format!("cannot bind xDS address {}", opts.xds_addr))?;
         let xds_addr = listener.local_addr()?;
-        let ads = xds::AdsServer::new(snapshots.clone());
+        let ads = xds::AdsServer::new(snapshots.clone(), shutdown.clone());
         let sync = ads.sync_table();
         let token = shutdown.clone();
         tasks.push(tokio::spawn(async move {
@@ -137,10 +137,11 @@ impl Daemon {
         })
     }
 
-    /// Stops watching and serving, and waits for the tasks to end.
-    pub async fn shutdown(self) {
+    /// Stops watching and serving (every xDS stream ends), and waits for
+    /// the tasks to end. Calling it again does nothing.
+    pub async fn shutdown(&mut self) {
         self.shutdown.cancel();
-        for t in self.tasks {
+        for t in std::mem::take(&mut self.tasks) {
             let _ = t.await;
         }
     }

@@ -123,7 +123,7 @@ fn run(opts: Options) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let daemon = Daemon::start(opts).await?;
+        let mut daemon = Daemon::start(opts).await?;
         tokio::signal::ctrl_c().await?;
         tracing::info!("shutting down");
         tokio::time::timeout(std::time::Duration::from_secs(5), daemon.shutdown())

@@ -25,6 +25,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use envoy_types::pb::google::protobuf::{Any, Value, value};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 use translator::model::{Proxy, Snapshot};
@@ -34,6 +35,8 @@ use translator::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, Output, PUSH_ORDER,
 /// of istiod's `/debug/syncz`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProxySync {
+    /// The connection (a per-daemon counter) this entry belongs to.
+    pub connection: u64,
     /// Version of the snapshot the proxy's config was last generated from.
     pub snapshot_version: u64,
     /// Per type URL.
@@ -71,15 +74,18 @@ pub struct AdsServer {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     connections: Arc<AtomicU64>,
     sync: SyncTable,
+    drain: CancellationToken,
 }
 
 impl AdsServer {
-    /// Serves the snapshots published on `snapshots`.
-    pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>) -> Self {
+    /// Serves the snapshots published on `snapshots`; every stream ends
+    /// when `drain` is cancelled (so a graceful shutdown can complete).
+    pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>, drain: CancellationToken) -> Self {
         AdsServer {
             snapshots,
             connections: Arc::new(AtomicU64::new(0)),
             sync: SyncTable::default(),
+            drain,
         }
     }
 
@@ -106,7 +112,7 @@ impl AggregatedDiscoveryService for AdsServer {
         let id = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = mpsc::channel(8);
         let conn = Connection::new(id, self.snapshots.clone(), tx, self.sync.clone());
-        tokio::spawn(conn.run(request.into_inner()));
+        tokio::spawn(conn.run(request.into_inner(), self.drain.clone()));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -131,8 +137,6 @@ struct TypeState {
     sent_version: String,
     /// Encoded resources of the last response, by name.
     sent: BTreeMap<String, Vec<u8>>,
-    /// Last version the proxy ACKed.
-    acked_version: Option<String>,
 }
 
 struct Connection {
@@ -173,11 +177,12 @@ impl Connection {
         }
     }
 
-    async fn run(mut self, mut requests: Streaming<DiscoveryRequest>) {
+    async fn run(mut self, mut requests: Streaming<DiscoveryRequest>, drain: CancellationToken) {
         // Once the publisher is gone no new snapshot can come; requests are still served.
         let mut publishing = true;
         loop {
             let step = tokio::select! {
+                _ = drain.cancelled() => Err(Closed),
                 req = requests.message() => match req {
                     Ok(Some(req)) => self.on_request(req).await,
                     Ok(None) => Err(Closed),
@@ -203,12 +208,12 @@ impl Connection {
         }
         if self.proxy.is_some() {
             info!(conn = self.id, node = %self.node_id, "proxy disconnected");
-            record(&self.sync, &self.node_id, |s| {
-                s.types.clear();
-            });
             if let Ok(mut table) = self.sync.lock() {
                 // A newer connection of the same node may already own the entry.
-                if table.get(&self.node_id).is_some_and(|s| s.types.is_empty()) {
+                if table
+                    .get(&self.node_id)
+                    .is_some_and(|s| s.connection == self.id)
+                {
                     table.remove(&self.node_id);
                 }
             }
@@ -230,6 +235,15 @@ impl Connection {
             };
             self.node_id = req.node.as_ref().map(|n| n.id.clone()).unwrap_or_default();
             info!(conn = self.id, node = %self.node_id, "proxy connected");
+            if let Ok(mut table) = self.sync.lock() {
+                table.insert(
+                    self.node_id.clone(),
+                    ProxySync {
+                        connection: self.id,
+                        ..Default::default()
+                    },
+                );
+            }
             self.proxy = Some(proxy);
             self.regenerate();
         }
@@ -257,7 +271,6 @@ impl Connection {
                 });
                 return Ok(());
             }
-            state.acked_version = Some(req.version_info.clone());
             let nonce = req.response_nonce.clone();
             record(&self.sync, &self.node_id, |s| {
                 let t = s.types.entry(type_url.clone()).or_default();
@@ -270,7 +283,7 @@ impl Connection {
             }
         }
         state.names = names;
-        self.send(&type_url, true).await
+        self.send_if_changed(&type_url, true).await.map(|_| ())
     }
 
     async fn on_snapshot(&mut self, snap: Arc<Snapshot>) -> Result<(), Closed> {
@@ -314,10 +327,6 @@ impl Connection {
             let version = self.snapshot.version;
             record(&self.sync, &self.node_id, |s| s.snapshot_version = version);
         }
-    }
-
-    async fn send(&mut self, type_url: &str, always: bool) -> Result<(), Closed> {
-        self.send_if_changed(type_url, always).await.map(|_| ())
     }
 
     /// Sends the type's resources if they differ from what was sent (or
@@ -372,10 +381,12 @@ impl Connection {
     }
 }
 
-/// Updates one proxy's entry in the sync table.
+/// Updates one proxy's entry in the sync table (created on connect).
 fn record(sync: &SyncTable, node_id: &str, f: impl FnOnce(&mut ProxySync)) {
-    if let Ok(mut table) = sync.lock() {
-        f(table.entry(node_id.to_owned()).or_default());
+    if let Ok(mut table) = sync.lock()
+        && let Some(entry) = table.get_mut(node_id)
+    {
+        f(entry);
     }
 }
 

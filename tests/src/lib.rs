@@ -179,9 +179,14 @@ pub fn bookinfo_sample(name: &str) -> String {
 
 /// Starts the daemon on `dir` with ADS on a free loopback port.
 pub async fn start_daemon(dir: &Path) -> Daemon {
+    start_daemon_at(dir, "127.0.0.1:0".parse().expect("addr")).await
+}
+
+/// Starts the daemon on `dir` with ADS on `xds_addr`.
+pub async fn start_daemon_at(dir: &Path, xds_addr: SocketAddr) -> Daemon {
     Daemon::start(Options {
         config_dir: Some(dir.to_owned()),
-        xds_addr: "127.0.0.1:0".parse().expect("addr"),
+        xds_addr,
         debounce: Default::default(),
     })
     .await

@@ -28,6 +28,7 @@ const SYNC: Duration = Duration::from_secs(10);
 struct Mesh {
     cfg: ConfigDir,
     daemon: istiod::Daemon,
+    rt_handle: tokio::runtime::Handle,
     // Dropped last: stops the daemon's and backends' tasks.
     _rt: tokio::runtime::Runtime,
 }
@@ -50,8 +51,24 @@ impl Mesh {
         Mesh {
             cfg,
             daemon,
+            rt_handle: rt.handle().clone(),
             _rt: rt,
         }
+    }
+
+    /// Stops the daemon (its ADS streams end), runs `while_down`, then starts
+    /// a new daemon on the same folder and port.
+    fn restart_daemon(&mut self, while_down: impl FnOnce(&ConfigDir)) {
+        let addr = self.daemon.xds_addr;
+        self.rt_handle.block_on(async {
+            tokio::time::timeout(SYNC, self.daemon.shutdown())
+                .await
+                .expect("the daemon drains its xDS streams");
+        });
+        while_down(&self.cfg);
+        self.daemon = self
+            .rt_handle
+            .block_on(e2e::start_daemon_at(self.cfg.path(), addr));
     }
 
     /// productpage's sidecar, connected and in sync.
@@ -372,4 +389,43 @@ fn every_bookinfo_networking_sample_is_acked_by_envoy() {
     });
     assert_eq!(sidecar.rejected() + gateway.rejected(), 0);
     println!("{} samples ACKed by a sidecar and a gateway", samples.len());
+}
+
+#[test]
+fn envoy_keeps_its_config_while_the_daemon_is_away_and_resyncs_after() {
+    let mut mesh = Mesh::start(
+        true,
+        &[
+            ("destination-rule-reviews.yaml", "destination-rules.yaml"),
+            ("virtual-service-reviews-v2-v3.yaml", "vs.yaml"),
+        ],
+    );
+    let envoy = mesh.sidecar();
+    let counts = tally(REVIEWS, "reviews", &[], 40);
+    assert!(
+        counts
+            .keys()
+            .all(|k| k == "reviews v2" || k == "reviews v3"),
+        "{counts:?}"
+    );
+
+    mesh.restart_daemon(|cfg| {
+        // No control plane: the proxy serves with its last config.
+        let counts = tally(REVIEWS, "reviews", &[], 40);
+        assert!(
+            counts
+                .keys()
+                .all(|k| k == "reviews v2" || k == "reviews v3"),
+            "{counts:?}"
+        );
+        // Config changes while the daemon is away.
+        cfg.add_sample("virtual-service-reviews-v3.yaml", "vs.yaml");
+    });
+    // Envoy reconnects with its old version and no nonce, and is sent everything.
+    wait_synced(&mesh.daemon, &[&envoy], Duration::from_secs(40));
+    assert_eq!(
+        tally(REVIEWS, "reviews", &[], 20),
+        BTreeMap::from([("reviews v3".to_string(), 20)])
+    );
+    assert_eq!(envoy.rejected(), 0);
 }
