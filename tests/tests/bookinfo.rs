@@ -429,3 +429,52 @@ fn envoy_keeps_its_config_while_the_daemon_is_away_and_resyncs_after() {
     );
     assert_eq!(envoy.rejected(), 0);
 }
+
+#[test]
+fn a_nacked_config_is_recorded_and_envoy_keeps_its_last_good_one() {
+    let mesh = Mesh::start(
+        true,
+        &[
+            ("destination-rule-reviews.yaml", "destination-rules.yaml"),
+            ("virtual-service-reviews-v3.yaml", "vs.yaml"),
+        ],
+    );
+    let daemon = &mesh.daemon;
+    let envoy = mesh.sidecar();
+    // An RE2 regex Envoy cannot compile (the daemon does not check regexes yet).
+    let bad = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews}\nspec:\n  hosts: [reviews]\n  http:\n  - match: [{uri: {regex: \"/reviews/(\"}}]\n    route: [{destination: {host: reviews, subset: v1}}]\n";
+    mesh.cfg.write("vs.yaml", bad);
+    let start = Instant::now();
+    let nack = loop {
+        let table = daemon.sync.lock().unwrap().clone();
+        if let Some(nack) = table
+            .get(&envoy.node_id)
+            .and_then(|s| s.types.get(translator::ROUTE_TYPE))
+            .and_then(|t| t.nack.clone())
+        {
+            break nack;
+        }
+        assert!(start.elapsed() < SYNC, "no NACK recorded: {table:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        nack.contains("regex") || nack.contains("missing )"),
+        "{nack}"
+    );
+    assert!(envoy.rejected() > 0);
+    // The last accepted routes still apply.
+    assert_eq!(
+        tally(REVIEWS, "reviews", &[], 10),
+        BTreeMap::from([("reviews v3".to_string(), 10)])
+    );
+
+    // Fixed: accepted again.
+    apply(daemon, &[&envoy], || {
+        mesh.cfg
+            .add_sample("virtual-service-reviews-test-v2.yaml", "vs.yaml")
+    });
+    assert_eq!(
+        tally(REVIEWS, "reviews", &[], 10),
+        BTreeMap::from([("reviews v1".to_string(), 10)])
+    );
+}
