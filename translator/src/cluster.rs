@@ -3,20 +3,19 @@
 
 use std::collections::BTreeMap;
 
-use crds::destination_rule::{ClientTlsMode, SimpleLb, TrafficPolicy};
+use crds::destination_rule::{SimpleLb, TrafficPolicy};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
-    ClusterDiscoveryType, DiscoveryType, DnsLookupFamily, EdsClusterConfig, LbPolicy,
+    DiscoveryType, DnsLookupFamily, EdsClusterConfig, LbPolicy,
 };
-use envoy_types::pb::envoy::config::core::v3::{Locality, TransportSocket, transport_socket};
+use envoy_types::pb::envoy::config::core::v3::Locality;
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
 };
-use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
 use envoy_types::pb::google::protobuf::UInt32Value;
-use envoy_types::util::pack_any;
 
-use crate::model::{Config, Endpoint, Service, ServicePort, ServiceResolution, Snapshot};
+use crate::model::{Endpoint, Protocol, Service, ServicePort, ServiceResolution, Snapshot};
+use crate::policy::{Effective, discovery};
 use crate::{ads_config_source, duration, socket_address};
 
 /// Istio's name of the cluster forwarding to the original destination.
@@ -37,15 +36,12 @@ pub fn cluster_name(port: u32, subset: &str, hostname: &str) -> String {
 pub(crate) fn build(snap: &Snapshot, ns: &str) -> (Vec<Cluster>, Vec<ClusterLoadAssignment>) {
     let mut clusters = vec![passthrough_cluster(), blackhole_cluster()];
     let mut assignments = Vec::new();
-    for svc in snap.services.values() {
+    for svc in snap.visible_services(ns) {
         let dr = snap.destination_rule(&svc.hostname, ns);
+        let top = dr.and_then(|d| d.spec.traffic_policy.as_ref());
         for port in &svc.ports {
             let mut variants: Vec<(&str, Option<&TrafficPolicy>, BTreeMap<String, String>)> =
-                vec![(
-                    "",
-                    dr.and_then(|d| d.spec.traffic_policy.as_ref()),
-                    BTreeMap::new(),
-                )];
+                vec![("", None, BTreeMap::new())];
             if let Some(dr) = dr {
                 for subset in &dr.spec.subsets {
                     variants.push((
@@ -57,7 +53,7 @@ pub(crate) fn build(snap: &Snapshot, ns: &str) -> (Vec<Cluster>, Vec<ClusterLoad
             }
             for (subset, subset_policy, labels) in variants {
                 let name = cluster_name(port.port, subset, &svc.hostname);
-                let policy = Policy::resolve(dr, subset_policy, port.port);
+                let policy = Effective::resolve(top, subset_policy, port.port);
                 let (cluster, cla) = service_cluster(&name, svc, port, &policy, &labels);
                 clusters.push(cluster);
                 assignments.extend(cla);
@@ -67,57 +63,11 @@ pub(crate) fn build(snap: &Snapshot, ns: &str) -> (Vec<Cluster>, Vec<ClusterLoad
     (clusters, assignments)
 }
 
-/// The DestinationRule settings that apply to one cluster, after Istio's
-/// merge: subset policy over port-level over top-level, field by field.
-#[derive(Default)]
-struct Policy {
-    simple: Option<SimpleLb>,
-    tls_mode: Option<ClientTlsMode>,
-    sni: Option<String>,
-}
-
-impl Policy {
-    fn resolve(
-        dr: Option<&Config<crds::DestinationRuleSpec>>,
-        subset_policy: Option<&TrafficPolicy>,
-        port: u32,
-    ) -> Policy {
-        let mut out = Policy::default();
-        let mut apply = |tp: &TrafficPolicy| {
-            if let Some(lb) = tp.load_balancer.as_ref().and_then(|lb| lb.simple) {
-                out.simple = Some(lb);
-            }
-            if let Some(tls) = &tp.tls {
-                out.tls_mode = tls.mode;
-                out.sni = tls.sni.clone();
-            }
-            for pls in &tp.port_level_settings {
-                if pls.port.map(|p| p.number) == Some(port) {
-                    if let Some(lb) = pls.load_balancer.as_ref().and_then(|lb| lb.simple) {
-                        out.simple = Some(lb);
-                    }
-                    if let Some(tls) = &pls.tls {
-                        out.tls_mode = tls.mode;
-                        out.sni = tls.sni.clone();
-                    }
-                }
-            }
-        };
-        if let Some(tp) = dr.and_then(|d| d.spec.traffic_policy.as_ref()) {
-            apply(tp);
-        }
-        if let Some(tp) = subset_policy {
-            apply(tp);
-        }
-        out
-    }
-}
-
 fn service_cluster(
     name: &str,
     svc: &Service,
     port: &ServicePort,
-    policy: &Policy,
+    policy: &Effective,
     subset_labels: &BTreeMap<String, String>,
 ) -> (Cluster, Option<ClusterLoadAssignment>) {
     let mut cluster = Cluster {
@@ -125,45 +75,28 @@ fn service_cluster(
         connect_timeout: Some(duration(std::time::Duration::from_secs(
             CONNECT_TIMEOUT_SECS,
         ))),
-        // Istio's default since 1.14 is LEAST_REQUEST.
-        lb_policy: match policy.simple {
-            Some(SimpleLb::RoundRobin) => LbPolicy::RoundRobin,
-            Some(SimpleLb::Random) => LbPolicy::Random,
-            _ => LbPolicy::LeastRequest,
-        } as i32,
         ..Default::default()
     };
+    let http2 = matches!(port.protocol, Protocol::Http2 | Protocol::Grpc);
+    policy.apply(&mut cluster, http2, &svc.hostname);
     let passthrough = svc.resolution == ServiceResolution::Passthrough
-        || policy.simple == Some(SimpleLb::Passthrough);
+        || policy.simple() == Some(SimpleLb::Passthrough);
     let mut cla = None;
     if passthrough {
-        cluster.cluster_discovery_type = Some(ClusterDiscoveryType::Type(
-            DiscoveryType::OriginalDst as i32,
-        ));
+        cluster.cluster_discovery_type = discovery(DiscoveryType::OriginalDst);
         cluster.lb_policy = LbPolicy::ClusterProvided as i32;
+        cluster.lb_config = None;
     } else if svc.resolution == ServiceResolution::Dns {
-        cluster.cluster_discovery_type =
-            Some(ClusterDiscoveryType::Type(DiscoveryType::StrictDns as i32));
+        cluster.cluster_discovery_type = discovery(DiscoveryType::StrictDns);
         cluster.dns_lookup_family = DnsLookupFamily::V4Only as i32;
         cluster.load_assignment = Some(assignment(name, svc, port, subset_labels));
     } else {
-        cluster.cluster_discovery_type =
-            Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32));
+        cluster.cluster_discovery_type = discovery(DiscoveryType::Eds);
         cluster.eds_cluster_config = Some(EdsClusterConfig {
             eds_config: Some(ads_config_source()),
             service_name: name.to_owned(),
         });
         cla = Some(assignment(name, svc, port, subset_labels));
-    }
-    if policy.tls_mode == Some(ClientTlsMode::Simple) {
-        let tls = UpstreamTlsContext {
-            sni: policy.sni.clone().unwrap_or_else(|| svc.hostname.clone()),
-            ..Default::default()
-        };
-        cluster.transport_socket = Some(TransportSocket {
-            name: "envoy.transport_sockets.tls".into(),
-            config_type: Some(transport_socket::ConfigType::TypedConfig(pack_any(tls))),
-        });
     }
     (cluster, cla)
 }
@@ -222,9 +155,7 @@ fn selects(labels: &BTreeMap<String, String>, ep: &Endpoint) -> bool {
 fn passthrough_cluster() -> Cluster {
     Cluster {
         name: PASSTHROUGH_CLUSTER.into(),
-        cluster_discovery_type: Some(ClusterDiscoveryType::Type(
-            DiscoveryType::OriginalDst as i32,
-        )),
+        cluster_discovery_type: discovery(DiscoveryType::OriginalDst),
         lb_policy: LbPolicy::ClusterProvided as i32,
         connect_timeout: Some(duration(std::time::Duration::from_secs(
             CONNECT_TIMEOUT_SECS,
@@ -236,7 +167,7 @@ fn passthrough_cluster() -> Cluster {
 fn blackhole_cluster() -> Cluster {
     Cluster {
         name: BLACKHOLE_CLUSTER.into(),
-        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
+        cluster_discovery_type: discovery(DiscoveryType::Static),
         connect_timeout: Some(duration(std::time::Duration::from_secs(
             CONNECT_TIMEOUT_SECS,
         ))),

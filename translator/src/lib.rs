@@ -13,6 +13,7 @@
 pub mod cluster;
 pub mod listener;
 pub mod model;
+pub mod policy;
 pub mod route;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
@@ -43,6 +44,8 @@ pub const PUSH_ORDER: [&str; 4] = [CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, R
 
 /// Name of Envoy's HTTP fault filter (`envoy.filters.http.fault`).
 pub const FAULT_FILTER: &str = "envoy.filters.http.fault";
+/// Name of Envoy's CORS filter (`envoy.filters.http.cors`).
+pub const CORS_FILTER: &str = "envoy.filters.http.cors";
 
 /// A config problem met while translating, naming object and field.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
 use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
+use envoy_types::pb::envoy::extensions::filters::http::cors::v3::Cors;
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
@@ -15,9 +16,9 @@ use envoy_types::pb::google::protobuf::BoolValue;
 use envoy_types::util::pack_any;
 
 use crate::cluster::{BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER, cluster_name};
-use crate::model::{Proxy, Service, Snapshot};
+use crate::model::{Proxy, Service, Snapshot, exported_to};
 use crate::route::{RouteCtx, catch_all_route, default_route, virtual_service_routes};
-use crate::{ConfigWarning, FAULT_FILTER, ads_config_source, socket_address};
+use crate::{CORS_FILTER, ConfigWarning, FAULT_FILTER, ads_config_source, socket_address};
 
 /// Istio's outbound capture port (`istio-init` redirects here).
 pub const VIRTUAL_OUTBOUND_PORT: u32 = 15001;
@@ -47,7 +48,7 @@ pub(crate) fn sidecar(
         ..Default::default()
     }];
     let mut http_ports: BTreeMap<u32, Vec<&Service>> = BTreeMap::new();
-    for svc in snap.services.values() {
+    for svc in snap.visible_services(&proxy.namespace) {
         for port in &svc.ports {
             if port.protocol.is_http() {
                 http_ports.entry(port.port).or_default().push(svc);
@@ -92,7 +93,8 @@ pub(crate) fn sidecar(
                 continue;
             }
             let vs = snap.virtual_services.iter().find(|vs| {
-                (vs.spec.gateways.is_empty() || vs.spec.gateways.iter().any(|g| g == "mesh"))
+                exported_to(&vs.spec.export_to, &vs.namespace, &proxy.namespace)
+                    && (vs.spec.gateways.is_empty() || vs.spec.gateways.iter().any(|g| g == "mesh"))
                     && vs
                         .spec
                         .hosts
@@ -214,6 +216,9 @@ pub(crate) fn gateway(
         };
         let mut vhosts: BTreeMap<String, VirtualHost> = BTreeMap::new();
         for vs in &snap.virtual_services {
+            if !exported_to(&vs.spec.export_to, &vs.namespace, &proxy.namespace) {
+                continue;
+            }
             for host in &vs.spec.hosts {
                 let bound = servers.iter().any(|(gw, server_hosts)| {
                     let listed = vs.spec.gateways.iter().any(|g| {
@@ -305,6 +310,13 @@ fn hcm_chain(stat_prefix: &str, route_config: &str, gateway: bool) -> FilterChai
             route_config_name: route_config.to_owned(),
         })),
         http_filters: vec![
+            HttpFilter {
+                name: CORS_FILTER.into(),
+                config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
+                    Cors::default(),
+                ))),
+                ..Default::default()
+            },
             HttpFilter {
                 name: FAULT_FILTER.into(),
                 config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(

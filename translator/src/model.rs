@@ -132,6 +132,9 @@ pub struct Service {
     pub kubernetes: bool,
     /// ServiceEntry `MESH_EXTERNAL`.
     pub external: bool,
+    /// `exportTo` (ServiceEntry field, or the Service's
+    /// `networking.istio.io/exportTo` annotation); empty means everywhere.
+    pub export_to: Vec<String>,
 }
 
 impl Service {
@@ -264,6 +267,18 @@ impl Snapshot {
                 .filter(|ip| !ip.is_empty() && ip != "None")
                 .collect();
             let hostname = format!("{name}.{ns}.svc.{}", snap.mesh.domain);
+            let export_to = svc
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("networking.istio.io/exportTo"))
+                .map(|v| {
+                    v.split(',')
+                        .map(|s| s.trim().to_owned())
+                        .filter(|s| !s.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default();
             let mut endpoints = Vec::new();
             for (slice_ns, slice) in &slices {
                 let owner = slice
@@ -323,6 +338,7 @@ impl Snapshot {
                     resolution: ServiceResolution::Static,
                     kubernetes: true,
                     external: false,
+                    export_to,
                 }),
             );
         }
@@ -335,6 +351,18 @@ impl Snapshot {
             .sort_by(|a, b| order(&a.namespace, &a.name, &b.namespace, &b.name));
         snap.namespaces.sort();
         snap
+    }
+
+    /// Services a proxy in namespace `ns` may see: Istio's `exportTo`
+    /// visibility (ServiceEntry `exportTo`; Kubernetes services are exported
+    /// everywhere unless annotated `networking.istio.io/exportTo`).
+    pub fn visible_services<'a>(
+        &'a self,
+        ns: &'a str,
+    ) -> impl Iterator<Item = &'a Arc<Service>> + 'a {
+        self.services
+            .values()
+            .filter(move |s| exported_to(&s.export_to, &s.namespace, ns))
     }
 
     /// Resolves a host as written in a rule of namespace `ns` to a hostname:
@@ -428,9 +456,19 @@ fn service_entry_services(ns: &str, spec: &crds::ServiceEntrySpec) -> Vec<Servic
                 resolution,
                 kubernetes: false,
                 external: spec.location != Some(Location::MeshInternal),
+                export_to: spec.export_to.clone(),
             }
         })
         .collect()
+}
+
+/// Istio's `exportTo` rule: empty or `*` is every namespace, `.` the
+/// owner's own, otherwise the namespaces named.
+pub fn exported_to(export_to: &[String], owner_ns: &str, viewer_ns: &str) -> bool {
+    export_to.is_empty()
+        || export_to
+            .iter()
+            .any(|e| e == "*" || e == viewer_ns || (e == "." && owner_ns == viewer_ns))
 }
 
 /// The kind of proxy (first field of the node ID).

@@ -3,22 +3,26 @@
 
 use crds::virtual_service::{
     HeaderOperations, HttpBody, HttpMatchRequest, HttpRoute, RedirectPortSelection,
+    UnmatchedPreflights,
 };
 use crds::{Percent, StringMatch, VirtualServiceSpec};
 use envoy_types::pb::envoy::config::core::v3::{
     DataSource, HeaderValue, HeaderValueOption, RuntimeFractionalPercent, data_source,
     header_value_option::HeaderAppendAction,
 };
+use envoy_types::pb::envoy::config::route::v3::route_action::HashPolicy;
 use envoy_types::pb::envoy::config::route::v3::{
     DirectResponseAction, HeaderMatcher, QueryParameterMatcher, RedirectAction, RetryPolicy, Route,
     RouteAction, RouteMatch, WeightedCluster, header_matcher, query_parameter_matcher,
     redirect_action, retry_policy, route, route_action, route_match, weighted_cluster,
 };
 use envoy_types::pb::envoy::extensions::filters::common::fault::v3::{FaultDelay, fault_delay};
+use envoy_types::pb::envoy::extensions::filters::http::cors::v3::CorsPolicy;
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{
     FaultAbort, HttpFault, fault_abort,
 };
 use envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
+use envoy_types::pb::envoy::extensions::retry::priority::previous_priorities::v3::PreviousPrioritiesConfig;
 use envoy_types::pb::envoy::r#type::matcher::v3::{
     RegexMatchAndSubstitute, RegexMatcher, StringMatcher, string_matcher,
 };
@@ -28,7 +32,8 @@ use envoy_types::util::pack_any;
 
 use crate::cluster::cluster_name;
 use crate::model::{Config, Proxy, Snapshot};
-use crate::{ConfigWarning, FAULT_FILTER, duration};
+use crate::policy::{Effective, hash_policy};
+use crate::{CORS_FILTER, ConfigWarning, FAULT_FILTER, duration};
 
 /// Istio's default `retryOn` when a route sets no retry policy.
 pub const DEFAULT_RETRY_ON: &str =
@@ -63,7 +68,8 @@ impl RouteCtx<'_> {
     }
 }
 
-/// The routes of one VirtualService for one listener port, in order.
+/// The routes of one VirtualService for one listener port, in order, with
+/// `delegate`s replaced by the delegate's routes (matches merged).
 /// Routes with problems are skipped and reported in `warnings`.
 pub(crate) fn virtual_service_routes(
     ctx: &RouteCtx<'_>,
@@ -71,14 +77,13 @@ pub(crate) fn virtual_service_routes(
     warnings: &mut Vec<ConfigWarning>,
 ) -> Vec<Route> {
     let mut routes = Vec::new();
-    for (i, http) in vs.spec.http.iter().enumerate() {
-        let field = format!("spec.http[{i}]");
-        let action = match route_action(ctx, vs, http, &field) {
+    for (owner, field, http) in expand_delegates(ctx.snap, vs, warnings) {
+        let action = match route_action(ctx, owner, &http, &field) {
             Ok(a) => a,
             Err(reason) => {
                 warnings.push(ConfigWarning::new(
                     "VirtualService",
-                    vs.key(),
+                    owner.key(),
                     reason.0,
                     reason.1,
                 ));
@@ -89,6 +94,9 @@ pub(crate) fn virtual_service_routes(
         let mut per_filter = std::collections::HashMap::new();
         if let Some(fault) = &http.fault {
             per_filter.insert(FAULT_FILTER.to_owned(), pack_any(http_fault(fault)));
+        }
+        if let Some(cors) = &http.cors_policy {
+            per_filter.insert(CORS_FILTER.to_owned(), pack_any(cors_policy(cors)));
         }
         let (req_add, req_remove, resp_add, resp_remove) = header_ops(http.headers.as_ref());
         let mk = |m: RouteMatch, match_name: Option<&str>| Route {
@@ -118,7 +126,7 @@ pub(crate) fn virtual_service_routes(
             } else {
                 &m.gateways
             };
-            if !ctx.gateway_applies(vs, gateways) || !source_applies(ctx, vs, m) {
+            if !ctx.gateway_applies(vs, gateways) || !source_applies(ctx, m) {
                 continue;
             }
             if m.port.is_some_and(|p| p != ctx.port) {
@@ -130,11 +138,102 @@ pub(crate) fn virtual_service_routes(
     routes
 }
 
-fn source_applies(
-    ctx: &RouteCtx<'_>,
-    _vs: &Config<VirtualServiceSpec>,
-    m: &HttpMatchRequest,
-) -> bool {
+/// The HTTP routes of `vs` with each `delegate` replaced by the delegate
+/// VirtualService's routes, whose matches are merged with the delegating
+/// route's (Istio allows one level). Each comes with the VirtualService it
+/// belongs to (short hosts resolve in its namespace) and its field path.
+fn expand_delegates<'a>(
+    snap: &'a Snapshot,
+    vs: &'a Config<VirtualServiceSpec>,
+    warnings: &mut Vec<ConfigWarning>,
+) -> Vec<(&'a Config<VirtualServiceSpec>, String, HttpRoute)> {
+    let mut out = Vec::new();
+    for (i, http) in vs.spec.http.iter().enumerate() {
+        let Some(delegate) = &http.delegate else {
+            out.push((vs, format!("spec.http[{i}]"), http.clone()));
+            continue;
+        };
+        let ns = delegate.namespace.as_deref().unwrap_or(&vs.namespace);
+        let child = snap
+            .virtual_services
+            .iter()
+            .find(|c| c.name == delegate.name && c.namespace == ns && c.spec.hosts.is_empty());
+        let Some(child) = child else {
+            warnings.push(ConfigWarning::new(
+                "VirtualService",
+                vs.key(),
+                format!("spec.http[{i}].delegate"),
+                format!(
+                    "no delegate VirtualService {ns}/{} (without hosts); route skipped",
+                    delegate.name
+                ),
+            ));
+            continue;
+        };
+        for (j, c) in child.spec.http.iter().enumerate() {
+            if c.delegate.is_some() {
+                warnings.push(ConfigWarning::new(
+                    "VirtualService",
+                    child.key(),
+                    format!("spec.http[{j}].delegate"),
+                    "delegates cannot delegate again; route skipped".into(),
+                ));
+                continue;
+            }
+            let mut merged = c.clone();
+            merged.matches = merge_matches(&http.matches, &c.matches);
+            out.push((child, format!("spec.http[{j}]"), merged));
+        }
+    }
+    out
+}
+
+/// Every (parent, child) match pair combined: the child's conditions, with
+/// the parent's filling what the child leaves open.
+fn merge_matches(parent: &[HttpMatchRequest], child: &[HttpMatchRequest]) -> Vec<HttpMatchRequest> {
+    if parent.is_empty() {
+        return child.to_vec();
+    }
+    if child.is_empty() {
+        return parent.to_vec();
+    }
+    let mut out = Vec::new();
+    for p in parent {
+        for c in child {
+            let mut m = c.clone();
+            m.uri = m.uri.or_else(|| p.uri.clone());
+            m.scheme = m.scheme.or_else(|| p.scheme.clone());
+            m.method = m.method.or_else(|| p.method.clone());
+            m.authority = m.authority.or_else(|| p.authority.clone());
+            m.port = m.port.or(p.port);
+            m.ignore_uri_case = m.ignore_uri_case.or(p.ignore_uri_case);
+            m.source_namespace = m.source_namespace.or_else(|| p.source_namespace.clone());
+            for (k, v) in &p.headers {
+                m.headers.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+            for (k, v) in &p.query_params {
+                m.query_params.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+            for (k, v) in &p.without_headers {
+                m.without_headers
+                    .entry(k.clone())
+                    .or_insert_with(|| v.clone());
+            }
+            for (k, v) in &p.source_labels {
+                m.source_labels
+                    .entry(k.clone())
+                    .or_insert_with(|| v.clone());
+            }
+            if m.gateways.is_empty() {
+                m.gateways = p.gateways.clone();
+            }
+            out.push(m);
+        }
+    }
+    out
+}
+
+fn source_applies(ctx: &RouteCtx<'_>, m: &HttpMatchRequest) -> bool {
     let labels_ok = m
         .source_labels
         .iter()
@@ -154,7 +253,7 @@ pub(crate) fn default_route(cluster: String) -> Route {
         action: Some(route::Action::Route(RouteAction {
             cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster)),
             timeout: Some(duration(std::time::Duration::ZERO)),
-            retry_policy: Some(retry_policy_default()),
+            retry_policy: retry_policy(None, false),
             ..Default::default()
         })),
         ..Default::default()
@@ -361,12 +460,14 @@ fn route_action(
             ..Default::default()
         })
     };
+    let hash = consistent_hash(ctx, vs, &http.route[0].destination);
     let mut action = RouteAction {
         cluster_specifier: Some(cluster_specifier),
         timeout: Some(duration(
             http.timeout.map(|t| t.as_std()).unwrap_or_default(),
         )),
-        retry_policy: retry_policy(http),
+        retry_policy: retry_policy(http.retries.as_ref(), hash.is_some()),
+        hash_policy: hash.into_iter().collect(),
         ..Default::default()
     };
     if let Some(rw) = &http.rewrite {
@@ -429,24 +530,113 @@ fn destination_cluster(
     cluster_name(port, d.subset.as_deref().unwrap_or(""), &host)
 }
 
-fn retry_policy(http: &HttpRoute) -> Option<RetryPolicy> {
-    let Some(r) = &http.retries else {
-        return Some(retry_policy_default());
-    };
+/// The consistent-hash policy of a destination's DestinationRule (as seen
+/// from the proxy's namespace), subset and port level included.
+fn consistent_hash(
+    ctx: &RouteCtx<'_>,
+    vs: &Config<VirtualServiceSpec>,
+    d: &crds::Destination,
+) -> Option<HashPolicy> {
+    let host = ctx.snap.resolve_host(&d.host, &vs.namespace);
+    let dr = ctx.snap.destination_rule(&host, &ctx.proxy.namespace)?;
+    let subset = d
+        .subset
+        .as_ref()
+        .and_then(|s| dr.spec.subsets.iter().find(|x| &x.name == s))
+        .and_then(|s| s.traffic_policy.as_ref());
+    let port = d.port.map(|p| p.number).unwrap_or(ctx.port);
+    let policy = Effective::resolve(dr.spec.traffic_policy.as_ref(), subset, port);
+    policy.consistent_hash().and_then(hash_policy)
+}
+
+/// Istio's conversion of `retries` (`ConvertPolicy`): no `retries` gives the
+/// default policy, `attempts: 0` none; integers in `retryOn` become
+/// retriable status codes. With consistent hashing, retries stay on the
+/// same host (no previous-hosts predicate).
+fn retry_policy(r: Option<&crds::virtual_service::HttpRetry>, hashed: bool) -> Option<RetryPolicy> {
+    let mut p = retry_policy_default();
+    if hashed {
+        p.retry_host_predicate.clear();
+    }
+    let Some(r) = r else { return Some(p) };
     if r.attempts <= 0 {
         return None;
     }
-    let mut p = retry_policy_default();
     p.num_retries = Some(UInt32Value {
         value: u32::try_from(r.attempts).unwrap_or(0),
     });
     if let Some(on) = &r.retry_on {
-        p.retry_on = on.clone();
+        let (codes, conditions): (Vec<&str>, Vec<&str>) = on
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .partition(|s| s.parse::<u32>().is_ok_and(|c| (100..600).contains(&c)));
+        p.retriable_status_codes = codes.iter().filter_map(|c| c.parse().ok()).collect();
+        p.retry_on = conditions.join(",");
+        if !p.retriable_status_codes.is_empty() && !p.retry_on.contains("retriable-status-codes") {
+            if !p.retry_on.is_empty() {
+                p.retry_on.push(',');
+            }
+            p.retry_on.push_str("retriable-status-codes");
+        }
     }
     p.per_try_timeout = r.per_try_timeout.map(|d| duration(d.as_std()));
+    match r.retry_ignore_previous_hosts {
+        Some(false) => p.retry_host_predicate.clear(),
+        Some(true) if p.retry_host_predicate.is_empty() => {
+            p.retry_host_predicate = retry_policy_default().retry_host_predicate;
+        }
+        _ => {}
+    }
+    if r.retry_remote_localities == Some(true) {
+        p.retry_priority = Some(retry_policy::RetryPriority {
+            name: "envoy.retry_priorities.previous_priorities".into(),
+            config_type: Some(retry_policy::retry_priority::ConfigType::TypedConfig(
+                pack_any(PreviousPrioritiesConfig {
+                    update_frequency: 2,
+                }),
+            )),
+        });
+    }
+    if let Some(b) = r.backoff {
+        p.retry_back_off = Some(retry_policy::RetryBackOff {
+            base_interval: Some(duration(b.as_std())),
+            ..Default::default()
+        });
+    }
     Some(p)
 }
 
+/// Envoy's CORS policy for a route (`envoy.filters.http.cors` per-route config).
+fn cors_policy(c: &crds::virtual_service::CorsPolicy) -> CorsPolicy {
+    let mut origins: Vec<StringMatcher> = c.allow_origins.iter().map(string_matcher).collect();
+    origins.extend(
+        c.allow_origin
+            .iter()
+            .map(|o| string_matcher(&StringMatch::Exact(o.clone()))),
+    );
+    CorsPolicy {
+        allow_origin_string_match: origins,
+        allow_methods: c.allow_methods.join(","),
+        allow_headers: c.allow_headers.join(","),
+        expose_headers: c.expose_headers.join(","),
+        max_age: c
+            .max_age
+            .map(|d| d.as_std().as_secs().to_string())
+            .unwrap_or_default(),
+        allow_credentials: c.allow_credentials.map(|value| BoolValue { value }),
+        forward_not_matching_preflights: match c.unmatched_preflights {
+            Some(UnmatchedPreflights::Ignore) => Some(BoolValue { value: false }),
+            Some(UnmatchedPreflights::Forward) => Some(BoolValue { value: true }),
+            _ => None,
+        },
+        ..Default::default()
+    }
+}
+
+/// Istio's default retry policy (`retry.DefaultPolicy`): 2 retries on
+/// connection failures, refused streams and gRPC `unavailable`/`cancelled`,
+/// avoiding hosts already tried.
 fn retry_policy_default() -> RetryPolicy {
     RetryPolicy {
         retry_on: DEFAULT_RETRY_ON.into(),

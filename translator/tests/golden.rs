@@ -90,6 +90,9 @@ fn envoy_descriptors() -> DescriptorPool {
         "envoy/extensions/filters/http/fault/v3/fault.proto",
         "envoy/extensions/retry/host/previous_hosts/v3/previous_hosts.proto",
         "envoy/extensions/transport_sockets/tls/v3/tls.proto",
+        "envoy/extensions/filters/http/cors/v3/cors.proto",
+        "envoy/extensions/upstreams/http/v3/http_protocol_options.proto",
+        "envoy/extensions/retry/priority/previous_priorities/v3/previous_priorities_config.proto",
     ];
     let mut compiler = protox::Compiler::new(includes).unwrap();
     compiler.include_imports(true);

@@ -1,0 +1,411 @@
+//! DestinationRule traffic policy: Istio's merge (top level, then the
+//! matching `portLevelSettings`, then the subset's policy and its port
+//! level, each set field group replacing the one before) and its mapping to
+//! Envoy cluster settings: load balancing, circuit breakers, outlier
+//! detection, upstream TLS, slow start.
+
+use crds::destination_rule::{
+    ClientTlsMode, ClientTlsSettings, ConnectionPoolSettings, ConsistentHashLb, H2UpgradePolicy,
+    LoadBalancerSettings, OutlierDetection, SimpleLb, TrafficPolicy,
+};
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+    self, CommonLbConfig, LbConfig, LbPolicy, LeastRequestLbConfig, MaglevLbConfig,
+    RingHashLbConfig, RoundRobinLbConfig, SlowStartConfig,
+};
+use envoy_types::pb::envoy::config::cluster::v3::{
+    CircuitBreakers, Cluster, OutlierDetection as EnvoyOutlier, UpstreamConnectionOptions,
+    circuit_breakers,
+};
+use envoy_types::pb::envoy::config::core::v3::{
+    DataSource, Http1ProtocolOptions, Http2ProtocolOptions, HttpProtocolOptions as CoreHttpOptions,
+    TcpKeepalive, TransportSocket, data_source, transport_socket,
+};
+use envoy_types::pb::envoy::config::route::v3::route_action::{HashPolicy, hash_policy};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, CommonTlsContext, SubjectAltNameMatcher, TlsCertificate,
+    UpstreamTlsContext, common_tls_context, subject_alt_name_matcher,
+};
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
+    ExplicitHttpConfig, UpstreamProtocolOptions, explicit_http_config,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
+use envoy_types::pb::envoy::r#type::v3::Percent as EnvoyPercent;
+use envoy_types::pb::google::protobuf::{UInt32Value, UInt64Value};
+use envoy_types::util::pack_any;
+
+use crate::duration;
+
+/// The settings that apply to one cluster after Istio's merge.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Effective {
+    /// `loadBalancer`.
+    pub load_balancer: Option<LoadBalancerSettings>,
+    /// `connectionPool`.
+    pub connection_pool: Option<ConnectionPoolSettings>,
+    /// `outlierDetection`.
+    pub outlier_detection: Option<OutlierDetection>,
+    /// `tls`.
+    pub tls: Option<ClientTlsSettings>,
+}
+
+impl Effective {
+    /// Merges `top` (the rule's `trafficPolicy`) and `subset` (the subset's)
+    /// for `port`, in Istio's order.
+    pub fn resolve(
+        top: Option<&TrafficPolicy>,
+        subset: Option<&TrafficPolicy>,
+        port: u32,
+    ) -> Effective {
+        let mut out = Effective::default();
+        for tp in [top, subset].into_iter().flatten() {
+            out.overlay(
+                tp.load_balancer.as_ref(),
+                tp.connection_pool.as_ref(),
+                tp.outlier_detection.as_ref(),
+                tp.tls.as_ref(),
+            );
+            if let Some(pls) = tp
+                .port_level_settings
+                .iter()
+                .find(|p| p.port.map(|p| p.number) == Some(port))
+            {
+                out.overlay(
+                    pls.load_balancer.as_ref(),
+                    pls.connection_pool.as_ref(),
+                    pls.outlier_detection.as_ref(),
+                    pls.tls.as_ref(),
+                );
+            }
+        }
+        out
+    }
+
+    fn overlay(
+        &mut self,
+        lb: Option<&LoadBalancerSettings>,
+        pool: Option<&ConnectionPoolSettings>,
+        outlier: Option<&OutlierDetection>,
+        tls: Option<&ClientTlsSettings>,
+    ) {
+        if let Some(v) = lb {
+            self.load_balancer = Some(v.clone());
+        }
+        if let Some(v) = pool {
+            self.connection_pool = Some(v.clone());
+        }
+        if let Some(v) = outlier {
+            self.outlier_detection = Some(v.clone());
+        }
+        if let Some(v) = tls {
+            self.tls = Some(v.clone());
+        }
+    }
+
+    /// The simple algorithm chosen, if any.
+    pub fn simple(&self) -> Option<SimpleLb> {
+        self.load_balancer.as_ref().and_then(|lb| lb.simple)
+    }
+
+    /// The consistent-hash settings, if any.
+    pub fn consistent_hash(&self) -> Option<&ConsistentHashLb> {
+        self.load_balancer
+            .as_ref()
+            .and_then(|lb| lb.consistent_hash.as_ref())
+    }
+
+    /// Applies everything but the discovery type to `c`. `http2` is the
+    /// port's protocol (HTTP/2 or gRPC); `hostname` the default SNI.
+    pub fn apply(&self, c: &mut Cluster, http2: bool, hostname: &str) {
+        self.apply_lb(c);
+        self.apply_pool(c, http2);
+        self.apply_outlier(c);
+        self.apply_tls(c, hostname);
+    }
+
+    fn apply_lb(&self, c: &mut Cluster) {
+        // Istio's default since 1.14 is LEAST_REQUEST.
+        c.lb_policy = LbPolicy::LeastRequest as i32;
+        let Some(lb) = &self.load_balancer else {
+            return;
+        };
+        let slow_start = lb
+            .warmup_duration_secs
+            .or(lb.warmup.as_ref().and_then(|w| w.duration))
+            .map(|d| SlowStartConfig {
+                slow_start_window: Some(duration(d.as_std())),
+                ..Default::default()
+            });
+        if let Some(hash) = &lb.consistent_hash {
+            if let Some(maglev) = &hash.maglev {
+                c.lb_policy = LbPolicy::Maglev as i32;
+                c.lb_config = Some(LbConfig::MaglevLbConfig(MaglevLbConfig {
+                    table_size: maglev.table_size.map(|value| UInt64Value { value }),
+                }));
+            } else {
+                c.lb_policy = LbPolicy::RingHash as i32;
+                let size = hash
+                    .ring_hash
+                    .as_ref()
+                    .and_then(|r| r.minimum_ring_size)
+                    .or(hash.minimum_ring_size);
+                c.lb_config = Some(LbConfig::RingHashLbConfig(RingHashLbConfig {
+                    minimum_ring_size: size.map(|value| UInt64Value { value }),
+                    ..Default::default()
+                }));
+            }
+            return;
+        }
+        match lb.simple {
+            Some(SimpleLb::RoundRobin) => {
+                c.lb_policy = LbPolicy::RoundRobin as i32;
+                if slow_start.is_some() {
+                    c.lb_config = Some(LbConfig::RoundRobinLbConfig(RoundRobinLbConfig {
+                        slow_start_config: slow_start,
+                        ..Default::default()
+                    }));
+                }
+            }
+            Some(SimpleLb::Random) => c.lb_policy = LbPolicy::Random as i32,
+            // PASSTHROUGH is a discovery type, set by the caller.
+            _ => {
+                if slow_start.is_some() {
+                    c.lb_config = Some(LbConfig::LeastRequestLbConfig(LeastRequestLbConfig {
+                        slow_start_config: slow_start,
+                        ..Default::default()
+                    }));
+                }
+            }
+        }
+    }
+
+    fn apply_pool(&self, c: &mut Cluster, http2: bool) {
+        let pool = self.connection_pool.as_ref();
+        let tcp = pool.and_then(|p| p.tcp.as_ref());
+        let http = pool.and_then(|p| p.http.as_ref());
+        let limit = |v: Option<i32>| {
+            Some(UInt32Value {
+                value: v
+                    .and_then(|v| u32::try_from(v).ok())
+                    .filter(|v| *v > 0)
+                    .unwrap_or(u32::MAX),
+            })
+        };
+        // Istio's defaults are unlimited (Envoy's would be 1024).
+        c.circuit_breakers = Some(CircuitBreakers {
+            thresholds: vec![circuit_breakers::Thresholds {
+                max_connections: limit(tcp.and_then(|t| t.max_connections)),
+                max_pending_requests: limit(http.and_then(|h| h.http1_max_pending_requests)),
+                max_requests: limit(http.and_then(|h| h.http2_max_requests)),
+                max_retries: limit(http.and_then(|h| h.max_retries)),
+                track_remaining: true,
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        if let Some(t) = tcp.and_then(|t| t.connect_timeout) {
+            c.connect_timeout = Some(duration(t.as_std()));
+        }
+        if let Some(ka) = tcp.and_then(|t| t.tcp_keepalive.as_ref()) {
+            let secs = |d: Option<crds::Duration>| {
+                d.map(|d| UInt32Value {
+                    value: u32::try_from(d.as_std().as_secs()).unwrap_or(u32::MAX),
+                })
+            };
+            c.upstream_connection_options = Some(UpstreamConnectionOptions {
+                tcp_keepalive: Some(TcpKeepalive {
+                    keepalive_probes: ka.probes.map(|value| UInt32Value { value }),
+                    keepalive_time: secs(ka.time),
+                    keepalive_interval: secs(ka.interval),
+                }),
+                ..Default::default()
+            });
+        }
+        let mut common = CoreHttpOptions::default();
+        let mut common_set = false;
+        if let Some(n) = http
+            .and_then(|h| h.max_requests_per_connection)
+            .and_then(|n| u32::try_from(n).ok())
+        {
+            common.max_requests_per_connection = Some(UInt32Value { value: n });
+            common_set = true;
+        }
+        if let Some(t) = http
+            .and_then(|h| h.idle_timeout)
+            .or(tcp.and_then(|t| t.idle_timeout))
+        {
+            common.idle_timeout = Some(duration(t.as_std()));
+            common_set = true;
+        }
+        if let Some(t) = tcp.and_then(|t| t.max_connection_duration) {
+            common.max_connection_duration = Some(duration(t.as_std()));
+            common_set = true;
+        }
+        let upgrade = http.and_then(|h| h.h2_upgrade_policy) == Some(H2UpgradePolicy::Upgrade);
+        let use_h2 = http2 || upgrade;
+        if common_set || use_h2 {
+            let opts = HttpProtocolOptions {
+                common_http_protocol_options: common_set.then_some(common),
+                upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+                    ExplicitHttpConfig {
+                        protocol_config: Some(if use_h2 {
+                            explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
+                                Http2ProtocolOptions::default(),
+                            )
+                        } else {
+                            explicit_http_config::ProtocolConfig::HttpProtocolOptions(
+                                Http1ProtocolOptions::default(),
+                            )
+                        }),
+                    },
+                )),
+                ..Default::default()
+            };
+            c.typed_extension_protocol_options.insert(
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into(),
+                pack_any(opts),
+            );
+        }
+    }
+
+    fn apply_outlier(&self, c: &mut Cluster) {
+        let Some(o) = &self.outlier_detection else {
+            return;
+        };
+        let u32v = |v: Option<u32>| v.map(|value| UInt32Value { value });
+        let pct = |v: Option<i32>| {
+            v.and_then(|v| u32::try_from(v).ok())
+                .map(|value| UInt32Value { value })
+        };
+        let gateway = o
+            .consecutive_gateway_errors
+            .or(o.consecutive_errors.and_then(|v| u32::try_from(v).ok()));
+        let mut out = EnvoyOutlier {
+            interval: o.interval.map(|d| duration(d.as_std())),
+            base_ejection_time: o.base_ejection_time.map(|d| duration(d.as_std())),
+            max_ejection_percent: pct(o.max_ejection_percent),
+            // Only what Istio enables is enforced; success-rate ejection is off.
+            enforcing_success_rate: Some(UInt32Value { value: 0 }),
+            split_external_local_origin_errors: o
+                .split_external_local_origin_errors
+                .unwrap_or(false),
+            consecutive_local_origin_failure: u32v(o.consecutive_local_origin_failures),
+            ..Default::default()
+        };
+        match o.consecutive_5xx_errors {
+            Some(n) if n > 0 => {
+                out.consecutive_5xx = u32v(Some(n));
+                out.enforcing_consecutive_5xx = u32v(Some(100));
+            }
+            _ => out.enforcing_consecutive_5xx = u32v(Some(0)),
+        }
+        match gateway {
+            Some(n) if n > 0 => {
+                out.consecutive_gateway_failure = u32v(Some(n));
+                out.enforcing_consecutive_gateway_failure = u32v(Some(100));
+            }
+            _ => out.enforcing_consecutive_gateway_failure = u32v(Some(0)),
+        }
+        c.outlier_detection = Some(out);
+        // Istio: panic mode below minHealthPercent (default 0: never).
+        c.common_lb_config = Some(CommonLbConfig {
+            healthy_panic_threshold: Some(EnvoyPercent {
+                value: f64::from(o.min_health_percent.unwrap_or(0).clamp(0, 100)),
+            }),
+            ..Default::default()
+        });
+    }
+
+    fn apply_tls(&self, c: &mut Cluster, hostname: &str) {
+        let Some(tls) = &self.tls else { return };
+        let mode = tls.mode.unwrap_or(ClientTlsMode::Disable);
+        if !matches!(mode, ClientTlsMode::Simple | ClientTlsMode::Mutual) {
+            return;
+        }
+        let file = |p: &String| DataSource {
+            specifier: Some(data_source::Specifier::Filename(p.clone())),
+            ..Default::default()
+        };
+        let mut common = CommonTlsContext::default();
+        if mode == ClientTlsMode::Mutual
+            && let (Some(cert), Some(key)) = (&tls.client_certificate, &tls.private_key)
+        {
+            common.tls_certificates.push(TlsCertificate {
+                certificate_chain: Some(file(cert)),
+                private_key: Some(file(key)),
+                ..Default::default()
+            });
+        }
+        if !tls.insecure_skip_verify.unwrap_or(false) && tls.ca_certificates.is_some() {
+            common.validation_context_type = Some(
+                common_tls_context::ValidationContextType::ValidationContext(
+                    CertificateValidationContext {
+                        trusted_ca: tls.ca_certificates.as_ref().map(file),
+                        crl: tls.ca_crl.as_ref().map(file),
+                        match_typed_subject_alt_names: tls
+                            .subject_alt_names
+                            .iter()
+                            .map(|san| SubjectAltNameMatcher {
+                                san_type: subject_alt_name_matcher::SanType::Dns as i32,
+                                matcher: Some(StringMatcher {
+                                    match_pattern: Some(string_matcher::MatchPattern::Exact(
+                                        san.clone(),
+                                    )),
+                                    ..Default::default()
+                                }),
+                                ..Default::default()
+                            })
+                            .collect(),
+                        ..Default::default()
+                    },
+                ),
+            );
+        }
+        let ctx = UpstreamTlsContext {
+            sni: tls.sni.clone().unwrap_or_else(|| hostname.to_owned()),
+            common_tls_context: Some(common),
+            ..Default::default()
+        };
+        c.transport_socket = Some(TransportSocket {
+            name: "envoy.transport_sockets.tls".into(),
+            config_type: Some(transport_socket::ConfigType::TypedConfig(pack_any(ctx))),
+        });
+    }
+}
+
+/// The route hash policy of a consistent-hash load balancer (Istio puts it
+/// on the route to the destination).
+pub fn hash_policy(hash: &ConsistentHashLb) -> Option<HashPolicy> {
+    let spec = if let Some(h) = &hash.http_header_name {
+        hash_policy::PolicySpecifier::Header(hash_policy::Header {
+            header_name: h.clone(),
+            ..Default::default()
+        })
+    } else if let Some(c) = &hash.http_cookie {
+        hash_policy::PolicySpecifier::Cookie(hash_policy::Cookie {
+            name: c.name.clone(),
+            ttl: c.ttl.map(|t| duration(t.as_std())),
+            path: c.path.clone().unwrap_or_default(),
+            ..Default::default()
+        })
+    } else if hash.use_source_ip == Some(true) {
+        hash_policy::PolicySpecifier::ConnectionProperties(hash_policy::ConnectionProperties {
+            source_ip: true,
+        })
+    } else if let Some(q) = &hash.http_query_parameter_name {
+        hash_policy::PolicySpecifier::QueryParameter(hash_policy::QueryParameter {
+            name: q.clone(),
+        })
+    } else {
+        return None;
+    };
+    Some(HashPolicy {
+        policy_specifier: Some(spec),
+        terminal: false,
+    })
+}
+
+/// A cluster's discovery type as a oneof value.
+pub(crate) fn discovery(t: cluster::DiscoveryType) -> Option<cluster::ClusterDiscoveryType> {
+    Some(cluster::ClusterDiscoveryType::Type(t as i32))
+}
