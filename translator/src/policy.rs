@@ -162,7 +162,6 @@ impl Effective {
                 if slow_start.is_some() {
                     c.lb_config = Some(LbConfig::RoundRobinLbConfig(RoundRobinLbConfig {
                         slow_start_config: slow_start,
-                        ..Default::default()
                     }));
                 }
             }
