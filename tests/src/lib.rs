@@ -322,8 +322,19 @@ pub fn wait_synced(daemon: &Daemon, envoys: &[&Envoy], timeout: Duration) {
     }
 }
 
-/// One blocking HTTP/1.1 GET: (status, body). Headers as (name, value).
-pub fn http_get(url: &str, headers: &[(&str, &str)]) -> Result<(u16, String), String> {
+/// An HTTP answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    /// Status code.
+    pub status: u16,
+    /// Headers, lower-case names (last value wins).
+    pub headers: BTreeMap<String, String>,
+    /// Body as text.
+    pub body: String,
+}
+
+/// One blocking HTTP/1.1 GET. Headers as (name, value).
+pub fn http_request(url: &str, headers: &[(&str, &str)]) -> Result<Reply, String> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .proxy(None)
@@ -336,15 +347,34 @@ pub fn http_get(url: &str, headers: &[(&str, &str)]) -> Result<(u16, String), St
     }
     let mut resp = req.call().map_err(|e| e.to_string())?;
     let status = resp.status().as_u16();
+    let headers = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                v.to_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
     let body = resp
         .body_mut()
         .read_to_string()
         .map_err(|e| e.to_string())?;
-    Ok((status, body))
+    Ok(Reply {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// One blocking HTTP/1.1 GET: (status, body).
+pub fn http_get(url: &str, headers: &[(&str, &str)]) -> Result<(u16, String), String> {
+    http_request(url, headers).map(|r| (r.status, r.body))
 }
 
 /// Bookinfo workloads as tiny HTTP servers on their pod IPs (from
-/// `examples/bookinfo/platform.yaml`), each answering `<app> <version>`.
+/// `examples/bookinfo/platform.yaml`).
 pub const BOOKINFO_PODS: [(&str, &str, &str); 6] = [
     ("productpage", "v1", "127.0.1.1"),
     ("details", "v1", "127.0.1.2"),
@@ -354,14 +384,47 @@ pub const BOOKINFO_PODS: [(&str, &str, &str); 6] = [
     ("reviews", "v3", "127.0.1.6"),
 ];
 
-/// Starts the Bookinfo backends on port 9080 of their pod IPs.
-pub async fn start_backends() {
+/// A request a backend received.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Seen {
+    /// The workload's `app` label.
+    pub app: &'static str,
+    /// Its `version` label.
+    pub version: &'static str,
+    /// The `Host` header it got.
+    pub host: String,
+    /// The path it got.
+    pub path: String,
+}
+
+/// Every request the backends received, in order.
+pub type RequestLog = Arc<std::sync::Mutex<Vec<Seen>>>;
+
+#[derive(Clone)]
+struct Backend {
+    app: &'static str,
+    version: &'static str,
+    log: RequestLog,
+    hits: Arc<std::sync::Mutex<BTreeMap<String, u32>>>,
+}
+
+/// Starts the Bookinfo backends on port 9080 of their pod IPs. Each answers
+/// `<app> <version>`, except:
+/// - `/status/<code>`: that status;
+/// - `/delay/<ms>`: after sleeping that long;
+/// - `/flaky/<n>/<key>`: 503 for the first `n` requests with that key (across all backends);
+/// - `/fail-on/<version>`: 503 from that version only.
+pub async fn start_backends() -> RequestLog {
+    let log = RequestLog::default();
+    let hits = Arc::default();
     for (app, version, ip) in BOOKINFO_PODS {
-        let body: Arc<str> = format!("{app} {version}").into();
-        let router = axum::Router::new().fallback(move || {
-            let body = body.clone();
-            async move { body.to_string() }
-        });
+        let backend = Backend {
+            app,
+            version,
+            log: log.clone(),
+            hits: Arc::clone(&hits),
+        };
+        let router = axum::Router::new().fallback(serve).with_state(backend);
         let listener = tokio::net::TcpListener::bind((ip, 9080))
             .await
             .unwrap_or_else(|e| panic!("bind {ip}:9080: {e}"));
@@ -369,4 +432,200 @@ pub async fn start_backends() {
             let _ = axum::serve(listener, router).await;
         });
     }
+    log
+}
+
+async fn serve(
+    axum::extract::State(b): axum::extract::State<Backend>,
+    req: axum::extract::Request,
+) -> (axum::http::StatusCode, String) {
+    use axum::http::StatusCode;
+    let path = req.uri().path().to_owned();
+    let host = req
+        .headers()
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    b.log.lock().unwrap().push(Seen {
+        app: b.app,
+        version: b.version,
+        host,
+        path: path.clone(),
+    });
+    let ok = (StatusCode::OK, format!("{} {}", b.app, b.version));
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match parts.as_slice() {
+        ["status", code] => (
+            code.parse()
+                .ok()
+                .and_then(|c| StatusCode::from_u16(c).ok())
+                .unwrap_or(StatusCode::BAD_REQUEST),
+            format!("{} {}", b.app, b.version),
+        ),
+        ["delay", ms] => {
+            tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+            ok
+        }
+        ["flaky", n, key] => {
+            let seen = {
+                let mut hits = b.hits.lock().unwrap();
+                let count = hits.entry((*key).to_owned()).or_default();
+                *count += 1;
+                *count
+            };
+            if seen <= n.parse().unwrap_or(0) {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("attempt {seen} fails"),
+                )
+            } else {
+                ok
+            }
+        }
+        ["fail-on", v] if *v == b.version => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{} {} is sick", b.app, b.version),
+        ),
+        _ => ok,
+    }
+}
+
+/// A test's mesh: its own network namespace (with `istio-init`'s capture
+/// when `capture`), the Bookinfo backends, and the daemon serving the
+/// example platform plus the given Istio samples `(sample, file name)`.
+pub struct Mesh {
+    /// The config folder the daemon watches.
+    pub cfg: ConfigDir,
+    /// The daemon.
+    pub daemon: Daemon,
+    /// What the backends received.
+    pub log: RequestLog,
+    rt_handle: tokio::runtime::Handle,
+    // Dropped last: stops the daemon's and backends' tasks.
+    _rt: tokio::runtime::Runtime,
+}
+
+/// How long a proxy may take to converge in these tests.
+pub const SYNC: Duration = Duration::from_secs(10);
+/// productpage's sidecar.
+pub const SIDECAR: &str = "sidecar~127.0.0.1~productpage-v1.default~default.svc.cluster.local";
+/// productpage's labels.
+pub const SIDECAR_LABELS: [(&str, &str); 2] = [("app", "productpage"), ("version", "v1")];
+/// An ingress gateway.
+pub const GATEWAY: &str =
+    "router~127.0.0.1~istio-ingressgateway.istio-system~istio-system.svc.cluster.local";
+/// The ingress gateway's labels.
+pub const GATEWAY_LABELS: [(&str, &str); 1] = [("istio", "ingressgateway")];
+
+impl Mesh {
+    /// Starts it all.
+    pub fn start(capture: bool, samples: &[(&str, &str)]) -> Mesh {
+        isolate();
+        if capture {
+            capture_outbound();
+        }
+        let rt = runtime();
+        let cfg = ConfigDir::bookinfo_platform();
+        for (sample, file) in samples {
+            cfg.add_sample(sample, file);
+        }
+        let (log, daemon) = rt.block_on(async {
+            let log = start_backends().await;
+            (log, start_daemon(cfg.path()).await)
+        });
+        Mesh {
+            cfg,
+            daemon,
+            log,
+            rt_handle: rt.handle().clone(),
+            _rt: rt,
+        }
+    }
+
+    /// productpage's sidecar, connected and in sync.
+    pub fn sidecar(&self) -> Envoy {
+        self.proxy(SIDECAR, &SIDECAR_LABELS, 15000)
+    }
+
+    /// A proxy, connected and in sync.
+    pub fn proxy(&self, node_id: &str, labels: &[(&str, &str)], admin_port: u16) -> Envoy {
+        let envoy = Envoy::start(node_id, labels, self.daemon.xds_addr, admin_port);
+        wait_synced(&self.daemon, &[&envoy], SYNC);
+        envoy
+    }
+
+    /// Writes a file into the config folder and waits until `envoys` ACKed it.
+    pub fn apply(&self, envoys: &[&Envoy], file: &str, text: &str) {
+        apply(&self.daemon, envoys, || self.cfg.write(file, text));
+    }
+
+    /// Requests the backends saw so far whose path starts with `prefix`.
+    pub fn seen(&self, prefix: &str) -> Vec<Seen> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.path.starts_with(prefix))
+            .cloned()
+            .collect()
+    }
+
+    /// Stops the daemon (its ADS streams end), runs `while_down`, then starts
+    /// a new daemon on the same folder and port.
+    pub fn restart_daemon(&mut self, while_down: impl FnOnce(&ConfigDir)) {
+        let addr = self.daemon.xds_addr;
+        self.rt_handle.block_on(async {
+            tokio::time::timeout(SYNC, self.daemon.shutdown())
+                .await
+                .expect("the daemon drains its xDS streams");
+        });
+        while_down(&self.cfg);
+        self.daemon = self
+            .rt_handle
+            .block_on(start_daemon_at(self.cfg.path(), addr));
+    }
+}
+
+/// Applies a change to the folder and waits until every Envoy has ACKed the
+/// snapshot that includes it.
+pub fn apply(daemon: &Daemon, envoys: &[&Envoy], change: impl FnOnce()) {
+    let before = daemon.snapshots.borrow().version;
+    change();
+    let start = Instant::now();
+    while daemon.snapshots.borrow().version == before {
+        assert!(
+            start.elapsed() < SYNC,
+            "the daemon did not pick up the change"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    wait_synced(daemon, envoys, SYNC);
+}
+
+/// `n` requests; answers counted by body (or `status N`, or `error ...`).
+pub fn tally(url: &str, host: &str, headers: &[(&str, &str)], n: usize) -> BTreeMap<String, usize> {
+    let mut all = vec![("host", host)];
+    all.extend_from_slice(headers);
+    let mut counts = BTreeMap::new();
+    for _ in 0..n {
+        let key = match http_get(url, &all) {
+            Ok((200, body)) => body,
+            Ok((status, _)) => format!("status {status}"),
+            Err(e) => format!("error {e}"),
+        };
+        *counts.entry(key).or_default() += 1;
+    }
+    counts
+}
+
+/// Asserts `k` successes of `n` trials fit Binomial(n, p) within 5 standard deviations.
+pub fn assert_binomial(k: usize, n: usize, p: f64, what: &str) {
+    let mean = n as f64 * p;
+    let sd = (n as f64 * p * (1.0 - p)).sqrt();
+    assert!(
+        (k as f64 - mean).abs() <= 5.0 * sd,
+        "{what}: {k} of {n}, expected {mean:.0} +- {:.0}",
+        5.0 * sd
+    );
 }

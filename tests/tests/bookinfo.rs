@@ -8,112 +8,13 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use e2e::{
-    ConfigDir, Envoy, bookinfo_sample, capture_outbound, http_get, isolate, istio_testdata,
-    runtime, start_backends, start_daemon, wait_synced,
+    GATEWAY, GATEWAY_LABELS, Mesh, SYNC, apply, assert_binomial, bookinfo_sample, http_get,
+    istio_testdata, tally, wait_synced,
 };
 
-const SIDECAR: &str = "sidecar~127.0.0.1~productpage-v1.default~default.svc.cluster.local";
-const SIDECAR_LABELS: [(&str, &str); 2] = [("app", "productpage"), ("version", "v1")];
-const GATEWAY: &str =
-    "router~127.0.0.1~istio-ingressgateway.istio-system~istio-system.svc.cluster.local";
-const GATEWAY_LABELS: [(&str, &str); 1] = [("istio", "ingressgateway")];
 /// ClusterIPs from `examples/bookinfo/platform.yaml`.
 const REVIEWS: &str = "http://10.96.0.13:9080/reviews/0";
 const RATINGS: &str = "http://10.96.0.12:9080/ratings/0";
-const SYNC: Duration = Duration::from_secs(10);
-
-/// A test's mesh: its own network namespace (with `istio-init`'s capture
-/// when `capture`), the Bookinfo backends, and the daemon serving the
-/// example platform plus the given Istio samples `(sample, file name)`.
-struct Mesh {
-    cfg: ConfigDir,
-    daemon: istiod::Daemon,
-    rt_handle: tokio::runtime::Handle,
-    // Dropped last: stops the daemon's and backends' tasks.
-    _rt: tokio::runtime::Runtime,
-}
-
-impl Mesh {
-    fn start(capture: bool, samples: &[(&str, &str)]) -> Mesh {
-        isolate();
-        if capture {
-            capture_outbound();
-        }
-        let rt = runtime();
-        let cfg = ConfigDir::bookinfo_platform();
-        for (sample, file) in samples {
-            cfg.add_sample(sample, file);
-        }
-        let daemon = rt.block_on(async {
-            start_backends().await;
-            start_daemon(cfg.path()).await
-        });
-        Mesh {
-            cfg,
-            daemon,
-            rt_handle: rt.handle().clone(),
-            _rt: rt,
-        }
-    }
-
-    /// Stops the daemon (its ADS streams end), runs `while_down`, then starts
-    /// a new daemon on the same folder and port.
-    fn restart_daemon(&mut self, while_down: impl FnOnce(&ConfigDir)) {
-        let addr = self.daemon.xds_addr;
-        self.rt_handle.block_on(async {
-            tokio::time::timeout(SYNC, self.daemon.shutdown())
-                .await
-                .expect("the daemon drains its xDS streams");
-        });
-        while_down(&self.cfg);
-        self.daemon = self
-            .rt_handle
-            .block_on(e2e::start_daemon_at(self.cfg.path(), addr));
-    }
-
-    /// productpage's sidecar, connected and in sync.
-    fn sidecar(&self) -> Envoy {
-        self.proxy(SIDECAR, &SIDECAR_LABELS, 15000)
-    }
-
-    fn proxy(&self, node_id: &str, labels: &[(&str, &str)], admin_port: u16) -> Envoy {
-        let envoy = Envoy::start(node_id, labels, self.daemon.xds_addr, admin_port);
-        wait_synced(&self.daemon, &[&envoy], SYNC);
-        envoy
-    }
-}
-
-/// `n` requests through the sidecar; answers counted by body (or status).
-fn tally(url: &str, host: &str, headers: &[(&str, &str)], n: usize) -> BTreeMap<String, usize> {
-    let mut all = vec![("host", host)];
-    all.extend_from_slice(headers);
-    let mut counts = BTreeMap::new();
-    for _ in 0..n {
-        let key = match http_get(url, &all) {
-            Ok((200, body)) => body,
-            Ok((status, _)) => format!("status {status}"),
-            Err(e) => format!("error {e}"),
-        };
-        *counts.entry(key).or_default() += 1;
-    }
-    counts
-}
-
-/// Applies a change to the folder and waits until every Envoy has ACKed the
-/// snapshot that includes it.
-fn apply(daemon: &istiod::Daemon, envoys: &[&Envoy], change: impl FnOnce()) {
-    let before = daemon.snapshots.borrow().version;
-    change();
-    let start = Instant::now();
-    while daemon.snapshots.borrow().version == before {
-        assert!(
-            start.elapsed() < SYNC,
-            "the daemon did not pick up the change"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    wait_synced(daemon, envoys, SYNC);
-}
 
 #[test]
 fn gateway_routes_productpage_and_404s_the_rest() {
@@ -164,13 +65,7 @@ fn sidecar_routes_as_the_bookinfo_samples_say() {
     let v1 = counts.get("reviews v1").copied().unwrap_or(0);
     let v2 = counts.get("reviews v2").copied().unwrap_or(0);
     assert_eq!(v1 + v2, n, "only v1 and v2 may answer: {counts:?}");
-    // Binomial(500, 0.8): mean 400, sd 8.94; 5 sd either side.
-    let sd = (n as f64 * 0.8 * 0.2).sqrt();
-    assert!(
-        (v1 as f64 - 400.0).abs() <= 5.0 * sd,
-        "v1 got {v1} of {n}, expected 400 +- {:.0}",
-        5.0 * sd
-    );
+    assert_binomial(v1, n, 0.8, "reviews v1");
 
     // virtual-service-reviews-jason-v2-v3.yaml: jason -> v2, everyone else -> v3.
     apply(daemon, &[&envoy], || {
