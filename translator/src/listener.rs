@@ -103,7 +103,7 @@ pub(crate) fn sidecar(
             });
             let routes = match vs {
                 Some(vs) => virtual_service_routes(&ctx, vs, warnings),
-                None => vec![default_route(cluster_name(port, "", &svc.hostname))],
+                None => vec![default_route(&ctx, &svc.hostname)],
             };
             vhosts.push(VirtualHost {
                 name: format!("{}:{port}", svc.hostname),

@@ -245,15 +245,20 @@ fn source_applies(ctx: &RouteCtx<'_>, m: &HttpMatchRequest) -> bool {
     labels_ok && ns_ok
 }
 
-/// The route of a service with no VirtualService: everything to its cluster.
-pub(crate) fn default_route(cluster: String) -> Route {
+/// The route of a service with no VirtualService: everything to its
+/// cluster (with its DestinationRule's consistent hash, if any).
+pub(crate) fn default_route(ctx: &RouteCtx<'_>, hostname: &str) -> Route {
+    let hash = consistent_hash_for(ctx, hostname, None, ctx.port);
     Route {
         name: "default".into(),
         r#match: Some(prefix_match("/")),
         action: Some(route::Action::Route(RouteAction {
-            cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster)),
+            cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster_name(
+                ctx.port, "", hostname,
+            ))),
             timeout: Some(duration(std::time::Duration::ZERO)),
-            retry_policy: retry_policy(None, false),
+            retry_policy: retry_policy(None, hash.is_some()),
+            hash_policy: hash.into_iter().collect(),
             ..Default::default()
         })),
         ..Default::default()
@@ -538,13 +543,20 @@ fn consistent_hash(
     d: &crds::Destination,
 ) -> Option<HashPolicy> {
     let host = ctx.snap.resolve_host(&d.host, &vs.namespace);
-    let dr = ctx.snap.destination_rule(&host, &ctx.proxy.namespace)?;
-    let subset = d
-        .subset
-        .as_ref()
-        .and_then(|s| dr.spec.subsets.iter().find(|x| &x.name == s))
-        .and_then(|s| s.traffic_policy.as_ref());
     let port = d.port.map(|p| p.number).unwrap_or(ctx.port);
+    consistent_hash_for(ctx, &host, d.subset.as_deref(), port)
+}
+
+fn consistent_hash_for(
+    ctx: &RouteCtx<'_>,
+    hostname: &str,
+    subset: Option<&str>,
+    port: u32,
+) -> Option<HashPolicy> {
+    let dr = ctx.snap.destination_rule(hostname, &ctx.proxy.namespace)?;
+    let subset = subset
+        .and_then(|s| dr.spec.subsets.iter().find(|x| x.name == s))
+        .and_then(|s| s.traffic_policy.as_ref());
     let policy = Effective::resolve(dr.spec.traffic_policy.as_ref(), subset, port);
     policy.consistent_hash().and_then(hash_policy)
 }

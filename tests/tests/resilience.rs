@@ -1,0 +1,314 @@
+//! Traffic management on a real Envoy: retries, timeouts, fault injection,
+//! mirroring, circuit breaking, outlier detection and consistent hashing,
+//! each configured from the VirtualService / DestinationRule YAML an Istio
+//! user writes, checked against what Istio's documentation says.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use e2e::{Mesh, assert_binomial, http_request, tally};
+
+const RATINGS: &str = "http://10.96.0.12:9080";
+const REVIEWS: &str = "http://10.96.0.13:9080";
+
+fn vs(name: &str, host: &str, http: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}}}\nspec:\n  hosts: [{host}]\n  http:\n{http}"
+    )
+}
+
+const REVIEWS_SUBSETS: &str = "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+  - {name: v3, labels: {version: v3}}
+";
+
+#[test]
+fn retries_recover_from_as_many_failures_as_attempts() {
+    let mesh = Mesh::start(true, &[]);
+    let envoy = mesh.sidecar();
+    // `attempts` counts retries: a request gets attempts + 1 tries.
+    mesh.apply(
+        &[&envoy],
+        "vs.yaml",
+        &vs(
+            "ratings",
+            "ratings",
+            "  - retries: {attempts: 3, retryOn: \"503\"}\n    route: [{destination: {host: ratings}}]\n",
+        ),
+    );
+    let ok = http_request(&format!("{RATINGS}/flaky/3/a"), &[("host", "ratings")]).unwrap();
+    assert_eq!((ok.status, ok.body.as_str()), (200, "ratings v1"));
+    assert_eq!(mesh.seen("/flaky/3/a").len(), 4, "1 try + 3 retries");
+    let failed = http_request(&format!("{RATINGS}/flaky/4/b"), &[("host", "ratings")]).unwrap();
+    assert_eq!(failed.status, 503);
+    assert_eq!(mesh.seen("/flaky/4/b").len(), 4);
+
+    // attempts: 0 disables retries altogether.
+    mesh.apply(
+        &[&envoy],
+        "vs.yaml",
+        &vs(
+            "ratings",
+            "ratings",
+            "  - retries: {attempts: 0}\n    route: [{destination: {host: ratings}}]\n",
+        ),
+    );
+    let failed = http_request(&format!("{RATINGS}/flaky/1/c"), &[("host", "ratings")]).unwrap();
+    assert_eq!(failed.status, 503);
+    assert_eq!(mesh.seen("/flaky/1/c").len(), 1);
+}
+
+#[test]
+fn timeouts_answer_504_at_the_configured_time() {
+    let mesh = Mesh::start(true, &[]);
+    let envoy = mesh.sidecar();
+    mesh.apply(
+        &[&envoy],
+        "vs.yaml",
+        &vs(
+            "ratings",
+            "ratings",
+            "  - timeout: 1s\n    route: [{destination: {host: ratings}}]\n",
+        ),
+    );
+    let start = Instant::now();
+    let r = http_request(&format!("{RATINGS}/delay/5000"), &[("host", "ratings")]).unwrap();
+    let took = start.elapsed();
+    assert_eq!(r.status, 504);
+    assert!(
+        (Duration::from_millis(950)..Duration::from_millis(2000)).contains(&took),
+        "timeout 1s answered after {took:?}"
+    );
+    // Faster than the timeout: fine.
+    let r = http_request(&format!("{RATINGS}/delay/100"), &[("host", "ratings")]).unwrap();
+    assert_eq!(r.status, 200);
+
+    // perTryTimeout: each of the 2 tries is cut at 400ms, then 504.
+    mesh.apply(
+        &[&envoy],
+        "vs.yaml",
+        &vs(
+            "ratings",
+            "ratings",
+            "  - retries: {attempts: 1, perTryTimeout: 400ms, retryOn: gateway-error}\n    route: [{destination: {host: ratings}}]\n",
+        ),
+    );
+    let start = Instant::now();
+    let r = http_request(&format!("{RATINGS}/delay/3000"), &[("host", "ratings")]).unwrap();
+    let took = start.elapsed();
+    assert_eq!(r.status, 504);
+    assert!(
+        (Duration::from_millis(750)..Duration::from_millis(1600)).contains(&took),
+        "2 tries of 400ms answered after {took:?}"
+    );
+    assert_eq!(mesh.seen("/delay/3000").len(), 2);
+}
+
+#[test]
+fn half_the_requests_are_aborted_with_a_50_percent_fault() {
+    let mesh = Mesh::start(true, &[]);
+    let envoy = mesh.sidecar();
+    mesh.apply(
+        &[&envoy],
+        "vs.yaml",
+        &vs(
+            "ratings",
+            "ratings",
+            "  - fault: {abort: {httpStatus: 500, percentage: {value: 50}}}\n    route: [{destination: {host: ratings}}]\n",
+        ),
+    );
+    let n = 400;
+    let counts = tally(&format!("{RATINGS}/"), "ratings", &[], n);
+    let aborted = counts.get("status 500").copied().unwrap_or(0);
+    assert_eq!(
+        aborted + counts.get("ratings v1").copied().unwrap_or(0),
+        n,
+        "{counts:?}"
+    );
+    assert_binomial(aborted, n, 0.5, "aborted");
+    // Aborted requests never reached the backend.
+    assert_eq!(mesh.seen("/").len(), n - aborted);
+}
+
+#[test]
+fn mirrored_requests_reach_the_shadow_and_never_the_caller() {
+    let mesh = Mesh::start(true, &[]);
+    let envoy = mesh.sidecar();
+    mesh.apply(&[&envoy], "dr.yaml", REVIEWS_SUBSETS);
+    mesh.apply(
+        &[&envoy],
+        "vs.yaml",
+        &vs(
+            "reviews",
+            "reviews",
+            "  - route: [{destination: {host: reviews, subset: v1}}]\n    mirror: {host: reviews, subset: v2}\n    mirrorPercentage: {value: 100}\n",
+        ),
+    );
+    let counts = tally(&format!("{REVIEWS}/mirror-all"), "reviews:9080", &[], 30);
+    assert_eq!(counts, BTreeMap::from([("reviews v1".to_string(), 30)]));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while mesh
+        .seen("/mirror-all")
+        .iter()
+        .filter(|s| s.version == "v2")
+        .count()
+        < 30
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let shadows: Vec<_> = mesh
+        .seen("/mirror-all")
+        .into_iter()
+        .filter(|s| s.version == "v2")
+        .collect();
+    assert_eq!(shadows.len(), 30, "every request is mirrored");
+    assert!(
+        shadows.iter().all(|s| s.host == "reviews-shadow:9080"),
+        "Envoy marks mirrored requests with a -shadow host: {:?}",
+        shadows.first()
+    );
+
+    // mirrorPercentage: 25.
+    mesh.apply(
+        &[&envoy],
+        "vs.yaml",
+        &vs(
+            "reviews",
+            "reviews",
+            "  - route: [{destination: {host: reviews, subset: v1}}]\n    mirror: {host: reviews, subset: v2}\n    mirrorPercentage: {value: 25}\n",
+        ),
+    );
+    let n = 400;
+    let counts = tally(&format!("{REVIEWS}/mirror-some"), "reviews", &[], n);
+    assert_eq!(counts, BTreeMap::from([("reviews v1".to_string(), n)]));
+    std::thread::sleep(Duration::from_millis(500));
+    let mirrored = mesh
+        .seen("/mirror-some")
+        .iter()
+        .filter(|s| s.version == "v2")
+        .count();
+    assert_binomial(mirrored, n, 0.25, "mirrored");
+}
+
+#[test]
+fn circuit_breaker_sheds_load_beyond_the_connection_pool() {
+    let mesh = Mesh::start(true, &[]);
+    let envoy = mesh.sidecar();
+    // Istio's circuit-breaking task, on ratings.
+    mesh.apply(
+        &[&envoy],
+        "dr.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ratings}
+spec:
+  host: ratings
+  trafficPolicy:
+    connectionPool:
+      tcp: {maxConnections: 1}
+      http: {http1MaxPendingRequests: 1, maxRequestsPerConnection: 1}
+",
+    );
+    let replies: Vec<_> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..8)
+            .map(|_| {
+                s.spawn(|| {
+                    http_request(&format!("{RATINGS}/delay/500"), &[("host", "ratings")]).unwrap()
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    let ok = replies.iter().filter(|r| r.status == 200).count();
+    let shed: Vec<_> = replies.iter().filter(|r| r.status == 503).collect();
+    assert!(ok >= 1, "some requests get through: {replies:?}");
+    assert!(
+        !shed.is_empty(),
+        "8 concurrent requests on 1 connection + 1 pending must overflow"
+    );
+    assert!(
+        shed.iter()
+            .all(|r| r.headers.get("x-envoy-overloaded").map(String::as_str) == Some("true")),
+        "overflowed requests carry x-envoy-overloaded: {shed:?}"
+    );
+    assert_eq!(ok + shed.len(), replies.len());
+}
+
+#[test]
+fn outlier_detection_ejects_the_failing_endpoint() {
+    let mesh = Mesh::start(true, &[]);
+    let envoy = mesh.sidecar();
+    mesh.apply(
+        &[&envoy],
+        "dr.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  trafficPolicy:
+    outlierDetection: {consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 3m, maxEjectionPercent: 100}
+",
+    );
+    // v1 answers 503 to this path; v2 and v3 are healthy.
+    let warmup = tally(&format!("{REVIEWS}/fail-on/v1"), "reviews", &[], 30);
+    assert!(
+        warmup.get("status 503").copied().unwrap_or(0) <= 2,
+        "v1 is ejected after its first 5xx: {warmup:?}"
+    );
+    let after = tally(&format!("{REVIEWS}/fail-on/v1"), "reviews", &[], 60);
+    assert_eq!(after.get("status 503"), None, "{after:?}");
+    let versions: BTreeSet<_> = after.keys().cloned().collect();
+    assert_eq!(
+        versions,
+        BTreeSet::from(["reviews v2".to_string(), "reviews v3".to_string()])
+    );
+    let ejections: u64 = envoy
+        .stats()
+        .get("cluster.outbound|9080||reviews.default.svc.cluster.local.outlier_detection.ejections_enforced_total")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert_eq!(ejections, 1);
+}
+
+#[test]
+fn consistent_hash_pins_each_user_to_one_endpoint() {
+    let mesh = Mesh::start(true, &[]);
+    let envoy = mesh.sidecar();
+    mesh.apply(
+        &[&envoy],
+        "dr.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  trafficPolicy:
+    loadBalancer:
+      consistentHash: {httpHeaderName: x-user}
+",
+    );
+    let mut seen_versions = BTreeSet::new();
+    for user in ["ann", "bob", "cy", "dee", "eve", "fay", "gus", "hal"] {
+        let counts = tally(&format!("{REVIEWS}/"), "reviews", &[("x-user", user)], 20);
+        assert_eq!(
+            counts.len(),
+            1,
+            "user {user} moved between endpoints: {counts:?}"
+        );
+        seen_versions.extend(counts.into_keys());
+    }
+    assert!(
+        seen_versions.len() > 1,
+        "8 users all hashed to one endpoint: {seen_versions:?}"
+    );
+}
