@@ -38,6 +38,27 @@ pub fn validate(object: &Object) -> Result<(), ParseError> {
 
 type Problems = Vec<(String, String)>;
 
+/// RE2 and Rust's `regex` share their syntax but for a few escapes; a
+/// pattern this parser refuses would be refused by Envoy's RE2 too.
+fn check_regex(p: &mut Problems, field: String, pattern: &str) {
+    if let Err(e) = regex_syntax::Parser::new().parse(pattern) {
+        let reason = e
+            .to_string()
+            .lines()
+            .last()
+            .unwrap_or("invalid")
+            .trim()
+            .to_owned();
+        p.push((field, format!("invalid regex {pattern:?}: {reason}")));
+    }
+}
+
+fn check_match(p: &mut Problems, field: String, m: &crate::StringMatch) {
+    if let crate::StringMatch::Regex(r) = m {
+        check_regex(p, format!("{field}.regex"), r);
+    }
+}
+
 fn dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
@@ -78,6 +99,57 @@ fn virtual_service(spec: &crate::VirtualServiceSpec) -> Problems {
                 "route, redirect, directResponse and delegate are mutually exclusive".into(),
             )),
         }
+        if http.route.len() > 1 {
+            let total: i64 = http
+                .route
+                .iter()
+                .map(|d| i64::from(d.weight.unwrap_or(0)))
+                .sum();
+            if total != 100 {
+                p.push((
+                    format!("{f}.route"),
+                    format!("total destination weight {total} != 100"),
+                ));
+            }
+        }
+        for (j, m) in http.matches.iter().enumerate() {
+            let mf = format!("{f}.match[{j}]");
+            for (name, sm) in [
+                ("uri", &m.uri),
+                ("scheme", &m.scheme),
+                ("method", &m.method),
+                ("authority", &m.authority),
+            ] {
+                if let Some(sm) = sm {
+                    check_match(&mut p, format!("{mf}.{name}"), sm);
+                }
+            }
+            for (map, name) in [
+                (&m.headers, "headers"),
+                (&m.query_params, "queryParams"),
+                (&m.without_headers, "withoutHeaders"),
+            ] {
+                for (k, sm) in map {
+                    check_match(&mut p, format!("{mf}.{name}.{k}"), sm);
+                }
+            }
+        }
+        if let Some(rr) = http
+            .rewrite
+            .as_ref()
+            .and_then(|r| r.uri_regex_rewrite.as_ref())
+        {
+            check_regex(
+                &mut p,
+                format!("{f}.rewrite.uriRegexRewrite.match"),
+                &rr.pattern,
+            );
+        }
+        if let Some(cors) = &http.cors_policy {
+            for (j, o) in cors.allow_origins.iter().enumerate() {
+                check_match(&mut p, format!("{f}.corsPolicy.allowOrigins[{j}]"), o);
+            }
+        }
         for (j, d) in http.route.iter().enumerate() {
             if d.destination.host.is_empty() {
                 p.push((
@@ -88,6 +160,7 @@ fn virtual_service(spec: &crate::VirtualServiceSpec) -> Problems {
             if let Some(w) = d.weight
                 && !(0..=100).contains(&w)
             {
+                // (also caught by the total, but this names the destination)
                 p.push((
                     format!("{f}.route[{j}].weight"),
                     format!("weight {w} is not in 0..=100"),
@@ -174,4 +247,59 @@ fn service_entry(spec: &crate::ServiceEntrySpec) -> Problems {
         }
     }
     p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::document::{parse_value, split_documents};
+
+    fn check(yaml: &str) -> Result<(), ParseError> {
+        let (_, v) = split_documents(yaml).remove(0);
+        validate(&parse_value(v.unwrap(), "default").remove(0).unwrap())
+    }
+
+    fn field_of(r: Result<(), ParseError>) -> String {
+        match r {
+            Err(ParseError::InvalidField { field, .. }) => field,
+            other => panic!("expected a field error, got {other:?}"),
+        }
+    }
+
+    const HEAD: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r}\nspec:\n  hosts: [reviews]\n  http:\n";
+
+    #[test]
+    fn weights_must_total_100() {
+        let r = check(&format!(
+            "{HEAD}  - route:\n    - {{destination: {{host: reviews, subset: v1}}, weight: 70}}\n    - {{destination: {{host: reviews, subset: v2}}, weight: 20}}\n"
+        ));
+        assert_eq!(field_of(r), "spec.http[0].route");
+        assert!(check(&format!(
+            "{HEAD}  - route:\n    - {{destination: {{host: reviews, subset: v1}}, weight: 80}}\n    - {{destination: {{host: reviews, subset: v2}}, weight: 20}}\n"
+        ))
+        .is_ok());
+    }
+
+    #[test]
+    fn regexes_are_checked() {
+        let r = check(&format!(
+            "{HEAD}  - match: [{{headers: {{cookie: {{regex: \"^(.*?;)?(user=jason\"}}}}}}]\n    route: [{{destination: {{host: reviews}}}}]\n"
+        ));
+        assert_eq!(field_of(r), "spec.http[0].match[0].headers.cookie.regex");
+        assert!(check(&format!(
+            "{HEAD}  - match: [{{headers: {{cookie: {{regex: \"^(.*?;)?(user=jason)(;.*)?$\"}}}}}}]\n    route: [{{destination: {{host: reviews}}}}]\n"
+        ))
+        .is_ok());
+    }
+
+    #[test]
+    fn negative_durations_are_refused_by_the_parser() {
+        let (_, v) = split_documents(&format!(
+            "{HEAD}  - timeout: -1s\n    route: [{{destination: {{host: reviews}}}}]\n"
+        ))
+        .remove(0);
+        let err = parse_value(v.unwrap(), "default").remove(0).unwrap_err();
+        assert!(err.to_string().contains("spec.http[0].timeout"), "{err}");
+        assert!(err.to_string().contains("negative"), "{err}");
+    }
 }

@@ -3,21 +3,28 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
+use crds::VirtualServiceSpec;
+use envoy_types::pb::envoy::config::core::v3::CidrRange;
+use envoy_types::pb::envoy::config::listener::v3::{
+    Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter, listener_filter,
+};
 use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
 use envoy_types::pb::envoy::extensions::filters::http::cors::v3::Cors;
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, Rds, http_connection_manager, http_filter,
 };
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
-use envoy_types::pb::google::protobuf::BoolValue;
+use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
 use envoy_types::util::pack_any;
 
 use crate::cluster::{BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER, cluster_name};
-use crate::model::{Proxy, Service, Snapshot, exported_to};
-use crate::route::{RouteCtx, catch_all_route, default_route, virtual_service_routes};
+use crate::model::{Config, Protocol, Proxy, Service, Snapshot, exported_to};
+use crate::route::{
+    RouteCtx, catch_all_route, default_route, direct_response_route, virtual_service_routes,
+};
 use crate::{CORS_FILTER, ConfigWarning, FAULT_FILTER, ads_config_source, socket_address};
 
 /// Istio's outbound capture port (`istio-init` redirects here).
@@ -25,7 +32,10 @@ pub const VIRTUAL_OUTBOUND_PORT: u32 = 15001;
 /// Istio's name of the outbound capture listener.
 pub const VIRTUAL_OUTBOUND: &str = "virtualOutbound";
 
-/// Sidecar listeners and route configurations.
+/// Sidecar listeners and route configurations: `virtualOutbound`, an
+/// exact `<vip>_<port>` listener per TCP service address, and per port a
+/// wildcard `0.0.0.0_<port>` listener holding the TLS (by SNI) and CIDR
+/// chains and, as its default, the HTTP route configuration `"<port>"`.
 pub(crate) fn sidecar(
     snap: &Snapshot,
     proxy: &Proxy,
@@ -43,101 +53,319 @@ pub(crate) fn sidecar(
         filter_chains: vec![tcp_chain(
             "virtualOutbound-catchall-tcp",
             fallback,
-            fallback,
+            &[(fallback.to_owned(), 1)],
         )],
         ..Default::default()
     }];
-    let mut http_ports: BTreeMap<u32, Vec<&Service>> = BTreeMap::new();
+    #[derive(Default)]
+    struct PortPlan<'a> {
+        http: Vec<&'a Service>,
+        chains: Vec<FilterChain>,
+        tls: bool,
+    }
+    let mut ports: BTreeMap<u32, PortPlan<'_>> = BTreeMap::new();
     for svc in snap.visible_services(&proxy.namespace) {
         for port in &svc.ports {
+            let plan = ports.entry(port.port).or_default();
             if port.protocol.is_http() {
-                http_ports.entry(port.port).or_default().push(svc);
-            } else {
-                for vip in &svc.vips {
-                    let cluster = cluster_name(port.port, "", &svc.hostname);
-                    let name = format!("{vip}_{}", port.port);
-                    listeners.push(unbound_listener(
-                        &name,
-                        vip,
-                        port.port,
-                        tcp_chain(&name, &name, &cluster),
-                    ));
+                plan.http.push(svc);
+                continue;
+            }
+            if port.protocol == Protocol::Tls {
+                plan.tls = true;
+                plan.chains.extend(tls_chains(snap, proxy, svc, port.port));
+                continue;
+            }
+            let dests = tcp_destinations(snap, proxy, svc, port.port);
+            for vip in &svc.vips {
+                match vip.split_once('/') {
+                    None => {
+                        let name = format!("{vip}_{}", port.port);
+                        listeners.push(unbound_listener(
+                            &name,
+                            vip,
+                            port.port,
+                            tcp_chain(&name, &name, &dests),
+                        ));
+                    }
+                    Some((prefix, len)) => {
+                        let name = format!("{vip}_{}", port.port);
+                        let mut chain = tcp_chain(&name, &name, &dests);
+                        chain.filter_chain_match = Some(FilterChainMatch {
+                            prefix_ranges: vec![CidrRange {
+                                address_prefix: prefix.to_owned(),
+                                prefix_len: len.parse().ok().map(|value| UInt32Value { value }),
+                            }],
+                            ..Default::default()
+                        });
+                        plan.chains.push(chain);
+                    }
                 }
             }
         }
     }
     let mut routes = Vec::new();
-    for (port, services) in http_ports {
-        let name = port.to_string();
-        let chain = hcm_chain(&format!("outbound_0.0.0.0_{port}"), &name, false);
-        listeners.push(unbound_listener(
-            &format!("0.0.0.0_{port}"),
-            "0.0.0.0",
-            port,
-            chain,
-        ));
-        let ctx = RouteCtx {
-            snap,
-            proxy,
-            port,
-            gateways: &[],
-        };
-        let mut used = BTreeSet::new();
-        let mut vhosts = Vec::new();
-        for svc in services {
-            let domains: Vec<String> = service_domains(svc, proxy, port)
-                .into_iter()
-                .filter(|d| used.insert(d.clone()))
-                .collect();
-            if domains.is_empty() {
+    for (port, plan) in ports {
+        let name = format!("0.0.0.0_{port}");
+        let default_chain = if plan.http.is_empty() {
+            if plan.chains.is_empty() {
                 continue;
             }
-            let vs = snap.virtual_services.iter().find(|vs| {
-                exported_to(&vs.spec.export_to, &vs.namespace, &proxy.namespace)
-                    && (vs.spec.gateways.is_empty() || vs.spec.gateways.iter().any(|g| g == "mesh"))
-                    && vs
-                        .spec
-                        .hosts
-                        .iter()
-                        .any(|h| snap.resolve_host(h, &vs.namespace) == svc.hostname)
-            });
-            let routes = match vs {
-                Some(vs) => virtual_service_routes(&ctx, vs, warnings),
-                None => vec![default_route(&ctx, &svc.hostname)],
-            };
-            vhosts.push(VirtualHost {
-                name: format!("{}:{port}", svc.hostname),
-                domains,
-                routes,
+            tcp_chain("PassthroughFilterChain", &name, &[(fallback.to_owned(), 1)])
+        } else {
+            let rc = http_route_config(snap, proxy, port, &plan.http, warnings);
+            routes.push(rc);
+            hcm_chain(
+                &format!("outbound_0.0.0.0_{port}"),
+                &port.to_string(),
+                false,
+            )
+        };
+        let mut listener = unbound_listener(&name, "0.0.0.0", port, default_chain);
+        // The HTTP (or passthrough) chain is the default; the others match first.
+        listener.default_filter_chain = listener.filter_chains.pop();
+        listener.filter_chains = dedupe_chains(plan.chains, warnings);
+        if plan.tls {
+            listener.listener_filters.push(ListenerFilter {
+                name: "envoy.filters.listener.tls_inspector".into(),
+                config_type: Some(listener_filter::ConfigType::TypedConfig(pack_any(
+                    TlsInspector::default(),
+                ))),
                 ..Default::default()
             });
         }
+        listeners.push(listener);
+    }
+    (listeners, routes)
+}
+
+/// Envoy refuses two chains with the same match; the first wins, as
+/// Istio's oldest-config-wins rule.
+fn dedupe_chains(chains: Vec<FilterChain>, warnings: &mut Vec<ConfigWarning>) -> Vec<FilterChain> {
+    let mut seen = Vec::new();
+    let mut out = Vec::new();
+    for c in chains {
+        if seen.contains(&c.filter_chain_match) {
+            warnings.push(ConfigWarning::new(
+                "ServiceEntry",
+                c.name.clone(),
+                "spec.hosts".into(),
+                "another service already matches the same SNI / address on this port; ignored"
+                    .into(),
+            ));
+            continue;
+        }
+        seen.push(c.filter_chain_match.clone());
+        out.push(c);
+    }
+    out
+}
+
+fn http_route_config(
+    snap: &Snapshot,
+    proxy: &Proxy,
+    port: u32,
+    services: &[&Service],
+    warnings: &mut Vec<ConfigWarning>,
+) -> RouteConfiguration {
+    let fallback = if snap.mesh.allow_any {
+        PASSTHROUGH_CLUSTER
+    } else {
+        BLACKHOLE_CLUSTER
+    };
+    let ctx = RouteCtx {
+        snap,
+        proxy,
+        port,
+        gateways: &[],
+    };
+    let mut used = BTreeSet::new();
+    let mut vhosts = Vec::new();
+    for svc in services {
+        let domains: Vec<String> = service_domains(svc, proxy, port)
+            .into_iter()
+            .filter(|d| used.insert(d.clone()))
+            .collect();
+        if domains.is_empty() {
+            continue;
+        }
+        let routes =
+            match mesh_virtual_service(snap, proxy, &svc.hostname, |vs| !vs.spec.http.is_empty()) {
+                Some(vs) => virtual_service_routes(&ctx, vs, warnings),
+                None => vec![default_route(&ctx, &svc.hostname)],
+            };
         vhosts.push(VirtualHost {
-            name: if snap.mesh.allow_any {
-                "allow_any"
-            } else {
-                "block_all"
-            }
-            .into(),
-            domains: vec!["*".into()],
-            routes: vec![catch_all_route(
-                if snap.mesh.allow_any {
-                    "allow_any"
-                } else {
-                    "block_all"
-                },
-                fallback,
-            )],
-            ..Default::default()
-        });
-        routes.push(RouteConfiguration {
-            name,
-            virtual_hosts: vhosts,
-            validate_clusters: Some(BoolValue { value: false }),
+            name: format!("{}:{port}", svc.hostname),
+            domains,
+            routes,
             ..Default::default()
         });
     }
-    (listeners, routes)
+    vhosts.push(if snap.mesh.allow_any {
+        VirtualHost {
+            name: "allow_any".into(),
+            domains: vec!["*".into()],
+            routes: vec![catch_all_route("allow_any", fallback)],
+            ..Default::default()
+        }
+    } else {
+        // Istio answers 502 for hosts outside the registry under REGISTRY_ONLY.
+        VirtualHost {
+            name: "block_all".into(),
+            domains: vec!["*".into()],
+            routes: vec![direct_response_route("block_all", 502)],
+            ..Default::default()
+        }
+    });
+    RouteConfiguration {
+        name: port.to_string(),
+        virtual_hosts: vhosts,
+        validate_clusters: Some(BoolValue { value: false }),
+        ..Default::default()
+    }
+}
+
+/// The first VirtualService bound to the mesh, visible from the proxy,
+/// with `hostname` among its hosts and content of interest (`has`).
+fn mesh_virtual_service<'a>(
+    snap: &'a Snapshot,
+    proxy: &Proxy,
+    hostname: &str,
+    has: impl Fn(&Config<VirtualServiceSpec>) -> bool,
+) -> Option<&'a Config<VirtualServiceSpec>> {
+    snap.virtual_services.iter().find(|vs| {
+        exported_to(&vs.spec.export_to, &vs.namespace, &proxy.namespace)
+            && (vs.spec.gateways.is_empty() || vs.spec.gateways.iter().any(|g| g == "mesh"))
+            && vs
+                .spec
+                .hosts
+                .iter()
+                .any(|h| host_covers(&snap.resolve_host(h, &vs.namespace), hostname))
+            && has(vs)
+    })
+}
+
+/// A VirtualService host (possibly `*.example.com`) covers a hostname.
+fn host_covers(vs_host: &str, hostname: &str) -> bool {
+    wildcard_match(vs_host, hostname)
+}
+
+/// Weighted destinations of a TCP service port: the first matching `tcp`
+/// route of its VirtualService, else the service itself.
+fn tcp_destinations(
+    snap: &Snapshot,
+    proxy: &Proxy,
+    svc: &Service,
+    port: u32,
+) -> Vec<(String, u32)> {
+    let Some(vs) = mesh_virtual_service(snap, proxy, &svc.hostname, |vs| !vs.spec.tcp.is_empty())
+    else {
+        return vec![(cluster_name(port, "", &svc.hostname), 1)];
+    };
+    let route = vs.spec.tcp.iter().find(|r| {
+        r.matches.is_empty()
+            || r.matches.iter().any(|m| {
+                m.port.is_none_or(|p| p == port)
+                    && m.source_labels
+                        .iter()
+                        .all(|(k, v)| proxy.labels.get(k) == Some(v))
+                    && m.source_namespace
+                        .as_ref()
+                        .is_none_or(|ns| *ns == proxy.namespace)
+                    && (m.destination_subnets.is_empty()
+                        || svc
+                            .vips
+                            .iter()
+                            .any(|vip| m.destination_subnets.iter().any(|s| cidr_contains(s, vip))))
+            })
+    });
+    match route {
+        Some(r) => l4_destinations(snap, vs, &r.route, port),
+        None => vec![(cluster_name(port, "", &svc.hostname), 1)],
+    }
+}
+
+/// SNI chains of a TLS service port: its VirtualService's `tls` routes
+/// (by `sniHosts`), then the service's own hostname.
+fn tls_chains(snap: &Snapshot, proxy: &Proxy, svc: &Service, port: u32) -> Vec<FilterChain> {
+    let mut chains = Vec::new();
+    let chain = |sni: Vec<String>, dests: &[(String, u32)]| {
+        let name = format!("{}_{port}", sni.join(","));
+        let mut c = tcp_chain(&name, &format!("outbound|{port}||{}", svc.hostname), dests);
+        c.filter_chain_match = Some(FilterChainMatch {
+            destination_port: Some(UInt32Value { value: port }),
+            server_names: sni,
+            transport_protocol: "tls".into(),
+            ..Default::default()
+        });
+        c
+    };
+    if let Some(vs) = mesh_virtual_service(snap, proxy, &svc.hostname, |vs| !vs.spec.tls.is_empty())
+    {
+        for r in &vs.spec.tls {
+            for m in &r.matches {
+                if m.port.is_some_and(|p| p != port) || m.sni_hosts.is_empty() {
+                    continue;
+                }
+                chains.push(chain(
+                    m.sni_hosts.clone(),
+                    &l4_destinations(snap, vs, &r.route, port),
+                ));
+            }
+        }
+    }
+    if chains.is_empty() {
+        chains.push(chain(
+            vec![svc.hostname.clone()],
+            &[(cluster_name(port, "", &svc.hostname), 1)],
+        ));
+    }
+    chains
+}
+
+fn l4_destinations(
+    snap: &Snapshot,
+    vs: &Config<VirtualServiceSpec>,
+    route: &[crds::virtual_service::RouteDestination],
+    port: u32,
+) -> Vec<(String, u32)> {
+    route
+        .iter()
+        .map(|d| {
+            let host = snap.resolve_host(&d.destination.host, &vs.namespace);
+            let p = d.destination.port.map(|p| p.number).unwrap_or(port);
+            let weight = d
+                .weight
+                .and_then(|w| u32::try_from(w).ok())
+                .unwrap_or(if route.len() == 1 { 1 } else { 0 });
+            (
+                cluster_name(p, d.destination.subset.as_deref().unwrap_or(""), &host),
+                weight,
+            )
+        })
+        .filter(|(_, w)| *w > 0)
+        .collect()
+}
+
+/// IPv4 `a.b.c.d/len` (or a plain address) contains `ip`.
+fn cidr_contains(cidr: &str, ip: &str) -> bool {
+    let (net, len) = cidr.split_once('/').unwrap_or((cidr, "32"));
+    let (Ok(net), Ok(ip), Ok(len)) = (
+        net.parse::<std::net::Ipv4Addr>(),
+        ip.split('/')
+            .next()
+            .unwrap_or(ip)
+            .parse::<std::net::Ipv4Addr>(),
+        len.parse::<u32>(),
+    ) else {
+        return cidr == ip;
+    };
+    let mask = if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - len.min(32))
+    };
+    (u32::from(net) & mask) == (u32::from(ip) & mask)
 }
 
 /// Istio's domain set for a service on a port: FQDN, `name.ns.svc`,
@@ -286,10 +514,27 @@ fn unbound_listener(name: &str, ip: &str, port: u32, chain: FilterChain) -> List
     }
 }
 
-fn tcp_chain(chain_name: &str, stat_prefix: &str, cluster: &str) -> FilterChain {
+/// A chain proxying TCP to one cluster, or to weighted clusters.
+fn tcp_chain(chain_name: &str, stat_prefix: &str, dests: &[(String, u32)]) -> FilterChain {
+    let cluster_specifier = match dests {
+        [(only, _)] => tcp_proxy::ClusterSpecifier::Cluster(only.clone()),
+        [] => tcp_proxy::ClusterSpecifier::Cluster(BLACKHOLE_CLUSTER.to_owned()),
+        many => tcp_proxy::ClusterSpecifier::WeightedClusters(tcp_proxy::WeightedCluster {
+            clusters: many
+                .iter()
+                .map(
+                    |(name, weight)| tcp_proxy::weighted_cluster::ClusterWeight {
+                        name: name.clone(),
+                        weight: *weight,
+                        ..Default::default()
+                    },
+                )
+                .collect(),
+        }),
+    };
     let tcp = TcpProxy {
         stat_prefix: stat_prefix.to_owned(),
-        cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.to_owned())),
+        cluster_specifier: Some(cluster_specifier),
         ..Default::default()
     };
     FilterChain {

@@ -78,6 +78,7 @@ pub(crate) fn virtual_service_routes(
 ) -> Vec<Route> {
     let mut routes = Vec::new();
     for (owner, field, http) in expand_delegates(ctx.snap, vs, warnings) {
+        check_subsets(ctx, owner, &http, &field, warnings);
         let action = match route_action(ctx, owner, &http, &field) {
             Ok(a) => a,
             Err(reason) => {
@@ -273,6 +274,19 @@ pub(crate) fn catch_all_route(name: &str, cluster: &str) -> Route {
         action: Some(route::Action::Route(RouteAction {
             cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster.into())),
             timeout: Some(duration(std::time::Duration::ZERO)),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+/// A route answering every request with a fixed status.
+pub(crate) fn direct_response_route(name: &str, status: u32) -> Route {
+    Route {
+        name: name.into(),
+        r#match: Some(prefix_match("/")),
+        action: Some(route::Action::DirectResponse(DirectResponseAction {
+            status,
             ..Default::default()
         })),
         ..Default::default()
@@ -515,6 +529,55 @@ fn route_action(
             });
     }
     Ok(route::Action::Route(action))
+}
+
+/// Warns about destinations naming a subset no visible DestinationRule of
+/// their host defines: Envoy would answer 503 (no cluster) for them, as with
+/// Istio; the route is kept so route order is unchanged.
+fn check_subsets(
+    ctx: &RouteCtx<'_>,
+    vs: &Config<VirtualServiceSpec>,
+    http: &HttpRoute,
+    field: &str,
+    warnings: &mut Vec<ConfigWarning>,
+) {
+    let dests = http
+        .route
+        .iter()
+        .enumerate()
+        .map(|(j, d)| {
+            (
+                format!("{field}.route[{j}].destination.subset"),
+                &d.destination,
+            )
+        })
+        .chain(
+            http.mirror
+                .iter()
+                .map(|d| (format!("{field}.mirror.subset"), d)),
+        )
+        .chain(http.mirrors.iter().enumerate().map(|(j, m)| {
+            (
+                format!("{field}.mirrors[{j}].destination.subset"),
+                &m.destination,
+            )
+        }));
+    for (f, d) in dests {
+        let Some(subset) = &d.subset else { continue };
+        let host = ctx.snap.resolve_host(&d.host, &vs.namespace);
+        let defined = ctx
+            .snap
+            .destination_rule(&host, &ctx.proxy.namespace)
+            .is_some_and(|dr| dr.spec.subsets.iter().any(|s| &s.name == subset));
+        if !defined {
+            warnings.push(ConfigWarning::new(
+                "VirtualService",
+                vs.key(),
+                f,
+                format!("subset {subset:?} of {host} is not defined by any DestinationRule; requests to it get 503"),
+            ));
+        }
+    }
 }
 
 /// The cluster a destination names, resolving short hosts against the

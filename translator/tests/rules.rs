@@ -4,7 +4,10 @@
 
 use crds::document::{parse_value, split_documents};
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
+use envoy_types::pb::envoy::config::listener::v3::filter;
 use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, route, route_action};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
+use prost::Message;
 use translator::model::{MeshConfig, Proxy, Snapshot};
 use translator::{Output, generate};
 
@@ -174,9 +177,13 @@ spec:
 ";
     let out = generate(&mesh(vs, MeshConfig::default()), &sidecar(&[]));
     assert!(reviews_routes(&out).is_empty());
-    assert_eq!(out.warnings.len(), 1);
-    assert_eq!(out.warnings[0].field, "spec.http[0].route");
-    assert_eq!(out.warnings[0].object, "default/reviews");
+    let w: Vec<_> = out
+        .warnings
+        .iter()
+        .filter(|w| w.field == "spec.http[0].route")
+        .collect();
+    assert_eq!(w.len(), 1, "{:?}", out.warnings);
+    assert_eq!(w[0].object, "default/reviews");
 }
 
 #[test]
@@ -195,12 +202,28 @@ fn registry_only_sends_unknown_traffic_to_the_blackhole() {
         .unwrap()
         .clone();
     assert_eq!(vh.name, "block_all");
-    let Some(route::Action::Route(a)) = &vh.routes[0].action else {
-        panic!()
+    let Some(route::Action::DirectResponse(d)) = &vh.routes[0].action else {
+        panic!("{:?}", vh.routes[0])
     };
     assert_eq!(
-        a.cluster_specifier,
-        Some(route_action::ClusterSpecifier::Cluster(
+        d.status, 502,
+        "Istio answers 502 for hosts outside the registry"
+    );
+    // And TCP to unknown destinations goes nowhere.
+    let outbound = out
+        .listeners
+        .iter()
+        .find(|l| l.name == "virtualOutbound")
+        .unwrap();
+    let Some(filter::ConfigType::TypedConfig(any)) =
+        &outbound.filter_chains[0].filters[0].config_type
+    else {
+        panic!("{outbound:?}")
+    };
+    let tcp = TcpProxy::decode(any.value.as_slice()).unwrap();
+    assert_eq!(
+        tcp.cluster_specifier,
+        Some(tcp_proxy::ClusterSpecifier::Cluster(
             "BlackHoleCluster".into()
         ))
     );
@@ -307,4 +330,29 @@ fn unselected_gateways_configure_nothing() {
         .unwrap(),
     );
     assert!(out.listeners.is_empty() && out.routes.is_empty());
+}
+
+#[test]
+fn undefined_subsets_are_reported_by_field() {
+    let vs = "
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - route: [{destination: {host: reviews, subset: v9}}]
+";
+    let out = generate(&mesh(vs, MeshConfig::default()), &sidecar(&[]));
+    assert_eq!(out.warnings.len(), 1, "{:?}", out.warnings);
+    assert_eq!(
+        out.warnings[0].field,
+        "spec.http[0].route[0].destination.subset"
+    );
+    assert!(out.warnings[0].reason.contains("v9"));
+    assert_eq!(
+        reviews_routes(&out).len(),
+        1,
+        "the route stays, as in Istio"
+    );
 }
