@@ -1,12 +1,12 @@
 //! One Kubernetes-style document (YAML or JSON) into a typed [`Object`].
 //!
-//! Reads the kinds the control plane consumes: `v1` `Namespace`, `Pod` and
-//! `Service`, `discovery.k8s.io/v1` `EndpointSlice`, and the four Istio
+//! Reads the kinds the control plane consumes: `v1` `Namespace`, `Pod`,
+//! `Service`, `ConfigMap` (the mesh config) and `Secret` (gateway certificates), `discovery.k8s.io/v1` `EndpointSlice`, and the four Istio
 //! networking kinds. Errors name the kind, the object and the field path
 //! (`spec.http[0].route[1].weight`), so one bad document can be reported and
 //! skipped while the rest of the mesh applies.
 
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
@@ -22,6 +22,8 @@ use crate::{
 pub enum Object {
     Namespace(Box<Namespace>),
     Pod(Box<Pod>),
+    ConfigMap(Box<ConfigMap>),
+    Secret(Box<Secret>),
     Service(Box<Service>),
     EndpointSlice(Box<EndpointSlice>),
     VirtualService(Box<VirtualService>),
@@ -36,6 +38,8 @@ impl Object {
         match self {
             Object::Namespace(_) => "Namespace",
             Object::Pod(_) => "Pod",
+            Object::ConfigMap(_) => "ConfigMap",
+            Object::Secret(_) => "Secret",
             Object::Service(_) => "Service",
             Object::EndpointSlice(_) => "EndpointSlice",
             Object::VirtualService(_) => "VirtualService",
@@ -50,6 +54,8 @@ impl Object {
         match self {
             Object::Namespace(o) => &o.metadata,
             Object::Pod(o) => &o.metadata,
+            Object::ConfigMap(o) => &o.metadata,
+            Object::Secret(o) => &o.metadata,
             Object::Service(o) => &o.metadata,
             Object::EndpointSlice(o) => &o.metadata,
             Object::VirtualService(o) => &o.metadata,
@@ -64,6 +70,8 @@ impl Object {
         match self {
             Object::Namespace(o) => &mut o.metadata,
             Object::Pod(o) => &mut o.metadata,
+            Object::ConfigMap(o) => &mut o.metadata,
+            Object::Secret(o) => &mut o.metadata,
             Object::Service(o) => &mut o.metadata,
             Object::EndpointSlice(o) => &mut o.metadata,
             Object::VirtualService(o) => &mut o.metadata,
@@ -209,6 +217,8 @@ fn parse_object(value: serde_json::Value, default_namespace: &str) -> Result<Obj
     let mut object = match (group, version, kind.as_str()) {
         ("", "v1", "Namespace") => Object::Namespace(ctx.parse(value)?),
         ("", "v1", "Pod") => Object::Pod(ctx.parse(value)?),
+        ("", "v1", "ConfigMap") => Object::ConfigMap(ctx.parse(value)?),
+        ("", "v1", "Secret") => Object::Secret(ctx.parse(value)?),
         ("", "v1", "Service") => Object::Service(ctx.parse(value)?),
         ("discovery.k8s.io", "v1", "EndpointSlice") => Object::EndpointSlice(ctx.parse(value)?),
         (NETWORKING_GROUP, v, k) if NETWORKING_VERSIONS.contains(&v) => match k {

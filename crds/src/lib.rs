@@ -13,6 +13,7 @@ pub mod destination_rule;
 pub mod document;
 mod duration;
 pub mod gateway;
+pub mod mesh;
 pub mod service_entry;
 pub mod validate;
 pub mod virtual_service;

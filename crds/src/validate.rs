@@ -16,6 +16,10 @@ pub fn validate(object: &Object) -> Result<(), ParseError> {
         Object::DestinationRule(dr) => destination_rule(&dr.spec),
         Object::Gateway(gw) => gateway(&gw.spec),
         Object::ServiceEntry(se) => service_entry(&se.spec),
+        Object::ConfigMap(cm) if crate::mesh::is_mesh_configmap(cm) => {
+            crate::mesh::parse(cm)?;
+            Vec::new()
+        }
         _ => Vec::new(),
     };
     match problems.into_iter().next() {

@@ -20,7 +20,7 @@ use anyhow::Context;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 use translator::model::{MeshConfig, Snapshot};
 
 use push::{DebounceConfig, Debouncer};
@@ -162,5 +162,8 @@ fn build(version: u64, mut loaded: Loaded) -> (Snapshot, Vec<SourceError>) {
         error!(file = %e.file.display(), document = e.document, error = %e.error, "invalid config skipped");
     }
     let snap = Snapshot::build(version, loaded.objects(), MeshConfig::default());
+    for w in &snap.warnings {
+        warn!(warning = %w, "config read but not acted on");
+    }
     (snap, loaded.errors)
 }

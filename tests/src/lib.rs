@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -64,36 +65,82 @@ fn run(cmd: &str, args: &[&str]) {
     );
 }
 
-/// Moves the calling thread into a new network namespace with `lo` up.
-/// Needs root (CAP_SYS_ADMIN); panics with the reason otherwise.
-pub fn isolate() {
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| {
-        panic!("cannot create a network namespace ({e}); the end-to-end tests need root, as in CI")
+/// Moves the calling thread into a new network namespace with `lo` up,
+/// and a new mount namespace whose `/etc/hosts` is the returned file (so a
+/// test can name its own hosts; nothing outside sees it). Needs root
+/// (CAP_SYS_ADMIN); panics with the reason otherwise.
+pub fn isolate() -> PathBuf {
+    use nix::mount::{MsFlags, mount};
+    use nix::sched::{CloneFlags, unshare};
+    unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS).unwrap_or_else(|e| {
+        panic!("cannot create network and mount namespaces ({e}); the end-to-end tests need root, as in CI")
     });
+    // Mounts made here must not propagate to the machine.
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .expect("make / private in the test's mount namespace");
+    let hosts = std::env::temp_dir()
+        .join(format!("istiod-e2e-hosts-{}", std::process::id()))
+        .join(
+            format!("{:?}", std::thread::current().id())
+                .replace(|c: char| !c.is_ascii_alphanumeric(), ""),
+        );
+    std::fs::create_dir_all(hosts.parent().expect("parent")).expect("hosts dir");
+    std::fs::write(&hosts, "127.0.0.1 localhost\n").expect("hosts file");
+    mount(
+        Some(&hosts),
+        "/etc/hosts",
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .expect("bind the test's /etc/hosts");
     run("ip", &["link", "set", "lo", "up"]);
+    // As Istio's gateway pods do: the non-root proxy may bind ports below 1024.
+    run("sh", &["-c", "echo 0 > /proc/sys/net/ipv4/ip_unprivileged_port_start"]);
+    hosts
 }
 
 /// The Kubernetes service CIDR of the example mesh.
 pub const SERVICE_CIDR: &str = "10.96.0.0/16";
+/// Stands in for the internet inside a test's namespace (TEST-NET-1).
+pub const OUTSIDE_CIDR: &str = "192.0.2.0/24";
+/// The uid Envoy runs as, excluded from capture (Istio's `istio-proxy` uid).
+pub const PROXY_UID: u32 = 1337;
 
 /// What `istio-init` does for a sidecar, in the current namespace: service
-/// VIPs are routed locally and outbound TCP to them is redirected to 15001.
+/// VIPs and the stand-in internet are routed locally, and outbound TCP to
+/// them is redirected to 15001, except the proxy's own (uid 1337).
 pub fn capture_outbound() {
-    run(
-        "ip",
-        &[
-            "route",
-            "add",
-            SERVICE_CIDR,
-            "dev",
-            "lo",
-            "src",
-            "127.0.0.1",
-        ],
-    );
-    run(
-        "iptables",
-        &[
+    for cidr in [SERVICE_CIDR, OUTSIDE_CIDR] {
+        run(
+            "ip",
+            &["route", "add", cidr, "dev", "lo", "src", "127.0.0.1"],
+        );
+    }
+    let uid = PROXY_UID.to_string();
+    let exclude = [
+        "-t",
+        "nat",
+        "-A",
+        "OUTPUT",
+        "-p",
+        "tcp",
+        "-m",
+        "owner",
+        "--uid-owner",
+        &uid,
+        "-j",
+        "RETURN",
+    ];
+    run("iptables", &exclude);
+    for cidr in [SERVICE_CIDR, OUTSIDE_CIDR] {
+        let redirect = [
             "-t",
             "nat",
             "-A",
@@ -101,13 +148,19 @@ pub fn capture_outbound() {
             "-p",
             "tcp",
             "-d",
-            SERVICE_CIDR,
+            cidr,
             "-j",
             "REDIRECT",
             "--to-ports",
             "15001",
-        ],
-    );
+        ];
+        run("iptables", &redirect);
+    }
+}
+
+/// Gives the current namespace an address on `lo` (for a test's own "external" server).
+pub fn add_local_address(ip: &str) {
+    run("ip", &["addr", "add", &format!("{ip}/32"), "dev", "lo"]);
 }
 
 /// A multi-threaded runtime whose threads share the caller's namespace.
@@ -227,8 +280,16 @@ impl Envoy {
             .expect("tempfile");
         file.write_all(json.to_string().as_bytes())
             .expect("write bootstrap");
+        // Envoy runs as the proxy uid, as istio-proxy does.
+        std::fs::set_permissions(
+            file.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o644),
+        )
+        .expect("chmod");
         let log = std::env::var("ENVOY_LOG_LEVEL").unwrap_or_else(|_| "error".into());
         let child = Command::new(envoy_binary())
+            .uid(PROXY_UID)
+            .gid(PROXY_UID)
             .arg("-c")
             .arg(file.path())
             .args(["--disable-hot-restart", "--concurrency", "1", "-l", &log])
@@ -497,6 +558,8 @@ async fn serve(
 pub struct Mesh {
     /// The config folder the daemon watches.
     pub cfg: ConfigDir,
+    /// This test's `/etc/hosts`.
+    pub hosts: PathBuf,
     /// The daemon.
     pub daemon: Daemon,
     /// What the backends received.
@@ -521,7 +584,7 @@ pub const GATEWAY_LABELS: [(&str, &str); 1] = [("istio", "ingressgateway")];
 impl Mesh {
     /// Starts it all.
     pub fn start(capture: bool, samples: &[(&str, &str)]) -> Mesh {
-        isolate();
+        let hosts = isolate();
         if capture {
             capture_outbound();
         }
@@ -536,11 +599,26 @@ impl Mesh {
         });
         Mesh {
             cfg,
+            hosts,
             daemon,
             log,
             rt_handle: rt.handle().clone(),
             _rt: rt,
         }
+    }
+
+    /// Names `ip` as `name` in this test's `/etc/hosts`.
+    pub fn add_host(&self, ip: &str, name: &str) {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.hosts)
+            .expect("hosts");
+        writeln!(f, "{ip} {name}").expect("write hosts");
+    }
+
+    /// Runs `fut` on the test's runtime (e.g. to start a server).
+    pub fn block_on<F: std::future::Future>(&self, fut: F) -> F::Output {
+        self.rt_handle.block_on(fut)
     }
 
     /// productpage's sidecar, connected and in sync.

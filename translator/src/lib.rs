@@ -61,7 +61,8 @@ pub struct ConfigWarning {
 }
 
 impl ConfigWarning {
-    pub(crate) fn new(kind: &'static str, object: String, field: String, reason: String) -> Self {
+    /// A warning about `field` of the `kind` object `object` (`namespace/name`).
+    pub fn new(kind: &'static str, object: String, field: String, reason: String) -> Self {
         ConfigWarning {
             kind,
             object,

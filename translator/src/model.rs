@@ -179,6 +179,22 @@ pub struct Snapshot {
     pub namespaces: Vec<String>,
     /// Mesh settings.
     pub mesh: MeshConfig,
+    /// Kubernetes Secrets by `namespace/name` (gateway `credentialName`s).
+    pub secrets: BTreeMap<String, Arc<TlsSecret>>,
+    /// Config that is read but not acted on, by object and field.
+    pub warnings: Vec<crate::ConfigWarning>,
+}
+
+/// A TLS Secret's material (`kubernetes.io/tls` keys `tls.crt`, `tls.key`,
+/// optional `ca.crt`; Istio's generic `cert`, `key`, `cacert` too), PEM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsSecret {
+    /// Certificate chain, PEM.
+    pub cert: Option<Vec<u8>>,
+    /// Private key, PEM.
+    pub key: Option<Vec<u8>>,
+    /// CA bundle for client verification, PEM.
+    pub ca: Option<Vec<u8>>,
 }
 
 impl Snapshot {
@@ -207,6 +223,36 @@ impl Snapshot {
             let name = obj.metadata().name.clone().unwrap_or_default();
             match obj {
                 Object::Namespace(_) => snap.namespaces.push(name),
+                Object::ConfigMap(cm) if crds::mesh::is_mesh_configmap(cm) => {
+                    if let Ok(m) = crds::mesh::parse(cm) {
+                        if let Some(mode) = m.outbound_traffic_policy.and_then(|p| p.mode) {
+                            snap.mesh.allow_any = mode == crds::mesh::OutboundMode::AllowAny;
+                        }
+                        for field in m.unsupported.keys() {
+                            snap.warnings.push(crate::ConfigWarning::new(
+                                "ConfigMap",
+                                format!("{ns}/{name}"),
+                                format!("data.mesh.{field}"),
+                                "not supported yet; ignored".into(),
+                            ));
+                        }
+                    }
+                }
+                Object::ConfigMap(_) => {}
+                Object::Secret(secret) => {
+                    let data = secret.data.clone().unwrap_or_default();
+                    let get = |keys: [&str; 2]| {
+                        keys.iter().find_map(|k| data.get(*k)).map(|b| b.0.clone())
+                    };
+                    snap.secrets.insert(
+                        format!("{ns}/{name}"),
+                        Arc::new(TlsSecret {
+                            cert: get(["tls.crt", "cert"]),
+                            key: get(["tls.key", "key"]),
+                            ca: get(["ca.crt", "cacert"]),
+                        }),
+                    );
+                }
                 Object::Pod(pod) => {
                     if let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone()) {
                         pods_by_ip.insert(ip, pod);

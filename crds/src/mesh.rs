@@ -1,0 +1,117 @@
+//! Istio's mesh config (`MeshConfig`), as istiod reads it: the `mesh` key
+//! of the `istio` ConfigMap in the control plane's namespace
+//! (`istio-system`). Only the fields this control plane acts on are typed;
+//! the others are kept by name so they can be reported as not supported yet.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use serde::Deserialize;
+
+use crate::ParseError;
+
+/// The ConfigMap name and namespace istiod reads its mesh config from.
+pub const MESH_CONFIGMAP: (&str, &str) = ("istio-system", "istio");
+
+/// `MeshConfig`, the parts acted on.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshConfigSpec {
+    /// `outboundTrafficPolicy`.
+    #[serde(default)]
+    pub outbound_traffic_policy: Option<OutboundTrafficPolicy>,
+    /// Every other top-level field, by name (not acted on yet).
+    #[serde(flatten)]
+    pub unsupported: BTreeMap<String, serde_json::Value>,
+}
+
+/// `MeshConfig.OutboundTrafficPolicy`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundTrafficPolicy {
+    /// `ALLOW_ANY` (default) or `REGISTRY_ONLY`.
+    #[serde(default)]
+    pub mode: Option<OutboundMode>,
+}
+
+/// `MeshConfig.OutboundTrafficPolicy.Mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[allow(missing_docs)]
+pub enum OutboundMode {
+    AllowAny,
+    RegistryOnly,
+}
+
+/// Whether a ConfigMap is the mesh config.
+pub fn is_mesh_configmap(cm: &ConfigMap) -> bool {
+    cm.metadata.namespace.as_deref() == Some(MESH_CONFIGMAP.0)
+        && cm.metadata.name.as_deref() == Some(MESH_CONFIGMAP.1)
+}
+
+/// Parses the `mesh` key (YAML) of the mesh ConfigMap; a missing key is the
+/// default config.
+///
+/// # Errors
+/// [`ParseError::InvalidField`] naming `data.mesh.<field>`.
+pub fn parse(cm: &ConfigMap) -> Result<MeshConfigSpec, ParseError> {
+    let name = format!("{}/{}", MESH_CONFIGMAP.0, MESH_CONFIGMAP.1);
+    let Some(text) = cm.data.as_ref().and_then(|d| d.get("mesh")) else {
+        return Ok(MeshConfigSpec::default());
+    };
+    let err = |field: String, reason: String| ParseError::InvalidField {
+        kind: "ConfigMap".into(),
+        name: name.clone(),
+        field,
+        reason,
+    };
+    let value: serde_json::Value = serde_yaml_ng::from_str(text)
+        .map_err(|e| err("data.mesh".into(), format!("invalid YAML: {e}")))?;
+    if value.is_null() {
+        return Ok(MeshConfigSpec::default());
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        err(format!("data.mesh.{path}"), e.into_inner().to_string())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cm(mesh: &str) -> ConfigMap {
+        ConfigMap {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                name: Some("istio".into()),
+                namespace: Some("istio-system".into()),
+                ..Default::default()
+            },
+            data: Some([("mesh".to_string(), mesh.to_string())].into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn registry_only_and_unsupported_fields() {
+        let m = parse(&cm(
+            "outboundTrafficPolicy:\n  mode: REGISTRY_ONLY\naccessLogFile: /dev/stdout\n",
+        ))
+        .unwrap();
+        assert_eq!(
+            m.outbound_traffic_policy.unwrap().mode,
+            Some(OutboundMode::RegistryOnly)
+        );
+        assert!(m.unsupported.contains_key("accessLogFile"));
+    }
+
+    #[test]
+    fn bad_mode_names_the_field() {
+        let e = parse(&cm("outboundTrafficPolicy:\n  mode: SOMETIMES\n")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("data.mesh.outboundTrafficPolicy.mode"),
+            "{e}"
+        );
+    }
+}
