@@ -102,7 +102,13 @@ pub fn isolate() -> PathBuf {
     .expect("bind the test's /etc/hosts");
     run("ip", &["link", "set", "lo", "up"]);
     // As Istio's gateway pods do: the non-root proxy may bind ports below 1024.
-    run("sh", &["-c", "echo 0 > /proc/sys/net/ipv4/ip_unprivileged_port_start"]);
+    run(
+        "sh",
+        &[
+            "-c",
+            "echo 0 > /proc/sys/net/ipv4/ip_unprivileged_port_start",
+        ],
+    );
     hosts
 }
 
