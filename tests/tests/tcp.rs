@@ -88,7 +88,10 @@ fn weighted_tcp_routes_split_connections() {
                         let (r, mut w) = conn.into_split();
                         let mut lines = tokio::io::BufReader::new(r).lines();
                         while let Ok(Some(l)) = lines.next_line().await {
-                            if w.write_all(format!("{version} {l}\n").as_bytes()).await.is_err() {
+                            if w.write_all(format!("{version} {l}\n").as_bytes())
+                                .await
+                                .is_err()
+                            {
                                 break;
                             }
                         }

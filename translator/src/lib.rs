@@ -24,6 +24,7 @@ use envoy_types::pb::envoy::config::core::v3::{
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use envoy_types::pb::google::protobuf::Any;
 use envoy_types::util::pack_any;
 
@@ -39,8 +40,18 @@ pub const LISTENER_TYPE: &str = "type.googleapis.com/envoy.config.listener.v3.Li
 /// Type URL of RDS resources (`envoy.config.route.v3.RouteConfiguration`).
 pub const ROUTE_TYPE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
 
-/// Istio's push order: clusters, endpoints, listeners, routes.
-pub const PUSH_ORDER: [&str; 4] = [CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE];
+/// Type URL of SDS resources (`envoy.extensions.transport_sockets.tls.v3.Secret`).
+pub const SECRET_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+
+/// Istio's push order: clusters, endpoints, listeners, routes, then secrets.
+pub const PUSH_ORDER: [&str; 5] = [
+    CLUSTER_TYPE,
+    ENDPOINT_TYPE,
+    LISTENER_TYPE,
+    ROUTE_TYPE,
+    SECRET_TYPE,
+];
 
 /// Name of Envoy's HTTP fault filter (`envoy.filters.http.fault`).
 pub const FAULT_FILTER: &str = "envoy.filters.http.fault";
@@ -93,6 +104,8 @@ pub struct Output {
     pub listeners: Vec<Listener>,
     /// RDS.
     pub routes: Vec<RouteConfiguration>,
+    /// SDS: gateway certificates (`kubernetes://NAME`), by name.
+    pub secrets: Vec<Secret>,
     /// Problems met (objects or routes skipped).
     pub warnings: Vec<ConfigWarning>,
 }
@@ -131,8 +144,11 @@ impl Output {
 pub fn generate(snap: &Snapshot, proxy: &Proxy) -> Output {
     let mut warnings = Vec::new();
     let (clusters, endpoints) = cluster::build(snap, &proxy.namespace);
-    let (listeners, routes) = match proxy.kind {
-        ProxyKind::Sidecar => listener::sidecar(snap, proxy, &mut warnings),
+    let (listeners, routes, secrets) = match proxy.kind {
+        ProxyKind::Sidecar => {
+            let (l, r) = listener::sidecar(snap, proxy, &mut warnings);
+            (l, r, Vec::new())
+        }
         ProxyKind::Router => listener::gateway(snap, proxy, &mut warnings),
     };
     Output {
@@ -140,6 +156,7 @@ pub fn generate(snap: &Snapshot, proxy: &Proxy) -> Output {
         endpoints,
         listeners,
         routes,
+        secrets,
         warnings,
     }
 }

@@ -3,11 +3,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crds::GatewaySpec;
 use crds::VirtualServiceSpec;
-use envoy_types::pb::envoy::config::core::v3::CidrRange;
+use crds::gateway::{Server, ServerTlsMode, ServerTlsSettings};
+use envoy_types::pb::envoy::config::core::v3::{
+    CidrRange, DataSource, TransportSocket, data_source, transport_socket,
+};
 use envoy_types::pb::envoy::config::listener::v3::{
     Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter, listener_filter,
 };
+use envoy_types::pb::envoy::config::route::v3::virtual_host;
 use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
 use envoy_types::pb::envoy::extensions::filters::http::cors::v3::Cors;
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
@@ -17,11 +22,15 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
     HttpConnectionManager, HttpFilter, Rds, http_connection_manager, http_filter,
 };
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig, Secret,
+    TlsCertificate, common_tls_context, secret,
+};
 use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
 use envoy_types::util::pack_any;
 
 use crate::cluster::{BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER, cluster_name};
-use crate::model::{Config, Protocol, Proxy, Service, Snapshot, exported_to};
+use crate::model::{Config, Protocol, Proxy, Service, Snapshot, TlsSecret, exported_to};
 use crate::route::{
     RouteCtx, catch_all_route, default_route, direct_response_route, virtual_service_routes,
 };
@@ -386,15 +395,65 @@ fn service_domains(svc: &Service, proxy: &Proxy, port: u32) -> Vec<String> {
         .collect()
 }
 
-/// Gateway (router) listeners and route configurations: one listener per
-/// HTTP server port of every Gateway whose `selector` matches the proxy.
+/// A server of a Gateway selected by the proxy.
+struct GatewayServer<'a> {
+    gw: &'a Config<GatewaySpec>,
+    index: usize,
+    server: &'a Server,
+}
+
+impl GatewayServer<'_> {
+    fn field(&self) -> String {
+        format!("spec.servers[{}]", self.index)
+    }
+
+    /// Whether a VirtualService is bound to this server's Gateway and one of
+    /// its hosts matches one of the server's hosts.
+    fn binds(&self, vs: &Config<VirtualServiceSpec>, host: &str) -> bool {
+        let listed = vs.spec.gateways.iter().any(|g| {
+            let full = if g.contains('/') {
+                g.clone()
+            } else {
+                format!("{}/{g}", vs.namespace)
+            };
+            full == self.gw.key()
+        });
+        listed
+            && self
+                .server
+                .hosts
+                .iter()
+                .any(|sh| server_host_matches(sh, &vs.namespace, host))
+    }
+
+    /// SNI names of the server's hosts (`ns/` dropped; `*` matches any).
+    fn sni(&self) -> Vec<String> {
+        let names: Vec<String> = self
+            .server
+            .hosts
+            .iter()
+            .map(|h| h.split_once('/').map_or(h.as_str(), |(_, h)| h).to_owned())
+            .collect();
+        if names.iter().any(|h| h == "*") {
+            Vec::new()
+        } else {
+            names
+        }
+    }
+}
+
+/// Gateway (router) listeners, route configurations and SDS secrets: a
+/// listener per server port of every Gateway whose `selector` matches the
+/// proxy, with a chain per kind of server on it: plain HTTP (route
+/// configuration `http.<port>`), HTTPS terminated with a certificate from
+/// files or from a `credentialName` Secret over SDS (`kubernetes://NAME`),
+/// TLS PASSTHROUGH routed by SNI through VirtualService `tls` routes, TCP.
 pub(crate) fn gateway(
     snap: &Snapshot,
     proxy: &Proxy,
     warnings: &mut Vec<ConfigWarning>,
-) -> (Vec<Listener>, Vec<RouteConfiguration>) {
-    // port -> [(gateway key, server hosts)]
-    let mut ports: BTreeMap<u32, Vec<(String, Vec<String>)>> = BTreeMap::new();
+) -> (Vec<Listener>, Vec<RouteConfiguration>, Vec<Secret>) {
+    let mut ports: BTreeMap<u32, Vec<GatewayServer<'_>>> = BTreeMap::new();
     for gw in &snap.gateways {
         if gw.spec.selector.is_empty()
             || !gw
@@ -405,86 +464,401 @@ pub(crate) fn gateway(
         {
             continue;
         }
-        for (i, server) in gw.spec.servers.iter().enumerate() {
-            let proto = server.port.protocol.to_ascii_uppercase();
-            if !matches!(proto.as_str(), "HTTP" | "HTTP2" | "GRPC") || server.tls.is_some() {
-                warnings.push(ConfigWarning::new(
-                    "Gateway",
-                    gw.key(),
-                    format!("spec.servers[{i}]"),
-                    format!(
-                        "{proto} servers and servers with `tls` are not served yet; server skipped"
-                    ),
-                ));
-                continue;
-            }
+        for (index, server) in gw.spec.servers.iter().enumerate() {
             ports
                 .entry(server.port.number)
                 .or_default()
-                .push((gw.key(), server.hosts.clone()));
+                .push(GatewayServer { gw, index, server });
         }
     }
     let mut listeners = Vec::new();
     let mut routes = Vec::new();
+    let mut secrets: BTreeMap<String, Secret> = BTreeMap::new();
     for (port, servers) in ports {
-        let rc_name = format!("http.{port}");
-        let chain = hcm_chain(&format!("outbound_0.0.0.0_{port}"), &rc_name, true);
-        listeners.push(Listener {
-            name: format!("0.0.0.0_{port}"),
-            address: Some(socket_address("0.0.0.0", port)),
-            filter_chains: vec![chain],
-            ..Default::default()
-        });
-        let gateway_keys: Vec<String> = servers.iter().map(|(k, _)| k.clone()).collect();
-        let ctx = RouteCtx {
-            snap,
-            proxy,
-            port,
-            gateways: &gateway_keys,
-        };
-        let mut vhosts: BTreeMap<String, VirtualHost> = BTreeMap::new();
-        for vs in &snap.virtual_services {
-            if !exported_to(&vs.spec.export_to, &vs.namespace, &proxy.namespace) {
-                continue;
-            }
-            for host in &vs.spec.hosts {
-                let bound = servers.iter().any(|(gw, server_hosts)| {
-                    let listed = vs.spec.gateways.iter().any(|g| {
-                        let full = if g.contains('/') {
-                            g.clone()
-                        } else {
-                            format!("{}/{g}", vs.namespace)
-                        };
-                        full == *gw
+        let mut chains = Vec::new();
+        let mut tls_inspector = false;
+        let http: Vec<&GatewayServer<'_>> = servers
+            .iter()
+            .filter(|s| server_kind(s.server) == ServerKind::Http)
+            .collect();
+        if !http.is_empty() {
+            let name = format!("http.{port}");
+            routes.push(gateway_route_config(
+                snap, proxy, port, &name, &http, warnings,
+            ));
+            chains.push(hcm_chain(&format!("outbound_0.0.0.0_{port}"), &name, true));
+        }
+        for gs in &servers {
+            match server_kind(gs.server) {
+                ServerKind::Http => {}
+                ServerKind::Https => {
+                    let tls = gs.server.tls.clone().unwrap_or_default();
+                    let Some(ctx) = downstream_tls(snap, proxy, gs, &tls, &mut secrets, warnings)
+                    else {
+                        continue;
+                    };
+                    let name = format!(
+                        "https.{port}.{}.{}.{}",
+                        gs.server.port.name, gs.gw.name, gs.gw.namespace
+                    );
+                    routes.push(gateway_route_config(
+                        snap,
+                        proxy,
+                        port,
+                        &name,
+                        &[gs],
+                        warnings,
+                    ));
+                    let mut chain = hcm_chain(&format!("outbound_0.0.0.0_{port}"), &name, true);
+                    chain.name = name;
+                    chain.filter_chain_match = Some(FilterChainMatch {
+                        server_names: gs.sni(),
+                        transport_protocol: "tls".into(),
+                        ..Default::default()
                     });
-                    listed
-                        && server_hosts
-                            .iter()
-                            .any(|sh| server_host_matches(sh, &vs.namespace, host))
-                });
-                if !bound {
-                    continue;
+                    chain.transport_socket = Some(TransportSocket {
+                        name: "envoy.transport_sockets.tls".into(),
+                        config_type: Some(transport_socket::ConfigType::TypedConfig(pack_any(ctx))),
+                    });
+                    tls_inspector = true;
+                    chains.push(chain);
                 }
-                let vh = vhosts.entry(host.clone()).or_insert_with(|| VirtualHost {
-                    name: format!("{host}:{port}"),
-                    domains: if host == "*" {
-                        vec!["*".into()]
-                    } else {
-                        vec![host.clone(), format!("{host}:{port}")]
-                    },
-                    ..Default::default()
-                });
-                vh.routes.extend(virtual_service_routes(&ctx, vs, warnings));
+                ServerKind::Passthrough => {
+                    tls_inspector = true;
+                    for vs in bound(snap, proxy) {
+                        for r in &vs.spec.tls {
+                            for m in &r.matches {
+                                let sni: Vec<String> = m
+                                    .sni_hosts
+                                    .iter()
+                                    .filter(|h| gs.binds(vs, h))
+                                    .cloned()
+                                    .collect();
+                                if sni.is_empty() || m.port.is_some_and(|p| p != port) {
+                                    continue;
+                                }
+                                let name = format!("{}_{port}", sni.join(","));
+                                let mut chain = tcp_chain(
+                                    &name,
+                                    &name,
+                                    &l4_destinations(snap, vs, &r.route, port),
+                                );
+                                chain.filter_chain_match = Some(FilterChainMatch {
+                                    server_names: sni,
+                                    transport_protocol: "tls".into(),
+                                    ..Default::default()
+                                });
+                                chains.push(chain);
+                            }
+                        }
+                    }
+                }
+                ServerKind::Tcp => {
+                    let route = bound(snap, proxy).find_map(|vs| {
+                        let r = vs.spec.tcp.iter().find(|r| {
+                            vs.spec.hosts.iter().any(|h| gs.binds(vs, h))
+                                && (r.matches.is_empty()
+                                    || r.matches.iter().any(|m| m.port.is_none_or(|p| p == port)))
+                        })?;
+                        Some(l4_destinations(snap, vs, &r.route, port))
+                    });
+                    match route {
+                        Some(dests) => chains.push(tcp_chain(&format!("tcp.{port}"), &format!("tcp.{port}"), &dests)),
+                        None => warnings.push(ConfigWarning::new(
+                            "Gateway",
+                            gs.gw.key(),
+                            gs.field(),
+                            format!("no VirtualService tcp route is bound to this TCP server on port {port}"),
+                        )),
+                    }
+                }
+                ServerKind::Unsupported(why) => {
+                    warnings.push(ConfigWarning::new("Gateway", gs.gw.key(), gs.field(), why));
+                }
             }
         }
-        routes.push(RouteConfiguration {
-            name: rc_name,
-            virtual_hosts: vhosts.into_values().collect(),
-            validate_clusters: Some(BoolValue { value: false }),
+        let chains = dedupe_chains(chains, warnings);
+        if chains.is_empty() {
+            continue;
+        }
+        let mut listener = Listener {
+            name: format!("0.0.0.0_{port}"),
+            address: Some(socket_address("0.0.0.0", port)),
+            filter_chains: chains,
+            ..Default::default()
+        };
+        if tls_inspector {
+            listener.listener_filters.push(tls_inspector_filter());
+        }
+        listeners.push(listener);
+    }
+    (listeners, routes, secrets.into_values().collect())
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum ServerKind {
+    Http,
+    Https,
+    Passthrough,
+    Tcp,
+    Unsupported(String),
+}
+
+fn server_kind(server: &Server) -> ServerKind {
+    let proto = server.port.protocol.to_ascii_uppercase();
+    let mode = server.tls.as_ref().and_then(|t| t.mode);
+    match (proto.as_str(), mode) {
+        ("HTTP" | "HTTP2" | "GRPC", _) => ServerKind::Http,
+        ("HTTPS" | "TLS", Some(ServerTlsMode::Passthrough)) => ServerKind::Passthrough,
+        (
+            "HTTPS",
+            Some(ServerTlsMode::Simple | ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual)
+            | None,
+        ) => ServerKind::Https,
+        ("TCP" | "MONGO" | "MYSQL" | "REDIS", _) => ServerKind::Tcp,
+        (_, Some(m @ (ServerTlsMode::IstioMutual | ServerTlsMode::AutoPassthrough))) => {
+            ServerKind::Unsupported(format!(
+                "tls.mode {m:?} is not supported yet; server skipped"
+            ))
+        }
+        (p, _) => {
+            ServerKind::Unsupported(format!("protocol {p} is not supported yet; server skipped"))
+        }
+    }
+}
+
+/// VirtualServices visible from the proxy.
+fn bound<'a>(
+    snap: &'a Snapshot,
+    proxy: &'a Proxy,
+) -> impl Iterator<Item = &'a Config<VirtualServiceSpec>> + 'a {
+    snap.virtual_services
+        .iter()
+        .filter(move |vs| exported_to(&vs.spec.export_to, &vs.namespace, &proxy.namespace))
+}
+
+/// A route configuration of the VirtualServices bound to `servers`, one
+/// virtual host per VirtualService host, with `httpsRedirect` honoured.
+fn gateway_route_config(
+    snap: &Snapshot,
+    proxy: &Proxy,
+    port: u32,
+    name: &str,
+    servers: &[&GatewayServer<'_>],
+    warnings: &mut Vec<ConfigWarning>,
+) -> RouteConfiguration {
+    let gateway_keys: Vec<String> = servers.iter().map(|s| s.gw.key()).collect();
+    let ctx = RouteCtx {
+        snap,
+        proxy,
+        port,
+        gateways: &gateway_keys,
+    };
+    let mut vhosts: BTreeMap<String, VirtualHost> = BTreeMap::new();
+    for vs in bound(snap, proxy) {
+        for host in &vs.spec.hosts {
+            let binding: Vec<_> = servers.iter().filter(|s| s.binds(vs, host)).collect();
+            if binding.is_empty() {
+                continue;
+            }
+            let redirect = binding
+                .iter()
+                .any(|s| s.server.tls.as_ref().and_then(|t| t.https_redirect) == Some(true));
+            let vh = vhosts.entry(host.clone()).or_insert_with(|| VirtualHost {
+                name: format!("{host}:{port}"),
+                domains: if host == "*" {
+                    vec!["*".into()]
+                } else {
+                    vec![host.clone(), format!("{host}:{port}")]
+                },
+                require_tls: if redirect {
+                    virtual_host::TlsRequirementType::All as i32
+                } else {
+                    virtual_host::TlsRequirementType::None as i32
+                },
+                ..Default::default()
+            });
+            vh.routes.extend(virtual_service_routes(&ctx, vs, warnings));
+        }
+    }
+    RouteConfiguration {
+        name: name.to_owned(),
+        virtual_hosts: vhosts.into_values().collect(),
+        validate_clusters: Some(BoolValue { value: false }),
+        ..Default::default()
+    }
+}
+
+/// The TLS context of an HTTPS server: certificate and key from files or
+/// from the `credentialName` Secret (served over SDS), client verification
+/// for MUTUAL from `caCertificates` or the Secret's `ca.crt` (or a
+/// `<name>-cacert` Secret), as Istio does.
+fn downstream_tls(
+    snap: &Snapshot,
+    proxy: &Proxy,
+    gs: &GatewayServer<'_>,
+    tls: &ServerTlsSettings,
+    secrets: &mut BTreeMap<String, Secret>,
+    warnings: &mut Vec<ConfigWarning>,
+) -> Option<DownstreamTlsContext> {
+    let mutual = matches!(
+        tls.mode,
+        Some(ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual)
+    );
+    let file = |p: &String| DataSource {
+        specifier: Some(data_source::Specifier::Filename(p.clone())),
+        ..Default::default()
+    };
+    let mut common = CommonTlsContext::default();
+    if let Some(cred) = &tls.credential_name {
+        let Some(secret) = find_secret(snap, proxy, gs, cred) else {
+            warnings.push(ConfigWarning::new(
+                "Gateway",
+                gs.gw.key(),
+                format!("{}.tls.credentialName", gs.field()),
+                format!(
+                    "Secret {cred:?} not found in {} or {}; server skipped",
+                    proxy.namespace, gs.gw.namespace
+                ),
+            ));
+            return None;
+        };
+        let (Some(cert), Some(key)) = (&secret.cert, &secret.key) else {
+            warnings.push(ConfigWarning::new(
+                "Gateway",
+                gs.gw.key(),
+                format!("{}.tls.credentialName", gs.field()),
+                format!("Secret {cred:?} has no tls.crt/tls.key; server skipped"),
+            ));
+            return None;
+        };
+        let name = format!("kubernetes://{cred}");
+        secrets.insert(
+            name.clone(),
+            Secret {
+                name: name.clone(),
+                r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
+                    certificate_chain: Some(inline(cert)),
+                    private_key: Some(inline(key)),
+                    ..Default::default()
+                })),
+            },
+        );
+        common
+            .tls_certificate_sds_secret_configs
+            .push(SdsSecretConfig {
+                name,
+                sds_config: Some(ads_config_source()),
+            });
+        if mutual {
+            let ca = secret.ca.clone().or_else(|| {
+                find_secret(snap, proxy, gs, &format!("{cred}-cacert"))
+                    .and_then(|s| s.ca.clone().or(s.cert.clone()))
+            });
+            let Some(ca) = ca else {
+                warnings.push(ConfigWarning::new(
+                    "Gateway",
+                    gs.gw.key(),
+                    format!("{}.tls.credentialName", gs.field()),
+                    format!("MUTUAL needs a CA: Secret {cred:?} has no ca.crt and there is no {cred}-cacert; server skipped"),
+                ));
+                return None;
+            };
+            let ca_name = format!("kubernetes://{cred}-cacert");
+            secrets.insert(
+                ca_name.clone(),
+                Secret {
+                    name: ca_name.clone(),
+                    r#type: Some(secret::Type::ValidationContext(
+                        CertificateValidationContext {
+                            trusted_ca: Some(inline(&ca)),
+                            ..Default::default()
+                        },
+                    )),
+                },
+            );
+            common.validation_context_type = Some(
+                common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(
+                    SdsSecretConfig {
+                        name: ca_name,
+                        sds_config: Some(ads_config_source()),
+                    },
+                ),
+            );
+        }
+    } else if let (Some(cert), Some(key)) = (&tls.server_certificate, &tls.private_key) {
+        common.tls_certificates.push(TlsCertificate {
+            certificate_chain: Some(file(cert)),
+            private_key: Some(file(key)),
             ..Default::default()
         });
+        if mutual {
+            let Some(ca) = &tls.ca_certificates else {
+                warnings.push(ConfigWarning::new(
+                    "Gateway",
+                    gs.gw.key(),
+                    format!("{}.tls.caCertificates", gs.field()),
+                    "MUTUAL needs caCertificates; server skipped".into(),
+                ));
+                return None;
+            };
+            common.validation_context_type = Some(
+                common_tls_context::ValidationContextType::ValidationContext(
+                    CertificateValidationContext {
+                        trusted_ca: Some(file(ca)),
+                        ..Default::default()
+                    },
+                ),
+            );
+        }
+    } else {
+        warnings.push(ConfigWarning::new(
+            "Gateway",
+            gs.gw.key(),
+            format!("{}.tls", gs.field()),
+            "needs credentialName, or serverCertificate and privateKey; server skipped".into(),
+        ));
+        return None;
     }
-    (listeners, routes)
+    common.alpn_protocols = vec!["h2".into(), "http/1.1".into()];
+    Some(DownstreamTlsContext {
+        common_tls_context: Some(common),
+        require_client_certificate: Some(BoolValue {
+            value: tls.mode == Some(ServerTlsMode::Mutual),
+        }),
+        ..Default::default()
+    })
+}
+
+/// A Secret named by `credentialName`: in the gateway proxy's namespace
+/// (Istio's rule), else in the Gateway's.
+fn find_secret<'a>(
+    snap: &'a Snapshot,
+    proxy: &Proxy,
+    gs: &GatewayServer<'_>,
+    name: &str,
+) -> Option<&'a TlsSecret> {
+    snap.secrets
+        .get(&format!("{}/{name}", proxy.namespace))
+        .or_else(|| snap.secrets.get(&format!("{}/{name}", gs.gw.namespace)))
+        .map(|s| s.as_ref())
+}
+
+fn inline(bytes: &[u8]) -> DataSource {
+    DataSource {
+        specifier: Some(data_source::Specifier::InlineBytes(bytes.to_vec())),
+        ..Default::default()
+    }
+}
+
+fn tls_inspector_filter() -> ListenerFilter {
+    ListenerFilter {
+        name: "envoy.filters.listener.tls_inspector".into(),
+        config_type: Some(listener_filter::ConfigType::TypedConfig(pack_any(
+            TlsInspector::default(),
+        ))),
+        ..Default::default()
+    }
 }
 
 /// Gateway server host `[ns/]host` against a VirtualService host in `vs_ns`.
