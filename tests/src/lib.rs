@@ -404,6 +404,7 @@ pub struct Reply {
 pub fn http_request(url: &str, headers: &[(&str, &str)]) -> Result<Reply, String> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
+        .max_redirects(0)
         .proxy(None)
         .timeout_global(Some(Duration::from_secs(15)))
         .build()

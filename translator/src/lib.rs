@@ -135,6 +135,11 @@ impl Output {
                 .iter()
                 .map(|r| (r.name.clone(), pack_any(r.clone())))
                 .collect(),
+            SECRET_TYPE => self
+                .secrets
+                .iter()
+                .map(|r| (r.name.clone(), pack_any(r.clone())))
+                .collect(),
             _ => Vec::new(),
         }
     }

@@ -240,10 +240,17 @@ impl Snapshot {
                 }
                 Object::ConfigMap(_) => {}
                 Object::Secret(secret) => {
-                    let data = secret.data.clone().unwrap_or_default();
-                    let get = |keys: [&str; 2]| {
-                        keys.iter().find_map(|k| data.get(*k)).map(|b| b.0.clone())
-                    };
+                    // `stringData` is merged over `data`, as the API server does on write.
+                    let mut data: BTreeMap<String, Vec<u8>> = secret
+                        .data
+                        .iter()
+                        .flatten()
+                        .map(|(k, v)| (k.clone(), v.0.clone()))
+                        .collect();
+                    for (k, v) in secret.string_data.iter().flatten() {
+                        data.insert(k.clone(), v.clone().into_bytes());
+                    }
+                    let get = |keys: [&str; 2]| keys.iter().find_map(|k| data.get(*k)).cloned();
                     snap.secrets.insert(
                         format!("{ns}/{name}"),
                         Arc::new(TlsSecret {
@@ -423,14 +430,15 @@ impl Snapshot {
     }
 
     /// The DestinationRule for a hostname seen from namespace `ns`: one in
-    /// `ns` first, then any other (Istio's lookup order, without exportTo yet).
+    /// `ns` first, then any other exported to `ns` (Istio's lookup order).
     pub fn destination_rule(
         &self,
         hostname: &str,
         ns: &str,
     ) -> Option<&Config<DestinationRuleSpec>> {
         let matching = |dr: &&Config<DestinationRuleSpec>| {
-            self.resolve_host(&dr.spec.host, &dr.namespace) == hostname
+            exported_to(&dr.spec.export_to, &dr.namespace, ns)
+                && self.resolve_host(&dr.spec.host, &dr.namespace) == hostname
         };
         self.destination_rules
             .iter()

@@ -356,3 +356,69 @@ spec:
         "the route stays, as in Istio"
     );
 }
+
+#[test]
+fn export_to_hides_config_from_other_namespaces() {
+    let cfg = "
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  exportTo: [\".\"]
+  http: [{route: [{destination: {host: reviews, subset: v1}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: default}
+spec:
+  host: reviews
+  exportTo: [\".\"]
+  subsets: [{name: v1, labels: {version: v1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: private, namespace: default}
+spec:
+  hosts: [private.example.com]
+  exportTo: [\".\"]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: DNS
+";
+    let snap = mesh(cfg, MeshConfig::default());
+    let inside = generate(&snap, &sidecar(&[]));
+    let other = Proxy::from_node_id(
+        "sidecar~127.0.0.1~c.other~other.svc.cluster.local",
+        None,
+        Default::default(),
+    )
+    .unwrap();
+    let outside = generate(&snap, &other);
+    let names = |o: &Output| {
+        o.clusters
+            .iter()
+            .map(|c| c.name.clone())
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        names(&inside).contains(&"outbound|9080|v1|reviews.default.svc.cluster.local".to_string())
+    );
+    assert!(names(&inside).contains(&"outbound|80||private.example.com".to_string()));
+    assert!(
+        !names(&outside)
+            .contains(&"outbound|9080|v1|reviews.default.svc.cluster.local".to_string())
+    );
+    assert!(!names(&outside).contains(&"outbound|80||private.example.com".to_string()));
+    // The VirtualService applies inside only: outside gets the default route.
+    let route = |o: &Output| {
+        let rc = o.routes.iter().find(|r| r.name == "9080").unwrap();
+        let vh = rc
+            .virtual_hosts
+            .iter()
+            .find(|v| v.name.starts_with("reviews."))
+            .unwrap();
+        vh.routes[0].name.clone()
+    };
+    assert_ne!(route(&inside), "default");
+    assert_eq!(route(&outside), "default");
+}

@@ -1,0 +1,377 @@
+//! Ingress gateways on a real Envoy: HTTPS with a certificate from a
+//! `credentialName` Secret (served over SDS), `httpsRedirect`, MUTUAL TLS,
+//! and TLS PASSTHROUGH routed by SNI. Certificates come from a test CA made
+//! with `openssl`; the client is `curl`, which verifies the chain and name.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use e2e::{GATEWAY, GATEWAY_LABELS, Mesh, http_request};
+
+/// A throwaway CA and the certificates it issues.
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl (scripts/setup installs it)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        openssl(
+            dir.path(),
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=istiod-e2e test CA",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        );
+        Pki { dir }
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+
+    /// A certificate for DNS name `name`, signed by the CA: (cert, key).
+    fn issue(&self, name: &str) -> (PathBuf, PathBuf) {
+        let d = self.dir.path();
+        std::fs::write(
+            d.join(format!("{name}.ext")),
+            format!(
+                "subjectAltName=DNS:{name}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n"
+            ),
+        )
+        .unwrap();
+        let (key, csr, crt, ext) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.crt"),
+            format!("{name}.ext"),
+        );
+        openssl(
+            d,
+            &[
+                "req",
+                "-new",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+                "-subj",
+                &format!("/CN={name}"),
+            ],
+        );
+        openssl(
+            d,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &crt,
+                "-days",
+                "1",
+                "-extfile",
+                &ext,
+            ],
+        );
+        (d.join(crt), d.join(key))
+    }
+}
+
+/// A `kubernetes.io/tls` Secret with `tls.crt`, `tls.key` and `ca.crt`.
+fn tls_secret(ns: &str, name: &str, cert: &Path, key: &Path, ca: &Path) -> String {
+    let indent = |p: &Path| {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    };
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {ns}}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}  ca.crt: |\n{}",
+        indent(cert),
+        indent(key),
+        indent(ca)
+    )
+}
+
+/// `curl` over HTTPS to `host:port` (resolved to the gateway on 127.0.0.1),
+/// verifying the server against `ca`: Ok(body) or Err(curl's complaint).
+fn curl(
+    ca: &Path,
+    host: &str,
+    port: u16,
+    path: &str,
+    client: Option<(&Path, &Path)>,
+) -> Result<String, String> {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--fail", "--max-time", "5", "--cacert"])
+        .arg(ca)
+        .args(["--resolve", &format!("{host}:{port}:127.0.0.1")]);
+    if let Some((cert, key)) = client {
+        cmd.arg("--cert").arg(cert).arg("--key").arg(key);
+    }
+    let out = cmd
+        .arg(format!("https://{host}:{port}{path}"))
+        .output()
+        .expect("curl (scripts/setup installs it)");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[test]
+fn https_from_a_credential_secret_with_redirect_and_mutual_tls() {
+    let pki = Pki::new();
+    let (cert, key) = pki.issue("bookinfo.example.com");
+    let (client_cert, client_key) = pki.issue("client.example.com");
+    let mesh = Mesh::start(false, &[]);
+    mesh.cfg.write(
+        "secret.yaml",
+        &tls_secret(
+            "istio-system",
+            "bookinfo-credential",
+            &cert,
+            &key,
+            &pki.ca(),
+        ),
+    );
+    mesh.cfg.write(
+        "gateway.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: bookinfo-gateway, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 8080, name: http, protocol: HTTP}
+    hosts: [bookinfo.example.com]
+    tls: {httpsRedirect: true}
+  - port: {number: 8443, name: https, protocol: HTTPS}
+    hosts: [bookinfo.example.com]
+    tls: {mode: SIMPLE, credentialName: bookinfo-credential}
+  - port: {number: 9443, name: https-mtls, protocol: HTTPS}
+    hosts: [bookinfo.example.com]
+    tls: {mode: MUTUAL, credentialName: bookinfo-credential}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: bookinfo}
+spec:
+  hosts: [bookinfo.example.com]
+  gateways: [istio-system/bookinfo-gateway]
+  http:
+  - match: [{uri: {exact: /productpage}}]
+    route: [{destination: {host: productpage, port: {number: 9080}}}]
+",
+    );
+    let gw = Envoy::wait_started(&mesh);
+
+    // SIMPLE: the Secret's certificate is served and verifies against the CA.
+    assert_eq!(
+        curl(
+            &pki.ca(),
+            "bookinfo.example.com",
+            8443,
+            "/productpage",
+            None
+        ),
+        Ok("productpage v1".into())
+    );
+    // A name the certificate does not cover fails verification.
+    assert!(curl(&pki.ca(), "other.example.com", 8443, "/productpage", None).is_err());
+
+    // httpsRedirect: plain HTTP is sent to HTTPS.
+    let r = http_request(
+        "http://127.0.0.1:8080/productpage",
+        &[("host", "bookinfo.example.com")],
+    )
+    .unwrap();
+    assert_eq!(r.status, 301, "{r:?}");
+    assert!(
+        r.headers
+            .get("location")
+            .is_some_and(|l| l.starts_with("https://bookinfo.example.com")),
+        "{r:?}"
+    );
+
+    // MUTUAL: no client certificate, no entry; one from the CA, in.
+    assert!(
+        curl(
+            &pki.ca(),
+            "bookinfo.example.com",
+            9443,
+            "/productpage",
+            None
+        )
+        .is_err()
+    );
+    assert_eq!(
+        curl(
+            &pki.ca(),
+            "bookinfo.example.com",
+            9443,
+            "/productpage",
+            Some((&client_cert, &client_key))
+        ),
+        Ok("productpage v1".into())
+    );
+    assert_eq!(gw.rejected(), 0);
+}
+
+/// An `openssl s_server` on `addr`, killed on drop.
+struct TlsServer(Child);
+
+impl TlsServer {
+    fn start(addr: &str, cert: &Path, key: &Path) -> TlsServer {
+        let child = Command::new("openssl")
+            .args(["s_server", "-quiet", "-www", "-accept", addr, "-cert"])
+            .arg(cert)
+            .arg("-key")
+            .arg(key)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("openssl s_server");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "s_server on {addr} did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        TlsServer(child)
+    }
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn passthrough_routes_tls_by_sni_to_the_right_backend() {
+    let pki = Pki::new();
+    let mesh = Mesh::start(false, &[]);
+    let (a_cert, a_key) = pki.issue("a.passthrough.test");
+    let (b_cert, b_key) = pki.issue("b.passthrough.test");
+    let _a = TlsServer::start("127.0.3.1:9443", &a_cert, &a_key);
+    let _b = TlsServer::start("127.0.3.2:9443", &b_cert, &b_key);
+    mesh.cfg.write(
+        "passthrough.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: a-backend}
+spec:
+  hosts: [a.internal]
+  ports: [{number: 9443, name: tls, protocol: TLS}]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  endpoints: [{address: 127.0.3.1}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: b-backend}
+spec:
+  hosts: [b.internal]
+  ports: [{number: 9443, name: tls, protocol: TLS}]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  endpoints: [{address: 127.0.3.2}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: passthrough, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 8444, name: tls, protocol: TLS}
+    hosts: [\"*.passthrough.test\"]
+    tls: {mode: PASSTHROUGH}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: passthrough}
+spec:
+  hosts: [a.passthrough.test, b.passthrough.test]
+  gateways: [istio-system/passthrough]
+  tls:
+  - match: [{sniHosts: [a.passthrough.test]}]
+    route: [{destination: {host: a.internal, port: {number: 9443}}}]
+  - match: [{sniHosts: [b.passthrough.test]}]
+    route: [{destination: {host: b.internal, port: {number: 9443}}}]
+",
+    );
+    let gw = Envoy::wait_started(&mesh);
+    // The backends terminate TLS themselves: curl only verifies if the
+    // gateway sent each SNI to the backend holding that name's certificate.
+    for host in ["a.passthrough.test", "b.passthrough.test"] {
+        let page = curl(&pki.ca(), host, 8444, "/", None).unwrap_or_else(|e| panic!("{host}: {e}"));
+        assert!(page.contains("s_server"), "{host}: {page}");
+    }
+    assert!(
+        curl(&pki.ca(), "c.passthrough.test", 8444, "/", None).is_err(),
+        "no route for c"
+    );
+    assert_eq!(gw.rejected(), 0);
+}
+
+/// The gateway proxy, once it has ACKed everything.
+struct Envoy;
+
+impl Envoy {
+    fn wait_started(mesh: &Mesh) -> e2e::Envoy {
+        let start = std::time::Instant::now();
+        while mesh.daemon.snapshots.borrow().version < 2 && start.elapsed() < e2e::SYNC {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        mesh.proxy(GATEWAY, &GATEWAY_LABELS, 15000)
+    }
+}
