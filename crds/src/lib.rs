@@ -15,6 +15,7 @@ mod duration;
 pub mod gateway;
 pub mod mesh;
 pub mod service_entry;
+pub mod support;
 pub mod validate;
 pub mod virtual_service;
 

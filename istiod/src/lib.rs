@@ -161,6 +161,16 @@ fn build(version: u64, mut loaded: Loaded) -> (Snapshot, Vec<SourceError>) {
     for e in &loaded.errors {
         error!(file = %e.file.display(), document = e.document, error = %e.error, "invalid config skipped");
     }
+    for entry in &loaded.entries {
+        for (field, reason) in crds::support::unsupported(&entry.object) {
+            let meta = entry.object.metadata();
+            warn!(
+                file = %entry.file.display(), document = entry.document, kind = entry.object.kind(),
+                name = %format!("{}/{}", meta.namespace.as_deref().unwrap_or(""), meta.name.as_deref().unwrap_or("")),
+                %field, %reason, "config field not acted on"
+            );
+        }
+    }
     let snap = Snapshot::build(version, loaded.objects(), MeshConfig::default());
     for w in &snap.warnings {
         warn!(warning = %w, "config read but not acted on");

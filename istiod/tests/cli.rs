@@ -18,7 +18,7 @@ fn bad_documents_are_logged_with_file_object_and_field() {
     .unwrap();
     std::fs::write(
         dir.path().join("ok.yaml"),
-        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: ok\nspec:\n  host: reviews\n",
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: ok\nspec:\n  host: reviews\n  trafficPolicy:\n    loadBalancer:\n      localityLbSetting: {enabled: true}\n",
     )
     .unwrap();
     let mut child = Command::new(ISTIOD)
@@ -40,11 +40,15 @@ fn bad_documents_are_logged_with_file_object_and_field() {
     let start = Instant::now();
     let mut seen = Vec::new();
     let mut error_line = None;
+    let mut unsupported_line = None;
     let mut serving = false;
     while start.elapsed() < Duration::from_secs(10) && !(error_line.is_some() && serving) {
         if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
             if line.contains("invalid config skipped") {
                 error_line = Some(line.clone());
+            }
+            if line.contains("config field not acted on") {
+                unsupported_line = Some(line.clone());
             }
             serving |= line.contains("serving ADS");
             seen.push(line);
@@ -69,6 +73,17 @@ fn bad_documents_are_logged_with_file_object_and_field() {
         "the daemon must keep serving the valid rest:\n{}",
         seen.join("\n")
     );
+    // A field read but not acted on is named, never dropped silently.
+    let line = unsupported_line
+        .unwrap_or_else(|| panic!("no unsupported-field warning:\n{}", seen.join("\n")));
+    for part in [
+        "WARN",
+        "ok.yaml",
+        "DestinationRule",
+        "spec.trafficPolicy.loadBalancer.localityLbSetting",
+    ] {
+        assert!(line.contains(part), "{part:?} missing from: {line}");
+    }
 }
 
 #[test]

@@ -86,8 +86,15 @@ fn service_cluster(
         cluster.cluster_discovery_type = discovery(DiscoveryType::OriginalDst);
         cluster.lb_policy = LbPolicy::ClusterProvided as i32;
         cluster.lb_config = None;
-    } else if svc.resolution == ServiceResolution::Dns {
-        cluster.cluster_discovery_type = discovery(DiscoveryType::StrictDns);
+    } else if matches!(
+        svc.resolution,
+        ServiceResolution::Dns | ServiceResolution::DnsRoundRobin
+    ) {
+        cluster.cluster_discovery_type = discovery(if svc.resolution == ServiceResolution::Dns {
+            DiscoveryType::StrictDns
+        } else {
+            DiscoveryType::LogicalDns
+        });
         cluster.dns_lookup_family = DnsLookupFamily::V4Only as i32;
         cluster.load_assignment = Some(assignment(name, svc, port, subset_labels));
     } else {

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crds::GatewaySpec;
 use crds::VirtualServiceSpec;
-use crds::gateway::{Server, ServerTlsMode, ServerTlsSettings};
+use crds::gateway::{Server, ServerTlsMode, ServerTlsSettings, TlsProtocol};
 use envoy_types::pb::envoy::config::core::v3::{
     CidrRange, DataSource, TransportSocket, data_source, transport_socket,
 };
@@ -24,7 +24,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig, Secret,
-    TlsCertificate, common_tls_context, secret,
+    TlsCertificate, TlsParameters, common_tls_context, secret, tls_parameters,
 };
 use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
 use envoy_types::util::pack_any;
@@ -821,6 +821,22 @@ fn downstream_tls(
         return None;
     }
     common.alpn_protocols = vec!["h2".into(), "http/1.1".into()];
+    let version = |v: Option<TlsProtocol>| {
+        (match v {
+            None | Some(TlsProtocol::Auto) => tls_parameters::TlsProtocol::TlsAuto,
+            Some(TlsProtocol::V1_0) => tls_parameters::TlsProtocol::TlSv10,
+            Some(TlsProtocol::V1_1) => tls_parameters::TlsProtocol::TlSv11,
+            Some(TlsProtocol::V1_2) => tls_parameters::TlsProtocol::TlSv12,
+            Some(TlsProtocol::V1_3) => tls_parameters::TlsProtocol::TlSv13,
+        }) as i32
+    };
+    common.tls_params = Some(TlsParameters {
+        tls_minimum_protocol_version: version(tls.min_protocol_version),
+        tls_maximum_protocol_version: version(tls.max_protocol_version),
+        cipher_suites: tls.cipher_suites.clone(),
+        ecdh_curves: tls.ecdh_curves.clone(),
+        ..Default::default()
+    });
     Some(DownstreamTlsContext {
         common_tls_context: Some(common),
         require_client_certificate: Some(BoolValue {

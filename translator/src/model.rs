@@ -105,8 +105,11 @@ pub struct Endpoint {
 pub enum ServiceResolution {
     /// Endpoints known to the control plane, served over EDS.
     Static,
-    /// Envoy resolves the hostnames itself (STRICT_DNS).
+    /// Envoy resolves the hostnames itself, every address (STRICT_DNS).
     Dns,
+    /// Envoy resolves and uses one address at a time (LOGICAL_DNS),
+    /// ServiceEntry `DNS_ROUND_ROBIN`.
+    DnsRoundRobin,
     /// Forward to the original destination.
     Passthrough,
 }
@@ -450,9 +453,8 @@ impl Snapshot {
 
 fn service_entry_services(ns: &str, spec: &crds::ServiceEntrySpec) -> Vec<Service> {
     let resolution = match spec.resolution {
-        Some(Resolution::Dns | Resolution::DnsRoundRobin | Resolution::DynamicDns) => {
-            ServiceResolution::Dns
-        }
+        Some(Resolution::Dns | Resolution::DynamicDns) => ServiceResolution::Dns,
+        Some(Resolution::DnsRoundRobin) => ServiceResolution::DnsRoundRobin,
         Some(Resolution::Static) => ServiceResolution::Static,
         Some(Resolution::None) | None => ServiceResolution::Passthrough,
     };
@@ -471,7 +473,11 @@ fn service_entry_services(ns: &str, spec: &crds::ServiceEntrySpec) -> Vec<Servic
     spec.hosts
         .iter()
         .map(|host| {
-            let endpoints = if spec.endpoints.is_empty() && resolution == ServiceResolution::Dns {
+            let dns = matches!(
+                resolution,
+                ServiceResolution::Dns | ServiceResolution::DnsRoundRobin
+            );
+            let endpoints = if spec.endpoints.is_empty() && dns {
                 // DNS entries without endpoints resolve the host itself.
                 vec![Endpoint {
                     address: host.clone(),

@@ -1,0 +1,165 @@
+//! What this control plane does not act on yet, by Istio field path, so a
+//! set field it would otherwise ignore is reported by name instead of being
+//! dropped silently. `docs/ISTIO-API-SUPPORT.md` lists the same paths (a test
+//! keeps the two in step).
+
+use serde_json::Value;
+
+use crate::document::Object;
+
+/// Field paths (array indices written `[]`) read but not acted on yet, per kind.
+pub const NOT_YET: &[(&str, &str)] = &[
+    ("VirtualService", "spec.http[].match[].statPrefix"),
+    ("VirtualService", "spec.http[].fault.delay.exponentialDelay"),
+    ("VirtualService", "spec.http[].fault.abort.http2Error"),
+    ("VirtualService", "spec.http[].directResponse.body.bytes"),
+    ("VirtualService", "spec.tls[].match[].destinationSubnets"),
+    ("VirtualService", "spec.tls[].match[].sourceLabels"),
+    ("VirtualService", "spec.tls[].match[].sourceNamespace"),
+    ("VirtualService", "spec.tcp[].match[].sourceSubnet"),
+    ("DestinationRule", "loadBalancer.localityLbSetting"),
+    ("DestinationRule", "loadBalancer.zoneAwareLbSetting"),
+    ("DestinationRule", "loadBalancer.backendUtilization"),
+    ("DestinationRule", "loadBalancer.warmup.minimumPercent"),
+    ("DestinationRule", "loadBalancer.warmup.aggression"),
+    ("DestinationRule", "connectionPool.http.http2KeepAlive"),
+    (
+        "DestinationRule",
+        "connectionPool.http.maxConcurrentStreams",
+    ),
+    ("DestinationRule", "connectionPool.http.useClientProtocol"),
+    (
+        "DestinationRule",
+        "outlierDetection.outlierDetectionHttpErrorCodes",
+    ),
+    ("DestinationRule", "tls.credentialName"),
+    ("DestinationRule", "trafficPolicy.tunnel"),
+    ("DestinationRule", "trafficPolicy.proxyProtocol"),
+    ("DestinationRule", "trafficPolicy.retryBudget"),
+    ("DestinationRule", "spec.workloadSelector"),
+    ("ServiceEntry", "spec.workloadSelector"),
+    ("ServiceEntry", "spec.subjectAltNames"),
+    ("ServiceEntry", "spec.endpoints[].network"),
+    ("ServiceEntry", "spec.endpoints[].locality"),
+    ("ServiceEntry", "spec.endpoints[].weight"),
+    ("ServiceEntry", "spec.endpoints[].serviceAccount"),
+    ("Gateway", "spec.servers[].bind"),
+    ("Gateway", "spec.servers[].defaultEndpoint"),
+    ("Gateway", "spec.servers[].tls.subjectAltNames"),
+    ("Gateway", "spec.servers[].tls.verifyCertificateSpki"),
+    ("Gateway", "spec.servers[].tls.verifyCertificateHash"),
+    ("Gateway", "spec.servers[].tls.caCrl"),
+    ("Gateway", "spec.servers[].tls.credentialNames"),
+    ("Gateway", "spec.servers[].tls.tlsCertificates"),
+    ("Gateway", "spec.servers[].tls.caCertCredentialName"),
+    ("Gateway", "spec.servers[].tls.insecureSkipVerify"),
+];
+
+/// Values read but not acted on yet: (kind, field path, value, what happens).
+pub const NOT_YET_VALUES: &[(&str, &str, &str, &str)] = &[
+    (
+        "DestinationRule",
+        "tls.mode",
+        "ISTIO_MUTUAL",
+        "Istio mTLS arrives with the CA; traffic stays plaintext",
+    ),
+    (
+        "ServiceEntry",
+        "spec.resolution",
+        "DYNAMIC_DNS",
+        "resolved as DNS",
+    ),
+];
+
+/// The set fields of `object` that are not acted on yet: (field path with
+/// indices, reason).
+pub fn unsupported(object: &Object) -> Vec<(String, String)> {
+    let (kind, spec) = match object {
+        Object::VirtualService(o) => ("VirtualService", serde_json::to_value(&o.spec)),
+        Object::DestinationRule(o) => ("DestinationRule", serde_json::to_value(&o.spec)),
+        Object::ServiceEntry(o) => ("ServiceEntry", serde_json::to_value(&o.spec)),
+        Object::Gateway(o) => ("Gateway", serde_json::to_value(&o.spec)),
+        _ => return Vec::new(),
+    };
+    let Ok(spec) = spec else { return Vec::new() };
+    let mut leaves = Vec::new();
+    walk(&spec, "spec".into(), "spec".into(), &mut leaves);
+    let mut out: Vec<(String, String)> = Vec::new();
+    for (path, shape, value) in leaves {
+        let concrete: Vec<&str> = path.split('.').collect();
+        let shaped: Vec<&str> = shape.split('.').collect();
+        let hit = NOT_YET
+            .iter()
+            .filter(|(k, _)| *k == kind)
+            .find_map(|(_, pattern)| {
+                let pat: Vec<&str> = pattern.split('.').collect();
+                // The first place where the shaped path ends with the pattern.
+                (pat.len()..=shaped.len())
+                    .find(|end| shaped[..*end].ends_with(&pat))
+                    .map(|end| (concrete[..end].join("."), *pattern))
+            });
+        if let Some((field, pattern)) = hit {
+            if !out.iter().any(|(f, _)| *f == field) {
+                out.push((field, format!("not supported yet ({pattern}); ignored")));
+            }
+            continue;
+        }
+        for (k, p, v, what) in NOT_YET_VALUES {
+            if *k == kind && shape.ends_with(&format!(".{p}")) && value.as_str() == Some(*v) {
+                out.push((path.clone(), format!("{v} is not supported yet: {what}")));
+            }
+        }
+    }
+    out
+}
+
+fn walk(v: &Value, path: String, shape: String, out: &mut Vec<(String, String, Value)>) {
+    match v {
+        Value::Null => {}
+        Value::Object(map) => {
+            for (k, v) in map {
+                walk(v, format!("{path}.{k}"), format!("{shape}.{k}"), out);
+            }
+        }
+        Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                walk(v, format!("{path}[{i}]"), format!("{shape}[]"), out);
+            }
+        }
+        other => out.push((path, shape, other.clone())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::document::{parse_value, split_documents};
+
+    fn report(yaml: &str) -> Vec<(String, String)> {
+        let (_, v) = split_documents(yaml).remove(0);
+        unsupported(&parse_value(v.unwrap(), "default").remove(0).unwrap())
+    }
+
+    #[test]
+    fn names_each_unsupported_field_once() {
+        let r = report(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r}\nspec:\n  host: reviews\n  trafficPolicy:\n    loadBalancer:\n      simple: ROUND_ROBIN\n      localityLbSetting:\n        enabled: true\n        failover: [{from: a, to: b}]\n  subsets:\n  - name: v1\n    labels: {version: v1}\n    trafficPolicy:\n      tls: {mode: ISTIO_MUTUAL}\n",
+        );
+        let fields: Vec<&str> = r.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.subsets[0].trafficPolicy.tls.mode",
+                "spec.trafficPolicy.loadBalancer.localityLbSetting"
+            ]
+        );
+    }
+
+    #[test]
+    fn supported_config_reports_nothing() {
+        let r = report(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r}\nspec:\n  hosts: [reviews]\n  http:\n  - match: [{headers: {end-user: {exact: jason}}}]\n    fault: {delay: {fixedDelay: 7s, percentage: {value: 100}}}\n    route: [{destination: {host: reviews, subset: v2}}]\n",
+        );
+        assert!(r.is_empty(), "{r:?}");
+    }
+}
