@@ -111,3 +111,110 @@ spec:
     );
     assert_eq!(envoy.rejected(), 0);
 }
+
+/// Istio's egress gateway task: mesh traffic for an external host goes
+/// through the egress gateway, which sends it out.
+#[test]
+fn egress_gateway_carries_mesh_traffic_out() {
+    let mesh = Mesh::start(true, &[]);
+    add_local_address(EXTERNAL_IP);
+    external_server(&mesh, 80, "api.example.com");
+    mesh.cfg.write(
+        "egress.yaml",
+        "apiVersion: v1
+kind: Service
+metadata: {name: istio-egressgateway, namespace: istio-system}
+spec:
+  clusterIP: 10.96.0.40
+  ports: [{name: http, port: 8081}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: istio-egressgateway-1, namespace: istio-system, labels: {istio: egressgateway}}
+spec: {containers: [{name: istio-proxy, image: istio/proxyv2}]}
+status: {podIP: 127.0.4.1}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: istio-egressgateway-1, namespace: istio-system, labels: {kubernetes.io/service-name: istio-egressgateway}}
+addressType: IPv4
+ports: [{name: http, port: 8081}]
+endpoints: [{addresses: [127.0.4.1], targetRef: {kind: Pod, name: istio-egressgateway-1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api}
+spec:
+  hosts: [api.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  endpoints: [{address: 192.0.2.10}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: istio-egressgateway}
+spec:
+  selector: {istio: egressgateway}
+  servers:
+  - port: {number: 8081, name: http, protocol: HTTP}
+    hosts: [api.example.com]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: api-through-egress-gateway}
+spec:
+  hosts: [api.example.com]
+  gateways: [istio-egressgateway, mesh]
+  http:
+  - match: [{gateways: [mesh], port: 80}]
+    route: [{destination: {host: istio-egressgateway.istio-system.svc.cluster.local, port: {number: 8081}}}]
+  - match: [{gateways: [istio-egressgateway], port: 8081}]
+    route: [{destination: {host: api.example.com, port: {number: 80}}}]
+",
+    );
+    let start = std::time::Instant::now();
+    while mesh.daemon.snapshots.borrow().version < 2 && start.elapsed() < e2e::SYNC {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let sidecar = mesh.sidecar();
+    let egress = mesh.proxy(
+        "router~127.0.4.1~istio-egressgateway-1.istio-system~istio-system.svc.cluster.local",
+        &[("istio", "egressgateway")],
+        15200,
+    );
+    let r = http_request(
+        &format!("http://{EXTERNAL_IP}/"),
+        &[("host", "api.example.com")],
+    )
+    .unwrap();
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "api.example.com"),
+        "{r:?}"
+    );
+    let count = |envoy: &e2e::Envoy, stat: &str| -> u64 {
+        envoy
+            .stats()
+            .get(stat)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(
+        count(
+            &sidecar,
+            "cluster.outbound|8081||istio-egressgateway.istio-system.svc.cluster.local.upstream_rq_200"
+        ),
+        1,
+        "the sidecar sent the request to the egress gateway"
+    );
+    assert_eq!(
+        count(
+            &egress,
+            "cluster.outbound|80||api.example.com.upstream_rq_200"
+        ),
+        1,
+        "the egress gateway sent it out"
+    );
+    assert_eq!(sidecar.rejected() + egress.rejected(), 0);
+}
