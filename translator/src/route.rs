@@ -349,10 +349,13 @@ fn route_match(m: &HttpMatchRequest) -> RouteMatch {
     }
 }
 
+/// A header matcher; `invert` for Istio's `withoutHeaders`, where a request
+/// lacking the header must match (Envoy's inverted matcher alone would not).
 fn header_matcher(name: &str, m: &StringMatch, invert: bool) -> HeaderMatcher {
     HeaderMatcher {
         name: name.to_owned(),
         invert_match: invert,
+        treat_missing_header_as_empty: invert,
         header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(
             string_matcher(m),
         )),

@@ -1,0 +1,118 @@
+//! HTTP routing features on a real Envoy, from one VirtualService with a
+//! delegate: rewrite, redirect, direct response, CORS, response headers,
+//! case-insensitive paths, query and without-header matches.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
+
+use e2e::{Mesh, http_request};
+
+const REVIEWS: &str = "http://10.96.0.13:9080";
+
+const CONFIG: &str = r#"apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+  - {name: v3, labels: {version: v3}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{uri: {prefix: /old/}}]
+    rewrite: {uri: /new/}
+    route: [{destination: {host: reviews, subset: v1}}]
+  - match: [{uri: {exact: /moved}}]
+    redirect: {uri: /elsewhere, authority: reviews.example.com, redirectCode: 308}
+  - match: [{uri: {exact: /teapot}}]
+    directResponse: {status: 418, body: {string: "short and stout"}}
+  - match: [{uri: {prefix: /api/}}]
+    delegate: {name: reviews-api}
+  - match: [{uri: {exact: /case}, ignoreUriCase: true}]
+    route: [{destination: {host: reviews, subset: v2}}]
+  - match: [{queryParams: {variant: {exact: "3"}}, withoutHeaders: {x-legacy: {exact: "1"}}}]
+    route: [{destination: {host: reviews, subset: v3}}]
+  - corsPolicy:
+      allowOrigins: [{exact: "https://shop.example.com"}]
+      allowMethods: [GET]
+    headers:
+      response:
+        set: {x-routed-by: istiod-rs}
+    route: [{destination: {host: reviews, subset: v1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews-api}
+spec:
+  http:
+  - match: [{uri: {prefix: /api/v2}}]
+    route: [{destination: {host: reviews, subset: v2}}]
+  - route: [{destination: {host: reviews, subset: v3}}]
+"#;
+
+#[test]
+fn one_virtual_service_exercises_istio_http_routing() {
+    let mesh = Mesh::start(true, &[]);
+    let envoy = mesh.sidecar();
+    mesh.apply(&[&envoy], "reviews.yaml", CONFIG);
+    let get = |path: &str, headers: &[(&str, &str)]| {
+        let mut h = vec![("host", "reviews")];
+        h.extend_from_slice(headers);
+        http_request(&format!("{REVIEWS}{path}"), &h).unwrap()
+    };
+
+    // rewrite: the backend sees the new prefix.
+    let r = get("/old/page", &[]);
+    assert_eq!((r.status, r.body.as_str()), (200, "reviews v1"));
+    assert_eq!(
+        mesh.seen("/new/page").len(),
+        1,
+        "rewritten path reaches the backend"
+    );
+    assert!(mesh.seen("/old/").is_empty());
+
+    // redirect.
+    let r = get("/moved", &[]);
+    assert_eq!(r.status, 308);
+    assert_eq!(
+        r.headers.get("location").map(String::as_str),
+        Some("http://reviews.example.com/elsewhere")
+    );
+
+    // directResponse.
+    let r = get("/teapot", &[]);
+    assert_eq!((r.status, r.body.as_str()), (418, "short and stout"));
+
+    // delegate: the child's routes, under the parent's /api/ match.
+    assert_eq!(get("/api/v2/x", &[]).body, "reviews v2");
+    assert_eq!(get("/api/other", &[]).body, "reviews v3");
+
+    // ignoreUriCase.
+    assert_eq!(get("/CaSe", &[]).body, "reviews v2");
+
+    // queryParams + withoutHeaders.
+    assert_eq!(get("/q?variant=3", &[]).body, "reviews v3");
+    assert_eq!(get("/q?variant=3", &[("x-legacy", "1")]).body, "reviews v1");
+
+    // CORS and response headers on the catch-all route.
+    let r = get("/", &[("origin", "https://shop.example.com")]);
+    assert_eq!(r.body, "reviews v1");
+    assert_eq!(
+        r.headers
+            .get("access-control-allow-origin")
+            .map(String::as_str),
+        Some("https://shop.example.com")
+    );
+    assert_eq!(
+        r.headers.get("x-routed-by").map(String::as_str),
+        Some("istiod-rs")
+    );
+    let r = get("/", &[("origin", "https://evil.example.com")]);
+    assert_eq!(r.headers.get("access-control-allow-origin"), None);
+    assert_eq!(envoy.rejected(), 0);
+}
