@@ -359,7 +359,6 @@ fn header_matcher(name: &str, m: &StringMatch, invert: bool) -> HeaderMatcher {
         header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(
             string_matcher(m),
         )),
-        ..Default::default()
     }
 }
 
