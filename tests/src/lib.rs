@@ -614,6 +614,19 @@ impl Mesh {
         }
     }
 
+    /// Waits until the daemon has loaded a snapshot of at least `version`
+    /// (files written before a proxy connects are then part of its first config).
+    pub fn wait_loaded(&self, version: u64) {
+        let start = Instant::now();
+        while self.daemon.snapshots.borrow().version < version {
+            assert!(
+                start.elapsed() < SYNC,
+                "the daemon did not load snapshot {version}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Names `ip` as `name` in this test's `/etc/hosts`.
     pub fn add_host(&self, ip: &str, name: &str) {
         let mut f = std::fs::OpenOptions::new()

@@ -173,10 +173,7 @@ spec:
     route: [{destination: {host: api.example.com, port: {number: 80}}}]
 ",
     );
-    let start = std::time::Instant::now();
-    while mesh.daemon.snapshots.borrow().version < 2 && start.elapsed() < e2e::SYNC {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    mesh.wait_loaded(2);
     let sidecar = mesh.sidecar();
     let egress = mesh.proxy(
         "router~127.0.4.1~istio-egressgateway-1.istio-system~istio-system.svc.cluster.local",

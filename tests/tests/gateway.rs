@@ -209,7 +209,7 @@ spec:
     route: [{destination: {host: productpage, port: {number: 9080}}}]
 ",
     );
-    let gw = Envoy::wait_started(&mesh);
+    let gw = gateway(&mesh);
 
     // SIMPLE: the Secret's certificate is served and verifies against the CA.
     assert_eq!(
@@ -349,7 +349,7 @@ spec:
     route: [{destination: {host: b.internal, port: {number: 9443}}}]
 ",
     );
-    let gw = Envoy::wait_started(&mesh);
+    let gw = gateway(&mesh);
     // The backends terminate TLS themselves: curl only verifies if the
     // gateway sent each SNI to the backend holding that name's certificate.
     for host in ["a.passthrough.test", "b.passthrough.test"] {
@@ -363,15 +363,8 @@ spec:
     assert_eq!(gw.rejected(), 0);
 }
 
-/// The gateway proxy, once it has ACKed everything.
-struct Envoy;
-
-impl Envoy {
-    fn wait_started(mesh: &Mesh) -> e2e::Envoy {
-        let start = std::time::Instant::now();
-        while mesh.daemon.snapshots.borrow().version < 2 && start.elapsed() < e2e::SYNC {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        mesh.proxy(GATEWAY, &GATEWAY_LABELS, 15000)
-    }
+/// The ingress gateway proxy, connected once the test's files are loaded.
+fn gateway(mesh: &Mesh) -> e2e::Envoy {
+    mesh.wait_loaded(2);
+    mesh.proxy(GATEWAY, &GATEWAY_LABELS, 15000)
 }

@@ -66,6 +66,13 @@ fn retries_recover_from_as_many_failures_as_attempts() {
     assert_eq!(mesh.seen("/flaky/1/c").len(), 1);
 }
 
+/// A GET and how long it took.
+fn timed_get(url: &str, host: &str) -> (e2e::Reply, Duration) {
+    let start = Instant::now();
+    let r = http_request(url, &[("host", host)]).unwrap();
+    (r, start.elapsed())
+}
+
 #[test]
 fn timeouts_answer_504_at_the_configured_time() {
     let mesh = Mesh::start(true, &[]);
@@ -79,9 +86,7 @@ fn timeouts_answer_504_at_the_configured_time() {
             "  - timeout: 1s\n    route: [{destination: {host: ratings}}]\n",
         ),
     );
-    let start = Instant::now();
-    let r = http_request(&format!("{RATINGS}/delay/5000"), &[("host", "ratings")]).unwrap();
-    let took = start.elapsed();
+    let (r, took) = timed_get(&format!("{RATINGS}/delay/5000"), "ratings");
     assert_eq!(r.status, 504);
     assert!(
         (Duration::from_millis(950)..Duration::from_millis(2000)).contains(&took),
@@ -101,9 +106,7 @@ fn timeouts_answer_504_at_the_configured_time() {
             "  - retries: {attempts: 1, perTryTimeout: 400ms, retryOn: gateway-error}\n    route: [{destination: {host: ratings}}]\n",
         ),
     );
-    let start = Instant::now();
-    let r = http_request(&format!("{RATINGS}/delay/3000"), &[("host", "ratings")]).unwrap();
-    let took = start.elapsed();
+    let (r, took) = timed_get(&format!("{RATINGS}/delay/3000"), "ratings");
     assert_eq!(r.status, 504);
     assert!(
         (Duration::from_millis(750)..Duration::from_millis(1600)).contains(&took),
