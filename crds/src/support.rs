@@ -17,7 +17,10 @@ pub const NOT_YET: &[(&str, &str)] = &[
     ("VirtualService", "spec.tls[].match[].sourceLabels"),
     ("VirtualService", "spec.tls[].match[].sourceNamespace"),
     ("VirtualService", "spec.tcp[].match[].sourceSubnet"),
-    ("DestinationRule", "loadBalancer.localityLbSetting"),
+    (
+        "DestinationRule",
+        "loadBalancer.localityLbSetting.failoverPriority",
+    ),
     ("DestinationRule", "loadBalancer.zoneAwareLbSetting"),
     ("DestinationRule", "loadBalancer.backendUtilization"),
     ("DestinationRule", "loadBalancer.warmup.minimumPercent"),
@@ -143,14 +146,14 @@ mod tests {
     #[test]
     fn names_each_unsupported_field_once() {
         let r = report(
-            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r}\nspec:\n  host: reviews\n  trafficPolicy:\n    loadBalancer:\n      simple: ROUND_ROBIN\n      localityLbSetting:\n        enabled: true\n        failover: [{from: a, to: b}]\n  subsets:\n  - name: v1\n    labels: {version: v1}\n    trafficPolicy:\n      tls: {mode: ISTIO_MUTUAL}\n",
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r}\nspec:\n  host: reviews\n  trafficPolicy:\n    loadBalancer:\n      simple: ROUND_ROBIN\n      zoneAwareLbSetting:\n        enabled: true\n        failover: [{from: a, to: b}]\n  subsets:\n  - name: v1\n    labels: {version: v1}\n    trafficPolicy:\n      tls: {mode: ISTIO_MUTUAL}\n",
         );
         let fields: Vec<&str> = r.iter().map(|(f, _)| f.as_str()).collect();
         assert_eq!(
             fields,
             [
                 "spec.subsets[0].trafficPolicy.tls.mode",
-                "spec.trafficPolicy.loadBalancer.localityLbSetting"
+                "spec.trafficPolicy.loadBalancer.zoneAwareLbSetting"
             ]
         );
     }

@@ -18,6 +18,8 @@ pub struct BootstrapOptions {
     pub admin_port: u16,
     /// Workload labels (node metadata `LABELS`), e.g. `istio=ingressgateway` for a gateway.
     pub labels: BTreeMap<String, String>,
+    /// `region/zone/subzone` of the proxy (node `locality`), empty if unknown.
+    pub locality: String,
 }
 
 /// Why the bootstrap could not be made.
@@ -50,9 +52,15 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<Value, BootstrapError> {
         .ok_or_else(|| BootstrapError::XdsAddr(opts.xds_addr.clone()))?;
     let is_ip = host.parse::<std::net::IpAddr>().is_ok();
     let ads = json!({ "ads": {}, "resource_api_version": "V3" });
+    let mut locality = opts.locality.split('/');
     Ok(json!({
         "node": {
             "id": opts.node_id,
+            "locality": {
+                "region": locality.next().unwrap_or_default(),
+                "zone": locality.next().unwrap_or_default(),
+                "sub_zone": locality.next().unwrap_or_default(),
+            },
             "cluster": format!("{}.{}", proxy.labels.get("app").cloned().unwrap_or_else(|| "istio-proxy".into()), proxy.namespace),
             "metadata": {
                 "NAMESPACE": proxy.namespace,
@@ -107,10 +115,12 @@ mod tests {
             xds_addr: "127.0.0.1:15010".into(),
             admin_port: 15000,
             labels: [("istio".to_string(), "ingressgateway".to_string())].into(),
+            locality: "us-east/us-east-1a".into(),
         })
         .unwrap();
         assert_eq!(b["node"]["metadata"]["NAMESPACE"], "istio-system");
         assert_eq!(b["node"]["metadata"]["LABELS"]["istio"], "ingressgateway");
+        assert_eq!(b["node"]["locality"]["zone"], "us-east-1a");
         let addr = &b["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"]
             [0]["endpoint"]["address"]["socket_address"];
         assert_eq!(addr["port_value"], 15010);
@@ -123,6 +133,7 @@ mod tests {
             xds_addr: "127.0.0.1:15010".into(),
             admin_port: 15000,
             labels: BTreeMap::new(),
+            locality: String::new(),
         };
         assert!(matches!(bootstrap(&o), Err(BootstrapError::NodeId(_))));
         o.node_id = "sidecar~1.2.3.4~a.b~b.svc.cluster.local".into();

@@ -46,6 +46,9 @@ enum Command {
         /// Workload label KEY=VALUE (repeatable), e.g. `istio=ingressgateway`.
         #[arg(long = "label", value_parser = parse_label)]
         labels: Vec<(String, String)>,
+        /// The proxy's locality, `region/zone/subzone` (for locality load balancing).
+        #[arg(long, default_value = "")]
+        locality: String,
     },
 }
 
@@ -80,12 +83,14 @@ fn main() -> ExitCode {
             xds_addr,
             admin_port,
             labels,
+            locality,
         }) => {
             let opts = BootstrapOptions {
                 node_id,
                 xds_addr,
                 admin_port,
                 labels: labels.into_iter().collect::<BTreeMap<_, _>>(),
+                locality,
             };
             match bootstrap(&opts) {
                 Ok(json) => {

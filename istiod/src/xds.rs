@@ -390,8 +390,9 @@ fn record(sync: &SyncTable, node_id: &str, f: impl FnOnce(&mut ProxySync)) {
     }
 }
 
-/// Builds the [`Proxy`] from an xDS node: Istio's node ID and the node
-/// metadata `NAMESPACE` (string) and `LABELS` (struct of strings).
+/// Builds the [`Proxy`] from an xDS node: Istio's node ID, the node
+/// metadata `NAMESPACE` (string) and `LABELS` (struct of strings), and the
+/// node's `locality`.
 fn proxy_from_node(node: &Node) -> Result<Proxy, translator::model::InvalidNodeId> {
     let fields = node.metadata.as_ref().map(|m| &m.fields);
     let string = |v: &Value| match &v.kind {
@@ -411,5 +412,12 @@ fn proxy_from_node(node: &Node) -> Result<Proxy, translator::model::InvalidNodeI
             _ => None,
         })
         .unwrap_or_default();
-    Proxy::from_node_id(&node.id, namespace, labels)
+    let mut proxy = Proxy::from_node_id(&node.id, namespace, labels)?;
+    if let Some(l) = &node.locality {
+        proxy.locality = [l.region.as_str(), l.zone.as_str(), l.sub_zone.as_str()]
+            .join("/")
+            .trim_end_matches('/')
+            .to_owned();
+    }
+    Ok(proxy)
 }

@@ -18,7 +18,7 @@ fn bad_documents_are_logged_with_file_object_and_field() {
     .unwrap();
     std::fs::write(
         dir.path().join("ok.yaml"),
-        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: ok\nspec:\n  host: reviews\n  trafficPolicy:\n    loadBalancer:\n      localityLbSetting: {enabled: true}\n",
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: ok\nspec:\n  host: reviews\n  trafficPolicy:\n    loadBalancer:\n      zoneAwareLbSetting: {enabled: true}\n",
     )
     .unwrap();
     let mut child = Command::new(ISTIOD)
@@ -80,7 +80,7 @@ fn bad_documents_are_logged_with_file_object_and_field() {
         "WARN",
         "ok.yaml",
         "DestinationRule",
-        "spec.trafficPolicy.loadBalancer.localityLbSetting",
+        "spec.trafficPolicy.loadBalancer.zoneAwareLbSetting",
     ] {
         assert!(line.contains(part), "{part:?} missing from: {line}");
     }

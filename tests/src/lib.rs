@@ -270,6 +270,17 @@ impl Envoy {
         xds: SocketAddr,
         admin_port: u16,
     ) -> Envoy {
+        Envoy::start_at(node_id, labels, "", xds, admin_port)
+    }
+
+    /// As [`Envoy::start`], with the proxy's `region/zone/subzone`.
+    pub fn start_at(
+        node_id: &str,
+        labels: &[(&str, &str)],
+        locality: &str,
+        xds: SocketAddr,
+        admin_port: u16,
+    ) -> Envoy {
         let json = bootstrap(&BootstrapOptions {
             node_id: node_id.to_owned(),
             xds_addr: xds.to_string(),
@@ -278,6 +289,7 @@ impl Envoy {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            locality: locality.to_owned(),
         })
         .expect("bootstrap");
         let mut file = tempfile::Builder::new()
@@ -648,7 +660,18 @@ impl Mesh {
 
     /// A proxy, connected and in sync.
     pub fn proxy(&self, node_id: &str, labels: &[(&str, &str)], admin_port: u16) -> Envoy {
-        let envoy = Envoy::start(node_id, labels, self.daemon.xds_addr, admin_port);
+        self.proxy_at(node_id, labels, "", admin_port)
+    }
+
+    /// A proxy at `locality` (`region/zone/subzone`), connected and in sync.
+    pub fn proxy_at(
+        &self,
+        node_id: &str,
+        labels: &[(&str, &str)],
+        locality: &str,
+        admin_port: u16,
+    ) -> Envoy {
+        let envoy = Envoy::start_at(node_id, labels, locality, self.daemon.xds_addr, admin_port);
         wait_synced(&self.daemon, &[&envoy], SYNC);
         envoy
     }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use crds::destination_rule::{SimpleLb, TrafficPolicy};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
-    DiscoveryType, DnsLookupFamily, EdsClusterConfig, LbPolicy,
+    DiscoveryType, DnsLookupFamily, EdsClusterConfig, LbPolicy, common_lb_config,
 };
 use envoy_types::pb::envoy::config::core::v3::Locality;
 use envoy_types::pb::envoy::config::endpoint::v3::{
@@ -14,8 +14,8 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
 };
 use envoy_types::pb::google::protobuf::UInt32Value;
 
-use crate::model::{Endpoint, Protocol, Service, ServicePort, ServiceResolution, Snapshot};
-use crate::policy::{Effective, discovery};
+use crate::model::{Endpoint, Protocol, Proxy, Service, ServicePort, ServiceResolution, Snapshot};
+use crate::policy::{Effective, LocalityPlan, discovery};
 use crate::{ads_config_source, duration, socket_address};
 
 /// Istio's name of the cluster forwarding to the original destination.
@@ -32,8 +32,10 @@ pub fn cluster_name(port: u32, subset: &str, hostname: &str) -> String {
 }
 
 /// Clusters and endpoint assignments for every service port and every
-/// DestinationRule subset, seen from a proxy in namespace `ns`.
-pub(crate) fn build(snap: &Snapshot, ns: &str) -> (Vec<Cluster>, Vec<ClusterLoadAssignment>) {
+/// DestinationRule subset, seen from `proxy` (its namespace decides what is
+/// visible, its locality the endpoints' priorities and weights).
+pub(crate) fn build(snap: &Snapshot, proxy: &Proxy) -> (Vec<Cluster>, Vec<ClusterLoadAssignment>) {
+    let ns = proxy.namespace.as_str();
     let mut clusters = vec![passthrough_cluster(), blackhole_cluster()];
     let mut assignments = Vec::new();
     for svc in snap.visible_services(ns) {
@@ -54,7 +56,18 @@ pub(crate) fn build(snap: &Snapshot, ns: &str) -> (Vec<Cluster>, Vec<ClusterLoad
             for (subset, subset_policy, labels) in variants {
                 let name = cluster_name(port.port, subset, &svc.hostname);
                 let policy = Effective::resolve(top, subset_policy, port.port);
-                let (cluster, cla) = service_cluster(&name, svc, port, &policy, &labels);
+                let endpoints: Vec<&Endpoint> = svc
+                    .endpoints
+                    .iter()
+                    .filter(|ep| ep.ready && selects(&labels, ep))
+                    .collect();
+                let mut localities: Vec<&str> =
+                    endpoints.iter().map(|e| e.locality.as_str()).collect();
+                localities.sort_unstable();
+                localities.dedup();
+                let plan = policy.locality_plan(&proxy.locality, &localities);
+                let (cluster, cla) =
+                    service_cluster(&name, svc, port, &policy, &endpoints, plan.as_ref());
                 clusters.push(cluster);
                 assignments.extend(cla);
             }
@@ -68,7 +81,8 @@ fn service_cluster(
     svc: &Service,
     port: &ServicePort,
     policy: &Effective,
-    subset_labels: &BTreeMap<String, String>,
+    endpoints: &[&Endpoint],
+    plan: Option<&LocalityPlan>,
 ) -> (Cluster, Option<ClusterLoadAssignment>) {
     let mut cluster = Cluster {
         name: name.to_owned(),
@@ -79,6 +93,16 @@ fn service_cluster(
     };
     let http2 = matches!(port.protocol, Protocol::Http2 | Protocol::Grpc);
     policy.apply(&mut cluster, http2, &svc.hostname);
+    if plan.is_some_and(|p| p.weighted) {
+        cluster
+            .common_lb_config
+            .get_or_insert_default()
+            .locality_config_specifier = Some(
+            common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(
+                common_lb_config::LocalityWeightedLbConfig {},
+            ),
+        );
+    }
     let passthrough = svc.resolution == ServiceResolution::Passthrough
         || policy.simple() == Some(SimpleLb::Passthrough);
     let mut cla = None;
@@ -96,61 +120,74 @@ fn service_cluster(
             DiscoveryType::LogicalDns
         });
         cluster.dns_lookup_family = DnsLookupFamily::V4Only as i32;
-        cluster.load_assignment = Some(assignment(name, svc, port, subset_labels));
+        cluster.load_assignment = Some(assignment(name, port, endpoints, plan));
     } else {
         cluster.cluster_discovery_type = discovery(DiscoveryType::Eds);
         cluster.eds_cluster_config = Some(EdsClusterConfig {
             eds_config: Some(ads_config_source()),
             service_name: name.to_owned(),
         });
-        cla = Some(assignment(name, svc, port, subset_labels));
+        cla = Some(assignment(name, port, endpoints, plan));
     }
     (cluster, cla)
 }
 
-/// Ready endpoints of `svc` on `port` whose labels include `subset_labels`.
+/// The endpoints on `port`, grouped by locality, each locality with its
+/// priority and weight from `plan` (a locality weighted 0 is left out).
 fn assignment(
     name: &str,
-    svc: &Service,
     port: &ServicePort,
-    subset_labels: &BTreeMap<String, String>,
+    endpoints: &[&Endpoint],
+    plan: Option<&LocalityPlan>,
 ) -> ClusterLoadAssignment {
-    let lb_endpoints: Vec<LbEndpoint> = svc
-        .endpoints
-        .iter()
-        .filter(|ep| ep.ready && selects(subset_labels, ep))
-        .filter_map(|ep| {
-            let target = ep.ports.get(&port.name).copied().or_else(|| {
-                (ep.ports.len() == 1)
-                    .then(|| ep.ports.values().copied().next())
-                    .flatten()
-            })?;
-            Some(LbEndpoint {
+    let mut by_locality: BTreeMap<&str, Vec<LbEndpoint>> = BTreeMap::new();
+    for ep in endpoints {
+        let target = ep.ports.get(&port.name).copied().or_else(|| {
+            (ep.ports.len() == 1)
+                .then(|| ep.ports.values().copied().next())
+                .flatten()
+        });
+        let Some(target) = target else { continue };
+        by_locality
+            .entry(ep.locality.as_str())
+            .or_default()
+            .push(LbEndpoint {
                 host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(EnvoyEndpoint {
                     address: Some(socket_address(&ep.address, target)),
                     ..Default::default()
                 })),
                 load_balancing_weight: Some(UInt32Value { value: 1 }),
                 ..Default::default()
-            })
-        })
-        .collect();
-    let endpoints = if lb_endpoints.is_empty() {
-        Vec::new()
-    } else {
-        vec![LocalityLbEndpoints {
+            });
+    }
+    let mut groups = Vec::new();
+    for (locality, lb_endpoints) in by_locality {
+        let (priority, weight) = plan
+            .and_then(|p| p.by_locality.get(locality).copied())
+            .unwrap_or((0, None));
+        if weight == Some(0) {
+            continue;
+        }
+        let mut parts = locality.split('/').map(str::to_owned);
+        groups.push(LocalityLbEndpoints {
             // Always a locality and a weight: proxyless gRPC drops localities without one.
-            locality: Some(Locality::default()),
-            load_balancing_weight: Some(UInt32Value {
-                value: u32::try_from(lb_endpoints.len()).unwrap_or(u32::MAX),
+            locality: Some(Locality {
+                region: parts.next().unwrap_or_default(),
+                zone: parts.next().unwrap_or_default(),
+                sub_zone: parts.next().unwrap_or_default(),
             }),
+            load_balancing_weight: Some(UInt32Value {
+                value: weight
+                    .unwrap_or_else(|| u32::try_from(lb_endpoints.len()).unwrap_or(u32::MAX)),
+            }),
+            priority,
             lb_endpoints,
             ..Default::default()
-        }]
-    };
+        });
+    }
     ClusterLoadAssignment {
         cluster_name: name.to_owned(),
-        endpoints,
+        endpoints: groups,
         ..Default::default()
     }
 }

@@ -148,7 +148,7 @@ impl Output {
 /// Generates the full configuration of `proxy` from `snap`.
 pub fn generate(snap: &Snapshot, proxy: &Proxy) -> Output {
     let mut warnings = Vec::new();
-    let (clusters, endpoints) = cluster::build(snap, &proxy.namespace);
+    let (clusters, endpoints) = cluster::build(snap, proxy);
     let (listeners, routes, secrets) = match proxy.kind {
         ProxyKind::Sidecar => {
             let (l, r) = listener::sidecar(snap, proxy, &mut warnings);

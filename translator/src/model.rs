@@ -97,6 +97,11 @@ pub struct Endpoint {
     pub labels: BTreeMap<String, String>,
     /// `EndpointSlice` `conditions.ready` (default true).
     pub ready: bool,
+    /// `region/zone/subzone` (any part may be empty): ServiceEntry endpoint
+    /// `locality`, the pod's `istio-locality` label (dots for slashes), its
+    /// `topology.kubernetes.io/region|zone` and `topology.istio.io/subzone`
+    /// labels, or the EndpointSlice `zone`.
+    pub locality: String,
 }
 
 /// How a service's endpoints are resolved (ServiceEntry `resolution`;
@@ -366,18 +371,20 @@ impl Snapshot {
                             pods_by_name.get(&(pns, r.name.clone().unwrap_or_default()))
                         })
                         .or_else(|| ep.addresses.first().and_then(|a| pods_by_ip.get(a)));
-                    let labels = pod
+                    let labels: BTreeMap<String, String> = pod
                         .and_then(|p| p.metadata.labels.clone())
                         .unwrap_or_default()
                         .into_iter()
                         .collect();
                     let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+                    let locality = pod_locality(&labels, ep.zone.as_deref());
                     for address in &ep.addresses {
                         endpoints.push(Endpoint {
                             address: address.clone(),
                             ports: slice_ports.clone(),
                             labels: BTreeMap::clone(&labels),
                             ready,
+                            locality: locality.clone(),
                         });
                     }
                 }
@@ -484,6 +491,7 @@ fn service_entry_services(ns: &str, spec: &crds::ServiceEntrySpec) -> Vec<Servic
                     ports: ports.iter().map(|p| (p.name.clone(), p.port)).collect(),
                     labels: BTreeMap::new(),
                     ready: true,
+                    locality: String::new(),
                 }]
             } else {
                 spec.endpoints
@@ -502,6 +510,7 @@ fn service_entry_services(ns: &str, spec: &crds::ServiceEntrySpec) -> Vec<Servic
                                 .collect(),
                             labels: we.labels.clone(),
                             ready: true,
+                            locality: we.locality.clone().unwrap_or_default(),
                         })
                     })
                     .collect()
@@ -520,6 +529,34 @@ fn service_entry_services(ns: &str, spec: &crds::ServiceEntrySpec) -> Vec<Servic
             }
         })
         .collect()
+}
+
+/// A pod's locality as Istio reads it: the `istio-locality` label
+/// (`region.zone.subzone`), else the topology labels, else the slice's zone.
+fn pod_locality(labels: &BTreeMap<String, String>, slice_zone: Option<&str>) -> String {
+    if let Some(l) = labels.get("istio-locality") {
+        return l.replace('.', "/");
+    }
+    let region = labels
+        .get("topology.kubernetes.io/region")
+        .map(String::as_str)
+        .unwrap_or("");
+    let zone = labels
+        .get("topology.kubernetes.io/zone")
+        .map(String::as_str)
+        .or(slice_zone)
+        .unwrap_or("");
+    let subzone = labels
+        .get("topology.istio.io/subzone")
+        .map(String::as_str)
+        .unwrap_or("");
+    if region.is_empty() && zone.is_empty() && subzone.is_empty() {
+        String::new()
+    } else if subzone.is_empty() {
+        format!("{region}/{zone}")
+    } else {
+        format!("{region}/{zone}/{subzone}")
+    }
 }
 
 /// Istio's `exportTo` rule: empty or `*` is every namespace, `.` the
@@ -553,6 +590,8 @@ pub struct Proxy {
     pub namespace: String,
     /// Workload labels: node metadata `LABELS`.
     pub labels: BTreeMap<String, String>,
+    /// `region/zone/subzone` from the xDS node's `locality` (empty: unknown).
+    pub locality: String,
 }
 
 /// Why a node ID was refused.
@@ -600,6 +639,7 @@ impl Proxy {
             id: (*pod_id).to_owned(),
             namespace,
             labels,
+            locality: String::new(),
         })
     }
 }

@@ -4,6 +4,8 @@
 //! Envoy cluster settings: load balancing, circuit breakers, outlier
 //! detection, upstream TLS, slow start.
 
+use std::collections::BTreeMap;
+
 use crds::destination_rule::{
     ClientTlsMode, ClientTlsSettings, ConnectionPoolSettings, ConsistentHashLb, H2UpgradePolicy,
     LoadBalancerSettings, OutlierDetection, SimpleLb, TrafficPolicy,
@@ -370,6 +372,108 @@ impl Effective {
             config_type: Some(transport_socket::ConfigType::TypedConfig(pack_any(ctx))),
         });
     }
+}
+
+/// Where each endpoint locality stands for one proxy: Envoy priority
+/// (failover order) and locality weight (distribution).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LocalityPlan {
+    /// `region/zone/subzone` -> (priority, weight; `None` = unweighted).
+    pub by_locality: BTreeMap<String, (u32, Option<u32>)>,
+    /// Whether weights apply (Envoy `locality_weighted_lb_config`).
+    pub weighted: bool,
+}
+
+impl Effective {
+    /// Istio's locality load balancing for a proxy at `proxy` (`region/zone/subzone`)
+    /// over endpoints at `localities`. As in Istio it applies only with
+    /// outlier detection (which is what moves traffic away from a failing
+    /// locality) and a known proxy locality: `distribute` gives weights,
+    /// otherwise localities are prioritised by closeness, with `failover`
+    /// naming the region to try after the proxy's own.
+    pub fn locality_plan(&self, proxy: &str, localities: &[&str]) -> Option<LocalityPlan> {
+        let setting = self.load_balancer.as_ref()?.locality_lb_setting.as_ref()?;
+        if self.outlier_detection.is_none() || setting.enabled == Some(false) || proxy.is_empty() {
+            return None;
+        }
+        let mut plan = LocalityPlan::default();
+        if let Some(rule) = setting.distribute.iter().find(|d| {
+            d.from
+                .as_deref()
+                .is_some_and(|f| locality_matches(f, proxy))
+        }) {
+            plan.weighted = true;
+            for l in localities {
+                let weight: u32 = rule
+                    .to
+                    .iter()
+                    .filter(|(pattern, _)| locality_matches(pattern, l))
+                    .map(|(pattern, w)| {
+                        let sharing = localities
+                            .iter()
+                            .filter(|x| locality_matches(pattern, x))
+                            .count();
+                        w / u32::try_from(sharing.max(1)).unwrap_or(1)
+                    })
+                    .sum();
+                plan.by_locality.insert((*l).to_owned(), (0, Some(weight)));
+            }
+            return Some(plan);
+        }
+        let parts = |l: &str| -> [String; 3] {
+            let mut it = l.split('/').map(str::to_owned);
+            [
+                it.next().unwrap_or_default(),
+                it.next().unwrap_or_default(),
+                it.next().unwrap_or_default(),
+            ]
+        };
+        let me = parts(proxy);
+        let raw: Vec<(String, u32)> = localities
+            .iter()
+            .map(|l| {
+                let them = parts(l);
+                let priority = if them == me {
+                    0
+                } else if them[..2] == me[..2] {
+                    1
+                } else if them[0] == me[0] {
+                    2
+                } else if setting.failover.iter().any(|f| {
+                    f.from.as_deref() == Some(me[0].as_str())
+                        && f.to.as_deref() == Some(them[0].as_str())
+                }) {
+                    3
+                } else {
+                    4
+                };
+                ((*l).to_owned(), priority)
+            })
+            .collect();
+        // Envoy wants priorities without gaps.
+        let mut used: Vec<u32> = raw.iter().map(|(_, p)| *p).collect();
+        used.sort_unstable();
+        used.dedup();
+        for (l, p) in raw {
+            let dense = u32::try_from(used.iter().position(|u| *u == p).unwrap_or(0)).unwrap_or(0);
+            plan.by_locality.insert(l, (dense, None));
+        }
+        Some(plan)
+    }
+}
+
+/// Istio's locality pattern (`region/zone/subzone`, `*` matching the rest).
+pub fn locality_matches(pattern: &str, locality: &str) -> bool {
+    let mut l = locality.split('/');
+    for p in pattern.split('/') {
+        if p == "*" {
+            return true;
+        }
+        if l.next().unwrap_or("") != p {
+            return false;
+        }
+    }
+    true
 }
 
 /// The route hash policy of a consistent-hash load balancer (Istio puts it

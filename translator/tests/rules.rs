@@ -422,3 +422,65 @@ spec:
     assert_ne!(route(&inside), "default");
     assert_eq!(route(&outside), "default");
 }
+
+#[test]
+fn locality_failover_priorities_and_distribute_weights() {
+    use crds::destination_rule::{
+        LoadBalancerSettings, LocalityDistribute, LocalityFailover, LocalityLbSetting,
+        OutlierDetection,
+    };
+    use translator::policy::Effective;
+    let localities = ["r1/z1", "r1/z2", "r2/z1", "r3/z1"];
+    let mut policy = Effective {
+        load_balancer: Some(LoadBalancerSettings {
+            locality_lb_setting: Some(LocalityLbSetting {
+                failover: vec![LocalityFailover {
+                    from: Some("r1".into()),
+                    to: Some("r2".into()),
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    // Istio applies locality load balancing only with outlier detection.
+    assert_eq!(policy.locality_plan("r1/z1", &localities), None);
+    policy.outlier_detection = Some(OutlierDetection::default());
+    let plan = policy.locality_plan("r1/z1", &localities).unwrap();
+    let priority = |l: &str| plan.by_locality[l].0;
+    assert_eq!(
+        [
+            priority("r1/z1"),
+            priority("r1/z2"),
+            priority("r2/z1"),
+            priority("r3/z1")
+        ],
+        [0, 1, 2, 3],
+        "same zone, same region, failover region, the rest"
+    );
+    assert!(!plan.weighted);
+    // No locality for the proxy: nothing to prefer.
+    assert_eq!(policy.locality_plan("", &localities), None);
+
+    // distribute: a weight shared by the localities its pattern matches.
+    policy.load_balancer.as_mut().unwrap().locality_lb_setting = Some(LocalityLbSetting {
+        distribute: vec![LocalityDistribute {
+            from: Some("r1/z1/*".into()),
+            to: [("r1/*".to_string(), 80), ("r2/z1/*".to_string(), 20)].into(),
+        }],
+        ..Default::default()
+    });
+    let plan = policy.locality_plan("r1/z1", &localities).unwrap();
+    assert!(plan.weighted);
+    let weight = |l: &str| plan.by_locality[l].1;
+    assert_eq!(
+        [
+            weight("r1/z1"),
+            weight("r1/z2"),
+            weight("r2/z1"),
+            weight("r3/z1")
+        ],
+        [Some(40), Some(40), Some(20), Some(0)]
+    );
+}

@@ -1,0 +1,133 @@
+//! Locality load balancing on a real Envoy (DestinationRule
+//! `localityLbSetting`): failover keeps traffic in the proxy's zone and
+//! moves it outward as endpoints fail; `distribute` splits by weight.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
+
+use std::collections::BTreeMap;
+
+use e2e::{Mesh, SIDECAR, SIDECAR_LABELS, assert_binomial, tally};
+
+const URL: &str = "http://10.96.0.50:9080";
+
+/// `reviews-local`: the three reviews backends, each in its own locality
+/// (pod label `istio-locality`, as Istio reads it).
+const PLATFORM: &str = "apiVersion: v1
+kind: Service
+metadata: {name: reviews-local, namespace: default}
+spec:
+  clusterIP: 10.96.0.50
+  ports: [{name: http, port: 9080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: local-v1, namespace: default, labels: {app: reviews-local, istio-locality: region1.zone1}}
+status: {podIP: 127.0.1.4}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: local-v2, namespace: default, labels: {app: reviews-local, istio-locality: region1.zone2}}
+status: {podIP: 127.0.1.5}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: local-v3, namespace: default, labels: {app: reviews-local, istio-locality: region2.zone1}}
+status: {podIP: 127.0.1.6}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: reviews-local-1, namespace: default, labels: {kubernetes.io/service-name: reviews-local}}
+addressType: IPv4
+ports: [{name: http, port: 9080}]
+endpoints:
+- {addresses: [127.0.1.4], targetRef: {kind: Pod, name: local-v1}}
+- {addresses: [127.0.1.5], targetRef: {kind: Pod, name: local-v2}}
+- {addresses: [127.0.1.6], targetRef: {kind: Pod, name: local-v3}}
+";
+
+fn rule(lb: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reviews-local}}
+spec:
+  host: reviews-local
+  trafficPolicy:
+    outlierDetection: {{consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 3m, maxEjectionPercent: 100}}
+    loadBalancer:
+      localityLbSetting:
+{lb}"
+    )
+}
+
+fn only(version: &str, n: usize) -> BTreeMap<String, usize> {
+    BTreeMap::from([(format!("reviews {version}"), n)])
+}
+
+/// Sends requests until `version` answers (Envoy moves load to the next
+/// priority once the failing endpoint is ejected, at the latest on the next
+/// outlier-detection interval), then requires it to answer every request.
+fn failover_to(url: &str, version: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !tally(url, "reviews-local", &[], 1).contains_key(&format!("reviews {version}")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no failover to {version}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(tally(url, "reviews-local", &[], 30), only(version, 30));
+}
+
+#[test]
+fn failover_stays_local_then_moves_out_by_distance() {
+    let mesh = Mesh::start(true, &[]);
+    mesh.cfg.write("platform-local.yaml", PLATFORM);
+    mesh.cfg.write(
+        "dr.yaml",
+        &rule("        enabled: true\n        failover: [{from: region1, to: region2}]\n"),
+    );
+    mesh.wait_loaded(2);
+    let envoy = mesh.proxy_at(SIDECAR, &SIDECAR_LABELS, "region1/zone1", 15000);
+    // Same zone first.
+    assert_eq!(
+        tally(&format!("{URL}/"), "reviews-local", &[], 30),
+        only("v1", 30)
+    );
+    // v1 fails and is ejected: the same region's other zone takes over.
+    failover_to(&format!("{URL}/fail-on/v1"), "v2");
+    // v2 fails too: the failover region.
+    failover_to(&format!("{URL}/fail-on/v2"), "v3");
+    assert_eq!(envoy.rejected(), 0);
+}
+
+#[test]
+fn distribute_splits_by_locality_weight() {
+    let mesh = Mesh::start(true, &[]);
+    mesh.cfg.write("platform-local.yaml", PLATFORM);
+    mesh.cfg.write(
+        "dr.yaml",
+        &rule("        distribute:\n        - from: region1/zone1/*\n          to: {\"region1/zone1/*\": 75, \"region2/zone1/*\": 25}\n"),
+    );
+    mesh.wait_loaded(2);
+    let envoy = mesh.proxy_at(SIDECAR, &SIDECAR_LABELS, "region1/zone1", 15000);
+    let n = 400;
+    let counts = tally(&format!("{URL}/"), "reviews-local", &[], n);
+    assert_eq!(
+        counts.get("reviews v2"),
+        None,
+        "region1/zone2 gets no weight: {counts:?}"
+    );
+    assert_binomial(
+        counts.get("reviews v1").copied().unwrap_or(0),
+        n,
+        0.75,
+        "region1/zone1",
+    );
+    assert_eq!(
+        counts.get("reviews v1").copied().unwrap_or(0)
+            + counts.get("reviews v3").copied().unwrap_or(0),
+        n
+    );
+    assert_eq!(envoy.rejected(), 0);
+}
