@@ -20,6 +20,9 @@ pub struct BootstrapOptions {
     pub labels: BTreeMap<String, String>,
     /// `region/zone/subzone` of the proxy (node `locality`), empty if unknown.
     pub locality: String,
+    /// Delta (incremental) xDS instead of State of the World (Istio's
+    /// sidecars use Delta by default since 1.22).
+    pub delta: bool,
 }
 
 /// Why the bootstrap could not be made.
@@ -74,7 +77,7 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<Value, BootstrapError> {
         },
         "dynamic_resources": {
             "ads_config": {
-                "api_type": "GRPC",
+                "api_type": if opts.delta { "DELTA_GRPC" } else { "GRPC" },
                 "transport_api_version": "V3",
                 "set_node_on_first_message_only": true,
                 "grpc_services": [ { "envoy_grpc": { "cluster_name": "xds-grpc" } } ]
@@ -116,11 +119,16 @@ mod tests {
             admin_port: 15000,
             labels: [("istio".to_string(), "ingressgateway".to_string())].into(),
             locality: "us-east/us-east-1a".into(),
+            delta: true,
         })
         .unwrap();
         assert_eq!(b["node"]["metadata"]["NAMESPACE"], "istio-system");
         assert_eq!(b["node"]["metadata"]["LABELS"]["istio"], "ingressgateway");
         assert_eq!(b["node"]["locality"]["zone"], "us-east-1a");
+        assert_eq!(
+            b["dynamic_resources"]["ads_config"]["api_type"],
+            "DELTA_GRPC"
+        );
         let addr = &b["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"]
             [0]["endpoint"]["address"]["socket_address"];
         assert_eq!(addr["port_value"], 15010);
@@ -134,6 +142,7 @@ mod tests {
             admin_port: 15000,
             labels: BTreeMap::new(),
             locality: String::new(),
+            delta: false,
         };
         assert!(matches!(bootstrap(&o), Err(BootstrapError::NodeId(_))));
         o.node_id = "sidecar~1.2.3.4~a.b~b.svc.cluster.local".into();

@@ -49,6 +49,9 @@ enum Command {
         /// The proxy's locality, `region/zone/subzone` (for locality load balancing).
         #[arg(long, default_value = "")]
         locality: String,
+        /// Use Delta (incremental) xDS, as Istio's sidecars do, instead of State of the World.
+        #[arg(long)]
+        delta: bool,
     },
 }
 
@@ -84,6 +87,7 @@ fn main() -> ExitCode {
             admin_port,
             labels,
             locality,
+            delta,
         }) => {
             let opts = BootstrapOptions {
                 node_id,
@@ -91,6 +95,7 @@ fn main() -> ExitCode {
                 admin_port,
                 labels: labels.into_iter().collect::<BTreeMap<_, _>>(),
                 locality,
+                delta,
             };
             match bootstrap(&opts) {
                 Ok(json) => {

@@ -252,6 +252,16 @@ pub async fn start_daemon_at(dir: &Path, xds_addr: SocketAddr) -> Daemon {
     .expect("daemon starts")
 }
 
+thread_local! {
+    static DELTA: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Envoys this test thread starts from now on use Delta xDS (also for every
+/// test with `XDS_PROTOCOL=delta`).
+pub fn use_delta_xds() {
+    DELTA.with(|d| d.set(true));
+}
+
 /// A running Envoy, killed on drop.
 pub struct Envoy {
     child: Child,
@@ -290,6 +300,8 @@ impl Envoy {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             locality: locality.to_owned(),
+            delta: std::env::var("XDS_PROTOCOL").is_ok_and(|p| p == "delta")
+                || DELTA.with(|d| d.get()),
         })
         .expect("bootstrap");
         let mut file = tempfile::Builder::new()

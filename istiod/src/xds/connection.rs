@@ -1,0 +1,451 @@
+//! One proxy's xDS stream, State of the World or Delta: the same state and
+//! the same decisions, two wire formats.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
+};
+use envoy_types::pb::google::protobuf::Any;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::{Stream, StreamExt};
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+use tracing::{debug, info, warn};
+use translator::model::{Proxy, Snapshot};
+use translator::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, Output, PUSH_ORDER, ROUTE_TYPE};
+
+use super::{ProxySync, SyncTable, proxy_from_node, record};
+
+/// Where responses go.
+pub(super) enum Sink {
+    Sotw(mpsc::Sender<Result<DiscoveryResponse, Status>>),
+    Delta(mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>),
+}
+
+/// A request of either protocol, as the connection needs it.
+pub(super) struct Req {
+    node: Option<envoy_types::pb::envoy::config::core::v3::Node>,
+    type_url: String,
+    nonce: String,
+    /// SotW: the version the proxy has accepted.
+    version_info: String,
+    error: Option<String>,
+    names: Names,
+}
+
+enum Names {
+    /// SotW: the full list of names wanted (empty: wildcard for CDS/LDS).
+    Replace(BTreeSet<String>),
+    /// Delta: changes to the subscription, and on reconnect what the proxy has.
+    Change {
+        subscribe: Vec<String>,
+        unsubscribe: Vec<String>,
+        initial: HashMap<String, String>,
+    },
+}
+
+impl Req {
+    pub(super) fn from_sotw(r: DiscoveryRequest) -> Req {
+        Req {
+            node: r.node,
+            type_url: r.type_url,
+            nonce: r.response_nonce,
+            version_info: r.version_info,
+            error: r.error_detail.map(|s| s.message),
+            names: Names::Replace(r.resource_names.into_iter().collect()),
+        }
+    }
+
+    pub(super) fn from_delta(r: DeltaDiscoveryRequest) -> Req {
+        Req {
+            node: r.node,
+            type_url: r.type_url,
+            nonce: r.response_nonce,
+            version_info: String::new(),
+            error: r.error_detail.map(|s| s.message),
+            names: Names::Change {
+                subscribe: r.resource_names_subscribe,
+                unsubscribe: r.resource_names_unsubscribe,
+                initial: r.initial_resource_versions,
+            },
+        }
+    }
+}
+
+/// Per type URL: the subscription and what was sent.
+#[derive(Debug, Default)]
+struct TypeState {
+    /// Subscribed to everything (CDS/LDS by default, or `*`).
+    wildcard: bool,
+    /// Names subscribed to (besides wildcard).
+    names: BTreeSet<String>,
+    /// Nonce of the last response sent.
+    nonce: String,
+    /// Version of the last response sent (the snapshot's).
+    sent_version: String,
+    /// Resources the proxy has (or was sent), by name: version hash.
+    sent: BTreeMap<String, u64>,
+}
+
+pub(super) struct Connection {
+    id: u64,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    sink: Sink,
+    proxy: Option<Proxy>,
+    node_id: String,
+    snapshot: Arc<Snapshot>,
+    output: Option<Output>,
+    types: HashMap<String, TypeState>,
+    nonces: u64,
+    sync: SyncTable,
+}
+
+/// The connection has ended (client gone, or a fatal request).
+struct Closed;
+
+impl Connection {
+    pub(super) fn new(
+        id: u64,
+        snapshots: watch::Receiver<Arc<Snapshot>>,
+        sink: Sink,
+        sync: SyncTable,
+    ) -> Self {
+        let snapshot = snapshots.borrow().clone();
+        Connection {
+            id,
+            snapshots,
+            sink,
+            proxy: None,
+            node_id: String::new(),
+            snapshot,
+            output: None,
+            types: HashMap::new(),
+            nonces: 0,
+            sync,
+        }
+    }
+
+    fn delta(&self) -> bool {
+        matches!(self.sink, Sink::Delta(_))
+    }
+
+    pub(super) async fn run(
+        mut self,
+        mut requests: impl Stream<Item = Result<Req, Status>> + Unpin,
+        drain: CancellationToken,
+    ) {
+        // Once the publisher is gone no new snapshot can come; requests are still served.
+        let mut publishing = true;
+        loop {
+            let step = tokio::select! {
+                _ = drain.cancelled() => Err(Closed),
+                req = requests.next() => match req {
+                    Some(Ok(req)) => self.on_request(req).await,
+                    None => Err(Closed),
+                    Some(Err(status)) => {
+                        debug!(conn = self.id, node = %self.node_id, %status, "xDS stream error");
+                        Err(Closed)
+                    }
+                },
+                changed = self.snapshots.changed(), if publishing => match changed {
+                    Ok(()) => {
+                        let snap = self.snapshots.borrow_and_update().clone();
+                        self.on_snapshot(snap).await
+                    }
+                    Err(_) => {
+                        publishing = false;
+                        Ok(())
+                    }
+                },
+            };
+            if step.is_err() {
+                break;
+            }
+        }
+        if self.proxy.is_some() {
+            info!(conn = self.id, node = %self.node_id, "proxy disconnected");
+            if let Ok(mut table) = self.sync.lock() {
+                // A newer connection of the same node may already own the entry.
+                if table
+                    .get(&self.node_id)
+                    .is_some_and(|s| s.connection == self.id)
+                {
+                    table.remove(&self.node_id);
+                }
+            }
+        }
+    }
+
+    async fn on_request(&mut self, req: Req) -> Result<(), Closed> {
+        if self.proxy.is_none() {
+            let proxy = match req.node.as_ref().map(proxy_from_node) {
+                Some(Ok(p)) => p,
+                Some(Err(e)) => return self.fail(Status::invalid_argument(e.to_string())).await,
+                None => {
+                    return self
+                        .fail(Status::invalid_argument(
+                            "the first request must carry a node",
+                        ))
+                        .await;
+                }
+            };
+            self.node_id = req.node.as_ref().map(|n| n.id.clone()).unwrap_or_default();
+            info!(conn = self.id, node = %self.node_id, delta = self.delta(), "proxy connected");
+            if let Ok(mut table) = self.sync.lock() {
+                table.insert(
+                    self.node_id.clone(),
+                    ProxySync {
+                        connection: self.id,
+                        ..Default::default()
+                    },
+                );
+            }
+            self.proxy = Some(proxy);
+            self.regenerate();
+        }
+        let type_url = req.type_url.clone();
+        if !PUSH_ORDER.contains(&type_url.as_str()) {
+            debug!(node = %self.node_id, %type_url, "request for a type this server does not serve");
+            return Ok(());
+        }
+        let first = !self.types.contains_key(&type_url);
+        let state = self.types.entry(type_url.clone()).or_default();
+        if !req.nonce.is_empty() {
+            if req.nonce != state.nonce {
+                debug!(node = %self.node_id, %type_url, nonce = %req.nonce, "stale nonce ignored");
+                return Ok(());
+            }
+            if let Some(message) = req.error {
+                warn!(
+                    node = %self.node_id, %type_url, rejected = %state.sent_version,
+                    kept = %req.version_info, error = %message,
+                    "proxy rejected config (NACK); it keeps its last accepted config"
+                );
+                record(&self.sync, &self.node_id, |s| {
+                    s.types.entry(type_url.clone()).or_default().nack = Some(message)
+                });
+                return Ok(());
+            }
+            let nonce = req.nonce.clone();
+            record(&self.sync, &self.node_id, |s| {
+                let t = s.types.entry(type_url.clone()).or_default();
+                t.acked_nonce = Some(nonce);
+                t.nack = None;
+            });
+            debug!(node = %self.node_id, %type_url, "ACK");
+        }
+        let wildcard_type = type_url == CLUSTER_TYPE || type_url == LISTENER_TYPE;
+        let changed = match req.names {
+            Names::Replace(names) => {
+                let wildcard = wildcard_type && (names.is_empty() || names.contains("*"));
+                let changed = first || names != state.names || wildcard != state.wildcard;
+                state.wildcard = wildcard;
+                state.names = names;
+                // A SotW request without a nonce (first, or after a reconnect) is answered.
+                changed || req.nonce.is_empty()
+            }
+            Names::Change {
+                subscribe,
+                unsubscribe,
+                initial,
+            } => {
+                if first {
+                    // Delta: a first request naming nothing is a wildcard subscription.
+                    state.wildcard = wildcard_type && subscribe.is_empty();
+                    // What the proxy already has (reconnect): not resent if unchanged.
+                    state.sent = initial
+                        .into_iter()
+                        .filter_map(|(name, v)| Some((name, u64::from_str_radix(&v, 16).ok()?)))
+                        .collect();
+                }
+                for name in subscribe {
+                    if name == "*" {
+                        state.wildcard = true;
+                    } else {
+                        state.names.insert(name);
+                    }
+                }
+                for name in unsubscribe {
+                    if name == "*" {
+                        state.wildcard = false;
+                    } else {
+                        state.names.remove(&name);
+                        state.sent.remove(&name);
+                    }
+                }
+                // Delta answers only when something is to be sent.
+                true
+            }
+        };
+        if changed {
+            self.send(&type_url, false).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_snapshot(&mut self, snap: Arc<Snapshot>) -> Result<(), Closed> {
+        self.snapshot = snap;
+        if self.proxy.is_none() {
+            return Ok(());
+        }
+        self.regenerate();
+        let mut cds_sent = false;
+        let mut lds_sent = false;
+        for type_url in PUSH_ORDER {
+            if !self.types.contains_key(type_url) {
+                continue;
+            }
+            // A changed cluster or listener re-warms and waits for its
+            // endpoints/routes, so those follow even when unchanged (as istiod's full push).
+            let force =
+                (type_url == ENDPOINT_TYPE && cds_sent) || (type_url == ROUTE_TYPE && lds_sent);
+            let sent = self.send(type_url, force).await?;
+            cds_sent |= type_url == CLUSTER_TYPE && sent;
+            lds_sent |= type_url == LISTENER_TYPE && sent;
+        }
+        Ok(())
+    }
+
+    fn regenerate(&mut self) {
+        if let Some(proxy) = &self.proxy {
+            let output = translator::generate(&self.snapshot, proxy);
+            // Logged when they change, not on every push.
+            let previous = self
+                .output
+                .as_ref()
+                .map(|o| o.warnings.as_slice())
+                .unwrap_or_default();
+            if output.warnings.as_slice() != previous {
+                for w in &output.warnings {
+                    warn!(node = %self.node_id, warning = %w, "config not applied to this proxy");
+                }
+            }
+            self.output = Some(output);
+            let version = self.snapshot.version;
+            record(&self.sync, &self.node_id, |s| s.snapshot_version = version);
+        }
+    }
+
+    /// Sends what changed of one type since the last response (everything
+    /// subscribed when `force`). Returns whether a response went out.
+    async fn send(&mut self, type_url: &str, force: bool) -> Result<bool, Closed> {
+        let Some(output) = &self.output else {
+            return Ok(false);
+        };
+        let delta = matches!(self.sink, Sink::Delta(_));
+        let state = self.types.entry(type_url.to_owned()).or_default();
+        let current: Vec<(String, u64, Any)> = output
+            .resources(type_url)
+            .into_iter()
+            .filter(|(name, _)| state.wildcard || state.names.contains(name))
+            .map(|(name, any)| {
+                let version = hash(&any.value);
+                (name, version, any)
+            })
+            .collect();
+        let versions: BTreeMap<String, u64> =
+            current.iter().map(|(n, v, _)| (n.clone(), *v)).collect();
+        let removed: Vec<String> = state
+            .sent
+            .keys()
+            .filter(|n| !versions.contains_key(*n))
+            .cloned()
+            .collect();
+        let changed: Vec<&(String, u64, Any)> = current
+            .iter()
+            .filter(|(n, v, _)| force || state.sent.get(n) != Some(v))
+            .collect();
+        // Delta sends nothing when nothing changed, except the first answer
+        // to a subscription, which Envoy waits for (even if empty).
+        if delta && changed.is_empty() && removed.is_empty() && !state.nonce.is_empty() {
+            return Ok(false);
+        }
+        if !delta && !force && versions == state.sent && !state.nonce.is_empty() {
+            return Ok(false);
+        }
+        self.nonces += 1;
+        let version = self.snapshot.version.to_string();
+        let nonce = format!("{}-{}", self.snapshot.version, self.nonces);
+        state.nonce = nonce.clone();
+        state.sent_version = version.clone();
+        state.sent = versions;
+        let (v, n) = (version.clone(), nonce.clone());
+        record(&self.sync, &self.node_id, |s| {
+            let t = s.types.entry(type_url.to_owned()).or_default();
+            t.sent_version = v;
+            t.sent_nonce = n;
+        });
+        let sent = match &self.sink {
+            Sink::Sotw(tx) => {
+                debug!(node = %self.node_id, %type_url, %version, resources = current.len(), "push");
+                let response = DiscoveryResponse {
+                    version_info: version,
+                    resources: current.into_iter().map(|(_, _, a)| a).collect(),
+                    type_url: type_url.to_owned(),
+                    nonce,
+                    ..Default::default()
+                };
+                tx.send(Ok(response)).await.is_ok()
+            }
+            Sink::Delta(tx) => {
+                debug!(
+                    node = %self.node_id, %type_url, %version, changed = changed.len(),
+                    removed = removed.len(), "delta push"
+                );
+                let response = DeltaDiscoveryResponse {
+                    system_version_info: version,
+                    resources: changed
+                        .into_iter()
+                        .map(|(name, v, any)| Resource {
+                            name: name.clone(),
+                            version: format!("{v:016x}"),
+                            resource: Some(any.clone()),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    type_url: type_url.to_owned(),
+                    removed_resources: removed,
+                    nonce,
+                    ..Default::default()
+                };
+                tx.send(Ok(response)).await.is_ok()
+            }
+        };
+        if sent { Ok(true) } else { Err(Closed) }
+    }
+
+    async fn fail(&mut self, status: Status) -> Result<(), Closed> {
+        warn!(conn = self.id, %status, "closing xDS stream");
+        let _ = match &self.sink {
+            Sink::Sotw(tx) => tx.send(Err(status)).await.is_ok(),
+            Sink::Delta(tx) => tx.send(Err(status)).await.is_ok(),
+        };
+        Err(Closed)
+    }
+}
+
+/// A resource's version: a hash of its encoding (stable across restarts,
+/// so a reconnecting Delta client's `initial_resource_versions` match).
+fn hash(bytes: &[u8]) -> u64 {
+    // FNV-1a: stable across processes and platforms, unlike `DefaultHasher`'s seeds.
+    let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+    bytes.hash(&mut h);
+    h.finish()
+}
+
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
