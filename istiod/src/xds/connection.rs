@@ -99,6 +99,10 @@ pub(super) struct Connection {
     snapshot: Arc<Snapshot>,
     output: Option<Output>,
     types: HashMap<String, TypeState>,
+    /// Clusters sent since their endpoints last were: a sent (or re-sent)
+    /// EDS cluster warms until its ClusterLoadAssignment arrives, so it is
+    /// sent next even when unchanged (as istiod pushes EDS after CDS).
+    awaiting_endpoints: BTreeSet<String>,
     nonces: u64,
     sync: SyncTable,
 }
@@ -123,6 +127,7 @@ impl Connection {
             snapshot,
             output: None,
             types: HashMap::new(),
+            awaiting_endpoints: BTreeSet::new(),
             nonces: 0,
             sync,
         }
@@ -252,6 +257,10 @@ impl Connection {
                 unsubscribe,
                 initial,
             } => {
+                debug!(
+                    node = %self.node_id, %type_url, nonce = %req.nonce, ?subscribe, ?unsubscribe,
+                    initial = initial.len(), "delta request"
+                );
                 if first {
                     // Delta: a first request naming nothing is a wildcard subscription.
                     state.wildcard = wildcard_type && subscribe.is_empty();
@@ -265,6 +274,11 @@ impl Connection {
                     if name == "*" {
                         state.wildcard = true;
                     } else {
+                        // A name subscribed later is wanted now (e.g. by a
+                        // warming cluster), whatever version went before.
+                        if !first {
+                            state.sent.remove(&name);
+                        }
                         state.names.insert(name);
                     }
                 }
@@ -292,18 +306,16 @@ impl Connection {
             return Ok(());
         }
         self.regenerate();
-        let mut cds_sent = false;
         let mut lds_sent = false;
         for type_url in PUSH_ORDER {
             if !self.types.contains_key(type_url) {
                 continue;
             }
-            // A changed cluster or listener re-warms and waits for its
-            // endpoints/routes, so those follow even when unchanged (as istiod's full push).
-            let force =
-                (type_url == ENDPOINT_TYPE && cds_sent) || (type_url == ROUTE_TYPE && lds_sent);
+            // Endpoints of clusters just sent follow by themselves
+            // (`awaiting_endpoints`); a changed listener is followed by its
+            // routes, as istiod's full push does.
+            let force = type_url == ROUTE_TYPE && lds_sent;
             let sent = self.send(type_url, force).await?;
-            cds_sent |= type_url == CLUSTER_TYPE && sent;
             lds_sent |= type_url == LISTENER_TYPE && sent;
         }
         Ok(())
@@ -354,10 +366,15 @@ impl Connection {
             .filter(|n| !versions.contains_key(*n))
             .cloned()
             .collect();
+        let awaiting = &self.awaiting_endpoints;
+        let endpoints = type_url == ENDPOINT_TYPE;
         let changed: Vec<&(String, u64, Any)> = current
             .iter()
-            .filter(|(n, v, _)| force || state.sent.get(n) != Some(v))
+            .filter(|(n, v, _)| {
+                force || state.sent.get(n) != Some(v) || (endpoints && awaiting.contains(n))
+            })
             .collect();
+        let force = force || (endpoints && changed.iter().any(|(n, _, _)| awaiting.contains(n)));
         // Delta sends nothing when nothing changed, except the first answer
         // to a subscription, which Envoy waits for (even if empty).
         if delta && changed.is_empty() && removed.is_empty() && !state.nonce.is_empty() {
@@ -372,6 +389,14 @@ impl Connection {
         state.nonce = nonce.clone();
         state.sent_version = version.clone();
         state.sent = versions;
+        if type_url == CLUSTER_TYPE {
+            self.awaiting_endpoints
+                .extend(changed.iter().map(|(n, _, _)| n.clone()));
+        } else if endpoints {
+            for (n, _, _) in &changed {
+                self.awaiting_endpoints.remove(n);
+            }
+        }
         let (v, n) = (version.clone(), nonce.clone());
         record(&self.sync, &self.node_id, |s| {
             let t = s.types.entry(type_url.to_owned()).or_default();
@@ -393,7 +418,8 @@ impl Connection {
             Sink::Delta(tx) => {
                 debug!(
                     node = %self.node_id, %type_url, %version, changed = changed.len(),
-                    removed = removed.len(), "delta push"
+                    removed = removed.len(), names = ?changed.iter().take(8).map(|(n, _, _)| n.as_str()).collect::<Vec<_>>(),
+                    "delta push"
                 );
                 let response = DeltaDiscoveryResponse {
                     system_version_info: version,
