@@ -7,7 +7,9 @@
 //! ([`xds`]) regenerates every connected proxy's config from it with the
 //! pure [`translator`] and sends what changed.
 
+pub mod admin;
 pub mod bootstrap;
+pub mod metrics;
 pub mod push;
 pub mod sources;
 pub mod xds;
@@ -33,6 +35,9 @@ pub struct Options {
     pub config_dir: Option<PathBuf>,
     /// Where ADS is served (Istio's plaintext port is 15010; port 0 picks one).
     pub xds_addr: SocketAddr,
+    /// Where `/metrics`, `/ready` and `/debug/*` are served (Istio's 15014);
+    /// `None` serves none.
+    pub monitoring_addr: Option<SocketAddr>,
     /// Push debounce.
     pub debounce: DebounceConfig,
 }
@@ -42,6 +47,10 @@ pub struct Options {
 pub struct Daemon {
     /// The address ADS is served on.
     pub xds_addr: SocketAddr,
+    /// The address of the monitoring port, if served.
+    pub monitoring_addr: Option<SocketAddr>,
+    /// The daemon's metrics.
+    pub metrics: Arc<metrics::Metrics>,
     /// The current snapshot, replaced on every change.
     pub snapshots: watch::Receiver<Arc<Snapshot>>,
     /// Documents skipped at the last load, each naming file, object and field.
@@ -62,8 +71,11 @@ impl Daemon {
     /// xDS address that cannot be bound.
     pub async fn start(opts: Options) -> anyhow::Result<Daemon> {
         let shutdown = tokio_util::sync::CancellationToken::new();
+        let metrics = Arc::new(metrics::Metrics::new());
+        let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let loaded = load(opts.config_dir.as_deref())?;
-        let (snap, errs) = build(1, loaded);
+        let (mut snap, errs) = build(1, loaded);
+        snap.published_at = Some(std::time::Instant::now());
         let (snap_tx, snapshots) = watch::channel(Arc::new(snap));
         let snap_tx = Arc::new(snap_tx);
         let publisher = snap_tx.clone();
@@ -75,6 +87,7 @@ impl Daemon {
             let watcher = sources::file::watch(&dir, ev_tx)
                 .with_context(|| format!("cannot watch config folder {}", dir.display()))?;
             let token = shutdown.clone();
+            let metrics = metrics.clone();
             tasks.push(tokio::spawn(async move {
                 let _watcher = watcher;
                 let mut debouncer = Debouncer::new(ev_rx, opts.debounce);
@@ -84,7 +97,12 @@ impl Daemon {
                         m = debouncer.next() => m,
                         _ = token.cancelled() => None,
                     };
-                    let Some(merged) = merged else { break };
+                    let Some((merged, first_event)) = merged else { break };
+                    metrics.debounce_time.observe(metrics::secs(first_event.elapsed()));
+                    metrics
+                        .triggers
+                        .get_or_create(&metrics::TypeLabel { r#type: "config".into() })
+                        .inc_by(merged as u64);
                     version += 1;
                     let dir = dir.clone();
                     let loaded = match tokio::task::spawn_blocking(move || load(Some(&dir))).await {
@@ -98,7 +116,9 @@ impl Daemon {
                             continue;
                         }
                     };
-                    let (snap, errs) = build(version, loaded);
+                    let (mut snap, errs) = build(version, loaded);
+                    snap.changed_at = Some(first_event.into_std());
+                    snap.published_at = Some(std::time::Instant::now());
                     info!(version, events = merged, services = snap.services.len(), "config changed; pushing");
                     snap_tx.send_replace(Arc::new(snap));
                     err_tx.send_replace(Arc::new(errs));
@@ -110,7 +130,7 @@ impl Daemon {
             .await
             .with_context(|| format!("cannot bind xDS address {}", opts.xds_addr))?;
         let xds_addr = listener.local_addr()?;
-        let ads = xds::AdsServer::new(snapshots.clone(), shutdown.clone());
+        let ads = xds::AdsServer::new(snapshots.clone(), shutdown.clone(), metrics.clone());
         let sync = ads.sync_table();
         let token = shutdown.clone();
         tasks.push(tokio::spawn(async move {
@@ -125,9 +145,35 @@ impl Daemon {
                 error!(error = %e, "xDS server failed");
             }
         }));
-        info!(%xds_addr, "serving ADS (SotW: CDS, EDS, LDS, RDS)");
+        info!(%xds_addr, "serving ADS (SotW and Delta: CDS, EDS, LDS, RDS, SDS)");
+        let mut monitoring_addr = None;
+        if let Some(addr) = opts.monitoring_addr {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot bind monitoring address {addr}"))?;
+            monitoring_addr = Some(listener.local_addr()?);
+            let app = admin::router(admin::AdminState {
+                metrics: metrics.clone(),
+                sync: sync.clone(),
+                snapshots: snapshots.clone(),
+                ready: ready.clone(),
+            });
+            let token = shutdown.clone();
+            tasks.push(tokio::spawn(async move {
+                let served = axum::serve(listener, app)
+                    .with_graceful_shutdown(token.cancelled_owned())
+                    .await;
+                if let Err(e) = served {
+                    error!(error = %e, "monitoring server failed");
+                }
+            }));
+            info!(addr = ?monitoring_addr, "serving /metrics, /ready and /debug/*");
+        }
+        ready.store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(Daemon {
             xds_addr,
+            monitoring_addr,
+            metrics,
             snapshots,
             errors,
             sync,

@@ -20,6 +20,9 @@ struct Cli {
     /// ADS (xDS) listen address; Istio's plaintext port is 15010.
     #[arg(long, default_value = "127.0.0.1:15010")]
     xds_addr: SocketAddr,
+    /// Monitoring listen address (`/metrics`, `/ready`, `/debug/*`); Istio's is 15014.
+    #[arg(long, default_value = "127.0.0.1:15014")]
+    monitoring_addr: SocketAddr,
     /// Quiet period before a change is pushed, milliseconds (Istio `PILOT_DEBOUNCE_AFTER`).
     #[arg(long, env = "PILOT_DEBOUNCE_AFTER_MS", default_value_t = 100)]
     debounce_after_ms: u64,
@@ -112,6 +115,7 @@ fn main() -> ExitCode {
             let opts = Options {
                 config_dir: cli.config_dir,
                 xds_addr: cli.xds_addr,
+                monitoring_addr: Some(cli.monitoring_addr),
                 debounce: DebounceConfig {
                     quiet: std::time::Duration::from_millis(cli.debounce_after_ms),
                     max: std::time::Duration::from_millis(cli.debounce_max_ms),

@@ -45,8 +45,9 @@ impl Debouncer {
     }
 
     /// Waits for the next burst to settle; returns how many events it
-    /// merged, or `None` once the channel is closed and drained.
-    pub async fn next(&mut self) -> Option<usize> {
+    /// merged and when the first came, or `None` once the channel is closed
+    /// and drained.
+    pub async fn next(&mut self) -> Option<(usize, Instant)> {
         if self.closed {
             return None;
         }
@@ -64,10 +65,10 @@ impl Debouncer {
                     }
                     None => {
                         self.closed = true;
-                        return Some(merged);
+                        return Some((merged, start));
                     }
                 },
-                _ = sleep_until(deadline) => return Some(merged),
+                _ = sleep_until(deadline) => return Some((merged, start)),
             }
         }
     }
@@ -90,7 +91,7 @@ mod tests {
             // keep the sender alive past the quiet period
             tokio::time::sleep(Duration::from_secs(60)).await;
         });
-        assert_eq!(d.next().await, Some(5));
+        assert_eq!(d.next().await.map(|(n, _)| n), Some(5));
         // last event at 200 ms, then 100 ms of quiet
         assert_eq!(start.elapsed(), Duration::from_millis(300));
     }
@@ -108,7 +109,8 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         });
-        let merged = d.next().await.unwrap();
+        let (merged, first) = d.next().await.unwrap();
+        assert_eq!(first, start);
         assert_eq!(start.elapsed(), Duration::from_secs(10));
         assert!(merged >= 200, "merged {merged}");
     }
@@ -119,7 +121,7 @@ mod tests {
         let mut d = Debouncer::new(rx, DebounceConfig::default());
         tx.send(()).await.unwrap();
         drop(tx);
-        assert_eq!(d.next().await, Some(1));
+        assert_eq!(d.next().await.map(|(n, _)| n), Some(1));
         assert_eq!(d.next().await, None);
     }
 }

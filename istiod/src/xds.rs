@@ -36,12 +36,16 @@ use translator::model::{Proxy, Snapshot};
 
 use connection::{Connection, Req, Sink};
 
+use crate::metrics::Metrics;
+
 /// What one proxy was sent and what it accepted, per type URL (the shape
 /// of istiod's `/debug/syncz`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProxySync {
     /// The connection (a per-daemon counter) this entry belongs to.
     pub connection: u64,
+    /// The proxy as it identified itself.
+    pub proxy: Option<Proxy>,
     /// Version of the snapshot the proxy's config was last generated from.
     pub snapshot_version: u64,
     /// Per type URL.
@@ -80,17 +84,23 @@ pub struct AdsServer {
     connections: Arc<AtomicU64>,
     sync: SyncTable,
     drain: CancellationToken,
+    metrics: Arc<Metrics>,
 }
 
 impl AdsServer {
     /// Serves the snapshots published on `snapshots`; every stream ends
     /// when `drain` is cancelled (so a graceful shutdown can complete).
-    pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>, drain: CancellationToken) -> Self {
+    pub fn new(
+        snapshots: watch::Receiver<Arc<Snapshot>>,
+        drain: CancellationToken,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         AdsServer {
             snapshots,
             connections: Arc::new(AtomicU64::new(0)),
             sync: SyncTable::default(),
             drain,
+            metrics,
         }
     }
 
@@ -136,7 +146,13 @@ impl AggregatedDiscoveryService for AdsServer {
 impl AdsServer {
     fn connection(&self, sink: Sink) -> Connection {
         let id = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
-        Connection::new(id, self.snapshots.clone(), sink, self.sync.clone())
+        Connection::new(
+            id,
+            self.snapshots.clone(),
+            sink,
+            self.sync.clone(),
+            self.metrics.clone(),
+        )
     }
 }
 

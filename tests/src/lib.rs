@@ -246,6 +246,7 @@ pub async fn start_daemon_at(dir: &Path, xds_addr: SocketAddr) -> Daemon {
     Daemon::start(Options {
         config_dir: Some(dir.to_owned()),
         xds_addr,
+        monitoring_addr: Some("127.0.0.1:0".parse().expect("addr")),
         debounce: Default::default(),
     })
     .await

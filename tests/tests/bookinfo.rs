@@ -386,6 +386,70 @@ fn a_nacked_config_is_recorded_and_envoy_keeps_its_last_good_one() {
         "{nack}"
     );
     assert!(envoy.rejected() > 0);
+
+    // The NACK is visible on the monitoring port, as in istiod.
+    let monitoring = format!("http://{}", daemon.monitoring_addr.unwrap());
+    let (status, syncz) = http_get(&format!("{monitoring}/debug/syncz"), &[]).unwrap();
+    assert_eq!(status, 200);
+    let syncz: serde_json::Value = serde_json::from_str(&syncz).unwrap();
+    let row = syncz
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["proxy"] == envoy.node_id.as_str())
+        .unwrap();
+    assert!(
+        row["route_nack"].as_str().unwrap().contains("program size"),
+        "{row}"
+    );
+    assert_eq!(row["synced"], false);
+    let (_, metrics) = http_get(&format!("{monitoring}/metrics"), &[]).unwrap();
+    assert!(
+        metrics.contains("pilot_total_xds_rejects{type=\"rds\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("pilot_xds{version=\"1.40.0\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("pilot_xds_pushes{type=\"cds\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("pilot_proxy_convergence_time_count"),
+        "{metrics}"
+    );
+    // What the daemon would send the proxy, as Envoy's JSON.
+    let (status, dump) = http_get(
+        &format!("{monitoring}/debug/config_dump?proxyID=productpage-v1.default"),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{dump}");
+    let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    let listeners: Vec<&str> = dump["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["name"].as_str())
+        .collect();
+    assert!(listeners.contains(&"virtualOutbound"), "{dump}");
+    assert_eq!(
+        dump["listeners"][0]["address"]["socketAddress"]["address"],
+        "0.0.0.0"
+    );
+    let (_, registry) = http_get(&format!("{monitoring}/debug/registryz"), &[]).unwrap();
+    assert!(
+        registry.contains("reviews.default.svc.cluster.local"),
+        "{registry}"
+    );
+    let (_, configz) = http_get(&format!("{monitoring}/debug/configz"), &[]).unwrap();
+    assert!(configz.contains("\"VirtualService\""), "{configz}");
+    assert_eq!(
+        http_get(&format!("{monitoring}/ready"), &[]).unwrap().0,
+        200
+    );
     // The last accepted routes still apply.
     assert_eq!(
         tally(REVIEWS, "reviews", &[], 10),

@@ -191,6 +191,11 @@ pub struct Snapshot {
     pub secrets: BTreeMap<String, Arc<TlsSecret>>,
     /// Config that is read but not acted on, by object and field.
     pub warnings: Vec<crate::ConfigWarning>,
+    /// When the change this snapshot carries was first seen (set by the
+    /// publisher, for convergence metrics; the translator never reads it).
+    pub changed_at: Option<std::time::Instant>,
+    /// When this snapshot was published.
+    pub published_at: Option<std::time::Instant>,
 }
 
 /// A TLS Secret's material (`kubernetes.io/tls` keys `tls.crt`, `tls.key`,

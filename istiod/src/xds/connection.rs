@@ -17,7 +17,10 @@ use tracing::{debug, info, warn};
 use translator::model::{Proxy, Snapshot};
 use translator::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, Output, PUSH_ORDER, ROUTE_TYPE};
 
+use envoy_types::pb::envoy::config::core::v3::node::UserAgentVersionType;
+
 use super::{ProxySync, SyncTable, proxy_from_node, record};
+use crate::metrics::{Metrics, VersionLabel, secs};
 
 /// Where responses go.
 pub(super) enum Sink {
@@ -105,6 +108,11 @@ pub(super) struct Connection {
     awaiting_endpoints: BTreeSet<String>,
     nonces: u64,
     sync: SyncTable,
+    metrics: Arc<Metrics>,
+    /// `pilot_xds` label of this proxy, once connected.
+    version_label: Option<VersionLabel>,
+    /// Snapshot version whose convergence was last recorded.
+    converged: u64,
 }
 
 /// The connection has ended (client gone, or a fatal request).
@@ -116,6 +124,7 @@ impl Connection {
         snapshots: watch::Receiver<Arc<Snapshot>>,
         sink: Sink,
         sync: SyncTable,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let snapshot = snapshots.borrow().clone();
         Connection {
@@ -130,6 +139,9 @@ impl Connection {
             awaiting_endpoints: BTreeSet::new(),
             nonces: 0,
             sync,
+            metrics,
+            version_label: None,
+            converged: 0,
         }
     }
 
@@ -170,6 +182,9 @@ impl Connection {
                 break;
             }
         }
+        if let Some(label) = &self.version_label {
+            self.metrics.xds_clients.get_or_create(label).dec();
+        }
         if self.proxy.is_some() {
             info!(conn = self.id, node = %self.node_id, "proxy disconnected");
             if let Ok(mut table) = self.sync.lock() {
@@ -204,10 +219,26 @@ impl Connection {
                     self.node_id.clone(),
                     ProxySync {
                         connection: self.id,
+                        proxy: Some(proxy.clone()),
                         ..Default::default()
                     },
                 );
             }
+            let version = req
+                .node
+                .as_ref()
+                .and_then(|n| match &n.user_agent_version_type {
+                    Some(UserAgentVersionType::UserAgentBuildVersion(b)) => b
+                        .version
+                        .as_ref()
+                        .map(|v| format!("{}.{}.{}", v.major_number, v.minor_number, v.patch)),
+                    Some(UserAgentVersionType::UserAgentVersion(v)) => Some(v.clone()),
+                    None => None,
+                })
+                .unwrap_or_else(|| "unknown".into());
+            let label = VersionLabel { version };
+            self.metrics.xds_clients.get_or_create(&label).inc();
+            self.version_label = Some(label);
             self.proxy = Some(proxy);
             self.regenerate();
         }
@@ -232,6 +263,10 @@ impl Connection {
                 record(&self.sync, &self.node_id, |s| {
                     s.types.entry(type_url.clone()).or_default().nack = Some(message)
                 });
+                self.metrics
+                    .rejects
+                    .get_or_create(&Metrics::type_label(&type_url))
+                    .inc();
                 return Ok(());
             }
             let nonce = req.nonce.clone();
@@ -297,10 +332,16 @@ impl Connection {
         if changed {
             self.send(&type_url, false).await?;
         }
+        if !req.nonce.is_empty() {
+            self.observe_convergence();
+        }
         Ok(())
     }
 
     async fn on_snapshot(&mut self, snap: Arc<Snapshot>) -> Result<(), Closed> {
+        if let Some(published) = snap.published_at {
+            self.metrics.queue_time.observe(secs(published.elapsed()));
+        }
         self.snapshot = snap;
         if self.proxy.is_none() {
             return Ok(());
@@ -338,6 +379,31 @@ impl Connection {
             self.output = Some(output);
             let version = self.snapshot.version;
             record(&self.sync, &self.node_id, |s| s.snapshot_version = version);
+        }
+    }
+
+    /// Records `pilot_proxy_convergence_time` once the proxy has ACKed
+    /// everything generated from a snapshot that carries a change time.
+    fn observe_convergence(&mut self) {
+        let version = self.snapshot.version;
+        let Some(changed_at) = self.snapshot.changed_at else {
+            return;
+        };
+        if self.converged >= version {
+            return;
+        }
+        let synced = self
+            .sync
+            .lock()
+            .ok()
+            .and_then(|t| {
+                t.get(&self.node_id)
+                    .map(|s| s.snapshot_version == version && s.in_sync())
+            })
+            .unwrap_or(false);
+        if synced {
+            self.converged = version;
+            self.metrics.convergence.observe(secs(changed_at.elapsed()));
         }
     }
 
@@ -403,6 +469,22 @@ impl Connection {
             t.sent_version = v;
             t.sent_nonce = n;
         });
+        let label = Metrics::type_label(type_url);
+        self.metrics.pushes.get_or_create(&label).inc();
+        let size: usize = match &self.sink {
+            Sink::Sotw(_) => current.iter().map(|(_, _, a)| a.value.len()).sum(),
+            Sink::Delta(_) => changed.iter().map(|(_, _, a)| a.value.len()).sum(),
+        };
+        self.metrics
+            .config_size
+            .get_or_create(&label)
+            .observe(size as f64);
+        if let Some(published) = self.snapshot.published_at {
+            self.metrics
+                .push_time
+                .get_or_create(&label)
+                .observe(secs(published.elapsed()));
+        }
         let sent = match &self.sink {
             Sink::Sotw(tx) => {
                 debug!(node = %self.node_id, %type_url, %version, resources = current.len(), "push");

@@ -1,0 +1,218 @@
+//! The monitoring port (Istio's 15014): `/metrics`, `/ready`, and istiod's
+//! debug endpoints `/debug/syncz`, `/debug/config_dump?proxyID=`,
+//! `/debug/registryz`, `/debug/configz`, all JSON but `/metrics`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::get;
+use prost_reflect::{DescriptorPool, DynamicMessage};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use translator::model::Snapshot;
+
+use crate::metrics::Metrics;
+use crate::xds::SyncTable;
+
+/// What the endpoints read.
+#[derive(Clone, Debug)]
+pub struct AdminState {
+    /// Metrics to encode.
+    pub metrics: Arc<Metrics>,
+    /// Connected proxies.
+    pub sync: SyncTable,
+    /// The current snapshot.
+    pub snapshots: watch::Receiver<Arc<Snapshot>>,
+    /// Set once the initial config is loaded and ADS serves.
+    pub ready: Arc<AtomicBool>,
+}
+
+/// The router of the monitoring port.
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/ready", get(ready))
+        .route("/debug/syncz", get(syncz))
+        .route("/debug/config_dump", get(config_dump))
+        .route("/debug/registryz", get(registryz))
+        .route("/debug/configz", get(configz))
+        .with_state(state)
+}
+
+async fn metrics(State(s): State<AdminState>) -> Response {
+    (
+        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+        s.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn ready(State(s): State<AdminState>) -> Response {
+    if s.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
+}
+
+/// Each proxy's sent and ACKed nonces per type, as istiod's `syncz`.
+async fn syncz(State(s): State<AdminState>) -> Json<Value> {
+    let table = s.sync.lock().map(|t| t.clone()).unwrap_or_default();
+    let rows: Vec<Value> = table
+        .iter()
+        .map(|(node, p)| {
+            let mut row = json!({ "proxy": node, "snapshot_version": p.snapshot_version, "synced": p.in_sync() });
+            for (type_url, t) in &p.types {
+                let short = Metrics::type_label(type_url).r#type;
+                let name = match short.as_str() {
+                    "cds" => "cluster",
+                    "eds" => "endpoint",
+                    "lds" => "listener",
+                    "rds" => "route",
+                    "sds" => "secret",
+                    other => other,
+                };
+                row[format!("{name}_sent")] = json!(t.sent_nonce);
+                row[format!("{name}_acked")] = json!(t.acked_nonce);
+                if let Some(nack) = &t.nack {
+                    row[format!("{name}_nack")] = json!(nack);
+                }
+            }
+            row
+        })
+        .collect();
+    Json(Value::Array(rows))
+}
+
+#[derive(serde::Deserialize)]
+struct DumpQuery {
+    #[serde(rename = "proxyID")]
+    proxy_id: String,
+}
+
+/// What the daemon would send a connected proxy now, as Envoy's JSON.
+/// Secrets are listed by name only: key material is never dumped.
+async fn config_dump(State(s): State<AdminState>, Query(q): Query<DumpQuery>) -> Response {
+    let proxy = s.sync.lock().ok().and_then(|t| {
+        t.iter()
+            .find(|(node, _)| {
+                **node == q.proxy_id || node.split('~').nth(2) == Some(q.proxy_id.as_str())
+            })
+            .and_then(|(_, p)| p.proxy.clone())
+    });
+    let Some(proxy) = proxy else {
+        return (
+            StatusCode::NOT_FOUND,
+            format!("no connected proxy {:?}\n", q.proxy_id),
+        )
+            .into_response();
+    };
+    let snap = s.snapshots.borrow().clone();
+    let output = translator::generate(&snap, &proxy);
+    let mut dump = json!({ "proxy": q.proxy_id, "snapshot_version": snap.version });
+    for (key, type_url) in [
+        ("clusters", translator::CLUSTER_TYPE),
+        ("endpoints", translator::ENDPOINT_TYPE),
+        ("listeners", translator::LISTENER_TYPE),
+        ("routes", translator::ROUTE_TYPE),
+    ] {
+        let items: Vec<Value> = output
+            .resources(type_url)
+            .into_iter()
+            .map(|(name, any)| {
+                render(&any.type_url, &any.value)
+                    .unwrap_or_else(|| json!({ "name": name, "bytes": any.value.len() }))
+            })
+            .collect();
+        dump[key] = Value::Array(items);
+    }
+    dump["secrets"] = json!(output.secrets.iter().map(|s| &s.name).collect::<Vec<_>>());
+    dump["warnings"] = json!(
+        output
+            .warnings
+            .iter()
+            .map(|w| w.to_string())
+            .collect::<Vec<_>>()
+    );
+    Json(dump).into_response()
+}
+
+fn descriptors() -> Option<&'static DescriptorPool> {
+    static POOL: OnceLock<Option<DescriptorPool>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let bytes: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy_descriptors.bin"));
+        if bytes.is_empty() {
+            return None;
+        }
+        DescriptorPool::decode(bytes).ok()
+    })
+    .as_ref()
+}
+
+fn render(type_url: &str, bytes: &[u8]) -> Option<Value> {
+    let pool = descriptors()?;
+    let desc = pool.get_message_by_name(type_url.trim_start_matches("type.googleapis.com/"))?;
+    let msg = DynamicMessage::decode(desc, bytes).ok()?;
+    serde_json::to_value(&msg).ok()
+}
+
+/// Services in the registry.
+async fn registryz(State(s): State<AdminState>) -> Json<Value> {
+    let snap = s.snapshots.borrow().clone();
+    let rows: Vec<Value> = snap
+        .services
+        .values()
+        .map(|svc| {
+            json!({
+                "hostname": svc.hostname,
+                "namespace": svc.namespace,
+                "addresses": svc.vips,
+                "ports": svc.ports.iter().map(|p| json!({"name": p.name, "port": p.port, "protocol": format!("{:?}", p.protocol)})).collect::<Vec<_>>(),
+                "resolution": format!("{:?}", svc.resolution),
+                "exportTo": svc.export_to,
+                "endpoints": svc.endpoints.iter().map(|e| json!({
+                    "address": e.address, "ports": e.ports, "labels": e.labels, "ready": e.ready, "locality": e.locality,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Json(Value::Array(rows))
+}
+
+/// Istio configs in force (ServiceEntries appear in the registry).
+async fn configz(State(s): State<AdminState>) -> Json<Value> {
+    let snap = s.snapshots.borrow().clone();
+    let mut rows = Vec::new();
+    let mut push = |kind: &str, ns: &str, name: &str, spec: serde_json::Result<Value>| {
+        rows.push(json!({ "kind": kind, "namespace": ns, "name": name, "spec": spec.unwrap_or(Value::Null) }));
+    };
+    for c in &snap.virtual_services {
+        push(
+            "VirtualService",
+            &c.namespace,
+            &c.name,
+            serde_json::to_value(&c.spec),
+        );
+    }
+    for c in &snap.destination_rules {
+        push(
+            "DestinationRule",
+            &c.namespace,
+            &c.name,
+            serde_json::to_value(&c.spec),
+        );
+    }
+    for c in &snap.gateways {
+        push(
+            "Gateway",
+            &c.namespace,
+            &c.name,
+            serde_json::to_value(&c.spec),
+        );
+    }
+    Json(json!({ "version": snap.version, "configs": rows }))
+}

@@ -1,0 +1,249 @@
+//! Istio's control-plane metrics (`pilot_*`), with Istio's names and
+//! meanings, plus process metrics; encoded for `/metrics` on the monitoring
+//! port (Istio's 15014).
+//!
+//! Istio exports counters without the `_total` suffix (`pilot_xds_pushes`);
+//! [`Metrics::encode`] does the same so dashboards and alerts written for
+//! istiod work unchanged.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// `type` label: `cds`, `eds`, `lds`, `rds`, `sds`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeLabel {
+    /// The xDS type, short form.
+    pub r#type: String,
+}
+
+/// `version` label of `pilot_xds`: the proxy's build version.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabel {
+    /// Envoy's version (`1.40.0`), or `unknown`.
+    pub version: String,
+}
+
+fn seconds_histogram() -> Histogram {
+    // 1 ms .. ~33 s
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+/// Every metric the daemon exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// `pilot_xds`: connected proxies, by proxy version.
+    pub xds_clients: Family<VersionLabel, Gauge>,
+    /// `pilot_xds_pushes`: responses sent, by type.
+    pub pushes: Family<TypeLabel, Counter>,
+    /// `pilot_xds_push_time`: seconds from a snapshot to a response being sent, by type.
+    pub push_time: Family<TypeLabel, Histogram>,
+    /// `pilot_proxy_convergence_time`: seconds from a config change to a proxy having ACKed all of it.
+    pub convergence: Histogram,
+    /// `pilot_proxy_queue_time`: seconds a proxy's push waited after the snapshot was published.
+    pub queue_time: Histogram,
+    /// `pilot_push_triggers`: config changes that led to pushes, by type.
+    pub triggers: Family<TypeLabel, Counter>,
+    /// `pilot_total_xds_rejects`: NACKs, by type.
+    pub rejects: Family<TypeLabel, Counter>,
+    /// `pilot_xds_config_size_bytes`: size of each response, bytes, by type.
+    pub config_size: Family<TypeLabel, Histogram>,
+    /// `pilot_debounce_time`: seconds from the first change to the push (debounce).
+    pub debounce_time: Histogram,
+    resident_memory: Gauge,
+    cpu_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    open_fds: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with every metric registered.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let xds_clients = Family::<VersionLabel, Gauge>::default();
+        let pushes = Family::<TypeLabel, Counter>::default();
+        let push_time = Family::<TypeLabel, Histogram>::new_with_constructor(
+            seconds_histogram as fn() -> Histogram,
+        );
+        let convergence = seconds_histogram();
+        let queue_time = seconds_histogram();
+        let triggers = Family::<TypeLabel, Counter>::default();
+        let rejects = Family::<TypeLabel, Counter>::default();
+        let config_size = Family::<TypeLabel, Histogram>::new_with_constructor(
+            (|| Histogram::new(exponential_buckets(64.0, 4.0, 12))) as fn() -> Histogram,
+        );
+        let debounce_time = seconds_histogram();
+        let resident_memory = Gauge::default();
+        let cpu_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        let open_fds = Gauge::default();
+        registry.register(
+            "pilot_xds",
+            "Number of endpoints connected to this pilot using XDS.",
+            xds_clients.clone(),
+        );
+        registry.register(
+            "pilot_xds_pushes",
+            "Pilot build and send errors for lds, rds, cds and eds.",
+            pushes.clone(),
+        );
+        registry.register(
+            "pilot_xds_push_time",
+            "Total time in seconds Pilot takes to push lds, rds, cds and eds.",
+            push_time.clone(),
+        );
+        registry.register(
+            "pilot_proxy_convergence_time",
+            "Delay in seconds between config change and a proxy receiving all required configuration.",
+            convergence.clone(),
+        );
+        registry.register(
+            "pilot_proxy_queue_time",
+            "Time in seconds, a proxy is in the push queue before being dequeued.",
+            queue_time.clone(),
+        );
+        registry.register(
+            "pilot_push_triggers",
+            "Total number of times a push was triggered, labeled by reason for the push.",
+            triggers.clone(),
+        );
+        registry.register(
+            "pilot_total_xds_rejects",
+            "Total number of XDS responses from pilot rejected by proxy.",
+            rejects.clone(),
+        );
+        registry.register(
+            "pilot_xds_config_size_bytes",
+            "Distribution of configuration sizes pushed to clients",
+            config_size.clone(),
+        );
+        registry.register("pilot_debounce_time", "Delay in seconds between the first config enters debouncing and the merged push request is pushed into the push queue.", debounce_time.clone());
+        registry.register(
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes.",
+            resident_memory.clone(),
+        );
+        registry.register(
+            "process_cpu_seconds",
+            "Total user and system CPU time spent in seconds.",
+            cpu_seconds.clone(),
+        );
+        registry.register(
+            "process_open_fds",
+            "Number of open file descriptors.",
+            open_fds.clone(),
+        );
+        Metrics {
+            registry,
+            xds_clients,
+            pushes,
+            push_time,
+            convergence,
+            queue_time,
+            triggers,
+            rejects,
+            config_size,
+            debounce_time,
+            resident_memory,
+            cpu_seconds,
+            open_fds,
+        }
+    }
+
+    /// The Prometheus text exposition, process metrics read now, counters
+    /// under Istio's names (no `_total`).
+    pub fn encode(&self) -> String {
+        self.read_process();
+        let mut text = String::new();
+        if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
+            return String::new();
+        }
+        text.lines()
+            .map(|line| {
+                // `name_total{labels} value` / `name_total value` -> `name...`
+                match line.split_once(['{', ' ']) {
+                    Some((name, _)) if !line.starts_with('#') && name.ends_with("_total") => {
+                        line.replacen(name, name.trim_end_matches("_total"), 1)
+                    }
+                    _ => line.to_owned(),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n"
+    }
+
+    fn read_process(&self) {
+        // /proc/self/stat: utime and stime (fields 14, 15) in clock ticks; RSS (24) in pages.
+        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat")
+            && let Some((_, rest)) = stat.rsplit_once(')')
+        {
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            // After the command name, field 3 (state) is index 0.
+            let ticks = num(11) + num(12);
+            self.cpu_seconds.set(ticks as f64 / 100.0);
+            let rss_pages = num(21);
+            self.resident_memory
+                .set(i64::try_from(rss_pages * 4096).unwrap_or(i64::MAX));
+        }
+        if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+            self.open_fds
+                .set(i64::try_from(dir.count()).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// The `type` label of an xDS type URL.
+    pub fn type_label(type_url: &str) -> TypeLabel {
+        let short = match type_url {
+            translator::CLUSTER_TYPE => "cds",
+            translator::ENDPOINT_TYPE => "eds",
+            translator::LISTENER_TYPE => "lds",
+            translator::ROUTE_TYPE => "rds",
+            translator::SECRET_TYPE => "sds",
+            _ => "other",
+        };
+        TypeLabel {
+            r#type: short.into(),
+        }
+    }
+}
+
+/// Seconds as a histogram sample.
+pub fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_use_istio_names() {
+        let m = Metrics::new();
+        m.pushes
+            .get_or_create(&Metrics::type_label(translator::CLUSTER_TYPE))
+            .inc();
+        m.rejects
+            .get_or_create(&Metrics::type_label(translator::ROUTE_TYPE))
+            .inc();
+        let text = m.encode();
+        assert!(text.contains("pilot_xds_pushes{type=\"cds\"} 1"), "{text}");
+        assert!(
+            text.contains("pilot_total_xds_rejects{type=\"rds\"} 1"),
+            "{text}"
+        );
+        assert!(!text.contains("_total{"), "{text}");
+        assert!(text.contains("process_resident_memory_bytes "), "{text}");
+    }
+}
