@@ -40,6 +40,8 @@ pub struct Options {
     pub monitoring_addr: Option<SocketAddr>,
     /// Push debounce.
     pub debounce: DebounceConfig,
+    /// Most proxies generated and pushed to at once (Istio `PILOT_PUSH_THROTTLE`).
+    pub push_throttle: usize,
 }
 
 /// A running daemon. Dropping it does not stop it: call [`Daemon::shutdown`].
@@ -117,6 +119,8 @@ impl Daemon {
                         }
                     };
                     let (mut snap, errs) = build(version, loaded);
+                    let previous = snap_tx.borrow().clone();
+                    snap.changes = Some(Arc::new(translator::changes::ChangeSet::between(&previous, &snap)));
                     snap.changed_at = Some(first_event.into_std());
                     snap.published_at = Some(std::time::Instant::now());
                     info!(version, events = merged, services = snap.services.len(), "config changed; pushing");
@@ -130,7 +134,12 @@ impl Daemon {
             .await
             .with_context(|| format!("cannot bind xDS address {}", opts.xds_addr))?;
         let xds_addr = listener.local_addr()?;
-        let ads = xds::AdsServer::new(snapshots.clone(), shutdown.clone(), metrics.clone());
+        let ads = xds::AdsServer::new(
+            snapshots.clone(),
+            shutdown.clone(),
+            metrics.clone(),
+            opts.push_throttle,
+        );
         let sync = ads.sync_table();
         let token = shutdown.clone();
         tasks.push(tokio::spawn(async move {

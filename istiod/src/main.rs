@@ -29,6 +29,9 @@ struct Cli {
     /// Longest delay of a push after the first change, milliseconds (Istio `PILOT_DEBOUNCE_MAX`).
     #[arg(long, env = "PILOT_DEBOUNCE_MAX_MS", default_value_t = 10_000)]
     debounce_max_ms: u64,
+    /// Most proxies generated and pushed to at once (Istio `PILOT_PUSH_THROTTLE`).
+    #[arg(long, env = "PILOT_PUSH_THROTTLE", default_value_t = 100)]
+    push_throttle: usize,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -116,6 +119,7 @@ fn main() -> ExitCode {
                 config_dir: cli.config_dir,
                 xds_addr: cli.xds_addr,
                 monitoring_addr: Some(cli.monitoring_addr),
+                push_throttle: cli.push_throttle.max(1),
                 debounce: DebounceConfig {
                     quiet: std::time::Duration::from_millis(cli.debounce_after_ms),
                     max: std::time::Duration::from_millis(cli.debounce_max_ms),

@@ -85,15 +85,18 @@ pub struct AdsServer {
     sync: SyncTable,
     drain: CancellationToken,
     metrics: Arc<Metrics>,
+    shared: Arc<connection::Shared>,
 }
 
 impl AdsServer {
     /// Serves the snapshots published on `snapshots`; every stream ends
     /// when `drain` is cancelled (so a graceful shutdown can complete).
+    /// `push_throttle` bounds how many connections generate and send at once.
     pub fn new(
         snapshots: watch::Receiver<Arc<Snapshot>>,
         drain: CancellationToken,
         metrics: Arc<Metrics>,
+        push_throttle: usize,
     ) -> Self {
         AdsServer {
             snapshots,
@@ -101,6 +104,7 @@ impl AdsServer {
             sync: SyncTable::default(),
             drain,
             metrics,
+            shared: Arc::new(connection::Shared::new(push_throttle)),
         }
     }
 
@@ -152,6 +156,7 @@ impl AdsServer {
             sink,
             self.sync.clone(),
             self.metrics.clone(),
+            self.shared.clone(),
         )
     }
 }

@@ -247,6 +247,7 @@ pub async fn start_daemon_at(dir: &Path, xds_addr: SocketAddr) -> Daemon {
         config_dir: Some(dir.to_owned()),
         xds_addr,
         monitoring_addr: Some("127.0.0.1:0".parse().expect("addr")),
+        push_throttle: 100,
         debounce: Default::default(),
     })
     .await

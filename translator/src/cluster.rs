@@ -34,11 +34,18 @@ pub fn cluster_name(port: u32, subset: &str, hostname: &str) -> String {
 /// Clusters and endpoint assignments for every service port and every
 /// DestinationRule subset, seen from `proxy` (its namespace decides what is
 /// visible, its locality the endpoints' priorities and weights).
-pub(crate) fn build(snap: &Snapshot, proxy: &Proxy) -> (Vec<Cluster>, Vec<ClusterLoadAssignment>) {
+pub(crate) fn build(
+    snap: &Snapshot,
+    proxy: &Proxy,
+    only: Option<&std::collections::BTreeSet<String>>,
+) -> (Vec<Cluster>, Vec<ClusterLoadAssignment>) {
     let ns = proxy.namespace.as_str();
     let mut clusters = vec![passthrough_cluster(), blackhole_cluster()];
     let mut assignments = Vec::new();
-    for svc in snap.visible_services(ns) {
+    for svc in snap
+        .visible_services(ns)
+        .filter(|s| only.is_none_or(|o| o.contains(&s.hostname)))
+    {
         let dr = snap.destination_rule(&svc.hostname, ns);
         let top = dr.and_then(|d| d.spec.traffic_policy.as_ref());
         for port in &svc.ports {

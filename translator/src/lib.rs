@@ -10,6 +10,7 @@
 //! Config that cannot be translated is skipped and reported as a
 //! [`ConfigWarning`] naming the object and field; the rest still translates.
 
+pub mod changes;
 pub mod cluster;
 pub mod listener;
 pub mod model;
@@ -145,10 +146,20 @@ impl Output {
     }
 }
 
+/// The endpoint assignments of `proxy` for the services `hostnames` only
+/// (an endpoint-only change; see [`changes::Effect::Endpoints`]).
+pub fn generate_endpoints(
+    snap: &Snapshot,
+    proxy: &Proxy,
+    hostnames: &std::collections::BTreeSet<String>,
+) -> Vec<ClusterLoadAssignment> {
+    cluster::build(snap, proxy, Some(hostnames)).1
+}
+
 /// Generates the full configuration of `proxy` from `snap`.
 pub fn generate(snap: &Snapshot, proxy: &Proxy) -> Output {
     let mut warnings = Vec::new();
-    let (clusters, endpoints) = cluster::build(snap, proxy);
+    let (clusters, endpoints) = cluster::build(snap, proxy, None);
     let (listeners, routes, secrets) = match proxy.kind {
         ProxyKind::Sidecar => {
             let (l, r) = listener::sidecar(snap, proxy, &mut warnings);

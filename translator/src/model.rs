@@ -196,6 +196,13 @@ pub struct Snapshot {
     pub changed_at: Option<std::time::Instant>,
     /// When this snapshot was published.
     pub published_at: Option<std::time::Instant>,
+    /// What changed since the previous snapshot (set by the publisher;
+    /// `None`: treat as everything).
+    pub changes: Option<Arc<crate::changes::ChangeSet>>,
+    /// Label keys that can make proxies' configs differ (VirtualService
+    /// `sourceLabels`, Gateway `selector`); proxies that agree on these, their
+    /// kind, namespace and locality get identical config.
+    pub label_keys: std::collections::BTreeSet<String>,
 }
 
 /// A TLS Secret's material (`kubernetes.io/tls` keys `tls.crt`, `tls.key`,
@@ -418,6 +425,20 @@ impl Snapshot {
         snap.gateways
             .sort_by(|a, b| order(&a.namespace, &a.name, &b.namespace, &b.name));
         snap.namespaces.sort();
+        for vs in &snap.virtual_services {
+            for m in vs.spec.http.iter().flat_map(|h| &h.matches) {
+                snap.label_keys.extend(m.source_labels.keys().cloned());
+            }
+            for m in vs.spec.tcp.iter().flat_map(|t| &t.matches) {
+                snap.label_keys.extend(m.source_labels.keys().cloned());
+            }
+            for m in vs.spec.tls.iter().flat_map(|t| &t.matches) {
+                snap.label_keys.extend(m.source_labels.keys().cloned());
+            }
+        }
+        for gw in &snap.gateways {
+            snap.label_keys.extend(gw.spec.selector.keys().cloned());
+        }
         snap
     }
 
@@ -597,6 +618,25 @@ pub struct Proxy {
     pub labels: BTreeMap<String, String>,
     /// `region/zone/subzone` from the xDS node's `locality` (empty: unknown).
     pub locality: String,
+}
+
+impl Proxy {
+    /// What decides this proxy's generated config in `snap`: proxies with
+    /// the same key get identical resources (the generation cache's key).
+    pub fn config_key(&self, snap: &Snapshot) -> (u8, String, String, BTreeMap<String, String>) {
+        let labels = self
+            .labels
+            .iter()
+            .filter(|(k, _)| snap.label_keys.contains(*k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        (
+            self.kind as u8,
+            self.namespace.clone(),
+            self.locality.clone(),
+            labels,
+        )
+    }
 }
 
 /// Why a node ID was refused.

@@ -14,6 +14,7 @@ use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tracing::{debug, info, warn};
+use translator::changes::Effect;
 use translator::model::{Proxy, Snapshot};
 use translator::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, Output, PUSH_ORDER, ROUTE_TYPE};
 
@@ -100,7 +101,7 @@ pub(super) struct Connection {
     proxy: Option<Proxy>,
     node_id: String,
     snapshot: Arc<Snapshot>,
-    output: Option<Output>,
+    output: Option<Arc<Output>>,
     types: HashMap<String, TypeState>,
     /// Clusters sent since their endpoints last were: a sent (or re-sent)
     /// EDS cluster warms until its ClusterLoadAssignment arrives, so it is
@@ -113,6 +114,54 @@ pub(super) struct Connection {
     version_label: Option<VersionLabel>,
     /// Snapshot version whose convergence was last recorded.
     converged: u64,
+    shared: Arc<Shared>,
+}
+
+/// Generated configs by [`Proxy::config_key`], for one snapshot version.
+type Cache = (
+    u64,
+    HashMap<(u8, String, String, BTreeMap<String, String>), Arc<Output>>,
+);
+
+/// What all connections share: the generation cache (proxies with the same
+/// [`Proxy::config_key`] get the same resources, generated once per
+/// snapshot, as istiod's XDS cache) and the push throttle.
+#[derive(Debug)]
+pub(super) struct Shared {
+    cache: std::sync::Mutex<Cache>,
+    throttle: tokio::sync::Semaphore,
+}
+
+impl Shared {
+    pub(super) fn new(push_throttle: usize) -> Shared {
+        Shared {
+            cache: std::sync::Mutex::new((0, HashMap::new())),
+            throttle: tokio::sync::Semaphore::new(push_throttle.max(1)),
+        }
+    }
+
+    /// The proxy's config for `snap`, from the cache or generated (outside the lock).
+    fn output(&self, snap: &Snapshot, proxy: &Proxy) -> Arc<Output> {
+        let key = proxy.config_key(snap);
+        if let Ok(cache) = self.cache.lock()
+            && cache.0 == snap.version
+            && let Some(out) = cache.1.get(&key)
+        {
+            return out.clone();
+        }
+        let out = Arc::new(translator::generate(snap, proxy));
+        if let Ok(mut cache) = self.cache.lock() {
+            if cache.0 > snap.version {
+                // A newer snapshot is cached already; this one is on its way out.
+                return out;
+            }
+            if cache.0 != snap.version {
+                *cache = (snap.version, HashMap::new());
+            }
+            cache.1.insert(key, out.clone());
+        }
+        out
+    }
 }
 
 /// The connection has ended (client gone, or a fatal request).
@@ -125,6 +174,7 @@ impl Connection {
         sink: Sink,
         sync: SyncTable,
         metrics: Arc<Metrics>,
+        shared: Arc<Shared>,
     ) -> Self {
         let snapshot = snapshots.borrow().clone();
         Connection {
@@ -142,6 +192,7 @@ impl Connection {
             metrics,
             version_label: None,
             converged: 0,
+            shared,
         }
     }
 
@@ -342,29 +393,66 @@ impl Connection {
         if let Some(published) = snap.published_at {
             self.metrics.queue_time.observe(secs(published.elapsed()));
         }
+        // What this snapshot changes for this proxy; anything but a change
+        // set relative to the snapshot the proxy has means everything.
+        let effect = match (&snap.changes, &self.proxy, &self.output) {
+            (Some(c), Some(p), Some(_)) if c.from_version == self.snapshot.version => c.effect(p),
+            _ => Effect::Full,
+        };
         self.snapshot = snap;
         if self.proxy.is_none() {
             return Ok(());
         }
-        self.regenerate();
-        let mut lds_sent = false;
-        for type_url in PUSH_ORDER {
-            if !self.types.contains_key(type_url) {
-                continue;
+        let shared = self.shared.clone();
+        let _permit = shared.throttle.acquire().await.map_err(|_| Closed)?;
+        match effect {
+            Effect::Nothing => {
+                // Nothing visible changed: the proxy is current as it is.
+                self.record_version();
             }
-            // Endpoints of clusters just sent follow by themselves
-            // (`awaiting_endpoints`); a changed listener is followed by its
-            // routes, as istiod's full push does.
-            let force = type_url == ROUTE_TYPE && lds_sent;
-            let sent = self.send(type_url, force).await?;
-            lds_sent |= type_url == LISTENER_TYPE && sent;
+            Effect::Endpoints(hosts) => {
+                if let (Some(proxy), Some(output)) = (&self.proxy, self.output.as_mut()) {
+                    let fresh = translator::generate_endpoints(&self.snapshot, proxy, &hosts);
+                    let out = Arc::make_mut(output);
+                    for cla in fresh {
+                        match out
+                            .endpoints
+                            .iter_mut()
+                            .find(|e| e.cluster_name == cla.cluster_name)
+                        {
+                            Some(e) => *e = cla,
+                            None => out.endpoints.push(cla),
+                        }
+                    }
+                }
+                self.record_version();
+                if self.types.contains_key(ENDPOINT_TYPE) {
+                    self.send(ENDPOINT_TYPE, false).await?;
+                }
+            }
+            Effect::Full => {
+                self.regenerate();
+                let mut lds_sent = false;
+                for type_url in PUSH_ORDER {
+                    if !self.types.contains_key(type_url) {
+                        continue;
+                    }
+                    // Endpoints of clusters just sent follow by themselves
+                    // (`awaiting_endpoints`); a changed listener is followed by
+                    // its routes, as istiod's full push does.
+                    let force = type_url == ROUTE_TYPE && lds_sent;
+                    let sent = self.send(type_url, force).await?;
+                    lds_sent |= type_url == LISTENER_TYPE && sent;
+                }
+            }
         }
+        self.observe_convergence();
         Ok(())
     }
 
     fn regenerate(&mut self) {
         if let Some(proxy) = &self.proxy {
-            let output = translator::generate(&self.snapshot, proxy);
+            let output = self.shared.output(&self.snapshot, proxy);
             // Logged when they change, not on every push.
             let previous = self
                 .output
@@ -377,9 +465,13 @@ impl Connection {
                 }
             }
             self.output = Some(output);
-            let version = self.snapshot.version;
-            record(&self.sync, &self.node_id, |s| s.snapshot_version = version);
+            self.record_version();
         }
+    }
+
+    fn record_version(&self) {
+        let version = self.snapshot.version;
+        record(&self.sync, &self.node_id, |s| s.snapshot_version = version);
     }
 
     /// Records `pilot_proxy_convergence_time` once the proxy has ACKed
@@ -449,6 +541,13 @@ impl Connection {
         if !delta && !force && versions == state.sent && !state.nonce.is_empty() {
             return Ok(false);
         }
+        // SotW EDS after the first answer: only the assignments that changed,
+        // as istiod's incremental EDS push (Envoy updates only the clusters named).
+        let partial_eds = !delta && endpoints && !force && !state.nonce.is_empty();
+        if partial_eds && changed.is_empty() {
+            state.sent = versions;
+            return Ok(false);
+        }
         self.nonces += 1;
         let version = self.snapshot.version.to_string();
         let nonce = format!("{}-{}", self.snapshot.version, self.nonces);
@@ -472,7 +571,8 @@ impl Connection {
         let label = Metrics::type_label(type_url);
         self.metrics.pushes.get_or_create(&label).inc();
         let size: usize = match &self.sink {
-            Sink::Sotw(_) => current.iter().map(|(_, _, a)| a.value.len()).sum(),
+            Sink::Sotw(_) if !partial_eds => current.iter().map(|(_, _, a)| a.value.len()).sum(),
+            Sink::Sotw(_) => changed.iter().map(|(_, _, a)| a.value.len()).sum(),
             Sink::Delta(_) => changed.iter().map(|(_, _, a)| a.value.len()).sum(),
         };
         self.metrics
@@ -488,9 +588,14 @@ impl Connection {
         let sent = match &self.sink {
             Sink::Sotw(tx) => {
                 debug!(node = %self.node_id, %type_url, %version, resources = current.len(), "push");
+                let resources = if partial_eds {
+                    changed.iter().map(|(_, _, a)| a.clone()).collect()
+                } else {
+                    current.iter().map(|(_, _, a)| a.clone()).collect()
+                };
                 let response = DiscoveryResponse {
                     version_info: version,
-                    resources: current.into_iter().map(|(_, _, a)| a).collect(),
+                    resources,
                     type_url: type_url.to_owned(),
                     nonce,
                     ..Default::default()

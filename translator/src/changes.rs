@@ -1,0 +1,141 @@
+//! What differs between two snapshots, and what that means for one proxy:
+//! nothing, new endpoints for some services (EDS only), or a full
+//! regeneration. This is how a change reaches only the proxies it can
+//! affect: by namespace visibility (`exportTo`), gateway selection and kind.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use crate::model::{Config, Proxy, ProxyKind, Service, Snapshot, exported_to};
+
+/// The differences between a snapshot and the one before it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ChangeSet {
+    /// The version these changes are relative to.
+    pub from_version: u64,
+    /// Services whose endpoints alone changed, by hostname (new state).
+    pub endpoints: BTreeMap<String, Arc<Service>>,
+    /// Services added, removed or otherwise changed: (namespace, exportTo).
+    pub services: Vec<(String, Vec<String>)>,
+    /// VirtualServices and DestinationRules changed: (namespace, exportTo).
+    pub configs: Vec<(String, Vec<String>)>,
+    /// Selectors of Gateways changed (old and new).
+    pub gateway_selectors: Vec<BTreeMap<String, String>>,
+    /// The mesh config changed.
+    pub mesh: bool,
+    /// A Secret changed.
+    pub secrets: bool,
+}
+
+/// What a change set means for one proxy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// Nothing it can see changed.
+    Nothing,
+    /// Only the endpoints of these services (hostnames) changed: EDS only.
+    Endpoints(BTreeSet<String>),
+    /// Regenerate everything.
+    Full,
+}
+
+impl ChangeSet {
+    /// The changes from `old` to `new`.
+    pub fn between(old: &Snapshot, new: &Snapshot) -> ChangeSet {
+        let mut c = ChangeSet {
+            from_version: old.version,
+            mesh: old.mesh != new.mesh,
+            secrets: old.secrets != new.secrets,
+            ..Default::default()
+        };
+        let hosts: BTreeSet<&String> = old.services.keys().chain(new.services.keys()).collect();
+        for host in hosts {
+            match (old.services.get(host), new.services.get(host)) {
+                (Some(a), Some(b)) if a == b => {}
+                (Some(a), Some(b)) if without_endpoints(a) == without_endpoints(b) => {
+                    c.endpoints.insert(host.clone(), b.clone());
+                }
+                (a, b) => {
+                    for s in [a, b].into_iter().flatten() {
+                        c.services.push((s.namespace.clone(), s.export_to.clone()));
+                    }
+                }
+            }
+        }
+        diff(&old.virtual_services, &new.virtual_services, |cfg| {
+            c.configs
+                .push((cfg.namespace.clone(), cfg.spec.export_to.clone()))
+        });
+        diff(&old.destination_rules, &new.destination_rules, |cfg| {
+            c.configs
+                .push((cfg.namespace.clone(), cfg.spec.export_to.clone()))
+        });
+        diff(&old.gateways, &new.gateways, |cfg| {
+            c.gateway_selectors.push(cfg.spec.selector.clone())
+        });
+        c
+    }
+
+    /// What these changes mean for `proxy`.
+    pub fn effect(&self, proxy: &Proxy) -> Effect {
+        let ns = proxy.namespace.as_str();
+        let router = proxy.kind == ProxyKind::Router;
+        let full = self.mesh
+            || self
+                .services
+                .iter()
+                .any(|(owner, export)| exported_to(export, owner, ns))
+            || self
+                .configs
+                .iter()
+                .any(|(owner, export)| exported_to(export, owner, ns))
+            || (router && self.secrets)
+            || (router
+                && self.gateway_selectors.iter().any(|sel| {
+                    !sel.is_empty() && sel.iter().all(|(k, v)| proxy.labels.get(k) == Some(v))
+                }));
+        if full {
+            return Effect::Full;
+        }
+        let hosts: BTreeSet<String> = self
+            .endpoints
+            .iter()
+            .filter(|(_, s)| exported_to(&s.export_to, &s.namespace, ns))
+            .map(|(h, _)| h.clone())
+            .collect();
+        if hosts.is_empty() {
+            Effect::Nothing
+        } else {
+            Effect::Endpoints(hosts)
+        }
+    }
+}
+
+fn without_endpoints(s: &Service) -> Service {
+    Service {
+        endpoints: Vec::new(),
+        ..s.clone()
+    }
+}
+
+/// Calls `changed` for every config added, removed or modified (both sides
+/// of a modification, as either may have been visible).
+fn diff<S: PartialEq>(old: &[Config<S>], new: &[Config<S>], mut changed: impl FnMut(&Config<S>)) {
+    let key = |c: &Config<S>| (c.namespace.clone(), c.name.clone());
+    let old_by: BTreeMap<_, _> = old.iter().map(|c| (key(c), c)).collect();
+    let new_by: BTreeMap<_, _> = new.iter().map(|c| (key(c), c)).collect();
+    for (k, o) in &old_by {
+        match new_by.get(k) {
+            Some(n) if n == o => {}
+            Some(n) => {
+                changed(o);
+                changed(n);
+            }
+            None => changed(o),
+        }
+    }
+    for (k, n) in &new_by {
+        if !old_by.contains_key(k) {
+            changed(n);
+        }
+    }
+}
