@@ -1,0 +1,299 @@
+//! An ADS client that behaves like Envoy: subscribes, follows references
+//! (clusters -> endpoints, listeners -> routes), ACKs, and records what it
+//! received and when.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::config::listener::v3::{Listener, filter};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, http_connection_manager,
+};
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use envoy_types::pb::google::protobuf::Any;
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use translator::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE};
+
+/// One response as received.
+#[derive(Clone, Debug)]
+pub struct Received {
+    /// When it arrived.
+    pub at: Instant,
+    /// Its type URL.
+    pub type_url: String,
+    /// Names of the resources in it.
+    pub names: Vec<String>,
+    /// Names removed (Delta).
+    pub removed: Vec<String>,
+    /// Bytes of resources.
+    pub bytes: usize,
+}
+
+/// What a client has seen, shared with the caller.
+pub type Log = Arc<Mutex<Vec<Received>>>;
+
+/// A simulated proxy.
+#[derive(Debug)]
+pub struct Client {
+    /// Every response received, in order.
+    pub log: Log,
+    /// The resources the client holds now, by type URL and name.
+    pub state: Arc<Mutex<BTreeMap<String, BTreeMap<String, Any>>>>,
+}
+
+/// `sidecar~IP~NAME.NS~NS.svc.cluster.local` with `NAMESPACE` metadata.
+pub fn sidecar_node(name: &str, namespace: &str) -> Node {
+    Node {
+        id: format!("sidecar~10.0.0.1~{name}.{namespace}~{namespace}.svc.cluster.local"),
+        ..Default::default()
+    }
+}
+
+impl Client {
+    /// Connects to `addr` (`http://host:port`) as `node` and starts
+    /// following config; returns once the stream is open.
+    ///
+    /// # Errors
+    /// When the daemon cannot be reached.
+    pub async fn connect(addr: &str, node: Node, delta: bool) -> anyhow::Result<Client> {
+        let mut ads = AggregatedDiscoveryServiceClient::connect(addr.to_owned()).await?;
+        let log = Log::default();
+        let state: Arc<Mutex<BTreeMap<String, BTreeMap<String, Any>>>> = Arc::default();
+        if delta {
+            let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(16);
+            for type_url in [CLUSTER_TYPE, LISTENER_TYPE] {
+                tx.send(DeltaDiscoveryRequest {
+                    node: Some(node.clone()),
+                    type_url: type_url.into(),
+                    ..Default::default()
+                })
+                .await?;
+            }
+            let mut responses = ads.delta_aggregated_resources(ReceiverStream::new(rx)).await?.into_inner();
+            let (log2, state2) = (log.clone(), state.clone());
+            tokio::spawn(async move {
+                let mut subscribed: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+                while let Some(Ok(r)) = responses.next().await {
+                    if !on_delta(&r, &tx, &log2, &state2, &mut subscribed).await {
+                        break;
+                    }
+                }
+            });
+        } else {
+            let (tx, rx) = mpsc::channel::<DiscoveryRequest>(16);
+            for type_url in [CLUSTER_TYPE, LISTENER_TYPE] {
+                tx.send(DiscoveryRequest {
+                    node: Some(node.clone()),
+                    type_url: type_url.into(),
+                    ..Default::default()
+                })
+                .await?;
+            }
+            let mut responses = ads.stream_aggregated_resources(ReceiverStream::new(rx)).await?.into_inner();
+            let (log2, state2) = (log.clone(), state.clone());
+            tokio::spawn(async move {
+                let mut names: BTreeMap<String, Vec<String>> = BTreeMap::new();
+                while let Some(Ok(r)) = responses.next().await {
+                    if !on_sotw(&r, &tx, &log2, &state2, &mut names).await {
+                        break;
+                    }
+                }
+            });
+        }
+        Ok(Client { log, state })
+    }
+
+    /// Responses received so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Whether the client holds at least one resource of each of CDS, EDS,
+    /// LDS and RDS (its initial config has arrived).
+    pub fn has_initial_config(&self) -> bool {
+        let state = self.state.lock().map(|s| s.clone()).unwrap_or_default();
+        [CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE]
+            .iter()
+            .all(|t| state.get(*t).is_some_and(|m| !m.is_empty()))
+    }
+
+    /// The resource `name` of `type_url` the client holds, if any.
+    pub fn resource(&self, type_url: &str, name: &str) -> Option<Any> {
+        self.state.lock().ok()?.get(type_url)?.get(name).cloned()
+    }
+}
+
+/// What a type's resources refer to that must be subscribed next.
+fn references(type_url: &str, resources: &BTreeMap<String, Any>) -> Option<(&'static str, BTreeSet<String>)> {
+    match type_url {
+        CLUSTER_TYPE => Some((
+            ENDPOINT_TYPE,
+            resources
+                .values()
+                .filter_map(|a| Cluster::decode(a.value.as_slice()).ok())
+                .filter(|c| c.cluster_discovery_type == Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)))
+                .map(|c| c.name)
+                .collect(),
+        )),
+        LISTENER_TYPE => Some((
+            ROUTE_TYPE,
+            resources
+                .values()
+                .filter_map(|a| Listener::decode(a.value.as_slice()).ok())
+                .flat_map(|l| l.filter_chains.into_iter().chain(l.default_filter_chain))
+                .flat_map(|c| c.filters)
+                .filter_map(|f| match f.config_type {
+                    Some(filter::ConfigType::TypedConfig(a)) if a.type_url.ends_with("HttpConnectionManager") => {
+                        HttpConnectionManager::decode(a.value.as_slice()).ok()
+                    }
+                    _ => None,
+                })
+                .filter_map(|h| match h.route_specifier {
+                    Some(http_connection_manager::RouteSpecifier::Rds(r)) => Some(r.route_config_name),
+                    _ => None,
+                })
+                .collect(),
+        )),
+        _ => None,
+    }
+}
+
+type State = Arc<Mutex<BTreeMap<String, BTreeMap<String, Any>>>>;
+
+async fn on_sotw(
+    r: &DiscoveryResponse,
+    tx: &mpsc::Sender<DiscoveryRequest>,
+    log: &Log,
+    state: &State,
+    names: &mut BTreeMap<String, Vec<String>>,
+) -> bool {
+    let decoded: BTreeMap<String, Any> = r.resources.iter().map(|a| (resource_name(&r.type_url, a), a.clone())).collect();
+    if let Ok(mut l) = log.lock() {
+        l.push(Received {
+            at: Instant::now(),
+            type_url: r.type_url.clone(),
+            names: decoded.keys().cloned().collect(),
+            removed: Vec::new(),
+            bytes: r.resources.iter().map(|a| a.value.len()).sum(),
+        });
+    }
+    let whole = {
+        let Ok(mut st) = state.lock() else { return false };
+        let entry = st.entry(r.type_url.clone()).or_default();
+        if r.type_url == CLUSTER_TYPE || r.type_url == LISTENER_TYPE {
+            // Wildcard types: the response is the whole set.
+            *entry = decoded;
+        } else {
+            entry.extend(decoded);
+        }
+        entry.clone()
+    };
+    let ack = DiscoveryRequest {
+        type_url: r.type_url.clone(),
+        version_info: r.version_info.clone(),
+        response_nonce: r.nonce.clone(),
+        resource_names: names.get(&r.type_url).cloned().unwrap_or_default(),
+        ..Default::default()
+    };
+    if tx.send(ack).await.is_err() {
+        return false;
+    }
+    if let Some((next, wanted)) = references(&r.type_url, &whole) {
+        let wanted: Vec<String> = wanted.into_iter().collect();
+        if names.get(next) != Some(&wanted) {
+            names.insert(next.to_owned(), wanted.clone());
+            let nonce = String::new();
+            let req = DiscoveryRequest {
+                type_url: next.into(),
+                resource_names: wanted,
+                response_nonce: nonce,
+                ..Default::default()
+            };
+            if tx.send(req).await.is_err() {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+async fn on_delta(
+    r: &DeltaDiscoveryResponse,
+    tx: &mpsc::Sender<DeltaDiscoveryRequest>,
+    log: &Log,
+    state: &State,
+    subscribed: &mut BTreeMap<String, BTreeSet<String>>,
+) -> bool {
+    if let Ok(mut l) = log.lock() {
+        l.push(Received {
+            at: Instant::now(),
+            type_url: r.type_url.clone(),
+            names: r.resources.iter().map(|x| x.name.clone()).collect(),
+            removed: r.removed_resources.clone(),
+            bytes: r.resources.iter().filter_map(|x| x.resource.as_ref()).map(|a| a.value.len()).sum(),
+        });
+    }
+    let whole = {
+        let Ok(mut st) = state.lock() else { return false };
+        let entry = st.entry(r.type_url.clone()).or_default();
+        for res in &r.resources {
+            if let Some(a) = &res.resource {
+                entry.insert(res.name.clone(), a.clone());
+            }
+        }
+        for name in &r.removed_resources {
+            entry.remove(name);
+        }
+        entry.clone()
+    };
+    let ack = DeltaDiscoveryRequest {
+        type_url: r.type_url.clone(),
+        response_nonce: r.nonce.clone(),
+        ..Default::default()
+    };
+    if tx.send(ack).await.is_err() {
+        return false;
+    }
+    if let Some((next, wanted)) = references(&r.type_url, &whole) {
+        let have = subscribed.entry(next.to_owned()).or_default();
+        let subscribe: Vec<String> = wanted.difference(have).cloned().collect();
+        let unsubscribe: Vec<String> = have.difference(&wanted).cloned().collect();
+        if !subscribe.is_empty() || !unsubscribe.is_empty() {
+            *have = wanted;
+            let req = DeltaDiscoveryRequest {
+                type_url: next.into(),
+                resource_names_subscribe: subscribe,
+                resource_names_unsubscribe: unsubscribe,
+                ..Default::default()
+            };
+            if tx.send(req).await.is_err() {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// A resource's name, decoded from its message.
+fn resource_name(type_url: &str, a: &Any) -> String {
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+    let v = a.value.as_slice();
+    match type_url {
+        CLUSTER_TYPE => Cluster::decode(v).map(|c| c.name).unwrap_or_default(),
+        LISTENER_TYPE => Listener::decode(v).map(|l| l.name).unwrap_or_default(),
+        ENDPOINT_TYPE => ClusterLoadAssignment::decode(v).map(|c| c.cluster_name).unwrap_or_default(),
+        ROUTE_TYPE => RouteConfiguration::decode(v).map(|r| r.name).unwrap_or_default(),
+        _ => String::new(),
+    }
+}

@@ -1,0 +1,8 @@
+//! Simulated proxies for load tests and protocol tests: [`client::Client`]
+//! speaks ADS (State of the World or Delta) to the daemon as Envoy does —
+//! wildcard CDS and LDS, then EDS for the EDS clusters and RDS for the
+//! listeners' route configurations, ACKing everything — and records each
+//! response; [`mesh`] writes a generated mesh as a config folder.
+
+pub mod client;
+pub mod mesh;

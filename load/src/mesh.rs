@@ -1,0 +1,80 @@
+//! A generated mesh written as a config folder: `services` Services (port
+//! 8080, `http`) spread over namespaces of 100, each with `endpoints` pods
+//! (labels `app`, `version` v1/v2) and an EndpointSlice; every fifth service
+//! also has a DestinationRule (subsets v1, v2) and a VirtualService (90/10).
+//! One file per service, so a change touches one file.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// Services per namespace.
+pub const PER_NAMESPACE: usize = 100;
+
+/// The namespace of service `i`.
+pub fn namespace(i: usize) -> String {
+    format!("ns-{}", i / PER_NAMESPACE)
+}
+
+/// The file holding service `i`.
+pub fn file(dir: &Path, i: usize) -> PathBuf {
+    dir.join(format!("svc-{i}.yaml"))
+}
+
+/// Whether service `i` has a VirtualService and DestinationRule.
+pub fn routed(i: usize) -> bool {
+    i % 5 == 0
+}
+
+/// Service `i` with `endpoints` endpoints, and its routing when [`routed`];
+/// `split` is the VirtualService's v1 weight (v2 gets the rest).
+pub fn service_yaml(i: usize, endpoints: usize, split: u32) -> String {
+    let ns = namespace(i);
+    let name = format!("svc-{i}");
+    let vip = format!("10.96.{}.{}", i / 250, i % 250 + 1);
+    let mut y = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  clusterIP: {vip}\n  ports: [{{name: http, port: 8080}}]\n"
+    );
+    let mut slice = format!(
+        "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-1, namespace: {ns}, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints:\n"
+    );
+    for e in 0..endpoints {
+        let ip = format!("10.{}.{}.{}", 100 + i / 250, i % 250, e + 1);
+        let version = if e % 2 == 0 { "v1" } else { "v2" };
+        let _ = write!(
+            y,
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}-{e}, namespace: {ns}, labels: {{app: {name}, version: {version}}}}}\nstatus: {{podIP: {ip}}}\n"
+        );
+        let _ = writeln!(slice, "- {{addresses: [{ip}], targetRef: {{kind: Pod, name: {name}-{e}}}}}");
+    }
+    y.push_str(&slice);
+    if routed(i) {
+        let _ = write!(
+            y,
+            "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  host: {name}\n  subsets: [{{name: v1, labels: {{version: v1}}}}, {{name: v2, labels: {{version: v2}}}}]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  hosts: [{name}]\n  http:\n  - route:\n    - {{destination: {{host: {name}, subset: v1}}, weight: {split}}}\n    - {{destination: {{host: {name}, subset: v2}}, weight: {}}}\n",
+            100 - split
+        );
+    }
+    y
+}
+
+/// Writes the whole mesh into `dir`.
+///
+/// # Errors
+/// When a file cannot be written.
+pub fn write(dir: &Path, services: usize, endpoints: usize) -> std::io::Result<()> {
+    for i in 0..services {
+        std::fs::write(file(dir, i), service_yaml(i, endpoints, 90))?;
+    }
+    Ok(())
+}
+
+/// Rewrites a file the way an editor does (write aside, rename over), so
+/// the watcher sees one complete change.
+///
+/// # Errors
+/// When the file cannot be written.
+pub fn replace(path: &Path, text: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("yaml.tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(tmp, path)
+}
