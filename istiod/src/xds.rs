@@ -128,7 +128,7 @@ impl AggregatedDiscoveryService for AdsServer {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let (tx, rx) = mpsc::channel(8);
+        let (tx, rx) = mpsc::channel(2);
         let conn = self.connection(Sink::Sotw(tx));
         let requests = request.into_inner().map(|r| r.map(Req::from_sotw));
         tokio::spawn(conn.run(requests, self.drain.clone()));
@@ -139,7 +139,7 @@ impl AggregatedDiscoveryService for AdsServer {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let (tx, rx) = mpsc::channel(8);
+        let (tx, rx) = mpsc::channel(2);
         let conn = self.connection(Sink::Delta(tx));
         let requests = request.into_inner().map(|r| r.map(Req::from_delta));
         tokio::spawn(conn.run(requests, self.drain.clone()));

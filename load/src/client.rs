@@ -79,7 +79,10 @@ impl Client {
                 })
                 .await?;
             }
-            let mut responses = ads.delta_aggregated_resources(ReceiverStream::new(rx)).await?.into_inner();
+            let mut responses = ads
+                .delta_aggregated_resources(ReceiverStream::new(rx))
+                .await?
+                .into_inner();
             let (log2, state2) = (log.clone(), state.clone());
             tokio::spawn(async move {
                 let mut subscribed: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -99,7 +102,10 @@ impl Client {
                 })
                 .await?;
             }
-            let mut responses = ads.stream_aggregated_resources(ReceiverStream::new(rx)).await?.into_inner();
+            let mut responses = ads
+                .stream_aggregated_resources(ReceiverStream::new(rx))
+                .await?
+                .into_inner();
             let (log2, state2) = (log.clone(), state.clone());
             tokio::spawn(async move {
                 let mut names: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -134,14 +140,20 @@ impl Client {
 }
 
 /// What a type's resources refer to that must be subscribed next.
-fn references(type_url: &str, resources: &BTreeMap<String, Any>) -> Option<(&'static str, BTreeSet<String>)> {
+fn references(
+    type_url: &str,
+    resources: &BTreeMap<String, Any>,
+) -> Option<(&'static str, BTreeSet<String>)> {
     match type_url {
         CLUSTER_TYPE => Some((
             ENDPOINT_TYPE,
             resources
                 .values()
                 .filter_map(|a| Cluster::decode(a.value.as_slice()).ok())
-                .filter(|c| c.cluster_discovery_type == Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)))
+                .filter(|c| {
+                    c.cluster_discovery_type
+                        == Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32))
+                })
                 .map(|c| c.name)
                 .collect(),
         )),
@@ -153,13 +165,17 @@ fn references(type_url: &str, resources: &BTreeMap<String, Any>) -> Option<(&'st
                 .flat_map(|l| l.filter_chains.into_iter().chain(l.default_filter_chain))
                 .flat_map(|c| c.filters)
                 .filter_map(|f| match f.config_type {
-                    Some(filter::ConfigType::TypedConfig(a)) if a.type_url.ends_with("HttpConnectionManager") => {
+                    Some(filter::ConfigType::TypedConfig(a))
+                        if a.type_url.ends_with("HttpConnectionManager") =>
+                    {
                         HttpConnectionManager::decode(a.value.as_slice()).ok()
                     }
                     _ => None,
                 })
                 .filter_map(|h| match h.route_specifier {
-                    Some(http_connection_manager::RouteSpecifier::Rds(r)) => Some(r.route_config_name),
+                    Some(http_connection_manager::RouteSpecifier::Rds(r)) => {
+                        Some(r.route_config_name)
+                    }
                     _ => None,
                 })
                 .collect(),
@@ -177,7 +193,11 @@ async fn on_sotw(
     state: &State,
     names: &mut BTreeMap<String, Vec<String>>,
 ) -> bool {
-    let decoded: BTreeMap<String, Any> = r.resources.iter().map(|a| (resource_name(&r.type_url, a), a.clone())).collect();
+    let decoded: BTreeMap<String, Any> = r
+        .resources
+        .iter()
+        .map(|a| (resource_name(&r.type_url, a), a.clone()))
+        .collect();
     if let Ok(mut l) = log.lock() {
         l.push(Received {
             at: Instant::now(),
@@ -188,7 +208,9 @@ async fn on_sotw(
         });
     }
     let whole = {
-        let Ok(mut st) = state.lock() else { return false };
+        let Ok(mut st) = state.lock() else {
+            return false;
+        };
         let entry = st.entry(r.type_url.clone()).or_default();
         if r.type_url == CLUSTER_TYPE || r.type_url == LISTENER_TYPE {
             // Wildcard types: the response is the whole set.
@@ -240,11 +262,18 @@ async fn on_delta(
             type_url: r.type_url.clone(),
             names: r.resources.iter().map(|x| x.name.clone()).collect(),
             removed: r.removed_resources.clone(),
-            bytes: r.resources.iter().filter_map(|x| x.resource.as_ref()).map(|a| a.value.len()).sum(),
+            bytes: r
+                .resources
+                .iter()
+                .filter_map(|x| x.resource.as_ref())
+                .map(|a| a.value.len())
+                .sum(),
         });
     }
     let whole = {
-        let Ok(mut st) = state.lock() else { return false };
+        let Ok(mut st) = state.lock() else {
+            return false;
+        };
         let entry = st.entry(r.type_url.clone()).or_default();
         for res in &r.resources {
             if let Some(a) = &res.resource {
@@ -292,8 +321,12 @@ fn resource_name(type_url: &str, a: &Any) -> String {
     match type_url {
         CLUSTER_TYPE => Cluster::decode(v).map(|c| c.name).unwrap_or_default(),
         LISTENER_TYPE => Listener::decode(v).map(|l| l.name).unwrap_or_default(),
-        ENDPOINT_TYPE => ClusterLoadAssignment::decode(v).map(|c| c.cluster_name).unwrap_or_default(),
-        ROUTE_TYPE => RouteConfiguration::decode(v).map(|r| r.name).unwrap_or_default(),
+        ENDPOINT_TYPE => ClusterLoadAssignment::decode(v)
+            .map(|c| c.cluster_name)
+            .unwrap_or_default(),
+        ROUTE_TYPE => RouteConfiguration::decode(v)
+            .map(|r| r.name)
+            .unwrap_or_default(),
         _ => String::new(),
     }
 }

@@ -1,3 +1,267 @@
-//! `istiod-load`: see the crate docs; measures the real daemon under N
-//! simulated proxies (placeholder until the full tool lands).
-fn main() {}
+//! `istiod-load`: runs the real `istiod` binary on a generated mesh, connects
+//! N simulated proxies (real ADS clients, SotW or Delta), and measures:
+//! connect + initial config time, the time until every affected proxy has
+//! a VirtualService change and an endpoint change (p50/p99/max), bytes
+//! pushed, and the daemon's resident memory and CPU seconds.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use load::client::{Client, sidecar_node};
+use load::mesh;
+use translator::{ENDPOINT_TYPE, ROUTE_TYPE};
+
+/// Measure the daemon under simulated proxies.
+#[derive(Parser, Debug)]
+#[command(about)]
+struct Args {
+    /// Services in the generated mesh (Istio's reference: 1000).
+    #[arg(long, default_value_t = 1000)]
+    services: usize,
+    /// Simulated proxies (Istio's reference: 2000).
+    #[arg(long, default_value_t = 2000)]
+    proxies: usize,
+    /// Endpoints per service.
+    #[arg(long, default_value_t = 3)]
+    endpoints: usize,
+    /// Use Delta xDS instead of State of the World.
+    #[arg(long)]
+    delta: bool,
+    /// The istiod binary (default: beside this one).
+    #[arg(long)]
+    istiod: Option<PathBuf>,
+    /// Give up on any phase after this many seconds.
+    #[arg(long, default_value_t = 120)]
+    timeout_secs: u64,
+}
+
+/// The daemon as a child process, killed on drop.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Daemon {
+    /// Resident memory (bytes) and CPU seconds (user + system), from /proc.
+    fn usage(&self) -> (u64, f64) {
+        let pid = self.0.id();
+        let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+            * 1024;
+        let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                let (_, rest) = s.rsplit_once(')')?;
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                Some(
+                    (f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?) as f64
+                        / 100.0,
+                )
+            })
+            .unwrap_or(0.0);
+        (rss, cpu)
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn percentiles(mut v: Vec<Duration>) -> String {
+    if v.is_empty() {
+        return "n/a".into();
+    }
+    v.sort();
+    let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
+    format!(
+        "p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        at(0.5).as_secs_f64() * 1e3,
+        at(0.99).as_secs_f64() * 1e3,
+        at(1.0).as_secs_f64() * 1e3
+    )
+}
+
+/// For each client, the time from `since` to its first response of
+/// `type_url` that contains `name`.
+async fn first_after(
+    clients: &[Client],
+    since: Instant,
+    type_url: &str,
+    name: &str,
+    timeout: Duration,
+) -> anyhow::Result<Vec<Duration>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let times: Vec<Option<Duration>> = clients
+            .iter()
+            .map(|c| {
+                c.received()
+                    .iter()
+                    .find(|r| {
+                        r.at > since && r.type_url == type_url && r.names.iter().any(|n| n == name)
+                    })
+                    .map(|r| r.at - since)
+            })
+            .collect();
+        let missing = times.iter().filter(|t| t.is_none()).count();
+        if missing == 0 {
+            return Ok(times.into_iter().flatten().collect());
+        }
+        if Instant::now() > deadline {
+            bail!("{missing} of {} proxies never got {name}", clients.len());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn bytes(clients: &[Client], since: Instant) -> usize {
+    clients
+        .iter()
+        .flat_map(|c| c.received())
+        .filter(|r| r.at > since)
+        .map(|r| r.bytes)
+        .sum()
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let timeout = Duration::from_secs(args.timeout_secs);
+    let istiod = match &args.istiod {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("istiod"),
+    };
+    let dir = tempfile::tempdir()?;
+    mesh::write(dir.path(), args.services, args.endpoints)?;
+    let (xds_port, mon_port) = (free_port()?, free_port()?);
+    let started = Instant::now();
+    let daemon = Daemon(
+        Command::new(&istiod)
+            .arg("--config-dir")
+            .arg(dir.path())
+            .args(["--xds-addr", &format!("127.0.0.1:{xds_port}")])
+            .args(["--monitoring-addr", &format!("127.0.0.1:{mon_port}")])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {}", istiod.display()))?,
+    );
+    while std::net::TcpStream::connect(("127.0.0.1", xds_port)).is_err() {
+        if started.elapsed() > timeout {
+            bail!("istiod did not start");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let load_time = started.elapsed();
+    let (rss_idle, _) = daemon.usage();
+    let protocol = if args.delta { "Delta" } else { "SotW" };
+    println!(
+        "# istiod-load: {} services x {} endpoints, {} proxies, {protocol}",
+        args.services, args.endpoints, args.proxies
+    );
+    println!(
+        "daemon ready (config loaded) after {:.2} s, RSS {:.1} MiB",
+        load_time.as_secs_f64(),
+        rss_idle as f64 / 1048576.0
+    );
+
+    // Connect every proxy; namespaces as the mesh has them.
+    let namespaces = args.services.div_ceil(mesh::PER_NAMESPACE).max(1);
+    let addr = format!("http://127.0.0.1:{xds_port}");
+    let t0 = Instant::now();
+    let mut connecting = Vec::new();
+    let gate = Arc::new(tokio::sync::Semaphore::new(200));
+    for j in 0..args.proxies {
+        let (addr, gate) = (addr.clone(), gate.clone());
+        let ns = format!("ns-{}", j % namespaces);
+        let delta = args.delta;
+        connecting.push(tokio::spawn(async move {
+            let _permit = gate.acquire_owned().await?;
+            Client::connect(&addr, sidecar_node(&format!("load-{j}"), &ns), delta).await
+        }));
+    }
+    let mut clients = Vec::new();
+    for c in connecting {
+        clients.push(c.await??);
+    }
+    while !clients.iter().all(Client::has_initial_config) {
+        if t0.elapsed() > timeout {
+            bail!("initial config did not arrive everywhere");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let initial = t0.elapsed();
+    let initial_bytes = bytes(&clients, t0);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (rss_connected, _) = daemon.usage();
+    println!(
+        "connect + initial config, all proxies: {:.2} s; {:.1} MiB pushed",
+        initial.as_secs_f64(),
+        initial_bytes as f64 / 1048576.0
+    );
+    println!(
+        "daemon RSS with proxies connected: {:.1} MiB ({:.1} KiB per proxy above idle)",
+        rss_connected as f64 / 1048576.0,
+        rss_connected.saturating_sub(rss_idle) as f64 / 1024.0 / args.proxies as f64
+    );
+
+    // A VirtualService change (svc-0, visible to every proxy).
+    let t1 = Instant::now();
+    mesh::replace(
+        &mesh::file(dir.path(), 0),
+        &mesh::service_yaml(0, args.endpoints, 50),
+    )?;
+    let vs = first_after(&clients, t1, ROUTE_TYPE, "8080", timeout).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    println!(
+        "VirtualService change -> every proxy has it: {} (incl. 100 ms debounce); {:.1} MiB pushed",
+        percentiles(vs),
+        bytes(&clients, t1) as f64 / 1048576.0
+    );
+
+    // An endpoint change (svc-1 gets one more endpoint).
+    let t2 = Instant::now();
+    mesh::replace(
+        &mesh::file(dir.path(), 1),
+        &mesh::service_yaml(1, args.endpoints + 1, 90),
+    )?;
+    let cluster = format!(
+        "outbound|8080||svc-1.{}.svc.cluster.local",
+        mesh::namespace(1)
+    );
+    let eds = first_after(&clients, t2, ENDPOINT_TYPE, &cluster, timeout).await?;
+    let after_debounce: Vec<Duration> = eds
+        .iter()
+        .map(|d| d.saturating_sub(Duration::from_millis(100)))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    println!(
+        "endpoint change -> every proxy has it: {}; after the 100 ms debounce: {}; {:.1} KiB pushed",
+        percentiles(eds),
+        percentiles(after_debounce),
+        bytes(&clients, t2) as f64 / 1024.0
+    );
+    let (rss_end, cpu_end) = daemon.usage();
+    println!(
+        "daemon at the end: RSS {:.1} MiB, CPU {:.2} s in total",
+        rss_end as f64 / 1048576.0,
+        cpu_end
+    );
+    Ok(())
+}

@@ -22,7 +22,7 @@ pub fn file(dir: &Path, i: usize) -> PathBuf {
 
 /// Whether service `i` has a VirtualService and DestinationRule.
 pub fn routed(i: usize) -> bool {
-    i % 5 == 0
+    i.is_multiple_of(5)
 }
 
 /// Service `i` with `endpoints` endpoints, and its routing when [`routed`];
@@ -44,7 +44,10 @@ pub fn service_yaml(i: usize, endpoints: usize, split: u32) -> String {
             y,
             "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}-{e}, namespace: {ns}, labels: {{app: {name}, version: {version}}}}}\nstatus: {{podIP: {ip}}}\n"
         );
-        let _ = writeln!(slice, "- {{addresses: [{ip}], targetRef: {{kind: Pod, name: {name}-{e}}}}}");
+        let _ = writeln!(
+            slice,
+            "- {{addresses: [{ip}], targetRef: {{kind: Pod, name: {name}-{e}}}}}"
+        );
     }
     y.push_str(&slice);
     if routed(i) {

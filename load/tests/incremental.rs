@@ -29,7 +29,10 @@ spec:
 async fn wait(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -47,9 +50,13 @@ async fn only_what_changed(delta: bool) {
     })
     .await
     .unwrap();
-    let client = Client::connect(&format!("http://{}", daemon.xds_addr), sidecar_node("client", "ns-0"), delta)
-        .await
-        .unwrap();
+    let client = Client::connect(
+        &format!("http://{}", daemon.xds_addr),
+        sidecar_node("client", "ns-0"),
+        delta,
+    )
+    .await
+    .unwrap();
     wait("initial config", || client.has_initial_config()).await;
     // Quiet: everything sent has been answered.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -58,29 +65,49 @@ async fn only_what_changed(delta: bool) {
     // An endpoint is added to svc-3: EDS for its cluster, nothing else.
     let version = daemon.snapshots.borrow().version;
     mesh::replace(&mesh::file(dir.path(), 3), &mesh::service_yaml(3, 3, 90)).unwrap();
-    wait("the endpoint change", || daemon.snapshots.borrow().version > version).await;
+    wait("the endpoint change", || {
+        daemon.snapshots.borrow().version > version
+    })
+    .await;
     wait("a push", || client.received().len() > before).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let pushed: Vec<_> = client.received()[before..].to_vec();
     assert_eq!(pushed.len(), 1, "one response: {pushed:?}");
     assert_eq!(pushed[0].type_url, translator::ENDPOINT_TYPE);
-    assert_eq!(pushed[0].names, ["outbound|8080||svc-3.ns-0.svc.cluster.local"]);
+    assert_eq!(
+        pushed[0].names,
+        ["outbound|8080||svc-3.ns-0.svc.cluster.local"]
+    );
     assert!(pushed[0].removed.is_empty());
 
     // A change the proxy cannot see (namespace `private`, exportTo ".").
     let before = client.received().len();
     let version = daemon.snapshots.borrow().version;
-    mesh::replace(&dir.path().join("private.yaml"), &PRIVATE.replace("timeout: 1s", "timeout: 2s")).unwrap();
-    wait("the private change", || daemon.snapshots.borrow().version > version).await;
+    mesh::replace(
+        &dir.path().join("private.yaml"),
+        &PRIVATE.replace("timeout: 1s", "timeout: 2s"),
+    )
+    .unwrap();
+    wait("the private change", || {
+        daemon.snapshots.borrow().version > version
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(client.received().len(), before, "nothing for a change out of sight");
+    assert_eq!(
+        client.received().len(),
+        before,
+        "nothing for a change out of sight"
+    );
 
     // A routing change it can see: RDS only.
     let before = client.received().len();
     mesh::replace(&mesh::file(dir.path(), 5), &mesh::service_yaml(5, 2, 50)).unwrap();
     wait("a push", || client.received().len() > before).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let types: Vec<_> = client.received()[before..].iter().map(|r| r.type_url.clone()).collect();
+    let types: Vec<_> = client.received()[before..]
+        .iter()
+        .map(|r| r.type_url.clone())
+        .collect();
     assert_eq!(types, [translator::ROUTE_TYPE]);
     daemon.shutdown().await;
 }

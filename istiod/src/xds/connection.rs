@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
 };
@@ -91,7 +92,7 @@ struct TypeState {
     /// Version of the last response sent (the snapshot's).
     sent_version: String,
     /// Resources the proxy has (or was sent), by name: version hash.
-    sent: BTreeMap<String, u64>,
+    sent: BTreeMap<Arc<str>, u64>,
 }
 
 pub(super) struct Connection {
@@ -101,7 +102,7 @@ pub(super) struct Connection {
     proxy: Option<Proxy>,
     node_id: String,
     snapshot: Arc<Snapshot>,
-    output: Option<Arc<Output>>,
+    output: Option<Arc<Generated>>,
     types: HashMap<String, TypeState>,
     /// Clusters sent since their endpoints last were: a sent (or re-sent)
     /// EDS cluster warms until its ClusterLoadAssignment arrives, so it is
@@ -117,15 +118,74 @@ pub(super) struct Connection {
     shared: Arc<Shared>,
 }
 
-/// Generated configs by [`Proxy::config_key`], for one snapshot version.
-type Cache = (
-    u64,
-    HashMap<(u8, String, String, BTreeMap<String, String>), Arc<Output>>,
-);
+/// One type's resources, encoded once: (name, version hash, resource),
+/// in name order.
+type Encoded = Vec<(Arc<str>, u64, Any)>;
+
+/// A generated config with each type encoded once, shared by every
+/// connection whose proxy has the same [`Proxy::config_key`].
+#[derive(Debug)]
+pub(super) struct Generated {
+    output: Output,
+    encoded: HashMap<&'static str, Arc<Encoded>>,
+}
+
+impl Generated {
+    fn new(output: Output) -> Generated {
+        let encoded = PUSH_ORDER
+            .iter()
+            .map(|t| (*t, Arc::new(encode(&output, t))))
+            .collect();
+        Generated { output, encoded }
+    }
+
+    /// This config with some endpoint assignments replaced; only EDS is re-encoded.
+    fn with_endpoints(&self, fresh: Vec<ClusterLoadAssignment>) -> Generated {
+        let mut output = self.output.clone();
+        for cla in fresh {
+            match output
+                .endpoints
+                .iter_mut()
+                .find(|e| e.cluster_name == cla.cluster_name)
+            {
+                Some(e) => *e = cla,
+                None => output.endpoints.push(cla),
+            }
+        }
+        let mut encoded = self.encoded.clone();
+        encoded.insert(ENDPOINT_TYPE, Arc::new(encode(&output, ENDPOINT_TYPE)));
+        Generated { output, encoded }
+    }
+
+    fn resources(&self, type_url: &str) -> Arc<Encoded> {
+        self.encoded.get(type_url).cloned().unwrap_or_default()
+    }
+}
+
+fn encode(output: &Output, type_url: &str) -> Encoded {
+    let mut v: Encoded = output
+        .resources(type_url)
+        .into_iter()
+        .map(|(name, any)| (Arc::from(name.as_str()), hash(&any.value), any))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+type Key = (u8, String, String, BTreeMap<String, String>);
+
+/// Generated configs for one snapshot version: full ones by config key, and
+/// endpoint-patched ones by (config key, version patched from).
+#[derive(Debug, Default)]
+struct Cache {
+    version: u64,
+    full: HashMap<Key, Arc<Generated>>,
+    patched: HashMap<(Key, u64), Arc<Generated>>,
+}
 
 /// What all connections share: the generation cache (proxies with the same
-/// [`Proxy::config_key`] get the same resources, generated once per
-/// snapshot, as istiod's XDS cache) and the push throttle.
+/// [`Proxy::config_key`] get the same resources, generated and encoded once
+/// per snapshot, as istiod's XDS cache) and the push throttle.
 #[derive(Debug)]
 pub(super) struct Shared {
     cache: std::sync::Mutex<Cache>,
@@ -135,32 +195,75 @@ pub(super) struct Shared {
 impl Shared {
     pub(super) fn new(push_throttle: usize) -> Shared {
         Shared {
-            cache: std::sync::Mutex::new((0, HashMap::new())),
+            cache: std::sync::Mutex::new(Cache::default()),
             throttle: tokio::sync::Semaphore::new(push_throttle.max(1)),
         }
     }
 
-    /// The proxy's config for `snap`, from the cache or generated (outside the lock).
-    fn output(&self, snap: &Snapshot, proxy: &Proxy) -> Arc<Output> {
-        let key = proxy.config_key(snap);
+    /// Runs `make` unless the cache has the entry (generation happens outside the lock).
+    fn cached(
+        &self,
+        version: u64,
+        get: impl Fn(&Cache) -> Option<Arc<Generated>>,
+        put: impl FnOnce(&mut Cache, Arc<Generated>),
+        make: impl FnOnce() -> Generated,
+    ) -> Arc<Generated> {
         if let Ok(cache) = self.cache.lock()
-            && cache.0 == snap.version
-            && let Some(out) = cache.1.get(&key)
+            && cache.version == version
+            && let Some(g) = get(&cache)
         {
-            return out.clone();
+            return g;
         }
-        let out = Arc::new(translator::generate(snap, proxy));
+        let g = Arc::new(make());
         if let Ok(mut cache) = self.cache.lock() {
-            if cache.0 > snap.version {
+            if cache.version > version {
                 // A newer snapshot is cached already; this one is on its way out.
-                return out;
+                return g;
             }
-            if cache.0 != snap.version {
-                *cache = (snap.version, HashMap::new());
+            if cache.version != version {
+                *cache = Cache {
+                    version,
+                    ..Default::default()
+                };
             }
-            cache.1.insert(key, out.clone());
+            put(&mut cache, g.clone());
         }
-        out
+        g
+    }
+
+    /// The proxy's config for `snap`.
+    fn output(&self, snap: &Snapshot, proxy: &Proxy) -> Arc<Generated> {
+        let key = proxy.config_key(snap);
+        let k2 = key.clone();
+        self.cached(
+            snap.version,
+            |c| c.full.get(&key).cloned(),
+            |c, g| {
+                c.full.insert(k2, g);
+            },
+            || Generated::new(translator::generate(snap, proxy)),
+        )
+    }
+
+    /// `base` (generated from snapshot `from`) with the endpoints of `hosts` regenerated for `snap`.
+    fn with_endpoints(
+        &self,
+        snap: &Snapshot,
+        proxy: &Proxy,
+        base: &Generated,
+        from: u64,
+        hosts: &BTreeSet<String>,
+    ) -> Arc<Generated> {
+        let key = (proxy.config_key(snap), from);
+        let k2 = key.clone();
+        self.cached(
+            snap.version,
+            |c| c.patched.get(&key).cloned(),
+            |c, g| {
+                c.patched.insert(k2, g);
+            },
+            || base.with_endpoints(translator::generate_endpoints(snap, proxy, hosts)),
+        )
     }
 }
 
@@ -353,7 +456,9 @@ impl Connection {
                     // What the proxy already has (reconnect): not resent if unchanged.
                     state.sent = initial
                         .into_iter()
-                        .filter_map(|(name, v)| Some((name, u64::from_str_radix(&v, 16).ok()?)))
+                        .filter_map(|(name, v)| {
+                            Some((Arc::from(name.as_str()), u64::from_str_radix(&v, 16).ok()?))
+                        })
                         .collect();
                 }
                 for name in subscribe {
@@ -363,7 +468,7 @@ impl Connection {
                         // A name subscribed later is wanted now (e.g. by a
                         // warming cluster), whatever version went before.
                         if !first {
-                            state.sent.remove(&name);
+                            state.sent.remove(name.as_str());
                         }
                         state.names.insert(name);
                     }
@@ -373,7 +478,7 @@ impl Connection {
                         state.wildcard = false;
                     } else {
                         state.names.remove(&name);
-                        state.sent.remove(&name);
+                        state.sent.remove(name.as_str());
                     }
                 }
                 // Delta answers only when something is to be sent.
@@ -395,6 +500,7 @@ impl Connection {
         }
         // What this snapshot changes for this proxy; anything but a change
         // set relative to the snapshot the proxy has means everything.
+        let from = self.snapshot.version;
         let effect = match (&snap.changes, &self.proxy, &self.output) {
             (Some(c), Some(p), Some(_)) if c.from_version == self.snapshot.version => c.effect(p),
             _ => Effect::Full,
@@ -411,19 +517,9 @@ impl Connection {
                 self.record_version();
             }
             Effect::Endpoints(hosts) => {
-                if let (Some(proxy), Some(output)) = (&self.proxy, self.output.as_mut()) {
-                    let fresh = translator::generate_endpoints(&self.snapshot, proxy, &hosts);
-                    let out = Arc::make_mut(output);
-                    for cla in fresh {
-                        match out
-                            .endpoints
-                            .iter_mut()
-                            .find(|e| e.cluster_name == cla.cluster_name)
-                        {
-                            Some(e) => *e = cla,
-                            None => out.endpoints.push(cla),
-                        }
-                    }
+                if let (Some(proxy), Some(base)) = (&self.proxy, &self.output) {
+                    let patched = shared.with_endpoints(&self.snapshot, proxy, base, from, &hosts);
+                    self.output = Some(patched);
                 }
                 self.record_version();
                 if self.types.contains_key(ENDPOINT_TYPE) {
@@ -457,10 +553,10 @@ impl Connection {
             let previous = self
                 .output
                 .as_ref()
-                .map(|o| o.warnings.as_slice())
+                .map(|o| o.output.warnings.as_slice())
                 .unwrap_or_default();
-            if output.warnings.as_slice() != previous {
-                for w in &output.warnings {
+            if output.output.warnings.as_slice() != previous {
+                for w in &output.output.warnings {
                     warn!(node = %self.node_id, warning = %w, "config not applied to this proxy");
                 }
             }
@@ -507,32 +603,29 @@ impl Connection {
         };
         let delta = matches!(self.sink, Sink::Delta(_));
         let state = self.types.entry(type_url.to_owned()).or_default();
-        let current: Vec<(String, u64, Any)> = output
-            .resources(type_url)
-            .into_iter()
-            .filter(|(name, _)| state.wildcard || state.names.contains(name))
-            .map(|(name, any)| {
-                let version = hash(&any.value);
-                (name, version, any)
-            })
+        let all = output.resources(type_url);
+        let current: Vec<&(Arc<str>, u64, Any)> = all
+            .iter()
+            .filter(|(name, _, _)| state.wildcard || state.names.contains(&**name))
             .collect();
-        let versions: BTreeMap<String, u64> =
+        let versions: BTreeMap<Arc<str>, u64> =
             current.iter().map(|(n, v, _)| (n.clone(), *v)).collect();
         let removed: Vec<String> = state
             .sent
             .keys()
             .filter(|n| !versions.contains_key(*n))
-            .cloned()
+            .map(|n| n.to_string())
             .collect();
         let awaiting = &self.awaiting_endpoints;
         let endpoints = type_url == ENDPOINT_TYPE;
-        let changed: Vec<&(String, u64, Any)> = current
+        let changed: Vec<&(Arc<str>, u64, Any)> = current
             .iter()
+            .copied()
             .filter(|(n, v, _)| {
-                force || state.sent.get(n) != Some(v) || (endpoints && awaiting.contains(n))
+                force || state.sent.get(n) != Some(v) || (endpoints && awaiting.contains(&**n))
             })
             .collect();
-        let force = force || (endpoints && changed.iter().any(|(n, _, _)| awaiting.contains(n)));
+        let force = force || (endpoints && changed.iter().any(|(n, _, _)| awaiting.contains(&**n)));
         // Delta sends nothing when nothing changed, except the first answer
         // to a subscription, which Envoy waits for (even if empty).
         if delta && changed.is_empty() && removed.is_empty() && !state.nonce.is_empty() {
@@ -556,10 +649,10 @@ impl Connection {
         state.sent = versions;
         if type_url == CLUSTER_TYPE {
             self.awaiting_endpoints
-                .extend(changed.iter().map(|(n, _, _)| n.clone()));
+                .extend(changed.iter().map(|(n, _, _)| n.to_string()));
         } else if endpoints {
             for (n, _, _) in &changed {
-                self.awaiting_endpoints.remove(n);
+                self.awaiting_endpoints.remove(&**n);
             }
         }
         let (v, n) = (version.clone(), nonce.clone());
@@ -605,7 +698,7 @@ impl Connection {
             Sink::Delta(tx) => {
                 debug!(
                     node = %self.node_id, %type_url, %version, changed = changed.len(),
-                    removed = removed.len(), names = ?changed.iter().take(8).map(|(n, _, _)| n.as_str()).collect::<Vec<_>>(),
+                    removed = removed.len(), names = ?changed.iter().take(8).map(|(n, _, _)| &**n).collect::<Vec<_>>(),
                     "delta push"
                 );
                 let response = DeltaDiscoveryResponse {
@@ -613,7 +706,7 @@ impl Connection {
                     resources: changed
                         .into_iter()
                         .map(|(name, v, any)| Resource {
-                            name: name.clone(),
+                            name: name.to_string(),
                             version: format!("{v:016x}"),
                             resource: Some(any.clone()),
                             ..Default::default()
