@@ -242,7 +242,8 @@ fn mesh_virtual_service<'a>(
     hostname: &str,
     has: impl Fn(&Config<VirtualServiceSpec>) -> bool,
 ) -> Option<&'a Config<VirtualServiceSpec>> {
-    snap.virtual_services.iter().find(|vs| {
+    let mut candidates = snap.virtual_services_for(hostname);
+    candidates.find(|vs| {
         exported_to(&vs.spec.export_to, &vs.namespace, &proxy.namespace)
             && (vs.spec.gateways.is_empty() || vs.spec.gateways.iter().any(|g| g == "mesh"))
             && vs

@@ -203,6 +203,12 @@ pub struct Snapshot {
     /// `sourceLabels`, Gateway `selector`); proxies that agree on these, their
     /// kind, namespace and locality get identical config.
     pub label_keys: std::collections::BTreeSet<String>,
+    /// Indexes (positions in `destination_rules` / `virtual_services`) by
+    /// resolved host, so a lookup per service is not a scan of every rule.
+    dr_by_host: HashMap<String, Vec<usize>>,
+    vs_by_host: HashMap<String, Vec<usize>>,
+    /// VirtualServices with a wildcard host (checked for every hostname).
+    vs_wildcard: Vec<usize>,
 }
 
 /// A TLS Secret's material (`kubernetes.io/tls` keys `tls.crt`, `tls.key`,
@@ -439,6 +445,25 @@ impl Snapshot {
         for gw in &snap.gateways {
             snap.label_keys.extend(gw.spec.selector.keys().cloned());
         }
+        for (i, dr) in snap.destination_rules.iter().enumerate() {
+            let host = snap.resolve_host(&dr.spec.host, &dr.namespace);
+            snap.dr_by_host.entry(host).or_default().push(i);
+        }
+        for (i, vs) in snap.virtual_services.iter().enumerate() {
+            for h in &vs.spec.hosts {
+                let host = snap.resolve_host(h, &vs.namespace);
+                if host.contains('*') {
+                    if snap.vs_wildcard.last() != Some(&i) {
+                        snap.vs_wildcard.push(i);
+                    }
+                } else {
+                    let entry = snap.vs_by_host.entry(host).or_default();
+                    if entry.last() != Some(&i) {
+                        entry.push(i);
+                    }
+                }
+            }
+        }
         snap
     }
 
@@ -452,6 +477,25 @@ impl Snapshot {
         self.services
             .values()
             .filter(move |s| exported_to(&s.export_to, &s.namespace, ns))
+    }
+
+    /// VirtualServices that may name `hostname` (exactly, or by a wildcard
+    /// host), in config order; callers still check each one.
+    pub fn virtual_services_for<'a>(
+        &'a self,
+        hostname: &str,
+    ) -> impl Iterator<Item = &'a Config<VirtualServiceSpec>> + 'a {
+        let mut idx: Vec<usize> = self
+            .vs_by_host
+            .get(hostname)
+            .into_iter()
+            .flatten()
+            .chain(&self.vs_wildcard)
+            .copied()
+            .collect();
+        idx.sort_unstable();
+        idx.dedup();
+        idx.into_iter().filter_map(|i| self.virtual_services.get(i))
     }
 
     /// Resolves a host as written in a rule of namespace `ns` to a hostname:
@@ -472,15 +516,17 @@ impl Snapshot {
         hostname: &str,
         ns: &str,
     ) -> Option<&Config<DestinationRuleSpec>> {
-        let matching = |dr: &&Config<DestinationRuleSpec>| {
-            exported_to(&dr.spec.export_to, &dr.namespace, ns)
-                && self.resolve_host(&dr.spec.host, &dr.namespace) == hostname
+        let candidates = || {
+            self.dr_by_host
+                .get(hostname)
+                .into_iter()
+                .flatten()
+                .filter_map(|i| self.destination_rules.get(*i))
+                .filter(|dr| exported_to(&dr.spec.export_to, &dr.namespace, ns))
         };
-        self.destination_rules
-            .iter()
-            .filter(matching)
+        candidates()
             .find(|dr| dr.namespace == ns)
-            .or_else(|| self.destination_rules.iter().find(matching))
+            .or_else(|| candidates().next())
     }
 }
 

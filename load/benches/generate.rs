@@ -1,0 +1,53 @@
+//! Per-proxy generation cost: the full config (CDS, EDS, LDS, RDS) of one
+//! sidecar for the generated mesh of `load::mesh` at 100 and 1000 services,
+//! and the endpoint-only regeneration for one service.
+//! `cargo bench -p load --bench generate`; figures in docs/PERFORMANCE.md.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)] // benchmark code
+
+use std::collections::BTreeSet;
+
+use crds::document::{parse_value, split_documents};
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use translator::model::{MeshConfig, Proxy, Snapshot};
+
+fn snapshot(services: usize) -> Snapshot {
+    let mut objects = Vec::new();
+    for i in 0..services {
+        for (_, v) in split_documents(&load::mesh::service_yaml(i, 3, 90)) {
+            objects.extend(
+                parse_value(v.unwrap(), "default")
+                    .into_iter()
+                    .map(|o| o.unwrap()),
+            );
+        }
+    }
+    Snapshot::build(1, &objects, MeshConfig::default())
+}
+
+fn bench(c: &mut Criterion) {
+    let proxy = Proxy::from_node_id(
+        "sidecar~10.0.0.1~load-0.ns-0~ns-0.svc.cluster.local",
+        None,
+        Default::default(),
+    )
+    .unwrap();
+    let mut group = c.benchmark_group("generate");
+    group.sample_size(20);
+    for services in [100, 1000] {
+        let snap = snapshot(services);
+        group.bench_with_input(BenchmarkId::new("full", services), &snap, |b, snap| {
+            b.iter(|| translator::generate(snap, &proxy))
+        });
+        let hosts: BTreeSet<String> = ["svc-1.ns-0.svc.cluster.local".to_string()].into();
+        group.bench_with_input(
+            BenchmarkId::new("endpoints_of_one_service", services),
+            &snap,
+            |b, snap| b.iter(|| translator::generate_endpoints(snap, &proxy, &hosts)),
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
