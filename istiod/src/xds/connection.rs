@@ -128,15 +128,36 @@ type Encoded = Vec<(Arc<str>, u64, Any)>;
 pub(super) struct Generated {
     output: Output,
     encoded: HashMap<&'static str, Arc<Encoded>>,
+    /// Positions in the EDS encoding by service hostname (the last field of
+    /// `outbound|port|subset|host`), for endpoint-only pushes.
+    eds_by_host: HashMap<String, Vec<usize>>,
+}
+
+fn eds_index(eds: &Encoded) -> HashMap<String, Vec<usize>> {
+    let mut by_host: HashMap<String, Vec<usize>> = HashMap::new();
+    for (i, (name, _, _)) in eds.iter().enumerate() {
+        if let Some((_, host)) = name.rsplit_once('|') {
+            by_host.entry(host.to_owned()).or_default().push(i);
+        }
+    }
+    by_host
 }
 
 impl Generated {
     fn new(output: Output) -> Generated {
-        let encoded = PUSH_ORDER
+        let encoded: HashMap<&'static str, Arc<Encoded>> = PUSH_ORDER
             .iter()
             .map(|t| (*t, Arc::new(encode(&output, t))))
             .collect();
-        Generated { output, encoded }
+        let eds_by_host = encoded
+            .get(ENDPOINT_TYPE)
+            .map(|e| eds_index(e))
+            .unwrap_or_default();
+        Generated {
+            output,
+            encoded,
+            eds_by_host,
+        }
     }
 
     /// This config with some endpoint assignments replaced; only EDS is re-encoded.
@@ -153,8 +174,14 @@ impl Generated {
             }
         }
         let mut encoded = self.encoded.clone();
-        encoded.insert(ENDPOINT_TYPE, Arc::new(encode(&output, ENDPOINT_TYPE)));
-        Generated { output, encoded }
+        let eds = encode(&output, ENDPOINT_TYPE);
+        let eds_by_host = eds_index(&eds);
+        encoded.insert(ENDPOINT_TYPE, Arc::new(eds));
+        Generated {
+            output,
+            encoded,
+            eds_by_host,
+        }
     }
 
     fn resources(&self, type_url: &str) -> Arc<Encoded> {
@@ -523,7 +550,7 @@ impl Connection {
                 }
                 self.record_version();
                 if self.types.contains_key(ENDPOINT_TYPE) {
-                    self.send(ENDPOINT_TYPE, false).await?;
+                    self.send_endpoints(&hosts).await?;
                 }
             }
             Effect::Full => {
@@ -595,6 +622,106 @@ impl Connection {
         }
     }
 
+    /// An endpoint-only push: looks at the assignments of `hosts` alone (not
+    /// every resource the proxy has) and sends those that changed.
+    async fn send_endpoints(&mut self, hosts: &BTreeSet<String>) -> Result<(), Closed> {
+        let Some(generated) = self.output.clone() else {
+            return Ok(());
+        };
+        let all = generated.resources(ENDPOINT_TYPE);
+        let Some(state) = self.types.get_mut(ENDPOINT_TYPE) else {
+            return Ok(());
+        };
+        let changed: Vec<(Arc<str>, u64, Any)> = hosts
+            .iter()
+            .filter_map(|h| generated.eds_by_host.get(h))
+            .flatten()
+            .filter_map(|i| all.get(*i))
+            .filter(|(n, v, _)| {
+                (state.wildcard || state.names.contains(&**n)) && state.sent.get(n) != Some(v)
+            })
+            .cloned()
+            .collect();
+        if changed.is_empty() {
+            return Ok(());
+        }
+        for (n, v, _) in &changed {
+            state.sent.insert(n.clone(), *v);
+        }
+        self.respond(ENDPOINT_TYPE, changed, Vec::new())
+            .await
+            .map(|_| ())
+    }
+
+    /// Sends one response of `type_url` with `resources` (and, over Delta,
+    /// `removed`), recording nonce, version and metrics.
+    async fn respond(
+        &mut self,
+        type_url: &str,
+        resources: Vec<(Arc<str>, u64, Any)>,
+        removed: Vec<String>,
+    ) -> Result<bool, Closed> {
+        let Some(state) = self.types.get_mut(type_url) else {
+            return Ok(false);
+        };
+        self.nonces += 1;
+        let version = self.snapshot.version.to_string();
+        let nonce = format!("{}-{}", self.snapshot.version, self.nonces);
+        state.nonce = nonce.clone();
+        state.sent_version = version.clone();
+        let (v, n) = (version.clone(), nonce.clone());
+        record(&self.sync, &self.node_id, |s| {
+            let t = s.types.entry(type_url.to_owned()).or_default();
+            t.sent_version = v;
+            t.sent_nonce = n;
+        });
+        let label = Metrics::type_label(type_url);
+        self.metrics.pushes.get_or_create(&label).inc();
+        let size: usize = resources.iter().map(|(_, _, a)| a.value.len()).sum();
+        self.metrics
+            .config_size
+            .get_or_create(&label)
+            .observe(size as f64);
+        if let Some(published) = self.snapshot.published_at {
+            self.metrics
+                .push_time
+                .get_or_create(&label)
+                .observe(secs(published.elapsed()));
+        }
+        let sent = match &self.sink {
+            Sink::Sotw(tx) => {
+                let response = DiscoveryResponse {
+                    version_info: version,
+                    resources: resources.into_iter().map(|(_, _, a)| a).collect(),
+                    type_url: type_url.to_owned(),
+                    nonce,
+                    ..Default::default()
+                };
+                tx.send(Ok(response)).await.is_ok()
+            }
+            Sink::Delta(tx) => {
+                let response = DeltaDiscoveryResponse {
+                    system_version_info: version,
+                    resources: resources
+                        .into_iter()
+                        .map(|(name, v, any)| Resource {
+                            name: name.to_string(),
+                            version: format!("{v:016x}"),
+                            resource: Some(any),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    type_url: type_url.to_owned(),
+                    removed_resources: removed,
+                    nonce,
+                    ..Default::default()
+                };
+                tx.send(Ok(response)).await.is_ok()
+            }
+        };
+        if sent { Ok(true) } else { Err(Closed) }
+    }
+
     /// Sends what changed of one type since the last response (everything
     /// subscribed when `force`). Returns whether a response went out.
     async fn send(&mut self, type_url: &str, force: bool) -> Result<bool, Closed> {
@@ -641,12 +768,12 @@ impl Connection {
             state.sent = versions;
             return Ok(false);
         }
-        self.nonces += 1;
-        let version = self.snapshot.version.to_string();
-        let nonce = format!("{}-{}", self.snapshot.version, self.nonces);
-        state.nonce = nonce.clone();
-        state.sent_version = version.clone();
         state.sent = versions;
+        let to_send: Vec<(Arc<str>, u64, Any)> = if delta || partial_eds {
+            changed.iter().map(|e| (*e).clone()).collect()
+        } else {
+            current.iter().map(|e| (*e).clone()).collect()
+        };
         if type_url == CLUSTER_TYPE {
             self.awaiting_endpoints
                 .extend(changed.iter().map(|(n, _, _)| n.to_string()));
@@ -655,72 +782,11 @@ impl Connection {
                 self.awaiting_endpoints.remove(&**n);
             }
         }
-        let (v, n) = (version.clone(), nonce.clone());
-        record(&self.sync, &self.node_id, |s| {
-            let t = s.types.entry(type_url.to_owned()).or_default();
-            t.sent_version = v;
-            t.sent_nonce = n;
-        });
-        let label = Metrics::type_label(type_url);
-        self.metrics.pushes.get_or_create(&label).inc();
-        let size: usize = match &self.sink {
-            Sink::Sotw(_) if !partial_eds => current.iter().map(|(_, _, a)| a.value.len()).sum(),
-            Sink::Sotw(_) => changed.iter().map(|(_, _, a)| a.value.len()).sum(),
-            Sink::Delta(_) => changed.iter().map(|(_, _, a)| a.value.len()).sum(),
-        };
-        self.metrics
-            .config_size
-            .get_or_create(&label)
-            .observe(size as f64);
-        if let Some(published) = self.snapshot.published_at {
-            self.metrics
-                .push_time
-                .get_or_create(&label)
-                .observe(secs(published.elapsed()));
-        }
-        let sent = match &self.sink {
-            Sink::Sotw(tx) => {
-                debug!(node = %self.node_id, %type_url, %version, resources = current.len(), "push");
-                let resources = if partial_eds {
-                    changed.iter().map(|(_, _, a)| a.clone()).collect()
-                } else {
-                    current.iter().map(|(_, _, a)| a.clone()).collect()
-                };
-                let response = DiscoveryResponse {
-                    version_info: version,
-                    resources,
-                    type_url: type_url.to_owned(),
-                    nonce,
-                    ..Default::default()
-                };
-                tx.send(Ok(response)).await.is_ok()
-            }
-            Sink::Delta(tx) => {
-                debug!(
-                    node = %self.node_id, %type_url, %version, changed = changed.len(),
-                    removed = removed.len(), names = ?changed.iter().take(8).map(|(n, _, _)| &**n).collect::<Vec<_>>(),
-                    "delta push"
-                );
-                let response = DeltaDiscoveryResponse {
-                    system_version_info: version,
-                    resources: changed
-                        .into_iter()
-                        .map(|(name, v, any)| Resource {
-                            name: name.to_string(),
-                            version: format!("{v:016x}"),
-                            resource: Some(any.clone()),
-                            ..Default::default()
-                        })
-                        .collect(),
-                    type_url: type_url.to_owned(),
-                    removed_resources: removed,
-                    nonce,
-                    ..Default::default()
-                };
-                tx.send(Ok(response)).await.is_ok()
-            }
-        };
-        if sent { Ok(true) } else { Err(Closed) }
+        debug!(
+            node = %self.node_id, %type_url, version = self.snapshot.version, resources = to_send.len(),
+            removed = removed.len(), delta, "push"
+        );
+        self.respond(type_url, to_send, removed).await
     }
 
     async fn fail(&mut self, status: Status) -> Result<(), Closed> {
