@@ -127,10 +127,34 @@ impl Client {
     /// Whether the client holds at least one resource of each of CDS, EDS,
     /// LDS and RDS (its initial config has arrived).
     pub fn has_initial_config(&self) -> bool {
-        let state = self.state.lock().map(|s| s.clone()).unwrap_or_default();
+        let Ok(state) = self.state.lock() else {
+            return false;
+        };
         [CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE]
             .iter()
             .all(|t| state.get(*t).is_some_and(|m| !m.is_empty()))
+    }
+
+    /// When the first response of `type_url` carrying `name` arrived after
+    /// `since` (read in place: cheap enough to poll thousands of clients).
+    pub fn first_after(&self, since: Instant, type_url: &str, name: &str) -> Option<Instant> {
+        let log = self.log.lock().ok()?;
+        log.iter()
+            .rev()
+            .take_while(|r| r.at > since)
+            .filter(|r| r.type_url == type_url && r.names.iter().any(|n| n == name))
+            .last()
+            .map(|r| r.at)
+    }
+
+    /// Bytes of resources received after `since`.
+    pub fn bytes_after(&self, since: Instant) -> usize {
+        let Ok(log) = self.log.lock() else { return 0 };
+        log.iter()
+            .rev()
+            .take_while(|r| r.at > since)
+            .map(|r| r.bytes)
+            .sum()
     }
 
     /// The resource `name` of `type_url` the client holds, if any.
@@ -218,7 +242,12 @@ async fn on_sotw(
         } else {
             entry.extend(decoded);
         }
-        entry.clone()
+        // Only clusters and listeners refer to further resources.
+        if r.type_url == CLUSTER_TYPE || r.type_url == LISTENER_TYPE {
+            entry.clone()
+        } else {
+            BTreeMap::new()
+        }
     };
     let ack = DiscoveryRequest {
         type_url: r.type_url.clone(),
@@ -283,7 +312,12 @@ async fn on_delta(
         for name in &r.removed_resources {
             entry.remove(name);
         }
-        entry.clone()
+        // Only clusters and listeners refer to further resources.
+        if r.type_url == CLUSTER_TYPE || r.type_url == LISTENER_TYPE {
+            entry.clone()
+        } else {
+            BTreeMap::new()
+        }
     };
     let ack = DeltaDiscoveryRequest {
         type_url: r.type_url.clone(),

@@ -110,14 +110,7 @@ async fn first_after(
     loop {
         let times: Vec<Option<Duration>> = clients
             .iter()
-            .map(|c| {
-                c.received()
-                    .iter()
-                    .find(|r| {
-                        r.at > since && r.type_url == type_url && r.names.iter().any(|n| n == name)
-                    })
-                    .map(|r| r.at - since)
-            })
+            .map(|c| c.first_after(since, type_url, name).map(|at| at - since))
             .collect();
         let missing = times.iter().filter(|t| t.is_none()).count();
         if missing == 0 {
@@ -126,17 +119,12 @@ async fn first_after(
         if Instant::now() > deadline {
             bail!("{missing} of {} proxies never got {name}", clients.len());
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 fn bytes(clients: &[Client], since: Instant) -> usize {
-    clients
-        .iter()
-        .flat_map(|c| c.received())
-        .filter(|r| r.at > since)
-        .map(|r| r.bytes)
-        .sum()
+    clients.iter().map(|c| c.bytes_after(since)).sum()
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
