@@ -426,6 +426,30 @@ pub struct Reply {
     pub body: String,
 }
 
+/// A VirtualService Envoy refuses although it is valid: a regex whose RE2
+/// program exceeds Envoy's default `re2.max_program_size.error_level` (100).
+pub const NACKED_VIRTUAL_SERVICE: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews}\nspec:\n  hosts: [reviews]\n  http:\n  - match: [{uri: {regex: \"^/reviews/(x[0-9a-f]{4}){30}$\"}}]\n    route: [{destination: {host: reviews, subset: v1}}]\n";
+
+/// Waits until the daemon has recorded a NACK of `type_url` from `envoy`; returns Envoy's message.
+pub fn wait_for_nack(daemon: &Daemon, envoy: &Envoy, type_url: &str) -> String {
+    let start = Instant::now();
+    loop {
+        let table = daemon.sync.lock().expect("sync table").clone();
+        let nack = table
+            .get(&envoy.node_id)
+            .and_then(|s| s.types.get(type_url))
+            .and_then(|t| t.nack.clone());
+        if let Some(nack) = nack {
+            return nack;
+        }
+        assert!(
+            start.elapsed() < SYNC,
+            "no NACK of {type_url} recorded: {table:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// One blocking HTTP/1.1 GET. Headers as (name, value).
 pub fn http_request(url: &str, headers: &[(&str, &str)]) -> Result<Reply, String> {
     let agent: ureq::Agent = ureq::Agent::config_builder()

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use e2e::{
-    GATEWAY, GATEWAY_LABELS, Mesh, SYNC, apply, assert_binomial, bookinfo_sample, http_get,
-    istio_testdata, tally, wait_synced,
+    GATEWAY, GATEWAY_LABELS, Mesh, NACKED_VIRTUAL_SERVICE, SYNC, apply, assert_binomial,
+    bookinfo_sample, http_get, istio_testdata, tally, wait_for_nack, wait_synced,
 };
 
 /// ClusterIPs from `examples/bookinfo/platform.yaml`.
@@ -364,23 +364,9 @@ fn a_nacked_config_is_recorded_and_envoy_keeps_its_last_good_one() {
     );
     let daemon = &mesh.daemon;
     let envoy = mesh.sidecar();
-    // A valid regex whose RE2 program exceeds Envoy's default
-    // `re2.max_program_size.error_level` (100): only Envoy can tell.
-    let bad = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews}\nspec:\n  hosts: [reviews]\n  http:\n  - match: [{uri: {regex: \"^/reviews/(x[0-9a-f]{4}){30}$\"}}]\n    route: [{destination: {host: reviews, subset: v1}}]\n";
-    mesh.cfg.write("vs.yaml", bad);
-    let start = Instant::now();
-    let nack = loop {
-        let table = daemon.sync.lock().unwrap().clone();
-        if let Some(nack) = table
-            .get(&envoy.node_id)
-            .and_then(|s| s.types.get(translator::ROUTE_TYPE))
-            .and_then(|t| t.nack.clone())
-        {
-            break nack;
-        }
-        assert!(start.elapsed() < SYNC, "no NACK recorded: {table:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    // A valid config only Envoy can tell it refuses.
+    mesh.cfg.write("vs.yaml", NACKED_VIRTUAL_SERVICE);
+    let nack = wait_for_nack(daemon, &envoy, translator::ROUTE_TYPE);
     assert!(
         nack.contains("regex") || nack.contains("missing )"),
         "{nack}"

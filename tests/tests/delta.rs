@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use e2e::{Mesh, SYNC, tally, use_delta_xds, wait_synced};
+use e2e::{Mesh, NACKED_VIRTUAL_SERVICE, SYNC, tally, use_delta_xds, wait_for_nack, wait_synced};
 
 const REVIEWS: &str = "http://10.96.0.13:9080/";
 
@@ -67,24 +67,9 @@ fn removals_reconnects_and_nacks_over_delta() {
     );
 
     // NACK: recorded, and the last good config stays.
-    mesh.cfg.write(
-        "vs.yaml",
-        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews}\nspec:\n  hosts: [reviews]\n  http:\n  - match: [{uri: {regex: \"^/reviews/(x[0-9a-f]{4}){30}$\"}}]\n    route: [{destination: {host: reviews, subset: v1}}]\n",
-    );
-    let start = std::time::Instant::now();
-    loop {
-        let table = mesh.daemon.sync.lock().unwrap().clone();
-        let nack = table
-            .get(&envoy.node_id)
-            .and_then(|s| s.types.get(translator::ROUTE_TYPE))
-            .and_then(|t| t.nack.clone());
-        if let Some(nack) = nack {
-            assert!(nack.contains("program size"), "{nack}");
-            break;
-        }
-        assert!(start.elapsed() < SYNC, "no NACK recorded");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    mesh.cfg.write("vs.yaml", NACKED_VIRTUAL_SERVICE);
+    let nack = wait_for_nack(&mesh.daemon, &envoy, translator::ROUTE_TYPE);
+    assert!(nack.contains("program size"), "{nack}");
     let counts = tally(REVIEWS, "reviews", &[], 20);
     assert!(
         counts
