@@ -13,7 +13,8 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use crate::{
-    DestinationRule, Gateway, NETWORKING_GROUP, NETWORKING_VERSIONS, ServiceEntry, VirtualService,
+    DestinationRule, Gateway, NETWORKING_GROUP, NETWORKING_VERSIONS, ServiceEntry, Sidecar,
+    VirtualService,
 };
 
 /// A parsed, typed object of a kind the control plane reads.
@@ -30,6 +31,7 @@ pub enum Object {
     DestinationRule(Box<DestinationRule>),
     ServiceEntry(Box<ServiceEntry>),
     Gateway(Box<Gateway>),
+    Sidecar(Box<Sidecar>),
 }
 
 impl Object {
@@ -46,6 +48,7 @@ impl Object {
             Object::DestinationRule(_) => "DestinationRule",
             Object::ServiceEntry(_) => "ServiceEntry",
             Object::Gateway(_) => "Gateway",
+            Object::Sidecar(_) => "Sidecar",
         }
     }
 
@@ -62,6 +65,7 @@ impl Object {
             Object::DestinationRule(o) => &o.metadata,
             Object::ServiceEntry(o) => &o.metadata,
             Object::Gateway(o) => &o.metadata,
+            Object::Sidecar(o) => &o.metadata,
         }
     }
 
@@ -78,6 +82,7 @@ impl Object {
             Object::DestinationRule(o) => &mut o.metadata,
             Object::ServiceEntry(o) => &mut o.metadata,
             Object::Gateway(o) => &mut o.metadata,
+            Object::Sidecar(o) => &mut o.metadata,
         }
     }
 }
@@ -226,6 +231,7 @@ fn parse_object(value: serde_json::Value, default_namespace: &str) -> Result<Obj
             "DestinationRule" => Object::DestinationRule(ctx.parse_istio(value)?),
             "ServiceEntry" => Object::ServiceEntry(ctx.parse_istio(value)?),
             "Gateway" => Object::Gateway(ctx.parse_istio(value)?),
+            "Sidecar" => Object::Sidecar(ctx.parse_istio(value)?),
             _ => return Err(unsupported(api_version, kind, display_name)),
         },
         _ => return Err(unsupported(api_version, kind, display_name)),
@@ -325,7 +331,8 @@ istio_kind!(
     VirtualService => VirtualServiceSpec,
     DestinationRule => DestinationRuleSpec,
     ServiceEntry => ServiceEntrySpec,
-    Gateway => GatewaySpec
+    Gateway => GatewaySpec,
+    Sidecar => SidecarSpec
 );
 
 #[cfg(test)]

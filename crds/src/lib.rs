@@ -15,6 +15,7 @@ mod duration;
 pub mod gateway;
 pub mod mesh;
 pub mod service_entry;
+pub mod sidecar;
 pub mod support;
 pub mod validate;
 pub mod virtual_service;
@@ -27,6 +28,7 @@ pub use document::{Object, ParseError};
 pub use duration::{Duration, DurationError};
 pub use gateway::{Gateway, GatewaySpec};
 pub use service_entry::{ServiceEntry, ServiceEntrySpec};
+pub use sidecar::{Sidecar, SidecarSpec};
 pub use virtual_service::{VirtualService, VirtualServiceSpec};
 
 /// The API group of every kind in this crate.

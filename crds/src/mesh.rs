@@ -35,7 +35,9 @@ pub struct OutboundTrafficPolicy {
 }
 
 /// `MeshConfig.OutboundTrafficPolicy.Mode`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 #[allow(missing_docs)]
 pub enum OutboundMode {

@@ -56,6 +56,12 @@ pub const NOT_YET: &[(&str, &str)] = &[
     ("Gateway", "spec.servers[].tls.tlsCertificates"),
     ("Gateway", "spec.servers[].tls.caCertCredentialName"),
     ("Gateway", "spec.servers[].tls.insecureSkipVerify"),
+    ("Sidecar", "spec.ingress"),
+    ("Sidecar", "spec.inboundConnectionPool"),
+    ("Sidecar", "spec.egress[].port"),
+    ("Sidecar", "spec.egress[].bind"),
+    ("Sidecar", "spec.egress[].captureMode"),
+    ("Sidecar", "spec.outboundTrafficPolicy.egressProxy"),
 ];
 
 /// Values read but not acted on yet: (kind, field path, value, what happens).
@@ -82,6 +88,7 @@ pub fn unsupported(object: &Object) -> Vec<(String, String)> {
         Object::DestinationRule(o) => ("DestinationRule", serde_json::to_value(&o.spec)),
         Object::ServiceEntry(o) => ("ServiceEntry", serde_json::to_value(&o.spec)),
         Object::Gateway(o) => ("Gateway", serde_json::to_value(&o.spec)),
+        Object::Sidecar(o) => ("Sidecar", serde_json::to_value(&o.spec)),
         _ => return Vec::new(),
     };
     let Ok(spec) = spec else { return Vec::new() };

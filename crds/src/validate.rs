@@ -16,6 +16,7 @@ pub fn validate(object: &Object) -> Result<(), ParseError> {
         Object::DestinationRule(dr) => destination_rule(&dr.spec),
         Object::Gateway(gw) => gateway(&gw.spec),
         Object::ServiceEntry(se) => service_entry(&se.spec),
+        Object::Sidecar(sc) => sidecar(&sc.spec),
         Object::ConfigMap(cm) if crate::mesh::is_mesh_configmap(cm) => {
             crate::mesh::parse(cm)?;
             Vec::new()
@@ -232,6 +233,28 @@ fn gateway(spec: &crate::GatewaySpec) -> Problems {
                 format!("spec.servers[{i}].hosts"),
                 "at least one host is required".into(),
             ));
+        }
+    }
+    p
+}
+
+fn sidecar(spec: &crate::SidecarSpec) -> Problems {
+    let mut p = Problems::new();
+    for (i, e) in spec.egress.iter().enumerate() {
+        if e.hosts.is_empty() {
+            p.push((
+                format!("spec.egress[{i}].hosts"),
+                "at least one host is required".into(),
+            ));
+        }
+        for (j, h) in e.hosts.iter().enumerate() {
+            match h.split_once('/') {
+                Some((ns, host)) if !ns.is_empty() && !host.is_empty() => {}
+                _ => p.push((
+                    format!("spec.egress[{i}].hosts[{j}]"),
+                    format!("{h:?} must be namespace/dnsName (e.g. ./*, istio-system/*)"),
+                )),
+            }
         }
     }
     p

@@ -121,3 +121,64 @@ async fn only_what_changed_over_sotw() {
 async fn only_what_changed_over_delta() {
     only_what_changed(true).await;
 }
+
+async fn sidecar_scopes_a_connected_proxy(delta: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    // 150 services: ns-0 holds 100, ns-1 holds 50.
+    mesh::write(dir.path(), 150, 1).unwrap();
+    let mut daemon = Daemon::start(Options {
+        config_dir: Some(dir.path().to_owned()),
+        xds_addr: "127.0.0.1:0".parse().unwrap(),
+        monitoring_addr: None,
+        debounce: Default::default(),
+        push_throttle: 100,
+    })
+    .await
+    .unwrap();
+    let client = Client::connect(
+        &format!("http://{}", daemon.xds_addr),
+        sidecar_node("client", "ns-0"),
+        delta,
+    )
+    .await
+    .unwrap();
+    let clusters = |ns: &str| {
+        client
+            .state
+            .lock()
+            .unwrap()
+            .get(translator::CLUSTER_TYPE)
+            .map(|m| {
+                m.keys()
+                    .filter(|k| k.ends_with(&format!(".{ns}.svc.cluster.local")))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    wait("initial config", || {
+        client.has_initial_config() && clusters("ns-1") > 0
+    })
+    .await;
+    // A Sidecar for ns-0: only its own namespace.
+    std::fs::write(
+        dir.path().join("sidecar.yaml"),
+        "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default, namespace: ns-0}\nspec:\n  egress: [{hosts: [\"./*\"]}]\n",
+    )
+    .unwrap();
+    wait("the other namespace to be dropped", || {
+        clusters("ns-1") == 0
+    })
+    .await;
+    assert!(clusters("ns-0") >= 100, "its own namespace stays");
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn sidecar_scopes_a_connected_proxy_over_sotw() {
+    sidecar_scopes_a_connected_proxy(false).await;
+}
+
+#[tokio::test]
+async fn sidecar_scopes_a_connected_proxy_over_delta() {
+    sidecar_scopes_a_connected_proxy(true).await;
+}

@@ -116,3 +116,35 @@ fn one_virtual_service_exercises_istio_http_routing() {
     assert_eq!(r.headers.get("access-control-allow-origin"), None);
     assert_eq!(envoy.rejected(), 0);
 }
+
+#[test]
+fn a_sidecar_resource_limits_what_the_proxy_can_reach() {
+    let mesh = Mesh::start(true, &[]);
+    let envoy = mesh.sidecar();
+    assert_eq!(
+        http_request(&format!("{REVIEWS}/"), &[("host", "reviews")])
+            .unwrap()
+            .status,
+        200
+    );
+    mesh.apply(
+        &[&envoy],
+        "sidecar.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: default}
+spec:
+  egress: [{hosts: [\"./ratings.default.svc.cluster.local\"]}]
+  outboundTrafficPolicy: {mode: REGISTRY_ONLY}
+",
+    );
+    let ratings = http_request("http://10.96.0.12:9080/", &[("host", "ratings")]).unwrap();
+    assert_eq!((ratings.status, ratings.body.as_str()), (200, "ratings v1"));
+    // reviews is out of scope: no route, no cluster, and under the Sidecar's
+    // REGISTRY_ONLY Istio's 502.
+    let reviews = http_request(&format!("{REVIEWS}/"), &[("host", "reviews")]).unwrap();
+    assert_eq!(reviews.status, 502, "{reviews:?}");
+    let clusters = envoy.admin("/clusters").unwrap();
+    assert!(!clusters.contains("outbound|9080||reviews.default.svc.cluster.local"));
+    assert_eq!(envoy.rejected(), 0);
+}

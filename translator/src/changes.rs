@@ -21,6 +21,8 @@ pub struct ChangeSet {
     pub configs: Vec<(String, Vec<String>)>,
     /// Selectors of Gateways changed (old and new).
     pub gateway_selectors: Vec<BTreeMap<String, String>>,
+    /// Namespaces of Sidecar resources changed.
+    pub sidecar_namespaces: BTreeSet<String>,
     /// The mesh config changed.
     pub mesh: bool,
     /// A Secret changed.
@@ -72,6 +74,9 @@ impl ChangeSet {
         diff(&old.gateways, &new.gateways, |cfg| {
             c.gateway_selectors.push(cfg.spec.selector.clone())
         });
+        diff(&old.sidecars, &new.sidecars, |cfg| {
+            c.sidecar_namespaces.insert(cfg.namespace.clone());
+        });
         c
     }
 
@@ -79,7 +84,14 @@ impl ChangeSet {
     pub fn effect(&self, proxy: &Proxy) -> Effect {
         let ns = proxy.namespace.as_str();
         let router = proxy.kind == ProxyKind::Router;
+        // A Sidecar of the proxy's namespace, or a mesh-wide one, may change its scope.
+        let sidecar_changed = !router
+            && (self.sidecar_namespaces.contains(ns)
+                || self
+                    .sidecar_namespaces
+                    .contains(crate::model::ROOT_NAMESPACE));
         let full = self.mesh
+            || sidecar_changed
             || self
                 .services
                 .iter()

@@ -43,7 +43,7 @@ pub(crate) fn build(
     let mut clusters = vec![passthrough_cluster(), blackhole_cluster()];
     let mut assignments = Vec::new();
     for svc in snap
-        .visible_services(ns)
+        .services_for(proxy)
         .filter(|s| only.is_none_or(|o| o.contains(&s.hostname)))
     {
         let dr = snap.destination_rule(&svc.hostname, ns);

@@ -50,7 +50,7 @@ pub(crate) fn sidecar(
     proxy: &Proxy,
     warnings: &mut Vec<ConfigWarning>,
 ) -> (Vec<Listener>, Vec<RouteConfiguration>) {
-    let fallback = if snap.mesh.allow_any {
+    let fallback = if snap.allow_any_for(proxy) {
         PASSTHROUGH_CLUSTER
     } else {
         BLACKHOLE_CLUSTER
@@ -73,7 +73,7 @@ pub(crate) fn sidecar(
         tls: bool,
     }
     let mut ports: BTreeMap<u32, PortPlan<'_>> = BTreeMap::new();
-    for svc in snap.visible_services(&proxy.namespace) {
+    for svc in snap.services_for(proxy) {
         for port in &svc.ports {
             let plan = ports.entry(port.port).or_default();
             if port.protocol.is_http() {
@@ -177,7 +177,7 @@ fn http_route_config(
     services: &[&Service],
     warnings: &mut Vec<ConfigWarning>,
 ) -> RouteConfiguration {
-    let fallback = if snap.mesh.allow_any {
+    let fallback = if snap.allow_any_for(proxy) {
         PASSTHROUGH_CLUSTER
     } else {
         BLACKHOLE_CLUSTER
@@ -210,7 +210,7 @@ fn http_route_config(
             ..Default::default()
         });
     }
-    vhosts.push(if snap.mesh.allow_any {
+    vhosts.push(if snap.allow_any_for(proxy) {
         VirtualHost {
             name: "allow_any".into(),
             domains: vec!["*".into()],

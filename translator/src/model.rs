@@ -183,6 +183,8 @@ pub struct Snapshot {
     pub destination_rules: Vec<Config<DestinationRuleSpec>>,
     /// Gateways, in a stable order.
     pub gateways: Vec<Config<GatewaySpec>>,
+    /// Sidecar resources, in a stable order.
+    pub sidecars: Vec<Config<crds::SidecarSpec>>,
     /// Namespace names known.
     pub namespaces: Vec<String>,
     /// Mesh settings.
@@ -309,6 +311,11 @@ impl Snapshot {
                     namespace: ns,
                     spec: gw.spec.clone(),
                 }),
+                Object::Sidecar(sc) => snap.sidecars.push(Config {
+                    name,
+                    namespace: ns,
+                    spec: sc.spec.clone(),
+                }),
                 Object::ServiceEntry(se) => {
                     for svc in service_entry_services(&ns, &se.spec) {
                         snap.services
@@ -430,6 +437,8 @@ impl Snapshot {
             .sort_by(|a, b| order(&a.namespace, &a.name, &b.namespace, &b.name));
         snap.gateways
             .sort_by(|a, b| order(&a.namespace, &a.name, &b.namespace, &b.name));
+        snap.sidecars
+            .sort_by(|a, b| order(&a.namespace, &a.name, &b.namespace, &b.name));
         snap.namespaces.sort();
         for vs in &snap.virtual_services {
             for m in vs.spec.http.iter().flat_map(|h| &h.matches) {
@@ -496,6 +505,67 @@ impl Snapshot {
         idx.sort_unstable();
         idx.dedup();
         idx.into_iter().filter_map(|i| self.virtual_services.get(i))
+    }
+
+    /// The Sidecar resource that applies to `proxy`, as Istio picks it: one in
+    /// the proxy's namespace whose `workloadSelector` matches its labels,
+    /// else one there without a selector, else one in the root namespace
+    /// (`istio-system`) without a selector. Gateways have none.
+    pub fn sidecar_for(&self, proxy: &Proxy) -> Option<&Config<crds::SidecarSpec>> {
+        if proxy.kind != ProxyKind::Sidecar {
+            return None;
+        }
+        let selects = |sc: &&Config<crds::SidecarSpec>| {
+            sc.spec.workload_selector.as_ref().is_some_and(|sel| {
+                !sel.labels.is_empty()
+                    && sel
+                        .labels
+                        .iter()
+                        .all(|(k, v)| proxy.labels.get(k) == Some(v))
+            })
+        };
+        let unselected = |sc: &&Config<crds::SidecarSpec>| {
+            sc.spec
+                .workload_selector
+                .as_ref()
+                .is_none_or(|s| s.labels.is_empty())
+        };
+        let mine = || {
+            self.sidecars
+                .iter()
+                .filter(|sc| sc.namespace == proxy.namespace)
+        };
+        mine()
+            .find(selects)
+            .or_else(|| mine().find(unselected))
+            .or_else(|| {
+                self.sidecars
+                    .iter()
+                    .filter(|sc| sc.namespace == ROOT_NAMESPACE)
+                    .find(unselected)
+            })
+    }
+
+    /// The services `proxy` gets config for: visible ones (`exportTo`),
+    /// narrowed by its Sidecar's `egress.hosts`.
+    pub fn services_for<'a>(
+        &'a self,
+        proxy: &'a Proxy,
+    ) -> impl Iterator<Item = &'a Arc<Service>> + 'a {
+        let sidecar = self.sidecar_for(proxy);
+        self.visible_services(&proxy.namespace)
+            .filter(move |s| sidecar.is_none_or(|sc| egress_allows(sc, s)))
+    }
+
+    /// Whether unknown destinations pass through for `proxy`: its Sidecar's
+    /// `outboundTrafficPolicy`, else the mesh's.
+    pub fn allow_any_for(&self, proxy: &Proxy) -> bool {
+        self.sidecar_for(proxy)
+            .and_then(|sc| sc.spec.outbound_traffic_policy.as_ref())
+            .and_then(|p| p.mode)
+            .map_or(self.mesh.allow_any, |m| {
+                m == crds::mesh::OutboundMode::AllowAny
+            })
     }
 
     /// Resolves a host as written in a rule of namespace `ns` to a hostname:
@@ -631,6 +701,30 @@ fn pod_locality(labels: &BTreeMap<String, String>, slice_zone: Option<&str>) -> 
     }
 }
 
+/// Istio's root namespace, where mesh-wide Sidecar defaults live.
+pub const ROOT_NAMESPACE: &str = "istio-system";
+
+/// Whether a Sidecar's `egress.hosts` (`ns/host`) let its workload reach `svc`.
+fn egress_allows(sc: &Config<crds::SidecarSpec>, svc: &Service) -> bool {
+    sc.spec.egress.iter().flat_map(|e| &e.hosts).any(|h| {
+        let Some((ns, host)) = h.split_once('/') else {
+            return false;
+        };
+        let ns_ok = match ns {
+            "*" => true,
+            "~" => false,
+            "." => svc.namespace == sc.namespace,
+            other => svc.namespace == other,
+        };
+        let host_ok = host == "*"
+            || host == svc.hostname
+            || host
+                .strip_prefix('*')
+                .is_some_and(|suffix| svc.hostname.ends_with(suffix));
+        ns_ok && host_ok
+    })
+}
+
 /// Istio's `exportTo` rule: empty or `*` is every namespace, `.` the
 /// owner's own, otherwise the namespaces named.
 pub fn exported_to(export_to: &[String], owner_ns: &str, viewer_ns: &str) -> bool {
@@ -669,20 +763,36 @@ pub struct Proxy {
 impl Proxy {
     /// What decides this proxy's generated config in `snap`: proxies with
     /// the same key get identical resources (the generation cache's key).
-    pub fn config_key(&self, snap: &Snapshot) -> (u8, String, String, BTreeMap<String, String>) {
+    pub fn config_key(&self, snap: &Snapshot) -> ConfigKey {
         let labels = self
             .labels
             .iter()
             .filter(|(k, _)| snap.label_keys.contains(*k))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        (
-            self.kind as u8,
-            self.namespace.clone(),
-            self.locality.clone(),
+        ConfigKey {
+            kind: self.kind as u8,
+            namespace: self.namespace.clone(),
+            locality: self.locality.clone(),
             labels,
-        )
+            sidecar: snap.sidecar_for(self).map(|sc| sc.key()),
+        }
     }
+}
+
+/// What decides a proxy's generated config (see [`Proxy::config_key`]).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ConfigKey {
+    /// Sidecar or router.
+    pub kind: u8,
+    /// The proxy's namespace.
+    pub namespace: String,
+    /// The proxy's locality.
+    pub locality: String,
+    /// The labels that configs select on.
+    pub labels: BTreeMap<String, String>,
+    /// The Sidecar resource that applies (`namespace/name`).
+    pub sidecar: Option<String>,
 }
 
 /// Why a node ID was refused.

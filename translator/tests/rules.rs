@@ -484,3 +484,89 @@ fn locality_failover_priorities_and_distribute_weights() {
         [Some(40), Some(40), Some(20), Some(0)]
     );
 }
+
+#[test]
+fn sidecar_egress_hosts_scope_what_a_proxy_gets() {
+    let cfg = "
+apiVersion: v1
+kind: Service
+metadata: {name: ledger, namespace: finance}
+spec:
+  clusterIP: 10.96.9.9
+  ports: [{name: http, port: 9080}]
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: default}
+spec:
+  egress: [{hosts: [\"./*\"]}]
+  outboundTrafficPolicy: {mode: REGISTRY_ONLY}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: auditor, namespace: default}
+spec:
+  workloadSelector: {labels: {app: auditor}}
+  egress: [{hosts: [\"finance/*\"]}]
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: istio-system}
+spec:
+  egress: [{hosts: [\"*/ledger.finance.svc.cluster.local\"]}]
+";
+    let snap = mesh(cfg, MeshConfig::default());
+    let hosts = |o: &Output| {
+        let mut h: Vec<String> = o
+            .clusters
+            .iter()
+            .filter_map(|c| c.name.rsplit_once('|').map(|(_, h)| h.to_owned()))
+            .collect();
+        h.dedup();
+        h
+    };
+    // The namespace's Sidecar: its own namespace only, and REGISTRY_ONLY.
+    let out = generate(&snap, &sidecar(&[]));
+    assert_eq!(
+        hosts(&out),
+        [
+            "mongodb.default.svc.cluster.local",
+            "reviews.default.svc.cluster.local"
+        ]
+    );
+    assert_eq!(
+        route_config(&out, "9080")
+            .virtual_hosts
+            .last()
+            .unwrap()
+            .name,
+        "block_all"
+    );
+    // A workload's own Sidecar wins over the namespace's.
+    let out = generate(&snap, &sidecar(&[("app", "auditor")]));
+    assert_eq!(hosts(&out), ["ledger.finance.svc.cluster.local"]);
+    // Elsewhere, the root namespace's Sidecar applies.
+    let other = Proxy::from_node_id(
+        "sidecar~127.0.0.1~c.other~other.svc.cluster.local",
+        None,
+        Default::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        hosts(&generate(&snap, &other)),
+        ["ledger.finance.svc.cluster.local"]
+    );
+    // Gateways are not scoped by Sidecars.
+    let gw = Proxy::from_node_id(
+        "router~127.0.0.1~gw.default~default.svc.cluster.local",
+        None,
+        Default::default(),
+    )
+    .unwrap();
+    assert_eq!(hosts(&generate(&snap, &gw)).len(), 3);
+    // The cache key tells the three sidecar scopes apart.
+    assert_ne!(
+        sidecar(&[]).config_key(&snap),
+        sidecar(&[("app", "auditor")]).config_key(&snap)
+    );
+}

@@ -199,7 +199,7 @@ fn encode(output: &Output, type_url: &str) -> Encoded {
     v
 }
 
-type Key = (u8, String, String, BTreeMap<String, String>);
+type Key = translator::model::ConfigKey;
 
 /// Generated configs for one snapshot version: full ones by config key, and
 /// endpoint-patched ones by (config key, version patched from).
