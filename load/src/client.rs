@@ -156,11 +156,6 @@ impl Client {
             .map(|r| r.bytes)
             .sum()
     }
-
-    /// The resource `name` of `type_url` the client holds, if any.
-    pub fn resource(&self, type_url: &str, name: &str) -> Option<Any> {
-        self.state.lock().ok()?.get(type_url)?.get(name).cloned()
-    }
 }
 
 /// What a type's resources refer to that must be subscribed next.

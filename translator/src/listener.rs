@@ -1,7 +1,9 @@
 //! LDS and RDS: the sidecar's `virtualOutbound` (15001) with per-port
 //! listeners behind it, and a gateway's listener per server port.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use prost::Message;
 
 use crds::GatewaySpec;
 use crds::VirtualServiceSpec;
@@ -133,7 +135,8 @@ pub(crate) fn sidecar(
         let mut listener = unbound_listener(&name, "0.0.0.0", port, default_chain);
         // The HTTP (or passthrough) chain is the default; the others match first.
         listener.default_filter_chain = listener.filter_chains.pop();
-        listener.filter_chains = dedupe_chains(plan.chains, warnings);
+        listener.filter_chains =
+            dedupe_chains("ServiceEntry", "spec.hosts", &name, plan.chains, warnings);
         if plan.tls {
             listener.listener_filters.push(ListenerFilter {
                 name: "envoy.filters.listener.tls_inspector".into(),
@@ -149,22 +152,31 @@ pub(crate) fn sidecar(
 }
 
 /// Envoy refuses two chains with the same match; the first wins, as
-/// Istio's oldest-config-wins rule.
-fn dedupe_chains(chains: Vec<FilterChain>, warnings: &mut Vec<ConfigWarning>) -> Vec<FilterChain> {
-    let mut seen = Vec::new();
-    let mut out = Vec::new();
+/// Istio's oldest-config-wins rule. Each dropped chain is a warning on
+/// `kind`'s `field`, naming the listener and the chain. Matches are compared
+/// by their encoded bytes, so a port with many TLS services stays linear.
+fn dedupe_chains(
+    kind: &'static str,
+    field: &str,
+    listener: &str,
+    chains: Vec<FilterChain>,
+    warnings: &mut Vec<ConfigWarning>,
+) -> Vec<FilterChain> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(chains.len());
     for c in chains {
-        if seen.contains(&c.filter_chain_match) {
+        if !seen.insert(c.filter_chain_match.as_ref().map(Message::encode_to_vec)) {
             warnings.push(ConfigWarning::new(
-                "ServiceEntry",
-                c.name.clone(),
-                "spec.hosts".into(),
-                "another service already matches the same SNI / address on this port; ignored"
-                    .into(),
+                kind,
+                listener.to_owned(),
+                field.to_owned(),
+                format!(
+                    "filter chain {} matches the same SNI / address as an earlier one on this port; ignored",
+                    c.name
+                ),
             ));
             continue;
         }
-        seen.push(c.filter_chain_match.clone());
         out.push(c);
     }
     out
@@ -250,14 +262,9 @@ fn mesh_virtual_service<'a>(
                 .spec
                 .hosts
                 .iter()
-                .any(|h| host_covers(&snap.resolve_host(h, &vs.namespace), hostname))
+                .any(|h| wildcard_match(&snap.resolve_host(h, &vs.namespace), hostname))
             && has(vs)
     })
-}
-
-/// A VirtualService host (possibly `*.example.com`) covers a hostname.
-fn host_covers(vs_host: &str, hostname: &str) -> bool {
-    wildcard_match(vs_host, hostname)
 }
 
 /// Weighted destinations of a TCP service port: the first matching `tcp`
@@ -578,7 +585,13 @@ pub(crate) fn gateway(
                 }
             }
         }
-        let chains = dedupe_chains(chains, warnings);
+        let chains = dedupe_chains(
+            "Gateway",
+            "spec.servers",
+            &format!("0.0.0.0_{port}"),
+            chains,
+            warnings,
+        );
         if chains.is_empty() {
             continue;
         }

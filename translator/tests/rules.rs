@@ -570,3 +570,50 @@ spec:
         sidecar(&[("app", "auditor")]).config_key(&snap)
     );
 }
+
+#[test]
+fn duplicate_filter_chain_matches_keep_the_first_and_warn() {
+    let se = "
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db-a}
+spec:
+  hosts: [db-a.example.com]
+  addresses: [192.168.0.0/16]
+  ports: [{number: 5432, name: tcp, protocol: TCP}]
+  resolution: STATIC
+  endpoints: [{address: 192.168.1.1}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db-b}
+spec:
+  hosts: [db-b.example.com]
+  addresses: [192.168.0.0/16]
+  ports: [{number: 5432, name: tcp, protocol: TCP}]
+  resolution: STATIC
+  endpoints: [{address: 192.168.1.2}]
+";
+    let out = generate(&mesh(se, MeshConfig::default()), &sidecar(&[]));
+    let l = out
+        .listeners
+        .iter()
+        .find(|l| l.name == "0.0.0.0_5432")
+        .unwrap();
+    assert_eq!(l.filter_chains.len(), 1, "{:?}", l.filter_chains);
+    let w: Vec<_> = out
+        .warnings
+        .iter()
+        .filter(|w| w.object == "0.0.0.0_5432")
+        .collect();
+    assert_eq!(w.len(), 1, "{:?}", out.warnings);
+    assert_eq!(
+        (w[0].kind, w[0].field.as_str()),
+        ("ServiceEntry", "spec.hosts")
+    );
+    assert!(
+        w[0].reason.contains("192.168.0.0/16_5432"),
+        "{}",
+        w[0].reason
+    );
+}
