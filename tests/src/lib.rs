@@ -450,6 +450,16 @@ pub fn wait_for_nack(daemon: &Daemon, envoy: &Envoy, type_url: &str) -> String {
     }
 }
 
+/// The value of one series (`name{labels}`, exactly as exposed) in a
+/// Prometheus text exposition; panics naming the series when it is absent.
+pub fn metric(exposition: &str, series: &str) -> f64 {
+    exposition
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no series {series} in:\n{exposition}"))
+}
+
 /// One blocking HTTP/1.1 GET. Headers as (name, value).
 pub fn http_request(url: &str, headers: &[(&str, &str)]) -> Result<Reply, String> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
