@@ -37,12 +37,11 @@ async fn wait(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-async fn only_what_changed(delta: bool) {
-    let dir = tempfile::tempdir().unwrap();
-    mesh::write(dir.path(), 20, 2).unwrap();
-    std::fs::write(dir.path().join("private.yaml"), PRIVATE).unwrap();
-    let mut daemon = Daemon::start(Options {
-        config_dir: Some(dir.path().to_owned()),
+/// A daemon on the config folder `dir`, and one ADS client (a sidecar in
+/// `ns-0`) connected to it over SotW or, with `delta`, Delta xDS.
+async fn start(dir: &std::path::Path, delta: bool) -> (Daemon, Client) {
+    let daemon = Daemon::start(Options {
+        config_dir: Some(dir.to_owned()),
         xds_addr: "127.0.0.1:0".parse().unwrap(),
         monitoring_addr: None,
         debounce: Default::default(),
@@ -57,6 +56,14 @@ async fn only_what_changed(delta: bool) {
     )
     .await
     .unwrap();
+    (daemon, client)
+}
+
+async fn only_what_changed(delta: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    mesh::write(dir.path(), 20, 2).unwrap();
+    std::fs::write(dir.path().join("private.yaml"), PRIVATE).unwrap();
+    let (mut daemon, client) = start(dir.path(), delta).await;
     wait("initial config", || client.has_initial_config()).await;
     // Quiet: everything sent has been answered.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -126,22 +133,7 @@ async fn sidecar_scopes_a_connected_proxy(delta: bool) {
     let dir = tempfile::tempdir().unwrap();
     // 150 services: ns-0 holds 100, ns-1 holds 50.
     mesh::write(dir.path(), 150, 1).unwrap();
-    let mut daemon = Daemon::start(Options {
-        config_dir: Some(dir.path().to_owned()),
-        xds_addr: "127.0.0.1:0".parse().unwrap(),
-        monitoring_addr: None,
-        debounce: Default::default(),
-        push_throttle: 100,
-    })
-    .await
-    .unwrap();
-    let client = Client::connect(
-        &format!("http://{}", daemon.xds_addr),
-        sidecar_node("client", "ns-0"),
-        delta,
-    )
-    .await
-    .unwrap();
+    let (mut daemon, client) = start(dir.path(), delta).await;
     let clusters = |ns: &str| {
         client
             .state
