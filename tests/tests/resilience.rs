@@ -8,15 +8,18 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use e2e::{Mesh, assert_binomial, http_request, tally};
+use e2e::{Envoy, Mesh, assert_binomial, http_request, tally};
 
 const RATINGS: &str = "http://10.96.0.12:9080";
 const REVIEWS: &str = "http://10.96.0.13:9080";
 
-fn vs(name: &str, host: &str, http: &str) -> String {
-    format!(
-        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}}}\nspec:\n  hosts: [{host}]\n  http:\n{http}"
-    )
+/// Writes `vs.yaml`: a VirtualService `host` for `host` with the `http:`
+/// list `http` (YAML, indented two spaces), and waits until `envoy` has it.
+fn route(mesh: &Mesh, envoy: &Envoy, host: &str, http: &str) {
+    let vs = format!(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {host}}}\nspec:\n  hosts: [{host}]\n  http:\n{http}"
+    );
+    mesh.apply(&[envoy], "vs.yaml", &vs);
 }
 
 const REVIEWS_SUBSETS: &str = "apiVersion: networking.istio.io/v1
@@ -35,14 +38,11 @@ fn retries_recover_from_as_many_failures_as_attempts() {
     let mesh = Mesh::start(true, &[]);
     let envoy = mesh.sidecar();
     // `attempts` counts retries: a request gets attempts + 1 tries.
-    mesh.apply(
-        &[&envoy],
-        "vs.yaml",
-        &vs(
-            "ratings",
-            "ratings",
-            "  - retries: {attempts: 3, retryOn: \"503\"}\n    route: [{destination: {host: ratings}}]\n",
-        ),
+    route(
+        &mesh,
+        &envoy,
+        "ratings",
+        "  - retries: {attempts: 3, retryOn: \"503\"}\n    route: [{destination: {host: ratings}}]\n",
     );
     let ok = http_request(&format!("{RATINGS}/flaky/3/a"), &[("host", "ratings")]).unwrap();
     assert_eq!((ok.status, ok.body.as_str()), (200, "ratings v1"));
@@ -52,14 +52,11 @@ fn retries_recover_from_as_many_failures_as_attempts() {
     assert_eq!(mesh.seen("/flaky/4/b").len(), 4);
 
     // attempts: 0 disables retries altogether.
-    mesh.apply(
-        &[&envoy],
-        "vs.yaml",
-        &vs(
-            "ratings",
-            "ratings",
-            "  - retries: {attempts: 0}\n    route: [{destination: {host: ratings}}]\n",
-        ),
+    route(
+        &mesh,
+        &envoy,
+        "ratings",
+        "  - retries: {attempts: 0}\n    route: [{destination: {host: ratings}}]\n",
     );
     let failed = http_request(&format!("{RATINGS}/flaky/1/c"), &[("host", "ratings")]).unwrap();
     assert_eq!(failed.status, 503);
@@ -77,14 +74,11 @@ fn timed_get(url: &str, host: &str) -> (e2e::Reply, Duration) {
 fn timeouts_answer_504_at_the_configured_time() {
     let mesh = Mesh::start(true, &[]);
     let envoy = mesh.sidecar();
-    mesh.apply(
-        &[&envoy],
-        "vs.yaml",
-        &vs(
-            "ratings",
-            "ratings",
-            "  - timeout: 1s\n    route: [{destination: {host: ratings}}]\n",
-        ),
+    route(
+        &mesh,
+        &envoy,
+        "ratings",
+        "  - timeout: 1s\n    route: [{destination: {host: ratings}}]\n",
     );
     let (r, took) = timed_get(&format!("{RATINGS}/delay/5000"), "ratings");
     assert_eq!(r.status, 504);
@@ -97,14 +91,11 @@ fn timeouts_answer_504_at_the_configured_time() {
     assert_eq!(r.status, 200);
 
     // perTryTimeout: each of the 2 tries is cut at 400ms, then 504.
-    mesh.apply(
-        &[&envoy],
-        "vs.yaml",
-        &vs(
-            "ratings",
-            "ratings",
-            "  - retries: {attempts: 1, perTryTimeout: 400ms, retryOn: gateway-error}\n    route: [{destination: {host: ratings}}]\n",
-        ),
+    route(
+        &mesh,
+        &envoy,
+        "ratings",
+        "  - retries: {attempts: 1, perTryTimeout: 400ms, retryOn: gateway-error}\n    route: [{destination: {host: ratings}}]\n",
     );
     let (r, took) = timed_get(&format!("{RATINGS}/delay/3000"), "ratings");
     assert_eq!(r.status, 504);
@@ -119,14 +110,11 @@ fn timeouts_answer_504_at_the_configured_time() {
 fn half_the_requests_are_aborted_with_a_50_percent_fault() {
     let mesh = Mesh::start(true, &[]);
     let envoy = mesh.sidecar();
-    mesh.apply(
-        &[&envoy],
-        "vs.yaml",
-        &vs(
-            "ratings",
-            "ratings",
-            "  - fault: {abort: {httpStatus: 500, percentage: {value: 50}}}\n    route: [{destination: {host: ratings}}]\n",
-        ),
+    route(
+        &mesh,
+        &envoy,
+        "ratings",
+        "  - fault: {abort: {httpStatus: 500, percentage: {value: 50}}}\n    route: [{destination: {host: ratings}}]\n",
     );
     let n = 400;
     let counts = tally(&format!("{RATINGS}/"), "ratings", &[], n);
@@ -146,14 +134,11 @@ fn mirrored_requests_reach_the_shadow_and_never_the_caller() {
     let mesh = Mesh::start(true, &[]);
     let envoy = mesh.sidecar();
     mesh.apply(&[&envoy], "dr.yaml", REVIEWS_SUBSETS);
-    mesh.apply(
-        &[&envoy],
-        "vs.yaml",
-        &vs(
-            "reviews",
-            "reviews",
-            "  - route: [{destination: {host: reviews, subset: v1}}]\n    mirror: {host: reviews, subset: v2}\n    mirrorPercentage: {value: 100}\n",
-        ),
+    route(
+        &mesh,
+        &envoy,
+        "reviews",
+        "  - route: [{destination: {host: reviews, subset: v1}}]\n    mirror: {host: reviews, subset: v2}\n    mirrorPercentage: {value: 100}\n",
     );
     let counts = tally(&format!("{REVIEWS}/mirror-all"), "reviews:9080", &[], 30);
     assert_eq!(counts, BTreeMap::from([("reviews v1".to_string(), 30)]));
@@ -181,14 +166,11 @@ fn mirrored_requests_reach_the_shadow_and_never_the_caller() {
     );
 
     // mirrorPercentage: 25.
-    mesh.apply(
-        &[&envoy],
-        "vs.yaml",
-        &vs(
-            "reviews",
-            "reviews",
-            "  - route: [{destination: {host: reviews, subset: v1}}]\n    mirror: {host: reviews, subset: v2}\n    mirrorPercentage: {value: 25}\n",
-        ),
+    route(
+        &mesh,
+        &envoy,
+        "reviews",
+        "  - route: [{destination: {host: reviews, subset: v1}}]\n    mirror: {host: reviews, subset: v2}\n    mirrorPercentage: {value: 25}\n",
     );
     let n = 400;
     let counts = tally(&format!("{REVIEWS}/mirror-some"), "reviews", &[], n);
