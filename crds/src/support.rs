@@ -43,7 +43,6 @@ pub const NOT_YET: &[(&str, &str)] = &[
     ("ServiceEntry", "spec.workloadSelector"),
     ("ServiceEntry", "spec.subjectAltNames"),
     ("ServiceEntry", "spec.endpoints[].network"),
-    ("ServiceEntry", "spec.endpoints[].locality"),
     ("ServiceEntry", "spec.endpoints[].weight"),
     ("ServiceEntry", "spec.endpoints[].serviceAccount"),
     ("Gateway", "spec.servers[].bind"),

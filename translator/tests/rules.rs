@@ -617,3 +617,52 @@ spec:
         w[0].reason
     );
 }
+
+#[test]
+fn service_entry_endpoint_localities_drive_locality_failover() {
+    let se = "
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db}
+spec:
+  hosts: [db.example.com]
+  ports: [{number: 9000, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints:
+  - {address: 192.168.1.1, locality: region1/zone1}
+  - {address: 192.168.1.2, locality: region1/zone2}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: db}
+spec:
+  host: db.example.com
+  trafficPolicy:
+    outlierDetection: {consecutive5xxErrors: 1}
+    loadBalancer: {localityLbSetting: {enabled: true}}
+";
+    let snap = mesh(se, MeshConfig::default());
+    let mut proxy = sidecar(&[]);
+    proxy.locality = "region1/zone1".into();
+    let out = generate(&snap, &proxy);
+    let cla = out
+        .endpoints
+        .iter()
+        .find(|e| e.cluster_name == "outbound|9000||db.example.com")
+        .unwrap();
+    let priorities: Vec<_> = cla
+        .endpoints
+        .iter()
+        .map(|g| {
+            let l = g.locality.clone().unwrap();
+            (format!("{}/{}", l.region, l.zone), g.priority)
+        })
+        .collect();
+    assert_eq!(
+        priorities,
+        [
+            ("region1/zone1".to_string(), 0),
+            ("region1/zone2".to_string(), 1)
+        ]
+    );
+}
