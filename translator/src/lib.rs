@@ -27,7 +27,6 @@ use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use envoy_types::pb::google::protobuf::Any;
-use envoy_types::util::pack_any;
 
 use model::{Proxy, ProxyKind, Snapshot};
 
@@ -116,34 +115,31 @@ impl Output {
     /// unknown type.
     pub fn resources(&self, type_url: &str) -> Vec<(String, Any)> {
         match type_url {
-            CLUSTER_TYPE => self
-                .clusters
-                .iter()
-                .map(|r| (r.name.clone(), pack_any(r.clone())))
-                .collect(),
-            ENDPOINT_TYPE => self
-                .endpoints
-                .iter()
-                .map(|r| (r.cluster_name.clone(), pack_any(r.clone())))
-                .collect(),
-            LISTENER_TYPE => self
-                .listeners
-                .iter()
-                .map(|r| (r.name.clone(), pack_any(r.clone())))
-                .collect(),
-            ROUTE_TYPE => self
-                .routes
-                .iter()
-                .map(|r| (r.name.clone(), pack_any(r.clone())))
-                .collect(),
-            SECRET_TYPE => self
-                .secrets
-                .iter()
-                .map(|r| (r.name.clone(), pack_any(r.clone())))
-                .collect(),
+            CLUSTER_TYPE => encode_all(&self.clusters, |r| &r.name),
+            ENDPOINT_TYPE => encode_all(&self.endpoints, |r| &r.cluster_name),
+            LISTENER_TYPE => encode_all(&self.listeners, |r| &r.name),
+            ROUTE_TYPE => encode_all(&self.routes, |r| &r.name),
+            SECRET_TYPE => encode_all(&self.secrets, |r| &r.name),
             _ => Vec::new(),
         }
     }
+}
+
+/// `(name, Any)` for each of `items`, encoded in place (no copy of the message).
+fn encode_all<M: prost::Name + prost::Message>(
+    items: &[M],
+    name: impl Fn(&M) -> &str,
+) -> Vec<(String, Any)> {
+    items
+        .iter()
+        .map(|r| {
+            let any = Any {
+                type_url: M::type_url(),
+                value: r.encode_to_vec(),
+            };
+            (name(r).to_owned(), any)
+        })
+        .collect()
 }
 
 /// The endpoint assignments of `proxy` for the services `hostnames` only

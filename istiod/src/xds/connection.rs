@@ -17,7 +17,9 @@ use tonic::Status;
 use tracing::{debug, info, warn};
 use translator::changes::Effect;
 use translator::model::{Proxy, Snapshot};
-use translator::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, Output, PUSH_ORDER, ROUTE_TYPE};
+use translator::{
+    CLUSTER_TYPE, ConfigWarning, ENDPOINT_TYPE, LISTENER_TYPE, Output, PUSH_ORDER, ROUTE_TYPE,
+};
 
 use envoy_types::pb::envoy::config::core::v3::node::UserAgentVersionType;
 
@@ -126,7 +128,8 @@ type Encoded = Vec<(Arc<str>, u64, Any)>;
 /// connection whose proxy has the same [`Proxy::config_key`].
 #[derive(Debug)]
 pub(super) struct Generated {
-    output: Output,
+    /// What the translator could not apply for this proxy (logged on change).
+    warnings: Vec<ConfigWarning>,
     encoded: HashMap<&'static str, Arc<Encoded>>,
     /// Positions in the EDS encoding by service hostname (the last field of
     /// `outbound|port|subset|host`), for endpoint-only pushes.
@@ -154,31 +157,31 @@ impl Generated {
             .map(|e| eds_index(e))
             .unwrap_or_default();
         Generated {
-            output,
+            warnings: output.warnings,
             encoded,
             eds_by_host,
         }
     }
 
-    /// This config with some endpoint assignments replaced; only EDS is re-encoded.
+    /// This config with some endpoint assignments replaced or added. Only
+    /// `fresh` is encoded; the other types are shared with `self`.
     fn with_endpoints(&self, fresh: Vec<ClusterLoadAssignment>) -> Generated {
-        let mut output = self.output.clone();
-        for cla in fresh {
-            match output
-                .endpoints
-                .iter_mut()
-                .find(|e| e.cluster_name == cla.cluster_name)
-            {
-                Some(e) => *e = cla,
-                None => output.endpoints.push(cla),
+        let fresh = Output {
+            endpoints: fresh,
+            ..Default::default()
+        };
+        let mut eds = Encoded::clone(&self.resources(ENDPOINT_TYPE));
+        for entry in encode(&fresh, ENDPOINT_TYPE) {
+            match eds.binary_search_by(|e| e.0.cmp(&entry.0)) {
+                Ok(i) => eds[i] = entry,
+                Err(i) => eds.insert(i, entry),
             }
         }
-        let mut encoded = self.encoded.clone();
-        let eds = encode(&output, ENDPOINT_TYPE);
         let eds_by_host = eds_index(&eds);
+        let mut encoded = self.encoded.clone();
         encoded.insert(ENDPOINT_TYPE, Arc::new(eds));
         Generated {
-            output,
+            warnings: self.warnings.clone(),
             encoded,
             eds_by_host,
         }
@@ -580,10 +583,10 @@ impl Connection {
             let previous = self
                 .output
                 .as_ref()
-                .map(|o| o.output.warnings.as_slice())
+                .map(|o| o.warnings.as_slice())
                 .unwrap_or_default();
-            if output.output.warnings.as_slice() != previous {
-                for w in &output.output.warnings {
+            if output.warnings.as_slice() != previous {
+                for w in &output.warnings {
                     warn!(node = %self.node_id, warning = %w, "config not applied to this proxy");
                 }
             }
