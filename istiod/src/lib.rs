@@ -1,7 +1,8 @@
 //! A Rust istiod: Istio config in, Envoy xDS out.
 //!
-//! Data flows one way: a source ([`sources`]: the `--config-dir` folder,
-//! watched, or the embedded example mesh) yields typed objects; the push
+//! Data flows one way: a source ([`sources`]: the Kubernetes API or the
+//! `--config-dir` folder, both watched, or the embedded example mesh)
+//! yields typed objects; the push
 //! queue ([`push`]) debounces changes; each settled change builds a new
 //! immutable [`Snapshot`] (published on a `watch` channel); the xDS server
 //! ([`xds`]) regenerates every connected proxy's config from it with the
@@ -17,6 +18,7 @@ pub mod xds;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use tokio::sync::{mpsc, watch};
@@ -28,11 +30,22 @@ use translator::model::{MeshConfig, Snapshot};
 use push::{DebounceConfig, Debouncer};
 use sources::{Loaded, SourceError};
 
+/// Where the config comes from.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// The embedded example mesh (Bookinfo's platform and routing), read once.
+    Embedded,
+    /// A folder of Kubernetes/Istio YAML (`--config-dir`), read and watched.
+    Folder(PathBuf),
+    /// The Kubernetes API server, listed and watched (`--kubernetes`).
+    Kubernetes(sources::kube::KubeSource),
+}
+
 /// How the daemon runs.
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// Folder of config to read and watch; `None` serves the embedded example mesh.
-    pub config_dir: Option<PathBuf>,
+    /// Where the config comes from.
+    pub source: Source,
     /// Where ADS is served (Istio's plaintext port is 15010; port 0 picks one).
     pub xds_addr: SocketAddr,
     /// Where `/metrics`, `/ready` and `/debug/*` are served (Istio's 15014);
@@ -53,12 +66,17 @@ pub struct Daemon {
     pub monitoring_addr: Option<SocketAddr>,
     /// The daemon's metrics.
     pub metrics: Arc<metrics::Metrics>,
-    /// The current snapshot, replaced on every change.
+    /// The current snapshot, replaced on every change. Version 0 (empty)
+    /// until the source has been read: with the Kubernetes source, until
+    /// every watcher's first list completed.
     pub snapshots: watch::Receiver<Arc<Snapshot>>,
     /// Documents skipped at the last load, each naming file, object and field.
     pub errors: watch::Receiver<Arc<Vec<SourceError>>>,
     /// What each connected proxy was sent and has ACKed.
     pub sync: xds::SyncTable,
+    /// True once the first snapshot is published (`/ready` answers 200, and
+    /// xDS streams are accepted; before, they are refused as UNAVAILABLE).
+    pub ready: Arc<AtomicBool>,
     shutdown: tokio_util::sync::CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     // Held so the snapshot channel stays open even when no watcher publishes.
@@ -66,69 +84,104 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Loads the config, binds the xDS port and starts serving.
+    /// Starts the source, binds the xDS and monitoring ports and starts
+    /// serving. The folder and embedded sources are read before this
+    /// returns; the Kubernetes source syncs in the background (see
+    /// [`Daemon::ready`]).
     ///
     /// # Errors
-    /// An unreadable config folder, a folder that cannot be watched, or an
-    /// xDS address that cannot be bound.
+    /// An unreadable config folder, a folder that cannot be watched, an
+    /// unusable Kubernetes client configuration, or an address that cannot
+    /// be bound.
     pub async fn start(opts: Options) -> anyhow::Result<Daemon> {
         let shutdown = tokio_util::sync::CancellationToken::new();
         let metrics = Arc::new(metrics::Metrics::new());
-        let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let loaded = load(opts.config_dir.as_deref())?;
-        let (mut snap, errs) = build(1, loaded);
-        snap.published_at = Some(std::time::Instant::now());
-        let (snap_tx, snapshots) = watch::channel(Arc::new(snap));
-        let snap_tx = Arc::new(snap_tx);
-        let publisher = snap_tx.clone();
-        let (err_tx, errors) = watch::channel(Arc::new(errs));
+        let ready = Arc::new(AtomicBool::new(false));
+        let (snap_tx, snapshots) =
+            watch::channel(Arc::new(Snapshot::build(0, [], MeshConfig::default())));
+        let (err_tx, errors) = watch::channel(Arc::new(Vec::new()));
+        let publisher = Publisher {
+            snapshots: Arc::new(snap_tx),
+            errors: Arc::new(err_tx),
+        };
         let mut tasks = Vec::new();
+        let follow = Follow {
+            publisher: publisher.clone(),
+            metrics: metrics.clone(),
+            token: shutdown.clone(),
+            debounce: opts.debounce,
+        };
 
-        if let Some(dir) = opts.config_dir.clone() {
-            let (ev_tx, ev_rx) = mpsc::channel(1);
-            let watcher = sources::file::watch(&dir, ev_tx)
-                .with_context(|| format!("cannot watch config folder {}", dir.display()))?;
-            let token = shutdown.clone();
-            let metrics = metrics.clone();
-            tasks.push(tokio::spawn(async move {
-                let _watcher = watcher;
-                let mut debouncer = Debouncer::new(ev_rx, opts.debounce);
-                let mut version = 1;
-                loop {
-                    let merged = tokio::select! {
-                        m = debouncer.next() => m,
-                        _ = token.cancelled() => None,
-                    };
-                    let Some((merged, first_event)) = merged else { break };
-                    metrics.debounce_time.observe(metrics::secs(first_event.elapsed()));
-                    metrics
-                        .triggers
-                        .get_or_create(&metrics::TypeLabel { r#type: "config".into() })
-                        .inc_by(merged as u64);
-                    version += 1;
-                    let dir = dir.clone();
-                    let loaded = match tokio::task::spawn_blocking(move || load(Some(&dir))).await {
-                        Ok(Ok(l)) => l,
-                        Ok(Err(e)) => {
-                            error!(error = %e, "config folder unreadable; keeping the last snapshot");
-                            continue;
+        match opts.source {
+            Source::Embedded => {
+                publisher.publish(1, sources::embedded::load(), None);
+                ready.store(true, Ordering::Relaxed);
+            }
+            Source::Folder(dir) => {
+                publisher.publish(1, load_dir(dir.clone()).await?, None);
+                ready.store(true, Ordering::Relaxed);
+                let (ev_tx, ev_rx) = mpsc::channel(1);
+                let watcher = sources::file::watch(&dir, ev_tx)
+                    .with_context(|| format!("cannot watch config folder {}", dir.display()))?;
+                tasks.push(tokio::spawn(async move {
+                    let _watcher = watcher;
+                    follow
+                        .run(ev_rx, || {
+                            let dir = dir.clone();
+                            async move {
+                                load_dir(dir)
+                                    .await
+                                    .inspect_err(
+                                        |e| error!(error = %e, "keeping the last snapshot"),
+                                    )
+                                    .ok()
+                            }
+                        })
+                        .await;
+                }));
+            }
+            Source::Kubernetes(source) => {
+                let client = kube::Client::try_from(source.config)
+                    .context("cannot build a Kubernetes client")?;
+                let watched = sources::kube::watched(&source.namespace);
+                info!(collections = watched.len(), "watching the Kubernetes API");
+                let store = Arc::new(std::sync::Mutex::new(sources::kube::Store::new(
+                    watched.len(),
+                )));
+                let (ev_tx, mut ev_rx) = mpsc::channel(1);
+                tasks.extend(sources::kube::spawn(
+                    client,
+                    watched,
+                    store.clone(),
+                    ev_tx,
+                    shutdown.clone(),
+                ));
+                let ready = ready.clone();
+                tasks.push(tokio::spawn(async move {
+                    // Not ready, and no config served, until every first list is in.
+                    while !sources::kube::lock(&store).synced() {
+                        let event = tokio::select! {
+                            e = ev_rx.recv() => e,
+                            _ = follow.token.cancelled() => None,
+                        };
+                        if event.is_none() {
+                            return;
                         }
-                        Err(e) => {
-                            error!(error = %e, "config load task failed");
-                            continue;
-                        }
-                    };
-                    let (mut snap, errs) = build(version, loaded);
-                    let previous = snap_tx.borrow().clone();
-                    snap.changes = Some(Arc::new(translator::changes::ChangeSet::between(&previous, &snap)));
-                    snap.changed_at = Some(first_event.into_std());
-                    snap.published_at = Some(std::time::Instant::now());
-                    info!(version, events = merged, services = snap.services.len(), "config changed; pushing");
-                    snap_tx.send_replace(Arc::new(snap));
-                    err_tx.send_replace(Arc::new(errs));
-                }
-            }));
+                    }
+                    let loaded = sources::kube::lock(&store).loaded();
+                    follow.publisher.publish(1, loaded, None);
+                    ready.store(true, Ordering::Relaxed);
+                    info!("Kubernetes caches synced; ready");
+                    follow
+                        .run(ev_rx, || {
+                            let loaded = sources::kube::lock(&store).loaded();
+                            async move { Some(loaded) }
+                        })
+                        .await;
+                }));
+            }
         }
+        let publisher = publisher.snapshots;
 
         let listener = tokio::net::TcpListener::bind(opts.xds_addr)
             .await
@@ -139,7 +192,8 @@ impl Daemon {
             shutdown.clone(),
             metrics.clone(),
             opts.push_throttle,
-        );
+        )
+        .gated(ready.clone());
         let sync = ads.sync_table();
         let token = shutdown.clone();
         tasks.push(tokio::spawn(async move {
@@ -178,7 +232,6 @@ impl Daemon {
             }));
             info!(addr = ?monitoring_addr, "serving /metrics, /ready and /debug/*");
         }
-        ready.store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(Daemon {
             xds_addr,
             monitoring_addr,
@@ -186,6 +239,7 @@ impl Daemon {
             snapshots,
             errors,
             sync,
+            ready,
             shutdown,
             tasks,
             _publisher: publisher,
@@ -202,11 +256,92 @@ impl Daemon {
     }
 }
 
-fn load(dir: Option<&std::path::Path>) -> anyhow::Result<Loaded> {
-    match dir {
-        Some(dir) => sources::file::load_dir(dir)
-            .with_context(|| format!("cannot read config folder {}", dir.display())),
-        None => Ok(sources::embedded::load()),
+/// Reads the folder off the runtime's worker threads.
+async fn load_dir(dir: PathBuf) -> anyhow::Result<Loaded> {
+    tokio::task::spawn_blocking(move || {
+        sources::file::load_dir(&dir)
+            .with_context(|| format!("cannot read config folder {}", dir.display()))
+    })
+    .await
+    .context("config load task failed")?
+}
+
+/// Publishes snapshots (and the errors of their load).
+#[derive(Clone, Debug)]
+struct Publisher {
+    snapshots: Arc<watch::Sender<Arc<Snapshot>>>,
+    errors: Arc<watch::Sender<Arc<Vec<SourceError>>>>,
+}
+
+impl Publisher {
+    /// Builds snapshot `version` from `loaded` and publishes it. With
+    /// `first_event` (when the change that caused it was first seen), the
+    /// snapshot carries its change set against the previous one, so only
+    /// affected proxies and types are pushed.
+    fn publish(&self, version: u64, loaded: Loaded, first_event: Option<tokio::time::Instant>) {
+        let (mut snap, errs) = build(version, loaded);
+        if let Some(first) = first_event {
+            let previous = self.snapshots.borrow().clone();
+            snap.changes = Some(Arc::new(translator::changes::ChangeSet::between(
+                &previous, &snap,
+            )));
+            snap.changed_at = Some(first.into_std());
+        }
+        snap.published_at = Some(std::time::Instant::now());
+        info!(
+            version,
+            services = snap.services.len(),
+            errors = errs.len(),
+            "config snapshot published"
+        );
+        self.snapshots.send_replace(Arc::new(snap));
+        self.errors.send_replace(Arc::new(errs));
+    }
+}
+
+/// The loop every watched source shares: debounce change signals, reload,
+/// publish the next snapshot.
+struct Follow {
+    publisher: Publisher,
+    metrics: Arc<metrics::Metrics>,
+    token: tokio_util::sync::CancellationToken,
+    debounce: DebounceConfig,
+}
+
+impl Follow {
+    /// Runs until the token is cancelled or `events` closes. `load` gives
+    /// the source's current objects (`None`: unreadable, keep the last
+    /// snapshot). Versions count up from 2 (1 is the initial load).
+    async fn run<F, Fut>(self, events: mpsc::Receiver<()>, mut load: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<Loaded>>,
+    {
+        let mut debouncer = Debouncer::new(events, self.debounce);
+        let mut version = 1;
+        loop {
+            let merged = tokio::select! {
+                m = debouncer.next() => m,
+                _ = self.token.cancelled() => None,
+            };
+            let Some((merged, first_event)) = merged else {
+                break;
+            };
+            self.metrics
+                .debounce_time
+                .observe(metrics::secs(first_event.elapsed()));
+            self.metrics
+                .triggers
+                .get_or_create(&metrics::TypeLabel {
+                    r#type: "config".into(),
+                })
+                .inc_by(merged as u64);
+            let Some(loaded) = load().await else {
+                continue;
+            };
+            version += 1;
+            self.publisher.publish(version, loaded, Some(first_event));
+        }
     }
 }
 

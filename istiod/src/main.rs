@@ -8,15 +8,26 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use istiod::bootstrap::{BootstrapOptions, bootstrap};
 use istiod::push::DebounceConfig;
-use istiod::{Daemon, Options};
+use istiod::sources::kube::KubeSource;
+use istiod::{Daemon, Options, Source};
 
 /// A Rust istiod: Istio config in, Envoy xDS out.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Cli {
     /// Folder of Kubernetes/Istio YAML to serve and watch (default: the embedded Bookinfo example).
-    #[arg(long, env = "ISTIOD_CONFIG_DIR")]
+    #[arg(long, env = "ISTIOD_CONFIG_DIR", conflicts_with_all = ["kubernetes", "kubeconfig"])]
     config_dir: Option<PathBuf>,
+    /// Watch the Kubernetes API (in cluster: the pod's service account; out
+    /// of cluster: `KUBECONFIG` or ~/.kube/config).
+    #[arg(long, env = "ISTIOD_KUBERNETES")]
+    kubernetes: bool,
+    /// Watch the Kubernetes API of this kubeconfig's current context (implies `--kubernetes`).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// The daemon's namespace, where the mesh ConfigMap `istio` is read (Istio `POD_NAMESPACE`).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "istio-system")]
+    namespace: String,
     /// ADS (xDS) listen address; Istio's plaintext port is 15010.
     #[arg(long, default_value = "127.0.0.1:15010")]
     xds_addr: SocketAddr,
@@ -115,8 +126,14 @@ fn main() -> ExitCode {
             }
         }
         None => {
+            let kube = (cli.kubernetes || cli.kubeconfig.is_some())
+                .then(|| (cli.kubeconfig.clone(), cli.namespace.clone()));
             let opts = Options {
-                config_dir: cli.config_dir,
+                // Replaced by the Kubernetes source in `run` when `kube` is set.
+                source: match cli.config_dir {
+                    Some(dir) => Source::Folder(dir),
+                    None => Source::Embedded,
+                },
                 xds_addr: cli.xds_addr,
                 monitoring_addr: Some(cli.monitoring_addr),
                 push_throttle: cli.push_throttle.max(1),
@@ -125,7 +142,7 @@ fn main() -> ExitCode {
                     max: std::time::Duration::from_millis(cli.debounce_max_ms),
                 },
             };
-            match run(opts) {
+            match run(opts, kube) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("istiod: {e:#}");
@@ -136,11 +153,17 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(opts: Options) -> anyhow::Result<()> {
+/// Runs the daemon until Ctrl-C / SIGINT. With `kube` (kubeconfig, namespace)
+/// the source is the Kubernetes API, whose client config is read here.
+fn run(mut opts: Options, kube: Option<(Option<PathBuf>, String)>) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
+        if let Some((kubeconfig, namespace)) = kube {
+            opts.source =
+                Source::Kubernetes(KubeSource::infer(kubeconfig.as_deref(), namespace).await?);
+        }
         let mut daemon = Daemon::start(opts).await?;
         tokio::signal::ctrl_c().await?;
         tracing::info!("shutting down");

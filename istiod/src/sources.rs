@@ -1,11 +1,12 @@
 //! Config sources. Each turns the outside world into [`crds::Object`]s for
-//! the one model; today the folder source ([`file`]), the embedded example
-//! mesh ([`embedded`]) and, later, Kubernetes watchers.
+//! the one model: the folder source ([`file`]), the embedded example mesh
+//! ([`embedded`]) and the Kubernetes API watchers ([`kube`]).
 
 pub mod embedded;
 pub mod file;
+pub mod kube;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crds::Object;
 use std::collections::{HashMap, HashSet};
@@ -63,27 +64,35 @@ impl Loaded {
                 Err(e) => vec![Err(e)],
             };
             for result in results {
-                let result = result
-                    .and_then(|o| crds::validate::validate(&o).map(|()| o))
-                    .and_then(|o| self.unique(o));
-                match result {
-                    Ok(object) => {
-                        let key = key(&object);
-                        self.index.insert(key, self.entries.len());
-                        self.entries.push(Entry {
-                            file: file.clone(),
-                            document,
-                            object,
-                        });
-                    }
-                    Err(e) if e.is_unsupported_kind() => {}
-                    Err(error) => self.errors.push(SourceError {
-                        file: file.clone(),
-                        document,
-                        error,
-                    }),
-                }
+                self.add(&file, document, result);
             }
+        }
+    }
+
+    /// Adds one parsed document (as read from `file`, document `document`):
+    /// a valid, unique object joins [`Loaded::entries`]; a parse error, a
+    /// failed semantic check ([`crds::validate`]) or a duplicate joins
+    /// [`Loaded::errors`]; an unsupported kind is dropped.
+    pub fn add(&mut self, file: &Path, document: usize, result: Result<Object, ParseError>) {
+        let result = result
+            .and_then(|o| crds::validate::validate(&o).map(|()| o))
+            .and_then(|o| self.unique(o));
+        match result {
+            Ok(object) => {
+                let key = key(&object);
+                self.index.insert(key, self.entries.len());
+                self.entries.push(Entry {
+                    file: file.to_owned(),
+                    document,
+                    object,
+                });
+            }
+            Err(e) if e.is_unsupported_kind() => {}
+            Err(error) => self.errors.push(SourceError {
+                file: file.to_owned(),
+                document,
+                error,
+            }),
         }
     }
 

@@ -17,7 +17,7 @@ mod connection;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
@@ -86,6 +86,7 @@ pub struct AdsServer {
     drain: CancellationToken,
     metrics: Arc<Metrics>,
     shared: Arc<connection::Shared>,
+    ready: Option<Arc<AtomicBool>>,
 }
 
 impl AdsServer {
@@ -105,6 +106,25 @@ impl AdsServer {
             drain,
             metrics,
             shared: Arc::new(connection::Shared::new(push_throttle)),
+            ready: None,
+        }
+    }
+
+    /// Refuses streams (gRPC `UNAVAILABLE`, with istiod's message) while
+    /// `ready` is false, so a proxy is never served the empty config of a
+    /// daemon whose caches have not synced: it keeps its last config and
+    /// retries.
+    pub fn gated(mut self, ready: Arc<AtomicBool>) -> Self {
+        self.ready = Some(ready);
+        self
+    }
+
+    fn check_ready(&self) -> Result<(), Status> {
+        match &self.ready {
+            Some(r) if !r.load(Ordering::Relaxed) => Err(Status::unavailable(
+                "server is not ready to serve discovery information",
+            )),
+            _ => Ok(()),
         }
     }
 
@@ -128,6 +148,7 @@ impl AggregatedDiscoveryService for AdsServer {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        self.check_ready()?;
         let (tx, rx) = mpsc::channel(2);
         let conn = self.connection(Sink::Sotw(tx));
         let requests = request.into_inner().map(|r| r.map(Req::from_sotw));
@@ -139,6 +160,7 @@ impl AggregatedDiscoveryService for AdsServer {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        self.check_ready()?;
         let (tx, rx) = mpsc::channel(2);
         let conn = self.connection(Sink::Delta(tx));
         let requests = request.into_inner().map(|r| r.map(Req::from_delta));

@@ -41,7 +41,7 @@ async fn wait(what: &str, mut cond: impl FnMut() -> bool) {
 /// `ns-0`) connected to it over SotW or, with `delta`, Delta xDS.
 async fn start(dir: &std::path::Path, delta: bool) -> (Daemon, Client) {
     let daemon = Daemon::start(Options {
-        config_dir: Some(dir.to_owned()),
+        source: istiod::Source::Folder(dir.to_owned()),
         xds_addr: "127.0.0.1:0".parse().unwrap(),
         monitoring_addr: None,
         debounce: Default::default(),

@@ -244,7 +244,7 @@ pub async fn start_daemon(dir: &Path) -> Daemon {
 /// Starts the daemon on `dir` with ADS on `xds_addr`.
 pub async fn start_daemon_at(dir: &Path, xds_addr: SocketAddr) -> Daemon {
     Daemon::start(Options {
-        config_dir: Some(dir.to_owned()),
+        source: istiod::Source::Folder(dir.to_owned()),
         xds_addr,
         monitoring_addr: Some("127.0.0.1:0".parse().expect("addr")),
         push_throttle: 100,

@@ -1,0 +1,498 @@
+//! The Kubernetes source: one kube-rs watcher per collection the model reads
+//! (list, then watch from the list's `resourceVersion`; bookmarks; a relist
+//! after `410 Gone`; backoff and retry on every other error), all feeding
+//! one [`Store`] that yields the same [`Loaded`] the folder source gives, so
+//! there is one parse, validation and translation path for both.
+//!
+//! Objects are read as untyped JSON and parsed by [`crds::document`], so an
+//! object the API server accepted but this daemon cannot use is reported
+//! with its namespace/name and field, and skipped, while everything else
+//! keeps working (a typed watcher would fail the whole list instead).
+//!
+//! Before parsing, each object is trimmed to what the model reads (no
+//! `managedFields`, `resourceVersion`, last-applied annotation, Istio
+//! `status`, and of a Pod's status only its IPs and phase). The trimmed
+//! object's fingerprint decides whether an update changed anything: a
+//! status-only or otherwise irrelevant update triggers no push.
+
+use std::collections::BTreeMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crds::{Object, ParseError};
+use futures::StreamExt;
+use kube::api::{Api, ApiResource, DynamicObject};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::{WatchStreamExt, watcher as watch_stream};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::Loaded;
+
+/// Where the Kubernetes source connects, and what it reads.
+#[derive(Clone, Debug)]
+pub struct KubeSource {
+    /// The API server and credentials: in cluster (service account), or
+    /// from `KUBECONFIG` / `--kubeconfig` (see [`KubeSource::infer`]).
+    pub config: kube::Config,
+    /// The daemon's own namespace (Istio `POD_NAMESPACE`, default
+    /// `istio-system`), where the mesh config ConfigMap `istio` lives.
+    pub namespace: String,
+}
+
+impl KubeSource {
+    /// The client configuration as kubectl finds it: `kubeconfig` if given,
+    /// else `KUBECONFIG` / `~/.kube/config`, else the in-cluster service
+    /// account.
+    ///
+    /// # Errors
+    /// An unreadable or invalid kubeconfig, or no configuration at all.
+    pub async fn infer(kubeconfig: Option<&Path>, namespace: String) -> anyhow::Result<Self> {
+        let config = match kubeconfig {
+            Some(path) => {
+                let file = kube::config::Kubeconfig::read_from(path)
+                    .map_err(|e| anyhow::anyhow!("kubeconfig {}: {e}", path.display()))?;
+                kube::Config::from_custom_kubeconfig(file, &Default::default())
+                    .await
+                    .map_err(|e| anyhow::anyhow!("kubeconfig {}: {e}", path.display()))?
+            }
+            None => kube::Config::infer()
+                .await
+                .map_err(|e| anyhow::anyhow!("no Kubernetes configuration: {e}"))?,
+        };
+        Ok(KubeSource { config, namespace })
+    }
+}
+
+/// One watched collection: a resource, optionally limited to a namespace
+/// and by a field selector.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Watched {
+    /// Group, version, kind and plural.
+    pub resource: ApiResource,
+    /// Only this namespace (`None`: all namespaces).
+    pub namespace: Option<String>,
+    /// A `fieldSelector`, as the API server evaluates it.
+    pub field_selector: Option<String>,
+}
+
+impl Watched {
+    fn new(api_version: &str, kind: &str, plural: &str) -> Watched {
+        let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+        Watched {
+            resource: ApiResource {
+                group: group.into(),
+                version: version.into(),
+                api_version: api_version.into(),
+                kind: kind.into(),
+                plural: plural.into(),
+            },
+            namespace: None,
+            field_selector: None,
+        }
+    }
+
+    /// The collection's URL path, e.g. `/apis/networking.istio.io/v1/virtualservices`.
+    pub fn path(&self) -> String {
+        let base = match self.resource.group.as_str() {
+            "" => format!("/api/{}", self.resource.version),
+            g => format!("/apis/{g}/{}", self.resource.version),
+        };
+        match &self.namespace {
+            Some(ns) => format!("{base}/namespaces/{ns}/{}", self.resource.plural),
+            None => format!("{base}/{}", self.resource.plural),
+        }
+    }
+}
+
+/// Everything the daemon watches (the RBAC in `manifests/` grants exactly
+/// list and watch on these): Namespaces, Pods, Services, EndpointSlices,
+/// the mesh ConfigMap (`istio` in `namespace`, key `mesh`), Secrets (for
+/// Gateway `credentialName`; service-account tokens and Helm releases are
+/// excluded, as istiod does) and the `networking.istio.io/v1` kinds.
+pub fn watched(namespace: &str) -> Vec<Watched> {
+    let mut mesh_config = Watched::new("v1", "ConfigMap", "configmaps");
+    mesh_config.namespace = Some(namespace.to_owned());
+    mesh_config.field_selector = Some(format!("metadata.name={}", crds::mesh::MESH_CONFIGMAP.1));
+    let mut secrets = Watched::new("v1", "Secret", "secrets");
+    secrets.field_selector =
+        Some("type!=kubernetes.io/service-account-token,type!=helm.sh/release.v1".into());
+    vec![
+        Watched::new("v1", "Namespace", "namespaces"),
+        Watched::new("v1", "Pod", "pods"),
+        Watched::new("v1", "Service", "services"),
+        Watched::new("discovery.k8s.io/v1", "EndpointSlice", "endpointslices"),
+        mesh_config,
+        secrets,
+        Watched::new(
+            "networking.istio.io/v1",
+            "VirtualService",
+            "virtualservices",
+        ),
+        Watched::new(
+            "networking.istio.io/v1",
+            "DestinationRule",
+            "destinationrules",
+        ),
+        Watched::new("networking.istio.io/v1", "ServiceEntry", "serviceentries"),
+        Watched::new("networking.istio.io/v1", "Gateway", "gateways"),
+        Watched::new("networking.istio.io/v1", "Sidecar", "sidecars"),
+    ]
+}
+
+/// The objects of every watched collection, as last listed and watched.
+#[derive(Debug)]
+pub struct Store {
+    collections: Vec<Collection>,
+}
+
+#[derive(Debug, Default)]
+struct Collection {
+    /// The first list completed.
+    synced: bool,
+    /// By (namespace, name).
+    objects: BTreeMap<(String, String), Stored>,
+    /// Filled during a (re)list, swapped in whole when it completes.
+    relist: Option<BTreeMap<(String, String), Stored>>,
+}
+
+#[derive(Debug)]
+struct Stored {
+    /// Hash of the trimmed object: equal means nothing the model reads changed.
+    fingerprint: u64,
+    /// The object's API path, named in error reports.
+    path: PathBuf,
+    parsed: Result<Object, ParseError>,
+}
+
+impl Store {
+    /// An empty store for `n` collections (indexes into [`watched`]).
+    pub fn new(n: usize) -> Store {
+        Store {
+            collections: (0..n).map(|_| Collection::default()).collect(),
+        }
+    }
+
+    /// True once every collection's first list has completed.
+    pub fn synced(&self) -> bool {
+        self.collections.iter().all(|c| c.synced)
+    }
+
+    /// Number of objects held (including those that failed to parse).
+    pub fn len(&self) -> usize {
+        self.collections.iter().map(|c| c.objects.len()).sum()
+    }
+
+    /// True when no object is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Applies one watcher event to collection `index`; true when what the
+    /// model reads changed (or the collection just synced for the first
+    /// time). A completed relist replaces the collection whole, so objects
+    /// deleted while the watch was down disappear and none is duplicated.
+    pub fn apply(&mut self, index: usize, watched: &Watched, event: Event<DynamicObject>) -> bool {
+        let Some(c) = self.collections.get_mut(index) else {
+            return false;
+        };
+        match event {
+            Event::Init => {
+                c.relist = Some(BTreeMap::new());
+                false
+            }
+            Event::InitApply(obj) => {
+                let (key, stored) = stored(watched, obj);
+                c.relist.get_or_insert_default().insert(key, stored);
+                false
+            }
+            Event::InitDone => {
+                let fresh = c.relist.take().unwrap_or_default();
+                let same = fresh.len() == c.objects.len()
+                    && fresh
+                        .iter()
+                        .zip(&c.objects)
+                        .all(|((k1, a), (k2, b))| k1 == k2 && a.fingerprint == b.fingerprint);
+                c.objects = fresh;
+                let first = !c.synced;
+                c.synced = true;
+                first || !same
+            }
+            Event::Apply(obj) => {
+                let (key, stored) = stored(watched, obj);
+                let fingerprint = stored.fingerprint;
+                let old = c.objects.insert(key, stored);
+                old.is_none_or(|o| o.fingerprint != fingerprint)
+            }
+            Event::Delete(obj) => {
+                let key = (
+                    obj.metadata.namespace.clone().unwrap_or_default(),
+                    obj.metadata.name.clone().unwrap_or_default(),
+                );
+                c.objects.remove(&key).is_some()
+            }
+        }
+    }
+
+    /// Everything held, through the same validation as the folder source:
+    /// valid objects in [`Loaded::entries`], the rest in [`Loaded::errors`]
+    /// with their API path as the "file".
+    pub fn loaded(&self) -> Loaded {
+        let mut loaded = Loaded::default();
+        for c in &self.collections {
+            for stored in c.objects.values() {
+                loaded.add(&stored.path, 0, stored.parsed.clone());
+            }
+        }
+        loaded
+    }
+}
+
+/// The object as the folder source would read it: `apiVersion` and `kind`
+/// set (list items from the API server may lack them), trimmed, parsed.
+fn stored(watched: &Watched, obj: DynamicObject) -> ((String, String), Stored) {
+    let namespace = obj.metadata.namespace.clone().unwrap_or_default();
+    let name = obj.metadata.name.clone().unwrap_or_default();
+    let mut path = watched.path();
+    if watched.namespace.is_none() && !namespace.is_empty() {
+        let (base, plural) = path.rsplit_once('/').unwrap_or(("", ""));
+        path = format!("{base}/namespaces/{namespace}/{plural}");
+    }
+    path = format!("{path}/{name}");
+    let mut value = match serde_json::to_value(&obj) {
+        Ok(v) => v,
+        Err(e) => Value::String(e.to_string()),
+    };
+    if let Some(map) = value.as_object_mut() {
+        map.insert(
+            "apiVersion".into(),
+            watched.resource.api_version.clone().into(),
+        );
+        map.insert("kind".into(), watched.resource.kind.clone().into());
+    }
+    trim(&mut value, &watched.resource);
+    let mut hasher = DefaultHasher::new();
+    value.to_string().hash(&mut hasher);
+    let parsed = crds::document::parse_value(value, "default")
+        .into_iter()
+        .next()
+        .unwrap_or(Err(ParseError::Syntax("empty object".into())));
+    (
+        (namespace, name),
+        Stored {
+            fingerprint: hasher.finish(),
+            path: path.into(),
+            parsed,
+        },
+    )
+}
+
+/// Drops what the model never reads and what changes on every write.
+fn trim(value: &mut Value, resource: &ApiResource) {
+    let Some(map) = value.as_object_mut() else {
+        return;
+    };
+    if let Some(meta) = map.get_mut("metadata").and_then(Value::as_object_mut) {
+        for field in ["managedFields", "resourceVersion", "generation"] {
+            meta.remove(field);
+        }
+        if let Some(annotations) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
+            annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+        }
+    }
+    if resource.group == crds::NETWORKING_GROUP {
+        map.remove("status");
+    }
+    if resource.kind == "Pod"
+        && let Some(status) = map.get_mut("status").and_then(Value::as_object_mut)
+    {
+        status.retain(|k, _| matches!(k.as_str(), "podIP" | "podIPs" | "hostIP" | "phase"));
+    }
+}
+
+/// Locks the store; a panic elsewhere while holding it leaves data that is
+/// still consistent per collection, so the lock is taken over.
+pub fn lock(store: &Mutex<Store>) -> MutexGuard<'_, Store> {
+    store
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Starts one watcher task per entry of `watched`. Each event that changes
+/// what the model reads sends a unit on `changed` (a full channel means a
+/// rebuild is already pending). Tasks end when `token` is cancelled.
+/// Errors (API server down, forbidden, `410 Gone`) are logged and retried
+/// with backoff; until then the store keeps what it had, so proxies keep
+/// their last config.
+pub fn spawn(
+    client: kube::Client,
+    watched: Vec<Watched>,
+    store: Arc<Mutex<Store>>,
+    changed: mpsc::Sender<()>,
+    token: CancellationToken,
+) -> Vec<JoinHandle<()>> {
+    watched
+        .into_iter()
+        .enumerate()
+        .map(|(index, w)| {
+            let client = client.clone();
+            let store = store.clone();
+            let changed = changed.clone();
+            let token = token.clone();
+            tokio::spawn(async move {
+                let api: Api<DynamicObject> = match &w.namespace {
+                    Some(ns) => Api::namespaced_with(client, ns, &w.resource),
+                    None => Api::all_with(client, &w.resource),
+                };
+                let mut config = watcher::Config::default();
+                if let Some(f) = &w.field_selector {
+                    config = config.fields(f);
+                }
+                let mut events = watch_stream(api, config).default_backoff().boxed();
+                let kind = w.resource.kind.as_str();
+                loop {
+                    let event = tokio::select! {
+                        e = events.next() => e,
+                        _ = token.cancelled() => None,
+                    };
+                    match event {
+                        None => break,
+                        Some(Err(e)) => {
+                            warn!(kind, path = %w.path(), error = %e, "watch failed; retrying with backoff");
+                        }
+                        Some(Ok(event)) => {
+                            let done = matches!(event, Event::InitDone);
+                            let (changed_now, total) = {
+                                let mut s = lock(&store);
+                                let c = s.apply(index, &w, event);
+                                (c, s.len())
+                            };
+                            if done {
+                                info!(kind, objects = total, "listed");
+                            }
+                            if changed_now {
+                                debug!(kind, "changed");
+                                let _ = changed.try_send(());
+                            }
+                        }
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj(json: Value) -> DynamicObject {
+        serde_json::from_value(json).unwrap()
+    }
+
+    fn pod(rv: &str, ready: &str) -> DynamicObject {
+        obj(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "default", "resourceVersion": rv,
+                         "labels": {"app": "reviews"}},
+            "spec": {"containers": [{"name": "c", "image": "i"}]},
+            "status": {"podIP": "10.0.0.1", "conditions": [{"type": "Ready", "status": ready}]}
+        }))
+    }
+
+    #[test]
+    fn status_only_updates_change_nothing() {
+        let w = watched("istio-system");
+        let pods = w.iter().position(|w| w.resource.kind == "Pod").unwrap();
+        let mut s = Store::new(w.len());
+        assert!(s.apply(pods, &w[pods], Event::Apply(pod("1", "False"))));
+        assert!(!s.apply(pods, &w[pods], Event::Apply(pod("2", "True"))));
+        let mut moved = pod("3", "True");
+        moved.data["status"]["podIP"] = "10.0.0.2".into();
+        assert!(s.apply(pods, &w[pods], Event::Apply(moved)));
+    }
+
+    #[test]
+    fn a_relist_replaces_the_collection() {
+        let w = watched("istio-system");
+        let vs = w
+            .iter()
+            .position(|w| w.resource.kind == "VirtualService")
+            .unwrap();
+        let mk = |name: &str| {
+            obj(serde_json::json!({
+                "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+                "metadata": {"name": name, "namespace": "default"},
+                "spec": {"hosts": [name], "http": [{"route": [{"destination": {"host": name}}]}]}
+            }))
+        };
+        let mut s = Store::new(w.len());
+        assert!(!s.synced());
+        for e in [
+            Event::Init,
+            Event::InitApply(mk("a")),
+            Event::InitApply(mk("b")),
+        ] {
+            assert!(!s.apply(vs, &w[vs], e));
+        }
+        assert!(
+            s.apply(vs, &w[vs], Event::InitDone),
+            "the first sync counts"
+        );
+        // The same list again: nothing changed.
+        for e in [
+            Event::Init,
+            Event::InitApply(mk("b")),
+            Event::InitApply(mk("a")),
+        ] {
+            s.apply(vs, &w[vs], e);
+        }
+        assert!(!s.apply(vs, &w[vs], Event::InitDone));
+        // `a` was deleted and `c` created while the watch was down.
+        for e in [
+            Event::Init,
+            Event::InitApply(mk("b")),
+            Event::InitApply(mk("c")),
+        ] {
+            s.apply(vs, &w[vs], e);
+        }
+        assert!(s.apply(vs, &w[vs], Event::InitDone));
+        let names: Vec<_> = s
+            .loaded()
+            .objects()
+            .map(|o| o.metadata().name.clone().unwrap())
+            .collect();
+        assert_eq!(names, ["b", "c"]);
+    }
+
+    #[test]
+    fn an_unusable_object_is_reported_with_its_path_and_field() {
+        let w = watched("istio-system");
+        let vs = w
+            .iter()
+            .position(|w| w.resource.kind == "VirtualService")
+            .unwrap();
+        let mut s = Store::new(w.len());
+        // As the API server lists a custom resource: no status problem, but
+        // a weight the schema does not allow here.
+        s.apply(
+            vs,
+            &w[vs],
+            Event::Apply(obj(serde_json::json!({
+                "metadata": {"name": "bad", "namespace": "shop"},
+                "spec": {"hosts": ["r"], "http": [{"route": [{"destination": {"host": "r"}, "weight": "x"}]}]}
+            }))),
+        );
+        let loaded = s.loaded();
+        assert_eq!(loaded.entries.len(), 0);
+        let msg = loaded.errors[0].to_string();
+        assert!(
+            msg.starts_with("/apis/networking.istio.io/v1/namespaces/shop/virtualservices/bad"),
+            "{msg}"
+        );
+        assert!(msg.contains("spec.http[0].route[0].weight"), "{msg}");
+    }
+}
