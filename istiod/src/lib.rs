@@ -38,7 +38,7 @@ pub enum Source {
     /// A folder of Kubernetes/Istio YAML (`--config-dir`), read and watched.
     Folder(PathBuf),
     /// The Kubernetes API server, listed and watched (`--kubernetes`).
-    Kubernetes(sources::kube::KubeSource),
+    Kubernetes(Box<sources::kube::KubeSource>),
 }
 
 /// How the daemon runs.
@@ -141,7 +141,7 @@ impl Daemon {
                 }));
             }
             Source::Kubernetes(source) => {
-                let client = kube::Client::try_from(source.config)
+                let client = kube::Client::try_from(source.config.clone())
                     .context("cannot build a Kubernetes client")?;
                 let watched = sources::kube::watched(&source.namespace);
                 info!(collections = watched.len(), "watching the Kubernetes API");
