@@ -161,8 +161,9 @@ fn run(mut opts: Options, kube: Option<(Option<PathBuf>, String)>) -> anyhow::Re
         .build()?;
     rt.block_on(async {
         if let Some((kubeconfig, namespace)) = kube {
-            opts.source =
-                Source::Kubernetes(KubeSource::infer(kubeconfig.as_deref(), namespace).await?);
+            opts.source = Source::Kubernetes(Box::new(
+                KubeSource::infer(kubeconfig.as_deref(), namespace).await?,
+            ));
         }
         let mut daemon = Daemon::start(opts).await?;
         tokio::signal::ctrl_c().await?;
