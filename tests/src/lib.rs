@@ -11,6 +11,8 @@
 // Test-only code: a failed setup step should stop the test with its reason.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+pub mod fake_kube;
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -254,6 +256,33 @@ pub async fn start_daemon_at(dir: &Path, xds_addr: SocketAddr) -> Daemon {
     .expect("daemon starts")
 }
 
+/// Starts the daemon on the Kubernetes source, watching `api`, with ADS and
+/// monitoring on free loopback ports. It is not ready until every watcher's
+/// first list completed (see [`wait_ready`]).
+pub async fn start_kube_daemon(api: &fake_kube::FakeApiServer) -> Daemon {
+    Daemon::start(Options {
+        source: istiod::Source::Kubernetes(Box::new(istiod::sources::kube::KubeSource {
+            config: api.kube_config(),
+            namespace: "istio-system".into(),
+        })),
+        xds_addr: "127.0.0.1:0".parse().expect("addr"),
+        monitoring_addr: Some("127.0.0.1:0".parse().expect("addr")),
+        push_throttle: 100,
+        debounce: Default::default(),
+    })
+    .await
+    .expect("daemon starts")
+}
+
+/// Waits until the daemon reports ready (its source synced).
+pub fn wait_ready(daemon: &Daemon) {
+    let start = Instant::now();
+    while !daemon.ready.load(std::sync::atomic::Ordering::Relaxed) {
+        assert!(start.elapsed() < SYNC, "the daemon did not become ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 thread_local! {
     static DELTA: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
@@ -285,8 +314,25 @@ impl Envoy {
         Envoy::start_at(node_id, labels, "", xds, admin_port)
     }
 
-    /// As [`Envoy::start`], with the proxy's `region/zone/subzone`.
+    /// As [`Envoy::start`], with the proxy's `region/zone/subzone`; returns
+    /// once Envoy is initialized (its `/ready` answers 200).
     pub fn start_at(
+        node_id: &str,
+        labels: &[(&str, &str)],
+        locality: &str,
+        xds: SocketAddr,
+        admin_port: u16,
+    ) -> Envoy {
+        let envoy = Envoy::launch(node_id, labels, locality, xds, admin_port);
+        envoy.wait_for(Duration::from_secs(20), "admin to answer", |e| {
+            e.admin("/ready").is_some()
+        });
+        envoy
+    }
+
+    /// Starts Envoy and returns as soon as its admin port answers, whether
+    /// or not it got its config.
+    pub fn launch(
         node_id: &str,
         labels: &[(&str, &str)],
         locality: &str,
@@ -334,8 +380,8 @@ impl Envoy {
             node_id: node_id.to_owned(),
             _bootstrap: file,
         };
-        envoy.wait_for(Duration::from_secs(20), "admin to answer", |e| {
-            e.admin("/ready").is_some()
+        envoy.wait_for(Duration::from_secs(20), "the admin port", |e| {
+            e.admin("/server_info").is_some()
         });
         envoy
     }
@@ -631,6 +677,8 @@ pub struct Mesh {
     pub daemon: Daemon,
     /// What the backends received.
     pub log: RequestLog,
+    /// The fake Kubernetes API server feeding the daemon ([`Mesh::start_kube`]).
+    pub api: Option<fake_kube::FakeApiServer>,
     rt_handle: tokio::runtime::Handle,
     // Dropped last: stops the daemon's and backends' tasks.
     _rt: tokio::runtime::Runtime,
@@ -669,9 +717,49 @@ impl Mesh {
             hosts,
             daemon,
             log,
+            api: None,
             rt_handle: rt.handle().clone(),
             _rt: rt,
         }
+    }
+
+    /// As [`Mesh::start`], but the daemon watches a fake Kubernetes API
+    /// server ([`fake_kube`]) holding the example platform (Bookinfo's
+    /// Services with ClusterIPs, Pods, EndpointSlices) and the given Istio
+    /// Bookinfo networking samples; returns once the daemon is ready.
+    pub fn start_kube(capture: bool, samples: &[&str]) -> Mesh {
+        let hosts = isolate();
+        if capture {
+            capture_outbound();
+        }
+        let rt = runtime();
+        let cfg = ConfigDir::bookinfo_platform();
+        let platform = std::fs::read_to_string(cfg.path().join("platform.yaml")).expect("platform");
+        let (log, api, daemon) = rt.block_on(async {
+            let log = start_backends().await;
+            let api = fake_kube::FakeApiServer::start().await;
+            assert!(api.apply_yaml(&platform) > 0);
+            for sample in samples {
+                assert!(api.apply_yaml(&bookinfo_sample(sample)) > 0, "{sample}");
+            }
+            let daemon = start_kube_daemon(&api).await;
+            (log, api, daemon)
+        });
+        wait_ready(&daemon);
+        Mesh {
+            cfg,
+            hosts,
+            daemon,
+            log,
+            api: Some(api),
+            rt_handle: rt.handle().clone(),
+            _rt: rt,
+        }
+    }
+
+    /// The fake API server of a [`Mesh::start_kube`] mesh.
+    pub fn api(&self) -> &fake_kube::FakeApiServer {
+        self.api.as_ref().expect("a mesh started with start_kube")
     }
 
     /// Waits until the daemon has loaded a snapshot of at least `version`
@@ -694,6 +782,11 @@ impl Mesh {
             .open(&self.hosts)
             .expect("hosts");
         writeln!(f, "{ip} {name}").expect("write hosts");
+    }
+
+    /// The test's runtime, to drive futures that borrow the mesh mutably.
+    pub fn runtime_handle(&self) -> tokio::runtime::Handle {
+        self.rt_handle.clone()
     }
 
     /// Runs `fut` on the test's runtime (e.g. to start a server).

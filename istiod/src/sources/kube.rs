@@ -1,6 +1,7 @@
 //! The Kubernetes source: one kube-rs watcher per collection the model reads
-//! (list, then watch from the list's `resourceVersion`; bookmarks; a relist
-//! after `410 Gone`; backoff and retry on every other error), all feeding
+//! (list, then watch from the list's `resourceVersion`; bookmarks; an
+//! immediate relist after `410 Gone`; exponential backoff and retry on every
+//! other error), all feeding
 //! one [`Store`] that yields the same [`Loaded`] the folder source gives, so
 //! there is one parse, validation and translation path for both.
 //!
@@ -23,8 +24,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crds::{Object, ParseError};
 use futures::StreamExt;
 use kube::api::{Api, ApiResource, DynamicObject};
+use kube::runtime::watcher as watch_stream;
 use kube::runtime::watcher::{self, Event};
-use kube::runtime::{WatchStreamExt, watcher as watch_stream};
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -314,6 +315,12 @@ fn trim(value: &mut Value, resource: &ApiResource) {
     }
 }
 
+/// First retry delay after a failed list or watch; doubled per failure up
+/// to [`RETRY_MAX`], reset by any event.
+const RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(200);
+/// Longest retry delay (kube-rs's default backoff also caps at 30 s).
+const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Locks the store; a panic elsewhere while holding it leaves data that is
 /// still consistent per collection, so the lock is taken over.
 pub fn lock(store: &Mutex<Store>) -> MutexGuard<'_, Store> {
@@ -352,8 +359,9 @@ pub fn spawn(
                 if let Some(f) = &w.field_selector {
                     config = config.fields(f);
                 }
-                let mut events = watch_stream(api, config).default_backoff().boxed();
+                let mut events = watch_stream(api, config).boxed();
                 let kind = w.resource.kind.as_str();
+                let mut backoff = RETRY_FIRST;
                 loop {
                     let event = tokio::select! {
                         e = events.next() => e,
@@ -361,10 +369,21 @@ pub fn spawn(
                     };
                     match event {
                         None => break,
+                        // `410 Gone`: the watcher relists on its next poll, at once
+                        // (as client-go's reflector does); nothing is lost meanwhile.
+                        Some(Err(watcher::Error::WatchError(status))) if status.code == 410 => {
+                            info!(kind, path = %w.path(), "watch expired (410 Gone); relisting");
+                        }
                         Some(Err(e)) => {
-                            warn!(kind, path = %w.path(), error = %e, "watch failed; retrying with backoff");
+                            warn!(kind, path = %w.path(), error = %e, retry_in = ?backoff, "watch failed; keeping the last state");
+                            tokio::select! {
+                                _ = tokio::time::sleep(backoff) => {}
+                                _ = token.cancelled() => break,
+                            }
+                            backoff = (backoff * 2).min(RETRY_MAX);
                         }
                         Some(Ok(event)) => {
+                            backoff = RETRY_FIRST;
                             let done = matches!(event, Event::InitDone);
                             let (changed_now, total) = {
                                 let mut s = lock(&store);

@@ -1,0 +1,573 @@
+//! An in-process fake Kubernetes API server that speaks the real list/watch
+//! HTTP protocol, so the daemon's kube-rs watchers run their real code path:
+//!
+//! - `GET /api/v1/pods`, `/apis/networking.istio.io/v1/namespaces/ns/virtualservices`, ...:
+//!   a JSON list (`kind: PodList`) whose `metadata.resourceVersion` is the
+//!   store's current revision; items carry their own `resourceVersion`
+//!   (built-in kinds without `apiVersion`/`kind`, as the real server sends
+//!   them; custom resources with).
+//! - `?watch=1&resourceVersion=N`: a chunked stream of newline-delimited
+//!   events (`ADDED`, `MODIFIED`, `DELETED`) after revision N, then live
+//!   ones; `BOOKMARK`s when asked for (`allowWatchBookmarks`) and sent
+//!   ([`FakeApiServer::bookmark`]); an `ERROR` event with a `410 Expired`
+//!   Status when N is older than the compacted history
+//!   ([`FakeApiServer::compact`]), which forces the client to relist.
+//! - `fieldSelector` on `metadata.name`, `metadata.namespace` and `type`
+//!   (`=`, `==`, `!=`), anything else a `400` as the real server answers.
+//! - Failure modes: watches dropped mid-stream ([`FakeApiServer::drop_watches`]),
+//!   the whole server going away and coming back on the same port
+//!   ([`FakeApiServer::stop`], [`FakeApiServer::restart`]), and lists held
+//!   back ([`FakeApiServer::hold_lists`]).
+//!
+//! Resource versions are one global counter, as etcd's revision is.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+
+/// The kinds served: `(apiVersion, kind, plural, namespaced)`.
+pub const KINDS: &[(&str, &str, &str, bool)] = &[
+    ("v1", "Namespace", "namespaces", false),
+    ("v1", "Pod", "pods", true),
+    ("v1", "Service", "services", true),
+    ("v1", "ConfigMap", "configmaps", true),
+    ("v1", "Secret", "secrets", true),
+    (
+        "discovery.k8s.io/v1",
+        "EndpointSlice",
+        "endpointslices",
+        true,
+    ),
+    (
+        "networking.istio.io/v1",
+        "VirtualService",
+        "virtualservices",
+        true,
+    ),
+    (
+        "networking.istio.io/v1",
+        "DestinationRule",
+        "destinationrules",
+        true,
+    ),
+    (
+        "networking.istio.io/v1",
+        "ServiceEntry",
+        "serviceentries",
+        true,
+    ),
+    ("networking.istio.io/v1", "Gateway", "gateways", true),
+    ("networking.istio.io/v1", "Sidecar", "sidecars", true),
+];
+
+/// One write, as a watch reports it.
+#[derive(Clone, Debug)]
+struct Change {
+    rv: u64,
+    /// `apiVersion/plural`, e.g. `v1/pods`.
+    collection: String,
+    event: &'static str,
+    object: Value,
+}
+
+#[derive(Debug, Default)]
+struct Store {
+    rv: u64,
+    /// collection -> (namespace, name) -> object (with its resourceVersion).
+    objects: BTreeMap<String, BTreeMap<(String, String), Value>>,
+    /// Every change with `rv >= oldest`.
+    history: Vec<Change>,
+    /// The oldest revision a watch may start after (minus one).
+    oldest: u64,
+    /// `METHOD path?query` of every request, in order.
+    requests: Vec<String>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    store: Mutex<Store>,
+    changes: broadcast::Sender<Change>,
+    /// Bumped to end every open watch stream.
+    epoch: watch::Sender<u64>,
+    /// Lists wait while this is true.
+    hold: watch::Sender<bool>,
+}
+
+/// The fake API server. Dropping it stops it.
+#[derive(Debug)]
+pub struct FakeApiServer {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    serving: Option<(JoinHandle<()>, tokio_util::sync::CancellationToken)>,
+}
+
+impl FakeApiServer {
+    /// Starts serving on a free loopback port.
+    pub async fn start() -> FakeApiServer {
+        let (changes, _) = broadcast::channel(4096);
+        let shared = Arc::new(Shared {
+            store: Mutex::default(),
+            changes,
+            epoch: watch::channel(0).0,
+            hold: watch::channel(false).0,
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind fake API server");
+        let addr = listener.local_addr().expect("local addr");
+        let mut server = FakeApiServer {
+            shared,
+            addr,
+            serving: None,
+        };
+        server.serve(listener);
+        server
+    }
+
+    fn serve(&mut self, listener: tokio::net::TcpListener) {
+        let token = tokio_util::sync::CancellationToken::new();
+        let app = axum::Router::new()
+            .fallback(handle)
+            .with_state(self.shared.clone());
+        let stop = token.clone();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+        });
+        self.serving = Some((task, token));
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A client configuration for this server (plain HTTP, no credentials).
+    pub fn kube_config(&self) -> kube::Config {
+        let mut config = kube::Config::new(self.url().parse::<Uri>().expect("url"));
+        config.default_namespace = "default".into();
+        config
+    }
+
+    /// Creates or replaces an object (its `apiVersion`/`kind` must be one of
+    /// [`KINDS`]); namespaced objects without a namespace go to `default`.
+    /// Returns the object's new resource version.
+    pub fn apply(&self, mut object: Value) -> u64 {
+        let (collection, namespaced) = collection_of(&object)
+            .unwrap_or_else(|| panic!("the fake API server does not serve {object}"));
+        let meta = object["metadata"].as_object_mut().expect("metadata");
+        if namespaced && !meta.contains_key("namespace") {
+            meta.insert("namespace".into(), "default".into());
+        }
+        let key = key_of(&object);
+        let mut store = self.lock();
+        store.rv += 1;
+        let rv = store.rv;
+        object["metadata"]["resourceVersion"] = rv.to_string().into();
+        let objects = store.objects.entry(collection.clone()).or_default();
+        let event = if objects.insert(key, object.clone()).is_some() {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        self.record(&mut store, collection, event, object);
+        rv
+    }
+
+    /// Applies every document of a multi-document YAML whose kind is served
+    /// (others, e.g. `Deployment`, are skipped); returns how many were applied.
+    pub fn apply_yaml(&self, text: &str) -> usize {
+        let mut n = 0;
+        for (_, doc) in crds::document::split_documents(text) {
+            let doc = doc.expect("valid YAML");
+            if collection_of(&doc).is_some() {
+                self.apply(doc);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Deletes an object; true when it existed.
+    pub fn delete(&self, api_version: &str, kind: &str, namespace: &str, name: &str) -> bool {
+        let probe = json!({"apiVersion": api_version, "kind": kind, "metadata": {}});
+        let (collection, namespaced) = collection_of(&probe).expect("a served kind");
+        let ns = if namespaced { namespace } else { "" };
+        let mut store = self.lock();
+        let removed = store
+            .objects
+            .get_mut(&collection)
+            .and_then(|o| o.remove(&(ns.to_owned(), name.to_owned())));
+        let Some(mut object) = removed else {
+            return false;
+        };
+        store.rv += 1;
+        object["metadata"]["resourceVersion"] = store.rv.to_string().into();
+        self.record(&mut store, collection, "DELETED", object);
+        true
+    }
+
+    fn record(&self, store: &mut Store, collection: String, event: &'static str, object: Value) {
+        let change = Change {
+            rv: store.rv,
+            collection,
+            event,
+            object,
+        };
+        store.history.push(change.clone());
+        let _ = self.shared.changes.send(change);
+    }
+
+    /// Forgets the history up to now, as etcd compaction does: a watch that
+    /// resumes from an older revision gets `410 Gone` and must relist.
+    pub fn compact(&self) {
+        let mut store = self.lock();
+        store.history.clear();
+        store.oldest = store.rv;
+    }
+
+    /// Ends every open watch stream (the clients re-watch from their last revision).
+    pub fn drop_watches(&self) {
+        self.shared.epoch.send_modify(|e| *e += 1);
+    }
+
+    /// Sends a `BOOKMARK` at the current revision on every watch that allows them.
+    pub fn bookmark(&self) {
+        let store = self.lock();
+        let _ = self.shared.changes.send(Change {
+            rv: store.rv,
+            collection: String::new(),
+            event: "BOOKMARK",
+            object: Value::Null,
+        });
+    }
+
+    /// While `hold` is true, list requests wait (a slow or partitioned API server).
+    pub fn hold_lists(&self, hold: bool) {
+        self.shared.hold.send_replace(hold);
+    }
+
+    /// Every request so far, as `GET path?query`.
+    pub fn requests(&self) -> Vec<String> {
+        self.lock().requests.clone()
+    }
+
+    /// Number of list (not watch) requests on a collection path, e.g.
+    /// `/apis/networking.istio.io/v1/virtualservices`.
+    pub fn lists_of(&self, path: &str) -> usize {
+        self.requests()
+            .iter()
+            .filter(|r| {
+                let (p, q) = r.split_once('?').unwrap_or((r, ""));
+                p == format!("GET {path}") && !q.split('&').any(|kv| kv.starts_with("watch="))
+            })
+            .count()
+    }
+
+    /// The API server goes away: open watches end, the port is closed.
+    pub async fn stop(&mut self) {
+        if let Some((mut task, token)) = self.serving.take() {
+            token.cancel();
+            // A graceful shutdown waits for open streams; end every watch,
+            // including one that started while shutting down, until it is done.
+            loop {
+                self.drop_watches();
+                if tokio::time::timeout(std::time::Duration::from_millis(50), &mut task)
+                    .await
+                    .is_ok()
+                {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Comes back on the same port, with the same store.
+    pub async fn restart(&mut self) {
+        let listener = tokio::net::TcpListener::bind(self.addr)
+            .await
+            .expect("rebind fake API server");
+        self.serve(listener);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.shared.store.lock().expect("fake API store")
+    }
+}
+
+impl Drop for FakeApiServer {
+    fn drop(&mut self) {
+        self.drop_watches();
+        if let Some((task, token)) = self.serving.take() {
+            token.cancel();
+            task.abort();
+        }
+    }
+}
+
+/// `(collection, namespaced)` of an object by its `apiVersion` and `kind`.
+fn collection_of(object: &Value) -> Option<(String, bool)> {
+    let api_version = object.get("apiVersion")?.as_str()?;
+    let kind = object.get("kind")?.as_str()?;
+    KINDS
+        .iter()
+        .find(|(v, k, _, _)| *v == api_version && *k == kind)
+        .map(|(v, _, plural, namespaced)| (format!("{v}/{plural}"), *namespaced))
+}
+
+fn key_of(object: &Value) -> (String, String) {
+    let meta = &object["metadata"];
+    let s = |v: &Value| v.as_str().unwrap_or("").to_owned();
+    (s(&meta["namespace"]), s(&meta["name"]))
+}
+
+/// A parsed request path: which collection, and which namespace if any.
+struct Target {
+    api_version: &'static str,
+    kind: &'static str,
+    plural: &'static str,
+    namespace: Option<String>,
+}
+
+impl Target {
+    fn parse(path: &str) -> Option<Target> {
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let (api_version, rest) = match segments.as_slice() {
+            ["api", v, rest @ ..] => ((*v).to_owned(), rest),
+            ["apis", g, v, rest @ ..] => (format!("{g}/{v}"), rest),
+            _ => return None,
+        };
+        let (namespace, plural) = match rest {
+            [plural] => (None, *plural),
+            ["namespaces", ns, plural] => (Some((*ns).to_owned()), *plural),
+            _ => return None,
+        };
+        let (api_version, kind, plural, _) = KINDS
+            .iter()
+            .find(|(v, _, p, _)| *v == api_version && *p == plural)?;
+        Some(Target {
+            api_version,
+            kind,
+            plural,
+            namespace,
+        })
+    }
+
+    fn collection(&self) -> String {
+        format!("{}/{}", self.api_version, self.plural)
+    }
+
+    fn custom(&self) -> bool {
+        self.api_version.contains(".istio.io/")
+    }
+
+    /// The object as the server would send it in a list or an event.
+    fn render(&self, object: &Value, in_list: bool) -> Value {
+        let mut o = object.clone();
+        if in_list
+            && !self.custom()
+            && let Some(map) = o.as_object_mut()
+        {
+            map.remove("apiVersion");
+            map.remove("kind");
+        }
+        o
+    }
+}
+
+/// A `fieldSelector`: `path=value`, `path==value`, `path!=value`, comma-joined.
+#[derive(Clone)]
+struct FieldSelector(Vec<(String, bool, String)>);
+
+impl FieldSelector {
+    fn parse(text: Option<&String>) -> Result<FieldSelector, String> {
+        let mut terms = Vec::new();
+        for term in text.map(|t| t.as_str()).unwrap_or("").split(',') {
+            if term.is_empty() {
+                continue;
+            }
+            let (field, equal, value) = if let Some((f, v)) = term.split_once("!=") {
+                (f, false, v)
+            } else if let Some((f, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
+                (f, true, v)
+            } else {
+                return Err(format!("invalid selector: {term:?}"));
+            };
+            if !matches!(field, "metadata.name" | "metadata.namespace" | "type") {
+                return Err(format!("field label not supported: {field}"));
+            }
+            terms.push((field.to_owned(), equal, value.to_owned()));
+        }
+        Ok(FieldSelector(terms))
+    }
+
+    fn matches(&self, object: &Value) -> bool {
+        self.0.iter().all(|(field, equal, value)| {
+            let actual = match field.as_str() {
+                "metadata.name" => &object["metadata"]["name"],
+                "metadata.namespace" => &object["metadata"]["namespace"],
+                _ => &object["type"],
+            };
+            (actual.as_str().unwrap_or("") == value) == *equal
+        })
+    }
+}
+
+fn status(code: StatusCode, reason: &str, message: String) -> Value {
+    json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {},
+        "status": "Failure", "message": message, "reason": reason, "code": code.as_u16(),
+    })
+}
+
+async fn handle(
+    State(shared): State<Arc<Shared>>,
+    uri: Uri,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    shared
+        .store
+        .lock()
+        .expect("fake API store")
+        .requests
+        .push(format!("GET {uri}"));
+    let Some(target) = Target::parse(uri.path()) else {
+        let body = status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("{uri} not found"),
+        );
+        return (StatusCode::NOT_FOUND, axum::Json(body)).into_response();
+    };
+    let selector = match FieldSelector::parse(query.get("fieldSelector")) {
+        Ok(s) => s,
+        Err(e) => {
+            let body = status(StatusCode::BAD_REQUEST, "BadRequest", e);
+            return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+        }
+    };
+    let namespace = target.namespace.clone();
+    let in_scope = move |o: &Value| {
+        namespace
+            .as_deref()
+            .is_none_or(|ns| o["metadata"]["namespace"].as_str() == Some(ns))
+            && selector.matches(o)
+    };
+    let watching = query.get("watch").is_some_and(|w| w == "1" || w == "true");
+    if !watching {
+        let mut hold = shared.hold.subscribe();
+        let _ = hold.wait_for(|h| !h).await;
+        let store = shared.store.lock().expect("fake API store");
+        let items: Vec<Value> = store
+            .objects
+            .get(&target.collection())
+            .into_iter()
+            .flat_map(|o| o.values())
+            .filter(|o| in_scope(o))
+            .map(|o| target.render(o, true))
+            .collect();
+        let body = json!({
+            "apiVersion": target.api_version,
+            "kind": format!("{}List", target.kind),
+            "metadata": {"resourceVersion": store.rv.to_string()},
+            "items": items,
+        });
+        return axum::Json(body).into_response();
+    }
+
+    // A watch.
+    let bookmarks = query
+        .get("allowWatchBookmarks")
+        .is_some_and(|b| b == "true");
+    let from: u64 = query
+        .get("resourceVersion")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let (tx, rx) = mpsc::channel::<Result<String, std::convert::Infallible>>(256);
+    let mut epoch = shared.epoch.subscribe();
+    let (mut live, backlog, mut last) = {
+        let store = shared.store.lock().expect("fake API store");
+        let live = shared.changes.subscribe();
+        if from != 0 && from < store.oldest {
+            let gone = status(
+                StatusCode::GONE,
+                "Expired",
+                format!("too old resource version: {from} ({})", store.oldest),
+            );
+            let line = json!({"type": "ERROR", "object": gone}).to_string() + "\n";
+            return Body::from(line).into_response();
+        }
+        let backlog: Vec<Value> = if from == 0 {
+            // No revision: the current state as ADDED events, then live ones.
+            store
+                .objects
+                .get(&target.collection())
+                .into_iter()
+                .flat_map(|o| o.values())
+                .filter(|o| in_scope(o))
+                .map(|o| json!({"type": "ADDED", "object": target.render(o, false)}))
+                .collect()
+        } else {
+            store
+                .history
+                .iter()
+                .filter(|c| c.rv > from && c.collection == target.collection())
+                .filter(|c| in_scope(&c.object))
+                .map(|c| json!({"type": c.event, "object": target.render(&c.object, false)}))
+                .collect()
+        };
+        (live, backlog, store.rv)
+    };
+    let collection = target.collection();
+    let (api_version, kind) = (target.api_version, target.kind);
+    let in_scope = in_scope.clone();
+    tokio::spawn(async move {
+        for event in backlog {
+            if tx.send(Ok(event.to_string() + "\n")).await.is_err() {
+                return;
+            }
+        }
+        loop {
+            let change = tokio::select! {
+                c = live.recv() => c,
+                _ = epoch.changed() => return,
+            };
+            // Lagging behind the broadcast ends the watch; the client resumes.
+            let Ok(change) = change else { return };
+            if change.rv <= last && change.event != "BOOKMARK" {
+                continue;
+            }
+            let event = if change.event == "BOOKMARK" {
+                if !bookmarks {
+                    continue;
+                }
+                json!({"type": "BOOKMARK", "object": {
+                    "apiVersion": api_version, "kind": kind,
+                    "metadata": {"resourceVersion": change.rv.to_string()},
+                }})
+            } else if change.collection == collection && in_scope(&change.object) {
+                json!({"type": change.event, "object": change.object})
+            } else {
+                continue;
+            };
+            last = last.max(change.rv);
+            if tx.send(Ok(event.to_string() + "\n")).await.is_err() {
+                return;
+            }
+        }
+    });
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(Body::from_stream(ReceiverStream::new(rx)))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}

@@ -1,0 +1,344 @@
+//! The Kubernetes source end to end: the daemon's kube-rs watchers against
+//! an in-process fake API server speaking the real list/watch protocol
+//! (`e2e::fake_kube`), and real Envoys configured only by the daemon.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use e2e::fake_kube::FakeApiServer;
+use e2e::{
+    Envoy, Mesh, SIDECAR, SIDECAR_LABELS, SYNC, apply, bookinfo_sample, http_get, istio_testdata,
+    metric, start_kube_daemon, tally, wait_synced,
+};
+use serde_json::json;
+
+/// The ClusterIP of `reviews` in `examples/bookinfo/platform.yaml`.
+const REVIEWS: &str = "http://10.96.0.13:9080/reviews/0";
+const VS_PATH: &str = "/apis/networking.istio.io/v1/virtualservices";
+
+fn reviews_to(subset: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+        "metadata": {"name": "reviews", "namespace": "default"},
+        "spec": {"hosts": ["reviews"], "http": [{"route": [{"destination": {"host": "reviews", "subset": subset}}]}]}
+    })
+}
+
+fn only(version: &str, n: usize) -> BTreeMap<String, usize> {
+    BTreeMap::from([(format!("reviews {version}"), n)])
+}
+
+fn pushes(mesh: &Mesh, type_: &str) -> f64 {
+    let url = format!("http://{}/metrics", mesh.daemon.monitoring_addr.unwrap());
+    let (_, text) = http_get(&url, &[]).unwrap();
+    metric(&text, &format!("pilot_xds_pushes{{type=\"{type_}\"}}"))
+}
+
+#[test]
+fn bookinfo_routes_follow_the_kubernetes_api() {
+    let mesh = Mesh::start_kube(
+        true,
+        &["destination-rule-all.yaml", "virtual-service-all-v1.yaml"],
+    );
+    let (api, daemon) = (mesh.api(), &mesh.daemon);
+    let snap = daemon.snapshots.borrow().clone();
+    assert_eq!(snap.version, 1, "one full snapshot after the first sync");
+    assert_eq!(snap.virtual_services.len(), 4, "all-v1 has four");
+    let envoy = mesh.sidecar();
+    assert_eq!(tally(REVIEWS, "reviews", &[], 20), only("v1", 20));
+
+    // Update (MODIFIED over the watch).
+    apply(daemon, &[&envoy], || {
+        api.apply_yaml(&bookinfo_sample("virtual-service-reviews-v3.yaml"));
+    });
+    assert_eq!(tally(REVIEWS, "reviews", &[], 20), only("v3", 20));
+
+    // Delete: without a VirtualService, reviews is balanced over every pod.
+    apply(daemon, &[&envoy], || {
+        assert!(api.delete(
+            "networking.istio.io/v1",
+            "VirtualService",
+            "default",
+            "reviews"
+        ));
+    });
+    let spread = tally(REVIEWS, "reviews", &[], 60);
+    assert_eq!(spread.len(), 3, "{spread:?}");
+
+    // Create.
+    apply(daemon, &[&envoy], || {
+        api.apply(reviews_to("v2"));
+    });
+    assert_eq!(tally(REVIEWS, "reviews", &[], 20), only("v2", 20));
+
+    // An EndpointSlice change: reviews-v2 goes unready. Only EDS is pushed.
+    let before: Vec<f64> = ["cds", "lds", "rds", "eds"]
+        .iter()
+        .map(|t| pushes(&mesh, t))
+        .collect();
+    let platform = std::fs::read_to_string(mesh.cfg.path().join("platform.yaml")).unwrap();
+    let slice = crds::document::split_documents(&platform)
+        .into_iter()
+        .filter_map(|(_, d)| d.ok())
+        .find(|d| d["kind"] == "EndpointSlice" && d["metadata"]["name"] == "reviews-abcde")
+        .unwrap();
+    let mut unready = slice.clone();
+    unready["endpoints"][1]["conditions"]["ready"] = false.into();
+    apply(daemon, &[&envoy], || {
+        api.apply(unready);
+    });
+    let after: Vec<f64> = ["cds", "lds", "rds", "eds"]
+        .iter()
+        .map(|t| pushes(&mesh, t))
+        .collect();
+    assert_eq!(
+        after[..3],
+        before[..3],
+        "an endpoint change pushes no CDS/LDS/RDS"
+    );
+    assert!(after[3] > before[3], "an endpoint change pushes EDS");
+    let none = tally(REVIEWS, "reviews", &[], 10);
+    assert!(
+        !none.contains_key("reviews v2"),
+        "the unready endpoint still gets traffic: {none:?}"
+    );
+    apply(daemon, &[&envoy], || {
+        api.apply(slice);
+    });
+    assert_eq!(tally(REVIEWS, "reviews", &[], 20), only("v2", 20));
+
+    // A status-only update (as Istio's status writer makes) and a Pod status
+    // change the model does not read: no new snapshot.
+    let version = daemon.snapshots.borrow().version;
+    let mut with_status = reviews_to("v2");
+    with_status["status"] = json!({"observedGeneration": 3});
+    api.apply(with_status);
+    api.apply(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "reviews-v2", "namespace": "default", "labels": {"app": "reviews", "version": "v2"}},
+        "spec": {"serviceAccountName": "bookinfo-reviews",
+                 "containers": [{"name": "reviews", "image": "docker.io/istio/examples-bookinfo-reviews-v2:1.20.3",
+                                 "ports": [{"containerPort": 9080}]}]},
+        "status": {"podIP": "127.0.1.5", "conditions": [{"type": "Ready", "status": "True"}]}
+    }));
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(
+        daemon.snapshots.borrow().version,
+        version,
+        "nothing relevant changed"
+    );
+
+    // Bad input the API server accepted (no webhook in front of it): weights
+    // that do not total 100. It is reported by namespace/name and field; the
+    // rest of the mesh keeps working.
+    apply(daemon, &[&envoy], || {
+        api.apply(json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": "ratings-bad", "namespace": "default"},
+            "spec": {"hosts": ["ratings"], "http": [{"route": [
+                {"destination": {"host": "ratings", "subset": "v1"}, "weight": 150},
+                {"destination": {"host": "ratings", "subset": "v2"}, "weight": 10}]}]}
+        }));
+    });
+    let errors = daemon.errors.borrow().clone();
+    let msg = errors
+        .iter()
+        .map(ToString::to_string)
+        .find(|m| m.contains("ratings-bad"))
+        .unwrap_or_else(|| panic!("not reported: {errors:?}"));
+    assert!(msg.contains("default/ratings-bad"), "{msg}");
+    assert!(msg.contains("spec.http[0].route"), "{msg}");
+    assert_eq!(tally(REVIEWS, "reviews", &[], 10), only("v2", 10));
+    assert_eq!(envoy.rejected(), 0);
+}
+
+#[test]
+fn dropped_watches_bookmarks_and_an_api_server_outage_lose_nothing() {
+    let mut mesh = Mesh::start_kube(
+        true,
+        &["destination-rule-all.yaml", "virtual-service-all-v1.yaml"],
+    );
+    let envoy = mesh.sidecar();
+    let lists = mesh.api().lists_of(VS_PATH);
+    assert_eq!(lists, 1);
+
+    // A dropped watch resumes from its last revision: the change made while
+    // it was reconnecting arrives, without a relist.
+    {
+        let (api, daemon) = (mesh.api(), &mesh.daemon);
+        apply(daemon, &[&envoy], || {
+            api.drop_watches();
+            api.apply(reviews_to("v3"));
+        });
+        assert_eq!(tally(REVIEWS, "reviews", &[], 10), only("v3", 10));
+        assert_eq!(api.lists_of(VS_PATH), 1, "a resumed watch does not relist");
+
+        // Bookmarks move a watch's revision past writes it does not see, so a
+        // compaction after them does not force a relist.
+        for i in 0..3 {
+            api.apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
+                             "metadata": {"name": format!("unrelated-{i}"), "namespace": "default"}}));
+        }
+        let now = api.apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
+                                   "metadata": {"name": "unrelated", "namespace": "default"}}));
+        api.bookmark();
+        std::thread::sleep(Duration::from_millis(300));
+        api.compact();
+        api.drop_watches();
+        let resumed = format!("resourceVersion={now}");
+        let start = Instant::now();
+        while !api.requests().iter().any(|r| {
+            r.starts_with(&format!("GET {VS_PATH}?"))
+                && r.contains("watch=")
+                && r.contains(&resumed)
+        }) {
+            assert!(
+                start.elapsed() < SYNC,
+                "no watch resumed from the bookmark's revision {now}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(
+            api.lists_of(VS_PATH),
+            1,
+            "a bookmarked watch does not relist"
+        );
+    }
+
+    // The API server goes away. Proxies keep their last config and the
+    // daemon stays ready; meanwhile a VirtualService is replaced, one deleted
+    // and one created, and the history is compacted, so the watches come
+    // back to `410 Gone` and relist.
+    let handle = mesh.runtime_handle();
+    handle.block_on(mesh.api.as_mut().unwrap().stop());
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(tally(REVIEWS, "reviews", &[], 10), only("v3", 10));
+    assert!(mesh.daemon.ready.load(std::sync::atomic::Ordering::Relaxed));
+    let version = mesh.daemon.snapshots.borrow().version;
+    {
+        let api = mesh.api();
+        api.apply(reviews_to("v2"));
+        assert!(api.delete(
+            "networking.istio.io/v1",
+            "VirtualService",
+            "default",
+            "ratings"
+        ));
+        api.apply(json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": "reviews-canary", "namespace": "default"},
+            "spec": {"hosts": ["reviews-canary.example"], "http": [{"route": [{"destination": {"host": "reviews"}}]}]}
+        }));
+        api.compact();
+    }
+    handle.block_on(mesh.api.as_mut().unwrap().restart());
+    let start = Instant::now();
+    while mesh.daemon.snapshots.borrow().version == version {
+        assert!(
+            start.elapsed() < SYNC * 3,
+            "no change after the API server came back"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    wait_synced(&mesh.daemon, &[&envoy], SYNC);
+    assert_eq!(tally(REVIEWS, "reviews", &[], 10), only("v2", 10));
+    assert!(
+        mesh.api().lists_of(VS_PATH) >= 2,
+        "410 Gone forces a relist"
+    );
+    let mut names: Vec<String> = mesh
+        .daemon
+        .snapshots
+        .borrow()
+        .virtual_services
+        .iter()
+        .map(|vs| format!("{}/{}", vs.namespace, vs.name))
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "default/details",
+            "default/productpage",
+            "default/reviews",
+            "default/reviews-canary"
+        ],
+        "neither duplicated nor lost"
+    );
+    assert_eq!(envoy.rejected(), 0);
+}
+
+#[test]
+fn not_ready_and_no_config_served_until_every_list_synced() {
+    let _hosts = e2e::isolate();
+    let rt = e2e::runtime();
+    let api = rt.block_on(FakeApiServer::start());
+    let platform =
+        std::fs::read_to_string(e2e::workspace().join("examples/bookinfo/platform.yaml")).unwrap();
+    api.apply_yaml(&platform);
+    api.hold_lists(true);
+    let daemon = rt.block_on(start_kube_daemon(&api));
+    let ready_url = format!("http://{}/ready", daemon.monitoring_addr.unwrap());
+    let envoy = Envoy::launch(SIDECAR, &SIDECAR_LABELS, "", daemon.xds_addr, 15000);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(http_get(&ready_url, &[]).map(|r| r.0), Ok(503));
+    assert_eq!(daemon.snapshots.borrow().version, 0);
+    assert_eq!(
+        envoy
+            .stats()
+            .get("control_plane.connected_state")
+            .map(String::as_str),
+        Some("0"),
+        "a proxy must not be served an unsynced (empty) config"
+    );
+    api.hold_lists(false);
+    e2e::wait_ready(&daemon);
+    assert_eq!(http_get(&ready_url, &[]).map(|r| r.0), Ok(200));
+    // Envoy retries on its own and gets the whole config.
+    wait_synced(&daemon, &[&envoy], SYNC * 3);
+    envoy.wait_for(SYNC, "productpage's clusters", |e| {
+        e.stats()
+            .keys()
+            .any(|k| k.starts_with("cluster.outbound|9080||reviews.default.svc.cluster.local."))
+    });
+}
+
+#[test]
+fn the_platform_serves_bookinfo_yaml_services() {
+    // The fake API server is loaded with `examples/bookinfo/platform.yaml`,
+    // which stands for Istio's `bookinfo.yaml` after the API server and the
+    // EndpointSlice controller did their work. Its Services must be those of
+    // Istio's file (same names, ports and selectors), plus ClusterIPs.
+    let services = |text: &str| -> BTreeMap<String, serde_json::Value> {
+        crds::document::split_documents(text)
+            .into_iter()
+            .filter_map(|(_, d)| d.ok())
+            .filter(|d| d["kind"] == "Service")
+            .map(|d| {
+                let name = d["metadata"]["name"].as_str().unwrap().to_owned();
+                let ports: Vec<_> = d["spec"]["ports"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| (p["name"].clone(), p["port"].clone()))
+                    .collect();
+                (
+                    name,
+                    json!({"ports": format!("{ports:?}"), "selector": d["spec"]["selector"]}),
+                )
+            })
+            .collect()
+    };
+    let istio = std::fs::read_to_string(
+        istio_testdata().join("samples/bookinfo/platform/kube/bookinfo.yaml"),
+    )
+    .unwrap();
+    let platform =
+        std::fs::read_to_string(e2e::workspace().join("examples/bookinfo/platform.yaml")).unwrap();
+    let theirs = services(&istio);
+    assert_eq!(theirs.len(), 4);
+    assert_eq!(services(&platform), theirs);
+}
