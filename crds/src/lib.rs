@@ -9,6 +9,7 @@
 //! `v1`, `v1beta1` or `v1alpha3` are all accepted (the schemas are the same).
 
 mod common;
+pub mod crd;
 pub mod destination_rule;
 pub mod document;
 mod duration;

@@ -49,6 +49,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Print the CustomResourceDefinitions of the Istio kinds this daemon reads
+    /// (YAML, as committed in `manifests/crds.yaml`).
+    Crds,
     /// Print an Envoy bootstrap (JSON) that connects a proxy to this daemon.
     Bootstrap {
         /// Istio node ID, e.g. `sidecar~10.96.1.5~productpage-v1.default~default.svc.cluster.local`.
@@ -98,6 +101,10 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.command {
+        Some(Command::Crds) => {
+            print!("{}", crds::crd::yaml());
+            ExitCode::SUCCESS
+        }
         Some(Command::Bootstrap {
             node_id,
             xds_addr,

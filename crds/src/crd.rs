@@ -1,0 +1,207 @@
+//! CustomResourceDefinitions (`apiextensions.k8s.io/v1`) generated from this
+//! crate's types, shaped like Istio's own (`manifests/charts/base/files/crd-all.gen.yaml`):
+//! group `networking.istio.io`, versions `v1` (stored), `v1beta1` and
+//! `v1alpha3` (served, same schema), categories `istio-io` and
+//! `networking-istio-io`, Istio's short names and printer columns, a
+//! `status` subresource whose schema preserves unknown fields (the only
+//! place Istio's networking CRDs do).
+//!
+//! The OpenAPI v3 schema is kube's structural rendering of the serde
+//! types, with two things Istio does not have taken out: `default: []` on
+//! lists (the API server would write them into every object) and
+//! `nullable` (Istio rejects `null` fields). `istiod crds` prints
+//! [`yaml`]; `manifests/crds.yaml` is its output, and a test fails when the
+//! two drift apart.
+
+use kube::CustomResourceExt;
+use serde_json::{Value, json};
+
+use crate::{DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService};
+
+/// One printer column: `(name, JSONPath, type, description)`.
+type Column = (&'static str, &'static str, &'static str, &'static str);
+
+const AGE: Column = (
+    "Age",
+    ".metadata.creationTimestamp",
+    "date",
+    "Time since the object was created.",
+);
+
+/// The CRDs of every Istio kind this crate defines, in a stable order, as
+/// JSON values (`apiVersion: apiextensions.k8s.io/v1`, `kind: CustomResourceDefinition`).
+pub fn definitions() -> Vec<Value> {
+    vec![
+        shape(
+            VirtualService::crd(),
+            &[
+                (
+                    "Gateways",
+                    ".spec.gateways",
+                    "string",
+                    "The gateways the routes apply to.",
+                ),
+                (
+                    "Hosts",
+                    ".spec.hosts",
+                    "string",
+                    "The destination hosts the routes apply to.",
+                ),
+                AGE,
+            ],
+        ),
+        shape(
+            DestinationRule::crd(),
+            &[
+                (
+                    "Host",
+                    ".spec.host",
+                    "string",
+                    "The service the policies apply to.",
+                ),
+                AGE,
+            ],
+        ),
+        shape(
+            ServiceEntry::crd(),
+            &[
+                ("Hosts", ".spec.hosts", "string", "The hosts of the entry."),
+                (
+                    "Location",
+                    ".spec.location",
+                    "string",
+                    "Inside or outside the mesh.",
+                ),
+                (
+                    "Resolution",
+                    ".spec.resolution",
+                    "string",
+                    "How endpoints are found.",
+                ),
+                AGE,
+            ],
+        ),
+        shape(Gateway::crd(), &[]),
+        shape(Sidecar::crd(), &[]),
+    ]
+}
+
+/// [`definitions`] as one multi-document YAML, with a header naming the generator.
+pub fn yaml() -> String {
+    let mut out = String::from(
+        "# Istio networking CRDs, generated from the `crds` crate by `istiod crds`.\n\
+         # Do not edit: change the types and regenerate.\n",
+    );
+    for crd in definitions() {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml_ng::to_string(&crd).unwrap_or_else(|e| format!("# {e}\n")));
+    }
+    out
+}
+
+/// The `openAPIV3Schema` of `kind`'s stored version, or `None` for a kind not defined here.
+pub fn schema(kind: &str) -> Option<Value> {
+    definitions()
+        .into_iter()
+        .find(|c| c["spec"]["names"]["kind"] == kind)
+        .map(|c| c["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone())
+}
+
+fn shape(
+    crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    columns: &[Column],
+) -> Value {
+    let mut crd = serde_json::to_value(crd).unwrap_or(Value::Null);
+    let names = &mut crd["spec"]["names"];
+    names["categories"] = json!(["istio-io", "networking-istio-io"]);
+    names["listKind"] = json!(format!("{}List", names["kind"].as_str().unwrap_or("")));
+    let Some(v1) = crd["spec"]["versions"]
+        .as_array()
+        .and_then(|v| v.first())
+        .cloned()
+    else {
+        return crd;
+    };
+    let mut v1 = v1;
+    let schema = &mut v1["schema"]["openAPIV3Schema"];
+    // Istio's top level has no description or title, and does not require `spec`.
+    if let Some(map) = schema.as_object_mut() {
+        for key in ["description", "title", "required"] {
+            map.remove(key);
+        }
+    }
+    clean(schema);
+    schema["properties"]["status"] = json!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true,
+    });
+    v1["subresources"] = json!({"status": {}});
+    if !columns.is_empty() {
+        v1["additionalPrinterColumns"] = columns
+            .iter()
+            .map(|(name, path, ty, description)| {
+                json!({"name": name, "jsonPath": path, "type": ty, "description": description})
+            })
+            .collect();
+    }
+    v1["served"] = true.into();
+    v1["storage"] = true.into();
+    let mut versions = vec![v1.clone()];
+    for name in ["v1beta1", "v1alpha3"] {
+        let mut v = v1.clone();
+        v["name"] = name.into();
+        v["storage"] = false.into();
+        versions.push(v);
+    }
+    crd["spec"]["versions"] = versions.into();
+    crd
+}
+
+/// Drops `default: []` and `nullable` everywhere below `schema`.
+fn clean(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            if map.get("default") == Some(&json!([])) {
+                map.remove("default");
+            }
+            map.remove("nullable");
+            for v in map.values_mut() {
+                clean(v);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(clean),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn five_kinds_three_versions_one_stored() {
+        let defs = definitions();
+        assert_eq!(defs.len(), 5);
+        for crd in &defs {
+            let versions = crd["spec"]["versions"].as_array().unwrap();
+            let names: Vec<_> = versions.iter().map(|v| v["name"].clone()).collect();
+            assert_eq!(names, ["v1", "v1beta1", "v1alpha3"]);
+            let stored = versions.iter().filter(|v| v["storage"] == true).count();
+            assert_eq!(stored, 1);
+            assert_eq!(
+                crd["spec"]["names"]["categories"],
+                json!(["istio-io", "networking-istio-io"])
+            );
+        }
+        let text = yaml();
+        assert!(
+            !text.contains("nullable"),
+            "Istio's schemas have no nullable"
+        );
+        // Unknown fields are preserved only under `status`, as in Istio's CRDs.
+        assert_eq!(
+            text.matches("x-kubernetes-preserve-unknown-fields").count(),
+            5 * 3
+        );
+    }
+}
