@@ -105,7 +105,7 @@ pub struct Endpoint {
 }
 
 /// How a service's endpoints are resolved (ServiceEntry `resolution`;
-/// Kubernetes services are `Static` with EDS).
+/// Kubernetes services are `Static` with EDS, headless ones `Passthrough`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ServiceResolution {
     /// Endpoints known to the control plane, served over EDS.
@@ -345,6 +345,10 @@ impl Snapshot {
                     })
                 })
                 .collect();
+            // Headless (`clusterIP: None`): clients address pods directly, so
+            // traffic goes to the address they chose (ORIGINAL_DST), as Istio
+            // resolves headless services (`Passthrough`).
+            let headless = spec.cluster_ip.as_deref() == Some("None");
             let vips = spec
                 .cluster_ips
                 .or_else(|| spec.cluster_ip.map(|ip| vec![ip]))
@@ -423,7 +427,11 @@ impl Snapshot {
                     vips,
                     ports,
                     endpoints,
-                    resolution: ServiceResolution::Static,
+                    resolution: if headless {
+                        ServiceResolution::Passthrough
+                    } else {
+                        ServiceResolution::Static
+                    },
                     kubernetes: true,
                     external: false,
                     export_to,

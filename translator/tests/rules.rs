@@ -666,3 +666,31 @@ spec:
         ]
     );
 }
+
+#[test]
+fn headless_services_go_to_the_pod_the_client_chose() {
+    let headless = "
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: default}
+spec:
+  clusterIP: None
+  ports: [{name: http, port: 8080}]
+";
+    let out = generate(&mesh(headless, MeshConfig::default()), &sidecar(&[]));
+    let c = out
+        .clusters
+        .iter()
+        .find(|c| c.name == "outbound|8080||db.default.svc.cluster.local")
+        .unwrap();
+    assert_eq!(
+        c.cluster_discovery_type,
+        Some(ClusterDiscoveryType::Type(DiscoveryType::OriginalDst as i32))
+    );
+    // Still routed by name on the port's HTTP listener.
+    let vh = route_config(&out, "8080")
+        .virtual_hosts
+        .iter()
+        .find(|v| v.domains.contains(&"db.default.svc.cluster.local".to_string()));
+    assert!(vh.is_some());
+}
