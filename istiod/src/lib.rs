@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod bootstrap;
+pub mod leader;
 pub mod metrics;
 pub mod push;
 pub mod sources;
@@ -74,6 +75,9 @@ pub struct Daemon {
     pub errors: watch::Receiver<Arc<Vec<SourceError>>>,
     /// What each connected proxy was sent and has ACKed.
     pub sync: xds::SyncTable,
+    /// True while this replica holds the leader Lease ([`leader`]); always
+    /// true for the folder and embedded sources (there is one replica).
+    pub leader: watch::Receiver<bool>,
     /// True once the first snapshot is published (`/ready` answers 200, and
     /// xDS streams are accepted; before, they are refused as UNAVAILABLE).
     pub ready: Arc<AtomicBool>,
@@ -105,6 +109,7 @@ impl Daemon {
             errors: Arc::new(err_tx),
         };
         let mut tasks = Vec::new();
+        let (leader_tx, leader) = watch::channel(false);
         let follow = Follow {
             publisher: publisher.clone(),
             metrics: metrics.clone(),
@@ -114,10 +119,12 @@ impl Daemon {
 
         match opts.source {
             Source::Embedded => {
+                leader_tx.send_replace(true);
                 publisher.publish(1, sources::embedded::load(), None);
                 ready.store(true, Ordering::Relaxed);
             }
             Source::Folder(dir) => {
+                leader_tx.send_replace(true);
                 publisher.publish(1, load_dir(dir.clone()).await?, None);
                 ready.store(true, Ordering::Relaxed);
                 let (ev_tx, ev_rx) = mpsc::channel(1);
@@ -143,6 +150,15 @@ impl Daemon {
             Source::Kubernetes(source) => {
                 let client = kube::Client::try_from(source.config.clone())
                     .context("cannot build a Kubernetes client")?;
+                if let Some(identity) = source.leader_identity.clone() {
+                    tasks.push(tokio::spawn(leader::campaign(
+                        client.clone(),
+                        source.namespace.clone(),
+                        identity,
+                        leader_tx,
+                        shutdown.clone(),
+                    )));
+                }
                 let watched = sources::kube::watched(&source.namespace);
                 info!(collections = watched.len(), "watching the Kubernetes API");
                 let store = Arc::new(std::sync::Mutex::new(sources::kube::Store::new(
@@ -239,6 +255,7 @@ impl Daemon {
             snapshots,
             errors,
             sync,
+            leader,
             ready,
             shutdown,
             tasks,

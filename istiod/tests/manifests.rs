@@ -1,7 +1,7 @@
 //! `manifests/` is what `kubectl apply -f manifests/` installs. These tests
 //! read it as the API server would: every object must be well-formed for
 //! its kind (no misspelt field silently dropped), the RBAC must grant
-//! exactly what the Kubernetes source watches, and the Deployment must run
+//! exactly what the Kubernetes source watches (plus the leader Lease), and the Deployment must run
 //! the daemon as the docs say.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
@@ -126,7 +126,19 @@ fn rbac_grants_exactly_list_and_watch_on_what_is_watched() {
             ));
         }
     }
-    assert_eq!(granted, needed, "RBAC and the watched collections differ");
+    // Leader election (`istiod::leader`): the Lease, in the daemon's namespace.
+    for verb in ["get", "create", "patch"] {
+        needed.insert((
+            "istio-system".into(),
+            "coordination.k8s.io".into(),
+            "leases".into(),
+            verb.into(),
+        ));
+    }
+    assert_eq!(
+        granted, needed,
+        "RBAC and what the daemon reads and writes differ"
+    );
 }
 
 #[test]

@@ -26,8 +26,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
+use axum::body::Bytes;
 use axum::extract::{Query, State};
-use axum::http::{StatusCode, Uri};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc, watch};
@@ -90,6 +91,9 @@ struct Store {
     oldest: u64,
     /// `METHOD path?query` of every request, in order.
     requests: Vec<String>,
+    /// `coordination.k8s.io/v1` Leases by (namespace, name), with the field
+    /// manager owning each `spec` field (server-side apply's bookkeeping).
+    leases: BTreeMap<(String, String), (Value, BTreeMap<String, String>)>,
 }
 
 #[derive(Debug)]
@@ -255,6 +259,14 @@ impl FakeApiServer {
     /// While `hold` is true, list requests wait (a slow or partitioned API server).
     pub fn hold_lists(&self, hold: bool) {
         self.shared.hold.send_replace(hold);
+    }
+
+    /// A Lease as stored, if it exists.
+    pub fn lease(&self, namespace: &str, name: &str) -> Option<Value> {
+        self.lock()
+            .leases
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .map(|(object, _)| object.clone())
     }
 
     /// Every request so far, as `GET path?query`.
@@ -432,15 +444,34 @@ fn status(code: StatusCode, reason: &str, message: String) -> Value {
 
 async fn handle(
     State(shared): State<Arc<Shared>>,
+    method: Method,
     uri: Uri,
+    headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
+    body: Bytes,
 ) -> Response {
     shared
         .store
         .lock()
         .expect("fake API store")
         .requests
-        .push(format!("GET {uri}"));
+        .push(format!("{method} {uri}"));
+    if let Some(rest) = uri
+        .path()
+        .strip_prefix("/apis/coordination.k8s.io/v1/namespaces/")
+    {
+        let mut store = shared.store.lock().expect("fake API store");
+        let (status, body) = lease(&mut store, &method, rest, &headers, &query, &body);
+        return (status, axum::Json(body)).into_response();
+    }
+    if method != Method::GET {
+        let body = status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            format!("{method} {uri}"),
+        );
+        return (StatusCode::METHOD_NOT_ALLOWED, axum::Json(body)).into_response();
+    }
     let Some(target) = Target::parse(uri.path()) else {
         let body = status(
             StatusCode::NOT_FOUND,
@@ -570,4 +601,129 @@ async fn handle(
         .header("content-type", "application/json")
         .body(Body::from_stream(ReceiverStream::new(rx)))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// Leases: `GET`, `POST` (create) and `PATCH` (server-side apply or
+/// strategic merge) on `NAMESPACE/leases[/NAME]`. Server-side apply's
+/// conflict rule is kept for `spec` fields: applying a value to a field
+/// another field manager owns is a `409 Conflict` (that is what makes a
+/// Lease a lock); a strategic merge patch takes fields over, and `null`
+/// removes a field with its owner.
+fn lease(
+    store: &mut Store,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+    body: &[u8],
+) -> (StatusCode, Value) {
+    let fail =
+        |code: StatusCode, reason: &str, message: String| (code, status(code, reason, message));
+    let parts: Vec<&str> = path.split('/').collect();
+    let (namespace, name) = match (method, parts.as_slice()) {
+        (&Method::POST, [ns, "leases"]) => {
+            let Ok(object) = serde_json::from_slice::<Value>(body) else {
+                return fail(StatusCode::BAD_REQUEST, "BadRequest", "not JSON".into());
+            };
+            (
+                (*ns).to_owned(),
+                object["metadata"]["name"].as_str().unwrap_or("").to_owned(),
+            )
+        }
+        (_, [ns, "leases", name]) => ((*ns).to_owned(), (*name).to_owned()),
+        _ => {
+            return fail(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("{path} not found"),
+            );
+        }
+    };
+    let key = (namespace.clone(), name.clone());
+    store.rv += 1;
+    let rv = store.rv.to_string();
+    match *method {
+        Method::GET => match store.leases.get(&key) {
+            Some((object, _)) => (StatusCode::OK, object.clone()),
+            None => fail(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("leases {name:?} not found"),
+            ),
+        },
+        Method::POST => {
+            if store.leases.contains_key(&key) {
+                return fail(
+                    StatusCode::CONFLICT,
+                    "AlreadyExists",
+                    format!("leases {name:?} already exists"),
+                );
+            }
+            let object = json!({
+                "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": name, "namespace": namespace, "resourceVersion": rv},
+                "spec": {},
+            });
+            store.leases.insert(key, (object.clone(), BTreeMap::new()));
+            (StatusCode::CREATED, object)
+        }
+        Method::PATCH => {
+            let manager = query.get("fieldManager").cloned().unwrap_or_default();
+            let apply = headers
+                .get("content-type")
+                .is_some_and(|c| c.as_bytes().starts_with(b"application/apply-patch"));
+            let Ok(patch) = serde_json::from_slice::<Value>(body) else {
+                return fail(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    "patch is not JSON".into(),
+                );
+            };
+            let Some((object, owners)) = store.leases.get_mut(&key) else {
+                return fail(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    format!("leases {name:?} not found"),
+                );
+            };
+            let fields = patch["spec"].as_object().cloned().unwrap_or_default();
+            if apply {
+                for (field, value) in &fields {
+                    let owner = owners.get(field).filter(|o| **o != manager);
+                    if let Some(owner) = owner
+                        && object["spec"].get(field).is_some_and(|v| v != value)
+                    {
+                        return fail(
+                            StatusCode::CONFLICT,
+                            "Conflict",
+                            format!(
+                                "Apply failed with 1 conflict: conflict with {owner:?}: .spec.{field}"
+                            ),
+                        );
+                    }
+                }
+            }
+            if !object["spec"].is_object() {
+                object["spec"] = json!({});
+            }
+            for (field, value) in fields {
+                let spec = object["spec"].as_object_mut();
+                let Some(spec) = spec else { continue };
+                if value.is_null() {
+                    spec.remove(&field);
+                    owners.remove(&field);
+                } else {
+                    spec.insert(field.clone(), value);
+                    owners.insert(field, manager.clone());
+                }
+            }
+            object["metadata"]["resourceVersion"] = rv.into();
+            (StatusCode::OK, object.clone())
+        }
+        _ => fail(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            format!("{method} {path}"),
+        ),
+    }
 }

@@ -260,10 +260,16 @@ pub async fn start_daemon_at(dir: &Path, xds_addr: SocketAddr) -> Daemon {
 /// monitoring on free loopback ports. It is not ready until every watcher's
 /// first list completed (see [`wait_ready`]).
 pub async fn start_kube_daemon(api: &fake_kube::FakeApiServer) -> Daemon {
+    start_kube_replica(api, "istiod-0").await
+}
+
+/// As [`start_kube_daemon`], as the replica `identity` in leader election.
+pub async fn start_kube_replica(api: &fake_kube::FakeApiServer, identity: &str) -> Daemon {
     Daemon::start(Options {
         source: istiod::Source::Kubernetes(Box::new(istiod::sources::kube::KubeSource {
             config: api.kube_config(),
             namespace: "istio-system".into(),
+            leader_identity: Some(identity.to_owned()),
         })),
         xds_addr: "127.0.0.1:0".parse().expect("addr"),
         monitoring_addr: Some("127.0.0.1:0".parse().expect("addr")),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use e2e::fake_kube::FakeApiServer;
 use e2e::{
     Envoy, Mesh, SIDECAR, SIDECAR_LABELS, SYNC, apply, bookinfo_sample, http_get, istio_testdata,
-    metric, start_kube_daemon, tally, wait_synced,
+    metric, start_kube_daemon, start_kube_replica, tally, wait_synced,
 };
 use serde_json::json;
 
@@ -341,4 +341,38 @@ fn the_platform_serves_bookinfo_yaml_services() {
     let theirs = services(&istio);
     assert_eq!(theirs.len(), 4);
     assert_eq!(services(&platform), theirs);
+}
+
+#[test]
+fn one_replica_leads_and_another_takes_over_when_it_stops() {
+    let _hosts = e2e::isolate();
+    let rt = e2e::runtime();
+    let api = rt.block_on(FakeApiServer::start());
+    let leads = |d: &istiod::Daemon| *d.leader.borrow();
+    let wait = |what: &str, timeout: Duration, cond: &dyn Fn() -> bool| {
+        let start = Instant::now();
+        while !cond() {
+            assert!(start.elapsed() < timeout, "{what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let holder = || {
+        api.lease("istio-system", istiod::leader::LEASE)
+            .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_owned))
+    };
+    let mut a = rt.block_on(start_kube_replica(&api, "istiod-a"));
+    wait("istiod-a leads", SYNC, &|| leads(&a));
+    let b = rt.block_on(start_kube_replica(&api, "istiod-b"));
+    e2e::wait_ready(&b);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(leads(&a) && !leads(&b), "exactly one leader");
+    assert_eq!(holder().as_deref(), Some("istiod-a"));
+    // Both serve: leadership is only for writes.
+    assert!(b.ready.load(std::sync::atomic::Ordering::Relaxed));
+
+    rt.block_on(a.shutdown());
+    assert!(!leads(&a));
+    let limit = Duration::from_secs(istiod::leader::DURATION_SECS + 5);
+    wait("istiod-b takes over", limit, &|| leads(&b));
+    assert_eq!(holder().as_deref(), Some("istiod-b"));
 }

@@ -685,12 +685,14 @@ spec:
         .unwrap();
     assert_eq!(
         c.cluster_discovery_type,
-        Some(ClusterDiscoveryType::Type(DiscoveryType::OriginalDst as i32))
+        Some(ClusterDiscoveryType::Type(
+            DiscoveryType::OriginalDst as i32
+        ))
     );
     // Still routed by name on the port's HTTP listener.
-    let vh = route_config(&out, "8080")
-        .virtual_hosts
-        .iter()
-        .find(|v| v.domains.contains(&"db.default.svc.cluster.local".to_string()));
+    let vh = route_config(&out, "8080").virtual_hosts.iter().find(|v| {
+        v.domains
+            .contains(&"db.default.svc.cluster.local".to_string())
+    });
     assert!(vh.is_some());
 }

@@ -41,8 +41,12 @@ pub struct KubeSource {
     /// from `KUBECONFIG` / `--kubeconfig` (see [`KubeSource::infer`]).
     pub config: kube::Config,
     /// The daemon's own namespace (Istio `POD_NAMESPACE`, default
-    /// `istio-system`), where the mesh config ConfigMap `istio` lives.
+    /// `istio-system`), where the mesh config ConfigMap `istio` and the
+    /// leader election Lease live.
     pub namespace: String,
+    /// This replica's identity in leader election (see [`crate::leader`]);
+    /// `None` takes no part (the replica never leads).
+    pub leader_identity: Option<String>,
 }
 
 impl KubeSource {
@@ -65,7 +69,11 @@ impl KubeSource {
                 .await
                 .map_err(|e| anyhow::anyhow!("no Kubernetes configuration: {e}"))?,
         };
-        Ok(KubeSource { config, namespace })
+        Ok(KubeSource {
+            config,
+            namespace,
+            leader_identity: Some(crate::leader::identity()),
+        })
     }
 }
 
