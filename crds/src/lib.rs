@@ -56,3 +56,23 @@ pub fn istio_testdata() -> std::path::PathBuf {
     );
     dir
 }
+
+/// Every `*.yaml` / `*.yml` file below `dir`, sorted (for tests over Istio's
+/// files). Panics on an unreadable folder, naming it.
+#[cfg(any(test, feature = "testing"))]
+pub fn yaml_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        for path in entries.flatten().map(|e| e.path()) {
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+                out.push(path);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, &mut out);
+    out.sort();
+    out
+}

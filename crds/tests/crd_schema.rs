@@ -43,17 +43,6 @@ fn strict(schema: &mut Value) {
     }
 }
 
-fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            yaml_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
-            out.push(path);
-        }
-    }
-}
-
 /// YAML that Kubernetes (Go's yaml) reads and ours (libyaml, via
 /// serde_yaml_ng) does not: a flow-sequence scalar containing `::`
 /// (`addresses: [1.2.3.4, 001:db8::]`). libyaml stops the stream there.
@@ -116,8 +105,7 @@ fn check(docs: impl IntoIterator<Item = (String, Value)>) -> (usize, Vec<String>
 #[test]
 fn every_istio_sample_is_accepted_by_the_generated_schemas() {
     let root = crds::istio_testdata();
-    let mut files = Vec::new();
-    yaml_files(&root.join("samples"), &mut files);
+    let files = crds::yaml_files(&root.join("samples"));
     let docs = files.iter().flat_map(|f| {
         let origin = f.strip_prefix(&root).unwrap().display().to_string();
         documents(f).into_iter().map(move |d| (origin.clone(), d))

@@ -2,27 +2,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
 
-use std::path::Path;
-
 use crds::document::{parse_value, split_documents};
-
-fn yaml_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            yaml_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
-            out.push(path);
-        }
-    }
-}
 
 #[test]
 fn every_istio_sample_parses() {
     let root = crds::istio_testdata().join("samples");
-    let mut files = Vec::new();
-    yaml_files(&root, &mut files);
-    files.sort();
+    let files = crds::yaml_files(&root);
     assert!(
         files.len() >= 25,
         "expected Istio's samples, found {}",
