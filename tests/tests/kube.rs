@@ -376,3 +376,38 @@ fn one_replica_leads_and_another_takes_over_when_it_stops() {
     wait("istiod-b takes over", limit, &|| leads(&b));
     assert_eq!(holder().as_deref(), Some("istiod-b"));
 }
+
+#[test]
+fn the_ingress_gateway_and_its_credential_secret_come_from_the_api() {
+    let mesh = Mesh::start_kube(false, &["bookinfo-gateway.yaml"]);
+    let (api, daemon) = (mesh.api(), &mesh.daemon);
+    let gw = mesh.proxy(e2e::GATEWAY, &e2e::GATEWAY_LABELS, 15000);
+    assert_eq!(
+        http_get("http://127.0.0.1:8080/productpage", &[]),
+        Ok((200, "productpage v1".into()))
+    );
+    let (status, _) = http_get("http://127.0.0.1:8080/elsewhere", &[]).unwrap();
+    assert_eq!(status, 404);
+
+    // A Gateway `credentialName` Secret arrives through the Secret watcher
+    // (base64 `data`, as the API server serves it); a service-account token
+    // is not watched at all (field selector).
+    apply(daemon, &[&gw], || {
+        api.apply(json!({
+            "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+            "metadata": {"name": "bookinfo-credential", "namespace": "istio-system"},
+            "data": {"tls.crt": "Y2VydA==", "tls.key": "a2V5"}
+        }));
+    });
+    api.apply(json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/service-account-token",
+        "metadata": {"name": "token", "namespace": "istio-system"},
+        "data": {"token": "c2VjcmV0"}
+    }));
+    std::thread::sleep(Duration::from_millis(400));
+    let snap = daemon.snapshots.borrow().clone();
+    let secret = &snap.secrets["istio-system/bookinfo-credential"];
+    assert_eq!(secret.cert.as_deref(), Some(&b"cert"[..]));
+    assert_eq!(secret.key.as_deref(), Some(&b"key"[..]));
+    assert!(!snap.secrets.contains_key("istio-system/token"));
+}
