@@ -411,3 +411,228 @@ fn the_ingress_gateway_and_its_credential_secret_come_from_the_api() {
     assert_eq!(secret.key.as_deref(), Some(&b"key"[..]));
     assert!(!snap.secrets.contains_key("istio-system/token"));
 }
+
+/// Names of the clusters Envoy has, from its config dump.
+fn clusters(envoy: &Envoy) -> std::collections::BTreeSet<String> {
+    let dump = envoy
+        .admin("/config_dump?resource=dynamic_active_clusters")
+        .unwrap_or_default();
+    let dump: serde_json::Value = serde_json::from_str(&dump).unwrap_or_default();
+    dump["configs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["cluster"]["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Endpoint addresses of one cluster, from Envoy's `/clusters`.
+fn hosts(envoy: &Envoy, cluster: &str) -> Vec<String> {
+    let text = envoy.admin("/clusters").unwrap_or_default();
+    let mut out: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix(&format!("{cluster}::")))
+        .filter_map(|l| l.split_once("::cx_active").map(|(h, _)| h.to_owned()))
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn create_update_and_delete_of_each_kind_reach_envoy() {
+    let mesh = Mesh::start_kube(false, &["destination-rule-all.yaml"]);
+    let (api, daemon) = (mesh.api(), &mesh.daemon);
+    let envoy = mesh.sidecar();
+    let has = |name: &str| clusters(&envoy).contains(name);
+    let step = |what: &str, change: &dyn Fn(), check: &dyn Fn() -> bool| {
+        apply(daemon, &[&envoy], change);
+        envoy.wait_for(SYNC, what, |_| check());
+    };
+
+    // Service: a cluster per port, following the port.
+    let svc = |port: u16| {
+        json!({"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": "shop", "namespace": "default"},
+               "spec": {"clusterIP": "10.96.0.50", "ports": [{"name": "http", "port": port}]}})
+    };
+    step(
+        "Service created",
+        &|| {
+            api.apply(svc(9080));
+        },
+        &|| has("outbound|9080||shop.default.svc.cluster.local"),
+    );
+    step(
+        "Service updated",
+        &|| {
+            api.apply(svc(9090));
+        },
+        &|| {
+            has("outbound|9090||shop.default.svc.cluster.local")
+                && !has("outbound|9080||shop.default.svc.cluster.local")
+        },
+    );
+    step(
+        "Service deleted",
+        &|| {
+            api.delete("v1", "Service", "default", "shop");
+        },
+        &|| !has("outbound|9090||shop.default.svc.cluster.local"),
+    );
+
+    // DestinationRule: a cluster per subset.
+    let dr = |subset: &str| {
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+               "metadata": {"name": "details", "namespace": "default"},
+               "spec": {"host": "details", "subsets": [{"name": subset, "labels": {"version": subset}}]}})
+    };
+    step(
+        "DestinationRule updated",
+        &|| {
+            api.apply(dr("v9"));
+        },
+        &|| {
+            has("outbound|9080|v9|details.default.svc.cluster.local")
+                && !has("outbound|9080|v1|details.default.svc.cluster.local")
+        },
+    );
+    step(
+        "DestinationRule deleted",
+        &|| {
+            api.delete(
+                "networking.istio.io/v1",
+                "DestinationRule",
+                "default",
+                "details",
+            );
+        },
+        &|| !has("outbound|9080|v9|details.default.svc.cluster.local"),
+    );
+
+    // ServiceEntry: a cluster for an external host.
+    let se = |port: u16| {
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+               "metadata": {"name": "api", "namespace": "default"},
+               "spec": {"hosts": ["api.example.com"], "location": "MESH_EXTERNAL", "resolution": "DNS",
+                        "ports": [{"number": port, "name": "tls", "protocol": "TLS"}]}})
+    };
+    step(
+        "ServiceEntry created",
+        &|| {
+            api.apply(se(443));
+        },
+        &|| has("outbound|443||api.example.com"),
+    );
+    step(
+        "ServiceEntry updated",
+        &|| {
+            api.apply(se(8443));
+        },
+        &|| has("outbound|8443||api.example.com") && !has("outbound|443||api.example.com"),
+    );
+    step(
+        "ServiceEntry deleted",
+        &|| {
+            api.delete("networking.istio.io/v1", "ServiceEntry", "default", "api");
+        },
+        &|| !has("outbound|8443||api.example.com"),
+    );
+
+    // Sidecar: egress scoped to reviews only, then lifted.
+    step(
+        "Sidecar created",
+        &|| {
+            api.apply(
+                json!({"apiVersion": "networking.istio.io/v1", "kind": "Sidecar",
+                         "metadata": {"name": "default", "namespace": "default"},
+                         "spec": {"egress": [{"hosts": ["./reviews.default.svc.cluster.local"]}]}}),
+            );
+        },
+        &|| {
+            has("outbound|9080|v1|reviews.default.svc.cluster.local")
+                && !has("outbound|9080||ratings.default.svc.cluster.local")
+        },
+    );
+    step(
+        "Sidecar deleted",
+        &|| {
+            api.delete("networking.istio.io/v1", "Sidecar", "default", "default");
+        },
+        &|| has("outbound|9080||ratings.default.svc.cluster.local"),
+    );
+
+    // Pod: relabelled, it leaves the v1 subset's endpoints.
+    let reviews_v1 = "outbound|9080|v1|reviews.default.svc.cluster.local";
+    assert_eq!(hosts(&envoy, reviews_v1), ["127.0.1.4:9080"]);
+    let pod = |version: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": "reviews-v1", "namespace": "default",
+                            "labels": {"app": "reviews", "version": version}},
+               "spec": {"containers": [{"name": "reviews", "image": "i"}]},
+               "status": {"podIP": "127.0.1.4"}})
+    };
+    step(
+        "Pod relabelled",
+        &|| {
+            api.apply(pod("v9"));
+        },
+        &|| hosts(&envoy, reviews_v1).is_empty(),
+    );
+    step(
+        "Pod restored",
+        &|| {
+            api.apply(pod("v1"));
+        },
+        &|| hosts(&envoy, reviews_v1) == ["127.0.1.4:9080"],
+    );
+
+    // The mesh ConfigMap and Namespaces reach the model.
+    let mesh_config = |mode: &str| {
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "istio", "namespace": "istio-system"},
+               "data": {"mesh": format!("outboundTrafficPolicy:\n  mode: {mode}\n")}})
+    };
+    step(
+        "mesh config REGISTRY_ONLY",
+        &|| {
+            api.apply(mesh_config("REGISTRY_ONLY"));
+        },
+        &|| !daemon.snapshots.borrow().mesh.allow_any,
+    );
+    step(
+        "mesh config ALLOW_ANY",
+        &|| {
+            api.apply(mesh_config("ALLOW_ANY"));
+        },
+        &|| daemon.snapshots.borrow().mesh.allow_any,
+    );
+    step(
+        "Namespace created",
+        &|| {
+            api.apply(
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}),
+            );
+        },
+        &|| {
+            daemon
+                .snapshots
+                .borrow()
+                .namespaces
+                .contains(&"shop".to_string())
+        },
+    );
+    step(
+        "Namespace deleted",
+        &|| {
+            api.delete("v1", "Namespace", "", "shop");
+        },
+        &|| {
+            !daemon
+                .snapshots
+                .borrow()
+                .namespaces
+                .contains(&"shop".to_string())
+        },
+    );
+    assert_eq!(envoy.rejected(), 0);
+}
