@@ -14,6 +14,8 @@
 //! generated: the ring backend cannot generate RSA keys, so a self-signed
 //! root is ECDSA P-256.
 
+pub mod service;
+
 use std::fmt;
 use std::path::Path;
 use std::time::Duration;
