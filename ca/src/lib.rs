@@ -472,6 +472,53 @@ impl Authority {
     }
 }
 
+impl Authority {
+    /// A server certificate for the daemon itself (its TLS ports: 15012
+    /// xDS and CA, 15017 webhooks), with `dns_names` as DNS SANs (Istio's:
+    /// `istiod.istio-system.svc`, ...), a fresh P-256 key, for `ttl`.
+    /// Returns `(chain PEM: leaf, intermediates, root; key PEM)`.
+    ///
+    /// # Errors
+    /// A name that is not a valid DNS name, or the CA expiring first.
+    pub fn issue_server_cert(
+        &self,
+        dns_names: &[String],
+        ttl: Duration,
+    ) -> Result<(String, String), SignError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| SignError::Signing(e.to_string()))?;
+        let mut params = CertificateParams::new(dns_names.to_vec())
+            .map_err(|e| SignError::MalformedCsr(format!("DNS names {dns_names:?}: {e}")))?;
+        params.distinguished_name = DistinguishedName::new();
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::minutes(1);
+        params.not_after = (now + ttl).min(self.signing_not_after);
+        params.serial_number = Some(random_serial().map_err(SignError::Signing)?);
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(|e| SignError::Signing(e.to_string()))?;
+        let mut chain = cert.pem();
+        if self.signing_pem != self.root_pem {
+            chain.push_str(&self.signing_pem);
+        }
+        for c in &self.intermediates {
+            chain.push_str(c);
+        }
+        chain.push_str(&self.root_pem);
+        Ok((chain, key.serialize_pem()))
+    }
+}
+
 /// Writes `text` to `path` with `mode`, replacing it.
 fn write_private(path: &Path, text: &str, mode: u32) -> std::io::Result<()> {
     use std::io::Write;

@@ -31,7 +31,8 @@ use pb::{IstioCertificateRequest, IstioCertificateResponse};
 /// accepted by the CA (Istio's `istio-ca`).
 pub const AUDIENCE: &str = "istio-ca";
 
-/// Decides who is calling, from the request's metadata.
+/// Decides who is calling, from the request's metadata (a bearer token)
+/// and its TLS client certificate chain (DER, leaf first), if any.
 #[tonic::async_trait]
 pub trait Authenticator: Send + Sync + 'static {
     /// The caller's identity.
@@ -42,7 +43,55 @@ pub trait Authenticator: Send + Sync + 'static {
     async fn authenticate(
         &self,
         metadata: &tonic::metadata::MetadataMap,
+        peer_certs: Option<&[Vec<u8>]>,
     ) -> Result<SpiffeId, Status>;
+}
+
+/// The SPIFFE ID in a certificate's URI SAN (DER), if it has exactly one.
+pub fn spiffe_id_of(cert_der: &[u8]) -> Option<SpiffeId> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    let mut uris = san.value.general_names.iter().filter_map(|n| match n {
+        x509_parser::extensions::GeneralName::URI(u) => Some(*u),
+        _ => None,
+    });
+    let first = uris.next()?;
+    if uris.next().is_some() {
+        return None;
+    }
+    first.parse().ok()
+}
+
+/// A still-valid client certificate from this CA (renewal, as Istio allows)
+/// first, then `A` for everything else. The TLS layer has already verified
+/// the client chain against the CA's root and its validity period; this
+/// reads the SPIFFE ID from the leaf and checks its trust domain.
+#[derive(Debug, Clone)]
+pub struct ClientCertOr<A> {
+    /// Only identities of this trust domain are accepted from certificates.
+    pub trust_domain: String,
+    /// For callers without a client certificate.
+    pub fallback: A,
+}
+
+#[tonic::async_trait]
+impl<A: Authenticator> Authenticator for ClientCertOr<A> {
+    async fn authenticate(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        peer_certs: Option<&[Vec<u8>]>,
+    ) -> Result<SpiffeId, Status> {
+        if let Some(leaf) = peer_certs.and_then(|c| c.first()) {
+            return match spiffe_id_of(leaf) {
+                Some(id) if id.trust_domain == self.trust_domain => Ok(id),
+                _ => Err(Status::unauthenticated(format!(
+                    "client certificate carries no SPIFFE ID of trust domain {:?}",
+                    self.trust_domain
+                ))),
+            };
+        }
+        self.fallback.authenticate(metadata, None).await
+    }
 }
 
 /// Verifies Kubernetes service-account JWTs locally, against the issuer's
@@ -167,6 +216,7 @@ impl Authenticator for JwtAuthenticator {
     async fn authenticate(
         &self,
         metadata: &tonic::metadata::MetadataMap,
+        _peer_certs: Option<&[Vec<u8>]>,
     ) -> Result<SpiffeId, Status> {
         let token = bearer(metadata).ok_or_else(|| {
             Status::unauthenticated(
@@ -216,7 +266,14 @@ impl<A: Authenticator> IstioCertificateService for CaService<A> {
         &self,
         request: Request<IstioCertificateRequest>,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
-        let caller = match self.authenticator.authenticate(request.metadata()).await {
+        let peer_certs: Option<Vec<Vec<u8>>> = request
+            .peer_certs()
+            .map(|certs| certs.iter().map(|c| c.to_vec()).collect());
+        let caller = match self
+            .authenticator
+            .authenticate(request.metadata(), peer_certs.as_deref())
+            .await
+        {
             Ok(c) => c,
             Err(s) => {
                 warn!(
