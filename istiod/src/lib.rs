@@ -13,6 +13,7 @@ pub mod bootstrap;
 pub mod leader;
 pub mod metrics;
 pub mod push;
+pub mod secure;
 pub mod sources;
 pub mod xds;
 
@@ -56,6 +57,8 @@ pub struct Options {
     pub debounce: DebounceConfig,
     /// Most proxies generated and pushed to at once (Istio `PILOT_PUSH_THROTTLE`).
     pub push_throttle: usize,
+    /// The CA and the TLS port (Istio's 15012); `None` runs neither.
+    pub ca: Option<secure::CaOptions>,
 }
 
 /// A running daemon. Dropping it does not stop it: call [`Daemon::shutdown`].
@@ -65,6 +68,8 @@ pub struct Daemon {
     pub xds_addr: SocketAddr,
     /// The address of the monitoring port, if served.
     pub monitoring_addr: Option<SocketAddr>,
+    /// The TLS port (CA API and xDS), when the CA runs.
+    pub secure: Option<secure::SecurePort>,
     /// The daemon's metrics.
     pub metrics: Arc<metrics::Metrics>,
     /// The current snapshot, replaced on every change. Version 0 (empty)
@@ -211,6 +216,14 @@ impl Daemon {
         )
         .gated(ready.clone());
         let sync = ads.sync_table();
+        let secure = match &opts.ca {
+            Some(ca) => {
+                let (port, ca_tasks) = secure::start(ca, ads.clone(), shutdown.clone()).await?;
+                tasks.extend(ca_tasks);
+                Some(port)
+            }
+            None => None,
+        };
         let token = shutdown.clone();
         tasks.push(tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
@@ -251,6 +264,7 @@ impl Daemon {
         Ok(Daemon {
             xds_addr,
             monitoring_addr,
+            secure,
             metrics,
             snapshots,
             errors,

@@ -25,6 +25,20 @@ struct Cli {
     /// Watch the Kubernetes API of this kubeconfig's current context (implies `--kubernetes`).
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
+    /// Run the CA (and the TLS port) with its root in this folder: Istio's
+    /// `cacerts` files if present, else a self-signed root created there.
+    #[arg(long, env = "ISTIOD_CA_DIR")]
+    ca_dir: Option<PathBuf>,
+    /// SPIFFE trust domain of the identities the CA issues (Istio's mesh `trustDomain`).
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    /// PEM public key(s) of the service-account token issuer, to verify
+    /// workloads' tokens (audience `istio-ca`) without an API server.
+    #[arg(long, requires = "ca_dir")]
+    token_issuer_key: Option<PathBuf>,
+    /// TLS port for the CA API and xDS (Istio's 15012); with `--ca-dir`.
+    #[arg(long, default_value = "127.0.0.1:15012")]
+    secure_addr: SocketAddr,
     /// The daemon's namespace, where the mesh ConfigMap `istio` is read (Istio `POD_NAMESPACE`).
     #[arg(long, env = "POD_NAMESPACE", default_value = "istio-system")]
     namespace: String,
@@ -148,6 +162,14 @@ fn main() -> ExitCode {
                     quiet: std::time::Duration::from_millis(cli.debounce_after_ms),
                     max: std::time::Duration::from_millis(cli.debounce_max_ms),
                 },
+                ca: cli.ca_dir.map(|dir| istiod::secure::CaOptions {
+                    dir,
+                    trust_domain: cli.trust_domain.clone(),
+                    token_issuer_keys: cli.token_issuer_key.clone(),
+                    addr: cli.secure_addr,
+                    namespace: cli.namespace.clone(),
+                    serving_ttl: ca::DEFAULT_TTL,
+                }),
             };
             match run(opts, kube) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -45,6 +45,7 @@ async fn start(dir: &std::path::Path, delta: bool) -> (Daemon, Client) {
         xds_addr: "127.0.0.1:0".parse().unwrap(),
         monitoring_addr: None,
         debounce: Default::default(),
+        ca: None,
         push_throttle: 100,
     })
     .await

@@ -251,6 +251,7 @@ pub async fn start_daemon_at(dir: &Path, xds_addr: SocketAddr) -> Daemon {
         monitoring_addr: Some("127.0.0.1:0".parse().expect("addr")),
         push_throttle: 100,
         debounce: Default::default(),
+        ca: None,
     })
     .await
     .expect("daemon starts")
@@ -275,6 +276,7 @@ pub async fn start_kube_replica(api: &fake_kube::FakeApiServer, identity: &str) 
         monitoring_addr: Some("127.0.0.1:0".parse().expect("addr")),
         push_throttle: 100,
         debounce: Default::default(),
+        ca: None,
     })
     .await
     .expect("daemon starts")

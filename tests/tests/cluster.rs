@@ -119,6 +119,7 @@ fn routes_follow_kubectl_apply_on_a_real_cluster() {
             monitoring_addr: Some("127.0.0.1:0".parse().unwrap()),
             push_throttle: 100,
             debounce: Default::default(),
+            ca: None,
         })
         .await
         .unwrap()
