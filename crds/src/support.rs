@@ -64,20 +64,12 @@ pub const NOT_YET: &[(&str, &str)] = &[
 ];
 
 /// Values read but not acted on yet: (kind, field path, value, what happens).
-pub const NOT_YET_VALUES: &[(&str, &str, &str, &str)] = &[
-    (
-        "DestinationRule",
-        "tls.mode",
-        "ISTIO_MUTUAL",
-        "Istio mTLS arrives with the CA; traffic stays plaintext",
-    ),
-    (
-        "ServiceEntry",
-        "spec.resolution",
-        "DYNAMIC_DNS",
-        "resolved as DNS",
-    ),
-];
+pub const NOT_YET_VALUES: &[(&str, &str, &str, &str)] = &[(
+    "ServiceEntry",
+    "spec.resolution",
+    "DYNAMIC_DNS",
+    "resolved as DNS",
+)];
 
 /// The set fields of `object` that are not acted on yet: (field path with
 /// indices, reason).
@@ -157,10 +149,7 @@ mod tests {
         let fields: Vec<&str> = r.iter().map(|(f, _)| f.as_str()).collect();
         assert_eq!(
             fields,
-            [
-                "spec.subsets[0].trafficPolicy.tls.mode",
-                "spec.trafficPolicy.loadBalancer.zoneAwareLbSetting"
-            ]
+            ["spec.trafficPolicy.loadBalancer.zoneAwareLbSetting"]
         );
     }
 

@@ -23,7 +23,14 @@ pub struct BootstrapOptions {
     /// Delta (incremental) xDS instead of State of the World (Istio's
     /// sidecars use Delta by default since 1.22).
     pub delta: bool,
+    /// The node agent's SDS Unix socket (the `sds-grpc` cluster serving the
+    /// workload certificate `default` and the root `ROOTCA` for
+    /// `ISTIO_MUTUAL`); Istio's path is [`ISTIO_SDS_SOCKET`].
+    pub sds_socket: String,
 }
+
+/// Where Istio's node agent serves SDS, relative to the proxy's working directory.
+pub const ISTIO_SDS_SOCKET: &str = "./var/run/secrets/workload-spiffe-uds/socket";
 
 /// Why the bootstrap could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +109,22 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<Value, BootstrapError> {
                         "socket_address": { "address": host, "port_value": port }
                     } } } ] } ]
                 }
+            }, {
+                "name": translator::policy::AGENT_SDS_CLUSTER,
+                "type": "STATIC",
+                "connect_timeout": "1s",
+                "typed_extension_protocol_options": {
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "explicit_http_config": { "http2_protocol_options": {} }
+                    }
+                },
+                "load_assignment": {
+                    "cluster_name": translator::policy::AGENT_SDS_CLUSTER,
+                    "endpoints": [ { "lb_endpoints": [ { "endpoint": { "address": {
+                        "pipe": { "path": opts.sds_socket }
+                    } } } ] } ]
+                }
             } ]
         }
     }))
@@ -120,6 +143,7 @@ mod tests {
             labels: [("istio".to_string(), "ingressgateway".to_string())].into(),
             locality: "us-east/us-east-1a".into(),
             delta: true,
+            sds_socket: ISTIO_SDS_SOCKET.into(),
         })
         .unwrap();
         assert_eq!(b["node"]["metadata"]["NAMESPACE"], "istio-system");
@@ -143,6 +167,7 @@ mod tests {
             labels: BTreeMap::new(),
             locality: String::new(),
             delta: false,
+            sds_socket: ISTIO_SDS_SOCKET.into(),
         };
         assert!(matches!(bootstrap(&o), Err(BootstrapError::NodeId(_))));
         o.node_id = "sidecar~1.2.3.4~a.b~b.svc.cluster.local".into();

@@ -86,6 +86,9 @@ enum Command {
         /// Use Delta (incremental) xDS, as Istio's sidecars do, instead of State of the World.
         #[arg(long)]
         delta: bool,
+        /// The node agent's SDS socket (workload certificates for `ISTIO_MUTUAL`).
+        #[arg(long, default_value = istiod::bootstrap::ISTIO_SDS_SOCKET)]
+        sds_socket: String,
     },
 }
 
@@ -126,6 +129,7 @@ fn main() -> ExitCode {
             labels,
             locality,
             delta,
+            sds_socket,
         }) => {
             let opts = BootstrapOptions {
                 node_id,
@@ -134,6 +138,7 @@ fn main() -> ExitCode {
                 labels: labels.into_iter().collect::<BTreeMap<_, _>>(),
                 locality,
                 delta,
+                sds_socket,
             };
             match bootstrap(&opts) {
                 Ok(json) => {

@@ -295,6 +295,17 @@ thread_local! {
     static DELTA: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
+thread_local! {
+    static SDS_SOCKET: std::cell::RefCell<String> =
+        std::cell::RefCell::new(istiod::bootstrap::ISTIO_SDS_SOCKET.to_owned());
+}
+
+/// Envoys this test thread starts from now on get their workload
+/// certificates from the node agent's SDS socket at `path`.
+pub fn use_sds_socket(path: &Path) {
+    SDS_SOCKET.with(|s| *s.borrow_mut() = path.display().to_string());
+}
+
 /// Envoys this test thread starts from now on use Delta xDS (also for every
 /// test with `XDS_PROTOCOL=delta`).
 pub fn use_delta_xds() {
@@ -358,6 +369,7 @@ impl Envoy {
             locality: locality.to_owned(),
             delta: std::env::var("XDS_PROTOCOL").is_ok_and(|p| p == "delta")
                 || DELTA.with(|d| d.get()),
+            sds_socket: SDS_SOCKET.with(|s| s.borrow().clone()),
         })
         .expect("bootstrap");
         let mut file = tempfile::Builder::new()

@@ -73,8 +73,19 @@ pub(crate) fn build(
                 localities.sort_unstable();
                 localities.dedup();
                 let plan = policy.locality_plan(&proxy.locality, &localities);
-                let (cluster, cla) =
-                    service_cluster(&name, svc, port, &policy, &endpoints, plan.as_ref());
+                let identity = IstioTls {
+                    sni: istio_sni(port.port, subset, &svc.hostname),
+                    sans: identities(&snap.mesh.trust_domain, svc, &endpoints),
+                };
+                let (cluster, cla) = service_cluster(
+                    &name,
+                    svc,
+                    port,
+                    &policy,
+                    &endpoints,
+                    plan.as_ref(),
+                    &identity,
+                );
                 clusters.push(cluster);
                 assignments.extend(cla);
             }
@@ -90,6 +101,7 @@ fn service_cluster(
     policy: &Effective,
     endpoints: &[&Endpoint],
     plan: Option<&LocalityPlan>,
+    identity: &IstioTls,
 ) -> (Cluster, Option<ClusterLoadAssignment>) {
     let mut cluster = Cluster {
         name: name.to_owned(),
@@ -99,7 +111,7 @@ fn service_cluster(
         ..Default::default()
     };
     let http2 = matches!(port.protocol, Protocol::Http2 | Protocol::Grpc);
-    policy.apply(&mut cluster, http2, &svc.hostname);
+    policy.apply(&mut cluster, http2, &svc.hostname, identity);
     if plan.is_some_and(|p| p.weighted) {
         cluster
             .common_lb_config
@@ -137,6 +149,35 @@ fn service_cluster(
         cla = Some(assignment(name, port, endpoints, plan));
     }
     (cluster, cla)
+}
+
+/// What `ISTIO_MUTUAL` needs of a cluster: Istio's SNI and the identities
+/// the server may present.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IstioTls {
+    /// `outbound_.<port>_.<subset>_.<hostname>`: what Istio's inbound
+    /// listener matches on.
+    pub sni: String,
+    /// `spiffe://<trust-domain>/ns/<namespace>/sa/<account>` of every
+    /// service account behind the cluster (empty: any, verified by the root only).
+    pub sans: Vec<String>,
+}
+
+/// Istio's SNI for mesh-internal mTLS to one cluster.
+pub fn istio_sni(port: u32, subset: &str, hostname: &str) -> String {
+    format!("outbound_.{port}_.{subset}_.{hostname}")
+}
+
+/// The SPIFFE IDs of the endpoints' service accounts, sorted, unique.
+fn identities(trust_domain: &str, svc: &Service, endpoints: &[&Endpoint]) -> Vec<String> {
+    let mut out: Vec<String> = endpoints
+        .iter()
+        .filter_map(|e| e.service_account.as_ref())
+        .map(|sa| format!("spiffe://{trust_domain}/ns/{}/sa/{sa}", svc.namespace))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// The endpoints on `port`, grouped by locality, each locality with its

@@ -102,6 +102,10 @@ pub struct Endpoint {
     /// `topology.kubernetes.io/region|zone` and `topology.istio.io/subzone`
     /// labels, or the EndpointSlice `zone`.
     pub locality: String,
+    /// The workload's service account (the pod's `serviceAccountName`, a
+    /// WorkloadEntry's `serviceAccount`): its identity is
+    /// `spiffe://<trust-domain>/ns/<namespace>/sa/<account>`.
+    pub service_account: Option<String>,
 }
 
 /// How a service's endpoints are resolved (ServiceEntry `resolution`;
@@ -159,6 +163,8 @@ pub struct MeshConfig {
     pub allow_any: bool,
     /// DNS domain, `cluster.local`.
     pub domain: String,
+    /// SPIFFE trust domain (`trustDomain`), `cluster.local`.
+    pub trust_domain: String,
 }
 
 impl Default for MeshConfig {
@@ -166,6 +172,7 @@ impl Default for MeshConfig {
         MeshConfig {
             allow_any: true,
             domain: DEFAULT_DOMAIN.to_owned(),
+            trust_domain: DEFAULT_DOMAIN.to_owned(),
         }
     }
 }
@@ -407,6 +414,10 @@ impl Snapshot {
                         .collect();
                     let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
                     let locality = pod_locality(&labels, ep.zone.as_deref());
+                    let service_account = pod
+                        .and_then(|p| p.spec.as_ref())
+                        .and_then(|s| s.service_account_name.clone())
+                        .filter(|s| !s.is_empty());
                     for address in &ep.addresses {
                         endpoints.push(Endpoint {
                             address: address.clone(),
@@ -414,6 +425,7 @@ impl Snapshot {
                             labels: BTreeMap::clone(&labels),
                             ready,
                             locality: locality.clone(),
+                            service_account: service_account.clone(),
                         });
                     }
                 }
@@ -642,6 +654,7 @@ fn service_entry_services(ns: &str, spec: &crds::ServiceEntrySpec) -> Vec<Servic
                     labels: BTreeMap::new(),
                     ready: true,
                     locality: String::new(),
+                    service_account: None,
                 }]
             } else {
                 spec.endpoints
@@ -661,6 +674,7 @@ fn service_entry_services(ns: &str, spec: &crds::ServiceEntrySpec) -> Vec<Servic
                             labels: we.labels.clone(),
                             ready: true,
                             locality: we.locality.clone().unwrap_or_default(),
+                            service_account: we.service_account.clone(),
                         })
                     })
                     .collect()

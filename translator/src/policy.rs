@@ -19,13 +19,14 @@ use envoy_types::pb::envoy::config::cluster::v3::{
     circuit_breakers,
 };
 use envoy_types::pb::envoy::config::core::v3::{
-    DataSource, Http1ProtocolOptions, Http2ProtocolOptions, HttpProtocolOptions as CoreHttpOptions,
-    TcpKeepalive, TransportSocket, data_source, transport_socket,
+    ApiConfigSource, ApiVersion, ConfigSource, DataSource, GrpcService, Http1ProtocolOptions,
+    Http2ProtocolOptions, HttpProtocolOptions as CoreHttpOptions, TcpKeepalive, TransportSocket,
+    api_config_source, config_source, data_source, grpc_service, transport_socket,
 };
 use envoy_types::pb::envoy::config::route::v3::route_action::{HashPolicy, hash_policy};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    CertificateValidationContext, CommonTlsContext, SubjectAltNameMatcher, TlsCertificate,
-    UpstreamTlsContext, common_tls_context, subject_alt_name_matcher,
+    CertificateValidationContext, CommonTlsContext, SdsSecretConfig, SubjectAltNameMatcher,
+    TlsCertificate, UpstreamTlsContext, common_tls_context, subject_alt_name_matcher,
 };
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
@@ -117,12 +118,19 @@ impl Effective {
     }
 
     /// Applies everything but the discovery type to `c`. `http2` is the
-    /// port's protocol (HTTP/2 or gRPC); `hostname` the default SNI.
-    pub fn apply(&self, c: &mut Cluster, http2: bool, hostname: &str) {
+    /// port's protocol (HTTP/2 or gRPC); `hostname` the default SNI;
+    /// `istio` what `ISTIO_MUTUAL` uses.
+    pub fn apply(
+        &self,
+        c: &mut Cluster,
+        http2: bool,
+        hostname: &str,
+        istio: &crate::cluster::IstioTls,
+    ) {
         self.apply_lb(c);
         self.apply_pool(c, http2);
         self.apply_outlier(c);
-        self.apply_tls(c, hostname);
+        self.apply_tls(c, hostname, istio);
     }
 
     fn apply_lb(&self, c: &mut Cluster) {
@@ -317,9 +325,13 @@ impl Effective {
         });
     }
 
-    fn apply_tls(&self, c: &mut Cluster, hostname: &str) {
+    fn apply_tls(&self, c: &mut Cluster, hostname: &str, istio: &crate::cluster::IstioTls) {
         let Some(tls) = &self.tls else { return };
         let mode = tls.mode.unwrap_or(ClientTlsMode::Disable);
+        if mode == ClientTlsMode::IstioMutual {
+            c.transport_socket = Some(istio_mutual(tls, istio));
+            return;
+        }
         if !matches!(mode, ClientTlsMode::Simple | ClientTlsMode::Mutual) {
             return;
         }
@@ -371,6 +383,92 @@ impl Effective {
             name: "envoy.transport_sockets.tls".into(),
             config_type: Some(transport_socket::ConfigType::TypedConfig(pack_any(ctx))),
         });
+    }
+}
+
+/// The name of the bootstrap cluster that reaches the node agent's SDS
+/// socket (Istio's `sds-grpc`).
+pub const AGENT_SDS_CLUSTER: &str = "sds-grpc";
+/// The SDS name of the workload's certificate and key (Istio's `default`).
+pub const WORKLOAD_CERT: &str = "default";
+/// The SDS name of the mesh root certificate (Istio's `ROOTCA`).
+pub const ROOT_CA: &str = "ROOTCA";
+
+/// A secret served by the node agent over SDS.
+pub(crate) fn agent_secret(name: &str) -> SdsSecretConfig {
+    SdsSecretConfig {
+        name: name.to_owned(),
+        sds_config: Some(ConfigSource {
+            resource_api_version: ApiVersion::V3 as i32,
+            config_source_specifier: Some(config_source::ConfigSourceSpecifier::ApiConfigSource(
+                ApiConfigSource {
+                    api_type: api_config_source::ApiType::Grpc as i32,
+                    transport_api_version: ApiVersion::V3 as i32,
+                    set_node_on_first_message_only: true,
+                    grpc_services: vec![GrpcService {
+                        target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(
+                            grpc_service::EnvoyGrpc {
+                                cluster_name: AGENT_SDS_CLUSTER.into(),
+                                ..Default::default()
+                            },
+                        )),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        }),
+    }
+}
+
+/// `ISTIO_MUTUAL`: the workload certificate and the root from the node
+/// agent (SDS `default` and `ROOTCA`), Istio's SNI, the server's SPIFFE ID
+/// checked against the destination's service accounts (or the rule's
+/// `subjectAltNames`), ALPN `istio-peer-exchange`, `istio`.
+fn istio_mutual(tls: &ClientTlsSettings, istio: &crate::cluster::IstioTls) -> TransportSocket {
+    let sans = if tls.subject_alt_names.is_empty() {
+        istio.sans.clone()
+    } else {
+        tls.subject_alt_names.clone()
+    };
+    let common = CommonTlsContext {
+        alpn_protocols: vec!["istio-peer-exchange".into(), "istio".into()],
+        tls_certificate_sds_secret_configs: vec![agent_secret(WORKLOAD_CERT)],
+        validation_context_type: Some(
+            common_tls_context::ValidationContextType::CombinedValidationContext(
+                common_tls_context::CombinedCertificateValidationContext {
+                    default_validation_context: Some(CertificateValidationContext {
+                        match_typed_subject_alt_names: sans
+                            .iter()
+                            .map(|san| SubjectAltNameMatcher {
+                                san_type: subject_alt_name_matcher::SanType::Uri as i32,
+                                matcher: Some(StringMatcher {
+                                    match_pattern: Some(string_matcher::MatchPattern::Exact(
+                                        san.clone(),
+                                    )),
+                                    ..Default::default()
+                                }),
+                                ..Default::default()
+                            })
+                            .collect(),
+                        ..Default::default()
+                    }),
+                    validation_context_sds_secret_config: Some(agent_secret(ROOT_CA)),
+                    ..Default::default()
+                },
+            ),
+        ),
+        ..Default::default()
+    };
+    let ctx = UpstreamTlsContext {
+        sni: tls.sni.clone().unwrap_or_else(|| istio.sni.clone()),
+        common_tls_context: Some(common),
+        ..Default::default()
+    };
+    TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(pack_any(ctx))),
     }
 }
 
