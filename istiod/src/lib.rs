@@ -9,6 +9,7 @@
 //! pure [`translator`] and sends what changed.
 
 pub mod admin;
+pub mod agent;
 pub mod bootstrap;
 pub mod leader;
 pub mod metrics;

@@ -251,10 +251,113 @@ pub async fn start_daemon_at(dir: &Path, xds_addr: SocketAddr) -> Daemon {
         monitoring_addr: Some("127.0.0.1:0".parse().expect("addr")),
         push_throttle: 100,
         debounce: Default::default(),
-        ca: None,
+        ca: Some(ca_options()),
     })
     .await
     .expect("daemon starts")
+}
+
+/// The test process's mesh CA: its folder (root created once, shared by
+/// every daemon of the process) and the key that signs the service-account
+/// tokens the daemons accept.
+struct HarnessCa {
+    dir: tempfile::TempDir,
+    issuer_pem: String,
+}
+
+fn harness_ca() -> &'static HarnessCa {
+    static CA: std::sync::OnceLock<HarnessCa> = std::sync::OnceLock::new();
+    CA.get_or_init(|| {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("CA dir");
+        // Envoy (the proxy user) reaches the agents' sockets below it.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod CA dir");
+        ca::Authority::load_or_create(&dir.path().join("cacerts"), "cluster.local")
+            .expect("harness CA");
+        let issuer = rcgen::KeyPair::generate().expect("issuer key");
+        std::fs::write(dir.path().join("issuer.pem"), issuer.public_key_pem()).expect("issuer key");
+        HarnessCa {
+            dir,
+            issuer_pem: issuer.serialize_pem(),
+        }
+    })
+}
+
+/// CA settings for test daemons: the process's CA folder and token issuer,
+/// the TLS port on a free loopback port.
+pub fn ca_options() -> istiod::secure::CaOptions {
+    let ca = harness_ca();
+    istiod::secure::CaOptions {
+        dir: ca.dir.path().join("cacerts"),
+        trust_domain: "cluster.local".into(),
+        token_issuer_keys: Some(ca.dir.path().join("issuer.pem")),
+        addr: "127.0.0.1:0".parse().expect("addr"),
+        namespace: "istio-system".into(),
+        serving_ttl: ca::DEFAULT_TTL,
+    }
+}
+
+/// A service-account token (audience `istio-ca`, 1 hour) the test daemons accept.
+pub fn service_account_token(namespace: &str, account: &str) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + 3600;
+    let claims = serde_json::json!({
+        "sub": format!("system:serviceaccount:{namespace}:{account}"),
+        "aud": "istio-ca", "exp": exp,
+    });
+    let key = jsonwebtoken::EncodingKey::from_ec_pem(harness_ca().issuer_pem.as_bytes())
+        .expect("issuer key");
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),
+        &claims,
+        &key,
+    )
+    .expect("token")
+}
+
+/// Starts a node agent for `identity` against `daemon`'s CA (on the
+/// runtime of `handle`), serving SDS on a fresh socket the proxy user can
+/// reach; returns the socket once the first certificate is in.
+pub fn start_agent(
+    handle: &tokio::runtime::Handle,
+    daemon: &Daemon,
+    identity: ca::SpiffeId,
+) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let secure = daemon.secure.as_ref().expect("a daemon with a CA");
+    let dir = tempfile::Builder::new()
+        .prefix("agent")
+        .tempdir_in(harness_ca().dir.path())
+        .expect("agent dir")
+        .keep();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let socket = dir.join("socket");
+    let token = service_account_token(&identity.namespace, &identity.service_account);
+    let (agent, _tasks) = handle
+        .block_on(istiod::agent::start(
+            istiod::agent::AgentOptions {
+                ca_addr: format!("https://{}", secure.addr),
+                ca_root_pem: secure.authority.root_pem().to_owned(),
+                ca_server_name: "istiod.istio-system.svc".into(),
+                token: istiod::agent::TokenSource::Static(token),
+                identity,
+                ttl: Duration::from_secs(3600),
+                sds_socket: socket.clone(),
+            },
+            tokio_util::sync::CancellationToken::new(),
+        ))
+        .expect("agent starts");
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+    let start = Instant::now();
+    while agent.cert.borrow().is_none() {
+        assert!(start.elapsed() < SYNC, "the agent got no certificate");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    socket
 }
 
 /// Starts the daemon on the Kubernetes source, watching `api`, with ADS and
@@ -832,6 +935,27 @@ impl Mesh {
         locality: &str,
         admin_port: u16,
     ) -> Envoy {
+        // Its node agent, as in an injected pod, when the daemon runs a CA:
+        // the service account is `bookinfo-<app>` (the platform's), else `default`.
+        if self.daemon.secure.is_some() {
+            let proxy = translator::model::Proxy::from_node_id(node_id, None, Default::default())
+                .expect("node id");
+            let account = labels
+                .iter()
+                .find(|(k, _)| *k == "app")
+                .map(|(_, app)| format!("bookinfo-{app}"))
+                .unwrap_or_else(|| "default".into());
+            let socket = start_agent(
+                &self.rt_handle,
+                &self.daemon,
+                ca::SpiffeId {
+                    trust_domain: "cluster.local".into(),
+                    namespace: proxy.namespace.clone(),
+                    service_account: account,
+                },
+            );
+            use_sds_socket(&socket);
+        }
         let envoy = Envoy::start_at(node_id, labels, locality, self.daemon.xds_addr, admin_port);
         wait_synced(&self.daemon, &[&envoy], SYNC);
         envoy

@@ -122,11 +122,22 @@ impl ChangeSet {
     }
 }
 
-fn without_endpoints(s: &Service) -> Service {
-    Service {
-        endpoints: Vec::new(),
-        ..s.clone()
-    }
+/// The service without its endpoints, but with the service accounts behind
+/// them: those are in the clusters (`ISTIO_MUTUAL` SAN checks), so a change
+/// of them is not an endpoint-only change.
+fn without_endpoints(s: &Service) -> (Service, BTreeSet<String>) {
+    let accounts = s
+        .endpoints
+        .iter()
+        .filter_map(|e| e.service_account.clone())
+        .collect();
+    (
+        Service {
+            endpoints: Vec::new(),
+            ..s.clone()
+        },
+        accounts,
+    )
 }
 
 /// Calls `changed` for every config added, removed or modified (both sides

@@ -614,9 +614,28 @@ impl Snapshot {
                 .filter_map(|i| self.destination_rules.get(*i))
                 .filter(|dr| exported_to(&dr.spec.export_to, &dr.namespace, ns))
         };
-        candidates()
+        let exact = candidates()
             .find(|dr| dr.namespace == ns)
-            .or_else(|| candidates().next())
+            .or_else(|| candidates().next());
+        if exact.is_some() {
+            return exact;
+        }
+        // A wildcard host (`*.ns.svc.cluster.local`, `*.local`, `*`): the most
+        // specific match, the proxy's own namespace first on a tie.
+        self.dr_by_host
+            .iter()
+            .filter_map(|(host, ids)| {
+                let suffix = host.strip_prefix('*')?;
+                hostname.ends_with(suffix).then_some((suffix.len(), ids))
+            })
+            .flat_map(|(len, ids)| {
+                ids.iter()
+                    .filter_map(|i| self.destination_rules.get(*i))
+                    .map(move |dr| (len, dr))
+            })
+            .filter(|(_, dr)| exported_to(&dr.spec.export_to, &dr.namespace, ns))
+            .max_by_key(|(len, dr)| (*len, dr.namespace == ns))
+            .map(|(_, dr)| dr)
     }
 }
 

@@ -1,0 +1,197 @@
+//! `ISTIO_MUTUAL` from a real sidecar: the node agent gets productpage's
+//! certificate from the daemon's CA (token-authenticated, key generated
+//! locally) and serves it to Envoy over SDS; Envoy originates mTLS with
+//! Istio's SNI, presents that certificate, and accepts only a server whose
+//! SPIFFE ID is the destination's service account. The server is
+//! `openssl s_server` demanding a client certificate from the same CA; its
+//! status page echoes the certificate Envoy presented.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use ca::SpiffeId;
+use e2e::{
+    ConfigDir, Envoy, SIDECAR, SIDECAR_LABELS, SYNC, capture_outbound, http_get, wait_synced,
+};
+use rcgen::{CertificateParams, KeyPair, SanType};
+
+/// Two services whose pods run an mTLS server: `vault` presents the
+/// identity of its service account; `impostor` presents another one.
+const PLATFORM: &str = "
+apiVersion: v1
+kind: Service
+metadata: {name: vault, namespace: default}
+spec:
+  clusterIP: 10.96.0.60
+  ports: [{name: http, port: 9080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: vault-0, namespace: default, labels: {app: vault}}
+spec: {serviceAccountName: vault, containers: [{name: vault, image: vault}]}
+status: {podIP: 127.0.1.60}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: vault-1, namespace: default, labels: {kubernetes.io/service-name: vault}}
+addressType: IPv4
+ports: [{name: http, port: 9080}]
+endpoints: [{addresses: [127.0.1.60], targetRef: {kind: Pod, name: vault-0, namespace: default}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: impostor, namespace: default}
+spec:
+  clusterIP: 10.96.0.61
+  ports: [{name: http, port: 9080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: impostor-0, namespace: default, labels: {app: impostor}}
+spec: {serviceAccountName: impostor, containers: [{name: impostor, image: impostor}]}
+status: {podIP: 127.0.1.61}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: impostor-1, namespace: default, labels: {kubernetes.io/service-name: impostor}}
+addressType: IPv4
+ports: [{name: http, port: 9080}]
+endpoints: [{addresses: [127.0.1.61], targetRef: {kind: Pod, name: impostor-0, namespace: default}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: mtls, namespace: default}
+spec:
+  host: '*.default.svc.cluster.local'
+  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}
+";
+
+fn id(sa: &str) -> SpiffeId {
+    SpiffeId {
+        trust_domain: "cluster.local".into(),
+        namespace: "default".into(),
+        service_account: sa.into(),
+    }
+}
+
+/// An `openssl s_server` with a certificate for `identity` from `authority`,
+/// demanding a client certificate from the same root; killed on drop.
+struct MtlsServer(Child);
+
+impl MtlsServer {
+    fn start(dir: &Path, addr: &str, authority: &ca::Authority, identity: &SpiffeId) -> MtlsServer {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = vec![SanType::URI(identity.to_string().try_into().unwrap())];
+        let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+        let chain = authority.sign(&csr, identity, None).unwrap();
+        let name = addr.replace([':', '.'], "-");
+        let (cert, key_path, root) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+            dir.join("root.pem"),
+        );
+        std::fs::write(&cert, chain[..chain.len() - 1].concat()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        std::fs::write(&root, authority.root_pem()).unwrap();
+        let child = Command::new("openssl")
+            .args([
+                "s_server", "-quiet", "-www", "-Verify", "1", "-accept", addr,
+            ])
+            .arg("-cert")
+            .arg(&cert)
+            .arg("-key")
+            .arg(&key_path)
+            .arg("-CAfile")
+            .arg(&root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("openssl s_server");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "s_server on {addr} did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        MtlsServer(child)
+    }
+}
+
+impl Drop for MtlsServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The URI SANs of the first certificate in `page`.
+fn client_cert_uris(page: &str) -> Vec<String> {
+    let block = pem::parse_many(page)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|p| p.tag() == "CERTIFICATE")
+        .unwrap_or_else(|| panic!("no client certificate in the page:\n{page}"));
+    let (_, cert) = x509_parser::parse_x509_certificate(block.contents()).unwrap();
+    let san = cert.subject_alternative_name().unwrap().unwrap().value;
+    san.general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::URI(u) => Some((*u).to_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_sidecar_originates_istio_mutual_with_its_agent_issued_identity() {
+    let _hosts = e2e::isolate();
+    capture_outbound();
+    let rt = e2e::runtime();
+    let cfg = ConfigDir::bookinfo_platform();
+    cfg.write("mtls.yaml", PLATFORM);
+    let work = tempfile::tempdir().unwrap();
+    let daemon = rt.block_on(e2e::start_daemon(cfg.path()));
+    let secure = daemon.secure.as_ref().unwrap();
+    let _vault = MtlsServer::start(
+        work.path(),
+        "127.0.1.60:9080",
+        &secure.authority,
+        &id("vault"),
+    );
+    let _impostor = MtlsServer::start(
+        work.path(),
+        "127.0.1.61:9080",
+        &secure.authority,
+        &id("vault"),
+    );
+
+    // productpage's node agent.
+    let me = id("bookinfo-productpage");
+    let socket = e2e::start_agent(rt.handle(), &daemon, me.clone());
+    e2e::use_sds_socket(&socket);
+    let envoy = Envoy::start(SIDECAR, &SIDECAR_LABELS, daemon.xds_addr, 15000);
+    wait_synced(&daemon, &[&envoy], SYNC);
+
+    // Through the sidecar, over mTLS: the server saw productpage's identity.
+    let (status, page) = http_get("http://10.96.0.60:9080/", &[("host", "vault")]).unwrap();
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(client_cert_uris(&page), [me.to_string()]);
+    let dump = envoy
+        .admin("/config_dump?resource=dynamic_active_clusters")
+        .unwrap();
+    assert!(
+        dump.contains("outbound_.9080_._.vault.default.svc.cluster.local"),
+        "Istio's SNI"
+    );
+
+    // A server presenting another service's identity is refused.
+    let (status, page) = http_get("http://10.96.0.61:9080/", &[("host", "impostor")]).unwrap();
+    assert_eq!(status, 503, "{page}");
+    assert_eq!(envoy.rejected(), 0);
+}
