@@ -63,6 +63,41 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the node agent: get this workload's certificate from the CA and
+    /// serve it (and the root) to Envoy over SDS on a Unix socket.
+    Agent {
+        /// The CA's TLS address (Istio's `CA_ADDR`).
+        #[arg(
+            long,
+            env = "CA_ADDR",
+            default_value = "https://istiod.istio-system.svc:15012"
+        )]
+        ca_addr: String,
+        /// The root certificate the CA's serving certificate chains to (PEM file).
+        #[arg(long, default_value = "./var/run/secrets/istio/root-cert.pem")]
+        ca_root: PathBuf,
+        /// The name the CA's certificate is checked for.
+        #[arg(long, default_value = "istiod.istio-system.svc")]
+        ca_server_name: String,
+        /// The service-account token (audience `istio-ca`), re-read for every request.
+        #[arg(long, default_value = "./var/run/secrets/tokens/istio-token")]
+        token_file: PathBuf,
+        /// The workload's namespace.
+        #[arg(long, env = "POD_NAMESPACE")]
+        namespace: String,
+        /// The workload's service account.
+        #[arg(long, env = "SERVICE_ACCOUNT")]
+        service_account: String,
+        /// The trust domain.
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+        /// Requested certificate lifetime, seconds (Istio's default: 24 h).
+        #[arg(long, default_value_t = 86_400)]
+        ttl_secs: u64,
+        /// Where SDS is served.
+        #[arg(long, default_value = istiod::bootstrap::ISTIO_SDS_SOCKET)]
+        sds_socket: PathBuf,
+    },
     /// Print the CustomResourceDefinitions of the Istio kinds this daemon reads
     /// (YAML, as committed in `manifests/crds.yaml`).
     Crds,
@@ -118,6 +153,55 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.command {
+        Some(Command::Agent {
+            ca_addr,
+            ca_root,
+            ca_server_name,
+            token_file,
+            namespace,
+            service_account,
+            trust_domain,
+            ttl_secs,
+            sds_socket,
+        }) => {
+            let run = || -> anyhow::Result<()> {
+                let ca_root_pem = std::fs::read_to_string(&ca_root)
+                    .map_err(|e| anyhow::anyhow!("--ca-root {}: {e}", ca_root.display()))?;
+                let opts = istiod::agent::AgentOptions {
+                    ca_addr,
+                    ca_root_pem,
+                    ca_server_name,
+                    token: istiod::agent::TokenSource::File(token_file),
+                    identity: ca::SpiffeId {
+                        trust_domain,
+                        namespace,
+                        service_account,
+                    },
+                    ttl: std::time::Duration::from_secs(ttl_secs),
+                    sds_socket,
+                };
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(async {
+                    let token = tokio_util::sync::CancellationToken::new();
+                    let (_agent, tasks) = istiod::agent::start(opts, token.clone()).await?;
+                    tokio::signal::ctrl_c().await?;
+                    token.cancel();
+                    for t in tasks {
+                        let _ = t.await;
+                    }
+                    Ok(())
+                })
+            };
+            match run() {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("istiod agent: {e:#}");
+                    ExitCode::from(EX_USAGE)
+                }
+            }
+        }
         Some(Command::Crds) => {
             print!("{}", crds::crd::yaml());
             ExitCode::SUCCESS
