@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod agent;
 pub mod bootstrap;
+pub mod kube_ca;
 pub mod leader;
 pub mod metrics;
 pub mod push;
@@ -116,6 +117,7 @@ impl Daemon {
         };
         let mut tasks = Vec::new();
         let (leader_tx, leader) = watch::channel(false);
+        let mut kube_client = None;
         let follow = Follow {
             publisher: publisher.clone(),
             metrics: metrics.clone(),
@@ -156,6 +158,7 @@ impl Daemon {
             Source::Kubernetes(source) => {
                 let client = kube::Client::try_from(source.config.clone())
                     .context("cannot build a Kubernetes client")?;
+                kube_client = Some(client.clone());
                 if let Some(identity) = source.leader_identity.clone() {
                     tasks.push(tokio::spawn(leader::campaign(
                         client.clone(),
@@ -219,8 +222,18 @@ impl Daemon {
         let sync = ads.sync_table();
         let secure = match &opts.ca {
             Some(ca) => {
-                let (port, ca_tasks) = secure::start(ca, ads.clone(), shutdown.clone()).await?;
+                let (port, ca_tasks) =
+                    secure::start(ca, ads.clone(), shutdown.clone(), kube_client.clone()).await?;
                 tasks.extend(ca_tasks);
+                if let Some(client) = kube_client.clone() {
+                    tasks.push(tokio::spawn(kube_ca::distribute_root(
+                        client,
+                        port.authority.root_pem().into(),
+                        snapshots.clone(),
+                        leader.clone(),
+                        shutdown.clone(),
+                    )));
+                }
                 Some(port)
             }
             None => None,

@@ -34,7 +34,8 @@ pub struct CaOptions {
     /// SPIFFE trust domain (Istio's mesh `trustDomain`), e.g. `cluster.local`.
     pub trust_domain: String,
     /// PEM public keys of the service-account token issuer, for verifying
-    /// tokens locally (folder mode); `None` accepts client certificates only.
+    /// tokens locally; `None`: the API server's TokenReview with the
+    /// Kubernetes source, else client certificates only.
     pub token_issuer_keys: Option<PathBuf>,
     /// Where the TLS port listens (Istio's 15012; port 0 picks one).
     pub addr: SocketAddr,
@@ -133,6 +134,7 @@ pub async fn start(
     opts: &CaOptions,
     ads: crate::xds::AdsServer,
     token: CancellationToken,
+    kube: Option<kube::Client>,
 ) -> anyhow::Result<(SecurePort, Vec<JoinHandle<()>>)> {
     let authority = {
         let (dir, td) = (opts.dir.clone(), opts.trust_domain.clone());
@@ -205,7 +207,7 @@ pub async fn start(
 
     let authenticator = ClientCertOr {
         trust_domain: opts.trust_domain.clone(),
-        fallback: token_authenticator(opts)?,
+        fallback: token_authenticator(opts, kube)?,
     };
     let ca_service = CaService::new(authority.clone(), authenticator).into_server();
     let stop = token.clone();
@@ -255,8 +257,15 @@ pub async fn start(
     ))
 }
 
-/// The token check for callers without a client certificate.
-fn token_authenticator(opts: &CaOptions) -> anyhow::Result<Tokens> {
+/// The token check for callers without a client certificate: the issuer
+/// keys if given, else the API server's TokenReview when there is one.
+fn token_authenticator(opts: &CaOptions, kube: Option<kube::Client>) -> anyhow::Result<Tokens> {
+    if let (None, Some(client)) = (&opts.token_issuer_keys, kube) {
+        return Ok(Tokens::Review(crate::kube_ca::TokenReviewAuthenticator {
+            client,
+            trust_domain: opts.trust_domain.clone(),
+        }));
+    }
     match &opts.token_issuer_keys {
         Some(path) => {
             let pem = std::fs::read_to_string(path)
@@ -274,6 +283,8 @@ fn token_authenticator(opts: &CaOptions) -> anyhow::Result<Tokens> {
 pub enum Tokens {
     /// Verified locally against the issuer's public keys.
     Jwt(ca::service::JwtAuthenticator),
+    /// Verified by the API server (TokenReview).
+    Review(crate::kube_ca::TokenReviewAuthenticator),
     /// None: client certificates only.
     None(NoTokens),
 }
@@ -287,6 +298,7 @@ impl Authenticator for Tokens {
     ) -> Result<ca::SpiffeId, tonic::Status> {
         match self {
             Tokens::Jwt(j) => j.authenticate(metadata, peer_certs).await,
+            Tokens::Review(r) => r.authenticate(metadata, peer_certs).await,
             Tokens::None(n) => n.authenticate(metadata, peer_certs).await,
         }
     }

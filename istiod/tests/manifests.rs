@@ -81,7 +81,7 @@ fn every_manifest_is_a_well_formed_object_of_its_kind() {
 }
 
 #[test]
-fn rbac_grants_exactly_list_and_watch_on_what_is_watched() {
+fn rbac_grants_exactly_what_the_daemon_reads_and_writes() {
     // (namespace or "" for cluster-wide, group, resource, verb)
     let mut granted = BTreeSet::new();
     let mut bound = BTreeSet::new();
@@ -132,6 +132,21 @@ fn rbac_grants_exactly_list_and_watch_on_what_is_watched() {
             "istio-system".into(),
             "coordination.k8s.io".into(),
             "leases".into(),
+            verb.into(),
+        ));
+    }
+    // The CA: TokenReview, and the root ConfigMap in every namespace.
+    needed.insert((
+        String::new(),
+        "authentication.k8s.io".into(),
+        "tokenreviews".into(),
+        "create".into(),
+    ));
+    for verb in ["create", "patch"] {
+        needed.insert((
+            String::new(),
+            String::new(),
+            "configmaps".into(),
             verb.into(),
         ));
     }

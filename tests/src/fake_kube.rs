@@ -94,6 +94,8 @@ struct Store {
     /// `coordination.k8s.io/v1` Leases by (namespace, name), with the field
     /// manager owning each `spec` field (server-side apply's bookkeeping).
     leases: BTreeMap<(String, String), (Value, BTreeMap<String, String>)>,
+    /// TokenReview: token -> (username, audiences).
+    tokens: HashMap<String, (String, Vec<String>)>,
 }
 
 #[derive(Debug)]
@@ -166,26 +168,31 @@ impl FakeApiServer {
     /// Creates or replaces an object (its `apiVersion`/`kind` must be one of
     /// [`KINDS`]); namespaced objects without a namespace go to `default`.
     /// Returns the object's new resource version.
-    pub fn apply(&self, mut object: Value) -> u64 {
-        let (collection, namespaced) = collection_of(&object)
-            .unwrap_or_else(|| panic!("the fake API server does not serve {object}"));
-        let meta = object["metadata"].as_object_mut().expect("metadata");
-        if namespaced && !meta.contains_key("namespace") {
-            meta.insert("namespace".into(), "default".into());
-        }
-        let key = key_of(&object);
-        let mut store = self.lock();
-        store.rv += 1;
-        let rv = store.rv;
-        object["metadata"]["resourceVersion"] = rv.to_string().into();
-        let objects = store.objects.entry(collection.clone()).or_default();
-        let event = if objects.insert(key, object.clone()).is_some() {
-            "MODIFIED"
-        } else {
-            "ADDED"
-        };
-        self.record(&mut store, collection, event, object);
-        rv
+    pub fn apply(&self, object: Value) -> u64 {
+        put(&self.shared, object)
+    }
+
+    /// Makes `token` valid for TokenReview as `username` (e.g.
+    /// `system:serviceaccount:default:productpage`) with `audiences`.
+    pub fn add_token(&self, token: &str, username: &str, audiences: &[&str]) {
+        self.lock().tokens.insert(
+            token.to_owned(),
+            (
+                username.to_owned(),
+                audiences.iter().map(|a| (*a).to_owned()).collect(),
+            ),
+        );
+    }
+
+    /// An object as stored, if it exists.
+    pub fn get(&self, api_version: &str, kind: &str, namespace: &str, name: &str) -> Option<Value> {
+        let probe = json!({"apiVersion": api_version, "kind": kind, "metadata": {}});
+        let (collection, _) = collection_of(&probe)?;
+        self.lock()
+            .objects
+            .get(&collection)?
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .cloned()
     }
 
     /// Applies every document of a multi-document YAML whose kind is served
@@ -222,14 +229,7 @@ impl FakeApiServer {
     }
 
     fn record(&self, store: &mut Store, collection: String, event: &'static str, object: Value) {
-        let change = Change {
-            rv: store.rv,
-            collection,
-            event,
-            object,
-        };
-        store.history.push(change.clone());
-        let _ = self.shared.changes.send(change);
+        record(&self.shared, store, collection, event, object);
     }
 
     /// Forgets the history up to now, as etcd compaction does: a watch that
@@ -325,6 +325,46 @@ impl Drop for FakeApiServer {
             task.abort();
         }
     }
+}
+
+/// Creates or replaces an object, as a write to the API server does.
+fn put(shared: &Shared, mut object: Value) -> u64 {
+    let (collection, namespaced) = collection_of(&object)
+        .unwrap_or_else(|| panic!("the fake API server does not serve {object}"));
+    let meta = object["metadata"].as_object_mut().expect("metadata");
+    if namespaced && !meta.contains_key("namespace") {
+        meta.insert("namespace".into(), "default".into());
+    }
+    let key = key_of(&object);
+    let mut store = shared.store.lock().expect("fake API store");
+    store.rv += 1;
+    let rv = store.rv;
+    object["metadata"]["resourceVersion"] = rv.to_string().into();
+    let objects = store.objects.entry(collection.clone()).or_default();
+    let event = if objects.insert(key, object.clone()).is_some() {
+        "MODIFIED"
+    } else {
+        "ADDED"
+    };
+    record(shared, &mut store, collection, event, object);
+    rv
+}
+
+fn record(
+    shared: &Shared,
+    store: &mut Store,
+    collection: String,
+    event: &'static str,
+    object: Value,
+) {
+    let change = Change {
+        rv: store.rv,
+        collection,
+        event,
+        object,
+    };
+    store.history.push(change.clone());
+    let _ = shared.changes.send(change);
 }
 
 /// `(collection, namespaced)` of an object by its `apiVersion` and `kind`.
@@ -463,6 +503,72 @@ async fn handle(
         let mut store = shared.store.lock().expect("fake API store");
         let (status, body) = lease(&mut store, &method, rest, &headers, &query, &body);
         return (status, axum::Json(body)).into_response();
+    }
+    if method == Method::POST && uri.path() == "/apis/authentication.k8s.io/v1/tokenreviews" {
+        let review: Value = serde_json::from_slice(&body).unwrap_or_default();
+        let token = review["spec"]["token"].as_str().unwrap_or_default();
+        let asked: Vec<String> = review["spec"]["audiences"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.as_str().map(str::to_owned))
+            .collect();
+        let known = shared
+            .store
+            .lock()
+            .expect("fake API store")
+            .tokens
+            .get(token)
+            .cloned();
+        let status = match known {
+            Some((user, audiences)) => {
+                let both: Vec<&String> = asked.iter().filter(|a| audiences.contains(a)).collect();
+                if both.is_empty() && !asked.is_empty() {
+                    json!({"authenticated": false, "error": "token audiences do not match"})
+                } else {
+                    json!({"authenticated": true, "user": {"username": user}, "audiences": both})
+                }
+            }
+            None => json!({"authenticated": false, "error": "invalid bearer token"}),
+        };
+        let mut answer = review.clone();
+        answer["status"] = status;
+        return (StatusCode::CREATED, axum::Json(answer)).into_response();
+    }
+    if method == Method::PATCH
+        && let Some(rest) = uri.path().strip_prefix("/api/v1/namespaces/")
+        && let [ns, "configmaps", name] = rest.split('/').collect::<Vec<_>>().as_slice()
+    {
+        // Server-side apply of a ConfigMap: the applied fields over what is there.
+        let Ok(patch) = serde_json::from_slice::<Value>(&body) else {
+            let body = status(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                "patch is not JSON".into(),
+            );
+            return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+        };
+        let existing = {
+            let store = shared.store.lock().expect("fake API store");
+            store
+                .objects
+                .get("v1/configmaps")
+                .and_then(|o| o.get(&((*ns).to_owned(), (*name).to_owned())))
+                .cloned()
+        };
+        let mut object = existing.unwrap_or_else(|| {
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": ns}})
+        });
+        for field in ["data", "binaryData"] {
+            if let Some(v) = patch.get(field) {
+                object[field] = v.clone();
+            }
+        }
+        if let Some(labels) = patch["metadata"].get("labels") {
+            object["metadata"]["labels"] = labels.clone();
+        }
+        put(&shared, object.clone());
+        return axum::Json(object).into_response();
     }
     if method != Method::GET {
         let body = status(

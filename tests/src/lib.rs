@@ -360,6 +360,28 @@ pub fn start_agent(
     socket
 }
 
+/// A gRPC channel to a daemon's TLS port, trusting `root` and checking the
+/// name `istiod.istio-system.svc`, presenting `identity` if given.
+pub async fn secure_channel(
+    addr: SocketAddr,
+    root: &str,
+    identity: Option<tonic::transport::Identity>,
+) -> tonic::transport::Channel {
+    let mut tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(root))
+        .domain_name("istiod.istio-system.svc");
+    if let Some(id) = identity {
+        tls = tls.identity(id);
+    }
+    tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+        .expect("endpoint")
+        .tls_config(tls)
+        .expect("TLS config")
+        .connect()
+        .await
+        .expect("connect to the TLS port")
+}
+
 /// Starts the daemon on the Kubernetes source, watching `api`, with ADS and
 /// monitoring on free loopback ports. It is not ready until every watcher's
 /// first list completed (see [`wait_ready`]).

@@ -19,7 +19,7 @@ use istiod::secure::CaOptions;
 use istiod::{Daemon, Options, Source};
 use rcgen::{CertificateParams, KeyPair, SanType};
 use tonic::Code;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::Identity;
 
 const ME: &str = "spiffe://cluster.local/ns/default/sa/bookinfo-productpage";
 const SERVING_TTL: Duration = Duration::from_secs(4);
@@ -60,22 +60,6 @@ fn uri_sans(cert_pem: &str) -> Vec<String> {
             other => format!("{other:?}"),
         })
         .collect()
-}
-
-async fn channel(addr: std::net::SocketAddr, root: &str, identity: Option<Identity>) -> Channel {
-    let mut tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(root))
-        .domain_name("istiod.istio-system.svc");
-    if let Some(id) = identity {
-        tls = tls.identity(id);
-    }
-    Endpoint::from_shared(format!("https://{addr}"))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
 }
 
 /// The serial number of the certificate the TLS port presents, as openssl sees it.
@@ -158,7 +142,7 @@ fn workloads_get_renew_and_are_refused_certificates_on_the_tls_port() {
 
         // A token gets a certificate for exactly the caller.
         let mut client =
-            IstioCertificateServiceClient::new(channel(secure.addr, &root, None).await);
+            IstioCertificateServiceClient::new(e2e::secure_channel(secure.addr, &root, None).await);
         let (csr_pem, key_pem) = csr(ME);
         let chain = client
             .create_certificate(request(csr_pem, Some(&token)))
@@ -179,8 +163,9 @@ fn workloads_get_renew_and_are_refused_certificates_on_the_tls_port() {
         // Renewal with the certificate instead of a token; another
         // identity is refused.
         let identity = Identity::from_pem(chain.concat(), key_pem);
-        let mut renewing =
-            IstioCertificateServiceClient::new(channel(secure.addr, &root, Some(identity)).await);
+        let mut renewing = IstioCertificateServiceClient::new(
+            e2e::secure_channel(secure.addr, &root, Some(identity)).await,
+        );
         let renewed = renewing
             .create_certificate(request(csr(ME).0, None))
             .await
@@ -198,8 +183,9 @@ fn workloads_get_renew_and_are_refused_certificates_on_the_tls_port() {
         assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
 
         // xDS on the same port.
-        let mut ads =
-            AggregatedDiscoveryServiceClient::new(channel(secure.addr, &root, None).await);
+        let mut ads = AggregatedDiscoveryServiceClient::new(
+            e2e::secure_channel(secure.addr, &root, None).await,
+        );
         let first = DiscoveryRequest {
             node: Some(Node {
                 id: SIDECAR.into(),

@@ -636,3 +636,116 @@ fn create_update_and_delete_of_each_kind_reach_envoy() {
     );
     assert_eq!(envoy.rejected(), 0);
 }
+
+#[test]
+fn the_ca_checks_tokens_with_token_review_and_the_leader_distributes_the_root() {
+    use ca::service::pb::IstioCertificateRequest;
+    use ca::service::pb::istio_certificate_service_client::IstioCertificateServiceClient;
+
+    let _hosts = e2e::isolate();
+    let rt = e2e::runtime();
+    let api = rt.block_on(FakeApiServer::start());
+    for ns in ["default", "shop"] {
+        api.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}));
+    }
+    api.add_token(
+        "good",
+        "system:serviceaccount:default:productpage",
+        &["istio-ca"],
+    );
+    api.add_token(
+        "for-kubernetes",
+        "system:serviceaccount:default:productpage",
+        &["https://kubernetes.default.svc"],
+    );
+    let daemon = rt.block_on(async {
+        istiod::Daemon::start(istiod::Options {
+            source: istiod::Source::Kubernetes(Box::new(istiod::sources::kube::KubeSource {
+                config: api.kube_config(),
+                namespace: "istio-system".into(),
+                leader_identity: Some("istiod-0".into()),
+            })),
+            xds_addr: "127.0.0.1:0".parse().unwrap(),
+            monitoring_addr: None,
+            push_throttle: 10,
+            debounce: Default::default(),
+            ca: Some(istiod::secure::CaOptions {
+                token_issuer_keys: None,
+                ..e2e::ca_options()
+            }),
+        })
+        .await
+        .unwrap()
+    });
+    e2e::wait_ready(&daemon);
+    let secure = daemon.secure.as_ref().unwrap();
+    let root = secure.authority.root_pem().to_owned();
+
+    // The root reaches every namespace, and a new one.
+    let has_root = |ns: &str| {
+        api.get("v1", "ConfigMap", ns, "istio-ca-root-cert")
+            .is_some_and(|cm| cm["data"]["root-cert.pem"] == *root)
+    };
+    let wait = |what: &str, cond: &dyn Fn() -> bool| {
+        let start = Instant::now();
+        while !cond() {
+            assert!(start.elapsed() < SYNC, "{what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait("istio-ca-root-cert in default and shop", &|| {
+        has_root("default") && has_root("shop")
+    });
+    api.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "later"}}));
+    wait("istio-ca-root-cert in a new namespace", &|| {
+        has_root("later")
+    });
+
+    // Tokens are checked by the API server's TokenReview.
+    rt.block_on(async {
+        let mut client =
+            IstioCertificateServiceClient::new(e2e::secure_channel(secure.addr, &root, None).await);
+        let me = "spiffe://cluster.local/ns/default/sa/productpage";
+        let request = |token: &str| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.subject_alt_names = vec![rcgen::SanType::URI(me.try_into().unwrap())];
+            let mut r = tonic::Request::new(IstioCertificateRequest {
+                csr: params.serialize_request(&key).unwrap().pem().unwrap(),
+                validity_duration: 600,
+                metadata: None,
+            });
+            r.metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+            r
+        };
+        let chain = client
+            .create_certificate(request("good"))
+            .await
+            .unwrap()
+            .into_inner()
+            .cert_chain;
+        assert!(chain.len() >= 2);
+        for (token, reason) in [
+            ("for-kubernetes", "audience"),
+            ("stolen", "invalid bearer token"),
+        ] {
+            let status = client.create_certificate(request(token)).await.unwrap_err();
+            assert_eq!(
+                status.code(),
+                tonic::Code::Unauthenticated,
+                "{token}: {status:?}"
+            );
+            assert!(
+                status.message().contains(reason),
+                "{token}: {}",
+                status.message()
+            );
+        }
+    });
+    assert!(
+        api.requests()
+            .iter()
+            .any(|r| r.starts_with("POST /apis/authentication.k8s.io/v1/tokenreviews"))
+    );
+}

@@ -1,0 +1,160 @@
+//! The CA's Kubernetes side: callers' service-account tokens checked by the
+//! API server (`authentication.k8s.io/v1` TokenReview, audience
+//! `istio-ca`), and the root distributed to every namespace as the
+//! `istio-ca-root-cert` ConfigMap (key `root-cert.pem`), written by the
+//! leader only, as istiod's namespace controller does.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use ca::SpiffeId;
+use ca::service::{AUDIENCE, Authenticator, bearer};
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use translator::model::Snapshot;
+
+/// The ConfigMap every namespace gets, and its key (Istio's names).
+pub const ROOT_CERT_CONFIGMAP: (&str, &str) = ("istio-ca-root-cert", "root-cert.pem");
+
+/// Checks bearer tokens with the API server's TokenReview: the token must be
+/// authenticated for audience [`AUDIENCE`], as a service account.
+#[derive(Clone)]
+pub struct TokenReviewAuthenticator {
+    /// The API client (needs `create` on `tokenreviews`).
+    pub client: kube::Client,
+    /// The trust domain of the identities.
+    pub trust_domain: String,
+}
+
+impl std::fmt::Debug for TokenReviewAuthenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenReviewAuthenticator")
+            .field("trust_domain", &self.trust_domain)
+            .finish_non_exhaustive()
+    }
+}
+
+#[tonic::async_trait]
+impl Authenticator for TokenReviewAuthenticator {
+    async fn authenticate(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        _peer_certs: Option<&[Vec<u8>]>,
+    ) -> Result<SpiffeId, tonic::Status> {
+        let token = bearer(metadata).ok_or_else(|| {
+            tonic::Status::unauthenticated(
+                "no credentials: send `authorization: Bearer <service account token>`",
+            )
+        })?;
+        let review = TokenReview {
+            spec: TokenReviewSpec {
+                token: token.to_owned(),
+                audiences: Some(vec![AUDIENCE.to_owned()]),
+            },
+            ..Default::default()
+        };
+        let api: Api<TokenReview> = Api::all(self.client.clone());
+        let answer = api
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(|e| tonic::Status::unavailable(format!("TokenReview failed: {e}")))?;
+        let status = answer.status.unwrap_or_default();
+        if status.authenticated != Some(true) {
+            return Err(tonic::Status::unauthenticated(format!(
+                "token refused by the API server: {}",
+                status.error.unwrap_or_else(|| "not authenticated".into())
+            )));
+        }
+        if !status
+            .audiences
+            .as_ref()
+            .is_some_and(|a| a.iter().any(|x| x == AUDIENCE))
+        {
+            return Err(tonic::Status::unauthenticated(format!(
+                "token refused: audience is not {AUDIENCE:?}"
+            )));
+        }
+        let username = status.user.and_then(|u| u.username).unwrap_or_default();
+        match username
+            .strip_prefix("system:serviceaccount:")
+            .and_then(|r| r.split_once(':'))
+        {
+            Some((ns, sa)) if !ns.is_empty() && !sa.is_empty() => Ok(SpiffeId {
+                trust_domain: self.trust_domain.clone(),
+                namespace: ns.to_owned(),
+                service_account: sa.to_owned(),
+            }),
+            _ => Err(tonic::Status::unauthenticated(format!(
+                "token refused: {username:?} is not a service account"
+            ))),
+        }
+    }
+}
+
+/// While this replica leads, keeps `istio-ca-root-cert` (with `root_pem`)
+/// in every namespace of the latest snapshot, by server-side apply (field
+/// manager `istiod-rs`), rechecking whenever the namespaces or leadership
+/// change. Errors are logged and retried at the next change.
+pub async fn distribute_root(
+    client: kube::Client,
+    root_pem: Arc<str>,
+    mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    mut leader: watch::Receiver<bool>,
+    token: CancellationToken,
+) {
+    let mut done: BTreeSet<String> = BTreeSet::new();
+    loop {
+        if *leader.borrow_and_update() {
+            let namespaces: Vec<String> = snapshots.borrow_and_update().namespaces.clone();
+            let missing: Vec<&String> = namespaces.iter().filter(|n| !done.contains(*n)).collect();
+            for ns in missing {
+                match apply_root(&client, ns, &root_pem).await {
+                    Ok(()) => {
+                        done.insert(ns.clone());
+                    }
+                    Err(e) => warn!(namespace = %ns, error = %e, "istio-ca-root-cert not written"),
+                }
+            }
+            done.retain(|n| namespaces.contains(n));
+        } else {
+            // A new leader rechecks everything.
+            done.clear();
+        }
+        tokio::select! {
+            r = snapshots.changed() => if r.is_err() { break },
+            r = leader.changed() => if r.is_err() { break },
+            _ = token.cancelled() => break,
+        }
+    }
+}
+
+async fn apply_root(client: &kube::Client, namespace: &str, root_pem: &str) -> kube::Result<()> {
+    let (name, key) = ROOT_CERT_CONFIGMAP;
+    let cm = ConfigMap {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(namespace.to_owned()),
+            labels: Some([("istio.io/config".to_owned(), "true".to_owned())].into()),
+            ..Default::default()
+        },
+        data: Some([(key.to_owned(), root_pem.to_owned())].into()),
+        ..Default::default()
+    };
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let value = serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": cm.metadata, "data": cm.data,
+    });
+    api.patch(
+        name,
+        &PatchParams::apply("istiod-rs").force(),
+        &Patch::Apply(value),
+    )
+    .await?;
+    info!(%namespace, "istio-ca-root-cert written");
+    Ok(())
+}
