@@ -292,23 +292,32 @@ impl Authority {
     /// # Errors
     /// A missing file, or a certificate or key that does not parse.
     pub fn from_cacerts(dir: &Path) -> Result<Authority, CaError> {
-        let cert = read(dir, "ca-cert.pem")?;
-        let key = key_from_pem(&read(dir, "ca-key.pem")?)?;
-        let root = read(dir, "root-cert.pem")?;
-        let root_block = certificates(&root)
+        let chain = read(dir, "cert-chain.pem").unwrap_or_default();
+        Authority::from_pem(
+            &read(dir, "ca-cert.pem")?,
+            &read(dir, "ca-key.pem")?,
+            &chain,
+            &read(dir, "root-cert.pem")?,
+        )
+    }
+
+    /// The `cacerts` layout from its four texts (as kept in a Secret:
+    /// Istio's `istio-ca-secret` or `cacerts`); `chain` may be empty.
+    ///
+    /// # Errors
+    /// A certificate or key that does not parse.
+    pub fn from_pem(cert: &str, key: &str, chain: &str, root: &str) -> Result<Authority, CaError> {
+        let key = key_from_pem(key)?;
+        let root_block = certificates(root)
             .into_iter()
             .next()
             .ok_or_else(|| invalid("root-cert.pem", "no certificate"))?;
-        let signing = certificates(&cert)
+        let signing = certificates(cert)
             .into_iter()
             .next()
             .ok_or_else(|| invalid("ca-cert.pem", "no certificate"))?;
         // The chain between: cert-chain.pem without the signing cert and the root.
-        let chain = match read(dir, "cert-chain.pem") {
-            Ok(text) => certificates(&text),
-            Err(_) => Vec::new(),
-        };
-        let intermediates = chain
+        let intermediates = certificates(chain)
             .into_iter()
             .filter(|c| *c != signing && *c != root_block)
             .collect();

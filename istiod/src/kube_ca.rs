@@ -1,16 +1,19 @@
-//! The CA's Kubernetes side: callers' service-account tokens checked by the
-//! API server (`authentication.k8s.io/v1` TokenReview, audience
-//! `istio-ca`), and the root distributed to every namespace as the
-//! `istio-ca-root-cert` ConfigMap (key `root-cert.pem`), written by the
-//! leader only, as istiod's namespace controller does.
+//! The CA's Kubernetes side: the self-signed root kept in the
+//! `istio-ca-secret` Secret (so every replica and every restart signs with
+//! the same root), callers' service-account tokens checked by the API
+//! server (`authentication.k8s.io/v1` TokenReview, audience `istio-ca`), and
+//! the root distributed to every namespace as the `istio-ca-root-cert`
+//! ConfigMap (key `root-cert.pem`), written by the leader only, as istiod's
+//! namespace controller does.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use ca::SpiffeId;
 use ca::service::{AUDIENCE, Authenticator, bearer};
+use k8s_openapi::ByteString;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -157,4 +160,68 @@ async fn apply_root(client: &kube::Client, namespace: &str, root_pem: &str) -> k
     .await?;
     info!(%namespace, "istio-ca-root-cert written");
     Ok(())
+}
+
+/// The Secret holding the self-signed root (Istio's name), in the daemon's namespace.
+pub const CA_SECRET: &str = "istio-ca-secret";
+
+/// The CA from `istio-ca-secret` in `namespace` (keys `ca-cert.pem`,
+/// `ca-key.pem`, `cert-chain.pem`, `root-cert.pem`), or a new self-signed
+/// one stored there. Of two replicas creating it at once, the second gets
+/// `409 AlreadyExists` and reads the first's.
+///
+/// # Errors
+/// The API cannot be reached, or the Secret holds an unusable CA.
+pub async fn load_or_create_secret(
+    client: &kube::Client,
+    namespace: &str,
+    trust_domain: &str,
+) -> anyhow::Result<ca::Authority> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let from = |secret: Secret| -> anyhow::Result<ca::Authority> {
+        let data = secret.data.unwrap_or_default();
+        let get = |k: &str| {
+            data.get(k)
+                .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+                .unwrap_or_default()
+        };
+        Ok(ca::Authority::from_pem(
+            &get("ca-cert.pem"),
+            &get("ca-key.pem"),
+            &get("cert-chain.pem"),
+            &get("root-cert.pem"),
+        )?)
+    };
+    if let Some(secret) = api.get_opt(CA_SECRET).await? {
+        info!(namespace, secret = CA_SECRET, "CA root read");
+        return from(secret);
+    }
+    let authority = ca::Authority::self_signed(trust_domain)?;
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(CA_SECRET.to_owned()),
+            namespace: Some(namespace.to_owned()),
+            ..Default::default()
+        },
+        type_: Some("istio.io/ca-root".into()),
+        data: Some(
+            authority
+                .to_pem()
+                .into_iter()
+                .map(|(k, v, _)| (k.to_owned(), ByteString(v.into_bytes())))
+                .collect(),
+        ),
+        ..Default::default()
+    };
+    match api.create(&PostParams::default(), &secret).await {
+        Ok(_) => {
+            info!(namespace, secret = CA_SECRET, "self-signed CA root created");
+            Ok(authority)
+        }
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            let secret = api.get(CA_SECRET).await?;
+            from(secret)
+        }
+        Err(e) => Err(e.into()),
+    }
 }

@@ -29,7 +29,8 @@ use tracing::{debug, error, info, warn};
 pub struct CaOptions {
     /// Where the root lives: Istio's `cacerts` layout (`ca-cert.pem`,
     /// `ca-key.pem`, `cert-chain.pem`, `root-cert.pem`), plugged in by the
-    /// user or, when absent, a self-signed root created and kept there.
+    /// user. When absent, a self-signed root is kept in the `istio-ca-secret`
+    /// Secret with the Kubernetes source, else created and kept here.
     pub dir: PathBuf,
     /// SPIFFE trust domain (Istio's mesh `trustDomain`), e.g. `cluster.local`.
     pub trust_domain: String,
@@ -136,12 +137,22 @@ pub async fn start(
     token: CancellationToken,
     kube: Option<kube::Client>,
 ) -> anyhow::Result<(SecurePort, Vec<JoinHandle<()>>)> {
-    let authority = {
-        let (dir, td) = (opts.dir.clone(), opts.trust_domain.clone());
-        tokio::task::spawn_blocking(move || Authority::load_or_create(&dir, &td))
-            .await
-            .context("CA load task")?
-            .with_context(|| format!("CA folder {}", opts.dir.display()))?
+    // Plugged-in `cacerts` files win; else, with an API server, the root
+    // kept in `istio-ca-secret`; else one kept in the folder.
+    let plugged = opts.dir.join("ca-key.pem").exists();
+    let authority = match (&kube, plugged) {
+        (Some(client), false) => {
+            crate::kube_ca::load_or_create_secret(client, &opts.namespace, &opts.trust_domain)
+                .await
+                .context("CA root in the istio-ca-secret Secret")?
+        }
+        _ => {
+            let (dir, td) = (opts.dir.clone(), opts.trust_domain.clone());
+            tokio::task::spawn_blocking(move || Authority::load_or_create(&dir, &td))
+                .await
+                .context("CA load task")?
+                .with_context(|| format!("CA folder {}", opts.dir.display()))?
+        }
     };
     let authority = Arc::new(authority);
     let serving = Arc::new(ServingCert {

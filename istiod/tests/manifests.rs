@@ -135,7 +135,15 @@ fn rbac_grants_exactly_what_the_daemon_reads_and_writes() {
             verb.into(),
         ));
     }
-    // The CA: TokenReview, and the root ConfigMap in every namespace.
+    // The CA: its root Secret, TokenReview, the root ConfigMap in every namespace.
+    for verb in ["get", "create"] {
+        needed.insert((
+            "istio-system".into(),
+            String::new(),
+            "secrets".into(),
+            verb.into(),
+        ));
+    }
     needed.insert((
         String::new(),
         "authentication.k8s.io".into(),

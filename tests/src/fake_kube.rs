@@ -570,6 +570,64 @@ async fn handle(
         put(&shared, object.clone());
         return axum::Json(object).into_response();
     }
+    // GET of one object: `.../namespaces/NS/PLURAL/NAME` (or `.../PLURAL/NAME`).
+    if method == Method::GET
+        && Target::parse(uri.path()).is_none()
+        && let Some((collection_path, name)) = uri.path().rsplit_once('/')
+        && let Some(target) = Target::parse(collection_path)
+    {
+        let ns = target.namespace.clone().unwrap_or_default();
+        let found = shared
+            .store
+            .lock()
+            .expect("fake API store")
+            .objects
+            .get(&target.collection())
+            .and_then(|o| o.get(&(ns, name.to_owned())))
+            .map(|o| target.render(o, false));
+        return match found {
+            Some(o) => axum::Json(o).into_response(),
+            None => {
+                let body = status(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    format!("{} {name:?} not found", target.plural),
+                );
+                (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
+            }
+        };
+    }
+    // POST to a namespaced collection: create.
+    if method == Method::POST
+        && let Some(target) = Target::parse(uri.path())
+        && let Some(ns) = target.namespace.clone()
+    {
+        let Ok(mut object) = serde_json::from_slice::<Value>(&body) else {
+            let body = status(StatusCode::BAD_REQUEST, "BadRequest", "not JSON".into());
+            return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+        };
+        object["apiVersion"] = target.api_version.into();
+        object["kind"] = target.kind.into();
+        object["metadata"]["namespace"] = ns.clone().into();
+        let name = object["metadata"]["name"].as_str().unwrap_or("").to_owned();
+        let exists = shared
+            .store
+            .lock()
+            .expect("fake API store")
+            .objects
+            .get(&target.collection())
+            .is_some_and(|o| o.contains_key(&(ns, name.clone())));
+        if exists {
+            let body = status(
+                StatusCode::CONFLICT,
+                "AlreadyExists",
+                format!("{} {name:?} already exists", target.plural),
+            );
+            return (StatusCode::CONFLICT, axum::Json(body)).into_response();
+        }
+        put(&shared, object.clone());
+        return (StatusCode::CREATED, axum::Json(object)).into_response();
+    }
     if method != Method::GET {
         let body = status(
             StatusCode::METHOD_NOT_ALLOWED,

@@ -638,7 +638,7 @@ fn create_update_and_delete_of_each_kind_reach_envoy() {
 }
 
 #[test]
-fn the_ca_checks_tokens_with_token_review_and_the_leader_distributes_the_root() {
+fn the_ca_keeps_its_root_in_a_secret_checks_tokens_with_token_review_and_distributes_the_root() {
     use ca::service::pb::IstioCertificateRequest;
     use ca::service::pb::istio_certificate_service_client::IstioCertificateServiceClient;
 
@@ -658,7 +658,8 @@ fn the_ca_checks_tokens_with_token_review_and_the_leader_distributes_the_root() 
         "system:serviceaccount:default:productpage",
         &["https://kubernetes.default.svc"],
     );
-    let daemon = rt.block_on(async {
+    let ca_dir = tempfile::tempdir().unwrap();
+    let start = || async {
         istiod::Daemon::start(istiod::Options {
             source: istiod::Source::Kubernetes(Box::new(istiod::sources::kube::KubeSource {
                 config: api.kube_config(),
@@ -671,15 +672,29 @@ fn the_ca_checks_tokens_with_token_review_and_the_leader_distributes_the_root() 
             debounce: Default::default(),
             ca: Some(istiod::secure::CaOptions {
                 token_issuer_keys: None,
+                // No plugged-in cacerts: the root is kept in istio-ca-secret.
+                dir: ca_dir.path().to_owned(),
                 ..e2e::ca_options()
             }),
         })
         .await
         .unwrap()
-    });
+    };
+    let daemon = rt.block_on(start());
     e2e::wait_ready(&daemon);
     let secure = daemon.secure.as_ref().unwrap();
     let root = secure.authority.root_pem().to_owned();
+    let secret = api
+        .get("v1", "Secret", "istio-system", "istio-ca-secret")
+        .expect("the root is kept in istio-ca-secret");
+    assert!(secret["data"]["ca-key.pem"].is_string());
+    assert!(
+        std::fs::read_dir(ca_dir.path()).unwrap().next().is_none(),
+        "nothing written to the folder"
+    );
+    // Another replica (or a restart) signs with the same root.
+    let replica = rt.block_on(start());
+    assert_eq!(replica.secure.as_ref().unwrap().authority.root_pem(), root);
 
     // The root reaches every namespace, and a new one.
     let has_root = |ns: &str| {
