@@ -447,23 +447,7 @@ impl Authority {
             .clone()
             .try_into()
             .map_err(|e: rcgen::Error| SignError::MalformedCsr(e.to_string()))?;
-        let mut params = CertificateParams::default();
-        params.distinguished_name = DistinguishedName::new();
-        params.subject_alt_names = vec![SanType::URI(uri)];
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        params.use_authority_key_identifier_extension = true;
-        // A little slack for clocks behind ours, as Istio's CA allows.
-        params.not_before = now - time::Duration::minutes(1);
-        params.not_after = end;
-        params.serial_number = Some(random_serial().map_err(SignError::Signing)?);
+        let params = leaf_params(vec![SanType::URI(uri)], now, end)?;
         let request = CertificateSigningRequestParams {
             params,
             public_key: csr.public_key,
@@ -496,23 +480,11 @@ impl Authority {
     ) -> Result<(String, String), SignError> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
             .map_err(|e| SignError::Signing(e.to_string()))?;
-        let mut params = CertificateParams::new(dns_names.to_vec())
-            .map_err(|e| SignError::MalformedCsr(format!("DNS names {dns_names:?}: {e}")))?;
-        params.distinguished_name = DistinguishedName::new();
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        params.use_authority_key_identifier_extension = true;
+        let sans = CertificateParams::new(dns_names.to_vec())
+            .map_err(|e| SignError::MalformedCsr(format!("DNS names {dns_names:?}: {e}")))?
+            .subject_alt_names;
         let now = OffsetDateTime::now_utc();
-        params.not_before = now - time::Duration::minutes(1);
-        params.not_after = (now + ttl).min(self.signing_not_after);
-        params.serial_number = Some(random_serial().map_err(SignError::Signing)?);
+        let params = leaf_params(sans, now, (now + ttl).min(self.signing_not_after))?;
         let cert = params
             .signed_by(&key, &self.issuer)
             .map_err(|e| SignError::Signing(e.to_string()))?;
@@ -526,6 +498,34 @@ impl Authority {
         chain.push_str(&self.root_pem);
         Ok((chain, key.serialize_pem()))
     }
+}
+
+/// A leaf certificate's parameters: `sans` only (empty subject, so the SAN
+/// is critical), digital signature and key encipherment, server and client
+/// auth, not a CA, from a minute before `now` (slack for clocks behind
+/// ours, as Istio's CA allows) to `not_after`, a random serial.
+fn leaf_params(
+    sans: Vec<SanType>,
+    now: OffsetDateTime,
+    not_after: OffsetDateTime,
+) -> Result<CertificateParams, SignError> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.subject_alt_names = sans;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    params.not_before = now - time::Duration::minutes(1);
+    params.not_after = not_after;
+    params.serial_number = Some(random_serial().map_err(SignError::Signing)?);
+    Ok(params)
 }
 
 /// Writes `text` to `path` with `mode`, replacing it.

@@ -168,17 +168,8 @@ impl JwtAuthenticator {
             match jsonwebtoken::decode::<Claims>(token, key, &validation) {
                 Ok(data) => {
                     let sub = data.claims.sub;
-                    return match sub
-                        .strip_prefix("system:serviceaccount:")
-                        .and_then(|r| r.split_once(':'))
-                    {
-                        Some((ns, sa)) if !ns.is_empty() && !sa.is_empty() => Ok(SpiffeId {
-                            trust_domain: self.trust_domain.clone(),
-                            namespace: ns.to_owned(),
-                            service_account: sa.to_owned(),
-                        }),
-                        _ => Err(format!("subject {sub:?} is not a service account")),
-                    };
+                    return service_account_identity(&sub, &self.trust_domain)
+                        .ok_or_else(|| format!("subject {sub:?} is not a service account"));
                 }
                 Err(e) => {
                     last = match e.kind() {
@@ -196,6 +187,24 @@ impl JwtAuthenticator {
         }
         Err(last)
     }
+}
+
+/// The identity of a Kubernetes user name `system:serviceaccount:<ns>:<name>`
+/// (a token's `sub`, a TokenReview's user), if it is a service account.
+pub fn service_account_identity(username: &str, trust_domain: &str) -> Option<SpiffeId> {
+    let (ns, sa) = username
+        .strip_prefix("system:serviceaccount:")?
+        .split_once(':')?;
+    (!ns.is_empty() && !sa.is_empty() && !sa.contains(':')).then(|| SpiffeId {
+        trust_domain: trust_domain.to_owned(),
+        namespace: ns.to_owned(),
+        service_account: sa.to_owned(),
+    })
+}
+
+/// Refusal for a call without a bearer token.
+pub fn no_credentials() -> Status {
+    Status::unauthenticated("no credentials: send `authorization: Bearer <service account token>`")
 }
 
 /// The bearer token of `authorization`, if any.
@@ -218,11 +227,7 @@ impl Authenticator for JwtAuthenticator {
         metadata: &tonic::metadata::MetadataMap,
         _peer_certs: Option<&[Vec<u8>]>,
     ) -> Result<SpiffeId, Status> {
-        let token = bearer(metadata).ok_or_else(|| {
-            Status::unauthenticated(
-                "no credentials: send `authorization: Bearer <service account token>`",
-            )
-        })?;
+        let token = bearer(metadata).ok_or_else(no_credentials)?;
         self.verify(token)
             .map_err(|reason| Status::unauthenticated(format!("token refused: {reason}")))
     }

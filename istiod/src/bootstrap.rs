@@ -93,41 +93,39 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<Value, BootstrapError> {
             "lds_config": ads,
         },
         "static_resources": {
-            "clusters": [ {
-                "name": "xds-grpc",
-                "type": if is_ip { "STATIC" } else { "STRICT_DNS" },
-                "connect_timeout": "1s",
-                "typed_extension_protocol_options": {
-                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                        "explicit_http_config": { "http2_protocol_options": {} }
-                    }
-                },
-                "load_assignment": {
-                    "cluster_name": "xds-grpc",
-                    "endpoints": [ { "lb_endpoints": [ { "endpoint": { "address": {
-                        "socket_address": { "address": host, "port_value": port }
-                    } } } ] } ]
-                }
-            }, {
-                "name": translator::policy::AGENT_SDS_CLUSTER,
-                "type": "STATIC",
-                "connect_timeout": "1s",
-                "typed_extension_protocol_options": {
-                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                        "explicit_http_config": { "http2_protocol_options": {} }
-                    }
-                },
-                "load_assignment": {
-                    "cluster_name": translator::policy::AGENT_SDS_CLUSTER,
-                    "endpoints": [ { "lb_endpoints": [ { "endpoint": { "address": {
-                        "pipe": { "path": opts.sds_socket }
-                    } } } ] } ]
-                }
-            } ]
+            "clusters": [
+                grpc_cluster(
+                    "xds-grpc",
+                    if is_ip { "STATIC" } else { "STRICT_DNS" },
+                    json!({ "socket_address": { "address": host, "port_value": port } }),
+                ),
+                grpc_cluster(
+                    translator::policy::AGENT_SDS_CLUSTER,
+                    "STATIC",
+                    json!({ "pipe": { "path": opts.sds_socket } }),
+                ),
+            ]
         }
     }))
+}
+
+/// A static-resource cluster speaking gRPC (HTTP/2) to one `address`.
+fn grpc_cluster(name: &str, discovery: &str, address: Value) -> Value {
+    json!({
+        "name": name,
+        "type": discovery,
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": { "http2_protocol_options": {} }
+            }
+        },
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [ { "lb_endpoints": [ { "endpoint": { "address": address } } ] } ]
+        }
+    })
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use ca::SpiffeId;
-use ca::service::{AUDIENCE, Authenticator, bearer};
+use ca::service::{AUDIENCE, Authenticator, bearer, no_credentials, service_account_identity};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
@@ -48,11 +48,7 @@ impl Authenticator for TokenReviewAuthenticator {
         metadata: &tonic::metadata::MetadataMap,
         _peer_certs: Option<&[Vec<u8>]>,
     ) -> Result<SpiffeId, tonic::Status> {
-        let token = bearer(metadata).ok_or_else(|| {
-            tonic::Status::unauthenticated(
-                "no credentials: send `authorization: Bearer <service account token>`",
-            )
-        })?;
+        let token = bearer(metadata).ok_or_else(no_credentials)?;
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: token.to_owned(),
@@ -82,19 +78,11 @@ impl Authenticator for TokenReviewAuthenticator {
             )));
         }
         let username = status.user.and_then(|u| u.username).unwrap_or_default();
-        match username
-            .strip_prefix("system:serviceaccount:")
-            .and_then(|r| r.split_once(':'))
-        {
-            Some((ns, sa)) if !ns.is_empty() && !sa.is_empty() => Ok(SpiffeId {
-                trust_domain: self.trust_domain.clone(),
-                namespace: ns.to_owned(),
-                service_account: sa.to_owned(),
-            }),
-            _ => Err(tonic::Status::unauthenticated(format!(
+        service_account_identity(&username, &self.trust_domain).ok_or_else(|| {
+            tonic::Status::unauthenticated(format!(
                 "token refused: {username:?} is not a service account"
-            ))),
-        }
+            ))
+        })
     }
 }
 

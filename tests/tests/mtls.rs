@@ -18,49 +18,37 @@ use e2e::{
 };
 use rcgen::{CertificateParams, KeyPair, SanType};
 
-/// Two services whose pods run an mTLS server: `vault` presents the
-/// identity of its service account; `impostor` presents another one.
-const PLATFORM: &str = "
+/// A Service `name` (ClusterIP `vip`, port 9080) whose one pod, at `ip`,
+/// runs as service account `name`.
+fn service(name: &str, vip: &str, ip: &str) -> String {
+    format!(
+        "
 apiVersion: v1
 kind: Service
-metadata: {name: vault, namespace: default}
+metadata: {{name: {name}, namespace: default}}
 spec:
-  clusterIP: 10.96.0.60
-  ports: [{name: http, port: 9080}]
+  clusterIP: {vip}
+  ports: [{{name: http, port: 9080}}]
 ---
 apiVersion: v1
 kind: Pod
-metadata: {name: vault-0, namespace: default, labels: {app: vault}}
-spec: {serviceAccountName: vault, containers: [{name: vault, image: vault}]}
-status: {podIP: 127.0.1.60}
+metadata: {{name: {name}-0, namespace: default, labels: {{app: {name}}}}}
+spec: {{serviceAccountName: {name}, containers: [{{name: {name}, image: {name}}}]}}
+status: {{podIP: {ip}}}
 ---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
-metadata: {name: vault-1, namespace: default, labels: {kubernetes.io/service-name: vault}}
+metadata: {{name: {name}-1, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}
 addressType: IPv4
-ports: [{name: http, port: 9080}]
-endpoints: [{addresses: [127.0.1.60], targetRef: {kind: Pod, name: vault-0, namespace: default}}]
+ports: [{{name: http, port: 9080}}]
+endpoints: [{{addresses: [{ip}], targetRef: {{kind: Pod, name: {name}-0, namespace: default}}}}]
 ---
-apiVersion: v1
-kind: Service
-metadata: {name: impostor, namespace: default}
-spec:
-  clusterIP: 10.96.0.61
-  ports: [{name: http, port: 9080}]
----
-apiVersion: v1
-kind: Pod
-metadata: {name: impostor-0, namespace: default, labels: {app: impostor}}
-spec: {serviceAccountName: impostor, containers: [{name: impostor, image: impostor}]}
-status: {podIP: 127.0.1.61}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: impostor-1, namespace: default, labels: {kubernetes.io/service-name: impostor}}
-addressType: IPv4
-ports: [{name: http, port: 9080}]
-endpoints: [{addresses: [127.0.1.61], targetRef: {kind: Pod, name: impostor-0, namespace: default}}]
----
+"
+    )
+}
+
+/// Mesh-wide `ISTIO_MUTUAL`, by a wildcard host.
+const MTLS: &str = "
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: mtls, namespace: default}
@@ -154,7 +142,12 @@ fn a_sidecar_originates_istio_mutual_with_its_agent_issued_identity() {
     capture_outbound();
     let rt = e2e::runtime();
     let cfg = ConfigDir::bookinfo_platform();
-    cfg.write("mtls.yaml", PLATFORM);
+    // `vault`'s pod presents its service account's identity; `impostor`'s
+    // pod presents vault's, not its own.
+    let platform = service("vault", "10.96.0.60", "127.0.1.60")
+        + &service("impostor", "10.96.0.61", "127.0.1.61")
+        + MTLS;
+    cfg.write("mtls.yaml", &platform);
     let work = tempfile::tempdir().unwrap();
     let daemon = rt.block_on(e2e::start_daemon(cfg.path()));
     let secure = daemon.secure.as_ref().unwrap();

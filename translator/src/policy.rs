@@ -355,20 +355,10 @@ impl Effective {
                     CertificateValidationContext {
                         trusted_ca: tls.ca_certificates.as_ref().map(file),
                         crl: tls.ca_crl.as_ref().map(file),
-                        match_typed_subject_alt_names: tls
-                            .subject_alt_names
-                            .iter()
-                            .map(|san| SubjectAltNameMatcher {
-                                san_type: subject_alt_name_matcher::SanType::Dns as i32,
-                                matcher: Some(StringMatcher {
-                                    match_pattern: Some(string_matcher::MatchPattern::Exact(
-                                        san.clone(),
-                                    )),
-                                    ..Default::default()
-                                }),
-                                ..Default::default()
-                            })
-                            .collect(),
+                        match_typed_subject_alt_names: san_matchers(
+                            &tls.subject_alt_names,
+                            subject_alt_name_matcher::SanType::Dns,
+                        ),
                         ..Default::default()
                     },
                 ),
@@ -384,6 +374,23 @@ impl Effective {
             config_type: Some(transport_socket::ConfigType::TypedConfig(pack_any(ctx))),
         });
     }
+}
+
+/// Exact matchers for `sans`, of one SAN type.
+fn san_matchers(
+    sans: &[String],
+    kind: subject_alt_name_matcher::SanType,
+) -> Vec<SubjectAltNameMatcher> {
+    sans.iter()
+        .map(|san| SubjectAltNameMatcher {
+            san_type: kind as i32,
+            matcher: Some(StringMatcher {
+                match_pattern: Some(string_matcher::MatchPattern::Exact(san.clone())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .collect()
 }
 
 /// The name of the bootstrap cluster that reaches the node agent's SDS
@@ -439,19 +446,10 @@ fn istio_mutual(tls: &ClientTlsSettings, istio: &crate::cluster::IstioTls) -> Tr
             common_tls_context::ValidationContextType::CombinedValidationContext(
                 common_tls_context::CombinedCertificateValidationContext {
                     default_validation_context: Some(CertificateValidationContext {
-                        match_typed_subject_alt_names: sans
-                            .iter()
-                            .map(|san| SubjectAltNameMatcher {
-                                san_type: subject_alt_name_matcher::SanType::Uri as i32,
-                                matcher: Some(StringMatcher {
-                                    match_pattern: Some(string_matcher::MatchPattern::Exact(
-                                        san.clone(),
-                                    )),
-                                    ..Default::default()
-                                }),
-                                ..Default::default()
-                            })
-                            .collect(),
+                        match_typed_subject_alt_names: san_matchers(
+                            &sans,
+                            subject_alt_name_matcher::SanType::Uri,
+                        ),
                         ..Default::default()
                     }),
                     validation_context_sds_secret_config: Some(agent_secret(ROOT_CA)),
