@@ -1,14 +1,15 @@
 //! CustomResourceDefinitions (`apiextensions.k8s.io/v1`) generated from this
 //! crate's types, shaped like Istio's own (`manifests/charts/base/files/crd-all.gen.yaml`):
-//! group `networking.istio.io`, versions `v1` (stored), `v1beta1` and
+//! `networking.istio.io` kinds with versions `v1` (stored), `v1beta1` and
 //! `v1alpha3` (served, same schema), categories `istio-io` and
-//! `networking-istio-io`, Istio's short names and printer columns, a
+//! `networking-istio-io`; `security.istio.io` PeerAuthentication with `v1`
+//! and `v1beta1`, `security-istio-io`; Istio's short names and printer columns, a
 //! `status` subresource whose schema preserves unknown fields (the only
 //! place Istio's networking CRDs do).
 //!
 //! The OpenAPI v3 schema is kube's structural rendering of the serde
-//! types, with two things Istio does not have taken out: `default: []` on
-//! lists (the API server would write them into every object) and
+//! types, with two things Istio does not have taken out: `default: []` /
+//! `{}` on lists and maps (the API server would write them into every object) and
 //! `nullable` (Istio rejects `null` fields). `istiod crds` prints
 //! [`yaml`]; `manifests/crds.yaml` is its output, and a test fails when the
 //! two drift apart.
@@ -16,7 +17,12 @@
 use kube::CustomResourceExt;
 use serde_json::{Value, json};
 
-use crate::{DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService};
+use crate::{DestinationRule, Gateway, PeerAuthentication, ServiceEntry, Sidecar, VirtualService};
+
+/// Category and served versions besides `v1` of the networking kinds.
+const NETWORKING: (&str, &[&str]) = ("networking-istio-io", &["v1beta1", "v1alpha3"]);
+/// Category and served versions besides `v1` of the security kinds.
+const SECURITY: (&str, &[&str]) = ("security-istio-io", &["v1beta1"]);
 
 /// One printer column: `(name, JSONPath, type, description)`.
 type Column = (&'static str, &'static str, &'static str, &'static str);
@@ -34,6 +40,7 @@ pub fn definitions() -> Vec<Value> {
     vec![
         shape(
             VirtualService::crd(),
+            NETWORKING,
             &[
                 (
                     "Gateways",
@@ -52,6 +59,7 @@ pub fn definitions() -> Vec<Value> {
         ),
         shape(
             DestinationRule::crd(),
+            NETWORKING,
             &[
                 (
                     "Host",
@@ -64,6 +72,7 @@ pub fn definitions() -> Vec<Value> {
         ),
         shape(
             ServiceEntry::crd(),
+            NETWORKING,
             &[
                 ("Hosts", ".spec.hosts", "string", "The hosts of the entry."),
                 (
@@ -81,8 +90,16 @@ pub fn definitions() -> Vec<Value> {
                 AGE,
             ],
         ),
-        shape(Gateway::crd(), &[]),
-        shape(Sidecar::crd(), &[]),
+        shape(Gateway::crd(), NETWORKING, &[]),
+        shape(Sidecar::crd(), NETWORKING, &[]),
+        shape(
+            PeerAuthentication::crd(),
+            SECURITY,
+            &[
+                ("Mode", ".spec.mtls.mode", "string", "The mutual TLS mode."),
+                AGE,
+            ],
+        ),
     ]
 }
 
@@ -109,11 +126,12 @@ pub fn schema(kind: &str) -> Option<Value> {
 
 fn shape(
     crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    (category, older): (&str, &[&str]),
     columns: &[Column],
 ) -> Value {
     let mut crd = serde_json::to_value(crd).unwrap_or(Value::Null);
     let names = &mut crd["spec"]["names"];
-    names["categories"] = json!(["istio-io", "networking-istio-io"]);
+    names["categories"] = json!(["istio-io", category]);
     names["listKind"] = json!(format!("{}List", names["kind"].as_str().unwrap_or("")));
     let Some(v1) = crd["spec"]["versions"]
         .as_array()
@@ -147,9 +165,9 @@ fn shape(
     v1["served"] = true.into();
     v1["storage"] = true.into();
     let mut versions = vec![v1.clone()];
-    for name in ["v1beta1", "v1alpha3"] {
+    for name in older {
         let mut v = v1.clone();
-        v["name"] = name.into();
+        v["name"] = (*name).into();
         v["storage"] = false.into();
         versions.push(v);
     }
@@ -157,11 +175,11 @@ fn shape(
     crd
 }
 
-/// Drops `default: []` and `nullable` everywhere below `schema`.
+/// Drops `default: []`, `default: {}` and `nullable` everywhere below `schema`.
 fn clean(schema: &mut Value) {
     match schema {
         Value::Object(map) => {
-            if map.get("default") == Some(&json!([])) {
+            if matches!(map.get("default"), Some(d) if *d == json!([]) || *d == json!({})) {
                 map.remove("default");
             }
             map.remove("nullable");
@@ -179,18 +197,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn five_kinds_three_versions_one_stored() {
+    fn istios_versions_categories_and_one_stored_version() {
         let defs = definitions();
-        assert_eq!(defs.len(), 5);
+        assert_eq!(defs.len(), 6);
+        let mut served = 0;
         for crd in &defs {
             let versions = crd["spec"]["versions"].as_array().unwrap();
             let names: Vec<_> = versions.iter().map(|v| v["name"].clone()).collect();
-            assert_eq!(names, ["v1", "v1beta1", "v1alpha3"]);
+            let (category, expected) = match crd["spec"]["group"].as_str().unwrap() {
+                "networking.istio.io" => ("networking-istio-io", vec!["v1", "v1beta1", "v1alpha3"]),
+                _ => ("security-istio-io", vec!["v1", "v1beta1"]),
+            };
+            assert_eq!(names, expected);
+            served += versions.len();
             let stored = versions.iter().filter(|v| v["storage"] == true).count();
             assert_eq!(stored, 1);
             assert_eq!(
                 crd["spec"]["names"]["categories"],
-                json!(["istio-io", "networking-istio-io"])
+                json!(["istio-io", category])
             );
         }
         let text = yaml();
@@ -198,10 +222,16 @@ mod tests {
             !text.contains("nullable"),
             "Istio's schemas have no nullable"
         );
+        // What a structural schema may not have (the API server refuses it).
+        assert!(!text.contains("patternProperties:"), "not structural");
+        assert!(
+            !text.contains("additionalProperties: false"),
+            "not structural"
+        );
         // Unknown fields are preserved only under `status`, as in Istio's CRDs.
         assert_eq!(
             text.matches("x-kubernetes-preserve-unknown-fields").count(),
-            5 * 3
+            served
         );
     }
 }

@@ -1,8 +1,8 @@
 //! One Kubernetes-style document (YAML or JSON) into a typed [`Object`].
 //!
 //! Reads the kinds the control plane consumes: `v1` `Namespace`, `Pod`,
-//! `Service`, `ConfigMap` (the mesh config) and `Secret` (gateway certificates), `discovery.k8s.io/v1` `EndpointSlice`, and the four Istio
-//! networking kinds. Errors name the kind, the object and the field path
+//! `Service`, `ConfigMap` (the mesh config) and `Secret` (gateway certificates), `discovery.k8s.io/v1` `EndpointSlice`, the Istio
+//! networking kinds and `security.istio.io` PeerAuthentication. Errors name the kind, the object and the field path
 //! (`spec.http[0].route[1].weight`), so one bad document can be reported and
 //! skipped while the rest of the mesh applies.
 
@@ -13,8 +13,8 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use crate::{
-    DestinationRule, Gateway, NETWORKING_GROUP, NETWORKING_VERSIONS, ServiceEntry, Sidecar,
-    VirtualService,
+    DestinationRule, Gateway, NETWORKING_GROUP, NETWORKING_VERSIONS, PeerAuthentication,
+    SECURITY_GROUP, SECURITY_VERSIONS, ServiceEntry, Sidecar, VirtualService,
 };
 
 /// A parsed, typed object of a kind the control plane reads.
@@ -32,6 +32,7 @@ pub enum Object {
     ServiceEntry(Box<ServiceEntry>),
     Gateway(Box<Gateway>),
     Sidecar(Box<Sidecar>),
+    PeerAuthentication(Box<PeerAuthentication>),
 }
 
 impl Object {
@@ -49,6 +50,7 @@ impl Object {
             Object::ServiceEntry(_) => "ServiceEntry",
             Object::Gateway(_) => "Gateway",
             Object::Sidecar(_) => "Sidecar",
+            Object::PeerAuthentication(_) => "PeerAuthentication",
         }
     }
 
@@ -66,6 +68,7 @@ impl Object {
             Object::ServiceEntry(o) => &o.metadata,
             Object::Gateway(o) => &o.metadata,
             Object::Sidecar(o) => &o.metadata,
+            Object::PeerAuthentication(o) => &o.metadata,
         }
     }
 
@@ -83,6 +86,7 @@ impl Object {
             Object::ServiceEntry(o) => &mut o.metadata,
             Object::Gateway(o) => &mut o.metadata,
             Object::Sidecar(o) => &mut o.metadata,
+            Object::PeerAuthentication(o) => &mut o.metadata,
         }
     }
 }
@@ -226,6 +230,9 @@ fn parse_object(value: serde_json::Value, default_namespace: &str) -> Result<Obj
         ("", "v1", "Secret") => Object::Secret(ctx.parse(value)?),
         ("", "v1", "Service") => Object::Service(ctx.parse(value)?),
         ("discovery.k8s.io", "v1", "EndpointSlice") => Object::EndpointSlice(ctx.parse(value)?),
+        (SECURITY_GROUP, v, "PeerAuthentication") if SECURITY_VERSIONS.contains(&v) => {
+            Object::PeerAuthentication(ctx.parse_istio(value)?)
+        }
         (NETWORKING_GROUP, v, k) if NETWORKING_VERSIONS.contains(&v) => match k {
             "VirtualService" => Object::VirtualService(ctx.parse_istio(value)?),
             "DestinationRule" => Object::DestinationRule(ctx.parse_istio(value)?),
@@ -332,7 +339,8 @@ istio_kind!(
     DestinationRule => DestinationRuleSpec,
     ServiceEntry => ServiceEntrySpec,
     Gateway => GatewaySpec,
-    Sidecar => SidecarSpec
+    Sidecar => SidecarSpec,
+    PeerAuthentication => PeerAuthenticationSpec
 );
 
 #[cfg(test)]
@@ -405,6 +413,25 @@ mod tests {
         let delay = http.fault.as_ref().unwrap().delay.as_ref().unwrap();
         assert_eq!(delay.fixed_delay.unwrap().as_std().as_secs(), 7);
         assert_eq!(delay.percentage.unwrap().value, 10.5);
+    }
+
+    #[test]
+    fn peer_authentication_is_read_with_port_level_modes() {
+        let Object::PeerAuthentication(pa) = one(
+            "apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata: {name: p, namespace: shop}\n\
+             spec:\n  selector: {matchLabels: {app: db}}\n  mtls: {mode: STRICT}\n  portLevelMtls:\n    8080: {mode: DISABLE}\n",
+        )
+        .unwrap() else {
+            panic!()
+        };
+        use crate::peer_authentication::MtlsMode;
+        assert_eq!(pa.spec.mtls.unwrap().mode, Some(MtlsMode::Strict));
+        assert_eq!(pa.spec.port_level_mtls[&8080].mode, Some(MtlsMode::Disable));
+        let err = one(
+            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p}\nspec: {mtls: {mode: STRICTEST}}\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("spec.mtls.mode"), "{err}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod document;
 mod duration;
 pub mod gateway;
 pub mod mesh;
+pub mod peer_authentication;
 pub mod service_entry;
 pub mod sidecar;
 pub mod support;
@@ -28,6 +29,7 @@ pub use destination_rule::{DestinationRule, DestinationRuleSpec};
 pub use document::{Object, ParseError};
 pub use duration::{Duration, DurationError};
 pub use gateway::{Gateway, GatewaySpec};
+pub use peer_authentication::{PeerAuthentication, PeerAuthenticationSpec};
 pub use service_entry::{ServiceEntry, ServiceEntrySpec};
 pub use sidecar::{Sidecar, SidecarSpec};
 pub use virtual_service::{VirtualService, VirtualServiceSpec};
@@ -37,6 +39,12 @@ pub const NETWORKING_GROUP: &str = "networking.istio.io";
 
 /// API versions of `networking.istio.io` that are read (all share one schema).
 pub const NETWORKING_VERSIONS: [&str; 3] = ["v1", "v1beta1", "v1alpha3"];
+
+/// The API group of PeerAuthentication.
+pub const SECURITY_GROUP: &str = "security.istio.io";
+
+/// API versions of `security.istio.io` that are read (one schema).
+pub const SECURITY_VERSIONS: [&str; 2] = ["v1", "v1beta1"];
 
 /// Where Istio's own test files are (`ISTIO_TESTDATA`, default
 /// `../shared/testdata/istio` beside the workspace). Panics with a loud

@@ -61,6 +61,9 @@ pub const NOT_YET: &[(&str, &str)] = &[
     ("Sidecar", "spec.egress[].bind"),
     ("Sidecar", "spec.egress[].captureMode"),
     ("Sidecar", "spec.outboundTrafficPolicy.egressProxy"),
+    ("PeerAuthentication", "spec.selector"),
+    ("PeerAuthentication", "spec.mtls"),
+    ("PeerAuthentication", "spec.portLevelMtls"),
 ];
 
 /// Values read but not acted on yet: (kind, field path, value, what happens).
@@ -80,6 +83,7 @@ pub fn unsupported(object: &Object) -> Vec<(String, String)> {
         Object::ServiceEntry(o) => ("ServiceEntry", serde_json::to_value(&o.spec)),
         Object::Gateway(o) => ("Gateway", serde_json::to_value(&o.spec)),
         Object::Sidecar(o) => ("Sidecar", serde_json::to_value(&o.spec)),
+        Object::PeerAuthentication(o) => ("PeerAuthentication", serde_json::to_value(&o.spec)),
         _ => return Vec::new(),
     };
     let Ok(spec) = spec else { return Vec::new() };

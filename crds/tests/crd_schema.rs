@@ -75,7 +75,9 @@ fn check(docs: impl IntoIterator<Item = (String, Value)>) -> (usize, Vec<String>
     for (origin, doc) in docs {
         let api_version = doc["apiVersion"].as_str().unwrap_or("");
         let kind = doc["kind"].as_str().unwrap_or("");
-        if !api_version.starts_with("networking.istio.io/") {
+        if !api_version.starts_with("networking.istio.io/")
+            && !api_version.starts_with("security.istio.io/")
+        {
             continue;
         }
         let Some(mut schema) = crds::crd::schema(kind) else {
@@ -169,7 +171,7 @@ fn the_schemas_name_the_same_fields_as_istios_crds() {
         let theirs = istio
             .iter()
             .find(|c| {
-                c["spec"]["group"] == "networking.istio.io" && c["spec"]["names"]["kind"] == kind
+                c["spec"]["group"] == ours["spec"]["group"] && c["spec"]["names"]["kind"] == kind
             })
             .unwrap_or_else(|| panic!("{kind} not in Istio's CRDs"));
         let v1 = |crd: &Value| {

@@ -68,6 +68,12 @@ pub const KINDS: &[(&str, &str, &str, bool)] = &[
     ),
     ("networking.istio.io/v1", "Gateway", "gateways", true),
     ("networking.istio.io/v1", "Sidecar", "sidecars", true),
+    (
+        "security.istio.io/v1",
+        "PeerAuthentication",
+        "peerauthentications",
+        true,
+    ),
 ];
 
 /// One write, as a watch reports it.

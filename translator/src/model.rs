@@ -323,6 +323,9 @@ impl Snapshot {
                     namespace: ns,
                     spec: sc.spec.clone(),
                 }),
+                // Read and reported (crds::support); the inbound side that
+                // acts on it is not built yet.
+                Object::PeerAuthentication(_) => {}
                 Object::ServiceEntry(se) => {
                     for svc in service_entry_services(&ns, &se.spec) {
                         snap.services

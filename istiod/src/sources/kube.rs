@@ -122,7 +122,8 @@ impl Watched {
 /// list and watch on these): Namespaces, Pods, Services, EndpointSlices,
 /// the mesh ConfigMap (`istio` in `namespace`, key `mesh`), Secrets (for
 /// Gateway `credentialName`; service-account tokens and Helm releases are
-/// excluded, as istiod does) and the `networking.istio.io/v1` kinds.
+/// excluded, as istiod does), the `networking.istio.io/v1` kinds and
+/// `security.istio.io/v1` PeerAuthentication.
 pub fn watched(namespace: &str) -> Vec<Watched> {
     let mut mesh_config = Watched::new("v1", "ConfigMap", "configmaps");
     mesh_config.namespace = Some(namespace.to_owned());
@@ -150,6 +151,11 @@ pub fn watched(namespace: &str) -> Vec<Watched> {
         Watched::new("networking.istio.io/v1", "ServiceEntry", "serviceentries"),
         Watched::new("networking.istio.io/v1", "Gateway", "gateways"),
         Watched::new("networking.istio.io/v1", "Sidecar", "sidecars"),
+        Watched::new(
+            "security.istio.io/v1",
+            "PeerAuthentication",
+            "peerauthentications",
+        ),
     ]
 }
 
@@ -313,7 +319,7 @@ fn trim(value: &mut Value, resource: &ApiResource) {
             annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
         }
     }
-    if resource.group == crds::NETWORKING_GROUP {
+    if resource.group == crds::NETWORKING_GROUP || resource.group == crds::SECURITY_GROUP {
         map.remove("status");
     }
     if resource.kind == "Pod"
