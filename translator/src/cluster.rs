@@ -73,10 +73,12 @@ pub(crate) fn build(
                 localities.sort_unstable();
                 localities.dedup();
                 let plan = policy.locality_plan(&proxy.locality, &localities);
-                let identity = IstioTls {
+                // Only ISTIO_MUTUAL clusters need these: per-proxy generation
+                // is the hot path, so they are not formatted for the others.
+                let identity = policy.istio_mutual().then(|| IstioTls {
                     sni: istio_sni(port.port, subset, &svc.hostname),
                     sans: identities(&snap.mesh.trust_domain, svc, &endpoints),
-                };
+                });
                 let (cluster, cla) = service_cluster(
                     &name,
                     svc,
@@ -84,7 +86,7 @@ pub(crate) fn build(
                     &policy,
                     &endpoints,
                     plan.as_ref(),
-                    &identity,
+                    identity.as_ref(),
                 );
                 clusters.push(cluster);
                 assignments.extend(cla);
@@ -101,7 +103,7 @@ fn service_cluster(
     policy: &Effective,
     endpoints: &[&Endpoint],
     plan: Option<&LocalityPlan>,
-    identity: &IstioTls,
+    identity: Option<&IstioTls>,
 ) -> (Cluster, Option<ClusterLoadAssignment>) {
     let mut cluster = Cluster {
         name: name.to_owned(),

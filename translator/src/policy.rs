@@ -119,13 +119,13 @@ impl Effective {
 
     /// Applies everything but the discovery type to `c`. `http2` is the
     /// port's protocol (HTTP/2 or gRPC); `hostname` the default SNI;
-    /// `istio` what `ISTIO_MUTUAL` uses.
+    /// `istio` what `ISTIO_MUTUAL` uses (required when [`Effective::istio_mutual`]).
     pub fn apply(
         &self,
         c: &mut Cluster,
         http2: bool,
         hostname: &str,
-        istio: &crate::cluster::IstioTls,
+        istio: Option<&crate::cluster::IstioTls>,
     ) {
         self.apply_lb(c);
         self.apply_pool(c, http2);
@@ -325,11 +325,17 @@ impl Effective {
         });
     }
 
-    fn apply_tls(&self, c: &mut Cluster, hostname: &str, istio: &crate::cluster::IstioTls) {
+    /// True when the effective client TLS mode is `ISTIO_MUTUAL`.
+    pub fn istio_mutual(&self) -> bool {
+        self.tls.as_ref().and_then(|t| t.mode) == Some(ClientTlsMode::IstioMutual)
+    }
+
+    fn apply_tls(&self, c: &mut Cluster, hostname: &str, istio: Option<&crate::cluster::IstioTls>) {
         let Some(tls) = &self.tls else { return };
         let mode = tls.mode.unwrap_or(ClientTlsMode::Disable);
         if mode == ClientTlsMode::IstioMutual {
-            c.transport_socket = Some(istio_mutual(tls, istio));
+            let fallback = crate::cluster::IstioTls::default();
+            c.transport_socket = Some(istio_mutual(tls, istio.unwrap_or(&fallback)));
             return;
         }
         if !matches!(mode, ClientTlsMode::Simple | ClientTlsMode::Mutual) {
