@@ -230,12 +230,8 @@ impl FakeApiServer {
         };
         store.rv += 1;
         object["metadata"]["resourceVersion"] = store.rv.to_string().into();
-        self.record(&mut store, collection, "DELETED", object);
+        record(&self.shared, &mut store, collection, "DELETED", object);
         true
-    }
-
-    fn record(&self, store: &mut Store, collection: String, event: &'static str, object: Value) {
-        record(&self.shared, store, collection, event, object);
     }
 
     /// Forgets the history up to now, as etcd compaction does: a watch that
