@@ -20,6 +20,9 @@ pub struct MeshConfigSpec {
     /// `outboundTrafficPolicy`.
     #[serde(default)]
     pub outbound_traffic_policy: Option<OutboundTrafficPolicy>,
+    /// `enableAutoMtls` (default true).
+    #[serde(default)]
+    pub enable_auto_mtls: Option<bool>,
     /// Every other top-level field, by name (not acted on yet).
     #[serde(flatten)]
     pub unsupported: BTreeMap<String, serde_json::Value>,

@@ -23,6 +23,11 @@ pub struct ChangeSet {
     pub gateway_selectors: Vec<BTreeMap<String, String>>,
     /// Namespaces of Sidecar resources changed.
     pub sidecar_namespaces: BTreeSet<String>,
+    /// Namespaces of PeerAuthentications changed.
+    pub peer_auth_namespaces: BTreeSet<String>,
+    /// Workload addresses whose served ports changed (their sidecars'
+    /// `virtualInbound`).
+    pub inbound_addresses: BTreeSet<String>,
     /// The mesh config changed.
     pub mesh: bool,
     /// A Secret changed.
@@ -77,6 +82,14 @@ impl ChangeSet {
         diff(&old.sidecars, &new.sidecars, |cfg| {
             c.sidecar_namespaces.insert(cfg.namespace.clone());
         });
+        diff(
+            &old.peer_authentications,
+            &new.peer_authentications,
+            |cfg| {
+                c.peer_auth_namespaces.insert(cfg.namespace.clone());
+            },
+        );
+        c.inbound_addresses = old.inbound_changes(new);
         c
     }
 
@@ -90,8 +103,16 @@ impl ChangeSet {
                 || self
                     .sidecar_namespaces
                     .contains(crate::model::ROOT_NAMESPACE));
+        // Its inbound: the ports it serves, or the PeerAuthentications over it.
+        let inbound_changed = !router
+            && (self.inbound_addresses.contains(&proxy.ip)
+                || self.peer_auth_namespaces.contains(ns)
+                || self
+                    .peer_auth_namespaces
+                    .contains(crate::model::ROOT_NAMESPACE));
         let full = self.mesh
             || sidecar_changed
+            || inbound_changed
             || self
                 .services
                 .iter()
@@ -122,10 +143,11 @@ impl ChangeSet {
     }
 }
 
-/// The service without its endpoints, but with the service accounts behind
-/// them: those are in the clusters (`ISTIO_MUTUAL` SAN checks), so a change
-/// of them is not an endpoint-only change.
-fn without_endpoints(s: &Service) -> (Service, BTreeSet<String>) {
+/// The service without its endpoints, but with what of them the clusters
+/// carry: the service accounts behind them (`ISTIO_MUTUAL` SAN checks) and
+/// whether any is in the mesh (auto mTLS), so a change of those is not an
+/// endpoint-only change.
+fn without_endpoints(s: &Service) -> (Service, BTreeSet<String>, bool) {
     let accounts = s
         .endpoints
         .iter()
@@ -137,6 +159,7 @@ fn without_endpoints(s: &Service) -> (Service, BTreeSet<String>) {
             ..s.clone()
         },
         accounts,
+        s.endpoints.iter().any(crate::model::Endpoint::in_mesh),
     )
 }
 

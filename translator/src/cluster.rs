@@ -8,14 +8,16 @@ use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     DiscoveryType, DnsLookupFamily, EdsClusterConfig, LbPolicy, common_lb_config,
 };
-use envoy_types::pb::envoy::config::core::v3::Locality;
+use envoy_types::pb::envoy::config::core::v3::{Locality, Metadata};
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
 };
 use envoy_types::pb::google::protobuf::UInt32Value;
 
 use crate::model::{Endpoint, Protocol, Proxy, Service, ServicePort, ServiceResolution, Snapshot};
-use crate::policy::{Effective, LocalityPlan, discovery};
+use crate::policy::{
+    Effective, LocalityPlan, TRANSPORT_SOCKET_MATCH, auto_mtls_match, discovery, tls_mode_istio,
+};
 use crate::{ads_config_source, duration, socket_address};
 
 /// Istio's name of the cluster forwarding to the original destination.
@@ -23,7 +25,7 @@ pub const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";
 /// Istio's name of the cluster that drops everything.
 pub const BLACKHOLE_CLUSTER: &str = "BlackHoleCluster";
 /// Istio's default upstream connect timeout (MeshConfig `connectTimeout`), seconds.
-const CONNECT_TIMEOUT_SECS: u64 = 10;
+pub(crate) const CONNECT_TIMEOUT_SECS: u64 = 10;
 
 /// Istio's cluster name: `outbound|9080|v1|reviews.default.svc.cluster.local`
 /// (`subset` empty for the whole service).
@@ -73,11 +75,18 @@ pub(crate) fn build(
                 localities.sort_unstable();
                 localities.dedup();
                 let plan = policy.locality_plan(&proxy.locality, &localities);
-                // Only ISTIO_MUTUAL clusters need these: per-proxy generation
-                // is the hot path, so they are not formatted for the others.
-                let identity = policy.istio_mutual().then(|| IstioTls {
+                // Auto mTLS (Istio's default): no TLS settings from a rule,
+                // an in-mesh service, and some endpoint with a sidecar.
+                let auto_mtls = snap.mesh.auto_mtls
+                    && policy.tls_unset()
+                    && !svc.external
+                    && endpoints.iter().any(|e| e.in_mesh());
+                // Only mTLS clusters need these: per-proxy generation is the
+                // hot path, so they are not formatted for the others.
+                let identity = (policy.istio_mutual() || auto_mtls).then(|| IstioTls {
                     sni: istio_sni(port.port, subset, &svc.hostname),
                     sans: identities(&snap.mesh.trust_domain, svc, &endpoints),
+                    auto: auto_mtls,
                 });
                 let (cluster, cla) = service_cluster(
                     &name,
@@ -105,6 +114,7 @@ fn service_cluster(
     plan: Option<&LocalityPlan>,
     identity: Option<&IstioTls>,
 ) -> (Cluster, Option<ClusterLoadAssignment>) {
+    let auto_mtls = identity.is_some_and(|i| i.auto);
     let mut cluster = Cluster {
         name: name.to_owned(),
         connect_timeout: Some(duration(std::time::Duration::from_secs(
@@ -114,6 +124,9 @@ fn service_cluster(
     };
     let http2 = matches!(port.protocol, Protocol::Http2 | Protocol::Grpc);
     policy.apply(&mut cluster, http2, &svc.hostname, identity);
+    if auto_mtls && let Some(identity) = identity {
+        cluster.transport_socket_matches = vec![auto_mtls_match(identity)];
+    }
     if plan.is_some_and(|p| p.weighted) {
         cluster
             .common_lb_config
@@ -141,14 +154,14 @@ fn service_cluster(
             DiscoveryType::LogicalDns
         });
         cluster.dns_lookup_family = DnsLookupFamily::V4Only as i32;
-        cluster.load_assignment = Some(assignment(name, port, endpoints, plan));
+        cluster.load_assignment = Some(assignment(name, port, endpoints, plan, auto_mtls));
     } else {
         cluster.cluster_discovery_type = discovery(DiscoveryType::Eds);
         cluster.eds_cluster_config = Some(EdsClusterConfig {
             eds_config: Some(ads_config_source()),
             service_name: name.to_owned(),
         });
-        cla = Some(assignment(name, port, endpoints, plan));
+        cla = Some(assignment(name, port, endpoints, plan, auto_mtls));
     }
     (cluster, cla)
 }
@@ -163,6 +176,9 @@ pub struct IstioTls {
     /// `spiffe://<trust-domain>/ns/<namespace>/sa/<account>` of every
     /// service account behind the cluster (empty: any, verified by the root only).
     pub sans: Vec<String>,
+    /// Auto mTLS: only to endpoints with a sidecar (a transport socket
+    /// match), not to every endpoint as `ISTIO_MUTUAL`.
+    pub auto: bool,
 }
 
 /// Istio's SNI for mesh-internal mTLS to one cluster.
@@ -189,15 +205,13 @@ fn assignment(
     port: &ServicePort,
     endpoints: &[&Endpoint],
     plan: Option<&LocalityPlan>,
+    mark_mesh: bool,
 ) -> ClusterLoadAssignment {
     let mut by_locality: BTreeMap<&str, Vec<LbEndpoint>> = BTreeMap::new();
     for ep in endpoints {
-        let target = ep.ports.get(&port.name).copied().or_else(|| {
-            (ep.ports.len() == 1)
-                .then(|| ep.ports.values().copied().next())
-                .flatten()
-        });
-        let Some(target) = target else { continue };
+        let Some(target) = ep.target_port(&port.name) else {
+            continue;
+        };
         by_locality
             .entry(ep.locality.as_str())
             .or_default()
@@ -207,6 +221,12 @@ fn assignment(
                     ..Default::default()
                 })),
                 load_balancing_weight: Some(UInt32Value { value: 1 }),
+                metadata: (mark_mesh && ep.in_mesh()).then(|| Metadata {
+                    filter_metadata: [(TRANSPORT_SOCKET_MATCH.to_owned(), tls_mode_istio())]
+                        .into_iter()
+                        .collect(),
+                    ..Default::default()
+                }),
                 ..Default::default()
             });
     }

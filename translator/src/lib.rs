@@ -12,6 +12,7 @@
 
 pub mod changes;
 pub mod cluster;
+pub mod inbound;
 pub mod listener;
 pub mod model;
 pub mod policy;
@@ -155,10 +156,13 @@ pub fn generate_endpoints(
 /// Generates the full configuration of `proxy` from `snap`.
 pub fn generate(snap: &Snapshot, proxy: &Proxy) -> Output {
     let mut warnings = Vec::new();
-    let (clusters, endpoints) = cluster::build(snap, proxy, None);
+    let (mut clusters, endpoints) = cluster::build(snap, proxy, None);
     let (listeners, routes, secrets) = match proxy.kind {
         ProxyKind::Sidecar => {
-            let (l, r) = listener::sidecar(snap, proxy, &mut warnings);
+            let (mut l, r) = listener::sidecar(snap, proxy, &mut warnings);
+            let (inbound, inbound_clusters) = inbound::build(snap, proxy);
+            l.push(inbound);
+            clusters.extend(inbound_clusters);
             (l, r, Vec::new())
         }
         ProxyKind::Router => listener::gateway(snap, proxy, &mut warnings),

@@ -8,7 +8,7 @@
 //! each endpoint's `targetRef` Pod (or the Pod with that IP) gives the labels
 //! DestinationRule subsets select on. A `ServiceEntry` adds one service per host.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use crds::document::Object;
@@ -149,6 +149,30 @@ pub struct Service {
     pub export_to: Vec<String>,
 }
 
+/// The pod label that marks a workload as having an Istio sidecar (set
+/// by injection); auto mTLS sends Istio mTLS only to such endpoints.
+pub const TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";
+
+impl Endpoint {
+    /// Whether the workload has a sidecar that takes Istio mTLS
+    /// ([`TLS_MODE_LABEL`] `istio`).
+    pub fn in_mesh(&self) -> bool {
+        self.labels
+            .get(TLS_MODE_LABEL)
+            .is_some_and(|v| v == "istio")
+    }
+
+    /// The endpoint's port for the service port named `name`; an endpoint
+    /// with a single port uses it for any name (unnamed service ports).
+    pub fn target_port(&self, name: &str) -> Option<u32> {
+        self.ports.get(name).copied().or_else(|| {
+            (self.ports.len() == 1)
+                .then(|| self.ports.values().copied().next())
+                .flatten()
+        })
+    }
+}
+
 impl Service {
     /// The port with this number.
     pub fn port(&self, number: u32) -> Option<&ServicePort> {
@@ -165,6 +189,10 @@ pub struct MeshConfig {
     pub domain: String,
     /// SPIFFE trust domain (`trustDomain`), `cluster.local`.
     pub trust_domain: String,
+    /// `enableAutoMtls` (default true): clients use Istio mTLS to endpoints
+    /// whose pods carry `security.istio.io/tlsMode: istio`, unless a
+    /// DestinationRule sets TLS settings.
+    pub auto_mtls: bool,
 }
 
 impl Default for MeshConfig {
@@ -173,6 +201,7 @@ impl Default for MeshConfig {
             allow_any: true,
             domain: DEFAULT_DOMAIN.to_owned(),
             trust_domain: DEFAULT_DOMAIN.to_owned(),
+            auto_mtls: true,
         }
     }
 }
@@ -192,6 +221,8 @@ pub struct Snapshot {
     pub gateways: Vec<Config<GatewaySpec>>,
     /// Sidecar resources, in a stable order.
     pub sidecars: Vec<Config<crds::SidecarSpec>>,
+    /// PeerAuthentications, in a stable order.
+    pub peer_authentications: Vec<Config<crds::PeerAuthenticationSpec>>,
     /// Namespace names known.
     pub namespaces: Vec<String>,
     /// Mesh settings.
@@ -218,6 +249,20 @@ pub struct Snapshot {
     vs_by_host: HashMap<String, Vec<usize>>,
     /// VirtualServices with a wildcard host (checked for every hostname).
     vs_wildcard: Vec<usize>,
+    /// The ports each workload address serves, from the services whose
+    /// endpoints it is (see [`Snapshot::inbound_ports`]).
+    inbound: HashMap<String, Vec<InboundPort>>,
+}
+
+/// A port a workload serves: the target port of a service port whose
+/// endpoint the workload is. Its sidecar's `virtualInbound` gets a filter
+/// chain for it (Istio's inbound listener per service target port).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct InboundPort {
+    /// Target (container) port.
+    pub port: u32,
+    /// Protocol of the service port (first service wins on a conflict).
+    pub protocol: Protocol,
 }
 
 /// A TLS Secret's material (`kubernetes.io/tls` keys `tls.crt`, `tls.key`,
@@ -262,6 +307,9 @@ impl Snapshot {
                     if let Ok(m) = crds::mesh::parse(cm) {
                         if let Some(mode) = m.outbound_traffic_policy.and_then(|p| p.mode) {
                             snap.mesh.allow_any = mode == crds::mesh::OutboundMode::AllowAny;
+                        }
+                        if let Some(auto) = m.enable_auto_mtls {
+                            snap.mesh.auto_mtls = auto;
                         }
                         for field in m.unsupported.keys() {
                             snap.warnings.push(crate::ConfigWarning::new(
@@ -323,9 +371,11 @@ impl Snapshot {
                     namespace: ns,
                     spec: sc.spec.clone(),
                 }),
-                // Read and reported (crds::support); the inbound side that
-                // acts on it is not built yet.
-                Object::PeerAuthentication(_) => {}
+                Object::PeerAuthentication(pa) => snap.peer_authentications.push(Config {
+                    name,
+                    namespace: ns,
+                    spec: pa.spec.clone(),
+                }),
                 Object::ServiceEntry(se) => {
                     for svc in service_entry_services(&ns, &se.spec) {
                         snap.services
@@ -462,6 +512,14 @@ impl Snapshot {
             .sort_by(|a, b| order(&a.namespace, &a.name, &b.namespace, &b.name));
         snap.sidecars
             .sort_by(|a, b| order(&a.namespace, &a.name, &b.namespace, &b.name));
+        snap.peer_authentications
+            .sort_by(|a, b| order(&a.namespace, &a.name, &b.namespace, &b.name));
+        for pa in &snap.peer_authentications {
+            if let Some(sel) = &pa.spec.selector {
+                snap.label_keys.extend(sel.match_labels.keys().cloned());
+            }
+        }
+        snap.inbound = inbound_index(&snap.services);
         snap.namespaces.sort();
         for vs in &snap.virtual_services {
             for m in vs.spec.http.iter().flat_map(|h| &h.matches) {
@@ -509,6 +567,28 @@ impl Snapshot {
         self.services
             .values()
             .filter(move |s| exported_to(&s.export_to, &s.namespace, ns))
+    }
+
+    /// The ports the workload at `ip` serves (sorted by port, unique): the
+    /// target ports of every static service it is an endpoint of.
+    pub fn inbound_ports(&self, ip: &str) -> &[InboundPort] {
+        self.inbound.get(ip).map_or(&[], Vec::as_slice)
+    }
+
+    /// Addresses whose [`Snapshot::inbound_ports`] differ between `self` and `other`.
+    pub fn inbound_changes(&self, other: &Snapshot) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        for (ip, ports) in &self.inbound {
+            if other.inbound.get(ip) != Some(ports) {
+                out.insert(ip.clone());
+            }
+        }
+        for ip in other.inbound.keys() {
+            if !self.inbound.contains_key(ip) {
+                out.insert(ip.clone());
+            }
+        }
+        out
     }
 
     /// VirtualServices that may name `hostname` (exactly, or by a wildcard
@@ -745,6 +825,38 @@ fn pod_locality(labels: &BTreeMap<String, String>, slice_zone: Option<&str>) -> 
     }
 }
 
+/// The address -> served ports index behind [`Snapshot::inbound_ports`]:
+/// every endpoint of a statically resolved service, each service port
+/// mapped to the endpoint's target port.
+fn inbound_index(services: &BTreeMap<String, Arc<Service>>) -> HashMap<String, Vec<InboundPort>> {
+    let mut index: HashMap<String, Vec<InboundPort>> = HashMap::new();
+    for svc in services.values() {
+        if svc.resolution != ServiceResolution::Static {
+            continue;
+        }
+        for ep in &svc.endpoints {
+            for sp in &svc.ports {
+                let Some(port) = ep.target_port(&sp.name) else {
+                    continue;
+                };
+                index
+                    .entry(ep.address.clone())
+                    .or_default()
+                    .push(InboundPort {
+                        port,
+                        protocol: sp.protocol,
+                    });
+            }
+        }
+    }
+    for ports in index.values_mut() {
+        // Sorted by port; on one port, the first service's protocol stays.
+        ports.sort_by_key(|p| p.port);
+        ports.dedup_by_key(|p| p.port);
+    }
+    index
+}
+
 /// Istio's root namespace, where mesh-wide Sidecar defaults live.
 pub const ROOT_NAMESPACE: &str = "istio-system";
 
@@ -820,6 +932,10 @@ impl Proxy {
             locality: self.locality.clone(),
             labels,
             sidecar: snap.sidecar_for(self).map(|sc| sc.key()),
+            inbound: match self.kind {
+                ProxyKind::Sidecar => snap.inbound_ports(&self.ip).to_vec(),
+                ProxyKind::Router => Vec::new(),
+            },
         }
     }
 }
@@ -837,6 +953,8 @@ pub struct ConfigKey {
     pub labels: BTreeMap<String, String>,
     /// The Sidecar resource that applies (`namespace/name`).
     pub sidecar: Option<String>,
+    /// The ports the proxy's workload serves (its `virtualInbound` chains).
+    pub inbound: Vec<InboundPort>,
 }
 
 /// Why a node ID was refused.

@@ -34,6 +34,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_optio
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
 use envoy_types::pb::envoy::r#type::v3::Percent as EnvoyPercent;
+use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::google::protobuf::{UInt32Value, UInt64Value};
 use envoy_types::util::pack_any;
 
@@ -253,26 +254,9 @@ impl Effective {
         let upgrade = http.and_then(|h| h.h2_upgrade_policy) == Some(H2UpgradePolicy::Upgrade);
         let use_h2 = http2 || upgrade;
         if common_set || use_h2 {
-            let opts = HttpProtocolOptions {
-                common_http_protocol_options: common_set.then_some(common),
-                upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
-                    ExplicitHttpConfig {
-                        protocol_config: Some(if use_h2 {
-                            explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
-                                Http2ProtocolOptions::default(),
-                            )
-                        } else {
-                            explicit_http_config::ProtocolConfig::HttpProtocolOptions(
-                                Http1ProtocolOptions::default(),
-                            )
-                        }),
-                    },
-                )),
-                ..Default::default()
-            };
             c.typed_extension_protocol_options.insert(
-                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into(),
-                pack_any(opts),
+                UPSTREAM_HTTP_OPTIONS.into(),
+                upstream_http_options(common_set.then_some(common), use_h2),
             );
         }
     }
@@ -323,6 +307,12 @@ impl Effective {
             }),
             ..Default::default()
         });
+    }
+
+    /// True when no DestinationRule sets client TLS settings (auto mTLS
+    /// may then decide).
+    pub fn tls_unset(&self) -> bool {
+        self.tls.is_none()
     }
 
     /// True when the effective client TLS mode is `ISTIO_MUTUAL`.
@@ -382,6 +372,34 @@ impl Effective {
     }
 }
 
+/// The key of a cluster's `typed_extension_protocol_options` for
+/// [`upstream_http_options`].
+pub(crate) const UPSTREAM_HTTP_OPTIONS: &str =
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
+/// Envoy's `HttpProtocolOptions` for a cluster: explicitly HTTP/2 (`h2`)
+/// or HTTP/1.1 upstream, with `common` options if any.
+pub(crate) fn upstream_http_options(common: Option<CoreHttpOptions>, h2: bool) -> Any {
+    let opts = HttpProtocolOptions {
+        common_http_protocol_options: common,
+        upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+            ExplicitHttpConfig {
+                protocol_config: Some(if h2 {
+                    explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
+                        Http2ProtocolOptions::default(),
+                    )
+                } else {
+                    explicit_http_config::ProtocolConfig::HttpProtocolOptions(
+                        Http1ProtocolOptions::default(),
+                    )
+                }),
+            },
+        )),
+        ..Default::default()
+    };
+    pack_any(opts)
+}
+
 /// Exact matchers for `sans`, of one SAN type.
 fn san_matchers(
     sans: &[String],
@@ -432,6 +450,37 @@ pub(crate) fn agent_secret(name: &str) -> SdsSecretConfig {
             )),
             ..Default::default()
         }),
+    }
+}
+
+/// The endpoint metadata key Envoy matches `transport_socket_matches` on.
+pub(crate) const TRANSPORT_SOCKET_MATCH: &str = "envoy.transport_socket_match";
+
+/// Auto mTLS (Istio's `tlsMode-istio` socket match): endpoints whose
+/// metadata [`TRANSPORT_SOCKET_MATCH`] has `tlsMode: istio` get Istio mTLS
+/// as `ISTIO_MUTUAL` would set it; the others keep the cluster's plaintext.
+pub(crate) fn auto_mtls_match(
+    istio: &crate::cluster::IstioTls,
+) -> envoy_types::pb::envoy::config::cluster::v3::cluster::TransportSocketMatch {
+    envoy_types::pb::envoy::config::cluster::v3::cluster::TransportSocketMatch {
+        name: "tlsMode-istio".into(),
+        r#match: Some(tls_mode_istio()),
+        transport_socket: Some(istio_mutual(&ClientTlsSettings::default(), istio)),
+    }
+}
+
+/// `{tlsMode: istio}` as a protobuf `Struct`.
+pub(crate) fn tls_mode_istio() -> envoy_types::pb::google::protobuf::Struct {
+    use envoy_types::pb::google::protobuf::{Struct, Value, value};
+    Struct {
+        fields: [(
+            "tlsMode".to_owned(),
+            Value {
+                kind: Some(value::Kind::StringValue("istio".into())),
+            },
+        )]
+        .into_iter()
+        .collect(),
     }
 }
 

@@ -93,6 +93,8 @@ fn envoy_descriptors() -> DescriptorPool {
         "envoy/extensions/filters/http/cors/v3/cors.proto",
         "envoy/extensions/upstreams/http/v3/http_protocol_options.proto",
         "envoy/extensions/retry/priority/previous_priorities/v3/previous_priorities_config.proto",
+        "envoy/extensions/filters/listener/original_dst/v3/original_dst.proto",
+        "envoy/extensions/filters/listener/tls_inspector/v3/tls_inspector.proto",
     ];
     let mut compiler = protox::Compiler::new(includes).unwrap();
     compiler.include_imports(true);

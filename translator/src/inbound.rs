@@ -1,0 +1,429 @@
+//! The sidecar's inbound side: the `virtualInbound` listener on 15006
+//! (where `istio-init` redirects traffic to the pod) and its clusters.
+//!
+//! Per port the workload serves ([`Snapshot::inbound_ports`]) there are
+//! filter chains chosen by the effective PeerAuthentication mode, as Istio
+//! builds them:
+//! - `STRICT`: one chain for TLS, terminating Istio mTLS (the workload
+//!   certificate `default` and the root `ROOTCA` from the node agent over
+//!   SDS, client certificate required). Plaintext matches no chain and is
+//!   closed.
+//! - `PERMISSIVE`: that chain for TLS offering Istio's ALPN
+//!   (`istio-peer-exchange`, `istio`, `istio-http/*`), and plaintext
+//!   chains for everything else (raw TCP, and TLS not from the mesh,
+//!   passed on as it is).
+//! - `DISABLE`: the plaintext chain only.
+//!
+//! HTTP ports end in an HTTP connection manager that appends the caller's
+//! identity to `x-forwarded-client-cert` (`By`, `URI`, ...) and routes to
+//! `inbound|<port>||`; other ports in a TCP proxy to it. Ports without a
+//! service go to `InboundPassthroughCluster` under the workload's mode.
+//! Both clusters forward to the original destination, bound to Istio's
+//! `127.0.0.6` so the capture rules can tell them from the app's traffic.
+
+use std::collections::BTreeMap;
+
+use crds::peer_authentication::{MtlsMode, PeerMtls};
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{DiscoveryType, LbPolicy};
+use envoy_types::pb::envoy::config::core::v3::{
+    BindConfig, SocketAddress, TransportSocket, socket_address as address, transport_socket,
+};
+use envoy_types::pb::envoy::config::listener::v3::{
+    Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter, listener_filter,
+};
+use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
+use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, HttpFilter, http_connection_manager, http_filter,
+};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SubjectAltNameMatcher,
+    common_tls_context, subject_alt_name_matcher,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
+use envoy_types::pb::google::protobuf::BoolValue;
+use envoy_types::util::pack_any;
+
+use crate::cluster::BLACKHOLE_CLUSTER;
+use crate::model::{Config, InboundPort, Protocol, Proxy, ROOT_NAMESPACE, Snapshot};
+use crate::policy::{ROOT_CA, UPSTREAM_HTTP_OPTIONS, WORKLOAD_CERT, agent_secret};
+use crate::{duration, socket_address};
+
+/// Istio's inbound capture port (`istio-init` redirects inbound TCP here).
+pub const VIRTUAL_INBOUND_PORT: u32 = 15006;
+/// Istio's name of the inbound capture listener.
+pub const VIRTUAL_INBOUND: &str = "virtualInbound";
+/// Istio's cluster for inbound traffic to ports no service declares.
+pub const INBOUND_PASSTHROUGH_CLUSTER: &str = "InboundPassthroughCluster";
+/// The source address of the sidecar's connections to its app (Istio's
+/// `InboundPassthroughBindIpv4`).
+pub const INBOUND_BIND_ADDRESS: &str = "127.0.0.6";
+/// The ALPN values Istio's clients offer for mesh mTLS; the `PERMISSIVE`
+/// mTLS chain matches on them.
+pub const ISTIO_ALPNS: [&str; 5] = [
+    "istio-peer-exchange",
+    "istio",
+    "istio-http/1.0",
+    "istio-http/1.1",
+    "istio-h2",
+];
+/// Seconds Envoy waits for the first bytes before choosing a chain anyway
+/// (server-speaks-first protocols); Istio's `protocolDetectionTimeout`
+/// is not used, the TLS inspector alone decides.
+const LISTENER_FILTERS_TIMEOUT_SECS: u64 = 5;
+
+/// Istio's inbound cluster name: `inbound|9080||` (the target port).
+pub fn inbound_cluster_name(port: u32) -> String {
+    format!("inbound|{port}||")
+}
+
+/// What a workload's inbound accepts (PeerAuthentication `mtls.mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerMode {
+    /// Plaintext only.
+    Disable,
+    /// Istio mTLS and plaintext (Istio's default).
+    Permissive,
+    /// Istio mTLS only.
+    Strict,
+}
+
+/// The effective PeerAuthentication of one workload: its mode and the
+/// port-level overrides (by target port) of its workload-selector policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerPolicy {
+    /// The workload-wide mode.
+    pub mode: PeerMode,
+    /// `portLevelMtls`, by target port, `UNSET` already resolved.
+    pub ports: BTreeMap<u32, PeerMode>,
+}
+
+impl PeerPolicy {
+    /// The mode on `port`.
+    pub fn for_port(&self, port: u32) -> PeerMode {
+        self.ports.get(&port).copied().unwrap_or(self.mode)
+    }
+}
+
+fn mode_of(mtls: Option<&PeerMtls>) -> Option<PeerMode> {
+    match mtls.and_then(|m| m.mode)? {
+        MtlsMode::Unset => None,
+        MtlsMode::Disable => Some(PeerMode::Disable),
+        MtlsMode::Permissive => Some(PeerMode::Permissive),
+        MtlsMode::Strict => Some(PeerMode::Strict),
+    }
+}
+
+/// Istio's PeerAuthentication resolution for `proxy`: the policy of its
+/// namespace whose `selector` matches its labels, else its namespace's
+/// policy without a selector, else the mesh policy (root namespace
+/// `istio-system`, no selector); a level whose mode is `UNSET` (or absent)
+/// inherits the next, and the default is `PERMISSIVE`. Port-level modes
+/// come from the workload-selector policy only, as in Istio. Among several
+/// policies at one level, the first by name wins.
+pub fn peer_policy(snap: &Snapshot, proxy: &Proxy) -> PeerPolicy {
+    let unselected = |pa: &&Pa| {
+        pa.spec
+            .selector
+            .as_ref()
+            .is_none_or(|s| s.match_labels.is_empty())
+    };
+    let selects = |pa: &&Pa| {
+        pa.spec.selector.as_ref().is_some_and(|s| {
+            !s.match_labels.is_empty()
+                && s.match_labels
+                    .iter()
+                    .all(|(k, v)| proxy.labels.get(k) == Some(v))
+        })
+    };
+    let mesh = in_namespace(snap, ROOT_NAMESPACE).find(unselected);
+    let namespace = in_namespace(snap, &proxy.namespace).find(unselected);
+    let workload = in_namespace(snap, &proxy.namespace).find(selects);
+    let mesh_mode = mesh
+        .and_then(|pa| mode_of(pa.spec.mtls.as_ref()))
+        .unwrap_or(PeerMode::Permissive);
+    let ns_mode = namespace
+        .and_then(|pa| mode_of(pa.spec.mtls.as_ref()))
+        .unwrap_or(mesh_mode);
+    let mode = workload
+        .and_then(|pa| mode_of(pa.spec.mtls.as_ref()))
+        .unwrap_or(ns_mode);
+    let ports = workload
+        .map(|pa| {
+            pa.spec
+                .port_level_mtls
+                .iter()
+                .map(|(port, m)| (*port, mode_of(Some(m)).unwrap_or(mode)))
+                .collect()
+        })
+        .unwrap_or_default();
+    PeerPolicy { mode, ports }
+}
+
+type Pa = Config<crds::PeerAuthenticationSpec>;
+
+fn in_namespace<'a>(snap: &'a Snapshot, ns: &'a str) -> impl Iterator<Item = &'a Pa> + 'a {
+    snap.peer_authentications
+        .iter()
+        .filter(move |pa| pa.namespace == ns)
+}
+
+/// The `virtualInbound` listener and the inbound clusters of a sidecar.
+pub(crate) fn build(snap: &Snapshot, proxy: &Proxy) -> (Listener, Vec<Cluster>) {
+    let policy = peer_policy(snap, proxy);
+    let trust_domain = snap.mesh.trust_domain.as_str();
+    let mut chains = vec![FilterChain {
+        // Traffic addressed to 15006 itself would loop.
+        name: "virtualInbound-blackhole".into(),
+        filter_chain_match: Some(FilterChainMatch {
+            destination_port: Some(envoy_types::pb::google::protobuf::UInt32Value {
+                value: VIRTUAL_INBOUND_PORT,
+            }),
+            ..Default::default()
+        }),
+        filters: vec![tcp_proxy_filter(BLACKHOLE_CLUSTER, BLACKHOLE_CLUSTER)],
+        ..Default::default()
+    }];
+    let mut clusters = vec![original_dst_cluster(INBOUND_PASSTHROUGH_CLUSTER, false)];
+    for p in snap.inbound_ports(&proxy.ip) {
+        if p.port == VIRTUAL_INBOUND_PORT {
+            continue;
+        }
+        let name = inbound_cluster_name(p.port);
+        let http2 = matches!(p.protocol, Protocol::Http2 | Protocol::Grpc);
+        clusters.push(original_dst_cluster(&name, http2));
+        chains.extend(port_chains(
+            policy.for_port(p.port),
+            Some(p),
+            &name,
+            trust_domain,
+        ));
+    }
+    chains.extend(port_chains(
+        policy.mode,
+        None,
+        INBOUND_PASSTHROUGH_CLUSTER,
+        trust_domain,
+    ));
+    let listener = Listener {
+        name: VIRTUAL_INBOUND.into(),
+        address: Some(socket_address("0.0.0.0", VIRTUAL_INBOUND_PORT)),
+        traffic_direction: envoy_types::pb::envoy::config::core::v3::TrafficDirection::Inbound
+            as i32,
+        listener_filters: vec![
+            listener_filter_of(
+                "envoy.filters.listener.original_dst",
+                OriginalDst::default(),
+            ),
+            listener_filter_of(
+                "envoy.filters.listener.tls_inspector",
+                TlsInspector::default(),
+            ),
+        ],
+        listener_filters_timeout: Some(duration(std::time::Duration::from_secs(
+            LISTENER_FILTERS_TIMEOUT_SECS,
+        ))),
+        continue_on_listener_filters_timeout: true,
+        filter_chains: chains,
+        ..Default::default()
+    };
+    (listener, clusters)
+}
+
+fn listener_filter_of<M: prost::Name>(name: &str, config: M) -> ListenerFilter {
+    ListenerFilter {
+        name: name.into(),
+        config_type: Some(listener_filter::ConfigType::TypedConfig(pack_any(config))),
+        ..Default::default()
+    }
+}
+
+/// The chains of one served port (`port` None: every other port, to the
+/// passthrough cluster) under `mode`, each ending in `cluster`.
+fn port_chains(
+    mode: PeerMode,
+    port: Option<&InboundPort>,
+    cluster: &str,
+    trust_domain: &str,
+) -> Vec<FilterChain> {
+    let http = port.is_some_and(|p| p.protocol.is_http());
+    let label = port.map_or_else(
+        || VIRTUAL_INBOUND.to_owned(),
+        |p| format!("0.0.0.0_{}", p.port),
+    );
+    let filters = || match port {
+        Some(p) if http => vec![inbound_hcm(p.port, cluster)],
+        _ => vec![tcp_proxy_filter(&format!("inbound_{label}"), cluster)],
+    };
+    let matching = |transport: &str, alpn: &[&str]| FilterChainMatch {
+        destination_port: port
+            .map(|p| envoy_types::pb::google::protobuf::UInt32Value { value: p.port }),
+        transport_protocol: transport.into(),
+        application_protocols: alpn.iter().map(|a| (*a).to_owned()).collect(),
+        ..Default::default()
+    };
+    let mtls = |alpn: &[&str]| FilterChain {
+        name: format!("{label}-mtls"),
+        filter_chain_match: Some(matching("tls", alpn)),
+        filters: filters(),
+        transport_socket: Some(istio_server_tls(trust_domain, http)),
+        ..Default::default()
+    };
+    let plain = |suffix: &str, transport: &str| FilterChain {
+        name: format!("{label}-{suffix}"),
+        filter_chain_match: Some(matching(transport, &[])),
+        filters: filters(),
+        ..Default::default()
+    };
+    // TLS that is not the mesh's (the app's own) passes through as bytes.
+    let foreign_tls = FilterChain {
+        name: format!("{label}-tls"),
+        filter_chain_match: Some(matching("tls", &[])),
+        filters: vec![tcp_proxy_filter(&format!("inbound_{label}"), cluster)],
+        ..Default::default()
+    };
+    match mode {
+        PeerMode::Strict => vec![mtls(&[])],
+        PeerMode::Permissive => vec![
+            mtls(&ISTIO_ALPNS),
+            foreign_tls,
+            plain("plaintext", "raw_buffer"),
+        ],
+        PeerMode::Disable => vec![plain("plaintext", "")],
+    }
+}
+
+/// Istio's server side of mesh mTLS: the workload certificate and root
+/// from the node agent, a client certificate required and its SPIFFE ID
+/// in the mesh's trust domain.
+fn istio_server_tls(trust_domain: &str, http: bool) -> TransportSocket {
+    let common = CommonTlsContext {
+        alpn_protocols: if http {
+            vec!["h2".into(), "http/1.1".into()]
+        } else {
+            Vec::new()
+        },
+        tls_certificate_sds_secret_configs: vec![agent_secret(WORKLOAD_CERT)],
+        validation_context_type: Some(
+            common_tls_context::ValidationContextType::CombinedValidationContext(
+                common_tls_context::CombinedCertificateValidationContext {
+                    default_validation_context: Some(CertificateValidationContext {
+                        match_typed_subject_alt_names: vec![SubjectAltNameMatcher {
+                            san_type: subject_alt_name_matcher::SanType::Uri as i32,
+                            matcher: Some(StringMatcher {
+                                match_pattern: Some(string_matcher::MatchPattern::Prefix(format!(
+                                    "spiffe://{trust_domain}/"
+                                ))),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }),
+                    validation_context_sds_secret_config: Some(agent_secret(ROOT_CA)),
+                    ..Default::default()
+                },
+            ),
+        ),
+        ..Default::default()
+    };
+    let ctx = DownstreamTlsContext {
+        common_tls_context: Some(common),
+        require_client_certificate: Some(BoolValue { value: true }),
+        ..Default::default()
+    };
+    TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(pack_any(ctx))),
+    }
+}
+
+/// Istio's inbound HTTP connection manager: everything to `cluster`, no
+/// route timeout, the caller's certificate details (subject, URI, DNS)
+/// appended to `x-forwarded-client-cert`.
+fn inbound_hcm(port: u32, cluster: &str) -> Filter {
+    let hcm = HttpConnectionManager {
+        stat_prefix: format!("inbound_0.0.0.0_{port}"),
+        route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(
+            RouteConfiguration {
+                name: cluster.to_owned(),
+                virtual_hosts: vec![VirtualHost {
+                    name: format!("inbound|http|{port}"),
+                    domains: vec!["*".into()],
+                    routes: vec![crate::route::catch_all_route("default", cluster)],
+                    ..Default::default()
+                }],
+                validate_clusters: Some(BoolValue { value: false }),
+                ..Default::default()
+            },
+        )),
+        http_filters: vec![HttpFilter {
+            name: "envoy.filters.http.router".into(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
+                Router::default(),
+            ))),
+            ..Default::default()
+        }],
+        forward_client_cert_details:
+            http_connection_manager::ForwardClientCertDetails::AppendForward as i32,
+        set_current_client_cert_details: Some(
+            http_connection_manager::SetCurrentClientCertDetails {
+                subject: Some(BoolValue { value: true }),
+                dns: true,
+                uri: true,
+                ..Default::default()
+            },
+        ),
+        use_remote_address: Some(BoolValue { value: false }),
+        ..Default::default()
+    };
+    Filter {
+        name: "envoy.filters.network.http_connection_manager".into(),
+        config_type: Some(filter::ConfigType::TypedConfig(pack_any(hcm))),
+    }
+}
+
+fn tcp_proxy_filter(stat_prefix: &str, cluster: &str) -> Filter {
+    let tcp = TcpProxy {
+        stat_prefix: stat_prefix.to_owned(),
+        cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.to_owned())),
+        ..Default::default()
+    };
+    Filter {
+        name: "envoy.filters.network.tcp_proxy".into(),
+        config_type: Some(filter::ConfigType::TypedConfig(pack_any(tcp))),
+    }
+}
+
+/// An `ORIGINAL_DST` cluster to the app, from `127.0.0.6`; HTTP/2 upstream
+/// for `http2` ports.
+fn original_dst_cluster(name: &str, http2: bool) -> Cluster {
+    let mut c = Cluster {
+        name: name.to_owned(),
+        cluster_discovery_type: crate::policy::discovery(DiscoveryType::OriginalDst),
+        lb_policy: LbPolicy::ClusterProvided as i32,
+        connect_timeout: Some(duration(std::time::Duration::from_secs(
+            crate::cluster::CONNECT_TIMEOUT_SECS,
+        ))),
+        upstream_bind_config: Some(BindConfig {
+            source_address: Some(SocketAddress {
+                address: INBOUND_BIND_ADDRESS.into(),
+                port_specifier: Some(address::PortSpecifier::PortValue(0)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    if http2 {
+        c.typed_extension_protocol_options.insert(
+            UPSTREAM_HTTP_OPTIONS.into(),
+            crate::policy::upstream_http_options(None, true),
+        );
+    }
+    c
+}

@@ -1,0 +1,341 @@
+//! The sidecar's inbound side (`virtualInbound`, PeerAuthentication) and
+//! auto mTLS on the client side, on a small hand-written mesh.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
+
+use crds::document::{parse_value, split_documents};
+use envoy_types::pb::envoy::config::listener::v3::{FilterChain, Listener, filter};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, http_connection_manager,
+};
+use prost::Message;
+use translator::changes::{ChangeSet, Effect};
+use translator::inbound::{PeerMode, VIRTUAL_INBOUND, peer_policy};
+use translator::model::{MeshConfig, Proxy, Snapshot};
+use translator::{Output, generate};
+
+/// reviews (HTTP 9080 -> 9080, TCP 9090 -> 9091) with one pod at
+/// 10.244.0.12 that has a sidecar; ratings' pod at 10.244.0.13 has none.
+const PLATFORM: &str = "
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: default}
+spec:
+  clusterIP: 10.96.0.13
+  ports: [{name: http, port: 9080}, {name: tcp-stats, port: 9090}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: reviews-0
+  namespace: default
+  labels: {app: reviews, security.istio.io/tlsMode: istio}
+spec: {serviceAccountName: reviews, containers: [{name: app, image: app}]}
+status: {podIP: 10.244.0.12}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: reviews-1, namespace: default, labels: {kubernetes.io/service-name: reviews}}
+addressType: IPv4
+ports: [{name: http, port: 9080}, {name: tcp-stats, port: 9091}]
+endpoints: [{addresses: [10.244.0.12], targetRef: {kind: Pod, name: reviews-0, namespace: default}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ratings, namespace: default}
+spec:
+  clusterIP: 10.96.0.14
+  ports: [{name: http, port: 9080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: ratings-0, namespace: default, labels: {app: ratings}}
+spec: {serviceAccountName: ratings, containers: [{name: app, image: app}]}
+status: {podIP: 10.244.0.13}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: ratings-1, namespace: default, labels: {kubernetes.io/service-name: ratings}}
+addressType: IPv4
+ports: [{name: http, port: 9080}]
+endpoints: [{addresses: [10.244.0.13], targetRef: {kind: Pod, name: ratings-0, namespace: default}}]
+";
+
+fn mesh_with(platform: &str, extra: &str, mesh: MeshConfig) -> Snapshot {
+    let text = format!("{platform}\n---\n{extra}");
+    let objects: Vec<_> = split_documents(&text)
+        .into_iter()
+        .flat_map(|(_, v)| parse_value(v.unwrap(), "default"))
+        .map(|o| o.unwrap())
+        .collect();
+    Snapshot::build(1, &objects, mesh)
+}
+
+fn mesh(extra: &str) -> Snapshot {
+    mesh_with(PLATFORM, extra, MeshConfig::default())
+}
+
+/// The sidecar of reviews-0.
+fn reviews() -> Proxy {
+    proxy("10.244.0.12", "reviews-0", &[("app", "reviews")])
+}
+
+fn proxy(ip: &str, pod: &str, labels: &[(&str, &str)]) -> Proxy {
+    Proxy::from_node_id(
+        &format!("sidecar~{ip}~{pod}.default~default.svc.cluster.local"),
+        None,
+        labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    )
+    .unwrap()
+}
+
+fn pa(name: &str, ns: &str, body: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {body}\n---\n"
+    )
+}
+
+fn virtual_inbound(out: &Output) -> &Listener {
+    out.listeners
+        .iter()
+        .find(|l| l.name == VIRTUAL_INBOUND)
+        .unwrap()
+}
+
+/// The chains matching destination port `port` (None: the passthrough ones).
+fn chains(out: &Output, port: Option<u32>) -> Vec<&FilterChain> {
+    virtual_inbound(out)
+        .filter_chains
+        .iter()
+        .filter(|c| {
+            c.filter_chain_match
+                .as_ref()
+                .unwrap()
+                .destination_port
+                .map(|p| p.value)
+                == port
+        })
+        .collect()
+}
+
+/// (transport protocol, TLS terminated) of each chain.
+fn shape(chains: &[&FilterChain]) -> Vec<(String, bool)> {
+    chains
+        .iter()
+        .map(|c| {
+            (
+                c.filter_chain_match
+                    .as_ref()
+                    .unwrap()
+                    .transport_protocol
+                    .clone(),
+                c.transport_socket.is_some(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn peer_authentication_levels_resolve_as_istio() {
+    let p = reviews();
+    let mode = |extra: &str| peer_policy(&mesh(extra), &p);
+    assert_eq!(mode("").mode, PeerMode::Permissive, "Istio's default");
+    let strict_mesh = pa("default", "istio-system", "{mtls: {mode: STRICT}}");
+    assert_eq!(mode(&strict_mesh).mode, PeerMode::Strict);
+    // The namespace overrides the mesh; UNSET inherits.
+    let ns_disable = pa("ns", "default", "{mtls: {mode: DISABLE}}");
+    assert_eq!(
+        mode(&format!("{strict_mesh}{ns_disable}")).mode,
+        PeerMode::Disable
+    );
+    let ns_unset = pa("ns", "default", "{mtls: {mode: UNSET}}");
+    assert_eq!(
+        mode(&format!("{strict_mesh}{ns_unset}")).mode,
+        PeerMode::Strict
+    );
+    // A workload policy overrides both, with port-level modes.
+    let workload = pa(
+        "reviews",
+        "default",
+        "{selector: {matchLabels: {app: reviews}}, mtls: {mode: PERMISSIVE}, portLevelMtls: {9080: {mode: STRICT}, 9091: {mode: UNSET}}}",
+    );
+    let policy = mode(&format!("{strict_mesh}{ns_disable}{workload}"));
+    assert_eq!(policy.mode, PeerMode::Permissive);
+    assert_eq!(policy.for_port(9080), PeerMode::Strict);
+    assert_eq!(
+        policy.for_port(9091),
+        PeerMode::Permissive,
+        "UNSET inherits"
+    );
+    // Selectors that don't match, and selectors in the root namespace,
+    // are not the mesh policy.
+    let other = pa(
+        "other",
+        "default",
+        "{selector: {matchLabels: {app: ratings}}, mtls: {mode: STRICT}}",
+    );
+    assert_eq!(mode(&other).mode, PeerMode::Permissive);
+    let root_selected = pa(
+        "sel",
+        "istio-system",
+        "{selector: {matchLabels: {app: reviews}}, mtls: {mode: STRICT}}",
+    );
+    assert_eq!(mode(&root_selected).mode, PeerMode::Permissive);
+}
+
+#[test]
+fn virtual_inbound_chains_follow_the_mode() {
+    let permissive = generate(&mesh(""), &reviews());
+    let l = virtual_inbound(&permissive);
+    assert!(format!("{:?}", l.address).contains("PortValue(15006)"));
+    let tls = |t: &str, term: bool| (t.to_owned(), term);
+    // PERMISSIVE: mesh mTLS (by Istio's ALPN), foreign TLS and plaintext.
+    assert_eq!(
+        shape(&chains(&permissive, Some(9080))),
+        vec![
+            tls("tls", true),
+            tls("tls", false),
+            tls("raw_buffer", false)
+        ]
+    );
+    let mtls = chains(&permissive, Some(9080))[0];
+    assert!(
+        mtls.filter_chain_match
+            .as_ref()
+            .unwrap()
+            .application_protocols
+            .contains(&"istio-peer-exchange".to_owned())
+    );
+    // The TCP port is served on its target port 9091, not 9090.
+    assert_eq!(chains(&permissive, Some(9091)).len(), 3);
+    assert!(chains(&permissive, Some(9090)).is_empty());
+    assert_eq!(chains(&permissive, None).len(), 3, "passthrough");
+
+    let strict = generate(
+        &mesh(&pa("default", "istio-system", "{mtls: {mode: STRICT}}")),
+        &reviews(),
+    );
+    assert_eq!(shape(&chains(&strict, Some(9080))), vec![tls("tls", true)]);
+    assert_eq!(shape(&chains(&strict, None)), vec![tls("tls", true)]);
+
+    let disable = generate(
+        &mesh(&pa("default", "default", "{mtls: {mode: DISABLE}}")),
+        &reviews(),
+    );
+    assert_eq!(shape(&chains(&disable, Some(9080))), vec![tls("", false)]);
+
+    // The HTTP chain appends the caller's identity to XFCC and routes to
+    // the inbound cluster, which exists.
+    let filter = &mtls.filters[0];
+    let Some(filter::ConfigType::TypedConfig(any)) = &filter.config_type else {
+        panic!("typed config")
+    };
+    let hcm = HttpConnectionManager::decode(any.value.as_slice()).unwrap();
+    assert_eq!(
+        hcm.forward_client_cert_details,
+        http_connection_manager::ForwardClientCertDetails::AppendForward as i32
+    );
+    assert!(hcm.set_current_client_cert_details.unwrap().uri);
+    assert!(
+        permissive
+            .clusters
+            .iter()
+            .any(|c| c.name == "inbound|9080||")
+    );
+    assert!(
+        permissive
+            .clusters
+            .iter()
+            .any(|c| c.name == "inbound|9091||")
+    );
+}
+
+#[test]
+fn workloads_without_services_get_only_passthrough_chains() {
+    let out = generate(&mesh(""), &proxy("10.244.0.99", "client", &[]));
+    let l = virtual_inbound(&out);
+    assert!(
+        l.filter_chains
+            .iter()
+            .all(|c| c.name.starts_with(VIRTUAL_INBOUND)),
+        "{:?}",
+        l.filter_chains.iter().map(|c| &c.name).collect::<Vec<_>>()
+    );
+    assert!(!out.clusters.iter().any(|c| c.name.starts_with("inbound|")));
+}
+
+#[test]
+fn auto_mtls_only_to_endpoints_with_a_sidecar() {
+    let client = proxy("10.244.0.99", "client", &[]);
+    let reviews_cluster = "outbound|9080||reviews.default.svc.cluster.local";
+    let ratings_cluster = "outbound|9080||ratings.default.svc.cluster.local";
+    let out = generate(&mesh(""), &client);
+    let cluster = |out: &Output, name: &str| out.clusters.iter().find(|c| c.name == name).cloned();
+    let reviews_c = cluster(&out, reviews_cluster).unwrap();
+    assert_eq!(reviews_c.transport_socket_matches.len(), 1);
+    assert_eq!(reviews_c.transport_socket_matches[0].name, "tlsMode-istio");
+    assert!(reviews_c.transport_socket.is_none(), "plaintext otherwise");
+    let cla = out
+        .endpoints
+        .iter()
+        .find(|c| c.cluster_name == reviews_cluster)
+        .unwrap();
+    let md = cla.endpoints[0].lb_endpoints[0].metadata.as_ref().unwrap();
+    assert!(
+        md.filter_metadata
+            .contains_key("envoy.transport_socket_match")
+    );
+    // ratings' pod has no sidecar: plaintext.
+    assert!(
+        cluster(&out, ratings_cluster)
+            .unwrap()
+            .transport_socket_matches
+            .is_empty()
+    );
+    // A DestinationRule's TLS settings win; so does the mesh switch.
+    let disable = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r, namespace: default}\nspec: {host: reviews, trafficPolicy: {tls: {mode: DISABLE}}}\n";
+    let out = generate(&mesh(disable), &client);
+    assert!(
+        cluster(&out, reviews_cluster)
+            .unwrap()
+            .transport_socket_matches
+            .is_empty()
+    );
+    let off = MeshConfig {
+        auto_mtls: false,
+        ..MeshConfig::default()
+    };
+    let out = generate(&mesh_with(PLATFORM, "", off), &client);
+    assert!(
+        cluster(&out, reviews_cluster)
+            .unwrap()
+            .transport_socket_matches
+            .is_empty()
+    );
+}
+
+#[test]
+fn inbound_changes_reach_the_workloads_they_concern() {
+    let old = mesh("");
+    // A PeerAuthentication in `default`: a full push there, nothing elsewhere.
+    let new = mesh(&pa("default", "default", "{mtls: {mode: STRICT}}"));
+    let changes = ChangeSet::between(&old, &new);
+    assert_eq!(changes.effect(&reviews()), Effect::Full);
+    let mut elsewhere = reviews();
+    elsewhere.namespace = "other".into();
+    assert_eq!(changes.effect(&elsewhere), Effect::Nothing);
+
+    // A new endpoint of reviews: the workload at that address gets a new
+    // inbound port (a full push), other proxies new endpoints only.
+    let extra_slice = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: reviews-2, namespace: default, labels: {kubernetes.io/service-name: reviews}}\naddressType: IPv4\nports: [{name: http, port: 9080}]\nendpoints: [{addresses: [10.244.0.77]}]\n";
+    let new = mesh(extra_slice);
+    let changes = ChangeSet::between(&old, &new);
+    assert_eq!(
+        changes.effect(&proxy("10.244.0.77", "reviews-1", &[])),
+        Effect::Full
+    );
+    assert!(matches!(changes.effect(&reviews()), Effect::Endpoints(_)));
+}
