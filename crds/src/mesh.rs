@@ -111,6 +111,15 @@ mod tests {
     }
 
     #[test]
+    fn auto_mtls_switch() {
+        let m = parse(&cm("enableAutoMtls: false\n")).unwrap();
+        assert_eq!(m.enable_auto_mtls, Some(false));
+        assert!(m.unsupported.is_empty());
+        let e = parse(&cm("enableAutoMtls: sometimes\n")).unwrap_err();
+        assert!(e.to_string().contains("enableAutoMtls"), "{e}");
+    }
+
+    #[test]
     fn bad_mode_names_the_field() {
         let e = parse(&cm("outboundTrafficPolicy:\n  mode: SOMETIMES\n")).unwrap_err();
         assert!(

@@ -61,9 +61,6 @@ pub const NOT_YET: &[(&str, &str)] = &[
     ("Sidecar", "spec.egress[].bind"),
     ("Sidecar", "spec.egress[].captureMode"),
     ("Sidecar", "spec.outboundTrafficPolicy.egressProxy"),
-    ("PeerAuthentication", "spec.selector"),
-    ("PeerAuthentication", "spec.mtls"),
-    ("PeerAuthentication", "spec.portLevelMtls"),
 ];
 
 /// Values read but not acted on yet: (kind, field path, value, what happens).

@@ -12,6 +12,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 pub mod fake_kube;
+pub mod pods;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -205,6 +206,13 @@ impl ConfigDir {
         ConfigDir { dir }
     }
 
+    /// An empty folder.
+    pub fn empty() -> ConfigDir {
+        ConfigDir {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
     /// The folder's path.
     pub fn path(&self) -> &Path {
         self.dir.path()
@@ -327,6 +335,17 @@ pub fn start_agent(
     daemon: &Daemon,
     identity: ca::SpiffeId,
 ) -> PathBuf {
+    start_agent_with_ttl(handle, daemon, identity, Duration::from_secs(3600))
+}
+
+/// As [`start_agent`], asking for certificates that live `ttl` (renewed
+/// at half of it).
+pub fn start_agent_with_ttl(
+    handle: &tokio::runtime::Handle,
+    daemon: &Daemon,
+    identity: ca::SpiffeId,
+    ttl: Duration,
+) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let secure = daemon.secure.as_ref().expect("a daemon with a CA");
     let dir = tempfile::Builder::new()
@@ -345,7 +364,7 @@ pub fn start_agent(
                 ca_server_name: "istiod.istio-system.svc".into(),
                 token: istiod::agent::TokenSource::Static(token),
                 identity,
-                ttl: Duration::from_secs(3600),
+                ttl,
                 sds_socket: socket.clone(),
             },
             tokio_util::sync::CancellationToken::new(),
@@ -440,6 +459,8 @@ pub fn use_delta_xds() {
 /// A running Envoy, killed on drop.
 pub struct Envoy {
     child: Child,
+    /// The pod it runs in ([`pods::Pod::run`]); None: the test's namespace.
+    netns: Option<Arc<std::os::fd::OwnedFd>>,
     /// Its admin port on 127.0.0.1.
     pub admin_port: u16,
     /// Its node ID.
@@ -521,6 +542,7 @@ impl Envoy {
             .expect("spawn envoy");
         let envoy = Envoy {
             child,
+            netns: pods::current_netns(),
             admin_port,
             node_id: node_id.to_owned(),
             _bootstrap: file,
@@ -533,8 +555,12 @@ impl Envoy {
 
     /// GET on the admin port; `None` if it does not answer 200.
     pub fn admin(&self, path: &str) -> Option<String> {
-        let (status, body) =
-            http_get(&format!("http://127.0.0.1:{}{path}", self.admin_port), &[]).ok()?;
+        let url = format!("http://127.0.0.1:{}{path}", self.admin_port);
+        let (status, body) = match &self.netns {
+            Some(netns) => pods::in_netns(netns, || http_get(&url, &[])),
+            None => http_get(&url, &[]),
+        }
+        .ok()?;
         (status == 200).then_some(body)
     }
 

@@ -103,13 +103,12 @@ impl ChangeSet {
                 || self
                     .sidecar_namespaces
                     .contains(crate::model::ROOT_NAMESPACE));
-        // Its inbound: the ports it serves, or the PeerAuthentications over it.
+        // Its inbound (the ports it serves), or any PeerAuthentication: those
+        // decide its own inbound and, through auto mTLS, its clients'
+        // clusters; they change rarely, so every sidecar is regenerated.
         let inbound_changed = !router
             && (self.inbound_addresses.contains(&proxy.ip)
-                || self.peer_auth_namespaces.contains(ns)
-                || self
-                    .peer_auth_namespaces
-                    .contains(crate::model::ROOT_NAMESPACE));
+                || !self.peer_auth_namespaces.is_empty());
         let full = self.mesh
             || sidecar_changed
             || inbound_changed

@@ -1,7 +1,7 @@
 //! CDS and EDS: `outbound|port|subset|host` clusters and their
 //! `ClusterLoadAssignment`s, `PassthroughCluster` and `BlackHoleCluster`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crds::destination_rule::{SimpleLb, TrafficPolicy};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
@@ -76,17 +76,22 @@ pub(crate) fn build(
                 localities.dedup();
                 let plan = policy.locality_plan(&proxy.locality, &localities);
                 // Auto mTLS (Istio's default): no TLS settings from a rule,
-                // an in-mesh service, and some endpoint with a sidecar.
-                let auto_mtls = snap.mesh.auto_mtls
-                    && policy.tls_unset()
-                    && !svc.external
-                    && endpoints.iter().any(|e| e.in_mesh());
-                // Only mTLS clusters need these: per-proxy generation is the
-                // hot path, so they are not formatted for the others.
-                let identity = (policy.istio_mutual() || auto_mtls).then(|| IstioTls {
+                // an in-mesh service, and endpoints with a sidecar whose
+                // PeerAuthentication on that port is not DISABLE.
+                let auto: Option<BTreeSet<String>> =
+                    (snap.mesh.auto_mtls && policy.tls_unset() && !svc.external)
+                        .then(|| {
+                            endpoints
+                                .iter()
+                                .filter(|e| e.in_mesh() && takes_mtls(snap, svc, port, e))
+                                .map(|e| e.address.clone())
+                                .collect()
+                        })
+                        .filter(|a: &BTreeSet<String>| !a.is_empty());
+                let identity = (policy.istio_mutual() || auto.is_some()).then(|| IstioTls {
                     sni: istio_sni(port.port, subset, &svc.hostname),
                     sans: identities(&snap.mesh.trust_domain, svc, &endpoints),
-                    auto: auto_mtls,
+                    auto,
                 });
                 let (cluster, cla) = service_cluster(
                     &name,
@@ -114,7 +119,7 @@ fn service_cluster(
     plan: Option<&LocalityPlan>,
     identity: Option<&IstioTls>,
 ) -> (Cluster, Option<ClusterLoadAssignment>) {
-    let auto_mtls = identity.is_some_and(|i| i.auto);
+    let auto = identity.and_then(|i| i.auto.as_ref());
     let mut cluster = Cluster {
         name: name.to_owned(),
         connect_timeout: Some(duration(std::time::Duration::from_secs(
@@ -124,7 +129,9 @@ fn service_cluster(
     };
     let http2 = matches!(port.protocol, Protocol::Http2 | Protocol::Grpc);
     policy.apply(&mut cluster, http2, &svc.hostname, identity);
-    if auto_mtls && let Some(identity) = identity {
+    if auto.is_some()
+        && let Some(identity) = identity
+    {
         cluster.transport_socket_matches = vec![auto_mtls_match(identity)];
     }
     if plan.is_some_and(|p| p.weighted) {
@@ -154,14 +161,14 @@ fn service_cluster(
             DiscoveryType::LogicalDns
         });
         cluster.dns_lookup_family = DnsLookupFamily::V4Only as i32;
-        cluster.load_assignment = Some(assignment(name, port, endpoints, plan, auto_mtls));
+        cluster.load_assignment = Some(assignment(name, port, endpoints, plan, auto));
     } else {
         cluster.cluster_discovery_type = discovery(DiscoveryType::Eds);
         cluster.eds_cluster_config = Some(EdsClusterConfig {
             eds_config: Some(ads_config_source()),
             service_name: name.to_owned(),
         });
-        cla = Some(assignment(name, port, endpoints, plan, auto_mtls));
+        cla = Some(assignment(name, port, endpoints, plan, auto));
     }
     (cluster, cla)
 }
@@ -176,9 +183,10 @@ pub struct IstioTls {
     /// `spiffe://<trust-domain>/ns/<namespace>/sa/<account>` of every
     /// service account behind the cluster (empty: any, verified by the root only).
     pub sans: Vec<String>,
-    /// Auto mTLS: only to endpoints with a sidecar (a transport socket
-    /// match), not to every endpoint as `ISTIO_MUTUAL`.
-    pub auto: bool,
+    /// Auto mTLS: the addresses of the endpoints that take Istio mTLS
+    /// (a transport socket match on their metadata); the others get
+    /// plaintext. None: `ISTIO_MUTUAL`, mTLS to every endpoint.
+    pub auto: Option<BTreeSet<String>>,
 }
 
 /// Istio's SNI for mesh-internal mTLS to one cluster.
@@ -205,7 +213,7 @@ fn assignment(
     port: &ServicePort,
     endpoints: &[&Endpoint],
     plan: Option<&LocalityPlan>,
-    mark_mesh: bool,
+    mtls: Option<&BTreeSet<String>>,
 ) -> ClusterLoadAssignment {
     let mut by_locality: BTreeMap<&str, Vec<LbEndpoint>> = BTreeMap::new();
     for ep in endpoints {
@@ -221,12 +229,14 @@ fn assignment(
                     ..Default::default()
                 })),
                 load_balancing_weight: Some(UInt32Value { value: 1 }),
-                metadata: (mark_mesh && ep.in_mesh()).then(|| Metadata {
-                    filter_metadata: [(TRANSPORT_SOCKET_MATCH.to_owned(), tls_mode_istio())]
-                        .into_iter()
-                        .collect(),
-                    ..Default::default()
-                }),
+                metadata: mtls
+                    .is_some_and(|m| m.contains(&ep.address))
+                    .then(|| Metadata {
+                        filter_metadata: [(TRANSPORT_SOCKET_MATCH.to_owned(), tls_mode_istio())]
+                            .into_iter()
+                            .collect(),
+                        ..Default::default()
+                    }),
                 ..Default::default()
             });
     }
@@ -260,6 +270,14 @@ fn assignment(
         endpoints: groups,
         ..Default::default()
     }
+}
+
+/// Whether the workload behind `ep` accepts Istio mTLS on `port`: its
+/// PeerAuthentication there is not `DISABLE`.
+fn takes_mtls(snap: &Snapshot, svc: &Service, port: &ServicePort, ep: &Endpoint) -> bool {
+    let policy = crate::inbound::peer_policy_of(snap, &svc.namespace, &ep.labels);
+    let target = ep.target_port(&port.name).unwrap_or(port.port);
+    policy.for_port(target) != crate::inbound::PeerMode::Disable
 }
 
 fn selects(labels: &BTreeMap<String, String>, ep: &Endpoint) -> bool {

@@ -126,6 +126,15 @@ fn mode_of(mtls: Option<&PeerMtls>) -> Option<PeerMode> {
 /// come from the workload-selector policy only, as in Istio. Among several
 /// policies at one level, the first by name wins.
 pub fn peer_policy(snap: &Snapshot, proxy: &Proxy) -> PeerPolicy {
+    peer_policy_of(snap, &proxy.namespace, &proxy.labels)
+}
+
+/// [`peer_policy`] of the workload in `namespace` with `labels`.
+pub fn peer_policy_of(
+    snap: &Snapshot,
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+) -> PeerPolicy {
     let unselected = |pa: &&Pa| {
         pa.spec
             .selector
@@ -135,18 +144,16 @@ pub fn peer_policy(snap: &Snapshot, proxy: &Proxy) -> PeerPolicy {
     let selects = |pa: &&Pa| {
         pa.spec.selector.as_ref().is_some_and(|s| {
             !s.match_labels.is_empty()
-                && s.match_labels
-                    .iter()
-                    .all(|(k, v)| proxy.labels.get(k) == Some(v))
+                && s.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
         })
     };
     let mesh = in_namespace(snap, ROOT_NAMESPACE).find(unselected);
-    let namespace = in_namespace(snap, &proxy.namespace).find(unselected);
-    let workload = in_namespace(snap, &proxy.namespace).find(selects);
+    let ns_level = in_namespace(snap, namespace).find(unselected);
+    let workload = in_namespace(snap, namespace).find(selects);
     let mesh_mode = mesh
         .and_then(|pa| mode_of(pa.spec.mtls.as_ref()))
         .unwrap_or(PeerMode::Permissive);
-    let ns_mode = namespace
+    let ns_mode = ns_level
         .and_then(|pa| mode_of(pa.spec.mtls.as_ref()))
         .unwrap_or(mesh_mode);
     let mode = workload

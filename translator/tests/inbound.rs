@@ -304,6 +304,22 @@ fn auto_mtls_only_to_endpoints_with_a_sidecar() {
             .transport_socket_matches
             .is_empty()
     );
+    // A server whose PeerAuthentication is DISABLE gets plaintext, as
+    // Istio's auto mTLS decides per endpoint.
+    let out = generate(
+        &mesh(&pa(
+            "r",
+            "default",
+            "{selector: {matchLabels: {app: reviews}}, mtls: {mode: DISABLE}}",
+        )),
+        &client,
+    );
+    assert!(
+        cluster(&out, reviews_cluster)
+            .unwrap()
+            .transport_socket_matches
+            .is_empty()
+    );
     let off = MeshConfig {
         auto_mtls: false,
         ..MeshConfig::default()
@@ -320,13 +336,21 @@ fn auto_mtls_only_to_endpoints_with_a_sidecar() {
 #[test]
 fn inbound_changes_reach_the_workloads_they_concern() {
     let old = mesh("");
-    // A PeerAuthentication in `default`: a full push there, nothing elsewhere.
+    // A PeerAuthentication: a full push to every sidecar (its clients'
+    // auto mTLS depends on it too), nothing to gateways.
     let new = mesh(&pa("default", "default", "{mtls: {mode: STRICT}}"));
     let changes = ChangeSet::between(&old, &new);
     assert_eq!(changes.effect(&reviews()), Effect::Full);
     let mut elsewhere = reviews();
     elsewhere.namespace = "other".into();
-    assert_eq!(changes.effect(&elsewhere), Effect::Nothing);
+    assert_eq!(changes.effect(&elsewhere), Effect::Full);
+    let gateway = Proxy::from_node_id(
+        "router~10.244.0.50~gw.istio-system~istio-system.svc.cluster.local",
+        None,
+        Default::default(),
+    )
+    .unwrap();
+    assert_eq!(changes.effect(&gateway), Effect::Nothing);
 
     // A new endpoint of reviews: the workload at that address gets a new
     // inbound port (a full push), other proxies new endpoints only.

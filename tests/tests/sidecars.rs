@@ -1,0 +1,348 @@
+//! Mesh mTLS between two real sidecars, as in a cluster: three "pods"
+//! (network namespaces on a bridge the test creates, no route out).
+//! productpage and reviews each have a node agent (certificate from the
+//! daemon's CA, served over SDS) and an Envoy sidecar with `istio-init`'s
+//! capture (outbound to 15001, inbound to 15006); `outsider` has neither.
+//!
+//! The app in productpage makes a plain HTTP call to reviews' ClusterIP;
+//! the sidecars carry it over mTLS (auto mTLS: reviews' pod carries
+//! `security.istio.io/tlsMode: istio`), and reviews' app sees who called in
+//! `x-forwarded-client-cert`. PeerAuthentication decides what reviews'
+//! inbound accepts from the outsider.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
+
+use std::time::{Duration, Instant};
+
+use ca::SpiffeId;
+use e2e::pods::{NODE_IP, Pod, create_pod_network};
+use e2e::{
+    ConfigDir, Envoy, Reply, SYNC, http_request, isolate, start_agent_with_ttl, start_daemon_at,
+    use_sds_socket, wait_synced,
+};
+use istiod::Daemon;
+
+const REVIEWS_VIP: &str = "10.96.0.50";
+
+/// productpage (client) and reviews (server) pods with sidecars, and their
+/// Services; reviews' app is served on its pod port 9080.
+const PLATFORM: &str = "
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: default}
+spec:
+  clusterIP: 10.96.0.50
+  ports: [{name: http, port: 9080}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: reviews-0
+  namespace: default
+  labels: {app: reviews, security.istio.io/tlsMode: istio}
+spec: {serviceAccountName: reviews, containers: [{name: reviews, image: reviews}]}
+status: {podIP: 10.244.0.12}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: reviews-1, namespace: default, labels: {kubernetes.io/service-name: reviews}}
+addressType: IPv4
+ports: [{name: http, port: 9080}]
+endpoints: [{addresses: [10.244.0.12], targetRef: {kind: Pod, name: reviews-0, namespace: default}}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: productpage-0
+  namespace: default
+  labels: {app: productpage, security.istio.io/tlsMode: istio}
+spec: {serviceAccountName: productpage, containers: [{name: productpage, image: productpage}]}
+status: {podIP: 10.244.0.11}
+";
+
+fn id(sa: &str) -> SpiffeId {
+    SpiffeId {
+        trust_domain: "cluster.local".into(),
+        namespace: "default".into(),
+        service_account: sa.into(),
+    }
+}
+
+struct PodMesh {
+    cfg: ConfigDir,
+    daemon: Daemon,
+    client: Pod,
+    server: Pod,
+    outsider: Pod,
+    client_envoy: Envoy,
+    server_envoy: Envoy,
+    // Dropped last: stops the daemon's, agents' and app's tasks.
+    _rt: tokio::runtime::Runtime,
+}
+
+impl PodMesh {
+    /// Pods, daemon, agents (certificates living `ttl`), sidecars, and
+    /// reviews' app, all in sync.
+    fn start(ttl: Duration) -> PodMesh {
+        let _hosts = isolate();
+        create_pod_network();
+        let client = Pod::create("productpage-0", "10.244.0.11");
+        let server = Pod::create("reviews-0", "10.244.0.12");
+        let outsider = Pod::create("outsider", "10.244.0.13");
+        client.capture();
+        server.capture();
+
+        let cfg = ConfigDir::empty();
+        cfg.write("platform.yaml", PLATFORM);
+        let rt = e2e::runtime();
+        let daemon = rt.block_on(start_daemon_at(
+            cfg.path(),
+            format!("{NODE_IP}:0").parse().unwrap(),
+        ));
+
+        // reviews' app: answers with the XFCC header it got and its peer.
+        let listener = server.run(|| std::net::TcpListener::bind("0.0.0.0:9080").unwrap());
+        listener.set_nonblocking(true).unwrap();
+        rt.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let app = axum::Router::new().fallback(
+                |axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<
+                    std::net::SocketAddr,
+                >,
+                 headers: axum::http::HeaderMap| async move {
+                    let xfcc = headers
+                        .get("x-forwarded-client-cert")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    format!("peer={}\nxfcc={xfcc}\n", peer.ip())
+                },
+            );
+            let _ = axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .await;
+        });
+
+        let sidecar = |pod: &Pod, sa: &str, admin_port: u16| {
+            let socket = start_agent_with_ttl(rt.handle(), &daemon, id(sa), ttl);
+            let node_id = format!(
+                "sidecar~{}~{}.default~default.svc.cluster.local",
+                pod.ip, pod.name
+            );
+            let labels = [("app", sa), ("security.istio.io/tlsMode", "istio")];
+            pod.run(|| {
+                use_sds_socket(&socket);
+                Envoy::start(&node_id, &labels, daemon.xds_addr, admin_port)
+            })
+        };
+        let client_envoy = sidecar(&client, "productpage", 15000);
+        let server_envoy = sidecar(&server, "reviews", 15000);
+        wait_synced(&daemon, &[&client_envoy, &server_envoy], SYNC);
+        PodMesh {
+            cfg,
+            daemon,
+            client,
+            server,
+            outsider,
+            client_envoy,
+            server_envoy,
+            _rt: rt,
+        }
+    }
+
+    /// The client app's plain call to reviews' ClusterIP.
+    fn call_reviews(&self) -> Result<Reply, String> {
+        let url = format!("http://{REVIEWS_VIP}:9080/reviews/0");
+        self.client.run(|| http_request(&url, &[]))
+    }
+
+    /// The outsider's plain call straight to reviews' pod.
+    fn outsider_call(&self) -> Result<Reply, String> {
+        let url = format!("http://{}:9080/", self.server.ip);
+        self.outsider.run(|| http_request(&url, &[]))
+    }
+
+    /// Writes a config file and waits until both sidecars have it.
+    fn apply(&self, file: &str, text: &str) {
+        e2e::apply(
+            &self.daemon,
+            &[&self.client_envoy, &self.server_envoy],
+            || self.cfg.write(file, text),
+        );
+    }
+}
+
+fn stat(envoy: &Envoy, name: &str) -> u64 {
+    envoy
+        .stats()
+        .get(name)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+const SERVER_HANDSHAKES: &str = "listener.0.0.0.0_15006.ssl.handshake";
+const CLIENT_HANDSHAKES: &str =
+    "cluster.outbound|9080||reviews.default.svc.cluster.local.ssl.handshake";
+
+/// The certificate reviews' sidecar presents on its pod port, as
+/// `openssl s_client` (in the outsider pod, offering Istio's ALPN) sees it:
+/// its URI SANs, and whether it verifies against the daemon's root.
+fn presented_certificate(mesh: &PodMesh) -> (Vec<String>, bool, String) {
+    let connect = format!("{}:9080", mesh.server.ip);
+    let out = mesh.outsider.run(|| {
+        std::process::Command::new("openssl")
+            .args([
+                "s_client",
+                "-connect",
+                &connect,
+                "-alpn",
+                "istio",
+                "-showcerts",
+            ])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("openssl s_client (see scripts/setup)")
+    });
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let first = pem::parse_many(text.as_bytes())
+        .unwrap()
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("no certificate from reviews' sidecar:\n{text}"));
+    let (_, cert) = x509_parser::parse_x509_certificate(first.contents()).unwrap();
+    let sans = cert
+        .subject_alternative_name()
+        .unwrap()
+        .map(|ext| {
+            ext.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    x509_parser::extensions::GeneralName::URI(u) => Some((*u).to_owned()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let root_pem = mesh
+        .daemon
+        .secure
+        .as_ref()
+        .unwrap()
+        .authority
+        .root_pem()
+        .to_owned();
+    let root_der = pem::parse(root_pem.as_bytes()).unwrap();
+    let (_, root) = x509_parser::parse_x509_certificate(root_der.contents()).unwrap();
+    let verified = cert.verify_signature(Some(root.public_key())).is_ok();
+    (sans, verified, cert.raw_serial_as_string())
+}
+
+#[test]
+fn sidecars_speak_mutual_tls_and_peer_authentication_decides_plaintext() {
+    let mesh = PodMesh::start(Duration::from_secs(3600));
+
+    // The app's plain call arrives over mTLS: reviews' app sees the
+    // caller's SPIFFE ID, added by its sidecar.
+    let reply = mesh.call_reviews().unwrap();
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(
+        reply
+            .body
+            .contains("By=spiffe://cluster.local/ns/default/sa/reviews"),
+        "{}",
+        reply.body
+    );
+    assert!(
+        reply
+            .body
+            .contains("URI=spiffe://cluster.local/ns/default/sa/productpage"),
+        "{}",
+        reply.body
+    );
+    // The sidecar reaches its app from Istio's inbound source address.
+    assert!(reply.body.contains("peer=127.0.0.6"), "{}", reply.body);
+    // TLS on the wire: both ends counted a handshake.
+    assert!(stat(&mesh.client_envoy, CLIENT_HANDSHAKES) >= 1);
+    assert!(stat(&mesh.server_envoy, SERVER_HANDSHAKES) >= 1);
+
+    // What reviews' pod port presents: its SPIFFE ID, from the daemon's root.
+    let (sans, verified, _) = presented_certificate(&mesh);
+    assert_eq!(sans, vec!["spiffe://cluster.local/ns/default/sa/reviews"]);
+    assert!(verified, "not signed by the daemon's root");
+
+    // PERMISSIVE (the default): a plaintext caller from outside the mesh
+    // gets through, without a client identity.
+    let reply = mesh.outsider_call().unwrap();
+    assert_eq!(reply.status, 200);
+    assert!(reply.body.contains("xfcc=\n"), "{}", reply.body);
+
+    // STRICT for the namespace: the plaintext caller fails, mTLS works.
+    mesh.apply(
+        "strict.yaml",
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: default}\nspec: {mtls: {mode: STRICT}}\n",
+    );
+    let refused = mesh.outsider_call();
+    assert!(
+        refused.is_err(),
+        "plaintext got through STRICT: {refused:?}"
+    );
+    let reply = mesh.call_reviews().unwrap();
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(reply.body.contains("URI=spiffe://"), "{}", reply.body);
+
+    // A port-level exception for the workload: 9080 PERMISSIVE again.
+    mesh.apply(
+        "reviews-port.yaml",
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: reviews, namespace: default}\nspec: {selector: {matchLabels: {app: reviews}}, portLevelMtls: {9080: {mode: PERMISSIVE}}}\n",
+    );
+    assert_eq!(mesh.outsider_call().unwrap().status, 200);
+    assert_eq!(mesh.call_reviews().unwrap().status, 200);
+
+    // DISABLE for the workload: the client's auto mTLS turns to plaintext.
+    mesh.apply(
+        "reviews-port.yaml",
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: reviews, namespace: default}\nspec: {selector: {matchLabels: {app: reviews}}, mtls: {mode: DISABLE}}\n",
+    );
+    let reply = mesh.call_reviews().unwrap();
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(reply.body.contains("xfcc=\n"), "{}", reply.body);
+}
+
+#[test]
+fn certificates_rotate_without_failing_a_request() {
+    // Certificates live 4 s; the agents renew every 2 s.
+    let mesh = PodMesh::start(Duration::from_secs(4));
+    // Strict, and a new upstream connection (handshake) per request.
+    mesh.apply(
+        "strict.yaml",
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: default}\nspec: {mtls: {mode: STRICT}}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: default}\nspec: {host: reviews, trafficPolicy: {connectionPool: {http: {maxRequestsPerConnection: 1}}}}\n",
+    );
+    let (_, _, first_serial) = presented_certificate(&mesh);
+    let handshakes_before = stat(&mesh.server_envoy, SERVER_HANDSHAKES);
+    let start = Instant::now();
+    let mut served = 0;
+    // Three lifetimes: every certificate in use at the start has expired.
+    while start.elapsed() < Duration::from_secs(12) {
+        let reply = mesh.call_reviews();
+        match reply {
+            Ok(r) if r.status == 200 && r.body.contains("URI=spiffe://") => served += 1,
+            other => panic!(
+                "request {served} failed at {:?}: {other:?}",
+                start.elapsed()
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (sans, verified, last_serial) = presented_certificate(&mesh);
+    assert_ne!(first_serial, last_serial, "the certificate was not rotated");
+    assert!(verified);
+    assert_eq!(sans, vec!["spiffe://cluster.local/ns/default/sa/reviews"]);
+    let handshakes = stat(&mesh.server_envoy, SERVER_HANDSHAKES) - handshakes_before;
+    assert!(
+        handshakes >= served,
+        "{handshakes} handshakes for {served} requests"
+    );
+}
