@@ -220,6 +220,7 @@ pub async fn start(
         trust_domain: opts.trust_domain.clone(),
         fallback: token_authenticator(opts, kube)?,
     };
+    let ads = ads.authenticated(Arc::new(authenticator.clone()));
     let ca_service = CaService::new(authority.clone(), authenticator).into_server();
     let stop = token.clone();
     tasks.push(tokio::spawn(async move {

@@ -87,6 +87,17 @@ pub struct AdsServer {
     metrics: Arc<Metrics>,
     shared: Arc<connection::Shared>,
     ready: Option<Arc<AtomicBool>>,
+    callers: Option<CallerAuth>,
+}
+
+/// How the TLS port's xDS authenticates callers (see [`AdsServer::authenticated`]).
+#[derive(Clone)]
+struct CallerAuth(Arc<dyn ca::service::Authenticator>);
+
+impl std::fmt::Debug for CallerAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CallerAuth")
+    }
 }
 
 impl AdsServer {
@@ -107,7 +118,30 @@ impl AdsServer {
             metrics,
             shared: Arc::new(connection::Shared::new(push_throttle)),
             ready: None,
+            callers: None,
         }
+    }
+
+    /// Authenticates every stream as istiod does on its TLS port: a
+    /// service-account token or a client certificate from the mesh CA
+    /// (`UNAUTHENTICATED` otherwise), and the proxy must be in the
+    /// caller's namespace (`PERMISSION_DENIED` otherwise).
+    pub fn authenticated(mut self, auth: Arc<dyn ca::service::Authenticator>) -> Self {
+        self.callers = Some(CallerAuth(auth));
+        self
+    }
+
+    /// The caller's identity, when streams are authenticated.
+    async fn caller<T>(&self, request: &Request<T>) -> Result<Option<ca::SpiffeId>, Status> {
+        let Some(CallerAuth(auth)) = &self.callers else {
+            return Ok(None);
+        };
+        let peer_certs: Option<Vec<Vec<u8>>> = request
+            .peer_certs()
+            .map(|certs| certs.iter().map(|c| c.to_vec()).collect());
+        auth.authenticate(request.metadata(), peer_certs.as_deref())
+            .await
+            .map(Some)
     }
 
     /// Refuses streams (gRPC `UNAVAILABLE`, with istiod's message) while
@@ -149,8 +183,9 @@ impl AggregatedDiscoveryService for AdsServer {
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         self.check_ready()?;
+        let caller = self.caller(&request).await?;
         let (tx, rx) = mpsc::channel(2);
-        let conn = self.connection(Sink::Sotw(tx));
+        let conn = self.connection(Sink::Sotw(tx), caller);
         let requests = request.into_inner().map(|r| r.map(Req::from_sotw));
         tokio::spawn(conn.run(requests, self.drain.clone()));
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -161,8 +196,9 @@ impl AggregatedDiscoveryService for AdsServer {
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         self.check_ready()?;
+        let caller = self.caller(&request).await?;
         let (tx, rx) = mpsc::channel(2);
-        let conn = self.connection(Sink::Delta(tx));
+        let conn = self.connection(Sink::Delta(tx), caller);
         let requests = request.into_inner().map(|r| r.map(Req::from_delta));
         tokio::spawn(conn.run(requests, self.drain.clone()));
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -170,7 +206,7 @@ impl AggregatedDiscoveryService for AdsServer {
 }
 
 impl AdsServer {
-    fn connection(&self, sink: Sink) -> Connection {
+    fn connection(&self, sink: Sink, caller: Option<ca::SpiffeId>) -> Connection {
         let id = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
         Connection::new(
             id,
@@ -179,6 +215,7 @@ impl AdsServer {
             self.sync.clone(),
             self.metrics.clone(),
             self.shared.clone(),
+            caller,
         )
     }
 }

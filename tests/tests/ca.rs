@@ -111,13 +111,13 @@ fn workloads_get_renew_and_are_refused_certificates_on_the_tls_port() {
     let secure = daemon.secure.as_ref().unwrap();
     let root = std::fs::read_to_string(ca_dir.path().join("cacerts/root-cert.pem")).unwrap();
     assert_eq!(root, secure.authority.root_pem(), "the root is persisted");
-    let token = {
+    let token_for = |namespace: &str| {
         let exp = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap()
             .as_secs()
             + 600;
-        let claims = serde_json::json!({"sub": "system:serviceaccount:default:bookinfo-productpage",
+        let claims = serde_json::json!({"sub": format!("system:serviceaccount:{namespace}:bookinfo-productpage"),
                                         "aud": "istio-ca", "exp": exp});
         let key =
             jsonwebtoken::EncodingKey::from_ec_pem(issuer.serialize_pem().as_bytes()).unwrap();
@@ -128,6 +128,7 @@ fn workloads_get_renew_and_are_refused_certificates_on_the_tls_port() {
         )
         .unwrap()
     };
+    let token = token_for("default");
 
     rt.block_on(async {
         // Istio's DNS names on the serving certificate (checked by the TLS
@@ -182,11 +183,10 @@ fn workloads_get_renew_and_are_refused_certificates_on_the_tls_port() {
             .unwrap_err();
         assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
 
-        // xDS on the same port.
-        let mut ads = AggregatedDiscoveryServiceClient::new(
-            e2e::secure_channel(secure.addr, &root, None).await,
-        );
-        let first = DiscoveryRequest {
+        // xDS on the same port, authenticated as istiod does it: no
+        // credentials, no stream; a token gets config for proxies of its
+        // own namespace only.
+        let first = || DiscoveryRequest {
             node: Some(Node {
                 id: SIDECAR.into(),
                 ..Default::default()
@@ -194,13 +194,36 @@ fn workloads_get_renew_and_are_refused_certificates_on_the_tls_port() {
             type_url: "type.googleapis.com/envoy.config.cluster.v3.Cluster".into(),
             ..Default::default()
         };
+        let mut ads = AggregatedDiscoveryServiceClient::new(
+            e2e::secure_channel(secure.addr, &root, None).await,
+        );
+        let status = ads
+            .stream_aggregated_resources(tokio_stream::iter([first()]))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+        let with_token = |account_ns: &str| {
+            let mut req = tonic::Request::new(tokio_stream::iter([first()]));
+            let token = token_for(account_ns);
+            req.metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+            req
+        };
         let mut responses = ads
-            .stream_aggregated_resources(tokio_stream::iter([first]))
+            .stream_aggregated_resources(with_token("default"))
             .await
             .unwrap()
             .into_inner();
         let cds = responses.message().await.unwrap().unwrap();
         assert!(cds.resources.len() > 3, "{} clusters", cds.resources.len());
+        let mut responses = ads
+            .stream_aggregated_resources(with_token("other"))
+            .await
+            .unwrap()
+            .into_inner();
+        let status = responses.message().await.unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+        assert!(status.message().contains("namespace default"), "{status:?}");
     });
 
     // Rotation: the presented certificate changes after half its lifetime,

@@ -118,6 +118,8 @@ pub(super) struct Connection {
     /// Snapshot version whose convergence was last recorded.
     converged: u64,
     shared: Arc<Shared>,
+    /// The authenticated caller (TLS port), if streams are authenticated.
+    caller: Option<ca::SpiffeId>,
 }
 
 /// One type's resources, encoded once: (name, version hash, resource),
@@ -308,6 +310,7 @@ impl Connection {
         sync: SyncTable,
         metrics: Arc<Metrics>,
         shared: Arc<Shared>,
+        caller: Option<ca::SpiffeId>,
     ) -> Self {
         let snapshot = snapshots.borrow().clone();
         Connection {
@@ -326,6 +329,7 @@ impl Connection {
             version_label: None,
             converged: 0,
             shared,
+            caller,
         }
     }
 
@@ -397,6 +401,19 @@ impl Connection {
                 }
             };
             self.node_id = req.node.as_ref().map(|n| n.id.clone()).unwrap_or_default();
+            // Istio's rule: an authenticated caller gets config only for
+            // proxies of its own namespace.
+            if let Some(caller) = &self.caller
+                && caller.namespace != proxy.namespace
+            {
+                warn!(conn = self.id, node = %self.node_id, %caller, "xDS refused: proxy outside the caller's namespace");
+                return self
+                    .fail(Status::permission_denied(format!(
+                        "authorization failed: {caller} may not get config for proxy {} in namespace {}",
+                        self.node_id, proxy.namespace
+                    )))
+                    .await;
+            }
             info!(conn = self.id, node = %self.node_id, delta = self.delta(), "proxy connected");
             if let Ok(mut table) = self.sync.lock() {
                 table.insert(
