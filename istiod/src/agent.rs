@@ -343,3 +343,73 @@ impl SecretDiscoveryService for SdsServer {
         )))
     }
 }
+
+/// Reads a Kubernetes downward-API labels file (`/etc/istio/pod/labels`:
+/// one `key="value"` per line, values quoted as Go's `%q`), as
+/// `pilot-agent` reads the pod's labels for the node metadata `LABELS`.
+/// Lines that do not parse are skipped.
+pub fn parse_downward_labels(text: &str) -> std::collections::BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|line| {
+            let (key, value) = line.split_once('=')?;
+            let value = value.trim().strip_prefix('"')?.strip_suffix('"')?;
+            let mut out = String::with_capacity(value.len());
+            let mut chars = value.chars();
+            while let Some(c) = chars.next() {
+                if c == '\\' {
+                    match chars.next()? {
+                        'n' => out.push('\n'),
+                        't' => out.push('\t'),
+                        other => out.push(other),
+                    }
+                } else {
+                    out.push(c);
+                }
+            }
+            Some((key.trim().to_owned(), out))
+        })
+        .collect()
+}
+
+/// What the agent needs to run the sidecar's Envoy (`pilot-agent proxy
+/// sidecar`'s part).
+#[derive(Clone, Debug)]
+pub struct EnvoyOptions {
+    /// The Envoy binary.
+    pub binary: PathBuf,
+    /// Where the bootstrap is written (Istio: `/etc/istio/proxy/envoy-rev.json`).
+    pub bootstrap_path: PathBuf,
+    /// The bootstrap's settings (node ID, xDS address, labels, SDS socket).
+    pub bootstrap: crate::bootstrap::BootstrapOptions,
+}
+
+/// Writes the bootstrap and starts Envoy on it (`--disable-hot-restart`,
+/// log level `warning`, as Istio runs it); the caller waits for or kills
+/// the child.
+///
+/// # Errors
+/// The bootstrap cannot be made or written, or Envoy cannot be started.
+pub fn spawn_envoy(opts: &EnvoyOptions) -> anyhow::Result<tokio::process::Child> {
+    let json = crate::bootstrap::bootstrap(&opts.bootstrap)?;
+    if let Some(dir) = opts.bootstrap_path.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("bootstrap folder {}", dir.display()))?;
+    }
+    std::fs::write(&opts.bootstrap_path, json.to_string())
+        .with_context(|| format!("bootstrap {}", opts.bootstrap_path.display()))?;
+    let child = tokio::process::Command::new(&opts.binary)
+        .arg("-c")
+        .arg(&opts.bootstrap_path)
+        .args([
+            "--disable-hot-restart",
+            "--drain-time-s",
+            "45",
+            "-l",
+            "warning",
+        ])
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start Envoy {}", opts.binary.display()))?;
+    info!(envoy = %opts.binary.display(), node = %opts.bootstrap.node_id, "Envoy started");
+    Ok(child)
+}

@@ -61,43 +61,77 @@ struct Cli {
     command: Option<Command>,
 }
 
+/// `istiod agent`'s flags.
+#[derive(clap::Args, Debug)]
+struct AgentArgs {
+    /// The CA's TLS address (Istio's `CA_ADDR`).
+    #[arg(
+        long,
+        env = "CA_ADDR",
+        default_value = "https://istiod.istio-system.svc:15012"
+    )]
+    ca_addr: String,
+    /// The root certificate the CA's serving certificate chains to (PEM file).
+    #[arg(long, default_value = "./var/run/secrets/istio/root-cert.pem")]
+    ca_root: PathBuf,
+    /// The name the CA's certificate is checked for.
+    #[arg(long, default_value = "istiod.istio-system.svc")]
+    ca_server_name: String,
+    /// The service-account token (audience `istio-ca`), re-read for every request.
+    #[arg(long, default_value = "./var/run/secrets/tokens/istio-token")]
+    token_file: PathBuf,
+    /// The workload's namespace.
+    #[arg(long, env = "POD_NAMESPACE")]
+    namespace: String,
+    /// The workload's service account.
+    #[arg(long, env = "SERVICE_ACCOUNT")]
+    service_account: String,
+    /// The trust domain.
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    /// Requested certificate lifetime, seconds (Istio's default: 24 h).
+    #[arg(long, default_value_t = 86_400)]
+    ttl_secs: u64,
+    /// Where SDS is served.
+    #[arg(long, default_value = istiod::bootstrap::ISTIO_SDS_SOCKET)]
+    sds_socket: PathBuf,
+    /// Also run the sidecar: this Envoy binary, on a bootstrap written to
+    /// `--bootstrap-out` (what `pilot-agent proxy sidecar` does). The
+    /// agent exits with Envoy.
+    #[arg(long, env = "ENVOY_BIN")]
+    envoy: Option<PathBuf>,
+    /// Where the bootstrap is written.
+    #[arg(long, default_value = "./etc/istio/proxy/envoy-rev.json")]
+    bootstrap_out: PathBuf,
+    /// The daemon's xDS address for Envoy, `HOST:PORT` (Istio's `discoveryAddress`).
+    #[arg(
+        long,
+        env = "DISCOVERY_ADDRESS",
+        default_value = "istiod.istio-system.svc:15010"
+    )]
+    xds_addr: String,
+    /// The pod's IP (node ID), from the downward API.
+    #[arg(long, env = "INSTANCE_IP", default_value = "")]
+    instance_ip: String,
+    /// The pod's name (node ID), from the downward API.
+    #[arg(long, env = "POD_NAME", default_value = "")]
+    pod_name: String,
+    /// The pod's labels, a downward-API file (`key="value"` lines).
+    #[arg(long, default_value = "./etc/istio/pod/labels")]
+    labels_file: PathBuf,
+    /// Envoy's admin port (on 127.0.0.1).
+    #[arg(long, default_value_t = 15000)]
+    admin_port: u16,
+    /// Delta xDS (Istio's default) instead of State of the World.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    delta: bool,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the node agent: get this workload's certificate from the CA and
     /// serve it (and the root) to Envoy over SDS on a Unix socket.
-    Agent {
-        /// The CA's TLS address (Istio's `CA_ADDR`).
-        #[arg(
-            long,
-            env = "CA_ADDR",
-            default_value = "https://istiod.istio-system.svc:15012"
-        )]
-        ca_addr: String,
-        /// The root certificate the CA's serving certificate chains to (PEM file).
-        #[arg(long, default_value = "./var/run/secrets/istio/root-cert.pem")]
-        ca_root: PathBuf,
-        /// The name the CA's certificate is checked for.
-        #[arg(long, default_value = "istiod.istio-system.svc")]
-        ca_server_name: String,
-        /// The service-account token (audience `istio-ca`), re-read for every request.
-        #[arg(long, default_value = "./var/run/secrets/tokens/istio-token")]
-        token_file: PathBuf,
-        /// The workload's namespace.
-        #[arg(long, env = "POD_NAMESPACE")]
-        namespace: String,
-        /// The workload's service account.
-        #[arg(long, env = "SERVICE_ACCOUNT")]
-        service_account: String,
-        /// The trust domain.
-        #[arg(long, default_value = "cluster.local")]
-        trust_domain: String,
-        /// Requested certificate lifetime, seconds (Istio's default: 24 h).
-        #[arg(long, default_value_t = 86_400)]
-        ttl_secs: u64,
-        /// Where SDS is served.
-        #[arg(long, default_value = istiod::bootstrap::ISTIO_SDS_SOCKET)]
-        sds_socket: PathBuf,
-    },
+    Agent(Box<AgentArgs>),
     /// Print the CustomResourceDefinitions of the Istio kinds this daemon reads
     /// (YAML, as committed in `manifests/crds.yaml`).
     Crds,
@@ -153,18 +187,44 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.command {
-        Some(Command::Agent {
-            ca_addr,
-            ca_root,
-            ca_server_name,
-            token_file,
-            namespace,
-            service_account,
-            trust_domain,
-            ttl_secs,
-            sds_socket,
-        }) => {
-            let run = || -> anyhow::Result<()> {
+        Some(Command::Agent(args)) => {
+            let AgentArgs {
+                ca_addr,
+                ca_root,
+                ca_server_name,
+                token_file,
+                namespace,
+                service_account,
+                trust_domain,
+                ttl_secs,
+                sds_socket,
+                envoy,
+                bootstrap_out,
+                xds_addr,
+                instance_ip,
+                pod_name,
+                labels_file,
+                admin_port,
+                delta,
+            } = *args;
+            let envoy = envoy.map(|binary| istiod::agent::EnvoyOptions {
+                binary,
+                bootstrap_path: bootstrap_out,
+                bootstrap: BootstrapOptions {
+                    node_id: format!(
+                        "sidecar~{instance_ip}~{pod_name}.{namespace}~{namespace}.svc.cluster.local"
+                    ),
+                    xds_addr,
+                    admin_port,
+                    labels: std::fs::read_to_string(&labels_file)
+                        .map(|t| istiod::agent::parse_downward_labels(&t))
+                        .unwrap_or_default(),
+                    locality: String::new(),
+                    delta,
+                    sds_socket: sds_socket.display().to_string(),
+                },
+            });
+            let run = || -> anyhow::Result<u8> {
                 let ca_root_pem = std::fs::read_to_string(&ca_root)
                     .map_err(|e| anyhow::anyhow!("--ca-root {}: {e}", ca_root.display()))?;
                 let opts = istiod::agent::AgentOptions {
@@ -185,17 +245,40 @@ fn main() -> ExitCode {
                     .build()?;
                 rt.block_on(async {
                     let token = tokio_util::sync::CancellationToken::new();
-                    let (_agent, tasks) = istiod::agent::start(opts, token.clone()).await?;
-                    tokio::signal::ctrl_c().await?;
+                    let (agent, tasks) = istiod::agent::start(opts, token.clone()).await?;
+                    let mut child = None;
+                    if let Some(envoy) = &envoy {
+                        // Envoy starts once there is a certificate to serve it.
+                        let mut cert = agent.cert.clone();
+                        cert.wait_for(Option::is_some).await?;
+                        child = Some(istiod::agent::spawn_envoy(envoy)?);
+                    }
+                    let code = match child.as_mut() {
+                        Some(c) => tokio::select! {
+                            status = c.wait() => {
+                                let status = status?;
+                                tracing::warn!(%status, "Envoy exited");
+                                u8::try_from(status.code().unwrap_or(1)).unwrap_or(1)
+                            }
+                            r = shutdown_signal() => { r?; 0 }
+                        },
+                        None => {
+                            shutdown_signal().await?;
+                            0
+                        }
+                    };
+                    if let Some(mut c) = child {
+                        let _ = c.kill().await;
+                    }
                     token.cancel();
                     for t in tasks {
                         let _ = t.await;
                     }
-                    Ok(())
+                    Ok(code)
                 })
             };
             match run() {
-                Ok(()) => ExitCode::SUCCESS,
+                Ok(code) => ExitCode::from(code),
                 Err(e) => {
                     eprintln!("istiod agent: {e:#}");
                     ExitCode::from(EX_USAGE)
@@ -273,6 +356,15 @@ fn main() -> ExitCode {
 
 /// Runs the daemon until Ctrl-C / SIGINT. With `kube` (kubeconfig, namespace)
 /// the source is the Kubernetes API, whose client config is read here.
+/// SIGTERM (what the kubelet sends) or SIGINT.
+async fn shutdown_signal() -> std::io::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r,
+        _ = term.recv() => Ok(()),
+    }
+}
+
 fn run(mut opts: Options, kube: Option<(Option<PathBuf>, String)>) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -284,7 +376,7 @@ fn run(mut opts: Options, kube: Option<(Option<PathBuf>, String)>) -> anyhow::Re
             ));
         }
         let mut daemon = Daemon::start(opts).await?;
-        tokio::signal::ctrl_c().await?;
+        shutdown_signal().await?;
         tracing::info!("shutting down");
         tokio::time::timeout(std::time::Duration::from_secs(5), daemon.shutdown())
             .await

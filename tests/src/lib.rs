@@ -251,7 +251,8 @@ pub async fn start_daemon(dir: &Path) -> Daemon {
     start_daemon_at(dir, "127.0.0.1:0".parse().expect("addr")).await
 }
 
-/// Starts the daemon on `dir` with ADS on `xds_addr`.
+/// Starts the daemon on `dir` with ADS on `xds_addr`, and its TLS port
+/// (CA and xDS) on a free port of the same IP.
 pub async fn start_daemon_at(dir: &Path, xds_addr: SocketAddr) -> Daemon {
     Daemon::start(Options {
         source: istiod::Source::Folder(dir.to_owned()),
@@ -259,7 +260,10 @@ pub async fn start_daemon_at(dir: &Path, xds_addr: SocketAddr) -> Daemon {
         monitoring_addr: Some("127.0.0.1:0".parse().expect("addr")),
         push_throttle: 100,
         debounce: Default::default(),
-        ca: Some(ca_options()),
+        ca: Some(istiod::secure::CaOptions {
+            addr: SocketAddr::new(xds_addr.ip(), 0),
+            ..ca_options()
+        }),
     })
     .await
     .expect("daemon starts")

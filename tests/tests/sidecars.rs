@@ -58,6 +58,29 @@ metadata:
   labels: {app: productpage, security.istio.io/tlsMode: istio}
 spec: {serviceAccountName: productpage, containers: [{name: productpage, image: productpage}]}
 status: {podIP: 10.244.0.11}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: details, namespace: default}
+spec:
+  clusterIP: 10.96.0.51
+  ports: [{name: http, port: 9080}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: details-0
+  namespace: default
+  labels: {app: details, security.istio.io/tlsMode: istio}
+spec: {serviceAccountName: details, containers: [{name: details, image: details}]}
+status: {podIP: 10.244.0.14}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: details-1, namespace: default, labels: {kubernetes.io/service-name: details}}
+addressType: IPv4
+ports: [{name: http, port: 9080}]
+endpoints: [{addresses: [10.244.0.14], targetRef: {kind: Pod, name: details-0, namespace: default}}]
 ";
 
 fn id(sa: &str) -> SpiffeId {
@@ -68,6 +91,32 @@ fn id(sa: &str) -> SpiffeId {
     }
 }
 
+/// The app of `pod` on its port 9080: answers with the XFCC header it got
+/// and the address it was called from.
+fn serve_echo(pod: &Pod, rt: &tokio::runtime::Handle) {
+    let listener = pod.run(|| std::net::TcpListener::bind("0.0.0.0:9080").unwrap());
+    listener.set_nonblocking(true).unwrap();
+    rt.spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        let app = axum::Router::new().fallback(
+            |axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+             headers: axum::http::HeaderMap| async move {
+                let xfcc = headers
+                    .get("x-forwarded-client-cert")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                format!("peer={}\nxfcc={xfcc}\n", peer.ip())
+            },
+        );
+        let _ = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await;
+    });
+}
+
 struct PodMesh {
     cfg: ConfigDir,
     daemon: Daemon,
@@ -76,6 +125,7 @@ struct PodMesh {
     outsider: Pod,
     client_envoy: Envoy,
     server_envoy: Envoy,
+    rt_handle: tokio::runtime::Handle,
     // Dropped last: stops the daemon's, agents' and app's tasks.
     _rt: tokio::runtime::Runtime,
 }
@@ -100,30 +150,7 @@ impl PodMesh {
             format!("{NODE_IP}:0").parse().unwrap(),
         ));
 
-        // reviews' app: answers with the XFCC header it got and its peer.
-        let listener = server.run(|| std::net::TcpListener::bind("0.0.0.0:9080").unwrap());
-        listener.set_nonblocking(true).unwrap();
-        rt.spawn(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            let app = axum::Router::new().fallback(
-                |axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<
-                    std::net::SocketAddr,
-                >,
-                 headers: axum::http::HeaderMap| async move {
-                    let xfcc = headers
-                        .get("x-forwarded-client-cert")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or_default()
-                        .to_owned();
-                    format!("peer={}\nxfcc={xfcc}\n", peer.ip())
-                },
-            );
-            let _ = axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-            )
-            .await;
-        });
+        serve_echo(&server, rt.handle());
 
         let sidecar = |pod: &Pod, sa: &str, admin_port: u16| {
             let socket = start_agent_with_ttl(rt.handle(), &daemon, id(sa), ttl);
@@ -148,6 +175,7 @@ impl PodMesh {
             outsider,
             client_envoy,
             server_envoy,
+            rt_handle: rt.handle().clone(),
             _rt: rt,
         }
     }
@@ -344,5 +372,127 @@ fn certificates_rotate_without_failing_a_request() {
     assert!(
         handshakes >= served,
         "{handshakes} handshakes for {served} requests"
+    );
+}
+
+/// The path of the `istiod` binary next to this test's (built by `cargo
+/// test --workspace` or `cargo build -p istiod`).
+fn istiod_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join("istiod"))
+        .unwrap();
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo build -p istiod` first (scripts/test does)",
+        bin.display()
+    );
+    bin
+}
+
+#[test]
+fn the_agent_subcommand_runs_a_working_sidecar() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let mesh = PodMesh::start(Duration::from_secs(3600));
+    let details = Pod::create("details-0", "10.244.0.14");
+    details.capture();
+    serve_echo(&details, &mesh.rt_handle);
+
+    // What the injected pod's volumes hold: the token, the mesh root, the
+    // downward-API labels; the proxy user (1337) writes the rest.
+    let pod_dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(pod_dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let write = |name: &str, text: &str| {
+        let path = pod_dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        path
+    };
+    let token = write(
+        "istio-token",
+        &e2e::service_account_token("default", "details"),
+    );
+    let secure = mesh.daemon.secure.as_ref().unwrap();
+    let root = write("root-cert.pem", secure.authority.root_pem());
+    let labels = write(
+        "labels",
+        "app=\"details\"\nsecurity.istio.io/tlsMode=\"istio\"\n",
+    );
+    let dir = pod_dir.path();
+    let delta = std::env::var("XDS_PROTOCOL").is_ok_and(|p| p == "delta");
+    let mut agent = details.run(|| {
+        std::process::Command::new(istiod_binary())
+            .arg("agent")
+            .args(["--ca-addr", &format!("https://{}", secure.addr)])
+            .arg("--ca-root")
+            .arg(&root)
+            .arg("--token-file")
+            .arg(&token)
+            .args(["--namespace", "default", "--service-account", "details"])
+            .arg("--sds-socket")
+            .arg(dir.join("socket"))
+            .arg("--envoy")
+            .arg(e2e::envoy_binary())
+            .arg("--bootstrap-out")
+            .arg(dir.join("envoy-rev.json"))
+            .args(["--xds-addr", &mesh.daemon.xds_addr.to_string()])
+            .args(["--instance-ip", &details.ip, "--pod-name", "details-0"])
+            .arg("--labels-file")
+            .arg(&labels)
+            .args(["--delta", &delta.to_string()])
+            .uid(e2e::PROXY_UID)
+            .gid(e2e::PROXY_UID)
+            .spawn()
+            .unwrap()
+    });
+
+    // productpage's app reaches details through both sidecars, over mTLS
+    // with details' agent-issued identity.
+    let url = "http://10.96.0.51:9080/details/0";
+    let start = Instant::now();
+    let reply = loop {
+        let reply = mesh.client.run(|| http_request(url, &[]));
+        match reply {
+            Ok(r) if r.status == 200 && r.body.contains("xfcc=By=") => break r,
+            other => {
+                assert!(
+                    start.elapsed() < SYNC,
+                    "details' sidecar never served: {other:?}"
+                );
+                assert!(agent.try_wait().unwrap().is_none(), "the agent exited");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    };
+    assert!(
+        reply
+            .body
+            .contains("By=spiffe://cluster.local/ns/default/sa/details"),
+        "{}",
+        reply.body
+    );
+    assert!(
+        reply
+            .body
+            .contains("URI=spiffe://cluster.local/ns/default/sa/productpage"),
+        "{}",
+        reply.body
+    );
+
+    // SIGTERM (the kubelet's): the agent stops Envoy and exits cleanly.
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &agent.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = agent.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let refused = mesh.client.run(|| http_request(url, &[]));
+    assert!(
+        refused.as_ref().map_or(true, |r| r.status != 200),
+        "details still served after its sidecar stopped: {refused:?}"
     );
 }
