@@ -413,3 +413,19 @@ pub fn spawn_envoy(opts: &EnvoyOptions) -> anyhow::Result<tokio::process::Child>
     info!(envoy = %opts.binary.display(), node = %opts.bootstrap.node_id, "Envoy started");
     Ok(child)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_downward_labels;
+
+    #[test]
+    fn downward_api_labels_are_unquoted() {
+        let labels = parse_downward_labels(
+            "app=\"reviews\"\nsecurity.istio.io/tlsMode=\"istio\"\nquote=\"a \\\"b\\\" \\\\c\"\nbroken\nunquoted=x\n",
+        );
+        assert_eq!(labels.len(), 3, "{labels:?}");
+        assert_eq!(labels["app"], "reviews");
+        assert_eq!(labels["security.istio.io/tlsMode"], "istio");
+        assert_eq!(labels["quote"], "a \"b\" \\c");
+    }
+}
