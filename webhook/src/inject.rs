@@ -1,0 +1,1744 @@
+//! Sidecar injection, as Istio's injector does it with its default
+//! `sidecar` template (`files/injection-template.yaml` of the
+//! istio-discovery chart) and the post-processing of `pkg/kube/inject`:
+//!
+//! 1. The policy ([`inject_required`]): `hostNetwork` pods, ignored
+//!    namespaces, already injected pods and `sidecar.istio.io/inject:
+//!    "false"` (label, else annotation) are left alone.
+//! 2. The template ([`render_sidecar`]): the `istio-init` init container
+//!    (iptables, from the `traffic.sidecar.istio.io/*` annotations and the
+//!    chart values), the `istio-proxy` sidecar (a native sidecar: an init
+//!    container with `restartPolicy: Always`, unless disabled), its
+//!    environment, probes, security context, resources and volumes, and the
+//!    labels and annotations Istio adds.
+//! 3. The merge into the pod (containers by name, the user's own
+//!    `istio-proxy` fields winning), app probes rewritten to the agent's
+//!    status port, Prometheus merge annotations, and the
+//!    `sidecar.istio.io/status` annotation.
+//!
+//! Pods are handled as JSON (`serde_json::Value`) so that every field the
+//! user wrote survives untouched.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value, json};
+
+/// Namespaces the injector never touches (Istio's ignored namespaces).
+pub const IGNORED_NAMESPACES: [&str; 4] = [
+    "kube-system",
+    "kube-public",
+    "kube-node-lease",
+    "local-path-storage",
+];
+/// The annotation recording what was injected.
+pub const STATUS_ANNOTATION: &str = "sidecar.istio.io/status";
+/// The label (or, with lower priority, annotation) that opts a pod in or out.
+pub const INJECT_LABEL: &str = "sidecar.istio.io/inject";
+
+/// Why injection failed (the pod is refused or left as it was).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum InjectError {
+    /// An annotation's value is not valid; names the annotation.
+    #[error("annotation {annotation}: {reason}")]
+    InvalidAnnotation {
+        /// The annotation, e.g. `traffic.sidecar.istio.io/includeOutboundIPRanges`.
+        annotation: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The object is not what was expected; names the field.
+    #[error("{field}: {reason}")]
+    InvalidObject {
+        /// The field path.
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// The injector's configuration: Istio's `istio-sidecar-injector`
+/// ConfigMap (`values`: the chart's `global`, `sidecarInjectorWebhook`,
+/// `revision`, and `pilot.cni`/`pilot.env`) and the mesh config.
+#[derive(Clone, Debug)]
+pub struct InjectionConfig {
+    /// The chart values, as JSON.
+    pub values: Value,
+    /// `MeshConfig` (`trustDomain`, `defaultConfig`, `enablePrometheusMerge`, ...), as JSON.
+    pub mesh: Value,
+    /// Inject `istio-proxy` as a native sidecar (Istio's default on
+    /// Kubernetes 1.29 and later, `ENABLE_NATIVE_SIDECARS`).
+    pub native_sidecars: bool,
+    /// The control plane revision (`istio.io/rev`), `default`.
+    pub revision: String,
+}
+
+impl InjectionConfig {
+    /// From the istio-discovery chart's `values.yaml` text (its
+    /// `_internal_defaults_do_not_set` section, or the top level), as
+    /// the injector ConfigMap picks it, with an empty mesh config.
+    ///
+    /// # Errors
+    /// The text is not YAML.
+    pub fn from_chart_values(text: &str) -> Result<InjectionConfig, serde_yaml_ng::Error> {
+        let all: Value = serde_yaml_ng::from_str(text)?;
+        let defaults = all
+            .get("_internal_defaults_do_not_set")
+            .cloned()
+            .unwrap_or(all);
+        let pick = |keys: &[&str]| {
+            let mut m = Map::new();
+            for k in keys {
+                if let Some(v) = defaults.get(*k) {
+                    m.insert((*k).to_owned(), v.clone());
+                }
+            }
+            Value::Object(m)
+        };
+        let mut values = pick(&["global", "sidecarInjectorWebhook", "revision"]);
+        if let Value::Object(m) = &mut values {
+            m.insert("pilot".into(), pick(&["cni", "env"]));
+        }
+        Ok(InjectionConfig {
+            values,
+            mesh: json!({"trustDomain": "cluster.local", "defaultConfig": {}}),
+            native_sidecars: true,
+            revision: "default".into(),
+        })
+    }
+
+    fn value(&self, path: &str) -> Option<&Value> {
+        lookup(&self.values, path)
+    }
+
+    /// A value printed as Go's template prints it ("" when absent).
+    fn text(&self, path: &str) -> String {
+        self.value(path).map(go_string).unwrap_or_default()
+    }
+
+    fn truthy(&self, path: &str) -> bool {
+        self.value(path).is_some_and(truthy)
+    }
+}
+
+/// `a.b.c` in a JSON tree.
+pub fn lookup<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.').try_fold(v, |v, k| v.get(k))
+}
+
+/// Sets `a.b.c` in a JSON tree, creating objects on the way.
+pub fn set_path(v: &mut Value, path: &str, value: Value) {
+    let mut cur = v;
+    let parts: Vec<&str> = path.split('.').collect();
+    for (i, k) in parts.iter().enumerate() {
+        if !cur.is_object() {
+            *cur = Value::Object(Map::new());
+        }
+        let Value::Object(m) = cur else { return };
+        if i + 1 == parts.len() {
+            m.insert((*k).to_owned(), value);
+            return;
+        }
+        cur = m
+            .entry((*k).to_owned())
+            .or_insert(Value::Object(Map::new()));
+    }
+}
+
+/// Go's template truthiness: false, 0, "", nil and empty collections are false.
+fn truthy(v: &Value) -> bool {
+    match v {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(o) => !o.is_empty(),
+    }
+}
+
+/// A scalar as Go's template prints it.
+fn go_string(v: &Value) -> String {
+    match v {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// The pod as the injector sees it, plus what it knows of the workload.
+#[derive(Clone, Debug)]
+pub struct PodContext {
+    /// The pod's namespace.
+    pub namespace: String,
+    /// The workload's name (Deployment, Job, ... or the pod itself):
+    /// Istio's `DeploymentMeta.Name`.
+    pub workload_name: String,
+    /// The workload's `apiVersion` (`apps/v1`) and `kind` (`Deployment`).
+    pub workload_type: (String, String),
+}
+
+/// Whether Istio would inject this pod (namespace selection happens in
+/// the MutatingWebhookConfiguration): not `hostNetwork`, not in an ignored
+/// namespace, not injected already, not opted out by
+/// `sidecar.istio.io/inject` (label first, then annotation; `true`/`false`),
+/// and the `policy` (`enabled`: inject unless opted out; `disabled`:
+/// only when opted in).
+pub fn inject_required(pod: &Value, namespace: &str, policy_enabled: bool) -> bool {
+    if lookup(pod, "spec.hostNetwork").and_then(Value::as_bool) == Some(true) {
+        return false;
+    }
+    if IGNORED_NAMESPACES.contains(&namespace) {
+        return false;
+    }
+    let annotations = lookup(pod, "metadata.annotations");
+    if annotations.and_then(|a| a.get(STATUS_ANNOTATION)).is_some() {
+        return false;
+    }
+    let opt = lookup(pod, "metadata.labels")
+        .and_then(|l| l.get(INJECT_LABEL))
+        .or_else(|| annotations.and_then(|a| a.get(INJECT_LABEL)))
+        .and_then(Value::as_str)
+        .map(str::to_ascii_lowercase);
+    match opt.as_deref() {
+        Some("true" | "y" | "yes" | "on") => true,
+        Some("false" | "n" | "no" | "off") => false,
+        _ => policy_enabled,
+    }
+}
+
+struct Ctx<'a> {
+    cfg: &'a InjectionConfig,
+    pod: &'a PodContext,
+    labels: Map<String, Value>,
+    annotations: Map<String, Value>,
+    spec: &'a Value,
+    /// MeshConfig `defaultConfig` with the pod's `proxy.istio.io/config` over it.
+    proxy_config: Value,
+    /// The pod's `proxy.istio.io/config` alone (what `PROXY_CONFIG` carries).
+    proxy_override: Value,
+}
+
+impl Ctx<'_> {
+    fn annotation_or(&self, name: &str, default: &str) -> String {
+        self.annotations
+            .get(name)
+            .map(go_string)
+            .unwrap_or_else(|| default.to_owned())
+    }
+
+    fn has_annotation(&self, name: &str) -> bool {
+        self.annotations.contains_key(name)
+    }
+
+    fn label(&self, name: &str) -> Option<String> {
+        self.labels
+            .get(name)
+            .map(go_string)
+            .filter(|s| !s.is_empty())
+    }
+
+    fn interception_mode(&self) -> String {
+        self.annotation_or(
+            "sidecar.istio.io/interceptionMode",
+            &lookup(&self.proxy_config, "interceptionMode")
+                .map(go_string)
+                .unwrap_or_else(|| "REDIRECT".into()),
+        )
+    }
+
+    fn status_port(&self) -> String {
+        self.annotation_or(
+            "status.sidecar.istio.io/port",
+            &self.cfg.text("global.proxy.statusPort"),
+        )
+    }
+
+    fn proxy_metadata(&self, key: &str) -> Option<String> {
+        lookup(&self.proxy_config, "proxyMetadata")
+            .and_then(|m| m.get(key))
+            .map(go_string)
+    }
+
+    fn native(&self) -> bool {
+        match self.annotations.get("sidecar.istio.io/nativeSidecar") {
+            Some(v) => go_string(v) != "false",
+            None => self.cfg.native_sidecars,
+        }
+    }
+
+    fn cni(&self) -> bool {
+        self.cfg.truthy("pilot.cni.enabled")
+    }
+
+    fn image(&self, values_path: &str) -> String {
+        let configured =
+            self.annotation_or("sidecar.istio.io/proxyImage", &self.cfg.text(values_path));
+        if configured.contains('/') {
+            return configured;
+        }
+        let hub = self.cfg.text("global.hub");
+        let tag = self.cfg.text("global.tag");
+        let variant = self.cfg.text("global.variant");
+        let tag = if variant.is_empty() || variant == "default" {
+            tag
+        } else {
+            format!("{tag}-{variant}")
+        };
+        format!("{hub}/{configured}:{tag}")
+    }
+
+    fn app_containers(&self) -> Vec<String> {
+        self.spec
+            .get("containers")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.get("name").and_then(Value::as_str))
+            .filter(|n| *n != "istio-proxy")
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// Go's `excludeInboundPort`: the status port added to the excluded
+/// inbound ports (unless 0 or already there).
+fn exclude_inbound_port(port: &str, excluded: &str) -> String {
+    let port = port.trim();
+    if port.is_empty() || port == "0" {
+        return excluded.to_owned();
+    }
+    let parts: Vec<&str> = excluded
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect();
+    if parts.contains(&port) {
+        return excluded.to_owned();
+    }
+    if parts.is_empty() {
+        port.to_owned()
+    } else {
+        format!("{},{port}", parts.join(","))
+    }
+}
+
+/// A Kubernetes quantity in canonical form, as the API server (and Go's
+/// marshaller) writes it: `2000m` -> `2`, `1024Mi` -> `1Gi`.
+pub fn canonical_quantity(q: &str) -> String {
+    let q = q.trim();
+    let split = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(q.len());
+    let (num, suffix) = q.split_at(split);
+    let Ok(mut n) = num.parse::<u64>() else {
+        return q.to_owned();
+    };
+    const BINARY: [&str; 6] = ["", "Ki", "Mi", "Gi", "Ti", "Pi"];
+    if let Some(mut i) = BINARY
+        .iter()
+        .position(|s| *s == suffix)
+        .filter(|_| !suffix.is_empty())
+    {
+        while n != 0 && n % 1024 == 0 && i + 1 < BINARY.len() {
+            n /= 1024;
+            i += 1;
+        }
+        return format!("{n}{}", BINARY[i]);
+    }
+    if suffix == "m" {
+        if n % 1000 == 0 {
+            return (n / 1000).to_string();
+        }
+        return format!("{n}m");
+    }
+    q.to_owned()
+}
+
+/// Quantities in a `resources` block made canonical, nulls dropped.
+fn canonical_resources(v: &Value) -> Value {
+    let mut out = Map::new();
+    if let Value::Object(m) = v {
+        for (k, inner) in m {
+            let Value::Object(q) = inner else { continue };
+            let mut qs = Map::new();
+            for (name, amount) in q {
+                if amount.is_null() {
+                    continue;
+                }
+                qs.insert(
+                    name.clone(),
+                    Value::String(canonical_quantity(&go_string(amount))),
+                );
+            }
+            out.insert(k.clone(), Value::Object(qs));
+        }
+    }
+    Value::Object(out)
+}
+
+/// The template's `resources`: from the `sidecar.istio.io/proxyCPU`,
+/// `proxyMemory`, `proxyCPULimit`, `proxyMemoryLimit` annotations if any
+/// is set, else `global.proxy.resources`.
+fn resources(ctx: &Ctx<'_>) -> Value {
+    let ann = |k: &str| ctx.annotations.get(k).map(go_string);
+    let (cpu, mem, cpu_l, mem_l) = (
+        ann("sidecar.istio.io/proxyCPU"),
+        ann("sidecar.istio.io/proxyMemory"),
+        ann("sidecar.istio.io/proxyCPULimit"),
+        ann("sidecar.istio.io/proxyMemoryLimit"),
+    );
+    if cpu.is_some() || mem.is_some() || cpu_l.is_some() || mem_l.is_some() {
+        let mut r = Map::new();
+        let block = |a: Option<String>, b: Option<String>| {
+            let mut m = Map::new();
+            if let Some(a) = a {
+                m.insert("cpu".into(), Value::String(canonical_quantity(&a)));
+            }
+            if let Some(b) = b {
+                m.insert("memory".into(), Value::String(canonical_quantity(&b)));
+            }
+            Value::Object(m)
+        };
+        if cpu.is_some() || mem.is_some() {
+            r.insert("requests".into(), block(cpu, mem));
+        }
+        if cpu_l.is_some() || mem_l.is_some() {
+            r.insert("limits".into(), block(cpu_l, mem_l));
+        }
+        return Value::Object(r);
+    }
+    ctx.cfg
+        .value("global.proxy.resources")
+        .filter(|v| truthy(v))
+        .map(canonical_resources)
+        .unwrap_or_else(|| json!({}))
+}
+
+fn env(name: &str, value: impl Into<String>) -> Value {
+    json!({"name": name, "value": value.into()})
+}
+
+fn field_env(name: &str, path: &str) -> Value {
+    json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}})
+}
+
+fn resource_env(name: &str, resource: &str) -> Value {
+    json!({"name": name, "valueFrom": {"resourceFieldRef": {"resource": resource, "divisor": "1"}}})
+}
+
+/// Validates the traffic annotations as Istio does before rendering.
+fn validate_annotations(ctx: &Ctx<'_>) -> Result<(), InjectError> {
+    let bad = |annotation: &str, reason: String| InjectError::InvalidAnnotation {
+        annotation: annotation.to_owned(),
+        reason,
+    };
+    for key in [
+        "traffic.sidecar.istio.io/includeOutboundIPRanges",
+        "traffic.sidecar.istio.io/excludeOutboundIPRanges",
+    ] {
+        if let Some(v) = ctx.annotations.get(key).map(go_string) {
+            if v.trim() == "*" {
+                continue;
+            }
+            for cidr in v.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+                if !valid_cidr(cidr) {
+                    return Err(bad(
+                        key,
+                        format!("{cidr:?} is not a CIDR (IncludeIPRanges)"),
+                    ));
+                }
+            }
+        }
+    }
+    for key in [
+        "traffic.sidecar.istio.io/includeInboundPorts",
+        "traffic.sidecar.istio.io/excludeInboundPorts",
+        "traffic.sidecar.istio.io/includeOutboundPorts",
+        "traffic.sidecar.istio.io/excludeOutboundPorts",
+    ] {
+        if let Some(v) = ctx.annotations.get(key).map(go_string) {
+            if v.trim() == "*" && key.contains("include") {
+                continue;
+            }
+            for port in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                if !port.parse::<u16>().is_ok_and(|p| p > 0) {
+                    let short = key.trim_start_matches("traffic.sidecar.istio.io/");
+                    return Err(bad(key, format!("{port:?} is not a port ({short})")));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn valid_cidr(s: &str) -> bool {
+    let (ip, len) = s.split_once('/').unwrap_or((s, ""));
+    let Ok(addr) = ip.parse::<std::net::IpAddr>() else {
+        return false;
+    };
+    if len.is_empty() {
+        return true;
+    }
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    len.parse::<u8>().is_ok_and(|l| l <= max)
+}
+
+/// Renders Istio's default `sidecar` template for a pod: the partial pod
+/// (`metadata.labels`, `metadata.annotations`, `spec.initContainers`,
+/// `spec.containers`, `spec.volumes`, `spec.imagePullSecrets`) that is
+/// merged into it.
+fn render_sidecar(ctx: &Ctx<'_>) -> Value {
+    let cfg = ctx.cfg;
+    let mode = ctx.interception_mode();
+    let tproxy = mode == "TPROXY";
+    let cap_bind = ctx.annotation_or(
+        "sidecar.istio.io/capNetBindService",
+        &cfg.text("global.proxy.capNetBindService"),
+    ) == "true";
+    let native = ctx.native();
+    let cni = ctx.cni();
+    let containers = ctx.app_containers();
+    let status_port = ctx.status_port();
+
+    // Labels.
+    let mut labels = Map::new();
+    labels.insert(
+        "security.istio.io/tlsMode".into(),
+        ctx.label("security.istio.io/tlsMode")
+            .unwrap_or_else(|| "istio".into())
+            .into(),
+    );
+    if ctx.proxy_metadata("ISTIO_META_ENABLE_HBONE").as_deref() == Some("true") {
+        labels.insert(
+            "networking.istio.io/tunnel".into(),
+            ctx.label("networking.istio.io/tunnel")
+                .unwrap_or_else(|| "http".into())
+                .into(),
+        );
+    }
+    let canonical_name = ctx
+        .label("service.istio.io/canonical-name")
+        .or_else(|| ctx.label("app.kubernetes.io/name"))
+        .or_else(|| ctx.label("app"))
+        .unwrap_or_else(|| ctx.pod.workload_name.clone());
+    let canonical_name: String = canonical_name.chars().take(63).collect();
+    labels.insert(
+        "service.istio.io/canonical-name".into(),
+        canonical_name.trim_matches(['-', '_', '.']).into(),
+    );
+    labels.insert(
+        "service.istio.io/canonical-revision".into(),
+        ctx.label("service.istio.io/canonical-revision")
+            .or_else(|| ctx.label("app.kubernetes.io/version"))
+            .or_else(|| ctx.label("version"))
+            .unwrap_or_else(|| "latest".into())
+            .into(),
+    );
+
+    // Annotations.
+    let mut annotations = Map::new();
+    let revision = if cfg.revision.is_empty() {
+        "default"
+    } else {
+        &cfg.revision
+    };
+    annotations.insert("istio.io/rev".into(), revision.into());
+    if let Some(first) = containers.first() {
+        for key in [
+            "kubectl.kubernetes.io/default-logs-container",
+            "kubectl.kubernetes.io/default-container",
+        ] {
+            if !ctx.has_annotation(key) {
+                annotations.insert(key.into(), first.clone().into());
+            }
+        }
+    }
+    let include_ranges = ctx.annotation_or(
+        "traffic.sidecar.istio.io/includeOutboundIPRanges",
+        &cfg.text("global.proxy.includeIPRanges"),
+    );
+    let exclude_ranges = ctx.annotation_or(
+        "traffic.sidecar.istio.io/excludeOutboundIPRanges",
+        &cfg.text("global.proxy.excludeIPRanges"),
+    );
+    let include_inbound = ctx.annotation_or(
+        "traffic.sidecar.istio.io/includeInboundPorts",
+        &cfg.text("global.proxy.includeInboundPorts"),
+    );
+    let excluded_inbound = exclude_inbound_port(
+        &status_port,
+        &ctx.annotation_or(
+            "traffic.sidecar.istio.io/excludeInboundPorts",
+            &cfg.text("global.proxy.excludeInboundPorts"),
+        ),
+    );
+    let include_outbound_set = ctx.has_annotation("traffic.sidecar.istio.io/includeOutboundPorts")
+        || !cfg.text("global.proxy.includeOutboundPorts").is_empty();
+    let include_outbound = ctx.annotation_or(
+        "traffic.sidecar.istio.io/includeOutboundPorts",
+        &cfg.text("global.proxy.includeOutboundPorts"),
+    );
+    let exclude_outbound_set = ctx.has_annotation("traffic.sidecar.istio.io/excludeOutboundPorts")
+        || !cfg.text("global.proxy.excludeOutboundPorts").is_empty();
+    let exclude_outbound = ctx.annotation_or(
+        "traffic.sidecar.istio.io/excludeOutboundPorts",
+        &cfg.text("global.proxy.excludeOutboundPorts"),
+    );
+    if cni {
+        if cfg.text("pilot.cni.provider") == "multus" {
+            let existing = ctx.annotation_or("k8s.v1.cni.cncf.io/networks", "");
+            let networks = append_multus_network(&existing, "default/istio-cni");
+            annotations.insert("k8s.v1.cni.cncf.io/networks".into(), networks.into());
+        }
+        annotations.insert(
+            "sidecar.istio.io/interceptionMode".into(),
+            mode.clone().into(),
+        );
+        if !include_ranges.is_empty() {
+            annotations.insert(
+                "traffic.sidecar.istio.io/includeOutboundIPRanges".into(),
+                include_ranges.clone().into(),
+            );
+        }
+        if !exclude_ranges.is_empty() {
+            annotations.insert(
+                "traffic.sidecar.istio.io/excludeOutboundIPRanges".into(),
+                exclude_ranges.clone().into(),
+            );
+        }
+        annotations.insert(
+            "traffic.sidecar.istio.io/includeInboundPorts".into(),
+            include_inbound.clone().into(),
+        );
+        annotations.insert(
+            "traffic.sidecar.istio.io/excludeInboundPorts".into(),
+            excluded_inbound.clone().into(),
+        );
+        if include_outbound_set {
+            annotations.insert(
+                "traffic.sidecar.istio.io/includeOutboundPorts".into(),
+                include_outbound.clone().into(),
+            );
+        }
+        if exclude_outbound_set {
+            annotations.insert(
+                "traffic.sidecar.istio.io/excludeOutboundPorts".into(),
+                exclude_outbound.clone().into(),
+            );
+        }
+        for key in [
+            "traffic.sidecar.istio.io/kubevirtInterfaces",
+            "istio.io/reroute-virtual-interfaces",
+            "traffic.sidecar.istio.io/excludeInterfaces",
+        ] {
+            if let Some(v) = ctx.annotations.get(key).filter(|v| truthy(v)) {
+                annotations.insert(key.into(), v.clone());
+            }
+        }
+    }
+
+    let hold = (lookup(&ctx.proxy_config, "holdApplicationUntilProxyStarts").is_some_and(truthy)
+        || cfg.truthy("global.proxy.holdApplicationUntilProxyStarts"))
+        && !native;
+    let no_init = mode == "NONE" && !native;
+    let log_level = ctx.annotation_or(
+        "sidecar.istio.io/agentLogLevel",
+        &cfg.text("global.logging.level"),
+    );
+    let pull_policy = cfg.text("global.imagePullPolicy");
+    let res = resources(ctx);
+
+    let mut init_containers = Vec::new();
+    if !no_init && mode != "NONE" {
+        let mut args: Vec<String> = vec![
+            "istio-iptables".into(),
+            "-p".into(),
+            lookup(&cfg.mesh, "proxyListenPort")
+                .map(go_string)
+                .filter(|s| !s.is_empty() && s != "0")
+                .unwrap_or_else(|| "15001".into()),
+            "-z".into(),
+            lookup(&cfg.mesh, "proxyInboundListenPort")
+                .map(go_string)
+                .filter(|s| !s.is_empty() && s != "0")
+                .unwrap_or_else(|| "15006".into()),
+            "-u".into(),
+            "1337".into(),
+            "-m".into(),
+            mode.clone(),
+            "-i".into(),
+            include_ranges.clone(),
+            "-x".into(),
+            exclude_ranges.clone(),
+            "-b".into(),
+            include_inbound.clone(),
+            "-d".into(),
+            if excluded_inbound.is_empty() {
+                "15090,15021".into()
+            } else {
+                format!("15090,15021,{excluded_inbound}")
+            },
+        ];
+        if include_outbound_set {
+            args.extend(["-q".into(), include_outbound.clone()]);
+        }
+        if exclude_outbound_set {
+            args.extend(["-o".into(), exclude_outbound.clone()]);
+        }
+        if let Some(v) = ctx.annotations.get("istio.io/reroute-virtual-interfaces") {
+            args.extend(["-k".into(), go_string(v)]);
+        } else if let Some(v) = ctx
+            .annotations
+            .get("traffic.sidecar.istio.io/kubevirtInterfaces")
+        {
+            args.extend(["-k".into(), go_string(v)]);
+        }
+        if let Some(v) = ctx
+            .annotations
+            .get("traffic.sidecar.istio.io/excludeInterfaces")
+        {
+            args.extend(["-c".into(), go_string(v)]);
+        }
+        args.push(format!("--log_output_level={log_level}"));
+        if cfg.truthy("global.logAsJson") {
+            args.push("--log_as_json".into());
+        }
+        if cni {
+            args.extend(["--run-validation".into(), "--skip-rule-apply".into()]);
+        } else if cfg.truthy("global.proxy_init.forceApplyIptables") {
+            args.push("--force-apply".into());
+        }
+        if cfg.truthy("global.nativeNftables") {
+            args.push("--native-nftables".into());
+        }
+        let privileged = cfg
+            .value("global.proxy.privileged")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let mut security = json!({
+            "allowPrivilegeEscalation": privileged,
+            "privileged": privileged,
+            "capabilities": {"drop": ["ALL"]},
+        });
+        if cni {
+            security["readOnlyRootFilesystem"] = json!(true);
+            security["runAsGroup"] = json!(1337);
+            security["runAsUser"] = json!(1337);
+            security["runAsNonRoot"] = json!(true);
+        } else {
+            security["capabilities"]["add"] = json!(["NET_ADMIN", "NET_RAW"]);
+            security["readOnlyRootFilesystem"] = json!(false);
+            security["runAsGroup"] = json!(0);
+            security["runAsNonRoot"] = json!(false);
+            security["runAsUser"] = json!(0);
+        }
+        if let Some(sp) = cfg
+            .value("global.proxy.seccompProfile")
+            .filter(|v| truthy(v))
+        {
+            security["seccompProfile"] = sp.clone();
+        }
+        let mut init = json!({
+            "name": if cni { "istio-validation" } else { "istio-init" },
+            "image": ctx.image("global.proxy_init.image"),
+            "args": args,
+            "resources": res.clone(),
+            "securityContext": security,
+        });
+        if !pull_policy.is_empty() {
+            init["imagePullPolicy"] = json!(pull_policy);
+        }
+        if let Some(Value::Object(md)) = lookup(&ctx.proxy_config, "proxyMetadata")
+            && !md.is_empty()
+        {
+            init["env"] = Value::Array(md.iter().map(|(k, v)| env(k, go_string(v))).collect());
+        }
+        init_containers.push(init);
+    }
+
+    // istio-proxy.
+    let mut args: Vec<String> = vec![
+        "proxy".into(),
+        "sidecar".into(),
+        "--domain".into(),
+        format!(
+            "$(POD_NAMESPACE).svc.{}",
+            cfg.text("global.proxy.clusterDomain")
+        ),
+        format!(
+            "--proxyLogLevel={}",
+            ctx.annotation_or(
+                "sidecar.istio.io/logLevel",
+                &cfg.text("global.proxy.logLevel")
+            )
+        ),
+        format!(
+            "--proxyComponentLogLevel={}",
+            ctx.annotation_or(
+                "sidecar.istio.io/componentLogLevel",
+                &cfg.text("global.proxy.componentLogLevel")
+            )
+        ),
+        format!("--log_output_level={log_level}"),
+    ];
+    if cfg.truthy("global.sts.servicePort") {
+        args.push(format!("--stsPort={}", cfg.text("global.sts.servicePort")));
+    }
+    if cfg.truthy("global.logAsJson") {
+        args.push("--log_as_json".into());
+    }
+    if cfg.truthy("global.proxy.outlierLogPath") {
+        args.push(format!(
+            "--outlierLogPath={}",
+            cfg.text("global.proxy.outlierLogPath")
+        ));
+    }
+    let mut proxy = json!({
+        "name": "istio-proxy",
+        "image": ctx.image("global.proxy.image"),
+        "ports": [{"containerPort": 15090, "protocol": "TCP", "name": "http-envoy-prom"}],
+        "args": args,
+    });
+    if native {
+        proxy["restartPolicy"] = json!("Always");
+    }
+    if let Some(lc) = cfg.value("global.proxy.lifecycle").filter(|v| truthy(v)) {
+        proxy["lifecycle"] = lc.clone();
+    } else if hold {
+        proxy["lifecycle"] = json!({"postStart": {"exec": {"command": ["pilot-agent", "wait"]}}});
+    } else if native {
+        proxy["lifecycle"] = json!({"preStop": {"exec": {"command": [
+            "pilot-agent", "request", format!("--debug-port={status_port}"), "POST", "drain"
+        ]}}});
+    }
+
+    let mut envs = vec![
+        env("PILOT_CERT_PROVIDER", cfg.text("global.pilotCertProvider")),
+        env("CA_ADDR", {
+            let ca = cfg.text("global.caAddress");
+            if ca.is_empty() {
+                let rev = cfg.text("revision");
+                let suffix = if rev.is_empty() {
+                    String::new()
+                } else {
+                    format!("-{rev}")
+                };
+                format!(
+                    "istiod{suffix}.{}.svc:15012",
+                    cfg.text("global.istioNamespace")
+                )
+            } else {
+                ca
+            }
+        }),
+        field_env("POD_NAME", "metadata.name"),
+        field_env("POD_NAMESPACE", "metadata.namespace"),
+        field_env("INSTANCE_IP", "status.podIP"),
+        field_env("SERVICE_ACCOUNT", "spec.serviceAccountName"),
+        field_env("HOST_IP", "status.hostIP"),
+        resource_env("ISTIO_CPU_LIMIT", "limits.cpu"),
+        env(
+            "PROXY_CONFIG",
+            format!("{}\n", proto_json(&ctx.proxy_override)),
+        ),
+        env("ISTIO_META_POD_PORTS", pod_ports(ctx.spec)),
+        env("ISTIO_META_APP_CONTAINERS", containers.join(",")),
+        resource_env("GOMEMLIMIT", "limits.memory"),
+    ];
+    let cluster = cfg.text("global.multiCluster.clusterName");
+    envs.push(env(
+        "ISTIO_META_CLUSTER_ID",
+        if cluster.is_empty() {
+            "Kubernetes".to_owned()
+        } else {
+            cluster
+        },
+    ));
+    envs.push(field_env("ISTIO_META_NODE_NAME", "spec.nodeName"));
+    envs.push(env(
+        "ISTIO_META_INTERCEPTION_MODE",
+        ctx.annotations
+            .get("sidecar.istio.io/interceptionMode")
+            .map(go_string)
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| {
+                lookup(&ctx.proxy_config, "interceptionMode")
+                    .map(go_string)
+                    .unwrap_or_else(|| "REDIRECT".into())
+            }),
+    ));
+    if cfg.truthy("global.network") {
+        envs.push(env("ISTIO_META_NETWORK", cfg.text("global.network")));
+    }
+    let workload = ctx
+        .label("service.istio.io/workload-name")
+        .unwrap_or_else(|| ctx.pod.workload_name.clone());
+    if !workload.is_empty() {
+        envs.push(env("ISTIO_META_WORKLOAD_NAME", workload));
+    }
+    let (api_version, kind) = &ctx.pod.workload_type;
+    if !api_version.is_empty() && !ctx.pod.workload_name.is_empty() {
+        let ns = if ctx.pod.namespace.is_empty() {
+            "default"
+        } else {
+            &ctx.pod.namespace
+        };
+        envs.push(env(
+            "ISTIO_META_OWNER",
+            format!(
+                "kubernetes://apis/{api_version}/namespaces/{ns}/{}s/{}",
+                kind.to_lowercase(),
+                ctx.pod.workload_name
+            ),
+        ));
+    }
+    if ctx.has_annotation("sidecar.istio.io/bootstrapOverride") {
+        envs.push(env(
+            "ISTIO_BOOTSTRAP_OVERRIDE",
+            "/etc/istio/custom-bootstrap/custom_bootstrap.json",
+        ));
+    }
+    let trust_domain = lookup(&cfg.mesh, "trustDomain")
+        .map(go_string)
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| cfg.text("global.trustDomain"));
+    let mesh_id = cfg.text("global.meshID");
+    if !mesh_id.is_empty() {
+        envs.push(env("ISTIO_META_MESH_ID", mesh_id));
+    } else if !trust_domain.is_empty() {
+        envs.push(env("ISTIO_META_MESH_ID", trust_domain.clone()));
+    }
+    if !trust_domain.is_empty() {
+        envs.push(env("TRUST_DOMAIN", trust_domain));
+    }
+    if let Some(Value::Object(md)) = lookup(&ctx.proxy_config, "proxyMetadata") {
+        for (k, v) in md {
+            envs.push(env(k, go_string(v)));
+        }
+    }
+    proxy["env"] = Value::Array(envs);
+    if !pull_policy.is_empty() {
+        proxy["imagePullPolicy"] = json!(pull_policy);
+    }
+    if status_port != "0" {
+        if cfg.truthy("global.proxy.startupProbe.enabled") {
+            proxy["startupProbe"] = json!({
+                "httpGet": {"path": "/healthz/ready", "port": 15021},
+                "periodSeconds": 1,
+                "timeoutSeconds": 3,
+                "failureThreshold": number(&cfg.text("global.proxy.startupProbe.failureThreshold")),
+            });
+        }
+        let mut readiness = json!({
+            "httpGet": {"path": "/healthz/ready", "port": 15021},
+            "periodSeconds": number(&ctx.annotation_or(
+                "readiness.status.sidecar.istio.io/periodSeconds",
+                &cfg.text("global.proxy.readinessPeriodSeconds"),
+            )),
+            "timeoutSeconds": 3,
+            "failureThreshold": number(&ctx.annotation_or(
+                "readiness.status.sidecar.istio.io/failureThreshold",
+                &cfg.text("global.proxy.readinessFailureThreshold"),
+            )),
+        });
+        let delay = number(&ctx.annotation_or(
+            "readiness.status.sidecar.istio.io/initialDelaySeconds",
+            &cfg.text("global.proxy.readinessInitialDelaySeconds"),
+        ));
+        if delay != json!(0) {
+            readiness["initialDelaySeconds"] = delay;
+        }
+        proxy["readinessProbe"] = readiness;
+    }
+    let privileged = cfg
+        .value("global.proxy.privileged")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let mut security = if ctx.proxy_metadata("IPTABLES_TRACE_LOGGING").as_deref() == Some("true") {
+        json!({
+            "allowPrivilegeEscalation": true,
+            "capabilities": {"add": ["NET_ADMIN"], "drop": ["ALL"]},
+            "privileged": true,
+            "readOnlyRootFilesystem": true,
+            "runAsGroup": 1337,
+            "runAsNonRoot": false,
+            "runAsUser": 0,
+        })
+    } else {
+        let mut s = json!({
+            "allowPrivilegeEscalation": privileged,
+            "capabilities": {"drop": ["ALL"]},
+            "privileged": privileged,
+            "readOnlyRootFilesystem": true,
+        });
+        if tproxy || cap_bind {
+            let mut add = Vec::new();
+            if tproxy {
+                add.push("NET_ADMIN");
+            }
+            if cap_bind {
+                add.push("NET_BIND_SERVICE");
+            }
+            s["capabilities"]["add"] = json!(add);
+            s["runAsNonRoot"] = json!(false);
+            s["runAsUser"] = json!(0);
+            s["runAsGroup"] = json!(1337);
+        } else {
+            s["runAsNonRoot"] = json!(true);
+            s["runAsUser"] = json!(1337);
+            s["runAsGroup"] = json!(1337);
+        }
+        s
+    };
+    if let Some(sp) = cfg
+        .value("global.proxy.seccompProfile")
+        .filter(|v| truthy(v))
+    {
+        security["seccompProfile"] = sp.clone();
+    }
+    proxy["securityContext"] = security;
+    proxy["resources"] = res;
+
+    let istiod_certs = cfg.text("global.pilotCertProvider") == "istiod";
+    let mut mounts = vec![
+        json!({"name": "workload-socket", "mountPath": "/var/run/secrets/workload-spiffe-uds"}),
+        json!({"name": "credential-socket", "mountPath": "/var/run/secrets/credential-uds"}),
+        json!({"name": "workload-certs", "mountPath": "/var/run/secrets/workload-spiffe-credentials"}),
+    ];
+    if istiod_certs {
+        mounts.push(json!({"mountPath": "/var/run/secrets/istio", "name": "istiod-ca-cert"}));
+        mounts.push(json!({"mountPath": "/var/run/secrets/istio/crl", "name": "istio-ca-crl"}));
+    }
+    mounts.push(json!({"mountPath": "/var/lib/istio/data", "name": "istio-data"}));
+    if ctx.has_annotation("sidecar.istio.io/bootstrapOverride") {
+        mounts.push(
+            json!({"mountPath": "/etc/istio/custom-bootstrap", "name": "custom-bootstrap-volume"}),
+        );
+    }
+    mounts.push(json!({"mountPath": "/etc/istio/proxy", "name": "istio-envoy"}));
+    mounts.push(json!({"mountPath": "/var/run/secrets/tokens", "name": "istio-token"}));
+    if cfg.truthy("global.mountMtlsCerts") {
+        mounts.push(json!({"mountPath": "/etc/certs/", "name": "istio-certs", "readOnly": true}));
+    }
+    mounts.push(json!({"name": "istio-podinfo", "mountPath": "/etc/istio/pod"}));
+    if let Some(Value::Object(user)) = ctx
+        .annotations
+        .get("sidecar.istio.io/userVolumeMount")
+        .and_then(|v| serde_json::from_str::<Value>(&go_string(v)).ok())
+    {
+        for (name, mut m) in user {
+            m["name"] = json!(name);
+            mounts.push(m);
+        }
+    }
+    proxy["volumeMounts"] = Value::Array(mounts);
+
+    let mut volumes = vec![
+        json!({"name": "workload-socket", "emptyDir": null}),
+        json!({"name": "credential-socket", "emptyDir": null}),
+        json!({"name": "workload-certs", "emptyDir": null}),
+    ];
+    if ctx.has_annotation("sidecar.istio.io/bootstrapOverride") {
+        volumes.push(json!({"name": "custom-bootstrap-volume", "configMap": {
+            "name": ctx.annotation_or("sidecar.istio.io/bootstrapOverride", "")
+        }}));
+    }
+    volumes.push(json!({"name": "istio-envoy", "emptyDir": {"medium": "Memory"}}));
+    volumes.push(json!({"name": "istio-data", "emptyDir": {}}));
+    volumes.push(json!({"name": "istio-podinfo", "downwardAPI": {"items": [
+        {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}},
+        {"path": "annotations", "fieldRef": {"fieldPath": "metadata.annotations"}},
+    ]}}));
+    volumes.push(json!({"name": "istio-token", "projected": {"sources": [
+        {"serviceAccountToken": {"path": "istio-token", "expirationSeconds": 43200,
+                                 "audience": cfg.text("global.sds.token.aud")}}
+    ]}}));
+    if istiod_certs {
+        let bundle = cfg.text("global.trustBundleName");
+        if cfg
+            .value("pilot.env.ENABLE_CLUSTER_TRUST_BUNDLE_API")
+            .and_then(Value::as_bool)
+            == Some(true)
+        {
+            let name = if bundle.is_empty() {
+                "root-cert".into()
+            } else {
+                bundle
+            };
+            volumes.push(json!({"name": "istiod-ca-cert", "projected": {"sources": [
+                {"clusterTrustBundle": {"name": format!("istio.io:istiod-ca:{name}"), "path": "root-cert.pem"}}
+            ]}}));
+        } else {
+            let name = if bundle.is_empty() {
+                "istio-ca-root-cert".into()
+            } else {
+                bundle
+            };
+            volumes.push(json!({"name": "istiod-ca-cert", "configMap": {"name": name}}));
+        }
+    }
+    let crl = cfg.text("pilot.crlConfigMapName");
+    volumes.push(json!({"name": "istio-ca-crl", "configMap": {
+        "name": if crl.is_empty() { "istio-ca-crl".to_owned() } else { crl },
+        "optional": true,
+    }}));
+    if cfg.truthy("global.mountMtlsCerts") {
+        let sa = ctx
+            .spec
+            .get("serviceAccountName")
+            .map(go_string)
+            .unwrap_or_default();
+        let secret = if sa.is_empty() {
+            "istio.default".to_owned()
+        } else {
+            format!("istio.{sa}")
+        };
+        volumes.push(
+            json!({"name": "istio-certs", "secret": {"optional": true, "secretName": secret}}),
+        );
+    }
+    if let Some(Value::Object(user)) = ctx
+        .annotations
+        .get("sidecar.istio.io/userVolume")
+        .and_then(|v| serde_json::from_str::<Value>(&go_string(v)).ok())
+    {
+        for (name, mut v) in user {
+            v["name"] = json!(name);
+            volumes.push(v);
+        }
+    }
+
+    let mut spec = Map::new();
+    if native {
+        init_containers.push(proxy);
+        spec.insert("initContainers".into(), Value::Array(init_containers));
+    } else {
+        spec.insert("initContainers".into(), Value::Array(init_containers));
+        spec.insert("containers".into(), json!([proxy]));
+    }
+    spec.insert("volumes".into(), Value::Array(volumes));
+    if let Some(Value::Array(secrets)) = cfg.value("global.imagePullSecrets")
+        && !secrets.is_empty()
+    {
+        spec.insert(
+            "imagePullSecrets".into(),
+            Value::Array(
+                secrets
+                    .iter()
+                    .map(|s| json!({"name": go_string(s)}))
+                    .collect(),
+            ),
+        );
+    }
+    json!({
+        "metadata": {"labels": labels, "annotations": annotations},
+        "spec": spec,
+    })
+}
+
+/// A numeric template value as a JSON number (Go writes them unquoted).
+fn number(s: &str) -> Value {
+    s.parse::<i64>()
+        .map_or_else(|_| Value::String(s.to_owned()), Value::from)
+}
+
+/// Istio's `appendMultusNetwork`: adds `network` to a comma-separated
+/// list (or a JSON list) unless present.
+fn append_multus_network(existing: &str, network: &str) -> String {
+    let existing = existing.trim();
+    if existing.is_empty() {
+        return network.to_owned();
+    }
+    if existing.starts_with('[') {
+        if let Ok(Value::Array(mut items)) = serde_json::from_str::<Value>(existing) {
+            let present = items.iter().any(|i| {
+                i.get("name").and_then(Value::as_str) == Some("istio-cni")
+                    && i.get("namespace")
+                        .and_then(Value::as_str)
+                        .unwrap_or("default")
+                        == "default"
+            });
+            if !present {
+                items.push(json!({"name": "istio-cni", "namespace": "default"}));
+            }
+            return Value::Array(items).to_string();
+        }
+        return existing.to_owned();
+    }
+    if existing
+        .split(',')
+        .any(|n| n.trim() == network || n.trim() == "istio-cni")
+    {
+        return existing.to_owned();
+    }
+    format!("{existing}, {network}")
+}
+
+/// `ISTIO_META_POD_PORTS`: every container port as Go's JSON of a
+/// `ContainerPort` (`name`, `hostPort`, `containerPort`, `protocol`,
+/// `hostIP`, zero values left out), in Istio's layout.
+fn pod_ports(spec: &Value) -> String {
+    let mut out = String::from("[");
+    let mut first = true;
+    for c in spec
+        .get("containers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        for p in c
+            .get("ports")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let mut fields = Vec::new();
+            for key in ["name", "hostPort", "containerPort", "protocol", "hostIP"] {
+                match p.get(key) {
+                    None | Some(Value::Null) => {}
+                    Some(Value::String(s)) if s.is_empty() => {}
+                    Some(Value::Number(n)) if n.as_i64() == Some(0) => {}
+                    Some(v) => fields.push(format!("{}:{}", Value::String(key.into()), v)),
+                }
+            }
+            out.push_str("\n    ");
+            if !first {
+                out.push(',');
+            }
+            first = false;
+            out.push('{');
+            out.push_str(&fields.join(","));
+            out.push('}');
+        }
+    }
+    out.push_str("\n]");
+    out
+}
+
+/// A `ProxyConfig` as Istio's `protoToJSON` writes it: compact JSON.
+fn proto_json(v: &Value) -> String {
+    if v.is_null() {
+        return "{}".into();
+    }
+    v.to_string()
+}
+
+/// Merges a JSON object into another: objects recursively, everything
+/// else replaced (how a `ProxyConfig` annotation overrides the mesh default).
+fn merge_objects(base: &mut Value, over: &Value) {
+    match (base, over) {
+        (Value::Object(b), Value::Object(o)) => {
+            for (k, v) in o {
+                match b.get_mut(k) {
+                    Some(existing) if existing.is_object() && v.is_object() => {
+                        merge_objects(existing, v)
+                    }
+                    _ => {
+                        b.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o.clone(),
+    }
+}
+
+/// Injects the sidecar into `pod` (a Pod as JSON, or a pod template:
+/// `metadata` and `spec`), returning the injected pod.
+///
+/// # Errors
+/// [`InjectError`] naming the annotation or field that is not valid
+/// (e.g. a malformed `traffic.sidecar.istio.io/includeOutboundIPRanges`).
+pub fn inject_pod(
+    pod: &Value,
+    ctx: &PodContext,
+    cfg: &InjectionConfig,
+) -> Result<Value, InjectError> {
+    let obj_map = |path: &str| -> Map<String, Value> {
+        match lookup(pod, path) {
+            Some(Value::Object(m)) => m.clone(),
+            _ => Map::new(),
+        }
+    };
+    let annotations = obj_map("metadata.annotations");
+    let labels = obj_map("metadata.labels");
+    let empty = json!({});
+    let spec = pod.get("spec").unwrap_or(&empty);
+    let proxy_override = match annotations.get("proxy.istio.io/config").map(go_string) {
+        Some(text) if !text.trim().is_empty() => {
+            serde_yaml_ng::from_str::<Value>(&text).map_err(|e| InjectError::InvalidAnnotation {
+                annotation: "proxy.istio.io/config".into(),
+                reason: e.to_string(),
+            })?
+        }
+        _ => json!({}),
+    };
+    let mut proxy_config = lookup(&cfg.mesh, "defaultConfig")
+        .cloned()
+        .unwrap_or(json!({}));
+    merge_objects(&mut proxy_config, &proxy_override);
+    let c = Ctx {
+        cfg,
+        pod: ctx,
+        labels,
+        annotations,
+        spec,
+        proxy_config,
+        proxy_override,
+    };
+    validate_annotations(&c)?;
+    let template = render_sidecar(&c);
+    let mut out = pod.clone();
+    merge_template(&mut out, &template);
+    post_process(&mut out, &c);
+    Ok(out)
+}
+
+/// Merges the rendered template into the pod: labels and annotations (the
+/// pod's own values win for those the template only defaults), init
+/// containers and containers by name (a container the user declared
+/// keeps its fields over the template's), volumes and pull secrets by
+/// name.
+fn merge_template(pod: &mut Value, template: &Value) {
+    for key in ["labels", "annotations"] {
+        if let Some(Value::Object(t)) = lookup(template, &format!("metadata.{key}")) {
+            let meta = object_at(pod, "metadata");
+            let target = meta.entry(key).or_insert_with(|| Value::Object(Map::new()));
+            if let Value::Object(m) = target {
+                for (k, v) in t {
+                    m.insert(k.clone(), v.clone());
+                }
+            }
+        }
+    }
+    let Some(Value::Object(tspec)) = template.get("spec") else {
+        return;
+    };
+    let spec = object_at(pod, "spec");
+    for key in [
+        "initContainers",
+        "containers",
+        "volumes",
+        "imagePullSecrets",
+    ] {
+        let Some(Value::Array(items)) = tspec.get(key) else {
+            continue;
+        };
+        let list = spec.entry(key).or_insert_with(|| Value::Array(Vec::new()));
+        if !list.is_array() {
+            *list = Value::Array(Vec::new());
+        }
+        let Value::Array(list) = list else { continue };
+        for item in items {
+            let name = item.get("name").and_then(Value::as_str);
+            match list
+                .iter_mut()
+                .find(|i| name.is_some() && i.get("name").and_then(Value::as_str) == name)
+            {
+                // The user's own container: the template under it, the
+                // user's fields over (Istio's overrides).
+                Some(existing) => {
+                    let mut merged = item.clone();
+                    merge_container(&mut merged, existing);
+                    *existing = merged;
+                }
+                None => list.push(item.clone()),
+            }
+        }
+    }
+    // A container the user declared as `istio-proxy` under `containers`
+    // moves to the native sidecar's place when the template put it there.
+    let native_proxy = tspec
+        .get("initContainers")
+        .and_then(Value::as_array)
+        .is_some_and(|l| {
+            l.iter()
+                .any(|c| c.get("name").and_then(Value::as_str) == Some("istio-proxy"))
+        });
+    if native_proxy
+        && let Some(Value::Array(containers)) = spec.get_mut("containers")
+        && let Some(i) = containers
+            .iter()
+            .position(|c| c.get("name").and_then(Value::as_str) == Some("istio-proxy"))
+    {
+        let user = containers.remove(i);
+        if let Some(Value::Array(inits)) = spec.get_mut("initContainers")
+            && let Some(p) = inits
+                .iter_mut()
+                .find(|c| c.get("name").and_then(Value::as_str) == Some("istio-proxy"))
+        {
+            merge_container(p, &user);
+        }
+    }
+}
+
+/// The user's container fields over the template's: scalars and lists
+/// replace, `env` merges by name, objects merge.
+fn merge_container(base: &mut Value, user: &Value) {
+    let (Value::Object(b), Value::Object(u)) = (base, user) else {
+        return;
+    };
+    for (k, v) in u {
+        if k == "env"
+            && let (Some(Value::Array(be)), Value::Array(ue)) = (b.get_mut("env"), v)
+        {
+            for e in ue {
+                let name = e.get("name");
+                match be.iter_mut().find(|x| x.get("name") == name) {
+                    Some(x) => *x = e.clone(),
+                    None => be.push(e.clone()),
+                }
+            }
+            continue;
+        }
+        match b.get_mut(k) {
+            Some(existing) if existing.is_object() && v.is_object() => merge_objects(existing, v),
+            _ => {
+                b.insert(k.clone(), v.clone());
+            }
+        }
+    }
+}
+
+fn object_at<'a>(v: &'a mut Value, key: &str) -> &'a mut Map<String, Value> {
+    if !v.is_object() {
+        *v = Value::Object(Map::new());
+    }
+    let Value::Object(m) = v else {
+        unreachable!("made an object above")
+    };
+    let entry = m.entry(key).or_insert_with(|| Value::Object(Map::new()));
+    if !entry.is_object() {
+        *entry = Value::Object(Map::new());
+    }
+    match entry {
+        Value::Object(inner) => inner,
+        _ => unreachable!("made an object above"),
+    }
+}
+
+/// Istio's post-processing: init containers ordered (`istio-init` first,
+/// then the native `istio-proxy`), app probes rewritten to the agent,
+/// Prometheus merge annotations, and the status annotation.
+fn post_process(pod: &mut Value, ctx: &Ctx<'_>) {
+    reorder(pod);
+    rewrite_probes(pod, ctx);
+    prometheus_merge(pod, ctx);
+    // The status lists what the template added, in its order.
+    let injected = render_names(ctx);
+    let status = json!({
+        "initContainers": injected.0,
+        "containers": injected.1,
+        "volumes": injected.2,
+        "imagePullSecrets": injected.3,
+        "revision": if ctx.cfg.revision.is_empty() { "default" } else { &ctx.cfg.revision },
+    });
+    let meta = object_at(pod, "metadata");
+    let ann = meta
+        .entry("annotations")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if let Value::Object(a) = ann {
+        a.insert(
+            STATUS_ANNOTATION.into(),
+            Value::String(go_status_json(&status)),
+        );
+    }
+}
+
+/// The names the template adds: (init containers, containers, volumes, pull secrets).
+fn render_names(ctx: &Ctx<'_>) -> (Value, Value, Value, Value) {
+    let t = render_sidecar(ctx);
+    let names = |key: &str, field: &str| -> Value {
+        let list: Vec<Value> = lookup(&t, &format!("spec.{key}"))
+            .and_then(Value::as_array)
+            .map(|l| l.iter().filter_map(|c| c.get(field).cloned()).collect())
+            .unwrap_or_default();
+        if list.is_empty() {
+            Value::Null
+        } else {
+            Value::Array(list)
+        }
+    };
+    (
+        names("initContainers", "name"),
+        names("containers", "name"),
+        names("volumes", "name"),
+        names("imagePullSecrets", "name"),
+    )
+}
+
+/// JSON in the key order Istio's status struct has.
+fn go_status_json(status: &Value) -> String {
+    let keys = [
+        "initContainers",
+        "containers",
+        "volumes",
+        "imagePullSecrets",
+        "revision",
+    ];
+    let parts: Vec<String> = keys
+        .iter()
+        .map(|k| {
+            format!(
+                "{}:{}",
+                Value::String((*k).into()),
+                status.get(*k).unwrap_or(&Value::Null)
+            )
+        })
+        .collect();
+    format!("{{{}}}", parts.join(","))
+}
+
+/// `istio-init` (or `istio-validation`) first, the native `istio-proxy`
+/// right after it, then the app's init containers.
+fn reorder(pod: &mut Value) {
+    let Some(Value::Array(inits)) = pod.pointer_mut("/spec/initContainers") else {
+        return;
+    };
+    let rank = |c: &Value| match c.get("name").and_then(Value::as_str) {
+        Some("istio-init" | "istio-validation") => 0,
+        Some("istio-proxy") => 1,
+        _ => 2,
+    };
+    inits.sort_by_key(rank);
+}
+
+/// Istio's probe rewrite (`sidecar.istio.io/rewriteAppHTTPProbers`,
+/// default on): the app containers' HTTP, TCP and gRPC probes become HTTP
+/// GETs on the agent's status port (`/app-health/<container>/livez`,
+/// `readyz`, `startupz`), and the originals go to the agent in
+/// `ISTIO_KUBE_APP_PROBERS`.
+fn rewrite_probes(pod: &mut Value, ctx: &Ctx<'_>) {
+    let enabled = ctx
+        .annotations
+        .get("sidecar.istio.io/rewriteAppHTTPProbers")
+        .map(go_string)
+        .map_or_else(
+            || {
+                ctx.cfg
+                    .value("sidecarInjectorWebhook.rewriteAppHTTPProbe")
+                    .is_none_or(truthy)
+            },
+            |v| v != "false",
+        );
+    let status_port = ctx.status_port();
+    if !enabled || status_port == "0" {
+        return;
+    }
+    let Ok(port) = status_port.parse::<u16>() else {
+        return;
+    };
+    let mut probers: BTreeMap<String, Value> = BTreeMap::new();
+    let Some(Value::Array(containers)) = pod.pointer_mut("/spec/containers") else {
+        return;
+    };
+    for c in containers.iter_mut() {
+        let name = c
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        if name == "istio-proxy" {
+            continue;
+        }
+        let named_ports: BTreeMap<String, Value> = c
+            .get("ports")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|p| {
+                Some((
+                    p.get("name")?.as_str()?.to_owned(),
+                    p.get("containerPort")?.clone(),
+                ))
+            })
+            .collect();
+        for (probe, suffix) in [
+            ("livenessProbe", "livez"),
+            ("readinessProbe", "readyz"),
+            ("startupProbe", "startupz"),
+        ] {
+            let Some(p) = c.get_mut(probe) else { continue };
+            let path = format!("/app-health/{name}/{suffix}");
+            let mut original = Map::new();
+            let timeout = p.get("timeoutSeconds").cloned();
+            if let Some(mut http) = p.get("httpGet").cloned() {
+                if let Some(Value::String(port_name)) = http.get("port")
+                    && let Some(num) = named_ports.get(port_name)
+                {
+                    http["port"] = num.clone();
+                }
+                original.insert("httpGet".into(), http);
+            } else if let Some(mut tcp) = p.get("tcpSocket").cloned() {
+                if let Some(Value::String(port_name)) = tcp.get("port")
+                    && let Some(num) = named_ports.get(port_name)
+                {
+                    tcp["port"] = num.clone();
+                }
+                original.insert("tcpSocket".into(), tcp);
+            } else if let Some(grpc) = p.get("grpc").cloned() {
+                original.insert("grpc".into(), grpc);
+            } else {
+                continue;
+            }
+            if let Some(t) = timeout {
+                original.insert("timeoutSeconds".into(), t);
+            }
+            probers.insert(path.clone(), Value::Object(original));
+            if let Value::Object(pm) = p {
+                let scheme = pm.get("httpGet").and_then(|h| h.get("scheme")).cloned();
+                pm.remove("httpGet");
+                pm.remove("tcpSocket");
+                pm.remove("grpc");
+                let mut get = json!({"path": path, "port": port});
+                if let Some(s) = scheme.filter(|s| s == "HTTPS") {
+                    get["scheme"] = s;
+                }
+                pm.insert("httpGet".into(), get);
+            }
+        }
+    }
+    if probers.is_empty() {
+        return;
+    }
+    let text = serde_json::to_string(&probers).unwrap_or_default();
+    if let Some(proxy) = find_proxy(pod)
+        && let Some(Value::Array(envs)) = proxy.get_mut("env")
+    {
+        envs.push(env("ISTIO_KUBE_APP_PROBERS", text));
+    }
+}
+
+fn find_proxy(pod: &mut Value) -> Option<&mut Value> {
+    let is_proxy = |c: &Value| c.get("name").and_then(Value::as_str) == Some("istio-proxy");
+    let in_inits = pod
+        .pointer("/spec/initContainers")
+        .and_then(Value::as_array)
+        .is_some_and(|l| l.iter().any(is_proxy));
+    let list = if in_inits {
+        "/spec/initContainers"
+    } else {
+        "/spec/containers"
+    };
+    pod.pointer_mut(list)?
+        .as_array_mut()?
+        .iter_mut()
+        .find(|c| is_proxy(c))
+}
+
+/// Istio's Prometheus merge (`enablePrometheusMerge`, default on): the pod
+/// is scraped at the agent (`prometheus.io/port: 15020`, path
+/// `/stats/prometheus`); the app's own scrape settings go to the agent in
+/// `ISTIO_PROMETHEUS_ANNOTATIONS`. Off when the pod says
+/// `prometheus.io/scrape: "false"` or the merge is disabled.
+fn prometheus_merge(pod: &mut Value, ctx: &Ctx<'_>) {
+    let enabled = ctx
+        .annotations
+        .get("prometheus.istio.io/merge-metrics")
+        .map(go_string)
+        .map_or_else(
+            || lookup(&ctx.cfg.mesh, "enablePrometheusMerge").is_none_or(truthy),
+            |v| v != "false",
+        );
+    let status_port = ctx.status_port();
+    if !enabled || status_port == "0" {
+        return;
+    }
+    let ann = |k: &str| ctx.annotations.get(k).map(go_string);
+    if ann("prometheus.io/scrape").as_deref() == Some("false") {
+        return;
+    }
+    let original = json!({
+        "scrape": ann("prometheus.io/scrape").unwrap_or_default(),
+        "path": ann("prometheus.io/path").unwrap_or_default(),
+        "port": ann("prometheus.io/port").unwrap_or_default(),
+    });
+    let has_own = original.as_object().is_some_and(|m| {
+        m.values()
+            .any(|v| v.as_str().is_some_and(|s| !s.is_empty()))
+    });
+    if has_own
+        && let Some(proxy) = find_proxy(pod)
+        && let Some(Value::Array(envs)) = proxy.get_mut("env")
+    {
+        envs.push(env("ISTIO_PROMETHEUS_ANNOTATIONS", original.to_string()));
+    }
+    let meta = object_at(pod, "metadata");
+    let a = meta
+        .entry("annotations")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if let Value::Object(a) = a {
+        a.insert("prometheus.io/port".into(), status_port.into());
+        a.insert("prometheus.io/path".into(), "/stats/prometheus".into());
+        a.insert("prometheus.io/scrape".into(), "true".into());
+    }
+}
+
+/// Where the pod template sits in a workload of `kind`, as a JSON pointer.
+fn pod_template_pointer(kind: &str) -> Option<&'static str> {
+    match kind {
+        "Pod" => Some(""),
+        "Deployment"
+        | "ReplicaSet"
+        | "DaemonSet"
+        | "StatefulSet"
+        | "Job"
+        | "ReplicationController"
+        | "DeploymentConfig" => Some("/spec/template"),
+        "CronJob" => Some("/spec/jobTemplate/spec/template"),
+        _ => None,
+    }
+}
+
+/// `istioctl kube-inject` for one object: a workload (Pod, Deployment,
+/// ReplicaSet, DaemonSet, StatefulSet, Job, CronJob,
+/// ReplicationController, DeploymentConfig) gets its pod template
+/// injected; a `List` each item; anything else comes back as it was.
+///
+/// # Errors
+/// [`InjectError`] from [`inject_pod`].
+pub fn kube_inject(object: &Value, cfg: &InjectionConfig) -> Result<Value, InjectError> {
+    let kind = object
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if kind == "List" {
+        let mut out = object.clone();
+        if let Some(Value::Array(items)) = out.get_mut("items") {
+            for item in items.iter_mut() {
+                *item = kube_inject(item, cfg)?;
+            }
+        }
+        return Ok(out);
+    }
+    let Some(pointer) = pod_template_pointer(kind) else {
+        return Ok(object.clone());
+    };
+    let Some(template) = object.pointer(pointer) else {
+        return Ok(object.clone());
+    };
+    let namespace = lookup(object, "metadata.namespace")
+        .map(go_string)
+        .unwrap_or_default();
+    if !inject_required(template, &namespace, true) {
+        return Ok(object.clone());
+    }
+    let ctx = PodContext {
+        namespace,
+        workload_name: lookup(object, "metadata.name")
+            .map(go_string)
+            .unwrap_or_default(),
+        workload_type: (
+            object.get("apiVersion").map(go_string).unwrap_or_default(),
+            kind.to_owned(),
+        ),
+    };
+    let injected = inject_pod(template, &ctx, cfg)?;
+    let mut out = object.clone();
+    if let Some(slot) = out.pointer_mut(pointer) {
+        *slot = injected;
+    }
+    Ok(out)
+}
