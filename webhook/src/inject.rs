@@ -32,6 +32,8 @@ pub const IGNORED_NAMESPACES: [&str; 4] = [
 ];
 /// The annotation recording what was injected.
 pub const STATUS_ANNOTATION: &str = "sidecar.istio.io/status";
+/// The agent's port serving merged Prometheus metrics (`/stats/prometheus`).
+pub const AGENT_PROMETHEUS_PORT: &str = "15020";
 /// The label (or, with lower priority, annotation) that opts a pod in or out.
 pub const INJECT_LABEL: &str = "sidecar.istio.io/inject";
 
@@ -216,8 +218,6 @@ struct Ctx<'a> {
     spec: &'a Value,
     /// MeshConfig `defaultConfig` with the pod's `proxy.istio.io/config` over it.
     proxy_config: Value,
-    /// The pod's `proxy.istio.io/config` alone (what `PROXY_CONFIG` carries).
-    proxy_override: Value,
 }
 
 impl Ctx<'_> {
@@ -841,7 +841,7 @@ fn render_sidecar(ctx: &Ctx<'_>) -> Value {
         resource_env("ISTIO_CPU_LIMIT", "limits.cpu"),
         env(
             "PROXY_CONFIG",
-            format!("{}\n", proto_json(&ctx.proxy_override)),
+            format!("{}\n", proto_json(&ctx.proxy_config)),
         ),
         env("ISTIO_META_POD_PORTS", pod_ports(ctx.spec)),
         env("ISTIO_META_APP_CONTAINERS", containers.join(",")),
@@ -1217,12 +1217,64 @@ fn pod_ports(spec: &Value) -> String {
     out
 }
 
-/// A `ProxyConfig` as Istio's `protoToJSON` writes it: compact JSON.
+/// `ProxyConfig` fields in the order of their numbers in Istio's
+/// `mesh/v1alpha1/proxy.proto`, which `protoToJSON` follows.
+const PROXY_CONFIG_ORDER: [&str; 32] = [
+    "configPath",
+    "binaryPath",
+    "serviceCluster",
+    "drainDuration",
+    "parentShutdownDuration",
+    "discoveryAddress",
+    "statsdUdpAddress",
+    "proxyAdminPort",
+    "controlPlaneAuthPolicy",
+    "customConfigFile",
+    "statNameLength",
+    "concurrency",
+    "proxyBootstrapTemplatePath",
+    "interceptionMode",
+    "tracing",
+    "envoyAccessLogService",
+    "envoyMetricsService",
+    "proxyMetadata",
+    "statusPort",
+    "extraStatTags",
+    "gatewayTopology",
+    "terminationDrainDuration",
+    "meshId",
+    "readinessProbe",
+    "proxyStatsMatcher",
+    "holdApplicationUntilProxyStarts",
+    "caCertificatesPem",
+    "image",
+    "privateKeyProvider",
+    "proxyHeaders",
+    "fileFlushInterval",
+    "fileFlushMinSizeKb",
+];
+
+/// A `ProxyConfig` as Istio's `protoToJSON` writes it: compact JSON, the
+/// fields in proto order (unknown ones after, by name), map keys sorted.
 fn proto_json(v: &Value) -> String {
-    if v.is_null() {
+    let Value::Object(m) = v else {
         return "{}".into();
-    }
-    v.to_string()
+    };
+    let mut keys: Vec<&String> = m.keys().collect();
+    keys.sort_by_key(|k| {
+        (
+            PROXY_CONFIG_ORDER
+                .iter()
+                .position(|o| o == k)
+                .unwrap_or(PROXY_CONFIG_ORDER.len()),
+            (*k).clone(),
+        )
+    });
+    let fields: Vec<String> = keys
+        .iter()
+        .map(|k| format!("{}:{}", Value::String((*k).clone()), m[*k]))
+        .collect();
+    format!("{{{}}}", fields.join(","))
 }
 
 /// Merges a JSON object into another: objects recursively, everything
@@ -1286,7 +1338,6 @@ pub fn inject_pod(
         annotations,
         spec,
         proxy_config,
-        proxy_override,
     };
     validate_annotations(&c)?;
     let template = render_sidecar(&c);
@@ -1331,6 +1382,7 @@ fn merge_template(pod: &mut Value, template: &Value) {
             *list = Value::Array(Vec::new());
         }
         let Value::Array(list) = list else { continue };
+        let mut added = Vec::new();
         for item in items {
             let name = item.get("name").and_then(Value::as_str);
             match list
@@ -1344,8 +1396,15 @@ fn merge_template(pod: &mut Value, template: &Value) {
                     merge_container(&mut merged, existing);
                     *existing = merged;
                 }
-                None => list.push(item.clone()),
+                None => added.push(item.clone()),
             }
+        }
+        // Volumes and pull secrets come first, containers after the app's.
+        if matches!(key, "volumes" | "imagePullSecrets") {
+            added.append(list);
+            *list = added;
+        } else {
+            list.append(&mut added);
         }
     }
     // A container the user declared as `istio-proxy` under `containers`
@@ -1531,72 +1590,51 @@ fn rewrite_probes(pod: &mut Value, ctx: &Ctx<'_>) {
         return;
     };
     let mut probers: BTreeMap<String, Value> = BTreeMap::new();
-    let Some(Value::Array(containers)) = pod.pointer_mut("/spec/containers") else {
-        return;
-    };
-    for c in containers.iter_mut() {
-        let name = c
-            .get("name")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
-        if name == "istio-proxy" {
+    for list in ["/spec/containers", "/spec/initContainers"] {
+        let Some(Value::Array(containers)) = pod.pointer_mut(list) else {
             continue;
-        }
-        let named_ports: BTreeMap<String, Value> = c
-            .get("ports")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(|p| {
-                Some((
-                    p.get("name")?.as_str()?.to_owned(),
-                    p.get("containerPort")?.clone(),
-                ))
-            })
-            .collect();
-        for (probe, suffix) in [
-            ("livenessProbe", "livez"),
-            ("readinessProbe", "readyz"),
-            ("startupProbe", "startupz"),
-        ] {
-            let Some(p) = c.get_mut(probe) else { continue };
-            let path = format!("/app-health/{name}/{suffix}");
-            let mut original = Map::new();
-            let timeout = p.get("timeoutSeconds").cloned();
-            if let Some(mut http) = p.get("httpGet").cloned() {
-                if let Some(Value::String(port_name)) = http.get("port")
-                    && let Some(num) = named_ports.get(port_name)
-                {
-                    http["port"] = num.clone();
-                }
-                original.insert("httpGet".into(), http);
-            } else if let Some(mut tcp) = p.get("tcpSocket").cloned() {
-                if let Some(Value::String(port_name)) = tcp.get("port")
-                    && let Some(num) = named_ports.get(port_name)
-                {
-                    tcp["port"] = num.clone();
-                }
-                original.insert("tcpSocket".into(), tcp);
-            } else if let Some(grpc) = p.get("grpc").cloned() {
-                original.insert("grpc".into(), grpc);
-            } else {
+        };
+        for c in containers.iter_mut() {
+            let name = c
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            // Init containers only when they are sidecars themselves.
+            let sidecar = c.get("restartPolicy").and_then(Value::as_str) == Some("Always");
+            if name == "istio-proxy" || (list == "/spec/initContainers" && !sidecar) {
                 continue;
             }
-            if let Some(t) = timeout {
-                original.insert("timeoutSeconds".into(), t);
-            }
-            probers.insert(path.clone(), Value::Object(original));
-            if let Value::Object(pm) = p {
-                let scheme = pm.get("httpGet").and_then(|h| h.get("scheme")).cloned();
-                pm.remove("httpGet");
-                pm.remove("tcpSocket");
-                pm.remove("grpc");
-                let mut get = json!({"path": path, "port": port});
-                if let Some(s) = scheme.filter(|s| s == "HTTPS") {
-                    get["scheme"] = s;
+            let named_ports: BTreeMap<String, Value> = c
+                .get("ports")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|p| {
+                    Some((
+                        p.get("name")?.as_str()?.to_owned(),
+                        p.get("containerPort")?.clone(),
+                    ))
+                })
+                .collect();
+            for (probe, path) in [
+                ("/livenessProbe", format!("/app-health/{name}/livez")),
+                ("/readinessProbe", format!("/app-health/{name}/readyz")),
+                ("/startupProbe", format!("/app-health/{name}/startupz")),
+                (
+                    "/lifecycle/postStart",
+                    format!("/app-lifecycle/{name}/poststartz"),
+                ),
+                (
+                    "/lifecycle/preStop",
+                    format!("/app-lifecycle/{name}/prestopz"),
+                ),
+            ] {
+                if let Some(handler) = c.pointer_mut(probe)
+                    && let Some(original) = rewrite_handler(handler, &path, port, &named_ports)
+                {
+                    probers.insert(path, original);
                 }
-                pm.insert("httpGet".into(), get);
             }
         }
     }
@@ -1609,6 +1647,54 @@ fn rewrite_probes(pod: &mut Value, ctx: &Ctx<'_>) {
     {
         envs.push(env("ISTIO_KUBE_APP_PROBERS", text));
     }
+}
+
+/// Points an HTTP, TCP or gRPC probe (or lifecycle handler) at the
+/// agent's `path` on `port`; returns what the agent must probe instead
+/// (named ports resolved), or None for other kinds (exec).
+fn rewrite_handler(
+    handler: &mut Value,
+    path: &str,
+    port: u16,
+    named_ports: &BTreeMap<String, Value>,
+) -> Option<Value> {
+    let Value::Object(h) = handler else {
+        return None;
+    };
+    let mut original = Map::new();
+    let resolve = |mut v: Value| {
+        if let Some(Value::String(name)) = v.get("port")
+            && let Some(num) = named_ports.get(name)
+        {
+            v["port"] = num.clone();
+        }
+        v
+    };
+    if let Some(http) = h.get("httpGet") {
+        original.insert("httpGet".into(), resolve(http.clone()));
+    } else if let Some(tcp) = h.get("tcpSocket") {
+        original.insert("tcpSocket".into(), resolve(tcp.clone()));
+    } else if let Some(grpc) = h.get("grpc") {
+        original.insert("grpc".into(), grpc.clone());
+    } else {
+        return None;
+    }
+    if let Some(t) = h.get("timeoutSeconds") {
+        original.insert("timeoutSeconds".into(), t.clone());
+    }
+    let scheme = h
+        .get("httpGet")
+        .and_then(|g| g.get("scheme"))
+        .filter(|s| *s == "HTTPS")
+        .cloned();
+    h.remove("tcpSocket");
+    h.remove("grpc");
+    let mut get = json!({"path": path, "port": port});
+    if let Some(s) = scheme {
+        get["scheme"] = s;
+    }
+    h.insert("httpGet".into(), get);
+    Some(Value::Object(original))
 }
 
 fn find_proxy(pod: &mut Value) -> Option<&mut Value> {
@@ -1642,8 +1728,7 @@ fn prometheus_merge(pod: &mut Value, ctx: &Ctx<'_>) {
             || lookup(&ctx.cfg.mesh, "enablePrometheusMerge").is_none_or(truthy),
             |v| v != "false",
         );
-    let status_port = ctx.status_port();
-    if !enabled || status_port == "0" {
+    if !enabled {
         return;
     }
     let ann = |k: &str| ctx.annotations.get(k).map(go_string);
@@ -1670,7 +1755,7 @@ fn prometheus_merge(pod: &mut Value, ctx: &Ctx<'_>) {
         .entry("annotations")
         .or_insert_with(|| Value::Object(Map::new()));
     if let Value::Object(a) = a {
-        a.insert("prometheus.io/port".into(), status_port.into());
+        a.insert("prometheus.io/port".into(), AGENT_PROMETHEUS_PORT.into());
         a.insert("prometheus.io/path".into(), "/stats/prometheus".into());
         a.insert("prometheus.io/scrape".into(), "true".into());
     }
@@ -1735,8 +1820,22 @@ pub fn kube_inject(object: &Value, cfg: &InjectionConfig) -> Result<Value, Injec
             kind.to_owned(),
         ),
     };
-    let injected = inject_pod(template, &ctx, cfg)?;
+    let mut injected = inject_pod(template, &ctx, cfg)?;
     let mut out = object.clone();
+    if kind == "CronJob" {
+        // As Istio's kube-inject does: the pod metadata it adds lands on
+        // the job template, the pod template's own metadata stays.
+        let meta = injected
+            .get_mut("metadata")
+            .map(Value::take)
+            .unwrap_or(Value::Null);
+        if let Some(original) = template.get("metadata") {
+            injected["metadata"] = original.clone();
+        }
+        if let Some(job) = out.pointer_mut("/spec/jobTemplate") {
+            job["metadata"] = meta;
+        }
+    }
     if let Some(slot) = out.pointer_mut(pointer) {
         *slot = injected;
     }
