@@ -1342,9 +1342,228 @@ pub fn inject_pod(
     validate_annotations(&c)?;
     let template = render_sidecar(&c);
     let mut out = pod.clone();
+    let overrides = user_overrides(&mut out, c.native());
     merge_template(&mut out, &template);
     post_process(&mut out, &c);
+    if let Some(overrides) = overrides {
+        let meta = object_at(&mut out, "metadata");
+        if let Value::Object(a) = meta
+            .entry("annotations")
+            .or_insert_with(|| Value::Object(Map::new()))
+        {
+            a.insert(OVERRIDES_ANNOTATION.into(), Value::String(overrides));
+        }
+    }
     Ok(out)
+}
+
+/// Where Istio records the `istio-proxy` / `istio-init` containers the
+/// user declared (their fields override the template's).
+pub const OVERRIDES_ANNOTATION: &str = "proxy.istio.io/overrides";
+
+/// The user's own `istio-init` and `istio-proxy` containers, as Istio
+/// records them in [`OVERRIDES_ANNOTATION`] (Go's JSON of the containers,
+/// `image: auto` meaning "the template's image" and dropped). With native
+/// sidecars the user's `istio-proxy` counts as an init container.
+fn user_overrides(pod: &mut Value, native: bool) -> Option<String> {
+    let mut containers = Vec::new();
+    let mut inits = Vec::new();
+    for list in ["/spec/initContainers", "/spec/containers"] {
+        let Some(Value::Array(items)) = pod.pointer_mut(list) else {
+            continue;
+        };
+        for c in items.iter_mut() {
+            let name = c
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            if !matches!(name.as_str(), "istio-proxy" | "istio-init") {
+                continue;
+            }
+            if let Value::Object(m) = c
+                && m.get("image").and_then(Value::as_str) == Some("auto")
+            {
+                m.remove("image");
+            }
+            if let Some(r) = c.get_mut("resources") {
+                *r = canonical_resources(r);
+            }
+            let recorded = c.clone();
+            let as_init = list == "/spec/initContainers" || (native && name == "istio-proxy");
+            if as_init {
+                inits.push(recorded);
+            } else {
+                containers.push(recorded);
+            }
+        }
+    }
+    if containers.is_empty() && inits.is_empty() {
+        return None;
+    }
+    let list = |l: &[Value]| {
+        let items: Vec<String> = l.iter().map(|c| go_json(c, GoType::Container)).collect();
+        format!("[{}]", items.join(","))
+    };
+    let mut parts = Vec::new();
+    if !containers.is_empty() {
+        parts.push(format!("\"containers\":{}", list(&containers)));
+    }
+    if !inits.is_empty() {
+        parts.push(format!("\"initContainers\":{}", list(&inits)));
+    }
+    Some(format!("{{{}}}", parts.join(",")))
+}
+
+/// Kubernetes types whose JSON field order (Go's struct order) matters
+/// where Istio writes them into annotations.
+#[derive(Clone, Copy)]
+enum GoType {
+    Container,
+    Probe,
+    HttpGet,
+    SecurityContext,
+    VolumeMount,
+    Resources,
+    Lifecycle,
+    Handler,
+    Other,
+}
+
+impl GoType {
+    fn fields(self) -> &'static [&'static str] {
+        match self {
+            GoType::Container => &[
+                "name",
+                "image",
+                "command",
+                "args",
+                "workingDir",
+                "ports",
+                "envFrom",
+                "env",
+                "resources",
+                "resizePolicy",
+                "restartPolicy",
+                "volumeMounts",
+                "volumeDevices",
+                "livenessProbe",
+                "readinessProbe",
+                "startupProbe",
+                "lifecycle",
+                "terminationMessagePath",
+                "terminationMessagePolicy",
+                "imagePullPolicy",
+                "securityContext",
+                "stdin",
+                "stdinOnce",
+                "tty",
+            ],
+            GoType::Probe => &[
+                "exec",
+                "httpGet",
+                "tcpSocket",
+                "grpc",
+                "initialDelaySeconds",
+                "timeoutSeconds",
+                "periodSeconds",
+                "successThreshold",
+                "failureThreshold",
+                "terminationGracePeriodSeconds",
+            ],
+            GoType::HttpGet => &["path", "port", "host", "scheme", "httpHeaders"],
+            GoType::SecurityContext => &[
+                "capabilities",
+                "privileged",
+                "seLinuxOptions",
+                "windowsOptions",
+                "runAsUser",
+                "runAsGroup",
+                "runAsNonRoot",
+                "readOnlyRootFilesystem",
+                "allowPrivilegeEscalation",
+                "procMount",
+                "seccompProfile",
+                "appArmorProfile",
+            ],
+            GoType::VolumeMount => &[
+                "name",
+                "readOnly",
+                "recursiveReadOnly",
+                "mountPath",
+                "subPath",
+                "mountPropagation",
+                "subPathExpr",
+            ],
+            GoType::Resources => &["limits", "requests", "claims"],
+            GoType::Lifecycle => &["postStart", "preStop", "stopSignal"],
+            GoType::Handler => &["exec", "httpGet", "tcpSocket", "sleep"],
+            GoType::Other => &[],
+        }
+    }
+
+    fn child(self, key: &str) -> GoType {
+        match (self, key) {
+            (GoType::Container, "livenessProbe" | "readinessProbe" | "startupProbe") => {
+                GoType::Probe
+            }
+            (GoType::Container, "securityContext") => GoType::SecurityContext,
+            (GoType::Container, "volumeMounts") => GoType::VolumeMount,
+            (GoType::Container, "resources") => GoType::Resources,
+            (GoType::Container, "lifecycle") => GoType::Lifecycle,
+            (GoType::Lifecycle, "postStart" | "preStop") => GoType::Handler,
+            (GoType::Probe | GoType::Handler, "httpGet") => GoType::HttpGet,
+            _ => GoType::Other,
+        }
+    }
+}
+
+/// JSON as Go's `encoding/json` writes the Kubernetes type `ty`: fields in
+/// struct order (unknown ones after, by name); `resources` always present
+/// in a container.
+fn go_json(v: &Value, ty: GoType) -> String {
+    match v {
+        Value::Object(m) => {
+            let order = ty.fields();
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort_by_key(|k| {
+                (
+                    order.iter().position(|o| o == k).unwrap_or(order.len()),
+                    (*k).clone(),
+                )
+            });
+            let mut fields: Vec<String> = Vec::new();
+            let mut wrote_resources = false;
+            for k in keys {
+                if matches!(ty, GoType::Container)
+                    && !wrote_resources
+                    && order.iter().position(|o| o == k)
+                        > order.iter().position(|o| *o == "resources")
+                    && !m.contains_key("resources")
+                {
+                    fields.push("\"resources\":{}".into());
+                    wrote_resources = true;
+                }
+                if k == "resources" {
+                    wrote_resources = true;
+                }
+                fields.push(format!(
+                    "{}:{}",
+                    Value::String(k.clone()),
+                    go_json(&m[k], ty.child(k))
+                ));
+            }
+            if matches!(ty, GoType::Container) && !wrote_resources {
+                fields.push("\"resources\":{}".into());
+            }
+            format!("{{{}}}", fields.join(","))
+        }
+        Value::Array(items) => {
+            let inner: Vec<String> = items.iter().map(|i| go_json(i, ty)).collect();
+            format!("[{}]", inner.join(","))
+        }
+        other => other.to_string(),
+    }
 }
 
 /// Merges the rendered template into the pod: labels and annotations (the
@@ -1433,21 +1652,29 @@ fn merge_template(pod: &mut Value, template: &Value) {
     }
 }
 
-/// The user's container fields over the template's: scalars and lists
-/// replace, `env` merges by name, objects merge.
+/// The user's container fields over the template's (a strategic merge):
+/// scalars replace, objects merge, `env` (by `name`), `volumeMounts` (by
+/// `mountPath`) and `ports` (by `containerPort`) merge item by item, the
+/// user's new items after the template's; other lists replace.
 fn merge_container(base: &mut Value, user: &Value) {
     let (Value::Object(b), Value::Object(u)) = (base, user) else {
         return;
     };
     for (k, v) in u {
-        if k == "env"
-            && let (Some(Value::Array(be)), Value::Array(ue)) = (b.get_mut("env"), v)
+        let merge_key = match k.as_str() {
+            "env" => Some("name"),
+            "volumeMounts" => Some("mountPath"),
+            "ports" => Some("containerPort"),
+            _ => None,
+        };
+        if let Some(key) = merge_key
+            && let (Some(Value::Array(items)), Value::Array(user_items)) = (b.get_mut(k), v)
         {
-            for e in ue {
-                let name = e.get("name");
-                match be.iter_mut().find(|x| x.get("name") == name) {
-                    Some(x) => *x = e.clone(),
-                    None => be.push(e.clone()),
+            for item in user_items {
+                let id = item.get(key);
+                match items.iter_mut().find(|x| id.is_some() && x.get(key) == id) {
+                    Some(x) => merge_objects(x, item),
+                    None => items.push(item.clone()),
                 }
             }
             continue;
