@@ -228,6 +228,54 @@ impl Ctx<'_> {
             .unwrap_or_else(|| default.to_owned())
     }
 
+    fn revision(&self) -> &str {
+        if self.cfg.revision.is_empty() {
+            "default"
+        } else {
+            &self.cfg.revision
+        }
+    }
+
+    /// The templates the pod asks for (`inject.istio.io/templates`, comma
+    /// separated), else `sidecarInjectorWebhook.defaultTemplates`, else `sidecar`.
+    fn templates(&self) -> Result<Vec<Template>, InjectError> {
+        let names: Vec<String> = match self.annotations.get("inject.istio.io/templates") {
+            Some(v) => go_string(v)
+                .split(',')
+                .map(|t| t.trim().to_owned())
+                .filter(|t| !t.is_empty())
+                .collect(),
+            None => self
+                .cfg
+                .value("sidecarInjectorWebhook.defaultTemplates")
+                .and_then(Value::as_array)
+                .map(|l| l.iter().map(go_string).collect())
+                .filter(|l: &Vec<String>| !l.is_empty())
+                .unwrap_or_else(|| vec!["sidecar".into()]),
+        };
+        names
+            .iter()
+            .map(|n| match n.as_str() {
+                "sidecar" => Ok(Template::Sidecar),
+                "gateway" => Ok(Template::Gateway),
+                other => Err(InjectError::InvalidAnnotation {
+                    annotation: "inject.istio.io/templates".into(),
+                    reason: format!(
+                        "template {other:?} is not supported (built in: sidecar, gateway; \
+                         custom Go templates from sidecarInjectorWebhook.templates are not evaluated)"
+                    ),
+                }),
+            })
+            .collect()
+    }
+
+    fn render(&self, template: Template) -> Value {
+        match template {
+            Template::Sidecar => render_sidecar(self),
+            Template::Gateway => render_gateway(self),
+        }
+    }
+
     fn has_annotation(&self, name: &str) -> bool {
         self.annotations.contains_key(name)
     }
@@ -416,8 +464,14 @@ fn resources(ctx: &Ctx<'_>) -> Value {
         .unwrap_or_else(|| json!({}))
 }
 
+/// An env var; an empty value is left out, as Go's `omitempty` does.
 fn env(name: &str, value: impl Into<String>) -> Value {
-    json!({"name": name, "value": value.into()})
+    let value = value.into();
+    if value.is_empty() {
+        json!({ "name": name })
+    } else {
+        json!({"name": name, "value": value})
+    }
 }
 
 fn field_env(name: &str, path: &str) -> Value {
@@ -539,12 +593,7 @@ fn render_sidecar(ctx: &Ctx<'_>) -> Value {
 
     // Annotations.
     let mut annotations = Map::new();
-    let revision = if cfg.revision.is_empty() {
-        "default"
-    } else {
-        &cfg.revision
-    };
-    annotations.insert("istio.io/rev".into(), revision.into());
+    annotations.insert("istio.io/rev".into(), ctx.revision().into());
     if let Some(first) = containers.first() {
         for key in [
             "kubectl.kubernetes.io/default-logs-container",
@@ -767,22 +816,8 @@ fn render_sidecar(ctx: &Ctx<'_>) -> Value {
             "$(POD_NAMESPACE).svc.{}",
             cfg.text("global.proxy.clusterDomain")
         ),
-        format!(
-            "--proxyLogLevel={}",
-            ctx.annotation_or(
-                "sidecar.istio.io/logLevel",
-                &cfg.text("global.proxy.logLevel")
-            )
-        ),
-        format!(
-            "--proxyComponentLogLevel={}",
-            ctx.annotation_or(
-                "sidecar.istio.io/componentLogLevel",
-                &cfg.text("global.proxy.componentLogLevel")
-            )
-        ),
-        format!("--log_output_level={log_level}"),
     ];
+    args.extend(log_args(ctx));
     if cfg.truthy("global.sts.servicePort") {
         args.push(format!("--stsPort={}", cfg.text("global.sts.servicePort")));
     }
@@ -814,111 +849,7 @@ fn render_sidecar(ctx: &Ctx<'_>) -> Value {
         ]}}});
     }
 
-    let mut envs = vec![
-        env("PILOT_CERT_PROVIDER", cfg.text("global.pilotCertProvider")),
-        env("CA_ADDR", {
-            let ca = cfg.text("global.caAddress");
-            if ca.is_empty() {
-                let rev = cfg.text("revision");
-                let suffix = if rev.is_empty() {
-                    String::new()
-                } else {
-                    format!("-{rev}")
-                };
-                format!(
-                    "istiod{suffix}.{}.svc:15012",
-                    cfg.text("global.istioNamespace")
-                )
-            } else {
-                ca
-            }
-        }),
-        field_env("POD_NAME", "metadata.name"),
-        field_env("POD_NAMESPACE", "metadata.namespace"),
-        field_env("INSTANCE_IP", "status.podIP"),
-        field_env("SERVICE_ACCOUNT", "spec.serviceAccountName"),
-        field_env("HOST_IP", "status.hostIP"),
-        resource_env("ISTIO_CPU_LIMIT", "limits.cpu"),
-        env(
-            "PROXY_CONFIG",
-            format!("{}\n", proto_json(&ctx.proxy_config)),
-        ),
-        env("ISTIO_META_POD_PORTS", pod_ports(ctx.spec)),
-        env("ISTIO_META_APP_CONTAINERS", containers.join(",")),
-        resource_env("GOMEMLIMIT", "limits.memory"),
-    ];
-    let cluster = cfg.text("global.multiCluster.clusterName");
-    envs.push(env(
-        "ISTIO_META_CLUSTER_ID",
-        if cluster.is_empty() {
-            "Kubernetes".to_owned()
-        } else {
-            cluster
-        },
-    ));
-    envs.push(field_env("ISTIO_META_NODE_NAME", "spec.nodeName"));
-    envs.push(env(
-        "ISTIO_META_INTERCEPTION_MODE",
-        ctx.annotations
-            .get("sidecar.istio.io/interceptionMode")
-            .map(go_string)
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| {
-                lookup(&ctx.proxy_config, "interceptionMode")
-                    .map(go_string)
-                    .unwrap_or_else(|| "REDIRECT".into())
-            }),
-    ));
-    if cfg.truthy("global.network") {
-        envs.push(env("ISTIO_META_NETWORK", cfg.text("global.network")));
-    }
-    let workload = ctx
-        .label("service.istio.io/workload-name")
-        .unwrap_or_else(|| ctx.pod.workload_name.clone());
-    if !workload.is_empty() {
-        envs.push(env("ISTIO_META_WORKLOAD_NAME", workload));
-    }
-    let (api_version, kind) = &ctx.pod.workload_type;
-    if !api_version.is_empty() && !ctx.pod.workload_name.is_empty() {
-        let ns = if ctx.pod.namespace.is_empty() {
-            "default"
-        } else {
-            &ctx.pod.namespace
-        };
-        envs.push(env(
-            "ISTIO_META_OWNER",
-            format!(
-                "kubernetes://apis/{api_version}/namespaces/{ns}/{}s/{}",
-                kind.to_lowercase(),
-                ctx.pod.workload_name
-            ),
-        ));
-    }
-    if ctx.has_annotation("sidecar.istio.io/bootstrapOverride") {
-        envs.push(env(
-            "ISTIO_BOOTSTRAP_OVERRIDE",
-            "/etc/istio/custom-bootstrap/custom_bootstrap.json",
-        ));
-    }
-    let trust_domain = lookup(&cfg.mesh, "trustDomain")
-        .map(go_string)
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| cfg.text("global.trustDomain"));
-    let mesh_id = cfg.text("global.meshID");
-    if !mesh_id.is_empty() {
-        envs.push(env("ISTIO_META_MESH_ID", mesh_id));
-    } else if !trust_domain.is_empty() {
-        envs.push(env("ISTIO_META_MESH_ID", trust_domain.clone()));
-    }
-    if !trust_domain.is_empty() {
-        envs.push(env("TRUST_DOMAIN", trust_domain));
-    }
-    if let Some(Value::Object(md)) = lookup(&ctx.proxy_config, "proxyMetadata") {
-        for (k, v) in md {
-            envs.push(env(k, go_string(v)));
-        }
-    }
-    proxy["env"] = Value::Array(envs);
+    proxy["env"] = Value::Array(proxy_env(ctx, Template::Sidecar));
     if !pull_policy.is_empty() {
         proxy["imagePullPolicy"] = json!(pull_policy);
     }
@@ -1001,6 +932,304 @@ fn render_sidecar(ctx: &Ctx<'_>) -> Value {
     proxy["securityContext"] = security;
     proxy["resources"] = res;
 
+    proxy["volumeMounts"] = Value::Array(proxy_mounts(ctx, Template::Sidecar));
+    let volumes = proxy_volumes(ctx, Template::Sidecar);
+
+    let mut spec = Map::new();
+    if native {
+        init_containers.push(proxy);
+        spec.insert("initContainers".into(), Value::Array(init_containers));
+    } else {
+        spec.insert("initContainers".into(), Value::Array(init_containers));
+        spec.insert("containers".into(), json!([proxy]));
+    }
+    spec.insert("volumes".into(), Value::Array(volumes));
+    if let Some(Value::Array(secrets)) = cfg.value("global.imagePullSecrets")
+        && !secrets.is_empty()
+    {
+        spec.insert(
+            "imagePullSecrets".into(),
+            Value::Array(
+                secrets
+                    .iter()
+                    .map(|s| json!({"name": go_string(s)}))
+                    .collect(),
+            ),
+        );
+    }
+    json!({
+        "metadata": {"labels": labels, "annotations": annotations},
+        "spec": spec,
+    })
+}
+
+/// Renders Istio's `gateway` template (`files/gateway-injection-template.yaml`):
+/// the pod runs `istio-proxy` as a router (`proxy router`), as a plain
+/// container, with the unprivileged-port sysctl, no traffic capture.
+fn render_gateway(ctx: &Ctx<'_>) -> Value {
+    let cfg = ctx.cfg;
+    let containers = ctx.app_containers();
+    let mut labels = Map::new();
+    labels.insert(
+        "service.istio.io/canonical-name".into(),
+        ctx.label("service.istio.io/canonical-name")
+            .or_else(|| ctx.label("app.kubernetes.io/name"))
+            .or_else(|| ctx.label("app"))
+            .unwrap_or_else(|| ctx.pod.workload_name.clone())
+            .into(),
+    );
+    labels.insert(
+        "service.istio.io/canonical-revision".into(),
+        ctx.label("service.istio.io/canonical-revision")
+            .or_else(|| ctx.label("app.kubernetes.io/version"))
+            .or_else(|| ctx.label("version"))
+            .unwrap_or_else(|| "latest".into())
+            .into(),
+    );
+    let mut annotations = Map::new();
+    annotations.insert("istio.io/rev".into(), ctx.revision().into());
+    if let Some(first) = containers.first() {
+        for key in [
+            "kubectl.kubernetes.io/default-logs-container",
+            "kubectl.kubernetes.io/default-container",
+        ] {
+            if !ctx.has_annotation(key) {
+                annotations.insert(key.into(), first.clone().into());
+            }
+        }
+    }
+    let mut args = vec![
+        "proxy".to_owned(),
+        "router".into(),
+        "--domain".into(),
+        format!(
+            "$(POD_NAMESPACE).svc.{}",
+            cfg.text("global.proxy.clusterDomain")
+        ),
+    ];
+    args.extend(log_args(ctx));
+    if cfg.truthy("global.sts.servicePort") {
+        args.push(format!("--stsPort={}", cfg.text("global.sts.servicePort")));
+    }
+    if cfg.truthy("global.logAsJson") {
+        args.push("--log_as_json".into());
+    }
+    let mut proxy = json!({
+        "name": "istio-proxy",
+        "image": ctx.image("global.proxy.image"),
+        "ports": [{"containerPort": 15090, "protocol": "TCP", "name": "http-envoy-prom"}],
+        "args": args,
+        "securityContext": {"runAsUser": 1337, "runAsGroup": 1337},
+        "env": proxy_env(ctx, Template::Gateway),
+        "readinessProbe": {
+            "httpGet": {"path": "/healthz/ready", "port": 15021},
+            "periodSeconds": number(&cfg.text("global.proxy.readinessPeriodSeconds")),
+            "timeoutSeconds": 3,
+            "failureThreshold": number(&cfg.text("global.proxy.readinessFailureThreshold")),
+        },
+        "volumeMounts": proxy_mounts(ctx, Template::Gateway),
+    });
+    let delay = number(&cfg.text("global.proxy.readinessInitialDelaySeconds"));
+    if delay != json!(0) {
+        proxy["readinessProbe"]["initialDelaySeconds"] = delay;
+    }
+    if let Some(lc) = cfg.value("global.proxy.lifecycle").filter(|v| truthy(v)) {
+        proxy["lifecycle"] = lc.clone();
+    }
+    let pull_policy = cfg.text("global.imagePullPolicy");
+    if !pull_policy.is_empty() {
+        proxy["imagePullPolicy"] = json!(pull_policy);
+    }
+    let security = cfg
+        .value("gateways.securityContext")
+        .filter(|v| truthy(v))
+        .cloned()
+        .unwrap_or_else(
+            || json!({"sysctls": [{"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"}]}),
+        );
+    let mut spec = json!({
+        "securityContext": security,
+        "containers": [proxy],
+        "volumes": proxy_volumes(ctx, Template::Gateway),
+    });
+    if let Some(Value::Array(secrets)) = cfg.value("global.imagePullSecrets")
+        && !secrets.is_empty()
+    {
+        spec["imagePullSecrets"] = Value::Array(
+            secrets
+                .iter()
+                .map(|s| json!({"name": go_string(s)}))
+                .collect(),
+        );
+    }
+    json!({
+        "metadata": {"labels": labels, "annotations": annotations},
+        "spec": spec,
+    })
+}
+
+/// `--proxyLogLevel`, `--proxyComponentLogLevel` and `--log_output_level`,
+/// from the pod's annotations or the values.
+fn log_args(ctx: &Ctx<'_>) -> [String; 3] {
+    let cfg = ctx.cfg;
+    [
+        format!(
+            "--proxyLogLevel={}",
+            ctx.annotation_or(
+                "sidecar.istio.io/logLevel",
+                &cfg.text("global.proxy.logLevel")
+            )
+        ),
+        format!(
+            "--proxyComponentLogLevel={}",
+            ctx.annotation_or(
+                "sidecar.istio.io/componentLogLevel",
+                &cfg.text("global.proxy.componentLogLevel")
+            )
+        ),
+        format!(
+            "--log_output_level={}",
+            ctx.annotation_or(
+                "sidecar.istio.io/agentLogLevel",
+                &cfg.text("global.logging.level")
+            )
+        ),
+    ]
+}
+
+/// The built-in templates this injector renders (Istio's chart files).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Template {
+    /// `sidecar` (`files/injection-template.yaml`).
+    Sidecar,
+    /// `gateway` (`files/gateway-injection-template.yaml`).
+    Gateway,
+}
+
+/// The `istio-proxy` environment of `template`.
+fn proxy_env(ctx: &Ctx<'_>, template: Template) -> Vec<Value> {
+    let cfg = ctx.cfg;
+    let mut envs = vec![
+        env("PILOT_CERT_PROVIDER", cfg.text("global.pilotCertProvider")),
+        env("CA_ADDR", {
+            let ca = cfg.text("global.caAddress");
+            if ca.is_empty() {
+                let rev = cfg.text("revision");
+                let suffix = if rev.is_empty() {
+                    String::new()
+                } else {
+                    format!("-{rev}")
+                };
+                format!(
+                    "istiod{suffix}.{}.svc:15012",
+                    cfg.text("global.istioNamespace")
+                )
+            } else {
+                ca
+            }
+        }),
+        field_env("POD_NAME", "metadata.name"),
+        field_env("POD_NAMESPACE", "metadata.namespace"),
+        field_env("INSTANCE_IP", "status.podIP"),
+        field_env("SERVICE_ACCOUNT", "spec.serviceAccountName"),
+        field_env("HOST_IP", "status.hostIP"),
+        resource_env("ISTIO_CPU_LIMIT", "limits.cpu"),
+        env(
+            "PROXY_CONFIG",
+            format!("{}\n", proto_json(&ctx.proxy_config)),
+        ),
+        env("ISTIO_META_POD_PORTS", pod_ports(ctx.spec)),
+    ];
+    let app_containers = env("ISTIO_META_APP_CONTAINERS", ctx.app_containers().join(","));
+    if template == Template::Gateway {
+        envs.push(resource_env("GOMEMLIMIT", "limits.memory"));
+        envs.push(app_containers);
+    } else {
+        envs.push(app_containers);
+        envs.push(resource_env("GOMEMLIMIT", "limits.memory"));
+    }
+    let cluster = cfg.text("global.multiCluster.clusterName");
+    envs.push(env(
+        "ISTIO_META_CLUSTER_ID",
+        if cluster.is_empty() {
+            "Kubernetes".to_owned()
+        } else {
+            cluster
+        },
+    ));
+    envs.push(field_env("ISTIO_META_NODE_NAME", "spec.nodeName"));
+    let configured_mode = lookup(&ctx.proxy_config, "interceptionMode")
+        .map(go_string)
+        .unwrap_or_else(|| "REDIRECT".into());
+    envs.push(env(
+        "ISTIO_META_INTERCEPTION_MODE",
+        match template {
+            Template::Gateway => configured_mode,
+            Template::Sidecar => ctx
+                .annotations
+                .get("sidecar.istio.io/interceptionMode")
+                .map(go_string)
+                .filter(|s| !s.is_empty())
+                .unwrap_or(configured_mode),
+        },
+    ));
+    if cfg.truthy("global.network") {
+        envs.push(env("ISTIO_META_NETWORK", cfg.text("global.network")));
+    }
+    let workload = match template {
+        Template::Gateway => ctx.pod.workload_name.clone(),
+        Template::Sidecar => ctx
+            .label("service.istio.io/workload-name")
+            .unwrap_or_else(|| ctx.pod.workload_name.clone()),
+    };
+    if !workload.is_empty() {
+        envs.push(env("ISTIO_META_WORKLOAD_NAME", workload));
+    }
+    let (api_version, kind) = &ctx.pod.workload_type;
+    if !api_version.is_empty() && !ctx.pod.workload_name.is_empty() {
+        let ns = if ctx.pod.namespace.is_empty() {
+            "default"
+        } else {
+            &ctx.pod.namespace
+        };
+        envs.push(env(
+            "ISTIO_META_OWNER",
+            format!(
+                "kubernetes://apis/{api_version}/namespaces/{ns}/{}s/{}",
+                kind.to_lowercase(),
+                ctx.pod.workload_name
+            ),
+        ));
+    }
+    if ctx.has_annotation("sidecar.istio.io/bootstrapOverride") {
+        envs.push(env(
+            "ISTIO_BOOTSTRAP_OVERRIDE",
+            "/etc/istio/custom-bootstrap/custom_bootstrap.json",
+        ));
+    }
+    let trust_domain = lookup(&cfg.mesh, "trustDomain")
+        .map(go_string)
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| cfg.text("global.trustDomain"));
+    let mesh_id = cfg.text("global.meshID");
+    if !mesh_id.is_empty() {
+        envs.push(env("ISTIO_META_MESH_ID", mesh_id));
+    } else if !trust_domain.is_empty() {
+        envs.push(env("ISTIO_META_MESH_ID", trust_domain.clone()));
+    }
+    if !trust_domain.is_empty() {
+        envs.push(env("TRUST_DOMAIN", trust_domain));
+    }
+    if let Some(Value::Object(md)) = lookup(&ctx.proxy_config, "proxyMetadata") {
+        for (k, v) in md {
+            envs.push(env(k, go_string(v)));
+        }
+    }
+    envs
+}
+/// The `istio-proxy` volume mounts of `template`.
+fn proxy_mounts(ctx: &Ctx<'_>, template: Template) -> Vec<Value> {
+    let cfg = ctx.cfg;
     let istiod_certs = cfg.text("global.pilotCertProvider") == "istiod";
     let mut mounts = vec![
         json!({"name": "workload-socket", "mountPath": "/var/run/secrets/workload-spiffe-uds"}),
@@ -1009,7 +1238,9 @@ fn render_sidecar(ctx: &Ctx<'_>) -> Value {
     ];
     if istiod_certs {
         mounts.push(json!({"mountPath": "/var/run/secrets/istio", "name": "istiod-ca-cert"}));
-        mounts.push(json!({"mountPath": "/var/run/secrets/istio/crl", "name": "istio-ca-crl"}));
+        if template == Template::Sidecar {
+            mounts.push(json!({"mountPath": "/var/run/secrets/istio/crl", "name": "istio-ca-crl"}));
+        }
     }
     mounts.push(json!({"mountPath": "/var/lib/istio/data", "name": "istio-data"}));
     if ctx.has_annotation("sidecar.istio.io/bootstrapOverride") {
@@ -1023,17 +1254,24 @@ fn render_sidecar(ctx: &Ctx<'_>) -> Value {
         mounts.push(json!({"mountPath": "/etc/certs/", "name": "istio-certs", "readOnly": true}));
     }
     mounts.push(json!({"name": "istio-podinfo", "mountPath": "/etc/istio/pod"}));
-    if let Some(Value::Object(user)) = ctx
-        .annotations
-        .get("sidecar.istio.io/userVolumeMount")
-        .and_then(|v| serde_json::from_str::<Value>(&go_string(v)).ok())
+    if template == Template::Sidecar
+        && let Some(Value::Object(user)) = ctx
+            .annotations
+            .get("sidecar.istio.io/userVolumeMount")
+            .and_then(|v| serde_json::from_str::<Value>(&go_string(v)).ok())
     {
         for (name, mut m) in user {
             m["name"] = json!(name);
             mounts.push(m);
         }
     }
-    proxy["volumeMounts"] = Value::Array(mounts);
+    mounts
+}
+
+/// The volumes `template` adds to the pod.
+fn proxy_volumes(ctx: &Ctx<'_>, template: Template) -> Vec<Value> {
+    let cfg = ctx.cfg;
+    let istiod_certs = cfg.text("global.pilotCertProvider") == "istiod";
 
     let mut volumes = vec![
         json!({"name": "workload-socket", "emptyDir": null}),
@@ -1079,11 +1317,13 @@ fn render_sidecar(ctx: &Ctx<'_>) -> Value {
             volumes.push(json!({"name": "istiod-ca-cert", "configMap": {"name": name}}));
         }
     }
-    let crl = cfg.text("pilot.crlConfigMapName");
-    volumes.push(json!({"name": "istio-ca-crl", "configMap": {
-        "name": if crl.is_empty() { "istio-ca-crl".to_owned() } else { crl },
-        "optional": true,
-    }}));
+    if template == Template::Sidecar {
+        let crl = cfg.text("pilot.crlConfigMapName");
+        volumes.push(json!({"name": "istio-ca-crl", "configMap": {
+            "name": if crl.is_empty() { "istio-ca-crl".to_owned() } else { crl },
+            "optional": true,
+        }}));
+    }
     if cfg.truthy("global.mountMtlsCerts") {
         let sa = ctx
             .spec
@@ -1099,43 +1339,18 @@ fn render_sidecar(ctx: &Ctx<'_>) -> Value {
             json!({"name": "istio-certs", "secret": {"optional": true, "secretName": secret}}),
         );
     }
-    if let Some(Value::Object(user)) = ctx
-        .annotations
-        .get("sidecar.istio.io/userVolume")
-        .and_then(|v| serde_json::from_str::<Value>(&go_string(v)).ok())
+    if template == Template::Sidecar
+        && let Some(Value::Object(user)) = ctx
+            .annotations
+            .get("sidecar.istio.io/userVolume")
+            .and_then(|v| serde_json::from_str::<Value>(&go_string(v)).ok())
     {
         for (name, mut v) in user {
             v["name"] = json!(name);
             volumes.push(v);
         }
     }
-
-    let mut spec = Map::new();
-    if native {
-        init_containers.push(proxy);
-        spec.insert("initContainers".into(), Value::Array(init_containers));
-    } else {
-        spec.insert("initContainers".into(), Value::Array(init_containers));
-        spec.insert("containers".into(), json!([proxy]));
-    }
-    spec.insert("volumes".into(), Value::Array(volumes));
-    if let Some(Value::Array(secrets)) = cfg.value("global.imagePullSecrets")
-        && !secrets.is_empty()
-    {
-        spec.insert(
-            "imagePullSecrets".into(),
-            Value::Array(
-                secrets
-                    .iter()
-                    .map(|s| json!({"name": go_string(s)}))
-                    .collect(),
-            ),
-        );
-    }
-    json!({
-        "metadata": {"labels": labels, "annotations": annotations},
-        "spec": spec,
-    })
+    volumes
 }
 
 /// A numeric template value as a JSON number (Go writes them unquoted).
@@ -1340,11 +1555,14 @@ pub fn inject_pod(
         proxy_config,
     };
     validate_annotations(&c)?;
-    let template = render_sidecar(&c);
+    let templates = c.templates()?;
+    let native = c.native() && !templates.contains(&Template::Gateway);
     let mut out = pod.clone();
-    let overrides = user_overrides(&mut out, c.native());
-    merge_template(&mut out, &template);
-    post_process(&mut out, &c);
+    let overrides = user_overrides(&mut out, native);
+    for t in &templates {
+        merge_template(&mut out, &c.render(*t));
+    }
+    post_process(&mut out, &c, &templates);
     if let Some(overrides) = overrides {
         let meta = object_at(&mut out, "metadata");
         if let Value::Object(a) = meta
@@ -1587,6 +1805,22 @@ fn merge_template(pod: &mut Value, template: &Value) {
         return;
     };
     let spec = object_at(pod, "spec");
+    // Pod-level fields (e.g. a gateway's `securityContext`): merged, the
+    // template's values over the pod's, as a strategic merge patch does.
+    for (key, value) in tspec {
+        if matches!(
+            key.as_str(),
+            "initContainers" | "containers" | "volumes" | "imagePullSecrets"
+        ) {
+            continue;
+        }
+        match spec.get_mut(key) {
+            Some(existing) => merge_objects(existing, value),
+            None => {
+                spec.insert(key.clone(), value.clone());
+            }
+        }
+    }
     for key in [
         "initContainers",
         "containers",
@@ -1708,18 +1942,18 @@ fn object_at<'a>(v: &'a mut Value, key: &str) -> &'a mut Map<String, Value> {
 /// Istio's post-processing: init containers ordered (`istio-init` first,
 /// then the native `istio-proxy`), app probes rewritten to the agent,
 /// Prometheus merge annotations, and the status annotation.
-fn post_process(pod: &mut Value, ctx: &Ctx<'_>) {
+fn post_process(pod: &mut Value, ctx: &Ctx<'_>, templates: &[Template]) {
     reorder(pod);
     rewrite_probes(pod, ctx);
     prometheus_merge(pod, ctx);
-    // The status lists what the template added, in its order.
-    let injected = render_names(ctx);
+    // The status lists what the templates added, in their order.
+    let injected = render_names(ctx, templates);
     let status = json!({
         "initContainers": injected.0,
         "containers": injected.1,
         "volumes": injected.2,
         "imagePullSecrets": injected.3,
-        "revision": if ctx.cfg.revision.is_empty() { "default" } else { &ctx.cfg.revision },
+        "revision": ctx.revision(),
     });
     let meta = object_at(pod, "metadata");
     let ann = meta
@@ -1733,14 +1967,23 @@ fn post_process(pod: &mut Value, ctx: &Ctx<'_>) {
     }
 }
 
-/// The names the template adds: (init containers, containers, volumes, pull secrets).
-fn render_names(ctx: &Ctx<'_>) -> (Value, Value, Value, Value) {
-    let t = render_sidecar(ctx);
+/// The names the templates add: (init containers, containers, volumes, pull secrets).
+fn render_names(ctx: &Ctx<'_>, templates: &[Template]) -> (Value, Value, Value, Value) {
+    let rendered: Vec<Value> = templates.iter().map(|t| ctx.render(*t)).collect();
     let names = |key: &str, field: &str| -> Value {
-        let list: Vec<Value> = lookup(&t, &format!("spec.{key}"))
-            .and_then(Value::as_array)
-            .map(|l| l.iter().filter_map(|c| c.get(field).cloned()).collect())
-            .unwrap_or_default();
+        let mut list: Vec<Value> = Vec::new();
+        for t in &rendered {
+            for name in lookup(t, &format!("spec.{key}"))
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c.get(field).cloned())
+            {
+                if !list.contains(&name) {
+                    list.push(name);
+                }
+            }
+        }
         if list.is_empty() {
             Value::Null
         } else {

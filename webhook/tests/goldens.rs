@@ -19,7 +19,7 @@ use serde_json::Value;
 use webhook::inject::{InjectionConfig, kube_inject, set_path};
 
 /// Goldens that match today; raise it as more do (never lower it).
-const MIN_PASSING: usize = 54;
+const MIN_PASSING: usize = 55;
 
 fn corpus() -> PathBuf {
     crds::istio_testdata().join("injection")
