@@ -5,6 +5,7 @@
 //! Only the rules implemented so far are listed; each error names the field.
 
 use crate::document::{Object, ParseError};
+use crate::service_entry::Resolution;
 
 /// Checks one parsed object.
 ///
@@ -209,8 +210,59 @@ fn destination_rule(spec: &crate::DestinationRuleSpec) -> Problems {
                 format!("duplicate subset {:?}", s.name),
             ));
         }
+        if let Some(tp) = &s.traffic_policy {
+            traffic_policy(&mut p, &format!("spec.subsets[{i}].trafficPolicy"), tp);
+        }
+    }
+    if let Some(tp) = &spec.traffic_policy {
+        traffic_policy(&mut p, "spec.trafficPolicy", tp);
     }
     p
+}
+
+/// A traffic policy's load balancer, top level and per port.
+fn traffic_policy(p: &mut Problems, field: &str, tp: &crate::destination_rule::TrafficPolicy) {
+    if let Some(lb) = &tp.load_balancer {
+        load_balancer(p, &format!("{field}.loadBalancer"), lb);
+    }
+    for (i, port) in tp.port_level_settings.iter().enumerate() {
+        if let Some(lb) = &port.load_balancer {
+            load_balancer(
+                p,
+                &format!("{field}.portLevelSettings[{i}].loadBalancer"),
+                lb,
+            );
+        }
+    }
+}
+
+/// Slow start (`warmup`) as Istio's CRD constrains it: a `duration`,
+/// `minimumPercent` within 0..=100, `aggression` at least 1.
+fn load_balancer(
+    p: &mut Problems,
+    field: &str,
+    lb: &crate::destination_rule::LoadBalancerSettings,
+) {
+    let Some(w) = &lb.warmup else { return };
+    if w.duration.is_none() {
+        p.push((format!("{field}.warmup.duration"), "Required value".into()));
+    }
+    if let Some(m) = w.minimum_percent
+        && !(0.0..=100.0).contains(&m)
+    {
+        p.push((
+            format!("{field}.warmup.minimumPercent"),
+            format!("Invalid value: {m}: must be between 0 and 100"),
+        ));
+    }
+    if let Some(a) = w.aggression
+        && a < 1.0
+    {
+        p.push((
+            format!("{field}.warmup.aggression"),
+            format!("Invalid value: {a}: must be at least 1"),
+        ));
+    }
 }
 
 fn gateway(spec: &crate::GatewaySpec) -> Problems {
@@ -265,11 +317,80 @@ fn service_entry(spec: &crate::ServiceEntrySpec) -> Problems {
     if spec.hosts.is_empty() {
         p.push(("spec.hosts".into(), "at least one host is required".into()));
     }
+    for (i, host) in spec.hosts.iter().enumerate() {
+        if host == "*" {
+            p.push((
+                format!("spec.hosts[{i}]"),
+                "hostname cannot be wildcard".into(),
+            ));
+        }
+    }
+    let resolution = spec.resolution.unwrap_or(Resolution::None);
+    for (i, address) in spec.addresses.iter().enumerate() {
+        if address.contains('/') && !matches!(resolution, Resolution::None | Resolution::Static) {
+            p.push((
+                format!("spec.addresses[{i}]"),
+                "CIDR addresses are allowed only for NONE/STATIC resolution types".into(),
+            ));
+        }
+    }
+    if let Some(sel) = &spec.workload_selector {
+        if !spec.endpoints.is_empty() {
+            p.push((
+                "spec.workloadSelector".into(),
+                "only one of WorkloadSelector or Endpoints can be set".into(),
+            ));
+        }
+        for (k, v) in &sel.labels {
+            if k.contains('*') || v.contains('*') {
+                p.push((
+                    format!("spec.workloadSelector.labels.{k}"),
+                    "wildcard is not supported in selector".into(),
+                ));
+            }
+        }
+    }
+    if resolution == Resolution::None && !spec.endpoints.is_empty() {
+        p.push((
+            "spec.endpoints".into(),
+            "NONE mode cannot set endpoints".into(),
+        ));
+    }
+    if resolution == Resolution::DnsRoundRobin && spec.endpoints.len() > 1 {
+        p.push((
+            "spec.endpoints".into(),
+            "DNS_ROUND_ROBIN mode cannot have multiple endpoints".into(),
+        ));
+    }
+    let mut names = std::collections::BTreeSet::new();
+    let mut numbers = std::collections::BTreeSet::new();
     for (i, port) in spec.ports.iter().enumerate() {
         if !(1..=65535).contains(&port.number) {
             p.push((
                 format!("spec.ports[{i}].number"),
-                format!("{} is not a port", port.number),
+                format!("{}: port must be between 1-65535", port.number),
+            ));
+        }
+        if let Some(t) = port.target_port
+            && !(1..=65535).contains(&t)
+        {
+            p.push((
+                format!("spec.ports[{i}].targetPort"),
+                format!("{t}: port must be between 1-65535"),
+            ));
+        }
+        if let Some(name) = &port.name
+            && !names.insert(name)
+        {
+            p.push((
+                format!("spec.ports[{i}].name"),
+                format!("Duplicate value: {name:?}"),
+            ));
+        }
+        if !numbers.insert(port.number) {
+            p.push((
+                format!("spec.ports[{i}].number"),
+                format!("{}: port number cannot be duplicated", port.number),
             ));
         }
     }

@@ -12,3 +12,4 @@
 //! config's `defaultConfig` ([`inject::InjectionConfig`]).
 
 pub mod inject;
+pub mod server;

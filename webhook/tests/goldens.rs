@@ -91,8 +91,9 @@ fn merge(base: &mut Value, over: &Value) {
 }
 
 fn documents(text: &str) -> Vec<Value> {
+    // The iterator does not end after an error: stop at the first.
     serde_yaml_ng::Deserializer::from_str(text)
-        .filter_map(|d| serde::Deserialize::deserialize(d).ok())
+        .map_while(|d| serde::Deserialize::deserialize(d).ok())
         .filter(|v: &Value| !v.is_null())
         .collect()
 }
