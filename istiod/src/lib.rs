@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod push;
 pub mod secure;
 pub mod sources;
+pub mod webhooks;
 pub mod xds;
 
 use std::net::SocketAddr;
@@ -61,6 +62,9 @@ pub struct Options {
     pub push_throttle: usize,
     /// The CA and the TLS port (Istio's 15012); `None` runs neither.
     pub ca: Option<secure::CaOptions>,
+    /// The admission webhooks on their TLS port (Istio's 15017); they need
+    /// the CA (their certificate comes from it). `None` serves none.
+    pub webhooks: Option<webhooks::WebhookOptions>,
 }
 
 /// A running daemon. Dropping it does not stop it: call [`Daemon::shutdown`].
@@ -72,6 +76,8 @@ pub struct Daemon {
     pub monitoring_addr: Option<SocketAddr>,
     /// The TLS port (CA API and xDS), when the CA runs.
     pub secure: Option<secure::SecurePort>,
+    /// The admission webhooks' TLS address, when served.
+    pub webhook_addr: Option<SocketAddr>,
     /// The daemon's metrics.
     pub metrics: Arc<metrics::Metrics>,
     /// The current snapshot, replaced on every change. Version 0 (empty)
@@ -238,6 +244,18 @@ impl Daemon {
             }
             None => None,
         };
+        let webhook_addr = match (&opts.webhooks, &secure) {
+            (Some(hooks), Some(port)) => {
+                let (addr, hook_tasks) =
+                    webhooks::start(hooks.clone(), port.serving.clone(), shutdown.clone()).await?;
+                tasks.extend(hook_tasks);
+                Some(addr)
+            }
+            (Some(_), None) => {
+                anyhow::bail!("the webhooks need the CA (their TLS certificate comes from it)")
+            }
+            (None, _) => None,
+        };
         let token = shutdown.clone();
         tasks.push(tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
@@ -279,6 +297,7 @@ impl Daemon {
             xds_addr,
             monitoring_addr,
             secure,
+            webhook_addr,
             metrics,
             snapshots,
             errors,

@@ -39,6 +39,19 @@ struct Cli {
     /// TLS port for the CA API and xDS (Istio's 15012); with `--ca-dir`.
     #[arg(long, default_value = "127.0.0.1:15012")]
     secure_addr: SocketAddr,
+    /// Serve the admission webhooks (`/inject`, `/validate`) over TLS here
+    /// (Istio's 15017); needs `--ca-dir` (the certificate comes from the CA).
+    #[arg(long, requires = "ca_dir")]
+    webhook_addr: Option<SocketAddr>,
+    /// The injector's values (the istio-discovery chart's `values.yaml`,
+    /// or the `values` of the `istio-sidecar-injector` ConfigMap); default:
+    /// the ones this project ships (`webhook/src/values.yaml`).
+    #[arg(long, env = "INJECTION_VALUES")]
+    injection_values: Option<PathBuf>,
+    /// Istio's injection policy: inject unless a pod opts out (`enabled`),
+    /// or only pods that opt in (`disabled`).
+    #[arg(long, default_value = "enabled", value_parser = ["enabled", "disabled"])]
+    injection_policy: String,
     /// The daemon's namespace, where the mesh ConfigMap `istio` is read (Istio `POD_NAMESPACE`).
     #[arg(long, env = "POD_NAMESPACE", default_value = "istio-system")]
     namespace: String,
@@ -132,6 +145,20 @@ enum Command {
     /// Run the node agent: get this workload's certificate from the CA and
     /// serve it (and the root) to Envoy over SDS on a Unix socket.
     Agent(Box<AgentArgs>),
+    /// Inject the sidecar into the workloads of a manifest (`istioctl
+    /// kube-inject`): YAML in (a file, or `-` for stdin), YAML out. Uses the
+    /// same injection as the `/inject` webhook.
+    KubeInject {
+        /// The manifest (`-`: standard input).
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        /// The injector's values (default: the shipped ones).
+        #[arg(long, env = "INJECTION_VALUES")]
+        injection_values: Option<PathBuf>,
+        /// The mesh's trust domain.
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+    },
     /// Print the CustomResourceDefinitions of the Istio kinds this daemon reads
     /// (YAML, as committed in `manifests/crds.yaml`).
     Crds,
@@ -285,6 +312,20 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Some(Command::KubeInject {
+            file,
+            injection_values,
+            trust_domain,
+        }) => match kube_inject(&file, injection_values.as_deref(), &trust_domain) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("istiod kube-inject: {e:#}");
+                ExitCode::from(EX_USAGE)
+            }
+        },
         Some(Command::Crds) => {
             print!("{}", crds::crd::yaml());
             ExitCode::SUCCESS
@@ -321,6 +362,13 @@ fn main() -> ExitCode {
         None => {
             let kube = (cli.kubernetes || cli.kubeconfig.is_some())
                 .then(|| (cli.kubeconfig.clone(), cli.namespace.clone()));
+            let webhooks = match webhook_options(&cli) {
+                Ok(w) => w,
+                Err(e) => {
+                    eprintln!("istiod: {e:#}");
+                    return ExitCode::from(EX_USAGE);
+                }
+            };
             let opts = Options {
                 // Replaced by the Kubernetes source in `run` when `kube` is set.
                 source: match cli.config_dir {
@@ -334,6 +382,7 @@ fn main() -> ExitCode {
                     quiet: std::time::Duration::from_millis(cli.debounce_after_ms),
                     max: std::time::Duration::from_millis(cli.debounce_max_ms),
                 },
+                webhooks,
                 ca: cli.ca_dir.map(|dir| istiod::secure::CaOptions {
                     dir,
                     trust_domain: cli.trust_domain.clone(),
@@ -354,8 +403,62 @@ fn main() -> ExitCode {
     }
 }
 
-/// Runs the daemon until Ctrl-C / SIGINT. With `kube` (kubeconfig, namespace)
-/// the source is the Kubernetes API, whose client config is read here.
+/// The injector's configuration: `path`'s values, else the shipped ones.
+fn injection_config(
+    path: Option<&std::path::Path>,
+    trust_domain: &str,
+) -> anyhow::Result<webhook::inject::InjectionConfig> {
+    let mut cfg = match path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| anyhow::anyhow!("--injection-values {}: {e}", p.display()))?;
+            webhook::inject::InjectionConfig::from_chart_values(&text)
+                .map_err(|e| anyhow::anyhow!("--injection-values {}: {e}", p.display()))?
+        }
+        None => webhook::inject::InjectionConfig::defaults(trust_domain)?,
+    };
+    cfg.mesh["trustDomain"] = serde_json::Value::String(trust_domain.to_owned());
+    Ok(cfg)
+}
+
+fn webhook_options(cli: &Cli) -> anyhow::Result<Option<istiod::webhooks::WebhookOptions>> {
+    let Some(addr) = cli.webhook_addr else {
+        return Ok(None);
+    };
+    Ok(Some(istiod::webhooks::WebhookOptions {
+        addr,
+        injection: injection_config(cli.injection_values.as_deref(), &cli.trust_domain)?,
+        policy_enabled: cli.injection_policy == "enabled",
+    }))
+}
+
+/// `kube-inject`: every document of the manifest injected, as YAML.
+fn kube_inject(
+    file: &std::path::Path,
+    values: Option<&std::path::Path>,
+    trust_domain: &str,
+) -> anyhow::Result<String> {
+    let text = if file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())?
+    } else {
+        std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?
+    };
+    let cfg = injection_config(values, trust_domain)?;
+    let mut out = String::new();
+    for (i, doc) in crds::document::split_documents(&text)
+        .into_iter()
+        .enumerate()
+    {
+        let (_, value) = doc;
+        let value = value.map_err(|e| anyhow::anyhow!("document {}: {e}", i + 1))?;
+        let injected = webhook::inject::kube_inject(&value, &cfg)
+            .map_err(|e| anyhow::anyhow!("document {}: {e}", i + 1))?;
+        out.push_str(&serde_yaml_ng::to_string(&injected)?);
+        out.push_str("---\n");
+    }
+    Ok(out)
+}
+
 /// SIGTERM (what the kubelet sends) or SIGINT.
 async fn shutdown_signal() -> std::io::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -365,6 +468,8 @@ async fn shutdown_signal() -> std::io::Result<()> {
     }
 }
 
+/// Runs the daemon until SIGTERM or SIGINT. With `kube` (kubeconfig, namespace)
+/// the source is the Kubernetes API, whose client config is read here.
 fn run(mut opts: Options, kube: Option<(Option<PathBuf>, String)>) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -58,6 +58,9 @@ pub enum InjectError {
     },
 }
 
+/// The injector's default values (chart format), see [`InjectionConfig::defaults`].
+pub const DEFAULT_VALUES: &str = include_str!("values.yaml");
+
 /// The injector's configuration: Istio's `istio-sidecar-injector`
 /// ConfigMap (`values`: the chart's `global`, `sidecarInjectorWebhook`,
 /// `revision`, and `pilot.cni`/`pilot.env`) and the mesh config.
@@ -75,9 +78,12 @@ pub struct InjectionConfig {
 }
 
 impl InjectionConfig {
-    /// From the istio-discovery chart's `values.yaml` text (its
-    /// `_internal_defaults_do_not_set` section, or the top level), as
-    /// the injector ConfigMap picks it, with an empty mesh config.
+    /// From values text: the istio-discovery chart's `values.yaml` (its
+    /// `_internal_defaults_do_not_set` section) or the injector
+    /// ConfigMap's `values` (top level), picked as Istio's injector
+    /// ConfigMap picks them: `global`, `sidecarInjectorWebhook`, `revision`,
+    /// `pilot` (else the chart's `cni` and `env`), `gateways`. The mesh
+    /// config starts as trust domain `cluster.local`, empty `defaultConfig`.
     ///
     /// # Errors
     /// The text is not YAML.
@@ -87,18 +93,32 @@ impl InjectionConfig {
             .get("_internal_defaults_do_not_set")
             .cloned()
             .unwrap_or(all);
-        let pick = |keys: &[&str]| {
+        let pick = |from: Option<&Value>, keys: &[&str]| {
             let mut m = Map::new();
             for k in keys {
-                if let Some(v) = defaults.get(*k) {
+                if let Some(v) = from.and_then(|f| f.get(*k)) {
                     m.insert((*k).to_owned(), v.clone());
                 }
             }
             Value::Object(m)
         };
-        let mut values = pick(&["global", "sidecarInjectorWebhook", "revision"]);
+        let mut values = pick(
+            Some(&defaults),
+            &["global", "sidecarInjectorWebhook", "revision"],
+        );
         if let Value::Object(m) = &mut values {
-            m.insert("pilot".into(), pick(&["cni", "env"]));
+            let pilot = match defaults.get("pilot") {
+                Some(p) => p.clone(),
+                None => pick(Some(&defaults), &["cni", "env"]),
+            };
+            m.insert("pilot".into(), pilot);
+            m.insert(
+                "gateways".into(),
+                pick(
+                    defaults.get("gateways"),
+                    &["securityContext", "seccompProfile"],
+                ),
+            );
         }
         Ok(InjectionConfig {
             values,
@@ -106,6 +126,18 @@ impl InjectionConfig {
             native_sidecars: true,
             revision: "default".into(),
         })
+    }
+
+    /// The defaults this project ships (`webhook/src/values.yaml`: Istio's
+    /// `proxyv2` image from `docker.io/istio`, the chart's settings), with
+    /// `trust_domain` as the mesh's.
+    ///
+    /// # Errors
+    /// Never for the shipped file; the type is that of [`InjectionConfig::from_chart_values`].
+    pub fn defaults(trust_domain: &str) -> Result<InjectionConfig, serde_yaml_ng::Error> {
+        let mut cfg = InjectionConfig::from_chart_values(DEFAULT_VALUES)?;
+        cfg.mesh["trustDomain"] = json!(trust_domain);
+        Ok(cfg)
     }
 
     fn value(&self, path: &str) -> Option<&Value> {

@@ -1,0 +1,137 @@
+//! The admission webhooks (`/inject`, `/validate`, from the `webhook`
+//! crate) served over TLS on Istio's 15017 (the `istiod` Service maps 443
+//! to it), with the daemon's serving certificate from its CA (the same one
+//! as 15012, rotated with it). TLS only: a plaintext caller gets nothing.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::secure::ServingCert;
+
+/// Istio's webhook port.
+pub const WEBHOOK_PORT: u16 = 15017;
+/// How long a TLS handshake may take, seconds.
+const HANDSHAKE_TIMEOUT_SECS: u64 = 10;
+
+/// What the webhooks are served with.
+#[derive(Clone, Debug)]
+pub struct WebhookOptions {
+    /// Where to listen (Istio: `0.0.0.0:15017`).
+    pub addr: SocketAddr,
+    /// The injector's configuration.
+    pub injection: webhook::inject::InjectionConfig,
+    /// Istio's injection `policy`: `enabled` (true) or `disabled`.
+    pub policy_enabled: bool,
+}
+
+/// TLS connections, handshakes done concurrently by a task of their own,
+/// as axum's `Listener`.
+struct TlsListener {
+    connections: mpsc::Receiver<(
+        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        SocketAddr,
+    )>,
+    addr: SocketAddr,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.connections.recv().await {
+            Some(c) => c,
+            // The acceptor is gone (shutdown): wait for axum to be stopped.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.addr)
+    }
+}
+
+/// Serves the webhooks on `opts.addr` with `serving`'s certificate until
+/// `token` is cancelled; returns the bound address and the tasks.
+///
+/// # Errors
+/// The address cannot be bound, or the TLS configuration is refused.
+pub async fn start(
+    opts: WebhookOptions,
+    serving: Arc<ServingCert>,
+    token: CancellationToken,
+) -> anyhow::Result<(SocketAddr, Vec<JoinHandle<()>>)> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS versions")?
+        .with_no_client_auth()
+        .with_cert_resolver(serving);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind(opts.addr)
+        .await
+        .with_context(|| format!("cannot bind the webhook port {}", opts.addr))?;
+    let addr = listener.local_addr()?;
+    let (tx, rx) = mpsc::channel(64);
+    let mut tasks = Vec::new();
+    let stop = token.clone();
+    tasks.push(tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = stop.cancelled() => break,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!(error = %e, "webhook port accept failed");
+                    continue;
+                }
+            };
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                let handshake = tokio::time::timeout(
+                    Duration::from_secs(HANDSHAKE_TIMEOUT_SECS),
+                    acceptor.accept(tcp),
+                )
+                .await;
+                match handshake {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send((tls, peer)).await;
+                    }
+                    Ok(Err(e)) => debug!(%peer, error = %e, "webhook TLS handshake failed"),
+                    Err(_) => debug!(%peer, "webhook TLS handshake timed out"),
+                }
+            });
+        }
+    }));
+    let router = webhook::server::router(webhook::server::Webhooks {
+        injection: Arc::new(opts.injection),
+        policy_enabled: opts.policy_enabled,
+    });
+    let stop = token.clone();
+    tasks.push(tokio::spawn(async move {
+        let served = axum::serve(
+            TlsListener {
+                connections: rx,
+                addr,
+            },
+            router,
+        )
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await;
+        if let Err(e) = served {
+            error!(error = %e, "webhook server failed");
+        }
+    }));
+    info!(%addr, "serving the admission webhooks (/inject, /validate) over TLS");
+    Ok((addr, tasks))
+}
