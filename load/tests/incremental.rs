@@ -46,6 +46,7 @@ async fn start(dir: &std::path::Path, delta: bool) -> (Daemon, Client) {
         monitoring_addr: None,
         debounce: Default::default(),
         ca: None,
+        webhooks: None,
         push_throttle: 100,
     })
     .await

@@ -264,6 +264,7 @@ pub async fn start_daemon_at(dir: &Path, xds_addr: SocketAddr) -> Daemon {
             addr: SocketAddr::new(xds_addr.ip(), 0),
             ..ca_options()
         }),
+        webhooks: None,
     })
     .await
     .expect("daemon starts")
@@ -425,6 +426,7 @@ pub async fn start_kube_replica(api: &fake_kube::FakeApiServer, identity: &str) 
         push_throttle: 100,
         debounce: Default::default(),
         ca: None,
+        webhooks: None,
     })
     .await
     .expect("daemon starts")

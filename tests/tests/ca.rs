@@ -104,6 +104,7 @@ fn workloads_get_renew_and_are_refused_certificates_on_the_tls_port() {
                 namespace: "istio-system".into(),
                 serving_ttl: SERVING_TTL,
             }),
+            webhooks: None,
         })
         .await
         .unwrap()

@@ -120,6 +120,7 @@ fn routes_follow_kubectl_apply_on_a_real_cluster() {
             push_throttle: 100,
             debounce: Default::default(),
             ca: None,
+            webhooks: None,
         })
         .await
         .unwrap()

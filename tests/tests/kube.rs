@@ -676,6 +676,7 @@ fn the_ca_keeps_its_root_in_a_secret_checks_tokens_with_token_review_and_distrib
                 dir: ca_dir.path().to_owned(),
                 ..e2e::ca_options()
             }),
+            webhooks: None,
         })
         .await
         .unwrap()
