@@ -1,0 +1,166 @@
+//! The admission webhooks as the API server calls them: over TLS on the
+//! daemon's webhook port, with the certificate its CA issued for
+//! `istiod.istio-system.svc` (curl checks the name and the chain against
+//! the mesh root), AdmissionReviews in and out. A plaintext caller gets
+//! nothing.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
+
+use std::process::Command;
+
+use base64::Engine;
+use e2e::{ConfigDir, ca_options, isolate, runtime};
+use istiod::{Daemon, Options, Source};
+use serde_json::{Value, json};
+
+fn review(kind: (&str, &str, &str), object: Value) -> Value {
+    let (group, version, kind) = kind;
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "e2e-1",
+            "kind": {"group": group, "version": version, "kind": kind},
+            "resource": {"group": group, "version": version, "resource": "x"},
+            "namespace": "default",
+            "operation": "CREATE",
+            "userInfo": {"username": "admin"},
+            "object": object,
+        }
+    })
+}
+
+/// POSTs `body` to `path` of the webhook port as the API server would:
+/// HTTPS to `istiod.istio-system.svc`, trusting only the mesh root.
+fn call(port: u16, root: &std::path::Path, path: &str, body: &Value) -> Result<Value, String> {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), body.to_string()).unwrap();
+    let out = Command::new("curl")
+        .args(["-sS", "--fail-with-body", "--cacert"])
+        .arg(root)
+        .args([
+            "--resolve",
+            &format!("istiod.istio-system.svc:{port}:127.0.0.1"),
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+        ])
+        .arg(format!("@{}", file.path().display()))
+        .arg(format!("https://istiod.istio-system.svc:{port}{path}"))
+        .output()
+        .expect("curl (see scripts/setup)");
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+}
+
+#[test]
+fn the_api_server_gets_patches_and_denials_over_tls() {
+    let _hosts = isolate();
+    let rt = runtime();
+    let cfg = ConfigDir::bookinfo_platform();
+    let daemon = rt.block_on(async {
+        Daemon::start(Options {
+            source: Source::Folder(cfg.path().to_owned()),
+            xds_addr: "127.0.0.1:0".parse().unwrap(),
+            monitoring_addr: None,
+            push_throttle: 10,
+            debounce: Default::default(),
+            ca: Some(ca_options()),
+            webhooks: Some(istiod::webhooks::WebhookOptions {
+                addr: "127.0.0.1:0".parse().unwrap(),
+                injection: webhook::inject::InjectionConfig::defaults("cluster.local").unwrap(),
+                policy_enabled: true,
+            }),
+        })
+        .await
+        .unwrap()
+    });
+    let port = daemon.webhook_addr.unwrap().port();
+    let root = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        root.path(),
+        daemon.secure.as_ref().unwrap().authority.root_pem(),
+    )
+    .unwrap();
+
+    // A pod is injected: the patch adds Istio's proxyv2 sidecar.
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "ratings-v1-xyz", "namespace": "default", "labels": {"app": "ratings"}},
+        "spec": {"containers": [{"name": "ratings", "image": "ratings:1"}]},
+    });
+    let answer = call(
+        port,
+        root.path(),
+        "/inject",
+        &review(("", "v1", "Pod"), pod.clone()),
+    )
+    .unwrap();
+    assert_eq!(answer.pointer("/response/uid"), Some(&json!("e2e-1")));
+    assert_eq!(answer.pointer("/response/allowed"), Some(&json!(true)));
+    let patch = base64::engine::general_purpose::STANDARD
+        .decode(answer.pointer("/response/patch").unwrap().as_str().unwrap())
+        .unwrap();
+    let patch: json_patch::Patch = serde_json::from_slice(&patch).unwrap();
+    let mut injected = pod.clone();
+    json_patch::patch(&mut injected, &patch).unwrap();
+    let proxy = injected
+        .pointer("/spec/initContainers")
+        .and_then(Value::as_array)
+        .and_then(|l| l.iter().find(|c| c["name"] == "istio-proxy"))
+        .unwrap();
+    assert_eq!(proxy["image"], "docker.io/istio/proxyv2:1.28.0");
+    assert_eq!(proxy["restartPolicy"], "Always");
+    assert_eq!(
+        injected.pointer("/metadata/labels/security.istio.io~1tlsMode"),
+        Some(&json!("istio"))
+    );
+
+    // An impossible route is refused with the object and the field.
+    let vs = json!({
+        "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+        "metadata": {"name": "ratings", "namespace": "default"},
+        "spec": {"hosts": ["ratings"], "http": [{"route": [
+            {"destination": {"host": "ratings"}, "weight": 60},
+            {"destination": {"host": "ratings"}, "weight": 60}]}]},
+    });
+    let answer = call(
+        port,
+        root.path(),
+        "/validate",
+        &review(("networking.istio.io", "v1", "VirtualService"), vs),
+    )
+    .unwrap();
+    assert_eq!(answer.pointer("/response/allowed"), Some(&json!(false)));
+    let message = answer
+        .pointer("/response/status/message")
+        .and_then(Value::as_str)
+        .unwrap();
+    assert!(
+        message.contains("default/ratings") && message.contains("spec.http[0].route"),
+        "{message}"
+    );
+
+    // Plaintext HTTP to the TLS port: no answer at all.
+    let plain = Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+        ])
+        .arg(format!("http://127.0.0.1:{port}/inject"))
+        .args(["-d", "{}"])
+        .output()
+        .unwrap();
+    assert!(
+        !plain.status.success(),
+        "a plaintext caller got {}",
+        String::from_utf8_lossy(&plain.stdout)
+    );
+}
