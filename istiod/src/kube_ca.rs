@@ -4,7 +4,8 @@
 //! server (`authentication.k8s.io/v1` TokenReview, audience `istio-ca`), and
 //! the root distributed to every namespace as the `istio-ca-root-cert`
 //! ConfigMap (key `root-cert.pem`), written by the leader only, as istiod's
-//! namespace controller does.
+//! namespace controller does; the leader also keeps the `caBundle` of the
+//! webhook configurations it serves current ([`keep_webhook_ca_bundles`]).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -212,4 +213,109 @@ pub async fn load_or_create_secret(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// The webhook configurations whose `caBundle` the leader keeps: (kind,
+/// plural, name), Istio's names for the default revision.
+pub const WEBHOOK_CONFIGURATIONS: [(&str, &str, &str); 2] = [
+    (
+        "MutatingWebhookConfiguration",
+        "mutatingwebhookconfigurations",
+        "istio-sidecar-injector",
+    ),
+    (
+        "ValidatingWebhookConfiguration",
+        "validatingwebhookconfigurations",
+        "istio-validator-istio-system",
+    ),
+];
+/// How often the leader re-checks the webhook configurations, seconds.
+const WEBHOOK_RECHECK_SECS: u64 = 30;
+
+/// While leader, keeps `webhooks[].clientConfig.caBundle` of
+/// [`WEBHOOK_CONFIGURATIONS`] equal to the mesh root (base64 PEM), whether
+/// they point at the Service or at a URL, as istiod's webhook controller
+/// does: a JSON Patch guarded by the object's `resourceVersion`, re-checked
+/// every 30 s and on leadership changes. A configuration that does not
+/// exist is left alone (it is not installed).
+pub async fn keep_webhook_ca_bundles(
+    client: kube::Client,
+    root_pem: Arc<str>,
+    mut leader: watch::Receiver<bool>,
+    token: CancellationToken,
+) {
+    let bundle = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        root_pem.as_bytes(),
+    );
+    loop {
+        if *leader.borrow_and_update() {
+            for (kind, plural, name) in WEBHOOK_CONFIGURATIONS {
+                if let Err(e) = patch_ca_bundle(&client, kind, plural, name, &bundle).await {
+                    warn!(kind, name, error = %e, "webhook caBundle not updated");
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(WEBHOOK_RECHECK_SECS)) => {}
+            r = leader.changed() => if r.is_err() { break },
+            _ = token.cancelled() => break,
+        }
+    }
+}
+
+async fn patch_ca_bundle(
+    client: &kube::Client,
+    kind: &str,
+    plural: &str,
+    name: &str,
+    bundle: &str,
+) -> kube::Result<()> {
+    use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+    let gvk = GroupVersionKind::gvk("admissionregistration.k8s.io", "v1", kind);
+    let api: Api<DynamicObject> = Api::all_with(
+        client.clone(),
+        &ApiResource::from_gvk_with_plural(&gvk, plural),
+    );
+    let Some(object) = api.get_opt(name).await? else {
+        return Ok(());
+    };
+    let webhooks = object
+        .data
+        .get("webhooks")
+        .and_then(serde_json::Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut ops = Vec::new();
+    for (i, hook) in webhooks.iter().enumerate() {
+        if hook
+            .pointer("/clientConfig/caBundle")
+            .and_then(serde_json::Value::as_str)
+            == Some(bundle)
+        {
+            continue;
+        }
+        ops.push(serde_json::json!({
+            "op": "add", "path": format!("/webhooks/{i}/clientConfig/caBundle"), "value": bundle,
+        }));
+    }
+    if ops.is_empty() {
+        return Ok(());
+    }
+    let mut all = vec![serde_json::json!({
+        "op": "test", "path": "/metadata/resourceVersion",
+        "value": object.metadata.resource_version.clone().unwrap_or_default(),
+    })];
+    all.extend(ops);
+    let patch: json_patch::Patch =
+        serde_json::from_value(serde_json::Value::Array(all)).map_err(kube::Error::SerdeError)?;
+    api.patch(name, &PatchParams::default(), &Patch::<()>::Json(patch))
+        .await?;
+    info!(
+        kind,
+        name,
+        webhooks = webhooks.len(),
+        "webhook caBundle set to the mesh root"
+    );
+    Ok(())
 }

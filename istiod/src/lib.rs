@@ -231,6 +231,16 @@ impl Daemon {
                 let (port, ca_tasks) =
                     secure::start(ca, ads.clone(), shutdown.clone(), kube_client.clone()).await?;
                 tasks.extend(ca_tasks);
+                if let Some(client) = kube_client.clone()
+                    && opts.webhooks.is_some()
+                {
+                    tasks.push(tokio::spawn(kube_ca::keep_webhook_ca_bundles(
+                        client,
+                        port.authority.root_pem().into(),
+                        leader.clone(),
+                        shutdown.clone(),
+                    )));
+                }
                 if let Some(client) = kube_client.clone() {
                     tasks.push(tokio::spawn(kube_ca::distribute_root(
                         client,

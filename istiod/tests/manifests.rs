@@ -9,6 +9,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
@@ -72,6 +75,12 @@ fn every_manifest_is_a_well_formed_object_of_its_kind() {
             "Deployment" => round_trip::<Deployment>(&origin, &doc),
             "Service" => round_trip::<Service>(&origin, &doc),
             "CustomResourceDefinition" => round_trip::<CustomResourceDefinition>(&origin, &doc),
+            "MutatingWebhookConfiguration" => {
+                round_trip::<MutatingWebhookConfiguration>(&origin, &doc)
+            }
+            "ValidatingWebhookConfiguration" => {
+                round_trip::<ValidatingWebhookConfiguration>(&origin, &doc)
+            }
             other => panic!("{origin}: unexpected kind {other:?}"),
         }
         *kinds.entry(kind).or_default() += 1;
@@ -150,6 +159,17 @@ fn rbac_grants_exactly_what_the_daemon_reads_and_writes() {
         "tokenreviews".into(),
         "create".into(),
     ));
+    // The webhooks' caBundle (`kube_ca::keep_webhook_ca_bundles`).
+    for (_, plural, _) in istiod::kube_ca::WEBHOOK_CONFIGURATIONS {
+        for verb in ["get", "patch"] {
+            needed.insert((
+                String::new(),
+                "admissionregistration.k8s.io".into(),
+                plural.into(),
+                verb.into(),
+            ));
+        }
+    }
     for verb in ["create", "patch"] {
         needed.insert((
             String::new(),
@@ -201,11 +221,41 @@ fn the_deployment_runs_the_daemon_as_documented() {
         "Istio's ports"
     );
 
-    let (_, mesh) = all.iter().find(|(_, d)| d["kind"] == "ConfigMap").unwrap();
+    assert!(args.contains(&"--webhook-addr=0.0.0.0:15017"), "{args:?}");
+    let (_, mesh) = all
+        .iter()
+        .find(|(_, d)| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "istio")
+        .unwrap();
     let cm: ConfigMap = serde_json::from_value(mesh.clone()).unwrap();
     assert!(crds::mesh::is_mesh_configmap(&cm));
     let parsed = crds::mesh::parse(&cm).unwrap();
     assert!(parsed.unsupported.is_empty(), "{:?}", parsed.unsupported);
+}
+
+#[test]
+fn the_injector_configmap_carries_the_shipped_values_and_the_webhooks_istios_names() {
+    let all = objects();
+    let (_, cm) = all
+        .iter()
+        .find(|(_, d)| {
+            d["kind"] == "ConfigMap" && d["metadata"]["name"] == "istio-sidecar-injector"
+        })
+        .unwrap();
+    assert_eq!(
+        cm["data"]["values"].as_str().unwrap(),
+        webhook::inject::DEFAULT_VALUES
+    );
+    for (kind, _, name) in istiod::kube_ca::WEBHOOK_CONFIGURATIONS {
+        let (_, hooks) = all
+            .iter()
+            .find(|(_, d)| d["kind"] == kind && d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("{kind} {name} in manifests/webhooks.yaml"));
+        for hook in hooks["webhooks"].as_array().unwrap() {
+            let service = &hook["clientConfig"]["service"];
+            assert_eq!(service["name"], "istiod");
+            assert_eq!(service["port"], 443);
+        }
+    }
 }
 
 #[test]

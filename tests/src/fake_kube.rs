@@ -69,6 +69,18 @@ pub const KINDS: &[(&str, &str, &str, bool)] = &[
     ("networking.istio.io/v1", "Gateway", "gateways", true),
     ("networking.istio.io/v1", "Sidecar", "sidecars", true),
     (
+        "admissionregistration.k8s.io/v1",
+        "MutatingWebhookConfiguration",
+        "mutatingwebhookconfigurations",
+        false,
+    ),
+    (
+        "admissionregistration.k8s.io/v1",
+        "ValidatingWebhookConfiguration",
+        "validatingwebhookconfigurations",
+        false,
+    ),
+    (
         "security.istio.io/v1",
         "PeerAuthentication",
         "peerauthentications",
@@ -568,6 +580,41 @@ async fn handle(
         }
         if let Some(labels) = patch["metadata"].get("labels") {
             object["metadata"]["labels"] = labels.clone();
+        }
+        put(&shared, object.clone());
+        return axum::Json(object).into_response();
+    }
+    // JSON Patch (RFC 6902) of one object, `test` operations included.
+    if method == Method::PATCH
+        && headers
+            .get("content-type")
+            .is_some_and(|c| c.as_bytes().starts_with(b"application/json-patch+json"))
+        && let Some((collection_path, name)) = uri.path().rsplit_once('/')
+        && let Some(target) = Target::parse(collection_path)
+    {
+        let ns = target.namespace.clone().unwrap_or_default();
+        let existing = shared
+            .store
+            .lock()
+            .expect("fake API store")
+            .objects
+            .get(&target.collection())
+            .and_then(|o| o.get(&(ns, name.to_owned())))
+            .cloned();
+        let Some(mut object) = existing else {
+            let body = status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("{name:?} not found"),
+            );
+            return (StatusCode::NOT_FOUND, axum::Json(body)).into_response();
+        };
+        let patched = serde_json::from_slice::<json_patch::Patch>(&body)
+            .map_err(|e| e.to_string())
+            .and_then(|p| json_patch::patch(&mut object, &p).map_err(|e| e.to_string()));
+        if let Err(e) = patched {
+            let body = status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", e);
+            return (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(body)).into_response();
         }
         put(&shared, object.clone());
         return axum::Json(object).into_response();

@@ -765,3 +765,109 @@ fn the_ca_keeps_its_root_in_a_secret_checks_tokens_with_token_review_and_distrib
             .any(|r| r.starts_with("POST /apis/authentication.k8s.io/v1/tokenreviews"))
     );
 }
+
+#[test]
+fn the_leader_keeps_the_webhooks_ca_bundle_equal_to_the_mesh_root() {
+    let _hosts = e2e::isolate();
+    let rt = e2e::runtime();
+    let api = rt.block_on(FakeApiServer::start());
+    // The webhook configurations as `kubectl apply -f manifests/` installs them,
+    // plus one that points at a URL (istiod out of cluster).
+    let text = std::fs::read_to_string(e2e::workspace().join("manifests/webhooks.yaml")).unwrap();
+    assert_eq!(api.apply_yaml(&text), 2);
+    let mut validator = api
+        .get(
+            "admissionregistration.k8s.io/v1",
+            "ValidatingWebhookConfiguration",
+            "",
+            "istio-validator-istio-system",
+        )
+        .unwrap();
+    validator["webhooks"][0]["clientConfig"] = json!({"url": "https://192.0.2.1:15017/validate"});
+    api.apply(validator);
+    let ca_dir = tempfile::tempdir().unwrap();
+    let daemon = rt.block_on(async {
+        istiod::Daemon::start(istiod::Options {
+            source: istiod::Source::Kubernetes(Box::new(istiod::sources::kube::KubeSource {
+                config: api.kube_config(),
+                namespace: "istio-system".into(),
+                leader_identity: Some("istiod-0".into()),
+            })),
+            xds_addr: "127.0.0.1:0".parse().unwrap(),
+            monitoring_addr: None,
+            push_throttle: 10,
+            debounce: Default::default(),
+            ca: Some(istiod::secure::CaOptions {
+                token_issuer_keys: None,
+                dir: ca_dir.path().to_owned(),
+                ..e2e::ca_options()
+            }),
+            webhooks: Some(istiod::webhooks::WebhookOptions {
+                addr: "127.0.0.1:0".parse().unwrap(),
+                injection: webhook::inject::InjectionConfig::defaults("cluster.local").unwrap(),
+                policy_enabled: true,
+            }),
+        })
+        .await
+        .unwrap()
+    });
+    e2e::wait_ready(&daemon);
+    let root = daemon
+        .secure
+        .as_ref()
+        .unwrap()
+        .authority
+        .root_pem()
+        .to_owned();
+    let bundle =
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, root.as_bytes());
+    let bundles = |kind: &str, name: &str| -> Vec<String> {
+        api.get("admissionregistration.k8s.io/v1", kind, "", name)
+            .map(|o| {
+                o["webhooks"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|w| {
+                        w["clientConfig"]["caBundle"]
+                            .as_str()
+                            .unwrap_or("")
+                            .to_owned()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let start = Instant::now();
+    loop {
+        let injector = bundles("MutatingWebhookConfiguration", "istio-sidecar-injector");
+        let validator = bundles(
+            "ValidatingWebhookConfiguration",
+            "istio-validator-istio-system",
+        );
+        if injector.len() == 4
+            && validator.len() == 1
+            && injector.iter().chain(&validator).all(|b| *b == bundle)
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < SYNC,
+            "caBundles not set: {injector:?} {validator:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The URL the validator points at is left as it was.
+    let v = api
+        .get(
+            "admissionregistration.k8s.io/v1",
+            "ValidatingWebhookConfiguration",
+            "",
+            "istio-validator-istio-system",
+        )
+        .unwrap();
+    assert_eq!(
+        v["webhooks"][0]["clientConfig"]["url"],
+        "https://192.0.2.1:15017/validate"
+    );
+}
