@@ -39,6 +39,10 @@ struct Cli {
     /// TLS port for the CA API and xDS (Istio's 15012); with `--ca-dir`.
     #[arg(long, default_value = "127.0.0.1:15012")]
     secure_addr: SocketAddr,
+    /// More names (DNS names or IPs, comma-separated) in the daemon's serving
+    /// certificate, as Istio's `ISTIOD_CUSTOM_HOST`.
+    #[arg(long, env = "ISTIOD_CUSTOM_HOST", value_delimiter = ',')]
+    custom_host: Vec<String>,
     /// Serve the admission webhooks (`/inject`, `/validate`) over TLS here
     /// (Istio's 15017); needs `--ca-dir` (the certificate comes from the CA).
     #[arg(long, requires = "ca_dir")]
@@ -390,6 +394,7 @@ fn main() -> ExitCode {
                     addr: cli.secure_addr,
                     namespace: cli.namespace.clone(),
                     serving_ttl: ca::DEFAULT_TTL,
+                    custom_hosts: cli.custom_host.clone(),
                 }),
             };
             match run(opts, kube) {

@@ -44,6 +44,10 @@ pub struct CaOptions {
     pub namespace: String,
     /// Lifetime of the daemon's serving certificate; re-issued at half.
     pub serving_ttl: Duration,
+    /// More names (DNS names or IP addresses) for the serving certificate,
+    /// as Istio's `ISTIOD_CUSTOM_HOST`: for callers that reach the daemon
+    /// by another name, e.g. an API server calling the webhooks by URL.
+    pub custom_hosts: Vec<String>,
 }
 
 /// The daemon's DNS names, as in Istio's istiod certificate.
@@ -110,7 +114,13 @@ fn certified_key(chain_pem: &str, key_pem: &str) -> anyhow::Result<Arc<Certified
 
 fn issue(authority: &Authority, opts: &CaOptions) -> anyhow::Result<Arc<CertifiedKey>> {
     let (chain, key) = authority
-        .issue_server_cert(&dns_names(&opts.namespace), opts.serving_ttl)
+        .issue_server_cert(
+            &dns_names(&opts.namespace)
+                .into_iter()
+                .chain(opts.custom_hosts.iter().cloned())
+                .collect::<Vec<_>>(),
+            opts.serving_ttl,
+        )
         .context("issuing the serving certificate")?;
     certified_key(&chain, &key)
 }

@@ -308,6 +308,7 @@ pub fn ca_options() -> istiod::secure::CaOptions {
         addr: "127.0.0.1:0".parse().expect("addr"),
         namespace: "istio-system".into(),
         serving_ttl: ca::DEFAULT_TTL,
+        custom_hosts: Vec::new(),
     }
 }
 

@@ -103,6 +103,7 @@ fn workloads_get_renew_and_are_refused_certificates_on_the_tls_port() {
                 addr: "127.0.0.1:0".parse().unwrap(),
                 namespace: "istio-system".into(),
                 serving_ttl: SERVING_TTL,
+                custom_hosts: Vec::new(),
             }),
             webhooks: None,
         })

@@ -67,7 +67,11 @@ fn the_api_server_gets_patches_and_denials_over_tls() {
             monitoring_addr: None,
             push_throttle: 10,
             debounce: Default::default(),
-            ca: Some(ca_options()),
+            ca: Some(istiod::secure::CaOptions {
+                // As ISTIOD_CUSTOM_HOST: callers by IP (a URL webhook) verify it.
+                custom_hosts: vec!["127.0.0.1".into()],
+                ..ca_options()
+            }),
             webhooks: Some(istiod::webhooks::WebhookOptions {
                 addr: "127.0.0.1:0".parse().unwrap(),
                 injection: webhook::inject::InjectionConfig::defaults("cluster.local").unwrap(),
@@ -141,6 +145,25 @@ fn the_api_server_gets_patches_and_denials_over_tls() {
     assert!(
         message.contains("default/ratings") && message.contains("spec.http[0].route"),
         "{message}"
+    );
+
+    // By IP, as an API server calling a URL webhook: the certificate has it.
+    let by_ip = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+        .arg(root.path())
+        .args(["-d", "{}"])
+        .arg(format!("https://127.0.0.1:{port}/inject"))
+        .output()
+        .unwrap();
+    assert!(
+        by_ip.status.success(),
+        "{}",
+        String::from_utf8_lossy(&by_ip.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&by_ip.stdout),
+        "400",
+        "not a review"
     );
 
     // Plaintext HTTP to the TLS port: no answer at all.
