@@ -194,37 +194,8 @@ pub async fn start(
     let addr = listener.local_addr()?;
     let mut tasks = Vec::new();
 
-    // Handshakes run per connection; a failed one is logged and dropped.
-    let (conn_tx, conn_rx) = mpsc::channel(64);
-    let stop = token.clone();
-    tasks.push(tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                _ = stop.cancelled() => break,
-            };
-            let (tcp, peer) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    warn!(error = %e, "TLS port accept failed");
-                    continue;
-                }
-            };
-            let acceptor = acceptor.clone();
-            let conn_tx = conn_tx.clone();
-            tokio::spawn(async move {
-                let handshake =
-                    tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await;
-                match handshake {
-                    Ok(Ok(tls)) => {
-                        let _ = conn_tx.send(Ok::<_, std::io::Error>(tls)).await;
-                    }
-                    Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => debug!(%peer, "TLS handshake timed out"),
-                }
-            });
-        }
-    }));
+    let (accepting, conn_rx) = accept_tls(listener, acceptor, token.clone(), "TLS port");
+    tasks.push(accepting);
 
     let authenticator = ClientCertOr {
         trust_domain: opts.trust_domain.clone(),
@@ -237,7 +208,12 @@ pub async fn start(
         let served = tonic::transport::Server::builder()
             .add_service(ca_service)
             .add_service(ads.into_service())
-            .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), stop.cancelled_owned())
+            .serve_with_incoming_shutdown(
+                tokio_stream::StreamExt::map(ReceiverStream::new(conn_rx), |(tls, _)| {
+                    Ok::<_, std::io::Error>(tls)
+                }),
+                stop.cancelled_owned(),
+            )
             .await;
         if let Err(e) = served {
             error!(error = %e, "TLS port failed");
@@ -277,6 +253,52 @@ pub async fn start(
         },
         tasks,
     ))
+}
+
+/// A TLS connection and its peer.
+pub(crate) type TlsConnection = (
+    tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    SocketAddr,
+);
+
+/// Accepts on `listener` until `token` is cancelled, each handshake in a
+/// task of its own (10 s at most; a failed one is logged and dropped), and
+/// hands the connections on. `what` names the port in logs.
+pub(crate) fn accept_tls(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    token: CancellationToken,
+    what: &'static str,
+) -> (JoinHandle<()>, mpsc::Receiver<TlsConnection>) {
+    let (tx, rx) = mpsc::channel(64);
+    let task = tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = token.cancelled() => break,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!(port = what, error = %e, "accept failed");
+                    continue;
+                }
+            };
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                let handshake =
+                    tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await;
+                match handshake {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send((tls, peer)).await;
+                    }
+                    Ok(Err(e)) => debug!(port = what, %peer, error = %e, "TLS handshake failed"),
+                    Err(_) => debug!(port = what, %peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    (task, rx)
 }
 
 /// The token check for callers without a client certificate: the issuer

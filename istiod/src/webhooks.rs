@@ -5,20 +5,17 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info};
 
 use crate::secure::ServingCert;
 
 /// Istio's webhook port.
 pub const WEBHOOK_PORT: u16 = 15017;
-/// How long a TLS handshake may take, seconds.
-const HANDSHAKE_TIMEOUT_SECS: u64 = 10;
 
 /// What the webhooks are served with.
 #[derive(Clone, Debug)]
@@ -80,39 +77,8 @@ pub async fn start(
         .await
         .with_context(|| format!("cannot bind the webhook port {}", opts.addr))?;
     let addr = listener.local_addr()?;
-    let (tx, rx) = mpsc::channel(64);
-    let mut tasks = Vec::new();
-    let stop = token.clone();
-    tasks.push(tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                _ = stop.cancelled() => break,
-            };
-            let (tcp, peer) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    warn!(error = %e, "webhook port accept failed");
-                    continue;
-                }
-            };
-            let (acceptor, tx) = (acceptor.clone(), tx.clone());
-            tokio::spawn(async move {
-                let handshake = tokio::time::timeout(
-                    Duration::from_secs(HANDSHAKE_TIMEOUT_SECS),
-                    acceptor.accept(tcp),
-                )
-                .await;
-                match handshake {
-                    Ok(Ok(tls)) => {
-                        let _ = tx.send((tls, peer)).await;
-                    }
-                    Ok(Err(e)) => debug!(%peer, error = %e, "webhook TLS handshake failed"),
-                    Err(_) => debug!(%peer, "webhook TLS handshake timed out"),
-                }
-            });
-        }
-    }));
+    let (accepting, rx) = crate::secure::accept_tls(listener, acceptor, token.clone(), "webhooks");
+    let mut tasks = vec![accepting];
     let router = webhook::server::router(webhook::server::Webhooks {
         injection: Arc::new(opts.injection),
         policy_enabled: opts.policy_enabled,

@@ -312,6 +312,17 @@ pub fn ca_options() -> istiod::secure::CaOptions {
     }
 }
 
+/// Webhook settings for test daemons: a free loopback port, the injector
+/// values this project ships, policy `enabled`.
+pub fn webhook_options() -> istiod::webhooks::WebhookOptions {
+    istiod::webhooks::WebhookOptions {
+        addr: "127.0.0.1:0".parse().expect("addr"),
+        injection: webhook::inject::InjectionConfig::defaults("cluster.local")
+            .expect("the shipped injector values"),
+        policy_enabled: true,
+    }
+}
+
 /// A service-account token (audience `istio-ca`, 1 hour) the test daemons accept.
 pub fn service_account_token(namespace: &str, account: &str) -> String {
     let exp = std::time::SystemTime::now()

@@ -247,9 +247,9 @@ fn webhooks_inject_and_validate_on_a_real_cluster() {
                 ..e2e::ca_options()
             }),
             webhooks: Some(istiod::webhooks::WebhookOptions {
+                // Reachable from the API server.
                 addr: "0.0.0.0:0".parse().unwrap(),
-                injection: webhook::inject::InjectionConfig::defaults("cluster.local").unwrap(),
-                policy_enabled: true,
+                ..e2e::webhook_options()
             }),
         })
         .await

@@ -802,11 +802,7 @@ fn the_leader_keeps_the_webhooks_ca_bundle_equal_to_the_mesh_root() {
                 dir: ca_dir.path().to_owned(),
                 ..e2e::ca_options()
             }),
-            webhooks: Some(istiod::webhooks::WebhookOptions {
-                addr: "127.0.0.1:0".parse().unwrap(),
-                injection: webhook::inject::InjectionConfig::defaults("cluster.local").unwrap(),
-                policy_enabled: true,
-            }),
+            webhooks: Some(e2e::webhook_options()),
         })
         .await
         .unwrap()

@@ -72,11 +72,7 @@ fn the_api_server_gets_patches_and_denials_over_tls() {
                 custom_hosts: vec!["127.0.0.1".into()],
                 ..ca_options()
             }),
-            webhooks: Some(istiod::webhooks::WebhookOptions {
-                addr: "127.0.0.1:0".parse().unwrap(),
-                injection: webhook::inject::InjectionConfig::defaults("cluster.local").unwrap(),
-                policy_enabled: true,
-            }),
+            webhooks: Some(e2e::webhook_options()),
         })
         .await
         .unwrap()

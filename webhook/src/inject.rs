@@ -260,6 +260,52 @@ impl Ctx<'_> {
             .unwrap_or_else(|| default.to_owned())
     }
 
+    /// `service.istio.io/canonical-name` (the pod's, else
+    /// `app.kubernetes.io/name`, `app`, the workload's name) and
+    /// `canonical-revision` (else `app.kubernetes.io/version`, `version`,
+    /// `latest`); the sidecar template truncates the name to 63 characters
+    /// and trims `-_.` (`trim`).
+    fn canonical_labels(&self, labels: &mut Map<String, Value>, trim: bool) {
+        let name = self
+            .label("service.istio.io/canonical-name")
+            .or_else(|| self.label("app.kubernetes.io/name"))
+            .or_else(|| self.label("app"))
+            .unwrap_or_else(|| self.pod.workload_name.clone());
+        let name = if trim {
+            let short: String = name.chars().take(63).collect();
+            short.trim_matches(['-', '_', '.']).to_owned()
+        } else {
+            name
+        };
+        labels.insert("service.istio.io/canonical-name".into(), name.into());
+        labels.insert(
+            "service.istio.io/canonical-revision".into(),
+            self.label("service.istio.io/canonical-revision")
+                .or_else(|| self.label("app.kubernetes.io/version"))
+                .or_else(|| self.label("version"))
+                .unwrap_or_else(|| "latest".into())
+                .into(),
+        );
+    }
+
+    /// `istio.io/rev`, and the first app container as `kubectl`'s default
+    /// (and default logs) container unless the pod names one.
+    fn base_annotations(&self) -> Map<String, Value> {
+        let mut annotations = Map::new();
+        annotations.insert("istio.io/rev".into(), self.revision().into());
+        if let Some(first) = self.app_containers().first() {
+            for key in [
+                "kubectl.kubernetes.io/default-logs-container",
+                "kubectl.kubernetes.io/default-container",
+            ] {
+                if !self.has_annotation(key) {
+                    annotations.insert(key.into(), first.clone().into());
+                }
+            }
+        }
+        annotations
+    }
+
     fn revision(&self) -> &str {
         if self.cfg.revision.is_empty() {
             "default"
@@ -585,7 +631,6 @@ fn render_sidecar(ctx: &Ctx<'_>) -> Value {
     ) == "true";
     let native = ctx.native();
     let cni = ctx.cni();
-    let containers = ctx.app_containers();
     let status_port = ctx.status_port();
 
     // Labels.
@@ -604,38 +649,10 @@ fn render_sidecar(ctx: &Ctx<'_>) -> Value {
                 .into(),
         );
     }
-    let canonical_name = ctx
-        .label("service.istio.io/canonical-name")
-        .or_else(|| ctx.label("app.kubernetes.io/name"))
-        .or_else(|| ctx.label("app"))
-        .unwrap_or_else(|| ctx.pod.workload_name.clone());
-    let canonical_name: String = canonical_name.chars().take(63).collect();
-    labels.insert(
-        "service.istio.io/canonical-name".into(),
-        canonical_name.trim_matches(['-', '_', '.']).into(),
-    );
-    labels.insert(
-        "service.istio.io/canonical-revision".into(),
-        ctx.label("service.istio.io/canonical-revision")
-            .or_else(|| ctx.label("app.kubernetes.io/version"))
-            .or_else(|| ctx.label("version"))
-            .unwrap_or_else(|| "latest".into())
-            .into(),
-    );
+    ctx.canonical_labels(&mut labels, true);
 
     // Annotations.
-    let mut annotations = Map::new();
-    annotations.insert("istio.io/rev".into(), ctx.revision().into());
-    if let Some(first) = containers.first() {
-        for key in [
-            "kubectl.kubernetes.io/default-logs-container",
-            "kubectl.kubernetes.io/default-container",
-        ] {
-            if !ctx.has_annotation(key) {
-                annotations.insert(key.into(), first.clone().into());
-            }
-        }
-    }
+    let mut annotations = ctx.base_annotations();
     let include_ranges = ctx.annotation_or(
         "traffic.sidecar.istio.io/includeOutboundIPRanges",
         &cfg.text("global.proxy.includeIPRanges"),
@@ -1000,36 +1017,9 @@ fn render_sidecar(ctx: &Ctx<'_>) -> Value {
 /// container, with the unprivileged-port sysctl, no traffic capture.
 fn render_gateway(ctx: &Ctx<'_>) -> Value {
     let cfg = ctx.cfg;
-    let containers = ctx.app_containers();
     let mut labels = Map::new();
-    labels.insert(
-        "service.istio.io/canonical-name".into(),
-        ctx.label("service.istio.io/canonical-name")
-            .or_else(|| ctx.label("app.kubernetes.io/name"))
-            .or_else(|| ctx.label("app"))
-            .unwrap_or_else(|| ctx.pod.workload_name.clone())
-            .into(),
-    );
-    labels.insert(
-        "service.istio.io/canonical-revision".into(),
-        ctx.label("service.istio.io/canonical-revision")
-            .or_else(|| ctx.label("app.kubernetes.io/version"))
-            .or_else(|| ctx.label("version"))
-            .unwrap_or_else(|| "latest".into())
-            .into(),
-    );
-    let mut annotations = Map::new();
-    annotations.insert("istio.io/rev".into(), ctx.revision().into());
-    if let Some(first) = containers.first() {
-        for key in [
-            "kubectl.kubernetes.io/default-logs-container",
-            "kubectl.kubernetes.io/default-container",
-        ] {
-            if !ctx.has_annotation(key) {
-                annotations.insert(key.into(), first.clone().into());
-            }
-        }
-    }
+    ctx.canonical_labels(&mut labels, false);
+    let annotations = ctx.base_annotations();
     let mut args = vec![
         "proxy".to_owned(),
         "router".into(),
