@@ -18,6 +18,7 @@ pub fn validate(object: &Object) -> Result<(), ParseError> {
         Object::Gateway(gw) => gateway(&gw.spec),
         Object::ServiceEntry(se) => service_entry(&se.spec),
         Object::Sidecar(sc) => sidecar(&sc.spec),
+        Object::PeerAuthentication(pa) => peer_authentication(&pa.spec),
         Object::ConfigMap(cm) if crate::mesh::is_mesh_configmap(cm) => {
             crate::mesh::parse(cm)?;
             Vec::new()
@@ -312,6 +313,31 @@ fn sidecar(spec: &crate::SidecarSpec) -> Problems {
     p
 }
 
+/// Istio's PeerAuthentication rules: port-level modes only with a
+/// workload selector, ports within 1..=65535.
+fn peer_authentication(spec: &crate::PeerAuthenticationSpec) -> Problems {
+    let mut p = Problems::new();
+    let selected = spec
+        .selector
+        .as_ref()
+        .is_some_and(|s| !s.match_labels.is_empty());
+    if !spec.port_level_mtls.is_empty() && !selected {
+        p.push((
+            "spec.portLevelMtls".into(),
+            "portLevelMtls requires selector".into(),
+        ));
+    }
+    for port in spec.port_level_mtls.keys() {
+        if !(1..=65535).contains(port) {
+            p.push((
+                format!("spec.portLevelMtls.{port}"),
+                format!("{port}: port must be between 1-65535"),
+            ));
+        }
+    }
+    p
+}
+
 fn service_entry(spec: &crate::ServiceEntrySpec) -> Problems {
     let mut p = Problems::new();
     if spec.hosts.is_empty() {
@@ -415,6 +441,25 @@ mod tests {
     }
 
     const HEAD: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r}\nspec:\n  hosts: [reviews]\n  http:\n";
+
+    #[test]
+    fn port_level_peer_authentication_needs_a_selector() {
+        let pa = |spec: &str| {
+            check(&format!(
+                "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: p}}\nspec: {spec}\n"
+            ))
+        };
+        assert!(pa("{mtls: {mode: STRICT}}").is_ok());
+        assert_eq!(
+            field_of(pa("{portLevelMtls: {8080: {mode: DISABLE}}}")),
+            "spec.portLevelMtls"
+        );
+        assert!(pa("{selector: {matchLabels: {app: a}}, portLevelMtls: {8080: {mode: DISABLE}}}").is_ok());
+        assert_eq!(
+            field_of(pa("{selector: {matchLabels: {app: a}}, portLevelMtls: {0: {mode: DISABLE}}}")),
+            "spec.portLevelMtls.0"
+        );
+    }
 
     #[test]
     fn weights_must_total_100() {
