@@ -454,9 +454,14 @@ mod tests {
             field_of(pa("{portLevelMtls: {8080: {mode: DISABLE}}}")),
             "spec.portLevelMtls"
         );
-        assert!(pa("{selector: {matchLabels: {app: a}}, portLevelMtls: {8080: {mode: DISABLE}}}").is_ok());
+        assert!(
+            pa("{selector: {matchLabels: {app: a}}, portLevelMtls: {8080: {mode: DISABLE}}}")
+                .is_ok()
+        );
         assert_eq!(
-            field_of(pa("{selector: {matchLabels: {app: a}}, portLevelMtls: {0: {mode: DISABLE}}}")),
+            field_of(pa(
+                "{selector: {matchLabels: {app: a}}, portLevelMtls: {0: {mode: DISABLE}}}"
+            )),
             "spec.portLevelMtls.0"
         );
     }

@@ -336,10 +336,11 @@ impl Ctx<'_> {
             .map(|n| match n.as_str() {
                 "sidecar" => Ok(Template::Sidecar),
                 "gateway" => Ok(Template::Gateway),
+                "grpc-agent" => Ok(Template::GrpcAgent),
                 other => Err(InjectError::InvalidAnnotation {
                     annotation: "inject.istio.io/templates".into(),
                     reason: format!(
-                        "template {other:?} is not supported (built in: sidecar, gateway; \
+                        "template {other:?} is not supported (built in: sidecar, gateway, grpc-agent; \
                          custom Go templates from sidecarInjectorWebhook.templates are not evaluated)"
                     ),
                 }),
@@ -351,6 +352,7 @@ impl Ctx<'_> {
         match template {
             Template::Sidecar => render_sidecar(self),
             Template::Gateway => render_gateway(self),
+            Template::GrpcAgent => render_grpc_agent(self),
         }
     }
 
@@ -911,26 +913,7 @@ fn render_sidecar(ctx: &Ctx<'_>) -> Value {
                 "failureThreshold": number(&cfg.text("global.proxy.startupProbe.failureThreshold")),
             });
         }
-        let mut readiness = json!({
-            "httpGet": {"path": "/healthz/ready", "port": 15021},
-            "periodSeconds": number(&ctx.annotation_or(
-                "readiness.status.sidecar.istio.io/periodSeconds",
-                &cfg.text("global.proxy.readinessPeriodSeconds"),
-            )),
-            "timeoutSeconds": 3,
-            "failureThreshold": number(&ctx.annotation_or(
-                "readiness.status.sidecar.istio.io/failureThreshold",
-                &cfg.text("global.proxy.readinessFailureThreshold"),
-            )),
-        });
-        let delay = number(&ctx.annotation_or(
-            "readiness.status.sidecar.istio.io/initialDelaySeconds",
-            &cfg.text("global.proxy.readinessInitialDelaySeconds"),
-        ));
-        if delay != json!(0) {
-            readiness["initialDelaySeconds"] = delay;
-        }
-        proxy["readinessProbe"] = readiness;
+        proxy["readinessProbe"] = readiness_probe(ctx, 15021);
     }
     let privileged = cfg
         .value("global.proxy.privileged")
@@ -1090,6 +1073,116 @@ fn render_gateway(ctx: &Ctx<'_>) -> Value {
     })
 }
 
+/// Renders Istio's `grpc-agent` template (`files/grpc-agent.yaml`): the
+/// agent (`proxy sidecar` with Envoy disabled) serving xDS and
+/// certificates to a proxyless gRPC app over `/etc/istio/proxy`, each app
+/// container pointed at its gRPC xDS bootstrap; no traffic capture, no
+/// probe rewriting.
+fn render_grpc_agent(ctx: &Ctx<'_>) -> Value {
+    let cfg = ctx.cfg;
+    let mut labels = Map::new();
+    ctx.canonical_labels(&mut labels, false);
+    let mut annotations = ctx.base_annotations();
+    annotations.insert(
+        "sidecar.istio.io/rewriteAppHTTPProbers".into(),
+        "false".into(),
+    );
+    let mut args = vec![
+        "proxy".to_owned(),
+        "sidecar".into(),
+        "--domain".into(),
+        format!(
+            "$(POD_NAMESPACE).svc.{}",
+            cfg.text("global.proxy.clusterDomain")
+        ),
+    ];
+    args.extend(log_args(ctx));
+    if cfg.truthy("global.sts.servicePort") {
+        args.push(format!("--stsPort={}", cfg.text("global.sts.servicePort")));
+    }
+    if cfg.truthy("global.logAsJson") {
+        args.push("--log_as_json".into());
+    }
+    let mut proxy = json!({
+        "name": "istio-proxy",
+        "image": ctx.image("global.proxy.image"),
+        "ports": [{"containerPort": 15020, "protocol": "TCP", "name": "mesh-metrics"}],
+        "args": args,
+        "lifecycle": {"postStart": {"exec": {"command": [
+            "pilot-agent", "wait", "--url=http://localhost:15020/healthz/ready"
+        ]}}},
+        "env": proxy_env(ctx, Template::GrpcAgent),
+        "resources": resources(ctx),
+        "volumeMounts": proxy_mounts(ctx, Template::GrpcAgent),
+    });
+    let pull_policy = cfg.text("global.imagePullPolicy");
+    if !pull_policy.is_empty() {
+        proxy["imagePullPolicy"] = json!(pull_policy);
+    }
+    if ctx.status_port() != "0" {
+        proxy["readinessProbe"] = readiness_probe(ctx, 15020);
+    }
+    let mut containers = vec![proxy];
+    for name in ctx.app_containers() {
+        containers.push(json!({
+            "name": name,
+            "env": [
+                {"name": "GRPC_XDS_EXPERIMENTAL_SECURITY_SUPPORT", "value": "true"},
+                {"name": "GRPC_XDS_BOOTSTRAP", "value": "/etc/istio/proxy/grpc-bootstrap.json"},
+            ],
+            "volumeMounts": [
+                {"mountPath": "/var/lib/istio/data", "name": "istio-data"},
+                {"mountPath": "/etc/istio/proxy", "name": "istio-xds"},
+                {"mountPath": "/var/run/secrets/workload-spiffe-credentials", "name": "workload-certs"},
+            ],
+        }));
+    }
+    let mut spec = json!({
+        "containers": containers,
+        "volumes": proxy_volumes(ctx, Template::GrpcAgent),
+    });
+    if let Some(Value::Array(secrets)) = cfg.value("global.imagePullSecrets")
+        && !secrets.is_empty()
+    {
+        spec["imagePullSecrets"] = Value::Array(
+            secrets
+                .iter()
+                .map(|s| json!({"name": go_string(s)}))
+                .collect(),
+        );
+    }
+    json!({
+        "metadata": {"labels": labels, "annotations": annotations},
+        "spec": spec,
+    })
+}
+
+/// The agent's readiness probe on `port`, its delay, period and threshold
+/// from the pod's `readiness.status.sidecar.istio.io/*` annotations or the values.
+fn readiness_probe(ctx: &Ctx<'_>, port: u16) -> Value {
+    let cfg = ctx.cfg;
+    let mut readiness = json!({
+        "httpGet": {"path": "/healthz/ready", "port": port},
+        "periodSeconds": number(&ctx.annotation_or(
+            "readiness.status.sidecar.istio.io/periodSeconds",
+            &cfg.text("global.proxy.readinessPeriodSeconds"),
+        )),
+        "timeoutSeconds": 3,
+        "failureThreshold": number(&ctx.annotation_or(
+            "readiness.status.sidecar.istio.io/failureThreshold",
+            &cfg.text("global.proxy.readinessFailureThreshold"),
+        )),
+    });
+    let delay = number(&ctx.annotation_or(
+        "readiness.status.sidecar.istio.io/initialDelaySeconds",
+        &cfg.text("global.proxy.readinessInitialDelaySeconds"),
+    ));
+    if delay != json!(0) {
+        readiness["initialDelaySeconds"] = delay;
+    }
+    readiness
+}
+
 /// `--proxyLogLevel`, `--proxyComponentLogLevel` and `--log_output_level`,
 /// from the pod's annotations or the values.
 fn log_args(ctx: &Ctx<'_>) -> [String; 3] {
@@ -1126,12 +1219,21 @@ enum Template {
     Sidecar,
     /// `gateway` (`files/gateway-injection-template.yaml`).
     Gateway,
+    /// `grpc-agent` (`files/grpc-agent.yaml`): the agent alone next to a
+    /// proxyless gRPC app, which gets the xDS bootstrap and certificates.
+    GrpcAgent,
 }
 
 /// The `istio-proxy` environment of `template`.
 fn proxy_env(ctx: &Ctx<'_>, template: Template) -> Vec<Value> {
     let cfg = ctx.cfg;
-    let mut envs = vec![
+    let grpc = template == Template::GrpcAgent;
+    let mut envs = Vec::new();
+    if grpc {
+        envs.push(env("ISTIO_META_GENERATOR", "grpc"));
+        envs.push(env("OUTPUT_CERTS", "/var/lib/istio/data"));
+    }
+    envs.extend([
         env("PILOT_CERT_PROVIDER", cfg.text("global.pilotCertProvider")),
         env("CA_ADDR", {
             let ca = cfg.text("global.caAddress");
@@ -1155,20 +1257,26 @@ fn proxy_env(ctx: &Ctx<'_>, template: Template) -> Vec<Value> {
         field_env("INSTANCE_IP", "status.podIP"),
         field_env("SERVICE_ACCOUNT", "spec.serviceAccountName"),
         field_env("HOST_IP", "status.hostIP"),
-        resource_env("ISTIO_CPU_LIMIT", "limits.cpu"),
-        env(
-            "PROXY_CONFIG",
-            format!("{}\n", proto_json(&ctx.proxy_config)),
-        ),
-        env("ISTIO_META_POD_PORTS", pod_ports(ctx.spec)),
-    ];
+    ]);
+    if !grpc {
+        envs.push(resource_env("ISTIO_CPU_LIMIT", "limits.cpu"));
+    }
+    envs.push(env(
+        "PROXY_CONFIG",
+        format!("{}\n", proto_json(&ctx.proxy_config)),
+    ));
+    envs.push(env("ISTIO_META_POD_PORTS", pod_ports(ctx.spec)));
     let app_containers = env("ISTIO_META_APP_CONTAINERS", ctx.app_containers().join(","));
-    if template == Template::Gateway {
-        envs.push(resource_env("GOMEMLIMIT", "limits.memory"));
-        envs.push(app_containers);
-    } else {
-        envs.push(app_containers);
-        envs.push(resource_env("GOMEMLIMIT", "limits.memory"));
+    match template {
+        Template::Gateway => {
+            envs.push(resource_env("GOMEMLIMIT", "limits.memory"));
+            envs.push(app_containers);
+        }
+        Template::Sidecar => {
+            envs.push(app_containers);
+            envs.push(resource_env("GOMEMLIMIT", "limits.memory"));
+        }
+        Template::GrpcAgent => envs.push(app_containers),
     }
     let cluster = cfg.text("global.multiCluster.clusterName");
     envs.push(env(
@@ -1183,23 +1291,23 @@ fn proxy_env(ctx: &Ctx<'_>, template: Template) -> Vec<Value> {
     let configured_mode = lookup(&ctx.proxy_config, "interceptionMode")
         .map(go_string)
         .unwrap_or_else(|| "REDIRECT".into());
-    envs.push(env(
-        "ISTIO_META_INTERCEPTION_MODE",
-        match template {
-            Template::Gateway => configured_mode,
-            Template::Sidecar => ctx
-                .annotations
+    match template {
+        Template::Gateway => envs.push(env("ISTIO_META_INTERCEPTION_MODE", configured_mode)),
+        Template::Sidecar => envs.push(env(
+            "ISTIO_META_INTERCEPTION_MODE",
+            ctx.annotations
                 .get("sidecar.istio.io/interceptionMode")
                 .map(go_string)
                 .filter(|s| !s.is_empty())
                 .unwrap_or(configured_mode),
-        },
-    ));
+        )),
+        Template::GrpcAgent => {}
+    }
     if cfg.truthy("global.network") {
         envs.push(env("ISTIO_META_NETWORK", cfg.text("global.network")));
     }
     let workload = match template {
-        Template::Gateway => ctx.pod.workload_name.clone(),
+        Template::Gateway | Template::GrpcAgent => ctx.pod.workload_name.clone(),
         Template::Sidecar => ctx
             .label("service.istio.io/workload-name")
             .unwrap_or_else(|| ctx.pod.workload_name.clone()),
@@ -1223,7 +1331,7 @@ fn proxy_env(ctx: &Ctx<'_>, template: Template) -> Vec<Value> {
             ),
         ));
     }
-    if ctx.has_annotation("sidecar.istio.io/bootstrapOverride") {
+    if !grpc && ctx.has_annotation("sidecar.istio.io/bootstrapOverride") {
         envs.push(env(
             "ISTIO_BOOTSTRAP_OVERRIDE",
             "/etc/istio/custom-bootstrap/custom_bootstrap.json",
@@ -1247,17 +1355,38 @@ fn proxy_env(ctx: &Ctx<'_>, template: Template) -> Vec<Value> {
             envs.push(env(k, go_string(v)));
         }
     }
+    if grpc {
+        // gRPC resolves `xds:///` names itself: no DNS capture, no Envoy.
+        envs.push(env("ISTIO_META_DNS_CAPTURE", "false"));
+        envs.push(env("DISABLE_ENVOY", "true"));
+    }
     envs
 }
+/// The agent's socket volume at `/etc/istio/proxy`: `istio-envoy`, or
+/// `istio-xds` next to a proxyless gRPC app.
+fn proxy_volume(template: Template) -> &'static str {
+    match template {
+        Template::GrpcAgent => "istio-xds",
+        Template::Sidecar | Template::Gateway => "istio-envoy",
+    }
+}
+
 /// The `istio-proxy` volume mounts of `template`.
 fn proxy_mounts(ctx: &Ctx<'_>, template: Template) -> Vec<Value> {
     let cfg = ctx.cfg;
     let istiod_certs = cfg.text("global.pilotCertProvider") == "istiod";
+    let grpc = template == Template::GrpcAgent;
     let mut mounts = vec![
         json!({"name": "workload-socket", "mountPath": "/var/run/secrets/workload-spiffe-uds"}),
-        json!({"name": "credential-socket", "mountPath": "/var/run/secrets/credential-uds"}),
-        json!({"name": "workload-certs", "mountPath": "/var/run/secrets/workload-spiffe-credentials"}),
     ];
+    if !grpc {
+        mounts.push(
+            json!({"name": "credential-socket", "mountPath": "/var/run/secrets/credential-uds"}),
+        );
+    }
+    mounts.push(
+        json!({"name": "workload-certs", "mountPath": "/var/run/secrets/workload-spiffe-credentials"}),
+    );
     if istiod_certs {
         mounts.push(json!({"mountPath": "/var/run/secrets/istio", "name": "istiod-ca-cert"}));
         if template == Template::Sidecar {
@@ -1265,18 +1394,18 @@ fn proxy_mounts(ctx: &Ctx<'_>, template: Template) -> Vec<Value> {
         }
     }
     mounts.push(json!({"mountPath": "/var/lib/istio/data", "name": "istio-data"}));
-    if ctx.has_annotation("sidecar.istio.io/bootstrapOverride") {
+    if !grpc && ctx.has_annotation("sidecar.istio.io/bootstrapOverride") {
         mounts.push(
             json!({"mountPath": "/etc/istio/custom-bootstrap", "name": "custom-bootstrap-volume"}),
         );
     }
-    mounts.push(json!({"mountPath": "/etc/istio/proxy", "name": "istio-envoy"}));
+    mounts.push(json!({"mountPath": "/etc/istio/proxy", "name": proxy_volume(template)}));
     mounts.push(json!({"mountPath": "/var/run/secrets/tokens", "name": "istio-token"}));
     if cfg.truthy("global.mountMtlsCerts") {
         mounts.push(json!({"mountPath": "/etc/certs/", "name": "istio-certs", "readOnly": true}));
     }
     mounts.push(json!({"name": "istio-podinfo", "mountPath": "/etc/istio/pod"}));
-    if template == Template::Sidecar
+    if template != Template::Gateway
         && let Some(Value::Object(user)) = ctx
             .annotations
             .get("sidecar.istio.io/userVolumeMount")
@@ -1295,17 +1424,17 @@ fn proxy_volumes(ctx: &Ctx<'_>, template: Template) -> Vec<Value> {
     let cfg = ctx.cfg;
     let istiod_certs = cfg.text("global.pilotCertProvider") == "istiod";
 
-    let mut volumes = vec![
-        json!({"name": "workload-socket", "emptyDir": null}),
-        json!({"name": "credential-socket", "emptyDir": null}),
-        json!({"name": "workload-certs", "emptyDir": null}),
-    ];
+    let mut volumes = vec![json!({"name": "workload-socket", "emptyDir": null})];
+    if template != Template::GrpcAgent {
+        volumes.push(json!({"name": "credential-socket", "emptyDir": null}));
+    }
+    volumes.push(json!({"name": "workload-certs", "emptyDir": null}));
     if ctx.has_annotation("sidecar.istio.io/bootstrapOverride") {
         volumes.push(json!({"name": "custom-bootstrap-volume", "configMap": {
             "name": ctx.annotation_or("sidecar.istio.io/bootstrapOverride", "")
         }}));
     }
-    volumes.push(json!({"name": "istio-envoy", "emptyDir": {"medium": "Memory"}}));
+    volumes.push(json!({"name": proxy_volume(template), "emptyDir": {"medium": "Memory"}}));
     volumes.push(json!({"name": "istio-data", "emptyDir": {}}));
     volumes.push(json!({"name": "istio-podinfo", "downwardAPI": {"items": [
         {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}},
@@ -1361,7 +1490,7 @@ fn proxy_volumes(ctx: &Ctx<'_>, template: Template) -> Vec<Value> {
             json!({"name": "istio-certs", "secret": {"optional": true, "secretName": secret}}),
         );
     }
-    if template == Template::Sidecar
+    if template != Template::Gateway
         && let Some(Value::Object(user)) = ctx
             .annotations
             .get("sidecar.istio.io/userVolume")
@@ -1579,10 +1708,22 @@ pub fn inject_pod(
     validate_annotations(&c)?;
     let templates = c.templates()?;
     let native = c.native() && !templates.contains(&Template::Gateway);
+    let rendered: Vec<Value> = templates.iter().map(|t| c.render(*t)).collect();
+    let defined: std::collections::BTreeSet<String> = rendered
+        .iter()
+        .flat_map(|t| {
+            ["/spec/initContainers", "/spec/containers"]
+                .into_iter()
+                .filter_map(|p| t.pointer(p).and_then(Value::as_array))
+                .flatten()
+                .filter_map(|c| c.get("name").and_then(Value::as_str).map(str::to_owned))
+                .collect::<Vec<_>>()
+        })
+        .collect();
     let mut out = pod.clone();
-    let overrides = user_overrides(&mut out, native);
-    for t in &templates {
-        merge_template(&mut out, &c.render(*t));
+    let overrides = user_overrides(&mut out, native, &defined);
+    for t in &rendered {
+        merge_template(&mut out, t);
     }
     post_process(&mut out, &c, &templates);
     if let Some(overrides) = overrides {
@@ -1601,11 +1742,16 @@ pub fn inject_pod(
 /// user declared (their fields override the template's).
 pub const OVERRIDES_ANNOTATION: &str = "proxy.istio.io/overrides";
 
-/// The user's own `istio-init` and `istio-proxy` containers, as Istio
-/// records them in [`OVERRIDES_ANNOTATION`] (Go's JSON of the containers,
-/// `image: auto` meaning "the template's image" and dropped). With native
-/// sidecars the user's `istio-proxy` counts as an init container.
-fn user_overrides(pod: &mut Value, native: bool) -> Option<String> {
+/// The user's own containers that the templates also define (`istio-init`,
+/// `istio-proxy`, a gRPC app's containers), as Istio records them in
+/// [`OVERRIDES_ANNOTATION`] (Go's JSON of the containers, `image: auto`
+/// meaning "the template's image" and dropped). With native sidecars the
+/// user's `istio-proxy` counts as an init container.
+fn user_overrides(
+    pod: &mut Value,
+    native: bool,
+    defined: &std::collections::BTreeSet<String>,
+) -> Option<String> {
     let mut containers = Vec::new();
     let mut inits = Vec::new();
     for list in ["/spec/initContainers", "/spec/containers"] {
@@ -1618,7 +1764,7 @@ fn user_overrides(pod: &mut Value, native: bool) -> Option<String> {
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_owned();
-            if !matches!(name.as_str(), "istio-proxy" | "istio-init") {
+            if !defined.contains(&name) {
                 continue;
             }
             if let Value::Object(m) = c
@@ -2062,9 +2208,9 @@ fn reorder(pod: &mut Value) {
 /// `readyz`, `startupz`), and the originals go to the agent in
 /// `ISTIO_KUBE_APP_PROBERS`.
 fn rewrite_probes(pod: &mut Value, ctx: &Ctx<'_>) {
-    let enabled = ctx
-        .annotations
-        .get("sidecar.istio.io/rewriteAppHTTPProbers")
+    // The merged pod's annotation: a template may turn the rewrite off.
+    let enabled = pod
+        .pointer("/metadata/annotations/sidecar.istio.io~1rewriteAppHTTPProbers")
         .map(go_string)
         .map_or_else(
             || {

@@ -19,7 +19,7 @@ use serde_json::Value;
 use webhook::inject::{InjectionConfig, kube_inject, set_path};
 
 /// Goldens that match today; raise it as more do (never lower it).
-const MIN_PASSING: usize = 55;
+const MIN_PASSING: usize = 56;
 
 fn corpus() -> PathBuf {
     crds::istio_testdata().join("injection")
@@ -419,4 +419,4 @@ async fn injection_goldens_through_the_webhook() {
 }
 
 /// Goldens that match through the webhook today; raise it as more do.
-const MIN_PASSING_WEBHOOK: usize = 53;
+const MIN_PASSING_WEBHOOK: usize = 54;
