@@ -31,10 +31,7 @@ pub struct WebhookOptions {
 /// TLS connections, handshakes done concurrently by a task of their own,
 /// as axum's `Listener`.
 struct TlsListener {
-    connections: mpsc::Receiver<(
-        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
-        SocketAddr,
-    )>,
+    connections: mpsc::Receiver<crate::secure::TlsConnection>,
     addr: SocketAddr,
 }
 

@@ -1727,13 +1727,7 @@ pub fn inject_pod(
     }
     post_process(&mut out, &c, &templates);
     if let Some(overrides) = overrides {
-        let meta = object_at(&mut out, "metadata");
-        if let Value::Object(a) = meta
-            .entry("annotations")
-            .or_insert_with(|| Value::Object(Map::new()))
-        {
-            a.insert(OVERRIDES_ANNOTATION.into(), Value::String(overrides));
-        }
+        set_annotations(&mut out, [(OVERRIDES_ANNOTATION, Value::String(overrides))]);
     }
     Ok(out)
 }
@@ -1959,20 +1953,23 @@ fn go_json(v: &Value, ty: GoType) -> String {
 /// name.
 fn merge_template(pod: &mut Value, template: &Value) {
     for key in ["labels", "annotations"] {
-        if let Some(Value::Object(t)) = lookup(template, &format!("metadata.{key}")) {
-            let meta = object_at(pod, "metadata");
-            let target = meta.entry(key).or_insert_with(|| Value::Object(Map::new()));
-            if let Value::Object(m) = target {
-                for (k, v) in t {
-                    m.insert(k.clone(), v.clone());
-                }
+        if let Some(Value::Object(t)) = lookup(template, &format!("metadata.{key}"))
+            && let Some(m) = object_at(pod, "metadata").and_then(|meta| {
+                let target = meta.entry(key).or_insert_with(|| Value::Object(Map::new()));
+                target.as_object_mut()
+            })
+        {
+            for (k, v) in t {
+                m.insert(k.clone(), v.clone());
             }
         }
     }
     let Some(Value::Object(tspec)) = template.get("spec") else {
         return;
     };
-    let spec = object_at(pod, "spec");
+    let Some(spec) = object_at(pod, "spec") else {
+        return;
+    };
     // Pod-level fields (e.g. a gateway's `securityContext`): merged, the
     // template's values over the pod's, as a strategic merge patch does.
     for (key, value) in tspec {
@@ -2090,20 +2087,34 @@ fn merge_container(base: &mut Value, user: &Value) {
     }
 }
 
-fn object_at<'a>(v: &'a mut Value, key: &str) -> &'a mut Map<String, Value> {
+/// `v.<key>` as an object, `v` and the entry made objects if they were
+/// not (None cannot happen after that, but is not a panic).
+fn object_at<'a>(v: &'a mut Value, key: &str) -> Option<&'a mut Map<String, Value>> {
     if !v.is_object() {
         *v = Value::Object(Map::new());
     }
-    let Value::Object(m) = v else {
-        unreachable!("made an object above")
-    };
-    let entry = m.entry(key).or_insert_with(|| Value::Object(Map::new()));
+    let entry = v
+        .as_object_mut()?
+        .entry(key)
+        .or_insert_with(|| Value::Object(Map::new()));
     if !entry.is_object() {
         *entry = Value::Object(Map::new());
     }
-    match entry {
-        Value::Object(inner) => inner,
-        _ => unreachable!("made an object above"),
+    entry.as_object_mut()
+}
+
+/// Sets annotations on `pod` (`metadata.annotations`, created if missing).
+fn set_annotations(pod: &mut Value, entries: impl IntoIterator<Item = (&'static str, Value)>) {
+    let Some(meta) = object_at(pod, "metadata") else {
+        return;
+    };
+    if let Value::Object(a) = meta
+        .entry("annotations")
+        .or_insert_with(|| Value::Object(Map::new()))
+    {
+        for (k, v) in entries {
+            a.insert(k.to_owned(), v);
+        }
     }
 }
 
@@ -2123,16 +2134,10 @@ fn post_process(pod: &mut Value, ctx: &Ctx<'_>, templates: &[Template]) {
         "imagePullSecrets": injected.3,
         "revision": ctx.revision(),
     });
-    let meta = object_at(pod, "metadata");
-    let ann = meta
-        .entry("annotations")
-        .or_insert_with(|| Value::Object(Map::new()));
-    if let Value::Object(a) = ann {
-        a.insert(
-            STATUS_ANNOTATION.into(),
-            Value::String(go_status_json(&status)),
-        );
-    }
+    set_annotations(
+        pod,
+        [(STATUS_ANNOTATION, Value::String(go_status_json(&status)))],
+    );
 }
 
 /// The names the templates add: (init containers, containers, volumes, pull secrets).
@@ -2388,15 +2393,14 @@ fn prometheus_merge(pod: &mut Value, ctx: &Ctx<'_>) {
     {
         envs.push(env("ISTIO_PROMETHEUS_ANNOTATIONS", original.to_string()));
     }
-    let meta = object_at(pod, "metadata");
-    let a = meta
-        .entry("annotations")
-        .or_insert_with(|| Value::Object(Map::new()));
-    if let Value::Object(a) = a {
-        a.insert("prometheus.io/port".into(), AGENT_PROMETHEUS_PORT.into());
-        a.insert("prometheus.io/path".into(), "/stats/prometheus".into());
-        a.insert("prometheus.io/scrape".into(), "true".into());
-    }
+    set_annotations(
+        pod,
+        [
+            ("prometheus.io/port", AGENT_PROMETHEUS_PORT.into()),
+            ("prometheus.io/path", "/stats/prometheus".into()),
+            ("prometheus.io/scrape", "true".into()),
+        ],
+    );
 }
 
 /// Where the pod template sits in a workload of `kind`, as a JSON pointer.
