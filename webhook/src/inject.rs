@@ -859,22 +859,7 @@ fn render_sidecar(ctx: &Ctx<'_>) -> Value {
     }
 
     // istio-proxy.
-    let mut args: Vec<String> = vec![
-        "proxy".into(),
-        "sidecar".into(),
-        "--domain".into(),
-        format!(
-            "$(POD_NAMESPACE).svc.{}",
-            cfg.text("global.proxy.clusterDomain")
-        ),
-    ];
-    args.extend(log_args(ctx));
-    if cfg.truthy("global.sts.servicePort") {
-        args.push(format!("--stsPort={}", cfg.text("global.sts.servicePort")));
-    }
-    if cfg.truthy("global.logAsJson") {
-        args.push("--log_as_json".into());
-    }
+    let mut args = agent_args(ctx, "sidecar");
     if cfg.truthy("global.proxy.outlierLogPath") {
         args.push(format!(
             "--outlierLogPath={}",
@@ -976,23 +961,7 @@ fn render_sidecar(ctx: &Ctx<'_>) -> Value {
         spec.insert("containers".into(), json!([proxy]));
     }
     spec.insert("volumes".into(), Value::Array(volumes));
-    if let Some(Value::Array(secrets)) = cfg.value("global.imagePullSecrets")
-        && !secrets.is_empty()
-    {
-        spec.insert(
-            "imagePullSecrets".into(),
-            Value::Array(
-                secrets
-                    .iter()
-                    .map(|s| json!({"name": go_string(s)}))
-                    .collect(),
-            ),
-        );
-    }
-    json!({
-        "metadata": {"labels": labels, "annotations": annotations},
-        "spec": spec,
-    })
+    template_pod(cfg, labels, annotations, Value::Object(spec))
 }
 
 /// Renders Istio's `gateway` template (`files/gateway-injection-template.yaml`):
@@ -1003,22 +972,7 @@ fn render_gateway(ctx: &Ctx<'_>) -> Value {
     let mut labels = Map::new();
     ctx.canonical_labels(&mut labels, false);
     let annotations = ctx.base_annotations();
-    let mut args = vec![
-        "proxy".to_owned(),
-        "router".into(),
-        "--domain".into(),
-        format!(
-            "$(POD_NAMESPACE).svc.{}",
-            cfg.text("global.proxy.clusterDomain")
-        ),
-    ];
-    args.extend(log_args(ctx));
-    if cfg.truthy("global.sts.servicePort") {
-        args.push(format!("--stsPort={}", cfg.text("global.sts.servicePort")));
-    }
-    if cfg.truthy("global.logAsJson") {
-        args.push("--log_as_json".into());
-    }
+    let args = agent_args(ctx, "router");
     let mut proxy = json!({
         "name": "istio-proxy",
         "image": ctx.image("global.proxy.image"),
@@ -1052,25 +1006,12 @@ fn render_gateway(ctx: &Ctx<'_>) -> Value {
         .unwrap_or_else(
             || json!({"sysctls": [{"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"}]}),
         );
-    let mut spec = json!({
+    let spec = json!({
         "securityContext": security,
         "containers": [proxy],
         "volumes": proxy_volumes(ctx, Template::Gateway),
     });
-    if let Some(Value::Array(secrets)) = cfg.value("global.imagePullSecrets")
-        && !secrets.is_empty()
-    {
-        spec["imagePullSecrets"] = Value::Array(
-            secrets
-                .iter()
-                .map(|s| json!({"name": go_string(s)}))
-                .collect(),
-        );
-    }
-    json!({
-        "metadata": {"labels": labels, "annotations": annotations},
-        "spec": spec,
-    })
+    template_pod(cfg, labels, annotations, spec)
 }
 
 /// Renders Istio's `grpc-agent` template (`files/grpc-agent.yaml`): the
@@ -1087,22 +1028,7 @@ fn render_grpc_agent(ctx: &Ctx<'_>) -> Value {
         "sidecar.istio.io/rewriteAppHTTPProbers".into(),
         "false".into(),
     );
-    let mut args = vec![
-        "proxy".to_owned(),
-        "sidecar".into(),
-        "--domain".into(),
-        format!(
-            "$(POD_NAMESPACE).svc.{}",
-            cfg.text("global.proxy.clusterDomain")
-        ),
-    ];
-    args.extend(log_args(ctx));
-    if cfg.truthy("global.sts.servicePort") {
-        args.push(format!("--stsPort={}", cfg.text("global.sts.servicePort")));
-    }
-    if cfg.truthy("global.logAsJson") {
-        args.push("--log_as_json".into());
-    }
+    let args = agent_args(ctx, "sidecar");
     let mut proxy = json!({
         "name": "istio-proxy",
         "image": ctx.image("global.proxy.image"),
@@ -1137,24 +1063,11 @@ fn render_grpc_agent(ctx: &Ctx<'_>) -> Value {
             ],
         }));
     }
-    let mut spec = json!({
+    let spec = json!({
         "containers": containers,
         "volumes": proxy_volumes(ctx, Template::GrpcAgent),
     });
-    if let Some(Value::Array(secrets)) = cfg.value("global.imagePullSecrets")
-        && !secrets.is_empty()
-    {
-        spec["imagePullSecrets"] = Value::Array(
-            secrets
-                .iter()
-                .map(|s| json!({"name": go_string(s)}))
-                .collect(),
-        );
-    }
-    json!({
-        "metadata": {"labels": labels, "annotations": annotations},
-        "spec": spec,
-    })
+    template_pod(cfg, labels, annotations, spec)
 }
 
 /// The agent's readiness probe on `port`, its delay, period and threshold
@@ -1181,6 +1094,53 @@ fn readiness_probe(ctx: &Ctx<'_>, port: u16) -> Value {
         readiness["initialDelaySeconds"] = delay;
     }
     readiness
+}
+
+/// The agent's arguments: `proxy <mode> --domain ...`, the log levels,
+/// `--stsPort` and `--log_as_json` when set.
+fn agent_args(ctx: &Ctx<'_>, mode: &str) -> Vec<String> {
+    let cfg = ctx.cfg;
+    let mut args = vec![
+        "proxy".to_owned(),
+        mode.to_owned(),
+        "--domain".into(),
+        format!(
+            "$(POD_NAMESPACE).svc.{}",
+            cfg.text("global.proxy.clusterDomain")
+        ),
+    ];
+    args.extend(log_args(ctx));
+    if cfg.truthy("global.sts.servicePort") {
+        args.push(format!("--stsPort={}", cfg.text("global.sts.servicePort")));
+    }
+    if cfg.truthy("global.logAsJson") {
+        args.push("--log_as_json".into());
+    }
+    args
+}
+
+/// A rendered template: the pod metadata it adds and its `spec`, with
+/// `global.imagePullSecrets` when set.
+fn template_pod(
+    cfg: &InjectionConfig,
+    labels: Map<String, Value>,
+    annotations: Map<String, Value>,
+    mut spec: Value,
+) -> Value {
+    if let Some(Value::Array(secrets)) = cfg.value("global.imagePullSecrets")
+        && !secrets.is_empty()
+    {
+        spec["imagePullSecrets"] = Value::Array(
+            secrets
+                .iter()
+                .map(|s| json!({"name": go_string(s)}))
+                .collect(),
+        );
+    }
+    json!({
+        "metadata": {"labels": labels, "annotations": annotations},
+        "spec": spec,
+    })
 }
 
 /// `--proxyLogLevel`, `--proxyComponentLogLevel` and `--log_output_level`,
