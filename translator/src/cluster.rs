@@ -275,6 +275,10 @@ fn assignment(
 /// Whether the workload behind `ep` accepts Istio mTLS on `port`: its
 /// PeerAuthentication there is not `DISABLE`.
 fn takes_mtls(snap: &Snapshot, svc: &Service, port: &ServicePort, ep: &Endpoint) -> bool {
+    // The common case, on the per-proxy hot path: no policy, PERMISSIVE.
+    if snap.peer_authentications.is_empty() {
+        return true;
+    }
     let policy = crate::inbound::peer_policy_of(snap, &svc.namespace, &ep.labels);
     let target = ep.target_port(&port.name).unwrap_or(port.port);
     policy.for_port(target) != crate::inbound::PeerMode::Disable

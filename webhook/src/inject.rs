@@ -1685,7 +1685,7 @@ pub fn inject_pod(
     for t in &rendered {
         merge_template(&mut out, t);
     }
-    post_process(&mut out, &c, &templates);
+    post_process(&mut out, &c, &rendered);
     if let Some(overrides) = overrides {
         set_annotations(&mut out, [(OVERRIDES_ANNOTATION, Value::String(overrides))]);
     }
@@ -2081,12 +2081,12 @@ fn set_annotations(pod: &mut Value, entries: impl IntoIterator<Item = (&'static 
 /// Istio's post-processing: init containers ordered (`istio-init` first,
 /// then the native `istio-proxy`), app probes rewritten to the agent,
 /// Prometheus merge annotations, and the status annotation.
-fn post_process(pod: &mut Value, ctx: &Ctx<'_>, templates: &[Template]) {
+fn post_process(pod: &mut Value, ctx: &Ctx<'_>, rendered: &[Value]) {
     reorder(pod);
     rewrite_probes(pod, ctx);
     prometheus_merge(pod, ctx);
     // The status lists what the templates added, in their order.
-    let injected = render_names(ctx, templates);
+    let injected = added_names(rendered);
     let status = json!({
         "initContainers": injected.0,
         "containers": injected.1,
@@ -2101,11 +2101,10 @@ fn post_process(pod: &mut Value, ctx: &Ctx<'_>, templates: &[Template]) {
 }
 
 /// The names the templates add: (init containers, containers, volumes, pull secrets).
-fn render_names(ctx: &Ctx<'_>, templates: &[Template]) -> (Value, Value, Value, Value) {
-    let rendered: Vec<Value> = templates.iter().map(|t| ctx.render(*t)).collect();
+fn added_names(rendered: &[Value]) -> (Value, Value, Value, Value) {
     let names = |key: &str, field: &str| -> Value {
         let mut list: Vec<Value> = Vec::new();
-        for t in &rendered {
+        for t in rendered {
             for name in lookup(t, &format!("spec.{key}"))
                 .and_then(Value::as_array)
                 .into_iter()
