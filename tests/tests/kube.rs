@@ -637,6 +637,35 @@ fn create_update_and_delete_of_each_kind_reach_envoy() {
     assert_eq!(envoy.rejected(), 0);
 }
 
+/// A daemon on `api` as replica `istiod-0`, running the CA without
+/// plugged-in `cacerts` (the root is kept in `istio-ca-secret`, tokens are
+/// checked by TokenReview), with `webhooks` if given.
+async fn start_with_ca(
+    api: &FakeApiServer,
+    ca_dir: &std::path::Path,
+    webhooks: Option<istiod::webhooks::WebhookOptions>,
+) -> istiod::Daemon {
+    istiod::Daemon::start(istiod::Options {
+        source: istiod::Source::Kubernetes(Box::new(istiod::sources::kube::KubeSource {
+            config: api.kube_config(),
+            namespace: "istio-system".into(),
+            leader_identity: Some("istiod-0".into()),
+        })),
+        xds_addr: "127.0.0.1:0".parse().unwrap(),
+        monitoring_addr: None,
+        push_throttle: 10,
+        debounce: Default::default(),
+        ca: Some(istiod::secure::CaOptions {
+            token_issuer_keys: None,
+            dir: ca_dir.to_owned(),
+            ..e2e::ca_options()
+        }),
+        webhooks,
+    })
+    .await
+    .unwrap()
+}
+
 #[test]
 fn the_ca_keeps_its_root_in_a_secret_checks_tokens_with_token_review_and_distributes_the_root() {
     use ca::service::pb::IstioCertificateRequest;
@@ -659,28 +688,7 @@ fn the_ca_keeps_its_root_in_a_secret_checks_tokens_with_token_review_and_distrib
         &["https://kubernetes.default.svc"],
     );
     let ca_dir = tempfile::tempdir().unwrap();
-    let start = || async {
-        istiod::Daemon::start(istiod::Options {
-            source: istiod::Source::Kubernetes(Box::new(istiod::sources::kube::KubeSource {
-                config: api.kube_config(),
-                namespace: "istio-system".into(),
-                leader_identity: Some("istiod-0".into()),
-            })),
-            xds_addr: "127.0.0.1:0".parse().unwrap(),
-            monitoring_addr: None,
-            push_throttle: 10,
-            debounce: Default::default(),
-            ca: Some(istiod::secure::CaOptions {
-                token_issuer_keys: None,
-                // No plugged-in cacerts: the root is kept in istio-ca-secret.
-                dir: ca_dir.path().to_owned(),
-                ..e2e::ca_options()
-            }),
-            webhooks: None,
-        })
-        .await
-        .unwrap()
-    };
+    let start = || start_with_ca(&api, ca_dir.path(), None);
     let daemon = rt.block_on(start());
     e2e::wait_ready(&daemon);
     let secure = daemon.secure.as_ref().unwrap();
@@ -786,27 +794,11 @@ fn the_leader_keeps_the_webhooks_ca_bundle_equal_to_the_mesh_root() {
     validator["webhooks"][0]["clientConfig"] = json!({"url": "https://192.0.2.1:15017/validate"});
     api.apply(validator);
     let ca_dir = tempfile::tempdir().unwrap();
-    let daemon = rt.block_on(async {
-        istiod::Daemon::start(istiod::Options {
-            source: istiod::Source::Kubernetes(Box::new(istiod::sources::kube::KubeSource {
-                config: api.kube_config(),
-                namespace: "istio-system".into(),
-                leader_identity: Some("istiod-0".into()),
-            })),
-            xds_addr: "127.0.0.1:0".parse().unwrap(),
-            monitoring_addr: None,
-            push_throttle: 10,
-            debounce: Default::default(),
-            ca: Some(istiod::secure::CaOptions {
-                token_issuer_keys: None,
-                dir: ca_dir.path().to_owned(),
-                ..e2e::ca_options()
-            }),
-            webhooks: Some(e2e::webhook_options()),
-        })
-        .await
-        .unwrap()
-    });
+    let daemon = rt.block_on(start_with_ca(
+        &api,
+        ca_dir.path(),
+        Some(e2e::webhook_options()),
+    ));
     e2e::wait_ready(&daemon);
     let root = daemon
         .secure
