@@ -257,7 +257,13 @@ impl Daemon {
         let webhook_addr = match (&opts.webhooks, &secure) {
             (Some(hooks), Some(port)) => {
                 let (addr, hook_tasks) =
-                    webhooks::start(hooks.clone(), port.serving.clone(), shutdown.clone()).await?;
+                    webhooks::start(
+                        hooks.clone(),
+                        port.serving.clone(),
+                        snapshots.clone(),
+                        shutdown.clone(),
+                    )
+                    .await?;
                 tasks.extend(hook_tasks);
                 Some(addr)
             }

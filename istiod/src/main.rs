@@ -56,6 +56,10 @@ struct Cli {
     /// or only pods that opt in (`disabled`).
     #[arg(long, default_value = "enabled", value_parser = ["enabled", "disabled"])]
     injection_policy: String,
+    /// The platform (Istio's `PLATFORM`): `openshift` runs injected proxies
+    /// with the uid and gid of their namespace's SCC ranges.
+    #[arg(long, env = "PLATFORM", default_value = "", value_parser = ["", "openshift"])]
+    platform: String,
     /// The daemon's namespace, where the mesh ConfigMap `istio` is read (Istio `POD_NAMESPACE`).
     #[arg(long, env = "POD_NAMESPACE", default_value = "istio-system")]
     namespace: String,
@@ -434,6 +438,7 @@ fn webhook_options(cli: &Cli) -> anyhow::Result<Option<istiod::webhooks::Webhook
         addr,
         injection: injection_config(cli.injection_values.as_deref(), &cli.trust_domain)?,
         policy_enabled: cli.injection_policy == "enabled",
+        openshift: cli.platform == "openshift",
     }))
 }
 

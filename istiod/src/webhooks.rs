@@ -26,6 +26,9 @@ pub struct WebhookOptions {
     pub injection: webhook::inject::InjectionConfig,
     /// Istio's injection `policy`: `enabled` (true) or `disabled`.
     pub policy_enabled: bool,
+    /// OpenShift (Istio's `PLATFORM=openshift`): the proxy runs with the
+    /// uid and gid of its namespace's SCC ranges.
+    pub openshift: bool,
 }
 
 /// TLS connections, handshakes done concurrently by a task of their own,
@@ -60,6 +63,7 @@ impl axum::serve::Listener for TlsListener {
 pub async fn start(
     opts: WebhookOptions,
     serving: Arc<ServingCert>,
+    snapshots: tokio::sync::watch::Receiver<Arc<translator::model::Snapshot>>,
     token: CancellationToken,
 ) -> anyhow::Result<(SocketAddr, Vec<JoinHandle<()>>)> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -76,9 +80,16 @@ pub async fn start(
     let addr = listener.local_addr()?;
     let (accepting, rx) = crate::secure::accept_tls(listener, acceptor, token.clone(), "webhooks");
     let mut tasks = vec![accepting];
+    let openshift_namespaces = opts.openshift.then(|| {
+        let lookup: webhook::server::NamespaceAnnotations = Arc::new(move |ns: &str| {
+            snapshots.borrow().namespace_annotations.get(ns).cloned()
+        });
+        lookup
+    });
     let router = webhook::server::router(webhook::server::Webhooks {
         injection: Arc::new(opts.injection),
         policy_enabled: opts.policy_enabled,
+        openshift_namespaces,
     });
     let stop = token.clone();
     tasks.push(tokio::spawn(async move {

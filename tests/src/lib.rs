@@ -320,6 +320,7 @@ pub fn webhook_options() -> istiod::webhooks::WebhookOptions {
         injection: webhook::inject::InjectionConfig::defaults("cluster.local")
             .expect("the shipped injector values"),
         policy_enabled: true,
+        openshift: false,
     }
 }
 

@@ -225,6 +225,9 @@ pub struct Snapshot {
     pub peer_authentications: Vec<Config<crds::PeerAuthenticationSpec>>,
     /// Namespace names known.
     pub namespaces: Vec<String>,
+    /// Namespace annotations, by namespace (e.g. OpenShift's uid range,
+    /// read by the injector).
+    pub namespace_annotations: BTreeMap<String, BTreeMap<String, String>>,
     /// Mesh settings.
     pub mesh: MeshConfig,
     /// Kubernetes Secrets by `namespace/name` (gateway `credentialName`s).
@@ -302,7 +305,12 @@ impl Snapshot {
                 .unwrap_or_else(|| "default".into());
             let name = obj.metadata().name.clone().unwrap_or_default();
             match obj {
-                Object::Namespace(_) => snap.namespaces.push(name),
+                Object::Namespace(n) => {
+                    if let Some(a) = &n.metadata.annotations {
+                        snap.namespace_annotations.insert(name.clone(), a.clone());
+                    }
+                    snap.namespaces.push(name);
+                }
                 Object::ConfigMap(cm) if crds::mesh::is_mesh_configmap(cm) => {
                     if let Ok(m) = crds::mesh::parse(cm) {
                         if let Some(mode) = m.outbound_traffic_policy.and_then(|p| p.mode) {

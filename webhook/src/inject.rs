@@ -32,6 +32,8 @@ pub const IGNORED_NAMESPACES: [&str; 4] = [
 ];
 /// The annotation recording what was injected.
 pub const STATUS_ANNOTATION: &str = "sidecar.istio.io/status";
+/// Istio's proxy uid and gid (`istio-proxy`), excluded from capture.
+pub const PROXY_ID: i64 = 1337;
 /// The agent's port serving merged Prometheus metrics (`/stats/prometheus`).
 pub const AGENT_PROMETHEUS_PORT: &str = "15020";
 /// The label (or, with lower priority, annotation) that opts a pod in or out.
@@ -211,6 +213,26 @@ pub struct PodContext {
     pub workload_name: String,
     /// The workload's `apiVersion` (`apps/v1`) and `kind` (`Deployment`).
     pub workload_type: (String, String),
+    /// The proxy's uid and gid when not Istio's 1337: on OpenShift, from
+    /// the namespace's `openshift.io/sa.scc.uid-range` and
+    /// `sa.scc.supplemental-groups` ([`openshift_ids`]).
+    pub proxy_ids: Option<(i64, i64)>,
+}
+
+/// On OpenShift, the ids the proxy must run as in a namespace: the last
+/// of its `openshift.io/sa.scc.uid-range` (`start/size`) and of its
+/// `openshift.io/sa.scc.supplemental-groups`, as Istio picks them. None
+/// when the namespace has no (valid) range.
+pub fn openshift_ids(namespace_annotations: &BTreeMap<String, String>) -> Option<(i64, i64)> {
+    let last = |key: &str| -> Option<i64> {
+        let range = namespace_annotations.get(key)?;
+        let (start, size) = range.split_once('/')?;
+        let (start, size): (i64, i64) = (start.trim().parse().ok()?, size.trim().parse().ok()?);
+        (size > 0).then(|| start + size - 1)
+    };
+    let uid = last("openshift.io/sa.scc.uid-range")?;
+    let gid = last("openshift.io/sa.scc.supplemental-groups").unwrap_or(uid);
+    Some((uid, gid))
 }
 
 /// Whether Istio would inject this pod (namespace selection happens in
@@ -304,6 +326,16 @@ impl Ctx<'_> {
             }
         }
         annotations
+    }
+
+    /// The proxy's uid (Istio's `.ProxyUID`, 1337 unless OpenShift's range says otherwise).
+    fn uid(&self) -> i64 {
+        self.pod.proxy_ids.map_or(PROXY_ID, |(uid, _)| uid)
+    }
+
+    /// The proxy's gid (Istio's `.ProxyGID`).
+    fn gid(&self) -> i64 {
+        self.pod.proxy_ids.map_or(PROXY_ID, |(_, gid)| gid)
     }
 
     fn revision(&self) -> &str {
@@ -765,7 +797,7 @@ fn render_sidecar(ctx: &Ctx<'_>) -> Value {
                 .filter(|s| !s.is_empty() && s != "0")
                 .unwrap_or_else(|| "15006".into()),
             "-u".into(),
-            "1337".into(),
+            if tproxy { PROXY_ID } else { ctx.uid() }.to_string(),
             "-m".into(),
             mode.clone(),
             "-i".into(),
@@ -824,8 +856,8 @@ fn render_sidecar(ctx: &Ctx<'_>) -> Value {
         });
         if cni {
             security["readOnlyRootFilesystem"] = json!(true);
-            security["runAsGroup"] = json!(1337);
-            security["runAsUser"] = json!(1337);
+            security["runAsGroup"] = json!(if tproxy { PROXY_ID } else { ctx.gid() });
+            security["runAsUser"] = json!(if tproxy { PROXY_ID } else { ctx.uid() });
             security["runAsNonRoot"] = json!(true);
         } else {
             security["capabilities"]["add"] = json!(["NET_ADMIN", "NET_RAW"]);
@@ -910,7 +942,7 @@ fn render_sidecar(ctx: &Ctx<'_>) -> Value {
             "capabilities": {"add": ["NET_ADMIN"], "drop": ["ALL"]},
             "privileged": true,
             "readOnlyRootFilesystem": true,
-            "runAsGroup": 1337,
+            "runAsGroup": ctx.gid(),
             "runAsNonRoot": false,
             "runAsUser": 0,
         })
@@ -932,11 +964,11 @@ fn render_sidecar(ctx: &Ctx<'_>) -> Value {
             s["capabilities"]["add"] = json!(add);
             s["runAsNonRoot"] = json!(false);
             s["runAsUser"] = json!(0);
-            s["runAsGroup"] = json!(1337);
+            s["runAsGroup"] = json!(PROXY_ID);
         } else {
             s["runAsNonRoot"] = json!(true);
-            s["runAsUser"] = json!(1337);
-            s["runAsGroup"] = json!(1337);
+            s["runAsUser"] = json!(ctx.uid());
+            s["runAsGroup"] = json!(ctx.gid());
         }
         s
     };
@@ -978,7 +1010,7 @@ fn render_gateway(ctx: &Ctx<'_>) -> Value {
         "image": ctx.image("global.proxy.image"),
         "ports": [{"containerPort": 15090, "protocol": "TCP", "name": "http-envoy-prom"}],
         "args": args,
-        "securityContext": {"runAsUser": 1337, "runAsGroup": 1337},
+        "securityContext": {"runAsUser": ctx.uid(), "runAsGroup": ctx.gid()},
         "env": proxy_env(ctx, Template::Gateway),
         "readinessProbe": {
             "httpGet": {"path": "/healthz/ready", "port": 15021},
@@ -2420,6 +2452,7 @@ pub fn kube_inject(object: &Value, cfg: &InjectionConfig) -> Result<Value, Injec
             object.get("apiVersion").map(go_string).unwrap_or_default(),
             kind.to_owned(),
         ),
+        proxy_ids: None,
     };
     let mut injected = inject_pod(template, &ctx, cfg)?;
     let mut out = object.clone();

@@ -33,14 +33,31 @@ use crate::inject::{InjectionConfig, PodContext, inject_pod, inject_required};
 /// for an object is 3 MiB; a review carries it and the old object).
 pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 
+/// A namespace's annotations, by name (None: unknown namespace).
+pub type NamespaceAnnotations =
+    Arc<dyn Fn(&str) -> Option<std::collections::BTreeMap<String, String>> + Send + Sync>;
+
 /// What the webhooks need.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Webhooks {
     /// The injector's configuration.
     pub injection: Arc<InjectionConfig>,
     /// Istio's injection `policy`: `enabled` (inject unless the pod opts
     /// out) or `disabled` (only pods that opt in).
     pub policy_enabled: bool,
+    /// On OpenShift (Istio's `PLATFORM=openshift`), where the proxy's uid
+    /// and gid come from: the pod namespace's annotations.
+    pub openshift_namespaces: Option<NamespaceAnnotations>,
+}
+
+impl std::fmt::Debug for Webhooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhooks")
+            .field("injection", &self.injection)
+            .field("policy_enabled", &self.policy_enabled)
+            .field("openshift", &self.openshift_namespaces.is_some())
+            .finish()
+    }
 }
 
 /// The router: `/inject`, `/inject/*`, `/validate`.
@@ -136,7 +153,10 @@ fn inject_review(hooks: &Webhooks, req: &AdmissionRequest<DynamicObject>) -> Adm
     if !inject_required(&pod, &namespace, hooks.policy_enabled) {
         return allowed;
     }
-    let ctx = workload_of(&pod, &namespace);
+    let mut ctx = workload_of(&pod, &namespace);
+    if let Some(lookup) = &hooks.openshift_namespaces {
+        ctx.proxy_ids = lookup(&namespace).and_then(|a| crate::inject::openshift_ids(&a));
+    }
     let injected = match inject_pod(&pod, &ctx, &hooks.injection) {
         Ok(p) => p,
         Err(e) => {
@@ -208,6 +228,7 @@ pub fn workload_of(pod: &Value, namespace: &str) -> PodContext {
         namespace: namespace.to_owned(),
         workload_name: name,
         workload_type: (api_version, kind),
+        proxy_ids: None,
     }
 }
 

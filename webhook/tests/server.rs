@@ -20,6 +20,7 @@ fn hooks() -> Webhooks {
     Webhooks {
         injection: Arc::new(InjectionConfig::from_chart_values(&values).unwrap()),
         policy_enabled: true,
+        openshift_namespaces: None,
     }
 }
 
