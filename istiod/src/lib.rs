@@ -256,14 +256,13 @@ impl Daemon {
         };
         let webhook_addr = match (&opts.webhooks, &secure) {
             (Some(hooks), Some(port)) => {
-                let (addr, hook_tasks) =
-                    webhooks::start(
-                        hooks.clone(),
-                        port.serving.clone(),
-                        snapshots.clone(),
-                        shutdown.clone(),
-                    )
-                    .await?;
+                let (addr, hook_tasks) = webhooks::start(
+                    hooks.clone(),
+                    port.serving.clone(),
+                    snapshots.clone(),
+                    shutdown.clone(),
+                )
+                .await?;
                 tasks.extend(hook_tasks);
                 Some(addr)
             }

@@ -81,9 +81,8 @@ pub async fn start(
     let (accepting, rx) = crate::secure::accept_tls(listener, acceptor, token.clone(), "webhooks");
     let mut tasks = vec![accepting];
     let openshift_namespaces = opts.openshift.then(|| {
-        let lookup: webhook::server::NamespaceAnnotations = Arc::new(move |ns: &str| {
-            snapshots.borrow().namespace_annotations.get(ns).cloned()
-        });
+        let lookup: webhook::server::NamespaceAnnotations =
+            Arc::new(move |ns: &str| snapshots.borrow().namespace_annotations.get(ns).cloned());
         lookup
     });
     let router = webhook::server::router(webhook::server::Webhooks {

@@ -14,27 +14,23 @@
 //! its last good config until the next change.
 
 mod connection;
+mod names;
+mod wire;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use envoy_types::pb::google::protobuf::{Value, value};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Status};
 use translator::model::{Proxy, Snapshot};
 
-use connection::{Connection, Req, Sink};
+use connection::{Connection, Req};
 
 use crate::metrics::Metrics;
 
@@ -168,50 +164,102 @@ impl AdsServer {
     }
 
     /// As a tonic service, ready for a `Server` router.
-    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<Self> {
-        AggregatedDiscoveryServiceServer::new(self)
+    pub fn into_service(self) -> AdsService {
+        AdsService(self)
     }
 }
 
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for AdsServer {
-    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
-    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+/// The gRPC path of State-of-the-World ADS.
+const SOTW_PATH: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
+/// The gRPC path of Delta ADS.
+const DELTA_PATH: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
 
-    async fn stream_aggregated_resources(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        self.check_ready()?;
-        let caller = self.caller(&request).await?;
-        let (tx, rx) = mpsc::channel(2);
-        let conn = self.connection(Sink::Sotw(tx), caller);
-        let requests = request.into_inner().map(|r| r.map(Req::from_sotw));
-        tokio::spawn(conn.run(requests, self.drain.clone()));
-        Ok(Response::new(ReceiverStream::new(rx)))
+/// The ADS service as tonic's router takes it (HTTP/2 requests in,
+/// responses out), with both directions of the stream written by [`wire`]:
+/// requests decoded without keeping a buffer, responses from shared
+/// encodings. Paths other than ADS's two methods answer `UNIMPLEMENTED`.
+#[derive(Clone, Debug)]
+pub struct AdsService(AdsServer);
+
+impl tonic::server::NamedService for AdsService {
+    const NAME: &'static str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
+}
+
+impl tower_service::Service<http::Request<tonic::body::Body>> for AdsService {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
     }
 
-    async fn delta_aggregated_resources(
-        &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        self.check_ready()?;
-        let caller = self.caller(&request).await?;
-        let (tx, rx) = mpsc::channel(2);
-        let conn = self.connection(Sink::Delta(tx), caller);
-        let requests = request.into_inner().map(|r| r.map(Req::from_delta));
-        tokio::spawn(conn.run(requests, self.drain.clone()));
-        Ok(Response::new(ReceiverStream::new(rx)))
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let server = self.0.clone();
+        Box::pin(async move {
+            Ok(server
+                .serve(request)
+                .await
+                .unwrap_or_else(|status| status.into_http()))
+        })
     }
 }
 
 impl AdsServer {
-    fn connection(&self, sink: Sink, caller: Option<ca::SpiffeId>) -> Connection {
+    /// One ADS stream: checks readiness and the caller, then runs a
+    /// [`Connection`] on the decoded requests; its responses are the body.
+    async fn serve(
+        &self,
+        request: http::Request<tonic::body::Body>,
+    ) -> Result<http::Response<tonic::body::Body>, Status> {
+        let delta = match request.uri().path() {
+            SOTW_PATH => false,
+            DELTA_PATH => true,
+            other => return Err(Status::unimplemented(format!("no method {other}"))),
+        };
+        self.check_ready()?;
+        let (parts, body) = request.into_parts();
+        let caller = self
+            .caller(&Request::from_http(http::Request::from_parts(parts, ())))
+            .await?;
+        let (tx, rx) = mpsc::channel(2);
+        let conn = self.connection(tx, delta, caller);
+        if delta {
+            let requests =
+                wire::Requests::<DeltaDiscoveryRequest>::new(body).map(|r| r.map(Req::from_delta));
+            tokio::spawn(conn.run(requests, self.drain.clone()));
+        } else {
+            let requests =
+                wire::Requests::<DiscoveryRequest>::new(body).map(|r| r.map(Req::from_sotw));
+            tokio::spawn(conn.run(requests, self.drain.clone()));
+        }
+        let mut response = http::Response::new(tonic::body::Body::new(wire::ResponseBody::new(rx)));
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        Ok(response)
+    }
+}
+
+impl AdsServer {
+    fn connection(
+        &self,
+        sink: wire::Outgoing,
+        delta: bool,
+        caller: Option<ca::SpiffeId>,
+    ) -> Connection {
         let id = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
         Connection::new(
             id,
             self.snapshots.clone(),
             sink,
+            delta,
             self.sync.clone(),
             self.metrics.clone(),
             self.shared.clone(),

@@ -1,16 +1,15 @@
 //! One proxy's xDS stream, State of the World or Delta: the same state and
 //! the same decisions, two wire formats.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
-};
-use envoy_types::pb::google::protobuf::Any;
-use tokio::sync::{mpsc, watch};
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use prost::Message as _;
+use tokio::sync::watch;
 use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
@@ -23,14 +22,10 @@ use translator::{
 
 use envoy_types::pb::envoy::config::core::v3::node::UserAgentVersionType;
 
+use super::names::{self, NameMap, Versions};
+use super::wire::{self, EncodedResource};
 use super::{ProxySync, SyncTable, proxy_from_node, record};
 use crate::metrics::{Metrics, VersionLabel, secs};
-
-/// Where responses go.
-pub(super) enum Sink {
-    Sotw(mpsc::Sender<Result<DiscoveryResponse, Status>>),
-    Delta(mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>),
-}
 
 /// A request of either protocol, as the connection needs it.
 pub(super) struct Req {
@@ -87,20 +82,23 @@ impl Req {
 struct TypeState {
     /// Subscribed to everything (CDS/LDS by default, or `*`).
     wildcard: bool,
-    /// Names subscribed to (besides wildcard).
-    names: BTreeSet<String>,
+    /// Names subscribed to (besides wildcard; versions unused).
+    names: NameMap,
     /// Nonce of the last response sent.
     nonce: String,
     /// Version of the last response sent (the snapshot's).
     sent_version: String,
     /// Resources the proxy has (or was sent), by name: version hash.
-    sent: BTreeMap<Arc<str>, u64>,
+    sent: NameMap,
 }
 
 pub(super) struct Connection {
     id: u64,
     snapshots: watch::Receiver<Arc<Snapshot>>,
-    sink: Sink,
+    /// Where responses go (the stream's body).
+    sink: wire::Outgoing,
+    /// Delta xDS (else State of the World).
+    delta: bool,
     proxy: Option<Proxy>,
     node_id: String,
     snapshot: Arc<Snapshot>,
@@ -109,7 +107,7 @@ pub(super) struct Connection {
     /// Clusters sent since their endpoints last were: a sent (or re-sent)
     /// EDS cluster warms until its ClusterLoadAssignment arrives, so it is
     /// sent next even when unchanged (as istiod pushes EDS after CDS).
-    awaiting_endpoints: BTreeSet<String>,
+    awaiting_endpoints: BTreeSet<Arc<str>>,
     nonces: u64,
     sync: SyncTable,
     metrics: Arc<Metrics>,
@@ -122,9 +120,9 @@ pub(super) struct Connection {
     caller: Option<ca::SpiffeId>,
 }
 
-/// One type's resources, encoded once: (name, version hash, resource),
-/// in name order.
-type Encoded = Vec<(Arc<str>, u64, Any)>;
+/// One type's resources, encoded once: (name, version hash, encoded
+/// `Any`), in name order.
+type Encoded = Vec<EncodedResource>;
 
 /// A generated config with each type encoded once, shared by every
 /// connection whose proxy has the same [`Proxy::config_key`].
@@ -133,6 +131,9 @@ pub(super) struct Generated {
     /// What the translator could not apply for this proxy (logged on change).
     warnings: Vec<ConfigWarning>,
     encoded: HashMap<&'static str, Arc<Encoded>>,
+    /// Per type, the names and versions of `encoded` (shared by the
+    /// connections that have exactly these, see [`NameMap`]).
+    versions: HashMap<&'static str, Arc<Versions>>,
     /// Positions in the EDS encoding by service hostname (the last field of
     /// `outbound|port|subset|host`), for endpoint-only pushes.
     eds_by_host: HashMap<String, Vec<usize>>,
@@ -160,6 +161,7 @@ impl Generated {
             .unwrap_or_default();
         Generated {
             warnings: output.warnings,
+            versions: versions_of(&encoded),
             encoded,
             eds_by_host,
         }
@@ -182,9 +184,12 @@ impl Generated {
         let eds_by_host = eds_index(&eds);
         let mut encoded = self.encoded.clone();
         encoded.insert(ENDPOINT_TYPE, Arc::new(eds));
+        let mut versions = self.versions.clone();
+        versions.extend(versions_of(&encoded).remove_entry(ENDPOINT_TYPE));
         Generated {
             warnings: self.warnings.clone(),
             encoded,
+            versions,
             eds_by_host,
         }
     }
@@ -192,13 +197,32 @@ impl Generated {
     fn resources(&self, type_url: &str) -> Arc<Encoded> {
         self.encoded.get(type_url).cloned().unwrap_or_default()
     }
+
+    fn versions(&self, type_url: &str) -> Arc<Versions> {
+        self.versions
+            .get(type_url)
+            .cloned()
+            .unwrap_or_else(|| Arc::new([]))
+    }
+}
+
+fn versions_of(
+    encoded: &HashMap<&'static str, Arc<Encoded>>,
+) -> HashMap<&'static str, Arc<Versions>> {
+    encoded
+        .iter()
+        .map(|(t, e)| (*t, e.iter().map(|(n, v, _)| (n.clone(), *v)).collect()))
+        .collect()
 }
 
 fn encode(output: &Output, type_url: &str) -> Encoded {
     let mut v: Encoded = output
         .resources(type_url)
         .into_iter()
-        .map(|(name, any)| (Arc::from(name.as_str()), hash(&any.value), any))
+        .map(|(name, any)| {
+            let any = Bytes::from(any.encode_to_vec());
+            (Arc::from(name.as_str()), hash(&any), any)
+        })
         .collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
@@ -306,7 +330,8 @@ impl Connection {
     pub(super) fn new(
         id: u64,
         snapshots: watch::Receiver<Arc<Snapshot>>,
-        sink: Sink,
+        sink: wire::Outgoing,
+        delta: bool,
         sync: SyncTable,
         metrics: Arc<Metrics>,
         shared: Arc<Shared>,
@@ -317,6 +342,7 @@ impl Connection {
             id,
             snapshots,
             sink,
+            delta,
             proxy: None,
             node_id: String::new(),
             snapshot,
@@ -331,10 +357,6 @@ impl Connection {
             shared,
             caller,
         }
-    }
-
-    fn delta(&self) -> bool {
-        matches!(self.sink, Sink::Delta(_))
     }
 
     pub(super) async fn run(
@@ -414,7 +436,7 @@ impl Connection {
                     )))
                     .await;
             }
-            info!(conn = self.id, node = %self.node_id, delta = self.delta(), "proxy connected");
+            info!(conn = self.id, node = %self.node_id, delta = self.delta, "proxy connected");
             if let Ok(mut table) = self.sync.lock() {
                 table.insert(
                     self.node_id.clone(),
@@ -449,6 +471,12 @@ impl Connection {
             return Ok(());
         }
         let first = !self.types.contains_key(&type_url);
+        // What is generated of this type: the names subscriptions share.
+        let all = self
+            .output
+            .as_ref()
+            .map(|o| o.versions(&type_url))
+            .unwrap_or_else(|| Arc::new([]));
         let state = self.types.entry(type_url.clone()).or_default();
         if !req.nonce.is_empty() {
             if req.nonce != state.nonce {
@@ -482,7 +510,16 @@ impl Connection {
         let changed = match req.names {
             Names::Replace(names) => {
                 let wildcard = wildcard_type && (names.is_empty() || names.contains("*"));
-                let changed = first || names != state.names || wildcard != state.wildcard;
+                let names = if names
+                    .iter()
+                    .map(String::as_str)
+                    .eq(all.iter().map(|(n, _)| &**n))
+                {
+                    NameMap::shared(all)
+                } else {
+                    NameMap::own(names.iter().map(|n| (names::intern(&all, n), 0)))
+                };
+                let changed = first || !names.same_keys(&state.names) || wildcard != state.wildcard;
                 state.wildcard = wildcard;
                 state.names = names;
                 // A SotW request without a nonce (first, or after a reconnect) is answered.
@@ -501,12 +538,12 @@ impl Connection {
                     // Delta: a first request naming nothing is a wildcard subscription.
                     state.wildcard = wildcard_type && subscribe.is_empty();
                     // What the proxy already has (reconnect): not resent if unchanged.
-                    state.sent = initial
-                        .into_iter()
-                        .filter_map(|(name, v)| {
-                            Some((Arc::from(name.as_str()), u64::from_str_radix(&v, 16).ok()?))
-                        })
-                        .collect();
+                    state.sent = NameMap::own(initial.into_iter().filter_map(|(name, v)| {
+                        Some((
+                            names::intern(&all, &name),
+                            u64::from_str_radix(&v, 16).ok()?,
+                        ))
+                    }));
                 }
                 for name in subscribe {
                     if name == "*" {
@@ -515,9 +552,9 @@ impl Connection {
                         // A name subscribed later is wanted now (e.g. by a
                         // warming cluster), whatever version went before.
                         if !first {
-                            state.sent.remove(name.as_str());
+                            state.sent.remove(&name);
                         }
-                        state.names.insert(name);
+                        state.names.insert(names::intern(&all, &name), 0);
                     }
                 }
                 for name in unsubscribe {
@@ -525,9 +562,11 @@ impl Connection {
                         state.wildcard = false;
                     } else {
                         state.names.remove(&name);
-                        state.sent.remove(name.as_str());
+                        state.sent.remove(&name);
                     }
                 }
+                state.names.compact(&all, false);
+                state.sent.compact(&all, true);
                 // Delta answers only when something is to be sent.
                 true
             }
@@ -652,13 +691,13 @@ impl Connection {
         let Some(state) = self.types.get_mut(ENDPOINT_TYPE) else {
             return Ok(());
         };
-        let changed: Vec<(Arc<str>, u64, Any)> = hosts
+        let changed: Vec<EncodedResource> = hosts
             .iter()
             .filter_map(|h| generated.eds_by_host.get(h))
             .flatten()
             .filter_map(|i| all.get(*i))
             .filter(|(n, v, _)| {
-                (state.wildcard || state.names.contains(&**n)) && state.sent.get(n) != Some(v)
+                (state.wildcard || state.names.contains(n)) && state.sent.get(n) != Some(*v)
             })
             .cloned()
             .collect();
@@ -668,6 +707,7 @@ impl Connection {
         for (n, v, _) in &changed {
             state.sent.insert(n.clone(), *v);
         }
+        state.sent.compact(&generated.versions(ENDPOINT_TYPE), true);
         self.respond(ENDPOINT_TYPE, changed, Vec::new())
             .await
             .map(|_| ())
@@ -678,7 +718,7 @@ impl Connection {
     async fn respond(
         &mut self,
         type_url: &str,
-        resources: Vec<(Arc<str>, u64, Any)>,
+        resources: Vec<EncodedResource>,
         removed: Vec<String>,
     ) -> Result<bool, Closed> {
         let Some(state) = self.types.get_mut(type_url) else {
@@ -697,7 +737,7 @@ impl Connection {
         });
         let label = Metrics::type_label(type_url);
         self.metrics.pushes.get_or_create(&label).inc();
-        let size: usize = resources.iter().map(|(_, _, a)| a.value.len()).sum();
+        let size: usize = resources.iter().map(|(_, _, a)| a.len()).sum();
         self.metrics
             .config_size
             .get_or_create(&label)
@@ -708,38 +748,15 @@ impl Connection {
                 .get_or_create(&label)
                 .observe(secs(published.elapsed()));
         }
-        let sent = match &self.sink {
-            Sink::Sotw(tx) => {
-                let response = DiscoveryResponse {
-                    version_info: version,
-                    resources: resources.into_iter().map(|(_, _, a)| a).collect(),
-                    type_url: type_url.to_owned(),
-                    nonce,
-                    ..Default::default()
-                };
-                tx.send(Ok(response)).await.is_ok()
-            }
-            Sink::Delta(tx) => {
-                let response = DeltaDiscoveryResponse {
-                    system_version_info: version,
-                    resources: resources
-                        .into_iter()
-                        .map(|(name, v, any)| Resource {
-                            name: name.to_string(),
-                            version: format!("{v:016x}"),
-                            resource: Some(any),
-                            ..Default::default()
-                        })
-                        .collect(),
-                    type_url: type_url.to_owned(),
-                    removed_resources: removed,
-                    nonce,
-                    ..Default::default()
-                };
-                tx.send(Ok(response)).await.is_ok()
-            }
+        let message = if self.delta {
+            wire::delta_response(&version, type_url, &nonce, &resources, &removed)
+        } else {
+            wire::sotw_response(&version, type_url, &nonce, resources.iter().map(|r| &r.2))
         };
-        if sent { Ok(true) } else { Err(Closed) }
+        match self.sink.send(Ok(message)).await {
+            Ok(()) => Ok(true),
+            Err(_) => Err(Closed),
+        }
     }
 
     /// Sends what changed of one type since the last response (everything
@@ -748,28 +765,37 @@ impl Connection {
         let Some(output) = &self.output else {
             return Ok(false);
         };
-        let delta = matches!(self.sink, Sink::Delta(_));
+        let delta = self.delta;
         let state = self.types.entry(type_url.to_owned()).or_default();
         let all = output.resources(type_url);
-        let current: Vec<&(Arc<str>, u64, Any)> = all
+        let current: Vec<&EncodedResource> = all
             .iter()
-            .filter(|(name, _, _)| state.wildcard || state.names.contains(&**name))
+            .filter(|(name, _, _)| state.wildcard || state.names.contains(name))
             .collect();
-        let versions: BTreeMap<Arc<str>, u64> =
-            current.iter().map(|(n, v, _)| (n.clone(), *v)).collect();
+        // What the proxy will have once this is sent: shared with the
+        // generated config when it is all of it.
+        let next_sent = if current.len() == all.len() {
+            NameMap::shared(output.versions(type_url))
+        } else {
+            NameMap::own(current.iter().map(|(n, v, _)| (n.clone(), *v)))
+        };
+        let in_current = |n: &str| current.binary_search_by(|e| (*e.0).cmp(n)).is_ok();
         let removed: Vec<String> = state
             .sent
-            .keys()
-            .filter(|n| !versions.contains_key(*n))
-            .map(|n| n.to_string())
+            .entries()
+            .filter(|(n, _)| !in_current(n))
+            .map(|(n, _)| n.to_string())
             .collect();
         let awaiting = &self.awaiting_endpoints;
         let endpoints = type_url == ENDPOINT_TYPE;
-        let changed: Vec<&(Arc<str>, u64, Any)> = current
+        let mut unchanged = removed.is_empty();
+        let changed: Vec<&EncodedResource> = current
             .iter()
             .copied()
             .filter(|(n, v, _)| {
-                force || state.sent.get(n) != Some(v) || (endpoints && awaiting.contains(&**n))
+                let differs = state.sent.get(n) != Some(*v);
+                unchanged &= !differs;
+                force || differs || (endpoints && awaiting.contains(&**n))
             })
             .collect();
         let force = force || (endpoints && changed.iter().any(|(n, _, _)| awaiting.contains(&**n)));
@@ -778,25 +804,25 @@ impl Connection {
         if delta && changed.is_empty() && removed.is_empty() && !state.nonce.is_empty() {
             return Ok(false);
         }
-        if !delta && !force && versions == state.sent && !state.nonce.is_empty() {
+        if !delta && !force && unchanged && !state.nonce.is_empty() {
             return Ok(false);
         }
         // SotW EDS after the first answer: only the assignments that changed,
         // as istiod's incremental EDS push (Envoy updates only the clusters named).
         let partial_eds = !delta && endpoints && !force && !state.nonce.is_empty();
         if partial_eds && changed.is_empty() {
-            state.sent = versions;
+            state.sent = next_sent;
             return Ok(false);
         }
-        state.sent = versions;
-        let to_send: Vec<(Arc<str>, u64, Any)> = if delta || partial_eds {
+        state.sent = next_sent;
+        let to_send: Vec<EncodedResource> = if delta || partial_eds {
             changed.iter().map(|e| (*e).clone()).collect()
         } else {
             current.iter().map(|e| (*e).clone()).collect()
         };
         if type_url == CLUSTER_TYPE {
             self.awaiting_endpoints
-                .extend(changed.iter().map(|(n, _, _)| n.to_string()));
+                .extend(changed.iter().map(|(n, _, _)| n.clone()));
         } else if endpoints {
             for (n, _, _) in &changed {
                 self.awaiting_endpoints.remove(&**n);
@@ -811,10 +837,7 @@ impl Connection {
 
     async fn fail(&mut self, status: Status) -> Result<(), Closed> {
         warn!(conn = self.id, %status, "closing xDS stream");
-        let _ = match &self.sink {
-            Sink::Sotw(tx) => tx.send(Err(status)).await.is_ok(),
-            Sink::Delta(tx) => tx.send(Err(status)).await.is_ok(),
-        };
+        let _ = self.sink.send(Err(status)).await;
         Err(Closed)
     }
 }

@@ -1,0 +1,525 @@
+//! ADS on the wire: responses written, and requests read, here rather
+//! than by tonic's codec.
+//!
+//! Every resource is encoded once per generated config (a `google.protobuf.Any`
+//! as [`Bytes`]) and shared by every response that carries it: a response is
+//! a list of pieces, small framing bytes of its own and shared resources, and
+//! the HTTP/2 body copies them into chunks of at most [`CHUNK_BYTES`] only as
+//! hyper asks for data (that is, as the proxy's flow-control window opens).
+//!
+//! Why not `DiscoveryResponse` through tonic's encoder: that needs one copy
+//! of every resource per proxy to build the message, a second to encode it,
+//! and tonic keeps each stream's encode buffer at the size of the largest
+//! message that stream ever sent (its `BytesMut` is reused, never shrunk). At
+//! 1000 services that buffer alone was ~1 MiB per connected proxy.
+//!
+//! The messages are Envoy's `envoy.service.discovery.v3.DiscoveryResponse`
+//! (fields 1 `version_info`, 2 `resources`, 4 `type_url`, 5 `nonce`) and
+//! `DeltaDiscoveryResponse` (1 `system_version_info`, 2 `resources` of
+//! `Resource` {1 `version`, 2 `resource`, 3 `name`}, 4 `type_url`, 5 `nonce`,
+//! 6 `removed_resources`), each framed as gRPC does (1 byte compressed flag,
+//! 4 bytes big-endian length).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http_body::{Body as _, Frame};
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+use tokio::sync::mpsc;
+use tonic::Status;
+
+/// The largest chunk the body hands to hyper (bytes). Resources at least
+/// this large are handed on as they are, without a copy.
+pub(crate) const CHUNK_BYTES: usize = 64 * 1024;
+
+/// One resource as sent: its name, its version (a hash of its encoding) and
+/// the encoded `google.protobuf.Any`.
+pub(crate) type EncodedResource = (Arc<str>, u64, Bytes);
+
+/// A part of a message: bytes of the message's own, or a shared resource.
+#[derive(Debug)]
+enum Piece {
+    /// `own[start..end]`.
+    Own(usize, usize),
+    Shared(Bytes),
+}
+
+/// One gRPC message, framed, as pieces to be copied out in chunks.
+#[derive(Debug, Default)]
+pub(crate) struct Message {
+    own: Vec<u8>,
+    pieces: Vec<Piece>,
+    /// The encoded message's length (without the 5-byte gRPC header).
+    len: usize,
+    /// Where the body is: next piece, and offset inside it.
+    at: (usize, usize),
+}
+
+impl Message {
+    fn new() -> Message {
+        // The gRPC header is written when the length is known.
+        Message {
+            own: vec![0; 5],
+            pieces: vec![Piece::Own(0, 5)],
+            ..Default::default()
+        }
+    }
+
+    /// Appends bytes of the message's own (joined with the previous ones
+    /// when they are adjacent).
+    fn own(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        let start = self.own.len();
+        write(&mut self.own);
+        let end = self.own.len();
+        self.len += end - start;
+        match self.pieces.last_mut() {
+            Some(Piece::Own(_, e)) if *e == start => *e = end,
+            _ => self.pieces.push(Piece::Own(start, end)),
+        }
+    }
+
+    fn shared(&mut self, bytes: Bytes) {
+        self.len += bytes.len();
+        self.pieces.push(Piece::Shared(bytes));
+    }
+
+    fn string(&mut self, tag: u32, s: &str) {
+        if !s.is_empty() {
+            self.own(|b| {
+                encode_key(tag, WireType::LengthDelimited, b);
+                encode_varint(s.len() as u64, b);
+                b.extend_from_slice(s.as_bytes());
+            });
+        }
+    }
+
+    /// Writes the gRPC header now that the length is known.
+    fn finish(mut self) -> Message {
+        let len = u32::try_from(self.len).unwrap_or(u32::MAX).to_be_bytes();
+        self.own[1..5].copy_from_slice(&len);
+        self
+    }
+
+    /// The whole framed message in one buffer (tests, and decoding it back).
+    #[cfg(test)]
+    pub(crate) fn to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for p in &self.pieces {
+            match p {
+                Piece::Own(s, e) => out.extend_from_slice(&self.own[*s..*e]),
+                Piece::Shared(b) => out.extend_from_slice(b),
+            }
+        }
+        out
+    }
+
+    /// The next chunk of at most [`CHUNK_BYTES`] (a large shared resource
+    /// is handed on whole), None at the end.
+    fn next_chunk(&mut self) -> Option<Bytes> {
+        let (mut i, mut off) = self.at;
+        if let Some(Piece::Shared(b)) = self.pieces.get(i)
+            && off == 0
+            && b.len() >= CHUNK_BYTES
+        {
+            self.at = (i + 1, 0);
+            return Some(b.clone());
+        }
+        let mut chunk = BytesMut::new();
+        while let Some(p) = self.pieces.get(i) {
+            let bytes: &[u8] = match p {
+                Piece::Own(s, e) => &self.own[*s..*e],
+                Piece::Shared(b) if chunk.is_empty() || b.len() < CHUNK_BYTES => b,
+                Piece::Shared(_) => break,
+            };
+            if chunk.capacity() == 0 {
+                chunk.reserve(CHUNK_BYTES.min(self.remaining(i, off)));
+            }
+            let take = (bytes.len() - off).min(CHUNK_BYTES - chunk.len());
+            chunk.put_slice(&bytes[off..off + take]);
+            off += take;
+            if off == bytes.len() {
+                (i, off) = (i + 1, 0);
+            }
+            if chunk.len() == CHUNK_BYTES {
+                break;
+            }
+        }
+        self.at = (i, off);
+        (!chunk.is_empty()).then(|| chunk.freeze())
+    }
+
+    /// Bytes left from piece `i`, offset `off`.
+    fn remaining(&self, i: usize, off: usize) -> usize {
+        self.pieces[i..]
+            .iter()
+            .map(|p| match p {
+                Piece::Own(s, e) => e - s,
+                Piece::Shared(b) => b.len(),
+            })
+            .sum::<usize>()
+            - off
+    }
+}
+
+/// A State-of-the-World `DiscoveryResponse` carrying `resources` (each an
+/// encoded `Any`, shared, not copied).
+pub(crate) fn sotw_response<'a>(
+    version_info: &str,
+    type_url: &str,
+    nonce: &str,
+    resources: impl IntoIterator<Item = &'a Bytes>,
+) -> Message {
+    let mut m = Message::new();
+    m.string(1, version_info);
+    for any in resources {
+        m.own(|b| {
+            encode_key(2, WireType::LengthDelimited, b);
+            encode_varint(any.len() as u64, b);
+        });
+        m.shared(any.clone());
+    }
+    m.string(4, type_url);
+    m.string(5, nonce);
+    m.finish()
+}
+
+/// The version string of a resource in Delta xDS: its hash in hex.
+pub(crate) fn delta_version(version: u64) -> String {
+    format!("{version:016x}")
+}
+
+/// A Delta `DeltaDiscoveryResponse` carrying `resources` as `Resource`s
+/// (name, version in hex, the shared encoded `Any`) and `removed` names.
+pub(crate) fn delta_response<'a>(
+    system_version_info: &str,
+    type_url: &str,
+    nonce: &str,
+    resources: impl IntoIterator<Item = &'a EncodedResource>,
+    removed: &[String],
+) -> Message {
+    let mut m = Message::new();
+    m.string(1, system_version_info);
+    for (name, version, any) in resources {
+        let version = delta_version(*version);
+        let field = |tag: u32, len: usize| key_len(tag) + encoded_len_varint(len as u64) + len;
+        let len = field(1, version.len()) + field(2, any.len()) + field(3, name.len());
+        m.own(|b| {
+            encode_key(2, WireType::LengthDelimited, b);
+            encode_varint(len as u64, b);
+            encode_key(1, WireType::LengthDelimited, b);
+            encode_varint(version.len() as u64, b);
+            b.extend_from_slice(version.as_bytes());
+            encode_key(2, WireType::LengthDelimited, b);
+            encode_varint(any.len() as u64, b);
+        });
+        m.shared(any.clone());
+        m.own(|b| {
+            encode_key(3, WireType::LengthDelimited, b);
+            encode_varint(name.len() as u64, b);
+            b.extend_from_slice(name.as_bytes());
+        });
+    }
+    m.string(4, type_url);
+    m.string(5, nonce);
+    for name in removed {
+        // Repeated strings: each one, even empty, is written.
+        m.own(|b| {
+            encode_key(6, WireType::LengthDelimited, b);
+            encode_varint(name.len() as u64, b);
+            b.extend_from_slice(name.as_bytes());
+        });
+    }
+    m.finish()
+}
+
+/// The largest request accepted (bytes): gRPC's default receive limit, as
+/// istiod's (`ISTIO_GPRC_MAXRECVMSGSIZE`, 4 MiB).
+pub(crate) const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+
+/// The requests of one stream, decoded from the HTTP/2 request body as
+/// gRPC frames it. Bytes of a message split over DATA frames are gathered in
+/// a buffer that is let go as soon as it is empty, so a connection does not
+/// keep the size of the largest request it ever got (a SotW EDS request
+/// names every cluster: ~90 KiB at 1000 services).
+pub(crate) struct Requests<T> {
+    body: tonic::body::Body,
+    buf: BytesMut,
+    done: bool,
+    _message: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T> Requests<T> {
+    pub(crate) fn new(body: tonic::body::Body) -> Requests<T> {
+        Requests {
+            body,
+            buf: BytesMut::new(),
+            done: false,
+            _message: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<T: prost::Message + Default> Requests<T> {
+    /// The next whole message in the buffer, if there is one.
+    fn take(&mut self) -> Option<Result<T, Status>> {
+        let header = self.buf.get(..5)?;
+        if header[0] != 0 {
+            return Some(Err(Status::unimplemented(
+                "compressed requests are not supported (send grpc-encoding identity)",
+            )));
+        }
+        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        if len > MAX_REQUEST_BYTES {
+            return Some(Err(Status::resource_exhausted(format!(
+                "request of {len} bytes is over the limit of {MAX_REQUEST_BYTES}"
+            ))));
+        }
+        if self.buf.len() < 5 + len {
+            self.buf.reserve(5 + len - self.buf.len());
+            return None;
+        }
+        let decoded = T::decode(&self.buf[5..5 + len])
+            .map_err(|e| Status::invalid_argument(format!("malformed request: {e}")));
+        bytes::Buf::advance(&mut self.buf, 5 + len);
+        if self.buf.is_empty() {
+            self.buf = BytesMut::new();
+        }
+        Some(decoded)
+    }
+}
+
+impl<T: prost::Message + Default> futures::Stream for Requests<T> {
+    type Item = Result<T, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            if let Some(next) = self.take() {
+                if next.is_err() {
+                    self.done = true;
+                    self.buf = BytesMut::new();
+                }
+                return Poll::Ready(Some(next));
+            }
+            if self.done {
+                return Poll::Ready(if self.buf.is_empty() {
+                    None
+                } else {
+                    self.buf = BytesMut::new();
+                    Some(Err(Status::internal(
+                        "request stream ended inside a message",
+                    )))
+                });
+            }
+            match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buf.extend_from_slice(&data);
+                    }
+                }
+                Some(Err(status)) => {
+                    self.done = true;
+                    self.buf = BytesMut::new();
+                    return Poll::Ready(Some(Err(status)));
+                }
+                None => self.done = true,
+            }
+        }
+    }
+}
+
+/// What a connection sends: messages, then possibly a final error status.
+pub(crate) type Outgoing = mpsc::Sender<Result<Message, Status>>;
+
+/// The response body of one ADS stream: the messages received on the
+/// channel, chunked as hyper asks for data; ends with the gRPC status in
+/// the trailers (`OK` when the connection closes the channel, the error it
+/// sent otherwise).
+#[derive(Debug)]
+pub(crate) struct ResponseBody {
+    rx: mpsc::Receiver<Result<Message, Status>>,
+    current: Option<Message>,
+    done: bool,
+}
+
+impl ResponseBody {
+    pub(crate) fn new(rx: mpsc::Receiver<Result<Message, Status>>) -> ResponseBody {
+        ResponseBody {
+            rx,
+            current: None,
+            done: false,
+        }
+    }
+}
+
+fn trailers(status: &Status) -> Frame<Bytes> {
+    let mut headers = http::HeaderMap::new();
+    if status.add_header(&mut headers).is_err() {
+        headers.insert(Status::GRPC_STATUS, http::HeaderValue::from_static("13"));
+    }
+    Frame::trailers(headers)
+}
+
+impl http_body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        loop {
+            if let Some(m) = &mut self.current {
+                if let Some(chunk) = m.next_chunk() {
+                    return Poll::Ready(Some(Ok(Frame::data(chunk))));
+                }
+                self.current = None;
+            }
+            if self.done {
+                return Poll::Ready(None);
+            }
+            match ready!(self.rx.poll_recv(cx)) {
+                Some(Ok(m)) => self.current = Some(m),
+                Some(Err(status)) => {
+                    self.done = true;
+                    return Poll::Ready(Some(Ok(trailers(&status))));
+                }
+                None => {
+                    self.done = true;
+                    return Poll::Ready(Some(Ok(trailers(&Status::ok("")))));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done && self.current.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use envoy_types::pb::envoy::service::discovery::v3::{
+        DeltaDiscoveryResponse, DiscoveryResponse, Resource,
+    };
+    use envoy_types::pb::google::protobuf::Any;
+    use prost::Message as _;
+
+    fn any(type_url: &str, len: usize) -> (Any, Bytes) {
+        let a = Any {
+            type_url: type_url.into(),
+            value: (0..len).map(|i| (i % 251) as u8).collect(),
+        };
+        let b = Bytes::from(a.encode_to_vec());
+        (a, b)
+    }
+
+    /// The message body without the gRPC header, after checking the header.
+    fn unframe(m: &Message) -> Vec<u8> {
+        let v = m.to_vec();
+        assert_eq!(v[0], 0, "not compressed");
+        let len = u32::from_be_bytes([v[1], v[2], v[3], v[4]]) as usize;
+        assert_eq!(len, v.len() - 5, "the header gives the message's length");
+        v[5..].to_vec()
+    }
+
+    #[test]
+    fn sotw_decodes_as_envoys_discovery_response() {
+        let (a1, b1) = any("type.googleapis.com/envoy.config.cluster.v3.Cluster", 10);
+        let (a2, b2) = any("type.googleapis.com/envoy.config.cluster.v3.Cluster", 300);
+        let m = sotw_response("7", "t", "7-1", [&b1, &b2]);
+        let decoded = DiscoveryResponse::decode(unframe(&m).as_slice()).unwrap();
+        assert_eq!(
+            decoded,
+            DiscoveryResponse {
+                version_info: "7".into(),
+                resources: vec![a1, a2],
+                type_url: "t".into(),
+                nonce: "7-1".into(),
+                ..Default::default()
+            }
+        );
+    }
+
+    #[test]
+    fn delta_decodes_as_envoys_delta_discovery_response() {
+        let (a1, b1) = any("t", 5);
+        let (a2, b2) = any("t", 200_000);
+        let resources: Vec<EncodedResource> = vec![
+            (Arc::from("a"), 0xabc, b1),
+            (Arc::from("outbound|80||b.default.svc.cluster.local"), 1, b2),
+        ];
+        let removed = vec!["gone".to_owned(), String::new()];
+        let m = delta_response("3", "t", "3-9", &resources, &removed);
+        let decoded = DeltaDiscoveryResponse::decode(unframe(&m).as_slice()).unwrap();
+        assert_eq!(
+            decoded,
+            DeltaDiscoveryResponse {
+                system_version_info: "3".into(),
+                resources: vec![
+                    Resource {
+                        name: "a".into(),
+                        version: "0000000000000abc".into(),
+                        resource: Some(a1),
+                        ..Default::default()
+                    },
+                    Resource {
+                        name: "outbound|80||b.default.svc.cluster.local".into(),
+                        version: "0000000000000001".into(),
+                        resource: Some(a2),
+                        ..Default::default()
+                    },
+                ],
+                type_url: "t".into(),
+                nonce: "3-9".into(),
+                removed_resources: removed,
+                ..Default::default()
+            }
+        );
+    }
+
+    #[test]
+    fn chunks_rebuild_the_message_and_large_resources_are_not_copied() {
+        let (_, small) = any("t", 40_000);
+        let (_, large) = any("t", 3 * CHUNK_BYTES);
+        let mut m = sotw_response("1", "t", "n", [&small, &small, &large, &small]);
+        let whole = m.to_vec();
+        let mut chunks = Vec::new();
+        while let Some(c) = m.next_chunk() {
+            assert!(c.len() <= CHUNK_BYTES || c.len() == large.len());
+            chunks.push(c);
+        }
+        assert_eq!(chunks.concat(), whole);
+        assert!(
+            chunks.iter().any(|c| c.as_ptr() == large.as_ptr()),
+            "the large resource is handed on as it is"
+        );
+        assert_eq!(m.next_chunk(), None);
+    }
+
+    #[tokio::test]
+    async fn the_body_ends_with_the_status_in_trailers() {
+        use http_body_util::BodyExt;
+        let (tx, rx) = mpsc::channel(4);
+        let (_, b) = any("t", 100);
+        tx.send(Ok(sotw_response("1", "t", "n", [&b])))
+            .await
+            .unwrap();
+        tx.send(Err(Status::permission_denied("not yours")))
+            .await
+            .unwrap();
+        drop(tx);
+        let collected = ResponseBody::new(rx).collect().await.unwrap();
+        let trailers = collected.trailers().cloned().unwrap();
+        assert_eq!(trailers.get("grpc-status").unwrap(), "7");
+        // Percent-encoded, as gRPC carries messages in trailers.
+        assert_eq!(trailers.get("grpc-message").unwrap(), "not%20yours");
+        let data = collected.to_bytes();
+        // header, version "1", the resource (key, length, Any), type URL, nonce
+        assert_eq!(data.len(), 5 + 3 + 2 + b.len() + 3 + 3);
+    }
+}
