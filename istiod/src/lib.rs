@@ -139,7 +139,8 @@ impl Daemon {
             }
             Source::Folder(dir) => {
                 leader_tx.send_replace(true);
-                publisher.publish(1, load_dir(dir.clone()).await?, None);
+                let cache = Arc::new(std::sync::Mutex::new(sources::file::ParseCache::default()));
+                publisher.publish(1, load_dir(dir.clone(), cache.clone()).await?, None);
                 ready.store(true, Ordering::Relaxed);
                 let (ev_tx, ev_rx) = mpsc::channel(1);
                 let watcher = sources::file::watch(&dir, ev_tx)
@@ -148,9 +149,9 @@ impl Daemon {
                     let _watcher = watcher;
                     follow
                         .run(ev_rx, || {
-                            let dir = dir.clone();
+                            let (dir, cache) = (dir.clone(), cache.clone());
                             async move {
-                                load_dir(dir)
+                                load_dir(dir, cache)
                                     .await
                                     .inspect_err(
                                         |e| error!(error = %e, "keeping the last snapshot"),
@@ -336,9 +337,15 @@ impl Daemon {
 }
 
 /// Reads the folder off the runtime's worker threads.
-async fn load_dir(dir: PathBuf) -> anyhow::Result<Loaded> {
+async fn load_dir(
+    dir: PathBuf,
+    cache: Arc<std::sync::Mutex<sources::file::ParseCache>>,
+) -> anyhow::Result<Loaded> {
     tokio::task::spawn_blocking(move || {
-        sources::file::load_dir(&dir)
+        let mut cache = cache
+            .lock()
+            .map_err(|_| anyhow::anyhow!("parse cache poisoned"))?;
+        sources::file::load_dir(&dir, &mut cache)
             .with_context(|| format!("cannot read config folder {}", dir.display()))
     })
     .await

@@ -58,14 +58,8 @@ impl Loaded {
     /// second object with the same kind, namespace and name is reported and
     /// ignored, as a cluster could only hold one of them.
     pub fn add_text(&mut self, file: PathBuf, text: &str) {
-        for (document, value) in split_documents(text) {
-            let results = match value {
-                Ok(v) => parse_value(v, "default"),
-                Err(e) => vec![Err(e)],
-            };
-            for result in results {
-                self.add(&file, document, result);
-            }
+        for (document, result) in parse_text(text) {
+            self.add_validated(&file, document, result);
         }
     }
 
@@ -74,9 +68,17 @@ impl Loaded {
     /// failed semantic check ([`crds::validate`]) or a duplicate joins
     /// [`Loaded::errors`]; an unsupported kind is dropped.
     pub fn add(&mut self, file: &Path, document: usize, result: Result<Object, ParseError>) {
-        let result = result
-            .and_then(|o| crds::validate::validate(&o).map(|()| o))
-            .and_then(|o| self.unique(o));
+        self.add_validated(file, document, validated(result));
+    }
+
+    /// [`Loaded::add`] for a result already through [`validated`].
+    pub fn add_validated(
+        &mut self,
+        file: &Path,
+        document: usize,
+        result: Result<Object, ParseError>,
+    ) {
+        let result = result.and_then(|o| self.unique(o));
         match result {
             Ok(object) => {
                 let key = key(&object);
@@ -164,6 +166,25 @@ impl Loaded {
             .map(|(i, e)| (key(&e.object), i))
             .collect();
     }
+}
+
+/// Every document of a file's text (multi-document YAML or JSON), by
+/// index, parsed and through [`validated`].
+pub fn parse_text(text: &str) -> Vec<(usize, Result<Object, ParseError>)> {
+    let mut out = Vec::new();
+    for (document, value) in split_documents(text) {
+        let results = match value {
+            Ok(v) => parse_value(v, "default"),
+            Err(e) => vec![Err(e)],
+        };
+        out.extend(results.into_iter().map(|r| (document, validated(r))));
+    }
+    out
+}
+
+/// A parsed object after istiod's semantic checks ([`crds::validate`]).
+pub fn validated(result: Result<Object, ParseError>) -> Result<Object, ParseError> {
+    result.and_then(|o| crds::validate::validate(&o).map(|()| o))
 }
 
 fn key(o: &Object) -> (&'static str, String, String) {

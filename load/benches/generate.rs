@@ -11,7 +11,7 @@ use crds::document::{parse_value, split_documents};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use translator::model::{MeshConfig, Proxy, Snapshot};
 
-fn snapshot(services: usize) -> Snapshot {
+fn objects(services: usize) -> Vec<crds::document::Object> {
     let mut objects = Vec::new();
     for i in 0..services {
         for (_, v) in split_documents(&load::mesh::service_yaml(i, 3, 90)) {
@@ -22,7 +22,11 @@ fn snapshot(services: usize) -> Snapshot {
             );
         }
     }
-    Snapshot::build(1, &objects, MeshConfig::default())
+    objects
+}
+
+fn snapshot(services: usize) -> Snapshot {
+    Snapshot::build(1, &objects(services), MeshConfig::default())
 }
 
 fn bench(c: &mut Criterion) {
@@ -38,6 +42,14 @@ fn bench(c: &mut Criterion) {
         let snap = snapshot(services);
         group.bench_with_input(BenchmarkId::new("full", services), &snap, |b, snap| {
             b.iter(|| translator::generate(snap, &proxy))
+        });
+        let objs = objects(services);
+        group.bench_with_input(BenchmarkId::new("snapshot_build", services), &objs, |b, objs| {
+            b.iter(|| Snapshot::build(2, objs, MeshConfig::default()))
+        });
+        let next = Snapshot::build(2, &objs, MeshConfig::default());
+        group.bench_with_input(BenchmarkId::new("change_set", services), &next, |b, next| {
+            b.iter(|| translator::changes::ChangeSet::between(&snap, next))
         });
         let hosts: BTreeSet<String> = ["svc-1.ns-0.svc.cluster.local".to_string()].into();
         group.bench_with_input(

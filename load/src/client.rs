@@ -342,20 +342,79 @@ async fn on_delta(
     true
 }
 
+/// The name of a cluster, listener, route configuration or load
+/// assignment: field 1 of each (`name`, or `cluster_name`). Decoding only
+/// that field skips the rest of the message by its length, so the
+/// simulated proxies (which share the daemon's cores) do not spend their
+/// time decoding route tables they never read.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Named {
+    #[prost(string, tag = "1")]
+    name: String,
+}
+
 /// A resource's name, decoded from its message.
 fn resource_name(type_url: &str, a: &Any) -> String {
-    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-    use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
-    let v = a.value.as_slice();
     match type_url {
-        CLUSTER_TYPE => Cluster::decode(v).map(|c| c.name).unwrap_or_default(),
-        LISTENER_TYPE => Listener::decode(v).map(|l| l.name).unwrap_or_default(),
-        ENDPOINT_TYPE => ClusterLoadAssignment::decode(v)
-            .map(|c| c.cluster_name)
-            .unwrap_or_default(),
-        ROUTE_TYPE => RouteConfiguration::decode(v)
-            .map(|r| r.name)
-            .unwrap_or_default(),
+        CLUSTER_TYPE | LISTENER_TYPE | ENDPOINT_TYPE | ROUTE_TYPE => {
+            Named::decode(a.value.as_slice())
+                .map(|n| n.name)
+                .unwrap_or_default()
+        }
         _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
+
+    #[test]
+    fn names_are_field_one_of_every_type() {
+        let any = |m: &dyn Fn() -> Vec<u8>| Any {
+            type_url: String::new(),
+            value: m(),
+        };
+        let cluster = Cluster {
+            name: "outbound|80||a".into(),
+            alt_stat_name: "x".into(),
+            ..Default::default()
+        };
+        let route = RouteConfiguration {
+            name: "8080".into(),
+            virtual_hosts: vec![VirtualHost {
+                name: "a:80".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let cla = ClusterLoadAssignment {
+            cluster_name: "outbound|80||a".into(),
+            ..Default::default()
+        };
+        let listener = Listener {
+            name: "virtualOutbound".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            resource_name(CLUSTER_TYPE, &any(&|| cluster.encode_to_vec())),
+            "outbound|80||a"
+        );
+        assert_eq!(
+            resource_name(ROUTE_TYPE, &any(&|| route.encode_to_vec())),
+            "8080"
+        );
+        assert_eq!(
+            resource_name(ENDPOINT_TYPE, &any(&|| cla.encode_to_vec())),
+            "outbound|80||a"
+        );
+        assert_eq!(
+            resource_name(LISTENER_TYPE, &any(&|| listener.encode_to_vec())),
+            "virtualOutbound"
+        );
     }
 }

@@ -15,6 +15,7 @@ use crds::document::Object;
 use crds::service_entry::{Location, Resolution};
 use crds::{DestinationRuleSpec, GatewaySpec, VirtualServiceSpec};
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 /// Kubernetes' default cluster DNS domain.
 pub const DEFAULT_DOMAIN: &str = "cluster.local";
@@ -393,6 +394,22 @@ impl Snapshot {
                 }
             }
         }
+        // Slices by (namespace, owning service), so that each service
+        // reads its own (one scan of all slices per service was quadratic).
+        let mut slices_of: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+        for (slice_ns, slice) in &slices {
+            if let Some(owner) = slice
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("kubernetes.io/service-name"))
+            {
+                slices_of
+                    .entry((slice_ns.as_str(), owner.as_str()))
+                    .or_default()
+                    .push(*slice);
+            }
+        }
         for (ns, name, svc) in services {
             let spec = svc.spec.clone().unwrap_or_default();
             let ports = spec
@@ -438,15 +455,11 @@ impl Snapshot {
                 })
                 .unwrap_or_default();
             let mut endpoints = Vec::new();
-            for (slice_ns, slice) in &slices {
-                let owner = slice
-                    .metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get("kubernetes.io/service-name"));
-                if *slice_ns != ns || owner != Some(&name) {
-                    continue;
-                }
+            let own_slices = slices_of
+                .get(&(ns.as_str(), name.as_str()))
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            for slice in own_slices {
                 let slice_ports: BTreeMap<String, u32> = slice
                     .ports
                     .iter()

@@ -337,17 +337,21 @@ async fn injection_goldens_through_the_webhook() {
             openshift_namespaces: (case.pointer("/env/PLATFORM").and_then(Value::as_str)
                 == Some("openshift"))
             .then(|| {
-                let lookup: webhook::server::NamespaceAnnotations = std::sync::Arc::new(|ns: &str| {
-                    (ns == "test-ns").then(|| {
-                        [
-                            ("openshift.io/sa.scc.uid-range", "1000620000/10000"),
-                            ("openshift.io/sa.scc.supplemental-groups", "1000620000/10000"),
-                        ]
-                        .into_iter()
-                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                        .collect()
-                    })
-                });
+                let lookup: webhook::server::NamespaceAnnotations =
+                    std::sync::Arc::new(|ns: &str| {
+                        (ns == "test-ns").then(|| {
+                            [
+                                ("openshift.io/sa.scc.uid-range", "1000620000/10000"),
+                                (
+                                    "openshift.io/sa.scc.supplemental-groups",
+                                    "1000620000/10000",
+                                ),
+                            ]
+                            .into_iter()
+                            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                            .collect()
+                        })
+                    });
                 lookup
             }),
         });
