@@ -39,11 +39,24 @@ struct Args {
     timeout_secs: u64,
 }
 
-/// The daemon as a child process, killed on drop.
+/// The daemon as a child process, stopped on drop: SIGTERM (a graceful
+/// stop, which also lets a profiler wrapped around it write its report),
+/// SIGKILL after 60 s.
 struct Daemon(Child);
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        let termed = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while termed && Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -195,13 +208,15 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let initial = t0.elapsed();
+    let (_, cpu_connected) = daemon.usage();
     let initial_bytes = bytes(&clients, t0);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (rss_connected, _) = daemon.usage();
     println!(
-        "connect + initial config, all proxies: {:.2} s; {:.1} MiB pushed",
+        "connect + initial config, all proxies: {:.2} s; {:.1} MiB pushed; daemon CPU {:.2} s",
         initial.as_secs_f64(),
-        initial_bytes as f64 / 1048576.0
+        initial_bytes as f64 / 1048576.0,
+        cpu_connected
     );
     println!(
         "daemon RSS with proxies connected: {:.1} MiB ({:.1} KiB per proxy above idle)",
@@ -210,6 +225,7 @@ async fn main() -> anyhow::Result<()> {
     );
 
     // A VirtualService change (svc-0, visible to every proxy).
+    let (_, cpu_before_vs) = daemon.usage();
     let t1 = Instant::now();
     mesh::replace(
         &mesh::file(dir.path(), 0),
@@ -217,14 +233,17 @@ async fn main() -> anyhow::Result<()> {
     )?;
     let vs = first_after(&clients, t1, ROUTE_TYPE, "8080", timeout).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, cpu_after_vs) = daemon.usage();
     println!(
-        "VirtualService change -> every proxy has it: {} (incl. 100 ms debounce); {:.1} MiB pushed",
+        "VirtualService change -> every proxy has it: {} (incl. 100 ms debounce); {:.1} MiB pushed; daemon CPU {:.2} s",
         percentiles(vs),
-        bytes(&clients, t1) as f64 / 1048576.0
+        bytes(&clients, t1) as f64 / 1048576.0,
+        cpu_after_vs - cpu_before_vs
     );
 
     // An endpoint change (svc-1 gets one more endpoint).
     let t2 = Instant::now();
+    let (_, cpu_before_eds) = daemon.usage();
     mesh::replace(
         &mesh::file(dir.path(), 1),
         &mesh::service_yaml(1, args.endpoints + 1, 90),
@@ -239,11 +258,13 @@ async fn main() -> anyhow::Result<()> {
         .map(|d| d.saturating_sub(Duration::from_millis(100)))
         .collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, cpu_after_eds) = daemon.usage();
     println!(
-        "endpoint change -> every proxy has it: {}; after the 100 ms debounce: {}; {:.1} KiB pushed",
+        "endpoint change -> every proxy has it: {}; after the 100 ms debounce: {}; {:.1} KiB pushed; daemon CPU {:.2} s",
         percentiles(eds),
         percentiles(after_debounce),
-        bytes(&clients, t2) as f64 / 1024.0
+        bytes(&clients, t2) as f64 / 1024.0,
+        cpu_after_eds - cpu_before_eds
     );
     let (rss_end, cpu_end) = daemon.usage();
     println!(

@@ -39,8 +39,9 @@ pub(super) struct Req {
 }
 
 enum Names {
-    /// SotW: the full list of names wanted (empty: wildcard for CDS/LDS).
-    Replace(BTreeSet<String>),
+    /// SotW: the full list of names wanted, sorted and unique (empty:
+    /// wildcard for CDS/LDS).
+    Replace(Vec<String>),
     /// Delta: changes to the subscription, and on reconnect what the proxy has.
     Change {
         subscribe: Vec<String>,
@@ -57,7 +58,12 @@ impl Req {
             nonce: r.response_nonce,
             version_info: r.version_info,
             error: r.error_detail.map(|s| s.message),
-            names: Names::Replace(r.resource_names.into_iter().collect()),
+            names: Names::Replace({
+                let mut names = r.resource_names;
+                names.sort_unstable();
+                names.dedup();
+                names
+            }),
         }
     }
 
@@ -509,7 +515,7 @@ impl Connection {
         let wildcard_type = type_url == CLUSTER_TYPE || type_url == LISTENER_TYPE;
         let changed = match req.names {
             Names::Replace(names) => {
-                let wildcard = wildcard_type && (names.is_empty() || names.contains("*"));
+                let wildcard = wildcard_type && (names.is_empty() || names.iter().any(|n| n == "*"));
                 let names = if names
                     .iter()
                     .map(String::as_str)
@@ -768,10 +774,11 @@ impl Connection {
         let delta = self.delta;
         let state = self.types.entry(type_url.to_owned()).or_default();
         let all = output.resources(type_url);
-        let current: Vec<&EncodedResource> = all
-            .iter()
-            .filter(|(name, _, _)| state.wildcard || state.names.contains(name))
-            .collect();
+        let current: Vec<&EncodedResource> = if state.wildcard {
+            all.iter().collect()
+        } else {
+            state.names.filter_sorted(&all, |e| &e.0)
+        };
         // What the proxy will have once this is sent: shared with the
         // generated config when it is all of it.
         let next_sent = if current.len() == all.len() {
@@ -779,24 +786,20 @@ impl Connection {
         } else {
             NameMap::own(current.iter().map(|(n, v, _)| (n.clone(), *v)))
         };
-        let in_current = |n: &str| current.binary_search_by(|e| (*e.0).cmp(n)).is_ok();
-        let removed: Vec<String> = state
-            .sent
-            .entries()
-            .filter(|(n, _)| !in_current(n))
-            .map(|(n, _)| n.to_string())
-            .collect();
+        let (have, gone) = state.sent.diff_sorted(&current, |e| &e.0);
+        let removed: Vec<String> = gone.iter().map(|n| n.to_string()).collect();
         let awaiting = &self.awaiting_endpoints;
         let endpoints = type_url == ENDPOINT_TYPE;
         let mut unchanged = removed.is_empty();
         let changed: Vec<&EncodedResource> = current
             .iter()
-            .copied()
-            .filter(|(n, v, _)| {
-                let differs = state.sent.get(n) != Some(*v);
+            .zip(&have)
+            .filter(|((n, v, _), had)| {
+                let differs = **had != Some(*v);
                 unchanged &= !differs;
                 force || differs || (endpoints && awaiting.contains(&**n))
             })
+            .map(|(e, _)| *e)
             .collect();
         let force = force || (endpoints && changed.iter().any(|(n, _, _)| awaiting.contains(&**n)));
         // Delta sends nothing when nothing changed, except the first answer

@@ -13,6 +13,15 @@ use std::sync::Arc;
 /// Names and versions, sorted by name, without duplicates.
 pub(crate) type Versions = [(Arc<str>, u64)];
 
+/// Name order, with a shortcut for the same (interned) `Arc`.
+pub(crate) fn name_cmp(a: &Arc<str>, b: &Arc<str>) -> std::cmp::Ordering {
+    if Arc::ptr_eq(a, b) {
+        std::cmp::Ordering::Equal
+    } else {
+        (**a).cmp(&**b)
+    }
+}
+
 /// `name` as an `Arc` shared with `list` when it is there.
 pub(crate) fn intern(list: &Versions, name: &str) -> Arc<str> {
     match list.binary_search_by(|(n, _)| (**n).cmp(name)) {
@@ -123,6 +132,58 @@ impl NameMap {
         }
     }
 
+    /// The `items` (sorted by `name`, unique) whose names this map has, in
+    /// one merge pass (no lookup per item).
+    pub(crate) fn filter_sorted<'a, T>(
+        &self,
+        items: &'a [T],
+        name: impl Fn(&T) -> &Arc<str>,
+    ) -> Vec<&'a T> {
+        let mut mine = self.entries().peekable();
+        let mut out = Vec::new();
+        for item in items {
+            let n = name(item);
+            while mine
+                .next_if(|(m, _)| name_cmp(m, n) == std::cmp::Ordering::Less)
+                .is_some()
+            {}
+            if mine
+                .next_if(|(m, _)| name_cmp(m, n) == std::cmp::Ordering::Equal)
+                .is_some()
+            {
+                out.push(item);
+            }
+        }
+        out
+    }
+
+    /// For `items` (sorted by `name`, unique): the version this map has of
+    /// each (None: not here), and the names here that are not among
+    /// `items`; one merge pass.
+    pub(crate) fn diff_sorted<T>(
+        &self,
+        items: &[&T],
+        name: impl Fn(&T) -> &Arc<str>,
+    ) -> (Vec<Option<u64>>, Vec<Arc<str>>) {
+        let mut mine = self.entries().peekable();
+        let mut versions = Vec::with_capacity(items.len());
+        let mut gone = Vec::new();
+        for item in items {
+            let n = name(item);
+            while let Some((m, _)) =
+                mine.next_if(|(m, _)| name_cmp(m, n) == std::cmp::Ordering::Less)
+            {
+                gone.push(m.clone());
+            }
+            versions.push(
+                mine.next_if(|(m, _)| name_cmp(m, n) == std::cmp::Ordering::Equal)
+                    .map(|(_, v)| v),
+            );
+        }
+        gone.extend(mine.map(|(m, _)| m.clone()));
+        (versions, gone)
+    }
+
     /// Whether both maps have the same names (versions aside).
     pub(crate) fn same_keys(&self, other: &NameMap) -> bool {
         self.entries()
@@ -187,6 +248,23 @@ mod tests {
         m.insert(Arc::from("e"), 5);
         m.remove("b");
         assert!(m.same_as(&base));
+    }
+
+    #[test]
+    fn merge_passes_agree_with_lookups() {
+        let mut m = NameMap::shared(list(&[("a", 1), ("c", 3), ("e", 5), ("g", 7)]));
+        m.remove("g");
+        m.insert(Arc::from("d"), 4);
+        let items = list(&[("b", 0), ("c", 0), ("d", 0), ("e", 9), ("h", 0)]);
+        let picked: Vec<&str> = m.filter_sorted(&items, |e| &e.0).iter().map(|e| &*e.0).collect();
+        assert_eq!(picked, ["c", "d", "e"]);
+        let refs: Vec<&(Arc<str>, u64)> = items.iter().collect();
+        let (versions, gone) = m.diff_sorted(&refs, |e| &e.0);
+        assert_eq!(versions, [None, Some(3), Some(4), Some(5), None]);
+        assert_eq!(gone.iter().map(|g| &**g).collect::<Vec<_>>(), ["a"]);
+        for (item, v) in items.iter().zip(&versions) {
+            assert_eq!(m.get(&item.0), *v);
+        }
     }
 
     #[test]
