@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use envoy_types::pb::google::protobuf::{Value, value};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt;
@@ -235,7 +235,7 @@ impl AdsServer {
             tokio::spawn(conn.run(requests, self.drain.clone()));
         } else {
             let requests =
-                wire::Requests::<DiscoveryRequest>::new(body).map(|r| r.map(Req::from_sotw));
+                wire::Requests::<wire::SotwRequest>::new(body).map(|r| r.and_then(Req::from_sotw));
             tokio::spawn(conn.run(requests, self.drain.clone()));
         }
         let mut response = http::Response::new(tonic::body::Body::new(wire::ResponseBody::new(rx)));

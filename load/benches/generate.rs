@@ -44,13 +44,17 @@ fn bench(c: &mut Criterion) {
             b.iter(|| translator::generate(snap, &proxy))
         });
         let objs = objects(services);
-        group.bench_with_input(BenchmarkId::new("snapshot_build", services), &objs, |b, objs| {
-            b.iter(|| Snapshot::build(2, objs, MeshConfig::default()))
-        });
+        group.bench_with_input(
+            BenchmarkId::new("snapshot_build", services),
+            &objs,
+            |b, objs| b.iter(|| Snapshot::build(2, objs, MeshConfig::default())),
+        );
         let next = Snapshot::build(2, &objs, MeshConfig::default());
-        group.bench_with_input(BenchmarkId::new("change_set", services), &next, |b, next| {
-            b.iter(|| translator::changes::ChangeSet::between(&snap, next))
-        });
+        group.bench_with_input(
+            BenchmarkId::new("change_set", services),
+            &next,
+            |b, next| b.iter(|| translator::changes::ChangeSet::between(&snap, next)),
+        );
         let hosts: BTreeSet<String> = ["svc-1.ns-0.svc.cluster.local".to_string()].into();
         group.bench_with_input(
             BenchmarkId::new("endpoints_of_one_service", services),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use prost::Message as _;
 use tokio::sync::watch;
 use tokio_stream::{Stream, StreamExt};
@@ -23,7 +23,7 @@ use translator::{
 use envoy_types::pb::envoy::config::core::v3::node::UserAgentVersionType;
 
 use super::names::{self, NameMap, Versions};
-use super::wire::{self, EncodedResource};
+use super::wire::{self, EncodedResource, SotwRequest};
 use super::{ProxySync, SyncTable, proxy_from_node, record};
 use crate::metrics::{Metrics, VersionLabel, secs};
 
@@ -39,9 +39,9 @@ pub(super) struct Req {
 }
 
 enum Names {
-    /// SotW: the full list of names wanted, sorted and unique (empty:
-    /// wildcard for CDS/LDS).
-    Replace(Vec<String>),
+    /// SotW: the full list of names wanted, sorted, unique and UTF-8
+    /// (empty: wildcard for CDS/LDS).
+    Replace(Vec<Bytes>),
     /// Delta: changes to the subscription, and on reconnect what the proxy has.
     Change {
         subscribe: Vec<String>,
@@ -51,20 +51,15 @@ enum Names {
 }
 
 impl Req {
-    pub(super) fn from_sotw(r: DiscoveryRequest) -> Req {
-        Req {
+    pub(super) fn from_sotw(mut r: SotwRequest) -> Result<Req, Status> {
+        Ok(Req {
+            names: Names::Replace(r.names()?),
             node: r.node,
             type_url: r.type_url,
             nonce: r.response_nonce,
             version_info: r.version_info,
             error: r.error_detail.map(|s| s.message),
-            names: Names::Replace({
-                let mut names = r.resource_names;
-                names.sort_unstable();
-                names.dedup();
-                names
-            }),
-        }
+        })
     }
 
     pub(super) fn from_delta(r: DeltaDiscoveryRequest) -> Req {
@@ -515,15 +510,21 @@ impl Connection {
         let wildcard_type = type_url == CLUSTER_TYPE || type_url == LISTENER_TYPE;
         let changed = match req.names {
             Names::Replace(names) => {
-                let wildcard = wildcard_type && (names.is_empty() || names.iter().any(|n| n == "*"));
+                let wildcard =
+                    wildcard_type && (names.is_empty() || names.iter().any(|n| n == "*"));
                 let names = if names
                     .iter()
-                    .map(String::as_str)
-                    .eq(all.iter().map(|(n, _)| &**n))
+                    .map(|n| &n[..])
+                    .eq(all.iter().map(|(n, _)| n.as_bytes()))
                 {
                     NameMap::shared(all)
                 } else {
-                    NameMap::own(names.iter().map(|n| (names::intern(&all, n), 0)))
+                    NameMap::own(
+                        names
+                            .iter()
+                            .filter_map(|n| std::str::from_utf8(n).ok())
+                            .map(|n| (names::intern(&all, n), 0)),
+                    )
                 };
                 let changed = first || !names.same_keys(&state.names) || wildcard != state.wildcard;
                 state.wildcard = wildcard;

@@ -256,7 +256,11 @@ mod tests {
         m.remove("g");
         m.insert(Arc::from("d"), 4);
         let items = list(&[("b", 0), ("c", 0), ("d", 0), ("e", 9), ("h", 0)]);
-        let picked: Vec<&str> = m.filter_sorted(&items, |e| &e.0).iter().map(|e| &*e.0).collect();
+        let picked: Vec<&str> = m
+            .filter_sorted(&items, |e| &e.0)
+            .iter()
+            .map(|e| &*e.0)
+            .collect();
         assert_eq!(picked, ["c", "d", "e"]);
         let refs: Vec<&(Arc<str>, u64)> = items.iter().collect();
         let (versions, gone) = m.diff_sorted(&refs, |e| &e.0);

@@ -280,9 +280,11 @@ impl<T: prost::Message + Default> Requests<T> {
             self.buf.reserve(5 + len - self.buf.len());
             return None;
         }
-        let decoded = T::decode(&self.buf[5..5 + len])
+        // Decoded from shared bytes, so that `bytes` fields are slices of
+        // them rather than copies.
+        let frame = self.buf.split_to(5 + len).freeze();
+        let decoded = T::decode(frame.slice(5..))
             .map_err(|e| Status::invalid_argument(format!("malformed request: {e}")));
-        bytes::Buf::advance(&mut self.buf, 5 + len);
         if self.buf.is_empty() {
             self.buf = BytesMut::new();
         }
@@ -326,6 +328,52 @@ impl<T: prost::Message + Default> futures::Stream for Requests<T> {
                 None => self.done = true,
             }
         }
+    }
+}
+
+/// Envoy's `envoy.service.discovery.v3.DiscoveryRequest` as the server
+/// reads it: the same fields and numbers (`resource_locators`, 7, is not
+/// read), but `resource_names` as slices of the received bytes rather than
+/// one string each (a SotW EDS ACK names every cluster, thousands of them,
+/// on every endpoint push). [`SotwRequest::names`] checks they are UTF-8.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct SotwRequest {
+    /// The version the proxy last accepted.
+    #[prost(string, tag = "1")]
+    pub version_info: String,
+    /// The proxy (first request of a stream).
+    #[prost(message, optional, tag = "2")]
+    pub node: Option<envoy_types::pb::envoy::config::core::v3::Node>,
+    /// The names subscribed to (all of them, every time).
+    #[prost(bytes = "bytes", repeated, tag = "3")]
+    pub resource_names: Vec<Bytes>,
+    /// The resource type.
+    #[prost(string, tag = "4")]
+    pub type_url: String,
+    /// The nonce of the response this request answers.
+    #[prost(string, tag = "5")]
+    pub response_nonce: String,
+    /// Set when the response was rejected (NACK).
+    #[prost(message, optional, tag = "6")]
+    pub error_detail: Option<envoy_types::pb::google::rpc::Status>,
+}
+
+impl SotwRequest {
+    /// The names, sorted and unique.
+    ///
+    /// # Errors
+    /// `INVALID_ARGUMENT` when a name is not UTF-8 (a `string` field).
+    pub(crate) fn names(&mut self) -> Result<Vec<Bytes>, Status> {
+        let mut names = std::mem::take(&mut self.resource_names);
+        if let Some(bad) = names.iter().find(|n| std::str::from_utf8(n).is_err()) {
+            return Err(Status::invalid_argument(format!(
+                "resource name is not UTF-8: {}",
+                String::from_utf8_lossy(bad)
+            )));
+        }
+        names.sort_unstable();
+        names.dedup();
+        Ok(names)
     }
 }
 
@@ -499,6 +547,42 @@ mod tests {
             "the large resource is handed on as it is"
         );
         assert_eq!(m.next_chunk(), None);
+    }
+
+    #[test]
+    fn sotw_requests_read_as_envoys_discovery_request() {
+        use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+        let sent = DiscoveryRequest {
+            version_info: "3".into(),
+            resource_names: vec!["b".into(), "a".into(), "b".into()],
+            type_url: "t".into(),
+            response_nonce: "3-1".into(),
+            error_detail: Some(envoy_types::pb::google::rpc::Status {
+                code: 3,
+                message: "no".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut read = SotwRequest::decode(Bytes::from(sent.encode_to_vec())).unwrap();
+        assert_eq!(read.names().unwrap(), [Bytes::from("a"), Bytes::from("b")]);
+        assert_eq!(
+            (
+                read.version_info.as_str(),
+                read.type_url.as_str(),
+                read.response_nonce.as_str()
+            ),
+            ("3", "t", "3-1")
+        );
+        assert_eq!(read.error_detail.unwrap().message, "no");
+        let mut bad = SotwRequest {
+            resource_names: vec![Bytes::from_static(&[0xff, 0xfe])],
+            ..Default::default()
+        };
+        assert_eq!(
+            bad.names().unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
     }
 
     #[tokio::test]
