@@ -228,7 +228,7 @@ impl AdsServer {
             .caller(&Request::from_http(http::Request::from_parts(parts, ())))
             .await?;
         let (tx, rx) = mpsc::channel(2);
-        let conn = self.connection(tx, delta, caller);
+        let conn = self.connection(connection::Sink { tx, delta }, caller);
         if delta {
             let requests =
                 wire::Requests::<DeltaDiscoveryRequest>::new(body).map(|r| r.map(Req::from_delta));
@@ -248,18 +248,12 @@ impl AdsServer {
 }
 
 impl AdsServer {
-    fn connection(
-        &self,
-        sink: wire::Outgoing,
-        delta: bool,
-        caller: Option<ca::SpiffeId>,
-    ) -> Connection {
+    fn connection(&self, sink: connection::Sink, caller: Option<ca::SpiffeId>) -> Connection {
         let id = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
         Connection::new(
             id,
             self.snapshots.clone(),
             sink,
-            delta,
             self.sync.clone(),
             self.metrics.clone(),
             self.shared.clone(),

@@ -223,6 +223,14 @@ async fn main() -> anyhow::Result<()> {
         rss_connected as f64 / 1048576.0,
         rss_connected.saturating_sub(rss_idle) as f64 / 1024.0 / args.proxies as f64
     );
+    // Steady state: what the allocator keeps once the connect storm is over.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (rss_steady, _) = daemon.usage();
+    println!(
+        "daemon RSS 5 s later: {:.1} MiB ({:.1} KiB per proxy above idle)",
+        rss_steady as f64 / 1048576.0,
+        rss_steady.saturating_sub(rss_idle) as f64 / 1024.0 / args.proxies as f64
+    );
 
     // A VirtualService change (svc-0, visible to every proxy).
     let (_, cpu_before_vs) = daemon.usage();

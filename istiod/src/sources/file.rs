@@ -48,13 +48,16 @@ pub fn load_dir(dir: &Path, cache: &mut ParseCache) -> std::io::Result<Loaded> {
     Ok(loaded)
 }
 
+/// A file's documents: index in the file, and the object or why not.
+type Parsed = Vec<(usize, Result<Object, ParseError>)>;
+
 /// Each file's text and its parsed, validated documents, from the last
 /// load: a file whose text has not changed is not parsed again (at 1000
 /// services, parsing every file took most of the time from an edit to
 /// the new snapshot).
 #[derive(Debug, Default)]
 pub struct ParseCache {
-    files: std::collections::HashMap<PathBuf, (String, Vec<(usize, Result<Object, ParseError>)>)>,
+    files: std::collections::HashMap<PathBuf, (String, Parsed)>,
 }
 
 fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {

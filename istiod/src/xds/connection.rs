@@ -93,13 +93,18 @@ struct TypeState {
     sent: NameMap,
 }
 
+/// Where a connection's responses go.
+pub(super) struct Sink {
+    /// The stream's body.
+    pub(super) tx: wire::Outgoing,
+    /// Delta xDS (else State of the World).
+    pub(super) delta: bool,
+}
+
 pub(super) struct Connection {
     id: u64,
     snapshots: watch::Receiver<Arc<Snapshot>>,
-    /// Where responses go (the stream's body).
-    sink: wire::Outgoing,
-    /// Delta xDS (else State of the World).
-    delta: bool,
+    sink: Sink,
     proxy: Option<Proxy>,
     node_id: String,
     snapshot: Arc<Snapshot>,
@@ -331,8 +336,7 @@ impl Connection {
     pub(super) fn new(
         id: u64,
         snapshots: watch::Receiver<Arc<Snapshot>>,
-        sink: wire::Outgoing,
-        delta: bool,
+        sink: Sink,
         sync: SyncTable,
         metrics: Arc<Metrics>,
         shared: Arc<Shared>,
@@ -343,7 +347,6 @@ impl Connection {
             id,
             snapshots,
             sink,
-            delta,
             proxy: None,
             node_id: String::new(),
             snapshot,
@@ -437,7 +440,7 @@ impl Connection {
                     )))
                     .await;
             }
-            info!(conn = self.id, node = %self.node_id, delta = self.delta, "proxy connected");
+            info!(conn = self.id, node = %self.node_id, delta = self.sink.delta, "proxy connected");
             if let Ok(mut table) = self.sync.lock() {
                 table.insert(
                     self.node_id.clone(),
@@ -755,12 +758,12 @@ impl Connection {
                 .get_or_create(&label)
                 .observe(secs(published.elapsed()));
         }
-        let message = if self.delta {
+        let message = if self.sink.delta {
             wire::delta_response(&version, type_url, &nonce, &resources, &removed)
         } else {
             wire::sotw_response(&version, type_url, &nonce, resources.iter().map(|r| &r.2))
         };
-        match self.sink.send(Ok(message)).await {
+        match self.sink.tx.send(Ok(message)).await {
             Ok(()) => Ok(true),
             Err(_) => Err(Closed),
         }
@@ -772,7 +775,7 @@ impl Connection {
         let Some(output) = &self.output else {
             return Ok(false);
         };
-        let delta = self.delta;
+        let delta = self.sink.delta;
         let state = self.types.entry(type_url.to_owned()).or_default();
         let all = output.resources(type_url);
         let current: Vec<&EncodedResource> = if state.wildcard {
@@ -841,7 +844,7 @@ impl Connection {
 
     async fn fail(&mut self, status: Status) -> Result<(), Closed> {
         warn!(conn = self.id, %status, "closing xDS stream");
-        let _ = self.sink.send(Err(status)).await;
+        let _ = self.sink.tx.send(Err(status)).await;
         Err(Closed)
     }
 }
