@@ -375,10 +375,6 @@ mod tests {
 
     #[test]
     fn names_are_field_one_of_every_type() {
-        let any = |m: &dyn Fn() -> Vec<u8>| Any {
-            type_url: String::new(),
-            value: m(),
-        };
         let cluster = Cluster {
             name: "outbound|80||a".into(),
             alt_stat_name: "x".into(),
@@ -400,21 +396,18 @@ mod tests {
             name: "virtualOutbound".into(),
             ..Default::default()
         };
-        assert_eq!(
-            resource_name(CLUSTER_TYPE, &any(&|| cluster.encode_to_vec())),
-            "outbound|80||a"
-        );
-        assert_eq!(
-            resource_name(ROUTE_TYPE, &any(&|| route.encode_to_vec())),
-            "8080"
-        );
-        assert_eq!(
-            resource_name(ENDPOINT_TYPE, &any(&|| cla.encode_to_vec())),
-            "outbound|80||a"
-        );
-        assert_eq!(
-            resource_name(LISTENER_TYPE, &any(&|| listener.encode_to_vec())),
-            "virtualOutbound"
-        );
+        let cases = [
+            (CLUSTER_TYPE, cluster.encode_to_vec(), "outbound|80||a"),
+            (ROUTE_TYPE, route.encode_to_vec(), "8080"),
+            (ENDPOINT_TYPE, cla.encode_to_vec(), "outbound|80||a"),
+            (LISTENER_TYPE, listener.encode_to_vec(), "virtualOutbound"),
+        ];
+        for (type_url, value, name) in cases {
+            let any = Any {
+                type_url: type_url.into(),
+                value,
+            };
+            assert_eq!(resource_name(type_url, &any), name, "{type_url}");
+        }
     }
 }

@@ -85,13 +85,10 @@ impl Message {
         self.pieces.push(Piece::Shared(bytes));
     }
 
+    /// A `string` field (left out when empty, as proto3 does).
     fn string(&mut self, tag: u32, s: &str) {
         if !s.is_empty() {
-            self.own(|b| {
-                encode_key(tag, WireType::LengthDelimited, b);
-                encode_varint(s.len() as u64, b);
-                b.extend_from_slice(s.as_bytes());
-            });
+            self.own(|b| field(b, tag, s.as_bytes()));
         }
     }
 
@@ -163,6 +160,18 @@ impl Message {
     }
 }
 
+/// A length-delimited field's key and length (its bytes follow).
+fn header(b: &mut Vec<u8>, tag: u32, len: usize) {
+    encode_key(tag, WireType::LengthDelimited, b);
+    encode_varint(len as u64, b);
+}
+
+/// A length-delimited field, whole.
+fn field(b: &mut Vec<u8>, tag: u32, bytes: &[u8]) {
+    header(b, tag, bytes.len());
+    b.extend_from_slice(bytes);
+}
+
 /// A State-of-the-World `DiscoveryResponse` carrying `resources` (each an
 /// encoded `Any`, shared, not copied).
 pub(crate) fn sotw_response<'a>(
@@ -174,10 +183,7 @@ pub(crate) fn sotw_response<'a>(
     let mut m = Message::new();
     m.string(1, version_info);
     for any in resources {
-        m.own(|b| {
-            encode_key(2, WireType::LengthDelimited, b);
-            encode_varint(any.len() as u64, b);
-        });
+        m.own(|b| header(b, 2, any.len()));
         m.shared(any.clone());
     }
     m.string(4, type_url);
@@ -203,33 +209,21 @@ pub(crate) fn delta_response<'a>(
     m.string(1, system_version_info);
     for (name, version, any) in resources {
         let version = delta_version(*version);
-        let field = |tag: u32, len: usize| key_len(tag) + encoded_len_varint(len as u64) + len;
-        let len = field(1, version.len()) + field(2, any.len()) + field(3, name.len());
+        let size = |tag: u32, len: usize| key_len(tag) + encoded_len_varint(len as u64) + len;
+        let len = size(1, version.len()) + size(2, any.len()) + size(3, name.len());
         m.own(|b| {
-            encode_key(2, WireType::LengthDelimited, b);
-            encode_varint(len as u64, b);
-            encode_key(1, WireType::LengthDelimited, b);
-            encode_varint(version.len() as u64, b);
-            b.extend_from_slice(version.as_bytes());
-            encode_key(2, WireType::LengthDelimited, b);
-            encode_varint(any.len() as u64, b);
+            header(b, 2, len);
+            field(b, 1, version.as_bytes());
+            header(b, 2, any.len());
         });
         m.shared(any.clone());
-        m.own(|b| {
-            encode_key(3, WireType::LengthDelimited, b);
-            encode_varint(name.len() as u64, b);
-            b.extend_from_slice(name.as_bytes());
-        });
+        m.own(|b| field(b, 3, name.as_bytes()));
     }
     m.string(4, type_url);
     m.string(5, nonce);
     for name in removed {
         // Repeated strings: each one, even empty, is written.
-        m.own(|b| {
-            encode_key(6, WireType::LengthDelimited, b);
-            encode_varint(name.len() as u64, b);
-            b.extend_from_slice(name.as_bytes());
-        });
+        m.own(|b| field(b, 6, name.as_bytes()));
     }
     m.finish()
 }
