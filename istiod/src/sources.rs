@@ -7,6 +7,7 @@ pub mod file;
 pub mod kube;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crds::Object;
 use std::collections::{HashMap, HashSet};
@@ -33,8 +34,9 @@ pub struct Entry {
     pub file: PathBuf,
     /// 0-based document index in the file.
     pub document: usize,
-    /// The parsed object, namespace defaulted to `default`.
-    pub object: Object,
+    /// The parsed object, namespace defaulted to `default` (shared with
+    /// the source's own cache, if it keeps one).
+    pub object: Arc<Object>,
 }
 
 /// What a source read: the objects that parsed, and the documents that did
@@ -51,7 +53,7 @@ pub struct Loaded {
 impl Loaded {
     /// The objects, in read order.
     pub fn objects(&self) -> impl Iterator<Item = &Object> {
-        self.entries.iter().map(|e| &e.object)
+        self.entries.iter().map(|e| &*e.object)
     }
 
     /// Parses one file's text (multi-document YAML or JSON) into `self`. A
@@ -68,7 +70,7 @@ impl Loaded {
     /// failed semantic check ([`crds::validate`]) or a duplicate joins
     /// [`Loaded::errors`]; an unsupported kind is dropped.
     pub fn add(&mut self, file: &Path, document: usize, result: Result<Object, ParseError>) {
-        self.add_validated(file, document, validated(result));
+        self.add_validated(file, document, validated(result).map(Arc::new));
     }
 
     /// [`Loaded::add`] for a result already through [`validated`].
@@ -76,9 +78,9 @@ impl Loaded {
         &mut self,
         file: &Path,
         document: usize,
-        result: Result<Object, ParseError>,
+        result: Result<Arc<Object>, ParseError>,
     ) {
-        let result = result.and_then(|o| self.unique(o));
+        let result = result.and_then(|o| self.unique(&o).map(|()| o));
         match result {
             Ok(object) => {
                 let key = key(&object);
@@ -98,10 +100,10 @@ impl Loaded {
         }
     }
 
-    fn unique(&self, object: Object) -> Result<Object, ParseError> {
-        let k = key(&object);
+    fn unique(&self, object: &Object) -> Result<(), ParseError> {
+        let k = key(object);
         match self.index.get(&k).and_then(|i| self.entries.get(*i)) {
-            None => Ok(object),
+            None => Ok(()),
             Some(first) => Err(ParseError::InvalidField {
                 kind: k.0.to_owned(),
                 name: format!("{}/{}", k.1, k.2),
@@ -133,7 +135,7 @@ impl Loaded {
         }
         let mut errors = Vec::new();
         self.entries.retain(|e| {
-            let Object::VirtualService(vs) = &e.object else {
+            let Object::VirtualService(vs) = &*e.object else {
                 return true;
             };
             let (_, ns, name) = key(&e.object);
@@ -170,14 +172,18 @@ impl Loaded {
 
 /// Every document of a file's text (multi-document YAML or JSON), by
 /// index, parsed and through [`validated`].
-pub fn parse_text(text: &str) -> Vec<(usize, Result<Object, ParseError>)> {
+pub fn parse_text(text: &str) -> Vec<(usize, Result<Arc<Object>, ParseError>)> {
     let mut out = Vec::new();
     for (document, value) in split_documents(text) {
         let results = match value {
             Ok(v) => parse_value(v, "default"),
             Err(e) => vec![Err(e)],
         };
-        out.extend(results.into_iter().map(|r| (document, validated(r))));
+        out.extend(
+            results
+                .into_iter()
+                .map(|r| (document, validated(r).map(Arc::new))),
+        );
     }
     out
 }

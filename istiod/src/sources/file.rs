@@ -49,7 +49,7 @@ pub fn load_dir(dir: &Path, cache: &mut ParseCache) -> std::io::Result<Loaded> {
 }
 
 /// A file's documents: index in the file, and the object or why not.
-type Parsed = Vec<(usize, Result<Object, ParseError>)>;
+type Parsed = Vec<(usize, Result<std::sync::Arc<Object>, ParseError>)>;
 
 /// Each file's text and its parsed, validated documents, from the last
 /// load: a file whose text has not changed is not parsed again (at 1000

@@ -181,7 +181,9 @@ struct Stored {
     fingerprint: u64,
     /// The object's API path, named in error reports.
     path: PathBuf,
-    parsed: Result<Object, ParseError>,
+    /// Parsed and validated once, when it changes (shared with every
+    /// [`Loaded`] made from the store).
+    parsed: Result<std::sync::Arc<Object>, ParseError>,
 }
 
 impl Store {
@@ -260,7 +262,7 @@ impl Store {
         let mut loaded = Loaded::default();
         for c in &self.collections {
             for stored in c.objects.values() {
-                loaded.add(&stored.path, 0, stored.parsed.clone());
+                loaded.add_validated(&stored.path, 0, stored.parsed.clone());
             }
         }
         loaded
@@ -296,6 +298,7 @@ fn stored(watched: &Watched, obj: DynamicObject) -> ((String, String), Stored) {
         .into_iter()
         .next()
         .unwrap_or(Err(ParseError::Syntax("empty object".into())));
+    let parsed = super::validated(parsed).map(std::sync::Arc::new);
     (
         (namespace, name),
         Stored {
