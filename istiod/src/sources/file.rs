@@ -98,3 +98,53 @@ pub fn watch(dir: &Path, tx: mpsc::Sender<()>) -> notify::Result<notify::Recomme
     watcher.watch(dir, RecursiveMode::Recursive)?;
     Ok(watcher)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn service(name: &str, port: u16) -> String {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  ports: [{{name: http, port: {port}}}]\n"
+        )
+    }
+
+    fn ports(loaded: &Loaded) -> Vec<(String, i32)> {
+        loaded
+            .objects()
+            .filter_map(|o| match o {
+                Object::Service(s) => Some((
+                    s.metadata.name.clone().unwrap_or_default(),
+                    s.spec.as_ref()?.ports.as_ref()?.first()?.port,
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_cache_follows_edits_additions_and_deletions() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.yaml"), service("a", 80)).unwrap();
+        std::fs::write(dir.path().join("b.yaml"), service("b", 80)).unwrap();
+        let mut cache = ParseCache::default();
+        let first = load_dir(dir.path(), &mut cache).unwrap();
+        assert_eq!(ports(&first), [("a".into(), 80), ("b".into(), 80)]);
+        // b unchanged: its object is the cached one, not parsed again.
+        std::fs::write(dir.path().join("a.yaml"), service("a", 8080)).unwrap();
+        std::fs::write(dir.path().join("c.yaml"), "kind: [broken").unwrap();
+        let second = load_dir(dir.path(), &mut cache).unwrap();
+        assert_eq!(ports(&second), [("a".into(), 8080), ("b".into(), 80)]);
+        assert!(std::sync::Arc::ptr_eq(
+            &first.entries[1].object,
+            &second.entries[1].object
+        ));
+        assert_eq!(second.errors.len(), 1, "{:?}", second.errors);
+        std::fs::remove_file(dir.path().join("a.yaml")).unwrap();
+        let third = load_dir(dir.path(), &mut cache).unwrap();
+        assert_eq!(ports(&third), [("b".into(), 80)]);
+        assert_eq!(cache.files.len(), 2, "a.yaml is forgotten");
+    }
+}
