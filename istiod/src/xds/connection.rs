@@ -156,10 +156,15 @@ fn eds_index(eds: &Encoded) -> HashMap<String, Vec<usize>> {
 }
 
 impl Generated {
-    fn new(output: Output) -> Generated {
+    /// Encodes `output`, each resource through `intern`.
+    fn new(output: Output, intern: &dyn Fn(&mut Encoded)) -> Generated {
         let encoded: HashMap<&'static str, Arc<Encoded>> = PUSH_ORDER
             .iter()
-            .map(|t| (*t, Arc::new(encode(&output, t))))
+            .map(|t| {
+                let mut e = encode(&output, t);
+                intern(&mut e);
+                (*t, Arc::new(e))
+            })
             .collect();
         let eds_by_host = encoded
             .get(ENDPOINT_TYPE)
@@ -175,13 +180,19 @@ impl Generated {
 
     /// This config with some endpoint assignments replaced or added. Only
     /// `fresh` is encoded; the other types are shared with `self`.
-    fn with_endpoints(&self, fresh: Vec<ClusterLoadAssignment>) -> Generated {
+    fn with_endpoints(
+        &self,
+        fresh: Vec<ClusterLoadAssignment>,
+        intern: &dyn Fn(&mut Encoded),
+    ) -> Generated {
         let fresh = Output {
             endpoints: fresh,
             ..Default::default()
         };
         let mut eds = Encoded::clone(&self.resources(ENDPOINT_TYPE));
-        for entry in encode(&fresh, ENDPOINT_TYPE) {
+        let mut fresh = encode(&fresh, ENDPOINT_TYPE);
+        intern(&mut fresh);
+        for entry in fresh {
             match eds.binary_search_by(|e| e.0.cmp(&entry.0)) {
                 Ok(i) => eds[i] = entry,
                 Err(i) => eds.insert(i, entry),
@@ -245,12 +256,25 @@ struct Cache {
     patched: HashMap<(Key, u64), Arc<Generated>>,
 }
 
+/// Encoded resources of one snapshot version by (name, version hash): a
+/// resource that several config keys generate alike (most clusters and
+/// load assignments look the same from every namespace) is kept once.
+/// Without it, memory grew with namespaces x services: at 3000 services in
+/// 30 namespaces, ~6 MiB per namespace's config.
+#[derive(Debug, Default)]
+struct Interner {
+    version: u64,
+    resources: HashMap<(Arc<str>, u64), Bytes>,
+}
+
 /// What all connections share: the generation cache (proxies with the same
 /// [`Proxy::config_key`] get the same resources, generated and encoded once
-/// per snapshot, as istiod's XDS cache) and the push throttle.
+/// per snapshot, as istiod's XDS cache), the resources interned across
+/// config keys, and the push throttle.
 #[derive(Debug)]
 pub(super) struct Shared {
     cache: std::sync::Mutex<Cache>,
+    interner: std::sync::Mutex<Interner>,
     throttle: tokio::sync::Semaphore,
 }
 
@@ -258,7 +282,40 @@ impl Shared {
     pub(super) fn new(push_throttle: usize) -> Shared {
         Shared {
             cache: std::sync::Mutex::new(Cache::default()),
+            interner: std::sync::Mutex::new(Interner::default()),
             throttle: tokio::sync::Semaphore::new(push_throttle.max(1)),
+        }
+    }
+
+    /// Replaces each resource of `encoded` (generated from snapshot
+    /// `version`) by the same one already generated for another config
+    /// key, name and bytes alike, so that it is held once.
+    fn intern(&self, version: u64, encoded: &mut Encoded) {
+        let Ok(mut interner) = self.interner.lock() else {
+            return;
+        };
+        if interner.version != version {
+            if version < interner.version {
+                // An older snapshot's config, on its way out.
+                return;
+            }
+            *interner = Interner {
+                version,
+                ..Default::default()
+            };
+        }
+        for (name, hash, bytes) in encoded.iter_mut() {
+            match interner.resources.entry((name.clone(), *hash)) {
+                std::collections::hash_map::Entry::Occupied(o) => {
+                    if *o.get() == *bytes {
+                        *bytes = o.get().clone();
+                        *name = o.key().0.clone();
+                    }
+                }
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(bytes.clone());
+                }
+            }
         }
     }
 
@@ -303,7 +360,11 @@ impl Shared {
             |c, g| {
                 c.full.insert(k2, g);
             },
-            || Generated::new(translator::generate(snap, proxy)),
+            || {
+                Generated::new(translator::generate(snap, proxy), &|e| {
+                    self.intern(snap.version, e)
+                })
+            },
         )
     }
 
@@ -324,7 +385,11 @@ impl Shared {
             |c, g| {
                 c.patched.insert(k2, g);
             },
-            || base.with_endpoints(translator::generate_endpoints(snap, proxy, hosts)),
+            || {
+                base.with_endpoints(translator::generate_endpoints(snap, proxy, hosts), &|e| {
+                    self.intern(snap.version, e)
+                })
+            },
         )
     }
 }
