@@ -199,10 +199,10 @@ impl Generated {
             }
         }
         let eds_by_host = eds_index(&eds);
+        let mut versions = self.versions.clone();
+        versions.insert(ENDPOINT_TYPE, versions_of_type(&eds));
         let mut encoded = self.encoded.clone();
         encoded.insert(ENDPOINT_TYPE, Arc::new(eds));
-        let mut versions = self.versions.clone();
-        versions.extend(versions_of(&encoded).remove_entry(ENDPOINT_TYPE));
         Generated {
             warnings: self.warnings.clone(),
             encoded,
@@ -228,8 +228,12 @@ fn versions_of(
 ) -> HashMap<&'static str, Arc<Versions>> {
     encoded
         .iter()
-        .map(|(t, e)| (*t, e.iter().map(|(n, v, _)| (n.clone(), *v)).collect()))
+        .map(|(t, e)| (*t, versions_of_type(e)))
         .collect()
+}
+
+fn versions_of_type(encoded: &Encoded) -> Arc<Versions> {
+    encoded.iter().map(|(n, v, _)| (n.clone(), *v)).collect()
 }
 
 fn encode(output: &Output, type_url: &str) -> Encoded {
