@@ -852,13 +852,12 @@ impl Connection {
         } else {
             state.names.filter_sorted(&all, |e| &e.0)
         };
-        // What the proxy will have once this is sent: shared with the
-        // generated config when it is all of it.
-        let next_sent = if current.len() == all.len() {
-            NameMap::shared(output.versions(type_url))
-        } else {
-            NameMap::own(current.iter().map(|(n, v, _)| (n.clone(), *v)))
-        };
+        // What the proxy has once this is answered, when it is all that
+        // was generated: the generated config's own list, shared. Taken even
+        // when nothing is sent, so that a connection lets go of the previous
+        // generation's list (and its names compare by pointer again).
+        let all_of_it =
+            (current.len() == all.len()).then(|| NameMap::shared(output.versions(type_url)));
         let (have, gone) = state.sent.diff_sorted(&current, |e| &e.0);
         let removed: Vec<String> = gone.iter().map(|n| n.to_string()).collect();
         let awaiting = &self.awaiting_endpoints;
@@ -877,12 +876,18 @@ impl Connection {
         let force = force || (endpoints && changed.iter().any(|(n, _, _)| awaiting.contains(&**n)));
         // Delta sends nothing when nothing changed, except the first answer
         // to a subscription, which Envoy waits for (even if empty).
-        if delta && changed.is_empty() && removed.is_empty() && !state.nonce.is_empty() {
+        let answered = !state.nonce.is_empty();
+        if (delta && changed.is_empty() && removed.is_empty() && answered)
+            || (!delta && !force && unchanged && answered)
+        {
+            // The proxy has exactly `current` already.
+            if let Some(shared) = all_of_it {
+                state.sent = shared;
+            }
             return Ok(false);
         }
-        if !delta && !force && unchanged && !state.nonce.is_empty() {
-            return Ok(false);
-        }
+        let next_sent = all_of_it
+            .unwrap_or_else(|| NameMap::own(current.iter().map(|(n, v, _)| (n.clone(), *v))));
         // SotW EDS after the first answer: only the assignments that changed,
         // as istiod's incremental EDS push (Envoy updates only the clusters named).
         let partial_eds = !delta && endpoints && !force && !state.nonce.is_empty();

@@ -55,6 +55,8 @@ pub(crate) struct Message {
     len: usize,
     /// Where the body is: next piece, and offset inside it.
     at: (usize, usize),
+    /// Bytes handed out so far, header included.
+    sent: usize,
 }
 
 impl Message {
@@ -121,6 +123,7 @@ impl Message {
             && b.len() >= CHUNK_BYTES
         {
             self.at = (i + 1, 0);
+            self.sent += b.len();
             return Some(b.clone());
         }
         let mut chunk = BytesMut::new();
@@ -131,7 +134,7 @@ impl Message {
                 Piece::Shared(_) => break,
             };
             if chunk.capacity() == 0 {
-                chunk.reserve(CHUNK_BYTES.min(self.remaining(i, off)));
+                chunk.reserve(CHUNK_BYTES.min(5 + self.len - self.sent));
             }
             let take = (bytes.len() - off).min(CHUNK_BYTES - chunk.len());
             chunk.put_slice(&bytes[off..off + take]);
@@ -144,19 +147,8 @@ impl Message {
             }
         }
         self.at = (i, off);
+        self.sent += chunk.len();
         (!chunk.is_empty()).then(|| chunk.freeze())
-    }
-
-    /// Bytes left from piece `i`, offset `off`.
-    fn remaining(&self, i: usize, off: usize) -> usize {
-        self.pieces[i..]
-            .iter()
-            .map(|p| match p {
-                Piece::Own(s, e) => e - s,
-                Piece::Shared(b) => b.len(),
-            })
-            .sum::<usize>()
-            - off
     }
 }
 
@@ -541,6 +533,86 @@ mod tests {
             "the large resource is handed on as it is"
         );
         assert_eq!(m.next_chunk(), None);
+        assert_eq!(m.sent, whole.len());
+    }
+
+    /// A request body whose DATA frames are `frames`.
+    fn body(frames: Vec<Vec<u8>>) -> tonic::body::Body {
+        let frames = frames
+            .into_iter()
+            .map(|f| Ok::<_, Status>(Frame::data(Bytes::from(f))));
+        tonic::body::Body::new(http_body_util::StreamBody::new(futures::stream::iter(
+            frames,
+        )))
+    }
+
+    fn framed(request: &SotwRequest) -> Vec<u8> {
+        let msg = request.encode_to_vec();
+        let mut out = vec![0];
+        out.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+        out.extend_from_slice(&msg);
+        out
+    }
+
+    #[tokio::test]
+    async fn requests_split_over_frames_or_sharing_one_are_read_whole() {
+        use futures::StreamExt;
+        let names = |n: usize| -> Vec<Bytes> {
+            (0..n)
+                .map(|i| Bytes::from(format!("outbound|8080||svc-{i}.ns.svc.cluster.local")))
+                .collect()
+        };
+        let big = SotwRequest {
+            type_url: "eds".into(),
+            resource_names: names(2000),
+            ..Default::default()
+        };
+        let small = SotwRequest {
+            type_url: "cds".into(),
+            response_nonce: "1-1".into(),
+            ..Default::default()
+        };
+        // The big one in 16 KiB frames (as h2 sends it), then two in one frame.
+        let mut frames: Vec<Vec<u8>> = framed(&big).chunks(16 * 1024).map(<[u8]>::to_vec).collect();
+        frames.push([framed(&small), framed(&small)].concat());
+        let got: Vec<Result<SotwRequest, Status>> =
+            Requests::<SotwRequest>::new(body(frames)).collect().await;
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[0].as_ref().unwrap(), &big);
+        assert_eq!(got[1].as_ref().unwrap(), &small);
+        assert_eq!(got[2].as_ref().unwrap(), &small);
+    }
+
+    #[tokio::test]
+    async fn truncated_oversized_and_compressed_requests_are_refused() {
+        use futures::StreamExt;
+        let read = |frames| async move {
+            Requests::<SotwRequest>::new(body(frames))
+                .collect::<Vec<_>>()
+                .await
+        };
+        let whole = framed(&SotwRequest {
+            type_url: "cds".into(),
+            ..Default::default()
+        });
+        let got = read(vec![whole[..whole.len() - 1].to_vec()]).await;
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].as_ref().unwrap_err().code(), tonic::Code::Internal);
+        let mut oversized = vec![0];
+        oversized.extend_from_slice(&(MAX_REQUEST_BYTES as u32 + 1).to_be_bytes());
+        let got = read(vec![oversized]).await;
+        assert_eq!(got.len(), 1, "nothing is read after a refusal");
+        assert_eq!(
+            got[0].as_ref().unwrap_err().code(),
+            tonic::Code::ResourceExhausted
+        );
+        let mut compressed = whole.clone();
+        compressed[0] = 1;
+        let got = read(vec![compressed]).await;
+        assert_eq!(
+            got[0].as_ref().unwrap_err().code(),
+            tonic::Code::Unimplemented
+        );
     }
 
     #[test]
