@@ -14,6 +14,10 @@ use istiod::{Daemon, Options, Source};
 use serde_json::{Value, json};
 
 fn review(kind: (&str, &str, &str), object: Value) -> Value {
+    review_in("default", kind, object)
+}
+
+fn review_in(namespace: &str, kind: (&str, &str, &str), object: Value) -> Value {
     let (group, version, kind) = kind;
     json!({
         "apiVersion": "admission.k8s.io/v1",
@@ -22,7 +26,7 @@ fn review(kind: (&str, &str, &str), object: Value) -> Value {
             "uid": "e2e-1",
             "kind": {"group": group, "version": version, "kind": kind},
             "resource": {"group": group, "version": version, "resource": "x"},
-            "namespace": "default",
+            "namespace": namespace,
             "operation": "CREATE",
             "userInfo": {"username": "admin"},
             "object": object,
@@ -55,11 +59,12 @@ fn call(port: u16, root: &std::path::Path, path: &str, body: &Value) -> Result<V
     serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
 }
 
-#[test]
-fn the_api_server_gets_patches_and_denials_over_tls() {
-    let _hosts = isolate();
-    let rt = runtime();
-    let cfg = ConfigDir::bookinfo_platform();
+/// The daemon on `cfg` with its CA and webhooks, and a file with the mesh root.
+fn start(
+    rt: &tokio::runtime::Runtime,
+    cfg: &ConfigDir,
+    webhooks: istiod::webhooks::WebhookOptions,
+) -> (Daemon, tempfile::NamedTempFile) {
     let daemon = rt.block_on(async {
         Daemon::start(Options {
             source: Source::Folder(cfg.path().to_owned()),
@@ -72,30 +77,28 @@ fn the_api_server_gets_patches_and_denials_over_tls() {
                 custom_hosts: vec!["127.0.0.1".into()],
                 ..ca_options()
             }),
-            webhooks: Some(e2e::webhook_options()),
+            webhooks: Some(webhooks),
         })
         .await
         .unwrap()
     });
-    let port = daemon.webhook_addr.unwrap().port();
     let root = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(
         root.path(),
         daemon.secure.as_ref().unwrap().authority.root_pem(),
     )
     .unwrap();
+    (daemon, root)
+}
 
-    // A pod is injected: the patch adds Istio's proxyv2 sidecar.
-    let pod = json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "ratings-v1-xyz", "namespace": "default", "labels": {"app": "ratings"}},
-        "spec": {"containers": [{"name": "ratings", "image": "ratings:1"}]},
-    });
+/// Sends a pod of `namespace` to `/inject` and applies the answer's patch:
+/// the injected pod, and its `istio-proxy` container.
+fn inject(port: u16, root: &std::path::Path, namespace: &str, pod: &Value) -> (Value, Value) {
     let answer = call(
         port,
-        root.path(),
+        root,
         "/inject",
-        &review(("", "v1", "Pod"), pod.clone()),
+        &review_in(namespace, ("", "v1", "Pod"), pod.clone()),
     )
     .unwrap();
     assert_eq!(answer.pointer("/response/uid"), Some(&json!("e2e-1")));
@@ -110,7 +113,26 @@ fn the_api_server_gets_patches_and_denials_over_tls() {
         .pointer("/spec/initContainers")
         .and_then(Value::as_array)
         .and_then(|l| l.iter().find(|c| c["name"] == "istio-proxy"))
-        .unwrap();
+        .unwrap()
+        .clone();
+    (injected, proxy)
+}
+
+#[test]
+fn the_api_server_gets_patches_and_denials_over_tls() {
+    let _hosts = isolate();
+    let rt = runtime();
+    let cfg = ConfigDir::bookinfo_platform();
+    let (daemon, root) = start(&rt, &cfg, e2e::webhook_options());
+    let port = daemon.webhook_addr.unwrap().port();
+
+    // A pod is injected: the patch adds Istio's proxyv2 sidecar.
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "ratings-v1-xyz", "namespace": "default", "labels": {"app": "ratings"}},
+        "spec": {"containers": [{"name": "ratings", "image": "ratings:1"}]},
+    });
+    let (injected, proxy) = inject(port, root.path(), "default", &pod);
     assert_eq!(proxy["image"], "docker.io/istio/proxyv2:1.28.0");
     assert_eq!(proxy["restartPolicy"], "Always");
     assert_eq!(
@@ -182,4 +204,51 @@ fn the_api_server_gets_patches_and_denials_over_tls() {
         "a plaintext caller got {}",
         String::from_utf8_lossy(&plain.stdout)
     );
+}
+
+/// On OpenShift (`PLATFORM=openshift`) the proxy runs with the last uid and
+/// gid of its namespace's SCC ranges, which the daemon reads from the
+/// Namespaces it watches; elsewhere, and in a namespace without ranges, 1337.
+#[test]
+fn on_openshift_the_proxy_runs_as_its_namespace_range() {
+    let _hosts = isolate();
+    let rt = runtime();
+    let cfg = ConfigDir::bookinfo_platform();
+    cfg.write(
+        "openshift-namespace.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n  annotations:\n    openshift.io/sa.scc.uid-range: 1000620000/10000\n    openshift.io/sa.scc.supplemental-groups: 1000700000/100\n",
+    );
+    let pod = |ns: &str| {
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "cart-1", "namespace": ns, "labels": {"app": "cart"}},
+            "spec": {"containers": [{"name": "cart", "image": "cart:1"}]},
+        })
+    };
+    let ids = |proxy: &Value| {
+        (
+            proxy.pointer("/securityContext/runAsUser").cloned(),
+            proxy.pointer("/securityContext/runAsGroup").cloned(),
+        )
+    };
+    let openshift = istiod::webhooks::WebhookOptions {
+        openshift: true,
+        ..e2e::webhook_options()
+    };
+    let (daemon, root) = start(&rt, &cfg, openshift);
+    let port = daemon.webhook_addr.unwrap().port();
+    let (_, proxy) = inject(port, root.path(), "shop", &pod("shop"));
+    assert_eq!(
+        ids(&proxy),
+        (Some(json!(1000629999)), Some(json!(1000700099)))
+    );
+    let (_, proxy) = inject(port, root.path(), "default", &pod("default"));
+    assert_eq!(ids(&proxy), (Some(json!(1337)), Some(json!(1337))));
+    drop(daemon);
+
+    // Not on OpenShift: the namespace's ranges are not looked at.
+    let (daemon, root) = start(&rt, &cfg, e2e::webhook_options());
+    let port = daemon.webhook_addr.unwrap().port();
+    let (_, proxy) = inject(port, root.path(), "shop", &pod("shop"));
+    assert_eq!(ids(&proxy), (Some(json!(1337)), Some(json!(1337))));
 }
