@@ -832,9 +832,13 @@ impl Connection {
         } else {
             wire::sotw_response(&version, type_url, &nonce, resources.iter().map(|r| &r.2))
         };
-        match self.sink.tx.send(Ok(message)).await {
-            Ok(()) => Ok(true),
-            Err(_) => Err(Closed),
+        if let Err(status) = &message {
+            warn!(node = %self.node_id, %type_url, %status, "response cannot be sent; closing the stream");
+        }
+        let fatal = message.is_err();
+        match self.sink.tx.send(message).await {
+            Ok(()) if !fatal => Ok(true),
+            _ => Err(Closed),
         }
     }
 

@@ -95,10 +95,18 @@ impl Message {
     }
 
     /// Writes the gRPC header now that the length is known.
-    fn finish(mut self) -> Message {
-        let len = u32::try_from(self.len).unwrap_or(u32::MAX).to_be_bytes();
-        self.own[1..5].copy_from_slice(&len);
-        self
+    ///
+    /// # Errors
+    /// `RESOURCE_EXHAUSTED` for a message over gRPC's 4 GiB frame limit.
+    fn finish(mut self) -> Result<Message, Status> {
+        let len = u32::try_from(self.len).map_err(|_| {
+            Status::resource_exhausted(format!(
+                "response of {} bytes is over gRPC's 4 GiB message limit",
+                self.len
+            ))
+        })?;
+        self.own[1..5].copy_from_slice(&len.to_be_bytes());
+        Ok(self)
     }
 
     /// The whole framed message in one buffer (tests, and decoding it back).
@@ -166,12 +174,15 @@ fn field(b: &mut Vec<u8>, tag: u32, bytes: &[u8]) {
 
 /// A State-of-the-World `DiscoveryResponse` carrying `resources` (each an
 /// encoded `Any`, shared, not copied).
+///
+/// # Errors
+/// `RESOURCE_EXHAUSTED` when the message is over gRPC's 4 GiB limit.
 pub(crate) fn sotw_response<'a>(
     version_info: &str,
     type_url: &str,
     nonce: &str,
     resources: impl IntoIterator<Item = &'a Bytes>,
-) -> Message {
+) -> Result<Message, Status> {
     let mut m = Message::new();
     m.string(1, version_info);
     for any in resources {
@@ -190,13 +201,16 @@ pub(crate) fn delta_version(version: u64) -> String {
 
 /// A Delta `DeltaDiscoveryResponse` carrying `resources` as `Resource`s
 /// (name, version in hex, the shared encoded `Any`) and `removed` names.
+///
+/// # Errors
+/// `RESOURCE_EXHAUSTED` when the message is over gRPC's 4 GiB limit.
 pub(crate) fn delta_response<'a>(
     system_version_info: &str,
     type_url: &str,
     nonce: &str,
     resources: impl IntoIterator<Item = &'a EncodedResource>,
     removed: &[String],
-) -> Message {
+) -> Result<Message, Status> {
     let mut m = Message::new();
     m.string(1, system_version_info);
     for (name, version, any) in resources {
@@ -465,7 +479,7 @@ mod tests {
     fn sotw_decodes_as_envoys_discovery_response() {
         let (a1, b1) = any("type.googleapis.com/envoy.config.cluster.v3.Cluster", 10);
         let (a2, b2) = any("type.googleapis.com/envoy.config.cluster.v3.Cluster", 300);
-        let m = sotw_response("7", "t", "7-1", [&b1, &b2]);
+        let m = sotw_response("7", "t", "7-1", [&b1, &b2]).unwrap();
         let decoded = DiscoveryResponse::decode(unframe(&m).as_slice()).unwrap();
         assert_eq!(
             decoded,
@@ -488,7 +502,7 @@ mod tests {
             (Arc::from("outbound|80||b.default.svc.cluster.local"), 1, b2),
         ];
         let removed = vec!["gone".to_owned(), String::new()];
-        let m = delta_response("3", "t", "3-9", &resources, &removed);
+        let m = delta_response("3", "t", "3-9", &resources, &removed).unwrap();
         let decoded = DeltaDiscoveryResponse::decode(unframe(&m).as_slice()).unwrap();
         assert_eq!(
             decoded,
@@ -520,7 +534,7 @@ mod tests {
     fn chunks_rebuild_the_message_and_large_resources_are_not_copied() {
         let (_, small) = any("t", 40_000);
         let (_, large) = any("t", 3 * CHUNK_BYTES);
-        let mut m = sotw_response("1", "t", "n", [&small, &small, &large, &small]);
+        let mut m = sotw_response("1", "t", "n", [&small, &small, &large, &small]).unwrap();
         let whole = m.to_vec();
         let mut chunks = Vec::new();
         while let Some(c) = m.next_chunk() {
@@ -656,9 +670,7 @@ mod tests {
         use http_body_util::BodyExt;
         let (tx, rx) = mpsc::channel(4);
         let (_, b) = any("t", 100);
-        tx.send(Ok(sotw_response("1", "t", "n", [&b])))
-            .await
-            .unwrap();
+        tx.send(sotw_response("1", "t", "n", [&b])).await.unwrap();
         tx.send(Err(Status::permission_denied("not yours")))
             .await
             .unwrap();
