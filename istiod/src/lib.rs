@@ -29,7 +29,7 @@ use anyhow::Context;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 use translator::model::{MeshConfig, Snapshot};
 
 use push::{DebounceConfig, Debouncer};
@@ -365,6 +365,7 @@ impl Publisher {
     /// snapshot carries its change set against the previous one, so only
     /// affected proxies and types are pushed.
     fn publish(&self, version: u64, loaded: Loaded, first_event: Option<tokio::time::Instant>) {
+        let started = std::time::Instant::now();
         let (mut snap, errs) = build(version, loaded);
         if let Some(first) = first_event {
             let previous = self.snapshots.borrow().clone();
@@ -378,6 +379,8 @@ impl Publisher {
             version,
             services = snap.services.len(),
             errors = errs.len(),
+            build_ms = started.elapsed().as_secs_f64() * 1e3,
+            since_change_ms = first_event.map(|f| f.elapsed().as_secs_f64() * 1e3),
             "config snapshot published"
         );
         self.snapshots.send_replace(Arc::new(snap));
@@ -422,9 +425,14 @@ impl Follow {
                     r#type: "config".into(),
                 })
                 .inc_by(merged as u64);
+            let reading = std::time::Instant::now();
             let Some(loaded) = load().await else {
                 continue;
             };
+            debug!(
+                read_ms = reading.elapsed().as_secs_f64() * 1e3,
+                "config source read"
+            );
             version += 1;
             self.publisher.publish(version, loaded, Some(first_event));
         }
