@@ -235,7 +235,7 @@ impl AdsServer {
             tokio::spawn(conn.run(requests, self.drain.clone()));
         } else {
             let requests =
-                wire::Requests::<wire::SotwRequest>::new(body).map(|r| r.and_then(Req::from_sotw));
+                wire::Requests::<wire::SotwRequest>::new(body).map(|r| r.map(Req::from_sotw));
             tokio::spawn(conn.run(requests, self.drain.clone()));
         }
         let mut response = http::Response::new(tonic::body::Body::new(wire::ResponseBody::new(rx)));

@@ -39,9 +39,9 @@ pub(super) struct Req {
 }
 
 enum Names {
-    /// SotW: the full list of names wanted, sorted, unique and UTF-8
-    /// (empty: wildcard for CDS/LDS).
-    Replace(Vec<Bytes>),
+    /// SotW: the full list of names wanted (none: wildcard for CDS/LDS),
+    /// decoded only when it differs from the last one.
+    Replace(SotwRequest),
     /// Delta: changes to the subscription, and on reconnect what the proxy has.
     Change {
         subscribe: Vec<String>,
@@ -51,15 +51,16 @@ enum Names {
 }
 
 impl Req {
-    pub(super) fn from_sotw(mut r: SotwRequest) -> Result<Req, Status> {
-        Ok(Req {
-            names: Names::Replace(r.names()?),
-            node: r.node,
-            type_url: r.type_url,
-            nonce: r.response_nonce,
-            version_info: r.version_info,
-            error: r.error_detail.map(|s| s.message),
-        })
+    pub(super) fn from_sotw(mut r: SotwRequest) -> Req {
+        let head = std::mem::take(&mut r.head);
+        Req {
+            names: Names::Replace(r),
+            node: head.node,
+            type_url: head.type_url,
+            nonce: head.response_nonce,
+            version_info: head.version_info,
+            error: head.error_detail.map(|s| s.message),
+        }
     }
 
     pub(super) fn from_delta(r: DeltaDiscoveryRequest) -> Req {
@@ -91,6 +92,8 @@ struct TypeState {
     sent_version: String,
     /// Resources the proxy has (or was sent), by name: version hash.
     sent: NameMap,
+    /// SotW: the digest of the names the last request gave, which `names` holds.
+    names_digest: Option<u128>,
 }
 
 /// Where a connection's responses go.
@@ -581,7 +584,17 @@ impl Connection {
         }
         let wildcard_type = type_url == CLUSTER_TYPE || type_url == LISTENER_TYPE;
         let changed = match req.names {
-            Names::Replace(names) => {
+            Names::Replace(request) if !first && state.names_digest == Some(request.digest()) => {
+                // The same names as last time, byte for byte (a SotW ACK,
+                // most of the time): `names` stands. A SotW request without
+                // a nonce (after a reconnect) is answered.
+                req.nonce.is_empty()
+            }
+            Names::Replace(request) => {
+                let names = match request.names() {
+                    Ok(names) => names,
+                    Err(status) => return self.fail(status).await,
+                };
                 let wildcard =
                     wildcard_type && (names.is_empty() || names.iter().any(|n| n == "*"));
                 let names = if names
@@ -601,6 +614,7 @@ impl Connection {
                 let changed = first || !names.same_keys(&state.names) || wildcard != state.wildcard;
                 state.wildcard = wildcard;
                 state.names = names;
+                state.names_digest = Some(request.digest());
                 // A SotW request without a nonce (first, or after a reconnect) is answered.
                 changed || req.nonce.is_empty()
             }

@@ -261,7 +261,7 @@ impl<T> Requests<T> {
     }
 }
 
-impl<T: prost::Message + Default> Requests<T> {
+impl<T: Decode> Requests<T> {
     /// The next whole message in the buffer, if there is one.
     fn take(&mut self) -> Option<Result<T, Status>> {
         let header = self.buf.get(..5)?;
@@ -292,7 +292,7 @@ impl<T: prost::Message + Default> Requests<T> {
     }
 }
 
-impl<T: prost::Message + Default> futures::Stream for Requests<T> {
+impl<T: Decode> futures::Stream for Requests<T> {
     type Item = Result<T, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
@@ -332,21 +332,16 @@ impl<T: prost::Message + Default> futures::Stream for Requests<T> {
 }
 
 /// Envoy's `envoy.service.discovery.v3.DiscoveryRequest` as the server
-/// reads it: the same fields and numbers (`resource_locators`, 7, is not
-/// read), but `resource_names` as slices of the received bytes rather than
-/// one string each (a SotW EDS ACK names every cluster, thousands of them,
-/// on every endpoint push). [`SotwRequest::names`] checks they are UTF-8.
+/// reads it, but for `resource_names` (3) and `resource_locators` (7,
+/// not read): the same fields and numbers.
 #[derive(Clone, PartialEq, prost::Message)]
-pub(crate) struct SotwRequest {
+pub(crate) struct SotwHead {
     /// The version the proxy last accepted.
     #[prost(string, tag = "1")]
     pub version_info: String,
     /// The proxy (first request of a stream).
     #[prost(message, optional, tag = "2")]
     pub node: Option<envoy_types::pb::envoy::config::core::v3::Node>,
-    /// The names subscribed to (all of them, every time).
-    #[prost(bytes = "bytes", repeated, tag = "3")]
-    pub resource_names: Vec<Bytes>,
     /// The resource type.
     #[prost(string, tag = "4")]
     pub type_url: String,
@@ -358,13 +353,91 @@ pub(crate) struct SotwRequest {
     pub error_detail: Option<envoy_types::pb::google::rpc::Status>,
 }
 
+/// A SotW `DiscoveryRequest`: its other fields decoded, and its
+/// `resource_names` left in the received bytes. A SotW EDS ACK names every
+/// cluster again (~1400 names, ~90 KiB at 1000 services) on every endpoint
+/// push, almost always the same list as before: [`SotwRequest::digest`]
+/// tells whether it is, without decoding a name; [`SotwRequest::names`]
+/// decodes them when it is not.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct SotwRequest {
+    /// Every field but the names.
+    pub head: SotwHead,
+    /// The encoded request.
+    raw: Bytes,
+    /// XXH3-128 of the names' encoding, in order.
+    digest: u128,
+}
+
+impl Decode for SotwRequest {
+    fn decode(raw: Bytes) -> Result<Self, prost::DecodeError> {
+        let head = <SotwHead as prost::Message>::decode(raw.clone())?;
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        // Runs of consecutive name fields (usually all of them) are hashed
+        // as one slice: the fields' own encoding (key, length, bytes), which
+        // tells lists apart whatever their names hold.
+        let mut run: Option<std::ops::Range<usize>> = None;
+        names_in(&raw, |field, _| match &mut run {
+            Some(r) if r.end == field.start => r.end = field.end,
+            _ => {
+                if let Some(r) = run.replace(field) {
+                    hasher.update(&raw[r]);
+                }
+            }
+        })?;
+        if let Some(r) = run {
+            hasher.update(&raw[r]);
+        }
+        Ok(SotwRequest {
+            head,
+            digest: hasher.digest128(),
+            raw,
+        })
+    }
+}
+
+/// Calls `f` with the byte range of each `resource_names` field of `raw`
+/// (key and length included) and of its value, in order.
+fn names_in(
+    raw: &[u8],
+    mut f: impl FnMut(std::ops::Range<usize>, std::ops::Range<usize>),
+) -> Result<(), prost::DecodeError> {
+    use prost::encoding::{DecodeContext, WireType, decode_key, decode_varint, skip_field};
+    let mut buf = raw;
+    while !buf.is_empty() {
+        let start = raw.len() - buf.len();
+        let (tag, wire_type) = decode_key(&mut buf)?;
+        if tag == 3 && wire_type == WireType::LengthDelimited {
+            // The value starts after its length; `skip_field` checks it is
+            // all there.
+            let mut value = buf;
+            decode_varint(&mut value)?;
+            let value = raw.len() - value.len();
+            skip_field(wire_type, tag, &mut buf, DecodeContext::default())?;
+            let end = raw.len() - buf.len();
+            f(start..end, value..end);
+        } else {
+            skip_field(wire_type, tag, &mut buf, DecodeContext::default())?;
+        }
+    }
+    Ok(())
+}
+
 impl SotwRequest {
-    /// The names, sorted and unique.
+    /// A digest of the names as sent (their order included): equal
+    /// digests, equal lists.
+    pub(crate) fn digest(&self) -> u128 {
+        self.digest
+    }
+
+    /// The names, sorted and unique, as slices of the received bytes.
     ///
     /// # Errors
     /// `INVALID_ARGUMENT` when a name is not UTF-8 (a `string` field).
-    pub(crate) fn names(&mut self) -> Result<Vec<Bytes>, Status> {
-        let mut names = std::mem::take(&mut self.resource_names);
+    pub(crate) fn names(&self) -> Result<Vec<Bytes>, Status> {
+        let mut names = Vec::new();
+        // The bytes were walked when decoded: no error here.
+        let _ = names_in(&self.raw, |_, value| names.push(self.raw.slice(value)));
         if let Some(bad) = names.iter().find(|n| std::str::from_utf8(n).is_err()) {
             return Err(Status::invalid_argument(format!(
                 "resource name is not UTF-8: {}",
@@ -374,6 +447,21 @@ impl SotwRequest {
         names.sort_unstable();
         names.dedup();
         Ok(names)
+    }
+}
+
+/// How a request type is read from one gRPC message's bytes.
+pub(crate) trait Decode: Sized {
+    /// Decodes `raw` (shared, so that fields can be slices of it).
+    ///
+    /// # Errors
+    /// When `raw` is not a valid encoding of the message.
+    fn decode(raw: Bytes) -> Result<Self, prost::DecodeError>;
+}
+
+impl Decode for envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest {
+    fn decode(raw: Bytes) -> Result<Self, prost::DecodeError> {
+        prost::Message::decode(raw)
     }
 }
 
@@ -452,7 +540,7 @@ mod tests {
 
     use super::*;
     use envoy_types::pb::envoy::service::discovery::v3::{
-        DeltaDiscoveryResponse, DiscoveryResponse, Resource,
+        DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
     };
     use envoy_types::pb::google::protobuf::Any;
     use prost::Message as _;
@@ -560,7 +648,7 @@ mod tests {
         )))
     }
 
-    fn framed(request: &SotwRequest) -> Vec<u8> {
+    fn framed(request: &DiscoveryRequest) -> Vec<u8> {
         let msg = request.encode_to_vec();
         let mut out = vec![0];
         out.extend_from_slice(&(msg.len() as u32).to_be_bytes());
@@ -571,17 +659,15 @@ mod tests {
     #[tokio::test]
     async fn requests_split_over_frames_or_sharing_one_are_read_whole() {
         use futures::StreamExt;
-        let names = |n: usize| -> Vec<Bytes> {
-            (0..n)
-                .map(|i| Bytes::from(format!("outbound|8080||svc-{i}.ns.svc.cluster.local")))
-                .collect()
-        };
-        let big = SotwRequest {
+        let names: Vec<String> = (0..2000)
+            .map(|i| format!("outbound|8080||svc-{i:04}.ns.svc.cluster.local"))
+            .collect();
+        let big = DiscoveryRequest {
             type_url: "eds".into(),
-            resource_names: names(2000),
+            resource_names: names.clone(),
             ..Default::default()
         };
-        let small = SotwRequest {
+        let small = DiscoveryRequest {
             type_url: "cds".into(),
             response_nonce: "1-1".into(),
             ..Default::default()
@@ -592,9 +678,20 @@ mod tests {
         let got: Vec<Result<SotwRequest, Status>> =
             Requests::<SotwRequest>::new(body(frames)).collect().await;
         assert_eq!(got.len(), 3);
-        assert_eq!(got[0].as_ref().unwrap(), &big);
-        assert_eq!(got[1].as_ref().unwrap(), &small);
-        assert_eq!(got[2].as_ref().unwrap(), &small);
+        let big = got[0].as_ref().unwrap();
+        assert_eq!(big.head.type_url, "eds");
+        assert_eq!(big.names().unwrap(), names);
+        for small in &got[1..] {
+            let small = small.as_ref().unwrap();
+            assert_eq!(
+                (
+                    small.head.type_url.as_str(),
+                    small.head.response_nonce.as_str()
+                ),
+                ("cds", "1-1")
+            );
+            assert!(small.names().unwrap().is_empty());
+        }
     }
 
     #[tokio::test]
@@ -605,7 +702,7 @@ mod tests {
                 .collect::<Vec<_>>()
                 .await
         };
-        let whole = framed(&SotwRequest {
+        let whole = framed(&DiscoveryRequest {
             type_url: "cds".into(),
             ..Default::default()
         });
@@ -631,7 +728,6 @@ mod tests {
 
     #[test]
     fn sotw_requests_read_as_envoys_discovery_request() {
-        use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
         let sent = DiscoveryRequest {
             version_info: "3".into(),
             resource_names: vec!["b".into(), "a".into(), "b".into()],
@@ -644,25 +740,58 @@ mod tests {
             }),
             ..Default::default()
         };
-        let mut read = SotwRequest::decode(Bytes::from(sent.encode_to_vec())).unwrap();
+        let read = <SotwRequest as Decode>::decode(Bytes::from(sent.encode_to_vec())).unwrap();
         assert_eq!(read.names().unwrap(), [Bytes::from("a"), Bytes::from("b")]);
+        let head = read.head;
         assert_eq!(
             (
-                read.version_info.as_str(),
-                read.type_url.as_str(),
-                read.response_nonce.as_str()
+                head.version_info.as_str(),
+                head.type_url.as_str(),
+                head.response_nonce.as_str()
             ),
             ("3", "t", "3-1")
         );
-        assert_eq!(read.error_detail.unwrap().message, "no");
-        let mut bad = SotwRequest {
-            resource_names: vec![Bytes::from_static(&[0xff, 0xfe])],
-            ..Default::default()
-        };
+        assert_eq!(head.error_detail.unwrap().message, "no");
+        // resource_names: one name, not UTF-8.
+        let bad =
+            <SotwRequest as Decode>::decode(Bytes::from_static(&[0x1a, 2, 0xff, 0xfe])).unwrap();
         assert_eq!(
             bad.names().unwrap_err().code(),
             tonic::Code::InvalidArgument
         );
+        // A name longer than the message is refused when the request is read.
+        assert!(<SotwRequest as Decode>::decode(Bytes::from_static(&[0x1a, 9, b'a'])).is_err());
+    }
+
+    #[test]
+    fn the_digest_tells_name_lists_apart_and_reads_nothing_else() {
+        let digest = |names: &[&str], nonce: &str| {
+            let request = DiscoveryRequest {
+                resource_names: names.iter().map(|n| (*n).to_owned()).collect(),
+                response_nonce: nonce.into(),
+                ..Default::default()
+            };
+            <SotwRequest as Decode>::decode(Bytes::from(request.encode_to_vec()))
+                .unwrap()
+                .digest()
+        };
+        let ab = digest(&["a", "b"], "1");
+        assert_eq!(ab, digest(&["a", "b"], "2"), "the nonce is not a name");
+        assert_ne!(ab, digest(&["ab"], "1"));
+        assert_ne!(ab, digest(&["a", "b", ""], "1"));
+        assert_ne!(
+            ab,
+            digest(&["b", "a"], "1"),
+            "order counts: a new list is read"
+        );
+        assert_ne!(ab, digest(&[], "1"));
+        // Names with another field between them: the same list.
+        let mut split = vec![0x1a, 1, b'a'];
+        split.extend_from_slice(&[0x2a, 1, b'9']); // response_nonce
+        split.extend_from_slice(&[0x1a, 1, b'b']);
+        let split = <SotwRequest as Decode>::decode(Bytes::from(split)).unwrap();
+        assert_eq!(split.digest(), ab);
+        assert_eq!(split.head.response_nonce, "9");
     }
 
     #[tokio::test]
