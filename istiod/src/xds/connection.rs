@@ -41,7 +41,7 @@ pub(super) struct Req {
 enum Names {
     /// SotW: the full list of names wanted (none: wildcard for CDS/LDS),
     /// decoded only when it differs from the last one.
-    Replace(SotwRequest),
+    Replace(wire::SotwNames),
     /// Delta: changes to the subscription, and on reconnect what the proxy has.
     Change {
         subscribe: Vec<String>,
@@ -51,10 +51,10 @@ enum Names {
 }
 
 impl Req {
-    pub(super) fn from_sotw(mut r: SotwRequest) -> Req {
-        let head = std::mem::take(&mut r.head);
+    pub(super) fn from_sotw(r: SotwRequest) -> Req {
+        let head = r.head;
         Req {
-            names: Names::Replace(r),
+            names: Names::Replace(r.names),
             node: head.node,
             type_url: head.type_url,
             nonce: head.response_nonce,
@@ -584,14 +584,14 @@ impl Connection {
         }
         let wildcard_type = type_url == CLUSTER_TYPE || type_url == LISTENER_TYPE;
         let changed = match req.names {
-            Names::Replace(request) if !first && state.names_digest == Some(request.digest()) => {
+            Names::Replace(listed) if !first && state.names_digest == Some(listed.digest()) => {
                 // The same names as last time, byte for byte (a SotW ACK,
                 // most of the time): `names` stands. A SotW request without
                 // a nonce (after a reconnect) is answered.
                 req.nonce.is_empty()
             }
-            Names::Replace(request) => {
-                let names = match request.names() {
+            Names::Replace(listed) => {
+                let names = match listed.names() {
                     Ok(names) => names,
                     Err(status) => return self.fail(status).await,
                 };
@@ -614,7 +614,7 @@ impl Connection {
                 let changed = first || !names.same_keys(&state.names) || wildcard != state.wildcard;
                 state.wildcard = wildcard;
                 state.names = names;
-                state.names_digest = Some(request.digest());
+                state.names_digest = Some(listed.digest());
                 // A SotW request without a nonce (first, or after a reconnect) is answered.
                 changed || req.nonce.is_empty()
             }

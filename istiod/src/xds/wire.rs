@@ -354,15 +354,22 @@ pub(crate) struct SotwHead {
 }
 
 /// A SotW `DiscoveryRequest`: its other fields decoded, and its
-/// `resource_names` left in the received bytes. A SotW EDS ACK names every
-/// cluster again (~1400 names, ~90 KiB at 1000 services) on every endpoint
-/// push, almost always the same list as before: [`SotwRequest::digest`]
-/// tells whether it is, without decoding a name; [`SotwRequest::names`]
-/// decodes them when it is not.
+/// `resource_names` left in the received bytes.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct SotwRequest {
     /// Every field but the names.
     pub head: SotwHead,
+    /// The names.
+    pub names: SotwNames,
+}
+
+/// The `resource_names` of a SotW request, undecoded. A SotW EDS ACK names
+/// every cluster again (~1400 names, ~90 KiB at 1000 services) on every
+/// endpoint push, almost always the same list as before:
+/// [`SotwNames::digest`] tells whether it is, without decoding a name;
+/// [`SotwNames::names`] decodes them when it is not.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct SotwNames {
     /// The encoded request.
     raw: Bytes,
     /// XXH3-128 of the names' encoding, in order.
@@ -390,8 +397,10 @@ impl Decode for SotwRequest {
         }
         Ok(SotwRequest {
             head,
-            digest: hasher.digest128(),
-            raw,
+            names: SotwNames {
+                digest: hasher.digest128(),
+                raw,
+            },
         })
     }
 }
@@ -423,7 +432,7 @@ fn names_in(
     Ok(())
 }
 
-impl SotwRequest {
+impl SotwNames {
     /// A digest of the names as sent (their order included): equal
     /// digests, equal lists.
     pub(crate) fn digest(&self) -> u128 {
@@ -680,7 +689,7 @@ mod tests {
         assert_eq!(got.len(), 3);
         let big = got[0].as_ref().unwrap();
         assert_eq!(big.head.type_url, "eds");
-        assert_eq!(big.names().unwrap(), names);
+        assert_eq!(big.names.names().unwrap(), names);
         for small in &got[1..] {
             let small = small.as_ref().unwrap();
             assert_eq!(
@@ -690,7 +699,7 @@ mod tests {
                 ),
                 ("cds", "1-1")
             );
-            assert!(small.names().unwrap().is_empty());
+            assert!(small.names.names().unwrap().is_empty());
         }
     }
 
@@ -741,7 +750,10 @@ mod tests {
             ..Default::default()
         };
         let read = <SotwRequest as Decode>::decode(Bytes::from(sent.encode_to_vec())).unwrap();
-        assert_eq!(read.names().unwrap(), [Bytes::from("a"), Bytes::from("b")]);
+        assert_eq!(
+            read.names.names().unwrap(),
+            [Bytes::from("a"), Bytes::from("b")]
+        );
         let head = read.head;
         assert_eq!(
             (
@@ -756,7 +768,7 @@ mod tests {
         let bad =
             <SotwRequest as Decode>::decode(Bytes::from_static(&[0x1a, 2, 0xff, 0xfe])).unwrap();
         assert_eq!(
-            bad.names().unwrap_err().code(),
+            bad.names.names().unwrap_err().code(),
             tonic::Code::InvalidArgument
         );
         // A name longer than the message is refused when the request is read.
@@ -773,6 +785,7 @@ mod tests {
             };
             <SotwRequest as Decode>::decode(Bytes::from(request.encode_to_vec()))
                 .unwrap()
+                .names
                 .digest()
         };
         let ab = digest(&["a", "b"], "1");
@@ -790,7 +803,7 @@ mod tests {
         split.extend_from_slice(&[0x2a, 1, b'9']); // response_nonce
         split.extend_from_slice(&[0x1a, 1, b'b']);
         let split = <SotwRequest as Decode>::decode(Bytes::from(split)).unwrap();
-        assert_eq!(split.digest(), ab);
+        assert_eq!(split.names.digest(), ab);
         assert_eq!(split.head.response_nonce, "9");
     }
 
