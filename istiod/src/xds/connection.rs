@@ -446,7 +446,7 @@ impl Connection {
             let step = tokio::select! {
                 _ = drain.cancelled() => Err(Closed),
                 req = requests.next() => match req {
-                    Some(Ok(req)) => self.on_request(req).await,
+                    Some(Ok(req)) => Box::pin(self.on_request(req)).await,
                     None => Err(Closed),
                     Some(Err(status)) => {
                         debug!(conn = self.id, node = %self.node_id, %status, "xDS stream error");
@@ -456,7 +456,7 @@ impl Connection {
                 changed = self.snapshots.changed(), if publishing => match changed {
                     Ok(()) => {
                         let snap = self.snapshots.borrow_and_update().clone();
-                        self.on_snapshot(snap).await
+                        Box::pin(self.on_snapshot(snap)).await
                     }
                     Err(_) => {
                         publishing = false;
