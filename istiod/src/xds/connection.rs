@@ -857,7 +857,7 @@ impl Connection {
             warn!(node = %self.node_id, %type_url, %status, "response cannot be sent; closing the stream");
         }
         let fatal = message.is_err();
-        match self.sink.tx.send(message).await {
+        match self.sink.tx.send(message.map(Box::new)).await {
             Ok(()) if !fatal => Ok(true),
             _ => Err(Closed),
         }
