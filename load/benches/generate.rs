@@ -11,6 +11,10 @@ use crds::document::{parse_value, split_documents};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use translator::model::{MeshConfig, Proxy, Snapshot};
 
+/// The daemon's allocator (istiod's default `jemalloc` feature).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn objects(services: usize) -> Vec<crds::document::Object> {
     let mut objects = Vec::new();
     for i in 0..services {

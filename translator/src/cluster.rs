@@ -1,7 +1,7 @@
 //! CDS and EDS: `outbound|port|subset|host` clusters and their
 //! `ClusterLoadAssignment`s, `PassthroughCluster` and `BlackHoleCluster`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use crds::destination_rule::{SimpleLb, TrafficPolicy};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
@@ -30,7 +30,8 @@ pub(crate) const CONNECT_TIMEOUT_SECS: u64 = 10;
 /// Istio's cluster name: `outbound|9080|v1|reviews.default.svc.cluster.local`
 /// (`subset` empty for the whole service).
 pub fn cluster_name(port: u32, subset: &str, hostname: &str) -> String {
-    format!("outbound|{port}|{subset}|{hostname}")
+    // Written out rather than `format!`: one per cluster of every sidecar.
+    ["outbound|", &port.to_string(), "|", subset, "|", hostname].concat()
 }
 
 /// Clusters and endpoint assignments for every service port and every
@@ -42,23 +43,32 @@ pub(crate) fn build(
     only: Option<&std::collections::BTreeSet<String>>,
 ) -> (Vec<Cluster>, Vec<ClusterLoadAssignment>) {
     let ns = proxy.namespace.as_str();
-    let mut clusters = vec![passthrough_cluster(), blackhole_cluster()];
-    let mut assignments = Vec::new();
-    for svc in snap
+    let services: Vec<(&Service, Option<&crate::model::Config<_>>)> = snap
         .services_for(proxy)
         .filter(|s| only.is_none_or(|o| o.contains(&s.hostname)))
-    {
-        let dr = snap.destination_rule(&svc.hostname, ns);
+        .map(|s| (&**s, snap.destination_rule(&s.hostname, ns)))
+        .collect();
+    // Clusters are large (~3 KiB each): room for all of them up front
+    // rather than copies as the vector grows.
+    let count: usize = services
+        .iter()
+        .map(|(s, dr)| s.ports.len() * (1 + dr.map_or(0, |d| d.spec.subsets.len())))
+        .sum();
+    let mut clusters = Vec::with_capacity(count + 2);
+    clusters.extend([passthrough_cluster(), blackhole_cluster()]);
+    let mut assignments = Vec::with_capacity(count);
+    let no_labels = BTreeMap::new();
+    for (svc, dr) in services {
         let top = dr.and_then(|d| d.spec.traffic_policy.as_ref());
         for port in &svc.ports {
-            let mut variants: Vec<(&str, Option<&TrafficPolicy>, BTreeMap<String, String>)> =
-                vec![("", None, BTreeMap::new())];
+            let mut variants: Vec<(&str, Option<&TrafficPolicy>, &BTreeMap<String, String>)> =
+                vec![("", None, &no_labels)];
             if let Some(dr) = dr {
                 for subset in &dr.spec.subsets {
                     variants.push((
                         subset.name.as_str(),
                         subset.traffic_policy.as_ref(),
-                        subset.labels.clone(),
+                        &subset.labels,
                     ));
                 }
             }
@@ -68,7 +78,7 @@ pub(crate) fn build(
                 let endpoints: Vec<&Endpoint> = svc
                     .endpoints
                     .iter()
-                    .filter(|ep| ep.ready && selects(&labels, ep))
+                    .filter(|ep| ep.ready && selects(labels, ep))
                     .collect();
                 let mut localities: Vec<&str> =
                     endpoints.iter().map(|e| e.locality.as_str()).collect();
@@ -78,16 +88,15 @@ pub(crate) fn build(
                 // Auto mTLS (Istio's default): no TLS settings from a rule,
                 // an in-mesh service, and endpoints with a sidecar whose
                 // PeerAuthentication on that port is not DISABLE.
-                let auto: Option<BTreeSet<String>> =
+                let auto: Option<Vec<bool>> =
                     (snap.mesh.auto_mtls && policy.tls_unset() && !svc.external)
                         .then(|| {
                             endpoints
                                 .iter()
-                                .filter(|e| e.in_mesh() && takes_mtls(snap, svc, port, e))
-                                .map(|e| e.address.clone())
+                                .map(|e| e.in_mesh() && takes_mtls(snap, svc, port, e))
                                 .collect()
                         })
-                        .filter(|a: &BTreeSet<String>| !a.is_empty());
+                        .filter(|a: &Vec<bool>| a.contains(&true));
                 let identity = (policy.istio_mutual() || auto.is_some()).then(|| IstioTls {
                     sni: istio_sni(port.port, subset, &svc.hostname),
                     sans: identities(&snap.mesh.trust_domain, svc, &endpoints),
@@ -183,15 +192,24 @@ pub struct IstioTls {
     /// `spiffe://<trust-domain>/ns/<namespace>/sa/<account>` of every
     /// service account behind the cluster (empty: any, verified by the root only).
     pub sans: Vec<String>,
-    /// Auto mTLS: the addresses of the endpoints that take Istio mTLS
-    /// (a transport socket match on their metadata); the others get
-    /// plaintext. None: `ISTIO_MUTUAL`, mTLS to every endpoint.
-    pub auto: Option<BTreeSet<String>>,
+    /// Auto mTLS: for each of the cluster's endpoints (in the order of its
+    /// selection), whether it takes Istio mTLS (a transport socket match on
+    /// its metadata); the others get plaintext. At least one does. None:
+    /// `ISTIO_MUTUAL`, mTLS to every endpoint.
+    pub auto: Option<Vec<bool>>,
 }
 
 /// Istio's SNI for mesh-internal mTLS to one cluster.
 pub fn istio_sni(port: u32, subset: &str, hostname: &str) -> String {
-    format!("outbound_.{port}_.{subset}_.{hostname}")
+    [
+        "outbound_.",
+        &port.to_string(),
+        "_.",
+        subset,
+        "_.",
+        hostname,
+    ]
+    .concat()
 }
 
 /// The SPIFFE IDs of the endpoints' service accounts, sorted, unique.
@@ -213,10 +231,10 @@ fn assignment(
     port: &ServicePort,
     endpoints: &[&Endpoint],
     plan: Option<&LocalityPlan>,
-    mtls: Option<&BTreeSet<String>>,
+    mtls: Option<&Vec<bool>>,
 ) -> ClusterLoadAssignment {
     let mut by_locality: BTreeMap<&str, Vec<LbEndpoint>> = BTreeMap::new();
-    for ep in endpoints {
+    for (i, ep) in endpoints.iter().enumerate() {
         let Some(target) = ep.target_port(&port.name) else {
             continue;
         };
@@ -230,7 +248,7 @@ fn assignment(
                 })),
                 load_balancing_weight: Some(UInt32Value { value: 1 }),
                 metadata: mtls
-                    .is_some_and(|m| m.contains(&ep.address))
+                    .is_some_and(|m| m.get(i) == Some(&true))
                     .then(|| Metadata {
                         filter_metadata: [(TRANSPORT_SOCKET_MATCH.to_owned(), tls_mode_istio())]
                             .into_iter()

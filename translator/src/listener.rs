@@ -1,7 +1,7 @@
 //! LDS and RDS: the sidecar's `virtualOutbound` (15001) with per-port
 //! listeners behind it, and a gateway's listener per server port.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, HashSet};
 
 use prost::Message;
 
@@ -200,12 +200,12 @@ fn http_route_config(
         port,
         gateways: &[],
     };
-    let mut used = BTreeSet::new();
-    let mut vhosts = Vec::new();
+    let mut used: HashSet<String> = HashSet::with_capacity(services.len() * 10);
+    let mut vhosts = Vec::with_capacity(services.len() + 1);
     for svc in services {
         let domains: Vec<String> = service_domains(svc, proxy, port)
             .into_iter()
-            .filter(|d| used.insert(d.clone()))
+            .filter(|d| !used.contains(d) && used.insert(d.clone()))
             .collect();
         if domains.is_empty() {
             continue;
@@ -388,19 +388,26 @@ fn cidr_contains(cidr: &str, ip: &str) -> bool {
 /// Istio's domain set for a service on a port: FQDN, `name.ns.svc`,
 /// `name.ns`, the short name (same namespace only), VIPs; each also with `:port`.
 fn service_domains(svc: &Service, proxy: &Proxy, port: u32) -> Vec<String> {
-    let mut hosts = vec![svc.hostname.clone()];
+    // Written out rather than with `format!`: this runs for every service
+    // on every port of every sidecar.
+    let mut hosts = Vec::with_capacity(4 + svc.vips.len());
+    hosts.push(svc.hostname.clone());
     if svc.kubernetes {
-        hosts.push(format!("{}.{}.svc", svc.name, svc.namespace));
-        hosts.push(format!("{}.{}", svc.name, svc.namespace));
+        let name_ns = [svc.name.as_str(), ".", svc.namespace.as_str()].concat();
+        hosts.push([name_ns.as_str(), ".svc"].concat());
+        hosts.push(name_ns);
         if proxy.namespace == svc.namespace {
             hosts.push(svc.name.clone());
         }
     }
     hosts.extend(svc.vips.iter().cloned());
-    hosts
-        .into_iter()
-        .flat_map(|h| [format!("{h}:{port}"), h])
-        .collect()
+    let port = port.to_string();
+    let mut out = Vec::with_capacity(hosts.len() * 2);
+    for h in hosts {
+        out.push([h.as_str(), ":", &port].concat());
+        out.push(h);
+    }
+    out
 }
 
 /// A server of a Gateway selected by the proxy.

@@ -253,6 +253,9 @@ pub struct Snapshot {
     vs_by_host: HashMap<String, Vec<usize>>,
     /// VirtualServices with a wildcard host (checked for every hostname).
     vs_wildcard: Vec<usize>,
+    /// DestinationRules with a wildcard host: the host after its `*`, and
+    /// the rule's position (checked for a hostname without its own rule).
+    dr_wildcard: Vec<(String, usize)>,
     /// The ports each workload address serves, from the services whose
     /// endpoints it is (see [`Snapshot::inbound_ports`]).
     inbound: HashMap<String, Vec<InboundPort>>,
@@ -558,6 +561,9 @@ impl Snapshot {
         }
         for (i, dr) in snap.destination_rules.iter().enumerate() {
             let host = snap.resolve_host(&dr.spec.host, &dr.namespace);
+            if let Some(suffix) = host.strip_prefix('*') {
+                snap.dr_wildcard.push((suffix.to_owned(), i));
+            }
             snap.dr_by_host.entry(host).or_default().push(i);
         }
         for (i, vs) in snap.virtual_services.iter().enumerate() {
@@ -726,17 +732,12 @@ impl Snapshot {
         }
         // A wildcard host (`*.ns.svc.cluster.local`, `*.local`, `*`): the most
         // specific match, the proxy's own namespace first on a tie.
-        self.dr_by_host
+        // Reversed, so that of equals `max_by_key` keeps the first in config order.
+        self.dr_wildcard
             .iter()
-            .filter_map(|(host, ids)| {
-                let suffix = host.strip_prefix('*')?;
-                hostname.ends_with(suffix).then_some((suffix.len(), ids))
-            })
-            .flat_map(|(len, ids)| {
-                ids.iter()
-                    .filter_map(|i| self.destination_rules.get(*i))
-                    .map(move |dr| (len, dr))
-            })
+            .rev()
+            .filter(|(suffix, _)| hostname.ends_with(suffix.as_str()))
+            .filter_map(|(suffix, i)| Some((suffix.len(), self.destination_rules.get(*i)?)))
             .filter(|(_, dr)| exported_to(&dr.spec.export_to, &dr.namespace, ns))
             .max_by_key(|(len, dr)| (*len, dr.namespace == ns))
             .map(|(_, dr)| dr)
