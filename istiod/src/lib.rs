@@ -120,6 +120,7 @@ impl Daemon {
         let publisher = Publisher {
             snapshots: Arc::new(snap_tx),
             errors: Arc::new(err_tx),
+            warned: Arc::default(),
         };
         let mut tasks = Vec::new();
         let (leader_tx, leader) = watch::channel(false);
@@ -357,7 +358,14 @@ async fn load_dir(
 struct Publisher {
     snapshots: Arc<watch::Sender<Arc<Snapshot>>>,
     errors: Arc<watch::Sender<Arc<Vec<SourceError>>>>,
+    /// The objects of the last snapshot, by address: their unsupported
+    /// fields were logged when they first came (the sources share unchanged
+    /// objects from one load to the next).
+    warned: Arc<std::sync::Mutex<Seen>>,
 }
+
+/// Objects by address, held so that an address is not reused while listed.
+type Seen = std::collections::HashMap<usize, Arc<crds::Object>>;
 
 impl Publisher {
     /// Builds snapshot `version` from `loaded` and publishes it. With
@@ -366,7 +374,11 @@ impl Publisher {
     /// affected proxies and types are pushed.
     fn publish(&self, version: u64, loaded: Loaded, first_event: Option<tokio::time::Instant>) {
         let started = std::time::Instant::now();
-        let (mut snap, errs) = build(version, loaded);
+        let (mut snap, errs) = match self.warned.lock() {
+            Ok(mut seen) => build(version, loaded, &mut seen),
+            Err(_) => build(version, loaded, &mut Seen::new()),
+        };
+        let built = started.elapsed();
         if let Some(first) = first_event {
             let previous = self.snapshots.borrow().clone();
             snap.changes = Some(Arc::new(translator::changes::ChangeSet::between(
@@ -379,7 +391,8 @@ impl Publisher {
             version,
             services = snap.services.len(),
             errors = errs.len(),
-            build_ms = started.elapsed().as_secs_f64() * 1e3,
+            build_ms = built.as_secs_f64() * 1e3,
+            changes_ms = (started.elapsed() - built).as_secs_f64() * 1e3,
             since_change_ms = first_event.map(|f| f.elapsed().as_secs_f64() * 1e3),
             "config snapshot published"
         );
@@ -440,12 +453,29 @@ impl Follow {
 }
 
 /// Builds a snapshot, logging (and returning) every skipped document.
-fn build(version: u64, mut loaded: Loaded) -> (Snapshot, Vec<SourceError>) {
+/// The entries whose objects are not in `seen` (new or changed since the
+/// last load); `seen` becomes these entries' objects.
+fn newly_seen<'a>(entries: &'a [sources::Entry], seen: &mut Seen) -> Vec<&'a sources::Entry> {
+    let previous = std::mem::take(seen);
+    let mut fresh = Vec::new();
+    for entry in entries {
+        let at = Arc::as_ptr(&entry.object) as usize;
+        seen.insert(at, entry.object.clone());
+        if !previous.contains_key(&at) {
+            fresh.push(entry);
+        }
+    }
+    fresh
+}
+
+/// Objects in `seen` (the last snapshot's) had their unsupported fields
+/// logged then; `seen` becomes this snapshot's objects.
+fn build(version: u64, mut loaded: Loaded, seen: &mut Seen) -> (Snapshot, Vec<SourceError>) {
     loaded.drop_orphan_delegates();
     for e in &loaded.errors {
         error!(file = %e.file.display(), document = e.document, error = %e.error, "invalid config skipped");
     }
-    for entry in &loaded.entries {
+    for entry in newly_seen(&loaded.entries, seen) {
         for (field, reason) in crds::support::unsupported(&entry.object) {
             let meta = entry.object.metadata();
             warn!(
@@ -460,4 +490,35 @@ fn build(version: u64, mut loaded: Loaded) -> (Snapshot, Vec<SourceError>) {
         warn!(warning = %w, "config read but not acted on");
     }
     (snap, loaded.errors)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn only_new_or_changed_objects_are_looked_at_again() {
+        let service = |port: u16| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: a}}\nspec: {{ports: [{{port: {port}}}]}}\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: b}}\nspec: {{ports: [{{port: 80}}]}}\n"
+            )
+        };
+        let mut first = Loaded::default();
+        first.add_text("a.yaml".into(), &service(80));
+        let mut seen = Seen::new();
+        assert_eq!(newly_seen(&first.entries, &mut seen).len(), 2);
+        // The same objects (shared, as the sources keep them): none.
+        assert!(newly_seen(&first.entries, &mut seen).is_empty());
+        // One object replaced: that one only.
+        let mut second = first.clone();
+        let mut changed = Loaded::default();
+        changed.add_text("a.yaml".into(), &service(81));
+        second.entries[0] = changed.entries.remove(0);
+        let fresh = newly_seen(&second.entries, &mut seen);
+        assert_eq!(fresh.len(), 1);
+        assert!(Arc::ptr_eq(&fresh[0].object, &second.entries[0].object));
+        assert_eq!(seen.len(), 2, "the replaced object is let go");
+    }
 }

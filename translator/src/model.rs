@@ -14,7 +14,7 @@ use std::sync::Arc;
 use crds::document::Object;
 use crds::service_entry::{Location, Resolution};
 use crds::{DestinationRuleSpec, GatewaySpec, VirtualServiceSpec};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, ServiceSpec};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 /// Kubernetes' default cluster DNS domain.
@@ -297,23 +297,21 @@ impl Snapshot {
             mesh,
             ..Default::default()
         };
-        let mut pods_by_name: HashMap<(String, String), &Pod> = HashMap::new();
-        let mut pods_by_ip: HashMap<String, &Pod> = HashMap::new();
+        // Borrowed from the objects: only what the model keeps is copied.
+        let mut pods_by_name: HashMap<(&str, &str), &Pod> = HashMap::new();
+        let mut pods_by_ip: HashMap<&str, &Pod> = HashMap::new();
         let mut slices = Vec::new();
         let mut services = Vec::new();
         for obj in objects {
-            let ns = obj
-                .metadata()
-                .namespace
-                .clone()
-                .unwrap_or_else(|| "default".into());
-            let name = obj.metadata().name.clone().unwrap_or_default();
+            let ns: &str = obj.metadata().namespace.as_deref().unwrap_or("default");
+            let name: &str = obj.metadata().name.as_deref().unwrap_or_default();
             match obj {
                 Object::Namespace(n) => {
                     if let Some(a) = &n.metadata.annotations {
-                        snap.namespace_annotations.insert(name.clone(), a.clone());
+                        snap.namespace_annotations
+                            .insert(name.to_owned(), a.clone());
                     }
-                    snap.namespaces.push(name);
+                    snap.namespaces.push(name.to_owned());
                 }
                 Object::ConfigMap(cm) if crds::mesh::is_mesh_configmap(cm) => {
                     if let Ok(m) = crds::mesh::parse(cm) {
@@ -356,7 +354,7 @@ impl Snapshot {
                     );
                 }
                 Object::Pod(pod) => {
-                    if let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone()) {
+                    if let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()) {
                         pods_by_ip.insert(ip, pod);
                     }
                     pods_by_name.insert((ns, name), pod);
@@ -364,32 +362,32 @@ impl Snapshot {
                 Object::Service(svc) => services.push((ns, name, svc)),
                 Object::EndpointSlice(slice) => slices.push((ns, slice)),
                 Object::VirtualService(vs) => snap.virtual_services.push(Config {
-                    name,
-                    namespace: ns,
+                    name: name.to_owned(),
+                    namespace: ns.to_owned(),
                     spec: vs.spec.clone(),
                 }),
                 Object::DestinationRule(dr) => snap.destination_rules.push(Config {
-                    name,
-                    namespace: ns,
+                    name: name.to_owned(),
+                    namespace: ns.to_owned(),
                     spec: dr.spec.clone(),
                 }),
                 Object::Gateway(gw) => snap.gateways.push(Config {
-                    name,
-                    namespace: ns,
+                    name: name.to_owned(),
+                    namespace: ns.to_owned(),
                     spec: gw.spec.clone(),
                 }),
                 Object::Sidecar(sc) => snap.sidecars.push(Config {
-                    name,
-                    namespace: ns,
+                    name: name.to_owned(),
+                    namespace: ns.to_owned(),
                     spec: sc.spec.clone(),
                 }),
                 Object::PeerAuthentication(pa) => snap.peer_authentications.push(Config {
-                    name,
-                    namespace: ns,
+                    name: name.to_owned(),
+                    namespace: ns.to_owned(),
                     spec: pa.spec.clone(),
                 }),
                 Object::ServiceEntry(se) => {
-                    for svc in service_entry_services(&ns, &se.spec) {
+                    for svc in service_entry_services(ns, &se.spec) {
                         snap.services
                             .entry(svc.hostname.clone())
                             .or_insert_with(|| Arc::new(svc));
@@ -408,20 +406,21 @@ impl Snapshot {
                 .and_then(|l| l.get("kubernetes.io/service-name"))
             {
                 slices_of
-                    .entry((slice_ns.as_str(), owner.as_str()))
+                    .entry((*slice_ns, owner.as_str()))
                     .or_default()
                     .push(*slice);
             }
         }
         for (ns, name, svc) in services {
-            let spec = svc.spec.clone().unwrap_or_default();
+            let no_spec = Default::default();
+            let spec: &ServiceSpec = svc.spec.as_ref().unwrap_or(&no_spec);
             let ports = spec
                 .ports
-                .unwrap_or_default()
-                .into_iter()
+                .iter()
+                .flatten()
                 .filter_map(|p| {
                     let port = u32::try_from(p.port).ok()?;
-                    let pname = p.name.unwrap_or_default();
+                    let pname = p.name.clone().unwrap_or_default();
                     let protocol = match p.app_protocol.as_deref() {
                         Some(ap) => Protocol::from_name(ap),
                         None => Protocol::from_name(&pname),
@@ -437,13 +436,15 @@ impl Snapshot {
             // traffic goes to the address they chose (ORIGINAL_DST), as Istio
             // resolves headless services (`Passthrough`).
             let headless = spec.cluster_ip.as_deref() == Some("None");
-            let vips = spec
-                .cluster_ips
-                .or_else(|| spec.cluster_ip.map(|ip| vec![ip]))
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|ip| !ip.is_empty() && ip != "None")
-                .collect();
+            let vips = match (&spec.cluster_ips, &spec.cluster_ip) {
+                (Some(ips), _) => ips.as_slice(),
+                (None, Some(ip)) => std::slice::from_ref(ip),
+                (None, None) => &[],
+            }
+            .iter()
+            .filter(|ip| !ip.is_empty() && *ip != "None")
+            .cloned()
+            .collect();
             let hostname = format!("{name}.{ns}.svc.{}", snap.mesh.domain);
             let export_to = svc
                 .metadata
@@ -459,7 +460,7 @@ impl Snapshot {
                 .unwrap_or_default();
             let mut endpoints = Vec::new();
             let own_slices = slices_of
-                .get(&(ns.as_str(), name.as_str()))
+                .get(&(ns, name))
                 .map(Vec::as_slice)
                 .unwrap_or_default();
             for slice in own_slices {
@@ -480,10 +481,14 @@ impl Snapshot {
                         .as_ref()
                         .filter(|r| r.kind.as_deref() == Some("Pod"))
                         .and_then(|r| {
-                            let pns = r.namespace.clone().unwrap_or_else(|| ns.clone());
-                            pods_by_name.get(&(pns, r.name.clone().unwrap_or_default()))
+                            let pns = r.namespace.as_deref().unwrap_or(ns);
+                            pods_by_name.get(&(pns, r.name.as_deref().unwrap_or_default()))
                         })
-                        .or_else(|| ep.addresses.first().and_then(|a| pods_by_ip.get(a)));
+                        .or_else(|| {
+                            ep.addresses
+                                .first()
+                                .and_then(|a| pods_by_ip.get(a.as_str()))
+                        });
                     let labels: BTreeMap<String, String> = pod
                         .and_then(|p| p.metadata.labels.clone())
                         .unwrap_or_default()
@@ -511,8 +516,8 @@ impl Snapshot {
                 hostname.clone(),
                 Arc::new(Service {
                     hostname,
-                    name,
-                    namespace: ns,
+                    name: name.to_owned(),
+                    namespace: ns.to_owned(),
                     vips,
                     ports,
                     endpoints,
