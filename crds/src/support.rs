@@ -71,8 +71,22 @@ pub const NOT_YET_VALUES: &[(&str, &str, &str, &str)] = &[(
     "resolved as DNS",
 )];
 
+/// Whether [`unsupported`] looks into objects of this kind (the Istio
+/// kinds; Kubernetes objects are read for a few fields and not checked).
+pub fn inspected(object: &Object) -> bool {
+    matches!(
+        object,
+        Object::VirtualService(_)
+            | Object::DestinationRule(_)
+            | Object::ServiceEntry(_)
+            | Object::Gateway(_)
+            | Object::Sidecar(_)
+            | Object::PeerAuthentication(_)
+    )
+}
+
 /// The set fields of `object` that are not acted on yet: (field path with
-/// indices, reason).
+/// indices, reason). Empty for objects not [`inspected`].
 pub fn unsupported(object: &Object) -> Vec<(String, String)> {
     let (kind, spec) = match object {
         Object::VirtualService(o) => ("VirtualService", serde_json::to_value(&o.spec)),

@@ -455,7 +455,10 @@ impl Follow {
 /// Builds a snapshot, logging (and returning) every skipped document.
 /// The entries whose objects are not in `seen` (new or changed since the
 /// last load); `seen` becomes these entries' objects.
-fn newly_seen<'a>(entries: &'a [sources::Entry], seen: &mut Seen) -> Vec<&'a sources::Entry> {
+fn newly_seen<'a>(
+    entries: impl IntoIterator<Item = &'a sources::Entry>,
+    seen: &mut Seen,
+) -> Vec<&'a sources::Entry> {
     let previous = std::mem::take(seen);
     let mut fresh = Vec::new();
     for entry in entries {
@@ -475,7 +478,13 @@ fn build(version: u64, mut loaded: Loaded, seen: &mut Seen) -> (Snapshot, Vec<So
     for e in &loaded.errors {
         error!(file = %e.file.display(), document = e.document, error = %e.error, "invalid config skipped");
     }
-    for entry in newly_seen(&loaded.entries, seen) {
+    for entry in newly_seen(
+        loaded
+            .entries
+            .iter()
+            .filter(|e| crds::support::inspected(&e.object)),
+        seen,
+    ) {
         for (field, reason) in crds::support::unsupported(&entry.object) {
             let meta = entry.object.metadata();
             warn!(
