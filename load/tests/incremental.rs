@@ -118,6 +118,27 @@ async fn only_what_changed(delta: bool) {
         .map(|r| r.type_url.clone())
         .collect();
     assert_eq!(types, [translator::ROUTE_TYPE]);
+
+    // A new service: its cluster, then, once the proxy names it in a new
+    // subscription (a new SotW list after many same-list ACKs; a Delta
+    // subscribe after plain ACKs), its endpoints.
+    let before = client.received().len();
+    mesh::replace(&mesh::file(dir.path(), 20), &mesh::service_yaml(20, 2, 90)).unwrap();
+    let cluster = format!(
+        "outbound|8080||svc-20.{}.svc.cluster.local",
+        mesh::namespace(20)
+    );
+    let got = |type_url: &str| {
+        client.received()[before..]
+            .iter()
+            .position(|r| r.type_url == type_url && r.names.contains(&cluster))
+    };
+    wait("the new cluster's endpoints", || {
+        got(translator::ENDPOINT_TYPE).is_some()
+    })
+    .await;
+    let clusters = got(translator::CLUSTER_TYPE).expect("the new cluster");
+    assert!(clusters < got(translator::ENDPOINT_TYPE).unwrap_or_default());
     daemon.shutdown().await;
 }
 
