@@ -71,23 +71,20 @@ pub const NOT_YET_VALUES: &[(&str, &str, &str, &str)] = &[(
     "resolved as DNS",
 )];
 
-/// Whether [`unsupported`] looks into objects of this kind (the Istio
-/// kinds; Kubernetes objects are read for a few fields and not checked).
+/// Whether [`unsupported`] can find anything in `object`: its kind has a
+/// rule in [`NOT_YET`] or [`NOT_YET_VALUES`] (read from those tables, so it
+/// cannot disagree with them).
 pub fn inspected(object: &Object) -> bool {
-    matches!(
-        object,
-        Object::VirtualService(_)
-            | Object::DestinationRule(_)
-            | Object::ServiceEntry(_)
-            | Object::Gateway(_)
-            | Object::Sidecar(_)
-            | Object::PeerAuthentication(_)
-    )
+    let kind = object.kind();
+    NOT_YET.iter().any(|(k, _)| *k == kind) || NOT_YET_VALUES.iter().any(|(k, ..)| *k == kind)
 }
 
 /// The set fields of `object` that are not acted on yet: (field path with
 /// indices, reason). Empty for objects not [`inspected`].
 pub fn unsupported(object: &Object) -> Vec<(String, String)> {
+    if !inspected(object) {
+        return Vec::new();
+    }
     let (kind, spec) = match object {
         Object::VirtualService(o) => ("VirtualService", serde_json::to_value(&o.spec)),
         Object::DestinationRule(o) => ("DestinationRule", serde_json::to_value(&o.spec)),
@@ -166,6 +163,37 @@ mod tests {
             fields,
             ["spec.trafficPolicy.loadBalancer.zoneAwareLbSetting"]
         );
+    }
+
+    #[test]
+    fn only_kinds_with_rules_are_inspected() {
+        let object = |yaml: &str| {
+            let (_, v) = split_documents(yaml).remove(0);
+            parse_value(v.unwrap(), "default").remove(0).unwrap()
+        };
+        let dr = object(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r}\nspec: {host: reviews}\n",
+        );
+        let svc = object(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: r}\nspec: {ports: [{port: 80}]}\n",
+        );
+        assert!(inspected(&dr));
+        assert!(!inspected(&svc));
+        // Every kind a rule names is one the check reads.
+        for (kind, _) in NOT_YET {
+            assert!(
+                [
+                    "VirtualService",
+                    "DestinationRule",
+                    "ServiceEntry",
+                    "Gateway",
+                    "Sidecar",
+                    "PeerAuthentication"
+                ]
+                .contains(kind),
+                "{kind}"
+            );
+        }
     }
 
     #[test]
