@@ -97,7 +97,8 @@ impl Cached {
     fn settled(&self) -> bool {
         self.stamp
             .as_ref()
-            .and_then(|s| s.changed.checked_add(SETTLE))
+            .and_then(Stamp::changed)
+            .and_then(|t| t.checked_add(SETTLE))
             .is_some_and(|t| t < self.read_at)
     }
 }
@@ -112,28 +113,29 @@ struct Stamp {
     len: u64,
     mtime: (i64, i64),
     ctime: (i64, i64),
-    /// The later of the two times.
-    changed: std::time::SystemTime,
 }
 
 impl Stamp {
     fn of(path: &Path) -> Option<Stamp> {
         use std::os::unix::fs::MetadataExt;
         let m = std::fs::metadata(path).ok()?;
-        let at = |secs: i64, nanos: i64| {
-            let secs = u64::try_from(secs).ok()?;
-            let nanos = u32::try_from(nanos).ok()?;
-            std::time::UNIX_EPOCH.checked_add(std::time::Duration::new(secs, nanos))
-        };
-        let changed = at(m.mtime(), m.mtime_nsec())?.max(at(m.ctime(), m.ctime_nsec())?);
         Some(Stamp {
             dev: m.dev(),
             ino: m.ino(),
             len: m.len(),
             mtime: (m.mtime(), m.mtime_nsec()),
             ctime: (m.ctime(), m.ctime_nsec()),
-            changed,
         })
+    }
+
+    /// The later of the two times (`None` before 1970 or out of range).
+    fn changed(&self) -> Option<std::time::SystemTime> {
+        let at = |(secs, nanos): (i64, i64)| {
+            let secs = u64::try_from(secs).ok()?;
+            let nanos = u32::try_from(nanos).ok()?;
+            std::time::UNIX_EPOCH.checked_add(std::time::Duration::new(secs, nanos))
+        };
+        Some(at(self.mtime)?.max(at(self.ctime)?))
     }
 }
 
