@@ -17,12 +17,39 @@ use crate::{
     SECURITY_GROUP, SECURITY_VERSIONS, ServiceEntry, Sidecar, VirtualService,
 };
 
+/// What the mesh model reads of a `v1` `Pod`: its metadata (labels give
+/// subsets and locality), `spec.serviceAccountName` (the workload's SPIFFE
+/// identity) and `status.podIP` (endpoints without a `targetRef` are matched
+/// by address). A Pod is parsed, and so checked, in full, then cut down to
+/// this: a `k8s_openapi` Pod is 2.4 KiB before any of its contents, this is
+/// ~0.4 KiB, and a mesh keeps one per workload.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PodInfo {
+    /// `metadata`.
+    pub metadata: ObjectMeta,
+    /// `spec.serviceAccountName`.
+    pub service_account_name: Option<String>,
+    /// `status.podIP`.
+    pub pod_ip: Option<String>,
+}
+
+impl From<Pod> for PodInfo {
+    fn from(pod: Pod) -> PodInfo {
+        PodInfo {
+            metadata: pod.metadata,
+            service_account_name: pod.spec.and_then(|s| s.service_account_name),
+            pod_ip: pod.status.and_then(|s| s.pod_ip),
+        }
+    }
+}
+
 /// A parsed, typed object of a kind the control plane reads.
 #[derive(Clone, Debug)]
 #[allow(missing_docs)]
 pub enum Object {
     Namespace(Box<Namespace>),
-    Pod(Box<Pod>),
+    /// What the mesh reads of a Pod (the rest is checked, then dropped).
+    Pod(Box<PodInfo>),
     ConfigMap(Box<ConfigMap>),
     Secret(Box<Secret>),
     Service(Box<Service>),
@@ -225,7 +252,7 @@ fn parse_object(value: serde_json::Value, default_namespace: &str) -> Result<Obj
     };
     let mut object = match (group, version, kind.as_str()) {
         ("", "v1", "Namespace") => Object::Namespace(ctx.parse(value)?),
-        ("", "v1", "Pod") => Object::Pod(ctx.parse(value)?),
+        ("", "v1", "Pod") => Object::Pod(Box::new(PodInfo::from(*ctx.parse::<Pod>(value)?))),
         ("", "v1", "ConfigMap") => Object::ConfigMap(ctx.parse(value)?),
         ("", "v1", "Secret") => Object::Secret(ctx.parse(value)?),
         ("", "v1", "Service") => Object::Service(ctx.parse(value)?),
@@ -352,6 +379,32 @@ mod tests {
         assert_eq!(docs.len(), 1);
         let (_, value) = docs.remove(0);
         parse_value(value?, "default").remove(0)
+    }
+
+    #[test]
+    fn pod_is_checked_in_full_and_kept_in_part() {
+        let pod = one(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: p, labels: {app: a}}\n\
+             spec: {serviceAccountName: sa, containers: [{name: c, image: i}]}\n\
+             status: {podIP: 10.0.0.1, phase: Running}\n",
+        )
+        .unwrap();
+        let Object::Pod(pod) = pod else {
+            panic!("{pod:?}")
+        };
+        assert_eq!(pod.metadata.namespace.as_deref(), Some("default"));
+        assert_eq!(pod.metadata.labels.as_ref().unwrap()["app"], "a");
+        assert_eq!(pod.service_account_name.as_deref(), Some("sa"));
+        assert_eq!(pod.pod_ip.as_deref(), Some("10.0.0.1"));
+        // Fields that are not kept are still checked against the Pod schema.
+        let err = one(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: 5, image: [i]}]}\n",
+        )
+        .unwrap_err();
+        let ParseError::InvalidField { field, .. } = &err else {
+            panic!("{err}")
+        };
+        assert!(field.starts_with("spec.containers[0]"), "{err}");
     }
 
     #[test]

@@ -12,9 +12,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use crds::document::Object;
+use crds::document::PodInfo;
 use crds::service_entry::{Location, Resolution};
 use crds::{DestinationRuleSpec, GatewaySpec, VirtualServiceSpec};
-use k8s_openapi::api::core::v1::{Pod, ServiceSpec};
+use k8s_openapi::api::core::v1::ServiceSpec;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 /// Kubernetes' default cluster DNS domain.
@@ -298,8 +299,8 @@ impl Snapshot {
             ..Default::default()
         };
         // Borrowed from the objects: only what the model keeps is copied.
-        let mut pods_by_name: HashMap<(&str, &str), &Pod> = HashMap::new();
-        let mut pods_by_ip: HashMap<&str, &Pod> = HashMap::new();
+        let mut pods_by_name: HashMap<(&str, &str), &PodInfo> = HashMap::new();
+        let mut pods_by_ip: HashMap<&str, &PodInfo> = HashMap::new();
         let mut slices = Vec::new();
         let mut services = Vec::new();
         for obj in objects {
@@ -354,7 +355,7 @@ impl Snapshot {
                     );
                 }
                 Object::Pod(pod) => {
-                    if let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()) {
+                    if let Some(ip) = pod.pod_ip.as_deref() {
                         pods_by_ip.insert(ip, pod);
                     }
                     pods_by_name.insert((ns, name), pod);
@@ -497,8 +498,7 @@ impl Snapshot {
                     let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
                     let locality = pod_locality(&labels, ep.zone.as_deref());
                     let service_account = pod
-                        .and_then(|p| p.spec.as_ref())
-                        .and_then(|s| s.service_account_name.clone())
+                        .and_then(|p| p.service_account_name.clone())
                         .filter(|s| !s.is_empty());
                     for address in &ep.addresses {
                         endpoints.push(Endpoint {
