@@ -66,7 +66,7 @@ async fn syncz(State(s): State<AdminState>) -> Json<Value> {
         .iter()
         .map(|(node, p)| {
             let mut row = json!({ "proxy": node, "snapshot_version": p.snapshot_version, "synced": p.in_sync() });
-            for (type_url, t) in &p.types {
+            for (type_url, t) in p.types.iter() {
                 let short = Metrics::type_label(type_url).r#type;
                 let name = match short.as_str() {
                     "cds" => "cluster",

@@ -112,7 +112,7 @@ pub(super) struct Connection {
     node_id: String,
     snapshot: Arc<Snapshot>,
     output: Option<Arc<Generated>>,
-    types: HashMap<String, TypeState>,
+    types: super::ByType<TypeState>,
     /// Clusters sent since their endpoints last were: a sent (or re-sent)
     /// EDS cluster warms until its ClusterLoadAssignment arrives, so it is
     /// sent next even when unchanged (as istiod pushes EDS after CDS).
@@ -404,6 +404,20 @@ impl Shared {
 /// The connection has ended (client gone, or a fatal request).
 struct Closed;
 
+/// What woke a connection.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "made and consumed between two awaits, never held in the task's future"
+)]
+enum Event {
+    /// The daemon is shutting down.
+    Drain,
+    /// The next request, a stream error, or the end of the stream.
+    Request(Option<Result<Req, Status>>),
+    /// A new snapshot was published (`false`: the publisher is gone).
+    Snapshot(bool),
+}
+
 impl Connection {
     pub(super) fn new(
         id: u64,
@@ -423,7 +437,7 @@ impl Connection {
             node_id: String::new(),
             snapshot,
             output: None,
-            types: HashMap::new(),
+            types: Default::default(),
             awaiting_endpoints: BTreeSet::new(),
             nonces: 0,
             sync,
@@ -443,28 +457,16 @@ impl Connection {
         // Once the publisher is gone no new snapshot can come; requests are still served.
         let mut publishing = true;
         loop {
-            let step = tokio::select! {
-                _ = drain.cancelled() => Err(Closed),
-                req = requests.next() => match req {
-                    Some(Ok(req)) => Box::pin(self.on_request(req)).await,
-                    None => Err(Closed),
-                    Some(Err(status)) => {
-                        debug!(conn = self.id, node = %self.node_id, %status, "xDS stream error");
-                        Err(Closed)
-                    }
-                },
-                changed = self.snapshots.changed(), if publishing => match changed {
-                    Ok(()) => {
-                        let snap = self.snapshots.borrow_and_update().clone();
-                        Box::pin(self.on_snapshot(snap)).await
-                    }
-                    Err(_) => {
-                        publishing = false;
-                        Ok(())
-                    }
-                },
+            let event = tokio::select! {
+                _ = drain.cancelled() => Event::Drain,
+                req = requests.next() => Event::Request(req),
+                changed = self.snapshots.changed(), if publishing => Event::Snapshot(changed.is_ok()),
             };
-            if step.is_err() {
+            if matches!(event, Event::Snapshot(false)) {
+                publishing = false;
+                continue;
+            }
+            if self.step(event).await.is_err() {
                 break;
             }
         }
@@ -481,6 +483,28 @@ impl Connection {
                 {
                     table.remove(&self.node_id);
                 }
+            }
+        }
+    }
+
+    /// The work of one event, as a boxed future: the connection task's own
+    /// future then holds only the connection and its wait for the next
+    /// event: 1.1 KiB, against 2.1 KiB when each event's work was awaited
+    /// inline, held for the connection's life.
+    fn step(
+        &mut self,
+        event: Event,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Closed>> + Send + '_>> {
+        match event {
+            Event::Request(Some(Ok(req))) => Box::pin(self.on_request(req)),
+            Event::Request(Some(Err(status))) => {
+                debug!(conn = self.id, node = %self.node_id, %status, "xDS stream error");
+                Box::pin(std::future::ready(Err(Closed)))
+            }
+            Event::Request(None) | Event::Drain => Box::pin(std::future::ready(Err(Closed))),
+            Event::Snapshot(_) => {
+                let snap = self.snapshots.borrow_and_update().clone();
+                Box::pin(self.on_snapshot(snap))
             }
         }
     }
@@ -553,7 +577,7 @@ impl Connection {
             .as_ref()
             .map(|o| o.versions(&type_url))
             .unwrap_or_else(|| Arc::new([]));
-        let state = self.types.entry(type_url.clone()).or_default();
+        let state = self.types.entry_or_default(&type_url);
         if !req.nonce.is_empty() {
             if req.nonce != state.nonce {
                 debug!(node = %self.node_id, %type_url, nonce = %req.nonce, "stale nonce ignored");
@@ -566,7 +590,7 @@ impl Connection {
                     "proxy rejected config (NACK); it keeps its last accepted config"
                 );
                 record(&self.sync, &self.node_id, |s| {
-                    s.types.entry(type_url.clone()).or_default().nack = Some(message)
+                    s.types.entry_or_default(&type_url).nack = Some(message)
                 });
                 self.metrics
                     .rejects
@@ -576,7 +600,7 @@ impl Connection {
             }
             let nonce = req.nonce.clone();
             record(&self.sync, &self.node_id, |s| {
-                let t = s.types.entry(type_url.clone()).or_default();
+                let t = s.types.entry_or_default(&type_url);
                 t.acked_nonce = Some(nonce);
                 t.nack = None;
             });
@@ -831,7 +855,7 @@ impl Connection {
         state.sent_version = version.clone();
         let (v, n) = (version.clone(), nonce.clone());
         record(&self.sync, &self.node_id, |s| {
-            let t = s.types.entry(type_url.to_owned()).or_default();
+            let t = s.types.entry_or_default(type_url);
             t.sent_version = v;
             t.sent_nonce = n;
         });
@@ -870,7 +894,7 @@ impl Connection {
             return Ok(false);
         };
         let delta = self.sink.delta;
-        let state = self.types.entry(type_url.to_owned()).or_default();
+        let state = self.types.entry_or_default(type_url);
         let all = output.resources(type_url);
         let current: Vec<&EncodedResource> = if state.wildcard {
             all.iter().collect()
