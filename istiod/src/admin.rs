@@ -175,7 +175,7 @@ async fn registryz(State(s): State<AdminState>) -> Json<Value> {
                 "resolution": format!("{:?}", svc.resolution),
                 "exportTo": svc.export_to,
                 "endpoints": svc.endpoints.iter().map(|e| json!({
-                    "address": e.address, "ports": e.ports, "labels": e.labels, "ready": e.ready, "locality": e.locality,
+                    "address": e.address, "ports": &*e.ports, "labels": &*e.labels, "ready": e.ready, "locality": e.locality,
                 })).collect::<Vec<_>>(),
             })
         })

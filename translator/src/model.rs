@@ -93,10 +93,12 @@ pub struct ServicePort {
 pub struct Endpoint {
     /// IP address (or DNS name for DNS ServiceEntries).
     pub address: String,
-    /// Service port name -> endpoint (target) port.
-    pub ports: BTreeMap<String, u32>,
-    /// Labels of the workload (pod labels), for subsets.
-    pub labels: BTreeMap<String, String>,
+    /// Service port name -> endpoint (target) port; shared by the
+    /// endpoints of one EndpointSlice.
+    pub ports: Arc<BTreeMap<String, u32>>,
+    /// Labels of the workload (pod labels), for subsets; one map shared by
+    /// the endpoints whose labels are equal (a Deployment's replicas).
+    pub labels: Arc<BTreeMap<String, String>>,
     /// `EndpointSlice` `conditions.ready` (default true).
     pub ready: bool,
     /// `region/zone/subzone` (any part may be empty): ServiceEntry endpoint
@@ -412,6 +414,17 @@ impl Snapshot {
                     .push(*slice);
             }
         }
+        // Equal label maps are kept once (replicas of a Deployment share
+        // theirs but for the pod-template hash, which is also shared).
+        let mut label_sets: HashMap<&BTreeMap<String, String>, Arc<BTreeMap<String, String>>> =
+            HashMap::new();
+        let mut intern = |labels: &'a BTreeMap<String, String>| {
+            label_sets
+                .entry(labels)
+                .or_insert_with(|| Arc::new(labels.clone()))
+                .clone()
+        };
+        let no_labels: Arc<BTreeMap<String, String>> = Arc::default();
         for (ns, name, svc) in services {
             let no_spec = Default::default();
             let spec: &ServiceSpec = svc.spec.as_ref().unwrap_or(&no_spec);
@@ -465,17 +478,19 @@ impl Snapshot {
                 .map(Vec::as_slice)
                 .unwrap_or_default();
             for slice in own_slices {
-                let slice_ports: BTreeMap<String, u32> = slice
-                    .ports
-                    .iter()
-                    .flatten()
-                    .filter_map(|p| {
-                        Some((
-                            p.name.clone().unwrap_or_default(),
-                            u32::try_from(p.port?).ok()?,
-                        ))
-                    })
-                    .collect();
+                let slice_ports: Arc<BTreeMap<String, u32>> = Arc::new(
+                    slice
+                        .ports
+                        .iter()
+                        .flatten()
+                        .filter_map(|p| {
+                            Some((
+                                p.name.clone().unwrap_or_default(),
+                                u32::try_from(p.port?).ok()?,
+                            ))
+                        })
+                        .collect(),
+                );
                 for ep in slice.endpoints.iter().flatten() {
                     let pod = ep
                         .target_ref
@@ -490,11 +505,9 @@ impl Snapshot {
                                 .first()
                                 .and_then(|a| pods_by_ip.get(a.as_str()))
                         });
-                    let labels: BTreeMap<String, String> = pod
-                        .and_then(|p| p.metadata.labels.clone())
-                        .unwrap_or_default()
-                        .into_iter()
-                        .collect();
+                    let labels = pod
+                        .and_then(|p| p.metadata.labels.as_ref())
+                        .map_or_else(|| no_labels.clone(), &mut intern);
                     let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
                     let locality = pod_locality(&labels, ep.zone.as_deref());
                     let service_account = pod
@@ -504,7 +517,7 @@ impl Snapshot {
                         endpoints.push(Endpoint {
                             address: address.clone(),
                             ports: slice_ports.clone(),
-                            labels: BTreeMap::clone(&labels),
+                            labels: labels.clone(),
                             ready,
                             locality: locality.clone(),
                             service_account: service_account.clone(),
@@ -779,8 +792,8 @@ fn service_entry_services(ns: &str, spec: &crds::ServiceEntrySpec) -> Vec<Servic
                 // DNS entries without endpoints resolve the host itself.
                 vec![Endpoint {
                     address: host.clone(),
-                    ports: ports.iter().map(|p| (p.name.clone(), p.port)).collect(),
-                    labels: BTreeMap::new(),
+                    ports: Arc::new(ports.iter().map(|p| (p.name.clone(), p.port)).collect()),
+                    labels: Arc::default(),
                     ready: true,
                     locality: String::new(),
                     service_account: None,
@@ -791,16 +804,18 @@ fn service_entry_services(ns: &str, spec: &crds::ServiceEntrySpec) -> Vec<Servic
                     .filter_map(|we| {
                         Some(Endpoint {
                             address: we.address.clone()?,
-                            ports: ports
-                                .iter()
-                                .map(|p| {
-                                    (
-                                        p.name.clone(),
-                                        we.ports.get(&p.name).copied().unwrap_or(p.port),
-                                    )
-                                })
-                                .collect(),
-                            labels: we.labels.clone(),
+                            ports: Arc::new(
+                                ports
+                                    .iter()
+                                    .map(|p| {
+                                        (
+                                            p.name.clone(),
+                                            we.ports.get(&p.name).copied().unwrap_or(p.port),
+                                        )
+                                    })
+                                    .collect(),
+                            ),
+                            labels: Arc::new(we.labels.clone()),
                             ready: true,
                             locality: we.locality.clone().unwrap_or_default(),
                             service_account: we.service_account.clone(),

@@ -696,3 +696,44 @@ spec:
     });
     assert!(vh.is_some());
 }
+
+/// Endpoints read their pod's labels and service account through the Pod
+/// kept in part; equal label maps are one map, and the endpoints of one
+/// EndpointSlice share its port map.
+#[test]
+fn endpoints_share_equal_labels_and_their_slice_ports() {
+    let mut pods = String::new();
+    for (i, version) in ["v1", "v1", "v2"].iter().enumerate() {
+        pods.push_str(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: reviews-{i}, labels: {{app: reviews, version: {version}}}}}\n\
+             spec: {{serviceAccountName: bookinfo-reviews, containers: [{{name: c, image: i}}]}}\n\
+             status: {{podIP: 10.1.0.{i}}}\n---\n"
+        ));
+    }
+    let snap = mesh(
+        &format!(
+            "{pods}apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: reviews-1, labels: {{kubernetes.io/service-name: reviews}}}}\n\
+             addressType: IPv4\nports: [{{name: http, port: 9080}}]\n\
+             endpoints:\n- addresses: [10.1.0.0]\n  targetRef: {{kind: Pod, name: reviews-0}}\n\
+             - addresses: [10.1.0.1]\n- addresses: [10.1.0.2]\n  targetRef: {{kind: Pod, name: reviews-2}}\n"
+        ),
+        MeshConfig::default(),
+    );
+    let eps = &snap.services["reviews.default.svc.cluster.local"].endpoints;
+    assert_eq!(eps.len(), 3);
+    // The second endpoint has no targetRef: its pod is found by IP.
+    assert_eq!(eps[1].labels.get("version").map(String::as_str), Some("v1"));
+    assert_eq!(eps[2].labels.get("version").map(String::as_str), Some("v2"));
+    assert!(std::sync::Arc::ptr_eq(&eps[0].labels, &eps[1].labels));
+    assert!(!std::sync::Arc::ptr_eq(&eps[0].labels, &eps[2].labels));
+    assert!(
+        eps.windows(2)
+            .all(|w| std::sync::Arc::ptr_eq(&w[0].ports, &w[1].ports))
+    );
+    assert_eq!(eps[0].ports.get("http"), Some(&9080));
+    assert!(
+        eps.iter()
+            .all(|e| e.service_account.as_deref() == Some("bookinfo-reviews"))
+    );
+}
