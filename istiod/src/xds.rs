@@ -40,8 +40,8 @@ use crate::metrics::Metrics;
 pub struct ProxySync {
     /// The connection (a per-daemon counter) this entry belongs to.
     pub connection: u64,
-    /// The proxy as it identified itself.
-    pub proxy: Option<Proxy>,
+    /// The proxy as it identified itself (shared with its connection).
+    pub proxy: Option<Arc<Proxy>>,
     /// Version of the snapshot the proxy's config was last generated from.
     pub snapshot_version: u64,
     /// Per type URL.

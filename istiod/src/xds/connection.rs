@@ -108,7 +108,8 @@ pub(super) struct Connection {
     id: u64,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     sink: Sink,
-    proxy: Option<Proxy>,
+    /// The proxy, shared with its [`ProxySync`] entry.
+    proxy: Option<Arc<Proxy>>,
     node_id: String,
     snapshot: Arc<Snapshot>,
     output: Option<Arc<Generated>>,
@@ -143,18 +144,24 @@ pub(super) struct Generated {
     /// Per type, the names and versions of `encoded` (shared by the
     /// connections that have exactly these, see [`NameMap`]).
     versions: HashMap<&'static str, Arc<Versions>>,
-    /// Positions in the EDS encoding by service hostname (the last field of
-    /// `outbound|port|subset|host`), for endpoint-only pushes.
-    eds_by_host: HashMap<String, Vec<usize>>,
+    /// Positions in the EDS encoding by a hash of the service hostname (the
+    /// last field of `outbound|port|subset|host`), sorted, for
+    /// endpoint-only pushes: 16 bytes per assignment, where a map from
+    /// hostname was ~100 KiB per config at 1000 services.
+    eds_by_host: Vec<(u64, usize)>,
 }
 
-fn eds_index(eds: &Encoded) -> HashMap<String, Vec<usize>> {
-    let mut by_host: HashMap<String, Vec<usize>> = HashMap::new();
-    for (i, (name, _, _)) in eds.iter().enumerate() {
-        if let Some((_, host)) = name.rsplit_once('|') {
-            by_host.entry(host.to_owned()).or_default().push(i);
-        }
-    }
+fn host_hash(host: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(host.as_bytes())
+}
+
+fn eds_index(eds: &Encoded) -> Vec<(u64, usize)> {
+    let mut by_host: Vec<(u64, usize)> = eds
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (name, _, _))| Some((host_hash(name.rsplit_once('|')?.1), i)))
+        .collect();
+    by_host.sort_unstable();
     by_host
 }
 
@@ -212,6 +219,22 @@ impl Generated {
             versions,
             eds_by_host,
         }
+    }
+
+    /// The assignments in `eds` (this config's EDS encoding) of the
+    /// service `host`.
+    fn endpoints_of<'a>(
+        &'a self,
+        eds: &'a Encoded,
+        host: &'a str,
+    ) -> impl Iterator<Item = &'a EncodedResource> + 'a {
+        let hash = host_hash(host);
+        let start = self.eds_by_host.partition_point(|(h, _)| *h < hash);
+        self.eds_by_host[start..]
+            .iter()
+            .take_while(move |(h, _)| *h == hash)
+            .filter_map(|(_, i)| eds.get(*i))
+            .filter(move |(name, _, _)| name.rsplit_once('|').is_some_and(|(_, h)| h == host))
     }
 
     fn resources(&self, type_url: &str) -> Arc<Encoded> {
@@ -537,6 +560,7 @@ impl Connection {
                     .await;
             }
             info!(conn = self.id, node = %self.node_id, delta = self.sink.delta, "proxy connected");
+            let proxy = Arc::new(proxy);
             if let Ok(mut table) = self.sync.lock() {
                 table.insert(
                     self.node_id.clone(),
@@ -817,9 +841,7 @@ impl Connection {
         };
         let changed: Vec<EncodedResource> = hosts
             .iter()
-            .filter_map(|h| generated.eds_by_host.get(h))
-            .flatten()
-            .filter_map(|i| all.get(*i))
+            .flat_map(|h| generated.endpoints_of(&all, h))
             .filter(|(n, v, _)| {
                 (state.wildcard || state.names.contains(n)) && state.sent.get(n) != Some(*v)
             })
