@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crds::Object;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use crds::document::{ParseError, parse_value, split_documents};
 
@@ -30,8 +30,8 @@ pub struct SourceError {
 /// An object and the document it came from.
 #[derive(Clone, Debug)]
 pub struct Entry {
-    /// The file.
-    pub file: PathBuf,
+    /// The file (one allocation shared by the file's documents).
+    pub file: Arc<Path>,
     /// 0-based document index in the file.
     pub document: usize,
     /// The parsed object, namespace defaulted to `default` (shared with
@@ -47,7 +47,49 @@ pub struct Loaded {
     pub entries: Vec<Entry>,
     /// Broken or duplicate documents, each skipped.
     pub errors: Vec<SourceError>,
-    index: HashMap<(&'static str, String, String), usize>,
+    /// Positions in `entries` by kind, namespace and name. The keys are the
+    /// entries' own (nothing cloned: at 1000 services a map owning them
+    /// allocated 14 000 strings on every load, and again for every rebuild).
+    index: Index,
+}
+
+/// Positions in [`Loaded::entries`], hashed by [`key`].
+#[derive(Clone, Default)]
+struct Index {
+    table: hashbrown::HashTable<usize>,
+    hasher: std::hash::RandomState,
+}
+
+impl std::fmt::Debug for Index {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Index({} objects)", self.table.len())
+    }
+}
+
+impl Index {
+    fn hash(&self, key: Key<'_>) -> u64 {
+        std::hash::BuildHasher::hash_one(&self.hasher, key)
+    }
+
+    /// The position of the entry with `key`, if any.
+    fn get(&self, entries: &[Entry], key: Key<'_>) -> Option<usize> {
+        self.table
+            .find(self.hash(key), |i| {
+                entries.get(*i).is_some_and(|e| self::key(&e.object) == key)
+            })
+            .copied()
+    }
+
+    /// Records that `entries[at]` has `key` (not already present).
+    fn insert(&mut self, entries: &[Entry], key: Key<'_>, at: usize) {
+        let hasher = &self.hasher;
+        self.table
+            .insert_unique(std::hash::BuildHasher::hash_one(hasher, key), at, |i| {
+                entries.get(*i).map_or(0, |e| {
+                    std::hash::BuildHasher::hash_one(hasher, self::key(&e.object))
+                })
+            });
+    }
 }
 
 impl Loaded {
@@ -60,6 +102,7 @@ impl Loaded {
     /// second object with the same kind, namespace and name is reported and
     /// ignored, as a cluster could only hold one of them.
     pub fn add_text(&mut self, file: PathBuf, text: &str) {
+        let file: Arc<Path> = file.into();
         for (document, result) in parse_text(text) {
             self.add_validated(&file, document, result);
         }
@@ -70,30 +113,31 @@ impl Loaded {
     /// failed semantic check ([`crds::validate`]) or a duplicate joins
     /// [`Loaded::errors`]; an unsupported kind is dropped.
     pub fn add(&mut self, file: &Path, document: usize, result: Result<Object, ParseError>) {
-        self.add_validated(file, document, validated(result).map(Arc::new));
+        self.add_validated(&file.into(), document, validated(result).map(Arc::new));
     }
 
     /// [`Loaded::add`] for a result already through [`validated`].
     pub fn add_validated(
         &mut self,
-        file: &Path,
+        file: &Arc<Path>,
         document: usize,
         result: Result<Arc<Object>, ParseError>,
     ) {
         let result = result.and_then(|o| self.unique(&o).map(|()| o));
         match result {
             Ok(object) => {
-                let key = key(&object);
-                self.index.insert(key, self.entries.len());
                 self.entries.push(Entry {
-                    file: file.to_owned(),
+                    file: file.clone(),
                     document,
                     object,
                 });
+                let at = self.entries.len() - 1;
+                self.index
+                    .insert(&self.entries, key(&self.entries[at].object), at);
             }
             Err(e) if e.is_unsupported_kind() => {}
             Err(error) => self.errors.push(SourceError {
-                file: file.to_owned(),
+                file: file.to_path_buf(),
                 document,
                 error,
             }),
@@ -102,7 +146,11 @@ impl Loaded {
 
     fn unique(&self, object: &Object) -> Result<(), ParseError> {
         let k = key(object);
-        match self.index.get(&k).and_then(|i| self.entries.get(*i)) {
+        match self
+            .index
+            .get(&self.entries, k)
+            .and_then(|i| self.entries.get(i))
+        {
             None => Ok(()),
             Some(first) => Err(ParseError::InvalidField {
                 kind: k.0.to_owned(),
@@ -139,11 +187,12 @@ impl Loaded {
                 return true;
             };
             let (_, ns, name) = key(&e.object);
+            let (ns, name) = (ns.to_owned(), name.to_owned());
             if !vs.spec.hosts.is_empty() || delegated.contains(&(ns.clone(), name.clone())) {
                 return true;
             }
             errors.push(SourceError {
-                file: e.file.clone(),
+                file: e.file.to_path_buf(),
                 document: e.document,
                 error: ParseError::InvalidField {
                     kind: "VirtualService".into(),
@@ -156,17 +205,21 @@ impl Loaded {
             });
             false
         });
-        self.errors.extend(errors);
-        self.reindex();
+        if !errors.is_empty() {
+            self.errors.extend(errors);
+            self.reindex();
+        }
     }
 
     fn reindex(&mut self) {
-        self.index = self
-            .entries
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (key(&e.object), i))
-            .collect();
+        let mut index = Index {
+            hasher: self.index.hasher.clone(),
+            ..Default::default()
+        };
+        for (i, e) in self.entries.iter().enumerate() {
+            index.insert(&self.entries, key(&e.object), i);
+        }
+        self.index = index;
     }
 }
 
@@ -193,12 +246,15 @@ pub fn validated(result: Result<Object, ParseError>) -> Result<Object, ParseErro
     result.and_then(|o| crds::validate::validate(&o).map(|()| o))
 }
 
-fn key(o: &Object) -> (&'static str, String, String) {
+/// An object's identity: kind, namespace, name.
+type Key<'a> = (&'static str, &'a str, &'a str);
+
+fn key(o: &Object) -> Key<'_> {
     let m = o.metadata();
     (
         o.kind(),
-        m.namespace.clone().unwrap_or_default(),
-        m.name.clone().unwrap_or_default(),
+        m.namespace.as_deref().unwrap_or_default(),
+        m.name.as_deref().unwrap_or_default(),
     )
 }
 
@@ -228,9 +284,19 @@ mod tests {
         let mut l = Loaded::default();
         let delegate = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: part}\nspec:\n  http:\n  - route:\n    - destination: {host: reviews}\n";
         l.add_text("d.yaml".into(), delegate);
+        l.add_text("a.yaml".into(), VS);
         l.drop_orphan_delegates();
-        assert!(l.entries.is_empty());
+        assert_eq!(l.entries.len(), 1);
         assert!(l.errors[0].to_string().starts_with("d.yaml: document 0:"));
+        // The index follows the entries that moved: a second copy of the
+        // remaining object is still found and named with its first place.
+        l.add_text("b.yaml".into(), VS);
+        assert_eq!(l.entries.len(), 1);
+        let msg = l.errors[1].to_string();
+        assert!(
+            msg.contains("already defined in a.yaml document 0"),
+            "{msg}"
+        );
         // Once something delegates to it, it stays.
         let mut l = Loaded::default();
         l.add_text("d.yaml".into(), delegate);

@@ -50,8 +50,9 @@ pub fn load_dir(dir: &Path, cache: &mut ParseCache) -> std::io::Result<Loaded> {
         };
         match entry {
             Ok(entry) => {
+                let path: std::sync::Arc<Path> = file.as_path().into();
                 for (document, result) in &entry.parsed {
-                    loaded.add_validated(&file, *document, result.clone());
+                    loaded.add_validated(&path, *document, result.clone());
                 }
                 seen.files.insert(file, entry);
             }

@@ -18,7 +18,7 @@
 
 use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crds::{Object, ParseError};
@@ -180,7 +180,7 @@ struct Stored {
     /// Hash of the trimmed object: equal means nothing the model reads changed.
     fingerprint: u64,
     /// The object's API path, named in error reports.
-    path: PathBuf,
+    path: Arc<Path>,
     /// Parsed and validated once, when it changes (shared with every
     /// [`Loaded`] made from the store).
     parsed: Result<std::sync::Arc<Object>, ParseError>,
@@ -303,7 +303,7 @@ fn stored(watched: &Watched, obj: DynamicObject) -> ((String, String), Stored) {
         (namespace, name),
         Stored {
             fingerprint: hasher.finish(),
-            path: path.into(),
+            path: Path::new(&path).into(),
             parsed,
         },
     )
