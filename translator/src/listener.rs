@@ -200,12 +200,23 @@ fn http_route_config(
         port,
         gateways: &[],
     };
-    let mut used: HashSet<String> = HashSet::with_capacity(services.len() * 10);
+    // A domain goes to the first service that claims it. Decided over
+    // borrowed domains first, so that no domain is copied for the check.
+    let all: Vec<Vec<String>> = services
+        .iter()
+        .map(|svc| service_domains(svc, proxy, port))
+        .collect();
+    let mut first: Vec<bool> = Vec::with_capacity(all.iter().map(Vec::len).sum());
+    {
+        let mut used: HashSet<&str> = HashSet::with_capacity(first.capacity());
+        first.extend(all.iter().flatten().map(|d| used.insert(d.as_str())));
+    }
+    let mut first = first.into_iter();
     let mut vhosts = Vec::with_capacity(services.len() + 1);
-    for svc in services {
-        let domains: Vec<String> = service_domains(svc, proxy, port)
+    for (svc, domains) in services.iter().zip(all) {
+        let domains: Vec<String> = domains
             .into_iter()
-            .filter(|d| !used.contains(d) && used.insert(d.clone()))
+            .filter(|_| first.next().unwrap_or(false))
             .collect();
         if domains.is_empty() {
             continue;

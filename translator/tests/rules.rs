@@ -737,3 +737,33 @@ fn endpoints_share_equal_labels_and_their_slice_ports() {
             .all(|e| e.service_account.as_deref() == Some("bookinfo-reviews"))
     );
 }
+
+/// Envoy refuses a route configuration in which two virtual hosts share a
+/// domain: a domain claimed twice (here a VIP) stays with the first service
+/// in hostname order only, and each host keeps its other domains.
+#[test]
+fn a_domain_claimed_twice_goes_to_the_first_service() {
+    let snap = mesh(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: ext}\n\
+         spec:\n  hosts: [reviews.example.com]\n  addresses: [10.96.0.13]\n  location: MESH_EXTERNAL\n  resolution: DNS\n  ports: [{number: 9080, name: http, protocol: HTTP}]\n",
+        MeshConfig::default(),
+    );
+    let out = generate(&snap, &sidecar(&[]));
+    let rc = route_config(&out, "9080");
+    let owners = |domain: &str| -> Vec<&str> {
+        rc.virtual_hosts
+            .iter()
+            .filter(|v| v.domains.iter().any(|d| d == domain))
+            .map(|v| v.name.as_str())
+            .collect()
+    };
+    assert_eq!(
+        owners("10.96.0.13"),
+        ["reviews.default.svc.cluster.local:9080"]
+    );
+    assert_eq!(
+        owners("10.96.0.13:9080"),
+        ["reviews.default.svc.cluster.local:9080"]
+    );
+    assert_eq!(owners("reviews.example.com"), ["reviews.example.com:9080"]);
+}
