@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use crds::Object;
 use std::collections::HashSet;
+use std::hash::BuildHasher as _;
 
 use crds::document::{ParseError, parse_value, split_documents};
 
@@ -54,27 +55,17 @@ pub struct Loaded {
 }
 
 /// Positions in [`Loaded::entries`], hashed by [`key`].
-#[derive(Clone, Default)]
+#[derive(Clone, Debug, Default)]
 struct Index {
     table: hashbrown::HashTable<usize>,
     hasher: std::hash::RandomState,
 }
 
-impl std::fmt::Debug for Index {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Index({} objects)", self.table.len())
-    }
-}
-
 impl Index {
-    fn hash(&self, key: Key<'_>) -> u64 {
-        std::hash::BuildHasher::hash_one(&self.hasher, key)
-    }
-
     /// The position of the entry with `key`, if any.
     fn get(&self, entries: &[Entry], key: Key<'_>) -> Option<usize> {
         self.table
-            .find(self.hash(key), |i| {
+            .find(self.hasher.hash_one(key), |i| {
                 entries.get(*i).is_some_and(|e| self::key(&e.object) == key)
             })
             .copied()
@@ -83,12 +74,11 @@ impl Index {
     /// Records that `entries[at]` has `key` (not already present).
     fn insert(&mut self, entries: &[Entry], key: Key<'_>, at: usize) {
         let hasher = &self.hasher;
-        self.table
-            .insert_unique(std::hash::BuildHasher::hash_one(hasher, key), at, |i| {
-                entries.get(*i).map_or(0, |e| {
-                    std::hash::BuildHasher::hash_one(hasher, self::key(&e.object))
-                })
-            });
+        self.table.insert_unique(hasher.hash_one(key), at, |i| {
+            entries
+                .get(*i)
+                .map_or(0, |e| hasher.hash_one(self::key(&e.object)))
+        });
     }
 }
 
@@ -108,15 +98,11 @@ impl Loaded {
         }
     }
 
-    /// Adds one parsed document (as read from `file`, document `document`):
-    /// a valid, unique object joins [`Loaded::entries`]; a parse error, a
-    /// failed semantic check ([`crds::validate`]) or a duplicate joins
-    /// [`Loaded::errors`]; an unsupported kind is dropped.
-    pub fn add(&mut self, file: &Path, document: usize, result: Result<Object, ParseError>) {
-        self.add_validated(&file.into(), document, validated(result).map(Arc::new));
-    }
-
-    /// [`Loaded::add`] for a result already through [`validated`].
+    /// Adds one parsed document, already through [`validated`] (as read
+    /// from `file`, document `document`): a valid, unique object joins
+    /// [`Loaded::entries`]; a parse error, a failed semantic check
+    /// ([`crds::validate`]) or a duplicate joins [`Loaded::errors`]; an
+    /// unsupported kind is dropped.
     pub fn add_validated(
         &mut self,
         file: &Arc<Path>,
