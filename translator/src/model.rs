@@ -414,8 +414,10 @@ impl Snapshot {
                     .push(*slice);
             }
         }
-        // Equal label maps are kept once (replicas of a Deployment share
-        // theirs but for the pod-template hash, which is also shared).
+        // Equal label maps are kept once: the replicas of a ReplicaSet have
+        // the same labels, `pod-template-hash` included. (Hashing each map
+        // costs less than the copies it saves: snapshot build at 1000
+        // services 4.10 -> 3.93 ms, back to back.)
         let mut label_sets: HashMap<&BTreeMap<String, String>, Arc<BTreeMap<String, String>>> =
             HashMap::new();
         let mut intern = |labels: &'a BTreeMap<String, String>| {
