@@ -1,5 +1,5 @@
 //! Only what changed reaches a connected proxy: an endpoint change sends
-//! EDS for the affected cluster alone, and a change in a namespace the proxy
+//! EDS for the affected clusters alone (every subset the endpoint joins), and a change in a namespace the proxy
 //! cannot see sends it nothing. Over both SotW and Delta.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
@@ -88,6 +88,31 @@ async fn only_what_changed(delta: bool) {
         ["outbound|8080||svc-3.ns-0.svc.cluster.local"]
     );
     assert!(pushed[0].removed.is_empty());
+
+    // An endpoint added to a service with subsets (svc-10: v1, v2): EDS for
+    // each cluster the endpoint joins (the whole service and v1), found
+    // through the config's endpoint index by hostname, and no other.
+    let before = client.received().len();
+    let version = daemon.snapshots.borrow().version;
+    mesh::replace(&mesh::file(dir.path(), 10), &mesh::service_yaml(10, 3, 90)).unwrap();
+    wait("the subset endpoint change", || {
+        daemon.snapshots.borrow().version > version
+    })
+    .await;
+    wait("a push", || client.received().len() > before).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pushed: Vec<_> = client.received()[before..].to_vec();
+    assert_eq!(pushed.len(), 1, "one response: {pushed:?}");
+    assert_eq!(pushed[0].type_url, translator::ENDPOINT_TYPE);
+    let mut names = pushed[0].names.clone();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "outbound|8080|v1|svc-10.ns-0.svc.cluster.local",
+            "outbound|8080||svc-10.ns-0.svc.cluster.local"
+        ]
+    );
 
     // A change the proxy cannot see (namespace `private`, exportTo ".").
     let before = client.received().len();
