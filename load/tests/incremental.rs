@@ -1,6 +1,7 @@
 //! Only what changed reaches a connected proxy: an endpoint change sends
-//! EDS for the affected clusters alone (every subset the endpoint joins), and a change in a namespace the proxy
-//! cannot see sends it nothing. Over both SotW and Delta.
+//! EDS for the affected clusters alone (every subset the endpoint joins),
+//! and a change in a namespace the proxy cannot see sends it nothing. Over
+//! both SotW and Delta.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
 
