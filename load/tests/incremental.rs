@@ -62,19 +62,18 @@ async fn start(dir: &std::path::Path, delta: bool) -> (Daemon, Client) {
     (daemon, client)
 }
 
-async fn only_what_changed(delta: bool) {
-    let dir = tempfile::tempdir().unwrap();
-    mesh::write(dir.path(), 20, 2).unwrap();
-    std::fs::write(dir.path().join("private.yaml"), PRIVATE).unwrap();
-    let (mut daemon, client) = start(dir.path(), delta).await;
-    wait("initial config", || client.has_initial_config()).await;
-    // Quiet: everything sent has been answered.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+/// Adds a third endpoint to service `i` of the mesh in `dir` (written with
+/// two) and returns the names, sorted, of the one response the client then
+/// gets, which must be EDS and remove nothing.
+async fn endpoint_push(
+    daemon: &Daemon,
+    client: &Client,
+    dir: &std::path::Path,
+    i: usize,
+) -> Vec<String> {
     let before = client.received().len();
-
-    // An endpoint is added to svc-3: EDS for its cluster, nothing else.
     let version = daemon.snapshots.borrow().version;
-    mesh::replace(&mesh::file(dir.path(), 3), &mesh::service_yaml(3, 3, 90)).unwrap();
+    mesh::replace(&mesh::file(dir, i), &mesh::service_yaml(i, 3, 90)).unwrap();
     wait("the endpoint change", || {
         daemon.snapshots.borrow().version > version
     })
@@ -84,31 +83,31 @@ async fn only_what_changed(delta: bool) {
     let pushed: Vec<_> = client.received()[before..].to_vec();
     assert_eq!(pushed.len(), 1, "one response: {pushed:?}");
     assert_eq!(pushed[0].type_url, translator::ENDPOINT_TYPE);
+    assert!(pushed[0].removed.is_empty());
+    let mut names = pushed[0].names.clone();
+    names.sort();
+    names
+}
+
+async fn only_what_changed(delta: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    mesh::write(dir.path(), 20, 2).unwrap();
+    std::fs::write(dir.path().join("private.yaml"), PRIVATE).unwrap();
+    let (mut daemon, client) = start(dir.path(), delta).await;
+    wait("initial config", || client.has_initial_config()).await;
+    // Quiet: everything sent has been answered.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // An endpoint is added to svc-3: EDS for its cluster, nothing else.
     assert_eq!(
-        pushed[0].names,
+        endpoint_push(&daemon, &client, dir.path(), 3).await,
         ["outbound|8080||svc-3.ns-0.svc.cluster.local"]
     );
-    assert!(pushed[0].removed.is_empty());
-
     // An endpoint added to a service with subsets (svc-10: v1, v2): EDS for
     // each cluster the endpoint joins (the whole service and v1), found
     // through the config's endpoint index by hostname, and no other.
-    let before = client.received().len();
-    let version = daemon.snapshots.borrow().version;
-    mesh::replace(&mesh::file(dir.path(), 10), &mesh::service_yaml(10, 3, 90)).unwrap();
-    wait("the subset endpoint change", || {
-        daemon.snapshots.borrow().version > version
-    })
-    .await;
-    wait("a push", || client.received().len() > before).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let pushed: Vec<_> = client.received()[before..].to_vec();
-    assert_eq!(pushed.len(), 1, "one response: {pushed:?}");
-    assert_eq!(pushed[0].type_url, translator::ENDPOINT_TYPE);
-    let mut names = pushed[0].names.clone();
-    names.sort();
     assert_eq!(
-        names,
+        endpoint_push(&daemon, &client, dir.path(), 10).await,
         [
             "outbound|8080|v1|svc-10.ns-0.svc.cluster.local",
             "outbound|8080||svc-10.ns-0.svc.cluster.local"
