@@ -1,6 +1,8 @@
 //! Per-proxy generation cost: the full config (CDS, EDS, LDS, RDS) of one
-//! sidecar for the generated mesh of `load::mesh` at 100 and 1000 services,
-//! and the endpoint-only regeneration for one service.
+//! sidecar for the generated mesh of `load::mesh` at 100 and 1000 services
+//! (as prost messages; and encoded, as the daemon generates it, for a
+//! snapshot's first config key and for the next), and the endpoint-only
+//! regeneration for one service.
 //! `cargo bench -p load --bench generate`; figures in docs/PERFORMANCE.md.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)] // benchmark code
@@ -8,7 +10,7 @@
 use std::collections::BTreeSet;
 
 use crds::document::{parse_value, split_documents};
-use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
 use translator::model::{MeshConfig, Proxy, Snapshot};
 
 /// The daemon's allocator (istiod's default `jemalloc` feature).
@@ -40,6 +42,12 @@ fn bench(c: &mut Criterion) {
         Default::default(),
     )
     .unwrap();
+    let other = Proxy::from_node_id(
+        "sidecar~10.0.0.2~load-1.ns-1~ns-1.svc.cluster.local",
+        None,
+        Default::default(),
+    )
+    .unwrap();
     let mut group = c.benchmark_group("generate");
     group.sample_size(20);
     for services in [100, 1000] {
@@ -47,6 +55,47 @@ fn bench(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("full", services), &snap, |b, snap| {
             b.iter(|| translator::generate(snap, &proxy))
         });
+        // What the daemon runs: resources encoded for the wire. First for
+        // a snapshot's first config key (every service's clusters built),
+        // then for a proxy in another namespace once one config is
+        // generated (its listeners and routes built, the clusters and load
+        // assignments read from the snapshot's memo). Each sample starts
+        // from a fresh copy of the snapshot (made outside the timing); the
+        // output is dropped inside it, as in `full`.
+        group.bench_with_input(
+            BenchmarkId::new("encoded_first_key", services),
+            &snap,
+            |b, snap| {
+                b.iter_batched_ref(
+                    || snap.clone(),
+                    |s| {
+                        drop(std::hint::black_box(translator::generate_encoded(
+                            s, &proxy,
+                        )))
+                    },
+                    BatchSize::SmallInput,
+                )
+            },
+        );
+        group.bench_with_input(
+            BenchmarkId::new("encoded_next_key", services),
+            &snap,
+            |b, snap| {
+                b.iter_batched_ref(
+                    || {
+                        let s = snap.clone();
+                        drop(translator::generate_encoded(&s, &proxy));
+                        s
+                    },
+                    |s| {
+                        drop(std::hint::black_box(translator::generate_encoded(
+                            s, &other,
+                        )))
+                    },
+                    BatchSize::SmallInput,
+                )
+            },
+        );
         let objs = objects(services);
         group.bench_with_input(
             BenchmarkId::new("snapshot_build", services),

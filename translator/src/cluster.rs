@@ -14,10 +14,18 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
 };
 use envoy_types::pb::google::protobuf::UInt32Value;
 
-use crate::model::{Endpoint, Protocol, Proxy, Service, ServicePort, ServiceResolution, Snapshot};
+use std::sync::Arc;
+
+use crds::destination_rule::DestinationRuleSpec;
+
+use crate::encoded::{Encoded, ServiceResources, encode};
+use crate::model::{
+    Config, Endpoint, Protocol, Proxy, Service, ServicePort, ServiceResolution, Snapshot,
+};
 use crate::policy::{
     Effective, LocalityPlan, TRANSPORT_SOCKET_MATCH, auto_mtls_match, discovery, tls_mode_istio,
 };
+use crate::{CLUSTER_TYPE, ENDPOINT_TYPE};
 use crate::{ads_config_source, duration, socket_address};
 
 /// Istio's name of the cluster forwarding to the original destination.
@@ -34,6 +42,19 @@ pub fn cluster_name(port: u32, subset: &str, hostname: &str) -> String {
     ["outbound|", &port.to_string(), "|", subset, "|", hostname].concat()
 }
 
+/// The services `proxy` sees (all of them, or only those named in `only`),
+/// each with the DestinationRule that applies to it from the proxy's
+/// namespace.
+fn visible<'a>(
+    snap: &'a Snapshot,
+    proxy: &'a Proxy,
+    only: Option<&'a std::collections::BTreeSet<String>>,
+) -> impl Iterator<Item = (&'a Arc<Service>, Option<&'a Config<DestinationRuleSpec>>)> + 'a {
+    snap.services_for(proxy)
+        .filter(move |s| only.is_none_or(|o| o.contains(&s.hostname)))
+        .map(|s| (s, snap.destination_rule(&s.hostname, &proxy.namespace)))
+}
+
 /// Clusters and endpoint assignments for every service port and every
 /// DestinationRule subset, seen from `proxy` (its namespace decides what is
 /// visible, its locality the endpoints' priorities and weights).
@@ -42,12 +63,7 @@ pub(crate) fn build(
     proxy: &Proxy,
     only: Option<&std::collections::BTreeSet<String>>,
 ) -> (Vec<Cluster>, Vec<ClusterLoadAssignment>) {
-    let ns = proxy.namespace.as_str();
-    let services: Vec<(&Service, Option<&crate::model::Config<_>>)> = snap
-        .services_for(proxy)
-        .filter(|s| only.is_none_or(|o| o.contains(&s.hostname)))
-        .map(|s| (&**s, snap.destination_rule(&s.hostname, ns)))
-        .collect();
+    let services: Vec<_> = visible(snap, proxy, only).collect();
     // Clusters are large (~3 KiB each): room for all of them up front
     // rather than copies as the vector grows.
     let count: usize = services
@@ -57,66 +73,123 @@ pub(crate) fn build(
     let mut clusters = Vec::with_capacity(count + 2);
     clusters.extend([passthrough_cluster(), blackhole_cluster()]);
     let mut assignments = Vec::with_capacity(count);
-    let no_labels = BTreeMap::new();
     for (svc, dr) in services {
-        let top = dr.and_then(|d| d.spec.traffic_policy.as_ref());
-        for port in &svc.ports {
-            let mut variants: Vec<(&str, Option<&TrafficPolicy>, &BTreeMap<String, String>)> =
-                vec![("", None, &no_labels)];
-            if let Some(dr) = dr {
-                for subset in &dr.spec.subsets {
-                    variants.push((
-                        subset.name.as_str(),
-                        subset.traffic_policy.as_ref(),
-                        &subset.labels,
-                    ));
-                }
-            }
-            for (subset, subset_policy, labels) in variants {
-                let name = cluster_name(port.port, subset, &svc.hostname);
-                let policy = Effective::resolve(top, subset_policy, port.port);
-                let endpoints: Vec<&Endpoint> = svc
-                    .endpoints
-                    .iter()
-                    .filter(|ep| ep.ready && selects(labels, ep))
-                    .collect();
-                let mut localities: Vec<&str> =
-                    endpoints.iter().map(|e| e.locality.as_str()).collect();
-                localities.sort_unstable();
-                localities.dedup();
-                let plan = policy.locality_plan(&proxy.locality, &localities);
-                // Auto mTLS (Istio's default): no TLS settings from a rule,
-                // an in-mesh service, and endpoints with a sidecar whose
-                // PeerAuthentication on that port is not DISABLE.
-                let auto: Option<Vec<bool>> =
-                    (snap.mesh.auto_mtls && policy.tls_unset() && !svc.external)
-                        .then(|| {
-                            endpoints
-                                .iter()
-                                .map(|e| e.in_mesh() && takes_mtls(snap, svc, port, e))
-                                .collect()
-                        })
-                        .filter(|a: &Vec<bool>| a.contains(&true));
-                let identity = (policy.istio_mutual() || auto.is_some()).then(|| IstioTls {
-                    sni: istio_sni(port.port, subset, &svc.hostname),
-                    sans: identities(&snap.mesh.trust_domain, svc, &endpoints),
-                    auto,
-                });
-                let (cluster, cla) = service_cluster(
-                    &name,
-                    svc,
-                    port,
-                    &policy,
-                    &endpoints,
-                    plan.as_ref(),
-                    identity.as_ref(),
-                );
-                clusters.push(cluster);
-                assignments.extend(cla);
-            }
-        }
+        service_clusters(snap, &proxy.locality, svc, dr, &mut |cluster, cla| {
+            clusters.push(cluster);
+            assignments.extend(cla);
+        });
     }
     (clusters, assignments)
+}
+
+/// [`build`], encoded for the wire. Each service's clusters and load
+/// assignments come from the snapshot's [`crate::encoded::ClusterMemo`]: built and encoded
+/// by the first proxy that needs them, then shared by every other proxy
+/// that sees the service with the same DestinationRule from the same
+/// locality (what they are made from), as istiod's XDS cache shares CDS
+/// and EDS resources across proxies.
+pub(crate) fn build_encoded(
+    snap: &Snapshot,
+    proxy: &Proxy,
+    only: Option<&std::collections::BTreeSet<String>>,
+) -> (Vec<Encoded>, Vec<Encoded>) {
+    let mut clusters = Vec::new();
+    if only.is_none() {
+        clusters = [passthrough_cluster(), blackhole_cluster()]
+            .iter()
+            .map(|c| encode(CLUSTER_TYPE, &c.name, c))
+            .collect();
+    }
+    let mut assignments = Vec::new();
+    for (svc, dr) in visible(snap, proxy, only) {
+        let built = snap
+            .cluster_memo
+            .get_or_build(svc, dr, &proxy.locality, || {
+                let mut built = ServiceResources::default();
+                service_clusters(snap, &proxy.locality, svc, dr, &mut |cluster, cla| {
+                    built
+                        .clusters
+                        .push(encode(CLUSTER_TYPE, &cluster.name, &cluster));
+                    if let Some(cla) = cla {
+                        built
+                            .assignments
+                            .push(encode(ENDPOINT_TYPE, &cla.cluster_name, &cla));
+                    }
+                });
+                built
+            });
+        clusters.extend(built.clusters.iter().cloned());
+        assignments.extend(built.assignments.iter().cloned());
+    }
+    (clusters, assignments)
+}
+
+/// One service's clusters (each port: the whole service, then each subset
+/// of `dr`) and their load assignments, seen from a proxy in `locality`
+/// (`region/zone/subzone`) to which `dr` applies; each handed to `emit`.
+/// Nothing else of the proxy is read: [`crate::encoded::ClusterMemo`] keys on these.
+fn service_clusters(
+    snap: &Snapshot,
+    locality: &str,
+    svc: &Service,
+    dr: Option<&Config<DestinationRuleSpec>>,
+    emit: &mut dyn FnMut(Cluster, Option<ClusterLoadAssignment>),
+) {
+    let no_labels = BTreeMap::new();
+    let top = dr.and_then(|d| d.spec.traffic_policy.as_ref());
+    for port in &svc.ports {
+        let mut variants: Vec<(&str, Option<&TrafficPolicy>, &BTreeMap<String, String>)> =
+            vec![("", None, &no_labels)];
+        if let Some(dr) = dr {
+            for subset in &dr.spec.subsets {
+                variants.push((
+                    subset.name.as_str(),
+                    subset.traffic_policy.as_ref(),
+                    &subset.labels,
+                ));
+            }
+        }
+        for (subset, subset_policy, labels) in variants {
+            let name = cluster_name(port.port, subset, &svc.hostname);
+            let policy = Effective::resolve(top, subset_policy, port.port);
+            let endpoints: Vec<&Endpoint> = svc
+                .endpoints
+                .iter()
+                .filter(|ep| ep.ready && selects(labels, ep))
+                .collect();
+            let mut localities: Vec<&str> = endpoints.iter().map(|e| e.locality.as_str()).collect();
+            localities.sort_unstable();
+            localities.dedup();
+            let plan = policy.locality_plan(locality, &localities);
+            // Auto mTLS (Istio's default): no TLS settings from a rule,
+            // an in-mesh service, and endpoints with a sidecar whose
+            // PeerAuthentication on that port is not DISABLE.
+            let auto: Option<Vec<bool>> =
+                (snap.mesh.auto_mtls && policy.tls_unset() && !svc.external)
+                    .then(|| {
+                        endpoints
+                            .iter()
+                            .map(|e| e.in_mesh() && takes_mtls(snap, svc, port, e))
+                            .collect()
+                    })
+                    .filter(|a: &Vec<bool>| a.contains(&true));
+            let identity = (policy.istio_mutual() || auto.is_some()).then(|| IstioTls {
+                sni: istio_sni(port.port, subset, &svc.hostname),
+                sans: identities(&snap.mesh.trust_domain, svc, &endpoints),
+                auto,
+            });
+            let (cluster, cla) = service_cluster(
+                &name,
+                svc,
+                port,
+                &policy,
+                &endpoints,
+                plan.as_ref(),
+                identity.as_ref(),
+            );
+            emit(cluster, cla);
+        }
+    }
 }
 
 fn service_cluster(

@@ -12,6 +12,7 @@
 
 pub mod changes;
 pub mod cluster;
+pub mod encoded;
 pub mod inbound;
 pub mod listener;
 pub mod model;
@@ -29,6 +30,7 @@ use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use envoy_types::pb::google::protobuf::Any;
 
+use encoded::Encoded;
 use model::{Proxy, ProxyKind, Snapshot};
 
 /// Type URL of CDS resources (`envoy.config.cluster.v3.Cluster`).
@@ -153,26 +155,126 @@ pub fn generate_endpoints(
     cluster::build(snap, proxy, Some(hostnames)).1
 }
 
+/// [`generate_endpoints`], encoded (see [`generate_encoded`]).
+pub fn generate_endpoints_encoded(
+    snap: &Snapshot,
+    proxy: &Proxy,
+    hostnames: &std::collections::BTreeSet<String>,
+) -> Vec<Encoded> {
+    cluster::build_encoded(snap, proxy, Some(hostnames)).1
+}
+
 /// Generates the full configuration of `proxy` from `snap`.
 pub fn generate(snap: &Snapshot, proxy: &Proxy) -> Output {
-    let mut warnings = Vec::new();
     let (mut clusters, endpoints) = cluster::build(snap, proxy, None);
+    let rest = listeners_and_routes(snap, proxy);
+    clusters.extend(rest.inbound_clusters);
+    Output {
+        clusters,
+        endpoints,
+        listeners: rest.listeners,
+        routes: rest.routes,
+        secrets: rest.secrets,
+        warnings: rest.warnings,
+    }
+}
+
+/// Everything one proxy is sent, encoded for the wire: per type, each
+/// resource's name, version and `Any` bytes, in no particular order.
+#[derive(Clone, Debug, Default)]
+pub struct EncodedOutput {
+    /// CDS.
+    pub clusters: Vec<Encoded>,
+    /// EDS.
+    pub endpoints: Vec<Encoded>,
+    /// LDS.
+    pub listeners: Vec<Encoded>,
+    /// RDS.
+    pub routes: Vec<Encoded>,
+    /// SDS.
+    pub secrets: Vec<Encoded>,
+    /// Problems met (objects or routes skipped).
+    pub warnings: Vec<ConfigWarning>,
+}
+
+impl EncodedOutput {
+    /// Takes the resources of one type URL out (empty for an unknown type).
+    pub fn take(&mut self, type_url: &str) -> Vec<Encoded> {
+        std::mem::take(match type_url {
+            CLUSTER_TYPE => &mut self.clusters,
+            ENDPOINT_TYPE => &mut self.endpoints,
+            LISTENER_TYPE => &mut self.listeners,
+            ROUTE_TYPE => &mut self.routes,
+            SECRET_TYPE => &mut self.secrets,
+            _ => return Vec::new(),
+        })
+    }
+}
+
+/// [`generate`], encoded for the wire: what the daemon sends. The
+/// resources are those of [`generate`], byte for byte; the outbound
+/// clusters and load assignments of each service come from the snapshot's
+/// memo when another proxy already needed them (see
+/// [`encoded::ClusterMemo`]'s key), so a proxy whose config differs from
+/// every other's (another namespace, another Sidecar) pays for its
+/// listeners and routes, not again for every service's clusters.
+pub fn generate_encoded(snap: &Snapshot, proxy: &Proxy) -> EncodedOutput {
+    let (mut clusters, endpoints) = cluster::build_encoded(snap, proxy, None);
+    let rest = listeners_and_routes(snap, proxy);
+    clusters.extend(
+        rest.inbound_clusters
+            .iter()
+            .map(|c| encoded::encode(CLUSTER_TYPE, &c.name, c)),
+    );
+    EncodedOutput {
+        clusters,
+        endpoints,
+        listeners: encode_each(LISTENER_TYPE, &rest.listeners, |l| &l.name),
+        routes: encode_each(ROUTE_TYPE, &rest.routes, |r| &r.name),
+        secrets: encode_each(SECRET_TYPE, &rest.secrets, |s| &s.name),
+        warnings: rest.warnings,
+    }
+}
+
+fn encode_each<M: prost::Message>(
+    type_url: &str,
+    items: &[M],
+    name: impl Fn(&M) -> &str,
+) -> Vec<Encoded> {
+    items
+        .iter()
+        .map(|m| encoded::encode(type_url, name(m), m))
+        .collect()
+}
+
+/// What a proxy gets besides its outbound clusters and load assignments.
+struct Rest {
+    listeners: Vec<Listener>,
+    routes: Vec<RouteConfiguration>,
+    secrets: Vec<Secret>,
+    /// A sidecar's `inbound|...` clusters.
+    inbound_clusters: Vec<Cluster>,
+    warnings: Vec<ConfigWarning>,
+}
+
+fn listeners_and_routes(snap: &Snapshot, proxy: &Proxy) -> Rest {
+    let mut warnings = Vec::new();
+    let mut inbound_clusters = Vec::new();
     let (listeners, routes, secrets) = match proxy.kind {
         ProxyKind::Sidecar => {
             let (mut l, r) = listener::sidecar(snap, proxy, &mut warnings);
-            let (inbound, inbound_clusters) = inbound::build(snap, proxy);
+            let (inbound, clusters) = inbound::build(snap, proxy);
             l.push(inbound);
-            clusters.extend(inbound_clusters);
+            inbound_clusters = clusters;
             (l, r, Vec::new())
         }
         ProxyKind::Router => listener::gateway(snap, proxy, &mut warnings),
     };
-    Output {
-        clusters,
-        endpoints,
+    Rest {
         listeners,
         routes,
         secrets,
+        inbound_clusters,
         warnings,
     }
 }

@@ -262,6 +262,10 @@ pub struct Snapshot {
     /// The ports each workload address serves, from the services whose
     /// endpoints it is (see [`Snapshot::inbound_ports`]).
     inbound: HashMap<String, Vec<InboundPort>>,
+    /// Each service's encoded clusters and load assignments, built for the
+    /// first proxy that needs them ([`crate::generate_encoded`]). Empty in
+    /// a clone.
+    pub(crate) cluster_memo: crate::encoded::ClusterMemo,
 }
 
 /// A port a workload serves: the target port of a service port whose

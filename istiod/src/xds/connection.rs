@@ -2,13 +2,10 @@
 //! the same decisions, two wire formats.
 
 use std::collections::{BTreeSet, HashMap};
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
-use prost::Message as _;
 use tokio::sync::watch;
 use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
@@ -17,7 +14,8 @@ use tracing::{debug, info, warn};
 use translator::changes::Effect;
 use translator::model::{Proxy, Snapshot};
 use translator::{
-    CLUSTER_TYPE, ConfigWarning, ENDPOINT_TYPE, LISTENER_TYPE, Output, PUSH_ORDER, ROUTE_TYPE,
+    CLUSTER_TYPE, ConfigWarning, ENDPOINT_TYPE, EncodedOutput, LISTENER_TYPE, PUSH_ORDER,
+    ROUTE_TYPE,
 };
 
 use envoy_types::pb::envoy::config::core::v3::node::UserAgentVersionType;
@@ -166,12 +164,13 @@ fn eds_index(eds: &Encoded) -> Vec<(u64, usize)> {
 }
 
 impl Generated {
-    /// Encodes `output`, each resource through `intern`.
-    fn new(output: Output, intern: &dyn Fn(&mut Encoded)) -> Generated {
+    /// Sorts each type of `output` by name and passes it through `intern`.
+    fn new(mut output: EncodedOutput, intern: &dyn Fn(&mut Encoded)) -> Generated {
         let encoded: HashMap<&'static str, Arc<Encoded>> = PUSH_ORDER
             .iter()
             .map(|t| {
-                let mut e = encode(&output, t);
+                let mut e = output.take(t);
+                e.sort_by(|a, b| a.0.cmp(&b.0));
                 intern(&mut e);
                 (*t, Arc::new(e))
             })
@@ -190,17 +189,8 @@ impl Generated {
 
     /// This config with some endpoint assignments replaced or added. Only
     /// `fresh` is encoded; the other types are shared with `self`.
-    fn with_endpoints(
-        &self,
-        fresh: Vec<ClusterLoadAssignment>,
-        intern: &dyn Fn(&mut Encoded),
-    ) -> Generated {
-        let fresh = Output {
-            endpoints: fresh,
-            ..Default::default()
-        };
+    fn with_endpoints(&self, mut fresh: Encoded, intern: &dyn Fn(&mut Encoded)) -> Generated {
         let mut eds = Encoded::clone(&self.resources(ENDPOINT_TYPE));
-        let mut fresh = encode(&fresh, ENDPOINT_TYPE);
         intern(&mut fresh);
         for entry in fresh {
             match eds.binary_search_by(|e| e.0.cmp(&entry.0)) {
@@ -260,19 +250,6 @@ fn versions_of(
 
 fn versions_of_type(encoded: &Encoded) -> Arc<Versions> {
     encoded.iter().map(|(n, v, _)| (n.clone(), *v)).collect()
-}
-
-fn encode(output: &Output, type_url: &str) -> Encoded {
-    let mut v: Encoded = output
-        .resources(type_url)
-        .into_iter()
-        .map(|(name, any)| {
-            let any = Bytes::from(any.encode_to_vec());
-            (Arc::from(name.as_str()), hash(&any), any)
-        })
-        .collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
 }
 
 type Key = translator::model::ConfigKey;
@@ -391,7 +368,7 @@ impl Shared {
                 c.full.insert(k2, g);
             },
             || {
-                Generated::new(translator::generate(snap, proxy), &|e| {
+                Generated::new(translator::generate_encoded(snap, proxy), &|e| {
                     self.intern(snap.version, e)
                 })
             },
@@ -416,9 +393,10 @@ impl Shared {
                 c.patched.insert(k2, g);
             },
             || {
-                base.with_endpoints(translator::generate_endpoints(snap, proxy, hosts), &|e| {
-                    self.intern(snap.version, e)
-                })
+                base.with_endpoints(
+                    translator::generate_endpoints_encoded(snap, proxy, hosts),
+                    &|e| self.intern(snap.version, e),
+                )
             },
         )
     }
@@ -991,28 +969,5 @@ impl Connection {
         warn!(conn = self.id, %status, "closing xDS stream");
         let _ = self.sink.tx.send(Err(status)).await;
         Err(Closed)
-    }
-}
-
-/// A resource's version: a hash of its encoding (stable across restarts,
-/// so a reconnecting Delta client's `initial_resource_versions` match).
-fn hash(bytes: &[u8]) -> u64 {
-    // FNV-1a: stable across processes and platforms, unlike `DefaultHasher`'s seeds.
-    let mut h = Fnv(0xcbf2_9ce4_8422_2325);
-    bytes.hash(&mut h);
-    h.finish()
-}
-
-struct Fnv(u64);
-
-impl Hasher for Fnv {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 ^= u64::from(*b);
-            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
-        }
     }
 }

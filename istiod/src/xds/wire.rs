@@ -21,7 +21,6 @@
 //! 4 bytes big-endian length).
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -35,8 +34,8 @@ use tonic::Status;
 pub(crate) const CHUNK_BYTES: usize = 64 * 1024;
 
 /// One resource as sent: its name, its version (a hash of its encoding) and
-/// the encoded `google.protobuf.Any`.
-pub(crate) type EncodedResource = (Arc<str>, u64, Bytes);
+/// the encoded `google.protobuf.Any` ([`translator::encoded::Encoded`]).
+pub(crate) use translator::encoded::Encoded as EncodedResource;
 
 /// A part of a message: bytes of the message's own, or a shared resource.
 #[derive(Debug)]
@@ -555,6 +554,7 @@ mod tests {
     };
     use envoy_types::pb::google::protobuf::Any;
     use prost::Message as _;
+    use std::sync::Arc;
 
     fn any(type_url: &str, len: usize) -> (Any, Bytes) {
         let a = Any {

@@ -1,0 +1,173 @@
+//! Resources encoded for the wire, and the snapshot's memo of each
+//! service's encoded clusters and load assignments, shared by every proxy
+//! generated from that snapshot (istiod's XDS cache, for CDS and EDS).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use crds::destination_rule::DestinationRuleSpec;
+use prost::encoding::{WireType, encode_key, encode_varint};
+
+use crate::model::{Config, Service};
+
+/// One resource as sent: its name, its version (XXH3-64 of the encoding)
+/// and the encoded `google.protobuf.Any` (`type_url`, then `value`).
+pub type Encoded = (Arc<str>, u64, Bytes);
+
+/// The version of a resource: XXH3-64 of its encoded `Any`. The same bytes
+/// give the same version in every process (no seed), so a proxy that
+/// reconnects to another replica keeps what it has (Delta xDS
+/// `initial_resource_versions`).
+pub fn version_of(any: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(any)
+}
+
+/// `message` as a `google.protobuf.Any` of `type_url`, named `name`: the
+/// same bytes as `Any { type_url, value: message.encode_to_vec() }`
+/// encoded, written once instead of twice.
+pub fn encode<M: prost::Message>(type_url: &str, name: &str, message: &M) -> Encoded {
+    let len = message.encoded_len();
+    let mut buf = Vec::with_capacity(type_url.len() + len + 12);
+    encode_key(1, WireType::LengthDelimited, &mut buf);
+    encode_varint(type_url.len() as u64, &mut buf);
+    buf.extend_from_slice(type_url.as_bytes());
+    if len > 0 {
+        // As prost's `Any`: an empty `value` is left out.
+        encode_key(2, WireType::LengthDelimited, &mut buf);
+        encode_varint(len as u64, &mut buf);
+        let before = buf.len();
+        // Cannot fail: a `Vec` grows to whatever is written.
+        let _ = message.encode(&mut buf);
+        debug_assert_eq!(buf.len() - before, len);
+    }
+    let bytes = Bytes::from(buf);
+    (Arc::from(name), version_of(&bytes), bytes)
+}
+
+/// One service's encoded clusters (every port: the whole service, then each
+/// subset) and the load assignments of its EDS clusters.
+#[derive(Debug, Default)]
+pub(crate) struct ServiceResources {
+    pub(crate) clusters: Vec<Encoded>,
+    pub(crate) assignments: Vec<Encoded>,
+}
+
+/// Each service's [`ServiceResources`] as built for the first proxy that
+/// needed them, by what they are made from: the service, the
+/// DestinationRule that applies to it from the proxy's namespace, and the
+/// proxy's locality (locality load balancing); the rest (mesh settings,
+/// PeerAuthentications) is the snapshot's own. Proxies in ten namespaces
+/// that see a service through the same rule share one entry.
+///
+/// It lives in its [`crate::model::Snapshot`] and keys on the addresses of
+/// that snapshot's service and rule, so a snapshot must not be changed
+/// after generating from it (the daemon builds one per change). A clone
+/// starts empty.
+#[derive(Default)]
+pub(crate) struct ClusterMemo {
+    /// By (service address, rule address or 0).
+    entries: Mutex<HashMap<(usize, usize), Vec<MemoEntry>>>,
+}
+
+struct MemoEntry {
+    /// Held so that the service's address is not reused while it keys
+    /// an entry.
+    _service: Arc<Service>,
+    locality: Box<str>,
+    resources: Arc<ServiceResources>,
+}
+
+impl ClusterMemo {
+    /// The resources of `service` seen through `rule` from `locality`:
+    /// memoised, else `build()` (run outside the lock; when two proxies
+    /// build at once, the first stored is kept).
+    pub(crate) fn get_or_build(
+        &self,
+        service: &Arc<Service>,
+        rule: Option<&Config<DestinationRuleSpec>>,
+        locality: &str,
+        build: impl FnOnce() -> ServiceResources,
+    ) -> Arc<ServiceResources> {
+        let key = (
+            Arc::as_ptr(service).addr(),
+            rule.map_or(0, |r| std::ptr::from_ref(r).addr()),
+        );
+        let find = |entries: &HashMap<(usize, usize), Vec<MemoEntry>>| {
+            entries
+                .get(&key)?
+                .iter()
+                .find(|e| &*e.locality == locality)
+                .map(|e| e.resources.clone())
+        };
+        if let Ok(entries) = self.entries.lock()
+            && let Some(found) = find(&entries)
+        {
+            return found;
+        }
+        let built = Arc::new(build());
+        let Ok(mut entries) = self.entries.lock() else {
+            return built;
+        };
+        if let Some(found) = find(&entries) {
+            return found;
+        }
+        entries.entry(key).or_default().push(MemoEntry {
+            _service: service.clone(),
+            locality: locality.into(),
+            resources: built.clone(),
+        });
+        built
+    }
+
+    /// Entries held (services x rules x localities seen).
+    pub(crate) fn len(&self) -> usize {
+        self.entries
+            .lock()
+            .map(|e| e.values().map(Vec::len).sum())
+            .unwrap_or(0)
+    }
+}
+
+impl Clone for ClusterMemo {
+    fn clone(&self) -> Self {
+        ClusterMemo::default()
+    }
+}
+
+impl std::fmt::Debug for ClusterMemo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterMemo")
+            .field("entries", &self.len())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    use envoy_types::pb::google::protobuf::Any;
+    use prost::Message;
+
+    use super::*;
+
+    #[test]
+    fn encodes_as_prost_any() {
+        let cluster = Cluster {
+            name: "outbound|80||a".into(),
+            ..Default::default()
+        };
+        for message in [cluster, Cluster::default()] {
+            let any = Any {
+                type_url: crate::CLUSTER_TYPE.into(),
+                value: message.encode_to_vec(),
+            };
+            let (name, version, bytes) = encode(crate::CLUSTER_TYPE, "n", &message);
+            assert_eq!(&*name, "n");
+            assert_eq!(bytes.as_ref(), any.encode_to_vec().as_slice());
+            assert_eq!(version, version_of(&any.encode_to_vec()));
+        }
+    }
+}

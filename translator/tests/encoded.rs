@@ -1,0 +1,230 @@
+//! `generate_encoded` (what the daemon sends) against `generate`: the same
+//! resources byte for byte, for proxies generated one after the other from
+//! one snapshot, so that each later proxy reads the clusters and load
+//! assignments the earlier ones left in the snapshot's memo. The meshes
+//! make the memo's key matter: a DestinationRule exported to its own
+//! namespace only, another rule for the same host in a second namespace,
+//! and locality load balancing over endpoints in two zones.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
+
+use std::path::Path;
+
+use crds::document::{parse_value, split_documents};
+use translator::encoded::{Encoded, encode};
+use translator::model::{MeshConfig, Proxy, Snapshot};
+use translator::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, SECRET_TYPE};
+
+fn snapshot(texts: &[String]) -> Snapshot {
+    let mut objects = Vec::new();
+    for text in texts {
+        for (_, value) in split_documents(text) {
+            for object in parse_value(value.unwrap(), "default") {
+                objects.push(object.unwrap());
+            }
+        }
+    }
+    Snapshot::build(1, &objects, MeshConfig::default())
+}
+
+fn proxy(node_id: &str, locality: &str) -> Proxy {
+    let mut p = Proxy::from_node_id(node_id, None, Default::default()).unwrap();
+    p.locality = locality.into();
+    p
+}
+
+fn sidecar(namespace: &str, locality: &str) -> Proxy {
+    proxy(
+        &format!("sidecar~10.1.0.9~client.{namespace}~{namespace}.svc.cluster.local"),
+        locality,
+    )
+}
+
+/// `generate`'s resources of each type, encoded one by one, by name.
+fn expected(snap: &Snapshot, proxy: &Proxy) -> Vec<(&'static str, Vec<Encoded>)> {
+    let out = translator::generate(snap, proxy);
+    let each = |type_url: &'static str, items: Vec<Encoded>| (type_url, sorted(items));
+    vec![
+        each(
+            CLUSTER_TYPE,
+            out.clusters
+                .iter()
+                .map(|c| encode(CLUSTER_TYPE, &c.name, c))
+                .collect(),
+        ),
+        each(
+            ENDPOINT_TYPE,
+            out.endpoints
+                .iter()
+                .map(|c| encode(ENDPOINT_TYPE, &c.cluster_name, c))
+                .collect(),
+        ),
+        each(
+            LISTENER_TYPE,
+            out.listeners
+                .iter()
+                .map(|l| encode(LISTENER_TYPE, &l.name, l))
+                .collect(),
+        ),
+        each(
+            ROUTE_TYPE,
+            out.routes
+                .iter()
+                .map(|r| encode(ROUTE_TYPE, &r.name, r))
+                .collect(),
+        ),
+        each(
+            SECRET_TYPE,
+            out.secrets
+                .iter()
+                .map(|s| encode(SECRET_TYPE, &s.name, s))
+                .collect(),
+        ),
+    ]
+}
+
+fn sorted(mut items: Vec<Encoded>) -> Vec<Encoded> {
+    items.sort_by(|a, b| a.0.cmp(&b.0));
+    items
+}
+
+fn encoded(snap: &Snapshot, proxy: &Proxy) -> Vec<(&'static str, Vec<Encoded>)> {
+    let mut out = translator::generate_encoded(snap, proxy);
+    [
+        CLUSTER_TYPE,
+        ENDPOINT_TYPE,
+        LISTENER_TYPE,
+        ROUTE_TYPE,
+        SECRET_TYPE,
+    ]
+    .into_iter()
+    .map(|t| (t, sorted(out.take(t))))
+    .collect()
+}
+
+/// Every proxy in turn on one snapshot: each must get what it would get
+/// alone.
+fn check_in_turn(snap: &Snapshot, proxies: &[Proxy]) {
+    for (i, p) in proxies.iter().enumerate() {
+        let want = expected(snap, p);
+        let got = encoded(snap, p);
+        for ((t, want), (_, got)) in want.iter().zip(&got) {
+            let names = |v: &[Encoded]| v.iter().map(|e| e.0.to_string()).collect::<Vec<_>>();
+            assert_eq!(names(got), names(want), "proxy {i} ({}), {t}", p.id);
+            for (g, w) in got.iter().zip(want) {
+                assert!(
+                    g == w,
+                    "proxy {i} ({}), {t}: {} differs from a fresh generation",
+                    p.id,
+                    w.0
+                );
+            }
+        }
+    }
+}
+
+/// Two namespaces see `db` through different rules (`default`'s own,
+/// exported to itself only, and `other`'s), a third through none; `db`'s
+/// endpoints are in two zones and the rules turn on locality failover.
+const TWO_RULES: &str = "
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db, namespace: default}
+spec:
+  hosts: [db.example.com]
+  ports: [{number: 9000, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints:
+  - {address: 192.168.1.1, locality: region1/zone1, labels: {version: v1}}
+  - {address: 192.168.1.2, locality: region1/zone2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: db, namespace: default}
+spec:
+  host: db.example.com
+  exportTo: [.]
+  trafficPolicy:
+    outlierDetection: {consecutive5xxErrors: 1}
+    loadBalancer: {localityLbSetting: {enabled: true}}
+  subsets:
+  - {name: v1, labels: {version: v1}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: db, namespace: other}
+spec:
+  host: db.example.com
+  exportTo: [.]
+  trafficPolicy:
+    outlierDetection: {consecutive5xxErrors: 1}
+  subsets:
+  - {name: v2, labels: {version: v2}}
+";
+
+#[test]
+fn memoised_clusters_match_a_fresh_generation_per_rule_and_locality() {
+    let snap = snapshot(&[TWO_RULES.to_owned()]);
+    let proxies = [
+        sidecar("default", "region1/zone1"),
+        sidecar("default", "region1/zone2"),
+        sidecar("other", "region1/zone1"),
+        sidecar("third", "region1/zone1"),
+        sidecar("default", "region1/zone1"),
+        sidecar("other", ""),
+    ];
+    check_in_turn(&snap, &proxies);
+    // The rules and localities really differ in what they give.
+    let eds_names = |p: &Proxy| {
+        expected(&snap, p)[1]
+            .1
+            .iter()
+            .map(|e| e.0.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert!(eds_names(&proxies[0]).contains(&"outbound|9000|v1|db.example.com".to_owned()));
+    assert!(eds_names(&proxies[2]).contains(&"outbound|9000|v2|db.example.com".to_owned()));
+    assert_eq!(eds_names(&proxies[3]), ["outbound|9000||db.example.com"]);
+    let eds_of = |p: &Proxy| expected(&snap, p)[1].1.clone();
+    assert_ne!(eds_of(&proxies[0]), eds_of(&proxies[1]), "zone1 vs zone2");
+}
+
+#[test]
+fn memoised_bookinfo_matches_a_fresh_generation_and_is_shared() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let samples = crds::istio_testdata().join("samples/bookinfo/networking");
+    let mut texts =
+        vec![std::fs::read_to_string(root.join("examples/bookinfo/platform.yaml")).unwrap()];
+    for sample in [
+        "bookinfo-gateway.yaml",
+        "destination-rule-all.yaml",
+        "virtual-service-reviews-80-20.yaml",
+    ] {
+        texts.push(std::fs::read_to_string(samples.join(sample)).unwrap());
+    }
+    let snap = snapshot(&texts);
+    let gateway = proxy(
+        "router~10.1.0.5~istio-ingressgateway-1.istio-system~istio-system.svc.cluster.local",
+        "",
+    );
+    let proxies = [
+        sidecar("default", ""),
+        gateway,
+        sidecar("other", ""),
+        sidecar("default", "us-east/a"),
+    ];
+    check_in_turn(&snap, &proxies);
+    // A proxy in another namespace reads the same encoding (the bytes
+    // themselves, not a copy) of a cluster the first proxy built.
+    let reviews = "outbound|9080|v1|reviews.default.svc.cluster.local";
+    let find = |p: &Proxy| {
+        translator::generate_encoded(&snap, p)
+            .take(CLUSTER_TYPE)
+            .into_iter()
+            .find(|e| &*e.0 == reviews)
+            .unwrap()
+            .2
+    };
+    let (first, second) = (find(&proxies[0]), find(&proxies[2]));
+    assert_eq!(first.as_ptr(), second.as_ptr());
+}
