@@ -28,6 +28,25 @@ pub fn version_of(any: &[u8]) -> u64 {
 /// encoded, written once instead of twice.
 pub fn encode<M: prost::Message>(type_url: &str, name: &str, message: &M) -> Encoded {
     let len = message.encoded_len();
+    let mut buf = any_head(type_url, len);
+    let before = buf.len();
+    // Cannot fail: a `Vec` grows to whatever is written.
+    let _ = message.encode(&mut buf);
+    debug_assert_eq!(buf.len() - before, len);
+    finish(name, buf)
+}
+
+/// An already encoded message `value` as an `Any` of `type_url`, named
+/// `name` (as [`encode`]).
+pub(crate) fn wrap(type_url: &str, name: &str, value: &[u8]) -> Encoded {
+    let mut buf = any_head(type_url, value.len());
+    buf.extend_from_slice(value);
+    finish(name, buf)
+}
+
+/// An `Any`'s `type_url` field and the head of its `value` field, for a
+/// value of `len` bytes to follow, in a buffer with room for it.
+fn any_head(type_url: &str, len: usize) -> Vec<u8> {
     let mut buf = Vec::with_capacity(type_url.len() + len + 12);
     encode_key(1, WireType::LengthDelimited, &mut buf);
     encode_varint(type_url.len() as u64, &mut buf);
@@ -36,11 +55,11 @@ pub fn encode<M: prost::Message>(type_url: &str, name: &str, message: &M) -> Enc
         // As prost's `Any`: an empty `value` is left out.
         encode_key(2, WireType::LengthDelimited, &mut buf);
         encode_varint(len as u64, &mut buf);
-        let before = buf.len();
-        // Cannot fail: a `Vec` grows to whatever is written.
-        let _ = message.encode(&mut buf);
-        debug_assert_eq!(buf.len() - before, len);
     }
+    buf
+}
+
+fn finish(name: &str, buf: Vec<u8>) -> Encoded {
     let bytes = Bytes::from(buf);
     (Arc::from(name), version_of(&bytes), bytes)
 }
@@ -53,52 +72,61 @@ pub(crate) struct ServiceResources {
     pub(crate) assignments: Vec<Encoded>,
 }
 
-/// Each service's [`ServiceResources`] as built for the first proxy that
-/// needed them, by what they are made from: the service, the
-/// DestinationRule that applies to it from the proxy's namespace, and the
-/// proxy's locality (locality load balancing); the rest (mesh settings,
-/// PeerAuthentications) is the snapshot's own. Proxies in ten namespaces
-/// that see a service through the same rule share one entry.
+/// What was built for one service seen through one DestinationRule, by
+/// one more detail `D` (a locality, a port), for the first proxy that needed
+/// it, and shared with every later proxy that needs the same. The rest of
+/// what it is made from (mesh settings, PeerAuthentications) is the
+/// snapshot's own.
 ///
 /// It lives in its [`crate::model::Snapshot`] and keys on the addresses of
 /// that snapshot's service and rule, so a snapshot must not be changed
 /// after generating from it (the daemon builds one per change). A clone
 /// starts empty.
-#[derive(Default)]
-pub(crate) struct ClusterMemo {
-    /// By (service address, rule address or 0).
-    entries: Mutex<HashMap<(usize, usize), Vec<MemoEntry>>>,
+pub(crate) struct Memo<D, V> {
+    entries: Mutex<Entries<D, V>>,
 }
 
-struct MemoEntry {
+/// By (service address, rule address or 0).
+type Entries<D, V> = HashMap<(usize, usize), Vec<MemoEntry<D, V>>>;
+
+struct MemoEntry<D, V> {
     /// Held so that the service's address is not reused while it keys
     /// an entry.
     _service: Arc<Service>,
-    locality: Box<str>,
-    resources: Arc<ServiceResources>,
+    detail: D,
+    value: Arc<V>,
 }
 
-impl ClusterMemo {
-    /// The resources of `service` seen through `rule` from `locality`:
+/// Each service's [`ServiceResources`] by the proxy's locality (locality
+/// load balancing): proxies in ten namespaces that see a service through
+/// the same rule share one entry.
+pub(crate) type ClusterMemo = Memo<String, ServiceResources>;
+
+impl<D, V> Memo<D, V> {
+    /// The value for `service` seen through `rule` with `detail`:
     /// memoised, else `build()` (run outside the lock; when two proxies
     /// build at once, the first stored is kept).
-    pub(crate) fn get_or_build(
+    pub(crate) fn get_or_build<Q>(
         &self,
         service: &Arc<Service>,
         rule: Option<&Config<DestinationRuleSpec>>,
-        locality: &str,
-        build: impl FnOnce() -> ServiceResources,
-    ) -> Arc<ServiceResources> {
+        detail: &Q,
+        build: impl FnOnce() -> V,
+    ) -> Arc<V>
+    where
+        Q: ?Sized + PartialEq + ToOwned<Owned = D>,
+        D: std::borrow::Borrow<Q>,
+    {
         let key = (
             Arc::as_ptr(service).addr(),
             rule.map_or(0, |r| std::ptr::from_ref(r).addr()),
         );
-        let find = |entries: &HashMap<(usize, usize), Vec<MemoEntry>>| {
+        let find = |entries: &Entries<D, V>| {
             entries
                 .get(&key)?
                 .iter()
-                .find(|e| &*e.locality == locality)
-                .map(|e| e.resources.clone())
+                .find(|e| e.detail.borrow() == detail)
+                .map(|e| e.value.clone())
         };
         if let Ok(entries) = self.entries.lock()
             && let Some(found) = find(&entries)
@@ -114,13 +142,13 @@ impl ClusterMemo {
         }
         entries.entry(key).or_default().push(MemoEntry {
             _service: service.clone(),
-            locality: locality.into(),
-            resources: built.clone(),
+            detail: detail.to_owned(),
+            value: built.clone(),
         });
         built
     }
 
-    /// Entries held (services x rules x localities seen).
+    /// Entries held.
     pub(crate) fn len(&self) -> usize {
         self.entries
             .lock()
@@ -129,15 +157,23 @@ impl ClusterMemo {
     }
 }
 
-impl Clone for ClusterMemo {
-    fn clone(&self) -> Self {
-        ClusterMemo::default()
+impl<D, V> Default for Memo<D, V> {
+    fn default() -> Self {
+        Memo {
+            entries: Mutex::new(HashMap::new()),
+        }
     }
 }
 
-impl std::fmt::Debug for ClusterMemo {
+impl<D, V> Clone for Memo<D, V> {
+    fn clone(&self) -> Self {
+        Memo::default()
+    }
+}
+
+impl<D, V> std::fmt::Debug for Memo<D, V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClusterMemo")
+        f.debug_struct("Memo")
             .field("entries", &self.len())
             .finish()
     }

@@ -172,8 +172,8 @@ pub fn generate(snap: &Snapshot, proxy: &Proxy) -> Output {
     Output {
         clusters,
         endpoints,
+        routes: rest.routes.build(snap, proxy),
         listeners: rest.listeners,
-        routes: rest.routes,
         secrets: rest.secrets,
         warnings: rest.warnings,
     }
@@ -230,7 +230,7 @@ pub fn generate_encoded(snap: &Snapshot, proxy: &Proxy) -> EncodedOutput {
         clusters,
         endpoints,
         listeners: encode_each(LISTENER_TYPE, &rest.listeners, |l| &l.name),
-        routes: encode_each(ROUTE_TYPE, &rest.routes, |r| &r.name),
+        routes: rest.routes.encode(snap, proxy),
         secrets: encode_each(SECRET_TYPE, &rest.secrets, |s| &s.name),
         warnings: rest.warnings,
     }
@@ -248,16 +248,38 @@ fn encode_each<M: prost::Message>(
 }
 
 /// What a proxy gets besides its outbound clusters and load assignments.
-struct Rest {
+struct Rest<'a> {
     listeners: Vec<Listener>,
-    routes: Vec<RouteConfiguration>,
+    routes: Routes<'a>,
     secrets: Vec<Secret>,
     /// A sidecar's `inbound|...` clusters.
     inbound_clusters: Vec<Cluster>,
     warnings: Vec<ConfigWarning>,
 }
 
-fn listeners_and_routes(snap: &Snapshot, proxy: &Proxy) -> Rest {
+/// A sidecar's route configurations, planned; a gateway's, made.
+enum Routes<'a> {
+    Planned(Vec<listener::RoutePlan<'a>>),
+    Built(Vec<RouteConfiguration>),
+}
+
+impl Routes<'_> {
+    fn build(self, snap: &Snapshot, proxy: &Proxy) -> Vec<RouteConfiguration> {
+        match self {
+            Routes::Planned(plans) => plans.into_iter().map(|p| p.build(snap, proxy)).collect(),
+            Routes::Built(routes) => routes,
+        }
+    }
+
+    fn encode(self, snap: &Snapshot, proxy: &Proxy) -> Vec<Encoded> {
+        match self {
+            Routes::Planned(plans) => plans.into_iter().map(|p| p.encode(snap, proxy)).collect(),
+            Routes::Built(routes) => encode_each(ROUTE_TYPE, &routes, |r| &r.name),
+        }
+    }
+}
+
+fn listeners_and_routes<'a>(snap: &'a Snapshot, proxy: &'a Proxy) -> Rest<'a> {
     let mut warnings = Vec::new();
     let mut inbound_clusters = Vec::new();
     let (listeners, routes, secrets) = match proxy.kind {
@@ -266,9 +288,12 @@ fn listeners_and_routes(snap: &Snapshot, proxy: &Proxy) -> Rest {
             let (inbound, clusters) = inbound::build(snap, proxy);
             l.push(inbound);
             inbound_clusters = clusters;
-            (l, r, Vec::new())
+            (l, Routes::Planned(r), Vec::new())
         }
-        ProxyKind::Router => listener::gateway(snap, proxy, &mut warnings),
+        ProxyKind::Router => {
+            let (l, r, s) = listener::gateway(snap, proxy, &mut warnings);
+            (l, Routes::Built(r), s)
+        }
     };
     Rest {
         listeners,

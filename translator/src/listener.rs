@@ -2,8 +2,10 @@
 //! listeners behind it, and a gateway's listener per server port.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 use prost::Message;
+use prost::encoding::{WireType, encode_key, encode_varint};
 
 use crds::GatewaySpec;
 use crds::VirtualServiceSpec;
@@ -15,7 +17,7 @@ use envoy_types::pb::envoy::config::listener::v3::{
     Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter, listener_filter,
 };
 use envoy_types::pb::envoy::config::route::v3::virtual_host;
-use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
+use envoy_types::pb::envoy::config::route::v3::{Route, RouteConfiguration, VirtualHost};
 use envoy_types::pb::envoy::extensions::filters::http::cors::v3::Cors;
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
@@ -32,6 +34,7 @@ use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
 use envoy_types::util::pack_any;
 
 use crate::cluster::{BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER, cluster_name};
+use crate::encoded::Encoded;
 use crate::model::{Config, Protocol, Proxy, Service, Snapshot, TlsSecret, exported_to};
 use crate::route::{
     RouteCtx, catch_all_route, default_route, direct_response_route, virtual_service_routes,
@@ -47,11 +50,11 @@ pub const VIRTUAL_OUTBOUND: &str = "virtualOutbound";
 /// exact `<vip>_<port>` listener per TCP service address, and per port a
 /// wildcard `0.0.0.0_<port>` listener holding the TLS (by SNI) and CIDR
 /// chains and, as its default, the HTTP route configuration `"<port>"`.
-pub(crate) fn sidecar(
-    snap: &Snapshot,
-    proxy: &Proxy,
+pub(crate) fn sidecar<'a>(
+    snap: &'a Snapshot,
+    proxy: &'a Proxy,
     warnings: &mut Vec<ConfigWarning>,
-) -> (Vec<Listener>, Vec<RouteConfiguration>) {
+) -> (Vec<Listener>, Vec<RoutePlan<'a>>) {
     let fallback = if snap.allow_any_for(proxy) {
         PASSTHROUGH_CLUSTER
     } else {
@@ -70,7 +73,7 @@ pub(crate) fn sidecar(
     }];
     #[derive(Default)]
     struct PortPlan<'a> {
-        http: Vec<&'a Service>,
+        http: Vec<&'a Arc<Service>>,
         chains: Vec<FilterChain>,
         tls: bool,
     }
@@ -124,8 +127,7 @@ pub(crate) fn sidecar(
             }
             tcp_chain("PassthroughFilterChain", &name, &[(fallback.to_owned(), 1)])
         } else {
-            let rc = http_route_config(snap, proxy, port, &plan.http, warnings);
-            routes.push(rc);
+            routes.push(http_route_plan(snap, proxy, port, &plan.http, warnings));
             hcm_chain(
                 &format!("outbound_0.0.0.0_{port}"),
                 &port.to_string(),
@@ -182,13 +184,136 @@ fn dedupe_chains(
     out
 }
 
-fn http_route_config(
-    snap: &Snapshot,
+/// A sidecar's HTTP route configuration `"<port>"`, planned: which
+/// virtual hosts it has, with which domains, and the routes of those with
+/// a VirtualService. A virtual host without one has its service's default
+/// route, made when the configuration is ([`RoutePlan::build`]), or, encoded,
+/// read from the snapshot's memo ([`RoutePlan::encode`]): it depends only on
+/// the service, the port and the DestinationRule seen from the proxy's
+/// namespace (its consistent hash), and most services have no
+/// VirtualService.
+pub(crate) struct RoutePlan<'a> {
+    port: u32,
+    hosts: Vec<PlannedHost<'a>>,
+    /// `allow_any` or `block_all`, last.
+    catch_all: VirtualHost,
+}
+
+struct PlannedHost<'a> {
+    service: &'a Arc<Service>,
+    /// `<hostname>:<port>`.
+    name: String,
+    domains: Vec<String>,
+    /// The VirtualService's routes; None: the service's default route.
+    routes: Option<Vec<Route>>,
+}
+
+impl RoutePlan<'_> {
+    /// The route configuration as a message.
+    pub(crate) fn build(self, snap: &Snapshot, proxy: &Proxy) -> RouteConfiguration {
+        let ctx = RouteCtx {
+            snap,
+            proxy,
+            port: self.port,
+            gateways: &[],
+        };
+        let mut virtual_hosts = Vec::with_capacity(self.hosts.len() + 1);
+        for h in self.hosts {
+            let routes = h
+                .routes
+                .unwrap_or_else(|| vec![default_route(&ctx, &h.service.hostname)]);
+            virtual_hosts.push(VirtualHost {
+                name: h.name,
+                domains: h.domains,
+                routes,
+                ..Default::default()
+            });
+        }
+        virtual_hosts.push(self.catch_all);
+        RouteConfiguration {
+            virtual_hosts,
+            ..route_config_head(self.port)
+        }
+    }
+
+    /// The route configuration encoded for the wire: the same bytes as
+    /// [`RoutePlan::build`]'s message encoded by prost, which writes
+    /// fields in tag order (`name` 1, `virtual_hosts` 2, then the rest;
+    /// in a virtual host `name` 1, `domains` 2, `routes` 3), so the
+    /// encodings of the parts can be laid end to end.
+    pub(crate) fn encode(self, snap: &Snapshot, proxy: &Proxy) -> Encoded {
+        let ctx = RouteCtx {
+            snap,
+            proxy,
+            port: self.port,
+            gateways: &[],
+        };
+        let head = route_config_head(self.port);
+        let mut value = Vec::new();
+        prost::encoding::string::encode(1, &head.name, &mut value);
+        let mut own = Vec::new();
+        for h in self.hosts {
+            let memoised: Arc<Vec<u8>>;
+            let routes: &[u8] = match &h.routes {
+                Some(routes) => {
+                    own.clear();
+                    for r in routes {
+                        prost::encoding::message::encode(3, r, &mut own);
+                    }
+                    &own
+                }
+                None => {
+                    let rule = snap.destination_rule(&h.service.hostname, &proxy.namespace);
+                    memoised = snap
+                        .route_memo
+                        .get_or_build(h.service, rule, &self.port, || {
+                            let route = default_route(&ctx, &h.service.hostname);
+                            let mut b = Vec::with_capacity(route.encoded_len() + 4);
+                            prost::encoding::message::encode(3, &route, &mut b);
+                            b
+                        });
+                    &memoised
+                }
+            };
+            let vh = VirtualHost {
+                name: h.name,
+                domains: h.domains,
+                ..Default::default()
+            };
+            let len = vh.encoded_len() + routes.len();
+            encode_key(2, WireType::LengthDelimited, &mut value);
+            encode_varint(len as u64, &mut value);
+            // Cannot fail: a `Vec` grows to whatever is written.
+            let _ = vh.encode(&mut value);
+            value.extend_from_slice(routes);
+        }
+        prost::encoding::message::encode(2, &self.catch_all, &mut value);
+        let _ = RouteConfiguration {
+            name: String::new(),
+            ..head
+        }
+        .encode(&mut value);
+        crate::encoded::wrap(crate::ROUTE_TYPE, &self.port.to_string(), &value)
+    }
+}
+
+/// A sidecar route configuration's own fields: its name and Istio's
+/// `validate_clusters: false`.
+fn route_config_head(port: u32) -> RouteConfiguration {
+    RouteConfiguration {
+        name: port.to_string(),
+        validate_clusters: Some(BoolValue { value: false }),
+        ..Default::default()
+    }
+}
+
+fn http_route_plan<'a>(
+    snap: &'a Snapshot,
     proxy: &Proxy,
     port: u32,
-    services: &[&Service],
+    services: &[&'a Arc<Service>],
     warnings: &mut Vec<ConfigWarning>,
-) -> RouteConfiguration {
+) -> RoutePlan<'a> {
     let fallback = if snap.allow_any_for(proxy) {
         PASSTHROUGH_CLUSTER
     } else {
@@ -216,7 +341,7 @@ fn http_route_config(
     }
     let mut first = first.into_iter();
     let port_text = port.to_string();
-    let mut vhosts = Vec::with_capacity(services.len() + 1);
+    let mut hosts = Vec::with_capacity(services.len());
     for (svc, domains) in services.iter().zip(all) {
         let domains: Vec<String> = domains
             .into_iter()
@@ -226,18 +351,16 @@ fn http_route_config(
             continue;
         }
         let routes =
-            match mesh_virtual_service(snap, proxy, &svc.hostname, |vs| !vs.spec.http.is_empty()) {
-                Some(vs) => virtual_service_routes(&ctx, vs, warnings),
-                None => vec![default_route(&ctx, &svc.hostname)],
-            };
-        vhosts.push(VirtualHost {
+            mesh_virtual_service(snap, proxy, &svc.hostname, |vs| !vs.spec.http.is_empty())
+                .map(|vs| virtual_service_routes(&ctx, vs, warnings));
+        hosts.push(PlannedHost {
+            service: svc,
             name: [svc.hostname.as_str(), ":", &port_text].concat(),
             domains,
             routes,
-            ..Default::default()
         });
     }
-    vhosts.push(if snap.allow_any_for(proxy) {
+    let catch_all = if snap.allow_any_for(proxy) {
         VirtualHost {
             name: "allow_any".into(),
             domains: vec!["*".into()],
@@ -252,12 +375,11 @@ fn http_route_config(
             routes: vec![direct_response_route("block_all", 502)],
             ..Default::default()
         }
-    });
-    RouteConfiguration {
-        name: port.to_string(),
-        virtual_hosts: vhosts,
-        validate_clusters: Some(BoolValue { value: false }),
-        ..Default::default()
+    };
+    RoutePlan {
+        port,
+        hosts,
+        catch_all,
     }
 }
 

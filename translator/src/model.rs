@@ -266,6 +266,9 @@ pub struct Snapshot {
     /// first proxy that needs them ([`crate::generate_encoded`]). Empty in
     /// a clone.
     pub(crate) cluster_memo: crate::encoded::ClusterMemo,
+    /// Each service's encoded default route (a virtual host's `routes`
+    /// field, for a service without a VirtualService) by port.
+    pub(crate) route_memo: crate::encoded::Memo<u32, Vec<u8>>,
 }
 
 /// A port a workload serves: the target port of a service port whose

@@ -1,7 +1,8 @@
 //! `generate_encoded` (what the daemon sends) against `generate`: the same
 //! resources byte for byte, for proxies generated one after the other from
-//! one snapshot, so that each later proxy reads the clusters and load
-//! assignments the earlier ones left in the snapshot's memo. The meshes
+//! one snapshot, so that each later proxy reads the clusters, load
+//! assignments and default routes the earlier ones left in the snapshot's
+//! memos. The meshes
 //! make the memo's key matter: a DestinationRule exported to its own
 //! namespace only, another rule for the same host in a second namespace,
 //! and locality load balancing over endpoints in two zones.
@@ -124,15 +125,19 @@ fn check_in_turn(snap: &Snapshot, proxies: &[Proxy]) {
 }
 
 /// Two namespaces see `db` through different rules (`default`'s own,
-/// exported to itself only, and `other`'s), a third through none; `db`'s
-/// endpoints are in two zones and the rules turn on locality failover.
+/// exported to itself only, and `other`'s, which hashes on a header), a
+/// third through none; `db`'s endpoints are in two zones and the rules turn
+/// on locality failover; it has two HTTP ports, each with its own default
+/// route.
 const TWO_RULES: &str = "
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: db, namespace: default}
 spec:
   hosts: [db.example.com]
-  ports: [{number: 9000, name: http, protocol: HTTP}]
+  ports:
+  - {number: 9000, name: http, protocol: HTTP}
+  - {number: 9001, name: http-admin, protocol: HTTP}
   resolution: STATIC
   endpoints:
   - {address: 192.168.1.1, locality: region1/zone1, labels: {version: v1}}
@@ -158,12 +163,13 @@ spec:
   exportTo: [.]
   trafficPolicy:
     outlierDetection: {consecutive5xxErrors: 1}
+    loadBalancer: {consistentHash: {httpHeaderName: x-user}}
   subsets:
   - {name: v2, labels: {version: v2}}
 ";
 
 #[test]
-fn memoised_clusters_match_a_fresh_generation_per_rule_and_locality() {
+fn memoised_resources_match_a_fresh_generation_per_rule_locality_and_port() {
     let snap = snapshot(&[TWO_RULES.to_owned()]);
     let proxies = [
         sidecar("default", "region1/zone1"),
@@ -184,9 +190,26 @@ fn memoised_clusters_match_a_fresh_generation_per_rule_and_locality() {
     };
     assert!(eds_names(&proxies[0]).contains(&"outbound|9000|v1|db.example.com".to_owned()));
     assert!(eds_names(&proxies[2]).contains(&"outbound|9000|v2|db.example.com".to_owned()));
-    assert_eq!(eds_names(&proxies[3]), ["outbound|9000||db.example.com"]);
-    let eds_of = |p: &Proxy| expected(&snap, p)[1].1.clone();
-    assert_ne!(eds_of(&proxies[0]), eds_of(&proxies[1]), "zone1 vs zone2");
+    assert_eq!(
+        eds_names(&proxies[3]),
+        [
+            "outbound|9000||db.example.com",
+            "outbound|9001||db.example.com"
+        ]
+    );
+    let of = |p: &Proxy, t: usize| expected(&snap, p)[t].1.clone();
+    assert_ne!(
+        of(&proxies[0], 1),
+        of(&proxies[1], 1),
+        "EDS, zone1 vs zone2"
+    );
+    assert_ne!(
+        of(&proxies[0], 3),
+        of(&proxies[2], 3),
+        "RDS, default vs other"
+    );
+    let routes = of(&proxies[0], 3);
+    assert_eq!(routes.len(), 2, "route configurations 9000 and 9001");
 }
 
 #[test]
