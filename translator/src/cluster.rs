@@ -58,12 +58,8 @@ fn visible<'a>(
 /// Clusters and endpoint assignments for every service port and every
 /// DestinationRule subset, seen from `proxy` (its namespace decides what is
 /// visible, its locality the endpoints' priorities and weights).
-pub(crate) fn build(
-    snap: &Snapshot,
-    proxy: &Proxy,
-    only: Option<&std::collections::BTreeSet<String>>,
-) -> (Vec<Cluster>, Vec<ClusterLoadAssignment>) {
-    let services: Vec<_> = visible(snap, proxy, only).collect();
+pub(crate) fn build(snap: &Snapshot, proxy: &Proxy) -> (Vec<Cluster>, Vec<ClusterLoadAssignment>) {
+    let services: Vec<_> = visible(snap, proxy, None).collect();
     // Clusters are large (~3 KiB each): room for all of them up front
     // rather than copies as the vector grows.
     let count: usize = services
@@ -82,12 +78,14 @@ pub(crate) fn build(
     (clusters, assignments)
 }
 
-/// [`build`], encoded for the wire. Each service's clusters and load
-/// assignments come from the snapshot's [`crate::encoded::ClusterMemo`]: built and encoded
-/// by the first proxy that needs them, then shared by every other proxy
-/// that sees the service with the same DestinationRule from the same
-/// locality (what they are made from), as istiod's XDS cache shares CDS
-/// and EDS resources across proxies.
+/// [`build`], encoded for the wire (only the services in `only`, if
+/// given, and then without `PassthroughCluster` and `BlackHoleCluster`).
+/// Each service's clusters and load assignments come from the snapshot's
+/// [`crate::encoded::ClusterMemo`]: built and encoded by the first proxy
+/// that needs them, then shared by every other proxy that sees the service
+/// through the same DestinationRule from the same locality (what they are
+/// made from), as istiod's XDS cache shares CDS and EDS resources across
+/// proxies.
 pub(crate) fn build_encoded(
     snap: &Snapshot,
     proxy: &Proxy,

@@ -1,6 +1,7 @@
-//! Resources encoded for the wire, and the snapshot's memo of each
-//! service's encoded clusters and load assignments, shared by every proxy
-//! generated from that snapshot (istiod's XDS cache, for CDS and EDS).
+//! Resources encoded for the wire, and the snapshot's memos of what is
+//! built per service (its clusters and load assignments, its default
+//! route), shared by every proxy generated from that snapshot, as istiod's
+//! XDS cache shares CDS, EDS and RDS parts across proxies.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -146,16 +146,8 @@ fn encode_all<M: prost::Name + prost::Message>(
 }
 
 /// The endpoint assignments of `proxy` for the services `hostnames` only
-/// (an endpoint-only change; see [`changes::Effect::Endpoints`]).
-pub fn generate_endpoints(
-    snap: &Snapshot,
-    proxy: &Proxy,
-    hostnames: &std::collections::BTreeSet<String>,
-) -> Vec<ClusterLoadAssignment> {
-    cluster::build(snap, proxy, Some(hostnames)).1
-}
-
-/// [`generate_endpoints`], encoded (see [`generate_encoded`]).
+/// (an endpoint-only change; see [`changes::Effect::Endpoints`]), encoded
+/// as by [`generate_encoded`] (and memoised alike).
 pub fn generate_endpoints_encoded(
     snap: &Snapshot,
     proxy: &Proxy,
@@ -166,7 +158,7 @@ pub fn generate_endpoints_encoded(
 
 /// Generates the full configuration of `proxy` from `snap`.
 pub fn generate(snap: &Snapshot, proxy: &Proxy) -> Output {
-    let (mut clusters, endpoints) = cluster::build(snap, proxy, None);
+    let (mut clusters, endpoints) = cluster::build(snap, proxy);
     let rest = listeners_and_routes(snap, proxy);
     clusters.extend(rest.inbound_clusters);
     Output {
@@ -212,12 +204,15 @@ impl EncodedOutput {
 }
 
 /// [`generate`], encoded for the wire: what the daemon sends. The
-/// resources are those of [`generate`], byte for byte; the outbound
-/// clusters and load assignments of each service come from the snapshot's
-/// memo when another proxy already needed them (see
-/// [`encoded::ClusterMemo`]'s key), so a proxy whose config differs from
-/// every other's (another namespace, another Sidecar) pays for its
-/// listeners and routes, not again for every service's clusters.
+/// resources are those of [`generate`], byte for byte. What another proxy
+/// already needed comes from the snapshot's memos (see [`encoded`]):
+/// each service's outbound clusters and load assignments (by the
+/// DestinationRule that applies and the proxy's locality), and the default
+/// route of each service without a VirtualService (by the rule and the
+/// port). A proxy whose config differs from every other's (another
+/// namespace, another Sidecar) then pays for its listeners, its route
+/// configurations' domains and its VirtualServices' routes, not again for
+/// every service.
 pub fn generate_encoded(snap: &Snapshot, proxy: &Proxy) -> EncodedOutput {
     let (mut clusters, endpoints) = cluster::build_encoded(snap, proxy, None);
     let rest = listeners_and_routes(snap, proxy);
