@@ -18,15 +18,19 @@ use translator::model::{MeshConfig, Proxy, Snapshot};
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn objects(services: usize) -> Vec<crds::document::Object> {
+    (0..services).flat_map(|i| objects_of(i, 90)).collect()
+}
+
+/// Service `i` of the generated mesh, its VirtualService (every fifth
+/// service has one) sending `split` % to v1.
+fn objects_of(i: usize, split: u32) -> Vec<crds::document::Object> {
     let mut objects = Vec::new();
-    for i in 0..services {
-        for (_, v) in split_documents(&load::mesh::service_yaml(i, 3, 90)) {
-            objects.extend(
-                parse_value(v.unwrap(), "default")
-                    .into_iter()
-                    .map(|o| o.unwrap()),
-            );
-        }
+    for (_, v) in split_documents(&load::mesh::service_yaml(i, 3, split)) {
+        objects.extend(
+            parse_value(v.unwrap(), "default")
+                .into_iter()
+                .map(|o| o.unwrap()),
+        );
     }
     objects
 }
@@ -97,6 +101,46 @@ fn bench(c: &mut Criterion) {
             },
         );
         let objs = objects(services);
+        // After a change (one VirtualService's weights) to a snapshot that
+        // had generated one config: the change's first config key, with
+        // what the snapshot before memoised taken over; and what taking
+        // it over costs.
+        let changed: Vec<_> = objects_of(0, 70)
+            .into_iter()
+            .chain((1..services).flat_map(|i| objects_of(i, 90)))
+            .collect();
+        let warm = snap.clone();
+        drop(translator::generate_encoded(&warm, &proxy));
+        group.bench_with_input(
+            BenchmarkId::new("encoded_first_key_after_change", services),
+            &changed,
+            |b, changed| {
+                b.iter_batched_ref(
+                    || {
+                        let next = Snapshot::build(2, changed, MeshConfig::default());
+                        next.inherit_memos(&warm);
+                        next
+                    },
+                    |s| {
+                        drop(std::hint::black_box(translator::generate_encoded(
+                            s, &proxy,
+                        )))
+                    },
+                    BatchSize::SmallInput,
+                )
+            },
+        );
+        group.bench_with_input(
+            BenchmarkId::new("inherit_memos", services),
+            &changed,
+            |b, changed| {
+                b.iter_batched_ref(
+                    || Snapshot::build(2, changed, MeshConfig::default()),
+                    |s| s.inherit_memos(&warm),
+                    BatchSize::SmallInput,
+                )
+            },
+        );
         group.bench_with_input(
             BenchmarkId::new("snapshot_build", services),
             &objs,

@@ -92,8 +92,8 @@ type Entries<D, V> = HashMap<(usize, usize), Vec<MemoEntry<D, V>>>;
 
 struct MemoEntry<D, V> {
     /// Held so that the service's address is not reused while it keys
-    /// an entry.
-    _service: Arc<Service>,
+    /// an entry (and to find it again in the next snapshot).
+    service: Arc<Service>,
     detail: D,
     value: Arc<V>,
 }
@@ -142,11 +142,46 @@ impl<D, V> Memo<D, V> {
             return found;
         }
         entries.entry(key).or_default().push(MemoEntry {
-            _service: service.clone(),
+            service: service.clone(),
             detail: detail.to_owned(),
             value: built.clone(),
         });
         built
+    }
+
+    /// Copies in the entries of `prev` (the previous snapshot's memo) that
+    /// still hold: those whose service `service_now` finds unchanged in
+    /// this snapshot and whose rule `rule_now` maps to an unchanged rule of
+    /// this snapshot (by address; 0, no rule, to 0). The caller checks
+    /// that nothing else they are made from changed.
+    pub(crate) fn inherit(
+        &self,
+        prev: &Memo<D, V>,
+        service_now: impl Fn(&Service) -> Option<Arc<Service>>,
+        rule_now: impl Fn(usize) -> Option<usize>,
+    ) where
+        D: Clone,
+    {
+        let (Ok(prev), Ok(mut entries)) = (prev.entries.lock(), self.entries.lock()) else {
+            return;
+        };
+        entries.reserve(prev.len());
+        for (&(_, rule), list) in prev.iter() {
+            let Some(rule) = rule_now(rule) else { continue };
+            for e in list {
+                let Some(service) = service_now(&e.service) else {
+                    continue;
+                };
+                entries
+                    .entry((Arc::as_ptr(&service).addr(), rule))
+                    .or_default()
+                    .push(MemoEntry {
+                        service,
+                        detail: e.detail.clone(),
+                        value: e.value.clone(),
+                    });
+            }
+        }
     }
 
     /// Entries held.

@@ -623,6 +623,63 @@ impl Snapshot {
             .filter(move |s| exported_to(&s.export_to, &s.namespace, ns))
     }
 
+    /// Takes over what `prev` (the snapshot this one replaces) memoised
+    /// for generation (see [`crate::generate_encoded`]) wherever it still
+    /// holds: for each service whose model is unchanged, seen through a
+    /// DestinationRule that is unchanged (or none), when the mesh settings
+    /// and PeerAuthentications are unchanged too (they feed every cluster).
+    /// Then a change's first config key does not build every service
+    /// again. Costs a comparison of the two snapshots' services, as
+    /// [`crate::changes::ChangeSet::between`] does.
+    pub fn inherit_memos(&self, prev: &Snapshot) {
+        if self.mesh != prev.mesh || self.peer_authentications != prev.peer_authentications {
+            return;
+        }
+        // A previous rule's address -> the address of the same rule here,
+        // if it is unchanged.
+        let now: HashMap<(&str, &str), &Config<DestinationRuleSpec>> = self
+            .destination_rules
+            .iter()
+            .map(|r| ((r.namespace.as_str(), r.name.as_str()), r))
+            .collect();
+        let rules: HashMap<usize, usize> = prev
+            .destination_rules
+            .iter()
+            .filter_map(|old| {
+                let new = now.get(&(old.namespace.as_str(), old.name.as_str()))?;
+                (*new == old).then(|| {
+                    (
+                        std::ptr::from_ref(old).addr(),
+                        std::ptr::from_ref(*new).addr(),
+                    )
+                })
+            })
+            .chain([(0, 0)])
+            .collect();
+        let rule_now = |addr: usize| rules.get(&addr).copied();
+        // Unchanged services by their previous address: both maps are in
+        // hostname order, so one walk pairs them.
+        let mut services: HashMap<usize, &Arc<Service>> = HashMap::new();
+        let mut now = self.services.iter().peekable();
+        for (host, old) in &prev.services {
+            while now.next_if(|(h, _)| *h < host).is_some() {}
+            if let Some((_, new)) = now.next_if(|(h, _)| *h == host)
+                && new == old
+            {
+                services.insert(Arc::as_ptr(old).addr(), new);
+            }
+        }
+        let service_now = |old: &Service| {
+            services
+                .get(&std::ptr::from_ref(old).addr())
+                .map(|s| Arc::clone(s))
+        };
+        self.cluster_memo
+            .inherit(&prev.cluster_memo, service_now, rule_now);
+        self.route_memo
+            .inherit(&prev.route_memo, service_now, rule_now);
+    }
+
     /// The ports the workload at `ip` serves (sorted by port, unique): the
     /// target ports of every static service it is an endpoint of.
     pub fn inbound_ports(&self, ip: &str) -> &[InboundPort] {

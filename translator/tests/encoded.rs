@@ -212,8 +212,8 @@ fn memoised_resources_match_a_fresh_generation_per_rule_locality_and_port() {
     assert_eq!(routes.len(), 2, "route configurations 9000 and 9001");
 }
 
-#[test]
-fn memoised_bookinfo_matches_a_fresh_generation_and_is_shared() {
+/// Bookinfo's platform and Istio's gateway, subset and 80/20 samples.
+fn bookinfo() -> Vec<String> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let samples = crds::istio_testdata().join("samples/bookinfo/networking");
     let mut texts =
@@ -225,17 +225,26 @@ fn memoised_bookinfo_matches_a_fresh_generation_and_is_shared() {
     ] {
         texts.push(std::fs::read_to_string(samples.join(sample)).unwrap());
     }
-    let snap = snapshot(&texts);
+    texts
+}
+
+fn bookinfo_proxies() -> [Proxy; 4] {
     let gateway = proxy(
         "router~10.1.0.5~istio-ingressgateway-1.istio-system~istio-system.svc.cluster.local",
         "",
     );
-    let proxies = [
+    [
         sidecar("default", ""),
         gateway,
         sidecar("other", ""),
         sidecar("default", "us-east/a"),
-    ];
+    ]
+}
+
+#[test]
+fn memoised_bookinfo_matches_a_fresh_generation_and_is_shared() {
+    let snap = snapshot(&bookinfo());
+    let proxies = bookinfo_proxies();
     check_in_turn(&snap, &proxies);
     // A proxy in another namespace reads the same encoding (the bytes
     // themselves, not a copy) of a cluster the first proxy built.
@@ -250,4 +259,87 @@ fn memoised_bookinfo_matches_a_fresh_generation_and_is_shared() {
     };
     let (first, second) = (find(&proxies[0]), find(&proxies[2]));
     assert_eq!(first.as_ptr(), second.as_ptr());
+}
+
+/// `texts` with `from` replaced by `to` (which must occur).
+fn edited(texts: &[String], from: &str, to: &str) -> Vec<String> {
+    assert!(texts.iter().any(|t| t.contains(from)), "{from:?} not found");
+    texts.iter().map(|t| t.replace(from, to)).collect()
+}
+
+/// A snapshot after `before`, which every proxy was generated from, taking
+/// over its memos: each proxy must get what a fresh generation gives it.
+fn after_change(before: &Snapshot, texts: &[String], proxies: &[Proxy]) -> Snapshot {
+    for p in proxies {
+        drop(translator::generate_encoded(before, p));
+    }
+    let after = snapshot(texts);
+    after.inherit_memos(before);
+    check_in_turn(&after, proxies);
+    after
+}
+
+fn cluster_bytes(snap: &Snapshot, p: &Proxy, name: &str) -> bytes::Bytes {
+    translator::generate_encoded(snap, p)
+        .take(CLUSTER_TYPE)
+        .into_iter()
+        .find(|e| &*e.0 == name)
+        .unwrap()
+        .2
+}
+
+#[test]
+fn a_change_keeps_what_it_did_not_touch_and_rebuilds_the_rest() {
+    // Each change feeds some memoised clusters or routes; what it feeds
+    // must be built again, the rest taken over.
+    let two_rules = [TWO_RULES.to_owned()];
+    let proxies = [
+        sidecar("default", "region1/zone1"),
+        sidecar("other", "region1/zone2"),
+        sidecar("third", ""),
+    ];
+    let before = snapshot(&two_rules);
+    for (from, to) in [
+        // An endpoint: the service's model.
+        ("192.168.1.2", "192.168.1.3"),
+        // A subset of `default`'s rule.
+        (
+            "{name: v1, labels: {version: v1}}",
+            "{name: v1, labels: {version: v2}}",
+        ),
+        // The hash of `other`'s rule: its default routes.
+        ("httpHeaderName: x-user", "httpHeaderName: x-tenant"),
+    ] {
+        after_change(&before, &edited(&two_rules, from, to), &proxies);
+    }
+
+    // reviews v1 with a sidecar, so that auto mTLS applies to it.
+    let texts = edited(
+        &bookinfo(),
+        "labels: {app: reviews, version: v1}",
+        "labels: {app: reviews, version: v1, security.istio.io/tlsMode: istio}",
+    );
+    let proxies = bookinfo_proxies();
+    let before = snapshot(&texts);
+    // A PeerAuthentication: auto mTLS of every cluster.
+    let mut disabled = texts.clone();
+    disabled.push(
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\n\
+         metadata: {name: default, namespace: default}\nspec:\n  mtls: {mode: DISABLE}\n"
+            .to_owned(),
+    );
+    after_change(&before, &disabled, &proxies);
+    // A VirtualService's weights: no cluster depends on them, so the
+    // clusters are taken over, the very bytes.
+    let reweighted = edited(&texts, "weight: 80", "weight: 70");
+    let after = after_change(
+        &before,
+        &edited(&reweighted, "weight: 20", "weight: 30"),
+        &proxies,
+    );
+    let reviews = "outbound|9080|v1|reviews.default.svc.cluster.local";
+    assert_eq!(
+        cluster_bytes(&before, &proxies[0], reviews).as_ptr(),
+        cluster_bytes(&after, &proxies[0], reviews).as_ptr()
+    );
 }
