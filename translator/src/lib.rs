@@ -2,7 +2,9 @@
 //! [`model::Proxy`] to the Envoy resources that proxy needs ([`generate`]).
 //!
 //! No I/O, no clock, no randomness: the same snapshot and proxy give the same
-//! resources, which makes golden tests and caching cheap. Names follow Istio
+//! resources, which makes golden tests and caching cheap. A snapshot
+//! memoises what several proxies share (see [`encoded`]); that changes how
+//! long generation takes, never what it gives. Names follow Istio
 //! (`outbound|9080|v1|reviews.default.svc.cluster.local`, `virtualOutbound`,
 //! route configurations `"9080"` / `"http.8080"`, `PassthroughCluster`), so
 //! tools and people who know Istio find their way around.

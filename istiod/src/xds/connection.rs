@@ -187,8 +187,9 @@ impl Generated {
         }
     }
 
-    /// This config with some endpoint assignments replaced or added. Only
-    /// `fresh` is encoded; the other types are shared with `self`.
+    /// This config with the endpoint assignments `fresh` (encoded)
+    /// replacing or joining its own; the other types are shared with
+    /// `self`.
     fn with_endpoints(&self, mut fresh: Encoded, intern: &dyn Fn(&mut Encoded)) -> Generated {
         let mut eds = Encoded::clone(&self.resources(ENDPOINT_TYPE));
         intern(&mut fresh);
