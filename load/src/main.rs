@@ -280,5 +280,13 @@ async fn main() -> anyhow::Result<()> {
         rss_end as f64 / 1048576.0,
         cpu_end
     );
+    // Once the pushes' buffers are freed and the allocator has given back
+    // what it frees (jemalloc's 1 s decay, see .cargo/config.toml).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (rss_settled, _) = daemon.usage();
+    println!(
+        "daemon RSS 5 s after the last change: {:.1} MiB",
+        rss_settled as f64 / 1048576.0
+    );
     Ok(())
 }
