@@ -104,7 +104,7 @@ fn bench(c: &mut Criterion) {
         // After a change (one VirtualService's weights) to a snapshot that
         // had generated one config: the change's first config key, with
         // what the snapshot before memoised taken over; and what taking
-        // it over costs.
+        // it over costs once the change set is known.
         let changed: Vec<_> = objects_of(0, 70)
             .into_iter()
             .chain((1..services).flat_map(|i| objects_of(i, 90)))
@@ -118,7 +118,8 @@ fn bench(c: &mut Criterion) {
                 b.iter_batched_ref(
                     || {
                         let next = Snapshot::build(2, changed, MeshConfig::default());
-                        next.inherit_memos(&warm);
+                        let changes = translator::changes::ChangeSet::between(&warm, &next);
+                        next.inherit_memos(&warm, &changes);
                         next
                     },
                     |s| {
@@ -135,8 +136,12 @@ fn bench(c: &mut Criterion) {
             &changed,
             |b, changed| {
                 b.iter_batched_ref(
-                    || Snapshot::build(2, changed, MeshConfig::default()),
-                    |s| s.inherit_memos(&warm),
+                    || {
+                        let next = Snapshot::build(2, changed, MeshConfig::default());
+                        let changes = translator::changes::ChangeSet::between(&warm, &next);
+                        (next, changes)
+                    },
+                    |(next, changes)| next.inherit_memos(&warm, changes),
                     BatchSize::SmallInput,
                 )
             },

@@ -28,6 +28,11 @@ pub struct ChangeSet {
     /// Workload addresses whose served ports changed (their sidecars'
     /// `virtualInbound`).
     pub inbound_addresses: BTreeSet<String>,
+    /// Hostnames of the services added, removed or changed in any way
+    /// (endpoints included).
+    pub changed_hosts: BTreeSet<String>,
+    /// DestinationRules added, removed or changed: (namespace, name).
+    pub changed_rules: BTreeSet<(String, String)>,
     /// The mesh config changed.
     pub mesh: bool,
     /// A Secret changed.
@@ -57,7 +62,7 @@ impl ChangeSet {
         let hosts: BTreeSet<&String> = old.services.keys().chain(new.services.keys()).collect();
         for host in hosts {
             match (old.services.get(host), new.services.get(host)) {
-                (Some(a), Some(b)) if a == b => {}
+                (Some(a), Some(b)) if a == b => continue,
                 (Some(a), Some(b)) if without_endpoints(a) == without_endpoints(b) => {
                     c.endpoints.insert(host.clone(), b.clone());
                 }
@@ -67,6 +72,7 @@ impl ChangeSet {
                     }
                 }
             }
+            c.changed_hosts.insert(host.clone());
         }
         diff(&old.virtual_services, &new.virtual_services, |cfg| {
             c.configs
@@ -74,7 +80,9 @@ impl ChangeSet {
         });
         diff(&old.destination_rules, &new.destination_rules, |cfg| {
             c.configs
-                .push((cfg.namespace.clone(), cfg.spec.export_to.clone()))
+                .push((cfg.namespace.clone(), cfg.spec.export_to.clone()));
+            c.changed_rules
+                .insert((cfg.namespace.clone(), cfg.name.clone()));
         });
         diff(&old.gateways, &new.gateways, |cfg| {
             c.gateway_selectors.push(cfg.spec.selector.clone())

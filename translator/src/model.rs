@@ -623,23 +623,24 @@ impl Snapshot {
             .filter(move |s| exported_to(&s.export_to, &s.namespace, ns))
     }
 
-    /// Takes over what `prev` (the snapshot this one replaces) memoised
-    /// for generation (see [`crate::generate_encoded`]) wherever it still
-    /// holds: for each service whose model is unchanged, seen through a
-    /// DestinationRule that is unchanged (or none), when the mesh settings
-    /// and PeerAuthentications are unchanged too (they feed every cluster).
-    /// Then a change's first config key does not build every service
-    /// again. Costs a comparison of the two snapshots' services, as
-    /// [`crate::changes::ChangeSet::between`] does.
-    pub fn inherit_memos(&self, prev: &Snapshot) {
+    /// Takes over what `prev` (the snapshot this one replaces; `changes`,
+    /// [`crate::changes::ChangeSet::between`] them) memoised for
+    /// generation (see [`crate::generate_encoded`]) wherever it still
+    /// holds: for each service the change set does not name, seen through
+    /// a DestinationRule it does not name (or none), when the mesh
+    /// settings and PeerAuthentications are unchanged too (they feed every
+    /// cluster). Then a change's first config key does not build every
+    /// service again. Nothing is taken over from a change set of another
+    /// snapshot, or by a snapshot from itself.
+    pub fn inherit_memos(&self, prev: &Snapshot, changes: &crate::changes::ChangeSet) {
         if std::ptr::eq(self, prev)
-            || self.mesh != prev.mesh
-            || self.peer_authentications != prev.peer_authentications
+            || changes.from_version != prev.version
+            || changes.mesh
+            || !changes.peer_auth_namespaces.is_empty()
         {
             return;
         }
-        // A previous rule's address -> the address of the same rule here,
-        // if it is unchanged.
+        // A previous rule's address -> the address of the same rule here.
         let now: HashMap<(&str, &str), &Config<DestinationRuleSpec>> = self
             .destination_rules
             .iter()
@@ -648,30 +649,28 @@ impl Snapshot {
         let rules: HashMap<usize, usize> = prev
             .destination_rules
             .iter()
+            .filter(|old| {
+                !changes
+                    .changed_rules
+                    .contains(&(old.namespace.clone(), old.name.clone()))
+            })
             .filter_map(|old| {
                 let new = now.get(&(old.namespace.as_str(), old.name.as_str()))?;
-                (*new == old).then(|| {
-                    (
-                        std::ptr::from_ref(old).addr(),
-                        std::ptr::from_ref(*new).addr(),
-                    )
-                })
+                Some((
+                    std::ptr::from_ref(old).addr(),
+                    std::ptr::from_ref(*new).addr(),
+                ))
             })
             .chain([(0, 0)])
             .collect();
         let rule_now = |addr: usize| rules.get(&addr).copied();
-        // Unchanged services by their previous address: both maps are in
-        // hostname order, so one walk pairs them.
-        let mut services: HashMap<usize, &Arc<Service>> = HashMap::new();
-        let mut now = self.services.iter().peekable();
-        for (host, old) in &prev.services {
-            while now.next_if(|(h, _)| *h < host).is_some() {}
-            if let Some((_, new)) = now.next_if(|(h, _)| *h == host)
-                && new == old
-            {
-                services.insert(Arc::as_ptr(old).addr(), new);
-            }
-        }
+        // Unchanged services by their previous address.
+        let services: HashMap<usize, &Arc<Service>> = prev
+            .services
+            .iter()
+            .filter(|(host, _)| !changes.changed_hosts.contains(*host))
+            .filter_map(|(host, old)| Some((Arc::as_ptr(old).addr(), self.services.get(host)?)))
+            .collect();
         let service_now = |old: &Service| {
             services
                 .get(&std::ptr::from_ref(old).addr())

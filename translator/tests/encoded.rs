@@ -12,6 +12,7 @@
 use std::path::Path;
 
 use crds::document::{parse_value, split_documents};
+use translator::changes::ChangeSet;
 use translator::encoded::{Encoded, encode};
 use translator::model::{MeshConfig, Proxy, Snapshot};
 use translator::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, SECRET_TYPE};
@@ -273,10 +274,13 @@ fn after_change(before: &Snapshot, texts: &[String], proxies: &[Proxy]) -> Snaps
     for p in proxies {
         drop(translator::generate_encoded(before, p));
     }
-    let after = snapshot(texts);
-    after.inherit_memos(before);
-    // Taking over its own memos is nothing (and no deadlock).
-    after.inherit_memos(&after);
+    let mut after = snapshot(texts);
+    after.version = before.version + 1;
+    let changes = ChangeSet::between(before, &after);
+    after.inherit_memos(before, &changes);
+    // Nothing from itself (and no deadlock), nor with another change set.
+    after.inherit_memos(&after, &changes);
+    after.inherit_memos(before, &ChangeSet::default());
     check_in_turn(&after, proxies);
     after
 }
