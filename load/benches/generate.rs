@@ -10,7 +10,10 @@
 use std::collections::BTreeSet;
 
 use crds::document::{parse_value, split_documents};
-use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{
+    BatchSize, BenchmarkGroup, BenchmarkId, Criterion, criterion_group, criterion_main,
+};
 use translator::model::{MeshConfig, Proxy, Snapshot};
 
 /// The daemon's allocator (istiod's default `jemalloc` feature).
@@ -37,6 +40,24 @@ fn objects_of(i: usize, split: u32) -> Vec<crds::document::Object> {
 
 fn snapshot(services: usize) -> Snapshot {
     Snapshot::build(1, &objects(services), MeshConfig::default())
+}
+
+/// Benchmarks `run` on a snapshot made by `setup` for each sample, outside
+/// the timing; what `run` returns is dropped inside it.
+fn on_fresh_snapshot<S, O>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    services: usize,
+    setup: impl Fn() -> S,
+    run: impl Fn(&mut S) -> O,
+) {
+    group.bench_function(BenchmarkId::new(name, services), |b| {
+        b.iter_batched_ref(
+            &setup,
+            |s| drop(std::hint::black_box(run(s))),
+            BatchSize::SmallInput,
+        )
+    });
 }
 
 fn bench(c: &mut Criterion) {
@@ -66,39 +87,23 @@ fn bench(c: &mut Criterion) {
         // assignments read from the snapshot's memo). Each sample starts
         // from a fresh copy of the snapshot (made outside the timing); the
         // output is dropped inside it, as in `full`.
-        group.bench_with_input(
-            BenchmarkId::new("encoded_first_key", services),
-            &snap,
-            |b, snap| {
-                b.iter_batched_ref(
-                    || snap.clone(),
-                    |s| {
-                        drop(std::hint::black_box(translator::generate_encoded(
-                            s, &proxy,
-                        )))
-                    },
-                    BatchSize::SmallInput,
-                )
-            },
+        on_fresh_snapshot(
+            &mut group,
+            "encoded_first_key",
+            services,
+            || snap.clone(),
+            |s| translator::generate_encoded(s, &proxy),
         );
-        group.bench_with_input(
-            BenchmarkId::new("encoded_next_key", services),
-            &snap,
-            |b, snap| {
-                b.iter_batched_ref(
-                    || {
-                        let s = snap.clone();
-                        drop(translator::generate_encoded(&s, &proxy));
-                        s
-                    },
-                    |s| {
-                        drop(std::hint::black_box(translator::generate_encoded(
-                            s, &other,
-                        )))
-                    },
-                    BatchSize::SmallInput,
-                )
+        on_fresh_snapshot(
+            &mut group,
+            "encoded_next_key",
+            services,
+            || {
+                let s = snap.clone();
+                drop(translator::generate_encoded(&s, &proxy));
+                s
             },
+            |s| translator::generate_encoded(s, &other),
         );
         let objs = objects(services);
         // After a change (one VirtualService's weights) to a snapshot that
@@ -111,40 +116,28 @@ fn bench(c: &mut Criterion) {
             .collect();
         let warm = snap.clone();
         drop(translator::generate_encoded(&warm, &proxy));
-        group.bench_with_input(
-            BenchmarkId::new("encoded_first_key_after_change", services),
-            &changed,
-            |b, changed| {
-                b.iter_batched_ref(
-                    || {
-                        let next = Snapshot::build(2, changed, MeshConfig::default());
-                        let changes = translator::changes::ChangeSet::between(&warm, &next);
-                        next.inherit_memos(&warm, &changes);
-                        next
-                    },
-                    |s| {
-                        drop(std::hint::black_box(translator::generate_encoded(
-                            s, &proxy,
-                        )))
-                    },
-                    BatchSize::SmallInput,
-                )
+        let after_change = || {
+            let next = Snapshot::build(2, &changed, MeshConfig::default());
+            let changes = translator::changes::ChangeSet::between(&warm, &next);
+            (next, changes)
+        };
+        on_fresh_snapshot(
+            &mut group,
+            "encoded_first_key_after_change",
+            services,
+            || {
+                let (next, changes) = after_change();
+                next.inherit_memos(&warm, &changes);
+                next
             },
+            |s| translator::generate_encoded(s, &proxy),
         );
-        group.bench_with_input(
-            BenchmarkId::new("inherit_memos", services),
-            &changed,
-            |b, changed| {
-                b.iter_batched_ref(
-                    || {
-                        let next = Snapshot::build(2, changed, MeshConfig::default());
-                        let changes = translator::changes::ChangeSet::between(&warm, &next);
-                        (next, changes)
-                    },
-                    |(next, changes)| next.inherit_memos(&warm, changes),
-                    BatchSize::SmallInput,
-                )
-            },
+        on_fresh_snapshot(
+            &mut group,
+            "inherit_memos",
+            services,
+            after_change,
+            |(next, changes)| next.inherit_memos(&warm, changes),
         );
         group.bench_with_input(
             BenchmarkId::new("snapshot_build", services),
@@ -161,20 +154,12 @@ fn bench(c: &mut Criterion) {
         // assignments of one service, encoded, for the first config key
         // (a fresh snapshot, so nothing memoised).
         let hosts: BTreeSet<String> = ["svc-1.ns-0.svc.cluster.local".to_string()].into();
-        group.bench_with_input(
-            BenchmarkId::new("endpoints_of_one_service", services),
-            &snap,
-            |b, snap| {
-                b.iter_batched_ref(
-                    || snap.clone(),
-                    |s| {
-                        drop(std::hint::black_box(
-                            translator::generate_endpoints_encoded(s, &proxy, &hosts),
-                        ))
-                    },
-                    BatchSize::SmallInput,
-                )
-            },
+        on_fresh_snapshot(
+            &mut group,
+            "endpoints_of_one_service",
+            services,
+            || snap.clone(),
+            |s| translator::generate_endpoints_encoded(s, &proxy, &hosts),
         );
     }
     group.finish();

@@ -315,7 +315,11 @@ impl Shared {
         for (name, hash, bytes) in encoded.iter_mut() {
             match interner.resources.entry((name.clone(), *hash)) {
                 std::collections::hash_map::Entry::Occupied(o) => {
-                    if *o.get() == *bytes {
+                    // Memoised resources are the very same bytes:
+                    // compared by address before by content.
+                    if o.get().as_ptr() == bytes.as_ptr() && o.get().len() == bytes.len()
+                        || *o.get() == *bytes
+                    {
                         *bytes = o.get().clone();
                         *name = o.key().0.clone();
                     }
