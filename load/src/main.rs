@@ -15,6 +15,11 @@ use load::client::{Client, sidecar_node};
 use load::mesh;
 use translator::{ENDPOINT_TYPE, ROUTE_TYPE};
 
+/// jemalloc, as the daemon: the simulated proxies share its two cores, and
+/// with glibc's malloc each ~90 KiB SotW ACK faulted in fresh pages.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Measure the daemon under simulated proxies.
 #[derive(Parser, Debug)]
 #[command(about)]
