@@ -59,7 +59,9 @@ async fn ready(State(s): State<AdminState>) -> Response {
     }
 }
 
-/// Each proxy's sent and ACKed nonces per type, as istiod's `syncz`.
+/// Each proxy's sent and ACKed nonces per type, as istiod's `syncz`, and
+/// when it last converged: `converged` = {`snapshot_version`, `seconds`
+/// from the change to the proxy's ACK of all of it}.
 async fn syncz(State(s): State<AdminState>) -> Json<Value> {
     let table = s.sync.lock().map(|t| t.clone()).unwrap_or_default();
     let rows: Vec<Value> = table
@@ -81,6 +83,12 @@ async fn syncz(State(s): State<AdminState>) -> Json<Value> {
                 if let Some(nack) = &t.nack {
                     row[format!("{name}_nack")] = json!(nack);
                 }
+            }
+            // Not in istiod's syncz: this proxy's last convergence, its
+            // sample of `pilot_proxy_convergence_time`.
+            if let Some(c) = &p.converged {
+                row["converged"] =
+                    json!({ "snapshot_version": c.snapshot_version, "seconds": c.seconds });
             }
             row
         })

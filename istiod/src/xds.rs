@@ -36,7 +36,7 @@ use crate::metrics::Metrics;
 
 /// What one proxy was sent and what it accepted, per type URL (the shape
 /// of istiod's `/debug/syncz`).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct ProxySync {
     /// The connection (a per-daemon counter) this entry belongs to.
     pub connection: u64,
@@ -46,6 +46,21 @@ pub struct ProxySync {
     pub snapshot_version: u64,
     /// Per type URL.
     pub types: ByType<TypeSync>,
+    /// The last snapshot whose change this proxy has ACKed all of, and
+    /// when: what it added to `pilot_proxy_convergence_time`.
+    pub converged: Option<Converged>,
+}
+
+/// One proxy's convergence on one change: every response generated from
+/// the snapshot ACKed (the per-proxy sample of istiod's
+/// `pilot_proxy_convergence_time`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Converged {
+    /// The snapshot's version.
+    pub snapshot_version: u64,
+    /// Seconds from the change (the first config event of the snapshot,
+    /// debounce included) to the ACK of the proxy's last response.
+    pub seconds: f64,
 }
 
 /// A small map from type URL to `T`, in type URL order: a proxy uses at

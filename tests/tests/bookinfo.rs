@@ -178,6 +178,32 @@ fn editing_a_file_changes_routing_within_two_seconds() {
     assert!(metric(&metrics, "pilot_debounce_time_count") >= 2.0);
     assert!(metric(&metrics, "pilot_push_triggers{type=\"config\"}") >= 2.0);
     assert!(metric(&metrics, "pilot_proxy_convergence_time_count") >= 1.0);
+    // syncz shows the proxy's own sample: the snapshot it has all of, and
+    // how long after the change (the debounce included) its ACK came.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let converged = loop {
+        let (_, syncz) = http_get(&format!("{monitoring}/debug/syncz"), &[]).unwrap();
+        let syncz: serde_json::Value = serde_json::from_str(&syncz).unwrap();
+        let row = syncz
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["proxy"] == envoy.node_id.as_str())
+            .unwrap()
+            .clone();
+        if row["converged"]["snapshot_version"] == row["snapshot_version"] {
+            break row["converged"]["seconds"].as_f64().unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "syncz never showed the last snapshot converged: {row}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        converged >= 0.1 && converged < 5.0,
+        "from the removal (debounced 100 ms) to Envoy's ACK: {converged} s"
+    );
 }
 
 /// A weight written as a word, an unknown field, no hosts, weights not

@@ -22,7 +22,7 @@ use envoy_types::pb::envoy::config::core::v3::node::UserAgentVersionType;
 
 use super::names::{self, NameMap, Versions};
 use super::wire::{self, EncodedResource, SotwRequest};
-use super::{ProxySync, SyncTable, proxy_from_node, record};
+use super::{Converged, ProxySync, SyncTable, proxy_from_node, record};
 use crate::metrics::{Metrics, VersionLabel, secs};
 
 /// A request of either protocol, as the connection needs it.
@@ -797,18 +797,20 @@ impl Connection {
         if self.converged >= version {
             return;
         }
-        let synced = self
-            .sync
-            .lock()
-            .ok()
-            .and_then(|t| {
-                t.get(&self.node_id)
-                    .map(|s| s.snapshot_version == version && s.in_sync())
-            })
-            .unwrap_or(false);
+        let seconds = secs(changed_at.elapsed());
+        let mut synced = false;
+        record(&self.sync, &self.node_id, |s| {
+            if s.snapshot_version == version && s.in_sync() {
+                s.converged = Some(Converged {
+                    snapshot_version: version,
+                    seconds,
+                });
+                synced = true;
+            }
+        });
         if synced {
             self.converged = version;
-            self.metrics.convergence.observe(secs(changed_at.elapsed()));
+            self.metrics.convergence.observe(seconds);
         }
     }
 
