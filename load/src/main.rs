@@ -75,29 +75,31 @@ impl Drop for Daemon {
 impl Daemon {
     /// Resident memory (bytes) and CPU seconds (user + system), from /proc.
     fn usage(&self) -> (u64, f64) {
-        let pid = self.0.id();
-        let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            })
-            .unwrap_or(0)
-            * 1024;
-        let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| {
-                let (_, rest) = s.rsplit_once(')')?;
-                let f: Vec<&str> = rest.split_whitespace().collect();
-                Some(
-                    (f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?) as f64
-                        / 100.0,
-                )
-            })
-            .unwrap_or(0.0);
-        (rss, cpu)
+        usage_of(self.0.id())
     }
+}
+
+/// Resident memory (bytes) and CPU seconds (user + system) of process
+/// `pid`, from /proc (CPU in clock ticks of 10 ms); zeros when unreadable.
+fn usage_of(pid: u32) -> (u64, f64) {
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024;
+    let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let (_, rest) = s.rsplit_once(')')?;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some((f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?) as f64 / 100.0)
+        })
+        .unwrap_or(0.0);
+    (rss, cpu)
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -325,9 +327,16 @@ async fn main() -> anyhow::Result<()> {
         mesh::namespace(1)
     );
     let (mut p99s, mut ack_p99s) = (Vec::new(), Vec::new());
+    let (mut daemon_cpu, mut proxies_cpu) = (0.0, 0.0);
+    // Once the VirtualService change's ~1 GB of pushes has settled: the
+    // allocators of both processes give back the pages freed (jemalloc's
+    // 1 s decay) for a second or so after it, and an endpoint change then
+    // shares the cores with that.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     for k in 0..args.endpoint_changes.max(1) {
         let t2 = Instant::now();
         let (_, cpu_before_eds) = daemon.usage();
+        let (_, own_before) = usage_of(std::process::id());
         mesh::replace(
             &mesh::file(dir.path(), 1),
             &mesh::service_yaml(1, args.endpoints + 1 + k % 2, 90),
@@ -339,6 +348,9 @@ async fn main() -> anyhow::Result<()> {
             .collect();
         tokio::time::sleep(Duration::from_millis(300)).await;
         let (_, cpu_after_eds) = daemon.usage();
+        let (_, own_after) = usage_of(std::process::id());
+        daemon_cpu += cpu_after_eds - cpu_before_eds;
+        proxies_cpu += own_after - own_before;
         let acks: Vec<Duration> = acked(mon_port, args.proxies)
             .await?
             .iter()
@@ -361,6 +373,12 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     if p99s.len() > 1 {
+        println!(
+            "{} endpoint changes, CPU per change: daemon {:.3} s, simulated proxies {:.3} s (mean)",
+            p99s.len(),
+            daemon_cpu / p99s.len() as f64,
+            proxies_cpu / p99s.len() as f64
+        );
         for (what, p99s) in [("has it", &p99s), ("ACKed", &ack_p99s)] {
             let each: Vec<String> = p99s.iter().map(|d| d.as_millis().to_string()).collect();
             let mut sorted = p99s.clone();

@@ -201,7 +201,7 @@ fn editing_a_file_changes_routing_within_two_seconds() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(
-        converged >= 0.1 && converged < 5.0,
+        (0.1..5.0).contains(&converged),
         "from the removal (debounced 100 ms) to Envoy's ACK: {converged} s"
     );
 }

@@ -316,6 +316,15 @@ impl<T: Decode> futures::Stream for Requests<T> {
             match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
+                        // A message's first bytes: room for all of it at
+                        // once (a SotW ACK spans several DATA frames).
+                        if self.buf.is_empty()
+                            && let Some(header) = data.get(..5)
+                        {
+                            let len =
+                                u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+                            self.buf.reserve((len as usize).min(MAX_REQUEST_BYTES) + 5);
+                        }
                         self.buf.extend_from_slice(&data);
                     }
                 }
@@ -376,21 +385,38 @@ pub(crate) struct SotwNames {
 }
 
 impl Decode for SotwRequest {
+    /// One walk over the fields: the names hashed where they lie, every
+    /// other field merged into the head. (Decoding the head with prost and
+    /// walking again for the names stepped over ~1400 names twice per ACK.)
     fn decode(raw: Bytes) -> Result<Self, prost::DecodeError> {
-        let head = <SotwHead as prost::Message>::decode(raw.clone())?;
+        use prost::Message as _;
+        use prost::encoding::{DecodeContext, WireType, decode_key, skip_field};
+        let mut head = SotwHead::default();
         let mut hasher = xxhash_rust::xxh3::Xxh3::new();
         // Runs of consecutive name fields (usually all of them) are hashed
         // as one slice: the fields' own encoding (key, length, bytes), which
         // tells lists apart whatever their names hold.
         let mut run: Option<std::ops::Range<usize>> = None;
-        names_in(&raw, |field, _| match &mut run {
-            Some(r) if r.end == field.start => r.end = field.end,
-            _ => {
-                if let Some(r) = run.replace(field) {
-                    hasher.update(&raw[r]);
+        let mut buf: &[u8] = &raw;
+        while !buf.is_empty() {
+            let start = raw.len() - buf.len();
+            let (tag, wire_type) = decode_key(&mut buf)?;
+            if tag == 3 && wire_type == WireType::LengthDelimited {
+                // Checks that the whole name is there.
+                skip_field(wire_type, tag, &mut buf, DecodeContext::default())?;
+                let end = raw.len() - buf.len();
+                match &mut run {
+                    Some(r) if r.end == start => r.end = end,
+                    _ => {
+                        if let Some(r) = run.replace(start..end) {
+                            hasher.update(&raw[r]);
+                        }
+                    }
                 }
+            } else {
+                head.merge_field(tag, wire_type, &mut buf, DecodeContext::default())?;
             }
-        })?;
+        }
         if let Some(r) = run {
             hasher.update(&raw[r]);
         }
