@@ -327,7 +327,7 @@ async fn main() -> anyhow::Result<()> {
         mesh::namespace(1)
     );
     let (mut p99s, mut ack_p99s) = (Vec::new(), Vec::new());
-    let (mut daemon_cpu, mut proxies_cpu) = (0.0, 0.0);
+    let (mut daemon_cpu, mut proxies_cpu) = (Vec::new(), Vec::new());
     // Once the VirtualService change's ~1 GB of pushes has settled: the
     // allocators of both processes give back the pages freed (jemalloc's
     // 1 s decay) for a second or so after it, and an endpoint change then
@@ -349,8 +349,8 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let (_, cpu_after_eds) = daemon.usage();
         let (_, own_after) = usage_of(std::process::id());
-        daemon_cpu += cpu_after_eds - cpu_before_eds;
-        proxies_cpu += own_after - own_before;
+        daemon_cpu.push(cpu_after_eds - cpu_before_eds);
+        proxies_cpu.push(own_after - own_before);
         let acks: Vec<Duration> = acked(mon_port, args.proxies)
             .await?
             .iter()
@@ -373,11 +373,16 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     if p99s.len() > 1 {
+        let each = |v: &[f64]| {
+            let mean = v.iter().sum::<f64>() / v.len().max(1) as f64;
+            let all: Vec<String> = v.iter().map(|c| format!("{c:.2}")).collect();
+            format!("mean {mean:.3} s (each: {} s)", all.join(", "))
+        };
         println!(
-            "{} endpoint changes, CPU per change: daemon {:.3} s, simulated proxies {:.3} s (mean)",
+            "{} endpoint changes, CPU per change: daemon {}; simulated proxies {}",
             p99s.len(),
-            daemon_cpu / p99s.len() as f64,
-            proxies_cpu / p99s.len() as f64
+            each(&daemon_cpu),
+            each(&proxies_cpu)
         );
         for (what, p99s) in [("has it", &p99s), ("ACKed", &ack_p99s)] {
             let each: Vec<String> = p99s.iter().map(|d| d.as_millis().to_string()).collect();
