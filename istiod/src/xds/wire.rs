@@ -430,16 +430,15 @@ impl Decode for SotwRequest {
     }
 }
 
-/// Calls `f` with the byte range of each `resource_names` field of `raw`
-/// (key and length included) and of its value, in order.
+/// Calls `f` with the byte range of each `resource_names` value of `raw`
+/// (the name itself, without its key and length), in order.
 fn names_in(
     raw: &[u8],
-    mut f: impl FnMut(std::ops::Range<usize>, std::ops::Range<usize>),
+    mut f: impl FnMut(std::ops::Range<usize>),
 ) -> Result<(), prost::DecodeError> {
     use prost::encoding::{DecodeContext, WireType, decode_key, decode_varint, skip_field};
     let mut buf = raw;
     while !buf.is_empty() {
-        let start = raw.len() - buf.len();
         let (tag, wire_type) = decode_key(&mut buf)?;
         if tag == 3 && wire_type == WireType::LengthDelimited {
             // The value starts after its length; `skip_field` checks it is
@@ -448,8 +447,7 @@ fn names_in(
             decode_varint(&mut value)?;
             let value = raw.len() - value.len();
             skip_field(wire_type, tag, &mut buf, DecodeContext::default())?;
-            let end = raw.len() - buf.len();
-            f(start..end, value..end);
+            f(value..raw.len() - buf.len());
         } else {
             skip_field(wire_type, tag, &mut buf, DecodeContext::default())?;
         }
@@ -471,7 +469,7 @@ impl SotwNames {
     pub(crate) fn names(&self) -> Result<Vec<Bytes>, Status> {
         let mut names = Vec::new();
         // The bytes were walked when decoded: no error here.
-        let _ = names_in(&self.raw, |_, value| names.push(self.raw.slice(value)));
+        let _ = names_in(&self.raw, |value| names.push(self.raw.slice(value)));
         if let Some(bad) = names.iter().find(|n| std::str::from_utf8(n).is_err()) {
             return Err(Status::invalid_argument(format!(
                 "resource name is not UTF-8: {}",
