@@ -550,9 +550,10 @@ mod tests {
     use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
     use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
 
-    #[test]
-    fn sotw_requests_encode_as_envoys_discovery_request() {
-        use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+
+    /// One EDS ACK as this client writes it, and as Envoy's message.
+    fn an_ack() -> (SotwRequest, DiscoveryRequest) {
         let ours = SotwRequest {
             version_info: "3".into(),
             node: Some(sidecar_node("a", "ns")),
@@ -568,6 +569,12 @@ mod tests {
             response_nonce: "3-1".into(),
             ..Default::default()
         };
+        (ours, envoys)
+    }
+
+    #[test]
+    fn sotw_requests_encode_as_envoys_discovery_request() {
+        let (ours, envoys) = an_ack();
         assert_eq!(ours.encode_to_vec(), envoys.encode_to_vec());
         assert_eq!(ours.encoded_len(), envoys.encoded_len());
         // The first request of a type: no version, nonce or names.
@@ -585,23 +592,8 @@ mod tests {
 
     #[test]
     fn the_sotw_body_frames_a_request_as_grpc_does() {
-        use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
-        let ours = SotwRequest {
-            version_info: "3".into(),
-            node: Some(sidecar_node("a", "ns")),
-            resource_names: EncodedNames::new(["x", "y"]),
-            type_url: ENDPOINT_TYPE.into(),
-            response_nonce: "3-1".into(),
-        };
-        let envoys = DiscoveryRequest {
-            version_info: "3".into(),
-            node: Some(sidecar_node("a", "ns")),
-            resource_names: vec!["x".into(), "y".into()],
-            type_url: ENDPOINT_TYPE.into(),
-            response_nonce: "3-1".into(),
-            ..Default::default()
-        }
-        .encode_to_vec();
+        let (ours, envoys) = an_ack();
+        let envoys = envoys.encode_to_vec();
         let mut expected = vec![0];
         expected.extend_from_slice(&(envoys.len() as u32).to_be_bytes());
         expected.extend_from_slice(&envoys);

@@ -182,15 +182,7 @@ fn editing_a_file_changes_routing_within_two_seconds() {
     // how long after the change (the debounce included) its ACK came.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let converged = loop {
-        let (_, syncz) = http_get(&format!("{monitoring}/debug/syncz"), &[]).unwrap();
-        let syncz: serde_json::Value = serde_json::from_str(&syncz).unwrap();
-        let row = syncz
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["proxy"] == envoy.node_id.as_str())
-            .unwrap()
-            .clone();
+        let row = syncz_row(&monitoring, &envoy.node_id);
         if row["converged"]["snapshot_version"] == row["snapshot_version"] {
             break row["converged"]["seconds"].as_f64().unwrap();
         }
@@ -406,15 +398,7 @@ fn a_nacked_config_is_recorded_and_envoy_keeps_its_last_good_one() {
 
     // The NACK is visible on the monitoring port, as in istiod.
     let monitoring = format!("http://{}", daemon.monitoring_addr.unwrap());
-    let (status, syncz) = http_get(&format!("{monitoring}/debug/syncz"), &[]).unwrap();
-    assert_eq!(status, 200);
-    let syncz: serde_json::Value = serde_json::from_str(&syncz).unwrap();
-    let row = syncz
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["proxy"] == envoy.node_id.as_str())
-        .unwrap();
+    let row = syncz_row(&monitoring, &envoy.node_id);
     assert!(
         row["route_nack"].as_str().unwrap().contains("program size"),
         "{row}"
@@ -476,4 +460,18 @@ fn a_nacked_config_is_recorded_and_envoy_keeps_its_last_good_one() {
         tally(REVIEWS, "reviews", &[], 10),
         BTreeMap::from([("reviews v1".to_string(), 10)])
     );
+}
+
+/// The `/debug/syncz` row of proxy `node_id` (the monitoring port must answer 200).
+fn syncz_row(monitoring: &str, node_id: &str) -> serde_json::Value {
+    let (status, syncz) = http_get(&format!("{monitoring}/debug/syncz"), &[]).unwrap();
+    assert_eq!(status, 200, "{syncz}");
+    let syncz: serde_json::Value = serde_json::from_str(&syncz).unwrap();
+    syncz
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["proxy"] == node_id)
+        .unwrap_or_else(|| panic!("no syncz row for {node_id}: {syncz}"))
+        .clone()
 }
