@@ -20,7 +20,6 @@
 //! 6 `removed_resources`), each framed as gRPC does (1 byte compressed flag,
 //! 4 bytes big-endian length).
 
-use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -239,18 +238,13 @@ pub(crate) fn delta_response<'a>(
 pub(crate) const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 
 /// The requests of one stream, decoded from the HTTP/2 request body as
-/// gRPC frames it. A message is read from the DATA frames that brought it,
-/// as they are (shared with h2's read buffer, [`Parts`]), not copied into
-/// one buffer: a SotW EDS ACK names every cluster (~90 KiB at 1000
-/// services, six DATA frames of 16 KiB), and every proxy sends one after
-/// every endpoint push. Nothing is held between messages but the start of
-/// the next one.
+/// gRPC frames it. Bytes of a message split over DATA frames are gathered in
+/// a buffer that is let go as soon as it is empty, so a connection does not
+/// keep the size of the largest request it ever got (a SotW EDS request
+/// names every cluster: ~90 KiB at 1000 services).
 pub(crate) struct Requests<T> {
     body: tonic::body::Body,
-    /// Received and not yet read, in order; none empty.
-    parts: VecDeque<Bytes>,
-    /// Their total length (bytes).
-    buffered: usize,
+    buf: BytesMut,
     done: bool,
     _message: std::marker::PhantomData<fn() -> T>,
 }
@@ -259,55 +253,17 @@ impl<T> Requests<T> {
     pub(crate) fn new(body: tonic::body::Body) -> Requests<T> {
         Requests {
             body,
-            parts: VecDeque::new(),
-            buffered: 0,
+            buf: BytesMut::new(),
             done: false,
             _message: std::marker::PhantomData,
         }
     }
-
-    /// The first 5 bytes buffered (the gRPC header), if there are 5.
-    fn header(&self) -> Option<[u8; 5]> {
-        let mut header = [0; 5];
-        let mut at = 0;
-        for part in &self.parts {
-            let n = part.len().min(5 - at);
-            header[at..at + n].copy_from_slice(&part[..n]);
-            at += n;
-            if at == 5 {
-                return Some(header);
-            }
-        }
-        None
-    }
-
-    /// The first `n` bytes buffered (at most what is), as the parts they lie in.
-    fn split_off(&mut self, mut n: usize) -> Parts {
-        let mut out = Vec::new();
-        while n > 0 {
-            let Some(mut part) = self.parts.pop_front() else {
-                break;
-            };
-            if part.len() > n {
-                self.parts.push_front(part.split_off(n));
-            }
-            n -= part.len();
-            self.buffered -= part.len();
-            out.push(part);
-        }
-        Parts(out)
-    }
-
-    fn clear(&mut self) {
-        self.parts.clear();
-        self.buffered = 0;
-    }
 }
 
 impl<T: Decode> Requests<T> {
-    /// The next whole message buffered, if there is one.
+    /// The next whole message in the buffer, if there is one.
     fn take(&mut self) -> Option<Result<T, Status>> {
-        let header = self.header()?;
+        let header = self.buf.get(..5)?;
         if header[0] != 0 {
             return Some(Err(Status::unimplemented(
                 "compressed requests are not supported (send grpc-encoding identity)",
@@ -319,15 +275,19 @@ impl<T: Decode> Requests<T> {
                 "request of {len} bytes is over the limit of {MAX_REQUEST_BYTES}"
             ))));
         }
-        if self.buffered < 5 + len {
+        if self.buf.len() < 5 + len {
+            self.buf.reserve(5 + len - self.buf.len());
             return None;
         }
-        self.split_off(5);
-        let message = self.split_off(len);
-        Some(
-            T::decode(message)
-                .map_err(|e| Status::invalid_argument(format!("malformed request: {e}"))),
-        )
+        // Decoded from shared bytes, so that `bytes` fields are slices of
+        // them rather than copies.
+        let frame = self.buf.split_to(5 + len).freeze();
+        let decoded = T::decode(frame.slice(5..))
+            .map_err(|e| Status::invalid_argument(format!("malformed request: {e}")));
+        if self.buf.is_empty() {
+            self.buf = BytesMut::new();
+        }
+        Some(decoded)
     }
 }
 
@@ -339,15 +299,15 @@ impl<T: Decode> futures::Stream for Requests<T> {
             if let Some(next) = self.take() {
                 if next.is_err() {
                     self.done = true;
-                    self.clear();
+                    self.buf = BytesMut::new();
                 }
                 return Poll::Ready(Some(next));
             }
             if self.done {
-                return Poll::Ready(if self.buffered == 0 {
+                return Poll::Ready(if self.buf.is_empty() {
                     None
                 } else {
-                    self.clear();
+                    self.buf = BytesMut::new();
                     Some(Err(Status::internal(
                         "request stream ended inside a message",
                     )))
@@ -355,117 +315,26 @@ impl<T: Decode> futures::Stream for Requests<T> {
             }
             match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
                 Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data()
-                        && !data.is_empty()
-                    {
-                        self.buffered += data.len();
-                        self.parts.push_back(data);
+                    if let Ok(data) = frame.into_data() {
+                        // A message's first bytes: room for all of it at
+                        // once (a SotW ACK spans several DATA frames).
+                        if self.buf.is_empty()
+                            && let Some(header) = data.get(..5)
+                        {
+                            let len =
+                                u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+                            self.buf.reserve((len as usize).min(MAX_REQUEST_BYTES) + 5);
+                        }
+                        self.buf.extend_from_slice(&data);
                     }
                 }
                 Some(Err(status)) => {
                     self.done = true;
-                    self.clear();
+                    self.buf = BytesMut::new();
                     return Poll::Ready(Some(Err(status)));
                 }
                 None => self.done = true,
             }
-        }
-    }
-}
-
-/// One message's bytes as the DATA frames brought them, in order, not
-/// copied together (shared with h2's read buffer).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub(crate) struct Parts(Vec<Bytes>);
-
-impl From<Bytes> for Parts {
-    fn from(bytes: Bytes) -> Parts {
-        Parts(if bytes.is_empty() {
-            Vec::new()
-        } else {
-            vec![bytes]
-        })
-    }
-}
-
-impl Parts {
-    /// The message as one `Bytes`: its only part as it is, else a copy.
-    pub(crate) fn join(&self) -> Bytes {
-        match self.0.as_slice() {
-            [] => Bytes::new(),
-            [one] => one.clone(),
-            many => many.concat().into(),
-        }
-    }
-
-    /// A reader over all the parts, as one message.
-    fn cursor(&self) -> Cursor<'_> {
-        Cursor {
-            parts: &self.0,
-            index: 0,
-            offset: 0,
-            remaining: self.0.iter().map(Bytes::len).sum(),
-        }
-    }
-
-    /// Calls `f` with the slices of the parts that hold `range` (offsets in
-    /// the whole message), in order.
-    fn slices(&self, range: std::ops::Range<usize>, mut f: impl FnMut(&[u8])) {
-        let mut start = 0;
-        for part in &self.0 {
-            let end = start + part.len();
-            let (from, to) = (range.start.max(start), range.end.min(end));
-            if from < to {
-                f(&part[from - start..to - start]);
-            }
-            start = end;
-        }
-    }
-}
-
-/// [`bytes::Buf`] over [`Parts`]: prost reads a message through it whatever
-/// frames its fields straddle. Its chunk is never empty while bytes remain
-/// (no part is).
-struct Cursor<'a> {
-    parts: &'a [Bytes],
-    index: usize,
-    offset: usize,
-    remaining: usize,
-}
-
-impl Cursor<'_> {
-    /// Where the cursor is, from the message's start (bytes).
-    fn position(&self, total: usize) -> usize {
-        total - self.remaining
-    }
-}
-
-impl bytes::Buf for Cursor<'_> {
-    fn remaining(&self) -> usize {
-        self.remaining
-    }
-
-    fn chunk(&self) -> &[u8] {
-        self.parts
-            .get(self.index)
-            .and_then(|p| p.get(self.offset..))
-            .unwrap_or_default()
-    }
-
-    fn advance(&mut self, cnt: usize) {
-        // prost checks lengths against `remaining` before advancing; a
-        // larger count stops at the end.
-        let mut cnt = cnt.min(self.remaining);
-        self.remaining -= cnt;
-        while let Some(part) = self.parts.get(self.index) {
-            let left = part.len() - self.offset;
-            if cnt < left {
-                self.offset += cnt;
-                return;
-            }
-            cnt -= left;
-            self.index += 1;
-            self.offset = 0;
         }
     }
 }
@@ -510,39 +379,37 @@ pub(crate) struct SotwRequest {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct SotwNames {
     /// The encoded request.
-    raw: Parts,
+    raw: Bytes,
     /// XXH3-128 of the names' encoding, in order.
     digest: u128,
 }
 
 impl Decode for SotwRequest {
-    /// One walk over the fields, across the frames they came in: the names
-    /// hashed where they lie, every other field merged into the head.
-    /// (Decoding the head with prost and walking again for the names
-    /// stepped over ~1400 names twice per ACK.)
-    fn decode(raw: Parts) -> Result<Self, prost::DecodeError> {
+    /// One walk over the fields: the names hashed where they lie, every
+    /// other field merged into the head. (Decoding the head with prost and
+    /// walking again for the names stepped over ~1400 names twice per ACK.)
+    fn decode(raw: Bytes) -> Result<Self, prost::DecodeError> {
         use prost::Message as _;
         use prost::encoding::{DecodeContext, WireType, decode_key, skip_field};
         let mut head = SotwHead::default();
         let mut hasher = xxhash_rust::xxh3::Xxh3::new();
         // Runs of consecutive name fields (usually all of them) are hashed
-        // as one range: the fields' own encoding (key, length, bytes), which
+        // as one slice: the fields' own encoding (key, length, bytes), which
         // tells lists apart whatever their names hold.
         let mut run: Option<std::ops::Range<usize>> = None;
-        let mut buf = raw.cursor();
-        let total = buf.remaining;
-        while buf.remaining > 0 {
-            let start = buf.position(total);
+        let mut buf: &[u8] = &raw;
+        while !buf.is_empty() {
+            let start = raw.len() - buf.len();
             let (tag, wire_type) = decode_key(&mut buf)?;
             if tag == 3 && wire_type == WireType::LengthDelimited {
                 // Checks that the whole name is there.
                 skip_field(wire_type, tag, &mut buf, DecodeContext::default())?;
-                let end = buf.position(total);
+                let end = raw.len() - buf.len();
                 match &mut run {
                     Some(r) if r.end == start => r.end = end,
                     _ => {
                         if let Some(r) = run.replace(start..end) {
-                            raw.slices(r, |s| hasher.update(s));
+                            hasher.update(&raw[r]);
                         }
                     }
                 }
@@ -551,7 +418,7 @@ impl Decode for SotwRequest {
             }
         }
         if let Some(r) = run {
-            raw.slices(r, |s| hasher.update(s));
+            hasher.update(&raw[r]);
         }
         Ok(SotwRequest {
             head,
@@ -601,11 +468,8 @@ impl SotwNames {
     /// `INVALID_ARGUMENT` when a name is not UTF-8 (a `string` field).
     pub(crate) fn names(&self) -> Result<Vec<Bytes>, Status> {
         let mut names = Vec::new();
-        // Joined (a copy when the request came in several frames): names
-        // are read only when the list is not the one before.
-        let raw = self.raw.join();
         // The bytes were walked when decoded: no error here.
-        let _ = names_in(&raw, |value| names.push(raw.slice(value)));
+        let _ = names_in(&self.raw, |value| names.push(self.raw.slice(value)));
         if let Some(bad) = names.iter().find(|n| std::str::from_utf8(n).is_err()) {
             return Err(Status::invalid_argument(format!(
                 "resource name is not UTF-8: {}",
@@ -624,12 +488,12 @@ pub(crate) trait Decode: Sized {
     ///
     /// # Errors
     /// When `raw` is not a valid encoding of the message.
-    fn decode(raw: Parts) -> Result<Self, prost::DecodeError>;
+    fn decode(raw: Bytes) -> Result<Self, prost::DecodeError>;
 }
 
 impl Decode for envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest {
-    fn decode(raw: Parts) -> Result<Self, prost::DecodeError> {
-        prost::Message::decode(raw.join())
+    fn decode(raw: Bytes) -> Result<Self, prost::DecodeError> {
+        prost::Message::decode(raw)
     }
 }
 
@@ -911,8 +775,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        let read =
-            <SotwRequest as Decode>::decode(Bytes::from(sent.encode_to_vec()).into()).unwrap();
+        let read = <SotwRequest as Decode>::decode(Bytes::from(sent.encode_to_vec())).unwrap();
         assert_eq!(
             read.names.names().unwrap(),
             [Bytes::from("a"), Bytes::from("b")]
@@ -929,71 +792,13 @@ mod tests {
         assert_eq!(head.error_detail.unwrap().message, "no");
         // resource_names: one name, not UTF-8.
         let bad =
-            <SotwRequest as Decode>::decode(Bytes::from_static(&[0x1a, 2, 0xff, 0xfe]).into())
-                .unwrap();
+            <SotwRequest as Decode>::decode(Bytes::from_static(&[0x1a, 2, 0xff, 0xfe])).unwrap();
         assert_eq!(
             bad.names.names().unwrap_err().code(),
             tonic::Code::InvalidArgument
         );
         // A name longer than the message is refused when the request is read.
-        assert!(
-            <SotwRequest as Decode>::decode(Bytes::from_static(&[0x1a, 9, b'a']).into()).is_err()
-        );
-    }
-
-    #[test]
-    fn a_request_reads_the_same_whatever_frames_it_came_in() {
-        let sent = DiscoveryRequest {
-            version_info: "3".into(),
-            node: Some(envoy_types::pb::envoy::config::core::v3::Node {
-                id: "sidecar~10.0.0.1~a.ns~ns.svc.cluster.local".into(),
-                ..Default::default()
-            }),
-            resource_names: vec!["outbound|80||b".into(), "outbound|80||a".into()],
-            type_url: "t".into(),
-            response_nonce: "3-1".into(),
-            ..Default::default()
-        }
-        .encode_to_vec();
-        let whole = <SotwRequest as Decode>::decode(Bytes::from(sent.clone()).into()).unwrap();
-        // Two and three frames, split at every place (a key, a length, a
-        // name, the nonce), keep the head, the digest and the names.
-        for i in 1..sent.len() {
-            for j in i..sent.len() {
-                let parts = Parts(
-                    [&sent[..i], &sent[i..j], &sent[j..]]
-                        .into_iter()
-                        .filter(|p| !p.is_empty())
-                        .map(Bytes::copy_from_slice)
-                        .collect(),
-                );
-                let read = <SotwRequest as Decode>::decode(parts).unwrap();
-                assert_eq!(read.head, whole.head, "split at {i}, {j}");
-                assert_eq!(
-                    read.names.digest(),
-                    whole.names.digest(),
-                    "split at {i}, {j}"
-                );
-                assert_eq!(read.names.names().unwrap(), whole.names.names().unwrap());
-            }
-        }
-        // Cut short anywhere, in two frames, it is refused exactly where
-        // prost refuses the same bytes (a cut between fields is a message).
-        for i in 1..sent.len() {
-            let parts = Parts(
-                [&sent[..i / 2 + 1], &sent[i / 2 + 1..i]]
-                    .into_iter()
-                    .filter(|p| !p.is_empty())
-                    .map(Bytes::copy_from_slice)
-                    .collect(),
-            );
-            assert_eq!(
-                <SotwRequest as Decode>::decode(parts).is_err(),
-                DiscoveryRequest::decode(&sent[..i]).is_err(),
-                "{i} of {} bytes",
-                sent.len()
-            );
-        }
+        assert!(<SotwRequest as Decode>::decode(Bytes::from_static(&[0x1a, 9, b'a'])).is_err());
     }
 
     #[test]
@@ -1004,7 +809,7 @@ mod tests {
                 response_nonce: nonce.into(),
                 ..Default::default()
             };
-            <SotwRequest as Decode>::decode(Bytes::from(request.encode_to_vec()).into())
+            <SotwRequest as Decode>::decode(Bytes::from(request.encode_to_vec()))
                 .unwrap()
                 .names
                 .digest()
@@ -1023,7 +828,7 @@ mod tests {
         let mut split = vec![0x1a, 1, b'a'];
         split.extend_from_slice(&[0x2a, 1, b'9']); // response_nonce
         split.extend_from_slice(&[0x1a, 1, b'b']);
-        let split = <SotwRequest as Decode>::decode(Bytes::from(split).into()).unwrap();
+        let split = <SotwRequest as Decode>::decode(Bytes::from(split)).unwrap();
         assert_eq!(split.names.digest(), ab);
         assert_eq!(split.head.response_nonce, "9");
     }
