@@ -15,8 +15,8 @@ use load::client::{Client, sidecar_node};
 use load::mesh;
 use translator::{ENDPOINT_TYPE, ROUTE_TYPE};
 
-/// jemalloc, as the daemon: the simulated proxies share its two cores, and
-/// with glibc's malloc each ~90 KiB SotW ACK faulted in fresh pages.
+/// jemalloc, as the daemon: the simulated proxies share its two cores,
+/// and run on the same allocator.
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -39,9 +39,10 @@ struct Args {
     /// The istiod binary (default: beside this one).
     #[arg(long)]
     istiod: Option<PathBuf>,
-    /// Endpoint changes to make, one after another (each at least 0.3 s
-    /// after the previous one has reached every proxy): the first is
-    /// reported as it is, and with more, each change's p99 and their median.
+    /// Endpoint changes to make, one after another (the first 2 s after
+    /// the VirtualService change, each next one 0.3 s after the previous
+    /// one has reached every proxy): the first is reported as it is, and
+    /// with more, each change's p99, their median, and each one's CPU.
     #[arg(long, default_value_t = 1)]
     endpoint_changes: usize,
     /// Give up on any phase after this many seconds.
@@ -328,10 +329,10 @@ async fn main() -> anyhow::Result<()> {
     );
     let (mut p99s, mut ack_p99s) = (Vec::new(), Vec::new());
     let (mut daemon_cpu, mut proxies_cpu) = (Vec::new(), Vec::new());
-    // Once the VirtualService change's ~1 GB of pushes has settled: the
-    // allocators of both processes give back the pages freed (jemalloc's
-    // 1 s decay) for a second or so after it, and an endpoint change then
-    // shares the cores with that.
+    // 2 s after the VirtualService change, so that the first endpoint
+    // change is measured on its own rather than in the tail of a ~1 GB
+    // push (the allocators of both processes give freed pages back for a
+    // second after it).
     tokio::time::sleep(Duration::from_secs(2)).await;
     for k in 0..args.endpoint_changes.max(1) {
         let t2 = Instant::now();
