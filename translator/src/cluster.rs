@@ -155,10 +155,16 @@ fn service_clusters(
                 .iter()
                 .filter(|ep| ep.ready && selects(labels, ep))
                 .collect();
-            let mut localities: Vec<&str> = endpoints.iter().map(|e| e.locality.as_str()).collect();
-            localities.sort_unstable();
-            localities.dedup();
-            let plan = policy.locality_plan(locality, &localities);
+            // Most proxies and rules have no locality load balancing: the
+            // endpoints' localities are gathered only for those that do.
+            let plan = policy.has_locality_plan(locality).then(|| {
+                let mut localities: Vec<&str> =
+                    endpoints.iter().map(|e| e.locality.as_str()).collect();
+                localities.sort_unstable();
+                localities.dedup();
+                policy.locality_plan(locality, &localities)
+            });
+            let plan = plan.flatten();
             // Auto mTLS (Istio's default): no TLS settings from a rule,
             // an in-mesh service, and endpoints with a sidecar whose
             // PeerAuthentication on that port is not DISABLE.

@@ -536,6 +536,21 @@ pub struct LocalityPlan {
 }
 
 impl Effective {
+    /// The `localityLbSetting` that applies for a proxy at `proxy`
+    /// (`region/zone/subzone`): set, not disabled, with outlier detection,
+    /// and the proxy's locality known.
+    fn locality_setting(&self, proxy: &str) -> Option<&crds::destination_rule::LocalityLbSetting> {
+        let setting = self.load_balancer.as_ref()?.locality_lb_setting.as_ref()?;
+        (self.outlier_detection.is_some() && setting.enabled != Some(false) && !proxy.is_empty())
+            .then_some(setting)
+    }
+
+    /// Whether [`Effective::locality_plan`] can give a plan for a proxy at
+    /// `proxy`, before the endpoints' localities are gathered for it.
+    pub fn has_locality_plan(&self, proxy: &str) -> bool {
+        self.locality_setting(proxy).is_some()
+    }
+
     /// Istio's locality load balancing for a proxy at `proxy` (`region/zone/subzone`)
     /// over endpoints at `localities`. As in Istio it applies only with
     /// outlier detection (which is what moves traffic away from a failing
@@ -543,10 +558,7 @@ impl Effective {
     /// otherwise localities are prioritised by closeness, with `failover`
     /// naming the region to try after the proxy's own.
     pub fn locality_plan(&self, proxy: &str, localities: &[&str]) -> Option<LocalityPlan> {
-        let setting = self.load_balancer.as_ref()?.locality_lb_setting.as_ref()?;
-        if self.outlier_detection.is_none() || setting.enabled == Some(false) || proxy.is_empty() {
-            return None;
-        }
+        let setting = self.locality_setting(proxy)?;
         let mut plan = LocalityPlan::default();
         if let Some(rule) = setting.distribute.iter().find(|d| {
             d.from
