@@ -310,30 +310,48 @@ fn assignment(
     plan: Option<&LocalityPlan>,
     mtls: Option<&Vec<bool>>,
 ) -> ClusterLoadAssignment {
-    let mut by_locality: BTreeMap<&str, Vec<LbEndpoint>> = BTreeMap::new();
+    // By locality, in locality order; endpoints in their order within one.
+    let mut by_locality: Vec<(&str, Vec<LbEndpoint>)> = Vec::new();
     for (i, ep) in endpoints.iter().enumerate() {
         let Some(target) = ep.target_port(&port.name) else {
             continue;
         };
-        by_locality
-            .entry(ep.locality.as_str())
-            .or_default()
-            .push(LbEndpoint {
-                host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(EnvoyEndpoint {
-                    address: Some(socket_address(&ep.address, target)),
-                    ..Default::default()
-                })),
-                load_balancing_weight: Some(UInt32Value { value: 1 }),
-                metadata: mtls
-                    .is_some_and(|m| m.get(i) == Some(&true))
-                    .then(|| Metadata {
-                        filter_metadata: [(TRANSPORT_SOCKET_MATCH.to_owned(), tls_mode_istio())]
-                            .into_iter()
-                            .collect(),
-                        ..Default::default()
-                    }),
+        let locality = ep.locality.as_str();
+        // Usually every endpoint is in the locality of the one before
+        // (often none): checked without a string compare when it is empty.
+        let group = match by_locality.last() {
+            Some((last, _))
+                if last.len() == locality.len() && (locality.is_empty() || *last == locality) =>
+            {
+                by_locality.len() - 1
+            }
+            _ => match by_locality.binary_search_by(|(l, _)| (*l).cmp(locality)) {
+                Ok(at) => at,
+                Err(at) => {
+                    by_locality.insert(at, (locality, Vec::new()));
+                    at
+                }
+            },
+        };
+        let Some((_, group)) = by_locality.get_mut(group) else {
+            continue;
+        };
+        group.push(LbEndpoint {
+            host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(EnvoyEndpoint {
+                address: Some(socket_address(&ep.address, target)),
                 ..Default::default()
-            });
+            })),
+            load_balancing_weight: Some(UInt32Value { value: 1 }),
+            metadata: mtls
+                .is_some_and(|m| m.get(i) == Some(&true))
+                .then(|| Metadata {
+                    filter_metadata: [(TRANSPORT_SOCKET_MATCH.to_owned(), tls_mode_istio())]
+                        .into_iter()
+                        .collect(),
+                    ..Default::default()
+                }),
+            ..Default::default()
+        });
     }
     let mut groups = Vec::new();
     for (locality, lb_endpoints) in by_locality {

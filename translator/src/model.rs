@@ -169,11 +169,12 @@ impl Endpoint {
     /// The endpoint's port for the service port named `name`; an endpoint
     /// with a single port uses it for any name (unnamed service ports).
     pub fn target_port(&self, name: &str) -> Option<u32> {
-        self.ports.get(name).copied().or_else(|| {
-            (self.ports.len() == 1)
-                .then(|| self.ports.values().copied().next())
-                .flatten()
-        })
+        // With one port it is the answer whatever its name (the usual
+        // case, and no string compared on the per-proxy path).
+        if self.ports.len() == 1 {
+            return self.ports.values().copied().next();
+        }
+        self.ports.get(name).copied()
     }
 }
 
