@@ -423,3 +423,84 @@ fn blackhole_cluster() -> Cluster {
         ..Default::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::model::Protocol;
+
+    fn endpoint(address: &str, locality: &str) -> Endpoint {
+        Endpoint {
+            address: address.into(),
+            ports: Arc::new(BTreeMap::from([("http".to_owned(), 9080)])),
+            labels: Arc::default(),
+            ready: true,
+            locality: locality.into(),
+            service_account: None,
+        }
+    }
+
+    #[test]
+    fn endpoints_are_grouped_by_locality_in_locality_order() {
+        let port = ServicePort {
+            name: "http".into(),
+            port: 80,
+            protocol: Protocol::Http,
+        };
+        let eps = [
+            endpoint("10.0.0.1", "r/b"),
+            endpoint("10.0.0.2", "r/a"),
+            endpoint("10.0.0.3", "r/b"),
+            endpoint("10.0.0.4", ""),
+            endpoint("10.0.0.5", "r/a"),
+        ];
+        let refs: Vec<&Endpoint> = eps.iter().collect();
+        let cla = assignment("c", &port, &refs, None, None);
+        let groups: Vec<(String, Vec<String>)> = cla
+            .endpoints
+            .iter()
+            .map(|g| {
+                let l = g.locality.clone().unwrap();
+                let addresses = g
+                    .lb_endpoints
+                    .iter()
+                    .map(|e| match &e.host_identifier {
+                        Some(lb_endpoint::HostIdentifier::Endpoint(ep)) => {
+                            match ep.address.as_ref().and_then(|a| a.address.as_ref()) {
+                                Some(envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(s)) => {
+                                    s.address.clone()
+                                }
+                                other => panic!("{other:?}"),
+                            }
+                        }
+                        other => panic!("{other:?}"),
+                    })
+                    .collect();
+                (format!("{}/{}", l.region, l.zone), addresses)
+            })
+            .collect();
+        assert_eq!(
+            groups,
+            [
+                ("/".to_owned(), vec!["10.0.0.4".to_owned()]),
+                (
+                    "r/a".to_owned(),
+                    vec!["10.0.0.2".to_owned(), "10.0.0.5".to_owned()]
+                ),
+                (
+                    "r/b".to_owned(),
+                    vec!["10.0.0.1".to_owned(), "10.0.0.3".to_owned()]
+                ),
+            ]
+        );
+        // Each locality weighs as many as it has endpoints.
+        let weights: Vec<u32> = cla
+            .endpoints
+            .iter()
+            .map(|g| g.load_balancing_weight.unwrap().value)
+            .collect();
+        assert_eq!(weights, [1, 2, 2]);
+    }
+}
