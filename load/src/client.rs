@@ -91,22 +91,32 @@ impl EncodedNames {
     }
 }
 
-impl Message for SotwRequest {
-    fn encode_raw(&self, buf: &mut impl bytes::BufMut) {
-        use prost::encoding::{message, string};
+impl SotwRequest {
+    /// Fields 1 and 2, those before the names, as prost writes them.
+    fn write_head(&self, buf: &mut impl bytes::BufMut) {
         if !self.version_info.is_empty() {
-            string::encode(1, &self.version_info, buf);
+            prost::encoding::string::encode(1, &self.version_info, buf);
         }
         if let Some(node) = &self.node {
-            message::encode(2, node, buf);
+            prost::encoding::message::encode(2, node, buf);
         }
+    }
+
+    /// Fields 4 and 5, those after the names.
+    fn write_tail(&self, buf: &mut impl bytes::BufMut) {
+        for (tag, text) in [(4, &self.type_url), (5, &self.response_nonce)] {
+            if !text.is_empty() {
+                prost::encoding::string::encode(tag, text, buf);
+            }
+        }
+    }
+}
+
+impl Message for SotwRequest {
+    fn encode_raw(&self, buf: &mut impl bytes::BufMut) {
+        self.write_head(buf);
         buf.put_slice(&self.resource_names.0);
-        if !self.type_url.is_empty() {
-            string::encode(4, &self.type_url, buf);
-        }
-        if !self.response_nonce.is_empty() {
-            string::encode(5, &self.response_nonce, buf);
-        }
+        self.write_tail(buf);
     }
 
     fn merge_field(
@@ -151,12 +161,6 @@ struct SotwBody {
 
 impl SotwBody {
     fn frame(request: SotwRequest) -> [bytes::Bytes; 3] {
-        use prost::encoding::{message, string};
-        let text = |tag, s: &String, buf: &mut bytes::BytesMut| {
-            if !s.is_empty() {
-                string::encode(tag, s, buf);
-            }
-        };
         let mut head = bytes::BytesMut::new();
         head.extend_from_slice(&[0]);
         head.extend_from_slice(
@@ -164,13 +168,9 @@ impl SotwBody {
                 .unwrap_or(u32::MAX)
                 .to_be_bytes(),
         );
-        text(1, &request.version_info, &mut head);
-        if let Some(node) = &request.node {
-            message::encode(2, node, &mut head);
-        }
+        request.write_head(&mut head);
         let mut tail = bytes::BytesMut::new();
-        text(4, &request.type_url, &mut tail);
-        text(5, &request.response_nonce, &mut tail);
+        request.write_tail(&mut tail);
         [head.freeze(), request.resource_names.0, tail.freeze()]
     }
 }

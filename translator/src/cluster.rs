@@ -157,14 +157,15 @@ fn service_clusters(
                 .collect();
             // Most proxies and rules have no locality load balancing: the
             // endpoints' localities are gathered only for those that do.
-            let plan = policy.has_locality_plan(locality).then(|| {
+            let plan = if policy.has_locality_plan(locality) {
                 let mut localities: Vec<&str> =
                     endpoints.iter().map(|e| e.locality.as_str()).collect();
                 localities.sort_unstable();
                 localities.dedup();
                 policy.locality_plan(locality, &localities)
-            });
-            let plan = plan.flatten();
+            } else {
+                None
+            };
             // Auto mTLS (Istio's default): no TLS settings from a rule,
             // an in-mesh service, and endpoints with a sidecar whose
             // PeerAuthentication on that port is not DISABLE.

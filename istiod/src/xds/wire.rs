@@ -260,6 +260,13 @@ impl<T> Requests<T> {
     }
 }
 
+/// The length of the gRPC message whose 5-byte header (compressed flag,
+/// length big-endian) starts `bytes`; None when fewer than 5 bytes.
+fn message_len(bytes: &[u8]) -> Option<usize> {
+    let h = bytes.get(..5)?;
+    Some(u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize)
+}
+
 impl<T: Decode> Requests<T> {
     /// The next whole message in the buffer, if there is one.
     fn take(&mut self) -> Option<Result<T, Status>> {
@@ -269,7 +276,7 @@ impl<T: Decode> Requests<T> {
                 "compressed requests are not supported (send grpc-encoding identity)",
             )));
         }
-        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        let len = message_len(header)?;
         if len > MAX_REQUEST_BYTES {
             return Some(Err(Status::resource_exhausted(format!(
                 "request of {len} bytes is over the limit of {MAX_REQUEST_BYTES}"
@@ -319,11 +326,9 @@ impl<T: Decode> futures::Stream for Requests<T> {
                         // A message's first bytes: room for all of it at
                         // once (a SotW ACK spans several DATA frames).
                         if self.buf.is_empty()
-                            && let Some(header) = data.get(..5)
+                            && let Some(len) = message_len(&data)
                         {
-                            let len =
-                                u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
-                            self.buf.reserve((len as usize).min(MAX_REQUEST_BYTES) + 5);
+                            self.buf.reserve(len.min(MAX_REQUEST_BYTES) + 5);
                         }
                         self.buf.extend_from_slice(&data);
                     }
