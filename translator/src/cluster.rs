@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use crds::destination_rule::DestinationRuleSpec;
 
-use crate::encoded::{Encoded, ServiceResources, encode};
+use crate::encoded::{Encoded, ServiceResources, encode, encode_with};
 use crate::model::{
     Config, Endpoint, Protocol, Proxy, Service, ServicePort, ServiceResolution, Snapshot,
 };
@@ -27,6 +27,7 @@ use crate::policy::{
 };
 use crate::{CLUSTER_TYPE, ENDPOINT_TYPE};
 use crate::{ads_config_source, duration, socket_address};
+use prost::encoding::{WireType, encode_key, encode_varint};
 
 /// Istio's name of the cluster forwarding to the original destination.
 pub const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";
@@ -72,7 +73,7 @@ pub(crate) fn build(snap: &Snapshot, proxy: &Proxy) -> (Vec<Cluster>, Vec<Cluste
     for (svc, dr) in services {
         service_clusters(snap, &proxy.locality, svc, dr, &mut |cluster, cla| {
             clusters.push(cluster);
-            assignments.extend(cla);
+            assignments.extend(cla.map(|a| a.build()));
         });
     }
     (clusters, assignments)
@@ -109,9 +110,7 @@ pub(crate) fn build_encoded(
                         .clusters
                         .push(encode(CLUSTER_TYPE, &cluster.name, &cluster));
                     if let Some(cla) = cla {
-                        built
-                            .assignments
-                            .push(encode(ENDPOINT_TYPE, &cla.cluster_name, &cla));
+                        built.assignments.push(cla.encode());
                     }
                 });
                 built
@@ -131,7 +130,7 @@ fn service_clusters(
     locality: &str,
     svc: &Service,
     dr: Option<&Config<DestinationRuleSpec>>,
-    emit: &mut dyn FnMut(Cluster, Option<ClusterLoadAssignment>),
+    emit: &mut dyn FnMut(Cluster, Option<Assignment<'_>>),
 ) {
     let no_labels = BTreeMap::new();
     let top = dr.and_then(|d| d.spec.traffic_policy.as_ref());
@@ -197,15 +196,16 @@ fn service_clusters(
     }
 }
 
-fn service_cluster(
-    name: &str,
+/// One cluster, and the load assignment of an EDS cluster, planned.
+fn service_cluster<'a>(
+    name: &'a str,
     svc: &Service,
     port: &ServicePort,
     policy: &Effective,
-    endpoints: &[&Endpoint],
+    endpoints: &[&'a Endpoint],
     plan: Option<&LocalityPlan>,
     identity: Option<&IstioTls>,
-) -> (Cluster, Option<ClusterLoadAssignment>) {
+) -> (Cluster, Option<Assignment<'a>>) {
     let auto = identity.and_then(|i| i.auto.as_ref());
     let mut cluster = Cluster {
         name: name.to_owned(),
@@ -248,7 +248,7 @@ fn service_cluster(
             DiscoveryType::LogicalDns
         });
         cluster.dns_lookup_family = DnsLookupFamily::V4Only as i32;
-        cluster.load_assignment = Some(assignment(name, port, endpoints, plan, auto));
+        cluster.load_assignment = Some(assignment(name, port, endpoints, plan, auto).build());
     } else {
         cluster.cluster_discovery_type = discovery(DiscoveryType::Eds);
         cluster.eds_cluster_config = Some(EdsClusterConfig {
@@ -302,17 +302,42 @@ fn identities(trust_domain: &str, svc: &Service, endpoints: &[&Endpoint]) -> Vec
     out
 }
 
+/// One load assignment, planned: the endpoints on a port grouped by
+/// locality, in locality order, each group with its Envoy priority and
+/// weight. [`Assignment::build`] makes Envoy's `ClusterLoadAssignment` of
+/// it; [`Assignment::encode`] writes that message's encoding straight away
+/// (the same bytes, without the ~10 allocations per endpoint the message
+/// takes), which is what the daemon sends.
+pub(crate) struct Assignment<'a> {
+    name: &'a str,
+    groups: Vec<Group<'a>>,
+}
+
+/// One `LocalityLbEndpoints`.
+struct Group<'a> {
+    /// `region/zone/subzone`.
+    locality: &'a str,
+    priority: u32,
+    /// `load_balancing_weight`: the plan's, or the group's endpoint count.
+    weight: u32,
+    /// Each endpoint's address, target port and whether it takes Istio
+    /// mTLS (auto mTLS: `tlsMode: istio` in its transport socket match
+    /// metadata).
+    endpoints: Vec<(&'a str, u32, bool)>,
+}
+
 /// The endpoints on `port`, grouped by locality, each locality with its
 /// priority and weight from `plan` (a locality weighted 0 is left out).
-fn assignment(
-    name: &str,
+/// `mtls`: for each endpoint, whether it takes Istio mTLS (auto mTLS).
+fn assignment<'a>(
+    name: &'a str,
     port: &ServicePort,
-    endpoints: &[&Endpoint],
+    endpoints: &[&'a Endpoint],
     plan: Option<&LocalityPlan>,
     mtls: Option<&Vec<bool>>,
-) -> ClusterLoadAssignment {
+) -> Assignment<'a> {
     // By locality, in locality order; endpoints in their order within one.
-    let mut by_locality: Vec<(&str, Vec<LbEndpoint>)> = Vec::new();
+    let mut groups: Vec<Group<'a>> = Vec::new();
     for (i, ep) in endpoints.iter().enumerate() {
         let Some(target) = ep.target_port(&port.name) else {
             continue;
@@ -320,69 +345,224 @@ fn assignment(
         let locality = ep.locality.as_str();
         // Usually every endpoint is in the locality of the one before
         // (often none): checked without a string compare when it is empty.
-        let group = match by_locality.last() {
-            Some((last, _))
-                if last.len() == locality.len() && (locality.is_empty() || *last == locality) =>
+        let at = match groups.last() {
+            Some(last)
+                if last.locality.len() == locality.len()
+                    && (locality.is_empty() || last.locality == locality) =>
             {
-                by_locality.len() - 1
+                groups.len() - 1
             }
-            _ => match by_locality.binary_search_by(|(l, _)| (*l).cmp(locality)) {
+            _ => match groups.binary_search_by(|g| g.locality.cmp(locality)) {
                 Ok(at) => at,
                 Err(at) => {
-                    by_locality.insert(at, (locality, Vec::new()));
+                    groups.insert(
+                        at,
+                        Group {
+                            locality,
+                            priority: 0,
+                            weight: 0,
+                            endpoints: Vec::new(),
+                        },
+                    );
                     at
                 }
             },
         };
-        let Some((_, group)) = by_locality.get_mut(group) else {
-            continue;
-        };
-        group.push(LbEndpoint {
-            host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(EnvoyEndpoint {
-                address: Some(socket_address(&ep.address, target)),
-                ..Default::default()
-            })),
-            load_balancing_weight: Some(UInt32Value { value: 1 }),
-            metadata: mtls
-                .is_some_and(|m| m.get(i) == Some(&true))
-                .then(|| Metadata {
-                    filter_metadata: [(TRANSPORT_SOCKET_MATCH.to_owned(), tls_mode_istio())]
-                        .into_iter()
+        if let Some(group) = groups.get_mut(at) {
+            let tls = mtls.is_some_and(|m| m.get(i) == Some(&true));
+            group.endpoints.push((ep.address.as_str(), target, tls));
+        }
+    }
+    groups.retain_mut(|g| {
+        let (priority, weight) = plan
+            .and_then(|p| p.by_locality.get(g.locality).copied())
+            .unwrap_or((0, None));
+        g.priority = priority;
+        g.weight = weight.unwrap_or_else(|| u32::try_from(g.endpoints.len()).unwrap_or(u32::MAX));
+        weight != Some(0)
+    });
+    Assignment { name, groups }
+}
+
+/// The encoded `Metadata` field (3) of an endpoint that takes Istio mTLS:
+/// `filter_metadata` [`TRANSPORT_SOCKET_MATCH`] `{tlsMode: istio}`.
+static TLS_MODE_ISTIO_FIELD: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+    let mut b = Vec::new();
+    prost::encoding::message::encode(3, &tls_mode_metadata(), &mut b);
+    b
+});
+
+fn tls_mode_metadata() -> Metadata {
+    Metadata {
+        filter_metadata: [(TRANSPORT_SOCKET_MATCH.to_owned(), tls_mode_istio())]
+            .into_iter()
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// An `LbEndpoint`'s `load_balancing_weight` (4): `UInt32Value { value: 1 }`.
+const WEIGHT_ONE_FIELD: [u8; 4] = [0x22, 0x02, 0x08, 0x01];
+
+impl Assignment<'_> {
+    /// Envoy's `ClusterLoadAssignment`.
+    fn build(&self) -> ClusterLoadAssignment {
+        let endpoints = self
+            .groups
+            .iter()
+            .map(|g| {
+                let mut parts = g.locality.split('/').map(str::to_owned);
+                LocalityLbEndpoints {
+                    // Always a locality and a weight: proxyless gRPC drops
+                    // localities without one.
+                    locality: Some(Locality {
+                        region: parts.next().unwrap_or_default(),
+                        zone: parts.next().unwrap_or_default(),
+                        sub_zone: parts.next().unwrap_or_default(),
+                    }),
+                    load_balancing_weight: Some(UInt32Value { value: g.weight }),
+                    priority: g.priority,
+                    lb_endpoints: g
+                        .endpoints
+                        .iter()
+                        .map(|&(address, port, tls)| LbEndpoint {
+                            host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(
+                                EnvoyEndpoint {
+                                    address: Some(socket_address(address, port)),
+                                    ..Default::default()
+                                },
+                            )),
+                            load_balancing_weight: Some(UInt32Value { value: 1 }),
+                            metadata: tls.then(tls_mode_metadata),
+                            ..Default::default()
+                        })
                         .collect(),
                     ..Default::default()
-                }),
+                }
+            })
+            .collect();
+        ClusterLoadAssignment {
+            cluster_name: self.name.to_owned(),
+            endpoints,
             ..Default::default()
-        });
-    }
-    let mut groups = Vec::new();
-    for (locality, lb_endpoints) in by_locality {
-        let (priority, weight) = plan
-            .and_then(|p| p.by_locality.get(locality).copied())
-            .unwrap_or((0, None));
-        if weight == Some(0) {
-            continue;
         }
-        let mut parts = locality.split('/').map(str::to_owned);
-        groups.push(LocalityLbEndpoints {
-            // Always a locality and a weight: proxyless gRPC drops localities without one.
-            locality: Some(Locality {
-                region: parts.next().unwrap_or_default(),
-                zone: parts.next().unwrap_or_default(),
-                sub_zone: parts.next().unwrap_or_default(),
-            }),
-            load_balancing_weight: Some(UInt32Value {
-                value: weight
-                    .unwrap_or_else(|| u32::try_from(lb_endpoints.len()).unwrap_or(u32::MAX)),
-            }),
-            priority,
-            lb_endpoints,
-            ..Default::default()
-        });
     }
-    ClusterLoadAssignment {
-        cluster_name: name.to_owned(),
-        endpoints: groups,
-        ..Default::default()
+
+    /// [`Assignment::build`]'s message as an encoded EDS resource, written
+    /// directly: the same bytes as prost's, which writes set fields in tag
+    /// order (`ClusterLoadAssignment`: `cluster_name` 1, `endpoints` 2;
+    /// `LocalityLbEndpoints`: `locality` 1, `lb_endpoints` 2,
+    /// `load_balancing_weight` 3, `priority` 5; `LbEndpoint`: `endpoint` 1,
+    /// `metadata` 3, `load_balancing_weight` 4; `Endpoint`: `address` 1;
+    /// `Address`: `socket_address` 1; `SocketAddress`: `address` 2,
+    /// `port_value` 3, written even when 0 as a oneof member).
+    fn encode(&self) -> Encoded {
+        use prost::encoding::encoded_len_varint as vlen;
+        // Lengths of the nested messages, innermost first.
+        let socket_len = |address: &str, port: u32| string_len(address) + 1 + vlen(u64::from(port));
+        let endpoint_len = |address: &str, port: u32, tls: bool| {
+            let socket = socket_len(address, port);
+            let addr = nested_len(socket);
+            let endpoint = nested_len(addr);
+            nested_len(endpoint)
+                + if tls { TLS_MODE_ISTIO_FIELD.len() } else { 0 }
+                + WEIGHT_ONE_FIELD.len()
+        };
+        let locality_len = |l: &str| {
+            let mut parts = l.split('/');
+            (0..3)
+                .map(|_| string_len(parts.next().unwrap_or_default()))
+                .sum::<usize>()
+        };
+        let group_len = |g: &Group<'_>| {
+            nested_len(locality_len(g.locality))
+                + g.endpoints
+                    .iter()
+                    .map(|&(a, p, t)| nested_len(endpoint_len(a, p, t)))
+                    .sum::<usize>()
+                + nested_len(uint32_len(g.weight))
+                + if g.priority == 0 {
+                    0
+                } else {
+                    1 + vlen(u64::from(g.priority))
+                }
+        };
+        let len = string_len(self.name)
+            + self
+                .groups
+                .iter()
+                .map(|g| nested_len(group_len(g)))
+                .sum::<usize>();
+        encode_with(ENDPOINT_TYPE, self.name, len, |b| {
+            put_string(b, 1, self.name);
+            for g in &self.groups {
+                put_head(b, 2, group_len(g));
+                put_head(b, 1, locality_len(g.locality));
+                let mut parts = g.locality.split('/');
+                for tag in 1..=3 {
+                    put_string(b, tag, parts.next().unwrap_or_default());
+                }
+                for &(address, port, tls) in &g.endpoints {
+                    put_head(b, 2, endpoint_len(address, port, tls));
+                    let socket = socket_len(address, port);
+                    let addr = nested_len(socket);
+                    put_head(b, 1, nested_len(addr)); // LbEndpoint.endpoint
+                    put_head(b, 1, addr); // Endpoint.address
+                    put_head(b, 1, socket); // Address.socket_address
+                    put_string(b, 2, address);
+                    encode_key(3, WireType::Varint, b);
+                    encode_varint(u64::from(port), b);
+                    if tls {
+                        b.extend_from_slice(&TLS_MODE_ISTIO_FIELD);
+                    }
+                    b.extend_from_slice(&WEIGHT_ONE_FIELD);
+                }
+                put_head(b, 3, uint32_len(g.weight));
+                if g.weight != 0 {
+                    encode_key(1, WireType::Varint, b);
+                    encode_varint(u64::from(g.weight), b);
+                }
+                if g.priority != 0 {
+                    encode_key(5, WireType::Varint, b);
+                    encode_varint(u64::from(g.priority), b);
+                }
+            }
+        })
+    }
+}
+
+/// The encoded length of a `string` field of a low tag (1-15) holding `s`;
+/// 0 when empty (proto3 leaves it out).
+fn string_len(s: &str) -> usize {
+    if s.is_empty() { 0 } else { nested_len(s.len()) }
+}
+
+/// The encoded length of a length-delimited field of a low tag (1-15)
+/// whose content is `len` bytes.
+fn nested_len(len: usize) -> usize {
+    1 + prost::encoding::encoded_len_varint(len as u64) + len
+}
+
+/// The length of a `google.protobuf.UInt32Value` holding `v`.
+fn uint32_len(v: u32) -> usize {
+    if v == 0 {
+        0
+    } else {
+        1 + prost::encoding::encoded_len_varint(u64::from(v))
+    }
+}
+
+/// The head (key and length) of a length-delimited field.
+fn put_head(b: &mut Vec<u8>, tag: u32, len: usize) {
+    encode_key(tag, WireType::LengthDelimited, b);
+    encode_varint(len as u64, b);
+}
+
+/// A `string` field (left out when empty, as proto3 does).
+fn put_string(b: &mut Vec<u8>, tag: u32, s: &str) {
+    if !s.is_empty() {
+        put_head(b, tag, s.len());
+        b.extend_from_slice(s.as_bytes());
     }
 }
 
@@ -458,7 +638,7 @@ mod tests {
             endpoint("10.0.0.5", "r/a"),
         ];
         let refs: Vec<&Endpoint> = eps.iter().collect();
-        let cla = assignment("c", &port, &refs, None, None);
+        let cla = assignment("c", &port, &refs, None, None).build();
         let groups: Vec<(String, Vec<String>)> = cla
             .endpoints
             .iter()
@@ -503,5 +683,38 @@ mod tests {
             .map(|g| g.load_balancing_weight.unwrap().value)
             .collect();
         assert_eq!(weights, [1, 2, 2]);
+    }
+
+    #[test]
+    fn written_assignments_are_prosts_encoding_of_the_message() {
+        let port = ServicePort {
+            name: "http".into(),
+            port: 80,
+            protocol: Protocol::Http,
+        };
+        let eps = [
+            endpoint("10.0.0.1", "r/b"),
+            endpoint("10.0.0.2", "r/a/s"),
+            endpoint("10.0.0.3", ""),
+            endpoint("", "r/b"),
+            endpoint("10.0.0.5", "r/c"),
+        ];
+        let refs: Vec<&Endpoint> = eps.iter().collect();
+        let plan = LocalityPlan {
+            by_locality: BTreeMap::from([
+                ("r/a/s".to_owned(), (0, Some(300))),
+                ("r/b".to_owned(), (2, None)),
+                ("r/c".to_owned(), (1, Some(0))),
+            ]),
+            weighted: true,
+        };
+        let mtls = vec![true, false, true, false, true];
+        // Long enough a name that lengths take two varint bytes.
+        let name = "outbound|80||".to_owned() + &"x".repeat(200);
+        for (plan, mtls) in [(None, None), (Some(&plan), Some(&mtls))] {
+            let a = assignment(&name, &port, &refs, plan, mtls);
+            let want = encode(ENDPOINT_TYPE, &name, &a.build());
+            assert!(a.encode() == want, "plan {plan:?}, mtls {mtls:?}");
+        }
     }
 }

@@ -43,6 +43,22 @@ pub(crate) fn wrap(type_url: &str, name: &str, value: &[u8]) -> Encoded {
     finish(name, buf)
 }
 
+/// A message of `len` bytes that `write` writes, as an `Any` of
+/// `type_url`, named `name` (as [`encode`], for messages written by hand).
+/// `write` must write exactly `len` bytes; a debug build checks it.
+pub(crate) fn encode_with(
+    type_url: &str,
+    name: &str,
+    len: usize,
+    write: impl FnOnce(&mut Vec<u8>),
+) -> Encoded {
+    let mut buf = any_head(type_url, len);
+    let start = buf.len();
+    write(&mut buf);
+    debug_assert_eq!(buf.len() - start, len, "{name}: hand-written length");
+    finish(name, buf)
+}
+
 /// An `Any`'s `type_url` field and the head of its `value` field, for a
 /// value of `len` bytes to follow, in a buffer with room for it.
 fn any_head(type_url: &str, len: usize) -> Vec<u8> {
