@@ -78,8 +78,9 @@ pub(crate) fn virtual_service_routes(
 ) -> Vec<Route> {
     let mut routes = Vec::new();
     for (owner, field, http) in expand_delegates(ctx.snap, vs, warnings) {
-        check_subsets(ctx, owner, &http, &field, warnings);
-        let action = match route_action(ctx, owner, &http, &field) {
+        let http: &HttpRoute = &http;
+        check_subsets(ctx, owner, http, &field, warnings);
+        let action = match route_action(ctx, owner, http, &field) {
             Ok(a) => a,
             Err(reason) => {
                 warnings.push(ConfigWarning::new(
@@ -143,15 +144,20 @@ pub(crate) fn virtual_service_routes(
 /// VirtualService's routes, whose matches are merged with the delegating
 /// route's (Istio allows one level). Each comes with the VirtualService it
 /// belongs to (short hosts resolve in its namespace) and its field path.
+/// A route without delegation is borrowed as it is.
 fn expand_delegates<'a>(
     snap: &'a Snapshot,
     vs: &'a Config<VirtualServiceSpec>,
     warnings: &mut Vec<ConfigWarning>,
-) -> Vec<(&'a Config<VirtualServiceSpec>, String, HttpRoute)> {
+) -> Vec<(
+    &'a Config<VirtualServiceSpec>,
+    HttpField,
+    std::borrow::Cow<'a, HttpRoute>,
+)> {
     let mut out = Vec::new();
     for (i, http) in vs.spec.http.iter().enumerate() {
         let Some(delegate) = &http.delegate else {
-            out.push((vs, format!("spec.http[{i}]"), http.clone()));
+            out.push((vs, HttpField(i), std::borrow::Cow::Borrowed(http)));
             continue;
         };
         let ns = delegate.namespace.as_deref().unwrap_or(&vs.namespace);
@@ -183,7 +189,7 @@ fn expand_delegates<'a>(
             }
             let mut merged = c.clone();
             merged.matches = merge_matches(&http.matches, &c.matches);
-            out.push((child, format!("spec.http[{j}]"), merged));
+            out.push((child, HttpField(j), std::borrow::Cow::Owned(merged)));
         }
     }
     out
@@ -382,11 +388,21 @@ fn regex(r: &str) -> RegexMatcher {
 
 type RouteError = (String, String);
 
+/// The field path of HTTP route `i` of a VirtualService, `spec.http[i]`,
+/// written out only when a warning names it.
+struct HttpField(usize);
+
+impl std::fmt::Display for HttpField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "spec.http[{}]", self.0)
+    }
+}
+
 fn route_action(
     ctx: &RouteCtx<'_>,
     vs: &Config<VirtualServiceSpec>,
     http: &HttpRoute,
-    field: &str,
+    field: &HttpField,
 ) -> Result<route::Action, RouteError> {
     if let Some(r) = &http.redirect {
         let code = match r.redirect_code.unwrap_or(301) {
@@ -540,31 +556,29 @@ fn check_subsets(
     ctx: &RouteCtx<'_>,
     vs: &Config<VirtualServiceSpec>,
     http: &HttpRoute,
-    field: &str,
+    field: &HttpField,
     warnings: &mut Vec<ConfigWarning>,
 ) {
+    // Each destination with where it is; the path is written out only
+    // for a warning.
+    enum At {
+        Route(usize),
+        Mirror,
+        Mirrors(usize),
+    }
     let dests = http
         .route
         .iter()
         .enumerate()
-        .map(|(j, d)| {
-            (
-                format!("{field}.route[{j}].destination.subset"),
-                &d.destination,
-            )
-        })
+        .map(|(j, d)| (At::Route(j), &d.destination))
+        .chain(http.mirror.iter().map(|d| (At::Mirror, d)))
         .chain(
-            http.mirror
+            http.mirrors
                 .iter()
-                .map(|d| (format!("{field}.mirror.subset"), d)),
-        )
-        .chain(http.mirrors.iter().enumerate().map(|(j, m)| {
-            (
-                format!("{field}.mirrors[{j}].destination.subset"),
-                &m.destination,
-            )
-        }));
-    for (f, d) in dests {
+                .enumerate()
+                .map(|(j, m)| (At::Mirrors(j), &m.destination)),
+        );
+    for (at, d) in dests {
         let Some(subset) = &d.subset else { continue };
         let host = ctx.snap.resolve_host(&d.host, &vs.namespace);
         let defined = ctx
@@ -572,6 +586,11 @@ fn check_subsets(
             .destination_rule(&host, &ctx.proxy.namespace)
             .is_some_and(|dr| dr.spec.subsets.iter().any(|s| &s.name == subset));
         if !defined {
+            let f = match at {
+                At::Route(j) => format!("{field}.route[{j}].destination.subset"),
+                At::Mirror => format!("{field}.mirror.subset"),
+                At::Mirrors(j) => format!("{field}.mirrors[{j}].destination.subset"),
+            };
             warnings.push(ConfigWarning::new(
                 "VirtualService",
                 vs.key(),
