@@ -1,8 +1,13 @@
 //! A generated mesh written as a config folder: `services` Services (port
 //! 8080, `http`) spread over namespaces of 100, each with `endpoints` pods
-//! (labels `app`, `version` v1/v2) and an EndpointSlice; every fifth service
-//! also has a DestinationRule (subsets v1, v2) and a VirtualService (90/10).
-//! One file per service, so a change touches one file.
+//! (labels `app`, `version` v1/v2) and an EndpointSlice. The pods are as
+//! Istio's sidecar injector leaves them (label `security.istio.io/tlsMode:
+//! istio`) and run as the service's own service account, so every cluster
+//! has auto mTLS (a `tlsMode-istio` transport socket match with Istio's SNI
+//! and the SPIFFE ID) and every endpoint its `tlsMode` metadata. Every
+//! fifth service also has a DestinationRule (subsets v1, v2) and a
+//! VirtualService (90/10). One file per service, so a change touches one
+//! file.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -42,7 +47,7 @@ pub fn service_yaml(i: usize, endpoints: usize, split: u32) -> String {
         let version = if e % 2 == 0 { "v1" } else { "v2" };
         let _ = write!(
             y,
-            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}-{e}, namespace: {ns}, labels: {{app: {name}, version: {version}}}}}\nstatus: {{podIP: {ip}}}\n"
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}-{e}, namespace: {ns}, labels: {{app: {name}, version: {version}, security.istio.io/tlsMode: istio}}}}\nspec: {{serviceAccountName: {name}}}\nstatus: {{podIP: {ip}}}\n"
         );
         let _ = writeln!(
             slice,
@@ -80,4 +85,79 @@ pub fn replace(path: &Path, text: &str) -> std::io::Result<()> {
     let tmp = path.with_extension("yaml.tmp");
     std::fs::write(&tmp, text)?;
     std::fs::rename(tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use crds::document::{parse_value, split_documents};
+    use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
+    use translator::model::{MeshConfig, Proxy, Snapshot};
+
+    use super::*;
+
+    /// The mesh is what an injected mesh gives a sidecar: every cluster
+    /// with Istio's auto mTLS match naming the service's SPIFFE ID, and
+    /// every endpoint marked `tlsMode: istio`.
+    #[test]
+    fn pods_are_injected_workloads_with_auto_mtls() {
+        let mut objects = Vec::new();
+        for i in 0..10 {
+            for (_, v) in split_documents(&service_yaml(i, 3, 90)) {
+                objects.extend(
+                    parse_value(v.unwrap(), "default")
+                        .into_iter()
+                        .map(|o| o.unwrap()),
+                );
+            }
+        }
+        let snap = Snapshot::build(1, &objects, MeshConfig::default());
+        let proxy = Proxy::from_node_id(
+            "sidecar~10.0.0.1~load-0.ns-0~ns-0.svc.cluster.local",
+            None,
+            Default::default(),
+        )
+        .unwrap();
+        let out = translator::generate(&snap, &proxy);
+        let outbound: Vec<_> = out
+            .clusters
+            .iter()
+            .filter(|c| c.name.starts_with("outbound|"))
+            .collect();
+        // Ten services, two with subsets v1 and v2.
+        assert_eq!(outbound.len(), 14);
+        for c in outbound {
+            let m = c.transport_socket_matches.first();
+            assert_eq!(
+                m.map(|m| m.name.as_str()),
+                Some("tlsMode-istio"),
+                "{}",
+                c.name
+            );
+            let host = c.name.rsplit('|').next().unwrap();
+            let account = host.split('.').next().unwrap();
+            // The UpstreamTlsContext, as packed in the socket's `Any`.
+            let tls = match m.and_then(|m| m.transport_socket.as_ref()?.config_type.as_ref()) {
+                Some(ConfigType::TypedConfig(any)) => any.value.clone(),
+                None => panic!("{}: no TLS context", c.name),
+            };
+            let san = format!("spiffe://cluster.local/ns/ns-0/sa/{account}");
+            assert!(
+                tls.windows(san.len()).any(|w| w == san.as_bytes()),
+                "{}: no {san}",
+                c.name
+            );
+        }
+        assert_eq!(out.endpoints.len(), 14);
+        for cla in &out.endpoints {
+            for e in cla.endpoints.iter().flat_map(|g| &g.lb_endpoints) {
+                let md = e.metadata.as_ref().unwrap();
+                assert!(
+                    md.filter_metadata
+                        .contains_key("envoy.transport_socket_match")
+                );
+            }
+        }
+    }
 }
