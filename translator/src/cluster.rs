@@ -27,6 +27,7 @@ use crate::policy::{
 };
 use crate::{CLUSTER_TYPE, ENDPOINT_TYPE};
 use crate::{ads_config_source, duration, socket_address};
+use prost::Message as _;
 use prost::encoding::{WireType, encode_key, encode_varint};
 
 /// Istio's name of the cluster forwarding to the original destination.
@@ -71,10 +72,19 @@ pub(crate) fn build(snap: &Snapshot, proxy: &Proxy) -> (Vec<Cluster>, Vec<Cluste
     clusters.extend([passthrough_cluster(), blackhole_cluster()]);
     let mut assignments = Vec::with_capacity(count);
     for (svc, dr) in services {
-        service_clusters(snap, &proxy.locality, svc, dr, &mut |cluster, cla| {
-            clusters.push(cluster);
-            assignments.extend(cla.map(|a| a.build()));
-        });
+        service_clusters(
+            snap,
+            &proxy.locality,
+            svc,
+            dr,
+            &mut |mut cluster, auto, cla| {
+                if let Some(identity) = auto {
+                    cluster.transport_socket_matches = vec![auto_mtls_match(identity)];
+                }
+                clusters.push(cluster);
+                assignments.extend(cla.map(|a| a.build()));
+            },
+        );
     }
     (clusters, assignments)
 }
@@ -105,10 +115,8 @@ pub(crate) fn build_encoded(
             .cluster_memo
             .get_or_build(svc, dr, &proxy.locality, || {
                 let mut built = ServiceResources::default();
-                service_clusters(snap, &proxy.locality, svc, dr, &mut |cluster, cla| {
-                    built
-                        .clusters
-                        .push(encode(CLUSTER_TYPE, &cluster.name, &cluster));
+                service_clusters(snap, &proxy.locality, svc, dr, &mut |cluster, auto, cla| {
+                    built.clusters.push(encode_cluster(&cluster, auto));
                     if let Some(cla) = cla {
                         built.assignments.push(cla.encode());
                     }
@@ -121,16 +129,45 @@ pub(crate) fn build_encoded(
     (clusters, assignments)
 }
 
+/// A cluster encoded as a CDS resource, with its auto mTLS match
+/// `auto` (Istio's `tlsMode-istio`) written by
+/// [`crate::policy::auto_mtls_match_field`]: the same bytes as prost's
+/// encoding of the cluster with [`auto_mtls_match`] in
+/// `transport_socket_matches`. prost writes fields in tag order, and
+/// `transport_socket_matches` (43) is the highest tag this translator
+/// sets on a cluster (the `lb_config` oneof goes at its lowest, 23), so
+/// the match goes last.
+fn encode_cluster(cluster: &Cluster, auto: Option<&IstioTls>) -> Encoded {
+    let Some(identity) = auto else {
+        return encode(CLUSTER_TYPE, &cluster.name, cluster);
+    };
+    debug_assert!(cluster.transport_socket_matches.is_empty());
+    let field = crate::policy::auto_mtls_match_field(identity);
+    encode_with(
+        CLUSTER_TYPE,
+        &cluster.name,
+        cluster.encoded_len() + field.len(),
+        |b| {
+            // Cannot fail: a `Vec` grows to whatever is written.
+            let _ = cluster.encode(b);
+            b.extend_from_slice(&field);
+        },
+    )
+}
+
 /// One service's clusters (each port: the whole service, then each subset
 /// of `dr`) and their load assignments, seen from a proxy in `locality`
-/// (`region/zone/subzone`) to which `dr` applies; each handed to `emit`.
+/// (`region/zone/subzone`) to which `dr` applies; each handed to `emit`
+/// with, under auto mTLS, what its `tlsMode-istio` transport socket match
+/// is made from (left for `emit` to add: [`auto_mtls_match`] as a message,
+/// or [`encode_cluster`] writes it).
 /// Nothing else of the proxy is read: [`crate::encoded::ClusterMemo`] keys on these.
 fn service_clusters(
     snap: &Snapshot,
     locality: &str,
     svc: &Service,
     dr: Option<&Config<DestinationRuleSpec>>,
-    emit: &mut dyn FnMut(Cluster, Option<Assignment<'_>>),
+    emit: &mut dyn FnMut(Cluster, Option<&IstioTls>, Option<Assignment<'_>>),
 ) {
     let no_labels = BTreeMap::new();
     let top = dr.and_then(|d| d.spec.traffic_policy.as_ref());
@@ -191,12 +228,14 @@ fn service_clusters(
                 plan.as_ref(),
                 identity.as_ref(),
             );
-            emit(cluster, cla);
+            let auto = identity.as_ref().filter(|i| i.auto.is_some());
+            emit(cluster, auto, cla);
         }
     }
 }
 
-/// One cluster, and the load assignment of an EDS cluster, planned.
+/// One cluster (without its auto mTLS match, which the caller adds), and
+/// the load assignment of an EDS cluster, planned.
 fn service_cluster<'a>(
     name: &'a str,
     svc: &Service,
@@ -216,11 +255,6 @@ fn service_cluster<'a>(
     };
     let http2 = matches!(port.protocol, Protocol::Http2 | Protocol::Grpc);
     policy.apply(&mut cluster, http2, &svc.hostname, identity);
-    if auto.is_some()
-        && let Some(identity) = identity
-    {
-        cluster.transport_socket_matches = vec![auto_mtls_match(identity)];
-    }
     if plan.is_some_and(|p| p.weighted) {
         cluster
             .common_lb_config
@@ -292,14 +326,18 @@ pub fn istio_sni(port: u32, subset: &str, hostname: &str) -> String {
 
 /// The SPIFFE IDs of the endpoints' service accounts, sorted, unique.
 fn identities(trust_domain: &str, svc: &Service, endpoints: &[&Endpoint]) -> Vec<String> {
-    let mut out: Vec<String> = endpoints
+    // The IDs differ only after a common prefix: sorting the accounts
+    // sorts them (and a Deployment's replicas share one account).
+    let mut accounts: Vec<&str> = endpoints
         .iter()
-        .filter_map(|e| e.service_account.as_ref())
-        .map(|sa| format!("spiffe://{trust_domain}/ns/{}/sa/{sa}", svc.namespace))
+        .filter_map(|e| e.service_account.as_deref())
         .collect();
-    out.sort();
-    out.dedup();
-    out
+    accounts.sort_unstable();
+    accounts.dedup();
+    accounts
+        .into_iter()
+        .map(|sa| format!("spiffe://{trust_domain}/ns/{}/sa/{sa}", svc.namespace))
+        .collect()
 }
 
 /// One load assignment, planned: the endpoints on a port grouped by

@@ -37,6 +37,7 @@ use envoy_types::pb::envoy::r#type::v3::Percent as EnvoyPercent;
 use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::google::protobuf::{UInt32Value, UInt64Value};
 use envoy_types::util::pack_any;
+use prost::encoding::{WireType, encode_key, encode_varint};
 
 use crate::duration;
 
@@ -463,11 +464,129 @@ pub(crate) fn auto_mtls_match(
     istio: &crate::cluster::IstioTls,
 ) -> envoy_types::pb::envoy::config::cluster::v3::cluster::TransportSocketMatch {
     envoy_types::pb::envoy::config::cluster::v3::cluster::TransportSocketMatch {
-        name: "tlsMode-istio".into(),
+        name: AUTO_MTLS_MATCH.into(),
         r#match: Some(tls_mode_istio()),
         transport_socket: Some(istio_mutual(&ClientTlsSettings::default(), istio)),
     }
 }
+
+/// The parts of [`auto_mtls_match`] that are the same for every cluster,
+/// encoded once by prost.
+struct AutoMtlsParts {
+    /// `TransportSocketMatch` fields 1 (`name`) and 2 (`match`).
+    match_head: Vec<u8>,
+    /// `TransportSocket` field 1 (`name`).
+    socket_head: Vec<u8>,
+    /// `Any` field 1 (`type_url` of `UpstreamTlsContext`).
+    any_head: Vec<u8>,
+    /// `CombinedCertificateValidationContext` field 2 (the root over SDS).
+    root: Vec<u8>,
+    /// `CommonTlsContext` but for its validation context oneof (which
+    /// prost writes first, at its lowest tag, 3): ALPN and the workload
+    /// certificate over SDS.
+    common_rest: Vec<u8>,
+}
+
+static AUTO_MTLS_PARTS: std::sync::LazyLock<AutoMtlsParts> = std::sync::LazyLock::new(|| {
+    use prost::Message as _;
+    let whole = istio_mutual(
+        &ClientTlsSettings::default(),
+        &crate::cluster::IstioTls::default(),
+    );
+    let match_head = envoy_types::pb::envoy::config::cluster::v3::cluster::TransportSocketMatch {
+        name: AUTO_MTLS_MATCH.into(),
+        r#match: Some(tls_mode_istio()),
+        transport_socket: None,
+    };
+    let socket_head = TransportSocket {
+        name: whole.name,
+        config_type: None,
+    };
+    let any_head = Any {
+        type_url: <UpstreamTlsContext as prost::Name>::type_url(),
+        value: Vec::new(),
+    };
+    let root = common_tls_context::CombinedCertificateValidationContext {
+        validation_context_sds_secret_config: Some(agent_secret(ROOT_CA)),
+        ..Default::default()
+    };
+    let common_rest = CommonTlsContext {
+        alpn_protocols: istio_alpn(),
+        tls_certificate_sds_secret_configs: vec![agent_secret(WORKLOAD_CERT)],
+        ..Default::default()
+    };
+    AutoMtlsParts {
+        match_head: match_head.encode_to_vec(),
+        socket_head: socket_head.encode_to_vec(),
+        any_head: any_head.encode_to_vec(),
+        root: root.encode_to_vec(),
+        common_rest: common_rest.encode_to_vec(),
+    }
+});
+
+/// [`auto_mtls_match`] for `istio`, encoded as a `Cluster`'s field 43
+/// (`transport_socket_matches`): the bytes prost writes for it, from
+/// [`AUTO_MTLS_PARTS`] and what differs per cluster (the SPIFFE IDs and
+/// the SNI), without building the messages.
+pub(crate) fn auto_mtls_match_field(istio: &crate::cluster::IstioTls) -> Vec<u8> {
+    use prost::encoding::encoded_len_varint as vlen;
+    let parts = &*AUTO_MTLS_PARTS;
+    // Field of tag 1-15 holding `len` bytes.
+    let nested = |len: usize| 1 + vlen(len as u64) + len;
+    // SubjectAltNameMatcher { san_type: URI (1), matcher (2): StringMatcher { exact (1) } }.
+    let uri = subject_alt_name_matcher::SanType::Uri as u64;
+    let san_len = |san: &str| 1 + vlen(uri) + nested(nested(san.len()));
+    let sans_len: usize = istio.sans.iter().map(|s| nested(san_len(s))).sum();
+    let combined = nested(sans_len) + parts.root.len();
+    let common = nested(combined) + parts.common_rest.len();
+    let sni = if istio.sni.is_empty() {
+        0
+    } else {
+        nested(istio.sni.len())
+    };
+    let tls = nested(common) + sni;
+    let any = parts.any_head.len() + nested(tls);
+    let socket = parts.socket_head.len() + nested(any);
+    let whole = parts.match_head.len() + nested(socket);
+    let mut b = Vec::with_capacity(whole + 4);
+    let head = |b: &mut Vec<u8>, tag: u32, len: usize| {
+        encode_key(tag, WireType::LengthDelimited, b);
+        encode_varint(len as u64, b);
+    };
+    head(&mut b, 43, whole);
+    b.extend_from_slice(&parts.match_head);
+    head(&mut b, 3, socket); // TransportSocketMatch.transport_socket
+    b.extend_from_slice(&parts.socket_head);
+    head(&mut b, 3, any); // TransportSocket.typed_config
+    b.extend_from_slice(&parts.any_head);
+    head(&mut b, 2, tls); // Any.value: UpstreamTlsContext
+    head(&mut b, 1, common); // .common_tls_context
+    head(&mut b, 8, combined); // .combined_validation_context
+    head(&mut b, 1, sans_len); // .default_validation_context
+    for san in &istio.sans {
+        head(&mut b, 15, san_len(san)); // .match_typed_subject_alt_names
+        encode_key(1, WireType::Varint, &mut b);
+        encode_varint(uri, &mut b);
+        head(&mut b, 2, nested(san.len()));
+        head(&mut b, 1, san.len());
+        b.extend_from_slice(san.as_bytes());
+    }
+    b.extend_from_slice(&parts.root);
+    b.extend_from_slice(&parts.common_rest);
+    if !istio.sni.is_empty() {
+        head(&mut b, 2, istio.sni.len()); // UpstreamTlsContext.sni
+        b.extend_from_slice(istio.sni.as_bytes());
+    }
+    b
+}
+
+/// Istio's ALPN for mesh mTLS: `istio-peer-exchange`, `istio`.
+fn istio_alpn() -> Vec<String> {
+    vec!["istio-peer-exchange".into(), "istio".into()]
+}
+
+/// The name of Istio's auto mTLS transport socket match.
+const AUTO_MTLS_MATCH: &str = "tlsMode-istio";
 
 /// `{tlsMode: istio}` as a protobuf `Struct`.
 pub(crate) fn tls_mode_istio() -> envoy_types::pb::google::protobuf::Struct {
@@ -495,7 +614,7 @@ fn istio_mutual(tls: &ClientTlsSettings, istio: &crate::cluster::IstioTls) -> Tr
         tls.subject_alt_names.clone()
     };
     let common = CommonTlsContext {
-        alpn_protocols: vec!["istio-peer-exchange".into(), "istio".into()],
+        alpn_protocols: istio_alpn(),
         tls_certificate_sds_secret_configs: vec![agent_secret(WORKLOAD_CERT)],
         validation_context_type: Some(
             common_tls_context::ValidationContextType::CombinedValidationContext(
@@ -674,4 +793,49 @@ pub fn hash_policy(hash: &ConsistentHashLb) -> Option<HashPolicy> {
 /// A cluster's discovery type as a oneof value.
 pub(crate) fn discovery(t: cluster::DiscoveryType) -> Option<cluster::ClusterDiscoveryType> {
     Some(cluster::ClusterDiscoveryType::Type(t as i32))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use prost::Message as _;
+
+    use super::*;
+    use crate::cluster::IstioTls;
+
+    /// The written match is prost's encoding of the message, for no, one
+    /// and several SPIFFE IDs, lengths over 127 (two-byte varints) and no SNI.
+    #[test]
+    fn written_auto_mtls_match_is_prosts_encoding_of_the_message() {
+        let long = format!("spiffe://cluster.local/ns/ns-1/sa/{}", "a".repeat(200));
+        let cases = [
+            (vec![], "outbound_.80_._.a.ns.svc.cluster.local".to_owned()),
+            (
+                vec!["spiffe://cluster.local/ns/ns/sa/a".to_owned()],
+                "outbound_.80_.v1_.a.ns.svc.cluster.local".to_owned(),
+            ),
+            (
+                vec!["spiffe://cluster.local/ns/ns/sa/a".to_owned(), long.clone()],
+                format!("outbound_.80_._.{}", "h".repeat(300)),
+            ),
+            (vec![long], String::new()),
+        ];
+        for (sans, sni) in cases {
+            let istio = IstioTls {
+                sni,
+                sans,
+                auto: Some(vec![true]),
+            };
+            let cluster = Cluster {
+                transport_socket_matches: vec![auto_mtls_match(&istio)],
+                ..Default::default()
+            };
+            assert_eq!(
+                auto_mtls_match_field(&istio),
+                cluster.encode_to_vec(),
+                "{istio:?}"
+            );
+        }
+    }
 }
