@@ -155,6 +155,10 @@ fn encode_cluster(cluster: &Cluster, auto: Option<&IstioTls>) -> Encoded {
     )
 }
 
+/// What [`service_clusters`] hands each cluster to: the cluster, what its
+/// auto mTLS match is made from, and its load assignment.
+type Emit<'e> = dyn FnMut(Cluster, Option<&IstioTls>, Option<Assignment<'_>>) + 'e;
+
 /// One service's clusters (each port: the whole service, then each subset
 /// of `dr`) and their load assignments, seen from a proxy in `locality`
 /// (`region/zone/subzone`) to which `dr` applies; each handed to `emit`
@@ -167,7 +171,7 @@ fn service_clusters(
     locality: &str,
     svc: &Service,
     dr: Option<&Config<DestinationRuleSpec>>,
-    emit: &mut dyn FnMut(Cluster, Option<&IstioTls>, Option<Assignment<'_>>),
+    emit: &mut Emit<'_>,
 ) {
     let no_labels = BTreeMap::new();
     let top = dr.and_then(|d| d.spec.traffic_policy.as_ref());
