@@ -81,7 +81,7 @@ pub(crate) fn build(snap: &Snapshot, proxy: &Proxy) -> (Vec<Cluster>, Vec<Cluste
                 if let Some(identity) = auto {
                     cluster.transport_socket_matches = vec![auto_mtls_match(identity)];
                 }
-                clusters.push(cluster);
+                clusters.push(*cluster);
                 assignments.extend(cla.map(|a| a.build()));
             },
         );
@@ -157,7 +157,8 @@ fn encode_cluster(cluster: &Cluster, auto: Option<&IstioTls>) -> Encoded {
 
 /// What [`service_clusters`] hands each cluster to: the cluster, what its
 /// auto mTLS match is made from, and its load assignment.
-type Emit<'e> = dyn FnMut(Cluster, Option<&IstioTls>, Option<Assignment<'_>>) + 'e;
+/// (Boxed: a `Cluster` is ~3 KiB, copied at every move.)
+type Emit<'e> = dyn FnMut(Box<Cluster>, Option<&IstioTls>, Option<Assignment<'_>>) + 'e;
 
 /// One service's clusters (each port: the whole service, then each subset
 /// of `dr`) and their load assignments, seen from a proxy in `locality`
@@ -248,15 +249,15 @@ fn service_cluster<'a>(
     endpoints: &[&'a Endpoint],
     plan: Option<&LocalityPlan>,
     identity: Option<&IstioTls>,
-) -> (Cluster, Option<Assignment<'a>>) {
+) -> (Box<Cluster>, Option<Assignment<'a>>) {
     let auto = identity.and_then(|i| i.auto.as_ref());
-    let mut cluster = Cluster {
+    let mut cluster = Box::new(Cluster {
         name: name.to_owned(),
         connect_timeout: Some(duration(std::time::Duration::from_secs(
             CONNECT_TIMEOUT_SECS,
         ))),
         ..Default::default()
-    };
+    });
     let http2 = matches!(port.protocol, Protocol::Http2 | Protocol::Grpc);
     policy.apply(&mut cluster, http2, &svc.hostname, identity);
     if plan.is_some_and(|p| p.weighted) {

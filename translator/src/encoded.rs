@@ -3,7 +3,8 @@
 //! route), shared by every proxy generated from that snapshot, as istiod's
 //! XDS cache shares CDS, EDS and RDS parts across proxies.
 
-use std::collections::HashMap;
+// foldhash rather than SipHash: looked up per service for every proxy.
+use hashbrown::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;

@@ -8,7 +8,10 @@
 //! each endpoint's `targetRef` Pod (or the Pod with that IP) gives the labels
 //! DestinationRule subsets select on. A `ServiceEntry` adds one service per host.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+// foldhash rather than SipHash: looked up per service for every proxy.
+use hashbrown::HashMap;
 use std::sync::Arc;
 
 use crds::document::Object;
@@ -172,7 +175,7 @@ impl Endpoint {
         // With one port it is the answer whatever its name (the usual
         // case, and no string compared on the per-proxy path).
         if self.ports.len() == 1 {
-            return self.ports.values().copied().next();
+            return self.ports.first_key_value().map(|(_, p)| *p);
         }
         self.ports.get(name).copied()
     }
