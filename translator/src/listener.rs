@@ -37,7 +37,8 @@ use crate::cluster::{BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER, cluster_name};
 use crate::encoded::Encoded;
 use crate::model::{Config, Protocol, Proxy, Service, Snapshot, TlsSecret, exported_to};
 use crate::route::{
-    RouteCtx, catch_all_route, default_route, direct_response_route, virtual_service_routes,
+    RouteCtx, catch_all_route, default_route, default_route_field, direct_response_route,
+    virtual_service_routes,
 };
 use crate::{CORS_FILTER, ConfigWarning, FAULT_FILTER, ads_config_source, socket_address};
 
@@ -267,10 +268,7 @@ impl RoutePlan<'_> {
                     memoised = snap
                         .route_memo
                         .get_or_build(h.service, rule, &self.port, || {
-                            let route = default_route(&ctx, &h.service.hostname);
-                            let mut b = Vec::with_capacity(route.encoded_len() + 4);
-                            prost::encoding::message::encode(3, &route, &mut b);
-                            b
+                            default_route_field(&ctx, &h.service.hostname)
                         });
                     &memoised
                 }

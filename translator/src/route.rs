@@ -29,6 +29,7 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{
 use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, fractional_percent};
 use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
 use envoy_types::util::pack_any;
+use prost::encoding::{WireType, encode_key, encode_varint};
 
 use crate::cluster::cluster_name;
 use crate::model::{Config, Proxy, Snapshot};
@@ -256,13 +257,16 @@ fn source_applies(ctx: &RouteCtx<'_>, m: &HttpMatchRequest) -> bool {
 /// cluster (with its DestinationRule's consistent hash, if any).
 pub(crate) fn default_route(ctx: &RouteCtx<'_>, hostname: &str) -> Route {
     let hash = consistent_hash_for(ctx, hostname, None, ctx.port);
+    default_route_to(cluster_name(ctx.port, "", hostname), hash)
+}
+
+/// The default route to `cluster`, hashing on `hash`.
+fn default_route_to(cluster: String, hash: Option<HashPolicy>) -> Route {
     Route {
         name: "default".into(),
         r#match: Some(prefix_match("/")),
         action: Some(route::Action::Route(RouteAction {
-            cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster_name(
-                ctx.port, "", hostname,
-            ))),
+            cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster)),
             timeout: Some(duration(std::time::Duration::ZERO)),
             retry_policy: retry_policy(None, hash.is_some()),
             hash_policy: hash.into_iter().collect(),
@@ -270,6 +274,83 @@ pub(crate) fn default_route(ctx: &RouteCtx<'_>, hostname: &str) -> Route {
         })),
         ..Default::default()
     }
+}
+
+/// The parts of the default route that are the same for every service
+/// without consistent hashing, encoded once by prost.
+struct DefaultRouteParts {
+    /// `Route` field 1 (`match`).
+    head: Vec<u8>,
+    /// `RouteAction` but for its cluster.
+    action: Vec<u8>,
+    /// `Route` field 14 (`name`).
+    tail: Vec<u8>,
+}
+
+static DEFAULT_ROUTE_PARTS: std::sync::LazyLock<DefaultRouteParts> =
+    std::sync::LazyLock::new(|| {
+        use prost::Message as _;
+        let whole = default_route_to(String::new(), None);
+        let mut action = match whole.action {
+            Some(route::Action::Route(a)) => a,
+            _ => RouteAction::default(),
+        };
+        action.cluster_specifier = None;
+        DefaultRouteParts {
+            head: Route {
+                r#match: whole.r#match,
+                ..Default::default()
+            }
+            .encode_to_vec(),
+            action: action.encode_to_vec(),
+            tail: Route {
+                name: whole.name,
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        }
+    });
+
+/// [`default_route`] encoded as a `VirtualHost`'s field 3 (`routes`).
+/// Without consistent hashing it differs from service to service only by
+/// its cluster, and is written from parts prost encodes once: the same
+/// bytes, since prost writes fields in tag order and the cluster is the
+/// first of the route action (the `cluster_specifier` oneof, tag 1),
+/// itself the route's second field (`match` 1, the action oneof at 2,
+/// then `name` 14).
+pub(crate) fn default_route_field(ctx: &RouteCtx<'_>, hostname: &str) -> Vec<u8> {
+    use prost::encoding::message;
+    let hash = consistent_hash_for(ctx, hostname, None, ctx.port);
+    let cluster = cluster_name(ctx.port, "", hostname);
+    if hash.is_some() {
+        let mut b = Vec::new();
+        message::encode(3, &default_route_to(cluster, hash), &mut b);
+        return b;
+    }
+    written_default_route(&cluster)
+}
+
+/// The default route to `cluster` without hashing, as a `VirtualHost`'s
+/// field 3, written from [`DEFAULT_ROUTE_PARTS`].
+fn written_default_route(cluster: &str) -> Vec<u8> {
+    use prost::encoding::encoded_len_varint;
+    let parts = &*DEFAULT_ROUTE_PARTS;
+    // A oneof member: written even when empty.
+    let action = 1 + encoded_len_varint(cluster.len() as u64) + cluster.len() + parts.action.len();
+    let route =
+        parts.head.len() + 1 + encoded_len_varint(action as u64) + action + parts.tail.len();
+    let mut b = Vec::with_capacity(route + 4);
+    encode_key(3, WireType::LengthDelimited, &mut b);
+    encode_varint(route as u64, &mut b);
+    b.extend_from_slice(&parts.head);
+    encode_key(2, WireType::LengthDelimited, &mut b);
+    encode_varint(action as u64, &mut b);
+    encode_key(1, WireType::LengthDelimited, &mut b);
+    encode_varint(cluster.len() as u64, &mut b);
+    b.extend_from_slice(cluster.as_bytes());
+    b.extend_from_slice(&parts.action);
+    b.extend_from_slice(&parts.tail);
+    b
 }
 
 /// A route sending everything to one cluster (e.g. `PassthroughCluster`).
@@ -855,4 +936,29 @@ fn header_ops(h: Option<&crds::virtual_service::Headers>) -> HeaderOps {
     let (a, b) = ops(h.and_then(|h| h.request.as_ref()));
     let (c, d) = ops(h.and_then(|h| h.response.as_ref()));
     (a, b, c, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The written default route is prost's encoding of the message, for
+    /// short and long (two-byte length) cluster names and an empty one.
+    #[test]
+    fn written_default_routes_are_prosts_encoding_of_the_message() {
+        let long = format!("outbound|8080||{}.ns.svc.cluster.local", "s".repeat(300));
+        for cluster in [
+            "outbound|9080||reviews.default.svc.cluster.local",
+            &long,
+            "",
+        ] {
+            let mut want = Vec::new();
+            prost::encoding::message::encode(
+                3,
+                &default_route_to(cluster.to_owned(), None),
+                &mut want,
+            );
+            assert_eq!(written_default_route(cluster), want, "{cluster}");
+        }
+    }
 }
