@@ -77,7 +77,11 @@ pub(crate) fn build(snap: &Snapshot, proxy: &Proxy) -> (Vec<Cluster>, Vec<Cluste
             &proxy.locality,
             svc,
             dr,
-            &mut |mut cluster, auto, cla| {
+            false,
+            &mut |_, cluster, auto, cla| {
+                let PlannedCluster::Built(mut cluster) = cluster else {
+                    return; // Not asked for.
+                };
                 if let Some(identity) = auto {
                     cluster.transport_socket_matches = vec![auto_mtls_match(identity)];
                 }
@@ -115,12 +119,24 @@ pub(crate) fn build_encoded(
             .cluster_memo
             .get_or_build(svc, dr, &proxy.locality, || {
                 let mut built = ServiceResources::default();
-                service_clusters(snap, &proxy.locality, svc, dr, &mut |cluster, auto, cla| {
-                    built.clusters.push(encode_cluster(&cluster, auto));
-                    if let Some(cla) = cla {
-                        built.assignments.push(cla.encode());
-                    }
-                });
+                service_clusters(
+                    snap,
+                    &proxy.locality,
+                    svc,
+                    dr,
+                    true,
+                    &mut |name, cluster, auto, cla| {
+                        built.clusters.push(match cluster {
+                            PlannedCluster::Built(cluster) => encode_cluster(&cluster, auto),
+                            PlannedCluster::Plain { http2 } => {
+                                encode_plain_cluster(name, http2, auto)
+                            }
+                        });
+                        if let Some(cla) = cla {
+                            built.assignments.push(cla.encode());
+                        }
+                    },
+                );
                 built
             });
         clusters.extend(built.clusters.iter().cloned());
@@ -155,10 +171,122 @@ fn encode_cluster(cluster: &Cluster, auto: Option<&IstioTls>) -> Encoded {
     )
 }
 
-/// What [`service_clusters`] hands each cluster to: the cluster, what its
-/// auto mTLS match is made from, and its load assignment.
-/// (Boxed: a `Cluster` is ~3 KiB, copied at every move.)
-type Emit<'e> = dyn FnMut(Box<Cluster>, Option<&IstioTls>, Option<Assignment<'_>>) + 'e;
+/// What [`service_clusters`] hands each cluster to: its name, the
+/// cluster, what its auto mTLS match is made from, and its load assignment.
+type Emit<'e> = dyn FnMut(&str, PlannedCluster, Option<&IstioTls>, Option<Assignment<'_>>) + 'e;
+
+/// A cluster as [`service_clusters`] hands it on.
+enum PlannedCluster {
+    /// Built as a message, without its auto mTLS match. (Boxed: a
+    /// `Cluster` is ~3 KiB, copied at every move.)
+    Built(Box<Cluster>),
+    /// An EDS cluster with no traffic policy and no locality weights,
+    /// which is [`plain_cluster`] (for a caller that asks for these: every
+    /// such cluster is the same but for its name and protocol).
+    Plain {
+        /// The port is HTTP/2 (or gRPC).
+        http2: bool,
+    },
+}
+
+/// An EDS cluster with no traffic policy and no locality weights, as
+/// [`service_clusters`] builds it: Istio's defaults (connect timeout,
+/// `LEAST_REQUEST`, unlimited circuit breakers) and, for HTTP/2, the
+/// upstream protocol options.
+fn plain_cluster(name: &str, http2: bool) -> Box<Cluster> {
+    let mut cluster = new_cluster(name);
+    Effective::default().apply(&mut cluster, http2, "", None);
+    set_eds(&mut cluster, name);
+    cluster
+}
+
+/// A cluster named `name` with Istio's connect timeout, nothing else set.
+fn new_cluster(name: &str) -> Box<Cluster> {
+    Box::new(Cluster {
+        name: name.to_owned(),
+        connect_timeout: Some(duration(std::time::Duration::from_secs(
+            CONNECT_TIMEOUT_SECS,
+        ))),
+        ..Default::default()
+    })
+}
+
+/// Makes `cluster` an EDS cluster over ADS whose load assignment is named `name`.
+fn set_eds(cluster: &mut Cluster, name: &str) {
+    cluster.cluster_discovery_type = discovery(DiscoveryType::Eds);
+    cluster.eds_cluster_config = Some(EdsClusterConfig {
+        eds_config: Some(ads_config_source()),
+        service_name: name.to_owned(),
+    });
+}
+
+/// The parts of [`plain_cluster`] that are the same for every name,
+/// encoded once by prost, for HTTP/1.1 and HTTP/2: the discovery type
+/// (field 2), `eds_cluster_config`'s `eds_config` (its field 1), and
+/// every other field (tags 4 to 42).
+struct PlainParts {
+    discovery: Vec<u8>,
+    eds_config: Vec<u8>,
+    rest: [Vec<u8>; 2],
+}
+
+static PLAIN_PARTS: std::sync::LazyLock<PlainParts> = std::sync::LazyLock::new(|| {
+    let rest = |http2| {
+        let mut c = plain_cluster("", http2);
+        c.cluster_discovery_type = None;
+        c.eds_cluster_config = None;
+        c.encode_to_vec()
+    };
+    let c = plain_cluster("", false);
+    PlainParts {
+        discovery: c
+            .cluster_discovery_type
+            .as_ref()
+            .map(|d| {
+                let mut b = Vec::new();
+                d.encode(&mut b);
+                b
+            })
+            .unwrap_or_default(),
+        eds_config: c
+            .eds_cluster_config
+            .map(|e| e.encode_to_vec())
+            .unwrap_or_default(),
+        rest: [rest(false), rest(true)],
+    }
+});
+
+/// [`plain_cluster`] encoded as a CDS resource, with its auto mTLS match
+/// when `auto` is given, written from [`PLAIN_PARTS`] without building it:
+/// the same bytes as [`encode_cluster`] (prost's tag order: `name` 1, the
+/// discovery type 2, `eds_cluster_config` 3 with its `eds_config` 1 and
+/// `service_name` 2, the rest, `transport_socket_matches` 43).
+fn encode_plain_cluster(name: &str, http2: bool, auto: Option<&IstioTls>) -> Encoded {
+    use prost::encoding::encoded_len_varint as vlen;
+    let parts = &*PLAIN_PARTS;
+    let rest = &parts.rest[usize::from(http2)];
+    let matches = auto.map(crate::policy::auto_mtls_match_field);
+    // Fields of tag 1-15 holding `len` bytes (strings left out when empty).
+    let field = |len: usize| 1 + vlen(len as u64) + len;
+    let string = |s: &str| if s.is_empty() { 0 } else { field(s.len()) };
+    let eds = parts.eds_config.len() + string(name);
+    let len = string(name)
+        + parts.discovery.len()
+        + field(eds)
+        + rest.len()
+        + matches.as_ref().map_or(0, Vec::len);
+    encode_with(CLUSTER_TYPE, name, len, |b| {
+        put_string(b, 1, name);
+        b.extend_from_slice(&parts.discovery);
+        put_head(b, 3, eds);
+        b.extend_from_slice(&parts.eds_config);
+        put_string(b, 2, name);
+        b.extend_from_slice(rest);
+        if let Some(m) = &matches {
+            b.extend_from_slice(m);
+        }
+    })
+}
 
 /// One service's clusters (each port: the whole service, then each subset
 /// of `dr`) and their load assignments, seen from a proxy in `locality`
@@ -172,6 +300,7 @@ fn service_clusters(
     locality: &str,
     svc: &Service,
     dr: Option<&Config<DestinationRuleSpec>>,
+    plain: bool,
     emit: &mut Emit<'_>,
 ) {
     let no_labels = BTreeMap::new();
@@ -224,6 +353,18 @@ fn service_clusters(
                 sans: identities(&snap.mesh.trust_domain, svc, &endpoints),
                 auto,
             });
+            let auto = identity.as_ref().filter(|i| i.auto.is_some());
+            let http2 = matches!(port.protocol, Protocol::Http2 | Protocol::Grpc);
+            if plain
+                && svc.resolution == ServiceResolution::Static
+                && policy == Effective::default()
+                && !plan.as_ref().is_some_and(|p| p.weighted)
+            {
+                let mtls = auto.and_then(|i| i.auto.as_ref());
+                let cla = assignment(&name, port, &endpoints, plan.as_ref(), mtls);
+                emit(&name, PlannedCluster::Plain { http2 }, auto, Some(cla));
+                continue;
+            }
             let (cluster, cla) = service_cluster(
                 &name,
                 svc,
@@ -233,8 +374,7 @@ fn service_clusters(
                 plan.as_ref(),
                 identity.as_ref(),
             );
-            let auto = identity.as_ref().filter(|i| i.auto.is_some());
-            emit(cluster, auto, cla);
+            emit(&name, PlannedCluster::Built(cluster), auto, cla);
         }
     }
 }
@@ -251,13 +391,7 @@ fn service_cluster<'a>(
     identity: Option<&IstioTls>,
 ) -> (Box<Cluster>, Option<Assignment<'a>>) {
     let auto = identity.and_then(|i| i.auto.as_ref());
-    let mut cluster = Box::new(Cluster {
-        name: name.to_owned(),
-        connect_timeout: Some(duration(std::time::Duration::from_secs(
-            CONNECT_TIMEOUT_SECS,
-        ))),
-        ..Default::default()
-    });
+    let mut cluster = new_cluster(name);
     let http2 = matches!(port.protocol, Protocol::Http2 | Protocol::Grpc);
     policy.apply(&mut cluster, http2, &svc.hostname, identity);
     if plan.is_some_and(|p| p.weighted) {
@@ -289,11 +423,7 @@ fn service_cluster<'a>(
         cluster.dns_lookup_family = DnsLookupFamily::V4Only as i32;
         cluster.load_assignment = Some(assignment(name, port, endpoints, plan, auto).build());
     } else {
-        cluster.cluster_discovery_type = discovery(DiscoveryType::Eds);
-        cluster.eds_cluster_config = Some(EdsClusterConfig {
-            eds_config: Some(ads_config_source()),
-            service_name: name.to_owned(),
-        });
+        set_eds(&mut cluster, name);
         cla = Some(assignment(name, port, endpoints, plan, auto));
     }
     (cluster, cla)
@@ -758,6 +888,53 @@ mod tests {
             let a = assignment(&name, &port, &refs, plan, mtls);
             let want = encode(ENDPOINT_TYPE, &name, &a.build());
             assert!(a.encode() == want, "plan {plan:?}, mtls {mtls:?}");
+        }
+    }
+
+    /// A plain cluster is what the general builder makes of a service
+    /// with no traffic policy, and its written encoding is prost's, for
+    /// HTTP/1.1 and HTTP/2 ports, with and without auto mTLS, short and
+    /// long (two-byte length) names.
+    #[test]
+    fn plain_clusters_are_the_general_ones_and_written_as_prost_does() {
+        let svc = Service {
+            hostname: "a.ns.svc.cluster.local".into(),
+            name: "a".into(),
+            namespace: "ns".into(),
+            vips: vec![],
+            ports: vec![],
+            endpoints: vec![endpoint("10.0.0.1", "")],
+            resolution: ServiceResolution::Static,
+            kubernetes: true,
+            external: false,
+            export_to: vec![],
+        };
+        let identity = IstioTls {
+            sni: "outbound_.80_._.a.ns.svc.cluster.local".into(),
+            sans: vec!["spiffe://cluster.local/ns/ns/sa/a".into()],
+            auto: Some(vec![true]),
+        };
+        let long = format!("outbound|80||{}.ns.svc.cluster.local", "a".repeat(200));
+        for protocol in [Protocol::Http, Protocol::Http2, Protocol::Grpc] {
+            let port = ServicePort {
+                name: "http".into(),
+                port: 80,
+                protocol,
+            };
+            let http2 = protocol != Protocol::Http;
+            for name in ["outbound|80||a.ns.svc.cluster.local", &long] {
+                let refs: Vec<&Endpoint> = svc.endpoints.iter().collect();
+                let policy = Effective::default();
+                for auto in [None, Some(&identity)] {
+                    let (general, _) =
+                        service_cluster(name, &svc, &port, &policy, &refs, None, auto);
+                    assert_eq!(general, plain_cluster(name, http2), "{protocol:?} {name}");
+                    assert!(
+                        encode_plain_cluster(name, http2, auto) == encode_cluster(&general, auto),
+                        "{protocol:?} {name} {auto:?}"
+                    );
+                }
+            }
         }
     }
 }
