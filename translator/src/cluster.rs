@@ -796,13 +796,18 @@ mod tests {
         }
     }
 
-    #[test]
-    fn endpoints_are_grouped_by_locality_in_locality_order() {
-        let port = ServicePort {
+    /// Port 80, named `http`, HTTP/1.1.
+    fn http_port() -> ServicePort {
+        ServicePort {
             name: "http".into(),
             port: 80,
             protocol: Protocol::Http,
-        };
+        }
+    }
+
+    #[test]
+    fn endpoints_are_grouped_by_locality_in_locality_order() {
+        let port = http_port();
         let eps = [
             endpoint("10.0.0.1", "r/b"),
             endpoint("10.0.0.2", "r/a"),
@@ -860,11 +865,7 @@ mod tests {
 
     #[test]
     fn written_assignments_are_prosts_encoding_of_the_message() {
-        let port = ServicePort {
-            name: "http".into(),
-            port: 80,
-            protocol: Protocol::Http,
-        };
+        let port = http_port();
         let eps = [
             endpoint("10.0.0.1", "r/b"),
             endpoint("10.0.0.2", "r/a/s"),
