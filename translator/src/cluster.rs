@@ -23,7 +23,8 @@ use crate::model::{
     Config, Endpoint, Protocol, Proxy, Service, ServicePort, ServiceResolution, Snapshot,
 };
 use crate::policy::{
-    Effective, LocalityPlan, TRANSPORT_SOCKET_MATCH, auto_mtls_match, discovery, tls_mode_istio,
+    AutoMtlsField, Effective, LocalityPlan, TRANSPORT_SOCKET_MATCH, auto_mtls_match, discovery,
+    tls_mode_istio,
 };
 use crate::{CLUSTER_TYPE, ENDPOINT_TYPE};
 use crate::{ads_config_source, duration, socket_address};
@@ -147,7 +148,7 @@ pub(crate) fn build_encoded(
 
 /// A cluster encoded as a CDS resource, with its auto mTLS match
 /// `auto` (Istio's `tlsMode-istio`) written by
-/// [`crate::policy::auto_mtls_match_field`]: the same bytes as prost's
+/// [`AutoMtlsField`]: the same bytes as prost's
 /// encoding of the cluster with [`auto_mtls_match`] in
 /// `transport_socket_matches`. prost writes fields in tag order, and
 /// `transport_socket_matches` (43) is the highest tag this translator
@@ -158,7 +159,7 @@ fn encode_cluster(cluster: &Cluster, auto: Option<&IstioTls>) -> Encoded {
         return encode(CLUSTER_TYPE, &cluster.name, cluster);
     };
     debug_assert!(cluster.transport_socket_matches.is_empty());
-    let field = crate::policy::auto_mtls_match_field(identity);
+    let field = AutoMtlsField::new(identity);
     encode_with(
         CLUSTER_TYPE,
         &cluster.name,
@@ -166,7 +167,7 @@ fn encode_cluster(cluster: &Cluster, auto: Option<&IstioTls>) -> Encoded {
         |b| {
             // Cannot fail: a `Vec` grows to whatever is written.
             let _ = cluster.encode(b);
-            b.extend_from_slice(&field);
+            field.write(b);
         },
     )
 }
@@ -265,7 +266,7 @@ fn encode_plain_cluster(name: &str, http2: bool, auto: Option<&IstioTls>) -> Enc
     use prost::encoding::encoded_len_varint as vlen;
     let parts = &*PLAIN_PARTS;
     let rest = &parts.rest[usize::from(http2)];
-    let matches = auto.map(crate::policy::auto_mtls_match_field);
+    let matches = auto.map(AutoMtlsField::new);
     // Fields of tag 1-15 holding `len` bytes (strings left out when empty).
     let field = |len: usize| 1 + vlen(len as u64) + len;
     let string = |s: &str| if s.is_empty() { 0 } else { field(s.len()) };
@@ -274,7 +275,7 @@ fn encode_plain_cluster(name: &str, http2: bool, auto: Option<&IstioTls>) -> Enc
         + parts.discovery.len()
         + field(eds)
         + rest.len()
-        + matches.as_ref().map_or(0, Vec::len);
+        + matches.as_ref().map_or(0, AutoMtlsField::len);
     encode_with(CLUSTER_TYPE, name, len, |b| {
         put_string(b, 1, name);
         b.extend_from_slice(&parts.discovery);
@@ -283,7 +284,7 @@ fn encode_plain_cluster(name: &str, http2: bool, auto: Option<&IstioTls>) -> Enc
         put_string(b, 2, name);
         b.extend_from_slice(rest);
         if let Some(m) = &matches {
-            b.extend_from_slice(m);
+            m.write(b);
         }
     })
 }

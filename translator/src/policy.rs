@@ -524,60 +524,106 @@ static AUTO_MTLS_PARTS: std::sync::LazyLock<AutoMtlsParts> = std::sync::LazyLock
     }
 });
 
-/// [`auto_mtls_match`] for `istio`, encoded as a `Cluster`'s field 43
+/// [`auto_mtls_match`] for one cluster, encoded as a `Cluster`'s field 43
 /// (`transport_socket_matches`): the bytes prost writes for it, from
 /// [`AUTO_MTLS_PARTS`] and what differs per cluster (the SPIFFE IDs and
-/// the SNI), without building the messages.
-pub(crate) fn auto_mtls_match_field(istio: &crate::cluster::IstioTls) -> Vec<u8> {
-    use prost::encoding::encoded_len_varint as vlen;
-    let parts = &*AUTO_MTLS_PARTS;
-    // Field of tag 1-15 holding `len` bytes.
-    let nested = |len: usize| 1 + vlen(len as u64) + len;
-    // SubjectAltNameMatcher { san_type: URI (1), matcher (2): StringMatcher { exact (1) } }.
-    let uri = subject_alt_name_matcher::SanType::Uri as u64;
-    let san_len = |san: &str| 1 + vlen(uri) + nested(nested(san.len()));
-    let sans_len: usize = istio.sans.iter().map(|s| nested(san_len(s))).sum();
-    let combined = nested(sans_len) + parts.root.len();
-    let common = nested(combined) + parts.common_rest.len();
-    let sni = if istio.sni.is_empty() {
-        0
-    } else {
-        nested(istio.sni.len())
-    };
-    let tls = nested(common) + sni;
-    let any = parts.any_head.len() + nested(tls);
-    let socket = parts.socket_head.len() + nested(any);
-    let whole = parts.match_head.len() + nested(socket);
-    let mut b = Vec::with_capacity(whole + 4);
-    let head = |b: &mut Vec<u8>, tag: u32, len: usize| {
-        encode_key(tag, WireType::LengthDelimited, b);
-        encode_varint(len as u64, b);
-    };
-    head(&mut b, 43, whole);
-    b.extend_from_slice(&parts.match_head);
-    head(&mut b, 3, socket); // TransportSocketMatch.transport_socket
-    b.extend_from_slice(&parts.socket_head);
-    head(&mut b, 3, any); // TransportSocket.typed_config
-    b.extend_from_slice(&parts.any_head);
-    head(&mut b, 2, tls); // Any.value: UpstreamTlsContext
-    head(&mut b, 1, common); // .common_tls_context
-    head(&mut b, 8, combined); // .combined_validation_context
-    head(&mut b, 1, sans_len); // .default_validation_context
-    for san in &istio.sans {
-        head(&mut b, 15, san_len(san)); // .match_typed_subject_alt_names
-        encode_key(1, WireType::Varint, &mut b);
-        encode_varint(uri, &mut b);
-        head(&mut b, 2, nested(san.len()));
-        head(&mut b, 1, san.len());
-        b.extend_from_slice(san.as_bytes());
+/// the SNI), without building the messages. The lengths are worked out
+/// first ([`AutoMtlsField::new`]), so that the field is written straight
+/// into the cluster's buffer ([`AutoMtlsField::write`]).
+pub(crate) struct AutoMtlsField<'a> {
+    istio: &'a crate::cluster::IstioTls,
+    /// Lengths of the nested messages, innermost first: the default
+    /// validation context (the SAN matchers), the combined validation
+    /// context, the common TLS context, the `UpstreamTlsContext`, the
+    /// `Any`, the transport socket, the match.
+    sans: usize,
+    combined: usize,
+    common: usize,
+    tls: usize,
+    any: usize,
+    socket: usize,
+    whole: usize,
+}
+
+/// The `san_type` of a SPIFFE ID matcher.
+const URI: u64 = subject_alt_name_matcher::SanType::Uri as u64;
+
+/// A field of tag 1-15 holding `len` bytes.
+fn nested(len: usize) -> usize {
+    1 + prost::encoding::encoded_len_varint(len as u64) + len
+}
+
+/// `SubjectAltNameMatcher { san_type: URI (1), matcher (2): StringMatcher { exact (1) } }`.
+fn san_len(san: &str) -> usize {
+    1 + prost::encoding::encoded_len_varint(URI) + nested(nested(san.len()))
+}
+
+impl<'a> AutoMtlsField<'a> {
+    pub(crate) fn new(istio: &'a crate::cluster::IstioTls) -> Self {
+        let parts = &*AUTO_MTLS_PARTS;
+        let sans: usize = istio.sans.iter().map(|s| nested(san_len(s))).sum();
+        let combined = nested(sans) + parts.root.len();
+        let common = nested(combined) + parts.common_rest.len();
+        let sni = if istio.sni.is_empty() {
+            0
+        } else {
+            nested(istio.sni.len())
+        };
+        let tls = nested(common) + sni;
+        let any = parts.any_head.len() + nested(tls);
+        let socket = parts.socket_head.len() + nested(any);
+        let whole = parts.match_head.len() + nested(socket);
+        AutoMtlsField {
+            istio,
+            sans,
+            combined,
+            common,
+            tls,
+            any,
+            socket,
+            whole,
+        }
     }
-    b.extend_from_slice(&parts.root);
-    b.extend_from_slice(&parts.common_rest);
-    if !istio.sni.is_empty() {
-        head(&mut b, 2, istio.sni.len()); // UpstreamTlsContext.sni
-        b.extend_from_slice(istio.sni.as_bytes());
+
+    /// The field's encoded length (key and length included).
+    pub(crate) fn len(&self) -> usize {
+        prost::encoding::key_len(43)
+            + prost::encoding::encoded_len_varint(self.whole as u64)
+            + self.whole
     }
-    b
+
+    /// Appends the field to `b`.
+    pub(crate) fn write(&self, b: &mut Vec<u8>) {
+        let parts = &*AUTO_MTLS_PARTS;
+        let head = |b: &mut Vec<u8>, tag: u32, len: usize| {
+            encode_key(tag, WireType::LengthDelimited, b);
+            encode_varint(len as u64, b);
+        };
+        head(b, 43, self.whole);
+        b.extend_from_slice(&parts.match_head);
+        head(b, 3, self.socket); // TransportSocketMatch.transport_socket
+        b.extend_from_slice(&parts.socket_head);
+        head(b, 3, self.any); // TransportSocket.typed_config
+        b.extend_from_slice(&parts.any_head);
+        head(b, 2, self.tls); // Any.value: UpstreamTlsContext
+        head(b, 1, self.common); // .common_tls_context
+        head(b, 8, self.combined); // .combined_validation_context
+        head(b, 1, self.sans); // .default_validation_context
+        for san in &self.istio.sans {
+            head(b, 15, san_len(san)); // .match_typed_subject_alt_names
+            encode_key(1, WireType::Varint, b);
+            encode_varint(URI, b);
+            head(b, 2, nested(san.len()));
+            head(b, 1, san.len());
+            b.extend_from_slice(san.as_bytes());
+        }
+        b.extend_from_slice(&parts.root);
+        b.extend_from_slice(&parts.common_rest);
+        if !self.istio.sni.is_empty() {
+            head(b, 2, self.istio.sni.len()); // UpstreamTlsContext.sni
+            b.extend_from_slice(self.istio.sni.as_bytes());
+        }
+    }
 }
 
 /// Istio's ALPN for mesh mTLS: `istio-peer-exchange`, `istio`.
@@ -831,11 +877,11 @@ mod tests {
                 transport_socket_matches: vec![auto_mtls_match(&istio)],
                 ..Default::default()
             };
-            assert_eq!(
-                auto_mtls_match_field(&istio),
-                cluster.encode_to_vec(),
-                "{istio:?}"
-            );
+            let field = AutoMtlsField::new(&istio);
+            let mut written = Vec::new();
+            field.write(&mut written);
+            assert_eq!(written.len(), field.len(), "{istio:?}");
+            assert_eq!(written, cluster.encode_to_vec(), "{istio:?}");
         }
     }
 }
