@@ -1,0 +1,80 @@
+//! Times per-proxy generation as the daemon runs it (encoded, memoised)
+//! one generation at a time, for figures that hold on a VM whose speed
+//! drifts: each generation runs on a fresh copy of the snapshot of the
+//! generated mesh (`load::mesh`, 1000 services), and the fastest, the
+//! 10th percentile and the median are printed (microseconds).
+//!
+//! `cargo run --release -p load --example generation_time -- [N] [first|next]`
+//! - N: generations (default 200);
+//! - `first`: a snapshot's first config key, nothing memoised (default);
+//! - `next`: a sidecar in another namespace, once the first key is
+//!   generated (and dropped) on the same copy.
+//!
+//! Unlike criterion (`benches/generate.rs`), which prepares each sample's
+//! snapshot in batches before timing them, each generation here follows
+//! its own preparation. docs/PERFORMANCE.md (sixth session) compares the two.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)] // measurement code
+
+use crds::document::{parse_value, split_documents};
+use translator::model::{MeshConfig, Proxy, Snapshot};
+
+/// The daemon's allocator (istiod's default `jemalloc` feature).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+fn sidecar(namespace: &str, ip: &str) -> Proxy {
+    Proxy::from_node_id(
+        &format!("sidecar~{ip}~load-0.{namespace}~{namespace}.svc.cluster.local"),
+        None,
+        Default::default(),
+    )
+    .expect("node ID")
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let n: usize = args
+        .next()
+        .map(|a| a.parse().expect("N: a number of generations"))
+        .unwrap_or(200);
+    let next = match args.next().as_deref() {
+        None | Some("first") => false,
+        Some("next") => true,
+        Some(other) => panic!("expected `first` or `next`, not {other:?}"),
+    };
+    let mut objects = Vec::new();
+    for i in 0..1000 {
+        for (_, v) in split_documents(&load::mesh::service_yaml(i, 3, 90)) {
+            objects.extend(
+                parse_value(v.expect("generated YAML"), "default")
+                    .into_iter()
+                    .map(|o| o.expect("generated object")),
+            );
+        }
+    }
+    let snap = Snapshot::build(1, &objects, MeshConfig::default());
+    let first = sidecar("ns-0", "10.0.0.1");
+    let other = sidecar("ns-1", "10.0.0.2");
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let copy = snap.clone();
+        let proxy = if next {
+            drop(translator::generate_encoded(&copy, &first));
+            &other
+        } else {
+            &first
+        };
+        let start = std::time::Instant::now();
+        drop(std::hint::black_box(translator::generate_encoded(
+            &copy, proxy,
+        )));
+        times.push(start.elapsed().as_secs_f64() * 1e6);
+    }
+    times.sort_by(f64::total_cmp);
+    if let (Some(min), Some(p10), Some(median)) =
+        (times.first(), times.get(n / 10), times.get(n / 2))
+    {
+        println!("min {min:.0} p10 {p10:.0} median {median:.0} us");
+    }
+}
