@@ -502,18 +502,26 @@ static AUTO_MTLS_PARTS: std::sync::LazyLock<AutoMtlsParts> = std::sync::LazyLock
         name: whole.name,
         config_type: None,
     };
+    // The parts are taken from `istio_mutual`'s own context, so that they
+    // follow it (its packed `UpstreamTlsContext`, our own bytes, decodes).
+    let packed = match whole.config_type {
+        Some(transport_socket::ConfigType::TypedConfig(packed)) => packed,
+        _ => Any::default(),
+    };
+    let ctx = UpstreamTlsContext::decode(packed.value.as_slice()).unwrap_or_default();
     let any_head = Any {
-        type_url: <UpstreamTlsContext as prost::Name>::type_url(),
+        type_url: packed.type_url,
         value: Vec::new(),
     };
-    let root = common_tls_context::CombinedCertificateValidationContext {
-        validation_context_sds_secret_config: Some(agent_secret(ROOT_CA)),
-        ..Default::default()
-    };
-    let common_rest = CommonTlsContext {
-        alpn_protocols: istio_alpn(),
-        tls_certificate_sds_secret_configs: vec![agent_secret(WORKLOAD_CERT)],
-        ..Default::default()
+    let mut common_rest = ctx.common_tls_context.unwrap_or_default();
+    let root = match common_rest.validation_context_type.take() {
+        Some(common_tls_context::ValidationContextType::CombinedValidationContext(c)) => {
+            common_tls_context::CombinedCertificateValidationContext {
+                default_validation_context: None,
+                ..c
+            }
+        }
+        _ => Default::default(),
     };
     AutoMtlsParts {
         match_head: match_head.encode_to_vec(),
@@ -626,11 +634,6 @@ impl<'a> AutoMtlsField<'a> {
     }
 }
 
-/// Istio's ALPN for mesh mTLS: `istio-peer-exchange`, `istio`.
-fn istio_alpn() -> Vec<String> {
-    vec!["istio-peer-exchange".into(), "istio".into()]
-}
-
 /// The name of Istio's auto mTLS transport socket match.
 const AUTO_MTLS_MATCH: &str = "tlsMode-istio";
 
@@ -660,7 +663,7 @@ fn istio_mutual(tls: &ClientTlsSettings, istio: &crate::cluster::IstioTls) -> Tr
         tls.subject_alt_names.clone()
     };
     let common = CommonTlsContext {
-        alpn_protocols: istio_alpn(),
+        alpn_protocols: vec!["istio-peer-exchange".into(), "istio".into()],
         tls_certificate_sds_secret_configs: vec![agent_secret(WORKLOAD_CERT)],
         validation_context_type: Some(
             common_tls_context::ValidationContextType::CombinedValidationContext(
