@@ -591,7 +591,7 @@ impl Snapshot {
             snap.label_keys.extend(gw.spec.selector.keys().cloned());
         }
         for (i, dr) in snap.destination_rules.iter().enumerate() {
-            let host = snap.resolve_host(&dr.spec.host, &dr.namespace);
+            let host = snap.resolve_host(&dr.spec.host, &dr.namespace).into_owned();
             if let Some(suffix) = host.strip_prefix('*') {
                 snap.dr_wildcard.push((suffix.to_owned(), i));
             }
@@ -599,7 +599,7 @@ impl Snapshot {
         }
         for (i, vs) in snap.virtual_services.iter().enumerate() {
             for h in &vs.spec.hosts {
-                let host = snap.resolve_host(h, &vs.namespace);
+                let host = snap.resolve_host(h, &vs.namespace).into_owned();
                 if host.contains('*') {
                     if snap.vs_wildcard.last() != Some(&i) {
                         snap.vs_wildcard.push(i);
@@ -791,11 +791,12 @@ impl Snapshot {
     /// Resolves a host as written in a rule of namespace `ns` to a hostname:
     /// a short name `reviews` becomes `reviews.<ns>.svc.cluster.local`, names
     /// with dots are taken as they are (Istio's `ResolveShortnameToFQDN`).
-    pub fn resolve_host(&self, host: &str, ns: &str) -> String {
+    /// Borrowed when taken as it is (no copy on the per-proxy path).
+    pub fn resolve_host<'h>(&self, host: &'h str, ns: &str) -> std::borrow::Cow<'h, str> {
         if host.contains('.') || host.contains('*') {
-            host.to_owned()
+            std::borrow::Cow::Borrowed(host)
         } else {
-            format!("{host}.{ns}.svc.{}", self.mesh.domain)
+            std::borrow::Cow::Owned([host, ".", ns, ".svc.", &self.mesh.domain].concat())
         }
     }
 

@@ -692,7 +692,7 @@ fn destination_cluster(
 ) -> String {
     let host = ctx.snap.resolve_host(&d.host, &vs.namespace);
     let port = d.port.map(|p| p.number).unwrap_or_else(|| {
-        match ctx.snap.services.get(&host).map(|s| s.ports.as_slice()) {
+        match ctx.snap.services.get(&*host).map(|s| s.ports.as_slice()) {
             Some([only]) => only.port,
             _ => ctx.port,
         }
