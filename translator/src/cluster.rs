@@ -18,7 +18,10 @@ use std::sync::Arc;
 
 use crds::destination_rule::DestinationRuleSpec;
 
-use crate::encoded::{Encoded, ServiceResources, encode, encode_with};
+use crate::encoded::{
+    Encoded, ServiceResources, encode, encode_with, nested_len, put_head, put_string, string_len,
+    uint32_len,
+};
 use crate::model::{
     Config, Endpoint, Protocol, Proxy, Service, ServicePort, ServiceResolution, Snapshot,
 };
@@ -78,10 +81,10 @@ pub(crate) fn build(snap: &Snapshot, proxy: &Proxy) -> (Vec<Cluster>, Vec<Cluste
             &proxy.locality,
             svc,
             dr,
-            false,
-            &mut |_, cluster, auto, cla| {
-                let PlannedCluster::Built(mut cluster) = cluster else {
-                    return; // Not asked for.
+            &mut |name, cluster, auto, cla| {
+                let mut cluster = match cluster {
+                    PlannedCluster::Built(cluster) => cluster,
+                    PlannedCluster::Plain { http2 } => plain_cluster(name, http2),
                 };
                 if let Some(identity) = auto {
                     cluster.transport_socket_matches = vec![auto_mtls_match(identity)];
@@ -125,7 +128,6 @@ pub(crate) fn build_encoded(
                     &proxy.locality,
                     svc,
                     dr,
-                    true,
                     &mut |name, cluster, auto, cla| {
                         built.clusters.push(match cluster {
                             PlannedCluster::Built(cluster) => encode_cluster(&cluster, auto),
@@ -181,9 +183,9 @@ enum PlannedCluster {
     /// Built as a message, without its auto mTLS match. (Boxed: a
     /// `Cluster` is ~3 KiB, copied at every move.)
     Built(Box<Cluster>),
-    /// An EDS cluster with no traffic policy and no locality weights,
-    /// which is [`plain_cluster`] (for a caller that asks for these: every
-    /// such cluster is the same but for its name and protocol).
+    /// An EDS cluster with no traffic policy and no locality weights:
+    /// [`plain_cluster`], the same as every other such cluster but for its
+    /// name and protocol (so the daemon's path writes it from parts).
     Plain {
         /// The port is HTTP/2 (or gRPC).
         http2: bool,
@@ -263,17 +265,13 @@ static PLAIN_PARTS: std::sync::LazyLock<PlainParts> = std::sync::LazyLock::new(|
 /// discovery type 2, `eds_cluster_config` 3 with its `eds_config` 1 and
 /// `service_name` 2, the rest, `transport_socket_matches` 43).
 fn encode_plain_cluster(name: &str, http2: bool, auto: Option<&IstioTls>) -> Encoded {
-    use prost::encoding::encoded_len_varint as vlen;
     let parts = &*PLAIN_PARTS;
     let rest = &parts.rest[usize::from(http2)];
     let matches = auto.map(AutoMtlsField::new);
-    // Fields of tag 1-15 holding `len` bytes (strings left out when empty).
-    let field = |len: usize| 1 + vlen(len as u64) + len;
-    let string = |s: &str| if s.is_empty() { 0 } else { field(s.len()) };
-    let eds = parts.eds_config.len() + string(name);
-    let len = string(name)
+    let eds = parts.eds_config.len() + string_len(name);
+    let len = string_len(name)
         + parts.discovery.len()
-        + field(eds)
+        + nested_len(eds)
         + rest.len()
         + matches.as_ref().map_or(0, AutoMtlsField::len);
     encode_with(CLUSTER_TYPE, name, len, |b| {
@@ -301,7 +299,6 @@ fn service_clusters(
     locality: &str,
     svc: &Service,
     dr: Option<&Config<DestinationRuleSpec>>,
-    plain: bool,
     emit: &mut Emit<'_>,
 ) {
     let no_labels = BTreeMap::new();
@@ -356,8 +353,7 @@ fn service_clusters(
             });
             let auto = identity.as_ref().filter(|i| i.auto.is_some());
             let http2 = matches!(port.protocol, Protocol::Http2 | Protocol::Grpc);
-            if plain
-                && svc.resolution == ServiceResolution::Static
+            if svc.resolution == ServiceResolution::Static
                 && policy == Effective::default()
                 && !plan.as_ref().is_some_and(|p| p.weighted)
             {
@@ -716,41 +712,6 @@ impl Assignment<'_> {
     }
 }
 
-/// The encoded length of a `string` field of a low tag (1-15) holding `s`;
-/// 0 when empty (proto3 leaves it out).
-fn string_len(s: &str) -> usize {
-    if s.is_empty() { 0 } else { nested_len(s.len()) }
-}
-
-/// The encoded length of a length-delimited field of a low tag (1-15)
-/// whose content is `len` bytes.
-fn nested_len(len: usize) -> usize {
-    1 + prost::encoding::encoded_len_varint(len as u64) + len
-}
-
-/// The length of a `google.protobuf.UInt32Value` holding `v`.
-fn uint32_len(v: u32) -> usize {
-    if v == 0 {
-        0
-    } else {
-        1 + prost::encoding::encoded_len_varint(u64::from(v))
-    }
-}
-
-/// The head (key and length) of a length-delimited field.
-fn put_head(b: &mut Vec<u8>, tag: u32, len: usize) {
-    encode_key(tag, WireType::LengthDelimited, b);
-    encode_varint(len as u64, b);
-}
-
-/// A `string` field (left out when empty, as proto3 does).
-fn put_string(b: &mut Vec<u8>, tag: u32, s: &str) {
-    if !s.is_empty() {
-        put_head(b, tag, s.len());
-        b.extend_from_slice(s.as_bytes());
-    }
-}
-
 /// Whether the workload behind `ep` accepts Istio mTLS on `port`: its
 /// PeerAuthentication there is not `DISABLE`.
 fn takes_mtls(snap: &Snapshot, svc: &Service, port: &ServicePort, ep: &Endpoint) -> bool {
@@ -905,7 +866,8 @@ mod tests {
     }
 
     /// A plain cluster is what the general builder makes of a service
-    /// with no traffic policy, and its written encoding is prost's, for
+    /// with no traffic policy, and its written encoding (and that of a
+    /// cluster with a policy and the appended match) is prost's, for
     /// HTTP/1.1 and HTTP/2 ports, with and without auto mTLS, short and
     /// long (two-byte length) names.
     #[test]
@@ -937,14 +899,48 @@ mod tests {
             let http2 = protocol != Protocol::Http;
             for name in ["outbound|80||a.ns.svc.cluster.local", &long] {
                 let refs: Vec<&Endpoint> = svc.endpoints.iter().collect();
-                let policy = Effective::default();
+                // A rule's traffic policy (not plain): written by prost,
+                // the auto mTLS match appended.
+                let with_policy = Effective {
+                    load_balancer: Some(crds::destination_rule::LoadBalancerSettings {
+                        simple: Some(SimpleLb::RoundRobin),
+                        ..Default::default()
+                    }),
+                    outlier_detection: Some(Default::default()),
+                    ..Default::default()
+                };
                 for auto in [None, Some(&identity)] {
-                    let (general, _) =
-                        service_cluster(name, &svc, &port, &policy, &refs, None, auto);
+                    // prost's encoding of the whole message, the match in it.
+                    let whole = |c: &Cluster| {
+                        let mut c = c.clone();
+                        if let Some(identity) = auto {
+                            c.transport_socket_matches = vec![auto_mtls_match(identity)];
+                        }
+                        encode(CLUSTER_TYPE, name, &c)
+                    };
+                    let (general, _) = service_cluster(
+                        name,
+                        &svc,
+                        &port,
+                        &Effective::default(),
+                        &refs,
+                        None,
+                        auto,
+                    );
                     assert_eq!(general, plain_cluster(name, http2), "{protocol:?} {name}");
                     assert!(
                         encode_plain_cluster(name, http2, auto) == encode_cluster(&general, auto),
                         "{protocol:?} {name} {auto:?}"
+                    );
+                    assert!(
+                        encode_cluster(&general, auto) == whole(&general),
+                        "{protocol:?} {name} {auto:?}"
+                    );
+                    let (ruled, _) =
+                        service_cluster(name, &svc, &port, &with_policy, &refs, None, auto);
+                    assert!(
+                        encode_cluster(&ruled, auto) == whole(&ruled),
+                        "with a policy: {protocol:?} {name} {auto:?}"
                     );
                 }
             }

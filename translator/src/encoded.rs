@@ -60,6 +60,44 @@ pub(crate) fn encode_with(
     finish(name, buf)
 }
 
+// Helpers for messages written by hand (`encode_with`): the lengths and
+// heads prost writes, for fields of tags 1-15 (one key byte).
+
+/// The encoded length of a `string` field of a low tag (1-15) holding `s`;
+/// 0 when empty (proto3 leaves it out).
+pub(crate) fn string_len(s: &str) -> usize {
+    if s.is_empty() { 0 } else { nested_len(s.len()) }
+}
+
+/// The encoded length of a length-delimited field of a low tag (1-15)
+/// whose content is `len` bytes.
+pub(crate) fn nested_len(len: usize) -> usize {
+    1 + prost::encoding::encoded_len_varint(len as u64) + len
+}
+
+/// The length of a `google.protobuf.UInt32Value` holding `v`.
+pub(crate) fn uint32_len(v: u32) -> usize {
+    if v == 0 {
+        0
+    } else {
+        1 + prost::encoding::encoded_len_varint(u64::from(v))
+    }
+}
+
+/// The head (key and length) of a length-delimited field.
+pub(crate) fn put_head(b: &mut Vec<u8>, tag: u32, len: usize) {
+    encode_key(tag, WireType::LengthDelimited, b);
+    encode_varint(len as u64, b);
+}
+
+/// A `string` field (left out when empty, as proto3 does).
+pub(crate) fn put_string(b: &mut Vec<u8>, tag: u32, s: &str) {
+    if !s.is_empty() {
+        put_head(b, tag, s.len());
+        b.extend_from_slice(s.as_bytes());
+    }
+}
+
 /// An `Any`'s `type_url` field and the head of its `value` field, for a
 /// value of `len` bytes to follow, in a buffer with room for it.
 fn any_head(type_url: &str, len: usize) -> Vec<u8> {

@@ -39,6 +39,8 @@ use envoy_types::pb::google::protobuf::{UInt32Value, UInt64Value};
 use envoy_types::util::pack_any;
 use prost::encoding::{WireType, encode_key, encode_varint};
 
+use crate::encoded::{nested_len, put_head, put_string, string_len};
+
 use crate::duration;
 
 /// The settings that apply to one cluster after Istio's merge.
@@ -556,31 +558,21 @@ pub(crate) struct AutoMtlsField<'a> {
 /// The `san_type` of a SPIFFE ID matcher.
 const URI: u64 = subject_alt_name_matcher::SanType::Uri as u64;
 
-/// A field of tag 1-15 holding `len` bytes.
-fn nested(len: usize) -> usize {
-    1 + prost::encoding::encoded_len_varint(len as u64) + len
-}
-
 /// `SubjectAltNameMatcher { san_type: URI (1), matcher (2): StringMatcher { exact (1) } }`.
 fn san_len(san: &str) -> usize {
-    1 + prost::encoding::encoded_len_varint(URI) + nested(nested(san.len()))
+    1 + prost::encoding::encoded_len_varint(URI) + nested_len(nested_len(san.len()))
 }
 
 impl<'a> AutoMtlsField<'a> {
     pub(crate) fn new(istio: &'a crate::cluster::IstioTls) -> Self {
         let parts = &*AUTO_MTLS_PARTS;
-        let sans: usize = istio.sans.iter().map(|s| nested(san_len(s))).sum();
-        let combined = nested(sans) + parts.root.len();
-        let common = nested(combined) + parts.common_rest.len();
-        let sni = if istio.sni.is_empty() {
-            0
-        } else {
-            nested(istio.sni.len())
-        };
-        let tls = nested(common) + sni;
-        let any = parts.any_head.len() + nested(tls);
-        let socket = parts.socket_head.len() + nested(any);
-        let whole = parts.match_head.len() + nested(socket);
+        let sans: usize = istio.sans.iter().map(|s| nested_len(san_len(s))).sum();
+        let combined = nested_len(sans) + parts.root.len();
+        let common = nested_len(combined) + parts.common_rest.len();
+        let tls = nested_len(common) + string_len(&istio.sni);
+        let any = parts.any_head.len() + nested_len(tls);
+        let socket = parts.socket_head.len() + nested_len(any);
+        let whole = parts.match_head.len() + nested_len(socket);
         AutoMtlsField {
             istio,
             sans,
@@ -603,34 +595,27 @@ impl<'a> AutoMtlsField<'a> {
     /// Appends the field to `b`.
     pub(crate) fn write(&self, b: &mut Vec<u8>) {
         let parts = &*AUTO_MTLS_PARTS;
-        let head = |b: &mut Vec<u8>, tag: u32, len: usize| {
-            encode_key(tag, WireType::LengthDelimited, b);
-            encode_varint(len as u64, b);
-        };
-        head(b, 43, self.whole);
+        put_head(b, 43, self.whole);
         b.extend_from_slice(&parts.match_head);
-        head(b, 3, self.socket); // TransportSocketMatch.transport_socket
+        put_head(b, 3, self.socket); // TransportSocketMatch.transport_socket
         b.extend_from_slice(&parts.socket_head);
-        head(b, 3, self.any); // TransportSocket.typed_config
+        put_head(b, 3, self.any); // TransportSocket.typed_config
         b.extend_from_slice(&parts.any_head);
-        head(b, 2, self.tls); // Any.value: UpstreamTlsContext
-        head(b, 1, self.common); // .common_tls_context
-        head(b, 8, self.combined); // .combined_validation_context
-        head(b, 1, self.sans); // .default_validation_context
+        put_head(b, 2, self.tls); // Any.value: UpstreamTlsContext
+        put_head(b, 1, self.common); // .common_tls_context
+        put_head(b, 8, self.combined); // .combined_validation_context
+        put_head(b, 1, self.sans); // .default_validation_context
         for san in &self.istio.sans {
-            head(b, 15, san_len(san)); // .match_typed_subject_alt_names
+            put_head(b, 15, san_len(san)); // .match_typed_subject_alt_names
             encode_key(1, WireType::Varint, b);
             encode_varint(URI, b);
-            head(b, 2, nested(san.len()));
-            head(b, 1, san.len());
+            put_head(b, 2, nested_len(san.len()));
+            put_head(b, 1, san.len());
             b.extend_from_slice(san.as_bytes());
         }
         b.extend_from_slice(&parts.root);
         b.extend_from_slice(&parts.common_rest);
-        if !self.istio.sni.is_empty() {
-            head(b, 2, self.istio.sni.len()); // UpstreamTlsContext.sni
-            b.extend_from_slice(self.istio.sni.as_bytes());
-        }
+        put_string(b, 2, &self.istio.sni); // UpstreamTlsContext.sni
     }
 }
 

@@ -1,6 +1,7 @@
 //! RDS: VirtualService HTTP routes as Envoy `Route`s, and the default
 //! route of a service without one.
 
+use crate::encoded::{nested_len, put_head};
 use crds::virtual_service::{
     HeaderOperations, HttpBody, HttpMatchRequest, HttpRoute, RedirectPortSelection,
     UnmatchedPreflights,
@@ -29,7 +30,6 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{
 use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, fractional_percent};
 use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
 use envoy_types::util::pack_any;
-use prost::encoding::{WireType, encode_key, encode_varint};
 
 use crate::cluster::cluster_name;
 use crate::model::{Config, Proxy, Snapshot};
@@ -333,20 +333,15 @@ pub(crate) fn default_route_field(ctx: &RouteCtx<'_>, hostname: &str) -> Vec<u8>
 /// The default route to `cluster` without hashing, as a `VirtualHost`'s
 /// field 3, written from [`DEFAULT_ROUTE_PARTS`].
 fn written_default_route(cluster: &str) -> Vec<u8> {
-    use prost::encoding::encoded_len_varint;
     let parts = &*DEFAULT_ROUTE_PARTS;
-    // A oneof member: written even when empty.
-    let action = 1 + encoded_len_varint(cluster.len() as u64) + cluster.len() + parts.action.len();
-    let route =
-        parts.head.len() + 1 + encoded_len_varint(action as u64) + action + parts.tail.len();
+    // The cluster is a oneof member: written even when empty.
+    let action = nested_len(cluster.len()) + parts.action.len();
+    let route = parts.head.len() + nested_len(action) + parts.tail.len();
     let mut b = Vec::with_capacity(route + 4);
-    encode_key(3, WireType::LengthDelimited, &mut b);
-    encode_varint(route as u64, &mut b);
+    put_head(&mut b, 3, route);
     b.extend_from_slice(&parts.head);
-    encode_key(2, WireType::LengthDelimited, &mut b);
-    encode_varint(action as u64, &mut b);
-    encode_key(1, WireType::LengthDelimited, &mut b);
-    encode_varint(cluster.len() as u64, &mut b);
+    put_head(&mut b, 2, action);
+    put_head(&mut b, 1, cluster.len());
     b.extend_from_slice(cluster.as_bytes());
     b.extend_from_slice(&parts.action);
     b.extend_from_slice(&parts.tail);
