@@ -9,7 +9,6 @@
 
 use std::collections::BTreeSet;
 
-use crds::document::{parse_value, split_documents};
 use criterion::measurement::WallTime;
 use criterion::{
     BatchSize, BenchmarkGroup, BenchmarkId, Criterion, criterion_group, criterion_main,
@@ -27,15 +26,7 @@ fn objects(services: usize) -> Vec<crds::document::Object> {
 /// Service `i` of the generated mesh, its VirtualService (every fifth
 /// service has one) sending `split` % to v1.
 fn objects_of(i: usize, split: u32) -> Vec<crds::document::Object> {
-    let mut objects = Vec::new();
-    for (_, v) in split_documents(&load::mesh::service_yaml(i, 3, split)) {
-        objects.extend(
-            parse_value(v.unwrap(), "default")
-                .into_iter()
-                .map(|o| o.unwrap()),
-        );
-    }
-    objects
+    load::mesh::service_objects(i, 3, split).unwrap()
 }
 
 fn snapshot(services: usize) -> Snapshot {

@@ -16,7 +16,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)] // measurement code
 
-use crds::document::{parse_value, split_documents};
 use translator::model::{MeshConfig, Proxy, Snapshot};
 
 /// The daemon's allocator (istiod's default `jemalloc` feature).
@@ -43,16 +42,9 @@ fn main() {
         Some("next") => true,
         Some(other) => panic!("expected `first` or `next`, not {other:?}"),
     };
-    let mut objects = Vec::new();
-    for i in 0..1000 {
-        for (_, v) in split_documents(&load::mesh::service_yaml(i, 3, 90)) {
-            objects.extend(
-                parse_value(v.expect("generated YAML"), "default")
-                    .into_iter()
-                    .map(|o| o.expect("generated object")),
-            );
-        }
-    }
+    let objects: Vec<_> = (0..1000)
+        .flat_map(|i| load::mesh::service_objects(i, 3, 90).expect("generated mesh"))
+        .collect();
     let snap = Snapshot::build(1, &objects, MeshConfig::default());
     let first = sidecar("ns-0", "10.0.0.1");
     let other = sidecar("ns-1", "10.0.0.2");

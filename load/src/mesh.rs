@@ -65,6 +65,27 @@ pub fn service_yaml(i: usize, endpoints: usize, split: u32) -> String {
     y
 }
 
+/// Service `i` as [`service_yaml`] writes it, parsed as the daemon's
+/// folder source parses it (for benchmarks and tests that build a
+/// snapshot without the daemon).
+///
+/// # Errors
+/// If a generated document does not parse (a bug in [`service_yaml`]).
+pub fn service_objects(
+    i: usize,
+    endpoints: usize,
+    split: u32,
+) -> anyhow::Result<Vec<crds::document::Object>> {
+    let mut objects = Vec::new();
+    for (index, value) in crds::document::split_documents(&service_yaml(i, endpoints, split)) {
+        let value = value.map_err(|e| anyhow::anyhow!("service {i}, document {index}: {e}"))?;
+        for object in crds::document::parse_value(value, "default") {
+            objects.push(object.map_err(|e| anyhow::anyhow!("service {i}: {e}"))?);
+        }
+    }
+    Ok(objects)
+}
+
 /// Writes the whole mesh into `dir`.
 ///
 /// # Errors
@@ -91,7 +112,6 @@ pub fn replace(path: &Path, text: &str) -> std::io::Result<()> {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use crds::document::{parse_value, split_documents};
     use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
     use translator::model::{MeshConfig, Proxy, Snapshot};
 
@@ -102,16 +122,9 @@ mod tests {
     /// every endpoint marked `tlsMode: istio`.
     #[test]
     fn pods_are_injected_workloads_with_auto_mtls() {
-        let mut objects = Vec::new();
-        for i in 0..10 {
-            for (_, v) in split_documents(&service_yaml(i, 3, 90)) {
-                objects.extend(
-                    parse_value(v.unwrap(), "default")
-                        .into_iter()
-                        .map(|o| o.unwrap()),
-                );
-            }
-        }
+        let objects: Vec<_> = (0..10)
+            .flat_map(|i| service_objects(i, 3, 90).unwrap())
+            .collect();
         let snap = Snapshot::build(1, &objects, MeshConfig::default());
         let proxy = Proxy::from_node_id(
             "sidecar~10.0.0.1~load-0.ns-0~ns-0.svc.cluster.local",
