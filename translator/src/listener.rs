@@ -5,7 +5,6 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use prost::Message;
-use prost::encoding::{WireType, encode_key, encode_varint};
 
 use crds::GatewaySpec;
 use crds::VirtualServiceSpec;
@@ -34,7 +33,7 @@ use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
 use envoy_types::util::pack_any;
 
 use crate::cluster::{BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER, cluster_name};
-use crate::encoded::Encoded;
+use crate::encoded::{Encoded, nested_len, put_head};
 use crate::model::{Config, Protocol, Proxy, Service, Snapshot, TlsSecret, exported_to};
 use crate::route::{
     RouteCtx, catch_all_route, default_route, default_route_field, direct_response_route,
@@ -195,6 +194,8 @@ fn dedupe_chains(
 /// VirtualService.
 pub(crate) struct RoutePlan<'a> {
     port: u32,
+    /// Every virtual host's domains, written end to end.
+    domains: Domains,
     hosts: Vec<PlannedHost<'a>>,
     /// `allow_any` or `block_all`, last.
     catch_all: VirtualHost,
@@ -202,11 +203,33 @@ pub(crate) struct RoutePlan<'a> {
 
 struct PlannedHost<'a> {
     service: &'a Arc<Service>,
-    /// `<hostname>:<port>`.
-    name: String,
-    domains: Vec<String>,
+    /// Its domains: these entries of the plan's [`Domains`].
+    domains: std::ops::Range<usize>,
     /// The VirtualService's routes; None: the service's default route.
     routes: Option<Vec<Route>>,
+}
+
+/// The domains of a route configuration's virtual hosts, in one string
+/// (one allocation rather than one per domain: ~10 domains per service on
+/// every port of every sidecar). `spans[i]` is domain `i`'s byte range.
+#[derive(Default)]
+struct Domains {
+    text: String,
+    spans: Vec<(usize, usize)>,
+}
+
+impl Domains {
+    fn get(&self, i: usize) -> &str {
+        self.spans
+            .get(i)
+            .and_then(|&(start, end)| self.text.get(start..end))
+            .unwrap_or_default()
+    }
+}
+
+/// A virtual host's name, `<hostname>:<port>`, as Istio names them.
+fn host_name(hostname: &str, port: &str) -> String {
+    [hostname, ":", port].concat()
 }
 
 impl RoutePlan<'_> {
@@ -218,14 +241,15 @@ impl RoutePlan<'_> {
             port: self.port,
             gateways: &[],
         };
+        let port = self.port.to_string();
         let mut virtual_hosts = Vec::with_capacity(self.hosts.len() + 1);
         for h in self.hosts {
             let routes = h
                 .routes
                 .unwrap_or_else(|| vec![default_route(&ctx, &h.service.hostname)]);
             virtual_hosts.push(VirtualHost {
-                name: h.name,
-                domains: h.domains,
+                name: host_name(&h.service.hostname, &port),
+                domains: h.domains.map(|i| self.domains.get(i).to_owned()).collect(),
                 routes,
                 ..Default::default()
             });
@@ -241,7 +265,8 @@ impl RoutePlan<'_> {
     /// [`RoutePlan::build`]'s message encoded by prost, which writes
     /// fields in tag order (`name` 1, `virtual_hosts` 2, then the rest;
     /// in a virtual host `name` 1, `domains` 2, `routes` 3), so the
-    /// encodings of the parts can be laid end to end.
+    /// encodings of the parts can be laid end to end. A virtual host's
+    /// name and domains are written here from the plan's text.
     pub(crate) fn encode(self, snap: &Snapshot, proxy: &Proxy) -> Encoded {
         let ctx = RouteCtx {
             snap,
@@ -250,6 +275,7 @@ impl RoutePlan<'_> {
             gateways: &[],
         };
         let head = route_config_head(self.port);
+        let port = &head.name;
         let mut value = Vec::new();
         prost::encoding::string::encode(1, &head.name, &mut value);
         let mut own = Vec::new();
@@ -273,16 +299,23 @@ impl RoutePlan<'_> {
                     &memoised
                 }
             };
-            let vh = VirtualHost {
-                name: h.name,
-                domains: h.domains,
-                ..Default::default()
-            };
-            let len = vh.encoded_len() + routes.len();
-            encode_key(2, WireType::LengthDelimited, &mut value);
-            encode_varint(len as u64, &mut value);
-            // Cannot fail: a `Vec` grows to whatever is written.
-            let _ = vh.encode(&mut value);
+            // VirtualHost: `name` 1, each of `domains` 2 (a repeated
+            // string: written even if empty), then the routes.
+            let hostname = h.service.hostname.as_str();
+            let name_len = hostname.len() + 1 + port.len();
+            let domains = h.domains.map(|i| self.domains.get(i));
+            let len = nested_len(name_len)
+                + domains.clone().map(|d| nested_len(d.len())).sum::<usize>()
+                + routes.len();
+            put_head(&mut value, 2, len);
+            put_head(&mut value, 1, name_len);
+            value.extend_from_slice(hostname.as_bytes());
+            value.push(b':');
+            value.extend_from_slice(port.as_bytes());
+            for d in domains {
+                put_head(&mut value, 2, d.len());
+                value.extend_from_slice(d.as_bytes());
+            }
             value.extend_from_slice(routes);
         }
         prost::encoding::message::encode(2, &self.catch_all, &mut value);
@@ -323,29 +356,43 @@ fn http_route_plan<'a>(
         port,
         gateways: &[],
     };
-    // A domain goes to the first service that claims it. Decided over
-    // borrowed domains first, so that no domain is copied for the check.
-    let all: Vec<Vec<String>> = services
+    // A domain goes to the first service that claims it. All domains are
+    // written into one string first, so that the check borrows them.
+    let port_text = port.to_string();
+    // ~10 domains and ~160 bytes of them per Kubernetes service: sized
+    // once rather than grown (and copied) as written.
+    let mut domains = Domains {
+        text: String::with_capacity(services.len() * 160),
+        spans: Vec::with_capacity(services.len() * 10),
+    };
+    let claimed: Vec<std::ops::Range<usize>> = services
         .iter()
-        .map(|svc| service_domains(svc, proxy, port))
+        .map(|svc| {
+            let start = domains.spans.len();
+            service_domains(&mut domains, svc, proxy, &port_text);
+            start..domains.spans.len()
+        })
         .collect();
-    let mut first: Vec<bool> = Vec::with_capacity(all.iter().map(Vec::len).sum());
+    let mut first: Vec<bool> = Vec::with_capacity(domains.spans.len());
     {
         // foldhash (seeded per process) rather than SipHash: ~16 000 short
         // strings per sidecar at 1000 services.
         let mut used: hashbrown::HashSet<&str> =
-            hashbrown::HashSet::with_capacity(first.capacity());
-        first.extend(all.iter().flatten().map(|d| used.insert(d.as_str())));
+            hashbrown::HashSet::with_capacity(domains.spans.len());
+        first.extend((0..domains.spans.len()).map(|i| used.insert(domains.get(i))));
     }
-    let mut first = first.into_iter();
-    let port_text = port.to_string();
+    // The first claims of each service, moved to the front of `spans`.
+    let mut kept = 0;
     let mut hosts = Vec::with_capacity(services.len());
-    for (svc, domains) in services.iter().zip(all) {
-        let domains: Vec<String> = domains
-            .into_iter()
-            .filter(|_| first.next().unwrap_or(false))
-            .collect();
-        if domains.is_empty() {
+    for (svc, range) in services.iter().zip(claimed) {
+        let start = kept;
+        for i in range {
+            if first.get(i).copied().unwrap_or(false) {
+                domains.spans.swap(kept, i);
+                kept += 1;
+            }
+        }
+        if kept == start {
             continue;
         }
         let routes =
@@ -353,8 +400,7 @@ fn http_route_plan<'a>(
                 .map(|vs| virtual_service_routes(&ctx, vs, warnings));
         hosts.push(PlannedHost {
             service: svc,
-            name: [svc.hostname.as_str(), ":", &port_text].concat(),
-            domains,
+            domains: start..kept,
             routes,
         });
     }
@@ -376,6 +422,7 @@ fn http_route_plan<'a>(
     };
     RoutePlan {
         port,
+        domains,
         hosts,
         catch_all,
     }
@@ -521,28 +568,34 @@ fn cidr_contains(cidr: &str, ip: &str) -> bool {
 }
 
 /// Istio's domain set for a service on a port: FQDN, `name.ns.svc`,
-/// `name.ns`, the short name (same namespace only), VIPs; each also with `:port`.
-fn service_domains(svc: &Service, proxy: &Proxy, port: u32) -> Vec<String> {
-    // Written out rather than with `format!`: this runs for every service
-    // on every port of every sidecar.
-    let mut hosts = Vec::with_capacity(4 + svc.vips.len());
-    hosts.push(svc.hostname.clone());
+/// `name.ns`, the short name (same namespace only), VIPs; each first with
+/// `:port`, then without. Appended to `out`.
+fn service_domains(out: &mut Domains, svc: &Service, proxy: &Proxy, port: &str) {
+    let mut both = |base: &[&str]| {
+        let start = out.text.len();
+        for part in base {
+            out.text.push_str(part);
+        }
+        let end = out.text.len();
+        out.text.push(':');
+        out.text.push_str(port);
+        out.spans.push((start, out.text.len()));
+        // The same bytes again, without the port.
+        out.text.extend_from_within(start..end);
+        out.spans
+            .push((out.text.len() - (end - start), out.text.len()));
+    };
+    both(&[&svc.hostname]);
     if svc.kubernetes {
-        let name_ns = [svc.name.as_str(), ".", svc.namespace.as_str()].concat();
-        hosts.push([name_ns.as_str(), ".svc"].concat());
-        hosts.push(name_ns);
+        both(&[&svc.name, ".", &svc.namespace, ".svc"]);
+        both(&[&svc.name, ".", &svc.namespace]);
         if proxy.namespace == svc.namespace {
-            hosts.push(svc.name.clone());
+            both(&[&svc.name]);
         }
     }
-    hosts.extend(svc.vips.iter().cloned());
-    let port = port.to_string();
-    let mut out = Vec::with_capacity(hosts.len() * 2);
-    for h in hosts {
-        out.push([h.as_str(), ":", &port].concat());
-        out.push(h);
+    for vip in &svc.vips {
+        both(&[vip]);
     }
-    out
 }
 
 /// A server of a Gateway selected by the proxy.
