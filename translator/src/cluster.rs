@@ -19,8 +19,8 @@ use std::sync::Arc;
 use crds::destination_rule::DestinationRuleSpec;
 
 use crate::encoded::{
-    Encoded, ServiceResources, encode, encode_with, nested_len, put_head, put_string, string_len,
-    uint32_len,
+    Encoded, ServiceResources, encode, encode_with, nested_len, put_head, put_key, put_string,
+    put_varint, string_len, uint32_len,
 };
 use crate::model::{
     Config, Endpoint, Protocol, Proxy, Service, ServicePort, ServiceResolution, Snapshot,
@@ -32,7 +32,7 @@ use crate::policy::{
 use crate::{CLUSTER_TYPE, ENDPOINT_TYPE};
 use crate::{ads_config_source, duration, socket_address};
 use prost::Message as _;
-use prost::encoding::{WireType, encode_key, encode_varint};
+use prost::encoding::WireType;
 
 /// Istio's name of the cluster forwarding to the original destination.
 pub const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";
@@ -691,8 +691,8 @@ impl Assignment<'_> {
                     put_head(b, 1, addr); // Endpoint.address
                     put_head(b, 1, socket); // Address.socket_address
                     put_string(b, 2, address);
-                    encode_key(3, WireType::Varint, b);
-                    encode_varint(u64::from(port), b);
+                    put_key(b, 3, WireType::Varint);
+                    put_varint(b, u64::from(port));
                     if tls {
                         b.extend_from_slice(&TLS_MODE_ISTIO_FIELD);
                     }
@@ -700,12 +700,12 @@ impl Assignment<'_> {
                 }
                 put_head(b, 3, uint32_len(g.weight));
                 if g.weight != 0 {
-                    encode_key(1, WireType::Varint, b);
-                    encode_varint(u64::from(g.weight), b);
+                    put_key(b, 1, WireType::Varint);
+                    put_varint(b, u64::from(g.weight));
                 }
                 if g.priority != 0 {
-                    encode_key(5, WireType::Varint, b);
-                    encode_varint(u64::from(g.priority), b);
+                    put_key(b, 5, WireType::Varint);
+                    put_varint(b, u64::from(g.priority));
                 }
             }
         })

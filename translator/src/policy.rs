@@ -37,9 +37,9 @@ use envoy_types::pb::envoy::r#type::v3::Percent as EnvoyPercent;
 use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::google::protobuf::{UInt32Value, UInt64Value};
 use envoy_types::util::pack_any;
-use prost::encoding::{WireType, encode_key, encode_varint};
+use prost::encoding::WireType;
 
-use crate::encoded::{nested_len, put_head, put_string, string_len};
+use crate::encoded::{nested_len, put_head, put_key, put_string, put_varint, string_len};
 
 use crate::duration;
 
@@ -607,8 +607,8 @@ impl<'a> AutoMtlsField<'a> {
         put_head(b, 1, self.sans); // .default_validation_context
         for san in &self.istio.sans {
             put_head(b, 15, san_len(san)); // .match_typed_subject_alt_names
-            encode_key(1, WireType::Varint, b);
-            encode_varint(URI, b);
+            put_key(b, 1, WireType::Varint);
+            put_varint(b, URI);
             put_head(b, 2, nested_len(san.len()));
             put_head(b, 1, san.len());
             b.extend_from_slice(san.as_bytes());
