@@ -44,8 +44,23 @@ pub(crate) const CONNECT_TIMEOUT_SECS: u64 = 10;
 /// Istio's cluster name: `outbound|9080|v1|reviews.default.svc.cluster.local`
 /// (`subset` empty for the whole service).
 pub fn cluster_name(port: u32, subset: &str, hostname: &str) -> String {
-    // Written out rather than `format!`: one per cluster of every sidecar.
-    ["outbound|", &port.to_string(), "|", subset, "|", hostname].concat()
+    // Written out rather than `format!`, into one allocation: one per
+    // cluster of every sidecar.
+    let mut name = String::with_capacity(16 + subset.len() + hostname.len());
+    name.push_str("outbound|");
+    push_port(&mut name, port);
+    name.push('|');
+    name.push_str(subset);
+    name.push('|');
+    name.push_str(hostname);
+    name
+}
+
+/// `port` in decimal, appended without a `String` of its own.
+fn push_port(s: &mut String, port: u32) {
+    use std::fmt::Write;
+    // Cannot fail: writing to a `String`.
+    let _ = write!(s, "{port}");
 }
 
 /// The services `proxy` sees (all of them, or only those named in `only`),
@@ -304,18 +319,14 @@ fn service_clusters(
     let no_labels = BTreeMap::new();
     let top = dr.and_then(|d| d.spec.traffic_policy.as_ref());
     for port in &svc.ports {
-        let mut variants: Vec<(&str, Option<&TrafficPolicy>, &BTreeMap<String, String>)> =
-            vec![("", None, &no_labels)];
-        if let Some(dr) = dr {
-            for subset in &dr.spec.subsets {
-                variants.push((
-                    subset.name.as_str(),
-                    subset.traffic_policy.as_ref(),
-                    &subset.labels,
-                ));
-            }
-        }
-        for (subset, subset_policy, labels) in variants {
+        // The whole service, then each subset of the rule.
+        let subsets = dr
+            .iter()
+            .flat_map(|dr| &dr.spec.subsets)
+            .map(|s| (s.name.as_str(), s.traffic_policy.as_ref(), &s.labels));
+        let whole: (&str, Option<&TrafficPolicy>, &BTreeMap<String, String>) =
+            ("", None, &no_labels);
+        for (subset, subset_policy, labels) in std::iter::once(whole).chain(subsets) {
             let name = cluster_name(port.port, subset, &svc.hostname);
             let policy = Effective::resolve(top, subset_policy, port.port);
             let endpoints: Vec<&Endpoint> = svc
@@ -445,15 +456,14 @@ pub struct IstioTls {
 
 /// Istio's SNI for mesh-internal mTLS to one cluster.
 pub fn istio_sni(port: u32, subset: &str, hostname: &str) -> String {
-    [
-        "outbound_.",
-        &port.to_string(),
-        "_.",
-        subset,
-        "_.",
-        hostname,
-    ]
-    .concat()
+    let mut sni = String::with_capacity(20 + subset.len() + hostname.len());
+    sni.push_str("outbound_.");
+    push_port(&mut sni, port);
+    sni.push_str("_.");
+    sni.push_str(subset);
+    sni.push_str("_.");
+    sni.push_str(hostname);
+    sni
 }
 
 /// The SPIFFE IDs of the endpoints' service accounts, sorted, unique.

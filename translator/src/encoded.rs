@@ -316,7 +316,17 @@ mod tests {
 
     #[test]
     fn varints_and_keys_as_prost_writes_them() {
-        let mut values = vec![0, 1, 127, 128, 255, 300, 16_383, 16_384, u64::from(u32::MAX)];
+        let mut values = vec![
+            0,
+            1,
+            127,
+            128,
+            255,
+            300,
+            16_383,
+            16_384,
+            u64::from(u32::MAX),
+        ];
         values.extend((1..64).map(|shift| 1u64 << shift));
         values.push(u64::MAX);
         for v in values {
