@@ -42,12 +42,22 @@ fn on_fresh_snapshot<S, O>(
     setup: impl Fn() -> S,
     run: impl Fn(&mut S) -> O,
 ) {
+    on_fresh_snapshot_in(group, name, services, BatchSize::SmallInput, setup, run);
+}
+
+/// As [`on_fresh_snapshot`], with the batching chosen: `SmallInput`
+/// prepares a tenth of a sample's snapshots at a time, all kept until the
+/// batch ends; `PerIteration` prepares each right before it is timed.
+fn on_fresh_snapshot_in<S, O>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    services: usize,
+    batching: BatchSize,
+    setup: impl Fn() -> S,
+    run: impl Fn(&mut S) -> O,
+) {
     group.bench_function(BenchmarkId::new(name, services), |b| {
-        b.iter_batched_ref(
-            &setup,
-            |s| drop(std::hint::black_box(run(s))),
-            BatchSize::SmallInput,
-        )
+        b.iter_batched_ref(&setup, |s| drop(std::hint::black_box(run(s))), batching)
     });
 }
 
@@ -82,6 +92,17 @@ fn bench(c: &mut Criterion) {
             &mut group,
             "encoded_first_key",
             services,
+            || snap.clone(),
+            |s| translator::generate_encoded(s, &proxy),
+        );
+        // The same, each snapshot prepared right before its generation
+        // (criterion's `PerIteration`): no other copy's memos in between,
+        // as `load/examples/generation_time.rs` times it.
+        on_fresh_snapshot_in(
+            &mut group,
+            "encoded_first_key_alone",
+            services,
+            BatchSize::PerIteration,
             || snap.clone(),
             |s| translator::generate_encoded(s, &proxy),
         );
