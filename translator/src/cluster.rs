@@ -44,23 +44,24 @@ pub(crate) const CONNECT_TIMEOUT_SECS: u64 = 10;
 /// Istio's cluster name: `outbound|9080|v1|reviews.default.svc.cluster.local`
 /// (`subset` empty for the whole service).
 pub fn cluster_name(port: u32, subset: &str, hostname: &str) -> String {
-    // Written out rather than `format!`, into one allocation: one per
-    // cluster of every sidecar.
-    let mut name = String::with_capacity(16 + subset.len() + hostname.len());
-    name.push_str("outbound|");
-    push_port(&mut name, port);
-    name.push('|');
-    name.push_str(subset);
-    name.push('|');
-    name.push_str(hostname);
-    name
+    outbound_name("outbound|", port, "|", subset, hostname)
 }
 
-/// `port` in decimal, appended without a `String` of its own.
-fn push_port(s: &mut String, port: u32) {
+/// `<prefix><port><sep><subset><sep><hostname>`, written out rather than
+/// with `format!`, into one allocation (the port without a `String` of its
+/// own): a cluster name and an SNI per cluster of every sidecar.
+fn outbound_name(prefix: &str, port: u32, sep: &str, subset: &str, hostname: &str) -> String {
     use std::fmt::Write;
+    let mut name =
+        String::with_capacity(prefix.len() + 5 + 2 * sep.len() + subset.len() + hostname.len());
+    name.push_str(prefix);
     // Cannot fail: writing to a `String`.
-    let _ = write!(s, "{port}");
+    let _ = write!(name, "{port}");
+    name.push_str(sep);
+    name.push_str(subset);
+    name.push_str(sep);
+    name.push_str(hostname);
+    name
 }
 
 /// The services `proxy` sees (all of them, or only those named in `only`),
@@ -456,14 +457,7 @@ pub struct IstioTls {
 
 /// Istio's SNI for mesh-internal mTLS to one cluster.
 pub fn istio_sni(port: u32, subset: &str, hostname: &str) -> String {
-    let mut sni = String::with_capacity(20 + subset.len() + hostname.len());
-    sni.push_str("outbound_.");
-    push_port(&mut sni, port);
-    sni.push_str("_.");
-    sni.push_str(subset);
-    sni.push_str("_.");
-    sni.push_str(hostname);
-    sni
+    outbound_name("outbound_.", port, "_.", subset, hostname)
 }
 
 /// The SPIFFE IDs of the endpoints' service accounts, sorted, unique.
