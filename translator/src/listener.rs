@@ -373,6 +373,9 @@ fn http_route_plan<'a>(
             start..domains.spans.len()
         })
         .collect();
+    // Decided in a pass of its own: done inside the planning loop below
+    // (no `first` list), the next config key was 3-5 % slower
+    // (docs/PERFORMANCE.md, seventh session).
     let mut first: Vec<bool> = Vec::with_capacity(domains.spans.len());
     {
         // foldhash (seeded per process) rather than SipHash: ~16 000 short
