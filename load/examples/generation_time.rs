@@ -10,9 +10,12 @@
 //! - `next`: a sidecar in another namespace, once the first key is
 //!   generated (and dropped) on the same copy.
 //!
-//! Unlike criterion (`benches/generate.rs`), which prepares each sample's
-//! snapshot in batches before timing them, each generation here follows
-//! its own preparation. docs/PERFORMANCE.md (sixth session) compares the two.
+//! Each generation here follows its own preparation, as criterion's
+//! `encoded_first_key_alone` (`benches/generate.rs`) times it, with which
+//! it agrees; criterion's batched `encoded_first_key` prepares a tenth of
+//! a sample's snapshots at once and is slower (docs/PERFORMANCE.md,
+//! seventh session). This prints the fastest and the median as well, and
+//! times the next config key the same way.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)] // measurement code
 

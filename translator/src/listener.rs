@@ -33,7 +33,7 @@ use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
 use envoy_types::util::pack_any;
 
 use crate::cluster::{BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER, cluster_name};
-use crate::encoded::{Encoded, nested_len, put_head};
+use crate::encoded::{Encoded, nested_len, put_head, put_string};
 use crate::model::{Config, Protocol, Proxy, Service, Snapshot, TlsSecret, exported_to};
 use crate::route::{
     RouteCtx, catch_all_route, default_route, default_route_field, direct_response_route,
@@ -227,9 +227,10 @@ impl Domains {
     }
 }
 
-/// A virtual host's name, `<hostname>:<port>`, as Istio names them.
-fn host_name(hostname: &str, port: &str) -> String {
-    [hostname, ":", port].concat()
+/// A virtual host's name, `<hostname>:<port>`, as Istio names them: its
+/// parts, which the message path joins and the encoding writes in turn.
+fn host_name<'a>(hostname: &'a str, port: &'a str) -> [&'a str; 3] {
+    [hostname, ":", port]
 }
 
 impl RoutePlan<'_> {
@@ -248,7 +249,7 @@ impl RoutePlan<'_> {
                 .routes
                 .unwrap_or_else(|| vec![default_route(&ctx, &h.service.hostname)]);
             virtual_hosts.push(VirtualHost {
-                name: host_name(&h.service.hostname, &port),
+                name: host_name(&h.service.hostname, &port).concat(),
                 domains: h.domains.map(|i| self.domains.get(i).to_owned()).collect(),
                 routes,
                 ..Default::default()
@@ -274,10 +275,9 @@ impl RoutePlan<'_> {
             port: self.port,
             gateways: &[],
         };
-        let head = route_config_head(self.port);
-        let port = &head.name;
+        let port = self.port.to_string();
         let mut value = Vec::new();
-        prost::encoding::string::encode(1, &head.name, &mut value);
+        put_string(&mut value, 1, &port);
         let mut own = Vec::new();
         for h in self.hosts {
             let memoised: Arc<Vec<u8>>;
@@ -301,17 +301,17 @@ impl RoutePlan<'_> {
             };
             // VirtualHost: `name` 1, each of `domains` 2 (a repeated
             // string: written even if empty), then the routes.
-            let hostname = h.service.hostname.as_str();
-            let name_len = hostname.len() + 1 + port.len();
+            let name = host_name(&h.service.hostname, &port);
+            let name_len: usize = name.iter().map(|p| p.len()).sum();
             let domains = h.domains.map(|i| self.domains.get(i));
             let len = nested_len(name_len)
                 + domains.clone().map(|d| nested_len(d.len())).sum::<usize>()
                 + routes.len();
             put_head(&mut value, 2, len);
             put_head(&mut value, 1, name_len);
-            value.extend_from_slice(hostname.as_bytes());
-            value.push(b':');
-            value.extend_from_slice(port.as_bytes());
+            for part in name {
+                value.extend_from_slice(part.as_bytes());
+            }
             for d in domains {
                 put_head(&mut value, 2, d.len());
                 value.extend_from_slice(d.as_bytes());
@@ -319,12 +319,13 @@ impl RoutePlan<'_> {
             value.extend_from_slice(routes);
         }
         prost::encoding::message::encode(2, &self.catch_all, &mut value);
+        // Cannot fail: a `Vec` grows to whatever is written.
         let _ = RouteConfiguration {
             name: String::new(),
-            ..head
+            ..route_config_head(self.port)
         }
         .encode(&mut value);
-        crate::encoded::wrap(crate::ROUTE_TYPE, &self.port.to_string(), &value)
+        crate::encoded::wrap(crate::ROUTE_TYPE, &port, &value)
     }
 }
 
