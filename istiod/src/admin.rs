@@ -63,7 +63,7 @@ async fn ready(State(s): State<AdminState>) -> Response {
 /// when it last converged: `converged` = {`snapshot_version`, `seconds`
 /// from the change to the proxy's ACK of all of it}.
 async fn syncz(State(s): State<AdminState>) -> Json<Value> {
-    let table = s.sync.lock().map(|t| t.clone()).unwrap_or_default();
+    let table = s.sync.rows();
     let rows: Vec<Value> = table
         .iter()
         .map(|(node, p)| {
@@ -105,13 +105,9 @@ struct DumpQuery {
 /// What the daemon would send a connected proxy now, as Envoy's JSON.
 /// Secrets are listed by name only: key material is never dumped.
 async fn config_dump(State(s): State<AdminState>, Query(q): Query<DumpQuery>) -> Response {
-    let proxy = s.sync.lock().ok().and_then(|t| {
-        t.iter()
-            .find(|(node, _)| {
-                **node == q.proxy_id || node.split('~').nth(2) == Some(q.proxy_id.as_str())
-            })
-            .and_then(|(_, p)| p.proxy.clone())
-    });
+    let proxy = s
+        .sync
+        .proxy(|node| node == q.proxy_id || node.split('~').nth(2) == Some(q.proxy_id.as_str()));
     let Some(proxy) = proxy else {
         return (
             StatusCode::NOT_FOUND,

@@ -18,8 +18,8 @@ mod names;
 mod wire;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
@@ -38,8 +38,6 @@ use crate::metrics::Metrics;
 /// of istiod's `/debug/syncz`).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ProxySync {
-    /// The connection (a per-daemon counter) this entry belongs to.
-    pub connection: u64,
     /// The proxy as it identified itself (shared with its connection).
     pub proxy: Option<Arc<Proxy>>,
     /// Version of the snapshot the proxy's config was last generated from.
@@ -150,8 +148,64 @@ impl ProxySync {
     }
 }
 
-/// Connected proxies by node ID. Locked only for short, synchronous updates.
-pub type SyncTable = Arc<std::sync::Mutex<BTreeMap<String, ProxySync>>>;
+/// One connected proxy's [`ProxySync`], shared by its connection (which
+/// updates it, locking only this row) and the [`SyncTable`].
+pub(crate) type SyncRow = Arc<Mutex<ProxySync>>;
+
+/// Connected proxies by node ID, each a row of its own: a connection
+/// records a push or an ACK in its row without looking the node ID up or
+/// locking the table, four times per proxy in an endpoint push
+/// (docs/PERFORMANCE.md, step 43). The table itself is locked when a proxy
+/// connects or disconnects, and for as long as it takes to copy the row
+/// handles out (`/debug/syncz` then copies each row under its own lock, so
+/// a read of 2000 rows no longer holds every connection's records up).
+#[derive(Clone, Debug, Default)]
+pub struct SyncTable(Arc<Mutex<BTreeMap<String, SyncRow>>>);
+
+impl SyncTable {
+    /// A copy of every connected proxy's row, by node ID.
+    pub fn rows(&self) -> BTreeMap<String, ProxySync> {
+        let rows: Vec<(String, SyncRow)> = match self.0.lock() {
+            Ok(table) => table.iter().map(|(n, r)| (n.clone(), r.clone())).collect(),
+            Err(_) => return BTreeMap::new(),
+        };
+        rows.into_iter()
+            .filter_map(|(n, r)| Some((n, r.lock().ok()?.clone())))
+            .collect()
+    }
+
+    /// The proxy of the first connected node whose ID `matches`.
+    pub fn proxy(&self, matches: impl Fn(&str) -> bool) -> Option<Arc<Proxy>> {
+        let row = self
+            .0
+            .lock()
+            .ok()?
+            .iter()
+            .find(|(n, _)| matches(n))?
+            .1
+            .clone();
+        row.lock().ok()?.proxy.clone()
+    }
+
+    /// Adds (or replaces: the node reconnected) `node_id`'s row.
+    fn insert(&self, node_id: &str, row: ProxySync) -> SyncRow {
+        let row = Arc::new(Mutex::new(row));
+        if let Ok(mut table) = self.0.lock() {
+            table.insert(node_id.to_owned(), row.clone());
+        }
+        row
+    }
+
+    /// Removes `node_id`'s row if it is still `row`: a newer connection of
+    /// the same node may own the entry already.
+    fn remove(&self, node_id: &str, row: &SyncRow) {
+        if let Ok(mut table) = self.0.lock()
+            && table.get(node_id).is_some_and(|r| Arc::ptr_eq(r, row))
+        {
+            table.remove(node_id);
+        }
+    }
+}
 
 /// The ADS service, cloned into every connection.
 #[derive(Clone, Debug)]
@@ -342,12 +396,11 @@ impl AdsServer {
     }
 }
 
-/// Updates one proxy's entry in the sync table (created on connect).
-fn record(sync: &SyncTable, node_id: &str, f: impl FnOnce(&mut ProxySync)) {
-    if let Ok(mut table) = sync.lock()
-        && let Some(entry) = table.get_mut(node_id)
-    {
-        f(entry);
+/// Updates one proxy's row of the sync table (there is one once the
+/// proxy has identified itself).
+fn record(row: Option<&SyncRow>, f: impl FnOnce(&mut ProxySync)) {
+    if let Some(mut entry) = row.and_then(|r| r.lock().ok()) {
+        f(&mut entry);
     }
 }
 
@@ -385,7 +438,22 @@ fn proxy_from_node(node: &Node) -> Result<Proxy, translator::model::InvalidNodeI
 
 #[cfg(test)]
 mod tests {
-    use super::ByType;
+    use super::{ByType, ProxySync, SyncTable, record};
+
+    #[test]
+    fn a_reconnected_node_keeps_its_new_row_when_the_old_connection_ends() {
+        let table = SyncTable::default();
+        let old = table.insert("sidecar~a", ProxySync::default());
+        let new = table.insert("sidecar~a", ProxySync::default());
+        record(Some(&new), |s| s.snapshot_version = 7);
+        record(Some(&old), |s| s.snapshot_version = 3);
+        table.remove("sidecar~a", &old);
+        let rows = table.rows();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows["sidecar~a"].snapshot_version, 7, "the new row stays");
+        table.remove("sidecar~a", &new);
+        assert!(table.rows().is_empty());
+    }
 
     #[test]
     fn by_type_keeps_type_url_order_and_one_entry_per_type() {

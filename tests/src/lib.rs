@@ -630,7 +630,7 @@ pub fn wait_synced(daemon: &Daemon, envoys: &[&Envoy], timeout: Duration) {
     let start = Instant::now();
     loop {
         let version = daemon.snapshots.borrow().version;
-        let table = daemon.sync.lock().expect("sync table").clone();
+        let table = daemon.sync.rows();
         let pending: Vec<String> = envoys
             .iter()
             .filter(|e| {
@@ -670,7 +670,7 @@ pub const NACKED_VIRTUAL_SERVICE: &str = "apiVersion: networking.istio.io/v1\nki
 pub fn wait_for_nack(daemon: &Daemon, envoy: &Envoy, type_url: &str) -> String {
     let start = Instant::now();
     loop {
-        let table = daemon.sync.lock().expect("sync table").clone();
+        let table = daemon.sync.rows();
         let nack = table
             .get(&envoy.node_id)
             .and_then(|s| s.types.get(type_url))

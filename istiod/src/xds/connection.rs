@@ -22,7 +22,7 @@ use envoy_types::pb::envoy::config::core::v3::node::UserAgentVersionType;
 
 use super::names::{self, NameMap, Versions};
 use super::wire::{self, EncodedResource, SotwRequest};
-use super::{Converged, ProxySync, SyncTable, proxy_from_node, record};
+use super::{Converged, ProxySync, SyncRow, SyncTable, proxy_from_node, record};
 use crate::metrics::{Metrics, VersionLabel, secs};
 
 /// A request of either protocol, as the connection needs it.
@@ -118,6 +118,8 @@ pub(super) struct Connection {
     awaiting_endpoints: BTreeSet<Arc<str>>,
     nonces: u64,
     sync: SyncTable,
+    /// This proxy's row of `sync`, once it has identified itself.
+    row: Option<SyncRow>,
     metrics: Arc<Metrics>,
     /// `pilot_xds` label of this proxy, once connected.
     version_label: Option<VersionLabel>,
@@ -447,6 +449,7 @@ impl Connection {
             awaiting_endpoints: BTreeSet::new(),
             nonces: 0,
             sync,
+            row: None,
             metrics,
             version_label: None,
             converged: 0,
@@ -481,14 +484,8 @@ impl Connection {
         }
         if self.proxy.is_some() {
             info!(conn = self.id, node = %self.node_id, "proxy disconnected");
-            if let Ok(mut table) = self.sync.lock() {
-                // A newer connection of the same node may already own the entry.
-                if table
-                    .get(&self.node_id)
-                    .is_some_and(|s| s.connection == self.id)
-                {
-                    table.remove(&self.node_id);
-                }
+            if let Some(row) = &self.row {
+                self.sync.remove(&self.node_id, row);
             }
         }
     }
@@ -544,16 +541,13 @@ impl Connection {
             }
             info!(conn = self.id, node = %self.node_id, delta = self.sink.delta, "proxy connected");
             let proxy = Arc::new(proxy);
-            if let Ok(mut table) = self.sync.lock() {
-                table.insert(
-                    self.node_id.clone(),
-                    ProxySync {
-                        connection: self.id,
-                        proxy: Some(proxy.clone()),
-                        ..Default::default()
-                    },
-                );
-            }
+            self.row = Some(self.sync.insert(
+                &self.node_id,
+                ProxySync {
+                    proxy: Some(proxy.clone()),
+                    ..Default::default()
+                },
+            ));
             let version = req
                 .node
                 .as_ref()
@@ -596,7 +590,7 @@ impl Connection {
                     kept = %req.version_info, error = %message,
                     "proxy rejected config (NACK); it keeps its last accepted config"
                 );
-                record(&self.sync, &self.node_id, |s| {
+                record(self.row.as_ref(), |s| {
                     s.types.entry_or_default(&type_url).nack = Some(message)
                 });
                 self.metrics
@@ -606,7 +600,7 @@ impl Connection {
                 return Ok(());
             }
             let nonce = req.nonce.clone();
-            record(&self.sync, &self.node_id, |s| {
+            record(self.row.as_ref(), |s| {
                 let t = s.types.entry_or_default(&type_url);
                 t.acked_nonce = Some(nonce);
                 t.nack = None;
@@ -784,7 +778,7 @@ impl Connection {
 
     fn record_version(&self) {
         let version = self.snapshot.version;
-        record(&self.sync, &self.node_id, |s| s.snapshot_version = version);
+        record(self.row.as_ref(), |s| s.snapshot_version = version);
     }
 
     /// Records `pilot_proxy_convergence_time` once the proxy has ACKed
@@ -799,7 +793,7 @@ impl Connection {
         }
         let seconds = secs(changed_at.elapsed());
         let mut synced = false;
-        record(&self.sync, &self.node_id, |s| {
+        record(self.row.as_ref(), |s| {
             if s.snapshot_version == version && s.in_sync() {
                 s.converged = Some(Converged {
                     snapshot_version: version,
@@ -861,7 +855,7 @@ impl Connection {
         state.nonce = nonce.clone();
         state.sent_version = version.clone();
         let (v, n) = (version.clone(), nonce.clone());
-        record(&self.sync, &self.node_id, |s| {
+        record(self.row.as_ref(), |s| {
             let t = s.types.entry_or_default(type_url);
             t.sent_version = v;
             t.sent_nonce = n;
