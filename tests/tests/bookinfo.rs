@@ -125,6 +125,62 @@ fn sidecar_routes_as_the_bookinfo_samples_say() {
     assert_eq!(envoy.rejected(), 0);
 }
 
+/// Two services claim one VIP: Bookinfo's `reviews` (ClusterIP 10.96.0.13)
+/// and a ServiceEntry given the same address. Envoy refuses a route
+/// configuration that lists a domain in two virtual hosts, so the daemon
+/// leaves the VIP's domains to the first service (as istiod does): a real
+/// Envoy must ACK the result, route the VIP to `reviews`, and still have
+/// the ServiceEntry's own host.
+#[test]
+fn a_vip_claimed_by_two_services_is_accepted_and_routes_to_the_first() {
+    let mesh = Mesh::start(true, &[]);
+    let (cfg, daemon) = (&mesh.cfg, &mesh.daemon);
+    let envoy = mesh.sidecar();
+    apply(daemon, &[&envoy], || {
+        cfg.write(
+            "shared-vip.yaml",
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: reviews-elsewhere}\n\
+             spec:\n  hosts: [reviews.example.com]\n  addresses: [10.96.0.13]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  \
+             ports: [{number: 9080, name: http, protocol: HTTP}]\n  endpoints: [{address: 127.0.0.1}]\n",
+        )
+    });
+    assert_eq!(envoy.rejected(), 0, "the route configuration was refused");
+    let dump = envoy
+        .admin("/config_dump?resource=dynamic_route_configs")
+        .unwrap();
+    let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    let hosts: BTreeMap<String, Vec<String>> = dump["configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["route_config"]["name"] == "9080")
+        .flat_map(|c| c["route_config"]["virtual_hosts"].as_array().unwrap())
+        .map(|v| {
+            let domains = v["domains"].as_array().unwrap();
+            let domains = domains.iter().map(|d| d.as_str().unwrap().to_owned());
+            (v["name"].as_str().unwrap().to_owned(), domains.collect())
+        })
+        .collect();
+    let owners = |domain: &str| -> Vec<&str> {
+        hosts
+            .iter()
+            .filter(|(_, domains)| domains.iter().any(|d| d == domain))
+            .map(|(name, _)| name.as_str())
+            .collect()
+    };
+    assert_eq!(
+        owners("10.96.0.13:9080"),
+        ["reviews.default.svc.cluster.local:9080"]
+    );
+    assert_eq!(owners("reviews.example.com"), ["reviews.example.com:9080"]);
+
+    let counts = tally(REVIEWS, "10.96.0.13:9080", &[], 12);
+    assert!(
+        counts.keys().all(|k| k.starts_with("reviews v")),
+        "the VIP goes to Bookinfo's reviews: {counts:?}"
+    );
+}
+
 #[test]
 fn editing_a_file_changes_routing_within_two_seconds() {
     let mesh = Mesh::start(
