@@ -414,8 +414,9 @@ impl Decode for SotwRequest {
                     head.merge_field(tag, wire_type, &mut buf, DecodeContext::default())?;
                     continue;
                 }
-                // A name whose key is not the one byte `names_run` reads,
-                // or that does not fit: checked, and refused, here.
+                // A name `names_run` did not take (a key of more than one
+                // byte, or a name that does not fit): read here, and
+                // refused if it does not fit.
                 skip_field(wire_type, tag, &mut buf, DecodeContext::default())?;
                 end = raw.len() - buf.len();
             }
