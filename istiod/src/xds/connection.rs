@@ -852,14 +852,21 @@ impl Connection {
         self.nonces += 1;
         let version = self.snapshot.version.to_string();
         let nonce = format!("{}-{}", self.snapshot.version, self.nonces);
-        state.nonce = nonce.clone();
-        state.sent_version = version.clone();
+        let message = if self.sink.delta {
+            wire::delta_response(&version, type_url, &nonce, &resources, &removed)
+        } else {
+            wire::sotw_response(&version, type_url, &nonce, resources.iter().map(|r| &r.2))
+        };
+        // One copy each for the proxy's syncz row; the connection keeps
+        // the strings themselves.
         let (v, n) = (version.clone(), nonce.clone());
         record(self.row.as_ref(), |s| {
             let t = s.types.entry_or_default(type_url);
             t.sent_version = v;
             t.sent_nonce = n;
         });
+        state.nonce = nonce;
+        state.sent_version = version;
         let label = Metrics::type_label(type_url);
         self.metrics.pushes.get_or_create(&label).inc();
         let size: usize = resources.iter().map(|(_, _, a)| a.len()).sum();
@@ -873,11 +880,6 @@ impl Connection {
                 .get_or_create(&label)
                 .observe(secs(published.elapsed()));
         }
-        let message = if self.sink.delta {
-            wire::delta_response(&version, type_url, &nonce, &resources, &removed)
-        } else {
-            wire::sotw_response(&version, type_url, &nonce, resources.iter().map(|r| &r.2))
-        };
         if let Err(status) = &message {
             warn!(node = %self.node_id, %type_url, %status, "response cannot be sent; closing the stream");
         }

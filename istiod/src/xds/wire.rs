@@ -414,7 +414,7 @@ impl Decode for SotwRequest {
                     head.merge_field(tag, wire_type, &mut buf, DecodeContext::default())?;
                     continue;
                 }
-                // A name `names_run` did not take (a key of more than one
+                // A name `name_at` did not take (a key of more than one
                 // byte, or a name that does not fit): read here, and
                 // refused if it does not fit.
                 skip_field(wire_type, tag, &mut buf, DecodeContext::default())?;
@@ -442,26 +442,32 @@ impl Decode for SotwRequest {
     }
 }
 
-/// The end of the run of `resource_names` fields that starts at `at`
-/// (`at` itself when none does): each field's one-byte key (field 3,
-/// length-delimited: `0x1a`), its length and the name, all there. A SotW
-/// EDS ACK is ~1400 of them; stepping over them here rather than through
-/// prost's `decode_key` and `skip_field` for each (`skip_field` was ~4 %
-/// of the daemon's CPU in a SotW endpoint push) is docs/PERFORMANCE.md's
-/// step 44.
-/// Anything else, a name that does not fit included, ends the run, for the
-/// caller to read field by field.
+/// The `resource_names` field at `at`, if it is one with the one-byte key
+/// `0x1a` (field 3, length-delimited) and its name is all there: the
+/// name's byte range (without key and length). A SotW EDS ACK is ~1400 of
+/// them; stepping over them with this rather than through prost's
+/// `decode_key` and `skip_field` for each (`skip_field` was ~4 % of the
+/// daemon's CPU in a SotW endpoint push) is docs/PERFORMANCE.md's step 44.
+fn name_at(raw: &[u8], at: usize) -> Option<std::ops::Range<usize>> {
+    if raw.get(at) != Some(&0x1a) {
+        return None;
+    }
+    let mut rest = raw.get(at + 1..)?;
+    let len = prost::encoding::decode_varint(&mut rest).ok()?;
+    let start = raw.len() - rest.len();
+    let end = usize::try_from(len)
+        .ok()
+        .and_then(|l| start.checked_add(l))
+        .filter(|&end| end <= raw.len())?;
+    Some(start..end)
+}
+
+/// The end of the run of [`name_at`] fields that starts at `at` (`at`
+/// itself when none does). Anything else, a name that does not fit
+/// included, ends the run, for the caller to read field by field.
 fn names_run(raw: &[u8], mut at: usize) -> usize {
-    while raw.get(at) == Some(&0x1a) {
-        let mut rest = &raw[at + 1..];
-        let Ok(len) = prost::encoding::decode_varint(&mut rest) else {
-            break;
-        };
-        let start = raw.len() - rest.len();
-        match usize::try_from(len).ok().and_then(|l| start.checked_add(l)) {
-            Some(end) if end <= raw.len() => at = end,
-            _ => break,
-        }
+    while let Some(name) = name_at(raw, at) {
+        at = name.end;
     }
     at
 }
@@ -475,10 +481,15 @@ fn names_in(
     use prost::encoding::{DecodeContext, WireType, decode_key, decode_varint, skip_field};
     let mut buf = raw;
     while !buf.is_empty() {
+        if let Some(name) = name_at(raw, raw.len() - buf.len()) {
+            buf = &raw[name.end..];
+            f(name);
+            continue;
+        }
         let (tag, wire_type) = decode_key(&mut buf)?;
         if tag == 3 && wire_type == WireType::LengthDelimited {
-            // The value starts after its length; `skip_field` checks it is
-            // all there.
+            // A name `name_at` did not take (a longer key): the value
+            // starts after its length; `skip_field` checks it is all there.
             let mut value = buf;
             decode_varint(&mut value)?;
             let value = raw.len() - value.len();
