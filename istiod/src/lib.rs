@@ -374,13 +374,13 @@ impl Publisher {
     /// affected proxies and types are pushed.
     fn publish(&self, version: u64, loaded: Loaded, first_event: Option<tokio::time::Instant>) {
         let started = std::time::Instant::now();
+        let previous = self.snapshots.borrow().clone();
         let (mut snap, errs) = match self.warned.lock() {
-            Ok(mut seen) => build(version, loaded, &mut seen),
-            Err(_) => build(version, loaded, &mut Seen::new()),
+            Ok(mut seen) => build(version, loaded, &mut seen, &previous),
+            Err(_) => build(version, loaded, &mut Seen::new(), &previous),
         };
         let built = started.elapsed();
         if let Some(first) = first_event {
-            let previous = self.snapshots.borrow().clone();
             let changes = translator::changes::ChangeSet::between(&previous, &snap);
             // What the last snapshot memoised for what did not change is
             // kept, so that a change's first config key builds only what
@@ -475,8 +475,14 @@ fn newly_seen<'a>(
 }
 
 /// Objects in `seen` (the last snapshot's) had their unsupported fields
-/// logged then; `seen` becomes this snapshot's objects.
-fn build(version: u64, mut loaded: Loaded, seen: &mut Seen) -> (Snapshot, Vec<SourceError>) {
+/// logged then; `seen` becomes this snapshot's objects. Services built
+/// from the same objects as in `previous` are taken from it.
+fn build(
+    version: u64,
+    mut loaded: Loaded,
+    seen: &mut Seen,
+    previous: &Snapshot,
+) -> (Snapshot, Vec<SourceError>) {
     loaded.drop_orphan_delegates();
     for e in &loaded.errors {
         error!(file = %e.file.display(), document = e.document, error = %e.error, "invalid config skipped");
@@ -497,7 +503,12 @@ fn build(version: u64, mut loaded: Loaded, seen: &mut Seen) -> (Snapshot, Vec<So
             );
         }
     }
-    let snap = Snapshot::build(version, loaded.objects(), MeshConfig::default());
+    let snap = Snapshot::rebuild(
+        version,
+        loaded.shared_objects(),
+        MeshConfig::default(),
+        previous,
+    );
     for w in &snap.warnings {
         warn!(warning = %w, "config read but not acted on");
     }

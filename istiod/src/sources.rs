@@ -58,7 +58,8 @@ pub struct Loaded {
 #[derive(Clone, Debug, Default)]
 struct Index {
     table: hashbrown::HashTable<usize>,
-    hasher: std::hash::RandomState,
+    // foldhash rather than SipHash: every object is hashed on every load.
+    hasher: hashbrown::DefaultHashBuilder,
 }
 
 impl Index {
@@ -86,6 +87,12 @@ impl Loaded {
     /// The objects, in read order.
     pub fn objects(&self) -> impl Iterator<Item = &Object> {
         self.entries.iter().map(|e| &*e.object)
+    }
+
+    /// The objects, in read order, as shared with the source (for
+    /// [`translator::model::Snapshot::rebuild`]).
+    pub fn shared_objects(&self) -> impl Iterator<Item = &Arc<Object>> {
+        self.entries.iter().map(|e| &e.object)
     }
 
     /// Parses one file's text (multi-document YAML or JSON) into `self`. A

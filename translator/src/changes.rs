@@ -62,7 +62,8 @@ impl ChangeSet {
         let hosts: BTreeSet<&String> = old.services.keys().chain(new.services.keys()).collect();
         for host in hosts {
             match (old.services.get(host), new.services.get(host)) {
-                (Some(a), Some(b)) if a == b => continue,
+                // The same service (see `Snapshot::rebuild`), or an equal one.
+                (Some(a), Some(b)) if Arc::ptr_eq(a, b) || a == b => continue,
                 (Some(a), Some(b)) if without_endpoints(a) == without_endpoints(b) => {
                     c.endpoints.insert(host.clone(), b.clone());
                 }

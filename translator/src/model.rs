@@ -273,7 +273,21 @@ pub struct Snapshot {
     /// Each service's encoded default route (a virtual host's `routes`
     /// field, for a service without a VirtualService) by port.
     pub(crate) route_memo: crate::encoded::Memo<u32, Vec<u8>>,
+    /// What each Kubernetes service was built from, by the address of its
+    /// `Arc<Service>` here (see [`Snapshot::rebuild`]). Empty when built
+    /// from borrowed objects ([`Snapshot::build`]).
+    built_from: HashMap<usize, Inputs>,
 }
+
+/// The objects a Kubernetes service was built from, in order: its
+/// `Service`, then each of its `EndpointSlice`s followed by the Pod each
+/// of that slice's endpoints resolved to (`None`: no Pod). Held, so that
+/// no other object can take one of their addresses while they are listed.
+type Inputs = Box<[Option<Arc<Object>>]>;
+
+/// An object as [`Snapshot::build_from`] reads it: borrowed, and shared
+/// when the caller has it in an `Arc` (then its identity is known).
+type Read<'a, T> = (&'a T, Option<&'a Arc<Object>>);
 
 /// A port a workload serves: the target port of a service port whose
 /// endpoint the workload is. Its sidecar's `virtualInbound` gets a filter
@@ -306,17 +320,49 @@ impl Snapshot {
         objects: impl IntoIterator<Item = &'a Object>,
         mesh: MeshConfig,
     ) -> Snapshot {
+        Snapshot::build_from(version, objects.into_iter().map(|o| (o, None)), mesh, None)
+    }
+
+    /// As [`Snapshot::build`], from shared objects, taking `previous`'s
+    /// service (the same `Arc`) for every Kubernetes service whose inputs
+    /// are the very objects (`Arc::ptr_eq`) `previous` built it from: its
+    /// `Service`, its `EndpointSlice`s, and the Pod each endpoint resolves
+    /// to. The sources share unchanged objects from one load to the next,
+    /// so an endpoint change builds one service again rather than all of
+    /// them, and [`crate::changes::ChangeSet::between`] tells the others
+    /// unchanged by address. (At 1000 services: the build 5-6 ms -> see
+    /// docs/PERFORMANCE.md, step 46.)
+    pub fn rebuild<'a>(
+        version: u64,
+        objects: impl IntoIterator<Item = &'a Arc<Object>>,
+        mesh: MeshConfig,
+        previous: &Snapshot,
+    ) -> Snapshot {
+        Snapshot::build_from(
+            version,
+            objects.into_iter().map(|o| (&**o, Some(o))),
+            mesh,
+            Some(previous),
+        )
+    }
+
+    fn build_from<'a>(
+        version: u64,
+        objects: impl Iterator<Item = Read<'a, Object>>,
+        mesh: MeshConfig,
+        previous: Option<&Snapshot>,
+    ) -> Snapshot {
         let mut snap = Snapshot {
             version,
             mesh,
             ..Default::default()
         };
         // Borrowed from the objects: only what the model keeps is copied.
-        let mut pods_by_name: HashMap<(&str, &str), &PodInfo> = HashMap::new();
-        let mut pods_by_ip: HashMap<&str, &PodInfo> = HashMap::new();
+        let mut pods_by_name: HashMap<(&str, &str), Read<'a, PodInfo>> = HashMap::new();
+        let mut pods_by_ip: HashMap<&str, Read<'a, PodInfo>> = HashMap::new();
         let mut slices = Vec::new();
         let mut services = Vec::new();
-        for obj in objects {
+        for (obj, shared) in objects {
             let ns: &str = obj.metadata().namespace.as_deref().unwrap_or("default");
             let name: &str = obj.metadata().name.as_deref().unwrap_or_default();
             match obj {
@@ -369,12 +415,12 @@ impl Snapshot {
                 }
                 Object::Pod(pod) => {
                     if let Some(ip) = pod.pod_ip.as_deref() {
-                        pods_by_ip.insert(ip, pod);
+                        pods_by_ip.insert(ip, (pod, shared));
                     }
-                    pods_by_name.insert((ns, name), pod);
+                    pods_by_name.insert((ns, name), (pod, shared));
                 }
-                Object::Service(svc) => services.push((ns, name, svc)),
-                Object::EndpointSlice(slice) => slices.push((ns, slice)),
+                Object::Service(svc) => services.push((ns, name, (&**svc, shared))),
+                Object::EndpointSlice(slice) => slices.push((ns, (&**slice, shared))),
                 Object::VirtualService(vs) => snap.virtual_services.push(Config {
                     name: name.to_owned(),
                     namespace: ns.to_owned(),
@@ -411,9 +457,10 @@ impl Snapshot {
         }
         // Slices by (namespace, owning service), so that each service
         // reads its own (one scan of all slices per service was quadratic).
-        let mut slices_of: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+        let mut slices_of: HashMap<(&str, &str), Vec<Read<'a, EndpointSlice>>> = HashMap::new();
         for (slice_ns, slice) in &slices {
             if let Some(owner) = slice
+                .0
                 .metadata
                 .labels
                 .as_ref()
@@ -438,7 +485,43 @@ impl Snapshot {
                 .clone()
         };
         let no_labels: Arc<BTreeMap<String, String>> = Arc::default();
-        for (ns, name, svc) in services {
+        // The Pod an endpoint of a slice in `ns` is: its `targetRef`, else
+        // the Pod with its first address.
+        let pod_of = |ns: &str, ep: &'a k8s_openapi::api::discovery::v1::Endpoint| {
+            ep.target_ref
+                .as_ref()
+                .filter(|r| r.kind.as_deref() == Some("Pod"))
+                .and_then(|r| {
+                    let pns = r.namespace.as_deref().unwrap_or(ns);
+                    pods_by_name.get(&(pns, r.name.as_deref().unwrap_or_default()))
+                })
+                .or_else(|| {
+                    ep.addresses
+                        .first()
+                        .and_then(|a| pods_by_ip.get(a.as_str()))
+                })
+                .copied()
+        };
+        for (ns, name, (svc, svc_shared)) in services {
+            let hostname = format!("{name}.{ns}.svc.{}", snap.mesh.domain);
+            let own_slices = slices_of
+                .get(&(ns, name))
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            let pods: Vec<Option<Read<'a, PodInfo>>> = own_slices
+                .iter()
+                .flat_map(|(slice, _)| slice.endpoints.iter().flatten())
+                .map(|ep| pod_of(ns, ep))
+                .collect();
+            let inputs = inputs(svc_shared, own_slices, &pods);
+            let same = inputs
+                .as_deref()
+                .zip(previous)
+                .and_then(|(inputs, p)| p.built_from_same(&hostname, inputs));
+            if let Some(same) = same {
+                snap.insert_kubernetes(hostname, same, inputs);
+                continue;
+            }
             let no_spec = Default::default();
             let spec: &ServiceSpec = svc.spec.as_ref().unwrap_or(&no_spec);
             let ports = spec
@@ -472,7 +555,6 @@ impl Snapshot {
             .filter(|ip| !ip.is_empty() && *ip != "None")
             .cloned()
             .collect();
-            let hostname = format!("{name}.{ns}.svc.{}", snap.mesh.domain);
             let export_to = svc
                 .metadata
                 .annotations
@@ -486,11 +568,8 @@ impl Snapshot {
                 })
                 .unwrap_or_default();
             let mut endpoints = Vec::new();
-            let own_slices = slices_of
-                .get(&(ns, name))
-                .map(Vec::as_slice)
-                .unwrap_or_default();
-            for slice in own_slices {
+            let mut pods = pods.into_iter();
+            for (slice, _) in own_slices {
                 let slice_ports: Arc<BTreeMap<String, u32>> = Arc::new(
                     slice
                         .ports
@@ -505,19 +584,7 @@ impl Snapshot {
                         .collect(),
                 );
                 for ep in slice.endpoints.iter().flatten() {
-                    let pod = ep
-                        .target_ref
-                        .as_ref()
-                        .filter(|r| r.kind.as_deref() == Some("Pod"))
-                        .and_then(|r| {
-                            let pns = r.namespace.as_deref().unwrap_or(ns);
-                            pods_by_name.get(&(pns, r.name.as_deref().unwrap_or_default()))
-                        })
-                        .or_else(|| {
-                            ep.addresses
-                                .first()
-                                .and_then(|a| pods_by_ip.get(a.as_str()))
-                        });
+                    let pod = pods.next().flatten().map(|(pod, _)| pod);
                     let labels = pod
                         .and_then(|p| p.metadata.labels.as_ref())
                         .map_or_else(|| no_labels.clone(), &mut intern);
@@ -538,25 +605,23 @@ impl Snapshot {
                     }
                 }
             }
-            snap.services.insert(
-                hostname.clone(),
-                Arc::new(Service {
-                    hostname,
-                    name: name.to_owned(),
-                    namespace: ns.to_owned(),
-                    vips,
-                    ports,
-                    endpoints,
-                    resolution: if headless {
-                        ServiceResolution::Passthrough
-                    } else {
-                        ServiceResolution::Static
-                    },
-                    kubernetes: true,
-                    external: false,
-                    export_to,
-                }),
-            );
+            let service = Arc::new(Service {
+                hostname: hostname.clone(),
+                name: name.to_owned(),
+                namespace: ns.to_owned(),
+                vips,
+                ports,
+                endpoints,
+                resolution: if headless {
+                    ServiceResolution::Passthrough
+                } else {
+                    ServiceResolution::Static
+                },
+                kubernetes: true,
+                external: false,
+                export_to,
+            });
+            snap.insert_kubernetes(hostname, service, inputs);
         }
         let order = |a: &String, b: &String, c: &String, d: &String| (a, b).cmp(&(c, d));
         snap.virtual_services
@@ -613,6 +678,42 @@ impl Snapshot {
             }
         }
         snap
+    }
+
+    /// Adds Kubernetes service `service`, built from `inputs`; a service it
+    /// replaces (a ServiceEntry host, or a Service listed twice) is let
+    /// go with its inputs.
+    fn insert_kubernetes(
+        &mut self,
+        hostname: String,
+        service: Arc<Service>,
+        inputs: Option<Inputs>,
+    ) {
+        let at = Arc::as_ptr(&service).addr();
+        if let Some(replaced) = self.services.insert(hostname, service) {
+            self.built_from.remove(&Arc::as_ptr(&replaced).addr());
+        }
+        if let Some(inputs) = inputs {
+            self.built_from.insert(at, inputs);
+        }
+    }
+
+    /// This snapshot's service `hostname`, if it is a Kubernetes service
+    /// built from exactly `inputs` (the same objects, in the same order).
+    fn built_from_same(
+        &self,
+        hostname: &str,
+        inputs: &[Option<Arc<Object>>],
+    ) -> Option<Arc<Service>> {
+        let service = self.services.get(hostname)?;
+        let was = self.built_from.get(&Arc::as_ptr(service).addr())?;
+        let same = was.len() == inputs.len()
+            && was.iter().zip(inputs).all(|pair| match pair {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            });
+        same.then(|| Arc::clone(service))
     }
 
     /// Services a proxy in namespace `ns` may see: Istio's `exportTo`
@@ -910,6 +1011,29 @@ fn service_entry_services(ns: &str, spec: &crds::ServiceEntrySpec) -> Vec<Servic
             }
         })
         .collect()
+}
+
+/// The [`Inputs`] of a Kubernetes service (`service`, its slices, and
+/// the Pod of each of their endpoints, in order); `None` when any of them
+/// was not shared (its identity unknown).
+fn inputs(
+    service: Option<&Arc<Object>>,
+    slices: &[Read<'_, EndpointSlice>],
+    pods: &[Option<Read<'_, PodInfo>>],
+) -> Option<Inputs> {
+    let mut inputs = Vec::with_capacity(1 + slices.len() + pods.len());
+    inputs.push(Some(Arc::clone(service?)));
+    let mut pods = pods.iter();
+    for (slice, shared) in slices {
+        inputs.push(Some(Arc::clone((*shared)?)));
+        for _ in slice.endpoints.iter().flatten() {
+            match pods.next() {
+                Some(Some((_, pod))) => inputs.push(Some(Arc::clone((*pod)?))),
+                _ => inputs.push(None),
+            }
+        }
+    }
+    Some(inputs.into_boxed_slice())
 }
 
 /// A pod's locality as Istio reads it: the `istio-locality` label

@@ -35,13 +35,14 @@ pub fn load_dir(dir: &Path, cache: &mut ParseCache) -> std::io::Result<Loaded> {
                 let read_at = std::time::SystemTime::now();
                 std::fs::read_to_string(&file).map(|text| {
                     let digest = xxhash_rust::xxh3::xxh3_128(text.as_bytes());
-                    let parsed = match cached {
-                        Some(old) if old.digest == digest => old.parsed,
-                        _ => super::parse_text(&text),
+                    let (parsed, path) = match cached {
+                        Some(old) if old.digest == digest => (old.parsed, old.path),
+                        _ => (super::parse_text(&text), file.as_path().into()),
                     };
                     Cached {
                         digest,
                         parsed,
+                        path,
                         stamp,
                         read_at,
                     }
@@ -50,9 +51,8 @@ pub fn load_dir(dir: &Path, cache: &mut ParseCache) -> std::io::Result<Loaded> {
         };
         match entry {
             Ok(entry) => {
-                let path: std::sync::Arc<Path> = file.as_path().into();
                 for (document, result) in &entry.parsed {
-                    loaded.add_validated(&path, *document, result.clone());
+                    loaded.add_validated(&entry.path, *document, result.clone());
                 }
                 seen.files.insert(file, entry);
             }
@@ -77,7 +77,8 @@ type Parsed = Vec<(usize, Result<std::sync::Arc<Object>, ParseError>)>;
 /// the new snapshot; reading them all, ~15 ms, the most of what was left).
 #[derive(Debug, Default)]
 pub struct ParseCache {
-    files: std::collections::HashMap<PathBuf, Cached>,
+    // foldhash rather than SipHash: every file is looked up on every load.
+    files: hashbrown::HashMap<PathBuf, Cached>,
 }
 
 #[derive(Debug)]
@@ -87,6 +88,8 @@ struct Cached {
     /// so a 128-bit non-cryptographic digest stands for the text).
     digest: u128,
     parsed: Parsed,
+    /// The path, as the entries of its documents share it.
+    path: std::sync::Arc<Path>,
     /// The file's metadata before it was read (`None`: not available).
     stamp: Option<Stamp>,
     read_at: std::time::SystemTime,
