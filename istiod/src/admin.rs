@@ -70,7 +70,7 @@ async fn syncz(State(s): State<AdminState>) -> Json<Value> {
             let mut row = json!({ "proxy": node, "snapshot_version": p.snapshot_version, "synced": p.in_sync() });
             for (type_url, t) in p.types.iter() {
                 let short = Metrics::type_label(type_url).r#type;
-                let name = match short.as_str() {
+                let name = match short {
                     "cds" => "cluster",
                     "eds" => "endpoint",
                     "lds" => "listener",

@@ -437,9 +437,7 @@ impl Follow {
                 .observe(metrics::secs(first_event.elapsed()));
             self.metrics
                 .triggers
-                .get_or_create(&metrics::TypeLabel {
-                    r#type: "config".into(),
-                })
+                .get_or_create(&metrics::TypeLabel { r#type: "config" })
                 .inc_by(merged as u64);
             let reading = std::time::Instant::now();
             let Some(loaded) = load().await else {

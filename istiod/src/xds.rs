@@ -76,8 +76,15 @@ impl<T> Default for ByType<T> {
 }
 
 impl<T> ByType<T> {
+    /// Where `type_url` is (`Ok`), or would go to keep the order (`Err`).
+    /// A scan rather than a binary search: the five xDS type URLs differ
+    /// in length, so `==` tells them apart without comparing bytes, where
+    /// ordering them compares their shared 26-byte prefix every time.
     fn position(&self, type_url: &str) -> Result<usize, usize> {
-        self.0.binary_search_by(|(t, _)| t.as_str().cmp(type_url))
+        match self.0.iter().position(|(t, _)| t == type_url) {
+            Some(i) => Ok(i),
+            None => Err(self.0.partition_point(|(t, _)| t.as_str() < type_url)),
+        }
     }
 
     /// The entry of `type_url`, if any.
