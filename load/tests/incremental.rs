@@ -62,18 +62,19 @@ async fn start(dir: &std::path::Path, delta: bool) -> (Daemon, Client) {
     (daemon, client)
 }
 
-/// Adds a third endpoint to service `i` of the mesh in `dir` (written with
-/// two) and returns the names, sorted, of the one response the client then
-/// gets, which must be EDS and remove nothing.
+/// Gives service `i` of the mesh in `dir` `endpoints` endpoints (it was
+/// written with two) and returns the names, sorted, of the one response
+/// the client then gets, which must be EDS and remove nothing.
 async fn endpoint_push(
     daemon: &Daemon,
     client: &Client,
     dir: &std::path::Path,
     i: usize,
+    endpoints: usize,
 ) -> Vec<String> {
     let before = client.received().len();
     let version = daemon.snapshots.borrow().version;
-    mesh::replace(&mesh::file(dir, i), &mesh::service_yaml(i, 3, 90)).unwrap();
+    mesh::replace(&mesh::file(dir, i), &mesh::service_yaml(i, endpoints, 90)).unwrap();
     wait("the endpoint change", || {
         daemon.snapshots.borrow().version > version
     })
@@ -100,18 +101,32 @@ async fn only_what_changed(delta: bool) {
 
     // An endpoint is added to svc-3: EDS for its cluster, nothing else.
     assert_eq!(
-        endpoint_push(&daemon, &client, dir.path(), 3).await,
+        endpoint_push(&daemon, &client, dir.path(), 3, 3).await,
         ["outbound|8080||svc-3.ns-0.svc.cluster.local"]
     );
     // An endpoint added to a service with subsets (svc-10: v1, v2): EDS for
     // each cluster the endpoint joins (the whole service and v1), found
     // through the config's endpoint index by hostname, and no other.
     assert_eq!(
-        endpoint_push(&daemon, &client, dir.path(), 10).await,
+        endpoint_push(&daemon, &client, dir.path(), 10, 3).await,
         [
             "outbound|8080|v1|svc-10.ns-0.svc.cluster.local",
             "outbound|8080||svc-10.ns-0.svc.cluster.local"
         ]
+    );
+    // The same services' endpoints changed again, back to two: the proxy's
+    // record of what it was sent (taken from each patched config once it
+    // had all of it) still tells what it has, so each change is pushed.
+    assert_eq!(
+        endpoint_push(&daemon, &client, dir.path(), 10, 2).await,
+        [
+            "outbound|8080|v1|svc-10.ns-0.svc.cluster.local",
+            "outbound|8080||svc-10.ns-0.svc.cluster.local"
+        ]
+    );
+    assert_eq!(
+        endpoint_push(&daemon, &client, dir.path(), 3, 2).await,
+        ["outbound|8080||svc-3.ns-0.svc.cluster.local"]
     );
 
     // A change the proxy cannot see (namespace `private`, exportTo ".").

@@ -728,13 +728,16 @@ impl Connection {
                 self.record_version();
             }
             Effect::Endpoints(hosts) => {
+                // The endpoint versions of the config patched from.
+                let mut before = None;
                 if let (Some(proxy), Some(base)) = (&self.proxy, &self.output) {
+                    before = Some(base.versions(ENDPOINT_TYPE));
                     let patched = shared.with_endpoints(&self.snapshot, proxy, base, from, &hosts);
                     self.output = Some(patched);
                 }
                 self.record_version();
                 if self.types.contains_key(ENDPOINT_TYPE) {
-                    self.send_endpoints(&hosts).await?;
+                    self.send_endpoints(&hosts, before.as_ref()).await?;
                 }
             }
             Effect::Full => {
@@ -810,7 +813,14 @@ impl Connection {
 
     /// An endpoint-only push: looks at the assignments of `hosts` alone (not
     /// every resource the proxy has) and sends those that changed.
-    async fn send_endpoints(&mut self, hosts: &BTreeSet<String>) -> Result<(), Closed> {
+    /// `before`: the endpoint versions of the config this one was patched
+    /// from (which differ from this one's in the assignments of `hosts`
+    /// alone).
+    async fn send_endpoints(
+        &mut self,
+        hosts: &BTreeSet<String>,
+        before: Option<&Arc<Versions>>,
+    ) -> Result<(), Closed> {
         let Some(generated) = self.output.clone() else {
             return Ok(());
         };
@@ -826,13 +836,26 @@ impl Connection {
             })
             .cloned()
             .collect();
+        // The proxy had exactly the config patched from, and now has every
+        // assignment of `hosts` as generated: it has exactly this config,
+        // whose own list it then shares (rather than keeping the old list
+        // alive under an overlay of the changes, ~0.4 KiB per proxy).
+        let had_all = before.is_some_and(|b| state.sent.is_exactly(b));
         if changed.is_empty() {
             return Ok(());
         }
         for (n, v, _) in &changed {
             state.sent.insert(n.clone(), *v);
         }
-        state.sent.compact(&generated.versions(ENDPOINT_TYPE), true);
+        let has_hosts = hosts
+            .iter()
+            .flat_map(|h| generated.endpoints_of(&all, h))
+            .all(|(n, v, _)| state.sent.get(n) == Some(*v));
+        if had_all && has_hosts {
+            state.sent = NameMap::shared(generated.versions(ENDPOINT_TYPE));
+        } else {
+            state.sent.compact(&generated.versions(ENDPOINT_TYPE), true);
+        }
         self.respond(ENDPOINT_TYPE, changed, Vec::new())
             .await
             .map(|_| ())

@@ -65,6 +65,11 @@ impl NameMap {
         NameMap::shared(sorted.into_iter().collect())
     }
 
+    /// Whether this is exactly `list`, shared (the same allocation, nothing on top).
+    pub(crate) fn is_exactly(&self, list: &Arc<Versions>) -> bool {
+        Arc::ptr_eq(&self.base, list) && self.overlay.is_empty()
+    }
+
     pub(crate) fn get(&self, name: &str) -> Option<u64> {
         match self.overlay.get(name) {
             Some(v) => *v,
@@ -242,6 +247,9 @@ mod tests {
         );
         assert_eq!(m.get("c"), Some(30));
         assert_eq!(m.get("e"), None);
+        assert!(!m.is_exactly(&base), "changes on top");
+        assert!(NameMap::shared(base.clone()).is_exactly(&base));
+        assert!(!NameMap::shared(list(&[("a", 1), ("c", 3), ("e", 5)])).is_exactly(&base));
         assert!(!m.same_names(&base));
         // Putting back what the base has leaves no difference.
         m.insert(Arc::from("c"), 3);
