@@ -280,9 +280,10 @@ pub struct Snapshot {
 }
 
 /// The objects a Kubernetes service was built from, in order: its
-/// `Service`, then each of its `EndpointSlice`s followed by the Pod each
-/// of that slice's endpoints resolved to (`None`: no Pod). Held, so that
-/// no other object can take one of their addresses while they are listed.
+/// `Service`, its `EndpointSlice`s, then the Pod each of their endpoints
+/// resolved to (`None`: no Pod; with the same slices, the same number of
+/// endpoints). Held, so that no other object can take one of their
+/// addresses while they are listed.
 type Inputs = Box<[Option<Arc<Object>>]>;
 
 /// An object as [`Snapshot::build_from`] reads it: borrowed, and shared
@@ -1013,27 +1014,22 @@ fn service_entry_services(ns: &str, spec: &crds::ServiceEntrySpec) -> Vec<Servic
         .collect()
 }
 
-/// The [`Inputs`] of a Kubernetes service (`service`, its slices, and
-/// the Pod of each of their endpoints, in order); `None` when any of them
-/// was not shared (its identity unknown).
+/// The [`Inputs`] of a Kubernetes service (`service`, its slices, the
+/// Pod of each of their endpoints); `None` when any of them was not
+/// shared (its identity unknown).
 fn inputs(
     service: Option<&Arc<Object>>,
     slices: &[Read<'_, EndpointSlice>],
     pods: &[Option<Read<'_, PodInfo>>],
 ) -> Option<Inputs> {
-    let mut inputs = Vec::with_capacity(1 + slices.len() + pods.len());
-    inputs.push(Some(Arc::clone(service?)));
-    let mut pods = pods.iter();
-    for (slice, shared) in slices {
-        inputs.push(Some(Arc::clone((*shared)?)));
-        for _ in slice.endpoints.iter().flatten() {
-            match pods.next() {
-                Some(Some((_, pod))) => inputs.push(Some(Arc::clone((*pod)?))),
-                _ => inputs.push(None),
-            }
-        }
-    }
-    Some(inputs.into_boxed_slice())
+    let objects = std::iter::once(service)
+        .chain(slices.iter().map(|(_, shared)| *shared))
+        .map(|shared| shared.map(|o| Some(Arc::clone(o))));
+    let pods = pods.iter().map(|pod| match pod {
+        Some((_, shared)) => shared.map(|o| Some(Arc::clone(o))),
+        None => Some(None),
+    });
+    objects.chain(pods).collect()
 }
 
 /// A pod's locality as Istio reads it: the `istio-locality` label

@@ -110,11 +110,18 @@ fn check(previous: (&Objects, &Snapshot), next: &Objects) -> (Snapshot, Vec<&'st
         rebuilt.services, fresh.services,
         "the services of a fresh build"
     );
-    for host in rebuilt.services.keys() {
+    // Every workload address either snapshot knows serves the same ports.
+    let addresses: std::collections::BTreeSet<&str> = [&rebuilt, &fresh, old]
+        .iter()
+        .flat_map(|s| s.services.values())
+        .flat_map(|s| s.endpoints.iter().map(|e| e.address.as_str()))
+        .collect();
+    assert!(!addresses.is_empty());
+    for address in addresses {
         assert_eq!(
-            rebuilt.inbound_ports(host),
-            fresh.inbound_ports(host),
-            "{host}"
+            rebuilt.inbound_ports(address),
+            fresh.inbound_ports(address),
+            "{address}"
         );
     }
     assert_eq!(

@@ -836,14 +836,14 @@ impl Connection {
             })
             .cloned()
             .collect();
+        if changed.is_empty() {
+            return Ok(());
+        }
         // The proxy had exactly the config patched from, and now has every
         // assignment of `hosts` as generated: it has exactly this config,
         // whose own list it then shares (rather than keeping the old list
         // alive under an overlay of the changes, ~0.4 KiB per proxy).
         let had_all = before.is_some_and(|b| state.sent.is_exactly(b));
-        if changed.is_empty() {
-            return Ok(());
-        }
         for (n, v, _) in &changed {
             state.sent.insert(n.clone(), *v);
         }
