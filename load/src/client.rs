@@ -218,8 +218,9 @@ impl Client {
     /// # Errors
     /// When the daemon cannot be reached.
     pub async fn connect(addr: &str, node: Node, delta: bool) -> anyhow::Result<Client> {
-        let channel = tonic::transport::Channel::from_shared(addr.to_owned())?
-            .connect()
+        // Written to as Envoy writes: one write per turn (`coalesce`).
+        let channel = tonic::transport::Endpoint::from_shared(addr.to_owned())?
+            .connect_with_connector(crate::coalesce::Connector)
             .await?;
         let log = Log::default();
         let state: Arc<Mutex<BTreeMap<String, BTreeMap<String, Any>>>> = Arc::default();

@@ -2,7 +2,10 @@
 //! speaks ADS (State of the World or Delta) to the daemon as Envoy does —
 //! wildcard CDS and LDS, then EDS for the EDS clusters and RDS for the
 //! listeners' route configurations, ACKing everything — and records each
-//! response; [`mesh`] writes a generated mesh as a config folder.
+//! response; [`coalesce`] writes to the daemon as Envoy's event loop does
+//! (one write per turn, not per HTTP/2 frame); [`mesh`] writes a generated
+//! mesh as a config folder.
 
 pub mod client;
+pub mod coalesce;
 pub mod mesh;
