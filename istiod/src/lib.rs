@@ -278,7 +278,9 @@ impl Daemon {
             let served = tonic::transport::Server::builder()
                 .add_service(ads.into_service())
                 .serve_with_incoming_shutdown(
-                    TcpListenerStream::new(listener),
+                    futures::StreamExt::map(TcpListenerStream::new(listener), |accepted| {
+                        accepted.map(xds::read_ahead::ReadAhead::new)
+                    }),
                     token.cancelled_owned(),
                 )
                 .await;

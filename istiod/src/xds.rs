@@ -15,6 +15,7 @@
 
 mod connection;
 mod names;
+pub(crate) mod read_ahead;
 mod wire;
 
 use std::collections::BTreeMap;
