@@ -257,7 +257,7 @@ pub async fn start(
 
 /// A TLS connection and its peer.
 pub(crate) type TlsConnection = (
-    tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    tokio_rustls::server::TlsStream<crate::xds::read_ahead::ReadAhead>,
     SocketAddr,
 );
 
@@ -286,8 +286,13 @@ pub(crate) fn accept_tls(
             };
             let (acceptor, tx) = (acceptor.clone(), tx.clone());
             tokio::spawn(async move {
-                let handshake =
-                    tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await;
+                let handshake = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    // rustls reads 4 KiB at a time: read ahead below it,
+                    // as on the plaintext xDS port.
+                    acceptor.accept(crate::xds::read_ahead::ReadAhead::new(tcp)),
+                )
+                .await;
                 match handshake {
                     Ok(Ok(tls)) => {
                         let _ = tx.send((tls, peer)).await;
