@@ -54,7 +54,7 @@ pub struct Client {
 /// Envoy's `envoy.service.discovery.v3.DiscoveryRequest` as this client
 /// sends it (the same fields and bytes; encoded by hand below): the
 /// names are kept already encoded, so that an ACK, which names every
-/// cluster again (~90 KiB at 1000 services), hands them on without a copy
+/// cluster again (~65 KiB at 1000 services), hands them on without a copy
 /// ([`SotwBody`]). The simulated proxies share two cores with the daemon;
 /// what they spend is taken from it. Kept as ~1400 shared `Bytes`, each
 /// ACK's clone and drop of them was half of the simulator's CPU after an
@@ -259,7 +259,7 @@ impl Client {
             }
             // The request stream is written as gRPC frames of shared bytes
             // (`SotwBody`), not through tonic's encoder: that copies each
-            // ~90 KiB ACK into a fresh buffer, and after a quiet second the
+            // ~65 KiB ACK into a fresh buffer, and after a quiet second the
             // kernel zeroing those pages was a fifth of the machine's CPU
             // in an endpoint change.
             use tonic::codec::Codec as _;

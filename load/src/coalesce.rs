@@ -4,7 +4,7 @@
 //!
 //! Envoy's connection buffers what its HTTP/2 codec serialises and writes
 //! the buffer when its event loop gets to the socket's write event: a SotW
-//! EDS ACK naming ~1400 clusters (~65 KiB, five DATA frames of 16 KiB)
+//! EDS ACK naming ~1400 clusters (~65 KiB: five DATA frames, four of 16 KiB)
 //! leaves a real Envoy 1.40 in one `writev` (`strace` of one against the
 //! daemon on a 1000-service mesh, docs/PERFORMANCE.md's tenth session).
 //! The h2 crate instead writes each DATA frame whose payload it holds by

@@ -1,16 +1,17 @@
-//! The xDS port's TCP streams, read ahead: one `recv` takes what the socket
+//! The xDS and TLS ports' TCP streams, read ahead: one `recv` takes what the socket
 //! holds (up to [`READ_AHEAD`] bytes) when HTTP/2 asks for a few kilobytes.
 //!
 //! h2 reads through a buffer that starts at 8 KiB and is sized to the
 //! frame it is reading, so a 16 KiB DATA frame takes two `recv` calls and
-//! a SotW EDS ACK naming ~1400 clusters (~65-90 KiB at 1000 services, sent
-//! by Envoy in one write) about thirteen, the last one finding the socket
-//! empty. Each call locks the socket and may send a TCP window update;
-//! together they were a fifth of the daemon's CPU in a SotW endpoint
-//! change (docs/PERFORMANCE.md, tenth session). Read ahead, the bytes
-//! past what h2 asked for wait in a buffer of the connection's own, given
-//! back as soon as h2 has taken them, which it does within the same turn
-//! of the connection's task: an idle connection holds nothing.
+//! a SotW EDS ACK naming ~1400 clusters (~65 KiB at 1000 services, five
+//! DATA frames, sent by Envoy in one write) about a dozen, the last one
+//! finding the socket empty. Each call locks the socket and may send a TCP
+//! window update; together they were a fifth of the daemon's CPU in a
+//! SotW endpoint change (docs/PERFORMANCE.md, tenth session). Read ahead,
+//! the bytes past what h2 asked for wait in a buffer of the connection's
+//! own, given back as soon as h2 has taken them, which it does within the
+//! same turn of the connection's task: an idle connection holds nothing.
+//! The TLS port reads ahead below rustls, which reads 4 KiB at a time.
 
 use std::io;
 use std::pin::Pin;

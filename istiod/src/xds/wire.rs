@@ -241,7 +241,7 @@ pub(crate) const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 /// gRPC frames it. Bytes of a message split over DATA frames are gathered in
 /// a buffer that is let go as soon as it is empty, so a connection does not
 /// keep the size of the largest request it ever got (a SotW EDS request
-/// names every cluster: ~90 KiB at 1000 services).
+/// names every cluster: ~65 KiB at 1000 services).
 pub(crate) struct Requests<T> {
     body: tonic::body::Body,
     buf: BytesMut,
@@ -377,7 +377,7 @@ pub(crate) struct SotwRequest {
 }
 
 /// The `resource_names` of a SotW request, undecoded. A SotW EDS ACK names
-/// every cluster again (~1400 names, ~90 KiB at 1000 services) on every
+/// every cluster again (~1400 names, ~65 KiB at 1000 services) on every
 /// endpoint push, almost always the same list as before:
 /// [`SotwNames::digest`] tells whether it is, without decoding a name;
 /// [`SotwNames::names`] decodes them when it is not.
