@@ -2,11 +2,11 @@
 //! holds (up to [`READ_AHEAD`] bytes) when HTTP/2 asks for a few kilobytes.
 //!
 //! h2 reads through a buffer that starts at 8 KiB and is sized to the
-//! frame it is reading, so a 16 KiB DATA frame takes two `recv` calls and
-//! a SotW EDS ACK naming ~1400 clusters (~65 KiB at 1000 services, five
-//! DATA frames, sent by Envoy in one write) about a dozen, the last one
-//! finding the socket empty. Each call locks the socket and may send a TCP
-//! window update; together they were a fifth of the daemon's CPU in a
+//! frame it is reading, so a SotW EDS ACK naming ~1400 clusters (~65 KiB
+//! at 1000 services, five DATA frames, sent by Envoy in one write) took
+//! six or seven `recv` calls, the last one finding the socket empty
+//! (`strace -c`; two with this). Each call locks the socket and may send a
+//! TCP window update; together they were a fifth of the daemon's CPU in a
 //! SotW endpoint change (docs/PERFORMANCE.md, tenth session). Read ahead,
 //! the bytes past what h2 asked for wait in a buffer of the connection's
 //! own, given back as soon as h2 has taken them, which it does within the
