@@ -1,5 +1,6 @@
-//! The xDS and TLS ports' TCP streams, read ahead: one `recv` takes what the socket
-//! holds (up to [`READ_AHEAD`] bytes) when HTTP/2 asks for a few kilobytes.
+//! The xDS and TLS ports' TCP streams, read ahead: one `recv` takes what
+//! the socket holds (up to [`READ_AHEAD`] bytes) when HTTP/2 asks for a
+//! few kilobytes.
 //!
 //! h2 reads through a buffer that starts at 8 KiB and is sized to the
 //! frame it is reading, so a SotW EDS ACK naming ~1400 clusters (~65 KiB
