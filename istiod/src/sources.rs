@@ -84,6 +84,19 @@ impl Index {
 }
 
 impl Loaded {
+    /// Empty, with room for `objects` entries (a reload expects about as
+    /// many as the load before: growing the index rehashes every key).
+    pub fn with_capacity(objects: usize) -> Loaded {
+        Loaded {
+            entries: Vec::with_capacity(objects),
+            errors: Vec::new(),
+            index: Index {
+                table: hashbrown::HashTable::with_capacity(objects),
+                hasher: hashbrown::DefaultHashBuilder::default(),
+            },
+        }
+    }
+
     /// The objects, in read order.
     pub fn objects(&self) -> impl Iterator<Item = &Object> {
         self.entries.iter().map(|e| &*e.object)
