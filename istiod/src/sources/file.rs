@@ -167,11 +167,11 @@ fn collect(dir: &Path, out: &mut Vec<(PathBuf, Option<Stamp>)>) -> std::io::Resu
         }
         let path = entry.path();
         // The directory entry's own type (no `stat`); a symlink (as in a
-        // mounted ConfigMap) is followed.
+        // mounted ConfigMap), or an entry of unknown type, is followed.
         let file_type = entry.file_type();
-        let symlink = !file_type.as_ref().is_ok_and(|t| !t.is_symlink());
+        let follow = !matches!(&file_type, Ok(t) if !t.is_symlink());
         let is_dir = match file_type {
-            Ok(t) if !t.is_symlink() => t.is_dir(),
+            Ok(t) if !follow => t.is_dir(),
             _ => path.is_dir(),
         };
         if is_dir {
@@ -181,7 +181,7 @@ fn collect(dir: &Path, out: &mut Vec<(PathBuf, Option<Stamp>)>) -> std::io::Resu
             .and_then(|e| e.to_str())
             .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
         {
-            let metadata = if symlink {
+            let metadata = if follow {
                 std::fs::metadata(&path)
             } else {
                 entry.metadata()
