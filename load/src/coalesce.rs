@@ -13,6 +13,8 @@
 //! proxies share with the daemon. [`Coalescing`] keeps what is written in
 //! one turn of the task and hands it to the socket in the next, which is
 //! what Envoy's event loop does; the daemon receives the same frames.
+//! tokio's `BufWriter` would not: it writes on every flush, and h2 flushes
+//! after every frame.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;

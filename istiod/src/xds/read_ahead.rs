@@ -13,6 +13,9 @@
 //! own, given back as soon as h2 has taken them, which it does within the
 //! same turn of the connection's task: an idle connection holds nothing.
 //! The TLS port reads ahead below rustls, which reads 4 KiB at a time.
+//!
+//! tokio's `BufReader` reads ahead the same way but keeps its buffer for
+//! the connection's life: 128 KiB each, 250 MiB at 2000 proxies.
 
 use std::io;
 use std::pin::Pin;
