@@ -763,14 +763,14 @@ mod tests {
     use crate::model::Protocol;
 
     fn endpoint(address: &str, locality: &str) -> Endpoint {
-        Endpoint {
-            address: address.into(),
-            ports: Arc::new(BTreeMap::from([("http".to_owned(), 9080)])),
-            labels: Arc::default(),
-            ready: true,
-            locality: locality.into(),
-            service_account: None,
-        }
+        Endpoint::new(
+            address.into(),
+            Arc::new(BTreeMap::from([("http".to_owned(), 9080)])),
+            Arc::default(),
+            true,
+            locality.into(),
+            None,
+        )
     }
 
     /// Port 80, named `http`, HTTP/1.1.
