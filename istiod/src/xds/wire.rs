@@ -242,20 +242,21 @@ pub(crate) const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 /// a buffer that is let go as soon as it is empty, so a connection does not
 /// keep the size of the largest request it ever got (a SotW EDS request
 /// names every cluster: ~65 KiB at 1000 services).
-pub(crate) struct Requests<T> {
+pub(crate) struct Requests<T: Decode> {
     body: tonic::body::Body,
     buf: BytesMut,
     done: bool,
-    _message: std::marker::PhantomData<fn() -> T>,
+    /// What the decoder keeps between the stream's messages.
+    memory: T::Memory,
 }
 
-impl<T> Requests<T> {
+impl<T: Decode> Requests<T> {
     pub(crate) fn new(body: tonic::body::Body) -> Requests<T> {
         Requests {
             body,
             buf: BytesMut::new(),
             done: false,
-            _message: std::marker::PhantomData,
+            memory: T::Memory::default(),
         }
     }
 }
@@ -289,7 +290,7 @@ impl<T: Decode> Requests<T> {
         // Decoded from shared bytes, so that `bytes` fields are slices of
         // them rather than copies.
         let frame = self.buf.split_to(5 + len).freeze();
-        let decoded = T::decode(frame.slice(5..))
+        let decoded = T::decode(frame.slice(5..), &mut self.memory)
             .map_err(|e| Status::invalid_argument(format!("malformed request: {e}")));
         if self.buf.is_empty() {
             self.buf = BytesMut::new();
@@ -390,22 +391,35 @@ pub(crate) struct SotwNames {
 }
 
 impl Decode for SotwRequest {
+    type Memory = KnownNames;
+
     /// One walk over the fields: the names hashed where they lie, every
     /// other field merged into the head. (Decoding the head with prost and
     /// walking again for the names stepped over ~1400 names twice per ACK.)
-    fn decode(raw: Bytes) -> Result<Self, prost::DecodeError> {
+    /// A list of names that `known` holds is not walked at all.
+    fn decode(raw: Bytes, known: &mut KnownNames) -> Result<Self, prost::DecodeError> {
         use prost::Message as _;
         use prost::encoding::{DecodeContext, WireType, decode_key, skip_field};
         let mut head = SotwHead::default();
-        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-        // Runs of consecutive name fields (usually all of them) are hashed
-        // as one slice: the fields' own encoding (key, length, bytes), which
-        // tells lists apart whatever their names hold.
-        let mut run: Option<std::ops::Range<usize>> = None;
+        // Runs of consecutive name fields (usually one): their bytes are
+        // hashed as one slice, the fields' own encoding (key, length,
+        // bytes), which tells lists apart whatever their names hold.
+        let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
+        // The digest of the first run, when `known` recognised it.
+        let mut recognised = None;
         let mut buf: &[u8] = &raw;
         while !buf.is_empty() {
             let start = raw.len() - buf.len();
-            let mut end = names_run(&raw, start);
+            let mut end = start;
+            if runs.is_empty()
+                && let Some((len, digest)) = known.recognise(&raw, start)
+            {
+                end = start + len;
+                recognised = Some(digest);
+            }
+            if end == start {
+                end = names_run(&raw, start);
+            }
             if end > start {
                 buf = &raw[end..];
             } else {
@@ -420,25 +434,79 @@ impl Decode for SotwRequest {
                 skip_field(wire_type, tag, &mut buf, DecodeContext::default())?;
                 end = raw.len() - buf.len();
             }
-            match &mut run {
+            match runs.last_mut() {
                 Some(r) if r.end == start => r.end = end,
-                _ => {
-                    if let Some(r) = run.replace(start..end) {
-                        hasher.update(&raw[r]);
-                    }
-                }
+                _ => runs.push(start..end),
             }
         }
-        if let Some(r) = run {
-            hasher.update(&raw[r]);
-        }
+        let digest = match (runs.as_slice(), recognised) {
+            ([_], Some(digest)) => digest,
+            ([one], None) => {
+                let digest = xxhash_rust::xxh3::xxh3_128(&raw[one.clone()]);
+                known.remember(one.len(), digest);
+                digest
+            }
+            (runs, _) => {
+                // The same digest as of the runs end to end.
+                let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+                for r in runs {
+                    hasher.update(&raw[r.clone()]);
+                }
+                hasher.digest128()
+            }
+        };
         Ok(SotwRequest {
             head,
-            names: SotwNames {
-                digest: hasher.digest128(),
-                raw,
-            },
+            names: SotwNames { digest, raw },
         })
+    }
+}
+
+/// Lists of names a SotW stream sent before, as one run of `resource_names`
+/// fields: their length in bytes and digest, for the largest (at most
+/// [`KnownNames::HELD`], of at least [`KnownNames::WORTH`] bytes). Envoy
+/// repeats its EDS list (every cluster, ~1400 names at 1000 services) in
+/// every ACK, and stepping over the names again cost half of reading the
+/// ACK: a run that starts where the names do, ends where the next field
+/// does, and hashes to a known digest is the known list, validated when it
+/// was first read, and is hashed but not walked.
+#[derive(Debug, Default)]
+pub(crate) struct KnownNames {
+    /// (bytes, digest), the most recent first.
+    lists: Vec<(usize, u128)>,
+}
+
+impl KnownNames {
+    /// Lists held (a stream has one large one, EDS, in practice).
+    const HELD: usize = 2;
+    /// Shorter lists are walked each time: it costs less than a probe.
+    const WORTH: usize = 1024;
+
+    /// The length and digest of a known list whose run starts at `at` of
+    /// `raw`, if one does: the byte after it must end the run (the end of
+    /// the message, or a key other than a name's `0x1a`) before its bytes
+    /// are hashed.
+    fn recognise(&self, raw: &[u8], at: usize) -> Option<(usize, u128)> {
+        if raw.get(at) != Some(&0x1a) {
+            return None;
+        }
+        self.lists.iter().find_map(|&(len, digest)| {
+            let end = at.checked_add(len).filter(|&end| end <= raw.len())?;
+            if raw.get(end) == Some(&0x1a) {
+                return None;
+            }
+            (xxhash_rust::xxh3::xxh3_128(&raw[at..end]) == digest).then_some((len, digest))
+        })
+    }
+
+    /// Holds a list of `len` bytes read in one run, and its digest.
+    fn remember(&mut self, len: usize, digest: u128) {
+        if len < Self::WORTH {
+            return;
+        }
+        self.lists.retain(|&(l, _)| l != len);
+        self.lists.insert(0, (len, digest));
+        self.lists.truncate(Self::HELD);
     }
 }
 
@@ -531,15 +599,21 @@ impl SotwNames {
 
 /// How a request type is read from one gRPC message's bytes.
 pub(crate) trait Decode: Sized {
-    /// Decodes `raw` (shared, so that fields can be slices of it).
+    /// What the decoder keeps from one message of a stream to the next.
+    type Memory: Default + Send + Sync + Unpin + 'static;
+
+    /// Decodes `raw` (shared, so that fields can be slices of it), the
+    /// stream's `memory` at hand.
     ///
     /// # Errors
     /// When `raw` is not a valid encoding of the message.
-    fn decode(raw: Bytes) -> Result<Self, prost::DecodeError>;
+    fn decode(raw: Bytes, memory: &mut Self::Memory) -> Result<Self, prost::DecodeError>;
 }
 
 impl Decode for envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest {
-    fn decode(raw: Bytes) -> Result<Self, prost::DecodeError> {
+    type Memory = ();
+
+    fn decode(raw: Bytes, (): &mut ()) -> Result<Self, prost::DecodeError> {
         prost::Message::decode(raw)
     }
 }
@@ -643,6 +717,11 @@ mod tests {
         let len = u32::from_be_bytes([v[1], v[2], v[3], v[4]]) as usize;
         assert_eq!(len, v.len() - 5, "the header gives the message's length");
         v[5..].to_vec()
+    }
+
+    /// A SotW request read on a stream of its own.
+    fn sotw(raw: Bytes) -> Result<SotwRequest, prost::DecodeError> {
+        <SotwRequest as Decode>::decode(raw, &mut KnownNames::default())
     }
 
     #[test]
@@ -822,7 +901,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        let read = <SotwRequest as Decode>::decode(Bytes::from(sent.encode_to_vec())).unwrap();
+        let read = sotw(Bytes::from(sent.encode_to_vec())).unwrap();
         assert_eq!(
             read.names.names().unwrap(),
             [Bytes::from("a"), Bytes::from("b")]
@@ -838,14 +917,13 @@ mod tests {
         );
         assert_eq!(head.error_detail.unwrap().message, "no");
         // resource_names: one name, not UTF-8.
-        let bad =
-            <SotwRequest as Decode>::decode(Bytes::from_static(&[0x1a, 2, 0xff, 0xfe])).unwrap();
+        let bad = sotw(Bytes::from_static(&[0x1a, 2, 0xff, 0xfe])).unwrap();
         assert_eq!(
             bad.names.names().unwrap_err().code(),
             tonic::Code::InvalidArgument
         );
         // A name longer than the message is refused when the request is read.
-        assert!(<SotwRequest as Decode>::decode(Bytes::from_static(&[0x1a, 9, b'a'])).is_err());
+        assert!(sotw(Bytes::from_static(&[0x1a, 9, b'a'])).is_err());
         // Names of two-byte lengths, the last one cut short.
         let long = "x".repeat(200);
         let mut sent = DiscoveryRequest {
@@ -854,14 +932,14 @@ mod tests {
             ..Default::default()
         }
         .encode_to_vec();
-        let read = <SotwRequest as Decode>::decode(Bytes::from(sent.clone())).unwrap();
+        let read = sotw(Bytes::from(sent.clone())).unwrap();
         assert_eq!(
             read.names.names().unwrap(),
             [Bytes::from("a"), Bytes::from(long.clone())]
         );
         assert_eq!(read.head.response_nonce, "7");
         sent.extend_from_slice(&[0x1a, 200, 1, b'x']);
-        assert!(<SotwRequest as Decode>::decode(Bytes::from(sent)).is_err());
+        assert!(sotw(Bytes::from(sent)).is_err());
     }
 
     #[test]
@@ -872,7 +950,7 @@ mod tests {
                 response_nonce: nonce.into(),
                 ..Default::default()
             };
-            <SotwRequest as Decode>::decode(Bytes::from(request.encode_to_vec()))
+            sotw(Bytes::from(request.encode_to_vec()))
                 .unwrap()
                 .names
                 .digest()
@@ -891,9 +969,71 @@ mod tests {
         let mut split = vec![0x1a, 1, b'a'];
         split.extend_from_slice(&[0x2a, 1, b'9']); // response_nonce
         split.extend_from_slice(&[0x1a, 1, b'b']);
-        let split = <SotwRequest as Decode>::decode(Bytes::from(split)).unwrap();
+        let split = sotw(Bytes::from(split)).unwrap();
         assert_eq!(split.names.digest(), ab);
         assert_eq!(split.head.response_nonce, "9");
+    }
+
+    #[test]
+    fn a_known_list_of_names_is_recognised_and_any_other_is_read() {
+        let request = |names: &[String], nonce: &str| {
+            Bytes::from(
+                DiscoveryRequest {
+                    version_info: "4".into(),
+                    resource_names: names.to_vec(),
+                    type_url: "t".into(),
+                    response_nonce: nonce.into(),
+                    ..Default::default()
+                }
+                .encode_to_vec(),
+            )
+        };
+        // Names start after `version_info` (key, length, "4").
+        let at = 3;
+        let eds: Vec<String> = (0..100)
+            .map(|i| format!("outbound|80||svc-{i:03}.ns.svc.cluster.local"))
+            .collect();
+        let mut known = KnownNames::default();
+        let first = <SotwRequest as Decode>::decode(request(&eds, "1"), &mut known).unwrap();
+        let again = request(&eds, "22");
+        let (len, digest) = known.recognise(&again, at).expect("the list is known");
+        assert_eq!(len, eds.iter().map(|n| 2 + n.len()).sum::<usize>());
+        assert_eq!(digest, first.names.digest());
+        let read = <SotwRequest as Decode>::decode(again.clone(), &mut known).unwrap();
+        assert_eq!(read.names.digest(), digest);
+        assert_eq!(read.head.response_nonce, "22", "the fields after the names");
+        assert_eq!(read.names.names().unwrap().len(), 100);
+        assert_eq!(sotw(again).unwrap(), read, "as read on a new stream");
+
+        // Lists it is not: one name changed (the same length), one more,
+        // one fewer. Each is read, and has the digest a new stream gives it.
+        let mut changed = eds.clone();
+        changed[50] = changed[50].replace("svc-050", "svc-950");
+        let mut more = eds.clone();
+        more.push("outbound|80||extra".into());
+        let fewer = &eds[..99];
+        for (list, what) in [
+            (&changed[..], "changed"),
+            (&more[..], "more"),
+            (fewer, "fewer"),
+        ] {
+            let raw = request(list, "3");
+            assert!(known.recognise(&raw, at).is_none(), "{what}");
+            let read = <SotwRequest as Decode>::decode(raw.clone(), &mut KnownNames::default());
+            let read = read.unwrap();
+            assert_ne!(read.names.digest(), digest, "{what}");
+            assert_eq!(sotw(raw).unwrap(), read, "{what}");
+        }
+        // Short lists are not held; at most two are.
+        let mut known = KnownNames::default();
+        let _ = <SotwRequest as Decode>::decode(request(&eds[..2], "1"), &mut known).unwrap();
+        assert!(known.lists.is_empty());
+        for list in [&eds[..], &eds[..90], &eds[..80]] {
+            let _ = <SotwRequest as Decode>::decode(request(list, "1"), &mut known).unwrap();
+        }
+        assert_eq!(known.lists.len(), 2);
+        assert!(known.recognise(&request(&eds[..80], "5"), at).is_some());
+        assert!(known.recognise(&request(&eds, "5"), at).is_none());
     }
 
     #[tokio::test]
