@@ -36,14 +36,6 @@ pub fn encode<M: prost::Message>(type_url: &str, name: &str, message: &M) -> Enc
     finish(name, buf)
 }
 
-/// An already encoded message `value` as an `Any` of `type_url`, named
-/// `name` (as [`encode`]).
-pub(crate) fn wrap(type_url: &str, name: &str, value: &[u8]) -> Encoded {
-    let mut buf = any_head(type_url, value.len());
-    buf.extend_from_slice(value);
-    finish(name, buf)
-}
-
 /// A message of `len` bytes that `write` writes, as an `Any` of
 /// `type_url`, named `name` (as [`encode`], for messages written by hand).
 /// `write` must write exactly `len` bytes; a debug build checks it.

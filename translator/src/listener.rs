@@ -276,56 +276,93 @@ impl RoutePlan<'_> {
             gateways: &[],
         };
         let port = self.port.to_string();
-        let mut value = Vec::new();
-        put_string(&mut value, 1, &port);
+        // Each virtual host's `routes`, encoded, before anything is
+        // written: a VirtualService's into `own` (end to end, by range), a
+        // default route read from the memo. With every length known, the
+        // configuration (~0.5 MiB at 1000 services) is written once into a
+        // buffer of its size, not grown by doubling and then copied into
+        // its `Any` (1.75 MiB of allocations per config key before).
+        enum HostRoutes {
+            Own(std::ops::Range<usize>),
+            Memoised(Arc<Vec<u8>>),
+        }
         let mut own = Vec::new();
-        for h in self.hosts {
-            let memoised: Arc<Vec<u8>>;
-            let routes: &[u8] = match &h.routes {
+        let routes: Vec<HostRoutes> = self
+            .hosts
+            .iter()
+            .map(|h| match &h.routes {
                 Some(routes) => {
-                    own.clear();
+                    let start = own.len();
                     for r in routes {
                         prost::encoding::message::encode(3, r, &mut own);
                     }
-                    &own
+                    HostRoutes::Own(start..own.len())
                 }
                 None => {
                     let rule = snap.destination_rule(&h.service.hostname, &proxy.namespace);
-                    memoised = snap
-                        .route_memo
-                        .get_or_build(h.service, rule, &self.port, || {
-                            default_route_field(&ctx, &h.service.hostname)
-                        });
-                    &memoised
+                    HostRoutes::Memoised(snap.route_memo.get_or_build(
+                        h.service,
+                        rule,
+                        &self.port,
+                        || default_route_field(&ctx, &h.service.hostname),
+                    ))
                 }
-            };
-            // VirtualHost: `name` 1, each of `domains` 2 (a repeated
-            // string: written even if empty), then the routes.
-            let name = host_name(&h.service.hostname, &port);
-            let name_len: usize = name.iter().map(|p| p.len()).sum();
-            let domains = h.domains.map(|i| self.domains.get(i));
-            let len = nested_len(name_len)
-                + domains.clone().map(|d| nested_len(d.len())).sum::<usize>()
-                + routes.len();
-            put_head(&mut value, 2, len);
-            put_head(&mut value, 1, name_len);
-            for part in name {
-                value.extend_from_slice(part.as_bytes());
+            })
+            .collect();
+        fn routes_of<'a>(own: &'a [u8], r: &'a HostRoutes) -> &'a [u8] {
+            match r {
+                HostRoutes::Own(range) => own.get(range.clone()).unwrap_or_default(),
+                HostRoutes::Memoised(bytes) => bytes,
             }
-            for d in domains {
-                put_head(&mut value, 2, d.len());
-                value.extend_from_slice(d.as_bytes());
-            }
-            value.extend_from_slice(routes);
         }
-        prost::encoding::message::encode(2, &self.catch_all, &mut value);
-        // Cannot fail: a `Vec` grows to whatever is written.
-        let _ = RouteConfiguration {
+        // VirtualHost: `name` 1, each of `domains` 2 (a repeated string:
+        // written even if empty), then the routes: its name's length and
+        // its own.
+        let host_len = |h: &PlannedHost<'_>, routes: &[u8]| {
+            let name_len: usize = host_name(&h.service.hostname, &port)
+                .iter()
+                .map(|p| p.len())
+                .sum();
+            let domains = h.domains.clone().map(|i| self.domains.get(i));
+            let len = nested_len(name_len)
+                + domains.map(|d| nested_len(d.len())).sum::<usize>()
+                + routes.len();
+            (name_len, len)
+        };
+        // The rest of the configuration's fields (its name is written first).
+        let tail = RouteConfiguration {
             name: String::new(),
             ..route_config_head(self.port)
-        }
-        .encode(&mut value);
-        crate::encoded::wrap(crate::ROUTE_TYPE, &port, &value)
+        };
+        let len = crate::encoded::string_len(&port)
+            + self
+                .hosts
+                .iter()
+                .zip(&routes)
+                .map(|(h, r)| nested_len(host_len(h, routes_of(&own, r)).1))
+                .sum::<usize>()
+            + prost::encoding::message::encoded_len(2, &self.catch_all)
+            + tail.encoded_len();
+        crate::encoded::encode_with(crate::ROUTE_TYPE, &port, len, |value| {
+            put_string(value, 1, &port);
+            for (h, r) in self.hosts.iter().zip(&routes) {
+                let routes = routes_of(&own, r);
+                let (name_len, len) = host_len(h, routes);
+                put_head(value, 2, len);
+                put_head(value, 1, name_len);
+                for part in host_name(&h.service.hostname, &port) {
+                    value.extend_from_slice(part.as_bytes());
+                }
+                for d in h.domains.clone().map(|i| self.domains.get(i)) {
+                    put_head(value, 2, d.len());
+                    value.extend_from_slice(d.as_bytes());
+                }
+                value.extend_from_slice(routes);
+            }
+            prost::encoding::message::encode(2, &self.catch_all, value);
+            // Cannot fail: a `Vec` grows to whatever is written.
+            let _ = tail.encode(value);
+        })
     }
 }
 
