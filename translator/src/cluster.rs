@@ -133,33 +133,43 @@ pub(crate) fn build_encoded(
             .map(|c| encode(CLUSTER_TYPE, &c.name, c))
             .collect();
     }
-    let mut assignments = Vec::new();
-    for (svc, dr) in visible(snap, proxy, only) {
-        let built = snap
-            .cluster_memo
-            .get_or_build(svc, dr, &proxy.locality, || {
-                let mut built = ServiceResources::default();
-                service_clusters(
-                    snap,
-                    &proxy.locality,
-                    svc,
-                    dr,
-                    &mut |name, cluster, auto, cla| {
-                        built.clusters.push(match cluster {
-                            PlannedCluster::Built(cluster) => encode_cluster(&cluster, auto),
-                            PlannedCluster::Plain { http2 } => {
-                                encode_plain_cluster(name, http2, auto)
+    let built: Vec<_> = visible(snap, proxy, only)
+        .map(|(svc, dr)| {
+            snap.cluster_memo
+                .get_or_build(svc, dr, &proxy.locality, || {
+                    // A cluster per port and subset, at most as many assignments.
+                    let count = svc.ports.len() * (1 + dr.map_or(0, |d| d.spec.subsets.len()));
+                    let mut built = ServiceResources {
+                        clusters: Vec::with_capacity(count),
+                        assignments: Vec::with_capacity(count),
+                    };
+                    service_clusters(
+                        snap,
+                        &proxy.locality,
+                        svc,
+                        dr,
+                        &mut |name, cluster, auto, cla| {
+                            built.clusters.push(match cluster {
+                                PlannedCluster::Built(cluster) => encode_cluster(&cluster, auto),
+                                PlannedCluster::Plain { http2 } => {
+                                    encode_plain_cluster(name, http2, auto)
+                                }
+                            });
+                            if let Some(cla) = cla {
+                                built.assignments.push(cla.encode());
                             }
-                        });
-                        if let Some(cla) = cla {
-                            built.assignments.push(cla.encode());
-                        }
-                    },
-                );
-                built
-            });
-        clusters.extend(built.clusters.iter().cloned());
-        assignments.extend(built.assignments.iter().cloned());
+                        },
+                    );
+                    built
+                })
+        })
+        .collect();
+    // Sized before they are filled: ~1400 of each at 1000 services.
+    clusters.reserve(built.iter().map(|b| b.clusters.len()).sum());
+    let mut assignments = Vec::with_capacity(built.iter().map(|b| b.assignments.len()).sum());
+    for b in &built {
+        clusters.extend(b.clusters.iter().cloned());
+        assignments.extend(b.assignments.iter().cloned());
     }
     (clusters, assignments)
 }

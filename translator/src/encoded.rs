@@ -204,11 +204,15 @@ impl<D, V> Memo<D, V> {
         if let Some(found) = find(&entries) {
             return found;
         }
-        entries.entry(key).or_default().push(MemoEntry {
-            service: service.clone(),
-            detail: detail.to_owned(),
-            value: built.clone(),
-        });
+        // Usually the only entry of its key: a vector of one, not of four.
+        entries
+            .entry(key)
+            .or_insert_with(|| Vec::with_capacity(1))
+            .push(MemoEntry {
+                service: service.clone(),
+                detail: detail.to_owned(),
+                value: built.clone(),
+            });
         built
     }
 

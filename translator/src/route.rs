@@ -77,8 +77,16 @@ pub(crate) fn virtual_service_routes(
     vs: &Config<VirtualServiceSpec>,
     warnings: &mut Vec<ConfigWarning>,
 ) -> Vec<Route> {
-    let mut routes = Vec::new();
-    for (owner, field, http) in expand_delegates(ctx.snap, vs, warnings) {
+    let expanded = expand_delegates(ctx.snap, vs, warnings);
+    // A route per match (one without any): room for them up front, as a
+    // `Route` is ~0.5 KiB and a vector grows from four.
+    let mut routes = Vec::with_capacity(
+        expanded
+            .iter()
+            .map(|(_, _, http)| http.matches.len().max(1))
+            .sum(),
+    );
+    for (owner, field, http) in expanded {
         let http: &HttpRoute = &http;
         check_subsets(ctx, owner, http, &field, warnings);
         let action = match route_action(ctx, owner, http, &field) {
@@ -155,7 +163,7 @@ fn expand_delegates<'a>(
     HttpField,
     std::borrow::Cow<'a, HttpRoute>,
 )> {
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(vs.spec.http.len());
     for (i, http) in vs.spec.http.iter().enumerate() {
         let Some(delegate) = &http.delegate else {
             out.push((vs, HttpField(i), std::borrow::Cow::Borrowed(http)));
@@ -536,7 +544,7 @@ fn route_action(
             "no destination, redirect or directResponse".into(),
         ));
     }
-    let mut clusters = Vec::new();
+    let mut clusters = Vec::with_capacity(http.route.len());
     for (j, dest) in http.route.iter().enumerate() {
         let weight = dest
             .weight
