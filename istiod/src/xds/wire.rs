@@ -440,7 +440,10 @@ impl Decode for SotwRequest {
             }
         }
         let digest = match (runs.as_slice(), recognised) {
-            ([_], Some(digest)) => digest,
+            ([one], Some(digest)) => {
+                known.remember(one.len(), digest);
+                digest
+            }
             ([one], None) => {
                 let digest = xxhash_rust::xxh3::xxh3_128(&raw[one.clone()]);
                 known.remember(one.len(), digest);
@@ -463,8 +466,8 @@ impl Decode for SotwRequest {
 }
 
 /// Lists of names a SotW stream sent before, as one run of `resource_names`
-/// fields: their length in bytes and digest, for the largest (at most
-/// [`KnownNames::HELD`], of at least [`KnownNames::WORTH`] bytes). Envoy
+/// fields: their length in bytes and digest, for the most recently read
+/// (at most [`KnownNames::HELD`], of at least [`KnownNames::WORTH`] bytes). Envoy
 /// repeats its EDS list (every cluster, ~1400 names at 1000 services) in
 /// every ACK, and stepping over the names again cost half of reading the
 /// ACK: a run that starts where the names do, ends where the next field
@@ -499,9 +502,10 @@ impl KnownNames {
         })
     }
 
-    /// Holds a list of `len` bytes read in one run, and its digest.
+    /// Holds a list of `len` bytes read in one run, and its digest, as
+    /// the most recent.
     fn remember(&mut self, len: usize, digest: u128) {
-        if len < Self::WORTH {
+        if len < Self::WORTH || self.lists.first() == Some(&(len, digest)) {
             return;
         }
         self.lists.retain(|&(l, _)| l != len);
@@ -1034,6 +1038,13 @@ mod tests {
         assert_eq!(known.lists.len(), 2);
         assert!(known.recognise(&request(&eds[..80], "5"), at).is_some());
         assert!(known.recognise(&request(&eds, "5"), at).is_none());
+        // A list recognised is the most recent again: read the 90 names
+        // (recognised), then all 100, and the 90 are still held.
+        for list in [&eds[..90], &eds[..]] {
+            let _ = <SotwRequest as Decode>::decode(request(list, "6"), &mut known).unwrap();
+        }
+        assert!(known.recognise(&request(&eds[..90], "7"), at).is_some());
+        assert!(known.recognise(&request(&eds[..80], "7"), at).is_none());
     }
 
     #[tokio::test]
