@@ -141,7 +141,9 @@ impl Daemon {
             Source::Folder(dir) => {
                 leader_tx.send_replace(true);
                 let cache = Arc::new(std::sync::Mutex::new(sources::file::ParseCache::default()));
-                publisher.publish(1, load_dir(dir.clone(), cache.clone()).await?, None);
+                let loaded = load_dir(dir.clone(), cache.clone()).await?;
+                let initial = loaded.fingerprint();
+                publisher.publish(1, loaded, None);
                 ready.store(true, Ordering::Relaxed);
                 let (ev_tx, ev_rx) = mpsc::channel(1);
                 let watcher = sources::file::watch(&dir, ev_tx)
@@ -149,7 +151,7 @@ impl Daemon {
                 tasks.push(tokio::spawn(async move {
                     let _watcher = watcher;
                     follow
-                        .run(ev_rx, || {
+                        .run(ev_rx, initial, || {
                             let (dir, cache) = (dir.clone(), cache.clone());
                             async move {
                                 load_dir(dir, cache)
@@ -202,11 +204,12 @@ impl Daemon {
                         }
                     }
                     let loaded = sources::kube::lock(&store).loaded();
+                    let initial = loaded.fingerprint();
                     follow.publisher.publish(1, loaded, None);
                     ready.store(true, Ordering::Relaxed);
                     info!("Kubernetes caches synced; ready");
                     follow
-                        .run(ev_rx, || {
+                        .run(ev_rx, initial, || {
                             let loaded = sources::kube::lock(&store).loaded();
                             async move { Some(loaded) }
                         })
@@ -418,14 +421,22 @@ struct Follow {
 impl Follow {
     /// Runs until the token is cancelled or `events` closes. `load` gives
     /// the source's current objects (`None`: unreadable, keep the last
-    /// snapshot). Versions count up from 2 (1 is the initial load).
-    async fn run<F, Fut>(self, events: mpsc::Receiver<()>, mut load: F)
-    where
+    /// snapshot); a load made of what the last published one was
+    /// (`initial` at first) publishes nothing. Versions count up from 2 (1
+    /// is the initial load).
+    async fn run<F, Fut>(
+        self,
+        events: mpsc::Receiver<()>,
+        initial: sources::LoadFingerprint,
+        mut load: F,
+    ) where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Option<Loaded>>,
     {
         let mut debouncer = Debouncer::new(events, self.debounce);
         let mut version = 1;
+        // What the last snapshot was made of.
+        let mut last = initial;
         loop {
             let merged = tokio::select! {
                 m = debouncer.next() => m,
@@ -437,10 +448,6 @@ impl Follow {
             self.metrics
                 .debounce_time
                 .observe(metrics::secs(first_event.elapsed()));
-            self.metrics
-                .triggers
-                .get_or_create(&metrics::TypeLabel { r#type: "config" })
-                .inc_by(merged as u64);
             let reading = std::time::Instant::now();
             let Some(loaded) = load().await else {
                 continue;
@@ -449,6 +456,17 @@ impl Follow {
                 read_ms = reading.elapsed().as_secs_f64() * 1e3,
                 "config source read"
             );
+            // Nothing it reads changed: no new version, and no push, as
+            // istiod drops an update whose object is unchanged.
+            if loaded.same_as(&last) {
+                debug!("config source unchanged; nothing published");
+                continue;
+            }
+            last = loaded.fingerprint();
+            self.metrics
+                .triggers
+                .get_or_create(&metrics::TypeLabel { r#type: "config" })
+                .inc_by(merged as u64);
             version += 1;
             self.publisher.publish(version, loaded, Some(first_event));
         }

@@ -40,6 +40,13 @@ pub struct Entry {
     pub object: Arc<Object>,
 }
 
+/// What a [`Loaded`] was made of, for [`Loaded::same_as`].
+#[derive(Debug, Default)]
+pub struct LoadFingerprint {
+    objects: Vec<Arc<Object>>,
+    errors: Vec<SourceError>,
+}
+
 /// What a source read: the objects that parsed, and the documents that did
 /// not (unsupported kinds are left out of both: they are not errors).
 #[derive(Clone, Debug, Default)]
@@ -84,6 +91,30 @@ impl Index {
 }
 
 impl Loaded {
+    /// What this load was made of: each entry's object (held, so that
+    /// [`Loaded::same_as`] compares by address safely) and the errors.
+    pub fn fingerprint(&self) -> LoadFingerprint {
+        LoadFingerprint {
+            objects: self.entries.iter().map(|e| e.object.clone()).collect(),
+            errors: self.errors.clone(),
+        }
+    }
+
+    /// Whether this load is made of the very objects (the same allocations,
+    /// as the sources share what did not change) and errors that `before`
+    /// was. A source read after an event that changed nothing it reads (an
+    /// editor's hidden temporary file, a file written with the same text)
+    /// is.
+    pub fn same_as(&self, before: &LoadFingerprint) -> bool {
+        self.entries.len() == before.objects.len()
+            && self
+                .entries
+                .iter()
+                .zip(&before.objects)
+                .all(|(e, o)| Arc::ptr_eq(&e.object, o))
+            && self.errors == before.errors
+    }
+
     /// Empty, with room for `objects` entries (a reload expects about as
     /// many as the load before: growing the index rehashes every key).
     pub fn with_capacity(objects: usize) -> Loaded {

@@ -531,3 +531,51 @@ fn syncz_row(monitoring: &str, node_id: &str) -> serde_json::Value {
         .unwrap_or_else(|| panic!("no syncz row for {node_id}: {syncz}"))
         .clone()
 }
+
+/// An event that changes nothing the daemon reads (an editor's hidden
+/// temporary file; a file written again with the text it had) publishes
+/// no snapshot, so no proxy is pushed, as istiod drops an update whose
+/// object is unchanged; a real change still publishes one.
+#[test]
+fn events_that_change_nothing_read_publish_nothing() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let cfg = e2e::ConfigDir::bookinfo_platform();
+    let mut daemon = rt.block_on(e2e::start_daemon(cfg.path()));
+    let version = || daemon.snapshots.borrow().version;
+    let debounced = || metric(&daemon.metrics.encode(), "pilot_debounce_time_count");
+    let wait = |what: &str, done: &dyn Fn() -> bool| {
+        let start = Instant::now();
+        while !done() {
+            assert!(start.elapsed() < SYNC, "{what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    assert_eq!(version(), 1);
+    let platform = std::fs::read_to_string(cfg.path().join("platform.yaml")).unwrap();
+    let no_ops: [(&str, Box<dyn Fn()>); 2] = [
+        (
+            "a hidden file",
+            Box::new(|| std::fs::write(cfg.path().join(".vs.yaml.swp"), "x").unwrap()),
+        ),
+        (
+            "the same text",
+            Box::new(|| cfg.write("platform.yaml", &platform)),
+        ),
+    ];
+    for (what, change) in no_ops {
+        let before = debounced();
+        change();
+        // The daemon saw the event (its debounce ended), then read the folder.
+        wait(what, &|| debounced() > before);
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(version(), 1, "{what} published a snapshot");
+    }
+    let exposition = daemon.metrics.encode();
+    assert!(
+        !exposition.contains("pilot_push_triggers{"),
+        "no push was triggered:\n{exposition}"
+    );
+    cfg.add_sample("destination-rule-all.yaml", "dr.yaml");
+    wait("the real change is published", &|| version() == 2);
+    rt.block_on(daemon.shutdown());
+}
