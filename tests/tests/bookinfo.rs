@@ -552,24 +552,18 @@ fn events_that_change_nothing_read_publish_nothing() {
     };
     assert_eq!(version(), 1);
     let platform = std::fs::read_to_string(cfg.path().join("platform.yaml")).unwrap();
-    let no_ops: [(&str, Box<dyn Fn()>); 2] = [
-        (
-            "a hidden file",
-            Box::new(|| std::fs::write(cfg.path().join(".vs.yaml.swp"), "x").unwrap()),
-        ),
-        (
-            "the same text",
-            Box::new(|| cfg.write("platform.yaml", &platform)),
-        ),
-    ];
-    for (what, change) in no_ops {
+    let no_op = |what: &str, change: &dyn Fn()| {
         let before = debounced();
         change();
         // The daemon saw the event (its debounce ended), then read the folder.
         wait(what, &|| debounced() > before);
         std::thread::sleep(Duration::from_millis(300));
         assert_eq!(version(), 1, "{what} published a snapshot");
-    }
+    };
+    no_op("a hidden file", &|| {
+        std::fs::write(cfg.path().join(".vs.yaml.swp"), "x").unwrap()
+    });
+    no_op("the same text", &|| cfg.write("platform.yaml", &platform));
     let exposition = daemon.metrics.encode();
     assert!(
         !exposition.contains("pilot_push_triggers{"),
