@@ -84,10 +84,7 @@ pub(crate) fn build(snap: &Snapshot, proxy: &Proxy) -> (Vec<Cluster>, Vec<Cluste
     let services: Vec<_> = visible(snap, proxy, None).collect();
     // Clusters are large (~3 KiB each): room for all of them up front
     // rather than copies as the vector grows.
-    let count: usize = services
-        .iter()
-        .map(|(s, dr)| s.ports.len() * (1 + dr.map_or(0, |d| d.spec.subsets.len())))
-        .sum();
+    let count: usize = services.iter().map(|(s, dr)| cluster_count(s, *dr)).sum();
     let mut clusters = Vec::with_capacity(count + 2);
     clusters.extend([passthrough_cluster(), blackhole_cluster()]);
     let mut assignments = Vec::with_capacity(count);
@@ -113,6 +110,13 @@ pub(crate) fn build(snap: &Snapshot, proxy: &Proxy) -> (Vec<Cluster>, Vec<Cluste
     (clusters, assignments)
 }
 
+/// The clusters [`service_clusters`] makes of `svc` seen through `dr`:
+/// one per port and subset (the whole service counts as one); at most as
+/// many load assignments.
+fn cluster_count(svc: &Service, dr: Option<&Config<DestinationRuleSpec>>) -> usize {
+    svc.ports.len() * (1 + dr.map_or(0, |d| d.spec.subsets.len()))
+}
+
 /// [`build`], encoded for the wire (only the services in `only`, if
 /// given, and then without `PassthroughCluster` and `BlackHoleCluster`).
 /// Each service's clusters and load assignments come from the snapshot's
@@ -130,8 +134,7 @@ pub(crate) fn build_encoded(
         .map(|(svc, dr)| {
             snap.cluster_memo
                 .get_or_build(svc, dr, &proxy.locality, || {
-                    // A cluster per port and subset, at most as many assignments.
-                    let count = svc.ports.len() * (1 + dr.map_or(0, |d| d.spec.subsets.len()));
+                    let count = cluster_count(svc, dr);
                     let mut built = ServiceResources {
                         clusters: Vec::with_capacity(count),
                         assignments: Vec::with_capacity(count),
