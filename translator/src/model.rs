@@ -101,6 +101,8 @@ pub struct Endpoint {
     pub ports: Arc<BTreeMap<String, u32>>,
     /// Labels of the workload (pod labels), for subsets; one map shared by
     /// the endpoints whose labels are equal (a Deployment's replicas).
+    /// [`Endpoint::in_mesh`] is read from them by [`Endpoint::new`]: make a
+    /// new endpoint rather than replace them.
     pub labels: Arc<BTreeMap<String, String>>,
     /// `EndpointSlice` `conditions.ready` (default true).
     pub ready: bool,
