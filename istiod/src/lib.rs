@@ -372,45 +372,89 @@ struct Publisher {
 /// Objects by address, held so that an address is not reused while listed.
 type Seen = std::collections::HashMap<usize, Arc<crds::Object>>;
 
+/// A snapshot built and not yet published ([`Publisher::build`]).
+struct Built {
+    snap: Snapshot,
+    /// The load's errors, published with it.
+    errors: Vec<SourceError>,
+    /// How long building the snapshot took, and its change set after it.
+    build_time: std::time::Duration,
+    changes_time: std::time::Duration,
+}
+
 impl Publisher {
     /// Builds snapshot `version` from `loaded` and publishes it. With
     /// `first_event` (when the change that caused it was first seen), the
     /// snapshot carries its change set against the previous one, so only
     /// affected proxies and types are pushed.
     fn publish(&self, version: u64, loaded: Loaded, first_event: Option<tokio::time::Instant>) {
+        let built = self.build(version, loaded, first_event.is_some());
+        self.send(built, first_event);
+    }
+
+    /// Builds snapshot `version` from `loaded`; `with_changes`: with its
+    /// change set against the snapshot published now (and what that one
+    /// memoised for the services the change did not touch), which must
+    /// still be the published one when this is sent.
+    fn build(&self, version: u64, loaded: Loaded, with_changes: bool) -> Built {
         let started = std::time::Instant::now();
         let previous = self.snapshots.borrow().clone();
-        let (mut snap, errs) = match self.warned.lock() {
+        let (mut snap, errors) = match self.warned.lock() {
             Ok(mut seen) => build(version, loaded, &mut seen, &previous),
             Err(_) => build(version, loaded, &mut Seen::new(), &previous),
         };
-        let built = started.elapsed();
-        if let Some(first) = first_event {
+        let build_time = started.elapsed();
+        if with_changes {
             let changes = translator::changes::ChangeSet::between(&previous, &snap);
             // What the last snapshot memoised for what did not change is
             // kept, so that a change's first config key builds only what
             // it touched.
             snap.inherit_memos(&previous, &changes);
             snap.changes = Some(Arc::new(changes));
-            snap.changed_at = Some(first.into_std());
         }
+        Built {
+            snap,
+            errors,
+            build_time,
+            changes_time: started.elapsed() - build_time,
+        }
+    }
+
+    /// Publishes a built snapshot (its errors and warnings are logged
+    /// here, once per published snapshot). `first_event`: when the change
+    /// that caused it was first seen.
+    fn send(&self, built: Built, first_event: Option<tokio::time::Instant>) {
+        let Built {
+            mut snap,
+            errors,
+            build_time,
+            changes_time,
+        } = built;
+        for e in &errors {
+            error!(file = %e.file.display(), document = e.document, error = %e.error, "invalid config skipped");
+        }
+        for w in &snap.warnings {
+            warn!(warning = %w, "config read but not acted on");
+        }
+        snap.changed_at = first_event.map(tokio::time::Instant::into_std);
         snap.published_at = Some(std::time::Instant::now());
         info!(
-            version,
+            version = snap.version,
             services = snap.services.len(),
-            errors = errs.len(),
-            build_ms = built.as_secs_f64() * 1e3,
-            changes_ms = (started.elapsed() - built).as_secs_f64() * 1e3,
+            errors = errors.len(),
+            build_ms = build_time.as_secs_f64() * 1e3,
+            changes_ms = changes_time.as_secs_f64() * 1e3,
             since_change_ms = first_event.map(|f| f.elapsed().as_secs_f64() * 1e3),
             "config snapshot published"
         );
         self.snapshots.send_replace(Arc::new(snap));
-        self.errors.send_replace(Arc::new(errs));
+        self.errors.send_replace(Arc::new(errors));
     }
 }
 
-/// The loop every watched source shares: debounce change signals, reload,
-/// publish the next snapshot.
+/// The loop every watched source shares: debounce change signals, reload
+/// and build the next snapshot while they settle, publish it when the
+/// debounce fires.
 struct Follow {
     publisher: Publisher,
     metrics: Arc<metrics::Metrics>,
@@ -423,7 +467,9 @@ impl Follow {
     /// the source's current objects (`None`: unreadable, keep the last
     /// snapshot); a load made of what the last published one was
     /// (`initial` at first) publishes nothing. Versions count up from 2 (1
-    /// is the initial load).
+    /// is the initial load). The load and the build run a third of the
+    /// quiet period before the debounce fires, and again if an event comes
+    /// after they began ([`Debouncer::next_prepared`]).
     async fn run<F, Fut>(
         self,
         events: mpsc::Receiver<()>,
@@ -438,37 +484,57 @@ impl Follow {
         // What the last snapshot was made of.
         let mut last = initial;
         loop {
-            let merged = tokio::select! {
-                m = debouncer.next() => m,
-                _ = self.token.cancelled() => None,
+            // The source is read and the snapshot built while the burst
+            // settles (`next_prepared`), so the push starts when the
+            // debounce fires rather than a read and a build later.
+            let burst = {
+                let (publisher, last, next) = (&self.publisher, &last, version + 1);
+                let load = &mut load;
+                let prepare = move || {
+                    let loading = load();
+                    async move {
+                        let reading = std::time::Instant::now();
+                        let loaded = loading.await?;
+                        debug!(
+                            read_ms = reading.elapsed().as_secs_f64() * 1e3,
+                            "config source read"
+                        );
+                        // Nothing it reads changed: no new version, and no
+                        // push, as istiod drops an update whose object is
+                        // unchanged.
+                        if loaded.same_as(last) {
+                            return Some(None);
+                        }
+                        let fingerprint = loaded.fingerprint();
+                        Some(Some((fingerprint, publisher.build(next, loaded, true))))
+                    }
+                };
+                tokio::select! {
+                    b = debouncer.next_prepared(prepare) => b,
+                    _ = self.token.cancelled() => None,
+                }
             };
-            let Some((merged, first_event)) = merged else {
+            let Some(burst) = burst else {
                 break;
             };
             self.metrics
                 .debounce_time
-                .observe(metrics::secs(first_event.elapsed()));
-            let reading = std::time::Instant::now();
-            let Some(loaded) = load().await else {
+                .observe(metrics::secs(burst.first.elapsed()));
+            let Some(prepared) = burst.prepared else {
+                // Unreadable: the last snapshot stays.
                 continue;
             };
-            debug!(
-                read_ms = reading.elapsed().as_secs_f64() * 1e3,
-                "config source read"
-            );
-            // Nothing it reads changed: no new version, and no push, as
-            // istiod drops an update whose object is unchanged.
-            if loaded.same_as(&last) {
+            let Some((fingerprint, built)) = prepared else {
                 debug!("config source unchanged; nothing published");
                 continue;
-            }
-            last = loaded.fingerprint();
+            };
+            last = fingerprint;
             self.metrics
                 .triggers
                 .get_or_create(&metrics::TypeLabel { r#type: "config" })
-                .inc_by(merged as u64);
+                .inc_by(burst.merged as u64);
             version += 1;
-            self.publisher.publish(version, loaded, Some(first_event));
+            self.publisher.send(built, Some(burst.first));
         }
     }
 }
@@ -502,9 +568,6 @@ fn build(
     previous: &Snapshot,
 ) -> (Snapshot, Vec<SourceError>) {
     loaded.drop_orphan_delegates();
-    for e in &loaded.errors {
-        error!(file = %e.file.display(), document = e.document, error = %e.error, "invalid config skipped");
-    }
     for entry in newly_seen(
         loaded
             .entries
@@ -527,9 +590,6 @@ fn build(
         MeshConfig::default(),
         previous,
     );
-    for w in &snap.warnings {
-        warn!(warning = %w, "config read but not acted on");
-    }
     (snap, loaded.errors)
 }
 
