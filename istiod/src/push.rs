@@ -278,7 +278,12 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         });
-        let burst = d.next_prepared(prepare).await.unwrap();
+        // Without the cap, every preparation would be stale and this
+        // would never return.
+        let burst = tokio::time::timeout(Duration::from_secs(11), d.next_prepared(prepare))
+            .await
+            .expect("a burst returned soon after max")
+            .unwrap();
         let max = Duration::from_secs(10);
         // Prepared once the cap was reached, from everything taken in.
         assert!(
