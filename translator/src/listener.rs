@@ -316,38 +316,40 @@ impl RoutePlan<'_> {
             }
         }
         // VirtualHost: `name` 1, each of `domains` 2 (a repeated string:
-        // written even if empty), then the routes: its name's length and
-        // its own.
-        let host_len = |h: &PlannedHost<'_>, routes: &[u8]| {
-            let name_len: usize = host_name(&h.service.hostname, &port)
-                .iter()
-                .map(|p| p.len())
-                .sum();
-            let domains = h.domains.clone().map(|i| self.domains.get(i));
-            let len = nested_len(name_len)
-                + domains.map(|d| nested_len(d.len())).sum::<usize>()
-                + routes.len();
-            (name_len, len)
-        };
+        // written even if empty), then the routes. Each host's name length
+        // and its own, computed once: they size the buffer and head it.
+        let lengths: Vec<(usize, usize)> = self
+            .hosts
+            .iter()
+            .zip(&routes)
+            .map(|(h, r)| {
+                let name_len: usize = host_name(&h.service.hostname, &port)
+                    .iter()
+                    .map(|p| p.len())
+                    .sum();
+                let domains = h.domains.clone().map(|i| self.domains.get(i));
+                let len = nested_len(name_len)
+                    + domains.map(|d| nested_len(d.len())).sum::<usize>()
+                    + routes_of(&own, r).len();
+                (name_len, len)
+            })
+            .collect();
         // The rest of the configuration's fields (its name is written first).
         let tail = RouteConfiguration {
             name: String::new(),
             ..route_config_head(self.port)
         };
         let len = crate::encoded::string_len(&port)
-            + self
-                .hosts
+            + lengths
                 .iter()
-                .zip(&routes)
-                .map(|(h, r)| nested_len(host_len(h, routes_of(&own, r)).1))
+                .map(|&(_, len)| nested_len(len))
                 .sum::<usize>()
             + prost::encoding::message::encoded_len(2, &self.catch_all)
             + tail.encoded_len();
         crate::encoded::encode_with(crate::ROUTE_TYPE, &port, len, |value| {
             put_string(value, 1, &port);
-            for (h, r) in self.hosts.iter().zip(&routes) {
+            for ((h, r), &(name_len, len)) in self.hosts.iter().zip(&routes).zip(&lengths) {
                 let routes = routes_of(&own, r);
-                let (name_len, len) = host_len(h, routes);
                 put_head(value, 2, len);
                 put_head(value, 1, name_len);
                 for part in host_name(&h.service.hostname, &port) {
