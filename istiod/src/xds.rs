@@ -253,8 +253,8 @@ impl AdsServer {
             connections: Arc::new(AtomicU64::new(0)),
             sync: SyncTable::default(),
             drain,
+            shared: Arc::new(connection::Shared::new(push_throttle, metrics.clone())),
             metrics,
-            shared: Arc::new(connection::Shared::new(push_throttle)),
             ready: None,
             callers: None,
         }

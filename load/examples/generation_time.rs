@@ -4,11 +4,17 @@
 //! generated mesh (`load::mesh`, 1000 services), and the fastest, the
 //! 10th percentile and the median are printed (microseconds).
 //!
-//! `cargo run --release -p load --example generation_time -- [N] [first|next]`
+//! `cargo run --release -p load --example generation_time -- [N] [first|next] [K]`
 //! - N: generations (default 200);
 //! - `first`: a snapshot's first config key, nothing memoised (default);
 //! - `next`: a sidecar in another namespace, once the first key is
-//!   generated (and dropped) on the same copy.
+//!   generated (and dropped) on the same copy;
+//! - K: how many of the last copies (each with the memo its generation
+//!   filled) are kept alive after their generation (default 0), as
+//!   criterion's batches keep a batch's copies: with K > 0 a generation
+//!   allocates into memory that was not just freed (cache-cold, and past
+//!   some K fresh from the kernel), as the daemon does when other work
+//!   ran since the last snapshot.
 //!
 //! Each generation here follows its own preparation, as criterion's
 //! `encoded_first_key_alone` (`benches/generate.rs`) times it, with which
@@ -51,6 +57,11 @@ fn main() {
     let snap = Snapshot::build(1, &objects, MeshConfig::default());
     let first = sidecar("ns-0", "10.0.0.1");
     let other = sidecar("ns-1", "10.0.0.2");
+    let keep: usize = args
+        .next()
+        .map(|a| a.parse().expect("K: a number of copies kept"))
+        .unwrap_or(0);
+    let mut kept = std::collections::VecDeque::with_capacity(keep + 1);
     let mut times = Vec::with_capacity(n);
     for _ in 0..n {
         let copy = snap.clone();
@@ -65,6 +76,12 @@ fn main() {
             &copy, proxy,
         )));
         times.push(start.elapsed().as_secs_f64() * 1e6);
+        if keep > 0 {
+            kept.push_back(copy);
+            if kept.len() > keep {
+                drop(kept.pop_front());
+            }
+        }
     }
     times.sort_by(f64::total_cmp);
     if let (Some(min), Some(p10), Some(median)) =

@@ -4,8 +4,10 @@
 //! listeners' route configurations, ACKing everything — and records each
 //! response; [`coalesce`] writes to the daemon as Envoy's event loop does
 //! (one write per turn, not per HTTP/2 frame); [`mesh`] writes a generated
-//! mesh as a config folder.
+//! mesh as a config folder; [`generation`] reads the daemon's own account
+//! of per-proxy generation from its metrics.
 
 pub mod client;
 pub mod coalesce;
+pub mod generation;
 pub mod mesh;

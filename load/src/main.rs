@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use load::client::{Client, sidecar_node};
-use load::mesh;
+use load::{generation, mesh};
 use translator::{ENDPOINT_TYPE, ROUTE_TYPE};
 
 /// jemalloc, as the daemon: the simulated proxies share its two cores,
@@ -204,6 +204,32 @@ async fn first_after(
     }
 }
 
+/// The daemon's generation histograms ([`generation::WALL`],
+/// [`generation::CPU`]), by kind, from `/metrics`.
+///
+/// # Errors
+/// When the monitoring port does not answer or a histogram is malformed.
+async fn generations(mon_port: u16) -> anyhow::Result<[generation::ByKind; 2]> {
+    let url = format!("http://127.0.0.1:{mon_port}/metrics");
+    let body = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
+        Ok(ureq::get(&url).call()?.body_mut().read_to_string()?)
+    })
+    .await??;
+    Ok([
+        generation::parse(&body, generation::WALL)?,
+        generation::parse(&body, generation::CPU)?,
+    ])
+}
+
+/// `wall: ...; CPU: ...` of what a phase added to both histograms.
+fn generation_phase(before: &[generation::ByKind; 2], after: &[generation::ByKind; 2]) -> String {
+    format!(
+        "wall {} | CPU {}",
+        generation::phase(&before[0], &after[0]),
+        generation::phase(&before[1], &after[1])
+    )
+}
+
 fn bytes(clients: &[Client], since: Instant) -> usize {
     clients.iter().map(|c| c.bytes_after(since)).sum()
 }
@@ -291,6 +317,11 @@ async fn main() -> anyhow::Result<()> {
         rss_connected as f64 / 1048576.0,
         rss_connected.saturating_sub(rss_idle) as f64 / 1024.0 / args.proxies as f64
     );
+    let generated = generations(mon_port).await?;
+    println!(
+        "per-proxy generation, connect (the daemon's account, istiod_xds_generation_seconds, once per config key): {}",
+        generation_phase(&Default::default(), &generated)
+    );
     // Steady state: what the allocator keeps once the connect storm is over.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (rss_steady, _) = daemon.usage();
@@ -319,6 +350,11 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "VirtualService change -> every proxy ACKed (the daemon's account, /debug/syncz): {} (incl. 100 ms debounce)",
         percentiles(acked(mon_port, args.proxies).await?)
+    );
+    let after_vs = generations(mon_port).await?;
+    println!(
+        "per-proxy generation, VirtualService change: {}",
+        generation_phase(&generated, &after_vs)
     );
 
     // Endpoint changes: svc-1 gets one more endpoint, then alternately
@@ -399,6 +435,10 @@ async fn main() -> anyhow::Result<()> {
             );
         }
     }
+    println!(
+        "per-proxy generation, endpoint changes: {}",
+        generation_phase(&after_vs, &generations(mon_port).await?)
+    );
     let (rss_end, cpu_end) = daemon.usage();
     println!(
         "daemon at the end: RSS {:.1} MiB, CPU {:.2} s in total",

@@ -251,6 +251,11 @@ impl<D, V> Memo<D, V> {
         }
     }
 
+    /// Whether nothing is held (a poisoned lock counts as empty).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.entries.lock().map_or(true, |e| e.is_empty())
+    }
+
     /// Entries held.
     pub(crate) fn len(&self) -> usize {
         self.entries

@@ -816,6 +816,14 @@ impl Snapshot {
             .inherit(&prev.route_memo, service_now, rule_now);
     }
 
+    /// Whether nothing is memoised for generation yet (see
+    /// [`crate::generate_encoded`]): the next config key generated is this
+    /// snapshot's first, built from nothing, unless
+    /// [`Snapshot::inherit_memos`] took something over.
+    pub fn nothing_memoised(&self) -> bool {
+        self.cluster_memo.is_empty() && self.route_memo.is_empty()
+    }
+
     /// The ports the workload at `ip` serves (sorted by port, unique): the
     /// target ports of every static service it is an endpoint of.
     pub fn inbound_ports(&self, ip: &str) -> &[InboundPort] {

@@ -23,7 +23,7 @@ use envoy_types::pb::envoy::config::core::v3::node::UserAgentVersionType;
 use super::names::{self, NameMap, Versions};
 use super::wire::{self, EncodedResource, SotwRequest};
 use super::{Converged, ProxySync, SyncRow, SyncTable, proxy_from_node, record};
-use crate::metrics::{Metrics, VersionLabel, secs};
+use crate::metrics::{GenerationTimer, Metrics, VersionLabel, secs};
 
 /// A request of either protocol, as the connection needs it.
 pub(super) struct Req {
@@ -286,14 +286,17 @@ pub(super) struct Shared {
     cache: std::sync::Mutex<Cache>,
     interner: std::sync::Mutex<Interner>,
     throttle: tokio::sync::Semaphore,
+    /// Where each generation's time goes (`istiod_xds_generation_seconds`).
+    metrics: Arc<Metrics>,
 }
 
 impl Shared {
-    pub(super) fn new(push_throttle: usize) -> Shared {
+    pub(super) fn new(push_throttle: usize, metrics: Arc<Metrics>) -> Shared {
         Shared {
             cache: std::sync::Mutex::new(Cache::default()),
             interner: std::sync::Mutex::new(Interner::default()),
             throttle: tokio::sync::Semaphore::new(push_throttle.max(1)),
+            metrics,
         }
     }
 
@@ -375,9 +378,15 @@ impl Shared {
                 c.full.insert(k2, g);
             },
             || {
-                Generated::new(translator::generate_encoded(snap, proxy), &|e| {
-                    self.intern(snap.version, e)
-                })
+                let kind = if snap.nothing_memoised() {
+                    "first_key"
+                } else {
+                    "full"
+                };
+                let timer = GenerationTimer::start();
+                let output = translator::generate_encoded(snap, proxy);
+                self.metrics.observe_generation(kind, timer);
+                Generated::new(output, &|e| self.intern(snap.version, e))
             },
         )
     }
@@ -400,10 +409,10 @@ impl Shared {
                 c.patched.insert(k2, g);
             },
             || {
-                base.with_endpoints(
-                    translator::generate_endpoints_encoded(snap, proxy, hosts),
-                    &|e| self.intern(snap.version, e),
-                )
+                let timer = GenerationTimer::start();
+                let fresh = translator::generate_endpoints_encoded(snap, proxy, hosts);
+                self.metrics.observe_generation("endpoints", timer);
+                base.with_endpoints(fresh, &|e| self.intern(snap.version, e))
             },
         )
     }
