@@ -262,9 +262,13 @@ type Key = translator::model::ConfigKey;
 #[derive(Debug, Default)]
 struct Cache {
     version: u64,
-    full: HashMap<Key, Arc<Generated>>,
-    patched: HashMap<(Key, u64), Arc<Generated>>,
+    full: HashMap<Key, Slot>,
+    patched: HashMap<(Key, u64), Slot>,
 }
+
+/// One cache entry: empty while the first connection that needs it makes
+/// it (see [`Shared::cached`]).
+type Slot = Arc<tokio::sync::OnceCell<Arc<Generated>>>;
 
 /// Encoded resources of one snapshot version by (name, version hash): a
 /// resource that several config keys generate alike (most clusters and
@@ -336,47 +340,44 @@ impl Shared {
         }
     }
 
-    /// Runs `make` unless the cache has the entry (generation happens outside the lock).
-    fn cached(
+    /// The entry `slot` picks of the cache for snapshot `version`, made
+    /// by `make` if it is not made yet. The first connection to need an
+    /// entry makes it; the others that need it meanwhile wait for it
+    /// (yielding their worker) rather than make it again: two connections
+    /// of one config key woken by the same change made it twice, ~40 % more
+    /// generation at 2000 proxies in 10 config keys. `make` runs outside
+    /// the cache's lock and, having no await in it, runs to its end.
+    async fn cached(
         &self,
         version: u64,
-        get: impl Fn(&Cache) -> Option<Arc<Generated>>,
-        put: impl FnOnce(&mut Cache, Arc<Generated>),
+        slot: impl FnOnce(&mut Cache) -> Slot,
         make: impl FnOnce() -> Generated,
     ) -> Arc<Generated> {
-        if let Ok(cache) = self.cache.lock()
-            && cache.version == version
-            && let Some(g) = get(&cache)
-        {
-            return g;
-        }
-        let g = Arc::new(make());
-        if let Ok(mut cache) = self.cache.lock() {
-            if cache.version > version {
-                // A newer snapshot is cached already; this one is on its way out.
-                return g;
+        let cell = match self.cache.lock() {
+            Ok(mut cache) if cache.version <= version => {
+                if cache.version != version {
+                    *cache = Cache {
+                        version,
+                        ..Default::default()
+                    };
+                }
+                slot(&mut cache)
             }
-            if cache.version != version {
-                *cache = Cache {
-                    version,
-                    ..Default::default()
-                };
-            }
-            put(&mut cache, g.clone());
-        }
-        g
+            // A newer snapshot is cached already (this one is on its way
+            // out), or the lock is poisoned: made for this caller alone.
+            _ => Slot::default(),
+        };
+        cell.get_or_init(|| async { Arc::new(make()) })
+            .await
+            .clone()
     }
 
     /// The proxy's config for `snap`.
-    fn output(&self, snap: &Snapshot, proxy: &Proxy) -> Arc<Generated> {
+    async fn output(&self, snap: &Snapshot, proxy: &Proxy) -> Arc<Generated> {
         let key = proxy.config_key(snap);
-        let k2 = key.clone();
         self.cached(
             snap.version,
-            |c| c.full.get(&key).cloned(),
-            |c, g| {
-                c.full.insert(k2, g);
-            },
+            |c| c.full.entry(key).or_default().clone(),
             || {
                 let kind = if snap.nothing_memoised() {
                     "first_key"
@@ -389,10 +390,11 @@ impl Shared {
                 Generated::new(output, &|e| self.intern(snap.version, e))
             },
         )
+        .await
     }
 
     /// `base` (generated from snapshot `from`) with the endpoints of `hosts` regenerated for `snap`.
-    fn with_endpoints(
+    async fn with_endpoints(
         &self,
         snap: &Snapshot,
         proxy: &Proxy,
@@ -401,13 +403,9 @@ impl Shared {
         hosts: &BTreeSet<String>,
     ) -> Arc<Generated> {
         let key = (proxy.config_key(snap), from);
-        let k2 = key.clone();
         self.cached(
             snap.version,
-            |c| c.patched.get(&key).cloned(),
-            |c, g| {
-                c.patched.insert(k2, g);
-            },
+            |c| c.patched.entry(key).or_default().clone(),
             || {
                 let timer = GenerationTimer::start();
                 let fresh = translator::generate_endpoints_encoded(snap, proxy, hosts);
@@ -415,6 +413,7 @@ impl Shared {
                 base.with_endpoints(fresh, &|e| self.intern(snap.version, e))
             },
         )
+        .await
     }
 }
 
@@ -573,7 +572,7 @@ impl Connection {
             self.metrics.xds_clients.get_or_create(&label).inc();
             self.version_label = Some(label);
             self.proxy = Some(proxy);
-            self.regenerate();
+            self.regenerate().await;
         }
         let type_url = req.type_url.clone();
         if !PUSH_ORDER.contains(&type_url.as_str()) {
@@ -741,7 +740,9 @@ impl Connection {
                 let mut before = None;
                 if let (Some(proxy), Some(base)) = (&self.proxy, &self.output) {
                     before = Some(base.versions(ENDPOINT_TYPE));
-                    let patched = shared.with_endpoints(&self.snapshot, proxy, base, from, &hosts);
+                    let patched = shared
+                        .with_endpoints(&self.snapshot, proxy, base, from, &hosts)
+                        .await;
                     self.output = Some(patched);
                 }
                 self.record_version();
@@ -750,7 +751,7 @@ impl Connection {
                 }
             }
             Effect::Full => {
-                self.regenerate();
+                self.regenerate().await;
                 let mut lds_sent = false;
                 for type_url in PUSH_ORDER {
                     if !self.types.contains_key(type_url) {
@@ -769,9 +770,9 @@ impl Connection {
         Ok(())
     }
 
-    fn regenerate(&mut self) {
+    async fn regenerate(&mut self) {
         if let Some(proxy) = &self.proxy {
-            let output = self.shared.output(&self.snapshot, proxy);
+            let output = self.shared.output(&self.snapshot, proxy).await;
             // Logged when they change, not on every push.
             let previous = self
                 .output
@@ -1004,5 +1005,84 @@ impl Connection {
         warn!(conn = self.id, %status, "closing xDS stream");
         let _ = self.sink.tx.send(Err(status)).await;
         Err(Closed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    fn shared() -> Arc<Shared> {
+        Arc::new(Shared::new(8, Arc::new(Metrics::new())))
+    }
+
+    /// `Shared::cached` for the entry of one config key patched from
+    /// `from`, of snapshot `version`, counting each time it makes the
+    /// entry; making takes 50 ms.
+    async fn cached(
+        shared: &Shared,
+        version: u64,
+        from: u64,
+        made: &AtomicUsize,
+    ) -> Arc<Generated> {
+        let proxy = Proxy::from_node_id(
+            "sidecar~10.0.0.1~a.ns~ns.svc.cluster.local",
+            None,
+            Default::default(),
+        )
+        .unwrap();
+        let key = proxy.config_key(&Snapshot::default());
+        shared
+            .cached(
+                version,
+                |c| c.patched.entry((key, from)).or_default().clone(),
+                || {
+                    made.fetch_add(1, Ordering::SeqCst);
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    Generated::new(EncodedOutput::default(), &|_| {})
+                },
+            )
+            .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_needing_one_entry_at_once_make_it_once() {
+        let shared = shared();
+        let made = Arc::new(AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..4)
+            .map(|_| {
+                let (shared, made) = (shared.clone(), made.clone());
+                tokio::spawn(async move { cached(&shared, 1, 7, &made).await })
+            })
+            .collect();
+        let mut got = Vec::new();
+        for t in tasks {
+            got.push(t.await.unwrap());
+        }
+        assert_eq!(made.load(Ordering::SeqCst), 1);
+        assert!(got.iter().all(|g| Arc::ptr_eq(g, &got[0])));
+        // Another entry, and the same entry of the next snapshot, are
+        // made anew.
+        cached(&shared, 1, 8, &made).await;
+        cached(&shared, 2, 7, &made).await;
+        assert_eq!(made.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn an_older_snapshot_is_made_for_its_caller_and_not_cached() {
+        let shared = shared();
+        let made = AtomicUsize::new(0);
+        cached(&shared, 2, 7, &made).await;
+        let old = cached(&shared, 1, 7, &made).await;
+        let again = cached(&shared, 1, 7, &made).await;
+        assert_eq!(made.load(Ordering::SeqCst), 3, "each older one made anew");
+        assert!(!Arc::ptr_eq(&old, &again));
+        // The newer version's entry is still there.
+        cached(&shared, 2, 7, &made).await;
+        assert_eq!(made.load(Ordering::SeqCst), 3);
     }
 }
