@@ -130,6 +130,10 @@ pub(crate) fn build_encoded(
     proxy: &Proxy,
     only: Option<&std::collections::BTreeSet<String>>,
 ) -> (Vec<Encoded>, Vec<Encoded>) {
+    if only.is_none() {
+        // A full config reads or fills an entry for every service it sees.
+        snap.cluster_memo.reserve(snap.services.len());
+    }
     let built: Vec<_> = visible(snap, proxy, only)
         .map(|(svc, dr)| {
             snap.cluster_memo
