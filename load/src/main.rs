@@ -319,7 +319,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let generated = generations(mon_port).await?;
     println!(
-        "per-proxy generation, connect (the daemon's account, istiod_xds_generation_seconds, once per config key): {}",
+        "per-proxy generation, connect (the daemon's account, istiod_xds_generation_seconds and _cpu_seconds, once per config key): {}",
         generation_phase(&Default::default(), &generated)
     );
     // Steady state: what the allocator keeps once the connect storm is over.

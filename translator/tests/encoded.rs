@@ -262,6 +262,25 @@ fn memoised_bookinfo_matches_a_fresh_generation_and_is_shared() {
     assert_eq!(first.as_ptr(), second.as_ptr());
 }
 
+/// What the daemon labels a snapshot's first config key by
+/// (`istiod_xds_generation_seconds{kind="first_key"}`): nothing memoised
+/// in a new snapshot or a copy, something once a config is generated, and
+/// in a changed snapshot that took over what its predecessor built.
+#[test]
+fn nothing_is_memoised_until_a_config_is_generated_or_taken_over() {
+    let texts = bookinfo();
+    let snap = snapshot(&texts);
+    assert!(snap.nothing_memoised());
+    drop(translator::generate_encoded(&snap, &bookinfo_proxies()[0]));
+    assert!(!snap.nothing_memoised());
+    assert!(snap.clone().nothing_memoised(), "a copy starts empty");
+    let after = after_change(&snap, &texts, &[]);
+    assert!(
+        !after.nothing_memoised(),
+        "taken over from the snapshot before"
+    );
+}
+
 /// A domain claimed by two services (a ServiceEntry's address is
 /// `reviews`' VIP) is written once, with the first service's virtual host,
 /// as the message path decides: the written route configurations (each

@@ -344,8 +344,8 @@ impl Shared {
     /// by `make` if it is not made yet. The first connection to need an
     /// entry makes it; the others that need it meanwhile wait for it
     /// (yielding their worker) rather than make it again: two connections
-    /// of one config key woken by the same change made it twice, ~40 % more
-    /// generation at 2000 proxies in 10 config keys. `make` runs outside
+    /// of one config key woken by the same change made it twice (up to
+    /// 40 % more generation at 2000 proxies in 10 config keys). `make` runs outside
     /// the cache's lock and, having no await in it, runs to its end.
     async fn cached(
         &self,
