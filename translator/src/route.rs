@@ -110,14 +110,14 @@ pub(crate) fn virtual_service_routes(
             per_filter.insert(CORS_FILTER.to_owned(), pack_any(cors_policy(cors)));
         }
         let (req_add, req_remove, resp_add, resp_remove) = header_ops(http.headers.as_ref());
-        let mk = |m: RouteMatch, match_name: Option<&str>| Route {
+        let mk = |m: RouteMatch, match_name: Option<&str>, action| Route {
             name: match match_name {
                 Some(mn) if !name.is_empty() => format!("{name}.{mn}"),
                 Some(mn) => mn.to_owned(),
                 None => name.clone(),
             },
             r#match: Some(m),
-            action: Some(action.clone()),
+            action: Some(action),
             typed_per_filter_config: per_filter.clone(),
             request_headers_to_add: req_add.clone(),
             request_headers_to_remove: req_remove.clone(),
@@ -127,23 +127,37 @@ pub(crate) fn virtual_service_routes(
         };
         if http.matches.is_empty() {
             if ctx.gateway_applies(vs, &vs.spec.gateways) {
-                routes.push(mk(prefix_match("/"), None));
+                routes.push(mk(prefix_match("/"), None, action));
             }
             continue;
         }
-        for m in &http.matches {
-            let gateways = if m.gateways.is_empty() {
-                &vs.spec.gateways
+        let mut applying = http
+            .matches
+            .iter()
+            .filter(|m| {
+                let gateways = if m.gateways.is_empty() {
+                    &vs.spec.gateways
+                } else {
+                    &m.gateways
+                };
+                ctx.gateway_applies(vs, gateways)
+                    && source_applies(ctx, m)
+                    && m.port.is_none_or(|p| p == ctx.port)
+            })
+            .peekable();
+        // The action is copied for each route but the last, which takes
+        // it: most routes have one match (a VirtualService's routes are
+        // built for every config key, and an action is ~7 allocations).
+        let mut action = Some(action);
+        while let Some(m) = applying.next() {
+            let action = if applying.peek().is_some() {
+                action.clone()
             } else {
-                &m.gateways
+                action.take()
             };
-            if !ctx.gateway_applies(vs, gateways) || !source_applies(ctx, m) {
-                continue;
+            if let Some(action) = action {
+                routes.push(mk(route_match(m), m.name.as_deref(), action));
             }
-            if m.port.is_some_and(|p| p != ctx.port) {
-                continue;
-            }
-            routes.push(mk(route_match(m), m.name.as_deref()));
         }
     }
     routes
