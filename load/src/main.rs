@@ -125,6 +125,18 @@ fn percentiles(v: Vec<Duration>) -> String {
     }
 }
 
+/// The body of a GET of `url` (the daemon's monitoring port), read on a
+/// blocking thread.
+///
+/// # Errors
+/// When the request fails or the body is not text.
+async fn get_text(url: String) -> anyhow::Result<String> {
+    tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
+        Ok(ureq::get(&url).call()?.body_mut().read_to_string()?)
+    })
+    .await?
+}
+
 /// Per proxy, the daemon's own time from a change (its first config event)
 /// to the proxy's ACK of all of it, read from `/debug/syncz` (`converged`:
 /// the per-proxy sample of `pilot_proxy_convergence_time`), for the newest
@@ -138,11 +150,7 @@ async fn acked(mon_port: u16, proxies: usize) -> anyhow::Result<Vec<Duration>> {
     // Called once every proxy has the change; its ACKs may still be on the way.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let url = url.clone();
-        let body = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
-            Ok(ureq::get(&url).call()?.body_mut().read_to_string()?)
-        })
-        .await??;
+        let body = get_text(url.clone()).await?;
         let rows: Vec<serde_json::Value> = serde_json::from_str(&body)?;
         let converged: Vec<(u64, f64)> = rows
             .iter()
@@ -210,11 +218,7 @@ async fn first_after(
 /// # Errors
 /// When the monitoring port does not answer or a histogram is malformed.
 async fn generations(mon_port: u16) -> anyhow::Result<[generation::ByKind; 2]> {
-    let url = format!("http://127.0.0.1:{mon_port}/metrics");
-    let body = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
-        Ok(ureq::get(&url).call()?.body_mut().read_to_string()?)
-    })
-    .await??;
+    let body = get_text(format!("http://127.0.0.1:{mon_port}/metrics")).await?;
     Ok([
         generation::parse(&body, generation::WALL)?,
         generation::parse(&body, generation::CPU)?,
