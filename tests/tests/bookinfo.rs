@@ -472,12 +472,16 @@ fn a_nacked_config_is_recorded_and_envoy_keeps_its_last_good_one() {
         "first RDS and the NACKed one"
     );
     // The proxy's first config came from a snapshot with nothing
-    // memoised, timed on both clocks (the daemon's own metrics).
-    for name in [
-        "istiod_xds_generation_seconds_count{kind=\"first_key\"}",
-        "istiod_xds_generation_cpu_seconds_count{kind=\"first_key\"}",
-    ] {
-        assert!(metric(&metrics, name) >= 1.0, "{name}: {metrics}");
+    // memoised, and the edited VirtualService's from one that took over
+    // what the snapshot before built: each timed on both clocks (the
+    // daemon's own metrics).
+    for kind in ["first_key", "full"] {
+        for name in [
+            format!("istiod_xds_generation_seconds_count{{kind=\"{kind}\"}}"),
+            format!("istiod_xds_generation_cpu_seconds_count{{kind=\"{kind}\"}}"),
+        ] {
+            assert!(metric(&metrics, &name) >= 1.0, "{name}: {metrics}");
+        }
     }
     // What the daemon would send the proxy, as Envoy's JSON.
     let (status, dump) = http_get(
