@@ -395,7 +395,11 @@ impl Publisher {
     /// Builds snapshot `version` from `loaded`; `with_changes`: with its
     /// change set against the snapshot published now (and what that one
     /// memoised for the services the change did not touch), which must
-    /// still be the published one when this is sent.
+    /// still be the published one when this is sent. The unsupported
+    /// fields of objects no build has read before are logged here (see
+    /// [`build`]), so a build that is never sent logs those too, once per
+    /// object; the load's errors and the snapshot's warnings wait for
+    /// [`Publisher::send`].
     fn build(&self, version: u64, loaded: Loaded, with_changes: bool) -> Built {
         let started = std::time::Instant::now();
         let previous = self.snapshots.borrow().clone();
@@ -420,8 +424,8 @@ impl Publisher {
         }
     }
 
-    /// Publishes a built snapshot (its errors and warnings are logged
-    /// here, once per published snapshot). `first_event`: when the change
+    /// Publishes a built snapshot (the load's errors and the snapshot's
+    /// warnings are logged here, once per published snapshot). `first_event`: when the change
     /// that caused it was first seen.
     fn send(&self, built: Built, first_event: Option<tokio::time::Instant>) {
         let Built {
@@ -558,8 +562,8 @@ fn newly_seen<'a>(
     fresh
 }
 
-/// Objects in `seen` (the last snapshot's) had their unsupported fields
-/// logged then; `seen` becomes this snapshot's objects. Services built
+/// Objects in `seen` (the last build's) had their unsupported fields
+/// logged then; `seen` becomes this build's objects. Services built
 /// from the same objects as in `previous` are taken from it.
 fn build(
     version: u64,
