@@ -2,11 +2,14 @@
 //! meanings, plus process metrics; encoded for `/metrics` on the monitoring
 //! port (Istio's 15014).
 //!
-//! Two metrics are this daemon's own, and named so (`istiod_` rather than
-//! `pilot_`): `istiod_xds_generation_seconds` and
-//! `istiod_xds_generation_cpu_seconds`, the translator's time per
-//! generated config (wall clock, and the generating thread's CPU time),
-//! which istiod counts inside `pilot_xds_push_time`.
+//! Three metrics are this daemon's own, and named so (`istiod_` rather
+//! than `pilot_`): `istiod_xds_generation_seconds`,
+//! `istiod_xds_generation_cpu_seconds` and
+//! `istiod_xds_generation_page_faults`, the translator's time per
+//! generated config (wall clock, and the generating thread's CPU time,
+//! which istiod counts inside `pilot_xds_push_time`) and the minor page
+//! faults the thread took meanwhile (the memory the kernel had to
+//! provide, a large part of that CPU time on a VM).
 //!
 //! Istio exports counters without the `_total` suffix (`pilot_xds_pushes`);
 //! [`Metrics::encode`] does the same so dashboards and alerts written for
@@ -55,6 +58,13 @@ const GENERATION_BUCKETS: [f64; 19] = [
     0.005, 0.007_5, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25,
 ];
 
+/// Bucket bounds of `istiod_xds_generation_page_faults`, faults (4 KiB
+/// pages each): ~130 is a 0.5 MiB config written into fresh pages.
+const FAULT_BUCKETS: [f64; 15] = [
+    10.0, 25.0, 50.0, 100.0, 150.0, 200.0, 300.0, 400.0, 500.0, 750.0, 1000.0, 1500.0, 2000.0,
+    3000.0, 5000.0,
+];
+
 fn seconds_histogram() -> Histogram {
     // 1 ms .. ~33 s
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
@@ -90,6 +100,10 @@ pub struct Metrics {
     /// seconds, on the generating thread (without the time it waited for a
     /// core; with the kernel's, such as page faults).
     pub generation_cpu: Family<GenerationLabel, Histogram>,
+    /// `istiod_xds_generation_page_faults`: the minor page faults the
+    /// generating thread took during the same generations (each a 4 KiB
+    /// page the kernel mapped and zeroed; `getrusage(RUSAGE_THREAD)`).
+    pub generation_faults: Family<GenerationLabel, Histogram>,
     resident_memory: Gauge,
     cpu_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     open_fds: Gauge,
@@ -124,6 +138,9 @@ impl Metrics {
             )
         };
         let (generation_time, generation_cpu) = (generation_histogram(), generation_histogram());
+        let generation_faults = Family::<GenerationLabel, Histogram>::new_with_constructor(
+            (|| Histogram::new(FAULT_BUCKETS)) as fn() -> Histogram,
+        );
         let resident_memory = Gauge::default();
         let cpu_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         let open_fds = Gauge::default();
@@ -179,6 +196,11 @@ impl Metrics {
             generation_cpu.clone(),
         );
         registry.register(
+            "istiod_xds_generation_page_faults",
+            "Minor page faults of the generating thread for one proxy config, by kind (first_key, full, endpoints).",
+            generation_faults.clone(),
+        );
+        registry.register(
             "process_resident_memory_bytes",
             "Resident memory size in bytes.",
             resident_memory.clone(),
@@ -206,6 +228,7 @@ impl Metrics {
             debounce_time,
             generation_time,
             generation_cpu,
+            generation_faults,
             resident_memory,
             cpu_seconds,
             open_fds,
@@ -256,7 +279,8 @@ impl Metrics {
     }
 
     /// Records one generation of `kind` (see [`GenerationLabel`]) timed
-    /// by `timer`, started right before it on the same thread.
+    /// by `timer`, started right before it on the same thread: its wall
+    /// and CPU seconds, and its page faults.
     pub fn observe_generation(&self, kind: &'static str, timer: GenerationTimer) {
         let label = GenerationLabel { kind };
         self.generation_time
@@ -266,6 +290,11 @@ impl Metrics {
             self.generation_cpu
                 .get_or_create(&label)
                 .observe(secs(now.saturating_sub(start)));
+        }
+        if let (Some(start), Some(now)) = (timer.faults, thread_faults()) {
+            self.generation_faults
+                .get_or_create(&label)
+                .observe(now.saturating_sub(start) as f64);
         }
     }
 
@@ -284,19 +313,21 @@ impl Metrics {
 }
 
 /// The start of one generation, for [`Metrics::observe_generation`]:
-/// the wall clock and the thread's CPU clock.
+/// the wall clock, the thread's CPU clock and its page-fault count.
 #[derive(Debug)]
 pub struct GenerationTimer {
     wall: std::time::Instant,
     cpu: Option<Duration>,
+    faults: Option<u64>,
 }
 
 impl GenerationTimer {
-    /// Both clocks, now.
+    /// Both clocks and the fault count, now.
     pub fn start() -> GenerationTimer {
         GenerationTimer {
             wall: std::time::Instant::now(),
             cpu: thread_cpu(),
+            faults: thread_faults(),
         }
     }
 }
@@ -307,6 +338,15 @@ fn thread_cpu() -> Option<Duration> {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
         .ok()
         .map(Duration::from)
+}
+
+/// The minor page faults the calling thread has taken
+/// (`getrusage(RUSAGE_THREAD)`'s `ru_minflt`); None where it cannot be
+/// read.
+fn thread_faults() -> Option<u64> {
+    nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_THREAD)
+        .ok()
+        .and_then(|u| u64::try_from(u.minor_page_faults()).ok())
 }
 
 /// Seconds as a histogram sample.
@@ -344,21 +384,28 @@ mod tests {
         // Work the thread's CPU clock can see.
         let spun: u64 = (0..200_000u64).map(std::hint::black_box).sum();
         assert!(spun > 0);
+        // And memory the kernel has to provide: 8 MiB written, in pages
+        // this thread has not touched before (an allocation this large is
+        // mapped afresh).
+        let fresh = std::hint::black_box(vec![1u8; 8 << 20]);
+        assert_eq!(fresh.iter().map(|&b| u64::from(b)).sum::<u64>(), 8 << 20);
         m.observe_generation("first_key", timer);
         let text = m.encode();
         for name in [
             "istiod_xds_generation_seconds_count{kind=\"first_key\"} 1",
             "istiod_xds_generation_cpu_seconds_count{kind=\"first_key\"} 1",
+            "istiod_xds_generation_page_faults_count{kind=\"first_key\"} 1",
         ] {
             assert!(text.contains(name), "{name}: {text}");
         }
-        let cpu: f64 = text
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("istiod_xds_generation_cpu_seconds_sum{kind=\"first_key\"} ")
-            })
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_default();
-        assert!(cpu > 0.0, "{text}");
+        let sum = |metric: &str| -> f64 {
+            let prefix = format!("{metric}_sum{{kind=\"first_key\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_default()
+        };
+        assert!(sum("istiod_xds_generation_cpu_seconds") > 0.0, "{text}");
+        assert!(sum("istiod_xds_generation_page_faults") >= 1.0, "{text}");
     }
 }

@@ -1,20 +1,21 @@
 //! The daemon's own account of per-proxy generation: the histograms
-//! `istiod_xds_generation_seconds` (wall clock) and
+//! `istiod_xds_generation_seconds` (wall clock),
 //! `istiod_xds_generation_cpu_seconds` (the generating thread's CPU
-//! time), by `kind` (`first_key`, `full`, `endpoints`), read from its
-//! `/metrics` text, and what a phase of the load run added to them.
+//! time) and `istiod_xds_generation_page_faults` (its minor page faults),
+//! by `kind` (`first_key`, `full`, `endpoints`), read from its `/metrics`
+//! text, and what a phase of the load run added to them.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
 /// One `kind` of the histogram: cumulative bucket counts by upper bound
-/// (seconds, in increasing order, `+Inf` last), the sum of the samples
-/// (seconds) and their count.
+/// (in the histogram's unit, seconds or faults, in increasing order,
+/// `+Inf` last), the sum of the samples and their count.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Generations {
     /// `(le, cumulative count)`.
     pub buckets: Vec<(f64, u64)>,
-    /// Seconds, all samples together.
+    /// All samples together (seconds or faults).
     pub sum: f64,
     /// Samples.
     pub count: u64,
@@ -27,8 +28,29 @@ pub type ByKind = BTreeMap<String, Generations>;
 pub const WALL: &str = "istiod_xds_generation_seconds";
 /// The CPU-time histogram.
 pub const CPU: &str = "istiod_xds_generation_cpu_seconds";
+/// The page-fault histogram.
+pub const FAULTS: &str = "istiod_xds_generation_page_faults";
 
-/// Every `kind` of the histogram `name` ([`WALL`], [`CPU`]) in a
+/// How a histogram's samples are shown: seconds as milliseconds, or
+/// counts (page faults) as they are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unit {
+    /// Seconds, shown as `1.50 ms`.
+    Seconds,
+    /// Page faults, shown as `130 faults`.
+    Faults,
+}
+
+impl Unit {
+    fn show(self, v: f64) -> String {
+        match self {
+            Unit::Seconds => format!("{:.2} ms", v * 1e3),
+            Unit::Faults => format!("{v:.0} faults"),
+        }
+    }
+}
+
+/// Every `kind` of the histogram `name` ([`WALL`], [`CPU`], [`FAULTS`]) in a
 /// Prometheus text exposition (kinds without a sample yet are absent).
 ///
 /// # Errors
@@ -105,7 +127,7 @@ impl Generations {
         }
     }
 
-    /// The upper bound (seconds) of the bucket holding the `q` quantile
+    /// The upper bound (in the histogram's unit) of the bucket holding the `q` quantile
     /// (0 to 1); None without samples.
     pub fn quantile_bound(&self, q: f64) -> Option<f64> {
         if self.count == 0 {
@@ -115,17 +137,17 @@ impl Generations {
         self.buckets.iter().find(|b| b.1 >= rank).map(|b| b.0)
     }
 
-    /// `N, mean X ms, p50 <= Y ms, p99 <= Z ms` (one sample: its time).
-    pub fn summary(&self) -> String {
-        let ms = |s: f64| s * 1e3;
-        let mean = ms(self.sum / self.count.max(1) as f64);
+    /// `N, mean X ms, p50 <= Y ms, p99 <= Z ms` (one sample: its
+    /// value), in `unit`.
+    pub fn summary(&self, unit: Unit) -> String {
+        let mean = unit.show(self.sum / self.count.max(1) as f64);
         if self.count == 1 {
-            return format!("1, {mean:.2} ms");
+            return format!("1, {mean}");
         }
-        let mut out = format!("{}, mean {mean:.2} ms", self.count);
+        let mut out = format!("{}, mean {mean}", self.count);
         for (q, name) in [(0.5, "p50"), (0.99, "p99")] {
             if let Some(b) = self.quantile_bound(q) {
-                let _ = write!(out, ", {name} <= {:.2} ms", ms(b));
+                let _ = write!(out, ", {name} <= {}", unit.show(b));
             }
         }
         out
@@ -133,17 +155,19 @@ impl Generations {
 }
 
 /// Each kind's samples added between `before` and `after`, summarised
-/// (`first_key 1, 1.52 ms; full 9, mean 0.81 ms, ...`); kinds without new
-/// samples are left out, and `none` is said when there are none at all.
+/// in `unit` (`first_key 1, 1.52 ms; full 9, mean 0.81 ms, ...`); kinds
+/// without new samples are left out, and `none` is said when there are
+/// none at all.
 pub fn phase(
     before: &BTreeMap<String, Generations>,
     after: &BTreeMap<String, Generations>,
+    unit: Unit,
 ) -> String {
     let parts: Vec<String> = after
         .iter()
         .map(|(kind, g)| (kind, g.since(before.get(kind))))
         .filter(|(_, g)| g.count > 0)
-        .map(|(kind, g)| format!("{kind} {}", g.summary()))
+        .map(|(kind, g)| format!("{kind} {}", g.summary(unit)))
         .collect();
     if parts.is_empty() {
         "none".into()
@@ -173,6 +197,11 @@ istiod_xds_generation_seconds_bucket{le=\"0.002\",kind=\"first_key\"} 1
 istiod_xds_generation_seconds_bucket{le=\"+Inf\",kind=\"first_key\"} 1
 istiod_xds_generation_cpu_seconds_sum{kind=\"full\"} 0.004
 istiod_xds_generation_cpu_seconds_count{kind=\"full\"} 4
+istiod_xds_generation_page_faults_sum{kind=\"full\"} 330
+istiod_xds_generation_page_faults_count{kind=\"full\"} 2
+istiod_xds_generation_page_faults_bucket{le=\"100\",kind=\"full\"} 1
+istiod_xds_generation_page_faults_bucket{le=\"500\",kind=\"full\"} 2
+istiod_xds_generation_page_faults_bucket{le=\"+Inf\",kind=\"full\"} 2
 pilot_xds_pushes{type=\"cds\"} 7
 ";
 
@@ -187,10 +216,15 @@ pilot_xds_pushes{type=\"cds\"} 7
         assert_eq!(full.buckets.last(), Some(&(f64::INFINITY, 4)));
         assert_eq!(full.quantile_bound(0.5), Some(0.001));
         assert_eq!(full.quantile_bound(0.99), Some(0.002));
-        assert_eq!(kinds["first_key"].summary(), "1, 1.50 ms");
+        assert_eq!(kinds["first_key"].summary(Unit::Seconds), "1, 1.50 ms");
         assert_eq!(
-            full.summary(),
+            full.summary(Unit::Seconds),
             "4, mean 1.12 ms, p50 <= 1.00 ms, p99 <= 2.00 ms"
+        );
+        let faults = &parse(TEXT, FAULTS).unwrap()["full"];
+        assert_eq!(
+            faults.summary(Unit::Faults),
+            "2, mean 165 faults, p50 <= 100 faults, p99 <= 500 faults"
         );
     }
 
@@ -210,8 +244,8 @@ pilot_xds_pushes{type=\"cds\"} 7
         .unwrap();
         // One more full generation, of 3 ms (past every finite bound);
         // the first key did not change.
-        assert_eq!(phase(&before, &after), "full 1, 3.00 ms");
-        assert_eq!(phase(&after, &after), "none");
+        assert_eq!(phase(&before, &after, Unit::Seconds), "full 1, 3.00 ms");
+        assert_eq!(phase(&after, &after, Unit::Seconds), "none");
     }
 
     #[test]

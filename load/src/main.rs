@@ -74,15 +74,26 @@ impl Drop for Daemon {
 }
 
 impl Daemon {
-    /// Resident memory (bytes) and CPU seconds (user + system), from /proc.
-    fn usage(&self) -> (u64, f64) {
+    /// Resident memory, CPU seconds and page faults, from /proc.
+    fn usage(&self) -> Usage {
         usage_of(self.0.id())
     }
 }
 
-/// Resident memory (bytes) and CPU seconds (user + system) of process
-/// `pid`, from /proc (CPU in clock ticks of 10 ms); zeros when unreadable.
-fn usage_of(pid: u32) -> (u64, f64) {
+/// What a process has used so far, from /proc.
+#[derive(Clone, Copy, Debug, Default)]
+struct Usage {
+    /// Resident memory, bytes (`VmRSS`).
+    rss: u64,
+    /// CPU seconds, user + system (in clock ticks of 10 ms).
+    cpu: f64,
+    /// Minor page faults (`minflt`): pages the kernel mapped (and zeroed)
+    /// on first touch.
+    faults: u64,
+}
+
+/// [`Usage`] of process `pid`; zeros for what cannot be read.
+fn usage_of(pid: u32) -> Usage {
     let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
@@ -92,15 +103,24 @@ fn usage_of(pid: u32) -> (u64, f64) {
         })
         .unwrap_or(0)
         * 1024;
-    let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let (_, rest) = s.rsplit_once(')')?;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            Some((f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?) as f64 / 100.0)
+    // After the command's `)`: state, ppid, pgrp, session, tty_nr, tpgid,
+    // flags, minflt (7), cminflt, majflt, cmajflt, utime (11), stime (12).
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .take(13)
+                .map(|f| f.parse().unwrap_or(0))
+                .collect()
         })
-        .unwrap_or(0.0);
-    (rss, cpu)
+        .unwrap_or_default();
+    let field = |i: usize| fields.get(i).copied().unwrap_or(0);
+    Usage {
+        rss,
+        cpu: (field(11) + field(12)) as f64 / 100.0,
+        faults: field(7),
+    }
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -213,24 +233,28 @@ async fn first_after(
 }
 
 /// The daemon's generation histograms ([`generation::WALL`],
-/// [`generation::CPU`]), by kind, from `/metrics`.
+/// [`generation::CPU`], [`generation::FAULTS`]), by kind, from `/metrics`.
 ///
 /// # Errors
 /// When the monitoring port does not answer or a histogram is malformed.
-async fn generations(mon_port: u16) -> anyhow::Result<[generation::ByKind; 2]> {
+async fn generations(mon_port: u16) -> anyhow::Result<[generation::ByKind; 3]> {
     let body = get_text(format!("http://127.0.0.1:{mon_port}/metrics")).await?;
     Ok([
         generation::parse(&body, generation::WALL)?,
         generation::parse(&body, generation::CPU)?,
+        generation::parse(&body, generation::FAULTS)?,
     ])
 }
 
-/// `wall: ...; CPU: ...` of what a phase added to both histograms.
-fn generation_phase(before: &[generation::ByKind; 2], after: &[generation::ByKind; 2]) -> String {
+/// `wall ... | CPU ... | page faults ...` of what a phase added to the
+/// three histograms.
+fn generation_phase(before: &[generation::ByKind; 3], after: &[generation::ByKind; 3]) -> String {
+    use generation::Unit;
     format!(
-        "wall {} | CPU {}",
-        generation::phase(&before[0], &after[0]),
-        generation::phase(&before[1], &after[1])
+        "wall {} | CPU {} | page faults {}",
+        generation::phase(&before[0], &after[0], Unit::Seconds),
+        generation::phase(&before[1], &after[1], Unit::Seconds),
+        generation::phase(&before[2], &after[2], Unit::Faults)
     )
 }
 
@@ -268,7 +292,7 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let load_time = started.elapsed();
-    let (rss_idle, _) = daemon.usage();
+    let rss_idle = daemon.usage().rss;
     let protocol = if args.delta { "Delta" } else { "SotW" };
     println!(
         "# istiod-load: {} services x {} endpoints, {} proxies, {protocol}",
@@ -306,15 +330,16 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let initial = t0.elapsed();
-    let (_, cpu_connected) = daemon.usage();
+    let connected = daemon.usage();
     let initial_bytes = bytes(&clients, t0);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (rss_connected, _) = daemon.usage();
+    let rss_connected = daemon.usage().rss;
     println!(
-        "connect + initial config, all proxies: {:.2} s; {:.1} MiB pushed; daemon CPU {:.2} s",
+        "connect + initial config, all proxies: {:.2} s; {:.1} MiB pushed; daemon CPU {:.2} s, {} page faults (start included)",
         initial.as_secs_f64(),
         initial_bytes as f64 / 1048576.0,
-        cpu_connected
+        connected.cpu,
+        connected.faults
     );
     println!(
         "daemon RSS with proxies connected: {:.1} MiB ({:.1} KiB per proxy above idle)",
@@ -323,12 +348,12 @@ async fn main() -> anyhow::Result<()> {
     );
     let generated = generations(mon_port).await?;
     println!(
-        "per-proxy generation, connect (the daemon's account, istiod_xds_generation_seconds and _cpu_seconds, once per config key): {}",
+        "per-proxy generation, connect (the daemon's account, istiod_xds_generation_seconds, _cpu_seconds and _page_faults, once per config key): {}",
         generation_phase(&Default::default(), &generated)
     );
     // Steady state: what the allocator keeps once the connect storm is over.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let (rss_steady, _) = daemon.usage();
+    let rss_steady = daemon.usage().rss;
     println!(
         "daemon RSS 5 s later: {:.1} MiB ({:.1} KiB per proxy above idle)",
         rss_steady as f64 / 1048576.0,
@@ -336,7 +361,7 @@ async fn main() -> anyhow::Result<()> {
     );
 
     // A VirtualService change (svc-0, visible to every proxy).
-    let (_, cpu_before_vs) = daemon.usage();
+    let before_vs = daemon.usage();
     let t1 = Instant::now();
     mesh::replace(
         &mesh::file(dir.path(), 0),
@@ -344,12 +369,13 @@ async fn main() -> anyhow::Result<()> {
     )?;
     let vs = first_after(&clients, t1, ROUTE_TYPE, "8080", timeout).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (_, cpu_after_vs) = daemon.usage();
+    let after_vs_usage = daemon.usage();
     println!(
-        "VirtualService change -> every proxy has it: {} (incl. 100 ms debounce); {:.1} MiB pushed; daemon CPU {:.2} s",
+        "VirtualService change -> every proxy has it: {} (incl. 100 ms debounce); {:.1} MiB pushed; daemon CPU {:.2} s, {} page faults",
         percentiles(vs),
         bytes(&clients, t1) as f64 / 1048576.0,
-        cpu_after_vs - cpu_before_vs
+        after_vs_usage.cpu - before_vs.cpu,
+        after_vs_usage.faults.saturating_sub(before_vs.faults)
     );
     println!(
         "VirtualService change -> every proxy ACKed (the daemon's account, /debug/syncz): {} (incl. 100 ms debounce)",
@@ -368,7 +394,7 @@ async fn main() -> anyhow::Result<()> {
         mesh::namespace(1)
     );
     let (mut p99s, mut ack_p99s) = (Vec::new(), Vec::new());
-    let (mut daemon_cpu, mut proxies_cpu) = (Vec::new(), Vec::new());
+    let (mut daemon_cpu, mut proxies_cpu, mut daemon_faults) = (Vec::new(), Vec::new(), Vec::new());
     // 2 s after the VirtualService change, so that the first endpoint
     // change is measured on its own rather than in the tail of a ~1 GB
     // push (the allocators of both processes give freed pages back for a
@@ -376,8 +402,8 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     for k in 0..args.endpoint_changes.max(1) {
         let t2 = Instant::now();
-        let (_, cpu_before_eds) = daemon.usage();
-        let (_, own_before) = usage_of(std::process::id());
+        let before_eds = daemon.usage();
+        let own_before = usage_of(std::process::id()).cpu;
         mesh::replace(
             &mesh::file(dir.path(), 1),
             &mesh::service_yaml(1, args.endpoints + 1 + k % 2, 90),
@@ -388,9 +414,10 @@ async fn main() -> anyhow::Result<()> {
             .map(|d| d.saturating_sub(Duration::from_millis(100)))
             .collect();
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let (_, cpu_after_eds) = daemon.usage();
-        let (_, own_after) = usage_of(std::process::id());
-        daemon_cpu.push(cpu_after_eds - cpu_before_eds);
+        let after_eds = daemon.usage();
+        let own_after = usage_of(std::process::id()).cpu;
+        daemon_cpu.push(after_eds.cpu - before_eds.cpu);
+        daemon_faults.push(after_eds.faults.saturating_sub(before_eds.faults));
         proxies_cpu.push(own_after - own_before);
         let acks: Vec<Duration> = acked(mon_port, args.proxies)
             .await?
@@ -405,7 +432,7 @@ async fn main() -> anyhow::Result<()> {
                 percentiles(eds),
                 percentiles(after_debounce),
                 bytes(&clients, t2) as f64 / 1024.0,
-                cpu_after_eds - cpu_before_eds
+                after_eds.cpu - before_eds.cpu
             );
             println!(
                 "endpoint change -> every proxy ACKed (the daemon's account, /debug/syncz), after the debounce: {}",
@@ -425,6 +452,13 @@ async fn main() -> anyhow::Result<()> {
             each(&daemon_cpu),
             each(&proxies_cpu)
         );
+        let faults: Vec<String> = daemon_faults.iter().map(u64::to_string).collect();
+        println!(
+            "{} endpoint changes, daemon page faults per change: mean {} (each: {})",
+            p99s.len(),
+            daemon_faults.iter().sum::<u64>() / daemon_faults.len().max(1) as u64,
+            faults.join(", ")
+        );
         for (what, p99s) in [("has it", &p99s), ("ACKed", &ack_p99s)] {
             let each: Vec<String> = p99s.iter().map(|d| d.as_millis().to_string()).collect();
             let mut sorted = p99s.clone();
@@ -443,16 +477,17 @@ async fn main() -> anyhow::Result<()> {
         "per-proxy generation, endpoint changes: {}",
         generation_phase(&after_vs, &generations(mon_port).await?)
     );
-    let (rss_end, cpu_end) = daemon.usage();
+    let end = daemon.usage();
     println!(
-        "daemon at the end: RSS {:.1} MiB, CPU {:.2} s in total",
-        rss_end as f64 / 1048576.0,
-        cpu_end
+        "daemon at the end: RSS {:.1} MiB, CPU {:.2} s, {} page faults in total",
+        end.rss as f64 / 1048576.0,
+        end.cpu,
+        end.faults
     );
     // Once the pushes' buffers are freed and the allocator has given back
     // what it frees (jemalloc's 1 s decay, see .cargo/config.toml).
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let (rss_settled, _) = daemon.usage();
+    let rss_settled = daemon.usage().rss;
     println!(
         "daemon RSS 5 s after the last change: {:.1} MiB",
         rss_settled as f64 / 1048576.0
