@@ -194,8 +194,9 @@ fn dedupe_chains(
 /// VirtualService.
 pub(crate) struct RoutePlan<'a> {
     port: u32,
-    /// Every virtual host's domains, written end to end.
-    domains: Domains,
+    /// Every virtual host's domains, written end to end (in
+    /// `buffers.domains`), and the plan's other working buffers.
+    buffers: Buffers,
     hosts: Vec<PlannedHost<'a>>,
     /// `allow_any` or `block_all`, last.
     catch_all: VirtualHost,
@@ -216,6 +217,93 @@ struct PlannedHost<'a> {
 struct Domains {
     text: String,
     spans: Vec<(usize, usize)>,
+}
+
+/// A route plan's working buffers: its domains, what planning and
+/// encoding need only meanwhile (the domains seen, which claims are
+/// first, each service's claims; each host's routes and lengths), ~0.5
+/// MiB at 1000 services. A plan takes them from its thread's spare set
+/// and gives them back, emptied, when its configuration is made
+/// ([`Buffers::give_back`]), so that a generating thread reuses pages it
+/// has written before: buffers this large are given back to the kernel
+/// as soon as they are freed (jemalloc's `oversize_threshold`,
+/// `.cargo/config.toml`), and the next config key then had them mapped and
+/// zeroed afresh, ~130 page faults (docs/PERFORMANCE.md, step 64).
+#[derive(Default)]
+struct Buffers {
+    domains: Domains,
+    /// The domains seen, as their positions in `domains`.
+    seen: hashbrown::HashTable<u32>,
+    /// Whether each domain is the first of its text.
+    first: Vec<bool>,
+    /// Each service's domains, by position.
+    claimed: Vec<std::ops::Range<usize>>,
+    /// Each host's routes, as the encoding finds them.
+    routes: Vec<HostRoutes>,
+    /// A VirtualService's routes, encoded end to end.
+    own: Vec<u8>,
+    /// Each host's name length and encoded length.
+    lengths: Vec<(usize, usize)>,
+}
+
+/// A virtual host's encoded `routes`: a VirtualService's, at this range of
+/// [`Buffers::own`], or a default route read from the snapshot's memo.
+enum HostRoutes {
+    Own(std::ops::Range<usize>),
+    Memoised(Arc<Vec<u8>>),
+}
+
+/// The most a thread keeps in spare buffers (bytes of capacity): about
+/// eight plans at 1000 services; a larger set is freed, not kept.
+const SPARE_MAX_BYTES: usize = 4 << 20;
+
+thread_local! {
+    /// This thread's spare [`Buffers`], empty until a plan gives its back.
+    static SPARE: std::cell::RefCell<Buffers> = std::cell::RefCell::default();
+}
+
+impl Buffers {
+    /// The thread's spare buffers (or new ones, none being spare).
+    fn take() -> Buffers {
+        SPARE.try_with(|s| s.take()).unwrap_or_default()
+    }
+
+    /// Empties the buffers and keeps them as the thread's spare set, in
+    /// place of a smaller one, unless over [`SPARE_MAX_BYTES`].
+    fn give_back(mut self) {
+        self.domains.text.clear();
+        self.domains.spans.clear();
+        self.seen.clear();
+        self.first.clear();
+        self.claimed.clear();
+        self.routes.clear();
+        self.own.clear();
+        self.lengths.clear();
+        let bytes = self.bytes();
+        if bytes > SPARE_MAX_BYTES {
+            return;
+        }
+        let _ = SPARE.try_with(|s| {
+            let mut spare = s.borrow_mut();
+            if spare.bytes() < bytes {
+                *spare = self;
+            }
+        });
+    }
+
+    /// The buffers' capacity, bytes (the hash table's at 5 bytes a slot:
+    /// a position and a control byte).
+    fn bytes(&self) -> usize {
+        use std::mem::size_of;
+        self.domains.text.capacity()
+            + self.domains.spans.capacity() * size_of::<(usize, usize)>()
+            + self.seen.capacity() * (size_of::<u32>() + 1)
+            + self.first.capacity()
+            + self.claimed.capacity() * size_of::<std::ops::Range<usize>>()
+            + self.routes.capacity() * size_of::<HostRoutes>()
+            + self.own.capacity()
+            + self.lengths.capacity() * size_of::<(usize, usize)>()
+    }
 }
 
 impl Domains {
@@ -244,18 +332,20 @@ impl RoutePlan<'_> {
         };
         let port = self.port.to_string();
         let mut virtual_hosts = Vec::with_capacity(self.hosts.len() + 1);
+        let domains = &self.buffers.domains;
         for h in self.hosts {
             let routes = h
                 .routes
                 .unwrap_or_else(|| vec![default_route(&ctx, &h.service.hostname)]);
             virtual_hosts.push(VirtualHost {
                 name: host_name(&h.service.hostname, &port).concat(),
-                domains: h.domains.map(|i| self.domains.get(i).to_owned()).collect(),
+                domains: h.domains.map(|i| domains.get(i).to_owned()).collect(),
                 routes,
                 ..Default::default()
             });
         }
         virtual_hosts.push(self.catch_all);
+        self.buffers.give_back();
         RouteConfiguration {
             virtual_hosts,
             ..route_config_head(self.port)
@@ -268,7 +358,7 @@ impl RoutePlan<'_> {
     /// in a virtual host `name` 1, `domains` 2, `routes` 3), so the
     /// encodings of the parts can be laid end to end. A virtual host's
     /// name and domains are written here from the plan's text.
-    pub(crate) fn encode(self, snap: &Snapshot, proxy: &Proxy) -> Encoded {
+    pub(crate) fn encode(mut self, snap: &Snapshot, proxy: &Proxy) -> Encoded {
         let ctx = RouteCtx {
             snap,
             proxy,
@@ -282,36 +372,34 @@ impl RoutePlan<'_> {
         // configuration (~0.5 MiB at 1000 services) is written once into a
         // buffer of its size, not grown by doubling and then copied into
         // its `Any` (1.75 MiB of allocations per config key before).
-        enum HostRoutes {
-            Own(std::ops::Range<usize>),
-            Memoised(Arc<Vec<u8>>),
-        }
-        let mut own = Vec::new();
+        let Buffers {
+            domains,
+            routes,
+            own,
+            lengths,
+            ..
+        } = &mut self.buffers;
         // An entry for every host without a VirtualService's routes.
         snap.route_memo
             .reserve(self.hosts.iter().filter(|h| h.routes.is_none()).count());
-        let routes: Vec<HostRoutes> = self
-            .hosts
-            .iter()
-            .map(|h| match &h.routes {
-                Some(routes) => {
-                    let start = own.len();
-                    for r in routes {
-                        prost::encoding::message::encode(3, r, &mut own);
-                    }
-                    HostRoutes::Own(start..own.len())
+        routes.extend(self.hosts.iter().map(|h| match &h.routes {
+            Some(routes) => {
+                let start = own.len();
+                for r in routes {
+                    prost::encoding::message::encode(3, r, own);
                 }
-                None => {
-                    let rule = snap.destination_rule(&h.service.hostname, &proxy.namespace);
-                    HostRoutes::Memoised(snap.route_memo.get_or_build(
-                        h.service,
-                        rule,
-                        &self.port,
-                        || default_route_field(&ctx, &h.service.hostname),
-                    ))
-                }
-            })
-            .collect();
+                HostRoutes::Own(start..own.len())
+            }
+            None => {
+                let rule = snap.destination_rule(&h.service.hostname, &proxy.namespace);
+                HostRoutes::Memoised(snap.route_memo.get_or_build(
+                    h.service,
+                    rule,
+                    &self.port,
+                    || default_route_field(&ctx, &h.service.hostname),
+                ))
+            }
+        }));
         fn routes_of<'a>(own: &'a [u8], r: &'a HostRoutes) -> &'a [u8] {
             match r {
                 HostRoutes::Own(range) => own.get(range.clone()).unwrap_or_default(),
@@ -321,22 +409,19 @@ impl RoutePlan<'_> {
         // VirtualHost: `name` 1, each of `domains` 2 (a repeated string:
         // written even if empty), then the routes. Each host's name length
         // and its own, computed once: they size the buffer and head it.
-        let lengths: Vec<(usize, usize)> = self
-            .hosts
-            .iter()
-            .zip(&routes)
-            .map(|(h, r)| {
-                let name_len: usize = host_name(&h.service.hostname, &port)
-                    .iter()
-                    .map(|p| p.len())
-                    .sum();
-                let domains = h.domains.clone().map(|i| self.domains.get(i));
-                let len = nested_len(name_len)
-                    + domains.map(|d| nested_len(d.len())).sum::<usize>()
-                    + routes_of(&own, r).len();
-                (name_len, len)
-            })
-            .collect();
+        lengths.extend(self.hosts.iter().zip(routes.iter()).map(|(h, r)| {
+            let name_len: usize = host_name(&h.service.hostname, &port)
+                .iter()
+                .map(|p| p.len())
+                .sum();
+            let len = nested_len(name_len)
+                + h.domains
+                    .clone()
+                    .map(|i| nested_len(domains.get(i).len()))
+                    .sum::<usize>()
+                + routes_of(own, r).len();
+            (name_len, len)
+        }));
         // The rest of the configuration's fields (its name is written first).
         let tail = RouteConfiguration {
             name: String::new(),
@@ -349,16 +434,18 @@ impl RoutePlan<'_> {
                 .sum::<usize>()
             + prost::encoding::message::encoded_len(2, &self.catch_all)
             + tail.encoded_len();
-        crate::encoded::encode_with(crate::ROUTE_TYPE, &port, len, |value| {
+        let encoded = crate::encoded::encode_with(crate::ROUTE_TYPE, &port, len, |value| {
             put_string(value, 1, &port);
-            for ((h, r), &(name_len, len)) in self.hosts.iter().zip(&routes).zip(&lengths) {
-                let routes = routes_of(&own, r);
+            for ((h, r), &(name_len, len)) in
+                self.hosts.iter().zip(routes.iter()).zip(lengths.iter())
+            {
+                let routes = routes_of(own, r);
                 put_head(value, 2, len);
                 put_head(value, 1, name_len);
                 for part in host_name(&h.service.hostname, &port) {
                     value.extend_from_slice(part.as_bytes());
                 }
-                for d in h.domains.clone().map(|i| self.domains.get(i)) {
+                for d in h.domains.clone().map(|i| domains.get(i)) {
                     put_head(value, 2, d.len());
                     value.extend_from_slice(d.as_bytes());
                 }
@@ -367,7 +454,9 @@ impl RoutePlan<'_> {
             prost::encoding::message::encode(2, &self.catch_all, value);
             // Cannot fail: a `Vec` grows to whatever is written.
             let _ = tail.encode(value);
-        })
+        });
+        self.buffers.give_back();
+        encoded
     }
 }
 
@@ -402,24 +491,27 @@ fn http_route_plan<'a>(
     // A domain goes to the first service that claims it. All domains are
     // written into one string first, so that the check borrows them.
     let port_text = port.to_string();
+    let mut buffers = Buffers::take();
+    let Buffers {
+        domains,
+        seen,
+        first,
+        claimed,
+        ..
+    } = &mut buffers;
     // ~10 domains and ~160 bytes of them per Kubernetes service: sized
     // once rather than grown (and copied) as written.
-    let mut domains = Domains {
-        text: String::with_capacity(services.len() * 160),
-        spans: Vec::with_capacity(services.len() * 10),
-    };
-    let claimed: Vec<std::ops::Range<usize>> = services
-        .iter()
-        .map(|svc| {
-            let start = domains.spans.len();
-            service_domains(&mut domains, svc, proxy, &port_text);
-            start..domains.spans.len()
-        })
-        .collect();
+    domains.text.reserve(services.len() * 160);
+    domains.spans.reserve(services.len() * 10);
+    claimed.extend(services.iter().map(|svc| {
+        let start = domains.spans.len();
+        service_domains(domains, svc, proxy, &port_text);
+        start..domains.spans.len()
+    }));
     // Decided in a pass of its own: done inside the planning loop below
     // (no `first` list), the next config key was 3-5 % slower
     // (docs/PERFORMANCE.md, seventh session).
-    let mut first: Vec<bool> = Vec::with_capacity(domains.spans.len());
+    first.reserve(domains.spans.len());
     {
         use std::hash::BuildHasher;
         // The domains seen, as their positions in `domains` (4 bytes each,
@@ -431,8 +523,7 @@ fn http_route_plan<'a>(
         let hasher = hashbrown::DefaultHashBuilder::default();
         let hash = |d: &str| hasher.hash_one(d);
         let at = |j: &u32| domains.get(*j as usize);
-        let mut seen: hashbrown::HashTable<u32> =
-            hashbrown::HashTable::with_capacity(domains.spans.len());
+        seen.reserve(domains.spans.len(), |j| hash(at(j)));
         first.extend((0..domains.spans.len()).map(|i| {
             let d = domains.get(i);
             match seen.entry(hash(d), |j| at(j) == d, |j| hash(at(j))) {
@@ -447,9 +538,9 @@ fn http_route_plan<'a>(
     // The first claims of each service, moved to the front of `spans`.
     let mut kept = 0;
     let mut hosts = Vec::with_capacity(services.len());
-    for (svc, range) in services.iter().zip(claimed) {
+    for (svc, range) in services.iter().zip(claimed.iter()) {
         let start = kept;
-        for i in range {
+        for i in range.clone() {
             if first.get(i).copied().unwrap_or(false) {
                 domains.spans.swap(kept, i);
                 kept += 1;
@@ -485,7 +576,7 @@ fn http_route_plan<'a>(
     };
     RoutePlan {
         port,
-        domains,
+        buffers,
         hosts,
         catch_all,
     }
