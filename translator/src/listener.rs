@@ -460,12 +460,17 @@ impl RoutePlan<'_> {
     }
 }
 
-/// A sidecar route configuration's own fields: its name and Istio's
-/// `validate_clusters: false`.
+/// A sidecar route configuration's own fields, as Istio's
+/// (`buildSidecarOutboundHTTPRouteConfig`): its name, `validate_clusters:
+/// false`, and `ignore_port_in_host_matching: true`, so that `Host:
+/// reviews:9080` finds the virtual host of domain `reviews` (Envoy drops
+/// the port before matching; the domains carry none, see
+/// [`service_domains`]).
 fn route_config_head(port: u32) -> RouteConfiguration {
     RouteConfiguration {
         name: port.to_string(),
         validate_clusters: Some(BoolValue { value: false }),
+        ignore_port_in_host_matching: true,
         ..Default::default()
     }
 }
@@ -490,7 +495,6 @@ fn http_route_plan<'a>(
     };
     // A domain goes to the first service that claims it. All domains are
     // written into one string first, so that the check borrows them.
-    let port_text = port.to_string();
     let mut buffers = Buffers::take();
     let Buffers {
         domains,
@@ -499,13 +503,13 @@ fn http_route_plan<'a>(
         claimed,
         ..
     } = &mut buffers;
-    // ~10 domains and ~160 bytes of them per Kubernetes service: sized
+    // ~5 domains and ~80 bytes of them per Kubernetes service: sized
     // once rather than grown (and copied) as written.
-    domains.text.reserve(services.len() * 160);
-    domains.spans.reserve(services.len() * 10);
+    domains.text.reserve(services.len() * 80);
+    domains.spans.reserve(services.len() * 5);
     claimed.extend(services.iter().map(|svc| {
         let start = domains.spans.len();
-        service_domains(domains, svc, proxy, &port_text);
+        service_domains(domains, svc, proxy);
         start..domains.spans.len()
     }));
     // Decided in a pass of its own: done inside the planning loop below
@@ -721,34 +725,30 @@ fn cidr_contains(cidr: &str, ip: &str) -> bool {
     (u32::from(net) & mask) == (u32::from(ip) & mask)
 }
 
-/// Istio's domain set for a service on a port: FQDN, `name.ns.svc`,
-/// `name.ns`, the short name (same namespace only), VIPs; each first with
-/// `:port`, then without. Appended to `out`.
-fn service_domains(out: &mut Domains, svc: &Service, proxy: &Proxy, port: &str) {
-    let mut both = |base: &[&str]| {
+/// Istio's domain set for a service, appended to `out`: FQDN,
+/// `name.ns.svc`, `name.ns`, the short name (same namespace only), VIPs.
+/// Without `:port` variants: a sidecar's route configuration ignores the
+/// port of the `Host` header (`ignore_port_in_host_matching`, see
+/// [`route_config_head`]), as Istio's has since 1.16 for every proxy but
+/// proxyless gRPC (`generateVirtualHostDomains`, `SidecarIgnorePort`).
+fn service_domains(out: &mut Domains, svc: &Service, proxy: &Proxy) {
+    let mut one = |base: &[&str]| {
         let start = out.text.len();
         for part in base {
             out.text.push_str(part);
         }
-        let end = out.text.len();
-        out.text.push(':');
-        out.text.push_str(port);
         out.spans.push((start, out.text.len()));
-        // The same bytes again, without the port.
-        out.text.extend_from_within(start..end);
-        out.spans
-            .push((out.text.len() - (end - start), out.text.len()));
     };
-    both(&[&svc.hostname]);
+    one(&[&svc.hostname]);
     if svc.kubernetes {
-        both(&[&svc.name, ".", &svc.namespace, ".svc"]);
-        both(&[&svc.name, ".", &svc.namespace]);
+        one(&[&svc.name, ".", &svc.namespace, ".svc"]);
+        one(&[&svc.name, ".", &svc.namespace]);
         if proxy.namespace == svc.namespace {
-            both(&[&svc.name]);
+            one(&[&svc.name]);
         }
     }
     for vip in &svc.vips {
-        both(&[vip]);
+        one(&[vip]);
     }
 }
 
