@@ -221,14 +221,16 @@ struct Domains {
 
 /// A route plan's working buffers: its domains, what planning and
 /// encoding need only meanwhile (the domains seen, which claims are
-/// first, each service's claims; each host's routes and lengths), ~0.5
-/// MiB at 1000 services. A plan takes them from its thread's spare set
+/// first, each service's claims; each host's routes and lengths), ~0.3
+/// MiB at 1000 services (~0.5 MiB before step 65 halved the domains). A
+/// plan takes them from its thread's spare set
 /// and gives them back, emptied, when its configuration is made
 /// ([`Buffers::give_back`]), so that a generating thread reuses pages it
 /// has written before: buffers this large are given back to the kernel
 /// as soon as they are freed (jemalloc's `oversize_threshold`,
 /// `.cargo/config.toml`), and the next config key then had them mapped and
-/// zeroed afresh, ~130 page faults (docs/PERFORMANCE.md, step 64).
+/// zeroed afresh: ~20-60 more page faults per config key in the daemon
+/// (docs/PERFORMANCE.md, step 64).
 #[derive(Default)]
 struct Buffers {
     domains: Domains,
@@ -254,7 +256,7 @@ enum HostRoutes {
 }
 
 /// The most a thread keeps in spare buffers (bytes of capacity): about
-/// eight plans at 1000 services; a larger set is freed, not kept.
+/// ten plans' at 1000 services; a larger set is freed, not kept.
 const SPARE_MAX_BYTES: usize = 4 << 20;
 
 thread_local! {
@@ -369,7 +371,7 @@ impl RoutePlan<'_> {
         // Each virtual host's `routes`, encoded, before anything is
         // written: a VirtualService's into `own` (end to end, by range), a
         // default route read from the memo. With every length known, the
-        // configuration (~0.5 MiB at 1000 services) is written once into a
+        // configuration (~0.4 MiB at 1000 services) is written once into a
         // buffer of its size, not grown by doubling and then copied into
         // its `Any` (1.75 MiB of allocations per config key before).
         let Buffers {
