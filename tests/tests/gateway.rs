@@ -238,6 +238,15 @@ spec:
             .is_some_and(|l| l.starts_with("https://bookinfo.example.com")),
         "{r:?}"
     );
+    // The same with the port of a load balancer in front (80, where the
+    // listener is on 8080): the route configuration ignores the `Host`
+    // header's port, as Istio's gateway routes do.
+    let r = http_request(
+        "http://127.0.0.1:8080/productpage",
+        &[("host", "bookinfo.example.com:80")],
+    )
+    .unwrap();
+    assert_eq!(r.status, 301, "{r:?}");
 
     // MUTUAL: no client certificate, no entry; one from the CA, in.
     assert!(

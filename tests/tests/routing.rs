@@ -31,6 +31,8 @@ spec:
     redirect: {uri: /elsewhere, authority: reviews.example.com, redirectCode: 308}
   - match: [{uri: {exact: /teapot}}]
     directResponse: {status: 418, body: {string: "short and stout"}}
+  - match: [{uri: {exact: /large}}]
+    directResponse: {status: 200, body: {string: "LARGE_BODY"}}
   - match: [{uri: {prefix: /api/}}]
     delegate: {name: reviews-api}
   - match: [{uri: {exact: /case}, ignoreUriCase: true}]
@@ -59,7 +61,14 @@ spec:
 fn one_virtual_service_exercises_istio_http_routing() {
     let mesh = Mesh::start(true, &[]);
     let envoy = mesh.sidecar();
-    mesh.apply(&[&envoy], "reviews.yaml", CONFIG);
+    // A body over Envoy's default limit (4096 bytes): the route
+    // configuration allows Istio's 1 MiB, or Envoy refuses all of it.
+    let large = "x".repeat(6000);
+    mesh.apply(
+        &[&envoy],
+        "reviews.yaml",
+        &CONFIG.replace("LARGE_BODY", &large),
+    );
     let get = |path: &str, headers: &[(&str, &str)]| {
         let mut h = vec![("host", "reviews")];
         h.extend_from_slice(headers);
@@ -87,6 +96,8 @@ fn one_virtual_service_exercises_istio_http_routing() {
     // directResponse.
     let r = get("/teapot", &[]);
     assert_eq!((r.status, r.body.as_str()), (418, "short and stout"));
+    let r = get("/large", &[]);
+    assert_eq!((r.status, r.body.len()), (200, large.len()));
 
     // delegate: the child's routes, under the parent's /api/ match.
     assert_eq!(get("/api/v2/x", &[]).body, "reviews v2");

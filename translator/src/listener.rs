@@ -462,16 +462,24 @@ impl RoutePlan<'_> {
     }
 }
 
+/// The largest `directResponse` body a route configuration allows
+/// (bytes): Istio's `DefaultMaxDirectResponseBodySizeBytes`, 1 MiB, where
+/// Envoy's default is 4096 and refuses the whole configuration over it.
+const MAX_DIRECT_RESPONSE_BODY_BYTES: u32 = 1024 * 1024;
+
 /// A sidecar route configuration's own fields, as Istio's
 /// (`buildSidecarOutboundHTTPRouteConfig`): its name, `validate_clusters:
-/// false`, and `ignore_port_in_host_matching: true`, so that `Host:
-/// reviews:9080` finds the virtual host of domain `reviews` (Envoy drops
-/// the port before matching; the domains carry none, see
-/// [`service_domains`]).
+/// false`, [`MAX_DIRECT_RESPONSE_BODY_BYTES`], and
+/// `ignore_port_in_host_matching: true`, so that `Host: reviews:9080`
+/// finds the virtual host of domain `reviews` (Envoy drops the port before
+/// matching; the domains carry none, see [`service_domains`]).
 fn route_config_head(port: u32) -> RouteConfiguration {
     RouteConfiguration {
         name: port.to_string(),
         validate_clusters: Some(BoolValue { value: false }),
+        max_direct_response_body_size_bytes: Some(UInt32Value {
+            value: MAX_DIRECT_RESPONSE_BODY_BYTES,
+        }),
         ignore_port_in_host_matching: true,
         ..Default::default()
     }
@@ -1003,7 +1011,11 @@ fn bound<'a>(
 }
 
 /// A route configuration of the VirtualServices bound to `servers`, one
-/// virtual host per VirtualService host, with `httpsRedirect` honoured.
+/// virtual host per VirtualService host (its only domain: the route
+/// configuration ignores the `Host` header's port, as Istio's gateway
+/// routes do for every proxy but proxyless gRPC, so a host reached through
+/// a load balancer on another port still matches), with `httpsRedirect`
+/// honoured.
 fn gateway_route_config(
     snap: &Snapshot,
     proxy: &Proxy,
@@ -1031,11 +1043,7 @@ fn gateway_route_config(
                 .any(|s| s.server.tls.as_ref().and_then(|t| t.https_redirect) == Some(true));
             let vh = vhosts.entry(host.clone()).or_insert_with(|| VirtualHost {
                 name: format!("{host}:{port}"),
-                domains: if host == "*" {
-                    vec!["*".into()]
-                } else {
-                    vec![host.clone(), format!("{host}:{port}")]
-                },
+                domains: vec![host.clone()],
                 require_tls: if redirect {
                     virtual_host::TlsRequirementType::All as i32
                 } else {
@@ -1050,6 +1058,10 @@ fn gateway_route_config(
         name: name.to_owned(),
         virtual_hosts: vhosts.into_values().collect(),
         validate_clusters: Some(BoolValue { value: false }),
+        max_direct_response_body_size_bytes: Some(UInt32Value {
+            value: MAX_DIRECT_RESPONSE_BODY_BYTES,
+        }),
+        ignore_port_in_host_matching: true,
         ..Default::default()
     }
 }
