@@ -350,7 +350,7 @@ impl RoutePlan<'_> {
         self.buffers.give_back();
         RouteConfiguration {
             virtual_hosts,
-            ..route_config_head(self.port)
+            ..route_config_head(self.port.to_string())
         }
     }
 
@@ -425,10 +425,7 @@ impl RoutePlan<'_> {
             (name_len, len)
         }));
         // The rest of the configuration's fields (its name is written first).
-        let tail = RouteConfiguration {
-            name: String::new(),
-            ..route_config_head(self.port)
-        };
+        let tail = route_config_head(String::new());
         let len = crate::encoded::string_len(&port)
             + lengths
                 .iter()
@@ -467,15 +464,16 @@ impl RoutePlan<'_> {
 /// Envoy's default is 4096 and refuses the whole configuration over it.
 const MAX_DIRECT_RESPONSE_BODY_BYTES: u32 = 1024 * 1024;
 
-/// A sidecar route configuration's own fields, as Istio's
-/// (`buildSidecarOutboundHTTPRouteConfig`): its name, `validate_clusters:
+/// A route configuration's own fields, a sidecar's or a gateway's, as
+/// Istio's (`buildSidecarOutboundHTTPRouteConfig`,
+/// `buildGatewayHTTPRouteConfig`): its `name`, `validate_clusters:
 /// false`, [`MAX_DIRECT_RESPONSE_BODY_BYTES`], and
 /// `ignore_port_in_host_matching: true`, so that `Host: reviews:9080`
 /// finds the virtual host of domain `reviews` (Envoy drops the port before
 /// matching; the domains carry none, see [`service_domains`]).
-fn route_config_head(port: u32) -> RouteConfiguration {
+fn route_config_head(name: String) -> RouteConfiguration {
     RouteConfiguration {
-        name: port.to_string(),
+        name,
         validate_clusters: Some(BoolValue { value: false }),
         max_direct_response_body_size_bytes: Some(UInt32Value {
             value: MAX_DIRECT_RESPONSE_BODY_BYTES,
@@ -1055,14 +1053,8 @@ fn gateway_route_config(
         }
     }
     RouteConfiguration {
-        name: name.to_owned(),
         virtual_hosts: vhosts.into_values().collect(),
-        validate_clusters: Some(BoolValue { value: false }),
-        max_direct_response_body_size_bytes: Some(UInt32Value {
-            value: MAX_DIRECT_RESPONSE_BODY_BYTES,
-        }),
-        ignore_port_in_host_matching: true,
-        ..Default::default()
+        ..route_config_head(name.to_owned())
     }
 }
 
