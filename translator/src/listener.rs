@@ -1348,3 +1348,44 @@ fn hcm_chain(stat_prefix: &str, route_config: &str, gateway: bool) -> FilterChai
         ..Default::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// A plan's buffers, given back, are the next plan's on this thread,
+    /// emptied and with their capacity; a set over the limit is not kept.
+    #[test]
+    fn a_plans_buffers_are_kept_for_the_next_plan_on_its_thread() {
+        std::thread::spawn(|| {
+            let mut b = Buffers::take();
+            assert_eq!(b.bytes(), 0, "nothing is spare on a new thread");
+            b.domains.text.push_str("reviews.default.svc");
+            b.domains.spans.push((0, 19));
+            b.first.push(true);
+            b.claimed.push(0..1);
+            b.own.extend_from_slice(&[1, 2, 3]);
+            b.lengths.push((1, 2));
+            b.routes.push(HostRoutes::Memoised(Arc::new(vec![0; 4])));
+            b.seen.insert_unique(1, 0, |_| 1);
+            let capacity = b.bytes();
+            b.give_back();
+            let again = Buffers::take();
+            assert_eq!(again.bytes(), capacity);
+            assert!(again.domains.text.is_empty() && again.domains.spans.is_empty());
+            assert!(again.first.is_empty() && again.claimed.is_empty());
+            assert!(again.own.is_empty() && again.lengths.is_empty());
+            assert!(again.routes.is_empty() && again.seen.is_empty());
+            assert_eq!(Buffers::take().bytes(), 0, "taken, so no longer spare");
+
+            let mut big = Buffers::default();
+            big.own.reserve(SPARE_MAX_BYTES + 1);
+            big.give_back();
+            assert_eq!(Buffers::take().bytes(), 0, "over the limit: freed");
+        })
+        .join()
+        .unwrap();
+    }
+}
