@@ -494,3 +494,27 @@ async fn main() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fields of `/proc/PID/stat` read are the right ones: writing 40
+    /// MiB of fresh memory (a mapping of its own under glibc) shows as that
+    /// many page faults, and the resident memory holds it.
+    #[test]
+    fn usage_reads_faults_and_memory_of_a_process() {
+        const FRESH: usize = 40 << 20;
+        let before = usage_of(std::process::id());
+        let fresh = std::hint::black_box(vec![1u8; FRESH]);
+        let after = usage_of(std::process::id());
+        assert_eq!(fresh.iter().map(|&b| b as usize).sum::<usize>(), FRESH);
+        let pages = (FRESH / 4096) as u64;
+        assert!(
+            after.faults - before.faults >= pages / 2,
+            "{before:?} -> {after:?}: fewer faults than 40 MiB of pages"
+        );
+        assert!(after.rss >= FRESH as u64, "{after:?}");
+        assert!(after.cpu >= before.cpu);
+    }
+}
