@@ -61,7 +61,10 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<Value, BootstrapError> {
         .filter(|(h, _)| !h.is_empty())
         .ok_or_else(|| BootstrapError::XdsAddr(opts.xds_addr.clone()))?;
     let is_ip = host.parse::<std::net::IpAddr>().is_ok();
-    let ads = json!({ "ads": {}, "resource_api_version": "V3" });
+    // Waited for however long it takes, as Istio's bootstrap does: with
+    // Envoy's default of 15 s, a proxy that connects in a push storm stops
+    // waiting for its clusters and listeners and starts without them.
+    let ads = json!({ "ads": {}, "initial_fetch_timeout": "0s", "resource_api_version": "V3" });
     let mut locality = opts.locality.split('/');
     Ok(json!({
         "node": {

@@ -1,6 +1,7 @@
 //! HTTP routing features on a real Envoy, from one VirtualService with a
 //! delegate: rewrite, redirect, direct response, CORS, response headers,
-//! case-insensitive paths, query and without-header matches.
+//! case-insensitive paths, query and without-header matches, and paths
+//! normalised before they are matched.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
 
@@ -98,6 +99,10 @@ fn one_virtual_service_exercises_istio_http_routing() {
     assert_eq!((r.status, r.body.as_str()), (418, "short and stout"));
     let r = get("/large", &[]);
     assert_eq!((r.status, r.body.len()), (200, large.len()));
+    // Paths are normalised before routing (Istio's `normalize_path`):
+    // `/x/../teapot` is `/teapot`.
+    let r = get("/x/../teapot", &[]);
+    assert_eq!((r.status, r.body.as_str()), (418, "short and stout"));
 
     // delegate: the child's routes, under the parent's /api/ match.
     assert_eq!(get("/api/v2/x", &[]).body, "reviews v2");

@@ -32,7 +32,7 @@ kind: Service
 metadata: {name: reviews, namespace: default}
 spec:
   clusterIP: 10.96.0.50
-  ports: [{name: http, port: 9080}]
+  ports: [{name: http, port: 9080}, {name: http-ws, port: 9090}]
 ---
 apiVersion: v1
 kind: Pod
@@ -47,7 +47,7 @@ apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata: {name: reviews-1, namespace: default, labels: {kubernetes.io/service-name: reviews}}
 addressType: IPv4
-ports: [{name: http, port: 9080}]
+ports: [{name: http, port: 9080}, {name: http-ws, port: 9090}]
 endpoints: [{addresses: [10.244.0.12], targetRef: {kind: Pod, name: reviews-0, namespace: default}}]
 ---
 apiVersion: v1
@@ -117,6 +117,62 @@ fn serve_echo(pod: &Pod, rt: &tokio::runtime::Handle) {
     });
 }
 
+/// A WebSocket server of `pod` on its port 9090, in the raw: it answers
+/// an HTTP/1.1 `Upgrade: websocket` request with `101 Switching
+/// Protocols` (the XFCC header it got in `x-xfcc`), then sends back every
+/// byte it receives. Anything else gets a 400.
+fn serve_websocket_echo(pod: &Pod) {
+    use std::io::{Read, Write};
+    let listener = pod.run(|| std::net::TcpListener::bind("0.0.0.0:9090").unwrap());
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                let head = read_head(&mut conn);
+                let header = |name: &str| {
+                    head.lines()
+                        .filter_map(|l| l.split_once(':'))
+                        .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+                        .map(|(_, v)| v.trim().to_owned())
+                };
+                if !header("upgrade").is_some_and(|u| u.eq_ignore_ascii_case("websocket")) {
+                    let _ =
+                        conn.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n");
+                    return;
+                }
+                let xfcc = header("x-forwarded-client-cert").unwrap_or_default();
+                let reply = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nx-xfcc: {xfcc}\r\n\r\n"
+                );
+                if conn.write_all(reply.as_bytes()).is_err() {
+                    return;
+                }
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = conn.read(&mut buf) {
+                    if conn.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// An HTTP/1.1 message head, read a byte at a time up to its blank line
+/// (so that nothing after it is consumed).
+fn read_head(conn: &mut std::net::TcpStream) -> String {
+    use std::io::Read;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match conn.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
 struct PodMesh {
     cfg: ConfigDir,
     daemon: Daemon,
@@ -151,6 +207,7 @@ impl PodMesh {
         ));
 
         serve_echo(&server, rt.handle());
+        serve_websocket_echo(&server);
 
         let sidecar = |pod: &Pod, sa: &str, admin_port: u16| {
             let socket = start_agent_with_ttl(rt.handle(), &daemon, id(sa), ttl);
@@ -337,6 +394,43 @@ fn sidecars_speak_mutual_tls_and_peer_authentication_decides_plaintext() {
     let reply = mesh.call_reviews().unwrap();
     assert_eq!(reply.status, 200, "{reply:?}");
     assert!(reply.body.contains("xfcc=\n"), "{}", reply.body);
+}
+
+/// A WebSocket from productpage's app to reviews' ClusterIP: both
+/// sidecars let the upgrade through (Istio's `upgrade_configs`; Envoy
+/// answers 403 without it), over mTLS between them, and the connection
+/// then carries bytes both ways.
+#[test]
+fn a_websocket_crosses_both_sidecars() {
+    use std::io::{Read, Write};
+    let mesh = PodMesh::start(Duration::from_secs(3600));
+    let (head, echoed) = mesh.client.run(|| {
+        let mut conn = std::net::TcpStream::connect((REVIEWS_VIP, 9090)).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        conn.write_all(
+            b"GET /chat HTTP/1.1\r\nhost: reviews:9090\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\
+              sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        )
+        .unwrap();
+        let head = read_head(&mut conn);
+        let mut echoed = Vec::new();
+        if head.starts_with("HTTP/1.1 101") {
+            for message in [&b"ping through the mesh"[..], b"and back again"] {
+                conn.write_all(message).unwrap();
+                let mut got = vec![0u8; message.len()];
+                conn.read_exact(&mut got).unwrap();
+                echoed.push(String::from_utf8(got).unwrap());
+            }
+        }
+        (head, echoed)
+    });
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert_eq!(echoed, ["ping through the mesh", "and back again"]);
+    // The upgrade went through reviews' sidecar over mTLS: it named the caller.
+    assert!(
+        head.contains("URI=spiffe://cluster.local/ns/default/sa/productpage"),
+        "{head}"
+    );
 }
 
 #[test]

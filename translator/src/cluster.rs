@@ -30,7 +30,7 @@ use crate::policy::{
     tls_mode_istio,
 };
 use crate::{CLUSTER_TYPE, ENDPOINT_TYPE};
-use crate::{ads_config_source, duration, socket_address};
+use crate::{ads_config_source_waited_for, duration, socket_address};
 use prost::Message as _;
 use prost::encoding::WireType;
 
@@ -252,7 +252,7 @@ fn new_cluster(name: &str) -> Box<Cluster> {
 fn set_eds(cluster: &mut Cluster, name: &str) {
     cluster.cluster_discovery_type = discovery(DiscoveryType::Eds);
     cluster.eds_cluster_config = Some(EdsClusterConfig {
-        eds_config: Some(ads_config_source()),
+        eds_config: Some(ads_config_source_waited_for()),
         service_name: name.to_owned(),
     });
 }

@@ -386,7 +386,7 @@ fn inbound_hcm(port: u32, cluster: &str) -> Filter {
             },
         ),
         use_remote_address: Some(BoolValue { value: false }),
-        ..Default::default()
+        ..crate::istio_http_connection_manager()
     };
     Filter {
         name: "envoy.filters.network.http_connection_manager".into(),

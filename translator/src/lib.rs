@@ -29,8 +29,11 @@ use envoy_types::pb::envoy::config::core::v3::{
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, http_connection_manager,
+};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
-use envoy_types::pb::google::protobuf::Any;
+use envoy_types::pb::google::protobuf::{Any, BoolValue};
 
 use encoded::Encoded;
 use model::{Proxy, ProxyKind, Snapshot};
@@ -318,13 +321,58 @@ pub(crate) fn socket_address(ip: &str, port: u32) -> Address {
     }
 }
 
-/// `ConfigSource` pointing at ADS, V3 (what every RDS/EDS reference needs).
+/// `ConfigSource` pointing at ADS, V3, with Envoy's default
+/// `initial_fetch_timeout` (15 s): for a gateway's `credentialName`
+/// secrets, which may name a Secret that does not exist, so that a missing
+/// one does not hold its listener back forever (Istio's `SDSAdsConfig`).
 pub(crate) fn ads_config_source() -> ConfigSource {
     ConfigSource {
         resource_api_version: ApiVersion::V3 as i32,
         config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(
             AggregatedConfigSource {},
         )),
+        ..Default::default()
+    }
+}
+
+/// `ConfigSource` pointing at ADS, V3, that Envoy waits on for as long as
+/// it takes (`initial_fetch_timeout: 0s`): every EDS and RDS reference, as
+/// Istio writes them. With Envoy's default of 15 s, a proxy whose
+/// endpoints or routes are late (a control plane busy with a push storm,
+/// thousands of proxies connecting at once) stops waiting and starts
+/// serving with empty clusters and missing routes: 503s until they arrive.
+pub(crate) fn ads_config_source_waited_for() -> ConfigSource {
+    ConfigSource {
+        initial_fetch_timeout: Some(duration(std::time::Duration::ZERO)),
+        ..ads_config_source()
+    }
+}
+
+/// What every HTTP connection manager Istio writes (sidecar outbound and
+/// inbound, gateways) sets besides its routes and filters, as Istio's
+/// `buildHTTPConnectionManager` does with the mesh's defaults:
+/// - `upgrade_configs: [websocket]`: WebSocket upgrades are proxied (Envoy
+///   refuses them with a 403 otherwise);
+/// - `stream_idle_timeout: 0s`: no idle limit on a stream, so a quiet
+///   gRPC stream or WebSocket is not reset after Envoy's default 5
+///   minutes;
+/// - `normalize_path: true` and `path_with_escaped_slashes_action:
+///   KEEP_UNCHANGED`: paths normalised per RFC 3986 (`/a/../b` is `/b`)
+///   before routing, escaped slashes left alone (mesh config
+///   `pathNormalization: BASE`, Istio's default);
+/// - `proxy_100_continue: true`: `100-continue` passed through as it is
+///   (Istio's `ENABLE_100_CONTINUE_HEADERS`, on by default).
+pub(crate) fn istio_http_connection_manager() -> HttpConnectionManager {
+    HttpConnectionManager {
+        upgrade_configs: vec![http_connection_manager::UpgradeConfig {
+            upgrade_type: "websocket".into(),
+            ..Default::default()
+        }],
+        stream_idle_timeout: Some(duration(std::time::Duration::ZERO)),
+        normalize_path: Some(BoolValue { value: true }),
+        path_with_escaped_slashes_action:
+            http_connection_manager::PathWithEscapedSlashesAction::KeepUnchanged as i32,
+        proxy_100_continue: true,
         ..Default::default()
     }
 }

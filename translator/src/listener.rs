@@ -39,7 +39,10 @@ use crate::route::{
     RouteCtx, catch_all_route, default_route, default_route_field, direct_response_route,
     virtual_service_routes,
 };
-use crate::{CORS_FILTER, ConfigWarning, FAULT_FILTER, ads_config_source, socket_address};
+use crate::{
+    CORS_FILTER, ConfigWarning, FAULT_FILTER, ads_config_source, ads_config_source_waited_for,
+    istio_http_connection_manager, socket_address,
+};
 
 /// Istio's outbound capture port (`istio-init` redirects here).
 pub const VIRTUAL_OUTBOUND_PORT: u32 = 15001;
@@ -1308,7 +1311,7 @@ fn hcm_chain(stat_prefix: &str, route_config: &str, gateway: bool) -> FilterChai
     let hcm = HttpConnectionManager {
         stat_prefix: stat_prefix.to_owned(),
         route_specifier: Some(http_connection_manager::RouteSpecifier::Rds(Rds {
-            config_source: Some(ads_config_source()),
+            config_source: Some(ads_config_source_waited_for()),
             route_config_name: route_config.to_owned(),
         })),
         http_filters: vec![
@@ -1335,7 +1338,7 @@ fn hcm_chain(stat_prefix: &str, route_config: &str, gateway: bool) -> FilterChai
             },
         ],
         use_remote_address: Some(BoolValue { value: gateway }),
-        ..Default::default()
+        ..istio_http_connection_manager()
     };
     FilterChain {
         name: String::new(),

@@ -428,7 +428,10 @@ pub const WORKLOAD_CERT: &str = "default";
 /// The SDS name of the mesh root certificate (Istio's `ROOTCA`).
 pub const ROOT_CA: &str = "ROOTCA";
 
-/// A secret served by the node agent over SDS.
+/// A secret served by the node agent over SDS (the workload's
+/// [`WORKLOAD_CERT`] or the mesh's [`ROOT_CA`]), waited for without a
+/// time limit (`initial_fetch_timeout: 0s`, as Istio's
+/// `ConstructSdsSecretConfig`).
 pub(crate) fn agent_secret(name: &str) -> SdsSecretConfig {
     SdsSecretConfig {
         name: name.to_owned(),
@@ -451,6 +454,9 @@ pub(crate) fn agent_secret(name: &str) -> SdsSecretConfig {
                     ..Default::default()
                 },
             )),
+            // Istio's `default` and `ROOTCA`: the workload's own identity
+            // is waited for, however long the agent takes.
+            initial_fetch_timeout: Some(crate::duration(std::time::Duration::ZERO)),
             ..Default::default()
         }),
     }
