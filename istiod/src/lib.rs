@@ -60,6 +60,8 @@ pub struct Options {
     pub debounce: DebounceConfig,
     /// Most proxies generated and pushed to at once (Istio `PILOT_PUSH_THROTTLE`).
     pub push_throttle: usize,
+    /// HTTP/2 keepalive and maximum connection age of both xDS ports.
+    pub keepalive: xds::Keepalive,
     /// The CA and the TLS port (Istio's 15012); `None` runs neither.
     pub ca: Option<secure::CaOptions>,
     /// The admission webhooks on their TLS port (Istio's 15017); they need
@@ -229,6 +231,7 @@ impl Daemon {
             metrics.clone(),
             opts.push_throttle,
         )
+        .with_keepalive(opts.keepalive)
         .gated(ready.clone());
         let sync = ads.sync_table();
         let secure = match &opts.ca {
@@ -278,7 +281,8 @@ impl Daemon {
         };
         let token = shutdown.clone();
         tasks.push(tokio::spawn(async move {
-            let served = tonic::transport::Server::builder()
+            let served = ads
+                .server()
                 .add_service(ads.into_service())
                 .serve_with_incoming_shutdown(
                     futures::StreamExt::map(TcpListenerStream::new(listener), |accepted| {

@@ -78,6 +78,19 @@ struct Cli {
     /// Most proxies generated and pushed to at once (Istio `PILOT_PUSH_THROTTLE`).
     #[arg(long, env = "PILOT_PUSH_THROTTLE", default_value_t = 100)]
     push_throttle: usize,
+    /// Seconds without a frame from a proxy before an HTTP/2 PING checks
+    /// it is alive; 0 sends none (istiod's `--keepaliveInterval`).
+    #[arg(long, default_value_t = 30)]
+    keepalive_interval_secs: u64,
+    /// Seconds a PING's ACK is awaited before the connection is closed
+    /// (istiod's `--keepaliveTimeout`).
+    #[arg(long, default_value_t = 10)]
+    keepalive_timeout_secs: u64,
+    /// Seconds after which a proxy's connection is closed (a GOAWAY, its
+    /// stream ended 10 s later) so that it reconnects, maybe to another
+    /// replica; 0: never (istiod's `--keepaliveMaxServerConnectionAge`).
+    #[arg(long, default_value_t = 1800)]
+    keepalive_max_server_connection_age_secs: u64,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -394,6 +407,16 @@ fn main() -> ExitCode {
                 xds_addr: cli.xds_addr,
                 monitoring_addr: Some(cli.monitoring_addr),
                 push_throttle: cli.push_throttle.max(1),
+                keepalive: {
+                    use std::time::Duration;
+                    let some = |secs| (secs > 0).then(|| Duration::from_secs(secs));
+                    istiod::xds::Keepalive {
+                        interval: some(cli.keepalive_interval_secs),
+                        timeout: Duration::from_secs(cli.keepalive_timeout_secs),
+                        max_connection_age: some(cli.keepalive_max_server_connection_age_secs),
+                        ..Default::default()
+                    }
+                },
                 debounce: DebounceConfig {
                     quiet: std::time::Duration::from_millis(cli.debounce_after_ms),
                     max: std::time::Duration::from_millis(cli.debounce_max_ms),

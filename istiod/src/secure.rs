@@ -205,7 +205,8 @@ pub async fn start(
     let ca_service = CaService::new(authority.clone(), authenticator).into_server();
     let stop = token.clone();
     tasks.push(tokio::spawn(async move {
-        let served = tonic::transport::Server::builder()
+        let served = ads
+            .server()
             .add_service(ca_service)
             .add_service(ads.into_service())
             .serve_with_incoming_shutdown(

@@ -226,6 +226,77 @@ pub struct AdsServer {
     shared: Arc<connection::Shared>,
     ready: Option<Arc<AtomicBool>>,
     callers: Option<CallerAuth>,
+    keepalive: Keepalive,
+}
+
+/// How the xDS servers keep their connections, as istiod's gRPC keepalive
+/// options (its flags `--keepaliveInterval`, `--keepaliveTimeout`,
+/// `--keepaliveMaxServerConnectionAge`; [`Keepalive::default`] is
+/// istiod's defaults).
+///
+/// - **Dead proxies let go.** An HTTP/2 PING goes out after `interval`
+///   without a frame from the proxy; without its ACK within `timeout` the
+///   connection is closed, and with it the proxy's stream and state. A
+///   proxy whose node vanished (no FIN, no RST) is otherwise held until
+///   TCP gives up, hours later.
+/// - **Proxies rebalanced.** A connection `max_connection_age` old gets a
+///   GOAWAY (no new streams on it), and its ADS stream is ended
+///   `max_connection_age_grace` later, plus up to a tenth of the age
+///   spread by connection, so that proxies connected together do not
+///   reconnect together. The proxy reconnects on a new connection, to
+///   whichever replica the Service picks: after a scale-out, proxies move
+///   to the new replicas within one age.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Keepalive {
+    /// Quiet time before a PING (istiod: 30 s); `None` sends none.
+    pub interval: Option<std::time::Duration>,
+    /// How long a PING's ACK is awaited (istiod: 10 s).
+    pub timeout: std::time::Duration,
+    /// A connection's age at its GOAWAY (istiod: 30 minutes); `None`: never.
+    pub max_connection_age: Option<std::time::Duration>,
+    /// From the GOAWAY to the end of the ADS stream (istiod: 10 s).
+    pub max_connection_age_grace: std::time::Duration,
+}
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        use std::time::Duration;
+        Keepalive {
+            interval: Some(Duration::from_secs(30)),
+            timeout: Duration::from_secs(10),
+            max_connection_age: Some(Duration::from_secs(30 * 60)),
+            max_connection_age_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Keepalive {
+    /// A tonic server with the PINGs and the GOAWAY at the connection's
+    /// age. (tonic's own grace would close the connection at age + grace
+    /// without a GOAWAY before it; the stream's end is done by the ADS
+    /// service instead, see [`Keepalive::stream_age`].)
+    pub fn server(&self) -> tonic::transport::Server {
+        let server = tonic::transport::Server::builder()
+            .http2_keepalive_interval(self.interval)
+            .http2_keepalive_timeout(Some(self.timeout));
+        match self.max_connection_age {
+            Some(age) => server.max_connection_age(age),
+            None => server,
+        }
+    }
+
+    /// How long connection `id`'s ADS stream lives: the age, the grace,
+    /// and `id`'s share of a tenth of the age (a fixed spread over the
+    /// connections, so never before the GOAWAY). `None` when connections
+    /// have no maximum age.
+    fn stream_age(&self, id: u64) -> Option<std::time::Duration> {
+        let age = self.max_connection_age?;
+        // A tenth of the age, in 1024 steps, by a multiplicative hash of
+        // the connection number.
+        let step = (id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 54) as u32;
+        let spread = age / 10 / 1024 * step;
+        Some(age + self.max_connection_age_grace + spread)
+    }
 }
 
 /// How the TLS port's xDS authenticates callers (see [`AdsServer::authenticated`]).
@@ -257,7 +328,20 @@ impl AdsServer {
             metrics,
             ready: None,
             callers: None,
+            keepalive: Keepalive::default(),
         }
+    }
+
+    /// Keeps connections as `keepalive` says (see [`Keepalive`]); serve
+    /// with [`AdsServer::server`] for its HTTP/2 part.
+    pub fn with_keepalive(mut self, keepalive: Keepalive) -> Self {
+        self.keepalive = keepalive;
+        self
+    }
+
+    /// A tonic server for this service, with its [`Keepalive`].
+    pub fn server(&self) -> tonic::transport::Server {
+        self.keepalive.server()
     }
 
     /// Authenticates every stream as istiod does on its TLS port: a
@@ -371,14 +455,18 @@ impl AdsServer {
             .await?;
         let (tx, rx) = mpsc::channel(2);
         let conn = self.connection(connection::Sink { tx, delta }, caller);
+        let ends = connection::Ends {
+            drain: self.drain.clone(),
+            age: self.keepalive.stream_age(conn.id()),
+        };
         if delta {
             let requests =
                 wire::Requests::<DeltaDiscoveryRequest>::new(body).map(|r| r.map(Req::from_delta));
-            tokio::spawn(conn.run(requests, self.drain.clone()));
+            tokio::spawn(conn.run(requests, ends));
         } else {
             let requests =
                 wire::Requests::<wire::SotwRequest>::new(body).map(|r| r.map(Req::from_sotw));
-            tokio::spawn(conn.run(requests, self.drain.clone()));
+            tokio::spawn(conn.run(requests, ends));
         }
         let mut response = http::Response::new(tonic::body::Body::new(wire::ResponseBody::new(rx)));
         response.headers_mut().insert(
@@ -446,7 +534,32 @@ fn proxy_from_node(node: &Node) -> Result<Proxy, translator::model::InvalidNodeI
 
 #[cfg(test)]
 mod tests {
-    use super::{ByType, ProxySync, SyncTable, record};
+    use super::{ByType, Keepalive, ProxySync, SyncTable, record};
+
+    /// Streams end after the GOAWAY and its grace, spread over a tenth of
+    /// the age by connection; without a maximum age, never.
+    #[test]
+    fn streams_end_after_the_goaway_spread_over_a_tenth_of_the_age() {
+        use std::time::Duration;
+        let k = Keepalive::default();
+        let (age, grace) = (Duration::from_secs(1800), Duration::from_secs(10));
+        let ends: Vec<Duration> = (1..=2000).map(|id| k.stream_age(id).unwrap()).collect();
+        assert!(
+            ends.iter()
+                .all(|&e| e >= age + grace && e < age + grace + age / 10)
+        );
+        let (first, last) = (ends.iter().min().unwrap(), ends.iter().max().unwrap());
+        assert!(
+            *last - *first > age / 20,
+            "2000 connections spread over {:?} only",
+            *last - *first
+        );
+        let never = Keepalive {
+            max_connection_age: None,
+            ..k
+        };
+        assert_eq!(never.stream_age(7), None);
+    }
 
     #[test]
     fn a_reconnected_node_keeps_its_new_row_when_the_old_connection_ends() {

@@ -49,6 +49,7 @@ async fn start(dir: &std::path::Path, delta: bool) -> (Daemon, Client) {
         ca: None,
         webhooks: None,
         push_throttle: 100,
+        keepalive: Default::default(),
     })
     .await
     .unwrap();

@@ -254,11 +254,21 @@ pub async fn start_daemon(dir: &Path) -> Daemon {
 /// Starts the daemon on `dir` with ADS on `xds_addr`, and its TLS port
 /// (CA and xDS) on a free port of the same IP.
 pub async fn start_daemon_at(dir: &Path, xds_addr: SocketAddr) -> Daemon {
+    start_daemon_with(dir, xds_addr, Default::default()).await
+}
+
+/// As [`start_daemon_at`], keeping xDS connections as `keepalive` says.
+pub async fn start_daemon_with(
+    dir: &Path,
+    xds_addr: SocketAddr,
+    keepalive: istiod::xds::Keepalive,
+) -> Daemon {
     Daemon::start(Options {
         source: istiod::Source::Folder(dir.to_owned()),
         xds_addr,
         monitoring_addr: Some("127.0.0.1:0".parse().expect("addr")),
         push_throttle: 100,
+        keepalive,
         debounce: Default::default(),
         ca: Some(istiod::secure::CaOptions {
             addr: SocketAddr::new(xds_addr.ip(), 0),
@@ -437,6 +447,7 @@ pub async fn start_kube_replica(api: &fake_kube::FakeApiServer, identity: &str) 
         xds_addr: "127.0.0.1:0".parse().expect("addr"),
         monitoring_addr: Some("127.0.0.1:0".parse().expect("addr")),
         push_throttle: 100,
+        keepalive: Default::default(),
         debounce: Default::default(),
         ca: None,
         webhooks: None,
@@ -614,6 +625,24 @@ impl Envoy {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+}
+
+impl Envoy {
+    /// Stops the process (SIGSTOP) as a frozen or vanished node would: it
+    /// neither reads nor answers, and its sockets stay open.
+    pub fn pause(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// Lets a [`Envoy::pause`]d process run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = i32::try_from(self.child.id()).expect("pid");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).expect("signal Envoy");
     }
 }
 

@@ -95,6 +95,7 @@ fn workloads_get_renew_and_are_refused_certificates_on_the_tls_port() {
             xds_addr: "127.0.0.1:0".parse().unwrap(),
             monitoring_addr: None,
             push_throttle: 10,
+            keepalive: Default::default(),
             debounce: Default::default(),
             ca: Some(CaOptions {
                 dir: ca_dir.path().join("cacerts"),

@@ -118,6 +118,7 @@ fn routes_follow_kubectl_apply_on_a_real_cluster() {
             xds_addr: "127.0.0.1:0".parse().unwrap(),
             monitoring_addr: Some("127.0.0.1:0".parse().unwrap()),
             push_throttle: 100,
+            keepalive: Default::default(),
             debounce: Default::default(),
             ca: None,
             webhooks: None,
@@ -239,6 +240,7 @@ fn webhooks_inject_and_validate_on_a_real_cluster() {
             xds_addr: "127.0.0.1:0".parse().unwrap(),
             monitoring_addr: None,
             push_throttle: 100,
+            keepalive: Default::default(),
             debounce: Default::default(),
             ca: Some(istiod::secure::CaOptions {
                 dir: ca_dir.path().to_owned(),

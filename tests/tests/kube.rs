@@ -654,6 +654,7 @@ async fn start_with_ca(
         xds_addr: "127.0.0.1:0".parse().unwrap(),
         monitoring_addr: None,
         push_throttle: 10,
+        keepalive: Default::default(),
         debounce: Default::default(),
         ca: Some(istiod::secure::CaOptions {
             token_issuer_keys: None,

@@ -420,13 +420,21 @@ impl Shared {
 /// The connection has ended (client gone, or a fatal request).
 struct Closed;
 
+/// What ends a connection's stream besides the proxy.
+pub(super) struct Ends {
+    /// The daemon shutting down.
+    pub drain: CancellationToken,
+    /// The stream's maximum age (see [`super::Keepalive`]); `None`: none.
+    pub age: Option<std::time::Duration>,
+}
+
 /// What woke a connection.
 #[allow(
     clippy::large_enum_variant,
     reason = "made and consumed between two awaits, never held in the task's future"
 )]
 enum Event {
-    /// The daemon is shutting down.
+    /// The daemon is shutting down, or the stream reached its maximum age.
     Drain,
     /// The next request, a stream error, or the end of the stream.
     Request(Option<Result<Req, Status>>),
@@ -435,6 +443,11 @@ enum Event {
 }
 
 impl Connection {
+    /// The connection's number (1, 2, ... in the order of their streams).
+    pub(super) fn id(&self) -> u64 {
+        self.id
+    }
+
     pub(super) fn new(
         id: u64,
         snapshots: watch::Receiver<Arc<Snapshot>>,
@@ -469,13 +482,24 @@ impl Connection {
     pub(super) async fn run(
         mut self,
         mut requests: impl Stream<Item = Result<Req, Status>> + Unpin,
-        drain: CancellationToken,
+        ends: Ends,
     ) {
         // Once the publisher is gone no new snapshot can come; requests are still served.
         let mut publishing = true;
+        let aged = async {
+            match ends.age {
+                Some(age) => tokio::time::sleep(age).await,
+                None => std::future::pending().await,
+            }
+        };
+        let mut aged = std::pin::pin!(aged);
         loop {
             let event = tokio::select! {
-                _ = drain.cancelled() => Event::Drain,
+                _ = ends.drain.cancelled() => Event::Drain,
+                () = &mut aged => {
+                    debug!(conn = self.id, node = %self.node_id, "stream at its maximum age");
+                    Event::Drain
+                }
                 req = requests.next() => Event::Request(req),
                 changed = self.snapshots.changed(), if publishing => Event::Snapshot(changed.is_ok()),
             };
