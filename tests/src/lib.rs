@@ -449,7 +449,13 @@ pub async fn start_kube_replica(api: &fake_kube::FakeApiServer, identity: &str) 
         push_throttle: 100,
         keepalive: Default::default(),
         debounce: Default::default(),
-        ca: None,
+        // Sidecars wait for their certificate (SDS `default`) without a
+        // time limit, as Istio's do: [`Mesh::proxy_at`] starts each one's
+        // agent, which needs the CA.
+        ca: Some(istiod::secure::CaOptions {
+            addr: "127.0.0.1:0".parse().expect("addr"),
+            ..ca_options()
+        }),
         webhooks: None,
     })
     .await
