@@ -23,6 +23,14 @@ pub struct MeshConfigSpec {
     /// `enableAutoMtls` (default true).
     #[serde(default)]
     pub enable_auto_mtls: Option<bool>,
+    /// `dnsRefreshRate` (default 60 s): how often proxies resolve the hosts
+    /// of DNS clusters (`resolution: DNS` ServiceEntries), unless a
+    /// record's TTL says otherwise. Must be above zero.
+    #[serde(default)]
+    pub dns_refresh_rate: Option<crate::duration::Duration>,
+    /// `pathNormalization` (default `BASE`).
+    #[serde(default)]
+    pub path_normalization: Option<PathNormalizationSpec>,
     /// Every other top-level field, by name (not acted on yet).
     #[serde(flatten)]
     pub unsupported: BTreeMap<String, serde_json::Value>,
@@ -46,6 +54,32 @@ pub struct OutboundTrafficPolicy {
 pub enum OutboundMode {
     AllowAny,
     RegistryOnly,
+}
+
+/// `MeshConfig.ProxyPathNormalization`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathNormalizationSpec {
+    /// How request paths are normalised before routing and authorization.
+    #[serde(default)]
+    pub normalization: Option<PathNormalization>,
+}
+
+/// `MeshConfig.ProxyPathNormalization.NormalizationType`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PathNormalization {
+    /// `BASE` (Istio's default, as `DEFAULT` is).
+    #[default]
+    Default,
+    /// No normalisation: the path is routed as it came.
+    None,
+    /// RFC 3986 normalisation: `/a/../b` is `/b`, `%7E` is `~`.
+    Base,
+    /// As `BASE`, and `//` merged into `/`.
+    MergeSlashes,
+    /// As `MERGE_SLASHES`, and `%2F` / `%5C` unescaped to `/` / `\` first.
+    DecodeAndMergeSlashes,
 }
 
 /// Whether a ConfigMap is the mesh config.
@@ -117,6 +151,31 @@ mod tests {
         assert!(m.unsupported.is_empty());
         let e = parse(&cm("enableAutoMtls: sometimes\n")).unwrap_err();
         assert!(e.to_string().contains("enableAutoMtls"), "{e}");
+    }
+
+    #[test]
+    fn dns_refresh_rate_and_path_normalization() {
+        let m = parse(&cm(
+            "dnsRefreshRate: 5m\npathNormalization:\n  normalization: MERGE_SLASHES\n",
+        ))
+        .unwrap();
+        assert_eq!(
+            m.dns_refresh_rate.map(|d| d.as_std()),
+            Some(std::time::Duration::from_secs(300))
+        );
+        assert_eq!(
+            m.path_normalization.and_then(|p| p.normalization),
+            Some(PathNormalization::MergeSlashes)
+        );
+        assert!(m.unsupported.is_empty());
+        let e = parse(&cm("dnsRefreshRate: often\n")).unwrap_err();
+        assert!(e.to_string().contains("data.mesh.dnsRefreshRate"), "{e}");
+        let e = parse(&cm("pathNormalization:\n  normalization: TIDY\n")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("data.mesh.pathNormalization.normalization"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -103,6 +103,11 @@ fn one_virtual_service_exercises_istio_http_routing() {
     // `/x/../teapot` is `/teapot`.
     let r = get("/x/../teapot", &[]);
     assert_eq!((r.status, r.body.as_str()), (418, "short and stout"));
+    assert_eq!(
+        get("//teapot", &[]).body,
+        "reviews v1",
+        "slashes not merged"
+    );
 
     // delegate: the child's routes, under the parent's /api/ match.
     assert_eq!(get("/api/v2/x", &[]).body, "reviews v2");
@@ -130,6 +135,18 @@ fn one_virtual_service_exercises_istio_http_routing() {
     );
     let r = get("/", &[("origin", "https://evil.example.com")]);
     assert_eq!(r.headers.get("access-control-allow-origin"), None);
+
+    // The mesh config's pathNormalization: MERGE_SLASHES merges `//`;
+    // NONE routes the path as it came.
+    let mesh_config = |normalization: &str| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: istio, namespace: istio-system}}\ndata:\n  mesh: |\n    pathNormalization: {{normalization: {normalization}}}\n"
+        )
+    };
+    mesh.apply(&[&envoy], "mesh.yaml", &mesh_config("MERGE_SLASHES"));
+    assert_eq!(get("//teapot", &[]).status, 418);
+    mesh.apply(&[&envoy], "mesh.yaml", &mesh_config("NONE"));
+    assert_eq!(get("/x/../teapot", &[]).body, "reviews v1");
     assert_eq!(envoy.rejected(), 0);
 }
 

@@ -392,7 +392,7 @@ fn service_clusters(
                 emit(&name, PlannedCluster::Plain { http2 }, auto, Some(cla));
                 continue;
             }
-            let (cluster, cla) = service_cluster(
+            let (mut cluster, cla) = service_cluster(
                 &name,
                 svc,
                 port,
@@ -401,8 +401,28 @@ fn service_clusters(
                 plan.as_ref(),
                 identity.as_ref(),
             );
+            resolve_at_mesh_rate(&mut cluster, snap.mesh.dns_refresh_rate);
             emit(&name, PlannedCluster::Built(cluster), auto, cla);
         }
+    }
+}
+
+/// A DNS cluster (`STRICT_DNS`, `LOGICAL_DNS`) resolves its hosts every
+/// `rate` (mesh config `dnsRefreshRate`, 60 s by default against Envoy's
+/// 5 s: every proxy resolves every DNS host of the mesh), or at the
+/// record's TTL (`respect_dns_ttl`), as Istio's cluster builder sets them.
+/// Other clusters are left alone.
+#[allow(
+    deprecated,
+    reason = "Istio writes these Cluster fields, deprecated for the DNS cluster extension, and Envoy 1.40 takes them"
+)]
+fn resolve_at_mesh_rate(cluster: &mut Cluster, rate: std::time::Duration) {
+    let dns = [DiscoveryType::StrictDns, DiscoveryType::LogicalDns]
+        .iter()
+        .any(|&t| cluster.cluster_discovery_type == discovery(t));
+    if dns {
+        cluster.dns_refresh_rate = Some(duration(rate));
+        cluster.respect_dns_ttl = true;
     }
 }
 

@@ -49,7 +49,7 @@ use envoy_types::pb::google::protobuf::BoolValue;
 use envoy_types::util::pack_any;
 
 use crate::cluster::BLACKHOLE_CLUSTER;
-use crate::model::{Config, InboundPort, Protocol, Proxy, ROOT_NAMESPACE, Snapshot};
+use crate::model::{Config, InboundPort, MeshConfig, Protocol, Proxy, ROOT_NAMESPACE, Snapshot};
 use crate::policy::{ROOT_CA, UPSTREAM_HTTP_OPTIONS, WORKLOAD_CERT, agent_secret};
 use crate::{duration, socket_address};
 
@@ -182,7 +182,7 @@ fn in_namespace<'a>(snap: &'a Snapshot, ns: &'a str) -> impl Iterator<Item = &'a
 /// The `virtualInbound` listener and the inbound clusters of a sidecar.
 pub(crate) fn build(snap: &Snapshot, proxy: &Proxy) -> (Listener, Vec<Cluster>) {
     let policy = peer_policy(snap, proxy);
-    let trust_domain = snap.mesh.trust_domain.as_str();
+    let mesh = &snap.mesh;
     let mut chains = vec![FilterChain {
         // Traffic addressed to 15006 itself would loop.
         name: "virtualInbound-blackhole".into(),
@@ -203,18 +203,13 @@ pub(crate) fn build(snap: &Snapshot, proxy: &Proxy) -> (Listener, Vec<Cluster>) 
         let name = inbound_cluster_name(p.port);
         let http2 = matches!(p.protocol, Protocol::Http2 | Protocol::Grpc);
         clusters.push(original_dst_cluster(&name, http2));
-        chains.extend(port_chains(
-            policy.for_port(p.port),
-            Some(p),
-            &name,
-            trust_domain,
-        ));
+        chains.extend(port_chains(policy.for_port(p.port), Some(p), &name, mesh));
     }
     chains.extend(port_chains(
         policy.mode,
         None,
         INBOUND_PASSTHROUGH_CLUSTER,
-        trust_domain,
+        mesh,
     ));
     let listener = Listener {
         name: VIRTUAL_INBOUND.into(),
@@ -255,7 +250,7 @@ fn port_chains(
     mode: PeerMode,
     port: Option<&InboundPort>,
     cluster: &str,
-    trust_domain: &str,
+    mesh: &MeshConfig,
 ) -> Vec<FilterChain> {
     let http = port.is_some_and(|p| p.protocol.is_http());
     let label = port.map_or_else(
@@ -263,7 +258,7 @@ fn port_chains(
         |p| format!("0.0.0.0_{}", p.port),
     );
     let filters = || match port {
-        Some(p) if http => vec![inbound_hcm(p.port, cluster)],
+        Some(p) if http => vec![inbound_hcm(p.port, cluster, mesh)],
         _ => vec![tcp_proxy_filter(&format!("inbound_{label}"), cluster)],
     };
     let matching = |transport: &str, alpn: &[&str]| FilterChainMatch {
@@ -277,7 +272,7 @@ fn port_chains(
         name: format!("{label}-mtls"),
         filter_chain_match: Some(matching("tls", alpn)),
         filters: filters(),
-        transport_socket: Some(istio_server_tls(trust_domain, http)),
+        transport_socket: Some(istio_server_tls(&mesh.trust_domain, http)),
         ..Default::default()
     };
     let plain = |suffix: &str, transport: &str| FilterChain {
@@ -352,7 +347,7 @@ fn istio_server_tls(trust_domain: &str, http: bool) -> TransportSocket {
 /// Istio's inbound HTTP connection manager: everything to `cluster`, no
 /// route timeout, the caller's certificate details (subject, URI, DNS)
 /// appended to `x-forwarded-client-cert`.
-fn inbound_hcm(port: u32, cluster: &str) -> Filter {
+fn inbound_hcm(port: u32, cluster: &str, mesh: &MeshConfig) -> Filter {
     let hcm = HttpConnectionManager {
         stat_prefix: format!("inbound_0.0.0.0_{port}"),
         route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(
@@ -386,7 +381,7 @@ fn inbound_hcm(port: u32, cluster: &str) -> Filter {
             },
         ),
         use_remote_address: Some(BoolValue { value: false }),
-        ..crate::istio_http_connection_manager()
+        ..crate::istio_http_connection_manager(mesh)
     };
     Filter {
         name: "envoy.filters.network.http_connection_manager".into(),

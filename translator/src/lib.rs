@@ -356,23 +356,46 @@ pub(crate) fn ads_config_source_waited_for() -> ConfigSource {
 /// - `stream_idle_timeout: 0s`: no idle limit on a stream, so a quiet
 ///   gRPC stream or WebSocket is not reset after Envoy's default 5
 ///   minutes;
-/// - `normalize_path: true` and `path_with_escaped_slashes_action:
-///   KEEP_UNCHANGED`: paths normalised per RFC 3986 (`/a/../b` is `/b`)
-///   before routing, escaped slashes left alone (mesh config
-///   `pathNormalization: BASE`, Istio's default);
+/// - paths normalised before routing as the mesh's `pathNormalization`
+///   says ([`path_normalization`]; `BASE` by default: RFC 3986, `/a/../b`
+///   is `/b`, escaped slashes left alone);
 /// - `proxy_100_continue: true`: `100-continue` passed through as it is
 ///   (Istio's `ENABLE_100_CONTINUE_HEADERS`, on by default).
-pub(crate) fn istio_http_connection_manager() -> HttpConnectionManager {
+pub(crate) fn istio_http_connection_manager(mesh: &model::MeshConfig) -> HttpConnectionManager {
     HttpConnectionManager {
         upgrade_configs: vec![http_connection_manager::UpgradeConfig {
             upgrade_type: "websocket".into(),
             ..Default::default()
         }],
         stream_idle_timeout: Some(duration(std::time::Duration::ZERO)),
-        normalize_path: Some(BoolValue { value: true }),
-        path_with_escaped_slashes_action:
-            http_connection_manager::PathWithEscapedSlashesAction::KeepUnchanged as i32,
         proxy_100_continue: true,
+        ..path_normalization(mesh.path_normalization)
+    }
+}
+
+/// The HTTP connection manager's path settings for the mesh config's
+/// `pathNormalization.normalization`, as Istio's
+/// `buildHTTPConnectionManager` maps them:
+///
+/// | normalization | `normalize_path` | `merge_slashes` | escaped slashes |
+/// |---|---|---|---|
+/// | `NONE` | false | false | kept |
+/// | `BASE`, `DEFAULT` | true | false | kept |
+/// | `MERGE_SLASHES` | true | true | kept |
+/// | `DECODE_AND_MERGE_SLASHES` | true | true | unescaped and forwarded |
+fn path_normalization(n: crds::mesh::PathNormalization) -> HttpConnectionManager {
+    use crds::mesh::PathNormalization as N;
+    use http_connection_manager::PathWithEscapedSlashesAction as Escaped;
+    let (normalize, merge, escaped) = match n {
+        N::None => (false, false, Escaped::KeepUnchanged),
+        N::Default | N::Base => (true, false, Escaped::KeepUnchanged),
+        N::MergeSlashes => (true, true, Escaped::KeepUnchanged),
+        N::DecodeAndMergeSlashes => (true, true, Escaped::UnescapeAndForward),
+    };
+    HttpConnectionManager {
+        normalize_path: Some(BoolValue { value: normalize }),
+        merge_slashes: merge,
+        path_with_escaped_slashes_action: escaped as i32,
         ..Default::default()
     }
 }

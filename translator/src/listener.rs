@@ -135,6 +135,7 @@ pub(crate) fn sidecar<'a>(
                 &format!("outbound_0.0.0.0_{port}"),
                 &port.to_string(),
                 false,
+                &snap.mesh,
             )
         };
         let mut listener = unbound_listener(&name, "0.0.0.0", port, default_chain);
@@ -852,7 +853,12 @@ pub(crate) fn gateway(
             routes.push(gateway_route_config(
                 snap, proxy, port, &name, &http, warnings,
             ));
-            chains.push(hcm_chain(&format!("outbound_0.0.0.0_{port}"), &name, true));
+            chains.push(hcm_chain(
+                &format!("outbound_0.0.0.0_{port}"),
+                &name,
+                true,
+                &snap.mesh,
+            ));
         }
         for gs in &servers {
             match server_kind(gs.server) {
@@ -875,7 +881,8 @@ pub(crate) fn gateway(
                         &[gs],
                         warnings,
                     ));
-                    let mut chain = hcm_chain(&format!("outbound_0.0.0.0_{port}"), &name, true);
+                    let mut chain =
+                        hcm_chain(&format!("outbound_0.0.0.0_{port}"), &name, true, &snap.mesh);
                     chain.name = name;
                     chain.filter_chain_match = Some(FilterChainMatch {
                         server_names: gs.sni(),
@@ -1307,7 +1314,12 @@ fn tcp_chain(chain_name: &str, stat_prefix: &str, dests: &[(String, u32)]) -> Fi
     }
 }
 
-fn hcm_chain(stat_prefix: &str, route_config: &str, gateway: bool) -> FilterChain {
+fn hcm_chain(
+    stat_prefix: &str,
+    route_config: &str,
+    gateway: bool,
+    mesh: &crate::model::MeshConfig,
+) -> FilterChain {
     let hcm = HttpConnectionManager {
         stat_prefix: stat_prefix.to_owned(),
         route_specifier: Some(http_connection_manager::RouteSpecifier::Rds(Rds {
@@ -1338,7 +1350,7 @@ fn hcm_chain(stat_prefix: &str, route_config: &str, gateway: bool) -> FilterChai
             },
         ],
         use_remote_address: Some(BoolValue { value: gateway }),
-        ..istio_http_connection_manager()
+        ..istio_http_connection_manager(mesh)
     };
     FilterChain {
         name: String::new(),

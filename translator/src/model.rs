@@ -229,7 +229,17 @@ pub struct MeshConfig {
     /// whose pods carry `security.istio.io/tlsMode: istio`, unless a
     /// DestinationRule sets TLS settings.
     pub auto_mtls: bool,
+    /// `dnsRefreshRate` (default 60 s): DNS clusters' `dns_refresh_rate`,
+    /// with `respect_dns_ttl` (a record's TTL wins).
+    pub dns_refresh_rate: std::time::Duration,
+    /// `pathNormalization.normalization` (default `BASE`): every HTTP
+    /// connection manager's `normalize_path`, `merge_slashes` and
+    /// `path_with_escaped_slashes_action`.
+    pub path_normalization: crds::mesh::PathNormalization,
 }
+
+/// Istio's default `dnsRefreshRate`.
+pub const DEFAULT_DNS_REFRESH_RATE: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Default for MeshConfig {
     fn default() -> Self {
@@ -238,6 +248,8 @@ impl Default for MeshConfig {
             domain: DEFAULT_DOMAIN.to_owned(),
             trust_domain: DEFAULT_DOMAIN.to_owned(),
             auto_mtls: true,
+            dns_refresh_rate: DEFAULT_DNS_REFRESH_RATE,
+            path_normalization: crds::mesh::PathNormalization::Default,
         }
     }
 }
@@ -409,6 +421,22 @@ impl Snapshot {
                         }
                         if let Some(auto) = m.enable_auto_mtls {
                             snap.mesh.auto_mtls = auto;
+                        }
+                        match m.dns_refresh_rate.map(|d| d.as_std()) {
+                            // Envoy refuses a cluster with a rate under 1 ms.
+                            Some(rate) if rate < std::time::Duration::from_millis(1) => {
+                                snap.warnings.push(crate::ConfigWarning::new(
+                                    "ConfigMap",
+                                    format!("{ns}/{name}"),
+                                    "data.mesh.dnsRefreshRate".into(),
+                                    format!("{rate:?} is under 1ms; the default 60s is used"),
+                                ));
+                            }
+                            Some(rate) => snap.mesh.dns_refresh_rate = rate,
+                            None => {}
+                        }
+                        if let Some(n) = m.path_normalization.and_then(|p| p.normalization) {
+                            snap.mesh.path_normalization = n;
                         }
                         for field in m.unsupported.keys() {
                             snap.warnings.push(crate::ConfigWarning::new(
