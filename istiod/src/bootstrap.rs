@@ -27,6 +27,32 @@ pub struct BootstrapOptions {
     /// workload certificate `default` and the root `ROOTCA` for
     /// `ISTIO_MUTUAL`); Istio's path is [`ISTIO_SDS_SOCKET`].
     pub sds_socket: String,
+    /// How Envoy checks that its xDS connection is alive.
+    pub xds_keepalive: XdsKeepalive,
+}
+
+/// How Envoy checks that the daemon is still there (the `xds-grpc`
+/// cluster's HTTP/2 `connection_keepalive`): a PING after `interval`
+/// without a frame, the connection closed (and ADS reopened, to any
+/// replica) when its ACK has not come within `timeout`. Without it, a
+/// daemon whose node vanished leaves its proxies on a dead connection, with
+/// no config updates, until TCP gives up (~15 minutes). Istio's agent keeps
+/// its own connection to istiod with 30 s and 10 s, the default here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct XdsKeepalive {
+    /// Quiet time before a PING (30 s).
+    pub interval: std::time::Duration,
+    /// How long its ACK is awaited (10 s).
+    pub timeout: std::time::Duration,
+}
+
+impl Default for XdsKeepalive {
+    fn default() -> Self {
+        XdsKeepalive {
+            interval: std::time::Duration::from_secs(30),
+            timeout: std::time::Duration::from_secs(10),
+        }
+    }
 }
 
 /// Where Istio's node agent serves SDS, relative to the proxy's working directory.
@@ -97,23 +123,54 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<Value, BootstrapError> {
         },
         "static_resources": {
             "clusters": [
-                grpc_cluster(
-                    "xds-grpc",
+                xds_cluster(
                     if is_ip { "STATIC" } else { "STRICT_DNS" },
                     json!({ "socket_address": { "address": host, "port_value": port } }),
+                    opts.xds_keepalive,
                 ),
                 grpc_cluster(
                     translator::policy::AGENT_SDS_CLUSTER,
                     "STATIC",
                     json!({ "pipe": { "path": opts.sds_socket } }),
+                    json!({}),
                 ),
             ]
         }
     }))
 }
 
-/// A static-resource cluster speaking gRPC (HTTP/2) to one `address`.
-fn grpc_cluster(name: &str, discovery: &str, address: Value) -> Value {
+/// The `xds-grpc` cluster: gRPC to the daemon at `address`, with
+/// `keepalive` PINGs, TCP keepalive after 300 s and circuit breakers that
+/// never trip, as Istio's bootstrap has them.
+fn xds_cluster(discovery: &str, address: Value, keepalive: XdsKeepalive) -> Value {
+    let seconds = |d: std::time::Duration| format!("{}s", d.as_secs_f64());
+    let limits = |priority: &str| {
+        json!({
+            "priority": priority,
+            "max_connections": 100000,
+            "max_pending_requests": 100000,
+            "max_requests": 100000,
+        })
+    };
+    let mut cluster = grpc_cluster(
+        "xds-grpc",
+        discovery,
+        address,
+        json!({
+            "connection_keepalive": {
+                "interval": seconds(keepalive.interval),
+                "timeout": seconds(keepalive.timeout),
+            }
+        }),
+    );
+    cluster["upstream_connection_options"] = json!({ "tcp_keepalive": { "keepalive_time": 300 } });
+    cluster["circuit_breakers"] = json!({ "thresholds": [limits("DEFAULT"), limits("HIGH")] });
+    cluster
+}
+
+/// A static-resource cluster speaking gRPC (HTTP/2, with `http2`'s
+/// `Http2ProtocolOptions`) to one `address`.
+fn grpc_cluster(name: &str, discovery: &str, address: Value, http2: Value) -> Value {
     json!({
         "name": name,
         "type": discovery,
@@ -121,7 +178,7 @@ fn grpc_cluster(name: &str, discovery: &str, address: Value) -> Value {
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": { "http2_protocol_options": {} }
+                "explicit_http_config": { "http2_protocol_options": http2 }
             }
         },
         "load_assignment": {
@@ -145,6 +202,7 @@ mod tests {
             locality: "us-east/us-east-1a".into(),
             delta: true,
             sds_socket: ISTIO_SDS_SOCKET.into(),
+            xds_keepalive: Default::default(),
         })
         .unwrap();
         assert_eq!(b["node"]["metadata"]["NAMESPACE"], "istio-system");
@@ -157,6 +215,15 @@ mod tests {
         let addr = &b["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"]
             [0]["endpoint"]["address"]["socket_address"];
         assert_eq!(addr["port_value"], 15010);
+        let xds = &b["static_resources"]["clusters"][0];
+        let http2 = &xds["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+            ["explicit_http_config"]["http2_protocol_options"];
+        assert_eq!(http2["connection_keepalive"]["interval"], "30s");
+        assert_eq!(http2["connection_keepalive"]["timeout"], "10s");
+        assert_eq!(
+            b["dynamic_resources"]["cds_config"]["initial_fetch_timeout"],
+            "0s"
+        );
     }
 
     #[test]
@@ -169,6 +236,7 @@ mod tests {
             locality: String::new(),
             delta: false,
             sds_socket: ISTIO_SDS_SOCKET.into(),
+            xds_keepalive: Default::default(),
         };
         assert!(matches!(bootstrap(&o), Err(BootstrapError::NodeId(_))));
         o.node_id = "sidecar~1.2.3.4~a.b~b.svc.cluster.local".into();

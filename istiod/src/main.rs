@@ -278,6 +278,7 @@ fn main() -> ExitCode {
                     locality: String::new(),
                     delta,
                     sds_socket: sds_socket.display().to_string(),
+                    xds_keepalive: Default::default(),
                 },
             });
             let run = || -> anyhow::Result<u8> {
@@ -376,6 +377,7 @@ fn main() -> ExitCode {
                 locality,
                 delta,
                 sds_socket,
+                xds_keepalive: Default::default(),
             };
             match bootstrap(&opts) {
                 Ok(json) => {

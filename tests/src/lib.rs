@@ -492,6 +492,17 @@ pub fn use_delta_xds() {
     DELTA.with(|d| d.set(true));
 }
 
+thread_local! {
+    static XDS_KEEPALIVE: std::cell::Cell<istiod::bootstrap::XdsKeepalive> =
+        std::cell::Cell::new(istiod::bootstrap::XdsKeepalive::default());
+}
+
+/// Envoys started on this thread from now on check their xDS connection
+/// with `keepalive` (the bootstrap's `xds-grpc` HTTP/2 PINGs).
+pub fn use_xds_keepalive(keepalive: istiod::bootstrap::XdsKeepalive) {
+    XDS_KEEPALIVE.with(|k| k.set(keepalive));
+}
+
 /// A running Envoy, killed on drop.
 pub struct Envoy {
     child: Child,
@@ -552,6 +563,7 @@ impl Envoy {
             delta: std::env::var("XDS_PROTOCOL").is_ok_and(|p| p == "delta")
                 || DELTA.with(|d| d.get()),
             sds_socket: SDS_SOCKET.with(|s| s.borrow().clone()),
+            xds_keepalive: XDS_KEEPALIVE.with(|k| k.get()),
         })
         .expect("bootstrap");
         let mut file = tempfile::Builder::new()

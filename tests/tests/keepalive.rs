@@ -1,8 +1,10 @@
-//! How the xDS server keeps its connections, on a real Envoy (istiod's
-//! keepalive options, [`istiod::xds::Keepalive`]), with test-sized times:
-//! a proxy that stops answering is let go, with its state, and a
-//! connection past its maximum age is replaced by a new one without the
-//! proxy losing its config.
+//! How xDS connections are kept alive, on a real Envoy, with test-sized
+//! times. The daemon's side (istiod's keepalive options,
+//! [`istiod::xds::Keepalive`]): a proxy that stops answering is let go,
+//! with its state, and a connection past its maximum age is replaced by a
+//! new one without the proxy losing its config. Envoy's side (the
+//! bootstrap's [`istiod::bootstrap::XdsKeepalive`]): a daemon that goes
+//! silent is given up and reconnected to.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
 
@@ -127,4 +129,63 @@ fn an_aged_connection_is_replaced_by_a_new_one() {
     let clusters = envoy.admin("/clusters").unwrap();
     assert!(clusters.contains("outbound|9080||reviews.default.svc.cluster.local"));
     assert_eq!(envoy.rejected(), 0);
+}
+
+/// Drops every packet from the daemon's xDS port in the test's namespace
+/// (`true`), or stops dropping them: the daemon looks gone to Envoy, its
+/// connection open and silent.
+fn silence_daemon(daemon: &Daemon, on: bool) {
+    let port = daemon.xds_addr.port().to_string();
+    let op = if on { "-I" } else { "-D" };
+    let status = std::process::Command::new("iptables")
+        .args([op, "INPUT", "-p", "tcp", "--sport", &port, "-j", "DROP"])
+        .status()
+        .expect("iptables (see scripts/setup)");
+    assert!(status.success(), "iptables {op}");
+}
+
+fn envoy_connected(envoy: &Envoy) -> bool {
+    stat(envoy, "control_plane.connected_state") == 1
+}
+
+/// The other side: Envoy's own PINGs on `xds-grpc` (the bootstrap's
+/// `connection_keepalive`). When the daemon goes silent, Envoy closes the
+/// connection within the interval and the timeout (no config updates
+/// would come on it), and reconnects once the daemon answers again.
+#[test]
+fn a_proxy_lets_go_of_a_silent_daemon_and_reconnects() {
+    e2e::use_xds_keepalive(istiod::bootstrap::XdsKeepalive {
+        interval: Duration::from_secs(1),
+        timeout: Duration::from_secs(1),
+    });
+    let (_rt, _cfg, daemon, envoy) = start(Keepalive {
+        interval: None,
+        max_connection_age: None,
+        ..Default::default()
+    });
+    assert!(envoy_connected(&envoy));
+    silence_daemon(&daemon, true);
+    envoy.wait_for(Duration::from_secs(10), "the connection given up", |e| {
+        !envoy_connected(e)
+    });
+    silence_daemon(&daemon, false);
+    envoy.wait_for(SYNC, "a new connection", envoy_connected);
+    wait_synced(&daemon, &[&envoy], SYNC);
+    assert!(stat(&envoy, "cluster.xds-grpc.upstream_cx_total") >= 2);
+}
+
+/// With the default 30 s interval, the same 4 s of silence leaves Envoy
+/// connected: what gave up above is the keepalive.
+#[test]
+fn without_its_pings_a_proxy_waits_on_a_silent_daemon() {
+    let (_rt, _cfg, daemon, envoy) = start(Keepalive {
+        interval: None,
+        max_connection_age: None,
+        ..Default::default()
+    });
+    silence_daemon(&daemon, true);
+    std::thread::sleep(Duration::from_secs(4));
+    let connected = envoy_connected(&envoy);
+    silence_daemon(&daemon, false);
+    assert!(connected, "Envoy gave up without keepalive PINGs");
 }
