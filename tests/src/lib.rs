@@ -622,6 +622,14 @@ impl Envoy {
             .collect()
     }
 
+    /// One counter or gauge; 0 when Envoy does not have it (yet).
+    pub fn stat(&self, name: &str) -> u64 {
+        self.stats()
+            .get(name)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Sum of every `*.update_rejected` counter (CDS, LDS, RDS, EDS): Envoy's
     /// own count of config it refused.
     pub fn rejected(&self) -> u64 {

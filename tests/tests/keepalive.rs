@@ -44,19 +44,20 @@ fn start(keepalive: Keepalive) -> (tokio::runtime::Runtime, ConfigDir, Daemon, E
     (rt, cfg, daemon, envoy)
 }
 
+/// Neither PINGs nor a maximum age: the daemon keeps every connection.
+fn kept() -> Keepalive {
+    Keepalive {
+        interval: None,
+        max_connection_age: None,
+        ..Default::default()
+    }
+}
+
 /// `pilot_xds`: the proxies the daemon holds a stream for.
 fn connected(daemon: &Daemon) -> f64 {
     let url = format!("http://{}/metrics", daemon.monitoring_addr.unwrap());
     let (_, text) = e2e::http_get(&url, &[]).unwrap();
     metric(&text, "pilot_xds{version=\"1.40.0\"}")
-}
-
-fn stat(envoy: &Envoy, name: &str) -> u64 {
-    envoy
-        .stats()
-        .get(name)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 /// A frozen proxy (SIGSTOP: its socket open, nothing read or answered)
@@ -91,11 +92,7 @@ fn a_proxy_that_stops_answering_is_let_go() {
 /// go above is the keepalive, not something else.
 #[test]
 fn without_pings_a_frozen_proxy_is_held() {
-    let (_rt, _cfg, daemon, envoy) = start(Keepalive {
-        interval: None,
-        max_connection_age: None,
-        ..Default::default()
-    });
+    let (_rt, _cfg, daemon, envoy) = start(kept());
     envoy.pause();
     std::thread::sleep(Duration::from_secs(4));
     let held = daemon.sync.rows().contains_key(SIDECAR);
@@ -117,14 +114,14 @@ fn an_aged_connection_is_replaced_by_a_new_one() {
         ..Default::default()
     });
     const CONNECTIONS: &str = "cluster.xds-grpc.upstream_cx_total";
-    assert_eq!(stat(&envoy, CONNECTIONS), 1);
+    assert_eq!(envoy.stat(CONNECTIONS), 1);
     // Age 2 s, grace 1 s, spread at most 0.2 s: the first replacement
     // within ~3.2 s (and Envoy's reconnect backoff).
     envoy.wait_for(Duration::from_secs(15), "a new xDS connection", |e| {
-        stat(e, CONNECTIONS) >= 2
+        e.stat(CONNECTIONS) >= 2
     });
     wait_synced(&daemon, &[&envoy], SYNC);
-    assert_eq!(stat(&envoy, "control_plane.connected_state"), 1);
+    assert_eq!(envoy.stat("control_plane.connected_state"), 1);
     assert_eq!(connected(&daemon), 1.0);
     let clusters = envoy.admin("/clusters").unwrap();
     assert!(clusters.contains("outbound|9080||reviews.default.svc.cluster.local"));
@@ -145,7 +142,7 @@ fn silence_daemon(daemon: &Daemon, on: bool) {
 }
 
 fn envoy_connected(envoy: &Envoy) -> bool {
-    stat(envoy, "control_plane.connected_state") == 1
+    envoy.stat("control_plane.connected_state") == 1
 }
 
 /// The other side: Envoy's own PINGs on `xds-grpc` (the bootstrap's
@@ -158,11 +155,7 @@ fn a_proxy_lets_go_of_a_silent_daemon_and_reconnects() {
         interval: Duration::from_secs(1),
         timeout: Duration::from_secs(1),
     });
-    let (_rt, _cfg, daemon, envoy) = start(Keepalive {
-        interval: None,
-        max_connection_age: None,
-        ..Default::default()
-    });
+    let (_rt, _cfg, daemon, envoy) = start(kept());
     assert!(envoy_connected(&envoy));
     silence_daemon(&daemon, true);
     envoy.wait_for(Duration::from_secs(10), "the connection given up", |e| {
@@ -171,18 +164,14 @@ fn a_proxy_lets_go_of_a_silent_daemon_and_reconnects() {
     silence_daemon(&daemon, false);
     envoy.wait_for(SYNC, "a new connection", envoy_connected);
     wait_synced(&daemon, &[&envoy], SYNC);
-    assert!(stat(&envoy, "cluster.xds-grpc.upstream_cx_total") >= 2);
+    assert!(envoy.stat("cluster.xds-grpc.upstream_cx_total") >= 2);
 }
 
 /// With the default 30 s interval, the same 4 s of silence leaves Envoy
 /// connected: what gave up above is the keepalive.
 #[test]
 fn without_its_pings_a_proxy_waits_on_a_silent_daemon() {
-    let (_rt, _cfg, daemon, envoy) = start(Keepalive {
-        interval: None,
-        max_connection_age: None,
-        ..Default::default()
-    });
+    let (_rt, _cfg, daemon, envoy) = start(kept());
     silence_daemon(&daemon, true);
     std::thread::sleep(Duration::from_secs(4));
     let connected = envoy_connected(&envoy);

@@ -259,14 +259,6 @@ impl PodMesh {
     }
 }
 
-fn stat(envoy: &Envoy, name: &str) -> u64 {
-    envoy
-        .stats()
-        .get(name)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 const SERVER_HANDSHAKES: &str = "listener.0.0.0.0_15006.ssl.handshake";
 const CLIENT_HANDSHAKES: &str =
     "cluster.outbound|9080||reviews.default.svc.cluster.local.ssl.handshake";
@@ -350,8 +342,8 @@ fn sidecars_speak_mutual_tls_and_peer_authentication_decides_plaintext() {
     // The sidecar reaches its app from Istio's inbound source address.
     assert!(reply.body.contains("peer=127.0.0.6"), "{}", reply.body);
     // TLS on the wire: both ends counted a handshake.
-    assert!(stat(&mesh.client_envoy, CLIENT_HANDSHAKES) >= 1);
-    assert!(stat(&mesh.server_envoy, SERVER_HANDSHAKES) >= 1);
+    assert!(mesh.client_envoy.stat(CLIENT_HANDSHAKES) >= 1);
+    assert!(mesh.server_envoy.stat(SERVER_HANDSHAKES) >= 1);
 
     // What reviews' pod port presents: its SPIFFE ID, from the daemon's root.
     let (sans, verified, _) = presented_certificate(&mesh);
@@ -443,7 +435,7 @@ fn certificates_rotate_without_failing_a_request() {
         "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: default}\nspec: {mtls: {mode: STRICT}}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: default}\nspec: {host: reviews, trafficPolicy: {connectionPool: {http: {maxRequestsPerConnection: 1}}}}\n",
     );
     let (_, _, first_serial) = presented_certificate(&mesh);
-    let handshakes_before = stat(&mesh.server_envoy, SERVER_HANDSHAKES);
+    let handshakes_before = mesh.server_envoy.stat(SERVER_HANDSHAKES);
     let start = Instant::now();
     let mut served = 0;
     // Three lifetimes: every certificate in use at the start has expired.
@@ -462,7 +454,7 @@ fn certificates_rotate_without_failing_a_request() {
     assert_ne!(first_serial, last_serial, "the certificate was not rotated");
     assert!(verified);
     assert_eq!(sans, vec!["spiffe://cluster.local/ns/default/sa/reviews"]);
-    let handshakes = stat(&mesh.server_envoy, SERVER_HANDSHAKES) - handshakes_before;
+    let handshakes = mesh.server_envoy.stat(SERVER_HANDSHAKES) - handshakes_before;
     assert!(
         handshakes >= served,
         "{handshakes} handshakes for {served} requests"

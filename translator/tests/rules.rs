@@ -242,9 +242,8 @@ fn tcp_services_get_a_listener_on_their_vip() {
     assert!(out.routes.iter().all(|r| r.name != "27017"));
 }
 
-#[test]
-fn dns_service_entries_are_strict_dns_clusters() {
-    let se = "
+/// A `resolution: DNS` ServiceEntry for `httpbin.example.com:80`.
+const HTTPBIN_DNS: &str = "
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: httpbin-ext}
@@ -253,6 +252,10 @@ spec:
   ports: [{number: 80, name: http, protocol: HTTP}]
   resolution: DNS
 ";
+
+#[test]
+fn dns_service_entries_are_strict_dns_clusters() {
+    let se = HTTPBIN_DNS;
     let out = generate(&mesh(se, MeshConfig::default()), &sidecar(&[]));
     let c = out
         .clusters
@@ -284,15 +287,7 @@ fn mesh_config_sets_dns_refresh_and_path_normalization() {
     use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
         HttpConnectionManager, http_connection_manager::PathWithEscapedSlashesAction,
     };
-    let se = "
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: httpbin-ext}
-spec:
-  hosts: [httpbin.example.com]
-  ports: [{number: 80, name: http, protocol: HTTP}]
-  resolution: DNS
-";
+    let se = HTTPBIN_DNS;
     let mesh_config = |text: &str| {
         format!(
             "{se}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: istio, namespace: istio-system}}\ndata:\n  mesh: |\n    {text}\n"
