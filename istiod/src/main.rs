@@ -79,21 +79,28 @@ struct Cli {
     #[arg(long, env = "PILOT_PUSH_THROTTLE", default_value_t = 100)]
     push_throttle: usize,
     /// Seconds without a frame from a proxy before an HTTP/2 PING checks
-    /// it is alive; 0 sends none (istiod's `--keepaliveInterval`).
-    #[arg(long, default_value_t = 30)]
+    /// it is alive; 0 sends none; at most a year (istiod's
+    /// `--keepaliveInterval`).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=YEAR_SECS))]
     keepalive_interval_secs: u64,
-    /// Seconds a PING's ACK is awaited before the connection is closed
-    /// (istiod's `--keepaliveTimeout`).
-    #[arg(long, default_value_t = 10)]
+    /// Seconds a PING's ACK is awaited before the connection is closed,
+    /// 1 to a year (istiod's `--keepaliveTimeout`).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=YEAR_SECS))]
     keepalive_timeout_secs: u64,
     /// Seconds after which a proxy's connection is closed (a GOAWAY, its
     /// stream ended 10 s later) so that it reconnects, maybe to another
-    /// replica; 0: never (istiod's `--keepaliveMaxServerConnectionAge`).
-    #[arg(long, default_value_t = 1800)]
+    /// replica; 0: never; at most a year (istiod's
+    /// `--keepaliveMaxServerConnectionAge`).
+    #[arg(long, default_value_t = 1800, value_parser = clap::value_parser!(u64).range(0..=YEAR_SECS))]
     keepalive_max_server_connection_age_secs: u64,
     #[command(subcommand)]
     command: Option<Command>,
 }
+
+/// The longest keepalive time the flags take (a year, in seconds): far
+/// enough to mean "practically never", near enough that a deadline
+/// computed from it cannot overflow.
+const YEAR_SECS: u64 = 365 * 24 * 3600;
 
 /// `istiod agent`'s flags.
 #[derive(clap::Args, Debug)]

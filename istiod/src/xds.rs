@@ -295,7 +295,10 @@ impl Keepalive {
         // the connection number.
         let step = (id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 54) as u32;
         let spread = age / 10 / 1024 * step;
-        Some(age + self.max_connection_age_grace + spread)
+        Some(
+            age.saturating_add(self.max_connection_age_grace)
+                .saturating_add(spread),
+        )
     }
 }
 

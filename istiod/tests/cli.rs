@@ -107,6 +107,23 @@ fn bad_flags_exit_with_ex_usage() {
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/istiod-config"));
+    // Keepalive times a deadline could overflow on, or a zero timeout.
+    for (flag, value) in [
+        ("--keepalive-interval-secs", "99999999999"),
+        ("--keepalive-timeout-secs", "0"),
+        (
+            "--keepalive-max-server-connection-age-secs",
+            "18446744073709551615",
+        ),
+    ] {
+        let out = Command::new(ISTIOD).args([flag, value]).output().unwrap();
+        assert_eq!(out.status.code(), Some(64), "{flag} {value}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(flag),
+            "{flag}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 #[test]
