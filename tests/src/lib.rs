@@ -56,7 +56,9 @@ pub fn envoy_binary() -> PathBuf {
     })
 }
 
-fn run(cmd: &str, args: &[&str]) {
+/// Runs a setup command (`ip`, `iptables`, ...) in the calling thread's
+/// namespaces; panics with its stderr when it fails.
+pub fn run(cmd: &str, args: &[&str]) {
     let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| {
         panic!("cannot run {cmd} (needs iproute2/iptables, see scripts/setup): {e}")
     });
@@ -832,7 +834,8 @@ struct Backend {
 /// - `/status/<code>`: that status;
 /// - `/delay/<ms>`: after sleeping that long;
 /// - `/flaky/<n>/<key>`: 503 for the first `n` requests with that key (across all backends);
-/// - `/fail-on/<version>`: 503 from that version only.
+/// - `/fail-on/<version>`: 503 from that version only;
+/// - `/header/<name>`: the value of that request header, `(none)` without it.
 pub async fn start_backends() -> RequestLog {
     let log = RequestLog::default();
     let hits = Arc::default();
@@ -902,6 +905,14 @@ async fn serve(
                 ok
             }
         }
+        ["header", name] => (
+            StatusCode::OK,
+            req.headers()
+                .get(*name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("(none)")
+                .to_owned(),
+        ),
         ["fail-on", v] if *v == b.version => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("{} {} is sick", b.app, b.version),

@@ -134,11 +134,10 @@ fn an_aged_connection_is_replaced_by_a_new_one() {
 fn silence_daemon(daemon: &Daemon, on: bool) {
     let port = daemon.xds_addr.port().to_string();
     let op = if on { "-I" } else { "-D" };
-    let status = std::process::Command::new("iptables")
-        .args([op, "INPUT", "-p", "tcp", "--sport", &port, "-j", "DROP"])
-        .status()
-        .expect("iptables (see scripts/setup)");
-    assert!(status.success(), "iptables {op}");
+    e2e::run(
+        "iptables",
+        &[op, "INPUT", "-p", "tcp", "--sport", &port, "-j", "DROP"],
+    );
 }
 
 fn envoy_connected(envoy: &Envoy) -> bool {

@@ -136,6 +136,11 @@ fn one_virtual_service_exercises_istio_http_routing() {
     let r = get("/", &[("origin", "https://evil.example.com")]);
     assert_eq!(r.headers.get("access-control-allow-origin"), None);
 
+    // `Expect: 100-continue` reaches the app, which decides (Istio's
+    // `proxy_100_continue`; otherwise Envoy answers it and drops the header).
+    let r = get("/header/expect", &[("expect", "100-continue")]);
+    assert_eq!((r.status, r.body.as_str()), (200, "100-continue"));
+
     // The mesh config's pathNormalization: MERGE_SLASHES merges `//`;
     // NONE routes the path as it came.
     let mesh_config = |normalization: &str| {
