@@ -297,3 +297,64 @@ spec:
         "8 users all hashed to one endpoint: {seen_versions:?}"
     );
 }
+
+/// A gRPC caller's own deadline (`grpc-timeout`) is enforced by its
+/// sidecar, as Istio's routes let it be: on a route without a timeout
+/// (`max_grpc_timeout: 0s`) and, capped at the route's timeout, on one
+/// with a timeout (`max_stream_duration`). The proxy answers in gRPC's
+/// terms: `grpc-status: 14`, `upstream request timeout` when the route's
+/// timer fired (Envoy maps its 504 to `UNAVAILABLE`), or `grpc-status: 4`
+/// (`DEADLINE_EXCEEDED`), `downstream duration timeout` when the stream's.
+/// A plain request on the same route waits for the app.
+#[test]
+fn a_grpc_deadline_is_enforced_by_the_sidecar() {
+    let mesh = Mesh::start(true, &[]);
+    let envoy = mesh.sidecar();
+    let timed_out = |r: &e2e::Reply| {
+        let header = |name: &str| r.headers.get(name).map(String::as_str);
+        matches!(
+            (header("grpc-status"), header("grpc-message")),
+            (Some("14"), Some("upstream request timeout"))
+                | (Some("4"), Some("downstream duration timeout"))
+        )
+    };
+    let grpc = |path: &str, deadline: &str| {
+        let start = Instant::now();
+        let r = http_request(
+            &format!("{RATINGS}{path}"),
+            &[
+                ("host", "ratings"),
+                ("content-type", "application/grpc"),
+                ("grpc-timeout", deadline),
+            ],
+        )
+        .unwrap();
+        (r, start.elapsed())
+    };
+    let (r, took) = grpc("/delay/3000", "300m");
+    assert!(timed_out(&r), "{r:?}");
+    assert!(
+        took < Duration::from_millis(2000),
+        "answered after {took:?}"
+    );
+    let (r, took) = timed_get(&format!("{RATINGS}/delay/1000"), "ratings");
+    assert_eq!(r.status, 200);
+    assert!(took >= Duration::from_millis(950), "{took:?}");
+
+    // With a route timeout of 1s, a longer deadline is capped at it.
+    route(
+        &mesh,
+        &envoy,
+        "ratings",
+        "  - timeout: 1s\n    route: [{destination: {host: ratings}}]\n",
+    );
+    let (r, took) = grpc("/delay/3000", "300m");
+    assert!(timed_out(&r), "{r:?}");
+    assert!(took < Duration::from_millis(900), "answered after {took:?}");
+    let (r, took) = grpc("/delay/5000", "60S");
+    assert!(timed_out(&r), "{r:?}");
+    assert!(
+        (Duration::from_millis(950)..Duration::from_millis(2500)).contains(&took),
+        "capped at 1s, answered after {took:?}"
+    );
+}

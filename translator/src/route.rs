@@ -289,12 +289,42 @@ fn default_route_to(cluster: String, hash: Option<HashPolicy>) -> Route {
         r#match: Some(prefix_match("/")),
         action: Some(route::Action::Route(RouteAction {
             cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster)),
-            timeout: Some(duration(std::time::Duration::ZERO)),
             retry_policy: retry_policy(None, hash.is_some()),
             hash_policy: hash.into_iter().collect(),
-            ..Default::default()
+            ..timed(std::time::Duration::ZERO)
         })),
         ..Default::default()
+    }
+}
+
+/// A route action's timeouts as Istio's `setTimeout` writes them: the
+/// route's `timeout` (zero: none), and a gRPC client's own deadline (its
+/// `grpc-timeout` header) honoured by the proxy. Without a timeout,
+/// `max_grpc_timeout: 0s`: the header, when present, is the timeout, with
+/// no cap. With one, `max_stream_duration` with the header capped at it.
+/// (Without either, Envoy ignores `grpc-timeout`.)
+#[allow(
+    deprecated,
+    reason = "Istio writes max_grpc_timeout for routes without a timeout: its replacement had regressions"
+)]
+fn timed(timeout: std::time::Duration) -> RouteAction {
+    let t = Some(duration(timeout));
+    if timeout.is_zero() {
+        RouteAction {
+            timeout: t,
+            max_grpc_timeout: t,
+            ..Default::default()
+        }
+    } else {
+        RouteAction {
+            timeout: t,
+            max_stream_duration: Some(route_action::MaxStreamDuration {
+                max_stream_duration: t,
+                grpc_timeout_header_max: t,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
     }
 }
 
@@ -377,8 +407,7 @@ pub(crate) fn catch_all_route(name: &str, cluster: &str) -> Route {
         r#match: Some(prefix_match("/")),
         action: Some(route::Action::Route(RouteAction {
             cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster.into())),
-            timeout: Some(duration(std::time::Duration::ZERO)),
-            ..Default::default()
+            ..timed(std::time::Duration::ZERO)
         })),
         ..Default::default()
     }
@@ -598,12 +627,9 @@ fn route_action(
     let hash = consistent_hash(ctx, vs, &http.route[0].destination);
     let mut action = RouteAction {
         cluster_specifier: Some(cluster_specifier),
-        timeout: Some(duration(
-            http.timeout.map(|t| t.as_std()).unwrap_or_default(),
-        )),
         retry_policy: retry_policy(http.retries.as_ref(), hash.is_some()),
         hash_policy: hash.into_iter().collect(),
-        ..Default::default()
+        ..timed(http.timeout.map(|t| t.as_std()).unwrap_or_default())
     };
     if let Some(rw) = &http.rewrite {
         if let Some(uri) = &rw.uri {
