@@ -31,6 +31,17 @@ pub struct MeshConfigSpec {
     /// `pathNormalization` (default `BASE`).
     #[serde(default)]
     pub path_normalization: Option<PathNormalizationSpec>,
+    /// `accessLogFile`: where every proxy writes its access log
+    /// (`/dev/stdout` in Istio's demo profile); empty or absent: none.
+    #[serde(default)]
+    pub access_log_file: Option<String>,
+    /// `accessLogEncoding` (default `TEXT`).
+    #[serde(default)]
+    pub access_log_encoding: Option<AccessLogEncoding>,
+    /// `accessLogFormat`: Envoy's format string (`TEXT`) or a JSON object
+    /// of field names to format strings (`JSON`); empty: Istio's default.
+    #[serde(default)]
+    pub access_log_format: Option<String>,
     /// Every other top-level field, by name (not acted on yet).
     #[serde(flatten)]
     pub unsupported: BTreeMap<String, serde_json::Value>,
@@ -54,6 +65,17 @@ pub struct OutboundTrafficPolicy {
 pub enum OutboundMode {
     AllowAny,
     RegistryOnly,
+}
+
+/// `MeshConfig.AccessLogEncoding`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AccessLogEncoding {
+    /// One line of text per request or connection.
+    #[default]
+    Text,
+    /// One JSON object per request or connection.
+    Json,
 }
 
 /// `MeshConfig.ProxyPathNormalization`.
@@ -134,14 +156,14 @@ mod tests {
     #[test]
     fn registry_only_and_unsupported_fields() {
         let m = parse(&cm(
-            "outboundTrafficPolicy:\n  mode: REGISTRY_ONLY\naccessLogFile: /dev/stdout\n",
+            "outboundTrafficPolicy:\n  mode: REGISTRY_ONLY\nenableTracing: true\n",
         ))
         .unwrap();
         assert_eq!(
             m.outbound_traffic_policy.unwrap().mode,
             Some(OutboundMode::RegistryOnly)
         );
-        assert!(m.unsupported.contains_key("accessLogFile"));
+        assert!(m.unsupported.contains_key("enableTracing"));
     }
 
     #[test]
@@ -176,6 +198,20 @@ mod tests {
                 .contains("data.mesh.pathNormalization.normalization"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn access_log_settings() {
+        let m = parse(&cm(
+            "accessLogFile: /dev/stdout\naccessLogEncoding: JSON\naccessLogFormat: '{\"code\": \"%RESPONSE_CODE%\"}'\n",
+        ))
+        .unwrap();
+        assert_eq!(m.access_log_file.as_deref(), Some("/dev/stdout"));
+        assert_eq!(m.access_log_encoding, Some(AccessLogEncoding::Json));
+        assert!(m.access_log_format.unwrap().contains("%RESPONSE_CODE%"));
+        assert!(m.unsupported.is_empty());
+        let e = parse(&cm("accessLogEncoding: XML\n")).unwrap_err();
+        assert!(e.to_string().contains("data.mesh.accessLogEncoding"), "{e}");
     }
 
     #[test]

@@ -186,3 +186,67 @@ spec:
     assert!(!clusters.contains("outbound|9080||reviews.default.svc.cluster.local"));
     assert_eq!(envoy.rejected(), 0);
 }
+
+/// The mesh config's `accessLogFile`: every request through the sidecar is
+/// a line in Istio's default format (method, path, status, the cluster it
+/// went to), or a JSON object with `accessLogEncoding: JSON`.
+#[test]
+fn access_logs_follow_the_mesh_config() {
+    use std::os::unix::fs::PermissionsExt;
+    let mesh = Mesh::start(true, &[]);
+    let envoy = mesh.sidecar();
+    // Envoy runs as the proxy user: the folder is writable by it.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let log = |name: &str, encoding: &str| {
+        let path = dir.path().join(name);
+        mesh.apply(
+            &[&envoy],
+            "mesh.yaml",
+            &format!(
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: istio, namespace: istio-system}}\ndata:\n  mesh: |\n    accessLogFile: {}\n    accessLogEncoding: {encoding}\n",
+                path.display()
+            ),
+        );
+        path
+    };
+    // The first line naming `path` in `file`, within 5 s.
+    let line = |file: &std::path::Path, path: &str| {
+        let start = std::time::Instant::now();
+        loop {
+            let text = std::fs::read_to_string(file).unwrap_or_default();
+            if let Some(l) = text.lines().find(|l| l.contains(path)) {
+                return l.to_owned();
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(5),
+                "no access log line for {path} in {}: {text:?}",
+                file.display()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    let get =
+        |path: &str| http_request(&format!("{REVIEWS}{path}"), &[("host", "reviews")]).unwrap();
+
+    let text = log("access.log", "TEXT");
+    assert_eq!(get("/logged/text").status, 200);
+    let l = line(&text, "/logged/text");
+    assert!(l.contains("\"GET /logged/text HTTP/1.1\" 200 "), "{l}");
+    assert!(
+        l.contains("outbound|9080||reviews.default.svc.cluster.local"),
+        "{l}"
+    );
+
+    let json = log("access.json", "JSON");
+    assert_eq!(get("/logged/json").status, 200);
+    let l: serde_json::Value = serde_json::from_str(&line(&json, "/logged/json")).unwrap();
+    assert_eq!(l["method"], "GET");
+    assert_eq!(l["path"], "/logged/json");
+    assert_eq!(l["response_code"], 200);
+    assert_eq!(
+        l["upstream_cluster"],
+        "outbound|9080||reviews.default.svc.cluster.local"
+    );
+    assert_eq!(envoy.rejected(), 0);
+}

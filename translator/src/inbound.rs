@@ -192,7 +192,7 @@ pub(crate) fn build(snap: &Snapshot, proxy: &Proxy) -> (Listener, Vec<Cluster>) 
             }),
             ..Default::default()
         }),
-        filters: vec![tcp_proxy_filter(BLACKHOLE_CLUSTER, BLACKHOLE_CLUSTER)],
+        filters: vec![tcp_proxy_filter(BLACKHOLE_CLUSTER, BLACKHOLE_CLUSTER, mesh)],
         ..Default::default()
     }];
     let mut clusters = vec![original_dst_cluster(INBOUND_PASSTHROUGH_CLUSTER, false)];
@@ -259,7 +259,7 @@ fn port_chains(
     );
     let filters = || match port {
         Some(p) if http => vec![inbound_hcm(p.port, cluster, mesh)],
-        _ => vec![tcp_proxy_filter(&format!("inbound_{label}"), cluster)],
+        _ => vec![tcp_proxy_filter(&format!("inbound_{label}"), cluster, mesh)],
     };
     let matching = |transport: &str, alpn: &[&str]| FilterChainMatch {
         destination_port: port
@@ -285,7 +285,7 @@ fn port_chains(
     let foreign_tls = FilterChain {
         name: format!("{label}-tls"),
         filter_chain_match: Some(matching("tls", &[])),
-        filters: vec![tcp_proxy_filter(&format!("inbound_{label}"), cluster)],
+        filters: vec![tcp_proxy_filter(&format!("inbound_{label}"), cluster, mesh)],
         ..Default::default()
     };
     match mode {
@@ -389,10 +389,11 @@ fn inbound_hcm(port: u32, cluster: &str, mesh: &MeshConfig) -> Filter {
     }
 }
 
-fn tcp_proxy_filter(stat_prefix: &str, cluster: &str) -> Filter {
+fn tcp_proxy_filter(stat_prefix: &str, cluster: &str, mesh: &MeshConfig) -> Filter {
     let tcp = TcpProxy {
         stat_prefix: stat_prefix.to_owned(),
         cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.to_owned())),
+        access_log: crate::access_logs(mesh),
         ..Default::default()
     };
     Filter {

@@ -363,6 +363,7 @@ pub(crate) fn ads_config_source_waited_for() -> ConfigSource {
 ///   (Istio's `ENABLE_100_CONTINUE_HEADERS`, on by default).
 pub(crate) fn istio_http_connection_manager(mesh: &model::MeshConfig) -> HttpConnectionManager {
     HttpConnectionManager {
+        access_log: access_logs(mesh),
         upgrade_configs: vec![http_connection_manager::UpgradeConfig {
             upgrade_type: "websocket".into(),
             ..Default::default()
@@ -371,6 +372,63 @@ pub(crate) fn istio_http_connection_manager(mesh: &model::MeshConfig) -> HttpCon
         proxy_100_continue: true,
         ..path_normalization(mesh.path_normalization)
     }
+}
+
+/// The mesh config's access log (`accessLogFile`) as Envoy's file access
+/// logger (`envoy.access_loggers.file`, `FileAccessLog` with a
+/// `SubstitutionFormatString`), for an HTTP connection manager's or a TCP
+/// proxy's `access_log`; empty when the mesh logs nothing.
+pub(crate) fn access_logs(
+    mesh: &model::MeshConfig,
+) -> Vec<envoy_types::pb::envoy::config::accesslog::v3::AccessLog> {
+    use envoy_types::pb::envoy::config::accesslog::v3::{AccessLog, access_log};
+    use envoy_types::pb::envoy::config::core::v3::{
+        DataSource, SubstitutionFormatString, data_source, substitution_format_string,
+    };
+    use envoy_types::pb::envoy::extensions::access_loggers::file::v3::{
+        FileAccessLog, file_access_log,
+    };
+    use envoy_types::pb::google::protobuf::{Struct, Value, value};
+    let Some(log) = &mesh.access_log else {
+        return Vec::new();
+    };
+    let format = match &log.format {
+        model::AccessLogFormat::Text(text) => {
+            substitution_format_string::Format::TextFormatSource(DataSource {
+                specifier: Some(data_source::Specifier::InlineString(text.clone())),
+                ..Default::default()
+            })
+        }
+        model::AccessLogFormat::Json(fields) => {
+            substitution_format_string::Format::JsonFormat(Struct {
+                fields: fields
+                    .iter()
+                    .map(|(k, v)| {
+                        let v = Value {
+                            kind: Some(value::Kind::StringValue(v.clone())),
+                        };
+                        (k.clone(), v)
+                    })
+                    .collect(),
+            })
+        }
+    };
+    let file = FileAccessLog {
+        path: log.path.clone(),
+        access_log_format: Some(file_access_log::AccessLogFormat::LogFormat(
+            SubstitutionFormatString {
+                format: Some(format),
+                ..Default::default()
+            },
+        )),
+    };
+    vec![AccessLog {
+        name: "envoy.access_loggers.file".into(),
+        config_type: Some(access_log::ConfigType::TypedConfig(
+            envoy_types::util::pack_any(file),
+        )),
+        ..Default::default()
+    }]
 }
 
 /// The HTTP connection manager's path settings for the mesh config's

@@ -71,6 +71,7 @@ pub(crate) fn sidecar<'a>(
             "virtualOutbound-catchall-tcp",
             fallback,
             &[(fallback.to_owned(), 1)],
+            &snap.mesh,
         )],
         ..Default::default()
     }];
@@ -102,12 +103,12 @@ pub(crate) fn sidecar<'a>(
                             &name,
                             vip,
                             port.port,
-                            tcp_chain(&name, &name, &dests),
+                            tcp_chain(&name, &name, &dests, &snap.mesh),
                         ));
                     }
                     Some((prefix, len)) => {
                         let name = format!("{vip}_{}", port.port);
-                        let mut chain = tcp_chain(&name, &name, &dests);
+                        let mut chain = tcp_chain(&name, &name, &dests, &snap.mesh);
                         chain.filter_chain_match = Some(FilterChainMatch {
                             prefix_ranges: vec![CidrRange {
                                 address_prefix: prefix.to_owned(),
@@ -128,7 +129,12 @@ pub(crate) fn sidecar<'a>(
             if plan.chains.is_empty() {
                 continue;
             }
-            tcp_chain("PassthroughFilterChain", &name, &[(fallback.to_owned(), 1)])
+            tcp_chain(
+                "PassthroughFilterChain",
+                &name,
+                &[(fallback.to_owned(), 1)],
+                &snap.mesh,
+            )
         } else {
             routes.push(http_route_plan(snap, proxy, port, &plan.http, warnings));
             hcm_chain(
@@ -658,7 +664,12 @@ fn tls_chains(snap: &Snapshot, proxy: &Proxy, svc: &Service, port: u32) -> Vec<F
     let mut chains = Vec::new();
     let chain = |sni: Vec<String>, dests: &[(String, u32)]| {
         let name = format!("{}_{port}", sni.join(","));
-        let mut c = tcp_chain(&name, &format!("outbound|{port}||{}", svc.hostname), dests);
+        let mut c = tcp_chain(
+            &name,
+            &format!("outbound|{port}||{}", svc.hostname),
+            dests,
+            &snap.mesh,
+        );
         c.filter_chain_match = Some(FilterChainMatch {
             destination_port: Some(UInt32Value { value: port }),
             server_names: sni,
@@ -915,6 +926,7 @@ pub(crate) fn gateway(
                                     &name,
                                     &name,
                                     &l4_destinations(snap, vs, &r.route, port),
+                                    &snap.mesh,
                                 );
                                 chain.filter_chain_match = Some(FilterChainMatch {
                                     server_names: sni,
@@ -936,7 +948,12 @@ pub(crate) fn gateway(
                         Some(l4_destinations(snap, vs, &r.route, port))
                     });
                     match route {
-                        Some(dests) => chains.push(tcp_chain(&format!("tcp.{port}"), &format!("tcp.{port}"), &dests)),
+                        Some(dests) => chains.push(tcp_chain(
+                            &format!("tcp.{port}"),
+                            &format!("tcp.{port}"),
+                            &dests,
+                            &snap.mesh,
+                        )),
                         None => warnings.push(ConfigWarning::new(
                             "Gateway",
                             gs.gw.key(),
@@ -1282,7 +1299,12 @@ fn unbound_listener(name: &str, ip: &str, port: u32, chain: FilterChain) -> List
 }
 
 /// A chain proxying TCP to one cluster, or to weighted clusters.
-fn tcp_chain(chain_name: &str, stat_prefix: &str, dests: &[(String, u32)]) -> FilterChain {
+fn tcp_chain(
+    chain_name: &str,
+    stat_prefix: &str,
+    dests: &[(String, u32)],
+    mesh: &crate::model::MeshConfig,
+) -> FilterChain {
     let cluster_specifier = match dests {
         [(only, _)] => tcp_proxy::ClusterSpecifier::Cluster(only.clone()),
         [] => tcp_proxy::ClusterSpecifier::Cluster(BLACKHOLE_CLUSTER.to_owned()),
@@ -1302,6 +1324,7 @@ fn tcp_chain(chain_name: &str, stat_prefix: &str, dests: &[(String, u32)]) -> Fi
     let tcp = TcpProxy {
         stat_prefix: stat_prefix.to_owned(),
         cluster_specifier: Some(cluster_specifier),
+        access_log: crate::access_logs(mesh),
         ..Default::default()
     };
     FilterChain {

@@ -236,7 +236,77 @@ pub struct MeshConfig {
     /// connection manager's `normalize_path`, `merge_slashes` and
     /// `path_with_escaped_slashes_action`.
     pub path_normalization: crds::mesh::PathNormalization,
+    /// `accessLogFile` with its encoding and format: the access log every
+    /// HTTP connection manager and TCP proxy writes; `None`: none.
+    pub access_log: Option<AccessLog>,
 }
+
+/// A file access log (mesh config `accessLogFile`, `accessLogEncoding`,
+/// `accessLogFormat`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccessLog {
+    /// The file every proxy writes to (`/dev/stdout`: its container's log).
+    pub path: String,
+    /// What each line holds.
+    pub format: AccessLogFormat,
+}
+
+/// An access log line: Envoy's command operators (`%RESPONSE_CODE%`, ...).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    /// A text line (ends with a newline).
+    Text(String),
+    /// A JSON object: field name to format string.
+    Json(BTreeMap<String, String>),
+}
+
+/// Istio's default text access log line (`EnvoyTextLogFormat`).
+pub const ISTIO_TEXT_LOG_FORMAT: &str = concat!(
+    "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" ",
+    "%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% ",
+    "\"%UPSTREAM_TRANSPORT_FAILURE_REASON%\" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% ",
+    "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" ",
+    "\"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\" %UPSTREAM_CLUSTER_RAW% ",
+    "%UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% ",
+    "%REQUESTED_SERVER_NAME% %ROUTE_NAME%\n"
+);
+
+/// Istio's default JSON access log fields (`EnvoyJSONLogFormatIstio`).
+pub const ISTIO_JSON_LOG_FIELDS: [(&str, &str); 24] = [
+    ("start_time", "%START_TIME%"),
+    ("route_name", "%ROUTE_NAME%"),
+    ("method", "%REQ(:METHOD)%"),
+    ("path", "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"),
+    ("protocol", "%PROTOCOL%"),
+    ("response_code", "%RESPONSE_CODE%"),
+    ("response_flags", "%RESPONSE_FLAGS%"),
+    ("response_code_details", "%RESPONSE_CODE_DETAILS%"),
+    (
+        "connection_termination_details",
+        "%CONNECTION_TERMINATION_DETAILS%",
+    ),
+    ("bytes_received", "%BYTES_RECEIVED%"),
+    ("bytes_sent", "%BYTES_SENT%"),
+    ("duration", "%DURATION%"),
+    (
+        "upstream_service_time",
+        "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
+    ),
+    ("x_forwarded_for", "%REQ(X-FORWARDED-FOR)%"),
+    ("user_agent", "%REQ(USER-AGENT)%"),
+    ("request_id", "%REQ(X-REQUEST-ID)%"),
+    ("authority", "%REQ(:AUTHORITY)%"),
+    ("upstream_host", "%UPSTREAM_HOST%"),
+    ("upstream_cluster", "%UPSTREAM_CLUSTER_RAW%"),
+    ("upstream_local_address", "%UPSTREAM_LOCAL_ADDRESS%"),
+    ("downstream_local_address", "%DOWNSTREAM_LOCAL_ADDRESS%"),
+    ("downstream_remote_address", "%DOWNSTREAM_REMOTE_ADDRESS%"),
+    ("requested_server_name", "%REQUESTED_SERVER_NAME%"),
+    (
+        "upstream_transport_failure_reason",
+        "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
+    ),
+];
 
 /// Istio's default `dnsRefreshRate`.
 pub const DEFAULT_DNS_REFRESH_RATE: std::time::Duration = std::time::Duration::from_secs(60);
@@ -250,7 +320,51 @@ impl Default for MeshConfig {
             auto_mtls: true,
             dns_refresh_rate: DEFAULT_DNS_REFRESH_RATE,
             path_normalization: crds::mesh::PathNormalization::Default,
+            access_log: None,
         }
+    }
+}
+
+/// The access log line for `encoding` and `format` (mesh config
+/// `accessLogFormat`; empty: Istio's default), as istiod reads them: a
+/// text format gets its newline; a JSON format must be an object of
+/// strings, or the default JSON fields are used and the reason returned.
+fn access_log_format(
+    encoding: crds::mesh::AccessLogEncoding,
+    format: &str,
+) -> (AccessLogFormat, Option<String>) {
+    use crds::mesh::AccessLogEncoding;
+    let default_json = || {
+        AccessLogFormat::Json(
+            ISTIO_JSON_LOG_FIELDS
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        )
+    };
+    match encoding {
+        AccessLogEncoding::Text if format.is_empty() => (
+            AccessLogFormat::Text(ISTIO_TEXT_LOG_FORMAT.to_owned()),
+            None,
+        ),
+        AccessLogEncoding::Text if format.ends_with('\n') => {
+            (AccessLogFormat::Text(format.to_owned()), None)
+        }
+        AccessLogEncoding::Text => (AccessLogFormat::Text(format!("{format}\n")), None),
+        AccessLogEncoding::Json if format.is_empty() => (default_json(), None),
+        AccessLogEncoding::Json => match serde_json::from_str::<BTreeMap<String, String>>(format) {
+            Ok(fields) if !fields.is_empty() => (AccessLogFormat::Json(fields), None),
+            Ok(_) => (
+                default_json(),
+                Some("an empty JSON object; Istio's default fields are used".into()),
+            ),
+            Err(e) => (
+                default_json(),
+                Some(format!(
+                    "not a JSON object of strings ({e}); Istio's default fields are used"
+                )),
+            ),
+        },
     }
 }
 
@@ -437,6 +551,21 @@ impl Snapshot {
                         }
                         if let Some(n) = m.path_normalization.and_then(|p| p.normalization) {
                             snap.mesh.path_normalization = n;
+                        }
+                        if let Some(path) = m.access_log_file.filter(|p| !p.is_empty()) {
+                            let (format, problem) = access_log_format(
+                                m.access_log_encoding.unwrap_or_default(),
+                                m.access_log_format.as_deref().unwrap_or_default(),
+                            );
+                            if let Some(reason) = problem {
+                                snap.warnings.push(crate::ConfigWarning::new(
+                                    "ConfigMap",
+                                    format!("{ns}/{name}"),
+                                    "data.mesh.accessLogFormat".into(),
+                                    reason,
+                                ));
+                            }
+                            snap.mesh.access_log = Some(AccessLog { path, format });
                         }
                         for field in m.unsupported.keys() {
                             snap.warnings.push(crate::ConfigWarning::new(

@@ -861,3 +861,53 @@ fn a_domain_claimed_twice_goes_to_the_first_service() {
     );
     assert_eq!(owners("reviews.example.com"), ["reviews.example.com:9080"]);
 }
+
+/// The mesh config's `accessLogFile` reaches TCP proxies as well as HTTP
+/// connection managers; a JSON `accessLogFormat` that is not an object of
+/// strings is reported and Istio's default fields are used.
+#[test]
+fn access_log_on_tcp_proxies_and_a_bad_json_format_reported() {
+    use envoy_types::pb::envoy::config::core::v3::substitution_format_string;
+    use envoy_types::pb::envoy::extensions::access_loggers::file::v3::{
+        FileAccessLog, file_access_log,
+    };
+    let config = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio, namespace: istio-system}\ndata:\n  mesh: |\n    accessLogFile: /dev/stdout\n    accessLogEncoding: JSON\n    accessLogFormat: '[1, 2]'\n";
+    let snap = mesh(config, MeshConfig::default());
+    assert!(
+        snap.warnings
+            .iter()
+            .any(|w| w.to_string().contains("data.mesh.accessLogFormat")),
+        "{:?}",
+        snap.warnings
+    );
+    let out = generate(&snap, &sidecar(&[]));
+    let listener = out
+        .listeners
+        .iter()
+        .find(|l| l.name == "10.96.0.20_27017")
+        .unwrap();
+    let Some(filter::ConfigType::TypedConfig(any)) =
+        &listener.filter_chains[0].filters[0].config_type
+    else {
+        panic!("no TCP proxy");
+    };
+    let tcp = TcpProxy::decode(any.value.as_slice()).unwrap();
+    assert_eq!(tcp.access_log.len(), 1);
+    let Some(envoy_types::pb::envoy::config::accesslog::v3::access_log::ConfigType::TypedConfig(
+        file,
+    )) = &tcp.access_log[0].config_type
+    else {
+        panic!("no file access log");
+    };
+    let file = FileAccessLog::decode(file.value.as_slice()).unwrap();
+    assert_eq!(file.path, "/dev/stdout");
+    let Some(file_access_log::AccessLogFormat::LogFormat(f)) = file.access_log_format else {
+        panic!("no format");
+    };
+    let Some(substitution_format_string::Format::JsonFormat(json)) = f.format else {
+        panic!("not JSON");
+    };
+    assert!(
+        json.fields.contains_key("response_code") && json.fields.contains_key("upstream_cluster")
+    );
+}
