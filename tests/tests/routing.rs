@@ -140,6 +140,9 @@ fn one_virtual_service_exercises_istio_http_routing() {
     // `proxy_100_continue`; otherwise Envoy answers it and drops the header).
     let r = get("/header/expect", &[("expect", "100-continue")]);
     assert_eq!((r.status, r.body.as_str()), (200, "100-continue"));
+    // The app learns which attempt it serves (Istio's
+    // `include_request_attempt_count` on every virtual host).
+    assert_eq!(get("/header/x-envoy-attempt-count", &[]).body, "1");
 
     // The mesh config's pathNormalization: MERGE_SLASHES merges `//`;
     // NONE routes the path as it came.

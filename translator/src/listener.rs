@@ -353,6 +353,7 @@ impl RoutePlan<'_> {
                 name: host_name(&h.service.hostname, &port).concat(),
                 domains: h.domains.map(|i| domains.get(i).to_owned()).collect(),
                 routes,
+                include_request_attempt_count: true,
                 ..Default::default()
             });
         }
@@ -371,6 +372,9 @@ impl RoutePlan<'_> {
     /// encodings of the parts can be laid end to end. A virtual host's
     /// name and domains are written here from the plan's text.
     pub(crate) fn encode(mut self, snap: &Snapshot, proxy: &Proxy) -> Encoded {
+        /// A virtual host's `include_request_attempt_count: true`: field 14,
+        /// varint, key `14 << 3`, value 1.
+        const ATTEMPT_COUNT: [u8; 2] = [14 << 3, 1];
         let ctx = RouteCtx {
             snap,
             proxy,
@@ -419,8 +423,9 @@ impl RoutePlan<'_> {
             }
         }
         // VirtualHost: `name` 1, each of `domains` 2 (a repeated string:
-        // written even if empty), then the routes. Each host's name length
-        // and its own, computed once: they size the buffer and head it.
+        // written even if empty), the routes (3), then
+        // `include_request_attempt_count` (14, true). Each host's name
+        // length and its own, computed once: they size the buffer and head it.
         lengths.extend(self.hosts.iter().zip(routes.iter()).map(|(h, r)| {
             let name_len: usize = host_name(&h.service.hostname, &port)
                 .iter()
@@ -431,7 +436,8 @@ impl RoutePlan<'_> {
                     .clone()
                     .map(|i| nested_len(domains.get(i).len()))
                     .sum::<usize>()
-                + routes_of(own, r).len();
+                + routes_of(own, r).len()
+                + ATTEMPT_COUNT.len();
             (name_len, len)
         }));
         // The rest of the configuration's fields (its name is written first).
@@ -459,6 +465,7 @@ impl RoutePlan<'_> {
                     value.extend_from_slice(d.as_bytes());
                 }
                 value.extend_from_slice(routes);
+                value.extend_from_slice(&ATTEMPT_COUNT);
             }
             prost::encoding::message::encode(2, &self.catch_all, value);
             // Cannot fail: a `Vec` grows to whatever is written.
@@ -583,6 +590,7 @@ fn http_route_plan<'a>(
             name: "allow_any".into(),
             domains: vec!["*".into()],
             routes: vec![catch_all_route("allow_any", fallback)],
+            include_request_attempt_count: true,
             ..Default::default()
         }
     } else {
@@ -1072,6 +1080,7 @@ fn gateway_route_config(
                 } else {
                     virtual_host::TlsRequirementType::None as i32
                 },
+                include_request_attempt_count: true,
                 ..Default::default()
             });
             vh.routes.extend(virtual_service_routes(&ctx, vs, warnings));
