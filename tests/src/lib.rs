@@ -745,6 +745,23 @@ pub fn wait_for_nack(daemon: &Daemon, envoy: &Envoy, type_url: &str) -> String {
     }
 }
 
+/// The daemon's `/metrics` text (its monitoring port must be served).
+pub fn daemon_metrics(daemon: &Daemon) -> String {
+    let addr = daemon.monitoring_addr.expect("the daemon serves /metrics");
+    let (status, text) = http_get(&format!("http://{addr}/metrics"), &[]).expect("/metrics");
+    assert_eq!(status, 200, "/metrics: {text}");
+    text
+}
+
+/// The `istio` mesh ConfigMap in `istio-system` whose `mesh` key holds
+/// `mesh` (MeshConfig YAML, one field per line).
+pub fn mesh_config(mesh: &str) -> String {
+    let indented: String = mesh.lines().map(|l| format!("    {l}\n")).collect();
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: istio, namespace: istio-system}}\ndata:\n  mesh: |\n{indented}"
+    )
+}
+
 /// The value of one series (`name{labels}`, exactly as exposed) in a
 /// Prometheus text exposition; panics naming the series when it is absent.
 pub fn metric(exposition: &str, series: &str) -> f64 {

@@ -232,7 +232,7 @@ fn editing_a_file_changes_routing_within_two_seconds() {
     // Both edits went through the debouncer, were counted as config
     // triggers, and Envoy's ACK of them was timed as convergence.
     let monitoring = format!("http://{}", daemon.monitoring_addr.unwrap());
-    let (_, metrics) = http_get(&format!("{monitoring}/metrics"), &[]).unwrap();
+    let metrics = e2e::daemon_metrics(daemon);
     assert!(metric(&metrics, "pilot_debounce_time_count") >= 2.0);
     assert!(metric(&metrics, "pilot_push_triggers{type=\"config\"}") >= 2.0);
     assert!(metric(&metrics, "pilot_proxy_convergence_time_count") >= 1.0);
@@ -462,7 +462,7 @@ fn a_nacked_config_is_recorded_and_envoy_keeps_its_last_good_one() {
         "{row}"
     );
     assert_eq!(row["synced"], false);
-    let (_, metrics) = http_get(&format!("{monitoring}/metrics"), &[]).unwrap();
+    let metrics = e2e::daemon_metrics(daemon);
     assert_eq!(
         metric(&metrics, "pilot_total_xds_rejects{type=\"rds\"}"),
         1.0

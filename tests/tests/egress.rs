@@ -11,14 +11,10 @@ use e2e::{Mesh, add_local_address, http_request};
 
 const EXTERNAL_IP: &str = "192.0.2.10";
 
-const REGISTRY_ONLY: &str = "apiVersion: v1
-kind: ConfigMap
-metadata: {name: istio, namespace: istio-system}
-data:
-  mesh: |
-    outboundTrafficPolicy:
-      mode: REGISTRY_ONLY
-";
+/// The mesh config's `outboundTrafficPolicy: REGISTRY_ONLY`.
+fn registry_only() -> String {
+    e2e::mesh_config("outboundTrafficPolicy: {mode: REGISTRY_ONLY}")
+}
 
 /// An "external" HTTP server on 192.0.2.10:`port` answering `name`.
 fn external_server(mesh: &Mesh, port: u16, name: &'static str) {
@@ -53,7 +49,7 @@ fn registry_only_blocks_what_no_service_entry_opens() {
     assert_eq!((r.status, r.body.as_str()), (200, "api.example.com"));
 
     // REGISTRY_ONLY: blocked.
-    mesh.apply(&[&envoy], "mesh.yaml", REGISTRY_ONLY);
+    mesh.apply(&[&envoy], "mesh.yaml", &registry_only());
     let blocked = get(80, "api.example.com");
     assert!(
         blocked.is_err(),

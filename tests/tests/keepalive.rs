@@ -55,9 +55,10 @@ fn kept() -> Keepalive {
 
 /// `pilot_xds`: the proxies the daemon holds a stream for.
 fn connected(daemon: &Daemon) -> f64 {
-    let url = format!("http://{}/metrics", daemon.monitoring_addr.unwrap());
-    let (_, text) = e2e::http_get(&url, &[]).unwrap();
-    metric(&text, "pilot_xds{version=\"1.40.0\"}")
+    metric(
+        &e2e::daemon_metrics(daemon),
+        "pilot_xds{version=\"1.40.0\"}",
+    )
 }
 
 /// A frozen proxy (SIGSTOP: its socket open, nothing read or answered)

@@ -31,9 +31,10 @@ fn only(version: &str, n: usize) -> BTreeMap<String, usize> {
 }
 
 fn pushes(mesh: &Mesh, type_: &str) -> f64 {
-    let url = format!("http://{}/metrics", mesh.daemon.monitoring_addr.unwrap());
-    let (_, text) = http_get(&url, &[]).unwrap();
-    metric(&text, &format!("pilot_xds_pushes{{type=\"{type_}\"}}"))
+    metric(
+        &e2e::daemon_metrics(&mesh.daemon),
+        &format!("pilot_xds_pushes{{type=\"{type_}\"}}"),
+    )
 }
 
 #[test]

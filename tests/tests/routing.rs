@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
 
-use e2e::{Mesh, http_request};
+use e2e::{Mesh, http_request, mesh_config};
 
 const REVIEWS: &str = "http://10.96.0.13:9080";
 
@@ -147,9 +147,9 @@ fn one_virtual_service_exercises_istio_http_routing() {
     // The mesh config's pathNormalization: MERGE_SLASHES merges `//`;
     // NONE routes the path as it came.
     let mesh_config = |normalization: &str| {
-        format!(
-            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: istio, namespace: istio-system}}\ndata:\n  mesh: |\n    pathNormalization: {{normalization: {normalization}}}\n"
-        )
+        mesh_config(&format!(
+            "pathNormalization: {{normalization: {normalization}}}"
+        ))
     };
     mesh.apply(&[&envoy], "mesh.yaml", &mesh_config("MERGE_SLASHES"));
     assert_eq!(get("//teapot", &[]).status, 418);
@@ -206,10 +206,10 @@ fn access_logs_follow_the_mesh_config() {
         mesh.apply(
             &[&envoy],
             "mesh.yaml",
-            &format!(
-                "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: istio, namespace: istio-system}}\ndata:\n  mesh: |\n    accessLogFile: {}\n    accessLogEncoding: {encoding}\n",
+            &mesh_config(&format!(
+                "accessLogFile: {}\naccessLogEncoding: {encoding}",
                 path.display()
-            ),
+            )),
         );
         path
     };

@@ -4,7 +4,7 @@
 
 use crds::document::{parse_value, split_documents};
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
-use envoy_types::pb::envoy::config::listener::v3::filter;
+use envoy_types::pb::envoy::config::listener::v3::{FilterChain, filter};
 use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, route, route_action};
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
 use prost::Message;
@@ -47,6 +47,21 @@ fn sidecar(labels: &[(&str, &str)]) -> Proxy {
             .collect(),
     )
     .unwrap()
+}
+
+/// The `istio` mesh ConfigMap whose `mesh` key is `mesh` (one line of YAML).
+fn mesh_configmap(mesh: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: istio, namespace: istio-system}}\ndata:\n  mesh: |\n    {mesh}\n"
+    )
+}
+
+/// The first filter of `chain`, decoded as `M` (its typed config).
+fn first_filter<M: Message + Default>(chain: &FilterChain) -> M {
+    let Some(filter::ConfigType::TypedConfig(any)) = &chain.filters[0].config_type else {
+        panic!("no typed config: {chain:?}")
+    };
+    M::decode(any.value.as_slice()).unwrap()
 }
 
 fn route_config<'a>(out: &'a Output, name: &str) -> &'a RouteConfiguration {
@@ -216,12 +231,7 @@ fn registry_only_sends_unknown_traffic_to_the_blackhole() {
         .iter()
         .find(|l| l.name == "virtualOutbound")
         .unwrap();
-    let Some(filter::ConfigType::TypedConfig(any)) =
-        &outbound.filter_chains[0].filters[0].config_type
-    else {
-        panic!("{outbound:?}")
-    };
-    let tcp = TcpProxy::decode(any.value.as_slice()).unwrap();
+    let tcp: TcpProxy = first_filter(&outbound.filter_chains[0]);
     assert_eq!(
         tcp.cluster_specifier,
         Some(tcp_proxy::ClusterSpecifier::Cluster(
@@ -288,11 +298,7 @@ fn mesh_config_sets_dns_refresh_and_path_normalization() {
         HttpConnectionManager, http_connection_manager::PathWithEscapedSlashesAction,
     };
     let se = HTTPBIN_DNS;
-    let mesh_config = |text: &str| {
-        format!(
-            "{se}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: istio, namespace: istio-system}}\ndata:\n  mesh: |\n    {text}\n"
-        )
-    };
+    let mesh_config = |text: &str| format!("{se}\n---\n{}", mesh_configmap(text));
     let dns = |snap: &Snapshot| {
         let out = generate(snap, &sidecar(&[]));
         let c = out
@@ -309,11 +315,8 @@ fn mesh_config_sets_dns_refresh_and_path_normalization() {
             .iter()
             .find(|l| l.name == "0.0.0.0_9080")
             .unwrap();
-        let chain = listener.default_filter_chain.as_ref().unwrap();
-        let Some(filter::ConfigType::TypedConfig(any)) = &chain.filters[0].config_type else {
-            panic!("no HCM");
-        };
-        let h = HttpConnectionManager::decode(any.value.as_slice()).unwrap();
+        let h: HttpConnectionManager =
+            first_filter(listener.default_filter_chain.as_ref().unwrap());
         (
             h.normalize_path.map(|b| b.value),
             h.merge_slashes,
@@ -871,8 +874,10 @@ fn access_log_on_tcp_proxies_and_a_bad_json_format_reported() {
     use envoy_types::pb::envoy::extensions::access_loggers::file::v3::{
         FileAccessLog, file_access_log,
     };
-    let config = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio, namespace: istio-system}\ndata:\n  mesh: |\n    accessLogFile: /dev/stdout\n    accessLogEncoding: JSON\n    accessLogFormat: '[1, 2]'\n";
-    let snap = mesh(config, MeshConfig::default());
+    let config = mesh_configmap(
+        "{accessLogFile: /dev/stdout, accessLogEncoding: JSON, accessLogFormat: '[1, 2]'}",
+    );
+    let snap = mesh(&config, MeshConfig::default());
     assert!(
         snap.warnings
             .iter()
@@ -886,12 +891,7 @@ fn access_log_on_tcp_proxies_and_a_bad_json_format_reported() {
         .iter()
         .find(|l| l.name == "10.96.0.20_27017")
         .unwrap();
-    let Some(filter::ConfigType::TypedConfig(any)) =
-        &listener.filter_chains[0].filters[0].config_type
-    else {
-        panic!("no TCP proxy");
-    };
-    let tcp = TcpProxy::decode(any.value.as_slice()).unwrap();
+    let tcp: TcpProxy = first_filter(&listener.filter_chains[0]);
     assert_eq!(tcp.access_log.len(), 1);
     let Some(envoy_types::pb::envoy::config::accesslog::v3::access_log::ConfigType::TypedConfig(
         file,
