@@ -42,6 +42,15 @@ pub struct MeshConfigSpec {
     /// of field names to format strings (`JSON`); empty: Istio's default.
     #[serde(default)]
     pub access_log_format: Option<String>,
+    /// `discoverySelectors`: the namespaces the control plane considers,
+    /// those whose labels any one selector matches (OR of the list); absent
+    /// or empty: every namespace. Objects in the others (Services, Pods,
+    /// EndpointSlices, Istio's resources, Secrets) are left out of the
+    /// mesh, and the root certificate is not written there, as istiod's
+    /// `discoveryNamespacesFilter` with `ENABLE_ENHANCED_RESOURCE_SCOPING`.
+    /// A null entry selects nothing; `{}` selects every namespace.
+    #[serde(default)]
+    pub discovery_selectors: Option<Vec<Option<NamespaceSelector>>>,
     /// Every other top-level field, by name (not acted on yet).
     #[serde(flatten)]
     pub unsupported: BTreeMap<String, serde_json::Value>,
@@ -104,6 +113,78 @@ pub enum PathNormalization {
     DecodeAndMergeSlashes,
 }
 
+/// A Kubernetes `LabelSelector` over namespaces' labels (mesh config
+/// `discoverySelectors[]`): every `matchLabels` pair and every
+/// `matchExpressions` requirement must hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NamespaceSelector {
+    /// Labels the namespace must carry with these values.
+    #[serde(default)]
+    pub match_labels: BTreeMap<String, String>,
+    /// Further requirements.
+    #[serde(default)]
+    pub match_expressions: Vec<LabelRequirement>,
+}
+
+/// A Kubernetes `LabelSelectorRequirement`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelRequirement {
+    /// The label key.
+    pub key: String,
+    /// How the label is compared with `values`.
+    pub operator: LabelOperator,
+    /// One or more values for `In` and `NotIn`; none for `Exists` and
+    /// `DoesNotExist` (checked by [`parse`]).
+    #[serde(default)]
+    pub values: Vec<String>,
+}
+
+/// A Kubernetes `LabelSelectorOperator`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub enum LabelOperator {
+    /// The label is one of the values.
+    In,
+    /// The label is absent, or none of the values.
+    NotIn,
+    /// The label is present, with any value.
+    Exists,
+    /// The label is absent.
+    DoesNotExist,
+}
+
+impl NamespaceSelector {
+    /// Whether a namespace with `labels` is selected.
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.match_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+            && self.match_expressions.iter().all(|r| {
+                let value = labels.get(&r.key);
+                match r.operator {
+                    LabelOperator::In => value.is_some_and(|v| r.values.contains(v)),
+                    LabelOperator::NotIn => value.is_none_or(|v| !r.values.contains(v)),
+                    LabelOperator::Exists => value.is_some(),
+                    LabelOperator::DoesNotExist => value.is_none(),
+                }
+            })
+    }
+}
+
+/// Whether a namespace with `labels` is selected by mesh config
+/// `discoverySelectors` (`None` or empty: every namespace; a null entry
+/// selects nothing).
+pub fn discovery_selects(
+    selectors: Option<&[Option<NamespaceSelector>]>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    match selectors {
+        None | Some([]) => true,
+        Some(list) => list.iter().flatten().any(|s| s.matches(labels)),
+    }
+}
+
 /// Whether a ConfigMap is the mesh config.
 pub fn is_mesh_configmap(cm: &ConfigMap) -> bool {
     cm.metadata.namespace.as_deref() == Some(MESH_CONFIGMAP.0)
@@ -131,10 +212,31 @@ pub fn parse(cm: &ConfigMap) -> Result<MeshConfigSpec, ParseError> {
     if value.is_null() {
         return Ok(MeshConfigSpec::default());
     }
-    serde_path_to_error::deserialize(value).map_err(|e| {
+    let spec: MeshConfigSpec = serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         err(format!("data.mesh.{path}"), e.into_inner().to_string())
-    })
+    })?;
+    // As Kubernetes validates a selector (`labels.NewRequirement`).
+    for (i, selector) in spec.discovery_selectors.iter().flatten().enumerate() {
+        for (j, r) in selector
+            .iter()
+            .flat_map(|s| &s.match_expressions)
+            .enumerate()
+        {
+            let field = format!("data.mesh.discoverySelectors[{i}].matchExpressions[{j}].values");
+            let with_values = matches!(r.operator, LabelOperator::In | LabelOperator::NotIn);
+            if with_values && r.values.is_empty() {
+                return Err(err(
+                    field,
+                    format!("{:?} needs at least one value", r.operator),
+                ));
+            }
+            if !with_values && !r.values.is_empty() {
+                return Err(err(field, format!("{:?} takes no values", r.operator)));
+            }
+        }
+    }
+    Ok(spec)
 }
 
 #[cfg(test)]
@@ -212,6 +314,76 @@ mod tests {
         assert!(m.unsupported.is_empty());
         let e = parse(&cm("accessLogEncoding: XML\n")).unwrap_err();
         assert!(e.to_string().contains("data.mesh.accessLogEncoding"), "{e}");
+    }
+
+    #[test]
+    fn discovery_selectors_match_as_kubernetes_selectors() {
+        let m = parse(&cm("discoverySelectors:
+- matchLabels: {env: prod}
+  matchExpressions: [{key: team, operator: In, values: [a, b]}]
+- matchExpressions: [{key: legacy, operator: DoesNotExist}, {key: tier, operator: NotIn, values: [batch]}]
+"))
+        .unwrap();
+        assert!(m.unsupported.is_empty());
+        let selectors = m.discovery_selectors.as_deref();
+        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        // The first selector: both conditions.
+        assert!(discovery_selects(
+            selectors,
+            &labels(&[("env", "prod"), ("team", "a"), ("legacy", "")])
+        ));
+        assert!(!discovery_selects(
+            selectors,
+            &labels(&[("env", "prod"), ("team", "c"), ("legacy", "")])
+        ));
+        // The second: no `legacy` label, and `tier` absent or not batch.
+        assert!(discovery_selects(selectors, &labels(&[])));
+        assert!(discovery_selects(selectors, &labels(&[("tier", "web")])));
+        assert!(!discovery_selects(selectors, &labels(&[("tier", "batch")])));
+        assert!(!discovery_selects(selectors, &labels(&[("legacy", "yes")])));
+        // Absent or empty: every namespace; `{}`: every namespace; null: none.
+        assert!(discovery_selects(None, &labels(&[("legacy", "yes")])));
+        assert!(discovery_selects(Some(&[]), &labels(&[])));
+        let all = parse(&cm("discoverySelectors: [{}]")).unwrap();
+        assert!(discovery_selects(
+            all.discovery_selectors.as_deref(),
+            &labels(&[("x", "y")])
+        ));
+        let none = parse(&cm("discoverySelectors: [null]")).unwrap();
+        assert!(!discovery_selects(
+            none.discovery_selectors.as_deref(),
+            &labels(&[])
+        ));
+    }
+
+    #[test]
+    fn bad_discovery_selectors_name_the_field() {
+        for (mesh, field) in [
+            (
+                "discoverySelectors: [{matchExpressions: [{key: a, operator: Like, values: [b]}]}]",
+                "data.mesh.discoverySelectors[0].matchExpressions[0].operator",
+            ),
+            (
+                "discoverySelectors: [{}, {matchExpressions: [{key: a, operator: In}]}]",
+                "data.mesh.discoverySelectors[1].matchExpressions[0].values",
+            ),
+            (
+                "discoverySelectors: [{matchExpressions: [{key: a, operator: Exists, values: [b]}]}]",
+                "data.mesh.discoverySelectors[0].matchExpressions[0].values",
+            ),
+            (
+                "discoverySelectors: [{matchLabel: {a: b}}]",
+                "data.mesh.discoverySelectors[0]",
+            ),
+        ] {
+            let e = parse(&cm(mesh)).unwrap_err().to_string();
+            assert!(e.contains(field), "{mesh}: {e}");
+        }
     }
 
     #[test]

@@ -726,6 +726,29 @@ fn the_ca_keeps_its_root_in_a_secret_checks_tokens_with_token_review_and_distrib
     wait("istio-ca-root-cert in a new namespace", &|| {
         has_root("later")
     });
+    // With the mesh config's discoverySelectors, only the namespaces they
+    // select get it (istiod's enhanced resource scoping); one labelled
+    // later gets it then.
+    api.apply_yaml(&e2e::mesh_config(
+        "discoverySelectors: [{matchLabels: {mesh: 'on'}}]",
+    ));
+    wait("the selectors applied: no namespace selected", &|| {
+        daemon.snapshots.borrow().namespaces.is_empty()
+    });
+    let namespace = |name: &str, labels: serde_json::Value| {
+        api.apply(json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": name, "labels": labels}}));
+    };
+    namespace("outside", json!({}));
+    namespace("inside", json!({"mesh": "on"}));
+    wait("istio-ca-root-cert in a selected namespace", &|| {
+        has_root("inside")
+    });
+    assert!(!has_root("outside"), "written outside the selectors");
+    namespace("outside", json!({"mesh": "on"}));
+    wait("istio-ca-root-cert in a namespace once selected", &|| {
+        has_root("outside")
+    });
 
     // Tokens are checked by the API server's TokenReview.
     rt.block_on(async {

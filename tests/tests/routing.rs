@@ -253,3 +253,40 @@ fn access_logs_follow_the_mesh_config() {
     );
     assert_eq!(envoy.rejected(), 0);
 }
+
+/// The mesh config's `discoverySelectors`: with a selector that `default`
+/// (labelled `istio-injection: enabled`) does not match, its services
+/// leave the sidecar's config and reviews is not routed; with one it
+/// matches (`matchExpressions`), they are back.
+#[test]
+fn discovery_selectors_scope_the_mesh() {
+    let mesh = Mesh::start(true, &[]);
+    let envoy = mesh.sidecar();
+    let reviews = || http_request(&format!("{REVIEWS}/"), &[("host", "reviews")]);
+    let cluster = "outbound|9080||reviews.default.svc.cluster.local";
+    assert_eq!(reviews().unwrap().status, 200);
+    mesh.apply(
+        &[&envoy],
+        "mesh.yaml",
+        &mesh_config("discoverySelectors: [{matchLabels: {istio-injection: disabled}}]"),
+    );
+    assert!(!envoy.admin("/clusters").unwrap().contains(cluster));
+    // No listener for 9080 is left: the connection is passed through to
+    // the ClusterIP (ALLOW_ANY), which nothing serves in the test's network.
+    let out = reviews();
+    assert!(out.is_err(), "reached reviews out of scope: {out:?}");
+    mesh.apply(
+        &[&envoy],
+        "mesh.yaml",
+        &mesh_config(
+            "discoverySelectors: [{matchExpressions: [{key: istio-injection, operator: In, values: [enabled]}]}]",
+        ),
+    );
+    assert!(envoy.admin("/clusters").unwrap().contains(cluster));
+    let back = reviews().unwrap();
+    assert!(
+        back.status == 200 && back.body.starts_with("reviews v"),
+        "{back:?}"
+    );
+    assert_eq!(envoy.rejected(), 0);
+}

@@ -501,6 +501,62 @@ impl Snapshot {
         )
     }
 
+    /// Takes the mesh config ConfigMap's settings into `self.mesh`,
+    /// reporting what is refused or not supported in `self.warnings`, and
+    /// returns its `discoverySelectors` (`None`: every namespace). A
+    /// ConfigMap that does not parse is left out (validation refuses it,
+    /// naming the field).
+    fn read_mesh_config(
+        &mut self,
+        cm: &k8s_openapi::api::core::v1::ConfigMap,
+    ) -> Option<Vec<Option<crds::mesh::NamespaceSelector>>> {
+        let m = crds::mesh::parse(cm).ok()?;
+        let (ns, name) = crds::mesh::MESH_CONFIGMAP;
+        let mut warn = |field: String, reason: String| {
+            self.warnings.push(crate::ConfigWarning::new(
+                "ConfigMap",
+                format!("{ns}/{name}"),
+                field,
+                reason,
+            ));
+        };
+        if let Some(mode) = m.outbound_traffic_policy.and_then(|p| p.mode) {
+            self.mesh.allow_any = mode == crds::mesh::OutboundMode::AllowAny;
+        }
+        if let Some(auto) = m.enable_auto_mtls {
+            self.mesh.auto_mtls = auto;
+        }
+        match m.dns_refresh_rate.map(|d| d.as_std()) {
+            // Envoy refuses a cluster with a rate under 1 ms.
+            Some(rate) if rate < std::time::Duration::from_millis(1) => warn(
+                "data.mesh.dnsRefreshRate".into(),
+                format!("{rate:?} is under 1ms; the default 60s is used"),
+            ),
+            Some(rate) => self.mesh.dns_refresh_rate = rate,
+            None => {}
+        }
+        if let Some(n) = m.path_normalization.and_then(|p| p.normalization) {
+            self.mesh.path_normalization = n;
+        }
+        if let Some(path) = m.access_log_file.filter(|p| !p.is_empty()) {
+            let (format, problem) = access_log_format(
+                m.access_log_encoding.unwrap_or_default(),
+                m.access_log_format.as_deref().unwrap_or_default(),
+            );
+            if let Some(reason) = problem {
+                warn("data.mesh.accessLogFormat".into(), reason);
+            }
+            self.mesh.access_log = Some(AccessLog { path, format });
+        }
+        for field in m.unsupported.keys() {
+            warn(
+                format!("data.mesh.{field}"),
+                "not supported yet; ignored".into(),
+            );
+        }
+        m.discovery_selectors.filter(|s| !s.is_empty())
+    }
+
     fn build_from<'a>(
         version: u64,
         objects: impl Iterator<Item = Read<'a, Object>>,
@@ -517,9 +573,57 @@ impl Snapshot {
         let mut pods_by_ip: HashMap<&str, Read<'a, PodInfo>> = HashMap::new();
         let mut slices = Vec::new();
         let mut services = Vec::new();
+        let objects: Vec<Read<'a, Object>> = objects.collect();
+        // The mesh config first: its `discoverySelectors` decide which
+        // namespaces' objects are read.
+        let mut selectors = None;
+        for (obj, _) in &objects {
+            if let Object::ConfigMap(cm) = obj
+                && crds::mesh::is_mesh_configmap(cm)
+            {
+                selectors = snap.read_mesh_config(cm);
+            }
+        }
+        let discovered: Option<std::collections::HashSet<&str>> = selectors.map(|selectors| {
+            objects
+                .iter()
+                .filter_map(|(obj, _)| match obj {
+                    Object::Namespace(n) => Some(n),
+                    _ => None,
+                })
+                .filter(|n| {
+                    let no_labels = BTreeMap::new();
+                    let labels = n.metadata.labels.as_ref().unwrap_or(&no_labels);
+                    crds::mesh::discovery_selects(Some(&selectors), labels)
+                })
+                .filter_map(|n| n.metadata.name.as_deref())
+                .collect()
+        });
         for (obj, shared) in objects {
             let ns: &str = obj.metadata().namespace.as_deref().unwrap_or("default");
             let name: &str = obj.metadata().name.as_deref().unwrap_or_default();
+            if let Some(discovered) = &discovered {
+                // A namespace is in its own scope; the mesh config is read
+                // whatever its namespace's labels.
+                let scope = if matches!(obj, Object::Namespace(_)) {
+                    name
+                } else {
+                    ns
+                };
+                let mesh_config =
+                    matches!(obj, Object::ConfigMap(cm) if crds::mesh::is_mesh_configmap(cm));
+                if !discovered.contains(scope) && !mesh_config {
+                    if let Object::Namespace(n) = obj
+                        && let Some(a) = &n.metadata.annotations
+                    {
+                        // The injector still reads them (its own webhook
+                        // selector decides which pods it sees).
+                        snap.namespace_annotations
+                            .insert(name.to_owned(), a.clone());
+                    }
+                    continue;
+                }
+            }
             match obj {
                 Object::Namespace(n) => {
                     if let Some(a) = &n.metadata.annotations {
@@ -527,55 +631,6 @@ impl Snapshot {
                             .insert(name.to_owned(), a.clone());
                     }
                     snap.namespaces.push(name.to_owned());
-                }
-                Object::ConfigMap(cm) if crds::mesh::is_mesh_configmap(cm) => {
-                    if let Ok(m) = crds::mesh::parse(cm) {
-                        if let Some(mode) = m.outbound_traffic_policy.and_then(|p| p.mode) {
-                            snap.mesh.allow_any = mode == crds::mesh::OutboundMode::AllowAny;
-                        }
-                        if let Some(auto) = m.enable_auto_mtls {
-                            snap.mesh.auto_mtls = auto;
-                        }
-                        match m.dns_refresh_rate.map(|d| d.as_std()) {
-                            // Envoy refuses a cluster with a rate under 1 ms.
-                            Some(rate) if rate < std::time::Duration::from_millis(1) => {
-                                snap.warnings.push(crate::ConfigWarning::new(
-                                    "ConfigMap",
-                                    format!("{ns}/{name}"),
-                                    "data.mesh.dnsRefreshRate".into(),
-                                    format!("{rate:?} is under 1ms; the default 60s is used"),
-                                ));
-                            }
-                            Some(rate) => snap.mesh.dns_refresh_rate = rate,
-                            None => {}
-                        }
-                        if let Some(n) = m.path_normalization.and_then(|p| p.normalization) {
-                            snap.mesh.path_normalization = n;
-                        }
-                        if let Some(path) = m.access_log_file.filter(|p| !p.is_empty()) {
-                            let (format, problem) = access_log_format(
-                                m.access_log_encoding.unwrap_or_default(),
-                                m.access_log_format.as_deref().unwrap_or_default(),
-                            );
-                            if let Some(reason) = problem {
-                                snap.warnings.push(crate::ConfigWarning::new(
-                                    "ConfigMap",
-                                    format!("{ns}/{name}"),
-                                    "data.mesh.accessLogFormat".into(),
-                                    reason,
-                                ));
-                            }
-                            snap.mesh.access_log = Some(AccessLog { path, format });
-                        }
-                        for field in m.unsupported.keys() {
-                            snap.warnings.push(crate::ConfigWarning::new(
-                                "ConfigMap",
-                                format!("{ns}/{name}"),
-                                format!("data.mesh.{field}"),
-                                "not supported yet; ignored".into(),
-                            ));
-                        }
-                    }
                 }
                 Object::ConfigMap(_) => {}
                 Object::Secret(secret) => {

@@ -911,3 +911,89 @@ fn access_log_on_tcp_proxies_and_a_bad_json_format_reported() {
         json.fields.contains_key("response_code") && json.fields.contains_key("upstream_cluster")
     );
 }
+
+/// The mesh config's `discoverySelectors`, as istiod's discovery namespace
+/// filter: a namespace whose labels no selector matches is left out with
+/// everything in it (its services, its VirtualServices), so a change there
+/// reaches no proxy; labelling it brings it in.
+#[test]
+fn discovery_selectors_leave_unselected_namespaces_out() {
+    use translator::changes::{ChangeSet, Effect};
+    let scoped = "discoverySelectors: [{matchLabels: {mesh: 'on'}}]";
+    let shop_with = |shop_labels: &str, endpoint: &str, mesh_config: &str| {
+        format!(
+            "apiVersion: v1
+kind: Namespace
+metadata: {{name: default, labels: {{mesh: 'on'}}}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {{name: shop, labels: {shop_labels}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: cart, namespace: shop}}
+spec:
+  clusterIP: 10.96.1.1
+  ports: [{{name: http, port: 8080}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: cart-1, namespace: shop, labels: {{kubernetes.io/service-name: cart}}}}
+addressType: IPv4
+ports: [{{name: http, port: 8080}}]
+endpoints: [{{addresses: [{endpoint}]}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: cart, namespace: shop}}
+spec:
+  hosts: [cart]
+  http: [{{route: [{{destination: {{host: cart}}}}], timeout: 3s}}]
+---
+{}",
+            mesh_configmap(mesh_config)
+        )
+    };
+    let shop = |shop_labels: &str, endpoint: &str| shop_with(shop_labels, endpoint, scoped);
+    let cart = "cart.shop.svc.cluster.local";
+    let out_of_scope = mesh(&shop("{}", "10.1.0.1"), MeshConfig::default());
+    assert!(
+        out_of_scope
+            .services
+            .contains_key("reviews.default.svc.cluster.local")
+    );
+    assert!(!out_of_scope.services.contains_key(cart));
+    assert!(out_of_scope.virtual_services.is_empty());
+    // The root certificate goes to the selected namespaces only.
+    assert_eq!(out_of_scope.namespaces, ["default"]);
+    let out = generate(&out_of_scope, &sidecar(&[]));
+    assert!(!out.clusters.iter().any(|c| c.name.contains(cart)));
+    assert!(out.warnings.is_empty(), "{:?}", out.warnings);
+
+    // An endpoint change in the unselected namespace is no change at all.
+    let moved = mesh(&shop("{}", "10.1.0.2"), MeshConfig::default());
+    let changes = ChangeSet::between(&out_of_scope, &moved);
+    assert_eq!(changes.effect(&sidecar(&[])), Effect::Nothing);
+    assert!(changes.changed_hosts.is_empty());
+
+    // Labelled, the namespace is in: its service and its route.
+    let in_scope = mesh(&shop("{mesh: 'on'}", "10.1.0.2"), MeshConfig::default());
+    assert!(in_scope.services.contains_key(cart));
+    assert_eq!(in_scope.virtual_services.len(), 1);
+    assert_eq!(in_scope.namespaces, ["default", "shop"]);
+    let out = generate(&in_scope, &sidecar(&[]));
+    assert!(
+        out.clusters
+            .iter()
+            .any(|c| c.name == format!("outbound|8080||{cart}"))
+    );
+    assert_eq!(
+        ChangeSet::between(&moved, &in_scope).effect(&sidecar(&[])),
+        Effect::Full
+    );
+
+    // Without selectors every namespace is in, labelled or not.
+    let all = mesh(&shop_with("{}", "10.1.0.1", "{}"), MeshConfig::default());
+    assert!(all.services.contains_key(cart));
+}
