@@ -383,9 +383,32 @@ pub struct EnvoyOptions {
     pub bootstrap: crate::bootstrap::BootstrapOptions,
 }
 
-/// Writes the bootstrap and starts Envoy on it (`--disable-hot-restart`,
-/// log level `warning`, as Istio runs it); the caller waits for or kills
-/// the child.
+/// Envoy's command line as Istio's `pilot-agent` writes it (its
+/// `envoy.args`): the bootstrap; 45 s of draining, with listeners draining
+/// at once (`immediate`); access logs flushed every second, not Envoy's 10 s
+/// (Istio: "optimizes for UX while retaining performance"); no hot restart;
+/// log level `warning`.
+pub fn envoy_args(bootstrap_path: &std::path::Path) -> Vec<std::ffi::OsString> {
+    let mut args = vec!["-c".into(), bootstrap_path.as_os_str().to_owned()];
+    args.extend(
+        [
+            "--drain-time-s",
+            "45",
+            "--drain-strategy",
+            "immediate",
+            "--file-flush-interval-msec",
+            "1000",
+            "--disable-hot-restart",
+            "-l",
+            "warning",
+        ]
+        .map(Into::into),
+    );
+    args
+}
+
+/// Writes the bootstrap and starts Envoy on it ([`envoy_args`]); the
+/// caller waits for or kills the child.
 ///
 /// # Errors
 /// The bootstrap cannot be made or written, or Envoy cannot be started.
@@ -398,15 +421,7 @@ pub fn spawn_envoy(opts: &EnvoyOptions) -> anyhow::Result<tokio::process::Child>
     std::fs::write(&opts.bootstrap_path, json.to_string())
         .with_context(|| format!("bootstrap {}", opts.bootstrap_path.display()))?;
     let child = tokio::process::Command::new(&opts.binary)
-        .arg("-c")
-        .arg(&opts.bootstrap_path)
-        .args([
-            "--disable-hot-restart",
-            "--drain-time-s",
-            "45",
-            "-l",
-            "warning",
-        ])
+        .args(envoy_args(&opts.bootstrap_path))
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("cannot start Envoy {}", opts.binary.display()))?;
