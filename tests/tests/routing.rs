@@ -201,13 +201,13 @@ fn access_logs_follow_the_mesh_config() {
     // Envoy runs as the proxy user: the folder is writable by it.
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    let log = |name: &str, encoding: &str| {
+    let log = |name: &str, encoding: &str, format: &str| {
         let path = dir.path().join(name);
         mesh.apply(
             &[&envoy],
             "mesh.yaml",
             &mesh_config(&format!(
-                "accessLogFile: {}\naccessLogEncoding: {encoding}",
+                "accessLogFile: {}\naccessLogEncoding: {encoding}\naccessLogFormat: '{format}'",
                 path.display()
             )),
         );
@@ -232,7 +232,7 @@ fn access_logs_follow_the_mesh_config() {
     let get =
         |path: &str| http_request(&format!("{REVIEWS}{path}"), &[("host", "reviews")]).unwrap();
 
-    let text = log("access.log", "TEXT");
+    let text = log("access.log", "TEXT", "");
     assert_eq!(get("/logged/text").status, 200);
     let l = line(&text, "/logged/text");
     assert!(l.contains("\"GET /logged/text HTTP/1.1\" 200 "), "{l}");
@@ -241,7 +241,7 @@ fn access_logs_follow_the_mesh_config() {
         "{l}"
     );
 
-    let json = log("access.json", "JSON");
+    let json = log("access.json", "JSON", "");
     assert_eq!(get("/logged/json").status, 200);
     let l: serde_json::Value = serde_json::from_str(&line(&json, "/logged/json")).unwrap();
     assert_eq!(l["method"], "GET");
@@ -251,6 +251,27 @@ fn access_logs_follow_the_mesh_config() {
         l["upstream_cluster"],
         "outbound|9080||reviews.default.svc.cluster.local"
     );
+
+    // A format of its own, with the operator that needs a formatter
+    // extension (the daemon configures it beside the format, as Istio).
+    let custom = log(
+        "custom.log",
+        "TEXT",
+        "custom %REQ_WITHOUT_QUERY(:PATH)% %RESPONSE_CODE%",
+    );
+    assert_eq!(get("/logged/custom?token=secret").status, 200);
+    assert_eq!(line(&custom, "/logged/custom"), "custom /logged/custom 200");
+    // One Envoy would refuse is reported by the daemon, and Istio's
+    // default line is written instead: no proxy NACKs it.
+    let refused = log("refused.log", "TEXT", "%BOGUS% %RESPONSE_CODE%");
+    assert_eq!(get("/logged/refused").status, 200);
+    let l = line(&refused, "/logged/refused");
+    assert!(l.contains("\"GET /logged/refused HTTP/1.1\" 200 "), "{l}");
+    let reported = mesh.daemon.snapshots.borrow().warnings.iter().any(|w| {
+        let w = w.to_string();
+        w.contains("data.mesh.accessLogFormat") && w.contains("`%BOGUS%`")
+    });
+    assert!(reported, "{:?}", mesh.daemon.snapshots.borrow().warnings);
     assert_eq!(envoy.rejected(), 0);
 }
 

@@ -17,6 +17,7 @@ pub mod cluster;
 pub mod encoded;
 pub mod inbound;
 pub mod listener;
+pub mod log_format;
 pub mod model;
 pub mod policy;
 pub mod route;
@@ -418,6 +419,16 @@ pub(crate) fn access_logs(
         access_log_format: Some(file_access_log::AccessLogFormat::LogFormat(
             SubstitutionFormatString {
                 format: Some(format),
+                formatters: if log.req_without_query {
+                    vec![envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig {
+                        name: "envoy.formatter.req_without_query".into(),
+                        typed_config: Some(envoy_types::util::pack_any(
+                            envoy_types::pb::envoy::extensions::formatter::req_without_query::v3::ReqWithoutQuery::default(),
+                        )),
+                    }]
+                } else {
+                    Vec::new()
+                },
                 ..Default::default()
             },
         )),

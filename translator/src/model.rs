@@ -249,6 +249,10 @@ pub struct AccessLog {
     pub path: String,
     /// What each line holds.
     pub format: AccessLogFormat,
+    /// Whether the format names `%REQ_WITHOUT_QUERY(...)%`, whose
+    /// formatter extension (`envoy.formatter.req_without_query`) is then
+    /// configured beside it, as Istio does.
+    pub req_without_query: bool,
 }
 
 /// An access log line: Envoy's command operators (`%RESPONSE_CODE%`, ...).
@@ -328,43 +332,71 @@ impl Default for MeshConfig {
 /// The access log line for `encoding` and `format` (mesh config
 /// `accessLogFormat`; empty: Istio's default), as istiod reads them: a
 /// text format gets its newline; a JSON format must be an object of
-/// strings, or the default JSON fields are used and the reason returned.
+/// strings. Unlike istiod, the command operators are checked
+/// ([`crate::log_format::check`]): a format Envoy would refuse would have
+/// every proxy NACK every listener carrying it. Either problem keeps
+/// Istio's default for the encoding, and the reason is returned.
 fn access_log_format(
     encoding: crds::mesh::AccessLogEncoding,
     format: &str,
-) -> (AccessLogFormat, Option<String>) {
+) -> (AccessLogFormat, crate::log_format::Uses, Option<String>) {
+    use crate::log_format::Uses;
     use crds::mesh::AccessLogEncoding;
-    let default_json = || {
-        AccessLogFormat::Json(
+    let default = || match encoding {
+        AccessLogEncoding::Text => AccessLogFormat::Text(ISTIO_TEXT_LOG_FORMAT.to_owned()),
+        AccessLogEncoding::Json => AccessLogFormat::Json(
             ISTIO_JSON_LOG_FIELDS
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
-        )
-    };
-    match encoding {
-        AccessLogEncoding::Text if format.is_empty() => (
-            AccessLogFormat::Text(ISTIO_TEXT_LOG_FORMAT.to_owned()),
-            None,
         ),
+    };
+    let istio_default = match encoding {
+        AccessLogEncoding::Text => "Istio's default format is used",
+        AccessLogEncoding::Json => "Istio's default fields are used",
+    };
+    let given = match encoding {
+        _ if format.is_empty() => return (default(), Uses::default(), None),
         AccessLogEncoding::Text if format.ends_with('\n') => {
-            (AccessLogFormat::Text(format.to_owned()), None)
+            AccessLogFormat::Text(format.to_owned())
         }
-        AccessLogEncoding::Text => (AccessLogFormat::Text(format!("{format}\n")), None),
-        AccessLogEncoding::Json if format.is_empty() => (default_json(), None),
+        AccessLogEncoding::Text => AccessLogFormat::Text(format!("{format}\n")),
         AccessLogEncoding::Json => match serde_json::from_str::<BTreeMap<String, String>>(format) {
-            Ok(fields) if !fields.is_empty() => (AccessLogFormat::Json(fields), None),
-            Ok(_) => (
-                default_json(),
-                Some("an empty JSON object; Istio's default fields are used".into()),
-            ),
-            Err(e) => (
-                default_json(),
-                Some(format!(
-                    "not a JSON object of strings ({e}); Istio's default fields are used"
-                )),
-            ),
+            Ok(fields) if !fields.is_empty() => AccessLogFormat::Json(fields),
+            Ok(_) => {
+                return (
+                    default(),
+                    Uses::default(),
+                    Some(format!("an empty JSON object; {istio_default}")),
+                );
+            }
+            Err(e) => {
+                return (
+                    default(),
+                    Uses::default(),
+                    Some(format!(
+                        "not a JSON object of strings ({e}); {istio_default}"
+                    )),
+                );
+            }
         },
+    };
+    let checked = match &given {
+        AccessLogFormat::Text(text) => crate::log_format::check(text),
+        AccessLogFormat::Json(fields) => fields.iter().try_fold(Uses::default(), |uses, (k, v)| {
+            let more = crate::log_format::check(v).map_err(|e| format!("field `{k}`: {e}"))?;
+            Ok(Uses {
+                req_without_query: uses.req_without_query || more.req_without_query,
+            })
+        }),
+    };
+    match checked {
+        Ok(uses) => (given, uses, None),
+        Err(e) => (
+            default(),
+            Uses::default(),
+            Some(format!("{e}; {istio_default}")),
+        ),
     }
 }
 
@@ -539,14 +571,18 @@ impl Snapshot {
             self.mesh.path_normalization = n;
         }
         if let Some(path) = m.access_log_file.filter(|p| !p.is_empty()) {
-            let (format, problem) = access_log_format(
+            let (format, uses, problem) = access_log_format(
                 m.access_log_encoding.unwrap_or_default(),
                 m.access_log_format.as_deref().unwrap_or_default(),
             );
             if let Some(reason) = problem {
                 warn("data.mesh.accessLogFormat".into(), reason);
             }
-            self.mesh.access_log = Some(AccessLog { path, format });
+            self.mesh.access_log = Some(AccessLog {
+                path,
+                format,
+                req_without_query: uses.req_without_query,
+            });
         }
         for field in m.unsupported.keys() {
             warn(

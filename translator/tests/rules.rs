@@ -865,27 +865,19 @@ fn a_domain_claimed_twice_goes_to_the_first_service() {
     assert_eq!(owners("reviews.example.com"), ["reviews.example.com:9080"]);
 }
 
-/// The mesh config's `accessLogFile` reaches TCP proxies as well as HTTP
-/// connection managers; a JSON `accessLogFormat` that is not an object of
-/// strings is reported and Istio's default fields are used.
-#[test]
-fn access_log_on_tcp_proxies_and_a_bad_json_format_reported() {
-    use envoy_types::pb::envoy::config::core::v3::substitution_format_string;
+/// The access log format on mongodb's TCP proxy (a sidecar's outbound
+/// listener `10.96.0.20_27017`).
+fn tcp_log_format(
+    snap: &Snapshot,
+) -> (
+    String,
+    envoy_types::pb::envoy::config::core::v3::SubstitutionFormatString,
+) {
+    use envoy_types::pb::envoy::config::accesslog::v3::access_log::ConfigType;
     use envoy_types::pb::envoy::extensions::access_loggers::file::v3::{
         FileAccessLog, file_access_log,
     };
-    let config = mesh_configmap(
-        "{accessLogFile: /dev/stdout, accessLogEncoding: JSON, accessLogFormat: '[1, 2]'}",
-    );
-    let snap = mesh(&config, MeshConfig::default());
-    assert!(
-        snap.warnings
-            .iter()
-            .any(|w| w.to_string().contains("data.mesh.accessLogFormat")),
-        "{:?}",
-        snap.warnings
-    );
-    let out = generate(&snap, &sidecar(&[]));
+    let out = generate(snap, &sidecar(&[]));
     let listener = out
         .listeners
         .iter()
@@ -893,23 +885,107 @@ fn access_log_on_tcp_proxies_and_a_bad_json_format_reported() {
         .unwrap();
     let tcp: TcpProxy = first_filter(&listener.filter_chains[0]);
     assert_eq!(tcp.access_log.len(), 1);
-    let Some(envoy_types::pb::envoy::config::accesslog::v3::access_log::ConfigType::TypedConfig(
-        file,
-    )) = &tcp.access_log[0].config_type
-    else {
+    let Some(ConfigType::TypedConfig(file)) = &tcp.access_log[0].config_type else {
         panic!("no file access log");
     };
     let file = FileAccessLog::decode(file.value.as_slice()).unwrap();
-    assert_eq!(file.path, "/dev/stdout");
     let Some(file_access_log::AccessLogFormat::LogFormat(f)) = file.access_log_format else {
         panic!("no format");
     };
+    (file.path, f)
+}
+
+/// The warnings on the mesh config's `accessLogFormat`.
+fn format_warnings(snap: &Snapshot) -> Vec<String> {
+    snap.warnings
+        .iter()
+        .map(|w| w.to_string())
+        .filter(|w| w.contains("data.mesh.accessLogFormat"))
+        .collect()
+}
+
+/// The mesh config's `accessLogFile` reaches TCP proxies as well as HTTP
+/// connection managers; a JSON `accessLogFormat` that is not an object of
+/// strings is reported and Istio's default fields are used.
+#[test]
+fn access_log_on_tcp_proxies_and_a_bad_json_format_reported() {
+    use envoy_types::pb::envoy::config::core::v3::substitution_format_string;
+    let config = mesh_configmap(
+        "{accessLogFile: /dev/stdout, accessLogEncoding: JSON, accessLogFormat: '[1, 2]'}",
+    );
+    let snap = mesh(&config, MeshConfig::default());
+    assert_eq!(format_warnings(&snap).len(), 1, "{:?}", snap.warnings);
+    let (path, f) = tcp_log_format(&snap);
+    assert_eq!(path, "/dev/stdout");
     let Some(substitution_format_string::Format::JsonFormat(json)) = f.format else {
         panic!("not JSON");
     };
     assert!(
         json.fields.contains_key("response_code") && json.fields.contains_key("upstream_cluster")
     );
+}
+
+/// A format with a command operator Envoy would refuse (every proxy would
+/// NACK every listener carrying it) is reported, naming the operator, and
+/// Istio's default used instead; `%REQ_WITHOUT_QUERY%` gets its formatter
+/// extension, as Istio configures it.
+#[test]
+fn an_access_log_format_envoy_would_refuse_is_reported() {
+    use envoy_types::pb::envoy::config::core::v3::substitution_format_string::Format;
+    let with = |encoding: &str, format: &str| {
+        mesh(
+            &mesh_configmap(&format!(
+                "{{accessLogFile: /dev/stdout, accessLogEncoding: {encoding}, accessLogFormat: '{format}'}}"
+            )),
+            MeshConfig::default(),
+        )
+    };
+    let text =
+        |f: &envoy_types::pb::envoy::config::core::v3::SubstitutionFormatString| match &f.format {
+            Some(Format::TextFormatSource(source)) => format!("{:?}", source.specifier),
+            other => panic!("not text: {other:?}"),
+        };
+
+    let bogus = with("TEXT", "%START_TIME% %BOGUS% %RESPONSE_CODE%");
+    let warnings = format_warnings(&bogus);
+    assert_eq!(warnings.len(), 1);
+    assert!(
+        warnings[0].contains("`%BOGUS%` at byte 13")
+            && warnings[0].contains("Istio's default format"),
+        "{warnings:?}"
+    );
+    let (_, f) = tcp_log_format(&bogus);
+    assert!(
+        text(&f).contains("%UPSTREAM_TRANSPORT_FAILURE_REASON%"),
+        "{f:?}"
+    );
+
+    let json = with(
+        "JSON",
+        r#"{"code": "%RESPONSE_CODE%", "host": "%UPSTREAM_HOST:10%"}"#,
+    );
+    let warnings = format_warnings(&json);
+    assert!(
+        warnings.len() == 1 && warnings[0].contains("field `host`: `%UPSTREAM_HOST:10%`"),
+        "{warnings:?}"
+    );
+    let (_, f) = tcp_log_format(&json);
+    let Some(Format::JsonFormat(fields)) = &f.format else {
+        panic!("not JSON: {f:?}");
+    };
+    assert!(fields.fields.contains_key("upstream_cluster"), "{fields:?}");
+
+    let good = with(
+        "TEXT",
+        "%REQ_WITHOUT_QUERY(X-ENVOY-ORIGINAL-PATH?:PATH)% %RESPONSE_CODE%",
+    );
+    assert!(format_warnings(&good).is_empty(), "{:?}", good.warnings);
+    let (_, f) = tcp_log_format(&good);
+    assert!(text(&f).contains("%REQ_WITHOUT_QUERY("), "{f:?}");
+    assert_eq!(f.formatters.len(), 1);
+    assert_eq!(f.formatters[0].name, "envoy.formatter.req_without_query");
+    let (_, f) = tcp_log_format(&with("TEXT", "%RESPONSE_CODE%"));
+    assert!(f.formatters.is_empty());
 }
 
 /// The mesh config's `discoverySelectors`, as istiod's discovery namespace
