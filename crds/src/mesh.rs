@@ -51,6 +51,18 @@ pub struct MeshConfigSpec {
     /// A null entry selects nothing; `{}` selects every namespace.
     #[serde(default)]
     pub discovery_selectors: Option<Vec<Option<NamespaceSelector>>>,
+    /// `defaultServiceExportTo`: the `exportTo` of Kubernetes Services
+    /// (without the `networking.istio.io/exportTo` annotation) and
+    /// ServiceEntries that set none: namespace names, `.` (its own), `*`
+    /// (every namespace, the default) or `~` (none).
+    #[serde(default)]
+    pub default_service_export_to: Option<Vec<String>>,
+    /// `defaultVirtualServiceExportTo`: the same for VirtualServices.
+    #[serde(default)]
+    pub default_virtual_service_export_to: Option<Vec<String>>,
+    /// `defaultDestinationRuleExportTo`: the same for DestinationRules.
+    #[serde(default)]
+    pub default_destination_rule_export_to: Option<Vec<String>>,
     /// Every other top-level field, by name (not acted on yet).
     #[serde(flatten)]
     pub unsupported: BTreeMap<String, serde_json::Value>,

@@ -311,3 +311,46 @@ fn discovery_selectors_scope_the_mesh() {
     );
     assert_eq!(envoy.rejected(), 0);
 }
+
+/// The mesh config's default `exportTo`: a VirtualService for reviews in
+/// another namespace applies to productpage's sidecar until
+/// `defaultVirtualServiceExportTo: ['.']` keeps it in its own namespace;
+/// `defaultServiceExportTo: ['~']` takes every service out of sight.
+#[test]
+fn mesh_export_defaults_scope_what_the_sidecar_sees() {
+    let mesh = Mesh::start(true, &[]);
+    let envoy = mesh.sidecar();
+    mesh.apply(
+        &[&envoy],
+        "shop.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews-tagged, namespace: shop}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  http:
+  - headers: {response: {set: {x-routed-from: shop}}}
+    route: [{destination: {host: reviews.default.svc.cluster.local}}]
+",
+    );
+    let tag = || {
+        let r = http_request(&format!("{REVIEWS}/"), &[("host", "reviews")]).unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
+        r.headers.get("x-routed-from").cloned()
+    };
+    assert_eq!(tag().as_deref(), Some("shop"));
+    mesh.apply(
+        &[&envoy],
+        "mesh.yaml",
+        &mesh_config("defaultVirtualServiceExportTo: ['.']"),
+    );
+    assert_eq!(tag(), None);
+    mesh.apply(
+        &[&envoy],
+        "mesh.yaml",
+        &mesh_config("defaultServiceExportTo: ['~']"),
+    );
+    let cluster = "outbound|9080||reviews.default.svc.cluster.local";
+    assert!(!envoy.admin("/clusters").unwrap().contains(cluster));
+    assert_eq!(envoy.rejected(), 0);
+}

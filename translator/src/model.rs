@@ -239,6 +239,21 @@ pub struct MeshConfig {
     /// `accessLogFile` with its encoding and format: the access log every
     /// HTTP connection manager and TCP proxy writes; `None`: none.
     pub access_log: Option<AccessLog>,
+    /// `defaultServiceExportTo`, `defaultVirtualServiceExportTo` and
+    /// `defaultDestinationRuleExportTo`.
+    pub default_export_to: DefaultExportTo,
+}
+
+/// The `exportTo` of objects that set none (mesh config
+/// `default*ExportTo`); empty: every namespace (`*`, Istio's default).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DefaultExportTo {
+    /// Kubernetes Services and ServiceEntries.
+    pub services: Vec<String>,
+    /// VirtualServices.
+    pub virtual_services: Vec<String>,
+    /// DestinationRules.
+    pub destination_rules: Vec<String>,
 }
 
 /// A file access log (mesh config `accessLogFile`, `accessLogEncoding`,
@@ -325,6 +340,7 @@ impl Default for MeshConfig {
             dns_refresh_rate: DEFAULT_DNS_REFRESH_RATE,
             path_normalization: crds::mesh::PathNormalization::Default,
             access_log: None,
+            default_export_to: DefaultExportTo::default(),
         }
     }
 }
@@ -584,6 +600,12 @@ impl Snapshot {
                 req_without_query: uses.req_without_query,
             });
         }
+        let export = |list: Option<Vec<String>>| list.unwrap_or_default();
+        self.mesh.default_export_to = DefaultExportTo {
+            services: export(m.default_service_export_to),
+            virtual_services: export(m.default_virtual_service_export_to),
+            destination_rules: export(m.default_destination_rule_export_to),
+        };
         for field in m.unsupported.keys() {
             warn(
                 format!("data.mesh.{field}"),
@@ -620,6 +642,9 @@ impl Snapshot {
                 selectors = snap.read_mesh_config(cm);
             }
         }
+        // Services built under other export defaults are not taken over.
+        let previous = previous.filter(|p| p.mesh.default_export_to == snap.mesh.default_export_to);
+        let defaults = snap.mesh.default_export_to.clone();
         let discovered: Option<std::collections::HashSet<&str>> = selectors.map(|selectors| {
             objects
                 .iter()
@@ -698,16 +723,28 @@ impl Snapshot {
                 }
                 Object::Service(svc) => services.push((ns, name, (&**svc, shared))),
                 Object::EndpointSlice(slice) => slices.push((ns, (&**slice, shared))),
-                Object::VirtualService(vs) => snap.virtual_services.push(Config {
-                    name: name.to_owned(),
-                    namespace: ns.to_owned(),
-                    spec: vs.spec.clone(),
-                }),
-                Object::DestinationRule(dr) => snap.destination_rules.push(Config {
-                    name: name.to_owned(),
-                    namespace: ns.to_owned(),
-                    spec: dr.spec.clone(),
-                }),
+                Object::VirtualService(vs) => {
+                    let mut spec = vs.spec.clone();
+                    if spec.export_to.is_empty() {
+                        spec.export_to.clone_from(&defaults.virtual_services);
+                    }
+                    snap.virtual_services.push(Config {
+                        name: name.to_owned(),
+                        namespace: ns.to_owned(),
+                        spec,
+                    })
+                }
+                Object::DestinationRule(dr) => {
+                    let mut spec = dr.spec.clone();
+                    if spec.export_to.is_empty() {
+                        spec.export_to.clone_from(&defaults.destination_rules);
+                    }
+                    snap.destination_rules.push(Config {
+                        name: name.to_owned(),
+                        namespace: ns.to_owned(),
+                        spec,
+                    })
+                }
                 Object::Gateway(gw) => snap.gateways.push(Config {
                     name: name.to_owned(),
                     namespace: ns.to_owned(),
@@ -724,7 +761,10 @@ impl Snapshot {
                     spec: pa.spec.clone(),
                 }),
                 Object::ServiceEntry(se) => {
-                    for svc in service_entry_services(ns, &se.spec) {
+                    for mut svc in service_entry_services(ns, &se.spec) {
+                        if svc.export_to.is_empty() {
+                            svc.export_to.clone_from(&defaults.services);
+                        }
                         snap.services
                             .entry(svc.hostname.clone())
                             .or_insert_with(|| Arc::new(svc));
@@ -843,7 +883,7 @@ impl Snapshot {
                         .filter(|s| !s.is_empty())
                         .collect()
                 })
-                .unwrap_or_default();
+                .unwrap_or_else(|| defaults.services.clone());
             let mut endpoints = Vec::new();
             let mut pods = pods.into_iter();
             for (slice, _) in own_slices {

@@ -1073,3 +1073,125 @@ spec:
     let all = mesh(&shop_with("{}", "10.1.0.1", "{}"), MeshConfig::default());
     assert!(all.services.contains_key(cart));
 }
+
+/// The mesh config's `defaultServiceExportTo`, `defaultVirtualServiceExportTo`
+/// and `defaultDestinationRuleExportTo`: the `exportTo` of what sets none.
+#[test]
+fn mesh_export_defaults_apply_to_what_sets_no_export_to() {
+    use translator::changes::{ChangeSet, Effect};
+    let shop = "
+apiVersion: v1
+kind: Service
+metadata: {name: cart, namespace: shop}
+spec:
+  clusterIP: 10.96.1.1
+  ports: [{name: http, port: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: catalog
+  namespace: shop
+  annotations: {networking.istio.io/exportTo: '*'}
+spec:
+  clusterIP: 10.96.1.2
+  ports: [{name: http, port: 8080}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: payments, namespace: shop}
+spec:
+  hosts: [payments.example.com]
+  ports: [{number: 443, name: tls, protocol: TLS}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews-from-shop, namespace: shop}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  http: [{route: [{destination: {host: reviews.default.svc.cluster.local}}], timeout: 7s}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews-from-shop, namespace: shop}
+spec:
+  host: reviews.default.svc.cluster.local
+  trafficPolicy: {connectionPool: {tcp: {maxConnections: 7}}}
+";
+    let with = |mesh_config: &str| {
+        mesh(
+            &format!("{shop}---\n{}", mesh_configmap(mesh_config)),
+            MeshConfig::default(),
+        )
+    };
+    // What the default namespace's sidecar gets.
+    let seen = |snap: &Snapshot| {
+        let out = generate(snap, &sidecar(&[]));
+        let names: Vec<String> = out.clusters.iter().map(|c| c.name.clone()).collect();
+        let has = |host: &str| names.iter().any(|n| n.ends_with(&format!("|{host}")));
+        let reviews = out
+            .clusters
+            .iter()
+            .find(|c| c.name == "outbound|9080||reviews.default.svc.cluster.local")
+            .unwrap();
+        let max_connections = reviews
+            .circuit_breakers
+            .as_ref()
+            .and_then(|b| b.thresholds.first())
+            .and_then(|t| t.max_connections)
+            .map(|v| v.value);
+        let timeout = reviews_routes(&out).iter().find_map(|a| match a {
+            route::Action::Route(r) => r.timeout.map(|t| t.seconds),
+            _ => None,
+        });
+        (
+            has("cart.shop.svc.cluster.local"),
+            has("catalog.shop.svc.cluster.local"),
+            has("payments.example.com"),
+            timeout == Some(7),
+            max_connections == Some(7),
+        )
+    };
+    let everywhere = with("{}");
+    assert_eq!(seen(&everywhere), (true, true, true, true, true));
+    let own_namespace = with(
+        "{defaultServiceExportTo: ['.'], defaultVirtualServiceExportTo: ['.'], defaultDestinationRuleExportTo: ['.']}",
+    );
+    // `catalog` exports itself everywhere; the rest stays in `shop`.
+    assert_eq!(seen(&own_namespace), (false, true, false, false, false));
+    assert_eq!(
+        ChangeSet::between(&everywhere, &own_namespace).effect(&sidecar(&[])),
+        Effect::Full
+    );
+    // Named namespaces, and `~` (none).
+    let named = with(
+        "{defaultServiceExportTo: [default], defaultVirtualServiceExportTo: ['~'], defaultDestinationRuleExportTo: [shop, default]}",
+    );
+    assert_eq!(seen(&named), (true, true, true, false, true));
+
+    // Rebuilt from the snapshot before (services whose objects did not
+    // change are taken over), the new defaults still apply.
+    let objects = |mesh_config: &str| -> Vec<std::sync::Arc<crds::document::Object>> {
+        let text = format!(
+            "{PLATFORM}\n---\n{shop}---\n{}",
+            mesh_configmap(mesh_config)
+        );
+        split_documents(&text)
+            .into_iter()
+            .flat_map(|(_, v)| parse_value(v.unwrap(), "default"))
+            .map(|o| std::sync::Arc::new(o.unwrap()))
+            .collect()
+    };
+    let before = objects("{}");
+    let mut after = objects("{defaultServiceExportTo: ['.']}");
+    // The same objects but the mesh config, as the sources share them.
+    for (a, b) in after.iter_mut().zip(&before) {
+        if !matches!(&**a, crds::document::Object::ConfigMap(_)) {
+            *a = b.clone();
+        }
+    }
+    let first = Snapshot::rebuild(1, &before, MeshConfig::default(), &Snapshot::default());
+    let second = Snapshot::rebuild(2, &after, MeshConfig::default(), &first);
+    assert!(seen(&first).0 && !seen(&second).0);
+}
