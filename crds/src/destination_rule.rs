@@ -346,7 +346,7 @@ pub struct TcpSettings {
 }
 
 /// Istio `TCPSettings.TcpKeepalive`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TcpKeepalive {
     /// Probes before the connection is dead.

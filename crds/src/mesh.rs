@@ -63,6 +63,28 @@ pub struct MeshConfigSpec {
     /// `defaultDestinationRuleExportTo`: the same for DestinationRules.
     #[serde(default)]
     pub default_destination_rule_export_to: Option<Vec<String>>,
+    /// `connectTimeout` (default 10 s): how long a proxy waits for a TCP
+    /// connection to an upstream, unless a DestinationRule's
+    /// `connectionPool.tcp.connectTimeout` says otherwise.
+    #[serde(default)]
+    pub connect_timeout: Option<crate::duration::Duration>,
+    /// `tcpKeepalive`: TCP keepalive on every upstream connection; a
+    /// DestinationRule's `connectionPool.tcp.tcpKeepalive` overrides it
+    /// field by field.
+    #[serde(default)]
+    pub tcp_keepalive: Option<crate::destination_rule::TcpKeepalive>,
+    /// `h2UpgradePolicy` (default `DO_NOT_UPGRADE`): `UPGRADE` has
+    /// proxies speak HTTP/2 to the upstreams of HTTP/1.1 ports, unless a
+    /// DestinationRule's `connectionPool.http.h2UpgradePolicy` says otherwise.
+    #[serde(default)]
+    pub h2_upgrade_policy: Option<H2UpgradePolicy>,
+    /// `defaultHttpRetryPolicy`: the retries of HTTP routes that set none
+    /// (VirtualService routes without `retries`, and the default route of
+    /// a service without a VirtualService), instead of Istio's default
+    /// (2 retries on connection failures and refused streams);
+    /// `attempts: 0` turns retries off mesh-wide.
+    #[serde(default)]
+    pub default_http_retry_policy: Option<crate::virtual_service::HttpRetry>,
     /// Every other top-level field, by name (not acted on yet).
     #[serde(flatten)]
     pub unsupported: BTreeMap<String, serde_json::Value>,
@@ -86,6 +108,17 @@ pub struct OutboundTrafficPolicy {
 pub enum OutboundMode {
     AllowAny,
     RegistryOnly,
+}
+
+/// `MeshConfig.H2UpgradePolicy`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum H2UpgradePolicy {
+    /// HTTP/1.1 stays HTTP/1.1 (Istio's default).
+    #[default]
+    DoNotUpgrade,
+    /// HTTP/1.1 ports' upstreams get HTTP/2.
+    Upgrade,
 }
 
 /// `MeshConfig.AccessLogEncoding`.

@@ -281,7 +281,7 @@ pub struct RegexRewrite {
 }
 
 /// Istio `HTTPRetry`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRetry {
     /// Number of retries (0 disables retries).

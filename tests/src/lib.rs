@@ -854,7 +854,8 @@ struct Backend {
 /// - `/delay/<ms>`: after sleeping that long;
 /// - `/flaky/<n>/<key>`: 503 for the first `n` requests with that key (across all backends);
 /// - `/fail-on/<version>`: 503 from that version only;
-/// - `/header/<name>`: the value of that request header, `(none)` without it.
+/// - `/header/<name>`: the value of that request header, `(none)` without it;
+/// - `/version`: the HTTP version it was asked in (`HTTP/1.1`, `HTTP/2.0`).
 pub async fn start_backends() -> RequestLog {
     let log = RequestLog::default();
     let hits = Arc::default();
@@ -932,6 +933,7 @@ async fn serve(
                 .unwrap_or("(none)")
                 .to_owned(),
         ),
+        ["version"] => (StatusCode::OK, format!("{:?}", req.version())),
         ["fail-on", v] if *v == b.version => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("{} {} is sick", b.app, b.version),

@@ -358,3 +358,38 @@ fn a_grpc_deadline_is_enforced_by_the_sidecar() {
         "capped at 1s, answered after {took:?}"
     );
 }
+
+/// The mesh config's `defaultHttpRetryPolicy` (the retries of routes that
+/// set none, here ratings' default route) and `h2UpgradePolicy` (HTTP/2 to
+/// the upstreams of HTTP/1.1 ports).
+#[test]
+fn the_mesh_config_sets_default_retries_and_the_upstream_protocol() {
+    let mesh = Mesh::start(true, &[]);
+    let envoy = mesh.sidecar();
+    let get =
+        |path: &str| http_request(&format!("{RATINGS}{path}"), &[("host", "ratings")]).unwrap();
+    // Istio's default policy does not retry an app's 503.
+    assert_eq!(get("/flaky/1/a").status, 503);
+    assert_eq!(mesh.seen("/flaky/1/a").len(), 1);
+    assert_eq!(get("/version").body, "HTTP/1.1");
+    mesh.apply(
+        &[&envoy],
+        "mesh.yaml",
+        &e2e::mesh_config(
+            "defaultHttpRetryPolicy: {attempts: 3, retryOn: '503'}\nh2UpgradePolicy: UPGRADE",
+        ),
+    );
+    let ok = get("/flaky/3/b");
+    assert_eq!((ok.status, ok.body.as_str()), (200, "ratings v1"));
+    assert_eq!(mesh.seen("/flaky/3/b").len(), 4, "1 try + 3 retries");
+    assert_eq!(get("/version").body, "HTTP/2.0");
+    // `attempts: 0` turns retries off.
+    mesh.apply(
+        &[&envoy],
+        "mesh.yaml",
+        &e2e::mesh_config("defaultHttpRetryPolicy: {attempts: 0}"),
+    );
+    assert_eq!(get("/flaky/1/c").status, 503);
+    assert_eq!(mesh.seen("/flaky/1/c").len(), 1);
+    assert_eq!(envoy.rejected(), 0);
+}

@@ -26,8 +26,8 @@ use crate::model::{
     Config, Endpoint, Protocol, Proxy, Service, ServicePort, ServiceResolution, Snapshot,
 };
 use crate::policy::{
-    AutoMtlsField, Effective, LocalityPlan, TRANSPORT_SOCKET_MATCH, auto_mtls_match, discovery,
-    tls_mode_istio,
+    AutoMtlsField, Effective, LocalityPlan, MeshPool, TRANSPORT_SOCKET_MATCH, auto_mtls_match,
+    discovery, tls_mode_istio,
 };
 use crate::{CLUSTER_TYPE, ENDPOINT_TYPE};
 use crate::{ads_config_source_waited_for, duration, socket_address};
@@ -86,7 +86,7 @@ pub(crate) fn build(snap: &Snapshot, proxy: &Proxy) -> (Vec<Cluster>, Vec<Cluste
     // rather than copies as the vector grows.
     let count: usize = services.iter().map(|(s, dr)| cluster_count(s, *dr)).sum();
     let mut clusters = Vec::with_capacity(count + 2);
-    clusters.extend([passthrough_cluster(), blackhole_cluster()]);
+    clusters.extend([passthrough_cluster(&snap.mesh), blackhole_cluster()]);
     let mut assignments = Vec::with_capacity(count);
     for (svc, dr) in services {
         service_clusters(
@@ -169,7 +169,7 @@ pub(crate) fn build_encoded(
         Vec::with_capacity(2 + built.iter().map(|b| b.clusters.len()).sum::<usize>());
     if only.is_none() {
         clusters.extend(
-            [passthrough_cluster(), blackhole_cluster()]
+            [passthrough_cluster(&snap.mesh), blackhole_cluster()]
                 .iter()
                 .map(|c| encode(CLUSTER_TYPE, &c.name, c)),
         );
@@ -347,7 +347,8 @@ fn service_clusters(
             ("", None, &no_labels);
         for (subset, subset_policy, labels) in std::iter::once(whole).chain(subsets) {
             let name = cluster_name(port.port, subset, &svc.hostname);
-            let policy = Effective::resolve(top, subset_policy, port.port);
+            let policy = Effective::resolve(top, subset_policy, port.port)
+                .with_mesh(MeshPool::of(&snap.mesh, port.protocol));
             let endpoints: Vec<&Endpoint> = svc
                 .endpoints
                 .iter()
@@ -770,14 +771,17 @@ fn selects(labels: &BTreeMap<String, String>, ep: &Endpoint) -> bool {
     labels.iter().all(|(k, v)| ep.labels.get(k) == Some(v))
 }
 
-fn passthrough_cluster() -> Cluster {
+/// `PassthroughCluster`: where `ALLOW_ANY` sends what no service matches,
+/// with the mesh config's `connectTimeout` (as Istio's).
+fn passthrough_cluster(mesh: &crate::model::MeshConfig) -> Cluster {
     Cluster {
         name: PASSTHROUGH_CLUSTER.into(),
         cluster_discovery_type: discovery(DiscoveryType::OriginalDst),
         lb_policy: LbPolicy::ClusterProvided as i32,
-        connect_timeout: Some(duration(std::time::Duration::from_secs(
-            CONNECT_TIMEOUT_SECS,
-        ))),
+        connect_timeout: Some(duration(
+            mesh.connect_timeout
+                .unwrap_or(std::time::Duration::from_secs(CONNECT_TIMEOUT_SECS)),
+        )),
         ..Default::default()
     }
 }

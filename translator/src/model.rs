@@ -242,6 +242,15 @@ pub struct MeshConfig {
     /// `defaultServiceExportTo`, `defaultVirtualServiceExportTo` and
     /// `defaultDestinationRuleExportTo`.
     pub default_export_to: DefaultExportTo,
+    /// `connectTimeout`; `None`: Istio's 10 s.
+    pub connect_timeout: Option<std::time::Duration>,
+    /// `tcpKeepalive`: on every upstream connection; `None`: none.
+    pub tcp_keepalive: Option<crds::destination_rule::TcpKeepalive>,
+    /// `h2UpgradePolicy: UPGRADE`: HTTP/1.1 ports' upstreams get HTTP/2.
+    pub h2_upgrade: bool,
+    /// `defaultHttpRetryPolicy`: the retries of routes that set none;
+    /// `None`: Istio's default policy.
+    pub default_retry: Option<crds::virtual_service::HttpRetry>,
 }
 
 /// The `exportTo` of objects that set none (mesh config
@@ -341,6 +350,10 @@ impl Default for MeshConfig {
             path_normalization: crds::mesh::PathNormalization::Default,
             access_log: None,
             default_export_to: DefaultExportTo::default(),
+            connect_timeout: None,
+            tcp_keepalive: None,
+            h2_upgrade: false,
+            default_retry: None,
         }
     }
 }
@@ -600,6 +613,17 @@ impl Snapshot {
                 req_without_query: uses.req_without_query,
             });
         }
+        match m.connect_timeout.map(|d| d.as_std()) {
+            // Envoy refuses a cluster whose connect timeout is zero.
+            Some(t) if t.is_zero() => warn(
+                "data.mesh.connectTimeout".into(),
+                "0s: Envoy refuses it; the default 10s is used".into(),
+            ),
+            t => self.mesh.connect_timeout = t,
+        }
+        self.mesh.tcp_keepalive = m.tcp_keepalive;
+        self.mesh.h2_upgrade = m.h2_upgrade_policy == Some(crds::mesh::H2UpgradePolicy::Upgrade);
+        self.mesh.default_retry = m.default_http_retry_policy;
         let export = |list: Option<Vec<String>>| list.unwrap_or_default();
         self.mesh.default_export_to = DefaultExportTo {
             services: export(m.default_service_export_to),

@@ -54,9 +54,41 @@ pub struct Effective {
     pub outlier_detection: Option<OutlierDetection>,
     /// `tls`.
     pub tls: Option<ClientTlsSettings>,
+    /// The mesh config's defaults for what the connection pool leaves unset.
+    pub mesh: MeshPool,
+}
+
+/// The mesh config's connection defaults for one cluster (`connectTimeout`,
+/// `tcpKeepalive`, `h2UpgradePolicy`); all unset under Istio's defaults.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MeshPool {
+    /// `connectTimeout`, when not Istio's 10 s.
+    pub connect_timeout: Option<std::time::Duration>,
+    /// `tcpKeepalive`.
+    pub tcp_keepalive: Option<crds::destination_rule::TcpKeepalive>,
+    /// `h2UpgradePolicy: UPGRADE`, on an HTTP/1.1 port (only those are
+    /// upgraded, as Istio's `shouldH2Upgrade`).
+    pub h2_upgrade: bool,
+}
+
+impl MeshPool {
+    /// The defaults `mesh` gives a cluster of a port speaking `protocol`.
+    pub fn of(mesh: &crate::model::MeshConfig, protocol: crate::model::Protocol) -> MeshPool {
+        MeshPool {
+            connect_timeout: mesh.connect_timeout,
+            tcp_keepalive: mesh.tcp_keepalive.clone(),
+            h2_upgrade: mesh.h2_upgrade && protocol == crate::model::Protocol::Http,
+        }
+    }
 }
 
 impl Effective {
+    /// With the mesh config's connection defaults ([`MeshPool`]).
+    pub fn with_mesh(mut self, mesh: MeshPool) -> Effective {
+        self.mesh = mesh;
+        self
+    }
+
     /// Merges `top` (the rule's `trafficPolicy`) and `subset` (the subset's)
     /// for `port`, in Istio's order.
     pub fn resolve(
@@ -216,20 +248,34 @@ impl Effective {
             }],
             ..Default::default()
         });
-        if let Some(t) = tcp.and_then(|t| t.connect_timeout) {
-            c.connect_timeout = Some(duration(t.as_std()));
+        if let Some(t) = tcp
+            .and_then(|t| t.connect_timeout)
+            .map(|t| t.as_std())
+            .or(self.mesh.connect_timeout)
+        {
+            c.connect_timeout = Some(duration(t));
         }
-        if let Some(ka) = tcp.and_then(|t| t.tcp_keepalive.as_ref()) {
-            let secs = |d: Option<crds::Duration>| {
-                d.map(|d| UInt32Value {
-                    value: u32::try_from(d.as_std().as_secs()).unwrap_or(u32::MAX),
-                })
+        // The mesh's keepalive, each field the rule sets taking its place
+        // (Istio's `applyTCPKeepalive`).
+        let rule_ka = tcp.and_then(|t| t.tcp_keepalive.as_ref());
+        let mesh_ka = self.mesh.tcp_keepalive.as_ref();
+        if rule_ka.is_some() || mesh_ka.is_some() {
+            let pick = |f: fn(&crds::destination_rule::TcpKeepalive) -> Option<crds::Duration>| {
+                rule_ka
+                    .and_then(f)
+                    .or(mesh_ka.and_then(f))
+                    .map(|d| UInt32Value {
+                        value: u32::try_from(d.as_std().as_secs()).unwrap_or(u32::MAX),
+                    })
             };
+            let probes = rule_ka
+                .and_then(|k| k.probes)
+                .or(mesh_ka.and_then(|k| k.probes));
             c.upstream_connection_options = Some(UpstreamConnectionOptions {
                 tcp_keepalive: Some(TcpKeepalive {
-                    keepalive_probes: ka.probes.map(|value| UInt32Value { value }),
-                    keepalive_time: secs(ka.time),
-                    keepalive_interval: secs(ka.interval),
+                    keepalive_probes: probes.map(|value| UInt32Value { value }),
+                    keepalive_time: pick(|k| k.time),
+                    keepalive_interval: pick(|k| k.interval),
                 }),
                 ..Default::default()
             });
@@ -254,7 +300,12 @@ impl Effective {
             common.max_connection_duration = Some(duration(t.as_std()));
             common_set = true;
         }
-        let upgrade = http.and_then(|h| h.h2_upgrade_policy) == Some(H2UpgradePolicy::Upgrade);
+        // The rule's policy, else the mesh's (Istio's `shouldH2Upgrade`).
+        let upgrade = match http.and_then(|h| h.h2_upgrade_policy) {
+            Some(H2UpgradePolicy::Upgrade) => true,
+            Some(H2UpgradePolicy::DoNotUpgrade) => false,
+            Some(H2UpgradePolicy::Default) | None => self.mesh.h2_upgrade,
+        };
         let use_h2 = http2 || upgrade;
         if common_set || use_h2 {
             c.typed_extension_protocol_options.insert(

@@ -279,17 +279,26 @@ fn source_applies(ctx: &RouteCtx<'_>, m: &HttpMatchRequest) -> bool {
 /// cluster (with its DestinationRule's consistent hash, if any).
 pub(crate) fn default_route(ctx: &RouteCtx<'_>, hostname: &str) -> Route {
     let hash = consistent_hash_for(ctx, hostname, None, ctx.port);
-    default_route_to(cluster_name(ctx.port, "", hostname), hash)
+    default_route_to(
+        cluster_name(ctx.port, "", hostname),
+        hash,
+        ctx.snap.mesh.default_retry.as_ref(),
+    )
 }
 
-/// The default route to `cluster`, hashing on `hash`.
-fn default_route_to(cluster: String, hash: Option<HashPolicy>) -> Route {
+/// The default route to `cluster`, hashing on `hash`, retrying as `retry`
+/// (the mesh config's `defaultHttpRetryPolicy`; `None`: Istio's default).
+fn default_route_to(
+    cluster: String,
+    hash: Option<HashPolicy>,
+    retry: Option<&crds::virtual_service::HttpRetry>,
+) -> Route {
     Route {
         name: "default".into(),
         r#match: Some(prefix_match("/")),
         action: Some(route::Action::Route(RouteAction {
             cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster)),
-            retry_policy: retry_policy(None, hash.is_some()),
+            retry_policy: retry_policy(retry, hash.is_some()),
             hash_policy: hash.into_iter().collect(),
             ..timed(std::time::Duration::ZERO)
         })),
@@ -342,7 +351,7 @@ struct DefaultRouteParts {
 static DEFAULT_ROUTE_PARTS: std::sync::LazyLock<DefaultRouteParts> =
     std::sync::LazyLock::new(|| {
         use prost::Message as _;
-        let whole = default_route_to(String::new(), None);
+        let whole = default_route_to(String::new(), None, None);
         let mut action = match whole.action {
             Some(route::Action::Route(a)) => a,
             _ => RouteAction::default(),
@@ -364,7 +373,8 @@ static DEFAULT_ROUTE_PARTS: std::sync::LazyLock<DefaultRouteParts> =
     });
 
 /// [`default_route`] encoded as a `VirtualHost`'s field 3 (`routes`).
-/// Without consistent hashing it differs from service to service only by
+/// Without consistent hashing and with Istio's default retries (no mesh
+/// `defaultHttpRetryPolicy`) it differs from service to service only by
 /// its cluster, and is written from parts prost encodes once: the same
 /// bytes, since prost writes fields in tag order and the cluster is the
 /// first of the route action (the `cluster_specifier` oneof, tag 1),
@@ -374,9 +384,10 @@ pub(crate) fn default_route_field(ctx: &RouteCtx<'_>, hostname: &str) -> Vec<u8>
     use prost::encoding::message;
     let hash = consistent_hash_for(ctx, hostname, None, ctx.port);
     let cluster = cluster_name(ctx.port, "", hostname);
-    if hash.is_some() {
+    let retry = ctx.snap.mesh.default_retry.as_ref();
+    if hash.is_some() || retry.is_some() {
         let mut b = Vec::new();
-        message::encode(3, &default_route_to(cluster, hash), &mut b);
+        message::encode(3, &default_route_to(cluster, hash, retry), &mut b);
         return b;
     }
     written_default_route(&cluster)
@@ -627,7 +638,12 @@ fn route_action(
     let hash = consistent_hash(ctx, vs, &http.route[0].destination);
     let mut action = RouteAction {
         cluster_specifier: Some(cluster_specifier),
-        retry_policy: retry_policy(http.retries.as_ref(), hash.is_some()),
+        retry_policy: retry_policy(
+            http.retries
+                .as_ref()
+                .or(ctx.snap.mesh.default_retry.as_ref()),
+            hash.is_some(),
+        ),
         hash_policy: hash.into_iter().collect(),
         ..timed(http.timeout.map(|t| t.as_std()).unwrap_or_default())
     };
@@ -998,7 +1014,7 @@ mod tests {
             let mut want = Vec::new();
             prost::encoding::message::encode(
                 3,
-                &default_route_to(cluster.to_owned(), None),
+                &default_route_to(cluster.to_owned(), None, None),
                 &mut want,
             );
             assert_eq!(written_default_route(cluster), want, "{cluster}");

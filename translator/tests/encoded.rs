@@ -262,6 +262,29 @@ fn memoised_bookinfo_matches_a_fresh_generation_and_is_shared() {
     assert_eq!(first.as_ptr(), second.as_ptr());
 }
 
+/// The same under the mesh config's connection and retry defaults, which
+/// take clusters and default routes off their pre-encoded paths.
+#[test]
+fn memoised_bookinfo_matches_under_mesh_connection_and_retry_defaults() {
+    let mut texts = bookinfo();
+    texts.push(
+        "apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |
+    connectTimeout: 3s
+    tcpKeepalive: {time: 300s}
+    h2UpgradePolicy: UPGRADE
+    defaultHttpRetryPolicy: {attempts: 5, retryOn: '503'}
+"
+        .to_owned(),
+    );
+    let snap = snapshot(&texts);
+    assert!(snap.mesh.h2_upgrade && snap.mesh.default_retry.is_some());
+    check_in_turn(&snap, &bookinfo_proxies());
+}
+
 /// What the daemon labels a snapshot's first config key by
 /// (`istiod_xds_generation_seconds{kind="first_key"}`): nothing memoised
 /// in a new snapshot or a copy, something once a config is generated, and

@@ -1195,3 +1195,153 @@ spec:
     let second = Snapshot::rebuild(2, &after, MeshConfig::default(), &first);
     assert!(seen(&first).0 && !seen(&second).0);
 }
+
+/// The mesh config's connection and retry defaults: `connectTimeout`,
+/// `tcpKeepalive` (merged field by field under a DestinationRule's),
+/// `h2UpgradePolicy` (HTTP/1.1 ports only; a rule's policy wins) and
+/// `defaultHttpRetryPolicy` (routes that set no `retries`).
+#[test]
+fn mesh_connection_and_retry_defaults() {
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+        HttpProtocolOptions, http_protocol_options,
+    };
+    let rules = "
+apiVersion: v1
+kind: Service
+metadata: {name: ratings, namespace: default}
+spec:
+  clusterIP: 10.96.0.12
+  ports: [{name: http, port: 9080}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: mongodb, namespace: default}
+spec:
+  host: mongodb
+  trafficPolicy: {connectionPool: {tcp: {connectTimeout: 2s, tcpKeepalive: {interval: 10s}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{uri: {prefix: /own}}]
+    retries: {attempts: 1, retryOn: reset}
+    route: [{destination: {host: reviews}}]
+  - route: [{destination: {host: reviews}}]
+";
+    let settings = "{connectTimeout: 3s, tcpKeepalive: {time: 300s, probes: 3}, h2UpgradePolicy: UPGRADE, defaultHttpRetryPolicy: {attempts: 5, retryOn: '503'}}";
+    let snap = mesh(
+        &format!("{rules}---\n{}", mesh_configmap(settings)),
+        MeshConfig::default(),
+    );
+    assert!(snap.warnings.is_empty(), "{:?}", snap.warnings);
+    let out = generate(&snap, &sidecar(&[]));
+    let cluster =
+        |name: &str| -> &Cluster { out.clusters.iter().find(|c| c.name == name).unwrap() };
+    let reviews = cluster("outbound|9080||reviews.default.svc.cluster.local");
+    let mongodb = cluster("outbound|27017||mongodb.default.svc.cluster.local");
+    let secs = |c: &Cluster| c.connect_timeout.unwrap().seconds;
+    assert_eq!(
+        (
+            secs(reviews),
+            secs(mongodb),
+            secs(cluster("PassthroughCluster"))
+        ),
+        (3, 2, 3)
+    );
+    let keepalive = |c: &Cluster| {
+        let k = c
+            .upstream_connection_options
+            .as_ref()
+            .and_then(|o| o.tcp_keepalive.as_ref())
+            .unwrap();
+        (
+            k.keepalive_probes.map(|v| v.value),
+            k.keepalive_time.map(|v| v.value),
+            k.keepalive_interval.map(|v| v.value),
+        )
+    };
+    assert_eq!(keepalive(reviews), (Some(3), Some(300), None));
+    assert_eq!(keepalive(mongodb), (Some(3), Some(300), Some(10)));
+    let h2 = |c: &Cluster| {
+        c.typed_extension_protocol_options
+            .values()
+            .map(|any| HttpProtocolOptions::decode(any.value.as_slice()).unwrap())
+            .any(|o| {
+                matches!(
+                    o.upstream_protocol_options,
+                    Some(http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(e))
+                        if matches!(e.protocol_config, Some(http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(_)))
+                )
+            })
+    };
+    // The HTTP port is upgraded; the TCP one is not.
+    assert!(h2(reviews) && !h2(mongodb));
+
+    let retries = |out: &Output, host: &str| -> Vec<Option<(u32, String, Vec<u32>)>> {
+        route_config(out, "9080")
+            .virtual_hosts
+            .iter()
+            .find(|v| v.name == format!("{host}:9080"))
+            .unwrap()
+            .routes
+            .iter()
+            .map(|r| match &r.action {
+                Some(route::Action::Route(a)) => a.retry_policy.as_ref().map(|p| {
+                    (
+                        p.num_retries.map_or(0, |n| n.value),
+                        p.retry_on.clone(),
+                        p.retriable_status_codes.clone(),
+                    )
+                }),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    };
+    let mesh_policy = Some((5, "retriable-status-codes".to_string(), vec![503]));
+    // The VirtualService's own retries, then the mesh's for its route
+    // without; the default route of a service without a VirtualService.
+    assert_eq!(
+        retries(&out, "reviews.default.svc.cluster.local"),
+        [Some((1, "reset".into(), vec![])), mesh_policy.clone()]
+    );
+    assert_eq!(
+        retries(&out, "ratings.default.svc.cluster.local"),
+        [mesh_policy]
+    );
+    // `attempts: 0`: no retries anywhere a route sets none.
+    let off = mesh(
+        &format!(
+            "{rules}---\n{}",
+            mesh_configmap("{defaultHttpRetryPolicy: {attempts: 0}}")
+        ),
+        MeshConfig::default(),
+    );
+    let out = generate(&off, &sidecar(&[]));
+    assert_eq!(retries(&out, "ratings.default.svc.cluster.local"), [None]);
+    // A rule's DO_NOT_UPGRADE wins over the mesh's UPGRADE.
+    let kept = mesh(
+        &format!(
+            "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reviews, namespace: default}}
+spec:
+  host: reviews
+  trafficPolicy: {{connectionPool: {{http: {{h2UpgradePolicy: DO_NOT_UPGRADE}}}}}}
+---
+{}",
+            mesh_configmap("{h2UpgradePolicy: UPGRADE}")
+        ),
+        MeshConfig::default(),
+    );
+    let out = generate(&kept, &sidecar(&[]));
+    let reviews = out
+        .clusters
+        .iter()
+        .find(|c| c.name == "outbound|9080||reviews.default.svc.cluster.local")
+        .unwrap();
+    assert!(!h2(reviews));
+}
