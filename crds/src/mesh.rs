@@ -85,6 +85,19 @@ pub struct MeshConfigSpec {
     /// `attempts: 0` turns retries off mesh-wide.
     #[serde(default)]
     pub default_http_retry_policy: Option<crate::virtual_service::HttpRetry>,
+    /// `trustDomain` (default `cluster.local`): the SPIFFE trust domain of
+    /// the mesh's identities, `spiffe://<trustDomain>/ns/<ns>/sa/<sa>`.
+    #[serde(default)]
+    pub trust_domain: Option<String>,
+    /// `trustDomainAliases`: other trust domains whose identities are the
+    /// mesh's too (a trust domain migration): clients accept servers, and
+    /// servers clients, with an ID in any of them.
+    #[serde(default)]
+    pub trust_domain_aliases: Option<Vec<String>>,
+    /// `rootNamespace` (default `istio-system`): where mesh-wide `Sidecar`
+    /// and `PeerAuthentication` resources live.
+    #[serde(default)]
+    pub root_namespace: Option<String>,
     /// Every other top-level field, by name (not acted on yet).
     #[serde(flatten)]
     pub unsupported: BTreeMap<String, serde_json::Value>,

@@ -123,6 +123,7 @@ impl Daemon {
             snapshots: Arc::new(snap_tx),
             errors: Arc::new(err_tx),
             warned: Arc::default(),
+            ca_trust_domain: opts.ca.as_ref().map(|ca| ca.trust_domain.as_str().into()),
         };
         let mut tasks = Vec::new();
         let (leader_tx, leader) = watch::channel(false);
@@ -371,6 +372,10 @@ struct Publisher {
     /// fields were logged when they first came (the sources share unchanged
     /// objects from one load to the next).
     warned: Arc<std::sync::Mutex<Seen>>,
+    /// The CA's trust domain (`--trust-domain`) when it runs: the mesh's
+    /// unless the mesh config names another, so that clients expect the
+    /// identities it issues.
+    ca_trust_domain: Option<Arc<str>>,
 }
 
 /// Objects by address, held so that an address is not reused while listed.
@@ -408,8 +413,20 @@ impl Publisher {
         let started = std::time::Instant::now();
         let previous = self.snapshots.borrow().clone();
         let (mut snap, errors) = match self.warned.lock() {
-            Ok(mut seen) => build(version, loaded, &mut seen, &previous),
-            Err(_) => build(version, loaded, &mut Seen::new(), &previous),
+            Ok(mut seen) => build(
+                version,
+                loaded,
+                &mut seen,
+                &previous,
+                self.ca_trust_domain.as_deref(),
+            ),
+            Err(_) => build(
+                version,
+                loaded,
+                &mut Seen::new(),
+                &previous,
+                self.ca_trust_domain.as_deref(),
+            ),
         };
         let build_time = started.elapsed();
         if with_changes {
@@ -574,6 +591,7 @@ fn build(
     mut loaded: Loaded,
     seen: &mut Seen,
     previous: &Snapshot,
+    ca_trust_domain: Option<&str>,
 ) -> (Snapshot, Vec<SourceError>) {
     loaded.drop_orphan_delegates();
     for entry in newly_seen(
@@ -592,12 +610,26 @@ fn build(
             );
         }
     }
-    let snap = Snapshot::rebuild(
-        version,
-        loaded.shared_objects(),
-        MeshConfig::default(),
-        previous,
-    );
+    let mut mesh = MeshConfig::default();
+    if let Some(td) = ca_trust_domain {
+        td.clone_into(&mut mesh.trust_domain);
+    }
+    let mut snap = Snapshot::rebuild(version, loaded.shared_objects(), mesh, previous);
+    if let Some(ca) = ca_trust_domain.filter(|ca| *ca != snap.mesh.trust_domain) {
+        // The CA issues in its own trust domain: a mesh config naming
+        // another has clients expect IDs no workload carries.
+        let (ns, name) = crds::mesh::MESH_CONFIGMAP;
+        snap.warnings.push(translator::ConfigWarning::new(
+            "ConfigMap",
+            format!("{ns}/{name}"),
+            "data.mesh.trustDomain".into(),
+            format!(
+                "{:?} differs from the CA's trust domain {ca:?} (--trust-domain), which issues the identities; \
+                 list the CA's in trustDomainAliases during a migration",
+                snap.mesh.trust_domain
+            ),
+        ));
+    }
     (snap, loaded.errors)
 }
 

@@ -259,11 +259,26 @@ pub async fn start_daemon_at(dir: &Path, xds_addr: SocketAddr) -> Daemon {
     start_daemon_with(dir, xds_addr, Default::default()).await
 }
 
+/// As [`start_daemon_at`], the CA issuing in `trust_domain` (the daemon's
+/// `--trust-domain`).
+pub async fn start_daemon_in(dir: &Path, xds_addr: SocketAddr, trust_domain: &str) -> Daemon {
+    start_daemon_options(dir, xds_addr, Default::default(), trust_domain).await
+}
+
 /// As [`start_daemon_at`], keeping xDS connections as `keepalive` says.
 pub async fn start_daemon_with(
     dir: &Path,
     xds_addr: SocketAddr,
     keepalive: istiod::xds::Keepalive,
+) -> Daemon {
+    start_daemon_options(dir, xds_addr, keepalive, "cluster.local").await
+}
+
+async fn start_daemon_options(
+    dir: &Path,
+    xds_addr: SocketAddr,
+    keepalive: istiod::xds::Keepalive,
+    trust_domain: &str,
 ) -> Daemon {
     Daemon::start(Options {
         source: istiod::Source::Folder(dir.to_owned()),
@@ -274,6 +289,7 @@ pub async fn start_daemon_with(
         debounce: Default::default(),
         ca: Some(istiod::secure::CaOptions {
             addr: SocketAddr::new(xds_addr.ip(), 0),
+            trust_domain: trust_domain.to_owned(),
             ..ca_options()
         }),
         webhooks: None,

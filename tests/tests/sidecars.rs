@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use ca::SpiffeId;
 use e2e::pods::{NODE_IP, Pod, create_pod_network};
 use e2e::{
-    ConfigDir, Envoy, Reply, SYNC, http_request, isolate, start_agent_with_ttl, start_daemon_at,
-    use_sds_socket, wait_synced,
+    ConfigDir, Envoy, Reply, SYNC, http_request, isolate, start_agent_with_ttl, use_sds_socket,
+    wait_synced,
 };
 use istiod::Daemon;
 
@@ -83,9 +83,10 @@ ports: [{name: http, port: 9080}]
 endpoints: [{addresses: [10.244.0.14], targetRef: {kind: Pod, name: details-0, namespace: default}}]
 ";
 
-fn id(sa: &str) -> SpiffeId {
+/// `default/<sa>`'s identity in `trust_domain`.
+fn id_in(trust_domain: &str, sa: &str) -> SpiffeId {
     SpiffeId {
-        trust_domain: "cluster.local".into(),
+        trust_domain: trust_domain.into(),
         namespace: "default".into(),
         service_account: sa.into(),
     }
@@ -190,6 +191,12 @@ impl PodMesh {
     /// Pods, daemon, agents (certificates living `ttl`), sidecars, and
     /// reviews' app, all in sync.
     fn start(ttl: Duration) -> PodMesh {
+        PodMesh::start_in(ttl, "cluster.local")
+    }
+
+    /// As [`PodMesh::start`], the CA issuing in `trust_domain`
+    /// (`--trust-domain`).
+    fn start_in(ttl: Duration, trust_domain: &str) -> PodMesh {
         let _hosts = isolate();
         create_pod_network();
         let client = Pod::create("productpage-0", "10.244.0.11");
@@ -201,16 +208,17 @@ impl PodMesh {
         let cfg = ConfigDir::empty();
         cfg.write("platform.yaml", PLATFORM);
         let rt = e2e::runtime();
-        let daemon = rt.block_on(start_daemon_at(
+        let daemon = rt.block_on(e2e::start_daemon_in(
             cfg.path(),
             format!("{NODE_IP}:0").parse().unwrap(),
+            trust_domain,
         ));
 
         serve_echo(&server, rt.handle());
         serve_websocket_echo(&server);
 
         let sidecar = |pod: &Pod, sa: &str, admin_port: u16| {
-            let socket = start_agent_with_ttl(rt.handle(), &daemon, id(sa), ttl);
+            let socket = start_agent_with_ttl(rt.handle(), &daemon, id_in(trust_domain, sa), ttl);
             let node_id = format!(
                 "sidecar~{}~{}.default~default.svc.cluster.local",
                 pod.ip, pod.name
@@ -386,6 +394,43 @@ fn sidecars_speak_mutual_tls_and_peer_authentication_decides_plaintext() {
     let reply = mesh.call_reviews().unwrap();
     assert_eq!(reply.status, 200, "{reply:?}");
     assert!(reply.body.contains("xfcc=\n"), "{}", reply.body);
+}
+
+/// The CA issuing in `example.org` (`--trust-domain`): both sidecars
+/// expect each other's identity there, and mTLS works. The mesh config
+/// moving the mesh to another trust domain makes those identities
+/// foreign (the client's sidecar refuses reviews' certificate) until the
+/// old domain is listed in `trustDomainAliases`, as in a migration.
+#[test]
+fn identities_follow_the_trust_domain_and_its_aliases() {
+    let mesh = PodMesh::start_in(Duration::from_secs(3600), "example.org");
+    let reply = mesh.call_reviews().unwrap();
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(
+        reply
+            .body
+            .contains("URI=spiffe://example.org/ns/default/sa/productpage"),
+        "{}",
+        reply.body
+    );
+    mesh.apply("mesh.yaml", &e2e::mesh_config("trustDomain: new.example"));
+    let refused = mesh.call_reviews().unwrap();
+    assert_eq!(refused.status, 503, "{refused:?}");
+    let warned = mesh.daemon.snapshots.borrow().warnings.iter().any(|w| {
+        let w = w.to_string();
+        w.contains("data.mesh.trustDomain") && w.contains("example.org")
+    });
+    assert!(warned, "{:?}", mesh.daemon.snapshots.borrow().warnings);
+    mesh.apply(
+        "mesh.yaml",
+        &e2e::mesh_config("trustDomain: new.example\ntrustDomainAliases: [example.org]"),
+    );
+    let reply = mesh.call_reviews().unwrap();
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(
+        mesh.client_envoy.rejected() + mesh.server_envoy.rejected(),
+        0
+    );
 }
 
 /// A WebSocket from productpage's app to reviews' ClusterIP: both

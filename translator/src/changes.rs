@@ -37,6 +37,8 @@ pub struct ChangeSet {
     pub mesh: bool,
     /// A Secret changed.
     pub secrets: bool,
+    /// The mesh config's `rootNamespace` (a Sidecar there is mesh-wide).
+    pub root_namespace: String,
 }
 
 /// What a change set means for one proxy.
@@ -57,6 +59,7 @@ impl ChangeSet {
             from_version: old.version,
             mesh: old.mesh != new.mesh,
             secrets: old.secrets != new.secrets,
+            root_namespace: new.mesh.root_namespace.clone(),
             ..Default::default()
         };
         let hosts: BTreeSet<&String> = old.services.keys().chain(new.services.keys()).collect();
@@ -109,9 +112,7 @@ impl ChangeSet {
         // A Sidecar of the proxy's namespace, or a mesh-wide one, may change its scope.
         let sidecar_changed = !router
             && (self.sidecar_namespaces.contains(ns)
-                || self
-                    .sidecar_namespaces
-                    .contains(crate::model::ROOT_NAMESPACE));
+                || self.sidecar_namespaces.contains(&self.root_namespace));
         // Its inbound (the ports it serves), or any PeerAuthentication: those
         // decide its own inbound and, through auto mTLS, its clients'
         // clusters; they change rarely, so every sidecar is regenerated.

@@ -379,7 +379,7 @@ fn service_clusters(
                     .filter(|a: &Vec<bool>| a.contains(&true));
             let identity = (policy.istio_mutual() || auto.is_some()).then(|| IstioTls {
                 sni: istio_sni(port.port, subset, &svc.hostname),
-                sans: identities(&snap.mesh.trust_domain, svc, &endpoints),
+                sans: identities(&snap.mesh.trust_domains(), svc, &endpoints),
                 auto,
             });
             let auto = identity.as_ref().filter(|i| i.auto.is_some());
@@ -499,8 +499,10 @@ pub fn istio_sni(port: u32, subset: &str, hostname: &str) -> String {
     outbound_name("outbound_.", port, "_.", subset, hostname)
 }
 
-/// The SPIFFE IDs of the endpoints' service accounts, sorted, unique.
-fn identities(trust_domain: &str, svc: &Service, endpoints: &[&Endpoint]) -> Vec<String> {
+/// The SPIFFE IDs of the endpoints' service accounts, sorted, unique, in
+/// each of the mesh's trust domains (its own, then its aliases: Istio's
+/// `ExpandWithTrustDomains`).
+fn identities(trust_domains: &[&str], svc: &Service, endpoints: &[&Endpoint]) -> Vec<String> {
     // The IDs differ only after a common prefix: sorting the accounts
     // sorts them (and a Deployment's replicas share one account).
     let mut accounts: Vec<&str> = endpoints
@@ -509,20 +511,11 @@ fn identities(trust_domain: &str, svc: &Service, endpoints: &[&Endpoint]) -> Vec
         .collect();
     accounts.sort_unstable();
     accounts.dedup();
-    accounts
-        .into_iter()
+    trust_domains
+        .iter()
+        .flat_map(|td| accounts.iter().map(move |sa| (td, sa)))
         // Written out rather than `format!`: per cluster of every service.
-        .map(|sa| {
-            [
-                "spiffe://",
-                trust_domain,
-                "/ns/",
-                &svc.namespace,
-                "/sa/",
-                sa,
-            ]
-            .concat()
-        })
+        .map(|(td, sa)| ["spiffe://", td, "/ns/", &svc.namespace, "/sa/", sa].concat())
         .collect()
 }
 

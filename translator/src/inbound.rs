@@ -49,7 +49,7 @@ use envoy_types::pb::google::protobuf::BoolValue;
 use envoy_types::util::pack_any;
 
 use crate::cluster::BLACKHOLE_CLUSTER;
-use crate::model::{Config, InboundPort, MeshConfig, Protocol, Proxy, ROOT_NAMESPACE, Snapshot};
+use crate::model::{Config, InboundPort, MeshConfig, Protocol, Proxy, Snapshot};
 use crate::policy::{ROOT_CA, UPSTREAM_HTTP_OPTIONS, WORKLOAD_CERT, agent_secret};
 use crate::{duration, socket_address};
 
@@ -147,7 +147,7 @@ pub fn peer_policy_of(
                 && s.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
         })
     };
-    let mesh = in_namespace(snap, ROOT_NAMESPACE).find(unselected);
+    let mesh = in_namespace(snap, &snap.mesh.root_namespace).find(unselected);
     let ns_level = in_namespace(snap, namespace).find(unselected);
     let workload = in_namespace(snap, namespace).find(selects);
     let mesh_mode = mesh
@@ -272,7 +272,7 @@ fn port_chains(
         name: format!("{label}-mtls"),
         filter_chain_match: Some(matching("tls", alpn)),
         filters: filters(),
-        transport_socket: Some(istio_server_tls(&mesh.trust_domain, http)),
+        transport_socket: Some(istio_server_tls(&mesh.trust_domains(), http)),
         ..Default::default()
     };
     let plain = |suffix: &str, transport: &str| FilterChain {
@@ -301,8 +301,8 @@ fn port_chains(
 
 /// Istio's server side of mesh mTLS: the workload certificate and root
 /// from the node agent, a client certificate required and its SPIFFE ID
-/// in the mesh's trust domain.
-fn istio_server_tls(trust_domain: &str, http: bool) -> TransportSocket {
+/// in one of the mesh's trust domains (its own and its aliases).
+fn istio_server_tls(trust_domains: &[&str], http: bool) -> TransportSocket {
     let common = CommonTlsContext {
         alpn_protocols: if http {
             vec!["h2".into(), "http/1.1".into()]
@@ -314,16 +314,19 @@ fn istio_server_tls(trust_domain: &str, http: bool) -> TransportSocket {
             common_tls_context::ValidationContextType::CombinedValidationContext(
                 common_tls_context::CombinedCertificateValidationContext {
                     default_validation_context: Some(CertificateValidationContext {
-                        match_typed_subject_alt_names: vec![SubjectAltNameMatcher {
-                            san_type: subject_alt_name_matcher::SanType::Uri as i32,
-                            matcher: Some(StringMatcher {
-                                match_pattern: Some(string_matcher::MatchPattern::Prefix(format!(
-                                    "spiffe://{trust_domain}/"
-                                ))),
+                        match_typed_subject_alt_names: trust_domains
+                            .iter()
+                            .map(|td| SubjectAltNameMatcher {
+                                san_type: subject_alt_name_matcher::SanType::Uri as i32,
+                                matcher: Some(StringMatcher {
+                                    match_pattern: Some(string_matcher::MatchPattern::Prefix(
+                                        format!("spiffe://{td}/"),
+                                    )),
+                                    ..Default::default()
+                                }),
                                 ..Default::default()
-                            }),
-                            ..Default::default()
-                        }],
+                            })
+                            .collect(),
                         ..Default::default()
                     }),
                     validation_context_sds_secret_config: Some(agent_secret(ROOT_CA)),

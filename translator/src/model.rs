@@ -251,6 +251,26 @@ pub struct MeshConfig {
     /// `defaultHttpRetryPolicy`: the retries of routes that set none;
     /// `None`: Istio's default policy.
     pub default_retry: Option<crds::virtual_service::HttpRetry>,
+    /// `trustDomainAliases`: identities in these trust domains are the
+    /// mesh's too.
+    pub trust_domain_aliases: Vec<String>,
+    /// `rootNamespace`: where mesh-wide `Sidecar`s and
+    /// `PeerAuthentication`s live (`istio-system`).
+    pub root_namespace: String,
+}
+
+impl MeshConfig {
+    /// The trust domain and its aliases, in that order, without repeats:
+    /// the trust domains a peer's SPIFFE ID may be in.
+    pub fn trust_domains(&self) -> Vec<&str> {
+        let mut all = vec![self.trust_domain.as_str()];
+        for alias in &self.trust_domain_aliases {
+            if !all.contains(&alias.as_str()) {
+                all.push(alias);
+            }
+        }
+        all
+    }
 }
 
 /// The `exportTo` of objects that set none (mesh config
@@ -354,6 +374,8 @@ impl Default for MeshConfig {
             tcp_keepalive: None,
             h2_upgrade: false,
             default_retry: None,
+            trust_domain_aliases: Vec::new(),
+            root_namespace: ROOT_NAMESPACE.to_owned(),
         }
     }
 }
@@ -624,6 +646,13 @@ impl Snapshot {
         self.mesh.tcp_keepalive = m.tcp_keepalive;
         self.mesh.h2_upgrade = m.h2_upgrade_policy == Some(crds::mesh::H2UpgradePolicy::Upgrade);
         self.mesh.default_retry = m.default_http_retry_policy;
+        if let Some(td) = m.trust_domain.filter(|t| !t.is_empty()) {
+            self.mesh.trust_domain = td;
+        }
+        self.mesh.trust_domain_aliases = m.trust_domain_aliases.unwrap_or_default();
+        if let Some(root) = m.root_namespace.filter(|r| !r.is_empty()) {
+            self.mesh.root_namespace = root;
+        }
         let export = |list: Option<Vec<String>>| list.unwrap_or_default();
         self.mesh.default_export_to = DefaultExportTo {
             services: export(m.default_service_export_to),
@@ -1211,7 +1240,7 @@ impl Snapshot {
             .or_else(|| {
                 self.sidecars
                     .iter()
-                    .filter(|sc| sc.namespace == ROOT_NAMESPACE)
+                    .filter(|sc| sc.namespace == self.mesh.root_namespace)
                     .find(unselected)
             })
     }

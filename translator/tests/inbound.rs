@@ -363,3 +363,113 @@ fn inbound_changes_reach_the_workloads_they_concern() {
     );
     assert!(matches!(changes.effect(&reviews()), Effect::Endpoints(_)));
 }
+
+/// The mesh config's `rootNamespace` (where mesh-wide PeerAuthentications
+/// and Sidecars live), `trustDomain` and `trustDomainAliases` (the SPIFFE
+/// IDs clients expect of servers, and servers accept of clients).
+#[test]
+fn root_namespace_and_trust_domains_follow_the_mesh_config() {
+    use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+        DownstreamTlsContext, common_tls_context,
+    };
+    let configmap = |mesh: &str| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: istio, namespace: istio-system}}\ndata:\n  mesh: |\n    {mesh}\n---\n"
+        )
+    };
+    let strict_in = |ns: &str| pa("default", ns, "{mtls: {mode: STRICT}}");
+    let p = reviews();
+    let mode = |extra: &str| peer_policy(&mesh(extra), &p).mode;
+    // In istio-system by default; elsewhere once the mesh config says so.
+    assert_eq!(mode(&strict_in("istio-system")), PeerMode::Strict);
+    assert_eq!(mode(&strict_in("mesh-root")), PeerMode::Permissive);
+    let moved = configmap("{rootNamespace: mesh-root}");
+    assert_eq!(
+        mode(&format!("{moved}{}", strict_in("mesh-root"))),
+        PeerMode::Strict
+    );
+    assert_eq!(
+        mode(&format!("{moved}{}", strict_in("istio-system"))),
+        PeerMode::Permissive
+    );
+    // A Sidecar there is mesh-wide, and a change to it reaches every sidecar.
+    let sidecar = "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default, namespace: mesh-root}\nspec: {egress: [{hosts: ['./ratings.default.svc.cluster.local']}]}\n---\n";
+    let scoped = mesh(&format!("{moved}{sidecar}"));
+    let clusters: Vec<String> = generate(&scoped, &p)
+        .clusters
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert!(
+        clusters.iter().all(|c| !c.contains("reviews.default")),
+        "{clusters:?}"
+    );
+    let before = mesh(&moved);
+    assert_eq!(
+        ChangeSet::between(&before, &scoped).effect(&p),
+        Effect::Full
+    );
+
+    // Trust domain and aliases: the SANs ratings' clients expect of
+    // reviews, and the prefixes reviews' inbound accepts.
+    let domains = mesh(&configmap(
+        "{trustDomain: new.example, trustDomainAliases: [cluster.local, old.example]}",
+    ));
+    let out = generate(
+        &domains,
+        &proxy("10.244.0.13", "ratings-0", &[("app", "ratings")]),
+    );
+    let cluster = out
+        .clusters
+        .iter()
+        .find(|c| c.name == "outbound|9080||reviews.default.svc.cluster.local")
+        .unwrap();
+    let tls = cluster.transport_socket_matches[0]
+        .transport_socket
+        .as_ref()
+        .and_then(|t| match &t.config_type {
+            Some(ConfigType::TypedConfig(any)) => Some(
+                envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext::decode(
+                    any.value.as_slice(),
+                )
+                .unwrap(),
+            ),
+            _ => None,
+        })
+        .unwrap();
+    let text = format!("{tls:?}");
+    for td in ["new.example", "cluster.local", "old.example"] {
+        assert!(
+            text.contains(&format!("spiffe://{td}/ns/default/sa/reviews")),
+            "{td}: {text}"
+        );
+    }
+    let out = generate(&domains, &p);
+    let tls = chains(&out, Some(9080))
+        .into_iter()
+        .find_map(|c| match &c.transport_socket.as_ref()?.config_type {
+            Some(ConfigType::TypedConfig(any)) => {
+                Some(DownstreamTlsContext::decode(any.value.as_slice()).unwrap())
+            }
+            _ => None,
+        })
+        .unwrap();
+    let Some(common_tls_context::ValidationContextType::CombinedValidationContext(v)) =
+        tls.common_tls_context.unwrap().validation_context_type
+    else {
+        panic!("no validation context");
+    };
+    let prefixes: Vec<String> = v
+        .default_validation_context
+        .unwrap()
+        .match_typed_subject_alt_names
+        .iter()
+        .map(|m| format!("{:?}", m.matcher.as_ref().unwrap().match_pattern))
+        .collect();
+    assert_eq!(prefixes.len(), 3, "{prefixes:?}");
+    assert!(
+        prefixes[0].contains("spiffe://new.example/")
+            && prefixes[2].contains("spiffe://old.example/")
+    );
+}
