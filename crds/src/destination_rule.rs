@@ -217,7 +217,7 @@ pub struct MagLev {
 }
 
 /// Istio `LocalityLoadBalancerSetting`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LocalityLbSetting {
     /// Weighted distribution between localities.
@@ -235,7 +235,7 @@ pub struct LocalityLbSetting {
 }
 
 /// Istio `LocalityLoadBalancerSetting.Distribute`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LocalityDistribute {
     /// Origin locality `region/zone/subzone` (wildcards allowed).
@@ -247,7 +247,7 @@ pub struct LocalityDistribute {
 }
 
 /// Istio `LocalityLoadBalancerSetting.Failover`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LocalityFailover {
     /// Origin region.

@@ -98,6 +98,11 @@ pub struct MeshConfigSpec {
     /// and `PeerAuthentication` resources live.
     #[serde(default)]
     pub root_namespace: Option<String>,
+    /// `localityLbSetting` (default `{enabled: true}`): the locality load
+    /// balancing of clusters whose DestinationRule sets none. As in Istio
+    /// it applies only with outlier detection and a proxy locality.
+    #[serde(default)]
+    pub locality_lb_setting: Option<crate::destination_rule::LocalityLbSetting>,
     /// Every other top-level field, by name (not acted on yet).
     #[serde(flatten)]
     pub unsupported: BTreeMap<String, serde_json::Value>,

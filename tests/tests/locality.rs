@@ -131,3 +131,45 @@ fn distribute_splits_by_locality_weight() {
     );
     assert_eq!(envoy.rejected(), 0);
 }
+
+/// Istio's default mesh `localityLbSetting` (`{enabled: true}`): a
+/// DestinationRule with outlier detection and no `localityLbSetting` keeps
+/// traffic in the proxy's zone and fails over by distance; the mesh config
+/// turning it off spreads traffic over every locality.
+#[test]
+fn the_mesh_default_prioritises_localities_under_outlier_detection() {
+    let mesh = Mesh::start(true, &[]);
+    mesh.cfg.write("platform-local.yaml", PLATFORM);
+    mesh.cfg.write(
+        "dr.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews-local}
+spec:
+  host: reviews-local
+  trafficPolicy:
+    outlierDetection: {consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 3m, maxEjectionPercent: 100}
+",
+    );
+    mesh.wait_loaded(2);
+    let envoy = mesh.proxy_at(SIDECAR, &SIDECAR_LABELS, "region1/zone1", 15000);
+    assert_eq!(
+        tally(&format!("{URL}/"), "reviews-local", &[], 30),
+        only("v1", 30)
+    );
+    failover_to(&format!("{URL}/fail-on/v1"), "v2");
+    mesh.apply(
+        &[&envoy],
+        "mesh.yaml",
+        &e2e::mesh_config("localityLbSetting: {enabled: false}"),
+    );
+    // One priority now: the ejected v1 aside, v2 and v3 share the load.
+    let counts = tally(&format!("{URL}/"), "reviews-local", &[], 200);
+    assert_binomial(
+        counts.get("reviews v3").copied().unwrap_or(0),
+        200,
+        0.5,
+        "region2/zone1 without locality priorities",
+    );
+    assert_eq!(envoy.rejected(), 0);
+}

@@ -257,6 +257,8 @@ pub struct MeshConfig {
     /// `rootNamespace`: where mesh-wide `Sidecar`s and
     /// `PeerAuthentication`s live (`istio-system`).
     pub root_namespace: String,
+    /// `localityLbSetting`; `None`: Istio's default, `{enabled: true}`.
+    pub locality_lb: Option<crds::destination_rule::LocalityLbSetting>,
 }
 
 impl MeshConfig {
@@ -376,6 +378,7 @@ impl Default for MeshConfig {
             default_retry: None,
             trust_domain_aliases: Vec::new(),
             root_namespace: ROOT_NAMESPACE.to_owned(),
+            locality_lb: None,
         }
     }
 }
@@ -650,6 +653,7 @@ impl Snapshot {
             self.mesh.trust_domain = td;
         }
         self.mesh.trust_domain_aliases = m.trust_domain_aliases.unwrap_or_default();
+        self.mesh.locality_lb = m.locality_lb_setting;
         if let Some(root) = m.root_namespace.filter(|r| !r.is_empty()) {
             self.mesh.root_namespace = root;
         }

@@ -58,8 +58,9 @@ pub struct Effective {
     pub mesh: MeshPool,
 }
 
-/// The mesh config's connection defaults for one cluster (`connectTimeout`,
-/// `tcpKeepalive`, `h2UpgradePolicy`); all unset under Istio's defaults.
+/// The mesh config's defaults for one cluster (`connectTimeout`,
+/// `tcpKeepalive`, `h2UpgradePolicy`, `localityLbSetting`); all unset
+/// under Istio's defaults.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct MeshPool {
     /// `connectTimeout`, when not Istio's 10 s.
@@ -69,7 +70,19 @@ pub struct MeshPool {
     /// `h2UpgradePolicy: UPGRADE`, on an HTTP/1.1 port (only those are
     /// upgraded, as Istio's `shouldH2Upgrade`).
     pub h2_upgrade: bool,
+    /// `localityLbSetting`, when not Istio's default (`{enabled: true}`).
+    pub locality: Option<crds::destination_rule::LocalityLbSetting>,
 }
+
+/// Istio's default mesh `localityLbSetting`: enabled, with nothing else
+/// set (localities prioritised by closeness).
+static MESH_LOCALITY_DEFAULT: crds::destination_rule::LocalityLbSetting =
+    crds::destination_rule::LocalityLbSetting {
+        distribute: Vec::new(),
+        failover: Vec::new(),
+        failover_priority: Vec::new(),
+        enabled: Some(true),
+    };
 
 impl MeshPool {
     /// The defaults `mesh` gives a cluster of a port speaking `protocol`.
@@ -78,6 +91,7 @@ impl MeshPool {
             connect_timeout: mesh.connect_timeout,
             tcp_keepalive: mesh.tcp_keepalive.clone(),
             h2_upgrade: mesh.h2_upgrade && protocol == crate::model::Protocol::Http,
+            locality: mesh.locality_lb.clone(),
         }
     }
 }
@@ -749,8 +763,15 @@ impl Effective {
     /// The `localityLbSetting` that applies for a proxy at `proxy`
     /// (`region/zone/subzone`): set, not disabled, with outlier detection,
     /// and the proxy's locality known.
+    /// The rule's `localityLbSetting`, else the mesh config's (Istio's
+    /// `GetLocalityLbSetting`), when it applies to a proxy at `proxy`.
     fn locality_setting(&self, proxy: &str) -> Option<&crds::destination_rule::LocalityLbSetting> {
-        let setting = self.load_balancer.as_ref()?.locality_lb_setting.as_ref()?;
+        let setting = self
+            .load_balancer
+            .as_ref()
+            .and_then(|lb| lb.locality_lb_setting.as_ref())
+            .or(self.mesh.locality.as_ref())
+            .unwrap_or(&MESH_LOCALITY_DEFAULT);
         (self.outlier_detection.is_some() && setting.enabled != Some(false) && !proxy.is_empty())
             .then_some(setting)
     }
