@@ -103,7 +103,104 @@ pub struct MeshConfigSpec {
     /// it applies only with outlier detection and a proxy locality.
     #[serde(default)]
     pub locality_lb_setting: Option<crate::destination_rule::LocalityLbSetting>,
+    /// `enableTracing` (Istio's default true): the legacy tracing switch.
+    /// Without a tracing provider Istio writes only sampling settings,
+    /// which have no effect without a tracer; not written here.
+    #[serde(default)]
+    pub enable_tracing: Option<bool>,
+    /// `extensionProviders`: named backends the mesh can use; the `zipkin`
+    /// ones trace ([`DefaultProviders::tracing`]).
+    #[serde(default)]
+    pub extension_providers: Option<Vec<ExtensionProvider>>,
+    /// `defaultProviders`: the providers used where no Telemetry resource
+    /// says otherwise.
+    #[serde(default)]
+    pub default_providers: Option<DefaultProviders>,
+    /// `defaultConfig`: the proxies' own settings (`ProxyConfig`), read by
+    /// the injector and the agent; here only `tracing.sampling` and
+    /// `tracing.maxPathTagLength`.
+    #[serde(default)]
+    pub default_config: Option<ProxyConfigSpec>,
     /// Every other top-level field, by name (not acted on yet).
+    #[serde(flatten)]
+    pub unsupported: BTreeMap<String, serde_json::Value>,
+}
+
+/// `MeshConfig.ExtensionProvider`: a name and one provider.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExtensionProvider {
+    /// How `defaultProviders` (and Telemetry resources) name it.
+    pub name: String,
+    /// A Zipkin collector (Zipkin, Jaeger, ...): spans as Zipkin v2 JSON.
+    #[serde(default)]
+    pub zipkin: Option<ZipkinProvider>,
+    /// Every other kind (`opentelemetry`, `envoyExtAuthzHttp`, ...), by
+    /// name (not acted on yet).
+    #[serde(flatten)]
+    pub unsupported: BTreeMap<String, serde_json::Value>,
+}
+
+/// `MeshConfig.ExtensionProvider.ZipkinTracingProvider`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ZipkinProvider {
+    /// The collector's service: its hostname
+    /// (`zipkin.istio-system.svc.cluster.local`), or `namespace/hostname`.
+    pub service: String,
+    /// The collector's service port (Zipkin's is 9411).
+    pub port: u32,
+    /// The longest `http.url` tag, in bytes (Envoy's default 256).
+    #[serde(default)]
+    pub max_tag_length: Option<u32>,
+    /// 64-bit trace IDs rather than Istio's default 128-bit ones.
+    #[serde(default, rename = "enable64bitTraceId")]
+    pub enable_64bit_trace_id: Option<bool>,
+    /// The collector's endpoint (default `/api/v2/spans`).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Every other field, by name (not acted on yet).
+    #[serde(flatten)]
+    pub unsupported: BTreeMap<String, serde_json::Value>,
+}
+
+/// `MeshConfig.DefaultProviders`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DefaultProviders {
+    /// The tracing providers, by name (the first is used, as Istio).
+    #[serde(default)]
+    pub tracing: Vec<String>,
+    /// `metrics`, `accessLogging`, by name (not acted on yet).
+    #[serde(flatten)]
+    pub unsupported: BTreeMap<String, serde_json::Value>,
+}
+
+/// `ProxyConfig` (the mesh config's `defaultConfig`), the parts read here.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyConfigSpec {
+    /// `tracing`.
+    #[serde(default)]
+    pub tracing: Option<ProxyTracing>,
+    /// The rest: the agent's and the injector's settings.
+    #[serde(flatten)]
+    pub proxy_side: BTreeMap<String, serde_json::Value>,
+}
+
+/// `ProxyConfig.Tracing`, the parts read here.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyTracing {
+    /// Percentage of requests traced, 0.0 to 100.0 (Istio's default 1.0;
+    /// 0 keeps the default, over 100 is 1.0, as Istio reads it).
+    #[serde(default)]
+    pub sampling: Option<f64>,
+    /// The longest `http.url` tag, in bytes, when the provider sets none.
+    #[serde(default)]
+    pub max_path_tag_length: Option<u32>,
+    /// Every other field (`zipkin`, `customTags`, ...), by name: the
+    /// bootstrap tracers of Istio before 1.22 are not written.
     #[serde(flatten)]
     pub unsupported: BTreeMap<String, serde_json::Value>,
 }

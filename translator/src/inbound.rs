@@ -183,6 +183,7 @@ fn in_namespace<'a>(snap: &'a Snapshot, ns: &'a str) -> impl Iterator<Item = &'a
 pub(crate) fn build(snap: &Snapshot, proxy: &Proxy) -> (Listener, Vec<Cluster>) {
     let policy = peer_policy(snap, proxy);
     let mesh = &snap.mesh;
+    let tracing = crate::trace::hcm_tracing(snap, proxy);
     let mut chains = vec![FilterChain {
         // Traffic addressed to 15006 itself would loop.
         name: "virtualInbound-blackhole".into(),
@@ -203,13 +204,20 @@ pub(crate) fn build(snap: &Snapshot, proxy: &Proxy) -> (Listener, Vec<Cluster>) 
         let name = inbound_cluster_name(p.port);
         let http2 = matches!(p.protocol, Protocol::Http2 | Protocol::Grpc);
         clusters.push(original_dst_cluster(&name, http2));
-        chains.extend(port_chains(policy.for_port(p.port), Some(p), &name, mesh));
+        chains.extend(port_chains(
+            policy.for_port(p.port),
+            Some(p),
+            &name,
+            mesh,
+            tracing.as_ref(),
+        ));
     }
     chains.extend(port_chains(
         policy.mode,
         None,
         INBOUND_PASSTHROUGH_CLUSTER,
         mesh,
+        None,
     ));
     let listener = Listener {
         name: VIRTUAL_INBOUND.into(),
@@ -245,12 +253,14 @@ fn listener_filter_of<M: prost::Name>(name: &str, config: M) -> ListenerFilter {
 }
 
 /// The chains of one served port (`port` None: every other port, to the
-/// passthrough cluster) under `mode`, each ending in `cluster`.
+/// passthrough cluster) under `mode`, each ending in `cluster`; an HTTP
+/// port's connection manager traces as `tracing` says.
 fn port_chains(
     mode: PeerMode,
     port: Option<&InboundPort>,
     cluster: &str,
     mesh: &MeshConfig,
+    tracing: Option<&http_connection_manager::Tracing>,
 ) -> Vec<FilterChain> {
     let http = port.is_some_and(|p| p.protocol.is_http());
     let label = port.map_or_else(
@@ -258,7 +268,7 @@ fn port_chains(
         |p| format!("0.0.0.0_{}", p.port),
     );
     let filters = || match port {
-        Some(p) if http => vec![inbound_hcm(p.port, cluster, mesh)],
+        Some(p) if http => vec![inbound_hcm(p.port, cluster, mesh, tracing)],
         _ => vec![tcp_proxy_filter(&format!("inbound_{label}"), cluster, mesh)],
     };
     let matching = |transport: &str, alpn: &[&str]| FilterChainMatch {
@@ -349,9 +359,15 @@ fn istio_server_tls(trust_domains: &[&str], http: bool) -> TransportSocket {
 
 /// Istio's inbound HTTP connection manager: everything to `cluster`, no
 /// route timeout, the caller's certificate details (subject, URI, DNS)
-/// appended to `x-forwarded-client-cert`.
-fn inbound_hcm(port: u32, cluster: &str, mesh: &MeshConfig) -> Filter {
+/// appended to `x-forwarded-client-cert`; traced as `tracing` says.
+fn inbound_hcm(
+    port: u32,
+    cluster: &str,
+    mesh: &MeshConfig,
+    tracing: Option<&http_connection_manager::Tracing>,
+) -> Filter {
     let hcm = HttpConnectionManager {
+        tracing: tracing.cloned(),
         stat_prefix: format!("inbound_0.0.0.0_{port}"),
         route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(
             RouteConfiguration {

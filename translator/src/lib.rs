@@ -21,6 +21,7 @@ pub mod log_format;
 pub mod model;
 pub mod policy;
 pub mod route;
+pub mod trace;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::{

@@ -10,7 +10,7 @@ use crds::GatewaySpec;
 use crds::VirtualServiceSpec;
 use crds::gateway::{Server, ServerTlsMode, ServerTlsSettings, TlsProtocol};
 use envoy_types::pb::envoy::config::core::v3::{
-    CidrRange, DataSource, TransportSocket, data_source, transport_socket,
+    CidrRange, DataSource, TrafficDirection, TransportSocket, data_source, transport_socket,
 };
 use envoy_types::pb::envoy::config::listener::v3::{
     Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter, listener_filter,
@@ -63,10 +63,12 @@ pub(crate) fn sidecar<'a>(
     } else {
         BLACKHOLE_CLUSTER
     };
+    let tracing = crate::trace::hcm_tracing(snap, proxy);
     let mut listeners = vec![Listener {
         name: VIRTUAL_OUTBOUND.into(),
         address: Some(socket_address("0.0.0.0", VIRTUAL_OUTBOUND_PORT)),
         use_original_dst: Some(BoolValue { value: true }),
+        traffic_direction: TrafficDirection::Outbound as i32,
         filter_chains: vec![tcp_chain(
             "virtualOutbound-catchall-tcp",
             fallback,
@@ -142,6 +144,7 @@ pub(crate) fn sidecar<'a>(
                 &port.to_string(),
                 false,
                 &snap.mesh,
+                tracing.as_ref(),
             )
         };
         let mut listener = unbound_listener(&name, "0.0.0.0", port, default_chain);
@@ -857,6 +860,7 @@ pub(crate) fn gateway(
                 .push(GatewayServer { gw, index, server });
         }
     }
+    let tracing = crate::trace::hcm_tracing(snap, proxy);
     let mut listeners = Vec::new();
     let mut routes = Vec::new();
     let mut secrets: BTreeMap<String, Secret> = BTreeMap::new();
@@ -877,6 +881,7 @@ pub(crate) fn gateway(
                 &name,
                 true,
                 &snap.mesh,
+                tracing.as_ref(),
             ));
         }
         for gs in &servers {
@@ -900,8 +905,13 @@ pub(crate) fn gateway(
                         &[gs],
                         warnings,
                     ));
-                    let mut chain =
-                        hcm_chain(&format!("outbound_0.0.0.0_{port}"), &name, true, &snap.mesh);
+                    let mut chain = hcm_chain(
+                        &format!("outbound_0.0.0.0_{port}"),
+                        &name,
+                        true,
+                        &snap.mesh,
+                        tracing.as_ref(),
+                    );
                     chain.name = name;
                     chain.filter_chain_match = Some(FilterChainMatch {
                         server_names: gs.sni(),
@@ -1297,12 +1307,16 @@ fn wildcard_match(pattern: &str, host: &str) -> bool {
     }
 }
 
+/// A sidecar's outbound listener for `ip:port`, reached through
+/// `virtualOutbound`; outbound, as Istio marks it (its connection
+/// managers' spans are then the client's).
 fn unbound_listener(name: &str, ip: &str, port: u32, chain: FilterChain) -> Listener {
     Listener {
         name: name.to_owned(),
         address: Some(socket_address(ip, port)),
         bind_to_port: Some(BoolValue { value: false }),
         filter_chains: vec![chain],
+        traffic_direction: TrafficDirection::Outbound as i32,
         ..Default::default()
     }
 }
@@ -1351,8 +1365,10 @@ fn hcm_chain(
     route_config: &str,
     gateway: bool,
     mesh: &crate::model::MeshConfig,
+    tracing: Option<&http_connection_manager::Tracing>,
 ) -> FilterChain {
     let hcm = HttpConnectionManager {
+        tracing: tracing.cloned(),
         stat_prefix: stat_prefix.to_owned(),
         route_specifier: Some(http_connection_manager::RouteSpecifier::Rds(Rds {
             config_source: Some(ads_config_source_waited_for()),

@@ -259,7 +259,41 @@ pub struct MeshConfig {
     pub root_namespace: String,
     /// `localityLbSetting`; `None`: Istio's default, `{enabled: true}`.
     pub locality_lb: Option<crds::destination_rule::LocalityLbSetting>,
+    /// The tracing provider (`defaultProviders.tracing` naming a `zipkin`
+    /// extension provider); `None`: no tracing.
+    pub tracing: Option<TracingProvider>,
 }
+
+/// A Zipkin tracing provider (mesh config `extensionProviders[].zipkin`),
+/// with the sampling of `defaultConfig.tracing`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TracingProvider {
+    /// The collector's service: a hostname, or `namespace/hostname`.
+    pub service: String,
+    /// The collector's service port.
+    pub port: u32,
+    /// The collector's endpoint (`/api/v2/spans`).
+    pub path: String,
+    /// 128-bit trace IDs (Istio's default), else 64-bit.
+    pub trace_id_128bit: bool,
+    /// The longest `http.url` tag, in bytes; `None`: Envoy's 256.
+    pub max_path_tag_length: Option<u32>,
+    /// The share of requests traced, percent.
+    pub sampling: Percentage,
+}
+
+/// A percentage, 0.0 to 100.0 (compared by its bits, so that settings can
+/// be compared whole).
+#[derive(Clone, Copy, Debug)]
+pub struct Percentage(pub f64);
+
+impl PartialEq for Percentage {
+    fn eq(&self, other: &Percentage) -> bool {
+        self.0.to_bits() == other.0.to_bits()
+    }
+}
+
+impl Eq for Percentage {}
 
 impl MeshConfig {
     /// The trust domain and its aliases, in that order, without repeats:
@@ -379,6 +413,7 @@ impl Default for MeshConfig {
             trust_domain_aliases: Vec::new(),
             root_namespace: ROOT_NAMESPACE.to_owned(),
             locality_lb: None,
+            tracing: None,
         }
     }
 }
@@ -452,6 +487,84 @@ fn access_log_format(
             Some(format!("{e}; {istio_default}")),
         ),
     }
+}
+
+/// Istio's default sampling (`PILOT_TRACE_SAMPLING`), percent.
+const DEFAULT_TRACE_SAMPLING: f64 = 1.0;
+
+/// The tracing provider the mesh config names (`defaultProviders.tracing`,
+/// the first name, as Istio), with `defaultConfig.tracing`'s sampling and
+/// path tag length; what cannot be acted on is passed to `warn` as
+/// (field, reason).
+fn tracing_provider(
+    providers: &[crds::mesh::ExtensionProvider],
+    defaults: Option<&crds::mesh::DefaultProviders>,
+    proxy_tracing: Option<&crds::mesh::ProxyTracing>,
+    warn: &mut impl FnMut(String, String),
+) -> Option<TracingProvider> {
+    for (i, p) in providers.iter().enumerate() {
+        for kind in p.unsupported.keys() {
+            warn(
+                format!("data.mesh.extensionProviders[{i}].{kind}"),
+                "not supported yet; ignored".into(),
+            );
+        }
+        for field in p.zipkin.iter().flat_map(|z| z.unsupported.keys()) {
+            warn(
+                format!("data.mesh.extensionProviders[{i}].zipkin.{field}"),
+                "not supported yet; ignored".into(),
+            );
+        }
+    }
+    for field in defaults.iter().flat_map(|d| d.unsupported.keys()) {
+        warn(
+            format!("data.mesh.defaultProviders.{field}"),
+            "not supported yet; ignored".into(),
+        );
+    }
+    for field in proxy_tracing.iter().flat_map(|t| t.unsupported.keys()) {
+        warn(
+            format!("data.mesh.defaultConfig.tracing.{field}"),
+            "not written (Istio's bootstrap tracers before 1.22); name a zipkin extension provider in defaultProviders.tracing".into(),
+        );
+    }
+    let name = defaults?.tracing.first()?;
+    let Some(provider) = providers.iter().find(|p| &p.name == name) else {
+        warn(
+            "data.mesh.defaultProviders.tracing".into(),
+            format!("no extension provider is named {name:?}; no tracing"),
+        );
+        return None;
+    };
+    let Some(zipkin) = &provider.zipkin else {
+        warn(
+            "data.mesh.defaultProviders.tracing".into(),
+            format!("{name:?} is not a zipkin provider, the only kind supported yet; no tracing"),
+        );
+        return None;
+    };
+    // As Istio's `proxyConfigSamplingValue`: 0 keeps the default, over
+    // 100 is 1.
+    let sampling = match proxy_tracing.and_then(|t| t.sampling) {
+        Some(s) if s > 100.0 => 1.0,
+        Some(s) if s > 0.0 => s,
+        _ => DEFAULT_TRACE_SAMPLING,
+    };
+    Some(TracingProvider {
+        service: zipkin.service.clone(),
+        port: zipkin.port,
+        path: zipkin
+            .path
+            .clone()
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| "/api/v2/spans".into()),
+        trace_id_128bit: zipkin.enable_64bit_trace_id != Some(true),
+        max_path_tag_length: zipkin
+            .max_tag_length
+            .filter(|l| *l > 0)
+            .or(proxy_tracing.and_then(|t| t.max_path_tag_length)),
+        sampling: Percentage(sampling),
+    })
 }
 
 /// An immutable view of the whole mesh, shared by every push.
@@ -654,6 +767,12 @@ impl Snapshot {
         }
         self.mesh.trust_domain_aliases = m.trust_domain_aliases.unwrap_or_default();
         self.mesh.locality_lb = m.locality_lb_setting;
+        self.mesh.tracing = tracing_provider(
+            m.extension_providers.as_deref().unwrap_or_default(),
+            m.default_providers.as_ref(),
+            m.default_config.as_ref().and_then(|c| c.tracing.as_ref()),
+            &mut warn,
+        );
         if let Some(root) = m.root_namespace.filter(|r| !r.is_empty()) {
             self.mesh.root_namespace = root;
         }
@@ -1015,6 +1134,16 @@ impl Snapshot {
         }
         snap.inbound = inbound_index(&snap.services);
         snap.namespaces.sort();
+        if snap.mesh.tracing.is_some() {
+            // Spans carry the proxy's canonical service and revision.
+            snap.label_keys.extend(
+                [
+                    crate::trace::CANONICAL_NAME,
+                    crate::trace::CANONICAL_REVISION,
+                ]
+                .map(String::from),
+            );
+        }
         for vs in &snap.virtual_services {
             for m in vs.spec.http.iter().flat_map(|h| &h.matches) {
                 snap.label_keys.extend(m.source_labels.keys().cloned());

@@ -13,9 +13,10 @@ use envoy_types::pb::envoy::config::core::v3::{
 };
 use envoy_types::pb::envoy::config::route::v3::route_action::HashPolicy;
 use envoy_types::pb::envoy::config::route::v3::{
-    DirectResponseAction, HeaderMatcher, QueryParameterMatcher, RedirectAction, RetryPolicy, Route,
-    RouteAction, RouteMatch, WeightedCluster, header_matcher, query_parameter_matcher,
-    redirect_action, retry_policy, route, route_action, route_match, weighted_cluster,
+    Decorator, DirectResponseAction, HeaderMatcher, QueryParameterMatcher, RedirectAction,
+    RetryPolicy, Route, RouteAction, RouteMatch, WeightedCluster, header_matcher,
+    query_parameter_matcher, redirect_action, retry_policy, route, route_action, route_match,
+    weighted_cluster,
 };
 use envoy_types::pb::envoy::extensions::filters::common::fault::v3::{FaultDelay, fault_delay};
 use envoy_types::pb::envoy::extensions::filters::http::cors::v3::CorsPolicy;
@@ -116,6 +117,13 @@ pub(crate) fn virtual_service_routes(
                 Some(mn) => mn.to_owned(),
                 None => name.clone(),
             },
+            // The spans' name, when the mesh traces.
+            decorator: ctx
+                .snap
+                .mesh
+                .tracing
+                .is_some()
+                .then(|| crate::trace::decorator(Some(&m), Some(&action), &vs.name, ctx.port)),
             r#match: Some(m),
             action: Some(action),
             typed_per_filter_config: per_filter.clone(),
@@ -283,7 +291,17 @@ pub(crate) fn default_route(ctx: &RouteCtx<'_>, hostname: &str) -> Route {
         cluster_name(ctx.port, "", hostname),
         hash,
         ctx.snap.mesh.default_retry.as_ref(),
+        default_decorator(ctx, hostname),
     )
+}
+
+/// The default route's decorator when the mesh traces: `host:port/*`, as
+/// Istio's `TraceOperation`.
+fn default_decorator(ctx: &RouteCtx<'_>, hostname: &str) -> Option<Decorator> {
+    ctx.snap.mesh.tracing.as_ref().map(|_| Decorator {
+        operation: format!("{hostname}:{}/*", ctx.port),
+        ..Default::default()
+    })
 }
 
 /// The default route to `cluster`, hashing on `hash`, retrying as `retry`
@@ -292,9 +310,11 @@ fn default_route_to(
     cluster: String,
     hash: Option<HashPolicy>,
     retry: Option<&crds::virtual_service::HttpRetry>,
+    decorator: Option<Decorator>,
 ) -> Route {
     Route {
         name: "default".into(),
+        decorator,
         r#match: Some(prefix_match("/")),
         action: Some(route::Action::Route(RouteAction {
             cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster)),
@@ -351,7 +371,7 @@ struct DefaultRouteParts {
 static DEFAULT_ROUTE_PARTS: std::sync::LazyLock<DefaultRouteParts> =
     std::sync::LazyLock::new(|| {
         use prost::Message as _;
-        let whole = default_route_to(String::new(), None, None);
+        let whole = default_route_to(String::new(), None, None, None);
         let mut action = match whole.action {
             Some(route::Action::Route(a)) => a,
             _ => RouteAction::default(),
@@ -373,8 +393,9 @@ static DEFAULT_ROUTE_PARTS: std::sync::LazyLock<DefaultRouteParts> =
     });
 
 /// [`default_route`] encoded as a `VirtualHost`'s field 3 (`routes`).
-/// Without consistent hashing and with Istio's default retries (no mesh
-/// `defaultHttpRetryPolicy`) it differs from service to service only by
+/// Without consistent hashing, with Istio's default retries (no mesh
+/// `defaultHttpRetryPolicy`) and without tracing (no decorator) it
+/// differs from service to service only by
 /// its cluster, and is written from parts prost encodes once: the same
 /// bytes, since prost writes fields in tag order and the cluster is the
 /// first of the route action (the `cluster_specifier` oneof, tag 1),
@@ -385,9 +406,14 @@ pub(crate) fn default_route_field(ctx: &RouteCtx<'_>, hostname: &str) -> Vec<u8>
     let hash = consistent_hash_for(ctx, hostname, None, ctx.port);
     let cluster = cluster_name(ctx.port, "", hostname);
     let retry = ctx.snap.mesh.default_retry.as_ref();
-    if hash.is_some() || retry.is_some() {
+    let decorator = default_decorator(ctx, hostname);
+    if hash.is_some() || retry.is_some() || decorator.is_some() {
         let mut b = Vec::new();
-        message::encode(3, &default_route_to(cluster, hash, retry), &mut b);
+        message::encode(
+            3,
+            &default_route_to(cluster, hash, retry, decorator),
+            &mut b,
+        );
         return b;
     }
     written_default_route(&cluster)
@@ -1014,7 +1040,7 @@ mod tests {
             let mut want = Vec::new();
             prost::encoding::message::encode(
                 3,
-                &default_route_to(cluster.to_owned(), None, None),
+                &default_route_to(cluster.to_owned(), None, None, None),
                 &mut want,
             );
             assert_eq!(written_default_route(cluster), want, "{cluster}");

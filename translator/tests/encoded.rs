@@ -285,6 +285,35 @@ data:
     check_in_turn(&snap, &bookinfo_proxies());
 }
 
+/// The same with tracing on (a Zipkin provider): decorators take default
+/// routes off their pre-encoded path, and tracers go on every connection
+/// manager.
+#[test]
+fn memoised_bookinfo_matches_with_tracing() {
+    let mut texts = bookinfo();
+    texts.push(
+        "apiVersion: v1
+kind: Service
+metadata: {name: zipkin, namespace: istio-system}
+spec:
+  clusterIP: 10.96.0.90
+  ports: [{name: http-query, port: 9411}]
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |
+    extensionProviders: [{name: zipkin, zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411}}]
+    defaultProviders: {tracing: [zipkin]}
+"
+        .to_owned(),
+    );
+    let snap = snapshot(&texts);
+    assert!(snap.mesh.tracing.is_some());
+    check_in_turn(&snap, &bookinfo_proxies());
+}
+
 /// What the daemon labels a snapshot's first config key by
 /// (`istiod_xds_generation_seconds{kind="first_key"}`): nothing memoised
 /// in a new snapshot or a copy, something once a config is generated, and

@@ -1345,3 +1345,134 @@ spec:
         .unwrap();
     assert!(!h2(reviews));
 }
+
+/// A Zipkin extension provider named in `defaultProviders.tracing`: every
+/// HTTP connection manager gets the Zipkin tracer to the collector's
+/// cluster, `defaultConfig.tracing.sampling` and Istio's tags; routes get
+/// a decorator (the span's name). Without the collector's service the
+/// proxies are not traced (Envoy would refuse a tracer without its cluster).
+#[test]
+fn a_zipkin_provider_traces_http_connection_managers() {
+    use envoy_types::pb::envoy::config::trace::v3::{ZipkinConfig, tracing};
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+    let zipkin = "apiVersion: v1
+kind: Service
+metadata: {name: zipkin, namespace: istio-system}
+spec:
+  clusterIP: 10.96.0.90
+  ports: [{name: http-query, port: 9411}]
+";
+    let settings = mesh_configmap(
+        "{extensionProviders: [{name: zipkin, zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411}}], defaultProviders: {tracing: [zipkin], metrics: [prometheus]}, defaultConfig: {tracing: {sampling: 50}}}",
+    );
+    let snap = mesh(&format!("{zipkin}---\n{settings}"), MeshConfig::default());
+    let warned: Vec<String> = snap.warnings.iter().map(|w| w.to_string()).collect();
+    assert!(
+        warned.len() == 1 && warned[0].contains("data.mesh.defaultProviders.metrics"),
+        "{warned:?}"
+    );
+    let p = sidecar(&[
+        ("app", "client"),
+        ("service.istio.io/canonical-name", "client"),
+    ]);
+    let out = generate(&snap, &p);
+    let listener = out
+        .listeners
+        .iter()
+        .find(|l| l.name == "0.0.0.0_9080")
+        .unwrap();
+    let hcm: HttpConnectionManager = first_filter(listener.default_filter_chain.as_ref().unwrap());
+    let t = hcm.tracing.unwrap();
+    assert_eq!(t.random_sampling.map(|p| p.value), Some(50.0));
+    assert_eq!(t.client_sampling.map(|p| p.value), Some(100.0));
+    let tags: Vec<String> = t
+        .custom_tags
+        .iter()
+        .map(|t| format!("{}={:?}", t.tag, t.r#type))
+        .collect();
+    assert_eq!(tags.len(), 3);
+    assert!(
+        tags[1].starts_with("istio.canonical_service=") && tags[1].contains("\"client\""),
+        "{tags:?}"
+    );
+    let provider = t.provider.unwrap();
+    assert_eq!(provider.name, "envoy.tracers.zipkin");
+    let Some(tracing::http::ConfigType::TypedConfig(any)) = provider.config_type else {
+        panic!("no typed config");
+    };
+    let z = ZipkinConfig::decode(any.value.as_slice()).unwrap();
+    assert_eq!(
+        (
+            z.collector_cluster.as_str(),
+            z.collector_endpoint.as_str(),
+            z.trace_id_128bit
+        ),
+        (
+            "outbound|9411||zipkin.istio-system.svc.cluster.local",
+            "/api/v2/spans",
+            true
+        )
+    );
+    assert!(out.clusters.iter().any(|c| c.name == z.collector_cluster));
+    // The default route's decorator; a VirtualService route's names its
+    // single destination and the path it matches.
+    let vhost = |out: &Output, host: &str| {
+        route_config(out, "9080")
+            .virtual_hosts
+            .iter()
+            .find(|v| v.name == format!("{host}:9080"))
+            .unwrap()
+            .routes
+            .iter()
+            .map(|r| r.decorator.as_ref().map(|d| d.operation.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        vhost(&out, "reviews.default.svc.cluster.local"),
+        [Some("reviews.default.svc.cluster.local:9080/*".to_string())]
+    );
+    let vs = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{uri: {prefix: /api/}}]
+    route: [{destination: {host: reviews}}]
+  - route: [{destination: {host: reviews}, weight: 50}, {destination: {host: mongodb}, weight: 50}]
+";
+    let routed = mesh(
+        &format!("{zipkin}---\n{settings}---\n{vs}"),
+        MeshConfig::default(),
+    );
+    assert_eq!(
+        vhost(&generate(&routed, &p), "reviews.default.svc.cluster.local"),
+        [
+            Some("reviews.default.svc.cluster.local:9080/api/*".to_string()),
+            Some("reviews:9080/*".to_string())
+        ]
+    );
+
+    // No collector service: no tracer (and no decorator matters).
+    let alone = mesh(&settings, MeshConfig::default());
+    let out = generate(&alone, &p);
+    let listener = out
+        .listeners
+        .iter()
+        .find(|l| l.name == "0.0.0.0_9080")
+        .unwrap();
+    let hcm: HttpConnectionManager = first_filter(listener.default_filter_chain.as_ref().unwrap());
+    assert!(hcm.tracing.is_none());
+    // A provider that is not there is reported.
+    let unnamed = mesh(
+        &mesh_configmap("{defaultProviders: {tracing: [jaeger]}}"),
+        MeshConfig::default(),
+    );
+    assert!(
+        unnamed.warnings.iter().any(|w| w
+            .to_string()
+            .contains("no extension provider is named \"jaeger\"")),
+        "{:?}",
+        unnamed.warnings
+    );
+}

@@ -1,0 +1,135 @@
+//! Tracing on a real Envoy: a Zipkin extension provider named in the mesh
+//! config's `defaultProviders.tracing` has productpage's sidecar post spans
+//! (Zipkin v2 JSON) to a collector in the mesh, named by the route's
+//! decorator and tagged as Istio tags them, and pass the trace context on
+//! to the app.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use e2e::{Mesh, http_request, mesh_config};
+
+const REVIEWS: &str = "http://10.96.0.13:9080";
+
+/// The collector's Service in `istio-system`, its one endpoint the test's
+/// collector at 127.0.2.1.
+const ZIPKIN: &str = "apiVersion: v1
+kind: Service
+metadata: {name: zipkin, namespace: istio-system}
+spec:
+  clusterIP: 10.96.0.90
+  ports: [{name: http-query, port: 9411}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: zipkin-1, namespace: istio-system, labels: {kubernetes.io/service-name: zipkin}}
+addressType: IPv4
+ports: [{name: http-query, port: 9411}]
+endpoints: [{addresses: [127.0.2.1]}]
+";
+
+/// Starts a Zipkin collector on 127.0.2.1:9411 keeping every span posted
+/// to `/api/v2/spans`.
+fn start_collector(mesh: &Mesh) -> Arc<Mutex<Vec<serde_json::Value>>> {
+    let spans: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let kept = spans.clone();
+    let app = axum::Router::new().route(
+        "/api/v2/spans",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let kept = kept.clone();
+            async move {
+                if let Ok(serde_json::Value::Array(posted)) = serde_json::from_slice(&body) {
+                    kept.lock().unwrap().extend(posted);
+                }
+                axum::http::StatusCode::ACCEPTED
+            }
+        }),
+    );
+    mesh.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.2.1:9411")
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+    });
+    spans
+}
+
+#[test]
+fn spans_reach_the_zipkin_collector() {
+    let mesh = Mesh::start(true, &[]);
+    let spans = start_collector(&mesh);
+    mesh.cfg.write("zipkin.yaml", ZIPKIN);
+    mesh.cfg.write(
+        "mesh.yaml",
+        &mesh_config(
+            "extensionProviders: [{name: zipkin, zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411}}]\n\
+             defaultProviders: {tracing: [zipkin]}\n\
+             defaultConfig: {tracing: {sampling: 100}}",
+        ),
+    );
+    let start = Instant::now();
+    while !{
+        let snap = mesh.daemon.snapshots.borrow();
+        snap.mesh.tracing.is_some()
+            && snap
+                .services
+                .contains_key("zipkin.istio-system.svc.cluster.local")
+    } {
+        assert!(
+            start.elapsed() < e2e::SYNC,
+            "the daemon did not load the tracing config"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let envoy = mesh.sidecar();
+
+    // Envoy's Zipkin tracer posts once it holds 5 spans (or every 5 s).
+    let mut trace_ids = Vec::new();
+    for i in 0..5 {
+        let r = http_request(
+            &format!("{REVIEWS}/header/x-b3-traceid?n={i}"),
+            &[("host", "reviews")],
+        )
+        .unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
+        // The app got the trace context: a 128-bit trace ID.
+        assert_eq!(r.body.len(), 32, "{r:?}");
+        trace_ids.push(r.body);
+    }
+    let start = Instant::now();
+    let posted = loop {
+        let posted = spans.lock().unwrap().clone();
+        if posted.len() >= 5 {
+            break posted;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the collector got {} spans: {posted:?}",
+            posted.len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for span in &posted {
+        assert_eq!(
+            span["name"], "reviews.default.svc.cluster.local:9080/*",
+            "{span}"
+        );
+        assert_eq!(span["kind"], "CLIENT", "{span}");
+        let tags = &span["tags"];
+        assert_eq!(tags["istio.namespace"], "default", "{span}");
+        assert_eq!(tags["istio.canonical_service"], "unknown", "{span}");
+        assert_eq!(
+            tags["upstream_cluster"], "outbound|9080||reviews.default.svc.cluster.local",
+            "{span}"
+        );
+        assert!(
+            trace_ids.iter().any(|id| span["traceId"] == *id.as_str()),
+            "{span} is not one of the traces the app saw: {trace_ids:?}"
+        );
+    }
+    assert_eq!(envoy.rejected(), 0);
+}

@@ -1,0 +1,132 @@
+//! Tracing, as Istio configures it for a Zipkin provider (mesh config
+//! `extensionProviders[].zipkin` named in `defaultProviders.tracing`; the
+//! Telemetry API is not read yet): every HTTP connection manager gets the
+//! Zipkin tracer (`envoy.tracers.zipkin`, spans as Zipkin v2 JSON to the
+//! collector's outbound cluster), the mesh's sampling, and Istio's tags;
+//! every route gets a decorator naming its operation (Istio's
+//! `getRouteOperation`), the span's name.
+
+use envoy_types::pb::envoy::config::route::v3::{Decorator, RouteMatch, route, route_match};
+use envoy_types::pb::envoy::config::trace::v3::{ZipkinConfig, tracing, zipkin_config};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::Tracing;
+use envoy_types::pb::envoy::r#type::tracing::v3::{CustomTag, custom_tag};
+use envoy_types::pb::envoy::r#type::v3::Percent;
+use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
+use envoy_types::util::pack_any;
+
+use crate::model::{Proxy, Snapshot};
+
+/// The pod label naming a workload's canonical service (set by Istio's
+/// injector), tagged on its spans as `istio.canonical_service`.
+pub const CANONICAL_NAME: &str = "service.istio.io/canonical-name";
+/// The pod label naming its revision (`istio.canonical_revision`).
+pub const CANONICAL_REVISION: &str = "service.istio.io/canonical-revision";
+
+/// The `tracing` of `proxy`'s HTTP connection managers; `None` without a
+/// tracing provider, or when the collector is not among the services the
+/// proxy gets clusters for (Envoy refuses a tracer whose cluster it does
+/// not have: every listener carrying it would be NACKed).
+pub(crate) fn hcm_tracing(snap: &Snapshot, proxy: &Proxy) -> Option<Tracing> {
+    let provider = snap.mesh.tracing.as_ref()?;
+    // `namespace/hostname` or a hostname, as Istio's `LookupCluster`.
+    let host = provider
+        .service
+        .split_once('/')
+        .map_or(provider.service.as_str(), |(_, h)| h);
+    let collector = snap
+        .services_for(proxy)
+        .find(|s| s.hostname == host && s.port(provider.port).is_some())?;
+    let zipkin = ZipkinConfig {
+        collector_cluster: crate::cluster::cluster_name(provider.port, "", &collector.hostname),
+        collector_endpoint: provider.path.clone(),
+        trace_id_128bit: provider.trace_id_128bit,
+        shared_span_context: Some(BoolValue { value: false }),
+        collector_endpoint_version: zipkin_config::CollectorEndpointVersion::HttpJson as i32,
+        collector_hostname: collector.hostname.clone(),
+        ..Default::default()
+    };
+    let percent = |value| Some(Percent { value });
+    Some(Tracing {
+        client_sampling: percent(100.0),
+        random_sampling: percent(provider.sampling.0),
+        overall_sampling: percent(100.0),
+        custom_tags: istio_tags(proxy),
+        max_path_tag_length: provider
+            .max_path_tag_length
+            .map(|value| UInt32Value { value }),
+        provider: Some(tracing::Http {
+            name: "envoy.tracers.zipkin".into(),
+            config_type: Some(tracing::http::ConfigType::TypedConfig(pack_any(zipkin))),
+        }),
+        ..Default::default()
+    })
+}
+
+/// Istio's tags on every span, sorted by name: the proxy's canonical
+/// revision and service (its pod labels; `latest` and `unknown` without
+/// them) and namespace. Istio's `istio.mesh_id` and `istio.cluster_id`
+/// (from node metadata this daemon does not read) are not written.
+fn istio_tags(proxy: &Proxy) -> Vec<CustomTag> {
+    let literal = |tag: &str, value: &str| CustomTag {
+        tag: tag.into(),
+        r#type: Some(custom_tag::Type::Literal(custom_tag::Literal {
+            value: value.into(),
+        })),
+    };
+    let label = |key: &str, default: &str| {
+        proxy
+            .labels
+            .get(key)
+            .filter(|v| !v.is_empty())
+            .map_or(default, String::as_str)
+            .to_owned()
+    };
+    vec![
+        literal(
+            "istio.canonical_revision",
+            &label(CANONICAL_REVISION, "latest"),
+        ),
+        literal("istio.canonical_service", &label(CANONICAL_NAME, "unknown")),
+        literal("istio.namespace", &proxy.namespace),
+    ]
+}
+
+/// A route's decorator (its spans' name), as Istio's `getRouteOperation`:
+/// the destination's `host:port` when the route has one cluster, else
+/// `vs_name:port`, followed by the path the route matches (`/*` for all).
+pub(crate) fn decorator(
+    m: Option<&RouteMatch>,
+    action: Option<&route::Action>,
+    vs_name: &str,
+    port: u32,
+) -> Decorator {
+    let path = match m.and_then(|m| m.path_specifier.as_ref()) {
+        Some(route_match::PathSpecifier::Prefix(p)) => format!("{p}*"),
+        Some(route_match::PathSpecifier::Path(p)) => p.clone(),
+        Some(route_match::PathSpecifier::SafeRegex(r)) => r.regex.clone(),
+        _ => "/*".into(),
+    };
+    let cluster = match action {
+        Some(route::Action::Route(a)) => match &a.cluster_specifier {
+            Some(
+                envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier::Cluster(
+                    c,
+                ),
+            ) => Some(c.as_str()),
+            _ => None,
+        },
+        _ => None,
+    };
+    // `outbound|<port>|<subset>|<host>`.
+    let target = cluster
+        .and_then(|c| {
+            let mut parts = c.split('|');
+            let (_, port, _, host) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+            Some(format!("{host}:{port}"))
+        })
+        .unwrap_or_else(|| format!("{vs_name}:{port}"));
+    Decorator {
+        operation: format!("{target}{path}"),
+        ..Default::default()
+    }
+}
