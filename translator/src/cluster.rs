@@ -379,7 +379,7 @@ fn service_clusters(
                     .filter(|a: &Vec<bool>| a.contains(&true));
             let identity = (policy.istio_mutual() || auto.is_some()).then(|| IstioTls {
                 sni: istio_sni(port.port, subset, &svc.hostname),
-                sans: identities(&snap.mesh.trust_domains(), svc, &endpoints),
+                sans: identities(&snap.mesh, svc, &endpoints),
                 auto,
             });
             let auto = identity.as_ref().filter(|i| i.auto.is_some());
@@ -502,7 +502,11 @@ pub fn istio_sni(port: u32, subset: &str, hostname: &str) -> String {
 /// The SPIFFE IDs of the endpoints' service accounts, sorted, unique, in
 /// each of the mesh's trust domains (its own, then its aliases: Istio's
 /// `ExpandWithTrustDomains`).
-fn identities(trust_domains: &[&str], svc: &Service, endpoints: &[&Endpoint]) -> Vec<String> {
+fn identities(
+    mesh: &crate::model::MeshConfig,
+    svc: &Service,
+    endpoints: &[&Endpoint],
+) -> Vec<String> {
     // The IDs differ only after a common prefix: sorting the accounts
     // sorts them (and a Deployment's replicas share one account).
     let mut accounts: Vec<&str> = endpoints
@@ -511,8 +515,7 @@ fn identities(trust_domains: &[&str], svc: &Service, endpoints: &[&Endpoint]) ->
         .collect();
     accounts.sort_unstable();
     accounts.dedup();
-    trust_domains
-        .iter()
+    mesh.trust_domains()
         .flat_map(|td| accounts.iter().map(move |sa| (td, sa)))
         // Written out rather than `format!`: per cluster of every service.
         .map(|(td, sa)| ["spiffe://", td, "/ns/", &svc.namespace, "/sa/", sa].concat())

@@ -282,7 +282,7 @@ fn port_chains(
         name: format!("{label}-mtls"),
         filter_chain_match: Some(matching("tls", alpn)),
         filters: filters(),
-        transport_socket: Some(istio_server_tls(&mesh.trust_domains(), http)),
+        transport_socket: Some(istio_server_tls(mesh, http)),
         ..Default::default()
     };
     let plain = |suffix: &str, transport: &str| FilterChain {
@@ -312,7 +312,7 @@ fn port_chains(
 /// Istio's server side of mesh mTLS: the workload certificate and root
 /// from the node agent, a client certificate required and its SPIFFE ID
 /// in one of the mesh's trust domains (its own and its aliases).
-fn istio_server_tls(trust_domains: &[&str], http: bool) -> TransportSocket {
+fn istio_server_tls(mesh: &MeshConfig, http: bool) -> TransportSocket {
     let common = CommonTlsContext {
         alpn_protocols: if http {
             vec!["h2".into(), "http/1.1".into()]
@@ -324,8 +324,8 @@ fn istio_server_tls(trust_domains: &[&str], http: bool) -> TransportSocket {
             common_tls_context::ValidationContextType::CombinedValidationContext(
                 common_tls_context::CombinedCertificateValidationContext {
                     default_validation_context: Some(CertificateValidationContext {
-                        match_typed_subject_alt_names: trust_domains
-                            .iter()
+                        match_typed_subject_alt_names: mesh
+                            .trust_domains()
                             .map(|td| SubjectAltNameMatcher {
                                 san_type: subject_alt_name_matcher::SanType::Uri as i32,
                                 matcher: Some(StringMatcher {

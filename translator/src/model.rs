@@ -297,15 +297,17 @@ impl Eq for Percentage {}
 
 impl MeshConfig {
     /// The trust domain and its aliases, in that order, without repeats:
-    /// the trust domains a peer's SPIFFE ID may be in.
-    pub fn trust_domains(&self) -> Vec<&str> {
-        let mut all = vec![self.trust_domain.as_str()];
-        for alias in &self.trust_domain_aliases {
-            if !all.contains(&alias.as_str()) {
-                all.push(alias);
-            }
-        }
-        all
+    /// the trust domains a peer's SPIFFE ID may be in. Allocates nothing
+    /// (read for every mTLS cluster).
+    pub fn trust_domains(&self) -> impl Iterator<Item = &str> {
+        let aliases = &self.trust_domain_aliases;
+        std::iter::once(self.trust_domain.as_str()).chain(
+            aliases
+                .iter()
+                .enumerate()
+                .filter(|(i, a)| **a != self.trust_domain && !aliases[..*i].contains(a))
+                .map(|(_, a)| a.as_str()),
+        )
     }
 }
 
