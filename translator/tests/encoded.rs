@@ -229,6 +229,17 @@ fn bookinfo() -> Vec<String> {
     texts
 }
 
+/// [`bookinfo`] with `extra` objects (YAML ending in `---`, or empty) and
+/// the mesh ConfigMap whose `mesh` key holds `mesh` (lines after the first
+/// indented four spaces).
+fn bookinfo_with_mesh(extra: &str, mesh: &str) -> Vec<String> {
+    let mut texts = bookinfo();
+    texts.push(format!(
+        "{extra}apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: istio, namespace: istio-system}}\ndata:\n  mesh: |\n    {mesh}\n"
+    ));
+    texts
+}
+
 fn bookinfo_proxies() -> [Proxy; 4] {
     let gateway = proxy(
         "router~10.1.0.5~istio-ingressgateway-1.istio-system~istio-system.svc.cluster.local",
@@ -266,21 +277,13 @@ fn memoised_bookinfo_matches_a_fresh_generation_and_is_shared() {
 /// take clusters and default routes off their pre-encoded paths.
 #[test]
 fn memoised_bookinfo_matches_under_mesh_connection_and_retry_defaults() {
-    let mut texts = bookinfo();
-    texts.push(
-        "apiVersion: v1
-kind: ConfigMap
-metadata: {name: istio, namespace: istio-system}
-data:
-  mesh: |
-    connectTimeout: 3s
+    let snap = snapshot(&bookinfo_with_mesh(
+        "",
+        "connectTimeout: 3s
     tcpKeepalive: {time: 300s}
     h2UpgradePolicy: UPGRADE
-    defaultHttpRetryPolicy: {attempts: 5, retryOn: '503'}
-"
-        .to_owned(),
-    );
-    let snap = snapshot(&texts);
+    defaultHttpRetryPolicy: {attempts: 5, retryOn: '503'}",
+    ));
     assert!(snap.mesh.h2_upgrade && snap.mesh.default_retry.is_some());
     check_in_turn(&snap, &bookinfo_proxies());
 }
@@ -290,8 +293,7 @@ data:
 /// manager.
 #[test]
 fn memoised_bookinfo_matches_with_tracing() {
-    let mut texts = bookinfo();
-    texts.push(
+    let snap = snapshot(&bookinfo_with_mesh(
         "apiVersion: v1
 kind: Service
 metadata: {name: zipkin, namespace: istio-system}
@@ -299,17 +301,10 @@ spec:
   clusterIP: 10.96.0.90
   ports: [{name: http-query, port: 9411}]
 ---
-apiVersion: v1
-kind: ConfigMap
-metadata: {name: istio, namespace: istio-system}
-data:
-  mesh: |
-    extensionProviders: [{name: zipkin, zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411}}]
-    defaultProviders: {tracing: [zipkin]}
-"
-        .to_owned(),
-    );
-    let snap = snapshot(&texts);
+",
+        "extensionProviders: [{name: zipkin, zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411}}]
+    defaultProviders: {tracing: [zipkin]}",
+    ));
     assert!(snap.mesh.tracing.is_some());
     check_in_turn(&snap, &bookinfo_proxies());
 }
