@@ -418,14 +418,14 @@ mod tests {
     #[test]
     fn registry_only_and_unsupported_fields() {
         let m = parse(&cm(
-            "outboundTrafficPolicy:\n  mode: REGISTRY_ONLY\nenableTracing: true\n",
+            "outboundTrafficPolicy:\n  mode: REGISTRY_ONLY\nenablePrometheusMerge: true\n",
         ))
         .unwrap();
         assert_eq!(
             m.outbound_traffic_policy.unwrap().mode,
             Some(OutboundMode::RegistryOnly)
         );
-        assert!(m.unsupported.contains_key("enableTracing"));
+        assert!(m.unsupported.contains_key("enablePrometheusMerge"));
     }
 
     #[test]
