@@ -116,9 +116,9 @@ pub struct MeshConfigSpec {
     /// says otherwise.
     #[serde(default)]
     pub default_providers: Option<DefaultProviders>,
-    /// `defaultConfig`: the proxies' own settings (`ProxyConfig`), read by
-    /// the injector and the agent; here only `tracing.sampling` and
-    /// `tracing.maxPathTagLength`.
+    /// `defaultConfig`: the proxies' own settings (`ProxyConfig`); read
+    /// here only for `tracing.sampling` and `tracing.maxPathTagLength`
+    /// (the injector takes its `defaultConfig` from its values).
     #[serde(default)]
     pub default_config: Option<ProxyConfigSpec>,
     /// Every other top-level field, by name (not acted on yet).
@@ -183,7 +183,8 @@ pub struct ProxyConfigSpec {
     /// `tracing`.
     #[serde(default)]
     pub tracing: Option<ProxyTracing>,
-    /// The rest: the agent's and the injector's settings.
+    /// The rest, by name (the agent's and the injector's settings, not
+    /// read from here yet).
     #[serde(flatten)]
     pub proxy_side: BTreeMap<String, serde_json::Value>,
 }

@@ -769,6 +769,12 @@ impl Snapshot {
         }
         self.mesh.trust_domain_aliases = m.trust_domain_aliases.unwrap_or_default();
         self.mesh.locality_lb = m.locality_lb_setting;
+        for field in m.default_config.iter().flat_map(|c| c.proxy_side.keys()) {
+            warn(
+                format!("data.mesh.defaultConfig.{field}"),
+                "not read from the mesh ConfigMap yet: the injector takes defaultConfig from its values (--injection-values); ignored".into(),
+            );
+        }
         self.mesh.tracing = tracing_provider(
             m.extension_providers.as_deref().unwrap_or_default(),
             m.default_providers.as_ref(),

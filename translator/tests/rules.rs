@@ -1363,12 +1363,16 @@ spec:
   ports: [{name: http-query, port: 9411}]
 ";
     let settings = mesh_configmap(
-        "{extensionProviders: [{name: zipkin, zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411}}], defaultProviders: {tracing: [zipkin], metrics: [prometheus]}, defaultConfig: {tracing: {sampling: 50}}}",
+        "{extensionProviders: [{name: zipkin, zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411}}], defaultProviders: {tracing: [zipkin], metrics: [prometheus]}, defaultConfig: {tracing: {sampling: 50}, holdApplicationUntilProxyStarts: true}}",
     );
     let snap = mesh(&format!("{zipkin}---\n{settings}"), MeshConfig::default());
     let warned: Vec<String> = snap.warnings.iter().map(|w| w.to_string()).collect();
+    // What is not acted on is reported: the metrics provider, and the
+    // proxy settings the injector does not take from here.
     assert!(
-        warned.len() == 1 && warned[0].contains("data.mesh.defaultProviders.metrics"),
+        warned.len() == 2
+            && warned[0].contains("data.mesh.defaultConfig.holdApplicationUntilProxyStarts")
+            && warned[1].contains("data.mesh.defaultProviders.metrics"),
         "{warned:?}"
     );
     let p = sidecar(&[
