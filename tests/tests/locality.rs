@@ -45,7 +45,9 @@ endpoints:
 - {addresses: [127.0.1.6], targetRef: {kind: Pod, name: local-v3}}
 ";
 
-fn rule(lb: &str) -> String {
+/// reviews-local's DestinationRule: outlier detection ejecting an endpoint
+/// on its first 5xx, then `more` (YAML under `trafficPolicy`).
+fn rule_with(more: &str) -> String {
     format!(
         "apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -54,10 +56,26 @@ spec:
   host: reviews-local
   trafficPolicy:
     outlierDetection: {{consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 3m, maxEjectionPercent: 100}}
-    loadBalancer:
-      localityLbSetting:
-{lb}"
+{more}"
     )
+}
+
+/// [`rule_with`] a `localityLbSetting` of `lb`.
+fn rule(lb: &str) -> String {
+    rule_with(&format!(
+        "    loadBalancer:\n      localityLbSetting:\n{lb}"
+    ))
+}
+
+/// The mesh with reviews-local and `dr`, and productpage's sidecar in
+/// region1/zone1, in sync.
+fn local_mesh(dr: &str) -> (Mesh, e2e::Envoy) {
+    let mesh = Mesh::start(true, &[]);
+    mesh.cfg.write("platform-local.yaml", PLATFORM);
+    mesh.cfg.write("dr.yaml", dr);
+    mesh.wait_loaded(2);
+    let envoy = mesh.proxy_at(SIDECAR, &SIDECAR_LABELS, "region1/zone1", 15000);
+    (mesh, envoy)
 }
 
 fn only(version: &str, n: usize) -> BTreeMap<String, usize> {
@@ -81,14 +99,9 @@ fn failover_to(url: &str, version: &str) {
 
 #[test]
 fn failover_stays_local_then_moves_out_by_distance() {
-    let mesh = Mesh::start(true, &[]);
-    mesh.cfg.write("platform-local.yaml", PLATFORM);
-    mesh.cfg.write(
-        "dr.yaml",
-        &rule("        enabled: true\n        failover: [{from: region1, to: region2}]\n"),
-    );
-    mesh.wait_loaded(2);
-    let envoy = mesh.proxy_at(SIDECAR, &SIDECAR_LABELS, "region1/zone1", 15000);
+    let (_mesh, envoy) = local_mesh(&rule(
+        "        enabled: true\n        failover: [{from: region1, to: region2}]\n",
+    ));
     // Same zone first.
     assert_eq!(
         tally(&format!("{URL}/"), "reviews-local", &[], 30),
@@ -103,14 +116,9 @@ fn failover_stays_local_then_moves_out_by_distance() {
 
 #[test]
 fn distribute_splits_by_locality_weight() {
-    let mesh = Mesh::start(true, &[]);
-    mesh.cfg.write("platform-local.yaml", PLATFORM);
-    mesh.cfg.write(
-        "dr.yaml",
-        &rule("        distribute:\n        - from: region1/zone1/*\n          to: {\"region1/zone1/*\": 75, \"region2/zone1/*\": 25}\n"),
-    );
-    mesh.wait_loaded(2);
-    let envoy = mesh.proxy_at(SIDECAR, &SIDECAR_LABELS, "region1/zone1", 15000);
+    let (_mesh, envoy) = local_mesh(&rule(
+        "        distribute:\n        - from: region1/zone1/*\n          to: {\"region1/zone1/*\": 75, \"region2/zone1/*\": 25}\n",
+    ));
     let n = 400;
     let counts = tally(&format!("{URL}/"), "reviews-local", &[], n);
     assert_eq!(
@@ -138,21 +146,7 @@ fn distribute_splits_by_locality_weight() {
 /// turning it off spreads traffic over every locality.
 #[test]
 fn the_mesh_default_prioritises_localities_under_outlier_detection() {
-    let mesh = Mesh::start(true, &[]);
-    mesh.cfg.write("platform-local.yaml", PLATFORM);
-    mesh.cfg.write(
-        "dr.yaml",
-        "apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: reviews-local}
-spec:
-  host: reviews-local
-  trafficPolicy:
-    outlierDetection: {consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 3m, maxEjectionPercent: 100}
-",
-    );
-    mesh.wait_loaded(2);
-    let envoy = mesh.proxy_at(SIDECAR, &SIDECAR_LABELS, "region1/zone1", 15000);
+    let (mesh, envoy) = local_mesh(&rule_with(""));
     assert_eq!(
         tally(&format!("{URL}/"), "reviews-local", &[], 30),
         only("v1", 30)
