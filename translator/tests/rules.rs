@@ -64,6 +64,19 @@ fn first_filter<M: Message + Default>(chain: &FilterChain) -> M {
     M::decode(any.value.as_slice()).unwrap()
 }
 
+/// The HTTP connection manager of the sidecar's outbound listener for
+/// port 9080.
+fn hcm_9080(
+    out: &Output,
+) -> envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager{
+    let listener = out
+        .listeners
+        .iter()
+        .find(|l| l.name == "0.0.0.0_9080")
+        .unwrap();
+    first_filter(listener.default_filter_chain.as_ref().unwrap())
+}
+
 fn route_config<'a>(out: &'a Output, name: &str) -> &'a RouteConfiguration {
     out.routes.iter().find(|r| r.name == name).unwrap()
 }
@@ -295,7 +308,7 @@ fn dns_service_entries_are_strict_dns_clusters() {
 #[allow(deprecated)] // Cluster's DNS fields, as Istio writes them
 fn mesh_config_sets_dns_refresh_and_path_normalization() {
     use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-        HttpConnectionManager, http_connection_manager::PathWithEscapedSlashesAction,
+        http_connection_manager::PathWithEscapedSlashesAction,
     };
     let se = HTTPBIN_DNS;
     let mesh_config = |text: &str| format!("{se}\n---\n{}", mesh_configmap(text));
@@ -309,14 +322,7 @@ fn mesh_config_sets_dns_refresh_and_path_normalization() {
         (c.dns_refresh_rate.map(|d| d.seconds), c.respect_dns_ttl)
     };
     let hcm = |snap: &Snapshot| {
-        let out = generate(snap, &sidecar(&[]));
-        let listener = out
-            .listeners
-            .iter()
-            .find(|l| l.name == "0.0.0.0_9080")
-            .unwrap();
-        let h: HttpConnectionManager =
-            first_filter(listener.default_filter_chain.as_ref().unwrap());
+        let h = hcm_9080(&generate(snap, &sidecar(&[])));
         (
             h.normalize_path.map(|b| b.value),
             h.merge_slashes,
@@ -1354,7 +1360,6 @@ spec:
 #[test]
 fn a_zipkin_provider_traces_http_connection_managers() {
     use envoy_types::pb::envoy::config::trace::v3::{ZipkinConfig, tracing};
-    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
     let zipkin = "apiVersion: v1
 kind: Service
 metadata: {name: zipkin, namespace: istio-system}
@@ -1380,12 +1385,7 @@ spec:
         ("service.istio.io/canonical-name", "client"),
     ]);
     let out = generate(&snap, &p);
-    let listener = out
-        .listeners
-        .iter()
-        .find(|l| l.name == "0.0.0.0_9080")
-        .unwrap();
-    let hcm: HttpConnectionManager = first_filter(listener.default_filter_chain.as_ref().unwrap());
+    let hcm = hcm_9080(&out);
     let t = hcm.tracing.unwrap();
     assert_eq!(t.random_sampling.map(|p| p.value), Some(50.0));
     assert_eq!(t.client_sampling.map(|p| p.value), Some(100.0));
@@ -1460,12 +1460,7 @@ spec:
     // No collector service: no tracer (and no decorator matters).
     let alone = mesh(&settings, MeshConfig::default());
     let out = generate(&alone, &p);
-    let listener = out
-        .listeners
-        .iter()
-        .find(|l| l.name == "0.0.0.0_9080")
-        .unwrap();
-    let hcm: HttpConnectionManager = first_filter(listener.default_filter_chain.as_ref().unwrap());
+    let hcm = hcm_9080(&out);
     assert!(hcm.tracing.is_none());
     // A provider that is not there is reported.
     let unnamed = mesh(
