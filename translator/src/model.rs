@@ -1397,6 +1397,17 @@ impl Snapshot {
             .filter(move |s| sidecar.is_none_or(|sc| egress_allows(sc, s)))
     }
 
+    /// The service `hostname`, if `proxy` gets config for it (one of
+    /// [`Snapshot::services_for`], looked up rather than scanned).
+    pub fn service_for(&self, proxy: &Proxy, hostname: &str) -> Option<&Arc<Service>> {
+        let svc = self.services.get(hostname)?;
+        (exported_to(&svc.export_to, &svc.namespace, &proxy.namespace)
+            && self
+                .sidecar_for(proxy)
+                .is_none_or(|sc| egress_allows(sc, svc)))
+        .then_some(svc)
+    }
+
     /// Whether unknown destinations pass through for `proxy`: its Sidecar's
     /// `outboundTrafficPolicy`, else the mesh's.
     pub fn allow_any_for(&self, proxy: &Proxy) -> bool {

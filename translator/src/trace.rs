@@ -34,8 +34,8 @@ pub(crate) fn hcm_tracing(snap: &Snapshot, proxy: &Proxy) -> Option<Tracing> {
         .split_once('/')
         .map_or(provider.service.as_str(), |(_, h)| h);
     let collector = snap
-        .services_for(proxy)
-        .find(|s| s.hostname == host && s.port(provider.port).is_some())?;
+        .service_for(proxy, host)
+        .filter(|s| s.port(provider.port).is_some())?;
     let zipkin = ZipkinConfig {
         collector_cluster: crate::cluster::cluster_name(provider.port, "", &collector.hostname),
         collector_endpoint: provider.path.clone(),

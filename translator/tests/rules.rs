@@ -1457,6 +1457,17 @@ spec:
         ]
     );
 
+    // A Sidecar scoping the collector out of the proxy's config: no tracer
+    // (Envoy would refuse one without its cluster).
+    let scoped = mesh(
+        &format!(
+            "{zipkin}---\n{settings}---\napiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: default, namespace: default}}\nspec: {{egress: [{{hosts: ['./*']}}]}}\n"
+        ),
+        MeshConfig::default(),
+    );
+    let out = generate(&scoped, &p);
+    assert!(!out.clusters.iter().any(|c| c.name.contains("zipkin")));
+    assert!(hcm_9080(&out).tracing.is_none());
     // No collector service: no tracer (and no decorator matters).
     let alone = mesh(&settings, MeshConfig::default());
     let out = generate(&alone, &p);
