@@ -393,3 +393,63 @@ fn the_mesh_config_sets_default_retries_and_the_upstream_protocol() {
     assert_eq!(mesh.seen("/flaky/1/c").len(), 1);
     assert_eq!(envoy.rejected(), 0);
 }
+
+/// The mesh config's `connectTimeout` bounds the wait for an upstream that
+/// never answers (its SYNs dropped by iptables): Envoy's 503 comes at the
+/// mesh's 0.5 s, not the default 10 s. Its `tcpKeepalive` is in the
+/// cluster Envoy runs.
+#[test]
+fn the_mesh_connect_timeout_bounds_a_silent_upstream() {
+    let mesh = Mesh::start(true, &[]);
+    let envoy = mesh.sidecar();
+    e2e::run(
+        "iptables",
+        &["-A", "OUTPUT", "-d", "127.0.9.9", "-j", "DROP"],
+    );
+    mesh.apply(
+        &[&envoy],
+        "silent.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: silent}
+spec:
+  hosts: [silent.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 127.0.9.9}]
+",
+    );
+    mesh.apply(
+        &[&envoy],
+        "mesh.yaml",
+        &e2e::mesh_config(
+            "connectTimeout: 0.5s\ntcpKeepalive: {time: 300s, probes: 3}\ndefaultHttpRetryPolicy: {attempts: 0}",
+        ),
+    );
+    let (r, took) = timed_get("http://10.96.0.99:80/", "silent.example.com");
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(r.body.contains("connection timeout"), "{r:?}");
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_secs(3),
+        "answered after {took:?}"
+    );
+    let dump = envoy
+        .admin("/config_dump?resource=dynamic_active_clusters")
+        .unwrap();
+    let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    let silent = dump["configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| &c["cluster"])
+        .find(|c| c["name"] == "outbound|80||silent.example.com")
+        .unwrap_or_else(|| panic!("no silent cluster: {dump}"));
+    assert_eq!(silent["connect_timeout"], "0.500s", "{silent}");
+    let keepalive = &silent["upstream_connection_options"]["tcp_keepalive"];
+    assert_eq!(
+        (&keepalive["keepalive_time"], &keepalive["keepalive_probes"]),
+        (&serde_json::json!(300), &serde_json::json!(3)),
+        "{silent}"
+    );
+    assert_eq!(envoy.rejected(), 0);
+}
