@@ -64,6 +64,17 @@ fn first_filter<M: Message + Default>(chain: &FilterChain) -> M {
     M::decode(any.value.as_slice()).unwrap()
 }
 
+/// The cluster `name` in `out`.
+fn cluster<'a>(
+    out: &'a Output,
+    name: &str,
+) -> &'a envoy_types::pb::envoy::config::cluster::v3::Cluster {
+    out.clusters
+        .iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no cluster {name}"))
+}
+
 /// The HTTP connection manager of the sidecar's outbound listener for
 /// port 9080.
 fn hcm_9080(
@@ -280,11 +291,7 @@ spec:
 fn dns_service_entries_are_strict_dns_clusters() {
     let se = HTTPBIN_DNS;
     let out = generate(&mesh(se, MeshConfig::default()), &sidecar(&[]));
-    let c = out
-        .clusters
-        .iter()
-        .find(|c| c.name == "outbound|80||httpbin.example.com")
-        .unwrap();
+    let c = cluster(&out, "outbound|80||httpbin.example.com");
     assert_eq!(
         c.cluster_discovery_type,
         Some(ClusterDiscoveryType::Type(DiscoveryType::StrictDns as i32))
@@ -785,11 +792,7 @@ spec:
   ports: [{name: http, port: 8080}]
 ";
     let out = generate(&mesh(headless, MeshConfig::default()), &sidecar(&[]));
-    let c = out
-        .clusters
-        .iter()
-        .find(|c| c.name == "outbound|8080||db.default.svc.cluster.local")
-        .unwrap();
+    let c = cluster(&out, "outbound|8080||db.default.svc.cluster.local");
     assert_eq!(
         c.cluster_discovery_type,
         Some(ClusterDiscoveryType::Type(
@@ -1136,11 +1139,7 @@ spec:
         let out = generate(snap, &sidecar(&[]));
         let names: Vec<String> = out.clusters.iter().map(|c| c.name.clone()).collect();
         let has = |host: &str| names.iter().any(|n| n.ends_with(&format!("|{host}")));
-        let reviews = out
-            .clusters
-            .iter()
-            .find(|c| c.name == "outbound|9080||reviews.default.svc.cluster.local")
-            .unwrap();
+        let reviews = cluster(&out, "outbound|9080||reviews.default.svc.cluster.local");
         let max_connections = reviews
             .circuit_breakers
             .as_ref()
@@ -1245,16 +1244,14 @@ spec:
     );
     assert!(snap.warnings.is_empty(), "{:?}", snap.warnings);
     let out = generate(&snap, &sidecar(&[]));
-    let cluster =
-        |name: &str| -> &Cluster { out.clusters.iter().find(|c| c.name == name).unwrap() };
-    let reviews = cluster("outbound|9080||reviews.default.svc.cluster.local");
-    let mongodb = cluster("outbound|27017||mongodb.default.svc.cluster.local");
+    let reviews = cluster(&out, "outbound|9080||reviews.default.svc.cluster.local");
+    let mongodb = cluster(&out, "outbound|27017||mongodb.default.svc.cluster.local");
     let secs = |c: &Cluster| c.connect_timeout.unwrap().seconds;
     assert_eq!(
         (
             secs(reviews),
             secs(mongodb),
-            secs(cluster("PassthroughCluster"))
+            secs(cluster(&out, "PassthroughCluster"))
         ),
         (3, 2, 3)
     );
@@ -1344,11 +1341,7 @@ spec:
         MeshConfig::default(),
     );
     let out = generate(&kept, &sidecar(&[]));
-    let reviews = out
-        .clusters
-        .iter()
-        .find(|c| c.name == "outbound|9080||reviews.default.svc.cluster.local")
-        .unwrap();
+    let reviews = cluster(&out, "outbound|9080||reviews.default.svc.cluster.local");
     assert!(!h2(reviews));
 }
 
