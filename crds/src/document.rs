@@ -2,7 +2,8 @@
 //!
 //! Reads the kinds the control plane consumes: `v1` `Namespace`, `Pod`,
 //! `Service`, `ConfigMap` (the mesh config) and `Secret` (gateway certificates), `discovery.k8s.io/v1` `EndpointSlice`, the Istio
-//! networking kinds and `security.istio.io` PeerAuthentication. Errors name the kind, the object and the field path
+//! networking kinds and `security.istio.io` PeerAuthentication and
+//! AuthorizationPolicy. Errors name the kind, the object and the field path
 //! (`spec.http[0].route[1].weight`), so one bad document can be reported and
 //! skipped while the rest of the mesh applies.
 
@@ -13,8 +14,8 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use crate::{
-    DestinationRule, Gateway, NETWORKING_GROUP, NETWORKING_VERSIONS, PeerAuthentication,
-    SECURITY_GROUP, SECURITY_VERSIONS, ServiceEntry, Sidecar, VirtualService,
+    AuthorizationPolicy, DestinationRule, Gateway, NETWORKING_GROUP, NETWORKING_VERSIONS,
+    PeerAuthentication, SECURITY_GROUP, SECURITY_VERSIONS, ServiceEntry, Sidecar, VirtualService,
 };
 
 /// What the mesh model reads of a `v1` `Pod`: its metadata (labels give
@@ -60,6 +61,7 @@ pub enum Object {
     Gateway(Box<Gateway>),
     Sidecar(Box<Sidecar>),
     PeerAuthentication(Box<PeerAuthentication>),
+    AuthorizationPolicy(Box<AuthorizationPolicy>),
 }
 
 impl Object {
@@ -78,6 +80,7 @@ impl Object {
             Object::Gateway(_) => "Gateway",
             Object::Sidecar(_) => "Sidecar",
             Object::PeerAuthentication(_) => "PeerAuthentication",
+            Object::AuthorizationPolicy(_) => "AuthorizationPolicy",
         }
     }
 
@@ -96,6 +99,7 @@ impl Object {
             Object::Gateway(o) => &o.metadata,
             Object::Sidecar(o) => &o.metadata,
             Object::PeerAuthentication(o) => &o.metadata,
+            Object::AuthorizationPolicy(o) => &o.metadata,
         }
     }
 
@@ -114,6 +118,7 @@ impl Object {
             Object::Gateway(o) => &mut o.metadata,
             Object::Sidecar(o) => &mut o.metadata,
             Object::PeerAuthentication(o) => &mut o.metadata,
+            Object::AuthorizationPolicy(o) => &mut o.metadata,
         }
     }
 }
@@ -260,6 +265,9 @@ fn parse_object(value: serde_json::Value, default_namespace: &str) -> Result<Obj
         (SECURITY_GROUP, v, "PeerAuthentication") if SECURITY_VERSIONS.contains(&v) => {
             Object::PeerAuthentication(ctx.parse_istio(value)?)
         }
+        (SECURITY_GROUP, v, "AuthorizationPolicy") if SECURITY_VERSIONS.contains(&v) => {
+            Object::AuthorizationPolicy(ctx.parse_istio(value)?)
+        }
         (NETWORKING_GROUP, v, k) if NETWORKING_VERSIONS.contains(&v) => match k {
             "VirtualService" => Object::VirtualService(ctx.parse_istio(value)?),
             "DestinationRule" => Object::DestinationRule(ctx.parse_istio(value)?),
@@ -367,7 +375,8 @@ istio_kind!(
     ServiceEntry => ServiceEntrySpec,
     Gateway => GatewaySpec,
     Sidecar => SidecarSpec,
-    PeerAuthentication => PeerAuthenticationSpec
+    PeerAuthentication => PeerAuthenticationSpec,
+    AuthorizationPolicy => AuthorizationPolicySpec
 );
 
 #[cfg(test)]

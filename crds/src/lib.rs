@@ -8,6 +8,7 @@
 //! names it rather than a silently ignored setting. Files written against
 //! `v1`, `v1beta1` or `v1alpha3` are all accepted (the schemas are the same).
 
+pub mod authorization_policy;
 mod common;
 pub mod crd;
 pub mod destination_rule;
@@ -22,6 +23,7 @@ pub mod support;
 pub mod validate;
 pub mod virtual_service;
 
+pub use authorization_policy::{AuthorizationPolicy, AuthorizationPolicySpec};
 pub use common::{
     Destination, LabelSelector, MatchLabelSelector, Percent, PortSelector, StringMatch,
 };
@@ -40,7 +42,7 @@ pub const NETWORKING_GROUP: &str = "networking.istio.io";
 /// API versions of `networking.istio.io` that are read (all share one schema).
 pub const NETWORKING_VERSIONS: [&str; 3] = ["v1", "v1beta1", "v1alpha3"];
 
-/// The API group of PeerAuthentication.
+/// The API group of PeerAuthentication and AuthorizationPolicy.
 pub const SECURITY_GROUP: &str = "security.istio.io";
 
 /// API versions of `security.istio.io` that are read (one schema).

@@ -61,15 +61,40 @@ pub const NOT_YET: &[(&str, &str)] = &[
     ("Sidecar", "spec.egress[].bind"),
     ("Sidecar", "spec.egress[].captureMode"),
     ("Sidecar", "spec.outboundTrafficPolicy.egressProxy"),
+    ("AuthorizationPolicy", "spec.targetRef"),
+    ("AuthorizationPolicy", "spec.targetRefs"),
+    ("AuthorizationPolicy", "source.requestPrincipals"),
+    ("AuthorizationPolicy", "source.notRequestPrincipals"),
 ];
 
-/// Values read but not acted on yet: (kind, field path, value, what happens).
-pub const NOT_YET_VALUES: &[(&str, &str, &str, &str)] = &[(
-    "ServiceEntry",
-    "spec.resolution",
-    "DYNAMIC_DNS",
-    "resolved as DNS",
-)];
+/// Values read but not acted on yet: (kind, field path, value, what
+/// happens); a value ending in `*` stands for every value it begins.
+pub const NOT_YET_VALUES: &[(&str, &str, &str, &str)] = &[
+    (
+        "ServiceEntry",
+        "spec.resolution",
+        "DYNAMIC_DNS",
+        "resolved as DNS",
+    ),
+    (
+        "AuthorizationPolicy",
+        "action",
+        "CUSTOM",
+        "no external authorizer is configured: requests matching its rules are denied, as istiod does for a provider it cannot use",
+    ),
+    (
+        "AuthorizationPolicy",
+        "when[].key",
+        "request.auth.*",
+        "needs RequestAuthentication (JWT): the rule is left out of an ALLOW policy, the condition out of others",
+    ),
+    (
+        "AuthorizationPolicy",
+        "when[].key",
+        "experimental.envoy.filters.*",
+        "the rule is left out of an ALLOW policy, the condition out of others",
+    ),
+];
 
 /// Whether [`unsupported`] can find anything in `object`: its kind has a
 /// rule in [`NOT_YET`] or [`NOT_YET_VALUES`] (read from those tables, so it
@@ -92,6 +117,7 @@ pub fn unsupported(object: &Object) -> Vec<(String, String)> {
         Object::Gateway(o) => ("Gateway", serde_json::to_value(&o.spec)),
         Object::Sidecar(o) => ("Sidecar", serde_json::to_value(&o.spec)),
         Object::PeerAuthentication(o) => ("PeerAuthentication", serde_json::to_value(&o.spec)),
+        Object::AuthorizationPolicy(o) => ("AuthorizationPolicy", serde_json::to_value(&o.spec)),
         _ => return Vec::new(),
     };
     let Ok(spec) = spec else { return Vec::new() };
@@ -106,10 +132,22 @@ pub fn unsupported(object: &Object) -> Vec<(String, String)> {
             .filter(|(k, _)| *k == kind)
             .find_map(|(_, pattern)| {
                 let pat: Vec<&str> = pattern.split('.').collect();
-                // The first place where the shaped path ends with the pattern.
+                // The first place where the shaped path ends with the
+                // pattern; a list of values (`hosts[]`) is named as a whole.
                 (pat.len()..=shaped.len())
-                    .find(|end| shaped[..*end].ends_with(&pat))
-                    .map(|end| (concrete[..end].join("."), *pattern))
+                    .find(|end| {
+                        shaped[end - pat.len()..*end]
+                            .iter()
+                            .zip(&pat)
+                            .all(|(s, p)| s == p || s.strip_suffix("[]") == Some(*p))
+                    })
+                    .map(|end| {
+                        let mut field = concrete[..end].join(".");
+                        if shaped[end - 1] != pat[pat.len() - 1] {
+                            field.truncate(field.rfind('[').unwrap_or(field.len()));
+                        }
+                        (field, *pattern)
+                    })
             });
         if let Some((field, pattern)) = hit {
             if !out.iter().any(|(f, _)| *f == field) {
@@ -118,8 +156,13 @@ pub fn unsupported(object: &Object) -> Vec<(String, String)> {
             continue;
         }
         for (k, p, v, what) in NOT_YET_VALUES {
-            if *k == kind && shape.ends_with(&format!(".{p}")) && value.as_str() == Some(*v) {
-                out.push((path.clone(), format!("{v} is not supported yet: {what}")));
+            let Some(text) = value.as_str() else { continue };
+            let hit = match v.strip_suffix('*') {
+                Some(start) => text.starts_with(start),
+                None => text == *v,
+            };
+            if *k == kind && shape.ends_with(&format!(".{p}")) && hit {
+                out.push((path.clone(), format!("{text} is not supported yet: {what}")));
             }
         }
     }
@@ -188,12 +231,30 @@ mod tests {
                     "ServiceEntry",
                     "Gateway",
                     "Sidecar",
-                    "PeerAuthentication"
+                    "PeerAuthentication",
+                    "AuthorizationPolicy"
                 ]
                 .contains(kind),
                 "{kind}"
             );
         }
+    }
+
+    #[test]
+    fn authorization_policy_fields_not_acted_on_are_named() {
+        let r = report(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec:\n  action: CUSTOM\n  provider: {name: opa}\n  rules:\n  - from: [{source: {principals: [a], requestPrincipals: ['*']}}]\n    when:\n    - {key: 'request.auth.claims[iss]', values: [x]}\n    - {key: 'request.headers[x]', values: [y]}\n",
+        );
+        let fields: Vec<&str> = r.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.action",
+                "spec.rules[0].from[0].source.requestPrincipals",
+                "spec.rules[0].when[0].key"
+            ]
+        );
+        assert!(r[2].1.contains("request.auth.claims[iss]"), "{r:?}");
     }
 
     #[test]

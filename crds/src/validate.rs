@@ -19,6 +19,7 @@ pub fn validate(object: &Object) -> Result<(), ParseError> {
         Object::ServiceEntry(se) => service_entry(&se.spec),
         Object::Sidecar(sc) => sidecar(&sc.spec),
         Object::PeerAuthentication(pa) => peer_authentication(&pa.spec),
+        Object::AuthorizationPolicy(ap) => authorization_policy(&ap.spec),
         Object::ConfigMap(cm) if crate::mesh::is_mesh_configmap(cm) => {
             crate::mesh::parse(cm)?;
             Vec::new()
@@ -423,6 +424,177 @@ fn service_entry(spec: &crate::ServiceEntrySpec) -> Problems {
     p
 }
 
+/// The `when` keys Istio knows (`request.headers[...]`,
+/// `request.auth.claims[...]` and `experimental.envoy.filters.*` by prefix).
+const CONDITION_KEYS: [&str; 10] = [
+    "source.ip",
+    "remote.ip",
+    "source.namespace",
+    "source.principal",
+    "request.auth.principal",
+    "request.auth.audiences",
+    "request.auth.presenter",
+    "destination.ip",
+    "destination.port",
+    "connection.sni",
+];
+
+/// Istio's AuthorizationPolicy rules: `selector` or `targetRef(s)`, not
+/// both; a `provider` exactly with `CUSTOM`; no empty source, operation or
+/// value; known condition keys with values; addresses, CIDRs and ports
+/// that parse.
+fn authorization_policy(spec: &crate::AuthorizationPolicySpec) -> Problems {
+    use crate::authorization_policy::Action;
+    let mut p = Problems::new();
+    let targeted = spec.target_ref.is_some() || !spec.target_refs.is_empty();
+    if spec.selector.is_some() && targeted {
+        p.push((
+            "spec.selector".into(),
+            "only one of targetRefs or selector can be set".into(),
+        ));
+    }
+    let custom = spec.action == Some(Action::Custom);
+    match (&spec.provider, custom) {
+        (None, true) => p.push((
+            "spec.provider".into(),
+            "a CUSTOM policy needs a provider".into(),
+        )),
+        (Some(_), false) => p.push((
+            "spec.provider".into(),
+            "provider is only for the CUSTOM action".into(),
+        )),
+        (Some(pr), true) if pr.name.is_empty() => {
+            p.push(("spec.provider.name".into(), "required".into()))
+        }
+        _ => {}
+    }
+    for (i, rule) in spec.rules.iter().enumerate() {
+        let at = format!("spec.rules[{i}]");
+        for (j, from) in rule.from.iter().enumerate() {
+            let field = format!("{at}.from[{j}].source");
+            let Some(s) = &from.source else {
+                p.push((field, "required".into()));
+                continue;
+            };
+            let lists: [(&str, &[String]); 14] = [
+                ("principals", &s.principals),
+                ("notPrincipals", &s.not_principals),
+                ("requestPrincipals", &s.request_principals),
+                ("notRequestPrincipals", &s.not_request_principals),
+                ("namespaces", &s.namespaces),
+                ("notNamespaces", &s.not_namespaces),
+                ("serviceAccounts", &s.service_accounts),
+                ("notServiceAccounts", &s.not_service_accounts),
+                ("trustDomains", &s.trust_domains),
+                ("notTrustDomains", &s.not_trust_domains),
+                ("ipBlocks", &s.ip_blocks),
+                ("notIpBlocks", &s.not_ip_blocks),
+                ("remoteIpBlocks", &s.remote_ip_blocks),
+                ("notRemoteIpBlocks", &s.not_remote_ip_blocks),
+            ];
+            check_lists(&mut p, &field, &lists, |name, v| {
+                if name.ends_with("pBlocks") || name.ends_with("IpBlocks") {
+                    check_cidr(v)
+                } else {
+                    Ok(())
+                }
+            });
+        }
+        for (j, to) in rule.to.iter().enumerate() {
+            let field = format!("{at}.to[{j}].operation");
+            let Some(o) = &to.operation else {
+                p.push((field, "required".into()));
+                continue;
+            };
+            let lists: [(&str, &[String]); 8] = [
+                ("hosts", &o.hosts),
+                ("notHosts", &o.not_hosts),
+                ("ports", &o.ports),
+                ("notPorts", &o.not_ports),
+                ("methods", &o.methods),
+                ("notMethods", &o.not_methods),
+                ("paths", &o.paths),
+                ("notPaths", &o.not_paths),
+            ];
+            check_lists(&mut p, &field, &lists, |name, v| {
+                if name.ends_with("orts") {
+                    check_port(v)
+                } else {
+                    Ok(())
+                }
+            });
+        }
+        for (j, c) in rule.when.iter().enumerate() {
+            let field = format!("{at}.when[{j}]");
+            let key = c.key.as_str();
+            let bracketed = |prefix: &str| {
+                key.strip_prefix(prefix)
+                    .and_then(|k| k.strip_prefix('['))
+                    .is_some_and(|k| k.len() > 1 && k.ends_with(']'))
+            };
+            let known = CONDITION_KEYS.contains(&key)
+                || bracketed("request.headers")
+                || bracketed("request.auth.claims")
+                || key.starts_with("experimental.envoy.filters.");
+            if !known {
+                p.push((format!("{field}.key"), format!("unknown attribute {key:?}")));
+                continue;
+            }
+            let lists: [(&str, &[String]); 2] =
+                [("values", &c.values), ("notValues", &c.not_values)];
+            check_lists(&mut p, &field, &lists, |_, v| match key {
+                "source.ip" | "remote.ip" | "destination.ip" => check_cidr(v),
+                "destination.port" => check_port(v),
+                _ => Ok(()),
+            });
+        }
+    }
+    p
+}
+
+/// A source, operation or condition: at least one list set, no empty
+/// value, each value as `check` wants it.
+fn check_lists(
+    p: &mut Problems,
+    field: &str,
+    lists: &[(&str, &[String])],
+    check: impl Fn(&str, &str) -> Result<(), String>,
+) {
+    if lists.iter().all(|(_, l)| l.is_empty()) {
+        p.push((field.to_owned(), "must not be empty".into()));
+    }
+    for (name, list) in lists {
+        for (k, v) in list.iter().enumerate() {
+            let at = format!("{field}.{name}[{k}]");
+            if v.is_empty() {
+                p.push((at, "empty value".into()));
+            } else if let Err(why) = check(name, v) {
+                p.push((at, why));
+            }
+        }
+    }
+}
+
+fn check_cidr(v: &str) -> Result<(), String> {
+    let (addr, len) = v.split_once('/').map_or((v, None), |(a, l)| (a, Some(l)));
+    let ip: std::net::IpAddr = addr
+        .parse()
+        .map_err(|_| format!("{v:?} is not an IP address or CIDR"))?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    match len.map(str::parse::<u32>) {
+        None => Ok(()),
+        Some(Ok(l)) if l <= max => Ok(()),
+        Some(_) => Err(format!("{v:?}: bad prefix length")),
+    }
+}
+
+fn check_port(v: &str) -> Result<(), String> {
+    match v.parse::<u32>() {
+        Ok(port) if port <= 65535 => Ok(()),
+        _ => Err(format!("{v:?} is not a port (0-65535)")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -464,6 +636,63 @@ mod tests {
             )),
             "spec.portLevelMtls.0"
         );
+    }
+
+    #[test]
+    fn authorization_policies_are_checked_as_istio_does() {
+        let ap = |spec: &str| {
+            check(&format!(
+                "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p}}\nspec: {spec}\n"
+            ))
+        };
+        assert!(ap("{}").is_ok());
+        assert!(
+            ap("{action: DENY, rules: [{from: [{source: {notPrincipals: ['*'], ipBlocks: [10.0.0.0/8]}}], to: [{operation: {methods: [GET], ports: ['8080']}}], when: [{key: 'request.headers[x-user]', values: [alice]}, {key: destination.port, notValues: ['9090']}]}]}")
+                .is_ok()
+        );
+        for (spec, field) in [
+            ("{action: CUSTOM}", "spec.provider"),
+            ("{provider: {name: opa}}", "spec.provider"),
+            (
+                "{selector: {matchLabels: {app: a}}, targetRef: {kind: Gateway, name: g}}",
+                "spec.selector",
+            ),
+            ("{rules: [{from: [{}]}]}", "spec.rules[0].from[0].source"),
+            (
+                "{rules: [{to: [{operation: {}}]}]}",
+                "spec.rules[0].to[0].operation",
+            ),
+            (
+                "{rules: [{from: [{source: {ipBlocks: [10.0.0.0/40]}}]}]}",
+                "spec.rules[0].from[0].source.ipBlocks[0]",
+            ),
+            (
+                "{rules: [{to: [{operation: {ports: [http]}}]}]}",
+                "spec.rules[0].to[0].operation.ports[0]",
+            ),
+            (
+                "{rules: [{to: [{operation: {paths: ['']}}]}]}",
+                "spec.rules[0].to[0].operation.paths[0]",
+            ),
+            (
+                "{rules: [{when: [{key: source.color, values: [red]}]}]}",
+                "spec.rules[0].when[0].key",
+            ),
+            (
+                "{rules: [{when: [{key: 'request.headers[]', values: [a]}]}]}",
+                "spec.rules[0].when[0].key",
+            ),
+            (
+                "{rules: [{when: [{key: source.ip}]}]}",
+                "spec.rules[0].when[0]",
+            ),
+            (
+                "{rules: [{when: [{key: destination.port, values: ['70000']}]}]}",
+                "spec.rules[0].when[0].values[0]",
+            ),
+        ] {
+            assert_eq!(field_of(ap(spec)), field, "{spec}");
+        }
     }
 
     #[test]

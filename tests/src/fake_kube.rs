@@ -86,6 +86,12 @@ pub const KINDS: &[(&str, &str, &str, bool)] = &[
         "peerauthentications",
         true,
     ),
+    (
+        "security.istio.io/v1",
+        "AuthorizationPolicy",
+        "authorizationpolicies",
+        true,
+    ),
 ];
 
 /// One write, as a watch reports it.

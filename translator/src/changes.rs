@@ -25,6 +25,9 @@ pub struct ChangeSet {
     pub sidecar_namespaces: BTreeSet<String>,
     /// Namespaces of PeerAuthentications changed.
     pub peer_auth_namespaces: BTreeSet<String>,
+    /// Namespaces of AuthorizationPolicies changed (the root namespace's
+    /// apply to every workload).
+    pub authz_namespaces: BTreeSet<String>,
     /// Workload addresses whose served ports changed (their sidecars'
     /// `virtualInbound`).
     pub inbound_addresses: BTreeSet<String>,
@@ -101,6 +104,13 @@ impl ChangeSet {
                 c.peer_auth_namespaces.insert(cfg.namespace.clone());
             },
         );
+        diff(
+            &old.authorization_policies,
+            &new.authorization_policies,
+            |cfg| {
+                c.authz_namespaces.insert(cfg.namespace.clone());
+            },
+        );
         c.inbound_addresses = old.inbound_changes(new);
         c
     }
@@ -119,8 +129,13 @@ impl ChangeSet {
         let inbound_changed = !router
             && (self.inbound_addresses.contains(&proxy.ip)
                 || !self.peer_auth_namespaces.is_empty());
+        // An AuthorizationPolicy of its namespace or the mesh's: its inbound RBAC.
+        let authz_changed = !router
+            && (self.authz_namespaces.contains(ns)
+                || self.authz_namespaces.contains(&self.root_namespace));
         let full = self.mesh
             || sidecar_changed
+            || authz_changed
             || inbound_changed
             || self
                 .services

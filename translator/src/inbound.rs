@@ -184,6 +184,7 @@ pub(crate) fn build(snap: &Snapshot, proxy: &Proxy) -> (Listener, Vec<Cluster>) 
     let policy = peer_policy(snap, proxy);
     let mesh = &snap.mesh;
     let tracing = crate::trace::hcm_tracing(snap, proxy);
+    let authz = crate::authz::filters(snap, &proxy.namespace, &proxy.labels);
     let mut chains = vec![FilterChain {
         // Traffic addressed to 15006 itself would loop.
         name: "virtualInbound-blackhole".into(),
@@ -208,16 +209,22 @@ pub(crate) fn build(snap: &Snapshot, proxy: &Proxy) -> (Listener, Vec<Cluster>) 
             policy.for_port(p.port),
             Some(p),
             &name,
-            mesh,
-            tracing.as_ref(),
+            &Around {
+                mesh,
+                tracing: tracing.as_ref(),
+                authz: &authz,
+            },
         ));
     }
     chains.extend(port_chains(
         policy.mode,
         None,
         INBOUND_PASSTHROUGH_CLUSTER,
-        mesh,
-        None,
+        &Around {
+            mesh,
+            tracing: None,
+            authz: &authz,
+        },
     ));
     let listener = Listener {
         name: VIRTUAL_INBOUND.into(),
@@ -252,24 +259,42 @@ fn listener_filter_of<M: prost::Name>(name: &str, config: M) -> ListenerFilter {
     }
 }
 
+/// What every inbound chain of a workload carries besides its own
+/// settings: the mesh settings, the tracer of its HTTP connection managers
+/// and its AuthorizationPolicies' RBAC filters.
+struct Around<'a> {
+    mesh: &'a MeshConfig,
+    tracing: Option<&'a http_connection_manager::Tracing>,
+    authz: &'a crate::authz::Filters,
+}
+
+impl Around<'_> {
+    /// The network filters of a TCP chain: RBAC, then the TCP proxy.
+    fn tcp(&self, stat_prefix: &str, cluster: &str) -> Vec<Filter> {
+        let mut filters = self.authz.tcp.clone();
+        filters.push(tcp_proxy_filter(stat_prefix, cluster, self.mesh));
+        filters
+    }
+}
+
 /// The chains of one served port (`port` None: every other port, to the
-/// passthrough cluster) under `mode`, each ending in `cluster`; an HTTP
-/// port's connection manager traces as `tracing` says.
+/// passthrough cluster) under `mode`, each ending in `cluster`, with what
+/// `around` adds.
 fn port_chains(
     mode: PeerMode,
     port: Option<&InboundPort>,
     cluster: &str,
-    mesh: &MeshConfig,
-    tracing: Option<&http_connection_manager::Tracing>,
+    around: &Around<'_>,
 ) -> Vec<FilterChain> {
+    let mesh = around.mesh;
     let http = port.is_some_and(|p| p.protocol.is_http());
     let label = port.map_or_else(
         || VIRTUAL_INBOUND.to_owned(),
         |p| format!("0.0.0.0_{}", p.port),
     );
     let filters = || match port {
-        Some(p) if http => vec![inbound_hcm(p.port, cluster, mesh, tracing)],
-        _ => vec![tcp_proxy_filter(&format!("inbound_{label}"), cluster, mesh)],
+        Some(p) if http => vec![inbound_hcm(p.port, cluster, around)],
+        _ => around.tcp(&format!("inbound_{label}"), cluster),
     };
     let matching = |transport: &str, alpn: &[&str]| FilterChainMatch {
         destination_port: port
@@ -295,7 +320,7 @@ fn port_chains(
     let foreign_tls = FilterChain {
         name: format!("{label}-tls"),
         filter_chain_match: Some(matching("tls", &[])),
-        filters: vec![tcp_proxy_filter(&format!("inbound_{label}"), cluster, mesh)],
+        filters: around.tcp(&format!("inbound_{label}"), cluster),
         ..Default::default()
     };
     match mode {
@@ -359,15 +384,19 @@ fn istio_server_tls(mesh: &MeshConfig, http: bool) -> TransportSocket {
 
 /// Istio's inbound HTTP connection manager: everything to `cluster`, no
 /// route timeout, the caller's certificate details (subject, URI, DNS)
-/// appended to `x-forwarded-client-cert`; traced as `tracing` says.
-fn inbound_hcm(
-    port: u32,
-    cluster: &str,
-    mesh: &MeshConfig,
-    tracing: Option<&http_connection_manager::Tracing>,
-) -> Filter {
+/// appended to `x-forwarded-client-cert`; traced and authorized as
+/// `around` says.
+fn inbound_hcm(port: u32, cluster: &str, around: &Around<'_>) -> Filter {
+    let mut http_filters = around.authz.http.clone();
+    http_filters.push(HttpFilter {
+        name: "envoy.filters.http.router".into(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
+            Router::default(),
+        ))),
+        ..Default::default()
+    });
     let hcm = HttpConnectionManager {
-        tracing: tracing.cloned(),
+        tracing: around.tracing.cloned(),
         stat_prefix: format!("inbound_0.0.0.0_{port}"),
         route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(
             RouteConfiguration {
@@ -382,13 +411,7 @@ fn inbound_hcm(
                 ..Default::default()
             },
         )),
-        http_filters: vec![HttpFilter {
-            name: "envoy.filters.http.router".into(),
-            config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
-                Router::default(),
-            ))),
-            ..Default::default()
-        }],
+        http_filters,
         forward_client_cert_details:
             http_connection_manager::ForwardClientCertDetails::AppendForward as i32,
         set_current_client_cert_details: Some(
@@ -400,7 +423,7 @@ fn inbound_hcm(
             },
         ),
         use_remote_address: Some(BoolValue { value: false }),
-        ..crate::istio_http_connection_manager(mesh)
+        ..crate::istio_http_connection_manager(around.mesh)
     };
     Filter {
         name: "envoy.filters.network.http_connection_manager".into(),

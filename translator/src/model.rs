@@ -586,6 +586,8 @@ pub struct Snapshot {
     pub sidecars: Vec<Config<crds::SidecarSpec>>,
     /// PeerAuthentications, in a stable order.
     pub peer_authentications: Vec<Config<crds::PeerAuthenticationSpec>>,
+    /// AuthorizationPolicies, in a stable order.
+    pub authorization_policies: Vec<Config<crate::authz::Policy>>,
     /// Namespace names known.
     pub namespaces: Vec<String>,
     /// Namespace annotations, by namespace (e.g. OpenShift's uid range,
@@ -944,6 +946,11 @@ impl Snapshot {
                     namespace: ns.to_owned(),
                     spec: pa.spec.clone(),
                 }),
+                Object::AuthorizationPolicy(ap) => snap.authorization_policies.push(Config {
+                    name: name.to_owned(),
+                    namespace: ns.to_owned(),
+                    spec: crate::authz::Policy::of(ap),
+                }),
                 Object::ServiceEntry(se) => {
                     for mut svc in service_entry_services(ns, &se.spec) {
                         if svc.export_to.is_empty() {
@@ -1135,8 +1142,15 @@ impl Snapshot {
             .sort_by(|a, b| order(&a.namespace, &a.name, &b.namespace, &b.name));
         snap.peer_authentications
             .sort_by(|a, b| order(&a.namespace, &a.name, &b.namespace, &b.name));
+        snap.authorization_policies
+            .sort_by(|a, b| order(&a.namespace, &a.name, &b.namespace, &b.name));
         for pa in &snap.peer_authentications {
             if let Some(sel) = &pa.spec.selector {
+                snap.label_keys.extend(sel.match_labels.keys().cloned());
+            }
+        }
+        for ap in &snap.authorization_policies {
+            if let Some(sel) = &ap.spec.spec.selector {
                 snap.label_keys.extend(sel.match_labels.keys().cloned());
             }
         }

@@ -473,3 +473,215 @@ fn root_namespace_and_trust_domains_follow_the_mesh_config() {
             && prefixes[2].contains("spiffe://old.example/")
     );
 }
+
+fn ap(name: &str, ns: &str, body: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {body}\n---\n"
+    )
+}
+
+/// The RBAC configs on a chain, in filter order: (action, policy names,
+/// the policies as text, dry-run policy names), from the HTTP connection
+/// manager's filters or the chain's network filters.
+fn rbac_on(chain: &FilterChain) -> Vec<(i32, Vec<String>, String, Vec<String>)> {
+    use envoy_types::pb::envoy::config::rbac::v3::Rbac;
+    use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter;
+    use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
+    let summary = |rules: Option<Rbac>, shadow: Option<Rbac>| {
+        let mut names: Vec<String> = rules
+            .iter()
+            .flat_map(|r| r.policies.keys().cloned())
+            .collect();
+        names.sort();
+        let mut dry: Vec<String> = shadow
+            .iter()
+            .flat_map(|r| r.policies.keys().cloned())
+            .collect();
+        dry.sort();
+        let action = rules.as_ref().or(shadow.as_ref()).map_or(-1, |r| r.action);
+        (action, names, format!("{rules:?}"), dry)
+    };
+    let mut out = Vec::new();
+    for f in &chain.filters {
+        let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+            continue;
+        };
+        match f.name.as_str() {
+            "envoy.filters.network.rbac" => {
+                let r = NetworkRbac::decode(any.value.as_slice()).unwrap();
+                assert_eq!(r.stat_prefix, "tcp.");
+                out.push(summary(r.rules, r.shadow_rules));
+            }
+            "envoy.filters.network.http_connection_manager" => {
+                let hcm = HttpConnectionManager::decode(any.value.as_slice()).unwrap();
+                let names: Vec<&str> = hcm.http_filters.iter().map(|f| f.name.as_str()).collect();
+                assert_eq!(
+                    names.last(),
+                    Some(&"envoy.filters.http.router"),
+                    "{names:?}"
+                );
+                for hf in &hcm.http_filters {
+                    if hf.name != "envoy.filters.http.rbac" {
+                        continue;
+                    }
+                    let Some(http_filter::ConfigType::TypedConfig(any)) = &hf.config_type else {
+                        panic!("{hf:?}")
+                    };
+                    let r = HttpRbac::decode(any.value.as_slice()).unwrap();
+                    out.push(summary(r.rules, r.shadow_rules));
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// AuthorizationPolicies on reviews' inbound, as istiod's authz builder
+/// writes them: which apply, filter order, HTTP-only fields on TCP chains.
+#[test]
+fn authorization_policies_become_rbac_filters_on_the_inbound_chains() {
+    const ALLOW: i32 = 0;
+    const DENY: i32 = 1;
+    const LOG: i32 = 2;
+    let p = reviews();
+    let on = |extra: &str, port: Option<u32>| {
+        let out = generate(&mesh(extra), &p);
+        chains(&out, port)
+            .into_iter()
+            .map(rbac_on)
+            .collect::<Vec<_>>()
+    };
+    // No policy, no filter.
+    assert!(on("", Some(9080)).iter().all(Vec::is_empty));
+    assert!(on("", None).iter().all(Vec::is_empty));
+
+    let allow = ap(
+        "viewer",
+        "default",
+        "{selector: {matchLabels: {app: reviews}}, rules: [{from: [{source: {principals: [cluster.local/ns/default/sa/productpage]}}], to: [{operation: {methods: [GET], paths: ['/reviews*']}}]}, {from: [{source: {namespaces: [monitoring]}}], to: [{operation: {ports: ['9091']}}]}]}",
+    );
+    // Every chain of the HTTP port (mTLS, foreign TLS, plaintext): one
+    // ALLOW filter with both rules.
+    for chain in on(&allow, Some(9080)) {
+        let [(action, names, text, dry)] = &chain[..] else {
+            panic!("{chain:?}")
+        };
+        assert_eq!(*action, ALLOW);
+        assert!(dry.is_empty());
+        if names.len() == 2 {
+            assert_eq!(
+                names,
+                &[
+                    "ns[default]-policy[viewer]-rule[0]",
+                    "ns[default]-policy[viewer]-rule[1]"
+                ]
+            );
+            assert!(
+                text.contains("Exact(\"spiffe://cluster.local/ns/default/sa/productpage\")"),
+                "{text}"
+            );
+            assert!(text.contains("Prefix(\"/reviews\")"), "{text}");
+            assert!(text.contains(".*/ns/monitoring/.*"), "{text}");
+        } else {
+            // The foreign TLS chain is a TCP proxy: methods and paths
+            // cannot be checked there, so the first rule is left out.
+            assert_eq!(names, &["ns[default]-policy[viewer]-rule[1]"]);
+        }
+    }
+    // The TCP port and the passthrough chains: the HTTP rule left out.
+    for port in [Some(9091), None] {
+        for chain in on(&allow, port) {
+            let [(action, names, _, _)] = &chain[..] else {
+                panic!("{chain:?}")
+            };
+            assert_eq!(*action, ALLOW);
+            assert_eq!(names, &["ns[default]-policy[viewer]-rule[1]"]);
+        }
+    }
+
+    // DENY, AUDIT and ALLOW together: Istio's order. A DENY rule on TCP
+    // keeps what it can check (it refuses more, never less).
+    let deny = ap(
+        "no-delete",
+        "default",
+        "{action: DENY, rules: [{to: [{operation: {methods: [DELETE], ports: ['9091']}}]}]}",
+    );
+    let audit = ap("audit", "istio-system", "{action: AUDIT, rules: [{}]}");
+    let all = format!("{allow}{deny}{audit}");
+    let http = &on(&all, Some(9080))[0];
+    let actions: Vec<i32> = http.iter().map(|(a, ..)| *a).collect();
+    assert_eq!(actions, [LOG, DENY, ALLOW]);
+    assert!(http[1].2.contains("\":method\""), "{}", http[1].2);
+    let tcp = &on(&all, Some(9091))[0];
+    assert_eq!(tcp.len(), 3);
+    assert!(!tcp[1].2.contains(":method"), "{}", tcp[1].2);
+    assert!(tcp[1].2.contains("DestinationPort(9091)"), "{}", tcp[1].2);
+
+    // Scope: another workload's selector, another namespace's policy and a
+    // policy for a gateway (targetRef) do not apply; the root namespace's do.
+    for other in [
+        ap(
+            "r",
+            "default",
+            "{selector: {matchLabels: {app: ratings}}, rules: [{}]}",
+        ),
+        ap("o", "other", "{rules: [{}]}"),
+        ap(
+            "g",
+            "default",
+            "{targetRef: {kind: Gateway, name: gw}, rules: [{}]}",
+        ),
+    ] {
+        assert!(on(&other, Some(9080)).iter().all(Vec::is_empty), "{other}");
+    }
+    let root = on(&ap("mesh", "istio-system", "{}"), Some(9080));
+    // No rules: one policy that never matches (ALLOW: nothing gets in).
+    assert_eq!(root[0][0].1, ["ns[istio-system]-policy[mesh]-rule[0]"]);
+    assert!(root[0][0].2.contains("NotRule"), "{}", root[0][0].2);
+
+    // CUSTOM without an authorizer: its rules deny.
+    let custom = on(
+        &ap(
+            "ext",
+            "default",
+            "{action: CUSTOM, provider: {name: opa}, rules: [{to: [{operation: {paths: ['/admin*']}}]}]}",
+        ),
+        Some(9080),
+    );
+    assert_eq!(custom[0][0].0, DENY);
+    // A dry run decides nothing: shadow rules only.
+    let dry = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: trial, namespace: default, annotations: {istio.io/dry-run: 'true'}}\nspec: {}\n---\n";
+    let shadow = &on(dry, Some(9080))[0][0];
+    assert!(shadow.1.is_empty() && shadow.3 == ["ns[default]-policy[trial]-rule[0]"]);
+    assert!(shadow.2 == "None", "{}", shadow.2);
+
+    // Trust domain aliases: a principal in one matches in each.
+    let configmap = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio, namespace: istio-system}\ndata:\n  mesh: '{trustDomain: new.example, trustDomainAliases: [cluster.local]}'\n---\n";
+    let aliased = on(&format!("{configmap}{allow}"), Some(9080));
+    for td in ["new.example", "cluster.local"] {
+        let text = &aliased[0][0].2;
+        assert!(
+            text.contains(&format!("spiffe://{td}/ns/default/sa/productpage")),
+            "{td}: {text}"
+        );
+    }
+}
+
+#[test]
+fn authorization_policy_changes_reach_their_namespace() {
+    let old = mesh("");
+    let mut elsewhere = reviews();
+    elsewhere.namespace = "other".into();
+    let new = mesh(&ap("p", "default", "{rules: [{}]}"));
+    let changes = ChangeSet::between(&old, &new);
+    assert_eq!(changes.effect(&reviews()), Effect::Full);
+    assert_eq!(changes.effect(&elsewhere), Effect::Nothing);
+    // The root namespace's reach every sidecar.
+    let new = mesh(&ap("p", "istio-system", "{rules: [{}]}"));
+    assert_eq!(
+        ChangeSet::between(&old, &new).effect(&elsewhere),
+        Effect::Full
+    );
+}

@@ -1,0 +1,735 @@
+//! AuthorizationPolicy (`security.istio.io/v1`) as Envoy's RBAC filters on
+//! a sidecar's inbound chains, the way istiod's authz builder writes them.
+//!
+//! - **Which policies**: those of the workload's namespace and of the root
+//!   namespace whose `selector` is absent or matches the workload's labels.
+//!   Policies with `targetRef(s)` are for gateways and waypoints and do not
+//!   apply to sidecars.
+//! - **Filters** (`envoy.filters.http.rbac` before the router on HTTP
+//!   chains, `envoy.filters.network.rbac` before the TCP proxy, stat prefix
+//!   `tcp.`), in Istio's order: `AUDIT` (Envoy's `LOG` action), `DENY`,
+//!   then `ALLOW`. A workload with no policy gets none. Envoy answers a
+//!   refused request with HTTP 403 `RBAC: access denied` and closes a
+//!   refused TCP connection.
+//! - **One Envoy policy per rule**, named `ns[<ns>]-policy[<name>]-rule[<i>]`:
+//!   a permission per `to` operation (its set fields and the destination
+//!   conditions of `when`, all of them), a principal per `from` source (its
+//!   fields and the source conditions of `when`). A policy without rules
+//!   gets one that never matches (an `ALLOW` one then refuses everything).
+//! - **Values**: exact, `prefix*`, `*suffix`, or `*` (present / non-empty);
+//!   principals are matched as the peer certificate's SPIFFE URI
+//!   (`spiffe://` + value; values in one of the mesh's trust domains match
+//!   in each of them, Istio's trust domain aliases), namespaces and service
+//!   accounts by a regex over it; request header values as one element of
+//!   a comma-separated list.
+//! - **What cannot apply** (an HTTP field on a TCP chain; a request
+//!   principal or `request.auth.*` condition, which needs
+//!   RequestAuthentication, not read here; path templates; Envoy metadata
+//!   conditions): in an `ALLOW` rule the whole rule is left out (it allows
+//!   less), in `DENY` and `AUDIT` rules only that value (they refuse more),
+//!   as Istio does.
+//! - **`CUSTOM`**: no external authorizer is configured by this daemon, so
+//!   requests matching a `CUSTOM` policy's rules are refused, as istiod
+//!   does for a provider it cannot use.
+//! - **Dry run** (annotation `istio.io/dry-run: "true"`): the policy goes
+//!   into the filter's `shadow_rules` (stat prefix `istio_dry_run_allow_`
+//!   / `istio_dry_run_deny_`) and decides nothing.
+
+use std::collections::BTreeMap;
+
+use crds::authorization_policy::{Action, AuthorizationPolicySpec, Condition, Operation, Source};
+use envoy_types::pb::envoy::config::core::v3::CidrRange;
+use envoy_types::pb::envoy::config::listener::v3::{Filter, filter};
+use envoy_types::pb::envoy::config::rbac::v3::{
+    Permission, Policy as RbacPolicy, Principal, Rbac, permission, principal, rbac,
+};
+use envoy_types::pb::envoy::config::route::v3::{HeaderMatcher, header_matcher};
+use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpFilter, http_filter,
+};
+use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
+use envoy_types::pb::envoy::r#type::matcher::v3::{
+    PathMatcher, RegexMatcher, StringMatcher, path_matcher, string_matcher,
+};
+use envoy_types::pb::google::protobuf::UInt32Value;
+use envoy_types::util::pack_any;
+
+use crate::model::{Config, Snapshot};
+
+/// The annotation that makes a policy a dry run (Istio's `istio.io/dry-run`).
+pub const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
+/// Envoy's HTTP RBAC filter.
+pub const HTTP_RBAC_FILTER: &str = "envoy.filters.http.rbac";
+/// Envoy's network RBAC filter.
+pub const NETWORK_RBAC_FILTER: &str = "envoy.filters.network.rbac";
+/// Istio's stat prefix of the network RBAC filter (`tcp.rbac.denied`, ...).
+const TCP_STAT_PREFIX: &str = "tcp.";
+
+/// One AuthorizationPolicy as the snapshot keeps it: its spec and whether
+/// it is a dry run.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Policy {
+    /// The spec, as written.
+    pub spec: AuthorizationPolicySpec,
+    /// `istio.io/dry-run: "true"`: evaluated, logged in stats, not enforced.
+    pub dry_run: bool,
+}
+
+impl Policy {
+    /// The snapshot's view of `ap`.
+    pub fn of(ap: &crds::AuthorizationPolicy) -> Policy {
+        let dry_run = ap
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(DRY_RUN_ANNOTATION))
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        Policy {
+            spec: ap.spec.clone(),
+            dry_run,
+        }
+    }
+
+    fn action(&self) -> Action {
+        self.spec.action.unwrap_or(Action::Allow)
+    }
+}
+
+/// The RBAC filters of one workload's inbound chains: HTTP filters for the
+/// connection managers (before the router), network filters for TCP
+/// chains (before the TCP proxy). Both empty without a policy.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Filters {
+    /// `envoy.filters.http.rbac`, one per action in use.
+    pub http: Vec<HttpFilter>,
+    /// `envoy.filters.network.rbac`, one per action in use.
+    pub tcp: Vec<Filter>,
+}
+
+/// The RBAC filters for the workload in `namespace` with `labels`.
+pub fn filters(snap: &Snapshot, namespace: &str, labels: &BTreeMap<String, String>) -> Filters {
+    let root = snap.mesh.root_namespace.as_str();
+    let mut by_action: [Vec<&Config<Policy>>; 3] = Default::default();
+    for p in snap
+        .authorization_policies
+        .iter()
+        .filter(|p| applies(p, root, namespace, labels))
+    {
+        let slot = match p.spec.action() {
+            Action::Audit => 0,
+            Action::Deny | Action::Custom => 1,
+            Action::Allow => 2,
+        };
+        by_action[slot].push(p);
+    }
+    let trust: Vec<&str> = snap.mesh.trust_domains().collect();
+    let mut out = Filters::default();
+    for (policies, action) in
+        by_action
+            .iter()
+            .zip([rbac::Action::Log, rbac::Action::Deny, rbac::Action::Allow])
+    {
+        if policies.is_empty() {
+            continue;
+        }
+        let (rules, shadow) = rbac_of(policies, action, false, &trust);
+        out.http.push(HttpFilter {
+            name: HTTP_RBAC_FILTER.into(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(HttpRbac {
+                shadow_rules_stat_prefix: shadow_prefix(shadow.as_ref()),
+                rules,
+                shadow_rules: shadow,
+                ..Default::default()
+            }))),
+            ..Default::default()
+        });
+        let (rules, shadow) = rbac_of(policies, action, true, &trust);
+        out.tcp.push(Filter {
+            name: NETWORK_RBAC_FILTER.into(),
+            config_type: Some(filter::ConfigType::TypedConfig(pack_any(NetworkRbac {
+                stat_prefix: TCP_STAT_PREFIX.into(),
+                shadow_rules_stat_prefix: shadow_prefix(shadow.as_ref()),
+                rules,
+                shadow_rules: shadow,
+                ..Default::default()
+            }))),
+        });
+    }
+    out
+}
+
+/// Whether `p` applies to the workload: in its namespace or the root
+/// namespace, selecting it (or everything), and not aimed at a gateway
+/// or waypoint by `targetRef(s)`.
+fn applies(p: &Config<Policy>, root: &str, ns: &str, labels: &BTreeMap<String, String>) -> bool {
+    let spec = &p.spec.spec;
+    if spec.target_ref.is_some() || !spec.target_refs.is_empty() {
+        return false;
+    }
+    (p.namespace == ns || p.namespace == root)
+        && spec
+            .selector
+            .as_ref()
+            .is_none_or(|s| s.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v)))
+}
+
+fn shadow_prefix(shadow: Option<&Rbac>) -> String {
+    match shadow.map(|s| s.action()) {
+        Some(rbac::Action::Allow) => "istio_dry_run_allow_".into(),
+        Some(rbac::Action::Deny) => "istio_dry_run_deny_".into(),
+        _ => String::new(),
+    }
+}
+
+/// The enforced and the dry-run rules of `policies` under `action`, for a
+/// TCP chain or an HTTP one.
+fn rbac_of(
+    policies: &[&Config<Policy>],
+    action: rbac::Action,
+    tcp: bool,
+    trust: &[&str],
+) -> (Option<Rbac>, Option<Rbac>) {
+    let mut enforced: Option<Rbac> = None;
+    let mut shadow: Option<Rbac> = None;
+    for p in policies {
+        let target = if p.spec.dry_run {
+            &mut shadow
+        } else {
+            &mut enforced
+        };
+        let rules = target.get_or_insert_with(|| Rbac {
+            action: action as i32,
+            ..Default::default()
+        });
+        let spec = &p.spec.spec;
+        if spec.rules.is_empty() {
+            rules.policies.insert(rule_name(p, 0), never());
+        }
+        let ctx = Ctx {
+            tcp,
+            allow: action == rbac::Action::Allow,
+            trust,
+            namespace: &p.namespace,
+        };
+        for (i, rule) in spec.rules.iter().enumerate() {
+            if let Ok(policy) = ctx.rule(rule) {
+                rules.policies.insert(rule_name(p, i), policy);
+            }
+        }
+    }
+    (enforced, shadow)
+}
+
+fn rule_name(p: &Config<Policy>, i: usize) -> String {
+    format!("ns[{}]-policy[{}]-rule[{i}]", p.namespace, p.name)
+}
+
+/// Istio's policy that matches nothing (`not any` on both sides).
+fn never() -> RbacPolicy {
+    RbacPolicy {
+        permissions: vec![Permission {
+            rule: Some(permission::Rule::NotRule(Box::new(any_permission()))),
+        }],
+        principals: vec![Principal {
+            identifier: Some(principal::Identifier::NotId(Box::new(any_principal()))),
+        }],
+        ..Default::default()
+    }
+}
+
+fn any_permission() -> Permission {
+    Permission {
+        rule: Some(permission::Rule::Any(true)),
+    }
+}
+
+fn any_principal() -> Principal {
+    Principal {
+        identifier: Some(principal::Identifier::Any(true)),
+    }
+}
+
+/// Why a value cannot be matched here (the rule is left out of an `ALLOW`
+/// policy, the value out of others).
+type Unusable = &'static str;
+
+/// What one rule is generated for.
+struct Ctx<'a> {
+    tcp: bool,
+    allow: bool,
+    trust: &'a [&'a str],
+    /// The policy's namespace (service accounts without one are in it).
+    namespace: &'a str,
+}
+
+impl Ctx<'_> {
+    /// The Envoy policy of one rule, or why it is left out.
+    fn rule(&self, rule: &crds::authorization_policy::Rule) -> Result<RbacPolicy, Unusable> {
+        let mut base_permissions: Vec<Permission> = Vec::new();
+        let mut base_principals: Vec<Principal> = Vec::new();
+        for c in &rule.when {
+            self.condition(c, &mut base_permissions, &mut base_principals)?;
+        }
+        let mut permissions = Vec::new();
+        for to in &rule.to {
+            let mut and = match &to.operation {
+                Some(op) => self.operation(op)?,
+                None => Vec::new(),
+            };
+            and.extend(base_permissions.iter().cloned());
+            permissions.push(permission_and(and));
+        }
+        if rule.to.is_empty() {
+            permissions.push(permission_and(base_permissions.clone()));
+        }
+        let mut principals = Vec::new();
+        for from in &rule.from {
+            let mut and = match &from.source {
+                Some(src) => self.source(src)?,
+                None => Vec::new(),
+            };
+            and.extend(base_principals.iter().cloned());
+            principals.push(principal_and(and));
+        }
+        if rule.from.is_empty() {
+            principals.push(principal_and(base_principals));
+        }
+        Ok(RbacPolicy {
+            permissions,
+            principals,
+            ..Default::default()
+        })
+    }
+
+    /// The permissions of an operation's fields, in Istio's order.
+    fn operation(&self, op: &Operation) -> Result<Vec<Permission>, Unusable> {
+        let mut and = Vec::new();
+        self.permission_field(&mut and, &op.hosts, &op.not_hosts, |v| {
+            self.http_only()
+                .map(|()| header_permission(host_matcher(v)))
+        })?;
+        self.permission_field(&mut and, &op.methods, &op.not_methods, |v| {
+            self.http_only()
+                .map(|()| header_permission(header_value_matcher(":method", v, false)))
+        })?;
+        self.permission_field(&mut and, &op.paths, &op.not_paths, |v| {
+            self.http_only()?;
+            if v.contains('{') {
+                return Err("path templates are not supported");
+            }
+            Ok(Permission {
+                rule: Some(permission::Rule::UrlPath(PathMatcher {
+                    rule: Some(path_matcher::Rule::Path(string_match("", v))),
+                })),
+            })
+        })?;
+        self.permission_field(&mut and, &op.ports, &op.not_ports, port_permission)?;
+        Ok(and)
+    }
+
+    /// The principals of a source's fields, in Istio's order.
+    fn source(&self, s: &Source) -> Result<Vec<Principal>, Unusable> {
+        let mut and = Vec::new();
+        let principals = self.with_aliases(&s.principals);
+        let not_principals = self.with_aliases(&s.not_principals);
+        self.principal_field(&mut and, &principals, &not_principals, |v| {
+            Ok(authenticated(string_match("spiffe://", v)))
+        })?;
+        self.principal_field(
+            &mut and,
+            &s.request_principals,
+            &s.not_request_principals,
+            |_| Err("request principals need RequestAuthentication, which is not supported"),
+        )?;
+        self.principal_field(&mut and, &s.namespaces, &s.not_namespaces, |v| {
+            Ok(namespace_principal(v))
+        })?;
+        self.principal_field(
+            &mut and,
+            &s.service_accounts,
+            &s.not_service_accounts,
+            |v| {
+                let (ns, sa) = v.split_once('/').unwrap_or((self.namespace, v));
+                Ok(authenticated(regex_matcher(format!(
+                    "spiffe://.+/ns/{}/(.+/|)sa/{}(/.+)?",
+                    re2_escape(ns),
+                    re2_escape(sa)
+                ))))
+            },
+        )?;
+        self.principal_field(&mut and, &s.trust_domains, &s.not_trust_domains, |v| {
+            Ok(authenticated(regex_matcher(format!(
+                "spiffe://{}/.*",
+                wildcard_regex(v)
+            ))))
+        })?;
+        self.principal_field(
+            &mut and,
+            &s.remote_ip_blocks,
+            &s.not_remote_ip_blocks,
+            |v| {
+                cidr(v).map(|c| Principal {
+                    identifier: Some(principal::Identifier::RemoteIp(c)),
+                })
+            },
+        )?;
+        self.principal_field(&mut and, &s.ip_blocks, &s.not_ip_blocks, |v| {
+            cidr(v).map(|c| Principal {
+                identifier: Some(principal::Identifier::DirectRemoteIp(c)),
+            })
+        })?;
+        Ok(and)
+    }
+
+    /// A `when` condition, into the permissions or the principals.
+    fn condition(
+        &self,
+        c: &Condition,
+        permissions: &mut Vec<Permission>,
+        principals: &mut Vec<Principal>,
+    ) -> Result<(), Unusable> {
+        let key = c.key.as_str();
+        let (values, not) = (&c.values[..], &c.not_values[..]);
+        match key {
+            "destination.ip" => self.permission_field(permissions, values, not, |v| {
+                cidr(v).map(|c| Permission {
+                    rule: Some(permission::Rule::DestinationIp(c)),
+                })
+            }),
+            "destination.port" => self.permission_field(permissions, values, not, port_permission),
+            "connection.sni" => self.permission_field(permissions, values, not, |v| {
+                Ok(Permission {
+                    rule: Some(permission::Rule::RequestedServerName(string_match("", v))),
+                })
+            }),
+            "source.ip" => self.principal_field(principals, values, not, |v| {
+                cidr(v).map(|c| Principal {
+                    identifier: Some(principal::Identifier::DirectRemoteIp(c)),
+                })
+            }),
+            "remote.ip" => self.principal_field(principals, values, not, |v| {
+                cidr(v).map(|c| Principal {
+                    identifier: Some(principal::Identifier::RemoteIp(c)),
+                })
+            }),
+            "source.namespace" => {
+                self.principal_field(principals, values, not, |v| Ok(namespace_principal(v)))
+            }
+            "source.principal" => {
+                let values = self.with_aliases(values);
+                let not = self.with_aliases(not);
+                self.principal_field(principals, &values, &not, |v| {
+                    Ok(authenticated(string_match("spiffe://", v)))
+                })
+            }
+            _ if key.starts_with("request.headers[") => {
+                let name = header_name(key).ok_or("malformed request.headers[...] key")?;
+                self.principal_field(principals, values, not, |v| {
+                    self.http_only().map(|()| Principal {
+                        identifier: Some(principal::Identifier::Header(header_value_matcher(
+                            name, v, true,
+                        ))),
+                    })
+                })
+            }
+            _ if key.starts_with("request.auth.") => {
+                self.principal_field(principals, values, not, |_| {
+                    Err("request.auth conditions need RequestAuthentication, which is not supported")
+                })
+            }
+            _ if key.starts_with("experimental.envoy.filters.") => {
+                self.permission_field(permissions, values, not, |_| {
+                    Err("Envoy metadata conditions are not supported")
+                })
+            }
+            // Validation refuses other keys; Istio skips such a rule.
+            _ => Err("unknown condition key"),
+        }
+    }
+
+    fn http_only(&self) -> Result<(), Unusable> {
+        if self.tcp {
+            Err("an HTTP attribute on a TCP chain")
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Istio's `checkError`: an unusable value drops an `ALLOW` rule and is
+    /// skipped in the others.
+    fn usable<T>(&self, made: Result<T, Unusable>) -> Result<Option<T>, Unusable> {
+        match made {
+            Ok(m) => Ok(Some(m)),
+            Err(why) if self.allow => Err(why),
+            Err(_) => Ok(None),
+        }
+    }
+
+    fn permission_field(
+        &self,
+        and: &mut Vec<Permission>,
+        values: &[String],
+        not_values: &[String],
+        make: impl Fn(&str) -> Result<Permission, Unusable>,
+    ) -> Result<(), Unusable> {
+        let (any_of, none_of) = (self.each(values, &make)?, self.each(not_values, &make)?);
+        if !any_of.is_empty() {
+            and.push(permission_or(any_of));
+        }
+        if !none_of.is_empty() {
+            and.push(Permission {
+                rule: Some(permission::Rule::NotRule(Box::new(permission_or(none_of)))),
+            });
+        }
+        Ok(())
+    }
+
+    fn principal_field(
+        &self,
+        and: &mut Vec<Principal>,
+        values: &[String],
+        not_values: &[String],
+        make: impl Fn(&str) -> Result<Principal, Unusable>,
+    ) -> Result<(), Unusable> {
+        let (any_of, none_of) = (self.each(values, &make)?, self.each(not_values, &make)?);
+        if !any_of.is_empty() {
+            and.push(principal_or(any_of));
+        }
+        if !none_of.is_empty() {
+            and.push(Principal {
+                identifier: Some(principal::Identifier::NotId(Box::new(principal_or(
+                    none_of,
+                )))),
+            });
+        }
+        Ok(())
+    }
+
+    /// The matchers of a field's values (or not-values), those that are
+    /// usable ([`Ctx::usable`]).
+    fn each<T>(
+        &self,
+        values: &[String],
+        make: impl Fn(&str) -> Result<T, Unusable>,
+    ) -> Result<Vec<T>, Unusable> {
+        let mut out = Vec::with_capacity(values.len());
+        for v in values {
+            out.extend(self.usable(make(v))?);
+        }
+        Ok(out)
+    }
+
+    /// Principals with Istio's trust domain aliases: a value in one of the
+    /// mesh's trust domains matches in each of them.
+    fn with_aliases(&self, values: &[String]) -> Vec<String> {
+        let mut out: Vec<String> = Vec::with_capacity(values.len());
+        for v in values {
+            let own = v
+                .split_once("/ns/")
+                .filter(|(td, _)| self.trust.len() > 1 && self.trust.contains(td));
+            match own {
+                Some((_, rest)) => {
+                    for td in self.trust {
+                        let p = format!("{td}/ns/{rest}");
+                        if !out.contains(&p) {
+                            out.push(p);
+                        }
+                    }
+                }
+                None if !out.contains(v) => out.push(v.clone()),
+                None => {}
+            }
+        }
+        out
+    }
+}
+
+fn permission_and(rules: Vec<Permission>) -> Permission {
+    let rules = if rules.is_empty() {
+        vec![any_permission()]
+    } else {
+        rules
+    };
+    Permission {
+        rule: Some(permission::Rule::AndRules(permission::Set { rules })),
+    }
+}
+
+fn permission_or(rules: Vec<Permission>) -> Permission {
+    Permission {
+        rule: Some(permission::Rule::OrRules(permission::Set { rules })),
+    }
+}
+
+fn principal_and(ids: Vec<Principal>) -> Principal {
+    let ids = if ids.is_empty() {
+        vec![any_principal()]
+    } else {
+        ids
+    };
+    Principal {
+        identifier: Some(principal::Identifier::AndIds(principal::Set { ids })),
+    }
+}
+
+fn principal_or(ids: Vec<Principal>) -> Principal {
+    Principal {
+        identifier: Some(principal::Identifier::OrIds(principal::Set { ids })),
+    }
+}
+
+fn authenticated(m: StringMatcher) -> Principal {
+    Principal {
+        identifier: Some(principal::Identifier::Authenticated(
+            principal::Authenticated {
+                principal_name: Some(m),
+            },
+        )),
+    }
+}
+
+/// A peer in namespace `v` (wildcards allowed): a regex over its SPIFFE ID.
+fn namespace_principal(v: &str) -> Principal {
+    authenticated(regex_matcher(format!(".*/ns/{}/.*", wildcard_regex(v))))
+}
+
+fn header_permission(m: HeaderMatcher) -> Permission {
+    Permission {
+        rule: Some(permission::Rule::Header(m)),
+    }
+}
+
+fn port_permission(v: &str) -> Result<Permission, Unusable> {
+    let port: u32 = v.parse().ok().filter(|p| *p <= 65535).ok_or("not a port")?;
+    Ok(Permission {
+        rule: Some(permission::Rule::DestinationPort(port)),
+    })
+}
+
+/// An address or CIDR (`10.0.0.1`, `10.0.0.0/16`, IPv6 alike).
+fn cidr(v: &str) -> Result<CidrRange, Unusable> {
+    let (addr, len) = match v.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (v, None),
+    };
+    let ip: std::net::IpAddr = addr.parse().map_err(|_| "not an IP address or CIDR")?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let len = match len {
+        Some(l) => l
+            .parse::<u32>()
+            .ok()
+            .filter(|l| *l <= max)
+            .ok_or("not a CIDR prefix length")?,
+        None => max,
+    };
+    Ok(CidrRange {
+        address_prefix: ip.to_string(),
+        prefix_len: Some(UInt32Value { value: len }),
+    })
+}
+
+/// `request.headers[name]` -> `name`.
+fn header_name(key: &str) -> Option<&str> {
+    key.strip_prefix("request.headers[")?
+        .strip_suffix(']')
+        .filter(|n| !n.is_empty())
+}
+
+/// Istio's string matcher: `*` any non-empty value, `prefix*`, `*suffix`,
+/// exact; `prefix` is put before the value (`spiffe://` for principals).
+fn string_match(prefix: &str, v: &str) -> StringMatcher {
+    let pattern = if v == "*" {
+        string_matcher::MatchPattern::SafeRegex(regex(".+".into()))
+    } else if let Some(rest) = v.strip_prefix('*') {
+        if prefix.is_empty() {
+            string_matcher::MatchPattern::Suffix(rest.into())
+        } else {
+            string_matcher::MatchPattern::SafeRegex(regex(format!(
+                "{}.*{}",
+                re2_escape(prefix),
+                re2_escape(rest)
+            )))
+        }
+    } else if let Some(rest) = v.strip_suffix('*') {
+        string_matcher::MatchPattern::Prefix(format!("{prefix}{rest}"))
+    } else {
+        string_matcher::MatchPattern::Exact(format!("{prefix}{v}"))
+    };
+    StringMatcher {
+        match_pattern: Some(pattern),
+        ..Default::default()
+    }
+}
+
+fn regex_matcher(r: String) -> StringMatcher {
+    StringMatcher {
+        match_pattern: Some(string_matcher::MatchPattern::SafeRegex(regex(r))),
+        ..Default::default()
+    }
+}
+
+fn regex(r: String) -> RegexMatcher {
+    RegexMatcher {
+        regex: r,
+        ..Default::default()
+    }
+}
+
+/// `Host` / `:authority`, case-insensitive; `*`: present.
+fn host_matcher(v: &str) -> HeaderMatcher {
+    if v == "*" {
+        return present(":authority");
+    }
+    let mut m = string_match("", v);
+    m.ignore_case = true;
+    HeaderMatcher {
+        name: ":authority".into(),
+        header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(m)),
+        ..Default::default()
+    }
+}
+
+/// A header's value (`*`: present); with `list`, as one element of a
+/// comma-separated list (request header conditions, as Istio's).
+fn header_value_matcher(name: &str, v: &str, list: bool) -> HeaderMatcher {
+    if v == "*" {
+        return present(name);
+    }
+    let m = if list {
+        let e = wildcard_regex(v);
+        regex_matcher(format!("^{e}$|^{e},.*|.*,{e},.*|.*,{e}$"))
+    } else {
+        string_match("", v)
+    };
+    HeaderMatcher {
+        name: name.into(),
+        header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(m)),
+        ..Default::default()
+    }
+}
+
+fn present(name: &str) -> HeaderMatcher {
+    HeaderMatcher {
+        name: name.into(),
+        header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::PresentMatch(true)),
+        ..Default::default()
+    }
+}
+
+/// `v` as a regex with a leading or trailing `*` as `.*`, the rest literal.
+fn wildcard_regex(v: &str) -> String {
+    v.split('*').map(re2_escape).collect::<Vec<_>>().join(".*")
+}
+
+/// `s` with RE2's special characters escaped (Go's `regexp.QuoteMeta`).
+fn re2_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if r"\.+*?()|[]{}^$".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
