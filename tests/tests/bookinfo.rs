@@ -40,6 +40,61 @@ fn gateway_routes_productpage_and_404s_the_rest() {
     assert_eq!(gw.rejected(), 0);
 }
 
+/// AuthorizationPolicies on the ingress gateway (Istio's ingress access
+/// control): an `ALLOW` by method and path, and a `DENY` by client address
+/// and header checked before it; a policy for other workloads does not
+/// touch the gateway.
+#[test]
+fn authorization_policies_guard_the_ingress_gateway() {
+    let mesh = Mesh::start(false, &[("bookinfo-gateway.yaml", "gateway.yaml")]);
+    let gw = mesh.proxy(GATEWAY, &GATEWAY_LABELS, 15000);
+    let get = |path: &str, headers: &[(&str, &str)]| {
+        http_get(&format!("http://127.0.0.1:8080{path}"), headers).unwrap()
+    };
+    gw.wait_for(SYNC, "the 8080 listener", |_| {
+        get("/productpage", &[]).0 == 200
+    });
+    assert_eq!(get("/api/v1/products/1", &[]).0, 200);
+
+    mesh.apply(
+        &[&gw],
+        "authz.yaml",
+        "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ingress, namespace: istio-system}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  rules:
+  - to: [{operation: {methods: [GET], paths: [/productpage, /static/*]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: block, namespace: istio-system}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  action: DENY
+  rules:
+  - from: [{source: {ipBlocks: [127.0.0.0/8]}}]
+    when: [{key: 'request.headers[x-block]', values: ['yes']}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: others, namespace: istio-system}
+spec:
+  selector: {matchLabels: {app: productpage}}
+  rules: []
+",
+    );
+    assert_eq!(get("/productpage", &[]), (200, "productpage v1".into()));
+    assert_eq!(
+        get("/api/v1/products/1", &[]),
+        (403, "RBAC: access denied".into())
+    );
+    assert_eq!(get("/productpage", &[("x-block", "yes")]).0, 403);
+    assert_eq!(gw.stat("http.outbound_0.0.0.0_8080.rbac.denied"), 2);
+    assert_eq!(gw.rejected(), 0);
+}
+
 #[test]
 fn sidecar_routes_as_the_bookinfo_samples_say() {
     let mesh = Mesh::start(

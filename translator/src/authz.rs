@@ -1,5 +1,6 @@
 //! AuthorizationPolicy (`security.istio.io/v1`) as Envoy's RBAC filters on
-//! a sidecar's inbound chains, the way istiod's authz builder writes them.
+//! a sidecar's inbound chains and a gateway's listeners, the way istiod's
+//! authz builder writes them.
 //!
 //! - **Which policies**: those of the workload's namespace and of the root
 //!   namespace whose `selector` is absent or matches the workload's labels.

@@ -129,10 +129,10 @@ impl ChangeSet {
         let inbound_changed = !router
             && (self.inbound_addresses.contains(&proxy.ip)
                 || !self.peer_auth_namespaces.is_empty());
-        // An AuthorizationPolicy of its namespace or the mesh's: its inbound RBAC.
-        let authz_changed = !router
-            && (self.authz_namespaces.contains(ns)
-                || self.authz_namespaces.contains(&self.root_namespace));
+        // An AuthorizationPolicy of its namespace or the mesh's: a sidecar's
+        // inbound RBAC, a gateway's listeners'.
+        let authz_changed = self.authz_namespaces.contains(ns)
+            || self.authz_namespaces.contains(&self.root_namespace);
         let full = self.mesh
             || sidecar_changed
             || authz_changed

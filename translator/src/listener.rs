@@ -145,6 +145,7 @@ pub(crate) fn sidecar<'a>(
                 false,
                 &snap.mesh,
                 tracing.as_ref(),
+                &[],
             )
         };
         let mut listener = unbound_listener(&name, "0.0.0.0", port, default_chain);
@@ -861,6 +862,12 @@ pub(crate) fn gateway(
         }
     }
     let tracing = crate::trace::hcm_tracing(snap, proxy);
+    // The gateway pod's AuthorizationPolicies, as a sidecar's inbound.
+    let authz = crate::authz::filters(snap, &proxy.namespace, &proxy.labels);
+    let authorized = |mut chain: FilterChain| {
+        chain.filters.splice(0..0, authz.tcp.iter().cloned());
+        chain
+    };
     let mut listeners = Vec::new();
     let mut routes = Vec::new();
     let mut secrets: BTreeMap<String, Secret> = BTreeMap::new();
@@ -882,6 +889,7 @@ pub(crate) fn gateway(
                 true,
                 &snap.mesh,
                 tracing.as_ref(),
+                &authz.http,
             ));
         }
         for gs in &servers {
@@ -911,6 +919,7 @@ pub(crate) fn gateway(
                         true,
                         &snap.mesh,
                         tracing.as_ref(),
+                        &authz.http,
                     );
                     chain.name = name;
                     chain.filter_chain_match = Some(FilterChainMatch {
@@ -940,12 +949,12 @@ pub(crate) fn gateway(
                                     continue;
                                 }
                                 let name = format!("{}_{port}", sni.join(","));
-                                let mut chain = tcp_chain(
+                                let mut chain = authorized(tcp_chain(
                                     &name,
                                     &name,
                                     &l4_destinations(snap, vs, &r.route, port),
                                     &snap.mesh,
-                                );
+                                ));
                                 chain.filter_chain_match = Some(FilterChainMatch {
                                     server_names: sni,
                                     transport_protocol: "tls".into(),
@@ -966,12 +975,12 @@ pub(crate) fn gateway(
                         Some(l4_destinations(snap, vs, &r.route, port))
                     });
                     match route {
-                        Some(dests) => chains.push(tcp_chain(
+                        Some(dests) => chains.push(authorized(tcp_chain(
                             &format!("tcp.{port}"),
                             &format!("tcp.{port}"),
                             &dests,
                             &snap.mesh,
-                        )),
+                        ))),
                         None => warnings.push(ConfigWarning::new(
                             "Gateway",
                             gs.gw.key(),
@@ -1360,13 +1369,40 @@ fn tcp_chain(
     }
 }
 
+/// A chain ending in an HTTP connection manager on RDS `route_config`:
+/// `authz` (a gateway's RBAC filters), CORS, fault injection, the router.
 fn hcm_chain(
     stat_prefix: &str,
     route_config: &str,
     gateway: bool,
     mesh: &crate::model::MeshConfig,
     tracing: Option<&http_connection_manager::Tracing>,
+    authz: &[HttpFilter],
 ) -> FilterChain {
+    let mut http_filters = authz.to_vec();
+    http_filters.extend([
+        HttpFilter {
+            name: CORS_FILTER.into(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
+                Cors::default(),
+            ))),
+            ..Default::default()
+        },
+        HttpFilter {
+            name: FAULT_FILTER.into(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
+                HttpFault::default(),
+            ))),
+            ..Default::default()
+        },
+        HttpFilter {
+            name: "envoy.filters.http.router".into(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
+                Router::default(),
+            ))),
+            ..Default::default()
+        },
+    ]);
     let hcm = HttpConnectionManager {
         tracing: tracing.cloned(),
         stat_prefix: stat_prefix.to_owned(),
@@ -1374,29 +1410,7 @@ fn hcm_chain(
             config_source: Some(ads_config_source_waited_for()),
             route_config_name: route_config.to_owned(),
         })),
-        http_filters: vec![
-            HttpFilter {
-                name: CORS_FILTER.into(),
-                config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
-                    Cors::default(),
-                ))),
-                ..Default::default()
-            },
-            HttpFilter {
-                name: FAULT_FILTER.into(),
-                config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
-                    HttpFault::default(),
-                ))),
-                ..Default::default()
-            },
-            HttpFilter {
-                name: "envoy.filters.http.router".into(),
-                config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
-                    Router::default(),
-                ))),
-                ..Default::default()
-            },
-        ],
+        http_filters,
         use_remote_address: Some(BoolValue { value: gateway }),
         ..istio_http_connection_manager(mesh)
     };
