@@ -571,6 +571,20 @@ fn identities_follow_the_trust_domain_and_its_aliases() {
     );
     let reply = mesh.call_reviews().unwrap();
     assert_eq!(reply.status, 200, "{reply:?}");
+    // An AuthorizationPolicy naming `cluster.local/...`, as policies are
+    // usually written: that stands for the mesh's trust domain and its
+    // aliases, so productpage (in `example.org`) is let in, and only it.
+    let allow = |sa: &str| {
+        format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: reviews, namespace: default}}\nspec:\n  selector: {{matchLabels: {{app: reviews}}}}\n  rules: [{{from: [{{source: {{principals: [cluster.local/ns/default/sa/{sa}]}}}}]}}]\n"
+        )
+    };
+    mesh.apply("authz.yaml", &allow("ratings"));
+    let refused = settled(|| mesh.call_reviews().unwrap(), |r| r.status == 403);
+    assert_eq!(refused.status, 403, "{refused:?}");
+    mesh.apply("authz.yaml", &allow("productpage"));
+    let reply = settled(|| mesh.call_reviews().unwrap(), |r| r.status == 200);
+    assert_eq!(reply.status, 200, "{reply:?}");
     assert_eq!(
         mesh.client_envoy.rejected() + mesh.server_envoy.rejected(),
         0

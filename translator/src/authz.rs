@@ -20,7 +20,8 @@
 //! - **Values**: exact, `prefix*`, `*suffix`, or `*` (present / non-empty);
 //!   principals are matched as the peer certificate's SPIFFE URI
 //!   (`spiffe://` + value; values in one of the mesh's trust domains match
-//!   in each of them, Istio's trust domain aliases), namespaces and service
+//!   in each of them, Istio's trust domain aliases, and `cluster.local`
+//!   stands for the mesh's own), namespaces and service
 //!   accounts by a regex over it; request header values as one element of
 //!   a comma-separated list.
 //! - **What cannot apply** (an HTTP field on a TCP chain; a request
@@ -522,13 +523,14 @@ impl Ctx<'_> {
     }
 
     /// Principals with Istio's trust domain aliases: a value in one of the
-    /// mesh's trust domains matches in each of them.
+    /// mesh's trust domains matches in each of them, and `cluster.local`
+    /// stands for the mesh's own (Istio's `ReplaceTrustDomainAliases`).
     fn with_aliases(&self, values: &[String]) -> Vec<String> {
         let mut out: Vec<String> = Vec::with_capacity(values.len());
         for v in values {
             let own = v
                 .split_once("/ns/")
-                .filter(|(td, _)| self.trust.len() > 1 && self.trust.contains(td));
+                .filter(|(td, _)| *td == "cluster.local" || self.trust.contains(td));
             match own {
                 Some((_, rest)) => {
                     for td in self.trust {

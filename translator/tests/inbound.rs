@@ -657,6 +657,14 @@ fn authorization_policies_become_rbac_filters_on_the_inbound_chains() {
     assert!(shadow.1.is_empty() && shadow.3 == ["ns[default]-policy[trial]-rule[0]"]);
     assert!(shadow.2 == "None", "{}", shadow.2);
 
+    // `cluster.local` stands for the mesh's trust domain, whatever it is.
+    let moved = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio, namespace: istio-system}\ndata:\n  mesh: '{trustDomain: new.example}'\n---\n";
+    let text = &on(&format!("{moved}{allow}"), Some(9080))[0][0].2;
+    assert!(
+        text.contains("spiffe://new.example/ns/default/sa/productpage"),
+        "{text}"
+    );
+    assert!(!text.contains("spiffe://cluster.local/"), "{text}");
     // Trust domain aliases: a principal in one matches in each.
     let configmap = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio, namespace: istio-system}\ndata:\n  mesh: '{trustDomain: new.example, trustDomainAliases: [cluster.local]}'\n---\n";
     let aliased = on(&format!("{configmap}{allow}"), Some(9080));
