@@ -2,8 +2,8 @@
 //! crate's types, shaped like Istio's own (`manifests/charts/base/files/crd-all.gen.yaml`):
 //! `networking.istio.io` kinds with versions `v1` (stored), `v1beta1` and
 //! `v1alpha3` (served, same schema), categories `istio-io` and
-//! `networking-istio-io`; `security.istio.io` PeerAuthentication and AuthorizationPolicy with
-//! `v1` and `v1beta1`, `security-istio-io`; Istio's short names and printer columns, a
+//! `networking-istio-io`; `security.istio.io` PeerAuthentication, RequestAuthentication and
+//! AuthorizationPolicy with `v1` and `v1beta1`, `security-istio-io`; Istio's short names and printer columns, a
 //! `status` subresource whose schema preserves unknown fields (the only
 //! place Istio's networking CRDs do).
 //!
@@ -18,8 +18,8 @@ use kube::CustomResourceExt;
 use serde_json::{Value, json};
 
 use crate::{
-    AuthorizationPolicy, DestinationRule, Gateway, PeerAuthentication, ServiceEntry, Sidecar,
-    VirtualService,
+    AuthorizationPolicy, DestinationRule, Gateway, PeerAuthentication, RequestAuthentication,
+    ServiceEntry, Sidecar, VirtualService,
 };
 
 /// Category and served versions besides `v1` of the networking kinds.
@@ -111,6 +111,7 @@ pub fn definitions() -> Vec<Value> {
                 AGE,
             ],
         ),
+        shape(RequestAuthentication::crd(), SECURITY, &[]),
     ]
 }
 
@@ -210,7 +211,7 @@ mod tests {
     #[test]
     fn istios_versions_categories_and_one_stored_version() {
         let defs = definitions();
-        assert_eq!(defs.len(), 7);
+        assert_eq!(defs.len(), 8);
         let mut served = 0;
         for crd in &defs {
             let versions = crd["spec"]["versions"].as_array().unwrap();

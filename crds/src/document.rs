@@ -2,8 +2,8 @@
 //!
 //! Reads the kinds the control plane consumes: `v1` `Namespace`, `Pod`,
 //! `Service`, `ConfigMap` (the mesh config) and `Secret` (gateway certificates), `discovery.k8s.io/v1` `EndpointSlice`, the Istio
-//! networking kinds and `security.istio.io` PeerAuthentication and
-//! AuthorizationPolicy. Errors name the kind, the object and the field path
+//! networking kinds and `security.istio.io` PeerAuthentication,
+//! RequestAuthentication and AuthorizationPolicy. Errors name the kind, the object and the field path
 //! (`spec.http[0].route[1].weight`), so one bad document can be reported and
 //! skipped while the rest of the mesh applies.
 
@@ -15,7 +15,8 @@ use serde::de::DeserializeOwned;
 
 use crate::{
     AuthorizationPolicy, DestinationRule, Gateway, NETWORKING_GROUP, NETWORKING_VERSIONS,
-    PeerAuthentication, SECURITY_GROUP, SECURITY_VERSIONS, ServiceEntry, Sidecar, VirtualService,
+    PeerAuthentication, RequestAuthentication, SECURITY_GROUP, SECURITY_VERSIONS, ServiceEntry,
+    Sidecar, VirtualService,
 };
 
 /// What the mesh model reads of a `v1` `Pod`: its metadata (labels give
@@ -62,6 +63,7 @@ pub enum Object {
     Sidecar(Box<Sidecar>),
     PeerAuthentication(Box<PeerAuthentication>),
     AuthorizationPolicy(Box<AuthorizationPolicy>),
+    RequestAuthentication(Box<RequestAuthentication>),
 }
 
 impl Object {
@@ -81,6 +83,7 @@ impl Object {
             Object::Sidecar(_) => "Sidecar",
             Object::PeerAuthentication(_) => "PeerAuthentication",
             Object::AuthorizationPolicy(_) => "AuthorizationPolicy",
+            Object::RequestAuthentication(_) => "RequestAuthentication",
         }
     }
 
@@ -100,6 +103,7 @@ impl Object {
             Object::Sidecar(o) => &o.metadata,
             Object::PeerAuthentication(o) => &o.metadata,
             Object::AuthorizationPolicy(o) => &o.metadata,
+            Object::RequestAuthentication(o) => &o.metadata,
         }
     }
 
@@ -119,6 +123,7 @@ impl Object {
             Object::Sidecar(o) => &mut o.metadata,
             Object::PeerAuthentication(o) => &mut o.metadata,
             Object::AuthorizationPolicy(o) => &mut o.metadata,
+            Object::RequestAuthentication(o) => &mut o.metadata,
         }
     }
 }
@@ -268,6 +273,9 @@ fn parse_object(value: serde_json::Value, default_namespace: &str) -> Result<Obj
         (SECURITY_GROUP, v, "AuthorizationPolicy") if SECURITY_VERSIONS.contains(&v) => {
             Object::AuthorizationPolicy(ctx.parse_istio(value)?)
         }
+        (SECURITY_GROUP, v, "RequestAuthentication") if SECURITY_VERSIONS.contains(&v) => {
+            Object::RequestAuthentication(ctx.parse_istio(value)?)
+        }
         (NETWORKING_GROUP, v, k) if NETWORKING_VERSIONS.contains(&v) => match k {
             "VirtualService" => Object::VirtualService(ctx.parse_istio(value)?),
             "DestinationRule" => Object::DestinationRule(ctx.parse_istio(value)?),
@@ -376,7 +384,8 @@ istio_kind!(
     Gateway => GatewaySpec,
     Sidecar => SidecarSpec,
     PeerAuthentication => PeerAuthenticationSpec,
-    AuthorizationPolicy => AuthorizationPolicySpec
+    AuthorizationPolicy => AuthorizationPolicySpec,
+    RequestAuthentication => RequestAuthenticationSpec
 );
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ mod duration;
 pub mod gateway;
 pub mod mesh;
 pub mod peer_authentication;
+pub mod request_authentication;
 pub mod service_entry;
 pub mod sidecar;
 pub mod support;
@@ -32,6 +33,7 @@ pub use document::{Object, ParseError};
 pub use duration::{Duration, DurationError};
 pub use gateway::{Gateway, GatewaySpec};
 pub use peer_authentication::{PeerAuthentication, PeerAuthenticationSpec};
+pub use request_authentication::{RequestAuthentication, RequestAuthenticationSpec};
 pub use service_entry::{ServiceEntry, ServiceEntrySpec};
 pub use sidecar::{Sidecar, SidecarSpec};
 pub use virtual_service::{VirtualService, VirtualServiceSpec};
@@ -42,7 +44,8 @@ pub const NETWORKING_GROUP: &str = "networking.istio.io";
 /// API versions of `networking.istio.io` that are read (all share one schema).
 pub const NETWORKING_VERSIONS: [&str; 3] = ["v1", "v1beta1", "v1alpha3"];
 
-/// The API group of PeerAuthentication and AuthorizationPolicy.
+/// The API group of PeerAuthentication, RequestAuthentication and
+/// AuthorizationPolicy.
 pub const SECURITY_GROUP: &str = "security.istio.io";
 
 /// API versions of `security.istio.io` that are read (one schema).

@@ -63,8 +63,8 @@ pub const NOT_YET: &[(&str, &str)] = &[
     ("Sidecar", "spec.outboundTrafficPolicy.egressProxy"),
     ("AuthorizationPolicy", "spec.targetRef"),
     ("AuthorizationPolicy", "spec.targetRefs"),
-    ("AuthorizationPolicy", "source.requestPrincipals"),
-    ("AuthorizationPolicy", "source.notRequestPrincipals"),
+    ("RequestAuthentication", "spec.targetRef"),
+    ("RequestAuthentication", "spec.targetRefs"),
 ];
 
 /// Values read but not acted on yet: (kind, field path, value, what
@@ -81,12 +81,6 @@ pub const NOT_YET_VALUES: &[(&str, &str, &str, &str)] = &[
         "action",
         "CUSTOM",
         "no external authorizer is configured: requests matching its rules are denied, as istiod does for a provider it cannot use",
-    ),
-    (
-        "AuthorizationPolicy",
-        "when[].key",
-        "request.auth.*",
-        "needs RequestAuthentication (JWT): the rule is left out of an ALLOW policy, the condition out of others",
     ),
     (
         "AuthorizationPolicy",
@@ -118,6 +112,9 @@ pub fn unsupported(object: &Object) -> Vec<(String, String)> {
         Object::Sidecar(o) => ("Sidecar", serde_json::to_value(&o.spec)),
         Object::PeerAuthentication(o) => ("PeerAuthentication", serde_json::to_value(&o.spec)),
         Object::AuthorizationPolicy(o) => ("AuthorizationPolicy", serde_json::to_value(&o.spec)),
+        Object::RequestAuthentication(o) => {
+            ("RequestAuthentication", serde_json::to_value(&o.spec))
+        }
         _ => return Vec::new(),
     };
     let Ok(spec) = spec else { return Vec::new() };
@@ -232,7 +229,8 @@ mod tests {
                     "Gateway",
                     "Sidecar",
                     "PeerAuthentication",
-                    "AuthorizationPolicy"
+                    "AuthorizationPolicy",
+                    "RequestAuthentication"
                 ]
                 .contains(kind),
                 "{kind}"
@@ -243,18 +241,14 @@ mod tests {
     #[test]
     fn authorization_policy_fields_not_acted_on_are_named() {
         let r = report(
-            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec:\n  action: CUSTOM\n  provider: {name: opa}\n  rules:\n  - from: [{source: {principals: [a], requestPrincipals: ['*']}}]\n    when:\n    - {key: 'request.auth.claims[iss]', values: [x]}\n    - {key: 'request.headers[x]', values: [y]}\n",
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec:\n  action: CUSTOM\n  provider: {name: opa}\n  rules:\n  - from: [{source: {principals: [a], requestPrincipals: ['*']}}]\n    when:\n    - {key: 'experimental.envoy.filters.a.b[c]', values: [x]}\n    - {key: 'request.headers[x]', values: [y]}\n",
         );
         let fields: Vec<&str> = r.iter().map(|(f, _)| f.as_str()).collect();
-        assert_eq!(
-            fields,
-            [
-                "spec.action",
-                "spec.rules[0].from[0].source.requestPrincipals",
-                "spec.rules[0].when[0].key"
-            ]
+        assert_eq!(fields, ["spec.action", "spec.rules[0].when[0].key"]);
+        assert!(
+            r[1].1.contains("experimental.envoy.filters.a.b[c]"),
+            "{r:?}"
         );
-        assert!(r[2].1.contains("request.auth.claims[iss]"), "{r:?}");
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub fn validate(object: &Object) -> Result<(), ParseError> {
         Object::Sidecar(sc) => sidecar(&sc.spec),
         Object::PeerAuthentication(pa) => peer_authentication(&pa.spec),
         Object::AuthorizationPolicy(ap) => authorization_policy(&ap.spec),
+        Object::RequestAuthentication(ra) => request_authentication(&ra.spec),
         Object::ConfigMap(cm) if crate::mesh::is_mesh_configmap(cm) => {
             crate::mesh::parse(cm)?;
             Vec::new()
@@ -552,6 +553,112 @@ fn authorization_policy(spec: &crate::AuthorizationPolicySpec) -> Problems {
     p
 }
 
+/// Istio's RequestAuthentication rules: `selector` or `targetRef(s)`, not
+/// both; every rule with an issuer, at most one of `jwks` and `jwksUri`
+/// (an `http(s)://` URL), a `jwks` that is a JSON Web Key Set, named
+/// headers and claims, a timeout of at least 1 ms.
+fn request_authentication(spec: &crate::RequestAuthenticationSpec) -> Problems {
+    let mut p = Problems::new();
+    if spec.selector.is_some() && (spec.target_ref.is_some() || !spec.target_refs.is_empty()) {
+        p.push((
+            "spec.selector".into(),
+            "only one of targetRefs or selector can be set".into(),
+        ));
+    }
+    for (i, rule) in spec.jwt_rules.iter().enumerate() {
+        let at = format!("spec.jwtRules[{i}]");
+        if rule.issuer.is_empty() {
+            p.push((format!("{at}.issuer"), "issuer must be set".into()));
+        }
+        let uri = rule.jwks_uri.as_ref().or(rule.jwks_uri_snake.as_ref());
+        let set = [
+            rule.jwks_uri.is_some(),
+            rule.jwks_uri_snake.is_some(),
+            rule.jwks.is_some(),
+        ];
+        if set.iter().filter(|s| **s).count() > 1 {
+            p.push((at.clone(), "only one of jwks or jwksUri can be set".into()));
+        }
+        if let Some(uri) = uri {
+            let scheme_ok = uri
+                .split_once("://")
+                .is_some_and(|(s, rest)| matches!(s, "http" | "https") && !rest.is_empty());
+            if !scheme_ok {
+                p.push((
+                    format!("{at}.jwksUri"),
+                    format!("{uri:?}: url must have scheme http:// or https://"),
+                ));
+            }
+        }
+        if let Some(jwks) = &rule.jwks
+            && let Err(why) = check_jwks(jwks)
+        {
+            p.push((format!("{at}.jwks"), why));
+        }
+        for (j, h) in rule.from_headers.iter().enumerate() {
+            if h.name.is_empty() {
+                p.push((format!("{at}.fromHeaders[{j}].name"), "required".into()));
+            }
+        }
+        for (j, c) in rule.output_claim_to_headers.iter().enumerate() {
+            if c.header.is_empty() || c.claim.is_empty() {
+                p.push((
+                    format!("{at}.outputClaimToHeaders[{j}]"),
+                    "header and claim are required".into(),
+                ));
+            }
+        }
+        if rule
+            .timeout
+            .is_some_and(|t| t.as_std() < std::time::Duration::from_millis(1))
+        {
+            p.push((
+                format!("{at}.timeout"),
+                "must be a valid duration greater than 1ms".into(),
+            ));
+        }
+    }
+    p
+}
+
+/// A JSON Web Key Set as Envoy's JWT filter reads it: a non-empty `keys`
+/// list whose keys have a known `kty` and its members (RFC 7518), in
+/// base64url. Envoy refuses a config whose inline keys do not parse, so
+/// one bad key set would hold back every update of the workloads it
+/// applies to.
+fn check_jwks(jwks: &str) -> Result<(), String> {
+    let v: serde_json::Value = serde_json::from_str(jwks).map_err(|e| format!("not JSON: {e}"))?;
+    let keys = v
+        .get("keys")
+        .and_then(|k| k.as_array())
+        .filter(|k| !k.is_empty())
+        .ok_or("not a JSON Web Key Set (a JSON object with a non-empty `keys` list)")?;
+    let base64url = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'='))
+    };
+    for (i, key) in keys.iter().enumerate() {
+        let members: &[&str] = match key.get("kty").and_then(|k| k.as_str()) {
+            Some("EC") => &["crv", "x", "y"],
+            Some("RSA") => &["n", "e"],
+            Some("oct") => &["k"],
+            Some("OKP") => &["crv", "x"],
+            other => return Err(format!("keys[{i}]: unknown kty {other:?}")),
+        };
+        for m in members {
+            let value = key.get(*m).and_then(|v| v.as_str()).unwrap_or("");
+            if *m != "crv" && !base64url(value) {
+                return Err(format!("keys[{i}].{m}: missing or not base64url"));
+            }
+            if *m == "crv" && value.is_empty() {
+                return Err(format!("keys[{i}].crv: missing"));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A source, operation or condition: at least one list set, no empty
 /// value, each value as `check` wants it.
 fn check_lists(
@@ -692,6 +799,55 @@ mod tests {
             ),
         ] {
             assert_eq!(field_of(ap(spec)), field, "{spec}");
+        }
+    }
+
+    #[test]
+    fn request_authentications_are_checked_as_istio_does() {
+        let ra = |spec: &str| {
+            check(&format!(
+                "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: r}}\nspec: {spec}\n"
+            ))
+        };
+        let jwks = r#"'{"keys": [{"kty": "EC", "crv": "P-256", "x": "a", "y": "b"}]}'"#;
+        assert!(
+            ra(&format!(
+                "{{jwtRules: [{{issuer: a, jwks: {jwks}, fromHeaders: [{{name: x-jwt}}]}}]}}"
+            ))
+            .is_ok()
+        );
+        assert!(ra("{jwtRules: [{issuer: a, jwksUri: 'https://idp.example/keys'}]}").is_ok());
+        for (spec, field) in [
+            (
+                "{jwtRules: [{jwksUri: 'https://a/k'}]}",
+                "spec.jwtRules[0].issuer",
+            ),
+            (
+                "{jwtRules: [{issuer: a, jwksUri: 'ftp://a/k'}]}",
+                "spec.jwtRules[0].jwksUri",
+            ),
+            (
+                "{jwtRules: [{issuer: a, jwks: '{}'}]}",
+                "spec.jwtRules[0].jwks",
+            ),
+            (
+                r#"{jwtRules: [{issuer: a, jwks: '{"keys": [{"kty": "EC", "crv": "P-256", "x": "a+b"}]}'}]}"#,
+                "spec.jwtRules[0].jwks",
+            ),
+            (
+                "{jwtRules: [{issuer: a, jwks: 'x', jwksUri: 'https://a/k'}]}",
+                "spec.jwtRules[0]",
+            ),
+            (
+                "{jwtRules: [{issuer: a, fromHeaders: [{name: ''}]}]}",
+                "spec.jwtRules[0].fromHeaders[0].name",
+            ),
+            (
+                "{jwtRules: [{issuer: a, timeout: 0s}]}",
+                "spec.jwtRules[0].timeout",
+            ),
+        ] {
+            assert_eq!(field_of(ra(spec)), field, "{spec}");
         }
     }
 

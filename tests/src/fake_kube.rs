@@ -92,6 +92,12 @@ pub const KINDS: &[(&str, &str, &str, bool)] = &[
         "authorizationpolicies",
         true,
     ),
+    (
+        "security.istio.io/v1",
+        "RequestAuthentication",
+        "requestauthentications",
+        true,
+    ),
 ];
 
 /// One write, as a watch reports it.

@@ -24,12 +24,14 @@
 //!   stands for the mesh's own), namespaces and service
 //!   accounts by a regex over it; request header values as one element of
 //!   a comma-separated list.
-//! - **What cannot apply** (an HTTP field on a TCP chain; a request
-//!   principal or `request.auth.*` condition, which needs
-//!   RequestAuthentication, not read here; path templates; Envoy metadata
-//!   conditions): in an `ALLOW` rule the whole rule is left out (it allows
-//!   less), in `DENY` and `AUDIT` rules only that value (they refuse more),
-//!   as Istio does.
+//! - **Request principals** (`<iss>/<sub>`) and `request.auth.*`
+//!   conditions are matched on the token payload the JWT filter
+//!   ([`crate::jwt`], from RequestAuthentications) leaves in its dynamic
+//!   metadata; a request without a verified token has none.
+//! - **What cannot apply** (an HTTP field on a TCP chain; path templates;
+//!   Envoy metadata conditions): in an `ALLOW` rule the whole rule is left
+//!   out (it allows less), in `DENY` and `AUDIT` rules only that value
+//!   (they refuse more), as Istio does.
 //! - **`CUSTOM`**: no external authorizer is configured by this daemon, so
 //!   requests matching a `CUSTOM` policy's rules are refused, as istiod
 //!   does for a provider it cannot use.
@@ -43,7 +45,8 @@ use crds::authorization_policy::{Action, AuthorizationPolicySpec, Condition, Ope
 use envoy_types::pb::envoy::config::core::v3::CidrRange;
 use envoy_types::pb::envoy::config::listener::v3::{Filter, filter};
 use envoy_types::pb::envoy::config::rbac::v3::{
-    Permission, Policy as RbacPolicy, Principal, Rbac, permission, principal, rbac,
+    MetadataSource, Permission, Policy as RbacPolicy, Principal, Rbac, SourcedMetadata, permission,
+    principal, rbac,
 };
 use envoy_types::pb::envoy::config::route::v3::{HeaderMatcher, header_matcher};
 use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
@@ -52,7 +55,8 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
 use envoy_types::pb::envoy::r#type::matcher::v3::{
-    PathMatcher, RegexMatcher, StringMatcher, path_matcher, string_matcher,
+    ListMatcher, MetadataMatcher, OrMatcher, PathMatcher, RegexMatcher, StringMatcher,
+    ValueMatcher, list_matcher, metadata_matcher, path_matcher, string_matcher, value_matcher,
 };
 use envoy_types::pb::google::protobuf::UInt32Value;
 use envoy_types::util::pack_any;
@@ -98,26 +102,32 @@ impl Policy {
     }
 }
 
-/// The RBAC filters of one workload's inbound chains: HTTP filters for the
-/// connection managers (before the router), network filters for TCP
-/// chains (before the TCP proxy). Both empty without a policy.
+/// The security filters of one workload's inbound chains: HTTP filters for
+/// the connection managers (the JWT filter of its RequestAuthentications,
+/// then RBAC; before the router), network filters for TCP chains (before
+/// the TCP proxy). Both empty without a policy.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Filters {
-    /// `envoy.filters.http.rbac`, one per action in use.
+    /// `envoy.filters.http.jwt_authn`, then `envoy.filters.http.rbac`,
+    /// one per action in use.
     pub http: Vec<HttpFilter>,
     /// `envoy.filters.network.rbac`, one per action in use.
     pub tcp: Vec<Filter>,
 }
 
-/// The RBAC filters for the workload in `namespace` with `labels`.
+/// The JWT and RBAC filters for the workload in `namespace` with `labels`.
 pub fn filters(snap: &Snapshot, namespace: &str, labels: &BTreeMap<String, String>) -> Filters {
     let root = snap.mesh.root_namespace.as_str();
     let mut by_action: [Vec<&Config<Policy>>; 3] = Default::default();
-    for p in snap
-        .authorization_policies
-        .iter()
-        .filter(|p| applies(p, root, namespace, labels))
-    {
+    for p in snap.authorization_policies.iter().filter(|p| {
+        let spec = &p.spec.spec;
+        in_scope(
+            &p.namespace,
+            spec.selector.as_ref(),
+            spec.target_ref.is_some() || !spec.target_refs.is_empty(),
+            (root, namespace, labels),
+        )
+    }) {
         let slot = match p.spec.action() {
             Action::Audit => 0,
             Action::Deny | Action::Custom => 1,
@@ -127,6 +137,8 @@ pub fn filters(snap: &Snapshot, namespace: &str, labels: &BTreeMap<String, Strin
     }
     let trust: Vec<&str> = snap.mesh.trust_domains().collect();
     let mut out = Filters::default();
+    // Tokens are verified before any RBAC filter reads them.
+    out.http.extend(crate::jwt::filter(snap, namespace, labels));
     for (policies, action) in
         by_action
             .iter()
@@ -161,19 +173,19 @@ pub fn filters(snap: &Snapshot, namespace: &str, labels: &BTreeMap<String, Strin
     out
 }
 
-/// Whether `p` applies to the workload: in its namespace or the root
-/// namespace, selecting it (or everything), and not aimed at a gateway
-/// or waypoint by `targetRef(s)`.
-fn applies(p: &Config<Policy>, root: &str, ns: &str, labels: &BTreeMap<String, String>) -> bool {
-    let spec = &p.spec.spec;
-    if spec.target_ref.is_some() || !spec.target_refs.is_empty() {
-        return false;
-    }
-    (p.namespace == ns || p.namespace == root)
-        && spec
-            .selector
-            .as_ref()
-            .is_none_or(|s| s.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v)))
+/// Whether a security policy of namespace `policy_ns` applies to the
+/// workload `(root namespace, namespace, labels)`: in its namespace or the
+/// root namespace, selecting it (or everything), and not aimed at a
+/// gateway or waypoint by `targetRef(s)` (`targeted`).
+pub(crate) fn in_scope(
+    policy_ns: &str,
+    selector: Option<&crds::MatchLabelSelector>,
+    targeted: bool,
+    (root, ns, labels): (&str, &str, &BTreeMap<String, String>),
+) -> bool {
+    !targeted
+        && (policy_ns == ns || policy_ns == root)
+        && selector.is_none_or(|s| s.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v)))
 }
 
 fn shadow_prefix(shadow: Option<&Rbac>) -> String {
@@ -342,7 +354,7 @@ impl Ctx<'_> {
             &mut and,
             &s.request_principals,
             &s.not_request_principals,
-            |_| Err("request principals need RequestAuthentication, which is not supported"),
+            |v| self.http_only().map(|()| request_principal(v)),
         )?;
         self.principal_field(&mut and, &s.namespaces, &s.not_namespaces, |v| {
             Ok(namespace_principal(v))
@@ -435,9 +447,24 @@ impl Ctx<'_> {
                     })
                 })
             }
-            _ if key.starts_with("request.auth.") => {
-                self.principal_field(principals, values, not, |_| {
-                    Err("request.auth conditions need RequestAuthentication, which is not supported")
+            "request.auth.principal" => self.principal_field(principals, values, not, |v| {
+                self.http_only().map(|()| request_principal(v))
+            }),
+            "request.auth.audiences" | "request.auth.presenter" => {
+                let claim = if key.ends_with("audiences") {
+                    "aud"
+                } else {
+                    "azp"
+                };
+                self.principal_field(principals, values, not, |v| {
+                    self.http_only().map(|()| jwt_claim(&[claim], one_of(v)))
+                })
+            }
+            _ if key.starts_with("request.auth.claims[") => {
+                let path = claim_path(&key["request.auth.claims".len()..])
+                    .ok_or("malformed request.auth.claims[...] key")?;
+                self.principal_field(principals, values, not, |v| {
+                    self.http_only().map(|()| jwt_claim(&path, one_of(v)))
                 })
             }
             _ if key.starts_with("experimental.envoy.filters.") => {
@@ -546,6 +573,109 @@ impl Ctx<'_> {
         }
         out
     }
+}
+
+/// A request principal `<iss>/<sub>` (the last `/` splits them; `*` and
+/// a leading or trailing `*` as Istio reads them) as a match on both
+/// claims of the verified token's payload.
+fn request_principal(v: &str) -> Principal {
+    let any = || regex_matcher(".+".into());
+    let exact = |s: &str| string_match("", s);
+    let (iss, sub) = match v.rsplit_once('/') {
+        Some((iss, sub)) => (Some(iss), sub),
+        None => (None, v),
+    };
+    let (iss, sub) = if v == "*" {
+        (any(), any())
+    } else if v.starts_with('*') {
+        match iss {
+            Some("*") => (any(), exact(sub)),
+            Some(iss) => (string_match("", iss), exact(sub)),
+            None => (any(), string_match("", v)),
+        }
+    } else if v.ends_with('*') {
+        match iss {
+            Some(iss) if sub == "*" => (exact(iss), any()),
+            Some(iss) => (exact(iss), string_match("", sub)),
+            None => (string_match("", v), any()),
+        }
+    } else {
+        match iss {
+            Some(iss) => (exact(iss), exact(sub)),
+            None => (exact(v), exact("")),
+        }
+    };
+    Principal {
+        identifier: Some(principal::Identifier::AndIds(principal::Set {
+            ids: vec![
+                jwt_claim(&["iss"], string_value(iss)),
+                jwt_claim(&["sub"], string_value(sub)),
+            ],
+        })),
+    }
+}
+
+/// A claim of the verified token (`path` below its payload) matching `value`.
+fn jwt_claim(path: &[&str], value: ValueMatcher) -> Principal {
+    let keys = std::iter::once(crate::jwt::PAYLOAD)
+        .chain(path.iter().copied())
+        .map(|k| metadata_matcher::PathSegment {
+            segment: Some(metadata_matcher::path_segment::Segment::Key(k.to_owned())),
+        })
+        .collect();
+    Principal {
+        identifier: Some(principal::Identifier::SourcedMetadata(SourcedMetadata {
+            metadata_matcher: Some(MetadataMatcher {
+                filter: crate::jwt::JWT_FILTER.into(),
+                path: keys,
+                value: Some(value),
+                invert: false,
+            }),
+            metadata_source: MetadataSource::Dynamic as i32,
+        })),
+    }
+}
+
+fn string_value(m: StringMatcher) -> ValueMatcher {
+    ValueMatcher {
+        match_pattern: Some(value_matcher::MatchPattern::StringMatch(m)),
+    }
+}
+
+/// A claim equal to `v` (Istio's wildcards), or a list claim holding it.
+fn one_of(v: &str) -> ValueMatcher {
+    let m = string_match("", v);
+    let in_list = ValueMatcher {
+        match_pattern: Some(value_matcher::MatchPattern::ListMatch(Box::new(
+            ListMatcher {
+                match_pattern: Some(list_matcher::MatchPattern::OneOf(Box::new(string_value(
+                    m.clone(),
+                )))),
+            },
+        ))),
+    };
+    ValueMatcher {
+        match_pattern: Some(value_matcher::MatchPattern::OrMatch(OrMatcher {
+            value_matchers: vec![string_value(m), in_list],
+        })),
+    }
+}
+
+/// `[a][b]` -> `["a", "b"]` (nested claims); `None` when malformed.
+fn claim_path(s: &str) -> Option<Vec<&str>> {
+    let mut out = Vec::new();
+    let mut rest = s;
+    while !rest.is_empty() {
+        let inner = rest.strip_prefix('[')?;
+        let end = inner.find(']')?;
+        let name = &inner[..end];
+        if name.is_empty() || name.contains('[') {
+            return None;
+        }
+        out.push(name);
+        rest = &inner[end + 1..];
+    }
+    (!out.is_empty()).then_some(out)
 }
 
 fn permission_and(rules: Vec<Permission>) -> Permission {

@@ -25,8 +25,8 @@ pub struct ChangeSet {
     pub sidecar_namespaces: BTreeSet<String>,
     /// Namespaces of PeerAuthentications changed.
     pub peer_auth_namespaces: BTreeSet<String>,
-    /// Namespaces of AuthorizationPolicies changed (the root namespace's
-    /// apply to every workload).
+    /// Namespaces of AuthorizationPolicies and RequestAuthentications
+    /// changed (the root namespace's apply to every workload).
     pub authz_namespaces: BTreeSet<String>,
     /// Workload addresses whose served ports changed (their sidecars'
     /// `virtualInbound`).
@@ -111,6 +111,13 @@ impl ChangeSet {
                 c.authz_namespaces.insert(cfg.namespace.clone());
             },
         );
+        diff(
+            &old.request_authentications,
+            &new.request_authentications,
+            |cfg| {
+                c.authz_namespaces.insert(cfg.namespace.clone());
+            },
+        );
         c.inbound_addresses = old.inbound_changes(new);
         c
     }
@@ -129,8 +136,8 @@ impl ChangeSet {
         let inbound_changed = !router
             && (self.inbound_addresses.contains(&proxy.ip)
                 || !self.peer_auth_namespaces.is_empty());
-        // An AuthorizationPolicy of its namespace or the mesh's: a sidecar's
-        // inbound RBAC, a gateway's listeners'.
+        // An AuthorizationPolicy or RequestAuthentication of its namespace or
+        // the mesh's: a sidecar's inbound filters, a gateway's listeners'.
         let authz_changed = self.authz_namespaces.contains(ns)
             || self.authz_namespaces.contains(&self.root_namespace);
         let full = self.mesh

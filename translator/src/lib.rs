@@ -17,6 +17,7 @@ pub mod changes;
 pub mod cluster;
 pub mod encoded;
 pub mod inbound;
+pub mod jwt;
 pub mod listener;
 pub mod log_format;
 pub mod model;

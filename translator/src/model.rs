@@ -588,6 +588,8 @@ pub struct Snapshot {
     pub peer_authentications: Vec<Config<crds::PeerAuthenticationSpec>>,
     /// AuthorizationPolicies, in a stable order.
     pub authorization_policies: Vec<Config<crate::authz::Policy>>,
+    /// RequestAuthentications, in a stable order.
+    pub request_authentications: Vec<Config<crds::RequestAuthenticationSpec>>,
     /// Namespace names known.
     pub namespaces: Vec<String>,
     /// Namespace annotations, by namespace (e.g. OpenShift's uid range,
@@ -951,6 +953,11 @@ impl Snapshot {
                     namespace: ns.to_owned(),
                     spec: crate::authz::Policy::of(ap),
                 }),
+                Object::RequestAuthentication(ra) => snap.request_authentications.push(Config {
+                    name: name.to_owned(),
+                    namespace: ns.to_owned(),
+                    spec: ra.spec.clone(),
+                }),
                 Object::ServiceEntry(se) => {
                     for mut svc in service_entry_services(ns, &se.spec) {
                         if svc.export_to.is_empty() {
@@ -1149,12 +1156,25 @@ impl Snapshot {
                 snap.label_keys.extend(sel.match_labels.keys().cloned());
             }
         }
-        for ap in &snap.authorization_policies {
-            if let Some(sel) = &ap.spec.spec.selector {
-                snap.label_keys.extend(sel.match_labels.keys().cloned());
-            }
-        }
+        snap.request_authentications
+            .sort_by(|a, b| order(&a.namespace, &a.name, &b.namespace, &b.name));
+        let selectors = snap
+            .authorization_policies
+            .iter()
+            .map(|ap| ap.spec.spec.selector.as_ref())
+            .chain(
+                snap.request_authentications
+                    .iter()
+                    .map(|ra| ra.spec.selector.as_ref()),
+            );
+        let keys: Vec<String> = selectors
+            .flatten()
+            .flat_map(|sel| sel.match_labels.keys().cloned())
+            .collect();
+        snap.label_keys.extend(keys);
         snap.inbound = inbound_index(&snap.services);
+        let jwks_warnings = crate::jwt::warnings(&snap, &snap.request_authentications);
+        snap.warnings.extend(jwks_warnings);
         snap.namespaces.sort();
         if snap.mesh.tracing.is_some() {
             // Spans carry the proxy's canonical service and revision.

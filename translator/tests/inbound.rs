@@ -693,3 +693,98 @@ fn authorization_policy_changes_reach_their_namespace() {
         Effect::Full
     );
 }
+
+/// RequestAuthentication on reviews' inbound: Envoy's JWT filter before
+/// RBAC, Istio's providers and requirement, and request principals read
+/// from the verified payload; a `jwksUri` outside the mesh reported.
+#[test]
+fn request_authentication_becomes_the_jwt_filter() {
+    use envoy_types::pb::envoy::extensions::filters::http::jwt_authn::v3::JwtAuthentication;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter;
+    let ra = |name: &str, rules: &str| {
+        format!(
+            "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: {name}, namespace: default}}\nspec: {{selector: {{matchLabels: {{app: reviews}}}}, jwtRules: {rules}}}\n---\n"
+        )
+    };
+    let jwks = r#"'{"keys": [{"kty": "EC", "crv": "P-256", "x": "a", "y": "b"}]}'"#;
+    let config = format!(
+        "{}{}{}",
+        ra(
+            "b",
+            &format!(
+                "[{{issuer: z.example, jwks: {jwks}, fromHeaders: [{{name: x-jwt, prefix: 'T '}}], outputClaimToHeaders: [{{header: x-sub, claim: sub}}]}}]"
+            )
+        ),
+        ra(
+            "a",
+            "[{issuer: a.example, jwksUri: 'https://keys.example/jwks', presence: REQUIRED}]"
+        ),
+        ap(
+            "jwt",
+            "default",
+            "{rules: [{from: [{source: {requestPrincipals: ['a.example/*']}}], when: [{key: 'request.auth.claims[groups]', values: [admin]}]}]}",
+        ),
+    );
+    let snap = mesh(&config);
+    let out = generate(&snap, &reviews());
+    let chain = chains(&out, Some(9080))[0];
+    let Some(filter::ConfigType::TypedConfig(any)) = &chain.filters[0].config_type else {
+        panic!()
+    };
+    let hcm = HttpConnectionManager::decode(any.value.as_slice()).unwrap();
+    let names: Vec<&str> = hcm.http_filters.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "envoy.filters.http.jwt_authn",
+            "envoy.filters.http.rbac",
+            "envoy.filters.http.router"
+        ]
+    );
+    let Some(http_filter::ConfigType::TypedConfig(any)) = &hcm.http_filters[0].config_type else {
+        panic!()
+    };
+    let jwt = JwtAuthentication::decode(any.value.as_slice()).unwrap();
+    // Sorted by issuer: a.example is origins-0.
+    assert_eq!(jwt.providers["origins-0"].issuer, "a.example");
+    let z = &jwt.providers["origins-1"];
+    assert_eq!(z.issuer, "z.example");
+    assert_eq!(z.payload_in_metadata, "payload");
+    assert_eq!(z.from_headers[0].value_prefix, "T ");
+    assert_eq!(z.claim_to_headers[0].header_name, "x-sub");
+    assert!(format!("{:?}", z.jwks_source_specifier).contains("InlineString"));
+    let remote = format!("{:?}", jwt.providers["origins-0"].jwks_source_specifier);
+    assert!(
+        remote.contains("outbound|443||keys.example")
+            && remote.contains("https://keys.example/jwks"),
+        "{remote}"
+    );
+    // Two providers: one of them, or each valid where present; origins-0
+    // is REQUIRED (no allow_missing for it).
+    let rule = format!("{:?}", jwt.rules[0]);
+    assert_eq!(rule.matches("AllowMissing").count(), 1, "{rule}");
+    assert!(jwt.bypass_cors_preflight);
+    // The host of the jwksUri is not in the mesh: reported.
+    assert!(
+        snap.warnings
+            .iter()
+            .any(|w| w.field == "spec.jwtRules[0].jwksUri" && w.reason.contains("keys.example")),
+        "{:?}",
+        snap.warnings
+    );
+    // The RBAC rule reads the payload: iss exact, sub any, groups as a
+    // string or a list.
+    let rbac = &rbac_on(chain)[0].2;
+    for part in [
+        "filter: \"envoy.filters.http.jwt_authn\"",
+        "Key(\"payload\")",
+        "Key(\"iss\")",
+        "Exact(\"a.example\")",
+        "Key(\"groups\")",
+        "ListMatch",
+    ] {
+        assert!(rbac.contains(part), "{part}: {rbac}");
+    }
+    // A TCP chain has no JWT: the ALLOW rule cannot apply there.
+    assert!(rbac_on(chains(&out, Some(9091))[0])[0].1.is_empty());
+}

@@ -123,7 +123,8 @@ impl Watched {
 /// the mesh ConfigMap (`istio` in `namespace`, key `mesh`), Secrets (for
 /// Gateway `credentialName`; service-account tokens and Helm releases are
 /// excluded, as istiod does), the `networking.istio.io/v1` kinds and
-/// `security.istio.io/v1` PeerAuthentication and AuthorizationPolicy.
+/// `security.istio.io/v1` PeerAuthentication, AuthorizationPolicy and
+/// RequestAuthentication.
 pub fn watched(namespace: &str) -> Vec<Watched> {
     let mut mesh_config = Watched::new("v1", "ConfigMap", "configmaps");
     mesh_config.namespace = Some(namespace.to_owned());
@@ -160,6 +161,11 @@ pub fn watched(namespace: &str) -> Vec<Watched> {
             "security.istio.io/v1",
             "AuthorizationPolicy",
             "authorizationpolicies",
+        ),
+        Watched::new(
+            "security.istio.io/v1",
+            "RequestAuthentication",
+            "requestauthentications",
         ),
     ]
 }
