@@ -373,6 +373,53 @@ pub fn service_account_token(namespace: &str, account: &str) -> String {
     .expect("token")
 }
 
+/// A JWT issuer for RequestAuthentication tests: an ES256 key, its JSON
+/// Web Key Set, and the tokens it signs.
+pub struct JwtIssuer {
+    key_pem: String,
+    /// The `iss` of its tokens.
+    pub issuer: String,
+    /// Its public key as a JSON Web Key Set (`{"keys": [{"kty": "EC", ...}]}`).
+    pub jwks: String,
+}
+
+impl JwtIssuer {
+    /// A new issuer named `issuer`, with a fresh P-256 key.
+    pub fn new(issuer: &str) -> JwtIssuer {
+        use base64::Engine;
+        let key = rcgen::KeyPair::generate().expect("P-256 key");
+        // The uncompressed point: 0x04, x, y.
+        let raw = key.public_key_raw();
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let jwks = serde_json::json!({"keys": [{
+            "kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": "test",
+            "x": b64(&raw[1..33]), "y": b64(&raw[33..65]),
+        }]});
+        JwtIssuer {
+            key_pem: key.serialize_pem(),
+            issuer: issuer.to_owned(),
+            jwks: jwks.to_string(),
+        }
+    }
+
+    /// A token for `sub` with `claims` added, valid for an hour.
+    pub fn token(&self, sub: &str, claims: serde_json::Value) -> String {
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs()
+            + 3600;
+        let mut body = serde_json::json!({"iss": self.issuer, "sub": sub, "exp": exp});
+        if let (Some(body), Some(extra)) = (body.as_object_mut(), claims.as_object()) {
+            body.extend(extra.clone());
+        }
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some("test".into());
+        let key = jsonwebtoken::EncodingKey::from_ec_pem(self.key_pem.as_bytes()).expect("key");
+        jsonwebtoken::encode(&header, &body, &key).expect("token")
+    }
+}
+
 /// Starts a node agent for `identity` against `daemon`'s CA (on the
 /// runtime of `handle`), serving SDS on a fresh socket the proxy user can
 /// reach; returns the socket once the first certificate is in.

@@ -95,6 +95,75 @@ spec:
     assert_eq!(gw.rejected(), 0);
 }
 
+/// RequestAuthentication and AuthorizationPolicy on the ingress gateway,
+/// as Istio's "authorization with JWT" task: an invalid token is refused
+/// (401), a missing one passes until a policy asks for a request
+/// principal; then only the principal and claim it names get in.
+#[test]
+fn tokens_are_verified_and_authorize_at_the_ingress_gateway() {
+    let mesh = Mesh::start(false, &[("bookinfo-gateway.yaml", "gateway.yaml")]);
+    let gw = mesh.proxy(GATEWAY, &GATEWAY_LABELS, 15000);
+    let issuer = e2e::JwtIssuer::new("testing@secure.istio.io");
+    let stranger = e2e::JwtIssuer::new("testing@secure.istio.io");
+    let get = |token: Option<&str>| {
+        let bearer = token.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = bearer
+            .iter()
+            .map(|b| ("authorization", b.as_str()))
+            .collect();
+        http_get("http://127.0.0.1:8080/productpage", &headers)
+            .unwrap()
+            .0
+    };
+    gw.wait_for(SYNC, "the 8080 listener", |_| get(None) == 200);
+    let quote = |s: &str| format!("'{s}'");
+    mesh.apply(
+        &[&gw],
+        "jwt.yaml",
+        &format!(
+            "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: istio-system}}
+spec:
+  selector: {{matchLabels: {{istio: ingressgateway}}}}
+  jwtRules:
+  - issuer: {}
+    jwks: {}
+",
+            quote(&issuer.issuer),
+            quote(&issuer.jwks)
+        ),
+    );
+    let alice = issuer.token("alice", serde_json::json!({"groups": ["dev", "admin"]}));
+    let bob = issuer.token("bob", serde_json::json!({"groups": "dev"}));
+    assert_eq!(get(Some(&alice)), 200);
+    assert_eq!(get(None), 200, "no token: passes, unauthenticated");
+    assert_eq!(get(Some("not.a.token")), 401);
+    assert_eq!(
+        get(Some(&stranger.token("alice", serde_json::json!({})))),
+        401,
+        "signed by another key"
+    );
+
+    mesh.apply(
+        &[&gw],
+        "authz.yaml",
+        "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: require-jwt, namespace: istio-system}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  rules:
+  - from: [{source: {requestPrincipals: ['testing@secure.istio.io/*']}}]
+    when: [{key: 'request.auth.claims[groups]', values: [admin]}]
+",
+    );
+    assert_eq!(get(Some(&alice)), 200, "a principal in the group");
+    assert_eq!(get(None), 403, "no principal");
+    assert_eq!(get(Some(&bob)), 403, "not in the group");
+    assert_eq!(gw.rejected(), 0);
+}
+
 #[test]
 fn sidecar_routes_as_the_bookinfo_samples_say() {
     let mesh = Mesh::start(
