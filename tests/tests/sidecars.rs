@@ -511,6 +511,30 @@ spec:
   action: DENY
   rules:
   - when: [{key: 'request.headers[x-user]', values: [mallory]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: trial, namespace: default, annotations: {istio.io/dry-run: 'true'}}
+spec:
+  action: DENY
+  rules:
+  - to: [{operation: {paths: ['/reviews/1']}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: audit, namespace: default}
+spec:
+  action: AUDIT
+  rules: [{}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ext, namespace: default}
+spec:
+  action: CUSTOM
+  provider: {name: opa}
+  rules:
+  - to: [{operation: {paths: ['/reviews/admin*']}}]
 ",
     );
     let denied = settled(
@@ -519,6 +543,15 @@ spec:
     );
     assert_eq!(denied.status, 403, "{denied:?}");
     assert_eq!(call("/reviews/0", &[("x-user", "alice")]).status, 200);
+    // A dry run decides nothing, and counts what it would have refused.
+    assert_eq!(call("/reviews/1", &[]).status, 200);
+    assert_eq!(
+        mesh.server_envoy
+            .stat("http.inbound_0.0.0.0_9080.rbac.istio_dry_run_deny_.shadow_denied"),
+        1
+    );
+    // CUSTOM without an authorizer: what it names is refused.
+    assert_eq!(call("/reviews/admin", &[]).status, 403);
     // The DENY rule's header cannot be read on a TCP chain: Istio's rule
     // drops the condition there, so it refuses every connection.
     let refused = tcp_echo(&mesh.outsider, &reviews_tcp);
