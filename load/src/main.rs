@@ -48,6 +48,10 @@ struct Args {
     /// Give up on any phase after this many seconds.
     #[arg(long, default_value_t = 120)]
     timeout_secs: u64,
+    /// Add an AuthorizationPolicy and a RequestAuthentication to every
+    /// namespace (`mesh::security_yaml`): what securing the mesh costs.
+    #[arg(long)]
+    authz: bool,
 }
 
 /// The daemon as a child process, stopped on drop: SIGTERM (a graceful
@@ -272,6 +276,12 @@ async fn main() -> anyhow::Result<()> {
     };
     let dir = tempfile::tempdir()?;
     mesh::write(dir.path(), args.services, args.endpoints)?;
+    if args.authz {
+        std::fs::write(
+            dir.path().join("security.yaml"),
+            mesh::security_yaml(args.services),
+        )?;
+    }
     let (xds_port, mon_port) = (free_port()?, free_port()?);
     let started = Instant::now();
     let daemon = Daemon(

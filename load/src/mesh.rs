@@ -86,6 +86,23 @@ pub fn service_objects(
     Ok(objects)
 }
 
+/// Per namespace of a mesh of `services`, what a secured mesh carries: an
+/// AuthorizationPolicy letting in only its own namespace and
+/// `istio-system`, refusing one header value and requiring a verified
+/// token on `/admin`, and a RequestAuthentication with an inline key.
+pub fn security_yaml(services: usize) -> String {
+    const JWKS: &str = r#"{"keys": [{"kty": "EC", "crv": "P-256", "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU", "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#;
+    let mut y = String::new();
+    for n in 0..services.div_ceil(PER_NAMESPACE) {
+        let ns = format!("ns-{n}");
+        let _ = write!(
+            y,
+            "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: namespace, namespace: {ns}}}\nspec:\n  rules:\n  - from: [{{source: {{namespaces: [{ns}, istio-system]}}}}]\n    to: [{{operation: {{notPaths: ['/admin*']}}}}]\n  - from: [{{source: {{requestPrincipals: ['issuer.example/*']}}}}]\n    to: [{{operation: {{paths: ['/admin*']}}}}]\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: deny, namespace: {ns}}}\nspec:\n  action: DENY\n  rules: [{{when: [{{key: 'request.headers[x-block]', values: ['yes']}}]}}]\n---\napiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: jwt, namespace: {ns}}}\nspec:\n  jwtRules: [{{issuer: issuer.example, jwks: '{JWKS}'}}]\n"
+        );
+    }
+    y
+}
+
 /// Writes the whole mesh into `dir`.
 ///
 /// # Errors
@@ -163,6 +180,25 @@ mod tests {
             );
         }
         assert_eq!(out.endpoints.len(), 14);
+        // Secured: every namespace's policies parse, validate and apply.
+        let mut secured = objects.clone();
+        for (_, value) in crds::document::split_documents(&security_yaml(10)) {
+            for o in crds::document::parse_value(value.unwrap(), "default") {
+                let o = o.unwrap();
+                crds::validate::validate(&o).unwrap();
+                secured.push(o);
+            }
+        }
+        assert_eq!(secured.len(), objects.len() + 3);
+        let snap = Snapshot::build(2, &secured, MeshConfig::default());
+        assert!(snap.warnings.is_empty(), "{:?}", snap.warnings);
+        let out = translator::generate(&snap, &proxy);
+        let inbound = out
+            .listeners
+            .iter()
+            .find(|l| l.name == "virtualInbound")
+            .unwrap();
+        assert!(format!("{inbound:?}").contains("envoy.filters.network.rbac"));
         for cla in &out.endpoints {
             for e in cla.endpoints.iter().flat_map(|g| &g.lb_endpoints) {
                 let md = e.metadata.as_ref().unwrap();
