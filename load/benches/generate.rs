@@ -1,7 +1,8 @@
 //! Per-proxy generation cost: the full config (CDS, EDS, LDS, RDS) of one
 //! sidecar for the generated mesh of `load::mesh` at 100 and 1000 services
 //! (as prost messages; and encoded, as the daemon generates it, for a
-//! snapshot's first config key and for the next), and the endpoint-only
+//! snapshot's first config key and for the next, also in a mesh secured
+//! with AuthorizationPolicies and RequestAuthentications), and the endpoint-only
 //! regeneration for one service (encoded, as the daemon runs it).
 //! `cargo bench -p load --bench generate`; figures in docs/PERFORMANCE.md.
 
@@ -112,6 +113,29 @@ fn bench(c: &mut Criterion) {
             services,
             || {
                 let s = snap.clone();
+                drop(translator::generate_encoded(&s, &proxy));
+                s
+            },
+            |s| translator::generate_encoded(s, &other),
+        );
+        // The same in a secured mesh (`load::mesh::security_yaml`: two
+        // AuthorizationPolicies and a RequestAuthentication per namespace):
+        // every inbound chain gets JWT and RBAC filters.
+        let mut secured_objects = objects(services);
+        for (_, value) in crds::document::split_documents(&load::mesh::security_yaml(services)) {
+            secured_objects.extend(
+                crds::document::parse_value(value.unwrap(), "default")
+                    .into_iter()
+                    .map(Result::unwrap),
+            );
+        }
+        let secured = Snapshot::build(1, &secured_objects, MeshConfig::default());
+        on_fresh_snapshot(
+            &mut group,
+            "encoded_next_key_secured",
+            services,
+            || {
+                let s = secured.clone();
                 drop(translator::generate_encoded(&s, &proxy));
                 s
             },
