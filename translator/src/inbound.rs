@@ -261,7 +261,7 @@ fn listener_filter_of<M: prost::Name>(name: &str, config: M) -> ListenerFilter {
 
 /// What every inbound chain of a workload carries besides its own
 /// settings: the mesh settings, the tracer of its HTTP connection managers
-/// and its AuthorizationPolicies' RBAC filters.
+/// and its security filters (JWT and RBAC, [`crate::authz::filters`]).
 struct Around<'a> {
     mesh: &'a MeshConfig,
     tracing: Option<&'a http_connection_manager::Tracing>,

@@ -862,7 +862,8 @@ pub(crate) fn gateway(
         }
     }
     let tracing = crate::trace::hcm_tracing(snap, proxy);
-    // The gateway pod's AuthorizationPolicies, as a sidecar's inbound.
+    // The gateway pod's AuthorizationPolicies and RequestAuthentications,
+    // as on a sidecar's inbound.
     let authz = crate::authz::filters(snap, &proxy.namespace, &proxy.labels);
     let authorized = |mut chain: FilterChain| {
         chain.filters.splice(0..0, authz.tcp.iter().cloned());
@@ -1370,7 +1371,8 @@ fn tcp_chain(
 }
 
 /// A chain ending in an HTTP connection manager on RDS `route_config`:
-/// `authz` (a gateway's RBAC filters), CORS, fault injection, the router.
+/// `authz` (a gateway's JWT and RBAC filters), CORS, fault injection, the
+/// router.
 fn hcm_chain(
     stat_prefix: &str,
     route_config: &str,
