@@ -192,6 +192,34 @@ pub(crate) fn in_scope(
         && selector.is_none_or(|s| s.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v)))
 }
 
+/// Values this translator cannot match, as warnings naming the field:
+/// path templates (`{*}`, `{**}`); the rule using one is left out of an
+/// `ALLOW` policy, the value out of others. (Condition keys it cannot
+/// match are reported by `crds::support`.)
+pub(crate) fn warnings(policies: &[Config<Policy>]) -> Vec<crate::ConfigWarning> {
+    let mut out = Vec::new();
+    for p in policies {
+        for (i, rule) in p.spec.spec.rules.iter().enumerate() {
+            for (j, op) in rule.to.iter().enumerate() {
+                let Some(op) = &op.operation else { continue };
+                for (name, values) in [("paths", &op.paths), ("notPaths", &op.not_paths)] {
+                    for (k, v) in values.iter().enumerate() {
+                        if v.contains('{') {
+                            out.push(crate::ConfigWarning::new(
+                                "AuthorizationPolicy",
+                                p.key(),
+                                format!("spec.rules[{i}].to[{j}].operation.{name}[{k}]"),
+                                format!("path templates are not supported yet ({v:?}): an ALLOW rule with one is left out, a DENY or AUDIT rule ignores it"),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 fn shadow_prefix(shadow: Option<&Rbac>) -> String {
     match shadow.map(|s| s.action()) {
         Some(rbac::Action::Allow) => "istio_dry_run_allow_".into(),

@@ -1175,6 +1175,8 @@ impl Snapshot {
         snap.inbound = inbound_index(&snap.services);
         let jwks_warnings = crate::jwt::warnings(&snap, &snap.request_authentications);
         snap.warnings.extend(jwks_warnings);
+        let authz_warnings = crate::authz::warnings(&snap.authorization_policies);
+        snap.warnings.extend(authz_warnings);
         snap.namespaces.sort();
         if snap.mesh.tracing.is_some() {
             // Spans carry the proxy's canonical service and revision.

@@ -665,6 +665,23 @@ fn authorization_policies_become_rbac_filters_on_the_inbound_chains() {
         "{text}"
     );
     assert!(!text.contains("spiffe://cluster.local/"), "{text}");
+    // A path template cannot be matched: reported, and the ALLOW rule is
+    // left out.
+    let templated = mesh(&ap(
+        "t",
+        "default",
+        "{rules: [{to: [{operation: {paths: ['/reviews/{*}']}}]}]}",
+    ));
+    assert!(
+        templated
+            .warnings
+            .iter()
+            .any(|w| w.field == "spec.rules[0].to[0].operation.paths[0]"),
+        "{:?}",
+        templated.warnings
+    );
+    let chain = generate(&templated, &p);
+    assert!(rbac_on(chains(&chain, Some(9080))[0])[0].1.is_empty());
     // Trust domain aliases: a principal in one matches in each.
     let configmap = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio, namespace: istio-system}\ndata:\n  mesh: '{trustDomain: new.example, trustDomainAliases: [cluster.local]}'\n---\n";
     let aliased = on(&format!("{configmap}{allow}"), Some(9080));
