@@ -635,6 +635,52 @@ fn create_update_and_delete_of_each_kind_reach_envoy() {
                 .contains(&"shop".to_string())
         },
     );
+
+    // AuthorizationPolicy and RequestAuthentication: the sidecar's inbound
+    // gets the RBAC filters, and loses them.
+    let dump = || envoy.admin("/config_dump").unwrap_or_default();
+    let issuer = e2e::JwtIssuer::new("issuer.example");
+    step(
+        "AuthorizationPolicy and RequestAuthentication created",
+        &|| {
+            api.apply(
+                json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                             "metadata": {"name": "deny-admin", "namespace": "default"},
+                             "spec": {"action": "DENY",
+                                      "rules": [{"to": [{"operation": {"paths": ["/admin*"]}}]}]}}),
+            );
+            api.apply(json!({"apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication",
+                             "metadata": {"name": "jwt", "namespace": "default"},
+                             "spec": {"jwtRules": [{"issuer": issuer.issuer, "jwks": issuer.jwks}]}}));
+        },
+        // (The JWT filter goes on HTTP chains; this sidecar serves no
+        // port, so the RequestAuthentication is looked for in the snapshot.)
+        &|| {
+            dump().contains("ns[default]-policy[deny-admin]-rule[0]")
+                && daemon.snapshots.borrow().request_authentications.len() == 1
+        },
+    );
+    step(
+        "AuthorizationPolicy and RequestAuthentication deleted",
+        &|| {
+            api.delete(
+                "security.istio.io/v1",
+                "AuthorizationPolicy",
+                "default",
+                "deny-admin",
+            );
+            api.delete(
+                "security.istio.io/v1",
+                "RequestAuthentication",
+                "default",
+                "jwt",
+            );
+        },
+        &|| {
+            !dump().contains("deny-admin")
+                && daemon.snapshots.borrow().request_authentications.is_empty()
+        },
+    );
     assert_eq!(envoy.rejected(), 0);
 }
 
