@@ -287,6 +287,20 @@ async fn validation_refuses_what_the_mesh_cannot_use_naming_the_field() {
     let (allowed, message) = validate(vs((80, 20), json!({"hots": ["x"]}))).await;
     assert!(!allowed);
     assert!(message.contains("hots"), "{message}");
+    // The security kinds, by field: an AuthorizationPolicy with an unknown
+    // condition key, a RequestAuthentication without an issuer.
+    let ap = json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                    "metadata": {"name": "p"},
+                    "spec": {"rules": [{"when": [{"key": "source.colour", "values": ["red"]}]}]}});
+    let (allowed, message) = validate(ap).await;
+    assert!(!allowed);
+    assert!(message.contains("spec.rules[0].when[0].key"), "{message}");
+    let ra = json!({"apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication",
+                    "metadata": {"name": "r"},
+                    "spec": {"jwtRules": [{"jwksUri": "https://idp.example/keys"}]}});
+    let (allowed, message) = validate(ra).await;
+    assert!(!allowed);
+    assert!(message.contains("spec.jwtRules[0].issuer"), "{message}");
     // Kinds this control plane does not read are not refused.
     let other = json!({"apiVersion": "telemetry.istio.io/v1", "kind": "Telemetry",
                        "metadata": {"name": "t"}, "spec": {"anything": 1}});
