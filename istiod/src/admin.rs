@@ -187,7 +187,9 @@ async fn registryz(State(s): State<AdminState>) -> Json<Value> {
     Json(Value::Array(rows))
 }
 
-/// Istio configs in force (ServiceEntries appear in the registry).
+/// Istio configs in force: the networking kinds (ServiceEntries appear in
+/// the registry) and the security kinds, each as `{kind, namespace, name,
+/// spec}`.
 async fn configz(State(s): State<AdminState>) -> Json<Value> {
     let snap = s.snapshots.borrow().clone();
     let mut rows = Vec::new();
@@ -213,6 +215,38 @@ async fn configz(State(s): State<AdminState>) -> Json<Value> {
     for c in &snap.gateways {
         push(
             "Gateway",
+            &c.namespace,
+            &c.name,
+            serde_json::to_value(&c.spec),
+        );
+    }
+    for c in &snap.sidecars {
+        push(
+            "Sidecar",
+            &c.namespace,
+            &c.name,
+            serde_json::to_value(&c.spec),
+        );
+    }
+    for c in &snap.peer_authentications {
+        push(
+            "PeerAuthentication",
+            &c.namespace,
+            &c.name,
+            serde_json::to_value(&c.spec),
+        );
+    }
+    for c in &snap.authorization_policies {
+        push(
+            "AuthorizationPolicy",
+            &c.namespace,
+            &c.name,
+            serde_json::to_value(&c.spec.spec),
+        );
+    }
+    for c in &snap.request_authentications {
+        push(
+            "RequestAuthentication",
             &c.namespace,
             &c.name,
             serde_json::to_value(&c.spec),

@@ -162,6 +162,16 @@ spec:
     assert_eq!(get(None), 403, "no principal");
     assert_eq!(get(Some(&bob)), 403, "not in the group");
     assert_eq!(gw.rejected(), 0);
+    // Both in force, as `/debug/configz` shows them.
+    let monitoring = format!("http://{}", mesh.daemon.monitoring_addr.unwrap());
+    let (_, configz) = http_get(&format!("{monitoring}/debug/configz"), &[]).unwrap();
+    for kind in [
+        "\"RequestAuthentication\"",
+        "\"AuthorizationPolicy\"",
+        "require-jwt",
+    ] {
+        assert!(configz.contains(kind), "{kind}: {configz}");
+    }
 }
 
 #[test]
