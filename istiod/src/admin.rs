@@ -187,70 +187,49 @@ async fn registryz(State(s): State<AdminState>) -> Json<Value> {
     Json(Value::Array(rows))
 }
 
+/// `{kind, namespace, name, spec}` of each of `configs`, its spec as
+/// `spec` gives it (`null` if it does not serialize).
+fn rows_of<S, T: serde::Serialize>(
+    rows: &mut Vec<Value>,
+    kind: &str,
+    configs: &[translator::model::Config<S>],
+    spec: impl Fn(&S) -> &T,
+) {
+    rows.extend(configs.iter().map(|c| {
+        json!({
+            "kind": kind, "namespace": c.namespace, "name": c.name,
+            "spec": serde_json::to_value(spec(&c.spec)).unwrap_or(Value::Null),
+        })
+    }));
+}
+
 /// Istio configs in force: the networking kinds (ServiceEntries appear in
 /// the registry) and the security kinds, each as `{kind, namespace, name,
 /// spec}`.
 async fn configz(State(s): State<AdminState>) -> Json<Value> {
     let snap = s.snapshots.borrow().clone();
     let mut rows = Vec::new();
-    let mut push = |kind: &str, ns: &str, name: &str, spec: serde_json::Result<Value>| {
-        rows.push(json!({ "kind": kind, "namespace": ns, "name": name, "spec": spec.unwrap_or(Value::Null) }));
-    };
-    for c in &snap.virtual_services {
-        push(
-            "VirtualService",
-            &c.namespace,
-            &c.name,
-            serde_json::to_value(&c.spec),
-        );
-    }
-    for c in &snap.destination_rules {
-        push(
-            "DestinationRule",
-            &c.namespace,
-            &c.name,
-            serde_json::to_value(&c.spec),
-        );
-    }
-    for c in &snap.gateways {
-        push(
-            "Gateway",
-            &c.namespace,
-            &c.name,
-            serde_json::to_value(&c.spec),
-        );
-    }
-    for c in &snap.sidecars {
-        push(
-            "Sidecar",
-            &c.namespace,
-            &c.name,
-            serde_json::to_value(&c.spec),
-        );
-    }
-    for c in &snap.peer_authentications {
-        push(
-            "PeerAuthentication",
-            &c.namespace,
-            &c.name,
-            serde_json::to_value(&c.spec),
-        );
-    }
-    for c in &snap.authorization_policies {
-        push(
-            "AuthorizationPolicy",
-            &c.namespace,
-            &c.name,
-            serde_json::to_value(&c.spec.spec),
-        );
-    }
-    for c in &snap.request_authentications {
-        push(
-            "RequestAuthentication",
-            &c.namespace,
-            &c.name,
-            serde_json::to_value(&c.spec),
-        );
-    }
+    rows_of(&mut rows, "VirtualService", &snap.virtual_services, |s| s);
+    rows_of(&mut rows, "DestinationRule", &snap.destination_rules, |s| s);
+    rows_of(&mut rows, "Gateway", &snap.gateways, |s| s);
+    rows_of(&mut rows, "Sidecar", &snap.sidecars, |s| s);
+    rows_of(
+        &mut rows,
+        "PeerAuthentication",
+        &snap.peer_authentications,
+        |s| s,
+    );
+    rows_of(
+        &mut rows,
+        "AuthorizationPolicy",
+        &snap.authorization_policies,
+        |p| &p.spec,
+    );
+    rows_of(
+        &mut rows,
+        "RequestAuthentication",
+        &snap.request_authentications,
+        |s| s,
+    );
     Json(json!({ "version": snap.version, "configs": rows }))
 }
