@@ -135,10 +135,140 @@ pub struct ExtensionProvider {
     /// A Zipkin collector (Zipkin, Jaeger, ...): spans as Zipkin v2 JSON.
     #[serde(default)]
     pub zipkin: Option<ZipkinProvider>,
-    /// Every other kind (`opentelemetry`, `envoyExtAuthzHttp`, ...), by
+    /// An external authorizer spoken to over HTTP, for `CUSTOM`
+    /// AuthorizationPolicies (Envoy's `ext_authz` with an `http_service`).
+    #[serde(default)]
+    pub envoy_ext_authz_http: Option<ExtAuthzHttpProvider>,
+    /// An external authorizer spoken to over gRPC (Envoy's
+    /// `envoy.service.auth.v3.Authorization`), for `CUSTOM` policies on
+    /// HTTP and TCP chains.
+    #[serde(default)]
+    pub envoy_ext_authz_grpc: Option<ExtAuthzGrpcProvider>,
+    /// Every other kind (`opentelemetry`, `envoyFileAccessLog`, ...), by
     /// name (not acted on yet).
     #[serde(flatten)]
     pub unsupported: BTreeMap<String, serde_json::Value>,
+}
+
+/// A port as the mesh config may write it: a number, or (protobuf JSON
+/// allows it for `uint32`) a string of one.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum PortValue {
+    /// `9000`.
+    Number(i64),
+    /// `"9000"`.
+    Text(String),
+}
+
+impl PortValue {
+    /// The port, if it is one (1 to 65535).
+    pub fn port(&self) -> Option<u16> {
+        let n = match self {
+            PortValue::Number(n) => *n,
+            PortValue::Text(s) => s.trim().parse().ok()?,
+        };
+        u16::try_from(n).ok().filter(|p| *p != 0)
+    }
+}
+
+/// `MeshConfig.ExtensionProvider.EnvoyExternalAuthorizationHttpProvider`.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExtAuthzHttpProvider {
+    /// The authorizer's service: its hostname
+    /// (`ext-authz.foo.svc.cluster.local`), or `namespace/hostname`.
+    pub service: String,
+    /// The service's port.
+    pub port: PortValue,
+    /// How long a check may take (Istio's default 600 s, so that a
+    /// DestinationRule's timeout decides).
+    #[serde(default)]
+    pub timeout: Option<crate::duration::Duration>,
+    /// Prepended to the request's path in the check request; starts with `/`.
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// Let requests through when the authorizer cannot be reached.
+    #[serde(default)]
+    pub fail_open: Option<bool>,
+    /// Clear the route cache after a check that changed headers.
+    #[serde(default)]
+    pub clear_route_cache: Option<bool>,
+    /// The HTTP status sent when the authorizer cannot be reached (default
+    /// 403), as a string of the code (`"500"`).
+    #[serde(default)]
+    pub status_on_error: Option<String>,
+    /// Request headers sent to the authorizer besides Envoy's defaults
+    /// (exact, `prefix*` or `*suffix`, case-insensitive).
+    #[serde(default)]
+    pub include_request_headers_in_check: Vec<String>,
+    /// The deprecated name of `includeRequestHeadersInCheck`, used when
+    /// that is empty.
+    #[serde(default)]
+    pub include_headers_in_check: Vec<String>,
+    /// Headers added to every check request (name to value; Envoy's
+    /// header formatters such as `%REQ(:PATH)%` are evaluated).
+    #[serde(default)]
+    pub include_additional_headers_in_check: BTreeMap<String, String>,
+    /// Send the request body too.
+    #[serde(default)]
+    pub include_request_body_in_check: Option<RequestBodyInCheck>,
+    /// The authorizer's response headers put on the request when allowed.
+    #[serde(default)]
+    pub headers_to_upstream_on_allow: Vec<String>,
+    /// The authorizer's response headers sent to the client when denied.
+    #[serde(default)]
+    pub headers_to_downstream_on_deny: Vec<String>,
+    /// The authorizer's response headers sent to the client when allowed.
+    #[serde(default)]
+    pub headers_to_downstream_on_allow: Vec<String>,
+    /// Every other field, by name (not acted on yet).
+    #[serde(flatten)]
+    pub unsupported: BTreeMap<String, serde_json::Value>,
+}
+
+/// `MeshConfig.ExtensionProvider.EnvoyExternalAuthorizationGrpcProvider`.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExtAuthzGrpcProvider {
+    /// The authorizer's service: a hostname, or `namespace/hostname`.
+    pub service: String,
+    /// The service's port.
+    pub port: PortValue,
+    /// How long a check may take (default 600 s).
+    #[serde(default)]
+    pub timeout: Option<crate::duration::Duration>,
+    /// Let requests and connections through when the authorizer cannot be
+    /// reached.
+    #[serde(default)]
+    pub fail_open: Option<bool>,
+    /// Clear the route cache after a check that changed headers.
+    #[serde(default)]
+    pub clear_route_cache: Option<bool>,
+    /// The HTTP status sent when the authorizer cannot be reached.
+    #[serde(default)]
+    pub status_on_error: Option<String>,
+    /// Send the request body too.
+    #[serde(default)]
+    pub include_request_body_in_check: Option<RequestBodyInCheck>,
+    /// Every other field, by name (not acted on yet).
+    #[serde(flatten)]
+    pub unsupported: BTreeMap<String, serde_json::Value>,
+}
+
+/// `EnvoyExternalAuthorizationRequestBody`: Envoy's `BufferSettings`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RequestBodyInCheck {
+    /// The most body bytes buffered and sent.
+    #[serde(default)]
+    pub max_request_bytes: Option<u32>,
+    /// Send the first `maxRequestBytes` of a longer body (else 413).
+    #[serde(default)]
+    pub allow_partial_message: Option<bool>,
+    /// Send the body as raw bytes rather than UTF-8 text (gRPC only).
+    #[serde(default)]
+    pub pack_as_bytes: Option<bool>,
 }
 
 /// `MeshConfig.ExtensionProvider.ZipkinTracingProvider`.

@@ -32,9 +32,14 @@
 //!   Envoy metadata conditions): in an `ALLOW` rule the whole rule is left
 //!   out (it allows less), in `DENY` and `AUDIT` rules only that value
 //!   (they refuse more), as Istio does.
-//! - **`CUSTOM`**: no external authorizer is configured by this daemon, so
-//!   requests matching a `CUSTOM` policy's rules are refused, as istiod
-//!   does for a provider it cannot use.
+//! - **`CUSTOM`**: the rules select the requests (and, for a gRPC provider,
+//!   the connections) an external authorizer is asked about, the provider
+//!   the policy names in the mesh config's `extensionProviders`
+//!   ([`crate::ext_authz`]); these filters come first. A provider that
+//!   cannot be used (undefined, invalid, its service not in the mesh, or a
+//!   second provider for the same workload) has the rules refuse what they
+//!   match instead, as istiod does. A dry run is not supported for
+//!   `CUSTOM`: such a policy is reported and left out.
 //! - **Dry run** (annotation `istio.io/dry-run: "true"`): the policy goes
 //!   into the filter's `shadow_rules` (stat prefix `istio_dry_run_allow_`
 //!   / `istio_dry_run_deny_`) and decides nothing.
@@ -123,6 +128,7 @@ pub fn filters(snap: &Snapshot, namespace: &str, labels: &BTreeMap<String, Strin
     }
     let root = snap.mesh.root_namespace.as_str();
     let mut by_action: [Vec<&Config<Policy>>; 3] = Default::default();
+    let mut custom: Vec<&Config<Policy>> = Vec::new();
     for p in snap.authorization_policies.iter().filter(|p| {
         let spec = &p.spec.spec;
         in_scope(
@@ -134,8 +140,14 @@ pub fn filters(snap: &Snapshot, namespace: &str, labels: &BTreeMap<String, Strin
     }) {
         let slot = match p.spec.action() {
             Action::Audit => 0,
-            Action::Deny | Action::Custom => 1,
+            Action::Deny => 1,
             Action::Allow => 2,
+            // A dry run is not supported for CUSTOM (reported): left out.
+            Action::Custom if p.spec.dry_run => continue,
+            Action::Custom => {
+                custom.push(p);
+                continue;
+            }
         };
         by_action[slot].push(p);
     }
@@ -143,6 +155,10 @@ pub fn filters(snap: &Snapshot, namespace: &str, labels: &BTreeMap<String, Strin
     let mut out = Filters::default();
     // Tokens are verified before any RBAC filter reads them.
     out.http.extend(crate::jwt::filter(snap, namespace, labels));
+    // CUSTOM first, then AUDIT, DENY and ALLOW, as Istio orders them.
+    if !custom.is_empty() {
+        custom_filters(snap, &custom, &trust, &mut out);
+    }
     for (policies, action) in
         by_action
             .iter()
@@ -151,30 +167,104 @@ pub fn filters(snap: &Snapshot, namespace: &str, labels: &BTreeMap<String, Strin
         if policies.is_empty() {
             continue;
         }
-        let (rules, shadow) = rbac_of(policies, action, false, &trust);
-        out.http.push(HttpFilter {
-            name: HTTP_RBAC_FILTER.into(),
-            config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(HttpRbac {
-                shadow_rules_stat_prefix: shadow_prefix(shadow.as_ref()),
-                rules,
-                shadow_rules: shadow,
-                ..Default::default()
-            }))),
-            ..Default::default()
-        });
-        let (rules, shadow) = rbac_of(policies, action, true, &trust);
-        out.tcp.push(Filter {
-            name: NETWORK_RBAC_FILTER.into(),
-            config_type: Some(filter::ConfigType::TypedConfig(pack_any(NetworkRbac {
-                stat_prefix: TCP_STAT_PREFIX.into(),
-                shadow_rules_stat_prefix: shadow_prefix(shadow.as_ref()),
-                rules,
-                shadow_rules: shadow,
-                ..Default::default()
-            }))),
-        });
+        let (rules, shadow) = rbac_of(policies, action, false, &trust, &rule_name);
+        let prefix = shadow_prefix(shadow.as_ref());
+        out.http.push(http_rbac(rules, shadow, prefix.clone()));
+        let (rules, shadow) = rbac_of(policies, action, true, &trust, &rule_name);
+        out.tcp.push(network_rbac(rules, shadow, prefix));
     }
     out
+}
+
+fn http_rbac(rules: Option<Rbac>, shadow_rules: Option<Rbac>, shadow_prefix: String) -> HttpFilter {
+    HttpFilter {
+        name: HTTP_RBAC_FILTER.into(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(HttpRbac {
+            shadow_rules_stat_prefix: shadow_prefix,
+            rules,
+            shadow_rules,
+            ..Default::default()
+        }))),
+        ..Default::default()
+    }
+}
+
+fn network_rbac(rules: Option<Rbac>, shadow_rules: Option<Rbac>, shadow_prefix: String) -> Filter {
+    Filter {
+        name: NETWORK_RBAC_FILTER.into(),
+        config_type: Some(filter::ConfigType::TypedConfig(pack_any(NetworkRbac {
+            stat_prefix: TCP_STAT_PREFIX.into(),
+            shadow_rules_stat_prefix: shadow_prefix,
+            rules,
+            shadow_rules,
+            ..Default::default()
+        }))),
+    }
+}
+
+/// The provider a `CUSTOM` policy names (`provider.name`).
+fn provider_name(p: &Config<Policy>) -> &str {
+    p.spec
+        .spec
+        .provider
+        .as_ref()
+        .map_or("", |pr| pr.name.as_str())
+}
+
+/// The filters of the `CUSTOM` policies applying to a workload, as
+/// istiod's custom builder writes them ([`crate::ext_authz`]): their rules
+/// as RBAC shadow rules named `istio-ext-authz-<provider>-ns[..]-..`, then
+/// the provider's `ext_authz` filter, enabled when one of them matched. A
+/// provider that cannot be used (undefined, invalid, its service not in the
+/// mesh, or two providers for one workload) turns the rules into `DENY`
+/// rules, as istiod does.
+fn custom_filters(
+    snap: &Snapshot,
+    policies: &[&Config<Policy>],
+    trust: &[&str],
+    out: &mut Filters,
+) {
+    let first = policies.first().map_or("", |p| provider_name(p));
+    let resolved = if policies.iter().any(|p| provider_name(p) != first) {
+        Err("two providers for one workload".to_owned())
+    } else {
+        crate::ext_authz::resolve(snap, first)
+    };
+    let named = |p: &Config<Policy>, i: usize| {
+        format!(
+            "{}-{}-{}",
+            crate::ext_authz::MATCH_PREFIX,
+            provider_name(p),
+            rule_name(p, i)
+        )
+    };
+    match resolved {
+        Ok((provider, host, cluster)) => {
+            let (rules, _) = rbac_of(policies, rbac::Action::Deny, false, trust, &named);
+            let stat = crate::ext_authz::SHADOW_STAT_PREFIX.to_owned();
+            out.http.push(http_rbac(None, rules, stat.clone()));
+            out.http.push(crate::ext_authz::http_filter(
+                provider,
+                host,
+                cluster.clone(),
+            ));
+            if let Some(check) = crate::ext_authz::network_filter(provider, host, cluster) {
+                let (rules, _) = rbac_of(policies, rbac::Action::Deny, true, trust, &named);
+                out.tcp.push(network_rbac(None, rules, stat));
+                out.tcp.push(check);
+            }
+        }
+        Err(_) => {
+            // Reported with the policy (`warnings`).
+            let bad = |p: &Config<Policy>, i: usize| {
+                format!("{}-deny-due-to-bad-CUSTOM-action", named(p, i))
+            };
+            let (rules, _) = rbac_of(policies, rbac::Action::Deny, false, trust, &bad);
+            out.http.push(http_rbac(rules, None, String::new()));
+            let (rules, _) = rbac_of(policies, rbac::Action::Deny, true, trust, &bad);
+            out.tcp.push(network_rbac(rules, None, String::new()));
+        }
+    }
 }
 
 /// Whether a security policy of namespace `policy_ns` applies to the
@@ -193,12 +283,39 @@ pub(crate) fn in_scope(
 }
 
 /// Values this translator cannot match, as warnings naming the field:
-/// path templates (`{*}`, `{**}`); the rule using one is left out of an
-/// `ALLOW` policy, the value out of others. (Condition keys it cannot
+/// path templates (`{*}`, `{**}`), where the rule using one is left out of
+/// an `ALLOW` policy, the value out of others; `CUSTOM` policies whose
+/// provider cannot be used, and dry-run ones. (Condition keys it cannot
 /// match are reported by `crds::support`.)
-pub(crate) fn warnings(policies: &[Config<Policy>]) -> Vec<crate::ConfigWarning> {
+pub(crate) fn warnings(snap: &Snapshot) -> Vec<crate::ConfigWarning> {
     let mut out = Vec::new();
-    for p in policies {
+    for p in &snap.authorization_policies {
+        if p.spec.action() == Action::Custom {
+            let problem = if p.spec.dry_run {
+                Some((
+                    format!("metadata.annotations[{DRY_RUN_ANNOTATION}]"),
+                    "a dry run is not supported for CUSTOM policies: the policy is left out"
+                        .to_owned(),
+                ))
+            } else {
+                crate::ext_authz::resolve(snap, provider_name(p))
+                    .err()
+                    .map(|e| {
+                        (
+                            "spec.provider.name".to_owned(),
+                            format!("{e}: requests the rules match are refused"),
+                        )
+                    })
+            };
+            if let Some((field, reason)) = problem {
+                out.push(crate::ConfigWarning::new(
+                    "AuthorizationPolicy",
+                    p.key(),
+                    field,
+                    reason,
+                ));
+            }
+        }
         for (i, rule) in p.spec.spec.rules.iter().enumerate() {
             for (j, op) in rule.to.iter().enumerate() {
                 let Some(op) = &op.operation else { continue };
@@ -235,6 +352,7 @@ fn rbac_of(
     action: rbac::Action,
     tcp: bool,
     trust: &[&str],
+    rule_name: &dyn Fn(&Config<Policy>, usize) -> String,
 ) -> (Option<Rbac>, Option<Rbac>) {
     let mut enforced: Option<Rbac> = None;
     let mut shadow: Option<Rbac> = None;

@@ -16,6 +16,7 @@ pub mod authz;
 pub mod changes;
 pub mod cluster;
 pub mod encoded;
+pub mod ext_authz;
 pub mod inbound;
 pub mod jwt;
 pub mod listener;

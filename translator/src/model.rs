@@ -262,6 +262,10 @@ pub struct MeshConfig {
     /// The tracing provider (`defaultProviders.tracing` naming a `zipkin`
     /// extension provider); `None`: no tracing.
     pub tracing: Option<TracingProvider>,
+    /// The external authorizers (`envoyExtAuthzHttp` and
+    /// `envoyExtAuthzGrpc` extension providers) by name, each parsed or
+    /// why it cannot be used; `CUSTOM` AuthorizationPolicies name them.
+    pub ext_authz: BTreeMap<String, Result<crate::ext_authz::Provider, String>>,
 }
 
 /// A Zipkin tracing provider (mesh config `extensionProviders[].zipkin`),
@@ -416,6 +420,7 @@ impl Default for MeshConfig {
             root_namespace: ROOT_NAMESPACE.to_owned(),
             locality_lb: None,
             tracing: None,
+            ext_authz: BTreeMap::new(),
         }
     }
 }
@@ -779,6 +784,10 @@ impl Snapshot {
                 "not read from the mesh ConfigMap yet: the injector takes defaultConfig from its values (--injection-values); ignored".into(),
             );
         }
+        self.mesh.ext_authz = crate::ext_authz::providers(
+            m.extension_providers.as_deref().unwrap_or_default(),
+            &mut warn,
+        );
         self.mesh.tracing = tracing_provider(
             m.extension_providers.as_deref().unwrap_or_default(),
             m.default_providers.as_ref(),
@@ -1175,7 +1184,7 @@ impl Snapshot {
         snap.inbound = inbound_index(&snap.services);
         let jwks_warnings = crate::jwt::warnings(&snap, &snap.request_authentications);
         snap.warnings.extend(jwks_warnings);
-        let authz_warnings = crate::authz::warnings(&snap.authorization_policies);
+        let authz_warnings = crate::authz::warnings(&snap);
         snap.warnings.extend(authz_warnings);
         snap.namespaces.sort();
         if snap.mesh.tracing.is_some() {

@@ -641,7 +641,7 @@ fn authorization_policies_become_rbac_filters_on_the_inbound_chains() {
     assert_eq!(root[0][0].1, ["ns[istio-system]-policy[mesh]-rule[0]"]);
     assert!(root[0][0].2.contains("NotRule"), "{}", root[0][0].2);
 
-    // CUSTOM without an authorizer: its rules deny.
+    // CUSTOM without an authorizer in the mesh config: its rules deny.
     let custom = on(
         &ap(
             "ext",
@@ -692,6 +692,260 @@ fn authorization_policies_become_rbac_filters_on_the_inbound_chains() {
             "{td}: {text}"
         );
     }
+}
+
+/// The authorizers' service and the mesh config naming them, as Istio's
+/// ext authz task writes them (one HTTP, one gRPC provider).
+const AUTHORIZERS: &str = "apiVersion: v1
+kind: Service
+metadata: {name: ext-authz, namespace: foo}
+spec:
+  clusterIP: 10.96.0.50
+  ports: [{name: http, port: 8000}, {name: grpc, port: 9000}]
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |
+    extensionProviders:
+    - name: http
+      envoyExtAuthzHttp:
+        service: ext-authz.foo.svc.cluster.local
+        port: 8000
+        statusOnError: '503'
+        includeRequestHeadersInCheck: [x-ext-authz]
+        includeAdditionalHeadersInCheck: {x-origin: sidecar}
+        headersToUpstreamOnAllow: ['x-ext-authz-*']
+        headersToDownstreamOnDeny: ['x-ext-authz-*']
+    - name: grpc
+      envoyExtAuthzGrpc: {service: foo/ext-authz.foo.svc.cluster.local, port: '9000', failOpen: true}
+    - name: broken
+      envoyExtAuthzHttp: {service: ext-authz.foo.svc.cluster.local, port: 8000, statusOnError: 'abc'}
+    - name: elsewhere
+      envoyExtAuthzGrpc: {service: nowhere.foo.svc.cluster.local, port: 9000}
+---
+";
+
+/// The HTTP filter names on a chain, and the `ext_authz` config among them.
+fn http_filters(
+    chain: &FilterChain,
+) -> (
+    Vec<String>,
+    Option<envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3::ExtAuthz>,
+) {
+    use envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3::ExtAuthz;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter;
+    let mut names = Vec::new();
+    let mut ext = None;
+    for f in &chain.filters {
+        let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+            continue;
+        };
+        if f.name != "envoy.filters.network.http_connection_manager" {
+            names.push(f.name.clone());
+            continue;
+        }
+        let hcm = HttpConnectionManager::decode(any.value.as_slice()).unwrap();
+        for hf in &hcm.http_filters {
+            names.push(hf.name.clone());
+            if hf.name == "envoy.filters.http.ext_authz"
+                && let Some(http_filter::ConfigType::TypedConfig(any)) = &hf.config_type
+            {
+                ext = Some(ExtAuthz::decode(any.value.as_slice()).unwrap());
+            }
+        }
+    }
+    (names, ext)
+}
+
+/// CUSTOM AuthorizationPolicies on reviews' inbound, as istiod's custom
+/// builder writes them: the rules as RBAC shadow rules selecting what the
+/// provider's `ext_authz` filter checks; a provider that cannot be used
+/// denies instead, and is reported.
+#[test]
+fn custom_policies_ask_the_external_authorizer() {
+    use envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3::ext_authz::Services;
+    const DENY: i32 = 1;
+    let custom = |provider: &str| {
+        ap(
+            &format!("ext-{provider}"),
+            "default",
+            &format!(
+                "{{action: CUSTOM, provider: {{name: {provider}}}, rules: [{{to: [{{operation: {{paths: ['/admin*']}}}}]}}]}}"
+            ),
+        )
+    };
+    let p = reviews();
+
+    // An HTTP provider: the shadow rules, then ext_authz, before the router.
+    let snap = mesh(&format!("{AUTHORIZERS}{}", custom("http")));
+    let out = generate(&snap, &p);
+    let http_chain = chains(&out, Some(9080))[0];
+    let (names, ext) = http_filters(http_chain);
+    assert_eq!(
+        names,
+        [
+            "envoy.filters.http.rbac",
+            "envoy.filters.http.ext_authz",
+            "envoy.filters.http.router"
+        ]
+    );
+    let rbac = rbac_on(http_chain);
+    assert_eq!(rbac[0].0, DENY);
+    assert!(rbac[0].1.is_empty(), "nothing enforced by RBAC: {rbac:?}");
+    assert_eq!(
+        rbac[0].3,
+        ["istio-ext-authz-http-ns[default]-policy[ext-http]-rule[0]"]
+    );
+    let ext = ext.unwrap();
+    let enabled = format!("{:?}", ext.filter_enabled_metadata);
+    assert!(
+        enabled.contains("istio_ext_authz_shadow_effective_policy_id")
+            && enabled.contains("Prefix(\"istio-ext-authz\")"),
+        "{enabled}"
+    );
+    assert_eq!(ext.status_on_error.unwrap().code, 503);
+    assert!(format!("{:?}", ext.allowed_headers).contains("Exact(\"x-ext-authz\")"));
+    let Some(Services::HttpService(service)) = &ext.services else {
+        panic!("{ext:?}")
+    };
+    let uri = service.server_uri.as_ref().unwrap();
+    assert_eq!(
+        format!("{:?}", uri.http_upstream_type),
+        "Some(Cluster(\"outbound|8000||ext-authz.foo.svc.cluster.local\"))"
+    );
+    assert_eq!(uri.timeout.unwrap().seconds, 600);
+    let response = format!("{:?}", service.authorization_response);
+    assert!(response.contains("Prefix(\"x-ext-authz-\")"), "{response}");
+    assert_eq!(
+        service
+            .authorization_request
+            .as_ref()
+            .unwrap()
+            .headers_to_add[0]
+            .key,
+        "x-origin"
+    );
+    // An HTTP authorizer cannot check a TCP connection: nothing there.
+    assert!(rbac_on(chains(&out, Some(9091))[0]).is_empty());
+    assert!(
+        snap.warnings.iter().all(|w| w.kind == "ConfigMap"),
+        "{:?}",
+        snap.warnings
+    );
+
+    // A gRPC provider checks TCP connections too (network ext_authz).
+    let out = generate(&mesh(&format!("{AUTHORIZERS}{}", custom("grpc"))), &p);
+    let (_, ext) = http_filters(chains(&out, Some(9080))[0]);
+    let ext = ext.unwrap();
+    assert!(ext.failure_mode_allow);
+    let Some(Services::GrpcService(grpc)) = &ext.services else {
+        panic!("{ext:?}")
+    };
+    let target = format!("{:?}", grpc.target_specifier);
+    assert!(
+        target.contains("cluster_name: \"outbound|9000||ext-authz.foo.svc.cluster.local\"")
+            && target.contains("authority: \"ext-authz.foo.svc.cluster.local\""),
+        "{target}"
+    );
+    let (names, _) = http_filters(chains(&out, Some(9091))[0]);
+    assert_eq!(
+        &names[..2],
+        [
+            "envoy.filters.network.rbac",
+            "envoy.filters.network.ext_authz"
+        ]
+    );
+    // On TCP the path cannot be checked: the DENY-shaped rule keeps what it
+    // can (every connection is checked).
+    assert_eq!(
+        rbac_on(chains(&out, Some(9091))[0])[0].3,
+        ["istio-ext-authz-grpc-ns[default]-policy[ext-grpc]-rule[0]"]
+    );
+
+    // CUSTOM comes before DENY and ALLOW.
+    let deny = ap("no", "default", "{action: DENY, rules: [{}]}");
+    let out = generate(&mesh(&format!("{AUTHORIZERS}{}{deny}", custom("grpc"))), &p);
+    let (names, _) = http_filters(chains(&out, Some(9080))[0]);
+    assert_eq!(
+        names,
+        [
+            "envoy.filters.http.rbac",
+            "envoy.filters.http.ext_authz",
+            "envoy.filters.http.rbac",
+            "envoy.filters.http.router"
+        ]
+    );
+
+    // Providers that cannot be used: the rules deny what they match, and
+    // the policy is reported by field.
+    for (provider, why) in [
+        (
+            "opa",
+            "no envoyExtAuthzHttp or envoyExtAuthzGrpc extension provider is named \"opa\"",
+        ),
+        ("broken", "is not valid (envoyExtAuthzHttp.statusOnError"),
+        (
+            "elsewhere",
+            "no service nowhere.foo.svc.cluster.local with port 9000",
+        ),
+    ] {
+        let snap = mesh(&format!("{AUTHORIZERS}{}", custom(provider)));
+        let rbac = rbac_on(chains(&generate(&snap, &p), Some(9080))[0]);
+        assert_eq!(rbac.len(), 1, "{provider}: {rbac:?}");
+        assert_eq!(rbac[0].0, DENY);
+        assert_eq!(
+            rbac[0].1,
+            [format!(
+                "istio-ext-authz-{provider}-ns[default]-policy[ext-{provider}]-rule[0]-deny-due-to-bad-CUSTOM-action"
+            )]
+        );
+        let w = snap
+            .warnings
+            .iter()
+            .find(|w| w.kind == "AuthorizationPolicy")
+            .unwrap_or_else(|| panic!("{provider}: {:?}", snap.warnings));
+        assert_eq!(w.field, "spec.provider.name");
+        assert!(w.reason.contains(why), "{provider}: {}", w.reason);
+    }
+    // The broken provider itself is reported where it is written.
+    let snap = mesh(AUTHORIZERS);
+    assert!(
+        snap.warnings.iter().any(|w| w.kind == "ConfigMap"
+            && w.field == "data.mesh.extensionProviders[2].envoyExtAuthzHttp.statusOnError"),
+        "{:?}",
+        snap.warnings
+    );
+    // Two providers for one workload: both deny (istiod's rule).
+    let out = generate(
+        &mesh(&format!(
+            "{AUTHORIZERS}{}{}",
+            custom("http"),
+            custom("grpc")
+        )),
+        &p,
+    );
+    let rbac = rbac_on(chains(&out, Some(9080))[0]);
+    assert_eq!(rbac.len(), 1);
+    assert_eq!(rbac[0].1.len(), 2);
+    assert!(
+        rbac[0]
+            .1
+            .iter()
+            .all(|n| n.ends_with("-deny-due-to-bad-CUSTOM-action"))
+    );
+    // A dry run is not supported for CUSTOM: left out, reported.
+    let dry = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: trial, namespace: default, annotations: {istio.io/dry-run: 'true'}}\nspec: {action: CUSTOM, provider: {name: http}, rules: [{}]}\n---\n";
+    let snap = mesh(&format!("{AUTHORIZERS}{dry}"));
+    assert!(rbac_on(chains(&generate(&snap, &p), Some(9080))[0]).is_empty());
+    assert!(
+        snap.warnings
+            .iter()
+            .any(|w| w.object == "default/trial" && w.field.starts_with("metadata.annotations")),
+        "{:?}",
+        snap.warnings
+    );
 }
 
 #[test]
