@@ -721,3 +721,311 @@ fn events_that_change_nothing_read_publish_nothing() {
     wait("the real change is published", &|| version() == 2);
     rt.block_on(daemon.shutdown());
 }
+
+/// The external authorizers' Service (HTTP on 8000, gRPC on 9000), its one
+/// endpoint the test's authorizers at 127.0.2.2; a Gateway with an HTTP
+/// server routing everything to productpage and a TCP server forwarding
+/// to it.
+const EXT_AUTHZ: &str = "apiVersion: v1
+kind: Service
+metadata: {name: ext-authz, namespace: default}
+spec:
+  clusterIP: 10.96.0.91
+  ports: [{name: http, port: 8000}, {name: grpc, port: 9000}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: ext-authz-1, namespace: default, labels: {kubernetes.io/service-name: ext-authz}}
+addressType: IPv4
+ports: [{name: http, port: 8000}, {name: grpc, port: 9000}]
+endpoints: [{addresses: [127.0.2.2]}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 8080, name: http, protocol: HTTP}
+    hosts: ['*']
+  - port: {number: 31400, name: tcp, protocol: TCP}
+    hosts: ['*']
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: edge, namespace: default}
+spec:
+  hosts: ['*']
+  gateways: [edge]
+  http:
+  - route: [{destination: {host: productpage, port: {number: 9080}}}]
+  tcp:
+  - match: [{port: 31400}]
+    route: [{destination: {host: productpage, port: {number: 9080}}}]
+";
+
+/// What the test's authorizers were asked: (transport, path checked or
+/// `tcp`).
+type Checks = std::sync::Arc<std::sync::Mutex<Vec<(&'static str, String)>>>;
+
+/// The gRPC authorizer (`envoy.service.auth.v3.Authorization`), as
+/// Istio's ext-authz sample decides: a request with `x-ext-authz: allow`
+/// passes (with `x-ext-authz-check-result: allowed` added), others get
+/// 403; a TCP connection (no HTTP attributes) is refused.
+struct GrpcAuthorizer(Checks);
+
+#[tonic::async_trait]
+impl envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization
+    for GrpcAuthorizer
+{
+    async fn check(
+        &self,
+        request: tonic::Request<envoy_types::pb::envoy::service::auth::v3::CheckRequest>,
+    ) -> Result<
+        tonic::Response<envoy_types::pb::envoy::service::auth::v3::CheckResponse>,
+        tonic::Status,
+    > {
+        use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
+        use envoy_types::pb::envoy::service::auth::v3::{
+            CheckResponse, DeniedHttpResponse, OkHttpResponse, check_response,
+        };
+        let http = request
+            .get_ref()
+            .attributes
+            .as_ref()
+            .and_then(|a| a.request.as_ref())
+            .and_then(|r| r.http.as_ref());
+        let header = |value: &str| HeaderValueOption {
+            header: Some(HeaderValue {
+                key: "x-ext-authz-check-result".into(),
+                value: value.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let (code, response) = match http {
+            None => {
+                self.0.lock().unwrap().push(("grpc", "tcp".into()));
+                (7, None)
+            }
+            Some(h) => {
+                self.0.lock().unwrap().push(("grpc", h.path.clone()));
+                if h.headers.get("x-ext-authz").map(String::as_str) == Some("allow") {
+                    let ok = OkHttpResponse {
+                        headers: vec![header("allowed")],
+                        ..Default::default()
+                    };
+                    (0, Some(check_response::HttpResponse::OkResponse(ok)))
+                } else {
+                    let denied = DeniedHttpResponse {
+                        status: Some(envoy_types::pb::envoy::r#type::v3::HttpStatus { code: 403 }),
+                        headers: vec![header("denied")],
+                        body: "denied by the gRPC authorizer".into(),
+                    };
+                    (
+                        7,
+                        Some(check_response::HttpResponse::DeniedResponse(denied)),
+                    )
+                }
+            }
+        };
+        Ok(tonic::Response::new(CheckResponse {
+            status: Some(envoy_types::pb::google::rpc::Status {
+                code,
+                ..Default::default()
+            }),
+            http_response: response,
+            ..Default::default()
+        }))
+    }
+}
+
+/// Starts both authorizers on 127.0.2.2: HTTP on 8000 (the same decision,
+/// answered with the status), gRPC on 9000.
+fn start_authorizers(mesh: &Mesh) -> Checks {
+    let checks: Checks = Checks::default();
+    let seen = checks.clone();
+    let http = axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let seen = seen.clone();
+        async move {
+            seen.lock()
+                .unwrap()
+                .push(("http", req.uri().path().to_owned()));
+            let allowed = req
+                .headers()
+                .get("x-ext-authz")
+                .is_some_and(|v| v == "allow");
+            let (status, result) = if allowed {
+                (axum::http::StatusCode::OK, "allowed")
+            } else {
+                (axum::http::StatusCode::FORBIDDEN, "denied")
+            };
+            (
+                status,
+                [("x-ext-authz-check-result", result)],
+                format!("{result} by the HTTP authorizer"),
+            )
+        }
+    });
+    let grpc =
+        envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer::new(
+            GrpcAuthorizer(checks.clone()),
+        );
+    mesh.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.2.2:8000")
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, http).await;
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.2.2:9000")
+            .await
+            .unwrap();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(grpc)
+                .serve_with_incoming(incoming)
+                .await;
+        });
+    });
+    checks
+}
+
+/// `CUSTOM` AuthorizationPolicies on the ingress gateway, as Istio's
+/// external authorization task: the requests the rules select are checked
+/// by the provider the mesh config names (HTTP, then gRPC), which lets
+/// them through with the headers it adds or refuses them with its own
+/// status, headers and body; requests the rules do not select are not
+/// checked; a gRPC provider checks TCP connections too.
+#[test]
+fn custom_policies_ask_the_external_authorizer_at_the_ingress_gateway() {
+    let mesh = Mesh::start(false, &[]);
+    let checks = start_authorizers(&mesh);
+    mesh.cfg.write("edge.yaml", EXT_AUTHZ);
+    let gw = mesh.proxy(GATEWAY, &GATEWAY_LABELS, 15000);
+    let get = |path: &str, headers: &[(&str, &str)]| {
+        e2e::http_request(&format!("http://127.0.0.1:8080{path}"), headers).unwrap()
+    };
+    gw.wait_for(SYNC, "the 8080 listener", |_| {
+        get("/productpage", &[]).status == 200
+    });
+    assert_eq!(
+        http_get("http://127.0.0.1:31400/productpage", &[]),
+        Ok((200, "productpage v1".into())),
+        "the TCP server, before any policy"
+    );
+    mesh.apply(
+        &[&gw],
+        "mesh.yaml",
+        &e2e::mesh_config(
+            "extensionProviders:
+- name: sample-ext-authz-http
+  envoyExtAuthzHttp:
+    service: ext-authz.default.svc.cluster.local
+    port: 8000
+    pathPrefix: /check
+    includeRequestHeadersInCheck: [x-ext-authz]
+    headersToUpstreamOnAllow: [x-ext-authz-check-result]
+    headersToDownstreamOnDeny: [x-ext-authz-check-result]
+- name: sample-ext-authz-grpc
+  envoyExtAuthzGrpc: {service: ext-authz.default.svc.cluster.local, port: 9000}",
+        ),
+    );
+    let policy = |provider: &str| {
+        format!(
+            "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: ext-authz, namespace: istio-system}}
+spec:
+  selector: {{matchLabels: {{istio: ingressgateway}}}}
+  action: CUSTOM
+  provider: {{name: {provider}}}
+  rules:
+  - to: [{{operation: {{paths: ['/header/*']}}}}]
+"
+        )
+    };
+    mesh.apply(&[&gw], "ext-authz.yaml", &policy("sample-ext-authz-http"));
+    // Selected and allowed: the app sees the header the authorizer added.
+    let allowed = get(
+        "/header/x-ext-authz-check-result",
+        &[("x-ext-authz", "allow")],
+    );
+    assert_eq!((allowed.status, allowed.body.as_str()), (200, "allowed"));
+    // Selected and denied: the authorizer's status, header and body.
+    let denied = get(
+        "/header/x-ext-authz-check-result",
+        &[("x-ext-authz", "deny")],
+    );
+    assert_eq!(
+        (denied.status, denied.body.as_str()),
+        (403, "denied by the HTTP authorizer")
+    );
+    assert_eq!(denied.headers["x-ext-authz-check-result"], "denied");
+    // Not selected by the rules: not checked.
+    assert_eq!(get("/productpage", &[]).status, 200);
+    assert_eq!(
+        *checks.lock().unwrap(),
+        [
+            ("http", "/check/header/x-ext-authz-check-result".to_owned()),
+            ("http", "/check/header/x-ext-authz-check-result".to_owned()),
+        ],
+        "checked once per selected request, under the path prefix"
+    );
+    // An HTTP provider cannot check TCP: the TCP server is untouched.
+    assert_eq!(
+        http_get("http://127.0.0.1:31400/productpage", &[])
+            .unwrap()
+            .0,
+        200
+    );
+
+    checks.lock().unwrap().clear();
+    mesh.apply(&[&gw], "ext-authz.yaml", &policy("sample-ext-authz-grpc"));
+    let allowed = get(
+        "/header/x-ext-authz-check-result",
+        &[("x-ext-authz", "allow")],
+    );
+    assert_eq!((allowed.status, allowed.body.as_str()), (200, "allowed"));
+    let denied = get("/header/x-ext-authz-check-result", &[]);
+    assert_eq!(
+        (denied.status, denied.body.as_str()),
+        (403, "denied by the gRPC authorizer")
+    );
+    assert_eq!(get("/productpage", &[]).status, 200);
+    // The TCP chain cannot read paths: the rule selects every connection,
+    // and the authorizer refuses them.
+    assert!(
+        http_get("http://127.0.0.1:31400/productpage", &[]).is_err(),
+        "the TCP connection is closed"
+    );
+    assert_eq!(
+        *checks.lock().unwrap(),
+        [
+            ("grpc", "/header/x-ext-authz-check-result".to_owned()),
+            ("grpc", "/header/x-ext-authz-check-result".to_owned()),
+            ("grpc", "tcp".to_owned()),
+        ]
+    );
+    // Envoy's counts: the network filter's (stat prefix `tcp.`, as Istio
+    // sets it), and the unselected requests, for which the HTTP filter was
+    // disabled.
+    assert_eq!(gw.stat("ext_authz.tcp..denied"), 1);
+    assert_eq!(gw.stat("http.outbound_0.0.0.0_8080.ext_authz.disabled"), 2);
+    assert_eq!(gw.rejected(), 0);
+
+    // A provider the mesh config does not define: the selected requests are
+    // refused by RBAC, the others still pass.
+    mesh.apply(&[&gw], "ext-authz.yaml", &policy("undefined"));
+    let refused = get(
+        "/header/x-ext-authz-check-result",
+        &[("x-ext-authz", "allow")],
+    );
+    assert_eq!(
+        (refused.status, refused.body.as_str()),
+        (403, "RBAC: access denied")
+    );
+    assert_eq!(get("/productpage", &[]).status, 200);
+    assert_eq!(gw.rejected(), 0);
+}
