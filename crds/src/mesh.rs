@@ -686,4 +686,34 @@ mod tests {
             "{e}"
         );
     }
+
+    #[test]
+    fn ext_authz_providers_parse_as_istio_writes_them() {
+        let m = parse(&cm("extensionProviders:\n- name: http\n  envoyExtAuthzHttp:\n    service: ext-authz.foo.svc.cluster.local\n    port: '8000'\n    timeout: 2s\n    includeAdditionalHeadersInCheck: {x-a: b}\n    includeRequestBodyInCheck: {maxRequestBytes: 1024, allowPartialMessage: true}\n    retryPolicy: {}\n- name: grpc\n  envoyExtAuthzGrpc: {service: foo/ext-authz, port: 9000, failOpen: true}\n")).unwrap();
+        let providers = m.extension_providers.unwrap();
+        let http = providers[0].envoy_ext_authz_http.as_ref().unwrap();
+        assert_eq!(http.port.port(), Some(8000));
+        assert_eq!(http.timeout.unwrap().as_std().as_secs(), 2);
+        assert_eq!(
+            http.include_request_body_in_check
+                .as_ref()
+                .unwrap()
+                .max_request_bytes,
+            Some(1024)
+        );
+        // Fields not acted on are kept by name, to be reported.
+        assert!(http.unsupported.contains_key("retryPolicy"));
+        let grpc = providers[1].envoy_ext_authz_grpc.as_ref().unwrap();
+        assert_eq!((grpc.port.port(), grpc.fail_open), (Some(9000), Some(true)));
+        for bad in [
+            PortValue::Number(0),
+            PortValue::Number(70000),
+            PortValue::Text("x".into()),
+        ] {
+            assert_eq!(bad.port(), None, "{bad:?}");
+        }
+        // A body setting Envoy does not have is refused by name.
+        let e = parse(&cm("extensionProviders:\n- name: g\n  envoyExtAuthzGrpc: {service: s, port: 1, includeRequestBodyInCheck: {maxBytes: 1}}\n")).unwrap_err();
+        assert!(e.to_string().contains("includeRequestBodyInCheck"), "{e}");
+    }
 }
