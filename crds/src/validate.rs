@@ -520,6 +520,8 @@ fn authorization_policy(spec: &crate::AuthorizationPolicySpec) -> Problems {
             check_lists(&mut p, &field, &lists, |name, v| {
                 if name.ends_with("orts") {
                     check_port(v)
+                } else if name.ends_with("aths") {
+                    check_path_template(v)
                 } else {
                     Ok(())
                 }
@@ -551,6 +553,45 @@ fn authorization_policy(spec: &crate::AuthorizationPolicySpec) -> Problems {
         }
     }
     p
+}
+
+/// A path template as Istio accepts it (`CheckValidPathTemplate`), so that
+/// Envoy's URI template matcher accepts it too: `{*}` (one segment) and
+/// `{**}` (any number) only as whole segments, nothing templated after
+/// `{**}`, no other braces, and in a templated path only segments of
+/// RFC 3986 `pchar`s. A path without `{*}` or `{**}` is not a template.
+pub fn check_path_template(path: &str) -> Result<(), String> {
+    let templated = path.contains("{*}") || path.contains("{**}");
+    if templated && !path.starts_with('/') {
+        return Err(format!("{path:?}: a path template begins with /"));
+    }
+    let mut any_seen = false;
+    for segment in path.trim_matches('/').split('/') {
+        match segment {
+            "{*}" | "{**}" if any_seen => {
+                return Err(format!("{path:?}: {{**}} must be the last operator"));
+            }
+            "{*}" => continue,
+            "{**}" => {
+                any_seen = true;
+                continue;
+            }
+            _ => {}
+        }
+        if segment.contains(['{', '}']) {
+            return Err(format!(
+                "{path:?}: '{{' and '}}' only as the whole segments {{*}} and {{**}}"
+            ));
+        }
+        // `*` is left out: Envoy would read it as an operator.
+        let pchar = |c: char| c.is_ascii_alphanumeric() || "-._~!$&'()+,;=:@%".contains(c);
+        if templated && (segment.is_empty() || !segment.chars().all(pchar)) {
+            return Err(format!(
+                "{path:?}: the segment {segment:?} is not a valid literal of a path template"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Istio's RequestAuthentication rules: `selector` or `targetRef(s)`, not
@@ -757,6 +798,11 @@ mod tests {
             ap("{action: DENY, rules: [{from: [{source: {notPrincipals: ['*'], ipBlocks: [10.0.0.0/8]}}], to: [{operation: {methods: [GET], ports: ['8080']}}], when: [{key: 'request.headers[x-user]', values: [alice]}, {key: destination.port, notValues: ['9090']}]}]}")
                 .is_ok()
         );
+        // Istio's path templates, as its task writes them.
+        assert!(
+            ap("{rules: [{to: [{operation: {paths: ['/store/{*}/inventory', '/api/{**}', '/a/{**}/b.json', '/prefix*']}}]}]}")
+                .is_ok()
+        );
         for (spec, field) in [
             ("{action: CUSTOM}", "spec.provider"),
             ("{provider: {name: opa}}", "spec.provider"),
@@ -779,6 +825,18 @@ mod tests {
             ),
             (
                 "{rules: [{to: [{operation: {paths: ['']}}]}]}",
+                "spec.rules[0].to[0].operation.paths[0]",
+            ),
+            (
+                "{rules: [{to: [{operation: {paths: ['/a/{**}/{*}']}}]}]}",
+                "spec.rules[0].to[0].operation.paths[0]",
+            ),
+            (
+                "{rules: [{to: [{operation: {notPaths: ['/ok', '/a/{id}/{*}']}}]}]}",
+                "spec.rules[0].to[0].operation.notPaths[1]",
+            ),
+            (
+                "{rules: [{to: [{operation: {paths: ['/a/b*/{*}']}}]}]}",
                 "spec.rules[0].to[0].operation.paths[0]",
             ),
             (

@@ -41,7 +41,8 @@ fn gateway_routes_productpage_and_404s_the_rest() {
 }
 
 /// AuthorizationPolicies on the ingress gateway (Istio's ingress access
-/// control): an `ALLOW` by method and path, and a `DENY` by client address
+/// control): an `ALLOW` by method and path (a path template among them),
+/// and a `DENY` by client address
 /// and header checked before it; a policy for other workloads does not
 /// touch the gateway.
 #[test]
@@ -65,7 +66,7 @@ metadata: {name: ingress, namespace: istio-system}
 spec:
   selector: {matchLabels: {istio: ingressgateway}}
   rules:
-  - to: [{operation: {methods: [GET], paths: [/productpage, /static/*]}}]
+  - to: [{operation: {methods: [GET], paths: [/productpage, /static/*, '/api/v1/products/{*}/reviews']}}]
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -90,8 +91,11 @@ spec:
         get("/api/v1/products/1", &[]),
         (403, "RBAC: access denied".into())
     );
+    // A path template (Envoy's URI template matcher): one segment.
+    assert_eq!(get("/api/v1/products/1/reviews", &[]).0, 200);
+    assert_eq!(get("/api/v1/products/1/2/reviews", &[]).0, 403);
     assert_eq!(get("/productpage", &[("x-block", "yes")]).0, 403);
-    assert_eq!(gw.stat("http.outbound_0.0.0.0_8080.rbac.denied"), 2);
+    assert_eq!(gw.stat("http.outbound_0.0.0.0_8080.rbac.denied"), 3);
     assert_eq!(gw.rejected(), 0);
 }
 

@@ -28,8 +28,10 @@
 //!   conditions are matched on the token payload the JWT filter
 //!   ([`crate::jwt`], from RequestAuthentications) leaves in its dynamic
 //!   metadata; a request without a verified token has none.
-//! - **What cannot apply** (an HTTP field on a TCP chain; path templates;
-//!   Envoy metadata conditions): in an `ALLOW` rule the whole rule is left
+//! - **Path templates** (`/store/{*}/inventory`, `/api/{**}`): Envoy's URI
+//!   template matcher.
+//! - **What cannot apply** (an HTTP field on a TCP chain; Envoy metadata
+//!   conditions): in an `ALLOW` rule the whole rule is left
 //!   out (it allows less), in `DENY` and `AUDIT` rules only that value
 //!   (they refuse more), as Istio does.
 //! - **`CUSTOM`**: the rules select the requests (and, for a gRPC provider,
@@ -282,11 +284,9 @@ pub(crate) fn in_scope(
         && selector.is_none_or(|s| s.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v)))
 }
 
-/// Values this translator cannot match, as warnings naming the field:
-/// path templates (`{*}`, `{**}`), where the rule using one is left out of
-/// an `ALLOW` policy, the value out of others; `CUSTOM` policies whose
-/// provider cannot be used, and dry-run ones. (Condition keys it cannot
-/// match are reported by `crds::support`.)
+/// What this translator cannot act on, as warnings naming the field:
+/// `CUSTOM` policies whose provider cannot be used, and dry-run ones.
+/// (Condition keys it cannot match are reported by `crds::support`.)
 pub(crate) fn warnings(snap: &Snapshot) -> Vec<crate::ConfigWarning> {
     let mut out = Vec::new();
     for p in &snap.authorization_policies {
@@ -314,23 +314,6 @@ pub(crate) fn warnings(snap: &Snapshot) -> Vec<crate::ConfigWarning> {
                     field,
                     reason,
                 ));
-            }
-        }
-        for (i, rule) in p.spec.spec.rules.iter().enumerate() {
-            for (j, op) in rule.to.iter().enumerate() {
-                let Some(op) = &op.operation else { continue };
-                for (name, values) in [("paths", &op.paths), ("notPaths", &op.not_paths)] {
-                    for (k, v) in values.iter().enumerate() {
-                        if v.contains('{') {
-                            out.push(crate::ConfigWarning::new(
-                                "AuthorizationPolicy",
-                                p.key(),
-                                format!("spec.rules[{i}].to[{j}].operation.{name}[{k}]"),
-                                format!("path templates are not supported yet ({v:?}): an ALLOW rule with one is left out, a DENY or AUDIT rule ignores it"),
-                            ));
-                        }
-                    }
-                }
             }
         }
     }
@@ -387,6 +370,24 @@ fn rbac_of(
 
 fn rule_name(p: &Config<Policy>, i: usize) -> String {
     format!("ns[{}]-policy[{}]-rule[{i}]", p.namespace, p.name)
+}
+
+/// A path template (`/store/{*}/inventory`, `/api/{**}`) as Envoy's URI
+/// template matcher (`*` one segment, `**` any number), as Istio's
+/// `PathTemplateMatcher`; one validation would refuse is left out.
+fn path_template(path: &str) -> Result<Permission, Unusable> {
+    use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig;
+    use envoy_types::pb::envoy::extensions::path::r#match::uri_template::v3::UriTemplateMatchConfig;
+    crds::validate::check_path_template(path).map_err(|_| "not a valid path template")?;
+    let template = path.replace("{**}", "**").replace("{*}", "*");
+    Ok(Permission {
+        rule: Some(permission::Rule::UriTemplate(TypedExtensionConfig {
+            name: "envoy.path.match.uri_template.uri_template_matcher".into(),
+            typed_config: Some(pack_any(UriTemplateMatchConfig {
+                path_template: template,
+            })),
+        })),
+    })
 }
 
 /// Istio's policy that matches nothing (`not any` on both sides).
@@ -479,8 +480,8 @@ impl Ctx<'_> {
         })?;
         self.permission_field(&mut and, &op.paths, &op.not_paths, |v| {
             self.http_only()?;
-            if v.contains('{') {
-                return Err("path templates are not supported");
+            if v.contains("{*}") || v.contains("{**}") {
+                return path_template(v);
             }
             Ok(Permission {
                 rule: Some(permission::Rule::UrlPath(PathMatcher {
