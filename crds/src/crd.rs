@@ -3,7 +3,9 @@
 //! `networking.istio.io` kinds with versions `v1` (stored), `v1beta1` and
 //! `v1alpha3` (served, same schema), categories `istio-io` and
 //! `networking-istio-io`; `security.istio.io` PeerAuthentication, RequestAuthentication and
-//! AuthorizationPolicy with `v1` and `v1beta1`, `security-istio-io`; Istio's short names and printer columns, a
+//! AuthorizationPolicy with `v1` and `v1beta1`, `security-istio-io`;
+//! `telemetry.istio.io` Telemetry with `v1` and `v1alpha1`,
+//! `telemetry-istio-io`; Istio's short names and printer columns, a
 //! `status` subresource whose schema preserves unknown fields (the only
 //! place Istio's networking CRDs do).
 //!
@@ -19,13 +21,15 @@ use serde_json::{Value, json};
 
 use crate::{
     AuthorizationPolicy, DestinationRule, Gateway, PeerAuthentication, RequestAuthentication,
-    ServiceEntry, Sidecar, VirtualService,
+    ServiceEntry, Sidecar, Telemetry, VirtualService,
 };
 
 /// Category and served versions besides `v1` of the networking kinds.
 const NETWORKING: (&str, &[&str]) = ("networking-istio-io", &["v1beta1", "v1alpha3"]);
 /// Category and served versions besides `v1` of the security kinds.
 const SECURITY: (&str, &[&str]) = ("security-istio-io", &["v1beta1"]);
+/// Category and served versions besides `v1` of Telemetry.
+const TELEMETRY: (&str, &[&str]) = ("telemetry-istio-io", &["v1alpha1"]);
 
 /// One printer column: `(name, JSONPath, type, description)`.
 type Column = (&'static str, &'static str, &'static str, &'static str);
@@ -112,6 +116,7 @@ pub fn definitions() -> Vec<Value> {
             ],
         ),
         shape(RequestAuthentication::crd(), SECURITY, &[]),
+        shape(Telemetry::crd(), TELEMETRY, &[AGE]),
     ]
 }
 
@@ -211,13 +216,14 @@ mod tests {
     #[test]
     fn istios_versions_categories_and_one_stored_version() {
         let defs = definitions();
-        assert_eq!(defs.len(), 8);
+        assert_eq!(defs.len(), 9);
         let mut served = 0;
         for crd in &defs {
             let versions = crd["spec"]["versions"].as_array().unwrap();
             let names: Vec<_> = versions.iter().map(|v| v["name"].clone()).collect();
             let (category, expected) = match crd["spec"]["group"].as_str().unwrap() {
                 "networking.istio.io" => ("networking-istio-io", vec!["v1", "v1beta1", "v1alpha3"]),
+                "telemetry.istio.io" => ("telemetry-istio-io", vec!["v1", "v1alpha1"]),
                 _ => ("security-istio-io", vec!["v1", "v1beta1"]),
             };
             assert_eq!(names, expected);

@@ -3,7 +3,8 @@
 //! Reads the kinds the control plane consumes: `v1` `Namespace`, `Pod`,
 //! `Service`, `ConfigMap` (the mesh config) and `Secret` (gateway certificates), `discovery.k8s.io/v1` `EndpointSlice`, the Istio
 //! networking kinds and `security.istio.io` PeerAuthentication,
-//! RequestAuthentication and AuthorizationPolicy. Errors name the kind, the object and the field path
+//! RequestAuthentication and AuthorizationPolicy, and `telemetry.istio.io`
+//! Telemetry. Errors name the kind, the object and the field path
 //! (`spec.http[0].route[1].weight`), so one bad document can be reported and
 //! skipped while the rest of the mesh applies.
 
@@ -16,7 +17,7 @@ use serde::de::DeserializeOwned;
 use crate::{
     AuthorizationPolicy, DestinationRule, Gateway, NETWORKING_GROUP, NETWORKING_VERSIONS,
     PeerAuthentication, RequestAuthentication, SECURITY_GROUP, SECURITY_VERSIONS, ServiceEntry,
-    Sidecar, VirtualService,
+    Sidecar, TELEMETRY_GROUP, TELEMETRY_VERSIONS, Telemetry, VirtualService,
 };
 
 /// What the mesh model reads of a `v1` `Pod`: its metadata (labels give
@@ -64,6 +65,7 @@ pub enum Object {
     PeerAuthentication(Box<PeerAuthentication>),
     AuthorizationPolicy(Box<AuthorizationPolicy>),
     RequestAuthentication(Box<RequestAuthentication>),
+    Telemetry(Box<Telemetry>),
 }
 
 impl Object {
@@ -84,6 +86,7 @@ impl Object {
             Object::PeerAuthentication(_) => "PeerAuthentication",
             Object::AuthorizationPolicy(_) => "AuthorizationPolicy",
             Object::RequestAuthentication(_) => "RequestAuthentication",
+            Object::Telemetry(_) => "Telemetry",
         }
     }
 
@@ -104,6 +107,7 @@ impl Object {
             Object::PeerAuthentication(o) => &o.metadata,
             Object::AuthorizationPolicy(o) => &o.metadata,
             Object::RequestAuthentication(o) => &o.metadata,
+            Object::Telemetry(o) => &o.metadata,
         }
     }
 
@@ -124,6 +128,7 @@ impl Object {
             Object::PeerAuthentication(o) => &mut o.metadata,
             Object::AuthorizationPolicy(o) => &mut o.metadata,
             Object::RequestAuthentication(o) => &mut o.metadata,
+            Object::Telemetry(o) => &mut o.metadata,
         }
     }
 }
@@ -276,6 +281,9 @@ fn parse_object(value: serde_json::Value, default_namespace: &str) -> Result<Obj
         (SECURITY_GROUP, v, "RequestAuthentication") if SECURITY_VERSIONS.contains(&v) => {
             Object::RequestAuthentication(ctx.parse_istio(value)?)
         }
+        (TELEMETRY_GROUP, v, "Telemetry") if TELEMETRY_VERSIONS.contains(&v) => {
+            Object::Telemetry(ctx.parse_istio(value)?)
+        }
         (NETWORKING_GROUP, v, k) if NETWORKING_VERSIONS.contains(&v) => match k {
             "VirtualService" => Object::VirtualService(ctx.parse_istio(value)?),
             "DestinationRule" => Object::DestinationRule(ctx.parse_istio(value)?),
@@ -385,7 +393,8 @@ istio_kind!(
     Sidecar => SidecarSpec,
     PeerAuthentication => PeerAuthenticationSpec,
     AuthorizationPolicy => AuthorizationPolicySpec,
-    RequestAuthentication => RequestAuthenticationSpec
+    RequestAuthentication => RequestAuthenticationSpec,
+    Telemetry => TelemetrySpec
 );
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ pub mod request_authentication;
 pub mod service_entry;
 pub mod sidecar;
 pub mod support;
+pub mod telemetry;
 pub mod validate;
 pub mod virtual_service;
 
@@ -36,6 +37,7 @@ pub use peer_authentication::{PeerAuthentication, PeerAuthenticationSpec};
 pub use request_authentication::{RequestAuthentication, RequestAuthenticationSpec};
 pub use service_entry::{ServiceEntry, ServiceEntrySpec};
 pub use sidecar::{Sidecar, SidecarSpec};
+pub use telemetry::{Telemetry, TelemetrySpec};
 pub use virtual_service::{VirtualService, VirtualServiceSpec};
 
 /// The API group of every kind in this crate.
@@ -50,6 +52,12 @@ pub const SECURITY_GROUP: &str = "security.istio.io";
 
 /// API versions of `security.istio.io` that are read (one schema).
 pub const SECURITY_VERSIONS: [&str; 2] = ["v1", "v1beta1"];
+
+/// The API group of Telemetry.
+pub const TELEMETRY_GROUP: &str = "telemetry.istio.io";
+
+/// API versions of `telemetry.istio.io` that are read (one schema).
+pub const TELEMETRY_VERSIONS: [&str; 2] = ["v1", "v1alpha1"];
 
 /// Where Istio's own test files are (`ISTIO_TESTDATA`, default
 /// `../shared/testdata/istio` beside the workspace). Panics with a loud

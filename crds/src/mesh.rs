@@ -144,10 +144,41 @@ pub struct ExtensionProvider {
     /// HTTP and TCP chains.
     #[serde(default)]
     pub envoy_ext_authz_grpc: Option<ExtAuthzGrpcProvider>,
-    /// Every other kind (`opentelemetry`, `envoyFileAccessLog`, ...), by
-    /// name (not acted on yet).
+    /// Access logs to a file (`/dev/stdout`: the proxy's container log),
+    /// for Telemetry resources' `accessLogging`.
+    #[serde(default)]
+    pub envoy_file_access_log: Option<FileAccessLogProvider>,
+    /// Every other kind (`opentelemetry`, `envoyOtelAls`, ...), by name
+    /// (not acted on yet).
     #[serde(flatten)]
     pub unsupported: BTreeMap<String, serde_json::Value>,
+}
+
+/// `MeshConfig.ExtensionProvider.EnvoyFileAccessLogProvider`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FileAccessLogProvider {
+    /// The file written to (`/dev/stdout`).
+    #[serde(default)]
+    pub path: String,
+    /// The line's format; absent: Istio's default text line.
+    #[serde(default)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// `EnvoyFileAccessLogProvider.LogFormat`: one of a text line or JSON
+/// labels.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogFormat {
+    /// Envoy's format string (a newline is added when missing); empty:
+    /// Istio's default line.
+    #[serde(default)]
+    pub text: Option<String>,
+    /// A JSON line: field name to format string; empty: Istio's default
+    /// fields.
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, serde_json::Value>>,
 }
 
 /// A port as the mesh config may write it: a number, or (protobuf JSON
@@ -301,7 +332,11 @@ pub struct DefaultProviders {
     /// The tracing providers, by name (the first is used, as Istio).
     #[serde(default)]
     pub tracing: Vec<String>,
-    /// `metrics`, `accessLogging`, by name (not acted on yet).
+    /// The access log providers, by name, where no Telemetry says
+    /// otherwise.
+    #[serde(default)]
+    pub access_logging: Vec<String>,
+    /// `metrics`, by name (not acted on yet).
     #[serde(flatten)]
     pub unsupported: BTreeMap<String, serde_json::Value>,
 }

@@ -65,6 +65,12 @@ pub const NOT_YET: &[(&str, &str)] = &[
     ("AuthorizationPolicy", "spec.targetRefs"),
     ("RequestAuthentication", "spec.targetRef"),
     ("RequestAuthentication", "spec.targetRefs"),
+    ("Telemetry", "spec.targetRef"),
+    ("Telemetry", "spec.targetRefs"),
+    ("Telemetry", "spec.metrics"),
+    ("Telemetry", "spec.tracing[].useRequestIdForTraceSampling"),
+    ("Telemetry", "spec.tracing[].enableIstioTags"),
+    ("Telemetry", "spec.tracing[].disableContextPropagation"),
 ];
 
 /// Values read but not acted on yet: (kind, field path, value, what
@@ -109,6 +115,7 @@ pub fn unsupported(object: &Object) -> Vec<(String, String)> {
         Object::RequestAuthentication(o) => {
             ("RequestAuthentication", serde_json::to_value(&o.spec))
         }
+        Object::Telemetry(o) => ("Telemetry", serde_json::to_value(&o.spec)),
         _ => return Vec::new(),
     };
     let Ok(spec) = spec else { return Vec::new() };
@@ -224,7 +231,8 @@ mod tests {
                     "Sidecar",
                     "PeerAuthentication",
                     "AuthorizationPolicy",
-                    "RequestAuthentication"
+                    "RequestAuthentication",
+                    "Telemetry"
                 ]
                 .contains(kind),
                 "{kind}"
@@ -243,6 +251,21 @@ mod tests {
         assert!(
             r[0].1.contains("experimental.envoy.filters.a.b[c]"),
             "{r:?}"
+        );
+    }
+
+    #[test]
+    fn telemetry_fields_not_acted_on_are_named() {
+        let r = report(
+            "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: t}\nspec:\n  metrics: [{providers: [{name: prometheus}], overrides: [{disabled: true}]}]\n  tracing: [{randomSamplingPercentage: 10, useRequestIdForTraceSampling: false}]\n  accessLogging: [{providers: [{name: envoy}]}]\n",
+        );
+        let fields: Vec<&str> = r.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.metrics",
+                "spec.tracing[0].useRequestIdForTraceSampling"
+            ]
         );
     }
 

@@ -21,6 +21,7 @@ pub fn validate(object: &Object) -> Result<(), ParseError> {
         Object::PeerAuthentication(pa) => peer_authentication(&pa.spec),
         Object::AuthorizationPolicy(ap) => authorization_policy(&ap.spec),
         Object::RequestAuthentication(ra) => request_authentication(&ra.spec),
+        Object::Telemetry(t) => telemetry(&t.spec),
         Object::ConfigMap(cm) if crate::mesh::is_mesh_configmap(cm) => {
             crate::mesh::parse(cm)?;
             Vec::new()
@@ -594,6 +595,84 @@ pub fn check_path_template(path: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Istio's Telemetry rules: `selector` or `targetRef(s)`, not both;
+/// providers named; a sampling percentage from 0 to 100; custom tags named,
+/// of exactly one kind, with a value or a name; access log filters that
+/// are CEL expressions (Envoy refuses a listener whose filter does not
+/// parse).
+fn telemetry(spec: &crate::TelemetrySpec) -> Problems {
+    let mut p = Problems::new();
+    if spec.selector.is_some() && (spec.target_ref.is_some() || !spec.target_refs.is_empty()) {
+        p.push((
+            "spec.selector".into(),
+            "only one of targetRefs or selector can be set".into(),
+        ));
+    }
+    let mut unnamed = |field: String, providers: &[crate::telemetry::ProviderRef]| {
+        if let Some(j) = providers.iter().position(|r| r.name.is_empty()) {
+            p.push((format!("{field}.providers[{j}].name"), "required".into()));
+        }
+    };
+    for (i, t) in spec.tracing.iter().enumerate() {
+        unnamed(format!("spec.tracing[{i}]"), &t.providers);
+    }
+    for (i, m) in spec.metrics.iter().enumerate() {
+        unnamed(format!("spec.metrics[{i}]"), &m.providers);
+    }
+    for (i, a) in spec.access_logging.iter().enumerate() {
+        unnamed(format!("spec.accessLogging[{i}]"), &a.providers);
+    }
+    for (i, t) in spec.tracing.iter().enumerate() {
+        let at = format!("spec.tracing[{i}]");
+        if let Some(pct) = t.random_sampling_percentage
+            && !(0.0..=100.0).contains(&pct)
+        {
+            p.push((
+                format!("{at}.randomSamplingPercentage"),
+                format!("{pct} is not in [0.0, 100.0]"),
+            ));
+        }
+        for (name, tag) in &t.custom_tags {
+            let field = format!("{at}.customTags.{name}");
+            if name.is_empty() {
+                p.push((field.clone(), "a tag name may not be empty".into()));
+            }
+            let kinds = [
+                tag.literal.is_some(),
+                tag.environment.is_some(),
+                tag.header.is_some(),
+                tag.formatter.is_some(),
+            ];
+            let empty = match (&tag.literal, &tag.environment, &tag.header, &tag.formatter) {
+                (Some(l), ..) => l.value.is_empty().then_some("literal.value"),
+                (_, Some(e), ..) => e.name.is_empty().then_some("environment.name"),
+                (_, _, Some(h), _) => h.name.is_empty().then_some("header.name"),
+                (.., Some(f)) => f.value.is_empty().then_some("formatter.value"),
+                _ => None,
+            };
+            if kinds.iter().filter(|k| **k).count() != 1 {
+                p.push((
+                    field,
+                    "exactly one of literal, environment, header and formatter".into(),
+                ));
+            } else if let Some(sub) = empty {
+                p.push((format!("{field}.{sub}"), "may not be empty".into()));
+            }
+        }
+    }
+    for (i, a) in spec.access_logging.iter().enumerate() {
+        if let Some(f) = &a.filter
+            && let Err(e) = cel_parser::parse(&f.expression)
+        {
+            p.push((
+                format!("spec.accessLogging[{i}].filter.expression"),
+                format!("not a CEL expression: {e}"),
+            ));
+        }
+    }
+    p
+}
+
 /// Istio's RequestAuthentication rules: `selector` or `targetRef(s)`, not
 /// both; every rule with an issuer, at most one of `jwks` and `jwksUri`
 /// (an `http(s)://` URL), a `jwks` that is a JSON Web Key Set, named
@@ -857,6 +936,47 @@ mod tests {
             ),
         ] {
             assert_eq!(field_of(ap(spec)), field, "{spec}");
+        }
+    }
+
+    #[test]
+    fn telemetries_are_checked_as_istio_does() {
+        let t = |spec: &str| {
+            check(&format!(
+                "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: t}}\nspec: {spec}\n"
+            ))
+        };
+        assert!(
+            t("{accessLogging: [{providers: [{name: envoy}], filter: {expression: 'response.code >= 400'}}], tracing: [{randomSamplingPercentage: 10, customTags: {team: {literal: {value: a}}, user: {header: {name: x-user, defaultValue: none}}}}]}")
+                .is_ok()
+        );
+        for (spec, field) in [
+            (
+                "{selector: {matchLabels: {app: a}}, targetRefs: [{kind: Gateway, name: g}]}",
+                "spec.selector",
+            ),
+            (
+                "{tracing: [{providers: [{name: ''}]}]}",
+                "spec.tracing[0].providers[0].name",
+            ),
+            (
+                "{tracing: [{randomSamplingPercentage: 101}]}",
+                "spec.tracing[0].randomSamplingPercentage",
+            ),
+            (
+                "{tracing: [{customTags: {a: {literal: {value: x}, header: {name: y}}}}]}",
+                "spec.tracing[0].customTags.a",
+            ),
+            (
+                "{tracing: [{customTags: {a: {header: {name: ''}}}}]}",
+                "spec.tracing[0].customTags.a.header.name",
+            ),
+            (
+                "{accessLogging: [{filter: {expression: 'response.code >='}}]}",
+                "spec.accessLogging[0].filter.expression",
+            ),
+        ] {
+            assert_eq!(field_of(t(spec)), field, "{spec}");
         }
     }
 

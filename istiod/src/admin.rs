@@ -231,5 +231,6 @@ async fn configz(State(s): State<AdminState>) -> Json<Value> {
         &snap.request_authentications,
         |s| s,
     );
+    rows_of(&mut rows, "Telemetry", &snap.telemetries, |s| s);
     Json(json!({ "version": snap.version, "configs": rows }))
 }

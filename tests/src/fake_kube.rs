@@ -98,6 +98,7 @@ pub const KINDS: &[(&str, &str, &str, bool)] = &[
         "requestauthentications",
         true,
     ),
+    ("telemetry.istio.io/v1", "Telemetry", "telemetries", true),
 ];
 
 /// One write, as a watch reports it.

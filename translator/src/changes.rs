@@ -28,6 +28,9 @@ pub struct ChangeSet {
     /// Namespaces of AuthorizationPolicies and RequestAuthentications
     /// changed (the root namespace's apply to every workload).
     pub authz_namespaces: BTreeSet<String>,
+    /// Namespaces of Telemetry resources changed (the root namespace's
+    /// apply to every workload).
+    pub telemetry_namespaces: BTreeSet<String>,
     /// Workload addresses whose served ports changed (their sidecars'
     /// `virtualInbound`).
     pub inbound_addresses: BTreeSet<String>,
@@ -118,6 +121,9 @@ impl ChangeSet {
                 c.authz_namespaces.insert(cfg.namespace.clone());
             },
         );
+        diff(&old.telemetries, &new.telemetries, |cfg| {
+            c.telemetry_namespaces.insert(cfg.namespace.clone());
+        });
         c.inbound_addresses = old.inbound_changes(new);
         c
     }
@@ -140,9 +146,14 @@ impl ChangeSet {
         // the mesh's: a sidecar's inbound filters, a gateway's listeners'.
         let authz_changed = self.authz_namespaces.contains(ns)
             || self.authz_namespaces.contains(&self.root_namespace);
+        // A Telemetry of its namespace or the mesh's: its tracing and access
+        // logs.
+        let telemetry_changed = self.telemetry_namespaces.contains(ns)
+            || self.telemetry_namespaces.contains(&self.root_namespace);
         let full = self.mesh
             || sidecar_changed
             || authz_changed
+            || telemetry_changed
             || inbound_changed
             || self
                 .services

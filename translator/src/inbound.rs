@@ -183,7 +183,7 @@ fn in_namespace<'a>(snap: &'a Snapshot, ns: &'a str) -> impl Iterator<Item = &'a
 pub(crate) fn build(snap: &Snapshot, proxy: &Proxy) -> (Listener, Vec<Cluster>) {
     let policy = peer_policy(snap, proxy);
     let mesh = &snap.mesh;
-    let tracing = crate::trace::hcm_tracing(snap, proxy);
+    let observe = crate::telemetry::Observe::of(snap, proxy, crate::telemetry::Side::Server);
     let authz = crate::authz::filters(snap, &proxy.namespace, &proxy.labels);
     let mut chains = vec![FilterChain {
         // Traffic addressed to 15006 itself would loop.
@@ -194,7 +194,11 @@ pub(crate) fn build(snap: &Snapshot, proxy: &Proxy) -> (Listener, Vec<Cluster>) 
             }),
             ..Default::default()
         }),
-        filters: vec![tcp_proxy_filter(BLACKHOLE_CLUSTER, BLACKHOLE_CLUSTER, mesh)],
+        filters: vec![tcp_proxy_filter(
+            BLACKHOLE_CLUSTER,
+            BLACKHOLE_CLUSTER,
+            &observe.access_log,
+        )],
         ..Default::default()
     }];
     let mut clusters = vec![original_dst_cluster(INBOUND_PASSTHROUGH_CLUSTER, false)];
@@ -211,7 +215,7 @@ pub(crate) fn build(snap: &Snapshot, proxy: &Proxy) -> (Listener, Vec<Cluster>) 
             &name,
             &Around {
                 mesh,
-                tracing: tracing.as_ref(),
+                observe: &observe,
                 authz: &authz,
             },
         ));
@@ -222,7 +226,7 @@ pub(crate) fn build(snap: &Snapshot, proxy: &Proxy) -> (Listener, Vec<Cluster>) 
         INBOUND_PASSTHROUGH_CLUSTER,
         &Around {
             mesh,
-            tracing: None,
+            observe: &observe,
             authz: &authz,
         },
     ));
@@ -264,7 +268,7 @@ fn listener_filter_of<M: prost::Name>(name: &str, config: M) -> ListenerFilter {
 /// and its security filters (JWT and RBAC, [`crate::authz::filters`]).
 struct Around<'a> {
     mesh: &'a MeshConfig,
-    tracing: Option<&'a http_connection_manager::Tracing>,
+    observe: &'a crate::telemetry::Observe,
     authz: &'a crate::authz::Filters,
 }
 
@@ -272,7 +276,11 @@ impl Around<'_> {
     /// The network filters of a TCP chain: RBAC, then the TCP proxy.
     fn tcp(&self, stat_prefix: &str, cluster: &str) -> Vec<Filter> {
         let mut filters = self.authz.tcp.clone();
-        filters.push(tcp_proxy_filter(stat_prefix, cluster, self.mesh));
+        filters.push(tcp_proxy_filter(
+            stat_prefix,
+            cluster,
+            &self.observe.access_log,
+        ));
         filters
     }
 }
@@ -396,7 +404,7 @@ fn inbound_hcm(port: u32, cluster: &str, around: &Around<'_>) -> Filter {
         ..Default::default()
     });
     let hcm = HttpConnectionManager {
-        tracing: around.tracing.cloned(),
+        tracing: around.observe.tracing.clone(),
         stat_prefix: format!("inbound_0.0.0.0_{port}"),
         route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(
             RouteConfiguration {
@@ -423,7 +431,7 @@ fn inbound_hcm(port: u32, cluster: &str, around: &Around<'_>) -> Filter {
             },
         ),
         use_remote_address: Some(BoolValue { value: false }),
-        ..crate::istio_http_connection_manager(around.mesh)
+        ..crate::istio_http_connection_manager(around.mesh, &around.observe.access_log)
     };
     Filter {
         name: "envoy.filters.network.http_connection_manager".into(),
@@ -431,11 +439,15 @@ fn inbound_hcm(port: u32, cluster: &str, around: &Around<'_>) -> Filter {
     }
 }
 
-fn tcp_proxy_filter(stat_prefix: &str, cluster: &str, mesh: &MeshConfig) -> Filter {
+fn tcp_proxy_filter(
+    stat_prefix: &str,
+    cluster: &str,
+    access_log: &[envoy_types::pb::envoy::config::accesslog::v3::AccessLog],
+) -> Filter {
     let tcp = TcpProxy {
         stat_prefix: stat_prefix.to_owned(),
         cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.to_owned())),
-        access_log: crate::access_logs(mesh),
+        access_log: access_log.to_vec(),
         ..Default::default()
     };
     Filter {

@@ -24,6 +24,7 @@ pub mod log_format;
 pub mod model;
 pub mod policy;
 pub mod route;
+pub mod telemetry;
 pub mod trace;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
@@ -366,9 +367,15 @@ pub(crate) fn ads_config_source_waited_for() -> ConfigSource {
 ///   is `/b`, escaped slashes left alone);
 /// - `proxy_100_continue: true`: `100-continue` passed through as it is
 ///   (Istio's `ENABLE_100_CONTINUE_HEADERS`, on by default).
-pub(crate) fn istio_http_connection_manager(mesh: &model::MeshConfig) -> HttpConnectionManager {
+///
+/// `access_log`: the workload's access logs for this side
+/// ([`telemetry::access_logs`]).
+pub(crate) fn istio_http_connection_manager(
+    mesh: &model::MeshConfig,
+    access_log: &[envoy_types::pb::envoy::config::accesslog::v3::AccessLog],
+) -> HttpConnectionManager {
     HttpConnectionManager {
-        access_log: access_logs(mesh),
+        access_log: access_log.to_vec(),
         upgrade_configs: vec![http_connection_manager::UpgradeConfig {
             upgrade_type: "websocket".into(),
             ..Default::default()
@@ -380,12 +387,21 @@ pub(crate) fn istio_http_connection_manager(mesh: &model::MeshConfig) -> HttpCon
 }
 
 /// The mesh config's access log (`accessLogFile`) as Envoy's file access
-/// logger (`envoy.access_loggers.file`, `FileAccessLog` with a
-/// `SubstitutionFormatString`), for an HTTP connection manager's or a TCP
-/// proxy's `access_log`; empty when the mesh logs nothing.
+/// logger ([`file_access_log`]), for an HTTP connection manager's or a TCP
+/// proxy's `access_log`; empty when the mesh logs nothing. (Where the
+/// Telemetry API applies, [`telemetry::access_logs`] decides instead.)
 pub(crate) fn access_logs(
     mesh: &model::MeshConfig,
 ) -> Vec<envoy_types::pb::envoy::config::accesslog::v3::AccessLog> {
+    mesh.access_log.iter().map(file_access_log).collect()
+}
+
+/// One file access log as Envoy's file access logger
+/// (`envoy.access_loggers.file`, `FileAccessLog` with a
+/// `SubstitutionFormatString`).
+pub(crate) fn file_access_log(
+    log: &model::AccessLog,
+) -> envoy_types::pb::envoy::config::accesslog::v3::AccessLog {
     use envoy_types::pb::envoy::config::accesslog::v3::{AccessLog, access_log};
     use envoy_types::pb::envoy::config::core::v3::{
         DataSource, SubstitutionFormatString, data_source, substitution_format_string,
@@ -394,9 +410,6 @@ pub(crate) fn access_logs(
         FileAccessLog, file_access_log,
     };
     use envoy_types::pb::google::protobuf::{Struct, Value, value};
-    let Some(log) = &mesh.access_log else {
-        return Vec::new();
-    };
     let format = match &log.format {
         model::AccessLogFormat::Text(text) => {
             substitution_format_string::Format::TextFormatSource(DataSource {
@@ -437,13 +450,13 @@ pub(crate) fn access_logs(
             },
         )),
     };
-    vec![AccessLog {
+    AccessLog {
         name: "envoy.access_loggers.file".into(),
         config_type: Some(access_log::ConfigType::TypedConfig(
             envoy_types::util::pack_any(file),
         )),
         ..Default::default()
-    }]
+    }
 }
 
 /// The HTTP connection manager's path settings for the mesh config's

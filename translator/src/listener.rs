@@ -9,6 +9,7 @@ use prost::Message;
 use crds::GatewaySpec;
 use crds::VirtualServiceSpec;
 use crds::gateway::{Server, ServerTlsMode, ServerTlsSettings, TlsProtocol};
+use envoy_types::pb::envoy::config::accesslog::v3::AccessLog;
 use envoy_types::pb::envoy::config::core::v3::{
     CidrRange, DataSource, TrafficDirection, TransportSocket, data_source, transport_socket,
 };
@@ -63,7 +64,7 @@ pub(crate) fn sidecar<'a>(
     } else {
         BLACKHOLE_CLUSTER
     };
-    let tracing = crate::trace::hcm_tracing(snap, proxy);
+    let observe = crate::telemetry::Observe::of(snap, proxy, crate::telemetry::Side::Client);
     let mut listeners = vec![Listener {
         name: VIRTUAL_OUTBOUND.into(),
         address: Some(socket_address("0.0.0.0", VIRTUAL_OUTBOUND_PORT)),
@@ -73,7 +74,7 @@ pub(crate) fn sidecar<'a>(
             "virtualOutbound-catchall-tcp",
             fallback,
             &[(fallback.to_owned(), 1)],
-            &snap.mesh,
+            &observe.access_log,
         )],
         ..Default::default()
     }];
@@ -93,7 +94,8 @@ pub(crate) fn sidecar<'a>(
             }
             if port.protocol == Protocol::Tls {
                 plan.tls = true;
-                plan.chains.extend(tls_chains(snap, proxy, svc, port.port));
+                plan.chains
+                    .extend(tls_chains(snap, proxy, svc, port.port, &observe.access_log));
                 continue;
             }
             let dests = tcp_destinations(snap, proxy, svc, port.port);
@@ -105,12 +107,12 @@ pub(crate) fn sidecar<'a>(
                             &name,
                             vip,
                             port.port,
-                            tcp_chain(&name, &name, &dests, &snap.mesh),
+                            tcp_chain(&name, &name, &dests, &observe.access_log),
                         ));
                     }
                     Some((prefix, len)) => {
                         let name = format!("{vip}_{}", port.port);
-                        let mut chain = tcp_chain(&name, &name, &dests, &snap.mesh);
+                        let mut chain = tcp_chain(&name, &name, &dests, &observe.access_log);
                         chain.filter_chain_match = Some(FilterChainMatch {
                             prefix_ranges: vec![CidrRange {
                                 address_prefix: prefix.to_owned(),
@@ -135,7 +137,7 @@ pub(crate) fn sidecar<'a>(
                 "PassthroughFilterChain",
                 &name,
                 &[(fallback.to_owned(), 1)],
-                &snap.mesh,
+                &observe.access_log,
             )
         } else {
             routes.push(http_route_plan(snap, proxy, port, &plan.http, warnings));
@@ -144,7 +146,7 @@ pub(crate) fn sidecar<'a>(
                 &port.to_string(),
                 false,
                 &snap.mesh,
-                tracing.as_ref(),
+                &observe,
                 &[],
             )
         };
@@ -672,7 +674,13 @@ fn tcp_destinations(
 
 /// SNI chains of a TLS service port: its VirtualService's `tls` routes
 /// (by `sniHosts`), then the service's own hostname.
-fn tls_chains(snap: &Snapshot, proxy: &Proxy, svc: &Service, port: u32) -> Vec<FilterChain> {
+fn tls_chains(
+    snap: &Snapshot,
+    proxy: &Proxy,
+    svc: &Service,
+    port: u32,
+    access_log: &[AccessLog],
+) -> Vec<FilterChain> {
     let mut chains = Vec::new();
     let chain = |sni: Vec<String>, dests: &[(String, u32)]| {
         let name = format!("{}_{port}", sni.join(","));
@@ -680,7 +688,7 @@ fn tls_chains(snap: &Snapshot, proxy: &Proxy, svc: &Service, port: u32) -> Vec<F
             &name,
             &format!("outbound|{port}||{}", svc.hostname),
             dests,
-            &snap.mesh,
+            access_log,
         );
         c.filter_chain_match = Some(FilterChainMatch {
             destination_port: Some(UInt32Value { value: port }),
@@ -861,7 +869,8 @@ pub(crate) fn gateway(
                 .push(GatewayServer { gw, index, server });
         }
     }
-    let tracing = crate::trace::hcm_tracing(snap, proxy);
+    // A gateway is the client side of the requests it forwards.
+    let observe = crate::telemetry::Observe::of(snap, proxy, crate::telemetry::Side::Client);
     // The gateway pod's AuthorizationPolicies and RequestAuthentications,
     // as on a sidecar's inbound.
     let authz = crate::authz::filters(snap, &proxy.namespace, &proxy.labels);
@@ -889,7 +898,7 @@ pub(crate) fn gateway(
                 &name,
                 true,
                 &snap.mesh,
-                tracing.as_ref(),
+                &observe,
                 &authz.http,
             ));
         }
@@ -919,7 +928,7 @@ pub(crate) fn gateway(
                         &name,
                         true,
                         &snap.mesh,
-                        tracing.as_ref(),
+                        &observe,
                         &authz.http,
                     );
                     chain.name = name;
@@ -954,7 +963,7 @@ pub(crate) fn gateway(
                                     &name,
                                     &name,
                                     &l4_destinations(snap, vs, &r.route, port),
-                                    &snap.mesh,
+                                    &observe.access_log,
                                 ));
                                 chain.filter_chain_match = Some(FilterChainMatch {
                                     server_names: sni,
@@ -980,7 +989,7 @@ pub(crate) fn gateway(
                             &format!("tcp.{port}"),
                             &format!("tcp.{port}"),
                             &dests,
-                            &snap.mesh,
+                            &observe.access_log,
                         ))),
                         None => warnings.push(ConfigWarning::new(
                             "Gateway",
@@ -1336,7 +1345,7 @@ fn tcp_chain(
     chain_name: &str,
     stat_prefix: &str,
     dests: &[(String, u32)],
-    mesh: &crate::model::MeshConfig,
+    access_log: &[AccessLog],
 ) -> FilterChain {
     let cluster_specifier = match dests {
         [(only, _)] => tcp_proxy::ClusterSpecifier::Cluster(only.clone()),
@@ -1357,7 +1366,7 @@ fn tcp_chain(
     let tcp = TcpProxy {
         stat_prefix: stat_prefix.to_owned(),
         cluster_specifier: Some(cluster_specifier),
-        access_log: crate::access_logs(mesh),
+        access_log: access_log.to_vec(),
         ..Default::default()
     };
     FilterChain {
@@ -1378,7 +1387,7 @@ fn hcm_chain(
     route_config: &str,
     gateway: bool,
     mesh: &crate::model::MeshConfig,
-    tracing: Option<&http_connection_manager::Tracing>,
+    observe: &crate::telemetry::Observe,
     authz: &[HttpFilter],
 ) -> FilterChain {
     let mut http_filters = authz.to_vec();
@@ -1406,7 +1415,7 @@ fn hcm_chain(
         },
     ]);
     let hcm = HttpConnectionManager {
-        tracing: tracing.cloned(),
+        tracing: observe.tracing.clone(),
         stat_prefix: stat_prefix.to_owned(),
         route_specifier: Some(http_connection_manager::RouteSpecifier::Rds(Rds {
             config_source: Some(ads_config_source_waited_for()),
@@ -1414,7 +1423,7 @@ fn hcm_chain(
         })),
         http_filters,
         use_remote_address: Some(BoolValue { value: gateway }),
-        ..istio_http_connection_manager(mesh)
+        ..istio_http_connection_manager(mesh, &observe.access_log)
     };
     FilterChain {
         name: String::new(),

@@ -262,6 +262,16 @@ pub struct MeshConfig {
     /// The tracing provider (`defaultProviders.tracing` naming a `zipkin`
     /// extension provider); `None`: no tracing.
     pub tracing: Option<TracingProvider>,
+    /// Every `zipkin` extension provider by name (Telemetry resources name
+    /// them), with `defaultConfig.tracing`'s sampling.
+    pub tracing_providers: BTreeMap<String, TracingProvider>,
+    /// Every `envoyFileAccessLog` extension provider by name, and Istio's
+    /// built-in `envoy` (Istio's default line to `/dev/stdout`) unless the
+    /// mesh config defines one of that name.
+    pub access_log_providers: BTreeMap<String, AccessLog>,
+    /// `defaultProviders.accessLogging`: the access log providers of
+    /// workloads no Telemetry's `accessLogging` applies to.
+    pub default_access_logging: Vec<String>,
     /// The external authorizers (`envoyExtAuthzHttp` and
     /// `envoyExtAuthzGrpc` extension providers) by name, each parsed or
     /// why it cannot be used; `CUSTOM` AuthorizationPolicies name them.
@@ -300,6 +310,13 @@ impl PartialEq for Percentage {
 impl Eq for Percentage {}
 
 impl MeshConfig {
+    /// Whether any proxy may trace: a default tracing provider, or a zipkin
+    /// provider a Telemetry resource can name (routes then get Istio's
+    /// decorators, proxies its canonical-service tags).
+    pub fn may_trace(&self) -> bool {
+        self.tracing.is_some() || !self.tracing_providers.is_empty()
+    }
+
     /// The trust domain and its aliases, in that order, without repeats:
     /// the trust domains a peer's SPIFFE ID may be in. Allocates nothing
     /// (read for every mTLS cluster).
@@ -420,6 +437,9 @@ impl Default for MeshConfig {
             root_namespace: ROOT_NAMESPACE.to_owned(),
             locality_lb: None,
             tracing: None,
+            tracing_providers: BTreeMap::new(),
+            access_log_providers: builtin_access_log_providers(),
+            default_access_logging: Vec::new(),
             ext_authz: BTreeMap::new(),
         }
     }
@@ -496,19 +516,90 @@ fn access_log_format(
     }
 }
 
+/// Istio's built-in access log provider `envoy`: its default text line to
+/// the proxy's standard output.
+fn builtin_access_log_providers() -> BTreeMap<String, AccessLog> {
+    BTreeMap::from([(
+        "envoy".to_owned(),
+        AccessLog {
+            path: "/dev/stdout".into(),
+            format: AccessLogFormat::Text(ISTIO_TEXT_LOG_FORMAT.to_owned()),
+            req_without_query: false,
+        },
+    )])
+}
+
+/// The `envoyFileAccessLog` providers of `providers` over the built-in
+/// ones; a format Envoy would refuse is reported and Istio's default used.
+fn access_log_providers(
+    providers: &[crds::mesh::ExtensionProvider],
+    warn: &mut impl FnMut(String, String),
+) -> BTreeMap<String, AccessLog> {
+    use crds::mesh::AccessLogEncoding;
+    let mut out = builtin_access_log_providers();
+    for (i, p) in providers.iter().enumerate() {
+        let Some(file) = &p.envoy_file_access_log else {
+            continue;
+        };
+        let at = format!("data.mesh.extensionProviders[{i}].envoyFileAccessLog");
+        let format = file.log_format.as_ref();
+        let (encoding, text) = match (format.and_then(|f| f.labels.as_ref()), format) {
+            (Some(labels), _) => {
+                let strings: BTreeMap<&String, &str> = labels
+                    .iter()
+                    .filter_map(|(k, v)| v.as_str().map(|v| (k, v)))
+                    .collect();
+                if strings.len() != labels.len() {
+                    warn(
+                        format!("{at}.logFormat.labels"),
+                        "only string values are supported; the others are left out".into(),
+                    );
+                }
+                let json = if strings.is_empty() {
+                    String::new()
+                } else {
+                    serde_json::to_string(&strings).unwrap_or_default()
+                };
+                (AccessLogEncoding::Json, json)
+            }
+            (None, f) => (
+                AccessLogEncoding::Text,
+                f.and_then(|f| f.text.clone()).unwrap_or_default(),
+            ),
+        };
+        let (format, uses, problem) = access_log_format(encoding, &text);
+        if let Some(reason) = problem {
+            warn(format!("{at}.logFormat"), reason);
+        }
+        out.insert(
+            p.name.clone(),
+            AccessLog {
+                path: if file.path.is_empty() {
+                    "/dev/stdout".into()
+                } else {
+                    file.path.clone()
+                },
+                format,
+                req_without_query: uses.req_without_query,
+            },
+        );
+    }
+    out
+}
+
 /// Istio's default sampling (`PILOT_TRACE_SAMPLING`), percent.
 const DEFAULT_TRACE_SAMPLING: f64 = 1.0;
 
 /// The tracing provider the mesh config names (`defaultProviders.tracing`,
-/// the first name, as Istio), with `defaultConfig.tracing`'s sampling and
-/// path tag length; what cannot be acted on is passed to `warn` as
-/// (field, reason).
+/// the first name, as Istio), and every zipkin provider by name, with
+/// `defaultConfig.tracing`'s sampling and path tag length; what cannot be
+/// acted on is passed to `warn` as (field, reason).
 fn tracing_provider(
     providers: &[crds::mesh::ExtensionProvider],
     defaults: Option<&crds::mesh::DefaultProviders>,
     proxy_tracing: Option<&crds::mesh::ProxyTracing>,
     warn: &mut impl FnMut(String, String),
-) -> Option<TracingProvider> {
+) -> (Option<TracingProvider>, BTreeMap<String, TracingProvider>) {
     for (i, p) in providers.iter().enumerate() {
         for kind in p.unsupported.keys() {
             warn(
@@ -535,21 +626,6 @@ fn tracing_provider(
             "not written (Istio's bootstrap tracers before 1.22); name a zipkin extension provider in defaultProviders.tracing".into(),
         );
     }
-    let name = defaults?.tracing.first()?;
-    let Some(provider) = providers.iter().find(|p| &p.name == name) else {
-        warn(
-            "data.mesh.defaultProviders.tracing".into(),
-            format!("no extension provider is named {name:?}; no tracing"),
-        );
-        return None;
-    };
-    let Some(zipkin) = &provider.zipkin else {
-        warn(
-            "data.mesh.defaultProviders.tracing".into(),
-            format!("{name:?} is not a zipkin provider, the only kind supported yet; no tracing"),
-        );
-        return None;
-    };
     // As Istio's `proxyConfigSamplingValue`: 0 keeps the default, over
     // 100 is 1.
     let sampling = match proxy_tracing.and_then(|t| t.sampling) {
@@ -557,21 +633,45 @@ fn tracing_provider(
         Some(s) if s > 0.0 => s,
         _ => DEFAULT_TRACE_SAMPLING,
     };
-    Some(TracingProvider {
-        service: zipkin.service.clone(),
-        port: zipkin.port,
-        path: zipkin
-            .path
-            .clone()
-            .filter(|p| !p.is_empty())
-            .unwrap_or_else(|| "/api/v2/spans".into()),
-        trace_id_128bit: zipkin.enable_64bit_trace_id != Some(true),
-        max_path_tag_length: zipkin
-            .max_tag_length
-            .filter(|l| *l > 0)
-            .or(proxy_tracing.and_then(|t| t.max_path_tag_length)),
-        sampling: Percentage(sampling),
-    })
+    let zipkins: BTreeMap<String, TracingProvider> = providers
+        .iter()
+        .filter_map(|p| {
+            let zipkin = p.zipkin.as_ref()?;
+            Some((
+                p.name.clone(),
+                TracingProvider {
+                    service: zipkin.service.clone(),
+                    port: zipkin.port,
+                    path: zipkin
+                        .path
+                        .clone()
+                        .filter(|p| !p.is_empty())
+                        .unwrap_or_else(|| "/api/v2/spans".into()),
+                    trace_id_128bit: zipkin.enable_64bit_trace_id != Some(true),
+                    max_path_tag_length: zipkin
+                        .max_tag_length
+                        .filter(|l| *l > 0)
+                        .or(proxy_tracing.and_then(|t| t.max_path_tag_length)),
+                    sampling: Percentage(sampling),
+                },
+            ))
+        })
+        .collect();
+    let default = defaults.and_then(|d| d.tracing.first()).and_then(|name| {
+        let found = zipkins.get(name).cloned();
+        if found.is_none() {
+            let reason = if providers.iter().any(|p| &p.name == name) {
+                format!(
+                    "{name:?} is not a zipkin provider, the only kind supported yet; no tracing"
+                )
+            } else {
+                format!("no extension provider is named {name:?}; no tracing")
+            };
+            warn("data.mesh.defaultProviders.tracing".into(), reason);
+        }
+        found
+    });
+    (default, zipkins)
 }
 
 /// An immutable view of the whole mesh, shared by every push.
@@ -595,6 +695,8 @@ pub struct Snapshot {
     pub authorization_policies: Vec<Config<crate::authz::Policy>>,
     /// RequestAuthentications, in a stable order.
     pub request_authentications: Vec<Config<crds::RequestAuthenticationSpec>>,
+    /// Telemetry resources, in a stable order (namespace, name).
+    pub telemetries: Vec<Config<crds::TelemetrySpec>>,
     /// Namespace names known.
     pub namespaces: Vec<String>,
     /// Namespace annotations, by namespace (e.g. OpenShift's uid range,
@@ -788,12 +890,21 @@ impl Snapshot {
             m.extension_providers.as_deref().unwrap_or_default(),
             &mut warn,
         );
-        self.mesh.tracing = tracing_provider(
+        (self.mesh.tracing, self.mesh.tracing_providers) = tracing_provider(
             m.extension_providers.as_deref().unwrap_or_default(),
             m.default_providers.as_ref(),
             m.default_config.as_ref().and_then(|c| c.tracing.as_ref()),
             &mut warn,
         );
+        self.mesh.access_log_providers = access_log_providers(
+            m.extension_providers.as_deref().unwrap_or_default(),
+            &mut warn,
+        );
+        self.mesh.default_access_logging = m
+            .default_providers
+            .as_ref()
+            .map(|d| d.access_logging.clone())
+            .unwrap_or_default();
         if let Some(root) = m.root_namespace.filter(|r| !r.is_empty()) {
             self.mesh.root_namespace = root;
         }
@@ -966,6 +1077,11 @@ impl Snapshot {
                     name: name.to_owned(),
                     namespace: ns.to_owned(),
                     spec: ra.spec.clone(),
+                }),
+                Object::Telemetry(t) => snap.telemetries.push(Config {
+                    name: name.to_owned(),
+                    namespace: ns.to_owned(),
+                    spec: t.spec.clone(),
                 }),
                 Object::ServiceEntry(se) => {
                     for mut svc in service_entry_services(ns, &se.spec) {
@@ -1167,6 +1283,8 @@ impl Snapshot {
         }
         snap.request_authentications
             .sort_by(|a, b| order(&a.namespace, &a.name, &b.namespace, &b.name));
+        snap.telemetries
+            .sort_by(|a, b| order(&a.namespace, &a.name, &b.namespace, &b.name));
         let selectors = snap
             .authorization_policies
             .iter()
@@ -1175,7 +1293,8 @@ impl Snapshot {
                 snap.request_authentications
                     .iter()
                     .map(|ra| ra.spec.selector.as_ref()),
-            );
+            )
+            .chain(snap.telemetries.iter().map(|t| t.spec.selector.as_ref()));
         let keys: Vec<String> = selectors
             .flatten()
             .flat_map(|sel| sel.match_labels.keys().cloned())
@@ -1186,8 +1305,10 @@ impl Snapshot {
         snap.warnings.extend(jwks_warnings);
         let authz_warnings = crate::authz::warnings(&snap);
         snap.warnings.extend(authz_warnings);
+        let telemetry_warnings = crate::telemetry::warnings(&snap);
+        snap.warnings.extend(telemetry_warnings);
         snap.namespaces.sort();
-        if snap.mesh.tracing.is_some() {
+        if snap.mesh.may_trace() {
             // Spans carry the proxy's canonical service and revision.
             snap.label_keys.extend(
                 [

@@ -121,8 +121,7 @@ pub(crate) fn virtual_service_routes(
             decorator: ctx
                 .snap
                 .mesh
-                .tracing
-                .is_some()
+                .may_trace()
                 .then(|| crate::trace::decorator(Some(&m), Some(&action), &vs.name, ctx.port)),
             r#match: Some(m),
             action: Some(action),
@@ -298,7 +297,7 @@ pub(crate) fn default_route(ctx: &RouteCtx<'_>, hostname: &str) -> Route {
 /// The default route's decorator when the mesh traces: `host:port/*`, as
 /// Istio's `TraceOperation`.
 fn default_decorator(ctx: &RouteCtx<'_>, hostname: &str) -> Option<Decorator> {
-    ctx.snap.mesh.tracing.as_ref().map(|_| Decorator {
+    ctx.snap.mesh.may_trace().then(|| Decorator {
         operation: format!("{hostname}:{}/*", ctx.port),
         ..Default::default()
     })

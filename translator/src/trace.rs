@@ -22,12 +22,19 @@ pub const CANONICAL_NAME: &str = "service.istio.io/canonical-name";
 /// The pod label naming its revision (`istio.canonical_revision`).
 pub const CANONICAL_REVISION: &str = "service.istio.io/canonical-revision";
 
-/// The `tracing` of `proxy`'s HTTP connection managers; `None` without a
-/// tracing provider, or when the collector is not among the services the
-/// proxy gets clusters for (Envoy refuses a tracer whose cluster it does
-/// not have: every listener carrying it would be NACKed).
-pub(crate) fn hcm_tracing(snap: &Snapshot, proxy: &Proxy) -> Option<Tracing> {
-    let provider = snap.mesh.tracing.as_ref()?;
+/// The `tracing` of `proxy`'s HTTP connection managers on `side` (the
+/// mesh config's provider, or what Telemetry resources say,
+/// [`crate::telemetry::tracing`]); `None` without a tracing provider, or
+/// when the collector is not among the services the proxy gets clusters
+/// for (Envoy refuses a tracer whose cluster it does not have: every
+/// listener carrying it would be NACKed).
+pub(crate) fn hcm_tracing(
+    snap: &Snapshot,
+    proxy: &Proxy,
+    side: crate::telemetry::Side,
+) -> Option<Tracing> {
+    let settings = crate::telemetry::tracing(snap, &proxy.namespace, &proxy.labels, side)?;
+    let provider = settings.provider;
     // `namespace/hostname` or a hostname, as Istio's `LookupCluster`.
     let host = provider
         .service
@@ -46,11 +53,19 @@ pub(crate) fn hcm_tracing(snap: &Snapshot, proxy: &Proxy) -> Option<Tracing> {
         ..Default::default()
     };
     let percent = |value| Some(Percent { value });
+    let mut custom_tags = istio_tags(proxy);
+    custom_tags.extend(
+        settings
+            .custom_tags
+            .into_iter()
+            .flatten()
+            .filter_map(|(name, tag)| telemetry_tag(name, tag)),
+    );
     Some(Tracing {
         client_sampling: percent(100.0),
-        random_sampling: percent(provider.sampling.0),
+        random_sampling: percent(settings.sampling),
         overall_sampling: percent(100.0),
-        custom_tags: istio_tags(proxy),
+        custom_tags,
         max_path_tag_length: provider
             .max_path_tag_length
             .map(|value| UInt32Value { value }),
@@ -89,6 +104,32 @@ fn istio_tags(proxy: &Proxy) -> Vec<CustomTag> {
         literal("istio.canonical_service", &label(CANONICAL_NAME, "unknown")),
         literal("istio.namespace", &proxy.namespace),
     ]
+}
+
+/// A Telemetry resource's custom tag (`literal`, `environment`, `header`
+/// or `formatter`) as Envoy's; `None` when it names none.
+fn telemetry_tag(name: &str, tag: &crds::telemetry::CustomTag) -> Option<CustomTag> {
+    let r#type = if let Some(l) = &tag.literal {
+        custom_tag::Type::Literal(custom_tag::Literal {
+            value: l.value.clone(),
+        })
+    } else if let Some(e) = &tag.environment {
+        custom_tag::Type::Environment(custom_tag::Environment {
+            name: e.name.clone(),
+            default_value: e.default_value.clone().unwrap_or_default(),
+        })
+    } else if let Some(h) = &tag.header {
+        custom_tag::Type::RequestHeader(custom_tag::Header {
+            name: h.name.clone(),
+            default_value: h.default_value.clone().unwrap_or_default(),
+        })
+    } else {
+        custom_tag::Type::Value(tag.formatter.as_ref()?.value.clone())
+    };
+    Some(CustomTag {
+        tag: name.to_owned(),
+        r#type: Some(r#type),
+    })
 }
 
 /// A route's decorator (its spans' name), as Istio's `getRouteOperation`:

@@ -1058,3 +1058,210 @@ fn request_authentication_becomes_the_jwt_filter() {
     // A TCP chain has no JWT: the ALLOW rule cannot apply there.
     assert!(rbac_on(chains(&out, Some(9091))[0])[0].1.is_empty());
 }
+
+/// The HTTP connection manager of a chain.
+fn hcm_of(chain: &FilterChain) -> HttpConnectionManager {
+    chain
+        .filters
+        .iter()
+        .find_map(|f| match &f.config_type {
+            Some(filter::ConfigType::TypedConfig(any))
+                if f.name == "envoy.filters.network.http_connection_manager" =>
+            {
+                Some(HttpConnectionManager::decode(any.value.as_slice()).unwrap())
+            }
+            _ => None,
+        })
+        .unwrap()
+}
+
+/// (path, CEL filter) of each access log of an HTTP connection manager.
+fn logs_of(hcm: &HttpConnectionManager) -> Vec<(String, Option<String>)> {
+    use envoy_types::pb::envoy::config::accesslog::v3::{
+        access_log, access_log_filter, extension_filter,
+    };
+    use envoy_types::pb::envoy::extensions::access_loggers::file::v3::FileAccessLog;
+    use envoy_types::pb::envoy::extensions::access_loggers::filters::cel::v3::ExpressionFilter;
+    hcm.access_log
+        .iter()
+        .map(|log| {
+            let Some(access_log::ConfigType::TypedConfig(any)) = &log.config_type else {
+                panic!("{log:?}")
+            };
+            let path = FileAccessLog::decode(any.value.as_slice()).unwrap().path;
+            let filter = log.filter.as_ref().map(|f| {
+                let Some(access_log_filter::FilterSpecifier::ExtensionFilter(ext)) =
+                    &f.filter_specifier
+                else {
+                    panic!("{f:?}")
+                };
+                let Some(extension_filter::ConfigType::TypedConfig(any)) = &ext.config_type else {
+                    panic!("{ext:?}")
+                };
+                ExpressionFilter::decode(any.value.as_slice())
+                    .unwrap()
+                    .expression
+            });
+            (path, filter)
+        })
+        .collect()
+}
+
+/// The Telemetry API on reviews' sidecar, as istiod computes it: the
+/// mesh-wide, namespace and workload levels, the client (outbound) and
+/// server (inbound) sides, providers inherited and turned off, filters,
+/// tracing providers, sampling and tags; unknown providers reported.
+#[test]
+fn telemetry_decides_access_logs_and_tracing_per_side() {
+    let telemetry = |name: &str, ns: &str, spec: &str| {
+        format!(
+            "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {spec}\n---\n"
+        )
+    };
+    let p = reviews();
+    // (inbound HCM, outbound HCM) of reviews' sidecar.
+    let sides = |snap: &Snapshot| {
+        let out = generate(snap, &p);
+        let inbound = hcm_of(chains(&out, Some(9080))[0]);
+        let outbound = out
+            .listeners
+            .iter()
+            .find(|l| l.name == "0.0.0.0_9080")
+            .and_then(|l| l.default_filter_chain.as_ref())
+            .map(hcm_of)
+            .unwrap();
+        (inbound, outbound)
+    };
+    let stdout = || vec![("/dev/stdout".to_owned(), None)];
+
+    // No Telemetry, no accessLogFile: no logs.
+    let (inbound, outbound) = sides(&mesh(""));
+    assert!(inbound.access_log.is_empty() && outbound.access_log.is_empty());
+
+    // Mesh-wide, with the built-in provider: both sides log to stdout.
+    let mesh_wide = telemetry(
+        "mesh-default",
+        "istio-system",
+        "{accessLogging: [{providers: [{name: envoy}]}]}",
+    );
+    let (inbound, outbound) = sides(&mesh(&mesh_wide));
+    assert_eq!(logs_of(&inbound), stdout());
+    assert_eq!(logs_of(&outbound), stdout());
+
+    // The workload turns it off (providers inherited); another workload
+    // (ratings' namespace-mate with other labels) is not touched.
+    let off = telemetry(
+        "quiet",
+        "default",
+        "{selector: {matchLabels: {app: reviews}}, accessLogging: [{disabled: true}]}",
+    );
+    let (inbound, outbound) = sides(&mesh(&format!("{mesh_wide}{off}")));
+    assert!(inbound.access_log.is_empty() && outbound.access_log.is_empty());
+    let ratings = proxy("10.244.0.13", "ratings-0", &[("app", "ratings")]);
+    let out = generate(&mesh(&format!("{mesh_wide}{off}")), &ratings);
+    let l = out
+        .listeners
+        .iter()
+        .find(|l| l.name == "0.0.0.0_9080")
+        .unwrap();
+    assert_eq!(
+        logs_of(&hcm_of(l.default_filter_chain.as_ref().unwrap())),
+        stdout()
+    );
+
+    // The namespace logs only errors of what it serves. As in Istio's
+    // `mergeLogs`, a provider's filter is the last one set for it, so the
+    // mesh-wide entry (both sides) now logs client-side errors too.
+    let server = telemetry(
+        "errors",
+        "default",
+        "{accessLogging: [{match: {mode: SERVER}, providers: [{name: envoy}], filter: {expression: 'response.code >= 400'}}]}",
+    );
+    let (inbound, outbound) = sides(&mesh(&format!("{mesh_wide}{server}")));
+    assert_eq!(
+        logs_of(&inbound),
+        [(
+            "/dev/stdout".to_owned(),
+            Some("response.code >= 400".to_owned())
+        )]
+    );
+    assert_eq!(logs_of(&outbound), logs_of(&inbound));
+    // Without the mesh-wide entry the client side logs nothing.
+    let (_, outbound) = sides(&mesh(&server));
+    assert!(outbound.access_log.is_empty(), "{:?}", logs_of(&outbound));
+
+    // A file provider of the mesh config as the mesh default.
+    let file = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio, namespace: istio-system}\ndata:\n  mesh: '{extensionProviders: [{name: file, envoyFileAccessLog: {path: /var/log/access.log, logFormat: {labels: {code: \"%RESPONSE_CODE%\"}}}}], defaultProviders: {accessLogging: [file]}}'\n---\n";
+    let (inbound, _) = sides(&mesh(file));
+    assert_eq!(
+        logs_of(&inbound),
+        [("/var/log/access.log".to_owned(), None)]
+    );
+
+    // Tracing: a zipkin provider named by the mesh-wide Telemetry, its
+    // sampling and tags; the workload's disableSpanReporting on the server
+    // side only.
+    let zipkin = "apiVersion: v1\nkind: Service\nmetadata: {name: zipkin, namespace: istio-system}\nspec:\n  clusterIP: 10.96.0.90\n  ports: [{name: http, port: 9411}]\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio, namespace: istio-system}\ndata:\n  mesh: '{extensionProviders: [{name: zipkin, zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411}}]}'\n---\n";
+    let (inbound, outbound) = sides(&mesh(zipkin));
+    assert!(
+        inbound.tracing.is_none() && outbound.tracing.is_none(),
+        "no default provider"
+    );
+    let traced = telemetry(
+        "mesh-default",
+        "istio-system",
+        "{tracing: [{providers: [{name: zipkin}], randomSamplingPercentage: 50, customTags: {team: {literal: {value: bookinfo}}, user: {header: {name: x-user}}}}]}",
+    );
+    let (inbound, outbound) = sides(&mesh(&format!("{zipkin}{traced}")));
+    for hcm in [&inbound, &outbound] {
+        let t = hcm.tracing.as_ref().unwrap();
+        assert_eq!(t.random_sampling.unwrap().value, 50.0);
+        let tags: Vec<&str> = t.custom_tags.iter().map(|t| t.tag.as_str()).collect();
+        assert_eq!(
+            tags,
+            [
+                "istio.canonical_revision",
+                "istio.canonical_service",
+                "istio.namespace",
+                "team",
+                "user"
+            ]
+        );
+    }
+    let quiet = telemetry(
+        "quiet",
+        "default",
+        "{selector: {matchLabels: {app: reviews}}, tracing: [{match: {mode: SERVER}, disableSpanReporting: true}]}",
+    );
+    let (inbound, outbound) = sides(&mesh(&format!("{zipkin}{traced}{quiet}")));
+    assert!(inbound.tracing.is_none());
+    assert!(outbound.tracing.is_some());
+
+    // Providers that are not defined are reported by field.
+    let snap = mesh(&telemetry(
+        "t",
+        "default",
+        "{tracing: [{providers: [{name: jaeger}]}], accessLogging: [{providers: [{name: otel}]}]}",
+    ));
+    let fields: Vec<&str> = snap
+        .warnings
+        .iter()
+        .filter(|w| w.kind == "Telemetry")
+        .map(|w| w.field.as_str())
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "spec.tracing[0].providers[0].name",
+            "spec.accessLogging[0].providers[0].name"
+        ]
+    );
+    // A change reaches its namespace's sidecars (the root namespace's all).
+    let changes = ChangeSet::between(&mesh(""), &mesh(&off));
+    assert_eq!(changes.effect(&p), Effect::Full);
+    let mut elsewhere = reviews();
+    elsewhere.namespace = "other".into();
+    assert_eq!(changes.effect(&elsewhere), Effect::Nothing);
+    let changes = ChangeSet::between(&mesh(""), &mesh(&mesh_wide));
+    assert_eq!(changes.effect(&elsewhere), Effect::Full);
+}

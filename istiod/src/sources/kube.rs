@@ -124,7 +124,7 @@ impl Watched {
 /// Gateway `credentialName`; service-account tokens and Helm releases are
 /// excluded, as istiod does), the `networking.istio.io/v1` kinds and
 /// `security.istio.io/v1` PeerAuthentication, AuthorizationPolicy and
-/// RequestAuthentication.
+/// RequestAuthentication, and `telemetry.istio.io/v1` Telemetry.
 pub fn watched(namespace: &str) -> Vec<Watched> {
     let mut mesh_config = Watched::new("v1", "ConfigMap", "configmaps");
     mesh_config.namespace = Some(namespace.to_owned());
@@ -167,6 +167,7 @@ pub fn watched(namespace: &str) -> Vec<Watched> {
             "RequestAuthentication",
             "requestauthentications",
         ),
+        Watched::new("telemetry.istio.io/v1", "Telemetry", "telemetries"),
     ]
 }
 

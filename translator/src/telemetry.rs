@@ -1,0 +1,296 @@
+//! The Telemetry API (`telemetry.istio.io/v1` Telemetry): each workload's
+//! tracing and access logging, as istiod's `Telemetries` computes them.
+//!
+//! - **Which resources**: the root namespace's Telemetry without a
+//!   `selector` (mesh-wide), the workload's namespace's without one, and
+//!   the first (by name) of its namespace whose `selector` matches its
+//!   labels, in that order: the later override the earlier. Resources with
+//!   `targetRef(s)` are for Gateway API gateways and waypoints and do not
+//!   apply (reported).
+//! - **Sides**: a sidecar's inbound listener is the `SERVER` side, its
+//!   outbound listeners and every gateway listener the `CLIENT` side; a
+//!   `match.mode` limits an entry to one side.
+//! - **Tracing** (Istio's `Telemetries.Tracing`): starting from the mesh
+//!   config's default provider, each entry may name another provider (the
+//!   first of `providers`; a `zipkin` one of the mesh config), set
+//!   `randomSamplingPercentage`, `customTags` (replacing the parent's) and
+//!   `disableSpanReporting` (no tracer). No provider: no tracing.
+//! - **Access logs** (Istio's `mergeLogs`): without any `accessLogging`
+//!   entry or `defaultProviders.accessLogging`, the mesh config's
+//!   `accessLogFile` applies as before. Otherwise the providers of the most
+//!   specific level naming some are the ones in scope; each entry (its
+//!   `providers`, else its parent's) turns them on with its CEL `filter`,
+//!   or off with `disabled: true`. Each provider is an `envoyFileAccessLog`
+//!   (or the built-in `envoy`: standard output).
+
+use std::collections::BTreeMap;
+
+use crds::telemetry::{CustomTag, ModeSelector, WorkloadMode};
+use envoy_types::pb::envoy::config::accesslog::v3::{
+    AccessLog, AccessLogFilter, ExtensionFilter, access_log_filter, extension_filter,
+};
+use envoy_types::pb::envoy::extensions::access_loggers::filters::cel::v3::ExpressionFilter;
+use envoy_types::util::pack_any;
+
+use crate::model::{Config, Proxy, Snapshot, TracingProvider};
+
+/// What one side of a workload's listeners carries for observability: the
+/// tracer of its HTTP connection managers and the access logs of those
+/// and of its TCP proxies.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct Observe {
+    /// The HTTP connection managers' `tracing`; `None`: not traced.
+    pub tracing: Option<envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::Tracing>,
+    /// The `access_log` of each HTTP connection manager and TCP proxy.
+    pub access_log: Vec<AccessLog>,
+}
+
+impl Observe {
+    /// `proxy`'s, for `side`.
+    pub(crate) fn of(snap: &Snapshot, proxy: &Proxy, side: Side) -> Observe {
+        Observe {
+            tracing: crate::trace::hcm_tracing(snap, proxy, side),
+            access_log: access_logs(snap, &proxy.namespace, &proxy.labels, side),
+        }
+    }
+}
+
+/// Which side of a workload's traffic a listener carries (Istio's
+/// `WorkloadMode` of a listener class).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// Requests it makes: sidecar outbound, gateways.
+    Client,
+    /// Requests it serves: sidecar inbound.
+    Server,
+}
+
+impl Side {
+    fn matches(self, selector: Option<&ModeSelector>) -> bool {
+        match selector.map_or(WorkloadMode::ClientAndServer, |s| s.mode) {
+            WorkloadMode::ClientAndServer => true,
+            WorkloadMode::Client => self == Side::Client,
+            WorkloadMode::Server => self == Side::Server,
+        }
+    }
+}
+
+/// The Telemetry resources applying to the workload in `namespace` with
+/// `labels`, least specific first (root namespace, namespace, workload).
+pub(crate) fn applicable<'a>(
+    snap: &'a Snapshot,
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+) -> Vec<&'a Config<crds::TelemetrySpec>> {
+    if snap.telemetries.is_empty() {
+        return Vec::new();
+    }
+    let root = snap.mesh.root_namespace.as_str();
+    let targeted = |t: &Config<crds::TelemetrySpec>| {
+        t.spec.target_ref.is_some() || !t.spec.target_refs.is_empty()
+    };
+    let wide = |ns: &str| {
+        snap.telemetries.iter().find(|t| {
+            t.namespace == ns
+                && !targeted(t)
+                && t.spec
+                    .selector
+                    .as_ref()
+                    .is_none_or(|s| s.match_labels.is_empty())
+        })
+    };
+    let mut out: Vec<&Config<crds::TelemetrySpec>> = Vec::with_capacity(3);
+    out.extend(wide(root));
+    if namespace != root {
+        out.extend(wide(namespace));
+    }
+    out.extend(snap.telemetries.iter().find(|t| {
+        t.namespace == namespace
+            && !targeted(t)
+            && t.spec.selector.as_ref().is_some_and(|s| {
+                !s.match_labels.is_empty()
+                    && s.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+            })
+    }));
+    out
+}
+
+/// The tracing of one side of a workload.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct TracingSettings<'a> {
+    /// The Zipkin provider spans go to.
+    pub provider: &'a TracingProvider,
+    /// The share of requests traced, percent.
+    pub sampling: f64,
+    /// Tags added to every span besides Istio's.
+    pub custom_tags: Option<&'a BTreeMap<String, CustomTag>>,
+}
+
+/// The tracing of `side` of the workload in `namespace` with `labels`;
+/// `None`: not traced.
+pub(crate) fn tracing<'a>(
+    snap: &'a Snapshot,
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+    side: Side,
+) -> Option<TracingSettings<'a>> {
+    let mut provider = snap.mesh.tracing.as_ref();
+    let mut disabled = false;
+    let mut custom_tags = None;
+    let mut sampling = None;
+    for t in applicable(snap, namespace, labels) {
+        for entry in t
+            .spec
+            .tracing
+            .iter()
+            .filter(|e| side.matches(e.match_.as_ref()))
+        {
+            if let Some(first) = entry.providers.first() {
+                provider = snap.mesh.tracing_providers.get(&first.name);
+            }
+            if let Some(d) = entry.disable_span_reporting {
+                disabled = d;
+            }
+            if !entry.custom_tags.is_empty() {
+                custom_tags = Some(&entry.custom_tags);
+            }
+            if let Some(s) = entry.random_sampling_percentage {
+                sampling = Some(s.clamp(0.0, 100.0));
+            }
+        }
+    }
+    let provider = provider.filter(|_| !disabled)?;
+    Some(TracingSettings {
+        provider,
+        sampling: sampling.unwrap_or(provider.sampling.0),
+        custom_tags,
+    })
+}
+
+/// The access logs of `side` of the workload in `namespace` with
+/// `labels`, for an HTTP connection manager's or TCP proxy's `access_log`.
+pub(crate) fn access_logs(
+    snap: &Snapshot,
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+    side: Side,
+) -> Vec<AccessLog> {
+    let levels: Vec<_> = applicable(snap, namespace, labels)
+        .into_iter()
+        .filter(|t| !t.spec.access_logging.is_empty())
+        .collect();
+    let defaults = &snap.mesh.default_access_logging;
+    if levels.is_empty() && defaults.is_empty() {
+        // No Telemetry API: the mesh config's `accessLogFile`.
+        return crate::access_logs(&snap.mesh);
+    }
+    fn names(e: &crds::telemetry::AccessLogging) -> Vec<&str> {
+        e.providers.iter().map(|p| p.name.as_str()).collect()
+    }
+    // provider -> its filter (the last entry naming it sets it).
+    let mut on: BTreeMap<&str, Option<&str>> = BTreeMap::new();
+    if levels.is_empty() {
+        on.extend(defaults.iter().map(|d| (d.as_str(), None)));
+    } else {
+        let mut filters: BTreeMap<&str, Option<&str>> = BTreeMap::new();
+        let mut in_scope: Vec<&str> = defaults.iter().map(String::as_str).collect();
+        for t in &levels {
+            let level: Vec<&str> = t.spec.access_logging.iter().flat_map(names).collect();
+            for e in &t.spec.access_logging {
+                for p in names(e) {
+                    filters.insert(p, e.filter.as_ref().map(|f| f.expression.as_str()));
+                }
+            }
+            if !level.is_empty() {
+                in_scope = level;
+            }
+        }
+        let mut parent: Vec<&str> = defaults.iter().map(String::as_str).collect();
+        for t in &levels {
+            for e in &t.spec.access_logging {
+                let mut providers = names(e);
+                if providers.is_empty() {
+                    providers.clone_from(&parent);
+                }
+                parent.clone_from(&providers);
+                if !side.matches(e.match_.as_ref()) {
+                    continue;
+                }
+                for p in providers.into_iter().filter(|p| in_scope.contains(p)) {
+                    if e.disabled == Some(true) {
+                        on.remove(p);
+                    } else {
+                        on.insert(p, filters.get(p).copied().flatten());
+                    }
+                }
+            }
+        }
+    }
+    on.into_iter()
+        .filter_map(|(name, filter)| {
+            let log = snap.mesh.access_log_providers.get(name)?;
+            let mut out = crate::file_access_log(log);
+            out.filter = filter
+                .filter(|f| !f.is_empty())
+                .map(|expression| AccessLogFilter {
+                    filter_specifier: Some(access_log_filter::FilterSpecifier::ExtensionFilter(
+                        ExtensionFilter {
+                            name: "envoy.access_loggers.extension_filters.cel".into(),
+                            config_type: Some(extension_filter::ConfigType::TypedConfig(pack_any(
+                                ExpressionFilter {
+                                    expression: expression.to_owned(),
+                                    ..Default::default()
+                                },
+                            ))),
+                        },
+                    )),
+                });
+            Some(out)
+        })
+        .collect()
+}
+
+/// What of the Telemetry resources cannot be acted on, as warnings naming
+/// the field: providers that are not defined (or not of a supported
+/// kind), and `metrics` (Istio's stats filter, which upstream Envoy does
+/// not have). (Fields not read are reported by `crds::support`.)
+pub(crate) fn warnings(snap: &Snapshot) -> Vec<crate::ConfigWarning> {
+    let mut out = Vec::new();
+    for t in &snap.telemetries {
+        let mut warn = |field: String, reason: String| {
+            out.push(crate::ConfigWarning::new(
+                "Telemetry",
+                t.key(),
+                field,
+                reason,
+            ));
+        };
+        for (i, e) in t.spec.tracing.iter().enumerate() {
+            if let Some(p) = e.providers.first()
+                && !snap.mesh.tracing_providers.contains_key(&p.name)
+            {
+                warn(
+                    format!("spec.tracing[{i}].providers[0].name"),
+                    format!(
+                        "{:?} is not a zipkin extension provider of the mesh config (the only kind supported yet): the workloads it applies to are not traced",
+                        p.name
+                    ),
+                );
+            }
+        }
+        for (i, e) in t.spec.access_logging.iter().enumerate() {
+            for (j, p) in e.providers.iter().enumerate() {
+                if !snap.mesh.access_log_providers.contains_key(&p.name) {
+                    warn(
+                        format!("spec.accessLogging[{i}].providers[{j}].name"),
+                        format!(
+                            "{:?} is not an envoyFileAccessLog extension provider of the mesh config (nor the built-in envoy): it writes no log",
+                            p.name
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    out
+}
