@@ -578,6 +578,9 @@ pub struct Envoy {
     /// Its node ID.
     pub node_id: String,
     _bootstrap: tempfile::NamedTempFile,
+    /// Its standard output (the container log of an istio-proxy: where the
+    /// built-in `envoy` access log provider writes, `/dev/stdout`).
+    stdout: tempfile::NamedTempFile,
 }
 
 impl Envoy {
@@ -643,6 +646,14 @@ impl Envoy {
             std::os::unix::fs::PermissionsExt::from_mode(0o644),
         )
         .expect("chmod");
+        // Its stdout, a file the proxy user owns: Envoy opens `/dev/stdout`
+        // again by name for an access log there, as it does in a pod.
+        let stdout = tempfile::Builder::new()
+            .suffix(".stdout")
+            .tempfile()
+            .expect("tempfile");
+        std::os::unix::fs::chown(stdout.path(), Some(PROXY_UID), Some(PROXY_UID))
+            .expect("chown Envoy's stdout");
         let log = std::env::var("ENVOY_LOG_LEVEL").unwrap_or_else(|_| "error".into());
         let child = Command::new(envoy_binary())
             .uid(PROXY_UID)
@@ -657,6 +668,7 @@ impl Envoy {
             // than over Envoy's default ten minutes.
             .args(["--drain-strategy", "immediate"])
             .stdin(Stdio::null())
+            .stdout(Stdio::from(stdout.reopen().expect("Envoy's stdout")))
             .spawn()
             .expect("spawn envoy");
         let envoy = Envoy {
@@ -665,11 +677,17 @@ impl Envoy {
             admin_port,
             node_id: node_id.to_owned(),
             _bootstrap: file,
+            stdout,
         };
         envoy.wait_for(Duration::from_secs(20), "the admin port", |e| {
             e.admin("/server_info").is_some()
         });
         envoy
+    }
+
+    /// What Envoy wrote to its standard output so far.
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.stdout.path()).unwrap_or_default()
     }
 
     /// GET on the admin port; `None` if it does not answer 200.

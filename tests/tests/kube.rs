@@ -681,6 +681,32 @@ fn create_update_and_delete_of_each_kind_reach_envoy() {
                 && daemon.snapshots.borrow().request_authentications.is_empty()
         },
     );
+
+    // Telemetry: a mesh-wide access log to the built-in provider reaches the
+    // sidecar's listeners, and leaves with the resource.
+    step(
+        "Telemetry created",
+        &|| {
+            api.apply(
+                json!({"apiVersion": "telemetry.istio.io/v1", "kind": "Telemetry",
+                             "metadata": {"name": "mesh-default", "namespace": "istio-system"},
+                             "spec": {"accessLogging": [{"providers": [{"name": "envoy"}]}]}}),
+            );
+        },
+        &|| dump().contains("/dev/stdout"),
+    );
+    step(
+        "Telemetry deleted",
+        &|| {
+            api.delete(
+                "telemetry.istio.io/v1",
+                "Telemetry",
+                "istio-system",
+                "mesh-default",
+            );
+        },
+        &|| !dump().contains("/dev/stdout"),
+    );
     assert_eq!(envoy.rejected(), 0);
 }
 

@@ -275,6 +275,93 @@ fn access_logs_follow_the_mesh_config() {
     assert_eq!(envoy.rejected(), 0);
 }
 
+/// The Telemetry API's access logging (Istio's "Envoy access logs" task
+/// with a provider of its own): a mesh-wide Telemetry names an
+/// `envoyFileAccessLog` provider and Istio's built-in `envoy` (the proxy's
+/// stdout) with a CEL filter, so only failed requests are logged;
+/// productpage's own Telemetry turns its logs off.
+#[test]
+fn telemetry_decides_what_the_sidecar_logs() {
+    use std::os::unix::fs::PermissionsExt;
+    let mesh = Mesh::start(true, &[]);
+    let envoy = mesh.sidecar();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let file = dir.path().join("telemetry.log");
+    mesh.apply(
+        &[&envoy],
+        "mesh.yaml",
+        &mesh_config(&format!(
+            "extensionProviders:\n- name: file\n  envoyFileAccessLog:\n    path: {}\n    logFormat: {{text: 'telemetry %REQ(:PATH)% %RESPONSE_CODE%'}}",
+            file.display()
+        )),
+    );
+    let get =
+        |path: &str| http_request(&format!("{REVIEWS}{path}"), &[("host", "reviews")]).unwrap();
+    // Before any Telemetry: no log.
+    assert_eq!(get("/status/500").status, 500);
+    mesh.apply(
+        &[&envoy],
+        "telemetry.yaml",
+        "apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+spec:
+  accessLogging:
+  - providers: [{name: file}, {name: envoy}]
+    filter: {expression: 'response.code >= 400'}
+",
+    );
+    assert_eq!(get("/logged/ok").status, 200);
+    assert_eq!(get("/status/404").status, 404);
+    let start = std::time::Instant::now();
+    let text = loop {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        if text.contains("/status/404") {
+            break text;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "no access log line for /status/404: {text:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    // Only the failed request, in the provider's format (the requests are
+    // logged in order: the 200 before it was filtered out).
+    assert_eq!(text, "telemetry /status/404 404\n");
+    // And Istio's built-in provider: its default line on the proxy's stdout.
+    let start = std::time::Instant::now();
+    while !envoy.stdout().contains("\"GET /status/404 HTTP/1.1\" 404 ") {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "no access log line on the proxy's stdout: {:?}",
+            envoy.stdout()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(!envoy.stdout().contains("/logged/ok"));
+
+    // productpage's own Telemetry turns its logs off.
+    mesh.apply(
+        &[&envoy],
+        "quiet.yaml",
+        "apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: quiet, namespace: default}
+spec:
+  selector: {matchLabels: {app: productpage}}
+  accessLogging: [{disabled: true}]
+",
+    );
+    assert_eq!(get("/status/503").status, 503);
+    // Envoy flushes its logs every 200 ms here (`--file-flush-interval-msec`).
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let text = std::fs::read_to_string(&file).unwrap_or_default();
+    assert_eq!(text, "telemetry /status/404 404\n");
+    assert!(!envoy.stdout().contains("/status/503"));
+    assert_eq!(envoy.rejected(), 0);
+}
+
 /// The mesh config's `discoverySelectors`: with a selector that `default`
 /// (labelled `istio-injection: enabled`) does not match, its services
 /// leave the sidecar's config and reviews is not routed; with one it

@@ -2,7 +2,7 @@
 //! config's `defaultProviders.tracing` has productpage's sidecar post spans
 //! (Zipkin v2 JSON) to a collector in the mesh, named by the route's
 //! decorator and tagged as Istio tags them, and pass the trace context on
-//! to the app.
+//! to the app; a Telemetry resource adds its custom tags.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
 
@@ -130,6 +130,50 @@ fn spans_reach_the_zipkin_collector() {
             trace_ids.iter().any(|id| span["traceId"] == *id.as_str()),
             "{span} is not one of the traces the app saw: {trace_ids:?}"
         );
+    }
+
+    // A mesh-wide Telemetry adds a tag to every span (the provider is
+    // inherited from the mesh config's default).
+    spans.lock().unwrap().clear();
+    mesh.apply(
+        &[&envoy],
+        "telemetry.yaml",
+        "apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+spec:
+  tracing:
+  - randomSamplingPercentage: 100
+    customTags:
+      team: {literal: {value: bookinfo}}
+      user: {header: {name: x-user, defaultValue: nobody}}
+",
+    );
+    for i in 0..5 {
+        let r = http_request(
+            &format!("{REVIEWS}/tagged?n={i}"),
+            &[("host", "reviews"), ("x-user", "jason")],
+        )
+        .unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    let start = Instant::now();
+    let posted = loop {
+        let posted = spans.lock().unwrap().clone();
+        if posted.len() >= 5 {
+            break posted;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the collector got {} spans: {posted:?}",
+            posted.len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for span in &posted {
+        assert_eq!(span["tags"]["team"], "bookinfo", "{span}");
+        assert_eq!(span["tags"]["user"], "jason", "{span}");
+        assert_eq!(span["tags"]["istio.namespace"], "default", "{span}");
     }
     assert_eq!(envoy.rejected(), 0);
 }
