@@ -598,8 +598,8 @@ pub fn check_path_template(path: &str) -> Result<(), String> {
 /// Istio's Telemetry rules: `selector` or `targetRef(s)`, not both;
 /// providers named; a sampling percentage from 0 to 100; custom tags named,
 /// of exactly one kind, with a value or a name; access log filters that
-/// are CEL expressions (Envoy refuses a listener whose filter does not
-/// parse).
+/// are CEL expressions Envoy takes ([`check_cel`]; Envoy refuses a
+/// listener whose filter it cannot build).
 fn telemetry(spec: &crate::TelemetrySpec) -> Problems {
     let mut p = Problems::new();
     if spec.selector.is_some() && (spec.target_ref.is_some() || !spec.target_refs.is_empty()) {
@@ -662,15 +662,101 @@ fn telemetry(spec: &crate::TelemetrySpec) -> Problems {
     }
     for (i, a) in spec.access_logging.iter().enumerate() {
         if let Some(f) = &a.filter
-            && let Err(e) = cel_parser::parse(&f.expression)
+            && let Err(e) = check_cel(&f.expression)
         {
-            p.push((
-                format!("spec.accessLogging[{i}].filter.expression"),
-                format!("not a CEL expression: {e}"),
-            ));
+            p.push((format!("spec.accessLogging[{i}].filter.expression"), e));
         }
     }
     p
+}
+
+/// The functions Envoy's CEL (cel-cpp's standard functions; comprehension
+/// macros and string extensions off) lets an expression call, as a global
+/// (`size(x)`) or on a target (`x.size()`); Envoy refuses an expression
+/// calling any other (`string(x)`, `x.lowerAscii()`, `l.exists(...)`).
+const ENVOY_CEL_FUNCTIONS: &[&str] = &[
+    "size",
+    "contains",
+    "startsWith",
+    "endsWith",
+    "matches",
+    "int",
+    "uint",
+    "double",
+    "bytes",
+    "bool",
+    "duration",
+    "timestamp",
+    "type",
+    "dyn",
+    "has",
+    "getDate",
+    "getDayOfMonth",
+    "getDayOfWeek",
+    "getDayOfYear",
+    "getFullYear",
+    "getHours",
+    "getMilliseconds",
+    "getMinutes",
+    "getMonth",
+    "getSeconds",
+];
+
+/// Whether Envoy takes `expression` as a CEL filter: it parses, and calls
+/// only [`ENVOY_CEL_FUNCTIONS`] (`has` on a field selection). The reason
+/// otherwise.
+pub fn check_cel(expression: &str) -> Result<(), String> {
+    use cel_parser::ast::{Expression as E, Member};
+    fn walk(e: &E) -> Result<(), String> {
+        match e {
+            E::FunctionCall(f, target, args) => {
+                let E::Ident(name) = &**f else {
+                    return Err("calls something that is not a function name".into());
+                };
+                if !ENVOY_CEL_FUNCTIONS.contains(&name.as_str()) {
+                    return Err(format!(
+                        "Envoy's CEL has no function {name}() (comprehensions and string extensions are not enabled)"
+                    ));
+                }
+                if name.as_str() == "has"
+                    && (target.is_some()
+                        || !matches!(args.as_slice(), [E::Member(_, m)] if matches!(**m, Member::Attribute(_))))
+                {
+                    return Err(
+                        "has() takes one field selection, e.g. has(request.headers.x)".into(),
+                    );
+                }
+                target.iter().try_for_each(|t| walk(t))?;
+                args.iter().try_for_each(walk)
+            }
+            E::Arithmetic(a, _, b) | E::Relation(a, _, b) | E::Or(a, b) | E::And(a, b) => {
+                walk(a)?;
+                walk(b)
+            }
+            E::Ternary(a, b, c) => {
+                walk(a)?;
+                walk(b)?;
+                walk(c)
+            }
+            E::Unary(_, a) => walk(a),
+            E::Member(a, m) => {
+                walk(a)?;
+                match &**m {
+                    Member::Attribute(_) => Ok(()),
+                    Member::Index(i) => walk(i),
+                    Member::Fields(fields) => fields.iter().try_for_each(|(_, v)| walk(v)),
+                }
+            }
+            E::List(items) => items.iter().try_for_each(walk),
+            E::Map(entries) => entries.iter().try_for_each(|(k, v)| {
+                walk(k)?;
+                walk(v)
+            }),
+            E::Atom(_) | E::Ident(_) => Ok(()),
+        }
+    }
+    let ast = cel_parser::parse(expression).map_err(|e| format!("not a CEL expression: {e}"))?;
+    walk(&ast)
 }
 
 /// Istio's RequestAuthentication rules: `selector` or `targetRef(s)`, not
@@ -973,6 +1059,10 @@ mod tests {
             ),
             (
                 "{accessLogging: [{filter: {expression: 'response.code >='}}]}",
+                "spec.accessLogging[0].filter.expression",
+            ),
+            (
+                "{accessLogging: [{filter: {expression: 'string(response.code) == \"200\"'}}]}",
                 "spec.accessLogging[0].filter.expression",
             ),
         ] {

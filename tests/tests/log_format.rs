@@ -194,3 +194,89 @@ fn the_daemons_format_check_agrees_with_envoy() {
         "refused by the daemon, taken by Envoy: {taken_by_envoy:#?}"
     );
 }
+
+/// CEL access log filters (Telemetry `accessLogging[].filter`): Envoy takes
+/// these...
+const CEL_TAKEN: &[&str] = &[
+    "response.code >= 400",
+    "request.headers['x-log'] == 'yes' || response.code == 503",
+    "request.path.startsWith('/api') && !request.path.contains('health')",
+    "matches(request.path, '^/a') || request.path.endsWith('.json')",
+    "size(request.path) > 3 && [1].size() == 1 && {'a': 1}.size() == 1",
+    "has(request.headers.x) ? int(response.code) > 1 : uint(1u) > 0u",
+    "duration('1s') < request.duration && timestamp('2020-01-01T00:00:00Z') < request.time",
+    "request.time.getHours('UTC') > 1 && request.time.getDayOfWeek() >= 0",
+    "type(request.path) == string && dyn(1) == 1 && double('1.5') > 1.0",
+    "xds.node.id == 'a' && response.code % 2 == 0 && 1 in [1, 2]",
+];
+
+/// ...and refuses these (the daemon refuses them naming the field, rather
+/// than letting every proxy it applies to NACK its listeners).
+const CEL_REFUSED: &[&str] = &[
+    "response.code >=",
+    "foo(1)",
+    "string(response.code) == '200'",
+    "request.path.lowerAscii() == 'a'",
+    "[1, 2].exists(x, x > 1)",
+    "request.headers.all(h, h == 'x')",
+    "has(request.headers['x'])",
+    "math.greatest(1, 2) > 0",
+];
+
+/// A bootstrap whose one listener logs through each CEL filter.
+fn cel_config(expressions: &[&str]) -> serde_json::Value {
+    let mut config = config(&["%RESPONSE_CODE%"]);
+    let log = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        ["typed_config"]["access_log"][0]
+        .clone();
+    let logs: Vec<serde_json::Value> = expressions
+        .iter()
+        .map(|e| {
+            let mut log = log.clone();
+            log["filter"] = serde_json::json!({"extension_filter": {
+                "name": "envoy.access_loggers.extension_filters.cel",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
+                    "expression": e
+                }
+            }});
+            log
+        })
+        .collect();
+    config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        ["access_log"] = logs.into();
+    config
+}
+
+#[test]
+fn the_daemons_cel_check_agrees_with_envoy() {
+    let dir = tempfile::tempdir().unwrap();
+    let validate = |name: &str, expressions: &[&str]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, cel_config(expressions).to_string()).unwrap();
+        std::process::Command::new(e2e::envoy_binary())
+            .args(["--mode", "validate", "--log-level", "critical", "-c"])
+            .arg(&path)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    for e in CEL_TAKEN {
+        assert_eq!(crds::validate::check_cel(e), Ok(()), "{e}");
+    }
+    assert!(
+        validate("taken.json", CEL_TAKEN),
+        "Envoy refuses one of {CEL_TAKEN:#?}"
+    );
+    for (i, e) in CEL_REFUSED.iter().enumerate() {
+        assert!(
+            crds::validate::check_cel(e).is_err(),
+            "{e} passes the daemon"
+        );
+        assert!(
+            !validate(&format!("refused-{i}.json"), &[e]),
+            "Envoy takes {e}"
+        );
+    }
+}
