@@ -301,9 +301,19 @@ async fn validation_refuses_what_the_mesh_cannot_use_naming_the_field() {
     let (allowed, message) = validate(ra).await;
     assert!(!allowed);
     assert!(message.contains("spec.jwtRules[0].issuer"), "{message}");
+    // Telemetry: an access log filter Envoy would refuse, by field.
+    let t = json!({"apiVersion": "telemetry.istio.io/v1", "kind": "Telemetry",
+                   "metadata": {"name": "t"},
+                   "spec": {"accessLogging": [{"filter": {"expression": "foo(1)"}}]}});
+    let (allowed, message) = validate(t).await;
+    assert!(!allowed);
+    assert!(
+        message.contains("spec.accessLogging[0].filter.expression"),
+        "{message}"
+    );
     // Kinds this control plane does not read are not refused.
-    let other = json!({"apiVersion": "telemetry.istio.io/v1", "kind": "Telemetry",
-                       "metadata": {"name": "t"}, "spec": {"anything": 1}});
+    let other = json!({"apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin",
+                       "metadata": {"name": "w"}, "spec": {"anything": 1}});
     assert!(validate(other).await.0);
 }
 
