@@ -121,21 +121,39 @@ fn bench(c: &mut Criterion) {
         // The same in a secured mesh (`load::mesh::security_yaml`: two
         // AuthorizationPolicies and a RequestAuthentication per namespace):
         // every inbound chain gets JWT and RBAC filters.
-        let mut secured_objects = objects(services);
-        for (_, value) in crds::document::split_documents(&load::mesh::security_yaml(services)) {
-            secured_objects.extend(
-                crds::document::parse_value(value.unwrap(), "default")
-                    .into_iter()
-                    .map(Result::unwrap),
-            );
-        }
-        let secured = Snapshot::build(1, &secured_objects, MeshConfig::default());
+        let with = |yaml: String| {
+            let mut all = objects(services);
+            for (_, value) in crds::document::split_documents(&yaml) {
+                all.extend(
+                    crds::document::parse_value(value.unwrap(), "default")
+                        .into_iter()
+                        .map(Result::unwrap),
+                );
+            }
+            Snapshot::build(1, &all, MeshConfig::default())
+        };
+        let secured = with(load::mesh::security_yaml(services));
         on_fresh_snapshot(
             &mut group,
             "encoded_next_key_secured",
             services,
             || {
                 let s = secured.clone();
+                drop(translator::generate_encoded(&s, &proxy));
+                s
+            },
+            |s| translator::generate_encoded(s, &other),
+        );
+        // And with Telemetry (`load::mesh::telemetry_yaml`: a mesh-wide
+        // access log and one per namespace for failed requests served):
+        // every listener's access logs merged from two levels.
+        let observed = with(load::mesh::telemetry_yaml(services));
+        on_fresh_snapshot(
+            &mut group,
+            "encoded_next_key_observed",
+            services,
+            || {
+                let s = observed.clone();
                 drop(translator::generate_encoded(&s, &proxy));
                 s
             },

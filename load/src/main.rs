@@ -52,6 +52,10 @@ struct Args {
     /// namespace (`mesh::security_yaml`): what securing the mesh costs.
     #[arg(long)]
     authz: bool,
+    /// Add a mesh-wide Telemetry access log and one per namespace
+    /// (`mesh::telemetry_yaml`): what the Telemetry API costs.
+    #[arg(long)]
+    telemetry: bool,
 }
 
 /// The daemon as a child process, stopped on drop: SIGTERM (a graceful
@@ -280,6 +284,12 @@ async fn main() -> anyhow::Result<()> {
         std::fs::write(
             dir.path().join("security.yaml"),
             mesh::security_yaml(args.services),
+        )?;
+    }
+    if args.telemetry {
+        std::fs::write(
+            dir.path().join("telemetry.yaml"),
+            mesh::telemetry_yaml(args.services),
         )?;
     }
     let (xds_port, mon_port) = (free_port()?, free_port()?);

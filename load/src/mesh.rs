@@ -103,6 +103,25 @@ pub fn security_yaml(services: usize) -> String {
     y
 }
 
+/// Telemetry for a mesh of `services` (`--telemetry`, and the generation
+/// benchmark's observed mesh): a mesh-wide Telemetry logging every request
+/// with Istio's built-in `envoy` provider, and per namespace one logging
+/// only failed requests served, so each proxy's access logs are merged
+/// from two levels on both sides.
+#[must_use]
+pub fn telemetry_yaml(services: usize) -> String {
+    let mut y = String::from(
+        "---\napiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: mesh-default, namespace: istio-system}\nspec:\n  accessLogging: [{providers: [{name: envoy}]}]\n",
+    );
+    for n in 0..services.div_ceil(PER_NAMESPACE) {
+        let _ = write!(
+            y,
+            "---\napiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: errors, namespace: ns-{n}}}\nspec:\n  accessLogging:\n  - match: {{mode: SERVER}}\n    providers: [{{name: envoy}}]\n    filter: {{expression: 'response.code >= 400'}}\n"
+        );
+    }
+    y
+}
+
 /// Writes the whole mesh into `dir`.
 ///
 /// # Errors
@@ -208,5 +227,26 @@ mod tests {
                 );
             }
         }
+        // Observed: the Telemetry resources parse, validate and apply.
+        let mut observed = objects.clone();
+        for (_, value) in crds::document::split_documents(&telemetry_yaml(10)) {
+            for o in crds::document::parse_value(value.unwrap(), "default") {
+                let o = o.unwrap();
+                crds::validate::validate(&o).unwrap();
+                observed.push(o);
+            }
+        }
+        assert_eq!(observed.len(), objects.len() + 2);
+        let snap = Snapshot::build(3, &observed, MeshConfig::default());
+        assert!(snap.warnings.is_empty(), "{:?}", snap.warnings);
+        let out = translator::generate(&snap, &proxy);
+        let inbound = out
+            .listeners
+            .iter()
+            .find(|l| l.name == "virtualInbound")
+            .unwrap();
+        let bytes = prost::Message::encode_to_vec(inbound);
+        let cel = b"envoy.access_loggers.extension_filters.cel";
+        assert!(bytes.windows(cel.len()).any(|w| w == cel));
     }
 }
