@@ -203,10 +203,11 @@ impl PortValue {
     }
 }
 
-/// `MeshConfig.ExtensionProvider.EnvoyExternalAuthorizationHttpProvider`.
+/// What both external authorizer providers
+/// (`EnvoyExternalAuthorizationHttpProvider` and `...GrpcProvider`) have.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ExtAuthzHttpProvider {
+pub struct ExtAuthzCommon {
     /// The authorizer's service: its hostname
     /// (`ext-authz.foo.svc.cluster.local`), or `namespace/hostname`.
     pub service: String,
@@ -216,10 +217,8 @@ pub struct ExtAuthzHttpProvider {
     /// DestinationRule's timeout decides).
     #[serde(default)]
     pub timeout: Option<crate::duration::Duration>,
-    /// Prepended to the request's path in the check request; starts with `/`.
-    #[serde(default)]
-    pub path_prefix: Option<String>,
-    /// Let requests through when the authorizer cannot be reached.
+    /// Let requests (and, over gRPC, connections) through when the
+    /// authorizer cannot be reached.
     #[serde(default)]
     pub fail_open: Option<bool>,
     /// Clear the route cache after a check that changed headers.
@@ -229,6 +228,21 @@ pub struct ExtAuthzHttpProvider {
     /// 403), as a string of the code (`"500"`).
     #[serde(default)]
     pub status_on_error: Option<String>,
+    /// Send the request body too.
+    #[serde(default)]
+    pub include_request_body_in_check: Option<RequestBodyInCheck>,
+}
+
+/// `MeshConfig.ExtensionProvider.EnvoyExternalAuthorizationHttpProvider`.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExtAuthzHttpProvider {
+    /// The fields both kinds have.
+    #[serde(flatten)]
+    pub common: ExtAuthzCommon,
+    /// Prepended to the request's path in the check request; starts with `/`.
+    #[serde(default)]
+    pub path_prefix: Option<String>,
     /// Request headers sent to the authorizer besides Envoy's defaults
     /// (exact, `prefix*` or `*suffix`, case-insensitive).
     #[serde(default)]
@@ -241,9 +255,6 @@ pub struct ExtAuthzHttpProvider {
     /// header formatters such as `%REQ(:PATH)%` are evaluated).
     #[serde(default)]
     pub include_additional_headers_in_check: BTreeMap<String, String>,
-    /// Send the request body too.
-    #[serde(default)]
-    pub include_request_body_in_check: Option<RequestBodyInCheck>,
     /// The authorizer's response headers put on the request when allowed.
     #[serde(default)]
     pub headers_to_upstream_on_allow: Vec<String>,
@@ -262,26 +273,9 @@ pub struct ExtAuthzHttpProvider {
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ExtAuthzGrpcProvider {
-    /// The authorizer's service: a hostname, or `namespace/hostname`.
-    pub service: String,
-    /// The service's port.
-    pub port: PortValue,
-    /// How long a check may take (default 600 s).
-    #[serde(default)]
-    pub timeout: Option<crate::duration::Duration>,
-    /// Let requests and connections through when the authorizer cannot be
-    /// reached.
-    #[serde(default)]
-    pub fail_open: Option<bool>,
-    /// Clear the route cache after a check that changed headers.
-    #[serde(default)]
-    pub clear_route_cache: Option<bool>,
-    /// The HTTP status sent when the authorizer cannot be reached.
-    #[serde(default)]
-    pub status_on_error: Option<String>,
-    /// Send the request body too.
-    #[serde(default)]
-    pub include_request_body_in_check: Option<RequestBodyInCheck>,
+    /// The fields both kinds have (all a gRPC provider has).
+    #[serde(flatten)]
+    pub common: ExtAuthzCommon,
     /// Every other field, by name (not acted on yet).
     #[serde(flatten)]
     pub unsupported: BTreeMap<String, serde_json::Value>,
@@ -727,10 +721,11 @@ mod tests {
         let m = parse(&cm("extensionProviders:\n- name: http\n  envoyExtAuthzHttp:\n    service: ext-authz.foo.svc.cluster.local\n    port: '8000'\n    timeout: 2s\n    includeAdditionalHeadersInCheck: {x-a: b}\n    includeRequestBodyInCheck: {maxRequestBytes: 1024, allowPartialMessage: true}\n    retryPolicy: {}\n- name: grpc\n  envoyExtAuthzGrpc: {service: foo/ext-authz, port: 9000, failOpen: true}\n")).unwrap();
         let providers = m.extension_providers.unwrap();
         let http = providers[0].envoy_ext_authz_http.as_ref().unwrap();
-        assert_eq!(http.port.port(), Some(8000));
-        assert_eq!(http.timeout.unwrap().as_std().as_secs(), 2);
+        assert_eq!(http.common.port.port(), Some(8000));
+        assert_eq!(http.common.timeout.unwrap().as_std().as_secs(), 2);
         assert_eq!(
-            http.include_request_body_in_check
+            http.common
+                .include_request_body_in_check
                 .as_ref()
                 .unwrap()
                 .max_request_bytes,
@@ -739,7 +734,11 @@ mod tests {
         // Fields not acted on are kept by name, to be reported.
         assert!(http.unsupported.contains_key("retryPolicy"));
         let grpc = providers[1].envoy_ext_authz_grpc.as_ref().unwrap();
-        assert_eq!((grpc.port.port(), grpc.fail_open), (Some(9000), Some(true)));
+        assert_eq!(
+            (grpc.common.port.port(), grpc.common.fail_open),
+            (Some(9000), Some(true))
+        );
+        assert!(grpc.unsupported.is_empty(), "{:?}", grpc.unsupported);
         for bad in [
             PortValue::Number(0),
             PortValue::Number(70000),
@@ -747,8 +746,13 @@ mod tests {
         ] {
             assert_eq!(bad.port(), None, "{bad:?}");
         }
-        // A body setting Envoy does not have is refused by name.
-        let e = parse(&cm("extensionProviders:\n- name: g\n  envoyExtAuthzGrpc: {service: s, port: 1, includeRequestBodyInCheck: {maxBytes: 1}}\n")).unwrap_err();
-        assert!(e.to_string().contains("includeRequestBodyInCheck"), "{e}");
+        // A body setting Envoy does not have is refused by name (serde's
+        // `flatten` of the fields both kinds share ends the path at the
+        // provider; the message names the field).
+        let e = parse(&cm("extensionProviders:\n- name: g\n  envoyExtAuthzGrpc: {service: s, port: 1, includeRequestBodyInCheck: {maxBytes: 1}}\n")).unwrap_err().to_string();
+        assert!(
+            e.contains("extensionProviders[0].envoyExtAuthzGrpc") && e.contains("`maxBytes`"),
+            "{e}"
+        );
     }
 }

@@ -199,15 +199,21 @@ mod tests {
             );
         }
         assert_eq!(out.endpoints.len(), 14);
-        // Secured: every namespace's policies parse, validate and apply.
-        let mut secured = objects.clone();
-        for (_, value) in crds::document::split_documents(&security_yaml(10)) {
-            for o in crds::document::parse_value(value.unwrap(), "default") {
-                let o = o.unwrap();
-                crds::validate::validate(&o).unwrap();
-                secured.push(o);
+        // The mesh's objects and those of `yaml`, which must parse and
+        // validate.
+        let with = |yaml: String| {
+            let mut all = objects.clone();
+            for (_, value) in crds::document::split_documents(&yaml) {
+                for o in crds::document::parse_value(value.unwrap(), "default") {
+                    let o = o.unwrap();
+                    crds::validate::validate(&o).unwrap();
+                    all.push(o);
+                }
             }
-        }
+            all
+        };
+        // Secured: every namespace's policies apply.
+        let secured = with(security_yaml(10));
         assert_eq!(secured.len(), objects.len() + 3);
         let snap = Snapshot::build(2, &secured, MeshConfig::default());
         assert!(snap.warnings.is_empty(), "{:?}", snap.warnings);
@@ -227,15 +233,8 @@ mod tests {
                 );
             }
         }
-        // Observed: the Telemetry resources parse, validate and apply.
-        let mut observed = objects.clone();
-        for (_, value) in crds::document::split_documents(&telemetry_yaml(10)) {
-            for o in crds::document::parse_value(value.unwrap(), "default") {
-                let o = o.unwrap();
-                crds::validate::validate(&o).unwrap();
-                observed.push(o);
-            }
-        }
+        // Observed: the Telemetry resources apply.
+        let observed = with(telemetry_yaml(10));
         assert_eq!(observed.len(), objects.len() + 2);
         let snap = Snapshot::build(3, &observed, MeshConfig::default());
         assert!(snap.warnings.is_empty(), "{:?}", snap.warnings);

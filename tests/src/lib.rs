@@ -373,6 +373,23 @@ pub fn service_account_token(namespace: &str, account: &str) -> String {
     .expect("token")
 }
 
+/// Polls `value` every 100 ms until it gives `Some`, and returns that;
+/// after `timeout`, panics with what `state` says (what was seen so far).
+pub fn eventually<T>(
+    timeout: Duration,
+    mut value: impl FnMut() -> Option<T>,
+    state: impl Fn() -> String,
+) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = value() {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "timed out: {}", state());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A JWT issuer for RequestAuthentication tests: an ES256 key, its JSON
 /// Web Key Set, and the tokens it signs.
 pub struct JwtIssuer {

@@ -215,19 +215,18 @@ fn access_logs_follow_the_mesh_config() {
     };
     // The first line naming `path` in `file`, within 5 s.
     let line = |file: &std::path::Path, path: &str| {
-        let start = std::time::Instant::now();
-        loop {
-            let text = std::fs::read_to_string(file).unwrap_or_default();
-            if let Some(l) = text.lines().find(|l| l.contains(path)) {
-                return l.to_owned();
-            }
-            assert!(
-                start.elapsed() < std::time::Duration::from_secs(5),
-                "no access log line for {path} in {}: {text:?}",
-                file.display()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
+        let read = || std::fs::read_to_string(file).unwrap_or_default();
+        e2e::eventually(
+            std::time::Duration::from_secs(5),
+            || read().lines().find(|l| l.contains(path)).map(str::to_owned),
+            || {
+                format!(
+                    "no access log line for {path} in {}: {:?}",
+                    file.display(),
+                    read()
+                )
+            },
+        )
     };
     let get =
         |path: &str| http_request(&format!("{REVIEWS}{path}"), &[("host", "reviews")]).unwrap();
@@ -314,31 +313,31 @@ spec:
     );
     assert_eq!(get("/logged/ok").status, 200);
     assert_eq!(get("/status/404").status, 404);
-    let start = std::time::Instant::now();
-    let text = loop {
-        let text = std::fs::read_to_string(&file).unwrap_or_default();
-        if text.contains("/status/404") {
-            break text;
-        }
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(5),
-            "no access log line for /status/404: {text:?}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
+    let read = || std::fs::read_to_string(&file).unwrap_or_default();
+    let text = e2e::eventually(
+        std::time::Duration::from_secs(5),
+        || Some(read()).filter(|t| t.contains("/status/404")),
+        || format!("no access log line for /status/404: {:?}", read()),
+    );
     // Only the failed request, in the provider's format (the requests are
     // logged in order: the 200 before it was filtered out).
     assert_eq!(text, "telemetry /status/404 404\n");
     // And Istio's built-in provider: its default line on the proxy's stdout.
-    let start = std::time::Instant::now();
-    while !envoy.stdout().contains("\"GET /status/404 HTTP/1.1\" 404 ") {
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(5),
-            "no access log line on the proxy's stdout: {:?}",
-            envoy.stdout()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    e2e::eventually(
+        std::time::Duration::from_secs(5),
+        || {
+            envoy
+                .stdout()
+                .contains("\"GET /status/404 HTTP/1.1\" 404 ")
+                .then_some(())
+        },
+        || {
+            format!(
+                "no access log line on the proxy's stdout: {:?}",
+                envoy.stdout()
+            )
+        },
+    );
     assert!(!envoy.stdout().contains("/logged/ok"));
 
     // productpage's own Telemetry turns its logs off.

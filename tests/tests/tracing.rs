@@ -58,6 +58,19 @@ fn start_collector(mesh: &Mesh) -> Arc<Mutex<Vec<serde_json::Value>>> {
     spans
 }
 
+/// The first five spans the collector got (Envoy's Zipkin tracer posts
+/// once it holds five, or every 5 s).
+fn five_spans(spans: &Mutex<Vec<serde_json::Value>>) -> Vec<serde_json::Value> {
+    e2e::eventually(
+        Duration::from_secs(10),
+        || {
+            let posted = spans.lock().unwrap().clone();
+            (posted.len() >= 5).then_some(posted)
+        },
+        || format!("the collector got {:?}", spans.lock().unwrap()),
+    )
+}
+
 #[test]
 fn spans_reach_the_zipkin_collector() {
     let mesh = Mesh::start(true, &[]);
@@ -100,19 +113,7 @@ fn spans_reach_the_zipkin_collector() {
         assert_eq!(r.body.len(), 32, "{r:?}");
         trace_ids.push(r.body);
     }
-    let start = Instant::now();
-    let posted = loop {
-        let posted = spans.lock().unwrap().clone();
-        if posted.len() >= 5 {
-            break posted;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "the collector got {} spans: {posted:?}",
-            posted.len()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let posted = five_spans(&spans);
     for span in &posted {
         assert_eq!(
             span["name"], "reviews.default.svc.cluster.local:9080/*",
@@ -157,19 +158,7 @@ spec:
         .unwrap();
         assert_eq!(r.status, 200, "{r:?}");
     }
-    let start = Instant::now();
-    let posted = loop {
-        let posted = spans.lock().unwrap().clone();
-        if posted.len() >= 5 {
-            break posted;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "the collector got {} spans: {posted:?}",
-            posted.len()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let posted = five_spans(&spans);
     for span in &posted {
         assert_eq!(span["tags"]["team"], "bookinfo", "{span}");
         assert_eq!(span["tags"]["user"], "jason", "{span}");

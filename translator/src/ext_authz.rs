@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 
-use crds::mesh::{ExtAuthzGrpcProvider, ExtAuthzHttpProvider, ExtensionProvider, PortValue};
+use crds::mesh::{ExtAuthzCommon, ExtAuthzHttpProvider, ExtensionProvider, PortValue};
 use envoy_types::pb::envoy::config::core::v3::{
     ApiVersion, GrpcService, HeaderValue, HttpUri, grpc_service, http_uri,
 };
@@ -102,7 +102,7 @@ pub(crate) fn providers(
     for (i, p) in providers.iter().enumerate() {
         let (kind, parsed) = match (&p.envoy_ext_authz_http, &p.envoy_ext_authz_grpc) {
             (Some(h), None) => ("envoyExtAuthzHttp", http(h)),
-            (None, Some(g)) => ("envoyExtAuthzGrpc", grpc(g)),
+            (None, Some(g)) => ("envoyExtAuthzGrpc", common(&g.common)),
             (None, None) => continue,
             (Some(_), Some(_)) => (
                 "envoyExtAuthzHttp",
@@ -194,22 +194,22 @@ fn status(value: Option<&str>) -> Result<Option<i32>, FieldError> {
         })
 }
 
-fn grpc(g: &ExtAuthzGrpcProvider) -> Result<Provider, FieldError> {
+/// A provider of either kind, from the fields both have; `http` is `None`
+/// (a gRPC one) until an HTTP provider's own settings are added.
+fn common(c: &ExtAuthzCommon) -> Result<Provider, FieldError> {
     Ok(Provider {
-        service: g.service.clone(),
-        port: port(&g.port)?,
-        timeout: g.timeout.map_or(DEFAULT_TIMEOUT, |t| t.as_std()),
-        fail_open: g.fail_open.unwrap_or(false),
-        clear_route_cache: g.clear_route_cache.unwrap_or(false),
-        status_on_error: status(g.status_on_error.as_deref())?,
-        body: g.include_request_body_in_check.clone(),
+        service: c.service.clone(),
+        port: port(&c.port)?,
+        timeout: c.timeout.map_or(DEFAULT_TIMEOUT, |t| t.as_std()),
+        fail_open: c.fail_open.unwrap_or(false),
+        clear_route_cache: c.clear_route_cache.unwrap_or(false),
+        status_on_error: status(c.status_on_error.as_deref())?,
+        body: c.include_request_body_in_check.clone(),
         http: None,
     })
 }
 
 fn http(h: &ExtAuthzHttpProvider) -> Result<Provider, FieldError> {
-    let port = port(&h.port)?;
-    let status_on_error = status(h.status_on_error.as_deref())?;
     let path_prefix = h.path_prefix.clone().unwrap_or_default();
     if !path_prefix.is_empty() && !path_prefix.starts_with('/') {
         return Err((
@@ -247,13 +247,6 @@ fn http(h: &ExtAuthzHttpProvider) -> Result<Provider, FieldError> {
         }
     }
     Ok(Provider {
-        service: h.service.clone(),
-        port,
-        timeout: h.timeout.map_or(DEFAULT_TIMEOUT, |t| t.as_std()),
-        fail_open: h.fail_open.unwrap_or(false),
-        clear_route_cache: h.clear_route_cache.unwrap_or(false),
-        status_on_error,
-        body: h.include_request_body_in_check.clone(),
         http: Some(HttpSettings {
             path_prefix,
             request_headers: request_headers.clone(),
@@ -266,6 +259,7 @@ fn http(h: &ExtAuthzHttpProvider) -> Result<Provider, FieldError> {
             to_downstream_on_deny: h.headers_to_downstream_on_deny.clone(),
             to_downstream_on_allow: h.headers_to_downstream_on_allow.clone(),
         }),
+        ..common(&h.common)?
     })
 }
 
