@@ -845,16 +845,22 @@ impl envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorizat
 }
 
 /// Starts both authorizers on 127.0.2.2: HTTP on 8000 (the same decision,
-/// answered with the status), gRPC on 9000.
+/// answered with the status; it records the path and the
+/// `x-ext-authz-origin` header the provider adds), gRPC on 9000.
 fn start_authorizers(mesh: &Mesh) -> Checks {
     let checks: Checks = Checks::default();
     let seen = checks.clone();
     let http = axum::Router::new().fallback(move |req: axum::extract::Request| {
         let seen = seen.clone();
         async move {
+            let origin = req
+                .headers()
+                .get("x-ext-authz-origin")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-");
             seen.lock()
                 .unwrap()
-                .push(("http", req.uri().path().to_owned()));
+                .push(("http", format!("{} {origin}", req.uri().path())));
             let allowed = req
                 .headers()
                 .get("x-ext-authz")
@@ -930,6 +936,8 @@ fn custom_policies_ask_the_external_authorizer_at_the_ingress_gateway() {
     port: 8000
     pathPrefix: /check
     includeRequestHeadersInCheck: [x-ext-authz]
+    includeAdditionalHeadersInCheck: {x-ext-authz-origin: ingress}
+    includeRequestBodyInCheck: {maxRequestBytes: 1024, allowPartialMessage: true}
     headersToUpstreamOnAllow: [x-ext-authz-check-result]
     headersToDownstreamOnDeny: [x-ext-authz-check-result]
 - name: sample-ext-authz-grpc
@@ -972,10 +980,16 @@ spec:
     assert_eq!(
         *checks.lock().unwrap(),
         [
-            ("http", "/check/header/x-ext-authz-check-result".to_owned()),
-            ("http", "/check/header/x-ext-authz-check-result".to_owned()),
+            (
+                "http",
+                "/check/header/x-ext-authz-check-result ingress".to_owned()
+            ),
+            (
+                "http",
+                "/check/header/x-ext-authz-check-result ingress".to_owned()
+            ),
         ],
-        "checked once per selected request, under the path prefix"
+        "checked once per selected request, under the path prefix, with the additional header"
     );
     // An HTTP provider cannot check TCP: the TCP server is untouched.
     assert_eq!(
