@@ -190,17 +190,23 @@ spec:
     assert_eq!(envoy.rejected(), 0);
 }
 
+/// A folder for access log files: Envoy runs as the proxy user, so it is
+/// writable by everyone.
+fn log_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    dir
+}
+
 /// The mesh config's `accessLogFile`: every request through the sidecar is
 /// a line in Istio's default format (method, path, status, the cluster it
 /// went to), or a JSON object with `accessLogEncoding: JSON`.
 #[test]
 fn access_logs_follow_the_mesh_config() {
-    use std::os::unix::fs::PermissionsExt;
     let mesh = Mesh::start(true, &[]);
     let envoy = mesh.sidecar();
-    // Envoy runs as the proxy user: the folder is writable by it.
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let dir = log_dir();
     let log = |name: &str, encoding: &str, format: &str| {
         let path = dir.path().join(name);
         mesh.apply(
@@ -281,11 +287,9 @@ fn access_logs_follow_the_mesh_config() {
 /// productpage's own Telemetry turns its logs off.
 #[test]
 fn telemetry_decides_what_the_sidecar_logs() {
-    use std::os::unix::fs::PermissionsExt;
     let mesh = Mesh::start(true, &[]);
     let envoy = mesh.sidecar();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let dir = log_dir();
     let file = dir.path().join("telemetry.log");
     mesh.apply(
         &[&envoy],
