@@ -204,6 +204,19 @@ fn network_rbac(rules: Option<Rbac>, shadow_rules: Option<Rbac>, shadow_prefix: 
     }
 }
 
+/// Whether some workload may be in the scope of both policies: their
+/// namespaces meet (the same, or one is the root namespace) and no label
+/// has different values in their selectors.
+fn may_share_workloads(root: &str, p: &Config<Policy>, q: &Config<Policy>) -> bool {
+    let (a, b) = (p.spec.spec.selector.as_ref(), q.spec.spec.selector.as_ref());
+    (p.namespace == q.namespace || p.namespace == root || q.namespace == root)
+        && a.zip(b).is_none_or(|(a, b)| {
+            a.match_labels
+                .iter()
+                .all(|(k, v)| b.match_labels.get(k).is_none_or(|w| w == v))
+        })
+}
+
 /// The provider a `CUSTOM` policy names (`provider.name`).
 fn provider_name(p: &Config<Policy>) -> &str {
     p.spec
@@ -296,6 +309,20 @@ pub(crate) fn warnings(snap: &Snapshot) -> Vec<crate::ConfigWarning> {
                     format!("metadata.annotations[{DRY_RUN_ANNOTATION}]"),
                     "a dry run is not supported for CUSTOM policies: the policy is left out"
                         .to_owned(),
+                ))
+            } else if let Some(other) = snap.authorization_policies.iter().find(|q| {
+                q.spec.action() == Action::Custom
+                    && !q.spec.dry_run
+                    && provider_name(q) != provider_name(p)
+                    && may_share_workloads(&snap.mesh.root_namespace, p, q)
+            }) {
+                Some((
+                    "spec.provider.name".to_owned(),
+                    format!(
+                        "CUSTOM policy {} names provider {:?} for workloads this one may apply to; one provider per workload (as istiod): requests the rules of both match are refused there",
+                        other.key(),
+                        provider_name(other)
+                    ),
                 ))
             } else {
                 crate::ext_authz::resolve(snap, provider_name(p))

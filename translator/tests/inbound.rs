@@ -916,15 +916,49 @@ fn custom_policies_ask_the_external_authorizer() {
         "{:?}",
         snap.warnings
     );
-    // Two providers for one workload: both deny (istiod's rule).
-    let out = generate(
-        &mesh(&format!(
-            "{AUTHORIZERS}{}{}",
-            custom("http"),
-            custom("grpc")
-        )),
-        &p,
+    // Two providers for one workload: both deny (istiod's rule), and each
+    // policy is reported naming the other.
+    let two = mesh(&format!(
+        "{AUTHORIZERS}{}{}",
+        custom("http"),
+        custom("grpc")
+    ));
+    let reported: Vec<(&str, &str)> = two
+        .warnings
+        .iter()
+        .filter(|w| w.kind == "AuthorizationPolicy")
+        .map(|w| (w.object.as_str(), w.field.as_str()))
+        .collect();
+    assert_eq!(
+        reported,
+        [
+            ("default/ext-grpc", "spec.provider.name"),
+            ("default/ext-http", "spec.provider.name")
+        ]
     );
+    // Not when their selectors cannot pick the same workload.
+    let apart = mesh(&format!(
+        "{AUTHORIZERS}{}{}",
+        ap(
+            "a",
+            "default",
+            "{selector: {matchLabels: {app: reviews}}, action: CUSTOM, provider: {name: http}, rules: [{}]}"
+        ),
+        ap(
+            "b",
+            "default",
+            "{selector: {matchLabels: {app: ratings}}, action: CUSTOM, provider: {name: grpc}, rules: [{}]}"
+        )
+    ));
+    assert!(
+        apart
+            .warnings
+            .iter()
+            .all(|w| w.kind != "AuthorizationPolicy"),
+        "{:?}",
+        apart.warnings
+    );
+    let out = generate(&two, &p);
     let rbac = rbac_on(chains(&out, Some(9080))[0]);
     assert_eq!(rbac.len(), 1);
     assert_eq!(rbac[0].1.len(), 2);
