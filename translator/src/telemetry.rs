@@ -47,10 +47,12 @@ pub(crate) struct Observe {
 
 impl Observe {
     /// `proxy`'s, for `side`.
+    /// (The Telemetry resources that apply are looked up once for both.)
     pub(crate) fn of(snap: &Snapshot, proxy: &Proxy, side: Side) -> Observe {
+        let levels = applicable(snap, &proxy.namespace, &proxy.labels);
         Observe {
-            tracing: crate::trace::hcm_tracing(snap, proxy, side),
-            access_log: access_logs(snap, &proxy.namespace, &proxy.labels, side),
+            tracing: crate::trace::hcm_tracing(snap, proxy, &levels, side),
+            access_log: access_logs(snap, &levels, side),
         }
     }
 }
@@ -126,19 +128,18 @@ pub(crate) struct TracingSettings<'a> {
     pub custom_tags: Option<&'a BTreeMap<String, CustomTag>>,
 }
 
-/// The tracing of `side` of the workload in `namespace` with `labels`;
-/// `None`: not traced.
+/// The tracing of `side` of a workload to which the Telemetry resources
+/// `levels` apply ([`applicable`]); `None`: not traced.
 pub(crate) fn tracing<'a>(
     snap: &'a Snapshot,
-    namespace: &str,
-    labels: &BTreeMap<String, String>,
+    levels: &[&'a Config<crds::TelemetrySpec>],
     side: Side,
 ) -> Option<TracingSettings<'a>> {
     let mut provider = snap.mesh.tracing.as_ref();
     let mut disabled = false;
     let mut custom_tags = None;
     let mut sampling = None;
-    for t in applicable(snap, namespace, labels) {
+    for t in levels {
         for entry in t
             .spec
             .tracing
@@ -167,16 +168,16 @@ pub(crate) fn tracing<'a>(
     })
 }
 
-/// The access logs of `side` of the workload in `namespace` with
-/// `labels`, for an HTTP connection manager's or TCP proxy's `access_log`.
+/// The access logs of `side` of a workload to which the Telemetry
+/// resources `levels` apply ([`applicable`]), for an HTTP connection
+/// manager's or TCP proxy's `access_log`.
 pub(crate) fn access_logs(
     snap: &Snapshot,
-    namespace: &str,
-    labels: &BTreeMap<String, String>,
+    levels: &[&Config<crds::TelemetrySpec>],
     side: Side,
 ) -> Vec<AccessLog> {
-    let levels: Vec<_> = applicable(snap, namespace, labels)
-        .into_iter()
+    let levels: Vec<_> = levels
+        .iter()
         .filter(|t| !t.spec.access_logging.is_empty())
         .collect();
     let defaults = &snap.mesh.default_access_logging;

@@ -23,17 +23,18 @@ pub const CANONICAL_NAME: &str = "service.istio.io/canonical-name";
 pub const CANONICAL_REVISION: &str = "service.istio.io/canonical-revision";
 
 /// The `tracing` of `proxy`'s HTTP connection managers on `side` (the
-/// mesh config's provider, or what Telemetry resources say,
-/// [`crate::telemetry::tracing`]); `None` without a tracing provider, or
+/// mesh config's provider, or what the Telemetry resources that apply to
+/// it, `telemetry`, say: [`crate::telemetry::tracing`]); `None` without a tracing provider, or
 /// when the collector is not among the services the proxy gets clusters
 /// for (Envoy refuses a tracer whose cluster it does not have: every
 /// listener carrying it would be NACKed).
 pub(crate) fn hcm_tracing(
     snap: &Snapshot,
     proxy: &Proxy,
+    telemetry: &[&crate::model::Config<crds::TelemetrySpec>],
     side: crate::telemetry::Side,
 ) -> Option<Tracing> {
-    let settings = crate::telemetry::tracing(snap, &proxy.namespace, &proxy.labels, side)?;
+    let settings = crate::telemetry::tracing(snap, telemetry, side)?;
     let provider = settings.provider;
     // `namespace/hostname` or a hostname, as Istio's `LookupCluster`.
     let host = provider
