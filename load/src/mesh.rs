@@ -212,18 +212,26 @@ mod tests {
             }
             all
         };
+        // The proxy's config in a mesh of `all`, which must raise no
+        // warning, and its encoded `virtualInbound`.
+        let generated = |all: &[crds::document::Object]| {
+            let snap = Snapshot::build(2, all, MeshConfig::default());
+            assert!(snap.warnings.is_empty(), "{:?}", snap.warnings);
+            let out = translator::generate(&snap, &proxy);
+            let inbound = out
+                .listeners
+                .iter()
+                .find(|l| l.name == "virtualInbound")
+                .map(prost::Message::encode_to_vec)
+                .unwrap();
+            (out, inbound)
+        };
+        let has = |bytes: &[u8], s: &str| bytes.windows(s.len()).any(|w| w == s.as_bytes());
         // Secured: every namespace's policies apply.
         let secured = with(security_yaml(10));
         assert_eq!(secured.len(), objects.len() + 3);
-        let snap = Snapshot::build(2, &secured, MeshConfig::default());
-        assert!(snap.warnings.is_empty(), "{:?}", snap.warnings);
-        let out = translator::generate(&snap, &proxy);
-        let inbound = out
-            .listeners
-            .iter()
-            .find(|l| l.name == "virtualInbound")
-            .unwrap();
-        assert!(format!("{inbound:?}").contains("envoy.filters.network.rbac"));
+        let (out, inbound) = generated(&secured);
+        assert!(has(&inbound, "envoy.filters.network.rbac"));
         for cla in &out.endpoints {
             for e in cla.endpoints.iter().flat_map(|g| &g.lb_endpoints) {
                 let md = e.metadata.as_ref().unwrap();
@@ -236,16 +244,7 @@ mod tests {
         // Observed: the Telemetry resources apply.
         let observed = with(telemetry_yaml(10));
         assert_eq!(observed.len(), objects.len() + 2);
-        let snap = Snapshot::build(3, &observed, MeshConfig::default());
-        assert!(snap.warnings.is_empty(), "{:?}", snap.warnings);
-        let out = translator::generate(&snap, &proxy);
-        let inbound = out
-            .listeners
-            .iter()
-            .find(|l| l.name == "virtualInbound")
-            .unwrap();
-        let bytes = prost::Message::encode_to_vec(inbound);
-        let cel = b"envoy.access_loggers.extension_filters.cel";
-        assert!(bytes.windows(cel.len()).any(|w| w == cel));
+        let (_, inbound) = generated(&observed);
+        assert!(has(&inbound, "envoy.access_loggers.extension_filters.cel"));
     }
 }
