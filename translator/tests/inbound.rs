@@ -1247,6 +1247,16 @@ fn telemetry_decides_access_logs_and_tracing_per_side() {
         "{tracing: [{providers: [{name: zipkin}], randomSamplingPercentage: 50, customTags: {team: {literal: {value: bookinfo}}, user: {header: {name: x-user}}}}]}",
     );
     let (inbound, outbound) = sides(&mesh(&format!("{zipkin}{traced}")));
+    // Routes carry Istio's decorators (the spans' names) though the mesh
+    // config names no default provider.
+    let routes = generate(&mesh(&format!("{zipkin}{traced}")), &p).routes;
+    assert!(
+        routes
+            .iter()
+            .flat_map(|r| &r.virtual_hosts)
+            .flat_map(|v| &v.routes)
+            .any(|r| r.decorator.is_some())
+    );
     for hcm in [&inbound, &outbound] {
         let t = hcm.tracing.as_ref().unwrap();
         assert_eq!(t.random_sampling.unwrap().value, 50.0);
