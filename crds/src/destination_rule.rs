@@ -38,6 +38,38 @@ pub struct DestinationRuleSpec {
     pub workload_selector: Option<MatchLabelSelector>,
 }
 
+impl DestinationRuleSpec {
+    /// Every client TLS setting of the rule, with its field path: the
+    /// traffic policy's and its ports', then each subset's and its ports'
+    /// (`spec.subsets[1].trafficPolicy.portLevelSettings[0].tls`).
+    pub fn client_tls(&self) -> Vec<(String, &ClientTlsSettings)> {
+        fn walk<'a>(
+            at: String,
+            p: &'a TrafficPolicy,
+            out: &mut Vec<(String, &'a ClientTlsSettings)>,
+        ) {
+            if let Some(tls) = &p.tls {
+                out.push((format!("{at}.tls"), tls));
+            }
+            for (i, level) in p.port_level_settings.iter().enumerate() {
+                if let Some(tls) = &level.tls {
+                    out.push((format!("{at}.portLevelSettings[{i}].tls"), tls));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        if let Some(p) = &self.traffic_policy {
+            walk("spec.trafficPolicy".into(), p, &mut out);
+        }
+        for (i, subset) in self.subsets.iter().enumerate() {
+            if let Some(p) = &subset.traffic_policy {
+                walk(format!("spec.subsets[{i}].trafficPolicy"), p, &mut out);
+            }
+        }
+        out
+    }
+}
+
 /// Istio `Subset`: a version of a service.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

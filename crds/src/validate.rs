@@ -290,6 +290,26 @@ fn gateway(spec: &crate::GatewaySpec) -> Problems {
                 "at least one host is required".into(),
             ));
         }
+        // Istio's `validateTLSOptions`: ISTIO_MUTUAL uses the gateway's own
+        // workload certificate, nothing else.
+        if let Some(tls) = &s.tls
+            && tls.mode == Some(crate::gateway::ServerTlsMode::IstioMutual)
+        {
+            let set = [
+                ("serverCertificate", tls.server_certificate.is_some()),
+                ("privateKey", tls.private_key.is_some()),
+                ("caCertificates", tls.ca_certificates.is_some()),
+                ("tlsCertificates", !tls.tls_certificates.is_empty()),
+                ("credentialName", tls.credential_name.is_some()),
+                ("credentialNames", !tls.credential_names.is_empty()),
+            ];
+            for (field, _) in set.iter().filter(|(_, set)| *set) {
+                p.push((
+                    format!("spec.servers[{i}].tls.{field}"),
+                    "ISTIO_MUTUAL uses the gateway's workload certificate and cannot have one of its own".into(),
+                ));
+            }
+        }
     }
     p
 }

@@ -19,11 +19,11 @@ use std::sync::Arc;
 use crds::destination_rule::DestinationRuleSpec;
 
 use crate::encoded::{
-    Encoded, ServiceResources, encode, encode_with, nested_len, put_head, put_key, put_string,
-    put_varint, string_len, uint32_len,
+    ClusterView, Encoded, ServiceResources, encode, encode_with, nested_len, put_head, put_key,
+    put_string, put_varint, string_len, uint32_len,
 };
 use crate::model::{
-    Config, Endpoint, Protocol, Proxy, Service, ServicePort, ServiceResolution, Snapshot,
+    Config, Endpoint, Protocol, Proxy, ProxyKind, Service, ServicePort, ServiceResolution, Snapshot,
 };
 use crate::policy::{
     AutoMtlsField, Effective, LocalityPlan, MeshPool, TRANSPORT_SOCKET_MATCH, auto_mtls_match,
@@ -91,7 +91,7 @@ pub(crate) fn build(snap: &Snapshot, proxy: &Proxy) -> (Vec<Cluster>, Vec<Cluste
     for (svc, dr) in services {
         service_clusters(
             snap,
-            &proxy.locality,
+            &view(proxy, dr),
             svc,
             dr,
             &mut |name, cluster, auto, cla| {
@@ -134,34 +134,37 @@ pub(crate) fn build_encoded(
         // A full config reads or fills an entry for every service it sees.
         snap.cluster_memo.reserve(snap.services.len());
     }
+    let sidecar_view = ClusterView {
+        locality: proxy.locality.clone(),
+        gateway: false,
+    };
+    let gateway_view = (proxy.kind == ProxyKind::Router).then(|| ClusterView {
+        gateway: true,
+        ..sidecar_view.clone()
+    });
     let built: Vec<_> = visible(snap, proxy, only)
         .map(|(svc, dr)| {
-            snap.cluster_memo
-                .get_or_build(svc, dr, &proxy.locality, || {
-                    let count = cluster_count(svc, dr);
-                    let mut built = ServiceResources {
-                        clusters: Vec::with_capacity(count),
-                        assignments: Vec::with_capacity(count),
-                    };
-                    service_clusters(
-                        snap,
-                        &proxy.locality,
-                        svc,
-                        dr,
-                        &mut |name, cluster, auto, cla| {
-                            built.clusters.push(match cluster {
-                                PlannedCluster::Built(cluster) => encode_cluster(&cluster, auto),
-                                PlannedCluster::Plain { http2 } => {
-                                    encode_plain_cluster(name, http2, auto)
-                                }
-                            });
-                            if let Some(cla) = cla {
-                                built.assignments.push(cla.encode());
-                            }
-                        },
-                    );
-                    built
-                })
+            let view = match &gateway_view {
+                Some(g) if dr.is_some_and(names_credential) => g,
+                _ => &sidecar_view,
+            };
+            snap.cluster_memo.get_or_build(svc, dr, view, || {
+                let count = cluster_count(svc, dr);
+                let mut built = ServiceResources {
+                    clusters: Vec::with_capacity(count),
+                    assignments: Vec::with_capacity(count),
+                };
+                service_clusters(snap, view, svc, dr, &mut |name, cluster, auto, cla| {
+                    built.clusters.push(match cluster {
+                        PlannedCluster::Built(cluster) => encode_cluster(&cluster, auto),
+                        PlannedCluster::Plain { http2 } => encode_plain_cluster(name, http2, auto),
+                    });
+                    if let Some(cla) = cla {
+                        built.assignments.push(cla.encode());
+                    }
+                });
+                built
+            })
         })
         .collect();
     // Sized before they are filled: ~1400 of each at 1000 services.
@@ -180,6 +183,24 @@ pub(crate) fn build_encoded(
         assignments.extend(b.assignments.iter().cloned());
     }
     (clusters, assignments)
+}
+
+/// What the clusters of a service seen through `dr` depend on of `proxy`
+/// ([`ClusterView`]), as [`build_encoded`] keys its memo.
+fn view(proxy: &Proxy, dr: Option<&Config<DestinationRuleSpec>>) -> ClusterView {
+    ClusterView {
+        locality: proxy.locality.clone(),
+        gateway: proxy.kind == ProxyKind::Router && dr.is_some_and(names_credential),
+    }
+}
+
+/// Whether some client TLS settings of `dr` (its traffic policy, a
+/// subset's, or a port's in either) name a `credentialName` Secret.
+fn names_credential(dr: &Config<DestinationRuleSpec>) -> bool {
+    dr.spec
+        .client_tls()
+        .iter()
+        .any(|(_, t)| t.credential_name.is_some())
 }
 
 /// A cluster encoded as a CDS resource, with its auto mTLS match
@@ -327,10 +348,13 @@ fn encode_plain_cluster(name: &str, http2: bool, auto: Option<&IstioTls>) -> Enc
 /// with, under auto mTLS, what its `tlsMode-istio` transport socket match
 /// is made from (left for `emit` to add: [`auto_mtls_match`] as a message,
 /// or [`encode_cluster`] writes it).
-/// Nothing else of the proxy is read: [`crate::encoded::ClusterMemo`] keys on these.
+/// Nothing else of the proxy is read: [`crate::encoded::ClusterMemo`] keys on
+/// `view`, which also says whether the proxy is a gateway that originates
+/// TLS with a rule's `credentialName` Secret (a sidecar does not:
+/// [`Effective::without_credential`]).
 fn service_clusters(
     snap: &Snapshot,
-    locality: &str,
+    view: &ClusterView,
     svc: &Service,
     dr: Option<&Config<DestinationRuleSpec>>,
     emit: &mut Emit<'_>,
@@ -347,8 +371,11 @@ fn service_clusters(
             ("", None, &no_labels);
         for (subset, subset_policy, labels) in std::iter::once(whole).chain(subsets) {
             let name = cluster_name(port.port, subset, &svc.hostname);
-            let policy = Effective::resolve(top, subset_policy, port.port)
+            let mut policy = Effective::resolve(top, subset_policy, port.port)
                 .with_mesh(MeshPool::of(&snap.mesh, port.protocol));
+            if !view.gateway {
+                policy = policy.without_credential();
+            }
             let endpoints: Vec<&Endpoint> = svc
                 .endpoints
                 .iter()
@@ -356,12 +383,12 @@ fn service_clusters(
                 .collect();
             // Most proxies and rules have no locality load balancing: the
             // endpoints' localities are gathered only for those that do.
-            let plan = if policy.has_locality_plan(locality) {
+            let plan = if policy.has_locality_plan(&view.locality) {
                 let mut localities: Vec<&str> =
                     endpoints.iter().map(|e| e.locality.as_str()).collect();
                 localities.sort_unstable();
                 localities.dedup();
-                policy.locality_plan(locality, &localities)
+                policy.locality_plan(&view.locality, &localities)
             } else {
                 None
             };

@@ -161,10 +161,20 @@ struct MemoEntry<D, V> {
     value: Arc<V>,
 }
 
-/// Each service's [`ServiceResources`] by the proxy's locality (locality
-/// load balancing): proxies in ten namespaces that see a service through
-/// the same rule share one entry.
-pub(crate) type ClusterMemo = Memo<String, ServiceResources>;
+/// What a service's clusters depend on of the proxy besides the rule that
+/// applies: its locality (`region/zone/subzone`, for locality load
+/// balancing) and, only for a rule whose client TLS names a
+/// `credentialName`, whether it is a gateway (which gets the Secret; a
+/// sidecar does not).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ClusterView {
+    pub(crate) locality: String,
+    pub(crate) gateway: bool,
+}
+
+/// Each service's [`ServiceResources`] by [`ClusterView`]: proxies in ten
+/// namespaces that see a service through the same rule share one entry.
+pub(crate) type ClusterMemo = Memo<ClusterView, ServiceResources>;
 
 impl<D, V> Memo<D, V> {
     /// The value for `service` seen through `rule` with `detail`:

@@ -41,7 +41,7 @@ use crate::route::{
     virtual_service_routes,
 };
 use crate::{
-    CORS_FILTER, ConfigWarning, FAULT_FILTER, ads_config_source, ads_config_source_waited_for,
+    CORS_FILTER, ConfigWarning, FAULT_FILTER, ads_config_source_waited_for,
     istio_http_connection_manager, socket_address,
 };
 
@@ -907,7 +907,8 @@ pub(crate) fn gateway(
                 ServerKind::Http => {}
                 ServerKind::Https => {
                     let tls = gs.server.tls.clone().unwrap_or_default();
-                    let Some(ctx) = downstream_tls(snap, proxy, gs, &tls, &mut secrets, warnings)
+                    let Some(ctx) =
+                        downstream_tls(snap, proxy, gs, &tls, false, &mut secrets, warnings)
                     else {
                         continue;
                     };
@@ -975,29 +976,57 @@ pub(crate) fn gateway(
                         }
                     }
                 }
-                ServerKind::Tcp => {
-                    let route = bound(snap, proxy).find_map(|vs| {
-                        let r = vs.spec.tcp.iter().find(|r| {
-                            vs.spec.hosts.iter().any(|h| gs.binds(vs, h))
-                                && (r.matches.is_empty()
-                                    || r.matches.iter().any(|m| m.port.is_none_or(|p| p == port)))
-                        })?;
-                        Some(l4_destinations(snap, vs, &r.route, port))
-                    });
-                    match route {
-                        Some(dests) => chains.push(authorized(tcp_chain(
-                            &format!("tcp.{port}"),
-                            &format!("tcp.{port}"),
-                            &dests,
-                            &observe.access_log,
-                        ))),
-                        None => warnings.push(ConfigWarning::new(
+                ServerKind::Tcp => match tcp_route(snap, proxy, gs, port) {
+                    Some(dests) => chains.push(authorized(tcp_chain(
+                        &format!("tcp.{port}"),
+                        &format!("tcp.{port}"),
+                        &dests,
+                        &observe.access_log,
+                    ))),
+                    None => warnings.push(ConfigWarning::new(
+                        "Gateway",
+                        gs.gw.key(),
+                        gs.field(),
+                        format!(
+                            "no VirtualService tcp route is bound to this TCP server on port {port}"
+                        ),
+                    )),
+                },
+                ServerKind::TerminatedTls => {
+                    let Some(dests) = tcp_route(snap, proxy, gs, port) else {
+                        warnings.push(ConfigWarning::new(
                             "Gateway",
                             gs.gw.key(),
                             gs.field(),
-                            format!("no VirtualService tcp route is bound to this TCP server on port {port}"),
-                        )),
-                    }
+                            format!(
+                                "no VirtualService tcp route is bound to this TLS server on port {port}"
+                            ),
+                        ));
+                        continue;
+                    };
+                    let tls = gs.server.tls.clone().unwrap_or_default();
+                    let Some(ctx) =
+                        downstream_tls(snap, proxy, gs, &tls, true, &mut secrets, warnings)
+                    else {
+                        continue;
+                    };
+                    let name = format!(
+                        "tls.{port}.{}.{}.{}",
+                        gs.server.port.name, gs.gw.name, gs.gw.namespace
+                    );
+                    let mut chain =
+                        authorized(tcp_chain(&name, &name, &dests, &observe.access_log));
+                    chain.filter_chain_match = Some(FilterChainMatch {
+                        server_names: gs.sni(),
+                        transport_protocol: "tls".into(),
+                        ..Default::default()
+                    });
+                    chain.transport_socket = Some(TransportSocket {
+                        name: "envoy.transport_sockets.tls".into(),
+                        config_type: Some(transport_socket::ConfigType::TypedConfig(pack_any(ctx))),
+                    });
+                    tls_inspector = true;
+                    chains.push(chain);
                 }
                 ServerKind::Unsupported(why) => {
                     warnings.push(ConfigWarning::new("Gateway", gs.gw.key(), gs.field(), why));
@@ -1025,39 +1054,138 @@ pub(crate) fn gateway(
         }
         listeners.push(listener);
     }
+    client_credentials(snap, proxy, &mut secrets, warnings);
     (listeners, routes, secrets.into_values().collect())
+}
+
+/// The SDS secrets of the `credentialName`s in the client TLS settings of
+/// the DestinationRules a gateway sees (Istio's egress gateway TLS and
+/// mTLS origination): `kubernetes://<name>` for `MUTUAL` (the Secret's
+/// `tls.crt` and `tls.key`), `kubernetes://<name>-cacert` unless
+/// `insecureSkipVerify` (its `ca.crt`, or a `<name>-cacert` Secret's). The
+/// Secret is looked for in the gateway's namespace, as istiod allows; one
+/// missing, or without what the mode needs, is reported on the rule's field
+/// (the cluster then waits 15 s for it, then fails its handshakes).
+fn client_credentials(
+    snap: &Snapshot,
+    proxy: &Proxy,
+    secrets: &mut BTreeMap<String, Secret>,
+    warnings: &mut Vec<ConfigWarning>,
+) {
+    use crds::destination_rule::ClientTlsMode;
+    let lookup = |name: &str| {
+        snap.secrets
+            .get(&format!("{}/{name}", proxy.namespace))
+            .map(|s| s.as_ref())
+    };
+    for dr in &snap.destination_rules {
+        if !exported_to(&dr.spec.export_to, &dr.namespace, &proxy.namespace) {
+            continue;
+        }
+        for (at, tls) in dr.spec.client_tls() {
+            let Some(cred) = &tls.credential_name else {
+                continue;
+            };
+            let mutual = tls.mode == Some(ClientTlsMode::Mutual);
+            if !mutual && tls.mode != Some(ClientTlsMode::Simple) {
+                continue;
+            }
+            let mut report = |why: String| {
+                warnings.push(ConfigWarning::new(
+                    "DestinationRule",
+                    dr.key(),
+                    format!("{at}.credentialName"),
+                    why,
+                ));
+            };
+            let Some(secret) = lookup(cred) else {
+                report(format!(
+                    "Secret {cred:?} not found in the gateway's namespace {}",
+                    proxy.namespace
+                ));
+                continue;
+            };
+            if mutual && certificate_secret(cred, secret, secrets).is_none() {
+                report(format!(
+                    "MUTUAL needs tls.crt and tls.key; Secret {cred:?} has none"
+                ));
+            }
+            if !tls.insecure_skip_verify.unwrap_or(false) {
+                let ca = secret.ca.clone().or_else(|| {
+                    lookup(&format!("{cred}-cacert")).and_then(|s| s.ca.clone().or(s.cert.clone()))
+                });
+                match ca {
+                    Some(ca) => {
+                        ca_secret(cred, &ca, secrets);
+                    }
+                    None => report(format!(
+                        "verifying the server needs a CA: Secret {cred:?} has no ca.crt and there is no {cred}-cacert"
+                    )),
+                }
+            }
+        }
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
 enum ServerKind {
     Http,
+    /// TLS terminated (`SIMPLE`, `MUTUAL`, `OPTIONAL_MUTUAL`,
+    /// `ISTIO_MUTUAL`), then HTTP routes.
     Https,
     Passthrough,
     Tcp,
+    /// A `TLS` server whose TLS the gateway terminates, then VirtualService
+    /// `tcp` routes (Istio's "TCP with TLS termination").
+    TerminatedTls,
     Unsupported(String),
 }
 
 fn server_kind(server: &Server) -> ServerKind {
     let proto = server.port.protocol.to_ascii_uppercase();
     let mode = server.tls.as_ref().and_then(|t| t.mode);
+    let terminated = matches!(
+        mode,
+        Some(
+            ServerTlsMode::Simple
+                | ServerTlsMode::Mutual
+                | ServerTlsMode::OptionalMutual
+                | ServerTlsMode::IstioMutual
+        )
+    );
     match (proto.as_str(), mode) {
         ("HTTP" | "HTTP2" | "GRPC", _) => ServerKind::Http,
         ("HTTPS" | "TLS", Some(ServerTlsMode::Passthrough)) => ServerKind::Passthrough,
-        (
-            "HTTPS",
-            Some(ServerTlsMode::Simple | ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual)
-            | None,
-        ) => ServerKind::Https,
+        ("HTTPS", None) => ServerKind::Https,
+        ("HTTPS", _) if terminated => ServerKind::Https,
+        ("TLS", _) if terminated => ServerKind::TerminatedTls,
         ("TCP" | "MONGO" | "MYSQL" | "REDIS", _) => ServerKind::Tcp,
-        (_, Some(m @ (ServerTlsMode::IstioMutual | ServerTlsMode::AutoPassthrough))) => {
-            ServerKind::Unsupported(format!(
-                "tls.mode {m:?} is not supported yet; server skipped"
-            ))
-        }
+        (_, Some(m @ ServerTlsMode::AutoPassthrough)) => ServerKind::Unsupported(format!(
+            "tls.mode {m:?} is not supported yet; server skipped"
+        )),
         (p, _) => {
             ServerKind::Unsupported(format!("protocol {p} is not supported yet; server skipped"))
         }
     }
+}
+
+/// The destinations of the first VirtualService `tcp` route bound to a
+/// TCP or terminated TLS server on `port` (Istio's
+/// `buildGatewayNetworkFiltersFromTCPRoutes`), if any.
+fn tcp_route(
+    snap: &Snapshot,
+    proxy: &Proxy,
+    gs: &GatewayServer<'_>,
+    port: u32,
+) -> Option<Vec<(String, u32)>> {
+    bound(snap, proxy).find_map(|vs| {
+        let r = vs.spec.tcp.iter().find(|r| {
+            vs.spec.hosts.iter().any(|h| gs.binds(vs, h))
+                && (r.matches.is_empty()
+                    || r.matches.iter().any(|m| m.port.is_none_or(|p| p == port)))
+        })?;
+        Some(l4_destinations(snap, vs, &r.route, port))
+    })
 }
 
 /// VirtualServices visible from the proxy.
@@ -1121,28 +1249,60 @@ fn gateway_route_config(
     }
 }
 
-/// The TLS context of an HTTPS server: certificate and key from files or
-/// from the `credentialName` Secret (served over SDS), client verification
-/// for MUTUAL from `caCertificates` or the Secret's `ca.crt` (or a
-/// `<name>-cacert` Secret), as Istio does.
+/// The TLS context of a server whose TLS the gateway terminates (an
+/// HTTPS server, or a TLS server when `tcp`), as Istio's
+/// `BuildListenerTLSContext`:
+/// - `ISTIO_MUTUAL`: the gateway's own workload certificate and the mesh
+///   root from its node agent (SDS `default`, `ROOTCA`), a client
+///   certificate required;
+/// - otherwise the certificate and key from files or from the
+///   `credentialName` Secret (served over SDS), and for `MUTUAL` /
+///   `OPTIONAL_MUTUAL` client verification against `caCertificates` or the
+///   Secret's `ca.crt` (or a `<name>-cacert` Secret).
+///
+/// A client certificate must carry one of `subjectAltNames` if any are
+/// given. ALPN is `h2`, `http/1.1` (with `istio-peer-exchange` first on a
+/// TLS server in `ISTIO_MUTUAL`). `None`, with a warning naming the field,
+/// when what the mode needs is missing.
 fn downstream_tls(
     snap: &Snapshot,
     proxy: &Proxy,
     gs: &GatewayServer<'_>,
     tls: &ServerTlsSettings,
+    tcp: bool,
     secrets: &mut BTreeMap<String, Secret>,
     warnings: &mut Vec<ConfigWarning>,
 ) -> Option<DownstreamTlsContext> {
+    let istio_mutual = tls.mode == Some(ServerTlsMode::IstioMutual);
     let mutual = matches!(
         tls.mode,
         Some(ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual)
     );
+    // What a client certificate is checked for besides its issuer.
+    let client_checks = CertificateValidationContext {
+        match_typed_subject_alt_names: crate::policy::any_san_matchers(&tls.subject_alt_names),
+        ..Default::default()
+    };
     let file = |p: &String| DataSource {
         specifier: Some(data_source::Specifier::Filename(p.clone())),
         ..Default::default()
     };
     let mut common = CommonTlsContext::default();
-    if let Some(cred) = &tls.credential_name {
+    if istio_mutual {
+        use crate::policy::{ROOT_CA, WORKLOAD_CERT, agent_secret};
+        common
+            .tls_certificate_sds_secret_configs
+            .push(agent_secret(WORKLOAD_CERT));
+        common.validation_context_type = Some(
+            common_tls_context::ValidationContextType::CombinedValidationContext(
+                common_tls_context::CombinedCertificateValidationContext {
+                    default_validation_context: Some(client_checks),
+                    validation_context_sds_secret_config: Some(agent_secret(ROOT_CA)),
+                    ..Default::default()
+                },
+            ),
+        );
+    } else if let Some(cred) = &tls.credential_name {
         let Some(secret) = find_secret(snap, proxy, gs, cred) else {
             warnings.push(ConfigWarning::new(
                 "Gateway",
@@ -1155,7 +1315,7 @@ fn downstream_tls(
             ));
             return None;
         };
-        let (Some(cert), Some(key)) = (&secret.cert, &secret.key) else {
+        let Some(name) = certificate_secret(cred, secret, secrets) else {
             warnings.push(ConfigWarning::new(
                 "Gateway",
                 gs.gw.key(),
@@ -1164,24 +1324,9 @@ fn downstream_tls(
             ));
             return None;
         };
-        let name = format!("kubernetes://{cred}");
-        secrets.insert(
-            name.clone(),
-            Secret {
-                name: name.clone(),
-                r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
-                    certificate_chain: Some(inline(cert)),
-                    private_key: Some(inline(key)),
-                    ..Default::default()
-                })),
-            },
-        );
         common
             .tls_certificate_sds_secret_configs
-            .push(SdsSecretConfig {
-                name,
-                sds_config: Some(ads_config_source()),
-            });
+            .push(crate::policy::ads_secret(name));
         if mutual {
             let ca = secret.ca.clone().or_else(|| {
                 find_secret(snap, proxy, gs, &format!("{cred}-cacert"))
@@ -1196,24 +1341,12 @@ fn downstream_tls(
                 ));
                 return None;
             };
-            let ca_name = format!("kubernetes://{cred}-cacert");
-            secrets.insert(
-                ca_name.clone(),
-                Secret {
-                    name: ca_name.clone(),
-                    r#type: Some(secret::Type::ValidationContext(
-                        CertificateValidationContext {
-                            trusted_ca: Some(inline(&ca)),
-                            ..Default::default()
-                        },
-                    )),
-                },
-            );
             common.validation_context_type = Some(
-                common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(
-                    SdsSecretConfig {
-                        name: ca_name,
-                        sds_config: Some(ads_config_source()),
+                common_tls_context::ValidationContextType::CombinedValidationContext(
+                    common_tls_context::CombinedCertificateValidationContext {
+                        default_validation_context: Some(client_checks),
+                        validation_context_sds_secret_config: Some(ca_secret(cred, &ca, secrets)),
+                        ..Default::default()
                     },
                 ),
             );
@@ -1238,7 +1371,7 @@ fn downstream_tls(
                 common_tls_context::ValidationContextType::ValidationContext(
                     CertificateValidationContext {
                         trusted_ca: Some(file(ca)),
-                        ..Default::default()
+                        ..client_checks
                     },
                 ),
             );
@@ -1252,30 +1385,92 @@ fn downstream_tls(
         ));
         return None;
     }
-    common.alpn_protocols = vec!["h2".into(), "http/1.1".into()];
-    let version = |v: Option<TlsProtocol>| {
-        (match v {
-            None | Some(TlsProtocol::Auto) => tls_parameters::TlsProtocol::TlsAuto,
-            Some(TlsProtocol::V1_0) => tls_parameters::TlsProtocol::TlSv10,
-            Some(TlsProtocol::V1_1) => tls_parameters::TlsProtocol::TlSv11,
-            Some(TlsProtocol::V1_2) => tls_parameters::TlsProtocol::TlSv12,
-            Some(TlsProtocol::V1_3) => tls_parameters::TlsProtocol::TlSv13,
-        }) as i32
+    common.alpn_protocols = if tcp && istio_mutual {
+        vec!["istio-peer-exchange".into(), "h2".into(), "http/1.1".into()]
+    } else {
+        vec!["h2".into(), "http/1.1".into()]
     };
-    common.tls_params = Some(TlsParameters {
-        tls_minimum_protocol_version: version(tls.min_protocol_version),
-        tls_maximum_protocol_version: version(tls.max_protocol_version),
-        cipher_suites: tls.cipher_suites.clone(),
-        ecdh_curves: tls.ecdh_curves.clone(),
-        ..Default::default()
-    });
+    // Istio applies the server's TLS versions and ciphers to SIMPLE,
+    // MUTUAL and OPTIONAL_MUTUAL; ISTIO_MUTUAL keeps the mesh's.
+    if !istio_mutual {
+        let version = |v: Option<TlsProtocol>| {
+            (match v {
+                None | Some(TlsProtocol::Auto) => tls_parameters::TlsProtocol::TlsAuto,
+                Some(TlsProtocol::V1_0) => tls_parameters::TlsProtocol::TlSv10,
+                Some(TlsProtocol::V1_1) => tls_parameters::TlsProtocol::TlSv11,
+                Some(TlsProtocol::V1_2) => tls_parameters::TlsProtocol::TlSv12,
+                Some(TlsProtocol::V1_3) => tls_parameters::TlsProtocol::TlSv13,
+            }) as i32
+        };
+        common.tls_params = Some(TlsParameters {
+            tls_minimum_protocol_version: version(tls.min_protocol_version),
+            tls_maximum_protocol_version: version(tls.max_protocol_version),
+            cipher_suites: tls.cipher_suites.clone(),
+            ecdh_curves: tls.ecdh_curves.clone(),
+            ..Default::default()
+        });
+    }
     Some(DownstreamTlsContext {
         common_tls_context: Some(common),
         require_client_certificate: Some(BoolValue {
-            value: tls.mode == Some(ServerTlsMode::Mutual),
+            value: matches!(
+                tls.mode,
+                Some(ServerTlsMode::Mutual | ServerTlsMode::IstioMutual)
+            ),
         }),
         ..Default::default()
     })
+}
+
+/// The SDS secret `kubernetes://<cred>` (Istio's name for a
+/// `credentialName` Secret's certificate and key) made from `secret`,
+/// added to `secrets`; its name, or `None` when the Secret has no
+/// `tls.crt` and `tls.key`.
+pub(crate) fn certificate_secret(
+    cred: &str,
+    secret: &TlsSecret,
+    secrets: &mut BTreeMap<String, Secret>,
+) -> Option<String> {
+    let (Some(cert), Some(key)) = (&secret.cert, &secret.key) else {
+        return None;
+    };
+    let [name, _] = crate::policy::credential_sds_names(cred);
+    secrets.insert(
+        name.clone(),
+        Secret {
+            name: name.clone(),
+            r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
+                certificate_chain: Some(inline(cert)),
+                private_key: Some(inline(key)),
+                ..Default::default()
+            })),
+        },
+    );
+    Some(name)
+}
+
+/// The SDS secret `kubernetes://<cred>-cacert` (Istio's name for a
+/// `credentialName`'s CA bundle) trusting `ca` (PEM), added to `secrets`;
+/// its reference over ADS.
+pub(crate) fn ca_secret(
+    cred: &str,
+    ca: &[u8],
+    secrets: &mut BTreeMap<String, Secret>,
+) -> SdsSecretConfig {
+    let [_, name] = crate::policy::credential_sds_names(cred);
+    secrets.insert(
+        name.clone(),
+        Secret {
+            name: name.clone(),
+            r#type: Some(secret::Type::ValidationContext(
+                CertificateValidationContext {
+                    trusted_ca: Some(inline(ca)),
+                    ..Default::default()
+                },
+            )),
+        },
+    );
+    crate::policy::ads_secret(name)
 }
 
 /// A Secret named by `credentialName`: in the gateway proxy's namespace

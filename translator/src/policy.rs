@@ -388,6 +388,29 @@ impl Effective {
         self.tls.as_ref().and_then(|t| t.mode) == Some(ClientTlsMode::IstioMutual)
     }
 
+    /// Whether the client TLS settings name a `credentialName` Secret for
+    /// `SIMPLE` or `MUTUAL` origination.
+    pub fn uses_credential(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| {
+            t.credential_name.is_some()
+                && matches!(t.mode, Some(ClientTlsMode::Simple | ClientTlsMode::Mutual))
+        })
+    }
+
+    /// What a sidecar does with [`Effective::uses_credential`] settings, as
+    /// istiod's cluster builder: it does not fetch the Secret (only
+    /// gateways, and workloads a rule's `workloadSelector` picks, may) and
+    /// sends no TLS, nor auto mTLS: the settings act as `DISABLE`.
+    pub fn without_credential(mut self) -> Effective {
+        if self.uses_credential() {
+            self.tls = Some(ClientTlsSettings {
+                mode: Some(ClientTlsMode::Disable),
+                ..Default::default()
+            });
+        }
+        self
+    }
+
     fn apply_tls(&self, c: &mut Cluster, hostname: &str, istio: Option<&crate::cluster::IstioTls>) {
         let Some(tls) = &self.tls else { return };
         let mode = tls.mode.unwrap_or(ClientTlsMode::Disable);
@@ -404,7 +427,33 @@ impl Effective {
             ..Default::default()
         };
         let mut common = CommonTlsContext::default();
-        if mode == ClientTlsMode::Mutual
+        if let Some(cred) = &tls.credential_name {
+            // A gateway's origination with a Secret's certificates, which
+            // the daemon serves it over SDS (istiod's
+            // `ApplyCustomSDSToClientCommonTLSContext`).
+            let [cert, ca] = credential_sds_names(cred);
+            if mode == ClientTlsMode::Mutual {
+                common
+                    .tls_certificate_sds_secret_configs
+                    .push(ads_secret(cert));
+            }
+            if !tls.insecure_skip_verify.unwrap_or(false) {
+                common.validation_context_type = Some(
+                    common_tls_context::ValidationContextType::CombinedValidationContext(
+                        common_tls_context::CombinedCertificateValidationContext {
+                            default_validation_context: Some(CertificateValidationContext {
+                                match_typed_subject_alt_names: any_san_matchers(
+                                    &tls.subject_alt_names,
+                                ),
+                                ..Default::default()
+                            }),
+                            validation_context_sds_secret_config: Some(ads_secret(ca)),
+                            ..Default::default()
+                        },
+                    ),
+                );
+            }
+        } else if mode == ClientTlsMode::Mutual
             && let (Some(cert), Some(key)) = (&tls.client_certificate, &tls.private_key)
         {
             common.tls_certificates.push(TlsCertificate {
@@ -413,16 +462,16 @@ impl Effective {
                 ..Default::default()
             });
         }
-        if !tls.insecure_skip_verify.unwrap_or(false) && tls.ca_certificates.is_some() {
+        if tls.credential_name.is_none()
+            && !tls.insecure_skip_verify.unwrap_or(false)
+            && tls.ca_certificates.is_some()
+        {
             common.validation_context_type = Some(
                 common_tls_context::ValidationContextType::ValidationContext(
                     CertificateValidationContext {
                         trusted_ca: tls.ca_certificates.as_ref().map(file),
                         crl: tls.ca_crl.as_ref().map(file),
-                        match_typed_subject_alt_names: san_matchers(
-                            &tls.subject_alt_names,
-                            subject_alt_name_matcher::SanType::Dns,
-                        ),
+                        match_typed_subject_alt_names: any_san_matchers(&tls.subject_alt_names),
                         ..Default::default()
                     },
                 ),
@@ -469,7 +518,7 @@ pub(crate) fn upstream_http_options(common: Option<CoreHttpOptions>, h2: bool) -
 }
 
 /// Exact matchers for `sans`, of one SAN type.
-fn san_matchers(
+pub(crate) fn san_matchers(
     sans: &[String],
     kind: subject_alt_name_matcher::SanType,
 ) -> Vec<SubjectAltNameMatcher> {
@@ -483,6 +532,44 @@ fn san_matchers(
             ..Default::default()
         })
         .collect()
+}
+
+/// Matchers accepting a certificate one of whose SANs of any type (DNS,
+/// URI, email, IP) is exactly one of `sans`: Istio's
+/// `match_subject_alt_names` (which Envoy checks against every SAN type),
+/// in Envoy's typed form.
+pub(crate) fn any_san_matchers(sans: &[String]) -> Vec<SubjectAltNameMatcher> {
+    use subject_alt_name_matcher::SanType;
+    [
+        SanType::Dns,
+        SanType::Uri,
+        SanType::Email,
+        SanType::IpAddress,
+    ]
+    .into_iter()
+    .flat_map(|kind| san_matchers(sans, kind))
+    .collect()
+}
+
+/// Istio's SDS resource names for the `credentialName` Secret `cred`:
+/// `kubernetes://<cred>` (its certificate and key) and
+/// `kubernetes://<cred>-cacert` (its CA bundle).
+pub(crate) fn credential_sds_names(cred: &str) -> [String; 2] {
+    [
+        format!("kubernetes://{cred}"),
+        format!("kubernetes://{cred}-cacert"),
+    ]
+}
+
+/// A reference to the SDS secret `name`, served over ADS by the daemon
+/// (with Envoy's default 15 s initial fetch timeout, as Istio's
+/// `SDSAdsConfig`: a Secret that does not exist does not hold the
+/// resource back forever).
+pub(crate) fn ads_secret(name: String) -> SdsSecretConfig {
+    SdsSecretConfig {
+        name,
+        sds_config: Some(crate::ads_config_source()),
+    }
 }
 
 /// The name of the bootstrap cluster that reaches the node agent's SDS

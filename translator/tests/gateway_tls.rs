@@ -1,0 +1,398 @@
+//! A gateway's own TLS: `ISTIO_MUTUAL` and terminated `TLS` servers, client
+//! `subjectAltNames`, and the DestinationRule `credentialName` with which
+//! an egress gateway originates TLS (and which a sidecar does not get).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
+
+use crds::document::{parse_value, split_documents};
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::core::v3::transport_socket;
+use envoy_types::pb::envoy::config::listener::v3::{FilterChain, Listener, filter};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CommonTlsContext, DownstreamTlsContext, UpstreamTlsContext, common_tls_context, secret,
+    subject_alt_name_matcher::SanType,
+};
+use prost::Message;
+use translator::model::{MeshConfig, Proxy, Snapshot};
+use translator::{Output, generate};
+
+/// The egress gateway's Service and an external host, `api.example.com`.
+const PLATFORM: &str = "
+apiVersion: v1
+kind: Service
+metadata: {name: istio-egressgateway, namespace: istio-system}
+spec:
+  clusterIP: 10.96.0.40
+  ports: [{name: https, port: 443}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api, namespace: default}
+spec:
+  hosts: [api.example.com]
+  ports: [{number: 443, name: tls, protocol: TLS}]
+  location: MESH_EXTERNAL
+  resolution: DNS
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: client-credential, namespace: istio-system}
+stringData: {tls.crt: CERT, tls.key: KEY, ca.crt: CA}
+";
+
+fn snapshot(extra: &str) -> Snapshot {
+    let text = format!("{PLATFORM}\n---\n{extra}");
+    let objects: Vec<_> = split_documents(&text)
+        .into_iter()
+        .flat_map(|(_, v)| parse_value(v.unwrap(), "default"))
+        .map(|o| o.unwrap())
+        .collect();
+    Snapshot::build(1, &objects, MeshConfig::default())
+}
+
+fn egress_gateway() -> Proxy {
+    Proxy::from_node_id(
+        "router~10.244.0.40~istio-egressgateway-0.istio-system~istio-system.svc.cluster.local",
+        None,
+        [("istio".to_owned(), "egressgateway".to_owned())].into(),
+    )
+    .unwrap()
+}
+
+fn sidecar() -> Proxy {
+    Proxy::from_node_id(
+        "sidecar~10.244.0.11~client.default~default.svc.cluster.local",
+        None,
+        Default::default(),
+    )
+    .unwrap()
+}
+
+fn listener<'a>(out: &'a Output, name: &str) -> &'a Listener {
+    out.listeners
+        .iter()
+        .find(|l| l.name == name)
+        .unwrap_or_else(|| panic!("no listener {name}: {:?}", out.warnings))
+}
+
+fn cluster<'a>(out: &'a Output, name: &str) -> &'a Cluster {
+    out.clusters
+        .iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no cluster {name}"))
+}
+
+fn downstream(chain: &FilterChain) -> DownstreamTlsContext {
+    let Some(transport_socket::ConfigType::TypedConfig(any)) = chain
+        .transport_socket
+        .as_ref()
+        .and_then(|t| t.config_type.as_ref())
+    else {
+        panic!("no TLS on {}", chain.name)
+    };
+    DownstreamTlsContext::decode(any.value.as_slice()).unwrap()
+}
+
+fn upstream(c: &Cluster) -> Option<UpstreamTlsContext> {
+    let transport_socket::ConfigType::TypedConfig(any) =
+        c.transport_socket.as_ref()?.config_type.as_ref()?;
+    Some(UpstreamTlsContext::decode(any.value.as_slice()).unwrap())
+}
+
+/// The SDS names of the certificate and of the validation context, and
+/// the SANs (value, type) checked besides it.
+fn sds_names(common: &CommonTlsContext) -> (Vec<String>, String, Vec<(String, i32)>) {
+    let certs = common
+        .tls_certificate_sds_secret_configs
+        .iter()
+        .map(|s| s.name.clone())
+        .collect();
+    let Some(common_tls_context::ValidationContextType::CombinedValidationContext(combined)) =
+        &common.validation_context_type
+    else {
+        panic!("no combined validation context: {common:?}")
+    };
+    let sans = combined
+        .default_validation_context
+        .iter()
+        .flat_map(|d| &d.match_typed_subject_alt_names)
+        .map(|m| {
+            let exact = match m.matcher.as_ref().and_then(|s| s.match_pattern.as_ref()) {
+                Some(envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern::Exact(e)) => e.clone(),
+                other => panic!("not exact: {other:?}"),
+            };
+            (exact, m.san_type)
+        })
+        .collect();
+    let ca = combined
+        .validation_context_sds_secret_config
+        .as_ref()
+        .unwrap()
+        .name
+        .clone();
+    (certs, ca, sans)
+}
+
+const PRODUCTPAGE: &str = "spiffe://cluster.local/ns/default/sa/bookinfo-productpage";
+
+#[test]
+fn istio_mutual_https_servers_use_the_gateways_workload_certificate() {
+    let snap = snapshot(&format!(
+        "
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: egress, namespace: istio-system}}
+spec:
+  selector: {{istio: egressgateway}}
+  servers:
+  - port: {{number: 443, name: https, protocol: HTTPS}}
+    hosts: [api.example.com]
+    tls: {{mode: ISTIO_MUTUAL, subjectAltNames: ['{PRODUCTPAGE}']}}
+"
+    ));
+    let out = generate(&snap, &egress_gateway());
+    assert!(out.warnings.is_empty(), "{:?}", out.warnings);
+    let chain = &listener(&out, "0.0.0.0_443").filter_chains[0];
+    let m = chain.filter_chain_match.as_ref().unwrap();
+    assert_eq!(m.server_names, ["api.example.com"]);
+    assert_eq!(m.transport_protocol, "tls");
+    let ctx = downstream(chain);
+    assert!(ctx.require_client_certificate.unwrap().value);
+    let common = ctx.common_tls_context.unwrap();
+    assert_eq!(common.alpn_protocols, ["h2", "http/1.1"]);
+    assert!(common.tls_params.is_none(), "the mesh's TLS parameters");
+    let (certs, ca, sans) = sds_names(&common);
+    assert_eq!((certs, ca.as_str()), (vec!["default".to_owned()], "ROOTCA"));
+    // Any SAN type may carry the name, as Envoy's untyped matcher.
+    assert!(sans.contains(&(PRODUCTPAGE.to_owned(), SanType::Uri as i32)));
+    assert!(sans.contains(&(PRODUCTPAGE.to_owned(), SanType::Dns as i32)));
+    // The node agent serves those; the daemon sends no secret of its own.
+    assert!(out.secrets.is_empty());
+}
+
+#[test]
+fn terminated_tls_servers_route_by_tcp_routes() {
+    let snap = snapshot(
+        "
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: egress, namespace: istio-system}
+spec:
+  selector: {istio: egressgateway}
+  servers:
+  - port: {number: 443, name: tls, protocol: TLS}
+    hosts: [api.example.com]
+    tls: {mode: ISTIO_MUTUAL}
+  - port: {number: 8443, name: tls-simple, protocol: TLS}
+    hosts: [api.example.com]
+    tls: {mode: SIMPLE, credentialName: client-credential}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: api, namespace: default}
+spec:
+  hosts: [api.example.com]
+  gateways: [istio-system/egress]
+  tcp:
+  - route: [{destination: {host: api.example.com, port: {number: 443}}}]
+",
+    );
+    let out = generate(&snap, &egress_gateway());
+    assert!(out.warnings.is_empty(), "{:?}", out.warnings);
+    for (port, alpn) in [
+        (443, vec!["istio-peer-exchange", "h2", "http/1.1"]),
+        (8443, vec!["h2", "http/1.1"]),
+    ] {
+        let l = listener(&out, &format!("0.0.0.0_{port}"));
+        assert!(
+            l.listener_filters
+                .iter()
+                .any(|f| f.name == "envoy.filters.listener.tls_inspector")
+        );
+        let chain = &l.filter_chains[0];
+        assert_eq!(
+            chain.filter_chain_match.as_ref().unwrap().server_names,
+            ["api.example.com"]
+        );
+        let ctx = downstream(chain);
+        assert_eq!(ctx.common_tls_context.unwrap().alpn_protocols, alpn);
+        let Some(filter::ConfigType::TypedConfig(any)) = &chain.filters[0].config_type else {
+            panic!()
+        };
+        let tcp = TcpProxy::decode(any.value.as_slice()).unwrap();
+        assert_eq!(
+            tcp.cluster_specifier,
+            Some(tcp_proxy::ClusterSpecifier::Cluster(
+                "outbound|443||api.example.com".into()
+            ))
+        );
+    }
+    // Without a tcp route the TLS server is reported and left out.
+    let snap = snapshot(
+        "
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: egress, namespace: istio-system}
+spec:
+  selector: {istio: egressgateway}
+  servers:
+  - port: {number: 443, name: tls, protocol: TLS}
+    hosts: [api.example.com]
+    tls: {mode: ISTIO_MUTUAL}
+",
+    );
+    let out = generate(&snap, &egress_gateway());
+    assert_eq!(out.warnings.len(), 1, "{:?}", out.warnings);
+    assert_eq!(out.warnings[0].field, "spec.servers[0]");
+    assert!(out.listeners.iter().all(|l| l.name != "0.0.0.0_443"));
+}
+
+/// Istio's "mutual TLS origination with an egress gateway": the rule for
+/// the external host names the Secret holding the client certificate.
+const ORIGINATE: &str = "
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: originate, namespace: istio-system}
+spec:
+  host: api.example.com
+  trafficPolicy:
+    portLevelSettings:
+    - port: {number: 443}
+      tls: {mode: MUTUAL, credentialName: client-credential, sni: api.example.com}
+";
+
+#[test]
+fn egress_gateways_originate_mtls_with_a_credential_secret() {
+    let snap = snapshot(ORIGINATE);
+    let out = generate(&snap, &egress_gateway());
+    assert!(out.warnings.is_empty(), "{:?}", out.warnings);
+    let tls = upstream(cluster(&out, "outbound|443||api.example.com")).unwrap();
+    assert_eq!(tls.sni, "api.example.com");
+    let (certs, ca, sans) = sds_names(tls.common_tls_context.as_ref().unwrap());
+    assert_eq!(certs, ["kubernetes://client-credential"]);
+    assert_eq!(ca, "kubernetes://client-credential-cacert");
+    assert!(sans.is_empty());
+    // The daemon serves both from the Secret.
+    let mut served: Vec<_> = out
+        .secrets
+        .iter()
+        .map(|s| match &s.r#type {
+            Some(secret::Type::TlsCertificate(c)) => {
+                (s.name.clone(), c.certificate_chain.is_some())
+            }
+            Some(secret::Type::ValidationContext(v)) => (s.name.clone(), v.trusted_ca.is_some()),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    served.sort();
+    assert_eq!(
+        served,
+        [
+            ("kubernetes://client-credential".to_owned(), true),
+            ("kubernetes://client-credential-cacert".to_owned(), true),
+        ]
+    );
+
+    // A sidecar does not get the Secret: no TLS, as istiod (and no auto
+    // mTLS either), whichever proxy built the service's clusters first.
+    for first in [true, false] {
+        let snap = snapshot(ORIGINATE);
+        let (gw, sc) = if first {
+            let gw = translator::generate_encoded(&snap, &egress_gateway());
+            (gw, translator::generate_encoded(&snap, &sidecar()))
+        } else {
+            let sc = translator::generate_encoded(&snap, &sidecar());
+            (translator::generate_encoded(&snap, &egress_gateway()), sc)
+        };
+        let decode = |enc: &translator::EncodedOutput| {
+            let (_, _, bytes) = enc
+                .clusters
+                .iter()
+                .find(|(n, ..)| &**n == "outbound|443||api.example.com")
+                .unwrap();
+            let any = prost_types_any(bytes);
+            Cluster::decode(any.as_slice()).unwrap()
+        };
+        assert!(upstream(&decode(&gw)).is_some(), "the gateway originates");
+        let plain = decode(&sc);
+        assert!(plain.transport_socket.is_none() && plain.transport_socket_matches.is_empty());
+    }
+    let out = generate(&snap, &sidecar());
+    assert!(out.secrets.is_empty());
+}
+
+/// The `value` of an encoded `Any` (field 2).
+fn prost_types_any(bytes: &[u8]) -> Vec<u8> {
+    envoy_types::pb::google::protobuf::Any::decode(bytes)
+        .unwrap()
+        .value
+}
+
+#[test]
+fn a_missing_or_incomplete_credential_secret_is_reported_on_the_rule() {
+    let snap = snapshot(&ORIGINATE.replace("client-credential", "nowhere"));
+    let out = generate(&snap, &egress_gateway());
+    assert_eq!(out.warnings.len(), 1, "{:?}", out.warnings);
+    let w = &out.warnings[0];
+    assert_eq!(
+        (w.kind, w.object.as_str(), w.field.as_str()),
+        (
+            "DestinationRule",
+            "istio-system/originate",
+            "spec.trafficPolicy.portLevelSettings[0].tls.credentialName"
+        )
+    );
+    assert!(w.reason.contains("not found"), "{}", w.reason);
+
+    // A CA-only Secret is enough for SIMPLE, not for MUTUAL.
+    let ca_only = "
+apiVersion: v1
+kind: Secret
+metadata: {name: ca-only, namespace: istio-system}
+stringData: {ca.crt: CA}
+";
+    let simple = ORIGINATE
+        .replace("client-credential", "ca-only")
+        .replace("MUTUAL", "SIMPLE");
+    let out = generate(
+        &snapshot(&format!("{simple}---{ca_only}")),
+        &egress_gateway(),
+    );
+    assert!(out.warnings.is_empty(), "{:?}", out.warnings);
+    assert_eq!(out.secrets.len(), 1);
+    let mutual = ORIGINATE.replace("client-credential", "ca-only");
+    let out = generate(
+        &snapshot(&format!("{mutual}---{ca_only}")),
+        &egress_gateway(),
+    );
+    assert_eq!(out.warnings.len(), 1, "{:?}", out.warnings);
+    assert!(out.warnings[0].reason.contains("tls.crt"));
+}
+
+#[test]
+fn istio_mutual_servers_refuse_certificates_of_their_own() {
+    let text = "
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: egress, namespace: istio-system}
+spec:
+  selector: {istio: egressgateway}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: [api.example.com]
+    tls: {mode: ISTIO_MUTUAL, credentialName: client-credential}
+";
+    let (_, value) = split_documents(text).into_iter().next().unwrap();
+    let err = parse_value(value.unwrap(), "default")
+        .into_iter()
+        .next()
+        .unwrap()
+        .and_then(|o| crds::validate::validate(&o).map(|()| o))
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("spec.servers[0].tls.credentialName"),
+        "{err}"
+    );
+}
