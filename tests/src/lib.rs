@@ -13,6 +13,7 @@
 
 pub mod fake_kube;
 pub mod pods;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::io::Write;

@@ -6,7 +6,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use e2e::tls::{Pki, TlsServer, tls_secret};
 use e2e::{Mesh, add_local_address, http_request};
 
 const EXTERNAL_IP: &str = "192.0.2.10";
@@ -108,6 +110,45 @@ spec:
     assert_eq!(envoy.rejected(), 0);
 }
 
+/// The egress gateway's Service (ClusterIP 10.96.0.40, port `port` named
+/// `name`), its pod at 127.0.4.1 (service account `default`) and its
+/// EndpointSlice, as YAML documents ending in `---`.
+fn egress_gateway_platform(name: &str, port: u16) -> String {
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: istio-egressgateway, namespace: istio-system}}
+spec:
+  clusterIP: 10.96.0.40
+  ports: [{{name: {name}, port: {port}}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: istio-egressgateway-1, namespace: istio-system, labels: {{istio: egressgateway}}}}
+spec: {{serviceAccountName: default, containers: [{{name: istio-proxy, image: istio/proxyv2}}]}}
+status: {{podIP: 127.0.4.1}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: istio-egressgateway-1, namespace: istio-system, labels: {{kubernetes.io/service-name: istio-egressgateway}}}}
+addressType: IPv4
+ports: [{{name: {name}, port: {port}}}]
+endpoints: [{{addresses: [127.0.4.1], targetRef: {{kind: Pod, name: istio-egressgateway-1}}}}]
+---
+"
+    )
+}
+
+/// The egress gateway's proxy (admin port 15200), with its node agent
+/// when the daemon runs a CA, connected and in sync.
+fn egress_gateway(mesh: &Mesh) -> e2e::Envoy {
+    mesh.proxy(
+        "router~127.0.4.1~istio-egressgateway-1.istio-system~istio-system.svc.cluster.local",
+        &[("istio", "egressgateway")],
+        15200,
+    )
+}
+
 /// Istio's egress gateway task: mesh traffic for an external host goes
 /// through the egress gateway, which sends it out.
 #[test]
@@ -117,27 +158,8 @@ fn egress_gateway_carries_mesh_traffic_out() {
     external_server(&mesh, 80, "api.example.com");
     mesh.cfg.write(
         "egress.yaml",
-        "apiVersion: v1
-kind: Service
-metadata: {name: istio-egressgateway, namespace: istio-system}
-spec:
-  clusterIP: 10.96.0.40
-  ports: [{name: http, port: 8081}]
----
-apiVersion: v1
-kind: Pod
-metadata: {name: istio-egressgateway-1, namespace: istio-system, labels: {istio: egressgateway}}
-spec: {containers: [{name: istio-proxy, image: istio/proxyv2}]}
-status: {podIP: 127.0.4.1}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: istio-egressgateway-1, namespace: istio-system, labels: {kubernetes.io/service-name: istio-egressgateway}}
-addressType: IPv4
-ports: [{name: http, port: 8081}]
-endpoints: [{addresses: [127.0.4.1], targetRef: {kind: Pod, name: istio-egressgateway-1}}]
----
-apiVersion: networking.istio.io/v1
+        &(egress_gateway_platform("http", 8081)
+            + "apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: api}
 spec:
@@ -167,15 +189,11 @@ spec:
     route: [{destination: {host: istio-egressgateway.istio-system.svc.cluster.local, port: {number: 8081}}}]
   - match: [{gateways: [istio-egressgateway], port: 8081}]
     route: [{destination: {host: api.example.com, port: {number: 80}}}]
-",
+"),
     );
     mesh.wait_loaded(2);
     let sidecar = mesh.sidecar();
-    let egress = mesh.proxy(
-        "router~127.0.4.1~istio-egressgateway-1.istio-system~istio-system.svc.cluster.local",
-        &[("istio", "egressgateway")],
-        15200,
-    );
+    let egress = egress_gateway(&mesh);
     let r = http_request(
         &format!("http://{EXTERNAL_IP}/"),
         &[("host", "api.example.com")],
@@ -209,5 +227,184 @@ spec:
         1,
         "the egress gateway sent it out"
     );
+    assert_eq!(sidecar.rejected() + egress.rejected(), 0);
+}
+
+/// The DNS SANs of the first certificate in `page` (the client
+/// certificate `openssl s_server -www` shows).
+fn client_cert_dns_names(page: &str) -> Vec<String> {
+    let block = pem::parse_many(page)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|p| p.tag() == "CERTIFICATE")
+        .unwrap_or_else(|| panic!("no client certificate in the page:\n{page}"));
+    let (_, cert) = x509_parser::parse_x509_certificate(block.contents()).unwrap();
+    let san = cert.subject_alternative_name().unwrap().unwrap().value;
+    san.general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::DNSName(d) => Some((*d).to_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Istio's "mutual TLS origination with an egress gateway": the app calls
+/// `http://api.example.com`; its sidecar carries the request to the egress
+/// gateway over mesh mTLS (`ISTIO_MUTUAL`, SNI `api.example.com`), the
+/// gateway terminates it with its own workload certificate (a Gateway
+/// server in `ISTIO_MUTUAL`) and originates mTLS to the external server
+/// with the client certificate of a `credentialName` Secret. The external
+/// server (`openssl s_server`) demands that certificate and shows it.
+#[test]
+fn egress_gateway_originates_mutual_tls_with_a_credential_secret() {
+    let mesh = Mesh::start(true, &[]);
+    add_local_address(EXTERNAL_IP);
+    let pki = Pki::new();
+    let (server_cert, server_key) = pki.issue("api.example.com");
+    let (client_cert, client_key) = pki.issue("client.example.com");
+    let _external = TlsServer::start_with(
+        &format!("{EXTERNAL_IP}:443"),
+        &server_cert,
+        &server_key,
+        Some(&pki.ca()),
+    );
+    let gateway = |sans: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: istio-egressgateway}}
+spec:
+  selector: {{istio: egressgateway}}
+  servers:
+  - port: {{number: 8443, name: https, protocol: HTTPS}}
+    hosts: [api.example.com]
+    tls: {{mode: ISTIO_MUTUAL, subjectAltNames: [{sans}]}}
+"
+        )
+    };
+    let productpage = "spiffe://cluster.local/ns/default/sa/bookinfo-productpage";
+    mesh.cfg.write("gateway.yaml", &gateway(productpage));
+    mesh.wait_loaded(2);
+    mesh.cfg.write(
+        "egress.yaml",
+        &(egress_gateway_platform("https", 8443)
+            + &tls_secret(
+                "istio-system",
+                "client-credential",
+                &client_cert,
+                &client_key,
+                &pki.ca(),
+            )
+            + "
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api}
+spec:
+  hosts: [api.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP}, {number: 443, name: https, protocol: HTTPS}]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  endpoints: [{address: 192.0.2.10}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: egressgateway-for-api}
+spec:
+  host: istio-egressgateway.istio-system.svc.cluster.local
+  subsets:
+  - name: api
+    trafficPolicy:
+      portLevelSettings:
+      - port: {number: 8443}
+        tls: {mode: ISTIO_MUTUAL, sni: api.example.com}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: api-through-egress-gateway}
+spec:
+  hosts: [api.example.com]
+  gateways: [istio-egressgateway, mesh]
+  http:
+  - match: [{gateways: [mesh], port: 80}]
+    route: [{destination: {host: istio-egressgateway.istio-system.svc.cluster.local, subset: api, port: {number: 8443}}}]
+  - match: [{gateways: [istio-egressgateway], port: 8443}]
+    route: [{destination: {host: api.example.com, port: {number: 443}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: originate-mtls-for-api, namespace: istio-system}
+spec:
+  host: api.example.com
+  trafficPolicy:
+    portLevelSettings:
+    - port: {number: 443}
+      tls: {mode: MUTUAL, credentialName: client-credential, sni: api.example.com}
+"),
+    );
+    mesh.wait_loaded(3);
+    let sidecar = mesh.sidecar();
+    let egress = egress_gateway(&mesh);
+    let call = || {
+        http_request(
+            &format!("http://{EXTERNAL_IP}/"),
+            &[("host", "api.example.com")],
+        )
+        .unwrap()
+    };
+
+    // The external server saw the Secret's client certificate.
+    let r = call();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(client_cert_dns_names(&r.body), ["client.example.com"]);
+    // Both legs are TLS: sidecar to gateway, gateway to the server.
+    let handshakes = [
+        (
+            &sidecar,
+            "cluster.outbound|8443|api|istio-egressgateway.istio-system.svc.cluster.local.ssl.handshake",
+        ),
+        (&egress, "listener.0.0.0.0_8443.ssl.handshake"),
+        (
+            &egress,
+            "cluster.outbound|443||api.example.com.ssl.handshake",
+        ),
+    ];
+    for (envoy, stat) in handshakes {
+        assert!(envoy.stat(stat) >= 1, "{stat}");
+    }
+
+    // The gateway's server takes only mesh clients: one without a
+    // certificate from the mesh's root is refused in the handshake.
+    let out = std::process::Command::new("curl")
+        .args(["-sk", "--max-time", "5", "--resolve"])
+        .arg("api.example.com:8443:127.0.4.1")
+        .arg("https://api.example.com:8443/")
+        .output()
+        .expect("curl (scripts/setup installs it)");
+    assert!(!out.status.success(), "a client without a mesh certificate");
+
+    // ... and of those, only the identities its subjectAltNames name.
+    mesh.apply(
+        &[&sidecar, &egress],
+        "gateway.yaml",
+        &gateway("spiffe://cluster.local/ns/default/sa/someone-else"),
+    );
+    // (The connection the sidecar holds lasts one more request: the
+    // listener update drains it.)
+    let seen = std::cell::RefCell::new(Vec::new());
+    e2e::eventually(
+        Duration::from_secs(5),
+        || {
+            let status = call().status;
+            seen.borrow_mut().push(status);
+            (status == 503).then_some(())
+        },
+        || format!("{:?}", seen.borrow()),
+    );
+    assert_eq!(call().status, 503);
+    assert!(egress.stat("listener.0.0.0.0_8443.ssl.fail_verify_san") >= 1);
+    mesh.apply(&[&sidecar, &egress], "gateway.yaml", &gateway(productpage));
+    assert_eq!(call().status, 200);
     assert_eq!(sidecar.rejected() + egress.rejected(), 0);
 }

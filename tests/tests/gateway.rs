@@ -5,137 +5,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 
+use e2e::tls::{Pki, TlsServer, tls_secret};
 use e2e::{GATEWAY, GATEWAY_LABELS, Mesh, http_request};
-
-/// A throwaway CA and the certificates it issues.
-struct Pki {
-    dir: tempfile::TempDir,
-}
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl (scripts/setup installs it)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let dir = tempfile::tempdir().unwrap();
-        openssl(
-            dir.path(),
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.crt",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=istiod-e2e test CA",
-                "-addext",
-                "basicConstraints=critical,CA:TRUE",
-                "-addext",
-                "keyUsage=critical,keyCertSign,cRLSign",
-            ],
-        );
-        Pki { dir }
-    }
-
-    fn ca(&self) -> PathBuf {
-        self.dir.path().join("ca.crt")
-    }
-
-    /// A certificate for DNS name `name`, signed by the CA: (cert, key).
-    fn issue(&self, name: &str) -> (PathBuf, PathBuf) {
-        let d = self.dir.path();
-        std::fs::write(
-            d.join(format!("{name}.ext")),
-            format!(
-                "subjectAltName=DNS:{name}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n"
-            ),
-        )
-        .unwrap();
-        let (key, csr, crt, ext) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.crt"),
-            format!("{name}.ext"),
-        );
-        openssl(
-            d,
-            &[
-                "req",
-                "-new",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                &key,
-                "-out",
-                &csr,
-                "-subj",
-                &format!("/CN={name}"),
-            ],
-        );
-        openssl(
-            d,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                &crt,
-                "-days",
-                "1",
-                "-extfile",
-                &ext,
-            ],
-        );
-        (d.join(crt), d.join(key))
-    }
-}
-
-/// A `kubernetes.io/tls` Secret with `tls.crt`, `tls.key` and `ca.crt`.
-fn tls_secret(ns: &str, name: &str, cert: &Path, key: &Path, ca: &Path) -> String {
-    let indent = |p: &Path| {
-        std::fs::read_to_string(p)
-            .unwrap()
-            .lines()
-            .map(|l| format!("    {l}\n"))
-            .collect::<String>()
-    };
-    format!(
-        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {ns}}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}  ca.crt: |\n{}",
-        indent(cert),
-        indent(key),
-        indent(ca)
-    )
-}
 
 /// `curl` over HTTPS to `host:port` (resolved to the gateway on 127.0.0.1),
 /// verifying the server against `ca`: Ok(body) or Err(curl's complaint).
@@ -270,39 +144,6 @@ spec:
         Ok("productpage v1".into())
     );
     assert_eq!(gw.rejected(), 0);
-}
-
-/// An `openssl s_server` on `addr`, killed on drop.
-struct TlsServer(Child);
-
-impl TlsServer {
-    fn start(addr: &str, cert: &Path, key: &Path) -> TlsServer {
-        let child = Command::new("openssl")
-            .args(["s_server", "-quiet", "-www", "-accept", addr, "-cert"])
-            .arg(cert)
-            .arg("-key")
-            .arg(key)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("openssl s_server");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while std::net::TcpStream::connect(addr).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "s_server on {addr} did not start"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        TlsServer(child)
-    }
-}
-
-impl Drop for TlsServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]

@@ -1,0 +1,214 @@
+//! Test PKI and TLS servers: a throwaway CA made with `openssl`, the
+//! certificates it issues, Kubernetes TLS Secrets holding them, and
+//! `openssl s_server` as a TLS backend.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// A throwaway CA and the certificates it issues.
+pub struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Default for Pki {
+    fn default() -> Pki {
+        Pki::new()
+    }
+}
+
+/// Runs `openssl` with `args` in `dir`; panics with its complaint if it fails.
+pub fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl (scripts/setup installs it)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Pki {
+    /// A new CA (P-256, valid two days).
+    pub fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        openssl(
+            dir.path(),
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=istiod-e2e test CA",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        );
+        Pki { dir }
+    }
+
+    /// The CA's certificate (PEM file).
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+
+    /// A certificate for DNS name `name`, signed by the CA: (cert, key).
+    pub fn issue(&self, name: &str) -> (PathBuf, PathBuf) {
+        let d = self.dir.path();
+        std::fs::write(
+            d.join(format!("{name}.ext")),
+            format!(
+                "subjectAltName=DNS:{name}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n"
+            ),
+        )
+        .unwrap();
+        let (key, csr, crt, ext) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.crt"),
+            format!("{name}.ext"),
+        );
+        openssl(
+            d,
+            &[
+                "req",
+                "-new",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+                "-subj",
+                &format!("/CN={name}"),
+            ],
+        );
+        openssl(
+            d,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &crt,
+                "-days",
+                "1",
+                "-extfile",
+                &ext,
+            ],
+        );
+        (d.join(crt), d.join(key))
+    }
+}
+
+/// A `kubernetes.io/tls` Secret with `tls.crt`, `tls.key` and `ca.crt`.
+pub fn tls_secret(ns: &str, name: &str, cert: &Path, key: &Path, ca: &Path) -> String {
+    let indent = |p: &Path| {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    };
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {ns}}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}  ca.crt: |\n{}",
+        indent(cert),
+        indent(key),
+        indent(ca)
+    )
+}
+
+/// An `openssl s_server` on `addr`, killed on drop.
+pub struct TlsServer(Child);
+
+impl TlsServer {
+    /// Serves `cert` and `key` on `addr`; its status page (`-www`)
+    /// answers any GET.
+    pub fn start(addr: &str, cert: &Path, key: &Path) -> TlsServer {
+        TlsServer::start_with(addr, cert, key, None)
+    }
+
+    /// As [`TlsServer::start`], demanding a client certificate issued by
+    /// `client_ca` when given (the status page then shows it, PEM).
+    pub fn start_with(addr: &str, cert: &Path, key: &Path, client_ca: Option<&Path>) -> TlsServer {
+        let mut cmd = Command::new("openssl");
+        cmd.args(["s_server", "-quiet", "-www", "-accept", addr, "-cert"])
+            .arg(cert)
+            .arg("-key")
+            .arg(key);
+        if let Some(ca) = client_ca {
+            cmd.args(["-Verify", "1", "-CAfile"]).arg(ca);
+        }
+        let server = TlsServer(
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("openssl s_server"),
+        );
+        let addr: std::net::SocketAddrV4 = addr.parse().expect("an IPv4 address and port");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !listening(addr) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "s_server on {addr} did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        server
+    }
+}
+
+/// Whether a TCP socket listens on `addr` in this thread's network
+/// namespace (read from `/proc/thread-self/net/tcp` rather than by
+/// connecting, which a sidecar's capture may redirect).
+fn listening(addr: std::net::SocketAddrV4) -> bool {
+    // `0A02000C0:01BB`: the address as the kernel holds it (network
+    // order read as a little-endian number), the port big-endian.
+    let local = format!(
+        "{:08X}:{:04X}",
+        u32::from_le_bytes(addr.ip().octets()),
+        addr.port()
+    );
+    std::fs::read_to_string("/proc/thread-self/net/tcp")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .any(|line| {
+            let mut fields = line.split_whitespace().skip(1);
+            // Field 4 is the state; 0A is LISTEN.
+            fields.next() == Some(local.as_str()) && fields.nth(1) == Some("0A")
+        })
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
