@@ -1,6 +1,7 @@
 //! Ingress gateways on a real Envoy: HTTPS with a certificate from a
 //! `credentialName` Secret (served over SDS), `httpsRedirect`, MUTUAL TLS,
-//! and TLS PASSTHROUGH routed by SNI. Certificates come from a test CA made
+//! a TLS server terminated then routed by a `tcp` route, and TLS
+//! PASSTHROUGH routed by SNI. Certificates come from a test CA made
 //! with `openssl`; the client is `curl`, which verifies the chain and name.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
@@ -71,6 +72,9 @@ spec:
   - port: {number: 9443, name: https-mtls, protocol: HTTPS}
     hosts: [bookinfo.example.com]
     tls: {mode: MUTUAL, credentialName: bookinfo-credential}
+  - port: {number: 9444, name: tls, protocol: TLS}
+    hosts: [bookinfo.example.com]
+    tls: {mode: SIMPLE, credentialName: bookinfo-credential}
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -80,6 +84,16 @@ spec:
   gateways: [istio-system/bookinfo-gateway]
   http:
   - match: [{uri: {exact: /productpage}}]
+    route: [{destination: {host: productpage, port: {number: 9080}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: bookinfo-tls}
+spec:
+  hosts: [bookinfo.example.com]
+  gateways: [istio-system/bookinfo-gateway]
+  tcp:
+  - match: [{port: 9444}]
     route: [{destination: {host: productpage, port: {number: 9080}}}]
 ",
     );
@@ -142,6 +156,25 @@ spec:
             Some((&client_cert, &client_key))
         ),
         Ok("productpage v1".into())
+    );
+
+    // A TLS server: the gateway terminates TLS with the Secret's
+    // certificate, then proxies the bytes (here HTTP) by the tcp route.
+    assert_eq!(
+        curl(
+            &pki.ca(),
+            "bookinfo.example.com",
+            9444,
+            "/productpage",
+            None
+        ),
+        Ok("productpage v1".into())
+    );
+    assert_eq!(gw.stat("listener.0.0.0.0_9444.ssl.handshake"), 1);
+    assert_eq!(
+        gw.stat("tcp.tls.9444.tls.bookinfo-gateway.istio-system.downstream_cx_total"),
+        1,
+        "the tcp_proxy carried it"
     );
     assert_eq!(gw.rejected(), 0);
 }
