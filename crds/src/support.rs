@@ -28,11 +28,6 @@ pub const NOT_YET: &[(&str, &str)] = &[
     ("DestinationRule", "connectionPool.http.http2KeepAlive"),
     (
         "DestinationRule",
-        "connectionPool.http.maxConcurrentStreams",
-    ),
-    ("DestinationRule", "connectionPool.http.useClientProtocol"),
-    (
-        "DestinationRule",
         "outlierDetection.outlierDetectionHttpErrorCodes",
     ),
     ("DestinationRule", "trafficPolicy.tunnel"),

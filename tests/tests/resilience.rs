@@ -361,7 +361,8 @@ fn a_grpc_deadline_is_enforced_by_the_sidecar() {
 
 /// The mesh config's `defaultHttpRetryPolicy` (the retries of routes that
 /// set none, here ratings' default route) and `h2UpgradePolicy` (HTTP/2 to
-/// the upstreams of HTTP/1.1 ports).
+/// the upstreams of HTTP/1.1 ports), and a rule's `useClientProtocol`
+/// (the client's protocol instead).
 #[test]
 fn the_mesh_config_sets_default_retries_and_the_upstream_protocol() {
     let mesh = Mesh::start(true, &[]);
@@ -383,6 +384,29 @@ fn the_mesh_config_sets_default_retries_and_the_upstream_protocol() {
     assert_eq!((ok.status, ok.body.as_str()), (200, "ratings v1"));
     assert_eq!(mesh.seen("/flaky/3/b").len(), 4, "1 try + 3 retries");
     assert_eq!(get("/version").body, "HTTP/2.0");
+    // A rule's `useClientProtocol`: the upstream speaks the client's
+    // protocol, whatever the mesh's policy.
+    mesh.apply(
+        &[&envoy],
+        "client-protocol.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ratings}
+spec:
+  host: ratings
+  trafficPolicy: {connectionPool: {http: {useClientProtocol: true}}}
+",
+    );
+    assert_eq!(get("/version").body, "HTTP/1.1");
+    let h2c = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "5", "--http2-prior-knowledge"])
+        .args(["-H", "host: ratings", &format!("{RATINGS}/version")])
+        .output()
+        .expect("curl (scripts/setup installs it)");
+    assert_eq!(String::from_utf8_lossy(&h2c.stdout), "HTTP/2.0", "{h2c:?}");
+    e2e::apply(&mesh.daemon, &[&envoy], || {
+        mesh.cfg.remove("client-protocol.yaml")
+    });
     // `attempts: 0` turns retries off.
     mesh.apply(
         &[&envoy],

@@ -30,7 +30,7 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
 };
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
-    ExplicitHttpConfig, UpstreamProtocolOptions, explicit_http_config,
+    ExplicitHttpConfig, UpstreamProtocolOptions, UseDownstreamHttpConfig, explicit_http_config,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
 use envoy_types::pb::envoy::r#type::v3::Percent as EnvoyPercent;
@@ -320,11 +320,27 @@ impl Effective {
             Some(H2UpgradePolicy::DoNotUpgrade) => false,
             Some(H2UpgradePolicy::Default) | None => self.mesh.h2_upgrade,
         };
-        let use_h2 = http2 || upgrade;
-        if common_set || use_h2 {
+        let h2 = Http2ProtocolOptions {
+            max_concurrent_streams: http
+                .and_then(|h| h.max_concurrent_streams)
+                .and_then(|n| u32::try_from(n).ok())
+                .filter(|n| *n > 0)
+                .map(|value| UInt32Value { value }),
+            ..Default::default()
+        };
+        // `useClientProtocol` wins over an upgrade, as in Istio (whose
+        // upgrade only sets a protocol where none is set).
+        let protocol = if http.and_then(|h| h.use_client_protocol) == Some(true) {
+            Some(UpstreamProtocol::Downstream(h2))
+        } else if http2 || upgrade {
+            Some(UpstreamProtocol::Http2(h2))
+        } else {
+            None
+        };
+        if common_set || protocol.is_some() {
             c.typed_extension_protocol_options.insert(
                 UPSTREAM_HTTP_OPTIONS.into(),
-                upstream_http_options(common_set.then_some(common), use_h2),
+                upstream_http_options(common_set.then_some(common), protocol.unwrap_or_default()),
             );
         }
     }
@@ -494,24 +510,51 @@ impl Effective {
 pub(crate) const UPSTREAM_HTTP_OPTIONS: &str =
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
-/// Envoy's `HttpProtocolOptions` for a cluster: explicitly HTTP/2 (`h2`)
-/// or HTTP/1.1 upstream, with `common` options if any.
-pub(crate) fn upstream_http_options(common: Option<CoreHttpOptions>, h2: bool) -> Any {
+/// The protocol of a cluster's upstream HTTP connections.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) enum UpstreamProtocol {
+    /// HTTP/1.1.
+    #[default]
+    Http1,
+    /// HTTP/2, with these options.
+    Http2(Http2ProtocolOptions),
+    /// The downstream request's, HTTP/1.1 or HTTP/2 with these options
+    /// (Istio's `useClientProtocol`).
+    Downstream(Http2ProtocolOptions),
+}
+
+/// Envoy's `HttpProtocolOptions` for a cluster: its upstream `protocol`
+/// (`explicit_http_config`, or `use_downstream_protocol_config`), with
+/// `common` options if any.
+pub(crate) fn upstream_http_options(
+    common: Option<CoreHttpOptions>,
+    protocol: UpstreamProtocol,
+) -> Any {
+    let explicit = |config| {
+        UpstreamProtocolOptions::ExplicitHttpConfig(ExplicitHttpConfig {
+            protocol_config: Some(config),
+        })
+    };
+    let upstream = match protocol {
+        UpstreamProtocol::Http1 => {
+            explicit(explicit_http_config::ProtocolConfig::HttpProtocolOptions(
+                Http1ProtocolOptions::default(),
+            ))
+        }
+        UpstreamProtocol::Http2(h2) => explicit(
+            explicit_http_config::ProtocolConfig::Http2ProtocolOptions(h2),
+        ),
+        UpstreamProtocol::Downstream(h2) => {
+            UpstreamProtocolOptions::UseDownstreamProtocolConfig(UseDownstreamHttpConfig {
+                http_protocol_options: Some(Http1ProtocolOptions::default()),
+                http2_protocol_options: Some(h2),
+                ..Default::default()
+            })
+        }
+    };
     let opts = HttpProtocolOptions {
         common_http_protocol_options: common,
-        upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
-            ExplicitHttpConfig {
-                protocol_config: Some(if h2 {
-                    explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
-                        Http2ProtocolOptions::default(),
-                    )
-                } else {
-                    explicit_http_config::ProtocolConfig::HttpProtocolOptions(
-                        Http1ProtocolOptions::default(),
-                    )
-                }),
-            },
-        )),
+        upstream_protocol_options: Some(upstream),
         ..Default::default()
     };
     pack_any(opts)

@@ -1479,3 +1479,71 @@ spec:
         unnamed.warnings
     );
 }
+
+/// `connectionPool.http.useClientProtocol`: the upstream speaks whatever
+/// the downstream spoke (Envoy's `use_downstream_protocol_config`), also
+/// over the mesh's `h2UpgradePolicy: UPGRADE`; `maxConcurrentStreams`
+/// caps the streams of an HTTP/2 upstream connection.
+#[test]
+fn client_protocol_and_concurrent_streams_of_a_destination_rule() {
+    use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+    use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
+        UpstreamProtocolOptions, explicit_http_config::ProtocolConfig,
+    };
+    let rules = "
+apiVersion: v1
+kind: Service
+metadata: {name: ratings, namespace: default}
+spec:
+  clusterIP: 10.96.0.12
+  ports: [{name: grpc, port: 9090}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: default}
+spec:
+  host: reviews
+  trafficPolicy: {connectionPool: {http: {useClientProtocol: true, maxConcurrentStreams: 7}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ratings, namespace: default}
+spec:
+  host: ratings
+  trafficPolicy: {connectionPool: {http: {maxConcurrentStreams: 5}}}
+";
+    let snap = mesh(
+        &format!(
+            "{rules}---\n{}",
+            mesh_configmap("{h2UpgradePolicy: UPGRADE}")
+        ),
+        MeshConfig::default(),
+    );
+    let out = generate(&snap, &sidecar(&[]));
+    let upstream = |name: &str| {
+        let c = cluster(&out, name);
+        let any = &c.typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"];
+        HttpProtocolOptions::decode(any.value.as_slice())
+            .unwrap()
+            .upstream_protocol_options
+            .unwrap()
+    };
+    let UpstreamProtocolOptions::UseDownstreamProtocolConfig(d) =
+        upstream("outbound|9080||reviews.default.svc.cluster.local")
+    else {
+        panic!("reviews: the downstream's protocol")
+    };
+    assert!(d.http_protocol_options.is_some());
+    let streams = d.http2_protocol_options.unwrap().max_concurrent_streams;
+    assert_eq!(streams.unwrap().value, 7);
+    // An HTTP/2 (gRPC) port: explicit HTTP/2 with the cap.
+    let UpstreamProtocolOptions::ExplicitHttpConfig(e) =
+        upstream("outbound|9090||ratings.default.svc.cluster.local")
+    else {
+        panic!("ratings: explicit")
+    };
+    let Some(ProtocolConfig::Http2ProtocolOptions(h2)) = e.protocol_config else {
+        panic!("ratings: HTTP/2")
+    };
+    assert_eq!(h2.max_concurrent_streams.unwrap().value, 5);
+}
