@@ -20,15 +20,18 @@ fn registry_only() -> String {
 
 /// An "external" HTTP server on 192.0.2.10:`port` answering `name`.
 fn external_server(mesh: &Mesh, port: u16, name: &'static str) {
+    external_server_at(mesh, EXTERNAL_IP, port, name);
+}
+
+/// An "external" HTTP server on `ip`:`port` answering `name`.
+fn external_server_at(mesh: &Mesh, ip: &'static str, port: u16, name: &'static str) {
     mesh.block_on(async move {
         let body: Arc<str> = name.into();
         let router = axum::Router::new().fallback(move || {
             let body = body.clone();
             async move { body.to_string() }
         });
-        let listener = tokio::net::TcpListener::bind((EXTERNAL_IP, port))
-            .await
-            .unwrap();
+        let listener = tokio::net::TcpListener::bind((ip, port)).await.unwrap();
         tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
         });
@@ -407,4 +410,40 @@ spec:
     mesh.apply(&[&sidecar, &egress], "gateway.yaml", &gateway(productpage));
     assert_eq!(call().status, 200);
     assert_eq!(sidecar.rejected() + egress.rejected(), 0);
+}
+
+/// ServiceEntry endpoint `weight`s split a service's requests in their
+/// proportion (1:3 here), through a real sidecar.
+#[test]
+fn service_entry_endpoint_weights_split_traffic() {
+    let mesh = Mesh::start(true, &[]);
+    add_local_address(EXTERNAL_IP);
+    add_local_address("192.0.2.11");
+    external_server(&mesh, 80, "light");
+    external_server_at(&mesh, "192.0.2.11", 80, "heavy");
+    mesh.cfg.write(
+        "se.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api}
+spec:
+  hosts: [api.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  endpoints: [{address: 192.0.2.10, weight: 1}, {address: 192.0.2.11, weight: 3}]
+",
+    );
+    mesh.wait_loaded(2);
+    let sidecar = mesh.sidecar();
+    let n = 400;
+    let counts = e2e::tally(&format!("http://{EXTERNAL_IP}/"), "api.example.com", &[], n);
+    let heavy = counts.get("heavy").copied().unwrap_or(0);
+    assert_eq!(
+        heavy + counts.get("light").copied().unwrap_or(0),
+        n,
+        "{counts:?}"
+    );
+    e2e::assert_binomial(heavy, n, 0.75, "the endpoint weighted 3 of 4");
+    assert_eq!(sidecar.rejected(), 0);
 }

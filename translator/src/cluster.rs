@@ -404,11 +404,16 @@ fn service_clusters(
                             .collect()
                     })
                     .filter(|a: &Vec<bool>| a.contains(&true));
-            let identity = (policy.istio_mutual() || auto.is_some()).then(|| IstioTls {
-                sni: istio_sni(port.port, subset, &svc.hostname),
-                sans: identities(&snap.mesh, svc, &endpoints),
-                auto,
-            });
+            // A ServiceEntry's identities also stand in for the SANs a
+            // rule's SIMPLE or MUTUAL settings leave out (Istio's
+            // `constructUpstreamTLS`).
+            let entry_tls = !svc.kubernetes && policy.originates_tls();
+            let identity =
+                (policy.istio_mutual() || auto.is_some() || entry_tls).then(|| IstioTls {
+                    sni: istio_sni(port.port, subset, &svc.hostname),
+                    sans: identities(&snap.mesh, svc, &endpoints),
+                    auto,
+                });
             let auto = identity.as_ref().filter(|i| i.auto.is_some());
             let http2 = matches!(port.protocol, Protocol::Http2 | Protocol::Grpc);
             if svc.resolution == ServiceResolution::Static
@@ -542,10 +547,15 @@ fn identities(
         .collect();
     accounts.sort_unstable();
     accounts.dedup();
-    mesh.trust_domains()
+    let spiffe = mesh
+        .trust_domains()
         .flat_map(|td| accounts.iter().map(move |sa| (td, sa)))
         // Written out rather than `format!`: per cluster of every service.
-        .map(|(td, sa)| ["spiffe://", td, "/ns/", &svc.namespace, "/sa/", sa].concat())
+        .map(|(td, sa)| ["spiffe://", td, "/ns/", &svc.namespace, "/sa/", sa].concat());
+    svc.subject_alt_names
+        .iter()
+        .cloned()
+        .chain(spiffe)
         .collect()
 }
 
@@ -565,12 +575,13 @@ struct Group<'a> {
     /// `region/zone/subzone`.
     locality: &'a str,
     priority: u32,
-    /// `load_balancing_weight`: the plan's, or the group's endpoint count.
+    /// `load_balancing_weight`: the plan's, or the sum of its endpoints'
+    /// weights (their count when none is weighted).
     weight: u32,
-    /// Each endpoint's address, target port and whether it takes Istio
+    /// Each endpoint's address, target port, whether it takes Istio
     /// mTLS (auto mTLS: `tlsMode: istio` in its transport socket match
-    /// metadata).
-    endpoints: Vec<(&'a str, u32, bool)>,
+    /// metadata) and its weight.
+    endpoints: Vec<(&'a str, u32, bool, u32)>,
 }
 
 /// The endpoints on `port`, grouped by locality, each locality with its
@@ -617,7 +628,9 @@ fn assignment<'a>(
         };
         if let Some(group) = groups.get_mut(at) {
             let tls = mtls.is_some_and(|m| m.get(i) == Some(&true));
-            group.endpoints.push((ep.address.as_str(), target, tls));
+            group
+                .endpoints
+                .push((ep.address.as_str(), target, tls, ep.weight));
         }
     }
     groups.retain_mut(|g| {
@@ -625,7 +638,11 @@ fn assignment<'a>(
             .and_then(|p| p.by_locality.get(g.locality).copied())
             .unwrap_or((0, None));
         g.priority = priority;
-        g.weight = weight.unwrap_or_else(|| u32::try_from(g.endpoints.len()).unwrap_or(u32::MAX));
+        g.weight = weight.unwrap_or_else(|| {
+            g.endpoints
+                .iter()
+                .fold(0u32, |sum, e| sum.saturating_add(e.3))
+        });
         weight != Some(0)
     });
     Assignment { name, groups }
@@ -672,14 +689,14 @@ impl Assignment<'_> {
                     lb_endpoints: g
                         .endpoints
                         .iter()
-                        .map(|&(address, port, tls)| LbEndpoint {
+                        .map(|&(address, port, tls, weight)| LbEndpoint {
                             host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(
                                 EnvoyEndpoint {
                                     address: Some(socket_address(address, port)),
                                     ..Default::default()
                                 },
                             )),
-                            load_balancing_weight: Some(UInt32Value { value: 1 }),
+                            load_balancing_weight: Some(UInt32Value { value: weight }),
                             metadata: tls.then(tls_mode_metadata),
                             ..Default::default()
                         })
@@ -700,20 +717,21 @@ impl Assignment<'_> {
     /// order (`ClusterLoadAssignment`: `cluster_name` 1, `endpoints` 2;
     /// `LocalityLbEndpoints`: `locality` 1, `lb_endpoints` 2,
     /// `load_balancing_weight` 3, `priority` 5; `LbEndpoint`: `endpoint` 1,
-    /// `metadata` 3, `load_balancing_weight` 4; `Endpoint`: `address` 1;
+    /// `metadata` 3, `load_balancing_weight` 4 (a `UInt32Value`: `value`
+    /// 1); `Endpoint`: `address` 1;
     /// `Address`: `socket_address` 1; `SocketAddress`: `address` 2,
     /// `port_value` 3, written even when 0 as a oneof member).
     fn encode(&self) -> Encoded {
         use prost::encoding::encoded_len_varint as vlen;
         // Lengths of the nested messages, innermost first.
         let socket_len = |address: &str, port: u32| string_len(address) + 1 + vlen(u64::from(port));
-        let endpoint_len = |address: &str, port: u32, tls: bool| {
+        let endpoint_len = |address: &str, port: u32, tls: bool, weight: u32| {
             let socket = socket_len(address, port);
             let addr = nested_len(socket);
             let endpoint = nested_len(addr);
             nested_len(endpoint)
                 + if tls { TLS_MODE_ISTIO_FIELD.len() } else { 0 }
-                + WEIGHT_ONE_FIELD.len()
+                + nested_len(uint32_len(weight))
         };
         let locality_len = |l: &str| {
             let mut parts = l.split('/');
@@ -725,7 +743,7 @@ impl Assignment<'_> {
             nested_len(locality_len(g.locality))
                 + g.endpoints
                     .iter()
-                    .map(|&(a, p, t)| nested_len(endpoint_len(a, p, t)))
+                    .map(|&(a, p, t, w)| nested_len(endpoint_len(a, p, t, w)))
                     .sum::<usize>()
                 + nested_len(uint32_len(g.weight))
                 + if g.priority == 0 {
@@ -749,8 +767,8 @@ impl Assignment<'_> {
                 for tag in 1..=3 {
                     put_string(b, tag, parts.next().unwrap_or_default());
                 }
-                for &(address, port, tls) in &g.endpoints {
-                    put_head(b, 2, endpoint_len(address, port, tls));
+                for &(address, port, tls, weight) in &g.endpoints {
+                    put_head(b, 2, endpoint_len(address, port, tls, weight));
                     let socket = socket_len(address, port);
                     let addr = nested_len(socket);
                     put_head(b, 1, nested_len(addr)); // LbEndpoint.endpoint
@@ -762,7 +780,13 @@ impl Assignment<'_> {
                     if tls {
                         b.extend_from_slice(&TLS_MODE_ISTIO_FIELD);
                     }
-                    b.extend_from_slice(&WEIGHT_ONE_FIELD);
+                    if weight == 1 {
+                        b.extend_from_slice(&WEIGHT_ONE_FIELD);
+                    } else {
+                        put_head(b, 4, uint32_len(weight));
+                        put_key(b, 1, WireType::Varint);
+                        put_varint(b, u64::from(weight));
+                    }
                 }
                 put_head(b, 3, uint32_len(g.weight));
                 if g.weight != 0 {
@@ -908,11 +932,15 @@ mod tests {
     #[test]
     fn written_assignments_are_prosts_encoding_of_the_message() {
         let port = http_port();
+        let weighted = |mut e: Endpoint, weight| {
+            e.weight = weight;
+            e
+        };
         let eps = [
             endpoint("10.0.0.1", "r/b"),
-            endpoint("10.0.0.2", "r/a/s"),
+            weighted(endpoint("10.0.0.2", "r/a/s"), 3),
             endpoint("10.0.0.3", ""),
-            endpoint("", "r/b"),
+            weighted(endpoint("", "r/b"), 300),
             endpoint("10.0.0.5", "r/c"),
         ];
         let refs: Vec<&Endpoint> = eps.iter().collect();
@@ -932,6 +960,32 @@ mod tests {
             let want = encode(ENDPOINT_TYPE, &name, &a.build());
             assert!(a.encode() == want, "plan {plan:?}, mtls {mtls:?}");
         }
+        // Without a plan a locality weighs what its endpoints weigh.
+        let built = assignment(&name, &port, &refs, None, None).build();
+        let weights: Vec<(String, u32, Vec<u32>)> = built
+            .endpoints
+            .iter()
+            .map(|g| {
+                let l = g.locality.clone().unwrap();
+                (
+                    format!("{}/{}", l.region, l.zone),
+                    g.load_balancing_weight.unwrap().value,
+                    g.lb_endpoints
+                        .iter()
+                        .map(|e| e.load_balancing_weight.unwrap().value)
+                        .collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            weights,
+            [
+                ("/".to_owned(), 1, vec![1]),
+                ("r/a".to_owned(), 3, vec![3]),
+                ("r/b".to_owned(), 301, vec![1, 300]),
+                ("r/c".to_owned(), 1, vec![1]),
+            ]
+        );
     }
 
     /// A plain cluster is what the general builder makes of a service
@@ -952,6 +1006,7 @@ mod tests {
             kubernetes: true,
             external: false,
             export_to: vec![],
+            subject_alt_names: vec![],
         };
         let identity = IstioTls {
             sni: "outbound_.80_._.a.ns.svc.cluster.local".into(),

@@ -115,6 +115,11 @@ pub struct Endpoint {
     /// WorkloadEntry's `serviceAccount`): its identity is
     /// `spiffe://<trust-domain>/ns/<namespace>/sa/<account>`.
     pub service_account: Option<String>,
+    /// Its share of the service's traffic against the others' (Envoy's
+    /// `LbEndpoint.load_balancing_weight`, at least 1): a ServiceEntry
+    /// endpoint's or WorkloadEntry's `weight`, 1 when unset or 0 (as
+    /// Istio); 1 for pods.
+    pub weight: u32,
     /// [`Endpoint::in_mesh`], read from `labels` once, in [`Endpoint::new`]:
     /// it is asked for each endpoint of each cluster a proxy gets, and the
     /// label lookup was ~5 % of a snapshot's first config key.
@@ -160,6 +165,11 @@ pub struct Service {
     /// `exportTo` (ServiceEntry field, or the Service's
     /// `networking.istio.io/exportTo` annotation); empty means everywhere.
     pub export_to: Vec<String>,
+    /// ServiceEntry `subjectAltNames`: the identities its servers may
+    /// present, besides its endpoints' service accounts (the SANs checked
+    /// under `ISTIO_MUTUAL`, and under `SIMPLE` / `MUTUAL` when the
+    /// DestinationRule names none). Empty for Kubernetes services.
+    pub subject_alt_names: Vec<String>,
 }
 
 /// The pod label that marks a workload as having an Istio sidecar (set
@@ -187,6 +197,7 @@ impl Endpoint {
             ready,
             locality,
             service_account,
+            weight: 1,
             in_mesh,
         }
     }
@@ -1260,6 +1271,7 @@ impl Snapshot {
                 kubernetes: true,
                 external: false,
                 export_to,
+                subject_alt_names: Vec::new(),
             });
             snap.insert_kubernetes(hostname, service, inputs);
         }
@@ -1672,7 +1684,7 @@ fn service_entry_services(ns: &str, spec: &crds::ServiceEntrySpec) -> Vec<Servic
                 spec.endpoints
                     .iter()
                     .filter_map(|we| {
-                        Some(Endpoint::new(
+                        let mut endpoint = Endpoint::new(
                             we.address.clone()?,
                             Arc::new(
                                 ports
@@ -1689,7 +1701,9 @@ fn service_entry_services(ns: &str, spec: &crds::ServiceEntrySpec) -> Vec<Servic
                             true,
                             we.locality.clone().unwrap_or_default(),
                             we.service_account.clone(),
-                        ))
+                        );
+                        endpoint.weight = we.weight.filter(|w| *w > 0).unwrap_or(1);
+                        Some(endpoint)
                     })
                     .collect()
             };
@@ -1704,6 +1718,7 @@ fn service_entry_services(ns: &str, spec: &crds::ServiceEntrySpec) -> Vec<Servic
                 kubernetes: false,
                 external: spec.location != Some(Location::MeshInternal),
                 export_to: spec.export_to.clone(),
+                subject_alt_names: spec.subject_alt_names.clone(),
             }
         })
         .collect()

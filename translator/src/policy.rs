@@ -404,6 +404,13 @@ impl Effective {
         self.tls.as_ref().and_then(|t| t.mode) == Some(ClientTlsMode::IstioMutual)
     }
 
+    /// Whether the client TLS settings originate `SIMPLE` or `MUTUAL` TLS.
+    pub fn originates_tls(&self) -> bool {
+        self.tls
+            .as_ref()
+            .is_some_and(|t| matches!(t.mode, Some(ClientTlsMode::Simple | ClientTlsMode::Mutual)))
+    }
+
     /// Whether the client TLS settings name a `credentialName` Secret for
     /// `SIMPLE` or `MUTUAL` origination.
     pub fn uses_credential(&self) -> bool {
@@ -442,6 +449,11 @@ impl Effective {
             specifier: Some(data_source::Specifier::Filename(p.clone())),
             ..Default::default()
         };
+        // The server's SANs: the rule's, else a ServiceEntry's identities.
+        let sans = match istio {
+            Some(i) if tls.subject_alt_names.is_empty() => &i.sans,
+            _ => &tls.subject_alt_names,
+        };
         let mut common = CommonTlsContext::default();
         if let Some(cred) = &tls.credential_name {
             // A gateway's origination with a Secret's certificates, which
@@ -458,9 +470,7 @@ impl Effective {
                     common_tls_context::ValidationContextType::CombinedValidationContext(
                         common_tls_context::CombinedCertificateValidationContext {
                             default_validation_context: Some(CertificateValidationContext {
-                                match_typed_subject_alt_names: any_san_matchers(
-                                    &tls.subject_alt_names,
-                                ),
+                                match_typed_subject_alt_names: any_san_matchers(sans),
                                 ..Default::default()
                             }),
                             validation_context_sds_secret_config: Some(ads_secret(ca)),
@@ -487,7 +497,7 @@ impl Effective {
                     CertificateValidationContext {
                         trusted_ca: tls.ca_certificates.as_ref().map(file),
                         crl: tls.ca_crl.as_ref().map(file),
-                        match_typed_subject_alt_names: any_san_matchers(&tls.subject_alt_names),
+                        match_typed_subject_alt_names: any_san_matchers(sans),
                         ..Default::default()
                     },
                 ),

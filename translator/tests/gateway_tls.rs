@@ -1,6 +1,7 @@
-//! A gateway's own TLS: `ISTIO_MUTUAL` and terminated `TLS` servers, client
-//! `subjectAltNames`, and the DestinationRule `credentialName` with which
-//! an egress gateway originates TLS (and which a sidecar does not get).
+//! TLS settings: a gateway's `ISTIO_MUTUAL` and terminated `TLS` servers,
+//! client `subjectAltNames`, the DestinationRule `credentialName` with
+//! which an egress gateway originates TLS (and which a sidecar does not
+//! get), and the identities a ServiceEntry declares for its servers.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
 
@@ -394,5 +395,82 @@ spec:
         err.to_string()
             .contains("spec.servers[0].tls.credentialName"),
         "{err}"
+    );
+}
+
+/// A ServiceEntry's `subjectAltNames` and its endpoints' service accounts
+/// are the identities checked when a rule originates `SIMPLE` TLS without
+/// SANs of its own, and under `ISTIO_MUTUAL`; a rule's own SANs win.
+#[test]
+fn service_entry_identities_stand_in_for_missing_subject_alt_names() {
+    let entry = "
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: vm, namespace: default}
+spec:
+  hosts: [vm.example.com]
+  ports: [{number: 443, name: https, protocol: HTTPS}, {number: 8443, name: tls, protocol: TLS}]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  subjectAltNames: [vm.example.com]
+  endpoints: [{address: 10.1.0.1, serviceAccount: vm-app}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: vm, namespace: default}
+spec:
+  host: vm.example.com
+  trafficPolicy:
+    tls: {mode: SIMPLE, caCertificates: /etc/ca.pem}
+    portLevelSettings:
+    - port: {number: 8443}
+      tls: {mode: ISTIO_MUTUAL}
+";
+    let sans = |snap: &Snapshot, cluster_name: &str| -> Vec<String> {
+        let out = generate(snap, &sidecar());
+        let tls = upstream(cluster(&out, cluster_name)).unwrap();
+        let common = tls.common_tls_context.unwrap();
+        let matchers = match common.validation_context_type.unwrap() {
+            common_tls_context::ValidationContextType::ValidationContext(v) => {
+                v.match_typed_subject_alt_names
+            }
+            common_tls_context::ValidationContextType::CombinedValidationContext(c) => {
+                c.default_validation_context
+                    .unwrap()
+                    .match_typed_subject_alt_names
+            }
+            other => panic!("{other:?}"),
+        };
+        let mut names: Vec<String> = matchers
+            .into_iter()
+            .filter_map(|m| match m.matcher?.match_pattern? {
+                envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern::Exact(e) => Some(e),
+                _ => None,
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    };
+    let vm_app = "spiffe://cluster.local/ns/default/sa/vm-app";
+    let snap = snapshot(entry);
+    assert_eq!(
+        sans(&snap, "outbound|443||vm.example.com"),
+        [
+            "spiffe://cluster.local/ns/default/sa/vm-app",
+            "vm.example.com"
+        ]
+    );
+    assert_eq!(
+        sans(&snap, "outbound|8443||vm.example.com"),
+        [vm_app, "vm.example.com"]
+    );
+    let own = snapshot(&entry.replace(
+        "caCertificates: /etc/ca.pem}",
+        "caCertificates: /etc/ca.pem, subjectAltNames: [other.example.com]}",
+    ));
+    assert_eq!(
+        sans(&own, "outbound|443||vm.example.com"),
+        ["other.example.com"]
     );
 }
