@@ -33,12 +33,21 @@ pub struct DestinationRuleSpec {
     /// Namespaces this rule is visible to.
     #[serde(default)]
     pub export_to: Vec<String>,
-    /// Workloads this rule applies to (sidecars only).
+    /// The workloads of the rule's namespace it applies to (their outbound
+    /// traffic), before a rule without one; unset: every workload that sees it.
     #[serde(default)]
     pub workload_selector: Option<MatchLabelSelector>,
 }
 
 impl DestinationRuleSpec {
+    /// Whether some client TLS setting of the rule names a
+    /// `credentialName` Secret.
+    pub fn names_credential(&self) -> bool {
+        self.client_tls()
+            .iter()
+            .any(|(_, t)| t.credential_name.is_some())
+    }
+
     /// Every client TLS setting of the rule, with its field path: the
     /// traffic policy's and its ports', then each subset's and its ports'
     /// (`spec.subsets[1].trafficPolicy.portLevelSettings[0].tls`).

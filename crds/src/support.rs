@@ -33,7 +33,6 @@ pub const NOT_YET: &[(&str, &str)] = &[
     ("DestinationRule", "trafficPolicy.tunnel"),
     ("DestinationRule", "trafficPolicy.proxyProtocol"),
     ("DestinationRule", "trafficPolicy.retryBudget"),
-    ("DestinationRule", "spec.workloadSelector"),
     ("ServiceEntry", "spec.workloadSelector"),
     ("ServiceEntry", "spec.endpoints[].network"),
     ("Gateway", "spec.servers[].bind"),

@@ -447,3 +447,88 @@ spec:
     e2e::assert_binomial(heavy, n, 0.75, "the endpoint weighted 3 of 4");
     assert_eq!(sidecar.rejected(), 0);
 }
+
+/// Istio's "mutual TLS origination for egress traffic", from the sidecar
+/// itself: a DestinationRule whose `workloadSelector` picks productpage
+/// gives its sidecar the client certificate of a `credentialName` Secret
+/// in its namespace; the app's plain HTTP to port 80 leaves as mTLS to the
+/// server's 443 (the ServiceEntry port's `targetPort`). Once the rule picks
+/// another workload, productpage's sidecar no longer has the certificate.
+#[test]
+fn a_selected_sidecar_originates_mutual_tls_with_a_credential_secret() {
+    let mesh = Mesh::start(true, &[]);
+    add_local_address(EXTERNAL_IP);
+    let pki = Pki::new();
+    let (server_cert, server_key) = pki.issue("api.example.com");
+    let (client_cert, client_key) = pki.issue("client.example.com");
+    let _external = TlsServer::start_with(
+        &format!("{EXTERNAL_IP}:443"),
+        &server_cert,
+        &server_key,
+        Some(&pki.ca()),
+    );
+    let rule = |app: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: originate-mtls}}
+spec:
+  host: api.example.com
+  workloadSelector: {{matchLabels: {{app: {app}}}}}
+  trafficPolicy:
+    portLevelSettings:
+    - port: {{number: 80}}
+      tls: {{mode: MUTUAL, credentialName: client-credential, sni: api.example.com}}
+"
+        )
+    };
+    mesh.cfg.write(
+        "entry.yaml",
+        &(tls_secret(
+            "default",
+            "client-credential",
+            &client_cert,
+            &client_key,
+            &pki.ca(),
+        ) + "
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api}
+spec:
+  hosts: [api.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP, targetPort: 443}]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  endpoints: [{address: 192.0.2.10}]
+"),
+    );
+    mesh.wait_loaded(2);
+    mesh.cfg.write("rule.yaml", &rule("productpage"));
+    mesh.wait_loaded(3);
+    let sidecar = mesh.sidecar();
+    let call = || {
+        http_request(
+            &format!("http://{EXTERNAL_IP}/"),
+            &[("host", "api.example.com")],
+        )
+        .unwrap()
+    };
+    let r = call();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(client_cert_dns_names(&r.body), ["client.example.com"]);
+    assert!(sidecar.stat("cluster.outbound|80||api.example.com.ssl.handshake") >= 1);
+
+    mesh.apply(&[&sidecar], "rule.yaml", &rule("someone-else"));
+    let seen = std::cell::RefCell::new(Vec::new());
+    e2e::eventually(
+        Duration::from_secs(5),
+        || {
+            let status = call().status;
+            seen.borrow_mut().push(status);
+            (status != 200).then_some(())
+        },
+        || format!("{:?}", seen.borrow()),
+    );
+    assert_eq!(sidecar.rejected(), 0);
+}

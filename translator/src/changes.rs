@@ -43,6 +43,10 @@ pub struct ChangeSet {
     pub mesh: bool,
     /// A Secret changed.
     pub secrets: bool,
+    /// Namespaces of DestinationRules whose `workloadSelector` picks
+    /// sidecars that get `credentialName` Secrets (a Secret change
+    /// regenerates them, as it does every gateway).
+    pub credential_namespaces: BTreeSet<String>,
     /// The mesh config's `rootNamespace` (a Sidecar there is mesh-wide).
     pub root_namespace: String,
 }
@@ -88,6 +92,14 @@ impl ChangeSet {
             c.configs
                 .push((cfg.namespace.clone(), cfg.spec.export_to.clone()))
         });
+        if c.secrets {
+            c.credential_namespaces = [old, new]
+                .iter()
+                .flat_map(|snap| &snap.destination_rules)
+                .filter(|dr| dr.spec.workload_selector.is_some() && dr.spec.names_credential())
+                .map(|dr| dr.namespace.clone())
+                .collect();
+        }
         diff(&old.destination_rules, &new.destination_rules, |cfg| {
             c.configs
                 .push((cfg.namespace.clone(), cfg.spec.export_to.clone()));
@@ -163,7 +175,7 @@ impl ChangeSet {
                 .configs
                 .iter()
                 .any(|(owner, export)| exported_to(export, owner, ns))
-            || (router && self.secrets)
+            || (self.secrets && (router || self.credential_namespaces.contains(ns)))
             || (router
                 && self.gateway_selectors.iter().any(|sel| {
                     !sel.is_empty() && sel.iter().all(|(k, v)| proxy.labels.get(k) == Some(v))

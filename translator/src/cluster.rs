@@ -74,7 +74,7 @@ fn visible<'a>(
 ) -> impl Iterator<Item = (&'a Arc<Service>, Option<&'a Config<DestinationRuleSpec>>)> + 'a {
     snap.services_for(proxy)
         .filter(move |s| only.is_none_or(|o| o.contains(&s.hostname)))
-        .map(|s| (s, snap.destination_rule(&s.hostname, &proxy.namespace)))
+        .map(|s| (s, snap.destination_rule_for(&s.hostname, proxy)))
 }
 
 /// Clusters and endpoint assignments for every service port and every
@@ -134,19 +134,20 @@ pub(crate) fn build_encoded(
         // A full config reads or fills an entry for every service it sees.
         snap.cluster_memo.reserve(snap.services.len());
     }
-    let sidecar_view = ClusterView {
+    let plain_view = ClusterView {
         locality: proxy.locality.clone(),
-        gateway: false,
+        credentials: false,
     };
-    let gateway_view = (proxy.kind == ProxyKind::Router).then(|| ClusterView {
-        gateway: true,
-        ..sidecar_view.clone()
-    });
+    let credential_view = std::cell::OnceCell::new();
     let built: Vec<_> = visible(snap, proxy, only)
         .map(|(svc, dr)| {
-            let view = match &gateway_view {
-                Some(g) if dr.is_some_and(names_credential) => g,
-                _ => &sidecar_view,
+            let view = if dr.is_some_and(|dr| gets_credentials(proxy, dr)) {
+                credential_view.get_or_init(|| ClusterView {
+                    credentials: true,
+                    ..plain_view.clone()
+                })
+            } else {
+                &plain_view
             };
             snap.cluster_memo.get_or_build(svc, dr, view, || {
                 let count = cluster_count(svc, dr);
@@ -190,17 +191,17 @@ pub(crate) fn build_encoded(
 fn view(proxy: &Proxy, dr: Option<&Config<DestinationRuleSpec>>) -> ClusterView {
     ClusterView {
         locality: proxy.locality.clone(),
-        gateway: proxy.kind == ProxyKind::Router && dr.is_some_and(names_credential),
+        credentials: dr.is_some_and(|dr| gets_credentials(proxy, dr)),
     }
 }
 
-/// Whether some client TLS settings of `dr` (its traffic policy, a
-/// subset's, or a port's in either) name a `credentialName` Secret.
-fn names_credential(dr: &Config<DestinationRuleSpec>) -> bool {
-    dr.spec
-        .client_tls()
-        .iter()
-        .any(|(_, t)| t.credential_name.is_some())
+/// Whether `proxy` gets the `credentialName` Secrets `dr` names (and
+/// originates TLS with them), as istiod: a gateway does, and so does a
+/// workload the rule's `workloadSelector` picks; a sidecar does not get
+/// them from a rule for every workload.
+pub(crate) fn gets_credentials(proxy: &Proxy, dr: &Config<DestinationRuleSpec>) -> bool {
+    (proxy.kind == ProxyKind::Router || dr.spec.workload_selector.is_some())
+        && dr.spec.names_credential()
 }
 
 /// A cluster encoded as a CDS resource, with its auto mTLS match
@@ -349,8 +350,8 @@ fn encode_plain_cluster(name: &str, http2: bool, auto: Option<&IstioTls>) -> Enc
 /// is made from (left for `emit` to add: [`auto_mtls_match`] as a message,
 /// or [`encode_cluster`] writes it).
 /// Nothing else of the proxy is read: [`crate::encoded::ClusterMemo`] keys on
-/// `view`, which also says whether the proxy is a gateway that originates
-/// TLS with a rule's `credentialName` Secret (a sidecar does not:
+/// `view`, which also says whether the proxy originates TLS with a rule's
+/// `credentialName` Secret ([`gets_credentials`]; otherwise
 /// [`Effective::without_credential`]).
 fn service_clusters(
     snap: &Snapshot,
@@ -373,7 +374,7 @@ fn service_clusters(
             let name = cluster_name(port.port, subset, &svc.hostname);
             let mut policy = Effective::resolve(top, subset_policy, port.port)
                 .with_mesh(MeshPool::of(&snap.mesh, port.protocol));
-            if !view.gateway {
+            if !view.credentials {
                 policy = policy.without_credential();
             }
             let endpoints: Vec<&Endpoint> = svc

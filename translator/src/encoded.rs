@@ -164,12 +164,12 @@ struct MemoEntry<D, V> {
 /// What a service's clusters depend on of the proxy besides the rule that
 /// applies: its locality (`region/zone/subzone`, for locality load
 /// balancing) and, only for a rule whose client TLS names a
-/// `credentialName`, whether it is a gateway (which gets the Secret; a
-/// sidecar does not).
+/// `credentialName`, whether the proxy gets that Secret (a gateway, or a
+/// workload the rule selects; see `cluster::gets_credentials`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct ClusterView {
     pub(crate) locality: String,
-    pub(crate) gateway: bool,
+    pub(crate) credentials: bool,
 }
 
 /// Each service's [`ServiceResources`] by [`ClusterView`]: proxies in ten

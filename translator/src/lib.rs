@@ -294,7 +294,12 @@ fn listeners_and_routes<'a>(snap: &'a Snapshot, proxy: &'a Proxy) -> Rest<'a> {
             let (inbound, clusters) = inbound::build(snap, proxy);
             l.push(inbound);
             inbound_clusters = clusters;
-            (l, Routes::Planned(r), Vec::new())
+            // The Secrets of the rules that select this workload.
+            let mut secrets = std::collections::BTreeMap::new();
+            if snap.has_selecting_rules() {
+                listener::client_credentials(snap, proxy, &mut secrets, &mut warnings);
+            }
+            (l, Routes::Planned(r), secrets.into_values().collect())
         }
         ProxyKind::Router => {
             let (l, r, s) = listener::gateway(snap, proxy, &mut warnings);

@@ -413,7 +413,7 @@ impl RoutePlan<'_> {
                 HostRoutes::Own(start..own.len())
             }
             None => {
-                let rule = snap.destination_rule(&h.service.hostname, &proxy.namespace);
+                let rule = snap.destination_rule_for(&h.service.hostname, proxy);
                 HostRoutes::Memoised(snap.route_memo.get_or_build(
                     h.service,
                     rule,
@@ -1059,14 +1059,16 @@ pub(crate) fn gateway(
 }
 
 /// The SDS secrets of the `credentialName`s in the client TLS settings of
-/// the DestinationRules a gateway sees (Istio's egress gateway TLS and
-/// mTLS origination): `kubernetes://<name>` for `MUTUAL` (the Secret's
-/// `tls.crt` and `tls.key`), `kubernetes://<name>-cacert` unless
-/// `insecureSkipVerify` (its `ca.crt`, or a `<name>-cacert` Secret's). The
-/// Secret is looked for in the gateway's namespace, as istiod allows; one
-/// missing, or without what the mode needs, is reported on the rule's field
-/// (the cluster then waits 15 s for it, then fails its handshakes).
-fn client_credentials(
+/// the DestinationRules whose Secrets `proxy` gets: those a gateway sees
+/// (Istio's egress gateway TLS and mTLS origination), and those whose
+/// `workloadSelector` picks the proxy. `kubernetes://<name>` for `MUTUAL`
+/// (the Secret's `tls.crt` and `tls.key`), `kubernetes://<name>-cacert`
+/// unless `insecureSkipVerify` (its `ca.crt`, or a `<name>-cacert`
+/// Secret's). The Secret is looked for in the proxy's namespace, as istiod
+/// allows; one missing, or without what the mode needs, is reported on the
+/// rule's field (the cluster then waits 15 s for it, then fails its
+/// handshakes).
+pub(crate) fn client_credentials(
     snap: &Snapshot,
     proxy: &Proxy,
     secrets: &mut BTreeMap<String, Secret>,
@@ -1079,7 +1081,20 @@ fn client_credentials(
             .map(|s| s.as_ref())
     };
     for dr in &snap.destination_rules {
-        if !exported_to(&dr.spec.export_to, &dr.namespace, &proxy.namespace) {
+        let applies = match &dr.spec.workload_selector {
+            Some(selector) => {
+                dr.namespace == proxy.namespace
+                    && selector
+                        .match_labels
+                        .iter()
+                        .all(|(k, v)| proxy.labels.get(k) == Some(v))
+            }
+            None => {
+                proxy.kind == crate::model::ProxyKind::Router
+                    && exported_to(&dr.spec.export_to, &dr.namespace, &proxy.namespace)
+            }
+        };
+        if !applies {
             continue;
         }
         for (at, tls) in dr.spec.client_tls() {
@@ -1100,7 +1115,7 @@ fn client_credentials(
             };
             let Some(secret) = lookup(cred) else {
                 report(format!(
-                    "Secret {cred:?} not found in the gateway's namespace {}",
+                    "Secret {cred:?} not found in the proxy's namespace {}",
                     proxy.namespace
                 ));
                 continue;

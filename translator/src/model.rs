@@ -740,6 +740,8 @@ pub struct Snapshot {
     /// DestinationRules with a wildcard host: the host after its `*`, and
     /// the rule's position (checked for a hostname without its own rule).
     dr_wildcard: Vec<(String, usize)>,
+    /// How many DestinationRules have a `workloadSelector`.
+    selecting_rules: usize,
     /// The ports each workload address serves, from the services whose
     /// endpoints it is (see [`Snapshot::inbound_ports`]).
     inbound: HashMap<String, Vec<InboundPort>>,
@@ -1345,6 +1347,12 @@ impl Snapshot {
             snap.label_keys.extend(gw.spec.selector.keys().cloned());
         }
         for (i, dr) in snap.destination_rules.iter().enumerate() {
+            if let Some(selector) = &dr.spec.workload_selector {
+                // Proxies that differ in these labels may get other rules.
+                snap.label_keys
+                    .extend(selector.match_labels.keys().cloned());
+                snap.selecting_rules += 1;
+            }
             let host = snap.resolve_host(&dr.spec.host, &dr.namespace).into_owned();
             if let Some(suffix) = host.strip_prefix('*') {
                 snap.dr_wildcard.push((suffix.to_owned(), i));
@@ -1609,20 +1617,70 @@ impl Snapshot {
         }
     }
 
-    /// The DestinationRule for a hostname seen from namespace `ns`: one in
-    /// `ns` first, then any other exported to `ns` (Istio's lookup order).
+    /// Whether some DestinationRule has a `workloadSelector`.
+    pub fn has_selecting_rules(&self) -> bool {
+        self.selecting_rules > 0
+    }
+
+    /// The DestinationRule for a hostname seen by `proxy`: as Istio's
+    /// sidecar scope picks it, first a rule of the proxy's namespace whose
+    /// `workloadSelector` its labels match (an exact host before a
+    /// wildcard, then in config order), else
+    /// [`Snapshot::destination_rule`].
+    pub fn destination_rule_for(
+        &self,
+        hostname: &str,
+        proxy: &Proxy,
+    ) -> Option<&Config<DestinationRuleSpec>> {
+        // The common case: no rule has a selector.
+        if self.selecting_rules == 0 {
+            return self.destination_rule(hostname, &proxy.namespace);
+        }
+        let selects = |dr: &&Config<DestinationRuleSpec>| {
+            dr.namespace == proxy.namespace
+                && dr.spec.workload_selector.as_ref().is_some_and(|s| {
+                    s.match_labels
+                        .iter()
+                        .all(|(k, v)| proxy.labels.get(k) == Some(v))
+                })
+        };
+        let exact = self
+            .dr_by_host
+            .get(hostname)
+            .into_iter()
+            .flatten()
+            .filter_map(|i| self.destination_rules.get(*i))
+            .find(selects);
+        exact
+            .or_else(|| {
+                self.dr_wildcard
+                    .iter()
+                    .filter(|(suffix, _)| hostname.ends_with(suffix.as_str()))
+                    .filter_map(|(_, i)| self.destination_rules.get(*i))
+                    .find(selects)
+            })
+            .or_else(|| self.destination_rule(hostname, &proxy.namespace))
+    }
+
+    /// The DestinationRule for a hostname seen from namespace `ns`, of
+    /// those without a `workloadSelector`: one in `ns` first, then any
+    /// other exported to `ns` (Istio's lookup order).
     pub fn destination_rule(
         &self,
         hostname: &str,
         ns: &str,
     ) -> Option<&Config<DestinationRuleSpec>> {
+        let catch_all = |dr: &Config<DestinationRuleSpec>| {
+            dr.spec.workload_selector.is_none()
+                && exported_to(&dr.spec.export_to, &dr.namespace, ns)
+        };
         let candidates = || {
             self.dr_by_host
                 .get(hostname)
                 .into_iter()
                 .flatten()
                 .filter_map(|i| self.destination_rules.get(*i))
-                .filter(|dr| exported_to(&dr.spec.export_to, &dr.namespace, ns))
+                .filter(|dr| catch_all(dr))
         };
         let exact = candidates()
             .find(|dr| dr.namespace == ns)
@@ -1638,7 +1696,7 @@ impl Snapshot {
             .rev()
             .filter(|(suffix, _)| hostname.ends_with(suffix.as_str()))
             .filter_map(|(suffix, i)| Some((suffix.len(), self.destination_rules.get(*i)?)))
-            .filter(|(_, dr)| exported_to(&dr.spec.export_to, &dr.namespace, ns))
+            .filter(|(_, dr)| catch_all(dr))
             .max_by_key(|(len, dr)| (*len, dr.namespace == ns))
             .map(|(_, dr)| dr)
     }
@@ -1663,6 +1721,14 @@ fn service_entry_services(ns: &str, spec: &crds::ServiceEntrySpec) -> Vec<Servic
             }
         })
         .collect();
+    // Where the endpoints receive each port: its `targetPort`, else its
+    // number (an endpoint's own `ports` entry wins over both).
+    let targets: Vec<(String, u32)> = spec
+        .ports
+        .iter()
+        .zip(&ports)
+        .map(|(p, sp)| (sp.name.clone(), p.target_port.unwrap_or(p.number)))
+        .collect();
     spec.hosts
         .iter()
         .map(|host| {
@@ -1674,7 +1740,7 @@ fn service_entry_services(ns: &str, spec: &crds::ServiceEntrySpec) -> Vec<Servic
                 // DNS entries without endpoints resolve the host itself.
                 vec![Endpoint::new(
                     host.clone(),
-                    Arc::new(ports.iter().map(|p| (p.name.clone(), p.port)).collect()),
+                    Arc::new(targets.iter().cloned().collect()),
                     Arc::default(),
                     true,
                     String::new(),
@@ -1687,12 +1753,12 @@ fn service_entry_services(ns: &str, spec: &crds::ServiceEntrySpec) -> Vec<Servic
                         let mut endpoint = Endpoint::new(
                             we.address.clone()?,
                             Arc::new(
-                                ports
+                                targets
                                     .iter()
-                                    .map(|p| {
+                                    .map(|(name, target)| {
                                         (
-                                            p.name.clone(),
-                                            we.ports.get(&p.name).copied().unwrap_or(p.port),
+                                            name.clone(),
+                                            we.ports.get(name).copied().unwrap_or(*target),
                                         )
                                     })
                                     .collect(),

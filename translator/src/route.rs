@@ -748,7 +748,7 @@ fn check_subsets(
         let host = ctx.snap.resolve_host(&d.host, &vs.namespace);
         let defined = ctx
             .snap
-            .destination_rule(&host, &ctx.proxy.namespace)
+            .destination_rule_for(&host, ctx.proxy)
             .is_some_and(|dr| dr.spec.subsets.iter().any(|s| &s.name == subset));
         if !defined {
             let f = match at {
@@ -802,7 +802,7 @@ fn consistent_hash_for(
     subset: Option<&str>,
     port: u32,
 ) -> Option<HashPolicy> {
-    let dr = ctx.snap.destination_rule(hostname, &ctx.proxy.namespace)?;
+    let dr = ctx.snap.destination_rule_for(hostname, ctx.proxy)?;
     let subset = subset
         .and_then(|s| dr.spec.subsets.iter().find(|x| x.name == s))
         .and_then(|s| s.traffic_policy.as_ref());

@@ -474,3 +474,79 @@ spec:
         ["other.example.com"]
     );
 }
+
+/// Istio's "mutual TLS origination for egress traffic": a rule with a
+/// `workloadSelector` gives the sidecars it picks the `credentialName`
+/// Secret of their namespace; other sidecars get neither the Secret nor
+/// TLS. A change of a Secret regenerates the picked namespace's sidecars.
+#[test]
+fn a_workload_selector_gives_sidecars_a_credential_secret() {
+    let rule = "
+apiVersion: v1
+kind: Secret
+metadata: {name: client-credential, namespace: default}
+stringData: {tls.crt: CERT, tls.key: KEY, ca.crt: CA}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: originate, namespace: default}
+spec:
+  host: api.example.com
+  workloadSelector: {matchLabels: {app: curl}}
+  trafficPolicy:
+    portLevelSettings:
+    - port: {number: 443}
+      tls: {mode: MUTUAL, credentialName: client-credential}
+";
+    let snap = snapshot(rule);
+    let labelled = |app: &str| {
+        Proxy::from_node_id(
+            "sidecar~10.244.0.11~client.default~default.svc.cluster.local",
+            None,
+            [("app".to_owned(), app.to_owned())].into(),
+        )
+        .unwrap()
+    };
+    let out = generate(&snap, &labelled("curl"));
+    assert!(out.warnings.is_empty(), "{:?}", out.warnings);
+    let tls = upstream(cluster(&out, "outbound|443||api.example.com")).unwrap();
+    let (certs, ca, _) = sds_names(tls.common_tls_context.as_ref().unwrap());
+    assert_eq!(certs, ["kubernetes://client-credential"]);
+    assert_eq!(ca, "kubernetes://client-credential-cacert");
+    let mut names: Vec<&str> = out.secrets.iter().map(|s| s.name.as_str()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "kubernetes://client-credential",
+            "kubernetes://client-credential-cacert"
+        ]
+    );
+    let other = generate(&snap, &labelled("other"));
+    assert!(upstream(cluster(&other, "outbound|443||api.example.com")).is_none());
+    assert!(other.secrets.is_empty());
+
+    // A new certificate in the Secret reaches the picked namespace's
+    // sidecars (and the gateways), not the others'.
+    let rotated = snapshot(&rule.replace("tls.crt: CERT", "tls.crt: CERT2"));
+    let changes = translator::changes::ChangeSet::between(&snap, &rotated);
+    assert_eq!(
+        changes.effect(&labelled("other")),
+        translator::changes::Effect::Full,
+        "the whole namespace: the sidecars' labels are not read here"
+    );
+    assert_eq!(
+        changes.effect(&egress_gateway()),
+        translator::changes::Effect::Full
+    );
+    let elsewhere = Proxy::from_node_id(
+        "sidecar~10.244.1.11~client.other~other.svc.cluster.local",
+        None,
+        Default::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        changes.effect(&elsewhere),
+        translator::changes::Effect::Nothing
+    );
+}

@@ -1547,3 +1547,102 @@ spec:
     };
     assert_eq!(h2.max_concurrent_streams.unwrap().value, 5);
 }
+
+/// A DestinationRule's `workloadSelector`: the workloads of its namespace
+/// it picks use it for their outbound traffic, before the rule for every
+/// workload; others (and other namespaces) keep that one. The encoded
+/// path, whose memos key on the rule, agrees, and the selector's label
+/// keys tell proxies' configs apart.
+#[test]
+fn workload_selectors_pick_a_destination_rule_per_workload() {
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::LbPolicy;
+    let rules = "
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews-for-canary, namespace: default}
+spec:
+  host: reviews
+  workloadSelector: {matchLabels: {track: canary}}
+  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: default}
+spec:
+  host: reviews
+  trafficPolicy: {loadBalancer: {simple: RANDOM}}
+";
+    let snap = mesh(rules, MeshConfig::default());
+    assert!(snap.label_keys.contains("track"));
+    let other_ns = Proxy::from_node_id(
+        "sidecar~10.244.0.30~client.other~other.svc.cluster.local",
+        None,
+        [("track".to_owned(), "canary".to_owned())].into(),
+    )
+    .unwrap();
+    let proxies = [
+        (sidecar(&[("track", "canary")]), LbPolicy::RoundRobin),
+        (sidecar(&[("track", "stable")]), LbPolicy::Random),
+        (other_ns, LbPolicy::Random),
+    ];
+    let reviews = "outbound|9080||reviews.default.svc.cluster.local";
+    // Each in turn through the memoised path, then as messages.
+    for (proxy, want) in &proxies {
+        let encoded = translator::generate_encoded(&snap, proxy);
+        let (_, _, bytes) = encoded
+            .clusters
+            .iter()
+            .find(|(n, ..)| &**n == reviews)
+            .unwrap();
+        let any = envoy_types::pb::google::protobuf::Any::decode(bytes.as_ref()).unwrap();
+        let c = envoy_types::pb::envoy::config::cluster::v3::Cluster::decode(any.value.as_slice())
+            .unwrap();
+        assert_eq!(c.lb_policy, *want as i32, "{}", proxy.id);
+        let out = generate(&snap, proxy);
+        assert_eq!(cluster(&out, reviews).lb_policy, *want as i32);
+    }
+}
+
+/// ServiceEntry `ports[].targetPort`: the endpoints receive the port there
+/// (an endpoint's own `ports` entry wins).
+#[test]
+fn service_entry_target_ports_are_the_endpoints_ports() {
+    use envoy_types::pb::envoy::config::core::v3::{address, socket_address};
+    use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint;
+    let entry = "
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api, namespace: default}
+spec:
+  hosts: [api.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP, targetPort: 443}]
+  resolution: STATIC
+  endpoints: [{address: 192.0.2.10}, {address: 192.0.2.11, ports: {http: 8443}}]
+";
+    let out = generate(&mesh(entry, MeshConfig::default()), &sidecar(&[]));
+    let cla = out
+        .endpoints
+        .iter()
+        .find(|c| c.cluster_name == "outbound|80||api.example.com")
+        .unwrap();
+    let ports: Vec<u32> = cla
+        .endpoints
+        .iter()
+        .flat_map(|g| &g.lb_endpoints)
+        .map(|e| {
+            let Some(lb_endpoint::HostIdentifier::Endpoint(ep)) = &e.host_identifier else {
+                panic!()
+            };
+            let Some(address::Address::SocketAddress(sa)) =
+                ep.address.as_ref().unwrap().address.as_ref()
+            else {
+                panic!()
+            };
+            match sa.port_specifier {
+                Some(socket_address::PortSpecifier::PortValue(p)) => p,
+                _ => panic!(),
+            }
+        })
+        .collect();
+    assert_eq!(ports, [443, 8443]);
+}
