@@ -532,3 +532,86 @@ spec:
     );
     assert_eq!(sidecar.rejected(), 0);
 }
+
+/// Istio's TLS origination from the sidecar (`SIMPLE`), and how the server
+/// is verified, as Istio does by default since 1.20: against the rule's
+/// `caCertificates`, else the proxy's system roots (which do not know the
+/// test's CA), and by its certificate's name against the request's host
+/// when the rule sets neither `sni` nor `subjectAltNames`;
+/// `insecureSkipVerify` skips both.
+#[test]
+fn originated_tls_verifies_the_server_by_default() {
+    let mesh = Mesh::start(true, &[]);
+    add_local_address(EXTERNAL_IP);
+    add_local_address("192.0.2.11");
+    let pki = Pki::new();
+    let (cert, key) = pki.issue("api.example.com");
+    // Both servers present api.example.com's certificate; only one is it.
+    let _api = TlsServer::start(&format!("{EXTERNAL_IP}:443"), &cert, &key);
+    let _impostor = TlsServer::start("192.0.2.11:443", &cert, &key);
+    // The CA where the proxy user can read it.
+    let ca = mesh.cfg.path().join("test-ca.pem");
+    std::fs::copy(pki.ca(), &ca).unwrap();
+    let entry = |host: &str, ip: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {host}}}
+spec:
+  hosts: [{host}]
+  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: 443}}]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  endpoints: [{{address: {ip}}}]
+---
+"
+        )
+    };
+    mesh.cfg.write(
+        "entries.yaml",
+        &(entry("api.example.com", EXTERNAL_IP) + &entry("impostor.example.com", "192.0.2.11")),
+    );
+    mesh.wait_loaded(2);
+    let sidecar = mesh.sidecar();
+    let rule = |tls: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: originate-tls}}
+spec:
+  host: '*.example.com'
+  trafficPolicy: {{tls: {{mode: SIMPLE{tls}}}}}
+"
+        )
+    };
+    let status = |host: &str| {
+        http_request(&format!("http://{EXTERNAL_IP}/"), &[("host", host)])
+            .unwrap()
+            .status
+    };
+
+    // No caCertificates: the system roots do not know the test's CA.
+    mesh.apply(&[&sidecar], "rule.yaml", &rule(""));
+    assert_eq!(status("api.example.com"), 503);
+    // The rule's CA: the server is verified, and named as the host asked.
+    mesh.apply(
+        &[&sidecar],
+        "rule.yaml",
+        &rule(&format!(", caCertificates: {}", ca.display())),
+    );
+    assert_eq!(status("api.example.com"), 200);
+    assert_eq!(
+        status("impostor.example.com"),
+        503,
+        "a certificate of another name"
+    );
+    assert!(sidecar.stat("cluster.outbound|80||impostor.example.com.ssl.fail_verify_san") >= 1);
+    // insecureSkipVerify: neither is checked.
+    mesh.apply(
+        &[&sidecar],
+        "rule.yaml",
+        &rule(", insecureSkipVerify: true"),
+    );
+    assert_eq!(status("impostor.example.com"), 200);
+    assert_eq!(sidecar.rejected(), 0);
+}

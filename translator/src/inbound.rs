@@ -479,10 +479,10 @@ fn original_dst_cluster(name: &str, http2: bool) -> Cluster {
     if http2 {
         c.typed_extension_protocol_options.insert(
             UPSTREAM_HTTP_OPTIONS.into(),
-            crate::policy::upstream_http_options(
+            pack_any(crate::policy::upstream_http_options(
                 None,
                 crate::policy::UpstreamProtocol::Http2(Default::default()),
-            ),
+            )),
         );
     }
     c

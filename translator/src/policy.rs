@@ -21,7 +21,8 @@ use envoy_types::pb::envoy::config::cluster::v3::{
 use envoy_types::pb::envoy::config::core::v3::{
     ApiConfigSource, ApiVersion, ConfigSource, DataSource, GrpcService, Http1ProtocolOptions,
     Http2ProtocolOptions, HttpProtocolOptions as CoreHttpOptions, TcpKeepalive, TransportSocket,
-    api_config_source, config_source, data_source, grpc_service, transport_socket,
+    UpstreamHttpProtocolOptions, api_config_source, config_source, data_source, grpc_service,
+    transport_socket,
 };
 use envoy_types::pb::envoy::config::route::v3::route_action::{HashPolicy, hash_policy};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
@@ -337,11 +338,24 @@ impl Effective {
         } else {
             None
         };
-        if common_set || protocol.is_some() {
-            c.typed_extension_protocol_options.insert(
-                UPSTREAM_HTTP_OPTIONS.into(),
-                upstream_http_options(common_set.then_some(common), protocol.unwrap_or_default()),
-            );
+        // Istio's `setAutoSniAndAutoSanValidation`: TLS originated with
+        // neither `sni` nor `subjectAltNames` takes its SNI from the
+        // request's host and checks the server's certificate against it.
+        let auto_sni = self
+            .tls
+            .as_ref()
+            .filter(|t| self.originates_tls() && t.sni.is_none() && t.subject_alt_names.is_empty())
+            .map(|t| UpstreamHttpProtocolOptions {
+                auto_sni: true,
+                auto_san_validation: !t.insecure_skip_verify.unwrap_or(false),
+                ..Default::default()
+            });
+        if common_set || protocol.is_some() || auto_sni.is_some() {
+            let mut options =
+                upstream_http_options(common_set.then_some(common), protocol.unwrap_or_default());
+            options.upstream_http_protocol_options = auto_sni;
+            c.typed_extension_protocol_options
+                .insert(UPSTREAM_HTTP_OPTIONS.into(), pack_any(options));
         }
     }
 
@@ -488,14 +502,18 @@ impl Effective {
                 ..Default::default()
             });
         }
-        if tls.credential_name.is_none()
-            && !tls.insecure_skip_verify.unwrap_or(false)
-            && tls.ca_certificates.is_some()
-        {
+        // The server is verified unless `insecureSkipVerify`: against
+        // `caCertificates`, else the proxy's system roots (Istio's
+        // `VERIFY_CERTIFICATE_AT_CLIENT`, on by default since 1.20).
+        if tls.credential_name.is_none() && !tls.insecure_skip_verify.unwrap_or(false) {
+            let ca = tls
+                .ca_certificates
+                .clone()
+                .unwrap_or_else(|| SYSTEM_CA_BUNDLE.to_owned());
             common.validation_context_type = Some(
                 common_tls_context::ValidationContextType::ValidationContext(
                     CertificateValidationContext {
-                        trusted_ca: tls.ca_certificates.as_ref().map(file),
+                        trusted_ca: Some(file(&ca)),
                         crl: tls.ca_crl.as_ref().map(file),
                         match_typed_subject_alt_names: any_san_matchers(sans),
                         ..Default::default()
@@ -535,11 +553,11 @@ pub(crate) enum UpstreamProtocol {
 
 /// Envoy's `HttpProtocolOptions` for a cluster: its upstream `protocol`
 /// (`explicit_http_config`, or `use_downstream_protocol_config`), with
-/// `common` options if any.
+/// `common` options if any (packed under [`UPSTREAM_HTTP_OPTIONS`]).
 pub(crate) fn upstream_http_options(
     common: Option<CoreHttpOptions>,
     protocol: UpstreamProtocol,
-) -> Any {
+) -> HttpProtocolOptions {
     let explicit = |config| {
         UpstreamProtocolOptions::ExplicitHttpConfig(ExplicitHttpConfig {
             protocol_config: Some(config),
@@ -562,12 +580,11 @@ pub(crate) fn upstream_http_options(
             })
         }
     };
-    let opts = HttpProtocolOptions {
+    HttpProtocolOptions {
         common_http_protocol_options: common,
         upstream_protocol_options: Some(upstream),
         ..Default::default()
-    };
-    pack_any(opts)
+    }
 }
 
 /// Exact matchers for `sans`, of one SAN type.
@@ -603,6 +620,11 @@ pub(crate) fn any_san_matchers(sans: &[String]) -> Vec<SubjectAltNameMatcher> {
     .flat_map(|kind| san_matchers(sans, kind))
     .collect()
 }
+
+/// The proxy's system CA bundle, which verifies the servers of TLS a
+/// DestinationRule originates without `caCertificates` (where Istio's
+/// proxy image, Debian- and distroless-based, keeps it).
+pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// Istio's SDS resource names for the `credentialName` Secret `cred`:
 /// `kubernetes://<cred>` (its certificate and key) and
