@@ -290,6 +290,28 @@ fn gateway(spec: &crate::GatewaySpec) -> Problems {
                 "at least one host is required".into(),
             ));
         }
+        // What Envoy takes for client certificate pins, or it refuses the
+        // listener: a SHA-256 in hex (colons allowed), and a SHA-256 of the
+        // public key in base64.
+        if let Some(tls) = &s.tls {
+            for (j, hash) in tls.verify_certificate_hash.iter().enumerate() {
+                let hex: String = hash.chars().filter(|c| *c != ':').collect();
+                if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+                    p.push((
+                        format!("spec.servers[{i}].tls.verifyCertificateHash[{j}]"),
+                        format!("{hash:?} is not a SHA-256 in hex"),
+                    ));
+                }
+            }
+            for (j, spki) in tls.verify_certificate_spki.iter().enumerate() {
+                if !is_base64_sha256(spki) {
+                    p.push((
+                        format!("spec.servers[{i}].tls.verifyCertificateSpki[{j}]"),
+                        format!("{spki:?} is not a SHA-256 in base64"),
+                    ));
+                }
+            }
+        }
         // Istio's `validateTLSOptions`: ISTIO_MUTUAL uses the gateway's own
         // workload certificate, nothing else.
         if let Some(tls) = &s.tls
@@ -312,6 +334,18 @@ fn gateway(spec: &crate::GatewaySpec) -> Problems {
         }
     }
     p
+}
+
+/// Whether `v` is 32 bytes in padded base64 (44 characters, the last `=`,
+/// and the bits past the 32nd byte zero).
+fn is_base64_sha256(v: &str) -> bool {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let b = v.as_bytes();
+    let value = |c: u8| ALPHABET.iter().position(|a| *a == c);
+    b.len() == 44
+        && b[43] == b'='
+        && b[..43].iter().all(|c| value(*c).is_some())
+        && value(b[42]).is_some_and(|v| v % 4 == 0)
 }
 
 fn sidecar(spec: &crate::SidecarSpec) -> Problems {

@@ -55,9 +55,7 @@ fn https_from_a_credential_secret_with_redirect_and_mutual_tls() {
             &pki.ca(),
         ),
     );
-    mesh.cfg.write(
-        "gateway.yaml",
-        "apiVersion: networking.istio.io/v1
+    let gateway_yaml = "apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata: {name: bookinfo-gateway, namespace: istio-system}
 spec:
@@ -95,8 +93,8 @@ spec:
   tcp:
   - match: [{port: 9444}]
     route: [{destination: {host: productpage, port: {number: 9080}}}]
-",
-    );
+";
+    mesh.cfg.write("gateway.yaml", gateway_yaml);
     let gw = gateway(&mesh);
 
     // SIMPLE: the Secret's certificate is served and verifies against the CA.
@@ -176,6 +174,45 @@ spec:
         1,
         "the tcp_proxy carried it"
     );
+
+    // MUTUAL with a pin (`verifyCertificateHash`): of two client
+    // certificates from the CA, only the pinned one gets in.
+    let (other_cert, other_key) = pki.issue("other-client.example.com");
+    let fingerprint = String::from_utf8(
+        Command::new("openssl")
+            .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+            .arg(&client_cert)
+            .output()
+            .expect("openssl")
+            .stdout,
+    )
+    .unwrap();
+    let pin = fingerprint.trim().rsplit('=').next().unwrap().to_owned();
+    mesh.apply(
+        &[&gw],
+        "gateway.yaml",
+        &gateway_yaml.replace(
+            "tls: {mode: MUTUAL, credentialName: bookinfo-credential}",
+            &format!(
+                "tls: {{mode: MUTUAL, credentialNames: [bookinfo-credential], verifyCertificateHash: ['{pin}']}}"
+            ),
+        ),
+    );
+    let mutual = |cert: &Path, key: &Path| {
+        curl(
+            &pki.ca(),
+            "bookinfo.example.com",
+            9443,
+            "/productpage",
+            Some((cert, key)),
+        )
+    };
+    assert_eq!(
+        mutual(&client_cert, &client_key),
+        Ok("productpage v1".into())
+    );
+    assert!(mutual(&other_cert, &other_key).is_err());
+    assert!(gw.stat("listener.0.0.0.0_9443.ssl.fail_verify_cert_hash") >= 1);
     assert_eq!(gw.rejected(), 0);
 }
 

@@ -1271,12 +1271,13 @@ fn gateway_route_config(
 ///   root from its node agent (SDS `default`, `ROOTCA`), a client
 ///   certificate required;
 /// - otherwise the certificate and key from files or from the
-///   `credentialName` Secret (served over SDS), and for `MUTUAL` /
-///   `OPTIONAL_MUTUAL` client verification against `caCertificates` or the
-///   Secret's `ca.crt` (or a `<name>-cacert` Secret).
+///   `credentialName` Secret, or each of the `credentialNames` Secrets
+///   (served over SDS), and for `MUTUAL` / `OPTIONAL_MUTUAL` client
+///   verification against `caCertificates` or the (first) Secret's
+///   `ca.crt` (or a `<name>-cacert` Secret).
 ///
 /// A client certificate must carry one of `subjectAltNames` if any are
-/// given. ALPN is `h2`, `http/1.1` (with `istio-peer-exchange` first on a
+/// given, and match `verifyCertificateSpki` / `verifyCertificateHash`. ALPN is `h2`, `http/1.1` (with `istio-peer-exchange` first on a
 /// TLS server in `ISTIO_MUTUAL`). `None`, with a warning naming the field,
 /// when what the mode needs is missing.
 fn downstream_tls(
@@ -1296,7 +1297,15 @@ fn downstream_tls(
     // What a client certificate is checked for besides its issuer.
     let client_checks = CertificateValidationContext {
         match_typed_subject_alt_names: crate::policy::any_san_matchers(&tls.subject_alt_names),
+        verify_certificate_spki: tls.verify_certificate_spki.clone(),
+        verify_certificate_hash: tls.verify_certificate_hash.clone(),
         ..Default::default()
+    };
+    // `credentialNames` (several certificates) wins over `credentialName`.
+    let credentials: Vec<&String> = if tls.credential_names.is_empty() {
+        tls.credential_name.iter().collect()
+    } else {
+        tls.credential_names.iter().collect()
     };
     let file = |p: &String| DataSource {
         specifier: Some(data_source::Specifier::Filename(p.clone())),
@@ -1317,43 +1326,59 @@ fn downstream_tls(
                 },
             ),
         );
-    } else if let Some(cred) = &tls.credential_name {
-        let Some(secret) = find_secret(snap, proxy, gs, cred) else {
+    } else if !credentials.is_empty() {
+        // Each Secret's certificate (RSA and ECDSA, say); a MUTUAL
+        // server's CA is the first's, as istiod takes it.
+        let field = if tls.credential_names.is_empty() {
+            format!("{}.tls.credentialName", gs.field())
+        } else {
+            format!("{}.tls.credentialNames", gs.field())
+        };
+        let report = |warnings: &mut Vec<ConfigWarning>, why: String| {
             warnings.push(ConfigWarning::new(
                 "Gateway",
                 gs.gw.key(),
-                format!("{}.tls.credentialName", gs.field()),
-                format!(
-                    "Secret {cred:?} not found in {} or {}; server skipped",
-                    proxy.namespace, gs.gw.namespace
-                ),
+                field.clone(),
+                why,
             ));
-            return None;
         };
-        let Some(name) = certificate_secret(cred, secret, secrets) else {
-            warnings.push(ConfigWarning::new(
-                "Gateway",
-                gs.gw.key(),
-                format!("{}.tls.credentialName", gs.field()),
-                format!("Secret {cred:?} has no tls.crt/tls.key; server skipped"),
-            ));
-            return None;
-        };
-        common
-            .tls_certificate_sds_secret_configs
-            .push(crate::policy::ads_secret(name));
+        for cred in &credentials {
+            let Some(secret) = find_secret(snap, proxy, gs, cred) else {
+                report(
+                    warnings,
+                    format!(
+                        "Secret {cred:?} not found in {} or {}; server skipped",
+                        proxy.namespace, gs.gw.namespace
+                    ),
+                );
+                return None;
+            };
+            let Some(name) = certificate_secret(cred, secret, secrets) else {
+                report(
+                    warnings,
+                    format!("Secret {cred:?} has no tls.crt/tls.key; server skipped"),
+                );
+                return None;
+            };
+            common
+                .tls_certificate_sds_secret_configs
+                .push(crate::policy::ads_secret(name));
+        }
+        let cred = credentials[0];
         if mutual {
-            let ca = secret.ca.clone().or_else(|| {
-                find_secret(snap, proxy, gs, &format!("{cred}-cacert"))
-                    .and_then(|s| s.ca.clone().or(s.cert.clone()))
-            });
+            let ca = find_secret(snap, proxy, gs, cred)
+                .and_then(|s| s.ca.clone())
+                .or_else(|| {
+                    find_secret(snap, proxy, gs, &format!("{cred}-cacert"))
+                        .and_then(|s| s.ca.clone().or(s.cert.clone()))
+                });
             let Some(ca) = ca else {
-                warnings.push(ConfigWarning::new(
-                    "Gateway",
-                    gs.gw.key(),
-                    format!("{}.tls.credentialName", gs.field()),
-                    format!("MUTUAL needs a CA: Secret {cred:?} has no ca.crt and there is no {cred}-cacert; server skipped"),
-                ));
+                report(
+                    warnings,
+                    format!(
+                        "MUTUAL needs a CA: Secret {cred:?} has no ca.crt and there is no {cred}-cacert; server skipped"
+                    ),
+                );
                 return None;
             };
             common.validation_context_type = Some(

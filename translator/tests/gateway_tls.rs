@@ -550,3 +550,82 @@ spec:
         translator::changes::Effect::Nothing
     );
 }
+
+/// `credentialNames`: a certificate from each Secret (RSA and ECDSA, say),
+/// the first Secret's CA for a MUTUAL server; client certificate pins go
+/// with the SANs. Pins Envoy would refuse are refused by validation.
+#[test]
+fn several_credentials_and_client_pins() {
+    let hash = "AB:".repeat(31) + "AB";
+    let spki = "NvqYIYSbgK2vCJpQhObf77vv+bQWtc5ek5RIOwPiC9A=";
+    let snap = snapshot(&format!(
+        "
+apiVersion: v1
+kind: Secret
+metadata: {{name: ecdsa, namespace: istio-system}}
+stringData: {{tls.crt: EC, tls.key: ECKEY}}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: ingress, namespace: istio-system}}
+spec:
+  selector: {{istio: egressgateway}}
+  servers:
+  - port: {{number: 8443, name: https, protocol: HTTPS}}
+    hosts: [api.example.com]
+    tls:
+      mode: MUTUAL
+      credentialNames: [client-credential, ecdsa]
+      verifyCertificateHash: ['{hash}']
+      verifyCertificateSpki: ['{spki}']
+"
+    ));
+    let out = generate(&snap, &egress_gateway());
+    assert!(out.warnings.is_empty(), "{:?}", out.warnings);
+    let ctx = downstream(&listener(&out, "0.0.0.0_8443").filter_chains[0]);
+    let common = ctx.common_tls_context.unwrap();
+    let (certs, ca, _) = sds_names(&common);
+    assert_eq!(
+        certs,
+        ["kubernetes://client-credential", "kubernetes://ecdsa"]
+    );
+    assert_eq!(ca, "kubernetes://client-credential-cacert");
+    let Some(common_tls_context::ValidationContextType::CombinedValidationContext(c)) =
+        common.validation_context_type
+    else {
+        panic!()
+    };
+    let checks = c.default_validation_context.unwrap();
+    assert_eq!(checks.verify_certificate_hash, [hash]);
+    assert_eq!(checks.verify_certificate_spki, [spki]);
+
+    for (field, value) in [
+        ("verifyCertificateHash", "abc"),
+        ("verifyCertificateSpki", "not base64"),
+    ] {
+        let text = format!(
+            "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: g, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 8443, name: https, protocol: HTTPS}}
+    hosts: ['*']
+    tls: {{mode: MUTUAL, credentialName: c, {field}: ['{value}']}}
+"
+        );
+        let (_, doc) = split_documents(&text).into_iter().next().unwrap();
+        let err = parse_value(doc.unwrap(), "default")
+            .into_iter()
+            .next()
+            .unwrap()
+            .and_then(|o| crds::validate::validate(&o).map(|()| o))
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&format!("spec.servers[0].tls.{field}[0]")),
+            "{err}"
+        );
+    }
+}
