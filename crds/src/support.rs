@@ -12,7 +12,6 @@ pub const NOT_YET: &[(&str, &str)] = &[
     ("VirtualService", "spec.http[].match[].statPrefix"),
     ("VirtualService", "spec.http[].fault.delay.exponentialDelay"),
     ("VirtualService", "spec.http[].fault.abort.http2Error"),
-    ("VirtualService", "spec.http[].directResponse.body.bytes"),
     ("VirtualService", "spec.tls[].match[].destinationSubnets"),
     ("VirtualService", "spec.tls[].match[].sourceLabels"),
     ("VirtualService", "spec.tls[].match[].sourceNamespace"),

@@ -109,6 +109,11 @@ fn virtual_service(spec: &crate::VirtualServiceSpec) -> Problems {
                 "route, redirect, directResponse and delegate are mutually exclusive".into(),
             )),
         }
+        if let Some(body) = http.direct_response.as_ref().and_then(|d| d.body.as_ref())
+            && let Err(e) = body.to_bytes()
+        {
+            p.push((format!("{f}.directResponse.body.bytes"), e));
+        }
         if http.route.len() > 1 {
             let total: i64 = http
                 .route

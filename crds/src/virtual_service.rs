@@ -243,6 +243,22 @@ pub enum HttpBody {
     Bytes(String),
 }
 
+impl HttpBody {
+    /// The body's bytes: the text, or `bytes` decoded from base64 (the
+    /// standard alphabet or the URL-safe one, as protobuf's JSON takes
+    /// `bytes`). Errors: `bytes` that are not base64.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, String> {
+        use base64::Engine as _;
+        match self {
+            HttpBody::String(s) => Ok(s.clone().into_bytes()),
+            HttpBody::Bytes(b) => base64::engine::general_purpose::STANDARD
+                .decode(b)
+                .or_else(|_| base64::engine::general_purpose::URL_SAFE.decode(b))
+                .map_err(|e| format!("not base64: {e}")),
+        }
+    }
+}
+
 /// Istio `Delegate`: another VirtualService (no hosts) to take over.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

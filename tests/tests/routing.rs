@@ -34,6 +34,8 @@ spec:
     directResponse: {status: 418, body: {string: "short and stout"}}
   - match: [{uri: {exact: /large}}]
     directResponse: {status: 200, body: {string: "LARGE_BODY"}}
+  - match: [{uri: {exact: /bytes}}]
+    directResponse: {status: 200, body: {bytes: "aGVsbG8sIGJ5dGVz"}}
   - match: [{uri: {prefix: /api/}}]
     delegate: {name: reviews-api}
   - match: [{uri: {exact: /case}, ignoreUriCase: true}]
@@ -99,6 +101,8 @@ fn one_virtual_service_exercises_istio_http_routing() {
     assert_eq!((r.status, r.body.as_str()), (418, "short and stout"));
     let r = get("/large", &[]);
     assert_eq!((r.status, r.body.len()), (200, large.len()));
+    let r = get("/bytes", &[]);
+    assert_eq!((r.status, r.body.as_str()), (200, "hello, bytes"), "decoded");
     // Paths are normalised before routing (Istio's `normalize_path`):
     // `/x/../teapot` is `/teapot`.
     let r = get("/x/../teapot", &[]);

@@ -607,13 +607,20 @@ fn route_action(
     if let Some(d) = &http.direct_response {
         return Ok(route::Action::DirectResponse(DirectResponseAction {
             status: d.status,
-            body: d.body.as_ref().map(|b| DataSource {
-                specifier: Some(match b {
-                    HttpBody::String(s) => data_source::Specifier::InlineString(s.clone()),
-                    HttpBody::Bytes(s) => data_source::Specifier::InlineString(s.clone()),
+            body: match &d.body {
+                None => None,
+                Some(HttpBody::String(s)) => Some(DataSource {
+                    specifier: Some(data_source::Specifier::InlineString(s.clone())),
+                    ..Default::default()
                 }),
-                ..Default::default()
-            }),
+                Some(b @ HttpBody::Bytes(_)) => Some(DataSource {
+                    specifier: Some(data_source::Specifier::InlineBytes(
+                        b.to_bytes()
+                            .map_err(|e| (format!("{field}.directResponse.body.bytes"), e))?,
+                    )),
+                    ..Default::default()
+                }),
+            },
             ..Default::default()
         }));
     }

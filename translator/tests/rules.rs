@@ -163,6 +163,8 @@ spec:
   http:
   - match: [{uri: {prefix: /old}}]
     redirect: {uri: /new, authority: example.com, redirectCode: 302}
+  - match: [{uri: {prefix: /binary}}]
+    directResponse: {status: 200, body: {bytes: AAEC/w==}}
   - directResponse: {status: 418, body: {string: teapot}}
 ";
     let out = generate(&mesh(vs, MeshConfig::default()), &sidecar(&[]));
@@ -172,10 +174,30 @@ spec:
     };
     assert_eq!(r.host_redirect, "example.com");
     assert_eq!(r.response_code, 1, "302 is Envoy's FOUND");
-    let route::Action::DirectResponse(d) = &actions[1] else {
-        panic!("{:?}", actions[1])
+    let body = |i: usize| {
+        let route::Action::DirectResponse(d) = &actions[i] else {
+            panic!("{:?}", actions[i])
+        };
+        (d.status, d.body.clone().unwrap().specifier.unwrap())
     };
-    assert_eq!(d.status, 418);
+    use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
+    // `bytes` are base64, sent decoded.
+    assert_eq!(body(1), (200, Specifier::InlineBytes(vec![0, 1, 2, 255])));
+    assert_eq!(body(2), (418, Specifier::InlineString("teapot".into())));
+    // Bytes that are not base64 are refused by validation, naming them.
+    let bad = vs.replace("AAEC/w==", "not*base64");
+    let (_, doc) = split_documents(&bad).into_iter().next().unwrap();
+    let err = parse_value(doc.unwrap(), "default")
+        .into_iter()
+        .next()
+        .unwrap()
+        .and_then(|o| crds::validate::validate(&o).map(|()| o))
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("spec.http[1].directResponse.body.bytes"),
+        "{err}"
+    );
 }
 
 #[test]
