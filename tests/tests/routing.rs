@@ -102,7 +102,11 @@ fn one_virtual_service_exercises_istio_http_routing() {
     let r = get("/large", &[]);
     assert_eq!((r.status, r.body.len()), (200, large.len()));
     let r = get("/bytes", &[]);
-    assert_eq!((r.status, r.body.as_str()), (200, "hello, bytes"), "decoded");
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "hello, bytes"),
+        "decoded"
+    );
     // Paths are normalised before routing (Istio's `normalize_path`):
     // `/x/../teapot` is `/teapot`.
     let r = get("/x/../teapot", &[]);

@@ -933,17 +933,8 @@ pub(crate) fn gateway(
                         &authz.http,
                     );
                     chain.name = name;
-                    chain.filter_chain_match = Some(FilterChainMatch {
-                        server_names: gs.sni(),
-                        transport_protocol: "tls".into(),
-                        ..Default::default()
-                    });
-                    chain.transport_socket = Some(TransportSocket {
-                        name: "envoy.transport_sockets.tls".into(),
-                        config_type: Some(transport_socket::ConfigType::TypedConfig(pack_any(ctx))),
-                    });
+                    chains.push(terminated(chain, gs, ctx));
                     tls_inspector = true;
-                    chains.push(chain);
                 }
                 ServerKind::Passthrough => {
                     tls_inspector = true;
@@ -1014,19 +1005,9 @@ pub(crate) fn gateway(
                         "tls.{port}.{}.{}.{}",
                         gs.server.port.name, gs.gw.name, gs.gw.namespace
                     );
-                    let mut chain =
-                        authorized(tcp_chain(&name, &name, &dests, &observe.access_log));
-                    chain.filter_chain_match = Some(FilterChainMatch {
-                        server_names: gs.sni(),
-                        transport_protocol: "tls".into(),
-                        ..Default::default()
-                    });
-                    chain.transport_socket = Some(TransportSocket {
-                        name: "envoy.transport_sockets.tls".into(),
-                        config_type: Some(transport_socket::ConfigType::TypedConfig(pack_any(ctx))),
-                    });
+                    let chain = authorized(tcp_chain(&name, &name, &dests, &observe.access_log));
+                    chains.push(terminated(chain, gs, ctx));
                     tls_inspector = true;
-                    chains.push(chain);
                 }
                 ServerKind::Unsupported(why) => {
                     warnings.push(ConfigWarning::new("Gateway", gs.gw.key(), gs.field(), why));
@@ -1182,6 +1163,25 @@ fn server_kind(server: &Server) -> ServerKind {
             ServerKind::Unsupported(format!("protocol {p} is not supported yet; server skipped"))
         }
     }
+}
+
+/// `chain` behind the TLS a server terminates with `ctx`: matched by the
+/// SNI of the server's hosts.
+fn terminated(
+    mut chain: FilterChain,
+    gs: &GatewayServer<'_>,
+    ctx: DownstreamTlsContext,
+) -> FilterChain {
+    chain.filter_chain_match = Some(FilterChainMatch {
+        server_names: gs.sni(),
+        transport_protocol: "tls".into(),
+        ..Default::default()
+    });
+    chain.transport_socket = Some(TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(pack_any(ctx))),
+    });
+    chain
 }
 
 /// The destinations of the first VirtualService `tcp` route bound to a
