@@ -98,6 +98,11 @@ impl<T> ByType<T> {
         self.position(type_url).ok().map(|i| &mut self.0[i].1)
     }
 
+    /// Takes the entry of `type_url` out, if any.
+    pub fn remove(&mut self, type_url: &str) -> Option<T> {
+        self.position(type_url).ok().map(|i| self.0.remove(i).1)
+    }
+
     /// Whether `type_url` has an entry.
     pub fn contains_key(&self, type_url: &str) -> bool {
         self.position(type_url).is_ok()

@@ -233,6 +233,31 @@ spec:
     assert_eq!(sidecar.rejected() + egress.rejected(), 0);
 }
 
+/// An external server on 192.0.2.10:443 with api.example.com's
+/// certificate from a test CA, demanding a client certificate from that
+/// CA (its status page shows it); and the `client-credential` Secret, in
+/// `namespace`, holding one (client.example.com) with the CA, as YAML.
+fn external_mtls_server(namespace: &str) -> (TlsServer, String) {
+    add_local_address(EXTERNAL_IP);
+    let pki = Pki::new();
+    let (server_cert, server_key) = pki.issue("api.example.com");
+    let (client_cert, client_key) = pki.issue("client.example.com");
+    let server = TlsServer::start_with(
+        &format!("{EXTERNAL_IP}:443"),
+        &server_cert,
+        &server_key,
+        Some(&pki.ca()),
+    );
+    let secret = tls_secret(
+        namespace,
+        "client-credential",
+        &client_cert,
+        &client_key,
+        &pki.ca(),
+    );
+    (server, secret)
+}
+
 /// The DNS SANs of the first certificate in `page` (the client
 /// certificate `openssl s_server -www` shows).
 fn client_cert_dns_names(page: &str) -> Vec<String> {
@@ -262,16 +287,7 @@ fn client_cert_dns_names(page: &str) -> Vec<String> {
 #[test]
 fn egress_gateway_originates_mutual_tls_with_a_credential_secret() {
     let mesh = Mesh::start(true, &[]);
-    add_local_address(EXTERNAL_IP);
-    let pki = Pki::new();
-    let (server_cert, server_key) = pki.issue("api.example.com");
-    let (client_cert, client_key) = pki.issue("client.example.com");
-    let _external = TlsServer::start_with(
-        &format!("{EXTERNAL_IP}:443"),
-        &server_cert,
-        &server_key,
-        Some(&pki.ca()),
-    );
+    let (_external, secret) = external_mtls_server("istio-system");
     let gateway = |sans: &str| {
         format!(
             "apiVersion: networking.istio.io/v1
@@ -292,13 +308,7 @@ spec:
     mesh.cfg.write(
         "egress.yaml",
         &(egress_gateway_platform("https", 8443)
-            + &tls_secret(
-                "istio-system",
-                "client-credential",
-                &client_cert,
-                &client_key,
-                &pki.ca(),
-            )
+            + &secret
             + "
 ---
 apiVersion: networking.istio.io/v1
@@ -457,16 +467,7 @@ spec:
 #[test]
 fn a_selected_sidecar_originates_mutual_tls_with_a_credential_secret() {
     let mesh = Mesh::start(true, &[]);
-    add_local_address(EXTERNAL_IP);
-    let pki = Pki::new();
-    let (server_cert, server_key) = pki.issue("api.example.com");
-    let (client_cert, client_key) = pki.issue("client.example.com");
-    let _external = TlsServer::start_with(
-        &format!("{EXTERNAL_IP}:443"),
-        &server_cert,
-        &server_key,
-        Some(&pki.ca()),
-    );
+    let (_external, secret) = external_mtls_server("default");
     let rule = |app: &str| {
         format!(
             "apiVersion: networking.istio.io/v1
@@ -484,13 +485,8 @@ spec:
     };
     mesh.cfg.write(
         "entry.yaml",
-        &(tls_secret(
-            "default",
-            "client-credential",
-            &client_cert,
-            &client_key,
-            &pki.ca(),
-        ) + "
+        &(secret
+            + "
 ---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry

@@ -94,6 +94,13 @@ struct TypeState {
     names_digest: Option<u128>,
 }
 
+impl TypeState {
+    /// Answered before, and now watching nothing: not a wildcard, no name.
+    fn unwatched(&self) -> bool {
+        !self.nonce.is_empty() && !self.wildcard && self.names.entries().next().is_none()
+    }
+}
+
 /// Where a connection's responses go.
 pub(super) struct Sink {
     /// The stream's body.
@@ -610,9 +617,20 @@ impl Connection {
             .as_ref()
             .map(|o| o.versions(&type_url))
             .unwrap_or_else(|| Arc::new([]));
+        let wildcard_type = type_url == CLUSTER_TYPE || type_url == LISTENER_TYPE;
         let state = self.types.entry_or_default(&type_url);
         if !req.nonce.is_empty() {
             if req.nonce != state.nonce {
+                // A stale SotW request still lists all the proxy watches.
+                // Naming nothing of a type that is not a wildcard (a
+                // gateway's last Secret let go, say), it has let go of the
+                // type, whatever response is on its way.
+                if let Names::Replace(listed) = &req.names
+                    && !wildcard_type
+                    && listed.is_empty()
+                {
+                    self.let_go(&type_url);
+                }
                 debug!(node = %self.node_id, %type_url, nonce = %req.nonce, "stale nonce ignored");
                 return Ok(());
             }
@@ -639,7 +657,6 @@ impl Connection {
             });
             debug!(node = %self.node_id, %type_url, "ACK");
         }
-        let wildcard_type = type_url == CLUSTER_TYPE || type_url == LISTENER_TYPE;
         let changed = match req.names {
             Names::Replace(listed) if !first && state.names_digest == Some(listed.digest()) => {
                 // The same names as last time, byte for byte (a SotW ACK,
@@ -728,13 +745,30 @@ impl Connection {
                 !plain_ack
             }
         };
-        if changed {
+        if !first && self.types.get(&type_url).is_some_and(TypeState::unwatched) {
+            self.let_go(&type_url);
+        } else if changed {
             self.send(&type_url, false).await?;
         }
         if !req.nonce.is_empty() {
             self.observe_convergence();
         }
         Ok(())
+    }
+
+    /// The proxy watches nothing of `type_url` any more: Envoy takes a
+    /// response of a type it does not watch without answering it (an empty
+    /// one) or refuses it, so none is sent, and the type is out of its
+    /// sync record until it subscribes again (nothing of it is pending).
+    fn let_go(&mut self, type_url: &str) {
+        let state = self.types.entry_or_default(type_url);
+        state.names = NameMap::own([]);
+        state.wildcard = false;
+        state.names_digest = None;
+        state.sent = NameMap::own([]);
+        record(self.row.as_ref(), |s| {
+            s.types.remove(type_url);
+        });
     }
 
     async fn on_snapshot(&mut self, snap: Arc<Snapshot>) -> Result<(), Closed> {
@@ -955,6 +989,10 @@ impl Connection {
         };
         let delta = self.sink.delta;
         let state = self.types.entry_or_default(type_url);
+        if state.unwatched() {
+            // Let go of (see `let_go`): nothing to send.
+            return Ok(false);
+        }
         let all = output.resources(type_url);
         let current: Vec<&EncodedResource> = if state.wildcard {
             all.iter().collect()

@@ -577,6 +577,14 @@ fn names_in(
 }
 
 impl SotwNames {
+    /// Whether the request names nothing.
+    pub(crate) fn is_empty(&self) -> bool {
+        let mut any = false;
+        // The bytes were walked when decoded: no error here.
+        let _ = names_in(&self.raw, |_| any = true);
+        !any
+    }
+
     /// A digest of the names as sent (their order included): equal
     /// digests, equal lists.
     pub(crate) fn digest(&self) -> u128 {
