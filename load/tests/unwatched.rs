@@ -110,12 +110,18 @@ async fn a_type_the_proxy_lets_go_of_is_not_waited_for() {
     let mut secret_nonce = String::new();
     while secret_nonce.is_empty() {
         let r = next().await;
-        let names: &[&str] = if r.type_url == SECRET_TYPE { &[secret] } else { &[] };
+        let names: &[&str] = if r.type_url == SECRET_TYPE {
+            &[secret]
+        } else {
+            &[]
+        };
         tx.send(request(&r.type_url, names, &r.nonce, &r.version_info))
             .await
             .unwrap();
         if r.type_url == translator::LISTENER_TYPE {
-            tx.send(request(SECRET_TYPE, &[secret], "", "")).await.unwrap();
+            tx.send(request(SECRET_TYPE, &[secret], "", ""))
+                .await
+                .unwrap();
         }
         if r.type_url == SECRET_TYPE {
             secret_nonce = r.nonce;
@@ -134,7 +140,9 @@ async fn a_type_the_proxy_lets_go_of_is_not_waited_for() {
             .unwrap();
     }
     // ... while the proxy, not having seen it, lets go of the type.
-    tx.send(request(SECRET_TYPE, &[], &secret_nonce, "")).await.unwrap();
+    tx.send(request(SECRET_TYPE, &[], &secret_nonce, ""))
+        .await
+        .unwrap();
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {

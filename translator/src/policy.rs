@@ -428,10 +428,11 @@ impl Effective {
     /// Whether the client TLS settings name a `credentialName` Secret for
     /// `SIMPLE` or `MUTUAL` origination.
     pub fn uses_credential(&self) -> bool {
-        self.tls.as_ref().is_some_and(|t| {
-            t.credential_name.is_some()
-                && matches!(t.mode, Some(ClientTlsMode::Simple | ClientTlsMode::Mutual))
-        })
+        self.originates_tls()
+            && self
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.credential_name.is_some())
     }
 
     /// What a sidecar does with [`Effective::uses_credential`] settings, as
@@ -588,7 +589,7 @@ pub(crate) fn upstream_http_options(
 }
 
 /// Exact matchers for `sans`, of one SAN type.
-pub(crate) fn san_matchers(
+fn san_matchers(
     sans: &[String],
     kind: subject_alt_name_matcher::SanType,
 ) -> Vec<SubjectAltNameMatcher> {
