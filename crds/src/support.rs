@@ -38,7 +38,6 @@ pub const NOT_YET: &[(&str, &str)] = &[
     ("Gateway", "spec.servers[].defaultEndpoint"),
     ("Gateway", "spec.servers[].tls.caCrl"),
     ("Gateway", "spec.servers[].tls.tlsCertificates"),
-    ("Gateway", "spec.servers[].tls.caCertCredentialName"),
     ("Gateway", "spec.servers[].tls.insecureSkipVerify"),
     ("Sidecar", "spec.ingress"),
     ("Sidecar", "spec.inboundConnectionPool"),

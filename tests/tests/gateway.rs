@@ -213,6 +213,32 @@ spec:
     );
     assert!(mutual(&other_cert, &other_key).is_err());
     assert!(gw.stat("listener.0.0.0.0_9443.ssl.fail_verify_cert_hash") >= 1);
+
+    // MUTUAL with `caCertCredentialName`: the clients a partner's CA
+    // issued get in, the bookinfo CA's no longer do.
+    let partner = Pki::new();
+    let (partner_cert, partner_key) = partner.issue("partner.example.com");
+    let partner_ca = std::fs::read_to_string(partner.ca()).unwrap();
+    let indented: String = partner_ca.lines().map(|l| format!("    {l}\n")).collect();
+    mesh.cfg.write(
+        "partner-ca.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: partner-ca, namespace: istio-system}}\nstringData:\n  ca.crt: |\n{indented}"
+        ),
+    );
+    mesh.apply(
+        &[&gw],
+        "gateway.yaml",
+        &gateway_yaml.replace(
+            "tls: {mode: MUTUAL, credentialName: bookinfo-credential}",
+            "tls: {mode: MUTUAL, credentialName: bookinfo-credential, caCertCredentialName: partner-ca}",
+        ),
+    );
+    assert_eq!(
+        mutual(&partner_cert, &partner_key),
+        Ok("productpage v1".into())
+    );
+    assert!(mutual(&client_cert, &client_key).is_err());
     assert_eq!(gw.rejected(), 0);
 }
 

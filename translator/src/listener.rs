@@ -1273,8 +1273,8 @@ fn gateway_route_config(
 /// - otherwise the certificate and key from files or from the
 ///   `credentialName` Secret, or each of the `credentialNames` Secrets
 ///   (served over SDS), and for `MUTUAL` / `OPTIONAL_MUTUAL` client
-///   verification against `caCertificates` or the (first) Secret's
-///   `ca.crt` (or a `<name>-cacert` Secret).
+///   verification against `caCertificates`, the `caCertCredentialName`
+///   Secret, or the (first) Secret's `ca.crt` (or a `<name>-cacert` Secret).
 ///
 /// A client certificate must carry one of `subjectAltNames` if any are
 /// given, and match `verifyCertificateSpki` / `verifyCertificateHash`. ALPN is `h2`, `http/1.1` (with `istio-peer-exchange` first on a
@@ -1366,19 +1366,35 @@ fn downstream_tls(
         }
         let cred = credentials[0];
         if mutual {
-            let ca = find_secret(snap, proxy, gs, cred)
-                .and_then(|s| s.ca.clone())
-                .or_else(|| {
-                    find_secret(snap, proxy, gs, &format!("{cred}-cacert"))
-                        .and_then(|s| s.ca.clone().or(s.cert.clone()))
-                });
+            // `caCertCredentialName` (a Secret of its own) wins over the
+            // certificate's Secret.
+            let (cred, ca) = match &tls.ca_cert_credential_name {
+                Some(name) => (
+                    name,
+                    find_secret(snap, proxy, gs, name)
+                        .and_then(|s| s.ca.clone().or(s.cert.clone())),
+                ),
+                None => (
+                    cred,
+                    find_secret(snap, proxy, gs, cred)
+                        .and_then(|s| s.ca.clone())
+                        .or_else(|| {
+                            find_secret(snap, proxy, gs, &format!("{cred}-cacert"))
+                                .and_then(|s| s.ca.clone().or(s.cert.clone()))
+                        }),
+                ),
+            };
             let Some(ca) = ca else {
-                report(
-                    warnings,
+                let why = if tls.ca_cert_credential_name.is_some() {
+                    format!(
+                        "MUTUAL needs a CA: Secret {cred:?} (caCertCredentialName) is missing or has no ca.crt; server skipped"
+                    )
+                } else {
                     format!(
                         "MUTUAL needs a CA: Secret {cred:?} has no ca.crt and there is no {cred}-cacert; server skipped"
-                    ),
-                );
+                    )
+                };
+                report(warnings, why);
                 return None;
             };
             common.validation_context_type = Some(
