@@ -352,7 +352,7 @@ fn encode_plain_cluster(name: &str, http2: bool, auto: Option<&IstioTls>) -> Enc
 /// Nothing else of the proxy is read: [`crate::encoded::ClusterMemo`] keys on
 /// `view`, which also says whether the proxy originates TLS with a rule's
 /// `credentialName` Secret ([`gets_credentials`]; otherwise
-/// [`Effective::without_credential`]).
+/// [`Effective::drop_credential`]).
 fn service_clusters(
     snap: &Snapshot,
     view: &ClusterView,
@@ -375,7 +375,7 @@ fn service_clusters(
             let mut policy = Effective::resolve(top, subset_policy, port.port)
                 .with_mesh(MeshPool::of(&snap.mesh, port.protocol));
             if !view.credentials {
-                policy = policy.without_credential();
+                policy.drop_credential();
             }
             let endpoints: Vec<&Endpoint> = svc
                 .endpoints

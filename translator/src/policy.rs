@@ -439,14 +439,13 @@ impl Effective {
     /// istiod's cluster builder: it does not fetch the Secret (only
     /// gateways, and workloads a rule's `workloadSelector` picks, may) and
     /// sends no TLS, nor auto mTLS: the settings act as `DISABLE`.
-    pub fn without_credential(mut self) -> Effective {
+    pub fn drop_credential(&mut self) {
         if self.uses_credential() {
             self.tls = Some(ClientTlsSettings {
                 mode: Some(ClientTlsMode::Disable),
                 ..Default::default()
             });
         }
-        self
     }
 
     fn apply_tls(&self, c: &mut Cluster, hostname: &str, istio: Option<&crate::cluster::IstioTls>) {
