@@ -188,13 +188,27 @@ spec:
     )
     .unwrap();
     let pin = fingerprint.trim().rsplit('=').next().unwrap().to_owned();
+    // And its public key's pin, which Envoy takes as well (either matches).
+    let spki = String::from_utf8(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "openssl x509 -in {} -noout -pubkey | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | openssl enc -base64",
+                client_cert.display()
+            ))
+            .output()
+            .expect("openssl")
+            .stdout,
+    )
+    .unwrap();
+    let spki = spki.trim().to_owned();
     mesh.apply(
         &[&gw],
         "gateway.yaml",
         &gateway_yaml.replace(
             "tls: {mode: MUTUAL, credentialName: bookinfo-credential}",
             &format!(
-                "tls: {{mode: MUTUAL, credentialNames: [bookinfo-credential], verifyCertificateHash: ['{pin}']}}"
+                "tls: {{mode: MUTUAL, credentialNames: [bookinfo-credential], verifyCertificateHash: ['{pin}'], verifyCertificateSpki: ['{spki}']}}"
             ),
         ),
     );

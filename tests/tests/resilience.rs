@@ -394,7 +394,7 @@ kind: DestinationRule
 metadata: {name: ratings}
 spec:
   host: ratings
-  trafficPolicy: {connectionPool: {http: {useClientProtocol: true}}}
+  trafficPolicy: {connectionPool: {http: {useClientProtocol: true, maxConcurrentStreams: 10}}}
 ",
     );
     assert_eq!(get("/version").body, "HTTP/1.1");
