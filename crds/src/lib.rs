@@ -78,6 +78,28 @@ pub fn istio_testdata() -> std::path::PathBuf {
     dir
 }
 
+/// The error that parsing and validating the first document of `yaml` (in
+/// namespace `default`) ends with, as text. Panics when the document is
+/// accepted, or when `yaml` holds no document (a test's mistake).
+#[cfg(any(test, feature = "testing"))]
+pub fn validation_error(yaml: &str) -> String {
+    let Some((_, value)) = document::split_documents(yaml).into_iter().next() else {
+        panic!("no document in {yaml}")
+    };
+    let result = value.map_err(|e| e.to_string()).and_then(|v| {
+        document::parse_value(v, "default")
+            .into_iter()
+            .next()
+            .ok_or_else(|| "no object".to_owned())?
+            .and_then(|o| validate::validate(&o))
+            .map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(()) => panic!("accepted: {yaml}"),
+        Err(e) => e,
+    }
+}
+
 /// Every `*.yaml` / `*.yml` file below `dir`, sorted (for tests over Istio's
 /// files). Panics on an unreadable folder, naming it.
 #[cfg(any(test, feature = "testing"))]

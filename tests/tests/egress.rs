@@ -258,6 +258,31 @@ fn external_mtls_server(namespace: &str) -> (TlsServer, String) {
     (server, secret)
 }
 
+/// The app's plain HTTP call to api.example.com (captured by its sidecar).
+fn call_api() -> e2e::Reply {
+    http_request(
+        &format!("http://{EXTERNAL_IP}/"),
+        &[("host", "api.example.com")],
+    )
+    .unwrap()
+}
+
+/// Calls api.example.com until its status is one `wanted` takes (the
+/// connection a sidecar holds lasts a request past a config change: the
+/// update drains it); panics after 5 s with the statuses seen.
+fn until_status(wanted: impl Fn(u16) -> bool) {
+    let seen = std::cell::RefCell::new(Vec::new());
+    e2e::eventually(
+        Duration::from_secs(5),
+        || {
+            let status = call_api().status;
+            seen.borrow_mut().push(status);
+            wanted(status).then_some(())
+        },
+        || format!("{:?}", seen.borrow()),
+    );
+}
+
 /// The DNS SANs of the first certificate in `page` (the client
 /// certificate `openssl s_server -www` shows).
 fn client_cert_dns_names(page: &str) -> Vec<String> {
@@ -359,16 +384,9 @@ spec:
     mesh.wait_loaded(3);
     let sidecar = mesh.sidecar();
     let egress = egress_gateway(&mesh);
-    let call = || {
-        http_request(
-            &format!("http://{EXTERNAL_IP}/"),
-            &[("host", "api.example.com")],
-        )
-        .unwrap()
-    };
 
     // The external server saw the Secret's client certificate.
-    let r = call();
+    let r = call_api();
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(client_cert_dns_names(&r.body), ["client.example.com"]);
     // Both legs are TLS: sidecar to gateway, gateway to the server.
@@ -403,22 +421,11 @@ spec:
         "gateway.yaml",
         &gateway("spiffe://cluster.local/ns/default/sa/someone-else"),
     );
-    // (The connection the sidecar holds lasts one more request: the
-    // listener update drains it.)
-    let seen = std::cell::RefCell::new(Vec::new());
-    e2e::eventually(
-        Duration::from_secs(5),
-        || {
-            let status = call().status;
-            seen.borrow_mut().push(status);
-            (status == 503).then_some(())
-        },
-        || format!("{:?}", seen.borrow()),
-    );
-    assert_eq!(call().status, 503);
+    until_status(|s| s == 503);
+    assert_eq!(call_api().status, 503);
     assert!(egress.stat("listener.0.0.0.0_8443.ssl.fail_verify_san") >= 1);
     mesh.apply(&[&sidecar, &egress], "gateway.yaml", &gateway(productpage));
-    assert_eq!(call().status, 200);
+    assert_eq!(call_api().status, 200);
     assert_eq!(sidecar.rejected() + egress.rejected(), 0);
 }
 
@@ -503,29 +510,13 @@ spec:
     mesh.cfg.write("rule.yaml", &rule("productpage"));
     mesh.wait_loaded(3);
     let sidecar = mesh.sidecar();
-    let call = || {
-        http_request(
-            &format!("http://{EXTERNAL_IP}/"),
-            &[("host", "api.example.com")],
-        )
-        .unwrap()
-    };
-    let r = call();
+    let r = call_api();
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(client_cert_dns_names(&r.body), ["client.example.com"]);
     assert!(sidecar.stat("cluster.outbound|80||api.example.com.ssl.handshake") >= 1);
 
     mesh.apply(&[&sidecar], "rule.yaml", &rule("someone-else"));
-    let seen = std::cell::RefCell::new(Vec::new());
-    e2e::eventually(
-        Duration::from_secs(5),
-        || {
-            let status = call().status;
-            seen.borrow_mut().push(status);
-            (status != 200).then_some(())
-        },
-        || format!("{:?}", seen.borrow()),
-    );
+    until_status(|s| s != 200);
     assert_eq!(sidecar.rejected(), 0);
 }
 

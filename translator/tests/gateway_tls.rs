@@ -384,18 +384,8 @@ spec:
     hosts: [api.example.com]
     tls: {mode: ISTIO_MUTUAL, credentialName: client-credential}
 ";
-    let (_, value) = split_documents(text).into_iter().next().unwrap();
-    let err = parse_value(value.unwrap(), "default")
-        .into_iter()
-        .next()
-        .unwrap()
-        .and_then(|o| crds::validate::validate(&o).map(|()| o))
-        .unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("spec.servers[0].tls.credentialName"),
-        "{err}"
-    );
+    let err = crds::validation_error(text);
+    assert!(err.contains("spec.servers[0].tls.credentialName"), "{err}");
 }
 
 /// A ServiceEntry's `subjectAltNames` and its endpoints' service accounts
@@ -615,16 +605,9 @@ spec:
     tls: {{mode: MUTUAL, credentialName: c, {field}: ['{value}']}}
 "
         );
-        let (_, doc) = split_documents(&text).into_iter().next().unwrap();
-        let err = parse_value(doc.unwrap(), "default")
-            .into_iter()
-            .next()
-            .unwrap()
-            .and_then(|o| crds::validate::validate(&o).map(|()| o))
-            .unwrap_err();
+        let err = crds::validation_error(&text);
         assert!(
-            err.to_string()
-                .contains(&format!("spec.servers[0].tls.{field}[0]")),
+            err.contains(&format!("spec.servers[0].tls.{field}[0]")),
             "{err}"
         );
     }

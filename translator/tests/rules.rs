@@ -186,16 +186,9 @@ spec:
     assert_eq!(body(2), (418, Specifier::InlineString("teapot".into())));
     // Bytes that are not base64 are refused by validation, naming them.
     let bad = vs.replace("AAEC/w==", "not*base64");
-    let (_, doc) = split_documents(&bad).into_iter().next().unwrap();
-    let err = parse_value(doc.unwrap(), "default")
-        .into_iter()
-        .next()
-        .unwrap()
-        .and_then(|o| crds::validate::validate(&o).map(|()| o))
-        .unwrap_err();
+    let err = crds::validation_error(&bad);
     assert!(
-        err.to_string()
-            .contains("spec.http[1].directResponse.body.bytes"),
+        err.contains("spec.http[1].directResponse.body.bytes"),
         "{err}"
     );
 }
