@@ -42,10 +42,20 @@ pub struct DestinationRuleSpec {
 impl DestinationRuleSpec {
     /// Whether some client TLS setting of the rule names a
     /// `credentialName` Secret.
+    /// Asked per service on a gateway's config generation: a walk over the
+    /// settings, without [`DestinationRuleSpec::client_tls`]'s field paths.
     pub fn names_credential(&self) -> bool {
-        self.client_tls()
+        let named = |tls: &Option<ClientTlsSettings>| {
+            tls.as_ref().is_some_and(|t| t.credential_name.is_some())
+        };
+        self.traffic_policy
             .iter()
-            .any(|(_, t)| t.credential_name.is_some())
+            .chain(
+                self.subsets
+                    .iter()
+                    .filter_map(|s| s.traffic_policy.as_ref()),
+            )
+            .any(|p| named(&p.tls) || p.port_level_settings.iter().any(|l| named(&l.tls)))
     }
 
     /// Every client TLS setting of the rule, with its field path: the
