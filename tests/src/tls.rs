@@ -212,3 +212,24 @@ impl Drop for TlsServer {
         let _ = self.0.wait();
     }
 }
+
+/// The DNS names and URIs among the SANs of the first certificate in
+/// `page` (the client certificate `openssl s_server -www` shows), in
+/// order. Panics when the page holds no certificate.
+pub fn first_certificate_sans(page: &str) -> Vec<String> {
+    let block = pem::parse_many(page)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|p| p.tag() == "CERTIFICATE")
+        .unwrap_or_else(|| panic!("no certificate in the page:\n{page}"));
+    let (_, cert) = x509_parser::parse_x509_certificate(block.contents()).unwrap();
+    let san = cert.subject_alternative_name().unwrap().unwrap().value;
+    san.general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::DNSName(d)
+            | x509_parser::extensions::GeneralName::URI(d) => Some((*d).to_owned()),
+            _ => None,
+        })
+        .collect()
+}

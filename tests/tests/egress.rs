@@ -283,25 +283,6 @@ fn until_status(wanted: impl Fn(u16) -> bool) {
     );
 }
 
-/// The DNS SANs of the first certificate in `page` (the client
-/// certificate `openssl s_server -www` shows).
-fn client_cert_dns_names(page: &str) -> Vec<String> {
-    let block = pem::parse_many(page)
-        .unwrap_or_default()
-        .into_iter()
-        .find(|p| p.tag() == "CERTIFICATE")
-        .unwrap_or_else(|| panic!("no client certificate in the page:\n{page}"));
-    let (_, cert) = x509_parser::parse_x509_certificate(block.contents()).unwrap();
-    let san = cert.subject_alternative_name().unwrap().unwrap().value;
-    san.general_names
-        .iter()
-        .filter_map(|n| match n {
-            x509_parser::extensions::GeneralName::DNSName(d) => Some((*d).to_owned()),
-            _ => None,
-        })
-        .collect()
-}
-
 /// Istio's "mutual TLS origination with an egress gateway": the app calls
 /// `http://api.example.com`; its sidecar carries the request to the egress
 /// gateway over mesh mTLS (`ISTIO_MUTUAL`, SNI `api.example.com`), the
@@ -388,7 +369,10 @@ spec:
     // The external server saw the Secret's client certificate.
     let r = call_api();
     assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(client_cert_dns_names(&r.body), ["client.example.com"]);
+    assert_eq!(
+        e2e::tls::first_certificate_sans(&r.body),
+        ["client.example.com"]
+    );
     // Both legs are TLS: sidecar to gateway, gateway to the server.
     let handshakes = [
         (
@@ -512,7 +496,10 @@ spec:
     let sidecar = mesh.sidecar();
     let r = call_api();
     assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(client_cert_dns_names(&r.body), ["client.example.com"]);
+    assert_eq!(
+        e2e::tls::first_certificate_sans(&r.body),
+        ["client.example.com"]
+    );
     assert!(sidecar.stat("cluster.outbound|80||api.example.com.ssl.handshake") >= 1);
 
     mesh.apply(&[&sidecar], "rule.yaml", &rule("someone-else"));

@@ -118,24 +118,6 @@ impl Drop for MtlsServer {
     }
 }
 
-/// The URI SANs of the first certificate in `page`.
-fn client_cert_uris(page: &str) -> Vec<String> {
-    let block = pem::parse_many(page)
-        .unwrap_or_default()
-        .into_iter()
-        .find(|p| p.tag() == "CERTIFICATE")
-        .unwrap_or_else(|| panic!("no client certificate in the page:\n{page}"));
-    let (_, cert) = x509_parser::parse_x509_certificate(block.contents()).unwrap();
-    let san = cert.subject_alternative_name().unwrap().unwrap().value;
-    san.general_names
-        .iter()
-        .filter_map(|n| match n {
-            x509_parser::extensions::GeneralName::URI(u) => Some((*u).to_owned()),
-            _ => None,
-        })
-        .collect()
-}
-
 #[test]
 fn a_sidecar_originates_istio_mutual_with_its_agent_issued_identity() {
     let _hosts = e2e::isolate();
@@ -174,7 +156,7 @@ fn a_sidecar_originates_istio_mutual_with_its_agent_issued_identity() {
     // Through the sidecar, over mTLS: the server saw productpage's identity.
     let (status, page) = http_get("http://10.96.0.60:9080/", &[("host", "vault")]).unwrap();
     assert_eq!(status, 200, "{page}");
-    assert_eq!(client_cert_uris(&page), [me.to_string()]);
+    assert_eq!(e2e::tls::first_certificate_sans(&page), [me.to_string()]);
     let dump = envoy
         .admin("/config_dump?resource=dynamic_active_clusters")
         .unwrap();
