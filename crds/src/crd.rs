@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 
 use crate::{
     AuthorizationPolicy, DestinationRule, Gateway, PeerAuthentication, RequestAuthentication,
-    ServiceEntry, Sidecar, Telemetry, VirtualService,
+    ServiceEntry, Sidecar, Telemetry, VirtualService, WorkloadEntry,
 };
 
 /// Category and served versions besides `v1` of the networking kinds.
@@ -95,6 +95,19 @@ pub fn definitions() -> Vec<Value> {
                     "How endpoints are found.",
                 ),
                 AGE,
+            ],
+        ),
+        shape(
+            WorkloadEntry::crd(),
+            NETWORKING,
+            &[
+                AGE,
+                (
+                    "Address",
+                    ".spec.address",
+                    "string",
+                    "Address associated with the network endpoint.",
+                ),
             ],
         ),
         shape(Gateway::crd(), NETWORKING, &[]),
@@ -216,7 +229,7 @@ mod tests {
     #[test]
     fn istios_versions_categories_and_one_stored_version() {
         let defs = definitions();
-        assert_eq!(defs.len(), 9);
+        assert_eq!(defs.len(), 10);
         let mut served = 0;
         for crd in &defs {
             let versions = crd["spec"]["versions"].as_array().unwrap();

@@ -8,6 +8,8 @@
 //! (`spec.http[0].route[1].weight`), so one bad document can be reported and
 //! skipped while the rest of the mesh applies.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -17,7 +19,7 @@ use serde::de::DeserializeOwned;
 use crate::{
     AuthorizationPolicy, DestinationRule, Gateway, NETWORKING_GROUP, NETWORKING_VERSIONS,
     PeerAuthentication, RequestAuthentication, SECURITY_GROUP, SECURITY_VERSIONS, ServiceEntry,
-    Sidecar, TELEMETRY_GROUP, TELEMETRY_VERSIONS, Telemetry, VirtualService,
+    Sidecar, TELEMETRY_GROUP, TELEMETRY_VERSIONS, Telemetry, VirtualService, WorkloadEntry,
 };
 
 /// What the mesh model reads of a `v1` `Pod`: its metadata (labels give
@@ -34,14 +36,44 @@ pub struct PodInfo {
     pub service_account_name: Option<String>,
     /// `status.podIP`.
     pub pod_ip: Option<String>,
+    /// The containers' named TCP ports, name -> `containerPort` (the first
+    /// of a name wins, as in Kubernetes): where a ServiceEntry that selects
+    /// the pod reaches its port of that name (Istio's `getPortMap`).
+    pub ports: BTreeMap<String, u32>,
+    /// Ready to be a ServiceEntry's endpoint: not being deleted, not
+    /// `Succeeded` or `Failed`, and no `Ready` condition other than
+    /// `True` (a pod written without conditions counts as ready).
+    pub ready: bool,
 }
 
 impl From<Pod> for PodInfo {
     fn from(pod: Pod) -> PodInfo {
+        let mut ports = BTreeMap::new();
+        let containers = pod.spec.iter().flat_map(|s| &s.containers);
+        for port in containers.flat_map(|c| c.ports.iter().flatten()) {
+            let tcp = port.protocol.as_deref().is_none_or(|p| p == "TCP");
+            if let (Some(name), true, Ok(number)) =
+                (&port.name, tcp, u32::try_from(port.container_port))
+                && !name.is_empty()
+            {
+                ports.entry(name.clone()).or_insert(number);
+            }
+        }
+        let status = pod.status.as_ref();
+        let finished = status
+            .and_then(|s| s.phase.as_deref())
+            .is_some_and(|p| p == "Succeeded" || p == "Failed");
+        let unready = status
+            .and_then(|s| s.conditions.as_ref())
+            .into_iter()
+            .flatten()
+            .any(|c| c.type_ == "Ready" && c.status != "True");
         PodInfo {
-            metadata: pod.metadata,
+            ready: pod.metadata.deletion_timestamp.is_none() && !finished && !unready,
             service_account_name: pod.spec.and_then(|s| s.service_account_name),
             pod_ip: pod.status.and_then(|s| s.pod_ip),
+            metadata: pod.metadata,
+            ports,
         }
     }
 }
@@ -60,6 +92,7 @@ pub enum Object {
     VirtualService(Box<VirtualService>),
     DestinationRule(Box<DestinationRule>),
     ServiceEntry(Box<ServiceEntry>),
+    WorkloadEntry(Box<WorkloadEntry>),
     Gateway(Box<Gateway>),
     Sidecar(Box<Sidecar>),
     PeerAuthentication(Box<PeerAuthentication>),
@@ -81,6 +114,7 @@ impl Object {
             Object::VirtualService(_) => "VirtualService",
             Object::DestinationRule(_) => "DestinationRule",
             Object::ServiceEntry(_) => "ServiceEntry",
+            Object::WorkloadEntry(_) => "WorkloadEntry",
             Object::Gateway(_) => "Gateway",
             Object::Sidecar(_) => "Sidecar",
             Object::PeerAuthentication(_) => "PeerAuthentication",
@@ -102,6 +136,7 @@ impl Object {
             Object::VirtualService(o) => &o.metadata,
             Object::DestinationRule(o) => &o.metadata,
             Object::ServiceEntry(o) => &o.metadata,
+            Object::WorkloadEntry(o) => &o.metadata,
             Object::Gateway(o) => &o.metadata,
             Object::Sidecar(o) => &o.metadata,
             Object::PeerAuthentication(o) => &o.metadata,
@@ -123,6 +158,7 @@ impl Object {
             Object::VirtualService(o) => &mut o.metadata,
             Object::DestinationRule(o) => &mut o.metadata,
             Object::ServiceEntry(o) => &mut o.metadata,
+            Object::WorkloadEntry(o) => &mut o.metadata,
             Object::Gateway(o) => &mut o.metadata,
             Object::Sidecar(o) => &mut o.metadata,
             Object::PeerAuthentication(o) => &mut o.metadata,
@@ -288,6 +324,7 @@ fn parse_object(value: serde_json::Value, default_namespace: &str) -> Result<Obj
             "VirtualService" => Object::VirtualService(ctx.parse_istio(value)?),
             "DestinationRule" => Object::DestinationRule(ctx.parse_istio(value)?),
             "ServiceEntry" => Object::ServiceEntry(ctx.parse_istio(value)?),
+            "WorkloadEntry" => Object::WorkloadEntry(ctx.parse_istio(value)?),
             "Gateway" => Object::Gateway(ctx.parse_istio(value)?),
             "Sidecar" => Object::Sidecar(ctx.parse_istio(value)?),
             _ => return Err(unsupported(api_version, kind, display_name)),
@@ -389,6 +426,7 @@ istio_kind!(
     VirtualService => VirtualServiceSpec,
     DestinationRule => DestinationRuleSpec,
     ServiceEntry => ServiceEntrySpec,
+    WorkloadEntry => WorkloadEntrySpec,
     Gateway => GatewaySpec,
     Sidecar => SidecarSpec,
     PeerAuthentication => PeerAuthenticationSpec,
@@ -423,6 +461,7 @@ mod tests {
         assert_eq!(pod.metadata.labels.as_ref().unwrap()["app"], "a");
         assert_eq!(pod.service_account_name.as_deref(), Some("sa"));
         assert_eq!(pod.pod_ip.as_deref(), Some("10.0.0.1"));
+        assert!(pod.ready && pod.ports.is_empty());
         // Fields that are not kept are still checked against the Pod schema.
         let err = one(
             "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: 5, image: [i]}]}\n",
@@ -432,6 +471,56 @@ mod tests {
             panic!("{err}")
         };
         assert!(field.starts_with("spec.containers[0]"), "{err}");
+    }
+
+    /// What a ServiceEntry's `workloadSelector` reads of a pod: its named
+    /// TCP container ports (the first of a name) and whether it is ready.
+    #[test]
+    fn pod_ports_and_readiness() {
+        let pod = |status: &str| {
+            let text = format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\n\
+                 spec:\n  containers:\n\
+                 \x20 - {{name: a, image: i, ports: [{{name: http, containerPort: 8080}}, {{containerPort: 9000}}, {{name: dns, containerPort: 53, protocol: UDP}}]}}\n\
+                 \x20 - {{name: b, image: i, ports: [{{name: http, containerPort: 8081}}, {{name: grpc, containerPort: 7070, protocol: TCP}}]}}\n\
+                 status: {status}\n"
+            );
+            match one(&text).unwrap() {
+                Object::Pod(pod) => pod,
+                other => panic!("{other:?}"),
+            }
+        };
+        let running =
+            pod("{podIP: 10.0.0.1, phase: Running, conditions: [{type: Ready, status: 'True'}]}");
+        assert!(running.ready);
+        let ports: Vec<(&str, u32)> = running
+            .ports
+            .iter()
+            .map(|(k, v)| (k.as_str(), *v))
+            .collect();
+        assert_eq!(ports, [("grpc", 7070), ("http", 8080)]);
+        assert!(!pod("{conditions: [{type: Ready, status: 'False'}]}").ready);
+        assert!(!pod("{phase: Succeeded}").ready);
+        assert!(pod("{conditions: [{type: PodScheduled, status: 'False'}]}").ready);
+    }
+
+    #[test]
+    fn workload_entry_is_read() {
+        let we = one(
+            "apiVersion: networking.istio.io/v1beta1\nkind: WorkloadEntry\nmetadata: {name: vm, namespace: shop}\n\
+             spec: {address: 10.1.0.1, labels: {app: ratings}, ports: {http: 9080}, serviceAccount: ratings}\n",
+        )
+        .unwrap();
+        let Object::WorkloadEntry(we) = we else {
+            panic!("{we:?}")
+        };
+        assert_eq!(we.spec.address.as_deref(), Some("10.1.0.1"));
+        assert_eq!(we.spec.ports["http"], 9080);
+        let typo = one(
+            "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: vm}\nspec: {adress: 10.1.0.1}\n",
+        )
+        .unwrap_err();
+        assert!(typo.to_string().contains("adress"), "{typo}");
     }
 
     #[test]

@@ -35,7 +35,7 @@ pub use duration::{Duration, DurationError};
 pub use gateway::{Gateway, GatewaySpec};
 pub use peer_authentication::{PeerAuthentication, PeerAuthenticationSpec};
 pub use request_authentication::{RequestAuthentication, RequestAuthenticationSpec};
-pub use service_entry::{ServiceEntry, ServiceEntrySpec};
+pub use service_entry::{ServiceEntry, ServiceEntrySpec, WorkloadEntry, WorkloadEntrySpec};
 pub use sidecar::{Sidecar, SidecarSpec};
 pub use telemetry::{Telemetry, TelemetrySpec};
 pub use virtual_service::{VirtualService, VirtualServiceSpec};

@@ -87,29 +87,45 @@ pub enum Resolution {
     DynamicDns,
 }
 
-/// Istio `WorkloadEntry` spec, as used inline in `ServiceEntry.endpoints`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+/// Istio `WorkloadEntry` spec (`istio.networking.v1.WorkloadEntry`): a
+/// workload outside Kubernetes (a VM, a bare-metal host), as its own
+/// object or inline in `ServiceEntry.endpoints`. As an object it is an
+/// endpoint of the Kubernetes Services and of the ServiceEntries (with a
+/// `workloadSelector`) of its namespace that select its labels.
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "networking.istio.io",
+    version = "v1",
+    kind = "WorkloadEntry",
+    namespaced,
+    shortname = "we"
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WorkloadEntrySpec {
-    /// IP, hostname or `unix://` path.
+    /// IP, hostname (for DNS-resolved entries) or `unix://` path, without
+    /// the port.
     #[serde(default)]
     pub address: Option<String>,
-    /// Port name -> endpoint port.
+    /// Service port name -> the port the workload serves it on (default:
+    /// the service's target port, else its number).
     #[serde(default)]
     pub ports: BTreeMap<String, u32>,
-    /// Endpoint labels (DestinationRule subsets select on them).
+    /// Workload labels (selectors and DestinationRule subsets match them;
+    /// `security.istio.io/tlsMode` as on a pod).
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     /// Network the endpoint is on.
     #[serde(default)]
     pub network: Option<String>,
-    /// `region/zone/subzone`.
+    /// `region/zone/subzone` (default: the `istio-locality` label).
     #[serde(default)]
     pub locality: Option<String>,
-    /// Load balancing weight.
+    /// Load balancing weight (0 or unset: 1).
     #[serde(default)]
     pub weight: Option<u32>,
-    /// Service account (SPIFFE identity).
+    /// Service account of the workload's sidecar: its SPIFFE identity
+    /// `spiffe://<trust domain>/ns/<namespace>/sa/<account>`, and (without a
+    /// `security.istio.io/tlsMode` label) a sign that it takes Istio mTLS.
     #[serde(default)]
     pub service_account: Option<String>,
 }

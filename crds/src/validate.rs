@@ -17,6 +17,11 @@ pub fn validate(object: &Object) -> Result<(), ParseError> {
         Object::DestinationRule(dr) => destination_rule(&dr.spec),
         Object::Gateway(gw) => gateway(&gw.spec),
         Object::ServiceEntry(se) => service_entry(&se.spec),
+        Object::WorkloadEntry(we) => {
+            let mut p = Problems::new();
+            workload_entry(&mut p, "spec", &we.spec);
+            p
+        }
         Object::Sidecar(sc) => sidecar(&sc.spec),
         Object::PeerAuthentication(pa) => peer_authentication(&pa.spec),
         Object::AuthorizationPolicy(ap) => authorization_policy(&ap.spec),
@@ -438,6 +443,21 @@ fn service_entry(spec: &crate::ServiceEntrySpec) -> Problems {
             }
         }
     }
+    for (i, endpoint) in spec.endpoints.iter().enumerate() {
+        let at = format!("spec.endpoints[{i}]");
+        workload_entry(&mut p, &at, endpoint);
+        let address = endpoint.address.as_deref().unwrap_or("");
+        if resolution == Resolution::Static
+            && !address.is_empty()
+            && !address.starts_with("unix://")
+            && address.parse::<std::net::IpAddr>().is_err()
+        {
+            p.push((
+                format!("{at}.address"),
+                format!("endpoint address {address:?} is not a valid IP address"),
+            ));
+        }
+    }
     if resolution == Resolution::None && !spec.endpoints.is_empty() {
         p.push((
             "spec.endpoints".into(),
@@ -483,6 +503,60 @@ fn service_entry(spec: &crate::ServiceEntrySpec) -> Problems {
         }
     }
     p
+}
+
+/// Istio's WorkloadEntry rules (its CRD's validations and
+/// `validateWorkloadEntry`), for a WorkloadEntry (`at` is `spec`) and each
+/// inline ServiceEntry endpoint: an address unless a network is named; a
+/// `unix://` address an absolute path or an abstract socket, not a
+/// directory, and without ports; port names as Kubernetes port names,
+/// numbers in 1-65535; a locality of at most three non-empty parts.
+fn workload_entry(p: &mut Problems, at: &str, we: &crate::WorkloadEntrySpec) {
+    let address = we.address.as_deref().unwrap_or("");
+    if address.is_empty() && we.network.as_deref().unwrap_or("").is_empty() {
+        p.push((format!("{at}.address"), "Address is required".into()));
+    }
+    if let Some(path) = address.strip_prefix("unix://") {
+        if !(path.starts_with('/') || path.starts_with('@')) {
+            p.push((
+                format!("{at}.address"),
+                "UDS must be an absolute path or abstract socket".into(),
+            ));
+        } else if path.ends_with('/') {
+            p.push((format!("{at}.address"), "UDS may not be a dir".into()));
+        }
+        if !we.ports.is_empty() {
+            p.push((format!("{at}.ports"), "UDS may not include ports".into()));
+        }
+    }
+    for (name, port) in &we.ports {
+        let alnum = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+        let valid = name.len() < 63
+            && alnum(name.chars().next())
+            && alnum(name.chars().last())
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+        if !valid {
+            p.push((
+                format!("{at}.ports"),
+                format!("port name {name:?} must be valid"),
+            ));
+        }
+        if !(1..=65535).contains(port) {
+            p.push((
+                format!("{at}.ports.{name}"),
+                format!("{port}: port must be between 1-65535"),
+            ));
+        }
+    }
+    if let Some(locality) = we.locality.as_deref().filter(|l| !l.is_empty()) {
+        let parts: Vec<&str> = locality.split('/').collect();
+        if parts.len() > 3 || parts.contains(&"") {
+            p.push((
+                format!("{at}.locality"),
+                format!("{locality:?} must use region/zone/subzone form"),
+            ));
+        }
+    }
 }
 
 /// The `when` keys Istio knows (`request.headers[...]`,

@@ -66,6 +66,12 @@ pub const KINDS: &[(&str, &str, &str, bool)] = &[
         "serviceentries",
         true,
     ),
+    (
+        "networking.istio.io/v1",
+        "WorkloadEntry",
+        "workloadentries",
+        true,
+    ),
     ("networking.istio.io/v1", "Gateway", "gateways", true),
     ("networking.istio.io/v1", "Sidecar", "sidecars", true),
     (

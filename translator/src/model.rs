@@ -96,8 +96,9 @@ pub struct ServicePort {
 pub struct Endpoint {
     /// IP address (or DNS name for DNS ServiceEntries).
     pub address: String,
-    /// Service port name -> endpoint (target) port; shared by the
-    /// endpoints of one EndpointSlice.
+    /// Service port name -> endpoint (target) port, 0 for a service port
+    /// the workload does not serve; shared by the endpoints of one
+    /// EndpointSlice.
     pub ports: Arc<BTreeMap<String, u32>>,
     /// Labels of the workload (pod labels), for subsets; one map shared by
     /// the endpoints whose labels are equal (a Deployment's replicas).
@@ -210,13 +211,18 @@ impl Endpoint {
 
     /// The endpoint's port for the service port named `name`; an endpoint
     /// with a single port uses it for any name (unnamed service ports).
+    /// `None` also for a port mapped to 0: a workload that does not serve
+    /// that service port ([`Endpoint::ports`] keeps it, so that the one
+    /// port left is not taken for every name).
     pub fn target_port(&self, name: &str) -> Option<u32> {
         // With one port it is the answer whatever its name (the usual
         // case, and no string compared on the per-proxy path).
-        if self.ports.len() == 1 {
-            return self.ports.first_key_value().map(|(_, p)| *p);
-        }
-        self.ports.get(name).copied()
+        let port = if self.ports.len() == 1 {
+            self.ports.first_key_value().map(|(_, p)| *p)
+        } else {
+            self.ports.get(name).copied()
+        };
+        port.filter(|p| *p != 0)
     }
 }
 
@@ -952,6 +958,8 @@ impl Snapshot {
         let mut pods_by_ip: HashMap<&str, Read<'a, PodInfo>> = HashMap::new();
         let mut slices = Vec::new();
         let mut services = Vec::new();
+        let mut service_entries = Vec::new();
+        let mut workloads = Workloads::default();
         let objects: Vec<Read<'a, Object>> = objects.collect();
         // The mesh config first: its `discoverySelectors` decide which
         // namespaces' objects are read.
@@ -1096,16 +1104,40 @@ impl Snapshot {
                     namespace: ns.to_owned(),
                     spec: t.spec.clone(),
                 }),
-                Object::ServiceEntry(se) => {
-                    for mut svc in service_entry_services(ns, &se.spec) {
-                        if svc.export_to.is_empty() {
-                            svc.export_to.clone_from(&defaults.services);
-                        }
-                        snap.services
-                            .entry(svc.hostname.clone())
-                            .or_insert_with(|| Arc::new(svc));
-                    }
+                Object::ServiceEntry(se) => service_entries.push((ns, name, &se.spec)),
+                Object::WorkloadEntry(we) => {
+                    workloads.entries.insert((ns, name), (&we.spec, shared));
                 }
+            }
+        }
+        // ServiceEntries once every workload is known: a `workloadSelector`
+        // picks WorkloadEntries and pods of the entry's namespace.
+        if service_entries
+            .iter()
+            .any(|(_, _, se)| se.workload_selector.is_some())
+        {
+            workloads.pods = pods_by_name
+                .iter()
+                .map(|(key, (pod, _))| (*key, *pod))
+                .collect();
+        }
+        for (ns, name, spec) in service_entries {
+            let object = || format!("{ns}/{name}");
+            for mut svc in service_entry_services(ns, spec, &workloads) {
+                if svc.export_to.is_empty() {
+                    svc.export_to.clone_from(&defaults.services);
+                }
+                snap.services
+                    .entry(svc.hostname.clone())
+                    .or_insert_with(|| Arc::new(svc));
+            }
+            for (field, reason) in unix_endpoints(spec, &workloads, ns) {
+                snap.warnings.push(crate::ConfigWarning::new(
+                    "ServiceEntry",
+                    object(),
+                    field,
+                    reason,
+                ));
             }
         }
         // Slices by (namespace, owning service), so that each service
@@ -1166,7 +1198,8 @@ impl Snapshot {
                 .flat_map(|(slice, _)| slice.endpoints.iter().flatten())
                 .map(|ep| pod_of(ns, ep))
                 .collect();
-            let inputs = inputs(svc_shared, own_slices, &pods);
+            let entries = workloads.selected_by_service(ns, svc);
+            let inputs = inputs(svc_shared, own_slices, &pods, &entries);
             let same = inputs
                 .as_deref()
                 .zip(previous)
@@ -1257,6 +1290,14 @@ impl Snapshot {
                         ));
                     }
                 }
+            }
+            if !entries.is_empty() {
+                let targets = kubernetes_targets(spec);
+                endpoints.extend(
+                    entries
+                        .iter()
+                        .filter_map(|(we, _)| kubernetes_entry_endpoint(we, &targets)),
+                );
             }
             let service = Arc::new(Service {
                 hostname: hostname.clone(),
@@ -1702,13 +1743,21 @@ impl Snapshot {
     }
 }
 
-fn service_entry_services(ns: &str, spec: &crds::ServiceEntrySpec) -> Vec<Service> {
+fn service_entry_services(
+    ns: &str,
+    spec: &crds::ServiceEntrySpec,
+    workloads: &Workloads<'_>,
+) -> Vec<Service> {
     let resolution = match spec.resolution {
         Some(Resolution::Dns | Resolution::DynamicDns) => ServiceResolution::Dns,
         Some(Resolution::DnsRoundRobin) => ServiceResolution::DnsRoundRobin,
         Some(Resolution::Static) => ServiceResolution::Static,
         Some(Resolution::None) | None => ServiceResolution::Passthrough,
     };
+    let dns = matches!(
+        resolution,
+        ServiceResolution::Dns | ServiceResolution::DnsRoundRobin
+    );
     let ports: Vec<ServicePort> = spec
         .ports
         .iter()
@@ -1722,22 +1771,77 @@ fn service_entry_services(ns: &str, spec: &crds::ServiceEntrySpec) -> Vec<Servic
         })
         .collect();
     // Where the endpoints receive each port: its `targetPort`, else its
-    // number (an endpoint's own `ports` entry wins over both).
+    // number (a workload's own port of that name wins over both).
     let targets: Vec<(String, u32)> = spec
         .ports
         .iter()
         .zip(&ports)
         .map(|(p, sp)| (sp.name.clone(), p.target_port.unwrap_or(p.number)))
         .collect();
+    let of_workload = |own: &BTreeMap<String, u32>| -> Arc<BTreeMap<String, u32>> {
+        Arc::new(
+            targets
+                .iter()
+                .map(|(name, target)| {
+                    let port = own.get(name).copied().filter(|p| *p > 0);
+                    (name.clone(), port.unwrap_or(*target))
+                })
+                .collect(),
+        )
+    };
+    // Istio's `convertWorkloadInstanceToInstances`: the selected
+    // WorkloadEntries (a hostname only for DNS resolution) and ready pods.
+    let endpoints: Option<Vec<Endpoint>> = match &spec.workload_selector {
+        Some(selector) => Some(
+            workloads
+                .entries_in(ns)
+                .filter(|(we, _)| selects_workload(&selector.labels, &we.labels))
+                .filter(|(we, _)| {
+                    let address = we.address.as_deref().unwrap_or_default();
+                    dns || address.parse::<std::net::IpAddr>().is_ok()
+                })
+                .filter_map(|(we, _)| workload_entry_endpoint(we, of_workload(&we.ports)))
+                .chain(
+                    workloads
+                        .pods_in(ns)
+                        .filter(|pod| pod.ready)
+                        .filter(|pod| {
+                            let labels = pod.metadata.labels.as_ref();
+                            labels.is_some_and(|l| selects_workload(&selector.labels, l))
+                        })
+                        .filter_map(|pod| {
+                            let labels = Arc::new(pod.metadata.labels.clone().unwrap_or_default());
+                            let locality = pod_locality(&labels, None);
+                            Some(Endpoint::new(
+                                pod.pod_ip.clone().filter(|ip| !ip.is_empty())?,
+                                of_workload(&pod.ports),
+                                labels,
+                                true,
+                                locality,
+                                pod.service_account_name.clone().filter(|s| !s.is_empty()),
+                            ))
+                        }),
+                )
+                .collect(),
+        ),
+        // DNS entries without endpoints resolve the host itself.
+        None if spec.endpoints.is_empty() && dns => None,
+        None => Some(
+            spec.endpoints
+                .iter()
+                .filter_map(|we| workload_entry_endpoint(we, of_workload(&we.ports)))
+                .collect(),
+        ),
+    };
     spec.hosts
         .iter()
-        .map(|host| {
-            let dns = matches!(
-                resolution,
-                ServiceResolution::Dns | ServiceResolution::DnsRoundRobin
-            );
-            let endpoints = if spec.endpoints.is_empty() && dns {
-                // DNS entries without endpoints resolve the host itself.
+        .map(|host| Service {
+            hostname: host.clone(),
+            name: host.clone(),
+            namespace: ns.to_owned(),
+            vips: spec.addresses.clone(),
+            ports: ports.clone(),
+            endpoints: endpoints.clone().unwrap_or_else(|| {
                 vec![Endpoint::new(
                     host.clone(),
                     Arc::new(targets.iter().cloned().collect()),
@@ -1746,60 +1850,234 @@ fn service_entry_services(ns: &str, spec: &crds::ServiceEntrySpec) -> Vec<Servic
                     String::new(),
                     None,
                 )]
-            } else {
-                spec.endpoints
-                    .iter()
-                    .filter_map(|we| {
-                        let mut endpoint = Endpoint::new(
-                            we.address.clone()?,
-                            Arc::new(
-                                targets
-                                    .iter()
-                                    .map(|(name, target)| {
-                                        (
-                                            name.clone(),
-                                            we.ports.get(name).copied().unwrap_or(*target),
-                                        )
-                                    })
-                                    .collect(),
-                            ),
-                            Arc::new(we.labels.clone()),
-                            true,
-                            we.locality.clone().unwrap_or_default(),
-                            we.service_account.clone(),
-                        );
-                        endpoint.weight = we.weight.filter(|w| *w > 0).unwrap_or(1);
-                        Some(endpoint)
-                    })
-                    .collect()
-            };
-            Service {
-                hostname: host.clone(),
-                name: host.clone(),
-                namespace: ns.to_owned(),
-                vips: spec.addresses.clone(),
-                ports: ports.clone(),
-                endpoints,
-                resolution,
-                kubernetes: false,
-                external: spec.location != Some(Location::MeshInternal),
-                export_to: spec.export_to.clone(),
-                subject_alt_names: spec.subject_alt_names.clone(),
-            }
+            }),
+            resolution,
+            kubernetes: false,
+            external: spec.location != Some(Location::MeshInternal),
+            export_to: spec.export_to.clone(),
+            subject_alt_names: spec.subject_alt_names.clone(),
         })
         .collect()
 }
 
+/// The `unix://` addresses a ServiceEntry would have as endpoints (inline,
+/// or WorkloadEntries it selects), as (field, reason) warnings: Envoy pipe
+/// addresses are not written yet, and such endpoints are left out.
+fn unix_endpoints(
+    spec: &crds::ServiceEntrySpec,
+    workloads: &Workloads<'_>,
+    ns: &str,
+) -> Vec<(String, String)> {
+    let unix = |we: &crds::WorkloadEntrySpec| {
+        we.address
+            .as_deref()
+            .is_some_and(|a| a.starts_with(UNIX_PREFIX))
+    };
+    let inline = spec
+        .endpoints
+        .iter()
+        .enumerate()
+        .filter(|(_, we)| unix(we))
+        .map(|(i, _)| format!("spec.endpoints[{i}].address"));
+    let selected = spec.workload_selector.iter().flat_map(|selector| {
+        workloads
+            .named_entries_in(ns)
+            .filter(|(_, (we, _))| unix(we) && selects_workload(&selector.labels, &we.labels))
+            .map(|(name, _)| format!("spec.workloadSelector (WorkloadEntry {ns}/{name})"))
+    });
+    inline
+        .chain(selected)
+        .map(|field| {
+            (
+                field,
+                "unix domain socket endpoints are not supported yet; left out".to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The `unix://` prefix of a WorkloadEntry address naming a socket.
+const UNIX_PREFIX: &str = "unix://";
+
+/// Whether a selector's `labels` pick a workload with `labels`: a selector
+/// with labels, all of them carried (Istio's `SelectsNonEmpty`).
+fn selects_workload(
+    selector: &BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// The endpoint a WorkloadEntry (an object, or inline in a ServiceEntry)
+/// is, with its target `ports` by service port name; `None` without an
+/// address (an entry reached through its network's gateway: not yet) or
+/// with a `unix://` one (not yet). Istio's
+/// `convertWorkloadEntryToWorkloadInstance`: the locality is the entry's,
+/// else its `istio-locality` label; it takes Istio mTLS when its
+/// `security.istio.io/tlsMode` label says `istio` or, without that label,
+/// when it names a service account.
+fn workload_entry_endpoint(
+    we: &crds::WorkloadEntrySpec,
+    ports: Arc<BTreeMap<String, u32>>,
+) -> Option<Endpoint> {
+    let address = we
+        .address
+        .clone()
+        .filter(|a| !a.is_empty() && !a.starts_with(UNIX_PREFIX))?;
+    let locality = we
+        .locality
+        .clone()
+        .filter(|l| !l.is_empty())
+        .or_else(|| we.labels.get("istio-locality").map(|l| l.replace('.', "/")))
+        .unwrap_or_default();
+    let service_account = we.service_account.clone().filter(|s| !s.is_empty());
+    let sidecar = !we.labels.contains_key(TLS_MODE_LABEL) && service_account.is_some();
+    let mut endpoint = Endpoint::new(
+        address,
+        ports,
+        Arc::new(we.labels.clone()),
+        true,
+        locality,
+        service_account,
+    );
+    endpoint.in_mesh |= sidecar;
+    endpoint.weight = we.weight.filter(|w| *w > 0).unwrap_or(1);
+    Some(endpoint)
+}
+
+/// Where a Kubernetes service's ports reach a WorkloadEntry, by service
+/// port name (Istio's `findServiceTargetPort`): a numeric `targetPort`
+/// (the port itself when unset, as the API server defaults it) unless the
+/// entry has a port of the service port's name; a named `targetPort` only
+/// through the entry's port of that name. UDP ports are left out.
+fn kubernetes_targets(spec: &ServiceSpec) -> Vec<(String, KubernetesTarget)> {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    spec.ports
+        .iter()
+        .flatten()
+        .filter(|p| p.protocol.as_deref() != Some("UDP"))
+        .filter_map(|p| {
+            let name = p.name.clone().unwrap_or_default();
+            let target = match &p.target_port {
+                Some(IntOrString::String(named)) => KubernetesTarget::Named(named.clone()),
+                Some(IntOrString::Int(n)) if *n > 0 => {
+                    KubernetesTarget::Number(u32::try_from(*n).ok()?)
+                }
+                _ => KubernetesTarget::Number(u32::try_from(p.port).ok()?),
+            };
+            Some((name, target))
+        })
+        .collect()
+}
+
+/// A Kubernetes service port's `targetPort`, as a WorkloadEntry reads it.
+enum KubernetesTarget {
+    /// A port number (an entry's port of the service port's name wins).
+    Number(u32),
+    /// A container port name: the entry's port of that name, or none.
+    Named(String),
+}
+
+/// The endpoint WorkloadEntry `we` is of a Kubernetes service whose ports
+/// reach it at `targets` ([`kubernetes_targets`]); `None` when it has no
+/// IP address (Istio selects no hostname or socket entries for Kubernetes
+/// services).
+fn kubernetes_entry_endpoint(
+    we: &crds::WorkloadEntrySpec,
+    targets: &[(String, KubernetesTarget)],
+) -> Option<Endpoint> {
+    we.address.as_deref()?.parse::<std::net::IpAddr>().ok()?;
+    let own = |name: &str| we.ports.get(name).copied().filter(|p| *p > 0);
+    let ports = targets
+        .iter()
+        .map(|(name, target)| {
+            let port = match target {
+                KubernetesTarget::Number(n) => own(name).unwrap_or(*n),
+                // Not served: 0 (see `Endpoint::ports`).
+                KubernetesTarget::Named(target) => own(target).unwrap_or(0),
+            };
+            (name.clone(), port)
+        })
+        .collect();
+    workload_entry_endpoint(we, Arc::new(ports))
+}
+
+/// The workloads a selector can pick besides a Kubernetes service's own
+/// slices: WorkloadEntry objects and (for ServiceEntries) pods, by
+/// (namespace, name).
+#[derive(Default)]
+struct Workloads<'a> {
+    entries: BTreeMap<(&'a str, &'a str), Read<'a, crds::WorkloadEntrySpec>>,
+    /// Filled only when a ServiceEntry has a `workloadSelector`.
+    pods: BTreeMap<(&'a str, &'a str), &'a PodInfo>,
+}
+
+impl<'a> Workloads<'a> {
+    /// The WorkloadEntries of namespace `ns` with their names, by name.
+    fn named_entries_in<'s>(
+        &'s self,
+        ns: &'s str,
+    ) -> impl Iterator<Item = (&'a str, Read<'a, crds::WorkloadEntrySpec>)> + 's {
+        self.entries
+            .range((ns, "")..)
+            .take_while(move |((n, _), _)| *n == ns)
+            .map(|((_, name), entry)| (*name, *entry))
+    }
+
+    /// The WorkloadEntries of namespace `ns`, by name.
+    fn entries_in<'s>(
+        &'s self,
+        ns: &'s str,
+    ) -> impl Iterator<Item = Read<'a, crds::WorkloadEntrySpec>> + 's {
+        self.named_entries_in(ns).map(|(_, entry)| entry)
+    }
+
+    /// The pods of namespace `ns`, by name.
+    fn pods_in<'s>(&'s self, ns: &'s str) -> impl Iterator<Item = &'a PodInfo> + 's {
+        self.pods
+            .range((ns, "")..)
+            .take_while(move |((n, _), _)| *n == ns)
+            .map(|(_, pod)| *pod)
+    }
+
+    /// The WorkloadEntries of namespace `ns` that Kubernetes service `svc`
+    /// selects (Istio's `WorkloadInstanceHandler`): a selector with labels,
+    /// a service with a cluster IP, entries with labels.
+    fn selected_by_service(
+        &self,
+        ns: &str,
+        svc: &k8s_openapi::api::core::v1::Service,
+    ) -> Vec<Read<'a, crds::WorkloadEntrySpec>> {
+        if self.entries.is_empty() {
+            return Vec::new();
+        }
+        let Some(spec) = &svc.spec else {
+            return Vec::new();
+        };
+        let Some(selector) = spec.selector.as_ref().filter(|s| !s.is_empty()) else {
+            return Vec::new();
+        };
+        if spec.cluster_ip.as_deref() == Some("None") {
+            return Vec::new();
+        }
+        self.entries_in(ns)
+            .filter(|(we, _)| selects_workload(selector, &we.labels))
+            .collect()
+    }
+}
+
 /// The [`Inputs`] of a Kubernetes service (`service`, its slices, the
-/// Pod of each of their endpoints); `None` when any of them was not
-/// shared (its identity unknown).
+/// WorkloadEntries it selects, the Pod of each of their endpoints); `None`
+/// when any of them was not shared (its identity unknown).
 fn inputs(
     service: Option<&Arc<Object>>,
     slices: &[Read<'_, EndpointSlice>],
     pods: &[Option<Read<'_, PodInfo>>],
+    entries: &[Read<'_, crds::WorkloadEntrySpec>],
 ) -> Option<Inputs> {
     let objects = std::iter::once(service)
         .chain(slices.iter().map(|(_, shared)| *shared))
+        .chain(entries.iter().map(|(_, shared)| *shared))
         .map(|shared| shared.map(|o| Some(Arc::clone(o))));
     let pods = pods.iter().map(|pod| match pod {
         Some((_, shared)) => shared.map(|o| Some(Arc::clone(o))),

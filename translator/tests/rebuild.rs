@@ -231,3 +231,56 @@ fn a_kubernetes_service_over_a_service_entry_host_is_reused_too() {
     assert_eq!(kept, [A, B]);
     assert!(again.services[A].kubernetes);
 }
+
+/// The WorkloadEntries a Kubernetes Service selects are among its inputs:
+/// one added, replaced or removed rebuilds that service, and only that
+/// one; an entry it does not select rebuilds nothing.
+#[test]
+fn workload_entries_a_service_selects_are_among_its_inputs() {
+    let mut first = mesh();
+    first.put(
+        "svc-a",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {clusterIP: 10.96.0.80, selector: {app: vm}, ports: [{name: http, port: 80, targetPort: 8080}]}\n",
+    );
+    let entry = |address: &str, app: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: vm}}\nspec: {{address: {address}, labels: {{app: {app}}}, serviceAccount: vm}}\n"
+        )
+    };
+    let (snap, _) = check((&Objects::default(), &Snapshot::default()), &first);
+    let (snap, kept) = check((&first, &snap), &first);
+    assert_eq!(kept, [A, B]);
+
+    let mut next = first.clone();
+    next.put("we-vm", &entry("10.1.0.1", "vm"));
+    let (s1, kept) = check((&first, &snap), &next);
+    assert_eq!(kept, [B]);
+    let vm = s1.services[A]
+        .endpoints
+        .iter()
+        .find(|e| e.address == "10.1.0.1")
+        .unwrap();
+    assert_eq!(vm.target_port("http"), Some(8080));
+    // The same entry: both kept; moved: `a` again.
+    let (s2, kept) = check((&next, &s1), &next);
+    assert_eq!(kept, [A, B]);
+    let mut moved = next.clone();
+    moved.put("we-vm", &entry("10.1.0.2", "vm"));
+    let (s3, kept) = check((&next, &s2), &moved);
+    assert_eq!(kept, [B]);
+    // Relabelled so that `a` no longer selects it, then gone.
+    let mut other = moved.clone();
+    other.put("we-vm", &entry("10.1.0.2", "other"));
+    let (s4, kept) = check((&moved, &s3), &other);
+    assert_eq!(kept, [B]);
+    assert!(
+        s4.services[A]
+            .endpoints
+            .iter()
+            .all(|e| e.address.starts_with("10.0.0."))
+    );
+    let mut gone = other.clone();
+    gone.remove("we-vm");
+    let (_, kept) = check((&other, &s4), &gone);
+    assert_eq!(kept, [A, B], "an entry no service selected");
+}

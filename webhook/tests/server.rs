@@ -320,8 +320,8 @@ async fn validation_refuses_what_the_mesh_cannot_use_naming_the_field() {
 /// Istio's CRD validation fixtures (`validation/crds/`): every document
 /// in `*-valid.yaml` is accepted, every one in `*-invalid.yaml` refused
 /// with a message naming the field of its `_err`. Only the kinds this
-/// control plane reads (DestinationRule, ServiceEntry) are run; the
-/// WorkloadEntry and WorkloadGroup files are reported as skipped.
+/// control plane reads (DestinationRule, ServiceEntry, WorkloadEntry) are
+/// run; the WorkloadGroup files are reported as skipped.
 #[tokio::test]
 async fn istio_validation_fixtures() {
     let dir = crds::istio_testdata().join("validation/crds");
@@ -332,7 +332,10 @@ async fn istio_validation_fixtures() {
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         let file = path.file_name().unwrap().to_string_lossy().into_owned();
-        if !(file.starts_with("destinationrule") || file.starts_with("serviceentry")) {
+        if !["destinationrule", "serviceentry", "workloadentry"]
+            .iter()
+            .any(|kind| file.starts_with(kind))
+        {
             skipped.push(file);
             continue;
         }

@@ -122,7 +122,7 @@ impl Watched {
 /// list and watch on these): Namespaces, Pods, Services, EndpointSlices,
 /// the mesh ConfigMap (`istio` in `namespace`, key `mesh`), Secrets (for
 /// Gateway `credentialName`; service-account tokens and Helm releases are
-/// excluded, as istiod does), the `networking.istio.io/v1` kinds and
+/// excluded, as istiod does), the `networking.istio.io/v1` kinds (WorkloadEntry included) and
 /// `security.istio.io/v1` PeerAuthentication, AuthorizationPolicy and
 /// RequestAuthentication, and `telemetry.istio.io/v1` Telemetry.
 pub fn watched(namespace: &str) -> Vec<Watched> {
@@ -150,6 +150,7 @@ pub fn watched(namespace: &str) -> Vec<Watched> {
             "destinationrules",
         ),
         Watched::new("networking.istio.io/v1", "ServiceEntry", "serviceentries"),
+        Watched::new("networking.istio.io/v1", "WorkloadEntry", "workloadentries"),
         Watched::new("networking.istio.io/v1", "Gateway", "gateways"),
         Watched::new("networking.istio.io/v1", "Sidecar", "sidecars"),
         Watched::new(
@@ -340,7 +341,17 @@ fn trim(value: &mut Value, resource: &ApiResource) {
     if resource.kind == "Pod"
         && let Some(status) = map.get_mut("status").and_then(Value::as_object_mut)
     {
+        // Of the conditions, only whether the pod is Ready (a ServiceEntry
+        // selects ready pods); their times change on every probe.
+        let ready = status
+            .get("conditions")
+            .and_then(Value::as_array)
+            .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+            .map(|c| serde_json::json!([{"type": "Ready", "status": c["status"]}]));
         status.retain(|k, _| matches!(k.as_str(), "podIP" | "podIPs" | "hostIP" | "phase"));
+        if let Some(ready) = ready {
+            status.insert("conditions".into(), ready);
+        }
     }
 }
 
@@ -447,17 +458,27 @@ mod tests {
             "metadata": {"name": "p", "namespace": "default", "resourceVersion": rv,
                          "labels": {"app": "reviews"}},
             "spec": {"containers": [{"name": "c", "image": "i"}]},
-            "status": {"podIP": "10.0.0.1", "conditions": [{"type": "Ready", "status": ready}]}
+            "status": {"podIP": "10.0.0.1", "conditions": [
+                {"type": "Ready", "status": ready, "lastTransitionTime": format!("2026-01-01T00:00:0{rv}Z")},
+                {"type": "ContainersReady", "status": ready}
+            ]}
         }))
     }
 
     #[test]
-    fn status_only_updates_change_nothing() {
+    fn status_only_updates_change_nothing_but_readiness() {
         let w = watched("istio-system");
         let pods = w.iter().position(|w| w.resource.kind == "Pod").unwrap();
         let mut s = Store::new(w.len());
         assert!(s.apply(pods, &w[pods], Event::Apply(pod("1", "False"))));
-        assert!(!s.apply(pods, &w[pods], Event::Apply(pod("2", "True"))));
+        // Ready (a ServiceEntry selects ready pods), then only times.
+        assert!(s.apply(pods, &w[pods], Event::Apply(pod("2", "True"))));
+        assert!(!s.apply(pods, &w[pods], Event::Apply(pod("4", "True"))));
+        let loaded = s.loaded();
+        let Some(Object::Pod(p)) = loaded.objects().next() else {
+            panic!("no pod")
+        };
+        assert!(p.ready);
         let mut moved = pod("3", "True");
         moved.data["status"]["podIP"] = "10.0.0.2".into();
         assert!(s.apply(pods, &w[pods], Event::Apply(moved)));

@@ -1,0 +1,421 @@
+//! WorkloadEntry (Istio's VMs in the mesh): the endpoints it is of the
+//! Kubernetes Services and the ServiceEntries (`workloadSelector`) of its
+//! namespace that select it, with Istio's port choice, identity and TLS
+//! mode, and its own sidecar's inbound side.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
+
+use crds::document::{parse_value, split_documents};
+use envoy_types::pb::envoy::config::core::v3::{TransportSocket, transport_socket};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
+use prost::Message;
+use translator::generate;
+use translator::model::{Endpoint, MeshConfig, Proxy, Snapshot};
+
+/// `ratings` selects `app: ratings` (HTTP 9080 -> 8080, `grpc` 7070 ->
+/// the named `grpc-port`); its one pod has a sidecar. `headless` and
+/// `manual` (no selector) select the same labels' workloads, or nothing.
+const PLATFORM: &str = "
+apiVersion: v1
+kind: Service
+metadata: {name: ratings, namespace: default}
+spec:
+  clusterIP: 10.96.0.14
+  selector: {app: ratings}
+  ports:
+  - {name: http, port: 9080, targetPort: 8080}
+  - {name: grpc, port: 7070, targetPort: grpc-port}
+  - {name: udp-dns, port: 53, protocol: UDP}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: ratings-0
+  namespace: default
+  labels: {app: ratings, security.istio.io/tlsMode: istio}
+spec: {serviceAccountName: ratings, containers: [{name: app, image: app}]}
+status: {podIP: 10.244.0.13}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: ratings-1, namespace: default, labels: {kubernetes.io/service-name: ratings}}
+addressType: IPv4
+ports: [{name: http, port: 8080}, {name: grpc, port: 7070}]
+endpoints: [{addresses: [10.244.0.13], targetRef: {kind: Pod, name: ratings-0, namespace: default}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: headless, namespace: default}
+spec:
+  clusterIP: None
+  selector: {app: ratings}
+  ports: [{name: http, port: 9080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: manual, namespace: default}
+spec:
+  clusterIP: 10.96.0.15
+  ports: [{name: http, port: 9080}]
+";
+
+fn mesh(extra: &str) -> Snapshot {
+    let text = format!("{PLATFORM}\n---\n{extra}");
+    let objects: Vec<_> = split_documents(&text)
+        .into_iter()
+        .flat_map(|(_, v)| parse_value(v.unwrap(), "default"))
+        .map(|o| o.unwrap())
+        .collect();
+    Snapshot::build(1, &objects, MeshConfig::default())
+}
+
+fn entry(name: &str, namespace: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec: {spec}\n---\n"
+    )
+}
+
+fn endpoints<'a>(snap: &'a Snapshot, host: &str) -> Vec<&'a Endpoint> {
+    snap.services[host].endpoints.iter().collect()
+}
+
+fn find<'a>(snap: &'a Snapshot, host: &str, address: &str) -> Option<&'a Endpoint> {
+    snap.services[host]
+        .endpoints
+        .iter()
+        .find(|e| e.address == address)
+}
+
+const RATINGS: &str = "ratings.default.svc.cluster.local";
+
+#[test]
+fn a_kubernetes_service_selects_workload_entries_of_its_namespace() {
+    let snap = mesh(
+        &(entry(
+            "vm-1",
+            "default",
+            "{address: 10.1.0.1, labels: {app: ratings, version: vm}, serviceAccount: ratings-vm, ports: {grpc-port: 17070}, locality: us-east/a, weight: 3}",
+        ) + &entry(
+            "vm-2",
+            "default",
+            "{address: 10.1.0.2, labels: {app: ratings}, ports: {http: 18080}}",
+        ) + &entry(
+            "other-ns",
+            "shop",
+            "{address: 10.1.0.3, labels: {app: ratings}}",
+        ) + &entry(
+            "other-app",
+            "default",
+            "{address: 10.1.0.4, labels: {app: reviews}}",
+        ) + &entry(
+            "by-name",
+            "default",
+            "{address: vm.example.com, labels: {app: ratings}}",
+        ) + &entry("no-labels", "default", "{address: 10.1.0.5}")),
+    );
+    let addresses: Vec<&str> = endpoints(&snap, RATINGS)
+        .iter()
+        .map(|e| e.address.as_str())
+        .collect();
+    // The pod from its slice, then the entries by name; not another
+    // namespace's, not another app's, not a hostname.
+    assert_eq!(addresses, ["10.244.0.13", "10.1.0.1", "10.1.0.2"]);
+
+    let vm1 = find(&snap, RATINGS, "10.1.0.1").unwrap();
+    // A numeric targetPort; a named one through the entry's port of that name.
+    assert_eq!(vm1.target_port("http"), Some(8080));
+    assert_eq!(vm1.target_port("grpc"), Some(17070));
+    assert_eq!(vm1.target_port("udp-dns"), None, "UDP ports are left out");
+    assert_eq!(vm1.locality, "us-east/a");
+    assert_eq!(vm1.weight, 3);
+    assert_eq!(vm1.service_account.as_deref(), Some("ratings-vm"));
+    assert!(
+        vm1.in_mesh(),
+        "a service account and no tlsMode label: a sidecar"
+    );
+    assert_eq!(vm1.labels["version"], "vm");
+
+    let vm2 = find(&snap, RATINGS, "10.1.0.2").unwrap();
+    // The entry's port of the service port's name wins over the number;
+    // without the named target port it is no endpoint of `grpc`.
+    assert_eq!(vm2.target_port("http"), Some(18080));
+    assert_eq!(vm2.target_port("grpc"), None);
+    assert!(!vm2.in_mesh(), "no service account: no sidecar");
+
+    // A headless service and one without a selector select no entry.
+    assert!(endpoints(&snap, "headless.default.svc.cluster.local").is_empty());
+    assert!(endpoints(&snap, "manual.default.svc.cluster.local").is_empty());
+
+    // The VM's sidecar serves the ports it is an endpoint of.
+    let ports: Vec<u32> = snap
+        .inbound_ports("10.1.0.1")
+        .iter()
+        .map(|p| p.port)
+        .collect();
+    assert_eq!(ports, [8080, 17070]);
+}
+
+#[test]
+fn auto_mtls_and_identity_reach_a_workload_entry_with_a_sidecar() {
+    let client = Proxy::from_node_id(
+        "sidecar~10.244.0.99~client.default~default.svc.cluster.local",
+        None,
+        Default::default(),
+    )
+    .unwrap();
+    let snap = mesh(&entry(
+        "vm-1",
+        "default",
+        "{address: 10.1.0.1, labels: {app: ratings, security.istio.io/tlsMode: disabled}, serviceAccount: ratings-vm}",
+    ));
+    let out = generate(&snap, &client);
+    let cluster = |out: &translator::Output| {
+        out.clusters
+            .iter()
+            .find(|c| c.name == "outbound|9080||ratings.default.svc.cluster.local")
+            .cloned()
+            .unwrap()
+    };
+    // The label says no sidecar: only the pod takes mTLS, and the SANs
+    // still name every identity the endpoints may present.
+    let c = cluster(&out);
+    assert_eq!(c.transport_socket_matches.len(), 1);
+    let Some(TransportSocket {
+        config_type: Some(transport_socket::ConfigType::TypedConfig(tls)),
+        ..
+    }) = &c.transport_socket_matches[0].transport_socket
+    else {
+        panic!("{c:?}")
+    };
+    let tls = UpstreamTlsContext::decode(tls.value.as_slice()).unwrap();
+    let sans = format!("{:?}", tls.common_tls_context);
+    assert!(
+        sans.contains("spiffe://cluster.local/ns/default/sa/ratings-vm")
+            && sans.contains("spiffe://cluster.local/ns/default/sa/ratings\""),
+        "{sans}"
+    );
+    let cla = out
+        .endpoints
+        .iter()
+        .find(|c| c.cluster_name == "outbound|9080||ratings.default.svc.cluster.local")
+        .unwrap();
+    let mtls: Vec<bool> = cla
+        .endpoints
+        .iter()
+        .flat_map(|l| &l.lb_endpoints)
+        .map(|e| {
+            e.metadata.as_ref().is_some_and(|m| {
+                m.filter_metadata
+                    .contains_key("envoy.transport_socket_match")
+            })
+        })
+        .collect();
+    assert_eq!(mtls, [true, false]);
+
+    // Without the label, its service account says it has a sidecar.
+    let snap = mesh(&entry(
+        "vm-1",
+        "default",
+        "{address: 10.1.0.1, labels: {app: ratings}, serviceAccount: ratings-vm}",
+    ));
+    let out = generate(&snap, &client);
+    let cla = out
+        .endpoints
+        .iter()
+        .find(|c| c.cluster_name == "outbound|9080||ratings.default.svc.cluster.local")
+        .unwrap();
+    assert!(cla.endpoints.iter().flat_map(|l| &l.lb_endpoints).all(|e| {
+        e.metadata.as_ref().is_some_and(|m| {
+            m.filter_metadata
+                .contains_key("envoy.transport_socket_match")
+        })
+    }));
+}
+
+/// A ServiceEntry of `namespace` selecting `app: db`, with `resolution`.
+fn selecting_entry(namespace: &str, resolution: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: db, namespace: {namespace}}}
+spec:
+  hosts: [db.vm.internal]
+  addresses: [240.0.0.10]
+  location: MESH_INTERNAL
+  resolution: {resolution}
+  ports: [{{number: 5432, name: tcp-db, protocol: TCP, targetPort: 15432}}, {{number: 80, name: http, protocol: HTTP}}]
+  workloadSelector: {{labels: {{app: db}}}}
+---
+"
+    )
+}
+
+const DB: &str = "db.vm.internal";
+
+#[test]
+fn a_service_entry_selects_workload_entries_and_ready_pods() {
+    let pods = "
+apiVersion: v1
+kind: Pod
+metadata: {name: db-pod, namespace: default, labels: {app: db, security.istio.io/tlsMode: istio}}
+spec: {serviceAccountName: db, containers: [{name: db, image: db, ports: [{name: tcp-db, containerPort: 25432}]}]}
+status: {podIP: 10.244.0.20}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db-starting, namespace: default, labels: {app: db}}
+spec: {containers: [{name: db, image: db}]}
+status: {podIP: 10.244.0.21, conditions: [{type: Ready, status: 'False'}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db-elsewhere, namespace: shop, labels: {app: db}}
+spec: {containers: [{name: db, image: db}]}
+status: {podIP: 10.244.0.22}
+---
+";
+    let snap = mesh(
+        &(selecting_entry("default", "STATIC")
+            + pods
+            + &entry(
+                "db-vm",
+                "default",
+                "{address: 10.1.0.10, labels: {app: db}, ports: {http: 8080}}",
+            )
+            + &entry(
+                "db-dns",
+                "default",
+                "{address: db.example.com, labels: {app: db}}",
+            )
+            + &entry(
+                "db-other",
+                "shop",
+                "{address: 10.1.0.11, labels: {app: db}}",
+            )),
+    );
+    let found: Vec<(&str, Option<u32>, Option<u32>)> = endpoints(&snap, DB)
+        .iter()
+        .map(|e| {
+            (
+                e.address.as_str(),
+                e.target_port("tcp-db"),
+                e.target_port("http"),
+            )
+        })
+        .collect();
+    // Entries first, by name, then ready pods by name: the entry's own
+    // port of a name, else `targetPort`, else the number; the pod's named
+    // container port likewise. No hostname under STATIC, nothing from
+    // another namespace, no pod that is not ready.
+    assert_eq!(
+        found,
+        [
+            ("10.1.0.10", Some(15432), Some(8080)),
+            ("10.244.0.20", Some(25432), Some(80)),
+        ]
+    );
+    let pod = find(&snap, DB, "10.244.0.20").unwrap();
+    assert!(pod.in_mesh());
+    assert_eq!(pod.service_account.as_deref(), Some("db"));
+
+    // Under DNS resolution a hostname entry is an endpoint too, and the
+    // entry's host is not resolved itself.
+    let snap = mesh(
+        &(selecting_entry("default", "DNS")
+            + &entry(
+                "db-dns",
+                "default",
+                "{address: db.example.com, labels: {app: db}}",
+            )),
+    );
+    let addresses: Vec<&str> = endpoints(&snap, DB)
+        .iter()
+        .map(|e| e.address.as_str())
+        .collect();
+    assert_eq!(addresses, ["db.example.com"]);
+
+    // A selector that matches nothing: no endpoints, not the host.
+    let snap = mesh(&selecting_entry("shop", "DNS"));
+    assert!(endpoints(&snap, DB).is_empty());
+}
+
+#[test]
+fn socket_entries_are_reported_and_left_out() {
+    let snap = mesh(
+        &(selecting_entry("default", "STATIC")
+            + &entry(
+                "db-uds",
+                "default",
+                "{address: 'unix:///var/run/db.sock', labels: {app: db}}",
+            )),
+    );
+    assert!(endpoints(&snap, DB).is_empty());
+    let warning = snap
+        .warnings
+        .iter()
+        .find(|w| w.kind == "ServiceEntry")
+        .unwrap_or_else(|| panic!("{:?}", snap.warnings));
+    assert_eq!(warning.object, "default/db");
+    assert!(
+        warning.field.contains("WorkloadEntry default/db-uds"),
+        "{warning}"
+    );
+}
+
+/// The first problem validation finds in the document `yaml`: (field,
+/// reason), or `None` when it is accepted.
+fn refusal(yaml: &str) -> Option<(String, String)> {
+    let (_, value) = split_documents(yaml).into_iter().next().unwrap();
+    let object = parse_value(value.unwrap(), "default").remove(0).unwrap();
+    match crds::validate::validate(&object) {
+        Ok(()) => None,
+        Err(crds::ParseError::InvalidField { field, reason, .. }) => Some((field, reason)),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn workload_entries_are_validated_as_istio_does() {
+    let entry = |spec: &str| {
+        refusal(&format!(
+            "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: vm}}\nspec: {spec}\n"
+        ))
+    };
+    assert_eq!(
+        entry("{address: 10.1.0.1, ports: {http: 80}, locality: a/b/c}"),
+        None
+    );
+    assert_eq!(
+        entry("{network: net-2}"),
+        None,
+        "reached through its network"
+    );
+    let field = |spec: &str| entry(spec).unwrap().0;
+    assert_eq!(
+        entry("{labels: {app: a}}").unwrap(),
+        ("spec.address".into(), "Address is required".into())
+    );
+    assert_eq!(
+        field("{address: 10.1.0.1, ports: {http: 0}}"),
+        "spec.ports.http"
+    );
+    assert_eq!(
+        field("{address: 10.1.0.1, ports: {-http: 80}}"),
+        "spec.ports"
+    );
+    assert_eq!(
+        field("{address: 10.1.0.1, locality: a//c}"),
+        "spec.locality"
+    );
+    assert_eq!(
+        entry("{address: 'unix://@db', ports: {http: 80}}")
+            .unwrap()
+            .1,
+        "UDS may not include ports"
+    );
+    // An inline endpoint of a STATIC entry must be an IP address.
+    let inline = refusal(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: e}\nspec: {hosts: [a.example], ports: [{number: 80, name: http}], resolution: STATIC, endpoints: [{address: a.example}]}\n",
+    );
+    assert_eq!(inline.unwrap().0, "spec.endpoints[0].address");
+}
