@@ -186,3 +186,33 @@ pub fn capture_inbound() {
         ],
     );
 }
+
+/// The app of `pod` on its port 9080, on `rt`: answers any request with
+/// the address it was called from, the XFCC header it got and the pod's
+/// name, one `key=value` line each (`peer=`, `xfcc=`, `pod=`).
+pub fn serve_echo(pod: &Pod, rt: &tokio::runtime::Handle) {
+    let listener = pod.run(|| std::net::TcpListener::bind("0.0.0.0:9080").unwrap());
+    listener.set_nonblocking(true).unwrap();
+    let name = pod.name.clone();
+    rt.spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        let app = axum::Router::new().fallback(
+            move |axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<
+                std::net::SocketAddr,
+            >,
+                  headers: axum::http::HeaderMap| async move {
+                let xfcc = headers
+                    .get("x-forwarded-client-cert")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                format!("peer={}\nxfcc={xfcc}\npod={name}\n", peer.ip())
+            },
+        );
+        let _ = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await;
+    });
+}

@@ -15,7 +15,7 @@
 use std::time::{Duration, Instant};
 
 use ca::SpiffeId;
-use e2e::pods::{NODE_IP, Pod, create_pod_network};
+use e2e::pods::{NODE_IP, Pod, create_pod_network, serve_echo};
 use e2e::{
     ConfigDir, Envoy, Reply, SYNC, http_request, isolate, start_agent_with_ttl, use_sds_socket,
     wait_synced,
@@ -90,32 +90,6 @@ fn id_in(trust_domain: &str, sa: &str) -> SpiffeId {
         namespace: "default".into(),
         service_account: sa.into(),
     }
-}
-
-/// The app of `pod` on its port 9080: answers with the XFCC header it got
-/// and the address it was called from.
-fn serve_echo(pod: &Pod, rt: &tokio::runtime::Handle) {
-    let listener = pod.run(|| std::net::TcpListener::bind("0.0.0.0:9080").unwrap());
-    listener.set_nonblocking(true).unwrap();
-    rt.spawn(async move {
-        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-        let app = axum::Router::new().fallback(
-            |axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
-             headers: axum::http::HeaderMap| async move {
-                let xfcc = headers
-                    .get("x-forwarded-client-cert")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default()
-                    .to_owned();
-                format!("peer={}\nxfcc={xfcc}\n", peer.ip())
-            },
-        );
-        let _ = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .await;
-    });
 }
 
 /// A WebSocket server of `pod` on its port 9090, in the raw: it answers

@@ -1,0 +1,239 @@
+//! Istio's VM integration, in miniature and for real: a "VM" (a network
+//! namespace on the pod bridge that no Pod or EndpointSlice describes)
+//! joins the mesh through its WorkloadEntry alone. It runs a node agent
+//! with the identity its entry names and an Envoy sidecar (with
+//! `istio-init`'s capture) that the daemon configures from the entry.
+//!
+//! The Kubernetes Service `ratings` selects the VM's entry beside its pod,
+//! so productpage's plain calls to the ClusterIP reach both; auto mTLS
+//! reaches the VM because its entry names a service account (Istio's TLS
+//! mode of a WorkloadEntry). A ServiceEntry with a `workloadSelector`
+//! gives the VM a host of its own.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use ca::SpiffeId;
+use e2e::pods::{NODE_IP, Pod, create_pod_network, serve_echo};
+use e2e::{ConfigDir, Envoy, SYNC, http_request, isolate, start_agent_with_ttl, use_sds_socket};
+
+/// ratings (ClusterIP 10.96.0.60, selecting `app: ratings`) with one pod
+/// at 10.244.0.12 and the VM's WorkloadEntry at 10.244.0.30; productpage's
+/// pod at 10.244.0.11.
+const PLATFORM: &str = "
+apiVersion: v1
+kind: Service
+metadata: {name: ratings, namespace: default}
+spec:
+  clusterIP: 10.96.0.60
+  selector: {app: ratings}
+  ports: [{name: http, port: 9080, targetPort: 9080}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: ratings-0
+  namespace: default
+  labels: {app: ratings, version: v1, security.istio.io/tlsMode: istio}
+spec: {serviceAccountName: ratings, containers: [{name: ratings, image: ratings}]}
+status: {podIP: 10.244.0.12}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: ratings-1, namespace: default, labels: {kubernetes.io/service-name: ratings}}
+addressType: IPv4
+ports: [{name: http, port: 9080}]
+endpoints: [{addresses: [10.244.0.12], targetRef: {kind: Pod, name: ratings-0, namespace: default}}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: productpage-0
+  namespace: default
+  labels: {app: productpage, security.istio.io/tlsMode: istio}
+spec: {serviceAccountName: productpage, containers: [{name: productpage, image: productpage}]}
+status: {podIP: 10.244.0.11}
+";
+
+/// The VM, as `istioctl x workload entry configure` leaves it described:
+/// an address, labels and the service account its sidecar runs as.
+const VM_ENTRY: &str = "
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: ratings-vm, namespace: default}
+spec:
+  address: 10.244.0.30
+  labels: {app: ratings, version: vm}
+  serviceAccount: ratings-vm
+";
+
+/// A host of the VM's own, by its labels.
+const VM_SERVICE: &str = "
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ratings-vm, namespace: default}
+spec:
+  hosts: [ratings.vm.internal]
+  addresses: [10.96.0.70]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 80, name: http, protocol: HTTP, targetPort: 9080}]
+  workloadSelector: {labels: {version: vm}}
+";
+
+/// Everything to `ratings`' VM, by subset.
+const TO_THE_VM: &str = "
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ratings, namespace: default}
+spec:
+  host: ratings
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: vm, labels: {version: vm}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings, namespace: default}
+spec:
+  hosts: [ratings]
+  http: [{route: [{destination: {host: ratings, subset: vm}}]}]
+";
+
+fn id(sa: &str) -> SpiffeId {
+    SpiffeId {
+        trust_domain: "cluster.local".into(),
+        namespace: "default".into(),
+        service_account: sa.into(),
+    }
+}
+
+/// The `key=` line of an echo reply.
+fn line<'a>(body: &'a str, key: &str) -> &'a str {
+    body.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} in {body}"))
+}
+
+#[test]
+fn a_vm_joins_the_mesh_through_its_workload_entry() {
+    let _hosts = isolate();
+    create_pod_network();
+    let client = Pod::create("productpage-0", "10.244.0.11");
+    let pod = Pod::create("ratings-0", "10.244.0.12");
+    let vm = Pod::create("ratings-vm", "10.244.0.30");
+    for p in [&client, &pod, &vm] {
+        p.capture();
+    }
+    let cfg = ConfigDir::empty();
+    cfg.write("platform.yaml", PLATFORM);
+    cfg.write("vm.yaml", VM_ENTRY);
+    let rt = e2e::runtime();
+    let daemon = rt.block_on(e2e::start_daemon_at(
+        cfg.path(),
+        format!("{NODE_IP}:0").parse().unwrap(),
+    ));
+    serve_echo(&pod, rt.handle());
+    serve_echo(&vm, rt.handle());
+
+    // Each workload's agent and sidecar; the VM's proxy knows itself by
+    // its address, namespace and labels only (no Pod describes it).
+    let sidecar = |p: &Pod, sa: &str, labels: &[(&str, &str)]| {
+        let socket = start_agent_with_ttl(rt.handle(), &daemon, id(sa), Duration::from_secs(3600));
+        let node_id = format!(
+            "sidecar~{}~{}.default~default.svc.cluster.local",
+            p.ip, p.name
+        );
+        p.run(|| {
+            use_sds_socket(&socket);
+            Envoy::start(&node_id, labels, daemon.xds_addr, 15000)
+        })
+    };
+    let mesh_label = ("security.istio.io/tlsMode", "istio");
+    let client_envoy = sidecar(
+        &client,
+        "productpage",
+        &[("app", "productpage"), mesh_label],
+    );
+    let pod_envoy = sidecar(
+        &pod,
+        "ratings",
+        &[("app", "ratings"), ("version", "v1"), mesh_label],
+    );
+    let vm_envoy = sidecar(&vm, "ratings-vm", &[("app", "ratings"), ("version", "vm")]);
+    let envoys = [&client_envoy, &pod_envoy, &vm_envoy];
+    e2e::wait_synced(&daemon, &envoys, SYNC);
+
+    let call = |url: &str, host: &str| {
+        client
+            .run(|| http_request(url, &[("host", host)]))
+            .unwrap_or_else(|e| panic!("{url}: {e}"))
+    };
+    let ratings = "http://10.96.0.60:9080/ratings/0";
+
+    // The Service's plain calls reach the pod and the VM, each over mTLS
+    // that its sidecar terminated with its own identity.
+    let mut by_workload: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for _ in 0..40 {
+        let reply = call(ratings, "ratings");
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        by_workload
+            .entry(line(&reply.body, "pod=").to_owned())
+            .or_default()
+            .push(line(&reply.body, "xfcc=").to_owned());
+    }
+    assert_eq!(
+        by_workload.keys().collect::<Vec<_>>(),
+        ["ratings-0", "ratings-vm"],
+        "both endpoints serve (2 x 0.5^40 to miss one by chance)"
+    );
+    let caller = "URI=spiffe://cluster.local/ns/default/sa/productpage";
+    for (workload, account) in [("ratings-0", "ratings"), ("ratings-vm", "ratings-vm")] {
+        let server = format!("By=spiffe://cluster.local/ns/default/sa/{account};");
+        for xfcc in &by_workload[workload] {
+            assert!(
+                xfcc.contains(&server) && xfcc.contains(caller),
+                "{workload}: {xfcc}"
+            );
+        }
+    }
+    assert!(
+        vm_envoy.stat("listener.0.0.0.0_15006.ssl.handshake") > 0,
+        "the VM's sidecar terminated the mTLS"
+    );
+
+    // Its entry's labels are a subset's: everything to the VM.
+    e2e::apply(&daemon, &envoys, || cfg.write("route.yaml", TO_THE_VM));
+    for _ in 0..10 {
+        let reply = call(ratings, "ratings");
+        assert_eq!(line(&reply.body, "pod="), "ratings-vm", "{}", reply.body);
+    }
+
+    // A ServiceEntry selecting the VM gives it a host of its own (its
+    // port 80 reaches the VM's 9080).
+    e2e::apply(&daemon, &envoys, || {
+        cfg.write("vm-service.yaml", VM_SERVICE)
+    });
+    let own = "http://10.96.0.70/";
+    let reply = call(own, "ratings.vm.internal");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(line(&reply.body, "pod="), "ratings-vm");
+
+    // The VM leaves: its entry is removed. The Service has its pod only,
+    // the ServiceEntry nothing to send to.
+    e2e::apply(&daemon, &envoys, || {
+        cfg.remove("route.yaml");
+        cfg.remove("vm.yaml");
+    });
+    for _ in 0..10 {
+        let reply = call(ratings, "ratings");
+        assert_eq!(line(&reply.body, "pod="), "ratings-0", "{}", reply.body);
+    }
+    let reply = call(own, "ratings.vm.internal");
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    for envoy in envoys {
+        assert_eq!(envoy.rejected(), 0);
+    }
+}
