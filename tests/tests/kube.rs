@@ -587,6 +587,40 @@ fn create_update_and_delete_of_each_kind_reach_envoy() {
         &|| hosts(&envoy, reviews_v1) == ["127.0.1.4:9080"],
     );
 
+    // WorkloadEntry: a VM that reviews' selector picks joins its v1
+    // subset, follows its address, and leaves.
+    let vm = |address: &str| {
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry",
+               "metadata": {"name": "reviews-vm", "namespace": "default"},
+               "spec": {"address": address, "labels": {"app": "reviews", "version": "v1"}}})
+    };
+    step(
+        "WorkloadEntry created",
+        &|| {
+            api.apply(vm("127.0.1.40"));
+        },
+        &|| hosts(&envoy, reviews_v1) == ["127.0.1.40:9080", "127.0.1.4:9080"],
+    );
+    step(
+        "WorkloadEntry updated",
+        &|| {
+            api.apply(vm("127.0.1.41"));
+        },
+        &|| hosts(&envoy, reviews_v1) == ["127.0.1.41:9080", "127.0.1.4:9080"],
+    );
+    step(
+        "WorkloadEntry deleted",
+        &|| {
+            api.delete(
+                "networking.istio.io/v1",
+                "WorkloadEntry",
+                "default",
+                "reviews-vm",
+            );
+        },
+        &|| hosts(&envoy, reviews_v1) == ["127.0.1.4:9080"],
+    );
+
     // The mesh ConfigMap and Namespaces reach the model.
     let mesh_config = |mode: &str| {
         json!({"apiVersion": "v1", "kind": "ConfigMap",
