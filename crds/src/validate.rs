@@ -360,6 +360,51 @@ fn is_base64_sha256(v: &str) -> bool {
 
 fn sidecar(spec: &crate::SidecarSpec) -> Problems {
     let mut p = Problems::new();
+    let mut ports = std::collections::BTreeSet::new();
+    for (i, ingress) in spec.ingress.iter().enumerate() {
+        let at = format!("spec.ingress[{i}]");
+        let number = ingress.port.number;
+        if !(1..=65535).contains(&number) {
+            p.push((
+                format!("{at}.port.number"),
+                format!("{number}: port must be between 1-65535"),
+            ));
+        }
+        if !ports.insert(number) {
+            p.push((
+                format!("{at}.port.number"),
+                "sidecar: ports on IP bound listeners must be unique".into(),
+            ));
+        }
+        let Some(endpoint) = ingress
+            .default_endpoint
+            .as_deref()
+            .filter(|e| !e.is_empty())
+        else {
+            continue;
+        };
+        if let Some(path) = endpoint.strip_prefix("unix://") {
+            if !(path.starts_with('/') || path.starts_with('@')) || path.ends_with('/') {
+                p.push((
+                    format!("{at}.defaultEndpoint"),
+                    "unix address must be an absolute path or an abstract socket, not a directory"
+                        .into(),
+                ));
+            }
+            continue;
+        }
+        let form_ok = endpoint.rsplit_once(':').is_some_and(|(host, port)| {
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            ["", "127.0.0.1", "0.0.0.0", "::1", "::"].contains(&host)
+                && port.parse::<u32>().is_ok_and(|p| (1..=65535).contains(&p))
+        });
+        if !form_ok {
+            p.push((
+                format!("{at}.defaultEndpoint"),
+                "sidecar: defaultEndpoint must be of form 127.0.0.1:<port>,0.0.0.0:<port>,[::1]:port,[::]:port,unix://filepath or unset".into(),
+            ));
+        }
+    }
     for (i, e) in spec.egress.iter().enumerate() {
         if e.hosts.is_empty() {
             p.push((

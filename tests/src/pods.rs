@@ -191,7 +191,13 @@ pub fn capture_inbound() {
 /// the address it was called from, the XFCC header it got and the pod's
 /// name, one `key=value` line each (`peer=`, `xfcc=`, `pod=`).
 pub fn serve_echo(pod: &Pod, rt: &tokio::runtime::Handle) {
-    let listener = pod.run(|| std::net::TcpListener::bind("0.0.0.0:9080").unwrap());
+    serve_echo_at(pod, "0.0.0.0:9080", rt);
+}
+
+/// [`serve_echo`] listening on `addr` (`127.0.0.1:8080`: an app that
+/// only its sidecar can reach).
+pub fn serve_echo_at(pod: &Pod, addr: &str, rt: &tokio::runtime::Handle) {
+    let listener = pod.run(|| std::net::TcpListener::bind(addr).unwrap());
     listener.set_nonblocking(true).unwrap();
     let name = pod.name.clone();
     rt.spawn(async move {

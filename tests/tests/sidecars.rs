@@ -15,7 +15,7 @@
 use std::time::{Duration, Instant};
 
 use ca::SpiffeId;
-use e2e::pods::{NODE_IP, Pod, create_pod_network, serve_echo};
+use e2e::pods::{NODE_IP, Pod, create_pod_network, serve_echo, serve_echo_at};
 use e2e::{
     ConfigDir, Envoy, Reply, SYNC, http_request, isolate, start_agent_with_ttl, use_sds_socket,
     wait_synced,
@@ -669,6 +669,52 @@ fn certificates_rotate_without_failing_a_request() {
         handshakes >= served,
         "{handshakes} handshakes for {served} requests"
     );
+}
+
+/// A Sidecar's `ingress` (Istio's way to front an app that listens on
+/// loopback only): reviews' port 9080 is sent to its app on
+/// `127.0.0.1:8080`, still behind the mTLS the sidecar terminates.
+#[test]
+fn a_sidecar_ingress_listener_fronts_an_app_on_loopback() {
+    let mesh = PodMesh::start(Duration::from_secs(3600));
+    serve_echo_at(&mesh.server, "127.0.0.1:8080", &mesh.rt_handle);
+    // Without it, the original destination: the app on the pod address,
+    // which sees the sidecar's 127.0.0.6.
+    let reply = mesh.call_reviews().unwrap();
+    assert!(reply.body.contains("peer=127.0.0.6"), "{}", reply.body);
+
+    mesh.apply(
+        "ingress.yaml",
+        "
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: reviews, namespace: default}
+spec:
+  workloadSelector: {labels: {app: reviews}}
+  ingress:
+  - port: {number: 9080, protocol: HTTP, name: http}
+    defaultEndpoint: 127.0.0.1:8080
+",
+    );
+    let reply = mesh.call_reviews().unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(reply.body.contains("peer=127.0.0.1\n"), "{}", reply.body);
+    assert!(
+        reply
+            .body
+            .contains("URI=spiffe://cluster.local/ns/default/sa/productpage"),
+        "{}",
+        reply.body
+    );
+    // Its other service port (9090) is no longer served on its own: the
+    // passthrough chains take it, to the original destination.
+    let clusters = mesh
+        .server_envoy
+        .admin("/config_dump?resource=dynamic_active_clusters")
+        .unwrap();
+    assert!(clusters.contains("\"inbound|9080||\""));
+    assert!(!clusters.contains("\"inbound|9090||\""));
+    assert_eq!(mesh.server_envoy.rejected(), 0);
 }
 
 /// The path of the `istiod` binary next to this test's (built by `cargo

@@ -202,16 +202,24 @@ pub(crate) fn build(snap: &Snapshot, proxy: &Proxy) -> (Listener, Vec<Cluster>) 
         ..Default::default()
     }];
     let mut clusters = vec![original_dst_cluster(INBOUND_PASSTHROUGH_CLUSTER, false)];
-    for p in snap.inbound_ports(&proxy.ip) {
+    let sidecar = snap.sidecar_for(proxy).map(|sc| &sc.spec);
+    for (p, app) in served_ports(snap, proxy, sidecar) {
         if p.port == VIRTUAL_INBOUND_PORT {
             continue;
         }
         let name = inbound_cluster_name(p.port);
         let http2 = matches!(p.protocol, Protocol::Http2 | Protocol::Grpc);
-        clusters.push(original_dst_cluster(&name, http2));
+        let mut cluster = match app {
+            Some((address, port)) => app_cluster(&name, http2, address, port),
+            None => original_dst_cluster(&name, http2),
+        };
+        if let Some(pool) = sidecar.and_then(|sc| inbound_pool(sc, p.port)) {
+            crate::policy::apply_connection_pool(pool, &mut cluster, http2);
+        }
+        clusters.push(cluster);
         chains.extend(port_chains(
             policy.for_port(p.port),
-            Some(p),
+            Some(&p),
             &name,
             &Around {
                 mesh,
@@ -253,6 +261,84 @@ pub(crate) fn build(snap: &Snapshot, proxy: &Proxy) -> (Listener, Vec<Cluster>) 
         ..Default::default()
     };
     (listener, clusters)
+}
+
+/// The ports a sidecar's inbound serves, each with where its app is when
+/// not at the original destination: those of its Sidecar's `ingress`
+/// when it has any (the first of a port number), else those of the
+/// services it is an endpoint of ([`Snapshot::inbound_ports`]), as
+/// Istio's `buildInboundChainConfigs`.
+fn served_ports<'a>(
+    snap: &'a Snapshot,
+    proxy: &'a Proxy,
+    sidecar: Option<&'a crds::SidecarSpec>,
+) -> Vec<(InboundPort, Option<(&'a str, u32)>)> {
+    let Some(ingress) = sidecar.map(|sc| &sc.ingress).filter(|i| !i.is_empty()) else {
+        return snap
+            .inbound_ports(&proxy.ip)
+            .iter()
+            .map(|p| (*p, None))
+            .collect();
+    };
+    let mut out: Vec<(InboundPort, Option<(&str, u32)>)> = Vec::with_capacity(ingress.len());
+    for listener in ingress {
+        let port = listener.port.number;
+        if out.iter().any(|(p, _)| p.port == port) {
+            continue;
+        }
+        let protocol = if listener.port.protocol.is_empty() {
+            &listener.port.name
+        } else {
+            &listener.port.protocol
+        };
+        let app = listener
+            .default_endpoint
+            .as_deref()
+            .and_then(|e| default_endpoint(e, &proxy.ip));
+        out.push((
+            InboundPort {
+                port,
+                protocol: Protocol::from_name(protocol),
+            },
+            app,
+        ));
+    }
+    out.sort_by_key(|(p, _)| p.port);
+    out
+}
+
+/// Where a Sidecar ingress listener's `defaultEndpoint` sends traffic:
+/// `127.0.0.1:PORT` (or `[::1]:PORT`) to the app on loopback, `0.0.0.0:PORT`
+/// (or `[::]:PORT`) to the workload's own address `ip`, as Istio's
+/// `buildInboundClustersFromSidecar`. `None` (the original destination)
+/// for anything else: a `unix://` socket is not supported yet (reported
+/// by [`crds::support`]), other forms are refused by validation.
+fn default_endpoint<'a>(endpoint: &'a str, ip: &'a str) -> Option<(&'a str, u32)> {
+    let (host, port) = endpoint.rsplit_once(':')?;
+    let port: u32 = port.parse().ok().filter(|p| (1..=65535).contains(p))?;
+    if crate::model::names_own_address(endpoint) {
+        return Some((ip, port));
+    }
+    match host.trim_start_matches('[').trim_end_matches(']') {
+        "127.0.0.1" => Some(("127.0.0.1", port)),
+        "::1" => Some(("::1", port)),
+        _ => None,
+    }
+}
+
+/// The connection pool of a sidecar's inbound cluster for `port`: the
+/// Sidecar's ingress listener's on that port, else its
+/// `inboundConnectionPool` (Istio's `InboundConnectionPoolForPort`).
+fn inbound_pool(
+    sidecar: &crds::SidecarSpec,
+    port: u32,
+) -> Option<&crds::destination_rule::ConnectionPoolSettings> {
+    sidecar
+        .ingress
+        .iter()
+        .filter(|i| i.port.number == port)
+        .find_map(|i| i.connection_pool.as_ref())
+        .or(sidecar.inbound_connection_pool.as_ref())
 }
 
 fn listener_filter_of<M: prost::Name>(name: &str, config: M) -> ListenerFilter {
@@ -459,14 +545,49 @@ fn tcp_proxy_filter(
 /// An `ORIGINAL_DST` cluster to the app, from `127.0.0.6`; HTTP/2 upstream
 /// for `http2` ports.
 fn original_dst_cluster(name: &str, http2: bool) -> Cluster {
+    let mut c = inbound_cluster(name, http2, true);
+    c.cluster_discovery_type = crate::policy::discovery(DiscoveryType::OriginalDst);
+    c.lb_policy = LbPolicy::ClusterProvided as i32;
+    c
+}
+
+/// A `STATIC` cluster to the app at `address:port` (a Sidecar ingress
+/// listener's `defaultEndpoint`): from `127.0.0.6` unless the app is on
+/// loopback (Istio binds only there to get past the capture).
+fn app_cluster(name: &str, http2: bool, address: &str, port: u32) -> Cluster {
+    use envoy_types::pb::envoy::config::endpoint::v3::{
+        ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
+    };
+    let loopback = address == "127.0.0.1" || address == "::1";
+    let mut c = inbound_cluster(name, http2, !loopback);
+    c.cluster_discovery_type = crate::policy::discovery(DiscoveryType::Static);
+    c.load_assignment = Some(ClusterLoadAssignment {
+        cluster_name: name.to_owned(),
+        endpoints: vec![LocalityLbEndpoints {
+            lb_endpoints: vec![LbEndpoint {
+                host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                    address: Some(socket_address(address, port)),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    c
+}
+
+/// What every inbound cluster has: Istio's connect timeout, HTTP/2
+/// upstream for `http2` ports, and (when `bind`) `127.0.0.6` as the source
+/// address, which the capture rules let through to the app.
+fn inbound_cluster(name: &str, http2: bool, bind: bool) -> Cluster {
     let mut c = Cluster {
         name: name.to_owned(),
-        cluster_discovery_type: crate::policy::discovery(DiscoveryType::OriginalDst),
-        lb_policy: LbPolicy::ClusterProvided as i32,
         connect_timeout: Some(duration(std::time::Duration::from_secs(
             crate::cluster::CONNECT_TIMEOUT_SECS,
         ))),
-        upstream_bind_config: Some(BindConfig {
+        upstream_bind_config: bind.then(|| BindConfig {
             source_address: Some(SocketAddress {
                 address: INBOUND_BIND_ADDRESS.into(),
                 port_specifier: Some(address::PortSpecifier::PortValue(0)),

@@ -2215,16 +2215,26 @@ impl Proxy {
             .filter(|(k, _)| snap.label_keys.contains(*k))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        let sidecar = snap.sidecar_for(self);
+        let own_address = sidecar
+            .filter(|sc| {
+                sc.spec
+                    .ingress
+                    .iter()
+                    .any(|i| i.default_endpoint.as_deref().is_some_and(names_own_address))
+            })
+            .map(|_| self.ip.clone());
         ConfigKey {
             kind: self.kind as u8,
             namespace: self.namespace.clone(),
             locality: self.locality.clone(),
             labels,
-            sidecar: snap.sidecar_for(self).map(|sc| sc.key()),
+            sidecar: sidecar.map(|sc| sc.key()),
             inbound: match self.kind {
                 ProxyKind::Sidecar => snap.inbound_ports(&self.ip).to_vec(),
                 ProxyKind::Router => Vec::new(),
             },
+            own_address,
         }
     }
 }
@@ -2244,6 +2254,17 @@ pub struct ConfigKey {
     pub sidecar: Option<String>,
     /// The ports the proxy's workload serves (its `virtualInbound` chains).
     pub inbound: Vec<InboundPort>,
+    /// The proxy's own address, when its config names it: a Sidecar
+    /// ingress listener whose `defaultEndpoint` is `0.0.0.0:PORT`.
+    pub own_address: Option<String>,
+}
+
+/// Whether a Sidecar ingress `defaultEndpoint` names the workload's own
+/// address (`0.0.0.0:PORT`, `[::]:PORT`, `:PORT`).
+pub fn names_own_address(default_endpoint: &str) -> bool {
+    default_endpoint
+        .rsplit_once(':')
+        .is_some_and(|(host, _)| matches!(host, "0.0.0.0" | "[::]" | "::" | ""))
 }
 
 /// Why a node ID was refused.

@@ -97,6 +97,19 @@ impl MeshPool {
     }
 }
 
+/// Applies connection pool settings `pool` alone to cluster `c` (circuit
+/// breakers, timeouts, keepalive, HTTP options; HTTP/2 upstream for
+/// `http2`), without the mesh's defaults: a Sidecar's
+/// `inboundConnectionPool` or ingress `connectionPool` on an inbound
+/// cluster.
+pub(crate) fn apply_connection_pool(pool: &ConnectionPoolSettings, c: &mut Cluster, http2: bool) {
+    Effective {
+        connection_pool: Some(pool.clone()),
+        ..Default::default()
+    }
+    .apply_pool(c, http2);
+}
+
 impl Effective {
     /// With the mesh config's connection defaults ([`MeshPool`]).
     pub fn with_mesh(mut self, mesh: MeshPool) -> Effective {

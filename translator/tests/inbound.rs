@@ -1309,3 +1309,135 @@ fn telemetry_decides_access_logs_and_tracing_per_side() {
     let changes = ChangeSet::between(&mesh(""), &mesh(&mesh_wide));
     assert_eq!(changes.effect(&elsewhere), Effect::Full);
 }
+
+/// Sidecar `ingress`: the ports it lists are the ones served (instead of
+/// the services' target ports), each sent to its `defaultEndpoint` (or
+/// the original destination), with the listener's or the Sidecar's
+/// inbound connection pool.
+#[test]
+fn sidecar_ingress_listeners_replace_the_service_ports() {
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+        ClusterDiscoveryType, DiscoveryType,
+    };
+    use envoy_types::pb::envoy::config::core::v3::{address, socket_address};
+    use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint;
+    let sidecar = "
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: reviews, namespace: default}
+spec:
+  workloadSelector: {labels: {app: reviews}}
+  ingress:
+  - port: {number: 9080, protocol: HTTP, name: http}
+    defaultEndpoint: 127.0.0.1:8080
+    connectionPool: {tcp: {maxConnections: 7}}
+  - port: {number: 7000, name: tcp-admin}
+    defaultEndpoint: 0.0.0.0:7001
+  - port: {number: 6000, protocol: TCP, name: raw}
+  inboundConnectionPool: {http: {http1MaxPendingRequests: 5}}
+";
+    let snap = mesh(sidecar);
+    let out = generate(&snap, &reviews());
+    // 9091 (a service's target port) is not listed: passthrough only.
+    assert!(chains(&out, Some(9091)).is_empty());
+    for port in [9080, 7000, 6000] {
+        assert!(!chains(&out, Some(port)).is_empty(), "{port}");
+    }
+    let cluster = |name: &str| out.clusters.iter().find(|c| c.name == name).unwrap();
+    let target = |name: &str| {
+        let cla = cluster(name).load_assignment.as_ref().unwrap();
+        let Some(lb_endpoint::HostIdentifier::Endpoint(ep)) =
+            &cla.endpoints[0].lb_endpoints[0].host_identifier
+        else {
+            panic!()
+        };
+        let Some(address::Address::SocketAddress(sa)) = &ep.address.as_ref().unwrap().address
+        else {
+            panic!()
+        };
+        let Some(socket_address::PortSpecifier::PortValue(port)) = sa.port_specifier else {
+            panic!()
+        };
+        (sa.address.clone(), port)
+    };
+    let limits = |name: &str| {
+        let t = &cluster(name).circuit_breakers.as_ref().unwrap().thresholds[0];
+        (
+            t.max_connections.unwrap().value,
+            t.max_pending_requests.unwrap().value,
+        )
+    };
+    let statik = Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32));
+    // On loopback: no bind to 127.0.0.6; the listener's own pool.
+    let app = cluster("inbound|9080||");
+    assert_eq!(app.cluster_discovery_type, statik);
+    assert_eq!(target("inbound|9080||"), ("127.0.0.1".into(), 8080));
+    assert!(app.upstream_bind_config.is_none());
+    assert_eq!(limits("inbound|9080||"), (7, u32::MAX));
+    // The workload's own address, from 127.0.0.6; the Sidecar's pool.
+    assert_eq!(target("inbound|7000||"), ("10.244.0.12".into(), 7001));
+    assert!(cluster("inbound|7000||").upstream_bind_config.is_some());
+    assert_eq!(limits("inbound|7000||"), (u32::MAX, 5));
+    // No endpoint: the original destination.
+    assert_eq!(
+        cluster("inbound|6000||").cluster_discovery_type,
+        Some(ClusterDiscoveryType::Type(
+            DiscoveryType::OriginalDst as i32
+        ))
+    );
+    // An HTTP port's chain routes to its cluster; a TCP one proxies.
+    let hcm = |port: u32| {
+        chains(&out, Some(port)).iter().any(|c| {
+            c.filters
+                .iter()
+                .any(|f| f.name.contains("http_connection_manager"))
+        })
+    };
+    assert!(hcm(9080) && !hcm(7000));
+
+    // Two workloads alike but for their address get their own config (the
+    // 0.0.0.0 endpoint is each one's address).
+    let other = proxy("10.244.0.77", "reviews-1", &[("app", "reviews")]);
+    assert_ne!(reviews().config_key(&snap), other.config_key(&snap));
+    let without = mesh(&sidecar.replace("0.0.0.0:7001", "127.0.0.1:7001"));
+    let (a, b) = (reviews().config_key(&without), other.config_key(&without));
+    assert_eq!(a.own_address, None);
+    assert_eq!(b.own_address, None);
+}
+
+#[test]
+fn sidecar_ingress_is_validated_as_istio_does() {
+    let problem = |ingress: &str| {
+        let text = format!(
+            "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: s}}\nspec:\n  ingress: {ingress}\n"
+        );
+        let (_, value) = split_documents(&text).remove(0);
+        let object = parse_value(value.unwrap(), "default").remove(0).unwrap();
+        crds::validate::validate(&object)
+            .err()
+            .map(|e| e.to_string())
+    };
+    assert_eq!(
+        problem(
+            "[{port: {number: 80, name: http}, defaultEndpoint: '[::1]:8080'}, {port: {number: 81, name: b}, defaultEndpoint: ':81'}]"
+        ),
+        None
+    );
+    let dup = problem("[{port: {number: 80, name: a}}, {port: {number: 80, name: b}}]").unwrap();
+    assert!(
+        dup.contains("spec.ingress[1].port.number") && dup.contains("unique"),
+        "{dup}"
+    );
+    let elsewhere =
+        problem("[{port: {number: 80, name: a}, defaultEndpoint: '10.0.0.1:80'}]").unwrap();
+    assert!(
+        elsewhere.contains("spec.ingress[0].defaultEndpoint"),
+        "{elsewhere}"
+    );
+    let no_port =
+        problem("[{port: {number: 80, name: a}, defaultEndpoint: '127.0.0.1:http'}]").unwrap();
+    assert!(
+        no_port.contains("spec.ingress[0].defaultEndpoint"),
+        "{no_port}"
+    );
+}
