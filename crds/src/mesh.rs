@@ -135,6 +135,10 @@ pub struct ExtensionProvider {
     /// A Zipkin collector (Zipkin, Jaeger, ...): spans as Zipkin v2 JSON.
     #[serde(default)]
     pub zipkin: Option<ZipkinProvider>,
+    /// An OpenTelemetry collector: spans over OTLP (gRPC, or HTTP with
+    /// `http`).
+    #[serde(default)]
+    pub opentelemetry: Option<OpenTelemetryProvider>,
     /// An external authorizer spoken to over HTTP, for `CUSTOM`
     /// AuthorizationPolicies (Envoy's `ext_authz` with an `http_service`).
     #[serde(default)]
@@ -315,6 +319,79 @@ pub struct ZipkinProvider {
     #[serde(default)]
     pub path: Option<String>,
     /// Every other field, by name (not acted on yet).
+    #[serde(flatten)]
+    pub unsupported: BTreeMap<String, serde_json::Value>,
+}
+
+/// `MeshConfig.ExtensionProvider.OpenTelemetryTracingProvider`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OpenTelemetryProvider {
+    /// The collector's service: its hostname
+    /// (`otel-collector.observability.svc.cluster.local`), or
+    /// `namespace/hostname`.
+    pub service: String,
+    /// The collector's service port (OTLP's are 4317 for gRPC and 4318
+    /// for HTTP).
+    pub port: u32,
+    /// The longest `http.url` tag, in bytes (Envoy's default 256).
+    #[serde(default)]
+    pub max_tag_length: Option<u32>,
+    /// Export over OTLP/HTTP (protobuf) rather than gRPC.
+    #[serde(default)]
+    pub http: Option<OtlpHttp>,
+    /// Settings of the gRPC export (the default).
+    #[serde(default)]
+    pub grpc: Option<OtlpGrpc>,
+    /// Every other field (`resourceDetectors`, `dynatraceSampler`), by
+    /// name (not acted on yet).
+    #[serde(flatten)]
+    pub unsupported: BTreeMap<String, serde_json::Value>,
+}
+
+/// `OpenTelemetryTracingProvider.HttpService`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OtlpHttp {
+    /// The path spans are posted to (OTLP's is `/v1/traces`).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// How long one post may take.
+    #[serde(default)]
+    pub timeout: Option<crate::duration::Duration>,
+    /// Headers added to each post.
+    #[serde(default)]
+    pub headers: Vec<ProviderHeader>,
+    /// Every other field, by name (not acted on yet).
+    #[serde(flatten)]
+    pub unsupported: BTreeMap<String, serde_json::Value>,
+}
+
+/// `OpenTelemetryTracingProvider.GrpcService`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OtlpGrpc {
+    /// How long one export call may take.
+    #[serde(default)]
+    pub timeout: Option<crate::duration::Duration>,
+    /// Metadata sent with each call.
+    #[serde(default)]
+    pub initial_metadata: Vec<ProviderHeader>,
+    /// Every other field, by name (not acted on yet).
+    #[serde(flatten)]
+    pub unsupported: BTreeMap<String, serde_json::Value>,
+}
+
+/// `MeshConfig.ExtensionProvider.HttpHeader`: a header and its value.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderHeader {
+    /// Header name.
+    pub name: String,
+    /// Header value.
+    #[serde(default)]
+    pub value: String,
+    /// Every other field (`envoyHeader`), by name (not acted on yet).
     #[serde(flatten)]
     pub unsupported: BTreeMap<String, serde_json::Value>,
 }

@@ -166,3 +166,156 @@ spec:
     }
     assert_eq!(envoy.rejected(), 0);
 }
+
+/// The OpenTelemetry collector's Service: OTLP/gRPC on 4317 and
+/// OTLP/HTTP on 4318, its one endpoint the test's collector at 127.0.2.2.
+const OTEL: &str = "apiVersion: v1
+kind: Service
+metadata: {name: otel-collector, namespace: istio-system}
+spec:
+  clusterIP: 10.96.0.91
+  ports: [{name: grpc-otlp, port: 4317}, {name: http-otlp, port: 4318}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: otel-collector-1, namespace: istio-system, labels: {kubernetes.io/service-name: otel-collector}}
+addressType: IPv4
+ports: [{name: grpc-otlp, port: 4317}, {name: http-otlp, port: 4318}]
+endpoints: [{addresses: [127.0.2.2]}]
+";
+
+/// One export the collector got: path, content type and `x-tenant`
+/// headers, body.
+type Export = (String, String, String, Vec<u8>);
+
+/// Starts an OTLP collector on 127.0.2.2 (4317 and 4318, HTTP/1.1 and
+/// h2c) keeping every request: it answers OTLP/HTTP with an empty
+/// `ExportTraceServiceResponse`, gRPC with a trailers-only OK.
+fn start_otlp_collector(mesh: &Mesh) -> Arc<Mutex<Vec<Export>>> {
+    let exports: Arc<Mutex<Vec<Export>>> = Arc::default();
+    for port in [4317, 4318] {
+        let kept = exports.clone();
+        let app = axum::Router::new().fallback(
+            move |uri: axum::http::Uri, headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let kept = kept.clone();
+                async move {
+                    let kind = headers
+                        .get("content-type")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    let grpc = kind.starts_with("application/grpc");
+                    let tenant = headers
+                        .get("x-tenant")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    kept.lock().unwrap().push((
+                        uri.path().to_owned(),
+                        kind.clone(),
+                        tenant,
+                        body.to_vec(),
+                    ));
+                    let mut reply = axum::response::Response::new(axum::body::Body::empty());
+                    let h = reply.headers_mut();
+                    if grpc {
+                        h.insert("content-type", "application/grpc".parse().unwrap());
+                        h.insert("grpc-status", "0".parse().unwrap());
+                    } else {
+                        h.insert("content-type", "application/x-protobuf".parse().unwrap());
+                    }
+                    reply
+                }
+            },
+        );
+        mesh.block_on(async {
+            let listener = tokio::net::TcpListener::bind(("127.0.2.2", port))
+                .await
+                .unwrap();
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            });
+        });
+    }
+    exports
+}
+
+/// Whether `body` holds `needle` (a protobuf string field is its bytes).
+fn holds(body: &[u8], needle: &str) -> bool {
+    body.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+#[test]
+fn spans_reach_an_opentelemetry_collector_over_grpc_and_http() {
+    let mesh = Mesh::start(true, &[]);
+    let exports = start_otlp_collector(&mesh);
+    mesh.cfg.write("otel.yaml", OTEL);
+    let provider = |exporter: &str| {
+        mesh_config(&format!(
+            "extensionProviders: [{{name: otel, opentelemetry: {{service: otel-collector.istio-system.svc.cluster.local, {exporter}}}}}]\n\
+             defaultProviders: {{tracing: [otel]}}\n\
+             defaultConfig: {{tracing: {{sampling: 100}}}}"
+        ))
+    };
+    mesh.cfg.write("mesh.yaml", &provider("port: 4317"));
+    e2e::eventually(
+        e2e::SYNC,
+        || {
+            let snap = mesh.daemon.snapshots.borrow();
+            (snap.mesh.tracing.is_some()
+                && snap
+                    .services
+                    .contains_key("otel-collector.istio-system.svc.cluster.local"))
+            .then_some(())
+        },
+        || "the daemon did not load the tracing config".into(),
+    );
+    let envoy = mesh.sidecar();
+    let traffic = |what: &str| {
+        for i in 0..5 {
+            let r =
+                http_request(&format!("{REVIEWS}/{what}?n={i}"), &[("host", "reviews")]).unwrap();
+            assert_eq!(r.status, 200, "{r:?}");
+        }
+    };
+    // Envoy's OpenTelemetry tracer exports every 5 s.
+    let first_export = |what: &str| -> Export {
+        e2e::eventually(
+            Duration::from_secs(15),
+            || {
+                let got = exports.lock().unwrap();
+                got.iter().find(|(.., body)| holds(body, what)).cloned()
+            },
+            || {
+                let got = exports.lock().unwrap();
+                let seen: Vec<_> = got.iter().map(|(p, k, _, b)| (p, k, b.len())).collect();
+                format!("no export naming {what}: {seen:?}")
+            },
+        )
+    };
+    traffic("over-grpc");
+    let (path, kind, _, body) = first_export("/over-grpc");
+    assert_eq!(
+        path,
+        "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+    );
+    assert!(kind.starts_with("application/grpc"), "{kind}");
+    // The resource's service name is the proxy's `app.namespace`; the
+    // span's name the route's decorator.
+    assert!(holds(&body, "productpage.default"));
+    assert!(holds(&body, "reviews.default.svc.cluster.local:9080/*"));
+
+    // OTLP/HTTP: protobuf posted to the provider's path.
+    mesh.apply(
+        &[&envoy],
+        "mesh.yaml",
+        &provider("port: 4318, http: {path: /v1/traces, timeout: 3s, headers: [{name: x-tenant, value: bookinfo}]}"),
+    );
+    traffic("over-http");
+    let (path, kind, tenant, body) = first_export("/over-http");
+    assert_eq!(path, "/v1/traces");
+    assert_eq!(kind, "application/x-protobuf");
+    assert_eq!(tenant, "bookinfo", "the provider's header");
+    assert!(holds(&body, "productpage.default"));
+    assert_eq!(envoy.rejected(), 0);
+}

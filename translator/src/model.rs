@@ -295,23 +295,49 @@ pub struct MeshConfig {
     pub ext_authz: BTreeMap<String, Result<crate::ext_authz::Provider, String>>,
 }
 
-/// A Zipkin tracing provider (mesh config `extensionProviders[].zipkin`),
-/// with the sampling of `defaultConfig.tracing`.
+/// A tracing provider (mesh config `extensionProviders[].zipkin` or
+/// `.opentelemetry`), with the sampling of `defaultConfig.tracing`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TracingProvider {
     /// The collector's service: a hostname, or `namespace/hostname`.
     pub service: String,
     /// The collector's service port.
     pub port: u32,
-    /// The collector's endpoint (`/api/v2/spans`).
-    pub path: String,
-    /// 128-bit trace IDs (Istio's default), else 64-bit.
-    pub trace_id_128bit: bool,
+    /// How spans reach the collector.
+    pub exporter: SpanExporter,
     /// The longest `http.url` tag, in bytes; `None`: Envoy's 256.
     pub max_path_tag_length: Option<u32>,
     /// The share of requests traced, percent.
     pub sampling: Percentage,
 }
+
+/// How a tracing provider's spans reach its collector.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SpanExporter {
+    /// Zipkin v2 JSON posted to `path` (`/api/v2/spans`), with 128-bit
+    /// trace IDs (Istio's default) unless `trace_id_128bit` is false.
+    Zipkin {
+        /// The collector's endpoint.
+        path: String,
+        /// 128-bit trace IDs, else 64-bit.
+        trace_id_128bit: bool,
+    },
+    /// OTLP: over gRPC, or over HTTP (protobuf posted to `path`) when
+    /// `http`.
+    OpenTelemetry {
+        /// OTLP/HTTP: (path, e.g. `/v1/traces`).
+        http_path: Option<String>,
+        /// How long one export may take; `None`: Envoy's default for gRPC,
+        /// [`OTLP_HTTP_TIMEOUT`] for HTTP (Envoy requires one there).
+        timeout: Option<std::time::Duration>,
+        /// Headers (HTTP) or initial metadata (gRPC) sent with each export.
+        headers: Vec<(String, String)>,
+    },
+}
+
+/// The OTLP/HTTP export timeout when the provider sets none: Envoy's
+/// `HttpUri.timeout` is required, and Istio's examples use 5 s.
+pub const OTLP_HTTP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A percentage, 0.0 to 100.0 (compared by its bits, so that settings can
 /// be compared whole).
@@ -630,6 +656,45 @@ fn tracing_provider(
                 "not supported yet; ignored".into(),
             );
         }
+        if let Some(otel) = &p.opentelemetry {
+            let at = format!("data.mesh.extensionProviders[{i}].opentelemetry");
+            let nested = [
+                ("http", otel.http.as_ref().map(|h| &h.unsupported)),
+                ("grpc", otel.grpc.as_ref().map(|g| &g.unsupported)),
+            ];
+            let headers = otel
+                .http
+                .iter()
+                .flat_map(|h| {
+                    h.headers
+                        .iter()
+                        .enumerate()
+                        .map(|(j, h)| (format!("http.headers[{j}]"), h))
+                })
+                .chain(otel.grpc.iter().flat_map(|g| {
+                    g.initial_metadata
+                        .iter()
+                        .enumerate()
+                        .map(|(j, h)| (format!("grpc.initialMetadata[{j}]"), h))
+                }));
+            let fields = otel
+                .unsupported
+                .keys()
+                .cloned()
+                .chain(nested.into_iter().flat_map(|(name, rest)| {
+                    rest.into_iter()
+                        .flat_map(|r| r.keys())
+                        .map(move |k| format!("{name}.{k}"))
+                }))
+                .chain(
+                    headers
+                        .flat_map(|(at, h)| h.unsupported.keys().map(move |k| format!("{at}.{k}"))),
+                )
+                .collect::<Vec<_>>();
+            for field in fields {
+                warn(format!("{at}.{field}"), "not supported yet; ignored".into());
+            }
+        }
     }
     for field in defaults.iter().flat_map(|d| d.unsupported.keys()) {
         warn(
@@ -650,28 +715,59 @@ fn tracing_provider(
         Some(s) if s > 0.0 => s,
         _ => DEFAULT_TRACE_SAMPLING,
     };
+    let tag_length = |own: Option<u32>| {
+        own.filter(|l| *l > 0)
+            .or(proxy_tracing.and_then(|t| t.max_path_tag_length))
+    };
     let zipkins: BTreeMap<String, TracingProvider> = providers
         .iter()
         .filter_map(|p| {
-            let zipkin = p.zipkin.as_ref()?;
-            Some((
-                p.name.clone(),
+            let provider = if let Some(zipkin) = &p.zipkin {
                 TracingProvider {
                     service: zipkin.service.clone(),
                     port: zipkin.port,
-                    path: zipkin
-                        .path
-                        .clone()
-                        .filter(|p| !p.is_empty())
-                        .unwrap_or_else(|| "/api/v2/spans".into()),
-                    trace_id_128bit: zipkin.enable_64bit_trace_id != Some(true),
-                    max_path_tag_length: zipkin
-                        .max_tag_length
-                        .filter(|l| *l > 0)
-                        .or(proxy_tracing.and_then(|t| t.max_path_tag_length)),
+                    exporter: SpanExporter::Zipkin {
+                        path: zipkin
+                            .path
+                            .clone()
+                            .filter(|p| !p.is_empty())
+                            .unwrap_or_else(|| "/api/v2/spans".into()),
+                        trace_id_128bit: zipkin.enable_64bit_trace_id != Some(true),
+                    },
+                    max_path_tag_length: tag_length(zipkin.max_tag_length),
                     sampling: Percentage(sampling),
-                },
-            ))
+                }
+            } else {
+                let otel = p.opentelemetry.as_ref()?;
+                let headers = match (&otel.http, &otel.grpc) {
+                    (Some(http), _) => &http.headers,
+                    (None, Some(grpc)) => &grpc.initial_metadata,
+                    (None, None) => &Vec::new(),
+                };
+                TracingProvider {
+                    service: otel.service.clone(),
+                    port: otel.port,
+                    exporter: SpanExporter::OpenTelemetry {
+                        http_path: otel
+                            .http
+                            .as_ref()
+                            .map(|h| h.path.clone().unwrap_or_default()),
+                        timeout: match &otel.http {
+                            Some(http) => http.timeout,
+                            None => otel.grpc.as_ref().and_then(|g| g.timeout),
+                        }
+                        .map(|t| t.as_std()),
+                        headers: headers
+                            .iter()
+                            .filter(|h| !h.name.is_empty())
+                            .map(|h| (h.name.clone(), h.value.clone()))
+                            .collect(),
+                    },
+                    max_path_tag_length: tag_length(otel.max_tag_length),
+                    sampling: Percentage(sampling),
+                }
+            };
+            Some((p.name.clone(), provider))
         })
         .collect();
     let default = defaults.and_then(|d| d.tracing.first()).and_then(|name| {
@@ -679,7 +775,7 @@ fn tracing_provider(
         if found.is_none() {
             let reason = if providers.iter().any(|p| &p.name == name) {
                 format!(
-                    "{name:?} is not a zipkin provider, the only kind supported yet; no tracing"
+                    "{name:?} is not a zipkin or opentelemetry provider, the kinds supported yet; no tracing"
                 )
             } else {
                 format!("no extension provider is named {name:?}; no tracing")
@@ -1363,6 +1459,16 @@ impl Snapshot {
         let telemetry_warnings = crate::telemetry::warnings(&snap);
         snap.warnings.extend(telemetry_warnings);
         snap.namespaces.sort();
+        let otel = snap
+            .mesh
+            .tracing_providers
+            .values()
+            .chain(&snap.mesh.tracing)
+            .any(|p| matches!(p.exporter, SpanExporter::OpenTelemetry { .. }));
+        if otel {
+            // The OpenTelemetry tracer's service name is `app.namespace`.
+            snap.label_keys.insert("app".into());
+        }
         if snap.mesh.may_trace() {
             // Spans carry the proxy's canonical service and revision.
             snap.label_keys.extend(

@@ -12,7 +12,7 @@
 //!   `match.mode` limits an entry to one side.
 //! - **Tracing** (Istio's `Telemetries.Tracing`): starting from the mesh
 //!   config's default provider, each entry may name another provider (the
-//!   first of `providers`; a `zipkin` one of the mesh config), set
+//!   first of `providers`; a `zipkin` or `opentelemetry` one of the mesh config), set
 //!   `randomSamplingPercentage`, `customTags` (replacing the parent's) and
 //!   `disableSpanReporting` (no tracer). No provider: no tracing.
 //! - **Access logs** (Istio's `mergeLogs`): without any `accessLogging`
@@ -273,7 +273,7 @@ pub(crate) fn warnings(snap: &Snapshot) -> Vec<crate::ConfigWarning> {
                 warn(
                     format!("spec.tracing[{i}].providers[0].name"),
                     format!(
-                        "{:?} is not a zipkin extension provider of the mesh config (the only kind supported yet): the workloads it applies to are not traced",
+                        "{:?} is not a zipkin or opentelemetry extension provider of the mesh config (the kinds supported yet): the workloads it applies to are not traced",
                         p.name
                     ),
                 );

@@ -1,20 +1,26 @@
-//! Tracing, as Istio configures it for a Zipkin provider (mesh config
-//! `extensionProviders[].zipkin` named in `defaultProviders.tracing`; the
-//! Telemetry API is not read yet): every HTTP connection manager gets the
-//! Zipkin tracer (`envoy.tracers.zipkin`, spans as Zipkin v2 JSON to the
-//! collector's outbound cluster), the mesh's sampling, and Istio's tags;
+//! Tracing, as Istio configures it for a Zipkin or OpenTelemetry provider
+//! (mesh config `extensionProviders[].zipkin` / `.opentelemetry` named in
+//! `defaultProviders.tracing` or by a Telemetry resource): every HTTP
+//! connection manager gets the tracer (`envoy.tracers.zipkin`, spans as
+//! Zipkin v2 JSON, or `envoy.tracers.opentelemetry`, spans over OTLP, to
+//! the collector's outbound cluster), the mesh's sampling, and Istio's tags;
 //! every route gets a decorator naming its operation (Istio's
 //! `getRouteOperation`), the span's name.
 
 use envoy_types::pb::envoy::config::route::v3::{Decorator, RouteMatch, route, route_match};
-use envoy_types::pb::envoy::config::trace::v3::{ZipkinConfig, tracing, zipkin_config};
+use envoy_types::pb::envoy::config::core::v3::{
+    GrpcService, HeaderValue, HeaderValueOption, HttpService, HttpUri, grpc_service, http_uri,
+};
+use envoy_types::pb::envoy::config::trace::v3::{
+    OpenTelemetryConfig, ZipkinConfig, tracing, zipkin_config,
+};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::Tracing;
 use envoy_types::pb::envoy::r#type::tracing::v3::{CustomTag, custom_tag};
 use envoy_types::pb::envoy::r#type::v3::Percent;
 use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
 use envoy_types::util::pack_any;
 
-use crate::model::{Proxy, Snapshot};
+use crate::model::{Proxy, Snapshot, SpanExporter};
 
 /// The pod label naming a workload's canonical service (set by Istio's
 /// injector), tagged on its spans as `istio.canonical_service`.
@@ -44,14 +50,43 @@ pub(crate) fn hcm_tracing(
     let collector = snap
         .service_for(proxy, host)
         .filter(|s| s.port(provider.port).is_some())?;
-    let zipkin = ZipkinConfig {
-        collector_cluster: crate::cluster::cluster_name(provider.port, "", &collector.hostname),
-        collector_endpoint: provider.path.clone(),
-        trace_id_128bit: provider.trace_id_128bit,
-        shared_span_context: Some(BoolValue { value: false }),
-        collector_endpoint_version: zipkin_config::CollectorEndpointVersion::HttpJson as i32,
-        collector_hostname: collector.hostname.clone(),
-        ..Default::default()
+    let cluster = crate::cluster::cluster_name(provider.port, "", &collector.hostname);
+    let tracer = match &provider.exporter {
+        SpanExporter::Zipkin {
+            path,
+            trace_id_128bit,
+        } => tracing::Http {
+            name: "envoy.tracers.zipkin".into(),
+            config_type: Some(tracing::http::ConfigType::TypedConfig(pack_any(
+                ZipkinConfig {
+                    collector_cluster: cluster,
+                    collector_endpoint: path.clone(),
+                    trace_id_128bit: *trace_id_128bit,
+                    shared_span_context: Some(BoolValue { value: false }),
+                    collector_endpoint_version: zipkin_config::CollectorEndpointVersion::HttpJson
+                        as i32,
+                    collector_hostname: collector.hostname.clone(),
+                    ..Default::default()
+                },
+            ))),
+        },
+        SpanExporter::OpenTelemetry {
+            http_path,
+            timeout,
+            headers,
+        } => tracing::Http {
+            name: "envoy.tracers.opentelemetry".into(),
+            config_type: Some(tracing::http::ConfigType::TypedConfig(pack_any(
+                opentelemetry(
+                    proxy,
+                    &collector.hostname,
+                    cluster,
+                    http_path.as_deref(),
+                    *timeout,
+                    headers,
+                ),
+            ))),
+        },
     };
     let percent = |value| Some(Percent { value });
     let mut custom_tags = istio_tags(proxy);
@@ -70,12 +105,85 @@ pub(crate) fn hcm_tracing(
         max_path_tag_length: provider
             .max_path_tag_length
             .map(|value| UInt32Value { value }),
-        provider: Some(tracing::Http {
-            name: "envoy.tracers.zipkin".into(),
-            config_type: Some(tracing::http::ConfigType::TypedConfig(pack_any(zipkin))),
-        }),
+        provider: Some(tracer),
         ..Default::default()
     })
+}
+
+/// Envoy's OpenTelemetry tracer as Istio's `otelConfig` writes it: the
+/// proxy's service cluster as the service name (`app.namespace`, as the
+/// bootstrap's `node.cluster`), and OTLP over gRPC to the collector's
+/// outbound `cluster` (authority its `hostname`), or over HTTP when
+/// `http_path` is given (the URI the hostname and the path, as Istio
+/// joins them).
+fn opentelemetry(
+    proxy: &Proxy,
+    hostname: &str,
+    cluster: String,
+    http_path: Option<&str>,
+    timeout: Option<std::time::Duration>,
+    headers: &[(String, String)],
+) -> OpenTelemetryConfig {
+    let app = proxy
+        .labels
+        .get("app")
+        .map_or("istio-proxy", String::as_str);
+    let mut config = OpenTelemetryConfig {
+        service_name: format!("{app}.{}", proxy.namespace),
+        ..Default::default()
+    };
+    match http_path {
+        Some(path) => {
+            let path = if path.is_empty() || path.starts_with('/') {
+                path.to_owned()
+            } else {
+                format!("/{path}")
+            };
+            config.http_service = Some(HttpService {
+                http_uri: Some(HttpUri {
+                    uri: format!("{hostname}{path}"),
+                    timeout: Some(crate::duration(
+                        timeout.unwrap_or(crate::model::OTLP_HTTP_TIMEOUT),
+                    )),
+                    http_upstream_type: Some(http_uri::HttpUpstreamType::Cluster(cluster)),
+                }),
+                request_headers_to_add: headers
+                    .iter()
+                    .map(|(name, value)| HeaderValueOption {
+                        header: Some(HeaderValue {
+                            key: name.clone(),
+                            value: value.clone(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            });
+        }
+        None => {
+            config.grpc_service = Some(GrpcService {
+                target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(
+                    grpc_service::EnvoyGrpc {
+                        cluster_name: cluster,
+                        authority: hostname.to_owned(),
+                        ..Default::default()
+                    },
+                )),
+                timeout: timeout.map(crate::duration),
+                initial_metadata: headers
+                    .iter()
+                    .map(|(name, value)| HeaderValue {
+                        key: name.clone(),
+                        value: value.clone(),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            });
+        }
+    }
+    config
 }
 
 /// Istio's tags on every span, sorted by name: the proxy's canonical

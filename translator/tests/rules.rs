@@ -1360,6 +1360,104 @@ spec:
     assert!(!h2(reviews));
 }
 
+/// An OpenTelemetry extension provider (Istio's `otelConfig`): the
+/// tracer exports over OTLP/gRPC to the collector's outbound cluster (its
+/// hostname the authority), or over OTLP/HTTP with `http` (the URI the
+/// hostname and path, the headers added, a timeout Envoy requires); the
+/// service name is the proxy's `app.namespace`, so proxies of other apps
+/// get configs of their own.
+#[test]
+fn an_opentelemetry_provider_exports_over_grpc_or_http() {
+    use envoy_types::pb::envoy::config::core::v3::{grpc_service, http_uri};
+    use envoy_types::pb::envoy::config::trace::v3::{OpenTelemetryConfig, tracing};
+    let collector = "apiVersion: v1
+kind: Service
+metadata: {name: otel, namespace: istio-system}
+spec:
+  clusterIP: 10.96.0.91
+  ports: [{name: grpc-otlp, port: 4317}, {name: http-otlp, port: 4318}]
+";
+    let otel = |p: &Proxy, provider: &str| {
+        let settings = mesh_configmap(&format!(
+            "{{extensionProviders: [{{name: otel, opentelemetry: {provider}}}], defaultProviders: {{tracing: [otel]}}}}"
+        ));
+        let snap = mesh(
+            &format!("{collector}---\n{settings}"),
+            MeshConfig::default(),
+        );
+        let warnings: Vec<String> = snap.warnings.iter().map(|w| w.to_string()).collect();
+        let t = hcm_9080(&generate(&snap, p)).tracing.unwrap();
+        let provider = t.provider.unwrap();
+        assert_eq!(provider.name, "envoy.tracers.opentelemetry");
+        let Some(tracing::http::ConfigType::TypedConfig(any)) = provider.config_type else {
+            panic!("no typed config");
+        };
+        (
+            OpenTelemetryConfig::decode(any.value.as_slice()).unwrap(),
+            t.max_path_tag_length.map(|l| l.value),
+            warnings,
+            snap,
+        )
+    };
+    let client = sidecar(&[("app", "client")]);
+    let (grpc, tag_length, warnings, snap) = otel(
+        &client,
+        "{service: otel.istio-system.svc.cluster.local, port: 4317, maxTagLength: 99, grpc: {timeout: 2s, initialMetadata: [{name: x-tenant, value: a}]}, resourceDetectors: {environment: {}}}",
+    );
+    assert_eq!(grpc.service_name, "client.default");
+    assert_eq!(tag_length, Some(99));
+    let service = grpc.grpc_service.unwrap();
+    let Some(grpc_service::TargetSpecifier::EnvoyGrpc(target)) = service.target_specifier else {
+        panic!("not Envoy's gRPC client")
+    };
+    assert_eq!(
+        (target.cluster_name.as_str(), target.authority.as_str()),
+        (
+            "outbound|4317||otel.istio-system.svc.cluster.local",
+            "otel.istio-system.svc.cluster.local"
+        )
+    );
+    assert_eq!(service.timeout.map(|t| t.seconds), Some(2));
+    assert_eq!(service.initial_metadata[0].key, "x-tenant");
+    assert!(grpc.http_service.is_none());
+    assert!(
+        warnings.len() == 1 && warnings[0].contains("opentelemetry.resourceDetectors"),
+        "{warnings:?}"
+    );
+    // Another app's proxy: another config key, another service name.
+    let other = sidecar(&[("app", "other")]);
+    assert_ne!(client.config_key(&snap), other.config_key(&snap));
+
+    let (http, _, warnings, _) = otel(
+        &client,
+        "{service: istio-system/otel.istio-system.svc.cluster.local, port: 4318, http: {path: v1/traces, headers: [{name: authorization, value: token}]}}",
+    );
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert!(http.grpc_service.is_none());
+    let service = http.http_service.unwrap();
+    let uri = service.http_uri.unwrap();
+    assert_eq!(uri.uri, "otel.istio-system.svc.cluster.local/v1/traces");
+    assert_eq!(
+        uri.http_upstream_type,
+        Some(http_uri::HttpUpstreamType::Cluster(
+            "outbound|4318||otel.istio-system.svc.cluster.local".into()
+        ))
+    );
+    assert_eq!(
+        uri.timeout.map(|t| t.seconds),
+        Some(5),
+        "Envoy requires one"
+    );
+    assert_eq!(
+        service.request_headers_to_add[0]
+            .header
+            .as_ref()
+            .unwrap()
+            .key,
+        "authorization"
+    );
+}
+
 /// A Zipkin extension provider named in `defaultProviders.tracing`: every
 /// HTTP connection manager gets the Zipkin tracer to the collector's
 /// cluster, `defaultConfig.tracing.sampling` and Istio's tags; routes get
