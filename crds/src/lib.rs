@@ -100,6 +100,39 @@ pub fn validation_error(yaml: &str) -> String {
     }
 }
 
+/// Every object of the YAML `texts` (multi-document, `List`s unrolled,
+/// namespace `default` where none is written), in order: a test's mesh.
+/// Panics on a document that does not parse, naming it (a test's mistake).
+#[cfg(any(test, feature = "testing"))]
+pub fn objects_of<S: AsRef<str>>(texts: &[S]) -> Vec<Object> {
+    let mut objects = Vec::new();
+    for text in texts {
+        for (i, value) in document::split_documents(text.as_ref()) {
+            let value = value.unwrap_or_else(|e| panic!("document {i}: {e}"));
+            for object in document::parse_value(value, "default") {
+                objects.push(object.unwrap_or_else(|e| panic!("document {i}: {e}")));
+            }
+        }
+    }
+    objects
+}
+
+/// The field and reason that validation refuses the first object of
+/// `yaml` with, `None` when it is accepted. Panics when `yaml` does not
+/// parse (a test's mistake).
+#[cfg(any(test, feature = "testing"))]
+pub fn refusal(yaml: &str) -> Option<(String, String)> {
+    let object = objects_of(&[yaml])
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("no object in {yaml}"));
+    match validate::validate(&object) {
+        Ok(()) => None,
+        Err(ParseError::InvalidField { field, reason, .. }) => Some((field, reason)),
+        Err(e) => panic!("{e}"),
+    }
+}
+
 /// Every `*.yaml` / `*.yml` file below `dir`, sorted (for tests over Istio's
 /// files). Panics on an unreadable folder, naming it.
 #[cfg(any(test, feature = "testing"))]

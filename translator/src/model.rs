@@ -719,7 +719,7 @@ fn tracing_provider(
         own.filter(|l| *l > 0)
             .or(proxy_tracing.and_then(|t| t.max_path_tag_length))
     };
-    let zipkins: BTreeMap<String, TracingProvider> = providers
+    let tracers: BTreeMap<String, TracingProvider> = providers
         .iter()
         .filter_map(|p| {
             let provider = if let Some(zipkin) = &p.zipkin {
@@ -771,7 +771,7 @@ fn tracing_provider(
         })
         .collect();
     let default = defaults.and_then(|d| d.tracing.first()).and_then(|name| {
-        let found = zipkins.get(name).cloned();
+        let found = tracers.get(name).cloned();
         if found.is_none() {
             let reason = if providers.iter().any(|p| &p.name == name) {
                 format!(
@@ -784,7 +784,7 @@ fn tracing_provider(
         }
         found
     });
-    (default, zipkins)
+    (default, tracers)
 }
 
 /// An immutable view of the whole mesh, shared by every push.

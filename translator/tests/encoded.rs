@@ -11,22 +11,13 @@
 
 use std::path::Path;
 
-use crds::document::{parse_value, split_documents};
 use translator::changes::ChangeSet;
 use translator::encoded::{Encoded, encode};
 use translator::model::{MeshConfig, Proxy, Snapshot};
 use translator::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, SECRET_TYPE};
 
 fn snapshot(texts: &[String]) -> Snapshot {
-    let mut objects = Vec::new();
-    for text in texts {
-        for (_, value) in split_documents(text) {
-            for object in parse_value(value.unwrap(), "default") {
-                objects.push(object.unwrap());
-            }
-        }
-    }
-    Snapshot::build(1, &objects, MeshConfig::default())
+    Snapshot::build(1, &crds::objects_of(texts), MeshConfig::default())
 }
 
 fn proxy(node_id: &str, locality: &str) -> Proxy {

@@ -5,7 +5,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
 
-use crds::document::{parse_value, split_documents};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::transport_socket;
 use envoy_types::pb::envoy::config::listener::v3::{FilterChain, Listener, filter};
@@ -43,13 +42,11 @@ stringData: {tls.crt: CERT, tls.key: KEY, ca.crt: CA}
 ";
 
 fn snapshot(extra: &str) -> Snapshot {
-    let text = format!("{PLATFORM}\n---\n{extra}");
-    let objects: Vec<_> = split_documents(&text)
-        .into_iter()
-        .flat_map(|(_, v)| parse_value(v.unwrap(), "default"))
-        .map(|o| o.unwrap())
-        .collect();
-    Snapshot::build(1, &objects, MeshConfig::default())
+    Snapshot::build(
+        1,
+        &crds::objects_of(&[PLATFORM, extra]),
+        MeshConfig::default(),
+    )
 }
 
 fn egress_gateway() -> Proxy {

@@ -10,7 +10,6 @@
 
 use std::path::{Path, PathBuf};
 
-use crds::document::{parse_value, split_documents};
 use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage};
 use translator::model::{MeshConfig, Proxy, Snapshot};
@@ -36,15 +35,7 @@ fn snapshot() -> Snapshot {
             .iter()
             .map(|s| std::fs::read_to_string(samples.join(s)).unwrap()),
     );
-    let mut objects = Vec::new();
-    for text in &texts {
-        for (_, value) in split_documents(text) {
-            for object in parse_value(value.unwrap(), "default") {
-                objects.push(object.unwrap());
-            }
-        }
-    }
-    Snapshot::build(1, &objects, MeshConfig::default())
+    Snapshot::build(1, &crds::objects_of(&texts), MeshConfig::default())
 }
 
 /// Envoy's descriptors, compiled from the `.proto` files envoy-types ships.

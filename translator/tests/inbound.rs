@@ -3,7 +3,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
 
-use crds::document::{parse_value, split_documents};
 use envoy_types::pb::envoy::config::listener::v3::{FilterChain, Listener, filter};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, http_connection_manager,
@@ -62,13 +61,7 @@ endpoints: [{addresses: [10.244.0.13], targetRef: {kind: Pod, name: ratings-0, n
 ";
 
 fn mesh_with(platform: &str, extra: &str, mesh: MeshConfig) -> Snapshot {
-    let text = format!("{platform}\n---\n{extra}");
-    let objects: Vec<_> = split_documents(&text)
-        .into_iter()
-        .flat_map(|(_, v)| parse_value(v.unwrap(), "default"))
-        .map(|o| o.unwrap())
-        .collect();
-    Snapshot::build(1, &objects, mesh)
+    Snapshot::build(1, &crds::objects_of(&[platform, extra]), mesh)
 }
 
 fn mesh(extra: &str) -> Snapshot {
@@ -1411,11 +1404,7 @@ fn sidecar_ingress_is_validated_as_istio_does() {
         let text = format!(
             "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: s}}\nspec:\n  ingress: {ingress}\n"
         );
-        let (_, value) = split_documents(&text).remove(0);
-        let object = parse_value(value.unwrap(), "default").remove(0).unwrap();
-        crds::validate::validate(&object)
-            .err()
-            .map(|e| e.to_string())
+        crds::refusal(&text).map(|(field, reason)| format!("{field}: {reason}"))
     };
     assert_eq!(
         problem(

@@ -28,13 +28,7 @@ spec:
 ";
 
 fn mesh(extra: &str, mesh: MeshConfig) -> Snapshot {
-    let text = format!("{PLATFORM}\n---\n{extra}");
-    let objects: Vec<_> = split_documents(&text)
-        .into_iter()
-        .flat_map(|(_, v)| parse_value(v.unwrap(), "default"))
-        .map(|o| o.unwrap())
-        .collect();
-    Snapshot::build(1, &objects, mesh)
+    Snapshot::build(1, &crds::objects_of(&[PLATFORM, extra]), mesh)
 }
 
 fn sidecar(labels: &[(&str, &str)]) -> Proxy {

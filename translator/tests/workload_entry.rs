@@ -5,7 +5,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
 
-use crds::document::{parse_value, split_documents};
 use envoy_types::pb::envoy::config::core::v3::{TransportSocket, transport_socket};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
 use prost::Message;
@@ -60,13 +59,11 @@ spec:
 ";
 
 fn mesh(extra: &str) -> Snapshot {
-    let text = format!("{PLATFORM}\n---\n{extra}");
-    let objects: Vec<_> = split_documents(&text)
-        .into_iter()
-        .flat_map(|(_, v)| parse_value(v.unwrap(), "default"))
-        .map(|o| o.unwrap())
-        .collect();
-    Snapshot::build(1, &objects, MeshConfig::default())
+    Snapshot::build(
+        1,
+        &crds::objects_of(&[PLATFORM, extra]),
+        MeshConfig::default(),
+    )
 }
 
 fn entry(name: &str, namespace: &str, spec: &str) -> String {
@@ -362,22 +359,10 @@ fn socket_entries_are_reported_and_left_out() {
     );
 }
 
-/// The first problem validation finds in the document `yaml`: (field,
-/// reason), or `None` when it is accepted.
-fn refusal(yaml: &str) -> Option<(String, String)> {
-    let (_, value) = split_documents(yaml).into_iter().next().unwrap();
-    let object = parse_value(value.unwrap(), "default").remove(0).unwrap();
-    match crds::validate::validate(&object) {
-        Ok(()) => None,
-        Err(crds::ParseError::InvalidField { field, reason, .. }) => Some((field, reason)),
-        Err(e) => panic!("{e}"),
-    }
-}
-
 #[test]
 fn workload_entries_are_validated_as_istio_does() {
     let entry = |spec: &str| {
-        refusal(&format!(
+        crds::refusal(&format!(
             "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: vm}}\nspec: {spec}\n"
         ))
     };
@@ -414,7 +399,7 @@ fn workload_entries_are_validated_as_istio_does() {
         "UDS may not include ports"
     );
     // An inline endpoint of a STATIC entry must be an IP address.
-    let inline = refusal(
+    let inline = crds::refusal(
         "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: e}\nspec: {hosts: [a.example], ports: [{number: 80, name: http}], resolution: STATIC, endpoints: [{address: a.example}]}\n",
     );
     assert_eq!(inline.unwrap().0, "spec.endpoints[0].address");
