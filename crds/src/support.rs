@@ -45,7 +45,6 @@ pub const NOT_YET: &[(&str, &str)] = &[
     ("Sidecar", "spec.egress[].port"),
     ("Sidecar", "spec.egress[].bind"),
     ("Sidecar", "spec.egress[].captureMode"),
-    ("Sidecar", "spec.outboundTrafficPolicy.egressProxy"),
     ("AuthorizationPolicy", "spec.targetRef"),
     ("AuthorizationPolicy", "spec.targetRefs"),
     ("RequestAuthentication", "spec.targetRef"),

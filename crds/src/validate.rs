@@ -360,6 +360,23 @@ fn is_base64_sha256(v: &str) -> bool {
 
 fn sidecar(spec: &crate::SidecarSpec) -> Problems {
     let mut p = Problems::new();
+    if let Some(policy) = &spec.outbound_traffic_policy
+        && let Some(proxy) = &policy.egress_proxy
+    {
+        if policy.mode != Some(crate::mesh::OutboundMode::AllowAny) {
+            p.push((
+                "spec.outboundTrafficPolicy.egressProxy".into(),
+                "sidecar: egress_proxy must be set only with ALLOW_ANY outbound_traffic_policy mode"
+                    .into(),
+            ));
+        }
+        if proxy.host.is_empty() || proxy.host.contains('*') {
+            p.push((
+                "spec.outboundTrafficPolicy.egressProxy.host".into(),
+                "a service's host, without wildcards, is required".into(),
+            ));
+        }
+    }
     let mut ports = std::collections::BTreeSet::new();
     for (i, ingress) in spec.ingress.iter().enumerate() {
         let at = format!("spec.ingress[{i}]");

@@ -589,3 +589,86 @@ spec:
     assert_eq!(status("impostor.example.com"), 200);
     assert_eq!(sidecar.rejected(), 0);
 }
+
+/// Sidecar `outboundTrafficPolicy.egressProxy` (Istio's egress proxy for
+/// unknown traffic): under ALLOW_ANY, requests to destinations outside the
+/// registry reach the named service instead of their own destination,
+/// through the routes' catch-all host (a port some service has) and
+/// through the catch-all TCP proxy (one none has).
+#[test]
+fn an_egress_proxy_takes_unknown_traffic() {
+    let mesh = Mesh::start(true, &[]);
+    add_local_address(EXTERNAL_IP);
+    external_server(&mesh, 80, "direct");
+    external_server(&mesh, 9080, "direct");
+    // The egress proxy: a service in istio-system, its one endpoint a
+    // server that names the host it was asked for.
+    mesh.block_on(async {
+        let router = axum::Router::new().fallback(|headers: axum::http::HeaderMap| async move {
+            let host = headers
+                .get("host")
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            format!("proxied {host}")
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.2.5:3128")
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+    });
+    let envoy = mesh.sidecar();
+    mesh.apply(
+        &[&envoy],
+        "egress-proxy.yaml",
+        "apiVersion: v1
+kind: Service
+metadata: {name: egress-proxy, namespace: istio-system}
+spec:
+  clusterIP: 10.96.0.95
+  ports: [{name: http-proxy, port: 3128}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: egress-proxy-1, namespace: istio-system, labels: {kubernetes.io/service-name: egress-proxy}}
+addressType: IPv4
+ports: [{name: http-proxy, port: 3128}]
+endpoints: [{addresses: [127.0.2.5]}]
+",
+    );
+    let get = |port: u16| {
+        let r = http_request(
+            &format!("http://{EXTERNAL_IP}:{port}/"),
+            &[("host", "unknown.example.com")],
+        )
+        .unwrap();
+        (r.status, r.body)
+    };
+    // ALLOW_ANY alone: straight through.
+    assert_eq!(get(80), (200, "direct".into()));
+    assert_eq!(get(9080), (200, "direct".into()));
+
+    mesh.apply(
+        &[&envoy],
+        "sidecar.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: default}
+spec:
+  outboundTrafficPolicy:
+    mode: ALLOW_ANY
+    egressProxy: {host: egress-proxy.istio-system.svc.cluster.local, port: {number: 3128}}
+",
+    );
+    // Port 9080 (Bookinfo's): the route configuration's catch-all host;
+    // port 80 (no service's): the catch-all TCP proxy.
+    assert_eq!(get(9080), (200, "proxied unknown.example.com".into()));
+    assert_eq!(get(80), (200, "proxied unknown.example.com".into()));
+    // What the registry knows still goes to its own service.
+    let known = http_request("http://10.96.0.13:9080/", &[("host", "reviews")]).unwrap();
+    assert_eq!(known.status, 200, "{}", known.body);
+    assert!(!known.body.starts_with("proxied"), "{}", known.body);
+    assert_eq!(envoy.rejected(), 0);
+}

@@ -33,7 +33,7 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
 use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
 use envoy_types::util::pack_any;
 
-use crate::cluster::{BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER, cluster_name};
+use crate::cluster::{BLACKHOLE_CLUSTER, cluster_name};
 use crate::encoded::{Encoded, nested_len, put_head, put_string};
 use crate::model::{Config, Protocol, Proxy, Service, Snapshot, TlsSecret, exported_to};
 use crate::route::{
@@ -59,11 +59,7 @@ pub(crate) fn sidecar<'a>(
     proxy: &'a Proxy,
     warnings: &mut Vec<ConfigWarning>,
 ) -> (Vec<Listener>, Vec<RoutePlan<'a>>) {
-    let fallback = if snap.allow_any_for(proxy) {
-        PASSTHROUGH_CLUSTER
-    } else {
-        BLACKHOLE_CLUSTER
-    };
+    let fallback = &*snap.outbound_fallback(proxy);
     let observe = crate::telemetry::Observe::of(snap, proxy, crate::telemetry::Side::Client);
     let mut listeners = vec![Listener {
         name: VIRTUAL_OUTBOUND.into(),
@@ -513,11 +509,7 @@ fn http_route_plan<'a>(
     services: &[&'a Arc<Service>],
     warnings: &mut Vec<ConfigWarning>,
 ) -> RoutePlan<'a> {
-    let fallback = if snap.allow_any_for(proxy) {
-        PASSTHROUGH_CLUSTER
-    } else {
-        BLACKHOLE_CLUSTER
-    };
+    let fallback = snap.outbound_fallback(proxy);
     let ctx = RouteCtx {
         snap,
         proxy,
@@ -595,7 +587,7 @@ fn http_route_plan<'a>(
         VirtualHost {
             name: "allow_any".into(),
             domains: vec!["*".into()],
-            routes: vec![catch_all_route("allow_any", fallback)],
+            routes: vec![catch_all_route("allow_any", &fallback)],
             include_request_attempt_count: true,
             ..Default::default()
         }

@@ -1741,6 +1741,38 @@ impl Snapshot {
         .then_some(svc)
     }
 
+    /// The cluster `proxy` sends traffic for destinations outside the
+    /// registry to (its `virtualOutbound` catch-all and its routes'
+    /// `allow_any` host): under `ALLOW_ANY` its Sidecar's
+    /// `outboundTrafficPolicy.egressProxy` (`outbound|<port>|<subset>|<host>`,
+    /// a short host resolved in the Sidecar's namespace; without a port,
+    /// the service's only one), else `PassthroughCluster`; under
+    /// `REGISTRY_ONLY` `BlackHoleCluster`. As Istio's
+    /// `buildOutboundCatchAllNetworkFiltersOnly` and `buildCatchAllVirtualHost`.
+    pub fn outbound_fallback(&self, proxy: &Proxy) -> std::borrow::Cow<'static, str> {
+        use crate::cluster::{BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER};
+        if !self.allow_any_for(proxy) {
+            return BLACKHOLE_CLUSTER.into();
+        }
+        let Some((sidecar, egress)) = self.sidecar_for(proxy).and_then(|sc| {
+            let policy = sc.spec.outbound_traffic_policy.as_ref()?;
+            Some((sc, policy.egress_proxy.as_ref()?))
+        }) else {
+            return PASSTHROUGH_CLUSTER.into();
+        };
+        let host = self.resolve_host(&egress.host, &sidecar.namespace);
+        let port = egress.port.as_ref().map(|p| p.number).or_else(|| {
+            let ports = &self.services.get(host.as_ref())?.ports;
+            (ports.len() == 1).then(|| ports[0].port)
+        });
+        crate::cluster::cluster_name(
+            port.unwrap_or_default(),
+            egress.subset.as_deref().unwrap_or_default(),
+            &host,
+        )
+        .into()
+    }
+
     /// Whether unknown destinations pass through for `proxy`: its Sidecar's
     /// `outboundTrafficPolicy`, else the mesh's.
     pub fn allow_any_for(&self, proxy: &Proxy) -> bool {
@@ -2257,6 +2289,10 @@ pub const ROOT_NAMESPACE: &str = "istio-system";
 
 /// Whether a Sidecar's `egress.hosts` (`ns/host`) let its workload reach `svc`.
 fn egress_allows(sc: &Config<crds::SidecarSpec>, svc: &Service) -> bool {
+    // No egress listener: Istio's default one, `*/*`.
+    if sc.spec.egress.is_empty() {
+        return true;
+    }
     sc.spec.egress.iter().flat_map(|e| &e.hosts).any(|h| {
         let Some((ns, host)) = h.split_once('/') else {
             return false;

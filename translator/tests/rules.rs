@@ -273,6 +273,57 @@ fn registry_only_sends_unknown_traffic_to_the_blackhole() {
     );
 }
 
+/// Sidecar `outboundTrafficPolicy.egressProxy`: under ALLOW_ANY, what
+/// is outside the registry goes to that service (the catch-all TCP proxy,
+/// and the routes' `allow_any` host) instead of passing through.
+#[test]
+fn an_egress_proxy_takes_traffic_outside_the_registry() {
+    let sidecar_resource = |mode: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: default, namespace: default}}
+spec:
+  outboundTrafficPolicy:
+    mode: {mode}
+    egressProxy: {{host: reviews, subset: egress, port: {{number: 9080}}}}
+"
+        )
+    };
+    let out = generate(
+        &mesh(&sidecar_resource("ALLOW_ANY"), MeshConfig::default()),
+        &sidecar(&[]),
+    );
+    let proxy = "outbound|9080|egress|reviews.default.svc.cluster.local";
+    // A Sidecar without `egress` imports every service (Istio's `*/*`).
+    assert!(out.clusters.iter().any(|c| c.name == proxy));
+    let outbound = out
+        .listeners
+        .iter()
+        .find(|l| l.name == "virtualOutbound")
+        .unwrap();
+    let tcp: TcpProxy = first_filter(&outbound.filter_chains[0]);
+    assert_eq!(
+        tcp.cluster_specifier,
+        Some(tcp_proxy::ClusterSpecifier::Cluster(proxy.into()))
+    );
+    let vh = route_config(&out, "9080")
+        .virtual_hosts
+        .iter()
+        .find(|v| v.name == "allow_any")
+        .unwrap();
+    let Some(route::Action::Route(action)) = &vh.routes[0].action else {
+        panic!("{:?}", vh.routes[0])
+    };
+    assert_eq!(
+        action.cluster_specifier,
+        Some(route_action::ClusterSpecifier::Cluster(proxy.into()))
+    );
+    // Only with ALLOW_ANY, as Istio's validation.
+    let refused = crds::refusal(&sidecar_resource("REGISTRY_ONLY")).unwrap();
+    assert_eq!(refused.0, "spec.outboundTrafficPolicy.egressProxy");
+}
+
 #[test]
 fn tcp_services_get_a_listener_on_their_vip() {
     let out = generate(&mesh("", MeshConfig::default()), &sidecar(&[]));
