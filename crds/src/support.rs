@@ -22,8 +22,6 @@ pub const NOT_YET: &[(&str, &str)] = &[
     ),
     ("DestinationRule", "loadBalancer.zoneAwareLbSetting"),
     ("DestinationRule", "loadBalancer.backendUtilization"),
-    ("DestinationRule", "loadBalancer.warmup.minimumPercent"),
-    ("DestinationRule", "loadBalancer.warmup.aggression"),
     ("DestinationRule", "connectionPool.http.http2KeepAlive"),
     (
         "DestinationRule",

@@ -20,9 +20,9 @@ use envoy_types::pb::envoy::config::cluster::v3::{
 };
 use envoy_types::pb::envoy::config::core::v3::{
     ApiConfigSource, ApiVersion, ConfigSource, DataSource, GrpcService, Http1ProtocolOptions,
-    Http2ProtocolOptions, HttpProtocolOptions as CoreHttpOptions, TcpKeepalive, TransportSocket,
-    UpstreamHttpProtocolOptions, api_config_source, config_source, data_source, grpc_service,
-    transport_socket,
+    Http2ProtocolOptions, HttpProtocolOptions as CoreHttpOptions, RuntimeDouble, TcpKeepalive,
+    TransportSocket, UpstreamHttpProtocolOptions, api_config_source, config_source, data_source,
+    grpc_service, transport_socket,
 };
 use envoy_types::pb::envoy::config::route::v3::route_action::{HashPolicy, hash_policy};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
@@ -203,13 +203,27 @@ impl Effective {
         let Some(lb) = &self.load_balancer else {
             return;
         };
-        let slow_start = lb
-            .warmup_duration_secs
-            .or(lb.warmup.as_ref().and_then(|w| w.duration))
-            .map(|d| SlowStartConfig {
+        // Istio's `setSlowStartConfig`: `warmup` (its curve's aggression,
+        // default 1, linear, and its minimum weight, default 10 %, under a
+        // runtime key that cannot be set, so that the rule decides), else
+        // `warmupDurationSecs` alone.
+        let slow_start = match (&lb.warmup, lb.warmup_duration_secs) {
+            (Some(warmup), _) => Some(SlowStartConfig {
+                slow_start_window: warmup.duration.map(|d| duration(d.as_std())),
+                aggression: Some(RuntimeDouble {
+                    default_value: warmup.aggression.unwrap_or(1.0),
+                    runtime_key: "(".into(),
+                }),
+                min_weight_percent: Some(EnvoyPercent {
+                    value: warmup.minimum_percent.unwrap_or(10.0),
+                }),
+            }),
+            (None, Some(d)) => Some(SlowStartConfig {
                 slow_start_window: Some(duration(d.as_std())),
                 ..Default::default()
-            });
+            }),
+            (None, None) => None,
+        };
         if let Some(hash) = &lb.consistent_hash {
             if let Some(maglev) = &hash.maglev {
                 c.lb_policy = LbPolicy::Maglev as i32;

@@ -273,6 +273,43 @@ fn registry_only_sends_unknown_traffic_to_the_blackhole() {
     );
 }
 
+/// `loadBalancer.warmup` as Istio's `setWarmup`: the window, the curve's
+/// aggression (default 1) and minimum weight (default 10 %); with only
+/// `warmupDurationSecs`, the window alone.
+#[test]
+fn warmup_sets_the_slow_start_curve() {
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::LbConfig;
+    let slow_start = |lb: &str| {
+        let dr = format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: r, namespace: default}}\nspec: {{host: reviews, trafficPolicy: {{loadBalancer: {lb}}}}}\n"
+        );
+        let out = generate(&mesh(&dr, MeshConfig::default()), &sidecar(&[]));
+        let c = cluster(&out, "outbound|9080||reviews.default.svc.cluster.local");
+        match c.lb_config.clone() {
+            Some(LbConfig::RoundRobinLbConfig(rr)) => rr.slow_start_config.unwrap(),
+            Some(LbConfig::LeastRequestLbConfig(lr)) => lr.slow_start_config.unwrap(),
+            other => panic!("{other:?}"),
+        }
+    };
+    let s = slow_start(
+        "{simple: ROUND_ROBIN, warmup: {duration: 30s, minimumPercent: 25, aggression: 2}}",
+    );
+    assert_eq!(s.slow_start_window.map(|d| d.seconds), Some(30));
+    assert_eq!(s.aggression.map(|a| a.default_value), Some(2.0));
+    assert_eq!(s.min_weight_percent.map(|p| p.value), Some(25.0));
+    let s = slow_start("{warmup: {duration: 30s}}");
+    assert_eq!(
+        (
+            s.aggression.map(|a| a.default_value),
+            s.min_weight_percent.map(|p| p.value)
+        ),
+        (Some(1.0), Some(10.0))
+    );
+    let s = slow_start("{simple: ROUND_ROBIN, warmupDurationSecs: 20s}");
+    assert_eq!(s.slow_start_window.map(|d| d.seconds), Some(20));
+    assert!(s.aggression.is_none() && s.min_weight_percent.is_none());
+}
+
 /// Sidecar `outboundTrafficPolicy.egressProxy`: under ALLOW_ANY, what
 /// is outside the registry goes to that service (the catch-all TCP proxy,
 /// and the routes' `allow_any` host) instead of passing through.
