@@ -34,7 +34,6 @@ pub const NOT_YET: &[(&str, &str)] = &[
     ("WorkloadEntry", "spec.network"),
     ("Gateway", "spec.servers[].bind"),
     ("Gateway", "spec.servers[].defaultEndpoint"),
-    ("Gateway", "spec.servers[].tls.caCrl"),
     ("Gateway", "spec.servers[].tls.tlsCertificates"),
     ("Gateway", "spec.servers[].tls.insecureSkipVerify"),
     ("Sidecar", "spec.ingress[].bind"),

@@ -124,23 +124,62 @@ impl Pki {
         );
         (d.join(crt), d.join(key))
     }
+
+    /// Revokes `cert` (one this CA issued) and returns the CA's revocation
+    /// list (PEM file) listing every certificate revoked so far.
+    pub fn revoke(&self, cert: &Path) -> PathBuf {
+        let d = self.dir.path();
+        if !d.join("ca.cnf").exists() {
+            std::fs::write(
+                d.join("ca.cnf"),
+                "[ca]\ndefault_ca = own\n[own]\ndatabase = index.txt\ncrlnumber = crlnumber\ndefault_md = sha256\ndefault_crl_days = 1\n",
+            )
+            .unwrap();
+            std::fs::write(d.join("index.txt"), "").unwrap();
+            std::fs::write(d.join("crlnumber"), "01\n").unwrap();
+        }
+        let cert = cert.to_string_lossy();
+        let ca_args = ["-config", "ca.cnf", "-keyfile", "ca.key", "-cert", "ca.crt"];
+        let mut revoke = vec!["ca", "-revoke", cert.as_ref()];
+        revoke.extend(ca_args);
+        openssl(d, &revoke);
+        let mut crl = vec!["ca", "-gencrl", "-out", "ca.crl"];
+        crl.extend(ca_args);
+        openssl(d, &crl);
+        d.join("ca.crl")
+    }
 }
 
 /// A `kubernetes.io/tls` Secret with `tls.crt`, `tls.key` and `ca.crt`.
 pub fn tls_secret(ns: &str, name: &str, cert: &Path, key: &Path, ca: &Path) -> String {
-    let indent = |p: &Path| {
-        std::fs::read_to_string(p)
-            .unwrap()
-            .lines()
-            .map(|l| format!("    {l}\n"))
-            .collect::<String>()
-    };
     format!(
         "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {ns}}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}  ca.crt: |\n{}",
-        indent(cert),
-        indent(key),
-        indent(ca)
+        indented(cert),
+        indented(key),
+        indented(ca)
     )
+}
+
+/// [`tls_secret`] with the CA's revocation list `crl` as `ca.crl`.
+pub fn tls_secret_with_crl(
+    ns: &str,
+    name: &str,
+    cert: &Path,
+    key: &Path,
+    ca: &Path,
+    crl: &Path,
+) -> String {
+    tls_secret(ns, name, cert, key, ca) + &format!("  ca.crl: |\n{}", indented(crl))
+}
+
+/// The PEM file at `path`, each line indented for a YAML block scalar
+/// under `stringData`.
+fn indented(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| format!("    {l}\n"))
+        .collect()
 }
 
 /// An `openssl s_server` on `addr`, killed on drop.

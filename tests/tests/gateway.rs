@@ -228,6 +228,28 @@ spec:
     assert!(mutual(&other_cert, &other_key).is_err());
     assert!(gw.stat("listener.0.0.0.0_9443.ssl.fail_verify_cert_hash") >= 1);
 
+    // MUTUAL with the CA's revocation list in the Secret (`ca.crl`): the
+    // revoked client is refused, the other still gets in.
+    let crl = pki.revoke(&other_cert);
+    mesh.cfg.write(
+        "secret.yaml",
+        &e2e::tls::tls_secret_with_crl(
+            "istio-system",
+            "bookinfo-credential",
+            &cert,
+            &key,
+            &pki.ca(),
+            &crl,
+        ),
+    );
+    mesh.apply(&[&gw], "gateway.yaml", gateway_yaml);
+    assert_eq!(
+        mutual(&client_cert, &client_key),
+        Ok("productpage v1".into())
+    );
+    assert!(mutual(&other_cert, &other_key).is_err());
+    assert!(gw.stat("listener.0.0.0.0_9443.ssl.fail_verify_error") >= 1);
+
     // MUTUAL with `caCertCredentialName`: the clients a partner's CA
     // issued get in, the bookinfo CA's no longer do.
     let partner = Pki::new();

@@ -1099,12 +1099,12 @@ pub(crate) fn client_credentials(
                 ));
             }
             if !tls.insecure_skip_verify.unwrap_or(false) {
-                let ca = secret.ca.clone().or_else(|| {
-                    lookup(&format!("{cred}-cacert")).and_then(|s| s.ca.clone().or(s.cert.clone()))
-                });
-                match ca {
-                    Some(ca) => {
-                        ca_secret(cred, &ca, secrets);
+                let trust = secret
+                    .trust(false)
+                    .or_else(|| lookup(&format!("{cred}-cacert")).and_then(|s| s.trust(true)));
+                match trust {
+                    Some(trust) => {
+                        ca_secret(cred, trust, secrets);
                     }
                     None => report(format!(
                         "verifying the server needs a CA: Secret {cred:?} has no ca.crt and there is no {cred}-cacert"
@@ -1357,26 +1357,34 @@ fn downstream_tls(
                 .push(crate::policy::ads_secret(name));
         }
         let cred = credentials[0];
+        if tls.ca_crl.is_some() {
+            // Istio: with a credential, the CRL is the Secret's own.
+            warnings.push(ConfigWarning::new(
+                "Gateway",
+                gs.gw.key(),
+                format!("{}.tls.caCrl", gs.field()),
+                "with credentialName the revocation list is the Secret's ca.crl; ignored".into(),
+            ));
+        }
         if mutual {
             // `caCertCredentialName` (a Secret of its own) wins over the
             // certificate's Secret.
-            let (cred, ca) = match &tls.ca_cert_credential_name {
+            let (cred, trust) = match &tls.ca_cert_credential_name {
                 Some(name) => (
                     name,
-                    find_secret(snap, proxy, gs, name)
-                        .and_then(|s| s.ca.clone().or(s.cert.clone())),
+                    find_secret(snap, proxy, gs, name).and_then(|s| s.trust(true)),
                 ),
                 None => (
                     cred,
                     find_secret(snap, proxy, gs, cred)
-                        .and_then(|s| s.ca.clone())
+                        .and_then(|s| s.trust(false))
                         .or_else(|| {
                             find_secret(snap, proxy, gs, &format!("{cred}-cacert"))
-                                .and_then(|s| s.ca.clone().or(s.cert.clone()))
+                                .and_then(|s| s.trust(true))
                         }),
                 ),
             };
-            let Some(ca) = ca else {
+            let Some(trust) = trust else {
                 let why = if tls.ca_cert_credential_name.is_some() {
                     format!(
                         "MUTUAL needs a CA: Secret {cred:?} (caCertCredentialName) is missing or has no ca.crt; server skipped"
@@ -1393,7 +1401,7 @@ fn downstream_tls(
                 common_tls_context::ValidationContextType::CombinedValidationContext(
                     common_tls_context::CombinedCertificateValidationContext {
                         default_validation_context: Some(client_checks),
-                        validation_context_sds_secret_config: Some(ca_secret(cred, &ca, secrets)),
+                        validation_context_sds_secret_config: Some(ca_secret(cred, trust, secrets)),
                         ..Default::default()
                     },
                 ),
@@ -1419,6 +1427,7 @@ fn downstream_tls(
                 common_tls_context::ValidationContextType::ValidationContext(
                     CertificateValidationContext {
                         trusted_ca: Some(file(ca)),
+                        crl: tls.ca_crl.as_ref().map(file),
                         ..client_checks
                     },
                 ),
@@ -1498,11 +1507,12 @@ pub(crate) fn certificate_secret(
 }
 
 /// The SDS secret `kubernetes://<cred>-cacert` (Istio's name for a
-/// `credentialName`'s CA bundle) trusting `ca` (PEM), added to `secrets`;
-/// its reference over ADS.
+/// `credentialName`'s CA bundle) trusting `ca` (PEM) and refusing what its
+/// revocation list `crl` (PEM, the Secret's `ca.crl`) revokes, added to
+/// `secrets`; its reference over ADS.
 pub(crate) fn ca_secret(
     cred: &str,
-    ca: &[u8],
+    (ca, crl): (&[u8], Option<&[u8]>),
     secrets: &mut BTreeMap<String, Secret>,
 ) -> SdsSecretConfig {
     let [_, name] = crate::policy::credential_sds_names(cred);
@@ -1513,6 +1523,7 @@ pub(crate) fn ca_secret(
             r#type: Some(secret::Type::ValidationContext(
                 CertificateValidationContext {
                     trusted_ca: Some(inline(ca)),
+                    crl: crl.map(inline),
                     ..Default::default()
                 },
             )),

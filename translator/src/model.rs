@@ -892,6 +892,21 @@ pub struct TlsSecret {
     pub key: Option<Vec<u8>>,
     /// CA bundle for client verification, PEM.
     pub ca: Option<Vec<u8>>,
+    /// Certificate revocation list of that CA (`ca.crl`), PEM.
+    pub crl: Option<Vec<u8>>,
+}
+
+impl TlsSecret {
+    /// What this Secret trusts for verifying peers: its `ca.crt`, or, with
+    /// `cert_as_ca` (a `<name>-cacert` or `caCertCredentialName` Secret),
+    /// else its `tls.crt`; with its `ca.crl`. `None` without a CA.
+    pub fn trust(&self, cert_as_ca: bool) -> Option<(&[u8], Option<&[u8]>)> {
+        let ca = self
+            .ca
+            .as_deref()
+            .or(self.cert.as_deref().filter(|_| cert_as_ca))?;
+        Some((ca, self.crl.as_deref()))
+    }
 }
 
 impl Snapshot {
@@ -1137,6 +1152,7 @@ impl Snapshot {
                             cert: get(["tls.crt", "cert"]),
                             key: get(["tls.key", "key"]),
                             ca: get(["ca.crt", "cacert"]),
+                            crl: get(["ca.crl", "crl"]),
                         }),
                     );
                 }

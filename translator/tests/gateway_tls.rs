@@ -609,3 +609,91 @@ spec:
         );
     }
 }
+
+/// Client certificate revocation on a MUTUAL server: a credential
+/// Secret's `ca.crl` goes into its `-cacert` SDS secret with the CA;
+/// with files, `caCrl` is the validation context's CRL file; `caCrl`
+/// beside a credential is reported (Istio takes the Secret's).
+#[test]
+fn revocation_lists_reach_mutual_servers() {
+    use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::secret;
+    let gateway = |tls: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: ingress, namespace: istio-system}}
+spec:
+  selector: {{istio: egressgateway}}
+  servers:
+  - port: {{number: 8443, name: https, protocol: HTTPS}}
+    hosts: [api.example.com]
+    tls: {tls}
+"
+        )
+    };
+    let revoking = "apiVersion: v1
+kind: Secret
+metadata: {name: revoking, namespace: istio-system}
+stringData: {tls.crt: CERT, tls.key: KEY, ca.crt: CA, ca.crl: CRL}
+---
+";
+    let out = generate(
+        &snapshot(&(revoking.to_owned() + &gateway("{mode: MUTUAL, credentialName: revoking}"))),
+        &egress_gateway(),
+    );
+    assert!(out.warnings.is_empty(), "{:?}", out.warnings);
+    let ca = out
+        .secrets
+        .iter()
+        .find(|s| s.name == "kubernetes://revoking-cacert")
+        .unwrap();
+    let Some(secret::Type::ValidationContext(v)) = &ca.r#type else {
+        panic!("{ca:?}")
+    };
+    let bytes = |d: &Option<envoy_types::pb::envoy::config::core::v3::DataSource>| match d
+        .as_ref()
+        .and_then(|d| d.specifier.clone())
+    {
+        Some(Specifier::InlineBytes(b)) => b,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        (bytes(&v.trusted_ca), bytes(&v.crl)),
+        (b"CA".to_vec(), b"CRL".to_vec())
+    );
+
+    // Files: the CRL file beside the CA file.
+    let out = generate(
+        &snapshot(&gateway(
+            "{mode: MUTUAL, serverCertificate: /etc/certs/tls.crt, privateKey: /etc/certs/tls.key, caCertificates: /etc/certs/ca.crt, caCrl: /etc/certs/ca.crl}",
+        )),
+        &egress_gateway(),
+    );
+    let ctx = downstream(&listener(&out, "0.0.0.0_8443").filter_chains[0]);
+    let Some(common_tls_context::ValidationContextType::ValidationContext(v)) =
+        ctx.common_tls_context.unwrap().validation_context_type
+    else {
+        panic!()
+    };
+    assert_eq!(
+        v.crl.and_then(|d| d.specifier),
+        Some(Specifier::Filename("/etc/certs/ca.crl".into()))
+    );
+
+    // `caCrl` beside a credential: reported, the Secret's list used.
+    let out = generate(
+        &snapshot(
+            &(revoking.to_owned()
+                + &gateway("{mode: MUTUAL, credentialName: revoking, caCrl: /etc/certs/ca.crl}")),
+        ),
+        &egress_gateway(),
+    );
+    assert!(
+        out.warnings
+            .iter()
+            .any(|w| w.field == "spec.servers[0].tls.caCrl"),
+        "{:?}",
+        out.warnings
+    );
+}
