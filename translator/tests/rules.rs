@@ -333,7 +333,11 @@ spec:
     );
     let proxy = "outbound|9080|egress|reviews.default.svc.cluster.local";
     // A Sidecar without `egress` imports every service (Istio's `*/*`).
-    assert!(out.clusters.iter().any(|c| c.name == proxy));
+    assert!(
+        out.clusters
+            .iter()
+            .any(|c| c.name == "outbound|9080||reviews.default.svc.cluster.local")
+    );
     let outbound = out
         .listeners
         .iter()

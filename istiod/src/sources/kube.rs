@@ -341,16 +341,18 @@ fn trim(value: &mut Value, resource: &ApiResource) {
     if resource.kind == "Pod"
         && let Some(status) = map.get_mut("status").and_then(Value::as_object_mut)
     {
-        // Of the conditions, only whether the pod is Ready (a ServiceEntry
-        // selects ready pods); their times change on every probe.
-        let ready = status
+        // Of the conditions, only a pod that is not Ready (a ServiceEntry
+        // selects ready pods; a pod without conditions counts as ready, so
+        // `Ready: True` is dropped too); their times change on every probe.
+        let unready = status
             .get("conditions")
             .and_then(Value::as_array)
             .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+            .filter(|c| c["status"] != "True")
             .map(|c| serde_json::json!([{"type": "Ready", "status": c["status"]}]));
         status.retain(|k, _| matches!(k.as_str(), "podIP" | "podIPs" | "hostIP" | "phase"));
-        if let Some(ready) = ready {
-            status.insert("conditions".into(), ready);
+        if let Some(unready) = unready {
+            status.insert("conditions".into(), unready);
         }
     }
 }
