@@ -401,12 +401,8 @@ fn sidecar(spec: &crate::SidecarSpec) -> Problems {
             continue;
         };
         if let Some(path) = endpoint.strip_prefix("unix://") {
-            if !(path.starts_with('/') || path.starts_with('@')) || path.ends_with('/') {
-                p.push((
-                    format!("{at}.defaultEndpoint"),
-                    "unix address must be an absolute path or an abstract socket, not a directory"
-                        .into(),
-                ));
+            if let Some(why) = socket_path_problem(path) {
+                p.push((format!("{at}.defaultEndpoint"), why.into()));
             }
             continue;
         }
@@ -567,6 +563,19 @@ fn service_entry(spec: &crate::ServiceEntrySpec) -> Problems {
     p
 }
 
+/// What is wrong with the path of a `unix://` address (Istio's words), if
+/// anything: it must be absolute or an abstract socket (`@name`), and not
+/// a directory.
+fn socket_path_problem(path: &str) -> Option<&'static str> {
+    if !(path.starts_with('/') || path.starts_with('@')) {
+        Some("UDS must be an absolute path or abstract socket")
+    } else if path.ends_with('/') {
+        Some("UDS may not be a dir")
+    } else {
+        None
+    }
+}
+
 /// Istio's WorkloadEntry rules (its CRD's validations and
 /// `validateWorkloadEntry`), for a WorkloadEntry (`at` is `spec`) and each
 /// inline ServiceEntry endpoint: an address unless a network is named; a
@@ -579,13 +588,8 @@ fn workload_entry(p: &mut Problems, at: &str, we: &crate::WorkloadEntrySpec) {
         p.push((format!("{at}.address"), "Address is required".into()));
     }
     if let Some(path) = address.strip_prefix("unix://") {
-        if !(path.starts_with('/') || path.starts_with('@')) {
-            p.push((
-                format!("{at}.address"),
-                "UDS must be an absolute path or abstract socket".into(),
-            ));
-        } else if path.ends_with('/') {
-            p.push((format!("{at}.address"), "UDS may not be a dir".into()));
+        if let Some(why) = socket_path_problem(path) {
+            p.push((format!("{at}.address"), why.into()));
         }
         if !we.ports.is_empty() {
             p.push((format!("{at}.ports"), "UDS may not include ports".into()));

@@ -552,8 +552,9 @@ fn original_dst_cluster(name: &str, http2: bool) -> Cluster {
 }
 
 /// A `STATIC` cluster to the app at `address:port` (a Sidecar ingress
-/// listener's `defaultEndpoint`): from `127.0.0.6` unless the app is on
-/// loopback (Istio binds only there to get past the capture).
+/// listener's `defaultEndpoint`): from `127.0.0.6` (which the capture
+/// lets through) unless the app is on loopback, which is not captured,
+/// as Istio's `buildInboundCluster`.
 fn app_cluster(name: &str, http2: bool, address: &str, port: u32) -> Cluster {
     use envoy_types::pb::envoy::config::endpoint::v3::{
         ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
