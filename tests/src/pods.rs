@@ -124,6 +124,27 @@ impl Pod {
         in_netns(&self.netns, f)
     }
 
+    /// This pod's Envoy sidecar, in namespace `default` (node ID
+    /// `sidecar~IP~NAME.default~default.svc.cluster.local`, `labels` its
+    /// workload labels), its certificate from the node agent serving
+    /// `sds_socket`, its config from the daemon at `xds_addr`; its admin API
+    /// on 15000 inside the pod.
+    pub fn start_sidecar(
+        &self,
+        sds_socket: &std::path::Path,
+        labels: &[(&str, &str)],
+        xds_addr: std::net::SocketAddr,
+    ) -> crate::Envoy {
+        let node_id = format!(
+            "sidecar~{}~{}.default~default.svc.cluster.local",
+            self.ip, self.name
+        );
+        self.run(|| {
+            crate::use_sds_socket(sds_socket);
+            crate::Envoy::start(&node_id, labels, xds_addr, 15000)
+        })
+    }
+
     /// What `istio-init` sets up in a pod with a sidecar: outbound capture
     /// ([`crate::capture_outbound`]) and inbound capture
     /// ([`capture_inbound`]).

@@ -17,8 +17,7 @@ use std::time::{Duration, Instant};
 use ca::SpiffeId;
 use e2e::pods::{NODE_IP, Pod, create_pod_network, serve_echo, serve_echo_at};
 use e2e::{
-    ConfigDir, Envoy, Reply, SYNC, http_request, isolate, start_agent_with_ttl, use_sds_socket,
-    wait_synced,
+    ConfigDir, Envoy, Reply, SYNC, http_request, isolate, start_agent_with_ttl, wait_synced,
 };
 use istiod::Daemon;
 
@@ -191,20 +190,13 @@ impl PodMesh {
         serve_echo(&server, rt.handle());
         serve_websocket_echo(&server);
 
-        let sidecar = |pod: &Pod, sa: &str, admin_port: u16| {
+        let sidecar = |pod: &Pod, sa: &str| {
             let socket = start_agent_with_ttl(rt.handle(), &daemon, id_in(trust_domain, sa), ttl);
-            let node_id = format!(
-                "sidecar~{}~{}.default~default.svc.cluster.local",
-                pod.ip, pod.name
-            );
             let labels = [("app", sa), ("security.istio.io/tlsMode", "istio")];
-            pod.run(|| {
-                use_sds_socket(&socket);
-                Envoy::start(&node_id, &labels, daemon.xds_addr, admin_port)
-            })
+            pod.start_sidecar(&socket, &labels, daemon.xds_addr)
         };
-        let client_envoy = sidecar(&client, "productpage", 15000);
-        let server_envoy = sidecar(&server, "reviews", 15000);
+        let client_envoy = sidecar(&client, "productpage");
+        let server_envoy = sidecar(&server, "reviews");
         wait_synced(&daemon, &[&client_envoy, &server_envoy], SYNC);
         PodMesh {
             cfg,

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use ca::SpiffeId;
 use e2e::pods::{NODE_IP, Pod, create_pod_network, serve_echo};
-use e2e::{ConfigDir, Envoy, SYNC, http_request, isolate, start_agent_with_ttl, use_sds_socket};
+use e2e::{ConfigDir, SYNC, http_request, isolate, start_agent_with_ttl};
 
 /// ratings (ClusterIP 10.96.0.60, selecting `app: ratings`) with one pod
 /// at 10.244.0.12 and the VM's WorkloadEntry at 10.244.0.30; productpage's
@@ -142,14 +142,7 @@ fn a_vm_joins_the_mesh_through_its_workload_entry() {
     // its address, namespace and labels only (no Pod describes it).
     let sidecar = |p: &Pod, sa: &str, labels: &[(&str, &str)]| {
         let socket = start_agent_with_ttl(rt.handle(), &daemon, id(sa), Duration::from_secs(3600));
-        let node_id = format!(
-            "sidecar~{}~{}.default~default.svc.cluster.local",
-            p.ip, p.name
-        );
-        p.run(|| {
-            use_sds_socket(&socket);
-            Envoy::start(&node_id, labels, daemon.xds_addr, 15000)
-        })
+        p.start_sidecar(&socket, labels, daemon.xds_addr)
     };
     let mesh_label = ("security.istio.io/tlsMode", "istio");
     let client_envoy = sidecar(
