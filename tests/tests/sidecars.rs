@@ -830,3 +830,97 @@ fn the_agent_subcommand_runs_a_working_sidecar() {
         "details still served after its sidecar stopped: {refused:?}"
     );
 }
+
+/// A `CUSTOM` AuthorizationPolicy on a workload (Istio's external
+/// authorization task, on reviews' own sidecar): its inbound asks the
+/// HTTP authorizer the mesh config names (a service whose endpoint is the
+/// node) before the app sees a request the rules select, and answers with
+/// the authorizer's refusal.
+#[test]
+fn a_custom_policy_asks_the_external_authorizer_on_a_sidecars_inbound() {
+    let mesh = PodMesh::start(Duration::from_secs(3600));
+    let asked: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let seen = asked.clone();
+    let authorizer = axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let seen = seen.clone();
+        async move {
+            seen.lock().unwrap().push(req.uri().path().to_owned());
+            if req
+                .headers()
+                .get("x-ext-authz")
+                .is_some_and(|v| v == "allow")
+            {
+                (axum::http::StatusCode::OK, "allowed")
+            } else {
+                (
+                    axum::http::StatusCode::FORBIDDEN,
+                    "denied by the authorizer",
+                )
+            }
+        }
+    });
+    let listener = std::net::TcpListener::bind((NODE_IP, 8000)).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    mesh.rt_handle.spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        let _ = axum::serve(listener, authorizer).await;
+    });
+    mesh.apply(
+        "ext-authz.yaml",
+        &format!(
+            "apiVersion: v1
+kind: Service
+metadata: {{name: ext-authz, namespace: default}}
+spec:
+  clusterIP: 10.96.0.80
+  ports: [{{name: http, port: 8000}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: ext-authz-1, namespace: default, labels: {{kubernetes.io/service-name: ext-authz}}}}
+addressType: IPv4
+ports: [{{name: http, port: 8000}}]
+endpoints: [{{addresses: [{NODE_IP}]}}]
+---
+{}---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: ext-authz, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: reviews}}}}
+  action: CUSTOM
+  provider: {{name: sample-ext-authz-http}}
+  rules:
+  - to: [{{operation: {{paths: ['/reviews/*']}}}}]
+",
+            e2e::mesh_config(
+                "extensionProviders:
+- name: sample-ext-authz-http
+  envoyExtAuthzHttp:
+    service: ext-authz.default.svc.cluster.local
+    port: 8000
+    includeRequestHeadersInCheck: [x-ext-authz]"
+            )
+        ),
+    );
+    let call = |path: &str, headers: &[(&str, &str)]| {
+        let url = format!("http://{REVIEWS_VIP}:9080{path}");
+        mesh.client.run(|| http_request(&url, headers)).unwrap()
+    };
+    let denied = settled(|| call("/reviews/1", &[]), |r| r.status == 403);
+    assert_eq!(
+        (denied.status, denied.body.as_str()),
+        (403, "denied by the authorizer")
+    );
+    let allowed = call("/reviews/2", &[("x-ext-authz", "allow")]);
+    assert_eq!(allowed.status, 200, "{}", allowed.body);
+    assert!(allowed.body.contains("URI=spiffe://"), "{}", allowed.body);
+    // Not selected by the rules: not asked.
+    assert_eq!(call("/ratings/0", &[]).status, 200);
+    let asked = asked.lock().unwrap().clone();
+    assert!(
+        asked.iter().all(|p| p.starts_with("/reviews/")) && asked.contains(&"/reviews/2".into()),
+        "{asked:?}"
+    );
+    assert_eq!(mesh.server_envoy.rejected(), 0);
+}
