@@ -136,7 +136,9 @@ pub(crate) fn sidecar<'a>(
                 &observe.access_log,
             )
         } else {
-            routes.push(http_route_plan(snap, proxy, port, &plan.http, warnings));
+            routes.push(http_route_plan(
+                snap, proxy, port, &plan.http, fallback, warnings,
+            ));
             hcm_chain(
                 &format!("outbound_0.0.0.0_{port}"),
                 &port.to_string(),
@@ -507,9 +509,9 @@ fn http_route_plan<'a>(
     proxy: &Proxy,
     port: u32,
     services: &[&'a Arc<Service>],
+    fallback: &str,
     warnings: &mut Vec<ConfigWarning>,
 ) -> RoutePlan<'a> {
-    let fallback = snap.outbound_fallback(proxy);
     let ctx = RouteCtx {
         snap,
         proxy,
@@ -583,11 +585,12 @@ fn http_route_plan<'a>(
             routes,
         });
     }
-    let catch_all = if snap.allow_any_for(proxy) {
+    // The proxy's fallback says whether unknown hosts pass (ALLOW_ANY).
+    let catch_all = if fallback != BLACKHOLE_CLUSTER {
         VirtualHost {
             name: "allow_any".into(),
             domains: vec!["*".into()],
-            routes: vec![catch_all_route("allow_any", &fallback)],
+            routes: vec![catch_all_route("allow_any", fallback)],
             include_request_attempt_count: true,
             ..Default::default()
         }
