@@ -686,6 +686,8 @@ spec:
   ingress:
   - port: {number: 9080, protocol: HTTP, name: http}
     defaultEndpoint: 127.0.0.1:8080
+  - port: {number: 7000, protocol: TCP, name: tcp-admin}
+    defaultEndpoint: 0.0.0.0:9080
 ",
     );
     let reply = mesh.call_reviews().unwrap();
@@ -706,6 +708,12 @@ spec:
         .unwrap();
     assert!(clusters.contains("\"inbound|9080||\""));
     assert!(!clusters.contains("\"inbound|9090||\""));
+    // `0.0.0.0:9080`: port 7000, where nothing listens, reaches the app on
+    // the pod's own address, from the sidecar's 127.0.0.6.
+    let url = format!("http://{}:7000/", mesh.server.ip);
+    let reply = mesh.outsider.run(|| http_request(&url, &[])).unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(reply.body.contains("peer=127.0.0.6\n"), "{}", reply.body);
     assert_eq!(mesh.server_envoy.rejected(), 0);
 }
 
