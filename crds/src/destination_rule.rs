@@ -122,10 +122,15 @@ pub struct TrafficPolicy {
     /// Per-port overrides.
     #[serde(default)]
     pub port_level_settings: Vec<PortTrafficPolicy>,
-    /// HTTP CONNECT tunnelling.
+    /// Tunnelling of TCP (and TLS) connections through an HTTP proxy
+    /// (`CONNECT` or `POST`): Envoy's `tcp_proxy` `tunneling_config` on
+    /// the routes whose one destination this rule (or its subset) is.
+    /// Not together with `proxyProtocol`.
     #[serde(default)]
     pub tunnel: Option<TunnelSettings>,
-    /// PROXY protocol towards the upstream.
+    /// The PROXY protocol header sent first on every upstream connection
+    /// (Envoy's `envoy.transport_sockets.upstream_proxy_protocol` around
+    /// the cluster's transport sockets).
     #[serde(default)]
     pub proxy_protocol: Option<ProxyProtocol>,
     /// Retry budget.
@@ -546,26 +551,47 @@ pub enum ClientTlsMode {
     IstioMutual,
 }
 
-/// Istio `TrafficPolicy.TunnelSettings`.
+/// Istio `TrafficPolicy.TunnelSettings`: where the HTTP proxy a
+/// destination stands for is asked to connect.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TunnelSettings {
-    /// `CONNECT` or `POST`.
+    /// `CONNECT` (the default) or `POST`, the request that opens the
+    /// tunnel.
     #[serde(default)]
     pub protocol: Option<String>,
-    /// Host to tunnel to.
+    /// Host to tunnel to (an FQDN or an IP address), sent as the request's
+    /// authority `targetHost:targetPort`.
     pub target_host: String,
-    /// Port to tunnel to.
+    /// Port to tunnel to (1..=65535).
     pub target_port: u32,
+}
+
+impl TunnelSettings {
+    /// Whether the tunnel is opened with `POST` rather than `CONNECT`.
+    pub fn uses_post(&self) -> bool {
+        self.protocol.as_deref() == Some("POST")
+    }
 }
 
 /// Istio `TrafficPolicy.ProxyProtocol`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProxyProtocol {
-    /// `V1` or `V2`.
+    /// The PROXY protocol version; `V1` (the text header) when unset.
     #[serde(default)]
-    pub version: Option<String>,
+    pub version: Option<ProxyProtocolVersion>,
+}
+
+/// Istio `TrafficPolicy.ProxyProtocol.VERSION` (Envoy's
+/// `ProxyProtocolConfig.Version`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ProxyProtocolVersion {
+    /// The human-readable header (`PROXY TCP4 src dst sport dport`).
+    #[default]
+    V1,
+    /// The binary header.
+    V2,
 }
 
 /// Istio `TrafficPolicy.RetryBudget`.

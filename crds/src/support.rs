@@ -27,8 +27,6 @@ pub const NOT_YET: &[(&str, &str)] = &[
         "DestinationRule",
         "outlierDetection.outlierDetectionHttpErrorCodes",
     ),
-    ("DestinationRule", "trafficPolicy.tunnel"),
-    ("DestinationRule", "trafficPolicy.proxyProtocol"),
     ("DestinationRule", "trafficPolicy.retryBudget"),
     ("ServiceEntry", "spec.endpoints[].network"),
     ("WorkloadEntry", "spec.network"),

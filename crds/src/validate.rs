@@ -83,6 +83,14 @@ fn dns_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
+/// A fully qualified domain name as Istio's `ValidateFQDN`: at most 255
+/// characters of dot-separated DNS-1123 labels (either case), a trailing
+/// dot allowed.
+fn fqdn(s: &str) -> bool {
+    let s = s.strip_suffix('.').unwrap_or(s);
+    s.len() <= 255 && s.split('.').all(|l| dns_label(&l.to_ascii_lowercase()))
+}
+
 fn virtual_service(spec: &crate::VirtualServiceSpec) -> Problems {
     let mut p = Problems::new();
     // Without hosts a VirtualService can only be a delegate, and a delegate
@@ -234,8 +242,38 @@ fn destination_rule(spec: &crate::DestinationRuleSpec) -> Problems {
     p
 }
 
-/// A traffic policy's load balancer, top level and per port.
+/// A traffic policy's load balancer, top level and per port, and its
+/// tunnel as Istio's `validateTunnelSettings` (with `proxyProtocol`
+/// refused beside it).
 fn traffic_policy(p: &mut Problems, field: &str, tp: &crate::destination_rule::TrafficPolicy) {
+    if let Some(t) = &tp.tunnel {
+        if tp.proxy_protocol.is_some() {
+            p.push((
+                format!("{field}.tunnel"),
+                "tunnel and proxyProtocol must not be set together".into(),
+            ));
+        }
+        if let Some(proto) = t.protocol.as_deref()
+            && !matches!(proto, "" | "CONNECT" | "POST")
+        {
+            p.push((
+                format!("{field}.tunnel.protocol"),
+                format!("{proto:?}: must be \"CONNECT\" or \"POST\""),
+            ));
+        }
+        if t.target_host.parse::<std::net::IpAddr>().is_err() && !fqdn(&t.target_host) {
+            p.push((
+                format!("{field}.tunnel.targetHost"),
+                format!("{:?} is neither an FQDN nor an IP address", t.target_host),
+            ));
+        }
+        if !(1..=65535).contains(&t.target_port) {
+            p.push((
+                format!("{field}.tunnel.targetPort"),
+                format!("{} is not a port", t.target_port),
+            ));
+        }
+    }
     if let Some(lb) = &tp.load_balancer {
         load_balancer(p, &format!("{field}.loadBalancer"), lb);
     }

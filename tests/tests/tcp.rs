@@ -1,6 +1,7 @@
-//! TCP routing on a real Envoy: a weighted VirtualService `tcp` route
-//! splits connections between two TCP echo backends (Istio's TCP traffic
-//! shifting task).
+//! TCP on a real Envoy: a weighted VirtualService `tcp` route splits
+//! connections between two TCP echo backends (Istio's TCP traffic shifting
+//! task); a DestinationRule's PROXY protocol header and HTTP `CONNECT`
+//! tunnel reach real servers.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
 
@@ -66,12 +67,7 @@ spec:
 
 /// Connects to the tcp-echo VIP, says hello, returns the echo's first line.
 fn hello() -> String {
-    let mut s = TcpStream::connect("10.96.0.30:9000").unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"hello\n").unwrap();
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).unwrap();
-    line.trim().to_owned()
+    hello_to("10.96.0.30:9000")
 }
 
 #[test]
@@ -111,5 +107,261 @@ fn weighted_tcp_routes_split_connections() {
     let n = 300;
     let v1 = (0..n).filter(|_| hello() == "v1 hello").count();
     assert_binomial(v1, n, 0.8, "connections to v1");
+    assert_eq!(envoy.rejected(), 0);
+}
+
+/// A server on `ip:port` that reads what a connection starts with (a
+/// PROXY protocol header, v1 or v2, or none) and then echoes each line,
+/// each answer prefixed with what it read first.
+fn proxy_protocol_server(mesh: &Mesh, ip: &'static str, port: u16) {
+    mesh.block_on(async move {
+        let listener = tokio::net::TcpListener::bind((ip, port)).await.unwrap();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+            while let Ok((conn, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let (r, mut w) = conn.into_split();
+                    let mut r = tokio::io::BufReader::new(r);
+                    let Ok(first) = r.fill_buf().await.map(|b| b.first().copied()) else {
+                        return;
+                    };
+                    let header = match first {
+                        Some(b'P') => {
+                            let mut line = String::new();
+                            if r.read_line(&mut line).await.is_err() {
+                                return;
+                            }
+                            line.trim_end().to_owned()
+                        }
+                        // v2: the 12-byte signature, version and command,
+                        // family, length, then (TCP over IPv4) addresses
+                        // and ports.
+                        Some(b'\r') => {
+                            let mut head = [0u8; 16];
+                            if r.read_exact(&mut head).await.is_err() {
+                                return;
+                            }
+                            let len = usize::from(u16::from_be_bytes([head[14], head[15]]));
+                            let mut body = vec![0u8; len];
+                            if r.read_exact(&mut body).await.is_err() || len < 12 {
+                                return;
+                            }
+                            let ip = |b: &[u8]| std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]);
+                            format!(
+                                "PROXYv2 {:#04x} {:#04x} {} {} {} {}",
+                                head[12],
+                                head[13],
+                                ip(&body[0..4]),
+                                ip(&body[4..8]),
+                                u16::from_be_bytes([body[8], body[9]]),
+                                u16::from_be_bytes([body[10], body[11]]),
+                            )
+                        }
+                        _ => "no header".to_owned(),
+                    };
+                    let mut lines = r.lines();
+                    while let Ok(Some(l)) = lines.next_line().await {
+                        if w.write_all(format!("{header} | {l}\n").as_bytes())
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+    });
+}
+
+/// Connects to `addr`, says hello, returns the first line of the answer.
+fn hello_to(addr: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"hello\n").unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    line.trim().to_owned()
+}
+
+/// DestinationRule `trafficPolicy.proxyProtocol`: the sidecar starts each
+/// upstream connection with a PROXY protocol header naming the client and
+/// the service address it called (v1, then v2), and the bytes follow.
+#[test]
+fn a_proxy_protocol_header_names_the_client_to_the_server() {
+    let mesh = Mesh::start(true, &[]);
+    proxy_protocol_server(&mesh, "127.0.2.7", 9000);
+    let envoy = mesh.sidecar();
+    let platform = "apiVersion: v1
+kind: Service
+metadata: {name: legacy, namespace: default}
+spec:
+  clusterIP: 10.96.0.54
+  ports: [{name: tcp, port: 9000}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: legacy-1, namespace: default, labels: {kubernetes.io/service-name: legacy}}
+addressType: IPv4
+ports: [{name: tcp, port: 9000}]
+endpoints: [{addresses: [127.0.2.7]}]
+";
+    mesh.apply(&[&envoy], "legacy.yaml", platform);
+    assert_eq!(hello_to("10.96.0.54:9000"), "no header | hello");
+
+    let rule = |version: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: legacy}}
+spec:
+  host: legacy
+  trafficPolicy: {{proxyProtocol: {{version: {version}}}}}
+"
+        )
+    };
+    mesh.apply(&[&envoy], "dr.yaml", &rule("V1"));
+    let got = hello_to("10.96.0.54:9000");
+    // `PROXY TCP4 <client> <service address> <client port> <service port>`.
+    assert!(
+        got.starts_with("PROXY TCP4 127.0.0.1 10.96.0.54 ") && got.ends_with(" 9000 | hello"),
+        "{got}"
+    );
+
+    mesh.apply(&[&envoy], "dr.yaml", &rule("V2"));
+    let got = hello_to("10.96.0.54:9000");
+    // Version 2, PROXY command (0x21); TCP over IPv4 (0x11).
+    assert!(
+        got.starts_with("PROXYv2 0x21 0x11 127.0.0.1 10.96.0.54 ")
+            && got.ends_with(" 9000 | hello"),
+        "{got}"
+    );
+    assert_eq!(envoy.rejected(), 0);
+}
+
+/// DestinationRule `trafficPolicy.tunnel` (Istio's egress through an HTTP
+/// `CONNECT` proxy): TCP to an external host that a VirtualService routes
+/// to the proxy's subset is carried in a tunnel the proxy is asked to open
+/// to `targetHost:targetPort`.
+#[test]
+fn a_tunnel_carries_tcp_through_an_http_connect_proxy() {
+    use std::sync::{Arc, Mutex};
+    let mesh = Mesh::start(true, &[]);
+    // The forward proxy: answers CONNECT with 200, then echoes each line
+    // naming the target; anything else gets one line saying so.
+    let asked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let log = asked.clone();
+    mesh.block_on(async move {
+        let listener = tokio::net::TcpListener::bind("127.0.2.6:3128")
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+            while let Ok((conn, _)) = listener.accept().await {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let (r, mut w) = conn.into_split();
+                    let mut lines = tokio::io::BufReader::new(r).lines();
+                    let Ok(Some(request)) = lines.next_line().await else {
+                        return;
+                    };
+                    let Some(target) = request
+                        .strip_prefix("CONNECT ")
+                        .and_then(|r| r.split(' ').next())
+                        .map(str::to_owned)
+                    else {
+                        let _ = w
+                            .write_all(format!("no tunnel: {request}\n").as_bytes())
+                            .await;
+                        return;
+                    };
+                    // The request's headers, up to the empty line.
+                    while let Ok(Some(h)) = lines.next_line().await {
+                        if h.is_empty() {
+                            break;
+                        }
+                    }
+                    log.lock().unwrap().push(request);
+                    if w.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.is_err() {
+                        return;
+                    }
+                    while let Ok(Some(l)) = lines.next_line().await {
+                        if w.write_all(format!("via {target}: {l}\n").as_bytes())
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+    });
+    let envoy = mesh.sidecar();
+    let config = |tunnel: &str| {
+        format!(
+            "apiVersion: v1
+kind: Service
+metadata: {{name: forward-proxy, namespace: default}}
+spec:
+  clusterIP: 10.96.0.52
+  ports: [{{name: tcp-proxy, port: 3128}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: forward-proxy-1, namespace: default, labels: {{kubernetes.io/service-name: forward-proxy}}}}
+addressType: IPv4
+ports: [{{name: tcp-proxy, port: 3128}}]
+endpoints: [{{addresses: [127.0.2.6]}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: external-db}}
+spec:
+  hosts: [db.example.com]
+  addresses: [192.0.2.20]
+  ports: [{{number: 5432, name: tcp, protocol: TCP}}]
+  location: MESH_EXTERNAL
+  resolution: NONE
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: external-db}}
+spec:
+  hosts: [db.example.com]
+  tcp:
+  - route: [{{destination: {{host: forward-proxy.default.svc.cluster.local, subset: db, port: {{number: 3128}}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: forward-proxy}}
+spec:
+  host: forward-proxy.default.svc.cluster.local
+  subsets:
+  - name: db
+    trafficPolicy: {tunnel}
+"
+        )
+    };
+    mesh.apply(
+        &[&envoy],
+        "tunnel.yaml",
+        &config("{tunnel: {protocol: CONNECT, targetHost: db.example.com, targetPort: 5432}}"),
+    );
+    assert_eq!(
+        hello_to("192.0.2.20:5432"),
+        "via db.example.com:5432: hello"
+    );
+    assert_eq!(
+        asked.lock().unwrap().as_slice(),
+        ["CONNECT db.example.com:5432 HTTP/1.1"]
+    );
+    // Without the tunnel the proxy gets the client's own bytes.
+    mesh.apply(
+        &[&envoy],
+        "tunnel.yaml",
+        &config("{connectionPool: {tcp: {maxConnections: 100}}}"),
+    );
+    assert_eq!(hello_to("192.0.2.20:5432"), "no tunnel: hello");
     assert_eq!(envoy.rejected(), 0);
 }

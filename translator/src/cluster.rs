@@ -436,6 +436,20 @@ fn service_clusters(
                 identity.as_ref(),
             );
             resolve_at_mesh_rate(&mut cluster, snap.mesh.dns_refresh_rate);
+            // The PROXY protocol goes around the auto mTLS socket too
+            // (Istio's `applyUpstreamProxyProtocol`): the match is then
+            // built here rather than written by the encoder.
+            let auto = match (policy.proxy_protocol, auto) {
+                (Some(version), Some(identity)) => {
+                    let mut m = auto_mtls_match(identity);
+                    m.transport_socket = m
+                        .transport_socket
+                        .map(|s| crate::policy::proxy_protocol_socket(version, s));
+                    cluster.transport_socket_matches = vec![m];
+                    None
+                }
+                (_, auto) => auto,
+            };
             emit(&name, PlannedCluster::Built(cluster), auto, cla);
         }
     }

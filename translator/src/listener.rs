@@ -70,6 +70,7 @@ pub(crate) fn sidecar<'a>(
             "virtualOutbound-catchall-tcp",
             fallback,
             &[(fallback.to_owned(), 1)],
+            None,
             &observe.access_log,
         )],
         ..Default::default()
@@ -95,6 +96,7 @@ pub(crate) fn sidecar<'a>(
                 continue;
             }
             let dests = tcp_destinations(snap, proxy, svc, port.port);
+            let tunnel = tunneling(snap, proxy, &dests);
             for vip in &svc.vips {
                 match vip.split_once('/') {
                     None => {
@@ -103,12 +105,13 @@ pub(crate) fn sidecar<'a>(
                             &name,
                             vip,
                             port.port,
-                            tcp_chain(&name, &name, &dests, &observe.access_log),
+                            tcp_chain(&name, &name, &dests, tunnel.clone(), &observe.access_log),
                         ));
                     }
                     Some((prefix, len)) => {
                         let name = format!("{vip}_{}", port.port);
-                        let mut chain = tcp_chain(&name, &name, &dests, &observe.access_log);
+                        let mut chain =
+                            tcp_chain(&name, &name, &dests, tunnel.clone(), &observe.access_log);
                         chain.filter_chain_match = Some(FilterChainMatch {
                             prefix_ranges: vec![CidrRange {
                                 address_prefix: prefix.to_owned(),
@@ -133,6 +136,7 @@ pub(crate) fn sidecar<'a>(
                 "PassthroughFilterChain",
                 &name,
                 &[(fallback.to_owned(), 1)],
+                None,
                 &observe.access_log,
             )
         } else {
@@ -683,6 +687,7 @@ fn tls_chains(
             &name,
             &format!("outbound|{port}||{}", svc.hostname),
             dests,
+            tunneling(snap, proxy, dests),
             access_log,
         );
         c.filter_chain_match = Some(FilterChainMatch {
@@ -946,10 +951,12 @@ pub(crate) fn gateway(
                                     continue;
                                 }
                                 let name = format!("{}_{port}", sni.join(","));
+                                let dests = l4_destinations(snap, vs, &r.route, port);
                                 let mut chain = authorized(tcp_chain(
                                     &name,
                                     &name,
-                                    &l4_destinations(snap, vs, &r.route, port),
+                                    &dests,
+                                    tunneling(snap, proxy, &dests),
                                     &observe.access_log,
                                 ));
                                 chain.filter_chain_match = Some(FilterChainMatch {
@@ -967,6 +974,7 @@ pub(crate) fn gateway(
                         &format!("tcp.{port}"),
                         &format!("tcp.{port}"),
                         &dests,
+                        tunneling(snap, proxy, &dests),
                         &observe.access_log,
                     ))),
                     None => warnings.push(ConfigWarning::new(
@@ -1000,7 +1008,9 @@ pub(crate) fn gateway(
                         "tls.{port}.{}.{}.{}",
                         gs.server.port.name, gs.gw.name, gs.gw.namespace
                     );
-                    let chain = authorized(tcp_chain(&name, &name, &dests, &observe.access_log));
+                    let tunnel = tunneling(snap, proxy, &dests);
+                    let chain =
+                        authorized(tcp_chain(&name, &name, &dests, tunnel, &observe.access_log));
                     chains.push(terminated(chain, gs, ctx));
                     tls_inspector = true;
                 }
@@ -1597,11 +1607,56 @@ fn unbound_listener(name: &str, ip: &str, port: u32, chain: FilterChain) -> List
     }
 }
 
-/// A chain proxying TCP to one cluster, or to weighted clusters.
+/// Istio's `tunnelingconfig.Apply`: the tunnel a TCP proxy to `dests`
+/// opens through its one destination, from the DestinationRule `proxy`
+/// sees for that host: the subset's `tunnel` for a subset destination (not
+/// the top level's), else the top level's. `None` for weighted
+/// destinations, a catch-all, or no tunnel. `dests` are the cluster names
+/// this module makes (`outbound|port|subset|host`).
+fn tunneling(
+    snap: &Snapshot,
+    proxy: &Proxy,
+    dests: &[(String, u32)],
+) -> Option<tcp_proxy::TunnelingConfig> {
+    let [(cluster, _)] = dests else { return None };
+    let mut parts = cluster.splitn(4, '|');
+    let (Some("outbound"), Some(_), Some(subset), Some(host)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    let dr = snap.destination_rule_for(host, proxy)?;
+    let policy = if subset.is_empty() {
+        dr.spec.traffic_policy.as_ref()
+    } else {
+        dr.spec
+            .subsets
+            .iter()
+            .find(|s| s.name == subset)?
+            .traffic_policy
+            .as_ref()
+    };
+    let tunnel = policy?.tunnel.as_ref()?;
+    // Go's `net.JoinHostPort`: an IPv6 address in brackets.
+    let hostname = if tunnel.target_host.contains(':') {
+        format!("[{}]:{}", tunnel.target_host, tunnel.target_port)
+    } else {
+        format!("{}:{}", tunnel.target_host, tunnel.target_port)
+    };
+    Some(tcp_proxy::TunnelingConfig {
+        hostname,
+        use_post: tunnel.uses_post(),
+        ..Default::default()
+    })
+}
+
+/// A chain proxying TCP to one cluster, or to weighted clusters, through
+/// `tunnel` if given ([`tunneling`]).
 fn tcp_chain(
     chain_name: &str,
     stat_prefix: &str,
     dests: &[(String, u32)],
+    tunnel: Option<tcp_proxy::TunnelingConfig>,
     access_log: &[AccessLog],
 ) -> FilterChain {
     let cluster_specifier = match dests {
@@ -1623,6 +1678,7 @@ fn tcp_chain(
     let tcp = TcpProxy {
         stat_prefix: stat_prefix.to_owned(),
         cluster_specifier: Some(cluster_specifier),
+        tunneling_config: tunnel,
         access_log: access_log.to_vec(),
         ..Default::default()
     };

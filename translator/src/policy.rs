@@ -1,14 +1,15 @@
 //! DestinationRule traffic policy: Istio's merge (top level, then the
 //! matching `portLevelSettings`, then the subset's policy and its port
-//! level, each set field group replacing the one before) and its mapping to
-//! Envoy cluster settings: load balancing, circuit breakers, outlier
-//! detection, upstream TLS, slow start.
+//! level; each set field group replaces the one before, and a port level
+//! replaces all four of its groups, set or not) and its mapping to Envoy
+//! cluster settings: load balancing, circuit breakers, outlier detection,
+//! upstream TLS, slow start, the PROXY protocol.
 
 use std::collections::BTreeMap;
 
 use crds::destination_rule::{
     ClientTlsMode, ClientTlsSettings, ConnectionPoolSettings, ConsistentHashLb, H2UpgradePolicy,
-    LoadBalancerSettings, OutlierDetection, SimpleLb, TrafficPolicy,
+    LoadBalancerSettings, OutlierDetection, ProxyProtocolVersion, SimpleLb, TrafficPolicy,
 };
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     self, CommonLbConfig, LbConfig, LbPolicy, LeastRequestLbConfig, MaglevLbConfig,
@@ -55,6 +56,8 @@ pub struct Effective {
     pub outlier_detection: Option<OutlierDetection>,
     /// `tls`.
     pub tls: Option<ClientTlsSettings>,
+    /// `proxyProtocol`'s version (top level or subset; not per port).
+    pub proxy_protocol: Option<ProxyProtocolVersion>,
     /// The mesh config's defaults for what the connection pool leaves unset.
     pub mesh: MeshPool,
 }
@@ -132,17 +135,21 @@ impl Effective {
                 tp.outlier_detection.as_ref(),
                 tp.tls.as_ref(),
             );
+            if let Some(pp) = &tp.proxy_protocol {
+                out.proxy_protocol = Some(pp.version.unwrap_or_default());
+            }
             if let Some(pls) = tp
                 .port_level_settings
                 .iter()
                 .find(|p| p.port.map(|p| p.number) == Some(port))
             {
-                out.overlay(
-                    pls.load_balancer.as_ref(),
-                    pls.connection_pool.as_ref(),
-                    pls.outlier_detection.as_ref(),
-                    pls.tls.as_ref(),
-                );
+                // A port level does not inherit: what it leaves unset
+                // takes the defaults, as Istio's `MergeTrafficPolicy`
+                // documents ("port level policies do not inherit").
+                out.load_balancer.clone_from(&pls.load_balancer);
+                out.connection_pool.clone_from(&pls.connection_pool);
+                out.outlier_detection.clone_from(&pls.outlier_detection);
+                out.tls.clone_from(&pls.tls);
             }
         }
         out
@@ -195,6 +202,10 @@ impl Effective {
         self.apply_pool(c, http2);
         self.apply_outlier(c);
         self.apply_tls(c, hostname, istio);
+        if let Some(version) = self.proxy_protocol {
+            let inner = c.transport_socket.take().unwrap_or_else(raw_buffer);
+            c.transport_socket = Some(proxy_protocol_socket(version, inner));
+        }
     }
 
     fn apply_lb(&self, c: &mut Cluster) {
@@ -713,6 +724,44 @@ pub(crate) fn agent_secret(name: &str) -> SdsSecretConfig {
             initial_fetch_timeout: Some(crate::duration(std::time::Duration::ZERO)),
             ..Default::default()
         }),
+    }
+}
+
+/// Envoy's plaintext transport socket (`envoy.transport_sockets.raw_buffer`).
+fn raw_buffer() -> TransportSocket {
+    TransportSocket {
+        name: "envoy.transport_sockets.raw_buffer".into(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(pack_any(
+            envoy_types::pb::envoy::extensions::transport_sockets::raw_buffer::v3::RawBuffer {},
+        ))),
+    }
+}
+
+/// `inner` (plaintext or TLS) behind a PROXY protocol header of `version`
+/// (Envoy's `envoy.transport_sockets.upstream_proxy_protocol`, as Istio's
+/// `applyUpstreamProxyProtocol` wraps a cluster's sockets).
+pub(crate) fn proxy_protocol_socket(
+    version: ProxyProtocolVersion,
+    inner: TransportSocket,
+) -> TransportSocket {
+    use envoy_types::pb::envoy::config::core::v3::{ProxyProtocolConfig, proxy_protocol_config};
+    use envoy_types::pb::envoy::extensions::transport_sockets::proxy_protocol::v3::ProxyProtocolUpstreamTransport;
+    let version = match version {
+        ProxyProtocolVersion::V1 => proxy_protocol_config::Version::V1,
+        ProxyProtocolVersion::V2 => proxy_protocol_config::Version::V2,
+    };
+    TransportSocket {
+        name: "envoy.transport_sockets.upstream_proxy_protocol".into(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(pack_any(
+            ProxyProtocolUpstreamTransport {
+                config: Some(ProxyProtocolConfig {
+                    version: version as i32,
+                    ..Default::default()
+                }),
+                transport_socket: Some(inner),
+                ..Default::default()
+            },
+        ))),
     }
 }
 

@@ -1845,3 +1845,311 @@ spec:
         .collect();
     assert_eq!(ports, [443, 8443]);
 }
+
+/// A port level replaces all of the policy's load balancer, pool, outlier
+/// detection and TLS, set or not: what it leaves out takes the defaults
+/// (Istio's `MergeTrafficPolicy`, "port level policies do not inherit").
+#[test]
+fn port_level_settings_do_not_inherit_the_top_level() {
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::LbPolicy;
+    let dr = "
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: r, namespace: default}
+spec:
+  host: reviews
+  trafficPolicy:
+    connectionPool: {tcp: {maxConnections: 10}}
+    outlierDetection: {consecutive5xxErrors: 3}
+    portLevelSettings:
+    - port: {number: 9080}
+      loadBalancer: {simple: ROUND_ROBIN}
+  subsets:
+  - name: v1
+    labels: {version: v1}
+    trafficPolicy: {outlierDetection: {consecutive5xxErrors: 7}}
+";
+    let out = generate(&mesh(dr, MeshConfig::default()), &sidecar(&[]));
+    let max_connections = |c: &envoy_types::pb::envoy::config::cluster::v3::Cluster| {
+        c.circuit_breakers.as_ref().unwrap().thresholds[0]
+            .max_connections
+            .map(|m| m.value)
+    };
+    let whole = cluster(&out, "outbound|9080||reviews.default.svc.cluster.local");
+    assert_eq!(whole.lb_policy, LbPolicy::RoundRobin as i32);
+    assert!(whole.outlier_detection.is_none(), "{whole:?}");
+    assert_ne!(max_connections(whole), Some(10));
+    // The subset's own outlier detection comes after the top level's port
+    // level, and stays.
+    let v1 = cluster(&out, "outbound|9080|v1|reviews.default.svc.cluster.local");
+    assert_eq!(v1.lb_policy, LbPolicy::RoundRobin as i32);
+    assert_eq!(
+        v1.outlier_detection
+            .as_ref()
+            .and_then(|o| o.consecutive_5xx)
+            .map(|c| c.value),
+        Some(7)
+    );
+    assert_ne!(max_connections(v1), Some(10));
+}
+
+/// The transport socket inside an `upstream_proxy_protocol` socket, and
+/// the header version it sends.
+fn proxy_protocol_of(
+    socket: &envoy_types::pb::envoy::config::core::v3::TransportSocket,
+) -> (i32, String) {
+    use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
+    use envoy_types::pb::envoy::extensions::transport_sockets::proxy_protocol::v3::ProxyProtocolUpstreamTransport;
+    assert_eq!(
+        socket.name,
+        "envoy.transport_sockets.upstream_proxy_protocol"
+    );
+    let Some(ConfigType::TypedConfig(any)) = &socket.config_type else {
+        panic!("{socket:?}")
+    };
+    let pp = ProxyProtocolUpstreamTransport::decode(any.value.as_slice()).unwrap();
+    (
+        pp.config.unwrap().version,
+        pp.transport_socket.unwrap().name,
+    )
+}
+
+/// `trafficPolicy.proxyProtocol` wraps the cluster's transport socket
+/// (plaintext when it has none) and its auto mTLS match, as Istio's
+/// `applyUpstreamProxyProtocol`; a subset's setting wins over the top
+/// level's; the version defaults to V1.
+#[test]
+fn proxy_protocol_wraps_plaintext_tls_and_auto_mtls() {
+    use envoy_types::pb::envoy::config::core::v3::proxy_protocol_config::Version;
+    let rules = "
+apiVersion: v1
+kind: Pod
+metadata: {name: reviews-v1, namespace: default, labels: {app: reviews, version: v1, security.istio.io/tlsMode: istio}}
+spec: {serviceAccountName: reviews, containers: [{name: reviews, image: reviews}]}
+status: {podIP: 10.244.0.30}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: reviews-1, namespace: default, labels: {kubernetes.io/service-name: reviews}}
+addressType: IPv4
+ports: [{name: http, port: 9080}]
+endpoints: [{addresses: [10.244.0.30], targetRef: {kind: Pod, name: reviews-v1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: default}
+spec:
+  host: reviews
+  trafficPolicy: {proxyProtocol: {}}
+  subsets:
+  - {name: v1, labels: {version: v1}, trafficPolicy: {proxyProtocol: {version: V2}}}
+  - {name: tls, labels: {version: v1}, trafficPolicy: {tls: {mode: SIMPLE, sni: reviews.example}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: mongodb, namespace: default}
+spec:
+  host: mongodb
+  trafficPolicy: {proxyProtocol: {version: V2}}
+";
+    let snap = mesh(rules, MeshConfig::default());
+    assert!(snap.warnings.is_empty(), "{:?}", snap.warnings);
+    let out = generate(&snap, &sidecar(&[]));
+    assert!(out.warnings.is_empty(), "{:?}", out.warnings);
+    let raw = "envoy.transport_sockets.raw_buffer".to_owned();
+    let tls = "envoy.transport_sockets.tls".to_owned();
+    // Plaintext: the header, then the bytes as they are.
+    let mongo = cluster(&out, "outbound|27017||mongodb.default.svc.cluster.local");
+    assert_eq!(
+        proxy_protocol_of(mongo.transport_socket.as_ref().unwrap()),
+        (Version::V2 as i32, raw.clone())
+    );
+    // Auto mTLS: both the plaintext default and the `tlsMode: istio` match.
+    for (name, version) in [
+        (
+            "outbound|9080||reviews.default.svc.cluster.local",
+            Version::V1,
+        ),
+        (
+            "outbound|9080|v1|reviews.default.svc.cluster.local",
+            Version::V2,
+        ),
+    ] {
+        let c = cluster(&out, name);
+        assert_eq!(
+            proxy_protocol_of(c.transport_socket.as_ref().unwrap()),
+            (version as i32, raw.clone()),
+            "{name}"
+        );
+        assert_eq!(c.transport_socket_matches.len(), 1, "{name}");
+        let m = &c.transport_socket_matches[0];
+        assert_eq!(
+            proxy_protocol_of(m.transport_socket.as_ref().unwrap()),
+            (version as i32, tls.clone()),
+            "{name}"
+        );
+    }
+    // TLS the rule originates: inside the header.
+    let c = cluster(&out, "outbound|9080|tls|reviews.default.svc.cluster.local");
+    assert_eq!(
+        proxy_protocol_of(c.transport_socket.as_ref().unwrap()),
+        (Version::V1 as i32, tls)
+    );
+    // And what the daemon sends is the same, byte for byte.
+    let encoded: Vec<_> = translator::generate_encoded(&snap, &sidecar(&[]))
+        .take(translator::CLUSTER_TYPE)
+        .into_iter()
+        .filter(|e| e.0.contains("reviews") || e.0.contains("mongodb"))
+        .collect();
+    assert_eq!(encoded.len(), 4);
+    for e in encoded {
+        let c = cluster(&out, &e.0);
+        assert_eq!(
+            e.2,
+            translator::encoded::encode(translator::CLUSTER_TYPE, &c.name, c).2,
+            "{}",
+            e.0
+        );
+    }
+}
+
+/// The `tcp_proxy` of the sidecar's listener `name`.
+fn tcp_proxy_of(out: &Output, name: &str) -> TcpProxy {
+    let l = out
+        .listeners
+        .iter()
+        .find(|l| l.name == name)
+        .unwrap_or_else(|| panic!("no listener {name}"));
+    first_filter(&l.filter_chains[0])
+}
+
+/// `trafficPolicy.tunnel` (Istio's `tunnelingconfig.Apply`): a TCP route
+/// whose one destination is a subset with a tunnel opens it through that
+/// destination (`targetHost:targetPort`, `CONNECT` or `POST`); the top
+/// level's tunnel applies to the whole service; weighted routes get none.
+#[test]
+fn a_tunnel_carries_tcp_through_its_destination() {
+    let rules = |route: &str| {
+        format!(
+            "
+apiVersion: v1
+kind: Service
+metadata: {{name: proxy, namespace: default}}
+spec:
+  clusterIP: 10.96.0.21
+  ports: [{{name: tcp-connect, port: 3128}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: proxy, namespace: default}}
+spec:
+  host: proxy
+  trafficPolicy: {{tunnel: {{targetHost: 'fd00::1', targetPort: 443, protocol: POST}}}}
+  subsets:
+  - {{name: ext, trafficPolicy: {{tunnel: {{targetHost: db.example.com, targetPort: 5432}}}}}}
+  - {{name: plain}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: mongodb, namespace: default}}
+spec:
+  hosts: [mongodb]
+  tcp: [{{route: {route}}}]
+"
+        )
+    };
+    let tunnel = |route: &str| {
+        let snap = mesh(&rules(route), MeshConfig::default());
+        assert!(snap.warnings.is_empty(), "{:?}", snap.warnings);
+        let out = generate(&snap, &sidecar(&[]));
+        tcp_proxy_of(&out, "10.96.0.20_27017")
+            .tunneling_config
+            .map(|t| (t.hostname, t.use_post))
+    };
+    assert_eq!(
+        tunnel("[{destination: {host: proxy, subset: ext, port: {number: 3128}}}]"),
+        Some(("db.example.com:5432".to_owned(), false))
+    );
+    // A subset without a tunnel does not take the top level's.
+    assert_eq!(
+        tunnel("[{destination: {host: proxy, subset: plain, port: {number: 3128}}}]"),
+        None
+    );
+    assert_eq!(
+        tunnel("[{destination: {host: proxy, port: {number: 3128}}}]"),
+        Some(("[fd00::1]:443".to_owned(), true))
+    );
+    assert_eq!(
+        tunnel(
+            "[{destination: {host: proxy, subset: ext, port: {number: 3128}}, weight: 50}, {destination: {host: mongodb}, weight: 50}]"
+        ),
+        None
+    );
+    // The proxy's own listener tunnels too (its rule's top level).
+    let out = generate(
+        &mesh(
+            &rules("[{destination: {host: mongodb}}]"),
+            MeshConfig::default(),
+        ),
+        &sidecar(&[]),
+    );
+    assert_eq!(
+        tcp_proxy_of(&out, "10.96.0.21_3128")
+            .tunneling_config
+            .map(|t| t.hostname),
+        Some("[fd00::1]:443".to_owned())
+    );
+    assert!(
+        tcp_proxy_of(&out, "10.96.0.20_27017")
+            .tunneling_config
+            .is_none()
+    );
+}
+
+/// Istio's `validateTunnelSettings`, and `tunnel` with `proxyProtocol`.
+#[test]
+fn tunnel_settings_are_validated_by_field() {
+    let rule = |tp: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: r, namespace: default}}\nspec: {{host: proxy, trafficPolicy: {tp}}}\n"
+        )
+    };
+    for (tp, field) in [
+        (
+            "{tunnel: {targetHost: a.example, targetPort: 443}, proxyProtocol: {}}",
+            "spec.trafficPolicy.tunnel",
+        ),
+        (
+            "{tunnel: {targetHost: a.example, targetPort: 443, protocol: GET}}",
+            "spec.trafficPolicy.tunnel.protocol",
+        ),
+        (
+            "{tunnel: {targetHost: 'not a host', targetPort: 443}}",
+            "spec.trafficPolicy.tunnel.targetHost",
+        ),
+        (
+            "{tunnel: {targetHost: a.example, targetPort: 70000}}",
+            "spec.trafficPolicy.tunnel.targetPort",
+        ),
+    ] {
+        let refused = crds::refusal(&rule(tp));
+        assert_eq!(refused.as_ref().map(|r| r.0.as_str()), Some(field), "{tp}");
+    }
+    for ok in [
+        "{tunnel: {targetHost: A.Example.com., targetPort: 443, protocol: CONNECT}}",
+        "{tunnel: {targetHost: 192.0.2.1, targetPort: 1}}",
+        "{proxyProtocol: {version: V2}}",
+    ] {
+        assert_eq!(crds::refusal(&rule(ok)), None, "{ok}");
+    }
+    // An unknown version is refused when read, naming the field.
+    let (_, value) = split_documents(&rule("{proxyProtocol: {version: V3}}"))
+        .pop()
+        .unwrap();
+    let err = parse_value(value.unwrap(), "default")
+        .pop()
+        .unwrap()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("version") && err.contains("V3"), "{err}");
+}
