@@ -27,7 +27,6 @@ pub const NOT_YET: &[(&str, &str)] = &[
         "DestinationRule",
         "outlierDetection.outlierDetectionHttpErrorCodes",
     ),
-    ("DestinationRule", "trafficPolicy.retryBudget"),
     ("ServiceEntry", "spec.endpoints[].network"),
     ("WorkloadEntry", "spec.network"),
     ("Gateway", "spec.servers[].bind"),

@@ -242,10 +242,18 @@ fn destination_rule(spec: &crate::DestinationRuleSpec) -> Problems {
     p
 }
 
-/// A traffic policy's load balancer, top level and per port, and its
-/// tunnel as Istio's `validateTunnelSettings` (with `proxyProtocol`
-/// refused beside it).
+/// A traffic policy's retry budget percentage, load balancer (top level
+/// and per port), and tunnel as Istio's `validateTunnelSettings` (with
+/// `proxyProtocol` refused beside it).
 fn traffic_policy(p: &mut Problems, field: &str, tp: &crate::destination_rule::TrafficPolicy) {
+    if let Some(percent) = tp.retry_budget.as_ref().and_then(|b| b.percent)
+        && !(0.0..=100.0).contains(&percent)
+    {
+        p.push((
+            format!("{field}.retryBudget.percent"),
+            format!("Invalid value: {percent}: must be between 0 and 100"),
+        ));
+    }
     if let Some(t) = &tp.tunnel {
         if tp.proxy_protocol.is_some() {
             p.push((

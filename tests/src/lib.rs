@@ -955,6 +955,7 @@ struct Backend {
 /// `<app> <version>`, except:
 /// - `/status/<code>`: that status;
 /// - `/delay/<ms>`: after sleeping that long;
+/// - `/slow-fail/<ms>/<key>`: 503 after sleeping that long;
 /// - `/flaky/<n>/<key>`: 503 for the first `n` requests with that key (across all backends);
 /// - `/fail-on/<version>`: 503 from that version only;
 /// - `/header/<name>`: the value of that request header, `(none)` without it;
@@ -1011,6 +1012,10 @@ async fn serve(
         ["delay", ms] => {
             tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
             ok
+        }
+        ["slow-fail", ms, _] => {
+            tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+            (StatusCode::SERVICE_UNAVAILABLE, "slow failure".into())
         }
         ["flaky", n, key] => {
             let seen = {

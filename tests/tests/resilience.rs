@@ -1,5 +1,6 @@
-//! Traffic management on a real Envoy: retries, timeouts, fault injection,
-//! mirroring, circuit breaking, outlier detection and consistent hashing,
+//! Traffic management on a real Envoy: retries and retry budgets, timeouts,
+//! fault injection, mirroring, circuit breaking, outlier detection and
+//! consistent hashing,
 //! each configured from the VirtualService / DestinationRule YAML an Istio
 //! user writes, checked against what Istio's documentation says.
 
@@ -61,6 +62,60 @@ fn retries_recover_from_as_many_failures_as_attempts() {
     let failed = http_request(&format!("{RATINGS}/flaky/1/c"), &[("host", "ratings")]).unwrap();
     assert_eq!(failed.status, 503);
     assert_eq!(mesh.seen("/flaky/1/c").len(), 1);
+}
+
+/// DestinationRule `retryBudget`: with no share of the load for retries
+/// (`percent: 0`) and one retry at a time (`minRetryConcurrency: 1`),
+/// ten requests failing together are not all retried: Envoy counts the
+/// retries it refused (`upstream_rq_retry_overflow`) and the backend sees
+/// fewer attempts. Without the budget every request gets its three
+/// retries.
+#[test]
+fn a_retry_budget_caps_concurrent_retries() {
+    let mesh = Mesh::start(true, &[]);
+    let envoy = mesh.sidecar();
+    route(
+        &mesh,
+        &envoy,
+        "ratings",
+        "  - retries: {attempts: 3, retryOn: \"503\"}\n    route: [{destination: {host: ratings}}]\n",
+    );
+    let overflow =
+        "cluster.outbound|9080||ratings.default.svc.cluster.local.upstream_rq_retry_overflow";
+    // Ten requests at once, each answered 503 after 300 ms.
+    let burst = |key: &str| {
+        std::thread::scope(|s| {
+            let workers: Vec<_> = (0..10)
+                .map(|i| {
+                    let url = format!("{RATINGS}/slow-fail/300/{key}{i}");
+                    s.spawn(move || http_request(&url, &[("host", "ratings")]).unwrap().status)
+                })
+                .collect();
+            for w in workers {
+                assert_eq!(w.join().unwrap(), 503);
+            }
+        });
+        mesh.seen(&format!("/slow-fail/300/{key}")).len()
+    };
+    assert_eq!(burst("free"), 40, "1 try + 3 retries each");
+    assert_eq!(envoy.stat(overflow), 0);
+
+    mesh.apply(
+        &[&envoy],
+        "dr.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ratings}
+spec:
+  host: ratings
+  trafficPolicy:
+    retryBudget: {percent: 0, minRetryConcurrency: 1}
+",
+    );
+    let attempts = burst("budget");
+    assert!(attempts < 40, "{attempts} attempts");
+    assert!(envoy.stat(overflow) > 0, "no retry refused");
+    assert_eq!(envoy.rejected(), 0);
 }
 
 /// A GET and how long it took.

@@ -2153,3 +2153,62 @@ fn tunnel_settings_are_validated_by_field() {
         .to_string();
     assert!(err.contains("version") && err.contains("V3"), "{err}");
 }
+
+/// `trafficPolicy.retryBudget` (Istio's `applyRetryBudget`): the circuit
+/// breaker's retry budget, with the documented defaults (20 %, at least 3
+/// concurrent retries, 0 meaning the default), a subset's own budget
+/// winning.
+#[test]
+fn a_retry_budget_limits_concurrent_retries() {
+    let dr = "
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: r, namespace: default}
+spec:
+  host: reviews
+  trafficPolicy: {retryBudget: {minRetryConcurrency: 0, budgetInterval: 10s}}
+  subsets:
+  - {name: v1, labels: {version: v1}, trafficPolicy: {retryBudget: {percent: 5.5, minRetryConcurrency: 1}}}
+";
+    let snap = mesh(dr, MeshConfig::default());
+    assert!(snap.warnings.is_empty(), "{:?}", snap.warnings);
+    let out = generate(&snap, &sidecar(&[]));
+    let budget = |name: &str| {
+        let b = cluster(&out, name)
+            .circuit_breakers
+            .as_ref()
+            .unwrap()
+            .thresholds[0]
+            .retry_budget
+            .unwrap();
+        (
+            b.budget_percent.unwrap().value,
+            b.min_retry_concurrency.unwrap().value,
+            b.budget_interval.map(|d| d.seconds),
+        )
+    };
+    assert_eq!(
+        budget("outbound|9080||reviews.default.svc.cluster.local"),
+        (20.0, 3, Some(10))
+    );
+    assert_eq!(
+        budget("outbound|9080|v1|reviews.default.svc.cluster.local"),
+        (5.5, 1, None)
+    );
+    assert!(
+        cluster(&out, "outbound|27017||mongodb.default.svc.cluster.local")
+            .circuit_breakers
+            .as_ref()
+            .unwrap()
+            .thresholds[0]
+            .retry_budget
+            .is_none()
+    );
+    let refused = crds::refusal(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r}\nspec: {host: reviews, trafficPolicy: {retryBudget: {percent: 120}}}\n",
+    );
+    assert_eq!(
+        refused.map(|r| r.0),
+        Some("spec.trafficPolicy.retryBudget.percent".to_owned())
+    );
+}
