@@ -406,6 +406,16 @@ fn is_base64_sha256(v: &str) -> bool {
 
 fn sidecar(spec: &crate::SidecarSpec) -> Problems {
     let mut p = Problems::new();
+    if spec.egress.is_empty()
+        && spec.ingress.is_empty()
+        && spec.outbound_traffic_policy.is_none()
+        && spec.inbound_connection_pool.is_none()
+    {
+        p.push((
+            "spec".into(),
+            "sidecar: empty configuration provided".into(),
+        ));
+    }
     if let Some(policy) = &spec.outbound_traffic_policy
         && let Some(proxy) = &policy.egress_proxy
     {

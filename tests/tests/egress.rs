@@ -670,5 +670,25 @@ spec:
     let known = http_request("http://10.96.0.13:9080/", &[("host", "reviews")]).unwrap();
     assert_eq!(known.status, 200, "{}", known.body);
     assert!(!known.body.starts_with("proxied"), "{}", known.body);
+
+    // A Sidecar's policy without a mode is REGISTRY_ONLY (the proto's
+    // default, as Istio takes the Sidecar's policy whole), though the
+    // mesh's is ALLOW_ANY.
+    mesh.apply(
+        &[&envoy],
+        "sidecar.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: default}
+spec:
+  outboundTrafficPolicy: {}
+",
+    );
+    let blocked = http_request(
+        &format!("http://{EXTERNAL_IP}:80/"),
+        &[("host", "unknown.example.com")],
+    );
+    assert!(blocked.is_err(), "{blocked:?}");
+    assert_eq!(get(9080).0, 502);
     assert_eq!(envoy.rejected(), 0);
 }

@@ -1790,13 +1790,14 @@ impl Snapshot {
     }
 
     /// Whether unknown destinations pass through for `proxy`: its Sidecar's
-    /// `outboundTrafficPolicy`, else the mesh's.
+    /// `outboundTrafficPolicy` if it has one (whose unset `mode` is the
+    /// proto's default, `REGISTRY_ONLY`, as Istio's sidecar scope takes the
+    /// policy whole), else the mesh's.
     pub fn allow_any_for(&self, proxy: &Proxy) -> bool {
         self.sidecar_for(proxy)
             .and_then(|sc| sc.spec.outbound_traffic_policy.as_ref())
-            .and_then(|p| p.mode)
-            .map_or(self.mesh.allow_any, |m| {
-                m == crds::mesh::OutboundMode::AllowAny
+            .map_or(self.mesh.allow_any, |p| {
+                p.mode == Some(crds::mesh::OutboundMode::AllowAny)
             })
     }
 

@@ -2212,3 +2212,45 @@ spec:
         Some("spec.trafficPolicy.retryBudget.percent".to_owned())
     );
 }
+
+/// A Sidecar's `outboundTrafficPolicy` is taken whole, as Istio's sidecar
+/// scope takes it: without a `mode` it is the proto's default,
+/// `REGISTRY_ONLY`, whatever the mesh's; without the policy, the mesh's
+/// mode stands. A Sidecar with nothing in it is refused, as by istiod.
+#[test]
+fn a_sidecar_outbound_policy_without_a_mode_is_registry_only() {
+    let fallback = |sidecar_spec: &str| {
+        let text = format!(
+            "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: default, namespace: default}}\nspec: {sidecar_spec}\n"
+        );
+        let out = generate(&mesh(&text, MeshConfig::default()), &sidecar(&[]));
+        let outbound = out
+            .listeners
+            .iter()
+            .find(|l| l.name == "virtualOutbound")
+            .unwrap();
+        let tcp: TcpProxy = first_filter(&outbound.filter_chains[0]);
+        match tcp.cluster_specifier {
+            Some(tcp_proxy::ClusterSpecifier::Cluster(c)) => c,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(fallback("{outboundTrafficPolicy: {}}"), "BlackHoleCluster");
+    assert_eq!(
+        fallback("{outboundTrafficPolicy: {mode: ALLOW_ANY}}"),
+        "PassthroughCluster"
+    );
+    assert_eq!(
+        fallback("{egress: [{hosts: ['./*']}]}"),
+        "PassthroughCluster"
+    );
+    assert_eq!(
+        crds::refusal(
+            "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default}\nspec: {}\n"
+        ),
+        Some((
+            "spec".to_owned(),
+            "sidecar: empty configuration provided".to_owned()
+        ))
+    );
+}
