@@ -58,6 +58,34 @@ impl DestinationRuleSpec {
             .any(|p| named(&p.tls) || p.port_level_settings.iter().any(|l| named(&l.tls)))
     }
 
+    /// The label keys the rule's `localityLbSetting.failoverPriority`
+    /// lists compare between the client proxy and the endpoints (the
+    /// entries without `=`; a `key=value` entry compares the endpoints
+    /// with its value alone), from every traffic policy of the rule.
+    pub fn failover_priority_keys(&self) -> Vec<&str> {
+        let policies = self.traffic_policy.iter().chain(
+            self.subsets
+                .iter()
+                .filter_map(|s| s.traffic_policy.as_ref()),
+        );
+        let mut keys = Vec::new();
+        for p in policies {
+            let settings = p
+                .load_balancer
+                .iter()
+                .chain(
+                    p.port_level_settings
+                        .iter()
+                        .filter_map(|l| l.load_balancer.as_ref()),
+                )
+                .filter_map(|lb| lb.locality_lb_setting.as_ref());
+            for setting in settings {
+                keys.extend(setting.failover_priority_keys());
+            }
+        }
+        keys
+    }
+
     /// Every client TLS setting of the rule, with its field path: the
     /// traffic policy's and its ports', then each subset's and its ports'
     /// (`spec.subsets[1].trafficPolicy.portLevelSettings[0].tls`).
@@ -282,12 +310,28 @@ pub struct LocalityLbSetting {
     /// Failover regions.
     #[serde(default)]
     pub failover: Vec<LocalityFailover>,
-    /// Failover ordered by label priority.
+    /// Failover ordered by label priority: label keys (`key`, compared
+    /// between the client proxy and each endpoint) or `key=value` entries
+    /// (compared with the endpoint's label alone). An endpoint matching
+    /// all N entries gets priority 0; one whose first mismatch is the
+    /// `j`th entry gets N - j. Region, zone and subzone come from the
+    /// localities when not labels.
     #[serde(default)]
     pub failover_priority: Vec<String>,
     /// Enable/disable locality load balancing.
     #[serde(default)]
     pub enabled: Option<bool>,
+}
+
+impl LocalityLbSetting {
+    /// The label keys `failoverPriority` compares between the client
+    /// proxy and the endpoints: its entries without `=`.
+    pub fn failover_priority_keys(&self) -> impl Iterator<Item = &str> {
+        self.failover_priority
+            .iter()
+            .filter(|e| !e.contains('='))
+            .map(String::as_str)
+    }
 }
 
 /// Istio `LocalityLoadBalancerSetting.Distribute`.

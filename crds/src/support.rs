@@ -16,10 +16,6 @@ pub const NOT_YET: &[(&str, &str)] = &[
     ("VirtualService", "spec.tls[].match[].sourceLabels"),
     ("VirtualService", "spec.tls[].match[].sourceNamespace"),
     ("VirtualService", "spec.tcp[].match[].sourceSubnet"),
-    (
-        "DestinationRule",
-        "loadBalancer.localityLbSetting.failoverPriority",
-    ),
     ("DestinationRule", "loadBalancer.zoneAwareLbSetting"),
     ("DestinationRule", "loadBalancer.backendUtilization"),
     ("DestinationRule", "connectionPool.http.http2KeepAlive"),

@@ -297,12 +297,30 @@ fn traffic_policy(p: &mut Problems, field: &str, tp: &crate::destination_rule::T
 }
 
 /// Slow start (`warmup`) as Istio's CRD constrains it: a `duration`,
-/// `minimumPercent` within 0..=100, `aggression` at least 1.
+/// `minimumPercent` within 0..=100, `aggression` at least 1; and, as
+/// Istio's `validateLocalityLbSetting`, no topology label in
+/// `failoverPriority` beside `failover`.
 fn load_balancer(
     p: &mut Problems,
     field: &str,
     lb: &crate::destination_rule::LoadBalancerSettings,
 ) {
+    if let Some(l) = &lb.locality_lb_setting
+        && !l.failover.is_empty()
+        && let Some(topology) = l.failover_priority.iter().find(|k| {
+            matches!(
+                k.as_str(),
+                "topology.kubernetes.io/region"
+                    | "topology.kubernetes.io/zone"
+                    | "topology.istio.io/subzone"
+            )
+        })
+    {
+        p.push((
+            format!("{field}.localityLbSetting.failoverPriority"),
+            format!("can not simultaneously set failover and topology label {topology:?} in failover_priority"),
+        ));
+    }
     let Some(w) = &lb.warmup else { return };
     if w.duration.is_none() {
         p.push((format!("{field}.warmup.duration"), "Required value".into()));

@@ -1,6 +1,8 @@
 //! Locality load balancing on a real Envoy (DestinationRule
 //! `localityLbSetting`): failover keeps traffic in the proxy's zone and
-//! moves it outward as endpoints fail; `distribute` splits by weight.
+//! moves it outward as endpoints fail; `distribute` splits by weight;
+//! `failoverPriority` orders endpoints by the labels they share with the
+//! client.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
 
@@ -165,5 +167,44 @@ fn the_mesh_default_prioritises_localities_under_outlier_detection() {
         0.5,
         "region2/zone1 without locality priorities",
     );
+    assert_eq!(envoy.rejected(), 0);
+}
+
+/// `failoverPriority` (Istio's `applyPriorityFailover`): endpoints sharing
+/// the client's `rack` label and then its region come first, whatever the
+/// zones. The client (region1/zone1, rack a) goes to v2 (region1/zone2,
+/// rack a), not to v1 in its own zone (rack b); then to v3 (rack a, the
+/// other region); last to v1.
+#[test]
+fn failover_priority_orders_endpoints_by_the_labels_they_share() {
+    let platform = PLATFORM
+        .replace(
+            "labels: {app: reviews-local, istio-locality: region1.zone1}",
+            "labels: {app: reviews-local, istio-locality: region1.zone1, rack: b}",
+        )
+        .replace(
+            "labels: {app: reviews-local, istio-locality: region1.zone2}",
+            "labels: {app: reviews-local, istio-locality: region1.zone2, rack: a}",
+        )
+        .replace(
+            "labels: {app: reviews-local, istio-locality: region2.zone1}",
+            "labels: {app: reviews-local, istio-locality: region2.zone1, rack: a}",
+        );
+    assert_eq!(platform.matches("rack:").count(), 3);
+    let mesh = Mesh::start(true, &[]);
+    mesh.cfg.write("platform-local.yaml", &platform);
+    mesh.cfg.write(
+        "dr.yaml",
+        &rule("        failoverPriority: [rack, topology.kubernetes.io/region]\n"),
+    );
+    mesh.wait_loaded(2);
+    let labels = [SIDECAR_LABELS[0], SIDECAR_LABELS[1], ("rack", "a")];
+    let envoy = mesh.proxy_at(SIDECAR, &labels, "region1/zone1", 15000);
+    assert_eq!(
+        tally(&format!("{URL}/"), "reviews-local", &[], 30),
+        only("v2", 30)
+    );
+    failover_to(&format!("{URL}/fail-on/v2"), "v3");
+    failover_to(&format!("{URL}/fail-on/v3"), "v1");
     assert_eq!(envoy.rejected(), 0);
 }

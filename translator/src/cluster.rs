@@ -91,7 +91,7 @@ pub(crate) fn build(snap: &Snapshot, proxy: &Proxy) -> (Vec<Cluster>, Vec<Cluste
     for (svc, dr) in services {
         service_clusters(
             snap,
-            &view(proxy, dr),
+            &cluster_view(snap, proxy, dr),
             svc,
             dr,
             &mut |name, cluster, auto, cla| {
@@ -137,11 +137,16 @@ pub(crate) fn build_encoded(
     let plain_view = ClusterView {
         locality: proxy.locality.clone(),
         credentials: false,
+        labels: Vec::new(),
     };
     let credential_view = std::cell::OnceCell::new();
+    let mut own_view = None;
     let built: Vec<_> = visible(snap, proxy, only)
         .map(|(svc, dr)| {
-            let view = if dr.is_some_and(|dr| gets_credentials(proxy, dr)) {
+            let view = if compares_labels(snap, dr) {
+                // Rare (a `failoverPriority`): a view of its own.
+                own_view.insert(cluster_view(snap, proxy, dr))
+            } else if dr.is_some_and(|dr| gets_credentials(proxy, dr)) {
                 credential_view.get_or_init(|| ClusterView {
                     credentials: true,
                     ..plain_view.clone()
@@ -188,11 +193,39 @@ pub(crate) fn build_encoded(
 
 /// What the clusters of a service seen through `dr` depend on of `proxy`
 /// ([`ClusterView`]), as [`build_encoded`] keys its memo.
-fn view(proxy: &Proxy, dr: Option<&Config<DestinationRuleSpec>>) -> ClusterView {
+fn cluster_view(
+    snap: &Snapshot,
+    proxy: &Proxy,
+    dr: Option<&Config<DestinationRuleSpec>>,
+) -> ClusterView {
     ClusterView {
         locality: proxy.locality.clone(),
         credentials: dr.is_some_and(|dr| gets_credentials(proxy, dr)),
+        labels: if compares_labels(snap, dr) {
+            snap.failover_keys
+                .iter()
+                .map(|k| {
+                    let v = crate::model::topology_value(&proxy.labels, &proxy.locality, k);
+                    (k.clone(), v.to_owned())
+                })
+                .collect()
+        } else {
+            Vec::new()
+        },
     }
+}
+
+/// Whether the endpoint priorities of a service seen through `dr` may
+/// compare the proxy's labels: some `failoverPriority` key is set, in the
+/// mesh config or in `dr`. False at once in a mesh without one.
+fn compares_labels(snap: &Snapshot, dr: Option<&Config<DestinationRuleSpec>>) -> bool {
+    !snap.failover_keys.is_empty()
+        && (snap
+            .mesh
+            .locality_lb
+            .as_ref()
+            .is_some_and(|l| l.failover_priority_keys().next().is_some())
+            || dr.is_some_and(|dr| !dr.spec.failover_priority_keys().is_empty()))
 }
 
 /// Whether `proxy` gets the `credentialName` Secrets `dr` names (and
@@ -389,7 +422,7 @@ fn service_clusters(
                     endpoints.iter().map(|e| e.locality.as_str()).collect();
                 localities.sort_unstable();
                 localities.dedup();
-                policy.locality_plan(&view.locality, &localities)
+                policy.locality_plan(&view.locality, &view.labels, &localities)
             } else {
                 None
             };
@@ -609,30 +642,35 @@ fn assignment<'a>(
     plan: Option<&LocalityPlan>,
     mtls: Option<&Vec<bool>>,
 ) -> Assignment<'a> {
-    // By locality, in locality order; endpoints in their order within one.
+    // By locality (and `failoverPriority` rank), in that order; endpoints
+    // in their order within one.
+    let by_labels = plan.and_then(|p| p.by_labels.as_deref());
     let mut groups: Vec<Group<'a>> = Vec::new();
     for (i, ep) in endpoints.iter().enumerate() {
         let Some(target) = ep.target_port(&port.name) else {
             continue;
         };
         let locality = ep.locality.as_str();
+        let rank = by_labels.map_or(0, |wanted| failover_rank(ep, wanted));
         // Usually every endpoint is in the locality of the one before
         // (often none): checked without a string compare when it is empty.
         let at = match groups.last() {
             Some(last)
                 if last.locality.len() == locality.len()
-                    && (locality.is_empty() || last.locality == locality) =>
+                    && (locality.is_empty() || last.locality == locality)
+                    && last.priority == rank =>
             {
                 groups.len() - 1
             }
-            _ => match groups.binary_search_by(|g| g.locality.cmp(locality)) {
+            _ => match groups.binary_search_by(|g| (g.locality, g.priority).cmp(&(locality, rank)))
+            {
                 Ok(at) => at,
                 Err(at) => {
                     groups.insert(
                         at,
                         Group {
                             locality,
-                            priority: 0,
+                            priority: rank,
                             weight: 0,
                             endpoints: Vec::new(),
                         },
@@ -648,10 +686,23 @@ fn assignment<'a>(
                 .push((ep.address.as_str(), target, tls, ep.weight));
         }
     }
+    // Envoy wants priorities without gaps: the ranks in use, in order.
+    let mut ranks: Vec<u32> = Vec::new();
+    if by_labels.is_some() {
+        ranks = groups.iter().map(|g| g.priority).collect();
+        ranks.sort_unstable();
+        ranks.dedup();
+    }
     groups.retain_mut(|g| {
-        let (priority, weight) = plan
-            .and_then(|p| p.by_locality.get(g.locality).copied())
-            .unwrap_or((0, None));
+        let (priority, weight) = match by_labels {
+            Some(_) => (
+                u32::try_from(ranks.binary_search(&g.priority).unwrap_or(0)).unwrap_or(0),
+                None,
+            ),
+            None => plan
+                .and_then(|p| p.by_locality.get(g.locality).copied())
+                .unwrap_or((0, None)),
+        };
         g.priority = priority;
         g.weight = weight.unwrap_or_else(|| {
             g.endpoints
@@ -661,6 +712,17 @@ fn assignment<'a>(
         weight != Some(0)
     });
     Assignment { name, groups }
+}
+
+/// Istio's `failoverPriority` rank of `ep` against `wanted` (label key,
+/// value): 0 when it matches every entry, else N - j for its first
+/// mismatch `j` (a later label counts only when the ones before match).
+fn failover_rank(ep: &Endpoint, wanted: &[(String, String)]) -> u32 {
+    let n = wanted.len();
+    wanted
+        .iter()
+        .position(|(k, v)| crate::model::topology_value(&ep.labels, &ep.locality, k) != v)
+        .map_or(0, |j| u32::try_from(n - j).unwrap_or(u32::MAX))
 }
 
 /// The encoded `Metadata` field (3) of an endpoint that takes Istio mTLS:
@@ -966,6 +1028,7 @@ mod tests {
                 ("r/c".to_owned(), (1, Some(0))),
             ]),
             weighted: true,
+            by_labels: None,
         };
         let mtls = vec![true, false, true, false, true];
         // Long enough a name that lengths take two varint bytes.

@@ -170,6 +170,10 @@ struct MemoEntry<D, V> {
 pub(crate) struct ClusterView {
     pub(crate) locality: String,
     pub(crate) credentials: bool,
+    /// The proxy's values of the label keys `failoverPriority` compares
+    /// (`Snapshot::failover_keys`, sorted), for a rule (or mesh) that has
+    /// one; empty otherwise, so that other services' entries stay shared.
+    pub(crate) labels: Vec<(String, String)>,
 }
 
 /// Each service's [`ServiceResources`] by [`ClusterView`]: proxies in ten

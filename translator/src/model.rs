@@ -127,6 +127,28 @@ pub struct Endpoint {
     in_mesh: bool,
 }
 
+/// The value of label `key` for a workload with `labels` at `locality`
+/// (`region/zone/subzone`), as Istio's augmented labels give it: the label,
+/// else for `topology.kubernetes.io/region`, `topology.kubernetes.io/zone`
+/// and `topology.istio.io/subzone` that part of the locality; `""` when
+/// neither (Go's value of a missing map key, which Istio compares).
+pub(crate) fn topology_value<'a>(
+    labels: &'a BTreeMap<String, String>,
+    locality: &'a str,
+    key: &str,
+) -> &'a str {
+    if let Some(v) = labels.get(key) {
+        return v;
+    }
+    let part = match key {
+        "topology.kubernetes.io/region" => 0,
+        "topology.kubernetes.io/zone" => 1,
+        "topology.istio.io/subzone" => 2,
+        _ => return "",
+    };
+    locality.split('/').nth(part).unwrap_or("")
+}
+
 /// How a service's endpoints are resolved (ServiceEntry `resolution`;
 /// Kubernetes services are `Static` with EDS, headless ones `Passthrough`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -844,6 +866,10 @@ pub struct Snapshot {
     dr_wildcard: Vec<(String, usize)>,
     /// How many DestinationRules have a `workloadSelector`.
     selecting_rules: usize,
+    /// Label keys some `localityLbSetting.failoverPriority` (a
+    /// DestinationRule's or the mesh's) compares between a client proxy
+    /// and the endpoints; empty in most meshes.
+    pub(crate) failover_keys: std::collections::BTreeSet<String>,
     /// The ports each workload address serves, from the services whose
     /// endpoints it is (see [`Snapshot::inbound_ports`]).
     inbound: HashMap<String, Vec<InboundPort>>,
@@ -1509,7 +1535,21 @@ impl Snapshot {
         for gw in &snap.gateways {
             snap.label_keys.extend(gw.spec.selector.keys().cloned());
         }
+        let mesh_failover: Vec<String> = snap
+            .mesh
+            .locality_lb
+            .iter()
+            .flat_map(|l| l.failover_priority_keys())
+            .map(String::from)
+            .collect();
+        snap.failover_keys.extend(mesh_failover);
         for (i, dr) in snap.destination_rules.iter().enumerate() {
+            snap.failover_keys.extend(
+                dr.spec
+                    .failover_priority_keys()
+                    .into_iter()
+                    .map(String::from),
+            );
             if let Some(selector) = &dr.spec.workload_selector {
                 // Proxies that differ in these labels may get other rules.
                 snap.label_keys
@@ -1522,6 +1562,8 @@ impl Snapshot {
             }
             snap.dr_by_host.entry(host).or_default().push(i);
         }
+        // Proxies that differ in these labels get other endpoint priorities.
+        snap.label_keys.extend(snap.failover_keys.iter().cloned());
         for (i, vs) in snap.virtual_services.iter().enumerate() {
             for h in &vs.spec.hosts {
                 let host = snap.resolve_host(h, &vs.namespace).into_owned();

@@ -1021,6 +1021,12 @@ pub struct LocalityPlan {
     pub by_locality: BTreeMap<String, (u32, Option<u32>)>,
     /// Whether weights apply (Envoy `locality_weighted_lb_config`).
     pub weighted: bool,
+    /// `failoverPriority` (which then decides the priorities instead of
+    /// the localities): each entry's label key and the value an endpoint
+    /// must have (the proxy's, or the entry's `key=value`). An endpoint
+    /// matching every entry gets the top priority; one whose first
+    /// mismatch is entry `j` of N gets rank N - j (ranks made dense).
+    pub by_labels: Option<Vec<(String, String)>>,
 }
 
 impl Effective {
@@ -1036,7 +1042,9 @@ impl Effective {
             .and_then(|lb| lb.locality_lb_setting.as_ref())
             .or(self.mesh.locality.as_ref())
             .unwrap_or(&MESH_LOCALITY_DEFAULT);
-        (self.outlier_detection.is_some() && setting.enabled != Some(false) && !proxy.is_empty())
+        // `failoverPriority` compares labels, and needs no locality.
+        let placed = !proxy.is_empty() || !setting.failover_priority.is_empty();
+        (self.outlier_detection.is_some() && setting.enabled != Some(false) && placed)
             .then_some(setting)
     }
 
@@ -1052,7 +1060,17 @@ impl Effective {
     /// locality) and a known proxy locality: `distribute` gives weights,
     /// otherwise localities are prioritised by closeness, with `failover`
     /// naming the region to try after the proxy's own.
-    pub fn locality_plan(&self, proxy: &str, localities: &[&str]) -> Option<LocalityPlan> {
+    ///
+    /// With `failoverPriority` (and no `distribute` for the proxy), the
+    /// priorities come from labels instead, as Istio's
+    /// `applyPriorityFailover`: `proxy_labels` are the proxy's values of
+    /// the keys it compares.
+    pub fn locality_plan(
+        &self,
+        proxy: &str,
+        proxy_labels: &[(String, String)],
+        localities: &[&str],
+    ) -> Option<LocalityPlan> {
         let setting = self.locality_setting(proxy)?;
         let mut plan = LocalityPlan::default();
         if let Some(rule) = setting.distribute.iter().find(|d| {
@@ -1076,6 +1094,26 @@ impl Effective {
                     .sum();
                 plan.by_locality.insert((*l).to_owned(), (0, Some(weight)));
             }
+            return Some(plan);
+        }
+        if !setting.failover_priority.is_empty() {
+            plan.by_labels = Some(
+                setting
+                    .failover_priority
+                    .iter()
+                    .map(|entry| match entry.split_once('=') {
+                        Some((k, v)) => (k.to_owned(), v.to_owned()),
+                        None => {
+                            let mine = proxy_labels
+                                .iter()
+                                .find(|(k, _)| k == entry)
+                                .map(|(_, v)| v.clone())
+                                .unwrap_or_default();
+                            (entry.clone(), mine)
+                        }
+                    })
+                    .collect(),
+            );
             return Some(plan);
         }
         let parts = |l: &str| -> [String; 3] {

@@ -422,3 +422,108 @@ fn a_change_keeps_what_it_did_not_touch_and_rebuilds_the_rest() {
         cluster_bytes(&after, &proxies[0], reviews).as_ptr()
     );
 }
+
+/// `failoverPriority` makes endpoint priorities depend on the proxy's
+/// labels: proxies that differ only in a compared label get their own
+/// load assignments (and agree with a fresh generation), and the
+/// priorities are Istio's: every entry matched first, then by the first
+/// entry that does not match (`key=value` entries against the endpoint
+/// alone).
+#[test]
+fn failover_priority_assignments_follow_each_proxys_labels() {
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    use prost::Message;
+    let rule = "
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: db, namespace: default}
+spec:
+  host: db.example.com
+  trafficPolicy:
+    outlierDetection: {consecutive5xxErrors: 1}
+    loadBalancer: {localityLbSetting: {failoverPriority: [version, tier=gold, topology.kubernetes.io/region]}}
+";
+    let entry = "
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db, namespace: default}
+spec:
+  hosts: [db.example.com]
+  ports: [{number: 9000, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints:
+  - {address: 192.168.1.1, locality: r1/z1, labels: {version: v1, tier: gold}}
+  - {address: 192.168.1.2, locality: r2/z1, labels: {version: v1, tier: gold}}
+  - {address: 192.168.1.3, locality: r1/z2, labels: {version: v1}}
+  - {address: 192.168.1.4, locality: r1/z1, labels: {version: v2, tier: gold}}
+";
+    let snap = snapshot(&[entry.to_owned(), rule.to_owned()]);
+    assert!(snap.warnings.is_empty(), "{:?}", snap.warnings);
+    let labelled = |version: &str| {
+        let mut p = Proxy::from_node_id(
+            "sidecar~10.1.0.9~client.default~default.svc.cluster.local",
+            None,
+            [("version".to_owned(), version.to_owned())].into(),
+        )
+        .unwrap();
+        p.locality = "r1/z1".into();
+        p
+    };
+    let proxies = [labelled("v1"), labelled("v2"), labelled("v1")];
+    check_in_turn(&snap, &proxies);
+    // Address -> priority, as the daemon sends it to each proxy.
+    let priorities = |p: &Proxy| {
+        let cla = translator::generate_encoded(&snap, p)
+            .take(ENDPOINT_TYPE)
+            .into_iter()
+            .find(|e| &*e.0 == "outbound|9000||db.example.com")
+            .unwrap();
+        let any = envoy_types::pb::google::protobuf::Any::decode(&cla.2[..]).unwrap();
+        let cla = ClusterLoadAssignment::decode(&any.value[..]).unwrap();
+        let mut out: Vec<(String, u32)> = cla
+            .endpoints
+            .iter()
+            .flat_map(|g| {
+                g.lb_endpoints.iter().map(move |e| {
+                    let Some(
+                        envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier::Endpoint(ep),
+                    ) = &e.host_identifier
+                    else {
+                        panic!("{e:?}")
+                    };
+                    let Some(envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(a)) =
+                        ep.address.as_ref().and_then(|a| a.address.as_ref())
+                    else {
+                        panic!("{ep:?}")
+                    };
+                    (a.address.clone(), g.priority)
+                })
+            })
+            .collect();
+        out.sort();
+        out
+    };
+    // v1: .1 matches all three; .2 all but the region (rank 1); .3 not
+    // gold (rank 2); .4 not v1 (rank 3). Dense: 0, 1, 2, 3.
+    assert_eq!(
+        priorities(&proxies[0]),
+        [
+            ("192.168.1.1".to_owned(), 0),
+            ("192.168.1.2".to_owned(), 1),
+            ("192.168.1.3".to_owned(), 2),
+            ("192.168.1.4".to_owned(), 3)
+        ]
+    );
+    // v2: .4 matches all; the v1 endpoints all rank 3, together.
+    assert_eq!(
+        priorities(&proxies[1]),
+        [
+            ("192.168.1.1".to_owned(), 1),
+            ("192.168.1.2".to_owned(), 1),
+            ("192.168.1.3".to_owned(), 1),
+            ("192.168.1.4".to_owned(), 0)
+        ]
+    );
+    // The config keys differ by the compared label.
+    assert_ne!(proxies[0].config_key(&snap), proxies[1].config_key(&snap));
+}

@@ -660,9 +660,9 @@ fn locality_failover_priorities_and_distribute_weights() {
         ..Default::default()
     };
     // Istio applies locality load balancing only with outlier detection.
-    assert_eq!(policy.locality_plan("r1/z1", &localities), None);
+    assert_eq!(policy.locality_plan("r1/z1", &[], &localities), None);
     policy.outlier_detection = Some(OutlierDetection::default());
-    let plan = policy.locality_plan("r1/z1", &localities).unwrap();
+    let plan = policy.locality_plan("r1/z1", &[], &localities).unwrap();
     let priority = |l: &str| plan.by_locality[l].0;
     assert_eq!(
         [
@@ -676,7 +676,7 @@ fn locality_failover_priorities_and_distribute_weights() {
     );
     assert!(!plan.weighted);
     // No locality for the proxy: nothing to prefer.
-    assert_eq!(policy.locality_plan("", &localities), None);
+    assert_eq!(policy.locality_plan("", &[], &localities), None);
 
     // distribute: a weight shared by the localities its pattern matches.
     policy.load_balancer.as_mut().unwrap().locality_lb_setting = Some(LocalityLbSetting {
@@ -686,7 +686,7 @@ fn locality_failover_priorities_and_distribute_weights() {
         }],
         ..Default::default()
     });
-    let plan = policy.locality_plan("r1/z1", &localities).unwrap();
+    let plan = policy.locality_plan("r1/z1", &[], &localities).unwrap();
     assert!(plan.weighted);
     let weight = |l: &str| plan.by_locality[l].1;
     assert_eq!(
@@ -2252,5 +2252,29 @@ fn a_sidecar_outbound_policy_without_a_mode_is_registry_only() {
             "spec".to_owned(),
             "sidecar: empty configuration provided".to_owned()
         ))
+    );
+}
+
+/// Istio's `validateLocalityLbSetting`: a topology label in
+/// `failoverPriority` beside `failover` is refused, naming the field.
+#[test]
+fn failover_priority_with_failover_cannot_name_a_topology_label() {
+    let rule = |lb: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: r}}\nspec: {{host: reviews, trafficPolicy: {{loadBalancer: {{localityLbSetting: {lb}}}}}}}\n"
+        )
+    };
+    assert_eq!(
+        crds::refusal(&rule(
+            "{failover: [{from: r1, to: r2}], failoverPriority: [topology.kubernetes.io/zone]}"
+        ))
+        .map(|r| r.0),
+        Some("spec.trafficPolicy.loadBalancer.localityLbSetting.failoverPriority".to_owned())
+    );
+    assert_eq!(
+        crds::refusal(&rule(
+            "{failover: [{from: r1, to: r2}], failoverPriority: [rack]}"
+        )),
+        None
     );
 }
