@@ -9,7 +9,6 @@ use crate::document::Object;
 
 /// Field paths (array indices written `[]`) read but not acted on yet, per kind.
 pub const NOT_YET: &[(&str, &str)] = &[
-    ("VirtualService", "spec.http[].match[].statPrefix"),
     ("VirtualService", "spec.http[].fault.delay.exponentialDelay"),
     ("VirtualService", "spec.http[].fault.abort.http2Error"),
     ("VirtualService", "spec.tls[].match[].destinationSubnets"),

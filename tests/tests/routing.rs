@@ -1,7 +1,7 @@
 //! HTTP routing features on a real Envoy, from one VirtualService with a
 //! delegate: rewrite, redirect, direct response, CORS, response headers,
-//! case-insensitive paths, query and without-header matches, and paths
-//! normalised before they are matched.
+//! case-insensitive paths, per-route statistics, query and without-header
+//! matches, and paths normalised before they are matched.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
 
@@ -38,7 +38,7 @@ spec:
     directResponse: {status: 200, body: {bytes: "aGVsbG8sIGJ5dGVz"}}
   - match: [{uri: {prefix: /api/}}]
     delegate: {name: reviews-api}
-  - match: [{uri: {exact: /case}, ignoreUriCase: true}]
+  - match: [{uri: {exact: /case}, ignoreUriCase: true, statPrefix: case-route}]
     route: [{destination: {host: reviews, subset: v2}}]
   - match: [{queryParams: {variant: {exact: "3"}}, withoutHeaders: {x-legacy: {exact: "1"}}}]
     route: [{destination: {host: reviews, subset: v3}}]
@@ -123,6 +123,14 @@ fn one_virtual_service_exercises_istio_http_routing() {
 
     // ignoreUriCase.
     assert_eq!(get("/CaSe", &[]).body, "reviews v2");
+    // statPrefix: that route's own statistics.
+    let stats = envoy.stats();
+    let per_route: Vec<_> = stats
+        .iter()
+        .filter(|(k, _)| k.ends_with(".route.case-route.upstream_rq_total"))
+        .collect();
+    assert_eq!(per_route.len(), 1, "{per_route:?}");
+    assert_eq!(per_route[0].1, "1");
 
     // queryParams + withoutHeaders.
     assert_eq!(get("/q?variant=3", &[]).body, "reviews v3");

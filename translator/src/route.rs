@@ -111,8 +111,12 @@ pub(crate) fn virtual_service_routes(
             per_filter.insert(CORS_FILTER.to_owned(), pack_any(cors_policy(cors)));
         }
         let (req_add, req_remove, resp_add, resp_remove) = header_ops(http.headers.as_ref());
-        let mk = |m: RouteMatch, match_name: Option<&str>, action| Route {
-            name: match match_name {
+        let mk = |m: RouteMatch, matched: Option<&HttpMatchRequest>, action| Route {
+            // Per-route statistics (`vhost.<host>.route.<prefix>.*`).
+            stat_prefix: matched
+                .and_then(|m| m.stat_prefix.clone())
+                .unwrap_or_default(),
+            name: match matched.and_then(|m| m.name.as_deref()) {
                 Some(mn) if !name.is_empty() => format!("{name}.{mn}"),
                 Some(mn) => mn.to_owned(),
                 None => name.clone(),
@@ -163,7 +167,7 @@ pub(crate) fn virtual_service_routes(
                 action.take()
             };
             if let Some(action) = action {
-                routes.push(mk(route_match(m), m.name.as_deref(), action));
+                routes.push(mk(route_match(m), Some(m), action));
             }
         }
     }
