@@ -11,9 +11,6 @@ use crate::document::Object;
 pub const NOT_YET: &[(&str, &str)] = &[
     ("VirtualService", "spec.http[].fault.delay.exponentialDelay"),
     ("VirtualService", "spec.http[].fault.abort.http2Error"),
-    ("VirtualService", "spec.tls[].match[].destinationSubnets"),
-    ("VirtualService", "spec.tls[].match[].sourceLabels"),
-    ("VirtualService", "spec.tls[].match[].sourceNamespace"),
     ("VirtualService", "spec.tcp[].match[].sourceSubnet"),
     ("DestinationRule", "loadBalancer.zoneAwareLbSetting"),
     ("DestinationRule", "loadBalancer.backendUtilization"),

@@ -1,4 +1,4 @@
-//! TCP on a real Envoy: a weighted VirtualService `tcp` route splits
+//! TCP and TLS on a real Envoy: a weighted VirtualService `tcp` route splits
 //! connections between two TCP echo backends (Istio's TCP traffic shifting
 //! task); a DestinationRule's PROXY protocol header and HTTP `CONNECT`
 //! tunnel reach real servers.
@@ -363,5 +363,107 @@ spec:
         &config("{connectionPool: {tcp: {maxConnections: 100}}}"),
     );
     assert_eq!(hello_to("192.0.2.20:5432"), "no tunnel: hello");
+    assert_eq!(envoy.rejected(), 0);
+}
+
+/// `curl` to `https://api.tls.test:9443/` through the sidecar's capture
+/// (the name resolved to the ServiceEntry's address), trusting only `ca`:
+/// whether the backend that answered holds a certificate from that CA.
+fn tls_reaches(ca: &std::path::Path) -> bool {
+    std::process::Command::new("curl")
+        .args(["-sS", "--fail", "--max-time", "5", "--cacert"])
+        .arg(ca)
+        .args([
+            "--resolve",
+            "api.tls.test:9443:192.0.2.30",
+            "https://api.tls.test:9443/",
+        ])
+        .output()
+        .expect("curl (scripts/setup installs it)")
+        .status
+        .success()
+}
+
+/// A VirtualService `tls` route's `sourceLabels` and `destinationSubnets`
+/// on a sidecar: the first route applies only to the proxies its labels
+/// pick and to the destination addresses its subnets hold, else the next
+/// route for the same SNI takes the connection. The two backends hold
+/// certificates from different CAs, so the one curl trusts tells which
+/// answered.
+#[test]
+fn tls_route_matches_pick_by_source_labels_and_destination_subnet() {
+    use e2e::tls::{Pki, TlsServer};
+    let (pki_a, pki_b) = (Pki::new(), Pki::new());
+    let mesh = Mesh::start(true, &[]);
+    let (a_cert, a_key) = pki_a.issue("api.tls.test");
+    let (b_cert, b_key) = pki_b.issue("api.tls.test");
+    let _a = TlsServer::start("127.0.3.1:9443", &a_cert, &a_key);
+    let _b = TlsServer::start("127.0.3.2:9443", &b_cert, &b_key);
+    let envoy = mesh.sidecar();
+    let config = |labels: &str, subnet: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: api}}
+spec:
+  hosts: [api.tls.test]
+  addresses: [192.0.2.30]
+  ports: [{{number: 9443, name: tls, protocol: TLS}}]
+  location: MESH_EXTERNAL
+  resolution: NONE
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: a-backend}}
+spec:
+  hosts: [a.backend.internal]
+  ports: [{{number: 9443, name: tls, protocol: TLS}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.3.1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: b-backend}}
+spec:
+  hosts: [b.backend.internal]
+  ports: [{{number: 9443, name: tls, protocol: TLS}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.3.2}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: api}}
+spec:
+  hosts: [api.tls.test]
+  tls:
+  - match: [{{sniHosts: [api.tls.test], sourceLabels: {labels}, destinationSubnets: [{subnet}]}}]
+    route: [{{destination: {{host: a.backend.internal, port: {{number: 9443}}}}}}]
+  - match: [{{sniHosts: [api.tls.test]}}]
+    route: [{{destination: {{host: b.backend.internal, port: {{number: 9443}}}}}}]
+"
+        )
+    };
+    // productpage's sidecar, the connection's destination in the subnet.
+    mesh.apply(
+        &[&envoy],
+        "tls.yaml",
+        &config("{app: productpage}", "192.0.2.0/27"),
+    );
+    assert!(tls_reaches(&pki_a.ca()), "the first route, to a");
+    assert!(!tls_reaches(&pki_b.ca()));
+    // Labels of another workload: the second route.
+    mesh.apply(
+        &[&envoy],
+        "tls.yaml",
+        &config("{app: ratings}", "192.0.2.0/27"),
+    );
+    assert!(tls_reaches(&pki_b.ca()), "the second route, to b");
+    // The right labels but a subnet without the destination: the second.
+    mesh.apply(
+        &[&envoy],
+        "tls.yaml",
+        &config("{app: productpage}", "192.0.2.64/27"),
+    );
+    assert!(tls_reaches(&pki_b.ca()), "the second route, to b");
     assert_eq!(envoy.rejected(), 0);
 }

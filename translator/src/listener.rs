@@ -108,15 +108,12 @@ pub(crate) fn sidecar<'a>(
                             tcp_chain(&name, &name, &dests, tunnel.clone(), &observe.access_log),
                         ));
                     }
-                    Some((prefix, len)) => {
+                    Some(_) => {
                         let name = format!("{vip}_{}", port.port);
                         let mut chain =
                             tcp_chain(&name, &name, &dests, tunnel.clone(), &observe.access_log);
                         chain.filter_chain_match = Some(FilterChainMatch {
-                            prefix_ranges: vec![CidrRange {
-                                address_prefix: prefix.to_owned(),
-                                prefix_len: len.parse().ok().map(|value| UInt32Value { value }),
-                            }],
+                            prefix_ranges: vec![cidr_range(vip)],
                             ..Default::default()
                         });
                         plan.chains.push(chain);
@@ -681,7 +678,7 @@ fn tls_chains(
     access_log: &[AccessLog],
 ) -> Vec<FilterChain> {
     let mut chains = Vec::new();
-    let chain = |sni: Vec<String>, dests: &[(String, u32)]| {
+    let chain = |sni: Vec<String>, subnets: &[String], dests: &[(String, u32)]| {
         let name = format!("{}_{port}", sni.join(","));
         let mut c = tcp_chain(
             &name,
@@ -692,6 +689,7 @@ fn tls_chains(
         );
         c.filter_chain_match = Some(FilterChainMatch {
             destination_port: Some(UInt32Value { value: port }),
+            prefix_ranges: subnets.iter().map(|s| cidr_range(s)).collect(),
             server_names: sni,
             transport_protocol: "tls".into(),
             ..Default::default()
@@ -702,11 +700,15 @@ fn tls_chains(
     {
         for r in &vs.spec.tls {
             for m in &r.matches {
-                if m.port.is_some_and(|p| p != port) || m.sni_hosts.is_empty() {
+                if m.port.is_some_and(|p| p != port)
+                    || m.sni_hosts.is_empty()
+                    || !tls_source_applies(proxy, m)
+                {
                     continue;
                 }
                 chains.push(chain(
                     m.sni_hosts.clone(),
+                    &m.destination_subnets,
                     &l4_destinations(snap, vs, &r.route, port),
                 ));
             }
@@ -715,10 +717,40 @@ fn tls_chains(
     if chains.is_empty() {
         chains.push(chain(
             vec![svc.hostname.clone()],
+            &[],
             &[(cluster_name(port, "", &svc.hostname), 1)],
         ));
     }
     chains
+}
+
+/// Whether a `tls` route match applies to the proxy it is generated for:
+/// all its `sourceLabels` among the proxy's labels, and its
+/// `sourceNamespace` the proxy's (Istio's source matching, as for HTTP and
+/// TCP routes).
+fn tls_source_applies(proxy: &Proxy, m: &crds::virtual_service::TlsMatchAttributes) -> bool {
+    m.source_labels
+        .iter()
+        .all(|(k, v)| proxy.labels.get(k) == Some(v))
+        && m.source_namespace
+            .as_ref()
+            .is_none_or(|ns| *ns == proxy.namespace)
+}
+
+/// Envoy's `CidrRange` of `a.b.c.d/len` (or an address alone: its whole
+/// length, 32 or 128).
+fn cidr_range(cidr: &str) -> CidrRange {
+    let (address, len) = match cidr.split_once('/') {
+        Some((a, l)) => (a, l.parse().ok()),
+        None => (cidr, None),
+    };
+    let whole = if address.contains(':') { 128 } else { 32 };
+    CidrRange {
+        address_prefix: address.to_owned(),
+        prefix_len: Some(UInt32Value {
+            value: len.unwrap_or(whole),
+        }),
+    }
 }
 
 fn l4_destinations(
@@ -947,7 +979,10 @@ pub(crate) fn gateway(
                                     .filter(|h| gs.binds(vs, h))
                                     .cloned()
                                     .collect();
-                                if sni.is_empty() || m.port.is_some_and(|p| p != port) {
+                                if sni.is_empty()
+                                    || m.port.is_some_and(|p| p != port)
+                                    || !tls_source_applies(proxy, m)
+                                {
                                     continue;
                                 }
                                 let name = format!("{}_{port}", sni.join(","));
@@ -960,6 +995,11 @@ pub(crate) fn gateway(
                                     &observe.access_log,
                                 ));
                                 chain.filter_chain_match = Some(FilterChainMatch {
+                                    prefix_ranges: m
+                                        .destination_subnets
+                                        .iter()
+                                        .map(|s| cidr_range(s))
+                                        .collect(),
                                     server_names: sni,
                                     transport_protocol: "tls".into(),
                                     ..Default::default()
