@@ -14,7 +14,6 @@ pub const NOT_YET: &[(&str, &str)] = &[
     ("VirtualService", "spec.tcp[].match[].sourceSubnet"),
     ("DestinationRule", "loadBalancer.zoneAwareLbSetting"),
     ("DestinationRule", "loadBalancer.backendUtilization"),
-    ("DestinationRule", "connectionPool.http.http2KeepAlive"),
     (
         "DestinationRule",
         "outlierDetection.outlierDetectionHttpErrorCodes",

@@ -246,6 +246,35 @@ fn destination_rule(spec: &crate::DestinationRuleSpec) -> Problems {
 /// and per port), and tunnel as Istio's `validateTunnelSettings` (with
 /// `proxyProtocol` refused beside it).
 fn traffic_policy(p: &mut Problems, field: &str, tp: &crate::destination_rule::TrafficPolicy) {
+    let pools = tp
+        .connection_pool
+        .iter()
+        .map(|pool| (format!("{field}.connectionPool"), pool))
+        .chain(
+            tp.port_level_settings
+                .iter()
+                .enumerate()
+                .filter_map(|(i, l)| {
+                    let pool = l.connection_pool.as_ref()?;
+                    Some((
+                        format!("{field}.portLevelSettings[{i}].connectionPool"),
+                        pool,
+                    ))
+                }),
+        );
+    for (at, pool) in pools {
+        let Some(k) = pool.http.as_ref().and_then(|h| h.http2_keep_alive.as_ref()) else {
+            continue;
+        };
+        for (name, d) in [("interval", k.interval), ("timeout", k.timeout)] {
+            if d.is_some_and(|d| d.as_std() < std::time::Duration::from_millis(1)) {
+                p.push((
+                    format!("{at}.http.http2KeepAlive.{name}"),
+                    "must be a valid duration greater than 1ms".into(),
+                ));
+            }
+        }
+    }
     if let Some(percent) = tp.retry_budget.as_ref().and_then(|b| b.percent)
         && !(0.0..=100.0).contains(&percent)
     {

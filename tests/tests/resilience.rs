@@ -1,8 +1,8 @@
 //! Traffic management on a real Envoy: retries and retry budgets, timeouts,
-//! fault injection, mirroring, circuit breaking, outlier detection and
-//! consistent hashing,
-//! each configured from the VirtualService / DestinationRule YAML an Istio
-//! user writes, checked against what Istio's documentation says.
+//! HTTP/2 keepalive, fault injection, mirroring, circuit breaking, outlier
+//! detection and consistent hashing, each configured from the
+//! VirtualService / DestinationRule YAML an Istio user writes, checked
+//! against what Istio's documentation says.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
 
@@ -115,6 +115,115 @@ spec:
     let attempts = burst("budget");
     assert!(attempts < 40, "{attempts} attempts");
     assert!(envoy.stat(overflow) > 0, "no retry refused");
+    assert_eq!(envoy.rejected(), 0);
+}
+
+/// An HTTP/2 server on `addr` that settles the connection (SETTINGS and
+/// its acknowledgement) and then answers nothing: no response, and no PING
+/// acknowledgement. Counts the PINGs it gets.
+fn silent_h2_server(
+    mesh: &Mesh,
+    addr: &'static str,
+) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+    let pings = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = pings.clone();
+    mesh.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut preface = [0u8; 24];
+                    if conn.read_exact(&mut preface).await.is_err() {
+                        return;
+                    }
+                    loop {
+                        // Frame header: length (3), type, flags, stream (4).
+                        let mut head = [0u8; 9];
+                        if conn.read_exact(&mut head).await.is_err() {
+                            return;
+                        }
+                        let len = usize::from(head[0]) << 16
+                            | usize::from(head[1]) << 8
+                            | usize::from(head[2]);
+                        let mut payload = vec![0u8; len];
+                        if conn.read_exact(&mut payload).await.is_err() {
+                            return;
+                        }
+                        match (head[3], head[4] & 1) {
+                            // The client's SETTINGS: ours, and its ACK.
+                            (4, 0) => {
+                                let frames =
+                                    [[0, 0, 0, 4, 0, 0, 0, 0, 0], [0, 0, 0, 4, 1, 0, 0, 0, 0]]
+                                        .concat();
+                                if conn.write_all(&frames).await.is_err() {
+                                    return;
+                                }
+                            }
+                            (6, 0) => {
+                                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            }
+                            _ => {}
+                        }
+                    }
+                });
+            }
+        });
+    });
+    pings
+}
+
+/// DestinationRule `connectionPool.http.http2KeepAlive`: the sidecar
+/// PINGs its HTTP/2 upstream connections and closes one whose PING goes
+/// unanswered, so a request to an upstream that went silent ends (503)
+/// instead of waiting for ever (Istio routes have no timeout by default).
+#[test]
+fn http2_keepalive_closes_a_silent_upstream() {
+    let mesh = Mesh::start(true, &[]);
+    let pings = silent_h2_server(&mesh, "127.0.2.8:8080");
+    let envoy = mesh.sidecar();
+    mesh.apply(
+        &[&envoy],
+        "silent.yaml",
+        "apiVersion: v1
+kind: Service
+metadata: {name: silent, namespace: default}
+spec:
+  clusterIP: 10.96.0.56
+  ports: [{name: http2, port: 8080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: silent-1, namespace: default, labels: {kubernetes.io/service-name: silent}}
+addressType: IPv4
+ports: [{name: http2, port: 8080}]
+endpoints: [{addresses: [127.0.2.8]}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: silent}
+spec:
+  host: silent
+  trafficPolicy:
+    connectionPool:
+      http: {http2KeepAlive: {interval: 300ms, timeout: 300ms}}
+",
+    );
+    let started = Instant::now();
+    let r = http_request("http://10.96.0.56:8080/", &[("host", "silent")]).unwrap();
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(pings.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    assert!(
+        envoy.stat(
+            "cluster.outbound|8080||silent.default.svc.cluster.local.http2.keepalive_timeout"
+        ) >= 1
+    );
     assert_eq!(envoy.rejected(), 0);
 }
 

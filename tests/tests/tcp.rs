@@ -1,7 +1,8 @@
 //! TCP and TLS on a real Envoy: a weighted VirtualService `tcp` route splits
 //! connections between two TCP echo backends (Istio's TCP traffic shifting
-//! task); a DestinationRule's PROXY protocol header and HTTP `CONNECT`
-//! tunnel reach real servers.
+//! task); TLS routes picked by source labels and destination subnet; a
+//! DestinationRule's PROXY protocol header and HTTP `CONNECT` tunnel reach
+//! real servers.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
 

@@ -22,9 +22,9 @@ use envoy_types::pb::envoy::config::cluster::v3::{
 };
 use envoy_types::pb::envoy::config::core::v3::{
     ApiConfigSource, ApiVersion, ConfigSource, DataSource, GrpcService, Http1ProtocolOptions,
-    Http2ProtocolOptions, HttpProtocolOptions as CoreHttpOptions, RuntimeDouble, TcpKeepalive,
-    TransportSocket, UpstreamHttpProtocolOptions, api_config_source, config_source, data_source,
-    grpc_service, transport_socket,
+    Http2ProtocolOptions, HttpProtocolOptions as CoreHttpOptions, KeepaliveSettings, RuntimeDouble,
+    TcpKeepalive, TransportSocket, UpstreamHttpProtocolOptions, api_config_source, config_source,
+    data_source, grpc_service, transport_socket,
 };
 use envoy_types::pb::envoy::config::route::v3::route_action::{HashPolicy, hash_policy};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
@@ -372,6 +372,9 @@ impl Effective {
                 .and_then(|n| u32::try_from(n).ok())
                 .filter(|n| *n > 0)
                 .map(|value| UInt32Value { value }),
+            connection_keepalive: http
+                .and_then(|h| h.http2_keep_alive.as_ref())
+                .map(http2_keepalive),
             ..Default::default()
         };
         // `useClientProtocol` wins over an upgrade, as in Istio (whose
@@ -731,6 +734,21 @@ pub(crate) fn agent_secret(name: &str) -> SdsSecretConfig {
             initial_fetch_timeout: Some(crate::duration(std::time::Duration::ZERO)),
             ..Default::default()
         }),
+    }
+}
+
+/// `http2KeepAlive`: HTTP/2 PINGs every `interval` on upstream
+/// connections, a connection closed when one is not answered within
+/// `timeout` (Envoy's `connection_keepalive`, whose timeout is required:
+/// 20 s when unset, gRPC's keepalive default).
+fn http2_keepalive(k: &crds::destination_rule::Http2KeepAlive) -> KeepaliveSettings {
+    KeepaliveSettings {
+        interval: k.interval.map(|d| duration(d.as_std())),
+        timeout: Some(duration(
+            k.timeout
+                .map_or(std::time::Duration::from_secs(20), |d| d.as_std()),
+        )),
+        ..Default::default()
     }
 }
 

@@ -2278,3 +2278,57 @@ fn failover_priority_with_failover_cannot_name_a_topology_label() {
         None
     );
 }
+
+/// `connectionPool.http.http2KeepAlive`: Envoy's `connection_keepalive` on
+/// an HTTP/2 upstream (20 s timeout when only the interval is set);
+/// durations under 1 ms refused, as Istio's CRD.
+#[test]
+fn http2_keepalive_pings_http2_upstreams() {
+    use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+        HttpProtocolOptions, http_protocol_options,
+    };
+    let rules = "
+apiVersion: v1
+kind: Service
+metadata: {name: grpc, namespace: default}
+spec:
+  clusterIP: 10.96.0.40
+  ports: [{name: grpc, port: 9090}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: grpc, namespace: default}
+spec:
+  host: grpc
+  trafficPolicy: {connectionPool: {http: {http2KeepAlive: {interval: 30s}}}}
+";
+    let out = generate(&mesh(rules, MeshConfig::default()), &sidecar(&[]));
+    let c = cluster(&out, "outbound|9090||grpc.default.svc.cluster.local");
+    let any = &c.typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"];
+    let opts = HttpProtocolOptions::decode(any.value.as_slice()).unwrap();
+    let Some(http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(e)) =
+        opts.upstream_protocol_options
+    else {
+        panic!("{opts:?}")
+    };
+    let Some(http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(h2)) =
+        e.protocol_config
+    else {
+        panic!("{e:?}")
+    };
+    let k = h2.connection_keepalive.unwrap();
+    assert_eq!(
+        (k.interval.map(|d| d.seconds), k.timeout.map(|d| d.seconds)),
+        (Some(30), Some(20))
+    );
+    assert_eq!(
+        crds::refusal(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r}\nspec: {host: grpc, trafficPolicy: {portLevelSettings: [{port: {number: 9090}, connectionPool: {http: {http2KeepAlive: {timeout: 0s}}}}]}}\n"
+        )
+        .map(|r| r.0),
+        Some(
+            "spec.trafficPolicy.portLevelSettings[0].connectionPool.http.http2KeepAlive.timeout"
+                .to_owned()
+        )
+    );
+}
