@@ -20,7 +20,6 @@ pub const NOT_YET: &[(&str, &str)] = &[
     ),
     ("ServiceEntry", "spec.endpoints[].network"),
     ("WorkloadEntry", "spec.network"),
-    ("Gateway", "spec.servers[].bind"),
     ("Gateway", "spec.servers[].defaultEndpoint"),
     ("Gateway", "spec.servers[].tls.tlsCertificates"),
     ("Gateway", "spec.servers[].tls.insecureSkipVerify"),

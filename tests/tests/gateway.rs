@@ -1,7 +1,7 @@
 //! Ingress gateways on a real Envoy: HTTPS with a certificate from a
 //! `credentialName` Secret (served over SDS), `httpsRedirect`, MUTUAL TLS,
-//! a TLS server terminated then routed by a `tcp` route, and TLS
-//! PASSTHROUGH routed by SNI. Certificates come from a test CA made
+//! a TLS server terminated then routed by a `tcp` route, TLS PASSTHROUGH
+//! routed by SNI, and servers bound to their own addresses. Certificates come from a test CA made
 //! with `openssl`; the client is `curl`, which verifies the chain and name.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
@@ -342,6 +342,48 @@ spec:
         curl(&pki.ca(), "c.passthrough.test", 8444, "/", None).is_err(),
         "no route for c"
     );
+    assert_eq!(gw.rejected(), 0);
+}
+
+/// Gateway `servers[].bind`: two servers on one port, each bound to its
+/// own address, are two listeners with their own routes; an address
+/// neither binds gets no answer on that port.
+#[test]
+fn servers_bound_to_addresses_listen_only_there() {
+    let mesh = Mesh::start(false, &[]);
+    let server = |name: &str, bind: &str, backend: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: {name}, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 8090, name: http, protocol: HTTP}}
+    bind: {bind}
+    hosts: [\"*\"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: {name}, namespace: istio-system}}
+spec:
+  hosts: [\"*\"]
+  gateways: [{name}]
+  http:
+  - route: [{{destination: {{host: {backend}.default.svc.cluster.local, port: {{number: 9080}}}}}}]
+---
+"
+        )
+    };
+    mesh.cfg.write(
+        "bound.yaml",
+        &(server("inner", "127.0.5.1", "ratings") + &server("outer", "127.0.5.2", "details")),
+    );
+    let gw = gateway(&mesh);
+    let get = |ip: &str| http_request(&format!("http://{ip}:8090/"), &[]);
+    assert_eq!(get("127.0.5.1").map(|r| r.body), Ok("ratings v1".into()));
+    assert_eq!(get("127.0.5.2").map(|r| r.body), Ok("details v1".into()));
+    assert!(get("127.0.5.3").is_err(), "nothing bound there");
     assert_eq!(gw.rejected(), 0);
 }
 

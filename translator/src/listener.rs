@@ -883,7 +883,9 @@ pub(crate) fn gateway(
     proxy: &Proxy,
     warnings: &mut Vec<ConfigWarning>,
 ) -> (Vec<Listener>, Vec<RouteConfiguration>, Vec<Secret>) {
-    let mut ports: BTreeMap<u32, Vec<GatewayServer<'_>>> = BTreeMap::new();
+    // By (bind address, port): servers with a `bind` get a listener of
+    // their own on that address (Istio's `<bind>_<port>`).
+    let mut ports: BTreeMap<(&str, u32), Vec<GatewayServer<'_>>> = BTreeMap::new();
     for gw in &snap.gateways {
         if gw.spec.selector.is_empty()
             || !gw
@@ -895,8 +897,22 @@ pub(crate) fn gateway(
             continue;
         }
         for (index, server) in gw.spec.servers.iter().enumerate() {
+            let bind = server.bind.as_deref().filter(|b| !b.is_empty());
+            if let Some(b) = bind
+                && b.parse::<std::net::IpAddr>().is_err()
+            {
+                warnings.push(ConfigWarning::new(
+                    "Gateway",
+                    gw.key(),
+                    format!("spec.servers[{index}].bind"),
+                    format!(
+                        "{b:?}: only IP addresses are bound yet (not unix sockets); server left out"
+                    ),
+                ));
+                continue;
+            }
             ports
-                .entry(server.port.number)
+                .entry((bind.unwrap_or("0.0.0.0"), server.port.number))
                 .or_default()
                 .push(GatewayServer { gw, index, server });
         }
@@ -913,15 +929,22 @@ pub(crate) fn gateway(
     let mut listeners = Vec::new();
     let mut routes = Vec::new();
     let mut secrets: BTreeMap<String, Secret> = BTreeMap::new();
-    for (port, servers) in ports {
+    for ((bind, port), servers) in ports {
         let mut chains = Vec::new();
         let mut tls_inspector = false;
+        let listener_name = format!("{bind}_{port}");
+        // Istio's route names carry a server's bind: `http.<port>.<bind>`.
+        let bind_suffix = if bind == "0.0.0.0" {
+            String::new()
+        } else {
+            format!(".{bind}")
+        };
         let http: Vec<&GatewayServer<'_>> = servers
             .iter()
             .filter(|s| server_kind(s.server) == ServerKind::Http)
             .collect();
         if !http.is_empty() {
-            let name = format!("http.{port}");
+            let name = format!("http.{port}{bind_suffix}");
             routes.push(gateway_route_config(
                 snap, proxy, port, &name, &http, warnings,
             ));
@@ -945,7 +968,7 @@ pub(crate) fn gateway(
                         continue;
                     };
                     let name = format!(
-                        "https.{port}.{}.{}.{}",
+                        "https.{port}.{}.{}.{}{bind_suffix}",
                         gs.server.port.name, gs.gw.name, gs.gw.namespace
                     );
                     routes.push(gateway_route_config(
@@ -1059,19 +1082,13 @@ pub(crate) fn gateway(
                 }
             }
         }
-        let chains = dedupe_chains(
-            "Gateway",
-            "spec.servers",
-            &format!("0.0.0.0_{port}"),
-            chains,
-            warnings,
-        );
+        let chains = dedupe_chains("Gateway", "spec.servers", &listener_name, chains, warnings);
         if chains.is_empty() {
             continue;
         }
         let mut listener = Listener {
-            name: format!("0.0.0.0_{port}"),
-            address: Some(socket_address("0.0.0.0", port)),
+            name: listener_name,
+            address: Some(socket_address(bind, port)),
             filter_chains: chains,
             ..Default::default()
         };
