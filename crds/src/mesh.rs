@@ -139,6 +139,9 @@ pub struct ExtensionProvider {
     /// `http`).
     #[serde(default)]
     pub opentelemetry: Option<OpenTelemetryProvider>,
+    /// A Datadog agent: spans as Datadog traces (`/v0.4/traces`).
+    #[serde(default)]
+    pub datadog: Option<DatadogProvider>,
     /// An external authorizer spoken to over HTTP, for `CUSTOM`
     /// AuthorizationPolicies (Envoy's `ext_authz` with an `http_service`).
     #[serde(default)]
@@ -318,6 +321,24 @@ pub struct ZipkinProvider {
     /// The collector's endpoint (default `/api/v2/spans`).
     #[serde(default)]
     pub path: Option<String>,
+    /// Every other field, by name (not acted on yet).
+    #[serde(flatten)]
+    pub unsupported: BTreeMap<String, serde_json::Value>,
+}
+
+/// `MeshConfig.ExtensionProvider.DatadogTracingProvider`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DatadogProvider {
+    /// The agent's service: its hostname
+    /// (`datadog-agent.datadog.svc.cluster.local`), or
+    /// `namespace/hostname`.
+    pub service: String,
+    /// The agent's service port (Datadog's trace port is 8126).
+    pub port: u32,
+    /// The longest `http.url` tag, in bytes (Envoy's default 256).
+    #[serde(default)]
+    pub max_tag_length: Option<u32>,
     /// Every other field, by name (not acted on yet).
     #[serde(flatten)]
     pub unsupported: BTreeMap<String, serde_json::Value>,

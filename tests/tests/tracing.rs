@@ -2,7 +2,8 @@
 //! config's `defaultProviders.tracing` has productpage's sidecar post spans
 //! (Zipkin v2 JSON) to a collector in the mesh, named by the route's
 //! decorator and tagged as Istio tags them, and pass the trace context on
-//! to the app; a Telemetry resource adds its custom tags.
+//! to the app; a Telemetry resource adds its custom tags. OpenTelemetry
+//! (gRPC and HTTP) and Datadog providers reach their collectors.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
 
@@ -192,8 +193,14 @@ type Export = (String, String, String, Vec<u8>);
 /// h2c) keeping every request: it answers OTLP/HTTP with an empty
 /// `ExportTraceServiceResponse`, gRPC with a trailers-only OK.
 fn start_otlp_collector(mesh: &Mesh) -> Arc<Mutex<Vec<Export>>> {
+    start_recorder(mesh, "127.0.2.2", &[4317, 4318])
+}
+
+/// A server on `ip` at each of `ports` (HTTP/1.1 and h2c) keeping every
+/// request it gets, as [`start_otlp_collector`] answers them.
+fn start_recorder(mesh: &Mesh, ip: &'static str, ports: &[u16]) -> Arc<Mutex<Vec<Export>>> {
     let exports: Arc<Mutex<Vec<Export>>> = Arc::default();
-    for port in [4317, 4318] {
+    for &port in ports {
         let kept = exports.clone();
         let app = axum::Router::new().fallback(
             move |uri: axum::http::Uri, headers: axum::http::HeaderMap, body: axum::body::Bytes| {
@@ -229,15 +236,38 @@ fn start_otlp_collector(mesh: &Mesh) -> Arc<Mutex<Vec<Export>>> {
             },
         );
         mesh.block_on(async {
-            let listener = tokio::net::TcpListener::bind(("127.0.2.2", port))
-                .await
-                .unwrap();
+            let listener = tokio::net::TcpListener::bind((ip, port)).await.unwrap();
             tokio::spawn(async move {
                 let _ = axum::serve(listener, app).await;
             });
         });
     }
     exports
+}
+
+/// Five requests to reviews through the sidecar, on path `/<what>`.
+fn five_requests(what: &str) {
+    for i in 0..5 {
+        let r = http_request(&format!("{REVIEWS}/{what}?n={i}"), &[("host", "reviews")]).unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+}
+
+/// The first request `exports` got whose body names `what`, waited for
+/// (Envoy's OpenTelemetry tracer exports every 5 s, Datadog's every 2 s).
+fn first_export(exports: &Mutex<Vec<Export>>, what: &str) -> Export {
+    e2e::eventually(
+        Duration::from_secs(15),
+        || {
+            let got = exports.lock().unwrap();
+            got.iter().find(|(.., body)| holds(body, what)).cloned()
+        },
+        || {
+            let got = exports.lock().unwrap();
+            let seen: Vec<_> = got.iter().map(|(p, k, _, b)| (p, k, b.len())).collect();
+            format!("no export naming {what}: {seen:?}")
+        },
+    )
 }
 
 /// Whether `body` holds `needle` (a protobuf string field is its bytes).
@@ -271,30 +301,8 @@ fn spans_reach_an_opentelemetry_collector_over_grpc_and_http() {
         || "the daemon did not load the tracing config".into(),
     );
     let envoy = mesh.sidecar();
-    let traffic = |what: &str| {
-        for i in 0..5 {
-            let r =
-                http_request(&format!("{REVIEWS}/{what}?n={i}"), &[("host", "reviews")]).unwrap();
-            assert_eq!(r.status, 200, "{r:?}");
-        }
-    };
-    // Envoy's OpenTelemetry tracer exports every 5 s.
-    let first_export = |what: &str| -> Export {
-        e2e::eventually(
-            Duration::from_secs(15),
-            || {
-                let got = exports.lock().unwrap();
-                got.iter().find(|(.., body)| holds(body, what)).cloned()
-            },
-            || {
-                let got = exports.lock().unwrap();
-                let seen: Vec<_> = got.iter().map(|(p, k, _, b)| (p, k, b.len())).collect();
-                format!("no export naming {what}: {seen:?}")
-            },
-        )
-    };
-    traffic("over-grpc");
-    let (path, kind, _, body) = first_export("/over-grpc");
+    five_requests("over-grpc");
+    let (path, kind, _, body) = first_export(&exports, "/over-grpc");
     assert_eq!(
         path,
         "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
@@ -311,11 +319,65 @@ fn spans_reach_an_opentelemetry_collector_over_grpc_and_http() {
         "mesh.yaml",
         &provider("port: 4318, http: {path: /v1/traces, timeout: 3s, headers: [{name: x-tenant, value: bookinfo}]}"),
     );
-    traffic("over-http");
-    let (path, kind, tenant, body) = first_export("/over-http");
+    five_requests("over-http");
+    let (path, kind, tenant, body) = first_export(&exports, "/over-http");
     assert_eq!(path, "/v1/traces");
     assert_eq!(kind, "application/x-protobuf");
     assert_eq!(tenant, "bookinfo", "the provider's header");
+    assert!(holds(&body, "productpage.default"));
+    assert_eq!(envoy.rejected(), 0);
+}
+
+/// The Datadog agent's Service in `istio-system`, its one endpoint the
+/// test's recorder at 127.0.2.3.
+const DATADOG: &str = "apiVersion: v1
+kind: Service
+metadata: {name: datadog-agent, namespace: istio-system}
+spec:
+  clusterIP: 10.96.0.92
+  ports: [{name: http-trace, port: 8126}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: datadog-agent-1, namespace: istio-system, labels: {kubernetes.io/service-name: datadog-agent}}
+addressType: IPv4
+ports: [{name: http-trace, port: 8126}]
+endpoints: [{addresses: [127.0.2.3]}]
+";
+
+/// A `datadog` extension provider: the sidecar sends its spans to the
+/// agent's trace endpoint (msgpack, whose strings are their bytes), named
+/// for the proxy's `app.namespace`.
+#[test]
+fn spans_reach_a_datadog_agent() {
+    let mesh = Mesh::start(true, &[]);
+    let traces = start_recorder(&mesh, "127.0.2.3", &[8126]);
+    mesh.cfg.write("datadog.yaml", DATADOG);
+    mesh.cfg.write(
+        "mesh.yaml",
+        &mesh_config(
+            "extensionProviders: [{name: dd, datadog: {service: datadog-agent.istio-system.svc.cluster.local, port: 8126}}]\n\
+             defaultProviders: {tracing: [dd]}\n\
+             defaultConfig: {tracing: {sampling: 100}}",
+        ),
+    );
+    e2e::eventually(
+        e2e::SYNC,
+        || {
+            let snap = mesh.daemon.snapshots.borrow();
+            (snap.mesh.tracing.is_some()
+                && snap
+                    .services
+                    .contains_key("datadog-agent.istio-system.svc.cluster.local"))
+            .then_some(())
+        },
+        || "the daemon did not load the tracing config".into(),
+    );
+    let envoy = mesh.sidecar();
+    five_requests("to-datadog");
+    let (path, kind, _, body) = first_export(&traces, "/to-datadog");
+    assert_eq!(path, "/v0.4/traces");
+    assert_eq!(kind, "application/msgpack");
     assert!(holds(&body, "productpage.default"));
     assert_eq!(envoy.rejected(), 0);
 }

@@ -355,6 +355,8 @@ pub enum SpanExporter {
         /// Headers (HTTP) or initial metadata (gRPC) sent with each export.
         headers: Vec<(String, String)>,
     },
+    /// Datadog traces to the agent (Envoy's `envoy.tracers.datadog`).
+    Datadog,
 }
 
 /// The OTLP/HTTP export timeout when the provider sets none: Envoy's
@@ -672,9 +674,18 @@ fn tracing_provider(
                 "not supported yet; ignored".into(),
             );
         }
-        for field in p.zipkin.iter().flat_map(|z| z.unsupported.keys()) {
+        let nested = p
+            .zipkin
+            .iter()
+            .flat_map(|z| z.unsupported.keys().map(|f| ("zipkin", f)))
+            .chain(
+                p.datadog
+                    .iter()
+                    .flat_map(|d| d.unsupported.keys().map(|f| ("datadog", f))),
+            );
+        for (kind, field) in nested {
             warn(
-                format!("data.mesh.extensionProviders[{i}].zipkin.{field}"),
+                format!("data.mesh.extensionProviders[{i}].{kind}.{field}"),
                 "not supported yet; ignored".into(),
             );
         }
@@ -759,6 +770,14 @@ fn tracing_provider(
                     max_path_tag_length: tag_length(zipkin.max_tag_length),
                     sampling: Percentage(sampling),
                 }
+            } else if let Some(datadog) = &p.datadog {
+                TracingProvider {
+                    service: datadog.service.clone(),
+                    port: datadog.port,
+                    exporter: SpanExporter::Datadog,
+                    max_path_tag_length: tag_length(datadog.max_tag_length),
+                    sampling: Percentage(sampling),
+                }
             } else {
                 let otel = p.opentelemetry.as_ref()?;
                 let headers = match (&otel.http, &otel.grpc) {
@@ -797,7 +816,7 @@ fn tracing_provider(
         if found.is_none() {
             let reason = if providers.iter().any(|p| &p.name == name) {
                 format!(
-                    "{name:?} is not a zipkin or opentelemetry provider, the kinds supported yet; no tracing"
+                    "{name:?} is not a zipkin, opentelemetry or datadog provider, the kinds supported yet; no tracing"
                 )
             } else {
                 format!("no extension provider is named {name:?}; no tracing")
@@ -1506,9 +1525,15 @@ impl Snapshot {
             .tracing_providers
             .values()
             .chain(&snap.mesh.tracing)
-            .any(|p| matches!(p.exporter, SpanExporter::OpenTelemetry { .. }));
+            .any(|p| {
+                matches!(
+                    p.exporter,
+                    SpanExporter::OpenTelemetry { .. } | SpanExporter::Datadog
+                )
+            });
         if otel {
-            // The OpenTelemetry tracer's service name is `app.namespace`.
+            // The OpenTelemetry and Datadog tracers' service name is
+            // `app.namespace`.
             snap.label_keys.insert("app".into());
         }
         if snap.mesh.may_trace() {

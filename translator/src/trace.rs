@@ -1,9 +1,11 @@
-//! Tracing, as Istio configures it for a Zipkin or OpenTelemetry provider
-//! (mesh config `extensionProviders[].zipkin` / `.opentelemetry` named in
-//! `defaultProviders.tracing` or by a Telemetry resource): every HTTP
-//! connection manager gets the tracer (`envoy.tracers.zipkin`, spans as
-//! Zipkin v2 JSON, or `envoy.tracers.opentelemetry`, spans over OTLP, to
-//! the collector's outbound cluster), the mesh's sampling, and Istio's tags;
+//! Tracing, as Istio configures it for a Zipkin, OpenTelemetry or Datadog
+//! provider (mesh config `extensionProviders[].zipkin` / `.opentelemetry` /
+//! `.datadog` named in `defaultProviders.tracing` or by a Telemetry
+//! resource): every HTTP connection manager gets the tracer
+//! (`envoy.tracers.zipkin`, spans as Zipkin v2 JSON,
+//! `envoy.tracers.opentelemetry`, spans over OTLP, or
+//! `envoy.tracers.datadog`, to the collector's outbound cluster), the
+//! mesh's sampling, and Istio's tags;
 //! every route gets a decorator naming its operation (Istio's
 //! `getRouteOperation`), the span's name.
 
@@ -12,7 +14,7 @@ use envoy_types::pb::envoy::config::core::v3::{
     GrpcService, HeaderValue, HeaderValueOption, HttpService, HttpUri, grpc_service, http_uri,
 };
 use envoy_types::pb::envoy::config::trace::v3::{
-    OpenTelemetryConfig, ZipkinConfig, tracing, zipkin_config,
+    DatadogConfig, OpenTelemetryConfig, ZipkinConfig, tracing, zipkin_config,
 };
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::Tracing;
 use envoy_types::pb::envoy::r#type::tracing::v3::{CustomTag, custom_tag};
@@ -87,6 +89,17 @@ pub(crate) fn hcm_tracing(
                 ),
             ))),
         },
+        SpanExporter::Datadog => tracing::Http {
+            name: "envoy.tracers.datadog".into(),
+            config_type: Some(tracing::http::ConfigType::TypedConfig(pack_any(
+                DatadogConfig {
+                    collector_cluster: cluster,
+                    service_name: service_name(proxy),
+                    collector_hostname: collector.hostname.clone(),
+                    ..Default::default()
+                },
+            ))),
+        },
     };
     let percent = |value| Some(Percent { value });
     let mut custom_tags = istio_tags(proxy);
@@ -124,12 +137,8 @@ fn opentelemetry(
     timeout: Option<std::time::Duration>,
     headers: &[(String, String)],
 ) -> OpenTelemetryConfig {
-    let app = proxy
-        .labels
-        .get("app")
-        .map_or("istio-proxy", String::as_str);
     let mut config = OpenTelemetryConfig {
-        service_name: format!("{app}.{}", proxy.namespace),
+        service_name: service_name(proxy),
         ..Default::default()
     };
     match http_path {
@@ -184,6 +193,17 @@ fn opentelemetry(
         }
     }
     config
+}
+
+/// The service a proxy's spans name (OpenTelemetry, Datadog): its
+/// service cluster as Istio's bootstrap writes `node.cluster`,
+/// `<app label>.<namespace>` (`istio-proxy` without the label).
+fn service_name(proxy: &Proxy) -> String {
+    let app = proxy
+        .labels
+        .get("app")
+        .map_or("istio-proxy", String::as_str);
+    format!("{app}.{}", proxy.namespace)
 }
 
 /// Istio's tags on every span, sorted by name: the proxy's canonical

@@ -2332,3 +2332,46 @@ spec:
         )
     );
 }
+
+/// A `datadog` extension provider (Istio's `datadogConfig`): Envoy's
+/// Datadog tracer to the agent's outbound cluster, named for the proxy's
+/// `app.namespace`, with the provider's `maxTagLength`; a field not acted
+/// on is reported.
+#[test]
+fn a_datadog_provider_traces_to_the_agent() {
+    use envoy_types::pb::envoy::config::trace::v3::{DatadogConfig, tracing};
+    let agent = "apiVersion: v1
+kind: Service
+metadata: {name: datadog-agent, namespace: datadog}
+spec:
+  clusterIP: 10.96.0.91
+  ports: [{name: http-trace, port: 8126}]
+";
+    let settings = mesh_configmap(
+        "{extensionProviders: [{name: dd, datadog: {service: datadog-agent.datadog.svc.cluster.local, port: 8126, maxTagLength: 99, flavour: x}}], defaultProviders: {tracing: [dd]}}",
+    );
+    let snap = mesh(&format!("{agent}---\n{settings}"), MeshConfig::default());
+    let warned: Vec<String> = snap.warnings.iter().map(|w| w.field.clone()).collect();
+    assert_eq!(warned, ["data.mesh.extensionProviders[0].datadog.flavour"]);
+    let out = generate(&snap, &sidecar(&[("app", "client")]));
+    let t = hcm_9080(&out).tracing.unwrap();
+    assert_eq!(t.max_path_tag_length.map(|l| l.value), Some(99));
+    let provider = t.provider.unwrap();
+    assert_eq!(provider.name, "envoy.tracers.datadog");
+    let Some(tracing::http::ConfigType::TypedConfig(any)) = provider.config_type else {
+        panic!("no config")
+    };
+    let dd = DatadogConfig::decode(any.value.as_slice()).unwrap();
+    assert_eq!(
+        (
+            dd.collector_cluster.as_str(),
+            dd.service_name.as_str(),
+            dd.collector_hostname.as_str()
+        ),
+        (
+            "outbound|8126||datadog-agent.datadog.svc.cluster.local",
+            "client.default",
+            "datadog-agent.datadog.svc.cluster.local"
+        )
+    );
+}
