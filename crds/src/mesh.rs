@@ -142,6 +142,9 @@ pub struct ExtensionProvider {
     /// A Datadog agent: spans as Datadog traces (`/v0.4/traces`).
     #[serde(default)]
     pub datadog: Option<DatadogProvider>,
+    /// A SkyWalking OAP server: segments over gRPC.
+    #[serde(default)]
+    pub skywalking: Option<SkyWalkingProvider>,
     /// An external authorizer spoken to over HTTP, for `CUSTOM`
     /// AuthorizationPolicies (Envoy's `ext_authz` with an `http_service`).
     #[serde(default)]
@@ -339,6 +342,23 @@ pub struct DatadogProvider {
     /// The longest `http.url` tag, in bytes (Envoy's default 256).
     #[serde(default)]
     pub max_tag_length: Option<u32>,
+    /// Every other field, by name (not acted on yet).
+    #[serde(flatten)]
+    pub unsupported: BTreeMap<String, serde_json::Value>,
+}
+
+/// `MeshConfig.ExtensionProvider.SkyWalkingTracingProvider`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SkyWalkingProvider {
+    /// The OAP server's service: its hostname
+    /// (`tracing.istio-system.svc.cluster.local`), or `namespace/hostname`.
+    pub service: String,
+    /// The OAP server's gRPC port (SkyWalking's is 11800).
+    pub port: u32,
+    /// The token the OAP server is given (Envoy's `backend_token`).
+    #[serde(default)]
+    pub access_token: Option<String>,
     /// Every other field, by name (not acted on yet).
     #[serde(flatten)]
     pub unsupported: BTreeMap<String, serde_json::Value>,

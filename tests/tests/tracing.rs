@@ -3,7 +3,8 @@
 //! (Zipkin v2 JSON) to a collector in the mesh, named by the route's
 //! decorator and tagged as Istio tags them, and pass the trace context on
 //! to the app; a Telemetry resource adds its custom tags. OpenTelemetry
-//! (gRPC and HTTP) and Datadog providers reach their collectors.
+//! (gRPC and HTTP), Datadog and SkyWalking providers reach their
+//! collectors.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
 
@@ -378,6 +379,110 @@ fn spans_reach_a_datadog_agent() {
     let (path, kind, _, body) = first_export(&traces, "/to-datadog");
     assert_eq!(path, "/v0.4/traces");
     assert_eq!(kind, "application/msgpack");
+    assert!(holds(&body, "productpage.default"));
+    assert_eq!(envoy.rejected(), 0);
+}
+
+/// The SkyWalking OAP server's Service in `istio-system`, its one endpoint
+/// the test's recorder at 127.0.2.4.
+const SKYWALKING: &str = "apiVersion: v1
+kind: Service
+metadata: {name: skywalking-oap, namespace: istio-system}
+spec:
+  clusterIP: 10.96.0.93
+  ports: [{name: grpc, port: 11800}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: skywalking-oap-1, namespace: istio-system, labels: {kubernetes.io/service-name: skywalking-oap}}
+addressType: IPv4
+ports: [{name: grpc, port: 11800}]
+endpoints: [{addresses: [127.0.2.4]}]
+";
+
+/// A gRPC server on 127.0.2.4:11800 (h2c) keeping each call's path, its
+/// `authentication` metadata and every byte of its request stream as it
+/// comes (SkyWalking's segment report is a client stream that may stay
+/// open), answering OK when the stream ends.
+fn start_stream_recorder(mesh: &Mesh) -> Arc<Mutex<Vec<Export>>> {
+    let calls: Arc<Mutex<Vec<Export>>> = Arc::default();
+    let kept = calls.clone();
+    let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+        let kept = kept.clone();
+        async move {
+            use tokio_stream::StreamExt;
+            let (parts, body) = request.into_parts();
+            let token = parts
+                .headers
+                .get("authentication")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            let at = {
+                let mut calls = kept.lock().unwrap();
+                calls.push((
+                    parts.uri.path().to_owned(),
+                    String::new(),
+                    token,
+                    Vec::new(),
+                ));
+                calls.len() - 1
+            };
+            let mut chunks = body.into_data_stream();
+            while let Some(Ok(chunk)) = chunks.next().await {
+                kept.lock().unwrap()[at].3.extend_from_slice(&chunk);
+            }
+            let mut reply = axum::response::Response::new(axum::body::Body::empty());
+            let h = reply.headers_mut();
+            h.insert("content-type", "application/grpc".parse().unwrap());
+            h.insert("grpc-status", "0".parse().unwrap());
+            reply
+        }
+    });
+    mesh.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.2.4:11800")
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+    });
+    calls
+}
+
+/// A `skywalking` extension provider: the sidecar streams its segments to
+/// the OAP server's `TraceSegmentReportService` over gRPC, with the
+/// provider's access token, naming the proxy's service.
+#[test]
+fn segments_reach_a_skywalking_oap_server() {
+    let mesh = Mesh::start(true, &[]);
+    let calls = start_stream_recorder(&mesh);
+    mesh.cfg.write("skywalking.yaml", SKYWALKING);
+    mesh.cfg.write(
+        "mesh.yaml",
+        &mesh_config(
+            "extensionProviders: [{name: sw, skywalking: {service: skywalking-oap.istio-system.svc.cluster.local, port: 11800, accessToken: s3cret}}]\n\
+             defaultProviders: {tracing: [sw]}\n\
+             defaultConfig: {tracing: {sampling: 100}}",
+        ),
+    );
+    e2e::eventually(
+        e2e::SYNC,
+        || {
+            let snap = mesh.daemon.snapshots.borrow();
+            (snap.mesh.tracing.is_some()
+                && snap
+                    .services
+                    .contains_key("skywalking-oap.istio-system.svc.cluster.local"))
+            .then_some(())
+        },
+        || "the daemon did not load the tracing config".into(),
+    );
+    let envoy = mesh.sidecar();
+    five_requests("to-skywalking");
+    let (path, _, token, body) = first_export(&calls, "/to-skywalking");
+    assert_eq!(path, "/skywalking.v3.TraceSegmentReportService/collect");
+    assert_eq!(token, "s3cret");
     assert!(holds(&body, "productpage.default"));
     assert_eq!(envoy.rejected(), 0);
 }

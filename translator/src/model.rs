@@ -357,6 +357,12 @@ pub enum SpanExporter {
     },
     /// Datadog traces to the agent (Envoy's `envoy.tracers.datadog`).
     Datadog,
+    /// SkyWalking segments over gRPC to the OAP server (Envoy's
+    /// `envoy.tracers.skywalking`), with its access token if any.
+    SkyWalking {
+        /// The OAP server's token (`backend_token`).
+        access_token: Option<String>,
+    },
 }
 
 /// The OTLP/HTTP export timeout when the provider sets none: Envoy's
@@ -682,6 +688,11 @@ fn tracing_provider(
                 p.datadog
                     .iter()
                     .flat_map(|d| d.unsupported.keys().map(|f| ("datadog", f))),
+            )
+            .chain(
+                p.skywalking
+                    .iter()
+                    .flat_map(|d| d.unsupported.keys().map(|f| ("skywalking", f))),
             );
         for (kind, field) in nested {
             warn(
@@ -778,6 +789,17 @@ fn tracing_provider(
                     max_path_tag_length: tag_length(datadog.max_tag_length),
                     sampling: Percentage(sampling),
                 }
+            } else if let Some(sw) = &p.skywalking {
+                // Istio writes no tag length for SkyWalking.
+                TracingProvider {
+                    service: sw.service.clone(),
+                    port: sw.port,
+                    exporter: SpanExporter::SkyWalking {
+                        access_token: sw.access_token.clone().filter(|t| !t.is_empty()),
+                    },
+                    max_path_tag_length: None,
+                    sampling: Percentage(sampling),
+                }
             } else {
                 let otel = p.opentelemetry.as_ref()?;
                 let headers = match (&otel.http, &otel.grpc) {
@@ -816,7 +838,7 @@ fn tracing_provider(
         if found.is_none() {
             let reason = if providers.iter().any(|p| &p.name == name) {
                 format!(
-                    "{name:?} is not a zipkin, opentelemetry or datadog provider, the kinds supported yet; no tracing"
+                    "{name:?} is not a zipkin, opentelemetry, datadog or skywalking provider, the kinds supported yet; no tracing"
                 )
             } else {
                 format!("no extension provider is named {name:?}; no tracing")

@@ -1,11 +1,12 @@
-//! Tracing, as Istio configures it for a Zipkin, OpenTelemetry or Datadog
-//! provider (mesh config `extensionProviders[].zipkin` / `.opentelemetry` /
-//! `.datadog` named in `defaultProviders.tracing` or by a Telemetry
-//! resource): every HTTP connection manager gets the tracer
-//! (`envoy.tracers.zipkin`, spans as Zipkin v2 JSON,
-//! `envoy.tracers.opentelemetry`, spans over OTLP, or
-//! `envoy.tracers.datadog`, to the collector's outbound cluster), the
-//! mesh's sampling, and Istio's tags;
+//! Tracing, as Istio configures it for a Zipkin, OpenTelemetry, Datadog or
+//! SkyWalking provider (mesh config `extensionProviders[].zipkin` /
+//! `.opentelemetry` / `.datadog` / `.skywalking` named in
+//! `defaultProviders.tracing` or by a Telemetry resource): every HTTP
+//! connection manager gets the tracer (`envoy.tracers.zipkin`, spans as
+//! Zipkin v2 JSON, `envoy.tracers.opentelemetry`, spans over OTLP,
+//! `envoy.tracers.datadog`, or `envoy.tracers.skywalking`, segments over
+//! gRPC, to the collector's outbound cluster), the mesh's sampling, and
+//! Istio's tags;
 //! every route gets a decorator naming its operation (Istio's
 //! `getRouteOperation`), the span's name.
 
@@ -14,7 +15,8 @@ use envoy_types::pb::envoy::config::core::v3::{
     GrpcService, HeaderValue, HeaderValueOption, HttpService, HttpUri, grpc_service, http_uri,
 };
 use envoy_types::pb::envoy::config::trace::v3::{
-    DatadogConfig, OpenTelemetryConfig, ZipkinConfig, tracing, zipkin_config,
+    ClientConfig, DatadogConfig, OpenTelemetryConfig, SkyWalkingConfig, ZipkinConfig,
+    client_config, tracing, zipkin_config,
 };
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::Tracing;
 use envoy_types::pb::envoy::r#type::tracing::v3::{CustomTag, custom_tag};
@@ -100,7 +102,35 @@ pub(crate) fn hcm_tracing(
                 },
             ))),
         },
+        SpanExporter::SkyWalking { access_token } => tracing::Http {
+            name: "envoy.tracers.skywalking".into(),
+            config_type: Some(tracing::http::ConfigType::TypedConfig(pack_any(
+                SkyWalkingConfig {
+                    grpc_service: Some(GrpcService {
+                        target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(
+                            grpc_service::EnvoyGrpc {
+                                cluster_name: cluster,
+                                authority: collector.hostname.clone(),
+                                ..Default::default()
+                            },
+                        )),
+                        ..Default::default()
+                    }),
+                    client_config: access_token.as_ref().map(|token| ClientConfig {
+                        backend_token_specifier: Some(
+                            client_config::BackendTokenSpecifier::BackendToken(token.clone()),
+                        ),
+                        ..Default::default()
+                    }),
+                },
+            ))),
+        },
     };
+    // SkyWalking wants a span per upstream request (Istio starts child
+    // spans in the router for it; `spawn_upstream_span` is Envoy's
+    // current form of that).
+    let spawn_upstream_span = matches!(provider.exporter, SpanExporter::SkyWalking { .. })
+        .then_some(BoolValue { value: true });
     let percent = |value| Some(Percent { value });
     let mut custom_tags = istio_tags(proxy);
     custom_tags.extend(
@@ -119,6 +149,7 @@ pub(crate) fn hcm_tracing(
             .max_path_tag_length
             .map(|value| UInt32Value { value }),
         provider: Some(tracer),
+        spawn_upstream_span,
         ..Default::default()
     })
 }

@@ -2375,3 +2375,49 @@ spec:
         )
     );
 }
+
+/// A `skywalking` extension provider: Envoy's SkyWalking tracer over gRPC
+/// to the OAP server's outbound cluster (its hostname the authority), the
+/// access token as the backend token, and a span per upstream request
+/// (`spawn_upstream_span`, Istio's child spans for SkyWalking).
+#[test]
+fn a_skywalking_provider_streams_to_the_oap_server() {
+    use envoy_types::pb::envoy::config::core::v3::grpc_service::TargetSpecifier;
+    use envoy_types::pb::envoy::config::trace::v3::{
+        SkyWalkingConfig, client_config::BackendTokenSpecifier, tracing,
+    };
+    let oap = "apiVersion: v1
+kind: Service
+metadata: {name: oap, namespace: istio-system}
+spec:
+  clusterIP: 10.96.0.94
+  ports: [{name: grpc, port: 11800}]
+";
+    let settings = mesh_configmap(
+        "{extensionProviders: [{name: sw, skywalking: {service: oap.istio-system.svc.cluster.local, port: 11800, accessToken: t0k}}], defaultProviders: {tracing: [sw]}}",
+    );
+    let snap = mesh(&format!("{oap}---\n{settings}"), MeshConfig::default());
+    assert!(snap.warnings.is_empty(), "{:?}", snap.warnings);
+    let t = hcm_9080(&generate(&snap, &sidecar(&[]))).tracing.unwrap();
+    assert_eq!(t.spawn_upstream_span.map(|b| b.value), Some(true));
+    let provider = t.provider.unwrap();
+    assert_eq!(provider.name, "envoy.tracers.skywalking");
+    let Some(tracing::http::ConfigType::TypedConfig(any)) = provider.config_type else {
+        panic!("no config")
+    };
+    let sw = SkyWalkingConfig::decode(any.value.as_slice()).unwrap();
+    let Some(TargetSpecifier::EnvoyGrpc(grpc)) = sw.grpc_service.unwrap().target_specifier else {
+        panic!("not Envoy's gRPC client")
+    };
+    assert_eq!(
+        (grpc.cluster_name.as_str(), grpc.authority.as_str()),
+        (
+            "outbound|11800||oap.istio-system.svc.cluster.local",
+            "oap.istio-system.svc.cluster.local"
+        )
+    );
+    assert_eq!(
+        sw.client_config.unwrap().backend_token_specifier,
+        Some(BackendTokenSpecifier::BackendToken("t0k".into()))
+    );
+}
