@@ -158,6 +158,10 @@ pub struct ExtensionProvider {
     /// for Telemetry resources' `accessLogging`.
     #[serde(default)]
     pub envoy_file_access_log: Option<FileAccessLogProvider>,
+    /// Access logs sent to an OpenTelemetry collector over OTLP/gRPC, for
+    /// Telemetry resources' `accessLogging`.
+    #[serde(default)]
+    pub envoy_otel_als: Option<OtelAccessLogProvider>,
     /// Every other kind (`opentelemetry`, `envoyOtelAls`, ...), by name
     /// (not acted on yet).
     #[serde(flatten)]
@@ -174,6 +178,26 @@ pub struct FileAccessLogProvider {
     /// The line's format; absent: Istio's default text line.
     #[serde(default)]
     pub log_format: Option<LogFormat>,
+}
+
+/// `MeshConfig.ExtensionProvider.EnvoyOpenTelemetryLogProvider`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OtelAccessLogProvider {
+    /// The collector's service: its hostname, or `namespace/hostname`.
+    pub service: String,
+    /// The collector's OTLP/gRPC port (4317).
+    pub port: u32,
+    /// The log's name (default `otel_envoy_accesslog`).
+    #[serde(default)]
+    pub log_name: Option<String>,
+    /// The record's body (`text`, default Istio's text line) and
+    /// attributes (`labels`, name to format string).
+    #[serde(default)]
+    pub log_format: Option<LogFormat>,
+    /// Every other field, by name (not acted on yet).
+    #[serde(flatten)]
+    pub unsupported: BTreeMap<String, serde_json::Value>,
 }
 
 /// `EnvoyFileAccessLogProvider.LogFormat`: one of a text line or JSON

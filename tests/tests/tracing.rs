@@ -4,7 +4,7 @@
 //! decorator and tagged as Istio tags them, and pass the trace context on
 //! to the app; a Telemetry resource adds its custom tags. OpenTelemetry
 //! (gRPC and HTTP), Datadog and SkyWalking providers reach their
-//! collectors.
+//! collectors, and so do access logs sent as OpenTelemetry log records.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
 
@@ -484,5 +484,58 @@ fn segments_reach_a_skywalking_oap_server() {
     assert_eq!(path, "/skywalking.v3.TraceSegmentReportService/collect");
     assert_eq!(token, "s3cret");
     assert!(holds(&body, "productpage.default"));
+    assert_eq!(envoy.rejected(), 0);
+}
+
+/// An `envoyOtelAls` provider named by a Telemetry resource's
+/// `accessLogging`: each request's log record reaches the OpenTelemetry
+/// collector over OTLP/gRPC, its body and attributes the provider's
+/// formats.
+#[test]
+fn access_logs_reach_an_opentelemetry_collector() {
+    let mesh = Mesh::start(true, &[]);
+    let exports = start_otlp_collector(&mesh);
+    mesh.cfg.write("otel.yaml", OTEL);
+    mesh.cfg.write(
+        "mesh.yaml",
+        &mesh_config(
+            "extensionProviders: [{name: otel-logs, envoyOtelAls: {service: otel-collector.istio-system.svc.cluster.local, port: 4317, logName: mesh-logs, logFormat: {text: 'served %REQ(:PATH)% %RESPONSE_CODE%', labels: {upstream: '%UPSTREAM_CLUSTER%'}}}}]",
+        ),
+    );
+    mesh.cfg.write(
+        "telemetry.yaml",
+        "apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+spec:
+  accessLogging: [{providers: [{name: otel-logs}]}]
+",
+    );
+    e2e::eventually(
+        e2e::SYNC,
+        || {
+            let snap = mesh.daemon.snapshots.borrow();
+            (snap.mesh.otel_log_providers.contains_key("otel-logs")
+                && !snap.telemetries.is_empty()
+                && snap
+                    .services
+                    .contains_key("otel-collector.istio-system.svc.cluster.local"))
+            .then_some(())
+        },
+        || "the daemon did not load the access log config".into(),
+    );
+    let envoy = mesh.sidecar();
+    five_requests("logged");
+    let (path, kind, _, body) = first_export(&exports, "served /logged?n=0 200");
+    assert_eq!(
+        path,
+        "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
+    );
+    assert!(kind.starts_with("application/grpc"), "{kind}");
+    assert!(holds(&body, "upstream"));
+    assert!(holds(
+        &body,
+        "outbound|9080||reviews.default.svc.cluster.local"
+    ));
     assert_eq!(envoy.rejected(), 0);
 }

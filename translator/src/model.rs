@@ -308,6 +308,9 @@ pub struct MeshConfig {
     /// built-in `envoy` (Istio's default line to `/dev/stdout`) unless the
     /// mesh config defines one of that name.
     pub access_log_providers: BTreeMap<String, AccessLog>,
+    /// Every `envoyOtelAls` extension provider by name: access logs as
+    /// OpenTelemetry log records to a collector.
+    pub otel_log_providers: BTreeMap<String, OtelLog>,
     /// `defaultProviders.accessLogging`: the access log providers of
     /// workloads no Telemetry's `accessLogging` applies to.
     pub default_access_logging: Vec<String>,
@@ -431,6 +434,25 @@ pub struct AccessLog {
     pub req_without_query: bool,
 }
 
+/// An access log as OpenTelemetry log records sent over OTLP/gRPC (mesh
+/// config `extensionProviders[].envoyOtelAls`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OtelLog {
+    /// The collector's service: a hostname, or `namespace/hostname`.
+    pub service: String,
+    /// The collector's service port.
+    pub port: u32,
+    /// The log's name (`otel_envoy_accesslog` by default).
+    pub log_name: String,
+    /// Each record's body: a format string (Istio's text line by default).
+    pub body: String,
+    /// Each record's attributes: name to format string.
+    pub attributes: Vec<(String, String)>,
+    /// Whether a format names `%REQ_WITHOUT_QUERY(...)%` (its formatter
+    /// extension is then configured beside it).
+    pub req_without_query: bool,
+}
+
 /// An access log line: Envoy's command operators (`%RESPONSE_CODE%`, ...).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AccessLogFormat {
@@ -512,6 +534,7 @@ impl Default for MeshConfig {
             tracing: None,
             tracing_providers: BTreeMap::new(),
             access_log_providers: builtin_access_log_providers(),
+            otel_log_providers: BTreeMap::new(),
             default_access_logging: Vec::new(),
             ext_authz: BTreeMap::new(),
         }
@@ -654,6 +677,82 @@ fn access_log_providers(
                 },
                 format,
                 req_without_query: uses.req_without_query,
+            },
+        );
+    }
+    out
+}
+
+/// The `envoyOtelAls` providers of `providers`, as Istio's
+/// `openTelemetryLog` reads them: the log name (`otel_envoy_accesslog`
+/// by default), the body (Istio's text line by default) and attributes
+/// (`logFormat.labels`); a format Envoy would refuse is reported (the
+/// body then Istio's line, the attribute left out).
+fn otel_log_providers(
+    providers: &[crds::mesh::ExtensionProvider],
+    warn: &mut impl FnMut(String, String),
+) -> BTreeMap<String, OtelLog> {
+    let mut out = BTreeMap::new();
+    for (i, p) in providers.iter().enumerate() {
+        let Some(als) = &p.envoy_otel_als else {
+            continue;
+        };
+        let at = format!("data.mesh.extensionProviders[{i}].envoyOtelAls");
+        for field in als.unsupported.keys() {
+            warn(format!("{at}.{field}"), "not supported yet; ignored".into());
+        }
+        let mut req_without_query = false;
+        let text = als
+            .log_format
+            .as_ref()
+            .and_then(|f| f.text.clone())
+            .filter(|t| !t.is_empty());
+        let body = match text.map(|t| (crate::log_format::check(&t), t)) {
+            Some((Ok(uses), t)) => {
+                req_without_query |= uses.req_without_query;
+                t
+            }
+            Some((Err(e), _)) => {
+                warn(
+                    format!("{at}.logFormat.text"),
+                    format!("{e}; Istio's default format is used"),
+                );
+                ISTIO_TEXT_LOG_FORMAT.to_owned()
+            }
+            None => ISTIO_TEXT_LOG_FORMAT.to_owned(),
+        };
+        let mut attributes = Vec::new();
+        for (name, value) in als
+            .log_format
+            .iter()
+            .flat_map(|f| f.labels.iter().flatten())
+        {
+            let field = format!("{at}.logFormat.labels.{name}");
+            let Some(value) = value.as_str() else {
+                warn(field, "only string values are supported; left out".into());
+                continue;
+            };
+            match crate::log_format::check(value) {
+                Ok(uses) => {
+                    req_without_query |= uses.req_without_query;
+                    attributes.push((name.clone(), value.to_owned()));
+                }
+                Err(e) => warn(field, format!("{e}; left out")),
+            }
+        }
+        out.insert(
+            p.name.clone(),
+            OtelLog {
+                service: als.service.clone(),
+                port: als.port,
+                log_name: als
+                    .log_name
+                    .clone()
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or_else(|| "otel_envoy_accesslog".into()),
+                body,
+                attributes,
+                req_without_query,
             },
         );
     }
@@ -1094,6 +1193,10 @@ impl Snapshot {
             &mut warn,
         );
         self.mesh.access_log_providers = access_log_providers(
+            m.extension_providers.as_deref().unwrap_or_default(),
+            &mut warn,
+        );
+        self.mesh.otel_log_providers = otel_log_providers(
             m.extension_providers.as_deref().unwrap_or_default(),
             &mut warn,
         );

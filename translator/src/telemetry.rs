@@ -52,7 +52,7 @@ impl Observe {
         let levels = applicable(snap, &proxy.namespace, &proxy.labels);
         Observe {
             tracing: crate::trace::hcm_tracing(snap, proxy, &levels, side),
-            access_log: access_logs(snap, &levels, side),
+            access_log: access_logs(snap, proxy, &levels, side),
         }
     }
 }
@@ -173,6 +173,7 @@ pub(crate) fn tracing<'a>(
 /// manager's or TCP proxy's `access_log`.
 pub(crate) fn access_logs(
     snap: &Snapshot,
+    proxy: &Proxy,
     levels: &[&Config<crds::TelemetrySpec>],
     side: Side,
 ) -> Vec<AccessLog> {
@@ -229,8 +230,10 @@ pub(crate) fn access_logs(
     }
     on.into_iter()
         .filter_map(|(name, filter)| {
-            let log = snap.mesh.access_log_providers.get(name)?;
-            let mut out = crate::file_access_log(log);
+            let mut out = match snap.mesh.access_log_providers.get(name) {
+                Some(log) => crate::file_access_log(log),
+                None => otel_access_log(snap, proxy, snap.mesh.otel_log_providers.get(name)?)?,
+            };
             out.filter = filter
                 .filter(|f| !f.is_empty())
                 .map(|expression| AccessLogFilter {
@@ -249,6 +252,83 @@ pub(crate) fn access_logs(
             Some(out)
         })
         .collect()
+}
+
+/// An `envoyOtelAls` provider as Envoy's OpenTelemetry access logger
+/// (Istio's `openTelemetryLog`): OTLP/gRPC to the collector's outbound
+/// cluster (its hostname the authority), the log name, the body and
+/// attributes as format strings, without Envoy's built-in resource
+/// labels. `None` when the collector is not among the services the proxy
+/// gets clusters for (Envoy would refuse a logger whose cluster it does
+/// not have, and the listener with it).
+fn otel_access_log(
+    snap: &Snapshot,
+    proxy: &Proxy,
+    log: &crate::model::OtelLog,
+) -> Option<AccessLog> {
+    use envoy_types::pb::envoy::config::core::v3::{
+        GrpcService, TypedExtensionConfig, grpc_service,
+    };
+    use envoy_types::pb::envoy::extensions::access_loggers::open_telemetry::v3::OpenTelemetryAccessLogConfig;
+    use envoy_types::pb::opentelemetry::proto::common::v1::{
+        AnyValue, KeyValue, KeyValueList, any_value,
+    };
+    let host = log
+        .service
+        .split_once('/')
+        .map_or(log.service.as_str(), |(_, h)| h);
+    let collector = snap
+        .service_for(proxy, host)
+        .filter(|s| s.port(log.port).is_some())?;
+    let string = |s: &str| AnyValue {
+        value: Some(any_value::Value::StringValue(s.to_owned())),
+    };
+    let config = OpenTelemetryAccessLogConfig {
+        grpc_service: Some(GrpcService {
+            target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(
+                grpc_service::EnvoyGrpc {
+                    cluster_name: crate::cluster::cluster_name(log.port, "", &collector.hostname),
+                    authority: collector.hostname.clone(),
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        }),
+        log_name: log.log_name.clone(),
+        disable_builtin_labels: true,
+        body: Some(string(&log.body)),
+        attributes: (!log.attributes.is_empty()).then(|| KeyValueList {
+            values: log
+                .attributes
+                .iter()
+                .map(|(k, v)| KeyValue {
+                    key: k.clone(),
+                    value: Some(string(v)),
+                    ..Default::default()
+                })
+                .collect(),
+        }),
+        formatters: if log.req_without_query {
+            vec![TypedExtensionConfig {
+                name: "envoy.formatter.req_without_query".into(),
+                typed_config: Some(pack_any(
+                    envoy_types::pb::envoy::extensions::formatter::req_without_query::v3::ReqWithoutQuery::default(),
+                )),
+            }]
+        } else {
+            Vec::new()
+        },
+        ..Default::default()
+    };
+    Some(AccessLog {
+        name: "envoy.access_loggers.open_telemetry".into(),
+        config_type: Some(
+            envoy_types::pb::envoy::config::accesslog::v3::access_log::ConfigType::TypedConfig(
+                pack_any(config),
+            ),
+        ),
+        ..Default::default()
+    })
 }
 
 /// What of the Telemetry resources cannot be acted on, as warnings naming
@@ -273,7 +353,7 @@ pub(crate) fn warnings(snap: &Snapshot) -> Vec<crate::ConfigWarning> {
                 warn(
                     format!("spec.tracing[{i}].providers[0].name"),
                     format!(
-                        "{:?} is not a zipkin or opentelemetry extension provider of the mesh config (the kinds supported yet): the workloads it applies to are not traced",
+                        "{:?} is not a zipkin, opentelemetry, datadog or skywalking extension provider of the mesh config (the kinds supported yet): the workloads it applies to are not traced",
                         p.name
                     ),
                 );
@@ -281,11 +361,13 @@ pub(crate) fn warnings(snap: &Snapshot) -> Vec<crate::ConfigWarning> {
         }
         for (i, e) in t.spec.access_logging.iter().enumerate() {
             for (j, p) in e.providers.iter().enumerate() {
-                if !snap.mesh.access_log_providers.contains_key(&p.name) {
+                if !snap.mesh.access_log_providers.contains_key(&p.name)
+                    && !snap.mesh.otel_log_providers.contains_key(&p.name)
+                {
                     warn(
                         format!("spec.accessLogging[{i}].providers[{j}].name"),
                         format!(
-                            "{:?} is not an envoyFileAccessLog extension provider of the mesh config (nor the built-in envoy): it writes no log",
+                            "{:?} is not an envoyFileAccessLog or envoyOtelAls extension provider of the mesh config (nor the built-in envoy): it writes no log",
                             p.name
                         ),
                     );

@@ -2421,3 +2421,96 @@ spec:
         Some(BackendTokenSpecifier::BackendToken("t0k".into()))
     );
 }
+
+/// An `envoyOtelAls` provider (Istio's `openTelemetryLog`): Envoy's
+/// OpenTelemetry access logger over gRPC to the collector's outbound
+/// cluster, Istio's default log name and text line as the body, the
+/// labels as attributes (one Envoy would refuse reported and left out),
+/// without built-in labels; no logger where the collector is not visible.
+#[test]
+fn an_otel_access_log_provider_sends_log_records() {
+    use envoy_types::pb::envoy::config::accesslog::v3::access_log::ConfigType;
+    use envoy_types::pb::envoy::extensions::access_loggers::open_telemetry::v3::OpenTelemetryAccessLogConfig;
+    use envoy_types::pb::opentelemetry::proto::common::v1::any_value::Value;
+    let collector = "apiVersion: v1
+kind: Service
+metadata: {name: otel, namespace: observability}
+spec:
+  clusterIP: 10.96.0.95
+  ports: [{name: grpc-otlp, port: 4317}]
+";
+    let settings = mesh_configmap(
+        "{extensionProviders: [{name: logs, envoyOtelAls: {service: otel.observability.svc.cluster.local, port: 4317, logFormat: {labels: {path: '%REQ_WITHOUT_QUERY(:PATH)%', bad: '%NOT_AN_OPERATOR%'}}}}], defaultProviders: {accessLogging: [logs]}}",
+    );
+    let snap = mesh(
+        &format!("{collector}---\n{settings}"),
+        MeshConfig::default(),
+    );
+    let warned: Vec<&str> = snap.warnings.iter().map(|w| w.field.as_str()).collect();
+    assert_eq!(
+        warned,
+        ["data.mesh.extensionProviders[0].envoyOtelAls.logFormat.labels.bad"]
+    );
+    let out = generate(&snap, &sidecar(&[]));
+    let listener = out
+        .listeners
+        .iter()
+        .find(|l| l.name == "10.96.0.20_27017")
+        .unwrap();
+    let tcp: TcpProxy = first_filter(&listener.filter_chains[0]);
+    assert_eq!(tcp.access_log.len(), 1);
+    assert_eq!(
+        tcp.access_log[0].name,
+        "envoy.access_loggers.open_telemetry"
+    );
+    let Some(ConfigType::TypedConfig(any)) = &tcp.access_log[0].config_type else {
+        panic!("no config");
+    };
+    let otel = OpenTelemetryAccessLogConfig::decode(any.value.as_slice()).unwrap();
+    assert_eq!(otel.log_name, "otel_envoy_accesslog");
+    assert!(otel.disable_builtin_labels);
+    let Some(Value::StringValue(body)) = otel.body.and_then(|b| b.value) else {
+        panic!("no body")
+    };
+    assert_eq!(body, translator::model::ISTIO_TEXT_LOG_FORMAT);
+    let attributes: Vec<(String, Option<Value>)> = otel
+        .attributes
+        .unwrap()
+        .values
+        .into_iter()
+        .map(|kv| (kv.key, kv.value.and_then(|v| v.value)))
+        .collect();
+    assert_eq!(
+        attributes,
+        [(
+            "path".to_owned(),
+            Some(Value::StringValue("%REQ_WITHOUT_QUERY(:PATH)%".into()))
+        )]
+    );
+    assert_eq!(
+        otel.formatters
+            .iter()
+            .map(|f| f.name.as_str())
+            .collect::<Vec<_>>(),
+        ["envoy.formatter.req_without_query"]
+    );
+    let Some(envoy_types::pb::envoy::config::core::v3::grpc_service::TargetSpecifier::EnvoyGrpc(g)) =
+        otel.grpc_service.and_then(|g| g.target_specifier)
+    else {
+        panic!("not Envoy's gRPC client")
+    };
+    assert_eq!(
+        g.cluster_name,
+        "outbound|4317||otel.observability.svc.cluster.local"
+    );
+    // Without the collector's service, no logger (Envoy would refuse it).
+    let alone = mesh(&settings, MeshConfig::default());
+    let out = generate(&alone, &sidecar(&[]));
+    let listener = out
+        .listeners
+        .iter()
+        .find(|l| l.name == "10.96.0.20_27017")
+        .unwrap();
+    let tcp: TcpProxy = first_filter(&listener.filter_chains[0]);
+    assert!(tcp.access_log.is_empty());
+}
