@@ -36,8 +36,6 @@ pub const NOT_YET: &[(&str, &str)] = &[
     ("Telemetry", "spec.targetRef"),
     ("Telemetry", "spec.targetRefs"),
     ("Telemetry", "spec.metrics"),
-    ("Telemetry", "spec.tracing[].useRequestIdForTraceSampling"),
-    ("Telemetry", "spec.tracing[].enableIstioTags"),
     ("Telemetry", "spec.tracing[].disableContextPropagation"),
 ];
 
@@ -233,15 +231,12 @@ mod tests {
     #[test]
     fn telemetry_fields_not_acted_on_are_named() {
         let r = report(
-            "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: t}\nspec:\n  metrics: [{providers: [{name: prometheus}], overrides: [{disabled: true}]}]\n  tracing: [{randomSamplingPercentage: 10, useRequestIdForTraceSampling: false}]\n  accessLogging: [{providers: [{name: envoy}]}]\n",
+            "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: t}\nspec:\n  metrics: [{providers: [{name: prometheus}], overrides: [{disabled: true}]}]\n  tracing: [{randomSamplingPercentage: 10, useRequestIdForTraceSampling: false, disableContextPropagation: true}]\n  accessLogging: [{providers: [{name: envoy}]}]\n",
         );
         let fields: Vec<&str> = r.iter().map(|(f, _)| f.as_str()).collect();
         assert_eq!(
             fields,
-            [
-                "spec.metrics",
-                "spec.tracing[0].useRequestIdForTraceSampling"
-            ]
+            ["spec.metrics", "spec.tracing[0].disableContextPropagation"]
         );
     }
 

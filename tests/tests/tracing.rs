@@ -169,6 +169,107 @@ spec:
     assert_eq!(envoy.rejected(), 0);
 }
 
+/// Telemetry `useRequestIdForTraceSampling` and `enableIstioTags`: with
+/// half the requests sampled, each of 20 request IDs sent three times is
+/// traced three times or not at all while the decision follows the
+/// request ID; when it does not, Envoy leaves it to the tracer (Zipkin's
+/// traces them all); without Istio's tags the spans carry none.
+#[test]
+fn request_id_sampling_and_istio_tags_follow_the_telemetry() {
+    let mesh = Mesh::start(true, &[]);
+    let spans = start_collector(&mesh);
+    mesh.cfg.write("zipkin.yaml", ZIPKIN);
+    mesh.cfg.write(
+        "mesh.yaml",
+        &mesh_config(
+            "extensionProviders: [{name: zipkin, zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411}}]\n\
+             defaultProviders: {tracing: [zipkin]}",
+        ),
+    );
+    let telemetry = |by_request_id: bool| {
+        format!(
+            "apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {{name: mesh-default, namespace: istio-system}}
+spec:
+  tracing:
+  - randomSamplingPercentage: 50
+    useRequestIdForTraceSampling: {by_request_id}
+    enableIstioTags: false
+"
+        )
+    };
+    mesh.cfg.write("telemetry.yaml", &telemetry(true));
+    e2e::eventually(
+        e2e::SYNC,
+        || {
+            let snap = mesh.daemon.snapshots.borrow();
+            (snap.mesh.tracing.is_some()
+                && !snap.telemetries.is_empty()
+                && snap
+                    .services
+                    .contains_key("zipkin.istio-system.svc.cluster.local"))
+            .then_some(())
+        },
+        || "the daemon did not load the tracing config".into(),
+    );
+    let envoy = mesh.sidecar();
+    // Spans per request ID, once Envoy has flushed (every 5 s at the latest).
+    let traced_per_id = |round: u32| -> Vec<usize> {
+        spans.lock().unwrap().clear();
+        // Envoy reads the sampling decision from the ID's leading hex
+        // digits: spread them.
+        let ids: Vec<String> = (0..20u32)
+            .map(|i| {
+                let lead = i.wrapping_mul(2_654_435_761).wrapping_add(round);
+                format!("{lead:08x}-0000-4000-8000-{i:012x}")
+            })
+            .collect();
+        for id in &ids {
+            for _ in 0..3 {
+                let r = http_request(
+                    &format!("{REVIEWS}/sampled"),
+                    &[("host", "reviews"), ("x-request-id", id.as_str())],
+                )
+                .unwrap();
+                assert_eq!(r.status, 200, "{r:?}");
+            }
+        }
+        std::thread::sleep(Duration::from_secs(6));
+        let posted = spans.lock().unwrap().clone();
+        for span in &posted {
+            let tags = span["tags"].as_object().cloned().unwrap_or_default();
+            assert!(
+                !tags.keys().any(|k| k.starts_with("istio.")),
+                "no Istio tags: {span}"
+            );
+        }
+        ids.iter()
+            .map(|id| {
+                posted
+                    .iter()
+                    .filter(|s| {
+                        s["tags"]["guid:x-request-id"]
+                            .as_str()
+                            .is_some_and(|g| g[..8] == id[..8] && g[24..] == id[24..])
+                    })
+                    .count()
+            })
+            .collect()
+    };
+    let by_id = traced_per_id(1);
+    assert!(
+        by_id.iter().all(|n| *n == 0 || *n == 3) && by_id.contains(&3) && by_id.contains(&0),
+        "one decision per request ID, about half of them traced: {by_id:?}"
+    );
+    // Not from the request ID: Envoy leaves the decision to the tracer,
+    // and Zipkin's samples every request.
+    mesh.apply(&[&envoy], "telemetry.yaml", &telemetry(false));
+    let by_tracer = traced_per_id(2);
+    assert_eq!(by_tracer, [3; 20]);
+    assert_eq!(envoy.rejected(), 0);
+}
+
 /// The OpenTelemetry collector's Service: OTLP/gRPC on 4317 and
 /// OTLP/HTTP on 4318, its one endpoint the test's collector at 127.0.2.2.
 const OTEL: &str = "apiVersion: v1

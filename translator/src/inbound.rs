@@ -491,6 +491,7 @@ fn inbound_hcm(port: u32, cluster: &str, around: &Around<'_>) -> Filter {
     });
     let hcm = HttpConnectionManager {
         tracing: around.observe.tracing.clone(),
+        request_id_extension: around.observe.request_id.clone(),
         stat_prefix: format!("inbound_0.0.0.0_{port}"),
         route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(
             RouteConfiguration {

@@ -1786,6 +1786,7 @@ fn hcm_chain(
     ]);
     let hcm = HttpConnectionManager {
         tracing: observe.tracing.clone(),
+        request_id_extension: observe.request_id.clone(),
         stat_prefix: stat_prefix.to_owned(),
         route_specifier: Some(http_connection_manager::RouteSpecifier::Rds(Rds {
             config_source: Some(ads_config_source_waited_for()),

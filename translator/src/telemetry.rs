@@ -43,6 +43,10 @@ pub(crate) struct Observe {
     pub tracing: Option<envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::Tracing>,
     /// The `access_log` of each HTTP connection manager and TCP proxy.
     pub access_log: Vec<AccessLog>,
+    /// The HTTP connection managers' `request_id_extension`: Envoy's UUID
+    /// request IDs, written only when a Telemetry sets
+    /// `useRequestIdForTraceSampling` (Envoy's default otherwise).
+    pub request_id: Option<envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::RequestIdExtension>,
 }
 
 impl Observe {
@@ -50,9 +54,15 @@ impl Observe {
     /// (The Telemetry resources that apply are looked up once for both.)
     pub(crate) fn of(snap: &Snapshot, proxy: &Proxy, side: Side) -> Observe {
         let levels = applicable(snap, &proxy.namespace, &proxy.labels);
+        let settings = tracing(snap, &levels, side);
+        let request_id = settings
+            .as_ref()
+            .and_then(|s| s.request_id_sampling)
+            .map(crate::trace::request_id_extension);
         Observe {
-            tracing: crate::trace::hcm_tracing(snap, proxy, &levels, side),
+            tracing: settings.and_then(|s| crate::trace::hcm_tracing(snap, proxy, s)),
             access_log: access_logs(snap, proxy, &levels, side),
+            request_id,
         }
     }
 }
@@ -126,6 +136,13 @@ pub(crate) struct TracingSettings<'a> {
     pub sampling: f64,
     /// Tags added to every span besides Istio's.
     pub custom_tags: Option<&'a BTreeMap<String, CustomTag>>,
+    /// Istio's tags on every span (`enableIstioTags`, default true).
+    pub istio_tags: bool,
+    /// `useRequestIdForTraceSampling` when set (Envoy's default, true,
+    /// otherwise): whether the sampling decision is read from the
+    /// request's `x-request-id`, so that one request ID is traced
+    /// throughout the mesh or not at all; false leaves it to the tracer.
+    pub request_id_sampling: Option<bool>,
 }
 
 /// The tracing of `side` of a workload to which the Telemetry resources
@@ -139,6 +156,8 @@ pub(crate) fn tracing<'a>(
     let mut disabled = false;
     let mut custom_tags = None;
     let mut sampling = None;
+    let mut istio_tags = true;
+    let mut request_id_sampling = None;
     for t in levels {
         for entry in t
             .spec
@@ -158,6 +177,12 @@ pub(crate) fn tracing<'a>(
             if let Some(s) = entry.random_sampling_percentage {
                 sampling = Some(s.clamp(0.0, 100.0));
             }
+            if let Some(on) = entry.enable_istio_tags {
+                istio_tags = on;
+            }
+            if let Some(on) = entry.use_request_id_for_trace_sampling {
+                request_id_sampling = Some(on);
+            }
         }
     }
     let provider = provider.filter(|_| !disabled)?;
@@ -165,6 +190,8 @@ pub(crate) fn tracing<'a>(
         provider,
         sampling: sampling.unwrap_or(provider.sampling.0),
         custom_tags,
+        istio_tags,
+        request_id_sampling,
     })
 }
 

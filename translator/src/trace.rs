@@ -18,7 +18,9 @@ use envoy_types::pb::envoy::config::trace::v3::{
     ClientConfig, DatadogConfig, OpenTelemetryConfig, SkyWalkingConfig, ZipkinConfig,
     client_config, tracing, zipkin_config,
 };
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::RequestIdExtension;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::Tracing;
+use envoy_types::pb::envoy::extensions::request_id::uuid::v3::UuidRequestIdConfig;
 use envoy_types::pb::envoy::r#type::tracing::v3::{CustomTag, custom_tag};
 use envoy_types::pb::envoy::r#type::v3::Percent;
 use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
@@ -32,19 +34,17 @@ pub const CANONICAL_NAME: &str = "service.istio.io/canonical-name";
 /// The pod label naming its revision (`istio.canonical_revision`).
 pub const CANONICAL_REVISION: &str = "service.istio.io/canonical-revision";
 
-/// The `tracing` of `proxy`'s HTTP connection managers on `side` (the
-/// mesh config's provider, or what the Telemetry resources that apply to
-/// it, `telemetry`, say: [`crate::telemetry::tracing`]); `None` without a tracing provider, or
-/// when the collector is not among the services the proxy gets clusters
-/// for (Envoy refuses a tracer whose cluster it does not have: every
-/// listener carrying it would be NACKed).
+/// The `tracing` of `proxy`'s HTTP connection managers under `settings`
+/// (the mesh config's provider, or what the Telemetry resources that
+/// apply to it say: [`crate::telemetry::tracing`]); `None` when the
+/// collector is not among the services the proxy gets clusters for (Envoy
+/// refuses a tracer whose cluster it does not have: every listener
+/// carrying it would be NACKed).
 pub(crate) fn hcm_tracing(
     snap: &Snapshot,
     proxy: &Proxy,
-    telemetry: &[&crate::model::Config<crds::TelemetrySpec>],
-    side: crate::telemetry::Side,
+    settings: crate::telemetry::TracingSettings<'_>,
 ) -> Option<Tracing> {
-    let settings = crate::telemetry::tracing(snap, telemetry, side)?;
     let provider = settings.provider;
     // `namespace/hostname` or a hostname, as Istio's `LookupCluster`.
     let host = provider
@@ -132,7 +132,11 @@ pub(crate) fn hcm_tracing(
     let spawn_upstream_span = matches!(provider.exporter, SpanExporter::SkyWalking { .. })
         .then_some(BoolValue { value: true });
     let percent = |value| Some(Percent { value });
-    let mut custom_tags = istio_tags(proxy);
+    let mut custom_tags = if settings.istio_tags {
+        istio_tags(proxy)
+    } else {
+        Vec::new()
+    };
     custom_tags.extend(
         settings
             .custom_tags
@@ -224,6 +228,20 @@ fn opentelemetry(
         }
     }
     config
+}
+
+/// Envoy's UUID request IDs, the sampling decision read from them or not
+/// (Telemetry `useRequestIdForTraceSampling`, as Istio's
+/// `BuildUUIDRequestIDExtension`).
+pub(crate) fn request_id_extension(use_for_sampling: bool) -> RequestIdExtension {
+    RequestIdExtension {
+        typed_config: Some(pack_any(UuidRequestIdConfig {
+            use_request_id_for_trace_sampling: Some(BoolValue {
+                value: use_for_sampling,
+            }),
+            ..Default::default()
+        })),
+    }
 }
 
 /// The service a proxy's spans name (OpenTelemetry, Datadog): its

@@ -2514,3 +2514,52 @@ spec:
     let tcp: TcpProxy = first_filter(&listener.filter_chains[0]);
     assert!(tcp.access_log.is_empty());
 }
+
+/// Telemetry `enableIstioTags: false` leaves Istio's tags off the spans,
+/// and `useRequestIdForTraceSampling` sets the connection managers' UUID
+/// request ID extension (unset: Envoy's default, not written).
+#[test]
+fn telemetry_sets_istio_tags_and_request_id_sampling() {
+    use envoy_types::pb::envoy::extensions::request_id::uuid::v3::UuidRequestIdConfig;
+    let zipkin = "apiVersion: v1
+kind: Service
+metadata: {name: zipkin, namespace: istio-system}
+spec:
+  clusterIP: 10.96.0.90
+  ports: [{name: http-query, port: 9411}]
+";
+    let settings = mesh_configmap(
+        "{extensionProviders: [{name: zipkin, zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411}}], defaultProviders: {tracing: [zipkin]}}",
+    );
+    let telemetry = "apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: t, namespace: default}
+spec:
+  tracing: [{enableIstioTags: false, useRequestIdForTraceSampling: false}]
+";
+    let hcm = |extra: &str| {
+        let snap = mesh(
+            &format!("{zipkin}---\n{settings}---\n{extra}"),
+            MeshConfig::default(),
+        );
+        hcm_9080(&generate(&snap, &sidecar(&[])))
+    };
+    let plain = hcm("");
+    assert!(plain.request_id_extension.is_none());
+    assert!(
+        plain
+            .tracing
+            .unwrap()
+            .custom_tags
+            .iter()
+            .any(|t| t.tag == "istio.namespace")
+    );
+    let set = hcm(telemetry);
+    assert!(set.tracing.unwrap().custom_tags.is_empty());
+    let ext = set.request_id_extension.unwrap().typed_config.unwrap();
+    let uuid = UuidRequestIdConfig::decode(ext.value.as_slice()).unwrap();
+    assert_eq!(
+        uuid.use_request_id_for_trace_sampling.map(|b| b.value),
+        Some(false)
+    );
+}
