@@ -60,6 +60,56 @@ fn start_collector(mesh: &Mesh) -> Arc<Mutex<Vec<serde_json::Value>>> {
     spans
 }
 
+/// Telemetry `disableContextPropagation`: the sidecar still reports its
+/// spans, but passes no trace context on to the app.
+#[test]
+fn context_propagation_can_be_turned_off() {
+    let mesh = Mesh::start(true, &[]);
+    let spans = start_collector(&mesh);
+    mesh.cfg.write("zipkin.yaml", ZIPKIN);
+    mesh.cfg.write(
+        "mesh.yaml",
+        &mesh_config(
+            "extensionProviders: [{name: zipkin, zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411}}]\n\
+             defaultProviders: {tracing: [zipkin]}\n\
+             defaultConfig: {tracing: {sampling: 100}}",
+        ),
+    );
+    mesh.cfg.write(
+        "telemetry.yaml",
+        "apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+spec:
+  tracing: [{disableContextPropagation: true}]
+",
+    );
+    e2e::eventually(
+        e2e::SYNC,
+        || {
+            let snap = mesh.daemon.snapshots.borrow();
+            (snap.mesh.tracing.is_some()
+                && !snap.telemetries.is_empty()
+                && snap
+                    .services
+                    .contains_key("zipkin.istio-system.svc.cluster.local"))
+            .then_some(())
+        },
+        || "the daemon did not load the tracing config".into(),
+    );
+    let envoy = mesh.sidecar();
+    for i in 0..5 {
+        let r = http_request(
+            &format!("{REVIEWS}/header/x-b3-traceid?n={i}"),
+            &[("host", "reviews")],
+        )
+        .unwrap();
+        assert_eq!((r.status, r.body.as_str()), (200, "(none)"), "{r:?}");
+    }
+    assert_eq!(five_spans(&spans).len(), 5);
+    assert_eq!(envoy.rejected(), 0);
+}
+
 /// The first five spans the collector got (Envoy's Zipkin tracer posts
 /// once it holds five, or every 5 s).
 fn five_spans(spans: &Mutex<Vec<serde_json::Value>>) -> Vec<serde_json::Value> {

@@ -143,6 +143,9 @@ pub(crate) struct TracingSettings<'a> {
     /// request's `x-request-id`, so that one request ID is traced
     /// throughout the mesh or not at all; false leaves it to the tracer.
     pub request_id_sampling: Option<bool>,
+    /// `disableContextPropagation`: spans are reported, but no trace
+    /// context headers are passed on with the request.
+    pub no_propagation: bool,
 }
 
 /// The tracing of `side` of a workload to which the Telemetry resources
@@ -158,6 +161,7 @@ pub(crate) fn tracing<'a>(
     let mut sampling = None;
     let mut istio_tags = true;
     let mut request_id_sampling = None;
+    let mut no_propagation = false;
     for t in levels {
         for entry in t
             .spec
@@ -183,6 +187,9 @@ pub(crate) fn tracing<'a>(
             if let Some(on) = entry.use_request_id_for_trace_sampling {
                 request_id_sampling = Some(on);
             }
+            if let Some(off) = entry.disable_context_propagation {
+                no_propagation = off;
+            }
         }
     }
     let provider = provider.filter(|_| !disabled)?;
@@ -192,6 +199,7 @@ pub(crate) fn tracing<'a>(
         custom_tags,
         istio_tags,
         request_id_sampling,
+        no_propagation,
     })
 }
 

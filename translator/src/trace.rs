@@ -154,6 +154,7 @@ pub(crate) fn hcm_tracing(
             .map(|value| UInt32Value { value }),
         provider: Some(tracer),
         spawn_upstream_span,
+        no_context_propagation: settings.no_propagation,
         ..Default::default()
     })
 }
