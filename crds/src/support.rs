@@ -26,7 +26,6 @@ pub const NOT_YET: &[(&str, &str)] = &[
     ("Sidecar", "spec.ingress[].bind"),
     ("Sidecar", "spec.ingress[].captureMode"),
     ("Sidecar", "spec.ingress[].tls"),
-    ("Sidecar", "spec.egress[].port"),
     ("Sidecar", "spec.egress[].bind"),
     ("Sidecar", "spec.egress[].captureMode"),
     ("AuthorizationPolicy", "spec.targetRef"),

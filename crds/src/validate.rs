@@ -521,6 +521,27 @@ fn sidecar(spec: &crate::SidecarSpec) -> Problems {
             ));
         }
     }
+    // Istio's egress listener rules: one catch-all (no port) at most, and
+    // last; a port bound once.
+    let mut egress_ports = std::collections::BTreeSet::new();
+    let catch_alls = spec.egress.iter().filter(|e| e.port.is_none()).count();
+    for (i, e) in spec.egress.iter().enumerate() {
+        match &e.port {
+            None if catch_alls > 1 => p.push((
+                format!("spec.egress[{i}]"),
+                "sidecar: egress can have only one listener with empty port".into(),
+            )),
+            None if i + 1 != spec.egress.len() => p.push((
+                format!("spec.egress[{i}]"),
+                "sidecar: the egress listener with empty port should be the last listener in the list".into(),
+            )),
+            Some(port) if !egress_ports.insert(port.number) => p.push((
+                format!("spec.egress[{i}].port.number"),
+                "sidecar: ports on IP bound listeners must be unique".into(),
+            )),
+            _ => {}
+        }
+    }
     for (i, e) in spec.egress.iter().enumerate() {
         if e.hosts.is_empty() {
             p.push((

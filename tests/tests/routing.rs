@@ -203,6 +203,29 @@ spec:
     assert_eq!(reviews.status, 502, "{reviews:?}");
     let clusters = envoy.admin("/clusters").unwrap();
     assert!(!clusters.contains("outbound|9080||reviews.default.svc.cluster.local"));
+
+    // An egress listener for port 9080 with ratings only, and a catch-all
+    // for the namespace: reviews is imported (its cluster is there) but
+    // port 9080 routes ratings alone.
+    mesh.apply(
+        &[&envoy],
+        "sidecar.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: default}
+spec:
+  egress:
+  - {port: {number: 9080, protocol: HTTP, name: http}, hosts: [\"./ratings.default.svc.cluster.local\"]}
+  - {hosts: [\"./*\"]}
+  outboundTrafficPolicy: {mode: REGISTRY_ONLY}
+",
+    );
+    let ratings = http_request("http://10.96.0.12:9080/", &[("host", "ratings")]).unwrap();
+    assert_eq!((ratings.status, ratings.body.as_str()), (200, "ratings v1"));
+    let reviews = http_request(&format!("{REVIEWS}/"), &[("host", "reviews")]).unwrap();
+    assert_eq!(reviews.status, 502, "{reviews:?}");
+    let clusters = envoy.admin("/clusters").unwrap();
+    assert!(clusters.contains("outbound|9080||reviews.default.svc.cluster.local"));
     assert_eq!(envoy.rejected(), 0);
 }
 

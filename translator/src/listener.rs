@@ -82,8 +82,16 @@ pub(crate) fn sidecar<'a>(
         tls: bool,
     }
     let mut ports: BTreeMap<u32, PortPlan<'_>> = BTreeMap::new();
+    // A Sidecar whose egress listeners name ports scopes each port to its
+    // own listener's hosts.
+    let by_port = snap
+        .sidecar_for(proxy)
+        .filter(|sc| sc.spec.egress.iter().any(|e| e.port.is_some()));
     for svc in snap.services_for(proxy) {
         for port in &svc.ports {
+            if by_port.is_some_and(|sc| !crate::model::egress_allows_port(sc, svc, port.port)) {
+                continue;
+            }
             let plan = ports.entry(port.port).or_default();
             if port.protocol.is_http() {
                 plan.http.push(svc);

@@ -2502,7 +2502,33 @@ fn egress_allows(sc: &Config<crds::SidecarSpec>, svc: &Service) -> bool {
     if sc.spec.egress.is_empty() {
         return true;
     }
-    sc.spec.egress.iter().flat_map(|e| &e.hosts).any(|h| {
+    hosts_allow(sc, sc.spec.egress.iter().flat_map(|e| &e.hosts), svc)
+}
+
+/// Whether the Sidecar `sc` imports `svc` on its `port` (Istio's egress
+/// listeners by port): the listeners that name that port if some do,
+/// else those without a port (a port bound by one listener is not served
+/// by the catch-all). Only asked where some listener names a port.
+pub(crate) fn egress_allows_port(sc: &Config<crds::SidecarSpec>, svc: &Service, port: u32) -> bool {
+    let on_port =
+        |e: &&crds::sidecar::IstioEgressListener| e.port.as_ref().map(|p| p.number) == Some(port);
+    let bound = sc.spec.egress.iter().any(|e| on_port(&e));
+    let listeners = sc
+        .spec
+        .egress
+        .iter()
+        .filter(|e| if bound { on_port(e) } else { e.port.is_none() });
+    hosts_allow(sc, listeners.flat_map(|e| &e.hosts), svc)
+}
+
+/// Whether one of an egress listener's `hosts` (`namespace/dnsName`)
+/// names `svc`, for the Sidecar `sc` (`.` its namespace).
+fn hosts_allow<'h>(
+    sc: &Config<crds::SidecarSpec>,
+    mut hosts: impl Iterator<Item = &'h String>,
+    svc: &Service,
+) -> bool {
+    hosts.any(|h| {
         let Some((ns, host)) = h.split_once('/') else {
             return false;
         };

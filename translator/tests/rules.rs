@@ -2563,3 +2563,77 @@ spec:
         Some(false)
     );
 }
+
+/// Sidecar `egress[].port`: a listener naming a port gives that port its
+/// own hosts (the catch-all listener no longer serves it); the clusters
+/// are every listener's services; Istio's listener rules are validated.
+#[test]
+fn sidecar_egress_ports_scope_each_port_to_its_listener() {
+    let cfg = "
+apiVersion: v1
+kind: Service
+metadata: {name: ledger, namespace: finance}
+spec:
+  clusterIP: 10.96.9.9
+  ports: [{name: http, port: 9080}]
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: default}
+spec:
+  egress:
+  - {port: {number: 9080, protocol: HTTP, name: http}, hosts: [\"finance/*\"]}
+  - {hosts: [\"./*\"]}
+";
+    let snap = mesh(cfg, MeshConfig::default());
+    assert!(snap.warnings.is_empty(), "{:?}", snap.warnings);
+    let out = generate(&snap, &sidecar(&[]));
+    let mut clusters: Vec<&str> = out
+        .clusters
+        .iter()
+        .filter_map(|c| c.name.rsplit_once('|').map(|(_, h)| h))
+        .collect();
+    clusters.dedup();
+    assert_eq!(
+        clusters,
+        [
+            "ledger.finance.svc.cluster.local",
+            "mongodb.default.svc.cluster.local",
+            "reviews.default.svc.cluster.local"
+        ]
+    );
+    let hosts: Vec<&str> = route_config(&out, "9080")
+        .virtual_hosts
+        .iter()
+        .map(|v| v.name.as_str())
+        .collect();
+    assert!(
+        hosts.iter().any(|h| h.starts_with("ledger.finance"))
+            && !hosts.iter().any(|h| h.starts_with("reviews.default")),
+        "{hosts:?}"
+    );
+    // Other ports: the catch-all listener's hosts.
+    assert!(out.listeners.iter().any(|l| l.name == "10.96.0.20_27017"));
+    let sidecar_rule = |egress: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: s}}\nspec: {{egress: {egress}}}\n"
+        )
+    };
+    for (egress, field) in [
+        (
+            "[{hosts: ['./*']}, {port: {number: 80}, hosts: ['./*']}]",
+            "spec.egress[0]",
+        ),
+        ("[{hosts: ['./*']}, {hosts: ['*/*']}]", "spec.egress[0]"),
+        (
+            "[{port: {number: 80}, hosts: ['./*']}, {port: {number: 80}, hosts: ['*/*']}]",
+            "spec.egress[1].port.number",
+        ),
+    ] {
+        assert_eq!(
+            crds::refusal(&sidecar_rule(egress)).map(|r| r.0),
+            Some(field.to_owned()),
+            "{egress}"
+        );
+    }
+}
