@@ -345,6 +345,57 @@ spec:
     assert_eq!(gw.rejected(), 0);
 }
 
+/// A Gateway server in `AUTO_PASSTHROUGH` mode (Istio's east-west
+/// gateway): TLS whose SNI is Istio's `outbound_.<port>_.<subset>_.<host>`
+/// is passed through to that service's endpoints, no VirtualService
+/// needed; an SNI naming no service gets nowhere.
+#[test]
+fn auto_passthrough_sends_tls_where_its_sni_names() {
+    let pki = Pki::new();
+    let mesh = Mesh::start(false, &[]);
+    let sni = "outbound_.9443_._.tls-echo.internal";
+    let (cert, key) = pki.issue(sni);
+    let _server = TlsServer::start("127.0.3.5:9443", &cert, &key);
+    mesh.cfg.write(
+        "east-west.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: tls-echo}
+spec:
+  hosts: [tls-echo.internal]
+  ports: [{number: 9443, name: tls, protocol: TLS}]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  endpoints: [{address: 127.0.3.5}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: cross-network-gateway, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 15443, name: tls, protocol: TLS}
+    hosts: [\"*.internal\"]
+    tls: {mode: AUTO_PASSTHROUGH}
+",
+    );
+    let gw = gateway(&mesh);
+    let page = curl(&pki.ca(), sni, 15443, "/", None).unwrap_or_else(|e| panic!("{sni}: {e}"));
+    assert!(page.contains("s_server"), "{page}");
+    assert!(
+        curl(
+            &pki.ca(),
+            "outbound_.9443_._.nope.internal",
+            15443,
+            "/",
+            None
+        )
+        .is_err(),
+        "no such service"
+    );
+    assert_eq!(gw.rejected(), 0);
+}
+
 /// Gateway `servers[].bind`: two servers on one port, each bound to its
 /// own address, are two listeners with their own routes; an address
 /// neither binds gets no answer on that port.

@@ -84,7 +84,11 @@ pub(crate) fn build(snap: &Snapshot, proxy: &Proxy) -> (Vec<Cluster>, Vec<Cluste
     let services: Vec<_> = visible(snap, proxy, None).collect();
     // Clusters are large (~3 KiB each): room for all of them up front
     // rather than copies as the vector grows.
-    let count: usize = services.iter().map(|(s, dr)| cluster_count(s, *dr)).sum();
+    let own = cluster_view(snap, proxy, None);
+    let count: usize = services
+        .iter()
+        .map(|(s, dr)| cluster_count(s, *dr, &own))
+        .sum();
     let mut clusters = Vec::with_capacity(count + 2);
     clusters.extend([passthrough_cluster(&snap.mesh), blackhole_cluster()]);
     let mut assignments = Vec::with_capacity(count);
@@ -113,8 +117,13 @@ pub(crate) fn build(snap: &Snapshot, proxy: &Proxy) -> (Vec<Cluster>, Vec<Cluste
 /// The clusters [`service_clusters`] makes of `svc` seen through `dr`:
 /// one per port and subset (the whole service counts as one); at most as
 /// many load assignments.
-fn cluster_count(svc: &Service, dr: Option<&Config<DestinationRuleSpec>>) -> usize {
-    svc.ports.len() * (1 + dr.map_or(0, |d| d.spec.subsets.len()))
+fn cluster_count(
+    svc: &Service,
+    dr: Option<&Config<DestinationRuleSpec>>,
+    view: &ClusterView,
+) -> usize {
+    let n = svc.ports.len() * (1 + dr.map_or(0, |d| d.spec.subsets.len()));
+    if view.sni_dnat { 2 * n } else { n }
 }
 
 /// [`build`], encoded for the wire (only the services in `only`, if
@@ -138,6 +147,7 @@ pub(crate) fn build_encoded(
         locality: proxy.locality.clone(),
         credentials: false,
         labels: Vec::new(),
+        sni_dnat: crate::listener::auto_passthrough(snap, proxy),
     };
     let credential_view = std::cell::OnceCell::new();
     let mut own_view = None;
@@ -155,7 +165,7 @@ pub(crate) fn build_encoded(
                 &plain_view
             };
             snap.cluster_memo.get_or_build(svc, dr, view, || {
-                let count = cluster_count(svc, dr);
+                let count = cluster_count(svc, dr, view);
                 let mut built = ServiceResources {
                     clusters: Vec::with_capacity(count),
                     assignments: Vec::with_capacity(count),
@@ -201,6 +211,7 @@ fn cluster_view(
     ClusterView {
         locality: proxy.locality.clone(),
         credentials: dr.is_some_and(|dr| gets_credentials(proxy, dr)),
+        sni_dnat: crate::listener::auto_passthrough(snap, proxy),
         labels: if compares_labels(snap, dr) {
             snap.failover_keys
                 .iter()
@@ -450,6 +461,28 @@ fn service_clusters(
                 });
             let auto = identity.as_ref().filter(|i| i.auto.is_some());
             let http2 = matches!(port.protocol, Protocol::Http2 | Protocol::Grpc);
+            if view.sni_dnat {
+                // A gateway with an AUTO_PASSTHROUGH server: the same
+                // endpoints under Istio's SNI name, without TLS of its own
+                // (the client's passes through), as Istio's
+                // `SniDnatClusterMode`.
+                let dnat = istio_sni(port.port, subset, &svc.hostname);
+                let mut bare = policy.clone();
+                bare.tls = None;
+                bare.proxy_protocol = None;
+                if svc.resolution == ServiceResolution::Static
+                    && bare == Effective::default()
+                    && !plan.as_ref().is_some_and(|p| p.weighted)
+                {
+                    let cla = assignment(&dnat, port, &endpoints, plan.as_ref(), None);
+                    emit(&dnat, PlannedCluster::Plain { http2 }, None, Some(cla));
+                } else {
+                    let (mut cluster, cla) =
+                        service_cluster(&dnat, svc, port, &bare, &endpoints, plan.as_ref(), None);
+                    resolve_at_mesh_rate(&mut cluster, snap.mesh.dns_refresh_rate);
+                    emit(&dnat, PlannedCluster::Built(cluster), None, cla);
+                }
+            }
             if svc.resolution == ServiceResolution::Static
                 && policy == Effective::default()
                 && !plan.as_ref().is_some_and(|p| p.weighted)

@@ -174,6 +174,10 @@ pub(crate) struct ClusterView {
     /// (`Snapshot::failover_keys`, sorted), for a rule (or mesh) that has
     /// one; empty otherwise, so that other services' entries stay shared.
     pub(crate) labels: Vec<(String, String)>,
+    /// The proxy is a gateway with an `AUTO_PASSTHROUGH` server: each
+    /// cluster also comes as Istio's SNI-DNAT cluster
+    /// (`outbound_.<port>_.<subset>_.<host>`).
+    pub(crate) sni_dnat: bool,
 }
 
 /// Each service's [`ServiceResources`] by [`ClusterView`]: proxies in ten

@@ -1085,6 +1085,34 @@ pub(crate) fn gateway(
                     chains.push(terminated(chain, gs, ctx));
                     tls_inspector = true;
                 }
+                ServerKind::AutoPassthrough => {
+                    // Istio's `buildOutboundAutoPassthroughFilterStack`:
+                    // the SNI names the cluster (the TCP proxy's own is a
+                    // stand-in that the SNI cluster filter replaces).
+                    let mut chain = tcp_chain(
+                        &format!("auto_passthrough.{port}"),
+                        BLACKHOLE_CLUSTER,
+                        &[(BLACKHOLE_CLUSTER.to_owned(), 1)],
+                        None,
+                        &observe.access_log,
+                    );
+                    chain.filters.insert(
+                        0,
+                        Filter {
+                            name: "envoy.filters.network.sni_cluster".into(),
+                            config_type: Some(filter::ConfigType::TypedConfig(pack_any(
+                                envoy_types::pb::envoy::extensions::filters::network::sni_cluster::v3::SniCluster {},
+                            ))),
+                        },
+                    );
+                    chain.filter_chain_match = Some(FilterChainMatch {
+                        server_names: gs.sni(),
+                        transport_protocol: "tls".into(),
+                        ..Default::default()
+                    });
+                    chains.push(chain);
+                    tls_inspector = true;
+                }
                 ServerKind::Unsupported(why) => {
                     warnings.push(ConfigWarning::new("Gateway", gs.gw.key(), gs.field(), why));
                 }
@@ -1204,7 +1232,30 @@ enum ServerKind {
     /// A `TLS` server whose TLS the gateway terminates, then VirtualService
     /// `tcp` routes (Istio's "TCP with TLS termination").
     TerminatedTls,
+    /// `AUTO_PASSTHROUGH`: TLS passed through to the cluster its SNI names
+    /// (`outbound_.<port>_.<subset>_.<host>`), no VirtualService needed.
+    AutoPassthrough,
     Unsupported(String),
+}
+
+/// Whether a gateway `proxy` has an `AUTO_PASSTHROUGH` server (a TLS
+/// server of a Gateway selecting it), and so gets Istio's SNI-DNAT
+/// clusters. False at once for sidecars.
+pub(crate) fn auto_passthrough(snap: &Snapshot, proxy: &Proxy) -> bool {
+    proxy.kind == crate::model::ProxyKind::Router
+        && snap.gateways.iter().any(|gw| {
+            !gw.spec.selector.is_empty()
+                && gw
+                    .spec
+                    .selector
+                    .iter()
+                    .all(|(k, v)| proxy.labels.get(k) == Some(v))
+                && gw
+                    .spec
+                    .servers
+                    .iter()
+                    .any(|s| server_kind(s) == ServerKind::AutoPassthrough)
+        })
 }
 
 fn server_kind(server: &Server) -> ServerKind {
@@ -1226,9 +1277,7 @@ fn server_kind(server: &Server) -> ServerKind {
         ("HTTPS", _) if terminated => ServerKind::Https,
         ("TLS", _) if terminated => ServerKind::TerminatedTls,
         ("TCP" | "MONGO" | "MYSQL" | "REDIS", _) => ServerKind::Tcp,
-        (_, Some(m @ ServerTlsMode::AutoPassthrough)) => ServerKind::Unsupported(format!(
-            "tls.mode {m:?} is not supported yet; server skipped"
-        )),
+        ("TLS", Some(ServerTlsMode::AutoPassthrough)) => ServerKind::AutoPassthrough,
         (p, _) => {
             ServerKind::Unsupported(format!("protocol {p} is not supported yet; server skipped"))
         }

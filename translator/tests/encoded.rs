@@ -527,3 +527,67 @@ spec:
     // The config keys differ by the compared label.
     assert_ne!(proxies[0].config_key(&snap), proxies[1].config_key(&snap));
 }
+
+/// A gateway with an `AUTO_PASSTHROUGH` server also gets Istio's SNI-DNAT
+/// clusters (`outbound_.<port>_.<subset>_.<host>`) and their load
+/// assignments, without TLS of their own (not even auto mTLS), matching a
+/// fresh generation; other proxies do not.
+#[test]
+fn auto_passthrough_gateways_get_sni_dnat_clusters() {
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    use prost::Message;
+    let snap = snapshot(&bookinfo_with_mesh(
+        "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: cross-network-gateway, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 15443, name: tls, protocol: TLS}
+    hosts: [\"*.local\"]
+    tls: {mode: AUTO_PASSTHROUGH}
+---
+",
+        "{}",
+    ));
+    let mut gateway = proxy(
+        "router~10.1.0.5~istio-ingressgateway-1.istio-system~istio-system.svc.cluster.local",
+        "",
+    );
+    gateway.labels = [("istio".to_owned(), "ingressgateway".to_owned())].into();
+    let proxies = [gateway, sidecar("default", "")];
+    check_in_turn(&snap, &proxies);
+    let names = |p: &Proxy| -> Vec<String> {
+        translator::generate_encoded(&snap, p)
+            .take(CLUSTER_TYPE)
+            .into_iter()
+            .map(|e| e.0.to_string())
+            .filter(|n| n.starts_with("outbound_."))
+            .collect()
+    };
+    let dnat = names(&proxies[0]);
+    assert!(
+        dnat.contains(&"outbound_.9080_.v1_.reviews.default.svc.cluster.local".to_owned())
+            && dnat.contains(&"outbound_.9080_._.reviews.default.svc.cluster.local".to_owned()),
+        "{dnat:?}"
+    );
+    assert!(names(&proxies[1]).is_empty());
+    let bytes = cluster_bytes(
+        &snap,
+        &proxies[0],
+        "outbound_.9080_._.reviews.default.svc.cluster.local",
+    );
+    let any = envoy_types::pb::google::protobuf::Any::decode(&bytes[..]).unwrap();
+    let c = Cluster::decode(&any.value[..]).unwrap();
+    assert!(c.transport_socket.is_none() && c.transport_socket_matches.is_empty());
+    assert_eq!(
+        c.eds_cluster_config.unwrap().service_name,
+        "outbound_.9080_._.reviews.default.svc.cluster.local"
+    );
+    let assignments = translator::generate_encoded(&snap, &proxies[0]).take(ENDPOINT_TYPE);
+    assert!(
+        assignments
+            .iter()
+            .any(|e| &*e.0 == "outbound_.9080_._.reviews.default.svc.cluster.local")
+    );
+}
