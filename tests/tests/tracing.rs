@@ -9,7 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use e2e::{Mesh, http_request, mesh_config};
 
@@ -60,6 +60,23 @@ fn start_collector(mesh: &Mesh) -> Arc<Mutex<Vec<serde_json::Value>>> {
     spans
 }
 
+/// Waits until the daemon has loaded the mesh config's tracing (or
+/// OpenTelemetry access log) provider, the collector's service `host`
+/// and, when `telemetry`, a Telemetry resource.
+fn wait_for_collector(mesh: &Mesh, host: &str, telemetry: bool) {
+    e2e::eventually(
+        e2e::SYNC,
+        || {
+            let snap = mesh.daemon.snapshots.borrow();
+            ((snap.mesh.tracing.is_some() || !snap.mesh.otel_log_providers.is_empty())
+                && snap.services.contains_key(host)
+                && (!telemetry || !snap.telemetries.is_empty()))
+            .then_some(())
+        },
+        || format!("the daemon did not load the collector's config ({host})"),
+    );
+}
+
 /// Telemetry `disableContextPropagation`: the sidecar still reports its
 /// spans, but passes no trace context on to the app.
 #[test]
@@ -84,19 +101,7 @@ spec:
   tracing: [{disableContextPropagation: true}]
 ",
     );
-    e2e::eventually(
-        e2e::SYNC,
-        || {
-            let snap = mesh.daemon.snapshots.borrow();
-            (snap.mesh.tracing.is_some()
-                && !snap.telemetries.is_empty()
-                && snap
-                    .services
-                    .contains_key("zipkin.istio-system.svc.cluster.local"))
-            .then_some(())
-        },
-        || "the daemon did not load the tracing config".into(),
-    );
+    wait_for_collector(&mesh, "zipkin.istio-system.svc.cluster.local", true);
     let envoy = mesh.sidecar();
     for i in 0..5 {
         let r = http_request(
@@ -136,20 +141,7 @@ fn spans_reach_the_zipkin_collector() {
              defaultConfig: {tracing: {sampling: 100}}",
         ),
     );
-    let start = Instant::now();
-    while !{
-        let snap = mesh.daemon.snapshots.borrow();
-        snap.mesh.tracing.is_some()
-            && snap
-                .services
-                .contains_key("zipkin.istio-system.svc.cluster.local")
-    } {
-        assert!(
-            start.elapsed() < e2e::SYNC,
-            "the daemon did not load the tracing config"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_collector(&mesh, "zipkin.istio-system.svc.cluster.local", false);
     let envoy = mesh.sidecar();
 
     // Envoy's Zipkin tracer posts once it holds 5 spans (or every 5 s).
@@ -250,19 +242,7 @@ spec:
         )
     };
     mesh.cfg.write("telemetry.yaml", &telemetry(true));
-    e2e::eventually(
-        e2e::SYNC,
-        || {
-            let snap = mesh.daemon.snapshots.borrow();
-            (snap.mesh.tracing.is_some()
-                && !snap.telemetries.is_empty()
-                && snap
-                    .services
-                    .contains_key("zipkin.istio-system.svc.cluster.local"))
-            .then_some(())
-        },
-        || "the daemon did not load the tracing config".into(),
-    );
+    wait_for_collector(&mesh, "zipkin.istio-system.svc.cluster.local", true);
     let envoy = mesh.sidecar();
     // Spans per request ID, once Envoy has flushed (every 5 s at the latest).
     let traced_per_id = |round: u32| -> Vec<usize> {
@@ -440,17 +420,10 @@ fn spans_reach_an_opentelemetry_collector_over_grpc_and_http() {
         ))
     };
     mesh.cfg.write("mesh.yaml", &provider("port: 4317"));
-    e2e::eventually(
-        e2e::SYNC,
-        || {
-            let snap = mesh.daemon.snapshots.borrow();
-            (snap.mesh.tracing.is_some()
-                && snap
-                    .services
-                    .contains_key("otel-collector.istio-system.svc.cluster.local"))
-            .then_some(())
-        },
-        || "the daemon did not load the tracing config".into(),
+    wait_for_collector(
+        &mesh,
+        "otel-collector.istio-system.svc.cluster.local",
+        false,
     );
     let envoy = mesh.sidecar();
     five_requests("over-grpc");
@@ -513,18 +486,7 @@ fn spans_reach_a_datadog_agent() {
              defaultConfig: {tracing: {sampling: 100}}",
         ),
     );
-    e2e::eventually(
-        e2e::SYNC,
-        || {
-            let snap = mesh.daemon.snapshots.borrow();
-            (snap.mesh.tracing.is_some()
-                && snap
-                    .services
-                    .contains_key("datadog-agent.istio-system.svc.cluster.local"))
-            .then_some(())
-        },
-        || "the daemon did not load the tracing config".into(),
-    );
+    wait_for_collector(&mesh, "datadog-agent.istio-system.svc.cluster.local", false);
     let envoy = mesh.sidecar();
     five_requests("to-datadog");
     let (path, kind, _, body) = first_export(&traces, "/to-datadog");
@@ -617,17 +579,10 @@ fn segments_reach_a_skywalking_oap_server() {
              defaultConfig: {tracing: {sampling: 100}}",
         ),
     );
-    e2e::eventually(
-        e2e::SYNC,
-        || {
-            let snap = mesh.daemon.snapshots.borrow();
-            (snap.mesh.tracing.is_some()
-                && snap
-                    .services
-                    .contains_key("skywalking-oap.istio-system.svc.cluster.local"))
-            .then_some(())
-        },
-        || "the daemon did not load the tracing config".into(),
+    wait_for_collector(
+        &mesh,
+        "skywalking-oap.istio-system.svc.cluster.local",
+        false,
     );
     let envoy = mesh.sidecar();
     five_requests("to-skywalking");
@@ -662,19 +617,7 @@ spec:
   accessLogging: [{providers: [{name: otel-logs}]}]
 ",
     );
-    e2e::eventually(
-        e2e::SYNC,
-        || {
-            let snap = mesh.daemon.snapshots.borrow();
-            (snap.mesh.otel_log_providers.contains_key("otel-logs")
-                && !snap.telemetries.is_empty()
-                && snap
-                    .services
-                    .contains_key("otel-collector.istio-system.svc.cluster.local"))
-            .then_some(())
-        },
-        || "the daemon did not load the access log config".into(),
-    );
+    wait_for_collector(&mesh, "otel-collector.istio-system.svc.cluster.local", true);
     let envoy = mesh.sidecar();
     five_requests("logged");
     let (path, kind, _, body) = first_export(&exports, "served /logged?n=0 200");
