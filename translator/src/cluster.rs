@@ -84,10 +84,10 @@ pub(crate) fn build(snap: &Snapshot, proxy: &Proxy) -> (Vec<Cluster>, Vec<Cluste
     let services: Vec<_> = visible(snap, proxy, None).collect();
     // Clusters are large (~3 KiB each): room for all of them up front
     // rather than copies as the vector grows.
-    let own = cluster_view(snap, proxy, None);
+    let sni_dnat = crate::listener::auto_passthrough(snap, proxy);
     let count: usize = services
         .iter()
-        .map(|(s, dr)| cluster_count(s, *dr, &own))
+        .map(|(s, dr)| cluster_count(s, *dr, sni_dnat))
         .sum();
     let mut clusters = Vec::with_capacity(count + 2);
     clusters.extend([passthrough_cluster(&snap.mesh), blackhole_cluster()]);
@@ -95,7 +95,7 @@ pub(crate) fn build(snap: &Snapshot, proxy: &Proxy) -> (Vec<Cluster>, Vec<Cluste
     for (svc, dr) in services {
         service_clusters(
             snap,
-            &cluster_view(snap, proxy, dr),
+            &cluster_view(snap, proxy, dr, sni_dnat),
             svc,
             dr,
             &mut |name, cluster, auto, cla| {
@@ -115,15 +115,11 @@ pub(crate) fn build(snap: &Snapshot, proxy: &Proxy) -> (Vec<Cluster>, Vec<Cluste
 }
 
 /// The clusters [`service_clusters`] makes of `svc` seen through `dr`:
-/// one per port and subset (the whole service counts as one); at most as
-/// many load assignments.
-fn cluster_count(
-    svc: &Service,
-    dr: Option<&Config<DestinationRuleSpec>>,
-    view: &ClusterView,
-) -> usize {
+/// one per port and subset (the whole service counts as one), twice for a
+/// gateway that gets SNI-DNAT clusters; at most as many load assignments.
+fn cluster_count(svc: &Service, dr: Option<&Config<DestinationRuleSpec>>, sni_dnat: bool) -> usize {
     let n = svc.ports.len() * (1 + dr.map_or(0, |d| d.spec.subsets.len()));
-    if view.sni_dnat { 2 * n } else { n }
+    if sni_dnat { 2 * n } else { n }
 }
 
 /// [`build`], encoded for the wire (only the services in `only`, if
@@ -155,7 +151,7 @@ pub(crate) fn build_encoded(
         .map(|(svc, dr)| {
             let view = if compares_labels(snap, dr) {
                 // Rare (a `failoverPriority`): a view of its own.
-                own_view.insert(cluster_view(snap, proxy, dr))
+                own_view.insert(cluster_view(snap, proxy, dr, plain_view.sni_dnat))
             } else if dr.is_some_and(|dr| gets_credentials(proxy, dr)) {
                 credential_view.get_or_init(|| ClusterView {
                     credentials: true,
@@ -165,7 +161,7 @@ pub(crate) fn build_encoded(
                 &plain_view
             };
             snap.cluster_memo.get_or_build(svc, dr, view, || {
-                let count = cluster_count(svc, dr, view);
+                let count = cluster_count(svc, dr, view.sni_dnat);
                 let mut built = ServiceResources {
                     clusters: Vec::with_capacity(count),
                     assignments: Vec::with_capacity(count),
@@ -202,16 +198,19 @@ pub(crate) fn build_encoded(
 }
 
 /// What the clusters of a service seen through `dr` depend on of `proxy`
-/// ([`ClusterView`]), as [`build_encoded`] keys its memo.
+/// ([`ClusterView`]), as [`build_encoded`] keys its memo; `sni_dnat`:
+/// the proxy is a gateway with an AUTO_PASSTHROUGH server (found once per
+/// proxy, `listener::auto_passthrough`).
 fn cluster_view(
     snap: &Snapshot,
     proxy: &Proxy,
     dr: Option<&Config<DestinationRuleSpec>>,
+    sni_dnat: bool,
 ) -> ClusterView {
     ClusterView {
         locality: proxy.locality.clone(),
         credentials: dr.is_some_and(|dr| gets_credentials(proxy, dr)),
-        sni_dnat: crate::listener::auto_passthrough(snap, proxy),
+        sni_dnat,
         labels: if compares_labels(snap, dr) {
             snap.failover_keys
                 .iter()

@@ -1733,6 +1733,9 @@ fn tunneling(
     dests: &[(String, u32)],
 ) -> Option<tcp_proxy::TunnelingConfig> {
     let [(cluster, _)] = dests else { return None };
+    if !snap.tunnels {
+        return None;
+    }
     let mut parts = cluster.splitn(4, '|');
     let (Some("outbound"), Some(_), Some(subset), Some(host)) =
         (parts.next(), parts.next(), parts.next(), parts.next())

@@ -1010,6 +1010,9 @@ pub struct Snapshot {
     /// DestinationRule's or the mesh's) compares between a client proxy
     /// and the endpoints; empty in most meshes.
     pub(crate) failover_keys: std::collections::BTreeSet<String>,
+    /// Whether some DestinationRule has a `tunnel` (its top level's or a
+    /// subset's): TCP proxies look their destination's rule up only then.
+    pub(crate) tunnels: bool,
     /// The ports each workload address serves, from the services whose
     /// endpoints it is (see [`Snapshot::inbound_ports`]).
     inbound: HashMap<String, Vec<InboundPort>>,
@@ -1700,6 +1703,17 @@ impl Snapshot {
                     .into_iter()
                     .map(String::from),
             );
+            snap.tunnels |= dr
+                .spec
+                .traffic_policy
+                .iter()
+                .chain(
+                    dr.spec
+                        .subsets
+                        .iter()
+                        .filter_map(|s| s.traffic_policy.as_ref()),
+                )
+                .any(|p| p.tunnel.is_some());
             if let Some(selector) = &dr.spec.workload_selector {
                 // Proxies that differ in these labels may get other rules.
                 snap.label_keys
