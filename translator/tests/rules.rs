@@ -2637,3 +2637,64 @@ spec:
         );
     }
 }
+
+/// `trafficPolicy.tunnel` on a gateway: a TCP server's route to a subset
+/// with a tunnel opens it with `POST` when the rule says so (Istio's
+/// `tunnelingconfig.Apply` on gateways as on sidecars).
+#[test]
+fn a_gateway_tcp_route_tunnels_through_its_destination() {
+    let cfg = "
+apiVersion: v1
+kind: Service
+metadata: {name: proxy, namespace: default}
+spec:
+  clusterIP: 10.96.0.21
+  ports: [{name: tcp-connect, port: 3128}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: proxy, namespace: default}
+spec:
+  host: proxy
+  subsets:
+  - {name: ext, trafficPolicy: {tunnel: {protocol: POST, targetHost: db.example.com, targetPort: 5432}}}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  selector: {istio: egressgateway}
+  servers:
+  - port: {number: 5432, name: tcp, protocol: TCP}
+    hosts: [\"*\"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: db, namespace: istio-system}
+spec:
+  hosts: [\"*\"]
+  gateways: [gw]
+  tcp: [{route: [{destination: {host: proxy.default.svc.cluster.local, subset: ext, port: {number: 3128}}}]}]
+";
+    let gw = Proxy::from_node_id(
+        "router~127.0.0.1~gw.istio-system~istio-system.svc.cluster.local",
+        None,
+        [("istio".to_string(), "egressgateway".to_string())].into(),
+    )
+    .unwrap();
+    let snap = mesh(cfg, MeshConfig::default());
+    assert!(snap.warnings.is_empty(), "{:?}", snap.warnings);
+    let out = generate(&snap, &gw);
+    let tcp: TcpProxy = first_filter(&out.listeners[0].filter_chains[0]);
+    assert_eq!(
+        tcp.cluster_specifier,
+        Some(tcp_proxy::ClusterSpecifier::Cluster(
+            "outbound|3128|ext|proxy.default.svc.cluster.local".into()
+        ))
+    );
+    let t = tcp.tunneling_config.unwrap();
+    assert_eq!(
+        (t.hostname.as_str(), t.use_post),
+        ("db.example.com:5432", true)
+    );
+}
