@@ -84,10 +84,10 @@ pub(crate) fn build(snap: &Snapshot, proxy: &Proxy) -> (Vec<Cluster>, Vec<Cluste
     let services: Vec<_> = visible(snap, proxy, None).collect();
     // Clusters are large (~3 KiB each): room for all of them up front
     // rather than copies as the vector grows.
-    let sni_dnat = crate::listener::auto_passthrough(snap, proxy);
+    let views = ProxyViews::new(snap, proxy);
     let count: usize = services
         .iter()
-        .map(|(s, dr)| cluster_count(s, *dr, sni_dnat))
+        .map(|(s, dr)| cluster_count(s, *dr, views.sni_dnat))
         .sum();
     let mut clusters = Vec::with_capacity(count + 2);
     clusters.extend([passthrough_cluster(&snap.mesh), blackhole_cluster()]);
@@ -95,7 +95,7 @@ pub(crate) fn build(snap: &Snapshot, proxy: &Proxy) -> (Vec<Cluster>, Vec<Cluste
     for (svc, dr) in services {
         service_clusters(
             snap,
-            &cluster_view(snap, proxy, dr, sni_dnat),
+            views.of(dr),
             svc,
             dr,
             &mut |name, cluster, auto, cla| {
@@ -139,27 +139,10 @@ pub(crate) fn build_encoded(
         // A full config reads or fills an entry for every service it sees.
         snap.cluster_memo.reserve(snap.services.len());
     }
-    let plain_view = ClusterView {
-        locality: proxy.locality.clone(),
-        credentials: false,
-        labels: Vec::new(),
-        sni_dnat: crate::listener::auto_passthrough(snap, proxy),
-    };
-    let credential_view = std::cell::OnceCell::new();
-    let mut own_view = None;
+    let views = ProxyViews::new(snap, proxy);
     let built: Vec<_> = visible(snap, proxy, only)
         .map(|(svc, dr)| {
-            let view = if compares_labels(snap, dr) {
-                // Rare (a `failoverPriority`): a view of its own.
-                own_view.insert(cluster_view(snap, proxy, dr, plain_view.sni_dnat))
-            } else if dr.is_some_and(|dr| gets_credentials(proxy, dr)) {
-                credential_view.get_or_init(|| ClusterView {
-                    credentials: true,
-                    ..plain_view.clone()
-                })
-            } else {
-                &plain_view
-            };
+            let view = views.of(dr);
             snap.cluster_memo.get_or_build(svc, dr, view, || {
                 let count = cluster_count(svc, dr, view.sni_dnat);
                 let mut built = ServiceResources {
@@ -197,31 +180,57 @@ pub(crate) fn build_encoded(
     (clusters, assignments)
 }
 
-/// What the clusters of a service seen through `dr` depend on of `proxy`
-/// ([`ClusterView`]), as [`build_encoded`] keys its memo; `sni_dnat`:
-/// the proxy is a gateway with an AUTO_PASSTHROUGH server (found once per
-/// proxy, `listener::auto_passthrough`).
-fn cluster_view(
-    snap: &Snapshot,
-    proxy: &Proxy,
-    dr: Option<&Config<DestinationRuleSpec>>,
+/// What the clusters of the services a proxy sees depend on of it
+/// ([`ClusterView`], as [`build_encoded`] keys its memo): made once per
+/// proxy for each of the four kinds a rule can ask for (with or without
+/// the credentials it names, with or without the labels its
+/// `failoverPriority` compares), not per service.
+struct ProxyViews<'a> {
+    snap: &'a Snapshot,
+    proxy: &'a Proxy,
+    /// The proxy is a gateway with an AUTO_PASSTHROUGH server
+    /// (`listener::auto_passthrough`), found once.
     sni_dnat: bool,
-) -> ClusterView {
-    ClusterView {
-        locality: proxy.locality.clone(),
-        credentials: dr.is_some_and(|dr| gets_credentials(proxy, dr)),
-        sni_dnat,
-        labels: if compares_labels(snap, dr) {
-            snap.failover_keys
-                .iter()
-                .map(|k| {
-                    let v = crate::model::topology_value(&proxy.labels, &proxy.locality, k);
-                    (k.clone(), v.to_owned())
-                })
-                .collect()
-        } else {
-            Vec::new()
-        },
+    made: [std::cell::OnceCell<ClusterView>; 4],
+}
+
+impl<'a> ProxyViews<'a> {
+    fn new(snap: &'a Snapshot, proxy: &'a Proxy) -> ProxyViews<'a> {
+        ProxyViews {
+            snap,
+            proxy,
+            sni_dnat: crate::listener::auto_passthrough(snap, proxy),
+            made: Default::default(),
+        }
+    }
+
+    /// The view of a service seen through `dr`.
+    fn of(&self, dr: Option<&Config<DestinationRuleSpec>>) -> &ClusterView {
+        let credentials = dr.is_some_and(|dr| gets_credentials(self.proxy, dr));
+        let labelled = compares_labels(self.snap, dr);
+        self.made[usize::from(credentials) | usize::from(labelled) << 1].get_or_init(|| {
+            ClusterView {
+                locality: self.proxy.locality.clone(),
+                credentials,
+                sni_dnat: self.sni_dnat,
+                labels: if labelled {
+                    self.snap
+                        .failover_keys
+                        .iter()
+                        .map(|k| {
+                            let v = crate::model::topology_value(
+                                &self.proxy.labels,
+                                &self.proxy.locality,
+                                k,
+                            );
+                            (k.clone(), v.to_owned())
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
+                },
+            }
+        })
     }
 }
 
