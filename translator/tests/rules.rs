@@ -58,6 +58,28 @@ fn first_filter<M: Message + Default>(chain: &FilterChain) -> M {
     M::decode(any.value.as_slice()).unwrap()
 }
 
+/// The tracer `t` names (Envoy's extension name) and its config, decoded
+/// as `M`.
+fn tracer<M: Message + Default>(
+    t: envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::Tracing,
+) -> (String, M) {
+    use envoy_types::pb::envoy::config::trace::v3::tracing;
+    let provider = t.provider.expect("a tracer");
+    let Some(tracing::http::ConfigType::TypedConfig(any)) = provider.config_type else {
+        panic!("no typed config: {}", provider.name)
+    };
+    (provider.name, M::decode(any.value.as_slice()).unwrap())
+}
+
+/// The Zipkin collector's Service in `istio-system` (port 9411).
+const ZIPKIN_SERVICE: &str = "apiVersion: v1
+kind: Service
+metadata: {name: zipkin, namespace: istio-system}
+spec:
+  clusterIP: 10.96.0.90
+  ports: [{name: http-query, port: 9411}]
+";
+
 /// The cluster `name` in `out`.
 fn cluster<'a>(
     out: &'a Output,
@@ -1455,7 +1477,7 @@ spec:
 #[test]
 fn an_opentelemetry_provider_exports_over_grpc_or_http() {
     use envoy_types::pb::envoy::config::core::v3::{grpc_service, http_uri};
-    use envoy_types::pb::envoy::config::trace::v3::{OpenTelemetryConfig, tracing};
+    use envoy_types::pb::envoy::config::trace::v3::OpenTelemetryConfig;
     let collector = "apiVersion: v1
 kind: Service
 metadata: {name: otel, namespace: istio-system}
@@ -1473,17 +1495,10 @@ spec:
         );
         let warnings: Vec<String> = snap.warnings.iter().map(|w| w.to_string()).collect();
         let t = hcm_9080(&generate(&snap, p)).tracing.unwrap();
-        let provider = t.provider.unwrap();
-        assert_eq!(provider.name, "envoy.tracers.opentelemetry");
-        let Some(tracing::http::ConfigType::TypedConfig(any)) = provider.config_type else {
-            panic!("no typed config");
-        };
-        (
-            OpenTelemetryConfig::decode(any.value.as_slice()).unwrap(),
-            t.max_path_tag_length.map(|l| l.value),
-            warnings,
-            snap,
-        )
+        let tag_length = t.max_path_tag_length.map(|l| l.value);
+        let (name, config) = tracer::<OpenTelemetryConfig>(t);
+        assert_eq!(name, "envoy.tracers.opentelemetry");
+        (config, tag_length, warnings, snap)
     };
     let client = sidecar(&[("app", "client")]);
     let (grpc, tag_length, warnings, snap) = otel(
@@ -1551,14 +1566,8 @@ spec:
 /// proxies are not traced (Envoy would refuse a tracer without its cluster).
 #[test]
 fn a_zipkin_provider_traces_http_connection_managers() {
-    use envoy_types::pb::envoy::config::trace::v3::{ZipkinConfig, tracing};
-    let zipkin = "apiVersion: v1
-kind: Service
-metadata: {name: zipkin, namespace: istio-system}
-spec:
-  clusterIP: 10.96.0.90
-  ports: [{name: http-query, port: 9411}]
-";
+    use envoy_types::pb::envoy::config::trace::v3::ZipkinConfig;
+    let zipkin = ZIPKIN_SERVICE;
     let settings = mesh_configmap(
         "{extensionProviders: [{name: zipkin, zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411}}], defaultProviders: {tracing: [zipkin], metrics: [prometheus]}, defaultConfig: {tracing: {sampling: 50}, holdApplicationUntilProxyStarts: true}}",
     );
@@ -1591,12 +1600,8 @@ spec:
         tags[1].starts_with("istio.canonical_service=") && tags[1].contains("\"client\""),
         "{tags:?}"
     );
-    let provider = t.provider.unwrap();
-    assert_eq!(provider.name, "envoy.tracers.zipkin");
-    let Some(tracing::http::ConfigType::TypedConfig(any)) = provider.config_type else {
-        panic!("no typed config");
-    };
-    let z = ZipkinConfig::decode(any.value.as_slice()).unwrap();
+    let (name, z) = tracer::<ZipkinConfig>(t);
+    assert_eq!(name, "envoy.tracers.zipkin");
     assert_eq!(
         (
             z.collector_cluster.as_str(),
@@ -2339,7 +2344,7 @@ spec:
 /// on is reported.
 #[test]
 fn a_datadog_provider_traces_to_the_agent() {
-    use envoy_types::pb::envoy::config::trace::v3::{DatadogConfig, tracing};
+    use envoy_types::pb::envoy::config::trace::v3::DatadogConfig;
     let agent = "apiVersion: v1
 kind: Service
 metadata: {name: datadog-agent, namespace: datadog}
@@ -2356,12 +2361,8 @@ spec:
     let out = generate(&snap, &sidecar(&[("app", "client")]));
     let t = hcm_9080(&out).tracing.unwrap();
     assert_eq!(t.max_path_tag_length.map(|l| l.value), Some(99));
-    let provider = t.provider.unwrap();
-    assert_eq!(provider.name, "envoy.tracers.datadog");
-    let Some(tracing::http::ConfigType::TypedConfig(any)) = provider.config_type else {
-        panic!("no config")
-    };
-    let dd = DatadogConfig::decode(any.value.as_slice()).unwrap();
+    let (name, dd) = tracer::<DatadogConfig>(t);
+    assert_eq!(name, "envoy.tracers.datadog");
     assert_eq!(
         (
             dd.collector_cluster.as_str(),
@@ -2384,7 +2385,7 @@ spec:
 fn a_skywalking_provider_streams_to_the_oap_server() {
     use envoy_types::pb::envoy::config::core::v3::grpc_service::TargetSpecifier;
     use envoy_types::pb::envoy::config::trace::v3::{
-        SkyWalkingConfig, client_config::BackendTokenSpecifier, tracing,
+        SkyWalkingConfig, client_config::BackendTokenSpecifier,
     };
     let oap = "apiVersion: v1
 kind: Service
@@ -2400,12 +2401,8 @@ spec:
     assert!(snap.warnings.is_empty(), "{:?}", snap.warnings);
     let t = hcm_9080(&generate(&snap, &sidecar(&[]))).tracing.unwrap();
     assert_eq!(t.spawn_upstream_span.map(|b| b.value), Some(true));
-    let provider = t.provider.unwrap();
-    assert_eq!(provider.name, "envoy.tracers.skywalking");
-    let Some(tracing::http::ConfigType::TypedConfig(any)) = provider.config_type else {
-        panic!("no config")
-    };
-    let sw = SkyWalkingConfig::decode(any.value.as_slice()).unwrap();
+    let (name, sw) = tracer::<SkyWalkingConfig>(t);
+    assert_eq!(name, "envoy.tracers.skywalking");
     let Some(TargetSpecifier::EnvoyGrpc(grpc)) = sw.grpc_service.unwrap().target_specifier else {
         panic!("not Envoy's gRPC client")
     };
@@ -2521,13 +2518,7 @@ spec:
 #[test]
 fn telemetry_sets_istio_tags_and_request_id_sampling() {
     use envoy_types::pb::envoy::extensions::request_id::uuid::v3::UuidRequestIdConfig;
-    let zipkin = "apiVersion: v1
-kind: Service
-metadata: {name: zipkin, namespace: istio-system}
-spec:
-  clusterIP: 10.96.0.90
-  ports: [{name: http-query, port: 9411}]
-";
+    let zipkin = ZIPKIN_SERVICE;
     let settings = mesh_configmap(
         "{extensionProviders: [{name: zipkin, zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411}}], defaultProviders: {tracing: [zipkin]}}",
     );
