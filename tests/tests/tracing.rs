@@ -60,6 +60,29 @@ fn start_collector(mesh: &Mesh) -> Arc<Mutex<Vec<serde_json::Value>>> {
     spans
 }
 
+/// Writes the collector's Service (`service`, YAML) and the mesh config
+/// naming the extension provider `name` (`kind`: its provider, YAML) the
+/// default tracing provider, every request sampled when `all_sampled`
+/// (else Istio's default 1 %).
+fn use_tracing_provider(mesh: &Mesh, service: &str, name: &str, kind: &str, all_sampled: bool) {
+    let sampling = if all_sampled {
+        "\ndefaultConfig: {tracing: {sampling: 100}}"
+    } else {
+        ""
+    };
+    mesh.cfg.write("collector.yaml", service);
+    mesh.cfg.write(
+        "mesh.yaml",
+        &mesh_config(&format!(
+            "extensionProviders: [{{name: {name}, {kind}}}]\ndefaultProviders: {{tracing: [{name}]}}{sampling}"
+        )),
+    );
+}
+
+/// The `zipkin` extension provider sending to [`ZIPKIN`].
+const ZIPKIN_PROVIDER: &str =
+    "zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411}";
+
 /// Waits until the daemon has loaded the mesh config's tracing (or
 /// OpenTelemetry access log) provider, the collector's service `host`
 /// and, when `telemetry`, a Telemetry resource.
@@ -83,15 +106,7 @@ fn wait_for_collector(mesh: &Mesh, host: &str, telemetry: bool) {
 fn context_propagation_can_be_turned_off() {
     let mesh = Mesh::start(true, &[]);
     let spans = start_collector(&mesh);
-    mesh.cfg.write("zipkin.yaml", ZIPKIN);
-    mesh.cfg.write(
-        "mesh.yaml",
-        &mesh_config(
-            "extensionProviders: [{name: zipkin, zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411}}]\n\
-             defaultProviders: {tracing: [zipkin]}\n\
-             defaultConfig: {tracing: {sampling: 100}}",
-        ),
-    );
+    use_tracing_provider(&mesh, ZIPKIN, "zipkin", ZIPKIN_PROVIDER, true);
     mesh.cfg.write(
         "telemetry.yaml",
         "apiVersion: telemetry.istio.io/v1
@@ -132,15 +147,7 @@ fn five_spans(spans: &Mutex<Vec<serde_json::Value>>) -> Vec<serde_json::Value> {
 fn spans_reach_the_zipkin_collector() {
     let mesh = Mesh::start(true, &[]);
     let spans = start_collector(&mesh);
-    mesh.cfg.write("zipkin.yaml", ZIPKIN);
-    mesh.cfg.write(
-        "mesh.yaml",
-        &mesh_config(
-            "extensionProviders: [{name: zipkin, zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411}}]\n\
-             defaultProviders: {tracing: [zipkin]}\n\
-             defaultConfig: {tracing: {sampling: 100}}",
-        ),
-    );
+    use_tracing_provider(&mesh, ZIPKIN, "zipkin", ZIPKIN_PROVIDER, true);
     wait_for_collector(&mesh, "zipkin.istio-system.svc.cluster.local", false);
     let envoy = mesh.sidecar();
 
@@ -220,14 +227,7 @@ spec:
 fn request_id_sampling_and_istio_tags_follow_the_telemetry() {
     let mesh = Mesh::start(true, &[]);
     let spans = start_collector(&mesh);
-    mesh.cfg.write("zipkin.yaml", ZIPKIN);
-    mesh.cfg.write(
-        "mesh.yaml",
-        &mesh_config(
-            "extensionProviders: [{name: zipkin, zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411}}]\n\
-             defaultProviders: {tracing: [zipkin]}",
-        ),
-    );
+    use_tracing_provider(&mesh, ZIPKIN, "zipkin", ZIPKIN_PROVIDER, false);
     let telemetry = |by_request_id: bool| {
         format!(
             "apiVersion: telemetry.istio.io/v1
@@ -477,14 +477,12 @@ endpoints: [{addresses: [127.0.2.3]}]
 fn spans_reach_a_datadog_agent() {
     let mesh = Mesh::start(true, &[]);
     let traces = start_recorder(&mesh, "127.0.2.3", &[8126]);
-    mesh.cfg.write("datadog.yaml", DATADOG);
-    mesh.cfg.write(
-        "mesh.yaml",
-        &mesh_config(
-            "extensionProviders: [{name: dd, datadog: {service: datadog-agent.istio-system.svc.cluster.local, port: 8126}}]\n\
-             defaultProviders: {tracing: [dd]}\n\
-             defaultConfig: {tracing: {sampling: 100}}",
-        ),
+    use_tracing_provider(
+        &mesh,
+        DATADOG,
+        "dd",
+        "datadog: {service: datadog-agent.istio-system.svc.cluster.local, port: 8126}",
+        true,
     );
     wait_for_collector(&mesh, "datadog-agent.istio-system.svc.cluster.local", false);
     let envoy = mesh.sidecar();
@@ -570,14 +568,12 @@ fn start_stream_recorder(mesh: &Mesh) -> Arc<Mutex<Vec<Export>>> {
 fn segments_reach_a_skywalking_oap_server() {
     let mesh = Mesh::start(true, &[]);
     let calls = start_stream_recorder(&mesh);
-    mesh.cfg.write("skywalking.yaml", SKYWALKING);
-    mesh.cfg.write(
-        "mesh.yaml",
-        &mesh_config(
-            "extensionProviders: [{name: sw, skywalking: {service: skywalking-oap.istio-system.svc.cluster.local, port: 11800, accessToken: s3cret}}]\n\
-             defaultProviders: {tracing: [sw]}\n\
-             defaultConfig: {tracing: {sampling: 100}}",
-        ),
+    use_tracing_provider(
+        &mesh,
+        SKYWALKING,
+        "sw",
+        "skywalking: {service: skywalking-oap.istio-system.svc.cluster.local, port: 11800, accessToken: s3cret}",
+        true,
     );
     wait_for_collector(
         &mesh,
