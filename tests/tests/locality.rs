@@ -170,7 +170,8 @@ fn the_mesh_default_prioritises_localities_under_outlier_detection() {
     assert_eq!(envoy.rejected(), 0);
 }
 
-/// `failoverPriority` (Istio's `applyPriorityFailover`): endpoints sharing
+/// `failoverPriority` (Istio's `applyPriorityFailover`): a `key=value`
+/// entry puts the endpoints with that label first; then endpoints sharing
 /// the client's `rack` label and then its region come first, whatever the
 /// zones. The client (region1/zone1, rack a) goes to v2 (region1/zone2,
 /// rack a), not to v1 in its own zone (rack b); then to v3 (rack a, the
@@ -193,13 +194,22 @@ fn failover_priority_orders_endpoints_by_the_labels_they_share() {
     assert_eq!(platform.matches("rack:").count(), 3);
     let mesh = Mesh::start(true, &[]);
     mesh.cfg.write("platform-local.yaml", &platform);
-    mesh.cfg.write(
-        "dr.yaml",
-        &rule("        failoverPriority: [rack, topology.kubernetes.io/region]\n"),
-    );
+    // A `key=value` entry compares the endpoints with its value alone:
+    // rack b first, though the client is in rack a.
+    mesh.cfg
+        .write("dr.yaml", &rule("        failoverPriority: [rack=b]\n"));
     mesh.wait_loaded(2);
     let labels = [SIDECAR_LABELS[0], SIDECAR_LABELS[1], ("rack", "a")];
     let envoy = mesh.proxy_at(SIDECAR, &labels, "region1/zone1", 15000);
+    assert_eq!(
+        tally(&format!("{URL}/"), "reviews-local", &[], 30),
+        only("v1", 30)
+    );
+    mesh.apply(
+        &[&envoy],
+        "dr.yaml",
+        &rule("        failoverPriority: [rack, topology.kubernetes.io/region]\n"),
+    );
     assert_eq!(
         tally(&format!("{URL}/"), "reviews-local", &[], 30),
         only("v2", 30)
