@@ -62,28 +62,23 @@ impl DestinationRuleSpec {
     /// lists compare between the client proxy and the endpoints (the
     /// entries without `=`; a `key=value` entry compares the endpoints
     /// with its value alone), from every traffic policy of the rule.
-    pub fn failover_priority_keys(&self) -> Vec<&str> {
-        let policies = self.traffic_policy.iter().chain(
-            self.subsets
-                .iter()
-                .filter_map(|s| s.traffic_policy.as_ref()),
-        );
-        let mut keys = Vec::new();
-        for p in policies {
-            let settings = p
-                .load_balancer
-                .iter()
-                .chain(
+    pub fn failover_priority_keys(&self) -> impl Iterator<Item = &str> {
+        self.traffic_policy
+            .iter()
+            .chain(
+                self.subsets
+                    .iter()
+                    .filter_map(|s| s.traffic_policy.as_ref()),
+            )
+            .flat_map(|p| {
+                p.load_balancer.iter().chain(
                     p.port_level_settings
                         .iter()
                         .filter_map(|l| l.load_balancer.as_ref()),
                 )
-                .filter_map(|lb| lb.locality_lb_setting.as_ref());
-            for setting in settings {
-                keys.extend(setting.failover_priority_keys());
-            }
-        }
-        keys
+            })
+            .filter_map(|lb| lb.locality_lb_setting.as_ref())
+            .flat_map(LocalityLbSetting::failover_priority_keys)
     }
 
     /// Every client TLS setting of the rule, with its field path: the

@@ -244,7 +244,7 @@ fn compares_labels(snap: &Snapshot, dr: Option<&Config<DestinationRuleSpec>>) ->
             .locality_lb
             .as_ref()
             .is_some_and(|l| l.failover_priority_keys().next().is_some())
-            || dr.is_some_and(|dr| !dr.spec.failover_priority_keys().is_empty()))
+            || dr.is_some_and(|dr| dr.spec.failover_priority_keys().next().is_some()))
 }
 
 /// Whether `proxy` gets the `credentialName` Secrets `dr` names (and

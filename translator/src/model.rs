@@ -1697,12 +1697,8 @@ impl Snapshot {
             .collect();
         snap.failover_keys.extend(mesh_failover);
         for (i, dr) in snap.destination_rules.iter().enumerate() {
-            snap.failover_keys.extend(
-                dr.spec
-                    .failover_priority_keys()
-                    .into_iter()
-                    .map(String::from),
-            );
+            snap.failover_keys
+                .extend(dr.spec.failover_priority_keys().map(String::from));
             snap.tunnels |= dr
                 .spec
                 .traffic_policy
