@@ -701,6 +701,164 @@ pub fn parse(cm: &ConfigMap) -> Result<MeshConfigSpec, ParseError> {
     Ok(spec)
 }
 
+/// Istio's `MeshNetworks` (`meshNetworks` key of the mesh ConfigMap, a
+/// YAML `networks:` map): the networks of a multi-network mesh, how an
+/// endpoint is known to be in one, and the gateways through which the
+/// other networks reach it (Split Horizon EDS).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MeshNetworks {
+    /// `networks`: by network name.
+    #[serde(default)]
+    pub networks: BTreeMap<String, Network>,
+}
+
+/// One network of [`MeshNetworks`] (Istio's `Network`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Network {
+    /// `endpoints`: which endpoints are in this network.
+    #[serde(default)]
+    pub endpoints: Vec<NetworkEndpoints>,
+    /// `gateways`: where the other networks reach this one's endpoints.
+    #[serde(default)]
+    pub gateways: Vec<NetworkGatewaySpec>,
+}
+
+/// `Network.NetworkEndpoints`: one of `fromCidr` or `fromRegistry`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NetworkEndpoints {
+    /// `fromCidr`: endpoints whose IP is in this range (`10.1.0.0/16`).
+    #[serde(default)]
+    pub from_cidr: Option<String>,
+    /// `fromRegistry`: every endpoint of this registry, by cluster ID
+    /// (this control plane's is `Kubernetes`, Istio's default).
+    #[serde(default)]
+    pub from_registry: Option<String>,
+}
+
+/// `Network.IstioNetworkGateway`: one of `registryServiceName` or
+/// `address`, and the port.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NetworkGatewaySpec {
+    /// `registryServiceName`: the gateway Service's hostname
+    /// (`istio-eastwestgateway.istio-system.svc.cluster.local`); its
+    /// external addresses (`spec.externalIPs`,
+    /// `status.loadBalancer.ingress[].ip`) are the gateway's.
+    #[serde(default)]
+    pub registry_service_name: Option<String>,
+    /// `address`: the gateway's IP.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// `port`: where the gateway takes mTLS for this network (Istio's
+    /// east-west gateways: 15443), 1-65535.
+    #[serde(default)]
+    pub port: u32,
+    /// `locality`: read, not used (as istiod, which does not either).
+    #[serde(default)]
+    pub locality: Option<String>,
+}
+
+/// Parses the `meshNetworks` key (YAML) of the mesh ConfigMap; a missing
+/// or empty key is no networks.
+///
+/// # Errors
+/// [`ParseError::InvalidField`] naming `data.meshNetworks.<field>`: invalid
+/// YAML, an unknown field, an entry with both or neither of its one-of
+/// fields, a `fromCidr` that is not `IP/prefix`, a port outside 1-65535.
+pub fn parse_networks(cm: &ConfigMap) -> Result<MeshNetworks, ParseError> {
+    let name = format!("{}/{}", MESH_CONFIGMAP.0, MESH_CONFIGMAP.1);
+    let Some(text) = cm.data.as_ref().and_then(|d| d.get("meshNetworks")) else {
+        return Ok(MeshNetworks::default());
+    };
+    let err = |field: String, reason: String| ParseError::InvalidField {
+        kind: "ConfigMap".into(),
+        name: name.clone(),
+        field,
+        reason,
+    };
+    let value: serde_json::Value = serde_yaml_ng::from_str(text)
+        .map_err(|e| err("data.meshNetworks".into(), format!("invalid YAML: {e}")))?;
+    if value.is_null() {
+        return Ok(MeshNetworks::default());
+    }
+    let networks: MeshNetworks = serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        err(
+            format!("data.meshNetworks.{path}"),
+            e.into_inner().to_string(),
+        )
+    })?;
+    for (net, n) in &networks.networks {
+        let at = format!("data.meshNetworks.networks.{net}");
+        for (i, e) in n.endpoints.iter().enumerate() {
+            let field = format!("{at}.endpoints[{i}]");
+            match (&e.from_cidr, &e.from_registry) {
+                (Some(cidr), None) => {
+                    if parse_cidr(cidr).is_none() {
+                        return Err(err(
+                            format!("{field}.fromCidr"),
+                            format!("{cidr:?} is not an IP range (IP/prefix)"),
+                        ));
+                    }
+                }
+                (None, Some(_)) => {}
+                _ => {
+                    return Err(err(
+                        field,
+                        "needs exactly one of fromCidr and fromRegistry".into(),
+                    ));
+                }
+            }
+        }
+        for (i, g) in n.gateways.iter().enumerate() {
+            let field = format!("{at}.gateways[{i}]");
+            if g.registry_service_name.is_some() == g.address.is_some() {
+                return Err(err(
+                    field,
+                    "needs exactly one of registryServiceName and address".into(),
+                ));
+            }
+            if !(1..=65535).contains(&g.port) {
+                return Err(err(
+                    format!("{field}.port"),
+                    format!("{} is not a port (1-65535)", g.port),
+                ));
+            }
+        }
+    }
+    Ok(networks)
+}
+
+/// An IP range `IP/prefix` (a bare IP is its own /32 or /128): the
+/// address and the prefix length; `None` when malformed.
+pub fn parse_cidr(cidr: &str) -> Option<(std::net::IpAddr, u8)> {
+    let (ip, len) = cidr.split_once('/').unwrap_or((cidr, ""));
+    let ip: std::net::IpAddr = ip.parse().ok()?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let len = if len.is_empty() {
+        max
+    } else {
+        len.parse::<u8>().ok().filter(|l| *l <= max)?
+    };
+    Some((ip, len))
+}
+
+/// Whether `ip` is in the range `(base, len)` of [`parse_cidr`] (an IPv4
+/// address is never in an IPv6 range, nor the reverse).
+pub fn cidr_contains((base, len): (std::net::IpAddr, u8), ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    let (a, b, bits) = match (base, ip) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => (u128::from(a.to_bits()), u128::from(b.to_bits()), 32),
+        (IpAddr::V6(a), IpAddr::V6(b)) => (a.to_bits(), b.to_bits(), 128),
+        _ => return false,
+    };
+    let shift = bits - u32::from(len);
+    shift >= bits || (a >> shift) == (b >> shift)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -715,6 +873,93 @@ mod tests {
             data: Some([("mesh".to_string(), mesh.to_string())].into()),
             ..Default::default()
         }
+    }
+
+    fn networks_cm(text: &str) -> ConfigMap {
+        let mut c = cm("");
+        c.data = Some([("meshNetworks".to_string(), text.to_string())].into());
+        c
+    }
+
+    #[test]
+    fn mesh_networks_are_read_and_checked_naming_the_field() {
+        let n = parse_networks(&networks_cm(
+            "networks:
+  network1:
+    endpoints: [{fromRegistry: Kubernetes}]
+    gateways: [{address: 192.0.2.1, port: 15443}]
+  network2:
+    endpoints: [{fromCidr: 10.2.0.0/16}]
+    gateways: [{registryServiceName: istio-eastwestgateway.istio-system.svc.cluster.local, port: 15443}]
+",
+        ))
+        .unwrap();
+        assert_eq!(n.networks.len(), 2);
+        assert_eq!(
+            n.networks["network1"].gateways[0].address.as_deref(),
+            Some("192.0.2.1")
+        );
+        assert_eq!(
+            n.networks["network2"].endpoints[0].from_cidr.as_deref(),
+            Some("10.2.0.0/16")
+        );
+        // Istio's chart writes `networks: {}` when none are set.
+        assert_eq!(
+            parse_networks(&networks_cm("networks: {}")).unwrap(),
+            MeshNetworks::default()
+        );
+        for (text, field) in [
+            (
+                "networks: {n: {endpoints: [{fromCidr: 10.0.0.0/33}]}}",
+                "data.meshNetworks.networks.n.endpoints[0].fromCidr",
+            ),
+            (
+                "networks: {n: {endpoints: [{}]}}",
+                "data.meshNetworks.networks.n.endpoints[0]",
+            ),
+            (
+                "networks: {n: {gateways: [{address: 1.2.3.4}]}}",
+                "data.meshNetworks.networks.n.gateways[0].port",
+            ),
+            (
+                "networks: {n: {gateways: [{port: 15443}]}}",
+                "data.meshNetworks.networks.n.gateways[0]",
+            ),
+            (
+                "networks: {n: {gatewayz: []}}",
+                "data.meshNetworks.networks.n",
+            ),
+            ("networks: [", "data.meshNetworks"),
+        ] {
+            let e = parse_networks(&networks_cm(text)).unwrap_err().to_string();
+            assert!(e.contains(field), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn cidr_ranges_contain_their_addresses() {
+        let ip = |s: &str| s.parse().unwrap();
+        let r = parse_cidr("10.2.0.0/16").unwrap();
+        assert!(cidr_contains(r, ip("10.2.255.1")));
+        assert!(!cidr_contains(r, ip("10.3.0.1")));
+        assert!(!cidr_contains(r, ip("::1")));
+        assert!(cidr_contains(
+            parse_cidr("0.0.0.0/0").unwrap(),
+            ip("8.8.8.8")
+        ));
+        assert!(cidr_contains(
+            parse_cidr("127.0.0.1").unwrap(),
+            ip("127.0.0.1")
+        ));
+        assert!(!cidr_contains(
+            parse_cidr("127.0.0.1").unwrap(),
+            ip("127.0.0.2")
+        ));
+        assert!(cidr_contains(
+            parse_cidr("fd00::/8").unwrap(),
+            ip("fd12::1")
+        ));
+        assert!(parse_cidr("10.0.0.0/x").is_none() && parse_cidr("nope/8").is_none());
     }
 
     #[test]

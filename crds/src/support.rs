@@ -18,8 +18,6 @@ pub const NOT_YET: &[(&str, &str)] = &[
         "DestinationRule",
         "outlierDetection.outlierDetectionHttpErrorCodes",
     ),
-    ("ServiceEntry", "spec.endpoints[].network"),
-    ("WorkloadEntry", "spec.network"),
     ("Gateway", "spec.servers[].defaultEndpoint"),
     ("Gateway", "spec.servers[].tls.tlsCertificates"),
     ("Gateway", "spec.servers[].tls.insecureSkipVerify"),

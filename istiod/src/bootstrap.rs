@@ -1,7 +1,7 @@
 //! `istiod bootstrap`: the Envoy bootstrap a proxy needs to reach this
 //! daemon over ADS with the right node identity, as Istio's agent writes it
-//! (node ID `sidecar~IP~pod.ns~ns.svc.cluster.local`, metadata `NAMESPACE`
-//! and `LABELS`, the `xds-grpc` cluster over HTTP/2).
+//! (node ID `sidecar~IP~pod.ns~ns.svc.cluster.local`, metadata `NAMESPACE`,
+//! `LABELS` and `NETWORK`, the `xds-grpc` cluster over HTTP/2).
 
 use std::collections::BTreeMap;
 
@@ -20,6 +20,9 @@ pub struct BootstrapOptions {
     pub labels: BTreeMap<String, String>,
     /// `region/zone/subzone` of the proxy (node `locality`), empty if unknown.
     pub locality: String,
+    /// The proxy's network (node metadata `NETWORK`, Istio's
+    /// `ISTIO_META_NETWORK`), for Split Horizon EDS; empty: none.
+    pub network: String,
     /// Delta (incremental) xDS instead of State of the World (Istio's
     /// sidecars use Delta by default since 1.22).
     pub delta: bool,
@@ -106,6 +109,7 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<Value, BootstrapError> {
                 "LABELS": opts.labels,
                 "NAME": proxy.id.split('.').next().unwrap_or_default(),
                 "GENERATOR": "envoy",
+                "NETWORK": opts.network,
             }
         },
         "admin": {
@@ -200,6 +204,7 @@ mod tests {
             admin_port: 15000,
             labels: [("istio".to_string(), "ingressgateway".to_string())].into(),
             locality: "us-east/us-east-1a".into(),
+            network: "network2".into(),
             delta: true,
             sds_socket: ISTIO_SDS_SOCKET.into(),
             xds_keepalive: Default::default(),
@@ -208,6 +213,7 @@ mod tests {
         assert_eq!(b["node"]["metadata"]["NAMESPACE"], "istio-system");
         assert_eq!(b["node"]["metadata"]["LABELS"]["istio"], "ingressgateway");
         assert_eq!(b["node"]["locality"]["zone"], "us-east-1a");
+        assert_eq!(b["node"]["metadata"]["NETWORK"], "network2");
         assert_eq!(
             b["dynamic_resources"]["ads_config"]["api_type"],
             "DELTA_GRPC"
@@ -234,6 +240,7 @@ mod tests {
             admin_port: 15000,
             labels: BTreeMap::new(),
             locality: String::new(),
+            network: String::new(),
             delta: false,
             sds_socket: ISTIO_SDS_SOCKET.into(),
             xds_keepalive: Default::default(),

@@ -166,6 +166,10 @@ struct AgentArgs {
     /// Delta xDS (Istio's default) instead of State of the World.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     delta: bool,
+    /// The workload's network (node metadata `NETWORK`), as the injector
+    /// sets it for a multi-network mesh.
+    #[arg(long, env = "ISTIO_META_NETWORK", default_value = "")]
+    network: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -207,6 +211,9 @@ enum Command {
         /// The proxy's locality, `region/zone/subzone` (for locality load balancing).
         #[arg(long, default_value = "")]
         locality: String,
+        /// The proxy's network (node metadata `NETWORK`), in a multi-network mesh.
+        #[arg(long, default_value = "")]
+        network: String,
         /// Use Delta (incremental) xDS, as Istio's sidecars do, instead of State of the World.
         #[arg(long)]
         delta: bool,
@@ -269,6 +276,7 @@ fn main() -> ExitCode {
                 labels_file,
                 admin_port,
                 delta,
+                network,
             } = *args;
             let envoy = envoy.map(|binary| istiod::agent::EnvoyOptions {
                 binary,
@@ -283,6 +291,7 @@ fn main() -> ExitCode {
                         .map(|t| istiod::agent::parse_downward_labels(&t))
                         .unwrap_or_default(),
                     locality: String::new(),
+                    network,
                     delta,
                     sds_socket: sds_socket.display().to_string(),
                     xds_keepalive: Default::default(),
@@ -373,6 +382,7 @@ fn main() -> ExitCode {
             admin_port,
             labels,
             locality,
+            network,
             delta,
             sds_socket,
         }) => {
@@ -382,6 +392,7 @@ fn main() -> ExitCode {
                 admin_port,
                 labels: labels.into_iter().collect::<BTreeMap<_, _>>(),
                 locality,
+                network,
                 delta,
                 sds_socket,
                 xds_keepalive: Default::default(),

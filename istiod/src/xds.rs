@@ -509,8 +509,8 @@ fn record(row: Option<&SyncRow>, f: impl FnOnce(&mut ProxySync)) {
 }
 
 /// Builds the [`Proxy`] from an xDS node: Istio's node ID, the node
-/// metadata `NAMESPACE` (string) and `LABELS` (struct of strings), and the
-/// node's `locality`.
+/// metadata `NAMESPACE` (string), `LABELS` (struct of strings) and
+/// `NETWORK` (string), and the node's `locality`.
 fn proxy_from_node(node: &Node) -> Result<Proxy, translator::model::InvalidNodeId> {
     let fields = node.metadata.as_ref().map(|m| &m.fields);
     let string = |v: &Value| match &v.kind {
@@ -531,6 +531,9 @@ fn proxy_from_node(node: &Node) -> Result<Proxy, translator::model::InvalidNodeI
         })
         .unwrap_or_default();
     let mut proxy = Proxy::from_node_id(&node.id, namespace, labels)?;
+    if let Some(network) = fields.and_then(|f| f.get("NETWORK")).and_then(string) {
+        proxy.network = network;
+    }
     if let Some(l) = &node.locality {
         proxy.locality = [l.region.as_str(), l.zone.as_str(), l.sub_zone.as_str()]
             .join("/")

@@ -586,6 +586,16 @@ pub fn use_xds_keepalive(keepalive: istiod::bootstrap::XdsKeepalive) {
     XDS_KEEPALIVE.with(|k| k.set(keepalive));
 }
 
+thread_local! {
+    static NETWORK: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+/// Envoys started on this thread from now on are in `network` (node
+/// metadata `NETWORK`, as the injector sets `ISTIO_META_NETWORK`).
+pub fn use_network(network: &str) {
+    NETWORK.with(|n| network.clone_into(&mut n.borrow_mut()));
+}
+
 /// A running Envoy, killed on drop.
 pub struct Envoy {
     child: Child,
@@ -646,6 +656,7 @@ impl Envoy {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             locality: locality.to_owned(),
+            network: NETWORK.with(|n| n.borrow().clone()),
             delta: std::env::var("XDS_PROTOCOL").is_ok_and(|p| p == "delta")
                 || DELTA.with(|d| d.get()),
             sds_socket: SDS_SOCKET.with(|s| s.borrow().clone()),

@@ -213,6 +213,11 @@ impl<'a> ProxyViews<'a> {
                 locality: self.proxy.locality.clone(),
                 credentials,
                 sni_dnat: self.sni_dnat,
+                network: if self.snap.mesh.networks.enabled() {
+                    self.proxy.network.clone()
+                } else {
+                    String::new()
+                },
                 labels: if labelled {
                     self.snap
                         .failover_keys
@@ -468,6 +473,16 @@ fn service_clusters(
                     auto,
                 });
             let auto = identity.as_ref().filter(|i| i.auto.is_some());
+            let split = (!view.network.is_empty()).then(|| Split {
+                networks: &snap.mesh.networks,
+                network: &view.network,
+                mtls: if policy.istio_mutual() {
+                    Mtls::All
+                } else {
+                    auto.and_then(|i| i.auto.as_deref())
+                        .map_or(Mtls::None, Mtls::Some)
+                },
+            });
             let http2 = matches!(port.protocol, Protocol::Http2 | Protocol::Grpc);
             if view.sni_dnat {
                 // A gateway with an AUTO_PASSTHROUGH server: the same
@@ -482,11 +497,18 @@ fn service_clusters(
                     && bare == Effective::default()
                     && !plan.as_ref().is_some_and(|p| p.weighted)
                 {
-                    let cla = assignment(&dnat, port, &endpoints, plan.as_ref(), None);
+                    let cla =
+                        assignment(&dnat, port, &endpoints, plan.as_ref(), None, split.as_ref());
                     emit(&dnat, PlannedCluster::Plain { http2 }, None, Some(cla));
                 } else {
-                    let (mut cluster, cla) =
-                        service_cluster(&dnat, svc, port, &bare, &endpoints, plan.as_ref(), None);
+                    let (mut cluster, cla) = service_cluster(
+                        &dnat,
+                        (svc, port),
+                        &bare,
+                        &endpoints,
+                        (plan.as_ref(), split.as_ref()),
+                        None,
+                    );
                     resolve_at_mesh_rate(&mut cluster, snap.mesh.dns_refresh_rate);
                     emit(&dnat, PlannedCluster::Built(cluster), None, cla);
                 }
@@ -496,17 +518,16 @@ fn service_clusters(
                 && !plan.as_ref().is_some_and(|p| p.weighted)
             {
                 let mtls = auto.and_then(|i| i.auto.as_ref());
-                let cla = assignment(&name, port, &endpoints, plan.as_ref(), mtls);
+                let cla = assignment(&name, port, &endpoints, plan.as_ref(), mtls, split.as_ref());
                 emit(&name, PlannedCluster::Plain { http2 }, auto, Some(cla));
                 continue;
             }
             let (mut cluster, cla) = service_cluster(
                 &name,
-                svc,
-                port,
+                (svc, port),
                 &policy,
                 &endpoints,
-                plan.as_ref(),
+                (plan.as_ref(), split.as_ref()),
                 identity.as_ref(),
             );
             resolve_at_mesh_rate(&mut cluster, snap.mesh.dns_refresh_rate);
@@ -548,15 +569,15 @@ fn resolve_at_mesh_rate(cluster: &mut Cluster, rate: std::time::Duration) {
     }
 }
 
-/// One cluster (without its auto mTLS match, which the caller adds), and
-/// the load assignment of an EDS cluster, planned.
+/// One cluster of `svc` on `port` (without its auto mTLS match, which the
+/// caller adds), and the load assignment of an EDS cluster, planned with
+/// the locality plan and (EDS only, as Istio's) Split Horizon.
 fn service_cluster<'a>(
     name: &'a str,
-    svc: &Service,
-    port: &ServicePort,
+    (svc, port): (&Service, &ServicePort),
     policy: &Effective,
     endpoints: &[&'a Endpoint],
-    plan: Option<&LocalityPlan>,
+    (plan, split): (Option<&LocalityPlan>, Option<&Split<'a>>),
     identity: Option<&IstioTls>,
 ) -> (Box<Cluster>, Option<Assignment<'a>>) {
     let auto = identity.and_then(|i| i.auto.as_ref());
@@ -590,10 +611,10 @@ fn service_cluster<'a>(
             DiscoveryType::LogicalDns
         });
         cluster.dns_lookup_family = DnsLookupFamily::V4Only as i32;
-        cluster.load_assignment = Some(assignment(name, port, endpoints, plan, auto).build());
+        cluster.load_assignment = Some(assignment(name, port, endpoints, plan, auto, None).build());
     } else {
         set_eds(&mut cluster, name);
-        cla = Some(assignment(name, port, endpoints, plan, auto));
+        cla = Some(assignment(name, port, endpoints, plan, auto, split));
     }
     (cluster, cla)
 }
@@ -671,26 +692,107 @@ struct Group<'a> {
     /// mTLS (auto mTLS: `tlsMode: istio` in its transport socket match
     /// metadata) and its weight.
     endpoints: Vec<(&'a str, u32, bool, u32)>,
+    /// Other networks' gateways standing for endpoints of this locality,
+    /// with the weight they carry, in gateway order ([`Split`]).
+    gateways: Vec<(&'a crate::model::NetworkGateway, u32)>,
+}
+
+/// Adds `weight` to `gateways` (of one network) in `into`, spread evenly,
+/// as Istio spreads an endpoint's weight over its network's gateways: a
+/// share each, at least 1, until it is used up.
+fn spread<'a>(
+    into: &mut Vec<(&'a crate::model::NetworkGateway, u32)>,
+    gateways: &'a [crate::model::NetworkGateway],
+    weight: u32,
+) {
+    let n = u32::try_from(gateways.len()).unwrap_or(u32::MAX).max(1);
+    let mut left = weight;
+    while left > 0 {
+        let share = (left / n).max(1);
+        for gw in gateways {
+            let add = share.min(left);
+            match into.iter_mut().find(|(g, _)| std::ptr::eq(*g, gw)) {
+                Some((_, w)) => *w = w.saturating_add(add),
+                None => into.push((gw, add)),
+            }
+            left -= add;
+            if left == 0 {
+                break;
+            }
+        }
+    }
+}
+
+/// Split Horizon EDS for one cluster, as a proxy of `network` sees it
+/// (Istio's `EndpointsByNetworkFilter`): an endpoint of another network
+/// that has gateways is reached through them, its weight (every weight
+/// scaled by the most gateways a network has) spread over them, and the
+/// gateways weighted by what they stand for in each locality; such an
+/// endpoint the cluster would not send Istio mTLS is left out (the
+/// gateway routes on Istio's SNI). Endpoints of the proxy's network, of
+/// none, or of a network without gateways are reached directly.
+pub(crate) struct Split<'a> {
+    pub(crate) networks: &'a crate::model::Networks,
+    /// The proxy's network (not empty).
+    pub(crate) network: &'a str,
+    /// Which endpoints the cluster sends Istio mTLS.
+    pub(crate) mtls: Mtls<'a>,
+}
+
+/// Which endpoints of a cluster get Istio mTLS.
+#[derive(Clone, Copy)]
+pub(crate) enum Mtls<'a> {
+    /// Every one (`ISTIO_MUTUAL`).
+    All,
+    /// Auto mTLS: those marked, in the order of the cluster's endpoints.
+    Some(&'a [bool]),
+    /// None.
+    None,
 }
 
 /// The endpoints on `port`, grouped by locality, each locality with its
 /// priority and weight from `plan` (a locality weighted 0 is left out).
 /// `mtls`: for each endpoint, whether it takes Istio mTLS (auto mTLS).
+/// `split`: other networks' endpoints as their gateways ([`Split`]).
 fn assignment<'a>(
     name: &'a str,
     port: &ServicePort,
     endpoints: &[&'a Endpoint],
     plan: Option<&LocalityPlan>,
     mtls: Option<&Vec<bool>>,
+    split: Option<&Split<'a>>,
 ) -> Assignment<'a> {
     // By locality (and `failoverPriority` rank), in that order; endpoints
     // in their order within one.
     let by_labels = plan.and_then(|p| p.by_labels.as_deref());
+    let scale = split.map_or(1, |s| s.networks.max_gateways());
     let mut groups: Vec<Group<'a>> = Vec::new();
     for (i, ep) in endpoints.iter().enumerate() {
         let Some(target) = ep.target_port(&port.name) else {
             continue;
         };
+        // Through its network's gateways, when it is another network's.
+        let through = split.and_then(|s| {
+            let net = s.networks.of(ep);
+            (!net.is_empty() && net != s.network)
+                .then(|| s.networks.gateways.get(net))
+                .flatten()
+                .map(|gateways| (gateways, s.mtls))
+        });
+        if through.is_none() && ep.address.is_empty() {
+            // Reached only through its network's gateways.
+            continue;
+        }
+        if let Some((_, mtls)) = through {
+            let secured = match mtls {
+                Mtls::All => true,
+                Mtls::Some(marked) => marked.get(i) == Some(&true),
+                Mtls::None => false,
+            };
+            if !secured {
+                continue;
+            }
+        }
         let locality = ep.locality.as_str();
         let rank = by_labels.map_or(0, |wanted| failover_rank(ep, wanted));
         // Usually every endpoint is in the locality of the one before
@@ -714,17 +816,32 @@ fn assignment<'a>(
                             priority: rank,
                             weight: 0,
                             endpoints: Vec::new(),
+                            gateways: Vec::new(),
                         },
                     );
                     at
                 }
             },
         };
-        if let Some(group) = groups.get_mut(at) {
-            let tls = mtls.is_some_and(|m| m.get(i) == Some(&true));
-            group
-                .endpoints
-                .push((ep.address.as_str(), target, tls, ep.weight));
+        let Some(group) = groups.get_mut(at) else {
+            continue;
+        };
+        let weight = ep.weight.saturating_mul(scale);
+        match through {
+            Some((gateways, _)) => spread(&mut group.gateways, gateways, weight),
+            None => {
+                let tls = mtls.is_some_and(|m| m.get(i) == Some(&true));
+                group
+                    .endpoints
+                    .push((ep.address.as_str(), target, tls, weight));
+            }
+        }
+    }
+    // Each locality's gateways after its own endpoints, with Istio mTLS.
+    for g in &mut groups {
+        for (gw, weight) in std::mem::take(&mut g.gateways) {
+            g.endpoints
+                .push((gw.address.as_str(), gw.port, true, weight));
         }
     }
     // Envoy wants priorities without gaps: the ranks in use, in order.
@@ -1000,7 +1117,7 @@ mod tests {
             endpoint("10.0.0.5", "r/a"),
         ];
         let refs: Vec<&Endpoint> = eps.iter().collect();
-        let cla = assignment("c", &port, &refs, None, None).build();
+        let cla = assignment("c", &port, &refs, None, None, None).build();
         let groups: Vec<(String, Vec<String>)> = cla
             .endpoints
             .iter()
@@ -1058,7 +1175,7 @@ mod tests {
             endpoint("10.0.0.1", "r/b"),
             weighted(endpoint("10.0.0.2", "r/a/s"), 3),
             endpoint("10.0.0.3", ""),
-            weighted(endpoint("", "r/b"), 300),
+            weighted(endpoint("10.0.0.4", "r/b"), 300),
             endpoint("10.0.0.5", "r/c"),
         ];
         let refs: Vec<&Endpoint> = eps.iter().collect();
@@ -1075,12 +1192,12 @@ mod tests {
         // Long enough a name that lengths take two varint bytes.
         let name = "outbound|80||".to_owned() + &"x".repeat(200);
         for (plan, mtls) in [(None, None), (Some(&plan), Some(&mtls))] {
-            let a = assignment(&name, &port, &refs, plan, mtls);
+            let a = assignment(&name, &port, &refs, plan, mtls, None);
             let want = encode(ENDPOINT_TYPE, &name, &a.build());
             assert!(a.encode() == want, "plan {plan:?}, mtls {mtls:?}");
         }
         // Without a plan a locality weighs what its endpoints weigh.
-        let built = assignment(&name, &port, &refs, None, None).build();
+        let built = assignment(&name, &port, &refs, None, None, None).build();
         let weights: Vec<(String, u32, Vec<u32>)> = built
             .endpoints
             .iter()
@@ -1163,11 +1280,10 @@ mod tests {
                     };
                     let (general, _) = service_cluster(
                         name,
-                        &svc,
-                        &port,
+                        (&svc, &port),
                         &Effective::default(),
                         &refs,
-                        None,
+                        (None, None),
                         auto,
                     );
                     assert_eq!(general, plain_cluster(name, http2), "{protocol:?} {name}");
@@ -1179,8 +1295,14 @@ mod tests {
                         encode_cluster(&general, auto) == whole(&general),
                         "{protocol:?} {name} {auto:?}"
                     );
-                    let (ruled, _) =
-                        service_cluster(name, &svc, &port, &with_policy, &refs, None, auto);
+                    let (ruled, _) = service_cluster(
+                        name,
+                        (&svc, &port),
+                        &with_policy,
+                        &refs,
+                        (None, None),
+                        auto,
+                    );
                     assert!(
                         encode_cluster(&ruled, auto) == whole(&ruled),
                         "with a policy: {protocol:?} {name} {auto:?}"

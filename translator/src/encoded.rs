@@ -178,6 +178,10 @@ pub(crate) struct ClusterView {
     /// cluster also comes as Istio's SNI-DNAT cluster
     /// (`outbound_.<port>_.<subset>_.<host>`).
     pub(crate) sni_dnat: bool,
+    /// The proxy's network, in a mesh with network gateways (Split
+    /// Horizon EDS: other networks' endpoints come as their gateways);
+    /// empty otherwise, or when the proxy names none.
+    pub(crate) network: String,
 }
 
 /// Each service's [`ServiceResources`] by [`ClusterView`]: proxies in ten

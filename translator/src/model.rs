@@ -94,7 +94,8 @@ pub struct ServicePort {
 /// One endpoint (pod or ServiceEntry endpoint) of a service.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {
-    /// IP address (or DNS name for DNS ServiceEntries).
+    /// IP address (or DNS name for DNS ServiceEntries); empty for a
+    /// WorkloadEntry in a network that only its gateways reach.
     pub address: String,
     /// Service port name -> endpoint (target) port, 0 for a service port
     /// the workload does not serve; shared by the endpoints of one
@@ -121,6 +122,10 @@ pub struct Endpoint {
     /// endpoint's or WorkloadEntry's `weight`, 1 when unset or 0 (as
     /// Istio); 1 for pods.
     pub weight: u32,
+    /// The workload's own network: a WorkloadEntry's `network`, else its
+    /// (or its pod's) [`NETWORK_LABEL`]; empty: the mesh's default
+    /// ([`Networks::of`]).
+    pub network: String,
     /// [`Endpoint::in_mesh`], read from `labels` once, in [`Endpoint::new`]:
     /// it is asked for each endpoint of each cluster a proxy gets, and the
     /// label lookup was ~5 % of a snapshot's first config key.
@@ -213,6 +218,7 @@ impl Endpoint {
         service_account: Option<String>,
     ) -> Endpoint {
         let in_mesh = labels.get(TLS_MODE_LABEL).is_some_and(|v| v == "istio");
+        let network = labels.get(NETWORK_LABEL).cloned().unwrap_or_default();
         Endpoint {
             address,
             ports,
@@ -221,6 +227,7 @@ impl Endpoint {
             locality,
             service_account,
             weight: 1,
+            network,
             in_mesh,
         }
     }
@@ -318,6 +325,101 @@ pub struct MeshConfig {
     /// `envoyExtAuthzGrpc` extension providers) by name, each parsed or
     /// why it cannot be used; `CUSTOM` AuthorizationPolicies name them.
     pub ext_authz: BTreeMap<String, Result<crate::ext_authz::Provider, String>>,
+    /// The networks of a multi-network mesh (`meshNetworks`, the system
+    /// namespace's and gateway Services' `topology.istio.io/network`
+    /// labels): what Split Horizon EDS reads.
+    pub networks: Networks,
+}
+
+/// The label naming a workload's network (on a pod, a WorkloadEntry, the
+/// system namespace, or a gateway Service), Istio's
+/// `topology.istio.io/network`.
+pub const NETWORK_LABEL: &str = "topology.istio.io/network";
+
+/// The label of a network gateway Service naming the port where it takes
+/// mTLS for its network (Istio's `networking.istio.io/gatewayPort`;
+/// default [`DEFAULT_NETWORK_GATEWAY_PORT`]).
+pub const NETWORK_GATEWAY_PORT_LABEL: &str = "networking.istio.io/gatewayPort";
+
+/// Istio's east-west gateway port (`DefaultNetworkGatewayPort`).
+pub const DEFAULT_NETWORK_GATEWAY_PORT: u32 = 15443;
+
+/// The ID of the one registry (cluster) this control plane reads, as
+/// meshNetworks `fromRegistry` names it: Istio's default cluster ID.
+pub const CLUSTER_ID: &str = "Kubernetes";
+
+/// Where each endpoint's network comes from and how other networks reach
+/// it (Istio's network manager). A mesh without gateways is one network:
+/// every proxy reaches every endpoint directly.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Networks {
+    /// Each network's gateways (`meshNetworks` `address` gateways, then
+    /// the external addresses of gateway Services), sorted and unique.
+    pub gateways: BTreeMap<String, Vec<NetworkGateway>>,
+    /// The network of endpoints that name none: the system namespace's
+    /// [`NETWORK_LABEL`], else the network whose `meshNetworks` endpoints
+    /// are `fromRegistry: Kubernetes`; empty when neither.
+    pub default: String,
+    /// `meshNetworks` `fromCidr` ranges and their network, in network
+    /// order (the first range holding an endpoint's IP wins), read when
+    /// there is no default.
+    pub ranges: Vec<((std::net::IpAddr, u8), String)>,
+    /// `meshNetworks` `registryServiceName` gateways: (Service hostname,
+    /// network, port); the Service's external addresses are the gateway's.
+    pub by_service: Vec<(String, String, u32)>,
+}
+
+/// A network's gateway (Istio's `NetworkGateway`): where proxies of other
+/// networks send that network's endpoints' traffic, Istio mTLS with
+/// Istio's SNI, passed through by the gateway's `AUTO_PASSTHROUGH`
+/// server.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NetworkGateway {
+    /// The gateway's IP.
+    pub address: String,
+    /// Its port (15443 on Istio's east-west gateways).
+    pub port: u32,
+}
+
+impl Networks {
+    /// Whether the mesh has several networks with gateways between them
+    /// (Istio's `IsMultiNetworkEnabled`): only then does a proxy's network
+    /// change what it gets.
+    pub fn enabled(&self) -> bool {
+        !self.gateways.is_empty()
+    }
+
+    /// The network of `ep`: its own (its workload's [`NETWORK_LABEL`], a
+    /// WorkloadEntry's `network`), else the default, else the
+    /// `fromCidr` range holding its address; `""` when none (then every
+    /// proxy reaches it directly), as Istio's `Network(endpointIP, labels)`.
+    pub fn of<'a>(&'a self, ep: &'a Endpoint) -> &'a str {
+        if !ep.network.is_empty() {
+            return &ep.network;
+        }
+        if !self.default.is_empty() || self.ranges.is_empty() {
+            return &self.default;
+        }
+        let Ok(ip) = ep.address.parse::<std::net::IpAddr>() else {
+            return "";
+        };
+        self.ranges
+            .iter()
+            .find(|(range, _)| crds::mesh::cidr_contains(*range, ip))
+            .map_or("", |(_, net)| net.as_str())
+    }
+
+    /// The most gateways any one network has (Istio scales every
+    /// endpoint's weight by it, so that one endpoint's weight can be
+    /// spread over its network's gateways).
+    pub fn max_gateways(&self) -> u32 {
+        self.gateways
+            .values()
+            .map(|g| u32::try_from(g.len()).unwrap_or(u32::MAX))
+            .max()
+            .unwrap_or(1)
+            .max(1)
+    }
 }
 
 /// A tracing provider (mesh config `extensionProviders[].zipkin` or
@@ -537,6 +639,7 @@ impl Default for MeshConfig {
             otel_log_providers: BTreeMap::new(),
             default_access_logging: Vec::new(),
             ext_authz: BTreeMap::new(),
+            networks: Networks::default(),
         }
     }
 }
@@ -1112,6 +1215,185 @@ impl Snapshot {
         )
     }
 
+    /// Takes the mesh ConfigMap's `meshNetworks` into `self.mesh.networks`
+    /// (Istio's `reloadMeshNetworks`): the `fromCidr` ranges, the network
+    /// whose endpoints are `fromRegistry: Kubernetes` (the first, as
+    /// istiod) and its `registryServiceName` gateways, and every network's
+    /// `address` gateways (an IP; a DNS name is reported and left out).
+    /// A value that does not parse is reported, and no network is read.
+    fn read_mesh_networks(&mut self, cm: &k8s_openapi::api::core::v1::ConfigMap) {
+        let (ns, name) = crds::mesh::MESH_CONFIGMAP;
+        let mut warnings = Vec::new();
+        let mut warn = |field: String, reason: String| {
+            warnings.push(crate::ConfigWarning::new(
+                "ConfigMap",
+                format!("{ns}/{name}"),
+                field,
+                reason,
+            ));
+        };
+        let networks = match crds::mesh::parse_networks(cm) {
+            Ok(networks) => networks,
+            Err(crds::ParseError::InvalidField { field, reason, .. }) => {
+                warn(field, format!("{reason}; no network is read"));
+                crds::mesh::MeshNetworks::default()
+            }
+            Err(e) => {
+                warn(
+                    "data.meshNetworks".into(),
+                    format!("{e}; no network is read"),
+                );
+                crds::mesh::MeshNetworks::default()
+            }
+        };
+        let n = &mut self.mesh.networks;
+        for (net, spec) in &networks.networks {
+            let at = format!("data.meshNetworks.networks.{net}");
+            let mut this_registry = false;
+            for (i, e) in spec.endpoints.iter().enumerate() {
+                if let Some(range) = e.from_cidr.as_deref().and_then(crds::mesh::parse_cidr) {
+                    n.ranges.push((range, net.clone()));
+                }
+                match e.from_registry.as_deref() {
+                    Some(CLUSTER_ID) => this_registry = true,
+                    Some(other) => warn(
+                        format!("{at}.endpoints[{i}].fromRegistry"),
+                        format!(
+                            "{other:?} is not the registry this control plane reads ({CLUSTER_ID}); left out"
+                        ),
+                    ),
+                    None => {}
+                }
+            }
+            if this_registry {
+                if n.default.is_empty() {
+                    n.default.clone_from(net);
+                } else {
+                    warn(
+                        format!("{at}.endpoints"),
+                        format!(
+                            "{CLUSTER_ID} is already the registry of network {:?}; left out",
+                            n.default
+                        ),
+                    );
+                }
+            }
+            for (i, g) in spec.gateways.iter().enumerate() {
+                match (&g.address, &g.registry_service_name) {
+                    (Some(a), _) if a.parse::<std::net::IpAddr>().is_ok() => n
+                        .gateways
+                        .entry(net.clone())
+                        .or_default()
+                        .push(NetworkGateway {
+                            address: a.clone(),
+                            port: g.port,
+                        }),
+                    (Some(a), _) => warn(
+                        format!("{at}.gateways[{i}].address"),
+                        format!(
+                            "{a:?} is not an IP: gateways by DNS name are not supported yet; left out"
+                        ),
+                    ),
+                    (None, Some(svc)) if this_registry => {
+                        n.by_service.push((svc.clone(), net.clone(), g.port));
+                    }
+                    (None, Some(_)) => warn(
+                        format!("{at}.gateways[{i}].registryServiceName"),
+                        format!(
+                            "the network's endpoints are not fromRegistry {CLUSTER_ID} (as istiod, the gateway Service is looked for only then); left out"
+                        ),
+                    ),
+                    (None, None) => {}
+                }
+            }
+        }
+        self.warnings.extend(warnings);
+    }
+
+    /// Completes `self.mesh.networks` from the objects (Istio's network
+    /// manager): the system namespace's [`NETWORK_LABEL`] is the default
+    /// network; a Service labelled with a network (port: its
+    /// [`NETWORK_GATEWAY_PORT_LABEL`], else 15443, which it must have) or
+    /// named by a `registryServiceName` gateway is that network's gateway
+    /// at each of its external IPs (`spec.externalIPs`,
+    /// `status.loadBalancer.ingress[].ip`). Gateways end sorted and unique.
+    fn read_network_gateways(
+        &mut self,
+        services: &[(&str, &str, Read<'_, k8s_openapi::api::core::v1::Service>)],
+        system_network: Option<&String>,
+    ) {
+        let n = &mut self.mesh.networks;
+        if let Some(net) = system_network.filter(|l| !l.is_empty()) {
+            n.default.clone_from(net);
+        }
+        for (ns, name, (svc, _)) in services {
+            let labels = svc.metadata.labels.as_ref();
+            let hostname = || format!("{name}.{ns}.svc.{}", self.mesh.domain);
+            let mut found: Vec<(String, u32)> = Vec::new();
+            if let Some(net) = labels
+                .and_then(|l| l.get(NETWORK_LABEL))
+                .filter(|l| !l.is_empty())
+            {
+                let port = labels
+                    .and_then(|l| l.get(NETWORK_GATEWAY_PORT_LABEL))
+                    .and_then(|p| p.parse::<u32>().ok())
+                    .unwrap_or(DEFAULT_NETWORK_GATEWAY_PORT);
+                let serves = svc
+                    .spec
+                    .iter()
+                    .flat_map(|s| s.ports.iter().flatten())
+                    .any(|p| u32::try_from(p.port).ok() == Some(port));
+                if serves {
+                    found.push((net.clone(), port));
+                } else {
+                    self.warnings.push(crate::ConfigWarning::new(
+                        "Service",
+                        format!("{ns}/{name}"),
+                        format!("metadata.labels[{NETWORK_LABEL}]"),
+                        format!("a network gateway without port {port}; left out"),
+                    ));
+                }
+            } else if !n.by_service.is_empty() {
+                let host = hostname();
+                found.extend(
+                    n.by_service
+                        .iter()
+                        .filter(|(h, _, _)| *h == host)
+                        .map(|(_, net, port)| (net.clone(), *port)),
+                );
+            }
+            if found.is_empty() {
+                continue;
+            }
+            let external = svc
+                .spec
+                .iter()
+                .flat_map(|s| s.external_ips.iter().flatten());
+            let balanced = svc
+                .status
+                .iter()
+                .flat_map(|s| s.load_balancer.iter())
+                .flat_map(|lb| lb.ingress.iter().flatten())
+                .filter_map(|i| i.ip.as_ref());
+            let addresses: Vec<&String> = external
+                .chain(balanced)
+                .filter(|a| a.parse::<std::net::IpAddr>().is_ok())
+                .collect();
+            for (net, port) in found {
+                let list = n.gateways.entry(net).or_default();
+                list.extend(addresses.iter().map(|a| NetworkGateway {
+                    address: (*a).clone(),
+                    port,
+                }));
+            }
+        }
+        n.gateways.retain(|_, list| {
+            list.sort_unstable();
+            list.dedup();
+            !list.is_empty()
+        });
+    }
+
     /// Takes the mesh config ConfigMap's settings into `self.mesh`,
     /// reporting what is refused or not supported in `self.warnings`, and
     /// returns its `discoverySelectors` (`None`: every namespace). A
@@ -1253,6 +1535,7 @@ impl Snapshot {
                 && crds::mesh::is_mesh_configmap(cm)
             {
                 selectors = snap.read_mesh_config(cm);
+                snap.read_mesh_networks(cm);
             }
         }
         // Services built under other export defaults are not taken over.
@@ -1273,9 +1556,20 @@ impl Snapshot {
                 .filter_map(|n| n.metadata.name.as_deref())
                 .collect()
         });
+        // The system namespace's network label, whatever the selectors.
+        let mut system_network = None;
         for (obj, shared) in objects {
             let ns: &str = obj.metadata().namespace.as_deref().unwrap_or("default");
             let name: &str = obj.metadata().name.as_deref().unwrap_or_default();
+            if let Object::Namespace(n) = obj
+                && name == crds::mesh::MESH_CONFIGMAP.0
+            {
+                system_network = n
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(NETWORK_LABEL));
+            }
             if let Some(discovered) = &discovered {
                 // A namespace is in its own scope; the mesh config is read
                 // whatever its namespace's labels.
@@ -1472,6 +1766,7 @@ impl Snapshot {
                 })
                 .copied()
         };
+        snap.read_network_gateways(&services, system_network);
         for (ns, name, (svc, svc_shared)) in services {
             let hostname = format!("{name}.{ns}.svc.{}", snap.mesh.domain);
             let own_slices = slices_of
@@ -2155,7 +2450,7 @@ fn service_entry_services(
                 .filter(|(we, _)| selects_workload(&selector.labels, &we.labels))
                 .filter(|(we, _)| {
                     let address = we.address.as_deref().unwrap_or_default();
-                    dns || address.parse::<std::net::IpAddr>().is_ok()
+                    dns || address.is_empty() || address.parse::<std::net::IpAddr>().is_ok()
                 })
                 .filter_map(|(we, _)| workload_entry_endpoint(we, of_workload(&we.ports)))
                 .chain(
@@ -2267,8 +2562,9 @@ fn selects_workload(
 
 /// The endpoint a WorkloadEntry (an object, or inline in a ServiceEntry)
 /// is, with its target `ports` by service port name; `None` without an
-/// address (an entry reached through its network's gateway: not yet) or
-/// with a `unix://` one (not yet). Istio's
+/// address unless it is in a network (then only other networks reach it,
+/// through that network's gateways: Split Horizon EDS) or with a
+/// `unix://` one (not yet). Istio's
 /// `convertWorkloadEntryToWorkloadInstance`: the locality is the entry's,
 /// else its `istio-locality` label; it takes Istio mTLS when its
 /// `security.istio.io/tlsMode` label says `istio` or, without that label,
@@ -2277,10 +2573,12 @@ fn workload_entry_endpoint(
     we: &crds::WorkloadEntrySpec,
     ports: Arc<BTreeMap<String, u32>>,
 ) -> Option<Endpoint> {
-    let address = we
-        .address
-        .clone()
-        .filter(|a| !a.is_empty() && !a.starts_with(UNIX_PREFIX))?;
+    let networked = we.network.as_ref().is_some_and(|n| !n.is_empty())
+        || we.labels.get(NETWORK_LABEL).is_some_and(|n| !n.is_empty());
+    let address = we.address.clone().unwrap_or_default();
+    if (address.is_empty() && !networked) || address.starts_with(UNIX_PREFIX) {
+        return None;
+    }
     let locality = we
         .locality
         .clone()
@@ -2299,6 +2597,9 @@ fn workload_entry_endpoint(
     );
     endpoint.in_mesh |= sidecar;
     endpoint.weight = we.weight.filter(|w| *w > 0).unwrap_or(1);
+    if let Some(network) = we.network.as_ref().filter(|n| !n.is_empty()) {
+        endpoint.network.clone_from(network);
+    }
     Some(endpoint)
 }
 
@@ -2480,7 +2781,7 @@ fn inbound_index(services: &BTreeMap<String, Arc<Service>>) -> HashMap<String, V
         if svc.resolution != ServiceResolution::Static {
             continue;
         }
-        for ep in &svc.endpoints {
+        for ep in svc.endpoints.iter().filter(|e| !e.address.is_empty()) {
             for sp in &svc.ports {
                 let Some(port) = ep.target_port(&sp.name) else {
                     continue;
@@ -2590,6 +2891,10 @@ pub struct Proxy {
     pub labels: BTreeMap<String, String>,
     /// `region/zone/subzone` from the xDS node's `locality` (empty: unknown).
     pub locality: String,
+    /// The proxy's network: node metadata `NETWORK` (Istio's
+    /// `ISTIO_META_NETWORK`); empty: unknown, every endpoint reached
+    /// directly.
+    pub network: String,
 }
 
 impl Proxy {
@@ -2622,6 +2927,11 @@ impl Proxy {
                 ProxyKind::Router => Vec::new(),
             },
             own_address,
+            network: if snap.mesh.networks.enabled() {
+                self.network.clone()
+            } else {
+                String::new()
+            },
         }
     }
 }
@@ -2644,6 +2954,9 @@ pub struct ConfigKey {
     /// The proxy's own address, when its config names it: a Sidecar
     /// ingress listener whose `defaultEndpoint` is `0.0.0.0:PORT`.
     pub own_address: Option<String>,
+    /// The proxy's network, in a mesh with network gateways (Split
+    /// Horizon EDS); empty otherwise.
+    pub network: String,
 }
 
 /// Whether a Sidecar ingress `defaultEndpoint` names the workload's own
@@ -2700,6 +3013,7 @@ impl Proxy {
             namespace,
             labels,
             locality: String::new(),
+            network: String::new(),
         })
     }
 }

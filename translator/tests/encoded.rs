@@ -591,3 +591,257 @@ spec:
             .any(|e| &*e.0 == "outbound_.9080_._.reviews.default.svc.cluster.local")
     );
 }
+
+/// The mesh of [`split_horizon_eds_sends_other_networks_endpoints_to_their_gateways`]:
+/// `db` has an endpoint in network1 (by the registry default), three in
+/// network2 (one weighted 3, one without a sidecar, one without an
+/// address: reached only through the gateways) and one in network3, which
+/// has no gateway; network2 has two gateways, network1 one.
+const NETWORKS: &str = "
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  meshNetworks: |
+    networks:
+      network1:
+        endpoints: [{fromRegistry: Kubernetes}]
+        gateways: [{address: 192.0.2.10, port: 15443}]
+      network2:
+        endpoints: [{fromCidr: 10.2.0.0/16}]
+        gateways: [{address: 192.0.2.21, port: 15443}, {address: 192.0.2.20, port: 15443}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db, namespace: default}
+spec:
+  hosts: [db.example.com]
+  location: MESH_INTERNAL
+  ports: [{number: 9000, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints:
+  - {address: 10.0.0.1, labels: {security.istio.io/tlsMode: istio}}
+  - {address: 10.0.0.2, network: network2, weight: 3, labels: {security.istio.io/tlsMode: istio}}
+  - {address: 10.0.0.3, network: network2}
+  - {address: 10.0.0.4, network: network3, labels: {security.istio.io/tlsMode: istio}}
+  - {network: network2, labels: {security.istio.io/tlsMode: istio}}
+";
+
+/// A client sidecar in `network` (node metadata `NETWORK`).
+fn in_network(network: &str) -> Proxy {
+    let mut p = sidecar("default", "");
+    p.network = network.into();
+    p
+}
+
+/// `db`'s endpoints as the daemon sends them to `p`: (address, port,
+/// weight, whether it is marked for Istio mTLS), sorted.
+fn db_endpoints(snap: &Snapshot, p: &Proxy) -> Vec<(String, u32, u32, bool)> {
+    use envoy_types::pb::envoy::config::core::v3::address::Address;
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+    use prost::Message;
+    let cla = translator::generate_encoded(snap, p)
+        .take(ENDPOINT_TYPE)
+        .into_iter()
+        .find(|e| &*e.0 == "outbound|9000||db.example.com")
+        .unwrap();
+    let any = envoy_types::pb::google::protobuf::Any::decode(&cla.2[..]).unwrap();
+    let cla = ClusterLoadAssignment::decode(&any.value[..]).unwrap();
+    let mut out: Vec<_> = cla
+        .endpoints
+        .iter()
+        .flat_map(|g| &g.lb_endpoints)
+        .map(|e| {
+            let Some(HostIdentifier::Endpoint(ep)) = &e.host_identifier else {
+                panic!("{e:?}")
+            };
+            let Some(Address::SocketAddress(a)) = ep.address.as_ref().and_then(|a| a.address.as_ref())
+            else {
+                panic!("{ep:?}")
+            };
+            let port = match a.port_specifier {
+                Some(envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier::PortValue(p)) => p,
+                _ => 0,
+            };
+            (
+                a.address.clone(),
+                port,
+                e.load_balancing_weight.as_ref().map_or(0, |w| w.value),
+                e.metadata.is_some(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Split Horizon EDS (Istio's `EndpointsByNetworkFilter`): a proxy reaches
+/// its own network's endpoints, and those of networks without gateways,
+/// directly; another network's endpoints come as that network's gateways
+/// (its weight spread over them, every weight scaled by the most gateways
+/// a network has), and only those the cluster sends Istio mTLS; a proxy
+/// that names no network reaches every endpoint directly. Each network's
+/// proxies share their own memo entries.
+#[test]
+fn split_horizon_eds_sends_other_networks_endpoints_to_their_gateways() {
+    let snap = snapshot(&[NETWORKS.to_owned()]);
+    assert!(snap.warnings.is_empty(), "{:?}", snap.warnings);
+    let ep = |a: &str, port: u32, w: u32, tls: bool| (a.to_owned(), port, w, tls);
+    let proxies = [
+        in_network("network1"),
+        in_network("network2"),
+        in_network(""),
+        in_network("network1"),
+    ];
+    check_in_turn(&snap, &proxies);
+    assert_eq!(
+        db_endpoints(&snap, &proxies[0]),
+        [
+            ep("10.0.0.1", 9000, 2, true),
+            ep("10.0.0.4", 9000, 2, true),
+            // 10.0.0.2's weight 3 and the address-less entry's 1, scaled
+            // by 2, over network2's gateways; 10.0.0.3 takes no mTLS: not
+            // reachable through them.
+            ep("192.0.2.20", 15443, 4, true),
+            ep("192.0.2.21", 15443, 4, true),
+        ]
+    );
+    assert_eq!(
+        db_endpoints(&snap, &proxies[1]),
+        [
+            ep("10.0.0.2", 9000, 6, true),
+            ep("10.0.0.3", 9000, 2, false),
+            ep("10.0.0.4", 9000, 2, true),
+            ep("192.0.2.10", 15443, 2, true),
+        ]
+    );
+    assert_eq!(
+        db_endpoints(&snap, &proxies[2]),
+        [
+            ep("10.0.0.1", 9000, 1, true),
+            ep("10.0.0.2", 9000, 3, true),
+            ep("10.0.0.3", 9000, 1, false),
+            ep("10.0.0.4", 9000, 1, true),
+        ]
+    );
+    // Without mTLS to db, no other network's endpoint is reachable.
+    let plain = "
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: db, namespace: default}
+spec:
+  host: db.example.com
+  trafficPolicy: {tls: {mode: DISABLE}}
+";
+    let snap = snapshot(&[NETWORKS.to_owned(), plain.to_owned()]);
+    check_in_turn(&snap, &proxies);
+    assert_eq!(
+        db_endpoints(&snap, &proxies[0]),
+        [
+            ep("10.0.0.1", 9000, 2, false),
+            ep("10.0.0.4", 9000, 2, false)
+        ]
+    );
+    // Without gateways the mesh is one network.
+    let no_gateways: Vec<&str> = NETWORKS
+        .lines()
+        .filter(|l| !l.contains("gateways"))
+        .collect();
+    let snap = snapshot(&[no_gateways.join("\n")]);
+    assert!(snap.warnings.is_empty(), "{:?}", snap.warnings);
+    assert_eq!(
+        db_endpoints(&snap, &proxies[0]),
+        db_endpoints(&snap, &proxies[2])
+    );
+}
+
+/// Where the networks' gateways and the endpoints' default network come
+/// from besides `address` gateways: a Service labelled with a network (at
+/// its `gatewayPort` label's port, which it must serve) at its external
+/// IPs and load balancer IPs; a `registryServiceName` gateway of the
+/// network whose endpoints are `fromRegistry: Kubernetes`; the system
+/// namespace's label, which wins over `fromRegistry`. What cannot be used
+/// is reported by field.
+#[test]
+fn network_gateways_come_from_labelled_services_and_the_registry() {
+    use translator::model::NetworkGateway;
+    let gw = |address: &str, port: u32| NetworkGateway {
+        address: address.into(),
+        port,
+    };
+    let texts = [
+        "apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  meshNetworks: |
+    networks:
+      west:
+        endpoints: [{fromRegistry: Kubernetes}]
+        gateways: [{registryServiceName: west-gw.istio-system.svc.cluster.local, port: 15443}]
+      south:
+        endpoints: [{fromRegistry: other-cluster}]
+        gateways: [{address: gw.example.com, port: 15443}, {registryServiceName: x.y.svc.cluster.local, port: 1}]
+",
+        "apiVersion: v1
+kind: Service
+metadata: {name: east-gw, namespace: istio-system, labels: {topology.istio.io/network: east, networking.istio.io/gatewayPort: '16443'}}
+spec:
+  type: LoadBalancer
+  externalIPs: [192.0.2.7]
+  ports: [{name: tls, port: 16443}]
+status: {loadBalancer: {ingress: [{ip: 192.0.2.8}, {hostname: lb.example.com}]}}
+",
+        "apiVersion: v1
+kind: Service
+metadata: {name: north-gw, namespace: istio-system, labels: {topology.istio.io/network: north}}
+spec:
+  externalIPs: [192.0.2.9]
+  ports: [{name: http, port: 80}]
+",
+        "apiVersion: v1
+kind: Service
+metadata: {name: west-gw, namespace: istio-system}
+spec:
+  externalIPs: [192.0.2.10]
+  ports: [{name: tls, port: 15443}]
+",
+    ]
+    .map(str::to_owned);
+    let snap = snapshot(&texts);
+    let n = &snap.mesh.networks;
+    assert_eq!(
+        n.gateways,
+        [
+            (
+                "east".to_owned(),
+                vec![gw("192.0.2.7", 16443), gw("192.0.2.8", 16443)]
+            ),
+            ("west".to_owned(), vec![gw("192.0.2.10", 15443)]),
+        ]
+        .into()
+    );
+    assert_eq!(n.default, "west");
+    let mut fields: Vec<String> = snap
+        .warnings
+        .iter()
+        .map(|w| format!("{} {}", w.object, w.field))
+        .collect();
+    fields.sort();
+    assert_eq!(
+        fields,
+        [
+            "istio-system/istio data.meshNetworks.networks.south.endpoints[0].fromRegistry",
+            "istio-system/istio data.meshNetworks.networks.south.gateways[0].address",
+            "istio-system/istio data.meshNetworks.networks.south.gateways[1].registryServiceName",
+            "istio-system/north-gw metadata.labels[topology.istio.io/network]",
+        ]
+    );
+    // The system namespace's label names the default network.
+    let mut with_ns = texts.to_vec();
+    with_ns.push(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: istio-system, labels: {topology.istio.io/network: east}}\n".into(),
+    );
+    assert_eq!(snapshot(&with_ns).mesh.networks.default, "east");
+}
