@@ -5,6 +5,8 @@
 //! SPIFFE ID is the destination's service account. The server is
 //! `openssl s_server` demanding a client certificate from the same CA; its
 //! status page echoes the certificate Envoy presented.
+//! The same mTLS crosses networks through an east-west gateway (Split
+//! Horizon EDS).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
 
@@ -169,4 +171,111 @@ fn a_sidecar_originates_istio_mutual_with_its_agent_issued_identity() {
     let (status, page) = http_get("http://10.96.0.61:9080/", &[("host", "impostor")]).unwrap();
     assert_eq!(status, 503, "{page}");
     assert_eq!(envoy.rejected(), 0);
+}
+
+/// Multi-network (Split Horizon EDS) on real Envoys: `remote`'s one pod is
+/// in network2 (its `topology.istio.io/network` label), whose east-west
+/// gateway (an `AUTO_PASSTHROUGH` server on 15443, itself in network2) is
+/// the mesh networks' gateway at 127.0.0.1:15443. productpage's sidecar,
+/// in network1, gets the gateway as `remote`'s endpoint, not the pod; its
+/// request goes over Istio mTLS through the gateway (its SNI-DNAT cluster
+/// counts the connection) and the server sees productpage's identity. With
+/// the gateway gone from `meshNetworks`, the pod is reached directly.
+#[test]
+fn another_networks_endpoint_is_reached_through_its_gateway() {
+    let _hosts = e2e::isolate();
+    capture_outbound();
+    let rt = e2e::runtime();
+    let cfg = ConfigDir::bookinfo_platform();
+    let networks = |gateways: &str| {
+        format!(
+            "apiVersion: v1
+kind: ConfigMap
+metadata: {{name: istio, namespace: istio-system}}
+data:
+  meshNetworks: |
+    networks:
+      network2:
+        endpoints: [{{fromCidr: 127.0.1.0/24}}]
+        gateways: [{gateways}]
+"
+        )
+    };
+    let platform = service("remote", "10.96.0.62", "127.0.1.62").replace(
+        "labels: {app: remote}}",
+        "labels: {app: remote, topology.istio.io/network: network2}}",
+    ) + MTLS
+        + "---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: cross-network-gateway, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 15443, name: tls, protocol: TLS}
+    hosts: ['*.local']
+    tls: {mode: AUTO_PASSTHROUGH}
+";
+    assert!(platform.contains("topology.istio.io/network: network2"));
+    cfg.write("remote.yaml", &platform);
+    cfg.write(
+        "networks.yaml",
+        &networks("{address: 127.0.0.1, port: 15443}"),
+    );
+    let work = tempfile::tempdir().unwrap();
+    let daemon = rt.block_on(e2e::start_daemon(cfg.path()));
+    let secure = daemon.secure.as_ref().unwrap();
+    let _remote = MtlsServer::start(
+        work.path(),
+        "127.0.1.62:9080",
+        &secure.authority,
+        &id("remote"),
+    );
+    // network2's east-west gateway, with its node agent (its clusters
+    // under ISTIO_MUTUAL wait for a certificate), passing TLS through.
+    let gateway_id = SpiffeId {
+        namespace: "istio-system".into(),
+        ..id("istio-ingressgateway")
+    };
+    let socket = e2e::start_agent(rt.handle(), &daemon, gateway_id);
+    e2e::use_sds_socket(&socket);
+    e2e::use_network("network2");
+    let gateway = Envoy::start(e2e::GATEWAY, &e2e::GATEWAY_LABELS, daemon.xds_addr, 15100);
+    // productpage's sidecar in network1, with its node agent.
+    let me = id("bookinfo-productpage");
+    let socket = e2e::start_agent(rt.handle(), &daemon, me.clone());
+    e2e::use_sds_socket(&socket);
+    e2e::use_network("network1");
+    let envoy = Envoy::start(SIDECAR, &SIDECAR_LABELS, daemon.xds_addr, 15000);
+    wait_synced(&daemon, &[&envoy, &gateway], SYNC);
+
+    let hosts = |e: &Envoy| {
+        let clusters = e.admin("/clusters").unwrap();
+        let prefix = "outbound|9080||remote.default.svc.cluster.local::";
+        let mut found: Vec<String> = clusters
+            .lines()
+            .filter_map(|l| l.strip_prefix(prefix))
+            .filter_map(|l| l.split("::").next())
+            .filter(|h| h.parse::<std::net::SocketAddr>().is_ok())
+            .map(str::to_owned)
+            .collect();
+        found.sort();
+        found.dedup();
+        found
+    };
+    assert_eq!(hosts(&envoy), ["127.0.0.1:15443"]);
+    let (status, page) = http_get("http://10.96.0.62:9080/", &[("host", "remote")]).unwrap();
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(e2e::tls::first_certificate_sans(&page), [me.to_string()]);
+    let through = "cluster.outbound_.9080_._.remote.default.svc.cluster.local.upstream_cx_total";
+    assert!(gateway.stat(through) >= 1, "{through}");
+
+    // One network again: the pod directly.
+    e2e::apply(&daemon, &[&envoy, &gateway], || {
+        cfg.write("networks.yaml", &networks(""));
+    });
+    assert_eq!(hosts(&envoy), ["127.0.1.62:9080"]);
+    let (status, page) = http_get("http://10.96.0.62:9080/", &[("host", "remote")]).unwrap();
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(envoy.rejected() + gateway.rejected(), 0);
 }
