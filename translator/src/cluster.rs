@@ -23,7 +23,8 @@ use crate::encoded::{
     put_string, put_varint, string_len, uint32_len,
 };
 use crate::model::{
-    Config, Endpoint, Protocol, Proxy, ProxyKind, Service, ServicePort, ServiceResolution, Snapshot,
+    Config, Endpoint, Networks, Protocol, Proxy, ProxyKind, Service, ServicePort,
+    ServiceResolution, Snapshot,
 };
 use crate::policy::{
     AutoMtlsField, Effective, LocalityPlan, MeshPool, TRANSPORT_SOCKET_MATCH, auto_mtls_match,
@@ -226,6 +227,7 @@ impl<'a> ProxyViews<'a> {
                             let v = crate::model::topology_value(
                                 &self.proxy.labels,
                                 &self.proxy.locality,
+                                &self.proxy.network,
                                 k,
                             );
                             (k.clone(), v.to_owned())
@@ -497,8 +499,15 @@ fn service_clusters(
                     && bare == Effective::default()
                     && !plan.as_ref().is_some_and(|p| p.weighted)
                 {
-                    let cla =
-                        assignment(&dnat, port, &endpoints, plan.as_ref(), None, split.as_ref());
+                    let cla = assignment(
+                        &dnat,
+                        port,
+                        &endpoints,
+                        plan.as_ref(),
+                        None,
+                        split.as_ref(),
+                        &snap.mesh.networks,
+                    );
                     emit(&dnat, PlannedCluster::Plain { http2 }, None, Some(cla));
                 } else {
                     let (mut cluster, cla) = service_cluster(
@@ -506,7 +515,7 @@ fn service_clusters(
                         (svc, port),
                         &bare,
                         &endpoints,
-                        (plan.as_ref(), split.as_ref()),
+                        (plan.as_ref(), split.as_ref(), &snap.mesh.networks),
                         None,
                     );
                     resolve_at_mesh_rate(&mut cluster, snap.mesh.dns_refresh_rate);
@@ -518,7 +527,15 @@ fn service_clusters(
                 && !plan.as_ref().is_some_and(|p| p.weighted)
             {
                 let mtls = auto.and_then(|i| i.auto.as_ref());
-                let cla = assignment(&name, port, &endpoints, plan.as_ref(), mtls, split.as_ref());
+                let cla = assignment(
+                    &name,
+                    port,
+                    &endpoints,
+                    plan.as_ref(),
+                    mtls,
+                    split.as_ref(),
+                    &snap.mesh.networks,
+                );
                 emit(&name, PlannedCluster::Plain { http2 }, auto, Some(cla));
                 continue;
             }
@@ -527,7 +544,7 @@ fn service_clusters(
                 (svc, port),
                 &policy,
                 &endpoints,
-                (plan.as_ref(), split.as_ref()),
+                (plan.as_ref(), split.as_ref(), &snap.mesh.networks),
                 identity.as_ref(),
             );
             resolve_at_mesh_rate(&mut cluster, snap.mesh.dns_refresh_rate);
@@ -571,13 +588,14 @@ fn resolve_at_mesh_rate(cluster: &mut Cluster, rate: std::time::Duration) {
 
 /// One cluster of `svc` on `port` (without its auto mTLS match, which the
 /// caller adds), and the load assignment of an EDS cluster, planned with
-/// the locality plan and (EDS only, as Istio's) Split Horizon.
+/// the locality plan, the mesh's networks and (EDS only, as Istio's)
+/// Split Horizon.
 fn service_cluster<'a>(
     name: &'a str,
     (svc, port): (&Service, &ServicePort),
     policy: &Effective,
     endpoints: &[&'a Endpoint],
-    (plan, split): (Option<&LocalityPlan>, Option<&Split<'a>>),
+    (plan, split, networks): (Option<&LocalityPlan>, Option<&Split<'a>>, &Networks),
     identity: Option<&IstioTls>,
 ) -> (Box<Cluster>, Option<Assignment<'a>>) {
     let auto = identity.and_then(|i| i.auto.as_ref());
@@ -611,10 +629,13 @@ fn service_cluster<'a>(
             DiscoveryType::LogicalDns
         });
         cluster.dns_lookup_family = DnsLookupFamily::V4Only as i32;
-        cluster.load_assignment = Some(assignment(name, port, endpoints, plan, auto, None).build());
+        cluster.load_assignment =
+            Some(assignment(name, port, endpoints, plan, auto, None, networks).build());
     } else {
         set_eds(&mut cluster, name);
-        cla = Some(assignment(name, port, endpoints, plan, auto, split));
+        cla = Some(assignment(
+            name, port, endpoints, plan, auto, split, networks,
+        ));
     }
     (cluster, cla)
 }
@@ -732,7 +753,7 @@ fn spread<'a>(
 /// gateway routes on Istio's SNI). Endpoints of the proxy's network, of
 /// none, or of a network without gateways are reached directly.
 pub(crate) struct Split<'a> {
-    pub(crate) networks: &'a crate::model::Networks,
+    pub(crate) networks: &'a Networks,
     /// The proxy's network (not empty).
     pub(crate) network: &'a str,
     /// Which endpoints the cluster sends Istio mTLS.
@@ -753,7 +774,9 @@ pub(crate) enum Mtls<'a> {
 /// The endpoints on `port`, grouped by locality, each locality with its
 /// priority and weight from `plan` (a locality weighted 0 is left out).
 /// `mtls`: for each endpoint, whether it takes Istio mTLS (auto mTLS).
-/// `split`: other networks' endpoints as their gateways ([`Split`]).
+/// `split`: other networks' endpoints as their gateways ([`Split`]);
+/// `networks`: the endpoints' networks, which `failoverPriority` may
+/// compare.
 fn assignment<'a>(
     name: &'a str,
     port: &ServicePort,
@@ -761,6 +784,7 @@ fn assignment<'a>(
     plan: Option<&LocalityPlan>,
     mtls: Option<&Vec<bool>>,
     split: Option<&Split<'a>>,
+    networks: &Networks,
 ) -> Assignment<'a> {
     // By locality (and `failoverPriority` rank), in that order; endpoints
     // in their order within one.
@@ -794,7 +818,7 @@ fn assignment<'a>(
             }
         }
         let locality = ep.locality.as_str();
-        let rank = by_labels.map_or(0, |wanted| failover_rank(ep, wanted));
+        let rank = by_labels.map_or(0, |wanted| failover_rank(ep, wanted, networks));
         // Usually every endpoint is in the locality of the one before
         // (often none): checked without a string compare when it is empty.
         let at = match groups.last() {
@@ -875,11 +899,13 @@ fn assignment<'a>(
 /// Istio's `failoverPriority` rank of `ep` against `wanted` (label key,
 /// value): 0 when it matches every entry, else N - j for its first
 /// mismatch `j` (a later label counts only when the ones before match).
-fn failover_rank(ep: &Endpoint, wanted: &[(String, String)]) -> u32 {
+fn failover_rank(ep: &Endpoint, wanted: &[(String, String)], networks: &Networks) -> u32 {
     let n = wanted.len();
     wanted
         .iter()
-        .position(|(k, v)| crate::model::topology_value(&ep.labels, &ep.locality, k) != v)
+        .position(|(k, v)| {
+            crate::model::topology_value(&ep.labels, &ep.locality, networks.of(ep), k) != v
+        })
         .map_or(0, |j| u32::try_from(n - j).unwrap_or(u32::MAX))
 }
 
@@ -1117,7 +1143,7 @@ mod tests {
             endpoint("10.0.0.5", "r/a"),
         ];
         let refs: Vec<&Endpoint> = eps.iter().collect();
-        let cla = assignment("c", &port, &refs, None, None, None).build();
+        let cla = assignment("c", &port, &refs, None, None, None, &Default::default()).build();
         let groups: Vec<(String, Vec<String>)> = cla
             .endpoints
             .iter()
@@ -1192,12 +1218,12 @@ mod tests {
         // Long enough a name that lengths take two varint bytes.
         let name = "outbound|80||".to_owned() + &"x".repeat(200);
         for (plan, mtls) in [(None, None), (Some(&plan), Some(&mtls))] {
-            let a = assignment(&name, &port, &refs, plan, mtls, None);
+            let a = assignment(&name, &port, &refs, plan, mtls, None, &Default::default());
             let want = encode(ENDPOINT_TYPE, &name, &a.build());
             assert!(a.encode() == want, "plan {plan:?}, mtls {mtls:?}");
         }
         // Without a plan a locality weighs what its endpoints weigh.
-        let built = assignment(&name, &port, &refs, None, None, None).build();
+        let built = assignment(&name, &port, &refs, None, None, None, &Default::default()).build();
         let weights: Vec<(String, u32, Vec<u32>)> = built
             .endpoints
             .iter()
@@ -1283,7 +1309,7 @@ mod tests {
                         (&svc, &port),
                         &Effective::default(),
                         &refs,
-                        (None, None),
+                        (None, None, &Networks::default()),
                         auto,
                     );
                     assert_eq!(general, plain_cluster(name, http2), "{protocol:?} {name}");
@@ -1300,7 +1326,7 @@ mod tests {
                         (&svc, &port),
                         &with_policy,
                         &refs,
-                        (None, None),
+                        (None, None, &Networks::default()),
                         auto,
                     );
                     assert!(

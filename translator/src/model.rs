@@ -133,19 +133,22 @@ pub struct Endpoint {
 }
 
 /// The value of label `key` for a workload with `labels` at `locality`
-/// (`region/zone/subzone`), as Istio's augmented labels give it: the label,
-/// else for `topology.kubernetes.io/region`, `topology.kubernetes.io/zone`
-/// and `topology.istio.io/subzone` that part of the locality; `""` when
-/// neither (Go's value of a missing map key, which Istio compares).
+/// (`region/zone/subzone`) in `network`, as Istio's augmented labels give
+/// it: the label, else for `topology.kubernetes.io/region`,
+/// `topology.kubernetes.io/zone` and `topology.istio.io/subzone` that part
+/// of the locality, for [`NETWORK_LABEL`] the network; `""` when neither
+/// (Go's value of a missing map key, which Istio compares).
 pub(crate) fn topology_value<'a>(
     labels: &'a BTreeMap<String, String>,
     locality: &'a str,
+    network: &'a str,
     key: &str,
 ) -> &'a str {
     if let Some(v) = labels.get(key) {
         return v;
     }
     let part = match key {
+        NETWORK_LABEL => return network,
         "topology.kubernetes.io/region" => 0,
         "topology.kubernetes.io/zone" => 1,
         "topology.istio.io/subzone" => 2,
@@ -2927,7 +2930,8 @@ impl Proxy {
                 ProxyKind::Router => Vec::new(),
             },
             own_address,
-            network: if snap.mesh.networks.enabled() {
+            // Split Horizon EDS, or a `failoverPriority` on the network.
+            network: if snap.mesh.networks.enabled() || snap.failover_keys.contains(NETWORK_LABEL) {
                 self.network.clone()
             } else {
                 String::new()
@@ -2955,7 +2959,8 @@ pub struct ConfigKey {
     /// ingress listener whose `defaultEndpoint` is `0.0.0.0:PORT`.
     pub own_address: Option<String>,
     /// The proxy's network, in a mesh with network gateways (Split
-    /// Horizon EDS); empty otherwise.
+    /// Horizon EDS) or a `failoverPriority` on [`NETWORK_LABEL`]; empty
+    /// otherwise.
     pub network: String,
 }
 

@@ -637,6 +637,16 @@ fn in_network(network: &str) -> Proxy {
 /// `db`'s endpoints as the daemon sends them to `p`: (address, port,
 /// weight, whether it is marked for Istio mTLS), sorted.
 fn db_endpoints(snap: &Snapshot, p: &Proxy) -> Vec<(String, u32, u32, bool)> {
+    let mut out: Vec<_> = db_endpoints_by_priority(snap, p)
+        .into_iter()
+        .map(|(_, e)| e)
+        .collect();
+    out.sort();
+    out
+}
+
+/// As [`db_endpoints`], each with its locality's priority, in the order sent.
+fn db_endpoints_by_priority(snap: &Snapshot, p: &Proxy) -> Vec<(u32, (String, u32, u32, bool))> {
     use envoy_types::pb::envoy::config::core::v3::address::Address;
     use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
     use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
@@ -648,11 +658,10 @@ fn db_endpoints(snap: &Snapshot, p: &Proxy) -> Vec<(String, u32, u32, bool)> {
         .unwrap();
     let any = envoy_types::pb::google::protobuf::Any::decode(&cla.2[..]).unwrap();
     let cla = ClusterLoadAssignment::decode(&any.value[..]).unwrap();
-    let mut out: Vec<_> = cla
-        .endpoints
+    cla.endpoints
         .iter()
-        .flat_map(|g| &g.lb_endpoints)
-        .map(|e| {
+        .flat_map(|g| g.lb_endpoints.iter().map(move |e| (g.priority, e)))
+        .map(|(priority, e)| {
             let Some(HostIdentifier::Endpoint(ep)) = &e.host_identifier else {
                 panic!("{e:?}")
             };
@@ -665,15 +674,16 @@ fn db_endpoints(snap: &Snapshot, p: &Proxy) -> Vec<(String, u32, u32, bool)> {
                 _ => 0,
             };
             (
-                a.address.clone(),
-                port,
-                e.load_balancing_weight.as_ref().map_or(0, |w| w.value),
-                e.metadata.is_some(),
+                priority,
+                (
+                    a.address.clone(),
+                    port,
+                    e.load_balancing_weight.as_ref().map_or(0, |w| w.value),
+                    e.metadata.is_some(),
+                ),
             )
         })
-        .collect();
-    out.sort();
-    out
+        .collect()
 }
 
 /// Split Horizon EDS (Istio's `EndpointsByNetworkFilter`): a proxy reaches
@@ -844,4 +854,53 @@ spec:
         "apiVersion: v1\nkind: Namespace\nmetadata: {name: istio-system, labels: {topology.istio.io/network: east}}\n".into(),
     );
     assert_eq!(snapshot(&with_ns).mesh.networks.default, "east");
+}
+
+/// `failoverPriority` on `topology.istio.io/network` (Istio's documented
+/// example): the proxy's network (its `NETWORK` metadata) against each
+/// endpoint's resolved network; the gateways standing for another
+/// network's endpoints rank with them.
+#[test]
+fn failover_priority_compares_networks() {
+    let rule = "
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: db, namespace: default}
+spec:
+  host: db.example.com
+  trafficPolicy:
+    outlierDetection: {consecutive5xxErrors: 1}
+    loadBalancer: {localityLbSetting: {failoverPriority: [topology.istio.io/network]}}
+";
+    let snap = snapshot(&[NETWORKS.to_owned(), rule.to_owned()]);
+    assert!(snap.warnings.is_empty(), "{:?}", snap.warnings);
+    let proxies = [in_network("network1"), in_network("network2")];
+    check_in_turn(&snap, &proxies);
+    let ranked = |p: &Proxy| {
+        let mut out: Vec<(u32, String)> = db_endpoints_by_priority(&snap, p)
+            .into_iter()
+            .map(|(priority, e)| (priority, e.0))
+            .collect();
+        out.sort();
+        out
+    };
+    let at = |priority: u32, address: &str| (priority, address.to_owned());
+    assert_eq!(
+        ranked(&proxies[0]),
+        [
+            at(0, "10.0.0.1"),
+            at(1, "10.0.0.4"),
+            at(1, "192.0.2.20"),
+            at(1, "192.0.2.21")
+        ]
+    );
+    assert_eq!(
+        ranked(&proxies[1]),
+        [
+            at(0, "10.0.0.2"),
+            at(0, "10.0.0.3"),
+            at(1, "10.0.0.4"),
+            at(1, "192.0.2.10")
+        ]
+    );
 }
