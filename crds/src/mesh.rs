@@ -653,31 +653,48 @@ pub fn is_mesh_configmap(cm: &ConfigMap) -> bool {
         && cm.metadata.name.as_deref() == Some(MESH_CONFIGMAP.1)
 }
 
+/// The YAML under `key` of the mesh ConfigMap as a `T`; a missing or
+/// empty key is `T`'s default.
+///
+/// # Errors
+/// [`ParseError::InvalidField`] naming `data.<key>` (invalid YAML) or
+/// `data.<key>.<field>` (a field that does not fit).
+fn parse_key<T: serde::de::DeserializeOwned + Default>(
+    cm: &ConfigMap,
+    key: &str,
+) -> Result<T, ParseError> {
+    let Some(text) = cm.data.as_ref().and_then(|d| d.get(key)) else {
+        return Ok(T::default());
+    };
+    let value: serde_json::Value = serde_yaml_ng::from_str(text)
+        .map_err(|e| mesh_configmap_error(format!("data.{key}"), format!("invalid YAML: {e}")))?;
+    if value.is_null() {
+        return Ok(T::default());
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        mesh_configmap_error(format!("data.{key}.{path}"), e.into_inner().to_string())
+    })
+}
+
+/// A [`ParseError::InvalidField`] of the mesh ConfigMap.
+fn mesh_configmap_error(field: String, reason: String) -> ParseError {
+    ParseError::InvalidField {
+        kind: "ConfigMap".into(),
+        name: format!("{}/{}", MESH_CONFIGMAP.0, MESH_CONFIGMAP.1),
+        field,
+        reason,
+    }
+}
+
 /// Parses the `mesh` key (YAML) of the mesh ConfigMap; a missing key is the
 /// default config.
 ///
 /// # Errors
 /// [`ParseError::InvalidField`] naming `data.mesh.<field>`.
 pub fn parse(cm: &ConfigMap) -> Result<MeshConfigSpec, ParseError> {
-    let name = format!("{}/{}", MESH_CONFIGMAP.0, MESH_CONFIGMAP.1);
-    let Some(text) = cm.data.as_ref().and_then(|d| d.get("mesh")) else {
-        return Ok(MeshConfigSpec::default());
-    };
-    let err = |field: String, reason: String| ParseError::InvalidField {
-        kind: "ConfigMap".into(),
-        name: name.clone(),
-        field,
-        reason,
-    };
-    let value: serde_json::Value = serde_yaml_ng::from_str(text)
-        .map_err(|e| err("data.mesh".into(), format!("invalid YAML: {e}")))?;
-    if value.is_null() {
-        return Ok(MeshConfigSpec::default());
-    }
-    let spec: MeshConfigSpec = serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        err(format!("data.mesh.{path}"), e.into_inner().to_string())
-    })?;
+    let spec: MeshConfigSpec = parse_key(cm, "mesh")?;
+    let err = mesh_configmap_error;
     // As Kubernetes validates a selector (`labels.NewRequirement`).
     for (i, selector) in spec.discovery_selectors.iter().flatten().enumerate() {
         for (j, r) in selector
@@ -769,28 +786,8 @@ pub struct NetworkGatewaySpec {
 /// YAML, an unknown field, an entry with both or neither of its one-of
 /// fields, a `fromCidr` that is not `IP/prefix`, a port outside 1-65535.
 pub fn parse_networks(cm: &ConfigMap) -> Result<MeshNetworks, ParseError> {
-    let name = format!("{}/{}", MESH_CONFIGMAP.0, MESH_CONFIGMAP.1);
-    let Some(text) = cm.data.as_ref().and_then(|d| d.get("meshNetworks")) else {
-        return Ok(MeshNetworks::default());
-    };
-    let err = |field: String, reason: String| ParseError::InvalidField {
-        kind: "ConfigMap".into(),
-        name: name.clone(),
-        field,
-        reason,
-    };
-    let value: serde_json::Value = serde_yaml_ng::from_str(text)
-        .map_err(|e| err("data.meshNetworks".into(), format!("invalid YAML: {e}")))?;
-    if value.is_null() {
-        return Ok(MeshNetworks::default());
-    }
-    let networks: MeshNetworks = serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        err(
-            format!("data.meshNetworks.{path}"),
-            e.into_inner().to_string(),
-        )
-    })?;
+    let networks: MeshNetworks = parse_key(cm, "meshNetworks")?;
+    let err = mesh_configmap_error;
     for (net, n) in &networks.networks {
         let at = format!("data.meshNetworks.networks.{net}");
         for (i, e) in n.endpoints.iter().enumerate() {
