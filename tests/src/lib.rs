@@ -748,6 +748,20 @@ impl Envoy {
             .unwrap_or(0)
     }
 
+    /// The endpoint addresses (`IP:port`) Envoy has for `cluster`, sorted,
+    /// from its `/clusters`.
+    pub fn hosts(&self, cluster: &str) -> Vec<String> {
+        let text = self.admin("/clusters").unwrap_or_default();
+        let prefix = format!("{cluster}::");
+        let mut out: Vec<String> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix(&prefix))
+            .filter_map(|l| l.split_once("::cx_active").map(|(h, _)| h.to_owned()))
+            .collect();
+        out.sort();
+        out
+    }
+
     /// Sum of every `*.update_rejected` counter (CDS, LDS, RDS, EDS): Envoy's
     /// own count of config it refused.
     pub fn rejected(&self) -> u64 {

@@ -427,18 +427,6 @@ fn clusters(envoy: &Envoy) -> std::collections::BTreeSet<String> {
         .collect()
 }
 
-/// Endpoint addresses of one cluster, from Envoy's `/clusters`.
-fn hosts(envoy: &Envoy, cluster: &str) -> Vec<String> {
-    let text = envoy.admin("/clusters").unwrap_or_default();
-    let mut out: Vec<String> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix(&format!("{cluster}::")))
-        .filter_map(|l| l.split_once("::cx_active").map(|(h, _)| h.to_owned()))
-        .collect();
-    out.sort();
-    out
-}
-
 #[test]
 fn create_update_and_delete_of_each_kind_reach_envoy() {
     let mesh = Mesh::start_kube(false, &["destination-rule-all.yaml"]);
@@ -564,7 +552,7 @@ fn create_update_and_delete_of_each_kind_reach_envoy() {
 
     // Pod: relabelled, it leaves the v1 subset's endpoints.
     let reviews_v1 = "outbound|9080|v1|reviews.default.svc.cluster.local";
-    assert_eq!(hosts(&envoy, reviews_v1), ["127.0.1.4:9080"]);
+    assert_eq!(envoy.hosts(reviews_v1), ["127.0.1.4:9080"]);
     let pod = |version: &str| {
         json!({"apiVersion": "v1", "kind": "Pod",
                "metadata": {"name": "reviews-v1", "namespace": "default",
@@ -577,14 +565,14 @@ fn create_update_and_delete_of_each_kind_reach_envoy() {
         &|| {
             api.apply(pod("v9"));
         },
-        &|| hosts(&envoy, reviews_v1).is_empty(),
+        &|| envoy.hosts(reviews_v1).is_empty(),
     );
     step(
         "Pod restored",
         &|| {
             api.apply(pod("v1"));
         },
-        &|| hosts(&envoy, reviews_v1) == ["127.0.1.4:9080"],
+        &|| envoy.hosts(reviews_v1) == ["127.0.1.4:9080"],
     );
 
     // WorkloadEntry: a VM that reviews' selector picks joins its v1
@@ -599,14 +587,14 @@ fn create_update_and_delete_of_each_kind_reach_envoy() {
         &|| {
             api.apply(vm("127.0.1.40"));
         },
-        &|| hosts(&envoy, reviews_v1) == ["127.0.1.40:9080", "127.0.1.4:9080"],
+        &|| envoy.hosts(reviews_v1) == ["127.0.1.40:9080", "127.0.1.4:9080"],
     );
     step(
         "WorkloadEntry updated",
         &|| {
             api.apply(vm("127.0.1.41"));
         },
-        &|| hosts(&envoy, reviews_v1) == ["127.0.1.41:9080", "127.0.1.4:9080"],
+        &|| envoy.hosts(reviews_v1) == ["127.0.1.41:9080", "127.0.1.4:9080"],
     );
     step(
         "WorkloadEntry deleted",
@@ -618,7 +606,7 @@ fn create_update_and_delete_of_each_kind_reach_envoy() {
                 "reviews-vm",
             );
         },
-        &|| hosts(&envoy, reviews_v1) == ["127.0.1.4:9080"],
+        &|| envoy.hosts(reviews_v1) == ["127.0.1.4:9080"],
     );
 
     // The mesh ConfigMap and Namespaces reach the model.
@@ -988,5 +976,60 @@ fn the_leader_keeps_the_webhooks_ca_bundle_equal_to_the_mesh_root() {
     assert_eq!(
         v["webhooks"][0]["clientConfig"]["url"],
         "https://192.0.2.1:15017/validate"
+    );
+}
+
+/// Multi-network from the API: the system namespace's network label and a
+/// gateway Service's load balancer IP (its `status`, which the watcher
+/// keeps for Services) reach the mesh's networks, and follow the Service.
+#[test]
+fn network_gateways_follow_the_api() {
+    use translator::model::NetworkGateway;
+    let mesh = Mesh::start_kube(false, &[]);
+    let (api, daemon) = (mesh.api(), &mesh.daemon);
+    let networks = || daemon.snapshots.borrow().mesh.networks.clone();
+    api.apply(json!({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": "istio-system", "labels": {"topology.istio.io/network": "network1"}}
+    }));
+    let gateway = |ip: &str| {
+        json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "istio-eastwestgateway", "namespace": "istio-system",
+                         "labels": {"topology.istio.io/network": "network1"}},
+            "spec": {"type": "LoadBalancer", "ports": [{"name": "tls", "port": 15443}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": ip}]}}
+        })
+    };
+    api.apply(gateway("192.0.2.50"));
+    let want = |ip: &str| {
+        std::collections::BTreeMap::from([(
+            "network1".to_owned(),
+            vec![NetworkGateway {
+                address: ip.into(),
+                port: 15443,
+            }],
+        )])
+    };
+    let state = || format!("{:?}", networks());
+    e2e::eventually(
+        Duration::from_secs(5),
+        || {
+            let n = networks();
+            (n.default == "network1" && n.gateways == want("192.0.2.50")).then_some(())
+        },
+        state,
+    );
+    api.apply(gateway("192.0.2.51"));
+    e2e::eventually(
+        Duration::from_secs(5),
+        || (networks().gateways == want("192.0.2.51")).then_some(()),
+        state,
+    );
+    api.delete("v1", "Service", "istio-system", "istio-eastwestgateway");
+    e2e::eventually(
+        Duration::from_secs(5),
+        || (!networks().enabled()).then_some(()),
+        state,
     );
 }

@@ -249,20 +249,7 @@ spec:
     let envoy = Envoy::start(SIDECAR, &SIDECAR_LABELS, daemon.xds_addr, 15000);
     wait_synced(&daemon, &[&envoy, &gateway], SYNC);
 
-    let hosts = |e: &Envoy| {
-        let clusters = e.admin("/clusters").unwrap();
-        let prefix = "outbound|9080||remote.default.svc.cluster.local::";
-        let mut found: Vec<String> = clusters
-            .lines()
-            .filter_map(|l| l.strip_prefix(prefix))
-            .filter_map(|l| l.split("::").next())
-            .filter(|h| h.parse::<std::net::SocketAddr>().is_ok())
-            .map(str::to_owned)
-            .collect();
-        found.sort();
-        found.dedup();
-        found
-    };
+    let hosts = |e: &Envoy| e.hosts("outbound|9080||remote.default.svc.cluster.local");
     assert_eq!(hosts(&envoy), ["127.0.0.1:15443"]);
     let (status, page) = http_get("http://10.96.0.62:9080/", &[("host", "remote")]).unwrap();
     assert_eq!(status, 200, "{page}");
