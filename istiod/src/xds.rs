@@ -509,8 +509,9 @@ fn record(row: Option<&SyncRow>, f: impl FnOnce(&mut ProxySync)) {
 }
 
 /// Builds the [`Proxy`] from an xDS node: Istio's node ID, the node
-/// metadata `NAMESPACE` (string), `LABELS` (struct of strings) and
-/// `NETWORK` (string), and the node's `locality`.
+/// metadata `NAMESPACE` (string), `LABELS` (struct of strings), `NETWORK`
+/// and `REQUESTED_NETWORK_VIEW` (comma-separated), and the node's
+/// `locality`.
 fn proxy_from_node(node: &Node) -> Result<Proxy, translator::model::InvalidNodeId> {
     let fields = node.metadata.as_ref().map(|m| &m.fields);
     let string = |v: &Value| match &v.kind {
@@ -533,6 +534,17 @@ fn proxy_from_node(node: &Node) -> Result<Proxy, translator::model::InvalidNodeI
     let mut proxy = Proxy::from_node_id(&node.id, namespace, labels)?;
     if let Some(network) = fields.and_then(|f| f.get("NETWORK")).and_then(string) {
         proxy.network = network;
+    }
+    if let Some(view) = fields
+        .and_then(|f| f.get("REQUESTED_NETWORK_VIEW"))
+        .and_then(string)
+    {
+        proxy.network_view = view
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+            .collect();
     }
     if let Some(l) = &node.locality {
         proxy.locality = [l.region.as_str(), l.zone.as_str(), l.sub_zone.as_str()]

@@ -219,6 +219,12 @@ impl<'a> ProxyViews<'a> {
                 } else {
                     String::new()
                 },
+                network_view: if self.snap.mesh.networks.enabled() && !self.proxy.network.is_empty()
+                {
+                    self.proxy.network_view.clone()
+                } else {
+                    Vec::new()
+                },
                 labels: if labelled {
                     self.snap
                         .failover_keys
@@ -478,6 +484,7 @@ fn service_clusters(
             let split = (!view.network.is_empty()).then(|| Split {
                 networks: &snap.mesh.networks,
                 network: &view.network,
+                view: &view.network_view,
                 mtls: if policy.istio_mutual() {
                     Mtls::All
                 } else {
@@ -756,6 +763,9 @@ pub(crate) struct Split<'a> {
     pub(crate) networks: &'a Networks,
     /// The proxy's network (not empty).
     pub(crate) network: &'a str,
+    /// The other networks it wants reached (`REQUESTED_NETWORK_VIEW`;
+    /// empty: all): another network's endpoints are left out otherwise.
+    pub(crate) view: &'a [String],
     /// Which endpoints the cluster sends Istio mTLS.
     pub(crate) mtls: Mtls<'a>,
 }
@@ -801,19 +811,25 @@ fn assignment<'a>(
             (!net.is_empty() && net != s.network)
                 .then(|| s.networks.gateways.get(net))
                 .flatten()
-                .map(|gateways| (gateways, s.mtls))
+                .map(|gateways| {
+                    (
+                        gateways,
+                        s.mtls,
+                        s.view.is_empty() || s.view.iter().any(|v| v == net),
+                    )
+                })
         });
         if through.is_none() && ep.address.is_empty() {
             // Reached only through its network's gateways.
             continue;
         }
-        if let Some((_, mtls)) = through {
+        if let Some((_, mtls, viewed)) = through {
             let secured = match mtls {
                 Mtls::All => true,
                 Mtls::Some(marked) => marked.get(i) == Some(&true),
                 Mtls::None => false,
             };
-            if !secured {
+            if !secured || !viewed {
                 continue;
             }
         }
@@ -852,7 +868,7 @@ fn assignment<'a>(
         };
         let weight = ep.weight.saturating_mul(scale);
         match through {
-            Some((gateways, _)) => spread(&mut group.gateways, gateways, weight),
+            Some((gateways, _, _)) => spread(&mut group.gateways, gateways, weight),
             None => {
                 let tls = mtls.is_some_and(|m| m.get(i) == Some(&true));
                 group

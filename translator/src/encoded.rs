@@ -182,6 +182,9 @@ pub(crate) struct ClusterView {
     /// Horizon EDS: other networks' endpoints come as their gateways);
     /// empty otherwise, or when the proxy names none.
     pub(crate) network: String,
+    /// The proxy's `REQUESTED_NETWORK_VIEW` when `network` is set (the
+    /// networks reached through gateways; empty: all).
+    pub(crate) network_view: Vec<String>,
 }
 
 /// Each service's [`ServiceResources`] by [`ClusterView`]: proxies in ten

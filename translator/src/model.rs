@@ -2898,6 +2898,10 @@ pub struct Proxy {
     /// `ISTIO_META_NETWORK`); empty: unknown, every endpoint reached
     /// directly.
     pub network: String,
+    /// The other networks whose endpoints the proxy wants through their
+    /// gateways: node metadata `REQUESTED_NETWORK_VIEW` (comma-separated);
+    /// empty: every network (Istio's `GetNetworkView`).
+    pub network_view: Vec<String>,
 }
 
 impl Proxy {
@@ -2936,6 +2940,11 @@ impl Proxy {
             } else {
                 String::new()
             },
+            network_view: if snap.mesh.networks.enabled() {
+                self.network_view.clone()
+            } else {
+                Vec::new()
+            },
         }
     }
 }
@@ -2962,6 +2971,9 @@ pub struct ConfigKey {
     /// Horizon EDS) or a `failoverPriority` on [`NETWORK_LABEL`]; empty
     /// otherwise.
     pub network: String,
+    /// The proxy's `REQUESTED_NETWORK_VIEW`, in a mesh with network
+    /// gateways; empty otherwise.
+    pub network_view: Vec<String>,
 }
 
 /// Whether a Sidecar ingress `defaultEndpoint` names the workload's own
@@ -3019,6 +3031,7 @@ impl Proxy {
             labels,
             locality: String::new(),
             network: String::new(),
+            network_view: Vec::new(),
         })
     }
 }

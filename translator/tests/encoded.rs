@@ -691,7 +691,8 @@ fn db_endpoints_by_priority(snap: &Snapshot, p: &Proxy) -> Vec<(u32, (String, u3
 /// directly; another network's endpoints come as that network's gateways
 /// (its weight spread over them, every weight scaled by the most gateways
 /// a network has), and only those the cluster sends Istio mTLS; a proxy
-/// that names no network reaches every endpoint directly. Each network's
+/// that names no network reaches every endpoint directly, and one with a
+/// `REQUESTED_NETWORK_VIEW` only the networks it names. Each network's
 /// proxies share their own memo entries.
 #[test]
 fn split_horizon_eds_sends_other_networks_endpoints_to_their_gateways() {
@@ -735,6 +736,20 @@ fn split_horizon_eds_sends_other_networks_endpoints_to_their_gateways() {
             ep("10.0.0.4", 9000, 1, true),
         ]
     );
+    // A proxy asking for a view without network2 gets none of its
+    // endpoints; one asking for network2 gets them all.
+    let viewing = |networks: &[&str]| {
+        let mut p = in_network("network1");
+        p.network_view = networks.iter().map(|n| (*n).to_owned()).collect();
+        p
+    };
+    let (narrow, wide) = (viewing(&["network3"]), viewing(&["network3", "network2"]));
+    check_in_turn(&snap, &[narrow.clone(), wide.clone()]);
+    assert_eq!(
+        db_endpoints(&snap, &narrow),
+        [ep("10.0.0.1", 9000, 2, true), ep("10.0.0.4", 9000, 2, true)]
+    );
+    assert_eq!(db_endpoints(&snap, &wide), db_endpoints(&snap, &proxies[0]));
     // Without mTLS to db, no other network's endpoint is reachable.
     let plain = "
 apiVersion: networking.istio.io/v1
