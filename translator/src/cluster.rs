@@ -23,7 +23,7 @@ use crate::encoded::{
     put_string, put_varint, string_len, uint32_len,
 };
 use crate::model::{
-    Config, Endpoint, Networks, Protocol, Proxy, ProxyKind, Service, ServicePort,
+    Config, Endpoint, NetworkGateway, Networks, Protocol, Proxy, ProxyKind, Service, ServicePort,
     ServiceResolution, Snapshot,
 };
 use crate::policy::{
@@ -722,15 +722,15 @@ struct Group<'a> {
     endpoints: Vec<(&'a str, u32, bool, u32)>,
     /// Other networks' gateways standing for endpoints of this locality,
     /// with the weight they carry, in gateway order ([`Split`]).
-    gateways: Vec<(&'a crate::model::NetworkGateway, u32)>,
+    gateways: Vec<(&'a NetworkGateway, u32)>,
 }
 
 /// Adds `weight` to `gateways` (of one network) in `into`, spread evenly,
 /// as Istio spreads an endpoint's weight over its network's gateways: a
 /// share each, at least 1, until it is used up.
 fn spread<'a>(
-    into: &mut Vec<(&'a crate::model::NetworkGateway, u32)>,
-    gateways: &'a [crate::model::NetworkGateway],
+    into: &mut Vec<(&'a NetworkGateway, u32)>,
+    gateways: &'a [NetworkGateway],
     weight: u32,
 ) {
     let n = u32::try_from(gateways.len()).unwrap_or(u32::MAX).max(1);
@@ -770,6 +770,40 @@ pub(crate) struct Split<'a> {
     pub(crate) mtls: Mtls<'a>,
 }
 
+/// How a proxy reaches one endpoint under [`Split`].
+enum Route<'a> {
+    /// At its address (an endpoint without one is not reached at all).
+    Direct,
+    /// Through these gateways of its network.
+    Through(&'a [NetworkGateway]),
+    /// Not at all: another network's, without mTLS or out of the view.
+    Unreachable,
+}
+
+impl<'a> Split<'a> {
+    /// How the proxy reaches `ep`, the cluster's `i`th endpoint.
+    fn route(&self, ep: &Endpoint, i: usize) -> Route<'a> {
+        let net = self.networks.of(ep);
+        if net.is_empty() || net == self.network {
+            return Route::Direct;
+        }
+        let Some(gateways) = self.networks.gateways.get(net) else {
+            return Route::Direct;
+        };
+        let secured = match self.mtls {
+            Mtls::All => true,
+            Mtls::Some(marked) => marked.get(i) == Some(&true),
+            Mtls::None => false,
+        };
+        let viewed = self.view.is_empty() || self.view.iter().any(|v| v == net);
+        if secured && viewed {
+            Route::Through(gateways)
+        } else {
+            Route::Unreachable
+        }
+    }
+}
+
 /// Which endpoints of a cluster get Istio mTLS.
 #[derive(Clone, Copy)]
 pub(crate) enum Mtls<'a> {
@@ -806,33 +840,12 @@ fn assignment<'a>(
             continue;
         };
         // Through its network's gateways, when it is another network's.
-        let through = split.and_then(|s| {
-            let net = s.networks.of(ep);
-            (!net.is_empty() && net != s.network)
-                .then(|| s.networks.gateways.get(net))
-                .flatten()
-                .map(|gateways| {
-                    (
-                        gateways,
-                        s.mtls,
-                        s.view.is_empty() || s.view.iter().any(|v| v == net),
-                    )
-                })
-        });
-        if through.is_none() && ep.address.is_empty() {
-            // Reached only through its network's gateways.
-            continue;
-        }
-        if let Some((_, mtls, viewed)) = through {
-            let secured = match mtls {
-                Mtls::All => true,
-                Mtls::Some(marked) => marked.get(i) == Some(&true),
-                Mtls::None => false,
-            };
-            if !secured || !viewed {
-                continue;
-            }
-        }
+        let through = match split.map_or(Route::Direct, |s| s.route(ep, i)) {
+            Route::Direct if ep.address.is_empty() => continue,
+            Route::Direct => None,
+            Route::Through(gateways) => Some(gateways),
+            Route::Unreachable => continue,
+        };
         let locality = ep.locality.as_str();
         let rank = by_labels.map_or(0, |wanted| failover_rank(ep, wanted, networks));
         // Usually every endpoint is in the locality of the one before
@@ -868,7 +881,7 @@ fn assignment<'a>(
         };
         let weight = ep.weight.saturating_mul(scale);
         match through {
-            Some((gateways, _, _)) => spread(&mut group.gateways, gateways, weight),
+            Some(gateways) => spread(&mut group.gateways, gateways, weight),
             None => {
                 let tls = mtls.is_some_and(|m| m.get(i) == Some(&true));
                 group
