@@ -1337,10 +1337,18 @@ impl Snapshot {
                 .and_then(|l| l.get(NETWORK_LABEL))
                 .filter(|l| !l.is_empty())
             {
-                let port = labels
-                    .and_then(|l| l.get(NETWORK_GATEWAY_PORT_LABEL))
-                    .and_then(|p| p.parse::<u32>().ok())
-                    .unwrap_or(DEFAULT_NETWORK_GATEWAY_PORT);
+                let port = match labels.and_then(|l| l.get(NETWORK_GATEWAY_PORT_LABEL)) {
+                    None => DEFAULT_NETWORK_GATEWAY_PORT,
+                    Some(p) => p.parse::<u32>().unwrap_or_else(|_| {
+                        self.warnings.push(crate::ConfigWarning::new(
+                            "Service",
+                            format!("{ns}/{name}"),
+                            format!("metadata.labels[{NETWORK_GATEWAY_PORT_LABEL}]"),
+                            format!("{p:?} is not a port; {DEFAULT_NETWORK_GATEWAY_PORT} is used, as istiod does"),
+                        ));
+                        DEFAULT_NETWORK_GATEWAY_PORT
+                    }),
+                };
                 let serves = svc
                     .spec
                     .iter()

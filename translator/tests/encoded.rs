@@ -820,7 +820,7 @@ status: {loadBalancer: {ingress: [{ip: 192.0.2.8}, {hostname: lb.example.com}]}}
 ",
         "apiVersion: v1
 kind: Service
-metadata: {name: north-gw, namespace: istio-system, labels: {topology.istio.io/network: north}}
+metadata: {name: north-gw, namespace: istio-system, labels: {topology.istio.io/network: north, networking.istio.io/gatewayPort: tls}}
 spec:
   externalIPs: [192.0.2.9]
   ports: [{name: http, port: 80}]
@@ -860,6 +860,7 @@ spec:
             "istio-system/istio data.meshNetworks.networks.south.endpoints[0].fromRegistry",
             "istio-system/istio data.meshNetworks.networks.south.gateways[0].address",
             "istio-system/istio data.meshNetworks.networks.south.gateways[1].registryServiceName",
+            "istio-system/north-gw metadata.labels[networking.istio.io/gatewayPort]",
             "istio-system/north-gw metadata.labels[topology.istio.io/network]",
         ]
     );
