@@ -19,7 +19,6 @@ pub const NOT_YET: &[(&str, &str)] = &[
         "outlierDetection.outlierDetectionHttpErrorCodes",
     ),
     ("Gateway", "spec.servers[].defaultEndpoint"),
-    ("Gateway", "spec.servers[].tls.tlsCertificates"),
     ("Gateway", "spec.servers[].tls.insecureSkipVerify"),
     ("Sidecar", "spec.ingress[].bind"),
     ("Sidecar", "spec.ingress[].captureMode"),

@@ -68,40 +68,56 @@ impl Pki {
         self.dir.path().join("ca.crt")
     }
 
-    /// A certificate for DNS name `name`, signed by the CA: (cert, key).
+    /// A certificate for DNS name `name`, signed by the CA: (cert, key),
+    /// a P-256 key.
     pub fn issue(&self, name: &str) -> (PathBuf, PathBuf) {
+        self.issue_as(
+            name,
+            name,
+            &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"],
+        )
+    }
+
+    /// As [`Pki::issue`] with an RSA 2048 key (files `<name>-rsa.*`).
+    pub fn issue_rsa(&self, name: &str) -> (PathBuf, PathBuf) {
+        self.issue_as(name, &format!("{name}-rsa"), &["-newkey", "rsa:2048"])
+    }
+
+    /// Makes the CA's folder and files readable by every user (Envoy runs
+    /// as the proxy user and reads certificate files named in its config).
+    pub fn share(&self) {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        mode(self.dir.path(), 0o755);
+        for entry in std::fs::read_dir(self.dir.path()).unwrap() {
+            mode(&entry.unwrap().path(), 0o644);
+        }
+    }
+
+    /// A certificate for `name` in files named `stem`, its key made by
+    /// `newkey` (`openssl req` arguments).
+    fn issue_as(&self, name: &str, stem: &str, newkey: &[&str]) -> (PathBuf, PathBuf) {
         let d = self.dir.path();
         std::fs::write(
-            d.join(format!("{name}.ext")),
+            d.join(format!("{stem}.ext")),
             format!(
                 "subjectAltName=DNS:{name}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n"
             ),
         )
         .unwrap();
         let (key, csr, crt, ext) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.crt"),
-            format!("{name}.ext"),
+            format!("{stem}.key"),
+            format!("{stem}.csr"),
+            format!("{stem}.crt"),
+            format!("{stem}.ext"),
         );
-        openssl(
-            d,
-            &[
-                "req",
-                "-new",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                &key,
-                "-out",
-                &csr,
-                "-subj",
-                &format!("/CN={name}"),
-            ],
-        );
+        let subject = format!("/CN={name}");
+        let mut req = vec!["req", "-new"];
+        req.extend_from_slice(newkey);
+        req.extend_from_slice(&["-nodes", "-keyout", &key, "-out", &csr, "-subj", &subject]);
+        openssl(d, &req);
         openssl(
             d,
             &[

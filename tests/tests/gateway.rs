@@ -438,6 +438,92 @@ spec:
     assert_eq!(gw.rejected(), 0);
 }
 
+/// `tls.tlsCertificates`: a SIMPLE server with an RSA and an ECDSA
+/// certificate from files; Envoy presents the one the client's cipher
+/// suites call for, and both verify.
+#[test]
+fn a_server_with_rsa_and_ecdsa_certificates_presents_what_the_client_takes() {
+    let pki = Pki::new();
+    let host = "multi.example.com";
+    let (ec_cert, ec_key) = pki.issue(host);
+    let (rsa_cert, rsa_key) = pki.issue_rsa(host);
+    pki.share();
+    let mesh = Mesh::start(false, &[]);
+    let path = |p: &Path| p.display().to_string();
+    mesh.cfg.write(
+        "multi.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: multi, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 8446, name: https, protocol: HTTPS}}
+    hosts: [{host}]
+    tls:
+      mode: SIMPLE
+      tlsCertificates:
+      - {{serverCertificate: {}, privateKey: {}}}
+      - {{serverCertificate: {}, privateKey: {}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: multi, namespace: istio-system}}
+spec:
+  hosts: [{host}]
+  gateways: [multi]
+  http:
+  - route: [{{destination: {{host: productpage.default.svc.cluster.local, port: {{number: 9080}}}}}}]
+",
+            path(&rsa_cert),
+            path(&rsa_key),
+            path(&ec_cert),
+            path(&ec_key)
+        ),
+    );
+    let gw = gateway(&mesh);
+    // The server's key, as openssl reports it, for a TLS 1.2 client
+    // offering only `cipher`.
+    let key_with = |cipher: &str| {
+        let out = Command::new("openssl")
+            .args([
+                "s_client",
+                "-connect",
+                "127.0.0.1:8446",
+                "-servername",
+                host,
+            ])
+            .args([
+                "-tls1_2",
+                "-cipher",
+                cipher,
+                "-verify_return_error",
+                "-CAfile",
+            ])
+            .arg(pki.ca())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("openssl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            text.contains("Verify return code: 0 (ok)"),
+            "{cipher}: {text}"
+        );
+        text.lines()
+            .find_map(|l| l.strip_prefix("Server public key is "))
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("{cipher}: {text}"))
+    };
+    assert_eq!(key_with("ECDHE-RSA-AES128-GCM-SHA256"), "2048 bit");
+    assert_eq!(key_with("ECDHE-ECDSA-AES128-GCM-SHA256"), "256 bit");
+    assert_eq!(
+        curl(&pki.ca(), host, 8446, "/productpage", None),
+        Ok("productpage v1".into())
+    );
+    assert_eq!(gw.rejected(), 0);
+}
+
 /// The ingress gateway proxy, connected once the test's files are loaded.
 fn gateway(mesh: &Mesh) -> e2e::Envoy {
     mesh.wait_loaded(2);

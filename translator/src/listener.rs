@@ -1534,12 +1534,25 @@ fn downstream_tls(
                 ),
             );
         }
-    } else if let (Some(cert), Some(key)) = (&tls.server_certificate, &tls.private_key) {
-        common.tls_certificates.push(TlsCertificate {
-            certificate_chain: Some(file(cert)),
-            private_key: Some(file(key)),
-            ..Default::default()
-        });
+    } else if let Some(pairs) = certificate_files(tls) {
+        // `tlsCertificates` (an RSA and an ECDSA one, say: Envoy picks
+        // what the client supports), else `serverCertificate`.
+        let Ok(pairs) = pairs else {
+            warnings.push(ConfigWarning::new(
+                "Gateway",
+                gs.gw.key(),
+                format!("{}.tls.tlsCertificates", gs.field()),
+                "each certificate needs serverCertificate and privateKey; server skipped".into(),
+            ));
+            return None;
+        };
+        common
+            .tls_certificates
+            .extend(pairs.into_iter().map(|(cert, key)| TlsCertificate {
+                certificate_chain: Some(file(cert)),
+                private_key: Some(file(key)),
+                ..Default::default()
+            }));
         if mutual {
             let Some(ca) = &tls.ca_certificates else {
                 warnings.push(ConfigWarning::new(
@@ -1565,7 +1578,7 @@ fn downstream_tls(
             "Gateway",
             gs.gw.key(),
             format!("{}.tls", gs.field()),
-            "needs credentialName, or serverCertificate and privateKey; server skipped".into(),
+            "needs credentialName, serverCertificate and privateKey, or tlsCertificates; server skipped".into(),
         ));
         return None;
     }
@@ -1678,6 +1691,34 @@ fn inline(bytes: &[u8]) -> DataSource {
         specifier: Some(data_source::Specifier::InlineBytes(bytes.to_vec())),
         ..Default::default()
     }
+}
+
+/// The certificate and key files a server's TLS settings name: each of
+/// `tlsCertificates` (`Err` when one lacks either), else
+/// `serverCertificate` and `privateKey`; `None` when neither is there.
+#[allow(
+    clippy::type_complexity,
+    reason = "a pair list, or which entry is incomplete"
+)]
+fn certificate_files(tls: &ServerTlsSettings) -> Option<Result<Vec<(&String, &String)>, ()>> {
+    if !tls.tls_certificates.is_empty() {
+        return Some(
+            tls.tls_certificates
+                .iter()
+                .map(|c| {
+                    c.server_certificate
+                        .as_ref()
+                        .zip(c.private_key.as_ref())
+                        .ok_or(())
+                })
+                .collect(),
+        );
+    }
+    Some(Ok(vec![
+        tls.server_certificate
+            .as_ref()
+            .zip(tls.private_key.as_ref())?,
+    ]))
 }
 
 fn tls_inspector_filter() -> ListenerFilter {
