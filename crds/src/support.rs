@@ -23,8 +23,6 @@ pub const NOT_YET: &[(&str, &str)] = &[
     ("Sidecar", "spec.ingress[].bind"),
     ("Sidecar", "spec.ingress[].captureMode"),
     ("Sidecar", "spec.ingress[].tls"),
-    ("Sidecar", "spec.egress[].bind"),
-    ("Sidecar", "spec.egress[].captureMode"),
     ("AuthorizationPolicy", "spec.targetRef"),
     ("AuthorizationPolicy", "spec.targetRefs"),
     ("RequestAuthentication", "spec.targetRef"),

@@ -229,6 +229,39 @@ spec:
     assert_eq!(envoy.rejected(), 0);
 }
 
+/// A Sidecar egress listener with `captureMode: NONE` (Istio's sidecar
+/// without iptables): no capture at all, the app calls the sidecar on
+/// `127.0.0.1:9080` itself and its routes take it to reviews; with a
+/// `bind` the listener is there instead.
+#[test]
+fn an_egress_listener_without_capture_is_called_directly() {
+    let mesh = Mesh::start(false, &[]);
+    let envoy = mesh.sidecar();
+    let egress = |more: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: no-iptables, namespace: default}}
+spec:
+  egress:
+  - port: {{number: 9080, protocol: HTTP, name: http}}
+    captureMode: NONE
+    hosts: [\"./*\"]{more}
+  - hosts: [\"istio-system/*\"]
+"
+        )
+    };
+    mesh.apply(&[&envoy], "sidecar.yaml", &egress(""));
+    let reviews = http_request("http://127.0.0.1:9080/", &[("host", "reviews")]).unwrap();
+    assert_eq!(reviews.status, 200, "{reviews:?}");
+    assert!(reviews.body.starts_with("reviews v"), "{reviews:?}");
+    mesh.apply(&[&envoy], "sidecar.yaml", &egress("\n    bind: 127.0.0.7"));
+    let ratings = http_request("http://127.0.0.7:9080/", &[("host", "ratings")]).unwrap();
+    assert_eq!((ratings.status, ratings.body.as_str()), (200, "ratings v1"));
+    assert!(http_request("http://127.0.0.1:9080/", &[("host", "reviews")]).is_err());
+    assert_eq!(envoy.rejected(), 0);
+}
+
 /// A folder for access log files: Envoy runs as the proxy user, so it is
 /// writable by everyone.
 fn log_dir() -> tempfile::TempDir {

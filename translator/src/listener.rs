@@ -80,13 +80,15 @@ pub(crate) fn sidecar<'a>(
         http: Vec<&'a Arc<Service>>,
         chains: Vec<FilterChain>,
         tls: bool,
+        /// On a bound port ([`bound_ports`]): the first TCP service's chain.
+        tcp: Option<FilterChain>,
     }
     let mut ports: BTreeMap<u32, PortPlan<'_>> = BTreeMap::new();
     // A Sidecar whose egress listeners name ports scopes each port to its
     // own listener's hosts.
-    let by_port = snap
-        .sidecar_for(proxy)
-        .filter(|sc| sc.spec.egress.iter().any(|e| e.port.is_some()));
+    let sidecar = snap.sidecar_for(proxy);
+    let by_port = sidecar.filter(|sc| sc.spec.egress.iter().any(|e| e.port.is_some()));
+    let bound = sidecar.map_or_else(BTreeMap::new, |sc| bound_ports(sc, warnings));
     for svc in snap.services_for(proxy) {
         for port in &svc.ports {
             if by_port.is_some_and(|sc| !crate::model::egress_allows_port(sc, svc, port.port)) {
@@ -105,6 +107,27 @@ pub(crate) fn sidecar<'a>(
             }
             let dests = tcp_destinations(snap, proxy, svc, port.port);
             let tunnel = tunneling(snap, proxy, &dests);
+            if let Some(at) = bound.get(&port.port) {
+                // One TCP service per bound address and port, as Istio's
+                // listener conflict rule: the first.
+                let name = format!("{}_{}", at.address, port.port);
+                match &plan.tcp {
+                    None => {
+                        plan.tcp =
+                            Some(tcp_chain(&name, &name, &dests, tunnel, &observe.access_log));
+                    }
+                    Some(_) => warnings.push(ConfigWarning::new(
+                        "Sidecar",
+                        sidecar.map(|sc| sc.key()).unwrap_or_default(),
+                        "spec.egress[].bind".into(),
+                        format!(
+                            "{name} already carries another TCP service; {} left out there",
+                            svc.hostname
+                        ),
+                    )),
+                }
+                continue;
+            }
             for vip in &svc.vips {
                 match vip.split_once('/') {
                     None => {
@@ -131,9 +154,13 @@ pub(crate) fn sidecar<'a>(
         }
     }
     let mut routes = Vec::new();
-    for (port, plan) in ports {
-        let name = format!("0.0.0.0_{port}");
-        let default_chain = if plan.http.is_empty() {
+    for (port, mut plan) in ports {
+        let at = bound.get(&port);
+        let address = at.map_or("0.0.0.0", |b| b.address.as_str());
+        let name = format!("{address}_{port}");
+        let default_chain = if let (true, Some(chain)) = (plan.http.is_empty(), plan.tcp.take()) {
+            chain
+        } else if plan.http.is_empty() {
             if plan.chains.is_empty() {
                 continue;
             }
@@ -157,7 +184,11 @@ pub(crate) fn sidecar<'a>(
                 &[],
             )
         };
-        let mut listener = unbound_listener(&name, "0.0.0.0", port, default_chain);
+        let mut listener = unbound_listener(&name, address, port, default_chain);
+        if at.is_some_and(|b| b.bind_to_port) {
+            // `captureMode: NONE`: the app connects here itself.
+            listener.bind_to_port = None;
+        }
         // The HTTP (or passthrough) chain is the default; the others match first.
         listener.default_filter_chain = listener.filter_chains.pop();
         listener.filter_chains =
@@ -174,6 +205,49 @@ pub(crate) fn sidecar<'a>(
         listeners.push(listener);
     }
     (listeners, routes)
+}
+
+/// Where a Sidecar egress listener for one port listens, when it says so
+/// (Istio's `bind` and `captureMode`).
+struct BoundPort {
+    /// `bind`; with `captureMode: NONE` and no `bind`, `127.0.0.1`.
+    address: String,
+    /// `captureMode: NONE`: a real listening socket the app connects to,
+    /// rather than a listener `virtualOutbound` hands captured traffic.
+    bind_to_port: bool,
+}
+
+/// The ports of `sc`'s egress listeners that have a `bind` or
+/// `captureMode: NONE` (the first listener of a port wins). A `unix://`
+/// bind is reported and left out (Envoy pipe listeners are not written
+/// yet).
+fn bound_ports(
+    sc: &Config<crds::SidecarSpec>,
+    warnings: &mut Vec<ConfigWarning>,
+) -> BTreeMap<u32, BoundPort> {
+    let mut out = BTreeMap::new();
+    for (i, e) in sc.spec.egress.iter().enumerate() {
+        let Some(port) = &e.port else { continue };
+        let none = e.capture_mode.as_deref() == Some("NONE");
+        let bind = e.bind.as_deref().filter(|b| !b.is_empty());
+        if bind.is_some_and(|b| b.starts_with("unix://")) {
+            warnings.push(ConfigWarning::new(
+                "Sidecar",
+                sc.key(),
+                format!("spec.egress[{i}].bind"),
+                "unix domain socket listeners are not supported yet; left out".into(),
+            ));
+            continue;
+        }
+        if bind.is_none() && !none {
+            continue;
+        }
+        out.entry(port.number).or_insert_with(|| BoundPort {
+            address: bind.unwrap_or("127.0.0.1").to_owned(),
+            bind_to_port: none,
+        });
+    }
+    out
 }
 
 /// Envoy refuses two chains with the same match; the first wins, as

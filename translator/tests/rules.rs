@@ -2689,3 +2689,82 @@ spec:
         ("db.example.com:5432", true)
     );
 }
+
+/// Sidecar egress `bind` and `captureMode: NONE` (Istio's sidecar without
+/// iptables): the port's listener is `<bind>_<port>` (127.0.0.1 by
+/// default under NONE), a real socket under NONE; a TCP service there is
+/// its default chain instead of a `<vip>_<port>` listener (one per bound
+/// port, the first by hostname: another is reported); a `unix://` bind is
+/// reported and left out.
+#[test]
+fn egress_listeners_bind_where_the_sidecar_says() {
+    let extra = "
+apiVersion: v1
+kind: Service
+metadata: {name: mongo-2, namespace: default}
+spec:
+  clusterIP: 10.96.0.21
+  ports: [{name: tcp-mongo, port: 27017}]
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: no-iptables, namespace: default}
+spec:
+  egress:
+  - port: {number: 27017, protocol: TCP, name: mongo}
+    captureMode: NONE
+    hosts: [./mongodb.default.svc.cluster.local, ./mongo-2.default.svc.cluster.local]
+  - port: {number: 9080, protocol: HTTP, name: http}
+    bind: 127.0.0.9
+    hosts: [./*]
+  - port: {number: 9090, protocol: HTTP, name: sock}
+    bind: unix:///var/run/egress.sock
+    hosts: [./*]
+";
+    let out = generate(&mesh(extra, MeshConfig::default()), &sidecar(&[]));
+    let names: Vec<&str> = out.listeners.iter().map(|l| l.name.as_str()).collect();
+    assert!(names.contains(&"127.0.0.1_27017"), "{names:?}");
+    assert!(
+        !names.iter().any(|n| n.starts_with("10.96.0.2")),
+        "{names:?}"
+    );
+    let mongo = out
+        .listeners
+        .iter()
+        .find(|l| l.name == "127.0.0.1_27017")
+        .unwrap();
+    assert_eq!(mongo.bind_to_port, None, "a real socket");
+    let Some(chain) = &mongo.default_filter_chain else {
+        panic!("{mongo:?}")
+    };
+    let tcp: TcpProxy = first_filter(chain);
+    assert_eq!(
+        tcp.cluster_specifier,
+        Some(tcp_proxy::ClusterSpecifier::Cluster(
+            "outbound|27017||mongo-2.default.svc.cluster.local".into()
+        ))
+    );
+    let http = out
+        .listeners
+        .iter()
+        .find(|l| l.name == "127.0.0.9_9080")
+        .unwrap();
+    assert_eq!(http.bind_to_port.map(|b| b.value), Some(false), "captured");
+    let fields: Vec<(&str, &str)> = out
+        .warnings
+        .iter()
+        .map(|w| (w.field.as_str(), w.reason.as_str()))
+        .collect();
+    assert!(
+        fields
+            .iter()
+            .any(|(f, r)| *f == "spec.egress[].bind" && r.contains("mongodb.default")),
+        "{fields:?}"
+    );
+    assert!(
+        fields
+            .iter()
+            .any(|(f, r)| *f == "spec.egress[2].bind" && r.contains("unix")),
+        "{fields:?}"
+    );
+}
