@@ -20,8 +20,6 @@ pub const NOT_YET: &[(&str, &str)] = &[
     ),
     ("Gateway", "spec.servers[].defaultEndpoint"),
     ("Gateway", "spec.servers[].tls.insecureSkipVerify"),
-    ("Sidecar", "spec.ingress[].bind"),
-    ("Sidecar", "spec.ingress[].captureMode"),
     ("Sidecar", "spec.ingress[].tls"),
     ("AuthorizationPolicy", "spec.targetRef"),
     ("AuthorizationPolicy", "spec.targetRefs"),

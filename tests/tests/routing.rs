@@ -262,6 +262,37 @@ spec:
     assert_eq!(envoy.rejected(), 0);
 }
 
+/// A Sidecar ingress listener with `captureMode: NONE`: reviews-v1's
+/// sidecar listens on its pod address, port 9085, itself (no iptables
+/// would hand it the traffic) and sends what comes to the app at
+/// `0.0.0.0:9080`, the pod's own address.
+#[test]
+fn an_ingress_listener_without_capture_listens_on_the_pod_address() {
+    let mesh = Mesh::start(false, &[]);
+    let envoy = mesh.proxy(
+        "sidecar~127.0.1.4~reviews-v1.default~default.svc.cluster.local",
+        &[("app", "reviews"), ("version", "v1")],
+        15000,
+    );
+    mesh.apply(
+        &[&envoy],
+        "sidecar.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: reviews, namespace: default}
+spec:
+  workloadSelector: {labels: {app: reviews}}
+  ingress:
+  - port: {number: 9085, protocol: HTTP, name: http-direct}
+    defaultEndpoint: 0.0.0.0:9080
+    captureMode: NONE
+",
+    );
+    let reply = http_request("http://127.0.1.4:9085/", &[]).unwrap();
+    assert_eq!((reply.status, reply.body.as_str()), (200, "reviews v1"));
+    assert_eq!(envoy.rejected(), 0);
+}
+
 /// A folder for access log files: Envoy runs as the proxy user, so it is
 /// writable by everyone.
 fn log_dir() -> tempfile::TempDir {

@@ -179,8 +179,10 @@ fn in_namespace<'a>(snap: &'a Snapshot, ns: &'a str) -> impl Iterator<Item = &'a
         .filter(move |pa| pa.namespace == ns)
 }
 
-/// The `virtualInbound` listener and the inbound clusters of a sidecar.
-pub(crate) fn build(snap: &Snapshot, proxy: &Proxy) -> (Listener, Vec<Cluster>) {
+/// The `virtualInbound` listener (then a listener of its own for each
+/// Sidecar ingress port with `captureMode: NONE`) and the inbound clusters
+/// of a sidecar.
+pub(crate) fn build(snap: &Snapshot, proxy: &Proxy) -> (Vec<Listener>, Vec<Cluster>) {
     let policy = peer_policy(snap, proxy);
     let mesh = &snap.mesh;
     let observe = crate::telemetry::Observe::of(snap, proxy, crate::telemetry::Side::Server);
@@ -203,6 +205,7 @@ pub(crate) fn build(snap: &Snapshot, proxy: &Proxy) -> (Listener, Vec<Cluster>) 
     }];
     let mut clusters = vec![original_dst_cluster(INBOUND_PASSTHROUGH_CLUSTER, false)];
     let sidecar = snap.sidecar_for(proxy).map(|sc| &sc.spec);
+    let mut bound = Vec::new();
     for (p, app) in served_ports(snap, proxy, sidecar) {
         if p.port == VIRTUAL_INBOUND_PORT {
             continue;
@@ -217,7 +220,7 @@ pub(crate) fn build(snap: &Snapshot, proxy: &Proxy) -> (Listener, Vec<Cluster>) 
             crate::policy::apply_connection_pool(pool, &mut cluster, http2);
         }
         clusters.push(cluster);
-        chains.extend(port_chains(
+        let port_chains = port_chains(
             policy.for_port(p.port),
             Some(&p),
             &name,
@@ -226,7 +229,11 @@ pub(crate) fn build(snap: &Snapshot, proxy: &Proxy) -> (Listener, Vec<Cluster>) 
                 observe: &observe,
                 authz: &authz,
             },
-        ));
+        );
+        if let Some(address) = sidecar.and_then(|sc| uncaptured(sc, p.port, &proxy.ip)) {
+            bound.push(bound_listener(address, p.port, port_chains.clone()));
+        }
+        chains.extend(port_chains);
     }
     chains.extend(port_chains(
         policy.mode,
@@ -260,7 +267,45 @@ pub(crate) fn build(snap: &Snapshot, proxy: &Proxy) -> (Listener, Vec<Cluster>) 
         filter_chains: chains,
         ..Default::default()
     };
-    (listener, clusters)
+    let mut listeners = vec![listener];
+    listeners.extend(bound);
+    (listeners, clusters)
+}
+
+/// Where a Sidecar ingress listener on `port` with `captureMode: NONE`
+/// listens (no iptables hands its traffic to `virtualInbound`): its `bind`,
+/// else the workload's address `ip`, as Istio's.
+fn uncaptured<'a>(sc: &'a crds::SidecarSpec, port: u32, ip: &'a str) -> Option<&'a str> {
+    let listener = sc.ingress.iter().find(|i| i.port.number == port)?;
+    (listener.capture_mode.as_deref() == Some("NONE")).then(|| {
+        listener
+            .bind
+            .as_deref()
+            .filter(|b| !b.is_empty())
+            .unwrap_or(ip)
+    })
+}
+
+/// A listener of its own at `address:port` (`<address>_<port>`) with the
+/// port's inbound `chains` (Istio mTLS told from plaintext by the TLS
+/// inspector, as on `virtualInbound`).
+fn bound_listener(address: &str, port: u32, chains: Vec<FilterChain>) -> Listener {
+    Listener {
+        name: format!("{address}_{port}"),
+        address: Some(socket_address(address, port)),
+        traffic_direction: envoy_types::pb::envoy::config::core::v3::TrafficDirection::Inbound
+            as i32,
+        listener_filters: vec![listener_filter_of(
+            "envoy.filters.listener.tls_inspector",
+            TlsInspector::default(),
+        )],
+        listener_filters_timeout: Some(duration(std::time::Duration::from_secs(
+            LISTENER_FILTERS_TIMEOUT_SECS,
+        ))),
+        continue_on_listener_filters_timeout: true,
+        filter_chains: chains,
+        ..Default::default()
+    }
 }
 
 /// The ports a sidecar's inbound serves, each with where its app is when

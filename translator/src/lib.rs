@@ -292,7 +292,7 @@ fn listeners_and_routes<'a>(snap: &'a Snapshot, proxy: &'a Proxy) -> Rest<'a> {
         ProxyKind::Sidecar => {
             let (mut l, r) = listener::sidecar(snap, proxy, &mut warnings);
             let (inbound, clusters) = inbound::build(snap, proxy);
-            l.push(inbound);
+            l.extend(inbound);
             inbound_clusters = clusters;
             // The Secrets of the rules that select this workload.
             let mut secrets = std::collections::BTreeMap::new();

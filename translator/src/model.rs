@@ -2925,10 +2925,11 @@ impl Proxy {
         let sidecar = snap.sidecar_for(self);
         let own_address = sidecar
             .filter(|sc| {
-                sc.spec
-                    .ingress
-                    .iter()
-                    .any(|i| i.default_endpoint.as_deref().is_some_and(names_own_address))
+                sc.spec.ingress.iter().any(|i| {
+                    i.default_endpoint.as_deref().is_some_and(names_own_address)
+                        || (i.capture_mode.as_deref() == Some("NONE")
+                            && i.bind.as_deref().is_none_or(str::is_empty))
+                })
             })
             .map(|_| self.ip.clone());
         ConfigKey {
@@ -2973,7 +2974,8 @@ pub struct ConfigKey {
     /// The ports the proxy's workload serves (its `virtualInbound` chains).
     pub inbound: Vec<InboundPort>,
     /// The proxy's own address, when its config names it: a Sidecar
-    /// ingress listener whose `defaultEndpoint` is `0.0.0.0:PORT`.
+    /// ingress listener whose `defaultEndpoint` is `0.0.0.0:PORT`, or one
+    /// with `captureMode: NONE` and no `bind` (it listens there).
     pub own_address: Option<String>,
     /// The proxy's network, in a mesh with network gateways (Split
     /// Horizon EDS) or a `failoverPriority` on [`NETWORK_LABEL`]; empty
