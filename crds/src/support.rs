@@ -13,7 +13,6 @@ pub const NOT_YET: &[(&str, &str)] = &[
     ("VirtualService", "spec.http[].fault.abort.http2Error"),
     ("VirtualService", "spec.tcp[].match[].sourceSubnet"),
     ("DestinationRule", "loadBalancer.zoneAwareLbSetting"),
-    ("DestinationRule", "loadBalancer.backendUtilization"),
     (
         "DestinationRule",
         "outlierDetection.outlierDetectionHttpErrorCodes",

@@ -984,7 +984,10 @@ struct Backend {
 /// - `/flaky/<n>/<key>`: 503 for the first `n` requests with that key (across all backends);
 /// - `/fail-on/<version>`: 503 from that version only;
 /// - `/header/<name>`: the value of that request header, `(none)` without it;
-/// - `/version`: the HTTP version it was asked in (`HTTP/1.1`, `HTTP/2.0`).
+/// - `/version`: the HTTP version it was asked in (`HTTP/1.1`, `HTTP/2.0`);
+/// - `/load/<version>`: an ORCA load report in its response header
+///   `endpoint-load-metrics` (10 requests per second at utilization 0.9
+///   from that version, 0.1 from the others).
 pub async fn start_backends() -> RequestLog {
     let log = RequestLog::default();
     let hits = Arc::default();
@@ -1009,7 +1012,29 @@ pub async fn start_backends() -> RequestLog {
 async fn serve(
     axum::extract::State(b): axum::extract::State<Backend>,
     req: axum::extract::Request,
-) -> (axum::http::StatusCode, String) {
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let busy = req
+        .uri()
+        .path()
+        .strip_prefix("/load/")
+        .map(|v| v == b.version);
+    let mut response = answer(b, req).await.into_response();
+    if let Some(busy) = busy {
+        let report = if busy {
+            "TEXT application_utilization=0.9, rps_fractional=10"
+        } else {
+            "TEXT application_utilization=0.1, rps_fractional=10"
+        };
+        response.headers_mut().insert(
+            "endpoint-load-metrics",
+            axum::http::HeaderValue::from_static(report),
+        );
+    }
+    response
+}
+
+async fn answer(b: Backend, req: axum::extract::Request) -> (axum::http::StatusCode, String) {
     use axum::http::StatusCode;
     let path = req.uri().path().to_owned();
     let host = req

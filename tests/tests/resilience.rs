@@ -703,3 +703,43 @@ spec:
     );
     assert_eq!(envoy.rejected(), 0);
 }
+
+/// DestinationRule `loadBalancer.backendUtilization`: Envoy weighs
+/// reviews' endpoints by the ORCA load reports of their responses
+/// (`endpoint-load-metrics`): v1 reports utilization 0.9, v2 and v3 0.1,
+/// so once the weights are in v1 gets about 1 request in 19 (weights
+/// qps/utilization: 11 against 100 each), not the 1 in 3 of round robin.
+#[test]
+fn backend_utilization_weighs_endpoints_by_their_load_reports() {
+    let mesh = Mesh::start(true, &[]);
+    let envoy = mesh.sidecar();
+    mesh.apply(
+        &[&envoy],
+        "dr.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: default}
+spec:
+  host: reviews
+  trafficPolicy:
+    loadBalancer:
+      backendUtilization: {weightStabilizationPeriod: 0s, weightUpdatePeriod: 0.1s}
+",
+    );
+    let url = format!("{REVIEWS}/load/v1");
+    // Reports from every endpoint, then a weight update.
+    let warm = tally(&url, "reviews", &[], 30);
+    assert_eq!(warm.values().sum::<usize>(), 30, "{warm:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    let n = 200;
+    let counts = tally(&url, "reviews", &[], n);
+    let busy = counts.get("reviews v1").copied().unwrap_or(0);
+    assert_eq!(counts.values().sum::<usize>(), n, "{counts:?}");
+    // Expected ~10 of 200; round robin would give ~67.
+    assert!(
+        busy <= 30,
+        "the loaded endpoint got {busy} of {n}: {counts:?}"
+    );
+    assert!(counts.len() == 3, "every endpoint still served: {counts:?}");
+    assert_eq!(envoy.rejected(), 0);
+}

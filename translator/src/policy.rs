@@ -17,14 +17,14 @@ use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     RingHashLbConfig, RoundRobinLbConfig, SlowStartConfig,
 };
 use envoy_types::pb::envoy::config::cluster::v3::{
-    CircuitBreakers, Cluster, OutlierDetection as EnvoyOutlier, UpstreamConnectionOptions,
-    circuit_breakers,
+    CircuitBreakers, Cluster, LoadBalancingPolicy, OutlierDetection as EnvoyOutlier,
+    UpstreamConnectionOptions, circuit_breakers, load_balancing_policy,
 };
 use envoy_types::pb::envoy::config::core::v3::{
     ApiConfigSource, ApiVersion, ConfigSource, DataSource, GrpcService, Http1ProtocolOptions,
     Http2ProtocolOptions, HttpProtocolOptions as CoreHttpOptions, KeepaliveSettings, RuntimeDouble,
-    TcpKeepalive, TransportSocket, UpstreamHttpProtocolOptions, api_config_source, config_source,
-    data_source, grpc_service, transport_socket,
+    TcpKeepalive, TransportSocket, TypedExtensionConfig, UpstreamHttpProtocolOptions,
+    api_config_source, config_source, data_source, grpc_service, transport_socket,
 };
 use envoy_types::pb::envoy::config::route::v3::route_action::{HashPolicy, hash_policy};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
@@ -241,6 +241,10 @@ impl Effective {
             }),
             (None, None) => None,
         };
+        if let Some(bu) = &lb.backend_utilization {
+            c.load_balancing_policy = Some(backend_utilization(bu, slow_start));
+            return;
+        }
         if let Some(hash) = &lb.consistent_hash {
             if let Some(maglev) = &hash.maglev {
                 c.lb_policy = LbPolicy::Maglev as i32;
@@ -759,6 +763,48 @@ fn http2_keepalive(k: &crds::destination_rule::Http2KeepAlive) -> KeepaliveSetti
 /// count as active (Envoy's `budget_interval`, 0 by default: only those
 /// in flight). Istio's code writes its default as 0.2, which Envoy reads
 /// as 0.2 %; this follows the documented 20 %.
+/// `loadBalancer.backendUtilization` as Envoy's client-side weighted round
+/// robin: endpoint weights from the ORCA load reports of their responses
+/// (`qps / utilization`); `weightStabilizationPeriod` is the blackout
+/// before a weight counts, `errorUtilizationPenaltyPercent` the error
+/// penalty (percent, so 100 is Envoy's 1.0); the rule's warmup is the
+/// policy's slow start. Envoy takes it over `lb_policy`.
+fn backend_utilization(
+    bu: &crds::destination_rule::BackendUtilization,
+    slow_start: Option<SlowStartConfig>,
+) -> LoadBalancingPolicy {
+    use envoy_types::pb::envoy::extensions::load_balancing_policies::client_side_weighted_round_robin::v3::ClientSideWeightedRoundRobin;
+    let period = |d: Option<crds::Duration>| d.map(|d| duration(d.as_std()));
+    let config = ClientSideWeightedRoundRobin {
+        blackout_period: period(bu.weight_stabilization_period),
+        weight_expiration_period: period(bu.weight_expiration_period),
+        weight_update_period: period(bu.weight_update_period),
+        // A percentage: 100 is Envoy's 1.0.
+        error_utilization_penalty: bu
+            .error_utilization_penalty_percent
+            .map(|p| envoy_types::pb::google::protobuf::FloatValue {
+                value: p as f32 / 100.0,
+            }),
+        metric_names_for_computing_utilization: bu.metric_names_for_computing_utilization.clone(),
+        slow_start_config: slow_start.map(|s| {
+            envoy_types::pb::envoy::extensions::load_balancing_policies::common::v3::SlowStartConfig {
+                slow_start_window: s.slow_start_window,
+                aggression: s.aggression,
+                min_weight_percent: s.min_weight_percent,
+            }
+        }),
+        ..Default::default()
+    };
+    LoadBalancingPolicy {
+        policies: vec![load_balancing_policy::Policy {
+            typed_extension_config: Some(TypedExtensionConfig {
+                name: "envoy.load_balancing_policies.client_side_weighted_round_robin".into(),
+                typed_config: Some(pack_any(config)),
+            }),
+        }],
+    }
+}
+
 fn retry_budget(budget: &RetryBudget) -> circuit_breakers::thresholds::RetryBudget {
     circuit_breakers::thresholds::RetryBudget {
         budget_percent: Some(EnvoyPercent {

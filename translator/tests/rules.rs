@@ -2768,3 +2768,55 @@ spec:
         "{fields:?}"
     );
 }
+
+/// `loadBalancer.backendUtilization` is Envoy's client-side weighted round
+/// robin, field for field (the penalty a percentage), with the rule's
+/// warmup as its slow start.
+#[test]
+fn backend_utilization_is_client_side_weighted_round_robin() {
+    use envoy_types::pb::envoy::extensions::load_balancing_policies::client_side_weighted_round_robin::v3::ClientSideWeightedRoundRobin;
+    let rule = "
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: default}
+spec:
+  host: reviews
+  trafficPolicy:
+    loadBalancer:
+      backendUtilization:
+        weightExpirationPeriod: 3m
+        weightStabilizationPeriod: 5s
+        weightUpdatePeriod: 0.5s
+        errorUtilizationPenaltyPercent: 50
+        metricNamesForComputingUtilization: [named_metrics.gpu]
+      warmup: {duration: 30s}
+";
+    let out = generate(&mesh(rule, MeshConfig::default()), &sidecar(&[]));
+    let c = out
+        .clusters
+        .iter()
+        .find(|c| c.name == "outbound|9080||reviews.default.svc.cluster.local")
+        .unwrap();
+    let policy = c.load_balancing_policy.as_ref().unwrap();
+    let ext = policy.policies[0].typed_extension_config.as_ref().unwrap();
+    assert_eq!(
+        ext.name,
+        "envoy.load_balancing_policies.client_side_weighted_round_robin"
+    );
+    let w =
+        ClientSideWeightedRoundRobin::decode(ext.typed_config.as_ref().unwrap().value.as_slice())
+            .unwrap();
+    let secs = |d: Option<envoy_types::pb::google::protobuf::Duration>| {
+        d.map(|d| d.seconds as f64 + f64::from(d.nanos) / 1e9)
+    };
+    assert_eq!(secs(w.weight_expiration_period), Some(180.0));
+    assert_eq!(secs(w.blackout_period), Some(5.0));
+    assert_eq!(secs(w.weight_update_period), Some(0.5));
+    assert_eq!(w.error_utilization_penalty.map(|p| p.value), Some(0.5));
+    assert_eq!(
+        w.metric_names_for_computing_utilization,
+        ["named_metrics.gpu"]
+    );
+    let slow = w.slow_start_config.unwrap();
+    assert_eq!(secs(slow.slow_start_window), Some(30.0));
+}
