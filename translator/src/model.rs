@@ -122,9 +122,10 @@ pub struct Endpoint {
     /// endpoint's or WorkloadEntry's `weight`, 1 when unset or 0 (as
     /// Istio); 1 for pods.
     pub weight: u32,
-    /// The workload's own network: a WorkloadEntry's `network`, else its
-    /// (or its pod's) [`NETWORK_LABEL`]; empty: the mesh's default
-    /// ([`Networks::of`]).
+    /// A WorkloadEntry's `network`; empty: its (or its pod's)
+    /// [`NETWORK_LABEL`], else the mesh's default ([`Networks::of`], read
+    /// only in a mesh with networks, so that building endpoints looks no
+    /// label up for it).
     pub network: String,
     /// [`Endpoint::in_mesh`], read from `labels` once, in [`Endpoint::new`]:
     /// it is asked for each endpoint of each cluster a proxy gets, and the
@@ -221,7 +222,6 @@ impl Endpoint {
         service_account: Option<String>,
     ) -> Endpoint {
         let in_mesh = labels.get(TLS_MODE_LABEL).is_some_and(|v| v == "istio");
-        let network = labels.get(NETWORK_LABEL).cloned().unwrap_or_default();
         Endpoint {
             address,
             ports,
@@ -230,7 +230,7 @@ impl Endpoint {
             locality,
             service_account,
             weight: 1,
-            network,
+            network: String::new(),
             in_mesh,
         }
     }
@@ -399,6 +399,9 @@ impl Networks {
     pub fn of<'a>(&'a self, ep: &'a Endpoint) -> &'a str {
         if !ep.network.is_empty() {
             return &ep.network;
+        }
+        if let Some(label) = ep.labels.get(NETWORK_LABEL).filter(|n| !n.is_empty()) {
+            return label;
         }
         if !self.default.is_empty() || self.ranges.is_empty() {
             return &self.default;
