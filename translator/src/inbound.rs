@@ -231,7 +231,13 @@ pub(crate) fn build(snap: &Snapshot, proxy: &Proxy) -> (Vec<Listener>, Vec<Clust
             },
         );
         if let Some(address) = sidecar.and_then(|sc| uncaptured(sc, p.port, &proxy.ip)) {
-            bound.push(bound_listener(address, p.port, port_chains.clone()));
+            let name = format!("{address}_{}", p.port);
+            bound.push(inbound_listener(
+                &name,
+                address,
+                p.port,
+                port_chains.clone(),
+            ));
         }
         chains.extend(port_chains);
     }
@@ -245,28 +251,15 @@ pub(crate) fn build(snap: &Snapshot, proxy: &Proxy) -> (Vec<Listener>, Vec<Clust
             authz: &authz,
         },
     ));
-    let listener = Listener {
-        name: VIRTUAL_INBOUND.into(),
-        address: Some(socket_address("0.0.0.0", VIRTUAL_INBOUND_PORT)),
-        traffic_direction: envoy_types::pb::envoy::config::core::v3::TrafficDirection::Inbound
-            as i32,
-        listener_filters: vec![
-            listener_filter_of(
-                "envoy.filters.listener.original_dst",
-                OriginalDst::default(),
-            ),
-            listener_filter_of(
-                "envoy.filters.listener.tls_inspector",
-                TlsInspector::default(),
-            ),
-        ],
-        listener_filters_timeout: Some(duration(std::time::Duration::from_secs(
-            LISTENER_FILTERS_TIMEOUT_SECS,
-        ))),
-        continue_on_listener_filters_timeout: true,
-        filter_chains: chains,
-        ..Default::default()
-    };
+    let mut listener = inbound_listener(VIRTUAL_INBOUND, "0.0.0.0", VIRTUAL_INBOUND_PORT, chains);
+    // Captured traffic: the chains match on where it was going.
+    listener.listener_filters.insert(
+        0,
+        listener_filter_of(
+            "envoy.filters.listener.original_dst",
+            OriginalDst::default(),
+        ),
+    );
     let mut listeners = vec![listener];
     listeners.extend(bound);
     (listeners, clusters)
@@ -286,12 +279,12 @@ fn uncaptured<'a>(sc: &'a crds::SidecarSpec, port: u32, ip: &'a str) -> Option<&
     })
 }
 
-/// A listener of its own at `address:port` (`<address>_<port>`) with the
-/// port's inbound `chains` (Istio mTLS told from plaintext by the TLS
-/// inspector, as on `virtualInbound`).
-fn bound_listener(address: &str, port: u32, chains: Vec<FilterChain>) -> Listener {
+/// An inbound listener `name` at `address:port` with `chains`, Istio mTLS
+/// told from plaintext by the TLS inspector: `virtualInbound`, or a
+/// `captureMode: NONE` port's own (`<address>_<port>`).
+fn inbound_listener(name: &str, address: &str, port: u32, chains: Vec<FilterChain>) -> Listener {
     Listener {
-        name: format!("{address}_{port}"),
+        name: name.to_owned(),
         address: Some(socket_address(address, port)),
         traffic_direction: envoy_types::pb::envoy::config::core::v3::TrafficDirection::Inbound
             as i32,
