@@ -210,21 +210,13 @@ impl<'a> ProxyViews<'a> {
         let credentials = dr.is_some_and(|dr| gets_credentials(self.proxy, dr));
         let labelled = compares_labels(self.snap, dr);
         self.made[usize::from(credentials) | usize::from(labelled) << 1].get_or_init(|| {
+            let split = self.snap.mesh.networks.split_view(self.proxy);
             ClusterView {
                 locality: self.proxy.locality.clone(),
                 credentials,
                 sni_dnat: self.sni_dnat,
-                network: if self.snap.mesh.networks.enabled() {
-                    self.proxy.network.clone()
-                } else {
-                    String::new()
-                },
-                network_view: if self.snap.mesh.networks.enabled() && !self.proxy.network.is_empty()
-                {
-                    self.proxy.network_view.clone()
-                } else {
-                    Vec::new()
-                },
+                network: split.0.to_owned(),
+                network_view: split.1.to_vec(),
                 labels: if labelled {
                     self.snap
                         .failover_keys
@@ -933,7 +925,13 @@ fn failover_rank(ep: &Endpoint, wanted: &[(String, String)], networks: &Networks
     wanted
         .iter()
         .position(|(k, v)| {
-            crate::model::topology_value(&ep.labels, &ep.locality, networks.of(ep), k) != v
+            // The network is resolved only for a key that compares it.
+            let network = if k == crate::model::NETWORK_LABEL {
+                networks.of(ep)
+            } else {
+                ""
+            };
+            crate::model::topology_value(&ep.labels, &ep.locality, network, k) != v
         })
         .map_or(0, |j| u32::try_from(n - j).unwrap_or(u32::MAX))
 }

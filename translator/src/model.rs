@@ -415,6 +415,17 @@ impl Networks {
             .map_or("", |(_, net)| net.as_str())
     }
 
+    /// What Split Horizon EDS reads of `proxy`: its network and
+    /// `REQUESTED_NETWORK_VIEW` in a mesh with gateways, else nothing (a
+    /// proxy without a network, or any proxy of a one-network mesh, gets
+    /// every endpoint directly, so such proxies share their config).
+    pub fn split_view<'a>(&self, proxy: &'a Proxy) -> (&'a str, &'a [String]) {
+        if !self.enabled() || proxy.network.is_empty() {
+            return ("", &[]);
+        }
+        (&proxy.network, &proxy.network_view)
+    }
+
     /// The most gateways any one network has (Istio scales every
     /// endpoint's weight by it, so that one endpoint's weight can be
     /// spread over its network's gateways).
@@ -2947,16 +2958,12 @@ impl Proxy {
             },
             own_address,
             // Split Horizon EDS, or a `failoverPriority` on the network.
-            network: if snap.mesh.networks.enabled() || snap.failover_keys.contains(NETWORK_LABEL) {
+            network: if snap.failover_keys.contains(NETWORK_LABEL) {
                 self.network.clone()
             } else {
-                String::new()
+                snap.mesh.networks.split_view(self).0.to_owned()
             },
-            network_view: if snap.mesh.networks.enabled() {
-                self.network_view.clone()
-            } else {
-                Vec::new()
-            },
+            network_view: snap.mesh.networks.split_view(self).1.to_vec(),
         }
     }
 }
