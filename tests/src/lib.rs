@@ -1128,6 +1128,24 @@ pub const SIDECAR_LABELS: [(&str, &str); 2] = [("app", "productpage"), ("version
 /// An ingress gateway.
 pub const GATEWAY: &str =
     "router~127.0.0.1~istio-ingressgateway.istio-system~istio-system.svc.cluster.local";
+/// Istio's east-west gateway: a Gateway `cross-network-gateway` selecting
+/// the ingress gateway, with an `AUTO_PASSTHROUGH` TLS server on 15443
+/// for `hosts` (a YAML list's items, e.g. `'*.local'`).
+pub fn east_west_gateway(hosts: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: cross-network-gateway, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 15443, name: tls, protocol: TLS}}
+    hosts: [{hosts}]
+    tls: {{mode: AUTO_PASSTHROUGH}}
+"
+    )
+}
+
 /// The ingress gateway's labels.
 pub const GATEWAY_LABELS: [(&str, &str); 1] = [("istio", "ingressgateway")];
 

@@ -358,7 +358,7 @@ fn auto_passthrough_sends_tls_where_its_sni_names() {
     let _server = TlsServer::start("127.0.3.5:9443", &cert, &key);
     mesh.cfg.write(
         "east-west.yaml",
-        "apiVersion: networking.istio.io/v1
+        &("apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: tls-echo}
 spec:
@@ -368,16 +368,9 @@ spec:
   resolution: STATIC
   endpoints: [{address: 127.0.3.5}]
 ---
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: cross-network-gateway, namespace: istio-system}
-spec:
-  selector: {istio: ingressgateway}
-  servers:
-  - port: {number: 15443, name: tls, protocol: TLS}
-    hosts: [\"*.internal\"]
-    tls: {mode: AUTO_PASSTHROUGH}
-",
+"
+        .to_owned()
+            + &e2e::east_west_gateway("'*.internal'")),
     );
     let gw = gateway(&mesh);
     let page = curl(&pki.ca(), sni, 15443, "/", None).unwrap_or_else(|e| panic!("{sni}: {e}"));

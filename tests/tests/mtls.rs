@@ -205,17 +205,8 @@ data:
         "labels: {app: remote}}",
         "labels: {app: remote, topology.istio.io/network: network2}}",
     ) + MTLS
-        + "---
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: cross-network-gateway, namespace: istio-system}
-spec:
-  selector: {istio: ingressgateway}
-  servers:
-  - port: {number: 15443, name: tls, protocol: TLS}
-    hosts: ['*.local']
-    tls: {mode: AUTO_PASSTHROUGH}
-";
+        + "---\n"
+        + &e2e::east_west_gateway("'*.local'");
     assert!(platform.contains("topology.istio.io/network: network2"));
     cfg.write("remote.yaml", &platform);
     cfg.write(
