@@ -19,7 +19,6 @@ pub const NOT_YET: &[(&str, &str)] = &[
     ),
     ("Gateway", "spec.servers[].defaultEndpoint"),
     ("Gateway", "spec.servers[].tls.insecureSkipVerify"),
-    ("Sidecar", "spec.ingress[].tls"),
     ("AuthorizationPolicy", "spec.targetRef"),
     ("AuthorizationPolicy", "spec.targetRefs"),
     ("RequestAuthentication", "spec.targetRef"),

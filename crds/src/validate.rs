@@ -451,6 +451,49 @@ fn is_base64_sha256(v: &str) -> bool {
         && value(b[42]).is_some_and(|v| v % 4 == 0)
 }
 
+/// Istio's checks of a Sidecar ingress listener's `tls` (the sidecar
+/// terminates it with certificate files of its own): no Secrets, no mesh
+/// modes, and only on an `HTTPS` or `TLS` port.
+fn ingress_tls(
+    p: &mut Problems,
+    at: &str,
+    port: &crate::gateway::Port,
+    tls: &crate::gateway::ServerTlsSettings,
+) {
+    use crate::gateway::ServerTlsMode;
+    let unsupported = [
+        ("subjectAltNames", !tls.subject_alt_names.is_empty()),
+        ("httpsRedirect", tls.https_redirect == Some(true)),
+        ("credentialName", tls.credential_name.is_some()),
+        ("credentialNames", !tls.credential_names.is_empty()),
+        ("tlsCertificates", !tls.tls_certificates.is_empty()),
+    ];
+    for (field, _) in unsupported.iter().filter(|(_, set)| *set) {
+        p.push((
+            format!("{at}.tls.{field}"),
+            format!("sidecar: {field} is not supported in ingress tls"),
+        ));
+    }
+    let mesh_mode = match tls.mode {
+        Some(ServerTlsMode::IstioMutual) => Some("ISTIO_MUTUAL"),
+        Some(ServerTlsMode::AutoPassthrough) => Some("AUTO_PASSTHROUGH"),
+        _ => None,
+    };
+    if let Some(mode) = mesh_mode {
+        p.push((
+            format!("{at}.tls.mode"),
+            format!("configuration is invalid: cannot set mode to {mode} in sidecar ingress tls"),
+        ));
+    }
+    let protocol = port.protocol.to_ascii_uppercase();
+    if protocol != "HTTPS" && protocol != "TLS" {
+        p.push((
+            format!("{at}.port.protocol"),
+            "server cannot have TLS settings for non HTTPS/TLS ports".into(),
+        ));
+    }
+}
+
 fn sidecar(spec: &crate::SidecarSpec) -> Problems {
     let mut p = Problems::new();
     if spec.egress.is_empty()
@@ -495,6 +538,9 @@ fn sidecar(spec: &crate::SidecarSpec) -> Problems {
                 format!("{at}.port.number"),
                 "sidecar: ports on IP bound listeners must be unique".into(),
             ));
+        }
+        if let Some(tls) = &ingress.tls {
+            ingress_tls(&mut p, &at, &ingress.port, tls);
         }
         let Some(endpoint) = ingress
             .default_endpoint
@@ -1249,6 +1295,58 @@ mod tests {
     }
 
     const HEAD: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r}\nspec:\n  hosts: [reviews]\n  http:\n";
+
+    #[test]
+    fn sidecar_ingress_tls_is_checked_as_istio_does() {
+        let sc = |port: &str, tls: &str| {
+            check(&format!(
+                "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: s}}\nspec:\n  ingress:\n  - port: {port}\n    defaultEndpoint: 127.0.0.1:8080\n    tls: {tls}\n"
+            ))
+        };
+        let https = "{number: 8443, protocol: HTTPS, name: https}";
+        let files = "serverCertificate: /c.pem, privateKey: /k.pem";
+        assert!(sc(https, &format!("{{mode: SIMPLE, {files}}}")).is_ok());
+        assert!(
+            sc(
+                "{number: 8443, protocol: TLS, name: t}",
+                &format!("{{mode: SIMPLE, {files}}}")
+            )
+            .is_ok()
+        );
+        for (tls, field) in [
+            (
+                "{mode: SIMPLE, credentialName: c}",
+                "spec.ingress[0].tls.credentialName",
+            ),
+            (
+                "{mode: SIMPLE, credentialNames: [c]}",
+                "spec.ingress[0].tls.credentialNames",
+            ),
+            (
+                "{mode: SIMPLE, tlsCertificates: [{serverCertificate: /c, privateKey: /k}]}",
+                "spec.ingress[0].tls.tlsCertificates",
+            ),
+            ("{mode: ISTIO_MUTUAL}", "spec.ingress[0].tls.mode"),
+            ("{mode: AUTO_PASSTHROUGH}", "spec.ingress[0].tls.mode"),
+            (
+                &format!("{{mode: MUTUAL, {files}, subjectAltNames: [a]}}"),
+                "spec.ingress[0].tls.subjectAltNames",
+            ),
+            (
+                &format!("{{mode: SIMPLE, {files}, httpsRedirect: true}}"),
+                "spec.ingress[0].tls.httpsRedirect",
+            ),
+        ] {
+            assert_eq!(field_of(sc(https, tls)), field, "{tls}");
+        }
+        assert_eq!(
+            field_of(sc(
+                "{number: 8080, protocol: HTTP, name: http}",
+                &format!("{{mode: SIMPLE, {files}}}")
+            )),
+            "spec.ingress[0].port.protocol"
+        );
+    }
 
     #[test]
     fn port_level_peer_authentication_needs_a_selector() {

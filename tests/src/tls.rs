@@ -198,6 +198,35 @@ fn indented(path: &Path) -> String {
         .collect()
 }
 
+/// `curl` over HTTPS to `host:port` at address `at` (`(host, at)`: the
+/// name the client asks for, resolved to `at`), verifying the server
+/// against `ca`, with a client certificate and key if given: Ok(body) or
+/// Err(curl's complaint).
+pub fn curl(
+    ca: &Path,
+    (host, at): (&str, &str),
+    port: u16,
+    path: &str,
+    client: Option<(&Path, &Path)>,
+) -> Result<String, String> {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--fail", "--max-time", "5", "--cacert"])
+        .arg(ca)
+        .args(["--resolve", &format!("{host}:{port}:{at}")]);
+    if let Some((cert, key)) = client {
+        cmd.arg("--cert").arg(cert).arg("--key").arg(key);
+    }
+    let out = cmd
+        .arg(format!("https://{host}:{port}{path}"))
+        .output()
+        .expect("curl (scripts/setup installs it)");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
 /// An `openssl s_server` on `addr`, killed on drop.
 pub struct TlsServer(Child);
 

@@ -12,8 +12,8 @@ use std::process::Command;
 use e2e::tls::{Pki, TlsServer, tls_secret};
 use e2e::{GATEWAY, GATEWAY_LABELS, Mesh, http_request};
 
-/// `curl` over HTTPS to `host:port` (resolved to the gateway on 127.0.0.1),
-/// verifying the server against `ca`: Ok(body) or Err(curl's complaint).
+/// `curl` over HTTPS to `host:port`, resolved to the gateway on 127.0.0.1
+/// ([`e2e::tls::curl`]).
 fn curl(
     ca: &Path,
     host: &str,
@@ -21,22 +21,7 @@ fn curl(
     path: &str,
     client: Option<(&Path, &Path)>,
 ) -> Result<String, String> {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "--fail", "--max-time", "5", "--cacert"])
-        .arg(ca)
-        .args(["--resolve", &format!("{host}:{port}:127.0.0.1")]);
-    if let Some((cert, key)) = client {
-        cmd.arg("--cert").arg(cert).arg("--key").arg(key);
-    }
-    let out = cmd
-        .arg(format!("https://{host}:{port}{path}"))
-        .output()
-        .expect("curl (scripts/setup installs it)");
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
+    e2e::tls::curl(ca, (host, "127.0.0.1"), port, path, client)
 }
 
 #[test]

@@ -293,6 +293,76 @@ spec:
     assert_eq!(envoy.rejected(), 0);
 }
 
+/// A Sidecar ingress listener with `tls` (Istio's TLS termination at the
+/// sidecar for clients outside the mesh): where PeerAuthentication
+/// disables mTLS on the port, reviews-v1's sidecar terminates TLS with a
+/// certificate from files on 9443 and sends the requests inside to the
+/// app; with `MUTUAL` a client certificate from the CA is required. Once
+/// the port is back under `PERMISSIVE`, the settings are ignored, as
+/// Istio ignores them: TLS is no longer terminated and plaintext reaches
+/// the app.
+#[test]
+fn a_sidecar_terminates_tls_for_clients_outside_the_mesh() {
+    let pki = e2e::tls::Pki::new();
+    let host = "reviews.example.com";
+    let (cert, key) = pki.issue(host);
+    let (client_cert, client_key) = pki.issue("client.example.com");
+    pki.share();
+    let mesh = Mesh::start(false, &[]);
+    let envoy = mesh.proxy(
+        "sidecar~127.0.1.4~reviews-v1.default~default.svc.cluster.local",
+        &[("app", "reviews"), ("version", "v1")],
+        15000,
+    );
+    let config = |mode: &str, peer: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: reviews, namespace: default}}
+spec:
+  workloadSelector: {{labels: {{app: reviews}}}}
+  ingress:
+  - port: {{number: 9443, protocol: HTTPS, name: https}}
+    defaultEndpoint: 0.0.0.0:9080
+    captureMode: NONE
+    tls: {{mode: {mode}, serverCertificate: {}, privateKey: {}, caCertificates: {}}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: reviews, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: reviews}}}}
+  portLevelMtls: {{9443: {{mode: {peer}}}}}
+",
+            cert.display(),
+            key.display(),
+            pki.ca().display()
+        )
+    };
+    let get = |client: Option<(&std::path::Path, &std::path::Path)>| {
+        e2e::tls::curl(&pki.ca(), (host, "127.0.1.4"), 9443, "/", client)
+    };
+    mesh.apply(&[&envoy], "sidecar.yaml", &config("SIMPLE", "DISABLE"));
+    assert_eq!(get(None), Ok("reviews v1".into()));
+    assert!(
+        http_request("http://127.0.1.4:9443/", &[]).is_err(),
+        "TLS only"
+    );
+
+    mesh.apply(&[&envoy], "sidecar.yaml", &config("MUTUAL", "DISABLE"));
+    assert!(get(None).is_err(), "MUTUAL needs a client certificate");
+    assert_eq!(
+        get(Some((&client_cert, &client_key))),
+        Ok("reviews v1".into())
+    );
+
+    mesh.apply(&[&envoy], "sidecar.yaml", &config("SIMPLE", "PERMISSIVE"));
+    assert!(get(None).is_err(), "the sidecar's TLS settings are ignored");
+    let plain = http_request("http://127.0.1.4:9443/", &[]).unwrap();
+    assert_eq!((plain.status, plain.body.as_str()), (200, "reviews v1"));
+    assert_eq!(envoy.rejected(), 0);
+}
+
 /// A folder for access log files: Envoy runs as the proxy user, so it is
 /// writable by everyone.
 fn log_dir() -> tempfile::TempDir {

@@ -12,7 +12,9 @@
 //!   (`istio-peer-exchange`, `istio`, `istio-http/*`), and plaintext
 //!   chains for everything else (raw TCP, and TLS not from the mesh,
 //!   passed on as it is).
-//! - `DISABLE`: the plaintext chain only.
+//! - `DISABLE`: the plaintext chain only; or, on a Sidecar ingress port
+//!   with `tls`, one chain terminating that TLS (Istio's TLS termination
+//!   at the sidecar for clients outside the mesh).
 //!
 //! HTTP ports end in an HTTP connection manager that appends the caller's
 //! identity to `x-forwarded-client-cert` (`By`, `URI`, ...) and routes to
@@ -48,6 +50,7 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher}
 use envoy_types::pb::google::protobuf::BoolValue;
 use envoy_types::util::pack_any;
 
+use crate::ConfigWarning;
 use crate::cluster::BLACKHOLE_CLUSTER;
 use crate::model::{Config, InboundPort, MeshConfig, Protocol, Proxy, Snapshot};
 use crate::policy::{ROOT_CA, UPSTREAM_HTTP_OPTIONS, WORKLOAD_CERT, agent_secret};
@@ -100,6 +103,17 @@ pub struct PeerPolicy {
     pub mode: PeerMode,
     /// `portLevelMtls`, by target port, `UNSET` already resolved.
     pub ports: BTreeMap<u32, PeerMode>,
+}
+
+impl PeerMode {
+    /// Istio's name of the mode (`STRICT`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerMode::Disable => "DISABLE",
+            PeerMode::Permissive => "PERMISSIVE",
+            PeerMode::Strict => "STRICT",
+        }
+    }
 }
 
 impl PeerPolicy {
@@ -181,8 +195,13 @@ fn in_namespace<'a>(snap: &'a Snapshot, ns: &'a str) -> impl Iterator<Item = &'a
 
 /// The `virtualInbound` listener (then a listener of its own for each
 /// Sidecar ingress port with `captureMode: NONE`) and the inbound clusters
-/// of a sidecar.
-pub(crate) fn build(snap: &Snapshot, proxy: &Proxy) -> (Vec<Listener>, Vec<Cluster>) {
+/// of a sidecar; what its Sidecar's ingress `tls` cannot apply goes to
+/// `warnings`.
+pub(crate) fn build(
+    snap: &Snapshot,
+    proxy: &Proxy,
+    warnings: &mut Vec<ConfigWarning>,
+) -> (Vec<Listener>, Vec<Cluster>) {
     let policy = peer_policy(snap, proxy);
     let mesh = &snap.mesh;
     let observe = crate::telemetry::Observe::of(snap, proxy, crate::telemetry::Side::Server);
@@ -204,7 +223,8 @@ pub(crate) fn build(snap: &Snapshot, proxy: &Proxy) -> (Vec<Listener>, Vec<Clust
         ..Default::default()
     }];
     let mut clusters = vec![original_dst_cluster(INBOUND_PASSTHROUGH_CLUSTER, false)];
-    let sidecar = snap.sidecar_for(proxy).map(|sc| &sc.spec);
+    let sidecar_config = snap.sidecar_for(proxy);
+    let sidecar = sidecar_config.map(|sc| &sc.spec);
     let mut bound = Vec::new();
     for (p, app) in served_ports(snap, proxy, sidecar) {
         if p.port == VIRTUAL_INBOUND_PORT {
@@ -220,16 +240,18 @@ pub(crate) fn build(snap: &Snapshot, proxy: &Proxy) -> (Vec<Listener>, Vec<Clust
             crate::policy::apply_connection_pool(pool, &mut cluster, http2);
         }
         clusters.push(cluster);
-        let port_chains = port_chains(
-            policy.for_port(p.port),
-            Some(&p),
-            &name,
-            &Around {
-                mesh,
-                observe: &observe,
-                authz: &authz,
-            },
-        );
+        let around = Around {
+            mesh,
+            observe: &observe,
+            authz: &authz,
+        };
+        let mode = policy.for_port(p.port);
+        let port_chains = match sidecar_config
+            .and_then(|sc| terminated_chain(snap, sc, &p, mode, &name, &around, warnings))
+        {
+            Some(chain) => chain.into_iter().collect(),
+            None => port_chains(mode, Some(&p), &name, &around),
+        };
         if let Some(address) = sidecar.and_then(|sc| uncaptured(sc, p.port, &proxy.ip)) {
             let name = format!("{address}_{}", p.port);
             bound.push(inbound_listener(
@@ -263,6 +285,90 @@ pub(crate) fn build(snap: &Snapshot, proxy: &Proxy) -> (Vec<Listener>, Vec<Clust
     let mut listeners = vec![listener];
     listeners.extend(bound);
     (listeners, clusters)
+}
+
+/// The chain of a Sidecar ingress port whose `tls` the sidecar terminates,
+/// as Istio's `buildInboundListeners` (behind its
+/// `ENABLE_TLS_ON_SIDECAR_INGRESS`, on here): only where the port's
+/// PeerAuthentication mode is `DISABLE` (else the settings are ignored, and
+/// reported); the context as a Gateway server's
+/// ([`crate::listener::downstream_tls`]; from files: validation refuses
+/// `credentialName` and `tlsCertificates` here, as Istio's); what is inside is the port's protocol
+/// after termination (`HTTPS` is HTTP, `TLS` is TCP). `None` when the port
+/// has no `tls` or it does not apply; `Some(None)` when the context cannot
+/// be made (reported; the port then has no chain of its own).
+fn terminated_chain(
+    snap: &Snapshot,
+    sidecar: &Config<crds::SidecarSpec>,
+    port: &InboundPort,
+    mode: PeerMode,
+    cluster: &str,
+    around: &Around<'_>,
+    warnings: &mut Vec<ConfigWarning>,
+) -> Option<Option<FilterChain>> {
+    let (index, listener) = sidecar
+        .spec
+        .ingress
+        .iter()
+        .enumerate()
+        .find(|(_, i)| i.port.number == port.port)?;
+    let tls = listener.tls.as_ref()?;
+    let field = format!("spec.ingress[{index}]");
+    if mode != PeerMode::Disable {
+        warnings.push(ConfigWarning::new(
+            "Sidecar",
+            sidecar.key(),
+            format!("{field}.tls"),
+            format!(
+                "applies only where PeerAuthentication disables mTLS on port {} (it is {} there); ignored",
+                port.port,
+                mode.as_str()
+            ),
+        ));
+        return None;
+    }
+    let name = if listener.port.protocol.is_empty() {
+        &listener.port.name
+    } else {
+        &listener.port.protocol
+    };
+    let https = name.to_ascii_lowercase().starts_with("https");
+    let http = https || port.protocol.is_http();
+    let site = crate::listener::TlsSite {
+        kind: "Sidecar",
+        key: sidecar.key(),
+        field,
+        what: "port",
+        namespaces: [&sidecar.namespace, &sidecar.namespace],
+    };
+    // No Secrets: validation refuses `credentialName` on a sidecar.
+    let mut secrets = BTreeMap::new();
+    let Some(ctx) =
+        crate::listener::downstream_tls(snap, &site, tls, !http, &mut secrets, warnings)
+    else {
+        return Some(None);
+    };
+    let label = format!("0.0.0.0_{}", port.port);
+    Some(Some(FilterChain {
+        name: format!("{label}-terminated"),
+        filter_chain_match: Some(FilterChainMatch {
+            destination_port: Some(envoy_types::pb::google::protobuf::UInt32Value {
+                value: port.port,
+            }),
+            transport_protocol: "tls".into(),
+            ..Default::default()
+        }),
+        filters: if http {
+            vec![inbound_hcm(port.port, cluster, around)]
+        } else {
+            around.tcp(&format!("inbound_{label}"), cluster)
+        },
+        transport_socket: Some(TransportSocket {
+            name: "envoy.transport_sockets.tls".into(),
+            config_type: Some(transport_socket::ConfigType::TypedConfig(pack_any(ctx))),
+        }),
+        ..Default::default()
+    }))
 }
 
 /// Where a Sidecar ingress listener on `port` with `captureMode: NONE`

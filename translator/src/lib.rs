@@ -291,7 +291,7 @@ fn listeners_and_routes<'a>(snap: &'a Snapshot, proxy: &'a Proxy) -> Rest<'a> {
     let (listeners, routes, secrets) = match proxy.kind {
         ProxyKind::Sidecar => {
             let (mut l, r) = listener::sidecar(snap, proxy, &mut warnings);
-            let (inbound, clusters) = inbound::build(snap, proxy);
+            let (inbound, clusters) = inbound::build(snap, proxy, &mut warnings);
             l.extend(inbound);
             inbound_clusters = clusters;
             // The Secrets of the rules that select this workload.

@@ -914,9 +914,20 @@ struct GatewayServer<'a> {
     server: &'a Server,
 }
 
-impl GatewayServer<'_> {
+impl<'a> GatewayServer<'a> {
     fn field(&self) -> String {
         format!("spec.servers[{}]", self.index)
+    }
+
+    /// The server as a [`TlsSite`] of `proxy`.
+    fn site(&self, proxy: &'a Proxy) -> TlsSite<'a> {
+        TlsSite {
+            kind: "Gateway",
+            key: self.gw.key(),
+            field: self.field(),
+            what: "server",
+            namespaces: [&proxy.namespace, &self.gw.namespace],
+        }
     }
 
     /// Whether a VirtualService is bound to this server's Gateway and one of
@@ -1045,7 +1056,7 @@ pub(crate) fn gateway(
                 ServerKind::Https => {
                     let tls = gs.server.tls.clone().unwrap_or_default();
                     let Some(ctx) =
-                        downstream_tls(snap, proxy, gs, &tls, false, &mut secrets, warnings)
+                        downstream_tls(snap, &gs.site(proxy), &tls, false, &mut secrets, warnings)
                     else {
                         continue;
                     };
@@ -1145,7 +1156,7 @@ pub(crate) fn gateway(
                     };
                     let tls = gs.server.tls.clone().unwrap_or_default();
                     let Some(ctx) =
-                        downstream_tls(snap, proxy, gs, &tls, true, &mut secrets, warnings)
+                        downstream_tls(snap, &gs.site(proxy), &tls, true, &mut secrets, warnings)
                     else {
                         continue;
                     };
@@ -1473,10 +1484,9 @@ fn gateway_route_config(
 /// given, and match `verifyCertificateSpki` / `verifyCertificateHash`. ALPN is `h2`, `http/1.1` (with `istio-peer-exchange` first on a
 /// TLS server in `ISTIO_MUTUAL`). `None`, with a warning naming the field,
 /// when what the mode needs is missing.
-fn downstream_tls(
+pub(crate) fn downstream_tls(
     snap: &Snapshot,
-    proxy: &Proxy,
-    gs: &GatewayServer<'_>,
+    site: &TlsSite<'_>,
     tls: &ServerTlsSettings,
     tcp: bool,
     secrets: &mut BTreeMap<String, Secret>,
@@ -1523,25 +1533,21 @@ fn downstream_tls(
         // Each Secret's certificate (RSA and ECDSA, say); a MUTUAL
         // server's CA is the first's, as istiod takes it.
         let field = if tls.credential_names.is_empty() {
-            format!("{}.tls.credentialName", gs.field())
+            format!("{}.tls.credentialName", site.field)
         } else {
-            format!("{}.tls.credentialNames", gs.field())
+            format!("{}.tls.credentialNames", site.field)
         };
         let report = |warnings: &mut Vec<ConfigWarning>, why: String| {
-            warnings.push(ConfigWarning::new(
-                "Gateway",
-                gs.gw.key(),
-                field.clone(),
-                why,
-            ));
+            warnings.push(site.warning(field.clone(), why));
         };
         for cred in &credentials {
-            let Some(secret) = find_secret(snap, proxy, gs, cred) else {
+            let Some(secret) = site.secret(snap, cred) else {
                 report(
                     warnings,
                     format!(
-                        "Secret {cred:?} not found in {} or {}; server skipped",
-                        proxy.namespace, gs.gw.namespace
+                        "Secret {cred:?} not found in {}; {} skipped",
+                        site.where_secrets(),
+                        site.what
                     ),
                 );
                 return None;
@@ -1549,7 +1555,10 @@ fn downstream_tls(
             let Some(name) = certificate_secret(cred, secret, secrets) else {
                 report(
                     warnings,
-                    format!("Secret {cred:?} has no tls.crt/tls.key; server skipped"),
+                    format!(
+                        "Secret {cred:?} has no tls.crt/tls.key; {} skipped",
+                        site.what
+                    ),
                 );
                 return None;
             };
@@ -1560,10 +1569,8 @@ fn downstream_tls(
         let cred = credentials[0];
         if tls.ca_crl.is_some() {
             // Istio: with a credential, the CRL is the Secret's own.
-            warnings.push(ConfigWarning::new(
-                "Gateway",
-                gs.gw.key(),
-                format!("{}.tls.caCrl", gs.field()),
+            warnings.push(site.warning(
+                format!("{}.tls.caCrl", site.field),
                 "with credentialName the revocation list is the Secret's ca.crl; ignored".into(),
             ));
         }
@@ -1571,16 +1578,13 @@ fn downstream_tls(
             // `caCertCredentialName` (a Secret of its own) wins over the
             // certificate's Secret.
             let (cred, trust) = match &tls.ca_cert_credential_name {
-                Some(name) => (
-                    name,
-                    find_secret(snap, proxy, gs, name).and_then(|s| s.trust(true)),
-                ),
+                Some(name) => (name, site.secret(snap, name).and_then(|s| s.trust(true))),
                 None => (
                     cred,
-                    find_secret(snap, proxy, gs, cred)
+                    site.secret(snap, cred)
                         .and_then(|s| s.trust(false))
                         .or_else(|| {
-                            find_secret(snap, proxy, gs, &format!("{cred}-cacert"))
+                            site.secret(snap, &format!("{cred}-cacert"))
                                 .and_then(|s| s.trust(true))
                         }),
                 ),
@@ -1588,11 +1592,13 @@ fn downstream_tls(
             let Some(trust) = trust else {
                 let why = if tls.ca_cert_credential_name.is_some() {
                     format!(
-                        "MUTUAL needs a CA: Secret {cred:?} (caCertCredentialName) is missing or has no ca.crt; server skipped"
+                        "MUTUAL needs a CA: Secret {cred:?} (caCertCredentialName) is missing or has no ca.crt; {} skipped",
+                        site.what
                     )
                 } else {
                     format!(
-                        "MUTUAL needs a CA: Secret {cred:?} has no ca.crt and there is no {cred}-cacert; server skipped"
+                        "MUTUAL needs a CA: Secret {cred:?} has no ca.crt and there is no {cred}-cacert; {} skipped",
+                        site.what
                     )
                 };
                 report(warnings, why);
@@ -1612,11 +1618,12 @@ fn downstream_tls(
         // `tlsCertificates` (an RSA and an ECDSA one, say: Envoy picks
         // what the client supports), else `serverCertificate`.
         let Ok(pairs) = pairs else {
-            warnings.push(ConfigWarning::new(
-                "Gateway",
-                gs.gw.key(),
-                format!("{}.tls.tlsCertificates", gs.field()),
-                "each certificate needs serverCertificate and privateKey; server skipped".into(),
+            warnings.push(site.warning(
+                format!("{}.tls.tlsCertificates", site.field),
+                format!(
+                    "each certificate needs serverCertificate and privateKey; {} skipped",
+                    site.what
+                ),
             ));
             return None;
         };
@@ -1629,11 +1636,9 @@ fn downstream_tls(
             }));
         if mutual {
             let Some(ca) = &tls.ca_certificates else {
-                warnings.push(ConfigWarning::new(
-                    "Gateway",
-                    gs.gw.key(),
-                    format!("{}.tls.caCertificates", gs.field()),
-                    "MUTUAL needs caCertificates; server skipped".into(),
+                warnings.push(site.warning(
+                    format!("{}.tls.caCertificates", site.field),
+                    format!("MUTUAL needs caCertificates; {} skipped", site.what),
                 ));
                 return None;
             };
@@ -1648,11 +1653,12 @@ fn downstream_tls(
             );
         }
     } else {
-        warnings.push(ConfigWarning::new(
-            "Gateway",
-            gs.gw.key(),
-            format!("{}.tls", gs.field()),
-            "needs credentialName, serverCertificate and privateKey, or tlsCertificates; server skipped".into(),
+        warnings.push(site.warning(
+            format!("{}.tls", site.field),
+            format!(
+                "needs credentialName, serverCertificate and privateKey, or tlsCertificates; {} skipped",
+                site.what
+            ),
         ));
         return None;
     }
@@ -1746,18 +1752,41 @@ pub(crate) fn ca_secret(
     crate::policy::ads_secret(name)
 }
 
-/// A Secret named by `credentialName`: in the gateway proxy's namespace
-/// (Istio's rule), else in the Gateway's.
-fn find_secret<'a>(
-    snap: &'a Snapshot,
-    proxy: &Proxy,
-    gs: &GatewayServer<'_>,
-    name: &str,
-) -> Option<&'a TlsSecret> {
-    snap.secrets
-        .get(&format!("{}/{name}", proxy.namespace))
-        .or_else(|| snap.secrets.get(&format!("{}/{name}", gs.gw.namespace)))
-        .map(|s| s.as_ref())
+/// Where a server TLS context is configured: a Gateway server, or a
+/// Sidecar ingress listener; for warnings and `credentialName` Secrets.
+pub(crate) struct TlsSite<'a> {
+    /// The kind of the object (`Gateway`, `Sidecar`).
+    pub kind: &'static str,
+    /// The object's `namespace/name`.
+    pub key: String,
+    /// The path of the server or listener (`spec.servers[0]`).
+    pub field: String,
+    /// What is left out when the context cannot be made (`server`, `port`).
+    pub what: &'static str,
+    /// Where Secrets are looked for, in order: the proxy's namespace (Istio's
+    /// rule), then for a gateway the Gateway's.
+    pub namespaces: [&'a str; 2],
+}
+
+impl TlsSite<'_> {
+    fn warning(&self, field: String, why: String) -> ConfigWarning {
+        ConfigWarning::new(self.kind, self.key.clone(), field, why)
+    }
+
+    /// The Secret `name` in the first of the site's namespaces that has it.
+    fn secret<'s>(&self, snap: &'s Snapshot, name: &str) -> Option<&'s TlsSecret> {
+        self.namespaces
+            .iter()
+            .find_map(|ns| snap.secrets.get(&format!("{ns}/{name}")))
+            .map(|s| s.as_ref())
+    }
+
+    fn where_secrets(&self) -> String {
+        match self.namespaces {
+            [a, b] if a == b => a.to_owned(),
+            [a, b] => format!("{a} or {b}"),
+        }
+    }
 }
 
 fn inline(bytes: &[u8]) -> DataSource {

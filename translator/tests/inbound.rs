@@ -1398,6 +1398,130 @@ spec:
     assert_eq!(b.own_address, None);
 }
 
+/// Sidecar ingress `tls`: where PeerAuthentication disables mTLS on the
+/// port, the port has one chain that terminates it with the files named
+/// (then TCP for a `TLS` port, HTTP for `HTTPS`); elsewhere it is
+/// ignored and reported, as Istio ignores it; settings the mode cannot
+/// work with are reported and the port gets no chain of its own.
+#[test]
+fn sidecar_ingress_tls_is_terminated_where_mtls_is_disabled() {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+        DownstreamTlsContext, common_tls_context,
+    };
+    let config = |protocol: &str, tls: &str, peer: &str| {
+        format!(
+            "{}apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: reviews, namespace: default}}
+spec:
+  workloadSelector: {{labels: {{app: reviews}}}}
+  ingress:
+  - port: {{number: 9443, protocol: {protocol}, name: p}}
+    defaultEndpoint: 127.0.0.1:8443
+    tls: {tls}
+",
+            pa(
+                "reviews",
+                "default",
+                &format!(
+                    "{{selector: {{matchLabels: {{app: reviews}}}}, portLevelMtls: {{9443: {{mode: {peer}}}}}}}"
+                )
+            )
+        )
+    };
+    let files =
+        "serverCertificate: /etc/c.pem, privateKey: /etc/k.pem, caCertificates: /etc/ca.pem";
+    let tls_warnings = |out: &Output| {
+        out.warnings
+            .iter()
+            .filter(|w| w.kind == "Sidecar")
+            .map(|w| (w.field.clone(), w.reason.clone()))
+            .collect::<Vec<_>>()
+    };
+
+    let out = generate(
+        &mesh(&config(
+            "TLS",
+            &format!("{{mode: MUTUAL, {files}}}"),
+            "DISABLE",
+        )),
+        &reviews(),
+    );
+    let port = chains(&out, Some(9443));
+    assert_eq!(shape(&port), [("tls".to_owned(), true)]);
+    assert!(tls_warnings(&out).is_empty(), "{:?}", out.warnings);
+    let first = &port[0].filters[0];
+    assert!(
+        first.name.contains("tcp_proxy"),
+        "TLS is TCP inside: {first:?}"
+    );
+    let Some(envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(
+        any,
+    )) = &port[0].transport_socket.as_ref().unwrap().config_type
+    else {
+        panic!()
+    };
+    let ctx = DownstreamTlsContext::decode(any.value.as_slice()).unwrap();
+    assert_eq!(ctx.require_client_certificate.map(|b| b.value), Some(true));
+    let common = ctx.common_tls_context.unwrap();
+    assert_eq!(common.tls_certificates.len(), 1);
+    let Some(common_tls_context::ValidationContextType::ValidationContext(v)) =
+        common.validation_context_type
+    else {
+        panic!("MUTUAL verifies clients against caCertificates")
+    };
+    assert!(format!("{:?}", v.trusted_ca).contains("/etc/ca.pem"));
+
+    // HTTPS: HTTP inside.
+    let out = generate(
+        &mesh(&config(
+            "HTTPS",
+            &format!("{{mode: SIMPLE, {files}}}"),
+            "DISABLE",
+        )),
+        &reviews(),
+    );
+    let port = chains(&out, Some(9443));
+    assert!(port[0].filters[0].name.contains("http_connection_manager"));
+
+    // Under PERMISSIVE the settings are ignored: Istio's chains, reported.
+    let out = generate(
+        &mesh(&config(
+            "HTTPS",
+            &format!("{{mode: SIMPLE, {files}}}"),
+            "PERMISSIVE",
+        )),
+        &reviews(),
+    );
+    assert_eq!(
+        shape(&chains(&out, Some(9443))),
+        [
+            ("tls".to_owned(), true),
+            ("tls".to_owned(), false),
+            ("raw_buffer".to_owned(), false)
+        ]
+    );
+    let warned = tls_warnings(&out);
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert_eq!(warned[0].0, "spec.ingress[0].tls");
+    assert!(warned[0].1.contains("it is PERMISSIVE there"), "{warned:?}");
+
+    // MUTUAL without caCertificates: reported, no chain for the port.
+    let out = generate(
+        &mesh(&config(
+            "HTTPS",
+            "{mode: MUTUAL, serverCertificate: /etc/c.pem, privateKey: /etc/k.pem}",
+            "DISABLE",
+        )),
+        &reviews(),
+    );
+    assert!(chains(&out, Some(9443)).is_empty());
+    let warned = tls_warnings(&out);
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert_eq!(warned[0].0, "spec.ingress[0].tls.caCertificates");
+    assert!(warned[0].1.contains("port skipped"), "{warned:?}");
+}
+
 #[test]
 fn sidecar_ingress_is_validated_as_istio_does() {
     let problem = |ingress: &str| {
