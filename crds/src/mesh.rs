@@ -162,8 +162,17 @@ pub struct ExtensionProvider {
     /// Telemetry resources' `accessLogging`.
     #[serde(default)]
     pub envoy_otel_als: Option<OtelAccessLogProvider>,
-    /// Every other kind (`opentelemetry`, `envoyOtelAls`, ...), by name
-    /// (not acted on yet).
+    /// HTTP access log entries streamed to an Envoy gRPC access log
+    /// service (`envoy.service.accesslog.v3.AccessLogService`), for
+    /// Telemetry resources' `accessLogging`.
+    #[serde(default)]
+    pub envoy_http_als: Option<GrpcAccessLogProvider>,
+    /// TCP access log entries streamed to an Envoy gRPC access log
+    /// service, for Telemetry resources' `accessLogging`.
+    #[serde(default)]
+    pub envoy_tcp_als: Option<GrpcAccessLogProvider>,
+    /// Every other kind (`lightstep`, `prometheus`, ...), by name (not
+    /// acted on yet).
     #[serde(flatten)]
     pub unsupported: BTreeMap<String, serde_json::Value>,
 }
@@ -196,6 +205,37 @@ pub struct OtelAccessLogProvider {
     #[serde(default)]
     pub log_format: Option<LogFormat>,
     /// Every other field, by name (not acted on yet).
+    #[serde(flatten)]
+    pub unsupported: BTreeMap<String, serde_json::Value>,
+}
+
+/// `MeshConfig.ExtensionProvider.EnvoyHttpGrpcV3LogProvider` and
+/// `EnvoyTcpGrpcV3LogProvider` (the TCP one has no header lists).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GrpcAccessLogProvider {
+    /// The access log service: its hostname, or `namespace/hostname`.
+    pub service: String,
+    /// The service's gRPC port.
+    pub port: u32,
+    /// The log's name (default `http_envoy_accesslog` or
+    /// `tcp_envoy_accesslog`).
+    #[serde(default)]
+    pub log_name: Option<String>,
+    /// Filter state objects logged with each entry (default Istio's peer
+    /// metadata objects, `wasm.upstream_peer` and the like).
+    #[serde(default)]
+    pub filter_state_objects_to_log: Vec<String>,
+    /// Request headers logged besides Envoy's own (HTTP only).
+    #[serde(default)]
+    pub additional_request_headers_to_log: Vec<String>,
+    /// Response headers logged (HTTP only).
+    #[serde(default)]
+    pub additional_response_headers_to_log: Vec<String>,
+    /// Response trailers logged (HTTP only).
+    #[serde(default)]
+    pub additional_response_trailers_to_log: Vec<String>,
+    /// Every other field, by name (not acted on).
     #[serde(flatten)]
     pub unsupported: BTreeMap<String, serde_json::Value>,
 }

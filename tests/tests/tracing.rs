@@ -4,7 +4,8 @@
 //! decorator and tagged as Istio tags them, and pass the trace context on
 //! to the app; a Telemetry resource adds its custom tags. OpenTelemetry
 //! (gRPC and HTTP), Datadog and SkyWalking providers reach their
-//! collectors, and so do access logs sent as OpenTelemetry log records.
+//! collectors, and so do access logs sent as OpenTelemetry log records or
+//! to Envoy's gRPC access log service.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
 
@@ -91,7 +92,9 @@ fn wait_for_collector(mesh: &Mesh, host: &str, telemetry: bool) {
         e2e::SYNC,
         || {
             let snap = mesh.daemon.snapshots.borrow();
-            ((snap.mesh.tracing.is_some() || !snap.mesh.otel_log_providers.is_empty())
+            ((snap.mesh.tracing.is_some()
+                || !snap.mesh.otel_log_providers.is_empty()
+                || !snap.mesh.grpc_log_providers.is_empty())
                 && snap.services.contains_key(host)
                 && (!telemetry || !snap.telemetries.is_empty()))
             .then_some(())
@@ -511,11 +514,11 @@ ports: [{name: grpc, port: 11800}]
 endpoints: [{addresses: [127.0.2.4]}]
 ";
 
-/// A gRPC server on 127.0.2.4:11800 (h2c) keeping each call's path, its
+/// A gRPC server at `addr` (h2c) keeping each call's path, its
 /// `authentication` metadata and every byte of its request stream as it
-/// comes (SkyWalking's segment report is a client stream that may stay
-/// open), answering OK when the stream ends.
-fn start_stream_recorder(mesh: &Mesh) -> Arc<Mutex<Vec<Export>>> {
+/// comes (SkyWalking's segment report and Envoy's access log stream are
+/// client streams that stay open), answering OK when the stream ends.
+fn start_stream_recorder(mesh: &Mesh, addr: &'static str) -> Arc<Mutex<Vec<Export>>> {
     let calls: Arc<Mutex<Vec<Export>>> = Arc::default();
     let kept = calls.clone();
     let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
@@ -551,9 +554,7 @@ fn start_stream_recorder(mesh: &Mesh) -> Arc<Mutex<Vec<Export>>> {
         }
     });
     mesh.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.2.4:11800")
-            .await
-            .unwrap();
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -567,7 +568,7 @@ fn start_stream_recorder(mesh: &Mesh) -> Arc<Mutex<Vec<Export>>> {
 #[test]
 fn segments_reach_a_skywalking_oap_server() {
     let mesh = Mesh::start(true, &[]);
-    let calls = start_stream_recorder(&mesh);
+    let calls = start_stream_recorder(&mesh, "127.0.2.4:11800");
     use_tracing_provider(
         &mesh,
         SKYWALKING,
@@ -627,5 +628,73 @@ spec:
         &body,
         "outbound|9080||reviews.default.svc.cluster.local"
     ));
+    assert_eq!(envoy.rejected(), 0);
+}
+
+/// The gRPC access log service's Service in `istio-system`, its one
+/// endpoint the test's recorder at 127.0.2.5.
+const ALS: &str = "apiVersion: v1
+kind: Service
+metadata: {name: als, namespace: istio-system}
+spec:
+  clusterIP: 10.96.0.94
+  ports: [{name: grpc-als, port: 9811}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: als-1, namespace: istio-system, labels: {kubernetes.io/service-name: als}}
+addressType: IPv4
+ports: [{name: grpc-als, port: 9811}]
+endpoints: [{addresses: [127.0.2.5]}]
+";
+
+/// `envoyHttpAls` and `envoyTcpAls` providers named by a Telemetry
+/// resource's `accessLogging`: the sidecar streams each request's entry
+/// to Envoy's gRPC access log service under each provider's log name, the
+/// HTTP one with the request header the provider adds.
+#[test]
+fn access_logs_reach_a_grpc_access_log_service() {
+    let mesh = Mesh::start(true, &[]);
+    let calls = start_stream_recorder(&mesh, "127.0.2.5:9811");
+    mesh.cfg.write("als.yaml", ALS);
+    mesh.cfg.write(
+        "mesh.yaml",
+        &mesh_config(
+            "extensionProviders:\n\
+             - {name: http-als, envoyHttpAls: {service: als.istio-system.svc.cluster.local, port: 9811, logName: mesh-http, additionalRequestHeadersToLog: [x-tenant]}}\n\
+             - {name: tcp-als, envoyTcpAls: {service: istio-system/als.istio-system.svc.cluster.local, port: 9811, logName: mesh-tcp}}",
+        ),
+    );
+    mesh.cfg.write(
+        "telemetry.yaml",
+        "apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+spec:
+  accessLogging: [{providers: [{name: http-als}, {name: tcp-als}]}]
+",
+    );
+    wait_for_collector(&mesh, "als.istio-system.svc.cluster.local", true);
+    let envoy = mesh.sidecar();
+    for i in 0..5 {
+        let r = http_request(
+            &format!("{REVIEWS}/streamed?n={i}"),
+            &[("host", "reviews"), ("x-tenant", "bookinfo")],
+        )
+        .unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    let (path, _, _, body) = first_export(&calls, "/streamed?n=0");
+    assert_eq!(
+        path,
+        "/envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs"
+    );
+    assert!(holds(&body, "mesh-http"), "the HTTP log's name");
+    assert!(holds(&body, "x-tenant") && holds(&body, "bookinfo"));
+    let (path, ..) = first_export(&calls, "mesh-tcp");
+    assert_eq!(
+        path,
+        "/envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs"
+    );
     assert_eq!(envoy.rejected(), 0);
 }

@@ -321,6 +321,9 @@ pub struct MeshConfig {
     /// Every `envoyOtelAls` extension provider by name: access logs as
     /// OpenTelemetry log records to a collector.
     pub otel_log_providers: BTreeMap<String, OtelLog>,
+    /// Every `envoyHttpAls` and `envoyTcpAls` extension provider by name:
+    /// access log entries streamed to a gRPC access log service.
+    pub grpc_log_providers: BTreeMap<String, GrpcLog>,
     /// `defaultProviders.accessLogging`: the access log providers of
     /// workloads no Telemetry's `accessLogging` applies to.
     pub default_access_logging: Vec<String>,
@@ -572,6 +575,92 @@ pub struct OtelLog {
     pub req_without_query: bool,
 }
 
+/// An access log streamed to an Envoy gRPC access log service (mesh
+/// config `extensionProviders[].envoyHttpAls` or `.envoyTcpAls`), as
+/// Istio's `httpGrpcAccessLogFromTelemetry` / `tcpGrpcAccessLogFromTelemetry`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrpcLog {
+    /// HTTP entries (`envoyHttpAls`), else TCP ones (`envoyTcpAls`).
+    pub http: bool,
+    /// The service: a hostname, or `namespace/hostname`.
+    pub service: String,
+    /// The service port.
+    pub port: u32,
+    /// The log's name (`http_envoy_accesslog` / `tcp_envoy_accesslog` by
+    /// default).
+    pub log_name: String,
+    /// Filter state objects logged (Istio's peer metadata by default).
+    pub filter_state_objects: Vec<String>,
+    /// Request headers, response headers and response trailers logged
+    /// (HTTP only).
+    pub headers: [Vec<String>; 3],
+}
+
+/// The filter state objects Istio's gRPC access logs carry by default
+/// (its metadata exchange's peers; Istio's `envoyWasmStateToLog`).
+const ISTIO_PEER_STATE: [&str; 4] = [
+    "wasm.upstream_peer",
+    "wasm.upstream_peer_id",
+    "wasm.downstream_peer",
+    "wasm.downstream_peer_id",
+];
+
+/// The `envoyHttpAls` and `envoyTcpAls` providers of `providers`; a field
+/// that cannot be acted on is reported and ignored.
+fn grpc_log_providers(
+    providers: &[crds::mesh::ExtensionProvider],
+    warn: &mut impl FnMut(String, String),
+) -> BTreeMap<String, GrpcLog> {
+    let mut out = BTreeMap::new();
+    for (i, p) in providers.iter().enumerate() {
+        let (kind, http, als) = match (&p.envoy_http_als, &p.envoy_tcp_als) {
+            (Some(als), _) => ("envoyHttpAls", true, als),
+            (None, Some(als)) => ("envoyTcpAls", false, als),
+            (None, None) => continue,
+        };
+        let at = format!("data.mesh.extensionProviders[{i}].{kind}");
+        for field in als.unsupported.keys() {
+            warn(format!("{at}.{field}"), "not supported; ignored".into());
+        }
+        let headers = [
+            als.additional_request_headers_to_log.clone(),
+            als.additional_response_headers_to_log.clone(),
+            als.additional_response_trailers_to_log.clone(),
+        ];
+        if !http && headers.iter().any(|h| !h.is_empty()) {
+            warn(
+                at.clone(),
+                "TCP access logs carry no headers; the additional headers are ignored".into(),
+            );
+        }
+        let default_name = if http {
+            "http_envoy_accesslog"
+        } else {
+            "tcp_envoy_accesslog"
+        };
+        out.insert(
+            p.name.clone(),
+            GrpcLog {
+                http,
+                service: als.service.clone(),
+                port: als.port,
+                log_name: als
+                    .log_name
+                    .clone()
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or_else(|| default_name.into()),
+                filter_state_objects: if als.filter_state_objects_to_log.is_empty() {
+                    ISTIO_PEER_STATE.iter().map(|s| (*s).to_owned()).collect()
+                } else {
+                    als.filter_state_objects_to_log.clone()
+                },
+                headers: if http { headers } else { Default::default() },
+            },
+        );
+    }
+    out
+}
+
 /// An access log line: Envoy's command operators (`%RESPONSE_CODE%`, ...).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AccessLogFormat {
@@ -654,6 +743,7 @@ impl Default for MeshConfig {
             tracing_providers: BTreeMap::new(),
             access_log_providers: builtin_access_log_providers(),
             otel_log_providers: BTreeMap::new(),
+            grpc_log_providers: BTreeMap::new(),
             default_access_logging: Vec::new(),
             ext_authz: BTreeMap::new(),
             networks: Networks::default(),
@@ -1507,6 +1597,10 @@ impl Snapshot {
             &mut warn,
         );
         self.mesh.otel_log_providers = otel_log_providers(
+            m.extension_providers.as_deref().unwrap_or_default(),
+            &mut warn,
+        );
+        self.mesh.grpc_log_providers = grpc_log_providers(
             m.extension_providers.as_deref().unwrap_or_default(),
             &mut warn,
         );

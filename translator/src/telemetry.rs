@@ -21,7 +21,9 @@
 //!   specific level naming some are the ones in scope; each entry (its
 //!   `providers`, else its parent's) turns them on with its CEL `filter`,
 //!   or off with `disabled: true`. Each provider is an `envoyFileAccessLog`
-//!   (or the built-in `envoy`: standard output).
+//!   (or the built-in `envoy`: standard output), an `envoyOtelAls`
+//!   (OpenTelemetry log records), or an `envoyHttpAls` / `envoyTcpAls`
+//!   (Envoy's gRPC access log service).
 
 use std::collections::BTreeMap;
 
@@ -265,9 +267,13 @@ pub(crate) fn access_logs(
     }
     on.into_iter()
         .filter_map(|(name, filter)| {
-            let mut out = match snap.mesh.access_log_providers.get(name) {
-                Some(log) => crate::file_access_log(log),
-                None => otel_access_log(snap, proxy, snap.mesh.otel_log_providers.get(name)?)?,
+            let mesh = &snap.mesh;
+            let mut out = if let Some(log) = mesh.access_log_providers.get(name) {
+                crate::file_access_log(log)
+            } else if let Some(log) = mesh.otel_log_providers.get(name) {
+                otel_access_log(snap, proxy, log)?
+            } else {
+                grpc_access_log(snap, proxy, mesh.grpc_log_providers.get(name)?)?
             };
             out.filter = filter
                 .filter(|f| !f.is_empty())
@@ -296,39 +302,97 @@ pub(crate) fn access_logs(
 /// labels. `None` when the collector is not among the services the proxy
 /// gets clusters for (Envoy would refuse a logger whose cluster it does
 /// not have, and the listener with it).
+/// The gRPC service `service` (a hostname, or `namespace/hostname`) at
+/// `port` as `proxy` reaches it: Envoy gRPC to its outbound cluster, the
+/// hostname as authority (Istio's `LookupCluster`); `None` when the proxy
+/// does not see the service or it has no such port (Envoy would refuse a
+/// logger naming a cluster it does not have).
+fn envoy_grpc_service(
+    snap: &Snapshot,
+    proxy: &Proxy,
+    service: &str,
+    port: u32,
+) -> Option<envoy_types::pb::envoy::config::core::v3::GrpcService> {
+    use envoy_types::pb::envoy::config::core::v3::{GrpcService, grpc_service};
+    let host = service.split_once('/').map_or(service, |(_, h)| h);
+    let found = snap
+        .service_for(proxy, host)
+        .filter(|s| s.port(port).is_some())?;
+    Some(GrpcService {
+        target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(
+            grpc_service::EnvoyGrpc {
+                cluster_name: crate::cluster::cluster_name(port, "", &found.hostname),
+                authority: found.hostname.clone(),
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    })
+}
+
+/// An `envoyHttpAls` / `envoyTcpAls` provider's logger: Envoy's
+/// `envoy.access_loggers.http_grpc` (`HttpGrpcAccessLogConfig`, with the
+/// additional headers) or `envoy.access_loggers.tcp_grpc`
+/// (`TcpGrpcAccessLogConfig`), API V3, streaming to the service's
+/// outbound cluster; `None` when the proxy cannot reach the service.
+fn grpc_access_log(
+    snap: &Snapshot,
+    proxy: &Proxy,
+    log: &crate::model::GrpcLog,
+) -> Option<AccessLog> {
+    use envoy_types::pb::envoy::config::accesslog::v3::access_log::ConfigType;
+    use envoy_types::pb::envoy::config::core::v3::ApiVersion;
+    use envoy_types::pb::envoy::extensions::access_loggers::grpc::v3::{
+        CommonGrpcAccessLogConfig, HttpGrpcAccessLogConfig, TcpGrpcAccessLogConfig,
+    };
+    let common = CommonGrpcAccessLogConfig {
+        log_name: log.log_name.clone(),
+        grpc_service: Some(envoy_grpc_service(snap, proxy, &log.service, log.port)?),
+        transport_api_version: ApiVersion::V3 as i32,
+        filter_state_objects_to_log: log.filter_state_objects.clone(),
+        ..Default::default()
+    };
+    let (name, config) = if log.http {
+        let [request, response, trailers] = log.headers.clone();
+        (
+            "envoy.access_loggers.http_grpc",
+            pack_any(HttpGrpcAccessLogConfig {
+                common_config: Some(common),
+                additional_request_headers_to_log: request,
+                additional_response_headers_to_log: response,
+                additional_response_trailers_to_log: trailers,
+            }),
+        )
+    } else {
+        (
+            "envoy.access_loggers.tcp_grpc",
+            pack_any(TcpGrpcAccessLogConfig {
+                common_config: Some(common),
+            }),
+        )
+    };
+    Some(AccessLog {
+        name: name.into(),
+        config_type: Some(ConfigType::TypedConfig(config)),
+        ..Default::default()
+    })
+}
+
 fn otel_access_log(
     snap: &Snapshot,
     proxy: &Proxy,
     log: &crate::model::OtelLog,
 ) -> Option<AccessLog> {
-    use envoy_types::pb::envoy::config::core::v3::{
-        GrpcService, TypedExtensionConfig, grpc_service,
-    };
+    use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig;
     use envoy_types::pb::envoy::extensions::access_loggers::open_telemetry::v3::OpenTelemetryAccessLogConfig;
     use envoy_types::pb::opentelemetry::proto::common::v1::{
         AnyValue, KeyValue, KeyValueList, any_value,
     };
-    let host = log
-        .service
-        .split_once('/')
-        .map_or(log.service.as_str(), |(_, h)| h);
-    let collector = snap
-        .service_for(proxy, host)
-        .filter(|s| s.port(log.port).is_some())?;
     let string = |s: &str| AnyValue {
         value: Some(any_value::Value::StringValue(s.to_owned())),
     };
     let config = OpenTelemetryAccessLogConfig {
-        grpc_service: Some(GrpcService {
-            target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(
-                grpc_service::EnvoyGrpc {
-                    cluster_name: crate::cluster::cluster_name(log.port, "", &collector.hostname),
-                    authority: collector.hostname.clone(),
-                    ..Default::default()
-                },
-            )),
-            ..Default::default()
-        }),
+        grpc_service: Some(envoy_grpc_service(snap, proxy, &log.service, log.port)?),
         log_name: log.log_name.clone(),
         disable_builtin_labels: true,
         body: Some(string(&log.body)),
@@ -398,11 +462,12 @@ pub(crate) fn warnings(snap: &Snapshot) -> Vec<crate::ConfigWarning> {
             for (j, p) in e.providers.iter().enumerate() {
                 if !snap.mesh.access_log_providers.contains_key(&p.name)
                     && !snap.mesh.otel_log_providers.contains_key(&p.name)
+                    && !snap.mesh.grpc_log_providers.contains_key(&p.name)
                 {
                     warn(
                         format!("spec.accessLogging[{i}].providers[{j}].name"),
                         format!(
-                            "{:?} is not an envoyFileAccessLog or envoyOtelAls extension provider of the mesh config (nor the built-in envoy): it writes no log",
+                            "{:?} is not an envoyFileAccessLog, envoyOtelAls, envoyHttpAls or envoyTcpAls extension provider of the mesh config (nor the built-in envoy): it writes no log",
                             p.name
                         ),
                     );

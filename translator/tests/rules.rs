@@ -2512,6 +2512,86 @@ spec:
     assert!(tcp.access_log.is_empty());
 }
 
+/// `envoyHttpAls` and `envoyTcpAls` providers (Istio's
+/// `httpGrpcAccessLogFromTelemetry` / `tcpGrpcAccessLogFromTelemetry`):
+/// Envoy's gRPC access loggers to the service's outbound cluster, API V3,
+/// Istio's default log names and peer filter state objects, the HTTP one
+/// with its header lists; headers on the TCP one and unknown fields are
+/// reported.
+#[test]
+fn grpc_access_log_providers_stream_to_the_service() {
+    use envoy_types::pb::envoy::config::accesslog::v3::access_log::ConfigType;
+    use envoy_types::pb::envoy::extensions::access_loggers::grpc::v3::{
+        HttpGrpcAccessLogConfig, TcpGrpcAccessLogConfig,
+    };
+    let service = "apiVersion: v1
+kind: Service
+metadata: {name: als, namespace: observability}
+spec:
+  clusterIP: 10.96.0.96
+  ports: [{name: grpc-als, port: 9811}]
+";
+    let settings = mesh_configmap(
+        "{extensionProviders: [{name: h, envoyHttpAls: {service: als.observability.svc.cluster.local, port: 9811, additionalRequestHeadersToLog: [x-a], additionalResponseTrailersToLog: [grpc-status], bufferSize: 3}}, {name: t, envoyTcpAls: {service: observability/als.observability.svc.cluster.local, port: 9811, logName: conns, filterStateObjectsToLog: [my.state], additionalRequestHeadersToLog: [x-a]}}], defaultProviders: {accessLogging: [h, t]}}",
+    );
+    let snap = mesh(&format!("{service}---\n{settings}"), MeshConfig::default());
+    let warned: Vec<&str> = snap.warnings.iter().map(|w| w.field.as_str()).collect();
+    assert_eq!(
+        warned,
+        [
+            "data.mesh.extensionProviders[0].envoyHttpAls.bufferSize",
+            "data.mesh.extensionProviders[1].envoyTcpAls"
+        ]
+    );
+    let out = generate(&snap, &sidecar(&[]));
+    let listener = out
+        .listeners
+        .iter()
+        .find(|l| l.name == "10.96.0.20_27017")
+        .unwrap();
+    let tcp: TcpProxy = first_filter(&listener.filter_chains[0]);
+    let names: Vec<&str> = tcp.access_log.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "envoy.access_loggers.http_grpc",
+            "envoy.access_loggers.tcp_grpc"
+        ]
+    );
+    let config = |i: usize| match &tcp.access_log[i].config_type {
+        Some(ConfigType::TypedConfig(any)) => any.value.clone(),
+        None => panic!("no config"),
+    };
+    let http = HttpGrpcAccessLogConfig::decode(config(0).as_slice()).unwrap();
+    assert_eq!(http.additional_request_headers_to_log, ["x-a"]);
+    assert_eq!(http.additional_response_trailers_to_log, ["grpc-status"]);
+    let common = http.common_config.unwrap();
+    assert_eq!(common.log_name, "http_envoy_accesslog");
+    assert_eq!(common.transport_api_version, 2, "V3");
+    assert_eq!(
+        common.filter_state_objects_to_log,
+        [
+            "wasm.upstream_peer",
+            "wasm.upstream_peer_id",
+            "wasm.downstream_peer",
+            "wasm.downstream_peer_id"
+        ]
+    );
+    let Some(envoy_types::pb::envoy::config::core::v3::grpc_service::TargetSpecifier::EnvoyGrpc(g)) =
+        common.grpc_service.and_then(|g| g.target_specifier)
+    else {
+        panic!("not Envoy's gRPC client")
+    };
+    assert_eq!(
+        g.cluster_name,
+        "outbound|9811||als.observability.svc.cluster.local"
+    );
+    let tcp_log = TcpGrpcAccessLogConfig::decode(config(1).as_slice()).unwrap();
+    let common = tcp_log.common_config.unwrap();
+    assert_eq!(common.log_name, "conns");
+    assert_eq!(common.filter_state_objects_to_log, ["my.state"]);
+}
+
 /// Telemetry `enableIstioTags: false` leaves Istio's tags off the spans,
 /// and `useRequestIdForTraceSampling` sets the connection managers' UUID
 /// request ID extension (unset: Envoy's default, not written).
