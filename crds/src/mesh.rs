@@ -448,10 +448,68 @@ pub struct OpenTelemetryProvider {
     /// Settings of the gRPC export (the default).
     #[serde(default)]
     pub grpc: Option<OtlpGrpc>,
-    /// Every other field (`resourceDetectors`, `dynatraceSampler`), by
-    /// name (not acted on yet).
+    /// What the tracer adds to its resource's attributes.
+    #[serde(default)]
+    pub resource_detectors: Option<ResourceDetectors>,
+    /// Dynatrace's sampler in place of the mesh's random sampling.
+    #[serde(default)]
+    pub dynatrace_sampler: Option<DynatraceSampler>,
+    /// Every other field, by name (not acted on yet).
     #[serde(flatten)]
     pub unsupported: BTreeMap<String, serde_json::Value>,
+}
+
+/// `OpenTelemetryTracingProvider.ResourceDetectors`: each one set (to
+/// `{}`) is on.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceDetectors {
+    /// Attributes from the proxy's `OTEL_RESOURCE_ATTRIBUTES` environment
+    /// variable (`key=value,...`).
+    #[serde(default)]
+    pub environment: Option<serde_json::Value>,
+    /// Attributes from Dynatrace's enrichment files on the proxy's host.
+    #[serde(default)]
+    pub dynatrace: Option<serde_json::Value>,
+    /// Every other detector, by name (not acted on).
+    #[serde(flatten)]
+    pub unsupported: BTreeMap<String, serde_json::Value>,
+}
+
+/// `OpenTelemetryTracingProvider.DynatraceSampler`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DynatraceSampler {
+    /// The Dynatrace tenant.
+    #[serde(default)]
+    pub tenant: String,
+    /// The Dynatrace cluster's ID.
+    #[serde(default)]
+    pub cluster_id: i32,
+    /// Root spans per minute when the API gives no figure (0: Envoy's
+    /// 1000).
+    #[serde(default)]
+    pub root_spans_per_minute: u32,
+    /// Where the sampling configuration is fetched from; absent: the
+    /// provider's own OTLP/HTTP service, at `api/v2/samplingConfiguration`.
+    #[serde(default)]
+    pub http_service: Option<DynatraceApi>,
+    /// Every other field, by name (not acted on).
+    #[serde(flatten)]
+    pub unsupported: BTreeMap<String, serde_json::Value>,
+}
+
+/// `DynatraceSampler.DynatraceApi`: the API's service and HTTP settings.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DynatraceApi {
+    /// The API's service: its hostname, or `namespace/hostname`.
+    pub service: String,
+    /// The service's port.
+    pub port: u32,
+    /// The path, timeout and headers of the requests.
+    #[serde(default)]
+    pub http: Option<OtlpHttp>,
 }
 
 /// `OpenTelemetryTracingProvider.HttpService`.
@@ -496,7 +554,11 @@ pub struct ProviderHeader {
     /// Header value.
     #[serde(default)]
     pub value: String,
-    /// Every other field (`envoyHeader`), by name (not acted on yet).
+    /// The value from istiod's environment variable of this name (instead
+    /// of `value`).
+    #[serde(default)]
+    pub env_name: Option<String>,
+    /// Every other field, by name (not acted on).
     #[serde(flatten)]
     pub unsupported: BTreeMap<String, serde_json::Value>,
 }

@@ -596,6 +596,17 @@ pub fn use_network(network: &str) {
     NETWORK.with(|n| network.clone_into(&mut n.borrow_mut()));
 }
 
+thread_local! {
+    static ENVOY_ENV: std::cell::RefCell<Vec<(String, String)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Envoys started on this thread from now on have `name=value` in their
+/// environment (as a pod's `env` gives its istio-proxy container).
+pub fn use_envoy_env(name: &str, value: &str) {
+    ENVOY_ENV.with(|e| e.borrow_mut().push((name.to_owned(), value.to_owned())));
+}
+
 /// A running Envoy, killed on drop.
 pub struct Envoy {
     child: Child,
@@ -696,6 +707,7 @@ impl Envoy {
             // connections of the chains it replaced at once, rather
             // than over Envoy's default ten minutes.
             .args(["--drain-strategy", "immediate"])
+            .envs(ENVOY_ENV.with(|e| e.borrow().clone()))
             .stdin(Stdio::null())
             .stdout(Stdio::from(stdout.reopen().expect("Envoy's stdout")))
             .spawn()

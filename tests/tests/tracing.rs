@@ -440,6 +440,10 @@ fn spans_reach_an_opentelemetry_collector_over_grpc_and_http() {
     // span's name the route's decorator.
     assert!(holds(&body, "productpage.default"));
     assert!(holds(&body, "reviews.default.svc.cluster.local:9080/*"));
+    assert!(
+        !holds(&body, "e2e-environment"),
+        "no resource detector asked for"
+    );
 
     // OTLP/HTTP: protobuf posted to the provider's path.
     mesh.apply(
@@ -695,6 +699,55 @@ spec:
     assert_eq!(
         path,
         "/envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs"
+    );
+    assert_eq!(envoy.rejected(), 0);
+}
+
+/// An OpenTelemetry provider's `resourceDetectors.environment` and
+/// `dynatraceSampler`: the proxy's `OTEL_RESOURCE_ATTRIBUTES` become
+/// attributes of the exported resource, and with the sampler deciding
+/// every request reaches it (the mesh's default 1 % sampling is not
+/// applied), so all five are traced and exported over OTLP/HTTP; the
+/// sampler fetches its configuration from the exporter's host.
+#[test]
+fn resource_detectors_and_a_dynatrace_sampler_shape_opentelemetry_spans() {
+    let mesh = Mesh::start(true, &[]);
+    let exports = start_otlp_collector(&mesh);
+    mesh.cfg.write("otel.yaml", OTEL);
+    mesh.cfg.write(
+        "mesh.yaml",
+        &mesh_config(
+            "extensionProviders: [{name: otel, opentelemetry: {service: otel-collector.istio-system.svc.cluster.local, port: 4318, http: {path: /v1/traces, timeout: 3s}, resourceDetectors: {environment: {}}, dynatraceSampler: {tenant: e2e, clusterId: 1}}}]\n\
+             defaultProviders: {tracing: [otel]}",
+        ),
+    );
+    wait_for_collector(
+        &mesh,
+        "otel-collector.istio-system.svc.cluster.local",
+        false,
+    );
+    e2e::use_envoy_env(
+        "OTEL_RESOURCE_ATTRIBUTES",
+        "deployment.environment=e2e-environment",
+    );
+    let envoy = mesh.sidecar();
+    five_requests("sampled");
+    for i in 0..5 {
+        let (path, _, _, body) = first_export(&exports, &format!("/sampled?n={i}"));
+        assert_eq!(path, "/v1/traces");
+        assert!(holds(&body, "deployment.environment"));
+        assert!(holds(&body, "e2e-environment"));
+    }
+    // The sampler fetches its configuration from the collector's host.
+    e2e::eventually(
+        Duration::from_secs(15),
+        || {
+            let got = exports.lock().unwrap();
+            got.iter()
+                .any(|(path, ..)| path == "/api/v2/samplingConfiguration")
+                .then_some(())
+        },
+        || "the Dynatrace sampler fetched no sampling configuration".into(),
     );
     assert_eq!(envoy.rejected(), 0);
 }

@@ -458,6 +458,51 @@ pub struct TracingProvider {
     pub sampling: Percentage,
 }
 
+/// An OpenTelemetry resource detector (Envoy's
+/// `envoy.tracers.opentelemetry.resource_detectors.*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResourceDetector {
+    /// `OTEL_RESOURCE_ATTRIBUTES` of the proxy's environment.
+    Environment,
+    /// Dynatrace's enrichment files.
+    Dynatrace,
+}
+
+/// Envoy's Dynatrace sampler (`DynatraceSamplerConfig`): the tenant and
+/// cluster, and where its sampling configuration comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DynatraceSampler {
+    /// The Dynatrace tenant.
+    pub tenant: String,
+    /// The Dynatrace cluster's ID.
+    pub cluster_id: i32,
+    /// Root spans per minute without a figure from the API (0: 1000).
+    pub root_spans_per_minute: u32,
+    /// The API's service (hostname or `namespace/hostname`) and port;
+    /// `None`: the provider's collector.
+    pub api: Option<(String, u32)>,
+    /// The path of the sampling configuration on that service.
+    pub path: String,
+    /// How long a fetch may take; `None`: [`OTLP_HTTP_TIMEOUT`].
+    pub timeout: Option<std::time::Duration>,
+    /// Headers sent with each fetch.
+    pub headers: Vec<(String, String)>,
+}
+
+impl TracingProvider {
+    /// Whether a sampler of the provider's own decides, Istio's random
+    /// sampling then at 100 % (Istio's `useCustomSampler`).
+    pub fn custom_sampler(&self) -> bool {
+        matches!(
+            self.exporter,
+            SpanExporter::OpenTelemetry {
+                sampler: Some(_),
+                ..
+            }
+        )
+    }
+}
+
 /// How a tracing provider's spans reach its collector.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SpanExporter {
@@ -479,6 +524,11 @@ pub enum SpanExporter {
         timeout: Option<std::time::Duration>,
         /// Headers (HTTP) or initial metadata (gRPC) sent with each export.
         headers: Vec<(String, String)>,
+        /// `resourceDetectors`, in Istio's order.
+        resource_detectors: Vec<ResourceDetector>,
+        /// `dynatraceSampler`: it decides, every request reaching it
+        /// (random sampling 100 %, as Istio's `useCustomSampler`).
+        sampler: Option<DynatraceSampler>,
     },
     /// Datadog traces to the agent (Envoy's `envoy.tracers.datadog`).
     Datadog,
@@ -969,6 +1019,48 @@ fn otel_log_providers(
     out
 }
 
+/// The headers of a provider (name, value), a value from `envName` read
+/// from this process's environment as istiod reads its own (unset: empty).
+fn header_values(headers: &[crds::mesh::ProviderHeader]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter(|h| !h.name.is_empty())
+        .map(|h| {
+            let value = match &h.env_name {
+                Some(var) => std::env::var(var).unwrap_or_default(),
+                None => h.value.clone(),
+            };
+            (h.name.clone(), value)
+        })
+        .collect()
+}
+
+/// A `dynatraceSampler` as Istio's `configureDynatraceSampler` reads it:
+/// its own API service, else the provider's OTLP/HTTP export (its
+/// timeout and headers) at `api/v2/samplingConfiguration`; `None` when it
+/// has neither (reported by [`tracing_provider`]).
+fn dynatrace_sampler(
+    sampler: &crds::mesh::DynatraceSampler,
+    export: Option<&crds::mesh::OtlpHttp>,
+) -> Option<DynatraceSampler> {
+    let (api, http) = match &sampler.http_service {
+        Some(api) => (Some((api.service.clone(), api.port)), api.http.as_ref()),
+        None => (None, Some(export?)),
+    };
+    Some(DynatraceSampler {
+        tenant: sampler.tenant.clone(),
+        cluster_id: sampler.cluster_id,
+        root_spans_per_minute: sampler.root_spans_per_minute,
+        api,
+        path: match &sampler.http_service {
+            Some(_) => http.and_then(|h| h.path.clone()).unwrap_or_default(),
+            None => "api/v2/samplingConfiguration".into(),
+        },
+        timeout: http.and_then(|h| h.timeout).map(|t| t.as_std()),
+        headers: http.map(|h| header_values(&h.headers)).unwrap_or_default(),
+    })
+}
+
 /// Istio's default sampling (`PILOT_TRACE_SAMPLING`), percent.
 const DEFAULT_TRACE_SAMPLING: f64 = 1.0;
 
@@ -1030,10 +1122,31 @@ fn tracing_provider(
                         .enumerate()
                         .map(|(j, h)| (format!("grpc.initialMetadata[{j}]"), h))
                 }));
+            if let Some(sampler) = &otel.dynatrace_sampler
+                && sampler.http_service.is_none()
+                && otel.http.is_none()
+            {
+                warn(
+                    format!("{at}.dynatraceSampler"),
+                    "without its own httpService the sampler reuses the provider's http export, and there is none; sampler ignored".into(),
+                );
+            }
             let fields = otel
                 .unsupported
                 .keys()
                 .cloned()
+                .chain(
+                    otel.resource_detectors
+                        .iter()
+                        .flat_map(|d| d.unsupported.keys())
+                        .map(|k| format!("resourceDetectors.{k}")),
+                )
+                .chain(
+                    otel.dynatrace_sampler
+                        .iter()
+                        .flat_map(|d| d.unsupported.keys())
+                        .map(|k| format!("dynatraceSampler.{k}")),
+                )
                 .chain(nested.into_iter().flat_map(|(name, rest)| {
                     rest.into_iter()
                         .flat_map(|r| r.keys())
@@ -1116,6 +1229,20 @@ fn tracing_provider(
                     (None, Some(grpc)) => &grpc.initial_metadata,
                     (None, None) => &Vec::new(),
                 };
+                let detectors = otel.resource_detectors.as_ref();
+                let resource_detectors = [
+                    (
+                        ResourceDetector::Environment,
+                        detectors.is_some_and(|d| d.environment.is_some()),
+                    ),
+                    (
+                        ResourceDetector::Dynatrace,
+                        detectors.is_some_and(|d| d.dynatrace.is_some()),
+                    ),
+                ]
+                .into_iter()
+                .filter_map(|(d, on)| on.then_some(d))
+                .collect();
                 TracingProvider {
                     service: otel.service.clone(),
                     port: otel.port,
@@ -1129,11 +1256,12 @@ fn tracing_provider(
                             None => otel.grpc.as_ref().and_then(|g| g.timeout),
                         }
                         .map(|t| t.as_std()),
-                        headers: headers
-                            .iter()
-                            .filter(|h| !h.name.is_empty())
-                            .map(|h| (h.name.clone(), h.value.clone()))
-                            .collect(),
+                        headers: header_values(headers),
+                        resource_detectors,
+                        sampler: otel
+                            .dynatrace_sampler
+                            .as_ref()
+                            .and_then(|s| dynatrace_sampler(s, otel.http.as_ref())),
                     },
                     max_path_tag_length: tag_length(otel.max_tag_length),
                     sampling: Percentage(sampling),

@@ -197,7 +197,13 @@ pub(crate) fn tracing<'a>(
     let provider = provider.filter(|_| !disabled)?;
     Some(TracingSettings {
         provider,
-        sampling: sampling.unwrap_or(provider.sampling.0),
+        // A sampler of the provider's own decides (Istio: provider
+        // sampler, then Telemetry, then the mesh's percentage).
+        sampling: if provider.custom_sampler() {
+            100.0
+        } else {
+            sampling.unwrap_or(provider.sampling.0)
+        },
         custom_tags,
         istio_tags,
         request_id_sampling,

@@ -12,7 +12,8 @@
 
 use envoy_types::pb::envoy::config::route::v3::{Decorator, RouteMatch, route, route_match};
 use envoy_types::pb::envoy::config::core::v3::{
-    GrpcService, HeaderValue, HeaderValueOption, HttpService, HttpUri, grpc_service, http_uri,
+    GrpcService, HeaderValue, HeaderValueOption, HttpService, HttpUri, TypedExtensionConfig,
+    grpc_service, header_value_option, http_uri,
 };
 use envoy_types::pb::envoy::config::trace::v3::{
     ClientConfig, DatadogConfig, OpenTelemetryConfig, SkyWalkingConfig, ZipkinConfig,
@@ -26,7 +27,7 @@ use envoy_types::pb::envoy::r#type::v3::Percent;
 use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
 use envoy_types::util::pack_any;
 
-use crate::model::{Proxy, Snapshot, SpanExporter};
+use crate::model::{Proxy, ResourceDetector, Snapshot, SpanExporter};
 
 /// The pod label naming a workload's canonical service (set by Istio's
 /// injector), tagged on its spans as `istio.canonical_service`.
@@ -78,19 +79,43 @@ pub(crate) fn hcm_tracing(
             http_path,
             timeout,
             headers,
-        } => tracing::Http {
-            name: "envoy.tracers.opentelemetry".into(),
-            config_type: Some(tracing::http::ConfigType::TypedConfig(pack_any(
-                opentelemetry(
-                    proxy,
-                    &collector.hostname,
-                    cluster,
-                    http_path.as_deref(),
-                    *timeout,
-                    headers,
-                ),
-            ))),
-        },
+            resource_detectors,
+            sampler,
+        } => {
+            let mut config = opentelemetry(
+                proxy,
+                &collector.hostname,
+                cluster.clone(),
+                http_path.as_deref(),
+                *timeout,
+                headers,
+            );
+            config.resource_detectors = resource_detectors
+                .iter()
+                .map(|d| resource_detector(*d))
+                .collect();
+            if let Some(sampler) = sampler {
+                // The API's own service, else the collector's.
+                let (hostname, cluster) = match &sampler.api {
+                    Some((service, port)) => {
+                        let host = service.split_once('/').map_or(service.as_str(), |(_, h)| h);
+                        let api = snap
+                            .service_for(proxy, host)
+                            .filter(|s| s.port(*port).is_some())?;
+                        (
+                            api.hostname.clone(),
+                            crate::cluster::cluster_name(*port, "", &api.hostname),
+                        )
+                    }
+                    None => (collector.hostname.clone(), cluster),
+                };
+                config.sampler = Some(dynatrace_sampler(sampler, &hostname, cluster));
+            }
+            tracing::Http {
+                name: "envoy.tracers.opentelemetry".into(),
+                config_type: Some(tracing::http::ConfigType::TypedConfig(pack_any(config))),
+            }
+        }
         SpanExporter::Datadog => tracing::Http {
             name: "envoy.tracers.datadog".into(),
             config_type: Some(tracing::http::ConfigType::TypedConfig(pack_any(
@@ -184,27 +209,12 @@ fn opentelemetry(
             } else {
                 format!("/{path}")
             };
-            config.http_service = Some(HttpService {
-                http_uri: Some(HttpUri {
-                    uri: format!("{hostname}{path}"),
-                    timeout: Some(crate::duration(
-                        timeout.unwrap_or(crate::model::OTLP_HTTP_TIMEOUT),
-                    )),
-                    http_upstream_type: Some(http_uri::HttpUpstreamType::Cluster(cluster)),
-                }),
-                request_headers_to_add: headers
-                    .iter()
-                    .map(|(name, value)| HeaderValueOption {
-                        header: Some(HeaderValue {
-                            key: name.clone(),
-                            value: value.clone(),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    })
-                    .collect(),
-                ..Default::default()
-            });
+            config.http_service = Some(http_service(
+                format!("{hostname}{path}"),
+                cluster,
+                timeout,
+                headers,
+            ));
         }
         None => {
             config.grpc_service = Some(GrpcService {
@@ -229,6 +239,85 @@ fn opentelemetry(
         }
     }
     config
+}
+
+/// A resource detector's extension config (Istio's
+/// `EnvironmentResourceDetector` / `DynatraceResourceDetector`).
+fn resource_detector(detector: ResourceDetector) -> TypedExtensionConfig {
+    use envoy_types::pb::envoy::extensions::tracers::opentelemetry::resource_detectors::v3::{
+        DynatraceResourceDetectorConfig, EnvironmentResourceDetectorConfig,
+    };
+    match detector {
+        ResourceDetector::Environment => TypedExtensionConfig {
+            name: "envoy.tracers.opentelemetry.resource_detectors.environment".into(),
+            typed_config: Some(pack_any(EnvironmentResourceDetectorConfig::default())),
+        },
+        ResourceDetector::Dynatrace => TypedExtensionConfig {
+            name: "envoy.tracers.opentelemetry.resource_detectors.dynatrace".into(),
+            typed_config: Some(pack_any(DynatraceResourceDetectorConfig::default())),
+        },
+    }
+}
+
+/// Envoy's Dynatrace sampler fetching its configuration from `hostname`
+/// (the URI's authority, then the sampler's path) through `cluster`, as
+/// Istio's `configureDynatraceSampler`.
+fn dynatrace_sampler(
+    sampler: &crate::model::DynatraceSampler,
+    hostname: &str,
+    cluster: String,
+) -> TypedExtensionConfig {
+    use envoy_types::pb::envoy::extensions::tracers::opentelemetry::samplers::v3::DynatraceSamplerConfig;
+    let path = sampler.path.trim_start_matches('/');
+    TypedExtensionConfig {
+        name: "envoy.tracers.opentelemetry.samplers.dynatrace".into(),
+        typed_config: Some(pack_any(DynatraceSamplerConfig {
+            tenant: sampler.tenant.clone(),
+            cluster_id: sampler.cluster_id,
+            root_spans_per_minute: sampler.root_spans_per_minute,
+            http_service: Some(http_service(
+                format!("{hostname}/{path}"),
+                cluster,
+                sampler.timeout,
+                &sampler.headers,
+            )),
+        })),
+    }
+}
+
+/// An `HttpService` posting to `uri` through `cluster`, with `timeout`
+/// (default [`crate::model::OTLP_HTTP_TIMEOUT`]: Envoy requires one) and
+/// `headers` set on each request (overwriting, as Istio's
+/// `buildHTTPHeaders`).
+fn http_service(
+    uri: String,
+    cluster: String,
+    timeout: Option<std::time::Duration>,
+    headers: &[(String, String)],
+) -> HttpService {
+    HttpService {
+        http_uri: Some(HttpUri {
+            uri,
+            timeout: Some(crate::duration(
+                timeout.unwrap_or(crate::model::OTLP_HTTP_TIMEOUT),
+            )),
+            http_upstream_type: Some(http_uri::HttpUpstreamType::Cluster(cluster)),
+        }),
+        request_headers_to_add: headers
+            .iter()
+            .map(|(name, value)| HeaderValueOption {
+                header: Some(HeaderValue {
+                    key: name.clone(),
+                    value: value.clone(),
+                    ..Default::default()
+                }),
+                append_action: header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd
+                    as i32,
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
 }
 
 /// Envoy's UUID request IDs, the sampling decision read from them or not

@@ -1521,10 +1521,17 @@ spec:
     assert_eq!(service.timeout.map(|t| t.seconds), Some(2));
     assert_eq!(service.initial_metadata[0].key, "x-tenant");
     assert!(grpc.http_service.is_none());
-    assert!(
-        warnings.len() == 1 && warnings[0].contains("opentelemetry.resourceDetectors"),
-        "{warnings:?}"
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let detectors: Vec<&str> = grpc
+        .resource_detectors
+        .iter()
+        .map(|d| d.name.as_str())
+        .collect();
+    assert_eq!(
+        detectors,
+        ["envoy.tracers.opentelemetry.resource_detectors.environment"]
     );
+    assert!(grpc.sampler.is_none());
     // Another app's proxy: another config key, another service name.
     let other = sidecar(&[("app", "other")]);
     assert_ne!(client.config_key(&snap), other.config_key(&snap));
@@ -1556,6 +1563,57 @@ spec:
             .unwrap()
             .key,
         "authorization"
+    );
+
+    // A Dynatrace sampler reusing the OTLP/HTTP export: the collector's
+    // host and cluster at `api/v2/samplingConfiguration`, its headers; the
+    // sampler decides, so random sampling is 100 %.
+    let (dt, _, warnings, snap) = otel(
+        &client,
+        "{service: otel.istio-system.svc.cluster.local, port: 4318, http: {path: /v1/traces, timeout: 3s, headers: [{name: authorization, value: Api-Token t}]}, resourceDetectors: {environment: {}, dynatrace: {}}, dynatraceSampler: {tenant: abc, clusterId: -7, rootSpansPerMinute: 500}}",
+    );
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(dt.resource_detectors.len(), 2);
+    let sampler = dt.sampler.unwrap();
+    assert_eq!(
+        sampler.name,
+        "envoy.tracers.opentelemetry.samplers.dynatrace"
+    );
+    let config = envoy_types::pb::envoy::extensions::tracers::opentelemetry::samplers::v3::DynatraceSamplerConfig::decode(
+        sampler.typed_config.unwrap().value.as_slice(),
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            config.tenant.as_str(),
+            config.cluster_id,
+            config.root_spans_per_minute
+        ),
+        ("abc", -7, 500)
+    );
+    let api = config.http_service.unwrap();
+    let uri = api.http_uri.unwrap();
+    assert_eq!(
+        uri.uri,
+        "otel.istio-system.svc.cluster.local/api/v2/samplingConfiguration"
+    );
+    assert_eq!(uri.timeout.map(|t| t.seconds), Some(3));
+    assert_eq!(
+        api.request_headers_to_add[0].header.as_ref().unwrap().value,
+        "Api-Token t"
+    );
+    let t = hcm_9080(&generate(&snap, &client)).tracing.unwrap();
+    assert_eq!(t.random_sampling.map(|p| p.value), Some(100.0));
+
+    // Over gRPC, without an API service of its own: reported, no sampler.
+    let (plain, _, warnings, _) = otel(
+        &client,
+        "{service: otel.istio-system.svc.cluster.local, port: 4317, dynatraceSampler: {tenant: abc}}",
+    );
+    assert!(plain.sampler.is_none());
+    assert!(
+        warnings.len() == 1 && warnings[0].contains("opentelemetry.dynatraceSampler"),
+        "{warnings:?}"
     );
 }
 
