@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 
 use crate::{
     AuthorizationPolicy, DestinationRule, Gateway, PeerAuthentication, RequestAuthentication,
-    ServiceEntry, Sidecar, Telemetry, VirtualService, WorkloadEntry,
+    ServiceEntry, Sidecar, Telemetry, VirtualService, WorkloadEntry, WorkloadGroup,
 };
 
 /// Category and served versions besides `v1` of the networking kinds.
@@ -110,6 +110,7 @@ pub fn definitions() -> Vec<Value> {
                 ),
             ],
         ),
+        shape(WorkloadGroup::crd(), NETWORKING, &[AGE]),
         shape(Gateway::crd(), NETWORKING, &[]),
         shape(Sidecar::crd(), NETWORKING, &[]),
         shape(
@@ -229,7 +230,7 @@ mod tests {
     #[test]
     fn istios_versions_categories_and_one_stored_version() {
         let defs = definitions();
-        assert_eq!(defs.len(), 10);
+        assert_eq!(defs.len(), 11);
         let mut served = 0;
         for crd in &defs {
             let versions = crd["spec"]["versions"].as_array().unwrap();

@@ -24,6 +24,7 @@ pub mod support;
 pub mod telemetry;
 pub mod validate;
 pub mod virtual_service;
+pub mod workload_group;
 
 pub use authorization_policy::{AuthorizationPolicy, AuthorizationPolicySpec};
 pub use common::{
@@ -39,6 +40,7 @@ pub use service_entry::{ServiceEntry, ServiceEntrySpec, WorkloadEntry, WorkloadE
 pub use sidecar::{Sidecar, SidecarSpec};
 pub use telemetry::{Telemetry, TelemetrySpec};
 pub use virtual_service::{VirtualService, VirtualServiceSpec};
+pub use workload_group::{WorkloadGroup, WorkloadGroupSpec};
 
 /// The API group of every kind in this crate.
 pub const NETWORKING_GROUP: &str = "networking.istio.io";

@@ -26,6 +26,7 @@ pub const NOT_YET: &[(&str, &str)] = &[
     ("Telemetry", "spec.targetRef"),
     ("Telemetry", "spec.targetRefs"),
     ("Telemetry", "spec.metrics"),
+    ("WorkloadGroup", "spec.probe"),
 ];
 
 /// Values read but not acted on yet: (kind, field path, value, what
@@ -70,6 +71,7 @@ pub fn unsupported(object: &Object) -> Vec<(String, String)> {
         Object::DestinationRule(o) => ("DestinationRule", serde_json::to_value(&o.spec)),
         Object::ServiceEntry(o) => ("ServiceEntry", serde_json::to_value(&o.spec)),
         Object::WorkloadEntry(o) => ("WorkloadEntry", serde_json::to_value(&o.spec)),
+        Object::WorkloadGroup(o) => ("WorkloadGroup", serde_json::to_value(&o.spec)),
         Object::Gateway(o) => ("Gateway", serde_json::to_value(&o.spec)),
         Object::Sidecar(o) => ("Sidecar", serde_json::to_value(&o.spec)),
         Object::PeerAuthentication(o) => ("PeerAuthentication", serde_json::to_value(&o.spec)),
@@ -190,6 +192,7 @@ mod tests {
                     "DestinationRule",
                     "ServiceEntry",
                     "WorkloadEntry",
+                    "WorkloadGroup",
                     "Gateway",
                     "Sidecar",
                     "PeerAuthentication",

@@ -22,6 +22,7 @@ pub fn validate(object: &Object) -> Result<(), ParseError> {
             workload_entry(&mut p, "spec", &we.spec);
             p
         }
+        Object::WorkloadGroup(wg) => workload_group(&wg.spec),
         Object::Sidecar(sc) => sidecar(&sc.spec),
         Object::PeerAuthentication(pa) => peer_authentication(&pa.spec),
         Object::AuthorizationPolicy(ap) => authorization_policy(&ap.spec),
@@ -744,6 +745,28 @@ fn socket_path_problem(path: &str) -> Option<&'static str> {
     } else {
         None
     }
+}
+
+/// Istio's `ValidateWorkloadGroup`: the template has no address (each
+/// workload's own is used); its ports and locality as a WorkloadEntry's.
+fn workload_group(spec: &crate::WorkloadGroupSpec) -> Problems {
+    let mut p = Problems::new();
+    if spec
+        .template
+        .address
+        .as_deref()
+        .is_some_and(|a| !a.is_empty())
+    {
+        p.push((
+            "spec.template.address".into(),
+            "address is not allowed in the template".into(),
+        ));
+    }
+    let mut template = spec.template.clone();
+    // Checked as an entry with some address, the template's own refused above.
+    template.address = Some("0.0.0.0".into());
+    workload_entry(&mut p, "spec.template", &template);
+    p
 }
 
 /// Istio's WorkloadEntry rules (its CRD's validations and

@@ -344,6 +344,20 @@ impl SecretDiscoveryService for SdsServer {
     }
 }
 
+/// The node metadata of `ISTIO_META_<KEY>` environment variables (Istio's
+/// agent: each one is metadata `<KEY>`, e.g. `ISTIO_META_AUTO_REGISTER_GROUP`
+/// is `AUTO_REGISTER_GROUP`), from `vars` (`std::env::vars()`).
+pub fn istio_meta(
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> std::collections::BTreeMap<String, String> {
+    vars.into_iter()
+        .filter_map(|(k, v)| {
+            let key = k.strip_prefix("ISTIO_META_")?;
+            (!key.is_empty()).then(|| (key.to_owned(), v))
+        })
+        .collect()
+}
+
 /// Reads a Kubernetes downward-API labels file (`/etc/istio/pod/labels`:
 /// one `key="value"` per line, values quoted as Go's `%q`), as
 /// `pilot-agent` reads the pod's labels for the node metadata `LABELS`.

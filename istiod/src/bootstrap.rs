@@ -32,6 +32,10 @@ pub struct BootstrapOptions {
     pub sds_socket: String,
     /// How Envoy checks that its xDS connection is alive.
     pub xds_keepalive: XdsKeepalive,
+    /// Further node metadata, string values by key (Istio's agent turns
+    /// each `ISTIO_META_<KEY>` variable into metadata `<KEY>`, e.g.
+    /// `AUTO_REGISTER_GROUP`); the keys above are not overridden.
+    pub metadata: BTreeMap<String, String>,
 }
 
 /// How Envoy checks that the daemon is still there (the `xds-grpc`
@@ -95,6 +99,20 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<Value, BootstrapError> {
     // waiting for its clusters and listeners and starts without them.
     let ads = json!({ "ads": {}, "initial_fetch_timeout": "0s", "resource_api_version": "V3" });
     let mut locality = opts.locality.split('/');
+    let mut metadata = json!({
+        "NAMESPACE": proxy.namespace,
+        "LABELS": opts.labels,
+        "NAME": proxy.id.split('.').next().unwrap_or_default(),
+        "GENERATOR": "envoy",
+        "NETWORK": opts.network,
+    });
+    if let Some(fields) = metadata.as_object_mut() {
+        for (key, value) in &opts.metadata {
+            fields
+                .entry(key.clone())
+                .or_insert_with(|| Value::String(value.clone()));
+        }
+    }
     Ok(json!({
         "node": {
             "id": opts.node_id,
@@ -104,13 +122,7 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<Value, BootstrapError> {
                 "sub_zone": locality.next().unwrap_or_default(),
             },
             "cluster": format!("{}.{}", proxy.labels.get("app").cloned().unwrap_or_else(|| "istio-proxy".into()), proxy.namespace),
-            "metadata": {
-                "NAMESPACE": proxy.namespace,
-                "LABELS": opts.labels,
-                "NAME": proxy.id.split('.').next().unwrap_or_default(),
-                "GENERATOR": "envoy",
-                "NETWORK": opts.network,
-            }
+            "metadata": metadata,
         },
         "admin": {
             "address": { "socket_address": { "address": "127.0.0.1", "port_value": opts.admin_port } }
@@ -197,7 +209,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn gateway_bootstrap_carries_identity_and_labels() {
+    fn gateway_bootstrap_carries_identity_labels_and_istio_meta() {
         let b = bootstrap(&BootstrapOptions {
             node_id: "router~10.0.0.9~ingress.istio-system~istio-system.svc.cluster.local".into(),
             xds_addr: "127.0.0.1:15010".into(),
@@ -208,9 +220,19 @@ mod tests {
             delta: true,
             sds_socket: ISTIO_SDS_SOCKET.into(),
             xds_keepalive: Default::default(),
+            metadata: crate::agent::istio_meta([
+                (
+                    "ISTIO_META_AUTO_REGISTER_GROUP".to_owned(),
+                    "vms".to_owned(),
+                ),
+                ("ISTIO_META_NAMESPACE".to_owned(), "elsewhere".to_owned()),
+                ("PATH".to_owned(), "/bin".to_owned()),
+            ]),
         })
         .unwrap();
         assert_eq!(b["node"]["metadata"]["NAMESPACE"], "istio-system");
+        assert_eq!(b["node"]["metadata"]["AUTO_REGISTER_GROUP"], "vms");
+        assert!(b["node"]["metadata"].get("PATH").is_none());
         assert_eq!(b["node"]["metadata"]["LABELS"]["istio"], "ingressgateway");
         assert_eq!(b["node"]["locality"]["zone"], "us-east-1a");
         assert_eq!(b["node"]["metadata"]["NETWORK"], "network2");
@@ -244,6 +266,7 @@ mod tests {
             delta: false,
             sds_socket: ISTIO_SDS_SOCKET.into(),
             xds_keepalive: Default::default(),
+            metadata: BTreeMap::new(),
         };
         assert!(matches!(bootstrap(&o), Err(BootstrapError::NodeId(_))));
         o.node_id = "sidecar~1.2.3.4~a.b~b.svc.cluster.local".into();

@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod autoregister;
 pub mod bootstrap;
 pub mod kube_ca;
 pub mod leader;
@@ -60,6 +61,10 @@ pub struct Options {
     pub debounce: DebounceConfig,
     /// Most proxies generated and pushed to at once (Istio `PILOT_PUSH_THROTTLE`).
     pub push_throttle: usize,
+    /// How long an auto-registered WorkloadEntry outlives its proxy's last
+    /// connection (Istio `PILOT_WORKLOAD_ENTRY_GRACE_PERIOD`, default
+    /// [`autoregister::DEFAULT_GRACE`]).
+    pub workload_entry_grace: std::time::Duration,
     /// HTTP/2 keepalive and maximum connection age of both xDS ports.
     pub keepalive: xds::Keepalive,
     /// The CA and the TLS port (Istio's 15012); `None` runs neither.
@@ -134,12 +139,30 @@ impl Daemon {
             token: shutdown.clone(),
             debounce: opts.debounce,
         };
+        // Auto-registered WorkloadEntries join every load of the source,
+        // and signal its event channel when they change.
+        let registry = autoregister::Registry::new(opts.workload_entry_grace);
+        let (ev_tx, ev_rx) = mpsc::channel(1);
+        registry.notify(ev_tx.clone());
 
         match opts.source {
             Source::Embedded => {
                 leader_tx.send_replace(true);
-                publisher.publish(1, sources::embedded::load(), None);
+                let base = sources::embedded::load();
+                publisher.publish(1, base.clone(), None);
                 ready.store(true, Ordering::Relaxed);
+                // Read once; followed for auto-registrations only.
+                let registry = registry.clone();
+                let initial = base.fingerprint();
+                tasks.push(tokio::spawn(async move {
+                    follow
+                        .run(ev_rx, initial, || {
+                            let mut loaded = base.clone();
+                            registry.add_to(&mut loaded);
+                            async move { Some(loaded) }
+                        })
+                        .await;
+                }));
             }
             Source::Folder(dir) => {
                 leader_tx.send_replace(true);
@@ -148,21 +171,24 @@ impl Daemon {
                 let initial = loaded.fingerprint();
                 publisher.publish(1, loaded, None);
                 ready.store(true, Ordering::Relaxed);
-                let (ev_tx, ev_rx) = mpsc::channel(1);
                 let watcher = sources::file::watch(&dir, ev_tx)
                     .with_context(|| format!("cannot watch config folder {}", dir.display()))?;
+                let registry = registry.clone();
                 tasks.push(tokio::spawn(async move {
                     let _watcher = watcher;
                     follow
                         .run(ev_rx, initial, || {
                             let (dir, cache) = (dir.clone(), cache.clone());
+                            let registry = registry.clone();
                             async move {
-                                load_dir(dir, cache)
+                                let mut loaded = load_dir(dir, cache)
                                     .await
                                     .inspect_err(
                                         |e| error!(error = %e, "keeping the last snapshot"),
                                     )
-                                    .ok()
+                                    .ok()?;
+                                registry.add_to(&mut loaded);
+                                Some(loaded)
                             }
                         })
                         .await;
@@ -186,7 +212,8 @@ impl Daemon {
                 let store = Arc::new(std::sync::Mutex::new(sources::kube::Store::new(
                     watched.len(),
                 )));
-                let (ev_tx, mut ev_rx) = mpsc::channel(1);
+                let mut ev_rx = ev_rx;
+                let registry = registry.clone();
                 tasks.extend(sources::kube::spawn(
                     client,
                     watched,
@@ -213,7 +240,8 @@ impl Daemon {
                     info!("Kubernetes caches synced; ready");
                     follow
                         .run(ev_rx, initial, || {
-                            let loaded = sources::kube::lock(&store).loaded();
+                            let mut loaded = sources::kube::lock(&store).loaded();
+                            registry.add_to(&mut loaded);
                             async move { Some(loaded) }
                         })
                         .await;
@@ -233,6 +261,7 @@ impl Daemon {
             opts.push_throttle,
         )
         .with_keepalive(opts.keepalive)
+        .with_registry(registry)
         .gated(ready.clone());
         let sync = ads.sync_table();
         let secure = match &opts.ca {

@@ -78,6 +78,10 @@ struct Cli {
     /// Most proxies generated and pushed to at once (Istio `PILOT_PUSH_THROTTLE`).
     #[arg(long, env = "PILOT_PUSH_THROTTLE", default_value_t = 100)]
     push_throttle: usize,
+    /// Seconds an auto-registered WorkloadEntry outlives its proxy's last
+    /// connection, at most a year (Istio `PILOT_WORKLOAD_ENTRY_GRACE_PERIOD`).
+    #[arg(long, env = "PILOT_WORKLOAD_ENTRY_GRACE_PERIOD_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=YEAR_SECS))]
+    workload_entry_grace_period_secs: u64,
     /// Seconds without a frame from a proxy before an HTTP/2 PING checks
     /// it is alive; 0 sends none; at most a year (istiod's
     /// `--keepaliveInterval`).
@@ -220,6 +224,10 @@ enum Command {
         /// The node agent's SDS socket (workload certificates for `ISTIO_MUTUAL`).
         #[arg(long, default_value = istiod::bootstrap::ISTIO_SDS_SOCKET)]
         sds_socket: String,
+        /// Further node metadata KEY=VALUE (repeatable), e.g.
+        /// `AUTO_REGISTER_GROUP=vms` to register in that WorkloadGroup.
+        #[arg(long = "meta", value_parser = parse_label)]
+        meta: Vec<(String, String)>,
     },
 }
 
@@ -294,6 +302,7 @@ fn main() -> ExitCode {
                     network,
                     delta,
                     sds_socket: sds_socket.display().to_string(),
+                    metadata: istiod::agent::istio_meta(std::env::vars()),
                     xds_keepalive: Default::default(),
                 },
             });
@@ -385,6 +394,7 @@ fn main() -> ExitCode {
             network,
             delta,
             sds_socket,
+            meta,
         }) => {
             let opts = BootstrapOptions {
                 node_id,
@@ -396,6 +406,7 @@ fn main() -> ExitCode {
                 delta,
                 sds_socket,
                 xds_keepalive: Default::default(),
+                metadata: meta.into_iter().collect(),
             };
             match bootstrap(&opts) {
                 Ok(json) => {
@@ -427,6 +438,9 @@ fn main() -> ExitCode {
                 xds_addr: cli.xds_addr,
                 monitoring_addr: Some(cli.monitoring_addr),
                 push_throttle: cli.push_throttle.max(1),
+                workload_entry_grace: std::time::Duration::from_secs(
+                    cli.workload_entry_grace_period_secs,
+                ),
                 keepalive: {
                     use std::time::Duration;
                     let some = |secs| (secs > 0).then(|| Duration::from_secs(secs));

@@ -340,6 +340,14 @@ impl AdsServer {
         }
     }
 
+    /// Registers the proxies that ask for it (node metadata
+    /// `AUTO_REGISTER_GROUP`) in `registry` for as long as they stay
+    /// connected (see [`crate::autoregister`]).
+    pub fn with_registry(self, registry: Arc<crate::autoregister::Registry>) -> Self {
+        let _ = self.shared.registry.set(registry);
+        self
+    }
+
     /// Keeps connections as `keepalive` says (see [`Keepalive`]); serve
     /// with [`AdsServer::server`] for its HTTP/2 part.
     pub fn with_keepalive(mut self, keepalive: Keepalive) -> Self {
@@ -506,6 +514,29 @@ fn record(row: Option<&SyncRow>, f: impl FnOnce(&mut ProxySync)) {
     if let Some(mut entry) = row.and_then(|r| r.lock().ok()) {
         f(&mut entry);
     }
+}
+
+/// What an xDS node says for auto-registration: node metadata
+/// `AUTO_REGISTER_GROUP` (`None` without it) with what [`proxy_from_node`]
+/// read.
+fn workload_of(node: &Node, proxy: &Proxy) -> Option<crate::autoregister::Workload> {
+    let group = node
+        .metadata
+        .as_ref()?
+        .fields
+        .get(crate::autoregister::AUTO_REGISTER_GROUP)
+        .and_then(|v| match &v.kind {
+            Some(value::Kind::StringValue(s)) if !s.is_empty() => Some(s.clone()),
+            _ => None,
+        })?;
+    Some(crate::autoregister::Workload {
+        group,
+        namespace: proxy.namespace.clone(),
+        ip: proxy.ip.clone(),
+        network: proxy.network.clone(),
+        locality: proxy.locality.clone(),
+        labels: proxy.labels.clone(),
+    })
 }
 
 /// Builds the [`Proxy`] from an xDS node: Istio's node ID, the node

@@ -49,6 +49,7 @@ async fn start(dir: &std::path::Path, delta: bool) -> (Daemon, Client) {
         ca: None,
         webhooks: None,
         push_throttle: 100,
+        workload_entry_grace: istiod::autoregister::DEFAULT_GRACE,
         keepalive: Default::default(),
     })
     .await

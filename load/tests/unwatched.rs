@@ -52,6 +52,7 @@ async fn a_type_the_proxy_lets_go_of_is_not_waited_for() {
         ca: None,
         webhooks: None,
         push_throttle: 100,
+        workload_entry_grace: istiod::autoregister::DEFAULT_GRACE,
         keepalive: Default::default(),
     })
     .await

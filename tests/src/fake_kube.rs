@@ -72,6 +72,12 @@ pub const KINDS: &[(&str, &str, &str, bool)] = &[
         "workloadentries",
         true,
     ),
+    (
+        "networking.istio.io/v1",
+        "WorkloadGroup",
+        "workloadgroups",
+        true,
+    ),
     ("networking.istio.io/v1", "Gateway", "gateways", true),
     ("networking.istio.io/v1", "Sidecar", "sidecars", true),
     (

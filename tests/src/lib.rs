@@ -286,6 +286,9 @@ async fn start_daemon_options(
         xds_addr,
         monitoring_addr: Some("127.0.0.1:0".parse().expect("addr")),
         push_throttle: 100,
+        // Auto-registered WorkloadEntries go 1 s after their proxy (Istio's
+        // default 10 s), so that tests see it.
+        workload_entry_grace: Duration::from_secs(1),
         keepalive,
         debounce: Default::default(),
         ca: Some(istiod::secure::CaOptions {
@@ -530,6 +533,7 @@ pub async fn start_kube_replica(api: &fake_kube::FakeApiServer, identity: &str) 
         xds_addr: "127.0.0.1:0".parse().expect("addr"),
         monitoring_addr: Some("127.0.0.1:0".parse().expect("addr")),
         push_throttle: 100,
+        workload_entry_grace: istiod::autoregister::DEFAULT_GRACE,
         keepalive: Default::default(),
         debounce: Default::default(),
         // Sidecars wait for their certificate (SDS `default`) without a
@@ -594,6 +598,18 @@ thread_local! {
 /// metadata `NETWORK`, as the injector sets `ISTIO_META_NETWORK`).
 pub fn use_network(network: &str) {
     NETWORK.with(|n| network.clone_into(&mut n.borrow_mut()));
+}
+
+thread_local! {
+    static NODE_METADATA: std::cell::RefCell<BTreeMap<String, String>> =
+        const { std::cell::RefCell::new(BTreeMap::new()) };
+}
+
+/// Envoys started on this thread from now on carry node metadata
+/// `key: value` (as Istio's agent writes `ISTIO_META_<KEY>`), e.g.
+/// `AUTO_REGISTER_GROUP`.
+pub fn use_node_metadata(key: &str, value: &str) {
+    NODE_METADATA.with(|m| m.borrow_mut().insert(key.to_owned(), value.to_owned()));
 }
 
 thread_local! {
@@ -672,6 +688,7 @@ impl Envoy {
                 || DELTA.with(|d| d.get()),
             sds_socket: SDS_SOCKET.with(|s| s.borrow().clone()),
             xds_keepalive: XDS_KEEPALIVE.with(|k| k.get()),
+            metadata: NODE_METADATA.with(|m| m.borrow().clone()),
         })
         .expect("bootstrap");
         let mut file = tempfile::Builder::new()

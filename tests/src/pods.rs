@@ -135,12 +135,27 @@ impl Pod {
         labels: &[(&str, &str)],
         xds_addr: std::net::SocketAddr,
     ) -> crate::Envoy {
+        self.start_sidecar_with(sds_socket, labels, &[], xds_addr)
+    }
+
+    /// As [`Pod::start_sidecar`], with further node `metadata` (e.g.
+    /// `AUTO_REGISTER_GROUP`, as a VM's agent sets it).
+    pub fn start_sidecar_with(
+        &self,
+        sds_socket: &std::path::Path,
+        labels: &[(&str, &str)],
+        metadata: &[(&str, &str)],
+        xds_addr: std::net::SocketAddr,
+    ) -> crate::Envoy {
         let node_id = format!(
             "sidecar~{}~{}.default~default.svc.cluster.local",
             self.ip, self.name
         );
         self.run(|| {
             crate::use_sds_socket(sds_socket);
+            for (key, value) in metadata {
+                crate::use_node_metadata(key, value);
+            }
             crate::Envoy::start(&node_id, labels, xds_addr, 15000)
         })
     }

@@ -95,6 +95,7 @@ fn workloads_get_renew_and_are_refused_certificates_on_the_tls_port() {
             xds_addr: "127.0.0.1:0".parse().unwrap(),
             monitoring_addr: None,
             push_throttle: 10,
+            workload_entry_grace: istiod::autoregister::DEFAULT_GRACE,
             keepalive: Default::default(),
             debounce: Default::default(),
             ca: Some(CaOptions {

@@ -118,6 +118,7 @@ fn routes_follow_kubectl_apply_on_a_real_cluster() {
             xds_addr: "127.0.0.1:0".parse().unwrap(),
             monitoring_addr: Some("127.0.0.1:0".parse().unwrap()),
             push_throttle: 100,
+            workload_entry_grace: istiod::autoregister::DEFAULT_GRACE,
             keepalive: Default::default(),
             debounce: Default::default(),
             ca: None,
@@ -240,6 +241,7 @@ fn webhooks_inject_and_validate_on_a_real_cluster() {
             xds_addr: "127.0.0.1:0".parse().unwrap(),
             monitoring_addr: None,
             push_throttle: 100,
+            workload_entry_grace: istiod::autoregister::DEFAULT_GRACE,
             keepalive: Default::default(),
             debounce: Default::default(),
             ca: Some(istiod::secure::CaOptions {

@@ -8,7 +8,9 @@
 //! so productpage's plain calls to the ClusterIP reach both; auto mTLS
 //! reaches the VM because its entry names a service account (Istio's TLS
 //! mode of a WorkloadEntry). A ServiceEntry with a `workloadSelector`
-//! gives the VM a host of its own.
+//! gives the VM a host of its own. A second VM registers itself: its
+//! proxy names a WorkloadGroup, and the daemon makes its WorkloadEntry
+//! while it is connected.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
 
@@ -229,4 +231,173 @@ fn a_vm_joins_the_mesh_through_its_workload_entry() {
     for envoy in envoys {
         assert_eq!(envoy.rejected(), 0);
     }
+}
+
+/// The VMs' group: each VM whose proxy names it gets a WorkloadEntry with
+/// these labels and service account at its own address.
+const VM_GROUP: &str = "
+apiVersion: networking.istio.io/v1
+kind: WorkloadGroup
+metadata: {name: ratings-vms, namespace: default}
+spec:
+  metadata: {labels: {app: ratings, version: vm}}
+  template: {serviceAccount: ratings-vm}
+";
+
+/// WorkloadEntry auto-registration (Istio's VM onboarding): no entry is
+/// written for the VM; its proxy connects with node metadata
+/// `AUTO_REGISTER_GROUP: ratings-vms`, and the daemon makes its entry from
+/// the group, so the Service `ratings` selects it and productpage's calls
+/// reach the VM over mTLS. Once the VM's proxy is gone for the grace period
+/// (1 s in the tests, Istio's 10 s by default) the entry goes, and only
+/// the pod serves.
+#[test]
+fn a_vm_registers_itself_in_its_workload_group() {
+    let _hosts = isolate();
+    create_pod_network();
+    let client = Pod::create("productpage-0", "10.244.0.11");
+    let pod = Pod::create("ratings-0", "10.244.0.12");
+    let vm = Pod::create("ratings-vm-1", "10.244.0.31");
+    for p in [&client, &pod, &vm] {
+        p.capture();
+    }
+    let cfg = ConfigDir::empty();
+    cfg.write("platform.yaml", PLATFORM);
+    cfg.write("group.yaml", VM_GROUP);
+    let rt = e2e::runtime();
+    let daemon = rt.block_on(e2e::start_daemon_at(
+        cfg.path(),
+        format!("{NODE_IP}:0").parse().unwrap(),
+    ));
+    serve_echo(&pod, rt.handle());
+    serve_echo(&vm, rt.handle());
+    let socket =
+        |sa: &str| start_agent_with_ttl(rt.handle(), &daemon, id(sa), Duration::from_secs(3600));
+    let mesh_label = ("security.istio.io/tlsMode", "istio");
+    let client_envoy = client.start_sidecar(
+        &socket("productpage"),
+        &[("app", "productpage"), mesh_label],
+        daemon.xds_addr,
+    );
+    let pod_envoy = pod.start_sidecar(
+        &socket("ratings"),
+        &[("app", "ratings"), ("version", "v1"), mesh_label],
+        daemon.xds_addr,
+    );
+    let ratings_hosts = || client_envoy.hosts("outbound|9080||ratings.default.svc.cluster.local");
+    e2e::wait_synced(&daemon, &[&client_envoy, &pod_envoy], SYNC);
+    assert_eq!(ratings_hosts(), ["10.244.0.12:9080"]);
+
+    let vm_envoy = vm.start_sidecar_with(
+        &socket("ratings-vm"),
+        &[("app", "ratings")],
+        &[("AUTO_REGISTER_GROUP", "ratings-vms")],
+        daemon.xds_addr,
+    );
+    e2e::eventually(
+        SYNC,
+        || (ratings_hosts() == ["10.244.0.12:9080", "10.244.0.31:9080"]).then_some(()),
+        || format!("the VM did not join ratings: {:?}", ratings_hosts()),
+    );
+    let registered = daemon.snapshots.borrow().services["ratings.default.svc.cluster.local"]
+        .endpoints
+        .iter()
+        .any(|e| e.address == "10.244.0.31");
+    assert!(registered, "the entry is an endpoint of the Service");
+    e2e::wait_synced(&daemon, &[&client_envoy, &pod_envoy, &vm_envoy], SYNC);
+
+    let call = || {
+        client
+            .run(|| http_request("http://10.96.0.60:9080/ratings/0", &[("host", "ratings")]))
+            .unwrap_or_else(|e| panic!("ratings: {e}"))
+    };
+    let mut seen = BTreeMap::new();
+    for _ in 0..40 {
+        let reply = call();
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        let xfcc = line(&reply.body, "xfcc=").to_owned();
+        seen.insert(line(&reply.body, "pod=").to_owned(), xfcc);
+    }
+    assert_eq!(
+        seen.keys().collect::<Vec<_>>(),
+        ["ratings-0", "ratings-vm-1"],
+        "both endpoints serve (2 x 0.5^40 to miss one by chance)"
+    );
+    assert!(
+        seen["ratings-vm-1"].contains("By=spiffe://cluster.local/ns/default/sa/ratings-vm;"),
+        "the VM's sidecar terminated the mTLS as the group's account: {}",
+        seen["ratings-vm-1"]
+    );
+
+    // The VM goes: after the grace period its entry is removed.
+    drop(vm_envoy);
+    e2e::eventually(
+        SYNC,
+        || (ratings_hosts() == ["10.244.0.12:9080"]).then_some(()),
+        || format!("the VM's entry stayed: {:?}", ratings_hosts()),
+    );
+    for _ in 0..10 {
+        let reply = call();
+        assert_eq!(line(&reply.body, "pod="), "ratings-0", "{}", reply.body);
+    }
+    assert_eq!(client_envoy.rejected() + pod_envoy.rejected(), 0);
+}
+
+/// A proxy naming a WorkloadGroup its namespace does not have is refused
+/// (`FAILED_PRECONDITION`, naming the group), as istiod refuses the
+/// connection when registration fails.
+#[test]
+fn a_proxy_naming_no_workload_group_is_refused() {
+    use envoy_types::pb::envoy::config::core::v3::Node;
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+    use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+    use envoy_types::pb::google::protobuf::{Struct, Value, value};
+    let cfg = ConfigDir::empty();
+    cfg.write("group.yaml", VM_GROUP);
+    let rt = e2e::runtime();
+    rt.block_on(async {
+        let daemon = e2e::start_daemon(cfg.path()).await;
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", daemon.xds_addr))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+        let mut ads = AggregatedDiscoveryServiceClient::new(channel);
+        let request = |group: &str| DiscoveryRequest {
+            node: Some(Node {
+                id: "sidecar~10.0.0.9~vm-1.default~default.svc.cluster.local".into(),
+                metadata: Some(Struct {
+                    fields: [(
+                        "AUTO_REGISTER_GROUP".to_owned(),
+                        Value {
+                            kind: Some(value::Kind::StringValue(group.into())),
+                        },
+                    )]
+                    .into(),
+                }),
+                ..Default::default()
+            }),
+            type_url: "type.googleapis.com/envoy.config.cluster.v3.Cluster".into(),
+            ..Default::default()
+        };
+        let mut refused = ads
+            .stream_aggregated_resources(tokio_stream::iter([request("nope")]))
+            .await
+            .unwrap()
+            .into_inner();
+        let status = refused.message().await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+        assert!(
+            status.message().contains("no WorkloadGroup default/nope"),
+            "{status:?}"
+        );
+        let mut served = ads
+            .stream_aggregated_resources(tokio_stream::iter([request("ratings-vms")]))
+            .await
+            .unwrap()
+            .into_inner();
+        let clusters = served.message().await.unwrap().unwrap();
+        assert!(!clusters.resources.is_empty());
+    });
 }

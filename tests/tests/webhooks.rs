@@ -71,6 +71,7 @@ fn start(
             xds_addr: "127.0.0.1:0".parse().unwrap(),
             monitoring_addr: None,
             push_throttle: 10,
+            workload_entry_grace: istiod::autoregister::DEFAULT_GRACE,
             keepalive: Default::default(),
             debounce: Default::default(),
             ca: Some(istiod::secure::CaOptions {

@@ -1310,6 +1310,9 @@ pub struct Snapshot {
     pub request_authentications: Vec<Config<crds::RequestAuthenticationSpec>>,
     /// Telemetry resources, in a stable order (namespace, name).
     pub telemetries: Vec<Config<crds::TelemetrySpec>>,
+    /// WorkloadGroups, in a stable order: the templates of auto-registered
+    /// WorkloadEntries (no config is generated from them).
+    pub workload_groups: Vec<Config<crds::WorkloadGroupSpec>>,
     /// Namespace names known.
     pub namespaces: Vec<String>,
     /// Namespace annotations, by namespace (e.g. OpenShift's uid range,
@@ -1931,6 +1934,11 @@ impl Snapshot {
                     spec: t.spec.clone(),
                 }),
                 Object::ServiceEntry(se) => service_entries.push((ns, name, &se.spec)),
+                Object::WorkloadGroup(wg) => snap.workload_groups.push(Config {
+                    name: name.to_owned(),
+                    namespace: ns.to_owned(),
+                    spec: wg.spec.clone(),
+                }),
                 Object::WorkloadEntry(we) => {
                     workloads.entries.insert((ns, name), (&we.spec, shared));
                 }

@@ -122,7 +122,7 @@ impl Watched {
 /// list and watch on these): Namespaces, Pods, Services, EndpointSlices,
 /// the mesh ConfigMap (`istio` in `namespace`, key `mesh`), Secrets (for
 /// Gateway `credentialName`; service-account tokens and Helm releases are
-/// excluded, as istiod does), the `networking.istio.io/v1` kinds (WorkloadEntry included) and
+/// excluded, as istiod does), the `networking.istio.io/v1` kinds (WorkloadEntry and WorkloadGroup included) and
 /// `security.istio.io/v1` PeerAuthentication, AuthorizationPolicy and
 /// RequestAuthentication, and `telemetry.istio.io/v1` Telemetry.
 pub fn watched(namespace: &str) -> Vec<Watched> {
@@ -151,6 +151,7 @@ pub fn watched(namespace: &str) -> Vec<Watched> {
         ),
         Watched::new("networking.istio.io/v1", "ServiceEntry", "serviceentries"),
         Watched::new("networking.istio.io/v1", "WorkloadEntry", "workloadentries"),
+        Watched::new("networking.istio.io/v1", "WorkloadGroup", "workloadgroups"),
         Watched::new("networking.istio.io/v1", "Gateway", "gateways"),
         Watched::new("networking.istio.io/v1", "Sidecar", "sidecars"),
         Watched::new(

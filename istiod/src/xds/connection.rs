@@ -135,6 +135,9 @@ pub(super) struct Connection {
     shared: Arc<Shared>,
     /// The authenticated caller (TLS port), if streams are authenticated.
     caller: Option<ca::SpiffeId>,
+    /// Its auto-registered WorkloadEntry, held while connected (boxed: most
+    /// proxies have none).
+    registration: Option<Box<crate::autoregister::Registration>>,
 }
 
 /// One type's resources, encoded once: (name, version hash, encoded
@@ -299,6 +302,8 @@ pub(super) struct Shared {
     throttle: tokio::sync::Semaphore,
     /// Where each generation's time goes (`istiod_xds_generation_seconds`).
     metrics: Arc<Metrics>,
+    /// Where proxies asking for it are auto-registered.
+    pub(super) registry: std::sync::OnceLock<Arc<crate::autoregister::Registry>>,
 }
 
 impl Shared {
@@ -308,6 +313,7 @@ impl Shared {
             interner: std::sync::Mutex::new(Interner::default()),
             throttle: tokio::sync::Semaphore::new(push_throttle.max(1)),
             metrics,
+            registry: std::sync::OnceLock::new(),
         }
     }
 
@@ -483,6 +489,7 @@ impl Connection {
             converged: 0,
             shared,
             caller,
+            registration: None,
         }
     }
 
@@ -577,6 +584,21 @@ impl Connection {
                         self.node_id, proxy.namespace
                     )))
                     .await;
+            }
+            if let (Some(registry), Some(workload)) = (
+                self.shared.registry.get(),
+                req.node
+                    .as_ref()
+                    .and_then(|n| super::workload_of(n, &proxy)),
+            ) {
+                let registered = registry.connect(&self.snapshots.borrow(), &workload);
+                match registered {
+                    Ok(r) => self.registration = Some(Box::new(r)),
+                    Err(e) => {
+                        warn!(conn = self.id, node = %self.node_id, error = %e, "xDS refused");
+                        return self.fail(Status::failed_precondition(e.to_string())).await;
+                    }
+                }
             }
             info!(conn = self.id, node = %self.node_id, delta = self.sink.delta, "proxy connected");
             let proxy = Arc::new(proxy);

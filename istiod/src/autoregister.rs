@@ -1,0 +1,433 @@
+//! WorkloadEntry auto-registration, as Istio's `autoregistration.Controller`:
+//! a proxy that connects with node metadata `AUTO_REGISTER_GROUP` (a VM's
+//! agent, `ISTIO_META_AUTO_REGISTER_GROUP`) gets a WorkloadEntry made from
+//! that WorkloadGroup of its namespace, at its address; the entry goes
+//! when the proxy has been gone for the grace period (Istio's
+//! `PILOT_WORKLOAD_ENTRY_GRACE_PERIOD`, 10 s), so a reconnect keeps it.
+//!
+//! The entries are kept here, in memory, and join every load of the
+//! config source ([`Registry::add_to`]); each change signals the source's
+//! event channel, so the snapshot is rebuilt after the usual debounce.
+//! (istiod writes them to the API server; this daemon does not yet.)
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crds::{Object, WorkloadEntry};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+use translator::model::Snapshot;
+
+/// The node metadata key naming the WorkloadGroup a proxy registers in.
+pub const AUTO_REGISTER_GROUP: &str = "AUTO_REGISTER_GROUP";
+/// The annotation naming an entry's group (Istio's
+/// `istio.io/autoRegistrationGroup`).
+pub const GROUP_ANNOTATION: &str = "istio.io/autoRegistrationGroup";
+/// How long an entry outlives its last connection (Istio's
+/// `PILOT_WORKLOAD_ENTRY_GRACE_PERIOD` default), seconds.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+/// The label Istio's bootstrap adds for the proxy's locality, left out of
+/// the entry (its `locality` says it).
+const LOCALITY_LABEL: &str = "istio-locality";
+/// Longest Kubernetes object name.
+const MAX_NAME: usize = 253;
+
+/// What a connecting proxy says about itself, from its node.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Workload {
+    /// The WorkloadGroup's name (node metadata `AUTO_REGISTER_GROUP`).
+    pub group: String,
+    /// The proxy's namespace (node metadata `NAMESPACE`).
+    pub namespace: String,
+    /// Its address (the node ID's IP).
+    pub ip: String,
+    /// Its network (node metadata `NETWORK`), if any.
+    pub network: String,
+    /// Its `region/zone/subzone` (the node's locality), if any.
+    pub locality: String,
+    /// Its labels (node metadata `LABELS`).
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Why a proxy could not be registered.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RegisterError {
+    /// No WorkloadGroup of that name in the proxy's namespace.
+    #[error("auto-registration: no WorkloadGroup {namespace}/{group}")]
+    NoGroup {
+        /// The proxy's namespace.
+        namespace: String,
+        /// The group it named.
+        group: String,
+    },
+    /// The proxy has no address to register.
+    #[error("auto-registration: the proxy has no IP address")]
+    NoAddress,
+}
+
+/// One registered entry.
+#[derive(Debug)]
+struct Registered {
+    object: Arc<Object>,
+    /// Connections holding it.
+    connections: usize,
+    /// Bumped on each connect and last disconnect, so that a removal
+    /// scheduled before a reconnect does nothing.
+    epoch: u64,
+}
+
+/// The auto-registered WorkloadEntries, by `namespace/name`.
+#[derive(Debug)]
+pub struct Registry {
+    entries: Mutex<BTreeMap<String, Registered>>,
+    grace: Duration,
+    changed: Mutex<Option<mpsc::Sender<()>>>,
+}
+
+/// A connection's hold on its entry: dropping it (the stream ended) starts
+/// the grace period.
+#[derive(Debug)]
+pub struct Registration {
+    registry: Arc<Registry>,
+    key: String,
+}
+
+impl Registration {
+    /// The entry's `namespace/name`.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.registry.disconnect(&self.key);
+    }
+}
+
+impl Registry {
+    /// An empty registry whose entries outlive their last connection by
+    /// `grace`.
+    pub fn new(grace: Duration) -> Arc<Registry> {
+        Arc::new(Registry {
+            entries: Mutex::default(),
+            grace,
+            changed: Mutex::default(),
+        })
+    }
+
+    /// Signals `events` (the config source's channel) on every change.
+    pub fn notify(&self, events: mpsc::Sender<()>) {
+        if let Ok(mut changed) = self.changed.lock() {
+            *changed = Some(events);
+        }
+    }
+
+    fn signal(&self) {
+        if let Some(tx) = self.changed.lock().ok().and_then(|c| c.clone()) {
+            // Full: a signal is already pending, which is enough.
+            let _ = tx.try_send(());
+        }
+    }
+
+    /// Registers `workload` in its WorkloadGroup of `snap` (Istio's
+    /// `RegisterWorkload`): its entry is made, or kept and counted once
+    /// more if it exists (a second connection, a reconnect in the grace
+    /// period).
+    ///
+    /// # Errors
+    /// [`RegisterError`] when the group does not exist or the proxy has no
+    /// address; istiod then refuses the connection.
+    pub fn connect(
+        self: &Arc<Self>,
+        snap: &Snapshot,
+        workload: &Workload,
+    ) -> Result<Registration, RegisterError> {
+        let group = snap
+            .workload_groups
+            .iter()
+            .find(|g| g.namespace == workload.namespace && g.name == workload.group)
+            .ok_or_else(|| RegisterError::NoGroup {
+                namespace: workload.namespace.clone(),
+                group: workload.group.clone(),
+            })?;
+        if workload.ip.is_empty() {
+            return Err(RegisterError::NoAddress);
+        }
+        let entry = entry_from_group(&group.spec, workload);
+        let key = format!(
+            "{}/{}",
+            workload.namespace,
+            entry.metadata.name.as_deref().unwrap_or_default()
+        );
+        let object = Arc::new(Object::WorkloadEntry(Box::new(entry)));
+        let mut changed = false;
+        if let Ok(mut entries) = self.entries.lock() {
+            let slot = entries.entry(key.clone()).or_insert_with(|| {
+                changed = true;
+                Registered {
+                    object: object.clone(),
+                    connections: 0,
+                    epoch: 0,
+                }
+            });
+            if !same_entry(&slot.object, &object) {
+                slot.object = object;
+                changed = true;
+            }
+            slot.connections += 1;
+            slot.epoch += 1;
+        }
+        info!(entry = %key, group = %workload.group, "WorkloadEntry auto-registered");
+        if changed {
+            self.signal();
+        }
+        Ok(Registration {
+            registry: self.clone(),
+            key,
+        })
+    }
+
+    /// A connection holding `key` ended: with none left, the entry goes
+    /// after the grace period unless a proxy connects for it meanwhile.
+    fn disconnect(self: &Arc<Self>, key: &str) {
+        let epoch = {
+            let Ok(mut entries) = self.entries.lock() else {
+                return;
+            };
+            let Some(slot) = entries.get_mut(key) else {
+                return;
+            };
+            slot.connections = slot.connections.saturating_sub(1);
+            if slot.connections > 0 {
+                return;
+            }
+            slot.epoch += 1;
+            slot.epoch
+        };
+        let registry = self.clone();
+        let key = key.to_owned();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    tokio::time::sleep(registry.grace).await;
+                    registry.remove_if_unchanged(&key, epoch);
+                });
+            }
+            Err(_) => registry.remove_if_unchanged(&key, epoch),
+        }
+    }
+
+    fn remove_if_unchanged(&self, key: &str, epoch: u64) {
+        let removed = self.entries.lock().is_ok_and(|mut entries| {
+            let gone = entries
+                .get(key)
+                .is_some_and(|s| s.connections == 0 && s.epoch == epoch);
+            if gone {
+                entries.remove(key);
+            }
+            gone
+        });
+        if removed {
+            info!(entry = %key, "auto-registered WorkloadEntry removed after the grace period");
+            self.signal();
+        }
+    }
+
+    /// The registered entries, by `namespace/name`.
+    pub fn objects(&self) -> Vec<Arc<Object>> {
+        self.entries
+            .lock()
+            .map(|e| e.values().map(|s| s.object.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Adds the registered entries to a load of the config source (an
+    /// entry whose name the source already has is reported there as a
+    /// duplicate, and the source's object kept).
+    pub fn add_to(&self, loaded: &mut crate::sources::Loaded) {
+        let objects = self.objects();
+        if objects.is_empty() {
+            return;
+        }
+        let origin: Arc<Path> = Path::new("<auto-registration>").into();
+        for (document, object) in objects.into_iter().enumerate() {
+            if let Err(e) = crds::validate::validate(&object) {
+                warn!(error = %e, "auto-registered WorkloadEntry not valid; left out");
+                continue;
+            }
+            loaded.add_validated(&origin, document, Ok(object));
+        }
+    }
+}
+
+/// Whether two entries have the same spec and metadata.
+fn same_entry(a: &Object, b: &Object) -> bool {
+    match (a, b) {
+        (Object::WorkloadEntry(a), Object::WorkloadEntry(b)) => {
+            a.spec == b.spec && a.metadata == b.metadata
+        }
+        _ => false,
+    }
+}
+
+/// The entry's name: `<group>-<ip>`, then `-<network>` when the proxy has
+/// one, `:` written `-`, at most 253 characters (the end kept), as
+/// Istio's `autoregisteredWorkloadEntryName`.
+pub fn entry_name(workload: &Workload) -> String {
+    let mut parts = vec![workload.group.clone(), workload.ip.replace(':', "-")];
+    if !workload.network.is_empty() {
+        parts.push(workload.network.clone());
+    }
+    let name = parts.join("-");
+    match name.char_indices().rev().nth(MAX_NAME - 1) {
+        Some((at, _)) => name[at..].to_owned(),
+        None => name,
+    }
+}
+
+/// The WorkloadEntry of `workload` in `group`, as Istio's
+/// `workloadEntryFromGroup`: the template with the proxy's address;
+/// labels the template's, then the group's metadata labels, then the
+/// proxy's (`istio-locality` left out); the group annotation and the
+/// group's annotations; the proxy's network and locality when it has them;
+/// owned by the group.
+pub fn entry_from_group(group: &crds::WorkloadGroupSpec, workload: &Workload) -> WorkloadEntry {
+    let mut spec = group.template.clone();
+    spec.address = Some(workload.ip.clone());
+    let metadata = group.metadata.clone().unwrap_or_default();
+    spec.labels.extend(metadata.labels);
+    spec.labels.extend(
+        workload
+            .labels
+            .iter()
+            .filter(|(k, _)| k.as_str() != LOCALITY_LABEL)
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
+    if !workload.network.is_empty() {
+        spec.network = Some(workload.network.clone());
+    }
+    if !workload.locality.is_empty() {
+        spec.locality = Some(workload.locality.clone());
+    }
+    let mut annotations = BTreeMap::from([(GROUP_ANNOTATION.to_owned(), workload.group.clone())]);
+    annotations.extend(metadata.annotations);
+    WorkloadEntry {
+        metadata: ObjectMeta {
+            name: Some(entry_name(workload)),
+            namespace: Some(workload.namespace.clone()),
+            labels: Some(spec.labels.clone()),
+            annotations: Some(annotations),
+            owner_references: Some(vec![OwnerReference {
+                api_version: "networking.istio.io/v1".into(),
+                kind: "WorkloadGroup".into(),
+                name: workload.group.clone(),
+                controller: Some(true),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        },
+        spec,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn snapshot() -> Snapshot {
+        Snapshot::build(
+            1,
+            &crds::objects_of(&["apiVersion: networking.istio.io/v1
+kind: WorkloadGroup
+metadata: {name: vms, namespace: shop}
+spec:
+  metadata: {labels: {app: ratings, tier: vm}, annotations: {team: a}}
+  template: {serviceAccount: ratings, ports: {http: 9080}, labels: {tier: template, version: v1}}
+"]),
+            translator::model::MeshConfig::default(),
+        )
+    }
+
+    fn vm(ip: &str) -> Workload {
+        Workload {
+            group: "vms".into(),
+            namespace: "shop".into(),
+            ip: ip.into(),
+            labels: BTreeMap::from([
+                ("version".into(), "v2".into()),
+                (LOCALITY_LABEL.into(), "r.z".into()),
+            ]),
+            locality: "r/z".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_entry_is_made_from_the_group_as_istio_makes_it() {
+        let group = &snapshot().workload_groups[0].spec;
+        let entry = entry_from_group(group, &vm("10.0.0.7"));
+        assert_eq!(entry.metadata.name.as_deref(), Some("vms-10.0.0.7"));
+        assert_eq!(entry.spec.address.as_deref(), Some("10.0.0.7"));
+        assert_eq!(entry.spec.service_account.as_deref(), Some("ratings"));
+        assert_eq!(entry.spec.locality.as_deref(), Some("r/z"));
+        // The proxy's labels over the group's over the template's.
+        let labels: Vec<(&str, &str)> = entry
+            .spec
+            .labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            labels,
+            [("app", "ratings"), ("tier", "vm"), ("version", "v2")]
+        );
+        let annotations = entry.metadata.annotations.unwrap();
+        assert_eq!(annotations[GROUP_ANNOTATION], "vms");
+        assert_eq!(annotations["team"], "a");
+        let mut v6 = vm("fd00::7");
+        v6.network = "net2".into();
+        assert_eq!(entry_name(&v6), "vms-fd00--7-net2");
+        v6.group = "g".repeat(300);
+        assert_eq!(entry_name(&v6).len(), MAX_NAME);
+        assert!(entry_name(&v6).ends_with("-fd00--7-net2"));
+    }
+
+    #[tokio::test]
+    async fn an_entry_outlives_its_connections_by_the_grace_period() {
+        let registry = Registry::new(Duration::from_millis(100));
+        let (tx, mut rx) = mpsc::channel(1);
+        registry.notify(tx);
+        let snap = snapshot();
+        let missing = Workload {
+            group: "nope".into(),
+            ..vm("10.0.0.7")
+        };
+        assert_eq!(
+            registry.connect(&snap, &missing).unwrap_err().to_string(),
+            "auto-registration: no WorkloadGroup shop/nope"
+        );
+        let first = registry.connect(&snap, &vm("10.0.0.7")).unwrap();
+        assert_eq!(first.key(), "shop/vms-10.0.0.7");
+        assert!(rx.try_recv().is_ok(), "a new entry is signalled");
+        let second = registry.connect(&snap, &vm("10.0.0.7")).unwrap();
+        assert!(rx.try_recv().is_err(), "the same entry again: no change");
+        drop(first);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(registry.objects().len(), 1, "one connection is left");
+        drop(second);
+        // A reconnect within the grace period keeps it.
+        let again = registry.connect(&snap, &vm("10.0.0.7")).unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(registry.objects().len(), 1);
+        drop(again);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(registry.objects().is_empty());
+        assert!(rx.try_recv().is_ok(), "the removal is signalled");
+    }
+}
