@@ -179,8 +179,10 @@ fn a_sidecar_originates_istio_mutual_with_its_agent_issued_identity() {
 /// the mesh networks' gateway at 127.0.0.1:15443. productpage's sidecar,
 /// in network1, gets the gateway as `remote`'s endpoint, not the pod; its
 /// request goes over Istio mTLS through the gateway (its SNI-DNAT cluster
-/// counts the connection) and the server sees productpage's identity. With
-/// the gateway gone from `meshNetworks`, the pod is reached directly.
+/// counts the connection) and the server sees productpage's identity. A
+/// sidecar whose `REQUESTED_NETWORK_VIEW` leaves network2 out does not
+/// reach it. With the gateway gone from `meshNetworks`, the pod is reached
+/// directly.
 #[test]
 fn another_networks_endpoint_is_reached_through_its_gateway() {
     let _hosts = e2e::isolate();
@@ -247,6 +249,16 @@ data:
     assert_eq!(e2e::tls::first_certificate_sans(&page), [me.to_string()]);
     let through = "cluster.outbound_.9080_._.remote.default.svc.cluster.local.upstream_cx_total";
     assert!(gateway.stat(through) >= 1, "{through}");
+
+    // A sidecar whose `REQUESTED_NETWORK_VIEW` is its own network alone
+    // gets no way to network2's pod: no endpoint, no answer.
+    drop(envoy);
+    e2e::use_node_metadata("REQUESTED_NETWORK_VIEW", "network1");
+    let envoy = Envoy::start(SIDECAR, &SIDECAR_LABELS, daemon.xds_addr, 15000);
+    wait_synced(&daemon, &[&envoy, &gateway], SYNC);
+    assert!(hosts(&envoy).is_empty(), "{:?}", hosts(&envoy));
+    let (status, _) = http_get("http://10.96.0.62:9080/", &[("host", "remote")]).unwrap();
+    assert_eq!(status, 503);
 
     // One network again: the pod directly.
     e2e::apply(&daemon, &[&envoy, &gateway], || {
