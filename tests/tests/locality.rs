@@ -2,7 +2,7 @@
 //! `localityLbSetting`): failover keeps traffic in the proxy's zone and
 //! moves it outward as endpoints fail; `distribute` splits by weight;
 //! `failoverPriority` orders endpoints by the labels they share with the
-//! client.
+//! client, and by its network.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
 
@@ -216,5 +216,58 @@ fn failover_priority_orders_endpoints_by_the_labels_they_share() {
     );
     failover_to(&format!("{URL}/fail-on/v2"), "v3");
     failover_to(&format!("{URL}/fail-on/v3"), "v1");
+    assert_eq!(envoy.rejected(), 0);
+}
+
+/// `failoverPriority` on `topology.istio.io/network` (Istio's documented
+/// example): the client's network is its node metadata `NETWORK`, each
+/// endpoint's its pod's label. The client (region1/zone1, network1) goes
+/// to v2, the one endpoint in network1, not to v1 in its own zone; once v2
+/// fails, v1 and v3 share the load: as in Istio, the priorities come from
+/// `failoverPriority` alone unless `failover` is set too.
+#[test]
+fn failover_priority_on_the_network_prefers_the_clients_network() {
+    let network = |locality: &str, net: &str| {
+        (
+            format!("labels: {{app: reviews-local, istio-locality: {locality}}}"),
+            format!(
+                "labels: {{app: reviews-local, istio-locality: {locality}, topology.istio.io/network: {net}}}"
+            ),
+        )
+    };
+    let mut platform = PLATFORM.to_owned();
+    for (locality, net) in [
+        ("region1.zone1", "network2"),
+        ("region1.zone2", "network1"),
+        ("region2.zone1", "network2"),
+    ] {
+        let (from, to) = network(locality, net);
+        platform = platform.replace(&from, &to);
+    }
+    assert_eq!(platform.matches("topology.istio.io/network").count(), 3);
+    let mesh = Mesh::start(true, &[]);
+    mesh.cfg.write("platform-local.yaml", &platform);
+    mesh.cfg.write(
+        "dr.yaml",
+        &rule("        failoverPriority: [topology.istio.io/network]\n"),
+    );
+    mesh.wait_loaded(2);
+    e2e::use_network("network1");
+    let envoy = mesh.proxy_at(SIDECAR, &SIDECAR_LABELS, "region1/zone1", 15000);
+    assert_eq!(
+        tally(&format!("{URL}/"), "reviews-local", &[], 30),
+        only("v2", 30)
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while tally(&format!("{URL}/fail-on/v2"), "reviews-local", &[], 1).contains_key("reviews v2") {
+        assert!(std::time::Instant::now() < deadline, "v2 not ejected");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let counts = tally(&format!("{URL}/"), "reviews-local", &[], 40);
+    assert_eq!(
+        counts.keys().collect::<Vec<_>>(),
+        ["reviews v1", "reviews v3"],
+        "one priority for the other network (2 x 0.5^40 to miss one by chance)"
+    );
     assert_eq!(envoy.rejected(), 0);
 }
