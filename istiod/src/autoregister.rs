@@ -5,10 +5,16 @@
 //! when the proxy has been gone for the grace period (Istio's
 //! `PILOT_WORKLOAD_ENTRY_GRACE_PERIOD`, 10 s), so a reconnect keeps it.
 //!
-//! The entries are kept here, in memory, and join every load of the
-//! config source ([`Registry::add_to`]); each change signals the source's
-//! event channel, so the snapshot is rebuilt after the usual debounce.
-//! (istiod writes them to the API server; this daemon does not yet.)
+//! With the folder and embedded sources the entries are kept here, in
+//! memory, and join every load ([`Registry::add_to`]); each change signals
+//! the source's event channel, so the snapshot is rebuilt after the usual
+//! debounce. With the Kubernetes source they are written to the API server
+//! instead, as istiod writes them ([`Registry::write_to`]), so that every
+//! replica serves them: created on connect with `istio.io/workloadController`
+//! and `istio.io/connectedAt`; on the last disconnect from this replica
+//! `istio.io/disconnectedAt` replaces those, and after the grace period
+//! the entry is deleted if it still carries that mark (a proxy that
+//! reconnected to any replica meanwhile has it cleared).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -34,6 +40,12 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 const LOCALITY_LABEL: &str = "istio-locality";
 /// Longest Kubernetes object name.
 const MAX_NAME: usize = 253;
+/// The replica whose proxy holds an entry (Istio's annotation).
+pub const CONTROLLER_ANNOTATION: &str = "istio.io/workloadController";
+/// When its proxy connected (RFC 3339).
+pub const CONNECTED_AT_ANNOTATION: &str = "istio.io/connectedAt";
+/// When its last proxy left (RFC 3339); the entry goes a grace period later.
+pub const DISCONNECTED_AT_ANNOTATION: &str = "istio.io/disconnectedAt";
 
 /// What a connecting proxy says about itself, from its node.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -77,6 +89,20 @@ struct Registered {
     /// Bumped on each connect and last disconnect, so that a removal
     /// scheduled before a reconnect does nothing.
     epoch: u64,
+    /// The `istio.io/disconnectedAt` written at the last disconnect (the
+    /// Kubernetes writer deletes the entry only if it still carries it).
+    disconnected_at: String,
+}
+
+/// What the Kubernetes writer does, in order.
+#[derive(Debug)]
+enum Op {
+    /// Create the entry (or mark an existing one connected).
+    Connected(Arc<Object>),
+    /// Mark it disconnected at the given time.
+    Disconnected(Arc<Object>, String),
+    /// Delete it if it is still marked disconnected at that time.
+    Expire(Arc<Object>, String),
 }
 
 /// The auto-registered WorkloadEntries, by `namespace/name`.
@@ -85,6 +111,8 @@ pub struct Registry {
     entries: Mutex<BTreeMap<String, Registered>>,
     grace: Duration,
     changed: Mutex<Option<mpsc::Sender<()>>>,
+    /// The Kubernetes writer's queue, once [`Registry::write_to`] ran.
+    api: std::sync::OnceLock<mpsc::UnboundedSender<Op>>,
 }
 
 /// A connection's hold on its entry: dropping it (the stream ended) starts
@@ -116,7 +144,33 @@ impl Registry {
             entries: Mutex::default(),
             grace,
             changed: Mutex::default(),
+            api: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Writes the entries to the Kubernetes API server from now on (as
+    /// `controller`, this replica's name) instead of adding them to the
+    /// loads; a task does the writes in order until `token` is cancelled.
+    pub fn write_to(
+        &self,
+        client: kube::Client,
+        controller: String,
+        token: tokio_util::sync::CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = self.api.set(tx);
+        tokio::spawn(async move {
+            tokio::select! {
+                () = write(client, controller, rx) => {}
+                () = token.cancelled() => {}
+            }
+        })
+    }
+
+    fn send(&self, op: Op) {
+        if let Some(api) = self.api.get() {
+            let _ = api.send(op);
+        }
     }
 
     /// Signals `events` (the config source's channel) on every change.
@@ -172,6 +226,7 @@ impl Registry {
                     object: object.clone(),
                     connections: 0,
                     epoch: 0,
+                    disconnected_at: String::new(),
                 }
             });
             if !same_entry(&slot.object, &object) {
@@ -180,9 +235,12 @@ impl Registry {
             }
             slot.connections += 1;
             slot.epoch += 1;
+            // Written on every connect: another replica may have marked the
+            // entry disconnected meanwhile.
+            self.send(Op::Connected(slot.object.clone()));
         }
         info!(entry = %key, group = %workload.group, "WorkloadEntry auto-registered");
-        if changed {
+        if changed && self.api.get().is_none() {
             self.signal();
         }
         Ok(Registration {
@@ -206,6 +264,11 @@ impl Registry {
                 return;
             }
             slot.epoch += 1;
+            slot.disconnected_at = k8s_openapi::jiff::Timestamp::now().to_string();
+            self.send(Op::Disconnected(
+                slot.object.clone(),
+                slot.disconnected_at.clone(),
+            ));
             slot.epoch
         };
         let registry = self.clone();
@@ -222,18 +285,19 @@ impl Registry {
     }
 
     fn remove_if_unchanged(&self, key: &str, epoch: u64) {
-        let removed = self.entries.lock().is_ok_and(|mut entries| {
+        let removed = self.entries.lock().ok().and_then(|mut entries| {
             let gone = entries
                 .get(key)
                 .is_some_and(|s| s.connections == 0 && s.epoch == epoch);
-            if gone {
-                entries.remove(key);
-            }
-            gone
+            gone.then(|| entries.remove(key)).flatten()
         });
-        if removed {
+        if let Some(slot) = removed {
             info!(entry = %key, "auto-registered WorkloadEntry removed after the grace period");
-            self.signal();
+            if self.api.get().is_some() {
+                self.send(Op::Expire(slot.object, slot.disconnected_at));
+            } else {
+                self.signal();
+            }
         }
     }
 
@@ -249,6 +313,10 @@ impl Registry {
     /// entry whose name the source already has is reported there as a
     /// duplicate, and the source's object kept).
     pub fn add_to(&self, loaded: &mut crate::sources::Loaded) {
+        if self.api.get().is_some() {
+            // Written to the API server: the watcher brings them.
+            return;
+        }
         let objects = self.objects();
         if objects.is_empty() {
             return;
@@ -262,6 +330,78 @@ impl Registry {
             loaded.add_validated(&origin, document, Ok(object));
         }
     }
+}
+
+/// The Kubernetes writer: applies `ops` in order; a failed write is
+/// logged (the next connect or disconnect writes again).
+async fn write(client: kube::Client, controller: String, mut ops: mpsc::UnboundedReceiver<Op>) {
+    use kube::api::{Api, DeleteParams, PostParams};
+    while let Some(op) = ops.recv().await {
+        let (Op::Connected(object) | Op::Disconnected(object, _) | Op::Expire(object, _)) = &op;
+        let Object::WorkloadEntry(entry) = &**object else {
+            continue;
+        };
+        let (Some(ns), Some(name)) = (&entry.metadata.namespace, &entry.metadata.name) else {
+            continue;
+        };
+        let api: Api<WorkloadEntry> = Api::namespaced(client.clone(), ns);
+        // The entry's own annotations, then the connection marks.
+        let mut annotations = entry.metadata.annotations.clone().unwrap_or_default();
+        let result = match &op {
+            Op::Connected(_) => {
+                annotations.insert(CONTROLLER_ANNOTATION.into(), controller.clone());
+                annotations.insert(
+                    CONNECTED_AT_ANNOTATION.into(),
+                    k8s_openapi::jiff::Timestamp::now().to_string(),
+                );
+                let mut fresh = (**entry).clone();
+                fresh.metadata.annotations = Some(annotations.clone());
+                match api.create(&PostParams::default(), &fresh).await {
+                    Err(kube::Error::Api(e)) if e.code == 409 => {
+                        replace_annotations(&api, name, &annotations).await
+                    }
+                    other => other.map(|_| ()),
+                }
+            }
+            Op::Disconnected(_, at) => {
+                annotations.insert(DISCONNECTED_AT_ANNOTATION.into(), at.clone());
+                replace_annotations(&api, name, &annotations).await
+            }
+            Op::Expire(_, at) => match api.get_opt(name).await {
+                Ok(Some(current)) => {
+                    let marks = current.metadata.annotations.unwrap_or_default();
+                    let still_gone = marks.get(DISCONNECTED_AT_ANNOTATION) == Some(at)
+                        && !marks.contains_key(CONTROLLER_ANNOTATION);
+                    if still_gone {
+                        api.delete(name, &DeleteParams::default()).await.map(|_| ())
+                    } else {
+                        Ok(())
+                    }
+                }
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            },
+        };
+        if let Err(e) = result {
+            warn!(entry = %format!("{ns}/{name}"), error = %e, "writing an auto-registered WorkloadEntry failed");
+        }
+    }
+}
+
+/// Replaces the annotations of entry `name` (a JSON Patch).
+async fn replace_annotations(
+    api: &kube::Api<WorkloadEntry>,
+    name: &str,
+    annotations: &BTreeMap<String, String>,
+) -> Result<(), kube::Error> {
+    let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
+        {"op": "add", "path": "/metadata/annotations", "value": annotations}
+    ]))
+    .map_err(kube::Error::SerdeError)?;
+    use kube::api::{Patch, PatchParams};
+    api.patch(name, &PatchParams::default(), &Patch::<()>::Json(patch))
+        .await
+        .map(|_| ())
 }
 
 /// Whether two entries have the same spec and metadata.
@@ -295,7 +435,11 @@ pub fn entry_name(workload: &Workload) -> String {
 /// proxy's (`istio-locality` left out); the group annotation and the
 /// group's annotations; the proxy's network and locality when it has them;
 /// owned by the group.
-pub fn entry_from_group(group: &crds::WorkloadGroupSpec, workload: &Workload) -> WorkloadEntry {
+pub fn entry_from_group(
+    template: &translator::model::WorkloadGroupTemplate,
+    workload: &Workload,
+) -> WorkloadEntry {
+    let group = &template.group;
     let mut spec = group.template.clone();
     spec.address = Some(workload.ip.clone());
     let metadata = group.metadata.clone().unwrap_or_default();
@@ -321,13 +465,18 @@ pub fn entry_from_group(group: &crds::WorkloadGroupSpec, workload: &Workload) ->
             namespace: Some(workload.namespace.clone()),
             labels: Some(spec.labels.clone()),
             annotations: Some(annotations),
-            owner_references: Some(vec![OwnerReference {
-                api_version: "networking.istio.io/v1".into(),
-                kind: "WorkloadGroup".into(),
-                name: workload.group.clone(),
-                controller: Some(true),
-                ..Default::default()
-            }]),
+            // The group owns it (deleted with it), when the API server
+            // gave the group a UID (it refuses a reference without one).
+            owner_references: template.uid.as_ref().map(|uid| {
+                vec![OwnerReference {
+                    api_version: "networking.istio.io/v1".into(),
+                    kind: "WorkloadGroup".into(),
+                    name: workload.group.clone(),
+                    uid: uid.clone(),
+                    controller: Some(true),
+                    ..Default::default()
+                }]
+            }),
             ..Default::default()
         },
         spec,

@@ -213,6 +213,17 @@ impl Daemon {
                     watched.len(),
                 )));
                 let mut ev_rx = ev_rx;
+                // Entries go to the API server, so that every replica serves them.
+                tasks.push(
+                    registry.write_to(
+                        client.clone(),
+                        source
+                            .leader_identity
+                            .clone()
+                            .unwrap_or_else(|| "istiod".to_owned()),
+                        shutdown.clone(),
+                    ),
+                );
                 let registry = registry.clone();
                 tasks.extend(sources::kube::spawn(
                     client,

@@ -178,6 +178,16 @@ fn rbac_grants_exactly_what_the_daemon_reads_and_writes() {
             verb.into(),
         ));
     }
+    // Auto-registration (`istiod::autoregister`): the WorkloadEntries of
+    // proxies that register themselves, in their namespaces.
+    for verb in ["get", "create", "patch", "delete"] {
+        needed.insert((
+            String::new(),
+            "networking.istio.io".into(),
+            "workloadentries".into(),
+            verb.into(),
+        ));
+    }
     assert_eq!(
         granted, needed,
         "RBAC and what the daemon reads and writes differ"

@@ -254,21 +254,7 @@ impl FakeApiServer {
 
     /// Deletes an object; true when it existed.
     pub fn delete(&self, api_version: &str, kind: &str, namespace: &str, name: &str) -> bool {
-        let probe = json!({"apiVersion": api_version, "kind": kind, "metadata": {}});
-        let (collection, namespaced) = collection_of(&probe).expect("a served kind");
-        let ns = if namespaced { namespace } else { "" };
-        let mut store = self.lock();
-        let removed = store
-            .objects
-            .get_mut(&collection)
-            .and_then(|o| o.remove(&(ns.to_owned(), name.to_owned())));
-        let Some(mut object) = removed else {
-            return false;
-        };
-        store.rv += 1;
-        object["metadata"]["resourceVersion"] = store.rv.to_string().into();
-        record(&self.shared, &mut store, collection, "DELETED", object);
-        true
+        delete(&self.shared, api_version, kind, namespace, name)
     }
 
     /// Forgets the history up to now, as etcd compaction does: a watch that
@@ -367,6 +353,27 @@ impl Drop for FakeApiServer {
 }
 
 /// Creates or replaces an object, as a write to the API server does.
+/// Deletes an object (a `DELETED` event); true when it existed.
+fn delete(shared: &Shared, api_version: &str, kind: &str, namespace: &str, name: &str) -> bool {
+    let probe = json!({"apiVersion": api_version, "kind": kind, "metadata": {}});
+    let Some((collection, namespaced)) = collection_of(&probe) else {
+        return false;
+    };
+    let ns = if namespaced { namespace } else { "" };
+    let mut store = shared.store.lock().expect("fake API store");
+    let removed = store
+        .objects
+        .get_mut(&collection)
+        .and_then(|o| o.remove(&(ns.to_owned(), name.to_owned())));
+    let Some(mut object) = removed else {
+        return false;
+    };
+    store.rv += 1;
+    object["metadata"]["resourceVersion"] = store.rv.to_string().into();
+    record(shared, &mut store, collection, "DELETED", object);
+    true
+}
+
 fn put(shared: &Shared, mut object: Value) -> u64 {
     let (collection, namespaced) = collection_of(&object)
         .unwrap_or_else(|| panic!("the fake API server does not serve {object}"));
@@ -379,6 +386,14 @@ fn put(shared: &Shared, mut object: Value) -> u64 {
     store.rv += 1;
     let rv = store.rv;
     object["metadata"]["resourceVersion"] = rv.to_string().into();
+    // A UID, as the API server gives each object once.
+    let uid = store
+        .objects
+        .get(&collection)
+        .and_then(|o| o.get(&key))
+        .and_then(|o| o["metadata"]["uid"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| format!("uid-{rv}"));
+    object["metadata"]["uid"] = uid.into();
     let objects = store.objects.entry(collection.clone()).or_default();
     let event = if objects.insert(key, object.clone()).is_some() {
         "MODIFIED"
@@ -671,6 +686,24 @@ async fn handle(
             }
         };
     }
+    // DELETE of one object: `.../namespaces/NS/PLURAL/NAME`.
+    if method == Method::DELETE
+        && let Some((collection_path, name)) = uri.path().rsplit_once('/')
+        && let Some(target) = Target::parse(collection_path)
+    {
+        let ns = target.namespace.clone().unwrap_or_default();
+        let deleted = delete(&shared, target.api_version, target.kind, &ns, name);
+        if !deleted {
+            let body = status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("{} {name:?} not found", target.plural),
+            );
+            return (StatusCode::NOT_FOUND, axum::Json(body)).into_response();
+        }
+        let body = status(StatusCode::OK, "Success", format!("{name:?} deleted"));
+        return axum::Json(body).into_response();
+    }
     // POST to a namespaced collection: create.
     if method == Method::POST
         && let Some(target) = Target::parse(uri.path())
@@ -683,6 +716,16 @@ async fn handle(
         object["apiVersion"] = target.api_version.into();
         object["kind"] = target.kind.into();
         object["metadata"]["namespace"] = ns.clone().into();
+        // As the API server: an owner reference names its owner's UID.
+        let owners = object["metadata"]["ownerReferences"].as_array();
+        if owners.is_some_and(|o| o.iter().any(|r| r["uid"].as_str().unwrap_or("").is_empty())) {
+            let body = status(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Invalid",
+                "metadata.ownerReferences.uid: Invalid value: \"\": uid must not be empty".into(),
+            );
+            return (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(body)).into_response();
+        }
         let name = object["metadata"]["name"].as_str().unwrap_or("").to_owned();
         let exists = shared
             .store

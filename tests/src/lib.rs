@@ -533,7 +533,7 @@ pub async fn start_kube_replica(api: &fake_kube::FakeApiServer, identity: &str) 
         xds_addr: "127.0.0.1:0".parse().expect("addr"),
         monitoring_addr: Some("127.0.0.1:0".parse().expect("addr")),
         push_throttle: 100,
-        workload_entry_grace: istiod::autoregister::DEFAULT_GRACE,
+        workload_entry_grace: Duration::from_secs(1),
         keepalive: Default::default(),
         debounce: Default::default(),
         // Sidecars wait for their certificate (SDS `default`) without a
@@ -598,6 +598,62 @@ thread_local! {
 /// metadata `NETWORK`, as the injector sets `ISTIO_META_NETWORK`).
 pub fn use_network(network: &str) {
     NETWORK.with(|n| network.clone_into(&mut n.borrow_mut()));
+}
+
+/// A simulated proxy's ADS stream ([`ads_stream`]): connected until dropped.
+pub struct AdsStream {
+    /// The daemon's responses (its refusal is the first one's error).
+    pub responses:
+        tonic::Streaming<envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse>,
+    // Dropping it ends the requests, and the daemon closes the stream.
+    _requests:
+        tokio::sync::mpsc::Sender<envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest>,
+}
+
+/// An ADS stream to the daemon's plaintext xDS port `xds` as a simulated
+/// proxy: node `node_id` with string node `metadata`, one CDS request, the
+/// stream held open (the proxy stays connected) until it is dropped.
+pub async fn ads_stream(xds: SocketAddr, node_id: &str, metadata: &[(&str, &str)]) -> AdsStream {
+    use envoy_types::pb::envoy::config::core::v3::Node;
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+    use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+    use envoy_types::pb::google::protobuf::{Struct, Value, value};
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{xds}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect to the daemon's xDS port");
+    let fields = metadata
+        .iter()
+        .map(|(k, v)| {
+            (
+                (*k).to_owned(),
+                Value {
+                    kind: Some(value::Kind::StringValue((*v).to_owned())),
+                },
+            )
+        })
+        .collect();
+    let request = DiscoveryRequest {
+        node: Some(Node {
+            id: node_id.to_owned(),
+            metadata: Some(Struct { fields }),
+            ..Default::default()
+        }),
+        type_url: "type.googleapis.com/envoy.config.cluster.v3.Cluster".into(),
+        ..Default::default()
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(request).await.expect("the request queued");
+    let responses = AggregatedDiscoveryServiceClient::new(channel)
+        .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("ADS stream")
+        .into_inner();
+    AdsStream {
+        responses,
+        _requests: tx,
+    }
 }
 
 thread_local! {

@@ -1034,3 +1034,103 @@ fn network_gateways_follow_the_api() {
         state,
     );
 }
+
+/// WorkloadEntry auto-registration with the Kubernetes source, as istiod
+/// does it: the entry of a VM whose proxy connects with node metadata
+/// `AUTO_REGISTER_GROUP` is written to the API server (annotated with the
+/// replica and the time), so every replica's watchers bring it back;
+/// productpage's sidecar reaches the VM through a ServiceEntry selecting
+/// the group's labels. Once the proxy is gone for the grace period (1 s
+/// here, Istio's 10 s by default) the entry is deleted from the API.
+#[test]
+fn auto_registered_workload_entries_are_written_to_the_api() {
+    let mesh = Mesh::start_kube(true, &[]);
+    let (api, daemon) = (mesh.api(), &mesh.daemon);
+    let envoy = mesh.sidecar();
+    apply(daemon, &[&envoy], || {
+        api.apply_yaml(
+            "apiVersion: networking.istio.io/v1
+kind: WorkloadGroup
+metadata: {name: vms, namespace: default}
+spec:
+  metadata: {labels: {app: vm-app}}
+  template: {ports: {http: 9080}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: vm-app, namespace: default}
+spec:
+  hosts: [vm.example.internal]
+  addresses: [10.96.0.80]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  workloadSelector: {labels: {app: vm-app}}
+",
+        );
+    });
+    let hosts = || envoy.hosts("outbound|9080||vm.example.internal");
+    let call = || {
+        http_get(
+            "http://10.96.0.80:9080/",
+            &[("host", "vm.example.internal")],
+        )
+    };
+    assert!(hosts().is_empty());
+    assert_eq!(call().map(|(status, _)| status), Ok(503));
+
+    let vm = mesh.block_on(e2e::ads_stream(
+        daemon.xds_addr,
+        "sidecar~127.0.1.4~vm-1.default~default.svc.cluster.local",
+        &[("AUTO_REGISTER_GROUP", "vms")],
+    ));
+    let entry = || {
+        api.get(
+            "networking.istio.io/v1",
+            "WorkloadEntry",
+            "default",
+            "vms-127.0.1.4",
+        )
+    };
+    let written = e2e::eventually(SYNC, entry, || "no WorkloadEntry written".into());
+    assert_eq!(written["spec"]["address"], "127.0.1.4");
+    assert_eq!(written["metadata"]["labels"]["app"], "vm-app");
+    let annotations = &written["metadata"]["annotations"];
+    assert_eq!(annotations["istio.io/autoRegistrationGroup"], "vms");
+    assert_eq!(annotations["istio.io/workloadController"], "istiod-0");
+    assert!(
+        annotations["istio.io/connectedAt"].is_string(),
+        "{annotations}"
+    );
+    let group = api
+        .get("networking.istio.io/v1", "WorkloadGroup", "default", "vms")
+        .unwrap();
+    let owner = &written["metadata"]["ownerReferences"][0];
+    assert_eq!(
+        (&owner["kind"], &owner["name"], &owner["uid"]),
+        (
+            &json!("WorkloadGroup"),
+            &json!("vms"),
+            &group["metadata"]["uid"]
+        )
+    );
+    e2e::eventually(
+        SYNC,
+        || (hosts() == ["127.0.1.4:9080"]).then_some(()),
+        || format!("the VM is not an endpoint: {:?}", hosts()),
+    );
+    assert_eq!(call(), Ok((200, "reviews v1".into())));
+
+    drop(vm);
+    e2e::eventually(
+        SYNC,
+        || entry().is_none().then_some(()),
+        || format!("the entry stayed: {:?}", entry()),
+    );
+    e2e::eventually(
+        SYNC,
+        || hosts().is_empty().then_some(()),
+        || format!("the VM is still an endpoint: {:?}", hosts()),
+    );
+    assert_eq!(envoy.rejected(), 0);
+}

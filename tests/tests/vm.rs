@@ -348,56 +348,27 @@ fn a_vm_registers_itself_in_its_workload_group() {
 /// connection when registration fails.
 #[test]
 fn a_proxy_naming_no_workload_group_is_refused() {
-    use envoy_types::pb::envoy::config::core::v3::Node;
-    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
-    use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-    use envoy_types::pb::google::protobuf::{Struct, Value, value};
     let cfg = ConfigDir::empty();
     cfg.write("group.yaml", VM_GROUP);
     let rt = e2e::runtime();
     rt.block_on(async {
         let daemon = e2e::start_daemon(cfg.path()).await;
-        let channel =
-            tonic::transport::Endpoint::from_shared(format!("http://{}", daemon.xds_addr))
-                .unwrap()
-                .connect()
-                .await
-                .unwrap();
-        let mut ads = AggregatedDiscoveryServiceClient::new(channel);
-        let request = |group: &str| DiscoveryRequest {
-            node: Some(Node {
-                id: "sidecar~10.0.0.9~vm-1.default~default.svc.cluster.local".into(),
-                metadata: Some(Struct {
-                    fields: [(
-                        "AUTO_REGISTER_GROUP".to_owned(),
-                        Value {
-                            kind: Some(value::Kind::StringValue(group.into())),
-                        },
-                    )]
-                    .into(),
-                }),
-                ..Default::default()
-            }),
-            type_url: "type.googleapis.com/envoy.config.cluster.v3.Cluster".into(),
-            ..Default::default()
-        };
-        let mut refused = ads
-            .stream_aggregated_resources(tokio_stream::iter([request("nope")]))
-            .await
-            .unwrap()
-            .into_inner();
-        let status = refused.message().await.unwrap_err();
+        let node = "sidecar~10.0.0.9~vm-1.default~default.svc.cluster.local";
+        let mut refused =
+            e2e::ads_stream(daemon.xds_addr, node, &[("AUTO_REGISTER_GROUP", "nope")]).await;
+        let status = refused.responses.message().await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
         assert!(
             status.message().contains("no WorkloadGroup default/nope"),
             "{status:?}"
         );
-        let mut served = ads
-            .stream_aggregated_resources(tokio_stream::iter([request("ratings-vms")]))
-            .await
-            .unwrap()
-            .into_inner();
-        let clusters = served.message().await.unwrap().unwrap();
+        let mut served = e2e::ads_stream(
+            daemon.xds_addr,
+            node,
+            &[("AUTO_REGISTER_GROUP", "ratings-vms")],
+        )
+        .await;
+        let clusters = served.responses.message().await.unwrap().unwrap();
         assert!(!clusters.resources.is_empty());
     });
 }

@@ -1287,6 +1287,16 @@ fn tracing_provider(
     (default, tracers)
 }
 
+/// A WorkloadGroup as auto-registration reads it: its spec, and its UID
+/// when the API server gave one (the entries' owner reference needs it).
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkloadGroupTemplate {
+    /// `metadata.uid`, if any.
+    pub uid: Option<String>,
+    /// The group's spec.
+    pub group: crds::WorkloadGroupSpec,
+}
+
 /// An immutable view of the whole mesh, shared by every push.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
@@ -1312,7 +1322,7 @@ pub struct Snapshot {
     pub telemetries: Vec<Config<crds::TelemetrySpec>>,
     /// WorkloadGroups, in a stable order: the templates of auto-registered
     /// WorkloadEntries (no config is generated from them).
-    pub workload_groups: Vec<Config<crds::WorkloadGroupSpec>>,
+    pub workload_groups: Vec<Config<WorkloadGroupTemplate>>,
     /// Namespace names known.
     pub namespaces: Vec<String>,
     /// Namespace annotations, by namespace (e.g. OpenShift's uid range,
@@ -1937,7 +1947,10 @@ impl Snapshot {
                 Object::WorkloadGroup(wg) => snap.workload_groups.push(Config {
                     name: name.to_owned(),
                     namespace: ns.to_owned(),
-                    spec: wg.spec.clone(),
+                    spec: WorkloadGroupTemplate {
+                        uid: wg.metadata.uid.clone().filter(|u| !u.is_empty()),
+                        group: wg.spec.clone(),
+                    },
                 }),
                 Object::WorkloadEntry(we) => {
                     workloads.entries.insert((ns, name), (&we.spec, shared));
