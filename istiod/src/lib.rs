@@ -16,6 +16,7 @@ pub mod kube_ca;
 pub mod leader;
 pub mod metrics;
 pub mod push;
+pub mod resolver;
 pub mod secure;
 pub mod sources;
 pub mod webhooks;
@@ -124,11 +125,13 @@ impl Daemon {
         let (snap_tx, snapshots) =
             watch::channel(Arc::new(Snapshot::build(0, [], MeshConfig::default())));
         let (err_tx, errors) = watch::channel(Arc::new(Vec::new()));
+        let resolved = resolver::Resolved::new();
         let publisher = Publisher {
             snapshots: Arc::new(snap_tx),
             errors: Arc::new(err_tx),
             warned: Arc::default(),
             ca_trust_domain: opts.ca.as_ref().map(|ca| ca.trust_domain.as_str().into()),
+            resolved: resolved.clone(),
         };
         let mut tasks = Vec::new();
         let (leader_tx, leader) = watch::channel(false);
@@ -144,6 +147,15 @@ impl Daemon {
         let registry = autoregister::Registry::new(opts.workload_entry_grace);
         let (ev_tx, ev_rx) = mpsc::channel(1);
         registry.notify(ev_tx.clone());
+        // Network gateways by DNS name: resolved, and the source signalled
+        // when their addresses change.
+        resolved.notify(ev_tx.clone());
+        tasks.push(resolver::spawn(
+            resolved,
+            snapshots.clone(),
+            resolver::REFRESH,
+            shutdown.clone(),
+        ));
 
         match opts.source {
             Source::Embedded => {
@@ -416,6 +428,8 @@ struct Publisher {
     /// unless the mesh config names another, so that clients expect the
     /// identities it issues.
     ca_trust_domain: Option<Arc<str>>,
+    /// Network gateway names and their addresses ([`resolver`]).
+    resolved: Arc<resolver::Resolved>,
 }
 
 /// Objects by address, held so that an address is not reused while listed.
@@ -432,6 +446,15 @@ struct Built {
 }
 
 impl Publisher {
+    /// Whether the published snapshot was built with the gateway names'
+    /// addresses as they are now.
+    fn resolved_as_published(&self) -> bool {
+        Arc::ptr_eq(
+            &self.snapshots.borrow().mesh.networks.resolved,
+            &self.resolved.current(),
+        )
+    }
+
     /// Builds snapshot `version` from `loaded` and publishes it. With
     /// `first_event` (when the change that caused it was first seen), the
     /// snapshot carries its change set against the previous one, so only
@@ -458,14 +481,14 @@ impl Publisher {
                 loaded,
                 &mut seen,
                 &previous,
-                self.ca_trust_domain.as_deref(),
+                (self.ca_trust_domain.as_deref(), self.resolved.current()),
             ),
             Err(_) => build(
                 version,
                 loaded,
                 &mut Seen::new(),
                 &previous,
-                self.ca_trust_domain.as_deref(),
+                (self.ca_trust_domain.as_deref(), self.resolved.current()),
             ),
         };
         let build_time = started.elapsed();
@@ -564,10 +587,10 @@ impl Follow {
                             read_ms = reading.elapsed().as_secs_f64() * 1e3,
                             "config source read"
                         );
-                        // Nothing it reads changed: no new version, and no
-                        // push, as istiod drops an update whose object is
-                        // unchanged.
-                        if loaded.same_as(last) {
+                        // Nothing it reads changed (nor the gateway names'
+                        // addresses): no new version, and no push, as
+                        // istiod drops an update whose object is unchanged.
+                        if loaded.same_as(last) && publisher.resolved_as_published() {
                             return Some(None);
                         }
                         let fingerprint = loaded.fingerprint();
@@ -631,7 +654,10 @@ fn build(
     mut loaded: Loaded,
     seen: &mut Seen,
     previous: &Snapshot,
-    ca_trust_domain: Option<&str>,
+    (ca_trust_domain, resolved): (
+        Option<&str>,
+        Arc<std::collections::BTreeMap<String, Vec<String>>>,
+    ),
 ) -> (Snapshot, Vec<SourceError>) {
     loaded.drop_orphan_delegates();
     for entry in newly_seen(
@@ -651,6 +677,7 @@ fn build(
         }
     }
     let mut mesh = MeshConfig::default();
+    mesh.networks.resolved = resolved;
     if let Some(td) = ca_trust_domain {
         td.clone_into(&mut mesh.trust_domain);
     }

@@ -179,13 +179,14 @@ fn a_sidecar_originates_istio_mutual_with_its_agent_issued_identity() {
 /// the mesh networks' gateway at 127.0.0.1:15443. productpage's sidecar,
 /// in network1, gets the gateway as `remote`'s endpoint, not the pod; its
 /// request goes over Istio mTLS through the gateway (its SNI-DNAT cluster
-/// counts the connection) and the server sees productpage's identity. A
+/// counts the connection) and the server sees productpage's identity; so
+/// it does with the gateway named by DNS (the daemon resolves it). A
 /// sidecar whose `REQUESTED_NETWORK_VIEW` leaves network2 out does not
 /// reach it. With the gateway gone from `meshNetworks`, the pod is reached
 /// directly.
 #[test]
 fn another_networks_endpoint_is_reached_through_its_gateway() {
-    let _hosts = e2e::isolate();
+    let etc_hosts = e2e::isolate();
     capture_outbound();
     let rt = e2e::runtime();
     let cfg = ConfigDir::bookinfo_platform();
@@ -249,6 +250,27 @@ data:
     assert_eq!(e2e::tls::first_certificate_sans(&page), [me.to_string()]);
     let through = "cluster.outbound_.9080_._.remote.default.svc.cluster.local.upstream_cx_total";
     assert!(gateway.stat(through) >= 1, "{through}");
+
+    // The gateway by DNS name, resolved by the daemon (this test's
+    // /etc/hosts names it 127.0.0.2, where the gateway listens too).
+    let mut names = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&etc_hosts)
+        .unwrap();
+    std::io::Write::write_all(&mut names, b"127.0.0.2 eastwest.mesh.internal\n").unwrap();
+    cfg.write(
+        "networks.yaml",
+        &networks("{address: eastwest.mesh.internal, port: 15443}"),
+    );
+    e2e::eventually(
+        SYNC,
+        || (hosts(&envoy) == ["127.0.0.2:15443"]).then_some(()),
+        || format!("not through the named gateway: {:?}", hosts(&envoy)),
+    );
+    let before = gateway.stat(through);
+    let (status, page) = http_get("http://10.96.0.62:9080/", &[("host", "remote")]).unwrap();
+    assert_eq!(status, 200, "{page}");
+    assert!(gateway.stat(through) > before, "{through}");
 
     // A sidecar whose `REQUESTED_NETWORK_VIEW` is its own network alone
     // gets no way to network2's pod: no endpoint, no answer.

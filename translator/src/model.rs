@@ -373,6 +373,14 @@ pub struct Networks {
     /// `meshNetworks` `registryServiceName` gateways: (Service hostname,
     /// network, port); the Service's external addresses are the gateway's.
     pub by_service: Vec<(String, String, u32)>,
+    /// Gateway addresses that are DNS names (a `meshNetworks` gateway's
+    /// `address`, a gateway Service's load balancer `hostname`), which the
+    /// daemon resolves (Istio's network gateway DNS resolution).
+    pub hostnames: std::collections::BTreeSet<String>,
+    /// What the daemon resolved them to: IPs by name, set before the
+    /// snapshot is built (a name not there yet has no gateway; one that
+    /// resolved to nothing is reported).
+    pub resolved: Arc<BTreeMap<String, Vec<String>>>,
 }
 
 /// A network's gateway (Istio's `NetworkGateway`): where proxies of other
@@ -416,6 +424,17 @@ impl Networks {
             .iter()
             .find(|(range, _)| crds::mesh::cidr_contains(*range, ip))
             .map_or("", |(_, net)| net.as_str())
+    }
+
+    /// The IPs of a gateway address: itself when it is an IP, else what
+    /// the daemon resolved the name to (none yet: empty), the name noted
+    /// in [`Networks::hostnames`] for the daemon to resolve.
+    fn addresses_of(&mut self, address: &str) -> Vec<String> {
+        if address.parse::<std::net::IpAddr>().is_ok() {
+            return vec![address.to_owned()];
+        }
+        self.hostnames.insert(address.to_owned());
+        self.resolved.get(address).cloned().unwrap_or_default()
     }
 
     /// What Split Horizon EDS reads of `proxy`: its network and
@@ -1528,20 +1547,22 @@ impl Snapshot {
             }
             for (i, g) in spec.gateways.iter().enumerate() {
                 match (&g.address, &g.registry_service_name) {
-                    (Some(a), _) if a.parse::<std::net::IpAddr>().is_ok() => n
-                        .gateways
-                        .entry(net.clone())
-                        .or_default()
-                        .push(NetworkGateway {
-                            address: a.clone(),
-                            port: g.port,
-                        }),
-                    (Some(a), _) => warn(
-                        format!("{at}.gateways[{i}].address"),
-                        format!(
-                            "{a:?} is not an IP: gateways by DNS name are not supported yet; left out"
-                        ),
-                    ),
+                    (Some(a), _) => {
+                        let found = n.addresses_of(a);
+                        if found.is_empty() && n.resolved.contains_key(a) {
+                            warn(
+                                format!("{at}.gateways[{i}].address"),
+                                format!("{a:?} resolves to no address; left out"),
+                            );
+                        }
+                        n.gateways
+                            .entry(net.clone())
+                            .or_default()
+                            .extend(found.into_iter().map(|address| NetworkGateway {
+                                address,
+                                port: g.port,
+                            }));
+                    }
                     (None, Some(svc)) if this_registry => {
                         n.by_service.push((svc.clone(), net.clone(), g.port));
                     }
@@ -1625,20 +1646,24 @@ impl Snapshot {
                 .spec
                 .iter()
                 .flat_map(|s| s.external_ips.iter().flatten());
+            // A load balancer's IP, or its hostname (AWS's), resolved.
             let balanced = svc
                 .status
                 .iter()
                 .flat_map(|s| s.load_balancer.iter())
                 .flat_map(|lb| lb.ingress.iter().flatten())
-                .filter_map(|i| i.ip.as_ref());
-            let addresses: Vec<&String> = external
-                .chain(balanced)
+                .filter_map(|i| i.ip.as_ref().or(i.hostname.as_ref()));
+            let mut addresses: Vec<String> = external
                 .filter(|a| a.parse::<std::net::IpAddr>().is_ok())
+                .cloned()
                 .collect();
+            for a in balanced {
+                addresses.extend(n.addresses_of(a));
+            }
             for (net, port) in found {
                 let list = n.gateways.entry(net).or_default();
                 list.extend(addresses.iter().map(|a| NetworkGateway {
-                    address: (*a).clone(),
+                    address: a.clone(),
                     port,
                 }));
             }

@@ -858,7 +858,6 @@ spec:
         fields,
         [
             "istio-system/istio data.meshNetworks.networks.south.endpoints[0].fromRegistry",
-            "istio-system/istio data.meshNetworks.networks.south.gateways[0].address",
             "istio-system/istio data.meshNetworks.networks.south.gateways[1].registryServiceName",
             "istio-system/north-gw metadata.labels[networking.istio.io/gatewayPort]",
             "istio-system/north-gw metadata.labels[topology.istio.io/network]",
@@ -870,6 +869,43 @@ spec:
         "apiVersion: v1\nkind: Namespace\nmetadata: {name: istio-system, labels: {topology.istio.io/network: east}}\n".into(),
     );
     assert_eq!(snapshot(&with_ns).mesh.networks.default, "east");
+
+    // Names (a meshNetworks address, a load balancer's hostname) are noted
+    // for the daemon to resolve; once resolved they are gateways, and a
+    // name that resolves to nothing is reported.
+    assert_eq!(
+        n.hostnames.iter().collect::<Vec<_>>(),
+        ["gw.example.com", "lb.example.com"]
+    );
+    let mut mesh = MeshConfig::default();
+    mesh.networks.resolved = std::sync::Arc::new(
+        [
+            ("gw.example.com".to_owned(), vec![]),
+            ("lb.example.com".to_owned(), vec!["198.51.100.4".to_owned()]),
+        ]
+        .into(),
+    );
+    let resolved = Snapshot::build(1, &crds::objects_of(&texts), mesh.clone());
+    assert_eq!(
+        resolved.mesh.networks.gateways["east"],
+        [
+            gw("192.0.2.7", 16443),
+            gw("192.0.2.8", 16443),
+            gw("198.51.100.4", 16443)
+        ]
+    );
+    assert!(!resolved.mesh.networks.gateways.contains_key("south"));
+    assert!(resolved.warnings.iter().any(|w| {
+        w.field == "data.meshNetworks.networks.south.gateways[0].address"
+            && w.reason.contains("resolves to no address")
+    }));
+    mesh.networks.resolved =
+        std::sync::Arc::new([("gw.example.com".to_owned(), vec!["203.0.113.5".to_owned()])].into());
+    let resolved = Snapshot::build(1, &crds::objects_of(&texts), mesh);
+    assert_eq!(
+        resolved.mesh.networks.gateways["south"],
+        [gw("203.0.113.5", 15443)]
+    );
 }
 
 /// `failoverPriority` on `topology.istio.io/network` (Istio's documented
