@@ -33,12 +33,6 @@ pub const NOT_YET: &[(&str, &str)] = &[
 /// happens); a value ending in `*` stands for every value it begins.
 pub const NOT_YET_VALUES: &[(&str, &str, &str, &str)] = &[
     (
-        "ServiceEntry",
-        "spec.resolution",
-        "DYNAMIC_DNS",
-        "resolved as DNS",
-    ),
-    (
         "Sidecar",
         "ingress[].defaultEndpoint",
         "unix://*",

@@ -1,6 +1,7 @@
 //! Egress on a real Envoy: ALLOW_ANY passes unknown destinations through,
 //! REGISTRY_ONLY blocks them, and ServiceEntries (STATIC endpoints, DNS
-//! resolution) open the way again. "The internet" is TEST-NET-1 inside
+//! resolution, and DYNAMIC_DNS resolving each request's own host) open
+//! the way again. "The internet" is TEST-NET-1 inside
 //! the test's own namespace; nothing leaves the machine.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
@@ -690,5 +691,65 @@ spec:
     );
     assert!(blocked.is_err(), "{blocked:?}");
     assert_eq!(get(9080).0, 502);
+    assert_eq!(envoy.rejected(), 0);
+}
+
+/// ServiceEntry `DYNAMIC_DNS` (Istio's dynamic forward proxy): a wildcard
+/// host whose requests go where their own `Host` (HTTP) or SNI (TLS)
+/// resolves at request time, whatever address the app dialled. Under
+/// REGISTRY_ONLY, a request dialled to 192.0.2.10 for `two.dyn.example.com`
+/// reaches 192.0.2.11, where that name resolves (the test's /etc/hosts);
+/// so does a TLS connection whose SNI names it.
+#[test]
+fn dynamic_dns_resolves_each_requests_own_host() {
+    let mesh = Mesh::start(true, &[]);
+    add_local_address(EXTERNAL_IP);
+    add_local_address("192.0.2.11");
+    external_server(&mesh, 8081, "first");
+    external_server_at(&mesh, "192.0.2.11", 8081, "second");
+    mesh.add_host(EXTERNAL_IP, "one.dyn.example.com");
+    mesh.add_host("192.0.2.11", "two.dyn.example.com");
+    let pki = Pki::new();
+    let (cert, key) = pki.issue("two.dyn.example.com");
+    let _tls = TlsServer::start("192.0.2.11:8443", &cert, &key);
+    let envoy = mesh.sidecar();
+    mesh.apply(
+        &[&envoy],
+        "se-dynamic.yaml",
+        &(registry_only()
+            + "---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: dynamic}
+spec:
+  hosts: ['*.dyn.example.com']
+  ports: [{number: 8081, name: http, protocol: HTTP}, {number: 8443, name: tls, protocol: TLS}]
+  location: MESH_EXTERNAL
+  resolution: DYNAMIC_DNS
+"),
+    );
+    let get = |host: &str| {
+        http_request(&format!("http://{EXTERNAL_IP}:8081/"), &[("host", host)]).unwrap()
+    };
+    // The Host carries the port, as clients write it off port 80.
+    for (host, answer) in [
+        ("one.dyn.example.com:8081", "first"),
+        ("two.dyn.example.com:8081", "second"),
+    ] {
+        let r = get(host);
+        assert_eq!((r.status, r.body.as_str()), (200, answer), "{host}");
+    }
+    // Not under the wildcard: REGISTRY_ONLY's 502.
+    assert_eq!(get("other.example.com:8081").status, 502);
+    // TLS: the SNI names the host (nothing listens on 192.0.2.10:8443).
+    let page = e2e::tls::curl(
+        &pki.ca(),
+        ("two.dyn.example.com", EXTERNAL_IP),
+        8443,
+        "/",
+        None,
+    )
+    .unwrap_or_else(|e| panic!("TLS by SNI: {e}"));
+    assert!(page.contains("s_server"), "{page}");
     assert_eq!(envoy.rejected(), 0);
 }

@@ -614,7 +614,31 @@ fn service_cluster<'a>(
     let passthrough = svc.resolution == ServiceResolution::Passthrough
         || policy.simple() == Some(SimpleLb::Passthrough);
     let mut cla = None;
-    if passthrough {
+    if svc.resolution == ServiceResolution::DynamicDns {
+        // Envoy's dynamic forward proxy: the host each request (or SNI)
+        // names, resolved at request time through the cache the
+        // listener's filter shares (Istio's DYNAMIC_DNS clusters).
+        use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+            ClusterDiscoveryType, CustomClusterType,
+        };
+        use envoy_types::pb::envoy::extensions::clusters::dynamic_forward_proxy::v3::{
+            ClusterConfig, cluster_config,
+        };
+        cluster.cluster_discovery_type =
+            Some(ClusterDiscoveryType::ClusterType(CustomClusterType {
+                name: "envoy.clusters.dynamic_forward_proxy".into(),
+                typed_config: Some(envoy_types::util::pack_any(ClusterConfig {
+                    cluster_implementation_specifier: Some(
+                        cluster_config::ClusterImplementationSpecifier::DnsCacheConfig(
+                            dfp_dns_cache(&svc.hostname),
+                        ),
+                    ),
+                    ..Default::default()
+                })),
+            }));
+        cluster.lb_policy = LbPolicy::ClusterProvided as i32;
+        cluster.lb_config = None;
+    } else if passthrough {
         cluster.cluster_discovery_type = discovery(DiscoveryType::OriginalDst);
         cluster.lb_policy = LbPolicy::ClusterProvided as i32;
         cluster.lb_config = None;
@@ -637,6 +661,18 @@ fn service_cluster<'a>(
         ));
     }
     (cluster, cla)
+}
+
+/// The DNS cache a `DYNAMIC_DNS` service's cluster and its listener's
+/// filter share: `<hostname>_dfp_dns_cache`, IPv4 only, as Istio's.
+pub(crate) fn dfp_dns_cache(
+    hostname: &str,
+) -> envoy_types::pb::envoy::extensions::common::dynamic_forward_proxy::v3::DnsCacheConfig {
+    envoy_types::pb::envoy::extensions::common::dynamic_forward_proxy::v3::DnsCacheConfig {
+        name: format!("{hostname}_dfp_dns_cache"),
+        dns_lookup_family: DnsLookupFamily::V4Only as i32,
+        ..Default::default()
+    }
 }
 
 /// What `ISTIO_MUTUAL` needs of a cluster: Istio's SNI and the identities

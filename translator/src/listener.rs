@@ -181,7 +181,7 @@ pub(crate) fn sidecar<'a>(
                 false,
                 &snap.mesh,
                 &observe,
-                &[],
+                &dfp_http_filter(&plan.http, port, warnings),
             )
         };
         let mut listener = unbound_listener(&name, address, port, default_chain);
@@ -797,13 +797,79 @@ fn tls_chains(
         }
     }
     if chains.is_empty() {
-        chains.push(chain(
+        let mut c = chain(
             vec![svc.hostname.clone()],
             &[],
             &[(cluster_name(port, "", &svc.hostname), 1)],
-        ));
+        );
+        if svc.resolution == crate::model::ServiceResolution::DynamicDns {
+            // The SNI names the host, resolved before the TCP proxy
+            // connects (Istio's SNI dynamic forward proxy).
+            use envoy_types::pb::envoy::extensions::filters::network::sni_dynamic_forward_proxy::v3::{
+                FilterConfig, filter_config,
+            };
+            let at = c.filters.len().saturating_sub(1);
+            c.filters.insert(
+                at,
+                Filter {
+                    name: "envoy.filters.network.sni_dynamic_forward_proxy".into(),
+                    config_type: Some(filter::ConfigType::TypedConfig(pack_any(FilterConfig {
+                        dns_cache_config: Some(crate::cluster::dfp_dns_cache(&svc.hostname)),
+                        port_specifier: Some(filter_config::PortSpecifier::PortValue(port)),
+                        ..Default::default()
+                    }))),
+                },
+            );
+        }
+        chains.push(c);
     }
     chains
+}
+
+/// The dynamic forward proxy filter of an outbound HTTP port carrying a
+/// `DYNAMIC_DNS` service (Istio's DFP HTTP filter): requests its routes
+/// send to that service's cluster have their `Host` resolved through the
+/// cluster's DNS cache. One cache per connection manager: a second such
+/// service on the port is reported and its requests fail.
+fn dfp_http_filter(
+    services: &[&Arc<Service>],
+    port: u32,
+    warnings: &mut Vec<ConfigWarning>,
+) -> Vec<HttpFilter> {
+    use envoy_types::pb::envoy::extensions::filters::http::dynamic_forward_proxy::v3::{
+        FilterConfig, filter_config,
+    };
+    let mut dynamic = services
+        .iter()
+        .filter(|s| s.resolution == crate::model::ServiceResolution::DynamicDns);
+    let Some(first) = dynamic.next() else {
+        return Vec::new();
+    };
+    for other in dynamic {
+        warnings.push(ConfigWarning::new(
+            "ServiceEntry",
+            format!("{}/{}", other.namespace, other.hostname),
+            "spec.resolution".into(),
+            format!(
+                "port {port} already resolves {} dynamically (one DNS cache per port); DYNAMIC_DNS requests to {} fail",
+                first.hostname, other.hostname
+            ),
+        ));
+    }
+    vec![HttpFilter {
+        name: "envoy.filters.http.dynamic_forward_proxy".into(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
+            FilterConfig {
+                implementation_specifier: Some(
+                    filter_config::ImplementationSpecifier::DnsCacheConfig(
+                        crate::cluster::dfp_dns_cache(&first.hostname),
+                    ),
+                ),
+                ..Default::default()
+            },
+        ))),
+        ..Default::default()
+    }]
 }
 
 /// Whether a `tls` route match applies to the proxy it is generated for:

@@ -169,6 +169,10 @@ pub enum ServiceResolution {
     /// Envoy resolves and uses one address at a time (LOGICAL_DNS),
     /// ServiceEntry `DNS_ROUND_ROBIN`.
     DnsRoundRobin,
+    /// Envoy resolves each request's own host (its `Host`, or a TLS
+    /// connection's SNI) under a wildcard host, at request time: Envoy's
+    /// dynamic forward proxy, ServiceEntry `DYNAMIC_DNS`.
+    DynamicDns,
     /// Forward to the original destination.
     Passthrough,
 }
@@ -2694,7 +2698,8 @@ fn service_entry_services(
     workloads: &Workloads<'_>,
 ) -> Vec<Service> {
     let resolution = match spec.resolution {
-        Some(Resolution::Dns | Resolution::DynamicDns) => ServiceResolution::Dns,
+        Some(Resolution::Dns) => ServiceResolution::Dns,
+        Some(Resolution::DynamicDns) => ServiceResolution::DynamicDns,
         Some(Resolution::DnsRoundRobin) => ServiceResolution::DnsRoundRobin,
         Some(Resolution::Static) => ServiceResolution::Static,
         Some(Resolution::None) | None => ServiceResolution::Passthrough,

@@ -399,6 +399,68 @@ fn tcp_services_get_a_listener_on_their_vip() {
     assert!(out.routes.iter().all(|r| r.name != "27017"));
 }
 
+/// ServiceEntry `DYNAMIC_DNS` (Istio's dynamic forward proxy): the
+/// wildcard host's cluster is Envoy's dynamic forward proxy cluster on
+/// the DNS cache `<host>_dfp_dns_cache` (IPv4), the HTTP port's connection
+/// manager has the DFP filter on the same cache, and a second such host on
+/// the port is reported (one cache per connection manager).
+#[test]
+fn dynamic_dns_entries_are_dynamic_forward_proxy_clusters() {
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, LbPolicy};
+    use envoy_types::pb::envoy::extensions::clusters::dynamic_forward_proxy::v3::{
+        ClusterConfig, cluster_config,
+    };
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+    let entry = |name: &str, host: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}}}
+spec:
+  hosts: ['{host}']
+  ports: [{{number: 8081, name: http, protocol: HTTP}}]
+  resolution: DYNAMIC_DNS
+---
+"
+        )
+    };
+    let snap = mesh(&entry("dyn", "*.dyn.example.com"), MeshConfig::default());
+    let out = generate(&snap, &sidecar(&[]));
+    assert!(out.warnings.is_empty(), "{:?}", out.warnings);
+    let c = cluster(&out, "outbound|8081||*.dyn.example.com");
+    assert_eq!(c.lb_policy, LbPolicy::ClusterProvided as i32);
+    let Some(ClusterDiscoveryType::ClusterType(custom)) = &c.cluster_discovery_type else {
+        panic!("not a custom cluster type: {c:?}");
+    };
+    assert_eq!(custom.name, "envoy.clusters.dynamic_forward_proxy");
+    let config =
+        ClusterConfig::decode(custom.typed_config.as_ref().unwrap().value.as_slice()).unwrap();
+    let Some(cluster_config::ClusterImplementationSpecifier::DnsCacheConfig(cache)) =
+        config.cluster_implementation_specifier
+    else {
+        panic!("no DNS cache")
+    };
+    assert_eq!(cache.name, "*.dyn.example.com_dfp_dns_cache");
+    let listener = out
+        .listeners
+        .iter()
+        .find(|l| l.name == "0.0.0.0_8081")
+        .unwrap();
+    let chain = listener.default_filter_chain.as_ref().unwrap();
+    let hcm: HttpConnectionManager = first_filter(chain);
+    assert_eq!(
+        hcm.http_filters[0].name,
+        "envoy.filters.http.dynamic_forward_proxy"
+    );
+    let two = mesh(
+        &(entry("dyn", "*.dyn.example.com") + &entry("other", "*.other.example.com")),
+        MeshConfig::default(),
+    );
+    let out = generate(&two, &sidecar(&[]));
+    let warned: Vec<&str> = out.warnings.iter().map(|w| w.field.as_str()).collect();
+    assert_eq!(warned, ["spec.resolution"]);
+}
+
 /// A `resolution: DNS` ServiceEntry for `httpbin.example.com:80`.
 const HTTPBIN_DNS: &str = "
 apiVersion: networking.istio.io/v1
