@@ -47,6 +47,32 @@ pub struct PodInfo {
     pub ready: bool,
 }
 
+/// What the mesh reads of a Node: its labels and its `ExternalIP`
+/// addresses (a NodePort network gateway's addresses, as Istio's). A Node is
+/// parsed in full, then cut down to this.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NodeInfo {
+    /// `metadata`.
+    pub metadata: ObjectMeta,
+    /// `status.addresses` of type `ExternalIP`.
+    pub external_ips: Vec<String>,
+}
+
+impl From<k8s_openapi::api::core::v1::Node> for NodeInfo {
+    fn from(node: k8s_openapi::api::core::v1::Node) -> NodeInfo {
+        NodeInfo {
+            external_ips: node
+                .status
+                .iter()
+                .flat_map(|s| s.addresses.iter().flatten())
+                .filter(|a| a.type_ == "ExternalIP")
+                .map(|a| a.address.clone())
+                .collect(),
+            metadata: node.metadata,
+        }
+    }
+}
+
 impl From<Pod> for PodInfo {
     fn from(pod: Pod) -> PodInfo {
         let mut ports = BTreeMap::new();
@@ -84,6 +110,8 @@ impl From<Pod> for PodInfo {
 #[allow(missing_docs)]
 pub enum Object {
     Namespace(Box<Namespace>),
+    /// What the mesh reads of a Node (cluster-scoped).
+    Node(Box<NodeInfo>),
     /// What the mesh reads of a Pod (the rest is checked, then dropped).
     Pod(Box<PodInfo>),
     ConfigMap(Box<ConfigMap>),
@@ -108,6 +136,7 @@ impl Object {
     pub fn kind(&self) -> &'static str {
         match self {
             Object::Namespace(_) => "Namespace",
+            Object::Node(_) => "Node",
             Object::Pod(_) => "Pod",
             Object::ConfigMap(_) => "ConfigMap",
             Object::Secret(_) => "Secret",
@@ -131,6 +160,7 @@ impl Object {
     pub fn metadata(&self) -> &ObjectMeta {
         match self {
             Object::Namespace(o) => &o.metadata,
+            Object::Node(o) => &o.metadata,
             Object::Pod(o) => &o.metadata,
             Object::ConfigMap(o) => &o.metadata,
             Object::Secret(o) => &o.metadata,
@@ -154,6 +184,7 @@ impl Object {
     pub fn metadata_mut(&mut self) -> &mut ObjectMeta {
         match self {
             Object::Namespace(o) => &mut o.metadata,
+            Object::Node(o) => &mut o.metadata,
             Object::Pod(o) => &mut o.metadata,
             Object::ConfigMap(o) => &mut o.metadata,
             Object::Secret(o) => &mut o.metadata,
@@ -308,6 +339,9 @@ fn parse_object(value: serde_json::Value, default_namespace: &str) -> Result<Obj
     };
     let mut object = match (group, version, kind.as_str()) {
         ("", "v1", "Namespace") => Object::Namespace(ctx.parse(value)?),
+        ("", "v1", "Node") => Object::Node(Box::new(NodeInfo::from(
+            *ctx.parse::<k8s_openapi::api::core::v1::Node>(value)?,
+        ))),
         ("", "v1", "Pod") => Object::Pod(Box::new(PodInfo::from(*ctx.parse::<Pod>(value)?))),
         ("", "v1", "ConfigMap") => Object::ConfigMap(ctx.parse(value)?),
         ("", "v1", "Secret") => Object::Secret(ctx.parse(value)?),
@@ -337,7 +371,9 @@ fn parse_object(value: serde_json::Value, default_namespace: &str) -> Result<Obj
         },
         _ => return Err(unsupported(api_version, kind, display_name)),
     };
-    if !matches!(object, Object::Namespace(_)) && object.metadata().namespace.is_none() {
+    if !matches!(object, Object::Namespace(_) | Object::Node(_))
+        && object.metadata().namespace.is_none()
+    {
         object.metadata_mut().namespace = Some(namespace);
     }
     if object.metadata().name.as_deref().unwrap_or("").is_empty() {

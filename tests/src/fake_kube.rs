@@ -38,6 +38,7 @@ use tokio_stream::wrappers::ReceiverStream;
 /// The kinds served: `(apiVersion, kind, plural, namespaced)`.
 pub const KINDS: &[(&str, &str, &str, bool)] = &[
     ("v1", "Namespace", "namespaces", false),
+    ("v1", "Node", "nodes", false),
     ("v1", "Pod", "pods", true),
     ("v1", "Service", "services", true),
     ("v1", "ConfigMap", "configmaps", true),

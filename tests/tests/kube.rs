@@ -1027,6 +1027,44 @@ fn network_gateways_follow_the_api() {
         || (networks().gateways == want("192.0.2.51")).then_some(()),
         state,
     );
+    // A NodePort gateway with Istio's `traffic.istio.io/nodeSelector`: the
+    // selected nodes' external IPs, on the node port.
+    let node = |name: &str, ip: &str, heartbeat: &str| {
+        json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "labels": {"pool": name}},
+            "status": {
+                "addresses": [{"type": "InternalIP", "address": "10.0.0.9"}, {"type": "ExternalIP", "address": ip}],
+                "conditions": [{"type": "Ready", "status": "True", "lastHeartbeatTime": heartbeat}]
+            }
+        })
+    };
+    api.apply(node("node-a", "198.51.100.1", "2026-01-01T00:00:00Z"));
+    api.apply(node("node-b", "198.51.100.2", "2026-01-01T00:00:00Z"));
+    api.apply(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "istio-eastwestgateway", "namespace": "istio-system",
+                     "labels": {"topology.istio.io/network": "network1"},
+                     "annotations": {"traffic.istio.io/nodeSelector": "{\"pool\": \"node-b\"}"}},
+        "spec": {"type": "NodePort", "ports": [{"name": "tls", "port": 15443, "nodePort": 31443}]}
+    }));
+    let on_node_port = std::collections::BTreeMap::from([(
+        "network1".to_owned(),
+        vec![NetworkGateway {
+            address: "198.51.100.2".into(),
+            port: 31443,
+        }],
+    )]);
+    e2e::eventually(
+        Duration::from_secs(5),
+        || (networks().gateways == on_node_port).then_some(()),
+        state,
+    );
+    // A node's heartbeat changes nothing the mesh reads: no new snapshot.
+    let version = daemon.snapshots.borrow().version;
+    api.apply(node("node-b", "198.51.100.2", "2026-01-01T00:00:10Z"));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(daemon.snapshots.borrow().version, version);
     api.delete("v1", "Service", "istio-system", "istio-eastwestgateway");
     e2e::eventually(
         Duration::from_secs(5),

@@ -341,6 +341,11 @@ pub struct MeshConfig {
     pub networks: Networks,
 }
 
+/// The annotation of a NodePort network gateway Service selecting the nodes
+/// whose external IPs are its addresses (a JSON label map; `{}`: every
+/// node), Istio's `traffic.istio.io/nodeSelector`.
+pub const NODE_SELECTOR_ANNOTATION: &str = "traffic.istio.io/nodeSelector";
+
 /// The label naming a workload's network (on a pod, a WorkloadEntry, the
 /// system namespace, or a gateway Service), Istio's
 /// `topology.istio.io/network`.
@@ -1594,6 +1599,7 @@ impl Snapshot {
         &mut self,
         services: &[(&str, &str, Read<'_, k8s_openapi::api::core::v1::Service>)],
         system_network: Option<&String>,
+        nodes: &[&crds::document::NodeInfo],
     ) {
         let n = &mut self.mesh.networks;
         if let Some(net) = system_network.filter(|l| !l.is_empty()) {
@@ -1664,12 +1670,63 @@ impl Snapshot {
             for a in balanced {
                 addresses.extend(n.addresses_of(a));
             }
+            // A NodePort Service with Istio's `traffic.istio.io/nodeSelector`
+            // annotation (a JSON label map; `{}`: every node): the selected
+            // nodes' external IPs, on the gateway port's node port.
+            let node_selector = svc
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(NODE_SELECTOR_ANNOTATION))
+                .filter(|_| svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("NodePort"));
+            let selected: Option<BTreeMap<String, String>> = match node_selector {
+                None => None,
+                Some(text) => match serde_json::from_str(text) {
+                    Ok(selector) => Some(selector),
+                    Err(e) => {
+                        self.warnings.push(crate::ConfigWarning::new(
+                            "Service",
+                            format!("{ns}/{name}"),
+                            format!("metadata.annotations[{NODE_SELECTOR_ANNOTATION}]"),
+                            format!("not a JSON label map ({e}); the node port is not used"),
+                        ));
+                        None
+                    }
+                },
+            };
+            let node_ips: Vec<String> = selected.as_ref().map_or_else(Vec::new, |selector| {
+                nodes
+                    .iter()
+                    .filter(|node| {
+                        let labels = node.metadata.labels.as_ref();
+                        selector
+                            .iter()
+                            .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+                    })
+                    .flat_map(|node| node.external_ips.iter().cloned())
+                    .collect()
+            });
             for (net, port) in found {
+                let node_port = svc
+                    .spec
+                    .iter()
+                    .flat_map(|s| s.ports.iter().flatten())
+                    .find(|p| u32::try_from(p.port).ok() == Some(port))
+                    .and_then(|p| p.node_port)
+                    .and_then(|p| u32::try_from(p).ok());
                 let list = n.gateways.entry(net).or_default();
-                list.extend(addresses.iter().map(|a| NetworkGateway {
-                    address: a.clone(),
-                    port,
-                }));
+                match (selected.is_some(), node_port) {
+                    (true, Some(node_port)) => {
+                        list.extend(node_ips.iter().map(|a| NetworkGateway {
+                            address: a.clone(),
+                            port: node_port,
+                        }));
+                    }
+                    _ => list.extend(addresses.iter().map(|a| NetworkGateway {
+                        address: a.clone(),
+                        port,
+                    })),
+                }
             }
         }
         n.gateways.retain(|_, list| {
@@ -1847,7 +1904,14 @@ impl Snapshot {
         });
         // The system namespace's network label, whatever the selectors.
         let mut system_network = None;
+        // Nodes (cluster-scoped, whatever the selectors): NodePort network
+        // gateways' addresses.
+        let mut nodes: Vec<&crds::document::NodeInfo> = Vec::new();
         for (obj, shared) in objects {
+            if let Object::Node(node) = obj {
+                nodes.push(node);
+                continue;
+            }
             let ns: &str = obj.metadata().namespace.as_deref().unwrap_or("default");
             let name: &str = obj.metadata().name.as_deref().unwrap_or_default();
             if let Object::Namespace(n) = obj
@@ -1882,6 +1946,7 @@ impl Snapshot {
                 }
             }
             match obj {
+                Object::Node(_) => {}
                 Object::Namespace(n) => {
                     if let Some(a) = &n.metadata.annotations {
                         snap.namespace_annotations
@@ -2063,7 +2128,7 @@ impl Snapshot {
                 })
                 .copied()
         };
-        snap.read_network_gateways(&services, system_network);
+        snap.read_network_gateways(&services, system_network, &nodes);
         for (ns, name, (svc, svc_shared)) in services {
             let hostname = format!("{name}.{ns}.svc.{}", snap.mesh.domain);
             let own_slices = slices_of

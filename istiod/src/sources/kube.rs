@@ -12,7 +12,8 @@
 //!
 //! Before parsing, each object is trimmed to what the model reads (no
 //! `managedFields`, `resourceVersion`, last-applied annotation, Istio
-//! `status`, and of a Pod's status only its IPs and phase). The trimmed
+//! `status`, of a Pod's status only its IPs and phase, of a Node only its
+//! labels and external IPs). The trimmed
 //! object's fingerprint decides whether an update changed anything: a
 //! status-only or otherwise irrelevant update triggers no push.
 
@@ -119,7 +120,8 @@ impl Watched {
 }
 
 /// Everything the daemon watches (the RBAC in `manifests/` grants exactly
-/// list and watch on these): Namespaces, Pods, Services, EndpointSlices,
+/// list and watch on these): Namespaces, Nodes (NodePort network
+/// gateways' addresses), Pods, Services, EndpointSlices,
 /// the mesh ConfigMap (`istio` in `namespace`, key `mesh`), Secrets (for
 /// Gateway `credentialName`; service-account tokens and Helm releases are
 /// excluded, as istiod does), the `networking.istio.io/v1` kinds (WorkloadEntry and WorkloadGroup included) and
@@ -134,6 +136,7 @@ pub fn watched(namespace: &str) -> Vec<Watched> {
         Some("type!=kubernetes.io/service-account-token,type!=helm.sh/release.v1".into());
     vec![
         Watched::new("v1", "Namespace", "namespaces"),
+        Watched::new("v1", "Node", "nodes"),
         Watched::new("v1", "Pod", "pods"),
         Watched::new("v1", "Service", "services"),
         Watched::new("discovery.k8s.io/v1", "EndpointSlice", "endpointslices"),
@@ -338,6 +341,26 @@ fn trim(value: &mut Value, resource: &ApiResource) {
     }
     if resource.group == crds::NETWORKING_GROUP || resource.group == crds::SECURITY_GROUP {
         map.remove("status");
+    }
+    if resource.kind == "Node" {
+        // Only its labels and external IPs (NodePort network gateways);
+        // its heartbeats, conditions and annotations change all the time.
+        map.remove("spec");
+        if let Some(meta) = map.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.remove("annotations");
+        }
+        if let Some(status) = map.get_mut("status").and_then(Value::as_object_mut) {
+            let external: Vec<Value> = status
+                .get("addresses")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter(|a| a["type"] == "ExternalIP")
+                .cloned()
+                .collect();
+            status.clear();
+            status.insert("addresses".into(), Value::Array(external));
+        }
     }
     if resource.kind == "Pod"
         && let Some(status) = map.get_mut("status").and_then(Value::as_object_mut)
