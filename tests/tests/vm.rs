@@ -119,47 +119,114 @@ fn line<'a>(body: &'a str, key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {key} in {body}"))
 }
 
+/// The label Istio's injector gives pods with a sidecar.
+const MESH_LABEL: (&str, &str) = ("security.istio.io/tlsMode", "istio");
+
+/// A test's world: the pod network with productpage's and ratings' pods
+/// and a VM (each with `istio-init`'s capture), the daemon on the platform
+/// and one more config file, and echo servers on ratings' pod and the VM.
+/// (Fields drop in order: the daemon before its runtime, the network
+/// namespaces last.)
+struct World {
+    daemon: istiod::Daemon,
+    rt: tokio::runtime::Runtime,
+    cfg: ConfigDir,
+    client: Pod,
+    pod: Pod,
+    vm: Pod,
+    _hosts: std::path::PathBuf,
+}
+
+impl World {
+    /// The VM is `(name, ip)`; `file` is `(file name, YAML)`.
+    fn start((vm_name, vm_ip): (&str, &str), (file, yaml): (&str, &str)) -> World {
+        let hosts = isolate();
+        create_pod_network();
+        let client = Pod::create("productpage-0", "10.244.0.11");
+        let pod = Pod::create("ratings-0", "10.244.0.12");
+        let vm = Pod::create(vm_name, vm_ip);
+        for p in [&client, &pod, &vm] {
+            p.capture();
+        }
+        let cfg = ConfigDir::empty();
+        cfg.write("platform.yaml", PLATFORM);
+        cfg.write(file, yaml);
+        let rt = e2e::runtime();
+        let daemon = rt.block_on(e2e::start_daemon_at(
+            cfg.path(),
+            format!("{NODE_IP}:0").parse().unwrap(),
+        ));
+        serve_echo(&pod, rt.handle());
+        serve_echo(&vm, rt.handle());
+        World {
+            daemon,
+            rt,
+            cfg,
+            client,
+            pod,
+            vm,
+            _hosts: hosts,
+        }
+    }
+
+    /// `p`'s node agent (as service account `sa`) and sidecar, with
+    /// `labels` and node `metadata`.
+    fn sidecar(
+        &self,
+        p: &Pod,
+        sa: &str,
+        labels: &[(&str, &str)],
+        metadata: &[(&str, &str)],
+    ) -> e2e::Envoy {
+        let socket = start_agent_with_ttl(
+            self.rt.handle(),
+            &self.daemon,
+            id(sa),
+            Duration::from_secs(3600),
+        );
+        p.start_sidecar_with(&socket, labels, metadata, self.daemon.xds_addr)
+    }
+
+    /// productpage's and ratings' pod's sidecars.
+    fn pod_sidecars(&self) -> (e2e::Envoy, e2e::Envoy) {
+        (
+            self.sidecar(
+                &self.client,
+                "productpage",
+                &[("app", "productpage"), MESH_LABEL],
+                &[],
+            ),
+            self.sidecar(
+                &self.pod,
+                "ratings",
+                &[("app", "ratings"), ("version", "v1"), MESH_LABEL],
+                &[],
+            ),
+        )
+    }
+}
+
 #[test]
 fn a_vm_joins_the_mesh_through_its_workload_entry() {
-    let _hosts = isolate();
-    create_pod_network();
-    let client = Pod::create("productpage-0", "10.244.0.11");
-    let pod = Pod::create("ratings-0", "10.244.0.12");
-    let vm = Pod::create("ratings-vm", "10.244.0.30");
-    for p in [&client, &pod, &vm] {
-        p.capture();
-    }
-    let cfg = ConfigDir::empty();
-    cfg.write("platform.yaml", PLATFORM);
-    cfg.write("vm.yaml", VM_ENTRY);
-    let rt = e2e::runtime();
-    let daemon = rt.block_on(e2e::start_daemon_at(
-        cfg.path(),
-        format!("{NODE_IP}:0").parse().unwrap(),
-    ));
-    serve_echo(&pod, rt.handle());
-    serve_echo(&vm, rt.handle());
+    let world = World::start(("ratings-vm", "10.244.0.30"), ("vm.yaml", VM_ENTRY));
+    let World {
+        daemon,
+        cfg,
+        client,
+        ..
+    } = &world;
 
     // Each workload's agent and sidecar; the VM's proxy knows itself by
     // its address, namespace and labels only (no Pod describes it).
-    let sidecar = |p: &Pod, sa: &str, labels: &[(&str, &str)]| {
-        let socket = start_agent_with_ttl(rt.handle(), &daemon, id(sa), Duration::from_secs(3600));
-        p.start_sidecar(&socket, labels, daemon.xds_addr)
-    };
-    let mesh_label = ("security.istio.io/tlsMode", "istio");
-    let client_envoy = sidecar(
-        &client,
-        "productpage",
-        &[("app", "productpage"), mesh_label],
+    let (client_envoy, pod_envoy) = world.pod_sidecars();
+    let vm_envoy = world.sidecar(
+        &world.vm,
+        "ratings-vm",
+        &[("app", "ratings"), ("version", "vm")],
+        &[],
     );
-    let pod_envoy = sidecar(
-        &pod,
-        "ratings",
-        &[("app", "ratings"), ("version", "v1"), mesh_label],
-    );
-    let vm_envoy = sidecar(&vm, "ratings-vm", &[("app", "ratings"), ("version", "vm")]);
     let envoys = [&client_envoy, &pod_envoy, &vm_envoy];
-    e2e::wait_synced(&daemon, &envoys, SYNC);
+    e2e::wait_synced(daemon, &envoys, SYNC);
 
     let call = |url: &str, host: &str| {
         client
@@ -200,7 +267,7 @@ fn a_vm_joins_the_mesh_through_its_workload_entry() {
     );
 
     // Its entry's labels are a subset's: everything to the VM.
-    e2e::apply(&daemon, &envoys, || cfg.write("route.yaml", TO_THE_VM));
+    e2e::apply(daemon, &envoys, || cfg.write("route.yaml", TO_THE_VM));
     for _ in 0..10 {
         let reply = call(ratings, "ratings");
         assert_eq!(line(&reply.body, "pod="), "ratings-vm", "{}", reply.body);
@@ -208,7 +275,7 @@ fn a_vm_joins_the_mesh_through_its_workload_entry() {
 
     // A ServiceEntry selecting the VM gives it a host of its own (its
     // port 80 reaches the VM's 9080).
-    e2e::apply(&daemon, &envoys, || {
+    e2e::apply(daemon, &envoys, || {
         cfg.write("vm-service.yaml", VM_SERVICE)
     });
     let own = "http://10.96.0.70/";
@@ -218,7 +285,7 @@ fn a_vm_joins_the_mesh_through_its_workload_entry() {
 
     // The VM leaves: its entry is removed. The Service has its pod only,
     // the ServiceEntry nothing to send to.
-    e2e::apply(&daemon, &envoys, || {
+    e2e::apply(daemon, &envoys, || {
         cfg.remove("route.yaml");
         cfg.remove("vm.yaml");
     });
@@ -253,46 +320,18 @@ spec:
 /// the pod serves.
 #[test]
 fn a_vm_registers_itself_in_its_workload_group() {
-    let _hosts = isolate();
-    create_pod_network();
-    let client = Pod::create("productpage-0", "10.244.0.11");
-    let pod = Pod::create("ratings-0", "10.244.0.12");
-    let vm = Pod::create("ratings-vm-1", "10.244.0.31");
-    for p in [&client, &pod, &vm] {
-        p.capture();
-    }
-    let cfg = ConfigDir::empty();
-    cfg.write("platform.yaml", PLATFORM);
-    cfg.write("group.yaml", VM_GROUP);
-    let rt = e2e::runtime();
-    let daemon = rt.block_on(e2e::start_daemon_at(
-        cfg.path(),
-        format!("{NODE_IP}:0").parse().unwrap(),
-    ));
-    serve_echo(&pod, rt.handle());
-    serve_echo(&vm, rt.handle());
-    let socket =
-        |sa: &str| start_agent_with_ttl(rt.handle(), &daemon, id(sa), Duration::from_secs(3600));
-    let mesh_label = ("security.istio.io/tlsMode", "istio");
-    let client_envoy = client.start_sidecar(
-        &socket("productpage"),
-        &[("app", "productpage"), mesh_label],
-        daemon.xds_addr,
-    );
-    let pod_envoy = pod.start_sidecar(
-        &socket("ratings"),
-        &[("app", "ratings"), ("version", "v1"), mesh_label],
-        daemon.xds_addr,
-    );
+    let world = World::start(("ratings-vm-1", "10.244.0.31"), ("group.yaml", VM_GROUP));
+    let World { daemon, client, .. } = &world;
+    let (client_envoy, pod_envoy) = world.pod_sidecars();
     let ratings_hosts = || client_envoy.hosts("outbound|9080||ratings.default.svc.cluster.local");
-    e2e::wait_synced(&daemon, &[&client_envoy, &pod_envoy], SYNC);
+    e2e::wait_synced(daemon, &[&client_envoy, &pod_envoy], SYNC);
     assert_eq!(ratings_hosts(), ["10.244.0.12:9080"]);
 
-    let vm_envoy = vm.start_sidecar_with(
-        &socket("ratings-vm"),
+    let vm_envoy = world.sidecar(
+        &world.vm,
+        "ratings-vm",
         &[("app", "ratings")],
         &[("AUTO_REGISTER_GROUP", "ratings-vms")],
-        daemon.xds_addr,
     );
     e2e::eventually(
         SYNC,
@@ -304,7 +343,7 @@ fn a_vm_registers_itself_in_its_workload_group() {
         .iter()
         .any(|e| e.address == "10.244.0.31");
     assert!(registered, "the entry is an endpoint of the Service");
-    e2e::wait_synced(&daemon, &[&client_envoy, &pod_envoy, &vm_envoy], SYNC);
+    e2e::wait_synced(daemon, &[&client_envoy, &pod_envoy, &vm_envoy], SYNC);
 
     let call = || {
         client
