@@ -275,9 +275,7 @@ fn a_vm_joins_the_mesh_through_its_workload_entry() {
 
     // A ServiceEntry selecting the VM gives it a host of its own (its
     // port 80 reaches the VM's 9080).
-    e2e::apply(daemon, &envoys, || {
-        cfg.write("vm-service.yaml", VM_SERVICE)
-    });
+    e2e::apply(daemon, &envoys, || cfg.write("vm-service.yaml", VM_SERVICE));
     let own = "http://10.96.0.70/";
     let reply = call(own, "ratings.vm.internal");
     assert_eq!(reply.status, 200, "{}", reply.body);
