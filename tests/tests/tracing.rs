@@ -594,6 +594,28 @@ fn segments_reach_a_skywalking_oap_server() {
     assert_eq!(envoy.rejected(), 0);
 }
 
+/// Writes the log service's Service (`service`, YAML), the mesh config's
+/// `extensionProviders` (`providers`, a YAML list) and a mesh-wide
+/// Telemetry logging to `names` (a YAML list of provider references).
+fn use_log_providers(mesh: &Mesh, service: &str, providers: &str, names: &str) {
+    mesh.cfg.write("log-service.yaml", service);
+    mesh.cfg.write(
+        "mesh.yaml",
+        &mesh_config(&format!("extensionProviders: {providers}")),
+    );
+    mesh.cfg.write(
+        "telemetry.yaml",
+        &format!(
+            "apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {{name: mesh-default, namespace: istio-system}}
+spec:
+  accessLogging: [{{providers: {names}}}]
+"
+        ),
+    );
+}
+
 /// An `envoyOtelAls` provider named by a Telemetry resource's
 /// `accessLogging`: each request's log record reaches the OpenTelemetry
 /// collector over OTLP/gRPC, its body and attributes the provider's
@@ -602,21 +624,11 @@ fn segments_reach_a_skywalking_oap_server() {
 fn access_logs_reach_an_opentelemetry_collector() {
     let mesh = Mesh::start(true, &[]);
     let exports = start_otlp_collector(&mesh);
-    mesh.cfg.write("otel.yaml", OTEL);
-    mesh.cfg.write(
-        "mesh.yaml",
-        &mesh_config(
-            "extensionProviders: [{name: otel-logs, envoyOtelAls: {service: otel-collector.istio-system.svc.cluster.local, port: 4317, logName: mesh-logs, logFormat: {text: 'served %REQ(:PATH)% %RESPONSE_CODE%', labels: {upstream: '%UPSTREAM_CLUSTER%'}}}}]",
-        ),
-    );
-    mesh.cfg.write(
-        "telemetry.yaml",
-        "apiVersion: telemetry.istio.io/v1
-kind: Telemetry
-metadata: {name: mesh-default, namespace: istio-system}
-spec:
-  accessLogging: [{providers: [{name: otel-logs}]}]
-",
+    use_log_providers(
+        &mesh,
+        OTEL,
+        "[{name: otel-logs, envoyOtelAls: {service: otel-collector.istio-system.svc.cluster.local, port: 4317, logName: mesh-logs, logFormat: {text: 'served %REQ(:PATH)% %RESPONSE_CODE%', labels: {upstream: '%UPSTREAM_CLUSTER%'}}}}]",
+        "[{name: otel-logs}]",
     );
     wait_for_collector(&mesh, "otel-collector.istio-system.svc.cluster.local", true);
     let envoy = mesh.sidecar();
@@ -660,23 +672,12 @@ endpoints: [{addresses: [127.0.2.5]}]
 fn access_logs_reach_a_grpc_access_log_service() {
     let mesh = Mesh::start(true, &[]);
     let calls = start_stream_recorder(&mesh, "127.0.2.5:9811");
-    mesh.cfg.write("als.yaml", ALS);
-    mesh.cfg.write(
-        "mesh.yaml",
-        &mesh_config(
-            "extensionProviders:\n\
-             - {name: http-als, envoyHttpAls: {service: als.istio-system.svc.cluster.local, port: 9811, logName: mesh-http, additionalRequestHeadersToLog: [x-tenant]}}\n\
-             - {name: tcp-als, envoyTcpAls: {service: istio-system/als.istio-system.svc.cluster.local, port: 9811, logName: mesh-tcp}}",
-        ),
-    );
-    mesh.cfg.write(
-        "telemetry.yaml",
-        "apiVersion: telemetry.istio.io/v1
-kind: Telemetry
-metadata: {name: mesh-default, namespace: istio-system}
-spec:
-  accessLogging: [{providers: [{name: http-als}, {name: tcp-als}]}]
-",
+    use_log_providers(
+        &mesh,
+        ALS,
+        "[{name: http-als, envoyHttpAls: {service: als.istio-system.svc.cluster.local, port: 9811, logName: mesh-http, additionalRequestHeadersToLog: [x-tenant]}}, \
+          {name: tcp-als, envoyTcpAls: {service: istio-system/als.istio-system.svc.cluster.local, port: 9811, logName: mesh-tcp}}]",
+        "[{name: http-als}, {name: tcp-als}]",
     );
     wait_for_collector(&mesh, "als.istio-system.svc.cluster.local", true);
     let envoy = mesh.sidecar();
