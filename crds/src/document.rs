@@ -20,7 +20,7 @@ use crate::{
     AuthorizationPolicy, DestinationRule, Gateway, NETWORKING_GROUP, NETWORKING_VERSIONS,
     PeerAuthentication, RequestAuthentication, SECURITY_GROUP, SECURITY_VERSIONS, ServiceEntry,
     Sidecar, TELEMETRY_GROUP, TELEMETRY_VERSIONS, Telemetry, VirtualService, WorkloadEntry,
-    WorkloadGroup,
+    WorkloadGroup, gateway_api,
 };
 
 /// What the mesh model reads of a `v1` `Pod`: its metadata (labels give
@@ -129,6 +129,14 @@ pub enum Object {
     AuthorizationPolicy(Box<AuthorizationPolicy>),
     RequestAuthentication(Box<RequestAuthentication>),
     Telemetry(Box<Telemetry>),
+    /// Gateway API `GatewayClass` (cluster-scoped).
+    GatewayClass(Box<crate::gateway_api::GatewayClass>),
+    /// Gateway API `Gateway` (`gateway.networking.k8s.io`).
+    KubeGateway(Box<crate::gateway_api::KubeGateway>),
+    /// Gateway API `HTTPRoute`.
+    HttpRoute(Box<crate::gateway_api::HttpRoute>),
+    /// Gateway API `ReferenceGrant`.
+    ReferenceGrant(Box<crate::gateway_api::ReferenceGrant>),
 }
 
 impl Object {
@@ -153,6 +161,10 @@ impl Object {
             Object::AuthorizationPolicy(_) => "AuthorizationPolicy",
             Object::RequestAuthentication(_) => "RequestAuthentication",
             Object::Telemetry(_) => "Telemetry",
+            Object::GatewayClass(_) => "GatewayClass",
+            Object::KubeGateway(_) => "Gateway",
+            Object::HttpRoute(_) => "HTTPRoute",
+            Object::ReferenceGrant(_) => "ReferenceGrant",
         }
     }
 
@@ -177,6 +189,10 @@ impl Object {
             Object::AuthorizationPolicy(o) => &o.metadata,
             Object::RequestAuthentication(o) => &o.metadata,
             Object::Telemetry(o) => &o.metadata,
+            Object::GatewayClass(o) => &o.metadata,
+            Object::KubeGateway(o) => &o.metadata,
+            Object::HttpRoute(o) => &o.metadata,
+            Object::ReferenceGrant(o) => &o.metadata,
         }
     }
 
@@ -201,6 +217,10 @@ impl Object {
             Object::AuthorizationPolicy(o) => &mut o.metadata,
             Object::RequestAuthentication(o) => &mut o.metadata,
             Object::Telemetry(o) => &mut o.metadata,
+            Object::GatewayClass(o) => &mut o.metadata,
+            Object::KubeGateway(o) => &mut o.metadata,
+            Object::HttpRoute(o) => &mut o.metadata,
+            Object::ReferenceGrant(o) => &mut o.metadata,
         }
     }
 }
@@ -324,7 +344,7 @@ fn parse_object(value: serde_json::Value, default_namespace: &str) -> Result<Obj
         .and_then(|n| n.as_str())
         .unwrap_or(default_namespace)
         .to_owned();
-    let display_name = if kind == "Namespace" {
+    let display_name = if kind == "Namespace" || kind == "GatewayClass" {
         name.clone()
     } else {
         format!("{namespace}/{name}")
@@ -359,6 +379,13 @@ fn parse_object(value: serde_json::Value, default_namespace: &str) -> Result<Obj
         (TELEMETRY_GROUP, v, "Telemetry") if TELEMETRY_VERSIONS.contains(&v) => {
             Object::Telemetry(ctx.parse_istio(value)?)
         }
+        (gateway_api::GROUP, v, k) if gateway_api::VERSIONS.contains(&v) => match k {
+            "GatewayClass" => Object::GatewayClass(ctx.parse_istio(value)?),
+            "Gateway" => Object::KubeGateway(ctx.parse_istio(value)?),
+            "HTTPRoute" => Object::HttpRoute(ctx.parse_istio(value)?),
+            "ReferenceGrant" => Object::ReferenceGrant(ctx.parse_istio(value)?),
+            _ => return Err(unsupported(api_version, kind, display_name)),
+        },
         (NETWORKING_GROUP, v, k) if NETWORKING_VERSIONS.contains(&v) => match k {
             "VirtualService" => Object::VirtualService(ctx.parse_istio(value)?),
             "DestinationRule" => Object::DestinationRule(ctx.parse_istio(value)?),
@@ -371,8 +398,10 @@ fn parse_object(value: serde_json::Value, default_namespace: &str) -> Result<Obj
         },
         _ => return Err(unsupported(api_version, kind, display_name)),
     };
-    if !matches!(object, Object::Namespace(_) | Object::Node(_))
-        && object.metadata().namespace.is_none()
+    if !matches!(
+        object,
+        Object::Namespace(_) | Object::Node(_) | Object::GatewayClass(_)
+    ) && object.metadata().namespace.is_none()
     {
         object.metadata_mut().namespace = Some(namespace);
     }
@@ -476,6 +505,23 @@ istio_kind!(
     AuthorizationPolicy => AuthorizationPolicySpec,
     RequestAuthentication => RequestAuthenticationSpec,
     Telemetry => TelemetrySpec
+);
+
+macro_rules! gateway_api_kind {
+    ($($kind:ident => $spec:ident),*) => {$(
+        impl IstioKind for gateway_api::$kind {
+            type Spec = gateway_api::$spec;
+            fn from_parts(metadata: ObjectMeta, spec: Self::Spec) -> Self {
+                gateway_api::$kind { metadata, spec }
+            }
+        }
+    )*};
+}
+gateway_api_kind!(
+    GatewayClass => GatewayClassSpec,
+    KubeGateway => KubeGatewaySpec,
+    HttpRoute => HttpRouteSpec,
+    ReferenceGrant => ReferenceGrantSpec
 );
 
 #[cfg(test)]

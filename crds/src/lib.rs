@@ -15,6 +15,7 @@ pub mod destination_rule;
 pub mod document;
 mod duration;
 pub mod gateway;
+pub mod gateway_api;
 pub mod mesh;
 pub mod peer_authentication;
 pub mod request_authentication;

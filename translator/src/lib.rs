@@ -17,6 +17,7 @@ pub mod changes;
 pub mod cluster;
 pub mod encoded;
 pub mod ext_authz;
+pub mod gateway_api;
 pub mod inbound;
 pub mod jwt;
 pub mod listener;

@@ -1052,6 +1052,7 @@ pub(crate) fn gateway(
                 .selector
                 .iter()
                 .all(|(k, v)| proxy.labels.get(k) == Some(v))
+            || !snap.gateway_api.gateway_admits(gw, &proxy.namespace)
         {
             continue;
         }
@@ -1401,6 +1402,7 @@ pub(crate) fn auto_passthrough(snap: &Snapshot, proxy: &Proxy) -> bool {
                     .selector
                     .iter()
                     .all(|(k, v)| proxy.labels.get(k) == Some(v))
+                && snap.gateway_api.gateway_admits(gw, &proxy.namespace)
                 && gw
                     .spec
                     .servers
@@ -1839,8 +1841,14 @@ impl TlsSite<'_> {
         ConfigWarning::new(self.kind, self.key.clone(), field, why)
     }
 
-    /// The Secret `name` in the first of the site's namespaces that has it.
+    /// The Secret `name` in the first of the site's namespaces that has it;
+    /// `kubernetes-gateway://<namespace>/<name>` (a Gateway API
+    /// `certificateRef`, checked against ReferenceGrants when converted)
+    /// names its namespace.
     fn secret<'s>(&self, snap: &'s Snapshot, name: &str) -> Option<&'s TlsSecret> {
+        if let Some(key) = name.strip_prefix(crate::policy::GATEWAY_API_CREDENTIAL) {
+            return snap.secrets.get(key).map(|s| s.as_ref());
+        }
         self.namespaces
             .iter()
             .find_map(|ns| snap.secrets.get(&format!("{ns}/{name}")))

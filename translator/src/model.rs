@@ -1370,6 +1370,9 @@ pub struct Snapshot {
     /// What changed since the previous snapshot (set by the publisher;
     /// `None`: treat as everything).
     pub changes: Option<Arc<crate::changes::ChangeSet>>,
+    /// What was generated from Gateway API objects (their Gateways and
+    /// VirtualServices are in `gateways` and `virtual_services`).
+    pub gateway_api: crate::gateway_api::Generated,
     /// Label keys that can make proxies' configs differ (VirtualService
     /// `sourceLabels`, Gateway `selector`); proxies that agree on these, their
     /// kind, namespace and locality get identical config.
@@ -1907,10 +1910,19 @@ impl Snapshot {
         // Nodes (cluster-scoped, whatever the selectors): NodePort network
         // gateways' addresses.
         let mut nodes: Vec<&crds::document::NodeInfo> = Vec::new();
+        let mut gateway_api = crate::gateway_api::Inputs::default();
         for (obj, shared) in objects {
-            if let Object::Node(node) = obj {
-                nodes.push(node);
-                continue;
+            match obj {
+                Object::Node(node) => {
+                    nodes.push(node);
+                    continue;
+                }
+                // Cluster-scoped, whatever the selectors.
+                Object::GatewayClass(c) => {
+                    gateway_api.classes.push(c);
+                    continue;
+                }
+                _ => {}
             }
             let ns: &str = obj.metadata().namespace.as_deref().unwrap_or("default");
             let name: &str = obj.metadata().name.as_deref().unwrap_or_default();
@@ -1946,8 +1958,14 @@ impl Snapshot {
                 }
             }
             match obj {
-                Object::Node(_) => {}
+                Object::Node(_) | Object::GatewayClass(_) => {}
+                Object::KubeGateway(g) => gateway_api.gateways.push(g),
+                Object::HttpRoute(r) => gateway_api.routes.push(r),
+                Object::ReferenceGrant(g) => gateway_api.grants.push(g),
                 Object::Namespace(n) => {
+                    gateway_api
+                        .namespaces
+                        .insert(name, n.metadata.labels.clone().unwrap_or_default());
                     if let Some(a) = &n.metadata.annotations {
                         snap.namespace_annotations
                             .insert(name.to_owned(), a.clone());
@@ -2129,6 +2147,29 @@ impl Snapshot {
                 .copied()
         };
         snap.read_network_gateways(&services, system_network, &nodes);
+        if !gateway_api.is_empty() {
+            gateway_api.services = services
+                .iter()
+                .map(|(ns, name, (svc, _))| {
+                    let selector = svc
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.selector.clone())
+                        .unwrap_or_default();
+                    ((*ns, *name), selector)
+                })
+                .collect();
+            gateway_api.domain.clone_from(&snap.mesh.domain);
+            let out = crate::gateway_api::convert(&gateway_api);
+            snap.gateways.extend(out.gateways);
+            snap.virtual_services
+                .extend(out.virtual_services.into_iter().map(|mut vs| {
+                    vs.spec.export_to.clone_from(&defaults.virtual_services);
+                    vs
+                }));
+            snap.warnings.extend(out.warnings);
+            snap.gateway_api = out.generated;
+        }
         for (ns, name, (svc, svc_shared)) in services {
             let hostname = format!("{name}.{ns}.svc.{}", snap.mesh.domain);
             let own_slices = slices_of

@@ -682,11 +682,19 @@ pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// `kubernetes://<cred>` (its certificate and key) and
 /// `kubernetes://<cred>-cacert` (its CA bundle).
 pub(crate) fn credential_sds_names(cred: &str) -> [String; 2] {
+    if cred.starts_with(GATEWAY_API_CREDENTIAL) {
+        // Already a resource name (Istio's `kubernetes-gateway://`).
+        return [cred.to_owned(), format!("{cred}-cacert")];
+    }
     [
         format!("kubernetes://{cred}"),
         format!("kubernetes://{cred}-cacert"),
     ]
 }
+
+/// The scheme of a Gateway API listener's Secret as a `credentialName`
+/// (`kubernetes-gateway://<namespace>/<name>`, Istio's).
+pub(crate) const GATEWAY_API_CREDENTIAL: &str = "kubernetes-gateway://";
 
 /// A reference to the SDS secret `name`, served over ADS by the daemon
 /// (with Envoy's default 15 s initial fetch timeout, as Istio's

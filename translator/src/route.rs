@@ -79,6 +79,7 @@ pub(crate) fn virtual_service_routes(
     warnings: &mut Vec<ConfigWarning>,
 ) -> Vec<Route> {
     let expanded = expand_delegates(ctx.snap, vs, warnings);
+    let gateway_semantics = ctx.snap.gateway_api.gateway_semantics(vs);
     // A route per match (one without any): room for them up front, as a
     // `Route` is 2.2 KiB and a vector grows from four.
     let mut routes = Vec::with_capacity(
@@ -90,7 +91,7 @@ pub(crate) fn virtual_service_routes(
     for (owner, field, http) in expanded {
         let http: &HttpRoute = &http;
         check_subsets(ctx, owner, http, &field, warnings);
-        let action = match route_action(ctx, owner, http, &field) {
+        let action = match route_action(ctx, owner, http, &field, gateway_semantics) {
             Ok(a) => a,
             Err(reason) => {
                 warnings.push(ConfigWarning::new(
@@ -167,7 +168,7 @@ pub(crate) fn virtual_service_routes(
                 action.take()
             };
             if let Some(action) = action {
-                routes.push(mk(route_match(m), Some(m), action));
+                routes.push(mk(route_match(m, gateway_semantics), Some(m), action));
             }
         }
     }
@@ -473,10 +474,16 @@ fn prefix_match(prefix: &str) -> RouteMatch {
     }
 }
 
-fn route_match(m: &HttpMatchRequest) -> RouteMatch {
+/// A VirtualService match as Envoy's; with `gateway_semantics` (routes
+/// made from HTTPRoutes) a path prefix matches whole segments, as the
+/// Gateway API's `PathPrefix` (Istio's `PathSeparatedPrefix`).
+fn route_match(m: &HttpMatchRequest, gateway_semantics: bool) -> RouteMatch {
     let path_specifier = Some(match &m.uri {
         None => route_match::PathSpecifier::Prefix("/".into()),
         Some(StringMatch::Exact(p)) => route_match::PathSpecifier::Path(p.clone()),
+        Some(StringMatch::Prefix(p)) if gateway_semantics && p != "/" => {
+            route_match::PathSpecifier::PathSeparatedPrefix(p.trim_end_matches('/').to_owned())
+        }
         Some(StringMatch::Prefix(p)) => route_match::PathSpecifier::Prefix(p.clone()),
         Some(StringMatch::Regex(r)) => route_match::PathSpecifier::SafeRegex(regex(r)),
     });
@@ -570,6 +577,7 @@ fn route_action(
     vs: &Config<VirtualServiceSpec>,
     http: &HttpRoute,
     field: &HttpField,
+    gateway_semantics: bool,
 ) -> Result<route::Action, RouteError> {
     if let Some(r) = &http.redirect {
         let code = match r.redirect_code.unwrap_or(301) {
@@ -683,9 +691,26 @@ fn route_action(
         hash_policy: hash.into_iter().collect(),
         ..timed(http.timeout.map(|t| t.as_std()).unwrap_or_default())
     };
+    if gateway_semantics {
+        // A missing backend answers 500 (the Gateway API's rule).
+        action.cluster_not_found_response_code =
+            route_action::ClusterNotFoundResponseCode::InternalServerError as i32;
+    }
     if let Some(rw) = &http.rewrite {
-        if let Some(uri) = &rw.uri {
-            action.prefix_rewrite = uri.clone();
+        match (&rw.uri, http.matches.first().and_then(|m| m.uri.as_ref())) {
+            // `ReplacePrefixMatch: /` drops the matched prefix (Istio's
+            // regex, keeping a `/` when the whole path goes).
+            (Some(uri), Some(StringMatch::Prefix(prefix))) if gateway_semantics && uri == "/" => {
+                action.regex_rewrite = Some(RegexMatchAndSubstitute {
+                    pattern: Some(regex(&format!(
+                        "^{}(/?)(.*)",
+                        regex_syntax::escape(prefix.trim_end_matches('/'))
+                    ))),
+                    substitution: "/\\2".into(),
+                });
+            }
+            (Some(uri), _) => action.prefix_rewrite = uri.clone(),
+            (None, _) => {}
         }
         if let Some(auth) = &rw.authority {
             action.host_rewrite_specifier = Some(

@@ -1,0 +1,552 @@
+//! Kubernetes Gateway API (`gateway.networking.k8s.io`): GatewayClass,
+//! Gateway, HTTPRoute and ReferenceGrant, the kinds istiod converts into
+//! its own Gateways and VirtualServices (Istio's "Gateway API" support).
+//! Follows the `v1` standard channel field for field (ReferenceGrant is
+//! `v1beta1`); `v1beta1` files are read too (the schemas are the same).
+//!
+//! The CRDs themselves come from the Gateway API project
+//! (`standard-install.yaml`), not from this crate: these types only read
+//! the objects. As everywhere in this crate, unknown fields are errors
+//! naming the field. Fields read but not acted on are kept as raw JSON
+//! (`serde_json::Value`) and reported by the translator.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::Deserialize;
+
+use crate::Duration;
+use crate::mesh::NamespaceSelector;
+
+/// The API group of the Gateway API.
+pub const GROUP: &str = "gateway.networking.k8s.io";
+
+/// API versions of [`GROUP`] that are read.
+pub const VERSIONS: [&str; 2] = ["v1", "v1beta1"];
+
+/// The `controllerName` of the GatewayClasses istiod implements.
+pub const CONTROLLER_NAME: &str = "istio.io/gateway-controller";
+
+/// The GatewayClass istiod implements even when no such object exists.
+pub const DEFAULT_CLASS: &str = "istio";
+
+/// Label on the pods of a Gateway's deployment (Istio's automated
+/// deployment sets it to the Gateway's name).
+pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
+
+macro_rules! gateway_api_kind {
+    ($(#[$doc:meta])* $kind:ident => $spec:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+        pub struct $kind {
+            /// Standard object metadata.
+            pub metadata: ObjectMeta,
+            /// The spec.
+            pub spec: $spec,
+        }
+    };
+}
+
+gateway_api_kind!(
+    /// `GatewayClass` (cluster-scoped): which controller implements
+    /// Gateways of this class.
+    GatewayClass => GatewayClassSpec
+);
+gateway_api_kind!(
+    /// `Gateway` (`gateway.networking.k8s.io`, not Istio's): listeners of
+    /// a load balancer.
+    KubeGateway => KubeGatewaySpec
+);
+gateway_api_kind!(
+    /// `HTTPRoute`: HTTP routing rules attached to Gateway listeners or,
+    /// for mesh traffic (GAMMA), to Services.
+    HttpRoute => HttpRouteSpec
+);
+gateway_api_kind!(
+    /// `ReferenceGrant`: lets objects of other namespaces refer to
+    /// objects of this one.
+    ReferenceGrant => ReferenceGrantSpec
+);
+
+/// `GatewayClassSpec`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewayClassSpec {
+    /// The implementing controller, e.g. `istio.io/gateway-controller`.
+    pub controller_name: String,
+    /// Controller-specific parameters (not read).
+    #[serde(default)]
+    pub parameters_ref: Option<serde_json::Value>,
+    /// Free text.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// `GatewaySpec`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KubeGatewaySpec {
+    /// The GatewayClass's name.
+    pub gateway_class_name: String,
+    /// Listeners (1-64).
+    #[serde(default)]
+    pub listeners: Vec<Listener>,
+    /// Requested addresses: a `Hostname` names the existing Service of a
+    /// manually deployed gateway (Istio's "manual deployment").
+    #[serde(default)]
+    pub addresses: Vec<GatewayAddress>,
+    /// Labels and annotations for the deployed infrastructure (not read:
+    /// this control plane deploys nothing).
+    #[serde(default)]
+    pub infrastructure: Option<serde_json::Value>,
+    /// Experimental ListenerSet attachment (not read).
+    #[serde(default)]
+    pub allowed_listeners: Option<serde_json::Value>,
+    /// Experimental client TLS towards backends (not read).
+    #[serde(default, rename = "backendTLS")]
+    pub backend_tls: Option<serde_json::Value>,
+}
+
+/// `GatewaySpecAddress`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewayAddress {
+    /// `IPAddress` (the default), `Hostname` or `NamedAddress`.
+    #[serde(default, rename = "type")]
+    pub type_: Option<String>,
+    /// The address.
+    #[serde(default)]
+    pub value: String,
+}
+
+/// `Listener`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Listener {
+    /// Unique in the Gateway; routes name it as `sectionName`.
+    pub name: String,
+    /// Host the listener serves, wildcards as `*.example.com`; none: any.
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// Port number.
+    pub port: u32,
+    /// `HTTP`, `HTTPS`, `TLS`, `TCP`, `UDP`.
+    pub protocol: String,
+    /// TLS settings (`HTTPS`, `TLS`).
+    #[serde(default)]
+    pub tls: Option<GatewayTlsConfig>,
+    /// Which routes may attach.
+    #[serde(default)]
+    pub allowed_routes: Option<AllowedRoutes>,
+}
+
+/// `GatewayTLSConfig` (a listener's `tls`).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewayTlsConfig {
+    /// `Terminate` (the default) or `Passthrough`.
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// Server certificates: Secrets (`kubernetes.io/tls`), at most two.
+    #[serde(default)]
+    pub certificate_refs: Vec<ObjectReference>,
+    /// Implementation options; Istio reads
+    /// `gateway.istio.io/tls-terminate-mode` (`MUTUAL`, `OPTIONAL_MUTUAL`,
+    /// `ISTIO_MUTUAL`, `ISTIO_SIMPLE`).
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+    /// Client certificate validation (not read).
+    #[serde(default)]
+    pub frontend_validation: Option<serde_json::Value>,
+}
+
+/// `SecretObjectReference` / `BackendObjectReference` / `ParentReference`
+/// fields in one: a reference to an object, `group` and `kind` defaulted
+/// by where it appears.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ObjectReference {
+    /// API group (`""`: core).
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Kind.
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// Name.
+    pub name: String,
+    /// Namespace (default: the referring object's).
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// A listener's name (parent references).
+    #[serde(default)]
+    pub section_name: Option<String>,
+    /// A port: the listener's (parent) or the Service's (backend).
+    #[serde(default)]
+    pub port: Option<u32>,
+}
+
+/// `AllowedRoutes`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AllowedRoutes {
+    /// Namespaces routes may come from.
+    #[serde(default)]
+    pub namespaces: Option<RouteNamespaces>,
+    /// Route kinds (default: by the listener's protocol).
+    #[serde(default)]
+    pub kinds: Vec<RouteGroupKind>,
+}
+
+/// `RouteNamespaces`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteNamespaces {
+    /// `Same` (the default), `All` or `Selector`.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Namespace labels, with `from: Selector`.
+    #[serde(default)]
+    pub selector: Option<NamespaceSelector>,
+}
+
+/// `RouteGroupKind`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteGroupKind {
+    /// Group (default `gateway.networking.k8s.io`).
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Kind, e.g. `HTTPRoute`.
+    pub kind: String,
+}
+
+/// `HTTPRouteSpec`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRouteSpec {
+    /// Gateways (listeners) or Services (mesh) the route attaches to.
+    #[serde(default)]
+    pub parent_refs: Vec<ObjectReference>,
+    /// Hosts matched (`Host` header); none: any the listener allows.
+    #[serde(default)]
+    pub hostnames: Vec<String>,
+    /// Rules, tried in Gateway API precedence order.
+    #[serde(default)]
+    pub rules: Vec<HttpRouteRule>,
+}
+
+/// `HTTPRouteRule`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRouteRule {
+    /// Route name (Envoy's route `name`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Any of these matches (none: every request).
+    #[serde(default)]
+    pub matches: Vec<HttpRouteMatch>,
+    /// Filters applied to matched requests.
+    #[serde(default)]
+    pub filters: Vec<HttpRouteFilter>,
+    /// Where requests go, weighted.
+    #[serde(default)]
+    pub backend_refs: Vec<HttpBackendRef>,
+    /// Timeouts.
+    #[serde(default)]
+    pub timeouts: Option<HttpRouteTimeouts>,
+    /// Retries.
+    #[serde(default)]
+    pub retry: Option<HttpRouteRetry>,
+    /// Session persistence (not read).
+    #[serde(default)]
+    pub session_persistence: Option<serde_json::Value>,
+}
+
+/// `HTTPRouteMatch`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRouteMatch {
+    /// Path match (default: prefix `/`).
+    #[serde(default)]
+    pub path: Option<HttpPathMatch>,
+    /// Header matches, all of them.
+    #[serde(default)]
+    pub headers: Vec<ValueMatch>,
+    /// Query parameter matches, all of them.
+    #[serde(default)]
+    pub query_params: Vec<ValueMatch>,
+    /// HTTP method.
+    #[serde(default)]
+    pub method: Option<String>,
+}
+
+/// `HTTPPathMatch`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpPathMatch {
+    /// `Exact`, `PathPrefix` (the default) or `RegularExpression`.
+    #[serde(default, rename = "type")]
+    pub type_: Option<String>,
+    /// The path (default `/`).
+    #[serde(default)]
+    pub value: Option<String>,
+}
+
+/// `HTTPHeaderMatch` / `HTTPQueryParamMatch`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ValueMatch {
+    /// `Exact` (the default) or `RegularExpression`.
+    #[serde(default, rename = "type")]
+    pub type_: Option<String>,
+    /// Header or parameter name.
+    pub name: String,
+    /// The value.
+    pub value: String,
+}
+
+/// `HTTPRouteFilter`: one of its members, named by `type`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRouteFilter {
+    /// `RequestHeaderModifier`, `ResponseHeaderModifier`,
+    /// `RequestMirror`, `RequestRedirect`, `URLRewrite`, `CORS`,
+    /// `ExtensionRef`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// Request headers set, added, removed.
+    #[serde(default)]
+    pub request_header_modifier: Option<HeaderFilter>,
+    /// Response headers set, added, removed.
+    #[serde(default)]
+    pub response_header_modifier: Option<HeaderFilter>,
+    /// A copy of each request to another backend.
+    #[serde(default)]
+    pub request_mirror: Option<RequestMirrorFilter>,
+    /// A redirect response.
+    #[serde(default)]
+    pub request_redirect: Option<RequestRedirectFilter>,
+    /// Host and path rewritten before forwarding.
+    #[serde(default, rename = "urlRewrite")]
+    pub url_rewrite: Option<UrlRewriteFilter>,
+    /// CORS policy.
+    #[serde(default, rename = "cors")]
+    pub cors: Option<CorsFilter>,
+    /// An implementation-specific filter (not read).
+    #[serde(default)]
+    pub extension_ref: Option<serde_json::Value>,
+}
+
+/// `HTTPHeaderFilter`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeaderFilter {
+    /// Headers overwritten.
+    #[serde(default)]
+    pub set: Vec<HeaderValue>,
+    /// Headers appended.
+    #[serde(default)]
+    pub add: Vec<HeaderValue>,
+    /// Header names removed.
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// `HTTPHeader`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeaderValue {
+    /// Name (case-insensitive).
+    pub name: String,
+    /// Value.
+    pub value: String,
+}
+
+/// `HTTPRequestMirrorFilter`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RequestMirrorFilter {
+    /// The mirror's backend (a Service and port).
+    pub backend_ref: ObjectReference,
+    /// Share of requests mirrored, 0-100 (default: all).
+    #[serde(default)]
+    pub percent: Option<u32>,
+    /// Share of requests mirrored as a fraction.
+    #[serde(default)]
+    pub fraction: Option<Fraction>,
+}
+
+/// `Fraction`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Fraction {
+    /// Numerator.
+    pub numerator: u32,
+    /// Denominator (default 100).
+    #[serde(default)]
+    pub denominator: Option<u32>,
+}
+
+/// `HTTPRequestRedirectFilter`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RequestRedirectFilter {
+    /// `http` or `https`.
+    #[serde(default)]
+    pub scheme: Option<String>,
+    /// Host of the `Location`.
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// Path of the `Location`.
+    #[serde(default)]
+    pub path: Option<HttpPathModifier>,
+    /// Port of the `Location`.
+    #[serde(default)]
+    pub port: Option<u32>,
+    /// `301` or `302` (default `302`).
+    #[serde(default)]
+    pub status_code: Option<u32>,
+}
+
+/// `HTTPURLRewriteFilter`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UrlRewriteFilter {
+    /// The `Host` forwarded.
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// The path forwarded.
+    #[serde(default)]
+    pub path: Option<HttpPathModifier>,
+}
+
+/// `HTTPPathModifier`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpPathModifier {
+    /// `ReplaceFullPath` or `ReplacePrefixMatch`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// With `ReplaceFullPath`.
+    #[serde(default)]
+    pub replace_full_path: Option<String>,
+    /// With `ReplacePrefixMatch`: what replaces the matched path prefix.
+    #[serde(default)]
+    pub replace_prefix_match: Option<String>,
+}
+
+/// `HTTPCORSFilter`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CorsFilter {
+    /// Origins allowed (exact).
+    #[serde(default)]
+    pub allow_origins: Vec<String>,
+    /// Whether credentials are allowed.
+    #[serde(default)]
+    pub allow_credentials: bool,
+    /// Methods allowed.
+    #[serde(default)]
+    pub allow_methods: Vec<String>,
+    /// Request headers allowed.
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
+    /// Response headers exposed.
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    /// Seconds a preflight may be cached.
+    #[serde(default)]
+    pub max_age: Option<u32>,
+}
+
+/// `HTTPBackendRef`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpBackendRef {
+    /// API group (default `""`: a Service).
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Kind (default `Service`).
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// The Service's name.
+    pub name: String,
+    /// Its namespace (default: the route's; another needs a ReferenceGrant).
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// The Service port (required for a Service).
+    #[serde(default)]
+    pub port: Option<u32>,
+    /// Relative weight (default 1; 0: no traffic).
+    #[serde(default)]
+    pub weight: Option<u32>,
+    /// Filters for this backend only (header modifiers).
+    #[serde(default)]
+    pub filters: Vec<HttpRouteFilter>,
+}
+
+/// `HTTPRouteTimeouts` (GEP-2257 durations, e.g. `10s`, `500ms`).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRouteTimeouts {
+    /// The whole request, retries included (`0s`: none).
+    #[serde(default)]
+    pub request: Option<Duration>,
+    /// Each request to a backend.
+    #[serde(default)]
+    pub backend_request: Option<Duration>,
+}
+
+/// `HTTPRouteRetry`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRouteRetry {
+    /// HTTP status codes retried (besides connection failures).
+    #[serde(default)]
+    pub codes: Vec<u32>,
+    /// Retries (default 2, Istio's).
+    #[serde(default)]
+    pub attempts: Option<u32>,
+    /// Base interval between retries.
+    #[serde(default)]
+    pub backoff: Option<Duration>,
+}
+
+/// `ReferenceGrantSpec`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReferenceGrantSpec {
+    /// Who may refer: group, kind and namespace.
+    #[serde(default)]
+    pub from: Vec<GrantFrom>,
+    /// To what in this namespace: group, kind and optionally name.
+    #[serde(default)]
+    pub to: Vec<GrantTo>,
+}
+
+/// `ReferenceGrantFrom`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrantFrom {
+    /// Group of the referring kind.
+    #[serde(default)]
+    pub group: String,
+    /// The referring kind, e.g. `HTTPRoute`, `Gateway`.
+    pub kind: String,
+    /// The referring objects' namespace.
+    pub namespace: String,
+}
+
+/// `ReferenceGrantTo`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrantTo {
+    /// Group of the referred kind (`""`: core).
+    #[serde(default)]
+    pub group: String,
+    /// The referred kind, e.g. `Service`, `Secret`.
+    pub kind: String,
+    /// One object only (default: every object of the kind).
+    #[serde(default)]
+    pub name: Option<String>,
+}
