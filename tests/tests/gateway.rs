@@ -507,3 +507,135 @@ fn gateway(mesh: &Mesh) -> e2e::Envoy {
     mesh.wait_loaded(2);
     mesh.proxy(GATEWAY, &GATEWAY_LABELS, 15000)
 }
+
+/// The Kubernetes Gateway API on the ingress gateway: a `Gateway` (HTTP
+/// and HTTPS listeners, the certificate a `certificateRefs` Secret) whose
+/// Service selects the gateway pod, and an `HTTPRoute` from another
+/// namespace with a weighted split, a segment-wise path prefix with its
+/// prefix dropped by `URLRewrite`, a header match and header modifier, a
+/// redirect, and a backend that does not exist (500).
+#[test]
+fn gateway_api_gateway_and_httproute() {
+    let pki = Pki::new();
+    let (cert, key) = pki.issue("bookinfo.example.com");
+    let mesh = Mesh::start(false, &[]);
+    mesh.cfg.write(
+        "secret.yaml",
+        &tls_secret(
+            "istio-system",
+            "bookinfo-credential",
+            &cert,
+            &key,
+            &pki.ca(),
+        ),
+    );
+    mesh.cfg.write(
+        "gateway-api.yaml",
+        "apiVersion: v1
+kind: Service
+metadata: {name: bookinfo-gw-istio, namespace: istio-system}
+spec:
+  clusterIP: 10.96.0.90
+  selector: {istio: ingressgateway}
+  ports: [{name: http, port: 8080}, {name: https, port: 8443}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: bookinfo-gw, namespace: istio-system}
+spec:
+  gatewayClassName: istio
+  listeners:
+  - name: http
+    port: 8080
+    protocol: HTTP
+    hostname: bookinfo.example.com
+    allowedRoutes: {namespaces: {from: All}}
+  - name: https
+    port: 8443
+    protocol: HTTPS
+    hostname: bookinfo.example.com
+    allowedRoutes: {namespaces: {from: All}}
+    tls: {certificateRefs: [{name: bookinfo-credential}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: bookinfo, namespace: default}
+spec:
+  parentRefs: [{name: bookinfo-gw, namespace: istio-system}]
+  hostnames: [bookinfo.example.com]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /split}}]
+    backendRefs:
+    - {name: productpage, port: 9080, weight: 80}
+    - {name: ratings, port: 9080, weight: 20}
+  - matches: [{path: {type: PathPrefix, value: /api}}]
+    filters:
+    - type: URLRewrite
+      urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /}}
+    backendRefs: [{name: details, port: 9080}]
+  - matches: [{path: {type: PathPrefix, value: /header}, headers: [{name: x-canary, value: 'yes'}]}]
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {set: [{name: x-via, value: gateway-api}]}
+    backendRefs: [{name: ratings, port: 9080}]
+  - matches: [{path: {type: Exact, value: /old}}]
+    filters:
+    - type: RequestRedirect
+      requestRedirect: {path: {type: ReplaceFullPath, replaceFullPath: /new}, statusCode: 301}
+  - matches: [{path: {type: PathPrefix, value: /missing}}]
+    backendRefs: [{name: nowhere, port: 9080}]
+  - backendRefs: [{name: productpage, port: 9080}]
+",
+    );
+    let gw = gateway(&mesh);
+    let url = |path: &str| format!("http://127.0.0.1:8080{path}");
+    let host = "bookinfo.example.com";
+
+    // The weighted split between two Services.
+    let counts = e2e::tally(&url("/split"), host, &[], 200);
+    let ratings = counts.get("ratings v1").copied().unwrap_or(0);
+    assert_eq!(
+        counts.get("productpage v1").copied().unwrap_or(0) + ratings,
+        200,
+        "{counts:?}"
+    );
+    e2e::assert_binomial(ratings, 200, 0.2, "ratings' share");
+
+    // `PathPrefix: /api` matches whole segments, and the rewrite to `/`
+    // drops the prefix: details sees `/v1/books`.
+    let r = http_request(&url("/api/v1/books"), &[("host", host)]).unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "details v1"));
+    assert_eq!(mesh.seen("/v1/books").len(), 1, "prefix dropped");
+    let r = http_request(&url("/apiary"), &[("host", host)]).unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "productpage v1"));
+    assert_eq!(mesh.seen("/apiary").len(), 1, "not rewritten");
+
+    // The header match, and the header set on the way.
+    let r = http_request(
+        &url("/header/x-via"),
+        &[("host", host), ("x-canary", "yes")],
+    )
+    .unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "gateway-api"));
+    let r = http_request(&url("/header/x-via"), &[("host", host)]).unwrap();
+    assert_eq!(r.body, "(none)", "productpage, untouched");
+
+    // The redirect keeps the request's port (the Gateway API's rule).
+    let r = http_request(&url("/old"), &[("host", host)]).unwrap();
+    assert_eq!(r.status, 301, "{r:?}");
+    assert_eq!(
+        r.headers.get("location").map(String::as_str),
+        Some("http://bookinfo.example.com:8080/new")
+    );
+
+    // A backend that does not exist: 500, not 503.
+    let r = http_request(&url("/missing"), &[("host", host)]).unwrap();
+    assert_eq!(r.status, 500, "{r:?}");
+
+    // HTTPS with the certificateRefs Secret.
+    assert_eq!(
+        curl(&pki.ca(), host, 8443, "/productpage", None),
+        Ok("productpage v1".into())
+    );
+    assert_eq!(gw.rejected(), 0);
+}
