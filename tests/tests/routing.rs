@@ -617,3 +617,44 @@ spec:
     assert!(!envoy.admin("/clusters").unwrap().contains(cluster));
     assert_eq!(envoy.rejected(), 0);
 }
+
+/// The Gateway API for mesh traffic (GAMMA): an HTTPRoute whose parent is
+/// the `reviews` Service steers productpage's sidecar: a header match to
+/// ratings, the rest split between reviews and details.
+#[test]
+fn an_httproute_on_a_service_routes_mesh_traffic() {
+    let mesh = Mesh::start(true, &[]);
+    let envoy = mesh.sidecar();
+    mesh.apply(
+        &[&envoy],
+        "reviews-route.yaml",
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: reviews, namespace: default}
+spec:
+  parentRefs: [{group: '', kind: Service, name: reviews, port: 9080}]
+  rules:
+  - matches: [{headers: [{name: end-user, value: jason}]}]
+    backendRefs: [{name: ratings, port: 9080}]
+  - backendRefs:
+    - {name: reviews, port: 9080, weight: 50}
+    - {name: details, port: 9080, weight: 50}
+",
+    );
+    let r = http_request(
+        &format!("{REVIEWS}/"),
+        &[("host", "reviews"), ("end-user", "jason")],
+    )
+    .unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "ratings v1"));
+    let counts = e2e::tally(&format!("{REVIEWS}/"), "reviews", &[], 200);
+    let details = counts.get("details v1").copied().unwrap_or(0);
+    let reviews: usize = counts
+        .iter()
+        .filter(|(k, _)| k.starts_with("reviews v"))
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(details + reviews, 200, "{counts:?}");
+    e2e::assert_binomial(details, 200, 0.5, "details' share");
+    assert_eq!(envoy.rejected(), 0);
+}
