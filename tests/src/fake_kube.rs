@@ -21,7 +21,7 @@
 //!
 //! Resource versions are one global counter, as etcd's revision is.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -112,6 +112,25 @@ pub const KINDS: &[(&str, &str, &str, bool)] = &[
         true,
     ),
     ("telemetry.istio.io/v1", "Telemetry", "telemetries", true),
+    (
+        "gateway.networking.k8s.io/v1",
+        "GatewayClass",
+        "gatewayclasses",
+        false,
+    ),
+    ("gateway.networking.k8s.io/v1", "Gateway", "gateways", true),
+    (
+        "gateway.networking.k8s.io/v1",
+        "HTTPRoute",
+        "httproutes",
+        true,
+    ),
+    (
+        "gateway.networking.k8s.io/v1beta1",
+        "ReferenceGrant",
+        "referencegrants",
+        true,
+    ),
 ];
 
 /// One write, as a watch reports it.
@@ -140,6 +159,8 @@ struct Store {
     leases: BTreeMap<(String, String), (Value, BTreeMap<String, String>)>,
     /// TokenReview: token -> (username, audiences).
     tokens: HashMap<String, (String, Vec<String>)>,
+    /// Collections (`apiVersion/plural`) whose CRD is not installed: 404.
+    uninstalled: BTreeSet<String>,
 }
 
 #[derive(Debug)]
@@ -195,6 +216,18 @@ impl FakeApiServer {
                 .await;
         });
         self.serving = Some((task, token));
+    }
+
+    /// Whether the CRD of `collection` (`apiVersion/plural`, e.g.
+    /// `gateway.networking.k8s.io/v1/httproutes`) is installed: without it,
+    /// its paths answer `404`, as an API server's do.
+    pub fn set_installed(&self, collection: &str, installed: bool) {
+        let mut store = self.shared.store.lock().expect("fake API store");
+        if installed {
+            store.uninstalled.remove(collection);
+        } else {
+            store.uninstalled.insert(collection.to_owned());
+        }
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -476,6 +509,7 @@ impl Target {
 
     fn custom(&self) -> bool {
         self.api_version.contains(".istio.io/")
+            || self.api_version.starts_with("gateway.networking.k8s.io/")
     }
 
     /// The object as the server would send it in a list or an event.
@@ -551,6 +585,26 @@ async fn handle(
         .expect("fake API store")
         .requests
         .push(format!("{method} {uri}"));
+    let target = Target::parse(uri.path()).or_else(|| {
+        uri.path()
+            .rsplit_once('/')
+            .and_then(|(collection, _)| Target::parse(collection))
+    });
+    if let Some(t) = target
+        && shared
+            .store
+            .lock()
+            .expect("fake API store")
+            .uninstalled
+            .contains(&t.collection())
+    {
+        let body = status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "the server could not find the requested resource".into(),
+        );
+        return (StatusCode::NOT_FOUND, axum::Json(body)).into_response();
+    }
     if let Some(rest) = uri
         .path()
         .strip_prefix("/apis/coordination.k8s.io/v1/namespaces/")

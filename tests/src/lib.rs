@@ -1266,6 +1266,16 @@ impl Mesh {
     /// Services with ClusterIPs, Pods, EndpointSlices) and the given Istio
     /// Bookinfo networking samples; returns once the daemon is ready.
     pub fn start_kube(capture: bool, samples: &[&str]) -> Mesh {
+        Mesh::start_kube_with(capture, samples, |_| {})
+    }
+
+    /// As [`Mesh::start_kube`], with `prepare` run on the fake API server
+    /// before the daemon starts (e.g. to leave CRDs uninstalled).
+    pub fn start_kube_with(
+        capture: bool,
+        samples: &[&str],
+        prepare: impl FnOnce(&fake_kube::FakeApiServer),
+    ) -> Mesh {
         let hosts = isolate();
         if capture {
             capture_outbound();
@@ -1280,6 +1290,7 @@ impl Mesh {
             for sample in samples {
                 assert!(api.apply_yaml(&bookinfo_sample(sample)) > 0, "{sample}");
             }
+            prepare(&api);
             let daemon = start_kube_daemon(&api).await;
             (log, api, daemon)
         });

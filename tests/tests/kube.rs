@@ -1172,3 +1172,94 @@ spec:
     );
     assert_eq!(envoy.rejected(), 0);
 }
+
+/// The Gateway API's collections, whose CRDs a cluster may not have.
+const GATEWAY_API: [&str; 4] = [
+    "gateway.networking.k8s.io/v1/gatewayclasses",
+    "gateway.networking.k8s.io/v1/gateways",
+    "gateway.networking.k8s.io/v1/httproutes",
+    "gateway.networking.k8s.io/v1beta1/referencegrants",
+];
+
+#[test]
+fn gateway_api_kinds_are_read_once_their_crds_are_installed() {
+    // Without the Gateway API's CRDs (404 on their lists) the daemon is
+    // ready all the same: `start_kube_with` waits for `/ready`.
+    let mesh = Mesh::start_kube_with(false, &[], |api| {
+        for c in GATEWAY_API {
+            api.set_installed(c, false);
+        }
+    });
+    let api = mesh.api();
+    let asked = |api: &FakeApiServer| {
+        api.requests()
+            .iter()
+            .filter(|r| r.contains("/apis/gateway.networking.k8s.io/v1/httproutes"))
+            .count()
+    };
+    assert!(asked(api) >= 1, "the HTTPRoute list was asked for");
+    let gw = mesh.proxy(e2e::GATEWAY, &e2e::GATEWAY_LABELS, 15000);
+
+    // The CRDs installed, then a Gateway and an HTTPRoute: the daemon asks
+    // again and the gateway serves the route.
+    for c in GATEWAY_API {
+        api.set_installed(c, true);
+    }
+    api.apply_yaml(
+        "apiVersion: v1
+kind: Service
+metadata: {name: bookinfo-gw-istio, namespace: istio-system}
+spec:
+  clusterIP: 10.96.0.90
+  selector: {istio: ingressgateway}
+  ports: [{name: http, port: 8080}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: bookinfo-gw, namespace: istio-system}
+spec:
+  gatewayClassName: istio
+  listeners:
+  - {name: http, port: 8080, protocol: HTTP, allowedRoutes: {namespaces: {from: All}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: bookinfo, namespace: default}
+spec:
+  parentRefs: [{name: bookinfo-gw, namespace: istio-system}]
+  hostnames: [bookinfo.example.com]
+  rules:
+  - matches: [{path: {type: Exact, value: /productpage}}]
+    backendRefs: [{name: productpage, port: 9080}]
+",
+    );
+    let get = || {
+        http_get(
+            "http://127.0.0.1:8080/productpage",
+            &[("host", "bookinfo.example.com")],
+        )
+    };
+    e2e::eventually(
+        Duration::from_secs(40),
+        || {
+            get()
+                .ok()
+                .filter(|(s, b)| *s == 200 && b == "productpage v1")
+        },
+        || {
+            format!(
+                "{:?}; {}",
+                get(),
+                gw.admin("/config_dump").unwrap_or_default().len()
+            )
+        },
+    );
+    // Routes from the API: the path the HTTPRoute does not name is not routed.
+    let (status, _) = http_get(
+        "http://127.0.0.1:8080/elsewhere",
+        &[("host", "bookinfo.example.com")],
+    )
+    .unwrap();
+    assert_eq!(status, 404);
+    assert_eq!(gw.rejected(), 0);
+}

@@ -88,6 +88,11 @@ pub struct Watched {
     pub namespace: Option<String>,
     /// A `fieldSelector`, as the API server evaluates it.
     pub field_selector: Option<String>,
+    /// A kind whose CRD may not be installed (the Gateway API's): a `404`
+    /// on its list counts as an empty collection (readiness does not wait
+    /// for it), and the list is retried (up to every 30 s), so the kind is
+    /// read once its CRD is installed.
+    pub optional: bool,
 }
 
 impl Watched {
@@ -103,6 +108,15 @@ impl Watched {
             },
             namespace: None,
             field_selector: None,
+            optional: false,
+        }
+    }
+
+    /// As [`Watched::new`], for a kind whose CRD may be absent.
+    fn optional(api_version: &str, kind: &str, plural: &str) -> Watched {
+        Watched {
+            optional: true,
+            ..Watched::new(api_version, kind, plural)
         }
     }
 
@@ -126,7 +140,9 @@ impl Watched {
 /// Gateway `credentialName`; service-account tokens and Helm releases are
 /// excluded, as istiod does), the `networking.istio.io/v1` kinds (WorkloadEntry and WorkloadGroup included) and
 /// `security.istio.io/v1` PeerAuthentication, AuthorizationPolicy and
-/// RequestAuthentication, and `telemetry.istio.io/v1` Telemetry.
+/// RequestAuthentication, `telemetry.istio.io/v1` Telemetry, and the
+/// Gateway API's GatewayClasses, Gateways, HTTPRoutes and ReferenceGrants
+/// (optional: their CRDs come with the Gateway API, not with Istio).
 pub fn watched(namespace: &str) -> Vec<Watched> {
     let mut mesh_config = Watched::new("v1", "ConfigMap", "configmaps");
     mesh_config.namespace = Some(namespace.to_owned());
@@ -173,6 +189,18 @@ pub fn watched(namespace: &str) -> Vec<Watched> {
             "requestauthentications",
         ),
         Watched::new("telemetry.istio.io/v1", "Telemetry", "telemetries"),
+        Watched::optional(
+            "gateway.networking.k8s.io/v1",
+            "GatewayClass",
+            "gatewayclasses",
+        ),
+        Watched::optional("gateway.networking.k8s.io/v1", "Gateway", "gateways"),
+        Watched::optional("gateway.networking.k8s.io/v1", "HTTPRoute", "httproutes"),
+        Watched::optional(
+            "gateway.networking.k8s.io/v1beta1",
+            "ReferenceGrant",
+            "referencegrants",
+        ),
     ]
 }
 
@@ -270,6 +298,20 @@ impl Store {
                 c.objects.remove(&key).is_some()
             }
         }
+    }
+
+    /// Collection `index`'s kind is not served (its CRD is not installed):
+    /// it is synced and empty. True when that changes what the model reads
+    /// (the first time, or objects held before the CRD went away).
+    pub fn absent(&mut self, index: usize) -> bool {
+        let Some(c) = self.collections.get_mut(index) else {
+            return false;
+        };
+        let changed = !c.synced || !c.objects.is_empty();
+        c.synced = true;
+        c.objects.clear();
+        c.relist = None;
+        changed
     }
 
     /// Everything held, through the same validation as the folder source:
@@ -439,6 +481,22 @@ pub fn spawn(
                         // (as client-go's reflector does); nothing is lost meanwhile.
                         Some(Err(watcher::Error::WatchError(status))) if status.code == 410 => {
                             info!(kind, path = %w.path(), "watch expired (410 Gone); relisting");
+                        }
+                        // An optional kind whose CRD is not installed: empty,
+                        // and asked for again (a CRD installed later is read).
+                        Some(Err(watcher::Error::InitialListFailed(kube::Error::Api(status))))
+                            if w.optional && status.code == 404 =>
+                        {
+                            let changed_now = lock(&store).absent(index);
+                            if changed_now {
+                                info!(kind, path = %w.path(), "not served (CRD not installed); asking again every {}s at most", RETRY_MAX.as_secs());
+                                let _ = changed.try_send(());
+                            }
+                            tokio::select! {
+                                _ = tokio::time::sleep(backoff) => {}
+                                _ = token.cancelled() => break,
+                            }
+                            backoff = (backoff * 2).min(RETRY_MAX);
                         }
                         Some(Err(e)) => {
                             warn!(kind, path = %w.path(), error = %e, retry_in = ?backoff, "watch failed; keeping the last state");
