@@ -135,6 +135,8 @@ pub enum Object {
     KubeGateway(Box<crate::gateway_api::KubeGateway>),
     /// Gateway API `HTTPRoute`.
     HttpRoute(Box<crate::gateway_api::HttpRoute>),
+    /// Gateway API `GRPCRoute`.
+    GrpcRoute(Box<crate::gateway_api::GrpcRoute>),
     /// Gateway API `ReferenceGrant`.
     ReferenceGrant(Box<crate::gateway_api::ReferenceGrant>),
 }
@@ -164,6 +166,7 @@ impl Object {
             Object::GatewayClass(_) => "GatewayClass",
             Object::KubeGateway(_) => "Gateway",
             Object::HttpRoute(_) => "HTTPRoute",
+            Object::GrpcRoute(_) => "GRPCRoute",
             Object::ReferenceGrant(_) => "ReferenceGrant",
         }
     }
@@ -192,6 +195,7 @@ impl Object {
             Object::GatewayClass(o) => &o.metadata,
             Object::KubeGateway(o) => &o.metadata,
             Object::HttpRoute(o) => &o.metadata,
+            Object::GrpcRoute(o) => &o.metadata,
             Object::ReferenceGrant(o) => &o.metadata,
         }
     }
@@ -220,6 +224,7 @@ impl Object {
             Object::GatewayClass(o) => &mut o.metadata,
             Object::KubeGateway(o) => &mut o.metadata,
             Object::HttpRoute(o) => &mut o.metadata,
+            Object::GrpcRoute(o) => &mut o.metadata,
             Object::ReferenceGrant(o) => &mut o.metadata,
         }
     }
@@ -383,6 +388,7 @@ fn parse_object(value: serde_json::Value, default_namespace: &str) -> Result<Obj
             "GatewayClass" => Object::GatewayClass(ctx.parse_istio(value)?),
             "Gateway" => Object::KubeGateway(ctx.parse_istio(value)?),
             "HTTPRoute" => Object::HttpRoute(ctx.parse_istio(value)?),
+            "GRPCRoute" => Object::GrpcRoute(ctx.parse_istio(value)?),
             "ReferenceGrant" => Object::ReferenceGrant(ctx.parse_istio(value)?),
             _ => return Err(unsupported(api_version, kind, display_name)),
         },
@@ -521,6 +527,7 @@ gateway_api_kind!(
     GatewayClass => GatewayClassSpec,
     KubeGateway => KubeGatewaySpec,
     HttpRoute => HttpRouteSpec,
+    GrpcRoute => GrpcRouteSpec,
     ReferenceGrant => ReferenceGrantSpec
 );
 

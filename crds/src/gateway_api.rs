@@ -1,5 +1,5 @@
 //! Kubernetes Gateway API (`gateway.networking.k8s.io`): GatewayClass,
-//! Gateway, HTTPRoute and ReferenceGrant, the kinds istiod converts into
+//! Gateway, HTTPRoute, GRPCRoute and ReferenceGrant, the kinds istiod converts into
 //! its own Gateways and VirtualServices (Istio's "Gateway API" support).
 //! Follows the `v1` standard channel field for field (ReferenceGrant is
 //! `v1beta1`); `v1beta1` files are read too (the schemas are the same).
@@ -61,6 +61,11 @@ gateway_api_kind!(
     /// `HTTPRoute`: HTTP routing rules attached to Gateway listeners or,
     /// for mesh traffic (GAMMA), to Services.
     HttpRoute => HttpRouteSpec
+);
+gateway_api_kind!(
+    /// `GRPCRoute`: gRPC routing rules (by service and method) attached to
+    /// Gateway listeners or Services.
+    GrpcRoute => GrpcRouteSpec
 );
 gateway_api_kind!(
     /// `ReferenceGrant`: lets objects of other namespaces refer to
@@ -510,6 +515,70 @@ pub struct HttpRouteRetry {
     /// Base interval between retries.
     #[serde(default)]
     pub backoff: Option<Duration>,
+}
+
+/// `GRPCRouteSpec`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrpcRouteSpec {
+    /// Gateways (listeners) or Services (mesh) the route attaches to.
+    #[serde(default)]
+    pub parent_refs: Vec<ObjectReference>,
+    /// Hosts matched (`:authority`); none: any the listener allows.
+    #[serde(default)]
+    pub hostnames: Vec<String>,
+    /// Rules, tried in Gateway API precedence order.
+    #[serde(default)]
+    pub rules: Vec<GrpcRouteRule>,
+}
+
+/// `GRPCRouteRule`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrpcRouteRule {
+    /// Route name (Envoy's route `name`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Any of these matches (none: every call).
+    #[serde(default)]
+    pub matches: Vec<GrpcRouteMatch>,
+    /// Filters: `RequestHeaderModifier`, `ResponseHeaderModifier`,
+    /// `RequestMirror`, `ExtensionRef`.
+    #[serde(default)]
+    pub filters: Vec<HttpRouteFilter>,
+    /// Where calls go, weighted.
+    #[serde(default)]
+    pub backend_refs: Vec<HttpBackendRef>,
+    /// Session persistence (not read).
+    #[serde(default)]
+    pub session_persistence: Option<serde_json::Value>,
+}
+
+/// `GRPCRouteMatch`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrpcRouteMatch {
+    /// The gRPC service and method.
+    #[serde(default)]
+    pub method: Option<GrpcMethodMatch>,
+    /// Header (metadata) matches, all of them.
+    #[serde(default)]
+    pub headers: Vec<ValueMatch>,
+}
+
+/// `GRPCMethodMatch`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrpcMethodMatch {
+    /// `Exact` (the default) or `RegularExpression`.
+    #[serde(default, rename = "type")]
+    pub type_: Option<String>,
+    /// Fully qualified service, e.g. `helloworld.Greeter`.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// Method, e.g. `SayHello`.
+    #[serde(default)]
+    pub method: Option<String>,
 }
 
 /// `ReferenceGrantSpec`.

@@ -126,6 +126,12 @@ pub const KINDS: &[(&str, &str, &str, bool)] = &[
         true,
     ),
     (
+        "gateway.networking.k8s.io/v1",
+        "GRPCRoute",
+        "grpcroutes",
+        true,
+    ),
+    (
         "gateway.networking.k8s.io/v1beta1",
         "ReferenceGrant",
         "referencegrants",

@@ -513,7 +513,8 @@ fn gateway(mesh: &Mesh) -> e2e::Envoy {
 /// Service selects the gateway pod, and an `HTTPRoute` from another
 /// namespace with a weighted split, a segment-wise path prefix with its
 /// prefix dropped by `URLRewrite`, a header match and header modifier, a
-/// redirect, and a backend that does not exist (500).
+/// redirect, and a backend that does not exist (500); and a `GRPCRoute`
+/// on the same listener.
 #[test]
 fn gateway_api_gateway_and_httproute() {
     let pki = Pki::new();
@@ -585,6 +586,16 @@ spec:
   - matches: [{path: {type: PathPrefix, value: /missing}}]
     backendRefs: [{name: nowhere, port: 9080}]
   - backendRefs: [{name: productpage, port: 9080}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: greeter, namespace: default}
+spec:
+  parentRefs: [{name: bookinfo-gw, namespace: istio-system, sectionName: http}]
+  hostnames: [bookinfo.example.com]
+  rules:
+  - matches: [{method: {service: helloworld.Greeter, method: SayHello}}]
+    backendRefs: [{name: ratings, port: 9080}]
 ",
     );
     let gw = gateway(&mesh);
@@ -631,6 +642,13 @@ spec:
     // A backend that does not exist: 500, not 503.
     let r = http_request(&url("/missing"), &[("host", host)]).unwrap();
     assert_eq!(r.status, 500, "{r:?}");
+
+    // The GRPCRoute, merged with the HTTPRoute on the same listener and
+    // host, routes by gRPC service and method (the path `/<service>/<method>`).
+    let r = http_request(&url("/helloworld.Greeter/SayHello"), &[("host", host)]).unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "ratings v1"));
+    let r = http_request(&url("/helloworld.Greeter/SayBye"), &[("host", host)]).unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "productpage v1"));
 
     // HTTPS with the certificateRefs Secret.
     assert_eq!(

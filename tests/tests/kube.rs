@@ -1174,10 +1174,11 @@ spec:
 }
 
 /// The Gateway API's collections, whose CRDs a cluster may not have.
-const GATEWAY_API: [&str; 4] = [
+const GATEWAY_API: [&str; 5] = [
     "gateway.networking.k8s.io/v1/gatewayclasses",
     "gateway.networking.k8s.io/v1/gateways",
     "gateway.networking.k8s.io/v1/httproutes",
+    "gateway.networking.k8s.io/v1/grpcroutes",
     "gateway.networking.k8s.io/v1beta1/referencegrants",
 ];
 

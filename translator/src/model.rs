@@ -1961,6 +1961,7 @@ impl Snapshot {
                 Object::Node(_) | Object::GatewayClass(_) => {}
                 Object::KubeGateway(g) => gateway_api.gateways.push(g),
                 Object::HttpRoute(r) => gateway_api.routes.push(r),
+                Object::GrpcRoute(r) => gateway_api.grpc_routes.push(r),
                 Object::ReferenceGrant(g) => gateway_api.grants.push(g),
                 Object::Namespace(n) => {
                     gateway_api

@@ -471,3 +471,60 @@ spec:
         "{text}"
     );
 }
+
+#[test]
+fn a_grpcroute_matches_services_and_methods() {
+    let snap = snapshot(&["
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: greeter, namespace: default}
+spec:
+  parentRefs: [{name: gw, sectionName: https}]
+  rules:
+  - matches:
+    - method: {service: helloworld.Greeter, method: SayHello}
+    - method: {service: helloworld.Greeter}
+    - method: {type: RegularExpression, method: 'Say.*'}
+      headers: [{name: X-Tenant, value: a}]
+    backendRefs: [{name: ratings, port: 9080}]
+  - filters: [{type: URLRewrite, urlRewrite: {hostname: x}}]
+    backendRefs: [{name: reviews, port: 9080}]
+"]);
+    // The rewrite is not a GRPCRoute filter: the route is left out.
+    assert!(warned(
+        &snap,
+        "GRPCRoute",
+        "default/greeter",
+        "unsupported filter type \"URLRewrite\"; the GRPCRoute is left out"
+    ));
+    let snap = snapshot(&["
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: greeter, namespace: default}
+spec:
+  parentRefs: [{name: gw, sectionName: https}]
+  rules:
+  - matches:
+    - method: {service: helloworld.Greeter, method: SayHello}
+    - method: {service: helloworld.Greeter}
+    - method: {type: RegularExpression, method: 'Say.*'}
+      headers: [{name: X-Tenant, value: a}]
+    backendRefs: [{name: ratings, port: 9080}]
+"]);
+    let vs = &snap.virtual_services[0];
+    let uris: Vec<String> = vs
+        .spec
+        .http
+        .iter()
+        .map(|r| format!("{:?}", r.matches[0].uri))
+        .collect();
+    assert_eq!(
+        uris,
+        [
+            r#"Some(Exact("/helloworld.Greeter/SayHello"))"#,
+            r#"Some(Prefix("/helloworld.Greeter/"))"#,
+            r#"Some(Regex("/[^/]+/Say.*"))"#
+        ]
+    );
+    assert!(vs.spec.http[2].matches[0].headers.contains_key("x-tenant"));
+}

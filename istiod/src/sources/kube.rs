@@ -141,7 +141,8 @@ impl Watched {
 /// excluded, as istiod does), the `networking.istio.io/v1` kinds (WorkloadEntry and WorkloadGroup included) and
 /// `security.istio.io/v1` PeerAuthentication, AuthorizationPolicy and
 /// RequestAuthentication, `telemetry.istio.io/v1` Telemetry, and the
-/// Gateway API's GatewayClasses, Gateways, HTTPRoutes and ReferenceGrants
+/// Gateway API's GatewayClasses, Gateways, HTTPRoutes, GRPCRoutes and
+/// ReferenceGrants
 /// (optional: their CRDs come with the Gateway API, not with Istio).
 pub fn watched(namespace: &str) -> Vec<Watched> {
     let mut mesh_config = Watched::new("v1", "ConfigMap", "configmaps");
@@ -196,6 +197,7 @@ pub fn watched(namespace: &str) -> Vec<Watched> {
         ),
         Watched::optional("gateway.networking.k8s.io/v1", "Gateway", "gateways"),
         Watched::optional("gateway.networking.k8s.io/v1", "HTTPRoute", "httproutes"),
+        Watched::optional("gateway.networking.k8s.io/v1", "GRPCRoute", "grpcroutes"),
         Watched::optional(
             "gateway.networking.k8s.io/v1beta1",
             "ReferenceGrant",
