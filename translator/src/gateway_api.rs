@@ -69,8 +69,8 @@ pub(crate) struct Inputs<'a> {
     pub grants: Vec<&'a api::ReferenceGrant>,
     /// Namespaces' labels, by name.
     pub namespaces: BTreeMap<&'a str, BTreeMap<String, String>>,
-    /// Services' selectors (empty: none), by (namespace, name).
-    pub services: BTreeMap<(&'a str, &'a str), BTreeMap<String, String>>,
+    /// Services, by (namespace, name).
+    pub services: BTreeMap<(&'a str, &'a str), ServiceInfo>,
     /// The cluster's DNS suffix (`cluster.local`).
     pub domain: String,
 }
@@ -82,6 +82,56 @@ impl Inputs<'_> {
     }
 }
 
+/// What the conversion reads of a Service.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ServiceInfo {
+    /// Its selector (empty: none).
+    pub selector: BTreeMap<String, String>,
+    /// Its load balancer's addresses, else its cluster IPs: what a
+    /// Gateway's status reports.
+    pub addresses: Vec<String>,
+}
+
+impl ServiceInfo {
+    /// What is read of `svc`.
+    pub fn of(svc: &k8s_openapi::api::core::v1::Service) -> ServiceInfo {
+        let spec = svc.spec.as_ref();
+        let balancer: Vec<String> = svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i.ip.clone().or_else(|| i.hostname.clone()))
+            .collect();
+        let cluster: Vec<String> = spec
+            .and_then(|s| {
+                s.cluster_ips
+                    .clone()
+                    .or_else(|| s.cluster_ip.clone().map(|ip| vec![ip]))
+            })
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|ip| !ip.is_empty() && ip != "None")
+            .collect();
+        ServiceInfo {
+            selector: spec.and_then(|s| s.selector.clone()).unwrap_or_default(),
+            addresses: if balancer.is_empty() {
+                cluster
+            } else {
+                balancer
+            },
+        }
+    }
+}
+
+/// The `status` the API server should hold for one Gateway API object,
+/// by (collection `apiVersion/plural`, namespace, name): Istio's
+/// conditions, without their `lastTransitionTime` (the writer sets it when
+/// it writes a changed status).
+pub type Statuses = BTreeMap<(String, String, String), serde_json::Value>;
+
 /// What the conversion made, besides the configs themselves.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Generated {
@@ -92,6 +142,9 @@ pub struct Generated {
     /// Generated VirtualServices (`namespace`, `name`): routes with
     /// Gateway API semantics.
     pub routes: HashSet<(String, String)>,
+    /// The status of each GatewayClass, Gateway, HTTPRoute and GRPCRoute
+    /// this control plane implements.
+    pub status: Statuses,
 }
 
 impl Generated {
@@ -123,6 +176,103 @@ pub(crate) struct Output {
     pub warnings: Vec<ConfigWarning>,
 }
 
+/// A condition of a status (`type`, `status`, `reason`, `message`).
+#[derive(Clone)]
+struct Cond {
+    type_: &'static str,
+    ok: bool,
+    reason: String,
+    message: String,
+}
+
+impl Cond {
+    fn ok(type_: &'static str, reason: &str, message: &str) -> Cond {
+        Cond {
+            type_,
+            ok: true,
+            reason: reason.to_owned(),
+            message: message.to_owned(),
+        }
+    }
+
+    fn failed(type_: &'static str, reason: &str, message: String) -> Cond {
+        Cond {
+            type_,
+            ok: false,
+            reason: reason.to_owned(),
+            message,
+        }
+    }
+
+    fn json(&self, generation: Option<i64>) -> serde_json::Value {
+        let mut c = serde_json::json!({
+            "type": self.type_,
+            "status": if self.ok { "True" } else { "False" },
+            "reason": self.reason,
+            "message": self.message,
+        });
+        if let Some(g) = generation {
+            c["observedGeneration"] = g.into();
+        }
+        c
+    }
+}
+
+/// What a Gateway's status reports (Istio's `reportGatewayStatus`).
+struct GatewayState {
+    generation: Option<i64>,
+    programmed: Cond,
+    addresses: Vec<String>,
+    listeners: Vec<ListenerState>,
+}
+
+/// A listener's status.
+struct ListenerState {
+    name: String,
+    kinds: Vec<String>,
+    attached: u32,
+    conditions: Vec<Cond>,
+}
+
+impl ListenerState {
+    /// Istio's listener conditions, all well; `problem` (the condition
+    /// type failing, its reason and message) turns one of them and
+    /// `Programmed` false.
+    fn new(
+        name: &str,
+        kinds: Vec<String>,
+        problem: Option<(&'static str, &'static str, String)>,
+    ) -> ListenerState {
+        let mut conditions = vec![
+            Cond::ok("Accepted", "Accepted", "No errors found"),
+            Cond::ok("Programmed", "Programmed", "No errors found"),
+            Cond {
+                ok: false,
+                ..Cond::ok("Conflicted", "NoConflicts", "No errors found")
+            },
+            Cond::ok("ResolvedRefs", "ResolvedRefs", "No errors found"),
+        ];
+        if let Some((type_, reason, message)) = problem {
+            for c in &mut conditions {
+                if c.type_ == type_ {
+                    *c = Cond::failed(type_, reason, message.clone());
+                }
+            }
+            conditions[1] = Cond::failed("Programmed", "Invalid", message);
+        }
+        ListenerState {
+            name: name.to_owned(),
+            kinds,
+            attached: 0,
+            conditions,
+        }
+    }
+}
+
+/// The collections of the kinds whose status is written.
+const GATEWAYS: &str = "gateway.networking.k8s.io/v1/gateways";
+const GATEWAY_CLASSES: &str = "gateway.networking.k8s.io/v1/gatewayclasses";
+
 /// A listener routes may attach to.
 struct Parent {
     /// The generated Gateway, `namespace/name` (what VirtualServices bind).
@@ -136,6 +286,8 @@ struct Parent {
     hosts: Vec<String>,
     /// The route kinds that may attach (`HTTPRoute`, `GRPCRoute`).
     kinds: Vec<String>,
+    /// Its position in its Gateway's [`GatewayState::listeners`].
+    listener: usize,
 }
 
 /// An HTTPRoute or a GRPCRoute: both become VirtualService HTTP routes.
@@ -154,6 +306,13 @@ impl<'a> RouteRef<'a> {
         match self {
             RouteRef::Http(_) => "HTTPRoute",
             RouteRef::Grpc(_) => "GRPCRoute",
+        }
+    }
+
+    fn collection(self) -> &'static str {
+        match self {
+            RouteRef::Http(_) => "gateway.networking.k8s.io/v1/httproutes",
+            RouteRef::Grpc(_) => "gateway.networking.k8s.io/v1/grpcroutes",
         }
     }
 
@@ -249,6 +408,17 @@ impl<'a> RouteRef<'a> {
 pub(crate) fn convert(inputs: &Inputs<'_>) -> Output {
     let mut out = Output::default();
     let classes = our_classes(inputs);
+    for c in &inputs.classes {
+        if c.spec.controller_name == api::CONTROLLER_NAME {
+            let name = c.metadata.name.clone().unwrap_or_default();
+            let accepted = Cond::ok("Accepted", "Accepted", "Handled by Istio controller");
+            out.generated.status.insert(
+                (GATEWAY_CLASSES.into(), String::new(), name),
+                serde_json::json!({"conditions": [accepted.json(c.metadata.generation)]}),
+            );
+        }
+    }
+    let mut states: BTreeMap<(String, String), GatewayState> = BTreeMap::new();
     // Parents by Gateway (namespace, name).
     let mut parents: BTreeMap<(String, String), Vec<Parent>> = BTreeMap::new();
     let mut gateways = inputs.gateways.clone();
@@ -258,8 +428,9 @@ pub(crate) fn convert(inputs: &Inputs<'_>) -> Output {
             continue;
         }
         let (ns, name) = ns_name(&gw.metadata);
-        let list = convert_gateway(inputs, gw, &mut out);
+        let (list, state) = convert_gateway(inputs, gw, &mut out);
         parents.insert((ns.to_owned(), name.to_owned()), list);
+        states.insert((ns.to_owned(), name.to_owned()), state);
     }
     let mut routes: Vec<RouteRef<'_>> = inputs
         .routes
@@ -278,7 +449,26 @@ pub(crate) fn convert(inputs: &Inputs<'_>) -> Output {
     // VirtualServices by key (`<parent>/<host>`): routes merged.
     let mut merged: BTreeMap<String, Config<VirtualServiceSpec>> = BTreeMap::new();
     for route in routes {
-        convert_route(inputs, route, &parents, &mut merged, &mut out.warnings);
+        let (ns, name) = ns_name(route.meta());
+        let parent_status = convert_route(
+            inputs,
+            route,
+            &parents,
+            &mut states,
+            &mut merged,
+            &mut out.warnings,
+        );
+        if !parent_status.is_empty() {
+            out.generated.status.insert(
+                (route.collection().into(), ns.to_owned(), name.to_owned()),
+                serde_json::json!({ "parents": parent_status }),
+            );
+        }
+    }
+    for ((ns, name), state) in states {
+        out.generated
+            .status
+            .insert((GATEWAYS.into(), ns, name), gateway_status(&state));
     }
     for (_, mut vs) in merged {
         sort_routes(&mut vs.spec.http);
@@ -318,7 +508,11 @@ fn our_classes<'a>(inputs: &Inputs<'a>) -> HashSet<&'a str> {
 
 /// One Istio Gateway per usable listener of `gw`; the listeners routes
 /// may attach to.
-fn convert_gateway(inputs: &Inputs<'_>, gw: &KubeGateway, out: &mut Output) -> Vec<Parent> {
+fn convert_gateway(
+    inputs: &Inputs<'_>,
+    gw: &KubeGateway,
+    out: &mut Output,
+) -> (Vec<Parent>, GatewayState) {
     let (ns, name) = ns_name(&gw.metadata);
     let key = format!("{ns}/{name}");
     let warn = |out: &mut Output, field: String, reason: String| {
@@ -334,72 +528,20 @@ fn convert_gateway(inputs: &Inputs<'_>, gw: &KubeGateway, out: &mut Output) -> V
             warn(out, field.into(), "not supported yet; ignored".into());
         }
     }
-    let Some(selector) = gateway_selector(inputs, gw, out) else {
-        return Vec::new();
+    let (selector, programmed, addresses) = gateway_selector(inputs, gw, out);
+    let mut state = GatewayState {
+        generation: gw.metadata.generation,
+        programmed,
+        addresses,
+        listeners: Vec::new(),
+    };
+    let Some(selector) = selector else {
+        return (Vec::new(), state);
     };
     let mut parents = Vec::new();
     for (i, l) in gw.spec.listeners.iter().enumerate() {
         let field = format!("spec.listeners[{i}]");
         let protocol = l.protocol.as_str();
-        if !matches!(protocol, "HTTP" | "HTTPS") {
-            let why = match protocol {
-                "TLS" | "TCP" => format!(
-                    "protocol {protocol}: TLSRoute and TCPRoute are not read yet; listener left out"
-                ),
-                other if matches!(other.to_ascii_uppercase().as_str(), "HTTP" | "HTTPS") => {
-                    format!(
-                        "protocol {other:?} is unsupported (hint: {:?}); listener left out",
-                        other.to_ascii_uppercase()
-                    )
-                }
-                other => format!("protocol {other:?} is unsupported; listener left out"),
-            };
-            warn(out, format!("{field}.protocol"), why);
-            continue;
-        }
-        let tls = match (&l.tls, protocol) {
-            (None, "HTTPS") => {
-                warn(
-                    out,
-                    format!("{field}.tls"),
-                    "an HTTPS listener needs tls.certificateRefs; listener left out".into(),
-                );
-                continue;
-            }
-            (None, _) => None,
-            (Some(t), _) => match listener_tls(inputs, ns, t) {
-                Ok(t) => Some(t),
-                Err((f, why)) => {
-                    warn(
-                        out,
-                        format!("{field}.tls{f}"),
-                        format!("{why}; listener left out"),
-                    );
-                    continue;
-                }
-            },
-        };
-        let hostname = l.hostname.clone().unwrap_or_else(|| "*".into());
-        let namespaces = match allowed_namespaces(inputs, ns, l.allowed_routes.as_ref()) {
-            Ok(n) => n,
-            Err(why) => {
-                warn(
-                    out,
-                    format!("{field}.allowedRoutes.namespaces"),
-                    format!("{why}; listener left out"),
-                );
-                continue;
-            }
-        };
-        let mut hosts: Vec<String> = namespaces
-            .iter()
-            .map(|n| format!("{n}/{hostname}"))
-            .collect();
-        if hosts.is_empty() {
-            // Istio's "match nothing" namespace: the listener exists,
-            // no route binds.
-            hosts.push(format!("~/{hostname}"));
-        }
         let kinds = l
             .allowed_routes
             .as_ref()
@@ -414,6 +556,84 @@ fn convert_gateway(inputs: &Inputs<'_>, gw: &KubeGateway, out: &mut Output) -> V
                 .map(|k| k.kind.clone())
                 .collect()
         };
+        let mut refuse = |out: &mut Output,
+                          field: String,
+                          why: String,
+                          problem: (&'static str, &'static str)| {
+            state.listeners.push(ListenerState::new(
+                &l.name,
+                Vec::new(),
+                Some((problem.0, problem.1, why.clone())),
+            ));
+            warn(out, field, format!("{why}; listener left out"));
+        };
+        if !matches!(protocol, "HTTP" | "HTTPS") {
+            let why = match protocol {
+                "TLS" | "TCP" => {
+                    format!("protocol {protocol}: TLSRoute and TCPRoute are not read yet")
+                }
+                other if matches!(other.to_ascii_uppercase().as_str(), "HTTP" | "HTTPS") => {
+                    format!(
+                        "protocol {other:?} is unsupported (hint: {:?})",
+                        other.to_ascii_uppercase()
+                    )
+                }
+                other => format!("protocol {other:?} is unsupported"),
+            };
+            refuse(
+                out,
+                format!("{field}.protocol"),
+                why,
+                ("Accepted", "UnsupportedProtocol"),
+            );
+            continue;
+        }
+        let tls = match (&l.tls, protocol) {
+            (None, "HTTPS") => {
+                refuse(
+                    out,
+                    format!("{field}.tls"),
+                    "an HTTPS listener needs tls.certificateRefs".into(),
+                    ("ResolvedRefs", "InvalidCertificateRef"),
+                );
+                continue;
+            }
+            (None, _) => None,
+            (Some(t), _) => match listener_tls(inputs, ns, t) {
+                Ok(t) => Some(t),
+                Err((f, why, reason)) => {
+                    refuse(
+                        out,
+                        format!("{field}.tls{f}"),
+                        why,
+                        ("ResolvedRefs", reason),
+                    );
+                    continue;
+                }
+            },
+        };
+        let hostname = l.hostname.clone().unwrap_or_else(|| "*".into());
+        let namespaces = match allowed_namespaces(inputs, ns, l.allowed_routes.as_ref()) {
+            Ok(n) => n,
+            Err(why) => {
+                refuse(
+                    out,
+                    format!("{field}.allowedRoutes.namespaces"),
+                    why,
+                    ("Accepted", "Invalid"),
+                );
+                continue;
+            }
+        };
+        let mut hosts: Vec<String> = namespaces
+            .iter()
+            .map(|n| format!("{n}/{hostname}"))
+            .collect();
+        if hosts.is_empty() {
+            // Istio's "match nothing" namespace: the listener exists,
+            // no route binds.
+            hosts.push(format!("~/{hostname}"));
+        }
         let internal = format!("{name}-{GENERATED_SUFFIX}-{}", l.name);
         out.gateways.push(Config {
             name: internal.clone(),
@@ -442,10 +662,55 @@ fn convert_gateway(inputs: &Inputs<'_>, gw: &KubeGateway, out: &mut Output) -> V
             port: l.port,
             hostname,
             hosts,
-            kinds,
+            kinds: kinds.clone(),
+            listener: state.listeners.len(),
         });
+        state
+            .listeners
+            .push(ListenerState::new(&l.name, kinds, None));
     }
-    parents
+    (parents, state)
+}
+
+/// A Gateway's `status`: `Accepted`, `Programmed`, its addresses, and
+/// each listener's conditions, supported kinds and attached routes.
+fn gateway_status(state: &GatewayState) -> serde_json::Value {
+    let g = state.generation;
+    let addresses: Vec<serde_json::Value> = state
+        .addresses
+        .iter()
+        .map(|a| {
+            let type_ = if a.parse::<std::net::IpAddr>().is_ok() {
+                "IPAddress"
+            } else {
+                "Hostname"
+            };
+            serde_json::json!({"type": type_, "value": a})
+        })
+        .collect();
+    let listeners: Vec<serde_json::Value> = state
+        .listeners
+        .iter()
+        .map(|l| {
+            serde_json::json!({
+                "name": l.name,
+                "supportedKinds": l.kinds.iter().map(|k| serde_json::json!({"group": api::GROUP, "kind": k})).collect::<Vec<_>>(),
+                "attachedRoutes": l.attached,
+                "conditions": l.conditions.iter().map(|c| c.json(g)).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let mut status = serde_json::json!({
+        "conditions": [
+            Cond::ok("Accepted", "Accepted", "Resource accepted").json(g),
+            state.programmed.json(g),
+        ],
+        "listeners": listeners,
+    });
+    if !addresses.is_empty() {
+        status["addresses"] = addresses.into();
+    }
+    status
 }
 
 /// The labels of the proxies `gw` programs: its Service's selector
@@ -457,7 +722,7 @@ fn gateway_selector(
     inputs: &Inputs<'_>,
     gw: &KubeGateway,
     out: &mut Output,
-) -> Option<BTreeMap<String, String>> {
+) -> (Option<BTreeMap<String, String>>, Cond, Vec<String>) {
     let (ns, name) = ns_name(&gw.metadata);
     let key = format!("{ns}/{name}");
     let addresses = &gw.spec.addresses;
@@ -521,7 +786,7 @@ fn gateway_selector(
             continue;
         }
         match inputs.services.get(&(svc_ns.as_str(), svc.as_str())) {
-            Some(sel) if !sel.is_empty() => {
+            Some(info) if !info.selector.is_empty() => {
                 if services.len() > 1 {
                     out.warnings.push(ConfigWarning::new(
                         GATEWAY_KIND,
@@ -530,7 +795,19 @@ fn gateway_selector(
                         format!("only the first Service found, {svc_ns}/{svc}, selects proxies"),
                     ));
                 }
-                return Some(sel.clone());
+                let programmed = Cond::ok(
+                    "Programmed",
+                    "Programmed",
+                    &format!(
+                        "Resource programmed, assigned to service(s) {svc}.{svc_ns}.svc.{}",
+                        inputs.domain
+                    ),
+                );
+                return (
+                    Some(info.selector.clone()),
+                    programmed,
+                    info.addresses.clone(),
+                );
             }
             Some(_) => out.warnings.push(ConfigWarning::new(
                 GATEWAY_KIND,
@@ -539,20 +816,25 @@ fn gateway_selector(
                 format!("Service {svc_ns}/{svc} has no selector: no proxy is programmed"),
             )),
             None if managed => {
+                let why = format!(
+                    "Service {svc_ns}/{svc} not found (Istio deploys it; this control plane does not): \
+                     pods labelled {}={name} in {ns} are programmed",
+                    api::GATEWAY_NAME_LABEL
+                );
                 out.warnings.push(ConfigWarning::new(
                     GATEWAY_KIND,
                     key.clone(),
                     "spec.gatewayClassName".into(),
-                    format!(
-                        "Service {svc_ns}/{svc} not found (Istio deploys it; this control plane does not): \
-                         pods labelled {}={name} in {ns} are programmed",
-                        api::GATEWAY_NAME_LABEL
-                    ),
+                    why.clone(),
                 ));
-                return Some(BTreeMap::from([(
-                    api::GATEWAY_NAME_LABEL.to_owned(),
-                    name.to_owned(),
-                )]));
+                return (
+                    Some(BTreeMap::from([(
+                        api::GATEWAY_NAME_LABEL.to_owned(),
+                        name.to_owned(),
+                    )])),
+                    Cond::failed("Programmed", "AddressNotAssigned", why),
+                    Vec::new(),
+                );
             }
             None => out.warnings.push(ConfigWarning::new(
                 GATEWAY_KIND,
@@ -562,20 +844,27 @@ fn gateway_selector(
             )),
         }
     }
-    None
+    let why = "Failed to assign to any requested addresses: no Service of the Gateway's namespace selects its proxies".to_owned();
+    (
+        None,
+        Cond::failed("Programmed", "AddressNotAssigned", why),
+        Vec::new(),
+    )
 }
 
 /// A listener's TLS as Istio server TLS settings (Istio's `buildTLS`);
-/// `Err((field suffix, reason))`.
+/// `Err((field suffix, why, the condition's reason))`.
 fn listener_tls(
     inputs: &Inputs<'_>,
     ns: &str,
     tls: &api::GatewayTlsConfig,
-) -> Result<ServerTlsSettings, (String, String)> {
+) -> Result<ServerTlsSettings, (String, String, &'static str)> {
+    const INVALID: &str = "InvalidCertificateRef";
     if tls.frontend_validation.is_some() {
         return Err((
             ".frontendValidation".into(),
             "not supported yet (use the gateway.istio.io/tls-terminate-mode option)".into(),
+            INVALID,
         ));
     }
     let mut out = ServerTlsSettings::default();
@@ -585,9 +874,10 @@ fn listener_tls(
             return Err((
                 ".mode".into(),
                 "Passthrough needs TLSRoute, which is not read yet".into(),
+                INVALID,
             ));
         }
-        other => return Err((".mode".into(), format!("unknown mode {other:?}"))),
+        other => return Err((".mode".into(), format!("unknown mode {other:?}"), INVALID)),
     }
     out.mode = Some(
         match tls
@@ -606,6 +896,7 @@ fn listener_tls(
                 return Err((
                     ".options".into(),
                     format!("gateway.istio.io/tls-terminate-mode {other:?} is not supported"),
+                    INVALID,
                 ));
             }
         },
@@ -614,6 +905,7 @@ fn listener_tls(
         return Err((
             ".certificateRefs".into(),
             "one or two certificates are needed to terminate TLS".into(),
+            INVALID,
         ));
     }
     let mut names = Vec::new();
@@ -622,7 +914,7 @@ fn listener_tls(
         if r.group.as_deref().is_some_and(|g| !g.is_empty())
             || r.kind.as_deref().is_some_and(|k| k != "Secret")
         {
-            return Err((field, "only Secrets are supported".into()));
+            return Err((field, "only Secrets are supported".into(), INVALID));
         }
         let secret_ns = r.namespace.as_deref().unwrap_or(ns);
         if secret_ns != ns && !granted(inputs, ("Gateway", ns), ("Secret", secret_ns, &r.name)) {
@@ -632,6 +924,7 @@ fn listener_tls(
                     "Secret {secret_ns}/{} not accessible to a Gateway in namespace {ns} (missing a ReferenceGrant?)",
                     r.name
                 ),
+                "RefNotPermitted",
             ));
         }
         names.push(format!("kubernetes-gateway://{secret_ns}/{}", r.name));
@@ -703,13 +996,36 @@ fn hosts_match(a: &str, b: &str) -> bool {
 }
 
 /// Converts one HTTPRoute into the VirtualServices of `merged`.
+/// A parent reference as the route's status names it.
+fn parent_ref_json(p: &ObjectReference) -> serde_json::Value {
+    let mut v = serde_json::json!({ "name": p.name });
+    for (key, value) in [
+        ("group", &p.group),
+        ("kind", &p.kind),
+        ("namespace", &p.namespace),
+        ("sectionName", &p.section_name),
+    ] {
+        if let Some(value) = value {
+            v[key] = value.clone().into();
+        }
+    }
+    if let Some(port) = p.port {
+        v["port"] = port.into();
+    }
+    v
+}
+
+/// Converts one route into the VirtualServices of `merged`, counting the
+/// listeners it attaches to in `states`; its `status.parents` (one per
+/// parent this control plane implements).
 fn convert_route(
     inputs: &Inputs<'_>,
     route: RouteRef<'_>,
     parents: &BTreeMap<(String, String), Vec<Parent>>,
+    states: &mut BTreeMap<(String, String), GatewayState>,
     merged: &mut BTreeMap<String, Config<VirtualServiceSpec>>,
     warnings: &mut Vec<ConfigWarning>,
-) {
+) -> Vec<serde_json::Value> {
     let (ns, name) = ns_name(route.meta());
     let key = format!("{ns}/{name}");
     let route_kind = route.kind();
@@ -723,6 +1039,9 @@ fn convert_route(
     };
     // (parent key, VirtualService gateway, hosts, mesh port).
     let mut bound: Vec<(String, String, Vec<String>, Option<u32>)> = Vec::new();
+    // Per parent of ours: its reference, whether it is the mesh, and why
+    // it was not accepted.
+    let mut statuses: Vec<(serde_json::Value, bool, Option<(&'static str, String)>)> = Vec::new();
     for (i, p) in route.parent_refs().iter().enumerate() {
         let field = format!("spec.parentRefs[{i}]");
         let group = p.group.as_deref().unwrap_or(api::GROUP);
@@ -741,7 +1060,8 @@ fn convert_route(
                     );
                     continue;
                 };
-                let mut reasons = Vec::new();
+                let mut reasons: Vec<(&'static str, String)> = Vec::new();
+                let mut attached = 0;
                 for l in listeners {
                     if p.section_name.as_ref().is_some_and(|s| *s != l.section)
                         || p.port.is_some_and(|port| port != l.port)
@@ -749,9 +1069,9 @@ fn convert_route(
                         continue;
                     }
                     if !l.kinds.iter().any(|k| k == route_kind) {
-                        reasons.push(format!(
-                            "listener {:?} does not allow {route_kind}s",
-                            l.section
+                        reasons.push((
+                            "NotAllowedByListeners",
+                            format!("listener {:?} does not allow {route_kind}s", l.section),
                         ));
                         continue;
                     }
@@ -760,9 +1080,12 @@ fn convert_route(
                         hn == "*" || hn == ns
                     });
                     if !ns_ok {
-                        reasons.push(format!(
-                            "listener {:?} does not admit routes from namespace {ns}",
-                            l.section
+                        reasons.push((
+                            "NotAllowedByListeners",
+                            format!(
+                                "listener {:?} does not admit routes from namespace {ns}",
+                                l.section
+                            ),
                         ));
                         continue;
                     }
@@ -772,35 +1095,47 @@ fn convert_route(
                         .cloned()
                         .collect();
                     if hosts.is_empty() {
-                        reasons.push(format!(
-                            "no hostname matches listener {:?}'s {:?}",
-                            l.section, l.hostname
+                        reasons.push((
+                            "NoMatchingListenerHostname",
+                            format!(
+                                "no hostname matches listener {:?}'s {:?}",
+                                l.section, l.hostname
+                            ),
                         ));
                         continue;
                     }
                     bound.push((l.internal.clone(), l.internal.clone(), hosts, None));
+                    attached += 1;
+                    if let Some(state) = states.get_mut(&(parent_ns.to_owned(), p.name.clone()))
+                        && let Some(ls) = state.listeners.get_mut(l.listener)
+                    {
+                        ls.attached += 1;
+                    }
                 }
-                if !bound
-                    .iter()
-                    .any(|b| listeners.iter().any(|l| l.internal == b.0))
-                {
+                let refused = (attached == 0).then(|| {
+                    let reason = reasons.first().map_or("NoMatchingParent", |r| r.0);
                     let why = if reasons.is_empty() {
                         "no listener matches sectionName/port".to_owned()
                     } else {
-                        reasons.join("; ")
+                        reasons
+                            .iter()
+                            .map(|r| r.1.as_str())
+                            .collect::<Vec<_>>()
+                            .join("; ")
                     };
                     warn(warnings, field, format!("not attached: {why}"));
-                }
+                    (reason, why)
+                });
+                statuses.push((parent_ref_json(p), false, refused));
             }
             ("" | "core", "Service") => {
                 if !inputs.services.contains_key(&(parent_ns, p.name.as_str())) {
-                    warn(
-                        warnings,
-                        field,
-                        format!("parent Service {parent_ns}/{} not found", p.name),
-                    );
+                    let why = format!("parent Service {parent_ns}/{} not found", p.name);
+                    warn(warnings, field, why.clone());
+                    statuses.push((parent_ref_json(p), true, Some(("NoMatchingParent", why))));
                     continue;
                 }
+                statuses.push((parent_ref_json(p), true, None));
                 let host = format!("{}.{parent_ns}.svc.{}", p.name, inputs.domain);
                 let mut key = ns.to_owned();
                 if let Some(port) = p.port {
@@ -815,14 +1150,45 @@ fn convert_route(
             ),
         }
     }
+    let generation = route.meta().generation;
+    let status_of = |statuses: Vec<(serde_json::Value, bool, Option<(&'static str, String)>)>,
+                     unresolved: [&Option<(&'static str, String)>; 2],
+                     invalid: Option<&String>| {
+        statuses
+            .into_iter()
+            .map(|(parent_ref, is_mesh, refused)| {
+                let accepted = match (refused, invalid) {
+                    (Some((reason, why)), _) => Cond::failed("Accepted", reason, why),
+                    (None, Some(why)) => Cond::failed("Accepted", "UnsupportedValue", why.clone()),
+                    (None, None) => Cond::ok("Accepted", "Accepted", "Route was valid"),
+                };
+                let resolved = match unresolved[usize::from(is_mesh)] {
+                    Some((reason, why)) => Cond::failed("ResolvedRefs", reason, why.clone()),
+                    None => Cond::ok("ResolvedRefs", "ResolvedRefs", "All references resolved"),
+                };
+                serde_json::json!({
+                    "parentRef": parent_ref,
+                    "controllerName": api::CONTROLLER_NAME,
+                    "conditions": [accepted.json(generation), resolved.json(generation)],
+                })
+            })
+            .collect::<Vec<_>>()
+    };
     if bound.is_empty() {
-        return;
+        return status_of(statuses, [&None, &None], None);
     }
     let mesh = bound.iter().any(|b| b.1 == "mesh");
     let gateway = bound.iter().any(|b| b.1 != "mesh");
     let rules = route.rules();
-    let mut rules_for = |mesh: bool| -> Vec<HttpRoute> {
+    // The routes; the first unresolved reference; why the route is invalid.
+    #[allow(clippy::type_complexity, reason = "the three results of a conversion")]
+    let mut rules_for = |mesh: bool| -> (
+        Vec<HttpRoute>,
+        Option<(&'static str, String)>,
+        Option<String>,
+    ) {
         let mut out = Vec::new();
+        let mut unresolved = None;
         for (n, rule) in rules.iter().enumerate() {
             let field = format!("spec.rules[{n}]");
             let (rule, matches) = match rule {
@@ -833,34 +1199,50 @@ fn convert_route(
                         f.clone(),
                         format!("{why}; the {route_kind} is left out"),
                     );
-                    return Vec::new();
+                    return (Vec::new(), unresolved, Some(format!("{f}: {why}")));
                 }
             };
             let owner = (route_kind, ns, name);
             for m in matches {
                 match convert_rule(inputs, owner, n, rule, m.clone(), !mesh, &field) {
-                    Ok((r, problems)) => {
+                    Ok((r, problems, refs)) => {
                         for (f, why) in problems {
                             warn(warnings, f, why);
+                        }
+                        if unresolved.is_none() {
+                            unresolved = refs;
                         }
                         out.push(r);
                     }
                     Err((f, why)) => {
                         // Istio drops the whole route on such an error.
-                        warn(warnings, f, format!("{why}; the {route_kind} is left out"));
-                        return Vec::new();
+                        warn(
+                            warnings,
+                            f.clone(),
+                            format!("{why}; the {route_kind} is left out"),
+                        );
+                        return (Vec::new(), unresolved, Some(format!("{f}: {why}")));
                     }
                 }
             }
         }
-        out
+        (out, unresolved, None)
     };
-    let gateway_routes = if gateway {
+    let (gateway_routes, gateway_unresolved, gateway_invalid) = if gateway {
         rules_for(false)
     } else {
-        Vec::new()
+        (Vec::new(), None, None)
     };
-    let mesh_routes = if mesh { rules_for(true) } else { Vec::new() };
+    let (mesh_routes, mesh_unresolved, mesh_invalid) = if mesh {
+        rules_for(true)
+    } else {
+        (Vec::new(), None, None)
+    };
+    let status = status_of(
+        statuses,
+        [&gateway_unresolved, &mesh_unresolved],
+        gateway_invalid.as_ref().or(mesh_invalid.as_ref()),
+    );
     for (parent_key, gateway_name, hosts, port) in bound {
         let mut routes = if gateway_name == "mesh" {
             mesh_routes.clone()
@@ -897,9 +1279,14 @@ fn convert_route(
                 });
         }
     }
+    status
 }
 
 type Problem = (String, String);
+
+/// A backend reference that does not resolve: the `ResolvedRefs` reason,
+/// the field, the message.
+type RefProblem = (&'static str, String, String);
 
 /// One rule (with one of its matches) as a VirtualService HTTP route
 /// (Istio's `convertHTTPRoute`); soft problems (a missing backend) come
@@ -916,8 +1303,15 @@ fn convert_rule(
     m: Option<HttpMatchRequest>,
     enforce_grants: bool,
     field: &str,
-) -> Result<(HttpRoute, Vec<Problem>), Problem> {
+) -> Result<(HttpRoute, Vec<Problem>, Option<(&'static str, String)>), Problem> {
     let mut problems = Vec::new();
+    // The first backend reference that does not resolve (`ResolvedRefs`).
+    let mut unresolved: Option<(&'static str, String)> = None;
+    let note = |unresolved: &mut Option<(&'static str, String)>, p: &RefProblem| {
+        if unresolved.is_none() {
+            *unresolved = Some((p.0, p.2.clone()));
+        }
+    };
     let mut out = HttpRoute {
         name: Some(
             rule.name
@@ -966,7 +1360,10 @@ fn convert_rule(
                 let bfield = format!("{ffield}.requestMirror.backendRef");
                 match destination(inputs, (kind, ns), &backend, enforce_grants, &bfield) {
                     Ok((dest, problem)) => {
-                        problems.extend(problem);
+                        if let Some(p) = problem {
+                            note(&mut unresolved, &p);
+                            problems.push((p.1, p.2));
+                        }
                         let percentage = match (&r.fraction, r.percent) {
                             (Some(f), _) => Some(Percent {
                                 value: 100.0 * f64::from(f.numerator)
@@ -982,7 +1379,10 @@ fn convert_rule(
                             percentage,
                         });
                     }
-                    Err(p) => problems.push(p),
+                    Err(p) => {
+                        note(&mut unresolved, &p);
+                        problems.push((p.1, p.2));
+                    }
                 }
             }
             "CORS" => {
@@ -1054,7 +1454,7 @@ fn convert_rule(
             status: 500,
             body: None,
         });
-        return Ok((out, problems));
+        return Ok((out, problems, unresolved));
     }
     let live: Vec<(usize, &HttpBackendRef)> = rule
         .backend_refs
@@ -1067,12 +1467,16 @@ fn convert_rule(
         let bfield = format!("{field}.backendRefs[{j}]");
         let dest = match destination(inputs, (kind, ns), b, enforce_grants, &bfield) {
             Ok((dest, problem)) => {
-                problems.extend(problem);
+                if let Some(p) = problem {
+                    note(&mut unresolved, &p);
+                    problems.push((p.1, p.2));
+                }
                 dest
             }
             Err(p) => {
                 // An invalid backend still takes its share (answered 500).
-                problems.push(p);
+                note(&mut unresolved, &p);
+                problems.push((p.1, p.2));
                 Destination {
                     host: format!("invalid-backend.{ns}.{}", inputs.domain),
                     subset: None,
@@ -1100,7 +1504,7 @@ fn convert_rule(
             headers,
         });
     }
-    Ok((out, problems))
+    Ok((out, problems, unresolved))
 }
 
 /// A GRPCRoute match as a VirtualService match (Istio's
@@ -1297,13 +1701,14 @@ fn destination(
     b: &HttpBackendRef,
     enforce_grants: bool,
     field: &str,
-) -> Result<(Destination, Option<Problem>), Problem> {
+) -> Result<(Destination, Option<RefProblem>), RefProblem> {
     let target_ns = b.namespace.as_deref().unwrap_or(ns);
     if enforce_grants
         && target_ns != ns
         && !granted(inputs, (kind, ns), ("Service", target_ns, &b.name))
     {
         return Err((
+            "RefNotPermitted",
             field.to_owned(),
             format!(
                 "backendRef {target_ns}/{} not accessible to a {kind} in namespace {ns} (missing a ReferenceGrant?)",
@@ -1313,6 +1718,7 @@ fn destination(
     }
     let Some(port) = b.port else {
         return Err((
+            "UnsupportedValue",
             format!("{field}.port"),
             "port is required in backendRef".into(),
         ));
@@ -1323,6 +1729,7 @@ fn destination(
         ("" | "core", "Service") => {
             if b.name.contains('.') {
                 return Err((
+                    "UnsupportedValue",
                     format!("{field}.name"),
                     "the Service's name must be used, not a hostname".into(),
                 ));
@@ -1331,6 +1738,7 @@ fn destination(
             let problem =
                 (!inputs.services.contains_key(&(target_ns, b.name.as_str()))).then(|| {
                     (
+                        "BackendNotFound",
                         field.to_owned(),
                         format!("backend {host} not found: its share is answered 500"),
                     )
@@ -1340,6 +1748,7 @@ fn destination(
         ("networking.istio.io", "Hostname") => {
             if b.namespace.is_some() {
                 return Err((
+                    "UnsupportedValue",
                     format!("{field}.namespace"),
                     "namespace may not be set with kind Hostname".into(),
                 ));
@@ -1348,6 +1757,7 @@ fn destination(
         }
         (g, k) => {
             return Err((
+                "InvalidKind",
                 format!("{field}.kind"),
                 format!("unsupported backendRef {g}/{k}"),
             ));

@@ -2152,12 +2152,7 @@ impl Snapshot {
             gateway_api.services = services
                 .iter()
                 .map(|(ns, name, (svc, _))| {
-                    let selector = svc
-                        .spec
-                        .as_ref()
-                        .and_then(|s| s.selector.clone())
-                        .unwrap_or_default();
-                    ((*ns, *name), selector)
+                    ((*ns, *name), crate::gateway_api::ServiceInfo::of(svc))
                 })
                 .collect();
             gateway_api.domain.clone_from(&snap.mesh.domain);

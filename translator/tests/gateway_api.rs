@@ -528,3 +528,89 @@ spec:
     );
     assert!(vs.spec.http[2].matches[0].headers.contains_key("x-tenant"));
 }
+
+#[test]
+fn status_as_istio_reports_it() {
+    let snap = snapshot(&[
+        ROUTE,
+        "
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: elsewhere, namespace: other}
+spec:
+  parentRefs: [{name: gw, namespace: default, sectionName: https}]
+  rules: [{backendRefs: [{name: ratings, namespace: other, port: 9080}]}]
+",
+    ]);
+    let status = |collection: &str, ns: &str, name: &str| {
+        snap.gateway_api
+            .status
+            .get(&(
+                format!("gateway.networking.k8s.io/v1/{collection}"),
+                ns.to_owned(),
+                name.to_owned(),
+            ))
+            .unwrap_or_else(|| panic!("no status for {collection} {ns}/{name}"))
+            .clone()
+    };
+    let condition = |conditions: &serde_json::Value, type_: &str| {
+        conditions
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == type_)
+            .map(|c| {
+                (
+                    c["status"].as_str().unwrap().to_owned(),
+                    c["reason"].as_str().unwrap().to_owned(),
+                )
+            })
+            .unwrap()
+    };
+    let gw = status("gateways", "default", "gw");
+    assert_eq!(
+        condition(&gw["conditions"], "Accepted"),
+        ("True".into(), "Accepted".into())
+    );
+    assert_eq!(
+        condition(&gw["conditions"], "Programmed"),
+        ("True".into(), "Programmed".into())
+    );
+    assert_eq!(
+        gw["addresses"],
+        serde_json::json!([{"type": "IPAddress", "value": "10.96.0.50"}])
+    );
+    let listeners = gw["listeners"].as_array().unwrap();
+    assert_eq!(listeners[0]["name"], "http");
+    assert_eq!(listeners[0]["attachedRoutes"], 0);
+    // The `bookinfo` route attaches to `https`; `elsewhere` is refused.
+    assert_eq!(listeners[1]["attachedRoutes"], 1);
+    assert_eq!(
+        listeners[1]["supportedKinds"],
+        serde_json::json!([
+            {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"},
+            {"group": "gateway.networking.k8s.io", "kind": "GRPCRoute"}
+        ])
+    );
+    let route = status("httproutes", "default", "bookinfo");
+    let parent = &route["parents"][0];
+    assert_eq!(
+        parent["parentRef"],
+        serde_json::json!({"name": "gw", "sectionName": "https"})
+    );
+    assert_eq!(parent["controllerName"], "istio.io/gateway-controller");
+    assert_eq!(
+        condition(&parent["conditions"], "Accepted"),
+        ("True".into(), "Accepted".into())
+    );
+    // Its `missing` backend.
+    assert_eq!(
+        condition(&parent["conditions"], "ResolvedRefs"),
+        ("False".into(), "BackendNotFound".into())
+    );
+    let refused = status("httproutes", "other", "elsewhere");
+    assert_eq!(
+        condition(&refused["parents"][0]["conditions"], "Accepted"),
+        ("False".into(), "NotAllowedByListeners".into())
+    );
+}
