@@ -1041,7 +1041,7 @@ fn convert_route(
     let mut bound: Vec<(String, String, Vec<String>, Option<u32>)> = Vec::new();
     // Per parent of ours: its reference, whether it is the mesh, and why
     // it was not accepted.
-    let mut statuses: Vec<(serde_json::Value, bool, Option<(&'static str, String)>)> = Vec::new();
+    let mut statuses: Vec<ParentStatus> = Vec::new();
     for (i, p) in route.parent_refs().iter().enumerate() {
         let field = format!("spec.parentRefs[{i}]");
         let group = p.group.as_deref().unwrap_or(api::GROUP);
@@ -1151,7 +1151,7 @@ fn convert_route(
         }
     }
     let generation = route.meta().generation;
-    let status_of = |statuses: Vec<(serde_json::Value, bool, Option<(&'static str, String)>)>,
+    let status_of = |statuses: Vec<ParentStatus>,
                      unresolved: [&Option<(&'static str, String)>; 2],
                      invalid: Option<&String>| {
         statuses
@@ -1284,6 +1284,13 @@ fn convert_route(
 
 type Problem = (String, String);
 
+/// A failed condition's reason and message.
+type Failure = (&'static str, String);
+
+/// A route's parent of ours: its reference, whether it is the mesh, and
+/// why it was not accepted.
+type ParentStatus = (serde_json::Value, bool, Option<Failure>);
+
 /// A backend reference that does not resolve: the `ResolvedRefs` reason,
 /// the field, the message.
 type RefProblem = (&'static str, String, String);
@@ -1303,7 +1310,7 @@ fn convert_rule(
     m: Option<HttpMatchRequest>,
     enforce_grants: bool,
     field: &str,
-) -> Result<(HttpRoute, Vec<Problem>, Option<(&'static str, String)>), Problem> {
+) -> Result<(HttpRoute, Vec<Problem>, Option<Failure>), Problem> {
     let mut problems = Vec::new();
     // The first backend reference that does not resolve (`ResolvedRefs`).
     let mut unresolved: Option<(&'static str, String)> = None;
