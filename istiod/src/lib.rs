@@ -12,6 +12,7 @@ pub mod admin;
 pub mod agent;
 pub mod autoregister;
 pub mod bootstrap;
+pub mod gateway_status;
 pub mod kube_ca;
 pub mod leader;
 pub mod metrics;
@@ -272,6 +273,15 @@ impl Daemon {
             }
         }
         let publisher = publisher.snapshots;
+        // The Gateway API objects' status, written by the leader.
+        if let Some(client) = kube_client.clone() {
+            tasks.push(tokio::spawn(gateway_status::write(
+                client,
+                snapshots.clone(),
+                leader.clone(),
+                shutdown.clone(),
+            )));
+        }
 
         let listener = tokio::net::TcpListener::bind(opts.xds_addr)
             .await

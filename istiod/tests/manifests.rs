@@ -188,6 +188,15 @@ fn rbac_grants_exactly_what_the_daemon_reads_and_writes() {
             verb.into(),
         ));
     }
+    // The Gateway API's status (`istiod::gateway_status`).
+    for plural in ["gatewayclasses", "gateways", "httproutes", "grpcroutes"] {
+        needed.insert((
+            String::new(),
+            "gateway.networking.k8s.io".into(),
+            format!("{plural}/status"),
+            "patch".into(),
+        ));
+    }
     assert_eq!(
         granted, needed,
         "RBAC and what the daemon reads and writes differ"

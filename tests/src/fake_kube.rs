@@ -685,6 +685,50 @@ async fn handle(
         put(&shared, object.clone());
         return axum::Json(object).into_response();
     }
+    // A merge patch (RFC 7386) of one object's `status` subresource:
+    // `.../PLURAL/NAME/status`.
+    if method == Method::PATCH
+        && headers
+            .get("content-type")
+            .is_some_and(|c| c.as_bytes().starts_with(b"application/merge-patch+json"))
+        && let Some(object_path) = uri.path().strip_suffix("/status")
+        && let Some((collection_path, name)) = object_path.rsplit_once('/')
+        && let Some(target) = Target::parse(collection_path)
+    {
+        let ns = target.namespace.clone().unwrap_or_default();
+        let existing = shared
+            .store
+            .lock()
+            .expect("fake API store")
+            .objects
+            .get(&target.collection())
+            .and_then(|o| o.get(&(ns, name.to_owned())))
+            .cloned();
+        let Some(mut object) = existing else {
+            let body = status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("{name:?} not found"),
+            );
+            return (StatusCode::NOT_FOUND, axum::Json(body)).into_response();
+        };
+        let Ok(patch) = serde_json::from_slice::<Value>(&body) else {
+            let body = status(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                "patch is not JSON".into(),
+            );
+            return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+        };
+        // The status subresource changes the status only.
+        if let Some(new_status) = patch.get("status") {
+            let mut current = object.get("status").cloned().unwrap_or(Value::Null);
+            json_patch::merge(&mut current, new_status);
+            object["status"] = current;
+        }
+        put(&shared, object.clone());
+        return axum::Json(object).into_response();
+    }
     // JSON Patch (RFC 6902) of one object, `test` operations included.
     if method == Method::PATCH
         && headers

@@ -1263,4 +1263,63 @@ spec:
     .unwrap();
     assert_eq!(status, 404);
     assert_eq!(gw.rejected(), 0);
+
+    // The leader writes their status, as `kubectl wait
+    // --for=condition=programmed` expects it.
+    let condition = |conditions: &serde_json::Value, type_: &str| {
+        conditions
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == type_)
+            .map(|c| c["status"].as_str().unwrap_or_default().to_owned())
+    };
+    let v1 = "gateway.networking.k8s.io/v1";
+    let gateway = e2e::eventually(
+        SYNC,
+        || {
+            api.get(v1, "Gateway", "istio-system", "bookinfo-gw")
+                .filter(|g| {
+                    condition(&g["status"]["conditions"], "Programmed").as_deref() == Some("True")
+                })
+        },
+        || {
+            format!(
+                "{:?}",
+                api.get(v1, "Gateway", "istio-system", "bookinfo-gw")
+            )
+        },
+    );
+    let listener = &gateway["status"]["listeners"][0];
+    assert_eq!(listener["attachedRoutes"], 1, "{gateway}");
+    assert!(
+        gateway["status"]["conditions"][0]["lastTransitionTime"].is_string(),
+        "{gateway}"
+    );
+    assert_eq!(
+        gateway["status"]["addresses"],
+        json!([{"type": "IPAddress", "value": "10.96.0.90"}])
+    );
+    let route = e2e::eventually(
+        SYNC,
+        || {
+            api.get(v1, "HTTPRoute", "default", "bookinfo")
+                .filter(|r| r["status"]["parents"].is_array())
+        },
+        || format!("{:?}", api.get(v1, "HTTPRoute", "default", "bookinfo")),
+    );
+    let parent = &route["status"]["parents"][0];
+    assert_eq!(parent["controllerName"], "istio.io/gateway-controller");
+    assert_eq!(
+        condition(&parent["conditions"], "Accepted").as_deref(),
+        Some("True")
+    );
+    assert_eq!(
+        condition(&parent["conditions"], "ResolvedRefs").as_deref(),
+        Some("True")
+    );
+    // Status writes are not inputs: no snapshot follows them.
+    let version = mesh.daemon.snapshots.borrow().version;
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(mesh.daemon.snapshots.borrow().version, version);
 }

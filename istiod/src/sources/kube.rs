@@ -376,14 +376,23 @@ fn trim(value: &mut Value, resource: &ApiResource) {
         return;
     };
     if let Some(meta) = map.get_mut("metadata").and_then(Value::as_object_mut) {
-        for field in ["managedFields", "resourceVersion", "generation"] {
+        for field in ["managedFields", "resourceVersion"] {
             meta.remove(field);
+        }
+        // The Gateway API's status conditions name the generation they saw.
+        if resource.group != crds::gateway_api::GROUP {
+            meta.remove("generation");
         }
         if let Some(annotations) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
             annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
         }
     }
-    if resource.group == crds::NETWORKING_GROUP || resource.group == crds::SECURITY_GROUP {
+    if resource.group == crds::NETWORKING_GROUP
+        || resource.group == crds::SECURITY_GROUP
+        || resource.group == crds::gateway_api::GROUP
+    {
+        // Written by control planes (this one's own status writes among
+        // them): never an input.
         map.remove("status");
     }
     if resource.kind == "Node" {
