@@ -27,7 +27,8 @@
 //!   whole segments, a missing backend answers 500, a prefix rewrite to
 //!   `/` drops the prefix, `ReplacePrefixMatch` redirects.
 //!
-//! Status is not written; what Istio would report in conditions is a
+//! Their status is computed here as Istio reports it ([`Generated::status`];
+//! the daemon's leader writes it), and every problem is also a
 //! [`ConfigWarning`] naming the object and field.
 
 use std::collections::{BTreeMap, HashSet};
