@@ -12,7 +12,7 @@ pub mod admin;
 pub mod agent;
 pub mod autoregister;
 pub mod bootstrap;
-pub mod gateway_status;
+pub mod gateway_controller;
 pub mod kube_ca;
 pub mod leader;
 pub mod metrics;
@@ -273,9 +273,9 @@ impl Daemon {
             }
         }
         let publisher = publisher.snapshots;
-        // The Gateway API objects' status, written by the leader.
+        // The Gateway API's deployments and status, written by the leader.
         if let Some(client) = kube_client.clone() {
-            tasks.push(tokio::spawn(gateway_status::write(
+            tasks.push(tokio::spawn(gateway_controller::run(
                 client,
                 snapshots.clone(),
                 leader.clone(),

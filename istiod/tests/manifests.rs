@@ -188,7 +188,17 @@ fn rbac_grants_exactly_what_the_daemon_reads_and_writes() {
             verb.into(),
         ));
     }
-    // The Gateway API's status (`istiod::gateway_status`).
+    // Managed Gateways' deployments (`istiod::gateway_controller`).
+    for (group, plural) in [
+        ("", "services"),
+        ("", "serviceaccounts"),
+        ("apps", "deployments"),
+    ] {
+        for verb in ["create", "patch"] {
+            needed.insert((String::new(), group.into(), plural.into(), verb.into()));
+        }
+    }
+    // The Gateway API's status (`istiod::gateway_controller`).
     for plural in ["gatewayclasses", "gateways", "httproutes", "grpcroutes"] {
         needed.insert((
             String::new(),

@@ -42,6 +42,8 @@ pub const KINDS: &[(&str, &str, &str, bool)] = &[
     ("v1", "Pod", "pods", true),
     ("v1", "Service", "services", true),
     ("v1", "ConfigMap", "configmaps", true),
+    ("v1", "ServiceAccount", "serviceaccounts", true),
+    ("apps/v1", "Deployment", "deployments", true),
     ("v1", "Secret", "secrets", true),
     (
         "discovery.k8s.io/v1",
@@ -681,6 +683,43 @@ async fn handle(
         }
         if let Some(labels) = patch["metadata"].get("labels") {
             object["metadata"]["labels"] = labels.clone();
+        }
+        put(&shared, object.clone());
+        return axum::Json(object).into_response();
+    }
+    // Server-side apply of one object of a served kind (the applied
+    // object replaces the one there, its status kept: this server has one
+    // field manager per object).
+    if method == Method::PATCH
+        && headers
+            .get("content-type")
+            .is_some_and(|c| c.as_bytes().starts_with(b"application/apply-patch"))
+        && let Some((collection_path, name)) = uri.path().rsplit_once('/')
+        && let Some(target) = Target::parse(collection_path)
+    {
+        let Ok(mut object) = serde_json::from_slice::<Value>(&body) else {
+            let body = status(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                "apply patch is not JSON".into(),
+            );
+            return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+        };
+        let ns = target.namespace.clone().unwrap_or_default();
+        let existing = shared
+            .store
+            .lock()
+            .expect("fake API store")
+            .objects
+            .get(&target.collection())
+            .and_then(|o| o.get(&(ns.clone(), name.to_owned())))
+            .cloned();
+        object["metadata"]["name"] = name.into();
+        if !ns.is_empty() {
+            object["metadata"]["namespace"] = ns.into();
+        }
+        if let Some(old_status) = existing.as_ref().and_then(|e| e.get("status")) {
+            object["status"] = old_status.clone();
         }
         put(&shared, object.clone());
         return axum::Json(object).into_response();

@@ -1199,23 +1199,20 @@ fn gateway_api_kinds_are_read_once_their_crds_are_installed() {
             .count()
     };
     assert!(asked(api) >= 1, "the HTTPRoute list was asked for");
-    let gw = mesh.proxy(e2e::GATEWAY, &e2e::GATEWAY_LABELS, 15000);
+    // A pod of the deployment the Gateway gets (its label).
+    let gw = mesh.proxy(
+        e2e::GATEWAY,
+        &[("gateway.networking.k8s.io/gateway-name", "bookinfo-gw")],
+        15000,
+    );
 
     // The CRDs installed, then a Gateway and an HTTPRoute: the daemon asks
-    // again and the gateway serves the route.
+    // again, deploys the gateway, and its pod serves the route.
     for c in GATEWAY_API {
         api.set_installed(c, true);
     }
     api.apply_yaml(
-        "apiVersion: v1
-kind: Service
-metadata: {name: bookinfo-gw-istio, namespace: istio-system}
-spec:
-  clusterIP: 10.96.0.90
-  selector: {istio: ingressgateway}
-  ports: [{name: http, port: 8080}]
----
-apiVersion: gateway.networking.k8s.io/v1
+        "apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
 metadata: {name: bookinfo-gw, namespace: istio-system}
 spec:
@@ -1296,9 +1293,53 @@ spec:
         gateway["status"]["conditions"][0]["lastTransitionTime"].is_string(),
         "{gateway}"
     );
+    // The automated deployment: ServiceAccount, Deployment and Service
+    // `bookinfo-gw-istio`, owned by the Gateway.
+    let uid = gateway["metadata"]["uid"].clone();
+    for (version, kind) in [
+        ("v1", "ServiceAccount"),
+        ("apps/v1", "Deployment"),
+        ("v1", "Service"),
+    ] {
+        let o = api
+            .get(version, kind, "istio-system", "bookinfo-gw-istio")
+            .unwrap_or_else(|| panic!("no {kind} deployed"));
+        assert_eq!(o["metadata"]["ownerReferences"][0]["uid"], uid, "{o}");
+        assert_eq!(
+            o["metadata"]["labels"]["gateway.networking.k8s.io/gateway-name"],
+            "bookinfo-gw"
+        );
+    }
+    let deployment = api
+        .get("apps/v1", "Deployment", "istio-system", "bookinfo-gw-istio")
+        .unwrap();
+    let template = &deployment["spec"]["template"];
     assert_eq!(
-        gateway["status"]["addresses"],
-        json!([{"type": "IPAddress", "value": "10.96.0.90"}])
+        template["metadata"]["annotations"]["inject.istio.io/templates"],
+        "gateway"
+    );
+    assert_eq!(template["spec"]["containers"][0]["name"], "istio-proxy");
+    let service = api
+        .get("v1", "Service", "istio-system", "bookinfo-gw-istio")
+        .unwrap();
+    assert_eq!(
+        service["spec"]["selector"],
+        json!({"gateway.networking.k8s.io/gateway-name": "bookinfo-gw"})
+    );
+    let ports: Vec<(String, u64)> = service["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_owned(),
+                p["port"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ports,
+        [("status-port".to_owned(), 15021), ("http".to_owned(), 8080)]
     );
     let route = e2e::eventually(
         SYNC,

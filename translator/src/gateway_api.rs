@@ -146,6 +146,11 @@ pub struct Generated {
     /// The status of each GatewayClass, Gateway, HTTPRoute and GRPCRoute
     /// this control plane implements.
     pub status: Statuses,
+    /// What Istio's automated deployment makes for each managed Gateway
+    /// (no address, or one IP), by its (namespace, name): a ServiceAccount,
+    /// a Deployment of gateway pods and their Service, named `<name>-<class>`
+    /// and owned by the Gateway ([`deployment`]).
+    pub deployments: BTreeMap<(String, String), Vec<serde_json::Value>>,
 }
 
 impl Generated {
@@ -429,6 +434,11 @@ pub(crate) fn convert(inputs: &Inputs<'_>) -> Output {
             continue;
         }
         let (ns, name) = ns_name(&gw.metadata);
+        if let Some(objects) = deployment(gw) {
+            out.generated
+                .deployments
+                .insert((ns.to_owned(), name.to_owned()), objects);
+        }
         let (list, state) = convert_gateway(inputs, gw, &mut out);
         parents.insert((ns.to_owned(), name.to_owned()), list);
         states.insert((ns.to_owned(), name.to_owned()), state);
@@ -714,6 +724,154 @@ fn gateway_status(state: &GatewayState) -> serde_json::Value {
     status
 }
 
+/// Istio's `IsManaged`: a Gateway without an address, or with one IP
+/// address, is deployed by the control plane.
+fn managed(gw: &KubeGateway) -> bool {
+    let addresses = &gw.spec.addresses;
+    let is_ip = |a: &api::GatewayAddress| a.type_.as_deref().is_none_or(|t| t == "IPAddress");
+    addresses.is_empty() || (addresses.len() == 1 && is_ip(&addresses[0]))
+}
+
+/// The objects of a managed Gateway's automated deployment, as Istio's
+/// `kube-gateway` template makes them (`None` for an unmanaged one or one
+/// without a UID to own them by): a ServiceAccount, a Deployment whose pod
+/// the injector completes (`inject.istio.io/templates: gateway`, its
+/// container `istio-proxy` with image `auto`) and a Service (`LoadBalancer`
+/// unless `networking.istio.io/service-type` says otherwise; the status port
+/// 15021 and each listener port; `loadBalancerIP` from an IP address), all
+/// named `<name>-<class>` (or `gateway.istio.io/name-override`), labelled
+/// `gateway.networking.k8s.io/gateway-name` and owned by the Gateway.
+pub fn deployment(gw: &KubeGateway) -> Option<Vec<serde_json::Value>> {
+    use serde_json::json;
+    let (ns, name) = ns_name(&gw.metadata);
+    let uid = gw.metadata.uid.as_deref().filter(|u| !u.is_empty())?;
+    if !managed(gw) {
+        return None;
+    }
+    let class = &gw.spec.gateway_class_name;
+    let annotations = gw.metadata.annotations.clone().unwrap_or_default();
+    let object_name = annotations
+        .get("gateway.istio.io/name-override")
+        .cloned()
+        .unwrap_or_else(|| format!("{name}-{class}"));
+    let account = annotations
+        .get("gateway.istio.io/service-account")
+        .cloned()
+        .unwrap_or_else(|| object_name.clone());
+    let owner = json!([{
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "name": name,
+        "uid": uid,
+    }]);
+    let labels = json!({
+        api::GATEWAY_NAME_LABEL: name,
+        "gateway.networking.k8s.io/gateway-class-name": class,
+    });
+    let mut managed_labels = labels.clone();
+    managed_labels["gateway.istio.io/managed"] = "istio.io-gateway-controller".into();
+    let mut pod_labels = managed_labels.clone();
+    pod_labels["sidecar.istio.io/inject"] = "true".into();
+    pod_labels["service.istio.io/canonical-name"] = object_name.clone().into();
+    pod_labels["service.istio.io/canonical-revision"] = "latest".into();
+    let mut ports = vec![
+        json!({"name": "status-port", "port": 15021, "protocol": "TCP", "appProtocol": "tcp"}),
+    ];
+    let mut seen = HashSet::new();
+    for (i, l) in gw.spec.listeners.iter().enumerate() {
+        if !seen.insert(l.port) {
+            continue;
+        }
+        let protocol = l.protocol.to_ascii_lowercase();
+        let port_name: String = l
+            .name
+            .to_ascii_lowercase()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let port_name = if port_name.trim_matches('-').is_empty() {
+            format!("{protocol}-{i}")
+        } else {
+            port_name
+        };
+        ports.push(
+            json!({"name": port_name, "port": l.port, "protocol": "TCP", "appProtocol": protocol}),
+        );
+    }
+    let service_type = annotations
+        .get("networking.istio.io/service-type")
+        .cloned()
+        .unwrap_or_else(|| "LoadBalancer".into());
+    let mut service_spec = json!({
+        "ports": ports,
+        "selector": {api::GATEWAY_NAME_LABEL: name},
+        "type": service_type,
+    });
+    if let Some(ip) = gw.spec.addresses.first()
+        && service_type == "LoadBalancer"
+    {
+        service_spec["loadBalancerIP"] = ip.value.clone().into();
+    }
+    Some(vec![
+        json!({
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": account, "namespace": ns, "labels": labels, "ownerReferences": owner},
+        }),
+        json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": object_name, "namespace": ns, "labels": managed_labels, "ownerReferences": owner},
+            "spec": {
+                "selector": {"matchLabels": {api::GATEWAY_NAME_LABEL: name}},
+                "template": {
+                    "metadata": {
+                        "annotations": {
+                            "inject.istio.io/templates": "gateway",
+                            "prometheus.io/path": "/stats/prometheus",
+                            "prometheus.io/port": "15020",
+                            "prometheus.io/scrape": "true",
+                        },
+                        "labels": pod_labels,
+                    },
+                    "spec": {
+                        "serviceAccountName": account,
+                        "securityContext": {
+                            "sysctls": [{"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"}],
+                        },
+                        "containers": [{
+                            "name": "istio-proxy",
+                            "image": "auto",
+                            "securityContext": {
+                                "capabilities": {"drop": ["ALL"]},
+                                "allowPrivilegeEscalation": false,
+                                "privileged": false,
+                                "readOnlyRootFilesystem": true,
+                                "runAsUser": 1337,
+                                "runAsGroup": 1337,
+                                "runAsNonRoot": true,
+                            },
+                            "ports": [{"containerPort": 15021, "name": "status-port", "protocol": "TCP"}],
+                            "readinessProbe": {
+                                "failureThreshold": 4,
+                                "periodSeconds": 15,
+                                "timeoutSeconds": 1,
+                                "httpGet": {"path": "/healthz/ready", "port": 15021, "scheme": "HTTP"},
+                            },
+                        }],
+                    },
+                },
+            },
+        }),
+        json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": object_name, "namespace": ns, "labels": labels, "ownerReferences": owner},
+            "spec": service_spec,
+        }),
+    ])
+}
+
 /// The labels of the proxies `gw` programs: its Service's selector
 /// (`<name>-<class>`, or `gateway.istio.io/name-override`; or the Service
 /// a `Hostname` address names), else, when Istio would deploy that
@@ -727,9 +885,7 @@ fn gateway_selector(
     let (ns, name) = ns_name(&gw.metadata);
     let key = format!("{ns}/{name}");
     let addresses = &gw.spec.addresses;
-    let is_ip = |a: &api::GatewayAddress| a.type_.as_deref().is_none_or(|t| t == "IPAddress");
-    // Istio's `IsManaged`: no address, or one IP address.
-    let managed = addresses.is_empty() || (addresses.len() == 1 && is_ip(&addresses[0]));
+    let managed = managed(gw);
     let services: Vec<(String, String)> = if managed {
         let service = gw
             .metadata
@@ -818,8 +974,8 @@ fn gateway_selector(
             )),
             None if managed => {
                 let why = format!(
-                    "Service {svc_ns}/{svc} not found (Istio deploys it; this control plane does not): \
-                     pods labelled {}={name} in {ns} are programmed",
+                    "Service {svc_ns}/{svc} not found (in a cluster it is deployed with the Gateway; \
+                     from files, write it): pods labelled {}={name} in {ns} are programmed",
                     api::GATEWAY_NAME_LABEL
                 );
                 out.warnings.push(ConfigWarning::new(

@@ -614,3 +614,59 @@ spec:
         ("False".into(), "NotAllowedByListeners".into())
     );
 }
+
+#[test]
+fn managed_gateways_are_deployed_as_istio_deploys_them() {
+    let gateway = |spec: &str| {
+        let objects = crds::objects_of(&[format!(
+            "
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: web, uid: u-1}}
+spec:
+  gatewayClassName: istio
+{spec}"
+        )]);
+        match objects.into_iter().next() {
+            Some(crds::Object::KubeGateway(g)) => *g,
+            other => panic!("{other:?}"),
+        }
+    };
+    let listeners = "  listeners:
+  - {name: http, port: 80, protocol: HTTP}
+  - {name: Other_HTTP, port: 80, protocol: HTTP}
+  - {name: https, port: 443, protocol: HTTPS, tls: {certificateRefs: [{name: c}]}}
+";
+    let objects = translator::gateway_api::deployment(&gateway(listeners)).unwrap();
+    let kinds: Vec<&str> = objects
+        .iter()
+        .map(|o| o["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["ServiceAccount", "Deployment", "Service"]);
+    for o in &objects {
+        assert_eq!(o["metadata"]["name"], "edge-istio");
+        assert_eq!(o["metadata"]["namespace"], "web");
+        assert_eq!(o["metadata"]["ownerReferences"][0]["uid"], "u-1");
+    }
+    let service = &objects[2]["spec"];
+    assert_eq!(service["type"], "LoadBalancer");
+    assert_eq!(
+        service["ports"],
+        serde_json::json!([
+            {"name": "status-port", "port": 15021, "protocol": "TCP", "appProtocol": "tcp"},
+            {"name": "http", "port": 80, "protocol": "TCP", "appProtocol": "http"},
+            {"name": "https", "port": 443, "protocol": "TCP", "appProtocol": "https"}
+        ])
+    );
+    // One IP address: still managed, the load balancer asked for it.
+    let with_ip = gateway(&format!(
+        "  addresses: [{{type: IPAddress, value: 192.0.2.7}}]\n{listeners}"
+    ));
+    let objects = translator::gateway_api::deployment(&with_ip).unwrap();
+    assert_eq!(objects[2]["spec"]["loadBalancerIP"], "192.0.2.7");
+    // A Hostname address names an existing Service: nothing is deployed.
+    let manual = gateway(&format!(
+        "  addresses: [{{type: Hostname, value: ingress.web.svc.cluster.local}}]\n{listeners}"
+    ));
+    assert!(translator::gateway_api::deployment(&manual).is_none());
+}

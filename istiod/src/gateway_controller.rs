@@ -1,21 +1,28 @@
-//! Writes the status of the Gateway API objects this control plane
-//! implements (GatewayClasses, Gateways, HTTPRoutes, GRPCRoutes) to the API
-//! server, as istiod's status writer does: the leader replica only, a
-//! merge patch of each object's `status` subresource whenever what the
-//! translator computed for it ([`translator::gateway_api::Generated::status`])
-//! changes. `kubectl get gateway` then shows it programmed, and
-//! `kubectl wait --for=condition=programmed` returns.
+//! The Gateway API's writes to the API server, by the leader replica only,
+//! as istiod's gateway controller makes them:
+//!
+//! - the automated deployment of each managed Gateway (Istio's
+//!   `DeploymentController`): its ServiceAccount, Deployment and Service
+//!   ([`translator::gateway_api::deployment`]), server-side applied (field
+//!   manager `istiod-rs`) whenever they change; the gateway pods are then
+//!   completed by the injector (`inject.istio.io/templates: gateway`);
+//! - the status of the Gateway API objects it implements (GatewayClasses,
+//!   Gateways, HTTPRoutes, GRPCRoutes): a merge patch of each object's
+//!   `status` subresource whenever what the translator computed for it
+//!   ([`translator::gateway_api::Generated::status`]) changes.
+//!   `kubectl get gateway` then shows it programmed, and
+//!   `kubectl wait --for=condition=programmed` returns.
 //!
 //! Conditions get their `lastTransitionTime` when written (a status is only
 //! written when it changed, so the time is the change's). A new leader
-//! writes every status once. A failed write is retried on the next
-//! snapshot, or after [`RECHECK`].
+//! writes everything once. A failed write is retried on the next snapshot,
+//! or after [`RECHECK`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use kube::Api;
-use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -24,9 +31,13 @@ use translator::model::Snapshot;
 /// How often failed writes are tried again without a new snapshot.
 pub const RECHECK: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Keeps the API server's statuses equal to the published snapshots'
-/// while `leader` is true; ends when `token` is cancelled.
-pub async fn write(
+/// The field manager of the applied objects.
+const FIELD_MANAGER: &str = "istiod-rs";
+
+/// Keeps the API server's gateway deployments and statuses equal to the
+/// published snapshots' while `leader` is true; ends when `token` is
+/// cancelled.
+pub async fn run(
     client: kube::Client,
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
     mut leader: watch::Receiver<bool>,
@@ -34,9 +45,27 @@ pub async fn write(
 ) {
     // What this replica last wrote, by object: written again only when it differs.
     let mut written: HashMap<(String, String, String), serde_json::Value> = HashMap::new();
+    let mut deployed: HashMap<(String, String), Vec<serde_json::Value>> = HashMap::new();
     loop {
         if *leader.borrow_and_update() {
             let snap = snapshots.borrow_and_update().clone();
+            for (key, objects) in &snap.gateway_api.deployments {
+                if deployed.get(key) == Some(objects) {
+                    continue;
+                }
+                let mut all = true;
+                for object in objects {
+                    if let Err(e) = apply(&client, object).await {
+                        all = false;
+                        warn!(gateway = %format!("{}/{}", key.0, key.1), kind = %object["kind"], error = %e, "gateway deployment not applied; will retry");
+                    }
+                }
+                if all {
+                    debug!(gateway = %format!("{}/{}", key.0, key.1), "gateway deployment applied");
+                    deployed.insert(key.clone(), objects.clone());
+                }
+            }
+            deployed.retain(|k, _| snap.gateway_api.deployments.contains_key(k));
             let desired = &snap.gateway_api.status;
             for (key, status) in desired {
                 if written.get(key) == Some(status) {
@@ -55,6 +84,7 @@ pub async fn write(
             written.retain(|k, _| desired.contains_key(k));
         } else {
             written.clear();
+            deployed.clear();
         }
         tokio::select! {
             r = snapshots.changed() => if r.is_err() { break },
@@ -63,6 +93,27 @@ pub async fn write(
             () = token.cancelled() => break,
         }
     }
+}
+
+/// Server-side apply of one object (`apiVersion`, `kind`, `metadata.name`
+/// and `namespace` set).
+async fn apply(client: &kube::Client, object: &serde_json::Value) -> kube::Result<()> {
+    let api_version = object["apiVersion"].as_str().unwrap_or_default();
+    let kind = object["kind"].as_str().unwrap_or_default();
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let plural = format!("{}s", kind.to_ascii_lowercase());
+    let resource =
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), &plural);
+    let namespace = object["metadata"]["namespace"].as_str().unwrap_or_default();
+    let name = object["metadata"]["name"].as_str().unwrap_or_default();
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
+    api.patch(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(object),
+    )
+    .await
+    .map(|_| ())
 }
 
 /// The merge patch of one object's `status` subresource.
