@@ -1152,7 +1152,18 @@ fn hosts_match(a: &str, b: &str) -> bool {
     covers(a, b) || covers(b, a)
 }
 
-/// Converts one HTTPRoute into the VirtualServices of `merged`.
+/// Of two host names that match each other, the one that names fewer
+/// hosts (what the route serves on the listener, as Istio's gateway
+/// virtual hosts take the route's and the server's hosts' intersection).
+fn narrower<'h>(a: &'h str, b: &'h str) -> &'h str {
+    match (a.starts_with('*'), b.starts_with('*')) {
+        (true, false) => b,
+        (false, _) => a,
+        (true, true) if b.len() > a.len() => b,
+        (true, true) => a,
+    }
+}
+
 /// A parent reference as the route's status names it.
 fn parent_ref_json(p: &ObjectReference) -> serde_json::Value {
     let mut v = serde_json::json!({ "name": p.name });
@@ -1249,7 +1260,7 @@ fn convert_route(
                     let hosts: Vec<String> = hostnames
                         .iter()
                         .filter(|h| hosts_match(&l.hostname, h))
-                        .cloned()
+                        .map(|h| narrower(h, &l.hostname).to_owned())
                         .collect();
                     if hosts.is_empty() {
                         reasons.push((
