@@ -100,16 +100,30 @@ pub struct KubeGatewaySpec {
     /// manually deployed gateway (Istio's "manual deployment").
     #[serde(default)]
     pub addresses: Vec<GatewayAddress>,
-    /// Labels and annotations for the deployed infrastructure (not read:
-    /// this control plane deploys nothing).
+    /// Labels and annotations for the deployed infrastructure.
     #[serde(default)]
-    pub infrastructure: Option<serde_json::Value>,
+    pub infrastructure: Option<GatewayInfrastructure>,
     /// Experimental ListenerSet attachment (not read).
     #[serde(default)]
     pub allowed_listeners: Option<serde_json::Value>,
     /// Experimental client TLS towards backends (not read).
     #[serde(default, rename = "backendTLS")]
     pub backend_tls: Option<serde_json::Value>,
+}
+
+/// `GatewayInfrastructure`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewayInfrastructure {
+    /// Labels of every object deployed for the Gateway.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations of every object deployed for the Gateway.
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    /// Controller-specific parameters (not read).
+    #[serde(default)]
+    pub parameters_ref: Option<serde_json::Value>,
 }
 
 /// `GatewaySpecAddress`.

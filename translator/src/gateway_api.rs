@@ -531,7 +531,13 @@ fn convert_gateway(
             .push(ConfigWarning::new(GATEWAY_KIND, key.clone(), field, reason));
     };
     for (field, set) in [
-        ("spec.infrastructure", gw.spec.infrastructure.is_some()),
+        (
+            "spec.infrastructure.parametersRef",
+            gw.spec
+                .infrastructure
+                .as_ref()
+                .is_some_and(|i| i.parameters_ref.is_some()),
+        ),
         ("spec.allowedListeners", gw.spec.allowed_listeners.is_some()),
         ("spec.backendTLS", gw.spec.backend_tls.is_some()),
     ] {
@@ -764,14 +770,26 @@ pub fn deployment(gw: &KubeGateway) -> Option<Vec<serde_json::Value>> {
         "name": name,
         "uid": uid,
     }]);
-    let labels = json!({
-        api::GATEWAY_NAME_LABEL: name,
-        "gateway.networking.k8s.io/gateway-class-name": class,
-    });
+    // `spec.infrastructure`'s labels and annotations go on every object
+    // (and the pods), Istio's own labels over them.
+    let infra = gw.spec.infrastructure.clone().unwrap_or_default();
+    let mut labels = json!(infra.labels);
+    labels[api::GATEWAY_NAME_LABEL] = name.into();
+    labels["gateway.networking.k8s.io/gateway-class-name"] = class.clone().into();
+    let meta_annotations = json!(infra.annotations);
     let mut managed_labels = labels.clone();
     managed_labels["gateway.istio.io/managed"] = "istio.io-gateway-controller".into();
     let mut pod_labels = managed_labels.clone();
     pod_labels["sidecar.istio.io/inject"] = "true".into();
+    let mut pod_annotations = meta_annotations.clone();
+    for (k, v) in [
+        ("inject.istio.io/templates", "gateway"),
+        ("prometheus.io/path", "/stats/prometheus"),
+        ("prometheus.io/port", "15020"),
+        ("prometheus.io/scrape", "true"),
+    ] {
+        pod_annotations[k] = v.into();
+    }
     pod_labels["service.istio.io/canonical-name"] = object_name.clone().into();
     pod_labels["service.istio.io/canonical-revision"] = "latest".into();
     let mut ports = vec![
@@ -816,22 +834,17 @@ pub fn deployment(gw: &KubeGateway) -> Option<Vec<serde_json::Value>> {
         json!({
             "apiVersion": "v1",
             "kind": "ServiceAccount",
-            "metadata": {"name": account, "namespace": ns, "labels": labels, "ownerReferences": owner},
+            "metadata": {"name": account, "namespace": ns, "labels": labels, "annotations": meta_annotations, "ownerReferences": owner},
         }),
         json!({
             "apiVersion": "apps/v1",
             "kind": "Deployment",
-            "metadata": {"name": object_name, "namespace": ns, "labels": managed_labels, "ownerReferences": owner},
+            "metadata": {"name": object_name, "namespace": ns, "labels": managed_labels, "annotations": meta_annotations, "ownerReferences": owner},
             "spec": {
                 "selector": {"matchLabels": {api::GATEWAY_NAME_LABEL: name}},
                 "template": {
                     "metadata": {
-                        "annotations": {
-                            "inject.istio.io/templates": "gateway",
-                            "prometheus.io/path": "/stats/prometheus",
-                            "prometheus.io/port": "15020",
-                            "prometheus.io/scrape": "true",
-                        },
+                        "annotations": pod_annotations,
                         "labels": pod_labels,
                     },
                     "spec": {
@@ -866,7 +879,7 @@ pub fn deployment(gw: &KubeGateway) -> Option<Vec<serde_json::Value>> {
         json!({
             "apiVersion": "v1",
             "kind": "Service",
-            "metadata": {"name": object_name, "namespace": ns, "labels": labels, "ownerReferences": owner},
+            "metadata": {"name": object_name, "namespace": ns, "labels": labels, "annotations": meta_annotations, "ownerReferences": owner},
             "spec": service_spec,
         }),
     ])

@@ -658,6 +658,19 @@ spec:
             {"name": "https", "port": 443, "protocol": "TCP", "appProtocol": "https"}
         ])
     );
+    // `spec.infrastructure` labels and annotations go on everything.
+    let infra = gateway(&format!(
+        "  infrastructure: {{labels: {{team: edge}}, annotations: {{owner: ops}}}}\n{listeners}"
+    ));
+    let objects = translator::gateway_api::deployment(&infra).unwrap();
+    for o in &objects {
+        assert_eq!(o["metadata"]["labels"]["team"], "edge", "{o}");
+        assert_eq!(o["metadata"]["annotations"]["owner"], "ops", "{o}");
+    }
+    let pod = &objects[1]["spec"]["template"]["metadata"];
+    assert_eq!(pod["labels"]["team"], "edge");
+    assert_eq!(pod["annotations"]["owner"], "ops");
+    assert_eq!(pod["annotations"]["inject.istio.io/templates"], "gateway");
     // One IP address: still managed, the load balancer asked for it.
     let with_ip = gateway(&format!(
         "  addresses: [{{type: IPAddress, value: 192.0.2.7}}]\n{listeners}"
