@@ -463,6 +463,29 @@ fn record(
     let _ = shared.changes.send(change);
 }
 
+/// The object `name` of `target`'s collection (and namespace), as stored.
+fn stored(shared: &Shared, target: &Target, name: &str) -> Option<Value> {
+    let ns = target.namespace.clone().unwrap_or_default();
+    shared
+        .store
+        .lock()
+        .expect("fake API store")
+        .objects
+        .get(&target.collection())
+        .and_then(|o| o.get(&(ns, name.to_owned())))
+        .cloned()
+}
+
+/// The API server's `404` for the object `name`.
+fn not_found(name: &str) -> Response {
+    let body = status(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        format!("{name:?} not found"),
+    );
+    (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
+}
+
 /// `(collection, namespaced)` of an object by its `apiVersion` and `kind`.
 fn collection_of(object: &Value) -> Option<(String, bool)> {
     let api_version = object.get("apiVersion")?.as_str()?;
@@ -706,14 +729,7 @@ async fn handle(
             return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
         };
         let ns = target.namespace.clone().unwrap_or_default();
-        let existing = shared
-            .store
-            .lock()
-            .expect("fake API store")
-            .objects
-            .get(&target.collection())
-            .and_then(|o| o.get(&(ns.clone(), name.to_owned())))
-            .cloned();
+        let existing = stored(&shared, &target, name);
         object["metadata"]["name"] = name.into();
         if !ns.is_empty() {
             object["metadata"]["namespace"] = ns.into();
@@ -734,22 +750,8 @@ async fn handle(
         && let Some((collection_path, name)) = object_path.rsplit_once('/')
         && let Some(target) = Target::parse(collection_path)
     {
-        let ns = target.namespace.clone().unwrap_or_default();
-        let existing = shared
-            .store
-            .lock()
-            .expect("fake API store")
-            .objects
-            .get(&target.collection())
-            .and_then(|o| o.get(&(ns, name.to_owned())))
-            .cloned();
-        let Some(mut object) = existing else {
-            let body = status(
-                StatusCode::NOT_FOUND,
-                "NotFound",
-                format!("{name:?} not found"),
-            );
-            return (StatusCode::NOT_FOUND, axum::Json(body)).into_response();
+        let Some(mut object) = stored(&shared, &target, name) else {
+            return not_found(name);
         };
         let Ok(patch) = serde_json::from_slice::<Value>(&body) else {
             let body = status(
@@ -776,22 +778,8 @@ async fn handle(
         && let Some((collection_path, name)) = uri.path().rsplit_once('/')
         && let Some(target) = Target::parse(collection_path)
     {
-        let ns = target.namespace.clone().unwrap_or_default();
-        let existing = shared
-            .store
-            .lock()
-            .expect("fake API store")
-            .objects
-            .get(&target.collection())
-            .and_then(|o| o.get(&(ns, name.to_owned())))
-            .cloned();
-        let Some(mut object) = existing else {
-            let body = status(
-                StatusCode::NOT_FOUND,
-                "NotFound",
-                format!("{name:?} not found"),
-            );
-            return (StatusCode::NOT_FOUND, axum::Json(body)).into_response();
+        let Some(mut object) = stored(&shared, &target, name) else {
+            return not_found(name);
         };
         let patched = serde_json::from_slice::<json_patch::Patch>(&body)
             .map_err(|e| e.to_string())

@@ -6,7 +6,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use e2e::tls::{Pki, TlsServer, tls_secret};
@@ -26,20 +26,8 @@ fn curl(
 
 #[test]
 fn https_from_a_credential_secret_with_redirect_and_mutual_tls() {
-    let pki = Pki::new();
-    let (cert, key) = pki.issue("bookinfo.example.com");
+    let (pki, mesh, (cert, key)) = credential_mesh();
     let (client_cert, client_key) = pki.issue("client.example.com");
-    let mesh = Mesh::start(false, &[]);
-    mesh.cfg.write(
-        "secret.yaml",
-        &tls_secret(
-            "istio-system",
-            "bookinfo-credential",
-            &cert,
-            &key,
-            &pki.ca(),
-        ),
-    );
     let gateway_yaml = "apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata: {name: bookinfo-gateway, namespace: istio-system}
@@ -502,6 +490,26 @@ spec:
     assert_eq!(gw.rejected(), 0);
 }
 
+/// A test CA and a mesh with the Secret `istio-system/bookinfo-credential`:
+/// a certificate for `bookinfo.example.com` from it (returned, with its
+/// key), and its CA.
+fn credential_mesh() -> (Pki, Mesh, (PathBuf, PathBuf)) {
+    let pki = Pki::new();
+    let (cert, key) = pki.issue("bookinfo.example.com");
+    let mesh = Mesh::start(false, &[]);
+    mesh.cfg.write(
+        "secret.yaml",
+        &tls_secret(
+            "istio-system",
+            "bookinfo-credential",
+            &cert,
+            &key,
+            &pki.ca(),
+        ),
+    );
+    (pki, mesh, (cert, key))
+}
+
 /// The ingress gateway proxy, connected once the test's files are loaded.
 fn gateway(mesh: &Mesh) -> e2e::Envoy {
     mesh.wait_loaded(2);
@@ -517,19 +525,7 @@ fn gateway(mesh: &Mesh) -> e2e::Envoy {
 /// on the same listener.
 #[test]
 fn gateway_api_gateway_and_httproute() {
-    let pki = Pki::new();
-    let (cert, key) = pki.issue("bookinfo.example.com");
-    let mesh = Mesh::start(false, &[]);
-    mesh.cfg.write(
-        "secret.yaml",
-        &tls_secret(
-            "istio-system",
-            "bookinfo-credential",
-            &cert,
-            &key,
-            &pki.ca(),
-        ),
-    );
+    let (pki, mesh, _) = credential_mesh();
     mesh.cfg.write(
         "gateway-api.yaml",
         "apiVersion: v1

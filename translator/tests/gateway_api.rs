@@ -474,7 +474,7 @@ spec:
 
 #[test]
 fn a_grpcroute_matches_services_and_methods() {
-    let snap = snapshot(&["
+    const GREETER: &str = "
 apiVersion: gateway.networking.k8s.io/v1
 kind: GRPCRoute
 metadata: {name: greeter, namespace: default}
@@ -487,9 +487,13 @@ spec:
     - method: {type: RegularExpression, method: 'Say.*'}
       headers: [{name: X-Tenant, value: a}]
     backendRefs: [{name: ratings, port: 9080}]
-  - filters: [{type: URLRewrite, urlRewrite: {hostname: x}}]
-    backendRefs: [{name: reviews, port: 9080}]
-"]);
+";
+    let with_rewrite = format!(
+        "{GREETER}  - filters: [{{type: URLRewrite, urlRewrite: {{hostname: x}}}}]
+    backendRefs: [{{name: reviews, port: 9080}}]
+"
+    );
+    let snap = snapshot(&[&with_rewrite]);
     // The rewrite is not a GRPCRoute filter: the route is left out.
     assert!(warned(
         &snap,
@@ -497,20 +501,7 @@ spec:
         "default/greeter",
         "unsupported filter type \"URLRewrite\"; the GRPCRoute is left out"
     ));
-    let snap = snapshot(&["
-apiVersion: gateway.networking.k8s.io/v1
-kind: GRPCRoute
-metadata: {name: greeter, namespace: default}
-spec:
-  parentRefs: [{name: gw, sectionName: https}]
-  rules:
-  - matches:
-    - method: {service: helloworld.Greeter, method: SayHello}
-    - method: {service: helloworld.Greeter}
-    - method: {type: RegularExpression, method: 'Say.*'}
-      headers: [{name: X-Tenant, value: a}]
-    backendRefs: [{name: ratings, port: 9080}]
-"]);
+    let snap = snapshot(&[GREETER]);
     let vs = &snap.virtual_services[0];
     let uris: Vec<String> = vs
         .spec
