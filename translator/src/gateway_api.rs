@@ -13,11 +13,13 @@
 //!   `kubernetes-gateway://<namespace>/<name>`).
 //! - It programs the proxies of its Service (`<name>-<class>`, or the
 //!   Service its `Hostname` address names) in its own namespace: the
-//!   Service's selector picks them. Istio deploys that Service and its
-//!   pods (labelled `gateway.networking.k8s.io/gateway-name: <name>`);
-//!   this control plane deploys nothing, so without the Service those
-//!   labelled pods are selected, and that is reported.
-//! - An `HTTPRoute` becomes a VirtualService per parent and host
+//!   Service's selector picks them. For a managed Gateway that Service and
+//!   its pods (labelled `gateway.networking.k8s.io/gateway-name: <name>`)
+//!   are what Istio's automated deployment makes ([`deployment`], applied
+//!   by the daemon in a cluster); until the Service exists (or from files,
+//!   where nothing is deployed), those labelled pods are selected, and
+//!   that is reported.
+//! - An `HTTPRoute` (or a `GRPCRoute`, its methods as paths) becomes a VirtualService per parent and host
 //!   (`<parent>~<host>`, routes of several HTTPRoutes merged in Gateway API
 //!   order): bound to each listener it may attach to (section, port,
 //!   hostname, namespace and kind all allowed), and for a `Service` parent
