@@ -476,6 +476,12 @@ fn stored(shared: &Shared, target: &Target, name: &str) -> Option<Value> {
         .cloned()
 }
 
+/// The API server's `400` for a request body it cannot read.
+fn bad_request(why: &str) -> Response {
+    let body = status(StatusCode::BAD_REQUEST, "BadRequest", why.into());
+    (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
+}
+
 /// The API server's `404` for the object `name`.
 fn not_found(name: &str) -> Response {
     let body = status(
@@ -681,12 +687,7 @@ async fn handle(
     {
         // Server-side apply of a ConfigMap: the applied fields over what is there.
         let Ok(patch) = serde_json::from_slice::<Value>(&body) else {
-            let body = status(
-                StatusCode::BAD_REQUEST,
-                "BadRequest",
-                "patch is not JSON".into(),
-            );
-            return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+            return bad_request("patch is not JSON");
         };
         let existing = {
             let store = shared.store.lock().expect("fake API store");
@@ -721,12 +722,7 @@ async fn handle(
         && let Some(target) = Target::parse(collection_path)
     {
         let Ok(mut object) = serde_json::from_slice::<Value>(&body) else {
-            let body = status(
-                StatusCode::BAD_REQUEST,
-                "BadRequest",
-                "apply patch is not JSON".into(),
-            );
-            return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+            return bad_request("apply patch is not JSON");
         };
         let ns = target.namespace.clone().unwrap_or_default();
         let existing = stored(&shared, &target, name);
@@ -754,12 +750,7 @@ async fn handle(
             return not_found(name);
         };
         let Ok(patch) = serde_json::from_slice::<Value>(&body) else {
-            let body = status(
-                StatusCode::BAD_REQUEST,
-                "BadRequest",
-                "patch is not JSON".into(),
-            );
-            return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+            return bad_request("patch is not JSON");
         };
         // The status subresource changes the status only.
         if let Some(new_status) = patch.get("status") {
