@@ -33,7 +33,7 @@
 //! the daemon's leader writes it), and every problem is also a
 //! [`ConfigWarning`] naming the object and field.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crds::StringMatch;
 use crds::gateway::{Port, Server, ServerTlsMode, ServerTlsSettings};
@@ -138,13 +138,12 @@ pub type Statuses = BTreeMap<(String, String, String), serde_json::Value>;
 /// What the conversion made, besides the configs themselves.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Generated {
-    /// Generated Istio Gateways (`namespace`, `name`): they program only
-    /// proxies of their own namespace (Istio matches them through the
-    /// gateway Service's instances).
-    pub gateways: HashSet<(String, String)>,
-    /// Generated VirtualServices (`namespace`, `name`): routes with
-    /// Gateway API semantics.
-    pub routes: HashSet<(String, String)>,
+    /// Generated Istio Gateways: they program only proxies of their own
+    /// namespace (Istio matches them through the gateway Service's
+    /// instances).
+    pub gateways: Names,
+    /// Generated VirtualServices: routes with Gateway API semantics.
+    pub routes: Names,
     /// The status of each GatewayClass, Gateway, HTTPRoute and GRPCRoute
     /// this control plane implements.
     pub status: Statuses,
@@ -155,23 +154,37 @@ pub struct Generated {
     pub deployments: BTreeMap<(String, String), Vec<serde_json::Value>>,
 }
 
+/// Names of generated configs, by namespace: looked up without building a
+/// key (both lookups below run per proxy and config while generating).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Names(HashMap<String, HashSet<String>>);
+
+impl Names {
+    /// Whether `namespace/name` is one of them.
+    pub fn holds<S>(&self, config: &Config<S>) -> bool {
+        self.0
+            .get(&config.namespace)
+            .is_some_and(|names| names.contains(&config.name))
+    }
+
+    fn insert(&mut self, namespace: &str, name: &str) {
+        self.0
+            .entry(namespace.to_owned())
+            .or_default()
+            .insert(name.to_owned());
+    }
+}
+
 impl Generated {
     /// Whether the VirtualService `vs` was made from HTTPRoutes.
     pub fn gateway_semantics(&self, vs: &Config<VirtualServiceSpec>) -> bool {
-        !self.routes.is_empty()
-            && self
-                .routes
-                .contains(&(vs.namespace.clone(), vs.name.clone()))
+        self.routes.holds(vs)
     }
 
     /// Whether the Gateway `gw`, selecting a proxy by labels, also may
     /// program a proxy of namespace `ns` (generated Gateways: only their own).
     pub fn gateway_admits(&self, gw: &Config<GatewaySpec>, ns: &str) -> bool {
-        gw.namespace == ns
-            || self.gateways.is_empty()
-            || !self
-                .gateways
-                .contains(&(gw.namespace.clone(), gw.name.clone()))
+        gw.namespace == ns || !self.gateways.holds(gw)
     }
 }
 
@@ -485,9 +498,7 @@ pub(crate) fn convert(inputs: &Inputs<'_>) -> Output {
     }
     for (_, mut vs) in merged {
         sort_routes(&mut vs.spec.http);
-        out.generated
-            .routes
-            .insert((vs.namespace.clone(), vs.name.clone()));
+        out.generated.routes.insert(&vs.namespace, &vs.name);
         out.virtual_services.push(vs);
     }
     out
@@ -672,9 +683,7 @@ fn convert_gateway(
                 selector: selector.clone(),
             },
         });
-        out.generated
-            .gateways
-            .insert((ns.to_owned(), internal.clone()));
+        out.generated.gateways.insert(ns, &internal);
         parents.push(Parent {
             internal: format!("{ns}/{internal}"),
             section: l.name.clone(),
