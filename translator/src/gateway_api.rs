@@ -71,7 +71,7 @@ pub(crate) struct Inputs<'a> {
     /// ReferenceGrants.
     pub grants: Vec<&'a api::ReferenceGrant>,
     /// Namespaces' labels, by name.
-    pub namespaces: BTreeMap<&'a str, BTreeMap<String, String>>,
+    pub namespaces: BTreeMap<&'a str, Option<&'a BTreeMap<String, String>>>,
     /// Services, by (namespace, name).
     pub services: BTreeMap<(&'a str, &'a str), ServiceInfo>,
     /// The cluster's DNS suffix (`cluster.local`).
@@ -1139,7 +1139,7 @@ fn allowed_namespaces(
                 .iter()
                 .filter(|(name, labels)| {
                     // Kubernetes labels every namespace with its name.
-                    let mut labels = (*labels).clone();
+                    let mut labels = labels.cloned().unwrap_or_default();
                     labels
                         .entry("kubernetes.io/metadata.name".into())
                         .or_insert_with(|| name.to_string());

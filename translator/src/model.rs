@@ -1966,7 +1966,7 @@ impl Snapshot {
                 Object::Namespace(n) => {
                     gateway_api
                         .namespaces
-                        .insert(name, n.metadata.labels.clone().unwrap_or_default());
+                        .insert(name, n.metadata.labels.as_ref());
                     if let Some(a) = &n.metadata.annotations {
                         snap.namespace_annotations
                             .insert(name.to_owned(), a.clone());
