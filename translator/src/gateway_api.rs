@@ -76,6 +76,9 @@ pub(crate) struct Inputs<'a> {
     pub services: BTreeMap<(&'a str, &'a str), ServiceInfo>,
     /// The cluster's DNS suffix (`cluster.local`).
     pub domain: String,
+    /// The Secrets (`namespace/name`) with a certificate and a key: what a
+    /// listener's `certificateRefs` may name.
+    pub certificates: HashSet<String>,
 }
 
 impl Inputs<'_> {
@@ -1108,7 +1111,15 @@ fn listener_tls(
                 "RefNotPermitted",
             ));
         }
-        names.push(format!("kubernetes-gateway://{secret_ns}/{}", r.name));
+        let key = format!("{secret_ns}/{}", r.name);
+        if !inputs.certificates.contains(&key) {
+            return Err((
+                field,
+                format!("Secret {key} not found, or without tls.crt and tls.key"),
+                INVALID,
+            ));
+        }
+        names.push(format!("kubernetes-gateway://{key}"));
     }
     if names.len() == 1 {
         out.credential_name = names.pop();

@@ -2156,6 +2156,12 @@ impl Snapshot {
                 })
                 .collect();
             gateway_api.domain.clone_from(&snap.mesh.domain);
+            gateway_api.certificates = snap
+                .secrets
+                .iter()
+                .filter(|(_, s)| s.cert.is_some() && s.key.is_some())
+                .map(|(key, _)| key.clone())
+                .collect();
             let out = crate::gateway_api::convert(&gateway_api);
             snap.gateways.extend(out.gateways);
             snap.virtual_services

@@ -695,3 +695,40 @@ spec:
     assert_eq!(rc.virtual_hosts.len(), 1);
     assert_eq!(rc.virtual_hosts[0].domains, ["bookinfo.example.com"]);
 }
+
+#[test]
+fn a_listener_whose_certificate_is_missing_is_left_out_and_says_why() {
+    let snap = snapshot(&["
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: nocert, namespace: default}
+spec:
+  gatewayClassName: istio
+  listeners:
+  - {name: https, port: 8443, protocol: HTTPS, tls: {certificateRefs: [{name: absent}]}}
+"]);
+    assert!(
+        !snap.gateways.iter().any(|g| g.name.starts_with("nocert-")),
+        "{:?}",
+        snap.gateways
+    );
+    assert!(warned(
+        &snap,
+        "Gateway (gateway.networking.k8s.io)",
+        "default/nocert",
+        "Secret default/absent not found"
+    ));
+    let status = &snap.gateway_api.status[&(
+        "gateway.networking.k8s.io/v1/gateways".to_owned(),
+        "default".to_owned(),
+        "nocert".to_owned(),
+    )];
+    let resolved = status["listeners"][0]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "ResolvedRefs")
+        .unwrap();
+    assert_eq!(resolved["status"], "False");
+    assert_eq!(resolved["reason"], "InvalidCertificateRef");
+}
