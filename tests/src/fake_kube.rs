@@ -476,6 +476,16 @@ fn stored(shared: &Shared, target: &Target, name: &str) -> Option<Value> {
         .cloned()
 }
 
+/// Whether a request's body is a patch of `kind` (`application/<kind>`
+/// content type, e.g. `merge-patch+json`).
+fn patch_of(headers: &HeaderMap, kind: &str) -> bool {
+    headers
+        .get("content-type")
+        .and_then(|c| c.to_str().ok())
+        .and_then(|c| c.strip_prefix("application/"))
+        .is_some_and(|c| c.starts_with(kind))
+}
+
 /// The API server's `400` for a request body it cannot read.
 fn bad_request(why: &str) -> Response {
     let body = status(StatusCode::BAD_REQUEST, "BadRequest", why.into());
@@ -715,9 +725,7 @@ async fn handle(
     // object replaces the one there, its status kept: this server has one
     // field manager per object).
     if method == Method::PATCH
-        && headers
-            .get("content-type")
-            .is_some_and(|c| c.as_bytes().starts_with(b"application/apply-patch"))
+        && patch_of(&headers, "apply-patch")
         && let Some((collection_path, name)) = uri.path().rsplit_once('/')
         && let Some(target) = Target::parse(collection_path)
     {
@@ -739,9 +747,7 @@ async fn handle(
     // A merge patch (RFC 7386) of one object's `status` subresource:
     // `.../PLURAL/NAME/status`.
     if method == Method::PATCH
-        && headers
-            .get("content-type")
-            .is_some_and(|c| c.as_bytes().starts_with(b"application/merge-patch+json"))
+        && patch_of(&headers, "merge-patch+json")
         && let Some(object_path) = uri.path().strip_suffix("/status")
         && let Some((collection_path, name)) = object_path.rsplit_once('/')
         && let Some(target) = Target::parse(collection_path)
@@ -763,9 +769,7 @@ async fn handle(
     }
     // JSON Patch (RFC 6902) of one object, `test` operations included.
     if method == Method::PATCH
-        && headers
-            .get("content-type")
-            .is_some_and(|c| c.as_bytes().starts_with(b"application/json-patch+json"))
+        && patch_of(&headers, "json-patch+json")
         && let Some((collection_path, name)) = uri.path().rsplit_once('/')
         && let Some(target) = Target::parse(collection_path)
     {
@@ -1073,9 +1077,7 @@ fn lease(
         }
         Method::PATCH => {
             let manager = query.get("fieldManager").cloned().unwrap_or_default();
-            let apply = headers
-                .get("content-type")
-                .is_some_and(|c| c.as_bytes().starts_with(b"application/apply-patch"));
+            let apply = patch_of(headers, "apply-patch");
             let Ok(patch) = serde_json::from_slice::<Value>(body) else {
                 return fail(
                     StatusCode::BAD_REQUEST,
