@@ -372,14 +372,7 @@ impl<'a> RouteRef<'a> {
                 .enumerate()
                 .map(|(n, rule)| {
                     let field = format!("spec.rules[{n}]");
-                    let matches = if rule.matches.is_empty() {
-                        vec![None]
-                    } else {
-                        rule.matches
-                            .iter()
-                            .map(|m| convert_match(m, &field).map(Some))
-                            .collect::<Result<_, _>>()?
-                    };
+                    let matches = each_match(&rule.matches, &field, convert_match)?;
                     Ok((rule.clone(), matches))
                 })
                 .collect(),
@@ -401,17 +394,7 @@ impl<'a> RouteRef<'a> {
                             ));
                         }
                     }
-                    let matches = if rule.matches.is_empty() {
-                        vec![None]
-                    } else {
-                        rule.matches
-                            .iter()
-                            .enumerate()
-                            .map(|(i, m)| {
-                                convert_grpc_match(m, &format!("{field}.matches[{i}]")).map(Some)
-                            })
-                            .collect::<Result<_, _>>()?
-                    };
+                    let matches = each_match(&rule.matches, &field, convert_grpc_match)?;
                     let rule = HttpRouteRule {
                         name: rule.name.clone(),
                         matches: Vec::new(),
@@ -1717,6 +1700,23 @@ fn convert_rule(
     Ok((out, problems, unresolved))
 }
 
+/// A rule's matches converted, each named `<field>.matches[i]` in errors;
+/// none: one route matching every request.
+fn each_match<M>(
+    matches: &[M],
+    field: &str,
+    convert: fn(&M, &str) -> Result<HttpMatchRequest, Problem>,
+) -> Result<Vec<Option<HttpMatchRequest>>, Problem> {
+    if matches.is_empty() {
+        return Ok(vec![None]);
+    }
+    matches
+        .iter()
+        .enumerate()
+        .map(|(i, m)| convert(m, &format!("{field}.matches[{i}]")).map(Some))
+        .collect()
+}
+
 /// A GRPCRoute match as a VirtualService match (Istio's
 /// `createGRPCURIMatch`): gRPC's path is `/<service>/<method>`.
 fn convert_grpc_match(m: &api::GrpcRouteMatch, field: &str) -> Result<HttpMatchRequest, Problem> {
@@ -1781,20 +1781,20 @@ fn convert_match(m: &api::HttpRouteMatch, field: &str) -> Result<HttpMatchReques
             "RegularExpression" => StringMatch::Regex(value),
             other => {
                 return Err((
-                    format!("{field}.matches.path.type"),
+                    format!("{field}.path.type"),
                     format!("unknown path match type {other:?}"),
                 ));
             }
         },
     );
     for (i, h) in m.headers.iter().enumerate() {
-        let f = format!("{field}.matches.headers[{i}].type");
+        let f = format!("{field}.headers[{i}].type");
         out.headers
             .entry(h.name.to_ascii_lowercase())
             .or_insert(value_match(h.type_.as_deref(), &h.value, f)?);
     }
     for (i, q) in m.query_params.iter().enumerate() {
-        let f = format!("{field}.matches.queryParams[{i}].type");
+        let f = format!("{field}.queryParams[{i}].type");
         out.query_params
             .entry(q.name.clone())
             .or_insert(value_match(q.type_.as_deref(), &q.value, f)?);

@@ -732,3 +732,28 @@ spec:
     assert_eq!(resolved["status"], "False");
     assert_eq!(resolved["reason"], "InvalidCertificateRef");
 }
+
+#[test]
+fn a_bad_match_is_named_by_rule_and_match() {
+    let snap = snapshot(&["
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: odd, namespace: default}
+spec:
+  parentRefs: [{name: gw, sectionName: https}]
+  rules:
+  - matches: [{path: {value: /a}}, {path: {type: Glob, value: /b*}}]
+    backendRefs: [{name: reviews, port: 9080}]
+"]);
+    assert!(
+        snap.warnings.iter().any(|w| w.object == "default/odd"
+            && w.field == "spec.rules[0].matches[1].path.type"
+            && w.reason.contains("\"Glob\"")),
+        "{:?}",
+        snap.warnings
+    );
+    assert!(
+        snap.virtual_services.is_empty(),
+        "the HTTPRoute is left out"
+    );
+}
