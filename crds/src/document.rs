@@ -137,6 +137,10 @@ pub enum Object {
     HttpRoute(Box<crate::gateway_api::HttpRoute>),
     /// Gateway API `GRPCRoute`.
     GrpcRoute(Box<crate::gateway_api::GrpcRoute>),
+    /// Gateway API `TCPRoute`.
+    TcpRoute(Box<crate::gateway_api::TcpRoute>),
+    /// Gateway API `TLSRoute`.
+    TlsRoute(Box<crate::gateway_api::TlsRoute>),
     /// Gateway API `ReferenceGrant`.
     ReferenceGrant(Box<crate::gateway_api::ReferenceGrant>),
 }
@@ -167,6 +171,8 @@ impl Object {
             Object::KubeGateway(_) => "Gateway",
             Object::HttpRoute(_) => "HTTPRoute",
             Object::GrpcRoute(_) => "GRPCRoute",
+            Object::TcpRoute(_) => "TCPRoute",
+            Object::TlsRoute(_) => "TLSRoute",
             Object::ReferenceGrant(_) => "ReferenceGrant",
         }
     }
@@ -196,6 +202,8 @@ impl Object {
             Object::KubeGateway(o) => &o.metadata,
             Object::HttpRoute(o) => &o.metadata,
             Object::GrpcRoute(o) => &o.metadata,
+            Object::TcpRoute(o) => &o.metadata,
+            Object::TlsRoute(o) => &o.metadata,
             Object::ReferenceGrant(o) => &o.metadata,
         }
     }
@@ -225,6 +233,8 @@ impl Object {
             Object::KubeGateway(o) => &mut o.metadata,
             Object::HttpRoute(o) => &mut o.metadata,
             Object::GrpcRoute(o) => &mut o.metadata,
+            Object::TcpRoute(o) => &mut o.metadata,
+            Object::TlsRoute(o) => &mut o.metadata,
             Object::ReferenceGrant(o) => &mut o.metadata,
         }
     }
@@ -384,6 +394,12 @@ fn parse_object(value: serde_json::Value, default_namespace: &str) -> Result<Obj
         (TELEMETRY_GROUP, v, "Telemetry") if TELEMETRY_VERSIONS.contains(&v) => {
             Object::Telemetry(ctx.parse_istio(value)?)
         }
+        (gateway_api::GROUP, v, "TCPRoute") if gateway_api::ALPHA_VERSIONS.contains(&v) => {
+            Object::TcpRoute(ctx.parse_istio(value)?)
+        }
+        (gateway_api::GROUP, v, "TLSRoute") if gateway_api::ALPHA_VERSIONS.contains(&v) => {
+            Object::TlsRoute(ctx.parse_istio(value)?)
+        }
         (gateway_api::GROUP, v, k) if gateway_api::VERSIONS.contains(&v) => match k {
             "GatewayClass" => Object::GatewayClass(ctx.parse_istio(value)?),
             "Gateway" => Object::KubeGateway(ctx.parse_istio(value)?),
@@ -528,6 +544,8 @@ gateway_api_kind!(
     KubeGateway => KubeGatewaySpec,
     HttpRoute => HttpRouteSpec,
     GrpcRoute => GrpcRouteSpec,
+    TcpRoute => TcpRouteSpec,
+    TlsRoute => TlsRouteSpec,
     ReferenceGrant => ReferenceGrantSpec
 );
 

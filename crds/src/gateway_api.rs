@@ -1,8 +1,11 @@
 //! Kubernetes Gateway API (`gateway.networking.k8s.io`): GatewayClass,
-//! Gateway, HTTPRoute, GRPCRoute and ReferenceGrant, the kinds istiod converts into
-//! its own Gateways and VirtualServices (Istio's "Gateway API" support).
-//! Follows the `v1` standard channel field for field (ReferenceGrant is
-//! `v1beta1`); `v1beta1` files are read too (the schemas are the same).
+//! Gateway, HTTPRoute, GRPCRoute, TCPRoute, TLSRoute and ReferenceGrant,
+//! the kinds istiod converts into its own Gateways and VirtualServices
+//! (Istio's "Gateway API" support). Follows the `v1` standard channel field
+//! for field (ReferenceGrant is `v1beta1`); `v1beta1` files are read too
+//! (the schemas are the same). TCPRoute and TLSRoute follow the
+//! experimental channel's `v1alpha2` (what istiod watches); `v1alpha3` and
+//! `v1` TLSRoutes are read too.
 //!
 //! The CRDs themselves come from the Gateway API project
 //! (`standard-install.yaml`), not from this crate: these types only read
@@ -23,6 +26,10 @@ pub const GROUP: &str = "gateway.networking.k8s.io";
 
 /// API versions of [`GROUP`] that are read.
 pub const VERSIONS: [&str; 2] = ["v1", "v1beta1"];
+
+/// API versions of [`GROUP`] read for the experimental TCPRoute and
+/// TLSRoute (`v1alpha2` is the one watched).
+pub const ALPHA_VERSIONS: [&str; 3] = ["v1alpha2", "v1alpha3", "v1"];
 
 /// The `controllerName` of the GatewayClasses istiod implements.
 pub const CONTROLLER_NAME: &str = "istio.io/gateway-controller";
@@ -66,6 +73,16 @@ gateway_api_kind!(
     /// `GRPCRoute`: gRPC routing rules (by service and method) attached to
     /// Gateway listeners or Services.
     GrpcRoute => GrpcRouteSpec
+);
+gateway_api_kind!(
+    /// `TCPRoute`: TCP connections of a Gateway listener (or, for mesh
+    /// traffic, of a Service) forwarded to weighted backends.
+    TcpRoute => TcpRouteSpec
+);
+gateway_api_kind!(
+    /// `TLSRoute`: TLS connections routed by their SNI, passed through
+    /// (or, on a terminating listener, decrypted) to weighted backends.
+    TlsRoute => TlsRouteSpec
 );
 gateway_api_kind!(
     /// `ReferenceGrant`: lets objects of other namespaces refer to
@@ -593,6 +610,83 @@ pub struct GrpcMethodMatch {
     /// Method, e.g. `SayHello`.
     #[serde(default)]
     pub method: Option<String>,
+}
+
+/// `TCPRouteSpec`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TcpRouteSpec {
+    /// Gateways (listeners) or Services (mesh) the route attaches to.
+    #[serde(default)]
+    pub parent_refs: Vec<ObjectReference>,
+    /// Rules (Istio uses the first; one is the norm).
+    #[serde(default)]
+    pub rules: Vec<L4RouteRule>,
+}
+
+/// `TLSRouteSpec`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsRouteSpec {
+    /// Gateways (listeners) or Services (mesh) the route attaches to.
+    #[serde(default)]
+    pub parent_refs: Vec<ObjectReference>,
+    /// SNI host names matched (`*.example.com` wildcards); none: any the
+    /// listener allows.
+    #[serde(default)]
+    pub hostnames: Vec<String>,
+    /// Rules.
+    #[serde(default)]
+    pub rules: Vec<L4RouteRule>,
+}
+
+/// `TCPRouteRule` and `TLSRouteRule`: where connections go.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct L4RouteRule {
+    /// Rule name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Backends, weighted per connection.
+    #[serde(default)]
+    pub backend_refs: Vec<BackendRef>,
+}
+
+/// `BackendRef`: a backend of a TCPRoute or TLSRoute rule.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BackendRef {
+    /// API group (default `""`: a Service).
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Kind (default `Service`).
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// The Service's name.
+    pub name: String,
+    /// Its namespace (default: the route's; another needs a ReferenceGrant).
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// The Service port (required for a Service).
+    #[serde(default)]
+    pub port: Option<u32>,
+    /// Relative weight (default 1; 0: no connections).
+    #[serde(default)]
+    pub weight: Option<u32>,
+}
+
+impl From<&BackendRef> for HttpBackendRef {
+    fn from(b: &BackendRef) -> HttpBackendRef {
+        HttpBackendRef {
+            group: b.group.clone(),
+            kind: b.kind.clone(),
+            name: b.name.clone(),
+            namespace: b.namespace.clone(),
+            port: b.port,
+            weight: b.weight,
+            filters: Vec::new(),
+        }
+    }
 }
 
 /// `ReferenceGrantSpec`.

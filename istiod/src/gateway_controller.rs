@@ -129,6 +129,8 @@ async fn patch(
         "gateways" => "Gateway",
         "httproutes" => "HTTPRoute",
         "grpcroutes" => "GRPCRoute",
+        "tcproutes" => "TCPRoute",
+        "tlsroutes" => "TLSRoute",
         other => other,
     };
     let resource = ApiResource {

@@ -199,7 +199,14 @@ fn rbac_grants_exactly_what_the_daemon_reads_and_writes() {
         }
     }
     // The Gateway API's status (`istiod::gateway_controller`).
-    for plural in ["gatewayclasses", "gateways", "httproutes", "grpcroutes"] {
+    for plural in [
+        "gatewayclasses",
+        "gateways",
+        "httproutes",
+        "grpcroutes",
+        "tcproutes",
+        "tlsroutes",
+    ] {
         needed.insert((
             String::new(),
             "gateway.networking.k8s.io".into(),

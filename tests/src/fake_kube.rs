@@ -134,6 +134,18 @@ pub const KINDS: &[(&str, &str, &str, bool)] = &[
         true,
     ),
     (
+        "gateway.networking.k8s.io/v1alpha2",
+        "TCPRoute",
+        "tcproutes",
+        true,
+    ),
+    (
+        "gateway.networking.k8s.io/v1alpha2",
+        "TLSRoute",
+        "tlsroutes",
+        true,
+    ),
+    (
         "gateway.networking.k8s.io/v1beta1",
         "ReferenceGrant",
         "referencegrants",

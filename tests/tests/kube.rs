@@ -1174,11 +1174,13 @@ spec:
 }
 
 /// The Gateway API's collections, whose CRDs a cluster may not have.
-const GATEWAY_API: [&str; 5] = [
+const GATEWAY_API: [&str; 7] = [
     "gateway.networking.k8s.io/v1/gatewayclasses",
     "gateway.networking.k8s.io/v1/gateways",
     "gateway.networking.k8s.io/v1/httproutes",
     "gateway.networking.k8s.io/v1/grpcroutes",
+    "gateway.networking.k8s.io/v1alpha2/tcproutes",
+    "gateway.networking.k8s.io/v1alpha2/tlsroutes",
     "gateway.networking.k8s.io/v1beta1/referencegrants",
 ];
 

@@ -43,8 +43,8 @@ use crds::gateway_api::{
 };
 use crds::virtual_service::{
     CorsPolicy, HeaderOperations, Headers, HttpDirectResponse, HttpMatchRequest, HttpMirrorPolicy,
-    HttpRedirect, HttpRetry, HttpRewrite, HttpRoute, HttpRouteDestination, RedirectPortSelection,
-    RegexRewrite,
+    HttpRedirect, HttpRetry, HttpRewrite, HttpRoute, HttpRouteDestination, L4MatchAttributes,
+    RedirectPortSelection, RegexRewrite, RouteDestination, TcpRoute, TlsMatchAttributes, TlsRoute,
 };
 use crds::{Destination, GatewaySpec, Percent, PortSelector, VirtualServiceSpec};
 
@@ -68,6 +68,10 @@ pub(crate) struct Inputs<'a> {
     pub routes: Vec<&'a KubeRoute>,
     /// GRPCRoutes.
     pub grpc_routes: Vec<&'a GrpcRoute>,
+    /// TCPRoutes.
+    pub tcp_routes: Vec<&'a api::TcpRoute>,
+    /// TLSRoutes.
+    pub tls_routes: Vec<&'a api::TlsRoute>,
     /// ReferenceGrants.
     pub grants: Vec<&'a api::ReferenceGrant>,
     /// Namespaces' labels, by name.
@@ -84,7 +88,11 @@ pub(crate) struct Inputs<'a> {
 impl Inputs<'_> {
     /// True when there is nothing to convert.
     pub fn is_empty(&self) -> bool {
-        self.gateways.is_empty() && self.routes.is_empty() && self.grpc_routes.is_empty()
+        self.gateways.is_empty()
+            && self.routes.is_empty()
+            && self.grpc_routes.is_empty()
+            && self.tcp_routes.is_empty()
+            && self.tls_routes.is_empty()
     }
 }
 
@@ -314,11 +322,14 @@ struct Parent {
     listener: usize,
 }
 
-/// An HTTPRoute or a GRPCRoute: both become VirtualService HTTP routes.
+/// A route of any kind: HTTPRoutes and GRPCRoutes become VirtualService
+/// `http` routes, TCPRoutes `tcp` routes, TLSRoutes `tls` routes.
 #[derive(Clone, Copy)]
 enum RouteRef<'a> {
     Http(&'a KubeRoute),
     Grpc(&'a GrpcRoute),
+    Tcp(&'a api::TcpRoute),
+    Tls(&'a api::TlsRoute),
 }
 
 /// A rule as an HTTPRoute rule, with its matches converted (none: one
@@ -330,6 +341,8 @@ impl<'a> RouteRef<'a> {
         match self {
             RouteRef::Http(_) => "HTTPRoute",
             RouteRef::Grpc(_) => "GRPCRoute",
+            RouteRef::Tcp(_) => "TCPRoute",
+            RouteRef::Tls(_) => "TLSRoute",
         }
     }
 
@@ -337,6 +350,8 @@ impl<'a> RouteRef<'a> {
         match self {
             RouteRef::Http(_) => "gateway.networking.k8s.io/v1/httproutes",
             RouteRef::Grpc(_) => "gateway.networking.k8s.io/v1/grpcroutes",
+            RouteRef::Tcp(_) => "gateway.networking.k8s.io/v1alpha2/tcproutes",
+            RouteRef::Tls(_) => "gateway.networking.k8s.io/v1alpha2/tlsroutes",
         }
     }
 
@@ -344,6 +359,8 @@ impl<'a> RouteRef<'a> {
         match self {
             RouteRef::Http(r) => &r.metadata,
             RouteRef::Grpc(r) => &r.metadata,
+            RouteRef::Tcp(r) => &r.metadata,
+            RouteRef::Tls(r) => &r.metadata,
         }
     }
 
@@ -351,6 +368,8 @@ impl<'a> RouteRef<'a> {
         match self {
             RouteRef::Http(r) => &r.spec.parent_refs,
             RouteRef::Grpc(r) => &r.spec.parent_refs,
+            RouteRef::Tcp(r) => &r.spec.parent_refs,
+            RouteRef::Tls(r) => &r.spec.parent_refs,
         }
     }
 
@@ -358,13 +377,25 @@ impl<'a> RouteRef<'a> {
         match self {
             RouteRef::Http(r) => &r.spec.hostnames,
             RouteRef::Grpc(r) => &r.spec.hostnames,
+            RouteRef::Tcp(_) => &[],
+            RouteRef::Tls(r) => &r.spec.hostnames,
+        }
+    }
+
+    /// The rules of a TCPRoute or TLSRoute.
+    fn l4_rules(self) -> Option<&'a [api::L4RouteRule]> {
+        match self {
+            RouteRef::Tcp(r) => Some(&r.spec.rules),
+            RouteRef::Tls(r) => Some(&r.spec.rules),
+            RouteRef::Http(_) | RouteRef::Grpc(_) => None,
         }
     }
 
     /// Each rule converted; `Err` for a match or (GRPCRoute) filter that
-    /// cannot be.
+    /// cannot be. None for TCPRoutes and TLSRoutes (see [`convert_l4_rule`]).
     fn rules(self) -> Vec<Result<ConvertedRule, Problem>> {
         match self {
+            RouteRef::Tcp(_) | RouteRef::Tls(_) => Vec::new(),
             RouteRef::Http(r) => r
                 .spec
                 .rules
@@ -449,6 +480,8 @@ pub(crate) fn convert(inputs: &Inputs<'_>) -> Output {
         .iter()
         .map(|r| RouteRef::Http(r))
         .chain(inputs.grpc_routes.iter().map(|r| RouteRef::Grpc(r)))
+        .chain(inputs.tcp_routes.iter().map(|r| RouteRef::Tcp(r)))
+        .chain(inputs.tls_routes.iter().map(|r| RouteRef::Tls(r)))
         .collect();
     routes.sort_by_key(|r| {
         let m = r.meta();
@@ -558,20 +591,45 @@ fn convert_gateway(
     for (i, l) in gw.spec.listeners.iter().enumerate() {
         let field = format!("spec.listeners[{i}]");
         let protocol = l.protocol.as_str();
-        let kinds = l
+        let passthrough = l
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.mode.as_deref() == Some("Passthrough"));
+        // The route kinds each protocol takes (Istio's `GenerateSupportedKinds`).
+        let supported: &[&str] = match (protocol, passthrough) {
+            ("HTTP" | "HTTPS", _) => &["HTTPRoute", "GRPCRoute"],
+            ("TCP", _) | ("TLS", false) => &["TCPRoute"],
+            ("TLS", true) => &["TLSRoute"],
+            _ => &[],
+        };
+        let allowed = l
             .allowed_routes
             .as_ref()
             .map(|a| a.kinds.as_slice())
             .unwrap_or_default();
-        let kinds: Vec<String> = if kinds.is_empty() {
-            vec!["HTTPRoute".into(), "GRPCRoute".into()]
+        let kinds: Vec<String> = if allowed.is_empty() {
+            supported.iter().map(|k| k.to_string()).collect()
         } else {
-            kinds
+            supported
                 .iter()
-                .filter(|k| k.group.as_deref().unwrap_or(api::GROUP) == api::GROUP)
-                .map(|k| k.kind.clone())
+                .filter(|s| {
+                    allowed.iter().any(|k| {
+                        k.group.as_deref().unwrap_or(api::GROUP) == api::GROUP && k.kind == **s
+                    })
+                })
+                .map(|k| k.to_string())
                 .collect()
         };
+        // Kinds asked for that this protocol cannot take: reported, the
+        // listener kept (`ResolvedRefs: False`, `InvalidRouteKinds`).
+        let invalid_kinds: Vec<String> = allowed
+            .iter()
+            .filter(|k| {
+                k.group.as_deref().unwrap_or(api::GROUP) != api::GROUP
+                    || !supported.contains(&k.kind.as_str())
+            })
+            .map(|k| k.kind.clone())
+            .collect();
         let mut refuse = |out: &mut Output,
                           field: String,
                           why: String,
@@ -583,12 +641,14 @@ fn convert_gateway(
             ));
             warn(out, field, format!("{why}; listener left out"));
         };
-        if !matches!(protocol, "HTTP" | "HTTPS") {
+        if supported.is_empty() {
             let why = match protocol {
-                "TLS" | "TCP" => {
-                    format!("protocol {protocol}: TLSRoute and TCPRoute are not read yet")
-                }
-                other if matches!(other.to_ascii_uppercase().as_str(), "HTTP" | "HTTPS") => {
+                other
+                    if matches!(
+                        other.to_ascii_uppercase().as_str(),
+                        "HTTP" | "HTTPS" | "TLS" | "TCP"
+                    ) =>
+                {
                     format!(
                         "protocol {other:?} is unsupported (hint: {:?})",
                         other.to_ascii_uppercase()
@@ -605,17 +665,28 @@ fn convert_gateway(
             continue;
         }
         let tls = match (&l.tls, protocol) {
-            (None, "HTTPS") => {
+            (None, "HTTPS" | "TLS") => {
                 refuse(
                     out,
                     format!("{field}.tls"),
-                    "an HTTPS listener needs tls.certificateRefs".into(),
+                    format!(
+                        "a {protocol} listener needs tls (certificateRefs, or mode Passthrough)"
+                    ),
                     ("ResolvedRefs", "InvalidCertificateRef"),
                 );
                 continue;
             }
             (None, _) => None,
-            (Some(t), _) => match listener_tls(inputs, ns, t) {
+            (Some(_), "HTTP" | "TCP") => {
+                refuse(
+                    out,
+                    format!("{field}.tls"),
+                    format!("tls is not allowed with protocol {protocol}"),
+                    ("Accepted", "Invalid"),
+                );
+                continue;
+            }
+            (Some(t), _) => match listener_tls(inputs, ns, t, protocol) {
                 Ok(t) => Some(t),
                 Err((f, why, reason)) => {
                     refuse(
@@ -679,9 +750,20 @@ fn convert_gateway(
             kinds: kinds.clone(),
             listener: state.listeners.len(),
         });
-        state
-            .listeners
-            .push(ListenerState::new(&l.name, kinds, None));
+        let mut listener = ListenerState::new(&l.name, kinds, None);
+        if !invalid_kinds.is_empty() {
+            let why = format!(
+                "route kinds {invalid_kinds:?} cannot attach to a {protocol} listener{}",
+                if passthrough {
+                    " in Passthrough mode"
+                } else {
+                    ""
+                }
+            );
+            warn(out, format!("{field}.allowedRoutes.kinds"), why.clone());
+            listener.conditions[3] = Cond::failed("ResolvedRefs", "InvalidRouteKinds", why);
+        }
+        state.listeners.push(listener);
     }
     (parents, state)
 }
@@ -1025,6 +1107,7 @@ fn listener_tls(
     inputs: &Inputs<'_>,
     ns: &str,
     tls: &api::GatewayTlsConfig,
+    protocol: &str,
 ) -> Result<ServerTlsSettings, (String, String, &'static str)> {
     const INVALID: &str = "InvalidCertificateRef";
     if tls.frontend_validation.is_some() {
@@ -1037,10 +1120,15 @@ fn listener_tls(
     let mut out = ServerTlsSettings::default();
     match tls.mode.as_deref().unwrap_or("Terminate") {
         "Terminate" => {}
+        "Passthrough" if protocol == "TLS" => {
+            // The backends terminate: no certificate here.
+            out.mode = Some(ServerTlsMode::Passthrough);
+            return Ok(out);
+        }
         "Passthrough" => {
             return Err((
                 ".mode".into(),
-                "Passthrough needs TLSRoute, which is not read yet".into(),
+                format!("Passthrough needs protocol TLS, not {protocol}"),
                 INVALID,
             ));
         }
@@ -1366,15 +1454,36 @@ fn convert_route(
     let mesh = bound.iter().any(|b| b.1 == "mesh");
     let gateway = bound.iter().any(|b| b.1 != "mesh");
     let rules = route.rules();
-    // The routes; the first unresolved reference; why the route is invalid.
-    #[allow(clippy::type_complexity, reason = "the three results of a conversion")]
-    let mut rules_for = |mesh: bool| -> (
-        Vec<HttpRoute>,
-        Option<(&'static str, String)>,
-        Option<String>,
-    ) {
-        let mut out = Vec::new();
+    let owner = (route_kind, ns, name);
+    // The routes (only `http`, `tcp` or `tls` set); the first unresolved
+    // reference; why the route is invalid.
+    let mut rules_for = |mesh: bool| -> ConvertedRules {
+        let mut out = VirtualServiceSpec::default();
         let mut unresolved = None;
+        if let Some(l4) = route.l4_rules() {
+            for (n, rule) in l4.iter().enumerate() {
+                let field = format!("spec.rules[{n}]");
+                let (dests, problems, refs) = convert_l4_rule(inputs, owner, rule, !mesh, &field);
+                for (f, why) in problems {
+                    warn(warnings, f, why);
+                }
+                if unresolved.is_none() {
+                    unresolved = refs;
+                }
+                match route {
+                    // The SNI names are set where the route binds.
+                    RouteRef::Tls(_) => out.tls.push(TlsRoute {
+                        matches: vec![TlsMatchAttributes::default()],
+                        route: dests,
+                    }),
+                    _ => out.tcp.push(TcpRoute {
+                        matches: Vec::new(),
+                        route: dests,
+                    }),
+                }
+            }
+            return (out, unresolved, None);
+        }
         for (n, rule) in rules.iter().enumerate() {
             let field = format!("spec.rules[{n}]");
             let (rule, matches) = match rule {
@@ -1385,10 +1494,13 @@ fn convert_route(
                         f.clone(),
                         format!("{why}; the {route_kind} is left out"),
                     );
-                    return (Vec::new(), unresolved, Some(format!("{f}: {why}")));
+                    return (
+                        VirtualServiceSpec::default(),
+                        unresolved,
+                        Some(format!("{f}: {why}")),
+                    );
                 }
             };
-            let owner = (route_kind, ns, name);
             for m in matches {
                 match convert_rule(inputs, owner, n, rule, m.clone(), !mesh, &field) {
                     Ok((r, problems, refs)) => {
@@ -1398,7 +1510,7 @@ fn convert_route(
                         if unresolved.is_none() {
                             unresolved = refs;
                         }
-                        out.push(r);
+                        out.http.push(r);
                     }
                     Err((f, why)) => {
                         // Istio drops the whole route on such an error.
@@ -1407,7 +1519,11 @@ fn convert_route(
                             f.clone(),
                             format!("{why}; the {route_kind} is left out"),
                         );
-                        return (Vec::new(), unresolved, Some(format!("{f}: {why}")));
+                        return (
+                            VirtualServiceSpec::default(),
+                            unresolved,
+                            Some(format!("{f}: {why}")),
+                        );
                     }
                 }
             }
@@ -1417,29 +1533,34 @@ fn convert_route(
     let (gateway_routes, gateway_unresolved, gateway_invalid) = if gateway {
         rules_for(false)
     } else {
-        (Vec::new(), None, None)
+        Default::default()
     };
     let (mesh_routes, mesh_unresolved, mesh_invalid) = if mesh {
         rules_for(true)
     } else {
-        (Vec::new(), None, None)
+        Default::default()
     };
     let status = status_of(
         statuses,
         [&gateway_unresolved, &mesh_unresolved],
         gateway_invalid.as_ref().or(mesh_invalid.as_ref()),
     );
+    let tls_hostnames = match route {
+        RouteRef::Tls(r) => r.spec.hostnames.as_slice(),
+        _ => &[],
+    };
     for (parent_key, gateway_name, hosts, port) in bound {
-        let mut routes = if gateway_name == "mesh" {
+        let is_mesh = gateway_name == "mesh";
+        let mut routes = if is_mesh {
             mesh_routes.clone()
         } else {
             gateway_routes.clone()
         };
-        if routes.is_empty() {
+        if routes.http.is_empty() && routes.tcp.is_empty() && routes.tls.is_empty() {
             continue;
         }
         if let Some(port) = port {
-            for r in &mut routes {
+            for r in &mut routes.http {
                 if r.matches.is_empty() {
                     r.matches.push(HttpMatchRequest::default());
                 }
@@ -1447,26 +1568,70 @@ fn convert_route(
                     m.port = Some(port);
                 }
             }
+            for r in &mut routes.tcp {
+                r.matches = vec![L4MatchAttributes {
+                    port: Some(port),
+                    ..Default::default()
+                }];
+            }
+            for m in routes.tls.iter_mut().flat_map(|r| r.matches.iter_mut()) {
+                m.port = Some(port);
+            }
         }
         for host in hosts {
+            // A TLSRoute matches its SNI names: at a Gateway the host it
+            // binds (the narrower of its own and the listener's); for the
+            // mesh its hostnames, else the Service's.
+            let sni = if is_mesh && !tls_hostnames.is_empty() {
+                tls_hostnames.to_vec()
+            } else {
+                vec![host.clone()]
+            };
+            for m in routes.tls.iter_mut().flat_map(|r| r.matches.iter_mut()) {
+                m.sni_hosts.clone_from(&sni);
+            }
             let vs_key = format!("{parent_key}/{host}");
-            merged
-                .entry(vs_key.clone())
-                .and_modify(|vs| vs.spec.http.extend(routes.iter().cloned()))
-                .or_insert_with(|| Config {
-                    name: vs_key.replace('/', "~"),
-                    namespace: ns.to_owned(),
-                    spec: VirtualServiceSpec {
-                        hosts: vec![host.clone()],
-                        gateways: vec![gateway_name.clone()],
-                        http: routes.clone(),
-                        ..Default::default()
-                    },
-                });
+            match merged.get_mut(&vs_key) {
+                Some(vs) => {
+                    if !is_mesh && !routes.tls.is_empty() && !vs.spec.tls.is_empty() {
+                        // The oldest route holding a listener's SNI name
+                        // keeps it (two chains cannot match the same name).
+                        warn(
+                            warnings,
+                            "spec.hostnames".into(),
+                            format!(
+                                "{host} on {parent_key} is taken by an older TLSRoute; not used"
+                            ),
+                        );
+                        continue;
+                    }
+                    vs.spec.http.extend(routes.http.iter().cloned());
+                    vs.spec.tcp.extend(routes.tcp.iter().cloned());
+                    vs.spec.tls.extend(routes.tls.iter().cloned());
+                }
+                None => {
+                    merged.insert(
+                        vs_key.clone(),
+                        Config {
+                            name: vs_key.replace('/', "~"),
+                            namespace: ns.to_owned(),
+                            spec: VirtualServiceSpec {
+                                hosts: vec![host.clone()],
+                                gateways: vec![gateway_name.clone()],
+                                ..routes.clone()
+                            },
+                        },
+                    );
+                }
+            }
         }
     }
     status
 }
+
+/// A route's rules converted: the routes (in `http`, `tcp` or `tls`), the
+/// first unresolved reference, why the route is invalid.
+type ConvertedRules = (VirtualServiceSpec, Option<Failure>, Option<String>);
 
 type Problem = (String, String);
 
@@ -1658,25 +1823,14 @@ fn convert_rule(
     let single = live.len() == 1;
     for (j, b) in live {
         let bfield = format!("{field}.backendRefs[{j}]");
-        let dest = match destination(inputs, (kind, ns), b, enforce_grants, &bfield) {
-            Ok((dest, problem)) => {
-                if let Some(p) = problem {
-                    note(&mut unresolved, &p);
-                    problems.push((p.1, p.2));
-                }
-                dest
-            }
-            Err(p) => {
-                // An invalid backend still takes its share (answered 500).
-                note(&mut unresolved, &p);
-                problems.push((p.1, p.2));
-                Destination {
-                    host: format!("invalid-backend.{ns}.{}", inputs.domain),
-                    subset: None,
-                    port: b.port.map(|number| PortSelector { number }),
-                }
-            }
-        };
+        let dest = backend(
+            inputs,
+            (kind, ns),
+            b,
+            enforce_grants,
+            &bfield,
+            (&mut problems, &mut unresolved),
+        );
         let mut headers = None;
         for (k, f) in b.filters.iter().enumerate() {
             match f.type_.as_str() {
@@ -1698,6 +1852,96 @@ fn convert_rule(
         });
     }
     Ok((out, problems, unresolved))
+}
+
+/// A TCPRoute or TLSRoute rule's backends as weighted destinations
+/// (Istio's `buildTCPDestination`), with soft problems and the first
+/// unresolved reference. With no backend of a weight above 0 connections
+/// go to a cluster that does not exist, so they are refused (Istio's
+/// `internal.cluster.local` subset `zero-weight`).
+fn convert_l4_rule(
+    inputs: &Inputs<'_>,
+    (kind, ns, _): (&str, &str, &str),
+    rule: &api::L4RouteRule,
+    enforce_grants: bool,
+    field: &str,
+) -> (Vec<RouteDestination>, Vec<Problem>, Option<Failure>) {
+    let weight_of = |b: &api::BackendRef| b.weight.unwrap_or(1);
+    let live: Vec<(usize, &api::BackendRef)> = rule
+        .backend_refs
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| weight_of(b) > 0)
+        .collect();
+    if live.is_empty() {
+        let nowhere = Destination {
+            host: "internal.cluster.local".into(),
+            subset: Some("zero-weight".into()),
+            port: Some(PortSelector { number: 65535 }),
+        };
+        return (
+            vec![RouteDestination {
+                destination: nowhere,
+                weight: None,
+            }],
+            Vec::new(),
+            None,
+        );
+    }
+    let single = live.len() == 1;
+    let mut problems = Vec::new();
+    let mut unresolved = None;
+    let dests = live
+        .into_iter()
+        .map(|(j, b)| RouteDestination {
+            destination: backend(
+                inputs,
+                (kind, ns),
+                &HttpBackendRef::from(b),
+                enforce_grants,
+                &format!("{field}.backendRefs[{j}]"),
+                (&mut problems, &mut unresolved),
+            ),
+            weight: (!single).then(|| i32::try_from(weight_of(b)).unwrap_or(i32::MAX)),
+        })
+        .collect();
+    (dests, problems, unresolved)
+}
+
+/// A backend's destination ([`destination`]), its problems noted in
+/// `problems` and the first unresolved one in `unresolved`; an invalid
+/// backend still takes its share, sent to a host that does not exist
+/// (answered 500, or its connections refused).
+fn backend(
+    inputs: &Inputs<'_>,
+    from: (&str, &str),
+    b: &HttpBackendRef,
+    enforce_grants: bool,
+    field: &str,
+    (problems, unresolved): (&mut Vec<Problem>, &mut Option<Failure>),
+) -> Destination {
+    let mut note = |p: RefProblem| {
+        if unresolved.is_none() {
+            *unresolved = Some((p.0, p.2.clone()));
+        }
+        problems.push((p.1, p.2));
+    };
+    match destination(inputs, from, b, enforce_grants, field) {
+        Ok((dest, problem)) => {
+            if let Some(p) = problem {
+                note(p);
+            }
+            dest
+        }
+        Err(p) => {
+            note(p);
+            Destination {
+                host: format!("invalid-backend.{}.{}", from.1, inputs.domain),
+                subset: None,
+                port: b.port.map(|number| PortSelector { number }),
+            }
+        }
+    }
 }
 
 /// A rule's matches converted, each named `<field>.matches[i]` in errors;
@@ -1945,12 +2189,17 @@ fn destination(
                 ));
             }
             let host = format!("{}.{target_ns}.svc.{}", b.name, inputs.domain);
+            let fate = if matches!(kind, "TCPRoute" | "TLSRoute") {
+                "its connections are refused"
+            } else {
+                "its share is answered 500"
+            };
             let problem =
                 (!inputs.services.contains_key(&(target_ns, b.name.as_str()))).then(|| {
                     (
                         "BackendNotFound",
                         field.to_owned(),
-                        format!("backend {host} not found: its share is answered 500"),
+                        format!("backend {host} not found: {fate}"),
                     )
                 });
             (host, problem)

@@ -1169,6 +1169,12 @@ pub(crate) fn gateway(
                                     continue;
                                 }
                                 let name = format!("{}_{port}", sni.join(","));
+                                // `*` matches any name: no `server_names`.
+                                let sni = if sni.iter().any(|h| h == "*") {
+                                    Vec::new()
+                                } else {
+                                    sni
+                                };
                                 let dests = l4_destinations(snap, vs, &r.route, port);
                                 let mut chain = authorized(tcp_chain(
                                     &name,

@@ -1962,6 +1962,8 @@ impl Snapshot {
                 Object::KubeGateway(g) => gateway_api.gateways.push(g),
                 Object::HttpRoute(r) => gateway_api.routes.push(r),
                 Object::GrpcRoute(r) => gateway_api.grpc_routes.push(r),
+                Object::TcpRoute(r) => gateway_api.tcp_routes.push(r),
+                Object::TlsRoute(r) => gateway_api.tls_routes.push(r),
                 Object::ReferenceGrant(g) => gateway_api.grants.push(g),
                 Object::Namespace(n) => {
                     gateway_api

@@ -141,9 +141,10 @@ impl Watched {
 /// excluded, as istiod does), the `networking.istio.io/v1` kinds (WorkloadEntry and WorkloadGroup included) and
 /// `security.istio.io/v1` PeerAuthentication, AuthorizationPolicy and
 /// RequestAuthentication, `telemetry.istio.io/v1` Telemetry, and the
-/// Gateway API's GatewayClasses, Gateways, HTTPRoutes, GRPCRoutes and
-/// ReferenceGrants
-/// (optional: their CRDs come with the Gateway API, not with Istio).
+/// Gateway API's GatewayClasses, Gateways, HTTPRoutes, GRPCRoutes,
+/// ReferenceGrants and (`v1alpha2`, the experimental channel) TCPRoutes and
+/// TLSRoutes (optional: their CRDs come with the Gateway API, not with
+/// Istio).
 pub fn watched(namespace: &str) -> Vec<Watched> {
     let mut mesh_config = Watched::new("v1", "ConfigMap", "configmaps");
     mesh_config.namespace = Some(namespace.to_owned());
@@ -198,6 +199,16 @@ pub fn watched(namespace: &str) -> Vec<Watched> {
         Watched::optional("gateway.networking.k8s.io/v1", "Gateway", "gateways"),
         Watched::optional("gateway.networking.k8s.io/v1", "HTTPRoute", "httproutes"),
         Watched::optional("gateway.networking.k8s.io/v1", "GRPCRoute", "grpcroutes"),
+        Watched::optional(
+            "gateway.networking.k8s.io/v1alpha2",
+            "TCPRoute",
+            "tcproutes",
+        ),
+        Watched::optional(
+            "gateway.networking.k8s.io/v1alpha2",
+            "TLSRoute",
+            "tlsroutes",
+        ),
         Watched::optional(
             "gateway.networking.k8s.io/v1beta1",
             "ReferenceGrant",
