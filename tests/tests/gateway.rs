@@ -653,3 +653,139 @@ spec:
     );
     assert_eq!(gw.rejected(), 0);
 }
+
+/// TCPRoutes and TLSRoutes on the ingress gateway (Istio's "Ingress
+/// Gateways without TLS Termination" and TCP traffic shifting tasks, in
+/// Gateway API form): a TLS listener passing TLS through to the backend its
+/// SNI names (a TLSRoute per name, one to a Service, one to an Istio
+/// `Hostname`), a TCP listener splitting connections 80/20, and a TLS
+/// listener terminating TLS before a TCPRoute.
+#[test]
+fn gateway_api_tls_passthrough_tcp_and_terminated_tls() {
+    let (pki, mesh, _) = credential_mesh();
+    let (a_cert, a_key) = pki.issue("a.passthrough.test");
+    let (b_cert, b_key) = pki.issue("b.passthrough.test");
+    let _a = TlsServer::start("127.0.3.1:9443", &a_cert, &a_key);
+    let _b = TlsServer::start("127.0.3.2:9443", &b_cert, &b_key);
+    mesh.cfg.write(
+        "gateway-api-l4.yaml",
+        "apiVersion: v1
+kind: Service
+metadata: {name: l4-gw-istio, namespace: istio-system}
+spec:
+  clusterIP: 10.96.0.91
+  selector: {istio: ingressgateway}
+  ports: [{name: tls, port: 8444}, {name: tcp, port: 9000}, {name: tls-terminate, port: 9444}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: a-backend, namespace: default}
+spec:
+  hosts: [a.internal]
+  ports: [{number: 9443, name: tls, protocol: TLS}]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  endpoints: [{address: 127.0.3.1}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: b-tls, namespace: default}
+spec:
+  clusterIP: 10.96.0.92
+  ports: [{name: tls, port: 9443}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: b-tls-1, namespace: default, labels: {kubernetes.io/service-name: b-tls}}
+addressType: IPv4
+ports: [{name: tls, port: 9443}]
+endpoints: [{addresses: [127.0.3.2]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: l4-gw, namespace: istio-system}
+spec:
+  gatewayClassName: istio
+  listeners:
+  - name: tls
+    port: 8444
+    protocol: TLS
+    hostname: '*.passthrough.test'
+    tls: {mode: Passthrough}
+    allowedRoutes: {namespaces: {from: All}}
+  - name: tcp
+    port: 9000
+    protocol: TCP
+    allowedRoutes: {namespaces: {from: All}}
+  - name: tls-terminate
+    port: 9444
+    protocol: TLS
+    hostname: bookinfo.example.com
+    tls: {certificateRefs: [{name: bookinfo-credential}]}
+    allowedRoutes: {namespaces: {from: All}}
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TLSRoute
+metadata: {name: a, namespace: default}
+spec:
+  parentRefs: [{name: l4-gw, namespace: istio-system}]
+  hostnames: [a.passthrough.test]
+  rules: [{backendRefs: [{group: networking.istio.io, kind: Hostname, name: a.internal, port: 9443}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TLSRoute
+metadata: {name: b, namespace: default}
+spec:
+  parentRefs: [{name: l4-gw, namespace: istio-system}]
+  hostnames: [b.passthrough.test]
+  rules: [{backendRefs: [{name: b-tls, port: 9443}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {name: shift, namespace: default}
+spec:
+  parentRefs: [{name: l4-gw, namespace: istio-system, sectionName: tcp}]
+  rules:
+  - backendRefs:
+    - {name: productpage, port: 9080, weight: 80}
+    - {name: ratings, port: 9080, weight: 20}
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {name: terminated, namespace: default}
+spec:
+  parentRefs: [{name: l4-gw, namespace: istio-system, sectionName: tls-terminate}]
+  rules: [{backendRefs: [{name: details, port: 9080}]}]
+",
+    );
+    let gw = gateway(&mesh);
+
+    // Passed through: curl verifies each name only if the gateway sent
+    // its SNI to the backend holding that name's certificate.
+    for host in ["a.passthrough.test", "b.passthrough.test"] {
+        let page = curl(&pki.ca(), host, 8444, "/", None).unwrap_or_else(|e| panic!("{host}: {e}"));
+        assert!(page.contains("s_server"), "{host}: {page}");
+    }
+    assert!(
+        curl(&pki.ca(), "c.passthrough.test", 8444, "/", None).is_err(),
+        "no TLSRoute for c"
+    );
+
+    // The TCP listener: HTTP inside TCP, each request its own connection,
+    // split 80/20 per connection.
+    let counts = e2e::tally("http://127.0.0.1:9000/", "anything", &[], 200);
+    let ratings = counts.get("ratings v1").copied().unwrap_or(0);
+    assert_eq!(
+        counts.get("productpage v1").copied().unwrap_or(0) + ratings,
+        200,
+        "{counts:?}"
+    );
+    e2e::assert_binomial(ratings, 200, 0.2, "ratings' share of connections");
+
+    // TLS terminated with the certificateRefs Secret, then TCP to details.
+    assert_eq!(
+        curl(&pki.ca(), "bookinfo.example.com", 9444, "/", None),
+        Ok("details v1".into())
+    );
+    assert_eq!(gw.rejected(), 0);
+}
