@@ -1,6 +1,6 @@
 //! TCP and TLS on a real Envoy: a weighted VirtualService `tcp` route splits
 //! connections between two TCP echo backends (Istio's TCP traffic shifting
-//! task); TLS routes picked by source labels and destination subnet; a
+//! task), and so does a Gateway API TCPRoute on the Service; TLS routes picked by source labels and destination subnet; a
 //! DestinationRule's PROXY protocol header and HTTP `CONNECT` tunnel reach
 //! real servers.
 
@@ -71,10 +71,9 @@ fn hello() -> String {
     hello_to("10.96.0.30:9000")
 }
 
-#[test]
-fn weighted_tcp_routes_split_connections() {
-    let mesh = Mesh::start(true, &[]);
-    // Two echo servers prefixing their version, like Istio's tcp-echo sample.
+/// Two echo servers prefixing their version, like Istio's tcp-echo
+/// sample, on the pod addresses of [`TCP_ECHO`].
+fn start_echo_servers(mesh: &Mesh) {
     for (ip, version) in [("127.0.2.1", "v1"), ("127.0.2.2", "v2")] {
         mesh.block_on(async move {
             let listener = tokio::net::TcpListener::bind((ip, 9000)).await.unwrap();
@@ -97,6 +96,12 @@ fn weighted_tcp_routes_split_connections() {
             });
         });
     }
+}
+
+#[test]
+fn weighted_tcp_routes_split_connections() {
+    let mesh = Mesh::start(true, &[]);
+    start_echo_servers(&mesh);
     let envoy = mesh.sidecar();
     mesh.apply(&[&envoy], "tcp-echo.yaml", TCP_ECHO);
     mesh.apply(&[&envoy], "vs.yaml", &routes(100, 0));
@@ -105,6 +110,74 @@ fn weighted_tcp_routes_split_connections() {
     }
 
     mesh.apply(&[&envoy], "vs.yaml", &routes(80, 20));
+    let n = 300;
+    let v1 = (0..n).filter(|_| hello() == "v1 hello").count();
+    assert_binomial(v1, n, 0.8, "connections to v1");
+    assert_eq!(envoy.rejected(), 0);
+}
+
+/// The Gateway API form of the same task (GAMMA): a TCPRoute whose parent
+/// is the `tcp-echo` Service shifts its connections between the Services
+/// `tcp-echo-v1` and `tcp-echo-v2`.
+#[test]
+fn a_tcproute_on_a_service_shifts_mesh_connections() {
+    let mesh = Mesh::start(true, &[]);
+    start_echo_servers(&mesh);
+    let envoy = mesh.sidecar();
+    let versions = "apiVersion: v1
+kind: Service
+metadata: {name: tcp-echo-v1, namespace: default}
+spec:
+  clusterIP: 10.96.0.31
+  selector: {app: tcp-echo, version: v1}
+  ports: [{name: tcp, port: 9000}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: tcp-echo-v2, namespace: default}
+spec:
+  clusterIP: 10.96.0.32
+  selector: {app: tcp-echo, version: v2}
+  ports: [{name: tcp, port: 9000}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: tcp-echo-v1-1, namespace: default, labels: {kubernetes.io/service-name: tcp-echo-v1}}
+addressType: IPv4
+ports: [{name: tcp, port: 9000}]
+endpoints: [{addresses: [127.0.2.1], targetRef: {kind: Pod, name: tcp-echo-v1}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: tcp-echo-v2-1, namespace: default, labels: {kubernetes.io/service-name: tcp-echo-v2}}
+addressType: IPv4
+ports: [{name: tcp, port: 9000}]
+endpoints: [{addresses: [127.0.2.2], targetRef: {kind: Pod, name: tcp-echo-v2}}]
+";
+    mesh.apply(
+        &[&envoy],
+        "tcp-echo.yaml",
+        &format!("{TCP_ECHO}---\n{versions}"),
+    );
+    let route = |v1: u32, v2: u32| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {{name: tcp-echo, namespace: default}}
+spec:
+  parentRefs: [{{group: '', kind: Service, name: tcp-echo, port: 9000}}]
+  rules:
+  - backendRefs:
+    - {{name: tcp-echo-v1, port: 9000, weight: {v1}}}
+    - {{name: tcp-echo-v2, port: 9000, weight: {v2}}}
+"
+        )
+    };
+    mesh.apply(&[&envoy], "route.yaml", &route(100, 0));
+    for _ in 0..20 {
+        assert_eq!(hello(), "v1 hello");
+    }
+    mesh.apply(&[&envoy], "route.yaml", &route(80, 20));
     let n = 300;
     let v1 = (0..n).filter(|_| hello() == "v1 hello").count();
     assert_binomial(v1, n, 0.8, "connections to v1");
