@@ -24,6 +24,10 @@
 //!   order): bound to each listener it may attach to (section, port,
 //!   hostname, namespace and kind all allowed), and for a `Service` parent
 //!   (GAMMA) to `mesh` with the Service's hostname.
+//! - A `TCPRoute` becomes `tcp` routes on TCP listeners and TLS listeners
+//!   that terminate; a `TLSRoute` becomes `tls` routes matching the SNI
+//!   names it binds on TLS listeners that pass TLS through; both also on
+//!   `Service` parents (mesh).
 //! - Those VirtualServices have Gateway API semantics in the routes built
 //!   from them ([`Generated::gateway_semantics`]): path prefixes match
 //!   whole segments, a missing backend answers 500, a prefix rewrite to
