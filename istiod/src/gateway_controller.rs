@@ -4,19 +4,26 @@
 //! - the automated deployment of each managed Gateway (Istio's
 //!   `DeploymentController`): its ServiceAccount, Deployment and Service
 //!   ([`translator::gateway_api::deployment`]), server-side applied (field
-//!   manager `istiod-rs`) whenever they change; the gateway pods are then
-//!   completed by the injector (`inject.istio.io/templates: gateway`);
+//!   manager `istiod-rs`) whenever they change, and again every recheck
+//!   interval ([`RECHECK`] by default), so that what was deleted or edited
+//!   by hand comes back (applying an unchanged object changes nothing); the
+//!   gateway pods are then completed by the injector
+//!   (`inject.istio.io/templates: gateway`);
 //! - the status of the Gateway API objects it implements (GatewayClasses,
-//!   Gateways, HTTPRoutes, GRPCRoutes): a merge patch of each object's
-//!   `status` subresource whenever what the translator computed for it
-//!   ([`translator::gateway_api::Generated::status`]) changes.
+//!   Gateways, HTTPRoutes, GRPCRoutes, TCPRoutes, TLSRoutes): whenever what
+//!   the translator computed for one
+//!   ([`translator::gateway_api::Generated::status`]) changes, the object
+//!   is read and its `status` subresource merge-patched, on the condition
+//!   that it has not changed since it was read (its `resourceVersion`).
 //!   `kubectl get gateway` then shows it programmed, and
 //!   `kubectl wait --for=condition=programmed` returns.
 //!
-//! Conditions get their `lastTransitionTime` when written (a status is only
-//! written when it changed, so the time is the change's). A new leader
-//! writes everything once. A failed write is retried on the next snapshot,
-//! or after [`RECHECK`].
+//! A condition keeps the `lastTransitionTime` the object holds while its
+//! `status` stays the same, and gets the write's time when it changes. A
+//! route's `parents` written by other controllers are kept (ours, by
+//! `controllerName`, are replaced). A new leader writes everything once. A
+//! failed write (a conflicting one included) is retried on the next
+//! snapshot, or after the recheck interval.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -35,19 +42,26 @@ pub const RECHECK: std::time::Duration = std::time::Duration::from_secs(30);
 const FIELD_MANAGER: &str = "istiod-rs";
 
 /// Keeps the API server's gateway deployments and statuses equal to the
-/// published snapshots' while `leader` is true; ends when `token` is
-/// cancelled.
+/// published snapshots' while `leader` is true, applying the deployments
+/// again every `recheck`; ends when `token` is cancelled.
 pub async fn run(
     client: kube::Client,
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
     mut leader: watch::Receiver<bool>,
     token: CancellationToken,
+    recheck: std::time::Duration,
 ) {
     // What this replica last wrote, by object: written again only when it differs.
     let mut written: HashMap<(String, String, String), serde_json::Value> = HashMap::new();
     let mut deployed: HashMap<(String, String), Vec<serde_json::Value>> = HashMap::new();
+    let mut reapplied = tokio::time::Instant::now();
     loop {
         if *leader.borrow_and_update() {
+            if reapplied.elapsed() >= recheck {
+                // Everything is applied again: hand edits and deletions undone.
+                deployed.clear();
+                reapplied = tokio::time::Instant::now();
+            }
             let snap = snapshots.borrow_and_update().clone();
             for (key, objects) in &snap.gateway_api.deployments {
                 if deployed.get(key) == Some(objects) {
@@ -89,7 +103,7 @@ pub async fn run(
         tokio::select! {
             r = snapshots.changed() => if r.is_err() { break },
             r = leader.changed() => if r.is_err() { break },
-            () = tokio::time::sleep(RECHECK) => {}
+            () = tokio::time::sleep(recheck) => {}
             () = token.cancelled() => break,
         }
     }
@@ -116,7 +130,10 @@ async fn apply(client: &kube::Client, object: &serde_json::Value) -> kube::Resul
     .map(|_| ())
 }
 
-/// The merge patch of one object's `status` subresource.
+/// Writes one object's `status` subresource: reads the object, then
+/// merge-patches its status ([`merged_status`]) on the condition that its
+/// `resourceVersion` is still the one read (a conflict is an error, the
+/// write retried later).
 async fn patch(
     client: &kube::Client,
     (collection, namespace, name): &(String, String, String),
@@ -145,35 +162,101 @@ async fn patch(
     } else {
         Api::namespaced_with(client.clone(), namespace, &resource)
     };
-    let body = serde_json::json!({ "status": with_times(status) });
+    let current = api.get(name).await?;
+    let now = format!("{:.0}", k8s_openapi::jiff::Timestamp::now());
+    let body = serde_json::json!({
+        "metadata": {"resourceVersion": current.metadata.resource_version},
+        "status": merged_status(current.data.get("status"), status, &now),
+    });
     api.patch_status(name, &PatchParams::default(), &Patch::Merge(&body))
         .await
         .map(|_| ())
 }
 
-/// `status` with `lastTransitionTime` (now, RFC 3339 in seconds) on each
-/// of its conditions, its listeners' and its parents'.
-fn with_times(status: &serde_json::Value) -> serde_json::Value {
-    let now = format!("{:.0}", k8s_openapi::jiff::Timestamp::now());
-    let mut status = status.clone();
-    let stamp = |conditions: Option<&mut serde_json::Value>| {
+/// The status to write: `desired` with each condition's
+/// `lastTransitionTime` (the one `current` holds for the same condition
+/// type with the same `status`, else `now`, RFC 3339 in seconds), for its
+/// own conditions, its listeners' (by name) and its parents' (by
+/// reference); and `current`'s route parents of other controllers kept.
+fn merged_status(
+    current: Option<&serde_json::Value>,
+    desired: &serde_json::Value,
+    now: &str,
+) -> serde_json::Value {
+    use serde_json::Value;
+    let current = current.unwrap_or(&Value::Null);
+    let stamp = |conditions: Option<&mut Value>, before: &Value| {
         for c in conditions
-            .and_then(|c| c.as_array_mut())
+            .and_then(Value::as_array_mut)
             .into_iter()
             .flatten()
         {
-            c["lastTransitionTime"] = now.clone().into();
+            let kept = before
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|b| b["type"] == c["type"] && b["status"] == c["status"])
+                .and_then(|b| b.get("lastTransitionTime"))
+                .filter(|t| t.is_string());
+            c["lastTransitionTime"] = kept.cloned().unwrap_or_else(|| now.into());
         }
     };
-    stamp(status.get_mut("conditions"));
-    for list in ["listeners", "parents"] {
-        if let Some(items) = status.get_mut(list).and_then(|l| l.as_array_mut()) {
-            for item in items {
-                stamp(item.get_mut("conditions"));
-            }
-        }
+    let mut out = desired.clone();
+    stamp(out.get_mut("conditions"), &current["conditions"]);
+    let before = |list: &str, same: &dyn Fn(&Value) -> bool| -> Value {
+        current[list]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|item| same(item))
+            .map_or(Value::Null, |item| item["conditions"].clone())
+    };
+    for l in out
+        .get_mut("listeners")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
+        let name = l["name"].clone();
+        stamp(
+            l.get_mut("conditions"),
+            &before("listeners", &|b| b["name"] == name),
+        );
     }
-    status
+    if let Some(parents) = out.get_mut("parents").and_then(Value::as_array_mut) {
+        for p in parents.iter_mut() {
+            let (reference, controller) = (p["parentRef"].clone(), p["controllerName"].clone());
+            let was = before("parents", &|b| {
+                b["controllerName"] == controller && same_parent(&b["parentRef"], &reference)
+            });
+            stamp(p.get_mut("conditions"), &was);
+        }
+        let others = current["parents"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["controllerName"] != crds::gateway_api::CONTROLLER_NAME);
+        let mut all: Vec<Value> = others.cloned().collect();
+        all.append(parents);
+        *parents = all;
+    }
+    out
+}
+
+/// Whether two `parentRef`s name the same parent, the API server's defaults
+/// (`group` `gateway.networking.k8s.io`, `kind` `Gateway`) filled in.
+fn same_parent(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    let defaults = [
+        ("group", crds::gateway_api::GROUP),
+        ("kind", "Gateway"),
+        ("namespace", ""),
+        ("sectionName", ""),
+        ("name", ""),
+    ];
+    defaults.iter().all(|(field, default)| {
+        let of = |v: &serde_json::Value| v[*field].as_str().unwrap_or(default).to_owned();
+        of(a) == of(b)
+    }) && a["port"] == b["port"]
 }
 
 #[cfg(test)]
@@ -187,7 +270,8 @@ mod tests {
             "listeners": [{"name": "http", "conditions": [{"type": "Programmed"}]}],
             "parents": [{"conditions": [{"type": "ResolvedRefs"}]}],
         });
-        let stamped = with_times(&status);
+        let now = format!("{:.0}", k8s_openapi::jiff::Timestamp::now());
+        let stamped = merged_status(None, &status, &now);
         for c in [
             &stamped["conditions"][0],
             &stamped["listeners"][0]["conditions"][0],
@@ -196,5 +280,52 @@ mod tests {
             let t = c["lastTransitionTime"].as_str().unwrap_or_default();
             assert!(t.ends_with('Z') && !t.contains('.') && t.len() == 20, "{t}");
         }
+    }
+
+    #[test]
+    fn unchanged_conditions_keep_their_time_and_other_controllers_parents_stay() {
+        let old = "2026-01-01T00:00:00Z";
+        let ours = crds::gateway_api::CONTROLLER_NAME;
+        let current = serde_json::json!({
+            "conditions": [
+                {"type": "Accepted", "status": "True", "lastTransitionTime": old},
+                {"type": "Programmed", "status": "False", "lastTransitionTime": old},
+            ],
+            "listeners": [{"name": "http", "conditions": [
+                {"type": "Programmed", "status": "True", "lastTransitionTime": old},
+            ]}],
+            "parents": [
+                {"parentRef": {"name": "mesh-gw", "group": "gateway.networking.k8s.io", "kind": "Gateway"},
+                 "controllerName": "example.com/other",
+                 "conditions": [{"type": "Accepted", "status": "True", "lastTransitionTime": old}]},
+                {"parentRef": {"name": "gw", "group": "gateway.networking.k8s.io", "kind": "Gateway"},
+                 "controllerName": ours,
+                 "conditions": [{"type": "Accepted", "status": "True", "lastTransitionTime": old}]},
+            ],
+        });
+        let desired = serde_json::json!({
+            "conditions": [
+                {"type": "Accepted", "status": "True"},
+                {"type": "Programmed", "status": "True"},
+            ],
+            "listeners": [{"name": "http", "conditions": [{"type": "Programmed", "status": "True"}]}],
+            "parents": [{"parentRef": {"name": "gw"}, "controllerName": ours,
+                         "conditions": [{"type": "Accepted", "status": "True"}]}],
+        });
+        let now = "2026-12-02T00:00:00Z";
+        let out = merged_status(Some(&current), &desired, now);
+        let time = |c: &serde_json::Value| c["lastTransitionTime"].as_str().unwrap().to_owned();
+        assert_eq!(time(&out["conditions"][0]), old, "unchanged");
+        assert_eq!(time(&out["conditions"][1]), now, "False to True");
+        assert_eq!(time(&out["listeners"][0]["conditions"][0]), old);
+        let parents = out["parents"].as_array().unwrap();
+        assert_eq!(parents.len(), 2, "{out}");
+        assert_eq!(parents[0]["controllerName"], "example.com/other");
+        assert_eq!(parents[1]["parentRef"], serde_json::json!({"name": "gw"}));
+        assert_eq!(
+            time(&parents[1]["conditions"][0]),
+            old,
+            "the same parent, the API server's defaults aside"
+        );
     }
 }

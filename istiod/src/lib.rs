@@ -137,6 +137,7 @@ impl Daemon {
         let mut tasks = Vec::new();
         let (leader_tx, leader) = watch::channel(false);
         let mut kube_client = None;
+        let mut gateway_recheck = gateway_controller::RECHECK;
         let follow = Follow {
             publisher: publisher.clone(),
             metrics: metrics.clone(),
@@ -211,6 +212,7 @@ impl Daemon {
                 let client = kube::Client::try_from(source.config.clone())
                     .context("cannot build a Kubernetes client")?;
                 kube_client = Some(client.clone());
+                gateway_recheck = source.gateway_recheck;
                 if let Some(identity) = source.leader_identity.clone() {
                     tasks.push(tokio::spawn(leader::campaign(
                         client.clone(),
@@ -280,6 +282,7 @@ impl Daemon {
                 snapshots.clone(),
                 leader.clone(),
                 shutdown.clone(),
+                gateway_recheck,
             )));
         }
 

@@ -770,6 +770,17 @@ async fn handle(
         let Ok(patch) = serde_json::from_slice::<Value>(&body) else {
             return bad_request("patch is not JSON");
         };
+        // A `resourceVersion` in the patch is a precondition.
+        if let Some(rv) = patch["metadata"]["resourceVersion"].as_str()
+            && object["metadata"]["resourceVersion"].as_str() != Some(rv)
+        {
+            let body = status(
+                StatusCode::CONFLICT,
+                "Conflict",
+                format!("the object has been modified (resourceVersion {rv} is stale)"),
+            );
+            return (StatusCode::CONFLICT, axum::Json(body)).into_response();
+        }
         // The status subresource changes the status only.
         if let Some(new_status) = patch.get("status") {
             let mut current = object.get("status").cloned().unwrap_or(Value::Null);

@@ -529,6 +529,7 @@ pub async fn start_kube_replica(api: &fake_kube::FakeApiServer, identity: &str) 
             config: api.kube_config(),
             namespace: "istio-system".into(),
             leader_identity: Some(identity.to_owned()),
+            gateway_recheck: Duration::from_secs(1),
         })),
         xds_addr: "127.0.0.1:0".parse().expect("addr"),
         monitoring_addr: Some("127.0.0.1:0".parse().expect("addr")),

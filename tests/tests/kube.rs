@@ -745,6 +745,7 @@ async fn start_with_ca(
             config: api.kube_config(),
             namespace: "istio-system".into(),
             leader_identity: Some("istiod-0".into()),
+            gateway_recheck: istiod::gateway_controller::RECHECK,
         })),
         xds_addr: "127.0.0.1:0".parse().unwrap(),
         monitoring_addr: None,
@@ -1231,6 +1232,11 @@ spec:
   rules:
   - matches: [{path: {type: Exact, value: /productpage}}]
     backendRefs: [{name: productpage, port: 9080}]
+status:
+  parents:
+  - parentRef: {name: other-gw, namespace: istio-system}
+    controllerName: example.com/other-controller
+    conditions: [{type: Accepted, status: 'True', reason: Accepted, message: theirs, lastTransitionTime: '2026-01-01T00:00:00Z'}]
 ",
     );
     let get = || {
@@ -1346,12 +1352,20 @@ spec:
     let route = e2e::eventually(
         SYNC,
         || {
-            api.get(v1, "HTTPRoute", "default", "bookinfo")
-                .filter(|r| r["status"]["parents"].is_array())
+            api.get(v1, "HTTPRoute", "default", "bookinfo").filter(|r| {
+                r["status"]["parents"]
+                    .as_array()
+                    .is_some_and(|p| p.len() == 2)
+            })
         },
         || format!("{:?}", api.get(v1, "HTTPRoute", "default", "bookinfo")),
     );
-    let parent = &route["status"]["parents"][0];
+    // Another controller's parent is kept; ours follows it.
+    assert_eq!(
+        route["status"]["parents"][0]["controllerName"],
+        "example.com/other-controller"
+    );
+    let parent = &route["status"]["parents"][1];
     assert_eq!(parent["controllerName"], "istio.io/gateway-controller");
     assert_eq!(
         condition(&parent["conditions"], "Accepted").as_deref(),
@@ -1365,4 +1379,50 @@ spec:
     let version = mesh.daemon.snapshots.borrow().version;
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(mesh.daemon.snapshots.borrow().version, version);
+
+    // A second route: the Gateway's status is written again, and its
+    // `Accepted` condition, unchanged, keeps its transition time.
+    let accepted_at = |g: &serde_json::Value| {
+        g["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == "Accepted")
+            .map(|c| c["lastTransitionTime"].clone())
+    };
+    let before = accepted_at(&gateway);
+    assert!(before.as_ref().is_some_and(|t| t.is_string()), "{gateway}");
+    api.apply_yaml(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: second, namespace: default}
+spec:
+  parentRefs: [{name: bookinfo-gw, namespace: istio-system}]
+  hostnames: [second.example.com]
+  rules: [{backendRefs: [{name: ratings, port: 9080}]}]
+",
+    );
+    let gateway = e2e::eventually(
+        SYNC,
+        || {
+            api.get(v1, "Gateway", "istio-system", "bookinfo-gw")
+                .filter(|g| g["status"]["listeners"][0]["attachedRoutes"] == 2)
+        },
+        || {
+            format!(
+                "{:?}",
+                api.get(v1, "Gateway", "istio-system", "bookinfo-gw")
+            )
+        },
+    );
+    assert_eq!(accepted_at(&gateway), before, "{gateway}");
+
+    // The Deployment deleted by hand comes back (the leader applies it
+    // again every recheck interval, 1 s here).
+    assert!(api.delete("apps/v1", "Deployment", "istio-system", "bookinfo-gw-istio"));
+    e2e::eventually(
+        SYNC,
+        || api.get("apps/v1", "Deployment", "istio-system", "bookinfo-gw-istio"),
+        || "the deleted Deployment did not come back".to_owned(),
+    );
 }

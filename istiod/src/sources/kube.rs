@@ -48,6 +48,10 @@ pub struct KubeSource {
     /// This replica's identity in leader election (see [`crate::leader`]);
     /// `None` takes no part (the replica never leads).
     pub leader_identity: Option<String>,
+    /// How often the leader applies managed Gateways' deployments again
+    /// (bringing back what was deleted or edited by hand) and retries
+    /// failed writes (default [`crate::gateway_controller::RECHECK`]).
+    pub gateway_recheck: std::time::Duration,
 }
 
 impl KubeSource {
@@ -74,6 +78,7 @@ impl KubeSource {
             config,
             namespace,
             leader_identity: Some(crate::leader::identity()),
+            gateway_recheck: crate::gateway_controller::RECHECK,
         })
     }
 }
