@@ -182,6 +182,11 @@ impl Names {
             .is_some_and(|names| names.contains(&config.name))
     }
 
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     fn insert(&mut self, namespace: &str, name: &str) {
         self.0
             .entry(namespace.to_owned())

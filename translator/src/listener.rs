@@ -695,15 +695,16 @@ fn http_route_plan<'a>(
 }
 
 /// The first VirtualService bound to the mesh, visible from the proxy,
-/// with `hostname` among its hosts and content of interest (`has`).
+/// with `hostname` among its hosts and content of interest (`has`); one
+/// made from a Gateway API route of the proxy's own namespace first (the
+/// GAMMA "consumer override": Istio's `VirtualServicesForGateway`).
 fn mesh_virtual_service<'a>(
     snap: &'a Snapshot,
     proxy: &Proxy,
     hostname: &str,
     has: impl Fn(&Config<VirtualServiceSpec>) -> bool,
 ) -> Option<&'a Config<VirtualServiceSpec>> {
-    let mut candidates = snap.virtual_services_for(hostname);
-    candidates.find(|vs| {
+    let mut candidates = snap.virtual_services_for(hostname).filter(|vs| {
         exported_to(&vs.spec.export_to, &vs.namespace, &proxy.namespace)
             && (vs.spec.gateways.is_empty() || vs.spec.gateways.iter().any(|g| g == "mesh"))
             && vs
@@ -712,7 +713,18 @@ fn mesh_virtual_service<'a>(
                 .iter()
                 .any(|h| wildcard_match(&snap.resolve_host(h, &vs.namespace), hostname))
             && has(vs)
-    })
+    });
+    let generated = &snap.gateway_api.routes;
+    if generated.is_empty() {
+        return candidates.next();
+    }
+    let first = candidates.next()?;
+    let consumer =
+        |vs: &Config<VirtualServiceSpec>| vs.namespace == proxy.namespace && generated.holds(vs);
+    if consumer(first) {
+        return Some(first);
+    }
+    Some(candidates.find(|vs| consumer(vs)).unwrap_or(first))
 }
 
 /// Weighted destinations of a TCP service port: the first matching `tcp`

@@ -1121,3 +1121,58 @@ spec:
         "{err}"
     );
 }
+
+#[test]
+fn a_consumer_route_overrides_the_producer_route_in_its_namespace() {
+    // The producer's route (in the Service's namespace) and a consumer's
+    // (in `other`): each proxy of `other` takes the consumer's, others the
+    // producer's (Istio favours same-namespace Gateway API routes).
+    let snap = snapshot(&["
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: producer, namespace: default}
+spec:
+  parentRefs: [{group: '', kind: Service, name: reviews, port: 9080}]
+  rules: [{backendRefs: [{name: reviews, port: 9080}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: consumer, namespace: other}
+spec:
+  parentRefs: [{group: '', kind: Service, name: reviews, namespace: default, port: 9080}]
+  rules: [{backendRefs: [{name: ratings, namespace: default, port: 9080}]}]
+"]);
+    let cluster_for = |ns: &str| {
+        let proxy = Proxy::from_node_id(
+            &format!("sidecar~10.244.0.9~client.{ns}~{ns}.svc.cluster.local"),
+            None,
+            Default::default(),
+        )
+        .unwrap();
+        let out = generate(&snap, &proxy);
+        let rc = route_config(&out, "9080");
+        let vh = rc
+            .virtual_hosts
+            .iter()
+            .find(|v| v.name == "reviews.default.svc.cluster.local:9080")
+            .unwrap();
+        let Some(route::Action::Route(action)) = &vh.routes[0].action else {
+            panic!("{vh:?}");
+        };
+        let Some(route_action::ClusterSpecifier::Cluster(c)) = &action.cluster_specifier else {
+            panic!("{action:?}");
+        };
+        c.clone()
+    };
+    assert_eq!(
+        cluster_for("other"),
+        "outbound|9080||ratings.default.svc.cluster.local"
+    );
+    for ns in ["default", "third"] {
+        assert_eq!(
+            cluster_for(ns),
+            "outbound|9080||reviews.default.svc.cluster.local",
+            "{ns}"
+        );
+    }
+}
