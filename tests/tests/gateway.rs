@@ -521,7 +521,9 @@ fn gateway(mesh: &Mesh) -> e2e::Envoy {
 /// Service selects the gateway pod, and an `HTTPRoute` from another
 /// namespace with a weighted split, a segment-wise path prefix with its
 /// prefix dropped by `URLRewrite`, a header match and header modifier, a
-/// redirect, and a backend that does not exist (500); and a `GRPCRoute`
+/// redirect, and a backend that does not exist (500); a wildcard listener
+/// on the same port that leaves the exact listener's host to it (listener
+/// isolation); and a `GRPCRoute`
 /// on the same listener.
 #[test]
 fn gateway_api_gateway_and_httproute() {
@@ -553,6 +555,21 @@ spec:
     hostname: bookinfo.example.com
     allowedRoutes: {namespaces: {from: All}}
     tls: {certificateRefs: [{name: bookinfo-credential}]}
+  - name: a-wildcard
+    port: 8080
+    protocol: HTTP
+    hostname: '*.example.com'
+    allowedRoutes: {namespaces: {from: All}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: wildcard, namespace: default}
+spec:
+  parentRefs: [{name: bookinfo-gw, namespace: istio-system, sectionName: a-wildcard}]
+  hostnames: [bookinfo.example.com, other.example.com]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /isolated}}]
+    backendRefs: [{name: ratings, port: 9080}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -638,6 +655,14 @@ spec:
     // A backend that does not exist: 500, not 503.
     let r = http_request(&url("/missing"), &[("host", host)]).unwrap();
     assert_eq!(r.status, 500, "{r:?}");
+
+    // Listener isolation: the wildcard listener's route serves
+    // other.example.com, but not bookinfo.example.com, which the `http`
+    // listener names exactly (there, `/isolated` falls to the catch-all).
+    let r = http_request(&url("/isolated"), &[("host", "other.example.com")]).unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "ratings v1"));
+    let r = http_request(&url("/isolated"), &[("host", host)]).unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "productpage v1"));
 
     // The GRPCRoute, merged with the HTTPRoute on the same listener and
     // host, routes by gRPC service and method (the path `/<service>/<method>`).

@@ -323,6 +323,8 @@ struct Parent {
     port: u32,
     /// The listener's hostname (`*` when none).
     hostname: String,
+    /// Its protocol (`HTTP`, `HTTPS`, `TLS`, `TCP`).
+    protocol: String,
     /// The server's hosts, `namespace/hostname`.
     hosts: Vec<String>,
     /// The route kinds that may attach (`HTTPRoute`, `GRPCRoute`).
@@ -755,6 +757,7 @@ fn convert_gateway(
             section: l.name.clone(),
             port: l.port,
             hostname,
+            protocol: protocol.to_owned(),
             hosts,
             kinds: kinds.clone(),
             listener: state.listeners.len(),
@@ -1279,6 +1282,34 @@ fn narrower<'h>(a: &'h str, b: &'h str) -> &'h str {
     }
 }
 
+/// Whether `host`, bound to listener `ours`, is left to it by the other
+/// listeners of its Gateway (Istio's `hostnameAllowedByIsolation`, the
+/// Gateway API's listener isolation): a host that the hostname of another
+/// listener of the same port and protocol names more exactly than `ours`
+/// is only served there.
+fn allowed_by_isolation(host: &str, ours: &Parent, listeners: &[Parent]) -> bool {
+    if !ours.hostname.starts_with('*') {
+        // Only wildcard (or absent) hostnames can lose a host.
+        return true;
+    }
+    // `host` covers only names that `pattern` covers.
+    let subset_of = |host: &str, pattern: &str| {
+        host == pattern
+            || pattern
+                .strip_prefix('*')
+                .is_some_and(|suffix| host.len() > suffix.len() && host.ends_with(suffix))
+    };
+    !listeners.iter().any(|other| {
+        other.section != ours.section
+            && other.port == ours.port
+            && other.protocol == ours.protocol
+            && other.hostname != "*"
+            && other.hostname != ours.hostname
+            && ours.hostname.len() <= other.hostname.len()
+            && subset_of(host, &other.hostname)
+    })
+}
+
 /// A parent reference as the route's status names it.
 fn parent_ref_json(p: &ObjectReference) -> serde_json::Value {
     let mut v = serde_json::json!({ "name": p.name });
@@ -1377,7 +1408,21 @@ fn convert_route(
                         .filter(|h| hosts_match(&l.hostname, h))
                         .map(|h| narrower(h, &l.hostname).to_owned())
                         .collect();
-                    if hosts.is_empty() {
+                    let matched = !hosts.is_empty();
+                    let (hosts, isolated): (Vec<String>, Vec<String>) = hosts
+                        .into_iter()
+                        .partition(|h| allowed_by_isolation(h, l, listeners));
+                    if !isolated.is_empty() {
+                        warn(
+                            warnings,
+                            field.clone(),
+                            format!(
+                                "{isolated:?} not served on listener {:?}: a listener of the same port with a more specific hostname takes them (listener isolation)",
+                                l.section
+                            ),
+                        );
+                    }
+                    if !matched {
                         reasons.push((
                             "NoMatchingListenerHostname",
                             format!(

@@ -1176,3 +1176,69 @@ spec:
         );
     }
 }
+
+#[test]
+fn listener_isolation_leaves_a_host_to_the_more_specific_listener() {
+    let snap = snapshot(&["
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: iso, namespace: default}
+spec:
+  gatewayClassName: istio
+  listeners:
+  - {name: wild, port: 80, protocol: HTTP, hostname: '*.example.com'}
+  - {name: foo, port: 80, protocol: HTTP, hostname: foo.example.com}
+  - {name: other-port, port: 8080, protocol: HTTP, hostname: '*.example.com'}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: both, namespace: default}
+spec:
+  parentRefs: [{name: iso}]
+  hostnames: [foo.example.com, bar.example.com]
+  rules: [{backendRefs: [{name: reviews, port: 9080}]}]
+"]);
+    let mut bound: Vec<(String, String)> = snap
+        .virtual_services
+        .iter()
+        .map(|v| {
+            let listener = v.spec.gateways[0]
+                .rsplit_once("k8s-gateway-")
+                .unwrap()
+                .1
+                .to_owned();
+            (listener, v.spec.hosts[0].clone())
+        })
+        .collect();
+    bound.sort();
+    let pairs = |list: &[(&str, &str)]| -> Vec<(String, String)> {
+        list.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    };
+    // foo.example.com on port 80 is the `foo` listener's only; port 8080
+    // has no more specific listener.
+    assert_eq!(
+        bound,
+        pairs(&[
+            ("foo", "foo.example.com"),
+            ("other-port", "bar.example.com"),
+            ("other-port", "foo.example.com"),
+            ("wild", "bar.example.com"),
+        ])
+    );
+    assert!(warned(
+        &snap,
+        "HTTPRoute",
+        "default/both",
+        "listener isolation"
+    ));
+    let status = status_of(&snap, "v1/gateways", "default", "iso");
+    let attached: Vec<u64> = status["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["attachedRoutes"].as_u64().unwrap())
+        .collect();
+    assert_eq!(attached, [1, 1, 1]);
+}
