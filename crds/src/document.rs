@@ -141,6 +141,8 @@ pub enum Object {
     TcpRoute(Box<crate::gateway_api::TcpRoute>),
     /// Gateway API `TLSRoute`.
     TlsRoute(Box<crate::gateway_api::TlsRoute>),
+    /// Gateway API `BackendTLSPolicy`.
+    BackendTlsPolicy(Box<crate::gateway_api::BackendTlsPolicy>),
     /// Gateway API `ReferenceGrant`.
     ReferenceGrant(Box<crate::gateway_api::ReferenceGrant>),
 }
@@ -173,6 +175,7 @@ impl Object {
             Object::GrpcRoute(_) => "GRPCRoute",
             Object::TcpRoute(_) => "TCPRoute",
             Object::TlsRoute(_) => "TLSRoute",
+            Object::BackendTlsPolicy(_) => "BackendTLSPolicy",
             Object::ReferenceGrant(_) => "ReferenceGrant",
         }
     }
@@ -204,6 +207,7 @@ impl Object {
             Object::GrpcRoute(o) => &o.metadata,
             Object::TcpRoute(o) => &o.metadata,
             Object::TlsRoute(o) => &o.metadata,
+            Object::BackendTlsPolicy(o) => &o.metadata,
             Object::ReferenceGrant(o) => &o.metadata,
         }
     }
@@ -235,6 +239,7 @@ impl Object {
             Object::GrpcRoute(o) => &mut o.metadata,
             Object::TcpRoute(o) => &mut o.metadata,
             Object::TlsRoute(o) => &mut o.metadata,
+            Object::BackendTlsPolicy(o) => &mut o.metadata,
             Object::ReferenceGrant(o) => &mut o.metadata,
         }
     }
@@ -400,6 +405,11 @@ fn parse_object(value: serde_json::Value, default_namespace: &str) -> Result<Obj
         (gateway_api::GROUP, v, "TLSRoute") if gateway_api::ALPHA_VERSIONS.contains(&v) => {
             Object::TlsRoute(ctx.parse_istio(value)?)
         }
+        (gateway_api::GROUP, v, "BackendTLSPolicy")
+            if gateway_api::POLICY_VERSIONS.contains(&v) =>
+        {
+            Object::BackendTlsPolicy(ctx.parse_istio(value)?)
+        }
         (gateway_api::GROUP, v, k) if gateway_api::VERSIONS.contains(&v) => match k {
             "GatewayClass" => Object::GatewayClass(ctx.parse_istio(value)?),
             "Gateway" => Object::KubeGateway(ctx.parse_istio(value)?),
@@ -546,6 +556,7 @@ gateway_api_kind!(
     GrpcRoute => GrpcRouteSpec,
     TcpRoute => TcpRouteSpec,
     TlsRoute => TlsRouteSpec,
+    BackendTlsPolicy => BackendTlsPolicySpec,
     ReferenceGrant => ReferenceGrantSpec
 );
 

@@ -1,5 +1,6 @@
 //! Kubernetes Gateway API (`gateway.networking.k8s.io`): GatewayClass,
-//! Gateway, HTTPRoute, GRPCRoute, TCPRoute, TLSRoute and ReferenceGrant,
+//! Gateway, HTTPRoute, GRPCRoute, TCPRoute, TLSRoute, BackendTLSPolicy and
+//! ReferenceGrant,
 //! the kinds istiod converts into its own Gateways and VirtualServices
 //! (Istio's "Gateway API" support). Follows the `v1` standard channel field
 //! for field (ReferenceGrant is `v1beta1`); `v1beta1` files are read too
@@ -26,6 +27,10 @@ pub const GROUP: &str = "gateway.networking.k8s.io";
 
 /// API versions of [`GROUP`] that are read.
 pub const VERSIONS: [&str; 2] = ["v1", "v1beta1"];
+
+/// API versions of [`GROUP`] read for BackendTLSPolicy (`v1` since
+/// Gateway API 1.4; `v1alpha3` before).
+pub const POLICY_VERSIONS: [&str; 2] = ["v1", "v1alpha3"];
 
 /// API versions of [`GROUP`] read for the experimental TCPRoute and
 /// TLSRoute (`v1alpha2` is the one watched).
@@ -83,6 +88,11 @@ gateway_api_kind!(
     /// `TLSRoute`: TLS connections routed by their SNI, passed through
     /// (or, on a terminating listener, decrypted) to weighted backends.
     TlsRoute => TlsRouteSpec
+);
+gateway_api_kind!(
+    /// `BackendTLSPolicy`: how proxies originate TLS to a Service (the CA
+    /// that verifies it, the SNI name and the names it must present).
+    BackendTlsPolicy => BackendTlsPolicySpec
 );
 gateway_api_kind!(
     /// `ReferenceGrant`: lets objects of other namespaces refer to
@@ -687,6 +697,84 @@ impl From<&BackendRef> for HttpBackendRef {
             filters: Vec::new(),
         }
     }
+}
+
+/// `BackendTLSPolicySpec`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BackendTlsPolicySpec {
+    /// The Services (of the policy's namespace) it applies to; a
+    /// `sectionName` names one port of the Service.
+    #[serde(default)]
+    pub target_refs: Vec<PolicyTargetRef>,
+    /// How the backend's certificate is verified.
+    pub validation: BackendTlsValidation,
+    /// Implementation-specific options (not read).
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+/// `LocalPolicyTargetReferenceWithSectionName`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PolicyTargetRef {
+    /// API group (`""`: core).
+    #[serde(default)]
+    pub group: String,
+    /// Kind (`Service`).
+    pub kind: String,
+    /// Name, in the policy's namespace.
+    pub name: String,
+    /// A port's name.
+    #[serde(default)]
+    pub section_name: Option<String>,
+}
+
+/// `BackendTLSPolicyValidation`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BackendTlsValidation {
+    /// ConfigMaps (of the policy's namespace) whose `ca.crt` verifies the
+    /// backend (Istio uses the first).
+    #[serde(default)]
+    pub ca_certificate_refs: Vec<LocalObjectReference>,
+    /// `System`: the proxy's system roots.
+    #[serde(default, rename = "wellKnownCACertificates")]
+    pub well_known_ca_certificates: Option<String>,
+    /// The SNI name sent, and the name the certificate must hold (unless
+    /// `subjectAltNames` are given).
+    pub hostname: String,
+    /// Names the backend's certificate must hold one of.
+    #[serde(default)]
+    pub subject_alt_names: Vec<SubjectAltName>,
+}
+
+/// `LocalObjectReference`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LocalObjectReference {
+    /// API group (`""`: core).
+    #[serde(default)]
+    pub group: String,
+    /// Kind (`ConfigMap`).
+    pub kind: String,
+    /// Name.
+    pub name: String,
+}
+
+/// `SubjectAltName`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SubjectAltName {
+    /// `Hostname` or `URI`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// With `Hostname`.
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// With `URI`, e.g. a SPIFFE ID.
+    #[serde(default)]
+    pub uri: Option<String>,
 }
 
 /// `ReferenceGrantSpec`.

@@ -148,6 +148,7 @@ async fn patch(
         "grpcroutes" => "GRPCRoute",
         "tcproutes" => "TCPRoute",
         "tlsroutes" => "TLSRoute",
+        "backendtlspolicies" => "BackendTLSPolicy",
         other => other,
     };
     let resource = ApiResource {
@@ -176,8 +177,9 @@ async fn patch(
 /// The status to write: `desired` with each condition's
 /// `lastTransitionTime` (the one `current` holds for the same condition
 /// type with the same `status`, else `now`, RFC 3339 in seconds), for its
-/// own conditions, its listeners' (by name) and its parents' (by
-/// reference); and `current`'s route parents of other controllers kept.
+/// own conditions, its listeners' (by name), its parents' and ancestors'
+/// (by reference); and `current`'s route parents and policy ancestors of
+/// other controllers kept.
 fn merged_status(
     current: Option<&serde_json::Value>,
     desired: &serde_json::Value,
@@ -223,22 +225,30 @@ fn merged_status(
             &before("listeners", &|b| b["name"] == name),
         );
     }
-    if let Some(parents) = out.get_mut("parents").and_then(Value::as_array_mut) {
-        for p in parents.iter_mut() {
-            let (reference, controller) = (p["parentRef"].clone(), p["controllerName"].clone());
-            let was = before("parents", &|b| {
-                b["controllerName"] == controller && same_parent(&b["parentRef"], &reference)
+    // A route's parents, a policy's ancestors: ours replaced, others kept.
+    let ours = [
+        crds::gateway_api::CONTROLLER_NAME,
+        translator::gateway_api::MESH_CONTROLLER,
+    ];
+    for (list, reference) in [("parents", "parentRef"), ("ancestors", "ancestorRef")] {
+        let Some(items) = out.get_mut(list).and_then(Value::as_array_mut) else {
+            continue;
+        };
+        for p in items.iter_mut() {
+            let (target, controller) = (p[reference].clone(), p["controllerName"].clone());
+            let was = before(list, &|b| {
+                b["controllerName"] == controller && same_parent(&b[reference], &target)
             });
             stamp(p.get_mut("conditions"), &was);
         }
-        let others = current["parents"]
+        let others = current[list]
             .as_array()
             .into_iter()
             .flatten()
-            .filter(|p| p["controllerName"] != crds::gateway_api::CONTROLLER_NAME);
+            .filter(|p| !ours.iter().any(|c| p["controllerName"] == *c));
         let mut all: Vec<Value> = others.cloned().collect();
-        all.append(parents);
-        *parents = all;
+        all.append(items);
+        *items = all;
     }
     out
 }

@@ -222,7 +222,7 @@ impl Daemon {
                         shutdown.clone(),
                     )));
                 }
-                let watched = sources::kube::watched(&source.namespace);
+                let watched = sources::kube::watched();
                 info!(collections = watched.len(), "watching the Kubernetes API");
                 let store = Arc::new(std::sync::Mutex::new(sources::kube::Store::new(
                     watched.len(),

@@ -125,7 +125,7 @@ fn rbac_grants_exactly_what_the_daemon_reads_and_writes() {
     }
     assert!(bound.contains("istiod") && bound.contains("istiod-istio-system"));
     let mut needed = BTreeSet::new();
-    for w in istiod::sources::kube::watched("istio-system") {
+    for w in istiod::sources::kube::watched() {
         for verb in ["list", "watch"] {
             needed.insert((
                 w.namespace.clone().unwrap_or_default(),
@@ -206,6 +206,7 @@ fn rbac_grants_exactly_what_the_daemon_reads_and_writes() {
         "grpcroutes",
         "tcproutes",
         "tlsroutes",
+        "backendtlspolicies",
     ] {
         needed.insert((
             String::new(),

@@ -146,6 +146,12 @@ pub const KINDS: &[(&str, &str, &str, bool)] = &[
         true,
     ),
     (
+        "gateway.networking.k8s.io/v1",
+        "BackendTLSPolicy",
+        "backendtlspolicies",
+        true,
+    ),
+    (
         "gateway.networking.k8s.io/v1beta1",
         "ReferenceGrant",
         "referencegrants",

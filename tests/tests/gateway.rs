@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use e2e::tls::{Pki, TlsServer, tls_secret};
 use e2e::{GATEWAY, GATEWAY_LABELS, Mesh, http_request};
@@ -811,6 +812,105 @@ spec:
     assert_eq!(
         curl(&pki.ca(), "bookinfo.example.com", 9444, "/", None),
         Ok("details v1".into())
+    );
+    assert_eq!(gw.rejected(), 0);
+}
+
+/// A BackendTLSPolicy (Gateway API) on the ingress gateway: the route's
+/// backend serves TLS only; the gateway originates TLS to it with the
+/// policy's SNI name, verifying its certificate with the CA of a
+/// ConfigMap (served over SDS as `configmap://<namespace>/<name>`). With a
+/// name the certificate does not hold, the gateway refuses the backend.
+#[test]
+fn a_backend_tls_policy_makes_the_gateway_originate_verified_tls() {
+    let pki = Pki::new();
+    let mesh = Mesh::start(false, &[]);
+    let (cert, key) = pki.issue("auth.example.com");
+    let _backend = TlsServer::start("127.0.3.5:9443", &cert, &key);
+    let ca_pem = std::fs::read_to_string(pki.ca()).unwrap();
+    let ca_yaml: String = ca_pem.lines().map(|l| format!("    {l}\n")).collect();
+    let policy = |hostname: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1
+kind: BackendTLSPolicy
+metadata: {{name: secure-backend, namespace: default}}
+spec:
+  targetRefs: [{{group: '', kind: Service, name: secure-backend}}]
+  validation:
+    caCertificateRefs: [{{group: '', kind: ConfigMap, name: backend-ca}}]
+    hostname: {hostname}
+"
+        )
+    };
+    mesh.cfg.write(
+        "backend-tls.yaml",
+        &format!(
+            "apiVersion: v1
+kind: Service
+metadata: {{name: origin-gw-istio, namespace: istio-system}}
+spec:
+  clusterIP: 10.96.0.93
+  selector: {{istio: ingressgateway}}
+  ports: [{{name: http, port: 8080}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: secure-backend, namespace: default}}
+spec:
+  clusterIP: 10.96.0.94
+  ports: [{{name: http, port: 9443}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: secure-backend-1, namespace: default, labels: {{kubernetes.io/service-name: secure-backend}}}}
+addressType: IPv4
+ports: [{{name: http, port: 9443}}]
+endpoints: [{{addresses: [127.0.3.5]}}]
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: backend-ca, namespace: default}}
+data:
+  ca.crt: |
+{ca_yaml}---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: origin-gw, namespace: istio-system}}
+spec:
+  gatewayClassName: istio
+  listeners:
+  - {{name: http, port: 8080, protocol: HTTP, hostname: secure.example.com, allowedRoutes: {{namespaces: {{from: All}}}}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: secure, namespace: default}}
+spec:
+  parentRefs: [{{name: origin-gw, namespace: istio-system}}]
+  rules: [{{backendRefs: [{{name: secure-backend, port: 9443}}]}}]
+"
+        ),
+    );
+    mesh.cfg.write("policy.yaml", &policy("auth.example.com"));
+    let gw = gateway(&mesh);
+    let get = || http_request("http://127.0.0.1:8080/", &[("host", "secure.example.com")]);
+    // openssl's status page: the request reached it over TLS.
+    let r = get().unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.contains("s_server"), "{}", r.body);
+
+    // A name the backend's certificate does not hold: refused.
+    mesh.cfg.write("policy.yaml", &policy("other.example.com"));
+    e2e::eventually(
+        Duration::from_secs(10),
+        || get().ok().filter(|r| r.status == 503),
+        || format!("{:?}", get()),
+    );
+    // Without the policy the gateway speaks plain HTTP to a TLS port.
+    mesh.cfg.remove("policy.yaml");
+    e2e::eventually(
+        Duration::from_secs(10),
+        || get().ok().filter(|r| r.status != 200),
+        || format!("{:?}", get()),
     );
     assert_eq!(gw.rejected(), 0);
 }

@@ -1175,7 +1175,8 @@ spec:
 }
 
 /// The Gateway API's collections, whose CRDs a cluster may not have.
-const GATEWAY_API: [&str; 7] = [
+const GATEWAY_API: [&str; 8] = [
+    "gateway.networking.k8s.io/v1/backendtlspolicies",
     "gateway.networking.k8s.io/v1/gatewayclasses",
     "gateway.networking.k8s.io/v1/gateways",
     "gateway.networking.k8s.io/v1/httproutes",

@@ -43,6 +43,9 @@ pub struct ChangeSet {
     pub mesh: bool,
     /// A Secret changed.
     pub secrets: bool,
+    /// A ConfigMap CA that a `configmap://` credential names changed (rare:
+    /// every proxy is regenerated).
+    pub config_map_cas: bool,
     /// Namespaces of DestinationRules whose `workloadSelector` picks
     /// sidecars that get `credentialName` Secrets (a Secret change
     /// regenerates them, as it does every gateway).
@@ -69,6 +72,7 @@ impl ChangeSet {
             from_version: old.version,
             mesh: old.mesh != new.mesh,
             secrets: old.secrets != new.secrets,
+            config_map_cas: old.config_map_cas != new.config_map_cas,
             root_namespace: new.mesh.root_namespace.clone(),
             ..Default::default()
         };
@@ -163,6 +167,7 @@ impl ChangeSet {
         let telemetry_changed = self.telemetry_namespaces.contains(ns)
             || self.telemetry_namespaces.contains(&self.root_namespace);
         let full = self.mesh
+            || self.config_map_cas
             || sidecar_changed
             || authz_changed
             || telemetry_changed

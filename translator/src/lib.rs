@@ -297,7 +297,7 @@ fn listeners_and_routes<'a>(snap: &'a Snapshot, proxy: &'a Proxy) -> Rest<'a> {
             inbound_clusters = clusters;
             // The Secrets of the rules that select this workload.
             let mut secrets = std::collections::BTreeMap::new();
-            if snap.has_selecting_rules() {
+            if snap.has_selecting_rules() || !snap.config_map_cas.is_empty() {
                 listener::client_credentials(snap, proxy, &mut secrets, &mut warnings);
             }
             (l, Routes::Planned(r), secrets.into_values().collect())

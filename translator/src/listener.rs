@@ -1330,6 +1330,30 @@ pub(crate) fn client_credentials(
             .map(|s| s.as_ref())
     };
     for dr in &snap.destination_rules {
+        // `configmap://` CAs: for every proxy the rule reaches.
+        if !snap.config_map_cas.is_empty()
+            && exported_to(&dr.spec.export_to, &dr.namespace, &proxy.namespace)
+        {
+            for (at, tls) in dr.spec.client_tls() {
+                let Some(cred) = tls
+                    .credential_name
+                    .as_deref()
+                    .filter(|c| c.starts_with(crate::policy::CONFIG_MAP_CREDENTIAL))
+                else {
+                    continue;
+                };
+                let key = &cred[crate::policy::CONFIG_MAP_CREDENTIAL.len()..];
+                match snap.config_map_cas.get(key) {
+                    Some(ca) => config_map_secret(cred, ca.as_bytes(), secrets),
+                    None => warnings.push(ConfigWarning::new(
+                        "DestinationRule",
+                        dr.key(),
+                        format!("{at}.credentialName"),
+                        format!("ConfigMap {key} not found, or without ca.crt"),
+                    )),
+                }
+            }
+        }
         let applies = match &dr.spec.workload_selector {
             Some(selector) => {
                 dr.namespace == proxy.namespace
@@ -1347,7 +1371,11 @@ pub(crate) fn client_credentials(
             continue;
         }
         for (at, tls) in dr.spec.client_tls() {
-            let Some(cred) = &tls.credential_name else {
+            let Some(cred) = tls
+                .credential_name
+                .as_ref()
+                .filter(|c| !c.starts_with(crate::policy::CONFIG_MAP_CREDENTIAL))
+            else {
                 continue;
             };
             let mutual = tls.mode == Some(ClientTlsMode::Mutual);
@@ -1836,6 +1864,23 @@ pub(crate) fn ca_secret(
         },
     );
     crate::policy::ads_secret(name)
+}
+
+/// The SDS secret `configmap://<namespace>/<name>`: a ConfigMap's `ca.crt`
+/// (Istio serves it under that name).
+fn config_map_secret(name: &str, ca: &[u8], secrets: &mut BTreeMap<String, Secret>) {
+    secrets.insert(
+        name.to_owned(),
+        Secret {
+            name: name.to_owned(),
+            r#type: Some(secret::Type::ValidationContext(
+                CertificateValidationContext {
+                    trusted_ca: Some(inline(ca)),
+                    ..Default::default()
+                },
+            )),
+        },
+    );
 }
 
 /// Where a server TLS context is configured: a Gateway server, or a

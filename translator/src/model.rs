@@ -1360,6 +1360,10 @@ pub struct Snapshot {
     pub mesh: MeshConfig,
     /// Kubernetes Secrets by `namespace/name` (gateway `credentialName`s).
     pub secrets: BTreeMap<String, Arc<TlsSecret>>,
+    /// The `ca.crt` (PEM) of the ConfigMaps a DestinationRule's
+    /// `credentialName` names as `configmap://<namespace>/<name>` (as a
+    /// BackendTLSPolicy's `caCertificateRefs` become), by `namespace/name`.
+    pub config_map_cas: BTreeMap<String, String>,
     /// Config that is read but not acted on, by object and field.
     pub warnings: Vec<crate::ConfigWarning>,
     /// When the change this snapshot carries was first seen (set by the
@@ -1911,6 +1915,9 @@ impl Snapshot {
         // gateways' addresses.
         let mut nodes: Vec<&crds::document::NodeInfo> = Vec::new();
         let mut gateway_api = crate::gateway_api::Inputs::default();
+        // ConfigMaps holding a `ca.crt`, by `namespace/name`: those named
+        // by a `configmap://` credential are kept.
+        let mut config_map_cas: BTreeMap<String, &'a str> = BTreeMap::new();
         for (obj, shared) in objects {
             match obj {
                 Object::Node(node) => {
@@ -1964,6 +1971,7 @@ impl Snapshot {
                 Object::GrpcRoute(r) => gateway_api.grpc_routes.push(r),
                 Object::TcpRoute(r) => gateway_api.tcp_routes.push(r),
                 Object::TlsRoute(r) => gateway_api.tls_routes.push(r),
+                Object::BackendTlsPolicy(p) => gateway_api.policies.push(p),
                 Object::ReferenceGrant(g) => gateway_api.grants.push(g),
                 Object::Namespace(n) => {
                     gateway_api
@@ -1975,7 +1983,11 @@ impl Snapshot {
                     }
                     snap.namespaces.push(name.to_owned());
                 }
-                Object::ConfigMap(_) => {}
+                Object::ConfigMap(cm) => {
+                    if let Some(ca) = cm.data.as_ref().and_then(|d| d.get("ca.crt")) {
+                        config_map_cas.insert(format!("{ns}/{name}"), ca);
+                    }
+                }
                 Object::Secret(secret) => {
                     // `stringData` is merged over `data`, as the API server does on write.
                     let mut data: BTreeMap<String, Vec<u8>> = secret
@@ -2164,8 +2176,14 @@ impl Snapshot {
                 .filter(|(_, s)| s.cert.is_some() && s.key.is_some())
                 .map(|(key, _)| key.clone())
                 .collect();
+            gateway_api.config_map_cas = config_map_cas.keys().cloned().collect();
             let out = crate::gateway_api::convert(&gateway_api);
             snap.gateways.extend(out.gateways);
+            snap.destination_rules
+                .extend(out.destination_rules.into_iter().map(|mut dr| {
+                    dr.spec.export_to.clone_from(&defaults.destination_rules);
+                    dr
+                }));
             snap.virtual_services
                 .extend(out.virtual_services.into_iter().map(|mut vs| {
                     vs.spec.export_to.clone_from(&defaults.virtual_services);
@@ -2173,6 +2191,22 @@ impl Snapshot {
                 }));
             snap.warnings.extend(out.warnings);
             snap.gateway_api = out.generated;
+        }
+        // The CAs `configmap://` credentials name (the rest are not kept:
+        // a ConfigMap no rule names changes nothing).
+        for dr in &snap.destination_rules {
+            for (_, tls) in dr.spec.client_tls() {
+                let Some(key) = tls
+                    .credential_name
+                    .as_deref()
+                    .and_then(|c| c.strip_prefix(crate::policy::CONFIG_MAP_CREDENTIAL))
+                else {
+                    continue;
+                };
+                if let Some(ca) = config_map_cas.get(key) {
+                    snap.config_map_cas.insert(key.to_owned(), (*ca).to_owned());
+                }
+            }
         }
         for (ns, name, (svc, svc_shared)) in services {
             let hostname = format!("{name}.{ns}.svc.{}", snap.mesh.domain);

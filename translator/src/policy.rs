@@ -478,13 +478,15 @@ impl Effective {
     }
 
     /// Whether the client TLS settings name a `credentialName` Secret for
-    /// `SIMPLE` or `MUTUAL` origination.
+    /// `SIMPLE` or `MUTUAL` origination (a `configmap://` CA is no Secret:
+    /// any proxy may have it).
     pub fn uses_credential(&self) -> bool {
         self.originates_tls()
-            && self
-                .tls
-                .as_ref()
-                .is_some_and(|t| t.credential_name.is_some())
+            && self.tls.as_ref().is_some_and(|t| {
+                t.credential_name
+                    .as_deref()
+                    .is_some_and(|c| !c.starts_with(CONFIG_MAP_CREDENTIAL))
+            })
     }
 
     /// What a sidecar does with [`Effective::uses_credential`] settings, as
@@ -521,7 +523,26 @@ impl Effective {
             _ => &tls.subject_alt_names,
         };
         let mut common = CommonTlsContext::default();
-        if let Some(cred) = &tls.credential_name {
+        if let Some(cred) = tls
+            .credential_name
+            .as_ref()
+            .filter(|c| c.starts_with(CONFIG_MAP_CREDENTIAL))
+        {
+            // A ConfigMap's CA, served under its own name over SDS (Istio's
+            // BackendTLSPolicy origination); verified always.
+            common.validation_context_type = Some(
+                common_tls_context::ValidationContextType::CombinedValidationContext(
+                    common_tls_context::CombinedCertificateValidationContext {
+                        default_validation_context: Some(CertificateValidationContext {
+                            match_typed_subject_alt_names: any_san_matchers(sans),
+                            ..Default::default()
+                        }),
+                        validation_context_sds_secret_config: Some(ads_secret(cred.clone())),
+                        ..Default::default()
+                    },
+                ),
+            );
+        } else if let Some(cred) = &tls.credential_name {
             // A gateway's origination with a Secret's certificates, which
             // the daemon serves it over SDS (istiod's
             // `ApplyCustomSDSToClientCommonTLSContext`).
@@ -695,6 +716,12 @@ pub(crate) fn credential_sds_names(cred: &str) -> [String; 2] {
 /// The scheme of a Gateway API listener's Secret as a `credentialName`
 /// (`kubernetes-gateway://<namespace>/<name>`, Istio's).
 pub(crate) const GATEWAY_API_CREDENTIAL: &str = "kubernetes-gateway://";
+
+/// The scheme of a ConfigMap's `ca.crt` as a `credentialName`
+/// (`configmap://<namespace>/<name>`, Istio's, as BackendTLSPolicy's CAs
+/// become): a CA only, which any proxy may get, served over SDS under
+/// that name.
+pub const CONFIG_MAP_CREDENTIAL: &str = "configmap://";
 
 /// A reference to the SDS secret `name`, served over ADS by the daemon
 /// (with Envoy's default 15 s initial fetch timeout, as Istio's

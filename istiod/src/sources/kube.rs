@@ -141,19 +141,17 @@ impl Watched {
 /// Everything the daemon watches (the RBAC in `manifests/` grants exactly
 /// list and watch on these): Namespaces, Nodes (NodePort network
 /// gateways' addresses), Pods, Services, EndpointSlices,
-/// the mesh ConfigMap (`istio` in `namespace`, key `mesh`), Secrets (for
+/// ConfigMaps (the mesh config, `istio` in `istio-system`, whole; of the
+/// others only a `ca.crt`, for BackendTLSPolicy CAs), Secrets (for
 /// Gateway `credentialName`; service-account tokens and Helm releases are
 /// excluded, as istiod does), the `networking.istio.io/v1` kinds (WorkloadEntry and WorkloadGroup included) and
 /// `security.istio.io/v1` PeerAuthentication, AuthorizationPolicy and
 /// RequestAuthentication, `telemetry.istio.io/v1` Telemetry, and the
 /// Gateway API's GatewayClasses, Gateways, HTTPRoutes, GRPCRoutes,
-/// ReferenceGrants and (`v1alpha2`, the experimental channel) TCPRoutes and
-/// TLSRoutes (optional: their CRDs come with the Gateway API, not with
-/// Istio).
-pub fn watched(namespace: &str) -> Vec<Watched> {
-    let mut mesh_config = Watched::new("v1", "ConfigMap", "configmaps");
-    mesh_config.namespace = Some(namespace.to_owned());
-    mesh_config.field_selector = Some(format!("metadata.name={}", crds::mesh::MESH_CONFIGMAP.1));
+/// ReferenceGrants, BackendTLSPolicies and (`v1alpha2`, the experimental
+/// channel) TCPRoutes and TLSRoutes (optional: their CRDs come with the
+/// Gateway API, not with Istio).
+pub fn watched() -> Vec<Watched> {
     let mut secrets = Watched::new("v1", "Secret", "secrets");
     secrets.field_selector =
         Some("type!=kubernetes.io/service-account-token,type!=helm.sh/release.v1".into());
@@ -163,7 +161,7 @@ pub fn watched(namespace: &str) -> Vec<Watched> {
         Watched::new("v1", "Pod", "pods"),
         Watched::new("v1", "Service", "services"),
         Watched::new("discovery.k8s.io/v1", "EndpointSlice", "endpointslices"),
-        mesh_config,
+        Watched::new("v1", "ConfigMap", "configmaps"),
         secrets,
         Watched::new(
             "networking.istio.io/v1",
@@ -213,6 +211,11 @@ pub fn watched(namespace: &str) -> Vec<Watched> {
             "gateway.networking.k8s.io/v1alpha2",
             "TLSRoute",
             "tlsroutes",
+        ),
+        Watched::optional(
+            "gateway.networking.k8s.io/v1",
+            "BackendTLSPolicy",
+            "backendtlspolicies",
         ),
         Watched::optional(
             "gateway.networking.k8s.io/v1beta1",
@@ -411,6 +414,18 @@ fn trim(value: &mut Value, resource: &ApiResource) {
         // them): never an input.
         map.remove("status");
     }
+    if resource.kind == "ConfigMap" {
+        let mesh = crds::mesh::MESH_CONFIGMAP;
+        let is_mesh = map["metadata"]["namespace"] == mesh.0 && map["metadata"]["name"] == mesh.1;
+        if !is_mesh {
+            // Only a CA (a BackendTLSPolicy's `caCertificateRefs`): other
+            // ConfigMaps change often and are never read.
+            map.remove("binaryData");
+            if let Some(data) = map.get_mut("data").and_then(Value::as_object_mut) {
+                data.retain(|key, _| key == "ca.crt");
+            }
+        }
+    }
     if resource.kind == "Node" {
         // Only its labels and external IPs (NodePort network gateways);
         // its heartbeats, conditions and annotations change all the time.
@@ -577,8 +592,64 @@ mod tests {
     }
 
     #[test]
+    fn config_maps_are_kept_whole_only_for_the_mesh_config() {
+        let w = watched();
+        let cms = w
+            .iter()
+            .position(|w| w.resource.kind == "ConfigMap")
+            .unwrap();
+        let cm = |ns: &str, name: &str, data: Value| {
+            obj(serde_json::json!({
+                "metadata": {"name": name, "namespace": ns, "resourceVersion": "1"},
+                "data": data,
+            }))
+        };
+        let mut s = Store::new(w.len());
+        let mesh = serde_json::json!({"mesh": "rootNamespace: istio-system\n"});
+        assert!(s.apply(
+            cms,
+            &w[cms],
+            Event::Apply(cm("istio-system", "istio", mesh))
+        ));
+        assert!(s.apply(
+            cms,
+            &w[cms],
+            Event::Apply(cm(
+                "default",
+                "ca",
+                serde_json::json!({"ca.crt": "PEM", "other": "x"})
+            ))
+        ));
+        // A key other than `ca.crt` changing changes nothing.
+        assert!(!s.apply(
+            cms,
+            &w[cms],
+            Event::Apply(cm(
+                "default",
+                "ca",
+                serde_json::json!({"ca.crt": "PEM", "other": "y"})
+            ))
+        ));
+        let loaded = s.loaded();
+        let data: Vec<_> = loaded
+            .objects()
+            .filter_map(|o| match o {
+                Object::ConfigMap(cm) => cm.data.clone(),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(data.len(), 2);
+        assert!(data.iter().any(|d| d.contains_key("mesh")), "{data:?}");
+        assert!(
+            data.iter()
+                .any(|d| d.keys().collect::<Vec<_>>() == ["ca.crt"]),
+            "{data:?}"
+        );
+    }
+
+    #[test]
     fn status_only_updates_change_nothing_but_readiness() {
-        let w = watched("istio-system");
+        let w = watched();
         let pods = w.iter().position(|w| w.resource.kind == "Pod").unwrap();
         let mut s = Store::new(w.len());
         assert!(s.apply(pods, &w[pods], Event::Apply(pod("1", "False"))));
@@ -597,7 +668,7 @@ mod tests {
 
     #[test]
     fn a_relist_replaces_the_collection() {
-        let w = watched("istio-system");
+        let w = watched();
         let vs = w
             .iter()
             .position(|w| w.resource.kind == "VirtualService")
@@ -650,7 +721,7 @@ mod tests {
 
     #[test]
     fn an_unusable_object_is_reported_with_its_path_and_field() {
-        let w = watched("istio-system");
+        let w = watched();
         let vs = w
             .iter()
             .position(|w| w.resource.kind == "VirtualService")
