@@ -2194,7 +2194,12 @@ impl Snapshot {
         }
         // The CAs `configmap://` credentials name (the rest are not kept:
         // a ConfigMap no rule names changes nothing).
-        for dr in &snap.destination_rules {
+        let rules = if config_map_cas.is_empty() {
+            &[][..]
+        } else {
+            &snap.destination_rules[..]
+        };
+        for dr in rules {
             for (_, tls) in dr.spec.client_tls() {
                 let Some(key) = tls
                     .credential_name
