@@ -15,6 +15,13 @@
 //! `istio.io/disconnectedAt` replaces those, and after the grace period
 //! the entry is deleted if it still carries that mark (a proxy that
 //! reconnected to any replica meanwhile has it cleared).
+//!
+//! The leader also sweeps up what a replica that stopped could not
+//! ([`clean_up`], Istio's `periodicWorkloadEntryCleanup`): every ten grace
+//! periods, each auto-registered entry still marked disconnected after the
+//! grace period, or marked connected for longer than a connection can last
+//! (one and a half maximum connection ages: its replica and proxy both
+//! went away), is deleted.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -404,6 +411,107 @@ async fn replace_annotations(
         .map(|_| ())
 }
 
+/// Whether Istio's periodic cleanup deletes an entry with these
+/// `annotations` at `now` (Istio's `shouldCleanupEntry`): an
+/// auto-registered one marked connected longer ago than `max_age`, or
+/// marked disconnected at least `grace` ago (or at a time that does not
+/// parse).
+pub fn abandoned(
+    annotations: &BTreeMap<String, String>,
+    now: k8s_openapi::jiff::Timestamp,
+    grace: Duration,
+    max_age: Option<Duration>,
+) -> bool {
+    if !annotations.contains_key(GROUP_ANNOTATION) {
+        return false;
+    }
+    let age = |at: &String| {
+        at.parse::<k8s_openapi::jiff::Timestamp>()
+            .ok()
+            .and_then(|t| Duration::try_from(now.duration_since(t)).ok())
+    };
+    if let Some(connected) = annotations.get(CONNECTED_AT_ANNOTATION) {
+        return matches!((age(connected), max_age), (Some(a), Some(max)) if a > max);
+    }
+    match annotations.get(DISCONNECTED_AT_ANNOTATION) {
+        None => false,
+        Some(at) => age(at).is_none_or(|a| a >= grace),
+    }
+}
+
+/// The leader's sweep of auto-registered WorkloadEntries left behind
+/// ([`abandoned`]; Istio's `periodicWorkloadEntryCleanup`): every
+/// `10 × grace`, while `leader` is true, each entry of `entries()` (the
+/// watched ones) that looks abandoned is read again and, if it still does,
+/// deleted on the condition that it has not changed since
+/// (`resourceVersion`). `max_connection_age` is the xDS connections'
+/// (none: connected entries are never swept). Ends with `token`.
+pub async fn clean_up(
+    client: kube::Client,
+    entries: impl Fn() -> Vec<Arc<Object>> + Send,
+    leader: tokio::sync::watch::Receiver<bool>,
+    grace: Duration,
+    max_connection_age: Option<Duration>,
+    token: tokio_util::sync::CancellationToken,
+) {
+    use kube::api::{Api, DeleteParams, Preconditions};
+    // Istio's: one and a half connection ages.
+    let max_age = max_connection_age.map(|a| a + a / 2);
+    let period = (grace * 10).max(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(period) => {}
+            () = token.cancelled() => return,
+        }
+        if !*leader.borrow() {
+            continue;
+        }
+        let now = k8s_openapi::jiff::Timestamp::now();
+        for object in entries() {
+            let Object::WorkloadEntry(entry) = &*object else {
+                continue;
+            };
+            let meta = &entry.metadata;
+            let (Some(ns), Some(name)) = (&meta.namespace, &meta.name) else {
+                continue;
+            };
+            let marks = meta.annotations.clone().unwrap_or_default();
+            if !abandoned(&marks, now, grace, max_age) {
+                continue;
+            }
+            // Read again: the watch may lag a reconnect.
+            let api: Api<WorkloadEntry> = Api::namespaced(client.clone(), ns);
+            let current = match api.get_opt(name).await {
+                Ok(Some(c)) => c,
+                Ok(None) => continue,
+                Err(e) => {
+                    warn!(entry = %format!("{ns}/{name}"), error = %e, "reading a WorkloadEntry to clean up failed");
+                    continue;
+                }
+            };
+            let marks = current.metadata.annotations.clone().unwrap_or_default();
+            if !abandoned(&marks, now, grace, max_age) {
+                continue;
+            }
+            let params = DeleteParams {
+                preconditions: Some(Preconditions {
+                    resource_version: current.metadata.resource_version.clone(),
+                    uid: None,
+                }),
+                ..Default::default()
+            };
+            match api.delete(name, &params).await {
+                Ok(_) => {
+                    info!(entry = %format!("{ns}/{name}"), "abandoned auto-registered WorkloadEntry deleted")
+                }
+                Err(e) => {
+                    warn!(entry = %format!("{ns}/{name}"), error = %e, "deleting an abandoned WorkloadEntry failed")
+                }
+            }
+        }
+    }
+}
+
 /// Whether two entries have the same spec and metadata.
 fn same_entry(a: &Object, b: &Object) -> bool {
     match (a, b) {
@@ -501,6 +609,39 @@ spec:
 "]),
             translator::model::MeshConfig::default(),
         )
+    }
+
+    #[test]
+    fn abandoned_entries_are_those_istio_cleans_up() {
+        let now: k8s_openapi::jiff::Timestamp = "2026-12-02T12:00:00Z".parse().unwrap();
+        let grace = Duration::from_secs(10);
+        let hour = Some(Duration::from_secs(3600));
+        let marks = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let group = (GROUP_ANNOTATION, "vms");
+        // Not auto-registered: never.
+        assert!(!abandoned(
+            &marks(&[(DISCONNECTED_AT_ANNOTATION, "2026-01-01T00:00:00Z")]),
+            now,
+            grace,
+            hour
+        ));
+        // Disconnected: after the grace period.
+        let gone = |at: &str| marks(&[group, (DISCONNECTED_AT_ANNOTATION, at)]);
+        assert!(!abandoned(&gone("2026-12-02T11:59:55Z"), now, grace, hour));
+        assert!(abandoned(&gone("2026-12-02T11:59:50Z"), now, grace, hour));
+        assert!(abandoned(&gone("yesterday"), now, grace, hour));
+        // Connected: only when older than the longest connection.
+        let held = |at: &str| marks(&[group, (CONNECTED_AT_ANNOTATION, at)]);
+        assert!(!abandoned(&held("2026-12-02T11:30:00Z"), now, grace, hour));
+        assert!(abandoned(&held("2026-12-02T10:30:00Z"), now, grace, hour));
+        assert!(!abandoned(&held("2026-12-02T10:30:00Z"), now, grace, None));
+        // Neither mark: not ours to judge.
+        assert!(!abandoned(&marks(&[group]), now, grace, hour));
     }
 
     fn vm(ip: &str) -> Workload {

@@ -239,6 +239,26 @@ impl Daemon {
                         shutdown.clone(),
                     ),
                 );
+                // The leader sweeps up entries a stopped replica left.
+                let watched_entries = {
+                    let store = store.clone();
+                    move || {
+                        sources::kube::lock(&store)
+                            .loaded()
+                            .shared_objects()
+                            .filter(|o| matches!(***o, crds::Object::WorkloadEntry(_)))
+                            .cloned()
+                            .collect()
+                    }
+                };
+                tasks.push(tokio::spawn(autoregister::clean_up(
+                    client.clone(),
+                    watched_entries,
+                    leader.clone(),
+                    opts.workload_entry_grace,
+                    opts.keepalive.max_connection_age,
+                    shutdown.clone(),
+                )));
                 let registry = registry.clone();
                 tasks.extend(sources::kube::spawn(
                     client,

@@ -1427,3 +1427,61 @@ spec:
         || "the deleted Deployment did not come back".to_owned(),
     );
 }
+
+/// What a replica that stopped left behind, swept by the leader (Istio's
+/// periodic WorkloadEntry cleanup, every ten grace periods: 10 s here):
+/// an auto-registered entry still marked disconnected after the grace
+/// period, and one marked connected longer than any connection lasts, are
+/// deleted; a freshly connected one and one not auto-registered stay.
+#[test]
+fn abandoned_auto_registered_entries_are_swept_by_the_leader() {
+    let mesh = Mesh::start_kube(false, &[]);
+    let api = mesh.api();
+    let now = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .expect("date");
+    let entry = |name: &str, annotations: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata:
+  name: {name}
+  namespace: default
+  annotations: {{{annotations}}}
+spec: {{address: 10.10.0.1, labels: {{app: vm-app}}}}
+---
+"
+        )
+    };
+    let group = "istio.io/autoRegistrationGroup: vms";
+    api.apply_yaml(&format!(
+        "{}{}{}{}",
+        entry(
+            "gone",
+            &format!("{group}, istio.io/disconnectedAt: '2026-01-01T00:00:00Z'")
+        ),
+        entry(
+            "stale",
+            &format!(
+                "{group}, istio.io/workloadController: istiod-9, istio.io/connectedAt: '2026-01-01T00:00:00Z'"
+            )
+        ),
+        entry(
+            "live",
+            &format!("{group}, istio.io/workloadController: istiod-0, istio.io/connectedAt: '{now}'")
+        ),
+        entry("manual", "istio.io/disconnectedAt: '2026-01-01T00:00:00Z'"),
+    ));
+    let present = |name: &str| {
+        api.get("networking.istio.io/v1", "WorkloadEntry", "default", name)
+            .is_some()
+    };
+    e2e::eventually(
+        Duration::from_secs(30),
+        || (!present("gone") && !present("stale")).then_some(()),
+        || format!("gone: {}, stale: {}", present("gone"), present("stale")),
+    );
+    assert!(present("live") && present("manual"));
+}
