@@ -234,6 +234,100 @@ spec:
     assert_eq!(sidecar.rejected() + egress.rejected(), 0);
 }
 
+/// The same task in Gateway API form, as Istio documents it: an HTTPRoute
+/// whose parent is the `api` ServiceEntry sends the mesh's requests for
+/// api.example.com to the egress Gateway's Service, and an HTTPRoute on
+/// that Gateway's listener sends them out (an Istio `Hostname` backend).
+#[test]
+fn gateway_api_routes_mesh_traffic_out_through_an_egress_gateway() {
+    let mesh = Mesh::start(true, &[]);
+    add_local_address(EXTERNAL_IP);
+    external_server(&mesh, 80, "api.example.com");
+    mesh.cfg.write(
+        "egress.yaml",
+        &(egress_gateway_platform("http", 8081)
+            + "apiVersion: v1
+kind: Service
+metadata: {name: api-egress-istio, namespace: istio-system}
+spec:
+  clusterIP: 10.96.0.41
+  selector: {istio: egressgateway}
+  ports: [{name: http, port: 8081}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: api-egress-istio-1, namespace: istio-system, labels: {kubernetes.io/service-name: api-egress-istio}}
+addressType: IPv4
+ports: [{name: http, port: 8081}]
+endpoints: [{addresses: [127.0.4.1], targetRef: {kind: Pod, name: istio-egressgateway-1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api}
+spec:
+  hosts: [api.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  endpoints: [{address: 192.0.2.10}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: api-egress, namespace: istio-system}
+spec:
+  gatewayClassName: istio
+  listeners:
+  - {name: http, hostname: api.example.com, port: 8081, protocol: HTTP}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: direct-api-to-egress-gateway}
+spec:
+  parentRefs: [{kind: ServiceEntry, group: networking.istio.io, name: api}]
+  rules: [{backendRefs: [{name: api-egress-istio, namespace: istio-system, port: 8081}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: forward-api-from-egress-gateway, namespace: istio-system}
+spec:
+  parentRefs: [{name: api-egress, sectionName: http}]
+  hostnames: [api.example.com]
+  rules: [{backendRefs: [{kind: Hostname, group: networking.istio.io, name: api.example.com, port: 80}]}]
+"),
+    );
+    mesh.wait_loaded(2);
+    let sidecar = mesh.sidecar();
+    let egress = egress_gateway(&mesh);
+    let r = http_request(
+        &format!("http://{EXTERNAL_IP}/"),
+        &[("host", "api.example.com")],
+    )
+    .unwrap();
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "api.example.com"),
+        "{r:?}"
+    );
+    let count = |envoy: &e2e::Envoy, stat: &str| envoy.stat(stat);
+    assert_eq!(
+        count(
+            &sidecar,
+            "cluster.outbound|8081||api-egress-istio.istio-system.svc.cluster.local.upstream_rq_200"
+        ),
+        1,
+        "the sidecar sent the request to the egress gateway"
+    );
+    assert_eq!(
+        count(
+            &egress,
+            "cluster.outbound|80||api.example.com.upstream_rq_200"
+        ),
+        1,
+        "the egress gateway sent it out"
+    );
+    assert_eq!(sidecar.rejected() + egress.rejected(), 0);
+}
+
 /// An external server on 192.0.2.10:443 with api.example.com's
 /// certificate from a test CA, demanding a client certificate from that
 /// CA (its status page shows it); and the `client-credential` Secret, in

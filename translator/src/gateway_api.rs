@@ -82,6 +82,9 @@ pub(crate) struct Inputs<'a> {
     pub namespaces: BTreeMap<&'a str, Option<&'a BTreeMap<String, String>>>,
     /// Services, by (namespace, name).
     pub services: BTreeMap<(&'a str, &'a str), ServiceInfo>,
+    /// ServiceEntries' hosts, by (namespace, name): what a route whose
+    /// parent is a ServiceEntry routes (mesh traffic).
+    pub service_entries: BTreeMap<(&'a str, &'a str), Vec<String>>,
     /// The cluster's DNS suffix (`cluster.local`).
     pub domain: String,
     /// The Secrets (`namespace/name`) with a certificate and a key: what a
@@ -1685,6 +1688,26 @@ fn convert_route(
                     key = format!("{key}/{port}");
                 }
                 bound.push((key, "mesh".into(), vec![host], p.port));
+            }
+            ("networking.istio.io", "ServiceEntry") => {
+                // Istio's: mesh traffic to the entry's hosts (its egress
+                // routing in Gateway API form).
+                let Some(hosts) = inputs
+                    .service_entries
+                    .get(&(parent_ns, p.name.as_str()))
+                    .filter(|h| !h.is_empty())
+                else {
+                    let why = format!("parent ServiceEntry {parent_ns}/{} not found", p.name);
+                    warn(warnings, field, why.clone());
+                    statuses.push((parent_ref_json(p), true, Some(("NoMatchingParent", why))));
+                    continue;
+                };
+                statuses.push((parent_ref_json(p), true, None));
+                let mut key = ns.to_owned();
+                if let Some(port) = p.port {
+                    key = format!("{key}/{port}");
+                }
+                bound.push((key, "mesh".into(), hosts.clone(), p.port));
             }
             (g, k) => warn(
                 warnings,

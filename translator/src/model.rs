@@ -2095,6 +2095,12 @@ impl Snapshot {
                 .map(|(key, (pod, _))| (*key, *pod))
                 .collect();
         }
+        if !gateway_api.is_empty() {
+            gateway_api.service_entries = service_entries
+                .iter()
+                .map(|(ns, name, spec)| ((*ns, *name), spec.hosts.clone()))
+                .collect();
+        }
         for (ns, name, spec) in service_entries {
             let object = || format!("{ns}/{name}");
             for mut svc in service_entry_services(ns, spec, &workloads) {

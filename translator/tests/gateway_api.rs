@@ -1367,3 +1367,36 @@ spec:
         "ConfigMap other/absent not found"
     ));
 }
+
+#[test]
+fn a_service_entry_parent_routes_mesh_traffic_to_its_hosts() {
+    let snap = snapshot(&["
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api, namespace: default}
+spec:
+  hosts: [api.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: DNS
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: egress, namespace: default}
+spec:
+  parentRefs:
+  - {kind: ServiceEntry, group: networking.istio.io, name: api}
+  - {kind: ServiceEntry, group: networking.istio.io, name: absent}
+  rules: [{backendRefs: [{name: reviews, port: 9080}]}]
+"]);
+    let vs = snap
+        .virtual_services
+        .iter()
+        .find(|v| v.name == "default~api.example.com")
+        .unwrap();
+    assert_eq!(vs.spec.gateways, ["mesh"]);
+    assert_eq!(vs.spec.hosts, ["api.example.com"]);
+    let status = status_of(&snap, "v1/httproutes", "default", "egress");
+    let parents = status["parents"].as_array().unwrap();
+    assert_eq!(parents[0]["conditions"][0]["status"], "True");
+    assert_eq!(parents[1]["conditions"][0]["reason"], "NoMatchingParent");
+}
