@@ -1374,7 +1374,7 @@ pub(crate) fn client_credentials(
             let Some(cred) = tls
                 .credential_name
                 .as_ref()
-                .filter(|c| !c.starts_with(crate::policy::CONFIG_MAP_CREDENTIAL))
+                .filter(|c| !crate::policy::ca_only_credential(c))
             else {
                 continue;
             };

@@ -485,7 +485,7 @@ impl Effective {
             && self.tls.as_ref().is_some_and(|t| {
                 t.credential_name
                     .as_deref()
-                    .is_some_and(|c| !c.starts_with(CONFIG_MAP_CREDENTIAL))
+                    .is_some_and(|c| !ca_only_credential(c))
             })
     }
 
@@ -526,10 +526,11 @@ impl Effective {
         if let Some(cred) = tls
             .credential_name
             .as_ref()
-            .filter(|c| c.starts_with(CONFIG_MAP_CREDENTIAL))
+            .filter(|c| ca_only_credential(c))
         {
             // A ConfigMap's CA, served under its own name over SDS (Istio's
-            // BackendTLSPolicy origination); verified always.
+            // BackendTLSPolicy origination); verified always (`invalid://`
+            // is never served: the handshakes fail).
             common.validation_context_type = Some(
                 common_tls_context::ValidationContextType::CombinedValidationContext(
                     common_tls_context::CombinedCertificateValidationContext {
@@ -722,6 +723,16 @@ pub(crate) const GATEWAY_API_CREDENTIAL: &str = "kubernetes-gateway://";
 /// become): a CA only, which any proxy may get, served over SDS under
 /// that name.
 pub const CONFIG_MAP_CREDENTIAL: &str = "configmap://";
+
+/// The `credentialName` of a BackendTLSPolicy whose CA cannot be read
+/// (Istio's `InvalidSecretTypeURI`): never served, so its traffic fails.
+pub const INVALID_CREDENTIAL: &str = "invalid://";
+
+/// Whether `cred` names only a CA ([`CONFIG_MAP_CREDENTIAL`], or
+/// [`INVALID_CREDENTIAL`]), which any proxy may be given, not a Secret.
+pub fn ca_only_credential(cred: &str) -> bool {
+    cred.starts_with(CONFIG_MAP_CREDENTIAL) || cred == INVALID_CREDENTIAL
+}
 
 /// A reference to the SDS secret `name`, served over ADS by the daemon
 /// (with Envoy's default 15 s initial fetch timeout, as Istio's

@@ -1274,6 +1274,15 @@ spec:
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: BackendTLSPolicy
+metadata: {name: wrong-ca, namespace: default}
+spec:
+  targetRefs: [{group: '', kind: Service, name: gw-istio}]
+  validation:
+    caCertificateRefs: [{group: '', kind: ConfigMap, name: absent}]
+    hostname: gw.example.com
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: BackendTLSPolicy
 metadata: {name: missing-ca, namespace: other}
 spec:
   targetRefs: [{group: '', kind: Service, name: reviews}]
@@ -1350,6 +1359,30 @@ spec:
             .any(|s| s.name == "configmap://default/auth-cert"),
         "{:?}",
         out.secrets.iter().map(|s| &s.name).collect::<Vec<_>>()
+    );
+    // A CA that cannot be read: TLS all the same, verified by a secret
+    // never served (the traffic fails; it never goes out in plain text).
+    let blocked = out
+        .clusters
+        .iter()
+        .find(|c| c.name == "outbound|80||gw-istio.default.svc.cluster.local")
+        .unwrap();
+    let Some(transport_socket::ConfigType::TypedConfig(any)) = blocked
+        .transport_socket
+        .as_ref()
+        .and_then(|t| t.config_type.clone())
+    else {
+        panic!("no TLS: {blocked:?}");
+    };
+    let ctx = UpstreamTlsContext::decode(any.value.as_slice()).unwrap();
+    let Some(common_tls_context::ValidationContextType::CombinedValidationContext(v)) =
+        ctx.common_tls_context.unwrap().validation_context_type
+    else {
+        panic!("no validation context");
+    };
+    assert_eq!(
+        v.validation_context_sds_secret_config.unwrap().name,
+        "invalid://"
     );
 
     // Status: each target an ancestor; what failed says why.
