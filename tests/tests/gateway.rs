@@ -914,3 +914,84 @@ spec:
     );
     assert_eq!(gw.rejected(), 0);
 }
+
+/// A GRPCRoute carrying real gRPC (HTTP/2 both ways) through the gateway:
+/// its backend is the daemon's own xDS port (a gRPC server), reached by a
+/// Service port named `grpc`; a tonic client opens an ADS stream through
+/// the gateway and gets its first response, routed by service and method.
+#[test]
+fn a_grpcroute_carries_real_grpc_through_the_gateway() {
+    let mesh = Mesh::start(false, &[]);
+    let xds = mesh.daemon.xds_addr;
+    let port = xds.port();
+    mesh.cfg.write(
+        "grpc.yaml",
+        &format!(
+            "apiVersion: v1
+kind: Service
+metadata: {{name: grpc-gw-istio, namespace: istio-system}}
+spec:
+  clusterIP: 10.96.0.95
+  selector: {{istio: ingressgateway}}
+  ports: [{{name: grpc, port: 8082}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: xds, namespace: default}}
+spec:
+  clusterIP: 10.96.0.96
+  ports: [{{name: grpc, port: {port}}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: xds-1, namespace: default, labels: {{kubernetes.io/service-name: xds}}}}
+addressType: IPv4
+ports: [{{name: grpc, port: {port}}}]
+endpoints: [{{addresses: ['{ip}']}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: grpc-gw, namespace: istio-system}}
+spec:
+  gatewayClassName: istio
+  listeners:
+  - {{name: grpc, port: 8082, protocol: HTTP, allowedRoutes: {{namespaces: {{from: All}}}}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {{name: ads, namespace: default}}
+spec:
+  parentRefs: [{{name: grpc-gw, namespace: istio-system}}]
+  rules:
+  - matches:
+    - method: {{service: envoy.service.discovery.v3.AggregatedDiscoveryService, method: StreamAggregatedResources}}
+    backendRefs: [{{name: xds, port: {port}}}]
+",
+            ip = xds.ip()
+        ),
+    );
+    let gw = gateway(&mesh);
+    let response = mesh.block_on(async {
+        let mut stream = e2e::ads_stream(
+            "127.0.0.1:8082".parse().unwrap(),
+            "sidecar~127.0.0.9~client.default~default.svc.cluster.local",
+            &[],
+        )
+        .await;
+        tokio::time::timeout(Duration::from_secs(10), stream.responses.message()).await
+    });
+    let response = response
+        .expect("a response within 10 s")
+        .expect("a gRPC response, not an error")
+        .expect("a message");
+    assert_eq!(
+        response.type_url,
+        "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+    );
+    assert!(
+        gw.stat(&format!(
+            "cluster.outbound|{port}||xds.default.svc.cluster.local.upstream_cx_http2_total"
+        )) >= 1
+    );
+    assert_eq!(gw.rejected(), 0);
+}
