@@ -104,12 +104,17 @@ fn weighted_tcp_routes_split_connections() {
     start_echo_servers(&mesh);
     let envoy = mesh.sidecar();
     mesh.apply(&[&envoy], "tcp-echo.yaml", TCP_ECHO);
-    mesh.apply(&[&envoy], "vs.yaml", &routes(100, 0));
+    assert_shifts(&mesh, &envoy, "vs.yaml", routes);
+}
+
+/// Istio's TCP traffic shifting steps with the routes `routes(v1, v2)`
+/// written to `file`: every connection to v1, then 80/20.
+fn assert_shifts(mesh: &Mesh, envoy: &e2e::Envoy, file: &str, routes: impl Fn(u32, u32) -> String) {
+    mesh.apply(&[envoy], file, &routes(100, 0));
     for _ in 0..20 {
         assert_eq!(hello(), "v1 hello");
     }
-
-    mesh.apply(&[&envoy], "vs.yaml", &routes(80, 20));
+    mesh.apply(&[envoy], file, &routes(80, 20));
     let n = 300;
     let v1 = (0..n).filter(|_| hello() == "v1 hello").count();
     assert_binomial(v1, n, 0.8, "connections to v1");
@@ -173,15 +178,7 @@ spec:
 "
         )
     };
-    mesh.apply(&[&envoy], "route.yaml", &route(100, 0));
-    for _ in 0..20 {
-        assert_eq!(hello(), "v1 hello");
-    }
-    mesh.apply(&[&envoy], "route.yaml", &route(80, 20));
-    let n = 300;
-    let v1 = (0..n).filter(|_| hello() == "v1 hello").count();
-    assert_binomial(v1, n, 0.8, "connections to v1");
-    assert_eq!(envoy.rejected(), 0);
+    assert_shifts(&mesh, &envoy, "route.yaml", route);
 }
 
 /// A server on `ip:port` that reads what a connection starts with (a

@@ -1334,15 +1334,7 @@ pub(crate) fn client_credentials(
         if !snap.config_map_cas.is_empty()
             && exported_to(&dr.spec.export_to, &dr.namespace, &proxy.namespace)
         {
-            for (at, tls) in dr.spec.client_tls() {
-                let Some(cred) = tls
-                    .credential_name
-                    .as_deref()
-                    .filter(|c| c.starts_with(crate::policy::CONFIG_MAP_CREDENTIAL))
-                else {
-                    continue;
-                };
-                let key = &cred[crate::policy::CONFIG_MAP_CREDENTIAL.len()..];
+            for (at, cred, key) in crate::policy::config_map_credentials(&dr.spec) {
                 match snap.config_map_cas.get(key) {
                     Some(ca) => config_map_secret(cred, ca.as_bytes(), secrets),
                     None => warnings.push(ConfigWarning::new(

@@ -2206,14 +2206,7 @@ impl Snapshot {
             &snap.destination_rules[..]
         };
         for dr in rules {
-            for (_, tls) in dr.spec.client_tls() {
-                let Some(key) = tls
-                    .credential_name
-                    .as_deref()
-                    .and_then(|c| c.strip_prefix(crate::policy::CONFIG_MAP_CREDENTIAL))
-                else {
-                    continue;
-                };
+            for (_, _, key) in crate::policy::config_map_credentials(&dr.spec) {
                 if let Some(ca) = config_map_cas.get(key) {
                     snap.config_map_cas.insert(key.to_owned(), (*ca).to_owned());
                 }

@@ -531,18 +531,7 @@ impl Effective {
             // A ConfigMap's CA, served under its own name over SDS (Istio's
             // BackendTLSPolicy origination); verified always (`invalid://`
             // is never served: the handshakes fail).
-            common.validation_context_type = Some(
-                common_tls_context::ValidationContextType::CombinedValidationContext(
-                    common_tls_context::CombinedCertificateValidationContext {
-                        default_validation_context: Some(CertificateValidationContext {
-                            match_typed_subject_alt_names: any_san_matchers(sans),
-                            ..Default::default()
-                        }),
-                        validation_context_sds_secret_config: Some(ads_secret(cred.clone())),
-                        ..Default::default()
-                    },
-                ),
-            );
+            common.validation_context_type = Some(sds_validation(sans, cred.clone()));
         } else if let Some(cred) = &tls.credential_name {
             // A gateway's origination with a Secret's certificates, which
             // the daemon serves it over SDS (istiod's
@@ -554,18 +543,7 @@ impl Effective {
                     .push(ads_secret(cert));
             }
             if !tls.insecure_skip_verify.unwrap_or(false) {
-                common.validation_context_type = Some(
-                    common_tls_context::ValidationContextType::CombinedValidationContext(
-                        common_tls_context::CombinedCertificateValidationContext {
-                            default_validation_context: Some(CertificateValidationContext {
-                                match_typed_subject_alt_names: any_san_matchers(sans),
-                                ..Default::default()
-                            }),
-                            validation_context_sds_secret_config: Some(ads_secret(ca)),
-                            ..Default::default()
-                        },
-                    ),
-                );
+                common.validation_context_type = Some(sds_validation(sans, ca));
             }
         } else if mode == ClientTlsMode::Mutual
             && let (Some(cert), Some(key)) = (&tls.client_certificate, &tls.private_key)
@@ -605,6 +583,21 @@ impl Effective {
             config_type: Some(transport_socket::ConfigType::TypedConfig(pack_any(ctx))),
         });
     }
+}
+
+/// Verification of the server against the CA of the SDS secret `ca`
+/// (served by the daemon) and, if any, `sans`.
+fn sds_validation(sans: &[String], ca: String) -> common_tls_context::ValidationContextType {
+    common_tls_context::ValidationContextType::CombinedValidationContext(
+        common_tls_context::CombinedCertificateValidationContext {
+            default_validation_context: Some(CertificateValidationContext {
+                match_typed_subject_alt_names: any_san_matchers(sans),
+                ..Default::default()
+            }),
+            validation_context_sds_secret_config: Some(ads_secret(ca)),
+            ..Default::default()
+        },
+    )
 }
 
 /// The key of a cluster's `typed_extension_protocol_options` for
@@ -732,6 +725,18 @@ pub const INVALID_CREDENTIAL: &str = "invalid://";
 /// [`INVALID_CREDENTIAL`]), which any proxy may be given, not a Secret.
 pub fn ca_only_credential(cred: &str) -> bool {
     cred.starts_with(CONFIG_MAP_CREDENTIAL) || cred == INVALID_CREDENTIAL
+}
+
+/// The `configmap://` credentials of a rule's client TLS settings: each
+/// one's field, credential name and ConfigMap (`namespace/name`).
+pub(crate) fn config_map_credentials(
+    dr: &crds::DestinationRuleSpec,
+) -> impl Iterator<Item = (String, &str, &str)> {
+    dr.client_tls().into_iter().filter_map(|(at, tls)| {
+        let cred = tls.credential_name.as_deref()?;
+        let key = cred.strip_prefix(CONFIG_MAP_CREDENTIAL)?;
+        Some((at, cred, key))
+    })
 }
 
 /// A reference to the SDS secret `name`, served over ADS by the daemon

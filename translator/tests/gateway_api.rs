@@ -1330,28 +1330,33 @@ spec:
     )
     .unwrap();
     let out = generate(&snap, &sidecar);
-    let cluster = out
-        .clusters
-        .iter()
-        .find(|c| c.name == "outbound|9080||reviews.default.svc.cluster.local")
-        .unwrap();
-    let Some(transport_socket::ConfigType::TypedConfig(any)) = cluster
-        .transport_socket
-        .as_ref()
-        .and_then(|t| t.config_type.clone())
-    else {
-        panic!("no TLS: {cluster:?}");
-    };
-    let ctx = UpstreamTlsContext::decode(any.value.as_slice()).unwrap();
-    assert_eq!(ctx.sni, "auth.example.com");
-    let Some(common_tls_context::ValidationContextType::CombinedValidationContext(v)) =
-        ctx.common_tls_context.unwrap().validation_context_type
-    else {
-        panic!("no validation context");
+    // A cluster's TLS: its SNI and the SDS secret that verifies the server.
+    let origination = |name: &str| {
+        let cluster = out.clusters.iter().find(|c| c.name == name).unwrap();
+        let Some(transport_socket::ConfigType::TypedConfig(any)) = cluster
+            .transport_socket
+            .as_ref()
+            .and_then(|t| t.config_type.clone())
+        else {
+            panic!("no TLS: {cluster:?}");
+        };
+        let ctx = UpstreamTlsContext::decode(any.value.as_slice()).unwrap();
+        let Some(common_tls_context::ValidationContextType::CombinedValidationContext(v)) =
+            ctx.common_tls_context.unwrap().validation_context_type
+        else {
+            panic!("no validation context");
+        };
+        (
+            ctx.sni,
+            v.validation_context_sds_secret_config.unwrap().name,
+        )
     };
     assert_eq!(
-        v.validation_context_sds_secret_config.unwrap().name,
-        "configmap://default/auth-cert"
+        origination("outbound|9080||reviews.default.svc.cluster.local"),
+        (
+            "auth.example.com".to_owned(),
+            "configmap://default/auth-cert".to_owned()
+        )
     );
     assert!(
         out.secrets
@@ -1362,26 +1367,8 @@ spec:
     );
     // A CA that cannot be read: TLS all the same, verified by a secret
     // never served (the traffic fails; it never goes out in plain text).
-    let blocked = out
-        .clusters
-        .iter()
-        .find(|c| c.name == "outbound|80||gw-istio.default.svc.cluster.local")
-        .unwrap();
-    let Some(transport_socket::ConfigType::TypedConfig(any)) = blocked
-        .transport_socket
-        .as_ref()
-        .and_then(|t| t.config_type.clone())
-    else {
-        panic!("no TLS: {blocked:?}");
-    };
-    let ctx = UpstreamTlsContext::decode(any.value.as_slice()).unwrap();
-    let Some(common_tls_context::ValidationContextType::CombinedValidationContext(v)) =
-        ctx.common_tls_context.unwrap().validation_context_type
-    else {
-        panic!("no validation context");
-    };
     assert_eq!(
-        v.validation_context_sds_secret_config.unwrap().name,
+        origination("outbound|80||gw-istio.default.svc.cluster.local").1,
         "invalid://"
     );
 
