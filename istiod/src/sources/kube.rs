@@ -42,8 +42,8 @@ pub struct KubeSource {
     /// from `KUBECONFIG` / `--kubeconfig` (see [`KubeSource::infer`]).
     pub config: kube::Config,
     /// The daemon's own namespace (Istio `POD_NAMESPACE`, default
-    /// `istio-system`), where the mesh config ConfigMap `istio` and the
-    /// leader election Lease live.
+    /// `istio-system`), where the leader election Lease lives (the mesh
+    /// config is the ConfigMap `istio` of `istio-system`).
     pub namespace: String,
     /// This replica's identity in leader election (see [`crate::leader`]);
     /// `None` takes no part (the replica never leads).
@@ -289,6 +289,9 @@ impl Store {
                 false
             }
             Event::InitApply(obj) => {
+                if ignored(watched, &obj) {
+                    return false;
+                }
                 let (key, stored) = stored(watched, obj);
                 c.relist.get_or_insert_default().insert(key, stored);
                 false
@@ -304,6 +307,14 @@ impl Store {
                 let first = !c.synced;
                 c.synced = true;
                 first || !same
+            }
+            Event::Apply(obj) if ignored(watched, &obj) => {
+                // It may have held what is read before this change.
+                let key = (
+                    obj.metadata.namespace.clone().unwrap_or_default(),
+                    obj.metadata.name.clone().unwrap_or_default(),
+                );
+                c.objects.remove(&key).is_some()
             }
             Event::Apply(obj) => {
                 let (key, stored) = stored(watched, obj);
@@ -390,6 +401,17 @@ fn stored(watched: &Watched, obj: DynamicObject) -> ((String, String), Stored) {
 }
 
 /// Drops what the model never reads and what changes on every write.
+/// Whether `obj` is not kept at all: a ConfigMap other than the mesh
+/// config without a `ca.crt` (most of a cluster's, some rewritten every few
+/// seconds, as old leader-election locks; nothing reads them).
+fn ignored(watched: &Watched, obj: &DynamicObject) -> bool {
+    let mesh = crds::mesh::MESH_CONFIGMAP;
+    watched.resource.kind == "ConfigMap"
+        && !(obj.metadata.namespace.as_deref() == Some(mesh.0)
+            && obj.metadata.name.as_deref() == Some(mesh.1))
+        && obj.data.get("data").and_then(|d| d.get("ca.crt")).is_none()
+}
+
 fn trim(value: &mut Value, resource: &ApiResource) {
     let Some(map) = value.as_object_mut() else {
         return;
@@ -418,11 +440,15 @@ fn trim(value: &mut Value, resource: &ApiResource) {
         let mesh = crds::mesh::MESH_CONFIGMAP;
         let is_mesh = map["metadata"]["namespace"] == mesh.0 && map["metadata"]["name"] == mesh.1;
         if !is_mesh {
-            // Only a CA (a BackendTLSPolicy's `caCertificateRefs`): other
-            // ConfigMaps change often and are never read.
+            // Only a CA (a BackendTLSPolicy's `caCertificateRefs`): the
+            // rest of such a ConfigMap is never read.
             map.remove("binaryData");
             if let Some(data) = map.get_mut("data").and_then(Value::as_object_mut) {
                 data.retain(|key, _| key == "ca.crt");
+            }
+            if let Some(meta) = map.get_mut("metadata").and_then(Value::as_object_mut) {
+                meta.remove("labels");
+                meta.remove("annotations");
             }
         }
     }
@@ -619,6 +645,12 @@ mod tests {
                 "ca",
                 serde_json::json!({"ca.crt": "PEM", "other": "x"})
             ))
+        ));
+        // One without a CA is not kept at all.
+        assert!(!s.apply(
+            cms,
+            &w[cms],
+            Event::Apply(cm("default", "lock", serde_json::json!({"holder": "a"})))
         ));
         // A key other than `ca.crt` changing changes nothing.
         assert!(!s.apply(
