@@ -10,7 +10,8 @@
 //!   gateway pods are then completed by the injector
 //!   (`inject.istio.io/templates: gateway`);
 //! - the status of the Gateway API objects it implements (GatewayClasses,
-//!   Gateways, HTTPRoutes, GRPCRoutes, TCPRoutes, TLSRoutes): whenever what
+//!   Gateways, HTTPRoutes, GRPCRoutes, TCPRoutes, TLSRoutes,
+//!   BackendTLSPolicies): whenever what
 //!   the translator computed for one
 //!   ([`translator::gateway_api::Generated::status`]) changes, the object
 //!   is read and its `status` subresource merge-patched, on the condition
@@ -20,8 +21,8 @@
 //!
 //! A condition keeps the `lastTransitionTime` the object holds while its
 //! `status` stays the same, and gets the write's time when it changes. A
-//! route's `parents` written by other controllers are kept (ours, by
-//! `controllerName`, are replaced). A new leader writes everything once. A
+//! route's `parents` (a policy's `ancestors`) written by other controllers
+//! are kept (ours, by `controllerName`, are replaced). A new leader writes everything once. A
 //! failed write (a conflicting one included) is retried on the next
 //! snapshot, or after the recheck interval.
 
