@@ -143,6 +143,20 @@ endpoints: [{{addresses: [127.0.4.1], targetRef: {{kind: Pod, name: istio-egress
     )
 }
 
+/// The ServiceEntry `api`: api.example.com on port 80 at the "external"
+/// 192.0.2.10, as a YAML document ending in `---`.
+const API_ENTRY: &str = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api}
+spec:
+  hosts: [api.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  endpoints: [{address: 192.0.2.10}]
+---
+";
+
 /// The egress gateway's proxy (admin port 15200), with its node agent
 /// when the daemon runs a CA, connected and in sync.
 fn egress_gateway(mesh: &Mesh) -> e2e::Envoy {
@@ -163,17 +177,8 @@ fn egress_gateway_carries_mesh_traffic_out() {
     mesh.cfg.write(
         "egress.yaml",
         &(egress_gateway_platform("http", 8081)
+            + API_ENTRY
             + "apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: api}
-spec:
-  hosts: [api.example.com]
-  ports: [{number: 80, name: http, protocol: HTTP}]
-  location: MESH_EXTERNAL
-  resolution: STATIC
-  endpoints: [{address: 192.0.2.10}]
----
-apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata: {name: istio-egressgateway}
 spec:
@@ -258,17 +263,9 @@ addressType: IPv4
 ports: [{name: http, port: 8081}]
 endpoints: [{addresses: [127.0.4.1], targetRef: {kind: Pod, name: istio-egressgateway-1}}]
 ---
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: api}
-spec:
-  hosts: [api.example.com]
-  ports: [{number: 80, name: http, protocol: HTTP}]
-  location: MESH_EXTERNAL
-  resolution: STATIC
-  endpoints: [{address: 192.0.2.10}]
----
-apiVersion: gateway.networking.k8s.io/v1
+"
+            + API_ENTRY
+            + "apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
 metadata: {name: api-egress, namespace: istio-system}
 spec:
