@@ -171,7 +171,12 @@ pub struct ExtensionProvider {
     /// service, for Telemetry resources' `accessLogging`.
     #[serde(default)]
     pub envoy_tcp_als: Option<GrpcAccessLogProvider>,
-    /// Every other kind (`lightstep`, `prometheus`, ...), by name (not
+    /// Envoy's own Prometheus endpoint (`/stats/prometheus`), for
+    /// Istio's standard metrics (Telemetry resources' `metrics`); its
+    /// settings are none.
+    #[serde(default)]
+    pub prometheus: Option<serde_json::Value>,
+    /// Every other kind (`lightstep`, `stackdriver`, ...), by name (not
     /// acted on yet).
     #[serde(flatten)]
     pub unsupported: BTreeMap<String, serde_json::Value>,
@@ -574,7 +579,11 @@ pub struct DefaultProviders {
     /// otherwise.
     #[serde(default)]
     pub access_logging: Vec<String>,
-    /// `metrics`, by name (not acted on yet).
+    /// The metrics providers, by name, where no Telemetry names others;
+    /// unset: `prometheus`.
+    #[serde(default)]
+    pub metrics: Option<Vec<String>>,
+    /// Every other field, by name (not acted on yet).
     #[serde(flatten)]
     pub unsupported: BTreeMap<String, serde_json::Value>,
 }

@@ -25,7 +25,8 @@ pub const NOT_YET: &[(&str, &str)] = &[
     ("RequestAuthentication", "spec.targetRefs"),
     ("Telemetry", "spec.targetRef"),
     ("Telemetry", "spec.targetRefs"),
-    ("Telemetry", "spec.metrics"),
+    ("Telemetry", "spec.metrics[].reportingInterval"),
+    ("Telemetry", "spec.metrics[].overrides[].match.customMetric"),
     ("WorkloadGroup", "spec.probe"),
 ];
 
@@ -37,6 +38,12 @@ pub const NOT_YET_VALUES: &[(&str, &str, &str, &str)] = &[
         "ingress[].defaultEndpoint",
         "unix://*",
         "sent to the original destination",
+    ),
+    (
+        "Telemetry",
+        "metrics[].overrides[].match.metric",
+        "GRPC_*",
+        "no gRPC message counts are made",
     ),
     (
         "AuthorizationPolicy",
@@ -217,10 +224,17 @@ mod tests {
     #[test]
     fn telemetry_fields_not_acted_on_are_named() {
         let r = report(
-            "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: t}\nspec:\n  metrics: [{providers: [{name: prometheus}], overrides: [{disabled: true}]}]\n  tracing: [{randomSamplingPercentage: 10, useRequestIdForTraceSampling: false, disableContextPropagation: true}]\n  accessLogging: [{providers: [{name: envoy}]}]\n",
+            "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: t}\nspec:\n  metrics: [{providers: [{name: prometheus}], reportingInterval: 5s, overrides: [{disabled: true}, {match: {metric: GRPC_REQUEST_MESSAGES}, disabled: true}, {match: {customMetric: x}, disabled: true}]}]\n  tracing: [{randomSamplingPercentage: 10, useRequestIdForTraceSampling: false, disableContextPropagation: true}]\n  accessLogging: [{providers: [{name: envoy}]}]\n",
         );
         let fields: Vec<&str> = r.iter().map(|(f, _)| f.as_str()).collect();
-        assert_eq!(fields, ["spec.metrics"]);
+        assert_eq!(
+            fields,
+            [
+                "spec.metrics[0].overrides[1].match.metric",
+                "spec.metrics[0].overrides[2].match.customMetric",
+                "spec.metrics[0].reportingInterval",
+            ]
+        );
     }
 
     #[test]

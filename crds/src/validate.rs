@@ -1059,8 +1059,62 @@ fn telemetry(spec: &crate::TelemetrySpec) -> Problems {
             p.push((format!("spec.accessLogging[{i}].filter.expression"), e));
         }
     }
+    for (i, m) in spec.metrics.iter().enumerate() {
+        for (j, o) in m.overrides.iter().enumerate() {
+            let at = format!("spec.metrics[{i}].overrides[{j}]");
+            if let Some(name) = o.match_.as_ref().and_then(|s| s.metric.as_deref())
+                && !ISTIO_METRICS.contains(&name)
+            {
+                p.push((
+                    format!("{at}.match.metric"),
+                    format!("{name:?} is not one of Istio's metrics ({})", ISTIO_METRICS.join(", ")),
+                ));
+            }
+            for (tag, t) in &o.tag_overrides {
+                let field = format!("{at}.tagOverrides.{tag}");
+                if tag.is_empty() {
+                    p.push((field.clone(), "a tag name may not be empty".into()));
+                }
+                match t.operation.as_deref().unwrap_or("UPSERT") {
+                    "REMOVE" if t.value.is_some() => {
+                        p.push((format!("{field}.value"), "must be empty for REMOVE".into()));
+                    }
+                    "REMOVE" => {}
+                    "UPSERT" => match t.value.as_deref() {
+                        None | Some("") => {
+                            p.push((format!("{field}.value"), "required for UPSERT".into()));
+                        }
+                        Some(value) => {
+                            if let Err(e) = check_cel(value) {
+                                p.push((format!("{field}.value"), e));
+                            }
+                        }
+                    },
+                    other => p.push((
+                        format!("{field}.operation"),
+                        format!("{other:?} is not UPSERT or REMOVE"),
+                    )),
+                }
+            }
+        }
+    }
     p
 }
+
+/// `MetricSelector.IstioMetric`'s values.
+const ISTIO_METRICS: &[&str] = &[
+    "ALL_METRICS",
+    "REQUEST_COUNT",
+    "REQUEST_DURATION",
+    "REQUEST_SIZE",
+    "RESPONSE_SIZE",
+    "TCP_OPENED_CONNECTIONS",
+    "TCP_CLOSED_CONNECTIONS",
+    "TCP_SENT_BYTES",
+    "TCP_RECEIVED_BYTES",
+    "GRPC_REQUEST_MESSAGES",
+    "GRPC_RESPONSE_MESSAGES",
+];
 
 /// The functions Envoy's CEL (cel-cpp's standard functions; comprehension
 /// macros and string extensions off) lets an expression call, as a global

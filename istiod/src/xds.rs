@@ -541,8 +541,9 @@ fn workload_of(node: &Node, proxy: &Proxy) -> Option<crate::autoregister::Worklo
 
 /// Builds the [`Proxy`] from an xDS node: Istio's node ID, the node
 /// metadata `NAMESPACE` (string), `LABELS` (struct of strings), `NETWORK`
-/// and `REQUESTED_NETWORK_VIEW` (comma-separated), and the node's
-/// `locality`.
+/// and `REQUESTED_NETWORK_VIEW` (comma-separated), the node's
+/// `locality`, and whether its `extensions` hold Envoy's stats access
+/// logger (Istio's metrics).
 fn proxy_from_node(node: &Node) -> Result<Proxy, translator::model::InvalidNodeId> {
     let fields = node.metadata.as_ref().map(|m| &m.fields);
     let string = |v: &Value| match &v.kind {
@@ -577,6 +578,10 @@ fn proxy_from_node(node: &Node) -> Result<Proxy, translator::model::InvalidNodeI
             .map(str::to_owned)
             .collect();
     }
+    proxy.stats_logger = node
+        .extensions
+        .iter()
+        .any(|e| e.name == translator::metrics::STATS_LOGGER);
     if let Some(l) = &node.locality {
         proxy.locality = [l.region.as_str(), l.zone.as_str(), l.sub_zone.as_str()]
             .join("/")

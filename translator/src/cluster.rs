@@ -94,9 +94,11 @@ pub(crate) fn build(snap: &Snapshot, proxy: &Proxy) -> (Vec<Cluster>, Vec<Cluste
     clusters.extend([passthrough_cluster(&snap.mesh), blackhole_cluster()]);
     let mut assignments = Vec::with_capacity(count);
     for (svc, dr) in services {
+        let view = views.of(dr);
+        let metadata = view.service_metadata.then(|| service_metadata(svc));
         service_clusters(
             snap,
-            views.of(dr),
+            view,
             svc,
             dr,
             &mut |name, cluster, auto, cla| {
@@ -104,6 +106,7 @@ pub(crate) fn build(snap: &Snapshot, proxy: &Proxy) -> (Vec<Cluster>, Vec<Cluste
                     PlannedCluster::Built(cluster) => cluster,
                     PlannedCluster::Plain { http2 } => plain_cluster(name, http2),
                 };
+                cluster.metadata.clone_from(&metadata);
                 if let Some(identity) = auto {
                     cluster.transport_socket_matches = vec![auto_mtls_match(identity)];
                 }
@@ -150,10 +153,17 @@ pub(crate) fn build_encoded(
                     clusters: Vec::with_capacity(count),
                     assignments: Vec::with_capacity(count),
                 };
+                let metadata = view.service_metadata.then(|| service_metadata(svc));
+                let metadata_bytes = metadata.as_ref().map(prost::Message::encode_to_vec);
                 service_clusters(snap, view, svc, dr, &mut |name, cluster, auto, cla| {
                     built.clusters.push(match cluster {
-                        PlannedCluster::Built(cluster) => encode_cluster(&cluster, auto),
-                        PlannedCluster::Plain { http2 } => encode_plain_cluster(name, http2, auto),
+                        PlannedCluster::Built(mut cluster) => {
+                            cluster.metadata.clone_from(&metadata);
+                            encode_cluster(&cluster, auto)
+                        }
+                        PlannedCluster::Plain { http2 } => {
+                            encode_plain_cluster(name, http2, auto, metadata_bytes.as_deref())
+                        }
                     });
                     if let Some(cla) = cla {
                         built.assignments.push(cla.encode());
@@ -217,6 +227,7 @@ impl<'a> ProxyViews<'a> {
                 sni_dnat: self.sni_dnat,
                 network: split.0.to_owned(),
                 network_view: split.1.to_vec(),
+                service_metadata: self.proxy.stats_logger,
                 labels: if labelled {
                     self.snap
                         .failover_keys
@@ -377,7 +388,12 @@ static PLAIN_PARTS: std::sync::LazyLock<PlainParts> = std::sync::LazyLock::new(|
 /// the same bytes as [`encode_cluster`] (prost's tag order: `name` 1, the
 /// discovery type 2, `eds_cluster_config` 3 with its `eds_config` 1 and
 /// `service_name` 2, the rest, `transport_socket_matches` 43).
-fn encode_plain_cluster(name: &str, http2: bool, auto: Option<&IstioTls>) -> Encoded {
+fn encode_plain_cluster(
+    name: &str,
+    http2: bool,
+    auto: Option<&IstioTls>,
+    metadata: Option<&[u8]>,
+) -> Encoded {
     let parts = &*PLAIN_PARTS;
     let rest = &parts.rest[usize::from(http2)];
     let matches = auto.map(AutoMtlsField::new);
@@ -386,7 +402,12 @@ fn encode_plain_cluster(name: &str, http2: bool, auto: Option<&IstioTls>) -> Enc
         + parts.discovery.len()
         + nested_len(eds)
         + rest.len()
-        + matches.as_ref().map_or(0, AutoMtlsField::len);
+        + matches.as_ref().map_or(0, AutoMtlsField::len)
+        + metadata.map_or(0, |m| {
+            prost::encoding::key_len(CLUSTER_METADATA)
+                + prost::encoding::encoded_len_varint(m.len() as u64)
+                + m.len()
+        });
     encode_with(CLUSTER_TYPE, name, len, |b| {
         put_string(b, 1, name);
         b.extend_from_slice(&parts.discovery);
@@ -397,6 +418,60 @@ fn encode_plain_cluster(name: &str, http2: bool, auto: Option<&IstioTls>) -> Enc
         if let Some(m) = &matches {
             m.write(b);
         }
+        if let Some(m) = metadata {
+            put_head(b, CLUSTER_METADATA, m.len());
+            b.extend_from_slice(m);
+        }
+    })
+}
+
+/// `Cluster.metadata`'s field number.
+const CLUSTER_METADATA: u32 = 25;
+
+/// Istio's cluster metadata naming `svc` (`filter_metadata.istio.services`:
+/// one `{host, name, namespace}`), which the labels of Istio's metrics
+/// read (`destination_service`, [`crate::metrics`]).
+fn service_metadata(svc: &Service) -> envoy_types::pb::envoy::config::core::v3::Metadata {
+    services_metadata(std::iter::once(svc)).unwrap_or_default()
+}
+
+/// Istio's cluster metadata naming `services`
+/// (`filter_metadata.istio.services`: `{host, name, namespace}` each, as
+/// istiod writes it on outbound and inbound clusters); `None` for none.
+pub(crate) fn services_metadata<'a>(
+    services: impl Iterator<Item = &'a Service>,
+) -> Option<envoy_types::pb::envoy::config::core::v3::Metadata> {
+    use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
+    let string = |s: &str| Value {
+        kind: Some(Kind::StringValue(s.to_owned())),
+    };
+    let values: Vec<Value> = services
+        .map(|svc| Value {
+            kind: Some(Kind::StructValue(Struct {
+                fields: [
+                    ("host".to_owned(), string(&svc.hostname)),
+                    ("name".to_owned(), string(&svc.name)),
+                    ("namespace".to_owned(), string(&svc.namespace)),
+                ]
+                .into(),
+            })),
+        })
+        .collect();
+    if values.is_empty() {
+        return None;
+    }
+    let istio = Struct {
+        fields: [(
+            "services".to_owned(),
+            Value {
+                kind: Some(Kind::ListValue(ListValue { values })),
+            },
+        )]
+        .into(),
+    };
+    Some(envoy_types::pb::envoy::config::core::v3::Metadata {
+        filter_metadata: [("istio".to_owned(), istio)].into(),
+        ..Default::default()
     })
 }
 

@@ -185,6 +185,10 @@ pub(crate) struct ClusterView {
     /// The proxy's `REQUESTED_NETWORK_VIEW` when `network` is set (the
     /// networks reached through gateways; empty: all).
     pub(crate) network_view: Vec<String>,
+    /// The clusters carry Istio's `istio` metadata naming their service
+    /// (for the labels of Istio's metrics, [`crate::metrics`]): the proxy
+    /// makes them ([`crate::model::Proxy::stats_logger`]).
+    pub(crate) service_metadata: bool,
 }
 
 /// Each service's [`ServiceResources`] by [`ClusterView`]: proxies in ten

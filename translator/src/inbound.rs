@@ -239,6 +239,15 @@ pub(crate) fn build(
         if let Some(pool) = sidecar.and_then(|sc| inbound_pool(sc, p.port)) {
             crate::policy::apply_connection_pool(pool, &mut cluster, http2);
         }
+        if proxy.stats_logger {
+            cluster.metadata = crate::cluster::services_metadata(
+                snap.inbound_services(&proxy.ip)
+                    .iter()
+                    .filter(|(port, _)| *port == p.port)
+                    .filter_map(|(_, host)| snap.services.get(host))
+                    .map(|svc| &**svc),
+            );
+        }
         clusters.push(cluster);
         let around = Around {
             mesh,
@@ -679,6 +688,7 @@ fn tcp_proxy_filter(
         stat_prefix: stat_prefix.to_owned(),
         cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.to_owned())),
         access_log: access_log.to_vec(),
+        access_log_options: crate::metrics::tcp_log_options(access_log),
         ..Default::default()
     };
     Filter {

@@ -22,6 +22,7 @@ pub mod inbound;
 pub mod jwt;
 pub mod listener;
 pub mod log_format;
+pub mod metrics;
 pub mod model;
 pub mod policy;
 pub mod route;

@@ -2070,6 +2070,7 @@ fn tcp_chain(
         cluster_specifier: Some(cluster_specifier),
         tunneling_config: tunnel,
         access_log: access_log.to_vec(),
+        access_log_options: crate::metrics::tcp_log_options(access_log),
         ..Default::default()
     };
     FilterChain {

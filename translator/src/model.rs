@@ -331,6 +331,15 @@ pub struct MeshConfig {
     /// `defaultProviders.accessLogging`: the access log providers of
     /// workloads no Telemetry's `accessLogging` applies to.
     pub default_access_logging: Vec<String>,
+    /// The metrics providers Istio's standard metrics are made for: every
+    /// `prometheus` extension provider by name, and Istio's built-in
+    /// `prometheus` (Envoy's own `/stats/prometheus`, which Prometheus
+    /// scrapes; [`crate::metrics`]).
+    pub metrics_providers: std::collections::BTreeSet<String>,
+    /// `defaultProviders.metrics`: the metrics providers of workloads no
+    /// Telemetry's `metrics` names providers for; unset: `prometheus`
+    /// (Istio's installed default).
+    pub default_metrics: Option<Vec<String>>,
     /// The external authorizers (`envoyExtAuthzHttp` and
     /// `envoyExtAuthzGrpc` extension providers) by name, each parsed or
     /// why it cannot be used; `CUSTOM` AuthorizationPolicies name them.
@@ -823,6 +832,8 @@ impl Default for MeshConfig {
             otel_log_providers: BTreeMap::new(),
             grpc_log_providers: BTreeMap::new(),
             default_access_logging: Vec::new(),
+            metrics_providers: [crate::metrics::PROMETHEUS.to_owned()].into(),
+            default_metrics: None,
             ext_authz: BTreeMap::new(),
             networks: Networks::default(),
         }
@@ -1402,6 +1413,10 @@ pub struct Snapshot {
     /// The ports each workload address serves, from the services whose
     /// endpoints it is (see [`Snapshot::inbound_ports`]).
     inbound: HashMap<String, Vec<InboundPort>>,
+    /// The services each workload address is an endpoint of, with the
+    /// target port of each service port: (port, hostname), sorted (see
+    /// [`Snapshot::inbound_services`]).
+    inbound_services: HashMap<String, Vec<(u32, String)>>,
     /// Each service's encoded clusters and load assignments, built for the
     /// first proxy that needs them ([`crate::generate_encoded`]). Empty in
     /// a clone.
@@ -1843,6 +1858,16 @@ impl Snapshot {
             .as_ref()
             .map(|d| d.access_logging.clone())
             .unwrap_or_default();
+        self.mesh.default_metrics = m.default_providers.as_ref().and_then(|d| d.metrics.clone());
+        self.mesh.metrics_providers = std::iter::once(crate::metrics::PROMETHEUS.to_owned())
+            .chain(
+                m.extension_providers
+                    .iter()
+                    .flatten()
+                    .filter(|p| p.prometheus.is_some())
+                    .map(|p| p.name.clone()),
+            )
+            .collect();
         if let Some(root) = m.root_namespace.filter(|r| !r.is_empty()) {
             self.mesh.root_namespace = root;
         }
@@ -2380,7 +2405,7 @@ impl Snapshot {
             .flat_map(|sel| sel.match_labels.keys().cloned())
             .collect();
         snap.label_keys.extend(keys);
-        snap.inbound = inbound_index(&snap.services);
+        (snap.inbound, snap.inbound_services) = inbound_index(&snap.services);
         let jwks_warnings = crate::jwt::warnings(&snap, &snap.request_authentications);
         snap.warnings.extend(jwks_warnings);
         let authz_warnings = crate::authz::warnings(&snap);
@@ -2603,19 +2628,35 @@ impl Snapshot {
         self.inbound.get(ip).map_or(&[], Vec::as_slice)
     }
 
-    /// Addresses whose [`Snapshot::inbound_ports`] differ between `self` and `other`.
+    /// The services whose endpoint `ip` is, each with the target port of
+    /// one of its ports: (port, hostname), sorted. The labels of Istio's
+    /// metrics name them (the inbound clusters' `istio` metadata).
+    pub fn inbound_services(&self, ip: &str) -> &[(u32, String)] {
+        self.inbound_services.get(ip).map_or(&[], Vec::as_slice)
+    }
+
+    /// Addresses whose [`Snapshot::inbound_ports`] (or
+    /// [`Snapshot::inbound_services`]) differ between `self` and `other`.
     pub fn inbound_changes(&self, other: &Snapshot) -> BTreeSet<String> {
+        fn differ<V: PartialEq>(
+            a: &HashMap<String, V>,
+            b: &HashMap<String, V>,
+            out: &mut BTreeSet<String>,
+        ) {
+            for (ip, v) in a {
+                if b.get(ip) != Some(v) {
+                    out.insert(ip.clone());
+                }
+            }
+            for ip in b.keys() {
+                if !a.contains_key(ip) {
+                    out.insert(ip.clone());
+                }
+            }
+        }
         let mut out = BTreeSet::new();
-        for (ip, ports) in &self.inbound {
-            if other.inbound.get(ip) != Some(ports) {
-                out.insert(ip.clone());
-            }
-        }
-        for ip in other.inbound.keys() {
-            if !self.inbound.contains_key(ip) {
-                out.insert(ip.clone());
-            }
-        }
+        differ(&self.inbound, &other.inbound, &mut out);
+        differ(&self.inbound_services, &other.inbound_services, &mut out);
         out
     }
 
@@ -3221,8 +3262,16 @@ fn pod_locality(labels: &BTreeMap<String, String>, slice_zone: Option<&str>) -> 
 /// The address -> served ports index behind [`Snapshot::inbound_ports`]:
 /// every endpoint of a statically resolved service, each service port
 /// mapped to the endpoint's target port.
-fn inbound_index(services: &BTreeMap<String, Arc<Service>>) -> HashMap<String, Vec<InboundPort>> {
+/// Also each address's services by target port (behind
+/// [`Snapshot::inbound_services`]).
+type InboundIndex = (
+    HashMap<String, Vec<InboundPort>>,
+    HashMap<String, Vec<(u32, String)>>,
+);
+
+fn inbound_index(services: &BTreeMap<String, Arc<Service>>) -> InboundIndex {
     let mut index: HashMap<String, Vec<InboundPort>> = HashMap::new();
+    let mut by_service: HashMap<String, Vec<(u32, String)>> = HashMap::new();
     for svc in services.values() {
         if svc.resolution != ServiceResolution::Static {
             continue;
@@ -3239,6 +3288,10 @@ fn inbound_index(services: &BTreeMap<String, Arc<Service>>) -> HashMap<String, V
                         port,
                         protocol: sp.protocol,
                     });
+                by_service
+                    .entry(ep.address.clone())
+                    .or_default()
+                    .push((port, svc.hostname.clone()));
             }
         }
     }
@@ -3247,7 +3300,11 @@ fn inbound_index(services: &BTreeMap<String, Arc<Service>>) -> HashMap<String, V
         ports.sort_by_key(|p| p.port);
         ports.dedup_by_key(|p| p.port);
     }
-    index
+    for services in by_service.values_mut() {
+        services.sort_unstable();
+        services.dedup();
+    }
+    (index, by_service)
 }
 
 /// Istio's root namespace, where mesh-wide Sidecar defaults live.
@@ -3345,6 +3402,12 @@ pub struct Proxy {
     /// gateways: node metadata `REQUESTED_NETWORK_VIEW` (comma-separated);
     /// empty: every network (Istio's `GetNetworkView`).
     pub network_view: Vec<String>,
+    /// The proxy's Envoy has the stats access logger
+    /// (`envoy.access_loggers.stats` among the xDS node's `extensions`),
+    /// with which Istio's standard metrics are made
+    /// ([`crate::metrics`]); false: no metrics are configured (an Envoy
+    /// without it would refuse every listener carrying one).
+    pub stats_logger: bool,
 }
 
 impl Proxy {
@@ -3385,6 +3448,13 @@ impl Proxy {
                 snap.mesh.networks.split_view(self).0.to_owned()
             },
             network_view: snap.mesh.networks.split_view(self).1.to_vec(),
+            stats_logger: self.stats_logger,
+            inbound_services: match self.kind {
+                ProxyKind::Sidecar if self.stats_logger => {
+                    snap.inbound_services(&self.ip).to_vec()
+                }
+                _ => Vec::new(),
+            },
         }
     }
 }
@@ -3415,6 +3485,13 @@ pub struct ConfigKey {
     /// The proxy's `REQUESTED_NETWORK_VIEW`, in a mesh with network
     /// gateways; empty otherwise.
     pub network_view: Vec<String>,
+    /// [`Proxy::stats_logger`]: whether Istio's standard metrics are
+    /// configured.
+    pub stats_logger: bool,
+    /// With [`ConfigKey::stats_logger`], the services the sidecar's
+    /// workload serves ([`Snapshot::inbound_services`]), which its inbound
+    /// clusters name; empty otherwise.
+    pub inbound_services: Vec<(u32, String)>,
 }
 
 /// Whether a Sidecar ingress `defaultEndpoint` names the workload's own
@@ -3473,6 +3550,7 @@ impl Proxy {
             locality: String::new(),
             network: String::new(),
             network_view: Vec::new(),
+            stats_logger: false,
         })
     }
 }

@@ -43,7 +43,9 @@ use crate::model::{Config, Proxy, Snapshot, TracingProvider};
 pub(crate) struct Observe {
     /// The HTTP connection managers' `tracing`; `None`: not traced.
     pub tracing: Option<envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::Tracing>,
-    /// The `access_log` of each HTTP connection manager and TCP proxy.
+    /// The `access_log` of each HTTP connection manager and TCP proxy:
+    /// the access logs, then the stats loggers of Istio's metrics
+    /// ([`crate::metrics::stats_logs`]).
     pub access_log: Vec<AccessLog>,
     /// The HTTP connection managers' `request_id_extension`: Envoy's UUID
     /// request IDs, written only when a Telemetry sets
@@ -61,9 +63,13 @@ impl Observe {
             .as_ref()
             .and_then(|s| s.request_id_sampling)
             .map(crate::trace::request_id_extension);
+        let mut access_log = access_logs(snap, proxy, &levels, side);
+        if proxy.stats_logger {
+            access_log.extend(crate::metrics::stats_logs(snap, &levels, side));
+        }
         Observe {
             tracing: settings.and_then(|s| crate::trace::hcm_tracing(snap, proxy, s)),
-            access_log: access_logs(snap, proxy, &levels, side),
+            access_log,
             request_id,
         }
     }
