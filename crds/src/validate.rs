@@ -1067,7 +1067,10 @@ fn telemetry(spec: &crate::TelemetrySpec) -> Problems {
             {
                 p.push((
                     format!("{at}.match.metric"),
-                    format!("{name:?} is not one of Istio's metrics ({})", ISTIO_METRICS.join(", ")),
+                    format!(
+                        "{name:?} is not one of Istio's metrics ({})",
+                        ISTIO_METRICS.join(", ")
+                    ),
                 ));
             }
             for (tag, t) in &o.tag_overrides {

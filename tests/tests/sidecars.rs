@@ -193,7 +193,9 @@ impl PodMesh {
         let sidecar = |pod: &Pod, sa: &str| {
             let socket = start_agent_with_ttl(rt.handle(), &daemon, id_in(trust_domain, sa), ttl);
             let labels = [("app", sa), ("security.istio.io/tlsMode", "istio")];
-            pod.start_sidecar(&socket, &labels, daemon.xds_addr)
+            // As Istio's agent names the workload (the injector's
+            // `ISTIO_META_WORKLOAD_NAME`).
+            pod.start_sidecar_with(&socket, &labels, &[("WORKLOAD_NAME", sa)], daemon.xds_addr)
         };
         let client_envoy = sidecar(&client, "productpage");
         let server_envoy = sidecar(&server, "reviews");
@@ -594,6 +596,151 @@ fn identities_follow_the_trust_domain_and_its_aliases() {
 /// sidecars let the upgrade through (Istio's `upgrade_configs`; Envoy
 /// answers 403 without it), over mTLS between them, and the connection
 /// then carries bytes both ways.
+/// The sum of the series of Envoy's Prometheus exposition `exposition`
+/// named `name` (as upstream Envoy prints Istio's metrics:
+/// `envoy_istiocustom_<name>`) whose labels include every one of `labels`;
+/// `None` when no series has them.
+fn istio_metric(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let prefix = format!("envoy_istiocustom_{name}{{");
+    let mut found = None;
+    for line in exposition.lines() {
+        let Some(rest) = line.strip_prefix(&prefix) else {
+            continue;
+        };
+        let Some((series, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        if labels
+            .iter()
+            .all(|(k, v)| series.contains(&format!("{k}=\"{v}\"")))
+        {
+            *found.get_or_insert(0.0) += value.trim().parse::<f64>().unwrap();
+        }
+    }
+    found
+}
+
+/// Istio's standard metrics on real sidecars, as Istio's telemetry
+/// reports them: productpage's outbound counts its calls as
+/// `reporter="source"`, reviews' inbound as `reporter="destination"`, each
+/// with its own workload's labels, the peer's SPIFFE ID, the destination
+/// service and the mTLS between them; a Telemetry's overrides add a tag
+/// (a CEL expression), remove one, and turn a metric off on one side.
+#[test]
+fn istio_metrics_count_calls_on_both_sidecars() {
+    let mesh = PodMesh::start(Duration::from_secs(3600));
+    for _ in 0..3 {
+        assert_eq!(mesh.call_reviews().unwrap().status, 200);
+    }
+    let exposition = |envoy: &Envoy| envoy.admin("/stats/prometheus").unwrap();
+    let reviews = "reviews.default.svc.cluster.local";
+    let spiffe = |sa: &str| format!("spiffe://cluster.local/ns/default/sa/{sa}");
+    let (productpage_id, reviews_id) = (spiffe("productpage"), spiffe("reviews"));
+    let source = [
+        ("reporter", "source"),
+        ("source_workload", "productpage"),
+        ("source_workload_namespace", "default"),
+        ("source_app", "productpage"),
+        ("source_canonical_service", "productpage"),
+        ("source_canonical_revision", "latest"),
+        ("source_principal", productpage_id.as_str()),
+        ("destination_principal", reviews_id.as_str()),
+        ("destination_service", reviews),
+        ("destination_service_name", "reviews"),
+        ("destination_service_namespace", "default"),
+        ("request_protocol", "http"),
+        ("response_code", "200"),
+        ("response_flags", "-"),
+    ];
+    let destination = [
+        ("reporter", "destination"),
+        ("destination_workload", "reviews"),
+        ("destination_app", "reviews"),
+        ("destination_principal", reviews_id.as_str()),
+        ("source_principal", productpage_id.as_str()),
+        ("destination_service", reviews),
+        ("connection_security_policy", "mutual_tls"),
+        ("request_protocol", "http"),
+        ("response_code", "200"),
+    ];
+    // Histograms reach the admin's exposition at Envoy's stats flush
+    // (every 5 s).
+    let expect = |envoy: &Envoy, name: &str, labels: &[(&str, &str)], want: f64| {
+        e2e::eventually(
+            Duration::from_secs(15),
+            || (istio_metric(&exposition(envoy), name, labels) == Some(want)).then_some(()),
+            || format!("not {want} of {name} {labels:?}:\n{}", exposition(envoy)),
+        );
+    };
+    let (client, server) = (&mesh.client_envoy, &mesh.server_envoy);
+    expect(client, "istio_requests_total", &source, 3.0);
+    expect(server, "istio_requests_total", &destination, 3.0);
+    expect(
+        client,
+        "istio_request_duration_milliseconds_count",
+        &source,
+        3.0,
+    );
+    expect(server, "istio_request_bytes_count", &destination, 3.0);
+    assert!(
+        istio_metric(&exposition(client), "istio_response_bytes_sum", &source)
+            .is_some_and(|b| b > 0.0),
+        "{}",
+        exposition(client)
+    );
+
+    // Mesh-wide overrides: the request's host as a tag, no `source_app`,
+    // and no durations on the client side.
+    mesh.apply(
+        "telemetry.yaml",
+        "apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+spec:
+  metrics:
+  - providers: [{name: prometheus}]
+    overrides:
+    - match: {metric: REQUEST_COUNT}
+      tagOverrides:
+        request_host: {value: request.host}
+        source_app: {operation: REMOVE}
+    - match: {metric: REQUEST_DURATION, mode: CLIENT}
+      disabled: true
+",
+    );
+    assert_eq!(mesh.call_reviews().unwrap().status, 200);
+    let with_host = [("reporter", "source"), ("request_host", "10.96.0.50:9080")];
+    expect(client, "istio_requests_total", &with_host, 1.0);
+    let text = exposition(client);
+    let line = text
+        .lines()
+        .find(|l| {
+            l.starts_with("envoy_istiocustom_istio_requests_total") && l.contains("request_host=")
+        })
+        .unwrap();
+    assert!(!line.contains("source_app="), "{line}");
+    // The server's durations go on; the client's stopped at three.
+    let destination_only = [("reporter", "destination")];
+    expect(
+        server,
+        "istio_request_duration_milliseconds_count",
+        &destination_only,
+        4.0,
+    );
+    assert_eq!(
+        istio_metric(
+            &exposition(client),
+            "istio_request_duration_milliseconds_count",
+            &[("reporter", "source")]
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        mesh.client_envoy.rejected() + mesh.server_envoy.rejected(),
+        0
+    );
+}
+
 #[test]
 fn a_websocket_crosses_both_sidecars() {
     use std::io::{Read, Write};

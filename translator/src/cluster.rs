@@ -96,24 +96,18 @@ pub(crate) fn build(snap: &Snapshot, proxy: &Proxy) -> (Vec<Cluster>, Vec<Cluste
     for (svc, dr) in services {
         let view = views.of(dr);
         let metadata = view.service_metadata.then(|| service_metadata(svc));
-        service_clusters(
-            snap,
-            view,
-            svc,
-            dr,
-            &mut |name, cluster, auto, cla| {
-                let mut cluster = match cluster {
-                    PlannedCluster::Built(cluster) => cluster,
-                    PlannedCluster::Plain { http2 } => plain_cluster(name, http2),
-                };
-                cluster.metadata.clone_from(&metadata);
-                if let Some(identity) = auto {
-                    cluster.transport_socket_matches = vec![auto_mtls_match(identity)];
-                }
-                clusters.push(*cluster);
-                assignments.extend(cla.map(|a| a.build()));
-            },
-        );
+        service_clusters(snap, view, svc, dr, &mut |name, cluster, auto, cla| {
+            let mut cluster = match cluster {
+                PlannedCluster::Built(cluster) => cluster,
+                PlannedCluster::Plain { http2 } => plain_cluster(name, http2),
+            };
+            cluster.metadata.clone_from(&metadata);
+            if let Some(identity) = auto {
+                cluster.transport_socket_matches = vec![auto_mtls_match(identity)];
+            }
+            clusters.push(*cluster);
+            assignments.extend(cla.map(|a| a.build()));
+        });
     }
     (clusters, assignments)
 }
@@ -1452,7 +1446,27 @@ mod tests {
                     );
                     assert_eq!(general, plain_cluster(name, http2), "{protocol:?} {name}");
                     assert!(
-                        encode_plain_cluster(name, http2, auto) == encode_cluster(&general, auto),
+                        encode_plain_cluster(name, http2, auto, None)
+                            == encode_cluster(&general, auto),
+                        "{protocol:?} {name} {auto:?}"
+                    );
+                    // With Istio's service metadata (written after the
+                    // rest, out of prost's order): the same message.
+                    let metadata = service_metadata(&svc);
+                    let mut with_metadata = general.clone();
+                    with_metadata.metadata = Some(metadata.clone());
+                    let decoded = |e: Encoded| {
+                        let any = envoy_types::pb::google::protobuf::Any::decode(e.2).unwrap();
+                        Cluster::decode(any.value.as_slice()).unwrap()
+                    };
+                    assert_eq!(
+                        decoded(encode_plain_cluster(
+                            name,
+                            http2,
+                            auto,
+                            Some(&metadata.encode_to_vec())
+                        )),
+                        decoded(encode_cluster(&with_metadata, auto)),
                         "{protocol:?} {name} {auto:?}"
                     );
                     assert!(

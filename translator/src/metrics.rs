@@ -42,7 +42,9 @@ use envoy_types::pb::envoy::config::accesslog::v3::{
     AccessLog, AccessLogFilter, LogTypeFilter, access_log, access_log_filter,
 };
 use envoy_types::pb::envoy::data::accesslog::v3::AccessLogType;
-use envoy_types::pb::envoy::extensions::access_loggers::stats::v3::{Config as StatsConfig, config};
+use envoy_types::pb::envoy::extensions::access_loggers::stats::v3::{
+    Config as StatsConfig, config,
+};
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::TcpAccessLogOptions;
 use envoy_types::pb::google::protobuf::UInt64Value;
 use envoy_types::util::pack_any;
@@ -192,9 +194,7 @@ pub(crate) fn stats_logs(
         let counter = |value_format: &str| config::Counter {
             stat: stat.clone(),
             value_format: value_format.to_owned(),
-            value_fixed: value_format
-                .is_empty()
-                .then_some(UInt64Value { value: 1 }),
+            value_fixed: value_format.is_empty().then_some(UInt64Value { value: 1 }),
         };
         let histogram = |unit: config::histogram::Unit, value_format: &str| config::Histogram {
             stat: stat.clone(),
@@ -443,7 +443,10 @@ fn default_tags(metric: Metric, side: Side) -> BTreeMap<String, String> {
     };
     tags.insert(format!("{own}_principal"), san_value(own_san));
     tags.insert(format!("{peer}_principal"), san_value(peer_san));
-    tags.insert("destination_service".into(), service_value("host", "'unknown'"));
+    tags.insert(
+        "destination_service".into(),
+        service_value("host", "'unknown'"),
+    );
     tags.insert(
         "destination_service_name".into(),
         service_value(

@@ -3450,9 +3450,7 @@ impl Proxy {
             network_view: snap.mesh.networks.split_view(self).1.to_vec(),
             stats_logger: self.stats_logger,
             inbound_services: match self.kind {
-                ProxyKind::Sidecar if self.stats_logger => {
-                    snap.inbound_services(&self.ip).to_vec()
-                }
+                ProxyKind::Sidecar if self.stats_logger => snap.inbound_services(&self.ip).to_vec(),
                 _ => Vec::new(),
             },
         }

@@ -1693,12 +1693,11 @@ fn a_zipkin_provider_traces_http_connection_managers() {
     );
     let snap = mesh(&format!("{zipkin}---\n{settings}"), MeshConfig::default());
     let warned: Vec<String> = snap.warnings.iter().map(|w| w.to_string()).collect();
-    // What is not acted on is reported: the metrics provider, and the
-    // proxy settings the injector does not take from here.
+    // What is not acted on is reported: the proxy settings the injector
+    // does not take from here (the metrics provider is read).
     assert!(
-        warned.len() == 2
-            && warned[0].contains("data.mesh.defaultConfig.holdApplicationUntilProxyStarts")
-            && warned[1].contains("data.mesh.defaultProviders.metrics"),
+        warned.len() == 1
+            && warned[0].contains("data.mesh.defaultConfig.holdApplicationUntilProxyStarts"),
         "{warned:?}"
     );
     let p = sidecar(&[
@@ -3019,4 +3018,109 @@ spec:
     );
     let slow = w.slow_start_config.unwrap();
     assert_eq!(secs(slow.slow_start_window), Some(30.0));
+}
+
+/// Istio's metrics: only for a proxy whose Envoy has the stats access
+/// logger; one logger per event (a request's end, a TCP connection's
+/// connect, its end) on every HTTP connection manager, with Istio's names
+/// and labels; its clusters carry Istio's service metadata. A Telemetry
+/// naming another provider, or turning every metric off, leaves them out;
+/// one removing a tag and adding a CEL one changes that metric alone.
+#[test]
+fn istio_metrics_are_stats_loggers_for_proxies_that_have_them() {
+    use envoy_types::pb::envoy::extensions::access_loggers::stats::v3::Config as Stats;
+    let stats_of = |out: &Output| -> Vec<Stats> {
+        hcm_9080(out)
+            .access_log
+            .iter()
+            .filter(|l| l.name == "envoy.access_loggers.stats")
+            .map(|l| match &l.config_type {
+                Some(envoy_types::pb::envoy::config::accesslog::v3::access_log::ConfigType::TypedConfig(any)) => {
+                    Stats::decode(any.value.as_slice()).unwrap()
+                }
+                None => panic!("no config"),
+            })
+            .collect()
+    };
+    let snap = mesh("", MeshConfig::default());
+    let mut p = sidecar(&[("app", "client")]);
+    assert!(stats_of(&generate(&snap, &p)).is_empty());
+    assert!(
+        generate(&snap, &p)
+            .clusters
+            .iter()
+            .all(|c| c.metadata.is_none())
+    );
+
+    p.stats_logger = true;
+    let out = generate(&snap, &p);
+    let loggers = stats_of(&out);
+    assert_eq!(loggers.len(), 3, "{loggers:?}");
+    let names: Vec<&str> = loggers
+        .iter()
+        .flat_map(|l| {
+            l.counters
+                .iter()
+                .filter_map(|c| c.stat.as_ref())
+                .chain(l.histograms.iter().filter_map(|h| h.stat.as_ref()))
+        })
+        .map(|s| s.name.as_str())
+        .collect();
+    for metric in translator::metrics::Metric::ALL {
+        assert!(names.contains(&metric.stat_name()), "{names:?}");
+    }
+    let requests = loggers[0].counters[0].stat.as_ref().unwrap();
+    assert_eq!(requests.name, "istio_requests_total");
+    let tag = |s: &envoy_types::pb::envoy::extensions::access_loggers::stats::v3::config::Stat,
+               name: &str| {
+        s.tags
+            .iter()
+            .find(|t| t.name == name)
+            .map(|t| t.value_format.clone())
+    };
+    assert_eq!(tag(requests, "reporter").as_deref(), Some("source"));
+    assert_eq!(
+        tag(requests, "response_code").as_deref(),
+        Some("%RESPONSE_CODE%")
+    );
+    assert_eq!(
+        tag(requests, "destination_workload").as_deref(),
+        Some("unknown")
+    );
+    assert!(
+        tag(requests, "source_workload")
+            .is_some_and(|f| f.contains("xds.node.metadata.WORKLOAD_NAME"))
+    );
+    let reviews = out
+        .clusters
+        .iter()
+        .find(|c| c.name == "outbound|9080||reviews.default.svc.cluster.local")
+        .unwrap();
+    let istio = &reviews.metadata.as_ref().unwrap().filter_metadata["istio"];
+    let text = format!("{istio:?}");
+    assert!(text.contains("reviews.default.svc.cluster.local"), "{text}");
+
+    let with = |telemetry: &str| {
+        let snap = mesh(telemetry, MeshConfig::default());
+        stats_of(&generate(&snap, &p))
+    };
+    let header = "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: mesh-default, namespace: istio-system}\nspec:\n  metrics:\n";
+    assert!(with(&format!("{header}  - providers: [{{name: stackdriver}}]\n")).is_empty());
+    assert!(with(&format!("{header}  - overrides: [{{disabled: true}}]\n")).is_empty());
+    let changed = with(&format!(
+        "{header}  - overrides:\n    - match: {{metric: REQUEST_COUNT, mode: CLIENT}}\n      tagOverrides: {{request_host: {{value: request.host}}, source_app: {{operation: REMOVE}}}}\n"
+    ));
+    let requests = changed[0].counters[0].stat.as_ref().unwrap();
+    assert_eq!(
+        tag(requests, "request_host").as_deref(),
+        Some("%CEL(request.host)%")
+    );
+    assert_eq!(tag(requests, "source_app"), None);
+    let duration = changed[0].histograms[0].stat.as_ref().unwrap();
+    assert!(tag(duration, "source_app").is_some());
+    // A server-side override leaves the client side alone.
+    let server_only = with(&format!(
+        "{header}  - overrides: [{{match: {{mode: SERVER}}, disabled: true}}]\n"
+    ));
+    assert_eq!(server_only.len(), 3);
 }
