@@ -986,6 +986,30 @@ pub fn metric(exposition: &str, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("no series {series} in:\n{exposition}"))
 }
 
+/// The sum of the series of Envoy's Prometheus exposition `exposition`
+/// named `name` (as upstream Envoy prints Istio's metrics:
+/// `envoy_istiocustom_<name>`) whose labels include every one of `labels`;
+/// `None` when no series has them.
+pub fn istio_metric(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let prefix = format!("envoy_istiocustom_{name}{{");
+    let mut found = None;
+    for line in exposition.lines() {
+        let Some(rest) = line.strip_prefix(&prefix) else {
+            continue;
+        };
+        let Some((series, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        if labels
+            .iter()
+            .all(|(k, v)| series.contains(&format!("{k}=\"{v}\"")))
+        {
+            *found.get_or_insert(0.0) += value.trim().parse::<f64>().unwrap();
+        }
+    }
+    found
+}
+
 /// One blocking HTTP/1.1 GET. Headers as (name, value).
 pub fn http_request(url: &str, headers: &[(&str, &str)]) -> Result<Reply, String> {
     let agent: ureq::Agent = ureq::Agent::config_builder()

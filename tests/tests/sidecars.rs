@@ -596,30 +596,6 @@ fn identities_follow_the_trust_domain_and_its_aliases() {
 /// sidecars let the upgrade through (Istio's `upgrade_configs`; Envoy
 /// answers 403 without it), over mTLS between them, and the connection
 /// then carries bytes both ways.
-/// The sum of the series of Envoy's Prometheus exposition `exposition`
-/// named `name` (as upstream Envoy prints Istio's metrics:
-/// `envoy_istiocustom_<name>`) whose labels include every one of `labels`;
-/// `None` when no series has them.
-fn istio_metric(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let prefix = format!("envoy_istiocustom_{name}{{");
-    let mut found = None;
-    for line in exposition.lines() {
-        let Some(rest) = line.strip_prefix(&prefix) else {
-            continue;
-        };
-        let Some((series, value)) = rest.rsplit_once("} ") else {
-            continue;
-        };
-        if labels
-            .iter()
-            .all(|(k, v)| series.contains(&format!("{k}=\"{v}\"")))
-        {
-            *found.get_or_insert(0.0) += value.trim().parse::<f64>().unwrap();
-        }
-    }
-    found
-}
-
 /// Istio's standard metrics on real sidecars, as Istio's telemetry
 /// reports them: productpage's outbound counts its calls as
 /// `reporter="source"`, reviews' inbound as `reporter="destination"`, each
@@ -668,7 +644,7 @@ fn istio_metrics_count_calls_on_both_sidecars() {
     let expect = |envoy: &Envoy, name: &str, labels: &[(&str, &str)], want: f64| {
         e2e::eventually(
             Duration::from_secs(15),
-            || (istio_metric(&exposition(envoy), name, labels) == Some(want)).then_some(()),
+            || (e2e::istio_metric(&exposition(envoy), name, labels) == Some(want)).then_some(()),
             || format!("not {want} of {name} {labels:?}:\n{}", exposition(envoy)),
         );
     };
@@ -683,7 +659,7 @@ fn istio_metrics_count_calls_on_both_sidecars() {
     );
     expect(server, "istio_request_bytes_count", &destination, 3.0);
     assert!(
-        istio_metric(&exposition(client), "istio_response_bytes_sum", &source)
+        e2e::istio_metric(&exposition(client), "istio_response_bytes_sum", &source)
             .is_some_and(|b| b > 0.0),
         "{}",
         exposition(client)
@@ -728,7 +704,7 @@ spec:
         4.0,
     );
     assert_eq!(
-        istio_metric(
+        e2e::istio_metric(
             &exposition(client),
             "istio_request_duration_milliseconds_count",
             &[("reporter", "source")]

@@ -105,6 +105,35 @@ fn weighted_tcp_routes_split_connections() {
     let envoy = mesh.sidecar();
     mesh.apply(&[&envoy], "tcp-echo.yaml", TCP_ECHO);
     assert_shifts(&mesh, &envoy, "vs.yaml", routes);
+    // Istio's TCP metrics counted every connection (20, then 300): opened
+    // at the upstream connect, closed with their bytes ("hello\n" out,
+    // "vN hello\n" back).
+    let labels = [
+        ("reporter", "source"),
+        ("destination_service", "tcp-echo.default.svc.cluster.local"),
+        ("request_protocol", "tcp"),
+    ];
+    let want = [
+        ("istio_tcp_connections_opened_total", 320.0),
+        ("istio_tcp_connections_closed_total", 320.0),
+        ("istio_tcp_received_bytes_total", 320.0 * 6.0),
+        ("istio_tcp_sent_bytes_total", 320.0 * 9.0),
+    ];
+    e2e::eventually(
+        e2e::SYNC,
+        || {
+            let text = envoy.admin("/stats/prometheus")?;
+            want.iter()
+                .all(|(name, n)| e2e::istio_metric(&text, name, &labels) == Some(*n))
+                .then_some(())
+        },
+        || {
+            format!(
+                "{want:?} not counted:\n{:?}",
+                envoy.admin("/stats/prometheus")
+            )
+        },
+    );
 }
 
 /// Istio's TCP traffic shifting steps with the routes `routes(v1, v2)`
