@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-const FILES: [&str; 14] = [
+const FILES: [&str; 17] = [
     "envoy/config/cluster/v3/cluster.proto",
     "envoy/config/endpoint/v3/endpoint.proto",
     "envoy/config/listener/v3/listener.proto",
@@ -20,6 +20,9 @@ const FILES: [&str; 14] = [
     "envoy/extensions/retry/priority/previous_priorities/v3/previous_priorities_config.proto",
     "envoy/extensions/transport_sockets/tls/v3/tls.proto",
     "envoy/extensions/upstreams/http/v3/http_protocol_options.proto",
+    "envoy/extensions/access_loggers/file/v3/file.proto",
+    "envoy/extensions/access_loggers/stats/v3/stats.proto",
+    "envoy/extensions/filters/http/header_to_metadata/v3/header_to_metadata.proto",
 ];
 
 fn envoy_protos() -> Option<PathBuf> {

@@ -248,7 +248,18 @@ pub fn serve_echo_at(pod: &Pod, addr: &str, rt: &tokio::runtime::Handle) {
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or_default()
                     .to_owned();
-                format!("peer={}\nxfcc={xfcc}\npod={name}\n", peer.ip())
+                // The metadata exchange's headers, which the sidecar
+                // takes out before the app.
+                let exchange: Vec<&str> = headers
+                    .keys()
+                    .map(|k| k.as_str())
+                    .filter(|k| k.starts_with("x-istio-peer"))
+                    .collect();
+                format!(
+                    "peer={}\nxfcc={xfcc}\npod={name}\nexchange={}\n",
+                    peer.ip(),
+                    exchange.join(",")
+                )
             },
         );
         let _ = axum::serve(

@@ -599,14 +599,22 @@ fn identities_follow_the_trust_domain_and_its_aliases() {
 /// Istio's standard metrics on real sidecars, as Istio's telemetry
 /// reports them: productpage's outbound counts its calls as
 /// `reporter="source"`, reviews' inbound as `reporter="destination"`, each
-/// with its own workload's labels, the peer's SPIFFE ID, the destination
-/// service and the mTLS between them; a Telemetry's overrides add a tag
-/// (a CEL expression), remove one, and turn a metric off on one side.
+/// with both workloads' labels (the peer's told in headers that neither
+/// app sees), the peer's SPIFFE ID, the destination service and the mTLS
+/// between them; a Telemetry's overrides add a tag (a CEL expression),
+/// remove one, and turn a metric off on one side.
 #[test]
 fn istio_metrics_count_calls_on_both_sidecars() {
     let mesh = PodMesh::start(Duration::from_secs(3600));
     for _ in 0..3 {
-        assert_eq!(mesh.call_reviews().unwrap().status, 200);
+        let reply = mesh.call_reviews().unwrap();
+        assert_eq!(reply.status, 200);
+        // The workloads' headers to each other stop at the sidecars.
+        assert!(reply.body.contains("\nexchange=\n"), "{}", reply.body);
+        assert!(
+            !reply.headers.keys().any(|h| h.starts_with("x-istio-peer")),
+            "{reply:?}"
+        );
     }
     let exposition = |envoy: &Envoy| envoy.admin("/stats/prometheus").unwrap();
     let reviews = "reviews.default.svc.cluster.local";
@@ -621,6 +629,11 @@ fn istio_metrics_count_calls_on_both_sidecars() {
         ("source_canonical_revision", "latest"),
         ("source_principal", productpage_id.as_str()),
         ("destination_principal", reviews_id.as_str()),
+        // Told by reviews' sidecar in its response.
+        ("destination_workload", "reviews"),
+        ("destination_workload_namespace", "default"),
+        ("destination_app", "reviews"),
+        ("destination_canonical_service", "reviews"),
         ("destination_service", reviews),
         ("destination_service_name", "reviews"),
         ("destination_service_namespace", "default"),
@@ -634,6 +647,11 @@ fn istio_metrics_count_calls_on_both_sidecars() {
         ("destination_app", "reviews"),
         ("destination_principal", reviews_id.as_str()),
         ("source_principal", productpage_id.as_str()),
+        // Told by productpage's sidecar in its request.
+        ("source_workload", "productpage"),
+        ("source_workload_namespace", "default"),
+        ("source_app", "productpage"),
+        ("source_canonical_revision", "latest"),
         ("destination_service", reviews),
         ("connection_security_policy", "mutual_tls"),
         ("request_protocol", "http"),

@@ -424,9 +424,20 @@ const CLUSTER_METADATA: u32 = 25;
 
 /// Istio's cluster metadata naming `svc` (`filter_metadata.istio.services`:
 /// one `{host, name, namespace}`), which the labels of Istio's metrics
-/// read (`destination_service`, [`crate::metrics`]).
+/// read (`destination_service`, [`crate::metrics`]); unless it is
+/// `MESH_EXTERNAL`, also an empty [`crate::metrics::PEER_NAMESPACE`]
+/// entry, on which the client's workload headers are sent.
 fn service_metadata(svc: &Service) -> envoy_types::pb::envoy::config::core::v3::Metadata {
-    services_metadata(std::iter::once(svc)).unwrap_or_default()
+    let mut metadata = services_metadata(std::iter::once(svc)).unwrap_or_default();
+    if !svc.external {
+        // Its workloads are in the mesh: they are told the client's
+        // workload (an empty struct is enough to look up).
+        metadata.filter_metadata.insert(
+            crate::metrics::PEER_NAMESPACE.to_owned(),
+            Default::default(),
+        );
+    }
+    metadata
 }
 
 /// Istio's cluster metadata naming `services`

@@ -634,7 +634,11 @@ fn istio_server_tls(mesh: &MeshConfig, http: bool) -> TransportSocket {
 /// appended to `x-forwarded-client-cert`; traced and authorized as
 /// `around` says.
 fn inbound_hcm(port: u32, cluster: &str, around: &Around<'_>) -> Filter {
-    let mut http_filters = around.authz.http.clone();
+    let mut http_filters = Vec::with_capacity(around.authz.http.len() + 2);
+    if around.observe.exchange {
+        http_filters.push(crate::metrics::peer_filter(crate::telemetry::Side::Server));
+    }
+    http_filters.extend(around.authz.http.iter().cloned());
     http_filters.push(HttpFilter {
         name: "envoy.filters.http.router".into(),
         config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
@@ -656,6 +660,11 @@ fn inbound_hcm(port: u32, cluster: &str, around: &Around<'_>) -> Filter {
                     ..Default::default()
                 }],
                 validate_clusters: Some(BoolValue { value: false }),
+                response_headers_to_add: if around.observe.exchange {
+                    crate::metrics::peer_response_headers()
+                } else {
+                    Vec::new()
+                },
                 ..Default::default()
             },
         )),

@@ -448,7 +448,7 @@ impl RoutePlan<'_> {
         self.buffers.give_back();
         RouteConfiguration {
             virtual_hosts,
-            ..route_config_head(self.port.to_string())
+            ..route_config_head(self.port.to_string(), proxy)
         }
     }
 
@@ -528,7 +528,7 @@ impl RoutePlan<'_> {
             (name_len, len)
         }));
         // The rest of the configuration's fields (its name is written first).
-        let tail = route_config_head(String::new());
+        let tail = route_config_head(String::new(), proxy);
         let len = crate::encoded::string_len(&port)
             + lengths
                 .iter()
@@ -574,10 +574,17 @@ const MAX_DIRECT_RESPONSE_BODY_BYTES: u32 = 1024 * 1024;
 /// false`, [`MAX_DIRECT_RESPONSE_BODY_BYTES`], and
 /// `ignore_port_in_host_matching: true`, so that `Host: reviews:9080`
 /// finds the virtual host of domain `reviews` (Envoy drops the port before
-/// matching; the domains carry none, see [`service_domains`]).
-fn route_config_head(name: String) -> RouteConfiguration {
+/// matching; the domains carry none, see [`service_domains`]); for a
+/// proxy making Istio's metrics, the request headers telling the peer its
+/// workload ([`crate::metrics::peer_request_headers`]).
+fn route_config_head(name: String, proxy: &Proxy) -> RouteConfiguration {
     RouteConfiguration {
         name,
+        request_headers_to_add: if proxy.stats_logger {
+            crate::metrics::peer_request_headers()
+        } else {
+            Vec::new()
+        },
         validate_clusters: Some(BoolValue { value: false }),
         max_direct_response_body_size_bytes: Some(UInt32Value {
             value: MAX_DIRECT_RESPONSE_BODY_BYTES,
@@ -1570,7 +1577,7 @@ fn gateway_route_config(
     }
     RouteConfiguration {
         virtual_hosts: vhosts.into_values().collect(),
-        ..route_config_head(name.to_owned())
+        ..route_config_head(name.to_owned(), proxy)
     }
 }
 
@@ -2095,6 +2102,9 @@ fn hcm_chain(
     authz: &[HttpFilter],
 ) -> FilterChain {
     let mut http_filters = authz.to_vec();
+    if observe.exchange {
+        http_filters.push(crate::metrics::peer_filter(crate::telemetry::Side::Client));
+    }
     http_filters.extend([
         HttpFilter {
             name: CORS_FILTER.into(),

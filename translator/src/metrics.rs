@@ -23,9 +23,16 @@
 //!   `CLUSTER_ID`, `LABELS`), evaluated by Envoy with CEL so that one
 //!   config serves every workload of a config key; the principals from the
 //!   TLS certificates; `destination_service*` from the cluster's `istio`
-//!   metadata (`services[0]`, as istiod writes it); the peer workload's
-//!   own labels are `unknown` (Istio learns them by its metadata exchange,
-//!   which needs its filters).
+//!   metadata (`services[0]`, as istiod writes it); over HTTP the peer
+//!   workload's labels from its headers: Istio's metadata exchange, which
+//!   needs its own filters, done with upstream ones. A client's route
+//!   configurations add `x-istio-peer-*` headers (its workload, namespace,
+//!   app, version, canonical service and revision, cluster) toward mesh
+//!   services, the server's sidecar reads them into dynamic metadata and
+//!   takes them out (`header_to_metadata`), and answers with its own, which
+//!   the client's sidecar reads and takes out in turn; a server answers only
+//!   a client that sent them, so nothing reaches an app or leaves the
+//!   mesh. Over TCP the peer's labels are `unknown`.
 //! - **Telemetry API** (Istio's `mergeMetrics`): a `metrics` entry applies
 //!   to its `providers` (else its parent's); the providers in scope are
 //!   those of the most specific level naming some, else
@@ -41,9 +48,15 @@ use crds::telemetry::WorkloadMode;
 use envoy_types::pb::envoy::config::accesslog::v3::{
     AccessLog, AccessLogFilter, LogTypeFilter, access_log, access_log_filter,
 };
+use envoy_types::pb::envoy::config::core::v3::{
+    HeaderValue, HeaderValueOption, header_value_option,
+};
 use envoy_types::pb::envoy::data::accesslog::v3::AccessLogType;
 use envoy_types::pb::envoy::extensions::access_loggers::stats::v3::{
     Config as StatsConfig, config,
+};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpFilter, http_filter,
 };
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::TcpAccessLogOptions;
 use envoy_types::pb::google::protobuf::UInt64Value;
@@ -351,18 +364,133 @@ fn apply(out: &mut Settings, metric: Metric, side: Side, o: &crds::telemetry::Me
 /// The node metadata, in Envoy's CEL.
 const NODE: &str = "xds.node.metadata";
 
-/// A node metadata string `key`, or `unknown`.
+/// A node metadata string `key`, or `unknown` (CEL).
 fn node_value(key: &str) -> String {
-    format!("%CEL(has({NODE}.{key}) ? {NODE}.{key} : 'unknown')%")
+    format!("has({NODE}.{key}) ? {NODE}.{key} : 'unknown'")
 }
 
-/// The first of the workload's `labels` it has, else `fallback` (a CEL
-/// expression).
+/// The first of the workload's `labels` it has, else `fallback` (CEL).
 fn label_value(labels: &[&str], fallback: &str) -> String {
-    let expr = labels.iter().rev().fold(fallback.to_owned(), |rest, l| {
+    labels.iter().rev().fold(fallback.to_owned(), |rest, l| {
         format!("has({NODE}.LABELS) && '{l}' in {NODE}.LABELS ? {NODE}.LABELS['{l}'] : {rest}")
-    });
-    format!("%CEL({expr})%")
+    })
+}
+
+/// The workload labels of Istio's metrics, without their side's prefix
+/// (`source_` or `destination_`), and the header carrying each to the
+/// peer ([`peer_request_headers`], [`peer_response_headers`]).
+const WORKLOAD_LABELS: [(&str, &str); 7] = [
+    ("workload", "x-istio-peer-workload"),
+    ("workload_namespace", "x-istio-peer-namespace"),
+    ("app", "x-istio-peer-app"),
+    ("version", "x-istio-peer-version"),
+    ("canonical_service", "x-istio-peer-canonical-service"),
+    ("canonical_revision", "x-istio-peer-canonical-revision"),
+    ("cluster", "x-istio-peer-cluster"),
+];
+
+/// The proxy's own value of a [`WORKLOAD_LABELS`] label, as a CEL
+/// expression over its node metadata.
+fn own_value(label: &str) -> String {
+    match label {
+        "workload" => node_value("WORKLOAD_NAME"),
+        "workload_namespace" => node_value("NAMESPACE"),
+        "app" => label_value(&["app"], "'unknown'"),
+        "version" => label_value(&["version"], "'unknown'"),
+        "canonical_service" => label_value(
+            &["service.istio.io/canonical-name", "app"],
+            &node_value("WORKLOAD_NAME"),
+        ),
+        "canonical_revision" => label_value(
+            &["service.istio.io/canonical-revision", "version"],
+            "'latest'",
+        ),
+        _ => node_value("CLUSTER_ID"),
+    }
+}
+
+/// Where the peer's labels are kept once read from its headers: the
+/// request's dynamic metadata namespace `istio.peer` (also the cluster
+/// metadata naming services whose workloads are sent them).
+pub const PEER_NAMESPACE: &str = "istio.peer";
+
+/// The peer's value of a [`WORKLOAD_LABELS`] label, from what
+/// [`peer_filter`] kept, else `unknown` (CEL).
+fn peer_value(label: &str) -> String {
+    let kept = format!("metadata.filter_metadata['{PEER_NAMESPACE}']");
+    format!(
+        "'{PEER_NAMESPACE}' in metadata.filter_metadata && '{label}' in {kept} ? {kept}['{label}'] : 'unknown'"
+    )
+}
+
+/// The request headers a client's route configurations add (Istio's
+/// metadata exchange, in headers of its own): the proxy's workload labels,
+/// each only toward a cluster of a mesh service (its
+/// [`PEER_NAMESPACE`] cluster metadata: not a `MESH_EXTERNAL` entry),
+/// replacing what the app sent. Envoy adds no header whose value is empty.
+pub(crate) fn peer_request_headers() -> Vec<HeaderValueOption> {
+    peer_headers(&format!(
+        "has(xds.cluster_name) && '{PEER_NAMESPACE}' in xds.cluster_metadata.filter_metadata"
+    ))
+}
+
+/// The response headers a server's inbound route configurations add: its
+/// workload labels, only to a client that sent its own (a mesh proxy).
+pub(crate) fn peer_response_headers() -> Vec<HeaderValueOption> {
+    peer_headers(&format!("'{PEER_NAMESPACE}' in metadata.filter_metadata"))
+}
+
+fn peer_headers(when: &str) -> Vec<HeaderValueOption> {
+    WORKLOAD_LABELS
+        .iter()
+        .map(|(label, header)| HeaderValueOption {
+            header: Some(HeaderValue {
+                key: (*header).to_owned(),
+                value: format!("%CEL({when} ? ({}) : '')%", own_value(label)),
+                ..Default::default()
+            }),
+            append_action: header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// The HTTP filter reading the peer's labels from its headers into the
+/// request's [`PEER_NAMESPACE`] dynamic metadata, and taking the headers
+/// out: a server reads a client's request, a client the server's
+/// response (Envoy's `header_to_metadata`).
+pub(crate) fn peer_filter(side: Side) -> HttpFilter {
+    use envoy_types::pb::envoy::extensions::filters::http::header_to_metadata::v3::{
+        Config as HeaderToMetadata, config,
+    };
+    let rules = WORKLOAD_LABELS
+        .iter()
+        .map(|(label, header)| config::Rule {
+            header: (*header).to_owned(),
+            on_header_present: Some(config::KeyValuePair {
+                metadata_namespace: PEER_NAMESPACE.to_owned(),
+                key: (*label).to_owned(),
+                ..Default::default()
+            }),
+            remove: true,
+            ..Default::default()
+        })
+        .collect();
+    let config = match side {
+        Side::Server => HeaderToMetadata {
+            request_rules: rules,
+            ..Default::default()
+        },
+        Side::Client => HeaderToMetadata {
+            response_rules: rules,
+            ..Default::default()
+        },
+    };
+    HttpFilter {
+        name: "envoy.filters.http.header_to_metadata".into(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(config))),
+        ..Default::default()
+    }
 }
 
 /// A field of the cluster's first service (`istio` metadata), else
@@ -396,40 +524,21 @@ fn default_tags(metric: Metric, side: Side) -> BTreeMap<String, String> {
         }
         .to_owned(),
     );
-    // The proxy's own workload.
-    tags.insert(format!("{own}_workload"), node_value("WORKLOAD_NAME"));
-    tags.insert(format!("{own}_workload_namespace"), node_value("NAMESPACE"));
-    tags.insert(format!("{own}_app"), label_value(&["app"], "'unknown'"));
-    tags.insert(
-        format!("{own}_version"),
-        label_value(&["version"], "'unknown'"),
-    );
-    tags.insert(
-        format!("{own}_canonical_service"),
-        label_value(
-            &["service.istio.io/canonical-name", "app"],
-            &format!("has({NODE}.WORKLOAD_NAME) ? {NODE}.WORKLOAD_NAME : 'unknown'"),
-        ),
-    );
-    tags.insert(
-        format!("{own}_canonical_revision"),
-        label_value(
-            &["service.istio.io/canonical-revision", "version"],
-            "'latest'",
-        ),
-    );
-    tags.insert(format!("{own}_cluster"), node_value("CLUSTER_ID"));
-    // The peer's workload: not known without Istio's metadata exchange.
-    for label in [
-        "workload",
-        "workload_namespace",
-        "app",
-        "version",
-        "canonical_service",
-        "canonical_revision",
-        "cluster",
-    ] {
-        tags.insert(format!("{peer}_{label}"), unknown());
+    // The proxy's own workload, and the peer's as its headers told it
+    // (HTTP; unknown over TCP).
+    for (label, _) in WORKLOAD_LABELS {
+        tags.insert(
+            format!("{own}_{label}"),
+            format!("%CEL({})%", own_value(label)),
+        );
+        tags.insert(
+            format!("{peer}_{label}"),
+            if metric.tcp() {
+                unknown()
+            } else {
+                format!("%CEL({})%", peer_value(label))
+            },
+        );
     }
     let (own_san, peer_san) = match side {
         Side::Client => (

@@ -51,6 +51,11 @@ pub(crate) struct Observe {
     /// request IDs, written only when a Telemetry sets
     /// `useRequestIdForTraceSampling` (Envoy's default otherwise).
     pub request_id: Option<envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::RequestIdExtension>,
+    /// The HTTP connection managers read the peer's workload labels from
+    /// its headers ([`crate::metrics::peer_filter`]), and the route
+    /// configurations send the proxy's own: its Envoy makes Istio's
+    /// metrics ([`crate::model::Proxy::stats_logger`]).
+    pub exchange: bool,
 }
 
 impl Observe {
@@ -71,6 +76,7 @@ impl Observe {
             tracing: settings.and_then(|s| crate::trace::hcm_tracing(snap, proxy, s)),
             access_log,
             request_id,
+            exchange: proxy.stats_logger,
         }
     }
 }

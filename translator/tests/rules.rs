@@ -3096,9 +3096,35 @@ fn istio_metrics_are_stats_loggers_for_proxies_that_have_them() {
         .iter()
         .find(|c| c.name == "outbound|9080||reviews.default.svc.cluster.local")
         .unwrap();
-    let istio = &reviews.metadata.as_ref().unwrap().filter_metadata["istio"];
-    let text = format!("{istio:?}");
+    let metadata = &reviews.metadata.as_ref().unwrap().filter_metadata;
+    let text = format!("{:?}", metadata["istio"]);
     assert!(text.contains("reviews.default.svc.cluster.local"), "{text}");
+    assert!(metadata.contains_key(translator::metrics::PEER_NAMESPACE));
+    // The metadata exchange: the route configuration sends the workload's
+    // labels, the connection manager reads the server's from its answer.
+    let route = out.routes.iter().find(|r| r.name == "9080").unwrap();
+    let sent: Vec<&str> = route
+        .request_headers_to_add
+        .iter()
+        .filter_map(|h| h.header.as_ref())
+        .map(|h| h.key.as_str())
+        .collect();
+    assert_eq!(sent.len(), 7, "{sent:?}");
+    assert!(sent.contains(&"x-istio-peer-workload"), "{sent:?}");
+    let filters: Vec<&str> = hcm_9080(&out)
+        .http_filters
+        .iter()
+        .map(|f| f.name.as_str())
+        .collect();
+    assert!(
+        filters.contains(&"envoy.filters.http.header_to_metadata"),
+        "{filters:?}"
+    );
+    p.stats_logger = false;
+    let plain = generate(&snap, &p);
+    let route = plain.routes.iter().find(|r| r.name == "9080").unwrap();
+    assert!(route.request_headers_to_add.is_empty());
+    p.stats_logger = true;
 
     let with = |telemetry: &str| {
         let snap = mesh(telemetry, MeshConfig::default());
