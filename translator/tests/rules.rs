@@ -3083,10 +3083,22 @@ fn istio_metrics_are_stats_loggers_for_proxies_that_have_them() {
         tag(requests, "response_code").as_deref(),
         Some("%RESPONSE_CODE%")
     );
+    // The peer's workload: over HTTP from its headers, over TCP unknown.
+    assert!(
+        tag(requests, "destination_workload")
+            .is_some_and(|f| f.contains(translator::metrics::PEER_NAMESPACE))
+    );
+    let closed = loggers
+        .iter()
+        .flat_map(|l| &l.counters)
+        .filter_map(|c| c.stat.as_ref())
+        .find(|s| s.name == "istio_tcp_connections_closed_total")
+        .unwrap();
     assert_eq!(
-        tag(requests, "destination_workload").as_deref(),
+        tag(closed, "destination_workload").as_deref(),
         Some("unknown")
     );
+    assert_eq!(tag(closed, "request_protocol").as_deref(), Some("tcp"));
     assert!(
         tag(requests, "source_workload")
             .is_some_and(|f| f.contains("xds.node.metadata.WORKLOAD_NAME"))
@@ -3111,11 +3123,8 @@ fn istio_metrics_are_stats_loggers_for_proxies_that_have_them() {
         .collect();
     assert_eq!(sent.len(), 7, "{sent:?}");
     assert!(sent.contains(&"x-istio-peer-workload"), "{sent:?}");
-    let filters: Vec<&str> = hcm_9080(&out)
-        .http_filters
-        .iter()
-        .map(|f| f.name.as_str())
-        .collect();
+    let hcm = hcm_9080(&out);
+    let filters: Vec<&str> = hcm.http_filters.iter().map(|f| f.name.as_str()).collect();
     assert!(
         filters.contains(&"envoy.filters.http.header_to_metadata"),
         "{filters:?}"
