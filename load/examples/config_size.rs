@@ -40,5 +40,8 @@ fn main() {
             size(&out.listeners),
             size(&out.routes)
         );
+        for l in &out.listeners {
+            println!("  listener {}: {}", l.0, l.2.len());
+        }
     }
 }

@@ -696,7 +696,7 @@ fn tcp_proxy_filter(
     let tcp = TcpProxy {
         stat_prefix: stat_prefix.to_owned(),
         cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.to_owned())),
-        access_log: access_log.to_vec(),
+        access_log: crate::metrics::for_protocol(access_log, true),
         access_log_options: crate::metrics::tcp_log_options(access_log),
         ..Default::default()
     };

@@ -382,7 +382,7 @@ pub(crate) fn istio_http_connection_manager(
     access_log: &[envoy_types::pb::envoy::config::accesslog::v3::AccessLog],
 ) -> HttpConnectionManager {
     HttpConnectionManager {
-        access_log: access_log.to_vec(),
+        access_log: crate::metrics::for_protocol(access_log, false),
         upgrade_configs: vec![http_connection_manager::UpgradeConfig {
             upgrade_type: "websocket".into(),
             ..Default::default()

@@ -2076,7 +2076,7 @@ fn tcp_chain(
         stat_prefix: stat_prefix.to_owned(),
         cluster_specifier: Some(cluster_specifier),
         tunneling_config: tunnel,
-        access_log: access_log.to_vec(),
+        access_log: crate::metrics::for_protocol(access_log, true),
         access_log_options: crate::metrics::tcp_log_options(access_log),
         ..Default::default()
     };

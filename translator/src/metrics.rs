@@ -249,6 +249,28 @@ pub(crate) fn stats_logs(
         .collect()
 }
 
+/// `access_log` for an HTTP connection manager (`tcp` false) or a TCP
+/// proxy: the stats loggers of the other's events left out (they would
+/// never log there, and each carries every tag of its metrics).
+pub(crate) fn for_protocol(access_log: &[AccessLog], tcp: bool) -> Vec<AccessLog> {
+    let http = AccessLogType::DownstreamEnd as i32;
+    access_log
+        .iter()
+        .filter(|log| {
+            let Some(access_log_filter::FilterSpecifier::LogTypeFilter(t)) = log
+                .filter
+                .as_ref()
+                .and_then(|f| f.filter_specifier.as_ref())
+                .filter(|_| log.name == STATS_LOGGER)
+            else {
+                return true;
+            };
+            t.types.contains(&http) != tcp
+        })
+        .cloned()
+        .collect()
+}
+
 /// A TCP proxy's `access_log_options` for `access_log`: a log when the
 /// upstream connection is made, if a logger counts that
 /// (`istio_tcp_connections_opened_total`); `None` otherwise.
@@ -415,11 +437,11 @@ fn own_value(label: &str) -> String {
 pub const PEER_NAMESPACE: &str = "istio.peer";
 
 /// The peer's value of a [`WORKLOAD_LABELS`] label, from what
-/// [`peer_filter`] kept, else `unknown` (CEL).
+/// [`peer_filter`] kept, else `unknown` (CEL). A peer sends every label
+/// (its own `unknown` at worst), so the namespace is enough to test.
 fn peer_value(label: &str) -> String {
-    let kept = format!("metadata.filter_metadata['{PEER_NAMESPACE}']");
     format!(
-        "'{PEER_NAMESPACE}' in metadata.filter_metadata && '{label}' in {kept} ? {kept}['{label}'] : 'unknown'"
+        "'{PEER_NAMESPACE}' in metadata.filter_metadata ? metadata.filter_metadata['{PEER_NAMESPACE}'].{label} : 'unknown'"
     )
 }
 

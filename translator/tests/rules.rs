@@ -3054,10 +3054,38 @@ fn istio_metrics_are_stats_loggers_for_proxies_that_have_them() {
 
     p.stats_logger = true;
     let out = generate(&snap, &p);
+    // The connection manager gets the HTTP metrics' logger, the TCP
+    // proxies (mongodb's port) those of the TCP metrics.
     let loggers = stats_of(&out);
-    assert_eq!(loggers.len(), 3, "{loggers:?}");
+    assert_eq!(loggers.len(), 1, "{loggers:?}");
+    let tcp_chain = out
+        .listeners
+        .iter()
+        .filter(|l| l.name.ends_with("_27017"))
+        .flat_map(|l| &l.filter_chains)
+        .find(|c| {
+            c.filters
+                .first()
+                .is_some_and(|f| f.name == "envoy.filters.network.tcp_proxy")
+        })
+        .unwrap();
+    let tcp_loggers: Vec<Stats> = first_filter::<TcpProxy>(tcp_chain)
+        .access_log
+        .iter()
+        .filter(|l| l.name == "envoy.access_loggers.stats")
+        .map(|l| match &l.config_type {
+            Some(
+                envoy_types::pb::envoy::config::accesslog::v3::access_log::ConfigType::TypedConfig(
+                    any,
+                ),
+            ) => Stats::decode(any.value.as_slice()).unwrap(),
+            None => panic!("no config"),
+        })
+        .collect();
+    assert_eq!(tcp_loggers.len(), 2, "{tcp_loggers:?}");
     let names: Vec<&str> = loggers
         .iter()
+        .chain(&tcp_loggers)
         .flat_map(|l| {
             l.counters
                 .iter()
@@ -3088,7 +3116,7 @@ fn istio_metrics_are_stats_loggers_for_proxies_that_have_them() {
         tag(requests, "destination_workload")
             .is_some_and(|f| f.contains(translator::metrics::PEER_NAMESPACE))
     );
-    let closed = loggers
+    let closed = tcp_loggers
         .iter()
         .flat_map(|l| &l.counters)
         .filter_map(|c| c.stat.as_ref())
@@ -3157,5 +3185,5 @@ fn istio_metrics_are_stats_loggers_for_proxies_that_have_them() {
     let server_only = with(&format!(
         "{header}  - overrides: [{{match: {{mode: SERVER}}, disabled: true}}]\n"
     ));
-    assert_eq!(server_only.len(), 3);
+    assert_eq!(server_only.len(), 1);
 }
