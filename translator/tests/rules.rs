@@ -3029,10 +3029,9 @@ spec:
 #[test]
 fn istio_metrics_are_stats_loggers_for_proxies_that_have_them() {
     use envoy_types::pb::envoy::extensions::access_loggers::stats::v3::Config as Stats;
-    let stats_of = |out: &Output| -> Vec<Stats> {
-        hcm_9080(out)
-            .access_log
-            .iter()
+    let stats_in =
+        |logs: &[envoy_types::pb::envoy::config::accesslog::v3::AccessLog]| -> Vec<Stats> {
+            logs.iter()
             .filter(|l| l.name == "envoy.access_loggers.stats")
             .map(|l| match &l.config_type {
                 Some(envoy_types::pb::envoy::config::accesslog::v3::access_log::ConfigType::TypedConfig(any)) => {
@@ -3041,7 +3040,8 @@ fn istio_metrics_are_stats_loggers_for_proxies_that_have_them() {
                 None => panic!("no config"),
             })
             .collect()
-    };
+        };
+    let stats_of = |out: &Output| stats_in(&hcm_9080(out).access_log);
     let snap = mesh("", MeshConfig::default());
     let mut p = sidecar(&[("app", "client")]);
     assert!(stats_of(&generate(&snap, &p)).is_empty());
@@ -3069,19 +3069,7 @@ fn istio_metrics_are_stats_loggers_for_proxies_that_have_them() {
                 .is_some_and(|f| f.name == "envoy.filters.network.tcp_proxy")
         })
         .unwrap();
-    let tcp_loggers: Vec<Stats> = first_filter::<TcpProxy>(tcp_chain)
-        .access_log
-        .iter()
-        .filter(|l| l.name == "envoy.access_loggers.stats")
-        .map(|l| match &l.config_type {
-            Some(
-                envoy_types::pb::envoy::config::accesslog::v3::access_log::ConfigType::TypedConfig(
-                    any,
-                ),
-            ) => Stats::decode(any.value.as_slice()).unwrap(),
-            None => panic!("no config"),
-        })
-        .collect();
+    let tcp_loggers = stats_in(&first_filter::<TcpProxy>(tcp_chain).access_log);
     assert_eq!(tcp_loggers.len(), 2, "{tcp_loggers:?}");
     let names: Vec<&str> = loggers
         .iter()
