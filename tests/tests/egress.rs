@@ -63,20 +63,7 @@ fn registry_only_blocks_what_no_service_entry_opens() {
     );
 
     // A ServiceEntry with a STATIC endpoint opens api.example.com on port 80.
-    mesh.apply(
-        &[&envoy],
-        "se-static.yaml",
-        "apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: api}
-spec:
-  hosts: [api.example.com]
-  ports: [{number: 80, name: http, protocol: HTTP}]
-  location: MESH_EXTERNAL
-  resolution: STATIC
-  endpoints: [{address: 192.0.2.10}]
-",
-    );
+    mesh.apply(&[&envoy], "se-static.yaml", API_ENTRY);
     let r = get(80, "api.example.com").unwrap();
     assert_eq!((r.status, r.body.as_str()), (200, "api.example.com"));
     // ... but only for that host: others on the same port get Istio's 502.

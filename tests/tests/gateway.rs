@@ -993,5 +993,20 @@ spec:
             "cluster.outbound|{port}||xds.default.svc.cluster.local.upstream_cx_http2_total"
         )) >= 1
     );
+    // Istio's metrics count the call (its stream ended when the client
+    // dropped it) as gRPC, reported by the gateway as the source.
+    let labels = [
+        ("reporter", "source"),
+        ("request_protocol", "grpc"),
+        ("destination_service", "xds.default.svc.cluster.local"),
+    ];
+    e2e::eventually(
+        e2e::SYNC,
+        || {
+            let text = gw.admin("/stats/prometheus")?;
+            (e2e::istio_metric(&text, "istio_requests_total", &labels) == Some(1.0)).then_some(())
+        },
+        || format!("no gRPC call counted:\n{:?}", gw.admin("/stats/prometheus")),
+    );
     assert_eq!(gw.rejected(), 0);
 }

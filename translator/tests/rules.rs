@@ -3128,6 +3128,18 @@ fn istio_metrics_are_stats_loggers_for_proxies_that_have_them() {
     let text = format!("{:?}", metadata["istio"]);
     assert!(text.contains("reviews.default.svc.cluster.local"), "{text}");
     assert!(metadata.contains_key(translator::metrics::PEER_NAMESPACE));
+    // A MESH_EXTERNAL entry's cluster names its service, but its
+    // workloads are not sent the client's labels.
+    let external = format!("{HTTPBIN_DNS}  location: MESH_EXTERNAL\n");
+    let with_entry = generate(&mesh(&external, MeshConfig::default()), &p);
+    let httpbin = with_entry
+        .clusters
+        .iter()
+        .find(|c| c.name == "outbound|80||httpbin.example.com")
+        .unwrap();
+    let metadata = &httpbin.metadata.as_ref().unwrap().filter_metadata;
+    assert!(format!("{:?}", metadata["istio"]).contains("httpbin.example.com"));
+    assert!(!metadata.contains_key(translator::metrics::PEER_NAMESPACE));
     // The metadata exchange: the route configuration sends the workload's
     // labels, the connection manager reads the server's from its answer.
     let route = out.routes.iter().find(|r| r.name == "9080").unwrap();
