@@ -833,20 +833,85 @@ const CONDITION_KEYS: [&str; 10] = [
     "connection.sni",
 ];
 
+/// Istio's rules for a policy's attachment (`validateOneOfSelectorType`,
+/// `validatePolicyTargetReference`): at most one of `selector`, `targetRef`
+/// and `targetRefs`; each reference named, in the policy's own namespace
+/// (no `namespace`), and to a kind a policy attaches to: a Gateway API
+/// `Gateway` or `GatewayClass` (group `gateway.networking.k8s.io`), a
+/// `Service` (the core group, `""`), or a `ServiceEntry`
+/// (`networking.istio.io`).
+fn targeting(
+    selector: Option<&crate::MatchLabelSelector>,
+    target_ref: Option<&crate::authorization_policy::PolicyTargetReference>,
+    target_refs: &[crate::authorization_policy::PolicyTargetReference],
+) -> Problems {
+    const KINDS: [(&str, &str); 4] = [
+        ("gateway.networking.k8s.io", "Gateway"),
+        ("gateway.networking.k8s.io", "GatewayClass"),
+        ("", "Service"),
+        ("networking.istio.io", "ServiceEntry"),
+    ];
+    let mut p = Problems::new();
+    let set = [
+        selector.is_some(),
+        target_ref.is_some(),
+        !target_refs.is_empty(),
+    ];
+    if set.iter().filter(|s| **s).count() > 1 {
+        let field = if selector.is_some() {
+            "spec.selector"
+        } else {
+            "spec.targetRef"
+        };
+        p.push((
+            field.into(),
+            "only one of selector, targetRef and targetRefs can be set".into(),
+        ));
+    }
+    let refs = target_ref
+        .map(|r| ("spec.targetRef".to_owned(), r))
+        .into_iter()
+        .chain(
+            target_refs
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (format!("spec.targetRefs[{i}]"), r)),
+        );
+    for (at, r) in refs {
+        if r.name.is_empty() {
+            p.push((format!("{at}.name"), "required".into()));
+        }
+        if r.namespace.as_deref().is_some_and(|n| !n.is_empty()) {
+            p.push((
+                format!("{at}.namespace"),
+                "must not be set: a policy attaches only in its own namespace".into(),
+            ));
+        }
+        let group = r.group.as_deref().unwrap_or("");
+        if !KINDS.contains(&(group, r.kind.as_str())) {
+            p.push((
+                format!("{at}.kind"),
+                format!(
+                    "{group}/{} is not a kind a policy attaches to: gateway.networking.k8s.io/Gateway, gateway.networking.k8s.io/GatewayClass, /Service or networking.istio.io/ServiceEntry",
+                    r.kind
+                ),
+            ));
+        }
+    }
+    p
+}
+
 /// Istio's AuthorizationPolicy rules: `selector` or `targetRef(s)`, not
 /// both; a `provider` exactly with `CUSTOM`; no empty source, operation or
 /// value; known condition keys with values; addresses, CIDRs and ports
 /// that parse.
 fn authorization_policy(spec: &crate::AuthorizationPolicySpec) -> Problems {
     use crate::authorization_policy::Action;
-    let mut p = Problems::new();
-    let targeted = spec.target_ref.is_some() || !spec.target_refs.is_empty();
-    if spec.selector.is_some() && targeted {
-        p.push((
-            "spec.selector".into(),
-            "only one of targetRefs or selector can be set".into(),
-        ));
-    }
+    let mut p = targeting(
+        spec.selector.as_ref(),
+        spec.target_ref.as_ref(),
+        &spec.target_refs,
+    );
     let custom = spec.action == Some(Action::Custom);
     match (&spec.provider, custom) {
         (None, true) => p.push((
@@ -993,13 +1058,11 @@ pub fn check_path_template(path: &str) -> Result<(), String> {
 /// are CEL expressions Envoy takes ([`check_cel`]; Envoy refuses a
 /// listener whose filter it cannot build).
 fn telemetry(spec: &crate::TelemetrySpec) -> Problems {
-    let mut p = Problems::new();
-    if spec.selector.is_some() && (spec.target_ref.is_some() || !spec.target_refs.is_empty()) {
-        p.push((
-            "spec.selector".into(),
-            "only one of targetRefs or selector can be set".into(),
-        ));
-    }
+    let mut p = targeting(
+        spec.selector.as_ref(),
+        spec.target_ref.as_ref(),
+        &spec.target_refs,
+    );
     let mut unnamed = |field: String, providers: &[crate::telemetry::ProviderRef]| {
         if let Some(j) = providers.iter().position(|r| r.name.is_empty()) {
             p.push((format!("{field}.providers[{j}].name"), "required".into()));
@@ -1213,13 +1276,11 @@ pub fn check_cel(expression: &str) -> Result<(), String> {
 /// (an `http(s)://` URL), a `jwks` that is a JSON Web Key Set, named
 /// headers and claims, a timeout of at least 1 ms.
 fn request_authentication(spec: &crate::RequestAuthenticationSpec) -> Problems {
-    let mut p = Problems::new();
-    if spec.selector.is_some() && (spec.target_ref.is_some() || !spec.target_refs.is_empty()) {
-        p.push((
-            "spec.selector".into(),
-            "only one of targetRefs or selector can be set".into(),
-        ));
-    }
+    let mut p = targeting(
+        spec.selector.as_ref(),
+        spec.target_ref.as_ref(),
+        &spec.target_refs,
+    );
     for (i, rule) in spec.jwt_rules.iter().enumerate() {
         let at = format!("spec.jwtRules[{i}]");
         if rule.issuer.is_empty() {
@@ -1460,6 +1521,11 @@ mod tests {
             ))
         };
         assert!(ap("{}").is_ok());
+        // The kinds a policy attaches to.
+        assert!(
+            ap("{targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: g}, {group: gateway.networking.k8s.io, kind: GatewayClass, name: istio-waypoint}, {group: '', kind: Service, name: s}, {group: networking.istio.io, kind: ServiceEntry, name: e}]}")
+                .is_ok()
+        );
         assert!(
             ap("{action: DENY, rules: [{from: [{source: {notPrincipals: ['*'], ipBlocks: [10.0.0.0/8]}}], to: [{operation: {methods: [GET], ports: ['8080']}}], when: [{key: 'request.headers[x-user]', values: [alice]}, {key: destination.port, notValues: ['9090']}]}]}")
                 .is_ok()
@@ -1475,6 +1541,26 @@ mod tests {
             (
                 "{selector: {matchLabels: {app: a}}, targetRef: {kind: Gateway, name: g}}",
                 "spec.selector",
+            ),
+            (
+                "{targetRef: {group: gateway.networking.k8s.io, kind: Gateway, name: g}, targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: h}]}",
+                "spec.targetRef",
+            ),
+            (
+                "{targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: ''}]}",
+                "spec.targetRefs[0].name",
+            ),
+            (
+                "{targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: g, namespace: other}]}",
+                "spec.targetRefs[0].namespace",
+            ),
+            (
+                "{targetRefs: [{kind: Gateway, name: g}]}",
+                "spec.targetRefs[0].kind",
+            ),
+            (
+                "{targetRef: {group: apps, kind: Deployment, name: g}}",
+                "spec.targetRef.kind",
             ),
             ("{rules: [{from: [{}]}]}", "spec.rules[0].from[0].source"),
             (

@@ -1010,3 +1010,114 @@ spec:
     );
     assert_eq!(gw.rejected(), 0);
 }
+
+/// Policies attached to a Gateway API gateway by `targetRefs`, as Istio
+/// documents for gateways: an AuthorizationPolicy, a RequestAuthentication
+/// and a Telemetry naming the Gateway take effect on its pods (labelled
+/// `gateway.networking.k8s.io/gateway-name`, their Service selecting them
+/// by it), while the same policies naming another Gateway change nothing.
+#[test]
+fn policies_attach_to_a_gateway_api_gateway_by_target_refs() {
+    let mesh = Mesh::start(false, &[]);
+    mesh.cfg.write(
+        "gateway-api.yaml",
+        "apiVersion: v1
+kind: Service
+metadata: {name: bookinfo-gw-istio, namespace: istio-system}
+spec:
+  clusterIP: 10.96.0.90
+  selector: {gateway.networking.k8s.io/gateway-name: bookinfo-gw}
+  ports: [{name: http, port: 8080}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: bookinfo-gw, namespace: istio-system}
+spec:
+  gatewayClassName: istio
+  listeners:
+  - {name: http, port: 8080, protocol: HTTP, allowedRoutes: {namespaces: {from: All}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: bookinfo, namespace: default}
+spec:
+  parentRefs: [{name: bookinfo-gw, namespace: istio-system}]
+  rules: [{backendRefs: [{name: productpage, port: 9080}]}]
+",
+    );
+    mesh.wait_loaded(2);
+    let gw = mesh.proxy(
+        GATEWAY,
+        &[("gateway.networking.k8s.io/gateway-name", "bookinfo-gw")],
+        15000,
+    );
+    let issuer = e2e::JwtIssuer::new("testing@secure.istio.io");
+    let get = |path: &str, token: Option<&str>| {
+        let bearer = token.map(|t| format!("Bearer {t}"));
+        let mut headers = vec![("host", "bookinfo.example.com")];
+        headers.extend(bearer.iter().map(|b| ("authorization", b.as_str())));
+        http_request(&format!("http://127.0.0.1:8080{path}"), &headers)
+            .unwrap()
+            .status
+    };
+    assert_eq!(get("/productpage", None), 200);
+    // The policies, for a Gateway named `gateway`.
+    let policies = |gateway: &str| {
+        let target =
+            format!("{{group: gateway.networking.k8s.io, kind: Gateway, name: {gateway}}}");
+        format!(
+            "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: deny-admin, namespace: istio-system}}
+spec:
+  targetRefs: [{target}]
+  action: DENY
+  rules: [{{to: [{{operation: {{paths: [/productpage/admin]}}}}]}}]
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: istio-system}}
+spec:
+  targetRef: {target}
+  jwtRules: [{{issuer: '{}', jwks: '{}'}}]
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {{name: gateway-logs, namespace: istio-system}}
+spec:
+  targetRefs: [{target}]
+  accessLogging: [{{providers: [{{name: envoy}}]}}]
+",
+            issuer.issuer, issuer.jwks
+        )
+    };
+
+    // Naming another Gateway: nothing changes on this one.
+    mesh.apply(&[&gw], "policies.yaml", &policies("other-gw"));
+    assert_eq!(get("/productpage/admin", None), 200);
+    assert_eq!(get("/productpage", Some("not.a.token")), 200);
+    assert!(!gw.stdout().contains("/productpage"), "{}", gw.stdout());
+
+    // Naming this one: the path is refused, a bad token too, and requests
+    // are logged.
+    mesh.apply(&[&gw], "policies.yaml", &policies("bookinfo-gw"));
+    assert_eq!(get("/productpage/admin", None), 403);
+    assert_eq!(get("/productpage", Some("not.a.token")), 401);
+    let token = issuer.token("alice", serde_json::json!({}));
+    assert_eq!(get("/productpage", Some(&token)), 200);
+    e2e::eventually(
+        Duration::from_secs(5),
+        || {
+            gw.stdout()
+                .contains("\"GET /productpage/admin HTTP/1.1\" 403 ")
+                .then_some(())
+        },
+        || {
+            format!(
+                "no access log line on the gateway's stdout: {:?}",
+                gw.stdout()
+            )
+        },
+    );
+    assert_eq!(gw.rejected(), 0);
+}

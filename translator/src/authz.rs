@@ -3,9 +3,9 @@
 //! authz builder writes them.
 //!
 //! - **Which policies**: those of the workload's namespace and of the root
-//!   namespace whose `selector` is absent or matches the workload's labels.
-//!   Policies with `targetRef(s)` are for gateways and waypoints and do not
-//!   apply to sidecars.
+//!   namespace whose `selector` is absent or matches the workload's labels,
+//!   and on a Gateway API gateway's pods those whose `targetRef(s)` name
+//!   that Gateway ([`crate::attach`]).
 //! - **Filters** (`envoy.filters.http.rbac` before the router on HTTP
 //!   chains, `envoy.filters.network.rbac` before the TCP proxy, stat prefix
 //!   `tcp.`), in Istio's order: `AUDIT` (Envoy's `LOG` action), `DENY`,
@@ -68,6 +68,7 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{
 use envoy_types::pb::google::protobuf::UInt32Value;
 use envoy_types::util::pack_any;
 
+use crate::attach::Targetable;
 use crate::model::{Config, Snapshot};
 
 /// The annotation that makes a policy a dry run (Istio's `istio.io/dry-run`).
@@ -131,15 +132,11 @@ pub fn filters(snap: &Snapshot, namespace: &str, labels: &BTreeMap<String, Strin
     let root = snap.mesh.root_namespace.as_str();
     let mut by_action: [Vec<&Config<Policy>>; 3] = Default::default();
     let mut custom: Vec<&Config<Policy>> = Vec::new();
-    for p in snap.authorization_policies.iter().filter(|p| {
-        let spec = &p.spec.spec;
-        in_scope(
-            &p.namespace,
-            spec.selector.as_ref(),
-            spec.target_ref.is_some() || !spec.target_refs.is_empty(),
-            (root, namespace, labels),
-        )
-    }) {
+    for p in snap
+        .authorization_policies
+        .iter()
+        .filter(|p| crate::attach::attaches(&p.namespace, &p.spec.spec, (root, namespace, labels)))
+    {
         let slot = match p.spec.action() {
             Action::Audit => 0,
             Action::Deny => 1,
@@ -206,8 +203,16 @@ fn network_rbac(rules: Option<Rbac>, shadow_rules: Option<Rbac>, shadow_prefix: 
 
 /// Whether some workload may be in the scope of both policies: their
 /// namespaces meet (the same, or one is the root namespace) and no label
-/// has different values in their selectors.
+/// has different values in their selectors; two policies attached by
+/// `targetRef(s)` share only a gateway both name.
 fn may_share_workloads(root: &str, p: &Config<Policy>, q: &Config<Policy>) -> bool {
+    let (pr, qr) = (p.spec.spec.refs(), q.spec.spec.refs());
+    if !pr.is_empty() && !qr.is_empty() {
+        return p.namespace == q.namespace
+            && pr
+                .iter()
+                .any(|a| qr.iter().any(|b| (&a.kind, &a.name) == (&b.kind, &b.name)));
+    }
     let (a, b) = (p.spec.spec.selector.as_ref(), q.spec.spec.selector.as_ref());
     (p.namespace == q.namespace || p.namespace == root || q.namespace == root)
         && a.zip(b).is_none_or(|(a, b)| {
@@ -280,21 +285,6 @@ fn custom_filters(
             out.tcp.push(network_rbac(rules, None, String::new()));
         }
     }
-}
-
-/// Whether a security policy of namespace `policy_ns` applies to the
-/// workload `(root namespace, namespace, labels)`: in its namespace or the
-/// root namespace, selecting it (or everything), and not aimed at a
-/// gateway or waypoint by `targetRef(s)` (`targeted`).
-pub(crate) fn in_scope(
-    policy_ns: &str,
-    selector: Option<&crds::MatchLabelSelector>,
-    targeted: bool,
-    (root, ns, labels): (&str, &str, &BTreeMap<String, String>),
-) -> bool {
-    !targeted
-        && (policy_ns == ns || policy_ns == root)
-        && selector.is_none_or(|s| s.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v)))
 }
 
 /// What this translator cannot act on, as warnings naming the field:

@@ -64,15 +64,7 @@ pub(crate) fn filter(
     let mut rules: Vec<&JwtRule> = snap
         .request_authentications
         .iter()
-        .filter(|ra| {
-            let s = &ra.spec;
-            crate::authz::in_scope(
-                &ra.namespace,
-                s.selector.as_ref(),
-                s.target_ref.is_some() || !s.target_refs.is_empty(),
-                (root, namespace, labels),
-            )
-        })
+        .filter(|ra| crate::attach::attaches(&ra.namespace, &ra.spec, (root, namespace, labels)))
         .flat_map(|ra| &ra.spec.jwt_rules)
         .collect();
     if rules.is_empty() {

@@ -12,6 +12,7 @@
 //! Config that cannot be translated is skipped and reported as a
 //! [`ConfigWarning`] naming the object and field; the rest still translates.
 
+pub mod attach;
 pub mod authz;
 pub mod changes;
 pub mod cluster;

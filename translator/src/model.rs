@@ -2412,6 +2412,13 @@ impl Snapshot {
         snap.warnings.extend(authz_warnings);
         let telemetry_warnings = crate::telemetry::warnings(&snap);
         snap.warnings.extend(telemetry_warnings);
+        let attach_warnings = crate::attach::warnings(&snap);
+        snap.warnings.extend(attach_warnings);
+        if crate::attach::any_targeted(&snap) {
+            // Policies attached by `targetRef` apply by the gateway's name.
+            snap.label_keys
+                .insert(crate::attach::GATEWAY_NAME_LABEL.to_owned());
+        }
         snap.namespaces.sort();
         let otel = snap
             .mesh

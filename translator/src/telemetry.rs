@@ -4,9 +4,9 @@
 //! - **Which resources**: the root namespace's Telemetry without a
 //!   `selector` (mesh-wide), the workload's namespace's without one, and
 //!   the first (by name) of its namespace whose `selector` matches its
-//!   labels, in that order: the later override the earlier. Resources with
-//!   `targetRef(s)` are for Gateway API gateways and waypoints and do not
-//!   apply (reported).
+//!   labels or (on a Gateway API gateway's pods) whose `targetRef(s)` name
+//!   its Gateway ([`crate::attach`]), in that order: the later override the
+//!   earlier.
 //! - **Sides**: a sidecar's inbound listener is the `SERVER` side, its
 //!   outbound listeners and every gateway listener the `CLIENT` side; a
 //!   `match.mode` limits an entry to one side.
@@ -34,6 +34,7 @@ use envoy_types::pb::envoy::config::accesslog::v3::{
 use envoy_types::pb::envoy::extensions::access_loggers::filters::cel::v3::ExpressionFilter;
 use envoy_types::util::pack_any;
 
+use crate::attach::{Targetable, attaches};
 use crate::model::{Config, Proxy, Snapshot, TracingProvider};
 
 /// What one side of a workload's listeners carries for observability: the
@@ -112,9 +113,7 @@ pub(crate) fn applicable<'a>(
         return Vec::new();
     }
     let root = snap.mesh.root_namespace.as_str();
-    let targeted = |t: &Config<crds::TelemetrySpec>| {
-        t.spec.target_ref.is_some() || !t.spec.target_refs.is_empty()
-    };
+    let targeted = |t: &Config<crds::TelemetrySpec>| !t.spec.refs().is_empty();
     let wide = |ns: &str| {
         snap.telemetries.iter().find(|t| {
             t.namespace == ns
@@ -130,13 +129,16 @@ pub(crate) fn applicable<'a>(
     if namespace != root {
         out.extend(wide(namespace));
     }
+    // The workload's own: selected by labels, or (a Gateway API gateway's
+    // pods) by `targetRef(s)`.
     out.extend(snap.telemetries.iter().find(|t| {
         t.namespace == namespace
-            && !targeted(t)
-            && t.spec.selector.as_ref().is_some_and(|s| {
-                !s.match_labels.is_empty()
-                    && s.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
-            })
+            && (targeted(t)
+                || t.spec
+                    .selector
+                    .as_ref()
+                    .is_some_and(|s| !s.match_labels.is_empty()))
+            && attaches(&t.namespace, &t.spec, (root, namespace, labels))
     }));
     out
 }

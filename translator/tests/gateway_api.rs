@@ -1417,3 +1417,121 @@ spec:
     assert_eq!(parents[0]["conditions"][0]["status"], "True");
     assert_eq!(parents[1]["conditions"][0]["reason"], "NoMatchingParent");
 }
+
+/// Policies attached to a Gateway API gateway by `targetRefs`, as istiod's
+/// policy attachment: an AuthorizationPolicy, a RequestAuthentication and a
+/// Telemetry naming the Gateway `gw` apply to its pods (labelled
+/// `gateway.networking.k8s.io/gateway-name: gw`), not to another Gateway's
+/// pods, not to a sidecar of the same namespace, and not from another
+/// namespace; a reference to a waypoint's Service is reported.
+#[test]
+fn policies_attach_to_a_gateway_api_gateway_by_target_refs() {
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+    use prost::Message;
+
+    let policies = |ns: &str, gateway: &str| {
+        format!(
+            "
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: deny-admin, namespace: {ns}}}
+spec:
+  targetRefs: [{{group: gateway.networking.k8s.io, kind: Gateway, name: {gateway}}}]
+  action: DENY
+  rules: [{{to: [{{operation: {{paths: [/admin]}}}}]}}]
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: {ns}}}
+spec:
+  targetRef: {{group: gateway.networking.k8s.io, kind: Gateway, name: {gateway}}}
+  jwtRules: [{{issuer: issuer.example, jwks: '{{\"keys\": []}}'}}]
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {{name: logs, namespace: {ns}}}
+spec:
+  targetRefs: [{{group: gateway.networking.k8s.io, kind: Gateway, name: {gateway}}}]
+  accessLogging: [{{providers: [{{name: envoy}}]}}]
+"
+        )
+    };
+    // The security filters and access loggers on the gateway's port 80.
+    let port_80 = |snap: &Snapshot, proxy: &Proxy| {
+        let out = generate(snap, proxy);
+        let listener = out
+            .listeners
+            .iter()
+            .find(|l| l.name == "0.0.0.0_80")
+            .unwrap_or_else(|| panic!("no port 80: {:?}", out.warnings));
+        let any = match &listener.filter_chains[0].filters[0].config_type {
+            Some(
+                envoy_types::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(any),
+            ) => any,
+            other => panic!("{other:?}"),
+        };
+        let hcm = HttpConnectionManager::decode(any.value.as_slice()).unwrap();
+        let filters: Vec<String> = hcm
+            .http_filters
+            .iter()
+            .map(|f| f.name.clone())
+            .filter(|f| f.contains("jwt") || f.contains("rbac"))
+            .collect();
+        (filters, hcm.access_log.len())
+    };
+    let pod = gateway_pod("default");
+    let attached = snapshot(&[&policies("default", "gw")]);
+    let (filters, logs) = port_80(&attached, &pod);
+    assert_eq!(
+        filters,
+        ["envoy.filters.http.jwt_authn", "envoy.filters.http.rbac"]
+    );
+    assert_eq!(logs, 1, "the Telemetry's access log");
+
+    // Another Gateway's name, or the policies in another namespace: none.
+    let none = (Vec::new(), 0);
+    for other in [policies("default", "other-gw"), policies("other", "gw")] {
+        assert_eq!(port_80(&snapshot(&[&other]), &pod), none, "{other}");
+    }
+    // With a policy attached by reference, the label is part of what tells
+    // proxies' configurations apart (here without any Gateway selecting by it).
+    let keys = |texts: &[&str]| {
+        Snapshot::build(1, &crds::objects_of(texts), MeshConfig::default()).label_keys
+    };
+    let label = translator::attach::GATEWAY_NAME_LABEL;
+    assert!(keys(&[&policies("default", "gw")]).contains(label));
+    assert!(!keys(&[]).contains(label));
+
+    // A sidecar of the namespace takes none of them.
+    let sidecar = Proxy::from_node_id(
+        "sidecar~10.244.0.9~reviews-0.default~default.svc.cluster.local",
+        None,
+        [("app".to_owned(), "reviews".to_owned())].into(),
+    )
+    .unwrap();
+    let out = generate(&attached, &sidecar);
+    for l in &out.listeners {
+        let text = format!("{l:?}");
+        assert!(
+            !text.contains("jwt_authn") && !text.contains("deny-admin"),
+            "{}",
+            l.name
+        );
+    }
+
+    // A reference to a Service is for its waypoint: reported, attached nowhere.
+    let waypoint = snapshot(&["apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: for-waypoint, namespace: default}
+spec:
+  targetRefs: [{group: '', kind: Service, name: reviews}]
+  rules: [{}]
+"]);
+    assert!(warned(
+        &waypoint,
+        "AuthorizationPolicy",
+        "default/for-waypoint",
+        "attaches the policy to nothing"
+    ));
+    assert_eq!(port_80(&waypoint, &pod), none);
+}

@@ -624,7 +624,7 @@ fn authorization_policies_become_rbac_filters_on_the_inbound_chains() {
         ap(
             "g",
             "default",
-            "{targetRef: {kind: Gateway, name: gw}, rules: [{}]}",
+            "{targetRef: {group: gateway.networking.k8s.io, kind: Gateway, name: gw}, rules: [{}]}",
         ),
     ] {
         assert!(on(&other, Some(9080)).iter().all(Vec::is_empty), "{other}");
