@@ -486,12 +486,11 @@ impl Ctx<'_> {
             metadata: ObjectMeta,
             spec: S,
             #[serde(default)]
-            #[allow(dead_code)]
             status: Option<serde_json::Value>,
         }
         let env: Envelope<S> =
             serde_path_to_error::deserialize(value).map_err(|e| self.field_error(e))?;
-        Ok(Box::new(T::from_parts(env.metadata, env.spec)))
+        Ok(Box::new(T::from_parts(env.metadata, env.spec, env.status)))
     }
 
     fn field_error(&self, e: serde_path_to_error::Error<serde_json::Error>) -> ParseError {
@@ -509,27 +508,50 @@ impl Ctx<'_> {
     }
 }
 
-/// The Istio kinds, built from metadata and spec.
+/// The Istio kinds, built from metadata, spec and (kept only where it is
+/// read) status.
 trait IstioKind {
     type Spec;
-    fn from_parts(metadata: ObjectMeta, spec: Self::Spec) -> Self;
+    fn from_parts(
+        metadata: ObjectMeta,
+        spec: Self::Spec,
+        status: Option<serde_json::Value>,
+    ) -> Self;
 }
 
 macro_rules! istio_kind {
     ($($kind:ident => $spec:ident),*) => {$(
         impl IstioKind for $kind {
             type Spec = crate::$spec;
-            fn from_parts(metadata: ObjectMeta, spec: Self::Spec) -> Self {
+            fn from_parts(metadata: ObjectMeta, spec: Self::Spec, _: Option<serde_json::Value>) -> Self {
                 $kind { metadata, spec }
             }
         }
     )*};
 }
+
+impl IstioKind for WorkloadEntry {
+    type Spec = crate::WorkloadEntrySpec;
+    /// The status is read leniently: one that does not parse counts as
+    /// none (a health-checked entry is then unhealthy, as in Istio).
+    fn from_parts(
+        metadata: ObjectMeta,
+        spec: Self::Spec,
+        status: Option<serde_json::Value>,
+    ) -> Self {
+        let status = status.and_then(|s| serde_json::from_value(s).ok());
+        WorkloadEntry {
+            metadata,
+            spec,
+            status,
+        }
+    }
+}
+
 istio_kind!(
     VirtualService => VirtualServiceSpec,
     DestinationRule => DestinationRuleSpec,
     ServiceEntry => ServiceEntrySpec,
-    WorkloadEntry => WorkloadEntrySpec,
     WorkloadGroup => WorkloadGroupSpec,
     Gateway => GatewaySpec,
     Sidecar => SidecarSpec,
@@ -543,7 +565,7 @@ macro_rules! gateway_api_kind {
     ($($kind:ident => $spec:ident),*) => {$(
         impl IstioKind for gateway_api::$kind {
             type Spec = gateway_api::$spec;
-            fn from_parts(metadata: ObjectMeta, spec: Self::Spec) -> Self {
+            fn from_parts(metadata: ObjectMeta, spec: Self::Spec, _: Option<serde_json::Value>) -> Self {
                 gateway_api::$kind { metadata, spec }
             }
         }

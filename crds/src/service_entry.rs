@@ -98,7 +98,8 @@ pub enum Resolution {
     version = "v1",
     kind = "WorkloadEntry",
     namespaced,
-    shortname = "we"
+    shortname = "we",
+    status = "WorkloadEntryStatus"
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WorkloadEntrySpec {
@@ -128,4 +129,75 @@ pub struct WorkloadEntrySpec {
     /// `security.istio.io/tlsMode` label) a sign that it takes Istio mTLS.
     #[serde(default)]
     pub service_account: Option<String>,
+}
+
+/// The annotation that makes a WorkloadEntry health-checked (Istio's
+/// `proxy.istio.io/health-checks-enabled`): its endpoint serves only once
+/// its `Healthy` condition is `True`. Auto-registration sets it when the
+/// WorkloadGroup has a `probe`.
+pub const HEALTH_CHECKS_ANNOTATION: &str = "proxy.istio.io/health-checks-enabled";
+
+/// The condition type the workload's health is reported as (Istio's
+/// `ConditionHealthy`).
+pub const HEALTHY_CONDITION: &str = "Healthy";
+
+/// A WorkloadEntry's `status` (Istio's `IstioStatus`), as far as it is read
+/// here: its conditions. Other fields (`observedGeneration`,
+/// `validationMessages`) are ignored.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadEntryStatus {
+    /// The object's conditions (`Healthy`: the agent's readiness probe).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<IstioCondition>,
+}
+
+/// Istio's `IstioCondition`: a condition of an Istio object's status.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IstioCondition {
+    /// The condition's type (`Healthy`).
+    #[serde(rename = "type", default)]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    #[serde(default)]
+    pub status: String,
+    /// When it was last checked (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_probe_time: Option<String>,
+    /// When `status` last changed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
+    /// A machine-readable reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// What failed, for people (the probe's error when `False`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl WorkloadEntry {
+    /// Whether its endpoint is gated on health checks: the
+    /// [`HEALTH_CHECKS_ANNOTATION`] is a true value as Go's `ParseBool`
+    /// reads it (`1`, `t`, `T`, `true`, `TRUE`, `True`).
+    pub fn health_checked(&self) -> bool {
+        self.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(HEALTH_CHECKS_ANNOTATION))
+            .is_some_and(|v| matches!(v.as_str(), "1" | "t" | "T" | "true" | "TRUE" | "True"))
+    }
+
+    /// Whether it serves (Istio's `isHealthy`): always when not
+    /// [`health_checked`](Self::health_checked); otherwise only with a
+    /// `Healthy` condition whose status is `True` (a new entry is unhealthy
+    /// until its first probe succeeds).
+    pub fn healthy(&self) -> bool {
+        !self.health_checked()
+            || self.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == HEALTHY_CONDITION && c.status == "True")
+            })
+    }
 }

@@ -34,6 +34,10 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 use translator::model::Snapshot;
 
+/// The type URL of the health reports a proxy's agent sends on its xDS
+/// stream (Istio's `HealthInfoType`): a request without `error_detail`
+/// says healthy, one with it unhealthy (its message the probe's error).
+pub const HEALTH_TYPE: &str = "type.googleapis.com/istio.v1.HealthInformation";
 /// The node metadata key naming the WorkloadGroup a proxy registers in.
 pub const AUTO_REGISTER_GROUP: &str = "AUTO_REGISTER_GROUP";
 /// The annotation naming an entry's group (Istio's
@@ -110,6 +114,8 @@ enum Op {
     Disconnected(Arc<Object>, String),
     /// Delete it if it is still marked disconnected at that time.
     Expire(Arc<Object>, String),
+    /// Write its `Healthy` condition (the object carries it).
+    Health(Arc<Object>),
 }
 
 /// The auto-registered WorkloadEntries, by `namespace/name`.
@@ -134,6 +140,12 @@ impl Registration {
     /// The entry's `namespace/name`.
     pub fn key(&self) -> &str {
         &self.key
+    }
+
+    /// The proxy's agent reported its workload's health
+    /// ([`Registry::report_health`]).
+    pub fn report_health(&self, healthy: bool, message: Option<String>) {
+        self.registry.report_health(&self.key, healthy, message);
     }
 }
 
@@ -237,7 +249,9 @@ impl Registry {
                 }
             });
             if !same_entry(&slot.object, &object) {
-                slot.object = object;
+                // What the agent last reported stays (Istio keeps the
+                // status on a reconnect).
+                slot.object = with_status_of(object, &slot.object);
                 changed = true;
             }
             slot.connections += 1;
@@ -308,6 +322,55 @@ impl Registry {
         }
     }
 
+    /// The workload's health, as its agent reports it over xDS (a request
+    /// of type [`HEALTH_TYPE`]; Istio's `QueueWorkloadEntryHealth`): the
+    /// entry `key`'s `Healthy` condition becomes `True`, or `False` with the
+    /// probe's error `message`. The endpoint of a health-checked entry
+    /// ([`crds::service_entry::HEALTH_CHECKS_ANNOTATION`], set when its
+    /// WorkloadGroup has a `probe`) serves only while it is `True`. A
+    /// report that changes nothing writes nothing.
+    pub fn report_health(&self, key: &str, healthy: bool, message: Option<String>) {
+        use crds::service_entry::{HEALTHY_CONDITION, IstioCondition};
+        let status = if healthy { "True" } else { "False" };
+        let message = if healthy { None } else { message };
+        let updated = self.entries.lock().ok().and_then(|mut entries| {
+            let slot = entries.get_mut(key)?;
+            let Object::WorkloadEntry(entry) = &*slot.object else {
+                return None;
+            };
+            let conditions = entry.status.as_ref().map(|s| s.conditions.as_slice());
+            let current = conditions
+                .unwrap_or_default()
+                .iter()
+                .find(|c| c.type_ == HEALTHY_CONDITION);
+            if current.is_some_and(|c| c.status == status && c.message == message) {
+                return None;
+            }
+            let now = k8s_openapi::jiff::Timestamp::now().to_string();
+            let condition = IstioCondition {
+                type_: HEALTHY_CONDITION.to_owned(),
+                status: status.to_owned(),
+                last_probe_time: Some(now.clone()),
+                last_transition_time: Some(now),
+                reason: None,
+                message,
+            };
+            let mut entry = (**entry).clone();
+            let status = entry.status.get_or_insert_with(Default::default);
+            status.conditions.retain(|c| c.type_ != HEALTHY_CONDITION);
+            status.conditions.push(condition);
+            slot.object = Arc::new(Object::WorkloadEntry(Box::new(entry)));
+            Some(slot.object.clone())
+        });
+        let Some(object) = updated else { return };
+        info!(entry = %key, healthy, "WorkloadEntry health reported");
+        if self.api.get().is_some() {
+            self.send(Op::Health(object));
+        } else {
+            self.signal();
+        }
+    }
+
     /// The registered entries, by `namespace/name`.
     pub fn objects(&self) -> Vec<Arc<Object>> {
         self.entries
@@ -344,7 +407,10 @@ impl Registry {
 async fn write(client: kube::Client, controller: String, mut ops: mpsc::UnboundedReceiver<Op>) {
     use kube::api::{Api, DeleteParams, PostParams};
     while let Some(op) = ops.recv().await {
-        let (Op::Connected(object) | Op::Disconnected(object, _) | Op::Expire(object, _)) = &op;
+        let (Op::Connected(object)
+        | Op::Disconnected(object, _)
+        | Op::Expire(object, _)
+        | Op::Health(object)) = &op;
         let Object::WorkloadEntry(entry) = &**object else {
             continue;
         };
@@ -388,11 +454,43 @@ async fn write(client: kube::Client, controller: String, mut ops: mpsc::Unbounde
                 Ok(None) => Ok(()),
                 Err(e) => Err(e),
             },
+            Op::Health(_) => write_health(&api, name, entry).await,
         };
         if let Err(e) = result {
             warn!(entry = %format!("{ns}/{name}"), error = %e, "writing an auto-registered WorkloadEntry failed");
         }
     }
+}
+
+/// Writes the `Healthy` condition of `entry` into the status of entry
+/// `name` (Istio's `UpdateStatus` of the condition): the current
+/// conditions read, that one replaced, a merge patch of the `status`
+/// subresource.
+async fn write_health(
+    api: &kube::Api<WorkloadEntry>,
+    name: &str,
+    entry: &WorkloadEntry,
+) -> Result<(), kube::Error> {
+    use crds::service_entry::HEALTHY_CONDITION;
+    use kube::api::{Patch, PatchParams};
+    let ours = entry
+        .status
+        .iter()
+        .flat_map(|s| &s.conditions)
+        .filter(|c| c.type_ == HEALTHY_CONDITION);
+    let current = api.get_status(name).await?;
+    let mut conditions: Vec<_> = current
+        .status
+        .map(|s| s.conditions)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| c.type_ != HEALTHY_CONDITION)
+        .collect();
+    conditions.extend(ours.cloned());
+    let patch = serde_json::json!({"status": {"conditions": conditions}});
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map(|_| ())
 }
 
 /// Replaces the annotations of entry `name` (a JSON Patch).
@@ -513,6 +611,18 @@ pub async fn clean_up(
 }
 
 /// Whether two entries have the same spec and metadata.
+/// `object` (a WorkloadEntry) with the status of `old`.
+fn with_status_of(object: Arc<Object>, old: &Object) -> Arc<Object> {
+    match (&*object, old) {
+        (Object::WorkloadEntry(new), Object::WorkloadEntry(old)) if old.status.is_some() => {
+            let mut entry = (**new).clone();
+            entry.status.clone_from(&old.status);
+            Arc::new(Object::WorkloadEntry(Box::new(entry)))
+        }
+        _ => object,
+    }
+}
+
 fn same_entry(a: &Object, b: &Object) -> bool {
     match (a, b) {
         (Object::WorkloadEntry(a), Object::WorkloadEntry(b)) => {
@@ -566,6 +676,13 @@ pub fn entry_from_group(
         spec.locality = Some(workload.locality.clone());
     }
     let mut annotations = BTreeMap::from([(GROUP_ANNOTATION.to_owned(), workload.group.clone())]);
+    if group.probe.is_some() {
+        // Its agent probes it: the endpoint serves once a probe succeeds.
+        annotations.insert(
+            crds::service_entry::HEALTH_CHECKS_ANNOTATION.to_owned(),
+            "true".to_owned(),
+        );
+    }
     annotations.extend(metadata.annotations);
     WorkloadEntry {
         metadata: ObjectMeta {
@@ -588,6 +705,7 @@ pub fn entry_from_group(
             ..Default::default()
         },
         spec,
+        status: None,
     }
 }
 
@@ -719,5 +837,56 @@ spec:
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(registry.objects().is_empty());
         assert!(rx.try_recv().is_ok(), "the removal is signalled");
+    }
+
+    #[tokio::test]
+    async fn health_reports_gate_a_probed_groups_entry() {
+        let probed = Snapshot::build(
+            1,
+            &crds::objects_of(&["apiVersion: networking.istio.io/v1
+kind: WorkloadGroup
+metadata: {name: vms, namespace: shop}
+spec:
+  template: {serviceAccount: ratings}
+  probe: {httpGet: {path: /ready, port: 9080}}
+"]),
+            translator::model::MeshConfig::default(),
+        );
+        let entry = |registry: &Registry| match &*registry.objects()[0] {
+            Object::WorkloadEntry(we) => (**we).clone(),
+            other => panic!("{other:?}"),
+        };
+        // A group without a probe: not health-checked, healthy.
+        let plain = Registry::new(Duration::from_secs(10));
+        let _held = plain.connect(&snapshot(), &vm("10.0.0.8")).unwrap();
+        assert!(entry(&plain).healthy() && !entry(&plain).health_checked());
+
+        let registry = Registry::new(Duration::from_secs(10));
+        let (tx, mut rx) = mpsc::channel(1);
+        registry.notify(tx);
+        let held = registry.connect(&probed, &vm("10.0.0.7")).unwrap();
+        let _ = rx.try_recv();
+        // Health-checked: unhealthy until the first report says otherwise.
+        assert!(entry(&registry).health_checked());
+        assert!(!entry(&registry).healthy());
+        held.report_health(true, None);
+        assert!(entry(&registry).healthy());
+        assert!(rx.try_recv().is_ok(), "a change is signalled");
+        held.report_health(true, None);
+        assert!(rx.try_recv().is_err(), "the same report again: no change");
+        held.report_health(false, Some("connection refused".into()));
+        let we = entry(&registry);
+        assert!(!we.healthy());
+        let condition = &we.status.as_ref().unwrap().conditions[0];
+        assert_eq!(
+            (condition.type_.as_str(), condition.status.as_str()),
+            ("Healthy", "False")
+        );
+        assert_eq!(condition.message.as_deref(), Some("connection refused"));
+        // A reconnect keeps what was reported.
+        let again = registry.connect(&probed, &vm("10.0.0.7")).unwrap();
+        assert!(!entry(&registry).healthy());
+        again.report_health(true, None);
+        assert!(entry(&registry).healthy());
     }
 }

@@ -2105,7 +2105,7 @@ impl Snapshot {
                     },
                 }),
                 Object::WorkloadEntry(we) => {
-                    workloads.entries.insert((ns, name), (&we.spec, shared));
+                    workloads.entries.insert((ns, name), (&**we, shared));
                 }
             }
         }
@@ -2941,12 +2941,12 @@ fn service_entry_services(
         Some(selector) => Some(
             workloads
                 .entries_in(ns)
-                .filter(|(we, _)| selects_workload(&selector.labels, &we.labels))
+                .filter(|(we, _)| selects_workload(&selector.labels, &we.spec.labels))
                 .filter(|(we, _)| {
-                    let address = we.address.as_deref().unwrap_or_default();
+                    let address = we.spec.address.as_deref().unwrap_or_default();
                     dns || address.is_empty() || address.parse::<std::net::IpAddr>().is_ok()
                 })
-                .filter_map(|(we, _)| workload_entry_endpoint(we, of_workload(&we.ports)))
+                .filter_map(|(we, _)| entry_object_endpoint(we, of_workload(&we.spec.ports)))
                 .chain(
                     workloads
                         .pods_in(ns)
@@ -3028,7 +3028,9 @@ fn unix_endpoints(
     let selected = spec.workload_selector.iter().flat_map(|selector| {
         workloads
             .named_entries_in(ns)
-            .filter(|(_, (we, _))| unix(we) && selects_workload(&selector.labels, &we.labels))
+            .filter(|(_, (we, _))| {
+                unix(&we.spec) && selects_workload(&selector.labels, &we.spec.labels)
+            })
             .map(|(name, _)| format!("spec.workloadSelector (WorkloadEntry {ns}/{name})"))
     });
     inline
@@ -3130,14 +3132,15 @@ enum KubernetesTarget {
     Named(String),
 }
 
-/// The endpoint WorkloadEntry `we` is of a Kubernetes service whose ports
+/// The endpoint WorkloadEntry `entry` is of a Kubernetes service whose ports
 /// reach it at `targets` ([`kubernetes_targets`]); `None` when it has no
 /// IP address (Istio selects no hostname or socket entries for Kubernetes
 /// services).
 fn kubernetes_entry_endpoint(
-    we: &crds::WorkloadEntrySpec,
+    entry: &crds::WorkloadEntry,
     targets: &[(String, KubernetesTarget)],
 ) -> Option<Endpoint> {
+    let we = &entry.spec;
     we.address.as_deref()?.parse::<std::net::IpAddr>().ok()?;
     let own = |name: &str| we.ports.get(name).copied().filter(|p| *p > 0);
     let ports = targets
@@ -3151,7 +3154,21 @@ fn kubernetes_entry_endpoint(
             (name.clone(), port)
         })
         .collect();
-    workload_entry_endpoint(we, Arc::new(ports))
+    entry_object_endpoint(entry, Arc::new(ports))
+}
+
+/// The endpoint of the WorkloadEntry object `we` ([`workload_entry_endpoint`]),
+/// ready only while it is healthy ([`crds::WorkloadEntry::healthy`]: a
+/// health-checked entry whose `Healthy` condition is not `True` is left
+/// out of EDS, as istiod leaves unhealthy endpoints out; it keeps its
+/// place everywhere else, e.g. its own proxy's inbound).
+fn entry_object_endpoint(
+    we: &crds::WorkloadEntry,
+    ports: Arc<BTreeMap<String, u32>>,
+) -> Option<Endpoint> {
+    let mut endpoint = workload_entry_endpoint(&we.spec, ports)?;
+    endpoint.ready = we.healthy();
+    Some(endpoint)
 }
 
 /// The workloads a selector can pick besides a Kubernetes service's own
@@ -3159,7 +3176,7 @@ fn kubernetes_entry_endpoint(
 /// (namespace, name).
 #[derive(Default)]
 struct Workloads<'a> {
-    entries: BTreeMap<(&'a str, &'a str), Read<'a, crds::WorkloadEntrySpec>>,
+    entries: BTreeMap<(&'a str, &'a str), Read<'a, crds::WorkloadEntry>>,
     /// Filled only when a ServiceEntry has a `workloadSelector`.
     pods: BTreeMap<(&'a str, &'a str), &'a PodInfo>,
 }
@@ -3169,7 +3186,7 @@ impl<'a> Workloads<'a> {
     fn named_entries_in<'s>(
         &'s self,
         ns: &'s str,
-    ) -> impl Iterator<Item = (&'a str, Read<'a, crds::WorkloadEntrySpec>)> + 's {
+    ) -> impl Iterator<Item = (&'a str, Read<'a, crds::WorkloadEntry>)> + 's {
         self.entries
             .range((ns, "")..)
             .take_while(move |((n, _), _)| *n == ns)
@@ -3180,7 +3197,7 @@ impl<'a> Workloads<'a> {
     fn entries_in<'s>(
         &'s self,
         ns: &'s str,
-    ) -> impl Iterator<Item = Read<'a, crds::WorkloadEntrySpec>> + 's {
+    ) -> impl Iterator<Item = Read<'a, crds::WorkloadEntry>> + 's {
         self.named_entries_in(ns).map(|(_, entry)| entry)
     }
 
@@ -3199,7 +3216,7 @@ impl<'a> Workloads<'a> {
         &self,
         ns: &str,
         svc: &k8s_openapi::api::core::v1::Service,
-    ) -> Vec<Read<'a, crds::WorkloadEntrySpec>> {
+    ) -> Vec<Read<'a, crds::WorkloadEntry>> {
         if self.entries.is_empty() {
             return Vec::new();
         }
@@ -3213,7 +3230,7 @@ impl<'a> Workloads<'a> {
             return Vec::new();
         }
         self.entries_in(ns)
-            .filter(|(we, _)| selects_workload(selector, &we.labels))
+            .filter(|(we, _)| selects_workload(selector, &we.spec.labels))
             .collect()
     }
 }
@@ -3225,7 +3242,7 @@ fn inputs(
     service: Option<&Arc<Object>>,
     slices: &[Read<'_, EndpointSlice>],
     pods: &[Option<Read<'_, PodInfo>>],
-    entries: &[Read<'_, crds::WorkloadEntrySpec>],
+    entries: &[Read<'_, crds::WorkloadEntry>],
 ) -> Option<Inputs> {
     let objects = std::iter::once(service)
         .chain(slices.iter().map(|(_, shared)| *shared))

@@ -404,3 +404,102 @@ fn workload_entries_are_validated_as_istio_does() {
     );
     assert_eq!(inline.unwrap().0, "spec.endpoints[0].address");
 }
+
+/// A health-checked WorkloadEntry (`proxy.istio.io/health-checks-enabled`,
+/// set by auto-registration when its WorkloadGroup has a `probe`) serves
+/// only while its `Healthy` condition is `True` (Istio's `isHealthy`): a new
+/// one without the condition, or one whose probe failed, is left out of
+/// EDS, for a Kubernetes Service and a ServiceEntry alike, while an entry
+/// without the annotation always serves.
+#[test]
+fn a_health_checked_entry_serves_only_while_healthy() {
+    let checked = |name: &str, address: &str, health: Option<&str>| {
+        let status = health.map_or(String::new(), |h| {
+            format!("status: {{conditions: [{{type: Healthy, status: '{h}'}}]}}\n")
+        });
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata:
+  name: {name}
+  namespace: default
+  annotations: {{proxy.istio.io/health-checks-enabled: 'true'}}
+spec: {{address: {address}, labels: {{app: ratings}}}}
+{status}---
+"
+        )
+    };
+    let eds = |snap: &Snapshot, cluster: &str| -> Vec<String> {
+        let sidecar = Proxy::from_node_id(
+            "sidecar~10.244.0.99~client-0.default~default.svc.cluster.local",
+            None,
+            Default::default(),
+        )
+        .unwrap();
+        let out = generate(snap, &sidecar);
+        let cla = out
+            .endpoints
+            .iter()
+            .find(|c| c.cluster_name == cluster)
+            .unwrap_or_else(|| panic!("no {cluster}"));
+        let mut addresses: Vec<String> = cla
+            .endpoints
+            .iter()
+            .flat_map(|l| &l.lb_endpoints)
+            .map(|e| format!("{:?}", e.host_identifier))
+            .filter_map(|text| {
+                [
+                    "10.0.0.1",
+                    "10.0.0.2",
+                    "10.0.0.3",
+                    "10.0.0.4",
+                    "10.244.0.13",
+                ]
+                .into_iter()
+                .find(|a| text.contains(&format!("\"{a}\"")))
+                .map(str::to_owned)
+            })
+            .collect();
+        addresses.sort();
+        addresses
+    };
+    let snap = mesh(&format!(
+        "{}{}{}{}",
+        checked("new", "10.0.0.1", None),
+        checked("up", "10.0.0.2", Some("True")),
+        checked("down", "10.0.0.3", Some("False")),
+        entry(
+            "plain",
+            "default",
+            "{address: 10.0.0.4, labels: {app: ratings}}"
+        ),
+    ));
+    assert_eq!(
+        eds(&snap, "outbound|9080||ratings.default.svc.cluster.local"),
+        ["10.0.0.2", "10.0.0.4", "10.244.0.13"]
+    );
+    // Every entry is still known (its own proxy's inbound keeps its place).
+    assert!(find(&snap, "ratings.default.svc.cluster.local", "10.0.0.1").is_some());
+
+    // A ServiceEntry selecting them takes the same rule.
+    let se = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ratings-vms, namespace: default}
+spec:
+  hosts: [ratings.vm.internal]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  workloadSelector: {labels: {app: ratings}}
+---
+";
+    let snap = mesh(&format!(
+        "{se}{}{}",
+        checked("down", "10.0.0.3", Some("False")),
+        checked("up", "10.0.0.2", Some("True")),
+    ));
+    assert_eq!(
+        eds(&snap, "outbound|9080||ratings.vm.internal"),
+        ["10.0.0.2", "10.244.0.13"]
+    );
+}

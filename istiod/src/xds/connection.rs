@@ -628,6 +628,17 @@ impl Connection {
             self.regenerate().await;
         }
         let type_url = req.type_url.clone();
+        if type_url == crate::autoregister::HEALTH_TYPE {
+            // The agent's probe result, for the proxy's auto-registered
+            // entry (Istio's `handleWorkloadHealthcheck`); nothing is sent back.
+            match &self.registration {
+                Some(r) => r.report_health(req.error.is_none(), req.error),
+                None => {
+                    debug!(node = %self.node_id, "health report from a proxy without an auto-registered WorkloadEntry; ignored")
+                }
+            }
+            return Ok(());
+        }
         if !PUSH_ORDER.contains(&type_url.as_str()) {
             debug!(node = %self.node_id, %type_url, "request for a type this server does not serve");
             return Ok(());
