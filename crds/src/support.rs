@@ -21,12 +21,18 @@ pub const NOT_YET: &[(&str, &str)] = &[
     ("Gateway", "spec.servers[].tls.insecureSkipVerify"),
     ("Telemetry", "spec.metrics[].reportingInterval"),
     ("Telemetry", "spec.metrics[].overrides[].match.customMetric"),
-    ("WorkloadGroup", "spec.probe"),
+    ("WorkloadGroup", "spec.probe.grpc"),
 ];
 
 /// Values read but not acted on yet: (kind, field path, value, what
 /// happens); a value ending in `*` stands for every value it begins.
 pub const NOT_YET_VALUES: &[(&str, &str, &str, &str)] = &[
+    (
+        "WorkloadGroup",
+        "probe.httpGet.scheme",
+        "HTTPS",
+        "the agent runs HTTP probes only (it refuses this one)",
+    ),
     (
         "Sidecar",
         "ingress[].defaultEndpoint",

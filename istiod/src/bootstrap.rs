@@ -12,7 +12,9 @@ use serde_json::{Value, json};
 pub struct BootstrapOptions {
     /// Istio node ID, `TYPE~IP~POD.NS~NS.svc.cluster.local`.
     pub node_id: String,
-    /// The daemon's xDS address, `HOST:PORT` (an IP or a DNS name).
+    /// The daemon's xDS address, `HOST:PORT` (an IP or a DNS name), or
+    /// `unix://PATH`: the agent's xDS proxy on a Unix socket
+    /// ([`crate::xds_proxy`], Istio's `./etc/istio/proxy/XDS`).
     pub xds_addr: String,
     /// Envoy admin port, on 127.0.0.1 (Istio's is 15000).
     pub admin_port: u16,
@@ -71,8 +73,8 @@ pub enum BootstrapError {
     /// The node ID is not Istio's form.
     #[error(transparent)]
     NodeId(#[from] translator::model::InvalidNodeId),
-    /// `--xds-addr` is not `HOST:PORT`.
-    #[error("invalid --xds-addr {0:?}: expected HOST:PORT")]
+    /// `--xds-addr` is not `HOST:PORT` or `unix://PATH`.
+    #[error("invalid --xds-addr {0:?}: expected HOST:PORT or unix://PATH")]
     XdsAddr(String),
 }
 
@@ -82,18 +84,28 @@ pub enum BootstrapError {
 /// [`BootstrapError`] for a malformed node ID or xDS address.
 pub fn bootstrap(opts: &BootstrapOptions) -> Result<Value, BootstrapError> {
     let proxy = translator::model::Proxy::from_node_id(&opts.node_id, None, opts.labels.clone())?;
-    let (host, port) = opts
-        .xds_addr
-        .rsplit_once(':')
-        .and_then(|(h, p)| {
-            Some((
-                h.trim_start_matches('[').trim_end_matches(']'),
-                p.parse::<u16>().ok()?,
-            ))
-        })
-        .filter(|(h, _)| !h.is_empty())
-        .ok_or_else(|| BootstrapError::XdsAddr(opts.xds_addr.clone()))?;
-    let is_ip = host.parse::<std::net::IpAddr>().is_ok();
+    let xds = match opts.xds_addr.strip_prefix("unix://") {
+        Some(path) if !path.is_empty() => ("STATIC", json!({ "pipe": { "path": path } })),
+        Some(_) => return Err(BootstrapError::XdsAddr(opts.xds_addr.clone())),
+        None => {
+            let (host, port) = opts
+                .xds_addr
+                .rsplit_once(':')
+                .and_then(|(h, p)| {
+                    Some((
+                        h.trim_start_matches('[').trim_end_matches(']'),
+                        p.parse::<u16>().ok()?,
+                    ))
+                })
+                .filter(|(h, _)| !h.is_empty())
+                .ok_or_else(|| BootstrapError::XdsAddr(opts.xds_addr.clone()))?;
+            let is_ip = host.parse::<std::net::IpAddr>().is_ok();
+            (
+                if is_ip { "STATIC" } else { "STRICT_DNS" },
+                json!({ "socket_address": { "address": host, "port_value": port } }),
+            )
+        }
+    };
     // Waited for however long it takes, as Istio's bootstrap does: with
     // Envoy's default of 15 s, a proxy that connects in a push storm stops
     // waiting for its clusters and listeners and starts without them.
@@ -139,11 +151,7 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<Value, BootstrapError> {
         },
         "static_resources": {
             "clusters": [
-                xds_cluster(
-                    if is_ip { "STATIC" } else { "STRICT_DNS" },
-                    json!({ "socket_address": { "address": host, "port_value": port } }),
-                    opts.xds_keepalive,
-                ),
+                xds_cluster(xds.0, xds.1, opts.xds_keepalive),
                 grpc_cluster(
                     translator::policy::AGENT_SDS_CLUSTER,
                     "STATIC",
@@ -272,5 +280,16 @@ mod tests {
         o.node_id = "sidecar~1.2.3.4~a.b~b.svc.cluster.local".into();
         o.xds_addr = "no-port".into();
         assert!(matches!(bootstrap(&o), Err(BootstrapError::XdsAddr(_))));
+        o.xds_addr = "unix://".into();
+        assert!(matches!(bootstrap(&o), Err(BootstrapError::XdsAddr(_))));
+        // The agent's xDS proxy: a pipe.
+        o.xds_addr = "unix://./etc/istio/proxy/XDS".into();
+        let b = bootstrap(&o).unwrap();
+        let xds = &b["static_resources"]["clusters"][0];
+        assert_eq!(xds["name"], "xds-grpc");
+        assert_eq!(xds["type"], "STATIC");
+        let address =
+            &xds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"];
+        assert_eq!(address["pipe"]["path"], "./etc/istio/proxy/XDS");
     }
 }

@@ -13,6 +13,7 @@ pub mod agent;
 pub mod autoregister;
 pub mod bootstrap;
 pub mod gateway_controller;
+pub mod health;
 pub mod kube_ca;
 pub mod leader;
 pub mod metrics;
@@ -22,6 +23,7 @@ pub mod secure;
 pub mod sources;
 pub mod webhooks;
 pub mod xds;
+pub mod xds_proxy;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

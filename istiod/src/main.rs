@@ -174,6 +174,16 @@ struct AgentArgs {
     /// sets it for a multi-network mesh.
     #[arg(long, env = "ISTIO_META_NETWORK", default_value = "")]
     network: String,
+    /// The workload's readiness probe (YAML or JSON, a WorkloadGroup's
+    /// `probe`; Istio's `defaultConfig.readinessProbe`, as `istioctl x
+    /// workload entry configure` writes it for a VM). When set, the agent
+    /// checks the application and reports its health to the daemon through
+    /// its xDS proxy, which Envoy then connects to on `--xds-socket`.
+    #[arg(long, env = "ISTIO_READINESS_PROBE")]
+    readiness_probe: Option<String>,
+    /// Where the agent's xDS proxy is served to Envoy.
+    #[arg(long, default_value = istiod::xds_proxy::ISTIO_XDS_SOCKET)]
+    xds_socket: PathBuf,
 }
 
 #[derive(Subcommand, Debug)]
@@ -285,7 +295,27 @@ fn main() -> ExitCode {
                 admin_port,
                 delta,
                 network,
+                readiness_probe,
+                xds_socket,
             } = *args;
+            let prober = match readiness_probe
+                .as_deref()
+                .map(istiod::health::Prober::parse)
+                .transpose()
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("istiod agent: --readiness-probe: {e}");
+                    return ExitCode::from(EX_USAGE);
+                }
+            };
+            // With health checks, Envoy's xDS goes through the agent.
+            let daemon_xds = xds_addr.clone();
+            let xds_addr = if prober.is_some() {
+                format!("unix://{}", xds_socket.display())
+            } else {
+                xds_addr
+            };
             let envoy = envoy.map(|binary| istiod::agent::EnvoyOptions {
                 binary,
                 bootstrap_path: bootstrap_out,
@@ -327,7 +357,17 @@ fn main() -> ExitCode {
                     .build()?;
                 rt.block_on(async {
                     let token = tokio_util::sync::CancellationToken::new();
-                    let (agent, tasks) = istiod::agent::start(opts, token.clone()).await?;
+                    let (agent, mut tasks) = istiod::agent::start(opts, token.clone()).await?;
+                    if let Some(prober) = prober {
+                        let (report, health) = tokio::sync::watch::channel(None);
+                        tasks.push(tokio::spawn(prober.run(report, token.clone())));
+                        tasks.push(istiod::xds_proxy::serve(
+                            xds_socket,
+                            &daemon_xds,
+                            health,
+                            token.clone(),
+                        )?);
+                    }
                     let mut child = None;
                     if let Some(envoy) = &envoy {
                         // Envoy starts once there is a certificate to serve it.

@@ -574,6 +574,18 @@ pub fn use_sds_socket(path: &Path) {
     SDS_SOCKET.with(|s| *s.borrow_mut() = path.display().to_string());
 }
 
+thread_local! {
+    static XDS_SOCKET: std::cell::RefCell<Option<PathBuf>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Envoys this test thread starts from now on connect for xDS to the
+/// agent's xDS proxy on the Unix socket at `path` ([`istiod::xds_proxy`])
+/// instead of the daemon.
+pub fn use_xds_socket(path: &Path) {
+    XDS_SOCKET.with(|s| *s.borrow_mut() = Some(path.to_owned()));
+}
+
 /// Envoys this test thread starts from now on use Delta xDS (also for every
 /// test with `XDS_PROTOCOL=delta`).
 pub fn use_delta_xds() {
@@ -733,7 +745,9 @@ impl Envoy {
     ) -> Envoy {
         let json = bootstrap(&BootstrapOptions {
             node_id: node_id.to_owned(),
-            xds_addr: xds.to_string(),
+            xds_addr: XDS_SOCKET
+                .with(|s| s.borrow().clone())
+                .map_or_else(|| xds.to_string(), |p| format!("unix://{}", p.display())),
             admin_port,
             labels: labels
                 .iter()

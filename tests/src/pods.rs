@@ -147,12 +147,28 @@ impl Pod {
         metadata: &[(&str, &str)],
         xds_addr: std::net::SocketAddr,
     ) -> crate::Envoy {
+        self.start_sidecar_through(sds_socket, None, labels, metadata, xds_addr)
+    }
+
+    /// As [`Pod::start_sidecar_with`]; with `xds_socket`, Envoy's xDS goes
+    /// through the agent's xDS proxy there ([`crate::use_xds_socket`]).
+    pub fn start_sidecar_through(
+        &self,
+        sds_socket: &std::path::Path,
+        xds_socket: Option<&std::path::Path>,
+        labels: &[(&str, &str)],
+        metadata: &[(&str, &str)],
+        xds_addr: std::net::SocketAddr,
+    ) -> crate::Envoy {
         let node_id = format!(
             "sidecar~{}~{}.default~default.svc.cluster.local",
             self.ip, self.name
         );
         self.run(|| {
             crate::use_sds_socket(sds_socket);
+            if let Some(socket) = xds_socket {
+                crate::use_xds_socket(socket);
+            }
             for (key, value) in metadata {
                 crate::use_node_metadata(key, value);
             }

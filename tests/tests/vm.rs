@@ -409,3 +409,120 @@ fn a_proxy_naming_no_workload_group_is_refused() {
         assert!(!clusters.resources.is_empty());
     });
 }
+
+/// Istio's VM health checks: the WorkloadGroup has a readiness `probe`, so
+/// the VM's auto-registered entry is health-checked and serves only once
+/// the probe passes. The VM's agent runs the probe (here a command that
+/// checks a file, `periodSeconds: 1`) and reports through its xDS proxy,
+/// which the VM's Envoy connects to instead of the daemon: the entry is
+/// registered unhealthy (productpage's sidecar is not sent it), becomes an
+/// endpoint when the probe passes, and leaves EDS again when it fails.
+#[test]
+fn a_vm_serves_only_while_its_readiness_probe_passes() {
+    use std::os::unix::fs::PermissionsExt;
+    let group = "
+apiVersion: networking.istio.io/v1
+kind: WorkloadGroup
+metadata: {name: ratings-vms, namespace: default}
+spec:
+  metadata: {labels: {app: ratings, version: vm}}
+  template: {serviceAccount: ratings-vm}
+  probe: {exec: {command: [/bin/true]}}
+";
+    let world = World::start(("ratings-vm-1", "10.244.0.31"), ("group.yaml", group));
+    let World { daemon, client, .. } = &world;
+    let (client_envoy, pod_envoy) = world.pod_sidecars();
+    let ratings_hosts = || client_envoy.hosts("outbound|9080||ratings.default.svc.cluster.local");
+    e2e::wait_synced(daemon, &[&client_envoy, &pod_envoy], SYNC);
+    assert_eq!(ratings_hosts(), ["10.244.0.12:9080"]);
+
+    // The VM's agent: the probe, as `istioctl x workload entry configure`
+    // gives it the group's (here checking a file the test makes), and the
+    // xDS proxy its Envoy connects to.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ready = dir.path().join("ready");
+    let socket = dir.path().join("XDS");
+    let token = tokio_util::sync::CancellationToken::new();
+    let _stop = token.clone().drop_guard();
+    let prober = istiod::health::Prober::parse(&format!(
+        "{{exec: {{command: [test, -e, {}]}}, periodSeconds: 1}}",
+        ready.display()
+    ))
+    .unwrap();
+    let (report, health) = tokio::sync::watch::channel(None);
+    world.rt.spawn(prober.run(report, token.clone()));
+    let _proxy = {
+        let _in_runtime = world.rt.enter();
+        istiod::xds_proxy::serve(
+            socket.clone(),
+            &daemon.xds_addr.to_string(),
+            health,
+            token.clone(),
+        )
+        .unwrap()
+    };
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let sds = start_agent_with_ttl(
+        world.rt.handle(),
+        daemon,
+        id("ratings-vm"),
+        Duration::from_secs(3600),
+    );
+    let vm_envoy = world.vm.start_sidecar_through(
+        &sds,
+        Some(&socket),
+        &[("app", "ratings")],
+        &[("AUTO_REGISTER_GROUP", "ratings-vms")],
+        daemon.xds_addr,
+    );
+    // Registered through the proxy, but not healthy yet: not an endpoint
+    // productpage's sidecar is sent.
+    let vm_endpoint = || {
+        daemon.snapshots.borrow().services["ratings.default.svc.cluster.local"]
+            .endpoints
+            .iter()
+            .find(|e| e.address == "10.244.0.31")
+            .map(|e| e.ready)
+    };
+    e2e::eventually(
+        SYNC,
+        || vm_endpoint().is_some().then_some(()),
+        || "the VM was not registered".to_owned(),
+    );
+    assert_eq!(vm_endpoint(), Some(false), "registered unhealthy");
+    e2e::wait_synced(daemon, &[&client_envoy, &pod_envoy, &vm_envoy], SYNC);
+    assert_eq!(ratings_hosts(), ["10.244.0.12:9080"]);
+
+    // The probe passes: the VM serves.
+    std::fs::write(&ready, "").unwrap();
+    e2e::eventually(
+        SYNC,
+        || (ratings_hosts() == ["10.244.0.12:9080", "10.244.0.31:9080"]).then_some(()),
+        || format!("the VM did not become an endpoint: {:?}", ratings_hosts()),
+    );
+    let mut seen = BTreeMap::new();
+    for _ in 0..40 {
+        let reply = client
+            .run(|| http_request("http://10.96.0.60:9080/ratings/0", &[("host", "ratings")]))
+            .unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        *seen
+            .entry(line(&reply.body, "pod=").to_owned())
+            .or_insert(0) += 1;
+    }
+    assert!(seen.contains_key("ratings-vm-1"), "{seen:?}");
+
+    // It fails: the VM leaves EDS, its proxy still connected.
+    std::fs::remove_file(&ready).unwrap();
+    e2e::eventually(
+        SYNC,
+        || (ratings_hosts() == ["10.244.0.12:9080"]).then_some(()),
+        || format!("the VM stayed an endpoint: {:?}", ratings_hosts()),
+    );
+    assert_eq!(vm_endpoint(), Some(false));
+    assert_eq!(
+        client_envoy.rejected() + pod_envoy.rejected() + vm_envoy.rejected(),
+        0
+    );
+}

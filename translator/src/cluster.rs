@@ -514,11 +514,16 @@ fn service_clusters(
             if !view.credentials {
                 policy.drop_credential();
             }
-            let endpoints: Vec<&Endpoint> = svc
+            // The subset's endpoints, ready or not: their identities and
+            // sidecars decide the cluster's TLS (as Istio's service accounts
+            // count every instance), so that an endpoint turning ready (a
+            // health-checked WorkloadEntry, a pod) changes EDS only.
+            let all: Vec<&Endpoint> = svc
                 .endpoints
                 .iter()
-                .filter(|ep| ep.ready && selects(labels, ep))
+                .filter(|ep| selects(labels, ep))
                 .collect();
+            let endpoints: Vec<&Endpoint> = all.iter().copied().filter(|ep| ep.ready).collect();
             // Most proxies and rules have no locality load balancing: the
             // endpoints' localities are gathered only for those that do.
             let plan = if policy.has_locality_plan(&view.locality) {
@@ -533,15 +538,18 @@ fn service_clusters(
             // Auto mTLS (Istio's default): no TLS settings from a rule,
             // an in-mesh service, and endpoints with a sidecar whose
             // PeerAuthentication on that port is not DISABLE.
-            let auto: Option<Vec<bool>> =
-                (snap.mesh.auto_mtls && policy.tls_unset() && !svc.external)
-                    .then(|| {
-                        endpoints
-                            .iter()
-                            .map(|e| e.in_mesh() && takes_mtls(snap, svc, port, e))
-                            .collect()
-                    })
-                    .filter(|a: &Vec<bool>| a.contains(&true));
+            let auto: Option<Vec<bool>> = (snap.mesh.auto_mtls
+                && policy.tls_unset()
+                && !svc.external
+                && all
+                    .iter()
+                    .any(|e| e.in_mesh() && takes_mtls(snap, svc, port, e)))
+            .then(|| {
+                endpoints
+                    .iter()
+                    .map(|e| e.in_mesh() && takes_mtls(snap, svc, port, e))
+                    .collect()
+            });
             // A ServiceEntry's identities also stand in for the SANs a
             // rule's SIMPLE or MUTUAL settings leave out (Istio's
             // `constructUpstreamTLS`).
@@ -549,7 +557,7 @@ fn service_clusters(
             let identity =
                 (policy.istio_mutual() || auto.is_some() || entry_tls).then(|| IstioTls {
                     sni: istio_sni(port.port, subset, &svc.hostname),
-                    sans: identities(&snap.mesh, svc, &endpoints),
+                    sans: identities(&snap.mesh, svc, &all),
                     auto,
                 });
             let auto = identity.as_ref().filter(|i| i.auto.is_some());

@@ -481,6 +481,54 @@ spec: {{address: {address}, labels: {{app: ratings}}}}
     // Every entry is still known (its own proxy's inbound keeps its place).
     assert!(find(&snap, "ratings.default.svc.cluster.local", "10.0.0.1").is_some());
 
+    // The identity of an entry not serving yet is already among the
+    // cluster's SANs, so that its turning healthy changes EDS only (as the
+    // change set says): the clients' TLS accepts it once it is sent.
+    let vm = |health: Option<&str>| {
+        mesh(&checked("vm", "10.0.0.5", health).replace(
+            "labels: {app: ratings}",
+            "labels: {app: ratings}, serviceAccount: ratings-vm",
+        ))
+    };
+    let (before, after) = (vm(None), vm(Some("True")));
+    let sidecar = Proxy::from_node_id(
+        "sidecar~10.244.0.99~client-0.default~default.svc.cluster.local",
+        None,
+        Default::default(),
+    )
+    .unwrap();
+    let cluster = generate(&before, &sidecar)
+        .clusters
+        .into_iter()
+        .find(|c| c.name == "outbound|9080||ratings.default.svc.cluster.local")
+        .unwrap();
+    let Some(TransportSocket {
+        config_type: Some(transport_socket::ConfigType::TypedConfig(tls)),
+        ..
+    }) = &cluster.transport_socket_matches[0].transport_socket
+    else {
+        panic!("{cluster:?}")
+    };
+    let sans = format!(
+        "{:?}",
+        UpstreamTlsContext::decode(tls.value.as_slice())
+            .unwrap()
+            .common_tls_context
+    );
+    assert!(
+        sans.contains("spiffe://cluster.local/ns/default/sa/ratings-vm"),
+        "{sans}"
+    );
+    let changes = translator::changes::ChangeSet::between(&before, &after);
+    assert!(
+        matches!(
+            changes.effect(&sidecar),
+            translator::changes::Effect::Endpoints(_)
+        ),
+        "{:?}",
+        changes.effect(&sidecar)
+    );
+
     // A ServiceEntry selecting them takes the same rule.
     let se = "apiVersion: networking.istio.io/v1
 kind: ServiceEntry

@@ -1,0 +1,201 @@
+//! The agent's xDS proxy (Istio's `pkg/istio-agent/xds_proxy.go`): Envoy's
+//! ADS stream goes to the agent on a Unix socket (Istio's
+//! `./etc/istio/proxy/XDS`), and the agent carries it to the daemon, one
+//! upstream stream per Envoy stream, requests and responses passed through
+//! unchanged, State of the World and Delta alike. What the agent adds is the
+//! workload's health ([`crate::health`]): each change, and the last one again
+//! at the start of every new stream, is sent upstream as a request of type
+//! [`crate::autoregister::HEALTH_TYPE`] (healthy: no `error_detail`;
+//! unhealthy: `error_detail` with code 13, `INTERNAL`, and the check's error,
+//! as Istio's agent sends it), after Envoy's first request (which names the
+//! node).
+
+use std::path::PathBuf;
+use std::pin::Pin;
+
+use anyhow::Context;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use envoy_types::pb::google::rpc::Status as RpcStatus;
+use futures::Stream;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info, warn};
+
+use crate::autoregister::HEALTH_TYPE;
+use crate::health::Health;
+
+/// Where Istio's agent serves xDS to Envoy, relative to the proxy's working
+/// directory.
+pub const ISTIO_XDS_SOCKET: &str = "./etc/istio/proxy/XDS";
+
+/// gRPC's `INTERNAL`, the code of an unhealthy report.
+const INTERNAL: i32 = 13;
+
+/// The proxy: the daemon's address and the health to report.
+#[derive(Clone)]
+struct XdsProxy {
+    /// The daemon's xDS endpoint, `http://HOST:PORT`.
+    upstream: tonic::transport::Endpoint,
+    health: watch::Receiver<Option<Health>>,
+}
+
+/// Serves the proxy on the Unix socket `socket` (created; its folder too),
+/// forwarding to the daemon at `upstream` (`HOST:PORT`, plaintext, as
+/// Envoy's own `xds-grpc` cluster connects), with the workload's `health`,
+/// until `token` is cancelled.
+///
+/// # Errors
+/// The address does not parse or the socket cannot be created.
+pub fn serve(
+    socket: PathBuf,
+    upstream: &str,
+    health: watch::Receiver<Option<Health>>,
+    token: CancellationToken,
+) -> anyhow::Result<JoinHandle<()>> {
+    let upstream = tonic::transport::Endpoint::from_shared(format!("http://{upstream}"))
+        .with_context(|| format!("xDS address {upstream}"))?;
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
+    }
+    let _ = std::fs::remove_file(&socket);
+    let listener = tokio::net::UnixListener::bind(&socket)
+        .with_context(|| format!("xDS socket {}", socket.display()))?;
+    info!(socket = %socket.display(), "xDS proxy serving");
+    let proxy = XdsProxy { upstream, health };
+    Ok(tokio::spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .add_service(AggregatedDiscoveryServiceServer::new(proxy))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::UnixListenerStream::new(listener),
+                token.cancelled_owned(),
+            )
+            .await;
+        if let Err(e) = served {
+            warn!(error = %e, "xDS proxy stopped");
+        }
+    }))
+}
+
+/// What the upstream stream carries: Envoy's requests, then health reports
+/// made as `report` makes them.
+fn upstream_requests<R: Send + 'static>(
+    mut downstream: Streaming<R>,
+    mut health: watch::Receiver<Option<Health>>,
+    report: fn(&Health) -> R,
+) -> ReceiverStream<R> {
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        // Envoy's first request names the node: the daemon needs it first.
+        match downstream.next().await {
+            Some(Ok(first)) => {
+                if tx.send(first).await.is_err() {
+                    return;
+                }
+            }
+            _ => return,
+        }
+        // What was concluded before this stream began, then each change.
+        health.mark_changed();
+        loop {
+            tokio::select! {
+                request = downstream.next() => match request {
+                    Some(Ok(r)) => {
+                        if tx.send(r).await.is_err() {
+                            return;
+                        }
+                    }
+                    // Envoy's stream ended (or broke): so does the upstream one.
+                    _ => return,
+                },
+                changed = health.changed() => {
+                    if changed.is_err() {
+                        // The checks stopped; keep passing Envoy's requests.
+                        health = watch::channel(None).1;
+                        continue;
+                    }
+                    let current = health.borrow_and_update().clone();
+                    if let Some(h) = current {
+                        debug!(health = ?h, "health reported upstream");
+                        if tx.send(report(&h)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+fn error_detail(health: &Health) -> Option<RpcStatus> {
+    match health {
+        Health::Healthy => None,
+        Health::Unhealthy(message) => Some(RpcStatus {
+            code: INTERNAL,
+            message: message.clone(),
+            details: Vec::new(),
+        }),
+    }
+}
+
+type Responses<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for XdsProxy {
+    type StreamAggregatedResourcesStream = Responses<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = Responses<DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let requests = upstream_requests(request.into_inner(), self.health.clone(), |h| {
+            DiscoveryRequest {
+                type_url: HEALTH_TYPE.to_owned(),
+                error_detail: error_detail(h),
+                ..Default::default()
+            }
+        });
+        let channel = self.upstream.connect().await.map_err(unavailable)?;
+        let responses = AggregatedDiscoveryServiceClient::new(channel)
+            .max_decoding_message_size(usize::MAX)
+            .stream_aggregated_resources(requests)
+            .await?
+            .into_inner();
+        Ok(Response::new(Box::pin(responses)))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let requests = upstream_requests(request.into_inner(), self.health.clone(), |h| {
+            DeltaDiscoveryRequest {
+                type_url: HEALTH_TYPE.to_owned(),
+                error_detail: error_detail(h),
+                ..Default::default()
+            }
+        });
+        let channel = self.upstream.connect().await.map_err(unavailable)?;
+        let responses = AggregatedDiscoveryServiceClient::new(channel)
+            .max_decoding_message_size(usize::MAX)
+            .delta_aggregated_resources(requests)
+            .await?
+            .into_inner();
+        Ok(Response::new(Box::pin(responses)))
+    }
+}
+
+fn unavailable(e: tonic::transport::Error) -> Status {
+    Status::unavailable(format!("the daemon's xDS endpoint: {e}"))
+}
