@@ -478,7 +478,7 @@ async fn write_health(
         .iter()
         .flat_map(|s| &s.conditions)
         .filter(|c| c.type_ == HEALTHY_CONDITION);
-    let current = api.get_status(name).await?;
+    let current = api.get(name).await?;
     let mut conditions: Vec<_> = current
         .status
         .map(|s| s.conditions)

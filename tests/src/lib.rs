@@ -618,8 +618,9 @@ pub struct AdsStream {
     /// The daemon's responses (its refusal is the first one's error).
     pub responses:
         tonic::Streaming<envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse>,
-    // Dropping it ends the requests, and the daemon closes the stream.
-    _requests:
+    /// Further requests on the stream (e.g. an agent's health reports);
+    /// dropping it ends the requests, and the daemon closes the stream.
+    pub requests:
         tokio::sync::mpsc::Sender<envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest>,
 }
 
@@ -665,7 +666,7 @@ pub async fn ads_stream(xds: SocketAddr, node_id: &str, metadata: &[(&str, &str)
         .into_inner();
     AdsStream {
         responses,
-        _requests: tx,
+        requests: tx,
     }
 }
 

@@ -1174,6 +1174,113 @@ spec:
     assert_eq!(envoy.rejected(), 0);
 }
 
+/// Health-checked auto-registration with the Kubernetes source: the group
+/// has a readiness `probe`, so the entry written to the API server is
+/// annotated `proxy.istio.io/health-checks-enabled` and is not an endpoint
+/// until the VM's agent reports it healthy on its xDS stream; each report
+/// is written to the entry's `status` (condition `Healthy`, the probe's
+/// error as the message when `False`), and the endpoint follows it.
+#[test]
+fn health_reports_are_written_to_the_auto_registered_entry() {
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+    use envoy_types::pb::google::rpc::Status as RpcStatus;
+    let mesh = Mesh::start_kube(true, &[]);
+    let (api, daemon) = (mesh.api(), &mesh.daemon);
+    let envoy = mesh.sidecar();
+    apply(daemon, &[&envoy], || {
+        api.apply_yaml(
+            "apiVersion: networking.istio.io/v1
+kind: WorkloadGroup
+metadata: {name: vms, namespace: default}
+spec:
+  metadata: {labels: {app: vm-app}}
+  template: {ports: {http: 9080}}
+  probe: {httpGet: {path: /ready, port: 9080}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: vm-app, namespace: default}
+spec:
+  hosts: [vm.example.internal]
+  addresses: [10.96.0.80]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  workloadSelector: {labels: {app: vm-app}}
+",
+        );
+    });
+    let hosts = || envoy.hosts("outbound|9080||vm.example.internal");
+    let vm = mesh.block_on(e2e::ads_stream(
+        daemon.xds_addr,
+        "sidecar~127.0.1.4~vm-1.default~default.svc.cluster.local",
+        &[("AUTO_REGISTER_GROUP", "vms")],
+    ));
+    let entry = || {
+        api.get(
+            "networking.istio.io/v1",
+            "WorkloadEntry",
+            "default",
+            "vms-127.0.1.4",
+        )
+    };
+    let written = e2e::eventually(SYNC, entry, || "no WorkloadEntry written".into());
+    assert_eq!(
+        written["metadata"]["annotations"]["proxy.istio.io/health-checks-enabled"],
+        "true"
+    );
+    // Registered, not yet healthy: not an endpoint.
+    e2e::wait_synced(daemon, &[&envoy], SYNC);
+    assert!(hosts().is_empty(), "{:?}", hosts());
+
+    let report = |error: Option<&str>| {
+        let request = DiscoveryRequest {
+            type_url: istiod::autoregister::HEALTH_TYPE.into(),
+            error_detail: error.map(|m| RpcStatus {
+                code: 13,
+                message: m.into(),
+                details: vec![],
+            }),
+            ..Default::default()
+        };
+        mesh.block_on(vm.requests.send(request)).unwrap();
+    };
+    let healthy = |status: &str| {
+        let status = status.to_owned();
+        move || {
+            let e = entry()?;
+            let c = e["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| c["type"] == "Healthy")?
+                .clone();
+            (c["status"] == status.as_str()).then_some(c)
+        }
+    };
+    report(None);
+    e2e::eventually(SYNC, healthy("True"), || format!("{:?}", entry()));
+    e2e::eventually(
+        SYNC,
+        || (hosts() == ["127.0.1.4:9080"]).then_some(()),
+        || format!("the VM is not an endpoint: {:?}", hosts()),
+    );
+
+    report(Some(
+        "Get \"http://localhost:9080/ready\": connection refused",
+    ));
+    let condition = e2e::eventually(SYNC, healthy("False"), || format!("{:?}", entry()));
+    assert_eq!(
+        condition["message"],
+        "Get \"http://localhost:9080/ready\": connection refused"
+    );
+    e2e::eventually(
+        SYNC,
+        || hosts().is_empty().then_some(()),
+        || format!("the VM is still an endpoint: {:?}", hosts()),
+    );
+    assert_eq!(envoy.rejected(), 0);
+}
+
 /// The Gateway API's collections, whose CRDs a cluster may not have.
 const GATEWAY_API: [&str; 8] = [
     "gateway.networking.k8s.io/v1/backendtlspolicies",

@@ -12,7 +12,8 @@
 //!
 //! Before parsing, each object is trimmed to what the model reads (no
 //! `managedFields`, `resourceVersion`, last-applied annotation, Istio
-//! `status`, of a Pod's status only its IPs and phase, of a Node only its
+//! `status` but a WorkloadEntry's `Healthy` condition, of a Pod's status
+//! only its IPs and phase, of a Node only its
 //! labels and external IPs). The trimmed
 //! object's fingerprint decides whether an update changed anything: a
 //! status-only or otherwise irrelevant update triggers no push.
@@ -433,8 +434,23 @@ fn trim(value: &mut Value, resource: &ApiResource) {
         || resource.group == crds::gateway_api::GROUP
     {
         // Written by control planes (this one's own status writes among
-        // them): never an input.
+        // them): never an input, but for a WorkloadEntry's health (the
+        // `Healthy` condition's status only: its times and message do not
+        // change what is served).
+        let healthy = (resource.kind == "WorkloadEntry")
+            .then(|| {
+                map.get("status")?
+                    .get("conditions")?
+                    .as_array()?
+                    .iter()
+                    .find(|c| c["type"] == crds::service_entry::HEALTHY_CONDITION)
+                    .map(|c| serde_json::json!({"conditions": [{"type": c["type"], "status": c["status"]}]}))
+            })
+            .flatten();
         map.remove("status");
+        if let Some(status) = healthy {
+            map.insert("status".into(), status);
+        }
     }
     if resource.kind == "ConfigMap" {
         let mesh = crds::mesh::MESH_CONFIGMAP;
@@ -696,6 +712,55 @@ mod tests {
         let mut moved = pod("3", "True");
         moved.data["status"]["podIP"] = "10.0.0.2".into();
         assert!(s.apply(pods, &w[pods], Event::Apply(moved)));
+
+        // A WorkloadEntry's status counts only for its `Healthy` condition.
+        let entries = w
+            .iter()
+            .position(|w| w.resource.kind == "WorkloadEntry")
+            .unwrap();
+        let entry = |rv: &str, conditions: Value| {
+            obj(serde_json::json!({
+                "metadata": {"name": "vm", "namespace": "default", "resourceVersion": rv,
+                             "annotations": {"proxy.istio.io/health-checks-enabled": "true"}},
+                "spec": {"address": "10.0.0.9"},
+                "status": {"observedGeneration": rv, "conditions": conditions},
+            }))
+        };
+        let healthy = |status: &str, at: &str| serde_json::json!([{"type": "Healthy", "status": status, "lastProbeTime": at, "message": at}]);
+        let mut s = Store::new(w.len());
+        assert!(s.apply(
+            entries,
+            &w[entries],
+            Event::Apply(entry("1", serde_json::json!([])))
+        ));
+        assert!(!s.apply(
+            entries,
+            &w[entries],
+            Event::Apply(entry(
+                "2",
+                serde_json::json!([{"type": "Other", "status": "True"}])
+            ))
+        ));
+        assert!(s.apply(
+            entries,
+            &w[entries],
+            Event::Apply(entry("3", healthy("True", "a")))
+        ));
+        assert!(!s.apply(
+            entries,
+            &w[entries],
+            Event::Apply(entry("4", healthy("True", "b")))
+        ));
+        let loaded = s.loaded();
+        let Some(Object::WorkloadEntry(we)) = loaded.objects().next() else {
+            panic!("no entry")
+        };
+        assert!(we.healthy());
+        assert!(s.apply(
+            entries,
+            &w[entries],
+            Event::Apply(entry("5", healthy("False", "b")))
+        ));
     }
 
     #[test]
