@@ -13,10 +13,6 @@ pub const NOT_YET: &[(&str, &str)] = &[
     ("VirtualService", "spec.http[].fault.abort.http2Error"),
     ("VirtualService", "spec.tcp[].match[].sourceSubnet"),
     ("DestinationRule", "loadBalancer.zoneAwareLbSetting"),
-    (
-        "DestinationRule",
-        "outlierDetection.outlierDetectionHttpErrorCodes",
-    ),
     ("Gateway", "spec.servers[].defaultEndpoint"),
     ("Gateway", "spec.servers[].tls.insecureSkipVerify"),
     ("Telemetry", "spec.metrics[].reportingInterval"),

@@ -315,6 +315,32 @@ fn traffic_policy(p: &mut Problems, field: &str, tp: &crate::destination_rule::T
     if let Some(lb) = &tp.load_balancer {
         load_balancer(p, &format!("{field}.loadBalancer"), lb);
     }
+    // HTTP statuses counted as errors, as Istio's CRD bounds them.
+    let outliers = tp
+        .outlier_detection
+        .iter()
+        .map(|o| (format!("{field}.outlierDetection"), o))
+        .chain(
+            tp.port_level_settings
+                .iter()
+                .enumerate()
+                .filter_map(|(i, l)| {
+                    Some((
+                        format!("{field}.portLevelSettings[{i}].outlierDetection"),
+                        l.outlier_detection.as_ref()?,
+                    ))
+                }),
+        );
+    for (at, o) in outliers {
+        for (j, code) in o.outlier_detection_http_error_codes.iter().enumerate() {
+            if !(100..=599).contains(code) {
+                p.push((
+                    format!("{at}.outlierDetectionHttpErrorCodes[{j}]"),
+                    format!("{code} is not an HTTP status (100-599)"),
+                ));
+            }
+        }
+    }
     for (i, port) in tp.port_level_settings.iter().enumerate() {
         if let Some(lb) = &port.load_balancer {
             load_balancer(
@@ -1436,6 +1462,28 @@ mod tests {
     }
 
     const HEAD: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r}\nspec:\n  hosts: [reviews]\n  http:\n";
+
+    #[test]
+    fn outlier_detection_error_codes_are_http_statuses() {
+        let dr = |policy: &str| {
+            check(&format!(
+                "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: r}}\nspec:\n  host: reviews\n  trafficPolicy: {policy}\n"
+            ))
+        };
+        assert!(dr("{outlierDetection: {outlierDetectionHttpErrorCodes: [429, 503]}}").is_ok());
+        assert_eq!(
+            field_of(dr(
+                "{outlierDetection: {outlierDetectionHttpErrorCodes: [429, 99]}}"
+            )),
+            "spec.trafficPolicy.outlierDetection.outlierDetectionHttpErrorCodes[1]"
+        );
+        assert_eq!(
+            field_of(dr(
+                "{portLevelSettings: [{port: {number: 9080}, outlierDetection: {outlierDetectionHttpErrorCodes: [600]}}]}"
+            )),
+            "spec.trafficPolicy.portLevelSettings[0].outlierDetection.outlierDetectionHttpErrorCodes[0]"
+        );
+    }
 
     #[test]
     fn sidecar_ingress_tls_is_checked_as_istio_does() {

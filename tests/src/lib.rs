@@ -1108,6 +1108,7 @@ struct Backend {
 /// - `/slow-fail/<ms>/<key>`: 503 after sleeping that long;
 /// - `/flaky/<n>/<key>`: 503 for the first `n` requests with that key (across all backends);
 /// - `/fail-on/<version>`: 503 from that version only;
+/// - `/fail-on/<version>/<code>`: that status from that version only;
 /// - `/header/<name>`: the value of that request header, `(none)` without it;
 /// - `/version`: the HTTP version it was asked in (`HTTP/1.1`, `HTTP/2.0`);
 /// - `/load/<version>`: an ORCA load report in its response header
@@ -1220,6 +1221,13 @@ async fn answer(b: Backend, req: axum::extract::Request) -> (axum::http::StatusC
         ["fail-on", v] if *v == b.version => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("{} {} is sick", b.app, b.version),
+        ),
+        ["fail-on", v, code] if *v == b.version => (
+            code.parse::<u16>()
+                .ok()
+                .and_then(|c| StatusCode::from_u16(c).ok())
+                .unwrap_or(StatusCode::BAD_REQUEST),
+            format!("{} {} answers {code}", b.app, b.version),
         ),
         _ => ok,
     }

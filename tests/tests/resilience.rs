@@ -429,6 +429,55 @@ spec:
     assert_eq!(ejections, 1);
 }
 
+/// `outlierDetectionHttpErrorCodes`: only the listed statuses count as the
+/// errors `consecutive5xxErrors` counts. With `[404, 429]`, v1's 503s eject
+/// nothing (they would without the list), while its first 429 ejects it.
+#[test]
+fn outlier_detection_counts_only_the_listed_statuses() {
+    let mesh = Mesh::start(true, &[]);
+    let envoy = mesh.sidecar();
+    mesh.apply(
+        &[&envoy],
+        "dr.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  trafficPolicy:
+    outlierDetection: {consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 3m, maxEjectionPercent: 100, outlierDetectionHttpErrorCodes: [404, 429]}
+",
+    );
+    let ejections = || -> u64 {
+        envoy
+            .stats()
+            .get("cluster.outbound|9080||reviews.default.svc.cluster.local.outlier_detection.ejections_enforced_total")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    // 503s from v1 are not errors here: v1 keeps answering (Envoy's default
+    // retries may hide some of them, not all of 60).
+    let sick = tally(&format!("{REVIEWS}/fail-on/v1"), "reviews", &[], 60);
+    assert!(sick.contains_key("status 503"), "{sick:?}");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(ejections(), 0, "a 503 is not a listed error");
+    // A 429 from v1 is: it is ejected, and only v2 and v3 answer.
+    let _ = tally(&format!("{REVIEWS}/fail-on/v1/429"), "reviews", &[], 30);
+    e2e::eventually(
+        std::time::Duration::from_secs(5),
+        || (ejections() == 1).then_some(()),
+        || format!("v1 was not ejected: {} ejections", ejections()),
+    );
+    let after = tally(&format!("{REVIEWS}/fail-on/v1/429"), "reviews", &[], 60);
+    let versions: BTreeSet<_> = after.keys().cloned().collect();
+    assert_eq!(
+        versions,
+        BTreeSet::from(["reviews v2".to_string(), "reviews v3".to_string()]),
+        "{after:?}"
+    );
+    assert_eq!(envoy.rejected(), 0);
+}
+
 #[test]
 fn consistent_hash_pins_each_user_to_one_endpoint() {
     let mesh = Mesh::start(true, &[]);

@@ -20,6 +20,9 @@ use envoy_types::pb::envoy::config::cluster::v3::{
     CircuitBreakers, Cluster, LoadBalancingPolicy, OutlierDetection as EnvoyOutlier,
     UpstreamConnectionOptions, circuit_breakers, load_balancing_policy,
 };
+use envoy_types::pb::envoy::config::common::matcher::v3::{
+    HttpHeadersMatch, MatchPredicate, match_predicate,
+};
 use envoy_types::pb::envoy::config::core::v3::{
     ApiConfigSource, ApiVersion, ConfigSource, DataSource, GrpcService, Http1ProtocolOptions,
     Http2ProtocolOptions, HttpProtocolOptions as CoreHttpOptions, KeepaliveSettings, RuntimeDouble,
@@ -27,13 +30,15 @@ use envoy_types::pb::envoy::config::core::v3::{
     api_config_source, config_source, data_source, grpc_service, transport_socket,
 };
 use envoy_types::pb::envoy::config::route::v3::route_action::{HashPolicy, hash_policy};
+use envoy_types::pb::envoy::config::route::v3::{HeaderMatcher, header_matcher};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, CommonTlsContext, SdsSecretConfig, SubjectAltNameMatcher,
     TlsCertificate, UpstreamTlsContext, common_tls_context, subject_alt_name_matcher,
 };
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
-    ExplicitHttpConfig, UpstreamProtocolOptions, UseDownstreamHttpConfig, explicit_http_config,
+    ExplicitHttpConfig, OutlierDetection as HttpOutlierDetection, UpstreamProtocolOptions,
+    UseDownstreamHttpConfig, explicit_http_config,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
 use envoy_types::pb::envoy::r#type::v3::Percent as EnvoyPercent;
@@ -450,6 +455,22 @@ impl Effective {
             _ => out.enforcing_consecutive_gateway_failure = u32v(Some(0)),
         }
         c.outlier_detection = Some(out);
+        if !o.outlier_detection_http_error_codes.is_empty() {
+            // Only these statuses count as errors (else every 5xx does):
+            // the cluster's HTTP options, kept as they are otherwise.
+            let mut options = c
+                .typed_extension_protocol_options
+                .get(UPSTREAM_HTTP_OPTIONS)
+                .and_then(|any| {
+                    <HttpProtocolOptions as prost::Message>::decode(any.value.as_slice()).ok()
+                })
+                .unwrap_or_else(|| upstream_http_options(None, UpstreamProtocol::Http1));
+            options.outlier_detection = Some(HttpOutlierDetection {
+                error_matcher: Some(status_matcher(&o.outlier_detection_http_error_codes)),
+            });
+            c.typed_extension_protocol_options
+                .insert(UPSTREAM_HTTP_OPTIONS.into(), pack_any(options));
+        }
         // Istio: panic mode below minHealthPercent (default 0: never).
         c.common_lb_config = Some(CommonLbConfig {
             healthy_panic_threshold: Some(EnvoyPercent {
@@ -598,6 +619,39 @@ fn sds_validation(sans: &[String], ca: String) -> common_tls_context::Validation
             ..Default::default()
         },
     )
+}
+
+/// A predicate matching responses whose `:status` is one of `codes`
+/// (Istio's `outlierDetectionHttpErrorCodes`, as the cluster's HTTP
+/// outlier detection `error_matcher`).
+fn status_matcher(codes: &[u32]) -> MatchPredicate {
+    let one = |code: &u32| MatchPredicate {
+        rule: Some(match_predicate::Rule::HttpResponseHeadersMatch(
+            HttpHeadersMatch {
+                headers: vec![HeaderMatcher {
+                    name: ":status".into(),
+                    header_match_specifier: Some(
+                        header_matcher::HeaderMatchSpecifier::StringMatch(StringMatcher {
+                            match_pattern: Some(string_matcher::MatchPattern::Exact(
+                                code.to_string(),
+                            )),
+                            ..Default::default()
+                        }),
+                    ),
+                    ..Default::default()
+                }],
+            },
+        )),
+    };
+    match codes {
+        [code] => one(code),
+        // A set takes two rules at least.
+        codes => MatchPredicate {
+            rule: Some(match_predicate::Rule::OrMatch(match_predicate::MatchSet {
+                rules: codes.iter().map(one).collect(),
+            })),
+        },
+    }
 }
 
 /// The key of a cluster's `typed_extension_protocol_options` for
