@@ -24,12 +24,6 @@ pub const NOT_YET: &[(&str, &str)] = &[
 /// happens); a value ending in `*` stands for every value it begins.
 pub const NOT_YET_VALUES: &[(&str, &str, &str, &str)] = &[
     (
-        "WorkloadGroup",
-        "probe.httpGet.scheme",
-        "HTTPS",
-        "the agent runs HTTP probes only (it refuses this one)",
-    ),
-    (
         "Sidecar",
         "ingress[].defaultEndpoint",
         "unix://*",

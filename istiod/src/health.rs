@@ -5,7 +5,8 @@
 //! the workload's WorkloadEntry `Healthy` condition.
 //!
 //! - **Checks**: `httpGet` (a `GET` of `scheme://host:port/path` with
-//!   `httpHeaders` and `User-Agent: istio-probe/1.0`; a status in
+//!   `httpHeaders` and `User-Agent: istio-probe/1.0`, over TLS for `HTTPS`
+//!   without verifying the certificate, as Istio's prober; a status in
 //!   [200, 400) is healthy; host `localhost` by default), `tcpSocket` (a
 //!   connection opens; host `localhost` by default), `exec` (the command
 //!   exits 0). Each is bounded by `timeoutSeconds`.
@@ -37,8 +38,11 @@ pub enum Health {
 /// What is checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Check {
-    /// `GET http://host:port/path` with these headers (name, value).
+    /// `GET http(s)://host:port/path` with these headers (name, value).
     Http {
+        /// HTTPS: the server's certificate is not verified (Istio's
+        /// prober: `InsecureSkipVerify`).
+        tls: bool,
         host: String,
         port: u16,
         path: String,
@@ -87,7 +91,7 @@ impl Prober {
     ///
     /// # Errors
     /// [`ProbeError`] for a probe without a check, with a gRPC check (Istio's
-    /// agent runs none either), an HTTPS one (not yet), or a bad port.
+    /// agent runs none either), a scheme other than HTTP(S), or a bad port.
     pub fn new(probe: &ReadinessProbe) -> Result<Prober, ProbeError> {
         let port = |field: &'static str, port: u32| {
             u16::try_from(port)
@@ -97,13 +101,18 @@ impl Prober {
         };
         let check = if let Some(h) = &probe.http_get {
             let scheme = h.scheme.as_deref().unwrap_or("HTTP").to_ascii_lowercase();
-            if scheme != "http" {
-                return Err(ProbeError::Unsupported(format!(
-                    "httpGet.scheme {scheme}: only HTTP probes are run"
-                )));
-            }
+            let tls = match scheme.as_str() {
+                "" | "http" => false,
+                "https" => true,
+                other => {
+                    return Err(ProbeError::Unsupported(format!(
+                        "httpGet.scheme {other}: HTTP or HTTPS"
+                    )));
+                }
+            };
             let path = h.path.clone().filter(|p| !p.is_empty()).unwrap_or_default();
             Check::Http {
+                tls,
                 host: host_or_localhost(h.host.as_deref()),
                 port: port("httpGet.port", h.port)?,
                 path: if path.starts_with('/') {
@@ -198,11 +207,27 @@ impl Prober {
                 }
             }
             Check::Http {
+                tls,
                 host,
                 port,
                 path,
                 headers,
-            } => http_get(host, *port, path, headers).await,
+            } => {
+                let stream = tokio::net::TcpStream::connect((host.as_str(), *port))
+                    .await
+                    .map_err(|e| format!("dial {host}:{port}: {e}"))?;
+                if *tls {
+                    let name = rustls::pki_types::ServerName::try_from(host.clone())
+                        .map_err(|e| format!("{host}: {e}"))?;
+                    let stream = tokio_rustls::TlsConnector::from(insecure_tls())
+                        .connect(name, stream)
+                        .await
+                        .map_err(|e| format!("TLS to {host}:{port}: {e}"))?;
+                    http_get(stream, (host, *port), path, headers).await
+                } else {
+                    http_get(stream, (host, *port), path, headers).await
+                }
+            }
         }
     }
 
@@ -253,18 +278,91 @@ fn host_or_localhost(host: Option<&str>) -> String {
         .to_owned()
 }
 
-/// `GET http://host:port/path` over one HTTP/1.1 connection (no keep-alive,
-/// as Istio's prober); a status in [200, 400) is healthy.
-async fn http_get(
-    host: &str,
-    port: u16,
+/// A TLS client that accepts any server certificate, as Istio's HTTPS
+/// prober (`InsecureSkipVerify`): a probe checks the application answers,
+/// not who it is.
+fn insecure_tls() -> std::sync::Arc<rustls::ClientConfig> {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map(|b| {
+            b.dangerous()
+                .with_custom_certificate_verifier(std::sync::Arc::new(AnyCertificate(provider)))
+                .with_no_client_auth()
+        });
+    match config {
+        Ok(c) => std::sync::Arc::new(c),
+        // The ring provider supports the default versions: not reached.
+        Err(_) => std::sync::Arc::new(
+            rustls::ClientConfig::builder()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth(),
+        ),
+    }
+}
+
+/// Accepts any certificate; signatures are still checked, so that the
+/// handshake itself is sound.
+#[derive(Debug)]
+struct AnyCertificate(std::sync::Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// `GET path` of `host:port` over `stream` (one HTTP/1.1 connection, no
+/// keep-alive, as Istio's prober); a status in [200, 400) is healthy.
+async fn http_get<S>(
+    stream: S,
+    (host, port): (&str, u16),
     path: &str,
     headers: &[(String, String)],
-) -> Result<(), String> {
+) -> Result<(), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     use http_body_util::Empty;
-    let stream = tokio::net::TcpStream::connect((host, port))
-        .await
-        .map_err(|e| format!("dial {host}:{port}: {e}"))?;
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
@@ -323,6 +421,7 @@ mod tests {
         assert_eq!(
             p.check,
             Check::Http {
+                tls: false,
                 host: "localhost".into(),
                 port: 8080,
                 path: "/".into(),
@@ -366,9 +465,11 @@ mod tests {
             Err(ProbeError::Unsupported(_))
         ));
         assert!(matches!(
-            probe("{httpGet: {port: 443, scheme: HTTPS}}"),
+            probe("{httpGet: {port: 443, scheme: FTP}}"),
             Err(ProbeError::Unsupported(_))
         ));
+        let https = probe("{httpGet: {port: 443, scheme: HTTPS}}").unwrap();
+        assert!(matches!(https.check, Check::Http { tls: true, .. }));
     }
 
     #[tokio::test]
@@ -410,6 +511,65 @@ mod tests {
         );
         let slow = probe("{exec: {command: [sleep, '5']}, timeoutSeconds: 1}").unwrap();
         assert_eq!(slow.check().await, Err("timed out after 1s".into()));
+    }
+
+    #[tokio::test]
+    async fn an_https_probe_takes_any_certificate() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // A server with a self-signed certificate for another name.
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["app.internal".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    continue;
+                };
+                let mut buf = vec![0; 4096];
+                let n = tls.read(&mut buf).await.unwrap_or(0);
+                let asked = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let status = if asked.starts_with("GET /healthz ") {
+                    "204 No Content"
+                } else {
+                    "500 Oops"
+                };
+                let reply =
+                    format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                let _ = tls.write_all(reply.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            }
+        });
+        let https = |path: &str| {
+            probe(&format!(
+                "{{httpGet: {{host: 127.0.0.1, port: {port}, path: {path}, scheme: HTTPS}}}}"
+            ))
+            .unwrap()
+        };
+        assert_eq!(https("/healthz").check().await, Ok(()));
+        let bad = https("/other").check().await.unwrap_err();
+        assert!(bad.contains("bad code 500"), "{bad}");
+        // Plain HTTP to the TLS port fails.
+        let plain = probe(&format!(
+            "{{httpGet: {{host: 127.0.0.1, port: {port}, path: /healthz}}}}"
+        ))
+        .unwrap();
+        assert!(plain.check().await.is_err());
     }
 
     #[tokio::test]
