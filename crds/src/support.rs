@@ -17,7 +17,6 @@ pub const NOT_YET: &[(&str, &str)] = &[
     ("Gateway", "spec.servers[].tls.insecureSkipVerify"),
     ("Telemetry", "spec.metrics[].reportingInterval"),
     ("Telemetry", "spec.metrics[].overrides[].match.customMetric"),
-    ("WorkloadGroup", "spec.probe.grpc"),
 ];
 
 /// Values read but not acted on yet: (kind, field path, value, what

@@ -792,7 +792,93 @@ fn workload_group(spec: &crate::WorkloadGroupSpec) -> Problems {
     // Checked as an entry with some address, the template's own refused above.
     template.address = Some("0.0.0.0".into());
     workload_entry(&mut p, "spec.template", &template);
+    if let Some(probe) = &spec.probe {
+        readiness_probe(&mut p, probe);
+    }
     p
+}
+
+/// Istio's `validateReadinessProbe`: timings not negative; exactly one of
+/// `httpGet` (a port in 1-65535, scheme `HTTP` or `HTTPS`, header names
+/// that are HTTP tokens), `tcpSocket` (a port in 1-65535) and `exec` (a
+/// command); a `grpc` check is refused (Istio's agent runs none).
+fn readiness_probe(p: &mut Problems, probe: &crate::workload_group::ReadinessProbe) {
+    let at = "spec.probe";
+    for (name, v) in [
+        ("periodSeconds", probe.period_seconds),
+        ("initialDelaySeconds", probe.initial_delay_seconds),
+        ("timeoutSeconds", probe.timeout_seconds),
+        ("successThreshold", probe.success_threshold),
+        ("failureThreshold", probe.failure_threshold),
+    ] {
+        if v.is_some_and(|v| v < 0) {
+            p.push((format!("{at}.{name}"), "must be non-negative".into()));
+        }
+    }
+    let port = |p: &mut Problems, field: &str, port: u32| {
+        if !(1..=65535).contains(&port) {
+            p.push((
+                format!("{at}.{field}"),
+                format!("port {port} is not in 1-65535"),
+            ));
+        }
+    };
+    let methods = [
+        probe.http_get.is_some(),
+        probe.tcp_socket.is_some(),
+        probe.exec.is_some(),
+        probe.grpc.is_some(),
+    ];
+    if methods.iter().filter(|m| **m).count() > 1 {
+        p.push((
+            at.into(),
+            "only one of httpGet, tcpSocket, exec and grpc may be set".into(),
+        ));
+    }
+    if let Some(h) = &probe.http_get {
+        port(p, "httpGet.port", h.port);
+        if let Some(s) = h.scheme.as_deref()
+            && !matches!(s, "" | "HTTP" | "HTTPS")
+        {
+            p.push((
+                format!("{at}.httpGet.scheme"),
+                format!("{s:?}: must be one of \"HTTPS\", \"HTTP\""),
+            ));
+        }
+        for (i, header) in h.http_headers.iter().enumerate() {
+            let name = header.name.as_deref().unwrap_or("");
+            if name.is_empty() || !name.bytes().all(is_token_byte) {
+                p.push((
+                    format!("{at}.httpGet.httpHeaders[{i}].name"),
+                    format!("{name:?} is not a valid HTTP header name"),
+                ));
+            }
+        }
+    } else if let Some(t) = &probe.tcp_socket {
+        port(p, "tcpSocket.port", t.port);
+    } else if let Some(e) = &probe.exec {
+        if e.command.is_empty() {
+            p.push((
+                format!("{at}.exec.command"),
+                "exec.command is required".into(),
+            ));
+        }
+    } else if probe.grpc.is_some() {
+        p.push((
+            format!("{at}.grpc"),
+            "unknown health check method: gRPC probes are not run by Istio's agent".into(),
+        ));
+    } else {
+        p.push((
+            at.into(),
+            "one of httpGet, tcpSocket or exec is required".into(),
+        ));
+    }
+}
+
+/// A byte of an HTTP token (RFC 9110 `tchar`), what a header name is made of.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// Istio's WorkloadEntry rules (its CRD's validations and
@@ -1462,6 +1548,57 @@ mod tests {
     }
 
     const HEAD: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r}\nspec:\n  hosts: [reviews]\n  http:\n";
+
+    #[test]
+    fn workload_groups_are_checked_as_istio_does() {
+        let wg = |spec: &str| {
+            check(&format!(
+                "apiVersion: networking.istio.io/v1\nkind: WorkloadGroup\nmetadata: {{name: g}}\nspec: {spec}\n"
+            ))
+        };
+        for good in [
+            "{template: {serviceAccount: a}}",
+            "{template: {}, probe: {httpGet: {port: 8080, path: /ready, scheme: HTTPS, httpHeaders: [{name: X-Probe, value: v}]}, periodSeconds: 5}}",
+            "{template: {}, probe: {tcpSocket: {port: 5432}}}",
+            "{template: {}, probe: {exec: {command: [cat, /ready]}}}",
+        ] {
+            assert!(wg(good).is_ok(), "{good}: {:?}", wg(good));
+        }
+        for (bad, field) in [
+            ("{template: {address: 10.0.0.1}}", "spec.template.address"),
+            ("{template: {}, probe: {periodSeconds: 5}}", "spec.probe"),
+            (
+                "{template: {}, probe: {tcpSocket: {port: 0}}}",
+                "spec.probe.tcpSocket.port",
+            ),
+            (
+                "{template: {}, probe: {httpGet: {port: 80, scheme: FTP}}}",
+                "spec.probe.httpGet.scheme",
+            ),
+            (
+                "{template: {}, probe: {httpGet: {port: 80, httpHeaders: [{name: 'a b'}]}}}",
+                "spec.probe.httpGet.httpHeaders[0].name",
+            ),
+            (
+                "{template: {}, probe: {exec: {command: []}}}",
+                "spec.probe.exec.command",
+            ),
+            (
+                "{template: {}, probe: {grpc: {port: 9090}}}",
+                "spec.probe.grpc",
+            ),
+            (
+                "{template: {}, probe: {exec: {command: ['true']}, failureThreshold: -1}}",
+                "spec.probe.failureThreshold",
+            ),
+            (
+                "{template: {}, probe: {exec: {command: ['true']}, tcpSocket: {port: 1}}}",
+                "spec.probe",
+            ),
+        ] {
+            assert_eq!(field_of(wg(bad)), field, "{bad}");
+        }
+    }
 
     #[test]
     fn outlier_detection_error_codes_are_http_statuses() {
