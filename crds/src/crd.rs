@@ -1,7 +1,7 @@
 //! CustomResourceDefinitions (`apiextensions.k8s.io/v1`) generated from this
 //! crate's types, shaped like Istio's own (`manifests/charts/base/files/crd-all.gen.yaml`):
 //! `networking.istio.io` kinds with versions `v1` (stored), `v1beta1` and
-//! `v1alpha3` (served, same schema), categories `istio-io` and
+//! `v1alpha3` (served, same schema; EnvoyFilter `v1alpha3` alone), categories `istio-io` and
 //! `networking-istio-io`; `security.istio.io` PeerAuthentication, RequestAuthentication and
 //! AuthorizationPolicy with `v1` and `v1beta1`, `security-istio-io`;
 //! `telemetry.istio.io` Telemetry with `v1` and `v1alpha1`,
@@ -20,8 +20,9 @@ use kube::CustomResourceExt;
 use serde_json::{Value, json};
 
 use crate::{
-    AuthorizationPolicy, DestinationRule, Gateway, PeerAuthentication, RequestAuthentication,
-    ServiceEntry, Sidecar, Telemetry, VirtualService, WorkloadEntry, WorkloadGroup,
+    AuthorizationPolicy, DestinationRule, EnvoyFilter, Gateway, PeerAuthentication,
+    RequestAuthentication, ServiceEntry, Sidecar, Telemetry, VirtualService, WorkloadEntry,
+    WorkloadGroup,
 };
 
 /// Category and served versions besides `v1` of the networking kinds.
@@ -113,6 +114,8 @@ pub fn definitions() -> Vec<Value> {
         shape(WorkloadGroup::crd(), NETWORKING, &[AGE]),
         shape(Gateway::crd(), NETWORKING, &[]),
         shape(Sidecar::crd(), NETWORKING, &[]),
+        // Served as `v1alpha3` only, as Istio serves it.
+        shape(EnvoyFilter::crd(), (NETWORKING.0, &[]), &[]),
         shape(
             PeerAuthentication::crd(),
             SECURITY,
@@ -230,12 +233,15 @@ mod tests {
     #[test]
     fn istios_versions_categories_and_one_stored_version() {
         let defs = definitions();
-        assert_eq!(defs.len(), 11);
+        assert_eq!(defs.len(), 12);
         let mut served = 0;
         for crd in &defs {
             let versions = crd["spec"]["versions"].as_array().unwrap();
             let names: Vec<_> = versions.iter().map(|v| v["name"].clone()).collect();
             let (category, expected) = match crd["spec"]["group"].as_str().unwrap() {
+                "networking.istio.io" if crd["spec"]["names"]["kind"] == "EnvoyFilter" => {
+                    ("networking-istio-io", vec!["v1alpha3"])
+                }
                 "networking.istio.io" => ("networking-istio-io", vec!["v1", "v1beta1", "v1alpha3"]),
                 "telemetry.istio.io" => ("telemetry-istio-io", vec!["v1", "v1alpha1"]),
                 _ => ("security-istio-io", vec!["v1", "v1beta1"]),
@@ -260,10 +266,11 @@ mod tests {
             !text.contains("additionalProperties: false"),
             "not structural"
         );
-        // Unknown fields are preserved only under `status`, as in Istio's CRDs.
+        // Unknown fields are preserved only under `status` and in an
+        // EnvoyFilter patch's `value` (a `Struct`), as in Istio's CRDs.
         assert_eq!(
             text.matches("x-kubernetes-preserve-unknown-fields").count(),
-            served
+            served + 1
         );
     }
 }

@@ -17,10 +17,10 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use crate::{
-    AuthorizationPolicy, DestinationRule, Gateway, NETWORKING_GROUP, NETWORKING_VERSIONS,
-    PeerAuthentication, RequestAuthentication, SECURITY_GROUP, SECURITY_VERSIONS, ServiceEntry,
-    Sidecar, TELEMETRY_GROUP, TELEMETRY_VERSIONS, Telemetry, VirtualService, WorkloadEntry,
-    WorkloadGroup, gateway_api,
+    AuthorizationPolicy, DestinationRule, EnvoyFilter, Gateway, NETWORKING_GROUP,
+    NETWORKING_VERSIONS, PeerAuthentication, RequestAuthentication, SECURITY_GROUP,
+    SECURITY_VERSIONS, ServiceEntry, Sidecar, TELEMETRY_GROUP, TELEMETRY_VERSIONS, Telemetry,
+    VirtualService, WorkloadEntry, WorkloadGroup, gateway_api,
 };
 
 /// What the mesh model reads of a `v1` `Pod`: its metadata (labels give
@@ -125,6 +125,8 @@ pub enum Object {
     WorkloadGroup(Box<WorkloadGroup>),
     Gateway(Box<Gateway>),
     Sidecar(Box<Sidecar>),
+    /// `networking.istio.io/v1alpha3` EnvoyFilter.
+    EnvoyFilter(Box<EnvoyFilter>),
     PeerAuthentication(Box<PeerAuthentication>),
     AuthorizationPolicy(Box<AuthorizationPolicy>),
     RequestAuthentication(Box<RequestAuthentication>),
@@ -165,6 +167,7 @@ impl Object {
             Object::WorkloadGroup(_) => "WorkloadGroup",
             Object::Gateway(_) => "Gateway",
             Object::Sidecar(_) => "Sidecar",
+            Object::EnvoyFilter(_) => "EnvoyFilter",
             Object::PeerAuthentication(_) => "PeerAuthentication",
             Object::AuthorizationPolicy(_) => "AuthorizationPolicy",
             Object::RequestAuthentication(_) => "RequestAuthentication",
@@ -197,6 +200,7 @@ impl Object {
             Object::WorkloadGroup(o) => &o.metadata,
             Object::Gateway(o) => &o.metadata,
             Object::Sidecar(o) => &o.metadata,
+            Object::EnvoyFilter(o) => &o.metadata,
             Object::PeerAuthentication(o) => &o.metadata,
             Object::AuthorizationPolicy(o) => &o.metadata,
             Object::RequestAuthentication(o) => &o.metadata,
@@ -229,6 +233,7 @@ impl Object {
             Object::WorkloadGroup(o) => &mut o.metadata,
             Object::Gateway(o) => &mut o.metadata,
             Object::Sidecar(o) => &mut o.metadata,
+            Object::EnvoyFilter(o) => &mut o.metadata,
             Object::PeerAuthentication(o) => &mut o.metadata,
             Object::AuthorizationPolicy(o) => &mut o.metadata,
             Object::RequestAuthentication(o) => &mut o.metadata,
@@ -418,6 +423,10 @@ fn parse_object(value: serde_json::Value, default_namespace: &str) -> Result<Obj
             "ReferenceGrant" => Object::ReferenceGrant(ctx.parse_istio(value)?),
             _ => return Err(unsupported(api_version, kind, display_name)),
         },
+        // Istio serves EnvoyFilter as `v1alpha3` only.
+        (NETWORKING_GROUP, "v1alpha3", "EnvoyFilter") => {
+            Object::EnvoyFilter(ctx.parse_istio(value)?)
+        }
         (NETWORKING_GROUP, v, k) if NETWORKING_VERSIONS.contains(&v) => match k {
             "VirtualService" => Object::VirtualService(ctx.parse_istio(value)?),
             "DestinationRule" => Object::DestinationRule(ctx.parse_istio(value)?),
@@ -555,6 +564,7 @@ istio_kind!(
     WorkloadGroup => WorkloadGroupSpec,
     Gateway => GatewaySpec,
     Sidecar => SidecarSpec,
+    EnvoyFilter => EnvoyFilterSpec,
     PeerAuthentication => PeerAuthenticationSpec,
     AuthorizationPolicy => AuthorizationPolicySpec,
     RequestAuthentication => RequestAuthenticationSpec,

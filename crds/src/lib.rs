@@ -14,6 +14,7 @@ pub mod crd;
 pub mod destination_rule;
 pub mod document;
 mod duration;
+pub mod envoy_filter;
 pub mod gateway;
 pub mod gateway_api;
 pub mod mesh;
@@ -34,6 +35,7 @@ pub use common::{
 pub use destination_rule::{DestinationRule, DestinationRuleSpec};
 pub use document::{Object, ParseError};
 pub use duration::{Duration, DurationError};
+pub use envoy_filter::{EnvoyFilter, EnvoyFilterSpec};
 pub use gateway::{Gateway, GatewaySpec};
 pub use peer_authentication::{PeerAuthentication, PeerAuthenticationSpec};
 pub use request_authentication::{RequestAuthentication, RequestAuthenticationSpec};

@@ -28,6 +28,7 @@ pub fn validate(object: &Object) -> Result<(), ParseError> {
         Object::AuthorizationPolicy(ap) => authorization_policy(&ap.spec),
         Object::RequestAuthentication(ra) => request_authentication(&ra.spec),
         Object::Telemetry(t) => telemetry(&t.spec),
+        Object::EnvoyFilter(ef) => envoy_filter(&ef.spec),
         Object::ConfigMap(cm) if crate::mesh::is_mesh_configmap(cm) => {
             crate::mesh::parse(cm)?;
             Vec::new()
@@ -944,6 +945,143 @@ const CONDITION_KEYS: [&str; 10] = [
     "destination.port",
     "connection.sni",
 ];
+
+/// Istio's `ValidateEnvoyFilter`: a selector with labels only (no
+/// wildcards); each patch with an `applyTo`, a `patch` with an
+/// `operation`, and a `value` unless it removes; a `proxyVersion` that is a
+/// regular expression; a match of the kind `applyTo` patches (a listener
+/// match for listener, filter chain, network and HTTP filter patches; a
+/// route configuration match for route patches; a cluster match for
+/// cluster patches); a filter match with a name, a sub-filter match only
+/// for HTTP filters, inside the HTTP connection manager, with a name. (That
+/// a `value` is an Envoy object of the patched kind is checked where the
+/// Envoy types are known: `translator::envoy_filter`.)
+fn envoy_filter(spec: &crate::EnvoyFilterSpec) -> Problems {
+    use crate::envoy_filter::{ApplyTo, Operation};
+    let mut p = Problems::new();
+    if let Some(sel) = &spec.workload_selector {
+        for (k, v) in &sel.labels {
+            if k.is_empty() || k.contains('*') || v.contains('*') {
+                p.push((
+                    "spec.workloadSelector.labels".into(),
+                    format!("{k}={v}: empty keys and wildcards are not supported in a selector"),
+                ));
+            }
+        }
+    }
+    if spec.workload_selector.is_some() && !spec.target_refs.is_empty() {
+        p.push((
+            "spec.workloadSelector".into(),
+            "only one of targetRefs or workloadSelector can be set".into(),
+        ));
+    }
+    for (i, cp) in spec.config_patches.iter().enumerate() {
+        let at = format!("spec.configPatches[{i}]");
+        let Some(apply_to) = cp.apply_to.filter(|a| *a != ApplyTo::Invalid) else {
+            p.push((format!("{at}.applyTo"), "missing applyTo".into()));
+            continue;
+        };
+        let Some(patch) = &cp.patch else {
+            p.push((format!("{at}.patch"), "missing patch".into()));
+            continue;
+        };
+        let Some(operation) = patch.operation.filter(|o| *o != Operation::Invalid) else {
+            p.push((
+                format!("{at}.patch.operation"),
+                "missing patch operation".into(),
+            ));
+            continue;
+        };
+        if operation != Operation::Remove && patch.value.is_none() {
+            p.push((
+                format!("{at}.patch.value"),
+                "missing patch value for non-remove operation".into(),
+            ));
+            continue;
+        }
+        let Some(m) = &cp.match_ else { continue };
+        if let Some(version) = m.proxy.as_ref().and_then(|x| x.proxy_version.as_deref())
+            && let Err(e) = regex_syntax::Parser::new().parse(version)
+        {
+            p.push((
+                format!("{at}.match.proxy.proxyVersion"),
+                format!("invalid regex for proxy version: {e}"),
+            ));
+            continue;
+        }
+        let objects =
+            m.listener.is_some() || m.route_configuration.is_some() || m.cluster.is_some();
+        match apply_to {
+            ApplyTo::Listener
+            | ApplyTo::FilterChain
+            | ApplyTo::NetworkFilter
+            | ApplyTo::HttpFilter
+                if objects =>
+            {
+                let Some(listener) = &m.listener else {
+                    p.push((
+                        format!("{at}.match"),
+                        "applyTo for listener class objects cannot have non listener match".into(),
+                    ));
+                    continue;
+                };
+                let Some(filter) = listener
+                    .filter_chain
+                    .as_ref()
+                    .and_then(|c| c.filter.as_ref())
+                else {
+                    continue;
+                };
+                let field = format!("{at}.match.listener.filterChain.filter");
+                if filter.name.as_deref().unwrap_or("").is_empty() {
+                    p.push((
+                        format!("{field}.name"),
+                        "filter match has no name to match on".into(),
+                    ));
+                } else if let Some(sub) = &filter.sub_filter {
+                    if apply_to != ApplyTo::HttpFilter {
+                        p.push((
+                            format!("{field}.subFilter"),
+                            "subfilter match can be used with applyTo HTTP_FILTER only".into(),
+                        ));
+                    } else if !matches!(
+                        filter.name.as_deref(),
+                        Some(
+                            "envoy.filters.network.http_connection_manager"
+                                | "envoy.http_connection_manager"
+                        )
+                    ) {
+                        p.push((
+                            format!("{field}.name"),
+                            "subfilter match requires filter match with envoy.filters.network.http_connection_manager".into(),
+                        ));
+                    } else if sub.name.as_deref().unwrap_or("").is_empty() {
+                        p.push((
+                            format!("{field}.subFilter.name"),
+                            "subfilter match has no name to match on".into(),
+                        ));
+                    }
+                }
+            }
+            ApplyTo::RouteConfiguration | ApplyTo::VirtualHost | ApplyTo::HttpRoute
+                if objects && m.route_configuration.is_none() =>
+            {
+                p.push((
+                    format!("{at}.match"),
+                    "applyTo for http route class objects cannot have non route configuration match".into(),
+                ));
+            }
+            ApplyTo::Cluster if objects && m.cluster.is_none() => {
+                p.push((
+                    format!("{at}.match"),
+                    "applyTo for cluster class objects cannot have non cluster match".into(),
+                ));
+            }
+            _ => {}
+        }
+    }
+    p
+}
 
 /// Istio's rules for a policy's attachment (`validateOneOfSelectorType`,
 /// `validatePolicyTargetReference`): at most one of `selector`, `targetRef`

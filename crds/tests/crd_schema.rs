@@ -174,12 +174,13 @@ fn the_schemas_name_the_same_fields_as_istios_crds() {
                 c["spec"]["group"] == ours["spec"]["group"] && c["spec"]["names"]["kind"] == kind
             })
             .unwrap_or_else(|| panic!("{kind} not in Istio's CRDs"));
+        // The stored version (`v1`; EnvoyFilter's `v1alpha3`).
         let v1 = |crd: &Value| {
             crd["spec"]["versions"]
                 .as_array()
                 .unwrap()
                 .iter()
-                .find(|v| v["name"] == "v1")
+                .find(|v| v["storage"] == true)
                 .unwrap()["schema"]["openAPIV3Schema"]["properties"]["spec"]
                 .clone()
         };

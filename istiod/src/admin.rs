@@ -2,15 +2,15 @@
 //! debug endpoints `/debug/syncz`, `/debug/config_dump?proxyID=`,
 //! `/debug/registryz`, `/debug/configz`, all JSON but `/metrics`.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
 
 use axum::Router;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
-use prost_reflect::{DescriptorPool, DynamicMessage};
+use prost_reflect::DynamicMessage;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use translator::model::Snapshot;
@@ -145,20 +145,8 @@ async fn config_dump(State(s): State<AdminState>, Query(q): Query<DumpQuery>) ->
     Json(dump).into_response()
 }
 
-fn descriptors() -> Option<&'static DescriptorPool> {
-    static POOL: OnceLock<Option<DescriptorPool>> = OnceLock::new();
-    POOL.get_or_init(|| {
-        let bytes: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy_descriptors.bin"));
-        if bytes.is_empty() {
-            return None;
-        }
-        DescriptorPool::decode(bytes).ok()
-    })
-    .as_ref()
-}
-
 fn render(type_url: &str, bytes: &[u8]) -> Option<Value> {
-    let pool = descriptors()?;
+    let pool = translator::envoy_filter::descriptors()?;
     let desc = pool.get_message_by_name(type_url.trim_start_matches("type.googleapis.com/"))?;
     let msg = DynamicMessage::decode(desc, bytes).ok()?;
     serde_json::to_value(&msg).ok()
@@ -213,6 +201,7 @@ async fn configz(State(s): State<AdminState>) -> Json<Value> {
     rows_of(&mut rows, "DestinationRule", &snap.destination_rules, |s| s);
     rows_of(&mut rows, "Gateway", &snap.gateways, |s| s);
     rows_of(&mut rows, "Sidecar", &snap.sidecars, |s| s);
+    rows_of(&mut rows, "EnvoyFilter", &snap.envoy_filters, |s| s);
     rows_of(
         &mut rows,
         "PeerAuthentication",

@@ -84,6 +84,12 @@ pub const KINDS: &[(&str, &str, &str, bool)] = &[
     ("networking.istio.io/v1", "Gateway", "gateways", true),
     ("networking.istio.io/v1", "Sidecar", "sidecars", true),
     (
+        "networking.istio.io/v1alpha3",
+        "EnvoyFilter",
+        "envoyfilters",
+        true,
+    ),
+    (
         "admissionregistration.k8s.io/v1",
         "MutatingWebhookConfiguration",
         "mutatingwebhookconfigurations",

@@ -658,3 +658,67 @@ spec:
     e2e::assert_binomial(details, 200, 0.5, "details' share");
     assert_eq!(envoy.rejected(), 0);
 }
+
+/// EnvoyFilter, as Istio's users write them: a Lua filter inserted before
+/// the router of productpage's outbound connection managers (its response
+/// header seen by the caller), then Envoy's local rate limit on the same
+/// side (a bucket of two requests: the third is refused with 429), both
+/// selected by productpage's labels; an EnvoyFilter selecting another
+/// workload changes nothing.
+#[test]
+fn envoy_filters_patch_the_sidecar() {
+    let mesh = Mesh::start(true, &[]);
+    let envoy = mesh.sidecar();
+    let get = || http_request(&format!("{REVIEWS}/"), &[("host", "reviews")]).unwrap();
+    assert_eq!(get().headers.get("x-envoyfilter"), None);
+    let patch = |selector: &str, value: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {{name: outbound-patch, namespace: default}}
+spec:
+  workloadSelector: {{labels: {{app: {selector}}}}}
+  configPatches:
+  - applyTo: HTTP_FILTER
+    match:
+      context: SIDECAR_OUTBOUND
+      listener:
+        filterChain:
+          filter:
+            name: envoy.filters.network.http_connection_manager
+            subFilter: {{name: envoy.filters.http.router}}
+    patch:
+      operation: INSERT_BEFORE
+      value: {value}
+"
+        )
+    };
+    let lua = "{name: envoy.filters.http.lua, typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua, inlineCode: 'function envoy_on_response(h) h:headers():add(\"x-envoyfilter\", \"lua\") end'}}";
+    // Selecting another workload: nothing.
+    mesh.apply(&[&envoy], "envoyfilter.yaml", &patch("ratings", lua));
+    assert_eq!(get().headers.get("x-envoyfilter"), None);
+    // Selecting productpage: the Lua filter runs on its calls.
+    mesh.apply(&[&envoy], "envoyfilter.yaml", &patch("productpage", lua));
+    let r = get();
+    assert_eq!(r.status, 200);
+    assert!(r.body.starts_with("reviews v"), "{}", r.body);
+    assert_eq!(
+        r.headers.get("x-envoyfilter").map(String::as_str),
+        Some("lua")
+    );
+    // Envoy's local rate limit instead: two requests a minute.
+    let ratelimit = "{name: envoy.filters.http.local_ratelimit, typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit, stat_prefix: http_local_rate_limiter, token_bucket: {max_tokens: 2, tokens_per_fill: 2, fill_interval: 60s}, filter_enabled: {runtime_key: local_rate_limit_enabled, default_value: {numerator: 100, denominator: HUNDRED}}, filter_enforced: {runtime_key: local_rate_limit_enforced, default_value: {numerator: 100, denominator: HUNDRED}}}}";
+    mesh.apply(
+        &[&envoy],
+        "envoyfilter.yaml",
+        &patch("productpage", ratelimit),
+    );
+    let statuses: Vec<u16> = (0..3).map(|_| get().status).collect();
+    assert_eq!(statuses, [200, 200, 429]);
+    assert_eq!(
+        get().headers.get("x-envoyfilter"),
+        None,
+        "the Lua patch is gone"
+    );
+    assert_eq!(envoy.rejected(), 0);
+}

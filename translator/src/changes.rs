@@ -140,6 +140,11 @@ impl ChangeSet {
         diff(&old.telemetries, &new.telemetries, |cfg| {
             c.telemetry_namespaces.insert(cfg.namespace.clone());
         });
+        // An EnvoyFilter patches anything of its namespace's workloads (or,
+        // from the root namespace, of every workload).
+        diff(&old.envoy_filters, &new.envoy_filters, |cfg| {
+            c.telemetry_namespaces.insert(cfg.namespace.clone());
+        });
         c.inbound_addresses = old.inbound_changes(new);
         c
     }
@@ -162,8 +167,8 @@ impl ChangeSet {
         // the mesh's: a sidecar's inbound filters, a gateway's listeners'.
         let authz_changed = self.authz_namespaces.contains(ns)
             || self.authz_namespaces.contains(&self.root_namespace);
-        // A Telemetry of its namespace or the mesh's: its tracing and access
-        // logs.
+        // A Telemetry (or an EnvoyFilter) of its namespace or the mesh's:
+        // its tracing and access logs (anything, for an EnvoyFilter).
         let telemetry_changed = self.telemetry_namespaces.contains(ns)
             || self.telemetry_namespaces.contains(&self.root_namespace);
         let full = self.mesh

@@ -17,6 +17,7 @@ pub mod authz;
 pub mod changes;
 pub mod cluster;
 pub mod encoded;
+pub mod envoy_filter;
 pub mod ext_authz;
 pub mod gateway_api;
 pub mod inbound;
@@ -173,12 +174,19 @@ pub fn generate_endpoints_encoded(
 /// Generates the full configuration of `proxy` from `snap`.
 pub fn generate(snap: &Snapshot, proxy: &Proxy) -> Output {
     let (mut clusters, endpoints) = cluster::build(snap, proxy);
-    let rest = listeners_and_routes(snap, proxy);
+    let mut rest = listeners_and_routes(snap, proxy);
     clusters.extend(rest.inbound_clusters);
+    let mut routes = rest.routes.build(snap, proxy);
+    let patches = envoy_filter::for_proxy(snap, proxy);
+    if !patches.is_empty() {
+        envoy_filter::apply_listeners(&patches, proxy, &mut rest.listeners);
+        envoy_filter::apply_clusters(&patches, proxy, &mut clusters);
+        envoy_filter::apply_routes(&patches, proxy, &mut routes);
+    }
     Output {
         clusters,
         endpoints,
-        routes: rest.routes.build(snap, proxy),
+        routes,
         listeners: rest.listeners,
         secrets: rest.secrets,
         warnings: rest.warnings,
@@ -229,17 +237,44 @@ impl EncodedOutput {
 /// every service.
 pub fn generate_encoded(snap: &Snapshot, proxy: &Proxy) -> EncodedOutput {
     let (mut clusters, endpoints) = cluster::build_encoded(snap, proxy, None);
-    let rest = listeners_and_routes(snap, proxy);
+    let mut rest = listeners_and_routes(snap, proxy);
     clusters.extend(
         rest.inbound_clusters
             .iter()
             .map(|c| encoded::encode(CLUSTER_TYPE, &c.name, c)),
     );
+    let mut routes = rest.routes.encode(snap, proxy);
+    // EnvoyFilters: the resources they patch decoded, patched, encoded again.
+    let patches = envoy_filter::for_proxy(snap, proxy);
+    if !patches.is_empty() {
+        use crds::envoy_filter::ApplyTo;
+        envoy_filter::apply_listeners(&patches, proxy, &mut rest.listeners);
+        envoy_filter::apply_encoded(
+            &patches,
+            &[ApplyTo::Cluster],
+            CLUSTER_TYPE,
+            |c: &Cluster| &c.name,
+            &mut clusters,
+            |c| envoy_filter::apply_clusters(&patches, proxy, c),
+        );
+        envoy_filter::apply_encoded(
+            &patches,
+            &[
+                ApplyTo::RouteConfiguration,
+                ApplyTo::VirtualHost,
+                ApplyTo::HttpRoute,
+            ],
+            ROUTE_TYPE,
+            |r: &RouteConfiguration| &r.name,
+            &mut routes,
+            |r| envoy_filter::apply_routes(&patches, proxy, r),
+        );
+    }
     EncodedOutput {
         clusters,
         endpoints,
         listeners: encode_each(LISTENER_TYPE, &rest.listeners, |l| &l.name),
-        routes: rest.routes.encode(snap, proxy),
+        routes,
         secrets: encode_each(SECRET_TYPE, &rest.secrets, |s| &s.name),
         warnings: rest.warnings,
     }

@@ -1359,6 +1359,11 @@ pub struct Snapshot {
     pub request_authentications: Vec<Config<crds::RequestAuthenticationSpec>>,
     /// Telemetry resources, in a stable order (namespace, name).
     pub telemetries: Vec<Config<crds::TelemetrySpec>>,
+    /// EnvoyFilters, by namespace, then priority, then name
+    /// ([`crate::envoy_filter`]).
+    pub envoy_filters: Vec<Config<crds::EnvoyFilterSpec>>,
+    /// Their patches, values read, in the same order.
+    pub envoy_patches: Vec<crate::envoy_filter::Compiled>,
     /// WorkloadGroups, in a stable order: the templates of auto-registered
     /// WorkloadEntries (no config is generated from them).
     pub workload_groups: Vec<Config<WorkloadGroupTemplate>>,
@@ -2075,6 +2080,11 @@ impl Snapshot {
                     namespace: ns.to_owned(),
                     spec: sc.spec.clone(),
                 }),
+                Object::EnvoyFilter(ef) => snap.envoy_filters.push(Config {
+                    name: name.to_owned(),
+                    namespace: ns.to_owned(),
+                    spec: ef.spec.clone(),
+                }),
                 Object::PeerAuthentication(pa) => snap.peer_authentications.push(Config {
                     name: name.to_owned(),
                     namespace: ns.to_owned(),
@@ -2390,6 +2400,13 @@ impl Snapshot {
             .sort_by(|a, b| order(&a.namespace, &a.name, &b.namespace, &b.name));
         snap.telemetries
             .sort_by(|a, b| order(&a.namespace, &a.name, &b.namespace, &b.name));
+        snap.envoy_filters.sort_by(|a, b| {
+            (&a.namespace, a.spec.priority.unwrap_or(0), &a.name).cmp(&(
+                &b.namespace,
+                b.spec.priority.unwrap_or(0),
+                &b.name,
+            ))
+        });
         let selectors = snap
             .authorization_policies
             .iter()
@@ -2403,6 +2420,12 @@ impl Snapshot {
         let keys: Vec<String> = selectors
             .flatten()
             .flat_map(|sel| sel.match_labels.keys().cloned())
+            .chain(
+                snap.envoy_filters
+                    .iter()
+                    .filter_map(|f| f.spec.workload_selector.as_ref())
+                    .flat_map(|sel| sel.labels.keys().cloned()),
+            )
             .collect();
         snap.label_keys.extend(keys);
         (snap.inbound, snap.inbound_services) = inbound_index(&snap.services);
@@ -2414,6 +2437,9 @@ impl Snapshot {
         snap.warnings.extend(telemetry_warnings);
         let attach_warnings = crate::attach::warnings(&snap);
         snap.warnings.extend(attach_warnings);
+        let (patches, patch_warnings) = crate::envoy_filter::compile(&snap);
+        snap.envoy_patches = patches;
+        snap.warnings.extend(patch_warnings);
         if crate::attach::any_targeted(&snap) {
             // Policies attached by `targetRef` apply by the gateway's name.
             snap.label_keys

@@ -180,6 +180,11 @@ pub fn watched() -> Vec<Watched> {
         Watched::new("networking.istio.io/v1", "Gateway", "gateways"),
         Watched::new("networking.istio.io/v1", "Sidecar", "sidecars"),
         Watched::new(
+            "networking.istio.io/v1alpha3",
+            "EnvoyFilter",
+            "envoyfilters",
+        ),
+        Watched::new(
             "security.istio.io/v1",
             "PeerAuthentication",
             "peerauthentications",

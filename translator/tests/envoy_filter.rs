@@ -1,0 +1,319 @@
+//! EnvoyFilter patches on what is generated for a sidecar and a gateway:
+//! HTTP and network filters inserted, removed and merged by match and
+//! context, clusters added and merged, routes merged, selection by
+//! namespace and labels, and what cannot be read reported.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
+
+use envoy_types::pb::envoy::config::listener::v3::{FilterChain, Listener, filter};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+use prost::Message;
+use translator::model::{MeshConfig, Proxy, Snapshot};
+use translator::{Output, generate, generate_encoded};
+
+/// reviews (HTTP 9080) with a pod at 10.244.0.12 (its sidecar has the
+/// inbound side); ratings (HTTP 9080) elsewhere.
+const PLATFORM: &str = "
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: default}
+spec:
+  clusterIP: 10.96.0.13
+  selector: {app: reviews}
+  ports: [{name: http, port: 9080}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: reviews-0
+  namespace: default
+  labels: {app: reviews, security.istio.io/tlsMode: istio}
+spec: {serviceAccountName: reviews, containers: [{name: app, image: app}]}
+status: {podIP: 10.244.0.12}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: reviews-1, namespace: default, labels: {kubernetes.io/service-name: reviews}}
+addressType: IPv4
+ports: [{name: http, port: 9080}]
+endpoints: [{addresses: [10.244.0.12], targetRef: {kind: Pod, name: reviews-0, namespace: default}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ratings, namespace: default}
+spec:
+  clusterIP: 10.96.0.14
+  ports: [{name: http, port: 9080}]
+---
+";
+
+const LUA: &str = "{name: envoy.filters.http.lua, typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua, inlineCode: 'function envoy_on_response(h) h:headers():add(\"x-lua\", \"yes\") end'}}";
+
+fn mesh(extra: &str) -> Snapshot {
+    Snapshot::build(
+        1,
+        &crds::objects_of(&[PLATFORM, extra]),
+        MeshConfig::default(),
+    )
+}
+
+fn reviews() -> Proxy {
+    Proxy::from_node_id(
+        "sidecar~10.244.0.12~reviews-0.default~default.svc.cluster.local",
+        None,
+        [("app".to_owned(), "reviews".to_owned())].into(),
+    )
+    .unwrap()
+}
+
+fn envoy_filter(name: &str, ns: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n{spec}\n---\n"
+    )
+}
+
+/// The HTTP filters of every connection manager of `listener` (its
+/// default chain too), by chain name.
+fn http_filters(listener: &Listener) -> Vec<(String, Vec<String>)> {
+    listener
+        .filter_chains
+        .iter()
+        .chain(listener.default_filter_chain.as_ref())
+        .filter_map(|c: &FilterChain| {
+            let f = c
+                .filters
+                .iter()
+                .find(|f| f.name == "envoy.filters.network.http_connection_manager")?;
+            let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+                return None;
+            };
+            let hcm = HttpConnectionManager::decode(any.value.as_slice()).ok()?;
+            Some((
+                c.name.clone(),
+                hcm.http_filters.into_iter().map(|h| h.name).collect(),
+            ))
+        })
+        .collect()
+}
+
+fn listener<'a>(out: &'a Output, name: &str) -> &'a Listener {
+    out.listeners
+        .iter()
+        .find(|l| l.name == name)
+        .unwrap_or_else(|| panic!("no listener {name}"))
+}
+
+#[test]
+fn an_http_filter_is_inserted_before_the_router_on_the_inbound_side_only() {
+    let snap = mesh(&envoy_filter(
+        "lua",
+        "default",
+        &format!(
+            "  workloadSelector: {{labels: {{app: reviews}}}}
+  configPatches:
+  - applyTo: HTTP_FILTER
+    match:
+      context: SIDECAR_INBOUND
+      listener:
+        portNumber: 9080
+        filterChain:
+          filter:
+            name: envoy.filters.network.http_connection_manager
+            subFilter: {{name: envoy.filters.http.router}}
+    patch: {{operation: INSERT_BEFORE, value: {LUA}}}"
+        ),
+    ));
+    assert!(snap.warnings.is_empty(), "{:?}", snap.warnings);
+    let out = generate(&snap, &reviews());
+    let inbound = http_filters(listener(&out, "virtualInbound"));
+    let on_9080: Vec<_> = inbound
+        .iter()
+        .filter(|(_, f)| f.contains(&"envoy.filters.http.lua".to_owned()))
+        .collect();
+    assert!(!on_9080.is_empty(), "{inbound:?}");
+    for (_, filters) in &on_9080 {
+        let lua = filters
+            .iter()
+            .position(|f| f == "envoy.filters.http.lua")
+            .unwrap();
+        assert_eq!(filters[lua + 1], "envoy.filters.http.router", "{filters:?}");
+    }
+    // Not on the outbound side.
+    let outbound = http_filters(listener(&out, "0.0.0.0_9080"));
+    assert!(
+        outbound
+            .iter()
+            .all(|(_, f)| !f.contains(&"envoy.filters.http.lua".to_owned())),
+        "{outbound:?}"
+    );
+    // Nor for a workload the selector does not pick.
+    let other = Proxy::from_node_id(
+        "sidecar~10.244.0.50~client-0.default~default.svc.cluster.local",
+        None,
+        [("app".to_owned(), "client".to_owned())].into(),
+    )
+    .unwrap();
+    let out = generate(&snap, &other);
+    assert!(out.listeners.iter().all(|l| {
+        http_filters(l)
+            .iter()
+            .all(|(_, f)| !f.contains(&"envoy.filters.http.lua".to_owned()))
+    }));
+    // The encoded output (the daemon's) carries the same patch.
+    let encoded = generate_encoded(&snap, &reviews());
+    let inbound = encoded
+        .listeners
+        .iter()
+        .find(|(name, ..)| &**name == "virtualInbound")
+        .unwrap();
+    let any = envoy_types::pb::google::protobuf::Any::decode(inbound.2.as_ref()).unwrap();
+    let l = Listener::decode(any.value.as_slice()).unwrap();
+    assert!(
+        http_filters(&l)
+            .iter()
+            .any(|(_, f)| f.contains(&"envoy.filters.http.lua".to_owned()))
+    );
+}
+
+#[test]
+fn clusters_and_routes_are_merged_added_and_removed() {
+    let snap = mesh(&envoy_filter(
+        "mesh-wide",
+        "istio-system",
+        "  configPatches:
+  - applyTo: CLUSTER
+    match: {context: SIDECAR_OUTBOUND, cluster: {service: ratings.default.svc.cluster.local, portNumber: 9080}}
+    patch: {operation: MERGE, value: {connect_timeout: 7s, per_connection_buffer_limit_bytes: 4096}}
+  - applyTo: CLUSTER
+    match: {context: SIDECAR_OUTBOUND}
+    patch:
+      operation: ADD
+      value: {name: rate-limit-service, type: STRICT_DNS, connect_timeout: 1s, load_assignment: {cluster_name: rate-limit-service, endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: ratelimit.example, port_value: 8081}}}}]}]}}
+  - applyTo: CLUSTER
+    match: {cluster: {name: 'outbound|9080||reviews.default.svc.cluster.local'}}
+    patch: {operation: REMOVE}
+  - applyTo: HTTP_ROUTE
+    match: {context: SIDECAR_OUTBOUND, routeConfiguration: {portNumber: 9080, vhost: {name: 'ratings.default.svc.cluster.local:9080'}}}
+    patch: {operation: MERGE, value: {request_headers_to_add: [{header: {key: x-patched, value: 'yes'}}]}}
+  - applyTo: NETWORK_FILTER
+    match: {context: SIDECAR_OUTBOUND, listener: {portNumber: 9080, filterChain: {filter: {name: envoy.filters.network.http_connection_manager}}}}
+    patch: {operation: MERGE, value: {name: envoy.filters.network.http_connection_manager, typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager, server_name: patched-by-envoyfilter}}}",
+    ));
+    assert!(snap.warnings.is_empty(), "{:?}", snap.warnings);
+    let out = generate(&snap, &reviews());
+    let ratings = out
+        .clusters
+        .iter()
+        .find(|c| c.name == "outbound|9080||ratings.default.svc.cluster.local")
+        .unwrap();
+    assert_eq!(ratings.connect_timeout.as_ref().map(|d| d.seconds), Some(7));
+    assert_eq!(
+        ratings
+            .per_connection_buffer_limit_bytes
+            .as_ref()
+            .map(|v| v.value),
+        Some(4096)
+    );
+    // Merged, not replaced: the generated settings stay.
+    assert!(ratings.eds_cluster_config.is_some(), "{ratings:?}");
+    assert!(out.clusters.iter().any(|c| c.name == "rate-limit-service"));
+    assert!(
+        !out.clusters
+            .iter()
+            .any(|c| c.name == "outbound|9080||reviews.default.svc.cluster.local")
+    );
+    // The route's virtual host got the header; the others did not.
+    let rc = out.routes.iter().find(|r| r.name == "9080").unwrap();
+    for vh in &rc.virtual_hosts {
+        let patched = vh.routes.iter().all(|r| {
+            r.request_headers_to_add
+                .iter()
+                .any(|h| h.header.as_ref().is_some_and(|h| h.key == "x-patched"))
+        });
+        assert_eq!(
+            patched,
+            vh.name == "ratings.default.svc.cluster.local:9080",
+            "{}",
+            vh.name
+        );
+    }
+    // The connection manager's typed config merged as its own type: the
+    // server name set, its route discovery and filters kept.
+    let l = listener(&out, "0.0.0.0_9080");
+    let chain = l
+        .default_filter_chain
+        .as_ref()
+        .unwrap_or_else(|| &l.filter_chains[0]);
+    let Some(filter::ConfigType::TypedConfig(any)) = &chain.filters[0].config_type else {
+        panic!()
+    };
+    let hcm = HttpConnectionManager::decode(any.value.as_slice()).unwrap();
+    assert_eq!(hcm.server_name, "patched-by-envoyfilter");
+    assert!(hcm.route_specifier.is_some());
+    assert!(!hcm.http_filters.is_empty());
+    // The gateway context is not a sidecar's: a gateway gets none of them.
+    let gw = Proxy::from_node_id(
+        "router~10.244.0.70~gw-0.istio-system~istio-system.svc.cluster.local",
+        None,
+        Default::default(),
+    )
+    .unwrap();
+    let out = generate(&snap, &gw);
+    assert!(!out.clusters.iter().any(|c| c.name == "rate-limit-service"));
+}
+
+#[test]
+fn filters_are_removed_and_what_cannot_be_read_is_reported() {
+    let snap = mesh(&format!(
+        "{}{}",
+        envoy_filter(
+            "no-cors",
+            "default",
+            "  configPatches:
+  - applyTo: HTTP_FILTER
+    match: {listener: {filterChain: {filter: {name: envoy.filters.network.http_connection_manager, subFilter: {name: envoy.filters.http.cors}}}}}
+    patch: {operation: REMOVE}",
+        ),
+        envoy_filter(
+            "broken",
+            "default",
+            "  configPatches:
+  - applyTo: HTTP_FILTER
+    patch: {operation: INSERT_FIRST, value: {name: x, typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua, noSuchField: 1}}}
+  - applyTo: LISTENER_FILTER
+    patch: {operation: ADD, value: {name: y}}
+  - applyTo: HTTP_FILTER
+    match: {proxy: {proxyVersion: '^1\\.2.*'}}
+    patch: {operation: REMOVE}",
+        ),
+    ));
+    let fields: Vec<&str> = snap
+        .warnings
+        .iter()
+        .filter(|w| w.object == "default/broken")
+        .map(|w| w.field.as_str())
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "spec.configPatches[0].patch.value",
+            "spec.configPatches[1].patch.operation",
+            "spec.configPatches[2].match.proxy"
+        ],
+        "{:?}",
+        snap.warnings
+    );
+    let out = generate(&snap, &reviews());
+    for l in &out.listeners {
+        for (chain, filters) in http_filters(l) {
+            assert!(
+                !filters.contains(&"envoy.filters.http.cors".to_owned()),
+                "{chain}"
+            );
+            assert!(
+                filters.contains(&"envoy.filters.http.router".to_owned()),
+                "{chain}"
+            );
+        }
+    }
+}
