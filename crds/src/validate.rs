@@ -1688,6 +1688,49 @@ mod tests {
     const HEAD: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r}\nspec:\n  hosts: [reviews]\n  http:\n";
 
     #[test]
+    fn envoy_filters_are_checked_as_istio_does() {
+        let ef = |spec: &str| {
+            check(&format!(
+                "apiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata: {{name: f}}\nspec: {spec}\n"
+            ))
+        };
+        let hcm = "envoy.filters.network.http_connection_manager";
+        for good in [
+            "{configPatches: [{applyTo: HTTP_FILTER, patch: {operation: REMOVE}}]}".to_owned(),
+            format!("{{workloadSelector: {{labels: {{app: a}}}}, configPatches: [{{applyTo: HTTP_FILTER, match: {{context: SIDECAR_INBOUND, listener: {{filterChain: {{filter: {{name: {hcm}, subFilter: {{name: envoy.filters.http.router}}}}}}}}}}, patch: {{operation: INSERT_BEFORE, value: {{name: x}}}}}}]}}"),
+            "{configPatches: [{applyTo: CLUSTER, match: {cluster: {service: a.b.svc.cluster.local}}, patch: {operation: MERGE, value: {connect_timeout: 1s}}}]}".to_owned(),
+        ] {
+            assert!(ef(&good).is_ok(), "{good}: {:?}", ef(&good));
+        }
+        for (bad, field) in [
+            ("{configPatches: [{patch: {operation: REMOVE}}]}".to_owned(), "spec.configPatches[0].applyTo"),
+            ("{configPatches: [{applyTo: CLUSTER}]}".to_owned(), "spec.configPatches[0].patch"),
+            ("{configPatches: [{applyTo: CLUSTER, patch: {value: {}}}]}".to_owned(), "spec.configPatches[0].patch.operation"),
+            ("{configPatches: [{applyTo: CLUSTER, patch: {operation: ADD}}]}".to_owned(), "spec.configPatches[0].patch.value"),
+            ("{configPatches: [{applyTo: CLUSTER, match: {listener: {name: l}}, patch: {operation: REMOVE}}]}".to_owned(), "spec.configPatches[0].match"),
+            ("{configPatches: [{applyTo: VIRTUAL_HOST, match: {cluster: {name: c}}, patch: {operation: REMOVE}}]}".to_owned(), "spec.configPatches[0].match"),
+            ("{configPatches: [{applyTo: HTTP_FILTER, match: {cluster: {name: c}}, patch: {operation: REMOVE}}]}".to_owned(), "spec.configPatches[0].match"),
+            ("{configPatches: [{applyTo: HTTP_FILTER, match: {listener: {filterChain: {filter: {subFilter: {name: r}}}}}, patch: {operation: REMOVE}}]}".to_owned(), "spec.configPatches[0].match.listener.filterChain.filter.name"),
+            ("{configPatches: [{applyTo: NETWORK_FILTER, match: {listener: {filterChain: {filter: {name: x, subFilter: {name: r}}}}}, patch: {operation: REMOVE}}]}".to_owned(), "spec.configPatches[0].match.listener.filterChain.filter.subFilter"),
+            ("{configPatches: [{applyTo: HTTP_FILTER, match: {listener: {filterChain: {filter: {name: envoy.filters.network.tcp_proxy, subFilter: {name: r}}}}}, patch: {operation: REMOVE}}]}".to_owned(), "spec.configPatches[0].match.listener.filterChain.filter.name"),
+            ("{configPatches: [{applyTo: CLUSTER, match: {proxy: {proxyVersion: '(unclosed'}}, patch: {operation: REMOVE}}]}".to_owned(), "spec.configPatches[0].match.proxy.proxyVersion"),
+            ("{workloadSelector: {labels: {app: '*'}}}".to_owned(), "spec.workloadSelector.labels"),
+        ] {
+            assert_eq!(field_of(ef(&bad)), field, "{bad}");
+        }
+        // Only `v1alpha3`, as Istio serves it.
+        let (_, v) = split_documents(
+            "apiVersion: networking.istio.io/v1\nkind: EnvoyFilter\nmetadata: {name: f}\nspec: {}\n",
+        )
+        .remove(0);
+        let parsed = parse_value(v.unwrap(), "default").remove(0);
+        assert!(
+            matches!(parsed, Err(ParseError::UnsupportedKind { .. })),
+            "{parsed:?}"
+        );
+    }
+
+    #[test]
     fn workload_groups_are_checked_as_istio_does() {
         let wg = |spec: &str| {
             check(&format!(
