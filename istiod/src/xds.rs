@@ -578,6 +578,13 @@ fn proxy_from_node(node: &Node) -> Result<Proxy, translator::model::InvalidNodeI
             .map(str::to_owned)
             .collect();
     }
+    // The string values, for EnvoyFilters' `match.proxy` (`ISTIO_VERSION`
+    // and whatever else they name).
+    proxy.metadata = fields
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| Some((k.clone(), string(v)?)))
+        .collect();
     proxy.stats_logger = node
         .extensions
         .iter()

@@ -4,8 +4,9 @@
 //!
 //! - **Which**: those of the root namespace, then those of the proxy's
 //!   namespace, each by `priority` then name, whose `workloadSelector`
-//!   labels (none: all) are the proxy's. `targetRefs` and `match.proxy`
-//!   are not acted on yet: such a patch is reported and left out.
+//!   labels (none: all) are the proxy's, and whose `match.proxy` (if any)
+//!   its `ISTIO_VERSION` and node metadata match. `targetRefs` are not
+//!   acted on yet: such an EnvoyFilter is reported and left out.
 //! - **Where** (`match.context`): `SIDECAR_INBOUND` (a sidecar's
 //!   `virtualInbound` listener and inbound listeners, its `inbound|` route
 //!   configurations and clusters), `SIDECAR_OUTBOUND` (the rest of a
@@ -74,7 +75,7 @@ const HCM: &str = "envoy.filters.network.http_connection_manager";
 
 /// One patch of an EnvoyFilter, its value read: what [`for_proxy`] picks
 /// and the `apply_*` functions apply.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Compiled {
     /// The EnvoyFilter's namespace.
     namespace: String,
@@ -84,8 +85,44 @@ pub struct Compiled {
     operation: Operation,
     context: PatchContext,
     matching: EnvoyConfigObjectMatch,
+    /// `match.proxy.proxyVersion`, anchored as Go's `MatchString` is not:
+    /// it matches anywhere in the proxy's `ISTIO_VERSION`.
+    proxy_version: Option<regex::Regex>,
     /// The value, encoded as the patched type (none for `REMOVE`).
     value: Option<Vec<u8>>,
+}
+
+impl Compiled {
+    /// Whether `proxy` is one this patch's `match.proxy` picks (Istio's
+    /// `proxyMatch`): its `ISTIO_VERSION` matches `proxyVersion` (a proxy
+    /// without a version matches no version regex) and its node metadata
+    /// carries every `metadata` pair.
+    fn proxy_matches(&self, proxy: &Proxy) -> bool {
+        let Some(m) = &self.matching.proxy else {
+            return true;
+        };
+        self.proxy_version.as_ref().is_none_or(|re| {
+            proxy
+                .metadata
+                .get("ISTIO_VERSION")
+                .is_some_and(|v| !v.is_empty() && re.is_match(v))
+        }) && m
+            .metadata
+            .iter()
+            .all(|(k, v)| proxy.metadata.get(k) == Some(v))
+    }
+}
+
+/// The positions of the patches with a `match.proxy` that `proxy` matches:
+/// part of its config key, so that proxies that differ there do not share
+/// config.
+pub(crate) fn proxy_matched(snap: &Snapshot, proxy: &Proxy) -> Vec<usize> {
+    snap.envoy_patches
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.matching.proxy.is_some() && c.proxy_matches(proxy))
+        .map(|(i, _)| i)
+        .collect()
 }
 
 /// The protobuf type a patch of `apply_to` carries, if supported.
@@ -153,14 +190,23 @@ pub(crate) fn compile(snap: &Snapshot) -> (Vec<Compiled>, Vec<ConfigWarning>) {
                 continue;
             };
             let matching = cp.match_.clone().unwrap_or_default();
-            if matching.proxy.is_some() {
-                warn(
-                    &mut warnings,
-                    format!("{at}.match.proxy"),
-                    "not supported yet (proxy version and metadata): the patch is left out".into(),
-                );
-                continue;
-            }
+            let version = matching
+                .proxy
+                .as_ref()
+                .and_then(|p| p.proxy_version.as_deref())
+                .filter(|v| !v.is_empty());
+            let proxy_version = match version.map(regex::Regex::new) {
+                None => None,
+                Some(Ok(re)) => Some(re),
+                Some(Err(e)) => {
+                    warn(
+                        &mut warnings,
+                        format!("{at}.match.proxy.proxyVersion"),
+                        format!("not a regular expression: {e}; the patch is left out"),
+                    );
+                    continue;
+                }
+            };
             if !supported(apply_to, operation) {
                 warn(
                     &mut warnings,
@@ -198,6 +244,7 @@ pub(crate) fn compile(snap: &Snapshot) -> (Vec<Compiled>, Vec<ConfigWarning>) {
                 operation,
                 context: matching.context.unwrap_or(PatchContext::Any),
                 matching,
+                proxy_version,
                 value,
             });
         }
@@ -235,7 +282,7 @@ pub(crate) fn for_proxy<'a>(snap: &'a Snapshot, proxy: &Proxy) -> Vec<&'a Compil
     let level = |ns: &str| -> Vec<&'a Compiled> {
         snap.envoy_patches
             .iter()
-            .filter(|c| c.namespace == ns && selects(c))
+            .filter(|c| c.namespace == ns && selects(c) && c.proxy_matches(proxy))
             .collect()
     };
     let mut out = level(root);

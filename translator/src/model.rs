@@ -3458,6 +3458,9 @@ pub struct Proxy {
     /// ([`crate::metrics`]); false: no metrics are configured (an Envoy
     /// without it would refuse every listener carrying one).
     pub stats_logger: bool,
+    /// The node metadata's string values (`ISTIO_VERSION` among them), which
+    /// an EnvoyFilter's `match.proxy` reads.
+    pub metadata: BTreeMap<String, String>,
 }
 
 impl Proxy {
@@ -3503,6 +3506,7 @@ impl Proxy {
                 ProxyKind::Sidecar if self.stats_logger => snap.inbound_services(&self.ip).to_vec(),
                 _ => Vec::new(),
             },
+            proxy_patches: crate::envoy_filter::proxy_matched(snap, self),
         }
     }
 }
@@ -3540,6 +3544,9 @@ pub struct ConfigKey {
     /// workload serves ([`Snapshot::inbound_services`]), which its inbound
     /// clusters name; empty otherwise.
     pub inbound_services: Vec<(u32, String)>,
+    /// Of the EnvoyFilter patches with a `match.proxy`, those this proxy's
+    /// version and metadata match (by position); empty without such patches.
+    pub proxy_patches: Vec<usize>,
 }
 
 /// Whether a Sidecar ingress `defaultEndpoint` names the workload's own
@@ -3599,6 +3606,7 @@ impl Proxy {
             network: String::new(),
             network_view: Vec::new(),
             stats_logger: false,
+            metadata: BTreeMap::new(),
         })
     }
 }

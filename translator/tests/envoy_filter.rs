@@ -281,10 +281,7 @@ fn filters_are_removed_and_what_cannot_be_read_is_reported() {
   - applyTo: HTTP_FILTER
     patch: {operation: INSERT_FIRST, value: {name: x, typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua, noSuchField: 1}}}
   - applyTo: LISTENER_FILTER
-    patch: {operation: ADD, value: {name: y}}
-  - applyTo: HTTP_FILTER
-    match: {proxy: {proxyVersion: '^1\\.2.*'}}
-    patch: {operation: REMOVE}",
+    patch: {operation: ADD, value: {name: y}}",
         ),
     ));
     let fields: Vec<&str> = snap
@@ -297,8 +294,7 @@ fn filters_are_removed_and_what_cannot_be_read_is_reported() {
         fields,
         [
             "spec.configPatches[0].patch.value",
-            "spec.configPatches[1].patch.operation",
-            "spec.configPatches[2].match.proxy"
+            "spec.configPatches[1].patch.operation"
         ],
         "{:?}",
         snap.warnings
@@ -315,5 +311,51 @@ fn filters_are_removed_and_what_cannot_be_read_is_reported() {
                 "{chain}"
             );
         }
+    }
+}
+
+/// `match.proxy`: a patch for proxies whose `ISTIO_VERSION` matches
+/// `proxyVersion` and whose node metadata carries the pairs named; a proxy
+/// without a version matches no version. Proxies that differ there do not
+/// share generated config.
+#[test]
+fn a_proxy_match_picks_proxies_by_version_and_metadata() {
+    let snap = mesh(&envoy_filter(
+        "versioned",
+        "istio-system",
+        &format!(
+            "  configPatches:
+  - applyTo: HTTP_FILTER
+    match:
+      proxy: {{proxyVersion: '^1\\.2[0-9].*', metadata: {{MESH_ID: mesh1}}}}
+      listener: {{filterChain: {{filter: {{name: envoy.filters.network.http_connection_manager, subFilter: {{name: envoy.filters.http.router}}}}}}}}
+    patch: {{operation: INSERT_BEFORE, value: {LUA}}}"
+        ),
+    ));
+    assert!(snap.warnings.is_empty(), "{:?}", snap.warnings);
+    let with = |pairs: &[(&str, &str)]| {
+        let mut p = reviews();
+        p.metadata = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        p
+    };
+    let has_lua = |proxy: &Proxy| {
+        generate(&snap, proxy).listeners.iter().any(|l| {
+            http_filters(l)
+                .iter()
+                .any(|(_, f)| f.contains(&"envoy.filters.http.lua".to_owned()))
+        })
+    };
+    let matching = with(&[("ISTIO_VERSION", "1.26.2"), ("MESH_ID", "mesh1")]);
+    assert!(has_lua(&matching));
+    for other in [
+        with(&[("ISTIO_VERSION", "1.19.0"), ("MESH_ID", "mesh1")]),
+        with(&[("ISTIO_VERSION", "1.26.2"), ("MESH_ID", "mesh2")]),
+        with(&[("MESH_ID", "mesh1")]),
+    ] {
+        assert!(!has_lua(&other), "{:?}", other.metadata);
+        assert_ne!(other.config_key(&snap), matching.config_key(&snap));
     }
 }
