@@ -92,6 +92,17 @@ pub fn attaches(
     if refs.is_empty() {
         return (policy_ns == ns || policy_ns == root) && selects(policy.selector(), labels);
     }
+    attaches_by_refs(policy_ns, refs, (root, ns, labels))
+}
+
+/// Whether `refs` (not empty) attach a policy of `policy_ns` to the
+/// workload: a Gateway API gateway's pods in the policy's namespace, named
+/// by a `Gateway` reference.
+pub fn attaches_by_refs(
+    policy_ns: &str,
+    refs: &[PolicyTargetReference],
+    (_, ns, labels): Workload<'_>,
+) -> bool {
     let Some(gateway) = labels.get(GATEWAY_NAME_LABEL) else {
         return false;
     };
@@ -122,6 +133,10 @@ pub(crate) fn any_targeted(snap: &Snapshot) -> bool {
             .iter()
             .any(|p| !p.spec.refs().is_empty())
         || snap.telemetries.iter().any(|p| !p.spec.refs().is_empty())
+        || snap
+            .envoy_filters
+            .iter()
+            .any(|f| !f.spec.target_refs.is_empty())
 }
 
 /// The references that attach a policy to nothing here, as warnings naming
@@ -149,13 +164,22 @@ pub(crate) fn warnings(snap: &Snapshot) -> Vec<ConfigWarning> {
             snap.telemetries
                 .iter()
                 .map(|p| ("Telemetry", p.key(), &p.spec as &dyn Targetable)),
+        )
+        .map(|(kind, key, p)| (kind, key, p.refs(), p.target_refs().is_empty()))
+        .chain(
+            snap.envoy_filters
+                .iter()
+                .map(|f| ("EnvoyFilter", f.key(), f.spec.target_refs.as_slice(), false)),
         );
-    for (kind, key, policy) in policies {
-        let field = |i: usize| match policy.target_refs() {
-            [] => "spec.targetRef".to_owned(),
-            _ => format!("spec.targetRefs[{i}]"),
+    for (kind, key, refs, single) in policies {
+        let field = |i: usize| {
+            if single {
+                "spec.targetRef".to_owned()
+            } else {
+                format!("spec.targetRefs[{i}]")
+            }
         };
-        for (i, r) in policy.refs().iter().enumerate() {
+        for (i, r) in refs.iter().enumerate() {
             if is_gateway(r) {
                 continue;
             }

@@ -5,8 +5,8 @@
 //! - **Which**: those of the root namespace, then those of the proxy's
 //!   namespace, each by `priority` then name, whose `workloadSelector`
 //!   labels (none: all) are the proxy's, and whose `match.proxy` (if any)
-//!   its `ISTIO_VERSION` and node metadata match. `targetRefs` are not
-//!   acted on yet: such an EnvoyFilter is reported and left out.
+//!   its `ISTIO_VERSION` and node metadata match; or, with `targetRefs`,
+//!   those attached to a Gateway API gateway's pods ([`crate::attach`]).
 //! - **Where** (`match.context`): `SIDECAR_INBOUND` (a sidecar's
 //!   `virtualInbound` listener and inbound listeners, its `inbound|` route
 //!   configurations and clusters), `SIDECAR_OUTBOUND` (the rest of a
@@ -81,6 +81,9 @@ pub struct Compiled {
     namespace: String,
     /// Its `workloadSelector` labels (none: every workload).
     selector: Option<BTreeMap<String, String>>,
+    /// Its `targetRefs` (instead of the selector: a Gateway API gateway's
+    /// pods, [`crate::attach`]).
+    target_refs: Vec<crds::authorization_policy::PolicyTargetReference>,
     apply_to: ApplyTo,
     operation: Operation,
     context: PatchContext,
@@ -172,14 +175,6 @@ pub(crate) fn compile(snap: &Snapshot) -> (Vec<Compiled>, Vec<ConfigWarning>) {
         let warn = |warnings: &mut Vec<ConfigWarning>, field: String, reason: String| {
             warnings.push(ConfigWarning::new("EnvoyFilter", ef.key(), field, reason));
         };
-        if !ef.spec.target_refs.is_empty() {
-            warn(
-                &mut warnings,
-                "spec.targetRefs".into(),
-                "not supported yet: the EnvoyFilter is left out".into(),
-            );
-            continue;
-        }
         for (i, cp) in ef.spec.config_patches.iter().enumerate() {
             let at = format!("spec.configPatches[{i}]");
             // Validation refused those without these.
@@ -240,6 +235,7 @@ pub(crate) fn compile(snap: &Snapshot) -> (Vec<Compiled>, Vec<ConfigWarning>) {
             out.push(Compiled {
                 namespace: ef.namespace.clone(),
                 selector: ef.spec.workload_selector.as_ref().map(|s| s.labels.clone()),
+                target_refs: ef.spec.target_refs.clone(),
                 apply_to,
                 operation,
                 context: matching.context.unwrap_or(PatchContext::Any),
@@ -275,6 +271,13 @@ pub(crate) fn for_proxy<'a>(snap: &'a Snapshot, proxy: &Proxy) -> Vec<&'a Compil
     }
     let root = snap.mesh.root_namespace.as_str();
     let selects = |c: &Compiled| {
+        if !c.target_refs.is_empty() {
+            return crate::attach::attaches_by_refs(
+                &c.namespace,
+                &c.target_refs,
+                (root, &proxy.namespace, &proxy.labels),
+            );
+        }
         c.selector
             .as_ref()
             .is_none_or(|s| s.iter().all(|(k, v)| proxy.labels.get(k) == Some(v)))

@@ -359,3 +359,40 @@ fn a_proxy_match_picks_proxies_by_version_and_metadata() {
         assert_ne!(other.config_key(&snap), matching.config_key(&snap));
     }
 }
+
+/// `targetRefs` to a Gateway API Gateway: the patch applies to that
+/// gateway's pods (of the EnvoyFilter's namespace), not to sidecars.
+#[test]
+fn target_refs_attach_a_patch_to_a_gateway_api_gateways_pods() {
+    let snap = mesh(&envoy_filter(
+        "gw-cluster",
+        "default",
+        "  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: gw}]
+  configPatches:
+  - applyTo: CLUSTER
+    patch: {operation: ADD, value: {name: added-for-gw, type: STATIC, connect_timeout: 1s}}",
+    ));
+    assert!(snap.warnings.is_empty(), "{:?}", snap.warnings);
+    let pod = |gateway: &str, ns: &str| {
+        Proxy::from_node_id(
+            &format!("router~10.244.0.70~gw-0.{ns}~{ns}.svc.cluster.local"),
+            None,
+            [(
+                "gateway.networking.k8s.io/gateway-name".to_owned(),
+                gateway.to_owned(),
+            )]
+            .into(),
+        )
+        .unwrap()
+    };
+    let added = |proxy: &Proxy| {
+        generate(&snap, proxy)
+            .clusters
+            .iter()
+            .any(|c| c.name == "added-for-gw")
+    };
+    assert!(added(&pod("gw", "default")));
+    assert!(!added(&pod("other", "default")));
+    assert!(!added(&pod("gw", "elsewhere")));
+    assert!(!added(&reviews()));
+}
