@@ -185,6 +185,15 @@ pub(crate) fn compile(snap: &Snapshot) -> (Vec<Compiled>, Vec<ConfigWarning>) {
                 continue;
             };
             let matching = cp.match_.clone().unwrap_or_default();
+            if matching.waypoint.is_some() || matching.context == Some(PatchContext::Waypoint) {
+                warn(
+                    &mut warnings,
+                    format!("{at}.match"),
+                    "waypoints are not programmed by this control plane: the patch applies to nothing"
+                        .into(),
+                );
+                continue;
+            }
             let version = matching
                 .proxy
                 .as_ref()

@@ -281,7 +281,10 @@ fn filters_are_removed_and_what_cannot_be_read_is_reported() {
   - applyTo: HTTP_FILTER
     patch: {operation: INSERT_FIRST, value: {name: x, typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua, noSuchField: 1}}}
   - applyTo: LISTENER_FILTER
-    patch: {operation: ADD, value: {name: y}}",
+    patch: {operation: ADD, value: {name: y}}
+  - applyTo: HTTP_FILTER
+    match: {context: WAYPOINT}
+    patch: {operation: REMOVE}",
         ),
     ));
     let fields: Vec<&str> = snap
@@ -294,7 +297,8 @@ fn filters_are_removed_and_what_cannot_be_read_is_reported() {
         fields,
         [
             "spec.configPatches[0].patch.value",
-            "spec.configPatches[1].patch.operation"
+            "spec.configPatches[1].patch.operation",
+            "spec.configPatches[2].match"
         ],
         "{:?}",
         snap.warnings
