@@ -1074,6 +1074,32 @@ fn network_gateways_follow_the_api() {
     );
 }
 
+/// The WorkloadGroup `vms` (labels `app: vm-app`, port `http` 9080, and
+/// `more` lines of its spec) and a ServiceEntry selecting its workloads
+/// (`vm.example.internal`, 10.96.0.80:9080).
+fn vm_group(more: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: WorkloadGroup
+metadata: {{name: vms, namespace: default}}
+spec:
+  metadata: {{labels: {{app: vm-app}}}}
+  template: {{ports: {{http: 9080}}}}
+{more}---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: vm-app, namespace: default}}
+spec:
+  hosts: [vm.example.internal]
+  addresses: [10.96.0.80]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 9080, name: http, protocol: HTTP}}]
+  workloadSelector: {{labels: {{app: vm-app}}}}
+"
+    )
+}
+
 /// WorkloadEntry auto-registration with the Kubernetes source, as istiod
 /// does it: the entry of a VM whose proxy connects with node metadata
 /// `AUTO_REGISTER_GROUP` is written to the API server (annotated with the
@@ -1087,26 +1113,7 @@ fn auto_registered_workload_entries_are_written_to_the_api() {
     let (api, daemon) = (mesh.api(), &mesh.daemon);
     let envoy = mesh.sidecar();
     apply(daemon, &[&envoy], || {
-        api.apply_yaml(
-            "apiVersion: networking.istio.io/v1
-kind: WorkloadGroup
-metadata: {name: vms, namespace: default}
-spec:
-  metadata: {labels: {app: vm-app}}
-  template: {ports: {http: 9080}}
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: vm-app, namespace: default}
-spec:
-  hosts: [vm.example.internal]
-  addresses: [10.96.0.80]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{number: 9080, name: http, protocol: HTTP}]
-  workloadSelector: {labels: {app: vm-app}}
-",
-        );
+        api.apply_yaml(&vm_group(""));
     });
     let hosts = || envoy.hosts("outbound|9080||vm.example.internal");
     let call = || {
@@ -1188,27 +1195,9 @@ fn health_reports_are_written_to_the_auto_registered_entry() {
     let (api, daemon) = (mesh.api(), &mesh.daemon);
     let envoy = mesh.sidecar();
     apply(daemon, &[&envoy], || {
-        api.apply_yaml(
-            "apiVersion: networking.istio.io/v1
-kind: WorkloadGroup
-metadata: {name: vms, namespace: default}
-spec:
-  metadata: {labels: {app: vm-app}}
-  template: {ports: {http: 9080}}
-  probe: {httpGet: {path: /ready, port: 9080}}
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: vm-app, namespace: default}
-spec:
-  hosts: [vm.example.internal]
-  addresses: [10.96.0.80]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{number: 9080, name: http, protocol: HTTP}]
-  workloadSelector: {labels: {app: vm-app}}
-",
-        );
+        api.apply_yaml(&vm_group(
+            "  probe: {httpGet: {path: /ready, port: 9080}}\n",
+        ));
     });
     let hosts = || envoy.hosts("outbound|9080||vm.example.internal");
     let vm = mesh.block_on(e2e::ads_stream(

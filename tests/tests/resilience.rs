@@ -392,22 +392,41 @@ spec:
     assert_eq!(ok + shed.len(), replies.len());
 }
 
-#[test]
-fn outlier_detection_ejects_the_failing_endpoint() {
+/// A mesh whose sidecar has reviews' DestinationRule eject an endpoint at
+/// its first error, checked every second, for three minutes, all of them
+/// if need be; `more` adds fields to its `outlierDetection`.
+fn ejecting_mesh(more: &str) -> (Mesh, Envoy) {
     let mesh = Mesh::start(true, &[]);
     let envoy = mesh.sidecar();
     mesh.apply(
         &[&envoy],
         "dr.yaml",
-        "apiVersion: networking.istio.io/v1
+        &format!(
+            "apiVersion: networking.istio.io/v1
 kind: DestinationRule
-metadata: {name: reviews}
+metadata: {{name: reviews}}
 spec:
   host: reviews
   trafficPolicy:
-    outlierDetection: {consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 3m, maxEjectionPercent: 100}
-",
+    outlierDetection: {{consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 3m, maxEjectionPercent: 100{more}}}
+"
+        ),
     );
+    (mesh, envoy)
+}
+
+/// Hosts of reviews' cluster that `envoy`'s outlier detection ejected.
+fn ejections(envoy: &Envoy) -> u64 {
+    envoy
+        .stats()
+        .get("cluster.outbound|9080||reviews.default.svc.cluster.local.outlier_detection.ejections_enforced_total")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn outlier_detection_ejects_the_failing_endpoint() {
+    let (_mesh, envoy) = ejecting_mesh("");
     // v1 answers 503 to this path; v2 and v3 are healthy.
     let warmup = tally(&format!("{REVIEWS}/fail-on/v1"), "reviews", &[], 30);
     assert!(
@@ -421,12 +440,7 @@ spec:
         versions,
         BTreeSet::from(["reviews v2".to_string(), "reviews v3".to_string()])
     );
-    let ejections: u64 = envoy
-        .stats()
-        .get("cluster.outbound|9080||reviews.default.svc.cluster.local.outlier_detection.ejections_enforced_total")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    assert_eq!(ejections, 1);
+    assert_eq!(ejections(&envoy), 1);
 }
 
 /// `outlierDetectionHttpErrorCodes`: only the listed statuses count as the
@@ -434,27 +448,8 @@ spec:
 /// nothing (they would without the list), while its first 429 ejects it.
 #[test]
 fn outlier_detection_counts_only_the_listed_statuses() {
-    let mesh = Mesh::start(true, &[]);
-    let envoy = mesh.sidecar();
-    mesh.apply(
-        &[&envoy],
-        "dr.yaml",
-        "apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: reviews}
-spec:
-  host: reviews
-  trafficPolicy:
-    outlierDetection: {consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 3m, maxEjectionPercent: 100, outlierDetectionHttpErrorCodes: [404, 429]}
-",
-    );
-    let ejections = || -> u64 {
-        envoy
-            .stats()
-            .get("cluster.outbound|9080||reviews.default.svc.cluster.local.outlier_detection.ejections_enforced_total")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
+    let (_mesh, envoy) = ejecting_mesh(", outlierDetectionHttpErrorCodes: [404, 429]");
+    let ejections = || ejections(&envoy);
     // 503s from v1 are not errors here: v1 keeps answering (Envoy's default
     // retries may hide some of them, not all of 60).
     let sick = tally(&format!("{REVIEWS}/fail-on/v1"), "reviews", &[], 60);

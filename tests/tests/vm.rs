@@ -420,16 +420,9 @@ fn a_proxy_naming_no_workload_group_is_refused() {
 #[test]
 fn a_vm_serves_only_while_its_readiness_probe_passes() {
     use std::os::unix::fs::PermissionsExt;
-    let group = "
-apiVersion: networking.istio.io/v1
-kind: WorkloadGroup
-metadata: {name: ratings-vms, namespace: default}
-spec:
-  metadata: {labels: {app: ratings, version: vm}}
-  template: {serviceAccount: ratings-vm}
-  probe: {exec: {command: [/bin/true]}}
-";
-    let world = World::start(("ratings-vm-1", "10.244.0.31"), ("group.yaml", group));
+    // The group, with a probe (the agent is given the one to run below).
+    let group = format!("{VM_GROUP}  probe: {{exec: {{command: [/bin/true]}}}}\n");
+    let world = World::start(("ratings-vm-1", "10.244.0.31"), ("group.yaml", &group));
     let World { daemon, client, .. } = &world;
     let (client_envoy, pod_envoy) = world.pod_sidecars();
     let ratings_hosts = || client_envoy.hosts("outbound|9080||ratings.default.svc.cluster.local");
