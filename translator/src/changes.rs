@@ -28,8 +28,8 @@ pub struct ChangeSet {
     /// Namespaces of AuthorizationPolicies and RequestAuthentications
     /// changed (the root namespace's apply to every workload).
     pub authz_namespaces: BTreeSet<String>,
-    /// Namespaces of Telemetry resources changed (the root namespace's
-    /// apply to every workload).
+    /// Namespaces of Telemetry resources or EnvoyFilters changed (the root
+    /// namespace's apply to every workload).
     pub telemetry_namespaces: BTreeSet<String>,
     /// Workload addresses whose served ports changed (their sidecars'
     /// `virtualInbound`).

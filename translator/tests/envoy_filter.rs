@@ -400,3 +400,31 @@ fn target_refs_attach_a_patch_to_a_gateway_api_gateways_pods() {
     assert!(!added(&pod("gw", "elsewhere")));
     assert!(!added(&reviews()));
 }
+
+/// An EnvoyFilter changed regenerates the proxies of its namespace (of
+/// every namespace, from the root namespace), and no others.
+#[test]
+fn an_envoy_filter_change_reaches_its_namespace() {
+    use translator::changes::{ChangeSet, Effect};
+    let filter = |ns: &str| {
+        envoy_filter(
+            "f",
+            ns,
+            "  configPatches:
+  - applyTo: CLUSTER
+    patch: {operation: REMOVE}",
+        )
+    };
+    let before = mesh("");
+    let elsewhere = Proxy::from_node_id(
+        "sidecar~10.244.0.90~app-0.other~other.svc.cluster.local",
+        None,
+        Default::default(),
+    )
+    .unwrap();
+    let changed = ChangeSet::between(&before, &mesh(&filter("default")));
+    assert_eq!(changed.effect(&reviews()), Effect::Full);
+    assert_eq!(changed.effect(&elsewhere), Effect::Nothing);
+    let changed = ChangeSet::between(&before, &mesh(&filter("istio-system")));
+    assert_eq!(changed.effect(&elsewhere), Effect::Full);
+}
