@@ -1121,3 +1121,116 @@ spec:
     );
     assert_eq!(gw.rejected(), 0);
 }
+
+/// One HTTP/1.1 request on a fresh connection to the gateway on
+/// 127.0.0.1:`port`, `preface` (a PROXY protocol header) written first:
+/// the status and body of the answer, or why there was none.
+fn request_after(preface: &str, port: u16, path: &str) -> Result<(u16, String), String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        s,
+        "{preface}GET {path} HTTP/1.1\r\nhost: bookinfo.example.com\r\nconnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).map_err(|e| e.to_string())?;
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no answer: {answer:?}"))?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("no status: {head:?}"))?;
+    Ok((status, body.to_owned()))
+}
+
+/// EnvoyFilter `LISTENER_FILTER` patches on a real gateway, as an
+/// ingress behind a load balancer that speaks the PROXY protocol needs
+/// them: `INSERT_FIRST` of `envoy.filters.listener.proxy_protocol` makes
+/// the gateway read the client's address from the PROXY header (the
+/// backend sees it in `x-forwarded-for`) and refuse connections without
+/// one; a `MERGE` by `listenerFilter` name allows those again; a `REMOVE`
+/// by name takes the filter out.
+#[test]
+fn listener_filter_patches_make_the_gateway_read_the_proxy_protocol() {
+    let mesh = Mesh::start(false, &[]);
+    mesh.cfg.write(
+        "gateway.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 8080, name: http, protocol: HTTP}, hosts: ['*']}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: edge, namespace: istio-system}
+spec:
+  hosts: ['*']
+  gateways: [edge]
+  http: [{route: [{destination: {host: productpage.default.svc.cluster.local, port: {number: 9080}}}]}]
+",
+    );
+    let gw = gateway(&mesh);
+    let proxied = "PROXY TCP4 203.0.113.7 127.0.0.1 40000 8080\r\n";
+    let plain = || request_after("", 8080, "/header/x-forwarded-for");
+    let with_header = || request_after(proxied, 8080, "/header/x-forwarded-for");
+    let ok = |from: &str| Ok((200, from.to_owned()));
+    let refused = Ok((400, "Bad Request".to_owned()));
+    // A changed listener filter is a new listener, which Envoy warms
+    // before it takes the old one's place: wait for the first answer.
+    let settled = |expect: &Result<(u16, String), String>, send: &dyn Fn() -> _| {
+        e2e::eventually(
+            Duration::from_secs(5),
+            || (send() == *expect).then_some(()),
+            || format!("wanted {expect:?}, got {:?}", send()),
+        )
+    };
+    assert_eq!(plain(), ok("127.0.0.1"));
+    assert_eq!(with_header(), refused, "a PROXY header is not HTTP");
+    let patch = |operation: &str, value: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {{name: proxy-protocol, namespace: istio-system}}
+spec:
+  workloadSelector: {{labels: {{istio: ingressgateway}}}}
+  configPatches:
+  - applyTo: LISTENER_FILTER
+    match: {{context: GATEWAY, listener: {{portNumber: 8080}}}}
+    patch:
+      operation: INSERT_FIRST
+      value: {{name: envoy.filters.listener.proxy_protocol, typed_config: {{'@type': type.googleapis.com/envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol}}}}
+  - applyTo: LISTENER_FILTER
+    match: {{context: GATEWAY, listener: {{portNumber: 8080, listenerFilter: envoy.filters.listener.proxy_protocol}}}}
+    patch: {{operation: {operation}{value}}}
+"
+        )
+    };
+    // Inserted (the second patch merges nothing in): the client's address
+    // is the header's, and a connection without one is refused.
+    mesh.apply(&[&gw], "envoyfilter.yaml", &patch("MERGE", ", value: {}"));
+    settled(&ok("203.0.113.7"), &with_header);
+    assert!(plain().is_err(), "no PROXY header, no request");
+    // Merged by name: connections without the header are taken again.
+    mesh.apply(
+        &[&gw],
+        "envoyfilter.yaml",
+        &patch(
+            "MERGE",
+            ", value: {typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol, allow_requests_without_proxy_protocol: true}}",
+        ),
+    );
+    settled(&ok("127.0.0.1"), &plain);
+    assert_eq!(with_header(), ok("203.0.113.7"));
+    // Removed by name: as before.
+    mesh.apply(&[&gw], "envoyfilter.yaml", &patch("REMOVE", ""));
+    settled(&refused, &with_header);
+    assert_eq!(plain(), ok("127.0.0.1"));
+    assert_eq!(gw.rejected(), 0);
+}

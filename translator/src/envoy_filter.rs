@@ -11,29 +11,33 @@
 //!   `virtualInbound` listener and inbound listeners, its `inbound|` route
 //!   configurations and clusters), `SIDECAR_OUTBOUND` (the rest of a
 //!   sidecar's), `GATEWAY` (a gateway's), `ANY`.
-//! - **What**: `LISTENER` (`ADD`, `REMOVE`, `MERGE`), `FILTER_CHAIN` (`ADD`,
-//!   `REMOVE`, `MERGE`), `NETWORK_FILTER` and `HTTP_FILTER` (`ADD` at the
-//!   end, `INSERT_FIRST`, `INSERT_BEFORE` / `INSERT_AFTER` the matched filter,
-//!   `REMOVE`, `REPLACE`, `MERGE`), `CLUSTER` (`ADD`, `REMOVE`, `MERGE`,
-//!   `REPLACE`), `ROUTE_CONFIGURATION` (`MERGE`), `VIRTUAL_HOST` (`ADD`,
-//!   `REMOVE`, `MERGE`), `HTTP_ROUTE` (`MERGE`, `REMOVE`, `INSERT_FIRST`,
-//!   `INSERT_BEFORE` / `INSERT_AFTER` the matched route). Matches: a
+//! - **What**: `LISTENER` (`ADD`, `REMOVE`, `MERGE`), `LISTENER_FILTER`,
+//!   `NETWORK_FILTER` and `HTTP_FILTER` (`ADD` at the end, `INSERT_FIRST`,
+//!   `INSERT_BEFORE` / `INSERT_AFTER` the matched filter, `REMOVE`,
+//!   `REPLACE`, `MERGE`; `REMOVE` and `REPLACE`, and `MERGE` of a listener
+//!   filter, need a filter name and do nothing without one, as Istio's),
+//!   `FILTER_CHAIN` (`ADD`, `REMOVE`, `MERGE`), `CLUSTER` (`ADD`,
+//!   `REMOVE`, `MERGE`, `REPLACE`), `ROUTE_CONFIGURATION` (`MERGE`),
+//!   `VIRTUAL_HOST` (`ADD`, `REMOVE`, `MERGE`), `HTTP_ROUTE` (`MERGE`,
+//!   `REMOVE`, `INSERT_FIRST`, `INSERT_BEFORE` / `INSERT_AFTER` the matched
+//!   route); `MERGE_AND_REPLACE_LIST` wherever `MERGE` is. Matches: a
 //!   listener's `name` and `portNumber` (inbound: the filter chain's
-//!   destination port), a filter chain's `name`, `sni`,
-//!   `transportProtocol`, `applicationProtocols`, `destinationPort`, its
-//!   `filter.name` and `filter.subFilter.name`; a cluster's `name`,
-//!   `service`, `portNumber`, `subset`; a route configuration's `name`,
-//!   `portNumber`, `gateway`, `vhost.name`, `vhost.domainName`,
-//!   `vhost.route.name` and `action`. Other kinds (`LISTENER_FILTER`,
-//!   `EXTENSION_CONFIG`, `BOOTSTRAP`) and operations
-//!   (`MERGE_AND_REPLACE_LIST`, `filterClass`) are reported and left out.
+//!   destination port), its `listenerFilter` (a listener filter's name), a
+//!   filter chain's `name`, `sni`, `transportProtocol`,
+//!   `applicationProtocols`, `destinationPort`, its `filter.name` and
+//!   `filter.subFilter.name`; a cluster's `name`, `service`, `portNumber`,
+//!   `subset`; a route configuration's `name`, `portNumber`, `gateway`,
+//!   `vhost.name`, `vhost.domainName`, `vhost.route.name` and `action`.
+//!   Other kinds (`EXTENSION_CONFIG`, `BOOTSTRAP`) and `filterClass` are
+//!   reported and left out.
 //! - **Values** are Envoy's JSON of the patched type (`@type` naming the
 //!   type of a typed config), read against Envoy's descriptors
 //!   ([`descriptors`]); one that does not parse is reported on
 //!   `spec.configPatches[i].patch.value` and its patch left out.
 //!   `MERGE` is protobuf's merge (set fields replace, lists append, messages
 //!   merge), and merges inside a typed config (an `Any`) of the same type,
-//!   as Istio's merge does.
+//!   as Istio's merge does; `MERGE_AND_REPLACE_LIST` (Istio 1.31) replaces
+//!   the lists the value sets instead.
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -44,7 +48,9 @@ use crds::envoy_filter::{
 };
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
-use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
+use envoy_types::pb::envoy::config::listener::v3::{
+    Filter, FilterChain, Listener, ListenerFilter, filter,
+};
 use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost, route};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter,
@@ -132,6 +138,7 @@ pub(crate) fn proxy_matched(snap: &Snapshot, proxy: &Proxy) -> Vec<usize> {
 fn type_of(apply_to: ApplyTo) -> Option<&'static str> {
     Some(match apply_to {
         ApplyTo::Listener => "envoy.config.listener.v3.Listener",
+        ApplyTo::ListenerFilter => "envoy.config.listener.v3.ListenerFilter",
         ApplyTo::FilterChain => "envoy.config.listener.v3.FilterChain",
         ApplyTo::NetworkFilter => "envoy.config.listener.v3.Filter",
         ApplyTo::HttpFilter => {
@@ -145,12 +152,18 @@ fn type_of(apply_to: ApplyTo) -> Option<&'static str> {
     })
 }
 
-/// Whether `operation` is one this module applies to `apply_to`.
+/// Whether `operation` is one this module applies to `apply_to`
+/// (`MERGE_AND_REPLACE_LIST` wherever `MERGE` is, as Istio takes it).
 fn supported(apply_to: ApplyTo, operation: Operation) -> bool {
     use Operation::*;
+    let operation = if operation == MergeAndReplaceList {
+        Merge
+    } else {
+        operation
+    };
     match apply_to {
         ApplyTo::Listener | ApplyTo::FilterChain => matches!(operation, Add | Remove | Merge),
-        ApplyTo::NetworkFilter | ApplyTo::HttpFilter => matches!(
+        ApplyTo::ListenerFilter | ApplyTo::NetworkFilter | ApplyTo::HttpFilter => matches!(
             operation,
             Add | InsertFirst | InsertBefore | InsertAfter | Remove | Replace | Merge
         ),
@@ -163,6 +176,12 @@ fn supported(apply_to: ApplyTo, operation: Operation) -> bool {
         ),
         _ => false,
     }
+}
+
+/// Whether `operation` merges its value in (`MERGE`, or
+/// `MERGE_AND_REPLACE_LIST`).
+fn merges(operation: Operation) -> bool {
+    matches!(operation, Operation::Merge | Operation::MergeAndReplaceList)
 }
 
 /// Reads every EnvoyFilter's patches (`value`s against Envoy's
@@ -332,20 +351,30 @@ fn decode<M: Message + Default>(bytes: &[u8]) -> Option<M> {
     M::decode(bytes).ok()
 }
 
-/// `target` with `value` (encoded as the same type) merged in, as
-/// protobuf's merge, recursing into typed configs of the same type.
-fn merged<M: Message + Default>(target: &M, value: &[u8], type_name: &str) -> Option<M> {
+/// `target` with `p`'s value (encoded as the same type, `type_name`)
+/// merged in, as protobuf's merge, recursing into typed configs of the
+/// same type; `MERGE_AND_REPLACE_LIST` replaces the lists the value sets
+/// instead of appending to them, at every depth (Istio's newest source
+/// does so inside typed configs too).
+fn merged<M: Message + Default>(target: &M, p: &Compiled, type_name: &str) -> Option<M> {
     let pool = descriptors()?;
     let desc = pool.get_message_by_name(type_name)?;
     let mut dst = DynamicMessage::decode(desc.clone(), target.encode_to_vec().as_slice()).ok()?;
-    let src = DynamicMessage::decode(desc, value).ok()?;
-    merge(&mut dst, &src, pool);
+    let src = DynamicMessage::decode(desc, p.value.as_deref()?).ok()?;
+    let replace_lists = p.operation == Operation::MergeAndReplaceList;
+    merge(&mut dst, &src, pool, replace_lists);
     M::decode(dst.encode_to_vec().as_slice()).ok()
 }
 
-/// Protobuf's merge of `src` into `dst`, except that a `google.protobuf.Any`
-/// holding the same type on both sides is merged as that type.
-fn merge(dst: &mut DynamicMessage, src: &DynamicMessage, pool: &DescriptorPool) {
+/// Protobuf's merge of `src` into `dst` (lists replaced, with
+/// `replace_lists`), except that a `google.protobuf.Any` holding the same
+/// type on both sides is merged as that type.
+fn merge(
+    dst: &mut DynamicMessage,
+    src: &DynamicMessage,
+    pool: &DescriptorPool,
+    replace_lists: bool,
+) {
     if dst.descriptor().full_name() == "google.protobuf.Any"
         && let (Some(a), Some(b)) = (any_of(dst), any_of(src))
         && a.0 == b.0
@@ -355,7 +384,7 @@ fn merge(dst: &mut DynamicMessage, src: &DynamicMessage, pool: &DescriptorPool) 
             DynamicMessage::decode(desc, b.1.as_slice()),
         )
     {
-        merge(&mut inner, &patch, pool);
+        merge(&mut inner, &patch, pool, replace_lists);
         dst.set_field_by_name("value", Value::Bytes(inner.encode_to_vec().into()));
         return;
     }
@@ -363,6 +392,9 @@ fn merge(dst: &mut DynamicMessage, src: &DynamicMessage, pool: &DescriptorPool) 
         match value {
             Value::List(items) => {
                 if let Value::List(existing) = dst.get_field_mut(&field) {
+                    if replace_lists {
+                        existing.clear();
+                    }
                     existing.extend(items.iter().cloned());
                 }
             }
@@ -373,7 +405,7 @@ fn merge(dst: &mut DynamicMessage, src: &DynamicMessage, pool: &DescriptorPool) 
             }
             Value::Message(m) if dst.has_field(&field) => {
                 if let Value::Message(existing) = dst.get_field_mut(&field) {
-                    merge(existing, m, pool);
+                    merge(existing, m, pool, replace_lists);
                 }
             }
             other => dst.set_field(&field, other.clone()),
@@ -388,8 +420,8 @@ fn any_of(m: &DynamicMessage) -> Option<(String, Vec<u8>)> {
     Some((url, value))
 }
 
-/// Applies the listener-class patches (`LISTENER`, `FILTER_CHAIN`,
-/// `NETWORK_FILTER`, `HTTP_FILTER`) to `listeners`.
+/// Applies the listener-class patches (`LISTENER`, `LISTENER_FILTER`,
+/// `FILTER_CHAIN`, `NETWORK_FILTER`, `HTTP_FILTER`) to `listeners`.
 pub(crate) fn apply_listeners(patches: &[&Compiled], proxy: &Proxy, listeners: &mut Vec<Listener>) {
     for p in patches {
         let lm = p.matching.listener.clone().unwrap_or_default();
@@ -405,13 +437,10 @@ pub(crate) fn apply_listeners(patches: &[&Compiled], proxy: &Proxy, listeners: &
                 Operation::Remove => {
                     listeners.retain(|l| !listener_matches(p, proxy, &lm, l));
                 }
-                Operation::Merge => {
+                op if merges(op) => {
                     for l in listeners.iter_mut() {
                         if listener_matches(p, proxy, &lm, l)
-                            && let Some(m) = p
-                                .value
-                                .as_deref()
-                                .and_then(|v| merged(&*l, v, "envoy.config.listener.v3.Listener"))
+                            && let Some(m) = merged(&*l, p, "envoy.config.listener.v3.Listener")
                         {
                             *l = m;
                         }
@@ -419,6 +448,13 @@ pub(crate) fn apply_listeners(patches: &[&Compiled], proxy: &Proxy, listeners: &
                 }
                 _ => {}
             },
+            ApplyTo::ListenerFilter => {
+                for l in listeners.iter_mut() {
+                    if in_context(p.context, proxy, is_inbound(l)) && listener_named_at(p, &lm, l) {
+                        listener_filter_op(p, &lm, l);
+                    }
+                }
+            }
             ApplyTo::FilterChain => {
                 for l in listeners.iter_mut() {
                     if !listener_matches(p, proxy, &lm, l) {
@@ -441,11 +477,11 @@ pub(crate) fn apply_listeners(patches: &[&Compiled], proxy: &Proxy, listeners: &
                                 l.default_filter_chain = None;
                             }
                         }
-                        Operation::Merge => {
+                        op if merges(op) => {
                             for_each_chain(l, &lm, |c| {
-                                if let Some(m) = p.value.as_deref().and_then(|v| {
-                                    merged(&*c, v, "envoy.config.listener.v3.FilterChain")
-                                }) {
+                                if let Some(m) =
+                                    merged(&*c, p, "envoy.config.listener.v3.FilterChain")
+                                {
                                     *c = m;
                                 }
                             });
@@ -490,16 +526,27 @@ fn listener_port(l: &Listener) -> Option<u32> {
     }
 }
 
-/// Whether listener `l` is one `p` patches: its side, name and port (an
-/// inbound listener's port is its chains', checked per chain).
-fn listener_matches(p: &Compiled, proxy: &Proxy, lm: &ListenerMatch, l: &Listener) -> bool {
-    let inbound = is_inbound(l);
-    in_context(p.context, proxy, inbound)
-        && lm.name.as_deref().is_none_or(|n| n == l.name)
-        && (l.name == crate::inbound::VIRTUAL_INBOUND
+/// Whether listener `l` has the name and port `lm` asks for, as Istio's
+/// `listenerMatch`: below `LISTENER`, the port of `virtualInbound` and
+/// `virtualOutbound` is not checked (on `virtualInbound` it is the
+/// chains' destination port, checked per chain).
+fn listener_named_at(p: &Compiled, lm: &ListenerMatch, l: &Listener) -> bool {
+    let is_virtual =
+        l.name == crate::inbound::VIRTUAL_INBOUND || l.name == crate::listener::VIRTUAL_OUTBOUND;
+    lm.name.as_deref().is_none_or(|n| n == l.name)
+        && ((is_virtual && p.apply_to != ApplyTo::Listener)
             || lm
                 .port_number
                 .is_none_or(|port| listener_port(l) == Some(port)))
+}
+
+/// Whether listener `l` is one `p` patches: its side, name and port (an
+/// inbound listener's port is its chains', checked per chain), and a chain
+/// that `lm.filterChain` matches.
+fn listener_matches(p: &Compiled, proxy: &Proxy, lm: &ListenerMatch, l: &Listener) -> bool {
+    let inbound = is_inbound(l);
+    in_context(p.context, proxy, inbound)
+        && listener_named_at(p, lm, l)
         && (lm.filter_chain.is_none()
             || l.filter_chains
                 .iter()
@@ -601,12 +648,9 @@ fn list_op<T: Message + Default + Clone>(
                 }
             }
         }
-        Operation::Merge => {
-            let Some(bytes) = p.value.as_deref() else {
-                return;
-            };
+        op if merges(op) => {
             for i in items.iter_mut().filter(|i| target(i)) {
-                if let Some(m) = merged(&*i, bytes, type_name) {
+                if let Some(m) = merged(&*i, p, type_name) {
                     *i = m;
                 }
             }
@@ -615,8 +659,34 @@ fn list_op<T: Message + Default + Clone>(
     }
 }
 
+/// Whether `p` is a `REMOVE` or `REPLACE` without a filter to act on:
+/// Istio leaves those out rather than act on every filter.
+fn unnamed_removal(p: &Compiled, name: Option<&str>) -> bool {
+    name.is_none() && matches!(p.operation, Operation::Remove | Operation::Replace)
+}
+
+/// A `LISTENER_FILTER` patch on `l`'s listener filters, the one named by
+/// `lm.listenerFilter` (Istio's `patchListenerFilters`: without a name,
+/// `REMOVE`, `REPLACE` and `MERGE` do nothing).
+fn listener_filter_op(p: &Compiled, lm: &ListenerMatch, l: &mut Listener) {
+    let name = lm.listener_filter.as_deref().filter(|n| !n.is_empty());
+    if unnamed_removal(p, name) || (name.is_none() && merges(p.operation)) {
+        return;
+    }
+    list_op(
+        p,
+        &mut l.listener_filters,
+        |f: &ListenerFilter| name.is_none_or(|n| f.name == n),
+        name.is_some(),
+        "envoy.config.listener.v3.ListenerFilter",
+    );
+}
+
 fn network_filter_op(p: &Compiled, lm: &ListenerMatch, c: &mut FilterChain) {
     let name = filter_name(lm);
+    if unnamed_removal(p, name) {
+        return;
+    }
     list_op(
         p,
         &mut c.filters,
@@ -636,6 +706,9 @@ fn http_filter_op(p: &Compiled, lm: &ListenerMatch, c: &mut FilterChain) {
         .and_then(|c| c.filter.as_ref())
         .and_then(|f| f.sub_filter.as_ref())
         .and_then(|s| s.name.as_deref());
+    if unnamed_removal(p, sub) {
+        return;
+    }
     for f in c.filters.iter_mut().filter(|f| f.name == HCM) {
         let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
             continue;
@@ -705,12 +778,9 @@ pub(crate) fn apply_clusters(patches: &[&Compiled], proxy: &Proxy, clusters: &mu
                     }
                 }
             }
-            Operation::Merge => {
-                let Some(bytes) = p.value.as_deref() else {
-                    continue;
-                };
+            op if merges(op) => {
                 for c in clusters.iter_mut().filter(|c| matches(c)) {
-                    if let Some(m) = merged(&*c, bytes, "envoy.config.cluster.v3.Cluster") {
+                    if let Some(m) = merged(&*c, p, "envoy.config.cluster.v3.Cluster") {
                         *c = m;
                     }
                 }
@@ -779,10 +849,8 @@ pub(crate) fn apply_routes(
             }
             match p.apply_to {
                 ApplyTo::RouteConfiguration => {
-                    if let Some(merged) = p
-                        .value
-                        .as_deref()
-                        .and_then(|v| merged(&*rc, v, "envoy.config.route.v3.RouteConfiguration"))
+                    if let Some(merged) =
+                        merged(&*rc, p, "envoy.config.route.v3.RouteConfiguration")
                     {
                         *rc = merged;
                     }
@@ -794,17 +862,14 @@ pub(crate) fn apply_routes(
                         }
                     }
                     Operation::Remove => rc.virtual_hosts.retain(|vh| !vhost_matches(&m, vh)),
-                    Operation::Merge => {
-                        let Some(bytes) = p.value.as_deref() else {
-                            continue;
-                        };
+                    op if merges(op) => {
                         for vh in rc
                             .virtual_hosts
                             .iter_mut()
                             .filter(|vh| vhost_matches(&m, vh))
                         {
                             if let Some(merged) =
-                                merged(&*vh, bytes, "envoy.config.route.v3.VirtualHost")
+                                merged(&*vh, p, "envoy.config.route.v3.VirtualHost")
                             {
                                 *vh = merged;
                             }

@@ -5,7 +5,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
 
-use envoy_types::pb::envoy::config::listener::v3::{FilterChain, Listener, filter};
+use envoy_types::pb::envoy::config::listener::v3::{
+    FilterChain, Listener, filter, listener_filter,
+};
+use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use prost::Message;
 use translator::model::{MeshConfig, Proxy, Snapshot};
@@ -280,7 +283,7 @@ fn filters_are_removed_and_what_cannot_be_read_is_reported() {
             "  configPatches:
   - applyTo: HTTP_FILTER
     patch: {operation: INSERT_FIRST, value: {name: x, typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua, noSuchField: 1}}}
-  - applyTo: LISTENER_FILTER
+  - applyTo: EXTENSION_CONFIG
     patch: {operation: ADD, value: {name: y}}
   - applyTo: HTTP_FILTER
     match: {context: WAYPOINT}
@@ -316,6 +319,111 @@ fn filters_are_removed_and_what_cannot_be_read_is_reported() {
             );
         }
     }
+}
+
+/// `LISTENER_FILTER` patches by the listener filter's name (Istio's
+/// `listenerFilter` match), `REMOVE` / `REPLACE` without a filter name
+/// doing nothing (as Istio's: not every filter), and
+/// `MERGE_AND_REPLACE_LIST` replacing lists, inside a typed config too.
+#[test]
+fn listener_filters_are_patched_and_merge_and_replace_list_replaces() {
+    let baseline = generate(&mesh(""), &reviews());
+    let snap = mesh(&envoy_filter(
+        "listener-filters",
+        "default",
+        "  workloadSelector: {labels: {app: reviews}}
+  configPatches:
+  - applyTo: LISTENER_FILTER
+    match: {context: SIDECAR_INBOUND, listener: {listenerFilter: envoy.filters.listener.tls_inspector}}
+    patch: {operation: INSERT_AFTER, value: {name: envoy.filters.listener.http_inspector, typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.listener.http_inspector.v3.HttpInspector}}}
+  - applyTo: LISTENER_FILTER
+    match: {context: SIDECAR_INBOUND, listener: {listenerFilter: envoy.filters.listener.tls_inspector}}
+    patch: {operation: MERGE, value: {typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector, enable_ja3_fingerprinting: true}}}
+  - applyTo: LISTENER_FILTER
+    patch: {operation: REMOVE}
+  - applyTo: HTTP_FILTER
+    match: {context: SIDECAR_OUTBOUND}
+    patch: {operation: REMOVE}
+  - applyTo: NETWORK_FILTER
+    patch: {operation: REPLACE, value: {name: envoy.filters.network.echo}}
+  - applyTo: VIRTUAL_HOST
+    match: {context: SIDECAR_OUTBOUND, routeConfiguration: {vhost: {name: 'ratings.default.svc.cluster.local:9080'}}}
+    patch: {operation: MERGE_AND_REPLACE_LIST, value: {domains: [ratings.example]}}
+  - applyTo: NETWORK_FILTER
+    match: {context: SIDECAR_INBOUND, listener: {filterChain: {filter: {name: envoy.filters.network.http_connection_manager}}}}
+    patch: {operation: MERGE_AND_REPLACE_LIST, value: {typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager, http_filters: [{name: envoy.filters.http.router, typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}]}}}",
+    ));
+    assert!(snap.warnings.is_empty(), "{:?}", snap.warnings);
+    let out = generate(&snap, &reviews());
+    let inbound = listener(&out, "virtualInbound");
+    let names: Vec<&str> = inbound
+        .listener_filters
+        .iter()
+        .map(|f| f.name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "envoy.filters.listener.original_dst",
+            "envoy.filters.listener.tls_inspector",
+            "envoy.filters.listener.http_inspector"
+        ]
+    );
+    let Some(listener_filter::ConfigType::TypedConfig(any)) =
+        &inbound.listener_filters[1].config_type
+    else {
+        panic!("{:?}", inbound.listener_filters[1])
+    };
+    assert_eq!(
+        TlsInspector::decode(any.value.as_slice())
+            .unwrap()
+            .enable_ja3_fingerprinting
+            .map(|b| b.value),
+        Some(true)
+    );
+    // The inbound connection managers' HTTP filters replaced by the list.
+    for (chain, filters) in http_filters(inbound) {
+        assert_eq!(filters, ["envoy.filters.http.router"], "{chain}");
+    }
+    // The outbound side: the unnamed REMOVE and REPLACE did nothing.
+    let outbound = listener(&out, "0.0.0.0_9080");
+    assert_eq!(
+        http_filters(outbound),
+        http_filters(listener(&baseline, "0.0.0.0_9080"))
+    );
+    assert!(!http_filters(outbound).is_empty());
+    for l in &out.listeners {
+        for c in l
+            .filter_chains
+            .iter()
+            .chain(l.default_filter_chain.as_ref())
+        {
+            assert!(
+                c.filters
+                    .iter()
+                    .all(|f| f.name != "envoy.filters.network.echo"),
+                "{}",
+                l.name
+            );
+        }
+    }
+    // The virtual host's domains replaced, the others' kept.
+    let rc = out.routes.iter().find(|r| r.name == "9080").unwrap();
+    let domains = |rc: &envoy_types::pb::envoy::config::route::v3::RouteConfiguration,
+                   name: &str| {
+        rc.virtual_hosts
+            .iter()
+            .find(|vh| vh.name == name)
+            .map(|vh| vh.domains.clone())
+            .unwrap()
+    };
+    assert_eq!(
+        domains(rc, "ratings.default.svc.cluster.local:9080"),
+        ["ratings.example"]
+    );
+    let before = baseline.routes.iter().find(|r| r.name == "9080").unwrap();
+    let reviews_vh = "reviews.default.svc.cluster.local:9080";
+    assert_eq!(domains(rc, reviews_vh), domains(before, reviews_vh));
 }
 
 /// `match.proxy`: a patch for proxies whose `ISTIO_VERSION` matches
