@@ -23,12 +23,6 @@ pub const NOT_YET: &[(&str, &str)] = &[
 /// happens); a value ending in `*` stands for every value it begins.
 pub const NOT_YET_VALUES: &[(&str, &str, &str, &str)] = &[
     (
-        "Sidecar",
-        "ingress[].defaultEndpoint",
-        "unix://*",
-        "sent to the original destination",
-    ),
-    (
         "Telemetry",
         "metrics[].overrides[].match.metric",
         "GRPC_*",

@@ -713,6 +713,27 @@ fn service_entry(spec: &crate::ServiceEntrySpec) -> Problems {
                 format!("endpoint address {address:?} is not a valid IP address"),
             ));
         }
+        if matches!(resolution, Resolution::Dns | Resolution::DnsRoundRobin)
+            && address.starts_with("unix://")
+        {
+            p.push((
+                format!("{at}.address"),
+                format!("endpoint address {address:?} is not a valid FQDN or an IP address"),
+            ));
+        }
+    }
+    if resolution == Resolution::Static
+        && spec.endpoints.iter().any(|e| {
+            e.address
+                .as_deref()
+                .is_some_and(|a| a.starts_with("unix://"))
+        })
+        && spec.ports.len() != 1
+    {
+        p.push((
+            "spec.ports".into(),
+            "exactly 1 service port required for unix endpoints".into(),
+        ));
     }
     if resolution == Resolution::None && !spec.endpoints.is_empty() {
         p.push((
@@ -1686,6 +1707,21 @@ mod tests {
     }
 
     const HEAD: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r}\nspec:\n  hosts: [reviews]\n  http:\n";
+
+    #[test]
+    fn unix_socket_endpoints_are_checked_as_istio_does() {
+        let se = |resolution: &str, ports: &str| {
+            check(&format!(
+                "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: e}}\nspec: {{hosts: [uds.local], resolution: {resolution}, ports: [{ports}], endpoints: [{{address: 'unix:///var/run/a.sock'}}]}}\n"
+            ))
+        };
+        let one = "{number: 80, name: http, protocol: HTTP}";
+        let two =
+            "{number: 80, name: http, protocol: HTTP}, {number: 81, name: http-2, protocol: HTTP}";
+        assert!(se("STATIC", one).is_ok(), "{:?}", se("STATIC", one));
+        assert_eq!(field_of(se("STATIC", two)), "spec.ports");
+        assert_eq!(field_of(se("DNS", one)), "spec.endpoints[0].address");
+    }
 
     #[test]
     fn envoy_filters_are_checked_as_istio_does() {

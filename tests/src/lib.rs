@@ -1061,6 +1061,37 @@ pub fn http_request(url: &str, headers: &[(&str, &str)]) -> Result<Reply, String
     })
 }
 
+/// A directory anyone may create sockets in (Envoy runs as the proxy uid),
+/// removed when dropped.
+pub fn socket_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .expect("chmod the socket directory");
+    dir
+}
+
+/// One HTTP/1.1 GET of `/` for `host` over the unix domain socket `path`:
+/// the whole answer (head and body), or why there was none.
+pub fn get_over_socket(path: &Path, host: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let mut conn = std::os::unix::net::UnixStream::connect(path)
+        .map_err(|e| format!("connect {}: {e}", path.display()))?;
+    conn.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        conn,
+        "GET / HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer)
+        .map_err(|e| e.to_string())?;
+    Ok(answer)
+}
+
 /// One blocking HTTP/1.1 GET: (status, body).
 pub fn http_get(url: &str, headers: &[(&str, &str)]) -> Result<(u16, String), String> {
     http_request(url, headers).map(|r| (r.status, r.body))

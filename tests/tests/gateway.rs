@@ -393,15 +393,27 @@ spec:
 "
         )
     };
+    let dir = e2e::socket_dir();
+    let socket = dir.path().join("gateway.sock");
     mesh.cfg.write(
         "bound.yaml",
-        &(server("inner", "127.0.5.1", "ratings") + &server("outer", "127.0.5.2", "details")),
+        &(server("inner", "127.0.5.1", "ratings")
+            + &server("outer", "127.0.5.2", "details")
+            + &server(
+                "local",
+                &format!("'unix://{}'", socket.display()),
+                "reviews",
+            )),
     );
     let gw = gateway(&mesh);
     let get = |ip: &str| http_request(&format!("http://{ip}:8090/"), &[]);
     assert_eq!(get("127.0.5.1").map(|r| r.body), Ok("ratings v1".into()));
     assert_eq!(get("127.0.5.2").map(|r| r.body), Ok("details v1".into()));
     assert!(get("127.0.5.3").is_err(), "nothing bound there");
+    // A server bound to a unix domain socket: the gateway listens there.
+    let answer = e2e::get_over_socket(&socket, "reviews").unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\r\n\r\nreviews v"), "{answer}");
     assert_eq!(gw.rejected(), 0);
 }
 

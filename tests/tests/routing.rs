@@ -262,6 +262,103 @@ spec:
     assert_eq!(envoy.rejected(), 0);
 }
 
+/// An HTTP/1.1 app on the unix domain socket `path`: each request on its
+/// own connection, answered `uds app, host <Host header>`.
+fn serve_on_socket(path: &std::path::Path) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+    // Envoy, running as the proxy uid, connects to it.
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(&conn);
+                let mut host = String::new();
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                    if let Some((name, value)) = line.split_once(':')
+                        && name.eq_ignore_ascii_case("host")
+                    {
+                        host = value.trim().to_owned();
+                    }
+                    line.clear();
+                }
+                let body = format!("uds app, host {host}");
+                let _ = write!(
+                    &conn,
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            });
+        }
+    });
+}
+
+/// Unix domain sockets, as Istio programs them (Envoy's `Pipe`
+/// addresses): a ServiceEntry endpoint `unix://PATH` (an app on a socket
+/// of the proxy's host, `resolution: STATIC`), a Sidecar egress listener
+/// bound to `unix://PATH` (the app calls the sidecar on a socket, and its
+/// routes take the call on), and a Sidecar ingress listener whose
+/// `defaultEndpoint` is the app's socket.
+#[test]
+fn unix_domain_sockets_are_endpoints_and_listeners() {
+    let mesh = Mesh::start(false, &[]);
+    let envoy = mesh.sidecar();
+    let dir = e2e::socket_dir();
+    let app = dir.path().join("app.sock");
+    let egress = dir.path().join("egress.sock");
+    serve_on_socket(&app);
+    mesh.apply(
+        &[&envoy],
+        "uds.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: uds-app, namespace: default}}
+spec:
+  hosts: [uds.example.local]
+  location: MESH_EXTERNAL
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: 'unix://{app}'}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: uds, namespace: default}}
+spec:
+  workloadSelector: {{labels: {{app: productpage}}}}
+  ingress:
+  - port: {{number: 9085, protocol: HTTP, name: http-uds}}
+    defaultEndpoint: 'unix://{app}'
+    captureMode: NONE
+  egress:
+  - port: {{number: 80, protocol: HTTP, name: http}}
+    bind: 'unix://{egress}'
+    hosts: [./uds.example.local]
+  - hosts: [./*, istio-system/*]
+",
+            app = app.display(),
+            egress = egress.display()
+        ),
+    );
+    assert_eq!(envoy.rejected(), 0);
+    // The app calls its sidecar on the egress socket; the ServiceEntry's
+    // socket endpoint answers.
+    let answer = e2e::get_over_socket(&egress, "uds.example.local").unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.ends_with("uds app, host uds.example.local"),
+        "{answer}"
+    );
+    // The ingress listener on the pod address sends to the app's socket.
+    let reply = http_request("http://127.0.0.1:9085/", &[("host", "productpage")]).unwrap();
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (200, "uds app, host productpage")
+    );
+}
+
 /// A Sidecar ingress listener with `captureMode: NONE`: reviews-v1's
 /// sidecar listens on its pod address, port 9085, itself (no iptables
 /// would hand it the traffic) and sends what comes to the app at

@@ -1132,9 +1132,18 @@ impl Assignment<'_> {
     /// `metadata` 3, `load_balancing_weight` 4 (a `UInt32Value`: `value`
     /// 1); `Endpoint`: `address` 1;
     /// `Address`: `socket_address` 1; `SocketAddress`: `address` 2,
-    /// `port_value` 3, written even when 0 as a oneof member).
+    /// `port_value` 3, written even when 0 as a oneof member). An
+    /// assignment with a unix domain socket (an `Address.pipe`) is left to
+    /// prost.
     fn encode(&self) -> Encoded {
         use prost::encoding::encoded_len_varint as vlen;
+        if self.groups.iter().any(|g| {
+            g.endpoints
+                .iter()
+                .any(|(address, ..)| address.starts_with(crate::UNIX_PREFIX))
+        }) {
+            return crate::encoded::encode(ENDPOINT_TYPE, self.name, &self.build());
+        }
         // Lengths of the nested messages, innermost first.
         let socket_len = |address: &str, port: u32| string_len(address) + 1 + vlen(u64::from(port));
         let endpoint_len = |address: &str, port: u32, tls: bool, weight: u32| {

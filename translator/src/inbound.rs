@@ -462,11 +462,14 @@ fn served_ports<'a>(
 
 /// Where a Sidecar ingress listener's `defaultEndpoint` sends traffic:
 /// `127.0.0.1:PORT` (or `[::1]:PORT`) to the app on loopback, `0.0.0.0:PORT`
-/// (or `[::]:PORT`) to the workload's own address `ip`, as Istio's
+/// (or `[::]:PORT`) to the workload's own address `ip`, `unix://PATH` to
+/// the app's unix domain socket (port 0), as Istio's
 /// `buildInboundClustersFromSidecar`. `None` (the original destination)
-/// for anything else: a `unix://` socket is not supported yet (reported
-/// by [`crds::support`]), other forms are refused by validation.
+/// for anything else, which validation refuses.
 fn default_endpoint<'a>(endpoint: &'a str, ip: &'a str) -> Option<(&'a str, u32)> {
+    if endpoint.starts_with(crate::UNIX_PREFIX) {
+        return Some((endpoint, 0));
+    }
     let (host, port) = endpoint.rsplit_once(':')?;
     let port: u32 = port.parse().ok().filter(|p| (1..=65535).contains(p))?;
     if crate::model::names_own_address(endpoint) {
@@ -716,15 +719,17 @@ fn original_dst_cluster(name: &str, http2: bool) -> Cluster {
 }
 
 /// A `STATIC` cluster to the app at `address:port` (a Sidecar ingress
-/// listener's `defaultEndpoint`): from `127.0.0.6` (which the capture
-/// lets through) unless the app is on loopback, which is not captured,
-/// as Istio's `buildInboundCluster`.
+/// listener's `defaultEndpoint`, or its `unix://` socket): from
+/// `127.0.0.6` (which the capture lets through) unless the app is on
+/// loopback, which is not captured, or on a socket, as Istio's
+/// `buildInboundCluster`.
 fn app_cluster(name: &str, http2: bool, address: &str, port: u32) -> Cluster {
     use envoy_types::pb::envoy::config::endpoint::v3::{
         ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
     };
-    let loopback = address == "127.0.0.1" || address == "::1";
-    let mut c = inbound_cluster(name, http2, !loopback);
+    let local =
+        address == "127.0.0.1" || address == "::1" || address.starts_with(crate::UNIX_PREFIX);
+    let mut c = inbound_cluster(name, http2, !local);
     c.cluster_discovery_type = crate::policy::discovery(DiscoveryType::Static);
     c.load_assignment = Some(ClusterLoadAssignment {
         cluster_name: name.to_owned(),

@@ -360,7 +360,24 @@ pub(crate) fn duration(d: std::time::Duration) -> envoy_types::pb::google::proto
     }
 }
 
+/// The prefix of an address naming a unix domain socket (Istio's
+/// `UnixAddressPrefix`): `unix:///path/to/socket` or `unix://@abstract`.
+pub const UNIX_PREFIX: &str = "unix://";
+
+/// Envoy's `Address` of `ip:port`, or for a `unix://PATH` address (a unix
+/// domain socket; `@name` in Linux's abstract namespace) a `Pipe` at PATH,
+/// the port ignored, as Istio's `BuildAddress`.
 pub(crate) fn socket_address(ip: &str, port: u32) -> Address {
+    if let Some(path) = ip.strip_prefix(UNIX_PREFIX) {
+        return Address {
+            address: Some(address::Address::Pipe(
+                envoy_types::pb::envoy::config::core::v3::Pipe {
+                    path: path.to_owned(),
+                    mode: 0,
+                },
+            )),
+        };
+    }
     Address {
         address: Some(address::Address::SocketAddress(SocketAddress {
             address: ip.to_owned(),

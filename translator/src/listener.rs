@@ -88,7 +88,7 @@ pub(crate) fn sidecar<'a>(
     // own listener's hosts.
     let sidecar = snap.sidecar_for(proxy);
     let by_port = sidecar.filter(|sc| sc.spec.egress.iter().any(|e| e.port.is_some()));
-    let bound = sidecar.map_or_else(BTreeMap::new, |sc| bound_ports(sc, warnings));
+    let bound = sidecar.map_or_else(BTreeMap::new, bound_ports);
     for svc in snap.services_for(proxy) {
         for port in &svc.ports {
             if by_port.is_some_and(|sc| !crate::model::egress_allows_port(sc, svc, port.port)) {
@@ -219,26 +219,15 @@ struct BoundPort {
 
 /// The ports of `sc`'s egress listeners that have a `bind` or
 /// `captureMode: NONE` (the first listener of a port wins). A `unix://`
-/// bind is reported and left out (Envoy pipe listeners are not written
-/// yet).
-fn bound_ports(
-    sc: &Config<crds::SidecarSpec>,
-    warnings: &mut Vec<ConfigWarning>,
-) -> BTreeMap<u32, BoundPort> {
+/// bind is a socket the app connects to (Envoy's `Pipe`), always bound, as
+/// nothing can be captured to it.
+fn bound_ports(sc: &Config<crds::SidecarSpec>) -> BTreeMap<u32, BoundPort> {
     let mut out = BTreeMap::new();
-    for (i, e) in sc.spec.egress.iter().enumerate() {
+    for e in &sc.spec.egress {
         let Some(port) = &e.port else { continue };
-        let none = e.capture_mode.as_deref() == Some("NONE");
         let bind = e.bind.as_deref().filter(|b| !b.is_empty());
-        if bind.is_some_and(|b| b.starts_with("unix://")) {
-            warnings.push(ConfigWarning::new(
-                "Sidecar",
-                sc.key(),
-                format!("spec.egress[{i}].bind"),
-                "unix domain socket listeners are not supported yet; left out".into(),
-            ));
-            continue;
-        }
+        let socket = bind.is_some_and(|b| b.starts_with(crate::UNIX_PREFIX));
+        let none = e.capture_mode.as_deref() == Some("NONE") || socket;
         if bind.is_none() && !none {
             continue;
         }
@@ -1079,14 +1068,13 @@ pub(crate) fn gateway(
             let bind = server.bind.as_deref().filter(|b| !b.is_empty());
             if let Some(b) = bind
                 && b.parse::<std::net::IpAddr>().is_err()
+                && !b.starts_with(crate::UNIX_PREFIX)
             {
                 warnings.push(ConfigWarning::new(
                     "Gateway",
                     gw.key(),
                     format!("spec.servers[{index}].bind"),
-                    format!(
-                        "{b:?}: only IP addresses are bound yet (not unix sockets); server left out"
-                    ),
+                    format!("{b:?}: neither an IP address nor a unix:// socket; server left out"),
                 ));
                 continue;
             }

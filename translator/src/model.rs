@@ -2137,7 +2137,6 @@ impl Snapshot {
                 .collect();
         }
         for (ns, name, spec) in service_entries {
-            let object = || format!("{ns}/{name}");
             for mut svc in service_entry_services(ns, spec, &workloads) {
                 if svc.export_to.is_empty() {
                     svc.export_to.clone_from(&defaults.services);
@@ -2146,12 +2145,14 @@ impl Snapshot {
                     .entry(svc.hostname.clone())
                     .or_insert_with(|| Arc::new(svc));
             }
-            for (field, reason) in unix_endpoints(spec, &workloads, ns) {
+            for entry in selected_sockets(spec, &workloads, ns) {
                 snap.warnings.push(crate::ConfigWarning::new(
                     "ServiceEntry",
-                    object(),
-                    field,
-                    reason,
+                    format!("{ns}/{name}"),
+                    "spec.workloadSelector".into(),
+                    format!(
+                        "WorkloadEntry {ns}/{entry} is a unix domain socket: Istio selects those for DNS ServiceEntries only, which cannot resolve a socket; left out (list the socket in spec.endpoints of a STATIC ServiceEntry)"
+                    ),
                 ));
             }
         }
@@ -2969,8 +2970,13 @@ fn service_entry_services(
                 .entries_in(ns)
                 .filter(|(we, _)| selects_workload(&selector.labels, &we.spec.labels))
                 .filter(|(we, _)| {
+                    // Hostnames for DNS resolution only; sockets never
+                    // (reported by `selected_sockets`).
                     let address = we.spec.address.as_deref().unwrap_or_default();
-                    dns || address.is_empty() || address.parse::<std::net::IpAddr>().is_ok()
+                    !address.starts_with(crate::UNIX_PREFIX)
+                        && (dns
+                            || address.is_empty()
+                            || address.parse::<std::net::IpAddr>().is_ok())
                 })
                 .filter_map(|(we, _)| entry_object_endpoint(we, of_workload(&we.spec.ports)))
                 .chain(
@@ -3032,46 +3038,29 @@ fn service_entry_services(
         .collect()
 }
 
-/// The `unix://` addresses a ServiceEntry would have as endpoints (inline,
-/// or WorkloadEntries it selects), as (field, reason) warnings: Envoy pipe
-/// addresses are not written yet, and such endpoints are left out.
-fn unix_endpoints(
+/// The names of the WorkloadEntries on a unix domain socket that a
+/// ServiceEntry's `workloadSelector` picks: none of them is its endpoint
+/// (see [`service_entry_services`]).
+fn selected_sockets(
     spec: &crds::ServiceEntrySpec,
     workloads: &Workloads<'_>,
     ns: &str,
-) -> Vec<(String, String)> {
-    let unix = |we: &crds::WorkloadEntrySpec| {
-        we.address
-            .as_deref()
-            .is_some_and(|a| a.starts_with(UNIX_PREFIX))
+) -> Vec<String> {
+    let Some(selector) = &spec.workload_selector else {
+        return Vec::new();
     };
-    let inline = spec
-        .endpoints
-        .iter()
-        .enumerate()
-        .filter(|(_, we)| unix(we))
-        .map(|(i, _)| format!("spec.endpoints[{i}].address"));
-    let selected = spec.workload_selector.iter().flat_map(|selector| {
-        workloads
-            .named_entries_in(ns)
-            .filter(|(_, (we, _))| {
-                unix(&we.spec) && selects_workload(&selector.labels, &we.spec.labels)
-            })
-            .map(|(name, _)| format!("spec.workloadSelector (WorkloadEntry {ns}/{name})"))
-    });
-    inline
-        .chain(selected)
-        .map(|field| {
-            (
-                field,
-                "unix domain socket endpoints are not supported yet; left out".to_owned(),
-            )
+    workloads
+        .named_entries_in(ns)
+        .filter(|(_, (we, _))| {
+            we.spec
+                .address
+                .as_deref()
+                .is_some_and(|a| a.starts_with(crate::UNIX_PREFIX))
+                && selects_workload(&selector.labels, &we.spec.labels)
         })
+        .map(|(name, _)| name.to_string())
         .collect()
 }
-
-/// The `unix://` prefix of a WorkloadEntry address naming a socket.
-const UNIX_PREFIX: &str = "unix://";
 
 /// Whether a selector's `labels` pick a workload with `labels`: a selector
 /// with labels, all of them carried (Istio's `SelectsNonEmpty`).
@@ -3085,8 +3074,8 @@ fn selects_workload(
 /// The endpoint a WorkloadEntry (an object, or inline in a ServiceEntry)
 /// is, with its target `ports` by service port name; `None` without an
 /// address unless it is in a network (then only other networks reach it,
-/// through that network's gateways: Split Horizon EDS) or with a
-/// `unix://` one (not yet). Istio's
+/// through that network's gateways: Split Horizon EDS); a `unix://` one
+/// is a socket on the proxy's host (Envoy's `Pipe`). Istio's
 /// `convertWorkloadEntryToWorkloadInstance`: the locality is the entry's,
 /// else its `istio-locality` label; it takes Istio mTLS when its
 /// `security.istio.io/tlsMode` label says `istio` or, without that label,
@@ -3098,7 +3087,7 @@ fn workload_entry_endpoint(
     let networked = we.network.as_ref().is_some_and(|n| !n.is_empty())
         || we.labels.get(NETWORK_LABEL).is_some_and(|n| !n.is_empty());
     let address = we.address.clone().unwrap_or_default();
-    if (address.is_empty() && !networked) || address.starts_with(UNIX_PREFIX) {
+    if address.is_empty() && !networked {
         return None;
     }
     let locality = we

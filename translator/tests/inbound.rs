@@ -1327,13 +1327,15 @@ spec:
   - port: {number: 7000, name: tcp-admin}
     defaultEndpoint: 0.0.0.0:7001
   - port: {number: 6000, protocol: TCP, name: raw}
+  - port: {number: 5000, protocol: HTTP, name: http-uds}
+    defaultEndpoint: unix:///var/run/app.sock
   inboundConnectionPool: {http: {http1MaxPendingRequests: 5}}
 ";
     let snap = mesh(sidecar);
     let out = generate(&snap, &reviews());
     // 9091 (a service's target port) is not listed: passthrough only.
     assert!(chains(&out, Some(9091)).is_empty());
-    for port in [9080, 7000, 6000] {
+    for port in [9080, 7000, 6000, 5000] {
         assert!(!chains(&out, Some(port)).is_empty(), "{port}");
     }
     let cluster = |name: &str| out.clusters.iter().find(|c| c.name == name).unwrap();
@@ -1371,6 +1373,19 @@ spec:
     assert_eq!(target("inbound|7000||"), ("10.244.0.12".into(), 7001));
     assert!(cluster("inbound|7000||").upstream_bind_config.is_some());
     assert_eq!(limits("inbound|7000||"), (u32::MAX, 5));
+    // A unix domain socket: Envoy's pipe, without a bind.
+    let uds = cluster("inbound|5000||");
+    assert_eq!(uds.cluster_discovery_type, statik);
+    assert!(uds.upstream_bind_config.is_none());
+    let Some(lb_endpoint::HostIdentifier::Endpoint(ep)) =
+        &uds.load_assignment.as_ref().unwrap().endpoints[0].lb_endpoints[0].host_identifier
+    else {
+        panic!("{uds:?}")
+    };
+    assert!(
+        matches!(&ep.address.as_ref().unwrap().address, Some(address::Address::Pipe(p)) if p.path == "/var/run/app.sock"),
+        "{ep:?}"
+    );
     // No endpoint: the original destination.
     assert_eq!(
         cluster("inbound|6000||").cluster_discovery_type,

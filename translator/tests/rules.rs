@@ -4,6 +4,7 @@
 
 use crds::document::{parse_value, split_documents};
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
+use envoy_types::pb::envoy::config::core::v3::{Pipe, address};
 use envoy_types::pb::envoy::config::listener::v3::{FilterChain, filter};
 use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, route, route_action};
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
@@ -2894,7 +2895,8 @@ spec:
 /// default under NONE), a real socket under NONE; a TCP service there is
 /// its default chain instead of a `<vip>_<port>` listener (one per bound
 /// port, the first by hostname: another is reported); a `unix://` bind is
-/// reported and left out.
+/// a socket (Envoy's `Pipe`) the listener binds, as nothing is captured to
+/// it.
 #[test]
 fn egress_listeners_bind_where_the_sidecar_says() {
     let extra = "
@@ -2904,6 +2906,13 @@ metadata: {name: mongo-2, namespace: default}
 spec:
   clusterIP: 10.96.0.21
   ports: [{name: tcp-mongo, port: 27017}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: stats, namespace: default}
+spec:
+  clusterIP: 10.96.0.22
+  ports: [{name: http-stats, port: 9090}]
 ---
 apiVersion: networking.istio.io/v1
 kind: Sidecar
@@ -2961,11 +2970,23 @@ spec:
         "{fields:?}"
     );
     assert!(
-        fields
-            .iter()
-            .any(|(f, r)| *f == "spec.egress[2].bind" && r.contains("unix")),
+        !fields.iter().any(|(_, r)| r.contains("unix")),
         "{fields:?}"
     );
+    let socket = out
+        .listeners
+        .iter()
+        .find(|l| l.name == "unix:///var/run/egress.sock_9090")
+        .unwrap_or_else(|| panic!("{names:?}"));
+    assert_eq!(socket.bind_to_port, None, "a real socket");
+    assert_eq!(
+        socket.address.as_ref().and_then(|a| a.address.clone()),
+        Some(address::Address::Pipe(Pipe {
+            path: "/var/run/egress.sock".into(),
+            mode: 0
+        }))
+    );
+    assert!(socket.default_filter_chain.is_some(), "{socket:?}");
 }
 
 /// `loadBalancer.backendUtilization` is Envoy's client-side weighted round

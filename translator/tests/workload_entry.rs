@@ -336,26 +336,76 @@ status: {podIP: 10.244.0.22}
     assert!(endpoints(&snap, DB).is_empty());
 }
 
+/// Unix domain sockets (`unix:///PATH`, Istio's `AddressFamilyUnix`): a
+/// STATIC ServiceEntry's inline endpoint is Envoy's `Pipe` at PATH in the
+/// load assignment (the same bytes from the daemon's own encoder as from
+/// prost); a WorkloadEntry on a socket is selected by no ServiceEntry
+/// here (Istio selects it for DNS ones only, which cannot resolve it), and
+/// that is reported.
 #[test]
-fn socket_entries_are_reported_and_left_out() {
+fn socket_endpoints_are_pipes_and_selected_socket_entries_are_reported() {
+    use envoy_types::pb::envoy::config::core::v3::address;
+    use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint;
     let snap = mesh(
         &(selecting_entry("default", "STATIC")
             + &entry(
                 "db-uds",
                 "default",
                 "{address: 'unix:///var/run/db.sock', labels: {app: db}}",
-            )),
+            )
+            + "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: uds, namespace: default}
+spec:
+  hosts: [uds.example.local]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 'unix:///var/run/app.sock'}]
+"),
     );
     assert!(endpoints(&snap, DB).is_empty());
-    let warning = snap
+    let warnings: Vec<(&str, &str)> = snap
         .warnings
         .iter()
-        .find(|w| w.kind == "ServiceEntry")
-        .unwrap_or_else(|| panic!("{:?}", snap.warnings));
-    assert_eq!(warning.object, "default/db");
+        .map(|w| (w.object.as_str(), w.field.as_str()))
+        .collect();
+    assert_eq!(warnings, [("default/db", "spec.workloadSelector")]);
     assert!(
-        warning.field.contains("WorkloadEntry default/db-uds"),
-        "{warning}"
+        snap.warnings[0]
+            .reason
+            .contains("WorkloadEntry default/db-uds"),
+        "{}",
+        snap.warnings[0]
+    );
+    let client = Proxy::from_node_id(
+        "sidecar~10.244.0.99~client.default~default.svc.cluster.local",
+        None,
+        Default::default(),
+    )
+    .unwrap();
+    let name = "outbound|80||uds.example.local";
+    let cla = generate(&snap, &client)
+        .endpoints
+        .into_iter()
+        .find(|c| c.cluster_name == name)
+        .unwrap();
+    let Some(lb_endpoint::HostIdentifier::Endpoint(ep)) =
+        &cla.endpoints[0].lb_endpoints[0].host_identifier
+    else {
+        panic!("{cla:?}")
+    };
+    assert!(
+        matches!(&ep.address.as_ref().unwrap().address, Some(address::Address::Pipe(p)) if p.path == "/var/run/app.sock"),
+        "{ep:?}"
+    );
+    let encoded = translator::generate_encoded(&snap, &client)
+        .endpoints
+        .into_iter()
+        .find(|(n, ..)| &**n == name)
+        .unwrap();
+    assert_eq!(
+        encoded.2,
+        translator::encoded::encode(translator::ENDPOINT_TYPE, name, &cla).2
     );
 }
 
