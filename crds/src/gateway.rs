@@ -121,7 +121,9 @@ pub struct ServerTlsSettings {
     /// ECDH curves.
     #[serde(default)]
     pub ecdh_curves: Vec<String>,
-    /// Skip client verification.
+    /// Client certificates are verified, but one that fails (or none,
+    /// under `OPTIONAL_MUTUAL`) is let through (Envoy's
+    /// `trust_chain_verification: ACCEPT_UNTRUSTED`).
     #[serde(default)]
     pub insecure_skip_verify: Option<bool>,
 }

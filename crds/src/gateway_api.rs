@@ -136,6 +136,71 @@ pub struct KubeGatewaySpec {
     /// Experimental client TLS towards backends (not read).
     #[serde(default, rename = "backendTLS")]
     pub backend_tls: Option<serde_json::Value>,
+    /// Gateway-wide TLS (Gateway API 1.5): client certificate validation
+    /// for the listeners that terminate TLS.
+    #[serde(default)]
+    pub tls: Option<GatewayTlsSpec>,
+}
+
+/// `GatewayTLSConfigs` (a Gateway's `spec.tls`, Gateway API 1.5).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewayTlsSpec {
+    /// TLS towards clients: their certificates' validation.
+    #[serde(default)]
+    pub frontend: Option<FrontendTlsConfig>,
+    /// TLS towards backends: the client certificate the gateway presents
+    /// (not read).
+    #[serde(default)]
+    pub backend: Option<serde_json::Value>,
+}
+
+/// `FrontendTLSConfig`: the validation of every terminating listener
+/// (`default`), or of those on one port (`perPort`, which wins).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FrontendTlsConfig {
+    /// For every listener terminating TLS.
+    #[serde(default)]
+    pub default: Option<TlsValidationConfig>,
+    /// For the listeners on one port.
+    #[serde(default)]
+    pub per_port: Vec<TlsPortConfig>,
+}
+
+/// `TLSConfig` of `spec.tls.frontend`: a client certificate validation.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsValidationConfig {
+    /// How client certificates are checked.
+    #[serde(default)]
+    pub validation: Option<FrontendTlsValidation>,
+}
+
+/// `TLSPortConfig`: the validation of the listeners on `port`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsPortConfig {
+    /// The listeners' port.
+    pub port: u32,
+    /// Their validation.
+    #[serde(default)]
+    pub tls: TlsValidationConfig,
+}
+
+/// `FrontendTLSValidation` (GEP-91): clients must present a certificate
+/// that one of these CAs signed.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FrontendTlsValidation {
+    /// ConfigMaps whose `ca.crt` is the trust anchor (one is Core
+    /// support).
+    #[serde(default)]
+    pub ca_certificate_refs: Vec<ObjectReference>,
+    /// `AllowValidOnly` (the default: a valid certificate is required) or
+    /// `AllowInsecureFallback` (none, or an invalid one, is let through).
+    #[serde(default)]
+    pub mode: Option<String>,
 }
 
 /// `GatewayInfrastructure`.
@@ -201,9 +266,10 @@ pub struct GatewayTlsConfig {
     /// `ISTIO_MUTUAL`, `ISTIO_SIMPLE`).
     #[serde(default)]
     pub options: BTreeMap<String, String>,
-    /// Client certificate validation (not read).
+    /// Client certificate validation (Gateway API 1.3-1.4's per-listener
+    /// form; 1.5 moved it to the Gateway's `spec.tls.frontend`).
     #[serde(default)]
-    pub frontend_validation: Option<serde_json::Value>,
+    pub frontend_validation: Option<FrontendTlsValidation>,
 }
 
 /// `SecretObjectReference` / `BackendObjectReference` / `ParentReference`

@@ -14,7 +14,6 @@ pub const NOT_YET: &[(&str, &str)] = &[
     ("VirtualService", "spec.tcp[].match[].sourceSubnet"),
     ("DestinationRule", "loadBalancer.zoneAwareLbSetting"),
     ("Gateway", "spec.servers[].defaultEndpoint"),
-    ("Gateway", "spec.servers[].tls.insecureSkipVerify"),
     ("Telemetry", "spec.metrics[].reportingInterval"),
     ("Telemetry", "spec.metrics[].overrides[].match.customMetric"),
 ];

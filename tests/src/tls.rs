@@ -188,6 +188,15 @@ pub fn tls_secret_with_crl(
     tls_secret(ns, name, cert, key, ca) + &format!("  ca.crl: |\n{}", indented(crl))
 }
 
+/// A ConfigMap `ns/name` whose `ca.crt` is the PEM file `ca` (what Gateway
+/// API's `caCertificateRefs` name).
+pub fn ca_config_map(ns: &str, name: &str, ca: &Path) -> String {
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: {ns}}}\ndata:\n  ca.crt: |\n{}",
+        indented(ca)
+    )
+}
+
 /// The PEM file at `path`, each line indented for a YAML block scalar
 /// under `stringData`.
 fn indented(path: &Path) -> String {

@@ -839,8 +839,7 @@ fn a_backend_tls_policy_makes_the_gateway_originate_verified_tls() {
     let mesh = Mesh::start(false, &[]);
     let (cert, key) = pki.issue("auth.example.com");
     let _backend = TlsServer::start("127.0.3.5:9443", &cert, &key);
-    let ca_pem = std::fs::read_to_string(pki.ca()).unwrap();
-    let ca_yaml: String = ca_pem.lines().map(|l| format!("    {l}\n")).collect();
+    let ca_yaml = e2e::tls::ca_config_map("default", "backend-ca", &pki.ca());
     let policy = |hostname: &str| {
         format!(
             "apiVersion: gateway.networking.k8s.io/v1
@@ -879,11 +878,6 @@ addressType: IPv4
 ports: [{{name: http, port: 9443}}]
 endpoints: [{{addresses: [127.0.3.5]}}]
 ---
-apiVersion: v1
-kind: ConfigMap
-metadata: {{name: backend-ca, namespace: default}}
-data:
-  ca.crt: |
 {ca_yaml}---
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
@@ -1244,5 +1238,80 @@ spec:
     mesh.apply(&[&gw], "envoyfilter.yaml", &patch("REMOVE", ""));
     settled(&refused, &with_header);
     assert_eq!(plain(), ok("127.0.0.1"));
+    assert_eq!(gw.rejected(), 0);
+}
+
+/// Client certificate validation on a Gateway API gateway (GEP-91, the
+/// Gateway's `spec.tls.frontend` of Gateway API 1.5): with
+/// `AllowValidOnly` the HTTPS listener takes a client certificate from
+/// the CA in the ConfigMap `caCertificateRefs` names, and refuses a
+/// connection without one, or with one from another CA (the server
+/// certificate's own, which its Secret's `ca.crt` holds: the ConfigMap is
+/// what decides); with `AllowInsecureFallback` both are let through.
+#[test]
+fn gateway_api_frontend_validation_verifies_client_certificates() {
+    let (pki, mesh, _) = credential_mesh();
+    let clients = Pki::new();
+    let (client_cert, client_key) = clients.issue("client.example.com");
+    let (stranger_cert, stranger_key) = pki.issue("stranger.example.com");
+    let config = |mode: &str| {
+        format!(
+            "{}---
+apiVersion: v1
+kind: Service
+metadata: {{name: mtls-gw-istio, namespace: istio-system}}
+spec:
+  clusterIP: 10.96.0.91
+  selector: {{istio: ingressgateway}}
+  ports: [{{name: https, port: 8443}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: mtls-gw, namespace: istio-system}}
+spec:
+  gatewayClassName: istio
+  tls:
+    frontend:
+      default:
+        validation: {{mode: {mode}, caCertificateRefs: [{{group: '', kind: ConfigMap, name: clients-ca}}]}}
+  listeners:
+  - name: https
+    port: 8443
+    protocol: HTTPS
+    hostname: bookinfo.example.com
+    allowedRoutes: {{namespaces: {{from: All}}}}
+    tls: {{certificateRefs: [{{name: bookinfo-credential}}]}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: bookinfo, namespace: default}}
+spec:
+  parentRefs: [{{name: mtls-gw, namespace: istio-system}}]
+  rules: [{{backendRefs: [{{name: productpage, port: 9080}}]}}]
+",
+            e2e::tls::ca_config_map("istio-system", "clients-ca", &clients.ca())
+        )
+    };
+    mesh.cfg
+        .write("gateway-api.yaml", &config("AllowValidOnly"));
+    let gw = gateway(&mesh);
+    let get = |client: Option<(&Path, &Path)>| {
+        curl(
+            &pki.ca(),
+            "bookinfo.example.com",
+            8443,
+            "/productpage",
+            client,
+        )
+    };
+    let client = Some((client_cert.as_path(), client_key.as_path()));
+    let stranger = Some((stranger_cert.as_path(), stranger_key.as_path()));
+    assert_eq!(get(client), Ok("productpage v1".to_owned()));
+    assert!(get(None).is_err(), "no client certificate");
+    assert!(get(stranger).is_err(), "a certificate of another CA");
+    mesh.apply(&[&gw], "gateway-api.yaml", &config("AllowInsecureFallback"));
+    assert_eq!(get(None), Ok("productpage v1".to_owned()));
+    assert_eq!(get(stranger), Ok("productpage v1".to_owned()));
+    assert_eq!(get(client), Ok("productpage v1".to_owned()));
     assert_eq!(gw.rejected(), 0);
 }

@@ -802,6 +802,10 @@ fn convert_gateway(
         ),
         ("spec.allowedListeners", gw.spec.allowed_listeners.is_some()),
         ("spec.backendTLS", gw.spec.backend_tls.is_some()),
+        (
+            "spec.tls.backend",
+            gw.spec.tls.as_ref().is_some_and(|t| t.backend.is_some()),
+        ),
     ] {
         if set {
             warn(out, field.into(), "not supported yet; ignored".into());
@@ -916,8 +920,21 @@ fn convert_gateway(
                 );
                 continue;
             }
-            (Some(t), _) => match listener_tls(inputs, ns, t, protocol) {
+            (Some(t), _) => match listener_tls(inputs, ns, t, protocol).and_then(|mut tls| {
+                match frontend_validation(gw, l, &field) {
+                    Some((at, v)) if terminates(&tls) => {
+                        validate_clients(inputs, ns, v, &mut tls)
+                            .map_err(|(f, why, reason)| (format!("{at}{f}"), why, reason))?;
+                    }
+                    _ => {}
+                }
+                Ok(tls)
+            }) {
                 Ok(t) => Some(t),
+                Err((f, why, reason)) if f.starts_with("spec.") => {
+                    refuse(out, f, why, ("ResolvedRefs", reason));
+                    continue;
+                }
                 Err((f, why, reason)) => {
                     refuse(
                         out,
@@ -1341,13 +1358,6 @@ fn listener_tls(
     protocol: &str,
 ) -> Result<ServerTlsSettings, (String, String, &'static str)> {
     const INVALID: &str = "InvalidCertificateRef";
-    if tls.frontend_validation.is_some() {
-        return Err((
-            ".frontendValidation".into(),
-            "not supported yet (use the gateway.istio.io/tls-terminate-mode option)".into(),
-            INVALID,
-        ));
-    }
     let mut out = ServerTlsSettings::default();
     match tls.mode.as_deref().unwrap_or("Terminate") {
         "Terminate" => {}
@@ -1429,6 +1439,113 @@ fn listener_tls(
         out.credential_names = names;
     }
     Ok(out)
+}
+
+/// Whether a listener's TLS settings terminate TLS with a certificate of
+/// the gateway's own (what a client certificate validation applies to).
+fn terminates(tls: &ServerTlsSettings) -> bool {
+    matches!(
+        tls.mode,
+        Some(ServerTlsMode::Simple | ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual)
+    )
+}
+
+/// The client certificate validation of listener `l` of `gw` (at
+/// `field`): its own `tls.frontendValidation` (Gateway API 1.3-1.4), else
+/// the Gateway's `spec.tls.frontend` entry for its port, else its
+/// `default` (Gateway API 1.5); with the field it was read at.
+fn frontend_validation<'g>(
+    gw: &'g KubeGateway,
+    l: &'g api::Listener,
+    field: &str,
+) -> Option<(String, &'g api::FrontendTlsValidation)> {
+    if let Some(v) = l.tls.as_ref().and_then(|t| t.frontend_validation.as_ref()) {
+        return Some((format!("{field}.tls.frontendValidation"), v));
+    }
+    let frontend = gw.spec.tls.as_ref()?.frontend.as_ref()?;
+    frontend
+        .per_port
+        .iter()
+        .enumerate()
+        .find(|(_, p)| p.port == l.port)
+        .and_then(|(i, p)| {
+            Some((
+                format!("spec.tls.frontend.perPort[{i}].tls.validation"),
+                p.tls.validation.as_ref()?,
+            ))
+        })
+        .or_else(|| {
+            Some((
+                "spec.tls.frontend.default.validation".into(),
+                frontend.default.as_ref()?.validation.as_ref()?,
+            ))
+        })
+}
+
+/// Client certificate validation `v` on a terminating listener's `tls`:
+/// `MUTUAL` (`AllowValidOnly`, the default) or `OPTIONAL_MUTUAL`
+/// (`AllowInsecureFallback`), the CA a ConfigMap's `ca.crt`, served as the
+/// SDS secret `configmap://<namespace>/<name>` (`caCertCredentialName`).
+/// `Err((field suffix, why, the condition's reason))` as Gateway API 1.5
+/// names them (`InvalidCACertificateRef`, `InvalidCACertificateKind`,
+/// `RefNotPermitted`).
+fn validate_clients(
+    inputs: &Inputs<'_>,
+    ns: &str,
+    v: &api::FrontendTlsValidation,
+    tls: &mut ServerTlsSettings,
+) -> Result<(), (String, String, &'static str)> {
+    const INVALID: &str = "InvalidCACertificateRef";
+    let mode = match v.mode.as_deref().unwrap_or("AllowValidOnly") {
+        "AllowValidOnly" => ServerTlsMode::Mutual,
+        "AllowInsecureFallback" => {
+            // A certificate is asked for and checked; none, or one that
+            // fails, is let through (the backend sees it in XFCC).
+            tls.insecure_skip_verify = Some(true);
+            ServerTlsMode::OptionalMutual
+        }
+        other => return Err((".mode".into(), format!("unknown mode {other:?}"), INVALID)),
+    };
+    let [r] = v.ca_certificate_refs.as_slice() else {
+        return Err((
+            ".caCertificateRefs".into(),
+            "exactly one CA certificate reference (a ConfigMap) is supported".into(),
+            INVALID,
+        ));
+    };
+    let field = ".caCertificateRefs[0]".to_owned();
+    if r.group.as_deref().is_some_and(|g| !g.is_empty()) || r.kind.as_deref() != Some("ConfigMap") {
+        return Err((
+            field,
+            format!(
+                "unsupported reference kind {:?} (a ConfigMap is)",
+                r.kind.as_deref().unwrap_or_default()
+            ),
+            "InvalidCACertificateKind",
+        ));
+    }
+    let cm_ns = r.namespace.as_deref().unwrap_or(ns);
+    if cm_ns != ns && !granted(inputs, ("Gateway", ns), ("ConfigMap", cm_ns, &r.name)) {
+        return Err((
+            field,
+            format!(
+                "ConfigMap {cm_ns}/{} not accessible to a Gateway in namespace {ns} (missing a ReferenceGrant?)",
+                r.name
+            ),
+            "RefNotPermitted",
+        ));
+    }
+    let key = format!("{cm_ns}/{}", r.name);
+    if !inputs.config_map_cas.contains(&key) {
+        return Err((
+            field,
+            format!("ConfigMap {key} not found, or without ca.crt"),
+            INVALID,
+        ));
+    }
+    tls.mode = Some(mode);
+    tls.ca_cert_credential_name = Some(format!("{}{key}", crate::policy::CONFIG_MAP_CREDENTIAL));
+    Ok(())
 }
 
 /// The namespaces whose routes a listener admits (`*`: all).

@@ -1598,11 +1598,17 @@ pub(crate) fn downstream_tls(
         tls.mode,
         Some(ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual)
     );
-    // What a client certificate is checked for besides its issuer.
+    // What a client certificate is checked for besides its issuer;
+    // `insecureSkipVerify`: checked, but let through when it fails.
     let client_checks = CertificateValidationContext {
         match_typed_subject_alt_names: crate::policy::any_san_matchers(&tls.subject_alt_names),
         verify_certificate_spki: tls.verify_certificate_spki.clone(),
         verify_certificate_hash: tls.verify_certificate_hash.clone(),
+        trust_chain_verification: if tls.insecure_skip_verify == Some(true) {
+            envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::certificate_validation_context::TrustChainVerification::AcceptUntrusted as i32
+        } else {
+            0
+        },
         ..Default::default()
     };
     // `credentialNames` (several certificates) wins over `credentialName`.
@@ -1675,7 +1681,38 @@ pub(crate) fn downstream_tls(
                 "with credentialName the revocation list is the Secret's ca.crl; ignored".into(),
             ));
         }
-        if mutual {
+        if mutual
+            && let Some(cm) = tls
+                .ca_cert_credential_name
+                .as_deref()
+                .filter(|c| c.starts_with(crate::policy::CONFIG_MAP_CREDENTIAL))
+        {
+            // A ConfigMap's `ca.crt` (a Gateway API listener's client
+            // certificate validation).
+            let key = &cm[crate::policy::CONFIG_MAP_CREDENTIAL.len()..];
+            let Some(ca) = snap.config_map_cas.get(key) else {
+                report(
+                    warnings,
+                    format!(
+                        "MUTUAL needs a CA: ConfigMap {key} is missing or has no ca.crt; {} skipped",
+                        site.what
+                    ),
+                );
+                return None;
+            };
+            config_map_secret(cm, ca.as_bytes(), secrets);
+            common.validation_context_type = Some(
+                common_tls_context::ValidationContextType::CombinedValidationContext(
+                    common_tls_context::CombinedCertificateValidationContext {
+                        default_validation_context: Some(client_checks),
+                        validation_context_sds_secret_config: Some(crate::policy::ads_secret(
+                            cm.to_owned(),
+                        )),
+                        ..Default::default()
+                    },
+                ),
+            );
+        } else if mutual {
             // `caCertCredentialName` (a Secret of its own) wins over the
             // certificate's Secret.
             let (cred, trust) = match &tls.ca_cert_credential_name {

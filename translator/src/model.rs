@@ -2248,6 +2248,27 @@ impl Snapshot {
                 }
             }
         }
+        // And those Gateways' servers verify clients with (a Gateway API
+        // listener's client certificate validation).
+        let gateways = if config_map_cas.is_empty() {
+            &[][..]
+        } else {
+            &snap.gateways[..]
+        };
+        for gw in gateways {
+            for server in &gw.spec.servers {
+                let key = server
+                    .tls
+                    .as_ref()
+                    .and_then(|t| t.ca_cert_credential_name.as_deref())
+                    .and_then(|c| c.strip_prefix(crate::policy::CONFIG_MAP_CREDENTIAL));
+                if let Some(key) = key
+                    && let Some(ca) = config_map_cas.get(key)
+                {
+                    snap.config_map_cas.insert(key.to_owned(), (*ca).to_owned());
+                }
+            }
+        }
         for (ns, name, (svc, svc_shared)) in services {
             let hostname = format!("{name}.{ns}.svc.{}", snap.mesh.domain);
             let own_slices = slices_of
