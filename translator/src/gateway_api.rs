@@ -1412,18 +1412,8 @@ fn listener_tls(
         {
             return Err((field, "only Secrets are supported".into(), INVALID));
         }
-        let secret_ns = r.namespace.as_deref().unwrap_or(ns);
-        if secret_ns != ns && !granted(inputs, ("Gateway", ns), ("Secret", secret_ns, &r.name)) {
-            return Err((
-                field,
-                format!(
-                    "Secret {secret_ns}/{} not accessible to a Gateway in namespace {ns} (missing a ReferenceGrant?)",
-                    r.name
-                ),
-                "RefNotPermitted",
-            ));
-        }
-        let key = format!("{secret_ns}/{}", r.name);
+        let key = gateway_reference(inputs, ns, "Secret", r)
+            .map_err(|why| (field.clone(), why, "RefNotPermitted"))?;
         if !inputs.certificates.contains(&key) {
             return Err((
                 field,
@@ -1524,18 +1514,8 @@ fn validate_clients(
             "InvalidCACertificateKind",
         ));
     }
-    let cm_ns = r.namespace.as_deref().unwrap_or(ns);
-    if cm_ns != ns && !granted(inputs, ("Gateway", ns), ("ConfigMap", cm_ns, &r.name)) {
-        return Err((
-            field,
-            format!(
-                "ConfigMap {cm_ns}/{} not accessible to a Gateway in namespace {ns} (missing a ReferenceGrant?)",
-                r.name
-            ),
-            "RefNotPermitted",
-        ));
-    }
-    let key = format!("{cm_ns}/{}", r.name);
+    let key = gateway_reference(inputs, ns, "ConfigMap", r)
+        .map_err(|why| (field.clone(), why, "RefNotPermitted"))?;
     if !inputs.config_map_cas.contains(&key) {
         return Err((
             field,
@@ -1546,6 +1526,25 @@ fn validate_clients(
     tls.mode = Some(mode);
     tls.ca_cert_credential_name = Some(format!("{}{key}", crate::policy::CONFIG_MAP_CREDENTIAL));
     Ok(())
+}
+
+/// The `namespace/name` of the `kind` object `r` names from a Gateway in
+/// `ns`; `Err(why)` when it is in another namespace without a
+/// ReferenceGrant letting Gateways of `ns` refer to it.
+fn gateway_reference(
+    inputs: &Inputs<'_>,
+    ns: &str,
+    kind: &str,
+    r: &api::ObjectReference,
+) -> Result<String, String> {
+    let target_ns = r.namespace.as_deref().unwrap_or(ns);
+    if target_ns != ns && !granted(inputs, ("Gateway", ns), (kind, target_ns, &r.name)) {
+        return Err(format!(
+            "{kind} {target_ns}/{} not accessible to a Gateway in namespace {ns} (missing a ReferenceGrant?)",
+            r.name
+        ));
+    }
+    Ok(format!("{target_ns}/{}", r.name))
 }
 
 /// The namespaces whose routes a listener admits (`*`: all).
