@@ -159,12 +159,30 @@ async fn patch(
         kind: kind.into(),
         plural: plural.into(),
     };
-    let api: Api<DynamicObject> = if namespace.is_empty() {
-        Api::all_with(client.clone(), &resource)
-    } else {
-        Api::namespaced_with(client.clone(), namespace, &resource)
+    let at = |resource: &ApiResource| -> Api<DynamicObject> {
+        if namespace.is_empty() {
+            Api::all_with(client.clone(), resource)
+        } else {
+            Api::namespaced_with(client.clone(), namespace, resource)
+        }
     };
-    let current = api.get(name).await?;
+    let mut api = at(&resource);
+    let current = match api.get(name).await {
+        // TLSRoute: `v1` since Gateway API 1.5 (its standard channel serves
+        // nothing else), `v1alpha2` before; the watch reads whichever is
+        // served, and so is the status written.
+        Err(kube::Error::Api(e)) if e.code == 404 && plural == "tlsroutes" => {
+            let other = if version == "v1" { "v1alpha2" } else { "v1" };
+            let fallback = ApiResource {
+                version: other.into(),
+                api_version: format!("{group}/{other}"),
+                ..resource.clone()
+            };
+            api = at(&fallback);
+            api.get(name).await?
+        }
+        other => other?,
+    };
     let now = format!("{:.0}", k8s_openapi::jiff::Timestamp::now());
     let body = serde_json::json!({
         "metadata": {"resourceVersion": current.metadata.resource_version},

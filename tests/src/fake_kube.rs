@@ -151,6 +151,14 @@ pub const KINDS: &[(&str, &str, &str, bool)] = &[
         "tlsroutes",
         true,
     ),
+    // Gateway API 1.5's standard channel (served as its own collection
+    // here; a real API server serves the same objects at every version).
+    (
+        "gateway.networking.k8s.io/v1",
+        "TLSRoute",
+        "tlsroutes",
+        true,
+    ),
     (
         "gateway.networking.k8s.io/v1",
         "BackendTLSPolicy",

@@ -1271,7 +1271,7 @@ fn health_reports_are_written_to_the_auto_registered_entry() {
 }
 
 /// The Gateway API's collections, whose CRDs a cluster may not have.
-const GATEWAY_API: [&str; 8] = [
+const GATEWAY_API: [&str; 9] = [
     "gateway.networking.k8s.io/v1/backendtlspolicies",
     "gateway.networking.k8s.io/v1/gatewayclasses",
     "gateway.networking.k8s.io/v1/gateways",
@@ -1279,6 +1279,7 @@ const GATEWAY_API: [&str; 8] = [
     "gateway.networking.k8s.io/v1/grpcroutes",
     "gateway.networking.k8s.io/v1alpha2/tcproutes",
     "gateway.networking.k8s.io/v1alpha2/tlsroutes",
+    "gateway.networking.k8s.io/v1/tlsroutes",
     "gateway.networking.k8s.io/v1beta1/referencegrants",
 ];
 
@@ -1580,4 +1581,55 @@ spec: {{address: 10.10.0.1, labels: {{app: vm-app}}}}
         || format!("gone: {}, stale: {}", present("gone"), present("stale")),
     );
     assert!(present("live") && present("manual"));
+}
+
+/// TLSRoute at the version the cluster serves: `v1` with Gateway API
+/// 1.5's standard channel (which serves nothing else), `v1alpha2` before.
+/// In a cluster serving only `v1` the daemon reads the route there and
+/// writes its status there; in one serving only `v1alpha2`, there.
+#[test]
+fn tlsroutes_are_read_and_written_at_the_served_version() {
+    for (served, absent) in [("v1", "v1alpha2"), ("v1alpha2", "v1")] {
+        let mesh = Mesh::start_kube_with(false, &[], |api| {
+            api.set_installed(
+                &format!("gateway.networking.k8s.io/{absent}/tlsroutes"),
+                false,
+            );
+        });
+        let api = mesh.api();
+        api.apply_yaml(&format!(
+            "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: tls-gw, namespace: istio-system}}
+spec:
+  gatewayClassName: istio
+  listeners:
+  - {{name: tls, port: 8443, protocol: TLS, tls: {{mode: Passthrough}}, allowedRoutes: {{namespaces: {{from: All}}}}}}
+---
+apiVersion: gateway.networking.k8s.io/{served}
+kind: TLSRoute
+metadata: {{name: secure, namespace: default}}
+spec:
+  parentRefs: [{{name: tls-gw, namespace: istio-system}}]
+  hostnames: [secure.example.com]
+  rules: [{{backendRefs: [{{name: productpage, port: 9080}}]}}]
+"
+        ));
+        let version = format!("gateway.networking.k8s.io/{served}");
+        let route = || api.get(&version, "TLSRoute", "default", "secure");
+        let accepted = e2e::eventually(
+            SYNC,
+            || {
+                route().and_then(|r| {
+                    r["status"]["parents"][0]["conditions"]
+                        .as_array()?
+                        .iter()
+                        .find(|c| c["type"] == "Accepted")
+                        .map(|c| c["status"].clone())
+                })
+            },
+            || format!("{served}: no status written: {:?}", route()),
+        );
+        assert_eq!(accepted, "True", "{served}: {:?}", route());
+    }
 }

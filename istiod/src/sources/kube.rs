@@ -99,6 +99,10 @@ pub struct Watched {
     /// for it), and the list is retried (up to every 30 s), so the kind is
     /// read once its CRD is installed.
     pub optional: bool,
+    /// Other versions of the same kind, tried in turn when one is not
+    /// served (`404`): TLSRoute is `v1` since Gateway API 1.5 (its standard
+    /// channel serves nothing else), `v1alpha2` before.
+    pub fallbacks: Vec<ApiResource>,
 }
 
 impl Watched {
@@ -115,6 +119,7 @@ impl Watched {
             namespace: None,
             field_selector: None,
             optional: false,
+            fallbacks: Vec::new(),
         }
     }
 
@@ -123,6 +128,16 @@ impl Watched {
         Watched {
             optional: true,
             ..Watched::new(api_version, kind, plural)
+        }
+    }
+
+    /// As [`Watched::optional`], served at the first of `versions` (of
+    /// `group`) the API server has.
+    fn optional_versions(group: &str, versions: &[&str], kind: &str, plural: &str) -> Watched {
+        let at = |v: &str| Watched::new(&format!("{group}/{v}"), kind, plural).resource;
+        Watched {
+            fallbacks: versions.iter().skip(1).map(|v| at(v)).collect(),
+            ..Watched::optional(&format!("{group}/{}", versions[0]), kind, plural)
         }
     }
 
@@ -149,9 +164,10 @@ impl Watched {
 /// `security.istio.io/v1` PeerAuthentication, AuthorizationPolicy and
 /// RequestAuthentication, `telemetry.istio.io/v1` Telemetry, and the
 /// Gateway API's GatewayClasses, Gateways, HTTPRoutes, GRPCRoutes,
-/// ReferenceGrants, BackendTLSPolicies and (`v1alpha2`, the experimental
-/// channel) TCPRoutes and TLSRoutes (optional: their CRDs come with the
-/// Gateway API, not with Istio).
+/// ReferenceGrants, BackendTLSPolicies, TLSRoutes (`v1` since Gateway API
+/// 1.5, else `v1alpha2`) and (`v1alpha2`, the experimental channel)
+/// TCPRoutes (optional: their CRDs come with the Gateway API, not with
+/// Istio).
 pub fn watched() -> Vec<Watched> {
     let mut secrets = Watched::new("v1", "Secret", "secrets");
     secrets.field_selector =
@@ -213,8 +229,9 @@ pub fn watched() -> Vec<Watched> {
             "TCPRoute",
             "tcproutes",
         ),
-        Watched::optional(
-            "gateway.networking.k8s.io/v1alpha2",
+        Watched::optional_versions(
+            "gateway.networking.k8s.io",
+            &["v1", "v1alpha2"],
             "TLSRoute",
             "tlsroutes",
         ),
@@ -548,16 +565,26 @@ pub fn spawn(
             let changed = changed.clone();
             let token = token.clone();
             tokio::spawn(async move {
-                let api: Api<DynamicObject> = match &w.namespace {
-                    Some(ns) => Api::namespaced_with(client, ns, &w.resource),
-                    None => Api::all_with(client, &w.resource),
-                };
+                let mut w = w;
+                // The versions to try, the watched one first.
+                let versions: Vec<ApiResource> = std::iter::once(w.resource.clone())
+                    .chain(std::mem::take(&mut w.fallbacks))
+                    .collect();
+                let mut at = 0;
                 let mut config = watcher::Config::default();
                 if let Some(f) = &w.field_selector {
                     config = config.fields(f);
                 }
-                let mut events = watch_stream(api, config).boxed();
-                let kind = w.resource.kind.as_str();
+                let stream = |w: &Watched| {
+                    let api: Api<DynamicObject> = match &w.namespace {
+                        Some(ns) => Api::namespaced_with(client.clone(), ns, &w.resource),
+                        None => Api::all_with(client.clone(), &w.resource),
+                    };
+                    watch_stream(api, config.clone()).boxed()
+                };
+                let mut events = stream(&w);
+                let kind_name = w.resource.kind.clone();
+                let kind = kind_name.as_str();
                 let mut backoff = RETRY_FIRST;
                 loop {
                     let event = tokio::select! {
@@ -574,8 +601,23 @@ pub fn spawn(
                         // An optional kind whose CRD is not installed: empty,
                         // and asked for again (a CRD installed later is read).
                         Some(Err(watcher::Error::InitialListFailed(kube::Error::Api(status))))
+                            if w.optional && status.code == 404 && at + 1 < versions.len() =>
+                        {
+                            // Not served at this version: the next one, at once.
+                            at += 1;
+                            w.resource = versions[at].clone();
+                            debug!(kind, path = %w.path(), "trying the next version");
+                            events = stream(&w);
+                        }
+                        Some(Err(watcher::Error::InitialListFailed(kube::Error::Api(status))))
                             if w.optional && status.code == 404 =>
                         {
+                            if at > 0 {
+                                // None served: from the first again, later.
+                                at = 0;
+                                w.resource = versions[0].clone();
+                                events = stream(&w);
+                            }
                             let changed_now = lock(&store).absent(index);
                             if changed_now {
                                 info!(kind, path = %w.path(), "not served (CRD not installed); asking again every {}s at most", RETRY_MAX.as_secs());
