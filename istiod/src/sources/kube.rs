@@ -164,8 +164,9 @@ impl Watched {
 /// `security.istio.io/v1` PeerAuthentication, AuthorizationPolicy and
 /// RequestAuthentication, `telemetry.istio.io/v1` Telemetry, and the
 /// Gateway API's GatewayClasses, Gateways, HTTPRoutes, GRPCRoutes,
-/// ReferenceGrants, BackendTLSPolicies, TLSRoutes (`v1` since Gateway API
-/// 1.5, else `v1alpha2`) and (`v1alpha2`, the experimental channel)
+/// ReferenceGrants (`v1` since Gateway API 1.5, else `v1beta1`),
+/// BackendTLSPolicies, TLSRoutes (`v1` since Gateway API 1.5, else
+/// `v1alpha2`) and (`v1alpha2`, the experimental channel)
 /// TCPRoutes (optional: their CRDs come with the Gateway API, not with
 /// Istio).
 pub fn watched() -> Vec<Watched> {
@@ -240,8 +241,9 @@ pub fn watched() -> Vec<Watched> {
             "BackendTLSPolicy",
             "backendtlspolicies",
         ),
-        Watched::optional(
-            "gateway.networking.k8s.io/v1beta1",
+        Watched::optional_versions(
+            "gateway.networking.k8s.io",
+            &["v1", "v1beta1"],
             "ReferenceGrant",
             "referencegrants",
         ),
