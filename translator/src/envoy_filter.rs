@@ -467,12 +467,17 @@ pub(crate) fn apply_listeners(patches: &[&Compiled], proxy: &Proxy, listeners: &
                             }
                         }
                         Operation::Remove => {
-                            let inbound = is_inbound(l);
+                            let virtual_ = is_virtual(l);
                             l.filter_chains.retain(|c| {
-                                !chain_matches(lm.filter_chain.as_ref(), c, inbound, lm.port_number)
+                                !chain_matches(
+                                    lm.filter_chain.as_ref(),
+                                    c,
+                                    virtual_,
+                                    lm.port_number,
+                                )
                             });
                             if l.default_filter_chain.as_ref().is_some_and(|c| {
-                                chain_matches(lm.filter_chain.as_ref(), c, inbound, lm.port_number)
+                                chain_matches(lm.filter_chain.as_ref(), c, virtual_, lm.port_number)
                             }) {
                                 l.default_filter_chain = None;
                             }
@@ -526,15 +531,19 @@ fn listener_port(l: &Listener) -> Option<u32> {
     }
 }
 
+/// `virtualInbound` or `virtualOutbound`: the listeners whose chains are
+/// told apart by the destination port.
+fn is_virtual(l: &Listener) -> bool {
+    l.name == crate::inbound::VIRTUAL_INBOUND || l.name == crate::listener::VIRTUAL_OUTBOUND
+}
+
 /// Whether listener `l` has the name and port `lm` asks for, as Istio's
 /// `listenerMatch`: below `LISTENER`, the port of `virtualInbound` and
 /// `virtualOutbound` is not checked (on `virtualInbound` it is the
 /// chains' destination port, checked per chain).
 fn listener_named_at(p: &Compiled, lm: &ListenerMatch, l: &Listener) -> bool {
-    let is_virtual =
-        l.name == crate::inbound::VIRTUAL_INBOUND || l.name == crate::listener::VIRTUAL_OUTBOUND;
     lm.name.as_deref().is_none_or(|n| n == l.name)
-        && ((is_virtual && p.apply_to != ApplyTo::Listener)
+        && ((is_virtual(l) && p.apply_to != ApplyTo::Listener)
             || lm
                 .port_number
                 .is_none_or(|port| listener_port(l) == Some(port)))
@@ -544,27 +553,27 @@ fn listener_named_at(p: &Compiled, lm: &ListenerMatch, l: &Listener) -> bool {
 /// inbound listener's port is its chains', checked per chain), and a chain
 /// that `lm.filterChain` matches.
 fn listener_matches(p: &Compiled, proxy: &Proxy, lm: &ListenerMatch, l: &Listener) -> bool {
-    let inbound = is_inbound(l);
-    in_context(p.context, proxy, inbound)
+    let virtual_ = is_virtual(l);
+    in_context(p.context, proxy, is_inbound(l))
         && listener_named_at(p, lm, l)
         && (lm.filter_chain.is_none()
             || l.filter_chains
                 .iter()
                 .chain(l.default_filter_chain.as_ref())
-                .any(|c| chain_matches(lm.filter_chain.as_ref(), c, inbound, lm.port_number)))
+                .any(|c| chain_matches(lm.filter_chain.as_ref(), c, virtual_, lm.port_number)))
 }
 
-/// Whether chain `c` matches `m` (and, on `virtualInbound`, `port` as its
-/// destination port).
+/// Whether chain `c` matches `m` (and, on a virtual listener, `port` as
+/// its destination port, as Istio's `filterChainMatch`).
 fn chain_matches(
     m: Option<&ChainMatch>,
     c: &FilterChain,
-    inbound: bool,
+    virtual_: bool,
     port: Option<u32>,
 ) -> bool {
     let fcm = c.filter_chain_match.clone().unwrap_or_default();
     let destination = fcm.destination_port.map(|p| p.value);
-    if inbound && port.is_some() && destination != port {
+    if virtual_ && port.is_some() && destination != port {
         return false;
     }
     let Some(m) = m else { return true };
@@ -589,13 +598,13 @@ fn chain_matches(
 
 /// Runs `op` on each chain of `l` (its default chain too) that `lm` matches.
 fn for_each_chain(l: &mut Listener, lm: &ListenerMatch, mut op: impl FnMut(&mut FilterChain)) {
-    let inbound = is_inbound(l);
+    let virtual_ = is_virtual(l);
     for c in l
         .filter_chains
         .iter_mut()
         .chain(l.default_filter_chain.as_mut())
     {
-        if chain_matches(lm.filter_chain.as_ref(), c, inbound, lm.port_number) {
+        if chain_matches(lm.filter_chain.as_ref(), c, virtual_, lm.port_number) {
             op(c);
         }
     }

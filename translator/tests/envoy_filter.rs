@@ -346,6 +346,9 @@ fn listener_filters_are_patched_and_merge_and_replace_list_replaces() {
     patch: {operation: REMOVE}
   - applyTo: NETWORK_FILTER
     patch: {operation: REPLACE, value: {name: envoy.filters.network.echo}}
+  - applyTo: NETWORK_FILTER
+    match: {context: SIDECAR_OUTBOUND, listener: {portNumber: 9080}}
+    patch: {operation: INSERT_FIRST, value: {name: envoy.filters.network.connection_limit, typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit, stat_prefix: limit, max_connections: 10}}}
   - applyTo: VIRTUAL_HOST
     match: {context: SIDECAR_OUTBOUND, routeConfiguration: {vhost: {name: 'ratings.default.svc.cluster.local:9080'}}}
     patch: {operation: MERGE_AND_REPLACE_LIST, value: {domains: [ratings.example]}}
@@ -407,6 +410,28 @@ fn listener_filters_are_patched_and_merge_and_replace_list_replaces() {
             );
         }
     }
+    // A port's patch: that port's listener, not `virtualOutbound` (whose
+    // chains match no destination port).
+    let first_filters = |l: &Listener| -> Vec<String> {
+        l.filter_chains
+            .iter()
+            .chain(l.default_filter_chain.as_ref())
+            .filter_map(|c| c.filters.first().map(|f| f.name.clone()))
+            .collect()
+    };
+    assert!(
+        first_filters(outbound)
+            .iter()
+            .all(|f| f == "envoy.filters.network.connection_limit"),
+        "{:?}",
+        first_filters(outbound)
+    );
+    assert!(
+        !first_filters(listener(&out, "virtualOutbound"))
+            .contains(&"envoy.filters.network.connection_limit".to_owned()),
+        "{:?}",
+        first_filters(listener(&out, "virtualOutbound"))
+    );
     // The virtual host's domains replaced, the others' kept.
     let rc = out.routes.iter().find(|r| r.name == "9080").unwrap();
     let domains = |rc: &envoy_types::pb::envoy::config::route::v3::RouteConfiguration,
