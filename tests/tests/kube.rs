@@ -1074,6 +1074,21 @@ fn network_gateways_follow_the_api() {
     );
 }
 
+/// The VM that [`vm_group`]'s group `vms` auto-registers: its node ID
+/// (address 127.0.1.4) and metadata.
+const VM_NODE: &str = "sidecar~127.0.1.4~vm-1.default~default.svc.cluster.local";
+const VM_METADATA: [(&str, &str); 1] = [("AUTO_REGISTER_GROUP", "vms")];
+
+/// The WorkloadEntry [`VM_NODE`] is registered as, if written.
+fn vm_entry(api: &FakeApiServer) -> Option<serde_json::Value> {
+    api.get(
+        "networking.istio.io/v1",
+        "WorkloadEntry",
+        "default",
+        "vms-127.0.1.4",
+    )
+}
+
 /// The WorkloadGroup `vms` (labels `app: vm-app`, port `http` 9080, and
 /// `more` lines of its spec) and a ServiceEntry selecting its workloads
 /// (`vm.example.internal`, 10.96.0.80:9080).
@@ -1125,19 +1140,8 @@ fn auto_registered_workload_entries_are_written_to_the_api() {
     assert!(hosts().is_empty());
     assert_eq!(call().map(|(status, _)| status), Ok(503));
 
-    let vm = mesh.block_on(e2e::ads_stream(
-        daemon.xds_addr,
-        "sidecar~127.0.1.4~vm-1.default~default.svc.cluster.local",
-        &[("AUTO_REGISTER_GROUP", "vms")],
-    ));
-    let entry = || {
-        api.get(
-            "networking.istio.io/v1",
-            "WorkloadEntry",
-            "default",
-            "vms-127.0.1.4",
-        )
-    };
+    let vm = mesh.block_on(e2e::ads_stream(daemon.xds_addr, VM_NODE, &VM_METADATA));
+    let entry = || vm_entry(api);
     let written = e2e::eventually(SYNC, entry, || "no WorkloadEntry written".into());
     assert_eq!(written["spec"]["address"], "127.0.1.4");
     assert_eq!(written["metadata"]["labels"]["app"], "vm-app");
@@ -1200,19 +1204,8 @@ fn health_reports_are_written_to_the_auto_registered_entry() {
         ));
     });
     let hosts = || envoy.hosts("outbound|9080||vm.example.internal");
-    let vm = mesh.block_on(e2e::ads_stream(
-        daemon.xds_addr,
-        "sidecar~127.0.1.4~vm-1.default~default.svc.cluster.local",
-        &[("AUTO_REGISTER_GROUP", "vms")],
-    ));
-    let entry = || {
-        api.get(
-            "networking.istio.io/v1",
-            "WorkloadEntry",
-            "default",
-            "vms-127.0.1.4",
-        )
-    };
+    let vm = mesh.block_on(e2e::ads_stream(daemon.xds_addr, VM_NODE, &VM_METADATA));
+    let entry = || vm_entry(api);
     let written = e2e::eventually(SYNC, entry, || "no WorkloadEntry written".into());
     assert_eq!(
         written["metadata"]["annotations"]["proxy.istio.io/health-checks-enabled"],
