@@ -5,7 +5,8 @@
 //! `networking-istio-io`; `security.istio.io` PeerAuthentication, RequestAuthentication and
 //! AuthorizationPolicy with `v1` and `v1beta1`, `security-istio-io`;
 //! `telemetry.istio.io` Telemetry with `v1` and `v1alpha1`,
-//! `telemetry-istio-io`; Istio's short names and printer columns, a
+//! `telemetry-istio-io`; `extensions.istio.io` WasmPlugin with
+//! `v1alpha1`, `extensions-istio-io`; Istio's short names and printer columns, a
 //! `status` subresource whose schema preserves unknown fields (the only
 //! place Istio's networking CRDs do).
 //!
@@ -21,8 +22,8 @@ use serde_json::{Value, json};
 
 use crate::{
     AuthorizationPolicy, DestinationRule, EnvoyFilter, Gateway, PeerAuthentication,
-    RequestAuthentication, ServiceEntry, Sidecar, Telemetry, VirtualService, WorkloadEntry,
-    WorkloadGroup,
+    RequestAuthentication, ServiceEntry, Sidecar, Telemetry, VirtualService, WasmPlugin,
+    WorkloadEntry, WorkloadGroup,
 };
 
 /// Category and served versions besides `v1` of the networking kinds.
@@ -31,6 +32,9 @@ const NETWORKING: (&str, &[&str]) = ("networking-istio-io", &["v1beta1", "v1alph
 const SECURITY: (&str, &[&str]) = ("security-istio-io", &["v1beta1"]);
 /// Category and served versions besides `v1` of Telemetry.
 const TELEMETRY: (&str, &[&str]) = ("telemetry-istio-io", &["v1alpha1"]);
+
+/// Category of WasmPlugin (served as `v1alpha1` only, as Istio serves it).
+const EXTENSIONS: (&str, &[&str]) = ("extensions-istio-io", &[]);
 
 /// One printer column: `(name, JSONPath, type, description)`.
 type Column = (&'static str, &'static str, &'static str, &'static str);
@@ -134,6 +138,7 @@ pub fn definitions() -> Vec<Value> {
         ),
         shape(RequestAuthentication::crd(), SECURITY, &[]),
         shape(Telemetry::crd(), TELEMETRY, &[AGE]),
+        shape(WasmPlugin::crd(), EXTENSIONS, &[AGE]),
     ]
 }
 
@@ -233,7 +238,7 @@ mod tests {
     #[test]
     fn istios_versions_categories_and_one_stored_version() {
         let defs = definitions();
-        assert_eq!(defs.len(), 12);
+        assert_eq!(defs.len(), 13);
         let mut served = 0;
         for crd in &defs {
             let versions = crd["spec"]["versions"].as_array().unwrap();
@@ -244,6 +249,7 @@ mod tests {
                 }
                 "networking.istio.io" => ("networking-istio-io", vec!["v1", "v1beta1", "v1alpha3"]),
                 "telemetry.istio.io" => ("telemetry-istio-io", vec!["v1", "v1alpha1"]),
+                "extensions.istio.io" => ("extensions-istio-io", vec!["v1alpha1"]),
                 _ => ("security-istio-io", vec!["v1", "v1beta1"]),
             };
             assert_eq!(names, expected);
@@ -267,10 +273,11 @@ mod tests {
             "not structural"
         );
         // Unknown fields are preserved only under `status` and in an
-        // EnvoyFilter patch's `value` (a `Struct`), as in Istio's CRDs.
+        // EnvoyFilter patch's `value` and a WasmPlugin's `pluginConfig`
+        // (each a `Struct`), as in Istio's CRDs.
         assert_eq!(
             text.matches("x-kubernetes-preserve-unknown-fields").count(),
-            served + 1
+            served + 2
         );
     }
 }

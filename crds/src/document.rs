@@ -20,7 +20,7 @@ use crate::{
     AuthorizationPolicy, DestinationRule, EnvoyFilter, Gateway, NETWORKING_GROUP,
     NETWORKING_VERSIONS, PeerAuthentication, RequestAuthentication, SECURITY_GROUP,
     SECURITY_VERSIONS, ServiceEntry, Sidecar, TELEMETRY_GROUP, TELEMETRY_VERSIONS, Telemetry,
-    VirtualService, WorkloadEntry, WorkloadGroup, gateway_api,
+    VirtualService, WasmPlugin, WorkloadEntry, WorkloadGroup, gateway_api,
 };
 
 /// What the mesh model reads of a `v1` `Pod`: its metadata (labels give
@@ -131,6 +131,8 @@ pub enum Object {
     AuthorizationPolicy(Box<AuthorizationPolicy>),
     RequestAuthentication(Box<RequestAuthentication>),
     Telemetry(Box<Telemetry>),
+    /// `extensions.istio.io/v1alpha1` WasmPlugin.
+    WasmPlugin(Box<WasmPlugin>),
     /// Gateway API `GatewayClass` (cluster-scoped).
     GatewayClass(Box<crate::gateway_api::GatewayClass>),
     /// Gateway API `Gateway` (`gateway.networking.k8s.io`).
@@ -172,6 +174,7 @@ impl Object {
             Object::AuthorizationPolicy(_) => "AuthorizationPolicy",
             Object::RequestAuthentication(_) => "RequestAuthentication",
             Object::Telemetry(_) => "Telemetry",
+            Object::WasmPlugin(_) => "WasmPlugin",
             Object::GatewayClass(_) => "GatewayClass",
             Object::KubeGateway(_) => "Gateway",
             Object::HttpRoute(_) => "HTTPRoute",
@@ -205,6 +208,7 @@ impl Object {
             Object::AuthorizationPolicy(o) => &o.metadata,
             Object::RequestAuthentication(o) => &o.metadata,
             Object::Telemetry(o) => &o.metadata,
+            Object::WasmPlugin(o) => &o.metadata,
             Object::GatewayClass(o) => &o.metadata,
             Object::KubeGateway(o) => &o.metadata,
             Object::HttpRoute(o) => &o.metadata,
@@ -238,6 +242,7 @@ impl Object {
             Object::AuthorizationPolicy(o) => &mut o.metadata,
             Object::RequestAuthentication(o) => &mut o.metadata,
             Object::Telemetry(o) => &mut o.metadata,
+            Object::WasmPlugin(o) => &mut o.metadata,
             Object::GatewayClass(o) => &mut o.metadata,
             Object::KubeGateway(o) => &mut o.metadata,
             Object::HttpRoute(o) => &mut o.metadata,
@@ -404,6 +409,9 @@ fn parse_object(value: serde_json::Value, default_namespace: &str) -> Result<Obj
         (TELEMETRY_GROUP, v, "Telemetry") if TELEMETRY_VERSIONS.contains(&v) => {
             Object::Telemetry(ctx.parse_istio(value)?)
         }
+        (crate::wasm_plugin::GROUP, "v1alpha1", "WasmPlugin") => {
+            Object::WasmPlugin(ctx.parse_istio(value)?)
+        }
         (gateway_api::GROUP, v, "TCPRoute") if gateway_api::ALPHA_VERSIONS.contains(&v) => {
             Object::TcpRoute(ctx.parse_istio(value)?)
         }
@@ -568,7 +576,8 @@ istio_kind!(
     PeerAuthentication => PeerAuthenticationSpec,
     AuthorizationPolicy => AuthorizationPolicySpec,
     RequestAuthentication => RequestAuthenticationSpec,
-    Telemetry => TelemetrySpec
+    Telemetry => TelemetrySpec,
+    WasmPlugin => WasmPluginSpec
 );
 
 macro_rules! gateway_api_kind {

@@ -372,7 +372,7 @@ pub enum FilterClass {
 
 /// `{type: object, x-kubernetes-preserve-unknown-fields: true}`, as Istio's
 /// CRD has a `google.protobuf.Struct`.
-fn preserved_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+pub(crate) fn preserved_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "object",
         "x-kubernetes-preserve-unknown-fields": true,

@@ -26,6 +26,7 @@ pub mod support;
 pub mod telemetry;
 pub mod validate;
 pub mod virtual_service;
+pub mod wasm_plugin;
 pub mod workload_group;
 
 pub use authorization_policy::{AuthorizationPolicy, AuthorizationPolicySpec};
@@ -43,6 +44,7 @@ pub use service_entry::{ServiceEntry, ServiceEntrySpec, WorkloadEntry, WorkloadE
 pub use sidecar::{Sidecar, SidecarSpec};
 pub use telemetry::{Telemetry, TelemetrySpec};
 pub use virtual_service::{VirtualService, VirtualServiceSpec};
+pub use wasm_plugin::{WasmPlugin, WasmPluginSpec};
 pub use workload_group::{WorkloadGroup, WorkloadGroupSpec};
 
 /// The API group of every kind in this crate.

@@ -29,6 +29,7 @@ pub fn validate(object: &Object) -> Result<(), ParseError> {
         Object::RequestAuthentication(ra) => request_authentication(&ra.spec),
         Object::Telemetry(t) => telemetry(&t.spec),
         Object::EnvoyFilter(ef) => envoy_filter(&ef.spec),
+        Object::WasmPlugin(wp) => wasm_plugin(&wp.spec),
         Object::ConfigMap(cm) if crate::mesh::is_mesh_configmap(cm) => {
             crate::mesh::parse(cm)?;
             Vec::new()
@@ -1328,6 +1329,85 @@ pub fn check_path_template(path: &str) -> Result<(), String> {
 /// of exactly one kind, with a value or a name; access log filters that
 /// are CEL expressions Envoy takes ([`check_cel`]; Envoy refuses a
 /// listener whose filter it cannot build).
+/// The scheme of a WasmPlugin `url` (`""` when it has none: an OCI image
+/// reference, as Istio reads it).
+pub fn wasm_url_scheme(url: &str) -> &str {
+    url.split_once("://").map_or("", |(scheme, _)| scheme)
+}
+
+/// Istio's WasmPlugin rules (its CRD's and `ValidateWasmPlugin`'s): a `url`
+/// of scheme `oci` (or none), `http`, `https` or `file`; a `sha256` of 64
+/// lowercase hex digits; `selector` or `targetRef(s)`, not both;
+/// environment variables named, once each, a `value` only `INLINE`; match
+/// ports 1-65535; `pluginName` and `imagePullSecret` not empty when set.
+fn wasm_plugin(spec: &crate::WasmPluginSpec) -> Problems {
+    use crate::wasm_plugin::EnvValueSource;
+    let mut p = targeting(
+        spec.selector.as_ref(),
+        spec.target_ref.as_ref(),
+        &spec.target_refs,
+    );
+    let scheme = wasm_url_scheme(&spec.url);
+    if spec.url.is_empty() {
+        p.push(("spec.url".into(), "required".into()));
+    } else if !["", "oci", "http", "https", "file"].contains(&scheme) {
+        p.push((
+            "spec.url".into(),
+            format!("url must have schema one of [http, https, file, oci], not {scheme:?}"),
+        ));
+    } else if spec.url.len() == scheme.len() + 3 {
+        p.push(("spec.url".into(), "names no module after the scheme".into()));
+    }
+    if let Some(sha) = spec.sha256.as_deref().filter(|s| !s.is_empty())
+        && (sha.len() != 64 || !sha.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+    {
+        p.push((
+            "spec.sha256".into(),
+            "must be 64 lowercase hex digits (a SHA-256)".into(),
+        ));
+    }
+    for (field, value, max) in [
+        ("spec.pluginName", spec.plugin_name.as_deref(), 256),
+        (
+            "spec.imagePullSecret",
+            spec.image_pull_secret.as_deref(),
+            253,
+        ),
+    ] {
+        if let Some(v) = value
+            && (v.is_empty() || v.len() > max)
+        {
+            p.push((field.into(), format!("must be 1 to {max} characters")));
+        }
+    }
+    let env = spec.vm_config.as_ref().map_or(&[][..], |vm| &vm.env);
+    for (i, e) in env.iter().enumerate() {
+        let at = format!("spec.vmConfig.env[{i}]");
+        if e.name.is_empty() {
+            p.push((format!("{at}.name"), "required".into()));
+        } else if env[..i].iter().any(|o| o.name == e.name) {
+            p.push((format!("{at}.name"), format!("{:?} is set twice", e.name)));
+        }
+        if e.value_from == Some(EnvValueSource::Host) && e.value.is_some() {
+            p.push((
+                format!("{at}.value"),
+                "value may only be set when valueFrom is INLINE".into(),
+            ));
+        }
+    }
+    for (i, m) in spec.match_.iter().enumerate() {
+        for (j, port) in m.ports.iter().enumerate() {
+            if !(1..=65535).contains(&port.number) {
+                p.push((
+                    format!("spec.match[{i}].ports[{j}].number"),
+                    "must be 1-65535".into(),
+                ));
+            }
+        }
+    }
+    p
+}
+
 fn telemetry(spec: &crate::TelemetrySpec) -> Problems {
     let mut p = targeting(
         spec.selector.as_ref(),

@@ -221,5 +221,6 @@ async fn configz(State(s): State<AdminState>) -> Json<Value> {
         |s| s,
     );
     rows_of(&mut rows, "Telemetry", &snap.telemetries, |s| s);
+    rows_of(&mut rows, "WasmPlugin", &snap.wasm_plugins, |s| s);
     Json(json!({ "version": snap.version, "configs": rows }))
 }

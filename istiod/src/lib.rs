@@ -21,6 +21,7 @@ pub mod push;
 pub mod resolver;
 pub mod secure;
 pub mod sources;
+pub mod wasm;
 pub mod webhooks;
 pub mod xds;
 pub mod xds_proxy;

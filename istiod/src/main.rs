@@ -181,9 +181,14 @@ struct AgentArgs {
     /// its xDS proxy, which Envoy then connects to on `--xds-socket`.
     #[arg(long, env = "ISTIO_READINESS_PROBE")]
     readiness_probe: Option<String>,
-    /// Where the agent's xDS proxy is served to Envoy.
+    /// Where the agent's xDS proxy is served to Envoy (with `--envoy` or
+    /// `--readiness-probe`; Envoy's xDS then goes through the agent, as in
+    /// Istio, which fetches WasmPlugins' modules for it).
     #[arg(long, default_value = istiod::xds_proxy::ISTIO_XDS_SOCKET)]
     xds_socket: PathBuf,
+    /// Where the agent keeps the WasmPlugin modules it fetches.
+    #[arg(long, env = "WASM_CACHE_DIR", default_value = istiod::wasm::DEFAULT_CACHE_DIR)]
+    wasm_cache_dir: PathBuf,
 }
 
 #[derive(Subcommand, Debug)]
@@ -297,6 +302,7 @@ fn main() -> ExitCode {
                 network,
                 readiness_probe,
                 xds_socket,
+                wasm_cache_dir,
             } = *args;
             let prober = match readiness_probe
                 .as_deref()
@@ -309,9 +315,11 @@ fn main() -> ExitCode {
                     return ExitCode::from(EX_USAGE);
                 }
             };
-            // With health checks, Envoy's xDS goes through the agent.
+            // Envoy's xDS goes through the agent when the agent starts it
+            // (or checks the workload's health).
             let daemon_xds = xds_addr.clone();
-            let xds_addr = if prober.is_some() {
+            let proxied = prober.is_some() || envoy.is_some();
+            let xds_addr = if proxied {
                 format!("unix://{}", xds_socket.display())
             } else {
                 xds_addr
@@ -358,13 +366,21 @@ fn main() -> ExitCode {
                 rt.block_on(async {
                     let token = tokio_util::sync::CancellationToken::new();
                     let (agent, mut tasks) = istiod::agent::start(opts, token.clone()).await?;
-                    if let Some(prober) = prober {
-                        let (report, health) = tokio::sync::watch::channel(None);
-                        tasks.push(tokio::spawn(prober.run(report, token.clone())));
+                    // Kept while the agent runs: without checks, no health ever.
+                    let (report, health) = tokio::sync::watch::channel(None);
+                    let _no_checks = match prober {
+                        Some(prober) => {
+                            tasks.push(tokio::spawn(prober.run(report, token.clone())));
+                            None
+                        }
+                        None => Some(report),
+                    };
+                    if proxied {
                         tasks.push(istiod::xds_proxy::serve(
                             xds_socket,
                             &daemon_xds,
                             health,
+                            istiod::wasm::ModuleCache::new(wasm_cache_dir),
                             token.clone(),
                         )?);
                     }

@@ -306,6 +306,7 @@ impl Metrics {
             translator::LISTENER_TYPE => "lds",
             translator::ROUTE_TYPE => "rds",
             translator::SECRET_TYPE => "sds",
+            translator::EXTENSION_CONFIG_TYPE => "ecds",
             _ => "other",
         };
         TypeLabel { r#type: short }

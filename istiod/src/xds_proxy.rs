@@ -2,7 +2,9 @@
 //! ADS stream goes to the agent on a Unix socket (Istio's
 //! `./etc/istio/proxy/XDS`), and the agent carries it to the daemon, one
 //! upstream stream per Envoy stream, requests and responses passed through
-//! unchanged, State of the World and Delta alike. What the agent adds is the
+//! unchanged, State of the World and Delta alike, but for two things. ECDS
+//! responses have their WasmPlugins' remote modules fetched and made local
+//! files ([`crate::wasm`]). And the agent adds the
 //! workload's health ([`crate::health`]): each change, and the last one again
 //! at the start of every new stream, is sent upstream as a request of type
 //! [`crate::autoregister::HEALTH_TYPE`] (healthy: no `error_detail`;
@@ -12,6 +14,7 @@
 
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use anyhow::Context;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
@@ -33,6 +36,8 @@ use tracing::{debug, info, warn};
 
 use crate::autoregister::HEALTH_TYPE;
 use crate::health::Health;
+use crate::wasm::{ModuleCache, localize};
+use translator::EXTENSION_CONFIG_TYPE;
 
 /// Where Istio's agent serves xDS to Envoy, relative to the proxy's working
 /// directory.
@@ -41,18 +46,20 @@ pub const ISTIO_XDS_SOCKET: &str = "./etc/istio/proxy/XDS";
 /// gRPC's `INTERNAL`, the code of an unhealthy report.
 const INTERNAL: i32 = 13;
 
-/// The proxy: the daemon's address and the health to report.
+/// The proxy: the daemon's address, the health to report, the Wasm modules.
 #[derive(Clone)]
 struct XdsProxy {
     /// The daemon's xDS endpoint, `http://HOST:PORT`.
     upstream: tonic::transport::Endpoint,
     health: watch::Receiver<Option<Health>>,
+    wasm: Arc<ModuleCache>,
 }
 
 /// Serves the proxy on the Unix socket `socket` (created; its folder too),
 /// forwarding to the daemon at `upstream` (`HOST:PORT`, plaintext, as
-/// Envoy's own `xds-grpc` cluster connects), with the workload's `health`,
-/// until `token` is cancelled.
+/// Envoy's own `xds-grpc` cluster connects), with the workload's `health`
+/// (none ever: a receiver whose sender stays alive with `None`) and the
+/// WasmPlugins' modules fetched into `wasm`, until `token` is cancelled.
 ///
 /// # Errors
 /// The address does not parse or the socket cannot be created.
@@ -60,6 +67,7 @@ pub fn serve(
     socket: PathBuf,
     upstream: &str,
     health: watch::Receiver<Option<Health>>,
+    wasm: Arc<ModuleCache>,
     token: CancellationToken,
 ) -> anyhow::Result<JoinHandle<()>> {
     let upstream = tonic::transport::Endpoint::from_shared(format!("http://{upstream}"))
@@ -71,7 +79,11 @@ pub fn serve(
     let listener = tokio::net::UnixListener::bind(&socket)
         .with_context(|| format!("xDS socket {}", socket.display()))?;
     info!(socket = %socket.display(), "xDS proxy serving");
-    let proxy = XdsProxy { upstream, health };
+    let proxy = XdsProxy {
+        upstream,
+        health,
+        wasm,
+    };
     Ok(tokio::spawn(async move {
         let served = tonic::transport::Server::builder()
             .add_service(AggregatedDiscoveryServiceServer::new(proxy))
@@ -106,6 +118,7 @@ fn upstream_requests<R: Send + 'static>(
         }
         // What was concluded before this stream began, then each change.
         health.mark_changed();
+        let mut checking = true;
         loop {
             tokio::select! {
                 request = downstream.next() => match request {
@@ -117,10 +130,10 @@ fn upstream_requests<R: Send + 'static>(
                     // Envoy's stream ended (or broke): so does the upstream one.
                     _ => return,
                 },
-                changed = health.changed() => {
+                changed = health.changed(), if checking => {
                     if changed.is_err() {
                         // The checks stopped; keep passing Envoy's requests.
-                        health = watch::channel(None).1;
+                        checking = false;
                         continue;
                     }
                     let current = health.borrow_and_update().clone();
@@ -172,6 +185,21 @@ impl AggregatedDiscoveryService for XdsProxy {
             .stream_aggregated_resources(requests)
             .await?
             .into_inner();
+        let wasm = self.wasm.clone();
+        let responses = futures::StreamExt::then(responses, move |r| {
+            let wasm = wasm.clone();
+            async move {
+                let mut r = r?;
+                if r.type_url == EXTENSION_CONFIG_TYPE {
+                    let mut local = Vec::with_capacity(r.resources.len());
+                    for any in std::mem::take(&mut r.resources) {
+                        local.push(localize(any, &wasm).await);
+                    }
+                    r.resources = local;
+                }
+                Ok(r)
+            }
+        });
         Ok(Response::new(Box::pin(responses)))
     }
 
@@ -192,6 +220,21 @@ impl AggregatedDiscoveryService for XdsProxy {
             .delta_aggregated_resources(requests)
             .await?
             .into_inner();
+        let wasm = self.wasm.clone();
+        let responses = futures::StreamExt::then(responses, move |r| {
+            let wasm = wasm.clone();
+            async move {
+                let mut r = r?;
+                if r.type_url == EXTENSION_CONFIG_TYPE {
+                    for resource in &mut r.resources {
+                        if let Some(any) = resource.resource.take() {
+                            resource.resource = Some(localize(any, &wasm).await);
+                        }
+                    }
+                }
+                Ok(r)
+            }
+        });
         Ok(Response::new(Box::pin(responses)))
     }
 }

@@ -85,7 +85,7 @@ fn every_manifest_is_a_well_formed_object_of_its_kind() {
         }
         *kinds.entry(kind).or_default() += 1;
     }
-    assert_eq!(kinds["CustomResourceDefinition"], 12);
+    assert_eq!(kinds["CustomResourceDefinition"], 13);
     assert_eq!(kinds["Deployment"], 1);
 }
 

@@ -121,6 +121,12 @@ pub const KINDS: &[(&str, &str, &str, bool)] = &[
     ),
     ("telemetry.istio.io/v1", "Telemetry", "telemetries", true),
     (
+        "extensions.istio.io/v1alpha1",
+        "WasmPlugin",
+        "wasmplugins",
+        true,
+    ),
+    (
         "gateway.networking.k8s.io/v1",
         "GatewayClass",
         "gatewayclasses",

@@ -14,6 +14,7 @@
 pub mod fake_kube;
 pub mod pods;
 pub mod tls;
+pub mod wasm;
 
 use std::collections::BTreeMap;
 use std::io::Write;

@@ -74,7 +74,8 @@ macro_rules! targetable {
 targetable!(
     crds::AuthorizationPolicySpec,
     crds::RequestAuthenticationSpec,
-    crds::TelemetrySpec
+    crds::TelemetrySpec,
+    crds::WasmPluginSpec
 );
 
 /// The workload a policy may apply to: the mesh's root namespace, the
@@ -133,6 +134,7 @@ pub(crate) fn any_targeted(snap: &Snapshot) -> bool {
             .iter()
             .any(|p| !p.spec.refs().is_empty())
         || snap.telemetries.iter().any(|p| !p.spec.refs().is_empty())
+        || snap.wasm_plugins.iter().any(|p| !p.spec.refs().is_empty())
         || snap
             .envoy_filters
             .iter()
@@ -164,6 +166,11 @@ pub(crate) fn warnings(snap: &Snapshot) -> Vec<ConfigWarning> {
             snap.telemetries
                 .iter()
                 .map(|p| ("Telemetry", p.key(), &p.spec as &dyn Targetable)),
+        )
+        .chain(
+            snap.wasm_plugins
+                .iter()
+                .map(|p| ("WasmPlugin", p.key(), &p.spec as &dyn Targetable)),
         )
         .map(|(kind, key, p)| (kind, key, p.refs(), p.target_refs().is_empty()))
         .chain(

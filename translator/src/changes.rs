@@ -28,8 +28,8 @@ pub struct ChangeSet {
     /// Namespaces of AuthorizationPolicies and RequestAuthentications
     /// changed (the root namespace's apply to every workload).
     pub authz_namespaces: BTreeSet<String>,
-    /// Namespaces of Telemetry resources or EnvoyFilters changed (the root
-    /// namespace's apply to every workload).
+    /// Namespaces of Telemetry resources, EnvoyFilters or WasmPlugins
+    /// changed (the root namespace's apply to every workload).
     pub telemetry_namespaces: BTreeSet<String>,
     /// Workload addresses whose served ports changed (their sidecars'
     /// `virtualInbound`).
@@ -145,6 +145,10 @@ impl ChangeSet {
         diff(&old.envoy_filters, &new.envoy_filters, |cfg| {
             c.telemetry_namespaces.insert(cfg.namespace.clone());
         });
+        // A WasmPlugin: its namespace's workloads' filters and extension configs.
+        diff(&old.wasm_plugins, &new.wasm_plugins, |cfg| {
+            c.telemetry_namespaces.insert(cfg.namespace.clone());
+        });
         c.inbound_addresses = old.inbound_changes(new);
         c
     }
@@ -167,8 +171,9 @@ impl ChangeSet {
         // the mesh's: a sidecar's inbound filters, a gateway's listeners'.
         let authz_changed = self.authz_namespaces.contains(ns)
             || self.authz_namespaces.contains(&self.root_namespace);
-        // A Telemetry (or an EnvoyFilter) of its namespace or the mesh's:
-        // its tracing and access logs (anything, for an EnvoyFilter).
+        // A Telemetry (or an EnvoyFilter, a WasmPlugin) of its namespace or
+        // the mesh's: its tracing and access logs (anything, for an
+        // EnvoyFilter; its filters and extension configs, for a WasmPlugin).
         let telemetry_changed = self.telemetry_namespaces.contains(ns)
             || self.telemetry_namespaces.contains(&self.root_namespace);
         let full = self.mesh

@@ -641,7 +641,7 @@ fn inbound_hcm(port: u32, cluster: &str, around: &Around<'_>) -> Filter {
     if around.observe.exchange {
         http_filters.push(crate::metrics::peer_filter(crate::telemetry::Side::Server));
     }
-    http_filters.extend(around.authz.http.iter().cloned());
+    http_filters.extend(around.observe.wasm.http(port, &around.authz.http));
     http_filters.push(HttpFilter {
         name: "envoy.filters.http.router".into(),
         config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(

@@ -30,11 +30,12 @@ pub mod policy;
 pub mod route;
 pub mod telemetry;
 pub mod trace;
+pub mod wasm;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::{
-    Address, AggregatedConfigSource, ApiVersion, ConfigSource, SocketAddress, address,
-    config_source, socket_address,
+    Address, AggregatedConfigSource, ApiVersion, ConfigSource, SocketAddress, TypedExtensionConfig,
+    address, config_source, socket_address,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
@@ -62,13 +63,19 @@ pub const ROUTE_TYPE: &str = "type.googleapis.com/envoy.config.route.v3.RouteCon
 pub const SECRET_TYPE: &str =
     "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 
-/// Istio's push order: clusters, endpoints, listeners, routes, then secrets.
-pub const PUSH_ORDER: [&str; 5] = [
+/// Type URL of ECDS resources (`envoy.config.core.v3.TypedExtensionConfig`):
+/// WasmPlugins' filters ([`wasm`]).
+pub const EXTENSION_CONFIG_TYPE: &str = wasm::EXTENSION_CONFIG_TYPE;
+
+/// Istio's push order: clusters, endpoints, listeners, routes, secrets,
+/// then extension configs.
+pub const PUSH_ORDER: [&str; 6] = [
     CLUSTER_TYPE,
     ENDPOINT_TYPE,
     LISTENER_TYPE,
     ROUTE_TYPE,
     SECRET_TYPE,
+    EXTENSION_CONFIG_TYPE,
 ];
 
 /// Name of Envoy's HTTP fault filter (`envoy.filters.http.fault`).
@@ -124,6 +131,8 @@ pub struct Output {
     pub routes: Vec<RouteConfiguration>,
     /// SDS: gateway certificates (`kubernetes://NAME`), by name.
     pub secrets: Vec<Secret>,
+    /// ECDS: WasmPlugins' filters, by name ([`wasm::resource_name`]).
+    pub extension_configs: Vec<TypedExtensionConfig>,
     /// Problems met (objects or routes skipped).
     pub warnings: Vec<ConfigWarning>,
 }
@@ -138,6 +147,7 @@ impl Output {
             LISTENER_TYPE => encode_all(&self.listeners, |r| &r.name),
             ROUTE_TYPE => encode_all(&self.routes, |r| &r.name),
             SECRET_TYPE => encode_all(&self.secrets, |r| &r.name),
+            EXTENSION_CONFIG_TYPE => encode_all(&self.extension_configs, |r| &r.name),
             _ => Vec::new(),
         }
     }
@@ -189,6 +199,7 @@ pub fn generate(snap: &Snapshot, proxy: &Proxy) -> Output {
         routes,
         listeners: rest.listeners,
         secrets: rest.secrets,
+        extension_configs: wasm::extension_configs(snap, proxy),
         warnings: rest.warnings,
     }
 }
@@ -207,6 +218,8 @@ pub struct EncodedOutput {
     pub routes: Vec<Encoded>,
     /// SDS.
     pub secrets: Vec<Encoded>,
+    /// ECDS.
+    pub extension_configs: Vec<Encoded>,
     /// Problems met (objects or routes skipped).
     pub warnings: Vec<ConfigWarning>,
 }
@@ -220,6 +233,7 @@ impl EncodedOutput {
             LISTENER_TYPE => &mut self.listeners,
             ROUTE_TYPE => &mut self.routes,
             SECRET_TYPE => &mut self.secrets,
+            EXTENSION_CONFIG_TYPE => &mut self.extension_configs,
             _ => return Vec::new(),
         })
     }
@@ -276,6 +290,11 @@ pub fn generate_encoded(snap: &Snapshot, proxy: &Proxy) -> EncodedOutput {
         listeners: encode_each(LISTENER_TYPE, &rest.listeners, |l| &l.name),
         routes,
         secrets: encode_each(SECRET_TYPE, &rest.secrets, |s| &s.name),
+        extension_configs: encode_each(
+            EXTENSION_CONFIG_TYPE,
+            &wasm::extension_configs(snap, proxy),
+            |c| &c.name,
+        ),
         warnings: rest.warnings,
     }
 }
@@ -344,6 +363,10 @@ fn listeners_and_routes<'a>(snap: &'a Snapshot, proxy: &'a Proxy) -> Rest<'a> {
             (l, Routes::Built(r), s)
         }
     };
+    let mut listeners = listeners;
+    if !snap.wasm_plugins.is_empty() {
+        wasm::apply_network(snap, proxy, &mut listeners);
+    }
     Rest {
         listeners,
         routes,

@@ -178,6 +178,7 @@ pub(crate) fn sidecar<'a>(
             hcm_chain(
                 &format!("outbound_0.0.0.0_{port}"),
                 &port.to_string(),
+                port,
                 false,
                 &snap.mesh,
                 &observe,
@@ -1118,6 +1119,7 @@ pub(crate) fn gateway(
             chains.push(hcm_chain(
                 &format!("outbound_0.0.0.0_{port}"),
                 &name,
+                port,
                 true,
                 &snap.mesh,
                 &observe,
@@ -1149,6 +1151,7 @@ pub(crate) fn gateway(
                     let mut chain = hcm_chain(
                         &format!("outbound_0.0.0.0_{port}"),
                         &name,
+                        port,
                         true,
                         &snap.mesh,
                         &observe,
@@ -2115,18 +2118,20 @@ fn tcp_chain(
     }
 }
 
-/// A chain ending in an HTTP connection manager on RDS `route_config`:
-/// `authz` (a gateway's JWT and RBAC filters), CORS, fault injection, the
-/// router.
+/// A chain of the listener on `port` ending in an HTTP connection manager
+/// on RDS `route_config`: `authz` (a gateway's JWT and RBAC filters) with
+/// the WasmPlugins of `port` around them ([`crate::wasm::Plugins::http`]),
+/// CORS, fault injection, the router.
 fn hcm_chain(
     stat_prefix: &str,
     route_config: &str,
+    port: u32,
     gateway: bool,
     mesh: &crate::model::MeshConfig,
     observe: &crate::telemetry::Observe,
     authz: &[HttpFilter],
 ) -> FilterChain {
-    let mut http_filters = authz.to_vec();
+    let mut http_filters = observe.wasm.http(port, authz);
     if observe.exchange {
         http_filters.push(crate::metrics::peer_filter(crate::telemetry::Side::Client));
     }

@@ -1364,6 +1364,8 @@ pub struct Snapshot {
     pub envoy_filters: Vec<Config<crds::EnvoyFilterSpec>>,
     /// Their patches, values read, in the same order.
     pub envoy_patches: Vec<crate::envoy_filter::Compiled>,
+    /// WasmPlugins, in a stable order (namespace, name) ([`crate::wasm`]).
+    pub wasm_plugins: Vec<Config<crds::WasmPluginSpec>>,
     /// WorkloadGroups, in a stable order: the templates of auto-registered
     /// WorkloadEntries (no config is generated from them).
     pub workload_groups: Vec<Config<WorkloadGroupTemplate>>,
@@ -2105,6 +2107,11 @@ impl Snapshot {
                     namespace: ns.to_owned(),
                     spec: t.spec.clone(),
                 }),
+                Object::WasmPlugin(w) => snap.wasm_plugins.push(Config {
+                    name: name.to_owned(),
+                    namespace: ns.to_owned(),
+                    spec: w.spec.clone(),
+                }),
                 Object::ServiceEntry(se) => service_entries.push((ns, name, &se.spec)),
                 Object::WorkloadGroup(wg) => snap.workload_groups.push(Config {
                     name: name.to_owned(),
@@ -2422,6 +2429,8 @@ impl Snapshot {
             .sort_by(|a, b| order(&a.namespace, &a.name, &b.namespace, &b.name));
         snap.telemetries
             .sort_by(|a, b| order(&a.namespace, &a.name, &b.namespace, &b.name));
+        snap.wasm_plugins
+            .sort_by(|a, b| order(&a.namespace, &a.name, &b.namespace, &b.name));
         snap.envoy_filters.sort_by(|a, b| {
             (&a.namespace, a.spec.priority.unwrap_or(0), &a.name).cmp(&(
                 &b.namespace,
@@ -2438,7 +2447,8 @@ impl Snapshot {
                     .iter()
                     .map(|ra| ra.spec.selector.as_ref()),
             )
-            .chain(snap.telemetries.iter().map(|t| t.spec.selector.as_ref()));
+            .chain(snap.telemetries.iter().map(|t| t.spec.selector.as_ref()))
+            .chain(snap.wasm_plugins.iter().map(|w| w.spec.selector.as_ref()));
         let keys: Vec<String> = selectors
             .flatten()
             .flat_map(|sel| sel.match_labels.keys().cloned())
@@ -2457,6 +2467,8 @@ impl Snapshot {
         snap.warnings.extend(authz_warnings);
         let telemetry_warnings = crate::telemetry::warnings(&snap);
         snap.warnings.extend(telemetry_warnings);
+        let wasm_warnings = crate::wasm::warnings(&snap);
+        snap.warnings.extend(wasm_warnings);
         let attach_warnings = crate::attach::warnings(&snap);
         snap.warnings.extend(attach_warnings);
         let (patches, patch_warnings) = crate::envoy_filter::compile(&snap);

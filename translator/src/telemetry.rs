@@ -57,6 +57,8 @@ pub(crate) struct Observe {
     /// configurations send the proxy's own: its Envoy makes Istio's
     /// metrics ([`crate::model::Proxy::stats_logger`]).
     pub exchange: bool,
+    /// The WasmPlugins of this side ([`crate::wasm`]).
+    pub wasm: crate::wasm::Plugins,
 }
 
 impl Observe {
@@ -78,6 +80,7 @@ impl Observe {
             access_log,
             request_id,
             exchange: proxy.stats_logger,
+            wasm: crate::wasm::Plugins::of(snap, proxy, side),
         }
     }
 }

@@ -311,9 +311,25 @@ async fn validation_refuses_what_the_mesh_cannot_use_naming_the_field() {
         message.contains("spec.accessLogging[0].filter.expression"),
         "{message}"
     );
+    // WasmPlugin: an unknown field, a checksum that is not one, by field.
+    let wasm = |spec: serde_json::Value| {
+        json!({"apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin",
+               "metadata": {"name": "w"}, "spec": spec})
+    };
+    let (allowed, message) = validate(wasm(json!({"url": "oci://x/y", "anything": 1}))).await;
+    assert!(!allowed);
+    assert!(message.contains("anything"), "{message}");
+    let (allowed, message) = validate(wasm(json!({"url": "oci://x/y", "sha256": "abc"}))).await;
+    assert!(!allowed);
+    assert!(message.contains("spec.sha256"), "{message}");
+    assert!(
+        validate(wasm(json!({"url": "https://example.com/p.wasm"})))
+            .await
+            .0
+    );
     // Kinds this control plane does not read are not refused.
-    let other = json!({"apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin",
-                       "metadata": {"name": "w"}, "spec": {"anything": 1}});
+    let other = json!({"apiVersion": "networking.istio.io/v1beta1", "kind": "ProxyConfig",
+                       "metadata": {"name": "p"}, "spec": {"anything": 1}});
     assert!(validate(other).await.0);
 }
 

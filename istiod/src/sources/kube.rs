@@ -162,7 +162,8 @@ impl Watched {
 /// Gateway `credentialName`; service-account tokens and Helm releases are
 /// excluded, as istiod does), the `networking.istio.io/v1` kinds (WorkloadEntry and WorkloadGroup included) and
 /// `security.istio.io/v1` PeerAuthentication, AuthorizationPolicy and
-/// RequestAuthentication, `telemetry.istio.io/v1` Telemetry, and the
+/// RequestAuthentication, `telemetry.istio.io/v1` Telemetry,
+/// `extensions.istio.io/v1alpha1` WasmPlugin, and the
 /// Gateway API's GatewayClasses, Gateways, HTTPRoutes, GRPCRoutes,
 /// ReferenceGrants (`v1` since Gateway API 1.5, else `v1beta1`),
 /// BackendTLSPolicies, TLSRoutes (`v1` since Gateway API 1.5, else
@@ -217,6 +218,7 @@ pub fn watched() -> Vec<Watched> {
             "requestauthentications",
         ),
         Watched::new("telemetry.istio.io/v1", "Telemetry", "telemetries"),
+        Watched::new("extensions.istio.io/v1alpha1", "WasmPlugin", "wasmplugins"),
         Watched::optional(
             "gateway.networking.k8s.io/v1",
             "GatewayClass",

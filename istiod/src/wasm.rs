@@ -1,0 +1,299 @@
+//! The agent's side of WasmPlugins (Istio's `pkg/wasm`): the daemon sends
+//! a plugin's module as a remote source Envoy cannot fetch by itself
+//! (`translator::wasm`), and the agent's xDS proxy ([`crate::xds_proxy`])
+//! rewrites each ECDS resource that has one, on its way to Envoy, to a
+//! local file it fetched first ([`ModuleCache`]).
+//!
+//! - `http://` and `https://` modules are fetched (the system's web PKI
+//!   roots for HTTPS; redirects followed; at most [`MAX_MODULE_BYTES`];
+//!   within the source's timeout, Istio's 30 s) and kept in the cache
+//!   folder as `<sha256 of the URL>/<sha256 of the module>.wasm`. A module
+//!   must start with Wasm's magic number and, when the plugin has a
+//!   `sha256`, have that digest.
+//! - Fetched again as Istio's pull policy says: `Always` when the
+//!   plugin's version changed, otherwise (`IfNotPresent`, unset) only when
+//!   nothing for that URL and checksum is in the cache.
+//! - The agent's own variables (`ISTIO_META_WASM_*`) are taken out of the
+//!   VM's environment before Envoy sees it.
+//! - A module that cannot be had (fetch failure, wrong digest, an `oci://`
+//!   image, which is not pulled here yet) turns the resource into an RBAC
+//!   filter of the same name: one that allows everything when the plugin
+//!   fails open, else one that denies everything, as Istio's agent does,
+//!   so that Envoy never waits on the plugin forever and never runs
+//!   without a plugin that may guard it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::{
+    AsyncDataSource, DataSource, TypedExtensionConfig, async_data_source, data_source,
+};
+use envoy_types::pb::envoy::extensions::wasm::v3::{FailurePolicy, PluginConfig, plugin_config};
+use envoy_types::pb::google::protobuf::Any;
+use prost::{Message, Name};
+use tokio::sync::Mutex;
+use tracing::{info, warn};
+use translator::wasm::{
+    NO_CHECKSUM, PULL_POLICY_ENV, RESOURCE_VERSION_ENV, WASM_HTTP_TYPE, WASM_NETWORK_TYPE,
+};
+
+/// The largest module fetched (bytes): 256 MiB.
+pub const MAX_MODULE_BYTES: u64 = 256 << 20;
+
+/// What a Wasm module starts with.
+const WASM_MAGIC: [u8; 4] = *b"\0asm";
+
+/// Where the agent keeps fetched modules by default, relative to the
+/// proxy's working directory (Istio's `/var/lib/istio/data`).
+pub const DEFAULT_CACHE_DIR: &str = "./var/lib/istio/data/wasm";
+
+/// Fetched modules: the folder they are kept in, and which file holds
+/// which (URL, checksum) at which plugin version.
+#[derive(Debug)]
+pub struct ModuleCache {
+    dir: PathBuf,
+    /// (URL, checksum or "") -> (file, plugin version it was fetched for).
+    entries: Mutex<HashMap<(String, String), (PathBuf, String)>>,
+}
+
+/// How the module of one plugin is wanted.
+struct Wanted<'a> {
+    url: &'a str,
+    /// Lowercase hex; empty: any.
+    sha256: &'a str,
+    timeout: Duration,
+    always: bool,
+    version: &'a str,
+}
+
+impl ModuleCache {
+    /// A cache keeping its files under `dir` (created when first needed).
+    pub fn new(dir: PathBuf) -> Arc<ModuleCache> {
+        Arc::new(ModuleCache {
+            dir,
+            entries: Mutex::default(),
+        })
+    }
+
+    /// The local file of the module `wanted` asks for, fetched when the
+    /// cache has none fit for it.
+    async fn get(&self, wanted: &Wanted<'_>) -> Result<PathBuf, String> {
+        let key = (wanted.url.to_owned(), wanted.sha256.to_owned());
+        let mut entries = self.entries.lock().await;
+        if let Some((path, version)) = entries.get(&key) {
+            let stale = wanted.always && version != wanted.version;
+            if !stale && path.exists() {
+                return Ok(path.clone());
+            }
+        }
+        if let Some(scheme) = wanted
+            .url
+            .split_once("://")
+            .map(|(s, _)| s)
+            .filter(|s| *s != "http" && *s != "https")
+        {
+            return Err(format!(
+                "{scheme}:// modules are not fetched by this agent (only http:// and https://)"
+            ));
+        }
+        let url = wanted.url.to_owned();
+        let timeout = wanted.timeout;
+        let bytes = tokio::task::spawn_blocking(move || fetch(&url, timeout))
+            .await
+            .map_err(|e| format!("fetch task: {e}"))??;
+        if !bytes.starts_with(&WASM_MAGIC) {
+            return Err("not a Wasm module (no \\0asm magic number)".into());
+        }
+        let digest = hex(ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref());
+        if !wanted.sha256.is_empty() && wanted.sha256 != digest {
+            return Err(format!(
+                "checksum mismatch: the module's SHA-256 is {digest}, the plugin wants {}",
+                wanted.sha256
+            ));
+        }
+        let folder = self.dir.join(hex(ring::digest::digest(
+            &ring::digest::SHA256,
+            wanted.url.as_bytes(),
+        )
+        .as_ref()));
+        let path = folder.join(format!("{digest}.wasm"));
+        write_atomically(&folder, &path, &bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+        info!(url = wanted.url, file = %path.display(), bytes = bytes.len(), "Wasm module fetched");
+        entries.insert(key, (path.clone(), wanted.version.to_owned()));
+        Ok(path)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Writes `bytes` to `path` through a temporary file in `folder`, so that
+/// Envoy never reads half a module.
+fn write_atomically(folder: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    std::fs::create_dir_all(folder)?;
+    let tmp = path.with_extension("wasm.tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// GETs `url` (blocking), following redirects, within `timeout`.
+fn fetch(url: &str, timeout: Duration) -> Result<Vec<u8>, String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .build()
+        .into();
+    let mut response = agent
+        .get(url)
+        .call()
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    response
+        .body_mut()
+        .with_config()
+        .limit(MAX_MODULE_BYTES)
+        .read_to_vec()
+        .map_err(|e| format!("GET {url}: {e}"))
+}
+
+/// One ECDS resource as it goes to Envoy: a Wasm filter whose module is
+/// remote gets it as a local file, or becomes the RBAC filter that stands
+/// in for it (module doc); anything else passes unchanged.
+pub async fn localize(resource: Any, cache: &ModuleCache) -> Any {
+    let Ok(mut ext) = TypedExtensionConfig::decode(resource.value.as_slice()) else {
+        return resource;
+    };
+    let Some(typed) = ext.typed_config.take() else {
+        return resource;
+    };
+    let network = match typed.type_url.as_str() {
+        WASM_HTTP_TYPE => false,
+        WASM_NETWORK_TYPE => true,
+        _ => return resource,
+    };
+    // The HTTP and network filters carry the same `PluginConfig` (field 1).
+    let Ok(mut config) = decode_plugin_config(network, &typed.value) else {
+        return resource;
+    };
+    let Some(plugin_config::Vm::VmConfig(vm)) = config.vm.as_mut() else {
+        return resource;
+    };
+    let Some(async_data_source::Specifier::Remote(remote)) =
+        vm.code.as_ref().and_then(|c| c.specifier.clone())
+    else {
+        // A local file (`file://`): Envoy reads it.
+        return resource;
+    };
+    let env = vm
+        .environment_variables
+        .get_or_insert_with(Default::default);
+    let always = env.key_values.get(PULL_POLICY_ENV).map(String::as_str) == Some("Always");
+    let version = env
+        .key_values
+        .get(RESOURCE_VERSION_ENV)
+        .cloned()
+        .unwrap_or_default();
+    env.key_values.retain(|k, _| !k.starts_with("ISTIO_META_"));
+    if env.key_values.is_empty() && env.host_env_keys.is_empty() {
+        vm.environment_variables = None;
+    }
+    let uri = remote.http_uri.as_ref().map_or("", |u| u.uri.as_str());
+    let timeout =
+        remote
+            .http_uri
+            .as_ref()
+            .and_then(|u| u.timeout)
+            .map_or(Duration::from_secs(5), |d| {
+                Duration::new(
+                    u64::try_from(d.seconds).unwrap_or(0),
+                    u32::try_from(d.nanos).unwrap_or(0),
+                )
+            });
+    let sha256 = if remote.sha256 == NO_CHECKSUM {
+        ""
+    } else {
+        remote.sha256.as_str()
+    };
+    let wanted = Wanted {
+        url: uri,
+        sha256,
+        timeout,
+        always,
+        version: &version,
+    };
+    ext.typed_config = Some(match cache.get(&wanted).await {
+        Ok(path) => {
+            vm.code = Some(AsyncDataSource {
+                specifier: Some(async_data_source::Specifier::Local(DataSource {
+                    specifier: Some(data_source::Specifier::Filename(path.display().to_string())),
+                    ..Default::default()
+                })),
+            });
+            encode_plugin_config(network, config)
+        }
+        Err(error) => {
+            // The daemon always sets the policy (`FAIL_CLOSED` by default).
+            let open = config.failure_policy == FailurePolicy::FailOpen as i32;
+            warn!(
+                plugin = %ext.name, url = uri, %error,
+                "Wasm module not available; its filter {} every request",
+                if open { "allows" } else { "denies" }
+            );
+            stand_in(network, open)
+        }
+    });
+    Any {
+        type_url: TypedExtensionConfig::type_url(),
+        value: ext.encode_to_vec(),
+    }
+}
+
+fn decode_plugin_config(network: bool, bytes: &[u8]) -> Result<PluginConfig, prost::DecodeError> {
+    use envoy_types::pb::envoy::extensions::filters::{http, network as net};
+    let config = if network {
+        net::wasm::v3::Wasm::decode(bytes)?.config
+    } else {
+        http::wasm::v3::Wasm::decode(bytes)?.config
+    };
+    Ok(config.unwrap_or_default())
+}
+
+fn encode_plugin_config(network: bool, config: PluginConfig) -> Any {
+    use envoy_types::pb::envoy::extensions::filters::{http, network as net};
+    if network {
+        envoy_types::util::pack_any(net::wasm::v3::Wasm {
+            config: Some(config),
+        })
+    } else {
+        envoy_types::util::pack_any(http::wasm::v3::Wasm {
+            config: Some(config),
+        })
+    }
+}
+
+/// The RBAC filter standing in for a module that cannot be had: no rules
+/// (everything allowed) when `open`, else empty rules (nothing allowed),
+/// with Istio's stat prefixes `wasm-default-allow` / `wasm-default-deny`.
+fn stand_in(network: bool, open: bool) -> Any {
+    use envoy_types::pb::envoy::config::rbac::v3::Rbac;
+    use envoy_types::pb::envoy::extensions::filters::{http, network as net};
+    let (rules, prefix) = if open {
+        (None, "wasm-default-allow")
+    } else {
+        (Some(Rbac::default()), "wasm-default-deny")
+    };
+    if network {
+        envoy_types::util::pack_any(net::rbac::v3::Rbac {
+            rules,
+            stat_prefix: prefix.into(),
+            ..Default::default()
+        })
+    } else {
+        envoy_types::util::pack_any(http::rbac::v3::Rbac {
+            rules,
+            rules_stat_prefix: prefix.into(),
+            ..Default::default()
+        })
+    }
+}

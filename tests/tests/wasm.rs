@@ -1,0 +1,251 @@
+//! WasmPlugins: real Envoys run a real Proxy-Wasm plugin
+//! ([`e2e::wasm::header_plugin`]) that the daemon configures over ECDS,
+//! where and in the phase the plugin asks for; remote modules are fetched
+//! by the agent's xDS proxy, and a module that cannot be had fails as the
+//! plugin's `failStrategy` says.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
+
+use std::time::Duration;
+
+use e2e::wasm::{PLUGIN_HEADER, header_plugin, sha256_hex};
+use e2e::{GATEWAY, Mesh, SIDECAR, SIDECAR_LABELS, http_request};
+
+const REVIEWS: &str = "http://10.96.0.13:9080";
+
+/// A Gateway API gateway `bookinfo-gw` on 8080 routing to productpage.
+const GATEWAY_API: &str = "apiVersion: v1
+kind: Service
+metadata: {name: bookinfo-gw-istio, namespace: istio-system}
+spec:
+  clusterIP: 10.96.0.90
+  selector: {gateway.networking.k8s.io/gateway-name: bookinfo-gw}
+  ports: [{name: http, port: 8080}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: bookinfo-gw, namespace: istio-system}
+spec:
+  gatewayClassName: istio
+  listeners:
+  - {name: http, port: 8080, protocol: HTTP, allowedRoutes: {namespaces: {from: All}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: bookinfo, namespace: default}
+spec:
+  parentRefs: [{name: bookinfo-gw, namespace: istio-system}]
+  rules: [{backendRefs: [{name: productpage, port: 9080}]}]
+";
+
+/// The WasmPlugin `headers` of `namespace` with the module at `url` and
+/// the rest of its spec (YAML lines, indented two spaces).
+fn plugin(namespace: &str, url: &str, rest: &str) -> String {
+    format!(
+        "apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {{name: headers, namespace: {namespace}}}
+spec:
+  url: {url}
+{rest}"
+    )
+}
+
+/// (status, the plugin's header as the backend got it, as the client got it).
+fn call(url: &str, host: &str) -> (u16, String, Option<String>) {
+    let r = http_request(&format!("{url}/header/{PLUGIN_HEADER}"), &[("host", host)]).unwrap();
+    (r.status, r.body, r.headers.get(PLUGIN_HEADER).cloned())
+}
+
+#[test]
+fn a_wasm_plugin_runs_in_the_gateway_where_and_when_it_asks() {
+    let mesh = Mesh::start(false, &[]);
+    mesh.cfg.write("gateway-api.yaml", GATEWAY_API);
+    mesh.wait_loaded(2);
+    let gw = mesh.proxy(
+        GATEWAY,
+        &[("gateway.networking.k8s.io/gateway-name", "bookinfo-gw")],
+        15000,
+    );
+    let get = || call("http://127.0.0.1:8080", "bookinfo.example.com");
+    assert_eq!(get(), (200, "(none)".into(), None));
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("headers.wasm");
+    std::fs::write(&module, header_plugin()).unwrap();
+    let url = format!("file://{}", module.display());
+    let target =
+        "  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: bookinfo-gw}]
+  pluginConfig: {greeting: hi}
+";
+    // On the gateway's requests and responses, with its configuration.
+    mesh.apply(&[&gw], "wasm.yaml", &plugin("istio-system", &url, target));
+    let config = r#"{"greeting":"hi"}"#;
+    assert_eq!(get(), (200, config.into(), Some(config.into())));
+    // `match`: a gateway's listeners are the client side, and its port 8080.
+    mesh.apply(
+        &[&gw],
+        "wasm.yaml",
+        &plugin(
+            "istio-system",
+            &url,
+            &format!("{target}  match: [{{mode: SERVER}}]\n"),
+        ),
+    );
+    assert_eq!(get(), (200, "(none)".into(), None));
+    mesh.apply(
+        &[&gw],
+        "wasm.yaml",
+        &plugin(
+            "istio-system",
+            &url,
+            &format!("{target}  match: [{{mode: CLIENT, ports: [{{number: 9999}}]}}, {{ports: [{{number: 8080}}]}}]\n"),
+        ),
+    );
+    assert_eq!(get().1, config);
+    // `phase`: a policy allowing only requests carrying the plugin's
+    // header. Run after authorization (the default), the plugin has not
+    // added it yet when the policy looks: denied.
+    mesh.cfg.write(
+        "authz.yaml",
+        &format!(
+            "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: wasm-header, namespace: istio-system}}
+spec:
+  targetRefs: [{{group: gateway.networking.k8s.io, kind: Gateway, name: bookinfo-gw}}]
+  rules: [{{when: [{{key: 'request.headers[{PLUGIN_HEADER}]', values: ['*']}}]}}]
+"
+        ),
+    );
+    mesh.apply(&[&gw], "wasm.yaml", &plugin("istio-system", &url, target));
+    assert_eq!(get().0, 403);
+    // In the AUTHN phase it runs before the policy: allowed.
+    mesh.apply(
+        &[&gw],
+        "wasm.yaml",
+        &plugin("istio-system", &url, &format!("{target}  phase: AUTHN\n")),
+    );
+    assert_eq!(get(), (200, config.into(), Some(config.into())));
+    // Gone with its WasmPlugin.
+    mesh.cfg.remove("authz.yaml");
+    mesh.apply(&[&gw], "wasm.yaml", "");
+    assert_eq!(get(), (200, "(none)".into(), None));
+    assert_eq!(gw.rejected(), 0);
+}
+
+#[test]
+fn remote_modules_are_fetched_by_the_agent_and_fail_as_the_plugin_says() {
+    let mesh = Mesh::start(true, &[]);
+    // The module, served over HTTP on loopback.
+    let module = header_plugin();
+    let digest = sha256_hex(&module);
+    let addr = mesh.block_on(async move {
+        let app = axum::Router::new().route(
+            "/headers.wasm",
+            axum::routing::get(move || {
+                let module = module.clone();
+                async move { module }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    });
+    // productpage's Envoy (the proxy user) gets its xDS through the
+    // agent's proxy, and reads the modules the agent fetched.
+    let dir = e2e::socket_dir();
+    let socket = dir.path().join("XDS");
+    let token = tokio_util::sync::CancellationToken::new();
+    let (_no_checks, health) = tokio::sync::watch::channel(None);
+    let _proxy = {
+        let _in_runtime = mesh.runtime_handle().enter();
+        istiod::xds_proxy::serve(
+            socket.clone(),
+            &mesh.daemon.xds_addr.to_string(),
+            health,
+            istiod::wasm::ModuleCache::new(dir.path().join("wasm")),
+            token.clone(),
+        )
+        .unwrap()
+    };
+    std::fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    e2e::use_xds_socket(&socket);
+    let envoy = mesh.proxy(SIDECAR, &SIDECAR_LABELS, 15000);
+    let get = || call(REVIEWS, "reviews");
+    assert_eq!(get(), (200, "(none)".into(), None));
+    let url = format!("http://{addr}/headers.wasm");
+    let with = |rest: &str| {
+        plugin(
+            "default",
+            &url,
+            &format!(
+                "  selector: {{matchLabels: {{app: productpage}}}}
+  pluginConfig: {{greeting: remote}}
+  match: [{{mode: CLIENT}}]
+{rest}"
+            ),
+        )
+    };
+    let config = r#"{"greeting":"remote"}"#;
+    mesh.apply(
+        &[&envoy],
+        "wasm.yaml",
+        &with(&format!("  sha256: {digest}\n")),
+    );
+    assert_eq!(get(), (200, config.into(), Some(config.into())));
+    let fetched: Vec<_> = walk(&dir.path().join("wasm"));
+    assert_eq!(fetched.len(), 1, "{fetched:?}");
+    assert!(
+        fetched[0].ends_with(format!("{digest}.wasm")),
+        "{fetched:?}"
+    );
+    // A module that is not the one the checksum names is not run: the
+    // plugin fails closed (by default), every request denied.
+    let wrong = "0".repeat(64);
+    mesh.apply(
+        &[&envoy],
+        "wasm.yaml",
+        &with(&format!("  sha256: {wrong}\n")),
+    );
+    let (status, _, header) = get();
+    assert_eq!((status, header), (403, None));
+    // Failing open, the requests go through without it.
+    mesh.apply(
+        &[&envoy],
+        "wasm.yaml",
+        &with(&format!("  sha256: {wrong}\n  failStrategy: FAIL_OPEN\n")),
+    );
+    assert_eq!(get(), (200, "(none)".into(), None));
+    // A module that is not there fails too.
+    mesh.apply(
+        &[&envoy],
+        "wasm.yaml",
+        &plugin(
+            "default",
+            &format!("http://{addr}/missing.wasm"),
+            "  selector: {matchLabels: {app: productpage}}\n",
+        ),
+    );
+    assert_eq!(get().0, 403);
+    // And without a checksum, the module as served.
+    mesh.apply(&[&envoy], "wasm.yaml", &with(""));
+    assert_eq!(get(), (200, config.into(), Some(config.into())));
+    assert_eq!(envoy.rejected(), 0);
+    token.cancel();
+    std::thread::sleep(Duration::from_millis(50));
+}
+
+/// Every file below `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
