@@ -98,6 +98,16 @@ fn a_wasm_plugin_runs_in_the_gateway_where_and_when_it_asks() {
         &plugin(
             "istio-system",
             &url,
+            &format!("{target}  match: [{{mode: CLIENT, ports: [{{number: 9999}}]}}]\n"),
+        ),
+    );
+    assert_eq!(get(), (200, "(none)".into(), None));
+    mesh.apply(
+        &[&gw],
+        "wasm.yaml",
+        &plugin(
+            "istio-system",
+            &url,
             &format!("{target}  match: [{{mode: CLIENT, ports: [{{number: 9999}}]}}, {{ports: [{{number: 8080}}]}}]\n"),
         ),
     );
@@ -231,6 +241,32 @@ fn remote_modules_are_fetched_by_the_agent_and_fail_as_the_plugin_says() {
     // And without a checksum, the module as served.
     mesh.apply(&[&envoy], "wasm.yaml", &with(""));
     assert_eq!(get(), (200, config.into(), Some(config.into())));
+    // A network plugin runs before the HTTP connection manager: when its
+    // module cannot be had, the connections are closed (failing closed)
+    // or let through (failing open).
+    // (Another name: Envoy takes one type of filter per ECDS name.)
+    let network = |url: &str, rest: &str| {
+        plugin(
+            "default",
+            url,
+            &format!("  selector: {{matchLabels: {{app: productpage}}}}\n  type: NETWORK\n{rest}"),
+        )
+        .replace("name: headers", "name: tcp")
+    };
+    let missing = format!("http://{addr}/missing.wasm");
+    mesh.apply(&[&envoy], "wasm.yaml", &network(&missing, ""));
+    let refused = http_request(&format!("{REVIEWS}/"), &[("host", "reviews")]);
+    assert!(refused.is_err(), "{:?}", refused.map(|r| r.status));
+    mesh.apply(
+        &[&envoy],
+        "wasm.yaml",
+        &network(&missing, "  failStrategy: FAIL_OPEN\n"),
+    );
+    assert_eq!(get(), (200, "(none)".into(), None));
+    // The module as a network filter (it has no network callbacks: the
+    // bytes pass as they are).
+    mesh.apply(&[&envoy], "wasm.yaml", &network(&url, ""));
+    assert_eq!(get(), (200, "(none)".into(), None));
     assert_eq!(envoy.rejected(), 0);
     token.cancel();
     std::thread::sleep(Duration::from_millis(50));
