@@ -297,3 +297,198 @@ fn stand_in(network: bool, open: bool) -> Any {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use envoy_types::pb::envoy::config::core::v3::{HttpUri, RemoteDataSource};
+    use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+    use envoy_types::pb::envoy::extensions::filters::http::wasm::v3::Wasm;
+    use envoy_types::pb::envoy::extensions::wasm::v3::{EnvironmentVariables, VmConfig};
+
+    use super::*;
+
+    const MODULE: &[u8] = b"\0asm\x01\0\0\0";
+
+    /// Serves [`MODULE`] at `/m.wasm` on loopback, counting the requests.
+    async fn serve() -> (String, Arc<AtomicUsize>) {
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counted = hits.clone();
+        let app = axum::Router::new().route(
+            "/m.wasm",
+            axum::routing::get(move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+                async { MODULE }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (format!("http://{addr}/m.wasm"), hits)
+    }
+
+    /// The ECDS resource of an HTTP plugin with a remote module.
+    fn resource(url: &str, sha256: &str, env: &[(&str, &str)], policy: FailurePolicy) -> Any {
+        let config = PluginConfig {
+            name: "default.p".into(),
+            failure_policy: policy as i32,
+            vm: Some(plugin_config::Vm::VmConfig(VmConfig {
+                runtime: "envoy.wasm.runtime.v8".into(),
+                code: Some(AsyncDataSource {
+                    specifier: Some(async_data_source::Specifier::Remote(RemoteDataSource {
+                        http_uri: Some(HttpUri {
+                            uri: url.into(),
+                            ..Default::default()
+                        }),
+                        sha256: sha256.into(),
+                        ..Default::default()
+                    })),
+                }),
+                environment_variables: Some(EnvironmentVariables {
+                    key_values: env
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                        .collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        envoy_types::util::pack_any(TypedExtensionConfig {
+            name: "extensions.istio.io/wasmplugin/default.p".into(),
+            typed_config: Some(envoy_types::util::pack_any(Wasm {
+                config: Some(config),
+            })),
+        })
+    }
+
+    /// What `localize` made of a resource: the local file and the VM's
+    /// environment, or the stand-in's RBAC stat prefix.
+    fn outcome(any: &Any) -> Result<(String, Vec<(String, String)>), String> {
+        let ext = TypedExtensionConfig::decode(any.value.as_slice()).unwrap();
+        assert_eq!(ext.name, "extensions.istio.io/wasmplugin/default.p");
+        let typed = ext.typed_config.unwrap();
+        if typed.type_url != WASM_HTTP_TYPE {
+            use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac;
+            return Err(Rbac::decode(typed.value.as_slice())
+                .unwrap()
+                .rules_stat_prefix);
+        }
+        let config = Wasm::decode(typed.value.as_slice())
+            .unwrap()
+            .config
+            .unwrap();
+        let Some(plugin_config::Vm::VmConfig(vm)) = config.vm else {
+            panic!("vm")
+        };
+        let Some(async_data_source::Specifier::Local(DataSource {
+            specifier: Some(data_source::Specifier::Filename(file)),
+            ..
+        })) = vm.code.unwrap().specifier
+        else {
+            panic!("a local file")
+        };
+        let env = vm
+            .environment_variables
+            .map(|e| e.key_values.into_iter().collect())
+            .unwrap_or_default();
+        Ok((file, env))
+    }
+
+    #[tokio::test]
+    async fn modules_are_fetched_once_unless_always_and_checked() {
+        let (url, hits) = serve().await;
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ModuleCache::new(dir.path().to_owned());
+        let digest = hex(ring::digest::digest(&ring::digest::SHA256, MODULE).as_ref());
+        let env = [
+            ("ISTIO_META_WASM_PLUGIN_RESOURCE_VERSION", "v1"),
+            ("MODE", "fast"),
+        ];
+        let (file, vm_env) = outcome(
+            &localize(
+                resource(&url, &digest, &env, FailurePolicy::FailClosed),
+                &cache,
+            )
+            .await,
+        )
+        .unwrap();
+        assert_eq!(std::fs::read(&file).unwrap(), MODULE);
+        assert!(file.ends_with(&format!("{digest}.wasm")), "{file}");
+        // The agent's own variables are not Envoy's.
+        assert_eq!(vm_env, [("MODE".to_owned(), "fast".to_owned())]);
+        // Again (no checksum this time is another key; the same one is cached).
+        let again = localize(
+            resource(&url, &digest, &env, FailurePolicy::FailClosed),
+            &cache,
+        )
+        .await;
+        assert_eq!(outcome(&again).unwrap().0, file);
+        assert_eq!(hits.load(Ordering::SeqCst), 1);
+        // `Always`: fetched again when the plugin's version changed only.
+        let always = |version| {
+            [
+                ("ISTIO_META_WASM_PLUGIN_RESOURCE_VERSION", version),
+                ("ISTIO_META_WASM_IMAGE_PULL_POLICY", "Always"),
+            ]
+        };
+        let r = localize(
+            resource(&url, &digest, &always("v1"), FailurePolicy::FailClosed),
+            &cache,
+        )
+        .await;
+        assert_eq!(outcome(&r).unwrap().1, []);
+        assert_eq!(hits.load(Ordering::SeqCst), 1);
+        localize(
+            resource(&url, &digest, &always("v2"), FailurePolicy::FailClosed),
+            &cache,
+        )
+        .await;
+        assert_eq!(hits.load(Ordering::SeqCst), 2);
+        // Without a checksum (Istio's "nil"), whatever is served.
+        let r = localize(
+            resource(&url, NO_CHECKSUM, &[], FailurePolicy::FailClosed),
+            &cache,
+        )
+        .await;
+        assert_eq!(outcome(&r).unwrap().0, file);
+        // A wrong checksum, a missing module, an OCI image: stand-ins.
+        let wrong = "1".repeat(64);
+        let r = localize(
+            resource(&url, &wrong, &[], FailurePolicy::FailClosed),
+            &cache,
+        )
+        .await;
+        assert_eq!(outcome(&r), Err("wasm-default-deny".into()));
+        let r = localize(resource(&url, &wrong, &[], FailurePolicy::FailOpen), &cache).await;
+        assert_eq!(outcome(&r), Err("wasm-default-allow".into()));
+        let missing = url.replace("m.wasm", "none.wasm");
+        let r = localize(
+            resource(&missing, NO_CHECKSUM, &[], FailurePolicy::FailClosed),
+            &cache,
+        )
+        .await;
+        assert_eq!(outcome(&r), Err("wasm-default-deny".into()));
+        let r = localize(
+            resource(
+                "oci://registry.example/p:1",
+                NO_CHECKSUM,
+                &[],
+                FailurePolicy::FailReload,
+            ),
+            &cache,
+        )
+        .await;
+        assert_eq!(outcome(&r), Err("wasm-default-deny".into()));
+        // Anything else passes as it is.
+        let other = envoy_types::util::pack_any(TypedExtensionConfig {
+            name: "x".into(),
+            typed_config: Some(envoy_types::util::pack_any(Router::default())),
+        });
+        assert_eq!(localize(other.clone(), &cache).await, other);
+    }
+}
