@@ -17,6 +17,7 @@ pub mod health;
 pub mod kube_ca;
 pub mod leader;
 pub mod metrics;
+mod oci;
 pub mod push;
 pub mod resolver;
 pub mod secure;

@@ -4,19 +4,21 @@
 //! rewrites each ECDS resource that has one, on its way to Envoy, to a
 //! local file it fetched first ([`ModuleCache`]).
 //!
-//! - `http://` and `https://` modules are fetched (the system's web PKI
-//!   roots for HTTPS; redirects followed; at most [`MAX_MODULE_BYTES`];
-//!   within the source's timeout, Istio's 30 s) and kept in the cache
-//!   folder as `<sha256 of the URL>/<sha256 of the module>.wasm`. A module
-//!   must start with Wasm's magic number and, when the plugin has a
-//!   `sha256`, have that digest.
-//! - Fetched again as Istio's pull policy says: `Always` when the
-//!   plugin's version changed, otherwise (`IfNotPresent`, unset) only when
-//!   nothing for that URL and checksum is in the cache.
+//! - `http://` and `https://` modules are fetched (the web PKI roots for
+//!   HTTPS; redirects followed; at most [`MAX_MODULE_BYTES`]; within the
+//!   source's timeout, Istio's 30 s); `oci://` images are pulled from
+//!   their registry (`crate::oci`). Either is kept in the cache folder as
+//!   `<sha256 of the URL>/<sha256 of the module>.wasm`. A module must
+//!   start with Wasm's magic number and, when the plugin has a `sha256`,
+//!   have that digest (an image: its manifest's digest).
+//! - Fetched again as Istio's pull policy says: `Always` (and, with no
+//!   policy, an image's `latest` tag) when the plugin's version changed,
+//!   otherwise (`IfNotPresent`, unset) only when nothing for that URL and
+//!   checksum is in the cache.
 //! - The agent's own variables (`ISTIO_META_WASM_*`) are taken out of the
 //!   VM's environment before Envoy sees it.
-//! - A module that cannot be had (fetch failure, wrong digest, an `oci://`
-//!   image, which is not pulled here yet) turns the resource into an RBAC
+//! - A module that cannot be had (fetch failure, wrong digest, another
+//!   scheme) turns the resource into an RBAC
 //!   filter of the same name: one that allows everything when the plugin
 //!   fails open, else one that denies everything, as Istio's agent does,
 //!   so that Envoy never waits on the plugin forever and never runs
@@ -64,7 +66,10 @@ struct Wanted<'a> {
     /// Lowercase hex; empty: any.
     sha256: &'a str,
     timeout: Duration,
+    /// `imagePullPolicy: Always`.
     always: bool,
+    /// No pull policy set.
+    default_policy: bool,
     version: &'a str,
 }
 
@@ -81,38 +86,61 @@ impl ModuleCache {
     /// cache has none fit for it.
     async fn get(&self, wanted: &Wanted<'_>) -> Result<PathBuf, String> {
         let key = (wanted.url.to_owned(), wanted.sha256.to_owned());
+        // An image's `latest` tag is pulled again whenever the plugin
+        // changes (Istio's default policy for it).
+        let always = wanted.always
+            || (wanted.default_policy
+                && wanted.url.strip_prefix("oci://").is_some_and(|image| {
+                    crate::oci::Reference::parse(image).is_ok_and(|r| r.is_latest())
+                }));
         let mut entries = self.entries.lock().await;
         if let Some((path, version)) = entries.get(&key) {
-            let stale = wanted.always && version != wanted.version;
+            let stale = always && version != wanted.version;
             if !stale && path.exists() {
                 return Ok(path.clone());
             }
         }
-        if let Some(scheme) = wanted
-            .url
-            .split_once("://")
-            .map(|(s, _)| s)
-            .filter(|s| *s != "http" && *s != "https")
-        {
-            return Err(format!(
-                "{scheme}:// modules are not fetched by this agent (only http:// and https://)"
-            ));
-        }
-        let url = wanted.url.to_owned();
         let timeout = wanted.timeout;
-        let bytes = tokio::task::spawn_blocking(move || fetch(&url, timeout))
-            .await
-            .map_err(|e| format!("fetch task: {e}"))??;
+        let (scheme, rest) = wanted.url.split_once("://").unwrap_or(("", wanted.url));
+        let bytes = match scheme {
+            "http" | "https" => {
+                let url = wanted.url.to_owned();
+                let bytes = tokio::task::spawn_blocking(move || fetch(&url, timeout))
+                    .await
+                    .map_err(|e| format!("fetch task: {e}"))??;
+                let digest = hex(ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref());
+                if !wanted.sha256.is_empty() && wanted.sha256 != digest {
+                    return Err(format!(
+                        "checksum mismatch: the module's SHA-256 is {digest}, the plugin wants {}",
+                        wanted.sha256
+                    ));
+                }
+                bytes
+            }
+            "oci" => {
+                let image = crate::oci::Reference::parse(rest)?;
+                let pulled = tokio::task::spawn_blocking(move || crate::oci::pull(&image, timeout))
+                    .await
+                    .map_err(|e| format!("pull task: {e}"))??;
+                // An image's checksum is its manifest's digest.
+                if !wanted.sha256.is_empty() && wanted.sha256 != pulled.digest {
+                    return Err(format!(
+                        "checksum mismatch: the image's digest is sha256:{}, the plugin wants {}",
+                        pulled.digest, wanted.sha256
+                    ));
+                }
+                pulled.module
+            }
+            other => {
+                return Err(format!(
+                    "{other}:// modules are not fetched (http://, https:// and oci:// are)"
+                ));
+            }
+        };
         if !bytes.starts_with(&WASM_MAGIC) {
             return Err("not a Wasm module (no \\0asm magic number)".into());
         }
         let digest = hex(ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref());
-        if !wanted.sha256.is_empty() && wanted.sha256 != digest {
-            return Err(format!(
-                "checksum mismatch: the module's SHA-256 is {digest}, the plugin wants {}",
-                wanted.sha256
-            ));
-        }
         let folder = self.dir.join(hex(ring::digest::digest(
             &ring::digest::SHA256,
             wanted.url.as_bytes(),
@@ -188,7 +216,9 @@ pub async fn localize(resource: Any, cache: &ModuleCache) -> Any {
     let env = vm
         .environment_variables
         .get_or_insert_with(Default::default);
-    let always = env.key_values.get(PULL_POLICY_ENV).map(String::as_str) == Some("Always");
+    let policy = env.key_values.get(PULL_POLICY_ENV).map(String::as_str);
+    let always = policy == Some("Always");
+    let default_policy = matches!(policy, None | Some("UNSPECIFIED_POLICY"));
     let version = env
         .key_values
         .get(RESOURCE_VERSION_ENV)
@@ -220,6 +250,7 @@ pub async fn localize(resource: Any, cache: &ModuleCache) -> Any {
         sha256,
         timeout,
         always,
+        default_policy,
         version: &version,
     };
     ext.typed_config = Some(match cache.get(&wanted).await {
@@ -456,7 +487,7 @@ mod tests {
         )
         .await;
         assert_eq!(outcome(&r).unwrap().0, file);
-        // A wrong checksum, a missing module, an OCI image: stand-ins.
+        // A wrong checksum, a missing module, a scheme not fetched: stand-ins.
         let wrong = "1".repeat(64);
         let r = localize(
             resource(&url, &wrong, &[], FailurePolicy::FailClosed),
@@ -475,7 +506,7 @@ mod tests {
         assert_eq!(outcome(&r), Err("wasm-default-deny".into()));
         let r = localize(
             resource(
-                "oci://registry.example/p:1",
+                "ftp://registry.example/p",
                 NO_CHECKSUM,
                 &[],
                 FailurePolicy::FailReload,

@@ -6,8 +6,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
 
-use std::time::Duration;
-
 use e2e::wasm::{PLUGIN_HEADER, header_plugin, sha256_hex};
 use e2e::{GATEWAY, Mesh, SIDECAR, SIDECAR_LABELS, http_request};
 
@@ -162,26 +160,8 @@ fn remote_modules_are_fetched_by_the_agent_and_fail_as_the_plugin_says() {
         tokio::spawn(async move { axum::serve(listener, app).await });
         addr
     });
-    // productpage's Envoy (the proxy user) gets its xDS through the
-    // agent's proxy, and reads the modules the agent fetched.
-    let dir = e2e::socket_dir();
-    let socket = dir.path().join("XDS");
-    let token = tokio_util::sync::CancellationToken::new();
-    let (_no_checks, health) = tokio::sync::watch::channel(None);
-    let _proxy = {
-        let _in_runtime = mesh.runtime_handle().enter();
-        istiod::xds_proxy::serve(
-            socket.clone(),
-            &mesh.daemon.xds_addr.to_string(),
-            health,
-            istiod::wasm::ModuleCache::new(dir.path().join("wasm")),
-            token.clone(),
-        )
-        .unwrap()
-    };
-    std::fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
-    e2e::use_xds_socket(&socket);
-    let envoy = mesh.proxy(SIDECAR, &SIDECAR_LABELS, 15000);
+    let agent = through_agent(&mesh);
+    let (envoy, dir) = (&agent.envoy, agent.dir.path());
     let get = || call(REVIEWS, "reviews");
     assert_eq!(get(), (200, "(none)".into(), None));
     let url = format!("http://{addr}/headers.wasm");
@@ -199,12 +179,12 @@ fn remote_modules_are_fetched_by_the_agent_and_fail_as_the_plugin_says() {
     };
     let config = r#"{"greeting":"remote"}"#;
     mesh.apply(
-        &[&envoy],
+        &[envoy],
         "wasm.yaml",
         &with(&format!("  sha256: {digest}\n")),
     );
     assert_eq!(get(), (200, config.into(), Some(config.into())));
-    let fetched: Vec<_> = walk(&dir.path().join("wasm"));
+    let fetched: Vec<_> = walk(&dir.join("wasm"));
     assert_eq!(fetched.len(), 1, "{fetched:?}");
     assert!(
         fetched[0].ends_with(format!("{digest}.wasm")),
@@ -214,7 +194,7 @@ fn remote_modules_are_fetched_by_the_agent_and_fail_as_the_plugin_says() {
     // plugin fails closed (by default), every request denied.
     let wrong = "0".repeat(64);
     mesh.apply(
-        &[&envoy],
+        &[envoy],
         "wasm.yaml",
         &with(&format!("  sha256: {wrong}\n")),
     );
@@ -222,14 +202,14 @@ fn remote_modules_are_fetched_by_the_agent_and_fail_as_the_plugin_says() {
     assert_eq!((status, header), (403, None));
     // Failing open, the requests go through without it.
     mesh.apply(
-        &[&envoy],
+        &[envoy],
         "wasm.yaml",
         &with(&format!("  sha256: {wrong}\n  failStrategy: FAIL_OPEN\n")),
     );
     assert_eq!(get(), (200, "(none)".into(), None));
     // A module that is not there fails too.
     mesh.apply(
-        &[&envoy],
+        &[envoy],
         "wasm.yaml",
         &plugin(
             "default",
@@ -239,7 +219,7 @@ fn remote_modules_are_fetched_by_the_agent_and_fail_as_the_plugin_says() {
     );
     assert_eq!(get().0, 403);
     // And without a checksum, the module as served.
-    mesh.apply(&[&envoy], "wasm.yaml", &with(""));
+    mesh.apply(&[envoy], "wasm.yaml", &with(""));
     assert_eq!(get(), (200, config.into(), Some(config.into())));
     // A network plugin runs before the HTTP connection manager: when its
     // module cannot be had, the connections are closed (failing closed)
@@ -254,22 +234,132 @@ fn remote_modules_are_fetched_by_the_agent_and_fail_as_the_plugin_says() {
         .replace("name: headers", "name: tcp")
     };
     let missing = format!("http://{addr}/missing.wasm");
-    mesh.apply(&[&envoy], "wasm.yaml", &network(&missing, ""));
+    mesh.apply(&[envoy], "wasm.yaml", &network(&missing, ""));
     let refused = http_request(&format!("{REVIEWS}/"), &[("host", "reviews")]);
     assert!(refused.is_err(), "{:?}", refused.map(|r| r.status));
     mesh.apply(
-        &[&envoy],
+        &[envoy],
         "wasm.yaml",
         &network(&missing, "  failStrategy: FAIL_OPEN\n"),
     );
     assert_eq!(get(), (200, "(none)".into(), None));
     // The module as a network filter (it has no network callbacks: the
     // bytes pass as they are).
-    mesh.apply(&[&envoy], "wasm.yaml", &network(&url, ""));
+    mesh.apply(&[envoy], "wasm.yaml", &network(&url, ""));
     assert_eq!(get(), (200, "(none)".into(), None));
     assert_eq!(envoy.rejected(), 0);
-    token.cancel();
-    std::thread::sleep(Duration::from_millis(50));
+}
+
+/// productpage's sidecar getting its xDS through an agent's xDS proxy,
+/// which keeps the modules it fetches in `dir/wasm`; stopped on drop.
+struct ThroughAgent {
+    envoy: e2e::Envoy,
+    dir: tempfile::TempDir,
+    token: tokio_util::sync::CancellationToken,
+}
+
+impl Drop for ThroughAgent {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+fn through_agent(mesh: &Mesh) -> ThroughAgent {
+    // Envoy runs as the proxy user: it reaches the socket and reads the
+    // modules the agent fetched.
+    let dir = e2e::socket_dir();
+    let socket = dir.path().join("XDS");
+    let token = tokio_util::sync::CancellationToken::new();
+    let (no_checks, health) = tokio::sync::watch::channel(None);
+    {
+        let _in_runtime = mesh.runtime_handle().enter();
+        istiod::xds_proxy::serve(
+            socket.clone(),
+            &mesh.daemon.xds_addr.to_string(),
+            health,
+            istiod::wasm::ModuleCache::new(dir.path().join("wasm")),
+            token.clone(),
+        )
+        .unwrap();
+    }
+    // No health checks: the sender lives as long as the proxy.
+    let held = token.clone();
+    mesh.runtime_handle().spawn(async move {
+        held.cancelled().await;
+        drop(no_checks);
+    });
+    std::fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    e2e::use_xds_socket(&socket);
+    let envoy = mesh.proxy(SIDECAR, &SIDECAR_LABELS, 15000);
+    ThroughAgent { envoy, dir, token }
+}
+
+#[test]
+fn oci_images_are_pulled_by_the_agent() {
+    let mesh = Mesh::start(true, &[]);
+    let registry = mesh.block_on(e2e::wasm::Registry::start());
+    let module = header_plugin();
+    let artifact = registry.push_artifact("plugins/headers", "v1", &module);
+    let index = registry.push_image("plugins/headers-image", "v1", &module);
+    let agent = through_agent(&mesh);
+    let envoy = &agent.envoy;
+    let get = || call(REVIEWS, "reviews");
+    let addr = registry.addr;
+    let with = |url: &str, rest: &str| {
+        plugin(
+            "default",
+            url,
+            &format!(
+                "  selector: {{matchLabels: {{app: productpage}}}}
+  pluginConfig: {{greeting: oci}}
+{rest}"
+            ),
+        )
+    };
+    let config = r#"{"greeting":"oci"}"#;
+    // No scheme: an OCI image, its checksum the manifest's digest.
+    let digest = artifact.trim_start_matches("sha256:");
+    mesh.apply(
+        &[envoy],
+        "wasm.yaml",
+        &with(
+            &format!("{addr}/plugins/headers:v1"),
+            &format!("  sha256: {digest}\n"),
+        ),
+    );
+    assert_eq!(get(), (200, config.into(), Some(config.into())));
+    // Another image's digest: not run, the plugin fails closed.
+    let other = index.trim_start_matches("sha256:");
+    mesh.apply(
+        &[envoy],
+        "wasm.yaml",
+        &with(
+            &format!("oci://{addr}/plugins/headers:v1"),
+            &format!("  sha256: {other}\n"),
+        ),
+    );
+    assert_eq!(get().0, 403);
+    // An image (behind an index) with the module as `plugin.wasm` in a layer.
+    mesh.apply(
+        &[envoy],
+        "wasm.yaml",
+        &with(&format!("oci://{addr}/plugins/headers-image:v1"), ""),
+    );
+    assert_eq!(get(), (200, config.into(), Some(config.into())));
+    // Pinned by digest; a tag that is not there fails.
+    mesh.apply(
+        &[envoy],
+        "wasm.yaml",
+        &with(&format!("oci://{addr}/plugins/headers@{artifact}"), ""),
+    );
+    assert_eq!(get(), (200, config.into(), Some(config.into())));
+    mesh.apply(
+        &[envoy],
+        "wasm.yaml",
+        &with(&format!("oci://{addr}/plugins/headers:v2"), ""),
+    );
+    assert_eq!(get().0, 403);
+    assert_eq!(envoy.rejected(), 0);
 }
 
 /// Every file below `dir`.

@@ -28,8 +28,8 @@
 //! - **The module**: `file://PATH` is read by Envoy from the proxy's
 //!   filesystem; `http(s)://` and `oci://` (the default scheme) are a
 //!   remote source Envoy cannot fetch by itself (cluster `_`), which the
-//!   proxy's agent fetches and rewrites to a local file (as Istio's
-//!   agent, `istiod::xds_proxy`); a module that cannot be fetched is
+//!   proxy's agent fetches or pulls and rewrites to a local file (as
+//!   Istio's agent, `istiod::xds_proxy`); a module that cannot be fetched is
 //!   replaced by an RBAC filter that allows everything (`FAIL_OPEN`) or
 //!   nothing (otherwise), so a proxy never waits on a missing module.
 //!   Envoy waits for the ECDS resource before it takes the listener
@@ -426,17 +426,10 @@ pub(crate) fn warnings(snap: &Snapshot) -> Vec<ConfigWarning> {
                 reason.into(),
             ));
         };
-        let scheme = crds::validate::wasm_url_scheme(&p.spec.url);
-        if scheme.is_empty() || scheme == "oci" {
-            warn(
-                "spec.url",
-                "OCI images are not pulled by this control plane's agent yet: the module cannot be fetched, and the plugin fails as its failStrategy says (FAIL_CLOSE: its listeners deny every request)",
-            );
-        }
         if p.spec.image_pull_secret.is_some() {
             warn(
                 "spec.imagePullSecret",
-                "not read (only OCI images take credentials)",
+                "not read yet: the image is pulled anonymously (a registry that wants credentials refuses it, and the plugin fails as its failStrategy says)",
             );
         }
     }

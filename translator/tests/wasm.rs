@@ -324,12 +324,16 @@ fn the_ecds_resource_is_istios_wasm_filter() {
             "local",
             "  url: file:///plugins/p.wasm\n  sha256: 0000000000000000000000000000000000000000000000000000000000000000",
         ),
-        plugin("default", "image", "  url: registry.example/plugins/p:1.0"),
+        plugin(
+            "default",
+            "image",
+            "  url: registry.example/plugins/p:1.0\n  imagePullSecret: registry-login",
+        ),
     ]
     .concat());
-    // An OCI image cannot be fetched here: reported.
+    // Pull secrets are not read yet: reported.
     assert_eq!(snap.warnings.len(), 1, "{:?}", snap.warnings);
-    assert_eq!(snap.warnings[0].field, "spec.url");
+    assert_eq!(snap.warnings[0].field, "spec.imagePullSecret");
     assert_eq!(snap.warnings[0].object, "default/image");
     let out = generate(&snap, &reviews());
     let wasm = |name: &str| {
