@@ -7,10 +7,11 @@
 //!   repository (`index.docker.io`, `library/` for a single name); no tag
 //!   is `latest`. Loopback and `localhost` registries are spoken to over
 //!   plain HTTP (as go-containerregistry does), all others over HTTPS.
-//! - **Authentication**: anonymous, with the registry's bearer token
-//!   challenge answered (`WWW-Authenticate: Bearer realm=..., service=...,
-//!   scope=...`, the token fetched from the realm). Pull secrets are not
-//!   read yet.
+//! - **Authentication**: the registry's challenge answered: `Bearer
+//!   realm=..., service=..., scope=...` with a token fetched from the realm,
+//!   `Basic` with the login; the login is the plugin's pull secret's entry
+//!   for the registry (a Docker config's `auths`: `auth`, or `username` and
+//!   `password`), else none (anonymous).
 //! - **Manifest**: an OCI or Docker image manifest; an index (manifest
 //!   list) gives the `linux/amd64` entry, else its first. Its digest (the
 //!   `Docker-Content-Digest` header, else the SHA-256 of its bytes) is what
@@ -104,10 +105,44 @@ impl Reference {
     }
 }
 
-/// A registry session: the agent, and the bearer token once one was given.
+/// A registry session: the agent, the login (`Basic` credentials,
+/// base64 of `user:password`), and the `Authorization` value once the
+/// registry's challenge was answered.
 struct Session {
     agent: ureq::Agent,
-    token: Option<String>,
+    login: Option<String>,
+    authorization: Option<String>,
+}
+
+/// The `Basic` credentials (base64 of `user:password`) for `registry` in
+/// a Docker config (`{"auths": {"<registry>": {"auth": ...}}}`); keys may
+/// carry a scheme and a path (`https://index.docker.io/v1/`).
+pub(crate) fn login_for(docker_config: &str, registry: &str) -> Result<Option<String>, String> {
+    use base64::Engine;
+    let config: Value =
+        serde_json::from_str(docker_config).map_err(|e| format!("the pull secret: {e}"))?;
+    let hub = |r: &str| matches!(r, "index.docker.io" | "docker.io" | "registry-1.docker.io");
+    let entry = config
+        .get("auths")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .find(|(key, _)| {
+            let host = key.split_once("://").map_or(key.as_str(), |(_, h)| h);
+            let host = host.split('/').next().unwrap_or_default();
+            host == registry || (hub(host) && hub(registry))
+        })
+        .map(|(_, v)| v);
+    let Some(entry) = entry else {
+        return Ok(None);
+    };
+    if let Some(auth) = entry.get("auth").and_then(Value::as_str) {
+        return Ok(Some(auth.to_owned()));
+    }
+    let field = |k: &str| entry.get(k).and_then(Value::as_str).unwrap_or_default();
+    Ok(Some(base64::engine::general_purpose::STANDARD.encode(
+        format!("{}:{}", field("username"), field("password")),
+    )))
 }
 
 impl Session {
@@ -117,8 +152,8 @@ impl Session {
     fn get(&mut self, url: &str, accept: &str) -> Result<(Vec<u8>, Option<String>), String> {
         for attempt in 0..2 {
             let mut request = self.agent.get(url).header("Accept", accept);
-            if let Some(token) = &self.token {
-                request = request.header("Authorization", &format!("Bearer {token}"));
+            if let Some(authorization) = &self.authorization {
+                request = request.header("Authorization", authorization);
             }
             let mut response = request.call().map_err(|e| format!("GET {url}: {e}"))?;
             let status = response.status().as_u16();
@@ -129,7 +164,7 @@ impl Session {
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or_default()
                     .to_owned();
-                self.token = Some(self.token_for(&challenge)?);
+                self.authorization = Some(self.answer(&challenge)?);
                 continue;
             }
             if status != 200 {
@@ -151,8 +186,16 @@ impl Session {
         Err(format!("GET {url}: refused after authenticating"))
     }
 
-    /// A token from the realm of a `Bearer` challenge.
-    fn token_for(&self, challenge: &str) -> Result<String, String> {
+    /// The `Authorization` answering `challenge`: `Basic` with the login,
+    /// or `Bearer` with a token from the challenge's realm (asked with the
+    /// login, if any).
+    fn answer(&self, challenge: &str) -> Result<String, String> {
+        if challenge.starts_with("Basic") {
+            let login = self.login.as_ref().ok_or(
+                "the registry wants a login, and the plugin's pull secret has none for it",
+            )?;
+            return Ok(format!("Basic {login}"));
+        }
         let params = challenge
             .strip_prefix("Bearer ")
             .ok_or_else(|| format!("unauthorized, with no bearer challenge ({challenge:?})"))?;
@@ -174,6 +217,9 @@ impl Session {
         for (k, v) in &query {
             request = request.query(k, v);
         }
+        if let Some(login) = &self.login {
+            request = request.header("Authorization", &format!("Basic {login}"));
+        }
         let mut response = request
             .call()
             .map_err(|e| format!("token from {realm}: {e}"))?;
@@ -191,7 +237,7 @@ impl Session {
         json.get("token")
             .or_else(|| json.get("access_token"))
             .and_then(Value::as_str)
-            .map(str::to_owned)
+            .map(|t| format!("Bearer {t}"))
             .ok_or_else(|| format!("token from {realm}: no token in the answer"))
     }
 }
@@ -222,14 +268,27 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// Pulls the module of `image` (blocking), within `timeout`.
-pub(crate) fn pull(image: &Reference, timeout: Duration) -> Result<Pulled, String> {
+/// Pulls the module of `image` (blocking), within `timeout`, with the
+/// pull secret `docker_config` (a Docker config's JSON) if any.
+pub(crate) fn pull(
+    image: &Reference,
+    timeout: Duration,
+    docker_config: Option<&str>,
+) -> Result<Pulled, String> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(timeout))
         .http_status_as_error(false)
         .build()
         .into();
-    let mut session = Session { agent, token: None };
+    let login = match docker_config {
+        Some(config) => login_for(config, &image.registry)?,
+        None => None,
+    };
+    let mut session = Session {
+        agent,
+        login,
+        authorization: None,
+    };
     let base = image.base();
     let (body, header) = session.get(&format!("{base}/manifests/{}", image.reference), ACCEPT)?;
     let digest = header
@@ -371,6 +430,16 @@ mod tests {
         assert_eq!(r("127.0.0.1:5000/p:1").base(), "http://127.0.0.1:5000/v2/p");
         assert_eq!(r("ghcr.io/p:1").base(), "https://ghcr.io/v2/p");
         assert!(Reference::parse("ghcr.io/").is_err());
+        // Pull secrets: the registry's entry, by host (Docker Hub's aliases too).
+        let config = r#"{"auths": {"https://index.docker.io/v1/": {"auth": "aHViOnB3"},
+                                   "ghcr.io": {"username": "u", "password": "p"}}}"#;
+        assert_eq!(
+            login_for(config, "index.docker.io").unwrap().unwrap(),
+            "aHViOnB3"
+        );
+        assert_eq!(login_for(config, "ghcr.io").unwrap().unwrap(), "dTpw");
+        assert_eq!(login_for(config, "quay.io").unwrap(), None);
+        assert!(login_for("{", "ghcr.io").is_err());
         assert_eq!(
             split_params(r#"realm="https://a/token",service="reg",scope="repository:x:pull,push""#),
             [

@@ -38,7 +38,8 @@ use prost::{Message, Name};
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 use translator::wasm::{
-    NO_CHECKSUM, PULL_POLICY_ENV, RESOURCE_VERSION_ENV, WASM_HTTP_TYPE, WASM_NETWORK_TYPE,
+    NO_CHECKSUM, PULL_POLICY_ENV, PULL_SECRET_ENV, RESOURCE_VERSION_ENV, WASM_HTTP_TYPE,
+    WASM_NETWORK_TYPE,
 };
 
 /// The largest module fetched (bytes): 256 MiB.
@@ -71,6 +72,8 @@ struct Wanted<'a> {
     /// No pull policy set.
     default_policy: bool,
     version: &'a str,
+    /// The plugin's pull secret (a Docker config), for images.
+    pull_secret: Option<&'a str>,
 }
 
 impl ModuleCache {
@@ -119,9 +122,12 @@ impl ModuleCache {
             }
             "oci" => {
                 let image = crate::oci::Reference::parse(rest)?;
-                let pulled = tokio::task::spawn_blocking(move || crate::oci::pull(&image, timeout))
-                    .await
-                    .map_err(|e| format!("pull task: {e}"))??;
+                let login = wanted.pull_secret.map(str::to_owned);
+                let pulled = tokio::task::spawn_blocking(move || {
+                    crate::oci::pull(&image, timeout, login.as_deref())
+                })
+                .await
+                .map_err(|e| format!("pull task: {e}"))??;
                 // An image's checksum is its manifest's digest.
                 if !wanted.sha256.is_empty() && wanted.sha256 != pulled.digest {
                     return Err(format!(
@@ -216,6 +222,7 @@ pub async fn localize(resource: Any, cache: &ModuleCache) -> Any {
     let env = vm
         .environment_variables
         .get_or_insert_with(Default::default);
+    let pull_secret = env.key_values.get(PULL_SECRET_ENV).cloned();
     let policy = env.key_values.get(PULL_POLICY_ENV).map(String::as_str);
     let always = policy == Some("Always");
     let default_policy = matches!(policy, None | Some("UNSPECIFIED_POLICY"));
@@ -252,8 +259,15 @@ pub async fn localize(resource: Any, cache: &ModuleCache) -> Any {
         always,
         default_policy,
         version: &version,
+        pull_secret: pull_secret.as_deref(),
     };
-    ext.typed_config = Some(match cache.get(&wanted).await {
+    // A pull secret the proxy was not given (Istio: "missing image pulling secret").
+    let fetched = if pull_secret.as_deref() == Some("") {
+        Err("the plugin's image pull secret is missing (or not for this proxy)".to_owned())
+    } else {
+        cache.get(&wanted).await
+    };
+    ext.typed_config = Some(match fetched {
         Ok(path) => {
             vm.code = Some(AsyncDataSource {
                 specifier: Some(async_data_source::Specifier::Local(DataSource {

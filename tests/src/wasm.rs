@@ -88,6 +88,15 @@ use std::sync::{Arc, Mutex};
 type Manifests = BTreeMap<String, (String, Vec<u8>)>;
 
 const TOKEN: &str = "pull-token";
+/// The login the token endpoint wants for repositories under `private/`
+/// (`Basic` of `puller:secret`).
+const PRIVATE_LOGIN: &str = "Basic cHVsbGVyOnNlY3JldA==";
+
+/// A Docker config (a `kubernetes.io/dockerconfigjson` Secret's
+/// `.dockerconfigjson`) with the login for the registry at `addr`.
+pub fn docker_config(addr: std::net::SocketAddr) -> String {
+    format!(r#"{{"auths":{{"{addr}":{{"username":"puller","password":"secret"}}}}}}"#)
+}
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
@@ -104,7 +113,21 @@ impl Registry {
         let app = axum::Router::new()
             .route(
                 "/token",
-                axum::routing::get(|| async { axum::Json(serde_json::json!({"token": TOKEN})) }),
+                axum::routing::get(
+                    |axum::extract::RawQuery(query): axum::extract::RawQuery,
+                     headers: axum::http::HeaderMap| async move {
+                        use axum::response::IntoResponse;
+                        let private = query.unwrap_or_default().contains("private");
+                        let login = headers
+                            .get(axum::http::header::AUTHORIZATION)
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned);
+                        if private && login.as_deref() != Some(PRIVATE_LOGIN) {
+                            return axum::http::StatusCode::UNAUTHORIZED.into_response();
+                        }
+                        axum::Json(serde_json::json!({"token": TOKEN})).into_response()
+                    },
+                ),
             )
             .route(
                 "/v2/{*path}",

@@ -301,6 +301,7 @@ fn oci_images_are_pulled_by_the_agent() {
     let module = header_plugin();
     let artifact = registry.push_artifact("plugins/headers", "v1", &module);
     let index = registry.push_image("plugins/headers-image", "v1", &module);
+    registry.push_artifact("private/headers", "v1", &module);
     let agent = through_agent(&mesh);
     let envoy = &agent.envoy;
     let get = || call(REVIEWS, "reviews");
@@ -359,6 +360,29 @@ fn oci_images_are_pulled_by_the_agent() {
         &with(&format!("oci://{addr}/plugins/headers:v2"), ""),
     );
     assert_eq!(get().0, 403);
+    // A private repository: refused anonymously, pulled with the login of
+    // the plugin's `imagePullSecret`.
+    let private = format!("oci://{addr}/private/headers:v1");
+    mesh.apply(&[envoy], "wasm.yaml", &with(&private, ""));
+    assert_eq!(get().0, 403);
+    let login = e2e::wasm::docker_config(addr);
+    mesh.cfg.write(
+        "pull-secret.yaml",
+        &format!(
+            "apiVersion: v1
+kind: Secret
+metadata: {{name: registry-login, namespace: default}}
+type: kubernetes.io/dockerconfigjson
+stringData: {{.dockerconfigjson: '{login}'}}
+"
+        ),
+    );
+    mesh.apply(
+        &[envoy],
+        "wasm.yaml",
+        &with(&private, "  imagePullSecret: registry-login\n"),
+    );
+    assert_eq!(get(), (200, config.into(), Some(config.into())));
     assert_eq!(envoy.rejected(), 0);
 }
 

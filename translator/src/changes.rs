@@ -47,8 +47,9 @@ pub struct ChangeSet {
     /// every proxy is regenerated).
     pub config_map_cas: bool,
     /// Namespaces of DestinationRules whose `workloadSelector` picks
-    /// sidecars that get `credentialName` Secrets (a Secret change
-    /// regenerates them, as it does every gateway).
+    /// sidecars that get `credentialName` Secrets, and of WasmPlugins with
+    /// an `imagePullSecret` (a Secret change regenerates their proxies, as
+    /// it does every gateway).
     pub credential_namespaces: BTreeSet<String>,
     /// The mesh config's `rootNamespace` (a Sidecar there is mesh-wide).
     pub root_namespace: String,
@@ -103,6 +104,14 @@ impl ChangeSet {
                 .filter(|dr| dr.spec.workload_selector.is_some() && dr.spec.names_credential())
                 .map(|dr| dr.namespace.clone())
                 .collect();
+            // A WasmPlugin's pull secret goes to its namespace's proxies.
+            c.credential_namespaces.extend(
+                [old, new]
+                    .iter()
+                    .flat_map(|snap| &snap.wasm_plugins)
+                    .filter(|p| p.spec.image_pull_secret.is_some())
+                    .map(|p| p.namespace.clone()),
+            );
         }
         diff(&old.destination_rules, &new.destination_rules, |cfg| {
             c.configs

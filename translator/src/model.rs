@@ -1471,6 +1471,9 @@ pub struct TlsSecret {
     pub ca: Option<Vec<u8>>,
     /// Certificate revocation list of that CA (`ca.crl`), PEM.
     pub crl: Option<Vec<u8>>,
+    /// A registry login (`.dockerconfigjson`, a `kubernetes.io/dockerconfigjson`
+    /// Secret's): a WasmPlugin's `imagePullSecret`.
+    pub docker_config: Option<Vec<u8>>,
 }
 
 impl TlsSecret {
@@ -2039,6 +2042,7 @@ impl Snapshot {
                             key: get(["tls.key", "key"]),
                             ca: get(["ca.crt", "cacert"]),
                             crl: get(["ca.crl", "crl"]),
+                            docker_config: data.get(".dockerconfigjson").cloned(),
                         }),
                     );
                 }

@@ -75,6 +75,11 @@ pub const RBAC_NETWORK_TYPE: &str =
 /// Prefix of a WasmPlugin's filter and ECDS resource name (Istio's
 /// `WasmPluginResourceNamePrefix`).
 pub const RESOURCE_PREFIX: &str = "extensions.istio.io/wasmplugin/";
+/// The Wasm VM variable carrying the plugin's registry login to the agent
+/// (Istio's `WasmSecretEnv`: the `.dockerconfigjson` of its
+/// `imagePullSecret`; empty when the proxy may not have it, or there is
+/// none, and the agent then does not pull).
+pub const PULL_SECRET_ENV: &str = "ISTIO_META_WASM_IMAGE_PULL_SECRET";
 /// The Wasm VM variable carrying the plugin's pull policy to the agent
 /// (Istio's `WasmPolicyEnv`; the agent takes it out).
 pub const PULL_POLICY_ENV: &str = "ISTIO_META_WASM_IMAGE_PULL_POLICY";
@@ -293,16 +298,35 @@ pub(crate) fn extension_configs(snap: &Snapshot, proxy: &Proxy) -> Vec<TypedExte
     applicable(snap, proxy)
         .map(|p| TypedExtensionConfig {
             name: resource_name(&p.namespace, &p.name),
-            typed_config: Some(wasm_filter(p)),
+            typed_config: Some(wasm_filter(p, pull_secret(snap, proxy, p))),
         })
         .collect()
+}
+
+/// The registry login `proxy` gets for plugin `p`: none without an
+/// `imagePullSecret`; else the Secret's `.dockerconfigjson`, for proxies
+/// of the plugin's (and so the Secret's) namespace only (Istio sends it to
+/// any proxy with a verified identity the plugin applies to); an empty
+/// one where that is not there, so that the agent does not pull.
+fn pull_secret<'a>(
+    snap: &'a Snapshot,
+    proxy: &Proxy,
+    p: &Config<WasmPluginSpec>,
+) -> Option<&'a [u8]> {
+    let name = p.spec.image_pull_secret.as_deref()?;
+    let login = snap
+        .secrets
+        .get(&format!("{}/{name}", p.namespace))
+        .and_then(|s| s.docker_config.as_deref())
+        .filter(|_| proxy.namespace == p.namespace);
+    Some(login.unwrap_or_default())
 }
 
 /// The Wasm filter (HTTP or network) of a plugin, as Istio's
 /// `buildWasmPluginConfigCommon`: plugin `<namespace>.<name>`, root ID
 /// `pluginName`, configuration the `pluginConfig` as JSON text, the V8
 /// runtime, the module's source, its environment, its failure policy.
-fn wasm_filter(p: &Config<WasmPluginSpec>) -> Any {
+fn wasm_filter(p: &Config<WasmPluginSpec>, pull_secret: Option<&[u8]>) -> Any {
     let spec = &p.spec;
     let configuration = spec
         .plugin_config
@@ -324,6 +348,12 @@ fn wasm_filter(p: &Config<WasmPluginSpec>) -> Any {
             }
             EnvValueSource::Host => host_env_keys.push(e.name.clone()),
         }
+    }
+    if let Some(login) = pull_secret {
+        key_values.insert(
+            PULL_SECRET_ENV.into(),
+            String::from_utf8_lossy(login).into_owned(),
+        );
     }
     if let Some(policy) = spec.image_pull_policy {
         let name = match policy {
@@ -426,10 +456,23 @@ pub(crate) fn warnings(snap: &Snapshot) -> Vec<ConfigWarning> {
                 reason.into(),
             ));
         };
-        if p.spec.image_pull_secret.is_some() {
+        if let Some(name) = &p.spec.image_pull_secret {
+            let login = snap
+                .secrets
+                .get(&format!("{}/{name}", p.namespace))
+                .map(|s| s.docker_config.is_some());
+            let problem = match login {
+                None => "no such Secret in the plugin's namespace",
+                Some(false) => {
+                    "the Secret has no .dockerconfigjson (type kubernetes.io/dockerconfigjson)"
+                }
+                Some(true) => continue,
+            };
             warn(
                 "spec.imagePullSecret",
-                "not read yet: the image is pulled anonymously (a registry that wants credentials refuses it, and the plugin fails as its failStrategy says)",
+                &format!(
+                    "{problem}: the image is not pulled, and the plugin fails as its failStrategy says"
+                ),
             );
         }
     }

@@ -329,12 +329,39 @@ fn the_ecds_resource_is_istios_wasm_filter() {
             "image",
             "  url: registry.example/plugins/p:1.0\n  imagePullSecret: registry-login",
         ),
+        "apiVersion: v1
+kind: Secret
+metadata: {name: registry-login, namespace: default}
+type: kubernetes.io/dockerconfigjson
+stringData: {.dockerconfigjson: '{\"auths\": {}}'}
+---
+"
+        .into(),
+        // The mesh's, with its namespace's login: not for reviews' proxy.
+        plugin(
+            "istio-system",
+            "mesh",
+            "  url: registry.example/plugins/p:1.0\n  imagePullSecret: login",
+        ),
+        "apiVersion: v1
+kind: Secret
+metadata: {name: login, namespace: istio-system}
+type: kubernetes.io/dockerconfigjson
+stringData: {.dockerconfigjson: '{\"auths\": {\"mesh\": {}}}'}
+---
+"
+        .into(),
+        // A login that is not there: reported.
+        plugin(
+            "default",
+            "nologin",
+            "  url: registry.example/plugins/p:1.0\n  imagePullSecret: missing",
+        ),
     ]
     .concat());
-    // Pull secrets are not read yet: reported.
     assert_eq!(snap.warnings.len(), 1, "{:?}", snap.warnings);
     assert_eq!(snap.warnings[0].field, "spec.imagePullSecret");
-    assert_eq!(snap.warnings[0].object, "default/image");
+    assert_eq!(snap.warnings[0].object, "default/nologin");
     let out = generate(&snap, &reviews());
     let wasm = |name: &str| {
         let c = out
@@ -390,7 +417,26 @@ fn the_ecds_resource_is_istios_wasm_filter() {
         local.specifier,
         Some(data_source::Specifier::Filename("/plugins/p.wasm".into()))
     );
+    let login = |vm: &envoy_types::pb::envoy::extensions::wasm::v3::VmConfig| {
+        vm.environment_variables.as_ref().unwrap().key_values["ISTIO_META_WASM_IMAGE_PULL_SECRET"]
+            .clone()
+    };
+    let mesh_plugin = out
+        .extension_configs
+        .iter()
+        .find(|c| c.name.ends_with("istio-system.mesh"))
+        .unwrap();
+    let mesh_config = Wasm::decode(mesh_plugin.typed_config.as_ref().unwrap().value.as_slice())
+        .unwrap()
+        .config
+        .unwrap();
+    let Some(plugin_config::Vm::VmConfig(mesh_vm)) = mesh_config.vm else {
+        panic!("vm config")
+    };
+    assert_eq!(login(&mesh_vm), "");
+    assert_eq!(login(&wasm("nologin").1), "");
     let (_, vm) = wasm("image");
+    assert_eq!(login(&vm), r#"{"auths": {}}"#);
     let Some(async_data_source::Specifier::Remote(remote)) = vm.code.unwrap().specifier else {
         panic!("a remote source")
     };
