@@ -250,6 +250,61 @@ fn remote_modules_are_fetched_by_the_agent_and_fail_as_the_plugin_says() {
     assert_eq!(envoy.rejected(), 0);
 }
 
+#[test]
+fn envoy_filters_add_extension_configs_served_over_ecds() {
+    let mesh = Mesh::start(true, &[]);
+    let envoy = mesh.sidecar();
+    let lua = |value: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {{name: ecds, namespace: default}}
+spec:
+  workloadSelector: {{labels: {{app: productpage}}}}
+  configPatches:
+  - applyTo: EXTENSION_CONFIG
+    patch:
+      operation: ADD
+      value:
+        name: my-lua
+        typed_config:
+          '@type': type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua
+          default_source_code: {{inline_string: 'function envoy_on_response(h) h:headers():add(\"x-ecds\", \"{value}\") end'}}
+  - applyTo: HTTP_FILTER
+    match:
+      context: SIDECAR_OUTBOUND
+      listener: {{filterChain: {{filter: {{name: envoy.filters.network.http_connection_manager, subFilter: {{name: envoy.filters.http.router}}}}}}}}
+    patch:
+      operation: INSERT_BEFORE
+      value:
+        name: my-lua
+        config_discovery:
+          config_source: {{ads: {{}}, initial_fetch_timeout: 0s}}
+          type_urls: [type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua]
+"
+        )
+    };
+    let get = || {
+        http_request(&format!("{REVIEWS}/"), &[("host", "reviews")])
+            .unwrap()
+            .headers
+            .get("x-ecds")
+            .cloned()
+    };
+    assert_eq!(get(), None);
+    mesh.apply(&[&envoy], "ecds.yaml", &lua("one"));
+    assert_eq!(get().as_deref(), Some("one"));
+    // A new version of the extension config alone: the listeners stay.
+    let listeners = envoy.stat("listener_manager.listener_create_success");
+    mesh.apply(&[&envoy], "ecds.yaml", &lua("two"));
+    assert_eq!(get().as_deref(), Some("two"));
+    assert_eq!(
+        envoy.stat("listener_manager.listener_create_success"),
+        listeners
+    );
+    assert_eq!(envoy.rejected(), 0);
+}
+
 /// productpage's sidecar getting its xDS through an agent's xDS proxy,
 /// which keeps the modules it fetches in `dir/wasm`; stopped on drop.
 struct ThroughAgent {

@@ -28,8 +28,8 @@
 //!   `filter.subFilter.name`; a cluster's `name`, `service`, `portNumber`,
 //!   `subset`; a route configuration's `name`, `portNumber`, `gateway`,
 //!   `vhost.name`, `vhost.domainName`, `vhost.route.name` and `action`.
-//!   Other kinds (`EXTENSION_CONFIG`, `BOOTSTRAP`) and `filterClass` are
-//!   reported and left out.
+//!   `EXTENSION_CONFIG` `ADD`s an ECDS resource ([`extension_configs`]).
+//!   `BOOTSTRAP` and `filterClass` are reported and left out.
 //! - **Values** are Envoy's JSON of the patched type (`@type` naming the
 //!   type of a typed config), read against Envoy's descriptors
 //!   ([`descriptors`]); one that does not parse is reported on
@@ -148,6 +148,7 @@ fn type_of(apply_to: ApplyTo) -> Option<&'static str> {
         ApplyTo::VirtualHost => "envoy.config.route.v3.VirtualHost",
         ApplyTo::HttpRoute => "envoy.config.route.v3.Route",
         ApplyTo::Cluster => "envoy.config.cluster.v3.Cluster",
+        ApplyTo::ExtensionConfig => "envoy.config.core.v3.TypedExtensionConfig",
         _ => return None,
     })
 }
@@ -174,6 +175,7 @@ fn supported(apply_to: ApplyTo, operation: Operation) -> bool {
             operation,
             Merge | Remove | InsertFirst | InsertBefore | InsertAfter
         ),
+        ApplyTo::ExtensionConfig => operation == Add,
         _ => false,
     }
 }
@@ -253,6 +255,21 @@ pub(crate) fn compile(snap: &Snapshot) -> (Vec<Compiled>, Vec<ConfigWarning>) {
             let value = match (&patch.value, operation) {
                 (_, Operation::Remove) | (None, _) => None,
                 (Some(value), _) => match read_value(apply_to, value) {
+                    Ok(bytes) if apply_to == ApplyTo::ExtensionConfig => {
+                        // Envoy wants both; Istio's validation too.
+                        let ec: Option<
+                            envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig,
+                        > = decode(&bytes);
+                        if ec.is_none_or(|ec| ec.name.is_empty() || ec.typed_config.is_none()) {
+                            warn(
+                                &mut warnings,
+                                format!("{at}.patch.value"),
+                                "an extension config needs a name and a typed_config: the patch is left out".into(),
+                            );
+                            continue;
+                        }
+                        Some(bytes)
+                    }
                     Ok(bytes) => Some(bytes),
                     Err(why) => {
                         warn(&mut warnings, format!("{at}.patch.value"), why);
@@ -334,6 +351,22 @@ fn in_context(context: PatchContext, proxy: &Proxy, inbound: bool) -> bool {
         PatchContext::SidecarOutbound => !router && !inbound,
         PatchContext::Waypoint => false,
     }
+}
+
+/// The extension configs the `EXTENSION_CONFIG` patches among `patches`
+/// add for `proxy` (served over ECDS, as Istio's
+/// `InsertedExtensionConfigurations`: a filter names one in its
+/// `config_discovery`, e.g. from an `HTTP_FILTER` patch), by context.
+pub(crate) fn extension_configs(
+    patches: &[&Compiled],
+    proxy: &Proxy,
+) -> Vec<envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig> {
+    patches
+        .iter()
+        .filter(|c| c.apply_to == ApplyTo::ExtensionConfig && c.operation == Operation::Add)
+        .filter(|c| adds_to(c.context, proxy))
+        .filter_map(|c| decode(c.value.as_deref()?))
+        .collect()
 }
 
 /// Whether a patch of `context` may add something to `proxy`'s config.

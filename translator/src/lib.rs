@@ -199,7 +199,7 @@ pub fn generate(snap: &Snapshot, proxy: &Proxy) -> Output {
         routes,
         listeners: rest.listeners,
         secrets: rest.secrets,
-        extension_configs: wasm::extension_configs(snap, proxy),
+        extension_configs: extension_configs(snap, proxy, &patches),
         warnings: rest.warnings,
     }
 }
@@ -292,11 +292,29 @@ pub fn generate_encoded(snap: &Snapshot, proxy: &Proxy) -> EncodedOutput {
         secrets: encode_each(SECRET_TYPE, &rest.secrets, |s| &s.name),
         extension_configs: encode_each(
             EXTENSION_CONFIG_TYPE,
-            &wasm::extension_configs(snap, proxy),
+            &extension_configs(snap, proxy, &patches),
             |c| &c.name,
         ),
         warnings: rest.warnings,
     }
+}
+
+/// ECDS: the WasmPlugins' filters, then what EnvoyFilters add under names
+/// no plugin has (a name is served once).
+fn extension_configs(
+    snap: &Snapshot,
+    proxy: &Proxy,
+    patches: &[&envoy_filter::Compiled],
+) -> Vec<TypedExtensionConfig> {
+    let mut out = wasm::extension_configs(snap, proxy);
+    if !patches.is_empty() {
+        for c in envoy_filter::extension_configs(patches, proxy) {
+            if !out.iter().any(|o| o.name == c.name) {
+                out.push(c);
+            }
+        }
+    }
+    out
 }
 
 fn encode_each<M: prost::Message>(

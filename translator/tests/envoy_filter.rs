@@ -284,10 +284,12 @@ fn filters_are_removed_and_what_cannot_be_read_is_reported() {
   - applyTo: HTTP_FILTER
     patch: {operation: INSERT_FIRST, value: {name: x, typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua, noSuchField: 1}}}
   - applyTo: EXTENSION_CONFIG
-    patch: {operation: ADD, value: {name: y}}
+    patch: {operation: MERGE, value: {name: y}}
   - applyTo: HTTP_FILTER
     match: {context: WAYPOINT}
-    patch: {operation: REMOVE}",
+    patch: {operation: REMOVE}
+  - applyTo: EXTENSION_CONFIG
+    patch: {operation: ADD, value: {name: z}}",
         ),
     ));
     let fields: Vec<&str> = snap
@@ -301,7 +303,8 @@ fn filters_are_removed_and_what_cannot_be_read_is_reported() {
         [
             "spec.configPatches[0].patch.value",
             "spec.configPatches[1].patch.operation",
-            "spec.configPatches[2].match"
+            "spec.configPatches[2].match",
+            "spec.configPatches[3].patch.value"
         ],
         "{:?}",
         snap.warnings
