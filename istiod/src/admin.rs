@@ -103,7 +103,8 @@ struct DumpQuery {
 }
 
 /// What the daemon would send a connected proxy now, as Envoy's JSON.
-/// Secrets are listed by name only: key material is never dumped.
+/// Secrets are listed by name only, and WasmPlugins' registry logins in
+/// extension configs are redacted: key material is never dumped.
 async fn config_dump(State(s): State<AdminState>, Query(q): Query<DumpQuery>) -> Response {
     let proxy = s
         .sync
@@ -123,6 +124,7 @@ async fn config_dump(State(s): State<AdminState>, Query(q): Query<DumpQuery>) ->
         ("endpoints", translator::ENDPOINT_TYPE),
         ("listeners", translator::LISTENER_TYPE),
         ("routes", translator::ROUTE_TYPE),
+        ("extension_configs", translator::EXTENSION_CONFIG_TYPE),
     ] {
         let items: Vec<Value> = output
             .resources(type_url)
@@ -134,6 +136,7 @@ async fn config_dump(State(s): State<AdminState>, Query(q): Query<DumpQuery>) ->
             .collect();
         dump[key] = Value::Array(items);
     }
+    redact(&mut dump["extension_configs"]);
     dump["secrets"] = json!(output.secrets.iter().map(|s| &s.name).collect::<Vec<_>>());
     dump["warnings"] = json!(
         output
@@ -143,6 +146,24 @@ async fn config_dump(State(s): State<AdminState>, Query(q): Query<DumpQuery>) ->
             .collect::<Vec<_>>()
     );
     Json(dump).into_response()
+}
+
+/// Replaces the value of every [`translator::wasm::PULL_SECRET_ENV`] key
+/// below `v`.
+fn redact(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            for (k, v) in map.iter_mut() {
+                if k == translator::wasm::PULL_SECRET_ENV {
+                    *v = Value::String("(redacted)".into());
+                } else {
+                    redact(v);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(redact),
+        _ => {}
+    }
 }
 
 fn render(type_url: &str, bytes: &[u8]) -> Option<Value> {

@@ -438,6 +438,19 @@ stringData: {{.dockerconfigjson: '{login}'}}
         &with(&private, "  imagePullSecret: registry-login\n"),
     );
     assert_eq!(get(), (200, config.into(), Some(config.into())));
+    // The daemon's config dump shows the plugin, not the login.
+    let (status, dump) = e2e::http_get(
+        &format!(
+            "http://{}/debug/config_dump?proxyID=productpage-v1.default",
+            mesh.daemon.monitoring_addr.unwrap()
+        ),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{dump}");
+    assert!(dump.contains("private/headers:v1"), "{dump}");
+    assert!(dump.contains("(redacted)"), "{dump}");
+    assert!(!dump.contains("puller"), "{dump}");
     assert_eq!(envoy.rejected(), 0);
 }
 
