@@ -24,6 +24,7 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
+use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use futures::Stream;
 use tokio::sync::{mpsc, watch};
@@ -163,6 +164,26 @@ fn error_detail(health: &Health) -> Option<RpcStatus> {
 
 type Responses<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+/// The daemon's `responses` on their way to Envoy, the ECDS resources that
+/// `ecds` finds in each made local ([`localize`]: WasmPlugins' modules
+/// fetched into `wasm`).
+fn localized<R: Send + 'static>(
+    responses: Streaming<R>,
+    wasm: Arc<ModuleCache>,
+    ecds: for<'a> fn(&'a mut R) -> Vec<&'a mut Any>,
+) -> Responses<R> {
+    Box::pin(futures::StreamExt::then(responses, move |r| {
+        let wasm = wasm.clone();
+        async move {
+            let mut r = r?;
+            for any in ecds(&mut r) {
+                *any = localize(std::mem::take(any), &wasm).await;
+            }
+            Ok(r)
+        }
+    }))
+}
+
 #[tonic::async_trait]
 impl AggregatedDiscoveryService for XdsProxy {
     type StreamAggregatedResourcesStream = Responses<DiscoveryResponse>;
@@ -185,22 +206,17 @@ impl AggregatedDiscoveryService for XdsProxy {
             .stream_aggregated_resources(requests)
             .await?
             .into_inner();
-        let wasm = self.wasm.clone();
-        let responses = futures::StreamExt::then(responses, move |r| {
-            let wasm = wasm.clone();
-            async move {
-                let mut r = r?;
+        Ok(Response::new(localized(
+            responses,
+            self.wasm.clone(),
+            |r: &mut DiscoveryResponse| {
                 if r.type_url == EXTENSION_CONFIG_TYPE {
-                    let mut local = Vec::with_capacity(r.resources.len());
-                    for any in std::mem::take(&mut r.resources) {
-                        local.push(localize(any, &wasm).await);
-                    }
-                    r.resources = local;
+                    r.resources.iter_mut().collect()
+                } else {
+                    Vec::new()
                 }
-                Ok(r)
-            }
-        });
-        Ok(Response::new(Box::pin(responses)))
+            },
+        )))
     }
 
     async fn delta_aggregated_resources(
@@ -220,22 +236,20 @@ impl AggregatedDiscoveryService for XdsProxy {
             .delta_aggregated_resources(requests)
             .await?
             .into_inner();
-        let wasm = self.wasm.clone();
-        let responses = futures::StreamExt::then(responses, move |r| {
-            let wasm = wasm.clone();
-            async move {
-                let mut r = r?;
+        Ok(Response::new(localized(
+            responses,
+            self.wasm.clone(),
+            |r: &mut DeltaDiscoveryResponse| {
                 if r.type_url == EXTENSION_CONFIG_TYPE {
-                    for resource in &mut r.resources {
-                        if let Some(any) = resource.resource.take() {
-                            resource.resource = Some(localize(any, &wasm).await);
-                        }
-                    }
+                    r.resources
+                        .iter_mut()
+                        .filter_map(|r| r.resource.as_mut())
+                        .collect()
+                } else {
+                    Vec::new()
                 }
-                Ok(r)
-            }
-        });
-        Ok(Response::new(Box::pin(responses)))
+            },
+        )))
     }
 }
 
