@@ -283,6 +283,10 @@ struct GatewayState {
     programmed: Cond,
     addresses: Vec<String>,
     listeners: Vec<ListenerState>,
+    /// A listener lets clients without a valid certificate in
+    /// (`AllowInsecureFallback`): the Gateway's
+    /// `InsecureFrontendValidationMode` condition (Gateway API 1.5).
+    insecure_frontend: bool,
 }
 
 /// A listener's status.
@@ -817,6 +821,7 @@ fn convert_gateway(
         programmed,
         addresses,
         listeners: Vec::new(),
+        insecure_frontend: false,
     };
     let Some(selector) = selector else {
         return (Vec::new(), state);
@@ -930,7 +935,11 @@ fn convert_gateway(
                 }
                 Ok(tls)
             }) {
-                Ok(t) => Some(t),
+                Ok(t) => {
+                    state.insecure_frontend |= t.insecure_skip_verify == Some(true)
+                        && t.mode == Some(ServerTlsMode::OptionalMutual);
+                    Some(t)
+                }
                 Err((f, why, reason)) if f.starts_with("spec.") => {
                     refuse(out, f, why, ("ResolvedRefs", reason));
                     continue;
@@ -1044,11 +1053,22 @@ fn gateway_status(state: &GatewayState) -> serde_json::Value {
             })
         })
         .collect();
+    let mut conditions = vec![
+        Cond::ok("Accepted", "Accepted", "Resource accepted").json(g),
+        state.programmed.json(g),
+    ];
+    if state.insecure_frontend {
+        conditions.push(
+            Cond::ok(
+                "InsecureFrontendValidationMode",
+                "ConfigurationChanged",
+                "Gateway is configured with AllowInsecureFallback for client certificate validation",
+            )
+            .json(g),
+        );
+    }
     let mut status = serde_json::json!({
-        "conditions": [
-            Cond::ok("Accepted", "Accepted", "Resource accepted").json(g),
-            state.programmed.json(g),
-        ],
+        "conditions": conditions,
         "listeners": listeners,
     });
     if !addresses.is_empty() {

@@ -1621,6 +1621,43 @@ spec:
             .any(|c| c["reason"] == "InvalidCACertificateKind"),
         "{listener}"
     );
+    // A listener letting clients without a valid certificate in: the
+    // Gateway says so (Gateway API 1.5's `InsecureFrontendValidationMode`).
+    let insecure = |status: &serde_json::Value| {
+        status["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "InsecureFrontendValidationMode")
+            .cloned()
+    };
+    let condition = insecure(status).unwrap_or_else(|| panic!("{status}"));
+    assert_eq!(condition["status"], "True");
+    assert_eq!(condition["reason"], "ConfigurationChanged");
+    let strict_only = snapshot(&["
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: clients-ca, namespace: default}
+data: {ca.crt: '-----BEGIN CERTIFICATE-----'}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: mtls, namespace: default}
+spec:
+  gatewayClassName: istio
+  tls:
+    frontend:
+      default:
+        validation: {caCertificateRefs: [{group: '', kind: ConfigMap, name: clients-ca}]}
+  listeners:
+  - {name: strict, port: 8443, protocol: HTTPS, tls: {certificateRefs: [{name: cert}]}}
+"]);
+    let status = &strict_only.gateway_api.status[&(
+        "gateway.networking.k8s.io/v1/gateways".to_owned(),
+        "default".to_owned(),
+        "mtls".to_owned(),
+    )];
+    assert_eq!(insecure(status), None, "{status}");
     // The gateway's chain requires a client certificate, verified with
     // the ConfigMap's CA over SDS.
     let pod = Proxy::from_node_id(
