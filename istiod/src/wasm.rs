@@ -14,7 +14,8 @@
 //! - Fetched again as Istio's pull policy says: `Always` (and, with no
 //!   policy, an image's `latest` tag) when the plugin's version changed,
 //!   otherwise (`IfNotPresent`, unset) only when nothing for that URL and
-//!   checksum is in the cache.
+//!   checksum is in the cache. A module another one replaced is deleted
+//!   once nothing refers to it.
 //! - The agent's own variables (`ISTIO_META_WASM_*`) are taken out of the
 //!   VM's environment before Envoy sees it.
 //! - A module that cannot be had (fetch failure, wrong digest, another
@@ -155,7 +156,14 @@ impl ModuleCache {
         let path = folder.join(format!("{digest}.wasm"));
         write_atomically(&folder, &path, &bytes).map_err(|e| format!("{}: {e}", path.display()))?;
         info!(url = wanted.url, file = %path.display(), bytes = bytes.len(), "Wasm module fetched");
-        entries.insert(key, (path.clone(), wanted.version.to_owned()));
+        // The module this one replaces (an `Always` pull of a moved tag, a
+        // served file that changed) is deleted once nothing refers to it.
+        if let Some((old, _)) = entries.insert(key, (path.clone(), wanted.version.to_owned()))
+            && old != path
+            && !entries.values().any(|(p, _)| *p == old)
+        {
+            let _ = std::fs::remove_file(&old);
+        }
         Ok(path)
     }
 }
@@ -358,17 +366,29 @@ mod tests {
 
     const MODULE: &[u8] = b"\0asm\x01\0\0\0";
 
-    /// Serves [`MODULE`] at `/m.wasm` on loopback, counting the requests.
+    /// Serves [`MODULE`] at `/m.wasm` on loopback, counting the requests,
+    /// and at `/changing.wasm` a module that differs at each request.
     async fn serve() -> (String, Arc<AtomicUsize>) {
         let hits = Arc::new(AtomicUsize::new(0));
         let counted = hits.clone();
-        let app = axum::Router::new().route(
-            "/m.wasm",
-            axum::routing::get(move || {
-                counted.fetch_add(1, Ordering::SeqCst);
-                async { MODULE }
-            }),
-        );
+        let changes = Arc::new(AtomicUsize::new(0));
+        let app = axum::Router::new()
+            .route(
+                "/m.wasm",
+                axum::routing::get(move || {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    async { MODULE }
+                }),
+            )
+            .route(
+                "/changing.wasm",
+                axum::routing::get(move || {
+                    let n = changes.fetch_add(1, Ordering::SeqCst);
+                    let mut module = MODULE.to_vec();
+                    module.push(u8::try_from(n % 256).unwrap());
+                    async move { module }
+                }),
+            );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
@@ -494,6 +514,37 @@ mod tests {
         )
         .await;
         assert_eq!(hits.load(Ordering::SeqCst), 2);
+        // A module replaced by another (`Always`, a new version): the old
+        // file goes.
+        let changing = url.replace("m.wasm", "changing.wasm");
+        let first = localize(
+            resource(
+                &changing,
+                NO_CHECKSUM,
+                &always("v1"),
+                FailurePolicy::FailClosed,
+            ),
+            &cache,
+        )
+        .await;
+        let first = outcome(&first).unwrap().0;
+        let second = localize(
+            resource(
+                &changing,
+                NO_CHECKSUM,
+                &always("v2"),
+                FailurePolicy::FailClosed,
+            ),
+            &cache,
+        )
+        .await;
+        let second = outcome(&second).unwrap().0;
+        assert_ne!(first, second);
+        assert!(
+            !std::path::Path::new(&first).exists(),
+            "{first} left behind"
+        );
+        assert!(std::path::Path::new(&second).exists());
         // Without a checksum (Istio's "nil"), whatever is served.
         let r = localize(
             resource(&url, NO_CHECKSUM, &[], FailurePolicy::FailClosed),
