@@ -131,7 +131,8 @@ pub struct Output {
     pub routes: Vec<RouteConfiguration>,
     /// SDS: gateway certificates (`kubernetes://NAME`), by name.
     pub secrets: Vec<Secret>,
-    /// ECDS: WasmPlugins' filters, by name ([`wasm::resource_name`]).
+    /// ECDS: WasmPlugins' filters ([`wasm::resource_name`]) and
+    /// EnvoyFilters' `EXTENSION_CONFIG`s, by name.
     pub extension_configs: Vec<TypedExtensionConfig>,
     /// Problems met (objects or routes skipped).
     pub warnings: Vec<ConfigWarning>,
@@ -363,7 +364,7 @@ impl Routes<'_> {
 fn listeners_and_routes<'a>(snap: &'a Snapshot, proxy: &'a Proxy) -> Rest<'a> {
     let mut warnings = Vec::new();
     let mut inbound_clusters = Vec::new();
-    let (listeners, routes, secrets) = match proxy.kind {
+    let (mut listeners, routes, secrets) = match proxy.kind {
         ProxyKind::Sidecar => {
             let (mut l, r) = listener::sidecar(snap, proxy, &mut warnings);
             let (inbound, clusters) = inbound::build(snap, proxy, &mut warnings);
@@ -381,7 +382,6 @@ fn listeners_and_routes<'a>(snap: &'a Snapshot, proxy: &'a Proxy) -> Rest<'a> {
             (l, Routes::Built(r), s)
         }
     };
-    let mut listeners = listeners;
     if !snap.wasm_plugins.is_empty() {
         wasm::apply_network(snap, proxy, &mut listeners);
     }

@@ -97,7 +97,12 @@ pub enum Side {
 
 impl Side {
     fn matches(self, selector: Option<&ModeSelector>) -> bool {
-        match selector.map_or(WorkloadMode::ClientAndServer, |s| s.mode) {
+        self.matches_mode(selector.map_or(WorkloadMode::ClientAndServer, |s| s.mode))
+    }
+
+    /// Whether a setting for `mode` applies to this side.
+    pub(crate) fn matches_mode(self, mode: WorkloadMode) -> bool {
+        match mode {
             WorkloadMode::ClientAndServer => true,
             WorkloadMode::Client => self == Side::Client,
             WorkloadMode::Server => self == Side::Server,

@@ -247,17 +247,6 @@ impl Plugins {
     }
 }
 
-impl Side {
-    fn matches_mode(self, mode: crds::telemetry::WorkloadMode) -> bool {
-        use crds::telemetry::WorkloadMode;
-        match mode {
-            WorkloadMode::ClientAndServer => true,
-            WorkloadMode::Client => self == Side::Client,
-            WorkloadMode::Server => self == Side::Server,
-        }
-    }
-}
-
 /// A filter's ECDS source: ADS, waited for (Istio's `defaultConfigSource`),
 /// of the Wasm type or the RBAC type that stands in for a module that
 /// cannot be fetched.
