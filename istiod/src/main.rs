@@ -366,15 +366,11 @@ fn main() -> ExitCode {
                 rt.block_on(async {
                     let token = tokio_util::sync::CancellationToken::new();
                     let (agent, mut tasks) = istiod::agent::start(opts, token.clone()).await?;
-                    // Kept while the agent runs: without checks, no health ever.
+                    // Without checks the sender goes at once: no health reported.
                     let (report, health) = tokio::sync::watch::channel(None);
-                    let _no_checks = match prober {
-                        Some(prober) => {
-                            tasks.push(tokio::spawn(prober.run(report, token.clone())));
-                            None
-                        }
-                        None => Some(report),
-                    };
+                    if let Some(prober) = prober {
+                        tasks.push(tokio::spawn(prober.run(report, token.clone())));
+                    }
                     if proxied {
                         tasks.push(istiod::xds_proxy::serve(
                             xds_socket,

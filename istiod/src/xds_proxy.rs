@@ -59,8 +59,8 @@ struct XdsProxy {
 /// Serves the proxy on the Unix socket `socket` (created; its folder too),
 /// forwarding to the daemon at `upstream` (`HOST:PORT`, plaintext, as
 /// Envoy's own `xds-grpc` cluster connects), with the workload's `health`
-/// (none ever: a receiver whose sender stays alive with `None`) and the
-/// WasmPlugins' modules fetched into `wasm`, until `token` is cancelled.
+/// (none: a receiver whose sender is gone) and the WasmPlugins' modules
+/// fetched into `wasm`, until `token` is cancelled.
 ///
 /// # Errors
 /// The address does not parse or the socket cannot be created.

@@ -325,7 +325,8 @@ fn through_agent(mesh: &Mesh) -> ThroughAgent {
     let dir = e2e::socket_dir();
     let socket = dir.path().join("XDS");
     let token = tokio_util::sync::CancellationToken::new();
-    let (no_checks, health) = tokio::sync::watch::channel(None);
+    // No health checks: the sender goes at once.
+    let (_, health) = tokio::sync::watch::channel(None);
     {
         let _in_runtime = mesh.runtime_handle().enter();
         istiod::xds_proxy::serve(
@@ -337,12 +338,6 @@ fn through_agent(mesh: &Mesh) -> ThroughAgent {
         )
         .unwrap();
     }
-    // No health checks: the sender lives as long as the proxy.
-    let held = token.clone();
-    mesh.runtime_handle().spawn(async move {
-        held.cancelled().await;
-        drop(no_checks);
-    });
     std::fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
     e2e::use_xds_socket(&socket);
     let envoy = mesh.proxy(SIDECAR, &SIDECAR_LABELS, 15000);
