@@ -1311,6 +1311,38 @@ spec:
     )
 }
 
+/// A Gateway API gateway `bookinfo-gw` (in `istio-system`) with an HTTP
+/// listener on 8080 taking routes from every namespace, its Service
+/// (`bookinfo-gw-istio`, 10.96.0.90), and an HTTPRoute sending all of it
+/// to productpage:9080.
+pub const BOOKINFO_GATEWAY_API: &str = "apiVersion: v1
+kind: Service
+metadata: {name: bookinfo-gw-istio, namespace: istio-system}
+spec:
+  clusterIP: 10.96.0.90
+  selector: {gateway.networking.k8s.io/gateway-name: bookinfo-gw}
+  ports: [{name: http, port: 8080}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: bookinfo-gw, namespace: istio-system}
+spec:
+  gatewayClassName: istio
+  listeners:
+  - {name: http, port: 8080, protocol: HTTP, allowedRoutes: {namespaces: {from: All}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: bookinfo, namespace: default}
+spec:
+  parentRefs: [{name: bookinfo-gw, namespace: istio-system}]
+  rules: [{backendRefs: [{name: productpage, port: 9080}]}]
+";
+
+/// The labels of `bookinfo-gw`'s pods ([`BOOKINFO_GATEWAY_API`]).
+pub const BOOKINFO_GATEWAY_API_LABELS: [(&str, &str); 1] =
+    [("gateway.networking.k8s.io/gateway-name", "bookinfo-gw")];
+
 /// The ingress gateway's labels.
 pub const GATEWAY_LABELS: [(&str, &str); 1] = [("istio", "ingressgateway")];
 

@@ -1025,38 +1025,10 @@ spec:
 #[test]
 fn policies_attach_to_a_gateway_api_gateway_by_target_refs() {
     let mesh = Mesh::start(false, &[]);
-    mesh.cfg.write(
-        "gateway-api.yaml",
-        "apiVersion: v1
-kind: Service
-metadata: {name: bookinfo-gw-istio, namespace: istio-system}
-spec:
-  clusterIP: 10.96.0.90
-  selector: {gateway.networking.k8s.io/gateway-name: bookinfo-gw}
-  ports: [{name: http, port: 8080}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: bookinfo-gw, namespace: istio-system}
-spec:
-  gatewayClassName: istio
-  listeners:
-  - {name: http, port: 8080, protocol: HTTP, allowedRoutes: {namespaces: {from: All}}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: bookinfo, namespace: default}
-spec:
-  parentRefs: [{name: bookinfo-gw, namespace: istio-system}]
-  rules: [{backendRefs: [{name: productpage, port: 9080}]}]
-",
-    );
+    mesh.cfg
+        .write("gateway-api.yaml", e2e::BOOKINFO_GATEWAY_API);
     mesh.wait_loaded(2);
-    let gw = mesh.proxy(
-        GATEWAY,
-        &[("gateway.networking.k8s.io/gateway-name", "bookinfo-gw")],
-        15000,
-    );
+    let gw = mesh.proxy(GATEWAY, &e2e::BOOKINFO_GATEWAY_API_LABELS, 15000);
     let issuer = e2e::JwtIssuer::new("testing@secure.istio.io");
     let get = |path: &str, token: Option<&str>| {
         let bearer = token.map(|t| format!("Bearer {t}"));

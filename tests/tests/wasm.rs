@@ -11,31 +11,6 @@ use e2e::{GATEWAY, Mesh, SIDECAR, SIDECAR_LABELS, http_request};
 
 const REVIEWS: &str = "http://10.96.0.13:9080";
 
-/// A Gateway API gateway `bookinfo-gw` on 8080 routing to productpage.
-const GATEWAY_API: &str = "apiVersion: v1
-kind: Service
-metadata: {name: bookinfo-gw-istio, namespace: istio-system}
-spec:
-  clusterIP: 10.96.0.90
-  selector: {gateway.networking.k8s.io/gateway-name: bookinfo-gw}
-  ports: [{name: http, port: 8080}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: bookinfo-gw, namespace: istio-system}
-spec:
-  gatewayClassName: istio
-  listeners:
-  - {name: http, port: 8080, protocol: HTTP, allowedRoutes: {namespaces: {from: All}}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: bookinfo, namespace: default}
-spec:
-  parentRefs: [{name: bookinfo-gw, namespace: istio-system}]
-  rules: [{backendRefs: [{name: productpage, port: 9080}]}]
-";
-
 /// The WasmPlugin `headers` of `namespace` with the module at `url` and
 /// the rest of its spec (YAML lines, indented two spaces).
 fn plugin(namespace: &str, url: &str, rest: &str) -> String {
@@ -58,13 +33,10 @@ fn call(url: &str, host: &str) -> (u16, String, Option<String>) {
 #[test]
 fn a_wasm_plugin_runs_in_the_gateway_where_and_when_it_asks() {
     let mesh = Mesh::start(false, &[]);
-    mesh.cfg.write("gateway-api.yaml", GATEWAY_API);
+    mesh.cfg
+        .write("gateway-api.yaml", e2e::BOOKINFO_GATEWAY_API);
     mesh.wait_loaded(2);
-    let gw = mesh.proxy(
-        GATEWAY,
-        &[("gateway.networking.k8s.io/gateway-name", "bookinfo-gw")],
-        15000,
-    );
+    let gw = mesh.proxy(GATEWAY, &e2e::BOOKINFO_GATEWAY_API_LABELS, 15000);
     let get = || call("http://127.0.0.1:8080", "bookinfo.example.com");
     assert_eq!(get(), (200, "(none)".into(), None));
     let dir = tempfile::tempdir().unwrap();
