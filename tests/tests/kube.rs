@@ -729,6 +729,58 @@ fn create_update_and_delete_of_each_kind_reach_envoy() {
         },
         &|| !dump().contains("/dev/stdout"),
     );
+
+    // WasmPlugin: its filter on productpage's listeners and its module
+    // over ECDS (Envoy's dump shows the extension config it loaded).
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("headers.wasm");
+    std::fs::write(&module, e2e::wasm::header_plugin()).unwrap();
+    step(
+        "WasmPlugin created",
+        &|| {
+            api.apply(
+                json!({"apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin",
+                             "metadata": {"name": "headers", "namespace": "default"},
+                             "spec": {"selector": {"matchLabels": {"app": "productpage"}},
+                                      "url": format!("file://{}", module.display()),
+                                      "pluginConfig": {"greeting": "kube"}}}),
+            );
+        },
+        &|| {
+            dump().contains("\"extensions.istio.io/wasmplugin/default.headers\"")
+                && dump().contains("greeting")
+        },
+    );
+    step(
+        "WasmPlugin deleted",
+        &|| {
+            api.delete(
+                "extensions.istio.io/v1alpha1",
+                "WasmPlugin",
+                "default",
+                "headers",
+            );
+        },
+        // (The listeners it left drain for a while: the active ones.)
+        &|| {
+            let listeners: serde_json::Value = serde_json::from_str(
+                &envoy
+                    .admin("/config_dump?resource=dynamic_listeners")
+                    .unwrap_or_default(),
+            )
+            .unwrap_or_default();
+            let active: Vec<&serde_json::Value> = listeners["configs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|l| l.get("active_state"))
+                .collect();
+            !active.is_empty()
+                && !serde_json::to_string(&active)
+                    .unwrap_or_default()
+                    .contains("wasmplugin/default.headers")
+        },
+    );
     assert_eq!(envoy.rejected(), 0);
 }
 
