@@ -47,40 +47,24 @@ fn a_wasm_plugin_runs_in_the_gateway_where_and_when_it_asks() {
         "  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: bookinfo-gw}]
   pluginConfig: {greeting: hi}
 ";
+    // The plugin on the gateway, with `rest` (spec lines) added.
+    let set = |rest: &str| {
+        mesh.apply(
+            &[&gw],
+            "wasm.yaml",
+            &plugin("istio-system", &url, &format!("{target}{rest}")),
+        );
+    };
     // On the gateway's requests and responses, with its configuration.
-    mesh.apply(&[&gw], "wasm.yaml", &plugin("istio-system", &url, target));
+    set("");
     let config = r#"{"greeting":"hi"}"#;
     assert_eq!(get(), (200, config.into(), Some(config.into())));
     // `match`: a gateway's listeners are the client side, and its port 8080.
-    mesh.apply(
-        &[&gw],
-        "wasm.yaml",
-        &plugin(
-            "istio-system",
-            &url,
-            &format!("{target}  match: [{{mode: SERVER}}]\n"),
-        ),
-    );
+    set("  match: [{mode: SERVER}]\n");
     assert_eq!(get(), (200, "(none)".into(), None));
-    mesh.apply(
-        &[&gw],
-        "wasm.yaml",
-        &plugin(
-            "istio-system",
-            &url,
-            &format!("{target}  match: [{{mode: CLIENT, ports: [{{number: 9999}}]}}]\n"),
-        ),
-    );
+    set("  match: [{mode: CLIENT, ports: [{number: 9999}]}]\n");
     assert_eq!(get(), (200, "(none)".into(), None));
-    mesh.apply(
-        &[&gw],
-        "wasm.yaml",
-        &plugin(
-            "istio-system",
-            &url,
-            &format!("{target}  match: [{{mode: CLIENT, ports: [{{number: 9999}}]}}, {{ports: [{{number: 8080}}]}}]\n"),
-        ),
-    );
+    set("  match: [{mode: CLIENT, ports: [{number: 9999}]}, {ports: [{number: 8080}]}]\n");
     assert_eq!(get().1, config);
     // `phase`: a policy allowing only requests carrying the plugin's
     // header. Run after authorization (the default), the plugin has not
@@ -97,14 +81,10 @@ spec:
 "
         ),
     );
-    mesh.apply(&[&gw], "wasm.yaml", &plugin("istio-system", &url, target));
+    set("");
     assert_eq!(get().0, 403);
     // In the AUTHN phase it runs before the policy: allowed.
-    mesh.apply(
-        &[&gw],
-        "wasm.yaml",
-        &plugin("istio-system", &url, &format!("{target}  phase: AUTHN\n")),
-    );
+    set("  phase: AUTHN\n");
     assert_eq!(get(), (200, config.into(), Some(config.into())));
     // Gone with its WasmPlugin.
     mesh.cfg.remove("authz.yaml");
@@ -134,6 +114,7 @@ fn remote_modules_are_fetched_by_the_agent_and_fail_as_the_plugin_says() {
     });
     let agent = through_agent(&mesh);
     let (envoy, dir) = (&agent.envoy, agent.dir.path());
+    let set = |text: &str| mesh.apply(&[envoy], "wasm.yaml", text);
     let get = || call(REVIEWS, "reviews");
     assert_eq!(get(), (200, "(none)".into(), None));
     let url = format!("http://{addr}/headers.wasm");
@@ -150,11 +131,7 @@ fn remote_modules_are_fetched_by_the_agent_and_fail_as_the_plugin_says() {
         )
     };
     let config = r#"{"greeting":"remote"}"#;
-    mesh.apply(
-        &[envoy],
-        "wasm.yaml",
-        &with(&format!("  sha256: {digest}\n")),
-    );
+    set(&with(&format!("  sha256: {digest}\n")));
     assert_eq!(get(), (200, config.into(), Some(config.into())));
     let fetched: Vec<_> = walk(&dir.join("wasm"));
     assert_eq!(fetched.len(), 1, "{fetched:?}");
@@ -165,33 +142,23 @@ fn remote_modules_are_fetched_by_the_agent_and_fail_as_the_plugin_says() {
     // A module that is not the one the checksum names is not run: the
     // plugin fails closed (by default), every request denied.
     let wrong = "0".repeat(64);
-    mesh.apply(
-        &[envoy],
-        "wasm.yaml",
-        &with(&format!("  sha256: {wrong}\n")),
-    );
+    set(&with(&format!("  sha256: {wrong}\n")));
     let (status, _, header) = get();
     assert_eq!((status, header), (403, None));
     // Failing open, the requests go through without it.
-    mesh.apply(
-        &[envoy],
-        "wasm.yaml",
-        &with(&format!("  sha256: {wrong}\n  failStrategy: FAIL_OPEN\n")),
-    );
+    set(&with(&format!(
+        "  sha256: {wrong}\n  failStrategy: FAIL_OPEN\n"
+    )));
     assert_eq!(get(), (200, "(none)".into(), None));
     // A module that is not there fails too.
-    mesh.apply(
-        &[envoy],
-        "wasm.yaml",
-        &plugin(
-            "default",
-            &format!("http://{addr}/missing.wasm"),
-            "  selector: {matchLabels: {app: productpage}}\n",
-        ),
-    );
+    set(&plugin(
+        "default",
+        &format!("http://{addr}/missing.wasm"),
+        "  selector: {matchLabels: {app: productpage}}\n",
+    ));
     assert_eq!(get().0, 403);
     // And without a checksum, the module as served.
-    mesh.apply(&[envoy], "wasm.yaml", &with(""));
+    set(&with(""));
     assert_eq!(get(), (200, config.into(), Some(config.into())));
     // A network plugin runs before the HTTP connection manager: when its
     // module cannot be had, the connections are closed (failing closed)
@@ -206,18 +173,14 @@ fn remote_modules_are_fetched_by_the_agent_and_fail_as_the_plugin_says() {
         .replace("name: headers", "name: tcp")
     };
     let missing = format!("http://{addr}/missing.wasm");
-    mesh.apply(&[envoy], "wasm.yaml", &network(&missing, ""));
+    set(&network(&missing, ""));
     let refused = http_request(&format!("{REVIEWS}/"), &[("host", "reviews")]);
     assert!(refused.is_err(), "{:?}", refused.map(|r| r.status));
-    mesh.apply(
-        &[envoy],
-        "wasm.yaml",
-        &network(&missing, "  failStrategy: FAIL_OPEN\n"),
-    );
+    set(&network(&missing, "  failStrategy: FAIL_OPEN\n"));
     assert_eq!(get(), (200, "(none)".into(), None));
     // The module as a network filter (it has no network callbacks: the
     // bytes pass as they are).
-    mesh.apply(&[envoy], "wasm.yaml", &network(&url, ""));
+    set(&network(&url, ""));
     assert_eq!(get(), (200, "(none)".into(), None));
     assert_eq!(envoy.rejected(), 0);
 }
@@ -326,6 +289,7 @@ fn oci_images_are_pulled_by_the_agent() {
     registry.push_artifact("private/headers", "v1", &module);
     let agent = through_agent(&mesh);
     let envoy = &agent.envoy;
+    let set = |text: &str| mesh.apply(&[envoy], "wasm.yaml", text);
     let get = || call(REVIEWS, "reviews");
     let addr = registry.addr;
     let with = |url: &str, rest: &str| {
@@ -342,50 +306,33 @@ fn oci_images_are_pulled_by_the_agent() {
     let config = r#"{"greeting":"oci"}"#;
     // No scheme: an OCI image, its checksum the manifest's digest.
     let digest = artifact.trim_start_matches("sha256:");
-    mesh.apply(
-        &[envoy],
-        "wasm.yaml",
-        &with(
-            &format!("{addr}/plugins/headers:v1"),
-            &format!("  sha256: {digest}\n"),
-        ),
-    );
+    set(&with(
+        &format!("{addr}/plugins/headers:v1"),
+        &format!("  sha256: {digest}\n"),
+    ));
     assert_eq!(get(), (200, config.into(), Some(config.into())));
     // Another image's digest: not run, the plugin fails closed.
     let other = index.trim_start_matches("sha256:");
-    mesh.apply(
-        &[envoy],
-        "wasm.yaml",
-        &with(
-            &format!("oci://{addr}/plugins/headers:v1"),
-            &format!("  sha256: {other}\n"),
-        ),
-    );
+    set(&with(
+        &format!("oci://{addr}/plugins/headers:v1"),
+        &format!("  sha256: {other}\n"),
+    ));
     assert_eq!(get().0, 403);
     // An image (behind an index) with the module as `plugin.wasm` in a layer.
-    mesh.apply(
-        &[envoy],
-        "wasm.yaml",
-        &with(&format!("oci://{addr}/plugins/headers-image:v1"), ""),
-    );
+    set(&with(&format!("oci://{addr}/plugins/headers-image:v1"), ""));
     assert_eq!(get(), (200, config.into(), Some(config.into())));
     // Pinned by digest; a tag that is not there fails.
-    mesh.apply(
-        &[envoy],
-        "wasm.yaml",
-        &with(&format!("oci://{addr}/plugins/headers@{artifact}"), ""),
-    );
+    set(&with(
+        &format!("oci://{addr}/plugins/headers@{artifact}"),
+        "",
+    ));
     assert_eq!(get(), (200, config.into(), Some(config.into())));
-    mesh.apply(
-        &[envoy],
-        "wasm.yaml",
-        &with(&format!("oci://{addr}/plugins/headers:v2"), ""),
-    );
+    set(&with(&format!("oci://{addr}/plugins/headers:v2"), ""));
     assert_eq!(get().0, 403);
     // A private repository: refused anonymously, pulled with the login of
     // the plugin's `imagePullSecret`.
     let private = format!("oci://{addr}/private/headers:v1");
-    mesh.apply(&[envoy], "wasm.yaml", &with(&private, ""));
+    set(&with(&private, ""));
     assert_eq!(get().0, 403);
     let login = e2e::wasm::docker_config(addr);
     mesh.cfg.write(
@@ -399,11 +346,7 @@ stringData: {{.dockerconfigjson: '{login}'}}
 "
         ),
     );
-    mesh.apply(
-        &[envoy],
-        "wasm.yaml",
-        &with(&private, "  imagePullSecret: registry-login\n"),
-    );
+    set(&with(&private, "  imagePullSecret: registry-login\n"));
     assert_eq!(get(), (200, config.into(), Some(config.into())));
     // The daemon's config dump shows the plugin, not the login.
     let (status, dump) = e2e::http_get(

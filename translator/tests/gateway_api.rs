@@ -1536,6 +1536,25 @@ spec:
     assert_eq!(port_80(&waypoint, &pod), none);
 }
 
+/// A ConfigMap CA `clients-ca` and the start of a Gateway `mtls` whose
+/// `spec.tls.frontend.default` verifies clients with it (its `perPort` and
+/// `listeners` follow).
+const MTLS_GATEWAY: &str = "apiVersion: v1
+kind: ConfigMap
+metadata: {name: clients-ca, namespace: default}
+data: {ca.crt: '-----BEGIN CERTIFICATE-----'}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: mtls, namespace: default}
+spec:
+  gatewayClassName: istio
+  tls:
+    frontend:
+      default:
+        validation: {caCertificateRefs: [{group: '', kind: ConfigMap, name: clients-ca}]}
+";
+
 /// Client certificate validation (GEP-91): the Gateway's
 /// `spec.tls.frontend` (`default`, `perPort` winning for its port, Gateway
 /// API 1.5) and a listener's own `tls.frontendValidation` (1.3-1.4) make
@@ -1550,22 +1569,7 @@ fn frontend_validation_makes_listeners_verify_client_certificates() {
         DownstreamTlsContext, common_tls_context, secret,
     };
     use prost::Message;
-    let snap = snapshot(&["
-apiVersion: v1
-kind: ConfigMap
-metadata: {name: clients-ca, namespace: default}
-data: {ca.crt: '-----BEGIN CERTIFICATE-----'}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: mtls, namespace: default}
-spec:
-  gatewayClassName: istio
-  tls:
-    frontend:
-      default:
-        validation: {caCertificateRefs: [{group: '', kind: ConfigMap, name: clients-ca}]}
-      perPort:
+    let snap = snapshot(&[&[MTLS_GATEWAY, "      perPort:
       - port: 8444
         tls: {validation: {mode: AllowInsecureFallback, caCertificateRefs: [{group: '', kind: ConfigMap, name: clients-ca}]}}
       - port: 8445
@@ -1575,7 +1579,7 @@ spec:
   - {name: fallback, port: 8444, protocol: HTTPS, tls: {certificateRefs: [{name: cert}]}}
   - {name: wrong-kind, port: 8445, protocol: HTTPS, tls: {certificateRefs: [{name: cert}]}}
   - {name: plain, port: 8080, protocol: HTTP}
-"]);
+"].concat()]);
     let server = |listener: &str| {
         snap.gateways
             .iter()
@@ -1634,24 +1638,13 @@ spec:
     let condition = insecure(status).unwrap_or_else(|| panic!("{status}"));
     assert_eq!(condition["status"], "True");
     assert_eq!(condition["reason"], "ConfigurationChanged");
-    let strict_only = snapshot(&["
-apiVersion: v1
-kind: ConfigMap
-metadata: {name: clients-ca, namespace: default}
-data: {ca.crt: '-----BEGIN CERTIFICATE-----'}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: mtls, namespace: default}
-spec:
-  gatewayClassName: istio
-  tls:
-    frontend:
-      default:
-        validation: {caCertificateRefs: [{group: '', kind: ConfigMap, name: clients-ca}]}
-  listeners:
+    let strict_only = snapshot(&[&[
+        MTLS_GATEWAY,
+        "  listeners:
   - {name: strict, port: 8443, protocol: HTTPS, tls: {certificateRefs: [{name: cert}]}}
-"]);
+",
+    ]
+    .concat()]);
     let status = &strict_only.gateway_api.status[&(
         "gateway.networking.k8s.io/v1/gateways".to_owned(),
         "default".to_owned(),
