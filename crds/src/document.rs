@@ -37,6 +37,9 @@ pub struct PodInfo {
     pub service_account_name: Option<String>,
     /// `status.podIP`.
     pub pod_ip: Option<String>,
+    /// `spec.nodeName`: the Node whose topology labels the pod's endpoints
+    /// carry.
+    pub node_name: Option<String>,
     /// The containers' named TCP ports, name -> `containerPort` (the first
     /// of a name wins, as in Kubernetes): where a ServiceEntry that selects
     /// the pod reaches its port of that name (Istio's `getPortMap`).
@@ -97,6 +100,7 @@ impl From<Pod> for PodInfo {
             .any(|c| c.type_ == "Ready" && c.status != "True");
         PodInfo {
             ready: pod.metadata.deletion_timestamp.is_none() && !finished && !unready,
+            node_name: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
             service_account_name: pod.spec.and_then(|s| s.service_account_name),
             pod_ip: pod.status.and_then(|s| s.pod_ip),
             metadata: pod.metadata,

@@ -1,0 +1,145 @@
+//! DestinationRule checks: TLS origination without a CA, and subsets that
+//! select no pods.
+
+use std::collections::BTreeMap;
+
+use crds::destination_rule::{ClientTlsMode, ClientTlsSettings};
+
+use super::{each, full_name, namespace, pick};
+use crate::hosts::{Registry, selects};
+use crate::input::Input;
+use crate::message::{self, Message};
+
+/// The mode's name when it originates TLS that verifies nothing: `SIMPLE`
+/// or `MUTUAL` without `caCertificates` (nor a `credentialName`, whose
+/// Secret gives the CA; nor `insecureSkipVerify`, which says so on
+/// purpose).
+fn unverified(tls: Option<&ClientTlsSettings>) -> Option<&'static str> {
+    let tls = tls?;
+    let mode = match tls.mode? {
+        ClientTlsMode::Simple => "SIMPLE",
+        ClientTlsMode::Mutual => "MUTUAL",
+        _ => return None,
+    };
+    let has_ca = tls
+        .ca_certificates
+        .as_deref()
+        .is_some_and(|c| !c.is_empty())
+        || tls
+            .credential_name
+            .as_deref()
+            .is_some_and(|c| !c.is_empty())
+        || tls.insecure_skip_verify == Some(true);
+    (!has_ca).then_some(mode)
+}
+
+/// `NoServerCertificateVerificationDestinationLevel` (IST0128) for a
+/// top-level `tls` that does not verify the server, and
+/// `NoServerCertificateVerificationPortLevel` (IST0129) for each such
+/// port-level one (Istio's `CaCertificateAnalyzer`; Istio does not spare a
+/// `credentialName` or `insecureSkipVerify`).
+pub fn ca_certificates(input: &Input, out: &mut Vec<Message>) {
+    for (entry, dr) in each(input, pick::destination_rule) {
+        let Some(policy) = &dr.traffic_policy else {
+            continue;
+        };
+        let name = full_name(entry);
+        let ns = namespace(entry);
+        if let Some(mode) = unverified(policy.tls.as_ref()) {
+            out.push(Message::new(
+                message::NO_SERVER_CERTIFICATE_VERIFICATION_DESTINATION_LEVEL,
+                Some(&entry.resource),
+                vec![
+                    name.clone().into(),
+                    ns.into(),
+                    mode.into(),
+                    dr.host.clone().into(),
+                ],
+            ));
+        }
+        for port in &policy.port_level_settings {
+            if let Some(mode) = unverified(port.tls.as_ref()) {
+                let number = port.port.as_ref().map_or(0, |p| p.number);
+                out.push(Message::new(
+                    message::NO_SERVER_CERTIFICATE_VERIFICATION_PORT_LEVEL,
+                    Some(&entry.resource),
+                    vec![
+                        name.clone().into(),
+                        ns.into(),
+                        mode.into(),
+                        dr.host.clone().into(),
+                        format!("number:{number}").into(),
+                    ],
+                ));
+            }
+        }
+    }
+}
+
+/// A DestinationRule's `host` must be a service its namespace can see
+/// (`UnknownDestinationRuleHost`, IST0174); each subset must select a pod
+/// (`DestinationRuleSubsetNotSelectPods`, IST0173): a pod of the service
+/// (its namespace, its selector) carrying the subset's labels, a pod's
+/// labels completed with its node's topology labels as istiod's registry
+/// does; for a ServiceEntry without a `workloadSelector`, one of its
+/// `endpoints` carrying them. (Istio's `PodNotSelectedAnalyzer` matches a
+/// Kubernetes Service's subsets against every pod of the cluster.)
+pub fn subsets_select_pods(input: &Input, out: &mut Vec<Message>) {
+    let registry = Registry::of(input);
+    let nodes: BTreeMap<&str, &BTreeMap<String, String>> = each(input, pick::node)
+        .filter_map(|(e, n)| Some((e.resource.name.as_str(), n.metadata.labels.as_ref()?)))
+        .collect();
+    let pods: Vec<(&str, BTreeMap<String, String>)> = each(input, pick::pod)
+        .map(|(e, pod)| {
+            let mut labels = pod.metadata.labels.clone().unwrap_or_default();
+            if let Some(node) = pod.node_name.as_deref() {
+                for key in TOPOLOGY_LABELS {
+                    if let Some(v) = nodes.get(node).and_then(|l| l.get(key)) {
+                        labels.insert(key.to_owned(), v.clone());
+                    }
+                }
+                labels.insert("kubernetes.io/hostname".to_owned(), node.to_owned());
+            }
+            (namespace(e), labels)
+        })
+        .collect();
+    for (entry, dr) in each(input, pick::destination_rule) {
+        let Some(service) = registry.lookup(namespace(entry), &dr.export_to, &dr.host) else {
+            out.push(Message::new(
+                message::UNKNOWN_DESTINATION_RULE_HOST,
+                Some(&entry.resource),
+                vec![dr.host.clone().into()],
+            ));
+            continue;
+        };
+        for subset in &dr.subsets {
+            let selected = match &service.selector {
+                Some(selector) => {
+                    let mut wanted = selector.clone();
+                    wanted.extend(subset.labels.clone());
+                    pods.iter().any(|(ns, labels)| {
+                        *ns == service.namespace && selects(&wanted, Some(labels))
+                    })
+                }
+                None => service
+                    .endpoint_labels
+                    .iter()
+                    .any(|labels| selects(&subset.labels, Some(labels))),
+            };
+            if !selected {
+                out.push(Message::new(
+                    message::DESTINATION_RULE_SUBSET_NOT_SELECT_PODS,
+                    Some(&entry.resource),
+                    vec![subset.name.clone().into()],
+                ));
+            }
+        }
+    }
+}
+
+/// The node labels istiod puts on a pod's endpoints.
+const TOPOLOGY_LABELS: [&str; 3] = [
+    "topology.kubernetes.io/region",
+    "topology.kubernetes.io/zone",
+    "topology.istio.io/subzone",
+];

@@ -1,0 +1,119 @@
+//! Gateway checks: the workload a Gateway selects and the ports its
+//! Service exposes (`gateway.IngressGatewayPortAnalyzer`), and Gateways
+//! claiming one host on one port of one workload
+//! (`gateway.ConflictingGatewayAnalyzer`).
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use super::{each, full_name, namespace, pick};
+use crate::hosts::{self, selector_string, selects};
+use crate::input::Input;
+use crate::message::{self, Message, Param};
+
+/// For each Gateway: the pods its `selector` picks (in any namespace, as a
+/// Gateway without `PILOT_SCOPE_GATEWAY_TO_NAMESPACE` selects), none being
+/// `ReferencedResourceNotFound` (IST0101) on `selector`; then each server
+/// port that no Service selecting those pods exposes (a TCP port, by its
+/// `port`) is `GatewayPortNotDefinedOnService` (IST0162).
+pub fn ingress_ports(input: &Input, out: &mut Vec<Message>) {
+    let pods: Vec<_> = each(input, pick::pod).collect();
+    let services: Vec<_> = each(input, pick::service).collect();
+    for (entry, gateway) in each(input, pick::gateway) {
+        let selector = selector_string(&gateway.selector);
+        let mut selected = 0;
+        let mut ports = HashSet::new();
+        for (pod_entry, pod) in &pods {
+            let labels = pod.metadata.labels.as_ref();
+            if !selects(&gateway.selector, labels) {
+                continue;
+            }
+            selected += 1;
+            for (svc_entry, svc) in &services {
+                let Some(spec) = &svc.spec else { continue };
+                let Some(svc_selector) = &spec.selector else {
+                    continue;
+                };
+                if namespace(svc_entry) != namespace(pod_entry) || !selects(svc_selector, labels) {
+                    continue;
+                }
+                for port in spec.ports.iter().flatten() {
+                    if port.protocol.as_deref().unwrap_or("TCP") == "TCP" {
+                        ports.insert(u32::try_from(port.port).unwrap_or_default());
+                    }
+                }
+            }
+        }
+        if selected == 0 {
+            out.push(Message::new(
+                message::REFERENCED_RESOURCE_NOT_FOUND,
+                Some(&entry.resource),
+                vec!["selector".into(), selector.into()],
+            ));
+            continue;
+        }
+        for server in &gateway.servers {
+            if !ports.contains(&server.port.number) {
+                out.push(Message::new(
+                    message::GATEWAY_PORT_NOT_DEFINED_ON_SERVICE,
+                    Some(&entry.resource),
+                    vec![server.port.number.into(), selector.clone().into()],
+                ));
+            }
+        }
+    }
+}
+
+/// Gateways with the same `selector` that serve one port number with
+/// overlapping hosts (wildcards matching) are each `ConflictingGateways`
+/// (IST0145), once per server, naming the others (`namespace/name`,
+/// sorted). Istio keeps only the last server's hosts of a Gateway per
+/// port; here every server on the port counts.
+pub fn conflicting(input: &Input, out: &mut Vec<Message>) {
+    // (selector, port) -> gateway full name -> hosts.
+    let mut by_key: BTreeMap<(String, u32), BTreeMap<String, Vec<&str>>> = BTreeMap::new();
+    for (entry, gateway) in each(input, pick::gateway) {
+        let selector = selector_string(&gateway.selector);
+        for server in &gateway.servers {
+            by_key
+                .entry((selector.clone(), server.port.number))
+                .or_default()
+                .entry(full_name(entry))
+                .or_default()
+                .extend(server.hosts.iter().map(String::as_str));
+        }
+    }
+    for (entry, gateway) in each(input, pick::gateway) {
+        let selector = selector_string(&gateway.selector);
+        let name = full_name(entry);
+        for server in &gateway.servers {
+            let Some(others) = by_key.get(&(selector.clone(), server.port.number)) else {
+                continue;
+            };
+            let conflicting: BTreeSet<&str> = others
+                .iter()
+                .filter(|(other, _)| **other != name)
+                .filter(|(_, hosts)| {
+                    server
+                        .hosts
+                        .iter()
+                        .any(|h| hosts.iter().any(|o| hosts::matches(h, o)))
+                })
+                .map(|(other, _)| other.as_str())
+                .collect();
+            if conflicting.is_empty() {
+                continue;
+            }
+            let params: Vec<Param> = vec![
+                conflicting.into_iter().collect::<Vec<_>>().join(",").into(),
+                selector.clone().into(),
+                server.port.number.to_string().into(),
+                server.hosts.join(",").into(),
+            ];
+            out.push(Message::new(
+                message::CONFLICTING_GATEWAYS,
+                Some(&entry.resource),
+                params,
+            ));
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! The analyzers, by the kind they report on.
+
+use crds::document::Object;
+
+use crate::input::{Entry, Input};
+
+pub mod destinationrule;
+pub mod gateway;
+pub mod schema;
+pub mod serviceentry;
+pub mod virtualservice;
+
+/// Each object of one kind with its entry: `pick` returns the spec of the
+/// kind's objects, `None` for the others.
+pub fn each<'a, T: 'a>(
+    input: &'a Input,
+    pick: fn(&'a Object) -> Option<&'a T>,
+) -> impl Iterator<Item = (&'a Entry, &'a T)> {
+    input
+        .entries
+        .iter()
+        .filter_map(move |e| pick(&e.object).map(|t| (e, t)))
+}
+
+/// The entry's namespace (empty for cluster-scoped objects).
+pub fn namespace(entry: &Entry) -> &str {
+    entry.resource.namespace.as_deref().unwrap_or_default()
+}
+
+/// `namespace/name`, Istio's `FullName`.
+pub fn full_name(entry: &Entry) -> String {
+    format!("{}/{}", namespace(entry), entry.resource.name)
+}
+
+/// Spec pickers for [`each`].
+pub mod pick {
+    use super::Object;
+
+    /// VirtualServices.
+    pub fn virtual_service(o: &Object) -> Option<&crds::VirtualServiceSpec> {
+        match o {
+            Object::VirtualService(v) => Some(&v.spec),
+            _ => None,
+        }
+    }
+
+    /// DestinationRules.
+    pub fn destination_rule(o: &Object) -> Option<&crds::DestinationRuleSpec> {
+        match o {
+            Object::DestinationRule(v) => Some(&v.spec),
+            _ => None,
+        }
+    }
+
+    /// Gateways (Istio's).
+    pub fn gateway(o: &Object) -> Option<&crds::GatewaySpec> {
+        match o {
+            Object::Gateway(v) => Some(&v.spec),
+            _ => None,
+        }
+    }
+
+    /// ServiceEntries.
+    pub fn service_entry(o: &Object) -> Option<&crds::ServiceEntrySpec> {
+        match o {
+            Object::ServiceEntry(v) => Some(&v.spec),
+            _ => None,
+        }
+    }
+
+    /// Pods.
+    pub fn pod(o: &Object) -> Option<&crds::document::PodInfo> {
+        match o {
+            Object::Pod(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// Services.
+    pub fn service(o: &Object) -> Option<&k8s_openapi::api::core::v1::Service> {
+        match o {
+            Object::Service(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Nodes.
+    pub fn node(o: &Object) -> Option<&crds::document::NodeInfo> {
+        match o {
+            Object::Node(n) => Some(n),
+            _ => None,
+        }
+    }
+}

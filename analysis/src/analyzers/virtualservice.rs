@@ -1,0 +1,219 @@
+//! VirtualService checks: its destinations' hosts, ports and subsets, and
+//! its gateways.
+
+use std::collections::HashSet;
+
+use crds::Destination;
+use crds::VirtualServiceSpec;
+
+use super::{each, full_name, namespace, pick};
+use crate::hosts::{self, Registry};
+use crate::input::Input;
+use crate::message::{self, Message, Param};
+
+/// Where a destination is written.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// A `route` of a `tcp`, `tls` or `http` rule.
+    Route,
+    /// An `http` rule's `mirror` or `mirrors`.
+    Mirror,
+}
+
+/// Every destination of `vs`: routes (`tcp`, `tls`, then `http`, as
+/// Istio's `getRouteDestinations`), then `http` mirrors.
+fn destinations(vs: &VirtualServiceSpec) -> Vec<(Place, &Destination)> {
+    let mut out = Vec::new();
+    let tcp = vs.tcp.iter().flat_map(|r| &r.route).map(|d| &d.destination);
+    let tls = vs.tls.iter().flat_map(|r| &r.route).map(|d| &d.destination);
+    let http = vs
+        .http
+        .iter()
+        .flat_map(|r| &r.route)
+        .map(|d| &d.destination);
+    out.extend(tcp.chain(tls).chain(http).map(|d| (Place::Route, d)));
+    for rule in &vs.http {
+        out.extend(rule.mirror.iter().map(|d| (Place::Mirror, d)));
+        out.extend(rule.mirrors.iter().map(|m| (Place::Mirror, &m.destination)));
+    }
+    out
+}
+
+/// For each destination: its host must be a service the VirtualService's
+/// namespace (or, with `exportTo`, one of the namespaces it is exported
+/// to) can see, else `ReferencedResourceNotFound` (IST0101, `host` or
+/// `mirror host`); a destination without a port on a service with several
+/// is `VirtualServiceDestinationPortSelectorRequired` (IST0112); a port
+/// the service does not have is IST0101 on `host:port`. And, for a
+/// VirtualService bound to gateways, an `http` route to a host without a
+/// subset where another VirtualService routes that host (one of its own
+/// `hosts`) by subset is `IngressRouteRulesNotAffected` (IST0140).
+pub fn destination_hosts(input: &Input, out: &mut Vec<Message>) {
+    let registry = Registry::of(input);
+    for (entry, vs) in each(input, pick::virtual_service) {
+        for (place, d) in destinations(vs) {
+            let Some(service) = registry.lookup(namespace(entry), &vs.export_to, &d.host) else {
+                let reftype = match place {
+                    Place::Route => "host",
+                    Place::Mirror => "mirror host",
+                };
+                out.push(Message::new(
+                    message::REFERENCED_RESOURCE_NOT_FOUND,
+                    Some(&entry.resource),
+                    vec![reftype.into(), d.host.clone().into()],
+                ));
+                continue;
+            };
+            match &d.port {
+                None if service.ports.len() > 1 => out.push(Message::new(
+                    message::VIRTUAL_SERVICE_DESTINATION_PORT_SELECTOR_REQUIRED,
+                    Some(&entry.resource),
+                    vec![
+                        d.host.clone().into(),
+                        Param::List(service.ports.iter().map(|(n, _)| n.to_string()).collect()),
+                    ],
+                )),
+                Some(port) if !service.ports.iter().any(|(n, _)| *n == port.number) => {
+                    out.push(Message::new(
+                        message::REFERENCED_RESOURCE_NOT_FOUND,
+                        Some(&entry.resource),
+                        vec![
+                            "host:port".into(),
+                            format!("{}:{}", d.host, port.number).into(),
+                        ],
+                    ))
+                }
+                _ => {}
+            }
+        }
+    }
+    ingress_subsets(input, out);
+}
+
+/// Istio's `analyzeSubset`: see [`destination_hosts`].
+fn ingress_subsets(input: &Input, out: &mut Vec<Message>) {
+    // (VirtualService full name, host) of each subset destination whose
+    // host is one of that VirtualService's own hosts.
+    let mut by_subset: Vec<(String, &str)> = Vec::new();
+    for (entry, vs) in each(input, pick::virtual_service) {
+        for d in vs
+            .http
+            .iter()
+            .flat_map(|r| &r.route)
+            .map(|d| &d.destination)
+        {
+            if d.subset.is_some() && vs.hosts.contains(&d.host) {
+                by_subset.push((full_name(entry), &d.host));
+            }
+        }
+    }
+    for (entry, vs) in each(input, pick::virtual_service) {
+        if vs.gateways.is_empty() {
+            continue;
+        }
+        for d in vs
+            .http
+            .iter()
+            .flat_map(|r| &r.route)
+            .map(|d| &d.destination)
+        {
+            if d.subset.is_some() {
+                continue;
+            }
+            for (other, _) in by_subset.iter().filter(|(_, host)| *host == d.host) {
+                out.push(Message::new(
+                    message::INGRESS_ROUTE_RULES_NOT_AFFECTED,
+                    Some(&entry.resource),
+                    vec![other.clone().into(), full_name(entry).into()],
+                ));
+            }
+        }
+    }
+}
+
+/// A destination with a `subset` must name a subset a DestinationRule
+/// defines for that host (short names completed in each object's
+/// namespace), else `ReferencedResourceNotFound` (IST0101, `host+subset
+/// in destinationrule` or `mirror+subset in destinationrule`).
+pub fn destination_rules(input: &Input, out: &mut Vec<Message>) {
+    let mut defined = HashSet::new();
+    for (entry, dr) in each(input, pick::destination_rule) {
+        let host = hosts::service_name(namespace(entry), &dr.host);
+        for subset in &dr.subsets {
+            defined.insert((host.clone(), subset.name.clone()));
+        }
+    }
+    for (entry, vs) in each(input, pick::virtual_service) {
+        for (place, d) in destinations(vs) {
+            let Some(subset) = &d.subset else { continue };
+            let host = hosts::service_name(namespace(entry), &d.host);
+            if defined.contains(&(host, subset.clone())) {
+                continue;
+            }
+            let reftype = match place {
+                Place::Route => "host+subset in destinationrule",
+                Place::Mirror => "mirror+subset in destinationrule",
+            };
+            out.push(Message::new(
+                message::REFERENCED_RESOURCE_NOT_FOUND,
+                Some(&entry.resource),
+                vec![reftype.into(), format!("{}+{subset}", d.host).into()],
+            ));
+        }
+    }
+}
+
+/// Each gateway a VirtualService names (but `mesh`) must exist
+/// (`ReferencedResourceNotFound`, IST0101, on `gateway`), and serve one of
+/// the VirtualService's hosts (`VirtualServiceHostNotFoundInGateway`,
+/// IST0132): a server host `ns/host` counts for VirtualServices of `ns`
+/// (`.` is the Gateway's namespace, `*` any), wildcards matching.
+pub fn gateways(input: &Input, out: &mut Vec<Message>) {
+    let gateways: Vec<_> = each(input, pick::gateway).collect();
+    for (entry, vs) in each(input, pick::virtual_service) {
+        let vs_ns = namespace(entry);
+        for name in &vs.gateways {
+            if name == "mesh" {
+                continue;
+            }
+            let full = if name.contains('/') {
+                name.clone()
+            } else {
+                format!("{vs_ns}/{name}")
+            };
+            let gateway = gateways.iter().find(|(e, _)| full_name(e) == full);
+            if gateway.is_none() {
+                out.push(Message::new(
+                    message::REFERENCED_RESOURCE_NOT_FOUND,
+                    Some(&entry.resource),
+                    vec!["gateway".into(), name.clone().into()],
+                ));
+            }
+            let served = gateway.is_some_and(|(gw_entry, gw)| {
+                let gw_ns = namespace(gw_entry);
+                gw.servers
+                    .iter()
+                    .flat_map(|s| &s.hosts)
+                    .filter_map(|h| match h.split_once('/') {
+                        None => Some(h.as_str()),
+                        Some((ns, host)) => {
+                            let ns = if ns == "." { gw_ns } else { ns };
+                            (ns == "*" || ns == vs_ns).then_some(host)
+                        }
+                    })
+                    .any(|g| vs.hosts.iter().any(|h| hosts::matches(g, h)))
+            });
+            if !served {
+                out.push(Message::new(
+                    message::VIRTUAL_SERVICE_HOST_NOT_FOUND_IN_GATEWAY,
+                    Some(&entry.resource),
+                    vec![
+                        Param::List(vs.hosts.clone()),
+                        full_name(entry).into(),
+                        full.into(),
+                    ],
+                ));
+            }
+        }
+    }
+}

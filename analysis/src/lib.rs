@@ -1,0 +1,117 @@
+//! Config analysis, as `istioctl analyze`: checks across objects that
+//! validation of one object cannot make (a route to a host no service
+//! has, a subset no DestinationRule defines, two Gateways claiming one
+//! host and port of one workload, ...), reported as Istio's analysis
+//! messages (`IST0101` ...; codes, levels and texts as Istio's
+//! `pkg/config/analysis/msg/messages.yaml`).
+//!
+//! [`Input`] reads the objects (YAML files, or objects the daemon holds);
+//! [`analyze`] runs [`ALL`] (or a chosen few) over them and gives the
+//! [`Message`]s, sorted and without repeats. Each analyzer carries
+//! Istio's name for it (`virtualservice.DestinationHostAnalyzer`) and
+//! follows Istio's analyzer of that name (`pkg/config/analysis/analyzers`);
+//! where this one differs, its docs say so.
+
+mod analyzers;
+mod hosts;
+pub mod input;
+pub mod message;
+
+pub use input::{Entry, Input};
+pub use message::{Level, Message, MessageType, Param, Resource};
+
+/// An analyzer: Istio's name and description for it, and the check.
+#[derive(Clone, Copy)]
+pub struct Analyzer {
+    /// Istio's name (`gateway.ConflictingGatewayAnalyzer`).
+    pub name: &'static str,
+    /// What it checks.
+    pub description: &'static str,
+    run: fn(&Input, &mut Vec<Message>),
+}
+
+impl std::fmt::Debug for Analyzer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+/// Every analyzer, in Istio's order.
+pub const ALL: &[Analyzer] = &[
+    Analyzer {
+        name: "destinationrule.CaCertificateAnalyzer",
+        description: "Checks if caCertificates is set when TLS mode is SIMPLE/MUTUAL",
+        run: analyzers::destinationrule::ca_certificates,
+    },
+    Analyzer {
+        name: "destinationrule.SubsetSelectPodAnalyzer",
+        description: "Checks that a DestinationRule's host is a service and that each subset selects pods",
+        run: analyzers::destinationrule::subsets_select_pods,
+    },
+    Analyzer {
+        name: "gateway.ConflictingGatewayAnalyzer",
+        description: "Checks a gateway's selector, port number and hosts",
+        run: analyzers::gateway::conflicting,
+    },
+    Analyzer {
+        name: "gateway.IngressGatewayPortAnalyzer",
+        description: "Checks a gateway's ports against the gateway's Kubernetes service ports",
+        run: analyzers::gateway::ingress_ports,
+    },
+    Analyzer {
+        name: "schema.ValidationAnalyzer",
+        description: "Runs istiod's validation on every object read, and reports VirtualService rules that cannot match",
+        run: analyzers::schema::validation,
+    },
+    Analyzer {
+        name: "serviceentry.Analyzer",
+        description: "Checks that ServiceEntries with TCP ports have addresses",
+        run: analyzers::serviceentry::protocol_addresses,
+    },
+    Analyzer {
+        name: "serviceentry.ConflictingServiceEntryProtocolAnalyzer",
+        description: "Checks if multiple ServiceEntries define the same host and port with different protocols",
+        run: analyzers::serviceentry::conflicting_protocols,
+    },
+    Analyzer {
+        name: "virtualservice.DestinationHostAnalyzer",
+        description: "Checks the destination hosts associated with each virtual service",
+        run: analyzers::virtualservice::destination_hosts,
+    },
+    Analyzer {
+        name: "virtualservice.DestinationRuleAnalyzer",
+        description: "Checks the destination rules associated with each virtual service",
+        run: analyzers::virtualservice::destination_rules,
+    },
+    Analyzer {
+        name: "virtualservice.GatewayAnalyzer",
+        description: "Checks the gateways associated with each virtual service",
+        run: analyzers::virtualservice::gateways,
+    },
+];
+
+/// The analyzer named `name` (Istio's name), if there is one.
+pub fn analyzer(name: &str) -> Option<Analyzer> {
+    ALL.iter().find(|a| a.name == name).copied()
+}
+
+/// Runs `analyzers` over `input`. The messages come sorted by object
+/// (namespace, kind, name), then code and text; a message given twice
+/// (the same object, code and text) is given once, as istioctl does.
+pub fn analyze(input: &Input, analyzers: &[Analyzer]) -> Vec<Message> {
+    let mut out = Vec::new();
+    for a in analyzers {
+        (a.run)(input, &mut out);
+    }
+    out.sort_by_cached_key(|m| {
+        let r = m.resource.as_ref();
+        (
+            r.and_then(|r| r.namespace.clone()),
+            r.map(|r| (r.kind.clone(), r.name.clone())),
+            m.kind.code,
+            m.text(),
+        )
+    });
+    out.dedup_by(|a, b| a.kind == b.kind && a.resource == b.resource && a.params == b.params);
+    out
+}
