@@ -32,8 +32,9 @@ pub struct Input {
     /// The mesh config: a `--mesh-config` file, or the `istio` ConfigMap
     /// of `istio-system` when one is read; else Istio's defaults.
     pub mesh: MeshConfigSpec,
-    /// Objects of kinds this control plane does not read (`Deployment`,
-    /// ...): skipped, counted.
+    /// Objects of kinds this control plane does not read (`Role`, ...):
+    /// skipped, counted. (A workload, `Deployment` and the like, is read as
+    /// the pod of its template.)
     pub skipped: usize,
     default_namespace: String,
 }
@@ -74,10 +75,25 @@ impl Input {
                     continue;
                 }
             };
+            let workload = workload_pods(&value, &self.default_namespace);
             for result in parse_value(value, &self.default_namespace) {
                 match result {
                     Ok(object) => self.add_object(object, Some(reference.clone())),
-                    Err(e) if e.is_unsupported_kind() => self.skipped += 1,
+                    Err(e) if e.is_unsupported_kind() => match workload.clone() {
+                        Some((kind, pod)) => {
+                            let mut resource = resource_of(
+                                &Object::Pod(Box::new(pod.clone())),
+                                Some(reference.clone()),
+                            );
+                            resource.kind = kind;
+                            self.entries.push(Entry {
+                                object: Object::Pod(Box::new(pod)),
+                                resource,
+                                invalid: None,
+                            });
+                        }
+                        None => self.skipped += 1,
+                    },
                     Err(e) => {
                         let resource = failed_resource(&e, &reference);
                         let text = match &resource {
@@ -130,8 +146,8 @@ impl Input {
 
     /// Adds istioctl's stand-in ingress gateway when the input has no
     /// `istio-system/istio-ingressgateway` Service: a Pod labelled
-    /// `istio: ingressgateway` and its Service (TCP ports 80, 443, 31400,
-    /// 15443), so that Gateways selecting the default ingress gateway can
+    /// `istio: ingressgateway` and its Service (TCP ports 80 -> 8080,
+    /// 443 -> 8443, 31400, 15443, as Istio's gateway chart makes it), so that Gateways selecting the default ingress gateway can
     /// be checked offline (istioctl's `AddDefaultResources`).
     pub fn add_default_ingress(&mut self) {
         let present = self.entries.iter().any(|e| {
@@ -173,11 +189,56 @@ spec:
   selector:
     istio: ingressgateway
   ports:
-  - {name: http2, port: 80, protocol: TCP, targetPort: 80}
-  - {name: https, port: 443, protocol: TCP, targetPort: 443}
+  - {name: http2, port: 80, protocol: TCP, targetPort: 8080}
+  - {name: https, port: 443, protocol: TCP, targetPort: 8443}
   - {name: tcp, port: 31400, protocol: TCP, targetPort: 31400}
   - {name: tls, port: 15443, protocol: TCP, targetPort: 15443}
 ";
+
+/// The pods a workload (`Deployment`, `StatefulSet`, `DaemonSet`,
+/// `ReplicaSet`, `ReplicationController`, `Job`, `CronJob`) would run, as
+/// one pod of its template (labels, namespace, service account): a
+/// manifest's workloads are the pods selectors are checked against,
+/// where a cluster would have run them. `(kind, pod)`.
+fn workload_pods(
+    value: &serde_json::Value,
+    default_namespace: &str,
+) -> Option<(String, crds::document::PodInfo)> {
+    let kind = value.get("kind")?.as_str()?;
+    let spec = value.get("spec")?;
+    let template = match kind {
+        "Deployment"
+        | "StatefulSet"
+        | "DaemonSet"
+        | "ReplicaSet"
+        | "ReplicationController"
+        | "Job" => spec.get("template")?,
+        "CronJob" => spec.get("jobTemplate")?.get("spec")?.get("template")?,
+        _ => return None,
+    };
+    let meta = value.get("metadata")?;
+    let string = |v: Option<&serde_json::Value>| v.and_then(|v| v.as_str()).map(str::to_owned);
+    let labels = template
+        .get("metadata")
+        .and_then(|m| m.get("labels"))
+        .and_then(|l| serde_json::from_value(l.clone()).ok());
+    let pod = crds::document::PodInfo {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: string(meta.get("name")),
+            namespace: string(meta.get("namespace")).or_else(|| Some(default_namespace.to_owned())),
+            labels,
+            ..Default::default()
+        },
+        service_account_name: string(
+            template
+                .get("spec")
+                .and_then(|s| s.get("serviceAccountName")),
+        ),
+        ready: true,
+        ..Default::default()
+    };
+    Some((kind.to_owned(), pod))
+}
 
 /// Kinds without a namespace.
 fn cluster_scoped(kind: &str) -> bool {
@@ -278,7 +339,9 @@ mod tests {
              spec: {hosts: [a], http: [{route: [{}]}]}\n---\n\
              apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g, namespace: x}\n\
              spec: {selector: {istio: ingressgateway}}\n---\n\
-             apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n",
+             apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {name: r}\n---\n\
+             apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n\
+             spec: {template: {metadata: {labels: {app: d}}, spec: {containers: []}}}\n",
         );
         assert_eq!(input.unreadable.len(), 1, "{:?}", input.unreadable);
         assert_eq!(
@@ -286,7 +349,7 @@ mod tests {
             "Error [IST0106] (VirtualService default/a mesh.yaml:1) Schema validation error: \
              spec.http[0].route[0]: missing field `destination`"
         );
-        assert_eq!(input.entries.len(), 1);
+        assert_eq!(input.entries.len(), 2);
         let gateway = &input.entries[0];
         assert_eq!(gateway.resource.friendly_name(), "Gateway x/g");
         assert_eq!(gateway.resource.reference.as_deref(), Some("mesh.yaml:6"));
@@ -295,5 +358,12 @@ mod tests {
             Some("spec.servers: at least one server is required")
         );
         assert_eq!(input.skipped, 1);
+        let deployment = &input.entries[1];
+        assert_eq!(deployment.resource.friendly_name(), "Deployment default/d");
+        let Object::Pod(pod) = &deployment.object else {
+            panic!("{:?}", deployment.object)
+        };
+        let labels = pod.metadata.labels.clone().unwrap_or_default();
+        assert_eq!(labels.get("app").map(String::as_str), Some("d"));
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod analyze;
 pub mod autoregister;
 pub mod bootstrap;
 pub mod gateway_controller;

@@ -152,3 +152,121 @@ fn bootstrap_prints_json_envoy_reads() {
         "STRICT_DNS"
     );
 }
+
+/// `istiod analyze` over Istio's Bookinfo samples: what `istioctl analyze`
+/// tells a user who applies routes before their DestinationRules, and
+/// that a consistent set passes.
+#[test]
+fn analyze_bookinfo_samples() {
+    let bookinfo = crds::istio_testdata().join("samples/bookinfo");
+    let run = |args: &[&str], files: &[&str]| {
+        let out = Command::new(ISTIOD)
+            .arg("analyze")
+            .args(args)
+            .args(files)
+            .current_dir(&bookinfo)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let kube = "platform/kube/bookinfo.yaml";
+
+    // Routes to subsets no DestinationRule defines: errors, exit 79.
+    let (code, stdout, stderr) = run(
+        &[],
+        &[
+            kube,
+            "networking/bookinfo-gateway.yaml",
+            "networking/virtual-service-all-v1.yaml",
+        ],
+    );
+    assert_eq!(code, Some(79), "{stdout}{stderr}");
+    for service in ["details", "productpage", "ratings", "reviews"] {
+        let line = format!(
+            "Error [IST0101] (VirtualService default/{service} networking/virtual-service-all-v1.yaml:"
+        );
+        let want = format!("Referenced host+subset in destinationrule not found: \"{service}+v1\"");
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(&line) && l.ends_with(&want)),
+            "{line} ... {want}\n{stdout}"
+        );
+    }
+    assert!(
+        stderr.starts_with("Error: Analyzers found issues"),
+        "{stderr}"
+    );
+
+    // A consistent set: nothing to report, exit 0.
+    let consistent = [
+        kube,
+        "networking/destination-rule-reviews.yaml",
+        "networking/virtual-service-reviews-80-20.yaml",
+    ];
+    let (code, stdout, stderr) = run(&[], &consistent);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.starts_with("\u{2714} No validation issues found"),
+        "{stdout}"
+    );
+
+    // The same with reviews-v3's pods relabelled: its subset selects none
+    // (the workloads' pod templates are the pods checked).
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(bookinfo.join(kube)).unwrap();
+    let relabelled = text.replace("version: v3", "version: v4");
+    assert_ne!(relabelled, text);
+    std::fs::write(dir.path().join("bookinfo.yaml"), relabelled).unwrap();
+    let moved = dir.path().join("bookinfo.yaml");
+    let (code, stdout, _) = run(
+        &[],
+        &[moved.to_str().unwrap(), consistent[1], consistent[2]],
+    );
+    assert_eq!(code, Some(79), "{stdout}");
+    assert!(
+        stdout.contains("(DestinationRule default/reviews networking/destination-rule-reviews.yaml:1) The Subset v3 defined in the DestinationRule does not select any pods."),
+        "{stdout}"
+    );
+
+    // JSON, a threshold and a suppression: the subset errors suppressed,
+    // the ingress warning kept, exit 0 (no error left).
+    let (code, stdout, _) = run(
+        &[
+            "-o",
+            "json",
+            "--output-threshold",
+            "warning",
+            "-S",
+            "IST0173=DestinationRule default/*",
+        ],
+        &[
+            kube,
+            "networking/bookinfo-gateway.yaml",
+            "networking/destination-rule-all.yaml",
+            "networking/virtual-service-all-v1.yaml",
+        ],
+    );
+    assert_eq!(code, Some(0), "{stdout}");
+    let messages: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        messages,
+        serde_json::json!([{
+            "code": "IST0140",
+            "documentationUrl": "https://istio.io/latest/docs/reference/config/analysis/ist0140/",
+            "level": "Warning",
+            "message": "Subset in virtual service default/productpage has no effect on ingress gateway default/bookinfo requests",
+            "origin": "VirtualService default/bookinfo",
+            "reference": "networking/bookinfo-gateway.yaml:18",
+        }])
+    );
+
+    // A path that is not there: named, EX_USAGE.
+    let (code, _, stderr) = run(&[], &["no-such-file.yaml"]);
+    assert_eq!(code, Some(64));
+    assert!(stderr.contains("no-such-file.yaml"), "{stderr}");
+}

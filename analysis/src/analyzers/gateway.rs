@@ -5,6 +5,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
 use super::{each, full_name, namespace, pick};
 use crate::hosts::{self, selector_string, selects};
 use crate::input::Input;
@@ -13,8 +15,12 @@ use crate::message::{self, Message, Param};
 /// For each Gateway: the pods its `selector` picks (in any namespace, as a
 /// Gateway without `PILOT_SCOPE_GATEWAY_TO_NAMESPACE` selects), none being
 /// `ReferencedResourceNotFound` (IST0101) on `selector`; then each server
-/// port that no Service selecting those pods exposes (a TCP port, by its
-/// `port`) is `GatewayPortNotDefinedOnService` (IST0162).
+/// port that no Service selecting those pods exposes (a TCP port, as its
+/// `port` or its `targetPort`: a Gateway may name either, istiod maps a
+/// Service port to its target) is `GatewayPortNotDefinedOnService`
+/// (IST0162). Istio's analyzer compares the `port` only, so that Istio's
+/// own Bookinfo Gateway (port 8080, the ingress Service's target of 80)
+/// is reported there.
 pub fn ingress_ports(input: &Input, out: &mut Vec<Message>) {
     let pods: Vec<_> = each(input, pick::pod).collect();
     let services: Vec<_> = each(input, pick::service).collect();
@@ -37,8 +43,12 @@ pub fn ingress_ports(input: &Input, out: &mut Vec<Message>) {
                     continue;
                 }
                 for port in spec.ports.iter().flatten() {
-                    if port.protocol.as_deref().unwrap_or("TCP") == "TCP" {
-                        ports.insert(u32::try_from(port.port).unwrap_or_default());
+                    if port.protocol.as_deref().unwrap_or("TCP") != "TCP" {
+                        continue;
+                    }
+                    ports.insert(u32::try_from(port.port).unwrap_or_default());
+                    if let Some(IntOrString::Int(target)) = port.target_port {
+                        ports.insert(u32::try_from(target).unwrap_or_default());
                     }
                 }
             }
