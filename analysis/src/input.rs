@@ -86,7 +86,7 @@ impl Input {
                                 Some(reference.clone()),
                             );
                             resource.kind = kind;
-                            self.entries.push(Entry {
+                            self.insert(Entry {
                                 object: Object::Pod(Box::new(pod)),
                                 resource,
                                 invalid: None,
@@ -108,7 +108,8 @@ impl Input {
     }
 
     /// Adds one object (its namespace already set), run through istiod's
-    /// validation. The `istio` ConfigMap of `istio-system` becomes the mesh
+    /// validation; it replaces an object of the same kind and name read
+    /// before. The `istio` ConfigMap of `istio-system` becomes the mesh
     /// config (a mesh config that does not parse is a
     /// `SchemaValidationError` on the ConfigMap).
     pub fn add_object(&mut self, object: Object, reference: Option<String>) {
@@ -123,11 +124,26 @@ impl Input {
                 Err(e) => invalid = Some(reason(&e)),
             }
         }
-        self.entries.push(Entry {
+        self.insert(Entry {
             object,
             resource,
             invalid,
         });
+    }
+
+    /// Adds `entry`, replacing an object of the same kind, namespace and
+    /// name read before: the last one read wins, as when the files are
+    /// applied in order.
+    fn insert(&mut self, entry: Entry) {
+        let same = |e: &Entry| {
+            e.resource.kind == entry.resource.kind
+                && e.resource.namespace == entry.resource.namespace
+                && e.resource.name == entry.resource.name
+        };
+        match self.entries.iter_mut().find(|e| same(e)) {
+            Some(e) => *e = entry,
+            None => self.entries.push(entry),
+        }
     }
 
     /// Takes a mesh config file (`MeshConfig` YAML, as istioctl's
@@ -322,6 +338,28 @@ fn document_lines(text: &str) -> Vec<Option<usize>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_last_object_of_a_name_wins() {
+        let mut input = Input::new("default");
+        let vs = |hosts: &str| {
+            format!(
+                "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: a}}\n\
+                 spec: {{hosts: [{hosts}], http: [{{route: [{{destination: {{host: a}}}}]}}]}}\n"
+            )
+        };
+        input.add_text("one.yaml", &vs("a"));
+        input.add_text("two.yaml", &vs("b"));
+        assert_eq!(input.entries.len(), 1);
+        let Object::VirtualService(v) = &input.entries[0].object else {
+            panic!()
+        };
+        assert_eq!(v.spec.hosts, ["b"]);
+        assert_eq!(
+            input.entries[0].resource.reference.as_deref(),
+            Some("two.yaml:1")
+        );
+    }
 
     #[test]
     fn document_start_lines() {

@@ -39,6 +39,11 @@ impl std::fmt::Debug for Analyzer {
 /// Every analyzer, in Istio's order.
 pub const ALL: &[Analyzer] = &[
     Analyzer {
+        name: "authz.AuthorizationPoliciesAnalyzer",
+        description: "Checks the validity of authorization policies",
+        run: analyzers::authz::policies,
+    },
+    Analyzer {
         name: "destinationrule.CaCertificateAnalyzer",
         description: "Checks if caCertificates is set when TLS mode is SIMPLE/MUTUAL",
         run: analyzers::destinationrule::ca_certificates,
@@ -59,9 +64,24 @@ pub const ALL: &[Analyzer] = &[
         run: analyzers::gateway::ingress_ports,
     },
     Analyzer {
+        name: "gateway.SecretAnalyzer",
+        description: "Checks a gateway's referenced secrets for correctness",
+        run: analyzers::gateway::secrets,
+    },
+    Analyzer {
+        name: "injection.Analyzer",
+        description: "Checks that namespaces enable or disable sidecar injection, with one label",
+        run: analyzers::injection::namespaces,
+    },
+    Analyzer {
         name: "schema.ValidationAnalyzer",
         description: "Runs istiod's validation on every object read, and reports VirtualService rules that cannot match",
         run: analyzers::schema::validation,
+    },
+    Analyzer {
+        name: "service.PortNameAnalyzer",
+        description: "Checks the port names associated with each service",
+        run: analyzers::service::port_names,
     },
     Analyzer {
         name: "serviceentry.Analyzer",
@@ -72,6 +92,21 @@ pub const ALL: &[Analyzer] = &[
         name: "serviceentry.ConflictingServiceEntryProtocolAnalyzer",
         description: "Checks if multiple ServiceEntries define the same host and port with different protocols",
         run: analyzers::serviceentry::conflicting_protocols,
+    },
+    Analyzer {
+        name: "sidecar.DefaultSelectorAnalyzer",
+        description: "Validates that there aren't multiple sidecar resources that have no selector",
+        run: analyzers::sidecar::default_selectors,
+    },
+    Analyzer {
+        name: "sidecar.SelectorAnalyzer",
+        description: "Validates that sidecars that define a workload selector match a workload and that there aren't multiple sidecar resources that select overlapping pods",
+        run: analyzers::sidecar::selectors,
+    },
+    Analyzer {
+        name: "virtualservice.ConflictingMeshGatewayHostsAnalyzer",
+        description: "Checks if multiple virtual services associated with the mesh gateway have conflicting hosts",
+        run: analyzers::virtualservice::conflicting_mesh_hosts,
     },
     Analyzer {
         name: "virtualservice.DestinationHostAnalyzer",

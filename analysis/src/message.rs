@@ -80,6 +80,9 @@ message_types! {
     /// A reference (host, subset, gateway, selector, ...) names nothing.
     REFERENCED_RESOURCE_NOT_FOUND = "ReferencedResourceNotFound", "IST0101", Error,
         "Referenced %s not found: %q";
+    /// A namespace that neither enables nor disables injection.
+    NAMESPACE_NOT_INJECTED = "NamespaceNotInjected", "IST0102", Info,
+        "The namespace is not enabled for Istio injection. Run 'kubectl label namespace %s istio-injection=enabled' to enable it, or 'kubectl label namespace %s istio-injection=disabled' to explicitly mark it as not needing injection.";
     /// The object does not pass istiod's validation.
     SCHEMA_VALIDATION_ERROR = "SchemaValidationError", "IST0106", Error,
         "Schema validation error: %v";
@@ -101,6 +104,9 @@ message_types! {
     /// A selector that matches no workload.
     NO_MATCHING_WORKLOADS_FOUND = "NoMatchingWorkloadsFound", "IST0127", Warning,
         "No matching workloads for this resource with the following labels: %s";
+    /// A namespace with both injection labels.
+    NAMESPACE_MULTIPLE_INJECTION_LABELS = "NamespaceMultipleInjectionLabels", "IST0123", Warning,
+        "The namespace has more than one type of injection labels %v, which may lead to undefined behavior. Make sure only one injection label exists.";
     /// TLS origination without a CA to check the server (top level).
     NO_SERVER_CERTIFICATE_VERIFICATION_DESTINATION_LEVEL = "NoServerCertificateVerificationDestinationLevel", "IST0128", Warning,
         "DestinationRule %s in namespace %s has TLS mode set to %s but no caCertificates are set to validate server identity for host: %s";

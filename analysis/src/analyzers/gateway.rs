@@ -127,3 +127,48 @@ pub fn conflicting(input: &Input, out: &mut Vec<Message>) {
         }
     }
 }
+
+/// Each `credentialName` (and `credentialNames` entry) of a Gateway's TLS
+/// servers must name a Secret in the namespace of the gateway workload
+/// (the first pod its selector picks), where istiod reads it from:
+/// `ReferencedResourceNotFound` (IST0101, `credentialName`) otherwise. A
+/// Gateway that selects no pod is IST0101 on `selector`, as
+/// [`ingress_ports`] says (Istio's `gateway.SecretAnalyzer`).
+pub fn secrets(input: &Input, out: &mut Vec<Message>) {
+    let pods: Vec<_> = each(input, pick::pod).collect();
+    let secrets: HashSet<(String, String)> = each(input, pick::secret)
+        .map(|(e, _)| (namespace(e).to_owned(), e.resource.name.clone()))
+        .collect();
+    for (entry, gateway) in each(input, pick::gateway) {
+        let workload = pods
+            .iter()
+            .find(|(_, pod)| selects(&gateway.selector, pod.metadata.labels.as_ref()));
+        let Some((pod_entry, _)) = workload else {
+            out.push(Message::new(
+                message::REFERENCED_RESOURCE_NOT_FOUND,
+                Some(&entry.resource),
+                vec!["selector".into(), selector_string(&gateway.selector).into()],
+            ));
+            continue;
+        };
+        let ns = namespace(pod_entry);
+        let names = gateway
+            .servers
+            .iter()
+            .filter_map(|s| s.tls.as_ref())
+            .flat_map(|tls| tls.credential_name.iter().chain(&tls.credential_names));
+        for name in names.filter(|n| !n.is_empty()) {
+            let (secret_ns, secret) = match name.split_once('/') {
+                Some((n, s)) => (n.to_owned(), s.to_owned()),
+                None => (ns.to_owned(), name.clone()),
+            };
+            if !secrets.contains(&(secret_ns, secret)) {
+                out.push(Message::new(
+                    message::REFERENCED_RESOURCE_NOT_FOUND,
+                    Some(&entry.resource),
+                    vec!["credentialName".into(), name.clone().into()],
+                ));
+            }
+        }
+    }
+}

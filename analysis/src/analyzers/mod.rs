@@ -4,10 +4,14 @@ use crds::document::Object;
 
 use crate::input::{Entry, Input};
 
+pub mod authz;
 pub mod destinationrule;
 pub mod gateway;
+pub mod injection;
 pub mod schema;
+pub mod service;
 pub mod serviceentry;
+pub mod sidecar;
 pub mod virtualservice;
 
 /// Each object of one kind with its entry: `pick` returns the spec of the
@@ -80,6 +84,38 @@ pub mod pick {
     pub fn service(o: &Object) -> Option<&k8s_openapi::api::core::v1::Service> {
         match o {
             Object::Service(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Sidecars.
+    pub fn sidecar(o: &Object) -> Option<&crds::SidecarSpec> {
+        match o {
+            Object::Sidecar(v) => Some(&v.spec),
+            _ => None,
+        }
+    }
+
+    /// AuthorizationPolicies.
+    pub fn authorization_policy(o: &Object) -> Option<&crds::AuthorizationPolicySpec> {
+        match o {
+            Object::AuthorizationPolicy(v) => Some(&v.spec),
+            _ => None,
+        }
+    }
+
+    /// Secrets.
+    pub fn secret(o: &Object) -> Option<&k8s_openapi::api::core::v1::Secret> {
+        match o {
+            Object::Secret(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Namespaces.
+    pub fn namespace(o: &Object) -> Option<&k8s_openapi::api::core::v1::Namespace> {
+        match o {
+            Object::Namespace(n) => Some(n),
             _ => None,
         }
     }

@@ -217,3 +217,40 @@ pub fn gateways(input: &Input, out: &mut Vec<Message>) {
         }
     }
 }
+
+/// VirtualServices bound to the mesh (no `gateways`, or `mesh` among
+/// them) that define the same host for the same namespaces (`exportTo`)
+/// are each `ConflictingMeshGatewayVirtualServiceHosts` (IST0109): which
+/// one a sidecar uses is undefined. The host is given as Istio gives it,
+/// `<scope>/<fqdn>` (`*` for every namespace).
+pub fn conflicting_mesh_hosts(input: &Input, out: &mut Vec<Message>) {
+    let mut by_host: std::collections::BTreeMap<String, Vec<&crate::Entry>> = Default::default();
+    for (entry, vs) in each(input, pick::virtual_service) {
+        if !(vs.gateways.is_empty() || vs.gateways.iter().any(|g| g == "mesh")) {
+            continue;
+        }
+        let ns = namespace(entry);
+        for scope in hosts::scopes(&vs.export_to, ns) {
+            for host in &vs.hosts {
+                by_host
+                    .entry(format!("{scope}/{}", hosts::fqdn(ns, host)))
+                    .or_default()
+                    .push(entry);
+            }
+        }
+    }
+    for (host, entries) in by_host {
+        if entries.len() < 2 {
+            continue;
+        }
+        let names: Vec<String> = entries.iter().map(|e| full_name(e)).collect();
+        let names = names.join(",");
+        for entry in entries {
+            out.push(Message::new(
+                message::CONFLICTING_MESH_GATEWAY_VIRTUAL_SERVICE_HOSTS,
+                Some(&entry.resource),
+                vec![names.clone().into(), host.clone().into()],
+            ));
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! The analyzers Istio's test grid does not cover here, each over a small
+//! mesh written for it: the exact lines istioctl would print.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
+
+use analysis::{Input, analyze, analyzer};
+
+/// The log lines `name` gives for `yaml` (read as `mesh.yaml`).
+fn lines(name: &str, yaml: &str) -> Vec<String> {
+    let mut input = Input::new("default");
+    input.add_text("mesh.yaml", yaml);
+    let a = analyzer(name).unwrap_or_else(|| panic!("no analyzer {name}"));
+    analyze(&input, &[a])
+        .iter()
+        .map(|m| m.to_string())
+        .collect()
+}
+
+#[test]
+fn sidecar_selectors() {
+    let yaml = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: reviews-v1, namespace: shop, labels: {app: reviews, version: v1}}
+spec: {containers: [{name: app, image: x}]}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: by-app, namespace: shop}
+spec:
+  workloadSelector: {labels: {app: reviews}}
+  egress: [{hosts: ["./*"]}]
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: by-version, namespace: shop}
+spec:
+  workloadSelector: {labels: {version: v1}}
+  egress: [{hosts: ["./*"]}]
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: nobody, namespace: shop}
+spec:
+  workloadSelector: {labels: {app: ratings}}
+  egress: [{hosts: ["./*"]}]
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default-a, namespace: shop}
+spec: {egress: [{hosts: ["./*"]}]}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default-b, namespace: shop}
+spec: {egress: [{hosts: ["istio-system/*"]}]}
+"#;
+    assert_eq!(
+        lines("sidecar.SelectorAnalyzer", yaml),
+        [
+            r#"Error [IST0110] (Sidecar shop/by-app mesh.yaml:7) The Sidecars [by-app by-version] in namespace "shop" select the same workload pod "reviews-v1", which can lead to undefined behavior."#,
+            r#"Error [IST0110] (Sidecar shop/by-version mesh.yaml:14) The Sidecars [by-app by-version] in namespace "shop" select the same workload pod "reviews-v1", which can lead to undefined behavior."#,
+            r#"Error [IST0101] (Sidecar shop/nobody mesh.yaml:21) Referenced selector not found: "app=ratings""#,
+        ]
+    );
+    assert_eq!(
+        lines("sidecar.DefaultSelectorAnalyzer", yaml),
+        [
+            r#"Error [IST0111] (Sidecar shop/default-a mesh.yaml:28) The Sidecars [default-a default-b] in namespace "shop" have no workload selector, which can lead to undefined behavior."#,
+            r#"Error [IST0111] (Sidecar shop/default-b mesh.yaml:33) The Sidecars [default-a default-b] in namespace "shop" have no workload selector, which can lead to undefined behavior."#,
+        ]
+    );
+}
+
+#[test]
+fn mesh_virtual_services_for_one_host() {
+    let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews-a}
+spec:
+  hosts: [reviews]
+  http: [{route: [{destination: {host: reviews}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews-b}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  gateways: [mesh, istio-system/ingress]
+  http: [{route: [{destination: {host: reviews}}]}]
+---
+# Bound to a gateway only, and one exported to its namespace alone: no conflict.
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews-ingress}
+spec:
+  hosts: [reviews]
+  gateways: [istio-system/ingress]
+  http: [{route: [{destination: {host: reviews}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews-local}
+spec:
+  hosts: [reviews]
+  exportTo: ["."]
+  http: [{route: [{destination: {host: reviews}}]}]
+"#;
+    let conflict = "The VirtualServices default/reviews-a,default/reviews-b associated with mesh gateway define the same host */reviews.default.svc.cluster.local which can lead to undefined behavior. This can be fixed by merging the conflicting VirtualServices into a single resource.";
+    assert_eq!(
+        lines("virtualservice.ConflictingMeshGatewayHostsAnalyzer", yaml),
+        [
+            format!("Error [IST0109] (VirtualService default/reviews-a mesh.yaml:2) {conflict}"),
+            format!("Error [IST0109] (VirtualService default/reviews-b mesh.yaml:9) {conflict}"),
+        ]
+    );
+}
+
+#[test]
+fn gateway_secrets_in_the_workload_namespace() {
+    let yaml = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: ingress, namespace: istio-system, labels: {istio: ingressgateway}}
+spec: {containers: [{name: istio-proxy, image: x}]}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: present, namespace: istio-system}
+type: kubernetes.io/tls
+data: {tls.crt: eA==, tls.key: eA==}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: elsewhere, namespace: default}
+type: kubernetes.io/tls
+data: {tls.crt: eA==, tls.key: eA==}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: web, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: ["a.example.com"]
+    tls: {mode: SIMPLE, credentialName: present}
+  - port: {number: 8443, name: https-b, protocol: HTTPS}
+    hosts: ["b.example.com"]
+    tls: {mode: SIMPLE, credentialName: elsewhere}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: typo, namespace: default}
+spec:
+  selector: {istio: ingresgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["*"]
+"#;
+    assert_eq!(
+        lines("gateway.SecretAnalyzer", yaml),
+        [
+            r#"Error [IST0101] (Gateway default/typo mesh.yaml:32) Referenced selector not found: "istio=ingresgateway""#,
+            r#"Error [IST0101] (Gateway default/web mesh.yaml:19) Referenced credentialName not found: "elsewhere""#,
+        ]
+    );
+}
+
+#[test]
+fn service_port_names_and_namespaces() {
+    let yaml = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: injected, labels: {istio-injection: enabled}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: both, labels: {istio-injection: enabled, istio.io/rev: canary}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: ambient, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  selector: {app: web}
+  ports:
+  - {name: http-web, port: 80}
+  - {name: web, port: 8080, targetPort: 9080}
+  - {name: metrics, port: 9090, appProtocol: http}
+  - {name: dns, port: 53, protocol: UDP}
+  - {name: grpc-web-ui, port: 81}
+  - {port: 5000, targetPort: api}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: kube-dns, namespace: kube-system}
+spec: {ports: [{name: dns-tcp, port: 53}]}
+"#;
+    assert_eq!(
+        lines("service.PortNameAnalyzer", yaml),
+        [
+            "Info [IST0118] (Service shop/web mesh.yaml:18) Port name  (port: 5000, targetPort: api) doesn't follow the naming convention of Istio port.",
+            "Info [IST0118] (Service shop/web mesh.yaml:18) Port name web (port: 8080, targetPort: 9080) doesn't follow the naming convention of Istio port.",
+        ]
+    );
+    assert_eq!(
+        lines("injection.Analyzer", yaml),
+        [
+            "Warning [IST0123] (Namespace both mesh.yaml:10) The namespace has more than one type of injection labels [istio-injection istio.io/rev], which may lead to undefined behavior. Make sure only one injection label exists.",
+            "Info [IST0102] (Namespace shop mesh.yaml:2) The namespace is not enabled for Istio injection. Run 'kubectl label namespace shop istio-injection=enabled' to enable it, or 'kubectl label namespace shop istio-injection=disabled' to explicitly mark it as not needing injection.",
+        ]
+    );
+}
+
+#[test]
+fn authorization_policies() {
+    let yaml = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: shop, labels: {app: web}}
+spec: {containers: [{name: app, image: x}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: web, namespace: shop}
+spec:
+  selector: {matchLabels: {app: web}}
+  rules: [{from: [{source: {namespaces: [shop, "front*", "*-prod", other]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: api, namespace: shop}
+spec:
+  selector: {matchLabels: {app: api}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-all, namespace: empty}
+spec: {}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: mesh-web, namespace: istio-system}
+spec:
+  selector: {matchLabels: {app: web}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: frontend}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop-prod}
+"#;
+    assert_eq!(
+        lines("authz.AuthorizationPoliciesAnalyzer", yaml),
+        [
+            "Warning [IST0127] (AuthorizationPolicy empty/deny-all mesh.yaml:20) No matching workloads for this resource with the following labels: ",
+            "Warning [IST0127] (AuthorizationPolicy shop/api mesh.yaml:14) No matching workloads for this resource with the following labels: app=api",
+            r#"Error [IST0101] (AuthorizationPolicy shop/web mesh.yaml:7) Referenced namespace not found: "other""#,
+        ]
+    );
+}
