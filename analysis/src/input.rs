@@ -94,17 +94,22 @@ impl Input {
                         }
                         None => self.skipped += 1,
                     },
-                    Err(e) => {
-                        let resource = failed_resource(&e, &reference);
-                        let text = match &resource {
-                            Some(_) => reason(&e),
-                            None => format!("{reference}: {e}"),
-                        };
-                        self.unreadable.push(unreadable(resource.as_ref(), text));
-                    }
+                    Err(e) => self.add_error(&reference, &e),
                 }
             }
         }
+    }
+
+    /// Keeps a document that could not be read (`reference`: where it
+    /// was) as a `SchemaValidationError`, on the object the error names
+    /// when it names one.
+    pub fn add_error(&mut self, reference: &str, e: &ParseError) {
+        let resource = failed_resource(e, reference);
+        let text = match &resource {
+            Some(_) => reason(e),
+            None => format!("{reference}: {e}"),
+        };
+        self.unreadable.push(unreadable(resource.as_ref(), text));
     }
 
     /// Adds one object (its namespace already set), run through istiod's

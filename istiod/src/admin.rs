@@ -1,6 +1,7 @@
 //! The monitoring port (Istio's 15014): `/metrics`, `/ready`, and istiod's
 //! debug endpoints `/debug/syncz`, `/debug/config_dump?proxyID=`,
-//! `/debug/registryz`, `/debug/configz`, all JSON but `/metrics`.
+//! `/debug/registryz`, `/debug/configz`, `/debug/analyze`, all JSON but
+//! `/metrics`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,6 +30,10 @@ pub struct AdminState {
     pub snapshots: watch::Receiver<Arc<Snapshot>>,
     /// Set once the initial config is loaded and ADS serves.
     pub ready: Arc<AtomicBool>,
+    /// The objects the current snapshot was built from.
+    pub objects: watch::Receiver<Arc<Vec<crate::sources::Entry>>>,
+    /// The documents its load refused.
+    pub errors: watch::Receiver<Arc<Vec<crate::sources::SourceError>>>,
 }
 
 /// The router of the monitoring port.
@@ -40,6 +45,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/debug/config_dump", get(config_dump))
         .route("/debug/registryz", get(registryz))
         .route("/debug/configz", get(configz))
+        .route("/debug/analyze", get(analyze))
         .with_state(state)
 }
 
@@ -171,6 +177,27 @@ fn render(type_url: &str, bytes: &[u8]) -> Option<Value> {
     let desc = pool.get_message_by_name(type_url.trim_start_matches("type.googleapis.com/"))?;
     let msg = DynamicMessage::decode(desc, bytes).ok()?;
     serde_json::to_value(&msg).ok()
+}
+
+/// `istioctl analyze` over the config in force: every analyzer of the
+/// [`analysis`] crate over the objects the current snapshot was built from
+/// (each referenced by its file, or its API path), and the documents the
+/// load refused as `SchemaValidationError`s. A JSON array as istioctl's
+/// `-o json` (`code`, `documentationUrl`, `level`, `message`, `origin`,
+/// `reference`), sorted by object.
+async fn analyze(State(s): State<AdminState>) -> Json<Value> {
+    let objects = s.objects.borrow().clone();
+    let errors = s.errors.borrow().clone();
+    let mut input = analysis::Input::new("default");
+    for entry in objects.iter() {
+        let reference = entry.file.display().to_string();
+        input.add_object((*entry.object).clone(), Some(reference));
+    }
+    for e in errors.iter() {
+        input.add_error(&e.file.display().to_string(), &e.error);
+    }
+    let messages = analysis::analyze(&input, analysis::ALL);
+    Json(Value::Array(messages.iter().map(|m| m.to_json()).collect()))
 }
 
 /// Services in the registry.

@@ -131,10 +131,12 @@ impl Daemon {
         let (snap_tx, snapshots) =
             watch::channel(Arc::new(Snapshot::build(0, [], MeshConfig::default())));
         let (err_tx, errors) = watch::channel(Arc::new(Vec::new()));
+        let (objects_tx, objects) = watch::channel(Arc::new(Vec::new()));
         let resolved = resolver::Resolved::new();
         let publisher = Publisher {
             snapshots: Arc::new(snap_tx),
             errors: Arc::new(err_tx),
+            objects: Arc::new(objects_tx),
             warned: Arc::default(),
             ca_trust_domain: opts.ca.as_ref().map(|ca| ca.trust_domain.as_str().into()),
             resolved: resolved.clone(),
@@ -398,6 +400,8 @@ impl Daemon {
                 sync: sync.clone(),
                 snapshots: snapshots.clone(),
                 ready: ready.clone(),
+                objects: objects.clone(),
+                errors: errors.clone(),
             });
             let token = shutdown.clone();
             tasks.push(tokio::spawn(async move {
@@ -458,6 +462,8 @@ async fn load_dir(
 struct Publisher {
     snapshots: Arc<watch::Sender<Arc<Snapshot>>>,
     errors: Arc<watch::Sender<Arc<Vec<SourceError>>>>,
+    /// The objects the published snapshot was built from.
+    objects: Arc<watch::Sender<Arc<Vec<sources::Entry>>>>,
     /// The objects of the last snapshot, by address: their unsupported
     /// fields were logged when they first came (the sources share unchanged
     /// objects from one load to the next).
@@ -478,6 +484,8 @@ struct Built {
     snap: Snapshot,
     /// The load's errors, published with it.
     errors: Vec<SourceError>,
+    /// The objects it was built from (for `/debug/analyze`).
+    objects: Vec<sources::Entry>,
     /// How long building the snapshot took, and its change set after it.
     build_time: std::time::Duration,
     changes_time: std::time::Duration,
@@ -513,7 +521,7 @@ impl Publisher {
     fn build(&self, version: u64, loaded: Loaded, with_changes: bool) -> Built {
         let started = std::time::Instant::now();
         let previous = self.snapshots.borrow().clone();
-        let (mut snap, errors) = match self.warned.lock() {
+        let (mut snap, errors, objects) = match self.warned.lock() {
             Ok(mut seen) => build(
                 version,
                 loaded,
@@ -541,6 +549,7 @@ impl Publisher {
         Built {
             snap,
             errors,
+            objects,
             build_time,
             changes_time: started.elapsed() - build_time,
         }
@@ -553,6 +562,7 @@ impl Publisher {
         let Built {
             mut snap,
             errors,
+            objects,
             build_time,
             changes_time,
         } = built;
@@ -575,6 +585,7 @@ impl Publisher {
         );
         self.snapshots.send_replace(Arc::new(snap));
         self.errors.send_replace(Arc::new(errors));
+        self.objects.send_replace(Arc::new(objects));
     }
 }
 
@@ -696,7 +707,7 @@ fn build(
         Option<&str>,
         Arc<std::collections::BTreeMap<String, Vec<String>>>,
     ),
-) -> (Snapshot, Vec<SourceError>) {
+) -> (Snapshot, Vec<SourceError>, Vec<sources::Entry>) {
     loaded.drop_orphan_delegates();
     for entry in newly_seen(
         loaded
@@ -735,7 +746,7 @@ fn build(
             ),
         ));
     }
-    (snap, loaded.errors)
+    (snap, loaded.errors, loaded.entries)
 }
 
 #[cfg(test)]

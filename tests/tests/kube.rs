@@ -1678,3 +1678,99 @@ spec:
         assert_eq!(accepted, "True", "{served}: {:?}", route());
     }
 }
+
+/// `/debug/analyze`: `istioctl analyze` over what the daemon reads from
+/// the API server: findings come and go with the objects, each pointing at
+/// the object's API path.
+#[test]
+fn analysis_of_the_cluster_follows_the_api() {
+    let _hosts = e2e::isolate();
+    let rt = e2e::runtime();
+    let api = rt.block_on(FakeApiServer::start());
+    let platform =
+        std::fs::read_to_string(e2e::workspace().join("examples/bookinfo/platform.yaml")).unwrap();
+    api.apply_yaml(&platform);
+    let daemon = rt.block_on(start_kube_daemon(&api));
+    e2e::wait_ready(&daemon);
+    let url = format!("http://{}/debug/analyze", daemon.monitoring_addr.unwrap());
+    let analyze = || -> Vec<serde_json::Value> {
+        let (status, body) = http_get(&url, &[]).unwrap();
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    };
+    // Codes and objects of what is found, and one of each's text.
+    let found = |wanted: &str| {
+        e2e::eventually(
+            SYNC,
+            || {
+                let messages = analyze();
+                messages
+                    .iter()
+                    .any(|m| m["message"].as_str().is_some_and(|t| t.contains(wanted)))
+                    .then_some(messages)
+            },
+            || format!("{wanted:?} never found: {:#?}", analyze()),
+        )
+    };
+    let before = analyze();
+    assert!(
+        before.iter().all(|m| m["level"] != "Error"),
+        "Bookinfo's platform alone has no errors: {before:#?}"
+    );
+
+    // Routes to subsets no DestinationRule defines.
+    api.apply_yaml(&bookinfo_sample("virtual-service-all-v1.yaml"));
+    let messages = found("\"reviews+v1\"");
+    let reviews = messages
+        .iter()
+        .find(|m| m["message"].as_str().unwrap().contains("\"reviews+v1\""))
+        .unwrap();
+    assert_eq!(reviews["code"], "IST0101");
+    assert_eq!(reviews["origin"], "VirtualService default/reviews");
+    assert_eq!(
+        reviews["reference"],
+        "/apis/networking.istio.io/v1/namespaces/default/virtualservices/reviews"
+    );
+
+    // The DestinationRules come: those errors go; the subsets that select
+    // none of the API's pods are found instead.
+    api.apply_yaml(&bookinfo_sample("destination-rule-all.yaml"));
+    let messages = found("The Subset v2-mysql defined");
+    assert!(
+        messages.iter().all(|m| !m["message"]
+            .as_str()
+            .unwrap()
+            .contains("in destinationrule not found")),
+        "{messages:#?}"
+    );
+    let ratings: Vec<&str> = messages
+        .iter()
+        .filter(|m| m["code"] == "IST0173" && m["origin"] == "DestinationRule default/ratings")
+        .map(|m| m["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(ratings.len(), 3, "v2, v2-mysql, v2-mysql-vm: {ratings:?}");
+    assert!(
+        !messages
+            .iter()
+            .any(|m| m["origin"] == "DestinationRule default/reviews"),
+        "reviews v1-v3 all have pods: {messages:#?}"
+    );
+
+    // An object the API server took but the mesh cannot use.
+    api.apply_yaml(
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: broken, namespace: default}
+spec:
+  hosts: [details]
+  http: [{route: [{destination: {host: details}, weight: 150}]}]
+",
+    );
+    let messages = found("Schema validation error");
+    let broken = messages.iter().find(|m| m["code"] == "IST0106").unwrap();
+    assert_eq!(
+        broken["origin"], "VirtualService default/broken",
+        "{broken}"
+    );
+    drop(daemon);
+}
