@@ -125,6 +125,17 @@ pub const ALL: &[Analyzer] = &[
     },
 ];
 
+/// The warnings Istio's validation gives for `object` (its webhook
+/// returns them with the admission, `kubectl apply` prints them): a
+/// VirtualService's unreachable rules and ineffective matches, in Istio's
+/// words. Empty for other kinds.
+pub fn validation_warnings(object: &crds::Object) -> Vec<String> {
+    match object {
+        crds::Object::VirtualService(vs) => analyzers::schema::virtual_service_warnings(&vs.spec),
+        _ => Vec::new(),
+    }
+}
+
 /// The analyzer named `name` (Istio's name), if there is one.
 pub fn analyzer(name: &str) -> Option<Analyzer> {
     ALL.iter().find(|a| a.name == name).copied()

@@ -254,7 +254,12 @@ pub fn validate_review(req: &AdmissionRequest<DynamicObject>) -> AdmissionRespon
     };
     let namespace = req.namespace.clone().unwrap_or_else(|| "default".into());
     match validate_object(value, &namespace) {
-        Ok(()) => allowed,
+        Ok(warnings) if warnings.is_empty() => allowed,
+        Ok(warnings) => {
+            let mut response = allowed;
+            response.warnings = Some(warnings);
+            response
+        }
         Err(reason) => {
             info!(kind = %req.kind.kind, name = %req.name, %reason, "config refused");
             allowed.deny(reason)
@@ -262,18 +267,24 @@ pub fn validate_review(req: &AdmissionRequest<DynamicObject>) -> AdmissionRespon
     }
 }
 
-/// Validates one object as `/validate` does; `Err` is the denial message
-/// (naming the object and the field).
+/// Validates one object as `/validate` does: `Ok` with the warnings Istio's
+/// validation gives (a VirtualService's unreachable rules and ineffective
+/// matches, returned with the admission as Istio's webhook returns them);
+/// `Err` is the denial message (naming the object and the field).
 ///
 /// # Errors
 /// The schema or semantic problem found first.
-pub fn validate_object(value: Value, namespace: &str) -> Result<(), String> {
+pub fn validate_object(value: Value, namespace: &str) -> Result<Vec<String>, String> {
+    let mut warnings = Vec::new();
     for parsed in crds::document::parse_value(value, namespace) {
         match parsed {
-            Ok(object) => crds::validate::validate(&object).map_err(|e| e.to_string())?,
+            Ok(object) => {
+                crds::validate::validate(&object).map_err(|e| e.to_string())?;
+                warnings.extend(analysis::validation_warnings(&object));
+            }
             Err(crds::ParseError::UnsupportedKind { .. }) => {}
             Err(e) => return Err(e.to_string()),
         }
     }
-    Ok(())
+    Ok(warnings)
 }

@@ -333,6 +333,52 @@ async fn validation_refuses_what_the_mesh_cannot_use_naming_the_field() {
     assert!(validate(other).await.0);
 }
 
+/// A VirtualService whose rules cannot all be reached is admitted with
+/// Istio's warnings, which `kubectl apply` prints.
+#[tokio::test]
+async fn unreachable_rules_are_admitted_with_istios_warnings() {
+    let object = vs(
+        (80, 20),
+        json!({"http": [
+            {"match": [{"uri": {"prefix": "/api"}}], "route": [{"destination": {"host": "reviews"}}]},
+            {"route": [{"destination": {"host": "reviews"}}]},
+            {"name": "again", "match": [{"uri": {"prefix": "/api"}}], "route": [{"destination": {"host": "reviews"}}]},
+            {"route": [{"destination": {"host": "reviews"}}]},
+        ]}),
+    );
+    let body = serde_json::to_vec(&review(
+        ("networking.istio.io", "v1", "VirtualService"),
+        "default",
+        object,
+    ))
+    .unwrap();
+    let (status, resp, text) = post("/validate", body).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(
+        resp.pointer("/response/allowed"),
+        Some(&json!(true)),
+        "{text}"
+    );
+    assert_eq!(
+        resp.pointer("/response/warnings"),
+        Some(&json!([
+            "virtualService rule \"again\" match #0 is not used (duplicate/overlapping match in rule #0)",
+            "virtualService rule \"again\" not used (all matches used by prior rules)",
+            "virtualService rule #3 not used (only the last rule can have no matches)",
+        ])),
+        "{text}"
+    );
+    // A VirtualService without such rules has none.
+    let body = serde_json::to_vec(&review(
+        ("networking.istio.io", "v1", "VirtualService"),
+        "default",
+        vs((80, 20), json!({})),
+    ))
+    .unwrap();
+    let (_, resp, text) = post("/validate", body).await;
+    assert_eq!(resp.pointer("/response/warnings"), None, "{text}");
+}
+
 /// Istio's CRD validation fixtures (`validation/crds/`): every document
 /// in `*-valid.yaml` is accepted, every one in `*-invalid.yaml` refused
 /// with a message naming the field of its `_err`. Only the kinds this

@@ -32,6 +32,41 @@ pub fn validation(input: &Input, out: &mut Vec<Message>) {
     }
 }
 
+/// What Istio's validation warns of for a VirtualService (its admission
+/// webhook returns these as warnings, `kubectl apply` prints them): its
+/// unreachable rules and ineffective matches, in Istio's words
+/// (`virtualService rule #1 not used (all matches used by prior rules)`).
+pub fn virtual_service_warnings(vs: &VirtualServiceSpec) -> Vec<String> {
+    let resource = Resource {
+        kind: String::new(),
+        namespace: None,
+        name: String::new(),
+        reference: None,
+    };
+    let mut messages = Vec::new();
+    unreachable_rules(vs, &resource, &mut messages);
+    messages
+        .iter()
+        .map(|m| {
+            let p: Vec<String> = m
+                .params
+                .iter()
+                .map(|p| match p {
+                    Param::Str(s) => s.clone(),
+                    other => format!("{other:?}"),
+                })
+                .collect();
+            match (m.kind.code, p.as_slice()) {
+                ("IST0130", [rule, reason]) => format!("virtualService rule {rule} not used ({reason})"),
+                ("IST0131", [rule, m, dup]) => format!(
+                    "virtualService rule {rule} match {m} is not used (duplicate/overlapping match in rule {dup})"
+                ),
+                _ => m.text(),
+            }
+        })
+        .collect()
+}
+
 /// Istio's `analyzeUnreachable{HTTP,TCP,TLS}Rules`: a rule without matches
 /// that is not the last such rule is unreachable ("only the last rule can
 /// have no matches"); a match equal (but for its name) to an earlier one
