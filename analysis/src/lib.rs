@@ -141,14 +141,34 @@ pub fn analyzer(name: &str) -> Option<Analyzer> {
     ALL.iter().find(|a| a.name == name).copied()
 }
 
+/// The annotation by which an object suppresses messages about it: a
+/// comma-separated list of codes (`IST0108,IST0103`), or `*` for all.
+pub const SUPPRESS: &str = "galley.istio.io/analyze-suppress";
+
 /// Runs `analyzers` over `input`. The messages come sorted by object
 /// (namespace, kind, name), then code and text; a message given twice
-/// (the same object, code and text) is given once, as istioctl does.
+/// (the same object, code and text) is given once, and those an object
+/// suppresses by its [`SUPPRESS`] annotation are left out, as istioctl
+/// does.
 pub fn analyze(input: &Input, analyzers: &[Analyzer]) -> Vec<Message> {
     let mut out = Vec::new();
     for a in analyzers {
         (a.run)(input, &mut out);
     }
+    let suppressed: std::collections::HashMap<&Resource, Vec<&str>> = input
+        .entries
+        .iter()
+        .filter_map(|e| {
+            let codes = e.object.metadata().annotations.as_ref()?.get(SUPPRESS)?;
+            Some((&e.resource, codes.split(',').map(str::trim).collect()))
+        })
+        .collect();
+    out.retain(|m| {
+        let Some(codes) = m.resource.as_ref().and_then(|r| suppressed.get(r)) else {
+            return true;
+        };
+        !codes.iter().any(|c| *c == "*" || *c == m.kind.code)
+    });
     out.sort_by_cached_key(|m| {
         let r = m.resource.as_ref();
         (

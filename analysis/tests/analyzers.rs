@@ -270,3 +270,26 @@ metadata: {name: shop-prod}
         ]
     );
 }
+
+#[test]
+fn an_object_suppresses_codes_by_annotation() {
+    let yaml = |annotation: &str| {
+        format!(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: db
+  annotations: {{galley.istio.io/analyze-suppress: "{annotation}"}}
+spec:
+  hosts: [db.example.com]
+  ports: [{{number: 5432, name: tcp, protocol: TCP}}]
+  resolution: DNS
+"#
+        )
+    };
+    let found = |annotation: &str| lines("serviceentry.Analyzer", &yaml(annotation)).len();
+    assert_eq!(found("IST0118"), 1, "another code");
+    assert_eq!(found("IST0118, IST0134"), 0);
+    assert_eq!(found("*"), 0);
+}
