@@ -54,6 +54,11 @@ pub const ALL: &[Analyzer] = &[
         run: analyzers::destinationrule::subsets_select_pods,
     },
     Analyzer {
+        name: "envoyfilter.EnvoyPatchAnalyzer",
+        description: "Checks an EnvoyFilter's patch operations against what they apply to, and their order",
+        run: analyzers::envoyfilter::patches,
+    },
+    Analyzer {
         name: "gateway.ConflictingGatewayAnalyzer",
         description: "Checks a gateway's selector, port number and hosts",
         run: analyzers::gateway::conflicting,
@@ -104,6 +109,21 @@ pub const ALL: &[Analyzer] = &[
         run: analyzers::sidecar::selectors,
     },
     Analyzer {
+        name: "telemetry.DefaultSelectorAnalyzer",
+        description: "Validates that there aren't multiple telemetry resources that have no selector",
+        run: analyzers::sidecar::telemetry_default_selectors,
+    },
+    Analyzer {
+        name: "telemetry.ProviderAnalyzer",
+        description: "Validates that providers in telemetry resource is valid",
+        run: analyzers::sidecar::telemetry_providers,
+    },
+    Analyzer {
+        name: "telemetry.SelectorAnalyzer",
+        description: "Validates that telemetries that define a selector match a workload and that there aren't multiple telemetry resources that select overlapping pods",
+        run: analyzers::sidecar::telemetry_selectors,
+    },
+    Analyzer {
         name: "virtualservice.ConflictingMeshGatewayHostsAnalyzer",
         description: "Checks if multiple virtual services associated with the mesh gateway have conflicting hosts",
         run: analyzers::virtualservice::conflicting_mesh_hosts,
@@ -122,6 +142,11 @@ pub const ALL: &[Analyzer] = &[
         name: "virtualservice.GatewayAnalyzer",
         description: "Checks the gateways associated with each virtual service",
         run: analyzers::virtualservice::gateways,
+    },
+    Analyzer {
+        name: "virtualservice.JWTClaimRouteAnalyzer",
+        description: "Checks the VirtualService using JWT claim based routing has corresponding RequestAuthentication",
+        run: analyzers::virtualservice::jwt_claim_routes,
     },
 ];
 

@@ -128,6 +128,33 @@ message_types! {
     /// A gateway route's destination without a subset, where a mesh route uses subsets.
     INGRESS_ROUTE_RULES_NOT_AFFECTED = "IngressRouteRulesNotAffected", "IST0140", Warning,
         "Subset in virtual service %s has no effect on ingress gateway %s requests";
+    /// Routing by JWT claims on a gateway no RequestAuthentication covers.
+    JWT_CLAIM_BASED_ROUTING_WITHOUT_REQUEST_AUTHN = "JwtClaimBasedRoutingWithoutRequestAuthN", "IST0149", Error,
+        "The virtual service uses the JWT claim based routing (key: %s) but found no request authentication for the gateway (%s) pod (%s). The request authentication must first be applied for the gateway pods to validate the JWT token and make the claims available for routing.";
+    /// An EnvoyFilter with a relative operation and no priority.
+    ENVOY_FILTER_USES_RELATIVE_OPERATION = "EnvoyFilterUsesRelativeOperation", "IST0151", Warning,
+        "This EnvoyFilter does not have a priority and has a relative patch operation set which can cause the EnvoyFilter not to be applied. Using the INSERT_FIRST of ADD option or setting the priority may help in ensuring the EnvoyFilter is applied correctly.";
+    /// REPLACE on something other than a filter.
+    ENVOY_FILTER_USES_REPLACE_OPERATION_INCORRECTLY = "EnvoyFilterUsesReplaceOperationIncorrectly", "IST0152", Error,
+        "The REPLACE operation is only valid for HTTP_FILTER and NETWORK_FILTER.";
+    /// ADD on a route configuration or route.
+    ENVOY_FILTER_USES_ADD_OPERATION_INCORRECTLY = "EnvoyFilterUsesAddOperationIncorrectly", "IST0153", Error,
+        "The ADD operation will be ignored when applyTo is set to ROUTE_CONFIGURATION, or HTTP_ROUTE.";
+    /// REMOVE on a route configuration or route.
+    ENVOY_FILTER_USES_REMOVE_OPERATION_INCORRECTLY = "EnvoyFilterUsesRemoveOperationIncorrectly", "IST0154", Error,
+        "The REMOVE operation will be ignored when applyTo is set to ROUTE_CONFIGURATION, or HTTP_ROUTE.";
+    /// A relative operation without priority on a filter another EnvoyFilter matches by proxy version.
+    ENVOY_FILTER_USES_RELATIVE_OPERATION_WITH_PROXY_VERSION = "EnvoyFilterUsesRelativeOperationWithProxyVersion", "IST0155", Warning,
+        "This EnvoyFilter does not have a priority and has a relative patch operation (NSTERT_BEFORE/AFTER, REPLACE, MERGE, DELETE) and proxyVersion set which can cause the EnvoyFilter not to be applied during an upgrade. Using the INSERT_FIRST or ADD option or setting the priority may help in ensuring the EnvoyFilter is applied correctly.";
+    /// A Telemetry access log without providers where the mesh has no default.
+    INVALID_TELEMETRY_PROVIDER = "InvalidTelemetryProvider", "IST0157", Warning,
+        "The Telemetry %v in namespace %q with empty providers will be ignored.";
+    /// Telemetries whose selectors pick the same pod.
+    CONFLICTING_TELEMETRY_WORKLOAD_SELECTORS = "ConflictingTelemetryWorkloadSelectors", "IST0159", Error,
+        "The Telemetries %v in namespace %q select the same workload pod %q, which can lead to undefined behavior.";
+    /// Several Telemetries of a namespace without a selector.
+    MULTIPLE_TELEMETRIES_WITHOUT_WORKLOAD_SELECTORS = "MultipleTelemetriesWithoutWorkloadSelectors", "IST0160", Error,
+        "The Telemetries %v in namespace %q have no workload selector, which can lead to undefined behavior.";
     /// Gateways of one workload serving one host on one port.
     CONFLICTING_GATEWAYS = "ConflictingGateways", "IST0145", Error,
         "Conflict with gateways %s (workload selector %s, port %s, hosts %v).";

@@ -293,3 +293,178 @@ spec:
     assert_eq!(found("IST0118, IST0134"), 0);
     assert_eq!(found("*"), 0);
 }
+
+#[test]
+fn envoy_filter_operations() {
+    let yaml = r#"
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {name: lua-v1, namespace: istio-system}
+spec:
+  configPatches:
+  - applyTo: HTTP_FILTER
+    match:
+      proxy: {proxyVersion: '^1\.2.*'}
+      listener: {filterChain: {filter: {name: envoy.filters.network.http_connection_manager}}}
+    patch:
+      operation: INSERT_BEFORE
+      value: {name: envoy.lua, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua, inlineCode: "x"}}
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {name: lua-v2, namespace: istio-system}
+spec:
+  configPatches:
+  - applyTo: HTTP_FILTER
+    match:
+      listener: {filterChain: {filter: {name: envoy.filters.network.http_connection_manager}}}
+    patch:
+      operation: REPLACE
+      value: {name: envoy.lua, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua, inlineCode: "y"}}
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {name: ordered, namespace: istio-system}
+spec:
+  priority: 10
+  configPatches:
+  - applyTo: HTTP_FILTER
+    match:
+      listener: {filterChain: {filter: {name: envoy.filters.network.http_connection_manager}}}
+    patch:
+      operation: INSERT_AFTER
+      value: {name: envoy.other, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua, inlineCode: "z"}}
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {name: misused, namespace: istio-system}
+spec:
+  priority: 10
+  configPatches:
+  - applyTo: HTTP_ROUTE
+    match: {routeConfiguration: {vhost: {name: "a:80"}}}
+    patch: {operation: ADD, value: {name: r}}
+  - applyTo: ROUTE_CONFIGURATION
+    patch: {operation: REMOVE}
+  - applyTo: CLUSTER
+    patch: {operation: REPLACE, value: {name: c}}
+"#;
+    let relative = "This EnvoyFilter does not have a priority and has a relative patch operation set which can cause the EnvoyFilter not to be applied. Using the INSERT_FIRST of ADD option or setting the priority may help in ensuring the EnvoyFilter is applied correctly.";
+    let versioned = "This EnvoyFilter does not have a priority and has a relative patch operation (NSTERT_BEFORE/AFTER, REPLACE, MERGE, DELETE) and proxyVersion set which can cause the EnvoyFilter not to be applied during an upgrade. Using the INSERT_FIRST or ADD option or setting the priority may help in ensuring the EnvoyFilter is applied correctly.";
+    assert_eq!(
+        lines("envoyfilter.EnvoyPatchAnalyzer", yaml),
+        [
+            format!("Warning [IST0151] (EnvoyFilter istio-system/lua-v1 mesh.yaml:2) {relative}"),
+            format!("Warning [IST0155] (EnvoyFilter istio-system/lua-v2 mesh.yaml:15) {versioned}"),
+            "Error [IST0152] (EnvoyFilter istio-system/misused mesh.yaml:40) The REPLACE operation is only valid for HTTP_FILTER and NETWORK_FILTER.".to_owned(),
+            "Error [IST0153] (EnvoyFilter istio-system/misused mesh.yaml:40) The ADD operation will be ignored when applyTo is set to ROUTE_CONFIGURATION, or HTTP_ROUTE.".to_owned(),
+            "Error [IST0154] (EnvoyFilter istio-system/misused mesh.yaml:40) The REMOVE operation will be ignored when applyTo is set to ROUTE_CONFIGURATION, or HTTP_ROUTE.".to_owned(),
+        ]
+    );
+}
+
+#[test]
+fn telemetry_selectors_and_providers() {
+    let yaml = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: web-1, namespace: shop, labels: {app: web}}
+spec: {containers: [{name: app, image: x}]}
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: web-logs, namespace: shop}
+spec:
+  selector: {matchLabels: {app: web}}
+  accessLogging: [{}]
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: web-traces, namespace: shop}
+spec:
+  selector: {matchLabels: {app: web}}
+  tracing: [{randomSamplingPercentage: 10}]
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: shop-a, namespace: shop}
+spec: {tracing: [{randomSamplingPercentage: 1}]}
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: shop-b, namespace: shop}
+spec: {accessLogging: [{providers: [{name: envoy}]}]}
+"#;
+    assert_eq!(
+        lines("telemetry.SelectorAnalyzer", yaml),
+        [
+            r#"Error [IST0159] (Telemetry shop/web-logs mesh.yaml:7) The Telemetries [web-logs web-traces] in namespace "shop" select the same workload pod "web-1", which can lead to undefined behavior."#,
+            r#"Error [IST0159] (Telemetry shop/web-traces mesh.yaml:14) The Telemetries [web-logs web-traces] in namespace "shop" select the same workload pod "web-1", which can lead to undefined behavior."#,
+        ]
+    );
+    assert_eq!(
+        lines("telemetry.DefaultSelectorAnalyzer", yaml),
+        [
+            r#"Error [IST0160] (Telemetry shop/shop-a mesh.yaml:21) The Telemetries [shop-a shop-b] in namespace "shop" have no workload selector, which can lead to undefined behavior."#,
+            r#"Error [IST0160] (Telemetry shop/shop-b mesh.yaml:26) The Telemetries [shop-a shop-b] in namespace "shop" have no workload selector, which can lead to undefined behavior."#,
+        ]
+    );
+    assert_eq!(
+        lines("telemetry.ProviderAnalyzer", yaml),
+        [
+            r#"Warning [IST0157] (Telemetry shop/web-logs mesh.yaml:7) The Telemetry web-logs in namespace "shop" with empty providers will be ignored."#
+        ]
+    );
+    // With a default access log provider in the mesh config, an entry
+    // without providers uses it.
+    let mesh = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio, namespace: istio-system}\n\
+                data:\n  mesh: |\n    defaultProviders: {accessLogging: [envoy]}\n---\n";
+    assert!(lines("telemetry.ProviderAnalyzer", &format!("{mesh}{yaml}")).is_empty());
+}
+
+#[test]
+fn jwt_claim_routes_need_request_authentication_on_the_gateway() {
+    let yaml = |authn: &str| {
+        format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: ingress-1, namespace: istio-system, labels: {{istio: ingressgateway}}}}
+spec: {{containers: [{{name: istio-proxy, image: x}}]}}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: web, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers: [{{port: {{number: 80, name: http, protocol: HTTP}}, hosts: ["*"]}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: by-group, namespace: default}}
+spec:
+  hosts: ["*"]
+  gateways: [istio-system/web]
+  http:
+  - match: [{{headers: {{"@request.auth.claims.groups": {{exact: admin}}}}}}]
+    route: [{{destination: {{host: admin}}}}]
+  - route: [{{destination: {{host: web}}}}]
+{authn}"#
+        )
+    };
+    assert_eq!(
+        lines("virtualservice.JWTClaimRouteAnalyzer", &yaml("")),
+        [
+            "Error [IST0149] (VirtualService default/by-group mesh.yaml:14) The virtual service uses the JWT claim based routing (key: @request.auth.claims.groups) but found no request authentication for the gateway (istio-system/web) pod (ingress-1). The request authentication must first be applied for the gateway pods to validate the JWT token and make the claims available for routing."
+        ]
+    );
+    let authn = "---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: istio-system}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  jwtRules: [{issuer: https://issuer.example.com, jwksUri: https://issuer.example.com/jwks}]
+";
+    assert!(lines("virtualservice.JWTClaimRouteAnalyzer", &yaml(authn)).is_empty());
+}

@@ -6,6 +6,7 @@ use crate::input::{Entry, Input};
 
 pub mod authz;
 pub mod destinationrule;
+pub mod envoyfilter;
 pub mod gateway;
 pub mod injection;
 pub mod schema;
@@ -116,6 +117,30 @@ pub mod pick {
     pub fn namespace(o: &Object) -> Option<&k8s_openapi::api::core::v1::Namespace> {
         match o {
             Object::Namespace(n) => Some(n),
+            _ => None,
+        }
+    }
+
+    /// Telemetries.
+    pub fn telemetry(o: &Object) -> Option<&crds::TelemetrySpec> {
+        match o {
+            Object::Telemetry(v) => Some(&v.spec),
+            _ => None,
+        }
+    }
+
+    /// EnvoyFilters.
+    pub fn envoy_filter(o: &Object) -> Option<&crds::EnvoyFilterSpec> {
+        match o {
+            Object::EnvoyFilter(v) => Some(&v.spec),
+            _ => None,
+        }
+    }
+
+    /// RequestAuthentications.
+    pub fn request_authentication(o: &Object) -> Option<&crds::RequestAuthenticationSpec> {
+        match o {
+            Object::RequestAuthentication(v) => Some(&v.spec),
             _ => None,
         }
     }

@@ -254,3 +254,67 @@ pub fn conflicting_mesh_hosts(input: &Input, out: &mut Vec<Message>) {
         }
     }
 }
+
+/// The header key of a match on a JWT claim (`@request.auth.claims...`),
+/// in `headers` or `withoutHeaders`, if the VirtualService has one.
+fn jwt_claim_key(vs: &VirtualServiceSpec) -> Option<&str> {
+    vs.http
+        .iter()
+        .flat_map(|r| &r.matches)
+        .flat_map(|m| m.headers.keys().chain(m.without_headers.keys()))
+        .map(String::as_str)
+        .find(|k| k.starts_with("@request.auth.claims"))
+}
+
+/// A VirtualService routing by a JWT claim on a gateway: each pod of that
+/// gateway needs a RequestAuthentication (of its namespace or
+/// `istio-system`) selecting it, which validates the token and makes its
+/// claims available, else `JwtClaimBasedRoutingWithoutRequestAuthN`
+/// (IST0149) (Istio's `virtualservice.JWTClaimRouteAnalyzer`).
+pub fn jwt_claim_routes(input: &Input, out: &mut Vec<Message>) {
+    let authns: Vec<(&str, std::collections::BTreeMap<String, String>)> =
+        each(input, pick::request_authentication)
+            .map(|(e, ra)| {
+                let selector = ra.selector.as_ref().map(|s| s.match_labels.clone());
+                (namespace(e), selector.unwrap_or_default())
+            })
+            .collect();
+    let gateways: Vec<_> = each(input, pick::gateway).collect();
+    let pods: Vec<_> = each(input, pick::pod).collect();
+    for (entry, vs) in each(input, pick::virtual_service) {
+        let Some(key) = jwt_claim_key(vs) else {
+            continue;
+        };
+        for name in vs.gateways.iter().filter(|g| *g != "mesh") {
+            let full = if name.contains('/') {
+                name.clone()
+            } else {
+                format!("{}/{name}", namespace(entry))
+            };
+            let Some((_, gateway)) = gateways.iter().find(|(e, _)| full_name(e) == full) else {
+                continue;
+            };
+            for (pod_entry, pod) in &pods {
+                let labels = pod.metadata.labels.as_ref();
+                if !hosts::selects(&gateway.selector, labels) {
+                    continue;
+                }
+                let covered = authns.iter().any(|(ns, selector)| {
+                    (*ns == "istio-system" || *ns == namespace(pod_entry))
+                        && hosts::selects(selector, labels)
+                });
+                if !covered {
+                    out.push(Message::new(
+                        message::JWT_CLAIM_BASED_ROUTING_WITHOUT_REQUEST_AUTHN,
+                        Some(&entry.resource),
+                        vec![
+                            key.into(),
+                            full.clone().into(),
+                            pod_entry.resource.name.clone().into(),
+                        ],
+                    ));
+                }
+            }
+        }
+    }
+}
