@@ -218,7 +218,8 @@ spec:
 
 /// The pods a workload (`Deployment`, `StatefulSet`, `DaemonSet`,
 /// `ReplicaSet`, `ReplicationController`, `Job`, `CronJob`) would run, as
-/// one pod of its template (labels, namespace, service account): a
+/// one pod of its template (labels, annotations, namespace, service
+/// account): a
 /// manifest's workloads are the pods selectors are checked against,
 /// where a cluster would have run them. `(kind, pod)`.
 fn workload_pods(
@@ -239,15 +240,19 @@ fn workload_pods(
     };
     let meta = value.get("metadata")?;
     let string = |v: Option<&serde_json::Value>| v.and_then(|v| v.as_str()).map(str::to_owned);
-    let labels = template
-        .get("metadata")
-        .and_then(|m| m.get("labels"))
-        .and_then(|l| serde_json::from_value(l.clone()).ok());
+    let template_meta = template.get("metadata");
+    let map = |key: &str| {
+        template_meta
+            .and_then(|m| m.get(key))
+            .and_then(|l| serde_json::from_value(l.clone()).ok())
+    };
+    let (labels, annotations) = (map("labels"), map("annotations"));
     let pod = crds::document::PodInfo {
         metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
             name: string(meta.get("name")),
             namespace: string(meta.get("namespace")).or_else(|| Some(default_namespace.to_owned())),
             labels,
+            annotations,
             ..Default::default()
         },
         service_account_name: string(

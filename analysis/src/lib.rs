@@ -44,6 +44,11 @@ pub const ALL: &[Analyzer] = &[
         run: analyzers::authz::policies,
     },
     Analyzer {
+        name: "deployment.MultiServiceAnalyzer",
+        description: "Checks association between services and pods",
+        run: analyzers::service::workload_services,
+    },
+    Analyzer {
         name: "destinationrule.CaCertificateAnalyzer",
         description: "Checks if caCertificates is set when TLS mode is SIMPLE/MUTUAL",
         run: analyzers::destinationrule::ca_certificates,

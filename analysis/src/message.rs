@@ -98,6 +98,9 @@ message_types! {
     /// A destination without a port on a service with several.
     VIRTUAL_SERVICE_DESTINATION_PORT_SELECTOR_REQUIRED = "VirtualServiceDestinationPortSelectorRequired", "IST0112", Error,
         "This VirtualService routes to a service %q that exposes multiple ports %v. Specifying a port in the destination is required to disambiguate.";
+    /// A workload whose Services give one port different L4 protocols.
+    DEPLOYMENT_ASSOCIATED_TO_MULTIPLE_SERVICES = "DeploymentAssociatedToMultipleServices", "IST0116", Warning,
+        "This deployment %s is associated with multiple services using port %d but different protocols: %v";
     /// A service port whose name gives no protocol.
     PORT_NAME_IS_NOT_UNDER_NAMING_CONVENTION = "PortNameIsNotUnderNamingConvention", "IST0118", Info,
         "Port name %s (port: %d, targetPort: %s) doesn't follow the naming convention of Istio port.";
@@ -113,6 +116,9 @@ message_types! {
     /// TLS origination without a CA to check the server (a port's).
     NO_SERVER_CERTIFICATE_VERIFICATION_PORT_LEVEL = "NoServerCertificateVerificationPortLevel", "IST0129", Warning,
         "DestinationRule %s in namespace %s has TLS mode set to %s but no caCertificates are set to validate server identity for host: %s at port %s";
+    /// A workload whose Services reach one target port from different ports.
+    DEPLOYMENT_CONFLICTING_PORTS = "DeploymentConflictingPorts", "IST0137", Warning,
+        "This deployment %s is associated with multiple services %v using targetPort %q but different ports: %v.";
     /// A route rule no request can reach.
     VIRTUAL_SERVICE_UNREACHABLE_RULE = "VirtualServiceUnreachableRule", "IST0130", Warning,
         "VirtualService rule %v not used (%s).";

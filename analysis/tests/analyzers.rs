@@ -468,3 +468,47 @@ spec:
 ";
     assert!(lines("virtualservice.JWTClaimRouteAnalyzer", &yaml(authn)).is_empty());
 }
+
+#[test]
+fn workloads_reached_through_several_services() {
+    let yaml = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: api, namespace: shop}
+spec:
+  selector: {matchLabels: {app: api}}
+  template:
+    metadata: {labels: {app: api}}
+    spec: {containers: [{name: api, image: x}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: shop}
+spec:
+  selector: {app: api}
+  ports: [{name: http, port: 80, targetPort: 8080}, {name: dns, port: 53}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: api-admin, namespace: shop}
+spec:
+  selector: {app: api}
+  ports: [{name: http, port: 8000, targetPort: 8080}, {name: dns, port: 53, protocol: UDP}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: outside, namespace: shop}
+spec:
+  selector: {matchLabels: {app: api}}
+  template:
+    metadata: {labels: {app: api}, annotations: {sidecar.istio.io/inject: "false"}}
+    spec: {containers: [{name: api, image: x}]}
+"#;
+    assert_eq!(
+        lines("deployment.MultiServiceAnalyzer", yaml),
+        [
+            "Warning [IST0116] (Deployment shop/api mesh.yaml:2) This deployment api is associated with multiple services using port 53 but different protocols: [shop/api shop/api-admin]",
+            r#"Warning [IST0137] (Deployment shop/api mesh.yaml:2) This deployment api is associated with multiple services [shop/api shop/api-admin] using targetPort "8080" but different ports: [80 8000]."#,
+        ]
+    );
+}

@@ -78,3 +78,116 @@ pub fn port_names(input: &Input, out: &mut Vec<Message>) {
         }
     }
 }
+
+/// Whether a workload's pods get a sidecar, as far as the input says: not
+/// when its template says `sidecar.istio.io/inject: "false"`, nor when its
+/// Namespace is read and neither enables injection; yes otherwise.
+fn in_mesh(input: &Input, entry: &crate::Entry, pod: &crds::document::PodInfo) -> bool {
+    let key = "sidecar.istio.io/inject";
+    let meta = &pod.metadata;
+    let pod_says = meta
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(key))
+        .or_else(|| meta.annotations.as_ref().and_then(|a| a.get(key)));
+    if let Some(v) = pod_says {
+        return v == "true";
+    }
+    let ns = each(input, pick::namespace).find(|(e, _)| e.resource.name == namespace(entry));
+    match ns {
+        None => true,
+        Some((_, ns)) => ns.metadata.labels.as_ref().is_some_and(|l| {
+            l.get("istio-injection").map(String::as_str) == Some("enabled")
+                || l.contains_key("istio.io/rev")
+        }),
+    }
+}
+
+/// For each workload of the mesh (a `Deployment`, `StatefulSet`, ... read
+/// as its pod), the Services of its namespace selecting it: one port given
+/// two L4 protocols (TCP, UDP) by different Services is
+/// `DeploymentAssociatedToMultipleServices` (IST0116); one target port
+/// reached from different service ports is `DeploymentConflictingPorts`
+/// (IST0137), as the sidecar has one inbound listener per target port
+/// (Istio's `deployment.MultiServiceAnalyzer`, which checks Deployments
+/// only; waypoints are left out).
+pub fn workload_services(input: &Input, out: &mut Vec<Message>) {
+    use std::collections::{BTreeMap, BTreeSet};
+    let services: Vec<_> = each(input, pick::service).collect();
+    for (entry, pod) in each(input, pick::pod) {
+        if entry.resource.kind == "Pod" || !in_mesh(input, entry, pod) {
+            continue;
+        }
+        let waypoint = pod
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("gateway.istio.io/managed"))
+            .is_some_and(|v| v == "istio.io-mesh-controller");
+        if waypoint {
+            continue;
+        }
+        // port -> protocol -> services; target port -> port -> service.
+        let mut protocols: BTreeMap<i32, BTreeMap<String, Vec<String>>> = BTreeMap::new();
+        let mut targets: BTreeMap<String, BTreeMap<i32, String>> = BTreeMap::new();
+        for (svc_entry, svc) in &services {
+            let Some(spec) = &svc.spec else { continue };
+            let selector = spec.selector.clone().unwrap_or_default();
+            if selector.is_empty()
+                || namespace(svc_entry) != namespace(entry)
+                || !crate::hosts::selects(&selector, pod.metadata.labels.as_ref())
+            {
+                continue;
+            }
+            let name = super::full_name(svc_entry);
+            for port in spec.ports.iter().flatten() {
+                let protocol = port.protocol.clone().unwrap_or_else(|| "TCP".to_owned());
+                protocols
+                    .entry(port.port)
+                    .or_default()
+                    .entry(protocol)
+                    .or_default()
+                    .push(name.clone());
+                let target = match &port.target_port {
+                    Some(IntOrString::Int(n)) if *n != 0 => n.to_string(),
+                    Some(IntOrString::String(s)) if !s.is_empty() => s.clone(),
+                    _ => port.port.to_string(),
+                };
+                targets
+                    .entry(target)
+                    .or_default()
+                    .insert(port.port, name.clone());
+            }
+        }
+        let deployment = entry.resource.name.clone();
+        for (port, by_protocol) in protocols {
+            if by_protocol.len() > 1 {
+                let names: BTreeSet<String> = by_protocol.into_values().flatten().collect();
+                out.push(Message::new(
+                    message::DEPLOYMENT_ASSOCIATED_TO_MULTIPLE_SERVICES,
+                    Some(&entry.resource),
+                    vec![
+                        deployment.clone().into(),
+                        message::Param::Int(port.into()),
+                        message::Param::List(names.into_iter().collect()),
+                    ],
+                ));
+            }
+        }
+        for (target, by_port) in targets {
+            if by_port.len() > 1 {
+                let names: BTreeSet<String> = by_port.values().cloned().collect();
+                out.push(Message::new(
+                    message::DEPLOYMENT_CONFLICTING_PORTS,
+                    Some(&entry.resource),
+                    vec![
+                        deployment.clone().into(),
+                        message::Param::List(names.into_iter().collect()),
+                        target.into(),
+                        message::Param::List(by_port.keys().map(i32::to_string).collect()),
+                    ],
+                ));
+            }
+        }
+    }
+}
