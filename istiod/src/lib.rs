@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod analysis_status;
 pub mod analyze;
 pub mod autoregister;
 pub mod bootstrap;
@@ -145,6 +146,7 @@ impl Daemon {
         let (leader_tx, leader) = watch::channel(false);
         let mut kube_client = None;
         let mut gateway_recheck = gateway_controller::RECHECK;
+        let mut analysis_interval = None;
         let follow = Follow {
             publisher: publisher.clone(),
             metrics: metrics.clone(),
@@ -220,6 +222,7 @@ impl Daemon {
                     .context("cannot build a Kubernetes client")?;
                 kube_client = Some(client.clone());
                 gateway_recheck = source.gateway_recheck;
+                analysis_interval = source.analysis_interval;
                 if let Some(identity) = source.leader_identity.clone() {
                     tasks.push(tokio::spawn(leader::campaign(
                         client.clone(),
@@ -310,6 +313,17 @@ impl Daemon {
                 leader.clone(),
                 shutdown.clone(),
                 gateway_recheck,
+            )));
+        }
+        // Analysis results in the Istio objects' status, by the leader.
+        if let (Some(client), Some(interval)) = (kube_client.clone(), analysis_interval) {
+            tasks.push(tokio::spawn(analysis_status::run(
+                client,
+                objects.clone(),
+                errors.clone(),
+                leader.clone(),
+                shutdown.clone(),
+                interval,
             )));
         }
 

@@ -25,6 +25,11 @@ struct Cli {
     /// Watch the Kubernetes API of this kubeconfig's current context (implies `--kubernetes`).
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
+    /// With the Kubernetes API: the leader analyses the config (as
+    /// `istioctl analyze`) and writes each Istio object's messages to its
+    /// `status.validationMessages` (Istio's `PILOT_ENABLE_ANALYSIS`).
+    #[arg(long, env = "PILOT_ENABLE_ANALYSIS")]
+    enable_analysis: bool,
     /// Run the CA (and the TLS port) with its root in this folder: Istio's
     /// `cacerts` files if present, else a self-signed root created there.
     #[arg(long, env = "ISTIOD_CA_DIR")]
@@ -539,8 +544,13 @@ fn main() -> ExitCode {
             }
         }
         None => {
-            let kube = (cli.kubernetes || cli.kubeconfig.is_some())
-                .then(|| (cli.kubeconfig.clone(), cli.namespace.clone()));
+            let kube = (cli.kubernetes || cli.kubeconfig.is_some()).then(|| {
+                (
+                    cli.kubeconfig.clone(),
+                    cli.namespace.clone(),
+                    cli.enable_analysis,
+                )
+            });
             let webhooks = match webhook_options(&cli) {
                 Ok(w) => w,
                 Err(e) => {
@@ -662,17 +672,19 @@ async fn shutdown_signal() -> std::io::Result<()> {
     }
 }
 
-/// Runs the daemon until SIGTERM or SIGINT. With `kube` (kubeconfig, namespace)
-/// the source is the Kubernetes API, whose client config is read here.
-fn run(mut opts: Options, kube: Option<(Option<PathBuf>, String)>) -> anyhow::Result<()> {
+/// Runs the daemon until SIGTERM or SIGINT. With `kube` (kubeconfig,
+/// namespace, whether to write analysis status) the source is the
+/// Kubernetes API, whose client config is read here.
+fn run(mut opts: Options, kube: Option<(Option<PathBuf>, String, bool)>) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
-        if let Some((kubeconfig, namespace)) = kube {
-            opts.source = Source::Kubernetes(Box::new(
-                KubeSource::infer(kubeconfig.as_deref(), namespace).await?,
-            ));
+        if let Some((kubeconfig, namespace, analysis)) = kube {
+            let mut source = KubeSource::infer(kubeconfig.as_deref(), namespace).await?;
+            source.analysis_interval =
+                analysis.then_some(istiod::analysis_status::DEFAULT_INTERVAL);
+            opts.source = Source::Kubernetes(Box::new(source));
         }
         let mut daemon = Daemon::start(opts).await?;
         shutdown_signal().await?;

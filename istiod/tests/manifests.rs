@@ -215,6 +215,18 @@ fn rbac_grants_exactly_what_the_daemon_reads_and_writes() {
             "patch".into(),
         ));
     }
+    // Analysis results in the Istio objects' status (`--enable-analysis`,
+    // `istiod::analysis_status`): every Istio kind watched.
+    for w in istiod::sources::kube::watched() {
+        if w.resource.group.ends_with(".istio.io") {
+            needed.insert((
+                String::new(),
+                w.resource.group.clone(),
+                format!("{}/status", w.resource.plural),
+                "patch".into(),
+            ));
+        }
+    }
     assert_eq!(
         granted, needed,
         "RBAC and what the daemon reads and writes differ"

@@ -525,12 +525,30 @@ pub async fn start_kube_daemon(api: &fake_kube::FakeApiServer) -> Daemon {
 
 /// As [`start_kube_daemon`], as the replica `identity` in leader election.
 pub async fn start_kube_replica(api: &fake_kube::FakeApiServer, identity: &str) -> Daemon {
+    start_kube_with(api, identity, None).await
+}
+
+/// As [`start_kube_daemon`], the leader writing analysis results to the
+/// Istio objects' status at most every `interval` (`--enable-analysis`).
+pub async fn start_kube_daemon_analysing(
+    api: &fake_kube::FakeApiServer,
+    interval: Duration,
+) -> Daemon {
+    start_kube_with(api, "istiod-0", Some(interval)).await
+}
+
+async fn start_kube_with(
+    api: &fake_kube::FakeApiServer,
+    identity: &str,
+    analysis_interval: Option<Duration>,
+) -> Daemon {
     Daemon::start(Options {
         source: istiod::Source::Kubernetes(Box::new(istiod::sources::kube::KubeSource {
             config: api.kube_config(),
             namespace: "istio-system".into(),
             leader_identity: Some(identity.to_owned()),
             gateway_recheck: Duration::from_secs(1),
+            analysis_interval,
         })),
         xds_addr: "127.0.0.1:0".parse().expect("addr"),
         monitoring_addr: Some("127.0.0.1:0".parse().expect("addr")),

@@ -798,6 +798,7 @@ async fn start_with_ca(
             namespace: "istio-system".into(),
             leader_identity: Some("istiod-0".into()),
             gateway_recheck: istiod::gateway_controller::RECHECK,
+            analysis_interval: None,
         })),
         xds_addr: "127.0.0.1:0".parse().unwrap(),
         monitoring_addr: None,
@@ -1681,7 +1682,8 @@ spec:
 
 /// `/debug/analyze`: `istioctl analyze` over what the daemon reads from
 /// the API server: findings come and go with the objects, each pointing at
-/// the object's API path.
+/// the object's API path; with analysis on (`--enable-analysis`), the
+/// leader writes them to the objects' `status.validationMessages`.
 #[test]
 fn analysis_of_the_cluster_follows_the_api() {
     let _hosts = e2e::isolate();
@@ -1690,9 +1692,16 @@ fn analysis_of_the_cluster_follows_the_api() {
     let platform =
         std::fs::read_to_string(e2e::workspace().join("examples/bookinfo/platform.yaml")).unwrap();
     api.apply_yaml(&platform);
-    let daemon = rt.block_on(start_kube_daemon(&api));
+    let daemon = rt.block_on(e2e::start_kube_daemon_analysing(
+        &api,
+        Duration::from_millis(200),
+    ));
     e2e::wait_ready(&daemon);
     let url = format!("http://{}/debug/analyze", daemon.monitoring_addr.unwrap());
+    let status_of = |name: &str| {
+        api.get("networking.istio.io/v1", "VirtualService", "default", name)
+            .map(|o| o["status"]["validationMessages"].clone())
+    };
     let analyze = || -> Vec<serde_json::Value> {
         let (status, body) = http_get(&url, &[]).unwrap();
         assert_eq!(status, 200, "{body}");
@@ -1731,6 +1740,21 @@ fn analysis_of_the_cluster_follows_the_api() {
         reviews["reference"],
         "/apis/networking.istio.io/v1/namespaces/default/virtualservices/reviews"
     );
+    // The leader writes it to the object's status, as istiod with
+    // PILOT_ENABLE_ANALYSIS does.
+    let written = e2e::eventually(
+        SYNC,
+        || status_of("reviews").filter(|m| m.is_array()),
+        || format!("no validationMessages: {:?}", status_of("reviews")),
+    );
+    assert_eq!(
+        written,
+        json!([{
+            "documentationUrl": "https://istio.io/latest/docs/reference/config/analysis/ist0101/",
+            "level": "ERROR",
+            "type": {"code": "IST0101", "name": "ReferencedResourceNotFound"},
+        }])
+    );
 
     // The DestinationRules come: those errors go; the subsets that select
     // none of the API's pods are found instead.
@@ -1755,6 +1779,12 @@ fn analysis_of_the_cluster_follows_the_api() {
             .any(|m| m["origin"] == "DestinationRule default/reviews"),
         "reviews v1-v3 all have pods: {messages:#?}"
     );
+    // Its messages gone, the field is taken out of the status.
+    e2e::eventually(
+        SYNC,
+        || status_of("reviews").filter(|m| m.is_null()),
+        || format!("validationMessages kept: {:?}", status_of("reviews")),
+    );
 
     // An object the API server took but the mesh cannot use.
     api.apply_yaml(
@@ -1772,5 +1802,11 @@ spec:
         broken["origin"], "VirtualService default/broken",
         "{broken}"
     );
+    let written = e2e::eventually(
+        SYNC,
+        || status_of("broken").filter(|m| m.is_array()),
+        || format!("no validationMessages: {:?}", status_of("broken")),
+    );
+    assert_eq!(written[0]["type"]["code"], "IST0106", "{written}");
     drop(daemon);
 }

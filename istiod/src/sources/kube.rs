@@ -53,6 +53,11 @@ pub struct KubeSource {
     /// (bringing back what was deleted or edited by hand) and retries
     /// failed writes (default [`crate::gateway_controller::RECHECK`]).
     pub gateway_recheck: std::time::Duration,
+    /// How often, at most, the leader analyses the config and writes each
+    /// Istio object's `status.validationMessages` (Istio's
+    /// `PILOT_ENABLE_ANALYSIS`; see [`crate::analysis_status`]); `None`
+    /// (the default, as Istio's) writes none.
+    pub analysis_interval: Option<std::time::Duration>,
 }
 
 impl KubeSource {
@@ -80,6 +85,7 @@ impl KubeSource {
             namespace,
             leader_identity: Some(crate::leader::identity()),
             gateway_recheck: crate::gateway_controller::RECHECK,
+            analysis_interval: None,
         })
     }
 }
