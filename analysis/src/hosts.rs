@@ -60,6 +60,9 @@ pub struct ServiceView {
     pub selector: Option<BTreeMap<String, String>>,
     /// The labels of a ServiceEntry's own `endpoints`.
     pub endpoint_labels: Vec<BTreeMap<String, String>>,
+    /// A Kubernetes Service's name (its endpoints may come from
+    /// EndpointSlices of that name rather than a selector).
+    pub service_name: Option<String>,
 }
 
 /// Every service host, by the namespace that can see it (`*`: all) and
@@ -89,6 +92,7 @@ impl Registry {
                         namespace: ns.clone(),
                         selector: spec.workload_selector.as_ref().map(|s| s.labels.clone()),
                         endpoint_labels: spec.endpoints.iter().map(|e| e.labels.clone()).collect(),
+                        service_name: None,
                     };
                     for scope in scopes(&spec.export_to, &ns) {
                         for host in &spec.hosts {
@@ -113,6 +117,7 @@ impl Registry {
                             .and_then(|s| s.selector.clone())
                             .filter(|s| !s.is_empty()),
                         endpoint_labels: Vec::new(),
+                        service_name: Some(entry.resource.name.clone()),
                     };
                     let export_to: Vec<String> = svc
                         .metadata

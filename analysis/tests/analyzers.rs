@@ -512,3 +512,56 @@ spec:
         ]
     );
 }
+
+#[test]
+fn subsets_of_a_service_without_a_selector_go_by_its_endpoint_slices() {
+    let yaml = |slice_pod: &str| {
+        format!(
+            r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: db, namespace: data}}
+spec: {{ports: [{{name: tcp, port: 5432}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: db-1, namespace: data, labels: {{kubernetes.io/service-name: db}}}}
+addressType: IPv4
+ports: [{{name: tcp, port: 5432}}]
+endpoints: [{{addresses: [10.0.0.5], targetRef: {{kind: Pod, name: {slice_pod}}}}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: db-0, namespace: data, labels: {{role: primary}}}}
+spec: {{containers: [{{name: db, image: x}}]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: cache-0, namespace: data, labels: {{role: replica}}}}
+spec: {{containers: [{{name: cache, image: x}}]}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: db, namespace: data}}
+spec:
+  host: db
+  subsets: [{{name: primary, labels: {{role: primary}}}}, {{name: replica, labels: {{role: replica}}}}]
+"#
+        )
+    };
+    let not_selected = |subset: &str| {
+        format!(
+            "Error [IST0173] (DestinationRule data/db mesh.yaml:24) The Subset {subset} defined in the DestinationRule does not select any pods. Which may lead to 503 UH (NoHealthyUpstream)."
+        )
+    };
+    // The slice names db-0: the replica subset selects none of its pods
+    // (cache-0 carries the labels but is not an endpoint of db).
+    assert_eq!(
+        lines("destinationrule.SubsetSelectPodAnalyzer", &yaml("db-0")),
+        [not_selected("replica")]
+    );
+    assert_eq!(
+        lines("destinationrule.SubsetSelectPodAnalyzer", &yaml("cache-0")),
+        [not_selected("primary")]
+    );
+}

@@ -188,15 +188,10 @@ fn render(type_url: &str, bytes: &[u8]) -> Option<Value> {
 async fn analyze(State(s): State<AdminState>) -> Json<Value> {
     let objects = s.objects.borrow().clone();
     let errors = s.errors.borrow().clone();
-    let mut input = analysis::Input::new("default");
-    for entry in objects.iter() {
-        let reference = entry.file.display().to_string();
-        input.add_object((*entry.object).clone(), Some(reference));
-    }
-    for e in errors.iter() {
-        input.add_error(&e.file.display().to_string(), &e.error);
-    }
-    let messages = analysis::analyze(&input, analysis::ALL);
+    let messages =
+        tokio::task::spawn_blocking(move || crate::analysis_status::analyze(&objects, &errors))
+            .await
+            .unwrap_or_default();
     Json(Value::Array(messages.iter().map(|m| m.to_json()).collect()))
 }
 

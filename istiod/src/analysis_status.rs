@@ -32,12 +32,11 @@ const ISTIO_GROUPS: [&str; 4] = [
     "/apis/extensions.istio.io/",
 ];
 
-/// The `validationMessages` of each Istio object with messages, by its API
-/// path (`/apis/networking.istio.io/v1/namespaces/default/virtualservices/reviews`).
-pub fn validation_messages(
-    objects: &[Entry],
-    errors: &[SourceError],
-) -> HashMap<String, serde_json::Value> {
+/// Every analyzer over the objects a snapshot was built from (each
+/// referenced by its file or API path) and the documents its load refused
+/// (`IST0106`, not analysed further). ~50 ms of CPU at 1000 services
+/// (docs/PERFORMANCE.md): run it off the runtime's workers.
+pub fn analyze(objects: &[Entry], errors: &[SourceError]) -> Vec<analysis::Message> {
     let mut input = analysis::Input::new("default");
     for entry in objects {
         input.add_object(
@@ -48,8 +47,17 @@ pub fn validation_messages(
     for e in errors {
         input.add_error(&e.file.display().to_string(), &e.error);
     }
+    analysis::analyze(&input, analysis::ALL)
+}
+
+/// The `validationMessages` of each Istio object with messages, by its API
+/// path (`/apis/networking.istio.io/v1/namespaces/default/virtualservices/reviews`).
+pub fn validation_messages(
+    objects: &[Entry],
+    errors: &[SourceError],
+) -> HashMap<String, serde_json::Value> {
     let mut out: HashMap<String, Vec<serde_json::Value>> = HashMap::new();
-    for m in analysis::analyze(&input, analysis::ALL) {
+    for m in analyze(objects, errors) {
         let Some(path) = m.resource.as_ref().and_then(|r| r.reference.as_deref()) else {
             continue;
         };

@@ -17,8 +17,8 @@ use crate::message::{self, Message};
 /// checked here); each `source.namespaces` / `notNamespaces` entry (`*`,
 /// `prefix*`, `*suffix` allowed) that names no known namespace is
 /// `ReferencedResourceNotFound` (IST0101). Known namespaces are the
-/// `Namespace` objects read and the namespaces of every object read (Istio
-/// reads only the former); every pod counts as in the mesh (Istio asks
+/// `Namespace` objects read, the namespaces of every object read, the
+/// root namespace and `default` (Istio reads only the first); every pod counts as in the mesh (Istio asks
 /// whether it is injected).
 pub fn policies(input: &Input, out: &mut Vec<Message>) {
     let root = input
@@ -34,6 +34,9 @@ pub fn policies(input: &Input, out: &mut Vec<Message>) {
         }
     }
     namespaces.remove("");
+    // The mesh's root namespace and `default` exist in any mesh.
+    namespaces.insert(&root);
+    namespaces.insert("default");
     for (entry, policy) in each(input, pick::authorization_policy) {
         let ns = namespace(entry);
         let by_target = policy.target_ref.is_some() || !policy.target_refs.is_empty();

@@ -1,7 +1,9 @@
 //! DestinationRule checks: TLS origination without a CA, and subsets that
 //! select no pods.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use crds::document::Object;
 
 use crds::destination_rule::{ClientTlsMode, ClientTlsSettings};
 
@@ -81,15 +83,17 @@ pub fn ca_certificates(input: &Input, out: &mut Vec<Message>) {
 /// (`DestinationRuleSubsetNotSelectPods`, IST0173): a pod of the service
 /// (its namespace, its selector) carrying the subset's labels, a pod's
 /// labels completed with its node's topology labels as istiod's registry
-/// does; for a ServiceEntry without a `workloadSelector`, one of its
-/// `endpoints` carrying them. (Istio's `PodNotSelectedAnalyzer` matches a
+/// does; for a Service without a selector, the pods its EndpointSlices
+/// point at (every pod of its namespace when no slice is read); for a
+/// ServiceEntry without a `workloadSelector`, one of its `endpoints`
+/// carrying them. (Istio's `PodNotSelectedAnalyzer` matches a
 /// Kubernetes Service's subsets against every pod of the cluster.)
 pub fn subsets_select_pods(input: &Input, out: &mut Vec<Message>) {
     let registry = Registry::of(input);
     let nodes: BTreeMap<&str, &BTreeMap<String, String>> = each(input, pick::node)
         .filter_map(|(e, n)| Some((e.resource.name.as_str(), n.metadata.labels.as_ref()?)))
         .collect();
-    let pods: Vec<(&str, BTreeMap<String, String>)> = each(input, pick::pod)
+    let pods: Vec<(&str, &str, BTreeMap<String, String>)> = each(input, pick::pod)
         .map(|(e, pod)| {
             let mut labels = pod.metadata.labels.clone().unwrap_or_default();
             if let Some(node) = pod.node_name.as_deref() {
@@ -100,9 +104,11 @@ pub fn subsets_select_pods(input: &Input, out: &mut Vec<Message>) {
                 }
                 labels.insert("kubernetes.io/hostname".to_owned(), node.to_owned());
             }
-            (namespace(e), labels)
+            (namespace(e), e.resource.name.as_str(), labels)
         })
         .collect();
+    let slices = slice_pods(input);
+    let no_slice = HashSet::new();
     for (entry, dr) in each(input, pick::destination_rule) {
         let Some(service) = registry.lookup(namespace(entry), &dr.export_to, &dr.host) else {
             out.push(Message::new(
@@ -112,16 +118,31 @@ pub fn subsets_select_pods(input: &Input, out: &mut Vec<Message>) {
             ));
             continue;
         };
+        // A Service without a selector: the pods its EndpointSlices name
+        // (all pods of its namespace when none is read).
+        let sliced: Option<&HashSet<&str>> = match (&service.selector, &service.service_name) {
+            (None, Some(name)) => Some(
+                slices
+                    .get(&(service.namespace.as_str(), name.as_str()))
+                    .unwrap_or(&no_slice),
+            ),
+            _ => None,
+        };
         for subset in &dr.subsets {
-            let selected = match &service.selector {
-                Some(selector) => {
+            let selected = match (&service.selector, &sliced) {
+                (Some(selector), _) => {
                     let mut wanted = selector.clone();
                     wanted.extend(subset.labels.clone());
-                    pods.iter().any(|(ns, labels)| {
+                    pods.iter().any(|(ns, _, labels)| {
                         *ns == service.namespace && selects(&wanted, Some(labels))
                     })
                 }
-                None => service
+                (None, Some(names)) => pods.iter().any(|(ns, name, labels)| {
+                    *ns == service.namespace
+                        && (names.is_empty() || names.contains(name))
+                        && selects(&subset.labels, Some(labels))
+                }),
+                (None, None) => service
                     .endpoint_labels
                     .iter()
                     .any(|labels| selects(&subset.labels, Some(labels))),
@@ -135,6 +156,33 @@ pub fn subsets_select_pods(input: &Input, out: &mut Vec<Message>) {
             }
         }
     }
+}
+
+/// The pods the EndpointSlices of each Service point at
+/// (`kubernetes.io/service-name`, endpoints' `targetRef`s of kind Pod), by
+/// the Service's namespace and name.
+fn slice_pods(input: &Input) -> HashMap<(&str, &str), HashSet<&str>> {
+    let mut out: HashMap<(&str, &str), HashSet<&str>> = HashMap::new();
+    for e in &input.entries {
+        let Object::EndpointSlice(slice) = &e.object else {
+            continue;
+        };
+        let labels = slice.metadata.labels.as_ref();
+        let Some(service) = labels.and_then(|l| l.get("kubernetes.io/service-name")) else {
+            continue;
+        };
+        let pods = slice
+            .endpoints
+            .iter()
+            .flatten()
+            .filter_map(|ep| ep.target_ref.as_ref())
+            .filter(|r| r.kind.as_deref() == Some("Pod"))
+            .filter_map(|r| r.name.as_deref());
+        out.entry((namespace(e), service.as_str()))
+            .or_default()
+            .extend(pods);
+    }
+    out
 }
 
 /// The node labels istiod puts on a pod's endpoints.
