@@ -2,6 +2,8 @@
 //! line it starts on) or handed over by the daemon, the mesh config, and
 //! the documents that could not be read.
 
+use std::collections::BTreeMap;
+
 use crds::document::{Object, ParseError, parse_value, split_documents};
 use crds::mesh::MeshConfigSpec;
 
@@ -18,6 +20,9 @@ pub struct Entry {
     /// Why istiod's validation refuses it (`None`: accepted). A refused
     /// object is still analysed, as istioctl analyses what it reads.
     pub invalid: Option<String>,
+    /// A workload's own annotations (its `object` is the pod of its
+    /// template, with the template's); `None` for other objects.
+    pub owner_annotations: Option<BTreeMap<String, String>>,
 }
 
 /// The objects to analyse.
@@ -80,7 +85,7 @@ impl Input {
                 match result {
                     Ok(object) => self.add_object(object, Some(reference.clone())),
                     Err(e) if e.is_unsupported_kind() => match workload.clone() {
-                        Some((kind, pod)) => {
+                        Some((kind, pod, owner_annotations)) => {
                             let mut resource = resource_of(
                                 &Object::Pod(Box::new(pod.clone())),
                                 Some(reference.clone()),
@@ -90,6 +95,7 @@ impl Input {
                                 object: Object::Pod(Box::new(pod)),
                                 resource,
                                 invalid: None,
+                                owner_annotations,
                             });
                         }
                         None => self.skipped += 1,
@@ -133,6 +139,7 @@ impl Input {
             object,
             resource,
             invalid,
+            owner_annotations: None,
         });
     }
 
@@ -222,10 +229,7 @@ spec:
 /// account): a
 /// manifest's workloads are the pods selectors are checked against,
 /// where a cluster would have run them. `(kind, pod)`.
-fn workload_pods(
-    value: &serde_json::Value,
-    default_namespace: &str,
-) -> Option<(String, crds::document::PodInfo)> {
+fn workload_pods(value: &serde_json::Value, default_namespace: &str) -> Option<Workload> {
     let kind = value.get("kind")?.as_str()?;
     let spec = value.get("spec")?;
     let template = match kind {
@@ -263,8 +267,29 @@ fn workload_pods(
         ready: true,
         ..Default::default()
     };
-    Some((kind.to_owned(), pod))
+    let owner = meta
+        .get("annotations")
+        .and_then(|a| serde_json::from_value(a.clone()).ok());
+    Some((kind.to_owned(), pod, owner))
 }
+
+/// A workload read as its pod: `(kind, pod, its own annotations)`.
+type Workload = (
+    String,
+    crds::document::PodInfo,
+    Option<BTreeMap<String, String>>,
+);
+
+/// The workload kinds read as the pod of their template.
+pub const WORKLOAD_KINDS: [&str; 7] = [
+    "Deployment",
+    "StatefulSet",
+    "DaemonSet",
+    "ReplicaSet",
+    "ReplicationController",
+    "Job",
+    "CronJob",
+];
 
 /// Kinds without a namespace.
 fn cluster_scoped(kind: &str) -> bool {

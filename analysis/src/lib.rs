@@ -17,6 +17,7 @@ mod hosts;
 pub mod input;
 pub mod message;
 
+pub use analyzers::annotations::ANNOTATIONS;
 pub use input::{Entry, Input};
 pub use message::{Level, Message, MessageType, Param, Resource};
 
@@ -38,6 +39,11 @@ impl std::fmt::Debug for Analyzer {
 
 /// Every analyzer, in Istio's order.
 pub const ALL: &[Analyzer] = &[
+    Analyzer {
+        name: "annotations.K8sAnalyzer",
+        description: "Checks for misplaced and invalid Istio annotations in Kubernetes resources",
+        run: analyzers::annotations::kubernetes,
+    },
     Analyzer {
         name: "authz.AuthorizationPoliciesAnalyzer",
         description: "Checks the validity of authorization policies",

@@ -86,6 +86,12 @@ message_types! {
     /// The object does not pass istiod's validation.
     SCHEMA_VALIDATION_ERROR = "SchemaValidationError", "IST0106", Error,
         "Schema validation error: %v";
+    /// An Istio annotation on a kind that does not read it.
+    MISPLACED_ANNOTATION = "MisplacedAnnotation", "IST0107", Warning,
+        "Misplaced annotation: %s can only be applied to %s";
+    /// An annotation in Istio's namespaces that Istio does not define.
+    UNKNOWN_ANNOTATION = "UnknownAnnotation", "IST0108", Warning,
+        "Unknown annotation: %s";
     /// VirtualServices bound to the mesh gateway define the same host.
     CONFLICTING_MESH_GATEWAY_VIRTUAL_SERVICE_HOSTS = "ConflictingMeshGatewayVirtualServiceHosts", "IST0109", Error,
         "The VirtualServices %s associated with mesh gateway define the same host %s which can lead to undefined behavior. This can be fixed by merging the conflicting VirtualServices into a single resource.";
@@ -131,6 +137,9 @@ message_types! {
     /// A ServiceEntry TCP port without addresses.
     SERVICE_ENTRY_ADDRESSES_REQUIRED = "ServiceEntryAddressesRequired", "IST0134", Warning,
         "ServiceEntry addresses are required for this protocol.";
+    /// A deprecated Istio annotation.
+    DEPRECATED_ANNOTATION = "DeprecatedAnnotation", "IST0135", Info,
+        "Annotation %q has been deprecated%s and may not work in future Istio versions.";
     /// A gateway route's destination without a subset, where a mesh route uses subsets.
     INGRESS_ROUTE_RULES_NOT_AFFECTED = "IngressRouteRulesNotAffected", "IST0140", Warning,
         "Subset in virtual service %s has no effect on ingress gateway %s requests";

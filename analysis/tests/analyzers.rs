@@ -565,3 +565,55 @@ spec:
         [not_selected("primary")]
     );
 }
+
+#[test]
+fn istio_annotations_unknown_misplaced_and_deprecated() {
+    let yaml = r#"
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+  annotations: {sidecar.istio.io/proxyCPU: 100m, example.com/other: x}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: shop
+  annotations: {sidecar.istio.io/inject: "true"}
+spec:
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata:
+      labels: {app: web}
+      annotations: {sidecar.istio.io/proxyCPUs: 100m, proxy.istio.io/config: "{}", traffic.sidecar.istio.io/excludeOutboundPorts: "5432"}
+    spec: {containers: [{name: web, image: x}]}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: legacy
+  namespace: shop
+  annotations: {sidecar.istio.io/inject: "false"}
+spec: {containers: [{name: app, image: x}]}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: both
+  namespace: shop
+  labels: {sidecar.istio.io/inject: "false"}
+  annotations: {sidecar.istio.io/inject: "false"}
+spec: {containers: [{name: app, image: x}]}
+"#;
+    assert_eq!(
+        lines("annotations.K8sAnalyzer", yaml),
+        [
+            "Warning [IST0107] (Namespace shop mesh.yaml:2) Misplaced annotation: sidecar.istio.io/proxyCPU can only be applied to Pod",
+            "Warning [IST0107] (Deployment shop/web mesh.yaml:8) Misplaced annotation: sidecar.istio.io/inject can only be applied to Pod",
+            "Warning [IST0108] (Deployment shop/web mesh.yaml:8) Unknown annotation: sidecar.istio.io/proxyCPUs",
+            r#"Info [IST0135] (Deployment shop/web mesh.yaml:8) Annotation "sidecar.istio.io/inject" has been deprecated in favor of the "sidecar.istio.io/inject" label and may not work in future Istio versions."#,
+            r#"Info [IST0135] (Pod shop/legacy mesh.yaml:22) Annotation "sidecar.istio.io/inject" has been deprecated in favor of the "sidecar.istio.io/inject" label and may not work in future Istio versions."#,
+        ]
+    );
+}

@@ -180,3 +180,39 @@ fn texts_as_istioctl_prints_them() {
         );
     }
 }
+
+/// The annotations the annotation analyzer knows are Istio's
+/// (`reference/annotations.yaml`): the same names, kinds and deprecations.
+#[test]
+fn annotations_are_istios() {
+    let path = crds::istio_testdata().join("reference/annotations.yaml");
+    let reference: serde_json::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(path).expect("annotations"))
+            .expect("YAML");
+    let theirs: Vec<(String, Vec<String>, bool)> = reference["annotations"]
+        .as_array()
+        .expect("annotations")
+        .iter()
+        .map(|a| {
+            let kinds = a["resources"].as_array().map_or(Vec::new(), |r| {
+                r.iter().map(|k| k.as_str().unwrap().to_owned()).collect()
+            });
+            (
+                a["name"].as_str().unwrap().to_owned(),
+                kinds,
+                a["deprecated"].as_bool().unwrap_or(false),
+            )
+        })
+        .collect();
+    let ours: Vec<(String, Vec<String>, bool)> = analysis::ANNOTATIONS
+        .iter()
+        .map(|(n, k, d)| {
+            (
+                (*n).to_owned(),
+                k.iter().map(|s| (*s).to_owned()).collect(),
+                *d,
+            )
+        })
+        .collect();
+    assert_eq!(ours, theirs);
+}

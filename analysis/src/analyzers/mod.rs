@@ -4,6 +4,7 @@ use crds::document::Object;
 
 use crate::input::{Entry, Input};
 
+pub mod annotations;
 pub mod authz;
 pub mod destinationrule;
 pub mod envoyfilter;
