@@ -80,28 +80,37 @@ impl Input {
                     continue;
                 }
             };
-            let workload = workload_pods(&value, &self.default_namespace);
-            for result in parse_value(value, &self.default_namespace) {
-                match result {
-                    Ok(object) => self.add_object(object, Some(reference.clone())),
-                    Err(e) if e.is_unsupported_kind() => match workload.clone() {
-                        Some((kind, pod, owner_annotations)) => {
-                            let mut resource = resource_of(
-                                &Object::Pod(Box::new(pod.clone())),
-                                Some(reference.clone()),
-                            );
-                            resource.kind = kind;
-                            self.insert(Entry {
-                                object: Object::Pod(Box::new(pod)),
-                                resource,
-                                invalid: None,
-                                owner_annotations,
-                            });
-                        }
-                        None => self.skipped += 1,
-                    },
-                    Err(e) => self.add_error(&reference, &e),
-                }
+            self.add_value(value, &reference);
+        }
+    }
+
+    /// Reads one document (an object, or a `List` of them) as [`Input::add_text`]
+    /// reads each: a kind the control plane reads is parsed and validated;
+    /// a workload is read as the pod of its template; other kinds are
+    /// skipped; what does not fit its schema is kept as a
+    /// `SchemaValidationError`. `reference` is where it was read.
+    pub fn add_value(&mut self, value: serde_json::Value, reference: &str) {
+        let workload = workload_pods(&value, &self.default_namespace);
+        for result in parse_value(value, &self.default_namespace) {
+            match result {
+                Ok(object) => self.add_object(object, Some(reference.to_owned())),
+                Err(e) if e.is_unsupported_kind() => match workload.clone() {
+                    Some((kind, pod, owner_annotations)) => {
+                        let mut resource = resource_of(
+                            &Object::Pod(Box::new(pod.clone())),
+                            Some(reference.to_owned()),
+                        );
+                        resource.kind = kind;
+                        self.insert(Entry {
+                            object: Object::Pod(Box::new(pod)),
+                            resource,
+                            invalid: None,
+                            owner_annotations,
+                        });
+                    }
+                    None => self.skipped += 1,
+                },
+                Err(e) => self.add_error(reference, &e),
             }
         }
     }

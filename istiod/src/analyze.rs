@@ -1,5 +1,6 @@
 //! `istiod analyze`: Istio's `istioctl analyze` over YAML files and
-//! folders, with the [`analysis`] crate's analyzers.
+//! folders, or over a cluster's objects (with files applied over them),
+//! with the [`analysis`] crate's analyzers.
 
 use std::path::{Path, PathBuf};
 
@@ -42,6 +43,13 @@ pub struct Options {
     /// `CODE=Kind namespace/name` entries (a `*` in the object matches any
     /// text) whose messages are left out (istioctl's `--suppress`).
     pub suppress: Vec<String>,
+    /// Analyse a cluster: its objects read from the API server (this
+    /// kubeconfig, else `KUBECONFIG` / `~/.kube/config` / in cluster),
+    /// with `paths` applied over them (istioctl's default mode).
+    pub cluster: Option<Option<PathBuf>>,
+    /// With `cluster`: report on every namespace, not only `namespace`
+    /// (istioctl's `--all-namespaces`).
+    pub all_namespaces: bool,
 }
 
 /// The outcome: what to print on standard output and standard error, and
@@ -63,6 +71,12 @@ pub struct Report {
 /// config that does not parse.
 pub fn run(options: &Options) -> anyhow::Result<Report> {
     let mut input = Input::new(&options.namespace);
+    if let Some(kubeconfig) = &options.cluster {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(read_cluster(&mut input, kubeconfig.as_deref()))?;
+    }
     if let Some(path) = &options.mesh_config {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
@@ -81,9 +95,98 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
             input.add_text(&file.display().to_string(), &text);
         }
     }
-    input.add_default_ingress();
-    let messages = analysis::analyze(&input, analysis::ALL);
+    if options.cluster.is_none() {
+        input.add_default_ingress();
+    }
+    let mut messages = analysis::analyze(&input, analysis::ALL);
+    if options.cluster.is_some() && !options.all_namespaces {
+        messages.retain(|m| {
+            m.resource.as_ref().is_none_or(|r| {
+                r.namespace
+                    .as_deref()
+                    .is_none_or(|ns| ns == options.namespace)
+            })
+        });
+    }
     Ok(report(&messages, options))
+}
+
+/// Workload kinds read from a cluster besides what the daemon watches:
+/// `(apiVersion, kind, plural)`; each is read as the pod of its template.
+const WORKLOADS: [(&str, &str, &str); 5] = [
+    ("apps/v1", "Deployment", "deployments"),
+    ("apps/v1", "StatefulSet", "statefulsets"),
+    ("apps/v1", "DaemonSet", "daemonsets"),
+    ("batch/v1", "Job", "jobs"),
+    ("batch/v1", "CronJob", "cronjobs"),
+];
+
+/// Lists every collection the daemon watches, and the workloads, into
+/// `input`, each object referenced by its API path. A collection the
+/// server does not serve (`404`, a CRD not installed) is empty.
+///
+/// # Errors
+/// No client configuration; a list refused for another reason (named).
+async fn read_cluster(input: &mut Input, kubeconfig: Option<&Path>) -> anyhow::Result<()> {
+    use kube::api::{Api, ApiResource, DynamicObject, ListParams};
+    let source = crate::sources::kube::KubeSource::infer(kubeconfig, "istio-system".into()).await?;
+    let client = kube::Client::try_from(source.config)?;
+    let mut collections: Vec<(ApiResource, Option<String>)> = Vec::new();
+    for w in crate::sources::kube::watched() {
+        for resource in std::iter::once(w.resource).chain(w.fallbacks) {
+            collections.push((resource, w.field_selector.clone()));
+        }
+    }
+    for (api_version, kind, plural) in WORKLOADS {
+        let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+        collections.push((
+            ApiResource {
+                group: group.into(),
+                version: version.into(),
+                api_version: api_version.into(),
+                kind: kind.into(),
+                plural: plural.into(),
+            },
+            None,
+        ));
+    }
+    let mut served = std::collections::HashSet::new();
+    for (resource, field_selector) in collections {
+        // A kind read at one version is not read again at its fallback.
+        if served.contains(&(resource.group.clone(), resource.kind.clone())) {
+            continue;
+        }
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+        let mut params = ListParams::default();
+        if let Some(f) = &field_selector {
+            params = params.fields(f);
+        }
+        let list = match api.list(&params).await {
+            Ok(l) => l,
+            Err(kube::Error::Api(e)) if e.code == 404 => continue,
+            Err(e) => anyhow::bail!("listing {}: {e}", resource.plural),
+        };
+        served.insert((resource.group.clone(), resource.kind.clone()));
+        for object in list.items {
+            let namespace = object.metadata.namespace.clone();
+            let name = object.metadata.name.clone().unwrap_or_default();
+            let base = match resource.group.as_str() {
+                "" => format!("/api/{}", resource.version),
+                g => format!("/apis/{g}/{}", resource.version),
+            };
+            let path = match &namespace {
+                Some(ns) => format!("{base}/namespaces/{ns}/{}/{name}", resource.plural),
+                None => format!("{base}/{}/{name}", resource.plural),
+            };
+            let mut value = serde_json::to_value(&object)?;
+            if let Some(map) = value.as_object_mut() {
+                map.insert("apiVersion".into(), resource.api_version.clone().into());
+                map.insert("kind".into(), resource.kind.clone().into());
+            }
+            input.add_value(value, &path);
+        }
+    }
+    Ok(())
 }
 
 /// Renders `messages` as `options` asks.
@@ -132,12 +235,16 @@ pub fn report(messages: &[Message], options: &Options) -> Report {
 
 /// What was analysed, for the summary lines.
 fn what(options: &Options) -> String {
-    let paths: Vec<String> = options
-        .paths
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect();
-    paths.join(", ")
+    let mut parts: Vec<String> = Vec::new();
+    if options.cluster.is_some() {
+        parts.push(if options.all_namespaces {
+            "all namespaces".to_owned()
+        } else {
+            format!("namespace: {}", options.namespace)
+        });
+    }
+    parts.extend(options.paths.iter().map(|p| p.display().to_string()));
+    parts.join(", ")
 }
 
 /// Whether `rule` (`CODE=Kind namespace/name`, `*` matching any text in

@@ -220,7 +220,7 @@ enum Command {
     /// when a message reaches `--failure-threshold`.
     Analyze {
         /// Files and folders (read recursively); `-` is standard input.
-        #[arg(required_unless_present = "list_analyzers")]
+        #[arg(required_unless_present_any = ["list_analyzers", "kubernetes", "kubeconfig"])]
         paths: Vec<PathBuf>,
         /// Namespace of objects written without one.
         #[arg(short = 'n', long, default_value = "default")]
@@ -244,6 +244,18 @@ enum Command {
         /// List the analyzers and exit.
         #[arg(short = 'L', long)]
         list_analyzers: bool,
+        /// Analyse the cluster (in cluster: the pod's service account; out
+        /// of cluster: `KUBECONFIG` or ~/.kube/config), the files given
+        /// applied over its objects.
+        #[arg(short = 'k', long)]
+        kubernetes: bool,
+        /// Analyse the cluster of this kubeconfig's current context (implies
+        /// `--kubernetes`).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// With a cluster: report on every namespace, not only `--namespace`.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
     },
     /// Print the CustomResourceDefinitions of the Istio kinds this daemon reads
     /// (YAML, as committed in `manifests/crds.yaml`).
@@ -477,6 +489,9 @@ fn main() -> ExitCode {
             output,
             suppress,
             list_analyzers,
+            kubernetes,
+            kubeconfig,
+            all_namespaces,
         }) => {
             if list_analyzers {
                 for a in analysis::ALL {
@@ -492,6 +507,8 @@ fn main() -> ExitCode {
                 failure_threshold,
                 format: output,
                 suppress,
+                cluster: (kubernetes || kubeconfig.is_some()).then_some(kubeconfig),
+                all_namespaces,
             };
             match istiod::analyze::run(&options) {
                 Ok(report) => {

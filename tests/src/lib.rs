@@ -516,6 +516,23 @@ pub async fn secure_channel(
         .expect("connect to the TLS port")
 }
 
+/// The path of the `istiod` binary next to this test's (built by `cargo
+/// test --workspace` or `cargo build -p istiod`).
+pub fn istiod_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join("istiod"))
+        .unwrap();
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo build -p istiod` first (scripts/test does)",
+        bin.display()
+    );
+    bin
+}
+
 /// Starts the daemon on the Kubernetes source, watching `api`, with ADS and
 /// monitoring on free loopback ports. It is not ready until every watcher's
 /// first list completed (see [`wait_ready`]).

@@ -1810,3 +1810,101 @@ spec:
     assert_eq!(written[0]["type"]["code"], "IST0106", "{written}");
     drop(daemon);
 }
+
+/// `istiod analyze --kubeconfig`: istioctl's default mode, the cluster's
+/// objects read from the API server (workloads as their pods), local
+/// files applied over them, messages for one namespace or all.
+#[test]
+fn analyze_reads_the_cluster() {
+    let rt = e2e::runtime();
+    let api = rt.block_on(FakeApiServer::start());
+    let platform =
+        std::fs::read_to_string(e2e::workspace().join("examples/bookinfo/platform.yaml")).unwrap();
+    api.apply_yaml(&platform);
+    api.apply_yaml(&bookinfo_sample("virtual-service-all-v1.yaml"));
+    api.apply_yaml(
+        "apiVersion: v1
+kind: Namespace
+metadata: {name: other}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: elsewhere, namespace: other}
+spec:
+  hosts: [elsewhere]
+  http: [{route: [{destination: {host: nowhere}}]}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: default, annotations: {sidecar.istio.io/inject: 'true'}}
+spec:
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec: {containers: [{name: web, image: x}]}
+",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1
+kind: Config
+clusters: [{{name: fake, cluster: {{server: '{}'}}}}]
+users: [{{name: me, user: {{}}}}]
+contexts: [{{name: fake, context: {{cluster: fake, user: me, namespace: default}}}}]
+current-context: fake
+",
+            api.url()
+        ),
+    )
+    .unwrap();
+    let analyze = |args: &[&str]| {
+        let out = std::process::Command::new(e2e::istiod_binary())
+            .arg("analyze")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    // The namespace `default`: its routes to subsets no DestinationRule
+    // defines, each referenced by its API path; the Deployment's misplaced
+    // annotation; nothing of `other`.
+    let (code, stdout, stderr) = analyze(&[]);
+    assert_eq!(code, Some(79), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("Error [IST0101] (VirtualService default/reviews /apis/networking.istio.io/v1/namespaces/default/virtualservices/reviews) Referenced host+subset in destinationrule not found: \"reviews+v1\""),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("Warning [IST0107] (Deployment default/web /apis/apps/v1/namespaces/default/deployments/web) Misplaced annotation: sidecar.istio.io/inject can only be applied to Pod"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("other/elsewhere"), "{stdout}");
+    assert!(
+        stderr.contains("when analyzing namespace: default."),
+        "{stderr}"
+    );
+
+    // Every namespace.
+    let (_, stdout, _) = analyze(&["-A"]);
+    assert!(
+        stdout.contains("(VirtualService other/elsewhere /apis/networking.istio.io/v1/namespaces/other/virtualservices/elsewhere) Referenced host not found: \"nowhere\""),
+        "{stdout}"
+    );
+
+    // A local file applied over the cluster: the DestinationRules make the
+    // subsets exist (those Bookinfo has pods for).
+    let rules = dir.path().join("rules.yaml");
+    std::fs::write(&rules, bookinfo_sample("destination-rule-reviews.yaml")).unwrap();
+    let (_, stdout, _) = analyze(&[rules.to_str().unwrap()]);
+    assert!(!stdout.contains("\"reviews+v1\""), "{stdout}");
+    assert!(stdout.contains("\"ratings+v1\""), "{stdout}");
+}

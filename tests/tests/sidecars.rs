@@ -858,23 +858,6 @@ spec:
     assert_eq!(mesh.server_envoy.rejected(), 0);
 }
 
-/// The path of the `istiod` binary next to this test's (built by `cargo
-/// test --workspace` or `cargo build -p istiod`).
-fn istiod_binary() -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|dir| dir.join("istiod"))
-        .unwrap();
-    assert!(
-        bin.is_file(),
-        "{} is missing: run `cargo build -p istiod` first (scripts/test does)",
-        bin.display()
-    );
-    bin
-}
-
 #[test]
 fn the_agent_subcommand_runs_a_working_sidecar() {
     use std::os::unix::fs::PermissionsExt;
@@ -907,7 +890,7 @@ fn the_agent_subcommand_runs_a_working_sidecar() {
     let dir = pod_dir.path();
     let delta = std::env::var("XDS_PROTOCOL").is_ok_and(|p| p == "delta");
     let mut agent = details.run(|| {
-        std::process::Command::new(istiod_binary())
+        std::process::Command::new(e2e::istiod_binary())
             .arg("agent")
             .args(["--ca-addr", &format!("https://{}", secure.addr)])
             .arg("--ca-root")
