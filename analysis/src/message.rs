@@ -83,6 +83,9 @@ message_types! {
     /// A namespace that neither enables nor disables injection.
     NAMESPACE_NOT_INJECTED = "NamespaceNotInjected", "IST0102", Info,
         "The namespace is not enabled for Istio injection. Run 'kubectl label namespace %s istio-injection=enabled' to enable it, or 'kubectl label namespace %s istio-injection=disabled' to explicitly mark it as not needing injection.";
+    /// A pod of an injected namespace without Istio's proxy.
+    POD_MISSING_PROXY = "PodMissingProxy", "IST0103", Warning,
+        "The pod %s is missing the Istio proxy. This can often be resolved by restarting or redeploying the workload.";
     /// The object does not pass istiod's validation.
     SCHEMA_VALIDATION_ERROR = "SchemaValidationError", "IST0106", Error,
         "Schema validation error: %v";

@@ -617,3 +617,49 @@ spec: {containers: [{name: app, image: x}]}
         ]
     );
 }
+
+#[test]
+fn pods_of_injected_namespaces_without_the_proxy() {
+    let pod = |name: &str, ns: &str, extra: &str| {
+        format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}{extra}}}\nspec: {{containers: [{{name: app, image: x}}]}}\n"
+        )
+    };
+    let mut yaml = String::from(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {istio-injection: enabled}}\n\
+         ---\napiVersion: v1\nkind: Namespace\nmetadata: {name: canary, labels: {istio.io/rev: canary}}\n\
+         ---\napiVersion: v1\nkind: Namespace\nmetadata: {name: plain, labels: {istio-injection: disabled}}\n",
+    );
+    yaml.push_str(&pod("old", "shop", ""));
+    yaml.push_str(&pod("old", "canary", ""));
+    yaml.push_str(&pod(
+        "skipped",
+        "shop",
+        ", annotations: {sidecar.istio.io/inject: 'false'}",
+    ));
+    yaml.push_str(&pod(
+        "labelled-out",
+        "shop",
+        ", labels: {sidecar.istio.io/inject: 'false'}",
+    ));
+    yaml.push_str(&pod("outside", "plain", ""));
+    yaml.push_str(
+        "---\napiVersion: v1\nkind: Pod\nmetadata: {name: injected, namespace: shop}\n\
+         spec: {containers: [{name: app, image: x}, {name: istio-proxy, image: proxyv2}]}\n\
+         ---\napiVersion: v1\nkind: Pod\nmetadata: {name: native, namespace: shop}\n\
+         spec: {initContainers: [{name: istio-proxy, image: proxyv2, restartPolicy: Always}], containers: [{name: app, image: x}]}\n\
+         ---\napiVersion: v1\nkind: Pod\nmetadata: {name: host, namespace: shop}\n\
+         spec: {hostNetwork: true, containers: [{name: app, image: x}]}\n",
+    );
+    let found: Vec<String> = lines("injection.Analyzer", &yaml)
+        .into_iter()
+        .filter(|l| l.contains("IST0103"))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            "Warning [IST0103] (Pod canary/old mesh.yaml:18) The pod canary/old is missing the Istio proxy. This can often be resolved by restarting or redeploying the workload.",
+            "Warning [IST0103] (Pod shop/old mesh.yaml:13) The pod shop/old is missing the Istio proxy. This can often be resolved by restarting or redeploying the workload.",
+        ]
+    );
+}

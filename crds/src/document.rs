@@ -40,6 +40,11 @@ pub struct PodInfo {
     /// `spec.nodeName`: the Node whose topology labels the pod's endpoints
     /// carry.
     pub node_name: Option<String>,
+    /// Whether it runs Istio's proxy: a container (or a native sidecar,
+    /// an init container) named `istio-proxy`.
+    pub proxy: bool,
+    /// `spec.hostNetwork`: such a pod is never injected.
+    pub host_network: bool,
     /// The containers' named TCP ports, name -> `containerPort` (the first
     /// of a name wins, as in Kubernetes): where a ServiceEntry that selects
     /// the pod reaches its port of that name (Istio's `getPortMap`).
@@ -101,6 +106,16 @@ impl From<Pod> for PodInfo {
         PodInfo {
             ready: pod.metadata.deletion_timestamp.is_none() && !finished && !unready,
             node_name: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+            proxy: pod.spec.as_ref().is_some_and(|s| {
+                s.containers
+                    .iter()
+                    .chain(s.init_containers.iter().flatten())
+                    .any(|c| c.name == "istio-proxy")
+            }),
+            host_network: pod
+                .spec
+                .as_ref()
+                .is_some_and(|s| s.host_network == Some(true)),
             service_account_name: pod.spec.and_then(|s| s.service_account_name),
             pod_ip: pod.status.and_then(|s| s.pod_ip),
             metadata: pod.metadata,
