@@ -70,6 +70,11 @@ pub const ALL: &[Analyzer] = &[
         run: analyzers::envoyfilter::patches,
     },
     Analyzer {
+        name: "gateway.CertificateAnalyzer",
+        description: "Checks a gateway certificate",
+        run: analyzers::gateway::duplicate_certificates,
+    },
+    Analyzer {
         name: "gateway.ConflictingGatewayAnalyzer",
         description: "Checks a gateway's selector, port number and hosts",
         run: analyzers::gateway::conflicting,

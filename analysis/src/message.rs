@@ -143,6 +143,9 @@ message_types! {
     /// A deprecated Istio annotation.
     DEPRECATED_ANNOTATION = "DeprecatedAnnotation", "IST0135", Info,
         "Annotation %q has been deprecated%s and may not work in future Istio versions.";
+    /// Gateways of one workload presenting one certificate.
+    GATEWAY_DUPLICATE_CERTIFICATE = "GatewayDuplicateCertificate", "IST0138", Warning,
+        "Duplicate certificate in multiple gateways %v may cause 404s if clients re-use HTTP2 connections.";
     /// A gateway route's destination without a subset, where a mesh route uses subsets.
     INGRESS_ROUTE_RULES_NOT_AFFECTED = "IngressRouteRulesNotAffected", "IST0140", Warning,
         "Subset in virtual service %s has no effect on ingress gateway %s requests";

@@ -663,3 +663,61 @@ fn pods_of_injected_namespaces_without_the_proxy() {
         ]
     );
 }
+
+#[test]
+fn gateways_sharing_a_certificate() {
+    let gateway = |name: &str, selector: &str, tls: &str| {
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: {name}, namespace: istio-system}}\nspec:\n  selector: {selector}\n  servers:\n  - port: {{number: 443, name: https, protocol: HTTPS}}\n    hosts: [\"{name}.example.com\"]\n    tls: {tls}\n"
+        )
+    };
+    let yaml = [
+        gateway(
+            "shop",
+            "{istio: ingressgateway}",
+            "{mode: SIMPLE, credentialName: wildcard}",
+        ),
+        gateway(
+            "blog",
+            "{istio: ingressgateway, tier: web}",
+            "{mode: SIMPLE, credentialName: wildcard}",
+        ),
+        gateway(
+            "admin",
+            "{istio: ingressgateway}",
+            "{mode: SIMPLE, credentialName: admin}",
+        ),
+        gateway(
+            "files",
+            "{istio: ingressgateway}",
+            "{mode: SIMPLE, serverCertificate: /c.pem, privateKey: /k.pem}",
+        ),
+        gateway(
+            "files2",
+            "{istio: ingressgateway}",
+            "{mode: SIMPLE, serverCertificate: /c.pem, privateKey: /k.pem}",
+        ),
+        gateway(
+            "other",
+            "{istio: egressgateway}",
+            "{mode: SIMPLE, credentialName: wildcard}",
+        ),
+    ]
+    .concat();
+    let duplicate = |a: &str, b: &str, line: u32| {
+        format!(
+            "Warning [IST0138] (Gateway istio-system/{a} mesh.yaml:{line}) Duplicate certificate in multiple gateways [istio-system/{a} istio-system/{b}] may cause 404s if clients re-use HTTP2 connections."
+        )
+    };
+    // blog's selector carries shop's labels (shop's workload serves blog's
+    // servers too), not the other way round; another workload's gateway
+    // shares nothing.
+    assert_eq!(
+        lines("gateway.CertificateAnalyzer", &yaml),
+        [
+            duplicate("files", "files2", 32),
+            duplicate("files2", "files", 42),
+            duplicate("shop", "blog", 2),
+        ]
+    );
+}

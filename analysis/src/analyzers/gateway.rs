@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
+use crds::gateway::ServerTlsSettings;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{each, full_name, namespace, pick};
@@ -167,6 +168,60 @@ pub fn secrets(input: &Input, out: &mut Vec<Message>) {
                     message::REFERENCED_RESOURCE_NOT_FOUND,
                     Some(&entry.resource),
                     vec!["credentialName".into(), name.clone().into()],
+                ));
+            }
+        }
+    }
+}
+
+/// Whether two TLS servers present the same certificate: the same
+/// `credentialName`, or (neither naming one) the same
+/// `serverCertificate` and `privateKey` files.
+fn same_certificate(a: &ServerTlsSettings, b: &ServerTlsSettings) -> bool {
+    fn set(s: &Option<String>) -> Option<&str> {
+        s.as_deref().filter(|v| !v.is_empty())
+    }
+    match (set(&a.credential_name), set(&b.credential_name)) {
+        (Some(x), Some(y)) => x == y,
+        (None, None) => {
+            let cert = set(&a.server_certificate).zip(set(&b.server_certificate));
+            let key = set(&a.private_key).zip(set(&b.private_key));
+            matches!((cert, key), (Some((c1, c2)), Some((k1, k2))) if c1 == c2 && k1 == k2)
+        }
+        _ => false,
+    }
+}
+
+/// Gateways for the same workload (the other's `selector` carries this
+/// one's labels; an empty selector, every Gateway) whose TLS servers
+/// present the same certificate are each `GatewayDuplicateCertificate`
+/// (IST0138): a client reusing an HTTP/2 connection for the other's host
+/// gets 404s (Istio's `gateway.CertificateAnalyzer`, gateways of every
+/// namespace compared).
+pub fn duplicate_certificates(input: &Input, out: &mut Vec<Message>) {
+    let gateways: Vec<_> = each(input, pick::gateway).collect();
+    for (entry, gateway) in &gateways {
+        let name = full_name(entry);
+        for (other_entry, other) in &gateways {
+            let other_name = full_name(other_entry);
+            let same_workload = gateway
+                .selector
+                .iter()
+                .all(|(k, v)| other.selector.get(k) == Some(v));
+            if other_name == name || !same_workload {
+                continue;
+            }
+            let tls = |g: &'_ crds::GatewaySpec| -> Vec<ServerTlsSettings> {
+                g.servers.iter().filter_map(|s| s.tls.clone()).collect()
+            };
+            let shared = tls(gateway)
+                .iter()
+                .any(|a| tls(other).iter().any(|b| same_certificate(a, b)));
+            if shared {
+                out.push(Message::new(
+                    message::GATEWAY_DUPLICATE_CERTIFICATE,
+                    Some(&entry.resource),
+                    vec![Param::List(vec![name.clone(), other_name])],
                 ));
             }
         }
