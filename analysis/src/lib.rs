@@ -37,7 +37,7 @@ impl std::fmt::Debug for Analyzer {
     }
 }
 
-/// Every analyzer, in Istio's order.
+/// Every analyzer, by name.
 pub const ALL: &[Analyzer] = &[
     Analyzer {
         name: "annotations.K8sAnalyzer",
@@ -117,27 +117,27 @@ pub const ALL: &[Analyzer] = &[
     Analyzer {
         name: "sidecar.DefaultSelectorAnalyzer",
         description: "Validates that there aren't multiple sidecar resources that have no selector",
-        run: analyzers::sidecar::default_selectors,
+        run: analyzers::selectors::default_selectors,
     },
     Analyzer {
         name: "sidecar.SelectorAnalyzer",
         description: "Validates that sidecars that define a workload selector match a workload and that there aren't multiple sidecar resources that select overlapping pods",
-        run: analyzers::sidecar::selectors,
+        run: analyzers::selectors::selectors,
     },
     Analyzer {
         name: "telemetry.DefaultSelectorAnalyzer",
         description: "Validates that there aren't multiple telemetry resources that have no selector",
-        run: analyzers::sidecar::telemetry_default_selectors,
+        run: analyzers::selectors::telemetry_default_selectors,
     },
     Analyzer {
         name: "telemetry.ProviderAnalyzer",
         description: "Validates that providers in telemetry resource is valid",
-        run: analyzers::sidecar::telemetry_providers,
+        run: analyzers::selectors::telemetry_providers,
     },
     Analyzer {
         name: "telemetry.SelectorAnalyzer",
         description: "Validates that telemetries that define a selector match a workload and that there aren't multiple telemetry resources that select overlapping pods",
-        run: analyzers::sidecar::telemetry_selectors,
+        run: analyzers::selectors::telemetry_selectors,
     },
     Analyzer {
         name: "virtualservice.ConflictingMeshGatewayHostsAnalyzer",

@@ -11,9 +11,9 @@ pub mod envoyfilter;
 pub mod gateway;
 pub mod injection;
 pub mod schema;
+pub mod selectors;
 pub mod service;
 pub mod serviceentry;
-pub mod sidecar;
 pub mod virtualservice;
 
 /// Each object of one kind with its entry: `pick` returns the spec of the
