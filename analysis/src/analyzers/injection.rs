@@ -56,14 +56,7 @@ pub fn namespaces(input: &Input, out: &mut Vec<Message>) {
         if entry.resource.kind != "Pod" || !injected.contains(ns) || pod.proxy || pod.host_network {
             continue;
         }
-        let key = "sidecar.istio.io/inject";
-        let meta = &pod.metadata;
-        let says = meta
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(key))
-            .or_else(|| meta.annotations.as_ref().and_then(|a| a.get(key)));
-        if says.is_some_and(|v| v.eq_ignore_ascii_case("false")) {
+        if super::inject_says(pod).is_some_and(|v| v.eq_ignore_ascii_case("false")) {
             continue;
         }
         out.push(Message::new(

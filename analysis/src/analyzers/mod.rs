@@ -38,6 +38,29 @@ pub fn full_name(entry: &Entry) -> String {
     format!("{}/{}", namespace(entry), entry.resource.name)
 }
 
+/// What a pod says of its injection: its `sidecar.istio.io/inject` label,
+/// else that annotation (the label wins, as in Istio's webhook).
+pub fn inject_says(pod: &crds::document::PodInfo) -> Option<&str> {
+    let key = "sidecar.istio.io/inject";
+    let meta = &pod.metadata;
+    meta.labels
+        .as_ref()
+        .and_then(|l| l.get(key))
+        .or_else(|| meta.annotations.as_ref().and_then(|a| a.get(key)))
+        .map(String::as_str)
+}
+
+/// The `namespace/name` of a gateway a VirtualService of `namespace`
+/// names: `ns/name` as written, a bare name in the VirtualService's
+/// namespace.
+pub fn gateway_name(namespace: &str, name: &str) -> String {
+    if name.contains('/') {
+        name.to_owned()
+    } else {
+        format!("{namespace}/{name}")
+    }
+}
+
 /// Spec pickers for [`each`].
 pub mod pick {
     use super::Object;

@@ -83,14 +83,7 @@ pub fn port_names(input: &Input, out: &mut Vec<Message>) {
 /// when its template says `sidecar.istio.io/inject: "false"`, nor when its
 /// Namespace is read and neither enables injection; yes otherwise.
 fn in_mesh(input: &Input, entry: &crate::Entry, pod: &crds::document::PodInfo) -> bool {
-    let key = "sidecar.istio.io/inject";
-    let meta = &pod.metadata;
-    let pod_says = meta
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(key))
-        .or_else(|| meta.annotations.as_ref().and_then(|a| a.get(key)));
-    if let Some(v) = pod_says {
+    if let Some(v) = super::inject_says(pod) {
         return v == "true";
     }
     let ns = each(input, pick::namespace).find(|(e, _)| e.resource.name == namespace(entry));

@@ -176,11 +176,7 @@ pub fn gateways(input: &Input, out: &mut Vec<Message>) {
             if name == "mesh" {
                 continue;
             }
-            let full = if name.contains('/') {
-                name.clone()
-            } else {
-                format!("{vs_ns}/{name}")
-            };
+            let full = super::gateway_name(vs_ns, name);
             let gateway = gateways.iter().find(|(e, _)| full_name(e) == full);
             if gateway.is_none() {
                 out.push(Message::new(
@@ -286,11 +282,7 @@ pub fn jwt_claim_routes(input: &Input, out: &mut Vec<Message>) {
             continue;
         };
         for name in vs.gateways.iter().filter(|g| *g != "mesh") {
-            let full = if name.contains('/') {
-                name.clone()
-            } else {
-                format!("{}/{name}", namespace(entry))
-            };
+            let full = super::gateway_name(namespace(entry), name);
             let Some((_, gateway)) = gateways.iter().find(|(e, _)| full_name(e) == full) else {
                 continue;
             };
