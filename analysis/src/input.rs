@@ -2,7 +2,7 @@
 //! line it starts on) or handed over by the daemon, the mesh config, and
 //! the documents that could not be read.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crds::document::{Object, ParseError, parse_value, split_documents};
 use crds::mesh::MeshConfigSpec;
@@ -28,7 +28,8 @@ pub struct Entry {
 /// The objects to analyse.
 #[derive(Clone, Debug)]
 pub struct Input {
-    /// Objects read, in the order read.
+    /// Objects read, in the order read (add them with the methods, which
+    /// keep one object per kind, namespace and name).
     pub entries: Vec<Entry>,
     /// Documents that did not fit their kind's schema at all (a missing
     /// required field, a wrong type, an unknown field), or were not YAML:
@@ -42,6 +43,8 @@ pub struct Input {
     /// the pod of its template.)
     pub skipped: usize,
     default_namespace: String,
+    /// Positions in `entries` by kind, namespace and name.
+    index: HashMap<(String, Option<String>, String), usize>,
 }
 
 impl Input {
@@ -55,6 +58,7 @@ impl Input {
             mesh: MeshConfigSpec::default(),
             skipped: 0,
             default_namespace: default_namespace.to_owned(),
+            index: HashMap::new(),
         }
     }
 
@@ -156,14 +160,14 @@ impl Input {
     /// name read before: the last one read wins, as when the files are
     /// applied in order.
     fn insert(&mut self, entry: Entry) {
-        let same = |e: &Entry| {
-            e.resource.kind == entry.resource.kind
-                && e.resource.namespace == entry.resource.namespace
-                && e.resource.name == entry.resource.name
-        };
-        match self.entries.iter_mut().find(|e| same(e)) {
-            Some(e) => *e = entry,
-            None => self.entries.push(entry),
+        let r = &entry.resource;
+        let key = (r.kind.clone(), r.namespace.clone(), r.name.clone());
+        match self.index.get(&key) {
+            Some(&i) => self.entries[i] = entry,
+            None => {
+                self.index.insert(key, self.entries.len());
+                self.entries.push(entry);
+            }
         }
     }
 
@@ -199,7 +203,7 @@ impl Input {
         defaults.add_text("", DEFAULT_INGRESS);
         for mut entry in defaults.entries {
             entry.resource.reference = None;
-            self.entries.push(entry);
+            self.insert(entry);
         }
     }
 }

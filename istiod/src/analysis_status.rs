@@ -34,7 +34,7 @@ const ISTIO_GROUPS: [&str; 4] = [
 
 /// Every analyzer over the objects a snapshot was built from (each
 /// referenced by its file or API path) and the documents its load refused
-/// (`IST0106`, not analysed further). ~50 ms of CPU at 1000 services
+/// (`IST0106`, not analysed further). ~25 ms of CPU at 1000 services
 /// (docs/PERFORMANCE.md): run it off the runtime's workers.
 pub fn analyze(objects: &[Entry], errors: &[SourceError]) -> Vec<analysis::Message> {
     let mut input = analysis::Input::new("default");
