@@ -55,6 +55,11 @@ pub const ALL: &[Analyzer] = &[
         run: analyzers::service::workload_services,
     },
     Analyzer {
+        name: "deprecation.DeprecationAnalyzer",
+        description: "Checks for deprecated Istio types and fields",
+        run: analyzers::schema::deprecations,
+    },
+    Analyzer {
         name: "destinationrule.CaCertificateAnalyzer",
         description: "Checks if caCertificates is set when TLS mode is SIMPLE/MUTUAL",
         run: analyzers::destinationrule::ca_certificates,

@@ -77,6 +77,9 @@ macro_rules! message_types {
 }
 
 message_types! {
+    /// A deprecated field or kind.
+    DEPRECATED = "Deprecated", "IST0002", Warning,
+        "Deprecated: %s";
     /// A reference (host, subset, gateway, selector, ...) names nothing.
     REFERENCED_RESOURCE_NOT_FOUND = "ReferencedResourceNotFound", "IST0101", Error,
         "Referenced %s not found: %q";

@@ -721,3 +721,32 @@ fn gateways_sharing_a_certificate() {
         ]
     );
 }
+
+#[test]
+fn deprecated_fault_delay_percent() {
+    let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings}
+spec:
+  hosts: [ratings]
+  http:
+  - fault: {delay: {fixedDelay: 7s, percent: 10}}
+    route: [{destination: {host: ratings}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - fault: {delay: {fixedDelay: 7s, percentage: {value: 10}}}
+    route: [{destination: {host: reviews}}]
+"#;
+    assert_eq!(
+        lines("deprecation.DeprecationAnalyzer", yaml),
+        [
+            "Warning [IST0002] (VirtualService default/ratings mesh.yaml:2) Deprecated: HTTPRoute.fault.delay.percent is deprecated; use HTTPRoute.fault.delay.percentage"
+        ]
+    );
+}

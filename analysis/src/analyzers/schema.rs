@@ -282,3 +282,27 @@ fn prefix_overlaps(vs: &VirtualServiceSpec, names: &[String], report: &mut Repor
         }
     }
 }
+
+/// Istio's `deprecation.DeprecationAnalyzer`, for what this daemon reads:
+/// an HTTP route's `fault.delay.percent` (an integer) is `Deprecated`
+/// (IST0002) for `fault.delay.percentage`. (Istio also calls a Sidecar's
+/// `outboundTrafficPolicy.egressProxy` ignored; this daemon acts on it.)
+pub fn deprecations(input: &Input, out: &mut Vec<Message>) {
+    for (entry, vs) in each(input, pick::virtual_service) {
+        let percent = vs
+            .http
+            .iter()
+            .filter_map(|r| r.fault.as_ref()?.delay.as_ref()?.percent)
+            .filter(|p| *p > 0);
+        for _ in percent {
+            out.push(Message::new(
+                message::DEPRECATED,
+                Some(&entry.resource),
+                vec![
+                    "HTTPRoute.fault.delay.percent is deprecated; use HTTPRoute.fault.delay.percentage"
+                        .into(),
+                ],
+            ));
+        }
+    }
+}
