@@ -1,5 +1,6 @@
 //! istiod's validation as an analyzer, with the rules a VirtualService can
-//! never reach (Istio's validation warnings for VirtualServices).
+//! never reach (Istio's validation warnings for VirtualServices), and the
+//! deprecated fields.
 
 use std::collections::HashMap;
 
