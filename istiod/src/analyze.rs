@@ -64,11 +64,13 @@ pub struct Report {
     pub code: u8,
 }
 
-/// Reads `options.paths`, runs every analyzer, and renders the report.
+/// Reads the cluster (with `options.cluster`), then `options.paths` over
+/// it, runs every analyzer, and renders the report.
 ///
 /// # Errors
-/// A path or mesh config file that cannot be read (named), or a mesh
-/// config that does not parse.
+/// A path or mesh config file that cannot be read (named), a mesh config
+/// that does not parse, no client configuration, or a collection the API
+/// server refuses to list (named).
 pub fn run(options: &Options) -> anyhow::Result<Report> {
     let mut input = Input::new(&options.namespace);
     if let Some(kubeconfig) = &options.cluster {
