@@ -516,6 +516,14 @@ pub async fn secure_channel(
         .expect("connect to the TLS port")
 }
 
+/// `examples/bookinfo/platform.yaml`: Bookinfo's Namespace, Pods,
+/// Services and EndpointSlices as an API server holds them (for the fake
+/// API server).
+pub fn bookinfo_platform_yaml() -> String {
+    let path = workspace().join("examples/bookinfo/platform.yaml");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 /// The path of the `istiod` binary next to this test's (built by `cargo
 /// test --workspace` or `cargo build -p istiod`).
 pub fn istiod_binary() -> std::path::PathBuf {

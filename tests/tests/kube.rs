@@ -277,9 +277,7 @@ fn not_ready_and_no_config_served_until_every_list_synced() {
     let _hosts = e2e::isolate();
     let rt = e2e::runtime();
     let api = rt.block_on(FakeApiServer::start());
-    let platform =
-        std::fs::read_to_string(e2e::workspace().join("examples/bookinfo/platform.yaml")).unwrap();
-    api.apply_yaml(&platform);
+    api.apply_yaml(&e2e::bookinfo_platform_yaml());
     api.hold_lists(true);
     let daemon = rt.block_on(start_kube_daemon(&api));
     let ready_url = format!("http://{}/ready", daemon.monitoring_addr.unwrap());
@@ -337,8 +335,7 @@ fn the_platform_serves_bookinfo_yaml_services() {
         istio_testdata().join("samples/bookinfo/platform/kube/bookinfo.yaml"),
     )
     .unwrap();
-    let platform =
-        std::fs::read_to_string(e2e::workspace().join("examples/bookinfo/platform.yaml")).unwrap();
+    let platform = e2e::bookinfo_platform_yaml();
     let theirs = services(&istio);
     assert_eq!(theirs.len(), 4);
     assert_eq!(services(&platform), theirs);
@@ -1689,9 +1686,7 @@ fn analysis_of_the_cluster_follows_the_api() {
     let _hosts = e2e::isolate();
     let rt = e2e::runtime();
     let api = rt.block_on(FakeApiServer::start());
-    let platform =
-        std::fs::read_to_string(e2e::workspace().join("examples/bookinfo/platform.yaml")).unwrap();
-    api.apply_yaml(&platform);
+    api.apply_yaml(&e2e::bookinfo_platform_yaml());
     let daemon = rt.block_on(e2e::start_kube_daemon_analysing(
         &api,
         Duration::from_millis(200),
@@ -1818,9 +1813,7 @@ spec:
 fn analyze_reads_the_cluster() {
     let rt = e2e::runtime();
     let api = rt.block_on(FakeApiServer::start());
-    let platform =
-        std::fs::read_to_string(e2e::workspace().join("examples/bookinfo/platform.yaml")).unwrap();
-    api.apply_yaml(&platform);
+    api.apply_yaml(&e2e::bookinfo_platform_yaml());
     api.apply_yaml(&bookinfo_sample("virtual-service-all-v1.yaml"));
     api.apply_yaml(
         "apiVersion: v1
