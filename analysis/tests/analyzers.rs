@@ -750,3 +750,30 @@ spec:
         ]
     );
 }
+
+#[test]
+fn tls_origination_without_a_ca_at_each_level() {
+    let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: db, namespace: data}
+spec:
+  host: db.example.com
+  trafficPolicy:
+    tls: {mode: SIMPLE}
+    portLevelSettings:
+    - port: {number: 443}
+      tls: {mode: MUTUAL, clientCertificate: /c.pem, privateKey: /k.pem}
+    - port: {number: 8443}
+      tls: {mode: SIMPLE, caCertificates: /ca.pem}
+    - port: {number: 9443}
+      tls: {mode: SIMPLE, credentialName: db-client}
+"#;
+    assert_eq!(
+        lines("destinationrule.CaCertificateAnalyzer", yaml),
+        [
+            "Warning [IST0128] (DestinationRule data/db mesh.yaml:2) DestinationRule data/db in namespace data has TLS mode set to SIMPLE but no caCertificates are set to validate server identity for host: db.example.com",
+            "Warning [IST0129] (DestinationRule data/db mesh.yaml:2) DestinationRule data/db in namespace data has TLS mode set to MUTUAL but no caCertificates are set to validate server identity for host: db.example.com at port number:443",
+        ]
+    );
+}

@@ -10,7 +10,7 @@ use crds::destination_rule::{ClientTlsMode, ClientTlsSettings};
 use super::{each, full_name, namespace, pick};
 use crate::hosts::{Registry, selects};
 use crate::input::Input;
-use crate::message::{self, Message};
+use crate::message::{self, Message, Param};
 
 /// The mode's name when it originates TLS that verifies nothing: `SIMPLE`
 /// or `MUTUAL` without `caCertificates` (nor a `credentialName`, whose
@@ -45,35 +45,34 @@ pub fn ca_certificates(input: &Input, out: &mut Vec<Message>) {
         let Some(policy) = &dr.traffic_policy else {
             continue;
         };
-        let name = full_name(entry);
-        let ns = namespace(entry);
-        if let Some(mode) = unverified(policy.tls.as_ref()) {
-            out.push(Message::new(
-                message::NO_SERVER_CERTIFICATE_VERIFICATION_DESTINATION_LEVEL,
-                Some(&entry.resource),
-                vec![
-                    name.clone().into(),
-                    ns.into(),
-                    mode.into(),
-                    dr.host.clone().into(),
-                ],
-            ));
-        }
-        for port in &policy.port_level_settings {
-            if let Some(mode) = unverified(port.tls.as_ref()) {
-                let number = port.port.as_ref().map_or(0, |p| p.number);
-                out.push(Message::new(
-                    message::NO_SERVER_CERTIFICATE_VERIFICATION_PORT_LEVEL,
-                    Some(&entry.resource),
-                    vec![
-                        name.clone().into(),
-                        ns.into(),
-                        mode.into(),
-                        dr.host.clone().into(),
-                        format!("number:{number}").into(),
-                    ],
-                ));
-            }
+        // The top level's `tls` (IST0128), then each port's (IST0129, its
+        // port named as Istio prints a `PortSelector`).
+        let levels = std::iter::once((policy.tls.as_ref(), None)).chain(
+            policy.port_level_settings.iter().map(|p| {
+                (
+                    p.tls.as_ref(),
+                    Some(p.port.as_ref().map_or(0, |s| s.number)),
+                )
+            }),
+        );
+        for (tls, port) in levels {
+            let Some(mode) = unverified(tls) else {
+                continue;
+            };
+            let mut params: Vec<Param> = vec![
+                full_name(entry).into(),
+                namespace(entry).into(),
+                mode.into(),
+                dr.host.clone().into(),
+            ];
+            let kind = match port {
+                None => message::NO_SERVER_CERTIFICATE_VERIFICATION_DESTINATION_LEVEL,
+                Some(number) => {
+                    params.push(format!("number:{number}").into());
+                    message::NO_SERVER_CERTIFICATE_VERIFICATION_PORT_LEVEL
+                }
+            };
+            out.push(Message::new(kind, Some(&entry.resource), params));
         }
     }
 }
