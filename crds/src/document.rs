@@ -166,6 +166,8 @@ pub enum Object {
     TlsRoute(Box<crate::gateway_api::TlsRoute>),
     /// Gateway API `BackendTLSPolicy`.
     BackendTlsPolicy(Box<crate::gateway_api::BackendTlsPolicy>),
+    /// Gateway API `XBackendTrafficPolicy` (experimental).
+    BackendTrafficPolicy(Box<crate::gateway_api::BackendTrafficPolicy>),
     /// Gateway API `ReferenceGrant`.
     ReferenceGrant(Box<crate::gateway_api::ReferenceGrant>),
 }
@@ -201,6 +203,7 @@ impl Object {
             Object::TcpRoute(_) => "TCPRoute",
             Object::TlsRoute(_) => "TLSRoute",
             Object::BackendTlsPolicy(_) => "BackendTLSPolicy",
+            Object::BackendTrafficPolicy(_) => "XBackendTrafficPolicy",
             Object::ReferenceGrant(_) => "ReferenceGrant",
         }
     }
@@ -235,6 +238,7 @@ impl Object {
             Object::TcpRoute(o) => &o.metadata,
             Object::TlsRoute(o) => &o.metadata,
             Object::BackendTlsPolicy(o) => &o.metadata,
+            Object::BackendTrafficPolicy(o) => &o.metadata,
             Object::ReferenceGrant(o) => &o.metadata,
         }
     }
@@ -269,6 +273,7 @@ impl Object {
             Object::TcpRoute(o) => &mut o.metadata,
             Object::TlsRoute(o) => &mut o.metadata,
             Object::BackendTlsPolicy(o) => &mut o.metadata,
+            Object::BackendTrafficPolicy(o) => &mut o.metadata,
             Object::ReferenceGrant(o) => &mut o.metadata,
         }
     }
@@ -441,6 +446,9 @@ fn parse_object(value: serde_json::Value, default_namespace: &str) -> Result<Obj
             if gateway_api::POLICY_VERSIONS.contains(&v) =>
         {
             Object::BackendTlsPolicy(ctx.parse_istio(value)?)
+        }
+        (gateway_api::X_GROUP, "v1alpha1", "XBackendTrafficPolicy") => {
+            Object::BackendTrafficPolicy(ctx.parse_istio(value)?)
         }
         (gateway_api::GROUP, v, k) if gateway_api::VERSIONS.contains(&v) => match k {
             "GatewayClass" => Object::GatewayClass(ctx.parse_istio(value)?),
@@ -617,6 +625,7 @@ gateway_api_kind!(
     TcpRoute => TcpRouteSpec,
     TlsRoute => TlsRouteSpec,
     BackendTlsPolicy => BackendTlsPolicySpec,
+    BackendTrafficPolicy => BackendTrafficPolicySpec,
     ReferenceGrant => ReferenceGrantSpec
 );
 

@@ -1,6 +1,7 @@
 //! Kubernetes Gateway API (`gateway.networking.k8s.io`): GatewayClass,
 //! Gateway, HTTPRoute, GRPCRoute, TCPRoute, TLSRoute, BackendTLSPolicy and
-//! ReferenceGrant,
+//! ReferenceGrant, and the experimental XBackendTrafficPolicy
+//! (`gateway.networking.x-k8s.io`),
 //! the kinds istiod converts into its own Gateways and VirtualServices
 //! (Istio's "Gateway API" support). Follows the `v1` standard channel field
 //! for field (ReferenceGrant is `v1beta1`); `v1beta1` files are read too
@@ -35,6 +36,15 @@ pub const POLICY_VERSIONS: [&str; 2] = ["v1", "v1alpha3"];
 /// API versions of [`GROUP`] read for the experimental TCPRoute and
 /// TLSRoute (`v1alpha2` is the one watched).
 pub const ALPHA_VERSIONS: [&str; 3] = ["v1alpha2", "v1alpha3", "v1"];
+
+/// The API group of the Gateway API's experimental kinds (`X` kinds).
+pub const X_GROUP: &str = "gateway.networking.x-k8s.io";
+
+/// Annotation that makes Istio leave a policy (BackendTLSPolicy,
+/// XBackendTrafficPolicy) out: `"true"` (Istio's
+/// `istio.io/ignore-policy-attachment`), e.g. a policy meant for another
+/// implementation.
+pub const IGNORE_POLICY_ANNOTATION: &str = "istio.io/ignore-policy-attachment";
 
 /// The `controllerName` of the GatewayClasses istiod implements.
 pub const CONTROLLER_NAME: &str = "istio.io/gateway-controller";
@@ -93,6 +103,11 @@ gateway_api_kind!(
     /// `BackendTLSPolicy`: how proxies originate TLS to a Service (the CA
     /// that verifies it, the SNI name and the names it must present).
     BackendTlsPolicy => BackendTlsPolicySpec
+);
+gateway_api_kind!(
+    /// `XBackendTrafficPolicy` (`gateway.networking.x-k8s.io/v1alpha1`):
+    /// how clients treat a Service (a retry budget; session persistence).
+    BackendTrafficPolicy => BackendTrafficPolicySpec
 );
 gateway_api_kind!(
     /// `ReferenceGrant`: lets objects of other namespaces refer to
@@ -778,6 +793,60 @@ pub struct BackendTlsPolicySpec {
     /// Implementation-specific options (not read).
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+}
+
+/// `XBackendTrafficPolicy`'s `BackendTrafficPolicySpec`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BackendTrafficPolicySpec {
+    /// The Services (of the policy's namespace) it applies to (whole
+    /// Services: no `sectionName`).
+    #[serde(default)]
+    pub target_refs: Vec<LocalObjectReference>,
+    /// A retry budget: how many of the active requests may be retries.
+    #[serde(default)]
+    pub retry_constraint: Option<RetryConstraint>,
+    /// Sticky sessions (not read: Istio has no DestinationRule field for
+    /// it; reported).
+    #[serde(default)]
+    pub session_persistence: Option<serde_json::Value>,
+}
+
+/// `RetryConstraint`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetryConstraint {
+    /// The share of active requests that may be retries (the API's
+    /// default: 20 % over 10 s).
+    #[serde(default)]
+    pub budget: Option<RetryBudgetDetails>,
+    /// The retries always allowed (the API's default: 10 per second).
+    #[serde(default)]
+    pub min_retry_rate: Option<RequestRate>,
+}
+
+/// `BudgetDetails`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetryBudgetDetails {
+    /// Percent of active requests, 0-100.
+    #[serde(default)]
+    pub percent: Option<u32>,
+    /// The window active requests are counted over (1 s to 1 h).
+    #[serde(default)]
+    pub interval: Option<Duration>,
+}
+
+/// `RequestRate`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RequestRate {
+    /// Requests per `interval`.
+    #[serde(default)]
+    pub count: Option<u32>,
+    /// The rate's divisor.
+    #[serde(default)]
+    pub interval: Option<Duration>,
 }
 
 /// `LocalPolicyTargetReferenceWithSectionName`.

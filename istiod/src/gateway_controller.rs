@@ -150,6 +150,7 @@ async fn patch(
         "tcproutes" => "TCPRoute",
         "tlsroutes" => "TLSRoute",
         "backendtlspolicies" => "BackendTLSPolicy",
+        "xbackendtrafficpolicies" => "XBackendTrafficPolicy",
         other => other,
     };
     let resource = ApiResource {

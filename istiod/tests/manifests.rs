@@ -199,18 +199,20 @@ fn rbac_grants_exactly_what_the_daemon_reads_and_writes() {
         }
     }
     // The Gateway API's status (`istiod::gateway_controller`).
-    for plural in [
-        "gatewayclasses",
-        "gateways",
-        "httproutes",
-        "grpcroutes",
-        "tcproutes",
-        "tlsroutes",
-        "backendtlspolicies",
+    const GATEWAY_API: &str = "gateway.networking.k8s.io";
+    for (group, plural) in [
+        (GATEWAY_API, "gatewayclasses"),
+        (GATEWAY_API, "gateways"),
+        (GATEWAY_API, "httproutes"),
+        (GATEWAY_API, "grpcroutes"),
+        (GATEWAY_API, "tcproutes"),
+        (GATEWAY_API, "tlsroutes"),
+        (GATEWAY_API, "backendtlspolicies"),
+        ("gateway.networking.x-k8s.io", "xbackendtrafficpolicies"),
     ] {
         needed.insert((
             String::new(),
-            "gateway.networking.k8s.io".into(),
+            group.into(),
             format!("{plural}/status"),
             "patch".into(),
         ));

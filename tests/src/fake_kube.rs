@@ -172,6 +172,12 @@ pub const KINDS: &[(&str, &str, &str, bool)] = &[
         true,
     ),
     (
+        "gateway.networking.x-k8s.io/v1alpha1",
+        "XBackendTrafficPolicy",
+        "xbackendtrafficpolicies",
+        true,
+    ),
+    (
         "gateway.networking.k8s.io/v1beta1",
         "ReferenceGrant",
         "referencegrants",

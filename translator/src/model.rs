@@ -2007,6 +2007,7 @@ impl Snapshot {
                 Object::TcpRoute(r) => gateway_api.tcp_routes.push(r),
                 Object::TlsRoute(r) => gateway_api.tls_routes.push(r),
                 Object::BackendTlsPolicy(p) => gateway_api.policies.push(p),
+                Object::BackendTrafficPolicy(p) => gateway_api.traffic_policies.push(p),
                 Object::ReferenceGrant(g) => gateway_api.grants.push(g),
                 Object::Namespace(n) => {
                     gateway_api

@@ -249,6 +249,11 @@ pub fn watched() -> Vec<Watched> {
             "BackendTLSPolicy",
             "backendtlspolicies",
         ),
+        Watched::optional(
+            "gateway.networking.x-k8s.io/v1alpha1",
+            "XBackendTrafficPolicy",
+            "xbackendtrafficpolicies",
+        ),
         Watched::optional_versions(
             "gateway.networking.k8s.io",
             &["v1", "v1beta1"],
