@@ -1314,8 +1314,9 @@ fn health_reports_are_written_to_the_auto_registered_entry() {
 }
 
 /// The Gateway API's collections, whose CRDs a cluster may not have.
-const GATEWAY_API: [&str; 9] = [
+const GATEWAY_API: [&str; 10] = [
     "gateway.networking.k8s.io/v1/backendtlspolicies",
+    "gateway.networking.x-k8s.io/v1alpha1/xbackendtrafficpolicies",
     "gateway.networking.k8s.io/v1/gatewayclasses",
     "gateway.networking.k8s.io/v1/gateways",
     "gateway.networking.k8s.io/v1/httproutes",
@@ -1565,6 +1566,39 @@ spec:
         SYNC,
         || api.get("apps/v1", "Deployment", "istio-system", "bookinfo-gw-istio"),
         || "the deleted Deployment did not come back".to_owned(),
+    );
+
+    // The experimental XBackendTrafficPolicy is watched too, and its
+    // status written in its own group: the Service as the ancestor.
+    let x = "gateway.networking.x-k8s.io/v1alpha1";
+    api.apply_yaml(
+        "apiVersion: gateway.networking.x-k8s.io/v1alpha1
+kind: XBackendTrafficPolicy
+metadata: {name: productpage, namespace: default}
+spec:
+  targetRefs: [{group: '', kind: Service, name: productpage}]
+  retryConstraint: {budget: {percent: 10}}
+",
+    );
+    let policy = e2e::eventually(
+        SYNC,
+        || {
+            api.get(x, "XBackendTrafficPolicy", "default", "productpage")
+                .filter(|p| p["status"]["ancestors"].is_array())
+        },
+        || {
+            format!(
+                "{:?}",
+                api.get(x, "XBackendTrafficPolicy", "default", "productpage")
+            )
+        },
+    );
+    let ancestor = &policy["status"]["ancestors"][0];
+    assert_eq!(ancestor["ancestorRef"]["name"], "productpage", "{policy}");
+    assert_eq!(ancestor["controllerName"], "istio.io/mesh-controller");
+    assert_eq!(
+        condition(&ancestor["conditions"], "Accepted").as_deref(),
+        Some("True")
     );
 }
 

@@ -72,14 +72,62 @@ fn retries_recover_from_as_many_failures_as_attempts() {
 /// retries.
 #[test]
 fn a_retry_budget_caps_concurrent_retries() {
+    retry_budget_caps_retries(
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings}
+spec:
+  hosts: [ratings]
+  http:
+  - retries: {attempts: 3, retryOn: \"503\"}
+    route: [{destination: {host: ratings}}]
+",
+        "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ratings}
+spec:
+  host: ratings
+  trafficPolicy:
+    retryBudget: {percent: 0, minRetryConcurrency: 1}
+",
+    );
+}
+
+/// The same with the Gateway API: an HTTPRoute for the Service (mesh
+/// traffic) retrying 503s three times, then an XBackendTrafficPolicy
+/// whose `retryConstraint` leaves no budget (`percent: 0`, one retry at a
+/// time: Istio reads `minRetryRate.count` as the minimum concurrency).
+#[test]
+fn a_backend_traffic_policy_caps_concurrent_retries() {
+    retry_budget_caps_retries(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: ratings, namespace: default}
+spec:
+  parentRefs: [{group: '', kind: Service, name: ratings, port: 9080}]
+  rules:
+  - retry: {attempts: 3, codes: [503]}
+    backendRefs: [{name: ratings, port: 9080}]
+",
+        "apiVersion: gateway.networking.x-k8s.io/v1alpha1
+kind: XBackendTrafficPolicy
+metadata: {name: ratings, namespace: default}
+spec:
+  targetRefs: [{group: '', kind: Service, name: ratings}]
+  retryConstraint:
+    budget: {percent: 0}
+    minRetryRate: {count: 1, interval: 1s}
+",
+    );
+}
+
+/// Applies `routes` (three retries of 503s to ratings): ten requests
+/// failing together each get their retries; then `budget`: fewer
+/// attempts reach the backend and Envoy counts the retries it refused.
+fn retry_budget_caps_retries(routes: &str, budget: &str) {
     let mesh = Mesh::start(true, &[]);
     let envoy = mesh.sidecar();
-    route(
-        &mesh,
-        &envoy,
-        "ratings",
-        "  - retries: {attempts: 3, retryOn: \"503\"}\n    route: [{destination: {host: ratings}}]\n",
-    );
+    mesh.apply(&[&envoy], "routes.yaml", routes);
     let overflow =
         "cluster.outbound|9080||ratings.default.svc.cluster.local.upstream_rq_retry_overflow";
     // Ten requests at once, each answered 503 after 300 ms.
@@ -100,18 +148,7 @@ fn a_retry_budget_caps_concurrent_retries() {
     assert_eq!(burst("free"), 40, "1 try + 3 retries each");
     assert_eq!(envoy.stat(overflow), 0);
 
-    mesh.apply(
-        &[&envoy],
-        "dr.yaml",
-        "apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: ratings}
-spec:
-  host: ratings
-  trafficPolicy:
-    retryBudget: {percent: 0, minRetryConcurrency: 1}
-",
-    );
+    mesh.apply(&[&envoy], "budget.yaml", budget);
     let attempts = burst("budget");
     assert!(attempts < 40, "{attempts} attempts");
     assert!(envoy.stat(overflow) > 0, "no retry refused");
