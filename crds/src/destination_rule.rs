@@ -577,6 +577,13 @@ pub struct ClientTlsSettings {
     /// CRL file.
     #[serde(default)]
     pub ca_crl: Option<String>,
+    /// Not an Istio field (never read from or written to YAML): the SDS
+    /// certificate (`kubernetes-gateway://<namespace>/<name>`) a Gateway
+    /// API gateway presents to the backends a BackendTLSPolicy reaches,
+    /// from its Gateway's `spec.tls.backend.clientCertificateRef` (set by
+    /// the translator's Gateway API conversion).
+    #[serde(skip)]
+    pub client_credential: Option<String>,
 }
 
 /// Istio `ClientTLSSettings.TLSmode`.

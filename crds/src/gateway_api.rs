@@ -148,9 +148,10 @@ pub struct KubeGatewaySpec {
     /// Experimental ListenerSet attachment (not read).
     #[serde(default)]
     pub allowed_listeners: Option<serde_json::Value>,
-    /// Experimental client TLS towards backends (not read).
+    /// Client TLS towards backends, Gateway API 1.3-1.4's experimental
+    /// form (1.5 moved it to `spec.tls.backend`, which wins).
     #[serde(default, rename = "backendTLS")]
-    pub backend_tls: Option<serde_json::Value>,
+    pub backend_tls: Option<GatewayBackendTls>,
     /// Gateway-wide TLS (Gateway API 1.5): client certificate validation
     /// for the listeners that terminate TLS.
     #[serde(default)]
@@ -164,10 +165,20 @@ pub struct GatewayTlsSpec {
     /// TLS towards clients: their certificates' validation.
     #[serde(default)]
     pub frontend: Option<FrontendTlsConfig>,
-    /// TLS towards backends: the client certificate the gateway presents
-    /// (not read).
+    /// TLS towards backends: the client certificate the gateway presents.
     #[serde(default)]
-    pub backend: Option<serde_json::Value>,
+    pub backend: Option<GatewayBackendTls>,
+}
+
+/// `GatewayBackendTLS`: what the gateway's proxies present when they
+/// originate TLS to a backend (one a BackendTLSPolicy reaches).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewayBackendTls {
+    /// A Secret (`kubernetes.io/tls`: `tls.crt`, `tls.key`) of the
+    /// Gateway's namespace, or of another with a ReferenceGrant.
+    #[serde(default)]
+    pub client_certificate_ref: Option<ObjectReference>,
 }
 
 /// `FrontendTLSConfig`: the validation of every terminating listener

@@ -290,6 +290,12 @@ struct GatewayState {
     /// (`AllowInsecureFallback`): the Gateway's
     /// `InsecureFrontendValidationMode` condition (Gateway API 1.5).
     insecure_frontend: bool,
+    /// The Gateway's `ResolvedRefs` condition, when it names a backend
+    /// client certificate (as Istio reports it).
+    client_certificate: Option<Cond>,
+    /// The pods' selector and the SDS name of the client certificate they
+    /// present to TLS backends (`spec.tls.backend.clientCertificateRef`).
+    backend_client: Option<(BTreeMap<String, String>, String)>,
 }
 
 /// A listener's status.
@@ -549,12 +555,21 @@ pub(crate) fn convert(inputs: &Inputs<'_>) -> Output {
             );
         }
     }
-    for ((ns, name), state) in states {
+    let mut clients = Vec::new();
+    for ((ns, name), mut state) in states {
         out.generated
             .status
-            .insert((GATEWAYS.into(), ns, name), gateway_status(&state));
+            .insert((GATEWAYS.into(), ns.clone(), name.clone()), gateway_status(&state));
+        if let Some((selector, credential)) = state.backend_client.take() {
+            clients.push(BackendClient {
+                namespace: ns,
+                gateway: name,
+                selector,
+                credential,
+            });
+        }
     }
-    convert_policies(inputs, &mut out);
+    convert_policies(inputs, &clients, &mut out);
     for (_, mut vs) in merged {
         sort_routes(&mut vs.spec.http);
         out.generated.routes.insert(&vs.namespace, &vs.name);
@@ -592,35 +607,122 @@ type BackendTargets = BTreeMap<(String, String), BackendTarget>;
 /// setting one thing, the oldest wins (then by namespace and name). A
 /// policy annotated `istio.io/ignore-policy-attachment: "true"` is left
 /// out, its status untouched.
-fn convert_policies(inputs: &Inputs<'_>, out: &mut Output) {
+fn convert_policies(inputs: &Inputs<'_>, clients: &[BackendClient], out: &mut Output) {
     use crds::destination_rule::{PortTrafficPolicy, TrafficPolicy};
     let mut targets = BackendTargets::new();
     convert_tls_policies(inputs, out, &mut targets);
     convert_traffic_policies(inputs, out, &mut targets);
     for ((ns, service), target) in targets {
+        let policy = TrafficPolicy {
+            tls: target.tls,
+            port_level_settings: target
+                .ports
+                .into_iter()
+                .map(|(number, tls)| PortTrafficPolicy {
+                    port: Some(PortSelector { number }),
+                    tls: Some(tls),
+                    ..Default::default()
+                })
+                .collect(),
+            retry_budget: target.retry_budget,
+            ..Default::default()
+        };
+        let host = format!("{service}.{ns}.svc.{}", inputs.domain);
+        let originates = policy.tls.is_some() || !policy.port_level_settings.is_empty();
+        // The same rule for the pods of each Gateway presenting a client
+        // certificate, with that certificate (a rule of their namespace
+        // selecting them wins over the Service's).
+        for client in clients.iter().filter(|_| originates) {
+            let mut policy = policy.clone();
+            let tls = policy
+                .tls
+                .iter_mut()
+                .chain(policy.port_level_settings.iter_mut().filter_map(|p| p.tls.as_mut()));
+            for tls in tls {
+                tls.client_credential = Some(client.credential.clone());
+            }
+            out.destination_rules.push(Config {
+                name: format!("{service}.{ns}~{}~{GENERATED_SUFFIX}", client.gateway),
+                namespace: client.namespace.clone(),
+                spec: crds::DestinationRuleSpec {
+                    host: host.clone(),
+                    traffic_policy: Some(policy),
+                    workload_selector: Some(crds::MatchLabelSelector {
+                        match_labels: client.selector.clone(),
+                    }),
+                    export_to: vec![".".into()],
+                    ..Default::default()
+                },
+            });
+        }
         out.destination_rules.push(Config {
             name: format!("{service}~{GENERATED_SUFFIX}"),
             namespace: ns.clone(),
             spec: crds::DestinationRuleSpec {
-                host: format!("{service}.{ns}.svc.{}", inputs.domain),
-                traffic_policy: Some(TrafficPolicy {
-                    tls: target.tls,
-                    port_level_settings: target
-                        .ports
-                        .into_iter()
-                        .map(|(number, tls)| PortTrafficPolicy {
-                            port: Some(PortSelector { number }),
-                            tls: Some(tls),
-                            ..Default::default()
-                        })
-                        .collect(),
-                    retry_budget: target.retry_budget,
-                    ..Default::default()
-                }),
+                host,
+                traffic_policy: Some(policy),
                 ..Default::default()
             },
         });
     }
+}
+
+/// A Gateway whose pods present a client certificate to TLS backends.
+struct BackendClient {
+    /// The Gateway's namespace (its pods').
+    namespace: String,
+    /// The Gateway's name.
+    gateway: String,
+    /// Its pods' labels.
+    selector: BTreeMap<String, String>,
+    /// The certificate's SDS name (`kubernetes-gateway://<ns>/<name>`).
+    credential: String,
+}
+
+/// The client certificate `gw` presents to backends it originates TLS to:
+/// `spec.tls.backend.clientCertificateRef` (Gateway API 1.5), else the
+/// experimental `spec.backendTLS.clientCertificateRef`; with the field
+/// read, then the Secret's SDS name, or the reason (Istio's
+/// `InvalidClientCertificateRef`, `RefNotPermitted`) and why it cannot be
+/// used. `None` when the Gateway names none.
+#[allow(
+    clippy::type_complexity,
+    reason = "the field, then a name or a reason and its message"
+)]
+fn backend_client_certificate(
+    inputs: &Inputs<'_>,
+    gw: &KubeGateway,
+) -> Option<(String, Result<String, (&'static str, String)>)> {
+    const INVALID: &str = "InvalidClientCertificateRef";
+    let (field, r) = match gw.spec.tls.as_ref().and_then(|t| t.backend.as_ref()) {
+        Some(b) => ("spec.tls.backend.clientCertificateRef", b),
+        None => ("spec.backendTLS.clientCertificateRef", gw.spec.backend_tls.as_ref()?),
+    };
+    let r = r.client_certificate_ref.as_ref()?;
+    let (ns, _) = ns_name(&gw.metadata);
+    let shown = format!(
+        "{}/{}/{}",
+        r.group.as_deref().unwrap_or_default(),
+        r.kind.as_deref().unwrap_or("Secret"),
+        r.name
+    );
+    let resolved = if r.group.as_deref().is_some_and(|g| !g.is_empty())
+        || r.kind.as_deref().is_some_and(|k| k != "Secret")
+    {
+        Err((INVALID, format!("invalid clientCertificateRef {shown}: only a Secret is allowed")))
+    } else {
+        match gateway_reference(inputs, ns, "Secret", r) {
+            Err(why) => Err(("RefNotPermitted", why)),
+            Ok(key) if !inputs.certificates.contains(&key) => Err((
+                INVALID,
+                format!(
+                    "invalid clientCertificateRef {shown}: Secret {key} not found, or without tls.crt and tls.key"
+                ),
+            )),
+            Ok(key) => Ok(format!("{}{key}", crate::policy::GATEWAY_API_CREDENTIAL)),
+        }
+    };
+    Some((field.to_owned(), resolved))
 }
 
 /// `policies` in the order Istio applies them: oldest first, then by
@@ -955,27 +1057,34 @@ fn convert_gateway(
                 .is_some_and(|i| i.parameters_ref.is_some()),
         ),
         ("spec.allowedListeners", gw.spec.allowed_listeners.is_some()),
-        ("spec.backendTLS", gw.spec.backend_tls.is_some()),
-        (
-            "spec.tls.backend",
-            gw.spec.tls.as_ref().is_some_and(|t| t.backend.is_some()),
-        ),
     ] {
         if set {
             warn(out, field.into(), "not supported yet; ignored".into());
         }
     }
     let (selector, programmed, addresses) = gateway_selector(inputs, gw, out);
+    let client = backend_client_certificate(inputs, gw);
+    if let Some((field, Err((_, why)))) = &client {
+        warn(out, field.clone(), why.clone());
+    }
     let mut state = GatewayState {
         generation: gw.metadata.generation,
         programmed,
         addresses,
         listeners: Vec::new(),
         insecure_frontend: false,
+        client_certificate: client.as_ref().map(|(_, r)| match r {
+            Ok(_) => Cond::ok("ResolvedRefs", "ResolvedRefs", "All references resolved"),
+            Err((reason, why)) => Cond::failed("ResolvedRefs", reason, why.clone()),
+        }),
+        backend_client: None,
     };
     let Some(selector) = selector else {
         return (Vec::new(), state);
     };
+    if let Some((_, Ok(credential))) = client {
+        state.backend_client = Some((selector.clone(), credential));
+    }
     let mut parents = Vec::new();
     for (i, l) in gw.spec.listeners.iter().enumerate() {
         let field = format!("spec.listeners[{i}]");
@@ -1207,6 +1316,9 @@ fn gateway_status(state: &GatewayState) -> serde_json::Value {
         Cond::ok("Accepted", "Accepted", "Resource accepted").json(g),
         state.programmed.json(g),
     ];
+    if let Some(c) = &state.client_certificate {
+        conditions.push(c.json(g));
+    }
     if state.insecure_frontend {
         conditions.push(
             Cond::ok(

@@ -1361,6 +1361,15 @@ pub(crate) fn client_credentials(
             continue;
         }
         for (at, tls) in dr.spec.client_tls() {
+            // A Gateway API gateway's client certificate (checked when the
+            // Gateway was converted; gone since: the handshakes fail).
+            if let Some(client) = &tls.client_credential
+                && let Some(secret) = client
+                    .strip_prefix(crate::policy::GATEWAY_API_CREDENTIAL)
+                    .and_then(|key| snap.secrets.get(key))
+            {
+                certificate_secret(client, secret, secrets);
+            }
             let Some(cred) = tls
                 .credential_name
                 .as_ref()

@@ -575,6 +575,14 @@ impl Effective {
                 ..Default::default()
             });
         }
+        // A Gateway API gateway's client certificate (its Gateway's
+        // `spec.tls.backend.clientCertificateRef`), whatever verifies the
+        // backend.
+        if let Some(client) = &tls.client_credential {
+            common
+                .tls_certificate_sds_secret_configs
+                .push(ads_secret(client.clone()));
+        }
         // The server is verified unless `insecureSkipVerify`: against
         // `caCertificates`, else the proxy's system roots (Istio's
         // `VERIFY_CERTIFICATE_AT_CLIENT`, on by default since 1.20).

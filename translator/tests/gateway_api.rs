@@ -1553,6 +1553,140 @@ spec:
     );
 }
 
+/// A Gateway's `spec.tls.backend.clientCertificateRef` (Gateway API 1.5):
+/// its pods present the Secret's certificate to the backends a
+/// BackendTLSPolicy makes them originate TLS to (and serve it over SDS);
+/// sidecars and other gateways do not. The Gateway's `ResolvedRefs`
+/// condition says whether the reference resolved, with Istio's reasons
+/// (as Istio's `backend-tls-client-cert` fixture): a missing Secret or a
+/// ConfigMap is `InvalidClientCertificateRef`, another namespace's Secret
+/// without a ReferenceGrant `RefNotPermitted`.
+#[test]
+fn a_gateways_backend_client_certificate_is_presented_to_tls_backends() {
+    use envoy_types::pb::envoy::config::core::v3::transport_socket;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
+    use prost::Message;
+    let gateway = |name: &str, reference: &str| {
+        format!(
+            "apiVersion: v1
+kind: Service
+metadata: {{name: {name}-istio, namespace: default}}
+spec:
+  clusterIP: 10.96.1.{n}
+  selector: {{gateway.networking.k8s.io/gateway-name: {name}}}
+  ports: [{{name: http, port: 80}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: {name}, namespace: default}}
+spec:
+  gatewayClassName: istio
+  tls: {{backend: {{clientCertificateRef: {reference}}}}}
+  listeners: [{{name: http, port: 80, protocol: HTTP}}]
+---
+",
+            n = name.len()
+        )
+    };
+    let snap = snapshot(&[&format!(
+        "{}{}{}{}
+apiVersion: gateway.networking.k8s.io/v1
+kind: BackendTLSPolicy
+metadata: {{name: reviews-tls, namespace: default}}
+spec:
+  targetRefs: [{{group: '', kind: Service, name: reviews}}]
+  validation: {{wellKnownCACertificates: System, hostname: reviews.example.com}}
+",
+        gateway("client-gw", "{name: cert}"),
+        gateway("nonexistent", "{name: does-not-exist}"),
+        gateway("wrong-kind", "{group: '', kind: ConfigMap, name: cert}"),
+        gateway("elsewhere", "{name: cert, namespace: other}"),
+    )]);
+    // The client certificate of `proxy`'s cluster for reviews, if any.
+    let presented = |proxy: &Proxy| {
+        let out = generate(&snap, proxy);
+        let cluster = out
+            .clusters
+            .iter()
+            .find(|c| c.name == "outbound|9080||reviews.default.svc.cluster.local")
+            .unwrap();
+        let Some(transport_socket::ConfigType::TypedConfig(any)) = cluster
+            .transport_socket
+            .as_ref()
+            .and_then(|t| t.config_type.clone())
+        else {
+            panic!("no TLS: {cluster:?}");
+        };
+        let ctx = UpstreamTlsContext::decode(any.value.as_slice()).unwrap();
+        assert_eq!(ctx.sni, "reviews.example.com");
+        let names: Vec<String> = ctx
+            .common_tls_context
+            .unwrap()
+            .tls_certificate_sds_secret_configs
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        let served = names
+            .iter()
+            .all(|n| out.secrets.iter().any(|s| &s.name == n));
+        (names, served)
+    };
+    let pod = |gateway: &str| {
+        Proxy::from_node_id(
+            &format!("router~10.244.0.60~{gateway}-0.default~default.svc.cluster.local"),
+            None,
+            [(
+                "gateway.networking.k8s.io/gateway-name".to_owned(),
+                gateway.to_owned(),
+            )]
+            .into(),
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        presented(&pod("client-gw")),
+        (vec!["kubernetes-gateway://default/cert".to_owned()], true)
+    );
+    assert_eq!(presented(&pod("nonexistent")), (vec![], true));
+    assert_eq!(presented(&gateway_pod("default")), (vec![], true));
+    let sidecar = Proxy::from_node_id(
+        "sidecar~10.244.0.9~client.default~default.svc.cluster.local",
+        None,
+        Default::default(),
+    )
+    .unwrap();
+    assert_eq!(presented(&sidecar), (vec![], true));
+
+    // Status: the Gateway's ResolvedRefs.
+    let resolved = |name: &str| {
+        let status = status_of(&snap, "v1/gateways", "default", name);
+        status["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "ResolvedRefs")
+            .map(|c| (c["status"].clone(), c["reason"].clone()))
+    };
+    let condition = |status: &str, reason: &str| Some((status.into(), reason.into()));
+    assert_eq!(resolved("client-gw"), condition("True", "ResolvedRefs"));
+    assert_eq!(
+        resolved("nonexistent"),
+        condition("False", "InvalidClientCertificateRef")
+    );
+    assert_eq!(
+        resolved("wrong-kind"),
+        condition("False", "InvalidClientCertificateRef")
+    );
+    assert_eq!(resolved("elsewhere"), condition("False", "RefNotPermitted"));
+    assert_eq!(resolved("gw"), None, "no reference, no condition");
+    assert!(warned(
+        &snap,
+        "Gateway (gateway.networking.k8s.io)",
+        "default/nonexistent",
+        "Secret default/does-not-exist not found"
+    ));
+}
+
 #[test]
 fn a_service_entry_parent_routes_mesh_traffic_to_its_hosts() {
     let snap = snapshot(&["
