@@ -853,10 +853,40 @@ spec:
 "
         )
     };
-    mesh.cfg.write(
-        "backend-tls.yaml",
-        &format!(
-            "apiVersion: v1
+    mesh.cfg
+        .write("backend-tls.yaml", &secure_backend(&ca_yaml, ""));
+    mesh.cfg.write("policy.yaml", &policy("auth.example.com"));
+    let gw = gateway(&mesh);
+    let get = || http_request("http://127.0.0.1:8080/", &[("host", "secure.example.com")]);
+    // openssl's status page: the request reached it over TLS.
+    let r = get().unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.contains("s_server"), "{}", r.body);
+
+    // A name the backend's certificate does not hold: refused.
+    mesh.cfg.write("policy.yaml", &policy("other.example.com"));
+    e2e::eventually(
+        Duration::from_secs(10),
+        || get().ok().filter(|r| r.status == 503),
+        || format!("{:?}", get()),
+    );
+    // Without the policy the gateway speaks plain HTTP to a TLS port.
+    mesh.cfg.remove("policy.yaml");
+    e2e::eventually(
+        Duration::from_secs(10),
+        || get().ok().filter(|r| r.status != 200),
+        || format!("{:?}", get()),
+    );
+    assert_eq!(gw.rejected(), 0);
+}
+
+/// The gateway `origin-gw` (HTTP on 8080, host `secure.example.com`,
+/// `gateway_spec` added to its spec) routing to the Service
+/// `secure-backend` (10.96.0.94:9443, its endpoint 127.0.3.5), with
+/// `ca_yaml` (the backend's CA) beside them.
+fn secure_backend(ca_yaml: &str, gateway_spec: &str) -> String {
+    format!(
+        "apiVersion: v1
 kind: Service
 metadata: {{name: origin-gw-istio, namespace: istio-system}}
 spec:
@@ -886,7 +916,7 @@ spec:
   gatewayClassName: istio
   listeners:
   - {{name: http, port: 8080, protocol: HTTP, hostname: secure.example.com, allowedRoutes: {{namespaces: {{from: All}}}}}}
----
+{gateway_spec}---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {{name: secure, namespace: default}}
@@ -894,29 +924,67 @@ spec:
   parentRefs: [{{name: origin-gw, namespace: istio-system}}]
   rules: [{{backendRefs: [{{name: secure-backend, port: 9443}}]}}]
 "
+    )
+}
+
+/// A Gateway's `spec.tls.backend.clientCertificateRef` (Gateway API 1.5)
+/// on a real Envoy: a backend that demands a client certificate (openssl
+/// `s_server -Verify`) refuses the gateway's TLS until the Gateway names
+/// its client certificate Secret; then the request reaches it with that
+/// certificate (its status page shows it).
+#[test]
+fn a_gateway_presents_its_backend_client_certificate() {
+    let pki = Pki::new();
+    let mesh = Mesh::start(false, &[]);
+    let (cert, key) = pki.issue("auth.example.com");
+    let _backend = TlsServer::start_with("127.0.3.5:9443", &cert, &key, Some(&pki.ca()));
+    let (client_cert, client_key) = pki.issue("origin-gw.example.com");
+    let ca_yaml = e2e::tls::ca_config_map("default", "backend-ca", &pki.ca());
+    let client_secret = e2e::tls::tls_secret(
+        "istio-system",
+        "gw-client",
+        &client_cert,
+        &client_key,
+        &pki.ca(),
+    );
+    mesh.cfg.write(
+        "policy.yaml",
+        &format!(
+            "{client_secret}---
+apiVersion: gateway.networking.k8s.io/v1
+kind: BackendTLSPolicy
+metadata: {{name: secure-backend, namespace: default}}
+spec:
+  targetRefs: [{{group: '', kind: Service, name: secure-backend}}]
+  validation:
+    caCertificateRefs: [{{group: '', kind: ConfigMap, name: backend-ca}}]
+    hostname: auth.example.com
+"
         ),
     );
-    mesh.cfg.write("policy.yaml", &policy("auth.example.com"));
+    mesh.cfg
+        .write("backend-tls.yaml", &secure_backend(&ca_yaml, ""));
     let gw = gateway(&mesh);
     let get = || http_request("http://127.0.0.1:8080/", &[("host", "secure.example.com")]);
-    // openssl's status page: the request reached it over TLS.
+    // No client certificate: the backend ends the handshake.
     let r = get().unwrap();
-    assert_eq!(r.status, 200, "{r:?}");
-    assert!(r.body.contains("s_server"), "{}", r.body);
+    assert_eq!(r.status, 503, "{r:?}");
 
-    // A name the backend's certificate does not hold: refused.
-    mesh.cfg.write("policy.yaml", &policy("other.example.com"));
-    e2e::eventually(
+    mesh.cfg.write(
+        "backend-tls.yaml",
+        &secure_backend(
+            &ca_yaml,
+            "  tls: {backend: {clientCertificateRef: {name: gw-client}}}\n",
+        ),
+    );
+    let r = e2e::eventually(
         Duration::from_secs(10),
-        || get().ok().filter(|r| r.status == 503),
+        || get().ok().filter(|r| r.status == 200),
         || format!("{:?}", get()),
     );
-    // Without the policy the gateway speaks plain HTTP to a TLS port.
-    mesh.cfg.remove("policy.yaml");
-    e2e::eventually(
-        Duration::from_secs(10),
-        || get().ok().filter(|r| r.status != 200),
-        || format!("{:?}", get()),
+    assert_eq!(
+        e2e::tls::first_certificate_sans(&r.body),
+        ["origin-gw.example.com"]
     );
     assert_eq!(gw.rejected(), 0);
 }

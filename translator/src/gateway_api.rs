@@ -557,9 +557,10 @@ pub(crate) fn convert(inputs: &Inputs<'_>) -> Output {
     }
     let mut clients = Vec::new();
     for ((ns, name), mut state) in states {
-        out.generated
-            .status
-            .insert((GATEWAYS.into(), ns.clone(), name.clone()), gateway_status(&state));
+        out.generated.status.insert(
+            (GATEWAYS.into(), ns.clone(), name.clone()),
+            gateway_status(&state),
+        );
         if let Some((selector, credential)) = state.backend_client.take() {
             clients.push(BackendClient {
                 namespace: ns,
@@ -634,10 +635,12 @@ fn convert_policies(inputs: &Inputs<'_>, clients: &[BackendClient], out: &mut Ou
         // selecting them wins over the Service's).
         for client in clients.iter().filter(|_| originates) {
             let mut policy = policy.clone();
-            let tls = policy
-                .tls
-                .iter_mut()
-                .chain(policy.port_level_settings.iter_mut().filter_map(|p| p.tls.as_mut()));
+            let tls = policy.tls.iter_mut().chain(
+                policy
+                    .port_level_settings
+                    .iter_mut()
+                    .filter_map(|p| p.tls.as_mut()),
+            );
             for tls in tls {
                 tls.client_credential = Some(client.credential.clone());
             }
@@ -696,7 +699,10 @@ fn backend_client_certificate(
     const INVALID: &str = "InvalidClientCertificateRef";
     let (field, r) = match gw.spec.tls.as_ref().and_then(|t| t.backend.as_ref()) {
         Some(b) => ("spec.tls.backend.clientCertificateRef", b),
-        None => ("spec.backendTLS.clientCertificateRef", gw.spec.backend_tls.as_ref()?),
+        None => (
+            "spec.backendTLS.clientCertificateRef",
+            gw.spec.backend_tls.as_ref()?,
+        ),
     };
     let r = r.client_certificate_ref.as_ref()?;
     let (ns, _) = ns_name(&gw.metadata);
@@ -709,7 +715,10 @@ fn backend_client_certificate(
     let resolved = if r.group.as_deref().is_some_and(|g| !g.is_empty())
         || r.kind.as_deref().is_some_and(|k| k != "Secret")
     {
-        Err((INVALID, format!("invalid clientCertificateRef {shown}: only a Secret is allowed")))
+        Err((
+            INVALID,
+            format!("invalid clientCertificateRef {shown}: only a Secret is allowed"),
+        ))
     } else {
         match gateway_reference(inputs, ns, "Secret", r) {
             Err(why) => Err(("RefNotPermitted", why)),
