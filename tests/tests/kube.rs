@@ -1600,6 +1600,10 @@ spec:
         condition(&ancestor["conditions"], "Accepted").as_deref(),
         Some("True")
     );
+    // That write is not an input either.
+    let version = mesh.daemon.snapshots.borrow().version;
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(mesh.daemon.snapshots.borrow().version, version);
 }
 
 /// What a replica that stopped left behind, swept by the leader (Istio's

@@ -459,7 +459,8 @@ fn trim(value: &mut Value, resource: &ApiResource) {
             meta.remove(field);
         }
         // The Gateway API's status conditions name the generation they saw.
-        if resource.group != crds::gateway_api::GROUP {
+        let gateway_api = [crds::gateway_api::GROUP, crds::gateway_api::X_GROUP];
+        if !gateway_api.contains(&resource.group.as_str()) {
             meta.remove("generation");
         }
         if let Some(annotations) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
@@ -469,6 +470,7 @@ fn trim(value: &mut Value, resource: &ApiResource) {
     if resource.group == crds::NETWORKING_GROUP
         || resource.group == crds::SECURITY_GROUP
         || resource.group == crds::gateway_api::GROUP
+        || resource.group == crds::gateway_api::X_GROUP
     {
         // Written by control planes (this one's own status writes among
         // them): never an input, but for a WorkloadEntry's health (the
