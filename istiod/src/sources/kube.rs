@@ -173,9 +173,9 @@ impl Watched {
 /// Gateway API's GatewayClasses, Gateways, HTTPRoutes, GRPCRoutes,
 /// ReferenceGrants (`v1` since Gateway API 1.5, else `v1beta1`),
 /// BackendTLSPolicies, TLSRoutes (`v1` since Gateway API 1.5, else
-/// `v1alpha2`) and (`v1alpha2`, the experimental channel)
-/// TCPRoutes (optional: their CRDs come with the Gateway API, not with
-/// Istio).
+/// `v1alpha2`), and from the experimental channel TCPRoutes (`v1alpha2`)
+/// and XBackendTrafficPolicies (`gateway.networking.x-k8s.io/v1alpha1`)
+/// (optional: their CRDs come with the Gateway API, not with Istio).
 pub fn watched() -> Vec<Watched> {
     let mut secrets = Watched::new("v1", "Secret", "secrets");
     secrets.field_selector =
