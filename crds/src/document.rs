@@ -168,6 +168,8 @@ pub enum Object {
     BackendTlsPolicy(Box<crate::gateway_api::BackendTlsPolicy>),
     /// Gateway API `XBackendTrafficPolicy` (experimental).
     BackendTrafficPolicy(Box<crate::gateway_api::BackendTrafficPolicy>),
+    /// Gateway API `ListenerSet` (or the experimental `XListenerSet`).
+    ListenerSet(Box<crate::gateway_api::ListenerSet>),
     /// Gateway API `ReferenceGrant`.
     ReferenceGrant(Box<crate::gateway_api::ReferenceGrant>),
 }
@@ -204,6 +206,7 @@ impl Object {
             Object::TlsRoute(_) => "TLSRoute",
             Object::BackendTlsPolicy(_) => "BackendTLSPolicy",
             Object::BackendTrafficPolicy(_) => "XBackendTrafficPolicy",
+            Object::ListenerSet(_) => "ListenerSet",
             Object::ReferenceGrant(_) => "ReferenceGrant",
         }
     }
@@ -239,6 +242,7 @@ impl Object {
             Object::TlsRoute(o) => &o.metadata,
             Object::BackendTlsPolicy(o) => &o.metadata,
             Object::BackendTrafficPolicy(o) => &o.metadata,
+            Object::ListenerSet(o) => &o.metadata,
             Object::ReferenceGrant(o) => &o.metadata,
         }
     }
@@ -274,6 +278,7 @@ impl Object {
             Object::TlsRoute(o) => &mut o.metadata,
             Object::BackendTlsPolicy(o) => &mut o.metadata,
             Object::BackendTrafficPolicy(o) => &mut o.metadata,
+            Object::ListenerSet(o) => &mut o.metadata,
             Object::ReferenceGrant(o) => &mut o.metadata,
         }
     }
@@ -447,6 +452,9 @@ fn parse_object(value: serde_json::Value, default_namespace: &str) -> Result<Obj
         {
             Object::BackendTlsPolicy(ctx.parse_istio(value)?)
         }
+        (gateway_api::X_GROUP, "v1alpha1", "XListenerSet") => {
+            Object::ListenerSet(ctx.parse_istio(value)?)
+        }
         (gateway_api::X_GROUP, "v1alpha1", "XBackendTrafficPolicy") => {
             Object::BackendTrafficPolicy(ctx.parse_istio(value)?)
         }
@@ -456,6 +464,7 @@ fn parse_object(value: serde_json::Value, default_namespace: &str) -> Result<Obj
             "HTTPRoute" => Object::HttpRoute(ctx.parse_istio(value)?),
             "GRPCRoute" => Object::GrpcRoute(ctx.parse_istio(value)?),
             "ReferenceGrant" => Object::ReferenceGrant(ctx.parse_istio(value)?),
+            "ListenerSet" if v == "v1" => Object::ListenerSet(ctx.parse_istio(value)?),
             _ => return Err(unsupported(api_version, kind, display_name)),
         },
         // Istio serves EnvoyFilter as `v1alpha3` only.
@@ -626,6 +635,7 @@ gateway_api_kind!(
     TlsRoute => TlsRouteSpec,
     BackendTlsPolicy => BackendTlsPolicySpec,
     BackendTrafficPolicy => BackendTrafficPolicySpec,
+    ListenerSet => ListenerSetSpec,
     ReferenceGrant => ReferenceGrantSpec
 );
 

@@ -110,6 +110,12 @@ gateway_api_kind!(
     BackendTrafficPolicy => BackendTrafficPolicySpec
 );
 gateway_api_kind!(
+    /// `ListenerSet` (`v1` since Gateway API 1.5; the experimental
+    /// `XListenerSet` before): listeners added to a Gateway that allows
+    /// them, from another object (and namespace).
+    ListenerSet => ListenerSetSpec
+);
+gateway_api_kind!(
     /// `ReferenceGrant`: lets objects of other namespaces refer to
     /// objects of this one.
     ReferenceGrant => ReferenceGrantSpec
@@ -145,9 +151,10 @@ pub struct KubeGatewaySpec {
     /// Labels and annotations for the deployed infrastructure.
     #[serde(default)]
     pub infrastructure: Option<GatewayInfrastructure>,
-    /// Experimental ListenerSet attachment (not read).
+    /// Which ListenerSets may add listeners to this Gateway (none unless
+    /// set).
     #[serde(default)]
-    pub allowed_listeners: Option<serde_json::Value>,
+    pub allowed_listeners: Option<AllowedListeners>,
     /// Client TLS towards backends, Gateway API 1.3-1.4's experimental
     /// form (1.5 moved it to `spec.tls.backend`, which wins).
     #[serde(default, rename = "backendTLS")]
@@ -168,6 +175,44 @@ pub struct GatewayTlsSpec {
     /// TLS towards backends: the client certificate the gateway presents.
     #[serde(default)]
     pub backend: Option<GatewayBackendTls>,
+}
+
+/// `AllowedListeners`: the namespaces whose ListenerSets may attach.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AllowedListeners {
+    /// `from`: `None` (the default), `Same`, `All` or `Selector`.
+    #[serde(default)]
+    pub namespaces: Option<RouteNamespaces>,
+}
+
+/// `ListenerSetSpec`: listeners added to a Gateway.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ListenerSetSpec {
+    /// The Gateway the listeners are added to.
+    pub parent_ref: ParentGatewayReference,
+    /// The listeners (`ListenerEntry`, a Gateway listener's fields);
+    /// names are unique within the ListenerSet.
+    #[serde(default)]
+    pub listeners: Vec<Listener>,
+}
+
+/// `ParentGatewayReference`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ParentGatewayReference {
+    /// Group (default `gateway.networking.k8s.io`).
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Kind (default `Gateway`).
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// The Gateway's name.
+    pub name: String,
+    /// Its namespace (default: the ListenerSet's).
+    #[serde(default)]
+    pub namespace: Option<String>,
 }
 
 /// `GatewayBackendTLS`: what the gateway's proxies present when they

@@ -94,6 +94,8 @@ pub(crate) struct Inputs<'a> {
     pub policies: Vec<&'a api::BackendTlsPolicy>,
     /// XBackendTrafficPolicies.
     pub traffic_policies: Vec<&'a api::BackendTrafficPolicy>,
+    /// ListenerSets (and XListenerSets).
+    pub listener_sets: Vec<&'a api::ListenerSet>,
     /// The ConfigMaps (`namespace/name`) with a `ca.crt`: what a
     /// BackendTLSPolicy's `caCertificateRefs` may name.
     pub config_map_cas: HashSet<String>,
@@ -720,7 +722,7 @@ fn backend_client_certificate(
             format!("invalid clientCertificateRef {shown}: only a Secret is allowed"),
         ))
     } else {
-        match gateway_reference(inputs, ns, "Secret", r) {
+        match gateway_reference(inputs, ("Gateway", ns), "Secret", r) {
             Err(why) => Err(("RefNotPermitted", why)),
             Ok(key) if !inputs.certificates.contains(&key) => Err((
                 INVALID,
@@ -1057,16 +1059,13 @@ fn convert_gateway(
         out.warnings
             .push(ConfigWarning::new(GATEWAY_KIND, key.clone(), field, reason));
     };
-    for (field, set) in [
-        (
-            "spec.infrastructure.parametersRef",
-            gw.spec
-                .infrastructure
-                .as_ref()
-                .is_some_and(|i| i.parameters_ref.is_some()),
-        ),
-        ("spec.allowedListeners", gw.spec.allowed_listeners.is_some()),
-    ] {
+    for (field, set) in [(
+        "spec.infrastructure.parametersRef",
+        gw.spec
+            .infrastructure
+            .as_ref()
+            .is_some_and(|i| i.parameters_ref.is_some()),
+    )] {
         if set {
             warn(out, field.into(), "not supported yet; ignored".into());
         }
@@ -1094,8 +1093,58 @@ fn convert_gateway(
     if let Some((_, Ok(credential))) = client {
         state.backend_client = Some((selector.clone(), credential));
     }
+    let owner = ListenerOwner {
+        kind: GATEWAY_KIND,
+        key: key.clone(),
+        from: ("Gateway", ns),
+        gw,
+        selector: &selector,
+        prefix: format!("{name}-{GENERATED_SUFFIX}-"),
+    };
+    let parents = convert_listeners(inputs, &owner, &gw.spec.listeners, &mut state, out);
+    (parents, state)
+}
+
+/// Who holds a list of listeners: a Gateway, or a ListenerSet attached
+/// to one.
+struct ListenerOwner<'a> {
+    /// The kind and `namespace/name` warnings name.
+    kind: &'static str,
+    key: String,
+    /// The kind and namespace that refer (ReferenceGrants' `from`); the
+    /// namespace is also the routes' `Same`.
+    from: (&'static str, &'a str),
+    /// The Gateway whose pods serve the listeners.
+    gw: &'a KubeGateway,
+    /// Those pods' labels.
+    selector: &'a BTreeMap<String, String>,
+    /// The generated Istio Gateways' names before the listener's name.
+    prefix: String,
+}
+
+/// One Istio Gateway (in the Gateway's namespace, selecting its pods) per
+/// usable listener of `listeners`; their status in `state`; the listeners
+/// routes may attach to.
+fn convert_listeners(
+    inputs: &Inputs<'_>,
+    owner: &ListenerOwner<'_>,
+    listeners: &[api::Listener],
+    state: &mut GatewayState,
+    out: &mut Output,
+) -> Vec<Parent> {
+    let ns = owner.from.1;
+    let (gw_ns, _) = ns_name(&owner.gw.metadata);
+    let selector = owner.selector;
+    let warn = |out: &mut Output, field: String, reason: String| {
+        out.warnings.push(ConfigWarning::new(
+            owner.kind,
+            owner.key.clone(),
+            field,
+            reason,
+        ));
+    };
     let mut parents = Vec::new();
-    for (i, l) in gw.spec.listeners.iter().enumerate() {
+    for (i, l) in listeners.iter().enumerate() {
         let field = format!("spec.listeners[{i}]");
         let protocol = l.protocol.as_str();
         let passthrough = l
@@ -1193,35 +1242,37 @@ fn convert_gateway(
                 );
                 continue;
             }
-            (Some(t), _) => match listener_tls(inputs, ns, t, protocol).and_then(|mut tls| {
-                match frontend_validation(gw, l, &field) {
-                    Some((at, v)) if terminates(&tls) => {
-                        validate_clients(inputs, ns, v, &mut tls)
-                            .map_err(|(f, why, reason)| (format!("{at}{f}"), why, reason))?;
+            (Some(t), _) => {
+                match listener_tls(inputs, owner.from, t, protocol).and_then(|mut tls| {
+                    match frontend_validation(owner.gw, l, &field) {
+                        Some((at, v)) if terminates(&tls) => {
+                            validate_clients(inputs, owner.from, v, &mut tls)
+                                .map_err(|(f, why, reason)| (format!("{at}{f}"), why, reason))?;
+                        }
+                        _ => {}
                     }
-                    _ => {}
+                    Ok(tls)
+                }) {
+                    Ok(t) => {
+                        state.insecure_frontend |= t.insecure_skip_verify == Some(true)
+                            && t.mode == Some(ServerTlsMode::OptionalMutual);
+                        Some(t)
+                    }
+                    Err((f, why, reason)) if f.starts_with("spec.") => {
+                        refuse(out, f, why, ("ResolvedRefs", reason));
+                        continue;
+                    }
+                    Err((f, why, reason)) => {
+                        refuse(
+                            out,
+                            format!("{field}.tls{f}"),
+                            why,
+                            ("ResolvedRefs", reason),
+                        );
+                        continue;
+                    }
                 }
-                Ok(tls)
-            }) {
-                Ok(t) => {
-                    state.insecure_frontend |= t.insecure_skip_verify == Some(true)
-                        && t.mode == Some(ServerTlsMode::OptionalMutual);
-                    Some(t)
-                }
-                Err((f, why, reason)) if f.starts_with("spec.") => {
-                    refuse(out, f, why, ("ResolvedRefs", reason));
-                    continue;
-                }
-                Err((f, why, reason)) => {
-                    refuse(
-                        out,
-                        format!("{field}.tls{f}"),
-                        why,
-                        ("ResolvedRefs", reason),
-                    );
-                    continue;
-                }
-            },
+            }
         };
         let hostname = l.hostname.clone().unwrap_or_else(|| "*".into());
         let namespaces = match allowed_namespaces(inputs, ns, l.allowed_routes.as_ref()) {
@@ -1245,10 +1296,10 @@ fn convert_gateway(
             // no route binds.
             hosts.push(format!("~/{hostname}"));
         }
-        let internal = format!("{name}-{GENERATED_SUFFIX}-{}", l.name);
+        let internal = format!("{}{}", owner.prefix, l.name);
         out.gateways.push(Config {
             name: internal.clone(),
-            namespace: ns.to_owned(),
+            namespace: gw_ns.to_owned(),
             spec: GatewaySpec {
                 servers: vec![Server {
                     port: Port {
@@ -1264,9 +1315,9 @@ fn convert_gateway(
                 selector: selector.clone(),
             },
         });
-        out.generated.gateways.insert(ns, &internal);
+        out.generated.gateways.insert(gw_ns, &internal);
         parents.push(Parent {
-            internal: format!("{ns}/{internal}"),
+            internal: format!("{gw_ns}/{internal}"),
             section: l.name.clone(),
             port: l.port,
             hostname,
@@ -1290,7 +1341,7 @@ fn convert_gateway(
         }
         state.listeners.push(listener);
     }
-    (parents, state)
+    parents
 }
 
 /// A Gateway's `status`: `Accepted`, `Programmed`, its addresses, and
@@ -1644,7 +1695,7 @@ fn gateway_selector(
 /// `Err((field suffix, why, the condition's reason))`.
 fn listener_tls(
     inputs: &Inputs<'_>,
-    ns: &str,
+    from: (&str, &str),
     tls: &api::GatewayTlsConfig,
     protocol: &str,
 ) -> Result<ServerTlsSettings, (String, String, &'static str)> {
@@ -1703,7 +1754,7 @@ fn listener_tls(
         {
             return Err((field, "only Secrets are supported".into(), INVALID));
         }
-        let key = gateway_reference(inputs, ns, "Secret", r)
+        let key = gateway_reference(inputs, from, "Secret", r)
             .map_err(|why| (field.clone(), why, "RefNotPermitted"))?;
         if !inputs.certificates.contains(&key) {
             return Err((
@@ -1772,7 +1823,7 @@ fn frontend_validation<'g>(
 /// `RefNotPermitted`).
 fn validate_clients(
     inputs: &Inputs<'_>,
-    ns: &str,
+    from: (&str, &str),
     v: &api::FrontendTlsValidation,
     tls: &mut ServerTlsSettings,
 ) -> Result<(), (String, String, &'static str)> {
@@ -1805,7 +1856,7 @@ fn validate_clients(
             "InvalidCACertificateKind",
         ));
     }
-    let key = gateway_reference(inputs, ns, "ConfigMap", r)
+    let key = gateway_reference(inputs, from, "ConfigMap", r)
         .map_err(|why| (field.clone(), why, "RefNotPermitted"))?;
     if !inputs.config_map_cas.contains(&key) {
         return Err((
@@ -1819,19 +1870,20 @@ fn validate_clients(
     Ok(())
 }
 
-/// The `namespace/name` of the `kind` object `r` names from a Gateway in
-/// `ns`; `Err(why)` when it is in another namespace without a
-/// ReferenceGrant letting Gateways of `ns` refer to it.
+/// The `namespace/name` of the `kind` object `r` names from an object of
+/// kind `from.0` (a Gateway, a ListenerSet) in namespace `from.1`;
+/// `Err(why)` when it is in another namespace without a ReferenceGrant
+/// letting such objects of that namespace refer to it.
 fn gateway_reference(
     inputs: &Inputs<'_>,
-    ns: &str,
+    (from, ns): (&str, &str),
     kind: &str,
     r: &api::ObjectReference,
 ) -> Result<String, String> {
     let target_ns = r.namespace.as_deref().unwrap_or(ns);
-    if target_ns != ns && !granted(inputs, ("Gateway", ns), (kind, target_ns, &r.name)) {
+    if target_ns != ns && !granted(inputs, (from, ns), (kind, target_ns, &r.name)) {
         return Err(format!(
-            "{kind} {target_ns}/{} not accessible to a Gateway in namespace {ns} (missing a ReferenceGrant?)",
+            "{kind} {target_ns}/{} not accessible to a {from} in namespace {ns} (missing a ReferenceGrant?)",
             r.name
         ));
     }
