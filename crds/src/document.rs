@@ -168,8 +168,11 @@ pub enum Object {
     BackendTlsPolicy(Box<crate::gateway_api::BackendTlsPolicy>),
     /// Gateway API `XBackendTrafficPolicy` (experimental).
     BackendTrafficPolicy(Box<crate::gateway_api::BackendTrafficPolicy>),
-    /// Gateway API `ListenerSet` (or the experimental `XListenerSet`).
+    /// Gateway API `ListenerSet`.
     ListenerSet(Box<crate::gateway_api::ListenerSet>),
+    /// Gateway API `XListenerSet` (`gateway.networking.x-k8s.io/v1alpha1`,
+    /// the experimental ListenerSet before Gateway API 1.5).
+    XListenerSet(Box<crate::gateway_api::ListenerSet>),
     /// Gateway API `ReferenceGrant`.
     ReferenceGrant(Box<crate::gateway_api::ReferenceGrant>),
 }
@@ -207,6 +210,7 @@ impl Object {
             Object::BackendTlsPolicy(_) => "BackendTLSPolicy",
             Object::BackendTrafficPolicy(_) => "XBackendTrafficPolicy",
             Object::ListenerSet(_) => "ListenerSet",
+            Object::XListenerSet(_) => "XListenerSet",
             Object::ReferenceGrant(_) => "ReferenceGrant",
         }
     }
@@ -242,7 +246,7 @@ impl Object {
             Object::TlsRoute(o) => &o.metadata,
             Object::BackendTlsPolicy(o) => &o.metadata,
             Object::BackendTrafficPolicy(o) => &o.metadata,
-            Object::ListenerSet(o) => &o.metadata,
+            Object::ListenerSet(o) | Object::XListenerSet(o) => &o.metadata,
             Object::ReferenceGrant(o) => &o.metadata,
         }
     }
@@ -278,7 +282,7 @@ impl Object {
             Object::TlsRoute(o) => &mut o.metadata,
             Object::BackendTlsPolicy(o) => &mut o.metadata,
             Object::BackendTrafficPolicy(o) => &mut o.metadata,
-            Object::ListenerSet(o) => &mut o.metadata,
+            Object::ListenerSet(o) | Object::XListenerSet(o) => &mut o.metadata,
             Object::ReferenceGrant(o) => &mut o.metadata,
         }
     }
@@ -453,7 +457,7 @@ fn parse_object(value: serde_json::Value, default_namespace: &str) -> Result<Obj
             Object::BackendTlsPolicy(ctx.parse_istio(value)?)
         }
         (gateway_api::X_GROUP, "v1alpha1", "XListenerSet") => {
-            Object::ListenerSet(ctx.parse_istio(value)?)
+            Object::XListenerSet(ctx.parse_istio(value)?)
         }
         (gateway_api::X_GROUP, "v1alpha1", "XBackendTrafficPolicy") => {
             Object::BackendTrafficPolicy(ctx.parse_istio(value)?)

@@ -1,7 +1,7 @@
 //! Kubernetes Gateway API (`gateway.networking.k8s.io`): GatewayClass,
-//! Gateway, HTTPRoute, GRPCRoute, TCPRoute, TLSRoute, BackendTLSPolicy and
-//! ReferenceGrant, and the experimental XBackendTrafficPolicy
-//! (`gateway.networking.x-k8s.io`),
+//! Gateway, HTTPRoute, GRPCRoute, TCPRoute, TLSRoute, BackendTLSPolicy,
+//! ListenerSet and ReferenceGrant, and the experimental
+//! XBackendTrafficPolicy and XListenerSet (`gateway.networking.x-k8s.io`),
 //! the kinds istiod converts into its own Gateways and VirtualServices
 //! (Istio's "Gateway API" support). Follows the `v1` standard channel field
 //! for field (ReferenceGrant is `v1beta1`); `v1beta1` files are read too

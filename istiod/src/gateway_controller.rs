@@ -151,6 +151,8 @@ async fn patch(
         "tlsroutes" => "TLSRoute",
         "backendtlspolicies" => "BackendTLSPolicy",
         "xbackendtrafficpolicies" => "XBackendTrafficPolicy",
+        "listenersets" => "ListenerSet",
+        "xlistenersets" => "XListenerSet",
         other => other,
     };
     let resource = ApiResource {

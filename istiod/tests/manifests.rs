@@ -208,7 +208,9 @@ fn rbac_grants_exactly_what_the_daemon_reads_and_writes() {
         (GATEWAY_API, "tcproutes"),
         (GATEWAY_API, "tlsroutes"),
         (GATEWAY_API, "backendtlspolicies"),
+        (GATEWAY_API, "listenersets"),
         ("gateway.networking.x-k8s.io", "xbackendtrafficpolicies"),
+        ("gateway.networking.x-k8s.io", "xlistenersets"),
     ] {
         needed.insert((
             String::new(),

@@ -178,6 +178,18 @@ pub const KINDS: &[(&str, &str, &str, bool)] = &[
         true,
     ),
     (
+        "gateway.networking.k8s.io/v1",
+        "ListenerSet",
+        "listenersets",
+        true,
+    ),
+    (
+        "gateway.networking.x-k8s.io/v1alpha1",
+        "XListenerSet",
+        "xlistenersets",
+        true,
+    ),
+    (
         "gateway.networking.k8s.io/v1beta1",
         "ReferenceGrant",
         "referencegrants",

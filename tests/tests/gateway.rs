@@ -989,6 +989,82 @@ spec:
     assert_eq!(gw.rejected(), 0);
 }
 
+/// ListenerSets (Gateway API 1.5) on a real Envoy: a Gateway that allows
+/// them (`allowedListeners`) gets, from a ListenerSet in another namespace,
+/// an HTTPS listener with that namespace's own certificate (the
+/// multi-tenant case ListenerSets exist for) and a route attached to the
+/// ListenerSet: curl verifies the team's certificate and gets the
+/// backend. Until the Gateway allows it, the listener is not served.
+#[test]
+fn a_listener_set_adds_an_https_listener_with_its_own_certificate() {
+    let pki = Pki::new();
+    let (cert, key) = pki.issue("team.example.com");
+    let mesh = Mesh::start(false, &[]);
+    let gateway_yaml = |allowed: &str| {
+        format!(
+            "apiVersion: v1
+kind: Service
+metadata: {{name: shared-gw-istio, namespace: istio-system}}
+spec:
+  clusterIP: 10.96.0.95
+  selector: {{istio: ingressgateway}}
+  ports: [{{name: http, port: 8080}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: shared-gw, namespace: istio-system}}
+spec:
+  gatewayClassName: istio
+{allowed}  listeners:
+  - {{name: http, port: 8080, protocol: HTTP, hostname: shared.example.com}}
+"
+        )
+    };
+    mesh.cfg.write("gateway.yaml", &gateway_yaml(""));
+    mesh.cfg.write(
+        "team.yaml",
+        &format!(
+            "{}---
+apiVersion: gateway.networking.k8s.io/v1
+kind: ListenerSet
+metadata: {{name: team, namespace: default}}
+spec:
+  parentRef: {{name: shared-gw, namespace: istio-system}}
+  listeners:
+  - name: https
+    port: 8443
+    protocol: HTTPS
+    hostname: team.example.com
+    tls: {{certificateRefs: [{{name: team-cert}}]}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: team, namespace: default}}
+spec:
+  parentRefs: [{{kind: ListenerSet, name: team, sectionName: https}}]
+  rules: [{{backendRefs: [{{name: productpage, port: 9080}}]}}]
+",
+            tls_secret("default", "team-cert", &cert, &key, &pki.ca())
+        ),
+    );
+    let gw = gateway(&mesh);
+    // Not allowed: nothing listens on 8443.
+    let get = || curl(&pki.ca(), "team.example.com", 8443, "/", None);
+    assert!(get().is_err(), "{:?}", get());
+
+    mesh.cfg.write(
+        "gateway.yaml",
+        &gateway_yaml("  allowedListeners: {namespaces: {from: All}}\n"),
+    );
+    let body = e2e::eventually(
+        Duration::from_secs(10),
+        || get().ok(),
+        || format!("{:?}", get()),
+    );
+    assert_eq!(body, "productpage v1");
+    assert_eq!(gw.rejected(), 0);
+}
+
 /// A GRPCRoute carrying real gRPC (HTTP/2 both ways) through the gateway:
 /// its backend is the daemon's own xDS port (a gRPC server), reached by a
 /// Service port named `grpc`; a tonic client opens an ADS stream through

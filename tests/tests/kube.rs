@@ -1314,9 +1314,11 @@ fn health_reports_are_written_to_the_auto_registered_entry() {
 }
 
 /// The Gateway API's collections, whose CRDs a cluster may not have.
-const GATEWAY_API: [&str; 10] = [
+const GATEWAY_API: [&str; 12] = [
     "gateway.networking.k8s.io/v1/backendtlspolicies",
     "gateway.networking.x-k8s.io/v1alpha1/xbackendtrafficpolicies",
+    "gateway.networking.k8s.io/v1/listenersets",
+    "gateway.networking.x-k8s.io/v1alpha1/xlistenersets",
     "gateway.networking.k8s.io/v1/gatewayclasses",
     "gateway.networking.k8s.io/v1/gateways",
     "gateway.networking.k8s.io/v1/httproutes",
@@ -1600,7 +1602,30 @@ spec:
         condition(&ancestor["conditions"], "Accepted").as_deref(),
         Some("True")
     );
-    // That write is not an input either.
+    // A ListenerSet for a Gateway that does not allow ListenerSets: its
+    // status says so (`NotAllowed`).
+    api.apply_yaml(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: ListenerSet
+metadata: {name: extra, namespace: istio-system}
+spec:
+  parentRef: {name: bookinfo-gw}
+  listeners: [{name: more, port: 8081, protocol: HTTP}]
+",
+    );
+    let set = e2e::eventually(
+        SYNC,
+        || {
+            api.get(v1, "ListenerSet", "istio-system", "extra")
+                .filter(|s| s["status"]["conditions"].is_array())
+        },
+        || format!("{:?}", api.get(v1, "ListenerSet", "istio-system", "extra")),
+    );
+    assert_eq!(
+        set["status"]["conditions"][0]["reason"], "NotAllowed",
+        "{set}"
+    );
+    // Those writes are not inputs either.
     let version = mesh.daemon.snapshots.borrow().version;
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(mesh.daemon.snapshots.borrow().version, version);

@@ -94,8 +94,10 @@ pub(crate) struct Inputs<'a> {
     pub policies: Vec<&'a api::BackendTlsPolicy>,
     /// XBackendTrafficPolicies.
     pub traffic_policies: Vec<&'a api::BackendTrafficPolicy>,
-    /// ListenerSets (and XListenerSets).
+    /// ListenerSets.
     pub listener_sets: Vec<&'a api::ListenerSet>,
+    /// XListenerSets (the experimental ListenerSets).
+    pub x_listener_sets: Vec<&'a api::ListenerSet>,
     /// The ConfigMaps (`namespace/name`) with a `ca.crt`: what a
     /// BackendTLSPolicy's `caCertificateRefs` may name.
     pub config_map_cas: HashSet<String>,
@@ -298,7 +300,52 @@ struct GatewayState {
     /// The pods' selector and the SDS name of the client certificate they
     /// present to TLS backends (`spec.tls.backend.clientCertificateRef`).
     backend_client: Option<(BTreeMap<String, String>, String)>,
+    /// The labels of the pods the Gateway programs (none: not programmed).
+    selector: Option<BTreeMap<String, String>>,
+    /// A Gateway allowing ListenerSets: how many attached
+    /// (`status.attachedListenerSets`).
+    attached_sets: Option<u32>,
+    /// A ListenerSet's state rather than a Gateway's: its `Accepted`
+    /// condition (`Programmed` follows it) and its collection.
+    set_accepted: Option<(Cond, &'static str)>,
 }
+
+impl GatewayState {
+    /// The state of a ListenerSet of generation `generation`, accepted
+    /// (`accepted`) or not.
+    fn listener_set(
+        generation: Option<i64>,
+        accepted: Cond,
+        collection: &'static str,
+    ) -> GatewayState {
+        let programmed = if accepted.ok {
+            Cond::ok("Programmed", "Programmed", "Resource programmed")
+        } else {
+            Cond::failed("Programmed", &accepted.reason, accepted.message.clone())
+        };
+        GatewayState {
+            generation,
+            programmed,
+            addresses: Vec::new(),
+            listeners: Vec::new(),
+            insecure_frontend: false,
+            client_certificate: None,
+            backend_client: None,
+            selector: None,
+            attached_sets: None,
+            set_accepted: Some((accepted, collection)),
+        }
+    }
+}
+
+/// The name under which a ListenerSet's listeners and state are kept
+/// beside Gateways' (Kubernetes names have no `/`).
+fn listener_set_key(name: &str) -> String {
+    format!("{LISTENER_SET_PREFIX}{name}")
+}
+
+/// See [`listener_set_key`].
+const LISTENER_SET_PREFIX: &str = "ListenerSet/";
 
 /// A listener's status.
 struct ListenerState {
@@ -341,12 +388,25 @@ impl ListenerState {
             conditions,
         }
     }
+
+    /// A listener left out for a conflict with one served before it
+    /// (`reason`: `ProtocolConflict`, `HostnameConflict`): not accepted,
+    /// not programmed, `Conflicted`.
+    fn conflicted(name: &str, reason: &'static str, why: String) -> ListenerState {
+        let mut state =
+            ListenerState::new(name, Vec::new(), Some(("Accepted", reason, why.clone())));
+        state.conditions[1] = Cond::failed("Programmed", reason, why.clone());
+        state.conditions[2] = Cond::ok("Conflicted", reason, &why);
+        state
+    }
 }
 
 /// The collections of the kinds whose status is written.
 const GATEWAYS: &str = "gateway.networking.k8s.io/v1/gateways";
 const GATEWAY_CLASSES: &str = "gateway.networking.k8s.io/v1/gatewayclasses";
 const BACKEND_TLS_POLICIES: &str = "gateway.networking.k8s.io/v1/backendtlspolicies";
+const LISTENER_SETS: &str = "gateway.networking.k8s.io/v1/listenersets";
+const X_LISTENER_SETS: &str = "gateway.networking.x-k8s.io/v1alpha1/xlistenersets";
 const BACKEND_TRAFFIC_POLICIES: &str =
     "gateway.networking.x-k8s.io/v1alpha1/xbackendtrafficpolicies";
 
@@ -522,6 +582,7 @@ pub(crate) fn convert(inputs: &Inputs<'_>) -> Output {
         parents.insert((ns.to_owned(), name.to_owned()), list);
         states.insert((ns.to_owned(), name.to_owned()), state);
     }
+    convert_listener_sets(inputs, &mut parents, &mut states, &mut out);
     let mut routes: Vec<RouteRef<'_>> = inputs
         .routes
         .iter()
@@ -559,6 +620,19 @@ pub(crate) fn convert(inputs: &Inputs<'_>) -> Output {
     }
     let mut clients = Vec::new();
     for ((ns, name), mut state) in states {
+        if let (Some(set), Some((accepted, collection))) =
+            (name.strip_prefix(LISTENER_SET_PREFIX), &state.set_accepted)
+        {
+            let g = state.generation;
+            out.generated.status.insert(
+                ((*collection).into(), ns, set.to_owned()),
+                serde_json::json!({
+                    "conditions": [accepted.json(g), state.programmed.json(g)],
+                    "listeners": listeners_status(&state),
+                }),
+            );
+            continue;
+        }
         out.generated.status.insert(
             (GATEWAYS.into(), ns.clone(), name.clone()),
             gateway_status(&state),
@@ -1086,6 +1160,9 @@ fn convert_gateway(
             Err((reason, why)) => Cond::failed("ResolvedRefs", reason, why.clone()),
         }),
         backend_client: None,
+        selector: None,
+        attached_sets: gw.spec.allowed_listeners.as_ref().map(|_| 0),
+        set_accepted: None,
     };
     let Some(selector) = selector else {
         return (Vec::new(), state);
@@ -1101,7 +1178,14 @@ fn convert_gateway(
         selector: &selector,
         prefix: format!("{name}-{GENERATED_SUFFIX}-"),
     };
-    let parents = convert_listeners(inputs, &owner, &gw.spec.listeners, &mut state, out);
+    let parents = convert_listeners(
+        inputs,
+        &owner,
+        gw.spec.listeners.iter().enumerate(),
+        &mut state,
+        out,
+    );
+    state.selector = Some(selector);
     (parents, state)
 }
 
@@ -1125,10 +1209,10 @@ struct ListenerOwner<'a> {
 /// One Istio Gateway (in the Gateway's namespace, selecting its pods) per
 /// usable listener of `listeners`; their status in `state`; the listeners
 /// routes may attach to.
-fn convert_listeners(
+fn convert_listeners<'l>(
     inputs: &Inputs<'_>,
     owner: &ListenerOwner<'_>,
-    listeners: &[api::Listener],
+    listeners: impl IntoIterator<Item = (usize, &'l api::Listener)>,
     state: &mut GatewayState,
     out: &mut Output,
 ) -> Vec<Parent> {
@@ -1144,7 +1228,7 @@ fn convert_listeners(
         ));
     };
     let mut parents = Vec::new();
-    for (i, l) in listeners.iter().enumerate() {
+    for (i, l) in listeners {
         let field = format!("spec.listeners[{i}]");
         let protocol = l.protocol.as_str();
         let passthrough = l
@@ -1360,18 +1444,7 @@ fn gateway_status(state: &GatewayState) -> serde_json::Value {
             serde_json::json!({"type": type_, "value": a})
         })
         .collect();
-    let listeners: Vec<serde_json::Value> = state
-        .listeners
-        .iter()
-        .map(|l| {
-            serde_json::json!({
-                "name": l.name,
-                "supportedKinds": l.kinds.iter().map(|k| serde_json::json!({"group": api::GROUP, "kind": k})).collect::<Vec<_>>(),
-                "attachedRoutes": l.attached,
-                "conditions": l.conditions.iter().map(|c| c.json(g)).collect::<Vec<_>>(),
-            })
-        })
-        .collect();
+    let listeners = listeners_status(state);
     let mut conditions = vec![
         Cond::ok("Accepted", "Accepted", "Resource accepted").json(g),
         state.programmed.json(g),
@@ -1396,7 +1469,214 @@ fn gateway_status(state: &GatewayState) -> serde_json::Value {
     if !addresses.is_empty() {
         status["addresses"] = addresses.into();
     }
+    if let Some(n) = state.attached_sets {
+        status["attachedListenerSets"] = n.into();
+    }
     status
+}
+
+/// Each listener's name, supported kinds, attached routes and conditions
+/// (a Gateway's or a ListenerSet's `status.listeners`).
+fn listeners_status(state: &GatewayState) -> Vec<serde_json::Value> {
+    state
+        .listeners
+        .iter()
+        .map(|l| {
+            serde_json::json!({
+                "name": l.name,
+                "supportedKinds": l.kinds.iter().map(|k| serde_json::json!({"group": api::GROUP, "kind": k})).collect::<Vec<_>>(),
+                "attachedRoutes": l.attached,
+                "conditions": l.conditions.iter().map(|c| c.json(state.generation)).collect::<Vec<_>>(),
+            })
+        })
+        .collect()
+}
+
+/// ListenerSets (Istio's `ListenerSetCollection`): the listeners of each
+/// one whose `parentRef` names a Gateway of ours that allows it
+/// (`allowedListeners.namespaces.from`: `Same`, `All`, `Selector`; none by
+/// default) are served by that Gateway's pods, in the Gateway API's
+/// order (the Gateway's own, then ListenerSets oldest first, then by
+/// namespace and name); a listener on a port another one already serves
+/// with another protocol, or with the same hostname, is `Conflicted` and
+/// left out. Routes attach to them by a `parentRef` of kind
+/// `ListenerSet`. Their status goes to `states` under
+/// [`listener_set_key`]; the Gateway's `attachedListenerSets` counts the
+/// accepted ones. A ListenerSet of a Gateway that is not ours is left to
+/// its controller.
+fn convert_listener_sets(
+    inputs: &Inputs<'_>,
+    parents: &mut BTreeMap<(String, String), Vec<Parent>>,
+    states: &mut BTreeMap<(String, String), GatewayState>,
+    out: &mut Output,
+) {
+    const KIND: &str = "ListenerSet";
+    let gateways: BTreeMap<(&str, &str), &KubeGateway> = inputs
+        .gateways
+        .iter()
+        .map(|g| (ns_name(&g.metadata), *g))
+        .collect();
+    // What each Gateway serves so far, its own listeners first:
+    // (port, protocol, hostname).
+    type Served = Vec<(u32, String, String)>;
+    let mut taken: BTreeMap<(String, String), Served> = parents
+        .iter()
+        .map(|(k, list)| {
+            let served = list
+                .iter()
+                .map(|l| (l.port, l.protocol.clone(), l.hostname.clone()))
+                .collect();
+            (k.clone(), served)
+        })
+        .collect();
+    let sets: Vec<(&api::ListenerSet, &'static str)> = inputs
+        .listener_sets
+        .iter()
+        .map(|s| (*s, LISTENER_SETS))
+        .chain(inputs.x_listener_sets.iter().map(|s| (*s, X_LISTENER_SETS)))
+        .collect();
+    let sets: Vec<&(&api::ListenerSet, &'static str)> = sets.iter().collect();
+    for &(set, collection) in applied_policies(&sets, |s| &s.0.metadata) {
+        let (ns, name) = ns_name(&set.metadata);
+        let key = format!("{ns}/{name}");
+        let p = &set.spec.parent_ref;
+        if p.group.as_deref().is_some_and(|g| g != api::GROUP)
+            || p.kind.as_deref().is_some_and(|k| k != "Gateway")
+        {
+            continue;
+        }
+        let gw_ns = p.namespace.as_deref().unwrap_or(ns);
+        let gw_key = (gw_ns.to_owned(), p.name.clone());
+        let (Some(gw), Some(gw_state)) =
+            (gateways.get(&(gw_ns, p.name.as_str())), states.get(&gw_key))
+        else {
+            // Not a Gateway of ours.
+            continue;
+        };
+        let generation = set.metadata.generation;
+        let set_key = (ns.to_owned(), listener_set_key(name));
+        let allowed_from = gw
+            .spec
+            .allowed_listeners
+            .as_ref()
+            .and_then(|a| a.namespaces.as_ref());
+        let allowed = match allowed_from.and_then(|n| n.from.as_deref()) {
+            None | Some("None") => false,
+            Some(_) => {
+                let routes = api::AllowedRoutes {
+                    namespaces: allowed_from.cloned(),
+                    kinds: Vec::new(),
+                };
+                allowed_namespaces(inputs, gw_ns, Some(&routes))
+                    .is_ok_and(|n| n.iter().any(|n| n == "*" || n == ns))
+            }
+        };
+        if !allowed {
+            out.warnings.push(ConfigWarning::new(
+                KIND,
+                key,
+                "spec.parentRef".into(),
+                format!(
+                    "Gateway {gw_ns}/{} does not allow this ListenerSet (its spec.allowedListeners)",
+                    p.name
+                ),
+            ));
+            let not_allowed = Cond::failed(
+                "Accepted",
+                "NotAllowed",
+                "The parent Gateway does not allow this reference; check the 'spec.allowedListeners'"
+                    .into(),
+            );
+            states.insert(
+                set_key,
+                GatewayState::listener_set(generation, not_allowed, collection),
+            );
+            continue;
+        }
+        let Some(selector) = gw_state.selector.clone() else {
+            let why = format!(
+                "Parent not accepted: Gateway {gw_ns}/{} is not programmed",
+                p.name
+            );
+            let cond = Cond::failed("Accepted", "ParentNotAccepted", why);
+            states.insert(
+                set_key,
+                GatewayState::listener_set(generation, cond, collection),
+            );
+            continue;
+        };
+        let owner = ListenerOwner {
+            kind: KIND,
+            key: key.clone(),
+            from: (KIND, ns),
+            gw,
+            selector: &selector,
+            prefix: format!("{}-{GENERATED_SUFFIX}-{ns}.{name}.", p.name),
+        };
+        let mut state = GatewayState::listener_set(
+            generation,
+            Cond::ok("Accepted", "Accepted", "Resource accepted"),
+            collection,
+        );
+        let served = taken.entry(gw_key.clone()).or_default();
+        let mut list = Vec::new();
+        for (i, l) in set.spec.listeners.iter().enumerate() {
+            let hostname = l.hostname.clone().unwrap_or_else(|| "*".into());
+            let conflict = served.iter().find_map(|(port, protocol, host)| {
+                if *port != l.port {
+                    None
+                } else if *protocol != l.protocol {
+                    Some((
+                        "ProtocolConflict",
+                        format!("port {port} is already served as {protocol}"),
+                    ))
+                } else if *host == hostname {
+                    Some((
+                        "HostnameConflict",
+                        format!("port {port} already serves hostname {host:?}"),
+                    ))
+                } else {
+                    None
+                }
+            });
+            if let Some((reason, why)) = conflict {
+                out.warnings.push(ConfigWarning::new(
+                    KIND,
+                    key.clone(),
+                    format!("spec.listeners[{i}]"),
+                    format!("{why}; listener left out"),
+                ));
+                state
+                    .listeners
+                    .push(ListenerState::conflicted(&l.name, reason, why));
+                continue;
+            }
+            let converted = convert_listeners(inputs, &owner, [(i, l)], &mut state, out);
+            served.extend(
+                converted
+                    .iter()
+                    .map(|c| (c.port, c.protocol.clone(), c.hostname.clone())),
+            );
+            list.extend(converted);
+        }
+        if list.is_empty() {
+            let none = Cond::failed(
+                "Accepted",
+                "ListenersNotValid",
+                "None of the ListenerSet's listeners are valid".into(),
+            );
+            let listeners = std::mem::take(&mut state.listeners);
+            state = GatewayState::listener_set(generation, none, collection);
+            state.listeners = listeners;
+        } else if let Some(n) = states
+            .get_mut(&gw_key)
+            .and_then(|g| g.attached_sets.as_mut())
+        {
+            *n += 1;
+        }
+        parents.insert(set_key.clone(), list);
+        states.insert(set_key, state);
+    }
 }
 
 /// Istio's `IsManaged`: a Gateway without an address, or with one IP
@@ -2039,14 +2319,23 @@ fn convert_route(
         let group = p.group.as_deref().unwrap_or(api::GROUP);
         let kind = p.kind.as_deref().unwrap_or("Gateway");
         let parent_ns = p.namespace.as_deref().unwrap_or(ns);
+        let listener_set = matches!(
+            (group, kind),
+            (api::GROUP, "ListenerSet") | (api::X_GROUP, "XListenerSet")
+        );
         match (group, kind) {
-            (api::GROUP, "Gateway") => {
-                let Some(listeners) = parents.get(&(parent_ns.to_owned(), p.name.clone())) else {
+            (api::GROUP, "Gateway" | "ListenerSet") | (api::X_GROUP, "XListenerSet") => {
+                let owner = if listener_set {
+                    listener_set_key(&p.name)
+                } else {
+                    p.name.clone()
+                };
+                let Some(listeners) = parents.get(&(parent_ns.to_owned(), owner.clone())) else {
                     warn(
                         warnings,
                         field,
                         format!(
-                            "Gateway {parent_ns}/{} not found (or not of a class this control plane implements)",
+                            "{kind} {parent_ns}/{} not found (or not of a Gateway this control plane implements and that allows it)",
                             p.name
                         ),
                     );
@@ -2112,7 +2401,7 @@ fn convert_route(
                     }
                     bound.push((l.internal.clone(), l.internal.clone(), hosts, None));
                     attached += 1;
-                    if let Some(state) = states.get_mut(&(parent_ns.to_owned(), p.name.clone()))
+                    if let Some(state) = states.get_mut(&(parent_ns.to_owned(), owner.clone()))
                         && let Some(ls) = state.listeners.get_mut(l.listener)
                     {
                         ls.attached += 1;

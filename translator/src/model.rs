@@ -2009,6 +2009,7 @@ impl Snapshot {
                 Object::BackendTlsPolicy(p) => gateway_api.policies.push(p),
                 Object::BackendTrafficPolicy(p) => gateway_api.traffic_policies.push(p),
                 Object::ListenerSet(l) => gateway_api.listener_sets.push(l),
+                Object::XListenerSet(l) => gateway_api.x_listener_sets.push(l),
                 Object::ReferenceGrant(g) => gateway_api.grants.push(g),
                 Object::Namespace(n) => {
                     gateway_api

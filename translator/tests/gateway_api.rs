@@ -1687,6 +1687,197 @@ spec:
     ));
 }
 
+/// ListenerSets (Gateway API 1.5, as Istio's `ListenerSetCollection`): a
+/// Gateway that allows them (`allowedListeners`) serves their listeners
+/// on its pods, after its own; a listener on a port already served with
+/// another protocol, or with the same hostname, is `Conflicted` and left
+/// out; routes attach by a `parentRef` of kind `ListenerSet` (or
+/// `XListenerSet`, the experimental kind); a Gateway without
+/// `allowedListeners` refuses them (`NotAllowed`). Status: the
+/// ListenerSet's conditions and listeners, the Gateway's
+/// `attachedListenerSets`.
+#[test]
+fn listener_sets_add_listeners_to_a_gateway_that_allows_them() {
+    let snap = snapshot(&["
+apiVersion: v1
+kind: Service
+metadata: {name: shared-istio, namespace: default}
+spec:
+  clusterIP: 10.96.1.80
+  selector: {gateway.networking.k8s.io/gateway-name: shared}
+  ports: [{name: http, port: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: other}
+spec:
+  clusterIP: 10.96.1.81
+  ports: [{name: http, port: 8080}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: shared, namespace: default}
+spec:
+  gatewayClassName: istio
+  allowedListeners: {namespaces: {from: All}}
+  listeners:
+  - {name: http, port: 80, protocol: HTTP, hostname: a.example.com}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: ListenerSet
+metadata: {name: team-b, namespace: other, creationTimestamp: '2026-01-01T00:00:00Z'}
+spec:
+  parentRef: {name: shared, namespace: default}
+  listeners:
+  - {name: http, port: 80, protocol: HTTP, hostname: b.example.com}
+  - {name: clash, port: 80, protocol: HTTP, hostname: a.example.com}
+  - {name: raw, port: 80, protocol: TCP}
+  - {name: extra, port: 8081, protocol: HTTP}
+---
+apiVersion: gateway.networking.x-k8s.io/v1alpha1
+kind: XListenerSet
+metadata: {name: late, namespace: default, creationTimestamp: '2026-02-01T00:00:00Z'}
+spec:
+  parentRef: {name: shared}
+  listeners:
+  - {name: again, port: 8081, protocol: HTTP}
+  - {name: more, port: 9090, protocol: HTTP}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: ListenerSet
+metadata: {name: denied, namespace: default}
+spec:
+  parentRef: {name: gw}
+  listeners: [{name: http, port: 8082, protocol: HTTP}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: api, namespace: other}
+spec:
+  parentRefs: [{kind: ListenerSet, name: team-b, sectionName: http}]
+  hostnames: [b.example.com]
+  rules: [{backendRefs: [{name: api, port: 8080}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: refused, namespace: default}
+spec:
+  parentRefs: [{kind: ListenerSet, name: denied}]
+  rules: [{backendRefs: [{name: reviews, port: 9080}]}]
+"]);
+    let pod = Proxy::from_node_id(
+        "router~10.244.0.70~shared-0.default~default.svc.cluster.local",
+        None,
+        [(
+            "gateway.networking.k8s.io/gateway-name".to_owned(),
+            "shared".to_owned(),
+        )]
+        .into(),
+    )
+    .unwrap();
+    let out = generate(&snap, &pod);
+    // The ListenerSets' ports beside the Gateway's; the refused one's not.
+    let mut ports: Vec<u32> = out
+        .listeners
+        .iter()
+        .filter_map(|l| match l.address.as_ref()?.address.as_ref()? {
+            envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(a) => {
+                match a.port_specifier {
+                    Some(envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier::PortValue(p)) => Some(p),
+                    _ => None,
+                }
+            }
+            _ => None,
+        })
+        .collect();
+    ports.sort_unstable();
+    assert_eq!(ports, [80, 8081, 9090]);
+    // The route attached to the ListenerSet's listener serves its host.
+    let http = route_config(&out, "http.80");
+    let vh = http
+        .virtual_hosts
+        .iter()
+        .find(|v| v.domains.iter().any(|d| d == "b.example.com"))
+        .unwrap_or_else(|| panic!("{http:?}"));
+    let Some(route::Action::Route(action)) = &vh.routes[0].action else {
+        panic!("{vh:?}");
+    };
+    assert_eq!(
+        action.cluster_specifier,
+        Some(route_action::ClusterSpecifier::Cluster(
+            "outbound|8080||api.other.svc.cluster.local".into()
+        ))
+    );
+
+    let condition = |status: &serde_json::Value, type_: &str| {
+        status["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == type_)
+            .map(|c| {
+                (
+                    c["status"].as_str().unwrap().to_owned(),
+                    c["reason"].as_str().unwrap().to_owned(),
+                )
+            })
+            .unwrap()
+    };
+    let yes = |reason: &str| ("True".to_owned(), reason.to_owned());
+    let no = |reason: &str| ("False".to_owned(), reason.to_owned());
+    let team_b = status_of(&snap, "v1/listenersets", "other", "team-b");
+    assert_eq!(condition(&team_b, "Accepted"), yes("Accepted"));
+    assert_eq!(condition(&team_b, "Programmed"), yes("Programmed"));
+    let listeners = team_b["listeners"].as_array().unwrap();
+    assert_eq!(listeners[0]["attachedRoutes"], 1);
+    assert_eq!(
+        condition(&listeners[1], "Conflicted"),
+        yes("HostnameConflict")
+    );
+    assert_eq!(
+        condition(&listeners[2], "Conflicted"),
+        yes("ProtocolConflict")
+    );
+    assert_eq!(condition(&listeners[3], "Accepted"), yes("Accepted"));
+    // The later set's 8081 clashes with the earlier one's; an
+    // XListenerSet's status goes to its own collection.
+    let late = snap
+        .gateway_api
+        .status
+        .get(&(
+            "gateway.networking.x-k8s.io/v1alpha1/xlistenersets".to_owned(),
+            "default".to_owned(),
+            "late".to_owned(),
+        ))
+        .unwrap();
+    let listeners = late["listeners"].as_array().unwrap();
+    assert_eq!(
+        condition(&listeners[0], "Conflicted"),
+        yes("HostnameConflict")
+    );
+    assert_eq!(condition(&listeners[1], "Conflicted"), no("NoConflicts"));
+    let denied = status_of(&snap, "v1/listenersets", "default", "denied");
+    assert_eq!(condition(&denied, "Accepted"), no("NotAllowed"));
+    let shared = status_of(&snap, "v1/gateways", "default", "shared");
+    assert_eq!(shared["attachedListenerSets"], 2);
+    let gw = status_of(&snap, "v1/gateways", "default", "gw");
+    assert!(gw.get("attachedListenerSets").is_none(), "{gw}");
+    let api = status_of(&snap, "v1/httproutes", "other", "api");
+    assert_eq!(condition(&api["parents"][0], "Accepted"), yes("Accepted"));
+    assert!(warned(
+        &snap,
+        "ListenerSet",
+        "default/denied",
+        "does not allow this ListenerSet"
+    ));
+    assert!(warned(
+        &snap,
+        "HTTPRoute",
+        "default/refused",
+        "ListenerSet default/denied not found"
+    ));
+}
+
 #[test]
 fn a_service_entry_parent_routes_mesh_traffic_to_its_hosts() {
     let snap = snapshot(&["

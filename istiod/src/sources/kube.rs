@@ -173,9 +173,10 @@ impl Watched {
 /// Gateway API's GatewayClasses, Gateways, HTTPRoutes, GRPCRoutes,
 /// ReferenceGrants (`v1` since Gateway API 1.5, else `v1beta1`),
 /// BackendTLSPolicies, TLSRoutes (`v1` since Gateway API 1.5, else
-/// `v1alpha2`), and from the experimental channel TCPRoutes (`v1alpha2`)
-/// and XBackendTrafficPolicies (`gateway.networking.x-k8s.io/v1alpha1`)
-/// (optional: their CRDs come with the Gateway API, not with Istio).
+/// `v1alpha2`), ListenerSets, and from the experimental channel TCPRoutes
+/// (`v1alpha2`), XBackendTrafficPolicies and XListenerSets
+/// (`gateway.networking.x-k8s.io/v1alpha1`) (optional: their CRDs come
+/// with the Gateway API, not with Istio).
 pub fn watched() -> Vec<Watched> {
     let mut secrets = Watched::new("v1", "Secret", "secrets");
     secrets.field_selector =
@@ -253,6 +254,16 @@ pub fn watched() -> Vec<Watched> {
             "gateway.networking.x-k8s.io/v1alpha1",
             "XBackendTrafficPolicy",
             "xbackendtrafficpolicies",
+        ),
+        Watched::optional(
+            "gateway.networking.k8s.io/v1",
+            "ListenerSet",
+            "listenersets",
+        ),
+        Watched::optional(
+            "gateway.networking.x-k8s.io/v1alpha1",
+            "XListenerSet",
+            "xlistenersets",
         ),
         Watched::optional_versions(
             "gateway.networking.k8s.io",
