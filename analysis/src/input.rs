@@ -277,6 +277,12 @@ fn workload_pods(value: &serde_json::Value, default_namespace: &str) -> Option<W
                 .get("spec")
                 .and_then(|s| s.get("serviceAccountName")),
         ),
+        runs_as_proxy_uid: template
+            .get("spec")
+            .and_then(|s| {
+                serde_json::from_value::<k8s_openapi::api::core::v1::PodSpec>(s.clone()).ok()
+            })
+            .is_some_and(|s| crds::document::runs_as_proxy_uid(&s)),
         ready: true,
         ..Default::default()
     };

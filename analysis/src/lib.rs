@@ -45,6 +45,11 @@ pub const ALL: &[Analyzer] = &[
         run: analyzers::annotations::kubernetes,
     },
     Analyzer {
+        name: "applicationUID.Analyzer",
+        description: "Checks invalid application UID",
+        run: analyzers::service::application_uid,
+    },
+    Analyzer {
         name: "authz.AuthorizationPoliciesAnalyzer",
         description: "Checks the validity of authorization policies",
         run: analyzers::authz::policies,

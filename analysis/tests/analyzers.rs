@@ -777,3 +777,78 @@ spec:
         ]
     );
 }
+
+/// IST0144 as Istio's `ApplicationUIDAnalyzer` cases: a Pod or a
+/// Deployment whose pod or application container runs as UID 1337 (the
+/// proxy's); the proxy's own container, another kind (a StatefulSet, which
+/// Istio does not check) and Istio's control plane (labelled `istio`) are
+/// left alone.
+#[test]
+fn application_uid() {
+    let yaml = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: pod-sec-uid, namespace: default}
+spec:
+  securityContext: {runAsUser: 1337}
+  containers: [{name: app, image: x}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: con-sec-uid, namespace: default}
+spec:
+  containers:
+  - {name: app, image: x, securityContext: {runAsUser: 1337}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: proxy-only, namespace: default}
+spec:
+  containers:
+  - {name: app, image: x, securityContext: {runAsUser: 1000}}
+  - {name: istio-proxy, image: proxyv2, securityContext: {runAsUser: 1337}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: deploy-con-sec-uid, namespace: default}
+spec:
+  selector: {matchLabels: {app: helloworld}}
+  template:
+    metadata: {labels: {app: helloworld}}
+    spec:
+      containers:
+      - {name: helloworld, image: x, securityContext: {runAsUser: 1337}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: istio-ingressgateway, namespace: istio-system}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  template:
+    metadata: {labels: {istio: ingressgateway}}
+    spec:
+      securityContext: {runAsUser: 1337}
+      containers: [{name: istio-proxy, image: proxyv2}]
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db, namespace: default}
+spec:
+  selector: {matchLabels: {app: db}}
+  serviceName: db
+  template:
+    metadata: {labels: {app: db}}
+    spec:
+      securityContext: {runAsUser: 1337}
+      containers: [{name: db, image: x}]
+"#;
+    let uid = "User ID (UID) 1337 is reserved for the sidecar proxy.";
+    assert_eq!(
+        lines("applicationUID.Analyzer", yaml),
+        [
+            format!("Warning [IST0144] (Deployment default/deploy-con-sec-uid mesh.yaml:24) {uid}"),
+            format!("Warning [IST0144] (Pod default/con-sec-uid mesh.yaml:9) {uid}"),
+            format!("Warning [IST0144] (Pod default/pod-sec-uid mesh.yaml:2) {uid}"),
+        ]
+    );
+}

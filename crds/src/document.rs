@@ -45,6 +45,9 @@ pub struct PodInfo {
     pub proxy: bool,
     /// `spec.hostNetwork`: such a pod is never injected.
     pub host_network: bool,
+    /// Whether the pod, or one of its containers other than the proxy's,
+    /// runs as UID 1337, the proxy's ([`runs_as_proxy_uid`]).
+    pub runs_as_proxy_uid: bool,
     /// The containers' named TCP ports, name -> `containerPort` (the first
     /// of a name wins, as in Kubernetes): where a ServiceEntry that selects
     /// the pod reaches its port of that name (Istio's `getPortMap`).
@@ -116,12 +119,29 @@ impl From<Pod> for PodInfo {
                 .spec
                 .as_ref()
                 .is_some_and(|s| s.host_network == Some(true)),
+            runs_as_proxy_uid: pod.spec.as_ref().is_some_and(runs_as_proxy_uid),
             service_account_name: pod.spec.and_then(|s| s.service_account_name),
             pod_ip: pod.status.and_then(|s| s.pod_ip),
             metadata: pod.metadata,
             ports,
         }
     }
+}
+
+/// The UID Istio's proxy runs as; its traffic is never captured.
+pub const PROXY_UID: i64 = 1337;
+
+/// Whether `spec` runs an application as [`PROXY_UID`]: the pod's
+/// `securityContext.runAsUser`, or a container's other than `istio-proxy`
+/// and `istio-operator` (Istio's `ApplicationUIDAnalyzer`, IST0144): its
+/// outbound traffic would bypass the sidecar.
+pub fn runs_as_proxy_uid(spec: &k8s_openapi::api::core::v1::PodSpec) -> bool {
+    let pod = spec.security_context.as_ref().and_then(|s| s.run_as_user) == Some(PROXY_UID);
+    pod || spec.containers.iter().any(|c| {
+        c.name != "istio-proxy"
+            && c.name != "istio-operator"
+            && c.security_context.as_ref().and_then(|s| s.run_as_user) == Some(PROXY_UID)
+    })
 }
 
 /// A parsed, typed object of a kind the control plane reads.

@@ -96,6 +96,29 @@ fn in_mesh(input: &Input, entry: &crate::Entry, pod: &crds::document::PodInfo) -
     }
 }
 
+/// IST0144 for each Pod and Deployment that runs an application as UID
+/// 1337, the proxy's (Istio's `applicationUID.Analyzer`): its traffic
+/// would bypass the sidecar. Istio's control plane (labelled `istio`, or
+/// `release: istio`) is left out.
+pub fn application_uid(input: &Input, out: &mut Vec<Message>) {
+    for (entry, pod) in each(input, pick::pod) {
+        let labels = pod.metadata.labels.as_ref();
+        let control_plane = labels.is_some_and(|l| {
+            l.contains_key("istio") || l.get("release").is_some_and(|r| r == "istio")
+        });
+        if matches!(entry.resource.kind.as_str(), "Pod" | "Deployment")
+            && !control_plane
+            && pod.runs_as_proxy_uid
+        {
+            out.push(Message::new(
+                message::INVALID_APPLICATION_UID,
+                Some(&entry.resource),
+                Vec::new(),
+            ));
+        }
+    }
+}
+
 /// For each workload of the mesh (a `Deployment`, `StatefulSet`, ... read
 /// as its pod), the Services of its namespace selecting it: one port given
 /// two L4 protocols (TCP, UDP) by different Services is
