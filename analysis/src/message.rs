@@ -179,6 +179,9 @@ message_types! {
     /// Several Telemetries of a namespace without a selector.
     MULTIPLE_TELEMETRIES_WITHOUT_WORKLOAD_SELECTORS = "MultipleTelemetriesWithoutWorkloadSelectors", "IST0160", Error,
         "The Telemetries %v in namespace %q have no workload selector, which can lead to undefined behavior.";
+    /// An Istio annotation whose value the injector refuses.
+    INVALID_ANNOTATION = "InvalidAnnotation", "IST0125", Warning,
+        "Invalid annotation %s: %s";
     /// An application running as the proxy's UID.
     INVALID_APPLICATION_UID = "InvalidApplicationUID", "IST0144", Warning,
         "User ID (UID) 1337 is reserved for the sidecar proxy.";

@@ -852,3 +852,76 @@ spec:
         ]
     );
 }
+
+/// IST0125 as Istio's `inject.AnnotationValidation`: a pod annotation in
+/// its place whose value the injector would refuse, in Istio's words
+/// (Go's parse errors included); good values, `*` where Istio takes it,
+/// and a misplaced annotation (IST0107 only) are not reported.
+#[test]
+fn invalid_annotation_values() {
+    let yaml = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: bad
+  namespace: default
+  annotations:
+    sidecar.istio.io/interceptionMode: SOMETIMES
+    status.sidecar.istio.io/port: "99999"
+    readiness.status.sidecar.istio.io/periodSeconds: ten
+    traffic.sidecar.istio.io/includeOutboundIPRanges: "10.0.0.0/8,10.1.2.3"
+    traffic.sidecar.istio.io/excludeInboundPorts: "80, x"
+    prometheus.istio.io/merge-metrics: "yes"
+spec: {containers: [{name: app, image: x}]}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: good
+  namespace: default
+  annotations:
+    sidecar.istio.io/interceptionMode: TPROXY
+    traffic.sidecar.istio.io/includeOutboundIPRanges: "*"
+    traffic.sidecar.istio.io/includeInboundPorts: "*"
+    traffic.sidecar.istio.io/excludeOutboundPorts: "15020, 9090"
+    traffic.sidecar.istio.io/excludeOutboundIPRanges: "10.0.0.0/8,fd00::/8"
+    prometheus.istio.io/merge-metrics: "false"
+spec: {containers: [{name: app, image: x}]}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: misplaced
+  namespace: default
+  annotations: {traffic.sidecar.istio.io/excludeInboundPorts: "x"}
+spec: {ports: [{name: http, port: 80}]}
+"#;
+    let bad = |text: &str| {
+        format!("Warning [IST0125] (Pod default/bad mesh.yaml:2) Invalid annotation {text}")
+    };
+    let found: Vec<String> = lines("annotations.K8sAnalyzer", yaml);
+    assert_eq!(
+        found,
+        [
+            bad(
+                "prometheus.istio.io/merge-metrics: strconv.ParseBool: parsing \"yes\": invalid syntax"
+            ),
+            bad(
+                "readiness.status.sidecar.istio.io/periodSeconds: strconv.ParseUint: parsing \"ten\": invalid syntax"
+            ),
+            bad(
+                "sidecar.istio.io/interceptionMode: interceptionMode invalid, use REDIRECT,TPROXY,NONE: SOMETIMES"
+            ),
+            bad(
+                "status.sidecar.istio.io/port: excludeInboundPorts invalid: failed parsing port '99999': strconv.ParseUint: parsing \"99999\": value out of range"
+            ),
+            bad(
+                "traffic.sidecar.istio.io/excludeInboundPorts: excludeInboundPorts invalid: failed parsing port ' x': failed parsing port ' x': strconv.ParseUint: parsing \"x\": invalid syntax"
+            ),
+            bad(
+                "traffic.sidecar.istio.io/includeOutboundIPRanges: includeIPRanges invalid: failed parsing cidr '10.1.2.3': netip.ParsePrefix(\"10.1.2.3\"): no '/'"
+            ),
+            "Warning [IST0107] (Service default/misplaced mesh.yaml:30) Misplaced annotation: traffic.sidecar.istio.io/excludeInboundPorts can only be applied to Pod".to_owned(),
+        ]
+    );
+}

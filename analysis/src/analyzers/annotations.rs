@@ -193,7 +193,9 @@ fn annotated(entry: &Entry) -> Vec<(&'static str, &BTreeMap<String, String>)> {
 /// deprecated one `DeprecatedAnnotation` (IST0135, Info; not the
 /// `sidecar.istio.io/inject` annotation beside the label of that name);
 /// one on a kind that does not read it `MisplacedAnnotation` (IST0107),
-/// e.g. a pod's annotation on its Deployment instead of its template.
+/// e.g. a pod's annotation on its Deployment instead of its template; one
+/// in its place whose value the injector would refuse
+/// `InvalidAnnotation` (IST0125, [`invalid_value`]).
 /// (Istio checks Deployments' own annotations only, not their templates'.)
 pub fn kubernetes(input: &Input, out: &mut Vec<Message>) {
     for entry in &input.entries {
@@ -224,15 +226,128 @@ pub fn kubernetes(input: &Input, out: &mut Vec<Message>) {
                         ));
                     }
                 }
-                if kinds.contains(&"Any") || kinds.contains(&kind) {
+                if kinds.contains(&"Any") {
                     continue;
                 }
-                out.push(Message::new(
-                    message::MISPLACED_ANNOTATION,
-                    Some(&entry.resource),
-                    vec![name.clone().into(), kinds.join(", ").into()],
-                ));
+                if !kinds.contains(&kind) {
+                    out.push(Message::new(
+                        message::MISPLACED_ANNOTATION,
+                        Some(&entry.resource),
+                        vec![name.clone().into(), kinds.join(", ").into()],
+                    ));
+                    continue;
+                }
+                if let Some(why) = annotations.get(name).and_then(|v| invalid_value(name, v)) {
+                    out.push(Message::new(
+                        message::INVALID_ANNOTATION,
+                        Some(&entry.resource),
+                        vec![name.clone().into(), why.into()],
+                    ));
+                }
             }
         }
     }
+}
+
+/// Why the injector would refuse `value` for the annotation `name`, in
+/// the words of Istio's `inject.AnnotationValidation` (Go's parse errors
+/// included); `None` when it takes it, or does not check that annotation.
+/// `proxy.istio.io/config` is not checked here.
+pub fn invalid_value(name: &str, value: &str) -> Option<String> {
+    let port_list = |param: &str| {
+        let ports = value.trim();
+        if ports.is_empty() {
+            return None;
+        }
+        ports.split(',').find_map(|p| {
+            port(p)
+                .err()
+                .map(|e| format!("{param} invalid: failed parsing port '{p}': {e}"))
+        })
+    };
+    let cidr_list = |param: &str| {
+        if value.is_empty() {
+            return None;
+        }
+        value.split(',').find_map(|c| {
+            prefix(c)
+                .err()
+                .map(|e| format!("{param} invalid: failed parsing cidr '{c}': {e}"))
+        })
+    };
+    match name {
+        "sidecar.istio.io/interceptionMode" => (!matches!(value, "REDIRECT" | "TPROXY" | "NONE"))
+            .then(|| format!("interceptionMode invalid, use REDIRECT,TPROXY,NONE: {value}")),
+        // Istio's own message names the wrong parameter; kept.
+        "status.sidecar.istio.io/port" => port(value)
+            .err()
+            .map(|e| format!("excludeInboundPorts invalid: {e}")),
+        "readiness.status.sidecar.istio.io/initialDelaySeconds"
+        | "readiness.status.sidecar.istio.io/periodSeconds"
+        | "readiness.status.sidecar.istio.io/failureThreshold" => {
+            parse_uint(value, u64::from(u32::MAX)).err()
+        }
+        "traffic.sidecar.istio.io/includeOutboundIPRanges" if value == "*" => None,
+        "traffic.sidecar.istio.io/includeOutboundIPRanges" => cidr_list("includeIPRanges"),
+        "traffic.sidecar.istio.io/excludeOutboundIPRanges" => cidr_list("excludeIPRanges"),
+        "traffic.sidecar.istio.io/includeInboundPorts" if value == "*" => None,
+        "traffic.sidecar.istio.io/includeInboundPorts" => port_list("includeInboundPorts"),
+        "traffic.sidecar.istio.io/excludeInboundPorts" => port_list("excludeInboundPorts"),
+        "traffic.sidecar.istio.io/excludeOutboundPorts" => port_list("excludeOutboundPorts"),
+        "prometheus.istio.io/merge-metrics" => (!matches!(
+            value,
+            "1" | "t"
+                | "T"
+                | "TRUE"
+                | "true"
+                | "True"
+                | "0"
+                | "f"
+                | "F"
+                | "FALSE"
+                | "false"
+                | "False"
+        ))
+        .then(|| format!("strconv.ParseBool: parsing {value:?}: invalid syntax")),
+        _ => None,
+    }
+}
+
+/// Go's `strconv.ParseUint(s, 10, bits)` with `max` the largest value:
+/// its error text on failure.
+fn parse_uint(s: &str, max: u64) -> Result<u64, String> {
+    let syntax = || format!("strconv.ParseUint: parsing {s:?}: invalid syntax");
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(syntax());
+    }
+    match s.parse::<u64>() {
+        Ok(n) if n <= max => Ok(n),
+        _ => Err(format!(
+            "strconv.ParseUint: parsing {s:?}: value out of range"
+        )),
+    }
+}
+
+/// Istio's `parsePort`: a port number, spaces around it ignored.
+fn port(s: &str) -> Result<u64, String> {
+    parse_uint(s.trim(), u64::from(u16::MAX)).map_err(|e| format!("failed parsing port '{s}': {e}"))
+}
+
+/// Go's `netip.ParsePrefix`: `address/bits`, both required, no spaces.
+fn prefix(s: &str) -> Result<(), String> {
+    let err = |why: String| Err(format!("netip.ParsePrefix({s:?}): {why}"));
+    let Some((addr, bits)) = s.rsplit_once('/') else {
+        return err("no '/'".into());
+    };
+    let Ok(ip) = addr.parse::<std::net::IpAddr>() else {
+        return err(format!("ParseAddr({addr:?}): unable to parse IP"));
+    };
+    let Ok(n) = parse_uint(bits, 255) else {
+        return err(format!("bad bits after slash: {bits:?}"));
+    };
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    if n > max {
+        return err("prefix length out of range".into());
+    }
+    Ok(())
 }
