@@ -284,10 +284,35 @@ pub struct GatewayInfrastructure {
     /// Annotations of every object deployed for the Gateway.
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
-    /// Controller-specific parameters (not read).
+    /// A ConfigMap of the Gateway's namespace customizing the deployed
+    /// objects (Istio's keys `deployment`, `service`, `serviceAccount`,
+    /// `horizontalPodAutoscaler`, `podDisruptionBudget`).
     #[serde(default)]
-    pub parameters_ref: Option<serde_json::Value>,
+    pub parameters_ref: Option<LocalParametersReference>,
 }
+
+/// `LocalParametersReference`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LocalParametersReference {
+    /// API group (`""`: core).
+    #[serde(default)]
+    pub group: String,
+    /// Kind (`ConfigMap`).
+    pub kind: String,
+    /// Name, in the Gateway's namespace.
+    pub name: String,
+}
+
+/// The keys of a Gateway's `parametersRef` ConfigMap Istio reads: each a
+/// YAML overlay of the deployed object of that kind.
+pub const PARAMETERS_KEYS: [&str; 5] = [
+    "deployment",
+    "service",
+    "serviceAccount",
+    "horizontalPodAutoscaler",
+    "podDisruptionBudget",
+];
 
 /// `GatewaySpecAddress`.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]

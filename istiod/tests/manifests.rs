@@ -193,6 +193,8 @@ fn rbac_grants_exactly_what_the_daemon_reads_and_writes() {
         ("", "services"),
         ("", "serviceaccounts"),
         ("apps", "deployments"),
+        ("autoscaling", "horizontalpodautoscalers"),
+        ("policy", "poddisruptionbudgets"),
     ] {
         for verb in ["create", "patch"] {
             needed.insert((String::new(), group.into(), plural.into(), verb.into()));

@@ -44,6 +44,18 @@ pub const KINDS: &[(&str, &str, &str, bool)] = &[
     ("v1", "ConfigMap", "configmaps", true),
     ("v1", "ServiceAccount", "serviceaccounts", true),
     ("apps/v1", "Deployment", "deployments", true),
+    (
+        "autoscaling/v2",
+        "HorizontalPodAutoscaler",
+        "horizontalpodautoscalers",
+        true,
+    ),
+    (
+        "policy/v1",
+        "PodDisruptionBudget",
+        "poddisruptionbudgets",
+        true,
+    ),
     ("v1", "Secret", "secrets", true),
     (
         "discovery.k8s.io/v1",

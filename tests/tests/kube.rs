@@ -1629,6 +1629,50 @@ spec:
     let version = mesh.daemon.snapshots.borrow().version;
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(mesh.daemon.snapshots.borrow().version, version);
+
+    // A parametersRef ConfigMap customizes the deployment: more replicas,
+    // and an autoscaler of its own.
+    api.apply_yaml(
+        "apiVersion: v1
+kind: ConfigMap
+metadata: {name: bookinfo-gw-options, namespace: istio-system}
+data:
+  deployment: |
+    spec: {replicas: 3}
+  horizontalPodAutoscaler: |
+    spec: {minReplicas: 3, maxReplicas: 6}
+  unrelated: dropped by the watch
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: bookinfo-gw, namespace: istio-system}
+spec:
+  gatewayClassName: istio
+  infrastructure:
+    parametersRef: {group: '', kind: ConfigMap, name: bookinfo-gw-options}
+  listeners:
+  - {name: http, port: 8080, protocol: HTTP, allowedRoutes: {namespaces: {from: All}}}
+  allowedListeners: {namespaces: {from: Same}}
+",
+    );
+    let hpa = e2e::eventually(
+        SYNC,
+        || {
+            api.get(
+                "autoscaling/v2",
+                "HorizontalPodAutoscaler",
+                "istio-system",
+                "bookinfo-gw-istio",
+            )
+        },
+        || "no HorizontalPodAutoscaler deployed".to_owned(),
+    );
+    assert_eq!(hpa["spec"]["maxReplicas"], 6, "{hpa}");
+    assert_eq!(hpa["spec"]["scaleTargetRef"]["name"], "bookinfo-gw-istio");
+    let deployment = api
+        .get("apps/v1", "Deployment", "istio-system", "bookinfo-gw-istio")
+        .unwrap();
+    assert_eq!(deployment["spec"]["replicas"], 3, "{deployment}");
 }
 
 /// What a replica that stopped left behind, swept by the leader (Istio's

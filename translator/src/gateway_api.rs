@@ -101,6 +101,9 @@ pub(crate) struct Inputs<'a> {
     /// The ConfigMaps (`namespace/name`) with a `ca.crt`: what a
     /// BackendTLSPolicy's `caCertificateRefs` may name.
     pub config_map_cas: HashSet<String>,
+    /// Every ConfigMap's data, by (namespace, name): what a Gateway's
+    /// `infrastructure.parametersRef` may name.
+    pub config_maps: BTreeMap<(&'a str, &'a str), Option<&'a BTreeMap<String, String>>>,
 }
 
 impl Inputs<'_> {
@@ -308,6 +311,9 @@ struct GatewayState {
     /// A ListenerSet's state rather than a Gateway's: its `Accepted`
     /// condition (`Programmed` follows it) and its collection.
     set_accepted: Option<(Cond, &'static str)>,
+    /// A Gateway's `parametersRef` that cannot be used: its `Accepted`
+    /// condition (`InvalidParameters`).
+    invalid_parameters: Option<Cond>,
 }
 
 impl GatewayState {
@@ -334,6 +340,7 @@ impl GatewayState {
             selector: None,
             attached_sets: None,
             set_accepted: Some((accepted, collection)),
+            invalid_parameters: None,
         }
     }
 }
@@ -573,12 +580,38 @@ pub(crate) fn convert(inputs: &Inputs<'_>) -> Output {
             continue;
         }
         let (ns, name) = ns_name(&gw.metadata);
-        if let Some(objects) = deployment(gw) {
-            out.generated
-                .deployments
-                .insert((ns.to_owned(), name.to_owned()), objects);
-        }
-        let (list, state) = convert_gateway(inputs, gw, &mut out);
+        // A deployment customized by an unusable `parametersRef` is not
+        // applied (what was applied before stays).
+        let customized = parameters(inputs, gw).and_then(|params| {
+            deployment(gw)
+                .map(|mut objects| {
+                    if let Some(p) = params {
+                        customize(gw, &mut objects, p)?;
+                    }
+                    Ok(objects)
+                })
+                .transpose()
+        });
+        let invalid = match customized {
+            Ok(Some(objects)) => {
+                out.generated
+                    .deployments
+                    .insert((ns.to_owned(), name.to_owned()), objects);
+                None
+            }
+            Ok(None) => None,
+            Err(why) => {
+                out.warnings.push(ConfigWarning::new(
+                    GATEWAY_KIND,
+                    format!("{ns}/{name}"),
+                    "spec.infrastructure.parametersRef".into(),
+                    why.clone(),
+                ));
+                Some(Cond::failed("Accepted", "InvalidParameters", why))
+            }
+        };
+        let (list, mut state) = convert_gateway(inputs, gw, &mut out);
+        state.invalid_parameters = invalid;
         parents.insert((ns.to_owned(), name.to_owned()), list);
         states.insert((ns.to_owned(), name.to_owned()), state);
     }
@@ -1133,17 +1166,6 @@ fn convert_gateway(
         out.warnings
             .push(ConfigWarning::new(GATEWAY_KIND, key.clone(), field, reason));
     };
-    for (field, set) in [(
-        "spec.infrastructure.parametersRef",
-        gw.spec
-            .infrastructure
-            .as_ref()
-            .is_some_and(|i| i.parameters_ref.is_some()),
-    )] {
-        if set {
-            warn(out, field.into(), "not supported yet; ignored".into());
-        }
-    }
     let (selector, programmed, addresses) = gateway_selector(inputs, gw, out);
     let client = backend_client_certificate(inputs, gw);
     if let Some((field, Err((_, why)))) = &client {
@@ -1163,6 +1185,7 @@ fn convert_gateway(
         selector: None,
         attached_sets: gw.spec.allowed_listeners.as_ref().map(|_| 0),
         set_accepted: None,
+        invalid_parameters: None,
     };
     let Some(selector) = selector else {
         return (Vec::new(), state);
@@ -1446,7 +1469,11 @@ fn gateway_status(state: &GatewayState) -> serde_json::Value {
         .collect();
     let listeners = listeners_status(state);
     let mut conditions = vec![
-        Cond::ok("Accepted", "Accepted", "Resource accepted").json(g),
+        state
+            .invalid_parameters
+            .clone()
+            .unwrap_or_else(|| Cond::ok("Accepted", "Accepted", "Resource accepted"))
+            .json(g),
         state.programmed.json(g),
     ];
     if let Some(c) = &state.client_certificate {
@@ -1832,6 +1859,185 @@ pub fn deployment(gw: &KubeGateway) -> Option<Vec<serde_json::Value>> {
             "spec": service_spec,
         }),
     ])
+}
+
+/// The data of `gw`'s `infrastructure.parametersRef` ConfigMap (`None`
+/// without one); `Err` in Istio's words when it names another kind or a
+/// ConfigMap that does not exist (the Gateway's `InvalidParameters`).
+fn parameters<'a>(
+    inputs: &Inputs<'a>,
+    gw: &KubeGateway,
+) -> Result<Option<&'a BTreeMap<String, String>>, String> {
+    let Some(r) = gw
+        .spec
+        .infrastructure
+        .as_ref()
+        .and_then(|i| i.parameters_ref.as_ref())
+    else {
+        return Ok(None);
+    };
+    if !r.group.is_empty() || r.kind != "ConfigMap" {
+        return Err(format!(
+            "Unsupported parametersRef group/kind {}/{}, only ConfigMap is supported",
+            r.group, r.kind
+        ));
+    }
+    let (ns, _) = ns_name(&gw.metadata);
+    match inputs.config_maps.get(&(ns, r.name.as_str())) {
+        Some(data) => Ok(*data),
+        None => Err(format!(
+            "parametersRef ConfigMap {ns}/{} does not exist",
+            r.name
+        )),
+    }
+}
+
+/// Applies a `parametersRef` ConfigMap's overlays to the deployed
+/// `objects` of `gw`, as Istio's deployment controller does: the YAML of
+/// `deployment`, `service` and `serviceAccount` merged into those objects
+/// ([`strategic_merge`]); `horizontalPodAutoscaler` and
+/// `podDisruptionBudget` make those objects (`autoscaling/v2`,
+/// `policy/v1`, named, labelled and owned as the others; the autoscaler
+/// scaling the Deployment, the budget selecting its pods, unless the
+/// overlay says otherwise). `Err` names the key whose YAML is not an
+/// object.
+pub fn customize(
+    gw: &KubeGateway,
+    objects: &mut Vec<serde_json::Value>,
+    params: &BTreeMap<String, String>,
+) -> Result<(), String> {
+    use serde_json::{Value, json};
+    let overlay = |key: &str| -> Result<Option<Value>, String> {
+        let Some(text) = params.get(key) else {
+            return Ok(None);
+        };
+        let value: Value = serde_yaml_ng::from_str(text)
+            .map_err(|e| format!("parametersRef key {key:?} is not valid YAML: {e}"))?;
+        match value {
+            Value::Object(_) => Ok(Some(value)),
+            Value::Null => Ok(None),
+            _ => Err(format!("parametersRef key {key:?} is not a YAML object")),
+        }
+    };
+    for (kind, key) in [
+        ("Deployment", "deployment"),
+        ("Service", "service"),
+        ("ServiceAccount", "serviceAccount"),
+    ] {
+        if let Some(patch) = overlay(key)?
+            && let Some(object) = objects.iter_mut().find(|o| o["kind"] == kind)
+        {
+            strategic_merge(object, &patch);
+        }
+    }
+    let Some(deployment) = objects.iter().find(|o| o["kind"] == "Deployment").cloned() else {
+        return Ok(());
+    };
+    let meta = &deployment["metadata"];
+    let (_, gw_name) = ns_name(&gw.metadata);
+    for (api_version, kind, key, spec) in [
+        (
+            "autoscaling/v2",
+            "HorizontalPodAutoscaler",
+            "horizontalPodAutoscaler",
+            json!({"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": meta["name"]}}),
+        ),
+        (
+            "policy/v1",
+            "PodDisruptionBudget",
+            "podDisruptionBudget",
+            json!({"selector": {"matchLabels": {api::GATEWAY_NAME_LABEL: gw_name}}}),
+        ),
+    ] {
+        if let Some(patch) = overlay(key)? {
+            let mut object = json!({
+                "apiVersion": api_version,
+                "kind": kind,
+                "metadata": {
+                    "name": meta["name"],
+                    "namespace": meta["namespace"],
+                    "labels": meta["labels"],
+                    "annotations": meta["annotations"],
+                    "ownerReferences": meta["ownerReferences"],
+                },
+                "spec": spec,
+            });
+            strategic_merge(&mut object, &patch);
+            objects.push(object);
+        }
+    }
+    Ok(())
+}
+
+/// Merges `patch` into `base` as a Kubernetes strategic merge patch does
+/// for the fields a gateway's objects have: objects field by field (a
+/// `null` removes the field); lists of containers, init containers,
+/// volumes, environment variables and image pull secrets by `name`,
+/// volume mounts by `mountPath`, ports by `containerPort` (a pod's) or
+/// `port` (a Service's), an item the patch adds appended; other lists
+/// replaced.
+pub fn strategic_merge(base: &mut serde_json::Value, patch: &serde_json::Value) {
+    use serde_json::Value;
+    match (base, patch) {
+        (Value::Object(b), Value::Object(p)) => {
+            for (key, value) in p {
+                if value.is_null() {
+                    b.remove(key);
+                    continue;
+                }
+                match b.get_mut(key) {
+                    Some(Value::Array(items)) if value.is_array() => {
+                        merge_list(key, items, value);
+                    }
+                    Some(existing) => strategic_merge(existing, value),
+                    None => {
+                        b.insert(key.clone(), value.clone());
+                    }
+                }
+            }
+        }
+        (base, patch) => *base = patch.clone(),
+    }
+}
+
+/// A list of [`strategic_merge`]: merged by its merge key, else replaced.
+fn merge_list(field: &str, items: &mut Vec<serde_json::Value>, patch: &serde_json::Value) {
+    let Some(patch_items) = patch.as_array() else {
+        return;
+    };
+    let key = match field {
+        "containers" | "initContainers" | "volumes" | "env" | "imagePullSecrets" => "name",
+        "volumeMounts" => "mountPath",
+        "ports"
+            if items
+                .iter()
+                .chain(patch_items)
+                .all(|i| i.get("containerPort").is_some()) =>
+        {
+            "containerPort"
+        }
+        "ports"
+            if items
+                .iter()
+                .chain(patch_items)
+                .all(|i| i.get("port").is_some()) =>
+        {
+            "port"
+        }
+        _ => {
+            *items = patch_items.clone();
+            return;
+        }
+    };
+    for p in patch_items {
+        match items
+            .iter_mut()
+            .find(|i| i.get(key).is_some() && i.get(key) == p.get(key))
+        {
+            Some(item) => strategic_merge(item, p),
+            None => items.push(p.clone()),
+        }
+    }
 }
 
 /// The labels of the proxies `gw` programs: its Service's selector

@@ -2025,6 +2025,7 @@ impl Snapshot {
                     if let Some(ca) = cm.data.as_ref().and_then(|d| d.get("ca.crt")) {
                         config_map_cas.insert(format!("{ns}/{name}"), ca);
                     }
+                    gateway_api.config_maps.insert((ns, name), cm.data.as_ref());
                 }
                 Object::Secret(secret) => {
                     // `stringData` is merged over `data`, as the API server does on write.

@@ -675,6 +675,142 @@ spec:
     assert!(translator::gateway_api::deployment(&manual).is_none());
 }
 
+/// A Gateway's `infrastructure.parametersRef` ConfigMap, as Istio's
+/// deployment customization: the `deployment`, `service` and
+/// `serviceAccount` overlays merged into the deployed objects (containers
+/// and ports by their keys), `horizontalPodAutoscaler` and
+/// `podDisruptionBudget` made into objects of their own; another kind or
+/// a missing ConfigMap makes the Gateway not accepted
+/// (`InvalidParameters`, Istio's messages) and deploys nothing.
+#[test]
+fn a_parameters_ref_config_map_customizes_the_deployment() {
+    let snap = snapshot(&[r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: edge-options, namespace: default}
+data:
+  deployment: |
+    metadata:
+      annotations: {cm-annotation: cm-annotation-value}
+    spec:
+      replicas: 4
+      template:
+        spec:
+          containers:
+          - name: istio-proxy
+            resources: {requests: {cpu: 222m}}
+          nodeSelector: {pool: edge}
+  service: |
+    spec:
+      type: ClusterIP
+      ports:
+      - {port: 80, nodePort: null, appProtocol: http2}
+  horizontalPodAutoscaler: |
+    spec: {minReplicas: 2, maxReplicas: 5}
+  podDisruptionBudget: |
+    spec: {minAvailable: 1}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: default, uid: u-1}
+spec:
+  gatewayClassName: istio
+  infrastructure:
+    parametersRef: {group: "", kind: ConfigMap, name: edge-options}
+  listeners: [{name: http, port: 80, protocol: HTTP}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: wrong-kind, namespace: default, uid: u-2}
+spec:
+  gatewayClassName: istio
+  infrastructure:
+    parametersRef: {group: invalid.io, kind: InvalidParameters, name: invalid}
+  listeners: [{name: http, port: 80, protocol: HTTP}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: missing, namespace: default, uid: u-3}
+spec:
+  gatewayClassName: istio
+  infrastructure:
+    parametersRef: {group: "", kind: ConfigMap, name: does-not-exist}
+  listeners: [{name: http, port: 80, protocol: HTTP}]
+"#]);
+    let deployments = &snap.gateway_api.deployments;
+    let objects = &deployments[&("default".to_owned(), "edge".to_owned())];
+    let kinds: Vec<&str> = objects
+        .iter()
+        .map(|o| o["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "ServiceAccount",
+            "Deployment",
+            "Service",
+            "HorizontalPodAutoscaler",
+            "PodDisruptionBudget"
+        ]
+    );
+    let deployment = &objects[1];
+    assert_eq!(deployment["spec"]["replicas"], 4);
+    assert_eq!(
+        deployment["metadata"]["annotations"]["cm-annotation"],
+        "cm-annotation-value"
+    );
+    let pod = &deployment["spec"]["template"]["spec"];
+    let proxy = &pod["containers"][0];
+    assert_eq!(pod["containers"].as_array().unwrap().len(), 1);
+    assert_eq!(proxy["name"], "istio-proxy");
+    assert_eq!(proxy["image"], "auto", "the generated fields stay");
+    assert_eq!(proxy["resources"]["requests"]["cpu"], "222m");
+    assert_eq!(pod["nodeSelector"]["pool"], "edge");
+    let service = &objects[2]["spec"];
+    assert_eq!(service["type"], "ClusterIP");
+    let ports = service["ports"].as_array().unwrap();
+    assert_eq!(ports.len(), 2, "{ports:?}");
+    assert_eq!(ports[1]["appProtocol"], "http2");
+    assert_eq!(ports[1]["name"], "http");
+    let hpa = &objects[3];
+    assert_eq!(hpa["apiVersion"], "autoscaling/v2");
+    assert_eq!(hpa["metadata"]["name"], "edge-istio");
+    assert_eq!(hpa["metadata"]["ownerReferences"][0]["uid"], "u-1");
+    assert_eq!(hpa["spec"]["maxReplicas"], 5);
+    assert_eq!(hpa["spec"]["scaleTargetRef"]["name"], "edge-istio");
+    let pdb = &objects[4];
+    assert_eq!(pdb["spec"]["minAvailable"], 1);
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"]["gateway.networking.k8s.io/gateway-name"],
+        "edge"
+    );
+
+    let accepted = |name: &str| {
+        let status = status_of(&snap, "v1/gateways", "default", name);
+        let c = &status["conditions"][0];
+        assert_eq!(c["type"], "Accepted");
+        (
+            c["status"].as_str().unwrap().to_owned(),
+            c["reason"].as_str().unwrap().to_owned(),
+            c["message"].as_str().unwrap().to_owned(),
+        )
+    };
+    assert_eq!(accepted("edge").1, "Accepted");
+    assert_eq!(
+        accepted("wrong-kind"),
+        (
+            "False".into(),
+            "InvalidParameters".into(),
+            "Unsupported parametersRef group/kind invalid.io/InvalidParameters, only ConfigMap is supported".into()
+        )
+    );
+    assert_eq!(
+        accepted("missing").2,
+        "parametersRef ConfigMap default/does-not-exist does not exist"
+    );
+    assert!(!deployments.contains_key(&("default".to_owned(), "missing".to_owned())));
+}
+
 #[test]
 fn a_route_without_hostnames_takes_the_listener_hostname() {
     let snap = snapshot(&["

@@ -164,7 +164,8 @@ impl Watched {
 /// list and watch on these): Namespaces, Nodes (NodePort network
 /// gateways' addresses), Pods, Services, EndpointSlices,
 /// ConfigMaps (the mesh config, `istio` in `istio-system`, whole; of the
-/// others only a `ca.crt`, for BackendTLSPolicy CAs), Secrets (for
+/// others only a `ca.crt`, for BackendTLSPolicy CAs, and the keys a
+/// Gateway's `parametersRef` reads), Secrets (for
 /// Gateway `credentialName`; service-account tokens and Helm releases are
 /// excluded, as istiod does), the `networking.istio.io/v1` kinds (WorkloadEntry and WorkloadGroup included) and
 /// `security.istio.io/v1` PeerAuthentication, AuthorizationPolicy and
@@ -451,14 +452,18 @@ fn stored(watched: &Watched, obj: DynamicObject) -> ((String, String), Stored) {
 
 /// Drops what the model never reads and what changes on every write.
 /// Whether `obj` is not kept at all: a ConfigMap other than the mesh
-/// config without a `ca.crt` (most of a cluster's, some rewritten every few
-/// seconds, as old leader-election locks; nothing reads them).
+/// config with neither a `ca.crt` nor a key a Gateway's `parametersRef`
+/// reads (most of a cluster's, some rewritten every few seconds, as old
+/// leader-election locks; nothing reads them).
 fn ignored(watched: &Watched, obj: &DynamicObject) -> bool {
     let mesh = crds::mesh::MESH_CONFIGMAP;
-    watched.resource.kind == "ConfigMap"
-        && !(obj.metadata.namespace.as_deref() == Some(mesh.0)
-            && obj.metadata.name.as_deref() == Some(mesh.1))
-        && obj.data.get("data").and_then(|d| d.get("ca.crt")).is_none()
+    let is_mesh = obj.metadata.namespace.as_deref() == Some(mesh.0)
+        && obj.metadata.name.as_deref() == Some(mesh.1);
+    let data = obj.data.get("data");
+    let read = |key: &str| data.and_then(|d| d.get(key)).is_some();
+    let kept =
+        is_mesh || read("ca.crt") || crds::gateway_api::PARAMETERS_KEYS.iter().any(|k| read(k));
+    watched.resource.kind == "ConfigMap" && !kept
 }
 
 fn trim(value: &mut Value, resource: &ApiResource) {
@@ -506,11 +511,14 @@ fn trim(value: &mut Value, resource: &ApiResource) {
         let mesh = crds::mesh::MESH_CONFIGMAP;
         let is_mesh = map["metadata"]["namespace"] == mesh.0 && map["metadata"]["name"] == mesh.1;
         if !is_mesh {
-            // Only a CA (a BackendTLSPolicy's `caCertificateRefs`): the
-            // rest of such a ConfigMap is never read.
+            // Only a CA (a BackendTLSPolicy's `caCertificateRefs`) and a
+            // Gateway's `parametersRef` overlays: the rest of such a
+            // ConfigMap is never read.
             map.remove("binaryData");
             if let Some(data) = map.get_mut("data").and_then(Value::as_object_mut) {
-                data.retain(|key, _| key == "ca.crt");
+                data.retain(|key, _| {
+                    key == "ca.crt" || crds::gateway_api::PARAMETERS_KEYS.contains(&key.as_str())
+                });
             }
             if let Some(meta) = map.get_mut("metadata").and_then(Value::as_object_mut) {
                 meta.remove("labels");
@@ -709,7 +717,7 @@ mod tests {
     }
 
     #[test]
-    fn config_maps_are_kept_whole_only_for_the_mesh_config() {
+    fn config_maps_are_kept_whole_only_for_the_mesh_config_and_cut_down_else() {
         let w = watched();
         let cms = w
             .iter()
@@ -743,6 +751,16 @@ mod tests {
             &w[cms],
             Event::Apply(cm("default", "lock", serde_json::json!({"holder": "a"})))
         ));
+        // A Gateway's parameters: its keys kept.
+        assert!(s.apply(
+            cms,
+            &w[cms],
+            Event::Apply(cm(
+                "default",
+                "gw-options",
+                serde_json::json!({"deployment": "spec: {replicas: 2}", "notes": "x"})
+            ))
+        ));
         // A key other than `ca.crt` changing changes nothing.
         assert!(!s.apply(
             cms,
@@ -761,8 +779,13 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(data.len(), 2);
+        assert_eq!(data.len(), 3);
         assert!(data.iter().any(|d| d.contains_key("mesh")), "{data:?}");
+        assert!(
+            data.iter()
+                .any(|d| d.keys().collect::<Vec<_>>() == ["deployment"]),
+            "{data:?}"
+        );
         assert!(
             data.iter()
                 .any(|d| d.keys().collect::<Vec<_>>() == ["ca.crt"]),
