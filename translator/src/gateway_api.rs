@@ -624,14 +624,7 @@ pub(crate) fn convert(inputs: &Inputs<'_>) -> Output {
         .chain(inputs.tcp_routes.iter().map(|r| RouteRef::Tcp(r)))
         .chain(inputs.tls_routes.iter().map(|r| RouteRef::Tls(r)))
         .collect();
-    routes.sort_by_key(|r| {
-        let m = r.meta();
-        (
-            m.creation_timestamp.as_ref().map(|t| t.0),
-            m.namespace.clone(),
-            m.name.clone(),
-        )
-    });
+    routes.sort_by_key(|r| api_order(r.meta()));
     // VirtualServices by key (`<parent>/<host>`): routes merged.
     let mut merged: BTreeMap<String, Config<VirtualServiceSpec>> = BTreeMap::new();
     for route in routes {
@@ -843,9 +836,18 @@ fn backend_client_certificate(
     Some((field.to_owned(), resolved))
 }
 
-/// `policies` in the order Istio applies them: oldest first, then by
-/// namespace and name; without those annotated
-/// [`api::IGNORE_POLICY_ANNOTATION`].
+/// The Gateway API's precedence among objects of a kind (routes,
+/// policies, ListenerSets): the oldest first, then by namespace and name.
+fn api_order(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> impl Ord + use<> {
+    (
+        m.creation_timestamp.as_ref().map(|t| t.0),
+        m.namespace.clone(),
+        m.name.clone(),
+    )
+}
+
+/// `policies` in the order Istio applies them ([`api_order`]), without
+/// those annotated [`api::IGNORE_POLICY_ANNOTATION`].
 fn applied_policies<'a, P>(
     policies: &[&'a P],
     meta: impl Fn(&P) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
@@ -861,14 +863,7 @@ fn applied_policies<'a, P>(
                 .is_none_or(|v| v != "true")
         })
         .collect();
-    applied.sort_by_key(|p| {
-        let m = meta(p);
-        (
-            m.creation_timestamp.as_ref().map(|t| t.0),
-            m.namespace.clone(),
-            m.name.clone(),
-        )
-    });
+    applied.sort_by_key(|p| api_order(meta(p)));
     applied
 }
 
@@ -1562,8 +1557,9 @@ fn convert_listener_sets(
         .map(|s| (*s, LISTENER_SETS))
         .chain(inputs.x_listener_sets.iter().map(|s| (*s, X_LISTENER_SETS)))
         .collect();
-    let sets: Vec<&(&api::ListenerSet, &'static str)> = sets.iter().collect();
-    for &(set, collection) in applied_policies(&sets, |s| &s.0.metadata) {
+    let mut sets: Vec<&(&api::ListenerSet, &'static str)> = sets.iter().collect();
+    sets.sort_by_key(|s| api_order(&s.0.metadata));
+    for &(set, collection) in sets {
         let (ns, name) = ns_name(&set.metadata);
         let key = format!("{ns}/{name}");
         let p = &set.spec.parent_ref;
