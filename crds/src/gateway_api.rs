@@ -304,6 +304,11 @@ pub struct LocalParametersReference {
     pub name: String,
 }
 
+/// The label of a ConfigMap of Istio's namespace holding the deployment
+/// defaults (the [`PARAMETERS_KEYS`]) of the Gateways of the GatewayClass
+/// it names (Istio's GatewayClass defaults).
+pub const CLASS_DEFAULTS_LABEL: &str = "gateway.istio.io/defaults-for-class";
+
 /// The keys of a Gateway's `parametersRef` ConfigMap Istio reads: each a
 /// YAML overlay of the deployed object of that kind.
 pub const PARAMETERS_KEYS: [&str; 5] = [

@@ -104,6 +104,10 @@ pub(crate) struct Inputs<'a> {
     /// Every ConfigMap's data, by (namespace, name): what a Gateway's
     /// `infrastructure.parametersRef` may name.
     pub config_maps: BTreeMap<(&'a str, &'a str), Option<&'a BTreeMap<String, String>>>,
+    /// The data of the root namespace's ConfigMaps labelled
+    /// [`api::CLASS_DEFAULTS_LABEL`], by the GatewayClass they name: the
+    /// defaults of its Gateways' deployments.
+    pub class_defaults: BTreeMap<&'a str, &'a BTreeMap<String, String>>,
 }
 
 impl Inputs<'_> {
@@ -583,11 +587,16 @@ pub(crate) fn convert(inputs: &Inputs<'_>) -> Output {
         // A deployment customized by an unusable `parametersRef` is not
         // applied (what was applied before stays).
         let customized = parameters(inputs, gw).and_then(|params| {
+            let layers: Vec<&BTreeMap<String, String>> = inputs
+                .class_defaults
+                .get(gw.spec.gateway_class_name.as_str())
+                .copied()
+                .into_iter()
+                .chain(params)
+                .collect();
             deployment(gw)
                 .map(|mut objects| {
-                    if let Some(p) = params {
-                        customize(gw, &mut objects, p)?;
-                    }
+                    customize(gw, &mut objects, &layers)?;
                     Ok(objects)
                 })
                 .transpose()
@@ -1888,8 +1897,10 @@ fn parameters<'a>(
     }
 }
 
-/// Applies a `parametersRef` ConfigMap's overlays to the deployed
-/// `objects` of `gw`, as Istio's deployment controller does: the YAML of
+/// Applies the overlays of `layers` (the GatewayClass defaults, then the
+/// Gateway's `parametersRef` ConfigMap, the later winning) to the
+/// deployed `objects` of `gw`, as Istio's deployment controller does: the
+/// YAML of
 /// `deployment`, `service` and `serviceAccount` merged into those objects
 /// ([`strategic_merge`]); `horizontalPodAutoscaler` and
 /// `podDisruptionBudget` make those objects (`autoscaling/v2`,
@@ -1900,20 +1911,23 @@ fn parameters<'a>(
 pub fn customize(
     gw: &KubeGateway,
     objects: &mut Vec<serde_json::Value>,
-    params: &BTreeMap<String, String>,
+    layers: &[&BTreeMap<String, String>],
 ) -> Result<(), String> {
     use serde_json::{Value, json};
+    // A key's overlays, layer over layer.
     let overlay = |key: &str| -> Result<Option<Value>, String> {
-        let Some(text) = params.get(key) else {
-            return Ok(None);
-        };
-        let value: Value = serde_yaml_ng::from_str(text)
-            .map_err(|e| format!("parametersRef key {key:?} is not valid YAML: {e}"))?;
-        match value {
-            Value::Object(_) => Ok(Some(value)),
-            Value::Null => Ok(None),
-            _ => Err(format!("parametersRef key {key:?} is not a YAML object")),
+        let mut merged: Option<Value> = None;
+        for text in layers.iter().filter_map(|l| l.get(key)) {
+            let value: Value = serde_yaml_ng::from_str(text)
+                .map_err(|e| format!("parametersRef key {key:?} is not valid YAML: {e}"))?;
+            match (value, &mut merged) {
+                (Value::Null, _) => {}
+                (value @ Value::Object(_), None) => merged = Some(value),
+                (value @ Value::Object(_), Some(m)) => strategic_merge(m, &value),
+                _ => return Err(format!("parametersRef key {key:?} is not a YAML object")),
+            }
         }
+        Ok(merged)
     };
     for (kind, key) in [
         ("Deployment", "deployment"),

@@ -2026,6 +2026,16 @@ impl Snapshot {
                         config_map_cas.insert(format!("{ns}/{name}"), ca);
                     }
                     gateway_api.config_maps.insert((ns, name), cm.data.as_ref());
+                    if let Some(class) = cm
+                        .metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(crds::gateway_api::CLASS_DEFAULTS_LABEL))
+                        && let Some(data) = &cm.data
+                        && ns == snap.mesh.root_namespace
+                    {
+                        gateway_api.class_defaults.insert(class, data);
+                    }
                 }
                 Object::Secret(secret) => {
                     // `stringData` is merged over `data`, as the API server does on write.

@@ -675,8 +675,10 @@ spec:
     assert!(translator::gateway_api::deployment(&manual).is_none());
 }
 
-/// A Gateway's `infrastructure.parametersRef` ConfigMap, as Istio's
-/// deployment customization: the `deployment`, `service` and
+/// A Gateway's `infrastructure.parametersRef` ConfigMap over its
+/// GatewayClass's defaults (a ConfigMap of the root namespace labelled
+/// `gateway.istio.io/defaults-for-class`), as Istio's deployment
+/// customization: the `deployment`, `service` and
 /// `serviceAccount` overlays merged into the deployed objects (containers
 /// and ports by their keys), `horizontalPodAutoscaler` and
 /// `podDisruptionBudget` made into objects of their own; another kind or
@@ -685,6 +687,33 @@ spec:
 #[test]
 fn a_parameters_ref_config_map_customizes_the_deployment() {
     let snap = snapshot(&[r#"
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: istio-gateway-class-defaults
+  namespace: istio-system
+  labels: {gateway.istio.io/defaults-for-class: istio}
+data:
+  deployment: |
+    spec:
+      replicas: 2
+      template:
+        spec:
+          nodeSelector: {pool: default}
+          tolerations: [{key: dedicated, operator: Exists}]
+  podDisruptionBudget: |
+    spec: {maxUnavailable: 1}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: other-class-defaults
+  namespace: istio-system
+  labels: {gateway.istio.io/defaults-for-class: other}
+data:
+  deployment: |
+    spec: {replicas: 9}
+---
 apiVersion: v1
 kind: ConfigMap
 metadata: {name: edge-options, namespace: default}
@@ -765,7 +794,10 @@ spec:
     assert_eq!(proxy["name"], "istio-proxy");
     assert_eq!(proxy["image"], "auto", "the generated fields stay");
     assert_eq!(proxy["resources"]["requests"]["cpu"], "222m");
+    // The class defaults under the Gateway's own: its node selector wins,
+    // the defaults' tolerations stay.
     assert_eq!(pod["nodeSelector"]["pool"], "edge");
+    assert_eq!(pod["tolerations"][0]["key"], "dedicated");
     let service = &objects[2]["spec"];
     assert_eq!(service["type"], "ClusterIP");
     let ports = service["ports"].as_array().unwrap();
@@ -780,6 +812,7 @@ spec:
     assert_eq!(hpa["spec"]["scaleTargetRef"]["name"], "edge-istio");
     let pdb = &objects[4];
     assert_eq!(pdb["spec"]["minAvailable"], 1);
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1, "from the class defaults");
     assert_eq!(
         pdb["spec"]["selector"]["matchLabels"]["gateway.networking.k8s.io/gateway-name"],
         "edge"

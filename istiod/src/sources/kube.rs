@@ -512,7 +512,8 @@ fn trim(value: &mut Value, resource: &ApiResource) {
         let is_mesh = map["metadata"]["namespace"] == mesh.0 && map["metadata"]["name"] == mesh.1;
         if !is_mesh {
             // Only a CA (a BackendTLSPolicy's `caCertificateRefs`) and a
-            // Gateway's `parametersRef` overlays: the rest of such a
+            // Gateway's `parametersRef` overlays (with the label making
+            // them a GatewayClass's defaults): the rest of such a
             // ConfigMap is never read.
             map.remove("binaryData");
             if let Some(data) = map.get_mut("data").and_then(Value::as_object_mut) {
@@ -521,7 +522,9 @@ fn trim(value: &mut Value, resource: &ApiResource) {
                 });
             }
             if let Some(meta) = map.get_mut("metadata").and_then(Value::as_object_mut) {
-                meta.remove("labels");
+                if let Some(labels) = meta.get_mut("labels").and_then(Value::as_object_mut) {
+                    labels.retain(|key, _| key == crds::gateway_api::CLASS_DEFAULTS_LABEL);
+                }
                 meta.remove("annotations");
             }
         }
