@@ -45,6 +45,8 @@ pub struct Input {
     default_namespace: String,
     /// Positions in `entries` by kind, namespace and name.
     index: HashMap<(String, Option<String>, String), usize>,
+    /// The texts read, by name: where messages find their fields' lines.
+    texts: HashMap<String, std::sync::Arc<str>>,
 }
 
 impl Input {
@@ -59,6 +61,7 @@ impl Input {
             skipped: 0,
             default_namespace: default_namespace.to_owned(),
             index: HashMap::new(),
+            texts: HashMap::new(),
         }
     }
 
@@ -69,6 +72,7 @@ impl Input {
     /// `SchemaValidationError`; reading goes on after it (a YAML syntax
     /// error ends the text, as the YAML stream cannot be resumed).
     pub fn add_text(&mut self, name: &str, text: &str) {
+        self.texts.insert(name.to_owned(), text.into());
         let starts = document_lines(text);
         for (index, value) in split_documents(text) {
             let line = starts.get(index).copied().flatten();
@@ -352,6 +356,19 @@ fn reason(e: &ParseError) -> String {
     match e {
         ParseError::InvalidField { field, reason, .. } => format!("{field}: {reason}"),
         other => other.to_string(),
+    }
+}
+
+impl Input {
+    /// Where the field `path` of the object read at `reference`
+    /// (`file:line`, the line its document starts on) is: `file:line` of
+    /// the field (or of the deepest part of its path found), `None` when
+    /// the text is not known or the path not there.
+    pub fn field_reference(&self, reference: &str, path: &str) -> Option<String> {
+        let (file, line) = reference.rsplit_once(':')?;
+        let text = self.texts.get(file)?;
+        let line = crate::lines::field_line(text, line.parse().ok()?, path)?;
+        Some(format!("{file}:{line}"))
     }
 }
 

@@ -15,6 +15,7 @@
 mod analyzers;
 mod hosts;
 pub mod input;
+mod lines;
 pub mod message;
 
 pub use analyzers::annotations::ANNOTATIONS;
@@ -200,7 +201,9 @@ pub const SUPPRESS: &str = "galley.istio.io/analyze-suppress";
 /// (namespace, kind, name), then code and text; a message given twice
 /// (the same object, code and text) is given once, and those an object
 /// suppresses by its [`SUPPRESS`] annotation are left out, as istioctl
-/// does.
+/// does. A message about a field ([`Message::field`]) points at that
+/// field's line in the file read, as istioctl's do; others at their
+/// document's first line.
 pub fn analyze(input: &Input, analyzers: &[Analyzer]) -> Vec<Message> {
     let mut out = Vec::new();
     for a in analyzers {
@@ -230,5 +233,14 @@ pub fn analyze(input: &Input, analyzers: &[Analyzer]) -> Vec<Message> {
         )
     });
     out.dedup_by(|a, b| a.kind == b.kind && a.resource == b.resource && a.params == b.params);
+    // Point at the field, as istioctl does, where the message names one.
+    for m in &mut out {
+        if let (Some(field), Some(r)) = (&m.field, &mut m.resource)
+            && let Some(reference) = r.reference.as_deref()
+            && let Some(at) = input.field_reference(reference, field)
+        {
+            r.reference = Some(at);
+        }
+    }
     out
 }

@@ -321,6 +321,11 @@ pub struct Message {
     pub resource: Option<Resource>,
     /// The parameters of `kind.template`, in order.
     pub params: Vec<Param>,
+    /// The field it is about, as a path into its object
+    /// (`spec.http[0].route[0].destination.host`; a key with dots in
+    /// brackets and quotes: `metadata.annotations["a.istio.io/b"]`): the
+    /// reference then points at that field's line ([`crate::analyze`]).
+    pub field: Option<String>,
 }
 
 /// Istio's documentation of each code:
@@ -334,7 +339,14 @@ impl Message {
             kind,
             resource: resource.cloned(),
             params,
+            field: None,
         }
+    }
+
+    /// The message about the field at `path` of its object.
+    pub fn at(mut self, path: impl Into<String>) -> Message {
+        self.field = Some(path.into());
+        self
     }
 
     /// The text: the template filled with the parameters.

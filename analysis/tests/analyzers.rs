@@ -609,11 +609,11 @@ spec: {containers: [{name: app, image: x}]}
     assert_eq!(
         lines("annotations.K8sAnalyzer", yaml),
         [
-            "Warning [IST0107] (Namespace shop mesh.yaml:2) Misplaced annotation: sidecar.istio.io/proxyCPU can only be applied to Pod",
-            "Warning [IST0107] (Deployment shop/web mesh.yaml:8) Misplaced annotation: sidecar.istio.io/inject can only be applied to Pod",
-            "Warning [IST0108] (Deployment shop/web mesh.yaml:8) Unknown annotation: sidecar.istio.io/proxyCPUs",
-            r#"Info [IST0135] (Deployment shop/web mesh.yaml:8) Annotation "sidecar.istio.io/inject" has been deprecated in favor of the "sidecar.istio.io/inject" label and may not work in future Istio versions."#,
-            r#"Info [IST0135] (Pod shop/legacy mesh.yaml:22) Annotation "sidecar.istio.io/inject" has been deprecated in favor of the "sidecar.istio.io/inject" label and may not work in future Istio versions."#,
+            "Warning [IST0107] (Namespace shop mesh.yaml:6) Misplaced annotation: sidecar.istio.io/proxyCPU can only be applied to Pod",
+            "Warning [IST0107] (Deployment shop/web mesh.yaml:13) Misplaced annotation: sidecar.istio.io/inject can only be applied to Pod",
+            "Warning [IST0108] (Deployment shop/web mesh.yaml:19) Unknown annotation: sidecar.istio.io/proxyCPUs",
+            r#"Info [IST0135] (Deployment shop/web mesh.yaml:13) Annotation "sidecar.istio.io/inject" has been deprecated in favor of the "sidecar.istio.io/inject" label and may not work in future Istio versions."#,
+            r#"Info [IST0135] (Pod shop/legacy mesh.yaml:27) Annotation "sidecar.istio.io/inject" has been deprecated in favor of the "sidecar.istio.io/inject" label and may not work in future Istio versions."#,
         ]
     );
 }
@@ -896,32 +896,39 @@ metadata:
   annotations: {traffic.sidecar.istio.io/excludeInboundPorts: "x"}
 spec: {ports: [{name: http, port: 80}]}
 "#;
-    let bad = |text: &str| {
-        format!("Warning [IST0125] (Pod default/bad mesh.yaml:2) Invalid annotation {text}")
+    // Each points at its annotation's line.
+    let bad = |line: u32, text: &str| {
+        format!("Warning [IST0125] (Pod default/bad mesh.yaml:{line}) Invalid annotation {text}")
     };
     let found: Vec<String> = lines("annotations.K8sAnalyzer", yaml);
     assert_eq!(
         found,
         [
             bad(
+                13,
                 "prometheus.istio.io/merge-metrics: strconv.ParseBool: parsing \"yes\": invalid syntax"
             ),
             bad(
+                10,
                 "readiness.status.sidecar.istio.io/periodSeconds: strconv.ParseUint: parsing \"ten\": invalid syntax"
             ),
             bad(
+                8,
                 "sidecar.istio.io/interceptionMode: interceptionMode invalid, use REDIRECT,TPROXY,NONE: SOMETIMES"
             ),
             bad(
+                9,
                 "status.sidecar.istio.io/port: excludeInboundPorts invalid: failed parsing port '99999': strconv.ParseUint: parsing \"99999\": value out of range"
             ),
             bad(
+                12,
                 "traffic.sidecar.istio.io/excludeInboundPorts: excludeInboundPorts invalid: failed parsing port ' x': failed parsing port ' x': strconv.ParseUint: parsing \"x\": invalid syntax"
             ),
             bad(
+                11,
                 "traffic.sidecar.istio.io/includeOutboundIPRanges: includeIPRanges invalid: failed parsing cidr '10.1.2.3': netip.ParsePrefix(\"10.1.2.3\"): no '/'"
             ),
-            "Warning [IST0107] (Service default/misplaced mesh.yaml:30) Misplaced annotation: traffic.sidecar.istio.io/excludeInboundPorts can only be applied to Pod".to_owned(),
+            "Warning [IST0107] (Service default/misplaced mesh.yaml:35) Misplaced annotation: traffic.sidecar.istio.io/excludeInboundPorts can only be applied to Pod".to_owned(),
         ]
     );
 }

@@ -201,9 +201,18 @@ pub fn kubernetes(input: &Input, out: &mut Vec<Message>) {
     for entry in &input.entries {
         let labels = entry.object.metadata().labels.as_ref();
         for (kind, annotations) in annotated(entry) {
+            // Where these annotations are written: a workload's pod
+            // template's, or the object's own.
+            let at = match entry.resource.kind.as_str() {
+                "CronJob" if kind == "Pod" => "spec.jobTemplate.spec.template.metadata.annotations",
+                k if kind == "Pod" && k != "Pod" => "spec.template.metadata.annotations",
+                _ => "metadata.annotations",
+            };
             for name in annotations.keys().filter(|n| istio_annotation(n)) {
+                let path = format!("{at}[\"{name}\"]");
+                let mut push = |m: Message| out.push(m.at(path.clone()));
                 let Some((_, kinds, deprecated)) = ANNOTATIONS.iter().find(|a| a.0 == name) else {
-                    out.push(Message::new(
+                    push(Message::new(
                         message::UNKNOWN_ANNOTATION,
                         Some(&entry.resource),
                         vec![name.clone().into()],
@@ -219,7 +228,7 @@ pub fn kubernetes(input: &Input, out: &mut Vec<Message>) {
                         } else {
                             ""
                         };
-                        out.push(Message::new(
+                        push(Message::new(
                             message::DEPRECATED_ANNOTATION,
                             Some(&entry.resource),
                             vec![name.clone().into(), extra.into()],
@@ -230,7 +239,7 @@ pub fn kubernetes(input: &Input, out: &mut Vec<Message>) {
                     continue;
                 }
                 if !kinds.contains(&kind) {
-                    out.push(Message::new(
+                    push(Message::new(
                         message::MISPLACED_ANNOTATION,
                         Some(&entry.resource),
                         vec![name.clone().into(), kinds.join(", ").into()],
@@ -238,7 +247,7 @@ pub fn kubernetes(input: &Input, out: &mut Vec<Message>) {
                     continue;
                 }
                 if let Some(why) = annotations.get(name).and_then(|v| invalid_value(name, v)) {
-                    out.push(Message::new(
+                    push(Message::new(
                         message::INVALID_ANNOTATION,
                         Some(&entry.resource),
                         vec![name.clone().into(), why.into()],

@@ -20,21 +20,45 @@ enum Place {
     Mirror,
 }
 
-/// Every destination of `vs`: routes (`tcp`, `tls`, then `http`, as
-/// Istio's `getRouteDestinations`), then `http` mirrors.
-fn destinations(vs: &VirtualServiceSpec) -> Vec<(Place, &Destination)> {
+/// Every destination of `vs`, with where it is written
+/// (`spec.http[0].route[1].destination`): routes (`tcp`, `tls`, then
+/// `http`, as Istio's `getRouteDestinations`), then `http` mirrors.
+fn destinations(vs: &VirtualServiceSpec) -> Vec<(Place, String, &Destination)> {
+    /// Each rule's route destinations, with where they are written.
+    fn routes<'a>(
+        kind: &str,
+        rules: impl Iterator<Item = Vec<&'a Destination>>,
+    ) -> Vec<(Place, String, &'a Destination)> {
+        let mut found = Vec::new();
+        for (i, route) in rules.enumerate() {
+            for (j, d) in route.into_iter().enumerate() {
+                let at = format!("spec.{kind}[{i}].route[{j}].destination");
+                found.push((Place::Route, at, d));
+            }
+        }
+        found
+    }
+    fn of(route: &[crds::virtual_service::RouteDestination]) -> Vec<&Destination> {
+        route.iter().map(|d| &d.destination).collect()
+    }
     let mut out = Vec::new();
-    let tcp = vs.tcp.iter().flat_map(|r| &r.route).map(|d| &d.destination);
-    let tls = vs.tls.iter().flat_map(|r| &r.route).map(|d| &d.destination);
-    let http = vs
-        .http
-        .iter()
-        .flat_map(|r| &r.route)
-        .map(|d| &d.destination);
-    out.extend(tcp.chain(tls).chain(http).map(|d| (Place::Route, d)));
-    for rule in &vs.http {
-        out.extend(rule.mirror.iter().map(|d| (Place::Mirror, d)));
-        out.extend(rule.mirrors.iter().map(|m| (Place::Mirror, &m.destination)));
+    out.extend(routes("tcp", vs.tcp.iter().map(|r| of(&r.route))));
+    out.extend(routes("tls", vs.tls.iter().map(|r| of(&r.route))));
+    let http = vs.http.iter();
+    out.extend(routes(
+        "http",
+        http.map(|r| r.route.iter().map(|d| &d.destination).collect()),
+    ));
+    for (i, rule) in vs.http.iter().enumerate() {
+        out.extend(
+            rule.mirror
+                .iter()
+                .map(|d| (Place::Mirror, format!("spec.http[{i}].mirror"), d)),
+        );
+        out.extend(rule.mirrors.iter().enumerate().map(|(j, m)| {
+            let at = format!("spec.http[{i}].mirrors[{j}].destination");
+            (Place::Mirror, at, &m.destination)
+        }));
     }
     out
 }
@@ -51,38 +75,45 @@ fn destinations(vs: &VirtualServiceSpec) -> Vec<(Place, &Destination)> {
 pub fn destination_hosts(input: &Input, out: &mut Vec<Message>) {
     let registry = Registry::of(input);
     for (entry, vs) in each(input, pick::virtual_service) {
-        for (place, d) in destinations(vs) {
+        for (place, at, d) in destinations(vs) {
             let Some(service) = registry.lookup(namespace(entry), &vs.export_to, &d.host) else {
                 let reftype = match place {
                     Place::Route => "host",
                     Place::Mirror => "mirror host",
                 };
-                out.push(Message::new(
-                    message::REFERENCED_RESOURCE_NOT_FOUND,
-                    Some(&entry.resource),
-                    vec![reftype.into(), d.host.clone().into()],
-                ));
+                out.push(
+                    Message::new(
+                        message::REFERENCED_RESOURCE_NOT_FOUND,
+                        Some(&entry.resource),
+                        vec![reftype.into(), d.host.clone().into()],
+                    )
+                    .at(format!("{at}.host")),
+                );
                 continue;
             };
             match &d.port {
-                None if service.ports.len() > 1 => out.push(Message::new(
-                    message::VIRTUAL_SERVICE_DESTINATION_PORT_SELECTOR_REQUIRED,
-                    Some(&entry.resource),
-                    vec![
-                        d.host.clone().into(),
-                        Param::List(service.ports.iter().map(|(n, _)| n.to_string()).collect()),
-                    ],
-                )),
-                Some(port) if !service.ports.iter().any(|(n, _)| *n == port.number) => {
-                    out.push(Message::new(
+                None if service.ports.len() > 1 => out.push(
+                    Message::new(
+                        message::VIRTUAL_SERVICE_DESTINATION_PORT_SELECTOR_REQUIRED,
+                        Some(&entry.resource),
+                        vec![
+                            d.host.clone().into(),
+                            Param::List(service.ports.iter().map(|(n, _)| n.to_string()).collect()),
+                        ],
+                    )
+                    .at(format!("{at}.host")),
+                ),
+                Some(port) if !service.ports.iter().any(|(n, _)| *n == port.number) => out.push(
+                    Message::new(
                         message::REFERENCED_RESOURCE_NOT_FOUND,
                         Some(&entry.resource),
                         vec![
                             "host:port".into(),
                             format!("{}:{}", d.host, port.number).into(),
                         ],
-                    ))
-                }
+                    )
+                    .at(format!("{at}.port")),
+                ),
                 _ => {}
             }
         }
@@ -144,7 +175,7 @@ pub fn destination_rules(input: &Input, out: &mut Vec<Message>) {
         }
     }
     for (entry, vs) in each(input, pick::virtual_service) {
-        for (place, d) in destinations(vs) {
+        for (place, at, d) in destinations(vs) {
             let Some(subset) = &d.subset else { continue };
             let host = hosts::service_name(namespace(entry), &d.host);
             if defined.contains(&(host, subset.clone())) {
@@ -154,11 +185,14 @@ pub fn destination_rules(input: &Input, out: &mut Vec<Message>) {
                 Place::Route => "host+subset in destinationrule",
                 Place::Mirror => "mirror+subset in destinationrule",
             };
-            out.push(Message::new(
-                message::REFERENCED_RESOURCE_NOT_FOUND,
-                Some(&entry.resource),
-                vec![reftype.into(), format!("{}+{subset}", d.host).into()],
-            ));
+            out.push(
+                Message::new(
+                    message::REFERENCED_RESOURCE_NOT_FOUND,
+                    Some(&entry.resource),
+                    vec![reftype.into(), format!("{}+{subset}", d.host).into()],
+                )
+                .at(format!("{at}.subset")),
+            );
         }
     }
 }
@@ -172,18 +206,21 @@ pub fn gateways(input: &Input, out: &mut Vec<Message>) {
     let gateways: Vec<_> = each(input, pick::gateway).collect();
     for (entry, vs) in each(input, pick::virtual_service) {
         let vs_ns = namespace(entry);
-        for name in &vs.gateways {
+        for (i, name) in vs.gateways.iter().enumerate() {
             if name == "mesh" {
                 continue;
             }
             let full = super::gateway_name(vs_ns, name);
             let gateway = gateways.iter().find(|(e, _)| full_name(e) == full);
             if gateway.is_none() {
-                out.push(Message::new(
-                    message::REFERENCED_RESOURCE_NOT_FOUND,
-                    Some(&entry.resource),
-                    vec!["gateway".into(), name.clone().into()],
-                ));
+                out.push(
+                    Message::new(
+                        message::REFERENCED_RESOURCE_NOT_FOUND,
+                        Some(&entry.resource),
+                        vec!["gateway".into(), name.clone().into()],
+                    )
+                    .at(format!("spec.gateways[{i}]")),
+                );
             }
             let served = gateway.is_some_and(|(gw_entry, gw)| {
                 let gw_ns = namespace(gw_entry);
