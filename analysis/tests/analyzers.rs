@@ -208,8 +208,8 @@ spec: {ports: [{name: dns-tcp, port: 53}]}
     assert_eq!(
         lines("service.PortNameAnalyzer", yaml),
         [
-            "Info [IST0118] (Service shop/web mesh.yaml:18) Port name  (port: 5000, targetPort: api) doesn't follow the naming convention of Istio port.",
-            "Info [IST0118] (Service shop/web mesh.yaml:18) Port name web (port: 8080, targetPort: 9080) doesn't follow the naming convention of Istio port.",
+            "Info [IST0118] (Service shop/web mesh.yaml:29) Port name  (port: 5000, targetPort: api) doesn't follow the naming convention of Istio port.",
+            "Info [IST0118] (Service shop/web mesh.yaml:25) Port name web (port: 8080, targetPort: 9080) doesn't follow the naming convention of Istio port.",
         ]
     );
     assert_eq!(
@@ -772,8 +772,8 @@ spec:
     assert_eq!(
         lines("destinationrule.CaCertificateAnalyzer", yaml),
         [
-            "Warning [IST0128] (DestinationRule data/db mesh.yaml:2) DestinationRule data/db in namespace data has TLS mode set to SIMPLE but no caCertificates are set to validate server identity for host: db.example.com",
-            "Warning [IST0129] (DestinationRule data/db mesh.yaml:2) DestinationRule data/db in namespace data has TLS mode set to MUTUAL but no caCertificates are set to validate server identity for host: db.example.com at port number:443",
+            "Warning [IST0128] (DestinationRule data/db mesh.yaml:8) DestinationRule data/db in namespace data has TLS mode set to SIMPLE but no caCertificates are set to validate server identity for host: db.example.com",
+            "Warning [IST0129] (DestinationRule data/db mesh.yaml:11) DestinationRule data/db in namespace data has TLS mode set to MUTUAL but no caCertificates are set to validate server identity for host: db.example.com at port number:443",
         ]
     );
 }

@@ -147,8 +147,8 @@ fn message_types_are_istios() {
 
 /// The texts of a case, as istioctl prints them (parameters as Istio's
 /// analyzers pass them), over Istio's fixtures: each message points at the
-/// field it is about (the destination's `host`, `port`, `subset`; a flow
-/// or commented line where the file has one), as istioctl's do.
+/// field it is about (the destination's `host`, as Istio's `DestinationHost`
+/// path, for its port and subset too), as istioctl's do.
 #[test]
 fn texts_as_istioctl_prints_them() {
     let dir = crds::istio_testdata().join("validation/analyzers");
@@ -170,10 +170,10 @@ fn texts_as_istioctl_prints_them() {
         .collect();
     for want in [
         r#"Error [IST0112] (VirtualService default/reviews-2port-missing virtualservice_destinationhosts.yaml:212) This VirtualService routes to a service "reviews-2port" that exposes multiple ports [80 443]. Specifying a port in the destination is required to disambiguate."#,
-        r#"Error [IST0101] (VirtualService default/reviews-bogusport virtualservice_destinationhosts.yaml:200) Referenced host:port not found: "reviews:999""#,
+        r#"Error [IST0101] (VirtualService default/reviews-bogusport virtualservice_destinationhosts.yaml:198) Referenced host:port not found: "reviews:999""#,
         r#"Error [IST0101] (VirtualService default/reviews-mirror-bogushost virtualservice_destinationhosts.yaml:186) Referenced mirror host not found: "reviews-bogus""#,
         r#"Error [IST0101] (VirtualService istio-system/cross-namespace-details virtualservice_destinationhosts.yaml:272) Referenced host not found: "details.default.svc.cluster.local""#,
-        r#"Error [IST0101] (VirtualService default/reviews-mirror-bogussubset virtualservice_destinationrules.yaml:77) Referenced mirror+subset in destinationrule not found: "reviews+bogus""#,
+        r#"Error [IST0101] (VirtualService default/reviews-mirror-bogussubset virtualservice_destinationrules.yaml:76) Referenced mirror+subset in destinationrule not found: "reviews+bogus""#,
     ] {
         assert!(
             lines.iter().any(|l| l == want),

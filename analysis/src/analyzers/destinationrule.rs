@@ -47,15 +47,19 @@ pub fn ca_certificates(input: &Input, out: &mut Vec<Message>) {
         };
         // The top level's `tls` (IST0128), then each port's (IST0129, its
         // port named as Istio prints a `PortSelector`).
-        let levels = std::iter::once((policy.tls.as_ref(), None)).chain(
-            policy.port_level_settings.iter().map(|p| {
-                (
-                    p.tls.as_ref(),
-                    Some(p.port.as_ref().map_or(0, |s| s.number)),
-                )
-            }),
-        );
-        for (tls, port) in levels {
+        let levels = std::iter::once((
+            policy.tls.as_ref(),
+            None,
+            "spec.trafficPolicy.tls.caCertificates".to_owned(),
+        ))
+        .chain(policy.port_level_settings.iter().enumerate().map(|(i, p)| {
+            (
+                p.tls.as_ref(),
+                Some(p.port.as_ref().map_or(0, |s| s.number)),
+                format!("spec.trafficPolicy.portLevelSettings[{i}].tls.caCertificates"),
+            )
+        }));
+        for (tls, port, at) in levels {
             let Some(mode) = unverified(tls) else {
                 continue;
             };
@@ -72,7 +76,9 @@ pub fn ca_certificates(input: &Input, out: &mut Vec<Message>) {
                     message::NO_SERVER_CERTIFICATE_VERIFICATION_PORT_LEVEL
                 }
             };
-            out.push(Message::new(kind, Some(&entry.resource), params));
+            // The CA missing, the line of its `tls` (Istio's path is the
+            // absent `caCertificates`: the document's first line there).
+            out.push(Message::new(kind, Some(&entry.resource), params).at(at));
         }
     }
 }

@@ -55,11 +55,16 @@ pub fn ingress_ports(input: &Input, out: &mut Vec<Message>) {
             }
         }
         if selected == 0 {
-            out.push(Message::new(
+            let mut m = Message::new(
                 message::REFERENCED_RESOURCE_NOT_FOUND,
                 Some(&entry.resource),
                 vec!["selector".into(), selector.into()],
-            ));
+            );
+            // Istio's `GatewaySelector` path: the selector's label.
+            if let Some(label) = gateway.selector.keys().next() {
+                m = m.at(format!("spec.selector[\"{label}\"]"));
+            }
+            out.push(m);
             continue;
         }
         for server in &gateway.servers {

@@ -56,7 +56,8 @@ pub fn port_names(input: &Input, out: &mut Vec<Message>) {
         if SYSTEM_NAMESPACES.contains(&namespace(entry)) {
             continue;
         }
-        for port in svc.spec.iter().flat_map(|s| s.ports.iter().flatten()) {
+        let ports = svc.spec.iter().flat_map(|s| s.ports.iter().flatten());
+        for (i, port) in ports.enumerate() {
             let name = port.name.as_deref().unwrap_or_default();
             if names_protocol(name, port.protocol.as_deref(), port.app_protocol.as_deref()) {
                 continue;
@@ -66,15 +67,18 @@ pub fn port_names(input: &Input, out: &mut Vec<Message>) {
                 Some(IntOrString::String(s)) => s.clone(),
                 None => "0".to_owned(),
             };
-            out.push(Message::new(
-                message::PORT_NAME_IS_NOT_UNDER_NAMING_CONVENTION,
-                Some(&entry.resource),
-                vec![
-                    name.into(),
-                    message::Param::Int(port.port.into()),
-                    target.into(),
-                ],
-            ));
+            out.push(
+                Message::new(
+                    message::PORT_NAME_IS_NOT_UNDER_NAMING_CONVENTION,
+                    Some(&entry.resource),
+                    vec![
+                        name.into(),
+                        message::Param::Int(port.port.into()),
+                        target.into(),
+                    ],
+                )
+                .at(format!("spec.ports[{i}].port")),
+            );
         }
     }
 }

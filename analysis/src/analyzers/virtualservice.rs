@@ -112,7 +112,7 @@ pub fn destination_hosts(input: &Input, out: &mut Vec<Message>) {
                             format!("{}:{}", d.host, port.number).into(),
                         ],
                     )
-                    .at(format!("{at}.port")),
+                    .at(format!("{at}.host")),
                 ),
                 _ => {}
             }
@@ -191,7 +191,7 @@ pub fn destination_rules(input: &Input, out: &mut Vec<Message>) {
                     Some(&entry.resource),
                     vec![reftype.into(), format!("{}+{subset}", d.host).into()],
                 )
-                .at(format!("{at}.subset")),
+                .at(format!("{at}.host")),
             );
         }
     }
