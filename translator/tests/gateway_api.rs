@@ -544,20 +544,6 @@ spec:
             .unwrap_or_else(|| panic!("no status for {collection} {ns}/{name}"))
             .clone()
     };
-    let condition = |conditions: &serde_json::Value, type_: &str| {
-        conditions
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["type"] == type_)
-            .map(|c| {
-                (
-                    c["status"].as_str().unwrap().to_owned(),
-                    c["reason"].as_str().unwrap().to_owned(),
-                )
-            })
-            .unwrap()
-    };
     let gw = status("gateways", "default", "gw");
     assert_eq!(
         condition(&gw["conditions"], "Accepted"),
@@ -1007,6 +993,23 @@ fn virtual_service<'a>(
                 .collect();
             panic!("no {name} among {names:?}")
         })
+}
+
+/// The status and reason of the condition `type_` of `conditions` (a
+/// status's `conditions` list).
+fn condition(conditions: &serde_json::Value, type_: &str) -> (String, String) {
+    conditions
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == type_)
+        .map(|c| {
+            (
+                c["status"].as_str().unwrap().to_owned(),
+                c["reason"].as_str().unwrap().to_owned(),
+            )
+        })
+        .unwrap_or_else(|| panic!("no {type_} in {conditions}"))
 }
 
 /// What the conversion wrote as the status of `collection/ns/name`.
@@ -1978,36 +1981,31 @@ spec:
         ))
     );
 
-    let condition = |status: &serde_json::Value, type_: &str| {
-        status["conditions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["type"] == type_)
-            .map(|c| {
-                (
-                    c["status"].as_str().unwrap().to_owned(),
-                    c["reason"].as_str().unwrap().to_owned(),
-                )
-            })
-            .unwrap()
-    };
     let yes = |reason: &str| ("True".to_owned(), reason.to_owned());
     let no = |reason: &str| ("False".to_owned(), reason.to_owned());
     let team_b = status_of(&snap, "v1/listenersets", "other", "team-b");
-    assert_eq!(condition(&team_b, "Accepted"), yes("Accepted"));
-    assert_eq!(condition(&team_b, "Programmed"), yes("Programmed"));
+    assert_eq!(
+        condition(&team_b["conditions"], "Accepted"),
+        yes("Accepted")
+    );
+    assert_eq!(
+        condition(&team_b["conditions"], "Programmed"),
+        yes("Programmed")
+    );
     let listeners = team_b["listeners"].as_array().unwrap();
     assert_eq!(listeners[0]["attachedRoutes"], 1);
     assert_eq!(
-        condition(&listeners[1], "Conflicted"),
+        condition(&listeners[1]["conditions"], "Conflicted"),
         yes("HostnameConflict")
     );
     assert_eq!(
-        condition(&listeners[2], "Conflicted"),
+        condition(&listeners[2]["conditions"], "Conflicted"),
         yes("ProtocolConflict")
     );
-    assert_eq!(condition(&listeners[3], "Accepted"), yes("Accepted"));
+    assert_eq!(
+        condition(&listeners[3]["conditions"], "Accepted"),
+        yes("Accepted")
+    );
     // The later set's 8081 clashes with the earlier one's; an
     // XListenerSet's status goes to its own collection.
     let late = snap
@@ -2021,18 +2019,27 @@ spec:
         .unwrap();
     let listeners = late["listeners"].as_array().unwrap();
     assert_eq!(
-        condition(&listeners[0], "Conflicted"),
+        condition(&listeners[0]["conditions"], "Conflicted"),
         yes("HostnameConflict")
     );
-    assert_eq!(condition(&listeners[1], "Conflicted"), no("NoConflicts"));
+    assert_eq!(
+        condition(&listeners[1]["conditions"], "Conflicted"),
+        no("NoConflicts")
+    );
     let denied = status_of(&snap, "v1/listenersets", "default", "denied");
-    assert_eq!(condition(&denied, "Accepted"), no("NotAllowed"));
+    assert_eq!(
+        condition(&denied["conditions"], "Accepted"),
+        no("NotAllowed")
+    );
     let shared = status_of(&snap, "v1/gateways", "default", "shared");
     assert_eq!(shared["attachedListenerSets"], 2);
     let gw = status_of(&snap, "v1/gateways", "default", "gw");
     assert!(gw.get("attachedListenerSets").is_none(), "{gw}");
     let api = status_of(&snap, "v1/httproutes", "other", "api");
-    assert_eq!(condition(&api["parents"][0], "Accepted"), yes("Accepted"));
+    assert_eq!(
+        condition(&api["parents"][0]["conditions"], "Accepted"),
+        yes("Accepted")
+    );
     assert!(warned(
         &snap,
         "ListenerSet",
