@@ -60,7 +60,7 @@ spec: {egress: [{hosts: ["istio-system/*"]}]}
         [
             r#"Error [IST0110] (Sidecar shop/by-app mesh.yaml:7) The Sidecars [by-app by-version] in namespace "shop" select the same workload pod "reviews-v1", which can lead to undefined behavior."#,
             r#"Error [IST0110] (Sidecar shop/by-version mesh.yaml:14) The Sidecars [by-app by-version] in namespace "shop" select the same workload pod "reviews-v1", which can lead to undefined behavior."#,
-            r#"Error [IST0101] (Sidecar shop/nobody mesh.yaml:21) Referenced selector not found: "app=ratings""#,
+            r#"Error [IST0101] (Sidecar shop/nobody mesh.yaml:25) Referenced selector not found: "app=ratings""#,
         ]
     );
     assert_eq!(
@@ -162,8 +162,8 @@ spec:
     assert_eq!(
         lines("gateway.SecretAnalyzer", yaml),
         [
-            r#"Error [IST0101] (Gateway default/typo mesh.yaml:32) Referenced selector not found: "istio=ingresgateway""#,
-            r#"Error [IST0101] (Gateway default/web mesh.yaml:19) Referenced credentialName not found: "elsewhere""#,
+            r#"Error [IST0101] (Gateway default/typo mesh.yaml:36) Referenced selector not found: "istio=ingresgateway""#,
+            r#"Error [IST0101] (Gateway default/web mesh.yaml:30) Referenced credentialName not found: "elsewhere""#,
         ]
     );
 }
@@ -266,7 +266,7 @@ metadata: {name: shop-prod}
         [
             "Warning [IST0127] (AuthorizationPolicy empty/deny-all mesh.yaml:20) No matching workloads for this resource with the following labels: ",
             "Warning [IST0127] (AuthorizationPolicy shop/api mesh.yaml:14) No matching workloads for this resource with the following labels: app=api",
-            r#"Error [IST0101] (AuthorizationPolicy shop/web mesh.yaml:7) Referenced namespace not found: "other""#,
+            r#"Error [IST0101] (AuthorizationPolicy shop/web mesh.yaml:12) Referenced namespace not found: "other""#,
         ]
     );
 }

@@ -60,19 +60,28 @@ pub fn policies(input: &Input, out: &mut Vec<Message>) {
                 vec![labels.into()],
             ));
         }
-        let sources = policy
-            .rules
-            .iter()
-            .flat_map(|r| &r.from)
-            .filter_map(|f| f.source.as_ref());
-        for source in sources {
-            for wanted in source.namespaces.iter().chain(&source.not_namespaces) {
-                if !namespaces.iter().any(|n| namespace_matches(n, wanted)) {
-                    out.push(Message::new(
-                        message::REFERENCED_RESOURCE_NOT_FOUND,
-                        Some(&entry.resource),
-                        vec!["namespace".into(), wanted.clone().into()],
-                    ));
+        for (i, rule) in policy.rules.iter().enumerate() {
+            for (j, from) in rule.from.iter().enumerate() {
+                let Some(source) = &from.source else { continue };
+                // Istio's `AuthorizationPolicyNameSpace` path, and the
+                // `notNamespaces` beside it.
+                let listed = [
+                    ("namespaces", &source.namespaces),
+                    ("notNamespaces", &source.not_namespaces),
+                ];
+                for (field, list) in listed {
+                    for (k, wanted) in list.iter().enumerate() {
+                        if !namespaces.iter().any(|n| namespace_matches(n, wanted)) {
+                            out.push(
+                                Message::new(
+                                    message::REFERENCED_RESOURCE_NOT_FOUND,
+                                    Some(&entry.resource),
+                                    vec!["namespace".into(), wanted.clone().into()],
+                                )
+                                .at(format!("spec.rules[{i}].from[{j}].source.{field}[{k}]")),
+                            );
+                        }
+                    }
                 }
             }
         }

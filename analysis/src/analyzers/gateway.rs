@@ -55,16 +55,7 @@ pub fn ingress_ports(input: &Input, out: &mut Vec<Message>) {
             }
         }
         if selected == 0 {
-            let mut m = Message::new(
-                message::REFERENCED_RESOURCE_NOT_FOUND,
-                Some(&entry.resource),
-                vec!["selector".into(), selector.into()],
-            );
-            // Istio's `GatewaySelector` path: the selector's label.
-            if let Some(label) = gateway.selector.keys().next() {
-                m = m.at(format!("spec.selector[\"{label}\"]"));
-            }
-            out.push(m);
+            out.push(selector_not_found(entry, gateway));
             continue;
         }
         for server in &gateway.servers {
@@ -150,32 +141,55 @@ pub fn secrets(input: &Input, out: &mut Vec<Message>) {
             .iter()
             .find(|(_, pod)| selects(&gateway.selector, pod.metadata.labels.as_ref()));
         let Some((pod_entry, _)) = workload else {
-            out.push(Message::new(
-                message::REFERENCED_RESOURCE_NOT_FOUND,
-                Some(&entry.resource),
-                vec!["selector".into(), selector_string(&gateway.selector).into()],
-            ));
+            out.push(selector_not_found(entry, gateway));
             continue;
         };
         let ns = namespace(pod_entry);
-        let names = gateway
-            .servers
-            .iter()
-            .filter_map(|s| s.tls.as_ref())
-            .flat_map(|tls| tls.credential_name.iter().chain(&tls.credential_names));
-        for name in names.filter(|n| !n.is_empty()) {
+        // Each name with where it is written (Istio's `CredentialName`
+        // path, and `credentialNames[j]`).
+        let names = gateway.servers.iter().enumerate().flat_map(|(i, s)| {
+            let tls = s.tls.as_ref();
+            let one = tls
+                .and_then(|t| t.credential_name.as_ref())
+                .map(|n| (n, format!("spec.servers[{i}].tls.credentialName")));
+            let many = tls.into_iter().flat_map(move |t| {
+                t.credential_names
+                    .iter()
+                    .enumerate()
+                    .map(move |(j, n)| (n, format!("spec.servers[{i}].tls.credentialNames[{j}]")))
+            });
+            one.into_iter().chain(many)
+        });
+        for (name, at) in names.filter(|(n, _)| !n.is_empty()) {
             let (secret_ns, secret) = match name.split_once('/') {
                 Some((n, s)) => (n.to_owned(), s.to_owned()),
                 None => (ns.to_owned(), name.clone()),
             };
             if !secrets.contains(&(secret_ns, secret)) {
-                out.push(Message::new(
-                    message::REFERENCED_RESOURCE_NOT_FOUND,
-                    Some(&entry.resource),
-                    vec!["credentialName".into(), name.clone().into()],
-                ));
+                out.push(
+                    Message::new(
+                        message::REFERENCED_RESOURCE_NOT_FOUND,
+                        Some(&entry.resource),
+                        vec!["credentialName".into(), name.clone().into()],
+                    )
+                    .at(at),
+                );
             }
         }
+    }
+}
+
+/// IST0101 for a Gateway whose `selector` picks no pod, at the selector's
+/// (first) label, Istio's `GatewaySelector` path.
+fn selector_not_found(entry: &crate::input::Entry, gateway: &crds::GatewaySpec) -> Message {
+    let m = Message::new(
+        message::REFERENCED_RESOURCE_NOT_FOUND,
+        Some(&entry.resource),
+        vec!["selector".into(), selector_string(&gateway.selector).into()],
+    );
+    match gateway.selector.keys().next() {
+        Some(label) => m.at(format!("spec.selector[\"{label}\"]")),
+        None => m,
     }
 }
 

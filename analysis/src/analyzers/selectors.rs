@@ -24,12 +24,16 @@ struct Kind {
     conflicting: MessageType,
     /// Reported when a namespace has several namespace-wide ones.
     multiple: MessageType,
+    /// Where the selector's labels are written (Istio's
+    /// `WorkloadSelector` path for a Sidecar).
+    labels_at: &'static str,
 }
 
 const SIDECAR: Kind = Kind {
     selector: |o| pick::sidecar(o).map(|s| s.workload_selector.as_ref().map(|w| &w.labels)),
     conflicting: message::CONFLICTING_SIDECAR_WORKLOAD_SELECTORS,
     multiple: message::MULTIPLE_SIDECARS_WITHOUT_WORKLOAD_SELECTORS,
+    labels_at: "spec.workloadSelector.labels",
 };
 
 const TELEMETRY: Kind = Kind {
@@ -41,6 +45,7 @@ const TELEMETRY: Kind = Kind {
     },
     conflicting: message::CONFLICTING_TELEMETRY_WORKLOAD_SELECTORS,
     multiple: message::MULTIPLE_TELEMETRIES_WITHOUT_WORKLOAD_SELECTORS,
+    labels_at: "spec.selector.matchLabels",
 };
 
 /// A selector must pick a pod of its namespace (`ReferencedResourceNotFound`,
@@ -69,11 +74,15 @@ fn selected(kind: &Kind, input: &Input, out: &mut Vec<Message>) {
             }
         }
         if !found {
-            out.push(Message::new(
+            let mut m = Message::new(
                 message::REFERENCED_RESOURCE_NOT_FOUND,
                 Some(&entry.resource),
                 vec!["selector".into(), selector_string(selector).into()],
-            ));
+            );
+            if let Some(label) = selector.keys().next() {
+                m = m.at(format!("{}[\"{label}\"]", kind.labels_at));
+            }
+            out.push(m);
         }
     }
     for ((ns, pod), entries) in by_pod {
