@@ -186,4 +186,25 @@ spec:
         assert_eq!(at("status"), None);
         assert_eq!(field_line(VS, 22, "spec.http"), Some(24));
     }
+
+    #[test]
+    fn odd_texts_and_paths_never_fail() {
+        let crlf = VS.replace('\n', "\r\n");
+        assert_eq!(
+            field_line(&crlf, 1, "spec.http[0].route[0].destination.host"),
+            Some(14)
+        );
+        // JSON on one line: the path is not followed.
+        assert_eq!(
+            field_line(r#"{"spec": {"http": []}}"#, 1, "spec.http"),
+            None
+        );
+        // A start past the end, malformed paths, an empty text.
+        assert_eq!(field_line(VS, 999, "spec"), None);
+        assert_eq!(field_line(VS, 0, "spec"), None);
+        for path in ["", "[", "spec[x]", "spec.http[0", "[\"unterminated", ".."] {
+            let _ = field_line(VS, 1, path);
+        }
+        assert_eq!(field_line("", 1, "spec"), None);
+    }
 }
