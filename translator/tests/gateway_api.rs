@@ -92,6 +92,41 @@ fn snapshot(extra: &[&str]) -> Snapshot {
     Snapshot::build(1, &crds::objects_of(&texts), MeshConfig::default())
 }
 
+/// A sidecar of the workload `client` in `default`.
+fn client_sidecar() -> Proxy {
+    Proxy::from_node_id(
+        "sidecar~10.244.0.9~client.default~default.svc.cluster.local",
+        None,
+        Default::default(),
+    )
+    .unwrap()
+}
+
+/// The TLS the cluster `name` of `out` originates (panics without one).
+fn upstream_tls(
+    out: &translator::Output,
+    name: &str,
+) -> envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext {
+    use envoy_types::pb::envoy::config::core::v3::transport_socket;
+    use prost::Message;
+    let cluster = out
+        .clusters
+        .iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no cluster {name}"));
+    let Some(transport_socket::ConfigType::TypedConfig(any)) = cluster
+        .transport_socket
+        .as_ref()
+        .and_then(|t| t.config_type.clone())
+    else {
+        panic!("no TLS: {cluster:?}");
+    };
+    envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext::decode(
+        any.value.as_slice(),
+    )
+    .unwrap()
+}
+
 fn gateway_pod(ns: &str) -> Proxy {
     Proxy::from_node_id(
         &format!("router~10.244.0.50~gw-istio-0.{ns}~{ns}.svc.cluster.local"),
@@ -375,12 +410,7 @@ spec:
     assert_eq!(vs.spec.gateways, ["mesh"]);
     assert_eq!(vs.spec.hosts, ["reviews.default.svc.cluster.local"]);
     assert_eq!(vs.spec.http[0].matches[0].port, Some(9080));
-    let sidecar = Proxy::from_node_id(
-        "sidecar~10.244.0.9~client.default~default.svc.cluster.local",
-        None,
-        Default::default(),
-    )
-    .unwrap();
+    let sidecar = client_sidecar();
     let out = generate(&snap, &sidecar);
     let rc = route_config(&out, "9080");
     let vh = rc
@@ -1418,11 +1448,7 @@ spec:
 
 #[test]
 fn a_backend_tls_policy_originates_tls_with_the_config_maps_ca() {
-    use envoy_types::pb::envoy::config::core::v3::transport_socket;
-    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-        UpstreamTlsContext, common_tls_context,
-    };
-    use prost::Message;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context;
     let snap = snapshot(&["
 apiVersion: v1
 kind: ConfigMap
@@ -1496,24 +1522,11 @@ spec:
 
     // A sidecar's cluster for reviews verifies with the ConfigMap's CA,
     // served to it under the credential's name.
-    let sidecar = Proxy::from_node_id(
-        "sidecar~10.244.0.9~client.default~default.svc.cluster.local",
-        None,
-        Default::default(),
-    )
-    .unwrap();
+    let sidecar = client_sidecar();
     let out = generate(&snap, &sidecar);
     // A cluster's TLS: its SNI and the SDS secret that verifies the server.
     let origination = |name: &str| {
-        let cluster = out.clusters.iter().find(|c| c.name == name).unwrap();
-        let Some(transport_socket::ConfigType::TypedConfig(any)) = cluster
-            .transport_socket
-            .as_ref()
-            .and_then(|t| t.config_type.clone())
-        else {
-            panic!("no TLS: {cluster:?}");
-        };
-        let ctx = UpstreamTlsContext::decode(any.value.as_slice()).unwrap();
+        let ctx = upstream_tls(&out, name);
         let Some(common_tls_context::ValidationContextType::CombinedValidationContext(v)) =
             ctx.common_tls_context.unwrap().validation_context_type
         else {
@@ -1653,12 +1666,7 @@ spec:
     );
 
     // The sidecar's cluster for reviews carries the budget.
-    let sidecar = Proxy::from_node_id(
-        "sidecar~10.244.0.9~client.default~default.svc.cluster.local",
-        None,
-        Default::default(),
-    )
-    .unwrap();
+    let sidecar = client_sidecar();
     let out = generate(&snap, &sidecar);
     let cluster: &Cluster = out
         .clusters
@@ -1735,9 +1743,6 @@ spec:
 /// without a ReferenceGrant `RefNotPermitted`.
 #[test]
 fn a_gateways_backend_client_certificate_is_presented_to_tls_backends() {
-    use envoy_types::pb::envoy::config::core::v3::transport_socket;
-    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
-    use prost::Message;
     let gateway = |name: &str, reference: &str| {
         format!(
             "apiVersion: v1
@@ -1777,19 +1782,7 @@ spec:
     // The client certificate of `proxy`'s cluster for reviews, if any.
     let presented = |proxy: &Proxy| {
         let out = generate(&snap, proxy);
-        let cluster = out
-            .clusters
-            .iter()
-            .find(|c| c.name == "outbound|9080||reviews.default.svc.cluster.local")
-            .unwrap();
-        let Some(transport_socket::ConfigType::TypedConfig(any)) = cluster
-            .transport_socket
-            .as_ref()
-            .and_then(|t| t.config_type.clone())
-        else {
-            panic!("no TLS: {cluster:?}");
-        };
-        let ctx = UpstreamTlsContext::decode(any.value.as_slice()).unwrap();
+        let ctx = upstream_tls(&out, "outbound|9080||reviews.default.svc.cluster.local");
         assert_eq!(ctx.sni, "reviews.example.com");
         let names: Vec<String> = ctx
             .common_tls_context
@@ -1821,13 +1814,7 @@ spec:
     );
     assert_eq!(presented(&pod("nonexistent")), (vec![], true));
     assert_eq!(presented(&gateway_pod("default")), (vec![], true));
-    let sidecar = Proxy::from_node_id(
-        "sidecar~10.244.0.9~client.default~default.svc.cluster.local",
-        None,
-        Default::default(),
-    )
-    .unwrap();
-    assert_eq!(presented(&sidecar), (vec![], true));
+    assert_eq!(presented(&client_sidecar()), (vec![], true));
 
     // Status: the Gateway's ResolvedRefs.
     let resolved = |name: &str| {
