@@ -123,6 +123,17 @@ impl Input {
         }
     }
 
+    /// Where the field `path` of the object read at `reference`
+    /// (`file:line`, the line its document starts on) is: `file:line` of
+    /// the field (or of the deepest part of its path found), `None` when
+    /// the text is not known or the path not there.
+    pub fn field_reference(&self, reference: &str, path: &str) -> Option<String> {
+        let (file, line) = reference.rsplit_once(':')?;
+        let text = self.texts.get(file)?;
+        let line = crate::lines::field_line(text, line.parse().ok()?, path)?;
+        Some(format!("{file}:{line}"))
+    }
+
     /// Keeps a document that could not be read (`reference`: where it
     /// was) as a `SchemaValidationError`, on the object the error names
     /// when it names one.
@@ -356,19 +367,6 @@ fn reason(e: &ParseError) -> String {
     match e {
         ParseError::InvalidField { field, reason, .. } => format!("{field}: {reason}"),
         other => other.to_string(),
-    }
-}
-
-impl Input {
-    /// Where the field `path` of the object read at `reference`
-    /// (`file:line`, the line its document starts on) is: `file:line` of
-    /// the field (or of the deepest part of its path found), `None` when
-    /// the text is not known or the path not there.
-    pub fn field_reference(&self, reference: &str, path: &str) -> Option<String> {
-        let (file, line) = reference.rsplit_once(':')?;
-        let text = self.texts.get(file)?;
-        let line = crate::lines::field_line(text, line.parse().ok()?, path)?;
-        Some(format!("{file}:{line}"))
     }
 }
 

@@ -2015,25 +2015,17 @@ fn merge_list(field: &str, items: &mut Vec<serde_json::Value>, patch: &serde_jso
     let Some(patch_items) = patch.as_array() else {
         return;
     };
+    let all_have = |key: &str| {
+        items
+            .iter()
+            .chain(patch_items)
+            .all(|i| i.get(key).is_some())
+    };
     let key = match field {
         "containers" | "initContainers" | "volumes" | "env" | "imagePullSecrets" => "name",
         "volumeMounts" => "mountPath",
-        "ports"
-            if items
-                .iter()
-                .chain(patch_items)
-                .all(|i| i.get("containerPort").is_some()) =>
-        {
-            "containerPort"
-        }
-        "ports"
-            if items
-                .iter()
-                .chain(patch_items)
-                .all(|i| i.get("port").is_some()) =>
-        {
-            "port"
-        }
+        "ports" if all_have("containerPort") => "containerPort",
+        "ports" if all_have("port") => "port",
         _ => {
             *items = patch_items.clone();
             return;

@@ -263,27 +263,19 @@ pub fn kubernetes(input: &Input, out: &mut Vec<Message>) {
 /// included); `None` when it takes it, or does not check that annotation.
 /// `proxy.istio.io/config` is not checked here.
 pub fn invalid_value(name: &str, value: &str) -> Option<String> {
-    let port_list = |param: &str| {
-        let ports = value.trim();
-        if ports.is_empty() {
+    // Istio's comma-separated lists: the first item `bad` refuses.
+    let list = |param: &str, what: &str, items: &str, bad: &dyn Fn(&str) -> Option<String>| {
+        if items.is_empty() {
             return None;
         }
-        ports.split(',').find_map(|p| {
-            port(p)
-                .err()
-                .map(|e| format!("{param} invalid: failed parsing port '{p}': {e}"))
+        items.split(',').find_map(|item| {
+            bad(item).map(|e| format!("{param} invalid: failed parsing {what} '{item}': {e}"))
         })
     };
-    let cidr_list = |param: &str| {
-        if value.is_empty() {
-            return None;
-        }
-        value.split(',').find_map(|c| {
-            prefix(c)
-                .err()
-                .map(|e| format!("{param} invalid: failed parsing cidr '{c}': {e}"))
-        })
-    };
+    // Ports are read from the trimmed value (Istio's `parsePorts`), CIDRs
+    // as written.
+    let port_list = |param: &str| list(param, "port", value.trim(), &|p| port(p).err());
+    let cidr_list = |param: &str| list(param, "cidr", value, &|c| prefix(c).err());
     match name {
         "sidecar.istio.io/interceptionMode" => (!matches!(value, "REDIRECT" | "TPROXY" | "NONE"))
             .then(|| format!("interceptionMode invalid, use REDIRECT,TPROXY,NONE: {value}")),
