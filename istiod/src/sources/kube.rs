@@ -764,6 +764,20 @@ mod tests {
                 serde_json::json!({"deployment": "spec: {replicas: 2}", "notes": "x"})
             ))
         ));
+        // A GatewayClass's defaults: their label kept, other labels not.
+        assert!(s.apply(
+            cms,
+            &w[cms],
+            Event::Apply(obj(serde_json::json!({
+                "metadata": {
+                    "name": "istio-gateway-class-defaults",
+                    "namespace": "istio-system",
+                    "resourceVersion": "1",
+                    "labels": {"gateway.istio.io/defaults-for-class": "istio", "team": "edge"},
+                },
+                "data": {"podDisruptionBudget": "spec: {minAvailable: 1}"},
+            })))
+        ));
         // A key other than `ca.crt` changing changes nothing.
         assert!(!s.apply(
             cms,
@@ -775,6 +789,22 @@ mod tests {
             ))
         ));
         let loaded = s.loaded();
+        let labels: Vec<_> = loaded
+            .objects()
+            .filter_map(|o| match o {
+                Object::ConfigMap(cm) => cm.metadata.labels.clone(),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            labels,
+            [[(
+                crds::gateway_api::CLASS_DEFAULTS_LABEL.to_owned(),
+                "istio".to_owned()
+            )]
+            .into()],
+            "{labels:?}"
+        );
         let data: Vec<_> = loaded
             .objects()
             .filter_map(|o| match o {
@@ -782,7 +812,7 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(data.len(), 3);
+        assert_eq!(data.len(), 4);
         assert!(data.iter().any(|d| d.contains_key("mesh")), "{data:?}");
         assert!(
             data.iter()
