@@ -8,7 +8,7 @@ use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     DiscoveryType, DnsLookupFamily, EdsClusterConfig, LbPolicy, common_lb_config,
 };
-use envoy_types::pb::envoy::config::core::v3::{Locality, Metadata};
+use envoy_types::pb::envoy::config::core::v3::{HealthStatus, HealthStatusSet, Locality, Metadata};
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
 };
@@ -523,7 +523,23 @@ fn service_clusters(
                 .iter()
                 .filter(|ep| selects(labels, ep))
                 .collect();
-            let endpoints: Vec<&Endpoint> = all.iter().copied().filter(|ep| ep.ready).collect();
+            // Ready ones; a draining one only for a cookie session, which
+            // keeps sending its sessions there (Istio's endpoint filter).
+            let keeps_draining = svc.keeps_draining();
+            let endpoints: Vec<&Endpoint> = all
+                .iter()
+                .copied()
+                .filter(|ep| {
+                    if ep.draining {
+                        keeps_draining
+                    } else {
+                        ep.ready
+                    }
+                })
+                .collect();
+            // A session may go on to a draining endpoint (Istio sets it on
+            // the service's own cluster, whichever label it has).
+            let overrides = subset.is_empty() && svc.persistent_session.is_some();
             // Most proxies and rules have no locality load balancing: the
             // endpoints' localities are gathered only for those that do.
             let plan = if policy.has_locality_plan(&view.locality) {
@@ -612,6 +628,7 @@ fn service_clusters(
             if svc.resolution == ServiceResolution::Static
                 && policy == Effective::default()
                 && !plan.as_ref().is_some_and(|p| p.weighted)
+                && !overrides
             {
                 let mtls = auto.and_then(|i| i.auto.as_ref());
                 let cla = assignment(
@@ -635,6 +652,12 @@ fn service_clusters(
                 identity.as_ref(),
             );
             resolve_at_mesh_rate(&mut cluster, snap.mesh.dns_refresh_rate);
+            if overrides {
+                cluster
+                    .common_lb_config
+                    .get_or_insert_default()
+                    .override_host_status = Some(session_host_status());
+            }
             // The PROXY protocol goes around the auto mTLS socket too
             // (Istio's `applyUpstreamProxyProtocol`): the match is then
             // built here rather than written by the encoder.
@@ -651,6 +674,25 @@ fn service_clusters(
             };
             emit(&name, PlannedCluster::Built(cluster), auto, cla);
         }
+    }
+}
+
+/// The endpoint health statuses a persistent session may be sent to
+/// (`CommonLbConfig.override_host_status`), as Istio's cluster builder
+/// sets them for a service with a persistent session label: Envoy's
+/// default (`UNKNOWN`, `HEALTHY`, `DEGRADED`) and `DRAINING`, so that a
+/// session stays with an endpoint that is shutting down while new
+/// requests go elsewhere.
+fn session_host_status() -> HealthStatusSet {
+    HealthStatusSet {
+        statuses: [
+            HealthStatus::Healthy,
+            HealthStatus::Draining,
+            HealthStatus::Unknown,
+            HealthStatus::Degraded,
+        ]
+        .map(|s| s as i32)
+        .to_vec(),
     }
 }
 
@@ -825,6 +867,22 @@ pub(crate) struct Assignment<'a> {
 }
 
 /// One `LocalityLbEndpoints`.
+/// One `LbEndpoint` of a [`Group`].
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    /// Its address.
+    address: &'a str,
+    /// Its (target) port.
+    port: u32,
+    /// Whether it takes Istio mTLS (auto mTLS: `tlsMode: istio` in its
+    /// transport socket match metadata).
+    tls: bool,
+    /// Its `load_balancing_weight`.
+    weight: u32,
+    /// `health_status: DRAINING` ([`Endpoint::draining`]).
+    draining: bool,
+}
+
 struct Group<'a> {
     /// `region/zone/subzone`.
     locality: &'a str,
@@ -832,10 +890,8 @@ struct Group<'a> {
     /// `load_balancing_weight`: the plan's, or the sum of its endpoints'
     /// weights (their count when none is weighted).
     weight: u32,
-    /// Each endpoint's address, target port, whether it takes Istio
-    /// mTLS (auto mTLS: `tlsMode: istio` in its transport socket match
-    /// metadata) and its weight.
-    endpoints: Vec<(&'a str, u32, bool, u32)>,
+    /// Its endpoints (and gateways standing for some), in order.
+    endpoints: Vec<Target<'a>>,
     /// Other networks' gateways standing for endpoints of this locality,
     /// with the weight they carry, in gateway order ([`Split`]).
     gateways: Vec<(&'a NetworkGateway, u32)>,
@@ -998,19 +1054,25 @@ fn assignment<'a>(
         let weight = ep.weight.saturating_mul(scale);
         match through {
             Some(gateways) => spread(&mut group.gateways, gateways, weight),
-            None => {
-                let tls = mtls.is_some_and(|m| m.get(i) == Some(&true));
-                group
-                    .endpoints
-                    .push((ep.address.as_str(), target, tls, weight));
-            }
+            None => group.endpoints.push(Target {
+                address: ep.address.as_str(),
+                port: target,
+                tls: mtls.is_some_and(|m| m.get(i) == Some(&true)),
+                weight,
+                draining: ep.draining,
+            }),
         }
     }
     // Each locality's gateways after its own endpoints, with Istio mTLS.
     for g in &mut groups {
         for (gw, weight) in std::mem::take(&mut g.gateways) {
-            g.endpoints
-                .push((gw.address.as_str(), gw.port, true, weight));
+            g.endpoints.push(Target {
+                address: gw.address.as_str(),
+                port: gw.port,
+                tls: true,
+                weight,
+                draining: false,
+            });
         }
     }
     // Envoy wants priorities without gaps: the ranks in use, in order.
@@ -1034,7 +1096,7 @@ fn assignment<'a>(
         g.weight = weight.unwrap_or_else(|| {
             g.endpoints
                 .iter()
-                .fold(0u32, |sum, e| sum.saturating_add(e.3))
+                .fold(0u32, |sum, e| sum.saturating_add(e.weight))
         });
         weight != Some(0)
     });
@@ -1080,6 +1142,9 @@ fn tls_mode_metadata() -> Metadata {
 /// An `LbEndpoint`'s `load_balancing_weight` (4): `UInt32Value { value: 1 }`.
 const WEIGHT_ONE_FIELD: [u8; 4] = [0x22, 0x02, 0x08, 0x01];
 
+/// An `LbEndpoint`'s `health_status` (2, a varint): `DRAINING` (3).
+const DRAINING_FIELD: [u8; 2] = [2 << 3, HealthStatus::Draining as u8];
+
 impl Assignment<'_> {
     /// Envoy's `ClusterLoadAssignment`.
     fn build(&self) -> ClusterLoadAssignment {
@@ -1101,16 +1166,20 @@ impl Assignment<'_> {
                     lb_endpoints: g
                         .endpoints
                         .iter()
-                        .map(|&(address, port, tls, weight)| LbEndpoint {
+                        .map(|t| LbEndpoint {
                             host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(
                                 EnvoyEndpoint {
-                                    address: Some(socket_address(address, port)),
+                                    address: Some(socket_address(t.address, t.port)),
                                     ..Default::default()
                                 },
                             )),
-                            load_balancing_weight: Some(UInt32Value { value: weight }),
-                            metadata: tls.then(tls_mode_metadata),
-                            ..Default::default()
+                            health_status: if t.draining {
+                                HealthStatus::Draining as i32
+                            } else {
+                                HealthStatus::Unknown as i32
+                            },
+                            load_balancing_weight: Some(UInt32Value { value: t.weight }),
+                            metadata: t.tls.then(tls_mode_metadata),
                         })
                         .collect(),
                     ..Default::default()
@@ -1129,7 +1198,7 @@ impl Assignment<'_> {
     /// order (`ClusterLoadAssignment`: `cluster_name` 1, `endpoints` 2;
     /// `LocalityLbEndpoints`: `locality` 1, `lb_endpoints` 2,
     /// `load_balancing_weight` 3, `priority` 5; `LbEndpoint`: `endpoint` 1,
-    /// `metadata` 3, `load_balancing_weight` 4 (a `UInt32Value`: `value`
+    /// `health_status` 2, `metadata` 3, `load_balancing_weight` 4 (a `UInt32Value`: `value`
     /// 1); `Endpoint`: `address` 1;
     /// `Address`: `socket_address` 1; `SocketAddress`: `address` 2,
     /// `port_value` 3, written even when 0 as a oneof member). An
@@ -1140,19 +1209,20 @@ impl Assignment<'_> {
         if self.groups.iter().any(|g| {
             g.endpoints
                 .iter()
-                .any(|(address, ..)| address.starts_with(crate::UNIX_PREFIX))
+                .any(|t| t.address.starts_with(crate::UNIX_PREFIX))
         }) {
             return crate::encoded::encode(ENDPOINT_TYPE, self.name, &self.build());
         }
         // Lengths of the nested messages, innermost first.
         let socket_len = |address: &str, port: u32| string_len(address) + 1 + vlen(u64::from(port));
-        let endpoint_len = |address: &str, port: u32, tls: bool, weight: u32| {
-            let socket = socket_len(address, port);
+        let endpoint_len = |t: &Target<'_>| {
+            let socket = socket_len(t.address, t.port);
             let addr = nested_len(socket);
             let endpoint = nested_len(addr);
             nested_len(endpoint)
-                + if tls { TLS_MODE_ISTIO_FIELD.len() } else { 0 }
-                + nested_len(uint32_len(weight))
+                + if t.draining { DRAINING_FIELD.len() } else { 0 }
+                + if t.tls { TLS_MODE_ISTIO_FIELD.len() } else { 0 }
+                + nested_len(uint32_len(t.weight))
         };
         let locality_len = |l: &str| {
             let mut parts = l.split('/');
@@ -1164,7 +1234,7 @@ impl Assignment<'_> {
             nested_len(locality_len(g.locality))
                 + g.endpoints
                     .iter()
-                    .map(|&(a, p, t, w)| nested_len(endpoint_len(a, p, t, w)))
+                    .map(|t| nested_len(endpoint_len(t)))
                     .sum::<usize>()
                 + nested_len(uint32_len(g.weight))
                 + if g.priority == 0 {
@@ -1188,25 +1258,28 @@ impl Assignment<'_> {
                 for tag in 1..=3 {
                     put_string(b, tag, parts.next().unwrap_or_default());
                 }
-                for &(address, port, tls, weight) in &g.endpoints {
-                    put_head(b, 2, endpoint_len(address, port, tls, weight));
-                    let socket = socket_len(address, port);
+                for t in &g.endpoints {
+                    put_head(b, 2, endpoint_len(t));
+                    let socket = socket_len(t.address, t.port);
                     let addr = nested_len(socket);
                     put_head(b, 1, nested_len(addr)); // LbEndpoint.endpoint
                     put_head(b, 1, addr); // Endpoint.address
                     put_head(b, 1, socket); // Address.socket_address
-                    put_string(b, 2, address);
+                    put_string(b, 2, t.address);
                     put_key(b, 3, WireType::Varint);
-                    put_varint(b, u64::from(port));
-                    if tls {
+                    put_varint(b, u64::from(t.port));
+                    if t.draining {
+                        b.extend_from_slice(&DRAINING_FIELD);
+                    }
+                    if t.tls {
                         b.extend_from_slice(&TLS_MODE_ISTIO_FIELD);
                     }
-                    if weight == 1 {
+                    if t.weight == 1 {
                         b.extend_from_slice(&WEIGHT_ONE_FIELD);
                     } else {
-                        put_head(b, 4, uint32_len(weight));
+                        put_head(b, 4, uint32_len(t.weight));
                         put_key(b, 1, WireType::Varint);
-                        put_varint(b, u64::from(weight));
+                        put_varint(b, u64::from(t.weight));
                     }
                 }
                 put_head(b, 3, uint32_len(g.weight));
@@ -1429,6 +1502,7 @@ mod tests {
             external: false,
             export_to: vec![],
             subject_alt_names: vec![],
+            persistent_session: None,
         };
         let identity = IstioTls {
             sni: "outbound_.80_._.a.ns.svc.cluster.local".into(),

@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod model;
 pub mod policy;
 pub mod route;
+pub mod session;
 pub mod telemetry;
 pub mod trace;
 pub mod wasm;

@@ -172,14 +172,16 @@ pub(crate) fn sidecar<'a>(
                 &observe.access_log,
             )
         } else {
-            routes.push(http_route_plan(
-                snap, proxy, port, &plan.http, fallback, warnings,
-            ));
+            let route_plan = http_route_plan(snap, proxy, port, &plan.http, fallback, warnings);
+            let sessions = route_plan
+                .hosts
+                .iter()
+                .any(|h| h.service.persistent_session.is_some());
+            routes.push(route_plan);
             hcm_chain(
                 &format!("outbound_0.0.0.0_{port}"),
                 &port.to_string(),
-                port,
-                false,
+                (port, false, sessions),
                 &snap.mesh,
                 &observe,
                 &dfp_http_filter(&plan.http, port, warnings),
@@ -431,6 +433,12 @@ impl RoutePlan<'_> {
                 domains: h.domains.map(|i| domains.get(i).to_owned()).collect(),
                 routes,
                 include_request_attempt_count: true,
+                typed_per_filter_config: h
+                    .service
+                    .persistent_session
+                    .as_ref()
+                    .map(crate::session::per_host)
+                    .unwrap_or_default(),
                 ..Default::default()
             });
         }
@@ -499,24 +507,57 @@ impl RoutePlan<'_> {
                 HostRoutes::Memoised(bytes) => bytes,
             }
         }
-        // VirtualHost: `name` 1, each of `domains` 2 (a repeated string:
-        // written even if empty), the routes (3), then
-        // `include_request_attempt_count` (14, true). Each host's name
-        // length and its own, computed once: they size the buffer and head it.
-        lengths.extend(self.hosts.iter().zip(routes.iter()).map(|(h, r)| {
-            let name_len: usize = host_name(&h.service.hostname, &port)
+        // A persistent session's `typed_per_filter_config` (15), per host
+        // that has one (rare: none is looked at otherwise).
+        let sessions: Vec<Option<Vec<u8>>> = if self
+            .hosts
+            .iter()
+            .any(|h| h.service.persistent_session.is_some())
+        {
+            self.hosts
                 .iter()
-                .map(|p| p.len())
-                .sum();
-            let len = nested_len(name_len)
-                + h.domains
-                    .clone()
-                    .map(|i| nested_len(domains.get(i).len()))
-                    .sum::<usize>()
-                + routes_of(own, r).len()
-                + ATTEMPT_COUNT.len();
-            (name_len, len)
-        }));
+                .map(|h| {
+                    h.service
+                        .persistent_session
+                        .as_ref()
+                        .map(crate::session::per_host_field)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let session_of = |i: usize| {
+            sessions
+                .get(i)
+                .and_then(Option::as_deref)
+                .unwrap_or_default()
+        };
+        // VirtualHost: `name` 1, each of `domains` 2 (a repeated string:
+        // written even if empty), the routes (3),
+        // `include_request_attempt_count` (14, true), then a session's
+        // per-filter config (15). Each host's name
+        // length and its own, computed once: they size the buffer and head it.
+        lengths.extend(
+            self.hosts
+                .iter()
+                .zip(routes.iter())
+                .enumerate()
+                .map(|(i, (h, r))| {
+                    let name_len: usize = host_name(&h.service.hostname, &port)
+                        .iter()
+                        .map(|p| p.len())
+                        .sum();
+                    let len = nested_len(name_len)
+                        + h.domains
+                            .clone()
+                            .map(|i| nested_len(domains.get(i).len()))
+                            .sum::<usize>()
+                        + routes_of(own, r).len()
+                        + ATTEMPT_COUNT.len()
+                        + session_of(i).len();
+                    (name_len, len)
+                }),
+        );
         // The rest of the configuration's fields (its name is written first).
         let tail = route_config_head(String::new(), proxy);
         let len = crate::encoded::string_len(&port)
@@ -528,8 +569,12 @@ impl RoutePlan<'_> {
             + tail.encoded_len();
         let encoded = crate::encoded::encode_with(crate::ROUTE_TYPE, &port, len, |value| {
             put_string(value, 1, &port);
-            for ((h, r), &(name_len, len)) in
-                self.hosts.iter().zip(routes.iter()).zip(lengths.iter())
+            for (i, ((h, r), &(name_len, len))) in self
+                .hosts
+                .iter()
+                .zip(routes.iter())
+                .zip(lengths.iter())
+                .enumerate()
             {
                 let routes = routes_of(own, r);
                 put_head(value, 2, len);
@@ -543,6 +588,7 @@ impl RoutePlan<'_> {
                 }
                 value.extend_from_slice(routes);
                 value.extend_from_slice(&ATTEMPT_COUNT);
+                value.extend_from_slice(session_of(i));
             }
             prost::encoding::message::encode(2, &self.catch_all, value);
             // Cannot fail: a `Vec` grows to whatever is written.
@@ -1113,14 +1159,13 @@ pub(crate) fn gateway(
             .collect();
         if !http.is_empty() {
             let name = format!("http.{port}{bind_suffix}");
-            routes.push(gateway_route_config(
-                snap, proxy, port, &name, &http, warnings,
-            ));
+            let route = gateway_route_config(snap, proxy, port, &name, &http, warnings);
+            let sessions = crate::session::used_by(&route.virtual_hosts);
+            routes.push(route);
             chains.push(hcm_chain(
                 &format!("outbound_0.0.0.0_{port}"),
                 &name,
-                port,
-                true,
+                (port, true, sessions),
                 &snap.mesh,
                 &observe,
                 &authz.http,
@@ -1140,19 +1185,13 @@ pub(crate) fn gateway(
                         "https.{port}.{}.{}.{}{bind_suffix}",
                         gs.server.port.name, gs.gw.name, gs.gw.namespace
                     );
-                    routes.push(gateway_route_config(
-                        snap,
-                        proxy,
-                        port,
-                        &name,
-                        &[gs],
-                        warnings,
-                    ));
+                    let route = gateway_route_config(snap, proxy, port, &name, &[gs], warnings);
+                    let sessions = crate::session::used_by(&route.virtual_hosts);
+                    routes.push(route);
                     let mut chain = hcm_chain(
                         &format!("outbound_0.0.0.0_{port}"),
                         &name,
-                        port,
-                        true,
+                        (port, true, sessions),
                         &snap.mesh,
                         &observe,
                         &authz.http,
@@ -1570,6 +1609,9 @@ fn gateway_route_config(
                     virtual_host::TlsRequirementType::None as i32
                 },
                 include_request_attempt_count: true,
+                typed_per_filter_config: crate::session::of_gateway_host(snap, proxy, vs, host)
+                    .map(crate::session::per_host)
+                    .unwrap_or_default(),
                 ..Default::default()
             });
             vh.routes.extend(virtual_service_routes(&ctx, vs, warnings));
@@ -2130,12 +2172,13 @@ fn tcp_chain(
 /// A chain of the listener on `port` ending in an HTTP connection manager
 /// on RDS `route_config`: `authz` (a gateway's JWT and RBAC filters) with
 /// the WasmPlugins of `port` around them ([`crate::wasm::Plugins::http`]),
-/// CORS, fault injection, the router.
+/// CORS, fault injection, when `sessions` (its routes have a persistent
+/// session) the empty stateful session filter ([`crate::session`]), the
+/// router. `gateway`: a gateway's (it uses the client's address).
 fn hcm_chain(
     stat_prefix: &str,
     route_config: &str,
-    port: u32,
-    gateway: bool,
+    (port, gateway, sessions): (u32, bool, bool),
     mesh: &crate::model::MeshConfig,
     observe: &crate::telemetry::Observe,
     authz: &[HttpFilter],
@@ -2159,14 +2202,17 @@ fn hcm_chain(
             ))),
             ..Default::default()
         },
-        HttpFilter {
-            name: "envoy.filters.http.router".into(),
-            config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
-                Router::default(),
-            ))),
-            ..Default::default()
-        },
     ]);
+    if sessions {
+        http_filters.push(crate::session::empty_filter());
+    }
+    http_filters.push(HttpFilter {
+        name: "envoy.filters.http.router".into(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
+            Router::default(),
+        ))),
+        ..Default::default()
+    });
     let hcm = HttpConnectionManager {
         tracing: observe.tracing.clone(),
         request_id_extension: observe.request_id.clone(),

@@ -108,6 +108,14 @@ pub struct Endpoint {
     pub labels: Arc<BTreeMap<String, String>>,
     /// `EndpointSlice` `conditions.ready` (default true).
     pub ready: bool,
+    /// Draining, as Istio's `model.Draining`: a workload labelled
+    /// [`DRAINING_LABEL`], or an EndpointSlice endpoint that is not ready
+    /// but still `serving` and `terminating` (each true when unset: a pod
+    /// shutting down that still answers). Only a service with a cookie
+    /// [`PersistentSession`] keeps such an endpoint, with Envoy's
+    /// `health_status: DRAINING`: its existing sessions go on reaching it,
+    /// new ones do not. Other services leave it out, ready or not.
+    pub draining: bool,
     /// `region/zone/subzone` (any part may be empty): ServiceEntry endpoint
     /// `locality`, the pod's `istio-locality` label (dots for slashes), its
     /// `topology.kubernetes.io/region|zone` and `topology.istio.io/subzone`
@@ -206,6 +214,60 @@ pub struct Service {
     /// under `ISTIO_MUTUAL`, and under `SIMPLE` / `MUTUAL` when the
     /// DestinationRule names none). Empty for Kubernetes services.
     pub subject_alt_names: Vec<String>,
+    /// Its strong sticky sessions, from its labels
+    /// ([`PersistentSession::from_labels`]); `None` for most services.
+    pub persistent_session: Option<PersistentSession>,
+}
+
+/// The label of a Service or ServiceEntry asking for cookie-based
+/// persistent sessions: `<cookie name>[:<path>]` (Istio's
+/// `PILOT_PERSISTENT_SESSION_LABEL`).
+pub const PERSISTENT_SESSION_LABEL: &str = "istio.io/persistent-session";
+/// The label asking for header-based persistent sessions: the header's
+/// name (Istio's `PILOT_PERSISTENT_SESSION_HEADER_LABEL`).
+pub const PERSISTENT_SESSION_HEADER_LABEL: &str = "istio.io/persistent-session-header";
+/// A workload label (any non-empty value) marking its endpoints draining
+/// (Istio's `PILOT_DRAINING_LABEL`): see [`Endpoint::draining`].
+pub const DRAINING_LABEL: &str = "istio.io/draining";
+
+/// A service's persistent (strong sticky) sessions, as Istio's
+/// `MaybeBuildStatefulSessionFilterConfig`: Envoy's stateful session
+/// filter remembers the endpoint that served a session's first request in
+/// a cookie or header, and sends the session's later requests to it for
+/// as long as it is in the cluster, whatever the load balancer would pick
+/// (a draining endpoint included, for the cookie).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PersistentSession {
+    /// [`PERSISTENT_SESSION_LABEL`]: the session in the cookie `name`, with
+    /// `path` (`/` when the label gives none) and no TTL (a browser
+    /// session cookie), Envoy's `envoy.http.stateful_session.cookie`.
+    Cookie {
+        /// The cookie's name.
+        name: String,
+        /// The cookie's `Path`.
+        path: String,
+    },
+    /// [`PERSISTENT_SESSION_HEADER_LABEL`]: the session in this request and
+    /// response header, Envoy's `envoy.http.stateful_session.header`.
+    Header(String),
+}
+
+impl PersistentSession {
+    /// The session a Service's or ServiceEntry's `labels` ask for: the
+    /// cookie label first (as Istio reads them), else the header label;
+    /// `None` without either (or with empty values).
+    pub fn from_labels(labels: Option<&BTreeMap<String, String>>) -> Option<PersistentSession> {
+        let labels = labels?;
+        let value = |key: &str| labels.get(key).filter(|v| !v.is_empty());
+        if let Some(cookie) = value(PERSISTENT_SESSION_LABEL) {
+            let (name, path) = cookie.split_once(':').unwrap_or((cookie, "/"));
+            return Some(PersistentSession::Cookie {
+                name: name.to_owned(),
+                path: path.to_owned(),
+            });
+        }
+        value(PERSISTENT_SESSION_HEADER_LABEL).map(|h| PersistentSession::Header(h.clone()))
+    }
 }
 
 /// The pod label that marks a workload as having an Istio sidecar (set
@@ -226,11 +288,13 @@ impl Endpoint {
         service_account: Option<String>,
     ) -> Endpoint {
         let in_mesh = labels.get(TLS_MODE_LABEL).is_some_and(|v| v == "istio");
+        let draining = labels.get(DRAINING_LABEL).is_some_and(|v| !v.is_empty());
         Endpoint {
             address,
             ports,
             labels,
             ready,
+            draining,
             locality,
             service_account,
             weight: 1,
@@ -266,6 +330,16 @@ impl Service {
     /// The port with this number.
     pub fn port(&self, number: u32) -> Option<&ServicePort> {
         self.ports.iter().find(|p| p.port == number)
+    }
+
+    /// Whether this service keeps its draining endpoints (with the
+    /// `DRAINING` health status): only with a cookie session, as Istio's
+    /// endpoint builder (the header label alone does not).
+    pub fn keeps_draining(&self) -> bool {
+        matches!(
+            self.persistent_session,
+            Some(PersistentSession::Cookie { .. })
+        )
     }
 }
 
@@ -2130,7 +2204,9 @@ impl Snapshot {
                     namespace: ns.to_owned(),
                     spec: w.spec.clone(),
                 }),
-                Object::ServiceEntry(se) => service_entries.push((ns, name, &se.spec)),
+                Object::ServiceEntry(se) => {
+                    service_entries.push((ns, name, &se.spec, se.metadata.labels.as_ref()))
+                }
                 Object::WorkloadGroup(wg) => snap.workload_groups.push(Config {
                     name: name.to_owned(),
                     namespace: ns.to_owned(),
@@ -2148,7 +2224,7 @@ impl Snapshot {
         // picks WorkloadEntries and pods of the entry's namespace.
         if service_entries
             .iter()
-            .any(|(_, _, se)| se.workload_selector.is_some())
+            .any(|(_, _, se, _)| se.workload_selector.is_some())
         {
             workloads.pods = pods_by_name
                 .iter()
@@ -2158,11 +2234,12 @@ impl Snapshot {
         if !gateway_api.is_empty() {
             gateway_api.service_entries = service_entries
                 .iter()
-                .map(|(ns, name, spec)| ((*ns, *name), spec.hosts.clone()))
+                .map(|(ns, name, spec, _)| ((*ns, *name), spec.hosts.clone()))
                 .collect();
         }
-        for (ns, name, spec) in service_entries {
+        for (ns, name, spec, labels) in service_entries {
             for mut svc in service_entry_services(ns, spec, &workloads) {
+                svc.persistent_session = PersistentSession::from_labels(labels);
                 if svc.export_to.is_empty() {
                     svc.export_to.clone_from(&defaults.services);
                 }
@@ -2381,20 +2458,28 @@ impl Snapshot {
                     let labels = pod
                         .and_then(|p| p.metadata.labels.as_ref())
                         .map_or_else(|| no_labels.clone(), &mut intern);
-                    let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+                    let conditions = ep.conditions.as_ref();
+                    let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
+                    // Istio's `endpointHealthStatus`: not ready, but still
+                    // serving while it terminates (unset counts as true).
+                    let draining = !ready
+                        && conditions.and_then(|c| c.serving).unwrap_or(true)
+                        && conditions.and_then(|c| c.terminating).unwrap_or(true);
                     let locality = pod_locality(&labels, ep.zone.as_deref());
                     let service_account = pod
                         .and_then(|p| p.service_account_name.clone())
                         .filter(|s| !s.is_empty());
                     for address in &ep.addresses {
-                        endpoints.push(Endpoint::new(
+                        let mut endpoint = Endpoint::new(
                             address.clone(),
                             slice_ports.clone(),
                             labels.clone(),
                             ready,
                             locality.clone(),
                             service_account.clone(),
-                        ));
+                        );
+                        endpoint.draining |= draining;
+                        endpoints.push(endpoint);
                     }
                 }
             }
@@ -2422,6 +2507,7 @@ impl Snapshot {
                 external: false,
                 export_to,
                 subject_alt_names: Vec::new(),
+                persistent_session: PersistentSession::from_labels(svc.metadata.labels.as_ref()),
             });
             snap.insert_kubernetes(hostname, service, inputs);
         }
@@ -3085,6 +3171,7 @@ fn service_entry_services(
             external: spec.location != Some(Location::MeshInternal),
             export_to: spec.export_to.clone(),
             subject_alt_names: spec.subject_alt_names.clone(),
+            persistent_session: None,
         })
         .collect()
 }

@@ -279,6 +279,44 @@ fn memoised_bookinfo_matches_under_mesh_connection_and_retry_defaults() {
     check_in_turn(&snap, &bookinfo_proxies());
 }
 
+/// The same with persistent sessions: a cookie on reviews (one endpoint
+/// draining: `health_status` in the written assignment), a header on
+/// ratings (both virtual hosts' per-filter configs in the written route
+/// configuration), and reviews exposed by its own name on the gateway.
+#[test]
+fn memoised_bookinfo_matches_with_persistent_sessions() {
+    let texts = edited(
+        &edited(
+            &edited(
+                &bookinfo(),
+                "labels: {app: reviews, service: reviews}",
+                "labels: {app: reviews, istio.io/persistent-session: sticky}",
+            ),
+            "labels: {app: ratings, service: ratings}",
+            "labels: {app: ratings, istio.io/persistent-session-header: x-session}",
+        ),
+        "- addresses: [\"127.0.1.6\"]\n  conditions: {ready: true}",
+        "- addresses: [\"127.0.1.6\"]\n  conditions: {ready: false, serving: true, terminating: true}",
+    );
+    let mut texts = texts;
+    texts.push(
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews-direct, namespace: default}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  gateways: [bookinfo-gateway]
+  http:
+  - route: [{destination: {host: reviews}}]
+"
+        .into(),
+    );
+    let snap = snapshot(&texts);
+    let reviews = &snap.services["reviews.default.svc.cluster.local"];
+    assert!(reviews.keeps_draining() && reviews.endpoints.iter().any(|e| e.draining));
+    check_in_turn(&snap, &bookinfo_proxies());
+}
+
 /// The same with tracing on (a Zipkin provider): decorators take default
 /// routes off their pre-encoded path, and tracers go on every connection
 /// manager.
