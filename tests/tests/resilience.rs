@@ -824,3 +824,138 @@ spec:
     assert!(counts.len() == 3, "every endpoint still served: {counts:?}");
     assert_eq!(envoy.rejected(), 0);
 }
+
+/// A `sticky` Service (10.96.0.72) over the three reviews pods with
+/// `labels` (YAML flow map entries), and each pod's EndpointSlice
+/// `conditions` (`ready` / `serving` / `terminating`).
+fn sticky_service(labels: &str, conditions: [&str; 3]) -> String {
+    let endpoints: Vec<String> = ["127.0.1.4", "127.0.1.5", "127.0.1.6"]
+        .iter()
+        .zip(conditions)
+        .map(|(ip, c)| format!("{{addresses: [{ip}], conditions: {{{c}}}}}"))
+        .collect();
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: sticky, namespace: default, labels: {{{labels}}}}}
+spec:
+  clusterIP: 10.96.0.72
+  ports: [{{name: http, port: 9080}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: sticky-1, namespace: default, labels: {{kubernetes.io/service-name: sticky}}}}
+addressType: IPv4
+ports: [{{name: http, port: 9080}}]
+endpoints: [{}]
+",
+        endpoints.join(", ")
+    )
+}
+
+const STICKY: &str = "http://10.96.0.72:9080/";
+const READY: &str = "ready: true";
+
+/// The versions of `n` answers from `sticky` to requests with `headers`.
+fn sticky_versions(headers: &[(&str, &str)], n: usize) -> BTreeMap<String, usize> {
+    tally(STICKY, "sticky", headers, n)
+}
+
+/// Istio's persistent sessions (`istio.io/persistent-session` on the
+/// Service): the sidecar answers a request without a session with the
+/// cookie naming the endpoint that served it, and sends every request
+/// carrying that cookie there, where the load balancer alone spreads them.
+/// When that pod starts shutting down (its endpoint not ready, still
+/// serving and terminating), the session keeps reaching it while new
+/// requests go to the others: Envoy has it as a DRAINING host.
+#[test]
+fn a_persistent_session_keeps_to_its_endpoint_even_while_it_drains() {
+    let mesh = Mesh::start(true, &[]);
+    let envoy = mesh.sidecar();
+    let labels = "istio.io/persistent-session: sticky-session";
+    mesh.apply(
+        &[&envoy],
+        "sticky.yaml",
+        &sticky_service(labels, [READY; 3]),
+    );
+    // Without a session the requests spread, each answer starting one.
+    let spread = sticky_versions(&[], 30);
+    assert!(spread.len() > 1, "{spread:?}");
+    let first = http_request(STICKY, &[("host", "sticky")]).unwrap();
+    let set_cookie = first.headers.get("set-cookie").expect("a session cookie");
+    let (cookie, attributes) = set_cookie.split_once(';').unwrap_or((set_cookie, ""));
+    assert!(cookie.starts_with("sticky-session="), "{set_cookie}");
+    assert!(attributes.contains("Path=/"), "{set_cookie}");
+    let session = [("cookie", cookie)];
+    assert_eq!(
+        sticky_versions(&session, 30),
+        BTreeMap::from([(first.body.clone(), 30)]),
+        "the session moved"
+    );
+    // The session's pod shuts down.
+    let pinned = ["reviews v1", "reviews v2", "reviews v3"]
+        .iter()
+        .position(|v| *v == first.body)
+        .unwrap();
+    let mut conditions = [READY; 3];
+    conditions[pinned] = "ready: false, serving: true, terminating: true";
+    mesh.apply(
+        &[&envoy],
+        "sticky.yaml",
+        &sticky_service(labels, conditions),
+    );
+    let cluster = "outbound|9080||sticky.default.svc.cluster.local";
+    let ip = format!("127.0.1.{}", 4 + pinned);
+    envoy.wait_for(Duration::from_secs(10), "a draining host", |e| {
+        e.admin("/clusters").unwrap_or_default().lines().any(|l| {
+            l.starts_with(&format!("{cluster}::{ip}:9080::health_flags::"))
+                && l.contains("eds_status_draining")
+        })
+    });
+    assert_eq!(
+        sticky_versions(&session, 20),
+        BTreeMap::from([(first.body.clone(), 20)]),
+        "the session left its draining endpoint"
+    );
+    let fresh = sticky_versions(&[], 30);
+    assert!(
+        !fresh.contains_key(&first.body) && fresh.len() == 2,
+        "new requests reached the draining endpoint: {fresh:?}"
+    );
+    assert_eq!(envoy.rejected(), 0);
+}
+
+/// The header form (`istio.io/persistent-session-header`): the session
+/// travels in the named header, which the sidecar adds to the answer and
+/// the client sends back; without the label the header is neither set nor
+/// obeyed.
+#[test]
+fn a_header_session_keeps_to_its_endpoint() {
+    let mesh = Mesh::start(true, &[]);
+    let envoy = mesh.sidecar();
+    mesh.apply(
+        &[&envoy],
+        "sticky.yaml",
+        &sticky_service("istio.io/persistent-session-header: x-session", [READY; 3]),
+    );
+    let first = http_request(STICKY, &[("host", "sticky")]).unwrap();
+    let session = first.headers.get("x-session").expect("a session header");
+    assert_eq!(
+        sticky_versions(&[("x-session", session)], 30),
+        BTreeMap::from([(first.body.clone(), 30)]),
+        "the session moved"
+    );
+    mesh.apply(
+        &[&envoy],
+        "sticky.yaml",
+        &sticky_service("app: sticky", [READY; 3]),
+    );
+    let plain = http_request(STICKY, &[("host", "sticky")]).unwrap();
+    assert!(!plain.headers.contains_key("x-session"), "{plain:?}");
+    let spread = sticky_versions(&[("x-session", session)], 30);
+    assert!(
+        spread.len() > 1,
+        "a header without the label still pinned: {spread:?}"
+    );
+    assert_eq!(envoy.rejected(), 0);
+}
