@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -195,6 +196,11 @@ pub enum Object {
     XListenerSet(Box<crate::gateway_api::ListenerSet>),
     /// Gateway API `ReferenceGrant`.
     ReferenceGrant(Box<crate::gateway_api::ReferenceGrant>),
+    /// Kubernetes `networking.k8s.io/v1` Ingress (Istio's Kubernetes
+    /// Ingress support).
+    Ingress(Box<Ingress>),
+    /// Kubernetes `networking.k8s.io/v1` IngressClass (cluster-scoped).
+    IngressClass(Box<IngressClass>),
 }
 
 impl Object {
@@ -232,6 +238,8 @@ impl Object {
             Object::ListenerSet(_) => "ListenerSet",
             Object::XListenerSet(_) => "XListenerSet",
             Object::ReferenceGrant(_) => "ReferenceGrant",
+            Object::Ingress(_) => "Ingress",
+            Object::IngressClass(_) => "IngressClass",
         }
     }
 
@@ -268,6 +276,8 @@ impl Object {
             Object::BackendTrafficPolicy(o) => &o.metadata,
             Object::ListenerSet(o) | Object::XListenerSet(o) => &o.metadata,
             Object::ReferenceGrant(o) => &o.metadata,
+            Object::Ingress(o) => &o.metadata,
+            Object::IngressClass(o) => &o.metadata,
         }
     }
 
@@ -304,6 +314,8 @@ impl Object {
             Object::BackendTrafficPolicy(o) => &mut o.metadata,
             Object::ListenerSet(o) | Object::XListenerSet(o) => &mut o.metadata,
             Object::ReferenceGrant(o) => &mut o.metadata,
+            Object::Ingress(o) => &mut o.metadata,
+            Object::IngressClass(o) => &mut o.metadata,
         }
     }
 }
@@ -427,7 +439,8 @@ fn parse_object(value: serde_json::Value, default_namespace: &str) -> Result<Obj
         .and_then(|n| n.as_str())
         .unwrap_or(default_namespace)
         .to_owned();
-    let display_name = if kind == "Namespace" || kind == "GatewayClass" {
+    let cluster_scoped = ["Namespace", "GatewayClass", "IngressClass"];
+    let display_name = if cluster_scoped.contains(&kind.as_str()) {
         name.clone()
     } else {
         format!("{namespace}/{name}")
@@ -450,6 +463,8 @@ fn parse_object(value: serde_json::Value, default_namespace: &str) -> Result<Obj
         ("", "v1", "Secret") => Object::Secret(ctx.parse(value)?),
         ("", "v1", "Service") => Object::Service(ctx.parse(value)?),
         ("discovery.k8s.io", "v1", "EndpointSlice") => Object::EndpointSlice(ctx.parse(value)?),
+        ("networking.k8s.io", "v1", "Ingress") => Object::Ingress(ctx.parse(value)?),
+        ("networking.k8s.io", "v1", "IngressClass") => Object::IngressClass(ctx.parse(value)?),
         (SECURITY_GROUP, v, "PeerAuthentication") if SECURITY_VERSIONS.contains(&v) => {
             Object::PeerAuthentication(ctx.parse_istio(value)?)
         }
@@ -509,7 +524,7 @@ fn parse_object(value: serde_json::Value, default_namespace: &str) -> Result<Obj
     };
     if !matches!(
         object,
-        Object::Namespace(_) | Object::Node(_) | Object::GatewayClass(_)
+        Object::Namespace(_) | Object::Node(_) | Object::GatewayClass(_) | Object::IngressClass(_)
     ) && object.metadata().namespace.is_none()
     {
         object.metadata_mut().namespace = Some(namespace);

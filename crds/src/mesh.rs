@@ -116,6 +116,24 @@ pub struct MeshConfigSpec {
     /// says otherwise.
     #[serde(default)]
     pub default_providers: Option<DefaultProviders>,
+    /// `ingressControllerMode` (Istio's default `STRICT`): which
+    /// Kubernetes Ingresses the mesh's ingress gateway serves.
+    #[serde(default)]
+    pub ingress_controller_mode: Option<IngressControllerMode>,
+    /// `ingressClass` (default `istio`): the `kubernetes.io/ingress.class`
+    /// annotation value of the Ingresses it serves.
+    #[serde(default)]
+    pub ingress_class: Option<String>,
+    /// `ingressService` (default `istio-ingressgateway`): the Service in
+    /// the control plane's namespace whose addresses an Ingress's status
+    /// reports, and (when not the default) the gateway pods' `istio` label.
+    #[serde(default)]
+    pub ingress_service: Option<String>,
+    /// `ingressSelector`: the `istio` label value of the gateway pods that
+    /// serve Ingresses (default: `ingressService`'s rule above, else
+    /// `ingressgateway`).
+    #[serde(default)]
+    pub ingress_selector: Option<String>,
     /// `defaultConfig`: the proxies' own settings (`ProxyConfig`); read
     /// here only for `tracing.sampling` and `tracing.maxPathTagLength`
     /// (the injector takes its `defaultConfig` from its values).
@@ -636,6 +654,22 @@ pub struct OutboundTrafficPolicy {
 pub enum OutboundMode {
     AllowAny,
     RegistryOnly,
+}
+
+/// `MeshConfig.IngressControllerMode`: which Kubernetes Ingresses are
+/// served, as Istio's `shouldProcessIngressWithClass`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum IngressControllerMode {
+    /// None.
+    Off,
+    /// Those annotated with the mesh's `ingressClass`, those whose
+    /// IngressClass names Istio's controller, and those with neither.
+    Default,
+    /// Only those annotated with the mesh's `ingressClass` or whose
+    /// IngressClass names Istio's controller (Istio's default).
+    #[default]
+    Strict,
 }
 
 /// `MeshConfig.H2UpgradePolicy`.

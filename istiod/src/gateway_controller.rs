@@ -11,7 +11,8 @@
 //!   (`inject.istio.io/templates: gateway`);
 //! - the status of the Gateway API objects it implements (GatewayClasses,
 //!   Gateways, HTTPRoutes, GRPCRoutes, TCPRoutes, TLSRoutes,
-//!   BackendTLSPolicies): whenever what
+//!   BackendTLSPolicies), and the load balancer addresses of the
+//!   Kubernetes Ingresses it serves ([`translator::ingress`]): whenever what
 //!   the translator computed for one
 //!   ([`translator::gateway_api::Generated::status`]) changes, the object
 //!   is read and its `status` subresource merge-patched, on the condition
@@ -153,6 +154,7 @@ async fn patch(
         "xbackendtrafficpolicies" => "XBackendTrafficPolicy",
         "listenersets" => "ListenerSet",
         "xlistenersets" => "XListenerSet",
+        "ingresses" => "Ingress",
         other => other,
     };
     let resource = ApiResource {

@@ -213,6 +213,8 @@ fn rbac_grants_exactly_what_the_daemon_reads_and_writes() {
         (GATEWAY_API, "listenersets"),
         ("gateway.networking.x-k8s.io", "xbackendtrafficpolicies"),
         ("gateway.networking.x-k8s.io", "xlistenersets"),
+        // And the Kubernetes Ingresses it serves (their addresses).
+        ("networking.k8s.io", "ingresses"),
     ] {
         needed.insert((
             String::new(),

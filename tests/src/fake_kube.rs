@@ -63,6 +63,13 @@ pub const KINDS: &[(&str, &str, &str, bool)] = &[
         "endpointslices",
         true,
     ),
+    ("networking.k8s.io/v1", "Ingress", "ingresses", true),
+    (
+        "networking.k8s.io/v1",
+        "IngressClass",
+        "ingressclasses",
+        false,
+    ),
     (
         "networking.istio.io/v1",
         "VirtualService",

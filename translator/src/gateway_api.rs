@@ -190,6 +190,10 @@ pub struct Generated {
     pub gateways: Names,
     /// Generated VirtualServices: routes with Gateway API semantics.
     pub routes: Names,
+    /// VirtualServices made from Kubernetes Ingresses ([`crate::ingress`]):
+    /// their path prefixes match whole path elements (Istio's ingress
+    /// route semantics).
+    pub ingress_routes: Names,
     /// The status of each GatewayClass, Gateway, HTTPRoute and GRPCRoute
     /// this control plane implements.
     pub status: Statuses,
@@ -218,7 +222,7 @@ impl Names {
         self.0.is_empty()
     }
 
-    fn insert(&mut self, namespace: &str, name: &str) {
+    pub(crate) fn insert(&mut self, namespace: &str, name: &str) {
         self.0
             .entry(namespace.to_owned())
             .or_default()
@@ -230,6 +234,14 @@ impl Generated {
     /// Whether the VirtualService `vs` was made from HTTPRoutes.
     pub fn gateway_semantics(&self, vs: &Config<VirtualServiceSpec>) -> bool {
         self.routes.holds(vs)
+    }
+
+    /// Whether the VirtualService `vs` was made from HTTPRoutes or
+    /// Ingresses: a path prefix matches whole path elements (`/foo` matches
+    /// `/foo` and `/foo/bar`, not `/foobar`), Envoy's
+    /// `path_separated_prefix`.
+    pub fn separated_prefixes(&self, vs: &Config<VirtualServiceSpec>) -> bool {
+        self.routes.holds(vs) || self.ingress_routes.holds(vs)
     }
 
     /// Whether the Gateway `gw`, selecting a proxy by labels, also may

@@ -21,6 +21,7 @@ pub mod envoy_filter;
 pub mod ext_authz;
 pub mod gateway_api;
 pub mod inbound;
+pub mod ingress;
 pub mod jwt;
 pub mod listener;
 pub mod log_format;

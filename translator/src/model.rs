@@ -386,6 +386,10 @@ pub struct MeshConfig {
     pub root_namespace: String,
     /// `localityLbSetting`; `None`: Istio's default, `{enabled: true}`.
     pub locality_lb: Option<crds::destination_rule::LocalityLbSetting>,
+    /// `ingressControllerMode`, `ingressClass`, `ingressService`,
+    /// `ingressSelector`: which Kubernetes Ingresses are served, by which
+    /// gateway pods ([`crate::ingress`]).
+    pub ingress: crate::ingress::Settings,
     /// The tracing provider (`defaultProviders.tracing` naming a `zipkin`
     /// extension provider); `None`: no tracing.
     pub tracing: Option<TracingProvider>,
@@ -900,6 +904,7 @@ impl Default for MeshConfig {
             trust_domain_aliases: Vec::new(),
             root_namespace: ROOT_NAMESPACE.to_owned(),
             locality_lb: None,
+            ingress: crate::ingress::Settings::default(),
             tracing: None,
             tracing_providers: BTreeMap::new(),
             access_log_providers: builtin_access_log_providers(),
@@ -1904,6 +1909,18 @@ impl Snapshot {
         self.mesh.tcp_keepalive = m.tcp_keepalive;
         self.mesh.h2_upgrade = m.h2_upgrade_policy == Some(crds::mesh::H2UpgradePolicy::Upgrade);
         self.mesh.default_retry = m.default_http_retry_policy;
+        if let Some(mode) = m.ingress_controller_mode {
+            self.mesh.ingress.mode = mode;
+        }
+        if let Some(class) = m.ingress_class {
+            self.mesh.ingress.class = class;
+        }
+        if let Some(service) = m.ingress_service {
+            self.mesh.ingress.service = service;
+        }
+        if let Some(selector) = m.ingress_selector {
+            self.mesh.ingress.selector = selector;
+        }
         if let Some(td) = m.trust_domain.filter(|t| !t.is_empty()) {
             self.mesh.trust_domain = td;
         }
@@ -2024,6 +2041,9 @@ impl Snapshot {
         // gateways' addresses.
         let mut nodes: Vec<&crds::document::NodeInfo> = Vec::new();
         let mut gateway_api = crate::gateway_api::Inputs::default();
+        // Kubernetes Ingresses, and IngressClasses by name -> controller.
+        let mut ingresses: Vec<&k8s_openapi::api::networking::v1::Ingress> = Vec::new();
+        let mut ingress_classes: BTreeMap<&str, &str> = BTreeMap::new();
         // ConfigMaps holding a `ca.crt`, by `namespace/name`: those named
         // by a `configmap://` credential are kept.
         let mut config_map_cas: BTreeMap<String, &'a str> = BTreeMap::new();
@@ -2036,6 +2056,15 @@ impl Snapshot {
                 // Cluster-scoped, whatever the selectors.
                 Object::GatewayClass(c) => {
                     gateway_api.classes.push(c);
+                    continue;
+                }
+                Object::IngressClass(c) => {
+                    if let (Some(name), Some(controller)) = (
+                        c.metadata.name.as_deref(),
+                        c.spec.as_ref().and_then(|s| s.controller.as_deref()),
+                    ) {
+                        ingress_classes.insert(name, controller);
+                    }
                     continue;
                 }
                 _ => {}
@@ -2085,6 +2114,8 @@ impl Snapshot {
                 Object::ListenerSet(l) => gateway_api.listener_sets.push(l),
                 Object::XListenerSet(l) => gateway_api.x_listener_sets.push(l),
                 Object::ReferenceGrant(g) => gateway_api.grants.push(g),
+                Object::Ingress(i) => ingresses.push(i),
+                Object::IngressClass(_) => {}
                 Object::Namespace(n) => {
                     gateway_api
                         .namespaces
@@ -2335,6 +2366,32 @@ impl Snapshot {
                 }));
             snap.warnings.extend(out.warnings);
             snap.gateway_api = out.generated;
+        }
+        if !ingresses.is_empty() {
+            let out = crate::ingress::convert(&crate::ingress::Inputs {
+                ingresses,
+                classes: ingress_classes,
+                services: services
+                    .iter()
+                    .map(|(ns, name, (svc, _))| ((*ns, *name), &**svc))
+                    .collect(),
+                settings: &snap.mesh.ingress,
+                system_namespace: &snap.mesh.root_namespace,
+                domain: &snap.mesh.domain,
+            });
+            snap.gateways.extend(out.gateways);
+            for vs in &out.virtual_services {
+                snap.gateway_api
+                    .ingress_routes
+                    .insert(&vs.namespace, &vs.name);
+            }
+            snap.virtual_services
+                .extend(out.virtual_services.into_iter().map(|mut vs| {
+                    vs.spec.export_to.clone_from(&defaults.virtual_services);
+                    vs
+                }));
+            snap.gateway_api.status.extend(out.status);
+            snap.warnings.extend(out.warnings);
         }
         // The CAs `configmap://` credentials name (the rest are not kept:
         // a ConfigMap no rule names changes nothing).

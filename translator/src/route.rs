@@ -80,6 +80,7 @@ pub(crate) fn virtual_service_routes(
 ) -> Vec<Route> {
     let expanded = expand_delegates(ctx.snap, vs, warnings);
     let gateway_semantics = ctx.snap.gateway_api.gateway_semantics(vs);
+    let separated = ctx.snap.gateway_api.separated_prefixes(vs);
     // A route per match (one without any): room for them up front, as a
     // `Route` is 2.2 KiB and a vector grows from four.
     let mut routes = Vec::with_capacity(
@@ -168,7 +169,7 @@ pub(crate) fn virtual_service_routes(
                 action.take()
             };
             if let Some(action) = action {
-                routes.push(mk(route_match(m, gateway_semantics), Some(m), action));
+                routes.push(mk(route_match(m, separated), Some(m), action));
             }
         }
     }
@@ -474,14 +475,15 @@ fn prefix_match(prefix: &str) -> RouteMatch {
     }
 }
 
-/// A VirtualService match as Envoy's; with `gateway_semantics` (routes
-/// made from HTTPRoutes) a path prefix matches whole segments, as the
-/// Gateway API's `PathPrefix` (Istio's `PathSeparatedPrefix`).
-fn route_match(m: &HttpMatchRequest, gateway_semantics: bool) -> RouteMatch {
+/// A VirtualService match as Envoy's; with `separated` (routes made from
+/// HTTPRoutes or Ingresses) a path prefix matches whole segments, as the
+/// Gateway API's `PathPrefix` and the Ingress API's `Prefix` (Istio's
+/// `PathSeparatedPrefix`).
+fn route_match(m: &HttpMatchRequest, separated: bool) -> RouteMatch {
     let path_specifier = Some(match &m.uri {
         None => route_match::PathSpecifier::Prefix("/".into()),
         Some(StringMatch::Exact(p)) => route_match::PathSpecifier::Path(p.clone()),
-        Some(StringMatch::Prefix(p)) if gateway_semantics && p != "/" => {
+        Some(StringMatch::Prefix(p)) if separated && p != "/" => {
             route_match::PathSpecifier::PathSeparatedPrefix(p.trim_end_matches('/').to_owned())
         }
         Some(StringMatch::Prefix(p)) => route_match::PathSpecifier::Prefix(p.clone()),

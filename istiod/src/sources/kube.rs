@@ -162,7 +162,8 @@ impl Watched {
 
 /// Everything the daemon watches (the RBAC in `manifests/` grants exactly
 /// list and watch on these): Namespaces, Nodes (NodePort network
-/// gateways' addresses), Pods, Services, EndpointSlices,
+/// gateways' addresses), Pods, Services, EndpointSlices, Ingresses and
+/// IngressClasses (Istio's Kubernetes Ingress support),
 /// ConfigMaps (the mesh config, `istio` in `istio-system`, whole; of the
 /// others only a `ca.crt`, for BackendTLSPolicy CAs, and the keys a
 /// Gateway's `parametersRef` reads), Secrets (for
@@ -188,6 +189,8 @@ pub fn watched() -> Vec<Watched> {
         Watched::new("v1", "Pod", "pods"),
         Watched::new("v1", "Service", "services"),
         Watched::new("discovery.k8s.io/v1", "EndpointSlice", "endpointslices"),
+        Watched::new("networking.k8s.io/v1", "Ingress", "ingresses"),
+        Watched::new("networking.k8s.io/v1", "IngressClass", "ingressclasses"),
         Watched::new("v1", "ConfigMap", "configmaps"),
         secrets,
         Watched::new(
@@ -528,6 +531,10 @@ fn trim(value: &mut Value, resource: &ApiResource) {
                 meta.remove("annotations");
             }
         }
+    }
+    if resource.kind == "Ingress" {
+        // Written by the leader ([`crate::gateway_controller`]): never an input.
+        map.remove("status");
     }
     if resource.kind == "Node" {
         // Only its labels and external IPs (NodePort network gateways);
