@@ -1431,3 +1431,85 @@ spec:
     assert_eq!(get(client), Ok("productpage v1".to_owned()));
     assert_eq!(gw.rejected(), 0);
 }
+
+/// Istio's "Kubernetes Ingress" task on a real Envoy: an Ingress of class
+/// `istio` (its IngressClass names `istio.io/ingress-controller`) is
+/// served by the ingress gateway pods on 80, and on 443 with its `tls`
+/// Secret; its paths mean what the Ingress API says (`Prefix` by whole
+/// path elements, `Exact` only the path); an Ingress of another class is
+/// not served. Istio's gateway pods may bind ports under 1024
+/// (`net.ipv4.ip_unprivileged_port_start: 0`), as here.
+#[test]
+fn a_kubernetes_ingress_is_served_by_the_ingress_gateway() {
+    let (pki, mesh, _) = credential_mesh();
+    // In this test's network namespace only.
+    std::fs::write("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0")
+        .expect("let the gateway bind 80 and 443");
+    mesh.cfg.write(
+        "ingress.yaml",
+        "apiVersion: networking.k8s.io/v1
+kind: IngressClass
+metadata: {name: istio}
+spec: {controller: istio.io/ingress-controller}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: bookinfo, namespace: default}
+spec:
+  ingressClassName: istio
+  tls:
+  - {hosts: [bookinfo.example.com], secretName: bookinfo-credential}
+  rules:
+  - host: bookinfo.example.com
+    http:
+      paths:
+      - {path: /productpage, pathType: Prefix, backend: {service: {name: productpage, port: {number: 9080}}}}
+      - {path: /reviews, pathType: Exact, backend: {service: {name: reviews, port: {name: http}}}}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: elsewhere
+  namespace: default
+  annotations: {kubernetes.io/ingress.class: nginx}
+spec:
+  rules:
+  - host: other.example.com
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: details, port: {number: 9080}}}}
+",
+    );
+    let gw = gateway(&mesh);
+    let get = |host: &str, path: &str| {
+        http_request(&format!("http://127.0.0.1:80{path}"), &[("host", host)])
+            .map(|r| (r.status, r.body))
+            .unwrap_or_else(|e| (0, e))
+    };
+    e2e::eventually(
+        Duration::from_secs(10),
+        || (get("bookinfo.example.com", "/productpage").0 == 200).then_some(()),
+        || format!("{:?}", get("bookinfo.example.com", "/productpage")),
+    );
+    assert_eq!(
+        get("bookinfo.example.com", "/productpage/reviews/1"),
+        (200, "productpage v1".into())
+    );
+    // A prefix matches whole path elements only.
+    assert_eq!(get("bookinfo.example.com", "/productpagex").0, 404);
+    // Exact: the path and nothing under it.
+    assert!(
+        get("bookinfo.example.com", "/reviews")
+            .1
+            .starts_with("reviews v")
+    );
+    assert_eq!(get("bookinfo.example.com", "/reviews/1").0, 404);
+    // The other class's Ingress is not Istio's to serve.
+    assert_eq!(get("other.example.com", "/").0, 404);
+    // HTTPS with the Ingress's Secret, verified by curl.
+    assert_eq!(
+        curl(&pki.ca(), "bookinfo.example.com", 443, "/productpage", None),
+        Ok("productpage v1".into())
+    );
+    assert_eq!(gw.rejected(), 0);
+}
