@@ -1437,17 +1437,35 @@ spec:
 /// served by the ingress gateway pods on 80, and on 443 with its `tls`
 /// Secret; its paths mean what the Ingress API says (`Prefix` by whole
 /// path elements, `Exact` only the path); an Ingress of another class is
-/// not served. Istio's gateway pods may bind ports under 1024
-/// (`net.ipv4.ip_unprivileged_port_start: 0`), as here.
+/// not served. As in Istio's default install, the gateway's Service maps
+/// 80 and 443 to 8080 and 8443, where the unprivileged gateway listens
+/// (Istio's port translation).
 #[test]
 fn a_kubernetes_ingress_is_served_by_the_ingress_gateway() {
     let (pki, mesh, _) = credential_mesh();
-    // In this test's network namespace only.
-    std::fs::write("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0")
-        .expect("let the gateway bind 80 and 443");
     mesh.cfg.write(
         "ingress.yaml",
-        "apiVersion: networking.k8s.io/v1
+        "apiVersion: v1
+kind: Service
+metadata: {name: istio-ingressgateway, namespace: istio-system}
+spec:
+  clusterIP: 10.96.0.80
+  selector: {istio: ingressgateway}
+  ports:
+  - {name: http2, port: 80, targetPort: 8080}
+  - {name: https, port: 443, targetPort: 8443}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: istio-ingressgateway-1
+  namespace: istio-system
+  labels: {kubernetes.io/service-name: istio-ingressgateway}
+addressType: IPv4
+ports: [{name: http2, port: 8080}, {name: https, port: 8443}]
+endpoints: [{addresses: [127.0.0.1]}]
+---
+apiVersion: networking.k8s.io/v1
 kind: IngressClass
 metadata: {name: istio}
 spec: {controller: istio.io/ingress-controller}
@@ -1482,7 +1500,7 @@ spec:
     );
     let gw = gateway(&mesh);
     let get = |host: &str, path: &str| {
-        http_request(&format!("http://127.0.0.1:80{path}"), &[("host", host)])
+        http_request(&format!("http://127.0.0.1:8080{path}"), &[("host", host)])
             .map(|r| (r.status, r.body))
             .unwrap_or_else(|e| (0, e))
     };
@@ -1508,7 +1526,13 @@ spec:
     assert_eq!(get("other.example.com", "/").0, 404);
     // HTTPS with the Ingress's Secret, verified by curl.
     assert_eq!(
-        curl(&pki.ca(), "bookinfo.example.com", 443, "/productpage", None),
+        curl(
+            &pki.ca(),
+            "bookinfo.example.com",
+            8443,
+            "/productpage",
+            None
+        ),
         Ok("productpage v1".into())
     );
     assert_eq!(gw.rejected(), 0);

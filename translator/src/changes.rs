@@ -173,9 +173,10 @@ impl ChangeSet {
         // Its inbound (the ports it serves), or any PeerAuthentication: those
         // decide its own inbound and, through auto mTLS, its clients'
         // clusters; they change rarely, so every sidecar is regenerated.
-        let inbound_changed = !router
-            && (self.inbound_addresses.contains(&proxy.ip)
-                || !self.peer_auth_namespaces.is_empty());
+        // A gateway's: the Services its pod serves, whose ports translate
+        // its servers' ([`crate::model::Snapshot::gateway_ports`]).
+        let inbound_changed = self.inbound_addresses.contains(&proxy.ip)
+            || (!router && !self.peer_auth_namespaces.is_empty());
         // An AuthorizationPolicy or RequestAuthentication of its namespace or
         // the mesh's: a sidecar's inbound filters, a gateway's listeners'.
         let authz_changed = self.authz_namespaces.contains(ns)

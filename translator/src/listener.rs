@@ -1098,7 +1098,12 @@ pub(crate) fn gateway(
     warnings: &mut Vec<ConfigWarning>,
 ) -> (Vec<Listener>, Vec<RouteConfiguration>, Vec<Secret>) {
     // By (bind address, port): servers with a `bind` get a listener of
-    // their own on that address (Istio's `<bind>_<port>`).
+    // their own on that address (Istio's `<bind>_<port>`). The port is the
+    // one the pod listens on: a server's port translated to the target
+    // port of the pod's Service ([`Snapshot::gateway_ports`]), except for
+    // Gateways made from the Gateway API (their Service is deployed with
+    // the listeners' ports).
+    let translation = snap.gateway_ports(&proxy.ip);
     let mut ports: BTreeMap<(&str, u32), Vec<GatewayServer<'_>>> = BTreeMap::new();
     for gw in &snap.gateways {
         if gw.spec.selector.is_empty()
@@ -1125,8 +1130,17 @@ pub(crate) fn gateway(
                 ));
                 continue;
             }
+            let number = server.port.number;
+            let listen = if snap.gateway_api.gateways.holds(gw) {
+                number
+            } else {
+                translation
+                    .iter()
+                    .find(|(port, _)| *port == number)
+                    .map_or(number, |(_, target)| *target)
+            };
             ports
-                .entry((bind.unwrap_or("0.0.0.0"), server.port.number))
+                .entry((bind.unwrap_or("0.0.0.0"), listen))
                 .or_default()
                 .push(GatewayServer { gw, index, server });
         }
@@ -1159,7 +1173,9 @@ pub(crate) fn gateway(
             .collect();
         if !http.is_empty() {
             let name = format!("http.{port}{bind_suffix}");
-            let route = gateway_route_config(snap, proxy, port, &name, &http, warnings);
+            // Routes match the server's own port (Istio's): the first's.
+            let server_port = http.first().map_or(port, |s| s.server.port.number);
+            let route = gateway_route_config(snap, proxy, server_port, &name, &http, warnings);
             let sessions = crate::session::used_by(&route.virtual_hosts);
             routes.push(route);
             chains.push(hcm_chain(
@@ -1182,10 +1198,17 @@ pub(crate) fn gateway(
                         continue;
                     };
                     let name = format!(
-                        "https.{port}.{}.{}.{}{bind_suffix}",
-                        gs.server.port.name, gs.gw.name, gs.gw.namespace
+                        "https.{}.{}.{}.{}{bind_suffix}",
+                        gs.server.port.number, gs.server.port.name, gs.gw.name, gs.gw.namespace
                     );
-                    let route = gateway_route_config(snap, proxy, port, &name, &[gs], warnings);
+                    let route = gateway_route_config(
+                        snap,
+                        proxy,
+                        gs.server.port.number,
+                        &name,
+                        &[gs],
+                        warnings,
+                    );
                     let sessions = crate::session::used_by(&route.virtual_hosts);
                     routes.push(route);
                     let mut chain = hcm_chain(
@@ -1212,7 +1235,7 @@ pub(crate) fn gateway(
                                     .cloned()
                                     .collect();
                                 if sni.is_empty()
-                                    || m.port.is_some_and(|p| p != port)
+                                    || m.port.is_some_and(|p| p != gs.server.port.number)
                                     || !tls_source_applies(proxy, m)
                                 {
                                     continue;
@@ -1224,7 +1247,8 @@ pub(crate) fn gateway(
                                 } else {
                                     sni
                                 };
-                                let dests = l4_destinations(snap, vs, &r.route, port);
+                                let dests =
+                                    l4_destinations(snap, vs, &r.route, gs.server.port.number);
                                 let mut chain = authorized(tcp_chain(
                                     &name,
                                     &name,
@@ -1247,7 +1271,7 @@ pub(crate) fn gateway(
                         }
                     }
                 }
-                ServerKind::Tcp => match tcp_route(snap, proxy, gs, port) {
+                ServerKind::Tcp => match tcp_route(snap, proxy, gs, gs.server.port.number) {
                     Some(dests) => chains.push(authorized(tcp_chain(
                         &format!("tcp.{port}"),
                         &format!("tcp.{port}"),
@@ -1260,18 +1284,20 @@ pub(crate) fn gateway(
                         gs.gw.key(),
                         gs.field(),
                         format!(
-                            "no VirtualService tcp route is bound to this TCP server on port {port}"
+                            "no VirtualService tcp route is bound to this TCP server on port {}",
+                            gs.server.port.number
                         ),
                     )),
                 },
                 ServerKind::TerminatedTls => {
-                    let Some(dests) = tcp_route(snap, proxy, gs, port) else {
+                    let Some(dests) = tcp_route(snap, proxy, gs, gs.server.port.number) else {
                         warnings.push(ConfigWarning::new(
                             "Gateway",
                             gs.gw.key(),
                             gs.field(),
                             format!(
-                                "no VirtualService tcp route is bound to this TLS server on port {port}"
+                                "no VirtualService tcp route is bound to this TLS server on port {}",
+                                gs.server.port.number
                             ),
                         ));
                         continue;

@@ -2863,6 +2863,34 @@ impl Snapshot {
         self.inbound_services.get(ip).map_or(&[], Vec::as_slice)
     }
 
+    /// The port translation of the gateway pod at `ip`, as Istio's
+    /// `resolvePorts` for Gateways selecting pods by labels: (service port,
+    /// target port) for each port of the Services the pod is an endpoint
+    /// of (the first Service by hostname for a port several have), where
+    /// the target port differs. A Gateway server on such a service port
+    /// listens on its target port: Istio's `istio-ingressgateway` Service
+    /// maps 80 and 443 to 8080 and 8443, where its unprivileged pods
+    /// listen. Empty for an address no Service selects.
+    pub fn gateway_ports(&self, ip: &str) -> Vec<(u32, u32)> {
+        let mut out: Vec<(u32, u32)> = Vec::new();
+        for svc in self.services.values() {
+            let Some(ep) = svc.endpoints.iter().find(|e| e.address == ip) else {
+                continue;
+            };
+            for port in &svc.ports {
+                if out.iter().any(|(p, _)| *p == port.port) {
+                    continue;
+                }
+                if let Some(target) = ep.target_port(&port.name) {
+                    out.push((port.port, target));
+                }
+            }
+        }
+        out.retain(|(port, target)| port != target);
+        out.sort_unstable();
+        out
+    }
+
     /// Addresses whose [`Snapshot::inbound_ports`] (or
     /// [`Snapshot::inbound_services`]) differ between `self` and `other`.
     pub fn inbound_changes(&self, other: &Snapshot) -> BTreeSet<String> {
@@ -3690,6 +3718,10 @@ impl Proxy {
                 ProxyKind::Sidecar if self.stats_logger => snap.inbound_services(&self.ip).to_vec(),
                 _ => Vec::new(),
             },
+            gateway_ports: match self.kind {
+                ProxyKind::Router => snap.gateway_ports(&self.ip),
+                ProxyKind::Sidecar => Vec::new(),
+            },
             proxy_patches: crate::envoy_filter::proxy_matched(snap, self),
         }
     }
@@ -3728,6 +3760,9 @@ pub struct ConfigKey {
     /// workload serves ([`Snapshot::inbound_services`]), which its inbound
     /// clusters name; empty otherwise.
     pub inbound_services: Vec<(u32, String)>,
+    /// A gateway's port translation ([`Snapshot::gateway_ports`]); empty
+    /// for sidecars.
+    pub gateway_ports: Vec<(u32, u32)>,
     /// Of the EnvoyFilter patches with a `match.proxy`, those this proxy's
     /// version and metadata match (by position); empty without such patches.
     pub proxy_patches: Vec<usize>,
