@@ -291,3 +291,83 @@ data:
     assert_eq!(status, 200, "{page}");
     assert_eq!(envoy.rejected() + gateway.rejected(), 0);
 }
+
+/// The same with a Gateway API east-west gateway, as Istio's multi-network
+/// install with the Gateway API: a Gateway labelled
+/// `topology.istio.io/network: network2` with a TLS passthrough listener on
+/// 15443 (auto-passthrough) and the address 127.0.0.1 is network2's
+/// gateway; productpage's sidecar in network1 reaches `remote`'s pod in
+/// network2 through it, over Istio mTLS, without any `meshNetworks`.
+#[test]
+fn a_gateway_api_east_west_gateway_carries_mtls_across_networks() {
+    let _etc_hosts = e2e::isolate();
+    capture_outbound();
+    let rt = e2e::runtime();
+    let cfg = ConfigDir::bookinfo_platform();
+    let platform = service("remote", "10.96.0.62", "127.0.1.62").replace(
+        "labels: {app: remote}}",
+        "labels: {app: remote, topology.istio.io/network: network2}}",
+    ) + MTLS
+        + "---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: eastwest
+  namespace: istio-system
+  labels: {topology.istio.io/network: network2}
+spec:
+  gatewayClassName: istio
+  addresses: [{type: IPAddress, value: 127.0.0.1}]
+  listeners:
+  - {name: cross-network, port: 15443, protocol: TLS, tls: {mode: Passthrough}}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: eastwest-istio
+  namespace: istio-system
+  labels: {topology.istio.io/network: network2}
+spec:
+  clusterIP: 10.96.0.63
+  selector: {gateway.networking.k8s.io/gateway-name: eastwest}
+  ports: [{name: cross-network, port: 15443}]
+";
+    cfg.write("remote.yaml", &platform);
+    let work = tempfile::tempdir().unwrap();
+    let daemon = rt.block_on(e2e::start_daemon(cfg.path()));
+    let secure = daemon.secure.as_ref().unwrap();
+    let _remote = MtlsServer::start(
+        work.path(),
+        "127.0.1.62:9080",
+        &secure.authority,
+        &id("remote"),
+    );
+    let gateway_id = SpiffeId {
+        namespace: "istio-system".into(),
+        ..id("eastwest-istio")
+    };
+    let socket = e2e::start_agent(rt.handle(), &daemon, gateway_id);
+    e2e::use_sds_socket(&socket);
+    e2e::use_network("network2");
+    let gateway = Envoy::start(
+        "router~127.0.0.1~eastwest-istio-0.istio-system~istio-system.svc.cluster.local",
+        &[("gateway.networking.k8s.io/gateway-name", "eastwest")],
+        daemon.xds_addr,
+        15100,
+    );
+    let me = id("bookinfo-productpage");
+    let socket = e2e::start_agent(rt.handle(), &daemon, me.clone());
+    e2e::use_sds_socket(&socket);
+    e2e::use_network("network1");
+    let envoy = Envoy::start(SIDECAR, &SIDECAR_LABELS, daemon.xds_addr, 15000);
+    wait_synced(&daemon, &[&envoy, &gateway], SYNC);
+
+    let hosts = envoy.hosts("outbound|9080||remote.default.svc.cluster.local");
+    assert_eq!(hosts, ["127.0.0.1:15443"]);
+    let (status, page) = http_get("http://10.96.0.62:9080/", &[("host", "remote")]).unwrap();
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(e2e::tls::first_certificate_sans(&page), [me.to_string()]);
+    let through = "cluster.outbound_.9080_._.remote.default.svc.cluster.local.upstream_cx_total";
+    assert!(gateway.stat(through) >= 1, "{through}");
+    assert_eq!(envoy.rejected() + gateway.rejected(), 0);
+}

@@ -1366,7 +1366,8 @@ fn convert_listeners<'l>(
                 continue;
             }
             (Some(t), _) => {
-                match listener_tls(inputs, owner.from, t, protocol).and_then(|mut tls| {
+                let auto = is_auto_passthrough(owner.gw.metadata.labels.as_ref(), l);
+                match listener_tls(inputs, owner.from, t, protocol, auto).and_then(|mut tls| {
                     match frontend_validation(owner.gw, l, &field) {
                         Some((at, v)) if terminates(&tls) => {
                             validate_clients(inputs, owner.from, v, &mut tls)
@@ -1763,13 +1764,30 @@ pub fn deployment(gw: &KubeGateway) -> Option<Vec<serde_json::Value>> {
         "name": name,
         "uid": uid,
     }]);
-    // `spec.infrastructure`'s labels and annotations go on every object
-    // (and the pods), Istio's own labels over them.
+    // `spec.infrastructure`'s labels and annotations (but those under
+    // `gateway.networking.k8s.io/`) go on every object (and the pods),
+    // Istio's own labels over them; without them, the Gateway's own, as
+    // Istio copies them (`PILOT_ENABLE_GATEWAY_API_COPY_LABELS_ANNOTATIONS`,
+    // on by default): a network label makes the Service a network gateway
+    // and the pods that network's.
     let infra = gw.spec.infrastructure.clone().unwrap_or_default();
-    let mut labels = json!(infra.labels);
+    let infrastructure = |of_infra: BTreeMap<String, String>,
+                          own: Option<&BTreeMap<String, String>>| {
+        if of_infra.is_empty() {
+            json!(own.cloned().unwrap_or_default())
+        } else {
+            json!(
+                of_infra
+                    .into_iter()
+                    .filter(|(k, _)| !k.starts_with("gateway.networking.k8s.io/"))
+                    .collect::<BTreeMap<_, _>>()
+            )
+        }
+    };
+    let mut labels = infrastructure(infra.labels, gw.metadata.labels.as_ref());
     labels[api::GATEWAY_NAME_LABEL] = name.into();
     labels["gateway.networking.k8s.io/gateway-class-name"] = class.clone().into();
-    let meta_annotations = json!(infra.annotations);
+    let meta_annotations = infrastructure(infra.annotations, gw.metadata.annotations.as_ref());
     let mut managed_labels = labels.clone();
     managed_labels["gateway.istio.io/managed"] = "istio.io-gateway-controller".into();
     let mut pod_labels = managed_labels.clone();
@@ -2191,21 +2209,58 @@ fn gateway_selector(
     )
 }
 
+/// Whether a Gateway labelled `labels` passes `l`'s TLS through to the
+/// service its SNI names (Istio's `IsAutoPassthrough`, multi-network's
+/// east-west gateway): a listener with `tls` whose option
+/// `gateway.istio.io/listener-protocol` is `auto-passthrough`, or, on a
+/// Gateway labelled `topology.istio.io/network`, on the network gateway
+/// port (`networking.istio.io/gatewayPort`, else 15443).
+pub(crate) fn is_auto_passthrough(
+    labels: Option<&BTreeMap<String, String>>,
+    l: &api::Listener,
+) -> bool {
+    let Some(tls) = &l.tls else {
+        return false;
+    };
+    if tls
+        .options
+        .get("gateway.istio.io/listener-protocol")
+        .is_some_and(|m| m == "auto-passthrough")
+    {
+        return true;
+    }
+    let label = |key: &str| labels.and_then(|l| l.get(key));
+    if label(crate::model::NETWORK_LABEL).is_none() {
+        return false;
+    }
+    let expected = label(crate::model::NETWORK_GATEWAY_PORT_LABEL)
+        .cloned()
+        .unwrap_or_else(|| crate::model::DEFAULT_NETWORK_GATEWAY_PORT.to_string());
+    l.port.to_string() == expected
+}
+
 /// A listener's TLS as Istio server TLS settings (Istio's `buildTLS`);
+/// `auto`: an auto-passthrough listener ([`is_auto_passthrough`]).
 /// `Err((field suffix, why, the condition's reason))`.
 fn listener_tls(
     inputs: &Inputs<'_>,
     from: (&str, &str),
     tls: &api::GatewayTlsConfig,
     protocol: &str,
+    auto: bool,
 ) -> Result<ServerTlsSettings, (String, String, &'static str)> {
     const INVALID: &str = "InvalidCertificateRef";
     let mut out = ServerTlsSettings::default();
     match tls.mode.as_deref().unwrap_or("Terminate") {
         "Terminate" => {}
         "Passthrough" if protocol == "TLS" => {
-            // The backends terminate: no certificate here.
-            out.mode = Some(ServerTlsMode::Passthrough);
+            // The backends terminate: no certificate here; an
+            // auto-passthrough listener needs no route either.
+            out.mode = Some(if auto {
+                ServerTlsMode::AutoPassthrough
+            } else {
+                ServerTlsMode::Passthrough
+            });
             return Ok(out);
         }
         "Passthrough" => {

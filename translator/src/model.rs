@@ -1711,10 +1711,45 @@ impl Snapshot {
         services: &[(&str, &str, Read<'_, k8s_openapi::api::core::v1::Service>)],
         system_network: Option<&String>,
         nodes: &[&crds::document::NodeInfo],
+        kube_gateways: &[&crds::gateway_api::KubeGateway],
     ) {
         let n = &mut self.mesh.networks;
         if let Some(net) = system_network.filter(|l| !l.is_empty()) {
             n.default.clone_from(net);
+        }
+        // Gateway API Gateways labelled with a network (Istio's
+        // `handleGatewayResource`): each of their `IPAddress` or `Hostname`
+        // addresses (resolved), on each auto-passthrough listener's port.
+        for gw in kube_gateways {
+            let labels = gw.metadata.labels.as_ref();
+            let Some(net) = labels
+                .and_then(|l| l.get(NETWORK_LABEL))
+                .filter(|l| !l.is_empty())
+            else {
+                continue;
+            };
+            let ports: Vec<u32> = gw
+                .spec
+                .listeners
+                .iter()
+                .filter(|l| crate::gateway_api::is_auto_passthrough(labels, l))
+                .map(|l| l.port)
+                .collect();
+            for a in &gw.spec.addresses {
+                // The API server defaults `type` to `IPAddress`.
+                if !matches!(a.type_.as_deref(), None | Some("IPAddress" | "Hostname")) {
+                    continue;
+                }
+                for address in n.addresses_of(&a.value) {
+                    n.gateways
+                        .entry(net.clone())
+                        .or_default()
+                        .extend(ports.iter().map(|&port| NetworkGateway {
+                            address: address.clone(),
+                            port,
+                        }));
+                }
+            }
         }
         for (ns, name, (svc, _)) in services {
             let labels = svc.metadata.labels.as_ref();
@@ -2336,7 +2371,7 @@ impl Snapshot {
                 })
                 .copied()
         };
-        snap.read_network_gateways(&services, system_network, &nodes);
+        snap.read_network_gateways(&services, system_network, &nodes, &gateway_api.gateways);
         if !gateway_api.is_empty() {
             gateway_api.services = services
                 .iter()

@@ -2349,3 +2349,113 @@ fn frontend_validation_makes_listeners_verify_client_certificates() {
         Some(secret::Type::ValidationContext(_))
     ));
 }
+
+/// Multi-network with the Gateway API, as Istio's east-west gateway: on a
+/// Gateway labelled `topology.istio.io/network`, a TLS `Passthrough`
+/// listener on 15443 (or one with the option
+/// `gateway.istio.io/listener-protocol: auto-passthrough`) passes TLS
+/// through to what its SNI names (`AUTO_PASSTHROUGH`), and the Gateway's
+/// IP (or hostname) address on those listeners' ports is its network's
+/// gateway; other passthrough listeners stay routed by TLSRoutes.
+#[test]
+fn a_network_labelled_gateway_is_its_networks_east_west_gateway() {
+    use crds::gateway::ServerTlsMode;
+    let gw = "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: eastwest
+  namespace: default
+  labels: {topology.istio.io/network: network2}
+spec:
+  gatewayClassName: istio
+  addresses: [{type: IPAddress, value: 192.0.2.40}]
+  listeners:
+  - {name: cross-network, port: 15443, protocol: TLS, tls: {mode: Passthrough}}
+  - name: by-option
+    port: 15444
+    protocol: TLS
+    tls: {mode: Passthrough, options: {gateway.istio.io/listener-protocol: auto-passthrough}}
+  - {name: routed, port: 15445, protocol: TLS, tls: {mode: Passthrough}}
+";
+    // The Service Istio deploys for it.
+    let service = "apiVersion: v1
+kind: Service
+metadata: {name: eastwest-istio, namespace: default}
+spec:
+  clusterIP: 10.96.0.51
+  selector: {gateway.networking.k8s.io/gateway-name: eastwest}
+  ports: [{name: cross-network, port: 15443}, {name: by-option, port: 15444}, {name: routed, port: 15445}]
+";
+    let snap = snapshot(&[gw, service]);
+    let mut modes: Vec<(u32, Option<ServerTlsMode>)> = snap
+        .gateways
+        .iter()
+        .filter(|g| g.name.starts_with("eastwest-"))
+        .flat_map(|g| &g.spec.servers)
+        .map(|s| (s.port.number, s.tls.as_ref().and_then(|t| t.mode)))
+        .collect();
+    modes.sort_by_key(|m| m.0);
+    assert_eq!(
+        modes,
+        [
+            (15443, Some(ServerTlsMode::AutoPassthrough)),
+            (15444, Some(ServerTlsMode::AutoPassthrough)),
+            (15445, Some(ServerTlsMode::Passthrough)),
+        ]
+    );
+    let gateways: Vec<String> = snap.mesh.networks.gateways["network2"]
+        .iter()
+        .map(|g| format!("{}:{}", g.address, g.port))
+        .collect();
+    assert_eq!(gateways, ["192.0.2.40:15443", "192.0.2.40:15444"]);
+    // Its pods pass TLS through by SNI, with Istio's SNI-DNAT clusters.
+    let pod = Proxy::from_node_id(
+        "router~10.244.0.60~eastwest-istio-0.default~default.svc.cluster.local",
+        None,
+        [(
+            "gateway.networking.k8s.io/gateway-name".to_owned(),
+            "eastwest".to_owned(),
+        )]
+        .into(),
+    )
+    .unwrap();
+    let out = generate(&snap, &pod);
+    let listener = out
+        .listeners
+        .iter()
+        .find(|l| l.name == "0.0.0.0_15443")
+        .expect("the east-west listener");
+    assert!(
+        format!("{listener:?}").contains("envoy.filters.network.sni_cluster"),
+        "{listener:?}"
+    );
+    assert!(
+        out.clusters
+            .iter()
+            .any(|c| c.name == "outbound_.9080_._.reviews.default.svc.cluster.local"),
+        "SNI-DNAT clusters"
+    );
+    // Deployed, its Service and pods carry the Gateway's labels (Istio
+    // copies them without `infrastructure` labels): the network's.
+    let gateway = match crds::objects_of(&[gw.replace(
+        "  namespace: default\n",
+        "  namespace: default\n  uid: u-2\n",
+    )])
+    .into_iter()
+    .next()
+    {
+        Some(crds::Object::KubeGateway(g)) => *g,
+        other => panic!("{other:?}"),
+    };
+    let objects = translator::gateway_api::deployment(&gateway).unwrap();
+    for o in &objects {
+        assert_eq!(
+            o["metadata"]["labels"]["topology.istio.io/network"], "network2",
+            "{o}"
+        );
+    }
+    assert_eq!(
+        objects[1]["spec"]["template"]["metadata"]["labels"]["topology.istio.io/network"],
+        "network2"
+    );
+}
