@@ -307,6 +307,7 @@ impl Metrics {
             translator::ROUTE_TYPE => "rds",
             translator::SECRET_TYPE => "sds",
             translator::EXTENSION_CONFIG_TYPE => "ecds",
+            translator::NAME_TABLE_TYPE => "nds",
             _ => "other",
         };
         TypeLabel { r#type: short }

@@ -27,6 +27,7 @@ pub mod listener;
 pub mod log_format;
 pub mod metrics;
 pub mod model;
+pub mod nds;
 pub mod policy;
 pub mod route;
 pub mod session;
@@ -69,15 +70,21 @@ pub const SECRET_TYPE: &str =
 /// WasmPlugins' filters ([`wasm`]).
 pub const EXTENSION_CONFIG_TYPE: &str = wasm::EXTENSION_CONFIG_TYPE;
 
+/// Type URL of NDS resources (`istio.networking.nds.v1.NameTable`), the
+/// agent's DNS table ([`nds`]).
+pub const NAME_TABLE_TYPE: &str = nds::NAME_TABLE_TYPE;
+
 /// Istio's push order: clusters, endpoints, listeners, routes, secrets,
-/// then extension configs.
-pub const PUSH_ORDER: [&str; 6] = [
+/// then extension configs; the agent's name table last (Envoy never asks
+/// for it).
+pub const PUSH_ORDER: [&str; 7] = [
     CLUSTER_TYPE,
     ENDPOINT_TYPE,
     LISTENER_TYPE,
     ROUTE_TYPE,
     SECRET_TYPE,
     EXTENSION_CONFIG_TYPE,
+    NAME_TABLE_TYPE,
 ];
 
 /// Name of Envoy's HTTP fault filter (`envoy.filters.http.fault`).
@@ -136,6 +143,8 @@ pub struct Output {
     /// ECDS: WasmPlugins' filters ([`wasm::resource_name`]) and
     /// EnvoyFilters' `EXTENSION_CONFIG`s, by name.
     pub extension_configs: Vec<TypedExtensionConfig>,
+    /// NDS: the agent's name table, one resource named `""` ([`nds`]).
+    pub name_table: nds::NameTable,
     /// Problems met (objects or routes skipped).
     pub warnings: Vec<ConfigWarning>,
 }
@@ -151,6 +160,7 @@ impl Output {
             ROUTE_TYPE => encode_all(&self.routes, |r| &r.name),
             SECRET_TYPE => encode_all(&self.secrets, |r| &r.name),
             EXTENSION_CONFIG_TYPE => encode_all(&self.extension_configs, |r| &r.name),
+            NAME_TABLE_TYPE => encode_all(std::slice::from_ref(&self.name_table), |_| ""),
             _ => Vec::new(),
         }
     }
@@ -203,6 +213,7 @@ pub fn generate(snap: &Snapshot, proxy: &Proxy) -> Output {
         listeners: rest.listeners,
         secrets: rest.secrets,
         extension_configs: extension_configs(snap, proxy, &patches),
+        name_table: nds::name_table(snap, proxy),
         warnings: rest.warnings,
     }
 }
@@ -223,6 +234,8 @@ pub struct EncodedOutput {
     pub secrets: Vec<Encoded>,
     /// ECDS.
     pub extension_configs: Vec<Encoded>,
+    /// NDS (one resource).
+    pub name_tables: Vec<Encoded>,
     /// Problems met (objects or routes skipped).
     pub warnings: Vec<ConfigWarning>,
 }
@@ -237,6 +250,7 @@ impl EncodedOutput {
             ROUTE_TYPE => &mut self.routes,
             SECRET_TYPE => &mut self.secrets,
             EXTENSION_CONFIG_TYPE => &mut self.extension_configs,
+            NAME_TABLE_TYPE => &mut self.name_tables,
             _ => return Vec::new(),
         })
     }
@@ -298,6 +312,11 @@ pub fn generate_encoded(snap: &Snapshot, proxy: &Proxy) -> EncodedOutput {
             &extension_configs(snap, proxy, &patches),
             |c| &c.name,
         ),
+        name_tables: vec![encoded::encode(
+            NAME_TABLE_TYPE,
+            "",
+            &nds::name_table(snap, proxy),
+        )],
         warnings: rest.warnings,
     }
 }

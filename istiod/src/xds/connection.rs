@@ -650,7 +650,11 @@ impl Connection {
             .as_ref()
             .map(|o| o.versions(&type_url))
             .unwrap_or_else(|| Arc::new([]));
-        let wildcard_type = type_url == CLUSTER_TYPE || type_url == LISTENER_TYPE;
+        // The agent's name table, one resource named "", is asked for by
+        // type alone too, as Istio's agent asks.
+        let wildcard_type = type_url == CLUSTER_TYPE
+            || type_url == LISTENER_TYPE
+            || type_url == translator::NAME_TABLE_TYPE;
         let state = self.types.entry_or_default(&type_url);
         if !req.nonce.is_empty() {
             if req.nonce != state.nonce {
