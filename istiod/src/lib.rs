@@ -14,6 +14,7 @@ pub mod analysis_status;
 pub mod analyze;
 pub mod autoregister;
 pub mod bootstrap;
+pub mod dns;
 pub mod gateway_controller;
 pub mod health;
 pub mod kube_ca;

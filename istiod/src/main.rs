@@ -194,6 +194,19 @@ struct AgentArgs {
     /// Where the agent keeps the WasmPlugin modules it fetches.
     #[arg(long, env = "WASM_CACHE_DIR", default_value = istiod::wasm::DEFAULT_CACHE_DIR)]
     wasm_cache_dir: PathBuf,
+    /// The DNS proxy (Istio's `ISTIO_META_DNS_CAPTURE`): the agent asks
+    /// the daemon for the name table through its xDS proxy and answers the
+    /// workload's queries for the mesh's names on `--dns-address`
+    /// (`istio-init --redirect-dns` sends port 53 there).
+    #[arg(long, env = "ISTIO_META_DNS_CAPTURE", default_value_t = false, action = clap::ArgAction::Set)]
+    dns_capture: bool,
+    /// Where the DNS proxy listens (UDP and TCP).
+    #[arg(long, default_value = istiod::dns::DNS_ADDRESS)]
+    dns_address: std::net::SocketAddr,
+    /// The resolver other names go to; default: the first `nameserver` of
+    /// `/etc/resolv.conf`.
+    #[arg(long)]
+    dns_upstream: Option<std::net::SocketAddr>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -350,7 +363,28 @@ fn main() -> ExitCode {
                 readiness_probe,
                 xds_socket,
                 wasm_cache_dir,
+                dns_capture,
+                dns_address,
+                dns_upstream,
             } = *args;
+            let dns_upstream = match (dns_capture, dns_upstream) {
+                (false, _) => None,
+                (true, Some(a)) => Some(a),
+                (true, None) => match std::fs::read_to_string("/etc/resolv.conf")
+                    .ok()
+                    .as_deref()
+                    .and_then(istiod::dns::first_nameserver)
+                {
+                    Some(a) => Some(a),
+                    None => {
+                        eprintln!(
+                            "istiod agent: --dns-capture: no nameserver in /etc/resolv.conf; give --dns-upstream"
+                        );
+                        return ExitCode::from(EX_USAGE);
+                    }
+                },
+            };
+            let dns_namespace = namespace.clone();
             let prober = match readiness_probe
                 .as_deref()
                 .map(istiod::health::Prober::parse)
@@ -365,7 +399,7 @@ fn main() -> ExitCode {
             // Envoy's xDS goes through the agent when the agent starts it
             // (or checks the workload's health).
             let daemon_xds = xds_addr.clone();
-            let proxied = prober.is_some() || envoy.is_some();
+            let proxied = prober.is_some() || envoy.is_some() || dns_capture;
             let xds_addr = if proxied {
                 format!("unix://{}", xds_socket.display())
             } else {
@@ -419,11 +453,26 @@ fn main() -> ExitCode {
                         tasks.push(tokio::spawn(prober.run(report, token.clone())));
                     }
                     if proxied {
+                        let mut feed = None;
+                        if let Some(upstream) = dns_upstream {
+                            let (table, tables) =
+                                tokio::sync::watch::channel(std::sync::Arc::default());
+                            tasks.push(
+                                istiod::dns::serve(dns_address, upstream, tables, token.clone())
+                                    .await?,
+                            );
+                            feed = Some(istiod::xds_proxy::DnsFeed {
+                                table,
+                                namespace: dns_namespace,
+                                domain: translator::model::DEFAULT_DOMAIN.to_owned(),
+                            });
+                        }
                         tasks.push(istiod::xds_proxy::serve(
                             xds_socket,
                             &daemon_xds,
                             health,
                             istiod::wasm::ModuleCache::new(wasm_cache_dir),
+                            feed,
                             token.clone(),
                         )?);
                     }

@@ -452,6 +452,7 @@ fn a_vm_serves_only_while_its_readiness_probe_passes() {
             &daemon.xds_addr.to_string(),
             health,
             istiod::wasm::ModuleCache::new(socket.with_file_name("wasm")),
+            None,
             token.clone(),
         )
         .unwrap()

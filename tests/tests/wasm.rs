@@ -269,6 +269,7 @@ fn through_agent(mesh: &Mesh) -> ThroughAgent {
             &mesh.daemon.xds_addr.to_string(),
             health,
             istiod::wasm::ModuleCache::new(dir.path().join("wasm")),
+            None,
             token.clone(),
         )
         .unwrap();
