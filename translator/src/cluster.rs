@@ -1503,6 +1503,7 @@ mod tests {
             export_to: vec![],
             subject_alt_names: vec![],
             persistent_session: None,
+            no_gateway_port_translation: false,
         };
         let identity = IstioTls {
             sni: "outbound_.80_._.a.ns.svc.cluster.local".into(),

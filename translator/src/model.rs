@@ -217,7 +217,16 @@ pub struct Service {
     /// Its strong sticky sessions, from its labels
     /// ([`PersistentSession::from_labels`]); `None` for most services.
     pub persistent_session: Option<PersistentSession>,
+    /// A Kubernetes Service labelled [`DISABLE_GATEWAY_PORT_TRANSLATION_LABEL`]:
+    /// its gateway pods' servers keep their own ports
+    /// ([`Snapshot::gateway_ports`] leaves it out).
+    pub no_gateway_port_translation: bool,
 }
+
+/// The Service label (any value) opting its gateway pods out of port
+/// translation (Istio's `DisableGatewayPortTranslationLabel`).
+pub const DISABLE_GATEWAY_PORT_TRANSLATION_LABEL: &str =
+    "networking.istio.io/disable-gateway-port-translation";
 
 /// The label of a Service or ServiceEntry asking for cookie-based
 /// persistent sessions: `<cookie name>[:<path>]` (Istio's
@@ -2600,6 +2609,11 @@ impl Snapshot {
                 export_to,
                 subject_alt_names: Vec::new(),
                 persistent_session: PersistentSession::from_labels(svc.metadata.labels.as_ref()),
+                no_gateway_port_translation: svc
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .is_some_and(|l| l.contains_key(DISABLE_GATEWAY_PORT_TRANSLATION_LABEL)),
             });
             snap.insert_kubernetes(hostname, service, inputs);
         }
@@ -2905,10 +2919,14 @@ impl Snapshot {
     /// the target port differs. A Gateway server on such a service port
     /// listens on its target port: Istio's `istio-ingressgateway` Service
     /// maps 80 and 443 to 8080 and 8443, where its unprivileged pods
-    /// listen. Empty for an address no Service selects.
+    /// listen. Empty for an address no Service selects. A Service labelled
+    /// [`DISABLE_GATEWAY_PORT_TRANSLATION_LABEL`] is skipped.
     pub fn gateway_ports(&self, ip: &str) -> Vec<(u32, u32)> {
         let mut out: Vec<(u32, u32)> = Vec::new();
         for svc in self.services.values() {
+            if svc.no_gateway_port_translation {
+                continue;
+            }
             let Some(ep) = svc.endpoints.iter().find(|e| e.address == ip) else {
                 continue;
             };
@@ -3292,6 +3310,7 @@ fn service_entry_services(
             export_to: spec.export_to.clone(),
             subject_alt_names: spec.subject_alt_names.clone(),
             persistent_session: None,
+            no_gateway_port_translation: false,
         })
         .collect()
 }

@@ -431,4 +431,16 @@ data: {tls.crt: Y2VydA==, tls.key: a2V5}
     );
     let changes = translator::changes::ChangeSet::between(&before, &after);
     assert_eq!(changes.effect(&gw), translator::changes::Effect::Full);
+    // The Service opts out: the servers' own ports again.
+    let platform = PLATFORM.replace(
+        "metadata: {name: istio-ingressgateway, namespace: istio-system}",
+        "metadata: {name: istio-ingressgateway, namespace: istio-system, labels: {networking.istio.io/disable-gateway-port-translation: ''}}",
+    );
+    assert_ne!(platform, PLATFORM);
+    let opted_out = Snapshot::build(
+        1,
+        &crds::objects_of(&[platform, format!("{text}{GATEWAY_ENDPOINTS}")]),
+        MeshConfig::default(),
+    );
+    assert_eq!(listeners(&opted_out), ["0.0.0.0_443", "0.0.0.0_80"]);
 }
