@@ -1493,6 +1493,37 @@ impl Mesh {
         self.rt_handle.clone()
     }
 
+    /// An agent's xDS proxy to this mesh's daemon on a socket in `dir`
+    /// (anyone may connect: Envoy runs as the proxy uid), keeping the Wasm
+    /// modules it fetches in `dir/wasm` and, with `dns`, the name tables
+    /// for a DNS proxy; Envoys started on this thread from now on get their
+    /// xDS through it. No health is reported. Stopped with `token`.
+    pub fn agent_xds_proxy(
+        &self,
+        dir: &Path,
+        dns: Option<istiod::xds_proxy::DnsFeed>,
+        token: &tokio_util::sync::CancellationToken,
+    ) {
+        let socket = dir.join("XDS");
+        // No health checks: the sender goes at once.
+        let (_, health) = tokio::sync::watch::channel(None);
+        {
+            let _in_runtime = self.rt_handle.enter();
+            istiod::xds_proxy::serve(
+                socket.clone(),
+                &self.daemon.xds_addr.to_string(),
+                health,
+                istiod::wasm::ModuleCache::new(dir.join("wasm")),
+                dns,
+                token.clone(),
+            )
+            .expect("the agent's xDS proxy");
+        }
+        std::fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o666))
+            .expect("chmod the xDS socket");
+        use_xds_socket(&socket);
+    }
+
     /// Runs `fut` on the test's runtime (e.g. to start a server).
     pub fn block_on<F: std::future::Future>(&self, fut: F) -> F::Output {
         self.rt_handle.block_on(fut)

@@ -14,29 +14,17 @@ use translator::nds::{NAME_TABLE_TYPE, NameInfo, NameTable};
 
 use e2e::Mesh;
 
-/// A ServiceEntry host without a DNS record, with the address `address`,
-/// and a headless Service.
+/// The ServiceEntry of [`http_entry`] and a headless Service.
 fn entries(address: &str) -> String {
-    format!(
-        "apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: db, namespace: default}}
-spec:
-  hosts: [db.internal]
-  addresses: [{address}]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{{number: 5432, name: tcp-db, protocol: TCP}}]
-  endpoints: [{{address: 127.0.1.40}}]
----
+    http_entry(address)
+        + "---
 apiVersion: v1
 kind: Service
-metadata: {{name: stateful, namespace: default}}
+metadata: {name: stateful, namespace: default}
 spec:
   clusterIP: None
-  ports: [{{name: http, port: 8080}}]
+  ports: [{name: http, port: 8080}]
 "
-    )
 }
 
 /// The next NDS response on `stream`, ACKed, decoded.
@@ -277,9 +265,7 @@ fn the_agents_dns_proxy_answers_mesh_names_and_forwards_the_rest() {
     mesh.cfg.write("entries.yaml", &http_entry("10.96.0.77"));
     mesh.wait_loaded(2);
     let dir = e2e::socket_dir();
-    let socket = dir.path().join("XDS");
     let token = tokio_util::sync::CancellationToken::new();
-    let (_, health) = tokio::sync::watch::channel(None);
     let (table, tables) = tokio::sync::watch::channel(std::sync::Arc::default());
     mesh.block_on(async {
         upstream_resolver().await;
@@ -292,24 +278,15 @@ fn the_agents_dns_proxy_answers_mesh_names_and_forwards_the_rest() {
         .await
         .unwrap();
     });
-    {
-        let _in_runtime = mesh.runtime_handle().enter();
-        istiod::xds_proxy::serve(
-            socket.clone(),
-            &mesh.daemon.xds_addr.to_string(),
-            health,
-            istiod::wasm::ModuleCache::new(dir.path().join("wasm")),
-            Some(istiod::xds_proxy::DnsFeed {
-                table,
-                namespace: "default".into(),
-                domain: "cluster.local".into(),
-            }),
-            token.clone(),
-        )
-        .unwrap();
-    }
-    std::fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
-    e2e::use_xds_socket(&socket);
+    mesh.agent_xds_proxy(
+        dir.path(),
+        Some(istiod::xds_proxy::DnsFeed {
+            table,
+            namespace: "default".into(),
+            domain: "cluster.local".into(),
+        }),
+        &token,
+    );
     let envoy = mesh.proxy(e2e::SIDECAR, &e2e::SIDECAR_LABELS, 15000);
     let dns = format!("{CLUSTER_DNS}:53");
     let db = mesh.block_on(async {

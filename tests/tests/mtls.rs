@@ -218,38 +218,14 @@ data:
     );
     let work = tempfile::tempdir().unwrap();
     let daemon = rt.block_on(e2e::start_daemon(cfg.path()));
-    let secure = daemon.secure.as_ref().unwrap();
-    let _remote = MtlsServer::start(
+    let (_remote, gateway, envoy, me) = two_networks(
+        &rt,
+        &daemon,
         work.path(),
-        "127.0.1.62:9080",
-        &secure.authority,
-        &id("remote"),
+        (e2e::GATEWAY, &e2e::GATEWAY_LABELS, "istio-ingressgateway"),
     );
-    // network2's east-west gateway, with its node agent (its clusters
-    // under ISTIO_MUTUAL wait for a certificate), passing TLS through.
-    let gateway_id = SpiffeId {
-        namespace: "istio-system".into(),
-        ..id("istio-ingressgateway")
-    };
-    let socket = e2e::start_agent(rt.handle(), &daemon, gateway_id);
-    e2e::use_sds_socket(&socket);
-    e2e::use_network("network2");
-    let gateway = Envoy::start(e2e::GATEWAY, &e2e::GATEWAY_LABELS, daemon.xds_addr, 15100);
-    // productpage's sidecar in network1, with its node agent.
-    let me = id("bookinfo-productpage");
-    let socket = e2e::start_agent(rt.handle(), &daemon, me.clone());
-    e2e::use_sds_socket(&socket);
-    e2e::use_network("network1");
-    let envoy = Envoy::start(SIDECAR, &SIDECAR_LABELS, daemon.xds_addr, 15000);
-    wait_synced(&daemon, &[&envoy, &gateway], SYNC);
-
     let hosts = |e: &Envoy| e.hosts("outbound|9080||remote.default.svc.cluster.local");
-    assert_eq!(hosts(&envoy), ["127.0.0.1:15443"]);
-    let (status, page) = http_get("http://10.96.0.62:9080/", &[("host", "remote")]).unwrap();
-    assert_eq!(status, 200, "{page}");
-    assert_eq!(e2e::tls::first_certificate_sans(&page), [me.to_string()]);
-    let through = "cluster.outbound_.9080_._.remote.default.svc.cluster.local.upstream_cx_total";
-    assert!(gateway.stat(through) >= 1, "{through}");
+    let through = reached_through(&envoy, &gateway, &me);
 
     // The gateway by DNS name, resolved by the daemon (this test's
     // /etc/hosts names it 127.0.0.2, where the gateway listens too).
@@ -335,33 +311,55 @@ spec:
     cfg.write("remote.yaml", &platform);
     let work = tempfile::tempdir().unwrap();
     let daemon = rt.block_on(e2e::start_daemon(cfg.path()));
-    let secure = daemon.secure.as_ref().unwrap();
-    let _remote = MtlsServer::start(
+    let (_remote, gateway, envoy, me) = two_networks(
+        &rt,
+        &daemon,
         work.path(),
-        "127.0.1.62:9080",
-        &secure.authority,
-        &id("remote"),
+        (
+            "router~127.0.0.1~eastwest-istio-0.istio-system~istio-system.svc.cluster.local",
+            &[("gateway.networking.k8s.io/gateway-name", "eastwest")],
+            "eastwest-istio",
+        ),
     );
+    reached_through(&envoy, &gateway, &me);
+    assert_eq!(envoy.rejected() + gateway.rejected(), 0);
+}
+
+/// The two networks' proxies, for `remote`'s pod in network2 (its Istio
+/// mTLS server started here, in `work`): network2's east-west gateway
+/// (node ID, labels, service account in `istio-system`) and productpage's
+/// sidecar in network1, each with its node agent (the gateway's clusters
+/// under ISTIO_MUTUAL wait for a certificate), connected and in sync.
+fn two_networks(
+    rt: &tokio::runtime::Runtime,
+    daemon: &istiod::Daemon,
+    work: &Path,
+    (node, labels, account): (&str, &[(&str, &str)], &str),
+) -> (MtlsServer, Envoy, Envoy, SpiffeId) {
+    let secure = daemon.secure.as_ref().unwrap();
+    let remote = MtlsServer::start(work, "127.0.1.62:9080", &secure.authority, &id("remote"));
     let gateway_id = SpiffeId {
         namespace: "istio-system".into(),
-        ..id("eastwest-istio")
+        ..id(account)
     };
-    let socket = e2e::start_agent(rt.handle(), &daemon, gateway_id);
+    let socket = e2e::start_agent(rt.handle(), daemon, gateway_id);
     e2e::use_sds_socket(&socket);
     e2e::use_network("network2");
-    let gateway = Envoy::start(
-        "router~127.0.0.1~eastwest-istio-0.istio-system~istio-system.svc.cluster.local",
-        &[("gateway.networking.k8s.io/gateway-name", "eastwest")],
-        daemon.xds_addr,
-        15100,
-    );
+    let gateway = Envoy::start(node, labels, daemon.xds_addr, 15100);
     let me = id("bookinfo-productpage");
-    let socket = e2e::start_agent(rt.handle(), &daemon, me.clone());
+    let socket = e2e::start_agent(rt.handle(), daemon, me.clone());
     e2e::use_sds_socket(&socket);
     e2e::use_network("network1");
     let envoy = Envoy::start(SIDECAR, &SIDECAR_LABELS, daemon.xds_addr, 15000);
-    wait_synced(&daemon, &[&envoy, &gateway], SYNC);
+    wait_synced(daemon, &[&envoy, &gateway], SYNC);
+    (remote, gateway, envoy, me)
+}
 
+/// The sidecar `envoy` has `gateway` as `remote`'s endpoint, and its
+/// request reaches the pod over Istio mTLS through it: the server saw the
+/// sidecar's identity `me`, the gateway's SNI-DNAT cluster counted the
+/// connection (the stat's name, returned).
+fn reached_through(envoy: &Envoy, gateway: &Envoy, me: &SpiffeId) -> &'static str {
     let hosts = envoy.hosts("outbound|9080||remote.default.svc.cluster.local");
     assert_eq!(hosts, ["127.0.0.1:15443"]);
     let (status, page) = http_get("http://10.96.0.62:9080/", &[("host", "remote")]).unwrap();
@@ -369,5 +367,5 @@ spec:
     assert_eq!(e2e::tls::first_certificate_sans(&page), [me.to_string()]);
     let through = "cluster.outbound_.9080_._.remote.default.svc.cluster.local.upstream_cx_total";
     assert!(gateway.stat(through) >= 1, "{through}");
-    assert_eq!(envoy.rejected() + gateway.rejected(), 0);
+    through
 }

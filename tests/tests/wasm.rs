@@ -258,24 +258,8 @@ fn through_agent(mesh: &Mesh) -> ThroughAgent {
     // Envoy runs as the proxy user: it reaches the socket and reads the
     // modules the agent fetched.
     let dir = e2e::socket_dir();
-    let socket = dir.path().join("XDS");
     let token = tokio_util::sync::CancellationToken::new();
-    // No health checks: the sender goes at once.
-    let (_, health) = tokio::sync::watch::channel(None);
-    {
-        let _in_runtime = mesh.runtime_handle().enter();
-        istiod::xds_proxy::serve(
-            socket.clone(),
-            &mesh.daemon.xds_addr.to_string(),
-            health,
-            istiod::wasm::ModuleCache::new(dir.path().join("wasm")),
-            None,
-            token.clone(),
-        )
-        .unwrap();
-    }
-    std::fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
-    e2e::use_xds_socket(&socket);
+    mesh.agent_xds_proxy(dir.path(), None, &token);
     let envoy = mesh.proxy(SIDECAR, &SIDECAR_LABELS, 15000);
     ThroughAgent { envoy, dir, token }
 }

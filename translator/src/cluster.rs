@@ -866,7 +866,6 @@ pub(crate) struct Assignment<'a> {
     groups: Vec<Group<'a>>,
 }
 
-/// One `LocalityLbEndpoints`.
 /// One `LbEndpoint` of a [`Group`].
 #[derive(Clone, Copy)]
 struct Target<'a> {
@@ -883,6 +882,7 @@ struct Target<'a> {
     draining: bool,
 }
 
+/// One `LocalityLbEndpoints`.
 struct Group<'a> {
     /// `region/zone/subzone`.
     locality: &'a str,
