@@ -421,7 +421,14 @@ fn main() -> ExitCode {
                     network,
                     delta,
                     sds_socket: sds_socket.display().to_string(),
-                    metadata: istiod::agent::istio_meta(std::env::vars()),
+                    metadata: {
+                        let mut m = istiod::agent::istio_meta(std::env::vars());
+                        if dns_capture {
+                            // The daemon sends the name table to such proxies.
+                            m.insert("DNS_CAPTURE".into(), "true".into());
+                        }
+                        m
+                    },
                     xds_keepalive: Default::default(),
                 },
             });

@@ -57,7 +57,8 @@ async fn next_table(stream: &mut e2e::AdsStream) -> NameTable {
     }
 }
 
-/// As Istio's agent asks: the type alone, no names. The table has the
+/// As Istio's agent asks (its node metadata `DNS_CAPTURE: true`): the type
+/// alone, no names. The table has the
 /// Kubernetes services the proxy sees (with their name and namespace, for
 /// the agent's short forms) and the ServiceEntry's host with its address;
 /// not the headless Service (the pod's resolver answers for it). A changed
@@ -112,6 +113,23 @@ fn the_agent_gets_the_name_table_and_its_changes() {
         mesh.cfg.write("entries.yaml", &entries("240.240.0.6"));
         let table = next_table(&mut stream).await;
         assert_eq!(table.table["db.internal"].ips, ["240.240.0.6"]);
+        // A proxy whose agent does not capture DNS gets an empty table:
+        // no other proxy pays for building one.
+        let mut other = e2e::ads_stream(
+            xds,
+            "sidecar~127.0.0.8~other.default~default.svc.cluster.local",
+            &[],
+        )
+        .await;
+        other
+            .requests
+            .send(DiscoveryRequest {
+                type_url: NAME_TABLE_TYPE.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(next_table(&mut other).await.table.is_empty());
     });
 }
 
@@ -287,6 +305,8 @@ fn the_agents_dns_proxy_answers_mesh_names_and_forwards_the_rest() {
         }),
         &token,
     );
+    // As the agent's `ISTIO_META_DNS_CAPTURE` makes it.
+    e2e::use_node_metadata("DNS_CAPTURE", "true");
     let envoy = mesh.proxy(e2e::SIDECAR, &e2e::SIDECAR_LABELS, 15000);
     let dns = format!("{CLUSTER_DNS}:53");
     let db = mesh.block_on(async {

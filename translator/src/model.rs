@@ -3730,6 +3730,17 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// Whether the proxy's agent runs Istio's DNS proxy: node metadata
+    /// `DNS_CAPTURE` `true` (the agent's `ISTIO_META_DNS_CAPTURE`), on a
+    /// sidecar; only such proxies get a name table ([`crate::nds`]).
+    pub fn dns_capture(&self) -> bool {
+        self.kind == ProxyKind::Sidecar
+            && self
+                .metadata
+                .get("DNS_CAPTURE")
+                .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    }
+
     /// What decides this proxy's generated config in `snap`: proxies with
     /// the same key get identical resources (the generation cache's key).
     pub fn config_key(&self, snap: &Snapshot) -> ConfigKey {
@@ -3776,6 +3787,7 @@ impl Proxy {
                 ProxyKind::Router => snap.gateway_ports(&self.ip),
                 ProxyKind::Sidecar => Vec::new(),
             },
+            dns_capture: self.dns_capture(),
             proxy_patches: crate::envoy_filter::proxy_matched(snap, self),
         }
     }
@@ -3817,6 +3829,8 @@ pub struct ConfigKey {
     /// A gateway's port translation ([`Snapshot::gateway_ports`]); empty
     /// for sidecars.
     pub gateway_ports: Vec<(u32, u32)>,
+    /// [`Proxy::dns_capture`]: it gets a name table.
+    pub dns_capture: bool,
     /// Of the EnvoyFilter patches with a `match.proxy`, those this proxy's
     /// version and metadata match (by position); empty without such patches.
     pub proxy_patches: Vec<usize>,

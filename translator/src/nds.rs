@@ -66,8 +66,14 @@ impl prost::Name for NameTable {
 
 /// The name table of `proxy`: the services it sees (visible to its
 /// namespace, within its Sidecar's egress hosts) that have an IP address.
+/// Empty unless its agent runs the DNS proxy ([`Proxy::dns_capture`]:
+/// Istio's agent sets `ISTIO_META_DNS_CAPTURE`, whence the node metadata,
+/// when it does), so that no other proxy's generation pays for it.
 pub fn name_table(snap: &Snapshot, proxy: &Proxy) -> NameTable {
     let mut table = BTreeMap::new();
+    if !proxy.dns_capture() {
+        return NameTable { table };
+    }
     for svc in snap.services_for(proxy) {
         if svc.hostname.contains('*') {
             continue;
