@@ -151,6 +151,21 @@ spec:
     )
 }
 
+/// A TCP ServiceEntry without addresses, for reviews-v2's pod on 9080.
+const TCP_ENTRY: &str = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: tcp, namespace: default}
+spec:
+  hosts: [tcp.internal]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 9080, name: tcp, protocol: TCP}]
+  endpoints: [{address: 127.0.1.5}]
+";
+
+/// Where allocated addresses come from (Istio's IP auto-allocation).
+const ALLOCATED: &str = "240.240.0.0/16";
+
 /// The cluster's resolver (kube-dns), as the pod's `resolv.conf` names it.
 const CLUSTER_DNS: &str = "10.96.0.10";
 /// Where the stand-in for kube-dns's own server listens (the agent forwards
@@ -271,16 +286,43 @@ async fn resolve(
 /// the pod's DNS, captured from the cluster resolver as `istio-init
 /// --redirect-dns` does: a ServiceEntry host with no DNS record resolves to
 /// the entry's address, over UDP and TCP, and the app's request to it goes
-/// through the sidecar to the entry's endpoint; a Service by its short
-/// name; other names are the upstream resolver's answers. A changed address
-/// is answered once the daemon pushes it.
+/// through the sidecar to the entry's endpoint; a TCP entry without
+/// addresses gets one allocated, which its name resolves to and which the
+/// sidecar listens for; a Service by its short name; other names are the
+/// upstream resolver's answers. A changed address is answered once the
+/// daemon pushes it.
 #[test]
 fn the_agents_dns_proxy_answers_mesh_names_and_forwards_the_rest() {
     use hickory_proto::op::ResponseCode;
     use hickory_proto::rr::RecordType;
     let mesh = Mesh::start(true, &[]);
     capture_dns();
-    mesh.cfg.write("entries.yaml", &http_entry("10.96.0.77"));
+    // As istio-init captures every address: the allocated range too.
+    e2e::run(
+        "ip",
+        &["route", "add", ALLOCATED, "dev", "lo", "src", "127.0.0.1"],
+    );
+    e2e::run(
+        "iptables",
+        &[
+            "-t",
+            "nat",
+            "-A",
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "-d",
+            ALLOCATED,
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            "15001",
+        ],
+    );
+    mesh.cfg.write(
+        "entries.yaml",
+        &(http_entry("10.96.0.77") + "---\n" + TCP_ENTRY),
+    );
     mesh.wait_loaded(2);
     let dir = e2e::socket_dir();
     let token = tokio_util::sync::CancellationToken::new();
@@ -354,8 +396,22 @@ fn the_agents_dns_proxy_answers_mesh_names_and_forwards_the_rest() {
     // entry's endpoint.
     let reply = e2e::http_request("http://10.96.0.77:9080/", &[("host", "db.internal")]).unwrap();
     assert_eq!((reply.status, reply.body.as_str()), (200, "reviews v1"));
+    // A TCP entry without addresses has one allocated for this sidecar
+    // (it captures DNS): its name resolves to it, and a connection to it
+    // goes through the sidecar to the entry's endpoint.
+    let (code, allocated) = mesh.block_on(resolve(&dns, "tcp.internal.", RecordType::A, false));
+    assert_eq!(code, ResponseCode::NoError);
+    let [allocated] = &allocated[..] else {
+        panic!("{allocated:?}")
+    };
+    assert!(allocated.starts_with("240.240."), "{allocated}");
+    let reply = e2e::http_request(&format!("http://{allocated}:9080/"), &[]).unwrap();
+    assert_eq!((reply.status, reply.body.as_str()), (200, "reviews v2"));
     // A new address, once pushed, is the answer.
-    mesh.cfg.write("entries.yaml", &http_entry("10.96.0.78"));
+    mesh.cfg.write(
+        "entries.yaml",
+        &(http_entry("10.96.0.78") + "---\n" + TCP_ENTRY),
+    );
     e2e::eventually(
         Duration::from_secs(10),
         || {

@@ -1503,6 +1503,7 @@ mod tests {
             export_to: vec![],
             subject_alt_names: vec![],
             persistent_session: None,
+            auto_vips: vec![],
             no_gateway_port_translation: false,
         };
         let identity = IstioTls {

@@ -128,7 +128,7 @@ pub(crate) fn sidecar<'a>(
                 }
                 continue;
             }
-            for vip in &svc.vips {
+            for vip in svc.vips_for(proxy) {
                 match vip.split_once('/') {
                     None => {
                         let name = format!("{vip}_{}", port.port);
@@ -1002,7 +1002,8 @@ fn cidr_contains(cidr: &str, ip: &str) -> bool {
 }
 
 /// Istio's domain set for a service, appended to `out`: FQDN,
-/// `name.ns.svc`, `name.ns`, the short name (same namespace only), VIPs.
+/// `name.ns.svc`, `name.ns`, the short name (same namespace only), VIPs
+/// (allocated ones included for a proxy that captures DNS).
 /// Without `:port` variants: a sidecar's route configuration ignores the
 /// port of the `Host` header (`ignore_port_in_host_matching`, see
 /// [`route_config_head`]), as Istio's has since 1.16 for every proxy but
@@ -1023,7 +1024,7 @@ fn service_domains(out: &mut Domains, svc: &Service, proxy: &Proxy) {
             one(&[&svc.name]);
         }
     }
-    for vip in &svc.vips {
+    for vip in svc.vips_for(proxy) {
         one(&[vip]);
     }
 }

@@ -217,6 +217,10 @@ pub struct Service {
     /// Its strong sticky sessions, from its labels
     /// ([`PersistentSession::from_labels`]); `None` for most services.
     pub persistent_session: Option<PersistentSession>,
+    /// Addresses allocated to a ServiceEntry host without `addresses`
+    /// ([`Snapshot::allocate_addresses`]), used for proxies that capture
+    /// DNS only ([`Service::vips_for`]).
+    pub auto_vips: Vec<String>,
     /// A Kubernetes Service labelled [`DISABLE_GATEWAY_PORT_TRANSLATION_LABEL`]:
     /// its gateway pods' servers keep their own ports
     /// ([`Snapshot::gateway_ports`] leaves it out).
@@ -339,6 +343,19 @@ impl Service {
     /// The port with this number.
     pub fn port(&self, number: u32) -> Option<&ServicePort> {
         self.ports.iter().find(|p| p.port == number)
+    }
+
+    /// The addresses `proxy` knows this service by: its own, then for a
+    /// proxy that captures DNS ([`Proxy::dns_capture`]) those allocated to
+    /// it, as Istio's `GetAllAddressesForProxy`.
+    pub fn vips_for<'a>(&'a self, proxy: &Proxy) -> impl Iterator<Item = &'a String> + 'a {
+        // The metadata is looked up only for the few services with some.
+        let auto: &[String] = if !self.auto_vips.is_empty() && proxy.dns_capture() {
+            &self.auto_vips
+        } else {
+            &[]
+        };
+        self.vips.iter().chain(auto)
     }
 
     /// Whether this service keeps its draining endpoints (with the
@@ -2312,11 +2329,17 @@ impl Snapshot {
                 .map(|(ns, name, spec, _)| ((*ns, *name), spec.hosts.clone()))
                 .collect();
         }
+        // Hosts of entries without addresses, which get some allocated.
+        let mut unaddressed: Vec<String> = Vec::new();
         for (ns, name, spec, labels) in service_entries {
+            let allocates = allocates_addresses(spec, labels);
             for mut svc in service_entry_services(ns, spec, &workloads) {
                 svc.persistent_session = PersistentSession::from_labels(labels);
                 if svc.export_to.is_empty() {
                     svc.export_to.clone_from(&defaults.services);
+                }
+                if allocates && !svc.hostname.contains('*') {
+                    unaddressed.push(svc.hostname.clone());
                 }
                 snap.services
                     .entry(svc.hostname.clone())
@@ -2333,6 +2356,7 @@ impl Snapshot {
                 ));
             }
         }
+        snap.allocate_addresses(unaddressed);
         // Slices by (namespace, owning service), so that each service
         // reads its own (one scan of all slices per service was quadratic).
         let mut slices_of: HashMap<(&str, &str), Vec<Read<'a, EndpointSlice>>> = HashMap::new();
@@ -2609,6 +2633,7 @@ impl Snapshot {
                 export_to,
                 subject_alt_names: Vec::new(),
                 persistent_session: PersistentSession::from_labels(svc.metadata.labels.as_ref()),
+                auto_vips: Vec::new(),
                 no_gateway_port_translation: svc
                     .metadata
                     .labels
@@ -2910,6 +2935,42 @@ impl Snapshot {
     /// metrics name them (the inbound clusters' `istio` metadata).
     pub fn inbound_services(&self, ip: &str) -> &[(u32, String)] {
         self.inbound_services.get(ip).map_or(&[], Vec::as_slice)
+    }
+
+    /// Gives each of the ServiceEntry `hosts` (their services have no
+    /// address) one from 240.240.0.0/16, as Istio's IP auto-allocation
+    /// (`PILOT_ENABLE_IP_AUTOALLOCATE`, on by default) gives one to proxies
+    /// that capture DNS: the address a hash of the hostname picks, the next
+    /// free one when another host has it (hosts taken in hostname order),
+    /// so that a host keeps its address while the others come and go.
+    /// Istio's controller writes the addresses it picks into the entry's
+    /// `status`; here they are recomputed with every snapshot (the same
+    /// for the same hosts), and the two need not agree.
+    fn allocate_addresses(&mut self, mut hosts: Vec<String>) {
+        /// Addresses 240.240.0.1 to 240.240.255.254.
+        const SPACE: u64 = 65_534;
+        if hosts.is_empty() {
+            return;
+        }
+        hosts.sort_unstable();
+        hosts.dedup();
+        let mut taken: std::collections::HashSet<u64> = std::collections::HashSet::new();
+        for host in hosts {
+            let Some(svc) = self.services.get_mut(&host) else {
+                continue;
+            };
+            // FNV-1a: stable across runs and builds.
+            let hash = host.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
+            let mut index = hash % SPACE;
+            while !taken.insert(index) {
+                index = (index + 1) % SPACE;
+            }
+            let n = index + 1;
+            let address = format!("240.240.{}.{}", n >> 8, n & 0xff);
+            Arc::make_mut(svc).auto_vips = vec![address];
+        }
     }
 
     /// The port translation of the gateway pod at `ip`, as Istio's
@@ -3310,9 +3371,30 @@ fn service_entry_services(
             export_to: spec.export_to.clone(),
             subject_alt_names: spec.subject_alt_names.clone(),
             persistent_session: None,
+            auto_vips: Vec::new(),
             no_gateway_port_translation: false,
         })
         .collect()
+}
+
+/// The label of a ServiceEntry opting it out of address allocation with
+/// `false` (Istio's `networking.istio.io/enable-autoallocate-ip`).
+pub const AUTO_ALLOCATE_LABEL: &str = "networking.istio.io/enable-autoallocate-ip";
+
+/// Whether the hosts of a ServiceEntry get allocated addresses
+/// ([`Snapshot::allocate_addresses`]), as Istio's `ShouldV2AutoAllocateIP`:
+/// it has no `addresses`, a resolution other than `NONE` (a passthrough
+/// could not honour them), and no [`AUTO_ALLOCATE_LABEL`] `false`.
+fn allocates_addresses(
+    spec: &crds::ServiceEntrySpec,
+    labels: Option<&BTreeMap<String, String>>,
+) -> bool {
+    let opted_out = labels
+        .and_then(|l| l.get(AUTO_ALLOCATE_LABEL))
+        .is_some_and(|v| v.eq_ignore_ascii_case("false"));
+    spec.addresses.is_empty()
+        && !matches!(spec.resolution, Some(Resolution::None) | None)
+        && !opted_out
 }
 
 /// The names of the WorkloadEntries on a unix domain socket that a

@@ -11,9 +11,10 @@
 //! As Istio's: a service's addresses that are IPs (CIDRs left out), the
 //! registry `Kubernetes` with the service's name and namespace (the agent
 //! derives `name`, `name.namespace`, ...) or `External` for a ServiceEntry.
-//! Unlike Istio's, a service without an address (a headless Service, a
-//! ServiceEntry without `addresses`; Istio lists a headless Service's pod
-//! IPs, and auto-allocates ServiceEntry addresses when asked) and wildcard
+//! A ServiceEntry host without `addresses` has the one allocated to it
+//! ([`crate::model::Service::vips_for`], Istio's IP auto-allocation).
+//! Unlike Istio's, a service still without an address (a headless Service,
+//! whose pod IPs Istio lists; a `resolution: NONE` entry) and wildcard
 //! hosts are left out: the pod's resolver answers for them, so the table
 //! changes only with services (never with endpoints).
 
@@ -79,8 +80,7 @@ pub fn name_table(snap: &Snapshot, proxy: &Proxy) -> NameTable {
             continue;
         }
         let ips: Vec<String> = svc
-            .vips
-            .iter()
+            .vips_for(proxy)
             .filter(|a| a.parse::<std::net::IpAddr>().is_ok())
             .cloned()
             .collect();
