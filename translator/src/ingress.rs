@@ -133,6 +133,11 @@ pub(crate) struct Inputs<'a> {
     pub system_namespace: &'a str,
     /// The DNS domain (`cluster.local`).
     pub domain: &'a str,
+    /// The pods of `system_namespace`, by name (read without an
+    /// `ingressService`).
+    pub pods: Vec<&'a crds::document::PodInfo>,
+    /// Every Node.
+    pub nodes: &'a [&'a crds::document::NodeInfo],
 }
 
 /// What the conversion made.
@@ -422,11 +427,36 @@ fn fallback_match(path: &str) -> Option<StringMatch> {
 }
 
 /// The served Ingresses' `status.loadBalancer.ingress`, as Istio's
-/// `runningAddresses` with an `ingressService`: the Service's load balancer
-/// IPs (or hostnames) and external IPs, or an ExternalName Service's
-/// name; sorted by hostname, then IP. Empty without the Service (or
-/// without `ingressService`).
+/// `runningAddresses`: with an `ingressService`, the Service's load
+/// balancer IPs (or hostnames) and external IPs, or an ExternalName
+/// Service's name (nothing without the Service); without one, the external
+/// IPs of the Node of the first running gateway pod (by name) the
+/// selector picks. Sorted by hostname, then IP.
 fn status_addresses(inputs: &Inputs<'_>) -> Vec<serde_json::Value> {
+    let mut found: Vec<String> = Vec::new();
+    if inputs.settings.service.is_empty() {
+        let selector = inputs.settings.selector();
+        let node = inputs
+            .pods
+            .iter()
+            .filter(|pod| pod.ready)
+            .filter(|pod| {
+                let labels = pod.metadata.labels.as_ref();
+                selector
+                    .iter()
+                    .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+            })
+            .find_map(|pod| {
+                let name = pod.node_name.as_deref()?;
+                inputs
+                    .nodes
+                    .iter()
+                    .find(|n| n.metadata.name.as_deref() == Some(name))
+            });
+        found.extend(node.iter().flat_map(|n| n.external_ips.iter().cloned()));
+        found.dedup();
+        return sorted_status(found);
+    }
     let service = inputs
         .services
         .get(&(inputs.system_namespace, inputs.settings.service.as_str()));
@@ -434,7 +464,6 @@ fn status_addresses(inputs: &Inputs<'_>) -> Vec<serde_json::Value> {
         return Vec::new();
     };
     let spec = svc.spec.as_ref();
-    let mut found: Vec<String> = Vec::new();
     if spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
         found.extend(spec.and_then(|s| s.external_name.clone()));
     } else {
@@ -457,6 +486,12 @@ fn status_addresses(inputs: &Inputs<'_>) -> Vec<serde_json::Value> {
                 .flatten(),
         );
     }
+    sorted_status(found)
+}
+
+/// `status.loadBalancer.ingress` entries for `found` (IPs, else
+/// hostnames), sorted by hostname, then IP, as Istio's `sliceToStatus`.
+fn sorted_status(found: Vec<String>) -> Vec<serde_json::Value> {
     let mut entries: Vec<(String, String)> = found
         .into_iter()
         .map(|a| {

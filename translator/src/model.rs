@@ -2446,6 +2446,20 @@ impl Snapshot {
                 settings: &snap.mesh.ingress,
                 system_namespace: &snap.mesh.root_namespace,
                 domain: &snap.mesh.domain,
+                // Without an `ingressService`: the gateway pods' nodes.
+                pods: if snap.mesh.ingress.service.is_empty() {
+                    let ns = snap.mesh.root_namespace.as_str();
+                    let mut pods: Vec<&PodInfo> = pods_by_name
+                        .iter()
+                        .filter(|((pod_ns, _), _)| *pod_ns == ns)
+                        .map(|(_, (pod, _))| *pod)
+                        .collect();
+                    pods.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+                    pods
+                } else {
+                    Vec::new()
+                },
+                nodes: &nodes,
             });
             snap.gateways.extend(out.gateways);
             for vs in &out.virtual_services {

@@ -444,3 +444,43 @@ data: {tls.crt: Y2VydA==, tls.key: a2V5}
     );
     assert_eq!(listeners(&opted_out), ["0.0.0.0_443", "0.0.0.0_80"]);
 }
+
+/// Without an `ingressService`, as Istio's: the external IPs of the Node
+/// of the first running gateway pod.
+#[test]
+fn without_an_ingress_service_the_status_is_the_gateway_nodes_address() {
+    let text = ingress(
+        "httpbin",
+        "",
+        &format!("  ingressClassName: istio\n{HTTPBIN_RULES}"),
+    ) + "---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |
+    ingressService: ''
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: istio-ingressgateway-1, namespace: istio-system, labels: {istio: ingressgateway}}
+spec: {nodeName: node-a, containers: [{name: istio-proxy, image: proxy}]}
+status: {podIP: 10.244.0.5, phase: Running}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-a}
+status: {addresses: [{type: InternalIP, address: 10.0.0.7}, {type: ExternalIP, address: 203.0.113.5}]}
+";
+    let snap = snapshot(&text);
+    let (_, status) = snap
+        .gateway_api
+        .status
+        .iter()
+        .find(|(k, _)| k.0 == translator::ingress::COLLECTION)
+        .unwrap();
+    assert_eq!(
+        *status,
+        serde_json::json!({"loadBalancer": {"ingress": [{"ip": "203.0.113.5"}]}})
+    );
+}
