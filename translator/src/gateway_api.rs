@@ -139,14 +139,8 @@ impl ServiceInfo {
     /// What is read of `svc`.
     pub fn of(svc: &k8s_openapi::api::core::v1::Service) -> ServiceInfo {
         let spec = svc.spec.as_ref();
-        let balancer: Vec<String> = svc
-            .status
-            .as_ref()
-            .and_then(|s| s.load_balancer.as_ref())
-            .and_then(|lb| lb.ingress.as_ref())
-            .into_iter()
-            .flatten()
-            .filter_map(|i| i.ip.clone().or_else(|| i.hostname.clone()))
+        let balancer: Vec<String> = crate::model::load_balancer_addresses(svc)
+            .cloned()
             .collect();
         let cluster: Vec<String> = spec
             .and_then(|s| {

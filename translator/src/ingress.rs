@@ -467,19 +467,7 @@ fn status_addresses(inputs: &Inputs<'_>) -> Vec<serde_json::Value> {
     if spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
         found.extend(spec.and_then(|s| s.external_name.clone()));
     } else {
-        found.extend(
-            svc.status
-                .as_ref()
-                .and_then(|s| s.load_balancer.as_ref())
-                .and_then(|lb| lb.ingress.as_ref())
-                .into_iter()
-                .flatten()
-                .filter_map(|i| {
-                    i.ip.clone()
-                        .filter(|ip| !ip.is_empty())
-                        .or_else(|| i.hostname.clone())
-                }),
-        );
+        found.extend(crate::model::load_balancer_addresses(svc).cloned());
         found.extend(
             spec.and_then(|s| s.external_ips.clone())
                 .into_iter()

@@ -1829,12 +1829,7 @@ impl Snapshot {
                 .iter()
                 .flat_map(|s| s.external_ips.iter().flatten());
             // A load balancer's IP, or its hostname (AWS's), resolved.
-            let balanced = svc
-                .status
-                .iter()
-                .flat_map(|s| s.load_balancer.iter())
-                .flat_map(|lb| lb.ingress.iter().flatten())
-                .filter_map(|i| i.ip.as_ref().or(i.hostname.as_ref()));
+            let balanced = load_balancer_addresses(svc);
             let mut addresses: Vec<String> = external
                 .filter(|a| a.parse::<std::net::IpAddr>().is_ok())
                 .cloned()
@@ -3389,6 +3384,22 @@ fn service_entry_services(
             no_gateway_port_translation: false,
         })
         .collect()
+}
+
+/// A Service's load balancer addresses (`status.loadBalancer.ingress`):
+/// each entry's IP, else its hostname (AWS's load balancers have one).
+pub(crate) fn load_balancer_addresses(
+    svc: &k8s_openapi::api::core::v1::Service,
+) -> impl Iterator<Item = &String> {
+    svc.status
+        .iter()
+        .flat_map(|s| s.load_balancer.iter())
+        .flat_map(|lb| lb.ingress.iter().flatten())
+        .filter_map(|i| {
+            i.ip.as_ref()
+                .filter(|ip| !ip.is_empty())
+                .or(i.hostname.as_ref())
+        })
 }
 
 /// The label of a ServiceEntry opting it out of address allocation with
