@@ -27,6 +27,25 @@ spec:
 "
 }
 
+/// An ADS stream of node `node` (with `metadata`) subscribed to the name
+/// table as Istio's agent subscribes: by type alone.
+async fn name_table_stream(
+    xds: std::net::SocketAddr,
+    node: &str,
+    metadata: &[(&str, &str)],
+) -> e2e::AdsStream {
+    let stream = e2e::ads_stream(xds, node, metadata).await;
+    stream
+        .requests
+        .send(DiscoveryRequest {
+            type_url: NAME_TABLE_TYPE.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    stream
+}
+
 /// The next NDS response on `stream`, ACKed, decoded.
 async fn next_table(stream: &mut e2e::AdsStream) -> NameTable {
     loop {
@@ -70,20 +89,12 @@ fn the_agent_gets_the_name_table_and_its_changes() {
     mesh.wait_loaded(2);
     let xds = mesh.daemon.xds_addr;
     mesh.block_on(async {
-        let mut stream = e2e::ads_stream(
+        let mut stream = name_table_stream(
             xds,
             "sidecar~127.0.0.9~client.default~default.svc.cluster.local",
             &[("DNS_CAPTURE", "true")],
         )
         .await;
-        stream
-            .requests
-            .send(DiscoveryRequest {
-                type_url: NAME_TABLE_TYPE.into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
         let table = next_table(&mut stream).await;
         assert_eq!(
             table.table.get("reviews.default.svc.cluster.local"),
@@ -115,20 +126,12 @@ fn the_agent_gets_the_name_table_and_its_changes() {
         assert_eq!(table.table["db.internal"].ips, ["240.240.0.6"]);
         // A proxy whose agent does not capture DNS gets an empty table:
         // no other proxy pays for building one.
-        let mut other = e2e::ads_stream(
+        let mut other = name_table_stream(
             xds,
             "sidecar~127.0.0.8~other.default~default.svc.cluster.local",
             &[],
         )
         .await;
-        other
-            .requests
-            .send(DiscoveryRequest {
-                type_url: NAME_TABLE_TYPE.into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
         assert!(next_table(&mut other).await.table.is_empty());
     });
 }
