@@ -2991,9 +2991,19 @@ impl Snapshot {
     /// maps 80 and 443 to 8080 and 8443, where its unprivileged pods
     /// listen. Empty for an address no Service selects. A Service labelled
     /// [`DISABLE_GATEWAY_PORT_TRANSLATION_LABEL`] is skipped.
+    /// Read through [`Snapshot::inbound_services`] (the services whose
+    /// endpoint `ip` is, already indexed): no scan of every service on
+    /// the push path.
     pub fn gateway_ports(&self, ip: &str) -> Vec<(u32, u32)> {
         let mut out: Vec<(u32, u32)> = Vec::new();
-        for svc in self.services.values() {
+        let mut hosts: Vec<&str> = self
+            .inbound_services(ip)
+            .iter()
+            .map(|(_, host)| host.as_str())
+            .collect();
+        hosts.sort_unstable();
+        hosts.dedup();
+        for svc in hosts.into_iter().filter_map(|h| self.services.get(h)) {
             if svc.no_gateway_port_translation {
                 continue;
             }
