@@ -130,12 +130,6 @@ pub const PROXY_UID: u32 = 1337;
 /// VIPs and the stand-in internet are routed locally, and outbound TCP to
 /// them is redirected to 15001, except the proxy's own (uid 1337).
 pub fn capture_outbound() {
-    for cidr in [SERVICE_CIDR, OUTSIDE_CIDR] {
-        run(
-            "ip",
-            &["route", "add", cidr, "dev", "lo", "src", "127.0.0.1"],
-        );
-    }
     let uid = PROXY_UID.to_string();
     let exclude = [
         "-t",
@@ -153,22 +147,32 @@ pub fn capture_outbound() {
     ];
     run("iptables", &exclude);
     for cidr in [SERVICE_CIDR, OUTSIDE_CIDR] {
-        let redirect = [
-            "-t",
-            "nat",
-            "-A",
-            "OUTPUT",
-            "-p",
-            "tcp",
-            "-d",
-            cidr,
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-            "15001",
-        ];
-        run("iptables", &redirect);
+        capture_range(cidr);
     }
+}
+
+/// One more range as [`capture_outbound`] captures its own (after it):
+/// routed locally, outbound TCP to it redirected to 15001.
+pub fn capture_range(cidr: &str) {
+    run(
+        "ip",
+        &["route", "add", cidr, "dev", "lo", "src", "127.0.0.1"],
+    );
+    let redirect = [
+        "-t",
+        "nat",
+        "-A",
+        "OUTPUT",
+        "-p",
+        "tcp",
+        "-d",
+        cidr,
+        "-j",
+        "REDIRECT",
+        "--to-ports",
+        "15001",
+    ];
+    run("iptables", &redirect);
 }
 
 /// Gives the current namespace an address on `lo` (for a test's own "external" server).

@@ -301,27 +301,7 @@ fn the_agents_dns_proxy_answers_mesh_names_and_forwards_the_rest() {
     let mesh = Mesh::start(true, &[]);
     capture_dns();
     // As istio-init captures every address: the allocated range too.
-    e2e::run(
-        "ip",
-        &["route", "add", ALLOCATED, "dev", "lo", "src", "127.0.0.1"],
-    );
-    e2e::run(
-        "iptables",
-        &[
-            "-t",
-            "nat",
-            "-A",
-            "OUTPUT",
-            "-p",
-            "tcp",
-            "-d",
-            ALLOCATED,
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-            "15001",
-        ],
-    );
+    e2e::capture_range(ALLOCATED);
     mesh.cfg.write(
         "entries.yaml",
         &(http_entry("10.96.0.77") + "---\n" + TCP_ENTRY),
