@@ -173,10 +173,7 @@ pub(crate) fn sidecar<'a>(
             )
         } else {
             let route_plan = http_route_plan(snap, proxy, port, &plan.http, fallback, warnings);
-            let sessions = route_plan
-                .hosts
-                .iter()
-                .any(|h| h.service.persistent_session.is_some());
+            let sessions = route_plan.has_sessions();
             routes.push(route_plan);
             hcm_chain(
                 &format!("outbound_0.0.0.0_{port}"),
@@ -413,6 +410,15 @@ fn host_name<'a>(hostname: &'a str, port: &'a str) -> [&'a str; 3] {
 }
 
 impl RoutePlan<'_> {
+    /// Whether a host's service has a persistent session: its connection
+    /// manager then carries the stateful session filter
+    /// ([`crate::session::empty_filter`]).
+    fn has_sessions(&self) -> bool {
+        self.hosts
+            .iter()
+            .any(|h| h.service.persistent_session.is_some())
+    }
+
     /// The route configuration as a message.
     pub(crate) fn build(self, snap: &Snapshot, proxy: &Proxy) -> RouteConfiguration {
         let ctx = RouteCtx {
@@ -473,6 +479,7 @@ impl RoutePlan<'_> {
         // configuration (~0.4 MiB at 1000 services) is written once into a
         // buffer of its size, not grown by doubling and then copied into
         // its `Any` (1.75 MiB of allocations per config key before).
+        let has_sessions = self.has_sessions();
         let Buffers {
             domains,
             routes,
@@ -509,11 +516,7 @@ impl RoutePlan<'_> {
         }
         // A persistent session's `typed_per_filter_config` (15), per host
         // that has one (rare: none is looked at otherwise).
-        let sessions: Vec<Option<Vec<u8>>> = if self
-            .hosts
-            .iter()
-            .any(|h| h.service.persistent_session.is_some())
-        {
+        let sessions: Vec<Option<Vec<u8>>> = if has_sessions {
             self.hosts
                 .iter()
                 .map(|h| {
