@@ -224,16 +224,14 @@ async fn respond(
     }
 }
 
-/// The first `nameserver` of a `resolv.conf` text, on port 53.
+/// The first `nameserver` of a `resolv.conf` text, on port 53 (lines the
+/// parser does not understand are skipped, as the C library does).
 pub fn first_nameserver(resolv_conf: &str) -> Option<SocketAddr> {
-    resolv_conf.lines().find_map(|line| {
-        let mut words = line.split_whitespace();
-        (words.next() == Some("nameserver"))
-            .then(|| words.next())
-            .flatten()
-            .and_then(|a| a.parse::<IpAddr>().ok())
-            .map(|ip| SocketAddr::new(ip, 53))
-    })
+    let (config, _) = resolv_conf::Config::parse_with_errors(resolv_conf.as_bytes());
+    config
+        .nameservers
+        .first()
+        .map(|ip| SocketAddr::new(IpAddr::from(ip), 53))
 }
 
 #[cfg(test)]
