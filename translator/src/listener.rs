@@ -178,7 +178,11 @@ pub(crate) fn sidecar<'a>(
             hcm_chain(
                 &format!("outbound_0.0.0.0_{port}"),
                 &port.to_string(),
-                (port, false, sessions),
+                HcmOn {
+                    port,
+                    gateway: false,
+                    sessions,
+                },
                 &snap.mesh,
                 &observe,
                 &dfp_http_filter(&plan.http, port, warnings),
@@ -1185,7 +1189,11 @@ pub(crate) fn gateway(
             chains.push(hcm_chain(
                 &format!("outbound_0.0.0.0_{port}"),
                 &name,
-                (port, true, sessions),
+                HcmOn {
+                    port,
+                    gateway: true,
+                    sessions,
+                },
                 &snap.mesh,
                 &observe,
                 &authz.http,
@@ -1218,7 +1226,11 @@ pub(crate) fn gateway(
                     let mut chain = hcm_chain(
                         &format!("outbound_0.0.0.0_{port}"),
                         &name,
-                        (port, true, sessions),
+                        HcmOn {
+                            port,
+                            gateway: true,
+                            sessions,
+                        },
                         &snap.mesh,
                         &observe,
                         &authz.http,
@@ -2199,16 +2211,31 @@ fn tcp_chain(
     }
 }
 
-/// A chain of the listener on `port` ending in an HTTP connection manager
-/// on RDS `route_config`: `authz` (a gateway's JWT and RBAC filters) with
-/// the WasmPlugins of `port` around them ([`crate::wasm::Plugins::http`]),
-/// CORS, fault injection, when `sessions` (its routes have a persistent
-/// session) the empty stateful session filter ([`crate::session`]), the
-/// router. `gateway`: a gateway's (it uses the client's address).
+/// What an HTTP connection manager's chain is for ([`hcm_chain`]).
+#[derive(Clone, Copy)]
+struct HcmOn {
+    /// The listener's port.
+    port: u32,
+    /// A gateway's (it uses the client's address).
+    gateway: bool,
+    /// Its routes have a persistent session: the empty stateful session
+    /// filter goes before the router ([`crate::session`]).
+    sessions: bool,
+}
+
+/// A chain of the listener on [`HcmOn::port`] ending in an HTTP connection
+/// manager on RDS `route_config`: `authz` (a gateway's JWT and RBAC
+/// filters) with the WasmPlugins of the port around them
+/// ([`crate::wasm::Plugins::http`]), CORS, fault injection, the stateful
+/// session filter when [`HcmOn::sessions`], the router.
 fn hcm_chain(
     stat_prefix: &str,
     route_config: &str,
-    (port, gateway, sessions): (u32, bool, bool),
+    HcmOn {
+        port,
+        gateway,
+        sessions,
+    }: HcmOn,
     mesh: &crate::model::MeshConfig,
     observe: &crate::telemetry::Observe,
     authz: &[HttpFilter],
